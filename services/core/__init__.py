@@ -1,0 +1,1 @@
+"""Code shared by every service process: configuration, storage, keys, tokens, logging, servers."""

@@ -1,0 +1,118 @@
+"""Typed configuration, one frozen dataclass per concern, built from the environment at entry points only."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A configuration variable is missing or malformed."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """PostgreSQL connection settings."""
+
+    url: str
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> DatabaseConfig:
+        url = env.get("DATABASE_URL", "")
+        if not url:
+            raise ConfigError("DATABASE_URL is required")
+        return cls(
+            url=url,
+            pool_min_size=_int(env, "RTASK_DB_POOL_MIN", 2),
+            pool_max_size=_int(env, "RTASK_DB_POOL_MAX", 10),
+        )
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """Redis-compatible server settings."""
+
+    url: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> RedisConfig:
+        url = env.get("REDIS_URL", "")
+        if not url:
+            raise ConfigError("REDIS_URL is required")
+        return cls(url=url)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Token and password hashing settings."""
+
+    jwt_secret: bytes
+    issuer: str = "resilienttask"
+    audience: str = "resilienttask-api"
+    token_ttl_s: int = 3600
+    bcrypt_cost: int = 12
+
+    def __post_init__(self) -> None:
+        if len(self.jwt_secret) < 32:
+            raise ConfigError("the JWT secret must be at least 32 bytes")
+        if not 4 <= self.bcrypt_cost <= 31:
+            raise ConfigError("RTASK_BCRYPT_COST must be between 4 and 31")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> AuthConfig:
+        secret = env.get("RTASK_JWT_SECRET", "")
+        secret_file = env.get("RTASK_JWT_SECRET_FILE", "")
+        if not secret and secret_file:
+            with open(secret_file, encoding="utf-8") as handle:
+                secret = handle.read().strip()
+        if not secret:
+            raise ConfigError("RTASK_JWT_SECRET or RTASK_JWT_SECRET_FILE is required")
+        return cls(
+            jwt_secret=secret.encode(),
+            issuer=env.get("RTASK_JWT_ISSUER", "resilienttask"),
+            audience=env.get("RTASK_JWT_AUDIENCE", "resilienttask-api"),
+            token_ttl_s=_int(env, "RTASK_TOKEN_TTL_S", 3600),
+            bcrypt_cost=_int(env, "RTASK_BCRYPT_COST", 12),
+        )
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where a gRPC server listens and how it shuts down."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    shutdown_grace_s: float = 5.0
+    health_check_interval_s: float = 1.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ, *, default_port: int = 0) -> ServerConfig:
+        return cls(
+            host=env.get("RTASK_HOST", "127.0.0.1"),
+            port=_int(env, "RTASK_PORT", default_port),
+            shutdown_grace_s=_float(env, "RTASK_SHUTDOWN_GRACE_S", 5.0),
+            health_check_interval_s=_float(env, "RTASK_HEALTH_INTERVAL_S", 1.0),
+        )

@@ -1,0 +1,96 @@
+"""The asyncpg pool and the versioned SQL migrations, applied once under an advisory lock."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+
+from services.core.config import DatabaseConfig
+
+log = logging.getLogger(__name__)
+
+# Any constant works; it only has to be the same in every process that migrates this database.
+MIGRATION_LOCK_ID = 0x7274_6173_6B01
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One SQL file under services/core/migrations, applied in version order."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations() -> list[Migration]:
+    """Read the migration files bundled with the package, sorted by version."""
+    found: list[Migration] = []
+    for entry in resources.files("services.core.migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"duplicate migration versions: {versions}")
+    return found
+
+
+async def migrate(conn: asyncpg.Connection) -> list[int]:
+    """Apply pending migrations; returns the versions this call applied.
+
+    The session advisory lock makes concurrent starters queue up: the first applies,
+    the others find the versions recorded and apply nothing.
+    """
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        applied: list[int] = []
+        for migration in load_migrations():
+            if migration.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+            log.info("applied migration", extra={"migration": migration.name})
+            applied.append(migration.version)
+        return applied
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+
+
+async def create_pool(config: DatabaseConfig, *, run_migrations: bool = True) -> asyncpg.Pool:
+    """Open the pool, migrating first so no query ever sees an old schema."""
+    if run_migrations:
+        conn = await asyncpg.connect(config.url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+    pool = await asyncpg.create_pool(config.url, min_size=config.pool_min_size, max_size=config.pool_max_size)
+    assert pool is not None
+    return pool
+
+
+async def database_reachable(pool: asyncpg.Pool, timeout_s: float = 1.0) -> bool:
+    """True when a trivial query answers within the timeout."""
+    try:
+        async with pool.acquire(timeout=timeout_s) as conn:
+            await conn.fetchval("SELECT 1", timeout=timeout_s)
+        return True
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        return False

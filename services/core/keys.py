@@ -1,0 +1,30 @@
+"""Every Redis key, stream, group and channel the system uses, named in one place."""
+
+from __future__ import annotations
+
+PREFIX = "rt"
+
+# Dispatch: one stream, one consumer group; workers are competing consumers.
+DISPATCH_STREAM = f"{PREFIX}:dispatch"
+DISPATCH_GROUP = "workers"
+
+# Commands from gateways to whichever scheduler holds a worker's Connect stream.
+COMMAND_CHANNEL = f"{PREFIX}:commands"
+
+# Worker pool registry: hash worker_id -> JSON description, refreshed by heartbeats.
+WORKERS_HASH = f"{PREFIX}:workers"
+# Pool changes (joined, left, busy slots) for watchers.
+WORKERS_EVENTS_CHANNEL = f"{PREFIX}:workers:changed"
+
+
+def owner_events_stream(owner_id: str) -> str:
+    """Per-owner event stream: every change of the owner's tasks, read by WatchTasks."""
+    return f"{PREFIX}:events:{owner_id}"
+
+
+OWNER_EVENTS_PATTERN = f"{PREFIX}:events:*"
+
+# Dispatch stream entry fields.
+FIELD_TASK_ID = "task_id"
+FIELD_DISPATCH_ID = "dispatch_id"
+FIELD_KIND = "kind"

@@ -1,0 +1,1 @@
+"""The Envoy front door: configuration rendered from one definition for every deployment."""

@@ -1,0 +1,40 @@
+"""Gateway process: AuthService and SchedulerService, stateless, run as several replicas behind Envoy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+import redis.asyncio as aioredis
+from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+
+from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
+from services.core.db import create_pool, database_reachable
+from services.core.redis_client import create_redis, redis_reachable
+from services.core.server import Service, create_grpc_server
+
+SERVICE_NAMES = (
+    auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+    scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,
+)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    server: ServerConfig
+    database: DatabaseConfig
+    redis: RedisConfig
+    auth: AuthConfig
+
+
+async def create_server(config: GatewayConfig) -> Service:
+    """Build the gateway: stores opened, servicers registered, port bound (not yet started)."""
+    pool: asyncpg.Pool = await create_pool(config.database)
+    redis: aioredis.Redis = create_redis(config.redis)
+    server, port, health = create_grpc_server(config.server, service_names=SERVICE_NAMES)
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(auth_pb2_grpc.AuthServiceServicer(), server)
+    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(scheduler_pb2_grpc.SchedulerServiceServicer(), server)
+    service = Service(server=server, port=port, health=health, service_names=SERVICE_NAMES)
+    service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
+    service.shutdown_hooks += [pool.close, redis.aclose]
+    return service

@@ -1,0 +1,34 @@
+"""Scheduler process: WorkerService (what workers call) and the supervision loops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from resilienttask.v1 import worker_pb2, worker_pb2_grpc
+
+from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
+from services.core.db import create_pool, database_reachable
+from services.core.redis_client import create_redis, redis_reachable
+from services.core.server import Service, create_grpc_server
+
+SERVICE_NAMES = (worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    server: ServerConfig
+    database: DatabaseConfig
+    redis: RedisConfig
+    auth: AuthConfig
+
+
+async def create_server(config: SchedulerConfig) -> Service:
+    """Build the scheduler: stores opened, servicer registered, port bound (not yet started)."""
+    pool = await create_pool(config.database)
+    redis = create_redis(config.redis)
+    server, port, health = create_grpc_server(config.server, service_names=SERVICE_NAMES)
+    worker_pb2_grpc.add_WorkerServiceServicer_to_server(worker_pb2_grpc.WorkerServiceServicer(), server)
+    service = Service(server=server, port=port, health=health, service_names=SERVICE_NAMES)
+    service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
+    service.shutdown_hooks += [pool.close, redis.aclose]
+    return service

@@ -1,0 +1,104 @@
+"""Child processes of the local stack: started in their own process group, logs prefixed and kept on disk."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal as signals
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+
+class ManagedProcess:
+    """One child process whose output goes to a log file and, prefixed, to the console."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+        echo: IO[str] | None = None,
+        user: str | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_dir / f"{name}.log"
+        self.env = dict(env) if env is not None else dict(os.environ)
+        self.echo = echo
+        self.user = user
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._pump: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} not started"
+        return self.proc.pid
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own group: a Ctrl-C reaches the launcher only, which stops us in order
+            user=self.user,
+            cwd=self.cwd,
+        )
+        self._pump = threading.Thread(target=self._copy_output, name=f"log-{self.name}", daemon=True)
+        self._pump.start()
+
+    def _copy_output(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        with self.log_path.open("ab") as log_file:
+            for line in iter(self.proc.stdout.readline, b""):
+                log_file.write(line)
+                log_file.flush()
+                if self.echo is not None:
+                    with contextlib.suppress(ValueError, OSError):
+                        self.echo.write(f"{self.name:<12} | {line.decode(errors='replace')}")
+                        self.echo.flush()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once (used to simulate a crash)."""
+        self.signal(signals.SIGKILL)
+        self.wait(5)
+
+    def wait(self, timeout_s: float) -> int | None:
+        if self.proc is None:
+            return None
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+        if self._pump is not None:
+            self._pump.join(2)
+        return code
+
+    def stop(self, grace_s: float = 10.0, sig: int = signals.SIGTERM) -> None:
+        """Ask politely, then kill the group if it does not exit within the grace period."""
+        if not self.alive():
+            self.wait(1)
+            return
+        self.signal(sig)
+        if self.wait(grace_s) is None:
+            print(f"{self.name} did not stop within {grace_s}s; killing", file=sys.stderr)
+            self.kill()

