@@ -59,7 +59,7 @@ class ManagedProcess:
 
     def _copy_output(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        with self.log_path.open("ab") as log_file:
+        with self.proc.stdout, self.log_path.open("ab") as log_file:
             for line in iter(self.proc.stdout.readline, b""):
                 log_file.write(line)
                 log_file.flush()

@@ -5,6 +5,7 @@ Used by `make up` (rtask-stack up) and by the integration-test fixtures.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -119,8 +120,12 @@ class Stack:
             for name in [*self.names("scheduler"), *self.names("gateway")]:
                 self._wait_service(name)
             self._start_envoy()
-            for i in range(1, self.config.workers + 1):
-                self.start_worker(f"worker-{i}")
+            workers = [self._add_worker(f"worker-{i}") for i in range(1, self.config.workers + 1)]
+            for proc in workers:
+                proc.start()
+            for proc in workers:
+                self._wait_service(proc.name)
+            self.write_state()
         except BaseException:
             self.stop()
             raise
@@ -183,25 +188,37 @@ class Stack:
                 continue
         raise TimeoutError(f"{name} not SERVING after {timeout_s}s; see {proc.log_path}")
 
-    def start_worker(self, name: str) -> ManagedProcess:
+    def _add_worker(self, name: str) -> ManagedProcess:
         proc = self._add_service(name, "services.worker.main")
+        # A fresh id per process: a restarted worker is a new consumer, never the dead one's twin.
         proc.env["RTASK_WORKER_ID"] = f"{name}-{secrets.token_hex(3)}"
+        return proc
+
+    def start_worker(self, name: str) -> ManagedProcess:
+        proc = self._add_worker(name)
         proc.start()
         self._wait_service(name)
+        self.write_state()
         return proc
 
     def restart(self, name: str) -> None:
         """Start a stopped or killed service again on the same port."""
-        module = {
-            "gateway": "services.gateway.main",
-            "scheduler": "services.scheduler.main",
-            "worker": "services.worker.main",
-        }[name.split("-")[0]]
-        proc = self._add_service(name, module)
         if name.startswith("worker-"):
-            proc.env["RTASK_WORKER_ID"] = f"{name}-{secrets.token_hex(3)}"
-        proc.start()
+            self.start_worker(name)
+            return
+        module = {"gateway": "services.gateway.main", "scheduler": "services.scheduler.main"}[name.split("-")[0]]
+        self._add_service(name, module).start()
         self._wait_service(name)
+        self.write_state()
+
+    def write_state(self) -> None:
+        """Record pids and ports in the data folder, for operators and for the shutdown test."""
+        state = {
+            "edge": self.edge_address,
+            "admin": self.admin_url,
+            "processes": {n: {"pid": p.pid, "port": self.ports.get(n)} for n, p in self.processes.items()},
+        }
+        (self.data_dir / "stack.json").write_text(json.dumps(state, indent=2))
 
     def edge_config(self) -> EdgeConfig:
         return EdgeConfig(

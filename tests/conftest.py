@@ -1,0 +1,86 @@
+"""Session fixtures: real embedded PostgreSQL and Valkey, and the full local stack behind Envoy."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from services.stack.embedded import postgres_process, postgres_url, valkey_process, wait_for_port
+from services.stack.ports import free_port
+from services.stack.processes import ManagedProcess
+from services.stack.stack import Stack, StackConfig
+
+# Fast hashing in tests; production default is 12.
+TEST_BCRYPT_COST = 4
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--keep-logs", action="store_true", help="echo the stack's process logs to the terminal while testing"
+    )
+
+
+@dataclass
+class Stores:
+    """One PostgreSQL and one Valkey for the whole session, each a real server process."""
+
+    database_url: str
+    redis_url: str
+    postgres: ManagedProcess
+    valkey: ManagedProcess
+    data_dir: Path
+
+
+@pytest.fixture(scope="session")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
+    data_dir = tmp_path_factory.mktemp("stores")
+    log_dir = data_dir / "logs"
+    pg_port, valkey_port = free_port(), free_port()
+    pg = postgres_process(data_dir, pg_port, log_dir=log_dir, echo=None)
+    valkey = valkey_process(data_dir, valkey_port, log_dir=log_dir, echo=None)
+    pg.start()
+    valkey.start()
+    try:
+        wait_for_port(pg, pg_port, timeout_s=60)
+        wait_for_port(valkey, valkey_port)
+        yield Stores(postgres_url(pg_port), f"redis://127.0.0.1:{valkey_port}/0", pg, valkey, data_dir)
+    finally:
+        import signal
+
+        valkey.stop()
+        pg.stop(grace_s=15, sig=signal.SIGINT)
+
+
+@pytest.fixture(scope="session")
+def stack(stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """The whole system (1 scheduler, 2 gateways, 3 workers, Envoy) on free ports, shared by the session."""
+    config = StackConfig(
+        data_dir=tmp_path_factory.mktemp("stack"),
+        edge_port=0,
+        admin_port=0,
+        database_url=stores.database_url,
+        redis_url=stores.redis_url,
+        bcrypt_cost=TEST_BCRYPT_COST,
+        extra_env={"RTASK_LOG_LEVEL": os.environ.get("RTASK_LOG_LEVEL", "INFO")},
+    )
+    echo = sys.stderr if request.config.getoption("--keep-logs") else None
+    with Stack(config, echo=echo) as running:
+        yield running
+
+
+@pytest.fixture
+async def edge(stack: Stack) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to Envoy, the single front door."""
+    async with grpc.aio.insecure_channel(stack.edge_address) as channel:
+        yield channel
+
+
+def unique_email(prefix: str = "user") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}@example.com"
