@@ -80,7 +80,7 @@ def translate_errors(method: Handler) -> Handler:
             try:
                 async for item in method(self, request, context):
                     yield item
-            except (DomainError, *_UNAVAILABLE_ERRORS) as exc:
+            except _HANDLED_ERRORS as exc:
                 await abort_for(exc, context)
 
         return stream_wrapper  # type: ignore[return-value]
@@ -89,7 +89,7 @@ def translate_errors(method: Handler) -> Handler:
     async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
-        except (DomainError, *_UNAVAILABLE_ERRORS) as exc:
+        except _HANDLED_ERRORS as exc:
             await abort_for(exc, context)
 
     return unary_wrapper  # type: ignore[return-value]
@@ -111,3 +111,4 @@ def _unavailable_errors() -> tuple[type[BaseException], ...]:
 
 
 _UNAVAILABLE_ERRORS = _unavailable_errors()
+_HANDLED_ERRORS: tuple[type[BaseException], ...] = (DomainError, *_UNAVAILABLE_ERRORS)

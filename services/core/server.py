@@ -10,7 +10,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.core.config import ServerConfig
@@ -29,7 +30,7 @@ class Service:
 
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: health_aio.HealthServicer
     service_names: Sequence[str]
     readiness_checks: list[ReadinessCheck] = field(default_factory=list)
     shutdown_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -89,7 +90,7 @@ def create_grpc_server(
     *,
     service_names: Iterable[str],
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer]:
     """A grpc.aio server with health and reflection, bound to config.host:config.port (0 = free port)."""
     server = grpc.aio.server(
         interceptors=list(interceptors),
@@ -102,7 +103,7 @@ def create_grpc_server(
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ],
     )
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = list(service_names)
     reflection.enable_server_reflection(

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import asyncpg
 import redis.asyncio as aioredis
-from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
+from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
 from services.core.db import create_pool, database_reachable
 from services.core.redis_client import create_redis, redis_reachable
@@ -32,6 +32,7 @@ async def create_server(config: GatewayConfig) -> Service:
     pool: asyncpg.Pool = await create_pool(config.database)
     redis: aioredis.Redis = create_redis(config.redis)
     server, port, health = create_grpc_server(config.server, service_names=SERVICE_NAMES)
+    # Auth issue: register AuthServicer(pool, config.auth) and the SchedulerService token interceptor here.
     auth_pb2_grpc.add_AuthServiceServicer_to_server(auth_pb2_grpc.AuthServiceServicer(), server)
     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(scheduler_pb2_grpc.SchedulerServiceServicer(), server)
     service = Service(server=server, port=port, health=health, service_names=SERVICE_NAMES)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from resilienttask.v1 import worker_pb2, worker_pb2_grpc
-
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
 from services.core.db import create_pool, database_reachable
 from services.core.redis_client import create_redis, redis_reachable

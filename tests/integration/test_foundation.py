@@ -88,9 +88,7 @@ async def test_health_follows_database_reachability(stores: Stores, stack: Stack
 
             assert await status() == health_pb2.HealthCheckResponse.SERVING
             await proxy.cut()
-            await eventually(
-                lambda: _equals(status, health_pb2.HealthCheckResponse.NOT_SERVING), message="NOT_SERVING"
-            )
+            await eventually(lambda: _equals(status, health_pb2.HealthCheckResponse.NOT_SERVING), message="NOT_SERVING")
             await proxy.start()
             await eventually(lambda: _equals(status, health_pb2.HealthCheckResponse.SERVING), message="SERVING")
     finally:
@@ -116,8 +114,18 @@ def _alive(pid: int) -> bool:
 
 def _run_launcher(data_dir: Path) -> tuple[subprocess.Popen[str], dict]:  # type: ignore[type-arg]
     argv = [
-        str(Path(sys.executable).parent / "rtask-stack"), "up", "--data-dir", str(data_dir),
-        "--port", str(free_port()), "--admin-port", str(free_port()), "--gateways", "1", "--workers", "1",
+        str(Path(sys.executable).parent / "rtask-stack"),
+        "up",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(free_port()),
+        "--admin-port",
+        str(free_port()),
+        "--gateways",
+        "1",
+        "--workers",
+        "1",
     ]
     env = {**os.environ, "RTASK_BCRYPT_COST": "4"}
     env.pop("DATABASE_URL", None)

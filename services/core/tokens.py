@@ -1,0 +1,67 @@
+"""JWT HS256 access tokens for users and workers: minted by the services, verified by Envoy and again here."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import jwt
+
+from services.core.config import AuthConfig
+from services.core.errors import Unauthenticated
+
+ALGORITHM = "HS256"
+# Workers use their own audience, so a user token can never call WorkerService and vice versa.
+WORKER_AUDIENCE = "resilienttask-workers"
+WORKER_TOKEN_TTL_S = 3600
+_REQUIRED_CLAIMS = ["sub", "iat", "exp", "iss", "aud", "jti"]
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    expires_at: float  # seconds since the epoch
+
+
+def _mint(config: AuthConfig, subject: str, audience: str, ttl_s: int) -> IssuedToken:
+    now = int(time.time())
+    claims = {
+        "sub": subject,
+        "iat": now,
+        "exp": now + ttl_s,
+        "iss": config.issuer,
+        "aud": audience,
+        "jti": uuid.uuid4().hex,
+    }
+    return IssuedToken(jwt.encode(claims, config.jwt_secret, algorithm=ALGORITHM), float(now + ttl_s))
+
+
+def mint_user_token(config: AuthConfig, user_id: str) -> IssuedToken:
+    return _mint(config, user_id, config.audience, config.token_ttl_s)
+
+
+def mint_worker_token(config: AuthConfig, worker_id: str) -> IssuedToken:
+    return _mint(config, worker_id, WORKER_AUDIENCE, WORKER_TOKEN_TTL_S)
+
+
+def verify_token(config: AuthConfig, token: str, audience: str) -> str:
+    """Return the subject of a valid token; any defect is Unauthenticated with one generic message.
+
+    Only HS256 is accepted (so `alg=none` and every other algorithm fail), and every claim is required.
+    """
+    try:
+        claims = jwt.decode(
+            token,
+            config.jwt_secret,
+            algorithms=[ALGORITHM],
+            audience=audience,
+            issuer=config.issuer,
+            options={"require": _REQUIRED_CLAIMS},
+        )
+    except jwt.PyJWTError as exc:
+        raise Unauthenticated("invalid or expired token") from exc
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise Unauthenticated("invalid or expired token")
+    return subject
