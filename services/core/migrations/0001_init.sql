@@ -33,17 +33,22 @@ CREATE TABLE tasks (
     created_at timestamptz NOT NULL DEFAULT now(),
     started_at timestamptz,
     finished_at timestamptz,
-    -- Dispatch bookkeeping: only the entry carrying the current dispatch_id may start the task.
+    -- Dispatch bookkeeping: only an entry carrying the current dispatch_id may start the task;
+    -- entry_id is the stream entry published for it, then the one that started the current attempt.
     dispatch_id uuid NOT NULL,
+    entry_id text NOT NULL DEFAULT '',
     published boolean NOT NULL DEFAULT false,
-    run_after timestamptz NOT NULL DEFAULT now(),
+    published_at timestamptz,
+    -- When the scheduler's sweeper publishes the task if nobody did (retry backoff, or Redis was down).
+    publish_after timestamptz NOT NULL DEFAULT now(),
     fence bigint NOT NULL DEFAULT 0,
     UNIQUE (owner_id, request_id, replica_index)
 );
 
 CREATE INDEX tasks_owner_recent ON tasks (owner_id, created_at DESC, id DESC);
 CREATE INDEX tasks_owner_batch ON tasks (owner_id, batch_id);
-CREATE INDEX tasks_unpublished ON tasks (run_after) WHERE status = 1 AND NOT published;
+CREATE INDEX tasks_unpublished ON tasks (publish_after) WHERE status = 1 AND NOT published;
+CREATE INDEX tasks_queued_published ON tasks (published_at) WHERE status = 1 AND published;
 CREATE INDEX tasks_running ON tasks (started_at) WHERE status IN (2, 3);
 
 CREATE TABLE task_history (

@@ -26,17 +26,17 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from resilienttask.v1 import task_pb2 as resilienttask_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dresilienttask/v1/worker.proto\x12\x10resilienttask.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1bresilienttask/v1/task.proto\"*\n\x08HeldTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x66\x65nce\x18\x02 \x01(\x03\">\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x02 \x01(\x05\x12\r\n\x05kinds\x18\x03 \x03(\t\"<\n\x0fWorkerHeartbeat\x12)\n\x05tasks\x18\x01 \x03(\x0b\x32\x1a.resilienttask.v1.HeldTask\"L\n\x0eProgressReport\x12(\n\x04task\x18\x01 \x01(\x0b\x32\x1a.resilienttask.v1.HeldTask\x12\x10\n\x08progress\x18\x02 \x01(\x01\"\xb6\x01\n\x0e\x43onnectRequest\x12.\n\x05hello\x18\x01 \x01(\x0b\x32\x1d.resilienttask.v1.WorkerHelloH\x00\x12\x36\n\theartbeat\x18\x02 \x01(\x0b\x32!.resilienttask.v1.WorkerHeartbeatH\x00\x12\x34\n\x08progress\x18\x03 \x01(\x0b\x32 .resilienttask.v1.ProgressReportH\x00\x42\x06\n\x04kind\"I\n\rCancelCommand\x12(\n\x04task\x18\x01 \x01(\x0b\x32\x1a.resilienttask.v1.HeldTask\x12\x0e\n\x06reason\x18\x02 \x01(\t\"L\n\x0f\x43onnectResponse\x12\x31\n\x06\x63\x61ncel\x18\x01 \x01(\x0b\x32\x1f.resilienttask.v1.CancelCommandH\x00\x42\x06\n\x04kind\"1\n\tStartItem\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ispatch_id\x18\x02 \x01(\t\"R\n\x11StartTasksRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12*\n\x05items\x18\x02 \x03(\x0b\x32\x1b.resilienttask.v1.StartItem\"\x96\x01\n\x0bStartResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x31\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x1f.resilienttask.v1.StartDecision\x12$\n\x04task\x18\x03 \x01(\x0b\x32\x16.resilienttask.v1.Task\x12\r\n\x05\x66\x65nce\x18\x04 \x01(\x03\x12\x0e\n\x06reason\x18\x05 \x01(\t\"D\n\x12StartTasksResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.resilienttask.v1.StartResult\"\x99\x01\n\nFinishItem\x12(\n\x04task\x18\x01 \x01(\x0b\x32\x1a.resilienttask.v1.HeldTask\x12*\n\x07outcome\x18\x02 \x01(\x0e\x32\x19.resilienttask.v1.Outcome\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12&\n\x06result\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\"T\n\x12\x46inishTasksRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.resilienttask.v1.FinishItem\"A\n\x0c\x46inishResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"F\n\x13\x46inishTasksResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.resilienttask.v1.FinishResult*z\n\rStartDecision\x12\x1e\n\x1aSTART_DECISION_UNSPECIFIED\x10\x00\x12\x16\n\x12START_DECISION_RUN\x10\x01\x12\x17\n\x13START_DECISION_SKIP\x10\x02\x12\x18\n\x14START_DECISION_DEFER\x10\x03*{\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x15\n\x11OUTCOME_CANCELLED\x10\x03\x12\x15\n\x11OUTCOME_TIMED_OUT\x10\x04\x32\x98\x02\n\rWorkerService\x12R\n\x07\x43onnect\x12 .resilienttask.v1.ConnectRequest\x1a!.resilienttask.v1.ConnectResponse(\x01\x30\x01\x12W\n\nStartTasks\x12#.resilienttask.v1.StartTasksRequest\x1a$.resilienttask.v1.StartTasksResponse\x12Z\n\x0b\x46inishTasks\x12$.resilienttask.v1.FinishTasksRequest\x1a%.resilienttask.v1.FinishTasksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dresilienttask/v1/worker.proto\x12\x10resilienttask.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1bresilienttask/v1/task.proto\"*\n\x08HeldTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x66\x65nce\x18\x02 \x01(\x03\">\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x02 \x01(\x05\x12\r\n\x05kinds\x18\x03 \x03(\t\"<\n\x0fWorkerHeartbeat\x12)\n\x05tasks\x18\x01 \x03(\x0b\x32\x1a.resilienttask.v1.HeldTask\"L\n\x0eProgressReport\x12(\n\x04task\x18\x01 \x01(\x0b\x32\x1a.resilienttask.v1.HeldTask\x12\x10\n\x08progress\x18\x02 \x01(\x01\"\xb6\x01\n\x0e\x43onnectRequest\x12.\n\x05hello\x18\x01 \x01(\x0b\x32\x1d.resilienttask.v1.WorkerHelloH\x00\x12\x36\n\theartbeat\x18\x02 \x01(\x0b\x32!.resilienttask.v1.WorkerHeartbeatH\x00\x12\x34\n\x08progress\x18\x03 \x01(\x0b\x32 .resilienttask.v1.ProgressReportH\x00\x42\x06\n\x04kind\"I\n\rCancelCommand\x12(\n\x04task\x18\x01 \x01(\x0b\x32\x1a.resilienttask.v1.HeldTask\x12\x0e\n\x06reason\x18\x02 \x01(\t\"L\n\x0f\x43onnectResponse\x12\x31\n\x06\x63\x61ncel\x18\x01 \x01(\x0b\x32\x1f.resilienttask.v1.CancelCommandH\x00\x42\x06\n\x04kind\"C\n\tStartItem\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ispatch_id\x18\x02 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t\"R\n\x11StartTasksRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12*\n\x05items\x18\x02 \x03(\x0b\x32\x1b.resilienttask.v1.StartItem\"\x96\x01\n\x0bStartResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x31\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x1f.resilienttask.v1.StartDecision\x12$\n\x04task\x18\x03 \x01(\x0b\x32\x16.resilienttask.v1.Task\x12\r\n\x05\x66\x65nce\x18\x04 \x01(\x03\x12\x0e\n\x06reason\x18\x05 \x01(\t\"D\n\x12StartTasksResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.resilienttask.v1.StartResult\"\x99\x01\n\nFinishItem\x12(\n\x04task\x18\x01 \x01(\x0b\x32\x1a.resilienttask.v1.HeldTask\x12*\n\x07outcome\x18\x02 \x01(\x0e\x32\x19.resilienttask.v1.Outcome\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12&\n\x06result\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\"T\n\x12\x46inishTasksRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12+\n\x05items\x18\x02 \x03(\x0b\x32\x1c.resilienttask.v1.FinishItem\"A\n\x0c\x46inishResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"F\n\x13\x46inishTasksResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.resilienttask.v1.FinishResult*z\n\rStartDecision\x12\x1e\n\x1aSTART_DECISION_UNSPECIFIED\x10\x00\x12\x16\n\x12START_DECISION_RUN\x10\x01\x12\x17\n\x13START_DECISION_SKIP\x10\x02\x12\x18\n\x14START_DECISION_DEFER\x10\x03*{\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x15\n\x11OUTCOME_CANCELLED\x10\x03\x12\x15\n\x11OUTCOME_TIMED_OUT\x10\x04\x32\x98\x02\n\rWorkerService\x12R\n\x07\x43onnect\x12 .resilienttask.v1.ConnectRequest\x1a!.resilienttask.v1.ConnectResponse(\x01\x30\x01\x12W\n\nStartTasks\x12#.resilienttask.v1.StartTasksRequest\x1a$.resilienttask.v1.StartTasksResponse\x12Z\n\x0b\x46inishTasks\x12$.resilienttask.v1.FinishTasksRequest\x1a%.resilienttask.v1.FinishTasksResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'resilienttask.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STARTDECISION']._serialized_start=1435
-  _globals['_STARTDECISION']._serialized_end=1557
-  _globals['_OUTCOME']._serialized_start=1559
-  _globals['_OUTCOME']._serialized_end=1682
+  _globals['_STARTDECISION']._serialized_start=1453
+  _globals['_STARTDECISION']._serialized_end=1575
+  _globals['_OUTCOME']._serialized_start=1577
+  _globals['_OUTCOME']._serialized_end=1700
   _globals['_HELDTASK']._serialized_start=110
   _globals['_HELDTASK']._serialized_end=152
   _globals['_WORKERHELLO']._serialized_start=154
@@ -52,21 +52,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONNECTRESPONSE']._serialized_start=618
   _globals['_CONNECTRESPONSE']._serialized_end=694
   _globals['_STARTITEM']._serialized_start=696
-  _globals['_STARTITEM']._serialized_end=745
-  _globals['_STARTTASKSREQUEST']._serialized_start=747
-  _globals['_STARTTASKSREQUEST']._serialized_end=829
-  _globals['_STARTRESULT']._serialized_start=832
-  _globals['_STARTRESULT']._serialized_end=982
-  _globals['_STARTTASKSRESPONSE']._serialized_start=984
-  _globals['_STARTTASKSRESPONSE']._serialized_end=1052
-  _globals['_FINISHITEM']._serialized_start=1055
-  _globals['_FINISHITEM']._serialized_end=1208
-  _globals['_FINISHTASKSREQUEST']._serialized_start=1210
-  _globals['_FINISHTASKSREQUEST']._serialized_end=1294
-  _globals['_FINISHRESULT']._serialized_start=1296
-  _globals['_FINISHRESULT']._serialized_end=1361
-  _globals['_FINISHTASKSRESPONSE']._serialized_start=1363
-  _globals['_FINISHTASKSRESPONSE']._serialized_end=1433
-  _globals['_WORKERSERVICE']._serialized_start=1685
-  _globals['_WORKERSERVICE']._serialized_end=1965
+  _globals['_STARTITEM']._serialized_end=763
+  _globals['_STARTTASKSREQUEST']._serialized_start=765
+  _globals['_STARTTASKSREQUEST']._serialized_end=847
+  _globals['_STARTRESULT']._serialized_start=850
+  _globals['_STARTRESULT']._serialized_end=1000
+  _globals['_STARTTASKSRESPONSE']._serialized_start=1002
+  _globals['_STARTTASKSRESPONSE']._serialized_end=1070
+  _globals['_FINISHITEM']._serialized_start=1073
+  _globals['_FINISHITEM']._serialized_end=1226
+  _globals['_FINISHTASKSREQUEST']._serialized_start=1228
+  _globals['_FINISHTASKSREQUEST']._serialized_end=1312
+  _globals['_FINISHRESULT']._serialized_start=1314
+  _globals['_FINISHRESULT']._serialized_end=1379
+  _globals['_FINISHTASKSRESPONSE']._serialized_start=1381
+  _globals['_FINISHTASKSRESPONSE']._serialized_end=1451
+  _globals['_WORKERSERVICE']._serialized_start=1703
+  _globals['_WORKERSERVICE']._serialized_end=1983
 # @@protoc_insertion_point(module_scope)

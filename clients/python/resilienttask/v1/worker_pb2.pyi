@@ -90,12 +90,14 @@ class ConnectResponse(_message.Message):
     def __init__(self, cancel: _Optional[_Union[CancelCommand, _Mapping]] = ...) -> None: ...
 
 class StartItem(_message.Message):
-    __slots__ = ("task_id", "dispatch_id")
+    __slots__ = ("task_id", "dispatch_id", "entry_id")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     DISPATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     dispatch_id: str
-    def __init__(self, task_id: _Optional[str] = ..., dispatch_id: _Optional[str] = ...) -> None: ...
+    entry_id: str
+    def __init__(self, task_id: _Optional[str] = ..., dispatch_id: _Optional[str] = ..., entry_id: _Optional[str] = ...) -> None: ...
 
 class StartTasksRequest(_message.Message):
     __slots__ = ("worker_id", "items")
