@@ -12,11 +12,16 @@ from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, Server
 from services.core.db import create_pool, database_reachable
 from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server
+from services.gateway.auth_interceptor import AuthInterceptor
+from services.gateway.auth_service import AuthServicer
+from services.gateway.scheduler_service import SchedulerServicer
 
 SERVICE_NAMES = (
     auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,
 )
+# Every SchedulerService call needs a user token; AuthService, health and reflection do not.
+SCHEDULER_PREFIX = f"/{scheduler_pb2.DESCRIPTOR.services_by_name['SchedulerService'].full_name}/"
 
 
 @dataclass(frozen=True)
@@ -31,11 +36,12 @@ async def create_server(config: GatewayConfig) -> Service:
     """Build the gateway: stores opened, servicers registered, port bound (not yet started)."""
     pool: asyncpg.Pool = await create_pool(config.database)
     redis: aioredis.Redis = create_redis(config.redis)
-    server, port, health = create_grpc_server(config.server, service_names=SERVICE_NAMES)
-    # Auth issue: register AuthServicer(pool, config.auth) and the SchedulerService token interceptor here.
-    auth_pb2_grpc.add_AuthServiceServicer_to_server(auth_pb2_grpc.AuthServiceServicer(), server)
-    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(scheduler_pb2_grpc.SchedulerServiceServicer(), server)
+    interceptor = AuthInterceptor(config.auth, SCHEDULER_PREFIX, config.auth.audience)
+    server, port, health = create_grpc_server(config.server, service_names=SERVICE_NAMES, interceptors=[interceptor])
+    auth = AuthServicer(pool, config.auth)
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(auth, server)
+    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(pool, redis), server)
     service = Service(server=server, port=port, health=health, service_names=SERVICE_NAMES)
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
-    service.shutdown_hooks += [pool.close, redis.aclose]
+    service.shutdown_hooks += [auth.close, pool.close, redis.aclose]
     return service

@@ -1,0 +1,60 @@
+"""What happens after a commit: dispatch entries, change events and worker commands go to Redis.
+
+Failures here never undo the commit and never fail the caller: a task left unpublished is found by the
+scheduler's sweeper, and a missed cancel push is repeated on the worker's next heartbeat.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+
+import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from services.core import keys, task_store
+from services.core.dispatch import DispatchEntry, publish
+from services.core.events import TaskChange, publish_changes
+
+log = logging.getLogger(__name__)
+
+
+async def dispatch_rows(pool: asyncpg.Pool, redis: aioredis.Redis, rows: Sequence[asyncpg.Record]) -> bool:
+    """XADD the rows' current dispatch, then record the entry ids; False when Redis refused."""
+    if not rows:
+        return True
+    entries = [DispatchEntry(str(r["id"]), str(r["dispatch_id"]), r["kind"]) for r in rows]
+    try:
+        entry_ids = await publish(redis, entries)
+    except (RedisError, OSError) as exc:
+        log.warning("dispatch deferred to the sweeper", extra={"tasks": len(entries), "error": repr(exc)})
+        return False
+    try:
+        await task_store.mark_published(pool, [e.task_id for e in entries], entry_ids)
+    except (asyncpg.PostgresError, OSError) as exc:
+        # The entries are in the stream; the sweeper may publish them again, which fencing makes harmless.
+        log.warning("could not record publication", extra={"error": repr(exc)})
+    return True
+
+
+async def emit(redis: aioredis.Redis, changes: Sequence[TaskChange]) -> None:
+    try:
+        await publish_changes(redis, changes)
+    except (RedisError, OSError) as exc:
+        log.warning("change events lost", extra={"events": len(changes), "error": repr(exc)})
+
+
+async def push_stop(redis: aioredis.Redis, refs: Sequence[task_store.RunningRef], reason: str) -> None:
+    """Ask whichever scheduler holds each worker's stream to stop the task there."""
+    if not refs:
+        return
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for ref in refs:
+                message = {"worker_id": ref.worker_id, "task_id": ref.task_id, "fence": ref.fence, "reason": reason}
+                pipe.publish(keys.COMMAND_CHANNEL, json.dumps(message))
+            await pipe.execute()
+    except (RedisError, OSError) as exc:
+        log.warning("stop push deferred to the next heartbeat", extra={"error": repr(exc)})

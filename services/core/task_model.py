@@ -1,0 +1,105 @@
+"""Task statuses, the one table of allowed transitions, and the row → message conversion."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from resilienttask.v1 import task_pb2
+from services.core.errors import FailedPrecondition
+
+QUEUED = task_pb2.TASK_STATUS_QUEUED
+RUNNING = task_pb2.TASK_STATUS_RUNNING
+CANCELLING = task_pb2.TASK_STATUS_CANCELLING
+SUCCEEDED = task_pb2.TASK_STATUS_SUCCEEDED
+FAILED = task_pb2.TASK_STATUS_FAILED
+CANCELLED = task_pb2.TASK_STATUS_CANCELLED
+TIMED_OUT = task_pb2.TASK_STATUS_TIMED_OUT
+
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, TIMED_OUT})
+ACTIVE = frozenset({QUEUED, RUNNING, CANCELLING})
+RETRYABLE = frozenset({FAILED, CANCELLED, TIMED_OUT})
+
+# Every status change in the system is checked against this table.
+# RUNNING -> RUNNING is a reclaimed attempt (a new worker takes over from a dead one);
+# RUNNING -> QUEUED is a failed attempt with attempts left; terminal -> QUEUED is RetryTask.
+ALLOWED_TRANSITIONS: Mapping[int, frozenset[int]] = {
+    QUEUED: frozenset({RUNNING, CANCELLED, FAILED}),
+    RUNNING: frozenset({RUNNING, QUEUED, CANCELLING, SUCCEEDED, FAILED, CANCELLED, TIMED_OUT}),
+    CANCELLING: frozenset({CANCELLED, SUCCEEDED, TIMED_OUT}),
+    SUCCEEDED: frozenset(),
+    FAILED: frozenset({QUEUED}),
+    CANCELLED: frozenset({QUEUED}),
+    TIMED_OUT: frozenset({QUEUED}),
+}
+
+
+class InvalidTransition(FailedPrecondition):
+    """A change that the state machine does not allow from the task's current status."""
+
+    def __init__(self, current: int, target: int, action: str = "") -> None:
+        what = action or f"move to {status_name(target)}"
+        super().__init__(f"cannot {what}: task is {status_name(current)}")
+        self.current = current
+        self.target = target
+
+
+def status_name(status: int) -> str:
+    return task_pb2.TaskStatus.Name(status).removeprefix("TASK_STATUS_")  # type: ignore[arg-type]
+
+
+def check_transition(current: int, target: int, action: str = "") -> None:
+    if target not in ALLOWED_TRANSITIONS.get(current, frozenset()):
+        raise InvalidTransition(current, target, action)
+
+
+# Columns every task query returns, so row_to_task can build the full message.
+TASK_COLUMNS = (
+    "id, owner_id, name, kind, payload, status, progress, attempt, max_attempts, worker_id, error, "
+    "request_id, batch_id, replica_index, workload_ms, max_runtime_ms, dead_lettered, result, version, "
+    "created_at, started_at, finished_at, dispatch_id, entry_id, fence"
+)
+
+
+def _set_time(field: Any, value: datetime | None) -> None:
+    if value is not None:
+        field.FromDatetime(value)
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def row_to_task(row: Mapping[str, Any]) -> task_pb2.Task:
+    task = task_pb2.Task(
+        id=str(row["id"]),
+        name=row["name"],
+        kind=row["kind"],
+        status=row["status"],
+        progress=row["progress"],
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        worker_id=row["worker_id"],
+        error=row["error"],
+        request_id=row["request_id"],
+        batch_id=str(row["batch_id"]),
+        replica_index=row["replica_index"],
+        dead_lettered=row["dead_lettered"],
+        version=row["version"],
+    )
+    task.workload.FromMilliseconds(row["workload_ms"])
+    task.max_runtime.FromMilliseconds(row["max_runtime_ms"])
+    _set_time(task.created_at, row["created_at"])
+    _set_time(task.started_at, row["started_at"])
+    _set_time(task.finished_at, row["finished_at"])
+    payload = _json(row["payload"])
+    if payload:
+        json_format.ParseDict(payload, task.payload)
+    result = _json(row["result"])
+    if result is not None:
+        task.result.CopyFrom(json_format.ParseDict(result, struct_pb2.Value()))
+    return task

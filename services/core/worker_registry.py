@@ -1,0 +1,66 @@
+"""The worker pool as users see it: a Redis hash kept by the schedulers, read by the gateways."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+import redis.asyncio as aioredis
+
+from resilienttask.v1 import task_pb2
+from services.core import keys
+
+BUILTIN_KINDS = frozenset({"sleep", "fail", "spin"})
+# A worker silent for this long is left out of the pool (its scheduler died before removing it).
+STALE_AFTER_S = 15.0
+
+
+@dataclass
+class WorkerInfo:
+    id: str
+    slots: int
+    busy: int = 0
+    kinds: list[str] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+    last_heartbeat: float = field(default_factory=time.time)
+
+    def to_proto(self) -> task_pb2.Worker:
+        worker = task_pb2.Worker(id=self.id, slots=self.slots, busy=self.busy, kinds=sorted(self.kinds))
+        worker.started_at.FromMicroseconds(int(self.started_at * 1e6))
+        worker.last_heartbeat.FromMicroseconds(int(self.last_heartbeat * 1e6))
+        return worker
+
+
+async def upsert(redis: aioredis.Redis, info: WorkerInfo, *, announce: bool) -> None:
+    """Store the worker; announce joins and busy-slot changes to watchers."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hset(keys.WORKERS_HASH, info.id, json.dumps(asdict(info)))
+        if announce:
+            pipe.publish(keys.WORKERS_EVENTS_CHANNEL, info.id)
+        await pipe.execute()
+
+
+async def remove(redis: aioredis.Redis, worker_id: str) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hdel(keys.WORKERS_HASH, worker_id)
+        pipe.publish(keys.WORKERS_EVENTS_CHANNEL, worker_id)
+        await pipe.execute()
+
+
+async def live_workers(redis: aioredis.Redis, stale_after_s: float = STALE_AFTER_S) -> list[WorkerInfo]:
+    now = time.time()
+    workers = []
+    for raw in (await redis.hgetall(keys.WORKERS_HASH)).values():
+        info = WorkerInfo(**json.loads(raw))
+        if now - info.last_heartbeat <= stale_after_s:
+            workers.append(info)
+    return sorted(workers, key=lambda w: w.id)
+
+
+async def known_kinds(redis: aioredis.Redis) -> list[str]:
+    """Built-in kinds plus those served by some live worker."""
+    kinds = set(BUILTIN_KINDS)
+    for info in await live_workers(redis):
+        kinds.update(info.kinds)
+    return sorted(kinds)

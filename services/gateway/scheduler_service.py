@@ -1,0 +1,141 @@
+"""SchedulerService: what users call. Every call acts for the authenticated caller and filters by owner."""
+
+from __future__ import annotations
+
+import asyncpg
+import grpc
+import redis.asyncio as aioredis
+
+from resilienttask.v1 import scheduler_pb2, scheduler_pb2_grpc
+from services.core import outbox, task_store, worker_registry
+from services.core.errors import NotFound, translate_errors
+from services.core.task_model import row_to_task
+from services.gateway import validation
+from services.gateway.auth_interceptor import current_user_id
+
+TASK_NOT_FOUND = "task not found"
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
+    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis) -> None:
+        self.pool = pool
+        self.redis = redis
+
+    @translate_errors
+    async def SubmitTask(
+        self, request: scheduler_pb2.SubmitTaskRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.SubmitTaskResponse:
+        owner = current_user_id()
+        spec = validation.submission(request, await worker_registry.known_kinds(self.redis))
+        rows, created = await task_store.submit(self.pool, owner, spec)
+        if created:
+            await outbox.dispatch_rows(self.pool, self.redis, rows)
+            await outbox.emit(self.redis, [task_store.change_for(r, 0) for r in rows])
+        return scheduler_pb2.SubmitTaskResponse(tasks=[row_to_task(r) for r in rows])
+
+    @translate_errors
+    async def GetTask(
+        self, request: scheduler_pb2.GetTaskRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.GetTaskResponse:
+        row = await task_store.get(self.pool, current_user_id(), validation.uuid_field("task_id", request.task_id))
+        if row is None:
+            raise NotFound(TASK_NOT_FOUND)
+        return scheduler_pb2.GetTaskResponse(task=row_to_task(row))
+
+    @translate_errors
+    async def ListTasks(
+        self, request: scheduler_pb2.ListTasksRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ListTasksResponse:
+        owner = current_user_id()
+        limit = validation.page_size(request.page_size)
+        batch_id = validation.uuid_field("batch_id", request.batch_id) if request.batch_id else None
+        rows = await task_store.list_page(
+            self.pool,
+            owner,
+            status=validation.status_filter(request.status),
+            batch_id=batch_id,
+            limit=limit + 1,
+            after=validation.decode_page_token(request.page_token),
+        )
+        next_token = ""
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_token = validation.encode_page_token(rows[-1]["created_at"], str(rows[-1]["id"]))
+        return scheduler_pb2.ListTasksResponse(tasks=[row_to_task(r) for r in rows], next_page_token=next_token)
+
+    async def _cancel(self, *, task_id: str | None = None, batch_id: str | None = None) -> task_store.CancelResult:
+        result = await task_store.cancel(self.pool, current_user_id(), task_id=task_id, batch_id=batch_id)
+        if not result.rows:
+            raise NotFound(TASK_NOT_FOUND if task_id else "batch not found")
+        await outbox.push_stop(self.redis, result.to_stop, "cancelled")
+        await outbox.emit(self.redis, result.changes)
+        return result
+
+    @translate_errors
+    async def CancelTask(
+        self, request: scheduler_pb2.CancelTaskRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.CancelTaskResponse:
+        result = await self._cancel(task_id=validation.uuid_field("task_id", request.task_id))
+        return scheduler_pb2.CancelTaskResponse(task=row_to_task(result.rows[0]))
+
+    @translate_errors
+    async def CancelBatch(
+        self, request: scheduler_pb2.CancelBatchRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.CancelBatchResponse:
+        result = await self._cancel(batch_id=validation.uuid_field("batch_id", request.batch_id))
+        return scheduler_pb2.CancelBatchResponse(tasks=[row_to_task(r) for r in result.rows])
+
+    @translate_errors
+    async def RetryTask(
+        self, request: scheduler_pb2.RetryTaskRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.RetryTaskResponse:
+        retried = await task_store.retry(
+            self.pool, current_user_id(), validation.uuid_field("task_id", request.task_id)
+        )
+        if retried is None:
+            raise NotFound(TASK_NOT_FOUND)
+        row, change = retried
+        await outbox.dispatch_rows(self.pool, self.redis, [row])
+        await outbox.emit(self.redis, [change])
+        return scheduler_pb2.RetryTaskResponse(task=row_to_task(row))
+
+    @translate_errors
+    async def DeleteTask(
+        self, request: scheduler_pb2.DeleteTaskRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.DeleteTaskResponse:
+        change = await task_store.delete(
+            self.pool, current_user_id(), validation.uuid_field("task_id", request.task_id)
+        )
+        if change is None:
+            raise NotFound(TASK_NOT_FOUND)
+        await outbox.emit(self.redis, [change])
+        return scheduler_pb2.DeleteTaskResponse()
+
+    @translate_errors
+    async def ClearHistory(
+        self, request: scheduler_pb2.ClearHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ClearHistoryResponse:
+        changes = await task_store.clear_history(self.pool, current_user_id())
+        await outbox.emit(self.redis, changes)
+        return scheduler_pb2.ClearHistoryResponse(deleted=len(changes))
+
+    @translate_errors
+    async def GetStats(
+        self, request: scheduler_pb2.GetStatsRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.GetStatsResponse:
+        return scheduler_pb2.GetStatsResponse(stats=await task_store.stats(self.pool, current_user_id()))
+
+    @translate_errors
+    async def ListWorkers(
+        self, request: scheduler_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ListWorkersResponse:
+        current_user_id()
+        workers = await worker_registry.live_workers(self.redis)
+        return scheduler_pb2.ListWorkersResponse(workers=[w.to_proto() for w in workers])
+
+    @translate_errors
+    async def ListKinds(
+        self, request: scheduler_pb2.ListKindsRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ListKindsResponse:
+        current_user_id()
+        return scheduler_pb2.ListKindsResponse(kinds=await worker_registry.known_kinds(self.redis))

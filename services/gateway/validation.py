@@ -1,0 +1,114 @@
+"""Checks of user input: every refusal is INVALID_ARGUMENT naming the field."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import duration_pb2, json_format
+
+from resilienttask.v1 import scheduler_pb2, task_pb2
+from services.core.errors import InvalidArgument
+from services.core.task_store import Submission
+
+MAX_NAME_CHARS = 200
+MAX_WORKLOAD_MS = 24 * 3600 * 1000
+MIN_RUNTIME_MS = 1000
+MAX_RUNTIME_MS = 24 * 3600 * 1000
+DEFAULT_RUNTIME_MS = 3600 * 1000
+MAX_REPLICAS = 50
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 10
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_REQUEST_ID_CHARS = 128
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+DEFAULT_KIND = "sleep"
+
+
+def duration_ms(field: str, value: duration_pb2.Duration) -> int:
+    if value.seconds < 0 or value.nanos < 0:
+        raise InvalidArgument(field, "must not be negative")
+    if value.nanos >= 1_000_000_000:
+        raise InvalidArgument(field, "nanos must be below one second")
+    return value.seconds * 1000 + value.nanos // 1_000_000
+
+
+def submission(request: scheduler_pb2.SubmitTaskRequest, kinds: Sequence[str]) -> Submission:
+    name = request.name.strip()
+    if not name:
+        raise InvalidArgument("name", "is required")
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidArgument("name", f"must be at most {MAX_NAME_CHARS} characters")
+    kind = request.kind or DEFAULT_KIND
+    if kind not in kinds:
+        raise InvalidArgument("kind", f"unknown kind {kind[:50]!r}; known kinds: {', '.join(kinds)}")
+    workload_ms = duration_ms("workload", request.workload)
+    if workload_ms > MAX_WORKLOAD_MS:
+        raise InvalidArgument("workload", "must be at most 24h")
+    if request.HasField("max_runtime"):
+        max_runtime_ms = duration_ms("max_runtime", request.max_runtime)
+        if not MIN_RUNTIME_MS <= max_runtime_ms <= MAX_RUNTIME_MS:
+            raise InvalidArgument("max_runtime", "must be between 1s and 24h")
+    else:
+        # Long enough for the workload by default, so only a runaway task meets the ceiling.
+        max_runtime_ms = min(MAX_RUNTIME_MS, max(DEFAULT_RUNTIME_MS, 2 * workload_ms))
+    replicas = request.replicas or 1
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise InvalidArgument("replicas", f"must be between 1 and {MAX_REPLICAS}")
+    max_attempts = request.max_attempts or DEFAULT_MAX_ATTEMPTS
+    if not 1 <= max_attempts <= MAX_ATTEMPTS:
+        raise InvalidArgument("max_attempts", f"must be between 1 and {MAX_ATTEMPTS}")
+    if request.payload.ByteSize() > MAX_PAYLOAD_BYTES:
+        raise InvalidArgument("payload", f"must be at most {MAX_PAYLOAD_BYTES // 1024} KiB")
+    payload: dict[str, Any] = json_format.MessageToDict(request.payload)
+    request_id = request.request_id or str(uuid.uuid4())
+    if len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable():
+        raise InvalidArgument("request_id", f"must be at most {MAX_REQUEST_ID_CHARS} printable characters")
+    return Submission(
+        name=name,
+        kind=kind,
+        payload=payload,
+        workload_ms=workload_ms,
+        max_runtime_ms=max_runtime_ms,
+        replicas=replicas,
+        max_attempts=max_attempts,
+        request_id=request_id,
+    )
+
+
+def uuid_field(field: str, value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, AttributeError) as exc:
+        raise InvalidArgument(field, "must be a UUID") from exc
+
+
+def status_filter(value: int) -> int:
+    if value not in task_pb2.TaskStatus.values():
+        raise InvalidArgument("status", "unknown status")
+    return value
+
+
+def page_size(value: int) -> int:
+    if value < 0 or value > MAX_PAGE_SIZE:
+        raise InvalidArgument("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
+    return value or DEFAULT_PAGE_SIZE
+
+
+def encode_page_token(created_at: datetime, task_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{task_id}".encode()).decode()
+
+
+def decode_page_token(token: str) -> tuple[datetime, str] | None:
+    if not token:
+        return None
+    try:
+        created, task_id = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(created), str(uuid.UUID(task_id))
+    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        raise InvalidArgument("page_token", "is malformed") from exc
