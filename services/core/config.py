@@ -80,6 +80,8 @@ class AuthConfig:
             raise ConfigError("the JWT secret must be at least 32 bytes")
         if not 4 <= self.bcrypt_cost <= 31:
             raise ConfigError("RTASK_BCRYPT_COST must be between 4 and 31")
+        if self.token_ttl_s < 1:
+            raise ConfigError("RTASK_TOKEN_TTL_S must be at least 1 second")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> AuthConfig:

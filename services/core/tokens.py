@@ -15,7 +15,10 @@ ALGORITHM = "HS256"
 # Workers use their own audience, so a user token can never call WorkerService and vice versa.
 WORKER_AUDIENCE = "resilienttask-workers"
 WORKER_TOKEN_TTL_S = 3600
+# Our tokens are ~300 characters; anything far longer is refused before it is parsed.
+MAX_TOKEN_CHARS = 4096
 _REQUIRED_CLAIMS = ["sub", "iat", "exp", "iss", "aud", "jti"]
+_INVALID = "invalid or expired token"
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,12 @@ def mint_worker_token(config: AuthConfig, worker_id: str) -> IssuedToken:
 def verify_token(config: AuthConfig, token: str, audience: str) -> str:
     """Return the subject of a valid token; any defect is Unauthenticated with one generic message.
 
-    Only HS256 is accepted (so `alg=none` and every other algorithm fail), and every claim is required.
+    Only HS256 is accepted (so `alg=none` and every other algorithm fail), every claim is required,
+    `iat` may not lie in the future, and `aud` must be exactly the one expected audience: a token
+    listing several audiences would otherwise open both the user and the worker API.
     """
+    if not token or len(token) > MAX_TOKEN_CHARS:
+        raise Unauthenticated(_INVALID)
     try:
         claims = jwt.decode(
             token,
@@ -57,11 +64,12 @@ def verify_token(config: AuthConfig, token: str, audience: str) -> str:
             algorithms=[ALGORITHM],
             audience=audience,
             issuer=config.issuer,
-            options={"require": _REQUIRED_CLAIMS},
+            leeway=0,
+            options={"require": _REQUIRED_CLAIMS, "strict_aud": True, "verify_signature": True},
         )
     except jwt.PyJWTError as exc:
-        raise Unauthenticated("invalid or expired token") from exc
+        raise Unauthenticated(_INVALID) from exc
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:
-        raise Unauthenticated("invalid or expired token")
+        raise Unauthenticated(_INVALID)
     return subject

@@ -9,8 +9,12 @@ from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, Server
 from services.core.db import create_pool, database_reachable
 from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server
+from services.core.tokens import WORKER_AUDIENCE
+from services.gateway.auth_interceptor import AuthInterceptor
 
 SERVICE_NAMES = (worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,)
+# Every WorkerService call needs a worker token (its own audience: user tokens are refused).
+WORKER_PREFIX = f"/{SERVICE_NAMES[0]}/"
 
 
 @dataclass(frozen=True)
@@ -25,7 +29,8 @@ async def create_server(config: SchedulerConfig) -> Service:
     """Build the scheduler: stores opened, servicer registered, port bound (not yet started)."""
     pool = await create_pool(config.database)
     redis = create_redis(config.redis)
-    server, port, health = create_grpc_server(config.server, service_names=SERVICE_NAMES)
+    interceptor = AuthInterceptor(config.auth, WORKER_PREFIX, WORKER_AUDIENCE)
+    server, port, health = create_grpc_server(config.server, service_names=SERVICE_NAMES, interceptors=[interceptor])
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(worker_pb2_grpc.WorkerServiceServicer(), server)
     service = Service(server=server, port=port, health=health, service_names=SERVICE_NAMES)
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]

@@ -1,0 +1,71 @@
+"""Password rules and bcrypt hashing on a small thread pool, so a hash never stalls the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+import bcrypt
+
+from services.core.errors import InvalidArgument
+
+MIN_PASSWORD_BYTES = 8
+# bcrypt reads only the first 72 bytes; longer passwords are refused rather than silently cut.
+MAX_PASSWORD_BYTES = 72
+
+T = TypeVar("T")
+
+
+def password_bytes(password: str) -> bytes:
+    """The UTF-8 bytes of a password that meets the length rule; InvalidArgument naming the field otherwise."""
+    encoded = password.encode("utf-8")
+    if not MIN_PASSWORD_BYTES <= len(encoded) <= MAX_PASSWORD_BYTES:
+        raise InvalidArgument("password", f"must be {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes long")
+    return encoded
+
+
+def _hash(password: bytes, cost: int) -> bytes:
+    return bcrypt.hashpw(password, bcrypt.gensalt(rounds=cost))
+
+
+class PasswordHasher:
+    """bcrypt hash and verify, run on a bounded pool of threads (bcrypt releases the GIL while it works).
+
+    Callers queue on an asyncio semaphore rather than inside the executor: a call whose client gave up
+    (deadline, disconnect) is cancelled while it waits and never costs a hash.
+    """
+
+    def __init__(self, cost: int, *, threads: int = 2) -> None:
+        self._cost = cost
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bcrypt")
+        self._slots = asyncio.Semaphore(threads)
+        # Logins for unknown emails are checked against this hash of a random password, so they cost
+        # as much as a wrong password and the two cannot be told apart by timing. Computed in the pool.
+        self._dummy_hash: Future[bytes] = self._executor.submit(_hash, secrets.token_bytes(32), cost)
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        async with self._slots:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def hash(self, password: bytes) -> str:
+        """A salted bcrypt hash at the configured cost, as text ($2b$...)."""
+        hashed = await self._run(_hash, password, self._cost)
+        return hashed.decode("ascii")
+
+    async def verify(self, password: bytes, hashed: str | None) -> bool:
+        """True when password matches hashed; with no hash (unknown user) do the same work and return False."""
+        if hashed is None:
+            dummy = await asyncio.wrap_future(self._dummy_hash)
+            await self._run(bcrypt.checkpw, password, dummy)
+            return False
+        try:
+            return await self._run(bcrypt.checkpw, password, hashed.encode("ascii"))
+        except ValueError:  # a stored value that is not a bcrypt hash never matches
+            return False
+
+    async def close(self) -> None:
+        """Stop the pool; a hash already running finishes in its thread, queued ones are dropped."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
