@@ -29,11 +29,11 @@ async def ensure_dispatch_group(redis: aioredis.Redis) -> None:
             raise
 
 
-async def publish(redis: aioredis.Redis, entries: Iterable[DispatchEntry]) -> None:
-    """XADD every entry in one pipelined round trip."""
+async def publish(redis: aioredis.Redis, entries: Iterable[DispatchEntry]) -> list[str]:
+    """XADD every entry in one pipelined round trip; returns the entry ids in order."""
     batch = list(entries)
     if not batch:
-        return
+        return []
     async with redis.pipeline(transaction=False) as pipe:
         for entry in batch:
             pipe.xadd(
@@ -44,7 +44,8 @@ async def publish(redis: aioredis.Redis, entries: Iterable[DispatchEntry]) -> No
                     keys.FIELD_KIND: entry.kind,
                 },
             )
-        await pipe.execute()
+        ids = await pipe.execute()
+    return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
 
 def parse_entry(fields: dict[bytes, bytes]) -> DispatchEntry:
