@@ -21,6 +21,11 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def env_int(name: str, default: int, env: Mapping[str, str] = os.environ) -> int:
+    """An integer variable, for entry points assembling settings that have no dataclass of their own."""
+    return _int(env, name, default)
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import _async as health_aio
@@ -34,7 +35,10 @@ class Service:
     service_names: Sequence[str]
     readiness_checks: list[ReadinessCheck] = field(default_factory=list)
     shutdown_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Long-running loops of the process (sweepers, relays, readers), started with the server.
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     _monitor: asyncio.Task[None] | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _serving: bool | None = None
 
     async def set_serving(self, serving: bool) -> None:
@@ -68,6 +72,9 @@ class Service:
         await self.server.start()
         await self.check_once()
         self._monitor = asyncio.create_task(self.monitor(config.health_check_interval_s))
+        self._tasks = [asyncio.create_task(loop()) for loop in self.background]
+        for task in self._tasks:
+            task.add_done_callback(_log_crash)
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking new calls, let in-flight calls finish, then run shutdown hooks."""
@@ -78,11 +85,21 @@ class Service:
         with contextlib.suppress(Exception):
             await self.set_serving(False)
         await self.server.stop(grace_s)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         for hook in self.shutdown_hooks:
             try:
                 await hook()
             except Exception:
                 log.exception("shutdown hook failed")
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background loop crashed", exc_info=task.exception())
 
 
 def create_grpc_server(

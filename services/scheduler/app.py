@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from resilienttask.v1 import worker_pb2, worker_pb2_grpc
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
@@ -11,6 +11,11 @@ from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server
 from services.core.tokens import WORKER_AUDIENCE
 from services.gateway.auth_interceptor import AuthInterceptor
+from services.scheduler.connections import ConnectedWorkers, relay_commands
+from services.scheduler.progress import ProgressBuffer
+from services.scheduler.store import RetryPolicy
+from services.scheduler.sweepers import SweepConfig, run_sweepers
+from services.scheduler.worker_service import WorkerServicer
 
 SERVICE_NAMES = (worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,)
 # Every WorkerService call needs a worker token (its own audience: user tokens are refused).
@@ -23,6 +28,9 @@ class SchedulerConfig:
     database: DatabaseConfig
     redis: RedisConfig
     auth: AuthConfig
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    sweeps: SweepConfig = field(default_factory=SweepConfig)
+    progress_flush_ms: int = 100
 
 
 async def create_server(config: SchedulerConfig) -> Service:
@@ -31,8 +39,16 @@ async def create_server(config: SchedulerConfig) -> Service:
     redis = create_redis(config.redis)
     interceptor = AuthInterceptor(config.auth, WORKER_PREFIX, WORKER_AUDIENCE)
     server, port, health = create_grpc_server(config.server, service_names=SERVICE_NAMES, interceptors=[interceptor])
-    worker_pb2_grpc.add_WorkerServiceServicer_to_server(worker_pb2_grpc.WorkerServiceServicer(), server)
+    workers = ConnectedWorkers()
+    progress = ProgressBuffer()
+    servicer = WorkerServicer(pool, redis, workers, progress, config.retry)
+    worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
     service = Service(server=server, port=port, health=health, service_names=SERVICE_NAMES)
+    service.background += [
+        lambda: relay_commands(redis, workers),
+        lambda: progress.flush_forever(pool, redis, config.progress_flush_ms / 1000),
+        lambda: run_sweepers(pool, redis, config.sweeps),
+    ]
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
     service.shutdown_hooks += [pool.close, redis.aclose]
     return service

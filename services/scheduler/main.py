@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 
-from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
+from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig, env_int
 from services.core.logging import configure_logging
 from services.core.server import run_until_signalled
 from services.scheduler.app import SchedulerConfig, create_server
+from services.scheduler.store import RetryPolicy
+from services.scheduler.sweepers import SweepConfig
 
 
 async def _serve() -> None:
@@ -17,6 +19,15 @@ async def _serve() -> None:
         database=DatabaseConfig.from_env(),
         redis=RedisConfig.from_env(),
         auth=AuthConfig.from_env(),
+        retry=RetryPolicy(
+            base_ms=env_int("RTASK_RETRY_BASE_MS", 1000),
+            max_ms=env_int("RTASK_RETRY_MAX_MS", 60_000),
+        ),
+        sweeps=SweepConfig(
+            publish_interval_ms=env_int("RTASK_PUBLISH_INTERVAL_MS", 200),
+            abandoned_grace_s=float(env_int("RTASK_ABANDONED_GRACE_S", 30)),
+        ),
+        progress_flush_ms=env_int("RTASK_PROGRESS_FLUSH_MS", 100),
     )
     service = await create_server(config)
     await run_until_signalled(service, config.server)

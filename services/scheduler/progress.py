@@ -1,0 +1,45 @@
+"""Progress reports are frequent: keep the latest per attempt and write them in one statement per tick."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from services.core import outbox
+from services.scheduler import store
+
+log = logging.getLogger(__name__)
+
+
+class ProgressBuffer:
+    def __init__(self) -> None:
+        self._latest: dict[tuple[str, int], float] = {}
+
+    def add(self, task_id: str, fence: int, progress: float) -> None:
+        self._latest[(task_id, fence)] = progress
+
+    def discard(self, task_ids: Iterable[str]) -> None:
+        gone = set(task_ids)
+        for key in [k for k in self._latest if k[0] in gone]:
+            del self._latest[key]
+
+    def take(self) -> dict[tuple[str, int], float]:
+        latest, self._latest = self._latest, {}
+        return latest
+
+    async def flush_forever(self, pool: asyncpg.Pool, redis: aioredis.Redis, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            reports = self.take()
+            if not reports:
+                continue
+            try:
+                changes = await store.record_progress(pool, reports)
+            except (asyncpg.PostgresError, OSError) as exc:
+                log.warning("progress not recorded", extra={"error": repr(exc)})
+                continue
+            await outbox.emit(redis, changes)

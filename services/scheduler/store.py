@@ -1,0 +1,343 @@
+"""The scheduler's task transitions: start (fenced leases), finish, progress and the sweeps.
+
+All of them run in one transaction per batch with row locks, so concurrent schedulers and workers
+never both win the same task.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+from google.protobuf import json_format
+
+from resilienttask.v1 import worker_pb2
+from services.core.events import TaskChange
+from services.core.task_model import (
+    CANCELLED,
+    CANCELLING,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    TASK_COLUMNS,
+    TERMINAL,
+    TIMED_OUT,
+    check_transition,
+    row_to_task,
+)
+from services.core.task_store import HistoryEntry, RunningRef, change_for, history_for, insert_history
+
+SUPERSEDED = "superseded"
+RUN = worker_pb2.START_DECISION_RUN
+SKIP = worker_pb2.START_DECISION_SKIP
+DEFER = worker_pb2.START_DECISION_DEFER
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter between attempts."""
+
+    base_ms: int = 1000
+    max_ms: int = 60_000
+
+    def delay_s(self, attempt: int) -> float:
+        ceiling = min(self.max_ms, self.base_ms * 2 ** max(0, attempt - 1))
+        return ceiling * random.uniform(0.5, 1.0) / 1000
+
+
+@dataclass
+class StartOutcome:
+    results: list[worker_pb2.StartResult]
+    changes: list[TaskChange]
+    superseded: list[RunningRef]
+
+
+def _skip(task_id: str, reason: str) -> worker_pb2.StartResult:
+    return worker_pb2.StartResult(task_id=task_id, decision=SKIP, reason=reason)
+
+
+async def start_batch(pool: asyncpg.Pool, worker_id: str, items: Sequence[worker_pb2.StartItem]) -> StartOutcome:
+    """Decide for each entry whether this worker runs the task, and record the new attempts.
+
+    Only the entry carrying the task's current dispatch_id may start it. A RUNNING task is taken over
+    only through the very entry that started it (XAUTOCLAIM gave it to us because its worker stopped
+    heartbeating); any other entry for it is a duplicate publish and is skipped.
+    """
+    ids = [item.task_id for item in items]
+    async with pool.acquire() as conn, conn.transaction():
+        rows = {
+            str(r["id"]): r
+            for r in await conn.fetch(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
+                _valid_uuids(ids),
+            )
+        }
+        decisions: list[tuple[worker_pb2.StartItem, str, str]] = []  # (item, action, detail)
+        for item in items:
+            row = rows.get(item.task_id)
+            decisions.append((item, *_decide(row, item, worker_id)))
+        results: list[worker_pb2.StartResult] = []
+        changes: list[TaskChange] = []
+        history: list[HistoryEntry] = []
+        superseded: list[RunningRef] = []
+        started: set[str] = set()
+        for item, action, detail in decisions:
+            row = rows.get(item.task_id)
+            if action == "run" and row is not None and item.task_id not in started:
+                started.add(item.task_id)
+                check_transition(row["status"], RUNNING)
+                if row["status"] == RUNNING:
+                    superseded.append(RunningRef(row["worker_id"], item.task_id, row["fence"]))
+                new = await conn.fetchrow(
+                    f"UPDATE tasks SET status = {RUNNING}, attempt = attempt + 1, fence = nextval('fence_seq'), "
+                    "worker_id = $2, entry_id = $3, started_at = now(), progress = 0, error = '', "
+                    f"version = version + 1 WHERE id = $1 RETURNING {TASK_COLUMNS}",
+                    item.task_id,
+                    worker_id,
+                    item.entry_id,
+                )
+                assert new is not None
+                history.append(history_for(new, row["status"], detail))
+                changes.append(change_for(new, row["status"]))
+                results.append(
+                    worker_pb2.StartResult(
+                        task_id=item.task_id, decision=RUN, task=row_to_task(new), fence=new["fence"]
+                    )
+                )
+            elif action in ("fail", "cancel") and row is not None:
+                target = FAILED if action == "fail" else CANCELLED
+                check_transition(row["status"], target)
+                new = await conn.fetchrow(
+                    "UPDATE tasks SET status = $2, dead_lettered = $3, error = $4, finished_at = now(), "
+                    f"version = version + 1 WHERE id = $1 RETURNING {TASK_COLUMNS}",
+                    item.task_id,
+                    target,
+                    target == FAILED,
+                    detail,
+                )
+                assert new is not None
+                history.append(history_for(new, row["status"], detail))
+                changes.append(change_for(new, row["status"]))
+                results.append(_skip(item.task_id, detail))
+            elif action == "defer":
+                results.append(worker_pb2.StartResult(task_id=item.task_id, decision=DEFER, reason=detail))
+            else:
+                results.append(_skip(item.task_id, detail))
+        await insert_history(conn, history)
+    return StartOutcome(results, changes, superseded)
+
+
+def _decide(row: asyncpg.Record | None, item: worker_pb2.StartItem, worker_id: str) -> tuple[str, str]:
+    if row is None:
+        return "skip", "task not found"
+    status = row["status"]
+    if str(row["dispatch_id"]) != item.dispatch_id:
+        return "skip", "stale dispatch"
+    if status == QUEUED:
+        return "run", "started"
+    if status in TERMINAL:
+        return "skip", "already finished"
+    # RUNNING or CANCELLING: somebody started this dispatch already.
+    if row["worker_id"] == worker_id:
+        return "defer", "already running on this worker"
+    if not item.entry_id or item.entry_id != row["entry_id"]:
+        return "skip", "duplicate entry"
+    previous = row["worker_id"] or "a worker"
+    if status == CANCELLING:
+        return "cancel", f"{previous} stopped while cancelling"
+    if row["attempt"] >= row["max_attempts"]:
+        return "fail", f"{previous} stopped responding; no attempts left"
+    return "run", f"reclaimed from {previous}"
+
+
+def _valid_uuids(ids: Sequence[str]) -> list[str]:
+    valid = []
+    for value in ids:
+        try:
+            valid.append(str(uuid.UUID(value)))
+        except ValueError:
+            continue
+    return valid
+
+
+# -- finishing ----------------------------------------------------------------------------------------
+@dataclass
+class FinishOutcome:
+    results: list[worker_pb2.FinishResult]
+    changes: list[TaskChange]
+    requeued: list[str]
+
+
+def _target(row: asyncpg.Record, outcome: int) -> tuple[int, bool]:
+    """(new status, dead_lettered) for an attempt's outcome, given the task's status."""
+    if row["status"] == CANCELLING:
+        if outcome in (worker_pb2.OUTCOME_SUCCEEDED, worker_pb2.OUTCOME_TIMED_OUT):
+            return (SUCCEEDED if outcome == worker_pb2.OUTCOME_SUCCEEDED else TIMED_OUT), False
+        return CANCELLED, False
+    if outcome == worker_pb2.OUTCOME_SUCCEEDED:
+        return SUCCEEDED, False
+    if outcome == worker_pb2.OUTCOME_TIMED_OUT:
+        return TIMED_OUT, False
+    if outcome == worker_pb2.OUTCOME_CANCELLED:
+        return CANCELLED, False
+    if row["attempt"] < row["max_attempts"]:
+        return QUEUED, False
+    return FAILED, True
+
+
+async def finish_batch(
+    pool: asyncpg.Pool, worker_id: str, items: Sequence[worker_pb2.FinishItem], retry: RetryPolicy
+) -> FinishOutcome:
+    """Record outcomes; a report whose fence is not the task's current one is refused as superseded."""
+    ids = _valid_uuids([item.task.task_id for item in items])
+    results: list[worker_pb2.FinishResult] = []
+    changes: list[TaskChange] = []
+    history: list[HistoryEntry] = []
+    requeued: list[str] = []
+    async with pool.acquire() as conn, conn.transaction():
+        rows = {
+            str(r["id"]): r
+            for r in await conn.fetch(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", ids
+            )
+        }
+        for item in items:
+            task_id = item.task.task_id
+            row = rows.get(task_id)
+            if row is None:
+                results.append(worker_pb2.FinishResult(task_id=task_id, accepted=False, reason="task not found"))
+                continue
+            if row["fence"] != item.task.fence:
+                results.append(worker_pb2.FinishResult(task_id=task_id, accepted=False, reason=SUPERSEDED))
+                continue
+            if row["status"] not in (RUNNING, CANCELLING):
+                results.append(worker_pb2.FinishResult(task_id=task_id, accepted=False, reason="already finished"))
+                continue
+            target, dead = _target(row, item.outcome)
+            check_transition(row["status"], target)
+            result_json = json.dumps(json_format.MessageToDict(item.result)) if item.HasField("result") else None
+            error = item.error[:4000]
+            if target == QUEUED:
+                new = await conn.fetchrow(
+                    f"UPDATE tasks SET status = {QUEUED}, error = $2, dispatch_id = $3, published = false, "
+                    "published_at = NULL, publish_after = now() + make_interval(secs => $4), "
+                    f"version = version + 1 WHERE id = $1 RETURNING {TASK_COLUMNS}",
+                    task_id,
+                    error,
+                    str(uuid.uuid4()),
+                    retry.delay_s(row["attempt"]),
+                )
+                requeued.append(task_id)
+            else:
+                new = await conn.fetchrow(
+                    "UPDATE tasks SET status = $2, dead_lettered = $3, error = $4, result = $5::jsonb, "
+                    "progress = CASE WHEN $2 = 4 THEN 1 ELSE progress END, finished_at = now(), "
+                    f"version = version + 1 WHERE id = $1 RETURNING {TASK_COLUMNS}",
+                    task_id,
+                    target,
+                    dead,
+                    error,
+                    result_json,
+                )
+            assert new is not None
+            history.append(history_for(new, row["status"], error or "finished"))
+            changes.append(change_for(new, row["status"]))
+            results.append(worker_pb2.FinishResult(task_id=task_id, accepted=True))
+        await insert_history(conn, history)
+    return FinishOutcome(results, changes, requeued)
+
+
+# -- progress and heartbeats --------------------------------------------------------------------------
+async def record_progress(pool: asyncpg.Pool, reports: dict[tuple[str, int], float]) -> list[TaskChange]:
+    """Store the latest progress of each (task, fence); reports of superseded attempts change nothing."""
+    if not reports:
+        return []
+    keys = list(reports)
+    # SKIP LOCKED: progress is droppable, and never worth waiting for (or deadlocking with) a finish.
+    rows = await pool.fetch(
+        "WITH t AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::float8[]) AS u(id, fence, progress)), "
+        f"locked AS (SELECT tasks.id FROM tasks JOIN t ON tasks.id = t.id WHERE tasks.fence = t.fence "
+        f"AND tasks.status IN ({RUNNING}, {CANCELLING}) AND tasks.progress <> t.progress "
+        "ORDER BY tasks.id FOR UPDATE OF tasks SKIP LOCKED) "
+        "UPDATE tasks SET progress = t.progress, version = version + 1 FROM t, locked "
+        "WHERE tasks.id = t.id AND tasks.id = locked.id "
+        f"RETURNING {', '.join('tasks.' + c.strip() for c in TASK_COLUMNS.split(','))}",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [max(0.0, min(1.0, reports[k])) for k in keys],
+    )
+    return [change_for(r, r["status"]) for r in rows]
+
+
+async def stops_for_held(pool: asyncpg.Pool, held: Sequence[worker_pb2.HeldTask]) -> list[tuple[str, int, str]]:
+    """For tasks a worker says it runs: which it must stop, and why (superseded, or cancel requested)."""
+    if not held:
+        return []
+    rows = await pool.fetch(
+        "SELECT id, status, fence FROM tasks WHERE id = ANY($1::uuid[])", _valid_uuids([h.task_id for h in held])
+    )
+    current = {str(r["id"]): r for r in rows}
+    stops = []
+    for task in held:
+        row = current.get(task.task_id)
+        if row is None or row["fence"] != task.fence or row["status"] in TERMINAL or row["status"] == QUEUED:
+            stops.append((task.task_id, task.fence, SUPERSEDED))
+        elif row["status"] == CANCELLING:
+            stops.append((task.task_id, task.fence, "cancelled"))
+    return stops
+
+
+# -- sweeps -------------------------------------------------------------------------------------------
+async def due_for_publish(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
+    """Queued tasks nobody published: retry backoffs that are due, or submissions made while Redis was down."""
+    return list(
+        await pool.fetch(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE status = {QUEUED} AND NOT published "
+            "AND publish_after <= now() ORDER BY publish_after LIMIT $1",
+            limit,
+        )
+    )
+
+
+async def published_before(pool: asyncpg.Pool, age_s: float, limit: int) -> list[asyncpg.Record]:
+    """Queued, published tasks older than age_s, to check that their entry still exists."""
+    return list(
+        await pool.fetch(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE status = {QUEUED} AND published "
+            "AND published_at < now() - make_interval(secs => $1) ORDER BY published_at LIMIT $2",
+            age_s,
+            limit,
+        )
+    )
+
+
+async def time_out_abandoned(pool: asyncpg.Pool, grace_s: float) -> list[TaskChange]:
+    """Running tasks past max_runtime + grace: their worker is gone and nobody took over."""
+    changes: list[TaskChange] = []
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE status IN ({RUNNING}, {CANCELLING}) "
+            "AND started_at + make_interval(secs => max_runtime_ms / 1000.0 + $1) < now() "
+            "ORDER BY id LIMIT 500 FOR UPDATE SKIP LOCKED",
+            grace_s,
+        )
+        history = []
+        for row in rows:
+            target = CANCELLED if row["status"] == CANCELLING else TIMED_OUT
+            new = await conn.fetchrow(
+                "UPDATE tasks SET status = $2, finished_at = now(), error = $3, version = version + 1 "
+                f"WHERE id = $1 RETURNING {TASK_COLUMNS}",
+                row["id"],
+                target,
+                "no worker reported within max_runtime plus grace",
+            )
+            assert new is not None
+            history.append(history_for(new, row["status"], "abandoned"))
+            changes.append(change_for(new, row["status"]))
+        await insert_history(conn, history)
+    return changes

@@ -1,0 +1,93 @@
+"""Supervision loops of the scheduler: nothing committed is ever left undispatched or unfinished.
+
+- publish: queued tasks nobody published (retry backoff due, or Redis was down at submit time);
+- lost entries: queued tasks whose stream entry vanished (Redis lost data) are published again;
+- abandoned: running tasks past max_runtime + grace that no worker holds any more are timed out.
+Several schedulers may run these at once: row locks and fencing make a double publish harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from services.core import keys, outbox
+from services.core.dispatch import ensure_dispatch_group
+from services.scheduler import store
+
+log = logging.getLogger(__name__)
+BATCH = 500
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    publish_interval_ms: int = 200
+    lost_entry_check_interval_s: float = 10.0
+    lost_entry_age_s: float = 30.0
+    abandoned_interval_s: float = 2.0
+    abandoned_grace_s: float = 30.0
+
+
+async def publish_due(pool: asyncpg.Pool, redis: aioredis.Redis) -> int:
+    rows = await store.due_for_publish(pool, BATCH)
+    if rows and await outbox.dispatch_rows(pool, redis, rows):
+        return len(rows)
+    return 0
+
+
+async def republish_lost(pool: asyncpg.Pool, redis: aioredis.Redis, age_s: float) -> int:
+    rows = await store.published_before(pool, age_s, BATCH)
+    if not rows:
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for row in rows:
+            pipe.xrange(keys.DISPATCH_STREAM, min=row["entry_id"], max=row["entry_id"], count=1)
+        found = await pipe.execute()
+    lost = [row for row, entries in zip(rows, found, strict=True) if not entries]
+    if lost:
+        log.warning("republishing tasks whose stream entry was lost", extra={"tasks": len(lost)})
+        await outbox.dispatch_rows(pool, redis, lost)
+    return len(lost)
+
+
+async def time_out_abandoned(pool: asyncpg.Pool, redis: aioredis.Redis, grace_s: float) -> int:
+    changes = await store.time_out_abandoned(pool, grace_s)
+    await outbox.emit(redis, changes)
+    return len(changes)
+
+
+async def _every(interval_s: float, name: str, step: Callable[[], Awaitable[None]]) -> None:
+    """Run step() forever at the interval; store outages are logged and retried, never fatal."""
+    while True:
+        try:
+            await step()
+        except (asyncpg.PostgresError, OSError, RedisError, asyncpg.InterfaceError) as exc:
+            log.warning("sweep failed; will retry", extra={"sweep": name, "error": repr(exc)})
+        await asyncio.sleep(interval_s)
+
+
+async def run_sweepers(pool: asyncpg.Pool, redis: aioredis.Redis, config: SweepConfig) -> None:
+    async def ensure_group() -> None:
+        await ensure_dispatch_group(redis)
+
+    async def publish() -> None:
+        await publish_due(pool, redis)
+
+    async def lost() -> None:
+        await republish_lost(pool, redis, config.lost_entry_age_s)
+
+    async def abandoned() -> None:
+        await time_out_abandoned(pool, redis, config.abandoned_grace_s)
+
+    await asyncio.gather(
+        _every(5.0, "group", ensure_group),
+        _every(config.publish_interval_ms / 1000, "publish", publish),
+        _every(config.lost_entry_check_interval_s, "lost", lost),
+        _every(config.abandoned_interval_s, "abandoned", abandoned),
+    )
