@@ -113,7 +113,7 @@ async def start_batch(pool: asyncpg.Pool, worker_id: str, items: Sequence[worker
                 target = FAILED if action == "fail" else CANCELLED
                 check_transition(row["status"], target)
                 new = await conn.fetchrow(
-                    "UPDATE tasks SET status = $2, dead_lettered = $3, error = $4, finished_at = now(), "
+                    "UPDATE tasks SET status = $2::smallint, dead_lettered = $3, error = $4, finished_at = now(), "
                     f"version = version + 1 WHERE id = $1 RETURNING {TASK_COLUMNS}",
                     item.task_id,
                     target,
@@ -235,8 +235,8 @@ async def finish_batch(
                 requeued.append(task_id)
             else:
                 new = await conn.fetchrow(
-                    "UPDATE tasks SET status = $2, dead_lettered = $3, error = $4, result = $5::jsonb, "
-                    "progress = CASE WHEN $2 = 4 THEN 1 ELSE progress END, finished_at = now(), "
+                    "UPDATE tasks SET status = $2::smallint, dead_lettered = $3, error = $4, result = $5::jsonb, "
+                    "progress = CASE WHEN $2::smallint = 4 THEN 1 ELSE progress END, finished_at = now(), "
                     f"version = version + 1 WHERE id = $1 RETURNING {TASK_COLUMNS}",
                     task_id,
                     target,
@@ -330,7 +330,7 @@ async def time_out_abandoned(pool: asyncpg.Pool, grace_s: float) -> list[TaskCha
         for row in rows:
             target = CANCELLED if row["status"] == CANCELLING else TIMED_OUT
             new = await conn.fetchrow(
-                "UPDATE tasks SET status = $2, finished_at = now(), error = $3, version = version + 1 "
+                "UPDATE tasks SET status = $2::smallint, finished_at = now(), error = $3, version = version + 1 "
                 f"WHERE id = $1 RETURNING {TASK_COLUMNS}",
                 row["id"],
                 target,
