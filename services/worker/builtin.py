@@ -1,0 +1,54 @@
+"""The built-in task kinds every worker serves: sleep, fail and spin."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from resilienttask.handlers import TaskContext, task
+
+# Progress is reported about a hundred times per run, but not more often than every 50 ms
+# and not less often than every second.
+MIN_PROGRESS_STEP_S = 0.05
+MAX_PROGRESS_STEP_S = 1.0
+
+
+async def _simulate(ctx: TaskContext) -> None:
+    """Wait out the workload, reporting progress; a cancel interrupts the wait at once."""
+    total = max(0.0, ctx.workload_s)
+    step = min(max(total / 100, MIN_PROGRESS_STEP_S), MAX_PROGRESS_STEP_S)
+    started = time.monotonic()
+    ctx.report_progress(0.0)
+    while (elapsed := time.monotonic() - started) < total:
+        await ctx.sleep_or_cancel(min(step, total - elapsed))
+        ctx.report_progress(min(1.0, (time.monotonic() - started) / total))
+    ctx.report_progress(1.0)
+
+
+@task("sleep")
+async def sleep(ctx: TaskContext) -> dict[str, Any]:
+    """The simulated workload: runs for `workload`, reporting progress."""
+    await _simulate(ctx)
+    return {"slept_s": ctx.workload_s}
+
+
+@task("fail")
+async def fail(ctx: TaskContext) -> None:
+    """Runs for `workload`, then fails (payload `message` sets the error): exercises retries and dead-lettering."""
+    await _simulate(ctx)
+    message = ctx.payload.get("message") or f"simulated failure of attempt {ctx.attempt}"
+    raise RuntimeError(str(message))
+
+
+@task("spin", process=True)
+def spin(ctx: TaskContext) -> dict[str, Any]:
+    """A busy loop that ignores cancellation, for `workload` (forever when 0): only a kill stops it."""
+    total = ctx.workload_s
+    started = time.monotonic()
+    deadline = started + total if total > 0 else float("inf")
+    rounds = 0
+    while (now := time.monotonic()) < deadline:
+        rounds += 1
+        if total > 0:
+            ctx.report_progress((now - started) / total)
+    return {"rounds": rounds}

@@ -1,0 +1,143 @@
+"""Entry of a handler's child process: a fresh interpreter running exactly one handler call.
+
+Protocol (JSON lines): the parent writes the task spec on stdin, later maybe `cancel`; the child
+writes `{"progress": x}` messages and one final `{"result": value}` or `{"error": text}` on its
+original stdout, which is kept for these messages only (fd 1 is pointed at stderr so that prints
+of the handler end up in the worker's log). EOF on stdin means the worker died: the child exits.
+This module imports only the standard library and the handler registry, so it starts fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from typing import IO, Any
+
+from resilienttask.handlers import Handler, TaskContext, get_handler
+
+CANCEL_COMMAND = "cancel"
+# Progress messages leave at most this often; the last value is always sent before the outcome.
+PROGRESS_INTERVAL_S = 0.05
+# Exit status when the worker (our stdin) went away.
+ORPHANED_EXIT_CODE = 75
+
+
+class MessagePipe:
+    """Writes JSON lines to the parent, coalescing progress in a background thread."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+        self._pending: float | None = None
+        self._wake = threading.Event()
+        threading.Thread(target=self._flush_loop, name="progress", daemon=True).start()
+
+    def progress(self, fraction: float) -> None:
+        with self._lock:
+            self._pending = fraction
+        self._wake.set()
+
+    def final(self, message: dict[str, Any]) -> None:
+        self._flush_progress()
+        self._write(message)
+
+    def _flush_loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            self._flush_progress()
+            time.sleep(PROGRESS_INTERVAL_S)
+
+    def _flush_progress(self) -> None:
+        with self._lock:
+            value, self._pending = self._pending, None
+        if value is not None:
+            self._write({"progress": value})
+
+    def _write(self, message: dict[str, Any]) -> None:
+        line = json.dumps(message, allow_nan=False).encode() + b"\n"
+        with self._lock:
+            self._out.write(line)
+            self._out.flush()
+
+
+def describe_error(exc: BaseException) -> str:
+    """`Type: message`, or just the type when the message is empty."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _watch_parent(ctx: TaskContext, on_cancel: list[Any]) -> None:
+    """Read commands from the parent; a cancel sets the context's flag, EOF ends the process."""
+    for raw in sys.stdin.buffer:
+        if raw.strip().decode() == CANCEL_COMMAND:
+            ctx.request_cancel()
+            for callback in on_cancel:
+                callback()
+    os._exit(ORPHANED_EXIT_CODE)
+
+
+def _run_async(handler: Handler, ctx: TaskContext, on_cancel: list[Any]) -> Any:
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        call = asyncio.ensure_future(handler.fn(ctx))
+        on_cancel.append(lambda: loop.call_soon_threadsafe(call.cancel))
+        if ctx.cancelled:
+            call.cancel()
+        return await call
+
+    return asyncio.run(main())
+
+
+def run(spec: dict[str, Any], pipe: MessagePipe) -> None:
+    """Import the handler's module, call it, and send its outcome."""
+    sys.path[:] = [p for p in spec.get("sys_path", []) if isinstance(p, str)] or sys.path
+    importlib.import_module(spec["module"])
+    handler = get_handler(spec["kind"])
+    if handler is None:
+        pipe.final({"error": f"module {spec['module']} registers no handler for kind {spec['kind']!r}"})
+        return
+    ctx = TaskContext(
+        task_id=spec["task_id"],
+        attempt=int(spec["attempt"]),
+        payload=spec["payload"],
+        workload_s=float(spec["workload_s"]),
+        _progress_sink=pipe.progress,
+    )
+    on_cancel: list[Any] = []
+    threading.Thread(target=_watch_parent, args=(ctx, on_cancel), name="commands", daemon=True).start()
+    try:
+        value = _run_async(handler, ctx, on_cancel) if handler.is_async else handler.fn(ctx)
+    except BaseException as exc:
+        traceback.print_exc()
+        pipe.final({"error": describe_error(exc)})
+        return
+    try:
+        pipe.final({"result": value})
+    except (TypeError, ValueError) as exc:
+        pipe.final({"error": f"result is not JSON-compatible: {exc}"})
+
+
+def main() -> None:
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    spec = json.loads(sys.stdin.buffer.readline() or b"{}")
+    pipe = MessagePipe(out)
+    try:
+        run(spec, pipe)
+    except Exception as exc:  # a broken spec or import: report it as the outcome instead of dying silently
+        traceback.print_exc()
+        pipe.final({"error": f"handler process could not start: {type(exc).__name__}: {exc}"})
+    out.close()
+    # Skip interpreter teardown: daemon threads may still be blocked reading stdin.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

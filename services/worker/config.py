@@ -1,0 +1,101 @@
+"""Worker settings, built from the environment at the entry point only."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from services.core.config import AuthConfig, ConfigError, RedisConfig, ServerConfig
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _number(env, name, default)
+    if not value.is_integer():
+        raise ConfigError(f"{name} must be an integer, got {env.get(name)!r}")
+    return int(value)
+
+
+def default_worker_id() -> str:
+    """hostname-pid-random: unique per process, so a restarted worker is a new consumer."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How one worker consumes the dispatch stream and talks to the scheduler."""
+
+    worker_id: str
+    scheduler_addr: str
+    slots: int = 10
+    heartbeat_interval_ms: int = 1000
+    # Entries idle this long belong to a worker that stopped heartbeating and may be reclaimed.
+    reclaim_idle_ms: int = 10_000
+    reclaim_check_interval_ms: int = 1000
+    # After a cancel or max_runtime, how long a handler may take to stop before it is killed.
+    cancel_grace_ms: int = 500
+    # On SIGTERM, how long running handlers may take to finish before the worker exits anyway.
+    drain_grace_s: float = 10.0
+    read_block_ms: int = 1000
+    # Modules imported at start-up so their @task handlers register.
+    imports: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.worker_id:
+            raise ConfigError("the worker id must not be empty")
+        if not self.scheduler_addr:
+            raise ConfigError("RTASK_SCHEDULER_ADDR is required (host:port of the edge)")
+        for name in ("slots", "heartbeat_interval_ms", "reclaim_idle_ms", "reclaim_check_interval_ms", "read_block_ms"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.cancel_grace_ms < 0 or self.drain_grace_s < 0:
+            raise ConfigError("grace periods must not be negative")
+        if self.reclaim_idle_ms <= 2 * self.heartbeat_interval_ms:
+            raise ConfigError("reclaim_idle_ms must exceed two heartbeat intervals, or healthy work gets stolen")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> WorkerConfig:
+        imports = tuple(name.strip() for name in env.get("RTASK_WORKER_IMPORTS", "").split(",") if name.strip())
+        return cls(
+            worker_id=env.get("RTASK_WORKER_ID", "") or default_worker_id(),
+            scheduler_addr=env.get("RTASK_SCHEDULER_ADDR", ""),
+            slots=_int(env, "RTASK_WORKER_SLOTS", 10),
+            heartbeat_interval_ms=_int(env, "RTASK_WORKER_HEARTBEAT_MS", 1000),
+            reclaim_idle_ms=_int(env, "RTASK_WORKER_RECLAIM_IDLE_MS", 10_000),
+            reclaim_check_interval_ms=_int(env, "RTASK_WORKER_RECLAIM_INTERVAL_MS", 1000),
+            cancel_grace_ms=_int(env, "RTASK_WORKER_CANCEL_GRACE_MS", 500),
+            drain_grace_s=_number(env, "RTASK_WORKER_DRAIN_GRACE_S", 10.0),
+            read_block_ms=_int(env, "RTASK_WORKER_READ_BLOCK_MS", 1000),
+            imports=imports,
+        )
+
+
+@dataclass(frozen=True)
+class WorkerProcessConfig:
+    """Everything the worker process needs: its own settings, the health server, Redis and the token secret."""
+
+    worker: WorkerConfig
+    server: ServerConfig
+    redis: RedisConfig
+    auth: AuthConfig
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> WorkerProcessConfig:
+        return cls(
+            worker=WorkerConfig.from_env(env),
+            server=ServerConfig.from_env(env, default_port=50071),
+            redis=RedisConfig.from_env(env),
+            auth=AuthConfig.from_env(env),
+        )

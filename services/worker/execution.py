@@ -1,0 +1,244 @@
+"""Where one handler call runs: as an asyncio task in the worker, or in a fresh child interpreter."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from resilienttask.handlers import Handler, TaskContext
+from services.worker.child import CANCEL_COMMAND, describe_error
+
+log = logging.getLogger(__name__)
+
+CHILD_MODULE = "services.worker.child"
+# Longest line a child may send (its result); results are capped far below this by the runner.
+CHILD_LINE_LIMIT_BYTES = 1 << 20
+# How often an abandoned in-process handler is cancelled again, in case it swallowed one cancellation.
+RECANCEL_INTERVAL_S = 0.1
+
+ProgressSink = Callable[[float], None]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One attempt of a task, as the scheduler handed it over."""
+
+    task_id: str
+    kind: str
+    attempt: int
+    payload: dict[str, Any]
+    workload_s: float
+    # 0 means no ceiling.
+    max_runtime_s: float
+
+
+@dataclass(frozen=True)
+class HandlerResult:
+    """How the handler call itself ended: a value, or an error text."""
+
+    ok: bool
+    value: Any = None
+    error: str = ""
+
+
+class Execution(ABC):
+    """A handler call in flight; `done` resolves when it has ended, whatever the cause."""
+
+    def __init__(self, handler: Handler, spec: TaskSpec, on_progress: ProgressSink) -> None:
+        self.handler = handler
+        self.spec = spec
+        self.on_progress = on_progress
+        self.done: asyncio.Future[HandlerResult] = asyncio.get_running_loop().create_future()
+
+    @property
+    def pid(self) -> int | None:
+        """The child's pid, for handlers that run in a process."""
+        return None
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    def request_stop(self) -> None:
+        """Ask the handler to stop cooperatively; returns at once."""
+
+    @abstractmethod
+    async def kill(self) -> bool:
+        """Stop the handler by force; True when it is certainly gone, False when it could only be abandoned."""
+
+    def _settle(self, result: HandlerResult) -> None:
+        if not self.done.done():
+            self.done.set_result(result)
+
+
+class InProcessExecution(Execution):
+    """An async handler as an asyncio task of the worker: cancellation is its only stop."""
+
+    _abandoned: set[asyncio.Task[None]] = set()  # strong references to the re-cancelling loops
+
+    def __init__(self, handler: Handler, spec: TaskSpec, on_progress: ProgressSink) -> None:
+        super().__init__(handler, spec, on_progress)
+        self.context = TaskContext(
+            task_id=spec.task_id,
+            attempt=spec.attempt,
+            payload=spec.payload,
+            workload_s=spec.workload_s,
+            _progress_sink=on_progress,
+        )
+        self._task: asyncio.Task[Any] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.handler.fn(self.context), name=f"handler:{self.spec.task_id}")
+        self._task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            self._settle(HandlerResult(ok=False, error="CancelledError"))
+        elif (exc := task.exception()) is not None:
+            self._settle(HandlerResult(ok=False, error=describe_error(exc)))
+        else:
+            self._settle(HandlerResult(ok=True, value=task.result()))
+
+    def request_stop(self) -> None:
+        self.context.request_cancel()
+        if self._task is not None:
+            self._task.cancel()
+
+    async def kill(self) -> bool:
+        """An asyncio task cannot be killed: keep cancelling it in the background until it ends."""
+        task = self._task
+        if task is None or task.done():
+            return True
+        log.warning("in-process handler ignored cancellation; abandoned", extra={"task_id": self.spec.task_id})
+        keeper = asyncio.create_task(_keep_cancelling(task, self.spec.task_id))
+        self._abandoned.add(keeper)
+        keeper.add_done_callback(self._abandoned.discard)
+        return False
+
+
+async def _keep_cancelling(task: asyncio.Task[Any], task_id: str) -> None:
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=RECANCEL_INTERVAL_S)
+    log.info("abandoned in-process handler ended", extra={"task_id": task_id})
+
+
+class ChildProcessExecution(Execution):
+    """A handler in a fresh interpreter (never a fork of the worker), in its own process group."""
+
+    def __init__(self, handler: Handler, spec: TaskSpec, on_progress: ProgressSink) -> None:
+        super().__init__(handler, spec, on_progress)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def start(self) -> None:
+        spec = {
+            "module": self.handler.module,
+            "kind": self.spec.kind,
+            "task_id": self.spec.task_id,
+            "attempt": self.spec.attempt,
+            "payload": self.spec.payload,
+            "workload_s": self.spec.workload_s,
+            "sys_path": sys.path,
+        }
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            CHILD_MODULE,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            # Its own process group, so a kill also takes down whatever the handler started.
+            start_new_session=True,
+            limit=CHILD_LINE_LIMIT_BYTES,
+        )
+        self._reader = asyncio.create_task(self._read(self._proc), name=f"child:{self.spec.task_id}")
+        self._send(json.dumps(spec).encode())
+
+    def _send(self, line: bytes) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.stdin.is_closing():
+            return
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            proc.stdin.write(line + b"\n")
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        final: HandlerResult | None = None
+        assert proc.stdout is not None
+        try:
+            async for line in proc.stdout:
+                final = self._handle_line(line) or final
+        except ValueError:  # a line beyond the limit: the child misbehaves
+            final = HandlerResult(ok=False, error="handler process sent an oversized message")
+            self._signal_group(proc)
+        returncode = await proc.wait()
+        if proc.stdin is not None:
+            proc.stdin.close()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await proc.stdin.wait_closed()
+        if final is None:
+            final = HandlerResult(ok=False, error=_exit_text(returncode))
+        self._settle(final)
+
+    def _handle_line(self, line: bytes) -> HandlerResult | None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            log.warning("unreadable message from handler process", extra={"task_id": self.spec.task_id})
+            return None
+        if not isinstance(message, dict):
+            return None
+        if "progress" in message and isinstance(message["progress"], (int, float)):
+            self.on_progress(float(message["progress"]))
+            return None
+        if "result" in message:
+            return HandlerResult(ok=True, value=message["result"])
+        if "error" in message:
+            return HandlerResult(ok=False, error=str(message["error"]))
+        return None
+
+    def request_stop(self) -> None:
+        self._send(CANCEL_COMMAND.encode())
+
+    async def kill(self) -> bool:
+        proc = self._proc
+        if proc is None:
+            return True
+        self._signal_group(proc)
+        await asyncio.shield(self.done)
+        return True
+
+    @staticmethod
+    def _signal_group(proc: asyncio.subprocess.Process) -> None:
+        # Only while unreaped: after wait() the pid (and group id) may belong to someone else.
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _exit_text(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"handler process was killed by {name}"
+    return f"handler process exited with status {returncode} without an outcome"
+
+
+def create_execution(handler: Handler, spec: TaskSpec, on_progress: ProgressSink) -> Execution:
+    """In a child process when the handler asks for it (every sync handler does), else in-process."""
+    cls = ChildProcessExecution if handler.process else InProcessExecution
+    return cls(handler, spec, on_progress)
