@@ -1,49 +1,30 @@
-"""Renders the Envoy configuration (JSON, which Envoy reads as YAML) for the local and compose deployments."""
+"""Renders the Envoy bootstrap (as JSON) for every deployment from one EdgeConfig."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-GATEWAY_CLUSTER = "gateways"
-SCHEDULER_CLUSTER = "schedulers"
-WORKER_SERVICE_PREFIX = "/resilienttask.v1.WorkerService/"
+from services.edge.config import STRICT_DNS, EdgeConfig, Endpoint, RateLimit
+from services.edge.filters import http_filters, local_reply_config
+from services.edge.routes import GATEWAY_CLUSTER, SCHEDULER_CLUSTER, virtual_host
+
+__all__ = ["GATEWAY_CLUSTER", "SCHEDULER_CLUSTER", "EdgeConfig", "Endpoint", "RateLimit", "render", "render_text"]
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    host: str
-    port: int
-
-
-@dataclass(frozen=True)
-class EdgeConfig:
-    """Everything that differs between deployments of the edge."""
-
-    listen_port: int
-    admin_port: int
-    gateways: Sequence[Endpoint]
-    schedulers: Sequence[Endpoint]
-    # "STATIC" for the local stack (IP endpoints), "STRICT_DNS" for compose (service names).
-    discovery: str = "STATIC"
-    listen_address: str = "0.0.0.0"
-    admin_address: str = "127.0.0.1"
-    allowed_origins: Sequence[str] = field(default_factory=tuple)
-    health_interval_s: float = 2.0
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:g}s"
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
 
 
 def _cluster(name: str, endpoints: Sequence[Endpoint], config: EdgeConfig) -> dict[str, Any]:
-    return {
+    interval = _seconds(config.health_interval_s)
+    cluster: dict[str, Any] = {
         "name": name,
         "type": config.discovery,
         "connect_timeout": "1s",
-        "lb_policy": "ROUND_ROBIN",
+        # Long-lived streams count as active requests, so new work goes to the least busy replica.
+        "lb_policy": "LEAST_REQUEST",
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -61,98 +42,88 @@ def _cluster(name: str, endpoints: Sequence[Endpoint], config: EdgeConfig) -> di
                 }
             ],
         },
+        # grpc.health.v1 Check of the whole server (""), which reports NOT_SERVING when its stores are down.
         "health_checks": [
             {
                 "timeout": "1s",
-                "interval": _duration(config.health_interval_s),
-                "no_traffic_interval": _duration(config.health_interval_s),
+                "interval": interval,
+                "no_traffic_interval": interval,  # the default (60 s) would notice a dead idle replica a minute late
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
                 "grpc_health_check": {},
             }
         ],
-        # Below 50 % healthy Envoy would otherwise route to dead hosts too (panic mode).
-        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
-    }
-
-
-def _route(prefix: str, cluster: str) -> dict[str, Any]:
-    return {
-        "match": {"prefix": prefix},
-        "route": {
-            "cluster": cluster,
-            # Streams may live for hours; the client's grpc-timeout bounds each call instead.
-            "timeout": "0s",
-            "max_stream_duration": {"grpc_timeout_header_max": "0s"},
-            "retry_policy": {
-                "retry_on": "connect-failure,refused-stream,unavailable,reset-before-request",
-                "num_retries": 2,
-            },
+        # Between health checks, replicas that answer UNAVAILABLE or refuse connections are set aside.
+        # Only gateway-class failures count: an application error (INTERNAL, UNIMPLEMENTED) says nothing
+        # about the replica's health. A passing health check lets an ejected replica back at once.
+        "outlier_detection": {
+            "consecutive_gateway_failure": 3,
+            "enforcing_consecutive_gateway_failure": 100,
+            "enforcing_consecutive_5xx": 0,
+            "enforcing_success_rate": 0,
+            "interval": interval,
+            "base_ejection_time": "10s",
+            "max_ejection_percent": 50,
         },
+        "common_lb_config": {
+            # Below 50 % healthy Envoy would otherwise route to dead hosts too (panic mode).
+            "healthy_panic_threshold": {"value": 0},
+        },
+        # Every watcher holds a request open: the defaults (1,024 requests, 3 concurrent retries) are far too low.
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "max_connections": 100_000,
+                    "max_pending_requests": 100_000,
+                    "max_requests": 100_000,
+                    "retry_budget": {"budget_percent": {"value": 25.0}, "min_retry_concurrency": 16},
+                }
+            ]
+        },
+    }
+    if config.discovery == STRICT_DNS:
+        cluster["dns_lookup_family"] = "V4_ONLY"
+        cluster["dns_refresh_rate"] = _seconds(config.dns_refresh_s)
+    return cluster
+
+
+def _listener(config: EdgeConfig) -> dict[str, Any]:
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+        "HttpConnectionManager",
+        "stat_prefix": "edge",
+        # Browsers send grpc-web over HTTP/1.1; grpcio and grpcurl speak HTTP/2.
+        "codec_type": "AUTO",
+        "use_remote_address": True,
+        # Resolve `..` and `//` before routing, so no path escapes a route or the dashboard folder.
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
+        "stream_idle_timeout": _seconds(config.stream_idle_timeout_s),
+        # Streams send their request body for as long as they live: no whole-request deadline.
+        "request_timeout": "0s",
+        "request_headers_timeout": "10s",
+        "http2_protocol_options": {"max_concurrent_streams": 10000},
+        "route_config": {"name": "edge", "virtual_hosts": [virtual_host(config)]},
+        "http_filters": http_filters(config),
+        "local_reply_config": local_reply_config(),
+    }
+    return {
+        "name": "edge",
+        "address": {"socket_address": {"address": config.listen_address, "port_value": config.listen_port}},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+        ],
     }
 
 
 def render(config: EdgeConfig) -> dict[str, Any]:
     """The whole bootstrap configuration as a dict."""
-    http_filters: list[dict[str, Any]] = [
-        {
-            "name": "envoy.filters.http.cors",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"},
-        },
-        {
-            "name": "envoy.filters.http.grpc_web",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"},
-        },
-        {
-            "name": "envoy.filters.http.router",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-        },
-    ]
-    origins = [{"exact": origin} for origin in config.allowed_origins]
-    virtual_host = {
-        "name": "resilienttask",
-        "domains": ["*"],
-        "routes": [_route(WORKER_SERVICE_PREFIX, SCHEDULER_CLUSTER), _route("/", GATEWAY_CLUSTER)],
-        "typed_per_filter_config": {
-            "envoy.filters.http.cors": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
-                "allow_origin_string_match": origins,
-                "allow_methods": "GET, PUT, DELETE, POST, OPTIONS",
-                "allow_headers": "authorization,content-type,x-grpc-web,x-user-agent,grpc-timeout,"
-                "connect-protocol-version",
-                "expose_headers": "grpc-status,grpc-message,grpc-status-details-bin",
-                "max_age": "600",
-            }
-        },
-    }
-    listener = {
-        "name": "edge",
-        "address": {"socket_address": {"address": config.listen_address, "port_value": config.listen_port}},
-        "filter_chains": [
-            {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network."
-                            "http_connection_manager.v3.HttpConnectionManager",
-                            "stat_prefix": "edge",
-                            "codec_type": "AUTO",
-                            "stream_idle_timeout": "60s",
-                            "request_timeout": "0s",
-                            "http2_protocol_options": {"max_concurrent_streams": 10000},
-                            "route_config": {"name": "edge", "virtual_hosts": [virtual_host]},
-                            "http_filters": http_filters,
-                        },
-                    }
-                ]
-            }
-        ],
-    }
     return {
+        # Admin (stats, /clusters, /stats/prometheus) is never exposed beyond the machine or container.
         "admin": {"address": {"socket_address": {"address": config.admin_address, "port_value": config.admin_port}}},
         "static_resources": {
-            "listeners": [listener],
+            "listeners": [_listener(config)],
             "clusters": [
                 _cluster(GATEWAY_CLUSTER, config.gateways, config),
                 _cluster(SCHEDULER_CLUSTER, config.schedulers, config),

