@@ -1,0 +1,140 @@
+"""What the sync and asyncio watches share: resume tokens, stale-update filtering, reconnect pacing, wait().
+
+The I/O lives in client.py and aio.py; everything here is plain state so both behave the same.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+
+import grpc
+
+from resilienttask._convert import watch_event_from_proto
+from resilienttask._retry import RECONNECT_CODES, RetryPolicy
+from resilienttask.errors import DeadlineExceeded, NotFound, Unavailable, from_rpc_error
+from resilienttask.models import Snapshot, Task, TaskUpdate, WatchEvent
+from resilienttask.v1 import scheduler_pb2
+
+
+class WatchState:
+    """The resume token and newest version seen per task, and when to reconnect or give up.
+
+    Events carry the task as it now is; after a reconnect the service may repeat a change the
+    client already has, so an update whose version is not newer than the one held is dropped.
+    """
+
+    def __init__(self, resume_token: str, policy: RetryPolicy, deadline: float | None) -> None:
+        self.resume_token = resume_token
+        self.policy = policy
+        self.deadline = deadline
+        self.versions: dict[str, int] = {}
+        self.connected = False
+        self._failures = 0
+        self._last_message = time.monotonic()
+        self._pauses: Iterator[float] = policy.backoffs()
+
+    def request(self) -> scheduler_pb2.WatchTasksRequest:
+        return scheduler_pb2.WatchTasksRequest(resume_token=self.resume_token)
+
+    def call_timeout(self) -> float | None:
+        """Seconds left for the next stream call (None: no deadline); raises once the deadline passed."""
+        if self.deadline is None:
+            return None
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded("the watch reached its deadline")
+        return left
+
+    def accept(self, message: scheduler_pb2.WatchTasksResponse) -> WatchEvent | None:
+        """Record a stream message; returns the event to hand out, or None (heartbeat or stale update)."""
+        self.connected = True
+        self._failures = 0
+        self._last_message = time.monotonic()
+        self._pauses = self.policy.backoffs()
+        if message.resume_token:
+            self.resume_token = message.resume_token
+        event = watch_event_from_proto(message)
+        if isinstance(event, Snapshot):
+            for task in event.tasks:
+                self._remember(task)
+            return event
+        if isinstance(event, TaskUpdate):
+            known = self.versions.get(event.task.id)
+            if known is not None and event.task.version <= known and not event.deleted:
+                return None
+            self._remember(event.task)
+        return event
+
+    def _remember(self, task: Task) -> None:
+        self.versions[task.id] = max(task.version, self.versions.get(task.id, task.version))
+
+    def pause_after(self, error: grpc.RpcError | None) -> float:
+        """How long to wait before reopening the stream after it ended (error None: it ended cleanly).
+
+        Raises the SDK error instead when the failure is not one a reconnect cures, or when the
+        watch has been failing for too long.
+        """
+        code = error.code() if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED and self.deadline is not None:
+            raise DeadlineExceeded("the watch reached its deadline")
+        if error is not None and code not in RECONNECT_CODES:
+            raise from_rpc_error(error)
+        self._failures += 1
+        if not self.connected and self._failures >= self.policy.attempts:
+            raise from_rpc_error(error) if error is not None else Unavailable("the watch stream ended at once")
+        if self.connected and time.monotonic() - self._last_message > self.policy.reconnect_for_s:
+            raise Unavailable(f"watch could not reconnect for {self.policy.reconnect_for_s:g}s")
+        pause = next(self._pauses)
+        if self.deadline is not None:
+            pause = min(pause, max(0.0, self.deadline - time.monotonic()))
+        return pause
+
+
+class WaitTracker:
+    """The newest known state of the tasks a wait() is for."""
+
+    def __init__(self, task_ids: Iterable[str]) -> None:
+        self.order = list(dict.fromkeys(task_ids))
+        if not self.order:
+            raise ValueError("wait() needs at least one task id")
+        self.latest: dict[str, Task] = {}
+
+    def apply(self, task: Task) -> bool:
+        """Keep task if it is one waited for and newer than what is held; True when it was kept."""
+        held = self.latest.get(task.id)
+        if task.id not in self.order or (held is not None and task.version <= held.version):
+            return False
+        self.latest[task.id] = task
+        return True
+
+    def apply_event(self, event: WatchEvent) -> list[Task]:
+        """Take what the event says about the waited tasks; returns those that changed."""
+        if isinstance(event, Snapshot):
+            return [task for task in event.tasks if self.apply(task)]
+        if isinstance(event, TaskUpdate):
+            if event.deleted and event.task.id in self.order:
+                raise NotFound(f"task {event.task.id} was deleted while waiting for it")
+            return [event.task] if self.apply(event.task) else []
+        return []
+
+    def missing(self) -> list[str]:
+        """Ids the snapshot did not include (older tasks): fetched once, events keep them current."""
+        return [task_id for task_id in self.order if task_id not in self.latest]
+
+    def done(self) -> bool:
+        return len(self.latest) == len(self.order) and all(t.done for t in self.latest.values())
+
+    def results(self) -> list[Task]:
+        return [self.latest[task_id] for task_id in self.order]
+
+    def timeout_error(self, timeout_s: float) -> DeadlineExceeded:
+        pending = [task_id for task_id in self.order if task_id not in self.latest or not self.latest[task_id].done]
+        return DeadlineExceeded(f"{len(pending)} of {len(self.order)} tasks not finished after {timeout_s:g}s")
+
+
+def task_ids(tasks: str | Task | Iterable[str | Task]) -> list[str]:
+    """Ids from one id, one Task, or a mix of both."""
+    if isinstance(tasks, str | Task):
+        tasks = [tasks]
+    return [t.id if isinstance(t, Task) else t for t in tasks]

@@ -1,0 +1,332 @@
+"""The asyncio client: the same calls as Client, awaitable, on a grpc.aio channel.
+
+async with resilienttask.AsyncClient("localhost:8080") as client:
+    await client.login("me@example.com", "secret password")
+    tasks = await client.submit("resize", workload=30, replicas=5)
+    async with client.watch() as events:
+        async for event in events:
+            ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from resilienttask._channel import DEFAULT_ADDRESS, ChannelOptions, ChannelSettings, bearer
+from resilienttask._convert import (
+    Seconds,
+    session_from_proto,
+    stats_from_proto,
+    status_number,
+    submit_request,
+    task_from_proto,
+    to_seconds,
+    worker_from_proto,
+)
+from resilienttask._retry import RetryPolicy
+from resilienttask._watch import WaitTracker, WatchState, task_ids
+from resilienttask.errors import DeadlineExceeded, Unavailable, from_rpc_error
+from resilienttask.models import Session, Snapshot, Task, TaskStats, TaskStatus, WatchEvent, Worker
+from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+
+__all__ = ["AsyncClient", "AsyncTaskWatch"]
+
+R = TypeVar("R")
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class AsyncTaskWatch:
+    """Async iterator of watch events that reopens the stream with its resume token when it breaks.
+
+    `close()` (from any task) or leaving an `async with` block ends it.
+    """
+
+    def __init__(self, open_stream: Callable[[scheduler_pb2.WatchTasksRequest, float | None], Any], state: WatchState):
+        self._open = open_stream
+        self._state = state
+        self._closed = asyncio.Event()
+        self._call: Any = None
+        self._events = self._run()
+
+    @property
+    def resume_token(self) -> str:
+        """Token of the last message received: pass it to watch() later to continue from there."""
+        return self._state.resume_token
+
+    def time_left(self) -> float | None:
+        """Seconds until the watch's deadline (None without one); raises DeadlineExceeded once it passed."""
+        return self._state.call_timeout()
+
+    def __aiter__(self) -> AsyncTaskWatch:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        return await self._events.__anext__()
+
+    def close(self) -> None:
+        self._closed.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    async def aclose(self) -> None:
+        self.close()
+        if not getattr(self._events, "ag_running", False):  # closing a running generator is an error
+            await self._events.aclose()
+
+    async def __aenter__(self) -> AsyncTaskWatch:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _run(self) -> AsyncGenerator[WatchEvent, None]:
+        while not self._closed.is_set():
+            error: grpc.RpcError | None = None
+            call = self._open(self._state.request(), self._state.call_timeout())
+            self._call = call
+            try:
+                async for message in call:
+                    event = self._state.accept(message)
+                    if event is not None:
+                        yield event
+            except grpc.aio.AioRpcError as exc:
+                error = exc
+            except asyncio.CancelledError:
+                # close() cancels the call, which surfaces here; any other cancellation is the caller's.
+                if not self._closed.is_set():
+                    raise
+            finally:
+                call.cancel()
+            if self._closed.is_set():
+                return
+            pause = self._state.pause_after(error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), pause)
+
+
+class AsyncClient:
+    """Asyncio client for AuthService and SchedulerService through the edge; see Client for the options.
+
+    The channel opens on the first call (inside the running event loop); `close()` or
+    `async with` closes it.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        token: str | None = None,
+        tls: bool | grpc.ChannelCredentials = False,
+        options: ChannelOptions = (),
+        timeout: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.settings = ChannelSettings(address=address, tls=tls, options=tuple(options))
+        self.token = token
+        self.timeout = timeout
+        self.retry_policy = retry or RetryPolicy()
+        self._channel: grpc.aio.Channel | None = None
+        self._stubs: tuple[Any, Any, Any] | None = None
+
+    @property
+    def address(self) -> str:
+        return self.settings.address
+
+    def _stub_set(self) -> tuple[Any, Any, Any]:
+        if self._stubs is None:
+            self._channel = self.settings.async_channel()
+            self._stubs = (
+                auth_pb2_grpc.AuthServiceStub(self._channel),
+                scheduler_pb2_grpc.SchedulerServiceStub(self._channel),
+                health_pb2_grpc.HealthStub(self._channel),
+            )
+        return self._stubs
+
+    @property
+    def _auth(self) -> Any:
+        return self._stub_set()[0]
+
+    @property
+    def _scheduler(self) -> Any:
+        return self._stub_set()[1]
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(None)
+            self._channel, self._stubs = None, None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- plumbing ----------------------------------------------------------------------------
+    async def _call(
+        self,
+        method: Callable[..., Awaitable[R]],
+        request: Any,
+        *,
+        auth: bool = True,
+        idempotent: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline the server sees, not a local timer
+    ) -> R:
+        metadata = bearer(self.token) if auth else ()
+        attempts = self.retry_policy.attempts if idempotent else 1
+        pauses = self.retry_policy.backoffs()
+        for attempt in range(1, attempts + 1):
+            try:
+                return await method(request, metadata=metadata, timeout=timeout or self.timeout)
+            except grpc.aio.AioRpcError as exc:
+                if attempt < attempts and exc.code() is grpc.StatusCode.UNAVAILABLE:
+                    await asyncio.sleep(next(pauses))
+                    continue
+                raise from_rpc_error(exc) from exc
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    # -- auth ----------------------------------------------------------------------------------
+    async def signup(self, email: str, password: str) -> Session:
+        """Create a user; the client keeps its token for later calls."""
+        request = auth_pb2.SignupRequest(email=email, password=password)
+        session = session_from_proto(await self._call(self._auth.Signup, request, auth=False))
+        self.token = session.token
+        return session
+
+    async def login(self, email: str, password: str) -> Session:
+        """Exchange credentials for a token; the client keeps it for later calls."""
+        request = auth_pb2.LoginRequest(email=email, password=password)
+        session = session_from_proto(await self._call(self._auth.Login, request, auth=False, idempotent=True))
+        self.token = session.token
+        return session
+
+    # -- tasks ---------------------------------------------------------------------------------
+    async def submit(
+        self,
+        name: str,
+        *,
+        kind: str = "",
+        payload: Mapping[str, Any] | None = None,
+        workload: Seconds = 0,
+        max_runtime: Seconds | None = None,
+        replicas: int = 1,
+        max_attempts: int | None = None,
+        request_id: str | None = None,
+    ) -> builtins.list[Task]:
+        """Submit a task or a batch of replicas; see Client.submit."""
+        request = submit_request(
+            name,
+            kind=kind,
+            payload=payload,
+            workload=workload,
+            max_runtime=max_runtime,
+            replicas=replicas,
+            max_attempts=max_attempts,
+            request_id=request_id,
+        )
+        reply = await self._call(self._scheduler.SubmitTask, request, idempotent=True)
+        return [task_from_proto(t) for t in reply.tasks]
+
+    async def get(self, task_id: str, *, timeout: float | None = None) -> Task:  # noqa: ASYNC109
+        request = scheduler_pb2.GetTaskRequest(task_id=task_id)
+        reply = await self._call(self._scheduler.GetTask, request, idempotent=True, timeout=timeout)
+        return task_from_proto(reply.task)
+
+    async def list(
+        self, status: TaskStatus | str | None = None, *, batch_id: str = "", page_size: int = 100
+    ) -> AsyncIterator[Task]:
+        """Every task of the caller (newest first), optionally of one status or batch; pages are fetched lazily."""
+        request = scheduler_pb2.ListTasksRequest(status=status_number(status), page_size=page_size, batch_id=batch_id)
+        while True:
+            reply = await self._call(self._scheduler.ListTasks, request, idempotent=True)
+            for message in reply.tasks:
+                yield task_from_proto(message)
+            if not reply.next_page_token:
+                return
+            request.page_token = reply.next_page_token
+
+    async def cancel(self, task_id: str) -> Task:
+        reply = await self._call(self._scheduler.CancelTask, scheduler_pb2.CancelTaskRequest(task_id=task_id))
+        return task_from_proto(reply.task)
+
+    async def cancel_batch(self, batch_id: str) -> builtins.list[Task]:
+        reply = await self._call(self._scheduler.CancelBatch, scheduler_pb2.CancelBatchRequest(batch_id=batch_id))
+        return [task_from_proto(t) for t in reply.tasks]
+
+    async def retry(self, task_id: str) -> Task:
+        reply = await self._call(self._scheduler.RetryTask, scheduler_pb2.RetryTaskRequest(task_id=task_id))
+        return task_from_proto(reply.task)
+
+    async def delete(self, task_id: str) -> None:
+        await self._call(self._scheduler.DeleteTask, scheduler_pb2.DeleteTaskRequest(task_id=task_id))
+
+    async def clear_history(self) -> int:
+        reply = await self._call(self._scheduler.ClearHistory, scheduler_pb2.ClearHistoryRequest())
+        return int(reply.deleted)
+
+    async def stats(self) -> TaskStats:
+        reply = await self._call(self._scheduler.GetStats, scheduler_pb2.GetStatsRequest(), idempotent=True)
+        return stats_from_proto(reply.stats)
+
+    async def workers(self) -> builtins.list[Worker]:
+        reply = await self._call(self._scheduler.ListWorkers, scheduler_pb2.ListWorkersRequest(), idempotent=True)
+        return [worker_from_proto(w) for w in reply.workers]
+
+    async def kinds(self) -> builtins.list[str]:
+        reply = await self._call(self._scheduler.ListKinds, scheduler_pb2.ListKindsRequest(), idempotent=True)
+        return builtins.list(reply.kinds)
+
+    async def health(self) -> str:
+        health = self._stub_set()[2]
+        reply = await self._call(health.Check, health_pb2.HealthCheckRequest(), auth=False, idempotent=True)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    # -- live ------------------------------------------------------------------------------------
+    def watch(self, resume_token: str = "", *, timeout: Seconds | None = None) -> AsyncTaskWatch:
+        """Live events with automatic resume after a broken stream; see Client.watch."""
+        metadata = bearer(self.token)
+        deadline = time.monotonic() + to_seconds(timeout) if timeout is not None else None
+        state = WatchState(resume_token, self.retry_policy, deadline)
+
+        def open_stream(request: scheduler_pb2.WatchTasksRequest, call_timeout: float | None) -> Any:
+            return self._scheduler.WatchTasks(request, metadata=metadata, timeout=call_timeout)
+
+        return AsyncTaskWatch(open_stream, state)
+
+    async def wait(
+        self,
+        tasks: str | Task | Iterable[str | Task],
+        timeout: Seconds | None = None,  # noqa: ASYNC109 - mirrors Client.wait; ends the watch's deadline
+        *,
+        on_change: Callable[[Task], None] | None = None,
+    ) -> builtins.list[Task]:
+        """Wait until every task reached an end state, without polling; see Client.wait."""
+        tracker = WaitTracker(task_ids(tasks))
+        try:
+            async with self.watch(timeout=timeout) as events:
+                async for event in events:
+                    changed = tracker.apply_event(event)
+                    if isinstance(event, Snapshot):
+                        for task_id in tracker.missing():
+                            task = await self.get(task_id, timeout=events.time_left())
+                            if tracker.apply(task):
+                                changed.append(task)
+                    if on_change is not None:
+                        for task in changed:
+                            on_change(task)
+                    if tracker.done():
+                        return tracker.results()
+        except DeadlineExceeded:
+            raise tracker.timeout_error(to_seconds(timeout or 0)) from None
+        raise Unavailable("the watch ended before the tasks finished")

@@ -1,0 +1,329 @@
+"""The blocking client: one object per server, holding a channel and the caller's token.
+
+with resilienttask.Client("localhost:8080") as client:
+    client.login("me@example.com", "secret password")
+    tasks = client.submit("resize", workload=timedelta(seconds=30), replicas=5)
+    done = client.wait(tasks, timeout=120)
+"""
+
+from __future__ import annotations
+
+import builtins
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from resilienttask._channel import DEFAULT_ADDRESS, ChannelOptions, ChannelSettings, bearer
+from resilienttask._convert import (
+    Seconds,
+    session_from_proto,
+    stats_from_proto,
+    status_number,
+    submit_request,
+    task_from_proto,
+    to_seconds,
+    worker_from_proto,
+)
+from resilienttask._retry import RetryPolicy
+from resilienttask._watch import WaitTracker, WatchState, task_ids
+from resilienttask.errors import DeadlineExceeded, Unavailable, from_rpc_error
+from resilienttask.models import Session, Snapshot, Task, TaskStats, TaskStatus, WatchEvent, Worker
+from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+
+__all__ = ["Client", "TaskWatch"]
+
+R = TypeVar("R")
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class TaskWatch:
+    """An endless iterator of watch events that reopens the stream with its resume token when it breaks.
+
+    Heartbeats and stale updates are absorbed. `close()` (from any thread) or leaving a `with`
+    block ends it.
+    """
+
+    def __init__(self, open_stream: Callable[[scheduler_pb2.WatchTasksRequest, float | None], Any], state: WatchState):
+        self._open = open_stream
+        self._state = state
+        self._closed = threading.Event()
+        self._call: Any = None
+        self._events = self._run()
+
+    @property
+    def resume_token(self) -> str:
+        """Token of the last message received: pass it to watch() later to continue from there."""
+        return self._state.resume_token
+
+    def time_left(self) -> float | None:
+        """Seconds until the watch's deadline (None without one); raises DeadlineExceeded once it passed."""
+        return self._state.call_timeout()
+
+    def __iter__(self) -> TaskWatch:
+        return self
+
+    def __next__(self) -> WatchEvent:
+        return next(self._events)
+
+    def close(self) -> None:
+        self._closed.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def __enter__(self) -> TaskWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+        self._events.close()
+
+    def _run(self) -> Generator[WatchEvent, None, None]:
+        while not self._closed.is_set():
+            error: grpc.RpcError | None = None
+            call = self._open(self._state.request(), self._state.call_timeout())
+            self._call = call
+            try:
+                if self._closed.is_set():
+                    return
+                for message in call:
+                    event = self._state.accept(message)
+                    if event is not None:
+                        yield event
+            except grpc.RpcError as exc:
+                error = exc
+            finally:
+                call.cancel()
+            if self._closed.is_set():
+                return
+            if self._closed.wait(self._state.pause_after(error)):
+                return
+
+
+class Client:
+    """Blocking client for AuthService and SchedulerService through the edge.
+
+    `tls` is False (plaintext), True (system roots) or `grpc.ssl_channel_credentials(...)`;
+    `options` go to the channel as they are (e.g. `[("grpc.max_receive_message_length", ...)]`).
+    `timeout` bounds each unary call in seconds. UNAVAILABLE is retried per `retry` for calls that
+    are safe to repeat.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        token: str | None = None,
+        tls: bool | grpc.ChannelCredentials = False,
+        options: ChannelOptions = (),
+        timeout: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.settings = ChannelSettings(address=address, tls=tls, options=tuple(options))
+        self.token = token
+        self.timeout = timeout
+        self.retry_policy = retry or RetryPolicy()
+        self._channel = self.settings.sync_channel()
+        self._auth = auth_pb2_grpc.AuthServiceStub(self._channel)
+        self._scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    @property
+    def address(self) -> str:
+        return self.settings.address
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _call(
+        self,
+        method: Callable[..., R],
+        request: Any,
+        *,
+        auth: bool = True,
+        idempotent: bool = False,
+        timeout: float | None = None,
+    ) -> R:
+        metadata = bearer(self.token) if auth else ()
+        attempts = self.retry_policy.attempts if idempotent else 1
+        pauses = self.retry_policy.backoffs()
+        for attempt in range(1, attempts + 1):
+            try:
+                return method(request, metadata=metadata, timeout=timeout or self.timeout)
+            except grpc.RpcError as exc:
+                if attempt < attempts and exc.code() is grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+                    time.sleep(next(pauses))
+                    continue
+                raise from_rpc_error(exc) from exc
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    # -- auth ----------------------------------------------------------------------------------
+    def signup(self, email: str, password: str) -> Session:
+        """Create a user; the client keeps its token for later calls."""
+        reply = self._call(self._auth.Signup, auth_pb2.SignupRequest(email=email, password=password), auth=False)
+        session = session_from_proto(reply)
+        self.token = session.token
+        return session
+
+    def login(self, email: str, password: str) -> Session:
+        """Exchange credentials for a token; the client keeps it for later calls."""
+        request = auth_pb2.LoginRequest(email=email, password=password)
+        session = session_from_proto(self._call(self._auth.Login, request, auth=False, idempotent=True))
+        self.token = session.token
+        return session
+
+    # -- tasks ---------------------------------------------------------------------------------
+    def submit(
+        self,
+        name: str,
+        *,
+        kind: str = "",
+        payload: Mapping[str, Any] | None = None,
+        workload: Seconds = 0,
+        max_runtime: Seconds | None = None,
+        replicas: int = 1,
+        max_attempts: int | None = None,
+        request_id: str | None = None,
+    ) -> builtins.list[Task]:
+        """Submit a task (or `replicas` copies of it, atomically); returns the tasks by replica index.
+
+        `kind` empty means the built-in simulated workload "sleep". A request_id is generated when
+        none is given; retries after UNAVAILABLE reuse it, so they never create duplicates.
+        """
+        request = submit_request(
+            name,
+            kind=kind,
+            payload=payload,
+            workload=workload,
+            max_runtime=max_runtime,
+            replicas=replicas,
+            max_attempts=max_attempts,
+            request_id=request_id,
+        )
+        reply = self._call(self._scheduler.SubmitTask, request, idempotent=True)
+        return [task_from_proto(t) for t in reply.tasks]
+
+    def get(self, task_id: str, *, timeout: float | None = None) -> Task:
+        reply = self._call(
+            self._scheduler.GetTask, scheduler_pb2.GetTaskRequest(task_id=task_id), idempotent=True, timeout=timeout
+        )
+        return task_from_proto(reply.task)
+
+    def list(
+        self, status: TaskStatus | str | None = None, *, batch_id: str = "", page_size: int = 100
+    ) -> Iterator[Task]:
+        """Every task of the caller (newest first), optionally of one status or batch; pages are fetched lazily."""
+        request = scheduler_pb2.ListTasksRequest(status=status_number(status), page_size=page_size, batch_id=batch_id)
+        while True:
+            reply = self._call(self._scheduler.ListTasks, request, idempotent=True)
+            for message in reply.tasks:
+                yield task_from_proto(message)
+            if not reply.next_page_token:
+                return
+            request.page_token = reply.next_page_token
+
+    def cancel(self, task_id: str) -> Task:
+        """Cancel a task: CANCELLED at once when queued, CANCELLING while the worker stops it."""
+        reply = self._call(self._scheduler.CancelTask, scheduler_pb2.CancelTaskRequest(task_id=task_id))
+        return task_from_proto(reply.task)
+
+    def cancel_batch(self, batch_id: str) -> builtins.list[Task]:
+        """Cancel every unfinished replica of one submission; returns all of them."""
+        reply = self._call(self._scheduler.CancelBatch, scheduler_pb2.CancelBatchRequest(batch_id=batch_id))
+        return [task_from_proto(t) for t in reply.tasks]
+
+    def retry(self, task_id: str) -> Task:
+        """Queue a failed, timed-out or cancelled task again."""
+        reply = self._call(self._scheduler.RetryTask, scheduler_pb2.RetryTaskRequest(task_id=task_id))
+        return task_from_proto(reply.task)
+
+    def delete(self, task_id: str) -> None:
+        """Remove a finished task."""
+        self._call(self._scheduler.DeleteTask, scheduler_pb2.DeleteTaskRequest(task_id=task_id))
+
+    def clear_history(self) -> int:
+        """Remove every finished task of the caller; returns how many were removed."""
+        return int(self._call(self._scheduler.ClearHistory, scheduler_pb2.ClearHistoryRequest()).deleted)
+
+    def stats(self) -> TaskStats:
+        return stats_from_proto(
+            self._call(self._scheduler.GetStats, scheduler_pb2.GetStatsRequest(), idempotent=True).stats
+        )
+
+    def workers(self) -> builtins.list[Worker]:
+        reply = self._call(self._scheduler.ListWorkers, scheduler_pb2.ListWorkersRequest(), idempotent=True)
+        return [worker_from_proto(w) for w in reply.workers]
+
+    def kinds(self) -> builtins.list[str]:
+        """Task kinds some live worker serves."""
+        return builtins.list(
+            self._call(self._scheduler.ListKinds, scheduler_pb2.ListKindsRequest(), idempotent=True).kinds
+        )
+
+    def health(self) -> str:
+        """The edge's health status name ("SERVING" when it can take calls); needs no token."""
+        reply = self._call(self._health.Check, health_pb2.HealthCheckRequest(), auth=False, idempotent=True)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    # -- live ------------------------------------------------------------------------------------
+    def watch(self, resume_token: str = "", *, timeout: Seconds | None = None) -> TaskWatch:
+        """Live events: a Snapshot first (unless resuming), then TaskUpdate/WorkersUpdate as they happen.
+
+        The stream is reopened with the last resume token when a gateway dies, so no event is
+        missed; when the service can no longer replay, it sends a fresh Snapshot instead.
+        `timeout` ends the watch with DeadlineExceeded.
+        """
+        metadata = bearer(self.token)
+        deadline = time.monotonic() + to_seconds(timeout) if timeout is not None else None
+        state = WatchState(resume_token, self.retry_policy, deadline)
+
+        def open_stream(request: scheduler_pb2.WatchTasksRequest, call_timeout: float | None) -> Any:
+            return self._scheduler.WatchTasks(request, metadata=metadata, timeout=call_timeout)
+
+        return TaskWatch(open_stream, state)
+
+    def wait(
+        self,
+        tasks: str | Task | Iterable[str | Task],
+        timeout: Seconds | None = None,
+        *,
+        on_change: Callable[[Task], None] | None = None,
+    ) -> builtins.list[Task]:
+        """Block until every task reached an end state; returns them in the order given.
+
+        Built on watch(): no polling. `on_change` is called with each newer state of a waited task
+        (e.g. to draw progress). Raises DeadlineExceeded after `timeout`, NotFound for an unknown
+        (or deleted) task.
+        """
+        tracker = WaitTracker(task_ids(tasks))
+        try:
+            with self.watch(timeout=timeout) as events:
+                for event in events:
+                    changed = tracker.apply_event(event)
+                    if isinstance(event, Snapshot):
+                        for task_id in tracker.missing():
+                            task = self.get(task_id, timeout=events.time_left())
+                            if tracker.apply(task):
+                                changed.append(task)
+                    if on_change is not None:
+                        for task in changed:
+                            on_change(task)
+                    if tracker.done():
+                        return tracker.results()
+        except DeadlineExceeded:
+            raise tracker.timeout_error(to_seconds(timeout or 0)) from None
+        raise Unavailable("the watch ended before the tasks finished")
