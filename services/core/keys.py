@@ -24,6 +24,11 @@ def owner_events_stream(owner_id: str) -> str:
 
 OWNER_EVENTS_PATTERN = f"{PREFIX}:events:*"
 
+# Every owner's changes again, in one stream: each gateway tails it with a single blocking read.
+EVENTS_FEED_STREAM = f"{PREFIX}:feed:events"
+# Sequence number of the feed's entries, so a reader notices entries trimmed before it read them.
+EVENTS_FEED_SEQ = f"{PREFIX}:feed:seq"
+
 # Dispatch stream entry fields.
 FIELD_TASK_ID = "task_id"
 FIELD_DISPATCH_ID = "dispatch_id"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -15,6 +15,8 @@ from services.core.server import Service, create_grpc_server
 from services.gateway.auth_interceptor import AuthInterceptor
 from services.gateway.auth_service import AuthServicer
 from services.gateway.scheduler_service import SchedulerServicer
+from services.gateway.watch.config import WatchConfig
+from services.gateway.watch.hub import Hub
 
 SERVICE_NAMES = (
     auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
@@ -30,6 +32,7 @@ class GatewayConfig:
     database: DatabaseConfig
     redis: RedisConfig
     auth: AuthConfig
+    watch: WatchConfig = field(default_factory=WatchConfig)
 
 
 async def create_server(config: GatewayConfig) -> Service:
@@ -40,8 +43,10 @@ async def create_server(config: GatewayConfig) -> Service:
     server, port, health = create_grpc_server(config.server, service_names=SERVICE_NAMES, interceptors=[interceptor])
     auth = AuthServicer(pool, config.auth)
     auth_pb2_grpc.add_AuthServiceServicer_to_server(auth, server)
-    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(pool, redis), server)
+    hub = Hub(pool, redis, config.watch)
+    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(pool, redis, watch_hub=hub), server)
     service = Service(server=server, port=port, health=health, service_names=SERVICE_NAMES)
+    service.background += hub.loops
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
     service.shutdown_hooks += [auth.close, pool.close, redis.aclose]
     return service

@@ -9,6 +9,7 @@ from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, Server
 from services.core.logging import configure_logging
 from services.core.server import run_until_signalled
 from services.gateway.app import GatewayConfig, create_server
+from services.gateway.watch.config import WatchConfig
 
 
 async def _serve() -> None:
@@ -17,6 +18,7 @@ async def _serve() -> None:
         database=DatabaseConfig.from_env(),
         redis=RedisConfig.from_env(),
         auth=AuthConfig.from_env(),
+        watch=WatchConfig.from_env(),
     )
     service = await create_server(config)
     await run_until_signalled(service, config.server)

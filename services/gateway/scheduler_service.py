@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import asyncpg
 import grpc
 import redis.asyncio as aioredis
@@ -12,14 +14,17 @@ from services.core.errors import NotFound, translate_errors
 from services.core.task_model import row_to_task
 from services.gateway import validation
 from services.gateway.auth_interceptor import current_user_id
+from services.gateway.watch.hub import Hub
+from services.gateway.watch.stream import watch_tasks
 
 TASK_NOT_FOUND = "task not found"
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
-    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis) -> None:
+    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, *, watch_hub: Hub) -> None:
         self.pool = pool
         self.redis = redis
+        self.watch_hub = watch_hub
 
     @translate_errors
     async def SubmitTask(
@@ -124,6 +129,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self, request: scheduler_pb2.GetStatsRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.GetStatsResponse:
         return scheduler_pb2.GetStatsResponse(stats=await task_store.stats(self.pool, current_user_id()))
+
+    @translate_errors
+    async def WatchTasks(
+        self, request: scheduler_pb2.WatchTasksRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[scheduler_pb2.WatchTasksResponse]:
+        async for message in watch_tasks(self.watch_hub, current_user_id(), request.resume_token):
+            yield message
 
     @translate_errors
     async def ListWorkers(

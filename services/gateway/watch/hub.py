@@ -1,0 +1,197 @@
+"""The gateway's fan-out: one reader of the event feed and one listener of the worker pool for all watchers.
+
+However many calls watch through this gateway, Redis sees one blocking XREAD on one key (plus one pubsub
+subscription): the reader routes each entry to the subscribers of its owner, and entries of owners nobody
+here watches are skipped without decoding their task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from resilienttask.v1 import scheduler_pb2, task_pb2
+from services.core import keys, worker_registry
+from services.core.events import (
+    ORIGIN,
+    StoredEvent,
+    decode_feed_entry,
+    feed_owner,
+    feed_seq,
+    parse_stream_id,
+)
+from services.gateway.watch import tokens
+from services.gateway.watch.config import WatchConfig
+from services.gateway.watch.stats import StatsBook
+from services.gateway.watch.subscriber import Queued, Subscriber
+
+log = logging.getLogger(__name__)
+
+# Pause after a failed read of Redis before trying again.
+RETRY_DELAY_S = 0.5
+
+
+def event_message(event: StoredEvent, stats: task_pb2.TaskStats | None) -> scheduler_pb2.WatchTasksResponse:
+    return scheduler_pb2.WatchTasksResponse(
+        resume_token=tokens.encode(event.entry_id),
+        event=scheduler_pb2.TaskEvent(task=event.change.task, stats=stats, deleted=event.change.deleted),
+    )
+
+
+def _after(event: StoredEvent) -> tuple[int, int] | None:
+    try:
+        return parse_stream_id(event.after)
+    except ValueError:
+        return None
+
+
+class Hub:
+    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, config: WatchConfig) -> None:
+        self.pool = pool
+        self.redis = redis
+        self.config = config
+        self.stats = StatsBook(pool, config.stats_timeout_ms / 1000)
+        self.workers: list[task_pb2.Worker] = []
+        self._workers_key: list[tuple[Any, ...]] | None = None
+        self._by_owner: dict[str, set[Subscriber]] = defaultdict(set)
+        self._feed_seq: int | None = None
+
+    # -- subscribers ---------------------------------------------------------------------------------
+    def subscribe(self, owner_id: str) -> Subscriber:
+        subscriber = Subscriber(owner_id, self.config.queue_limit)
+        self._by_owner[owner_id].add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        watchers = self._by_owner.get(subscriber.owner_id)
+        if watchers is None:
+            return
+        watchers.discard(subscriber)
+        if not watchers:
+            del self._by_owner[subscriber.owner_id]
+            self.stats.forget(subscriber.owner_id)
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(watchers) for watchers in self._by_owner.values())
+
+    def _everyone(self) -> list[Subscriber]:
+        return [s for watchers in self._by_owner.values() for s in watchers]
+
+    async def messages_for(self, owner_id: str, events: Sequence[StoredEvent]) -> list[Queued]:
+        """Events of one owner as messages, each with the stats after it."""
+        if not events:
+            return []
+        stats = (await self.stats.along({owner_id: [e.change for e in events]}))[owner_id]
+        return [Queued(e.entry_id, e.position, event_message(e, s)) for e, s in zip(events, stats, strict=True)]
+
+    # -- the feed ------------------------------------------------------------------------------------
+    @property
+    def loops(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
+        """The gateway's background loops (started with the server, cancelled at stop)."""
+        return [self.read_feed, self.follow_workers]
+
+    async def _feed_start(self) -> str:
+        newest: Any = await self.redis.xrevrange(keys.EVENTS_FEED_STREAM, "+", "-", count=1)
+        if not newest:
+            return ORIGIN
+        self._feed_seq = feed_seq(newest[0][1])
+        return str(newest[0][0].decode())
+
+    async def read_feed(self) -> None:
+        """Tail the feed forever; a Redis outage pauses delivery, it does not end the loop."""
+        position: str | None = None
+        while True:
+            try:
+                if position is None:
+                    position = await self._feed_start()
+                reply: Any = await self.redis.xread(
+                    {keys.EVENTS_FEED_STREAM: position},
+                    count=self.config.feed_batch,
+                    block=self.config.feed_block_ms,
+                )
+            except (RedisError, OSError) as exc:
+                log.warning("event feed unreadable", extra={"error": repr(exc)})
+                await asyncio.sleep(RETRY_DELAY_S)
+                continue
+            if reply:
+                entries = reply[0][1]
+                position = entries[-1][0].decode()
+                await self._route(entries)
+
+    async def _route(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        watched: dict[str, list[StoredEvent]] = defaultdict(list)
+        lost = False
+        for _, fields in entries:
+            seq = feed_seq(fields)
+            # Entries between two reads were trimmed (this reader fell far behind) or Redis lost its data.
+            lost = lost or (self._feed_seq is not None and seq != self._feed_seq + 1)
+            self._feed_seq = seq
+            owner = feed_owner(fields)
+            if owner in self._by_owner:
+                watched[owner].append(decode_feed_entry(fields))
+        if lost:
+            log.warning("event feed skipped entries; every watcher replays its history")
+            for subscriber in self._everyone():
+                subscriber.resync()
+        if not watched:
+            return
+        stats = await self.stats.along({owner: [e.change for e in events] for owner, events in watched.items()})
+        for owner, events in watched.items():
+            subscribers = list(self._by_owner.get(owner, ()))
+            if not subscribers:
+                continue
+            ready = [
+                (Queued(e.entry_id, e.position, event_message(e, s)), _after(e))
+                for e, s in zip(events, stats[owner], strict=True)
+            ]
+            for subscriber in subscribers:
+                for queued, after in ready:
+                    subscriber.offer(queued, after)
+
+    # -- the worker pool -----------------------------------------------------------------------------
+    async def follow_workers(self) -> None:
+        """Keep `workers` current from the pool's announcements, coalesced, and re-read it periodically."""
+        while True:
+            try:
+                await self._follow_workers_once()
+            except (RedisError, OSError) as exc:
+                log.warning("worker pool announcements unreadable", extra={"error": repr(exc)})
+                await asyncio.sleep(RETRY_DELAY_S)
+
+    async def _follow_workers_once(self) -> None:
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(keys.WORKERS_EVENTS_CHANNEL)
+            await self.refresh_workers()
+            while True:
+                message = await pubsub.get_message(timeout=self.config.workers_refresh_ms / 1000)
+                if message is not None:
+                    # A burst (a batch starting on many slots) becomes one update.
+                    await asyncio.sleep(self.config.workers_coalesce_ms / 1000)
+                    while await pubsub.get_message(timeout=0) is not None:
+                        pass
+                await self.refresh_workers()
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
+
+    async def refresh_workers(self) -> None:
+        live = await worker_registry.live_workers(self.redis)
+        key = [(w.id, w.slots, w.busy, tuple(sorted(w.kinds))) for w in live]
+        if key == self._workers_key:
+            return
+        first = self._workers_key is None
+        self._workers_key = key
+        self.workers = [w.to_proto() for w in live]
+        if not first:
+            for subscriber in self._everyone():
+                subscriber.notify_workers()

@@ -1,0 +1,132 @@
+"""One WatchTasks call: snapshot or replay, then live events, heartbeats and worker-pool updates.
+
+Nothing here polls: the call sleeps until the hub wakes it or the heartbeat interval passes. Whatever the
+call holds (its subscriber, its queue) is released in `finally`, so a client that cancels frees it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from resilienttask.v1 import scheduler_pb2
+from services.core import task_store, worker_registry
+from services.core.events import parse_stream_id
+from services.core.task_model import row_to_task
+from services.gateway.watch import history, tokens
+from services.gateway.watch.hub import Hub
+from services.gateway.watch.subscriber import Subscriber
+
+Message = scheduler_pb2.WatchTasksResponse
+
+
+class _Call:
+    def __init__(self, hub: Hub, owner_id: str, subscriber: Subscriber) -> None:
+        self.hub = hub
+        self.owner_id = owner_id
+        self.subscriber = subscriber
+        # History position of the last message sent: what the client would resume from.
+        self.sent = ""
+        self.history_broken = False
+
+    async def snapshot(self) -> Message:
+        """The owner's recent tasks and stats, as of a history position noted before reading them.
+
+        Events between that position and the database read are replayed after the snapshot; a client
+        drops any whose version is not newer than what it holds.
+        """
+        self.subscriber.begin_sync()
+        position = await history.last_position(self.hub.redis, self.owner_id)
+        rows, counts, workers = await asyncio.gather(
+            task_store.recent(self.hub.pool, self.owner_id, self.hub.config.snapshot_limit),
+            self.hub.stats.current(self.owner_id),
+            worker_registry.live_workers(self.hub.redis),
+        )
+        self.sent = position
+        return Message(
+            resume_token=tokens.encode(position),
+            snapshot=scheduler_pb2.TaskSnapshot(
+                tasks=[row_to_task(r) for r in rows],
+                stats=task_store.stats_from_counts(dict(counts)),
+                workers=[w.to_proto() for w in workers],
+            ),
+        )
+
+    async def replay(self) -> AsyncIterator[Message]:
+        """Every event after `sent`, read from history until the live queue can take over.
+
+        Sets history_broken instead when the events after `sent` are gone.
+        """
+        page = self.hub.config.replay_page
+        while True:
+            self.subscriber.begin_sync()
+            events = await history.read_after(self.hub.redis, self.owner_id, self.sent, page)
+            if events is None:
+                self.history_broken = True
+                return
+            ready = await self.hub.messages_for(self.owner_id, events)
+            end = ready[-1].position if ready else parse_stream_id(self.sent)
+            live = len(events) < page and self.subscriber.go_live(end)
+            for queued in ready:
+                yield queued.message
+                self.sent = queued.entry_id
+            if live:
+                return
+
+    def heartbeat(self) -> Message:
+        return Message(resume_token=tokens.encode(self.sent), heartbeat=scheduler_pb2.Heartbeat())
+
+    def workers(self) -> Message:
+        return Message(
+            resume_token=tokens.encode(self.sent), workers=scheduler_pb2.WorkersEvent(workers=self.hub.workers)
+        )
+
+    async def run(self, resume_from: str | None) -> AsyncIterator[Message]:
+        subscriber = self.subscriber
+        heartbeat_s = self.hub.config.heartbeat_ms / 1000
+        want_snapshot = resume_from is None
+        self.sent = resume_from or ""
+        want_replay = not want_snapshot
+        while True:
+            if want_snapshot:
+                yield await self.snapshot()
+                want_snapshot, want_replay = False, True
+            if want_replay:
+                want_replay = False
+                async for message in self.replay():
+                    yield message
+                if self.history_broken:
+                    self.history_broken = False
+                    want_snapshot = True
+                continue
+            try:
+                async with asyncio.timeout(heartbeat_s):
+                    await subscriber.wake.wait()
+            except TimeoutError:
+                yield self.heartbeat()
+                continue
+            subscriber.wake.clear()
+            if subscriber.needs_snapshot:
+                want_snapshot = True
+                continue
+            if subscriber.needs_replay:
+                want_replay = True
+                continue
+            while subscriber.pending and subscriber.cursor is not None:
+                queued = subscriber.pending.popleft()
+                yield queued.message
+                self.sent = queued.entry_id
+            if subscriber.workers_changed and subscriber.cursor is not None:
+                subscriber.workers_changed = False
+                yield self.workers()
+
+
+async def watch_tasks(hub: Hub, owner_id: str, resume_token: str) -> AsyncIterator[Message]:
+    """The messages of one WatchTasks call for `owner_id`; a malformed token fails before anything is held."""
+    resume_from = tokens.decode(resume_token) if resume_token else None
+    subscriber = hub.subscribe(owner_id)
+    try:
+        async for message in _Call(hub, owner_id, subscriber).run(resume_from):
+            yield message
+    finally:
+        hub.unsubscribe(subscriber)
