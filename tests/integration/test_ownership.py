@@ -6,8 +6,9 @@ like a task that does not exist, and A's tasks are left as they were.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -174,3 +175,90 @@ async def test_list_workers_carries_nothing_of_other_users(scene: Scene) -> None
     raw = reply.SerializeToString()
     for secret in [*scene.all_ids, scene.active[0].batch_id, scene.owner.account.user_id, scene.owner.account.email]:
         assert secret.encode() not in raw
+
+
+Watch = grpc.aio.UnaryStreamCall  # type: ignore[type-arg]
+
+
+def _watch(caller: Caller, resume_token: str = "") -> Watch:
+    return caller.stub.WatchTasks(scheduler_pb2.WatchTasksRequest(resume_token=resume_token), metadata=caller.md)
+
+
+async def _read_until(
+    call: Watch, done: Callable[[scheduler_pb2.WatchTasksResponse], bool]
+) -> list[scheduler_pb2.WatchTasksResponse]:
+    """Messages of a watch stream up to and including the first one `done` accepts."""
+    messages: list[scheduler_pb2.WatchTasksResponse] = []
+    async with asyncio.timeout(60):
+        while True:
+            message = await call.read()
+            assert message is not grpc.aio.EOF, "the watch stream ended"
+            messages.append(message)
+            if done(message):
+                return messages
+
+
+def _is_event_for(task_id: str) -> Callable[[scheduler_pb2.WatchTasksResponse], bool]:
+    return lambda m: m.WhichOneof("kind") == "event" and m.event.task.id == task_id
+
+
+def _assert_nothing_of(scene: Scene, messages: list[scheduler_pb2.WatchTasksResponse], extra: list[str]) -> None:
+    owner = scene.owner.account
+    secrets = [*scene.all_ids, *extra, scene.active[0].batch_id, owner.user_id, owner.email]
+    for message in messages:
+        raw = message.SerializeToString()
+        leaked = [s for s in secrets if s.encode() in raw]
+        assert not leaked, f"{message.WhichOneof('kind')} message carries {leaked}"
+
+
+async def _intruder_barrier(intruder: Caller, call: Watch) -> list[scheduler_pb2.WatchTasksResponse]:
+    """Make a change of the intruder's own and read its stream until that change arrives.
+
+    The owner's changes were all recorded before it, so anything of theirs the stream would leak comes first.
+    """
+    own = (await intruder.submit())[0]
+    messages = await _read_until(call, _is_event_for(own.id))
+    await intruder.cancelled(own.id)
+    return messages
+
+
+async def test_watch_never_streams_another_users_tasks(scene: Scene) -> None:
+    owner, intruder = scene.owner, scene.intruder
+    owner_call, intruder_call = _watch(owner), _watch(intruder)
+    try:
+        owner_snapshot = await _read_until(owner_call, lambda m: m.WhichOneof("kind") == "snapshot")
+        assert set(scene.all_ids) <= {t.id for t in owner_snapshot[-1].snapshot.tasks}
+        seen = await _read_until(intruder_call, lambda m: m.WhichOneof("kind") == "snapshot")
+        assert list(seen[-1].snapshot.tasks) == []
+        assert seen[-1].snapshot.stats == task_pb2.TaskStats()
+
+        # The owner changes tasks while the intruder watches: a new task, a cancel, a delete.
+        added = (await owner.submit())[0]
+        await owner.cancelled(added.id)
+        await owner.stub.DeleteTask(scheduler_pb2.DeleteTaskRequest(task_id=added.id), metadata=owner.md)
+        owner_events = await _read_until(owner_call, lambda m: m.event.deleted and m.event.task.id == added.id)
+        assert any(_is_event_for(added.id)(m) for m in owner_events), "the owner's own stream saw the changes"
+
+        seen += await _intruder_barrier(intruder, intruder_call)
+        _assert_nothing_of(scene, seen, [added.id])
+    finally:
+        owner_call.cancel()
+        intruder_call.cancel()
+
+
+async def test_another_users_resume_token_replays_nothing_of_theirs(scene: Scene) -> None:
+    owner, intruder = scene.owner, scene.intruder
+    owner_call = _watch(owner)
+    try:
+        token = (await _read_until(owner_call, lambda m: m.WhichOneof("kind") == "snapshot"))[-1].resume_token
+    finally:
+        owner_call.cancel()
+    added = (await owner.submit())[0]
+    await owner.cancelled(added.id)
+
+    intruder_call = _watch(intruder, resume_token=token)
+    try:
+        seen = await _intruder_barrier(intruder, intruder_call)
+        _assert_nothing_of(scene, seen, [added.id])
+    finally:
+        intruder_call.cancel()
