@@ -1,0 +1,266 @@
+"""The local stack and worker processes: `rtask up`, `rtask down`, `rtask worker`.
+
+These start the server-side programs shipped in the same distribution (`services.*`), as child
+interpreters: the SDK itself never imports them.
+
+`rtask up` runs the stack launcher (`rtask-stack up`) in the foreground — Ctrl-C stops every
+process — or, with --detach, in the background with its output in <data-dir>/logs/launcher.log.
+Either way the launcher's pid is recorded in <data-dir>/launcher.pid, and `rtask down` sends it
+SIGTERM, upon which the launcher stops every process in order (as Ctrl-C does).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+from resilienttask.cli.common import DEFAULT_SERVER, EXIT_ERROR, CliError, check_address
+from resilienttask.cli.render import stdout
+from resilienttask.cli.task_commands import DURATION
+
+STACK_MODULE = "services.stack.main"
+WORKER_MODULE = "services.worker.main"
+PID_FILE = "launcher.pid"
+STATE_FILE = "stack.json"
+SECRET_FILE = "jwt_secret"
+# How often `up --detach` and `down` look at the launcher while waiting for it.
+POLL_INTERVAL_S = 0.2
+
+data_dir_option = click.option(
+    "--data-dir",
+    envvar="RTASK_DATA_DIR",
+    default=".rtask",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="the local stack's data folder [env RTASK_DATA_DIR]",
+)
+
+
+def _require(module: str) -> None:
+    top = module.split(".")[0]
+    if importlib.util.find_spec(top) is None or importlib.util.find_spec(module) is None:
+        raise CliError(
+            f"this command needs the server package ({module}), installed with resilienttask from its repository"
+        )
+
+
+def _launcher_alive(pid: int) -> bool:
+    """True if pid is a live (not zombie) stack launcher: a recycled pid of another program must not be signalled."""
+    proc = Path("/proc") / str(pid)
+    if proc.is_dir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return STACK_MODULE in cmdline and state != "Z"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_launcher(data_dir: Path) -> int | None:
+    """The pid of the launcher running from data_dir, if any."""
+    try:
+        pid = int((data_dir / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _launcher_alive(pid) else None
+
+
+def _read_state(data_dir: Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads((data_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@click.command()
+@data_dir_option
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="edge (Envoy) port")
+@click.option("--admin-port", type=click.IntRange(0, 65535), default=9901, show_default=True, help="Envoy admin port")
+@click.option("--gateways", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--schedulers", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--workers", type=click.IntRange(0), default=3, show_default=True)
+@click.option("--worker-slots", type=click.IntRange(1), default=10, show_default=True, help="tasks per worker at once")
+@click.option("-d", "--detach", is_flag=True, help="run in the background; `rtask down` stops it")
+@click.option("--start-timeout", type=DURATION, default="180s", show_default=True, help="with --detach")
+def up(
+    data_dir: Path,
+    port: int,
+    admin_port: int,
+    gateways: int,
+    schedulers: int,
+    workers: int,
+    worker_slots: int,
+    detach: bool,
+    start_timeout: timedelta,
+) -> None:
+    """Start the whole system locally: PostgreSQL, Valkey, Envoy, schedulers, gateways, workers."""
+    _require(STACK_MODULE)
+    pid = running_launcher(data_dir)
+    if pid is not None:
+        raise CliError(f"a stack already runs from {data_dir} (pid {pid}); `rtask down` stops it", EXIT_ERROR)
+    argv = [sys.executable, "-m", STACK_MODULE, "up", "--data-dir", str(data_dir), "--port", str(port)]
+    argv += ["--admin-port", str(admin_port), "--gateways", str(gateways), "--schedulers", str(schedulers)]
+    argv += ["--workers", str(workers), "--worker-slots", str(worker_slots)]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if not detach:
+        # exec keeps the pid, so the pid file names the launcher itself; Ctrl-C reaches it directly.
+        (data_dir / PID_FILE).write_text(f"{os.getpid()}\n")
+        sys.stdout.flush()
+        os.execv(sys.executable, argv)
+    _start_detached(data_dir, argv, start_timeout.total_seconds())
+
+
+def _start_detached(data_dir: Path, argv: list[str], timeout_s: float) -> None:
+    log = data_dir / "logs" / "launcher.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    (data_dir / PID_FILE).write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + timeout_s
+    state_file = data_dir / STATE_FILE
+    # The launcher writes stack.json once every process reports SERVING.
+    while not (state_file.exists() and state_file.stat().st_mtime >= started and _read_state(data_dir)):
+        code = proc.poll()
+        if code is not None:
+            raise CliError(f"the stack exited during start-up (code {code}); last lines of {log}:\n{_tail(log)}")
+        if time.monotonic() > deadline:
+            proc.send_signal(signal.SIGTERM)
+            raise CliError(f"the stack did not start within {timeout_s:g}s; see {log}")
+        time.sleep(POLL_INTERVAL_S)
+    state = _read_state(data_dir) or {}
+    stdout.print(
+        f"ResilientTask is up: edge {state.get('edge')}, Envoy admin {state.get('admin')}\n"
+        f"  launcher pid {proc.pid}, logs in {data_dir / 'logs'}\n"
+        f"  `rtask down --data-dir {data_dir}` stops it"
+    )
+
+
+@click.command()
+@data_dir_option
+@click.option("--timeout", type=DURATION, default="60s", show_default=True, help="how long to wait for the stop")
+def down(data_dir: Path, timeout: timedelta) -> None:
+    """Stop the local stack started by `rtask up` from this data folder."""
+    pid = running_launcher(data_dir)
+    if pid is None:
+        (data_dir / PID_FILE).unlink(missing_ok=True)
+        stdout.print(f"no stack is running from {data_dir}")
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout.total_seconds()
+    while _launcher_alive(pid):
+        if time.monotonic() > deadline:
+            raise CliError(f"the stack (pid {pid}) did not stop within {timeout.total_seconds():g}s")
+        time.sleep(POLL_INTERVAL_S)
+    (data_dir / PID_FILE).unlink(missing_ok=True)
+    stdout.print(f"stopped the stack running from {data_dir}")
+
+
+@click.command()
+@click.option(
+    "--import",
+    "imports",
+    multiple=True,
+    required=True,
+    metavar="MODULE",
+    help="module whose @task handlers to serve (repeatable); the current folder is importable",
+)
+@click.option(
+    "--server",
+    envvar="RTASK_SERVER",
+    default=DEFAULT_SERVER,
+    show_default=True,
+    callback=check_address,
+    help="host:port of the edge, where the scheduler is reached [env RTASK_SERVER]",
+)
+@click.option("--slots", type=click.IntRange(1), default=None, help="tasks run at once (default 10)")
+@click.option(
+    "--redis-url", envvar="REDIS_URL", default=None, help="dispatch store [env REDIS_URL; default: the local stack's]"
+)
+@click.option(
+    "--jwt-secret-file",
+    envvar="RTASK_JWT_SECRET_FILE",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="token secret [env RTASK_JWT_SECRET(_FILE); default: the local stack's]",
+)
+@click.option("--health-port", type=click.IntRange(0, 65535), default=0, help="gRPC health port (0: any free port)")
+@data_dir_option
+def worker(
+    imports: tuple[str, ...],
+    server: str,
+    slots: int | None,
+    redis_url: str | None,
+    jwt_secret_file: Path | None,
+    health_port: int,
+    data_dir: Path,
+) -> None:
+    """Run a worker that serves the @task handlers of the given modules (plus the built-in kinds)."""
+    _require(WORKER_MODULE)
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    for module in imports:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise click.BadParameter(f"cannot find module {module!r} (from {cwd})", param_hint="--import")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, env.get("PYTHONPATH", "")) if p)
+    env["RTASK_WORKER_IMPORTS"] = ",".join(imports)
+    env["RTASK_SCHEDULER_ADDR"] = server
+    env["REDIS_URL"] = redis_url or _local_redis_url(data_dir)
+    if not env.get("RTASK_JWT_SECRET"):
+        env["RTASK_JWT_SECRET_FILE"] = str(jwt_secret_file or _local_secret(data_dir))
+    env["RTASK_PORT"] = str(health_port)
+    env.setdefault("RTASK_INSTANCE", "worker")
+    if slots is not None:
+        env["RTASK_WORKER_SLOTS"] = str(slots)
+    click.echo(f"worker serving {', '.join(imports)} for {server}", err=True)
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-m", WORKER_MODULE], env)
+
+
+def _local_redis_url(data_dir: Path) -> str:
+    port = ((_read_state(data_dir) or {}).get("processes", {}).get("valkey") or {}).get("port")
+    if not port:
+        raise click.UsageError(f"no Redis URL: pass --redis-url or set REDIS_URL (no local stack in {data_dir})")
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def _local_secret(data_dir: Path) -> Path:
+    path = data_dir / SECRET_FILE
+    if not path.is_file():
+        raise click.UsageError(
+            f"no token secret: pass --jwt-secret-file or set RTASK_JWT_SECRET(_FILE) (no {SECRET_FILE} in {data_dir})"
+        )
+    return path

@@ -1,0 +1,204 @@
+"""Commands that act on tasks: submit, ls, get, cancel, retry, rm, clear."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+from resilienttask.cli.common import (
+    EXIT_TASKS_FAILED,
+    Connection,
+    emit_json,
+    json_option,
+    server_command,
+)
+from resilienttask.cli.durations import parse_duration
+from resilienttask.cli.live import BatchProgress
+from resilienttask.cli.render import stderr, stdout, task_detail, tasks_table
+from resilienttask.models import Task, TaskStatus
+
+STATUS_NAMES = [s.value for s in TaskStatus if s is not TaskStatus.UNSPECIFIED]
+
+
+class DurationType(click.ParamType):
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = DurationType()
+
+
+def _payload(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
+    """--payload '{"k": 1}' or --payload @file.json; must be a JSON object."""
+    if value is None:
+        return None
+    try:
+        text = Path(value[1:]).read_text() if value.startswith("@") else value
+        data = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(f"not readable JSON: {exc}", ctx=ctx, param=param) from exc
+    if not isinstance(data, dict):
+        raise click.BadParameter("must be a JSON object", ctx=ctx, param=param)
+    return data
+
+
+def _print_tasks(tasks: list[Task], as_json: bool, title: str | None = None) -> None:
+    if as_json:
+        emit_json([t.to_dict() for t in tasks])
+    else:
+        stdout.print(tasks_table(tasks, title=title))
+
+
+@click.command()
+@click.argument("name")
+@click.option("--kind", default="", help="handler kind (default: the simulated workload 'sleep'); see `rtask kinds`")
+@click.option("--workload", type=DURATION, default="0s", show_default=True, help="simulated work, e.g. 30s, 1m30s")
+@click.option("--max-runtime", type=DURATION, default=None, help="hard ceiling after which the task is killed")
+@click.option("-n", "--replicas", type=click.IntRange(1, 50), default=1, show_default=True, help="copies, 1-50")
+@click.option("--max-attempts", type=click.IntRange(1, 10), default=None, help="attempts before dead-lettering")
+@click.option("--payload", callback=_payload, help="handler arguments: a JSON object, or @file.json")
+@click.option("--request-id", default=None, help="idempotency key (generated when omitted)")
+@click.option("--wait", "wait_", is_flag=True, help="wait for every task to finish, with live progress bars")
+@click.option("--timeout", type=DURATION, default=None, help="with --wait: give up after this long (exit 7)")
+@json_option
+@server_command
+def submit(
+    conn: Connection,
+    name: str,
+    kind: str,
+    workload: timedelta,
+    max_runtime: timedelta | None,
+    replicas: int,
+    max_attempts: int | None,
+    payload: dict[str, Any] | None,
+    request_id: str | None,
+    wait_: bool,
+    timeout: timedelta | None,
+    as_json: bool,
+) -> None:
+    """Submit a task NAME (or --replicas copies of it). With --wait, exit 6 unless every task succeeded."""
+    if timeout is not None and not wait_:
+        raise click.UsageError("--timeout only makes sense with --wait")
+    with conn.client() as client:
+        tasks = client.submit(
+            name,
+            kind=kind,
+            payload=payload,
+            workload=workload,
+            max_runtime=max_runtime,
+            replicas=replicas,
+            max_attempts=max_attempts,
+            request_id=request_id,
+        )
+        if not wait_:
+            _print_tasks(tasks, as_json, title=f"batch {tasks[0].batch_id}")
+            return
+        try:
+            if not as_json and stderr.is_terminal:
+                with BatchProgress(tasks, stderr) as bars:
+                    final = client.wait(tasks, timeout, on_change=bars.update)
+            else:
+                final = client.wait(tasks, timeout)
+        except KeyboardInterrupt:
+            stderr.print(f"stopped waiting; the tasks keep running: rtask ls --batch {tasks[0].batch_id}")
+            raise SystemExit(130) from None
+    _print_tasks(final, as_json, title=f"batch {final[0].batch_id}")
+    failed = [t for t in final if not t.succeeded]
+    if failed:
+        if not as_json:
+            stderr.print(f"[red]{len(failed)} of {len(final)} tasks did not succeed[/]")
+        raise SystemExit(EXIT_TASKS_FAILED)
+
+
+@click.command(name="ls")
+@click.option("--status", type=click.Choice(STATUS_NAMES), default=None, help="only tasks in this status")
+@click.option("--batch", "batch_id", default="", help="only the replicas of this batch")
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, help="at most this many (0: all)")
+@json_option
+@server_command
+def list_tasks(conn: Connection, status: str | None, batch_id: str, limit: int, as_json: bool) -> None:
+    """List your tasks, newest first (every page is fetched as needed)."""
+    with conn.client() as client:
+        page_size = min(limit, 500) if limit else 500
+        found = client.list(status, batch_id=batch_id, page_size=page_size)
+        tasks = list(itertools.islice(found, limit) if limit else found)
+    _print_tasks(tasks, as_json)
+
+
+@click.command()
+@click.argument("task_id")
+@json_option
+@server_command
+def get(conn: Connection, task_id: str, as_json: bool) -> None:
+    """Show one task."""
+    with conn.client() as client:
+        task = client.get(task_id)
+    if as_json:
+        emit_json(task.to_dict())
+    else:
+        stdout.print(task_detail(task))
+
+
+@click.command()
+@click.argument("task_ids", nargs=-1)
+@click.option("--batch", "batch_id", default=None, help="cancel every unfinished replica of this batch")
+@json_option
+@server_command
+def cancel(conn: Connection, task_ids: tuple[str, ...], batch_id: str | None, as_json: bool) -> None:
+    """Cancel tasks (queued: at once; running: the worker stops them)."""
+    if bool(task_ids) == bool(batch_id):
+        raise click.UsageError("give task ids or --batch BATCH_ID (not both)")
+    with conn.client() as client:
+        tasks = client.cancel_batch(batch_id) if batch_id else [client.cancel(t) for t in task_ids]
+    _print_tasks(tasks, as_json)
+
+
+@click.command()
+@click.argument("task_ids", nargs=-1, required=True)
+@json_option
+@server_command
+def retry(conn: Connection, task_ids: tuple[str, ...], as_json: bool) -> None:
+    """Queue failed, timed-out or cancelled tasks again."""
+    with conn.client() as client:
+        tasks = [client.retry(t) for t in task_ids]
+    _print_tasks(tasks, as_json)
+
+
+@click.command()
+@click.argument("task_ids", nargs=-1, required=True)
+@json_option
+@server_command
+def rm(conn: Connection, task_ids: tuple[str, ...], as_json: bool) -> None:
+    """Delete finished tasks."""
+    with conn.client() as client:
+        for task_id in task_ids:
+            client.delete(task_id)
+    if as_json:
+        emit_json({"deleted": list(task_ids)})
+    else:
+        stdout.print(f"deleted {len(task_ids)} task{'s' if len(task_ids) != 1 else ''}")
+
+
+@click.command()
+@json_option
+@server_command
+def clear(conn: Connection, as_json: bool) -> None:
+    """Delete all of your finished tasks (running and queued ones stay)."""
+    with conn.client() as client:
+        deleted = client.clear_history()
+    if as_json:
+        emit_json({"deleted": deleted})
+    else:
+        stdout.print(f"deleted {deleted} finished task{'s' if deleted != 1 else ''}")
