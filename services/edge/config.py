@@ -32,6 +32,9 @@ class RateLimit:
             raise ValueError(f"invalid rate limit {self}")
 
 
+# One HTTP/2 flow-control window: bodies beyond it always arrive in several reads.
+MIN_REQUEST_LIMIT_BYTES = 64 * 1024
+
 # Generous by default: a test session signs up hundreds of users; bcrypt is the real brake on login floods.
 DEFAULT_AUTH_RATE_LIMIT = RateLimit(max_tokens=500, tokens_per_fill=100, fill_interval_s=1.0)
 
@@ -59,7 +62,9 @@ class EdgeConfig:
     # Envoy's default (60 s) would accept a token a minute after it expired; the services allow none.
     jwt_clock_skew_s: int = 5
     auth_rate_limit: RateLimit = DEFAULT_AUTH_RATE_LIMIT
-    # Unary request bodies above this are refused at the edge (the services' own limit is 1 MiB per message).
+    # Request bodies above this are refused at the edge (the services' own limit is 1 MiB per message).
+    # At least MIN_REQUEST_LIMIT_BYTES: a body that arrives in one read is never held back, so a smaller
+    # limit would be enforced only sometimes.
     max_request_bytes: int = 1 << 20
     unary_timeout_s: float = 30.0
     # Streams may live for hours but not stay silent longer than this: it must exceed the server's
@@ -73,7 +78,9 @@ class EdgeConfig:
             raise ValueError(f"discovery must be {STATIC} or {STRICT_DNS}, got {self.discovery!r}")
         if not self.gateways or not self.schedulers:
             raise ValueError("the edge needs at least one gateway and one scheduler endpoint")
-        if self.jwt_clock_skew_s < 0 or self.max_request_bytes < 1:
-            raise ValueError("clock skew must be >= 0 and the request limit positive")
+        if self.jwt_clock_skew_s < 0:
+            raise ValueError("the JWT clock skew must be >= 0")
+        if self.max_request_bytes < MIN_REQUEST_LIMIT_BYTES:
+            raise ValueError(f"max_request_bytes must be at least {MIN_REQUEST_LIMIT_BYTES}")
         if self.unary_timeout_s <= 0 or self.stream_idle_timeout_s <= 0 or self.health_interval_s <= 0:
             raise ValueError("timeouts and intervals must be positive")

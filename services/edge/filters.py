@@ -98,24 +98,35 @@ def _grpc_reply(status: int) -> dict[str, Any]:
     }
 
 
+def _resource_exhausted(status: int, message: str) -> dict[str, Any]:
+    """Answer this refusal as a gRPC trailers-only RESOURCE_EXHAUSTED, for gRPC and grpc-web alike.
+
+    For grpc-web Envoy's reply is plain HTTP (the request was not gRPC when it arrived), and the grpc_web
+    filter would derive the status from the HTTP code (429 → UNAVAILABLE, 413 → UNKNOWN), which clients
+    retry or misread. HTTP 200, grpc-status in the headers and no body make it a proper gRPC reply.
+    """
+    return {
+        "filter": _grpc_reply(status),
+        "status_code": 200,
+        "body": {"inline_string": ""},
+        "headers_to_add": [
+            {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            for key, value in (("grpc-status", str(RESOURCE_EXHAUSTED)), ("grpc-message", message))
+        ],
+    }
+
+
 def local_reply_config() -> dict[str, Any]:
     """Make every refusal by the edge carry the gRPC status the contract promises.
 
     jwt_authn refuses a token with the wrong audience with 403 (PERMISSION_DENIED); the contract says any
-    bad token is UNAUTHENTICATED, and in this chain only jwt_authn answers 403 itself. An oversized body
-    is 413, which gRPC would read as UNKNOWN; it is RESOURCE_EXHAUSTED.
+    bad token is UNAUTHENTICATED, and in this chain only jwt_authn answers 403 itself. The rate limit (429)
+    and the body bound (413) are RESOURCE_EXHAUSTED.
     """
     return {
         "mappers": [
             {"filter": _grpc_reply(403), "status_code": 401},
-            {
-                "filter": _grpc_reply(413),
-                "headers_to_add": [
-                    {
-                        "header": {"key": "grpc-status", "value": str(RESOURCE_EXHAUSTED)},
-                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                    }
-                ],
-            },
+            _resource_exhausted(413, "request body too large"),
+            _resource_exhausted(429, "too many requests, retry later"),
         ]
     }

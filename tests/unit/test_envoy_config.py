@@ -217,7 +217,7 @@ def test_the_jwks_command_refuses_without_a_secret(tmp_path: Path, monkeypatch: 
         {"gateways": []},
         {"jwt_clock_skew_s": -1},
         {"unary_timeout_s": 0},
-        {"max_request_bytes": 0},
+        {"max_request_bytes": 4096},
     ],
 )
 def test_bad_edge_settings_are_refused(tmp_path: Path, overrides: dict[str, Any]) -> None:
