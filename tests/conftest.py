@@ -19,6 +19,7 @@ from services.stack.stack import Stack, StackConfig
 
 # Fast hashing in tests; production default is 12.
 TEST_BCRYPT_COST = 4
+TEST_RECLAIM_IDLE_MS = 3000
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -68,7 +69,13 @@ def stack(stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pyt
         database_url=stores.database_url,
         redis_url=stores.redis_url,
         bcrypt_cost=TEST_BCRYPT_COST,
-        extra_env={"RTASK_LOG_LEVEL": os.environ.get("RTASK_LOG_LEVEL", "INFO")},
+        extra_env={
+            "RTASK_LOG_LEVEL": os.environ.get("RTASK_LOG_LEVEL", "INFO"),
+            # Short retry backoff and reclaim threshold keep lifecycle tests quick; production keeps 1 s / 10 s.
+            "RTASK_RETRY_BASE_MS": "100",
+            "RTASK_WORKER_RECLAIM_IDLE_MS": str(TEST_RECLAIM_IDLE_MS),
+            "RTASK_WORKER_HEARTBEAT_MS": "500",
+        },
     )
     echo = sys.stderr if request.config.getoption("--keep-logs") else None
     with Stack(config, echo=echo) as running:
