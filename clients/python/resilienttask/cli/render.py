@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -22,8 +24,19 @@ STATUS_STYLE = {
     TaskStatus.TIMED_OUT: "red",
 }
 
-stdout = Console(highlight=False, soft_wrap=False)
-stderr = Console(stderr=True, highlight=False)
+# Piped output is not cut to 80 columns: ids and errors stay whole for grep and copy.
+PIPE_WIDTH = 200
+
+
+def _console(*, to_stderr: bool) -> Console:
+    console = Console(stderr=to_stderr, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPE_WIDTH
+    return console
+
+
+stdout = _console(to_stderr=False)
+stderr = _console(to_stderr=True)
 
 
 def status_text(status: TaskStatus) -> Text:
@@ -48,13 +61,13 @@ def progress_cell(task: Task) -> str:
 def tasks_table(tasks: Iterable[Task], *, title: str | None = None) -> Table:
     table = Table(title=title, title_justify="left", expand=False)
     table.add_column("ID", no_wrap=True)
-    table.add_column("NAME", overflow="ellipsis", max_width=30)
-    table.add_column("KIND")
+    table.add_column("NAME", overflow="ellipsis", min_width=6, max_width=30)
+    table.add_column("KIND", min_width=5)
     table.add_column("STATUS", no_wrap=True)
     table.add_column("PROGRESS", justify="right", no_wrap=True)
-    table.add_column("ATTEMPT", justify="right")
+    table.add_column("ATTEMPT", justify="right", no_wrap=True)
     table.add_column("CREATED", no_wrap=True)
-    table.add_column("ERROR", overflow="ellipsis", max_width=40)
+    table.add_column("ERROR", overflow="ellipsis", max_width=60)
     for task in tasks:
         table.add_row(
             task.id,
@@ -94,9 +107,9 @@ def task_detail(task: Task) -> Table:
     if task.error:
         rows.append(("error", task.error))
     if task.payload:
-        rows.append(("payload", str(task.payload)))
+        rows.append(("payload", json.dumps(task.payload)))
     if task.result is not None:
-        rows.append(("result", str(task.result)))
+        rows.append(("result", json.dumps(task.result)))
     for key, value in rows:
         table.add_row(key, value)
     return table
