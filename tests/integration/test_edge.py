@@ -291,6 +291,58 @@ def test_a_server_stream_is_delivered_over_grpc_web(stack: Stack) -> None:
         connection.close()
 
 
+class TextFrames:
+    """Frames of a live grpc-web-text stream: base64 chunks, each padded, always whole 4-character quanta."""
+
+    def __init__(self, reply: http.client.HTTPResponse) -> None:
+        self.reply = reply
+        self.decoded = b""
+
+    def _take(self, count: int) -> bytes:
+        while len(self.decoded) < count:
+            quantum = self.reply.read(4)
+            assert len(quantum) == 4, "the stream ended"
+            self.decoded += base64.b64decode(quantum)
+        taken, self.decoded = self.decoded[:count], self.decoded[count:]
+        return taken
+
+    def next(self) -> tuple[int, bytes]:
+        flags, length = struct.unpack(">BI", self._take(5))
+        return flags, self._take(length)
+
+
+def test_watch_tasks_streams_live_over_grpc_web_text(stack: Stack) -> None:
+    """A browser's view: the snapshot, then the event of a task submitted meanwhile, on one open stream."""
+    with grpc.insecure_channel(stack.edge_address) as channel:
+        email = unique_email("web-watch")
+        account = auth_pb2_grpc.AuthServiceStub(channel).Signup(auth_pb2.SignupRequest(email=email, password=PASSWORD))
+        bearer = f"Bearer {account.access_token}"
+        connection = http.client.HTTPConnection(stack.edge_address, timeout=30)
+        try:
+            request = scheduler_pb2.WatchTasksRequest().SerializeToString()
+            _send(connection, "/resilienttask.v1.SchedulerService/WatchTasks", request, True, {"authorization": bearer})
+            reply = connection.getresponse()
+            assert reply.status == 200 and reply.getheader("grpc-status") is None
+            frames = TextFrames(reply)
+            flags, first = frames.next()
+            assert flags == 0 and scheduler_pb2.WatchTasksResponse.FromString(first).WhichOneof("kind") == "snapshot"
+
+            submitted = scheduler_pb2_grpc.SchedulerServiceStub(channel).SubmitTask(
+                scheduler_pb2.SubmitTaskRequest(name="watched from a browser", request_id=str(uuid.uuid4())),
+                metadata=(("authorization", bearer),),
+                timeout=10,
+            )
+            (task,) = submitted.tasks
+            while True:  # heartbeats and worker-pool updates may come first
+                flags, payload = frames.next()
+                assert flags == 0, "the stream ended"
+                update = scheduler_pb2.WatchTasksResponse.FromString(payload)
+                if update.WhichOneof("kind") == "event" and update.event.task.id == task.id:
+                    break
+        finally:
+            connection.close()
+
+
 # -- failover --------------------------------------------------------------------------------------
 
 
