@@ -1,0 +1,139 @@
+"""The SDK's public surface is pinned: a name added, removed or moved must show up here in review."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import grpc
+
+import resilienttask
+from resilienttask import errors
+
+PUBLIC = [
+    "AlreadyExists",
+    "AsyncClient",
+    "AsyncTaskWatch",
+    "Client",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "ResilientTaskError",
+    "ResourceExhausted",
+    "RetryPolicy",
+    "Session",
+    "Snapshot",
+    "Task",
+    "TaskContext",
+    "TaskStats",
+    "TaskStatus",
+    "TaskUpdate",
+    "TaskWatch",
+    "Unauthenticated",
+    "Unavailable",
+    "User",
+    "WatchEvent",
+    "Worker",
+    "WorkersUpdate",
+    "__version__",
+    "task",
+]
+
+CLIENT_METHODS = [
+    "cancel",
+    "cancel_batch",
+    "clear_history",
+    "close",
+    "delete",
+    "get",
+    "health",
+    "kinds",
+    "list",
+    "login",
+    "retry",
+    "signup",
+    "stats",
+    "submit",
+    "wait",
+    "watch",
+    "workers",
+]
+
+
+def test_exported_names_are_pinned() -> None:
+    assert resilienttask.__all__ == PUBLIC
+
+
+def test_every_exported_name_resolves() -> None:
+    for name in PUBLIC:
+        assert getattr(resilienttask, name) is not None, name
+        if name not in ("__version__", "WatchEvent"):  # WatchEvent is a union alias
+            assert getattr(resilienttask, name).__module__.startswith("resilienttask."), name
+
+
+def test_unknown_names_raise_attribute_error() -> None:
+    try:
+        resilienttask.NoSuchThing  # noqa: B018
+    except AttributeError as exc:
+        assert "NoSuchThing" in str(exc)
+    else:
+        raise AssertionError("expected AttributeError")
+
+
+def test_both_clients_offer_the_same_calls() -> None:
+    def public(cls: type) -> list[str]:
+        return sorted(n for n in vars(cls) if not n.startswith("_") and callable(getattr(cls, n)))
+
+    assert public(resilienttask.Client) == CLIENT_METHODS
+    assert public(resilienttask.AsyncClient) == CLIENT_METHODS
+
+
+def test_errors_form_one_tree_carrying_status_codes() -> None:
+    expected = {
+        "InvalidArgument": grpc.StatusCode.INVALID_ARGUMENT,
+        "NotFound": grpc.StatusCode.NOT_FOUND,
+        "AlreadyExists": grpc.StatusCode.ALREADY_EXISTS,
+        "FailedPrecondition": grpc.StatusCode.FAILED_PRECONDITION,
+        "Unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
+        "PermissionDenied": grpc.StatusCode.PERMISSION_DENIED,
+        "ResourceExhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "Unavailable": grpc.StatusCode.UNAVAILABLE,
+        "DeadlineExceeded": grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+    for name, code in expected.items():
+        cls = getattr(resilienttask, name)
+        assert issubclass(cls, resilienttask.ResilientTaskError)
+        error = cls("boom")
+        assert error.code is code
+        assert str(error) == f"{code.name}: boom"
+    assert issubclass(resilienttask.DeadlineExceeded, TimeoutError)
+    assert errors.InvalidArgument("replicas: must be between 1 and 50").field == "replicas"
+    assert errors.InvalidArgument("something odd").field == ""
+
+
+def test_status_names_are_the_cli_and_json_names() -> None:
+    assert [s.value for s in resilienttask.TaskStatus] == [
+        "queued",
+        "running",
+        "cancelling",
+        "succeeded",
+        "failed",
+        "cancelled",
+        "timed_out",
+        "unspecified",
+    ]
+    assert {s for s in resilienttask.TaskStatus if s.terminal} == {
+        resilienttask.TaskStatus.SUCCEEDED,
+        resilienttask.TaskStatus.FAILED,
+        resilienttask.TaskStatus.CANCELLED,
+        resilienttask.TaskStatus.TIMED_OUT,
+    }
+
+
+def test_handler_code_does_not_load_grpc() -> None:
+    """Worker child processes import resilienttask.handlers; the package must not drag gRPC in."""
+    probe = "import sys, resilienttask.handlers; print('grpc' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
