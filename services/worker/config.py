@@ -22,7 +22,7 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    value = _number(env, name, default)
+    value = float(_number(env, name, default))
     if not value.is_integer():
         raise ConfigError(f"{name} must be an integer, got {env.get(name)!r}")
     return int(value)

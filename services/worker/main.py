@@ -3,27 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 
-from services.core.config import RedisConfig, ServerConfig
+import services.worker.builtin  # noqa: F401  (registers the built-in kinds)
 from services.core.logging import configure_logging
 from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server, run_until_signalled
+from services.worker.config import WorkerProcessConfig
+from services.worker.worker import Worker
 
 
-async def _serve() -> None:
-    server_config = ServerConfig.from_env(default_port=50071)
-    redis = create_redis(RedisConfig.from_env())
-    server, port, health = create_grpc_server(server_config, service_names=())
+async def _serve(config: WorkerProcessConfig) -> None:
+    redis = create_redis(config.redis)
+    worker = Worker(config.worker, redis, config.auth)
+    server, port, health = create_grpc_server(config.server, service_names=())
     service = Service(server=server, port=port, health=health, service_names=())
-    service.readiness_checks.append(lambda: redis_reachable(redis))
-    service.shutdown_hooks.append(redis.aclose)
-    await run_until_signalled(service, server_config)
+
+    async def connected() -> bool:
+        return worker.connected
+
+    service.readiness_checks += [lambda: redis_reachable(redis), connected]
+    # On SIGTERM health turns NOT_SERVING first, then the worker drains, then Redis closes.
+    service.shutdown_hooks += [worker.stop, redis.aclose]
+    await worker.start()
+    await run_until_signalled(service, config.server)
 
 
 def main() -> None:
     configure_logging(os.environ.get("RTASK_INSTANCE", "worker"), os.environ.get("RTASK_LOG_LEVEL", "INFO"))
-    asyncio.run(_serve())
+    config = WorkerProcessConfig.from_env()
+    # User handlers register themselves (@task) when their modules are imported.
+    for module in config.worker.imports:
+        importlib.import_module(module)
+    asyncio.run(_serve(config))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ MAX_RESULT_BYTES = 64 * 1024
 class AttemptOutcome:
     """What the worker reports for an attempt."""
 
-    outcome: worker_pb2.Outcome.ValueType
+    outcome: worker_pb2.Outcome
     error: str = ""
     result: Any = None
     # True when the handler did not stop within the grace period (killed, or abandoned in-process).
@@ -82,9 +82,8 @@ class Attempt:
         stop_requested = asyncio.ensure_future(self._stop.wait())
         try:
             timeout = self.spec.max_runtime_s if self.spec.max_runtime_s > 0 else None
-            await asyncio.wait(
-                {self.execution.done, stop_requested}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            waiting: set[asyncio.Future[Any]] = {self.execution.done, stop_requested}
+            await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if self.execution.done.done():
                 return self._finished(self.execution.done.result())
             return await self._stop_handler(timed_out=not self._stop.is_set())

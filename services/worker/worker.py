@@ -1,0 +1,333 @@
+"""The worker: takes entries from the dispatch stream, asks the scheduler to start them, runs handlers,
+heartbeats what it holds and reports outcomes. It never touches PostgreSQL.
+
+Slots: a slot is taken by a running handler, and by an entry waiting for the scheduler's decision
+(in a StartTasks call, or parked after DEFER or a failed call). Entries read but not yet decided stay
+in this consumer's pending list, so nothing is lost when the worker dies: XAUTOCLAIM hands them on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from resilienttask.handlers import get_handler, registered_kinds
+from resilienttask.v1 import worker_pb2
+from services.core.config import AuthConfig
+from services.core.dispatch import ensure_dispatch_group
+from services.worker.config import WorkerConfig
+from services.worker.connection import Backoff, SchedulerLink, WorkerTokens
+from services.worker.consumer import Delivery, DispatchConsumer
+from services.worker.messages import HeldKey, finish_item, held, spec_from_task
+from services.worker.progress import ProgressThrottle
+from services.worker.reporter import SUPERSEDED, Finished, FinishReporter
+from services.worker.runner import Attempt, AttemptOutcome
+
+log = logging.getLogger(__name__)
+
+# A deferred entry (its task is busy elsewhere or here) is asked about again after this long.
+DEFER_RETRY_S = 1.0
+# Stop reason of handlers killed because the worker exits: nothing is reported, the entry is reclaimed.
+SHUTDOWN = "shutdown"
+
+
+@dataclass
+class Running:
+    """A handler this worker runs for one attempt."""
+
+    key: HeldKey
+    entry_id: str
+    attempt: Attempt
+    task: asyncio.Task[None] | None = None
+    stop_reason: str = ""
+
+
+@dataclass(order=True)
+class Parked:
+    """An entry waiting to be offered to StartTasks again."""
+
+    due: float
+    delivery: Delivery = field(compare=False)
+
+
+class Worker:
+    """One consumer-group member; `start()` launches its loops, `stop()` drains and leaves."""
+
+    def __init__(self, config: WorkerConfig, redis: aioredis.Redis, auth: AuthConfig) -> None:
+        self.config = config
+        self.redis = redis
+        self.consumer = DispatchConsumer(redis, config.worker_id)
+        hello = worker_pb2.WorkerHello(worker_id=config.worker_id, slots=config.slots, kinds=registered_kinds())
+        self.link = SchedulerLink(
+            config.scheduler_addr, WorkerTokens(auth, config.worker_id), hello, self._on_command, self._heartbeat
+        )
+        self.progress = ProgressThrottle(self.link.send, lambda key: key in self.running)
+        self.reporter = FinishReporter(self.link, self.consumer, self._settled)
+        self.running: dict[HeldKey, Running] = {}
+        # Outcomes sent but not yet confirmed: still heartbeated and refreshed, so nobody reclaims them.
+        self.finishing: dict[HeldKey, str] = {}
+        self.parked: list[Parked] = []
+        self.deciding = 0
+        self._slot_freed = asyncio.Event()
+        self._parked_changed = asyncio.Event()
+        self._start_backoff = Backoff(initial_s=0.1, maximum_s=5.0)
+        self._stopping = False
+        self._loops: list[asyncio.Task[None]] = []
+        self._consuming: asyncio.Task[None] | None = None
+
+    # -- state ------------------------------------------------------------------------------------
+    @property
+    def free_slots(self) -> int:
+        return self.config.slots - len(self.running) - self.deciding - len(self.parked)
+
+    @property
+    def connected(self) -> bool:
+        return self.link.connected.is_set()
+
+    def _held(self) -> list[tuple[HeldKey, str]]:
+        return [(r.key, r.entry_id) for r in self.running.values()] + list(self.finishing.items())
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        with contextlib.suppress(RedisError, OSError):  # retried by the consumer loop on NOGROUP
+            await ensure_dispatch_group(self.redis)
+        self._consuming = asyncio.create_task(self._consume(), name="consume")
+        self._loops = [
+            asyncio.create_task(coro, name=name)
+            for name, coro in (
+                ("connect", self.link.run()),
+                ("heartbeat", self._heartbeat_forever()),
+                ("progress", self.progress.run()),
+                ("finish", self.reporter.run()),
+                ("parked", self._retry_parked()),
+            )
+        ]
+        for task in [self._consuming, *self._loops]:
+            task.add_done_callback(_log_crash)
+        log.info("worker started", extra={"worker": self.config.worker_id, "slots": self.config.slots})
+
+    async def stop(self, drain_grace_s: float | None = None) -> None:
+        """Stop taking entries, let handlers finish for up to the drain grace, kill the rest and leave.
+
+        Unfinished entries are not acknowledged: other workers reclaim them after the idle threshold.
+        """
+        grace_s = self.config.drain_grace_s if drain_grace_s is None else drain_grace_s
+        deadline = time.monotonic() + grace_s
+        self._stopping = True
+        self._slot_freed.set()
+        if self._consuming is not None:
+            await self._consuming  # ends after the current blocking read (read_block_ms)
+        running = [r.task for r in self.running.values() if r.task is not None]
+        if running:
+            log.info("draining", extra={"running": len(running), "grace_s": grace_s})
+            await asyncio.wait(running, timeout=max(0.0, deadline - time.monotonic()))
+        for left in list(self.running.values()):
+            left.stop_reason = SHUTDOWN
+            left.attempt.cancel(grace_s=0)
+        still = [r.task for r in self.running.values() if r.task is not None]
+        if still:
+            await asyncio.wait(still)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.reporter.wait_idle(), timeout=max(1.0, deadline - time.monotonic()))
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.link.close()
+        log.info("worker stopped", extra={"worker": self.config.worker_id, "unsettled": len(self.finishing)})
+
+    # -- consuming --------------------------------------------------------------------------------
+    async def _consume(self) -> None:
+        """Read new entries while slots are free; every reclaim interval, first take over stalled ones."""
+        next_reclaim = time.monotonic()
+        backoff = Backoff(initial_s=0.1, maximum_s=2.0)
+        while not self._stopping:
+            free = self.free_slots
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                now = time.monotonic()
+                if now >= next_reclaim:
+                    next_reclaim = now + self.config.reclaim_check_interval_ms / 1000
+                    deliveries = await self.consumer.reclaim(free, self.config.reclaim_idle_ms)
+                else:
+                    block_ms = min(self.config.read_block_ms, max(1, int((next_reclaim - now) * 1000)))
+                    deliveries = await self.consumer.read(free, block_ms)
+                backoff.reset()
+            except (RedisError, OSError) as exc:
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                    with contextlib.suppress(RedisError, OSError):
+                        await ensure_dispatch_group(self.redis)
+                    continue
+                log.warning("dispatch stream unavailable", extra={"error": repr(exc)})
+                await asyncio.sleep(backoff.next_delay_s())
+                continue
+            if deliveries:
+                await self._offer(deliveries)
+
+    async def _offer(self, deliveries: Sequence[Delivery]) -> None:
+        """Ask the scheduler, in one call, which of these entries to run."""
+        mine = {r.entry_id for r in self.running.values()} | set(self.finishing.values())
+        # Our own entry, reclaimed by us after a Redis hiccup let it go idle: we already run it.
+        fresh = [d for d in deliveries if d.entry_id not in mine]
+        if not fresh:
+            return
+        items = [
+            worker_pb2.StartItem(task_id=d.entry.task_id, dispatch_id=d.entry.dispatch_id, entry_id=d.entry_id)
+            for d in fresh
+        ]
+        self.deciding += len(fresh)
+        try:
+            response = await self.link.start_tasks(items)
+            if len(response.results) != len(fresh):
+                raise ValueError(f"StartTasks answered {len(response.results)} results for {len(fresh)} items")
+        except (grpc.aio.AioRpcError, ValueError) as exc:
+            delay_s = self._start_backoff.next_delay_s()
+            log.warning("StartTasks failed; entries kept", extra={"error": _describe(exc), "retry_s": delay_s})
+            self._park(fresh, delay_s)
+            return
+        finally:
+            self.deciding -= len(fresh)
+        self._start_backoff.reset()
+        skipped: list[str] = []
+        deferred: list[Delivery] = []
+        for delivery, result in zip(fresh, response.results, strict=True):
+            if result.decision == worker_pb2.START_DECISION_RUN:
+                self._launch(delivery, result)
+            elif result.decision == worker_pb2.START_DECISION_SKIP:
+                skipped.append(delivery.entry_id)
+            else:
+                deferred.append(delivery)
+        if deferred:
+            self._park(deferred, DEFER_RETRY_S)
+        if skipped:
+            try:
+                await self.consumer.ack(skipped)
+            except (RedisError, OSError) as exc:  # reclaimed and skipped again later
+                log.warning("could not acknowledge skipped entries", extra={"error": repr(exc)})
+        self._slot_freed.set()
+
+    def _park(self, deliveries: Sequence[Delivery], delay_s: float) -> None:
+        due = time.monotonic() + delay_s
+        self.parked.extend(Parked(due, d) for d in deliveries)
+        self.parked.sort()
+        self._parked_changed.set()
+
+    async def _retry_parked(self) -> None:
+        """Offer parked entries again when due, if they are still ours (another worker may have reclaimed them)."""
+        while True:
+            self._parked_changed.clear()
+            if not self.parked:
+                await self._parked_changed.wait()
+                continue
+            wait_s = self.parked[0].due - time.monotonic()
+            if wait_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._parked_changed.wait(), timeout=wait_s)
+                continue
+            now = time.monotonic()
+            due = [p.delivery for p in self.parked if p.due <= now]
+            try:
+                owned = await self.consumer.owned([d.entry_id for d in due])
+            except (RedisError, OSError) as exc:
+                log.warning("dispatch stream unavailable", extra={"error": repr(exc)})
+                await asyncio.sleep(self._start_backoff.next_delay_s())
+                continue
+            self.parked = [p for p in self.parked if p.due > now]
+            self._slot_freed.set()
+            if self._stopping:
+                continue
+            if keep := [d for d in due if d.entry_id in owned]:
+                await self._offer(keep)
+
+    # -- running handlers -------------------------------------------------------------------------
+    def _launch(self, delivery: Delivery, result: worker_pb2.StartResult) -> None:
+        key: HeldKey = (result.task_id or result.task.id, result.fence)
+        spec = spec_from_task(result.task)
+        handler = get_handler(spec.kind)
+        if handler is None:
+            outcome = AttemptOutcome(
+                worker_pb2.OUTCOME_FAILED, f"no handler for kind {spec.kind!r} on worker {self.config.worker_id}"
+            )
+            self._report(key, delivery.entry_id, outcome)
+            return
+        attempt = Attempt(
+            handler,
+            spec,
+            on_progress=lambda fraction: self.progress.report(key, fraction),
+            cancel_grace_s=self.config.cancel_grace_ms / 1000,
+        )
+        running = Running(key, delivery.entry_id, attempt)
+        self.running[key] = running
+        running.task = asyncio.create_task(self._run(running), name=f"attempt:{key[0]}")
+
+    async def _run(self, running: Running) -> None:
+        try:
+            outcome = await running.attempt.run()
+        except Exception as exc:  # a bug in the runner must not lose the task: report it as a failed attempt
+            log.exception("attempt crashed", extra={"task_id": running.key[0]})
+            outcome = AttemptOutcome(worker_pb2.OUTCOME_FAILED, f"worker error: {exc!r}")
+        finally:
+            del self.running[running.key]
+            self._slot_freed.set()
+        if running.stop_reason in (SUPERSEDED, SHUTDOWN):
+            # Superseded: another attempt owns the task and its entry. Shutdown: the entry is reclaimed.
+            log.info("attempt dropped", extra={"task_id": running.key[0], "reason": running.stop_reason})
+            return
+        self._report(running.key, running.entry_id, outcome)
+
+    def _report(self, key: HeldKey, entry_id: str, outcome: AttemptOutcome) -> None:
+        self.finishing[key] = entry_id
+        self.reporter.submit(Finished(key, entry_id, finish_item(key, outcome)))
+
+    def _settled(self, finished: Finished) -> None:
+        self.finishing.pop(finished.key, None)
+
+    def _on_command(self, command: worker_pb2.CancelCommand) -> None:
+        """A cancel pushed by the scheduler; commands for attempts we do not run are stale and ignored."""
+        running = self.running.get((command.task.task_id, command.task.fence))
+        if running is None:
+            return
+        if running.stop_reason != SUPERSEDED:
+            running.stop_reason = command.reason or "cancelled"
+        log.info("stopping attempt", extra={"task_id": running.key[0], "reason": running.stop_reason})
+        running.attempt.cancel()
+
+    # -- heartbeats -------------------------------------------------------------------------------
+    async def _heartbeat_forever(self) -> None:
+        interval_s = self.config.heartbeat_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval_s)
+            await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
+        """Tell the scheduler what we hold and, in the same tick, reset those entries' idle time."""
+        holding = self._held()
+        beat = worker_pb2.WorkerHeartbeat(tasks=[held(key) for key, _ in holding])
+        results = await asyncio.gather(
+            self.link.send(worker_pb2.ConnectRequest(heartbeat=beat)),
+            self.consumer.refresh([entry_id for _, entry_id in holding]),
+            return_exceptions=True,
+        )
+        if isinstance(results[1], BaseException):
+            log.warning("could not refresh held entries", extra={"error": repr(results[1])})
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("worker loop crashed", extra={"loop": task.get_name()}, exc_info=task.exception())
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc)
