@@ -30,6 +30,7 @@ class WatchState:
         self.deadline = deadline
         self.versions: dict[str, int] = {}
         self.connected = False
+        self.reconnects = 0
         self._failures = 0
         self._last_message = time.monotonic()
         self._pauses: Iterator[float] = policy.backoffs()
@@ -81,6 +82,7 @@ class WatchState:
         if error is not None and code not in RECONNECT_CODES:
             raise from_rpc_error(error)
         self._failures += 1
+        self.reconnects += 1
         if not self.connected and self._failures >= self.policy.attempts:
             raise from_rpc_error(error) if error is not None else Unavailable("the watch stream ended at once")
         if self.connected and time.monotonic() - self._last_message > self.policy.reconnect_for_s:

@@ -60,6 +60,11 @@ class TaskWatch:
         """Token of the last message received: pass it to watch() later to continue from there."""
         return self._state.resume_token
 
+    @property
+    def reconnects(self) -> int:
+        """How often the stream was reopened (after a gateway died, a network cut, a clean end)."""
+        return self._state.reconnects
+
     def time_left(self) -> float | None:
         """Seconds until the watch's deadline (None without one); raises DeadlineExceeded once it passed."""
         return self._state.call_timeout()
