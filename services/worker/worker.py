@@ -137,9 +137,7 @@ class Worker:
             await asyncio.wait(still)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.reporter.wait_idle(), timeout=max(1.0, deadline - time.monotonic()))
-        for loop in self._loops:
-            loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await cancel_and_wait(self._loops)
         await self.link.close()
         log.info("worker stopped", extra={"worker": self.config.worker_id, "unsettled": len(self.finishing)})
 
@@ -320,6 +318,19 @@ class Worker:
         )
         if isinstance(results[1], BaseException):
             log.warning("could not refresh held entries", extra={"error": repr(results[1])})
+
+
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[None]], give_up_s: float = 5.0) -> None:
+    """Cancel tasks until they end: a cancellation can be swallowed (seen inside redis-py 8.1's asyncio
+    client), so one cancel() is not proof of anything."""
+    deadline = time.monotonic() + give_up_s
+    pending = {t for t in tasks if not t.done()}
+    while pending and time.monotonic() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    if pending:
+        log.error("worker loops ignored cancellation", extra={"loops": ",".join(t.get_name() for t in pending)})
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

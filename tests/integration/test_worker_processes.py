@@ -1,0 +1,100 @@
+"""Worker processes on the full stack: SIGTERM drains, and no handler process outlives a killed worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import grpc
+import pytest
+
+from resilienttask.v1 import task_pb2
+from services.stack.stack import Stack
+from tests.helpers import eventually
+from tests.integration.accounts import signup
+from tests.integration.tasks import UserTasks
+
+S = task_pb2
+
+
+@pytest.fixture
+async def user(edge: grpc.aio.Channel) -> UserTasks:
+    return UserTasks(edge, await signup(edge, "workerproc"))
+
+
+def process_for(stack: Stack, worker_id: str) -> str:
+    """The stack's process name (worker-N) of a worker id (worker-N-<hex>)."""
+    name = "-".join(worker_id.split("-")[:2])
+    assert name in stack.processes, worker_id
+    return name
+
+
+def handler_children(parent_pid: int) -> set[int]:
+    """Live handler processes started by parent_pid."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat, open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                fields = stat.read().rsplit(")", 1)[1].split()
+                command = cmdline.read()
+        except OSError:
+            continue
+        if int(fields[1]) == parent_pid and fields[0] != "Z" and b"services.worker.child" in command:
+            found.add(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def _value(value: object) -> object:
+    return value
+
+
+async def test_sigterm_lets_a_running_task_finish_and_report_before_the_worker_exits(
+    user: UserTasks, stack: Stack
+) -> None:
+    (task,) = await user.submit(workload_s=1.5)
+    running = await user.wait_for(task.id, [S.TASK_STATUS_RUNNING])
+    name = process_for(stack, running.worker_id)
+    process = stack.processes[name]
+    try:
+        process.signal(signal.SIGTERM)
+        done = await user.wait_for(task.id)
+        assert done.status == S.TASK_STATUS_SUCCEEDED
+        assert done.attempt == 1 and done.worker_id == running.worker_id, "finished by the draining worker"
+        await eventually(lambda: _value(not process.alive()), message="worker exited after draining")
+        assert process.wait(1) == 0
+    finally:
+        stack.restart(name)
+
+
+async def test_a_killed_workers_handler_process_dies_with_it(user: UserTasks, stack: Stack) -> None:
+    (task,) = await user.submit("spin", workload_s=600, max_runtime_s=600)
+    running = await user.wait_for(task.id, [S.TASK_STATUS_RUNNING])
+    name = process_for(stack, running.worker_id)
+    worker_pid = stack.processes[name].pid
+    (child,) = await eventually(lambda: _value(handler_children(worker_pid)), message="spin child process")
+    stack.processes[name].kill()
+    try:
+        # The child is in its own process group (the group kill missed it); it sees its stdin close and exits.
+        await eventually(lambda: _value(not alive(child)), message="orphaned handler process gone")
+
+        async def reclaimed_elsewhere() -> task_pb2.Task | None:
+            current = await user.get(task.id)
+            return current if current.attempt >= 2 and current.status == S.TASK_STATUS_RUNNING else None
+
+        reclaimed = await eventually(reclaimed_elsewhere, timeout_s=60, message="new attempt on another worker")
+        assert reclaimed.worker_id != running.worker_id
+    finally:
+        stack.restart(name)
+        await user.cancel(task.id)
+    done = await user.wait_for(task.id)
+    assert done.status == S.TASK_STATUS_CANCELLED and "killed after" in done.error, done.error
