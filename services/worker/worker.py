@@ -67,7 +67,7 @@ class Worker:
         self.consumer = DispatchConsumer(redis, config.worker_id)
         hello = worker_pb2.WorkerHello(worker_id=config.worker_id, slots=config.slots, kinds=registered_kinds())
         self.link = SchedulerLink(
-            config.scheduler_addr, WorkerTokens(auth, config.worker_id), hello, self._on_command, self._heartbeat
+            config.scheduler_addr, WorkerTokens(auth, config.worker_id), hello, self._on_command, self._announce
         )
         self.progress = ProgressThrottle(self.link.send, lambda key: key in self.running)
         self.reporter = FinishReporter(self.link, self.consumer, self._settled)
@@ -174,8 +174,10 @@ class Worker:
 
     async def _offer(self, deliveries: Sequence[Delivery]) -> None:
         """Ask the scheduler, in one call, which of these entries to run."""
+        # Our own entries can come back from XAUTOCLAIM when they sat idle (a Redis hiccup stopped the
+        # refresh, or a long deferral): we already run them, or will ask about them again anyway.
         mine = {r.entry_id for r in self.running.values()} | set(self.finishing.values())
-        # Our own entry, reclaimed by us after a Redis hiccup let it go idle: we already run it.
+        mine.update(p.delivery.entry_id for p in self.parked)
         fresh = [d for d in deliveries if d.entry_id not in mine]
         if not fresh:
             return
@@ -307,12 +309,19 @@ class Worker:
             await asyncio.sleep(interval_s)
             await self._heartbeat()
 
+    async def _announce(self) -> None:
+        """Right after (re)connecting: tell the new scheduler what we hold, without waiting for the tick."""
+        await self.link.send(worker_pb2.ConnectRequest(heartbeat=self._beat(self._held())))
+
+    @staticmethod
+    def _beat(holding: list[tuple[HeldKey, str]]) -> worker_pb2.WorkerHeartbeat:
+        return worker_pb2.WorkerHeartbeat(tasks=[held(key) for key, _ in holding])
+
     async def _heartbeat(self) -> None:
         """Tell the scheduler what we hold and, in the same tick, reset those entries' idle time."""
         holding = self._held()
-        beat = worker_pb2.WorkerHeartbeat(tasks=[held(key) for key, _ in holding])
         results = await asyncio.gather(
-            self.link.send(worker_pb2.ConnectRequest(heartbeat=beat)),
+            self.link.send(worker_pb2.ConnectRequest(heartbeat=self._beat(holding))),
             self.consumer.refresh([entry_id for _, entry_id in holding]),
             return_exceptions=True,
         )
