@@ -226,10 +226,13 @@ class Stack:
         }
         (self.data_dir / "stack.json").write_text(json.dumps(state, indent=2))
 
+    def service_auth(self) -> AuthConfig:
+        """The token settings (secret, issuer, audience) the services read from their environment."""
+        return AuthConfig.from_env(self.service_env(0))
+
     def edge_config(self) -> EdgeConfig:
         dashboard = self.config.dashboard_dir
-        # The same issuer and audience the services read from their environment.
-        auth = AuthConfig.from_env(self.service_env(0))
+        auth = self.service_auth()  # the edge verifies exactly what the services issue
         return EdgeConfig(
             listen_port=self.edge_port,
             admin_port=self.admin_port,
@@ -246,7 +249,7 @@ class Stack:
         )
 
     def _start_envoy(self) -> None:
-        path = write_edge_files(self.data_dir, self.edge_config(), self.jwt_secret)
+        path = write_edge_files(self.data_dir, self.edge_config(), self.service_auth().jwt_secret)
         proc = ManagedProcess("envoy", envoy_argv(path), log_dir=self.log_dir, echo=self.echo)
         self.processes["envoy"] = proc
         self.ports["envoy"] = self.edge_port
