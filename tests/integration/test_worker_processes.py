@@ -98,3 +98,23 @@ async def test_a_killed_workers_handler_process_dies_with_it(user: UserTasks, st
         await user.cancel(task.id)
     done = await user.wait_for(task.id)
     assert done.status == S.TASK_STATUS_CANCELLED and "killed after" in done.error, done.error
+
+
+async def test_workers_ride_out_a_scheduler_restart(user: UserTasks, stack: Stack) -> None:
+    (short,) = await user.submit(workload_s=2)
+    (long,) = await user.submit(workload_s=600)
+    await user.wait_for(short.id, [S.TASK_STATUS_RUNNING])
+    await user.wait_for(long.id, [S.TASK_STATUS_RUNNING])
+    (scheduler,) = stack.names("scheduler")
+    stack.processes[scheduler].kill()
+    try:
+        (queued,) = await user.submit(workload_s=0.1)  # read by a worker while nobody can start it
+    finally:
+        stack.restart(scheduler)
+    done = await user.wait_for(short.id, timeout_s=60)
+    assert done.status == S.TASK_STATUS_SUCCEEDED and done.attempt == 1, "its outcome was retried, not lost"
+    assert (await user.wait_for(queued.id, timeout_s=60)).status == S.TASK_STATUS_SUCCEEDED
+    # The workers reconnected: a cancel is pushed down the new stream.
+    await user.cancel(long.id)
+    cancelled = await user.wait_for(long.id, timeout_s=30)
+    assert cancelled.status == S.TASK_STATUS_CANCELLED and cancelled.attempt == 1, cancelled
