@@ -1,0 +1,175 @@
+"""The container deployment's processes, run here as plain processes with the compose file's commands.
+
+Several replicas started at once against a fresh database (what `docker compose up` does) migrate it exactly
+once and all come up; the compose edge starts from what rtask-edge-init writes and passes its health probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from services.core.db import load_migrations
+from services.edge.launch import envoy_binary
+from services.edge.render import COMPOSE_DASHBOARD_DIR, COMPOSE_FILE, COMPOSE_JWKS_PATH
+from services.stack.ports import free_port
+from services.stack.processes import ManagedProcess
+from tests.conftest import TEST_BCRYPT_COST, Stores
+from tests.helpers import eventually, wait_until
+from tests.unit.test_deployment import load_compose, probe_command
+
+BIN = Path(sys.executable).parent
+SECRET = "s" * 48
+
+
+@pytest.fixture
+async def fresh_database(stores: Stores) -> AsyncIterator[str]:
+    name = f"deploy_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(stores.database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield stores.database_url.rsplit("/", 1)[0] + f"/{name}"
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def _probe(command: list[str]) -> bool:
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    return await proc.wait() == 0
+
+
+def _applied(log: Path) -> list[str]:
+    names = []
+    for line in log.read_text().splitlines():
+        try:
+            entry: dict[str, Any] = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("msg") == "applied migration":
+            names.append(entry["migration"])
+    return names
+
+
+async def test_replicas_starting_at_once_migrate_a_fresh_database_exactly_once(
+    stores: Stores, fresh_database: str, tmp_path: Path
+) -> None:
+    compose = load_compose()["services"]
+    secret = tmp_path / "jwt_secret"
+    secret.write_text(SECRET)
+    roles = ["gateway", "gateway", "gateway", "scheduler"]
+    processes: list[tuple[ManagedProcess, list[str]]] = []
+    for i, role in enumerate(roles):
+        port = free_port()
+        env = {
+            "PATH": str(BIN),
+            "DATABASE_URL": fresh_database,
+            "REDIS_URL": stores.redis_url,
+            "RTASK_JWT_SECRET_FILE": str(secret),
+            "RTASK_HOST": "127.0.0.1",
+            "RTASK_PORT": str(port),
+            "RTASK_BCRYPT_COST": str(TEST_BCRYPT_COST),
+        }
+        # The compose service's own command and health probe, pointed at this process's port.
+        command = [str(BIN / compose[role]["command"][0])]
+        probe = probe_command(compose[role])
+        probe = [str(BIN / probe[0]), f"127.0.0.1:{port}"]
+        processes.append((ManagedProcess(f"{role}-{i}", command, log_dir=tmp_path, env=env), probe))
+    try:
+        for proc, _ in processes:
+            proc.start()
+        for proc, probe in processes:
+
+            async def serving(proc: ManagedProcess = proc, probe: list[str] = probe) -> bool:
+                assert proc.alive(), f"{proc.name} exited: {proc.log_path.read_text()[-2000:]}"
+                return await _probe(probe)
+
+            await eventually(serving, timeout_s=60, interval_s=0.2, message=f"{proc.name} SERVING")
+    finally:
+        for proc, _ in processes:
+            proc.stop(grace_s=10)
+    expected = [m.name for m in load_migrations()]
+    applied = Counter(name for proc, _ in processes for name in _applied(proc.log_path))
+    assert applied == Counter(expected), "each migration applied by exactly one replica"
+    conn = await asyncpg.connect(fresh_database)
+    try:
+        rows = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
+    finally:
+        await conn.close()
+    assert [r["name"] for r in rows] == expected
+
+
+def _local_edge_config(tmp_path: Path, listen_port: int, admin_port: int) -> Path:
+    """The committed compose config with its container paths and ports moved to this machine's."""
+    text = COMPOSE_FILE.read_text()
+    text = text.replace(COMPOSE_JWKS_PATH, str(tmp_path / "etc-envoy" / "jwks.json"))
+    text = text.replace(COMPOSE_DASHBOARD_DIR, str(tmp_path / "srv-dashboard"))
+    config = json.loads(text)
+    config["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]
+    listener.update(address="127.0.0.1", port_value=listen_port)
+    path = tmp_path / "envoy.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _passes(command: list[str]) -> bool:
+    return subprocess.run(command, capture_output=True, timeout=30).returncode == 0
+
+
+def test_the_compose_edge_starts_from_what_edge_init_writes(tmp_path: Path) -> None:
+    compose = load_compose()["services"]
+    build = tmp_path / "image-dashboard"
+    build.mkdir()
+    (build / "index.html").write_text("<title>ResilientTask</title>")
+    served = tmp_path / "srv-dashboard"
+    served.mkdir()
+    (served / "stale.js").write_text("from an older image")
+    (tmp_path / "jwt_secret").write_text(SECRET)
+    # rtask-edge-init as compose runs it, with the container's folders moved under tmp_path.
+    init = compose["edge-init"]["command"]
+    argv = [str(BIN / init[0]), *init[1:-1], str(build)]
+    argv += ["--jwks", str(tmp_path / "etc-envoy" / "jwks.json"), "--dashboard-dir", str(served)]
+    env = {"RTASK_JWT_SECRET_FILE": str(tmp_path / "jwt_secret")}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+    listen_port, admin_port = free_port(), free_port()
+    command = compose["envoy"]["command"]
+    config_in_container = command[command.index("-c") + 1]
+    config = _local_edge_config(tmp_path, listen_port, admin_port)
+    argv = [envoy_binary(), *(str(config) if arg == config_in_container else arg for arg in command[1:])]
+    envoy = ManagedProcess("envoy", argv, log_dir=tmp_path)
+    # Envoy's health probe from the compose file, aimed at this Envoy's admin port.
+    probe = [part.replace("/9901 ", f"/{admin_port} ") for part in probe_command(compose["envoy"])]
+    assert probe != probe_command(compose["envoy"]), "the probe no longer asks 127.0.0.1:9901"
+    envoy.start()
+    try:
+        wait_until(lambda: _passes(probe), timeout_s=30, interval_s=0.1, message="Envoy's probe passes")
+        assert _get(f"http://127.0.0.1:{listen_port}/") == (200, b"<title>ResilientTask</title>")
+        assert _get(f"http://127.0.0.1:{listen_port}/stale.js")[0] == 404
+    finally:
+        envoy.stop(grace_s=10)
+    assert not _passes(probe), "the probe fails once Envoy is gone"
