@@ -25,6 +25,9 @@ CHILD_LINE_LIMIT_BYTES = 1 << 20
 # How often an abandoned in-process handler is cancelled again, in case it swallowed one cancellation.
 RECANCEL_INTERVAL_S = 0.1
 
+# Worker secrets a handler process has no use for: it is user code, so it does not get them.
+CHILD_ENV_WITHHELD = ("RTASK_JWT_SECRET", "RTASK_JWT_SECRET_FILE", "DATABASE_URL")
+
 ProgressSink = Callable[[float], None]
 
 
@@ -163,6 +166,7 @@ class ChildProcessExecution(Execution):
             # Its own process group, so a kill also takes down whatever the handler started.
             start_new_session=True,
             limit=CHILD_LINE_LIMIT_BYTES,
+            env={k: v for k, v in os.environ.items() if k not in CHILD_ENV_WITHHELD},
         )
         self._reader = asyncio.create_task(self._read(self._proc), name=f"child:{self.spec.task_id}")
         self._send(json.dumps(spec).encode())

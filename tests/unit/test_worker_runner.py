@@ -28,6 +28,11 @@ def sync_echo(ctx: TaskContext) -> dict[str, Any]:
     return {"pid": os.getpid(), "payload": ctx.payload, "attempt": ctx.attempt, "task_id": ctx.task_id}
 
 
+@task("test-sync-environment")
+def sync_environment(ctx: TaskContext) -> dict[str, Any]:
+    return {name: os.environ.get(name) for name in ("RTASK_JWT_SECRET", "DATABASE_URL", "RTASK_VISIBLE")}
+
+
 @task("test-sync-cooperative")
 def sync_cooperative(ctx: TaskContext) -> str:
     ctx.report_progress(0.1)
@@ -203,6 +208,14 @@ async def test_sync_handler_runs_in_a_child_process() -> None:
     assert result.result["attempt"] == 1
     assert run.progress == [0.5]
     assert process_gone(result.result["pid"])
+
+
+async def test_handler_processes_do_not_get_the_worker_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RTASK_JWT_SECRET", "s" * 40)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://user:password@db/tasks")
+    monkeypatch.setenv("RTASK_VISIBLE", "yes")
+    result = await Run("test-sync-environment").outcome()
+    assert result.result == {"RTASK_JWT_SECRET": None, "DATABASE_URL": None, "RTASK_VISIBLE": "yes"}
 
 
 async def test_sync_handler_stops_cooperatively_on_cancel() -> None:
