@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 import signal
 
+import asyncpg
 import grpc
 import pytest
 
 from resilienttask.v1 import task_pb2
+from services.core import keys
+from services.core.config import RedisConfig
+from services.core.redis_client import create_redis
 from services.stack.stack import Stack
+from tests.conftest import TEST_RECLAIM_IDLE_MS, Stores
 from tests.helpers import eventually
 from tests.integration.accounts import signup
 from tests.integration.tasks import UserTasks
@@ -118,3 +123,54 @@ async def test_workers_ride_out_a_scheduler_restart(user: UserTasks, stack: Stac
     await user.cancel(long.id)
     cancelled = await user.wait_for(long.id, timeout_s=30)
     assert cancelled.status == S.TASK_STATUS_CANCELLED and cancelled.attempt == 1, cancelled
+
+
+async def test_a_frozen_workers_task_is_reclaimed_and_its_late_report_is_refused(
+    user: UserTasks, stack: Stack, stores: Stores
+) -> None:
+    (task,) = await user.submit(workload_s=TEST_RECLAIM_IDLE_MS / 1000 + 3)
+    first = await user.wait_for(task.id, [S.TASK_STATUS_RUNNING])
+    name = process_for(stack, first.worker_id)
+    process = stack.processes[name]
+    process.signal(signal.SIGSTOP)  # alive but silent: no heartbeats, no entry refresh
+    try:
+
+        async def taken_over() -> task_pb2.Task | None:
+            current = await user.get(task.id)
+            return current if current.attempt == 2 else None
+
+        second = await eventually(taken_over, timeout_s=60, message="reclaimed by another worker")
+        assert second.worker_id != first.worker_id
+    finally:
+        process.signal(signal.SIGCONT)
+    done = await user.wait_for(task.id, timeout_s=60)
+    assert done.status == S.TASK_STATUS_SUCCEEDED
+    assert done.attempt == 2 and done.worker_id == second.worker_id, "the thawed worker's report was refused"
+    conn = await asyncpg.connect(stores.database_url)
+    try:
+        finishes = await conn.fetchval(
+            "SELECT count(*) FROM task_history WHERE task_id = $1 AND to_status = $2",
+            task.id,
+            S.TASK_STATUS_SUCCEEDED,
+        )
+        pending = await _pending_entries(stores, task.id)
+    finally:
+        await conn.close()
+    assert finishes == 1
+    assert process.alive(), "the thawed worker carries on"
+    assert not pending, "the entry was acknowledged once the new attempt's outcome was stored"
+
+
+async def _pending_entries(stores: Stores, task_id: str) -> list[str]:
+    """Pending dispatch entries (of any consumer) that carry task_id."""
+    client = create_redis(RedisConfig(stores.redis_url))
+    try:
+        rows = await client.xpending_range(keys.DISPATCH_STREAM, keys.DISPATCH_GROUP, "-", "+", 10_000)
+        found = []
+        for row in rows:
+            for entry_id, fields in await client.xrange(keys.DISPATCH_STREAM, row["message_id"], row["message_id"]):
+                if fields.get(keys.FIELD_TASK_ID.encode()) == task_id.encode():
+                    found.append(entry_id.decode())
+        return found
+    finally:
+        await client.aclose()
