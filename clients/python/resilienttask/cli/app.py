@@ -18,6 +18,7 @@ COMMANDS: list[click.Command] = [
     task_commands.list_tasks,
     task_commands.get,
     info_commands.watch,
+    task_commands.wait_tasks,
     task_commands.cancel,
     task_commands.retry,
     task_commands.rm,

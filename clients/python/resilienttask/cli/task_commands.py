@@ -20,6 +20,7 @@ from resilienttask.cli.common import (
 from resilienttask.cli.durations import parse_duration
 from resilienttask.cli.live import BatchProgress
 from resilienttask.cli.render import stderr, stdout, task_detail, tasks_table
+from resilienttask.client import Client
 from resilienttask.models import Task, TaskStatus
 
 STATUS_NAMES = [s.value for s in TaskStatus if s is not TaskStatus.UNSPECIFIED]
@@ -105,21 +106,38 @@ def submit(
         if not wait_:
             _print_tasks(tasks, as_json, title=f"batch {tasks[0].batch_id}")
             return
-        try:
-            if not as_json and stderr.is_terminal:
-                with BatchProgress(tasks, stderr) as bars:
-                    final = client.wait(tasks, timeout, on_change=bars.update)
-            else:
-                final = client.wait(tasks, timeout)
-        except KeyboardInterrupt:
-            stderr.print(f"stopped waiting; the tasks keep running: rtask ls --batch {tasks[0].batch_id}")
-            raise SystemExit(130) from None
-    _print_tasks(final, as_json, title=f"batch {final[0].batch_id}")
+        _wait_and_report(client, tasks, timeout, as_json)
+
+
+def _wait_and_report(client: Client, tasks: list[Task], timeout: timedelta | None, as_json: bool) -> None:
+    """Wait for tasks (live bars on a terminal), print them, exit 6 unless every one succeeded."""
+    try:
+        if not as_json and stderr.is_terminal:
+            with BatchProgress(tasks, stderr) as bars:
+                final = client.wait(tasks, timeout, on_change=bars.update)
+        else:
+            final = client.wait(tasks, timeout)
+    except KeyboardInterrupt:
+        stderr.print("stopped waiting; the tasks keep running")
+        raise SystemExit(130) from None
+    _print_tasks(final, as_json)
     failed = [t for t in final if not t.succeeded]
     if failed:
         if not as_json:
             stderr.print(f"[red]{len(failed)} of {len(final)} tasks did not succeed[/]")
         raise SystemExit(EXIT_TASKS_FAILED)
+
+
+@click.command(name="wait")
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("--timeout", type=DURATION, default=None, help="give up after this long (exit 7)")
+@json_option
+@server_command
+def wait_tasks(conn: Connection, task_ids: tuple[str, ...], timeout: timedelta | None, as_json: bool) -> None:
+    """Wait until tasks finish, with live progress bars; exit 6 unless every one succeeded."""
+    with conn.client() as client:
+        tasks = [client.get(task_id) for task_id in dict.fromkeys(task_ids)]
+        _wait_and_report(client, tasks, timeout, as_json)
 
 
 @click.command(name="ls")
