@@ -106,6 +106,9 @@ class SchedulerLink:
             except grpc.aio.AioRpcError as exc:
                 if not self._closed:
                     log.warning("connect stream broke", extra={"code": exc.code().name, "detail": exc.details()})
+            except Exception as exc:  # whatever broke the session, the stream must come back
+                if not self._closed:
+                    log.warning("connect stream failed", extra={"error": repr(exc)})
             finally:
                 self.connected.clear()
                 self._call = None

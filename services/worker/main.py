@@ -20,10 +20,10 @@ async def _serve(config: WorkerProcessConfig) -> None:
     server, port, health = create_grpc_server(config.server, service_names=())
     service = Service(server=server, port=port, health=health, service_names=())
 
-    async def connected() -> bool:
-        return worker.connected
+    async def ready() -> bool:
+        return worker.ready
 
-    service.readiness_checks += [lambda: redis_reachable(redis), connected]
+    service.readiness_checks += [lambda: redis_reachable(redis), ready]
     # On SIGTERM health turns NOT_SERVING first, then the worker drains, then Redis closes.
     service.shutdown_hooks += [worker.stop, redis.aclose]
     await worker.start()

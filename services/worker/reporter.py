@@ -93,6 +93,8 @@ class FinishReporter:
                 if exc.code() in PERMANENT_CODES:
                     return await self._deliver_one_by_one(batch, exc)
                 log.warning("FinishTasks failed; retrying", extra={"code": exc.code().name, "items": len(batch)})
+            except Exception as exc:
+                log.warning("FinishTasks failed; retrying", extra={"error": repr(exc), "items": len(batch)})
             await asyncio.sleep(backoff.next_delay_s())
 
     async def _deliver_one_by_one(

@@ -92,6 +92,12 @@ class Worker:
     def connected(self) -> bool:
         return self.link.connected.is_set()
 
+    @property
+    def ready(self) -> bool:
+        """Connected to a scheduler, and every loop alive (a crashed loop makes the worker useless)."""
+        loops = [self._consuming, *self._loops]
+        return self.connected and all(loop is not None and not loop.done() for loop in loops)
+
     def _held(self) -> list[tuple[HeldKey, str]]:
         return [(r.key, r.entry_id) for r in self.running.values()] + list(self.finishing.items())
 
@@ -161,12 +167,12 @@ class Worker:
                     block_ms = min(self.config.read_block_ms, max(1, int((next_reclaim - now) * 1000)))
                     deliveries = await self.consumer.read(free, block_ms)
                 backoff.reset()
-            except (RedisError, OSError) as exc:
+            except Exception as exc:
                 if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                     with contextlib.suppress(RedisError, OSError):
                         await ensure_dispatch_group(self.redis)
                     continue
-                log.warning("dispatch stream unavailable", extra={"error": repr(exc)})
+                log.warning("could not read the dispatch stream", extra={"error": repr(exc)})
                 await asyncio.sleep(backoff.next_delay_s())
                 continue
             if deliveries:
@@ -190,7 +196,7 @@ class Worker:
             response = await self.link.start_tasks(items)
             if len(response.results) != len(fresh):
                 raise ValueError(f"StartTasks answered {len(response.results)} results for {len(fresh)} items")
-        except (grpc.aio.AioRpcError, ValueError) as exc:
+        except Exception as exc:  # whatever failed, the entries stay ours and are offered again
             delay_s = self._start_backoff.next_delay_s()
             log.warning("StartTasks failed; entries kept", extra={"error": _describe(exc), "retry_s": delay_s})
             self._park(fresh, delay_s)
@@ -347,7 +353,7 @@ def _log_crash(task: asyncio.Task[None]) -> None:
         log.error("worker loop crashed", extra={"loop": task.get_name()}, exc_info=task.exception())
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: BaseException) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
         return f"{exc.code().name}: {exc.details()}"
     return str(exc)
