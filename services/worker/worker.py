@@ -130,7 +130,7 @@ class Worker:
         self._stopping = True
         self._slot_freed.set()
         if self._consuming is not None:
-            await self._consuming  # ends after the current blocking read (read_block_ms)
+            await asyncio.wait({self._consuming})  # ends after the current blocking read (read_block_ms)
         running = [r.task for r in self.running.values() if r.task is not None]
         if running:
             log.info("draining", extra={"running": len(running), "grace_s": grace_s})
