@@ -32,7 +32,9 @@ FILE_SERVER_FILTER = "envoy.filters.http.file_server"
 # Unary calls never reached a service, or the service said UNAVAILABLE: safe to retry elsewhere because
 # every mutating RPC is idempotent (SubmitTask by request_id, the others by their target's state).
 UNARY_RETRY_ON = "connect-failure,refused-stream,unavailable,reset-before-request"
-# A stream is replayed only when it never reached a service.
+# A server stream is replayed only when it never reached a service. Client and bidi streams are never
+# retried: Envoy would keep a copy of their request body for as long as a retry stayed possible, and
+# their clients (workers) reconnect on their own.
 STREAM_RETRY_ON = "connect-failure,refused-stream,reset-before-request"
 
 
@@ -145,13 +147,15 @@ def _route_action(spec: RouteSpec, config: EdgeConfig) -> dict[str, Any]:
         }
     # A stream lives as long as the client wants (its own grpc-timeout, if any, is honoured as is),
     # but a silent one is cut after the idle timeout.
-    return {
+    action: dict[str, Any] = {
         "cluster": spec.cluster,
         "timeout": "0s",
         "idle_timeout": _seconds(config.stream_idle_timeout_s),
         "max_stream_duration": {"grpc_timeout_header_max": "0s"},
-        "retry_policy": _retry_policy(STREAM_RETRY_ON),
     }
+    if spec.kind is Kind.SERVER_STREAM:
+        action["retry_policy"] = _retry_policy(STREAM_RETRY_ON)
+    return action
 
 
 def grpc_route(spec: RouteSpec, config: EdgeConfig) -> dict[str, Any]:
