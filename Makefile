@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: up wipe test lint check-generated gen pytest chaos clean
+.PHONY: up wipe test lint check-generated gen pytest chaos clean web gen-web check-web e2e-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-up: $(VENV)/.installed
+up: $(VENV)/.installed web
 	$(BIN)/rtask-stack up $(ARGS)
 
 wipe: $(VENV)/.installed
@@ -28,7 +28,7 @@ check-generated: $(VENV)/.installed
 	git diff --exit-code -- clients/python/resilienttask/v1 || (echo "generated code is stale: run 'make gen'" && exit 1)
 	test -z "$$(git status --porcelain -- clients/python/resilienttask/v1)" || (echo "untracked generated files: run 'make gen' and commit" && exit 1)
 
-lint: $(VENV)/.installed check-generated
+lint: $(VENV)/.installed check-generated check-web
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -37,13 +37,40 @@ lint: $(VENV)/.installed check-generated
 	if git rev-parse --verify --quiet HEAD~1 >/dev/null; then $(BIN)/buf breaking --against '.git#ref=HEAD~1'; fi
 	$(BIN)/envoy --version >/dev/null
 
-pytest: $(VENV)/.installed
+pytest: $(VENV)/.installed e2e-deps
 	$(BIN)/pytest -m 'not chaos' $(ARGS)
 
 test: lint pytest
 
 chaos: $(VENV)/.installed
 	$(BIN)/pytest -m chaos $(ARGS)
+
+# -- the browser dashboard (clients/web): Node from the machine, packages from the npm lockfile --------
+WEB := clients/web
+WEB_SOURCES := $(shell find $(WEB)/src -type f 2>/dev/null) $(addprefix $(WEB)/,index.html build.mjs package.json tsconfig.json)
+
+$(WEB)/node_modules/.installed: $(WEB)/package.json $(WEB)/package-lock.json
+	npm --prefix $(WEB) ci --no-audit --no-fund
+	touch $@
+
+# The bundle Envoy serves at /, rebuilt whenever a source changed.
+web: $(WEB)/dist/index.html
+
+$(WEB)/dist/index.html: $(WEB)/node_modules/.installed $(WEB_SOURCES)
+	npm --prefix $(WEB) run build
+
+gen-web: $(VENV)/.installed $(WEB)/node_modules/.installed
+	$(BIN)/buf generate
+
+check-web: gen-web
+	git diff --exit-code -- $(WEB)/src/gen || (echo "generated web code is stale: run 'make gen-web'" && exit 1)
+	test -z "$$(git status --porcelain -- $(WEB)/src/gen)" || (echo "untracked generated web files: run 'make gen-web' and commit" && exit 1)
+	npm --prefix $(WEB) run typecheck
+	npm --prefix $(WEB) test
+
+# Browser tests drive Debian's Chromium through Playwright (never a downloaded browser).
+e2e-deps: $(VENV)/.installed web
+	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,71 @@
+// The grpc-web clients (through Envoy, same origin) and the small vocabulary for their errors.
+
+import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
+import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import { AuthService } from "./gen/resilienttask/v1/auth_pb";
+import { SchedulerService } from "./gen/resilienttask/v1/scheduler_pb";
+
+/** Unary calls give up after this long; Envoy caps them at its own unary timeout anyway. */
+export const UNARY_TIMEOUT_MS = 15_000;
+
+export type SchedulerClient = Client<typeof SchedulerService>;
+export type AuthClient = Client<typeof AuthService>;
+
+export interface Api {
+  auth: AuthClient;
+  scheduler: SchedulerClient;
+}
+
+/**
+ * Clients whose calls carry the current bearer token; any UNAUTHENTICATED answer calls
+ * `onUnauthenticated` (the token expired or was refused), wherever the call was made.
+ */
+export function createApi(token: () => string | null, onUnauthenticated: () => void): Api {
+  const bearer: Interceptor = (next) => async (req) => {
+    const value = token();
+    if (value) req.header.set("authorization", `Bearer ${value}`);
+    try {
+      return await next(req);
+    } catch (err) {
+      if (value && isUnauthenticated(err)) onUnauthenticated();
+      throw err;
+    }
+  };
+  const transport = createGrpcWebTransport({ baseUrl: location.origin, interceptors: [bearer] });
+  return { auth: createClient(AuthService, transport), scheduler: createClient(SchedulerService, transport) };
+}
+
+export function isUnauthenticated(err: unknown): boolean {
+  const code = ConnectError.from(err).code;
+  return code === Code.Unauthenticated || code === Code.PermissionDenied;
+}
+
+export interface Refusal {
+  code: Code;
+  /** The request field the server named ("field: reason"), if any. */
+  field: string | null;
+  reason: string;
+}
+
+/** Split the server's "field: reason" message; network failures get a plain-language reason. */
+export function refusal(err: unknown): Refusal {
+  const error = ConnectError.from(err);
+  const message = error.rawMessage;
+  const named = /^([a-z_]+): (.+)$/s.exec(message);
+  if (error.code === Code.InvalidArgument || error.code === Code.AlreadyExists) {
+    if (named) return { code: error.code, field: named[1], reason: named[2] };
+  }
+  if (error.code === Code.Unavailable || error.code === Code.Unknown || error.code === Code.Internal) {
+    return { code: error.code, field: null, reason: "the server could not be reached; try again" };
+  }
+  if (error.code === Code.DeadlineExceeded) {
+    return { code: error.code, field: null, reason: "the server did not answer in time; try again" };
+  }
+  return { code: error.code, field: null, reason: message || Code[error.code] };
+}
+
+/** Failures worth one more try with the same idempotency key. */
+export function isTransient(err: unknown): boolean {
+  const code = ConnectError.from(err).code;
+  return code === Code.Unavailable || code === Code.Unknown || code === Code.Internal;
+}

@@ -1,0 +1,117 @@
+// The submit form's rules: the same checks, limits and messages as the gateway's validation.submission,
+// so a request the form lets through is one the server accepts.
+
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { SubmitTaskRequestSchema } from "./gen/resilienttask/v1/scheduler_pb";
+
+export const MAX_NAME_CHARS = 200;
+export const MAX_WORKLOAD_MS = 24 * 3600 * 1000;
+export const MIN_RUNTIME_MS = 1000;
+export const MAX_RUNTIME_MS = 24 * 3600 * 1000;
+export const MAX_REPLICAS = 50;
+export const MAX_ATTEMPTS = 10;
+
+/** What the form holds, as typed. Durations are in seconds, decimals allowed. */
+export interface TaskForm {
+  name: string;
+  kind: string;
+  workloadS: string;
+  maxRuntimeS: string;
+  replicas: string;
+  maxAttempts: string;
+}
+
+export type Field = "name" | "kind" | "workload" | "max_runtime" | "replicas" | "max_attempts";
+export type FieldErrors = Partial<Record<Field, string>>;
+export type SubmitInit = MessageInitShape<typeof SubmitTaskRequestSchema>;
+
+// Python's str.strip() removes exactly the characters for which str.isspace() is true.
+const PY_SPACE = "\\t\\n\\v\\f\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
+const PY_STRIP = new RegExp(`^[${PY_SPACE}]+|[${PY_SPACE}]+$`, "gu");
+
+export function pythonStrip(value: string): string {
+  return value.replace(PY_STRIP, "");
+}
+
+/** Characters as Python counts them (code points, not UTF-16 units). */
+export function charCount(value: string): number {
+  return [...value].length;
+}
+
+interface Duration {
+  seconds: bigint;
+  nanos: number;
+}
+
+/** A decimal number of seconds as an exact Duration (no float rounding), or null if it is not one. */
+export function parseSeconds(text: string): Duration | null {
+  const match = /^\s*(\d{0,12})(?:\.(\d{0,9}))?\s*$/.exec(text);
+  if (!match || !/\d/.test(text)) return null;
+  return { seconds: BigInt(match[1] || "0"), nanos: Number((match[2] ?? "").padEnd(9, "0")) };
+}
+
+/** Whole milliseconds, as the server counts them (nanos below a millisecond are dropped). */
+export function durationMs(d: Duration): number {
+  return Number(d.seconds) * 1000 + Math.floor(d.nanos / 1_000_000);
+}
+
+function wholeNumber(text: string): number | null {
+  return /^\s*\d{1,6}\s*$/.test(text) ? Number(text) : null;
+}
+
+/** The request to send, or the errors to show next to each field. */
+export function validateTask(
+  form: TaskForm,
+  kinds: readonly string[],
+  requestId: string,
+): { request: SubmitInit } | { errors: FieldErrors } {
+  const errors: FieldErrors = {};
+  const name = pythonStrip(form.name);
+  if (!name) errors.name = "is required";
+  else if (charCount(name) > MAX_NAME_CHARS) errors.name = `must be at most ${MAX_NAME_CHARS} characters`;
+
+  const kind = form.kind || "sleep";
+  if (!kinds.includes(kind)) errors.kind = `unknown kind '${kind.slice(0, 50)}'; known kinds: ${kinds.join(", ")}`;
+
+  const workload = parseSeconds(form.workloadS === "" ? "0" : form.workloadS);
+  if (!workload) errors.workload = "must be a number of seconds, not negative";
+  else if (durationMs(workload) > MAX_WORKLOAD_MS) errors.workload = "must be at most 24h";
+
+  let maxRuntime: Duration | undefined;
+  if (form.maxRuntimeS.trim() !== "") {
+    const parsed = parseSeconds(form.maxRuntimeS);
+    const ms = parsed ? durationMs(parsed) : -1;
+    if (!parsed || ms < MIN_RUNTIME_MS || ms > MAX_RUNTIME_MS) errors.max_runtime = "must be between 1s and 24h";
+    else maxRuntime = parsed;
+  }
+
+  const replicas = wholeNumber(form.replicas);
+  if (replicas === null || replicas < 1 || replicas > MAX_REPLICAS) {
+    errors.replicas = `must be between 1 and ${MAX_REPLICAS}`;
+  }
+  const maxAttempts = wholeNumber(form.maxAttempts);
+  if (maxAttempts === null || maxAttempts < 1 || maxAttempts > MAX_ATTEMPTS) {
+    errors.max_attempts = `must be between 1 and ${MAX_ATTEMPTS}`;
+  }
+  if (Object.keys(errors).length > 0 || !workload || replicas === null || maxAttempts === null) return { errors };
+  return {
+    request: {
+      name,
+      kind,
+      workload,
+      maxRuntime,
+      replicas,
+      maxAttempts,
+      requestId,
+    },
+  };
+}
+
+/** A random UUID (v4) that works outside secure contexts too, where crypto.randomUUID is missing. */
+export function newRequestId(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}

@@ -1,0 +1,295 @@
+// The signed-in page: metric cards, the submit form, the worker pool and the live task table,
+// all drawn from one WatchTasks stream. Renders are batched to one per animation frame.
+
+import { type Api, type Refusal, UNARY_TIMEOUT_MS, isTransient, refusal } from "../api";
+import { announce, h } from "../dom";
+import { Feed, type Filter, type Row } from "../feed";
+import { STATUS_LABELS } from "../format";
+import { TaskStatus } from "../gen/resilienttask/v1/task_pb";
+import type { Session } from "../session";
+import type { SubmitInit } from "../validation";
+import { TaskWatch } from "../watch";
+import { ConnectionIndicator, MetricCards, WorkerPanel } from "./panels";
+import { SubmitForm } from "./submit";
+import { type Action, TaskTable } from "./table";
+
+const SUBMIT_ATTEMPTS = 3;
+const OLDER_PAGE_SIZE = 500;
+// setTimeout fires at once for delays beyond this (about 24.8 days).
+const MAX_TIMER_MS = 2 ** 31 - 1;
+const FILTERS: [string, string][] = [
+  ["all", "All tasks"],
+  ["active", "Active"],
+  ...[
+    TaskStatus.QUEUED,
+    TaskStatus.RUNNING,
+    TaskStatus.CANCELLING,
+    TaskStatus.SUCCEEDED,
+    TaskStatus.FAILED,
+    TaskStatus.CANCELLED,
+    TaskStatus.TIMED_OUT,
+  ].map((s): [string, string] => [String(s), STATUS_LABELS[s]]),
+];
+
+export interface Dashboard {
+  element: HTMLElement;
+  dispose(): void;
+}
+
+function pause(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+export function renderDashboard(api: Api, session: Session, logout: (notice: string) => void): Dashboard {
+  const s = api.scheduler;
+  const call = { timeoutMs: UNARY_TIMEOUT_MS };
+  const feed = new Feed();
+  const cards = new MetricCards();
+  const workers = new WorkerPanel();
+  const indicator = new ConnectionIndicator();
+  const submissions = new Map<string, SubmitInit>();
+  let filter: Filter = "all";
+  let olderToken: string | null = "";
+  let kindsSignature = "";
+
+  const notice = h("p", { class: "notice-line", role: "status", "aria-live": "polite" });
+  const tell = (message: string, problem = false): void => {
+    notice.textContent = message;
+    notice.classList.toggle("problem", problem);
+  };
+
+  // -- submitting, with optimistic rows ----------------------------------------------------------
+  async function send(request: SubmitInit): Promise<Refusal | null> {
+    const requestId = request.requestId ?? "";
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const reply = await s.submitTask(request, call);
+        feed.merge(reply.tasks);
+        submissions.delete(requestId);
+        announce(`Submitted ${reply.tasks.length} task${reply.tasks.length === 1 ? "" : "s"}`);
+        return null;
+      } catch (err) {
+        // The same request_id makes a repeat safe: the server returns the first attempt's tasks.
+        if (isTransient(err) && attempt < SUBMIT_ATTEMPTS) {
+          await pause(300 * attempt);
+          continue;
+        }
+        const refused = refusal(err);
+        const reason = refused.field ? `${refused.field}: ${refused.reason}` : refused.reason;
+        feed.failPending(requestId, reason, refused.field === null);
+        return refused;
+      }
+    }
+  }
+
+  function submit(request: SubmitInit): Promise<Refusal | null> {
+    submissions.set(request.requestId ?? "", request);
+    feed.addPending(request.requestId ?? "", request.replicas ?? 1, request.name ?? "", request.kind ?? "");
+    return send(request);
+  }
+
+  // -- row actions ----------------------------------------------------------------------------
+  async function act(action: Action, row: Row): Promise<void> {
+    const task = row.task;
+    const name = task?.name ?? row.pending?.name ?? "";
+    try {
+      if (action === "dismiss" && row.pending) {
+        feed.dismissPending(row.pending.requestId);
+        submissions.delete(row.pending.requestId);
+      } else if (action === "resubmit" && row.pending) {
+        const request = submissions.get(row.pending.requestId);
+        if (request) void submit(request);
+      } else if (action === "cancel" && task) {
+        feed.merge([(await s.cancelTask({ taskId: task.id }, call)).task].filter((t) => t !== undefined));
+        tell(`Cancel requested for ${name}.`);
+      } else if (action === "cancel-batch" && task) {
+        feed.merge((await s.cancelBatch({ batchId: task.batchId }, call)).tasks);
+        tell(`Cancel requested for the batch of ${name}.`);
+      } else if (action === "retry" && task) {
+        feed.merge([(await s.retryTask({ taskId: task.id }, call)).task].filter((t) => t !== undefined));
+        tell(`${name} queued again.`);
+      } else if (action === "delete" && task) {
+        await s.deleteTask({ taskId: task.id }, call);
+        tell(`${name} deleted.`);
+      }
+    } catch (err) {
+      tell(`Could not ${action.replace("-", " ")} ${name}: ${refusal(err).reason}`, true);
+    }
+  }
+
+  // -- layout ---------------------------------------------------------------------------------
+  const form = new SubmitForm(submit);
+  const table = new TaskTable((action, row) => void act(action, row));
+  const filterSelect = h(
+    "select",
+    { id: "status-filter" },
+    ...FILTERS.map(([value, label]) => h("option", { value }, label)),
+  );
+  filterSelect.addEventListener("change", () => {
+    const value = filterSelect.value;
+    filter = value === "all" || value === "active" ? value : (Number(value) as TaskStatus);
+    render();
+  });
+  const shown = h("span", { class: "shown-count" });
+  const clearButton = h("button", { type: "button", class: "btn danger-outline" }, "Clear history");
+  const olderButton = h("button", { type: "button", class: "btn ghost" }, "Load older tasks");
+
+  const dialogText = h("p", { id: "clear-text" });
+  const dialog = h(
+    "dialog",
+    { class: "confirm", "aria-labelledby": "clear-heading", "aria-describedby": "clear-text" },
+    h("h2", { id: "clear-heading" }, "Clear history?"),
+    dialogText,
+    h(
+      "form",
+      { method: "dialog", class: "buttons" },
+      h("button", { value: "cancel", class: "btn", autofocus: true }, "Keep them"),
+      h("button", { value: "confirm", class: "btn danger" }, "Clear history"),
+    ),
+  );
+  clearButton.addEventListener("click", () => {
+    const st = feed.stats;
+    const finished = st ? Number(st.succeeded + st.failed + st.cancelled + st.timedOut) : 0;
+    dialogText.textContent = `This removes your ${finished} finished task${finished === 1 ? "" : "s"} for good. Active tasks are kept.`;
+    dialog.returnValue = "";
+    dialog.showModal();
+  });
+  dialog.addEventListener("close", async () => {
+    if (dialog.returnValue !== "confirm") return;
+    try {
+      const reply = await s.clearHistory({}, call);
+      tell(`Removed ${reply.deleted} finished task${reply.deleted === 1n ? "" : "s"}.`);
+    } catch (err) {
+      tell(`Could not clear history: ${refusal(err).reason}`, true);
+    }
+  });
+
+  olderButton.addEventListener("click", async () => {
+    if (olderToken === null) return;
+    olderButton.disabled = true;
+    try {
+      const reply = await s.listTasks({ pageSize: OLDER_PAGE_SIZE, pageToken: olderToken }, call);
+      olderToken = reply.nextPageToken || null;
+      feed.merge(reply.tasks);
+      render();
+    } catch (err) {
+      tell(`Could not load older tasks: ${refusal(err).reason}`, true);
+    } finally {
+      olderButton.disabled = false;
+    }
+  });
+
+  const logoutButton = h("button", { type: "button", class: "btn ghost" }, "Log out");
+  logoutButton.addEventListener("click", () => logout("You are logged out."));
+
+  const element = h(
+    "div",
+    { class: "dashboard" },
+    h(
+      "header",
+      { class: "topbar" },
+      h("span", { class: "brand" }, "ResilientTask"),
+      indicator.element,
+      h("span", { class: "spacer" }),
+      h("span", { class: "who", title: "Signed in as" }, session.email),
+      logoutButton,
+    ),
+    h(
+      "main",
+      { class: "content" },
+      h("h1", { class: "visually-hidden" }, "Tasks dashboard"),
+      cards.element,
+      h(
+        "div",
+        { class: "columns" },
+        h("div", { class: "side" }, form.element, workers.element),
+        h(
+          "section",
+          { class: "panel tasks", "aria-labelledby": "tasks-heading" },
+          h(
+            "div",
+            { class: "toolbar" },
+            h("h2", { id: "tasks-heading" }, "Tasks"),
+            shown,
+            h("span", { class: "spacer" }),
+            h("label", { for: "status-filter", class: "inline-label" }, "Show"),
+            filterSelect,
+            clearButton,
+          ),
+          notice,
+          table.element,
+          h("div", { class: "table-foot" }, olderButton),
+        ),
+      ),
+    ),
+    dialog,
+  );
+
+  // -- rendering ------------------------------------------------------------------------------
+  let frame = 0;
+  let painted = -1;
+  function render(): void {
+    frame = 0;
+    painted = feed.revision;
+    const { rows, batchSizes } = feed.view(filter);
+    const empty = !feed.ready ? "Loading tasks…" : feed.size === 0 ? "No tasks yet. Submit one and it appears here at once." : "No tasks match this filter.";
+    table.update(rows, batchSizes, empty);
+    cards.update(feed.stats);
+    workers.update(feed.workers);
+    shown.textContent = feed.ready ? `${rows.length} shown` : "";
+    const st = feed.stats;
+    clearButton.disabled = !st || st.succeeded + st.failed + st.cancelled + st.timedOut === 0n;
+    olderButton.hidden = !feed.ready || olderToken === null;
+    refreshKinds();
+  }
+  const schedule = (): void => {
+    if (!frame && painted !== feed.revision) frame = requestAnimationFrame(render);
+  };
+  const unsubscribe = feed.subscribe(schedule);
+
+  // The kinds list is asked for again only when the pool's advertised kinds change (never polled).
+  function refreshKinds(): void {
+    const signature = [...new Set(feed.workers.flatMap((w) => w.kinds))].sort().join(",");
+    if (!feed.ready || signature === kindsSignature) return;
+    kindsSignature = signature;
+    s.listKinds({}, call).then(
+      (reply) => form.setKinds(reply.kinds),
+      (err) => tell(`Could not load task kinds: ${refusal(err).reason}`, true),
+    );
+  }
+
+  const watch = new TaskWatch(s, {
+    message: (message) => {
+      // A snapshot replaces everything older pages had added; they can be loaded again.
+      if (message.kind.case === "snapshot") olderToken = "";
+      feed.apply(message);
+    },
+    state: (state) => indicator.update(state),
+    unauthenticated: () => logout("Your session has ended. Please log in again."),
+  });
+  watch.start();
+
+  // Durations and heartbeat ages move with the clock; no request is made for them.
+  const ticker = setInterval(() => {
+    if (document.hidden) return;
+    const now = Date.now();
+    table.paint(now);
+    workers.paint(now);
+  }, 1000);
+  const expiry = session.expiresAtMs
+    ? setTimeout(() => logout("Your session has expired. Please log in again."), Math.min(MAX_TIMER_MS, Math.max(0, session.expiresAtMs - Date.now())))
+    : undefined;
+
+  render();
+  return {
+    element,
+    dispose() {
+      watch.stop();
+      unsubscribe();
+      clearInterval(ticker);
+      clearTimeout(expiry);
+      if (frame) cancelAnimationFrame(frame);
+      if (dialog.open) dialog.close();
+    },
+  };
+}
