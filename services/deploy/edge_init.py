@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         secret = AuthConfig.from_env(os.environ).jwt_secret
     except (ConfigError, OSError) as exc:
-        print(f"cannot read the JWT secret: {exc}", file=sys.stderr)
+        print(f"cannot read the JWT secret: {exc} (compose fills it from RTASK_JWT_SECRET in .env)", file=sys.stderr)
         return 2
     print(f"wrote {write_jwks(args.jwks, secret)}")
     if args.dashboard_from is not None:
