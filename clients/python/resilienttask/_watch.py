@@ -6,6 +6,7 @@ The I/O lives in client.py and aio.py; everything here is plain state so both be
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
 import grpc
@@ -15,6 +16,10 @@ from resilienttask._retry import RECONNECT_CODES, RetryPolicy
 from resilienttask.errors import DeadlineExceeded, NotFound, Unavailable, from_rpc_error
 from resilienttask.models import Snapshot, Task, TaskUpdate, WatchEvent
 from resilienttask.v1 import scheduler_pb2
+
+# Versions remembered for dropping repeats: repeats follow a reconnect and concern recent changes, so the
+# least recently changed tasks can be forgotten and a long watch of a busy account stays small.
+MAX_REMEMBERED_TASKS = 100_000
 
 
 class WatchState:
@@ -28,7 +33,7 @@ class WatchState:
         self.resume_token = resume_token
         self.policy = policy
         self.deadline = deadline
-        self.versions: dict[str, int] = {}
+        self.versions: OrderedDict[str, int] = OrderedDict()
         self.connected = False
         self.reconnects = 0
         self._failures = 0
@@ -69,6 +74,9 @@ class WatchState:
 
     def _remember(self, task: Task) -> None:
         self.versions[task.id] = max(task.version, self.versions.get(task.id, task.version))
+        self.versions.move_to_end(task.id)
+        if len(self.versions) > MAX_REMEMBERED_TASKS:
+            self.versions.popitem(last=False)
 
     def pause_after(self, error: grpc.RpcError | None) -> float:
         """How long to wait before reopening the stream after it ended (error None: it ended cleanly).

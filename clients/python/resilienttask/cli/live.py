@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from rich.console import Console, Group
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
@@ -13,6 +14,12 @@ from resilienttask.models import Snapshot, Task, TaskStats, TaskUpdate, WatchEve
 
 # Above this many tasks only the overall bar is drawn; one bar per replica would not fit a terminal.
 MAX_TASK_BARS = 20
+# The watch board forgets all but this many of the newest tasks, so a long watch of a busy account stays small.
+BOARD_MEMORY = 1000
+
+
+def _created(task: Task) -> datetime:
+    return task.created_at or datetime.min.replace(tzinfo=UTC)
 
 
 def _completed(task: Task) -> float:
@@ -80,8 +87,14 @@ class WatchBoard:
                 self.tasks.pop(event.task.id, None)
             else:
                 self.tasks[event.task.id] = event.task
+                if len(self.tasks) > BOARD_MEMORY:
+                    self._forget_oldest()
         elif isinstance(event, WorkersUpdate):
             self.workers = event.workers
+
+    def _forget_oldest(self) -> None:
+        newest = sorted(self.tasks.values(), key=_created, reverse=True)[: max(self.limit, BOARD_MEMORY // 2)]
+        self.tasks = {t.id: t for t in newest}
 
     def view(self) -> Group:
         return watch_view(self.tasks.values(), self.stats, self.workers, limit=self.limit)
