@@ -35,8 +35,20 @@ class GatewayConfig:
     watch: WatchConfig = field(default_factory=WatchConfig)
 
 
+@dataclass(frozen=True)
+class Gateway:
+    """A built gateway: the service to start, and its watch fan-out (which tests observe)."""
+
+    service: Service
+    watch_hub: Hub
+
+
 async def create_server(config: GatewayConfig) -> Service:
     """Build the gateway: stores opened, servicers registered, port bound (not yet started)."""
+    return (await create_gateway(config)).service
+
+
+async def create_gateway(config: GatewayConfig) -> Gateway:
     pool: asyncpg.Pool = await create_pool(config.database)
     redis: aioredis.Redis = create_redis(config.redis)
     interceptor = AuthInterceptor(config.auth, SCHEDULER_PREFIX, config.auth.audience)
@@ -49,4 +61,4 @@ async def create_server(config: GatewayConfig) -> Service:
     service.background += hub.loops
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
     service.shutdown_hooks += [auth.close, pool.close, redis.aclose]
-    return service
+    return Gateway(service, hub)

@@ -39,6 +39,18 @@ log = logging.getLogger(__name__)
 RETRY_DELAY_S = 0.5
 
 
+def raise_if_cancelled() -> None:
+    """Honour a cancellation that an awaited library call swallowed.
+
+    redis-py sends each command under asyncio.wait_for, which on Python 3.11 returns normally when the
+    cancellation arrives just as the send completes; the task still counts the request, so loops that
+    would otherwise run on after their call (or the server) stopped check for it.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def event_message(event: StoredEvent, stats: task_pb2.TaskStats | None) -> scheduler_pb2.WatchTasksResponse:
     return scheduler_pb2.WatchTasksResponse(
         resume_token=tokens.encode(event.entry_id),
@@ -110,6 +122,7 @@ class Hub:
         """Tail the feed forever; a Redis outage pauses delivery, it does not end the loop."""
         position: str | None = None
         while True:
+            raise_if_cancelled()
             try:
                 if position is None:
                     position = await self._feed_start()
@@ -173,6 +186,7 @@ class Hub:
             await pubsub.subscribe(keys.WORKERS_EVENTS_CHANNEL)
             await self.refresh_workers()
             while True:
+                raise_if_cancelled()
                 message = await pubsub.get_message(timeout=self.config.workers_refresh_ms / 1000)
                 if message is not None:
                     # A burst (a batch starting on many slots) becomes one update.

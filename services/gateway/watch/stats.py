@@ -1,9 +1,11 @@
 """TaskStats for events: counted in PostgreSQL, then walked back through the events of one read.
 
-A read of the feed (or one page of replayed history) ends with one count per owner, which includes every
-event of the read; the stats after each earlier event are that count with the later events' status changes
-undone. While PostgreSQL does not answer, the last counts of an owner are carried forward through the
-events instead, so watchers still see their numbers move.
+A read of the feed (or one page of replayed history) ends with one count per owner, taken after every event
+of the read was committed; the stats after each earlier event are that count with the later events' status
+changes undone. The count is the truth at the moment it is read: it may already include a change whose own
+event comes in the next read, which then carries the same count, so a quiet stream always ends exact.
+While PostgreSQL does not answer, the last counts of an owner are carried forward through the events instead,
+so watchers still see their numbers move.
 """
 
 from __future__ import annotations
@@ -44,12 +46,17 @@ def _apply(counts: Counts, change: TaskChange, sign: int) -> None:
         counts[change.task.status] += sign
 
 
+def _stats(counts: Counts) -> task_pb2.TaskStats:
+    # A count taken after a later change (whose event is not in this read yet) can make an undo go below 0.
+    return stats_from_counts({status: max(n, 0) for status, n in counts.items()})
+
+
 def stats_along(final: Counts, changes: Sequence[TaskChange]) -> list[task_pb2.TaskStats]:
     """The stats after each change, given the counts after the last one."""
     counts = Counter(final)
     along = []
     for change in reversed(changes):
-        along.append(stats_from_counts(dict(counts)))
+        along.append(_stats(counts))
         _apply(counts, change, -1)
     along.reverse()
     return along
@@ -91,7 +98,7 @@ class StatsBook:
         along: list[task_pb2.TaskStats | None] = []
         for change in changes:
             _apply(last, change, 1)
-            along.append(stats_from_counts({s: max(n, 0) for s, n in last.items()}))
+            along.append(_stats(last))
         return along
 
     def forget(self, owner_id: str) -> None:

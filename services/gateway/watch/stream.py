@@ -14,7 +14,7 @@ from services.core import task_store, worker_registry
 from services.core.events import parse_stream_id
 from services.core.task_model import row_to_task
 from services.gateway.watch import history, tokens
-from services.gateway.watch.hub import Hub
+from services.gateway.watch.hub import Hub, raise_if_cancelled
 from services.gateway.watch.subscriber import Subscriber
 
 Message = scheduler_pb2.WatchTasksResponse
@@ -88,6 +88,7 @@ class _Call:
         self.sent = resume_from or ""
         want_replay = not want_snapshot
         while True:
+            raise_if_cancelled()
             if want_snapshot:
                 yield await self.snapshot()
                 want_snapshot, want_replay = False, True

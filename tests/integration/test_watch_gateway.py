@@ -1,0 +1,160 @@
+"""WatchTasks on one in-process gateway with small settings, to observe what Envoy hides: heartbeats, the
+release of a cancelled call, a slow watcher's overflow, and the event format in Redis.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+from resilienttask.v1 import task_pb2
+from services.core import keys
+from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
+from services.core.events import ORIGIN, TaskChange, publish_changes
+from services.gateway.app import GatewayConfig, create_gateway
+from services.gateway.watch import history
+from services.gateway.watch.config import WatchConfig
+from services.gateway.watch.hub import Hub
+from tests.conftest import TEST_BCRYPT_COST, Stores
+from tests.helpers import eventually
+from tests.integration.accounts import Account, signup
+from tests.integration.tasks import UserTasks
+from tests.integration.watching import Watch
+
+QUEUE_LIMIT = 5
+
+
+@dataclass
+class InProcess:
+    channel: grpc.aio.Channel
+    hub: Hub
+
+
+async def _database_accepts_connections(url: str) -> bool:
+    try:
+        connection = await asyncpg.connect(url)
+    except (asyncpg.CannotConnectNowError, OSError):
+        return False
+    await connection.close()
+    return True
+
+
+@pytest.fixture
+async def gateway(stores: Stores) -> AsyncIterator[InProcess]:
+    # The stores fixture waits for the port; PostgreSQL may still be starting up behind it.
+    await eventually(lambda: _database_accepts_connections(stores.database_url), timeout_s=60)
+    config = GatewayConfig(
+        server=ServerConfig(),
+        database=DatabaseConfig(stores.database_url),
+        redis=RedisConfig(stores.redis_url),
+        auth=AuthConfig(jwt_secret=secrets.token_bytes(32), bcrypt_cost=TEST_BCRYPT_COST),
+        watch=WatchConfig(heartbeat_ms=200, queue_limit=QUEUE_LIMIT),
+    )
+    built = await create_gateway(config)
+    await built.service.start(config.server)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{built.service.port}") as channel:
+            yield InProcess(channel, built.watch_hub)
+    finally:
+        await built.service.stop(0)
+
+
+@pytest.fixture
+async def account(gateway: InProcess) -> Account:
+    return await signup(gateway.channel, "inproc")
+
+
+@pytest.fixture
+async def redis(stores: Stores) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(stores.redis_url)
+    yield client
+    await client.aclose()
+
+
+async def test_an_idle_stream_gets_heartbeats_carrying_its_position(gateway: InProcess, account: Account) -> None:
+    watch = Watch(gateway.channel, account)
+    try:
+        snapshot = await watch.next()
+        heartbeat = await watch.next(("heartbeat",))
+        assert heartbeat.resume_token == snapshot.resume_token
+    finally:
+        watch.cancel()
+
+
+async def test_a_cancelled_call_releases_its_subscriber_at_once(gateway: InProcess, account: Account) -> None:
+    watches = [Watch(gateway.channel, account) for _ in range(3)]
+    for watch in watches:
+        await watch.next()
+    assert gateway.hub.subscriber_count == 3
+    watches[0].cancel()
+
+    async def count_is(n: int) -> bool:
+        return gateway.hub.subscriber_count == n
+
+    await eventually(lambda: count_is(2), message="one subscriber released")
+    for watch in watches[1:]:
+        watch.cancel()
+    await eventually(lambda: count_is(0), message="every subscriber released")
+
+
+async def test_a_watcher_that_falls_behind_gets_a_fresh_snapshot(gateway: InProcess, account: Account) -> None:
+    user = UserTasks(gateway.channel, account)
+    watch = Watch(gateway.channel, account)
+    try:
+        await watch.next()
+        # One submission is one atomic append: the reader offers all of it before the call can send any.
+        tasks = await user.submit(workload_s=60, replicas=4 * QUEUE_LIMIT)
+        following = await watch.next()
+        assert following.WhichOneof("kind") == "snapshot"
+        assert {t.id for t in tasks} <= {t.id for t in following.snapshot.tasks}
+        assert gateway.hub.subscriber_count == 1
+        await user.cancel_batch(tasks[0].batch_id)
+    finally:
+        watch.cancel()
+
+
+def _change(owner_id: str, status: int, previous: int, deleted: bool = False) -> TaskChange:
+    return TaskChange(owner_id, task_pb2.Task(id=str(uuid.uuid4()), status=status), previous, deleted)
+
+
+async def test_each_event_names_the_one_before_it(redis: aioredis.Redis) -> None:
+    owner = str(uuid.uuid4())
+    assert await history.last_position(redis, owner) == ORIGIN
+    assert await history.read_after(redis, owner, ORIGIN, 10) == []
+    feed_before = await redis.xrevrange(keys.EVENTS_FEED_STREAM, "+", "-", count=1)
+
+    changes = [_change(owner, task_pb2.TASK_STATUS_QUEUED, 0) for _ in range(3)]
+    await publish_changes(redis, changes)
+    await publish_changes(redis, [_change(owner, task_pb2.TASK_STATUS_CANCELLED, 0, deleted=True)])
+
+    events = await history.read_after(redis, owner, ORIGIN, 10)
+    assert events is not None and len(events) == 4
+    assert [e.after for e in events] == [ORIGIN, *(e.entry_id for e in events[:-1])]
+    assert [e.change.task.id for e in events[:3]] == [c.task.id for c in changes]
+    assert events[3].change.deleted and not events[0].change.deleted
+    assert await history.last_position(redis, owner) == events[-1].entry_id
+    assert await history.read_after(redis, owner, events[-1].entry_id, 10) == []
+    assert [e.entry_id for e in await history.read_after(redis, owner, events[1].entry_id, 10) or []] == [
+        e.entry_id for e in events[2:]
+    ]
+
+    start = feed_before[0][0].decode() if feed_before else ORIGIN
+    everything = await redis.xrange(keys.EVENTS_FEED_STREAM, f"({start}", "+")
+    feed = [f for _, f in everything if f[b"owner"] == owner.encode()]
+    assert [f[b"id"].decode() for f in feed] == [e.entry_id for e in events]
+    seqs = [int(f[b"seq"]) for _, f in everything]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "the feed's sequence has no holes"
+
+    # A position that is not in this history, and a trimmed one, both say: start over.
+    assert await history.read_after(redis, owner, "99999999999999-0", 10) is None
+    await redis.xtrim(keys.owner_events_stream(owner), maxlen=1, approximate=False)
+    assert await history.read_after(redis, owner, events[1].entry_id, 10) is None
+    assert await history.read_after(redis, owner, events[2].entry_id, 10) is not None
+    await redis.delete(keys.owner_events_stream(owner))

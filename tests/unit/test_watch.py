@@ -1,0 +1,180 @@
+"""The watch fan-out's pure parts: resume tokens, a subscriber's queue rules, stats along events, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections import Counter
+
+import pytest
+
+from resilienttask.v1 import scheduler_pb2, task_pb2
+from services.core.config import ConfigError
+from services.core.errors import InvalidArgument
+from services.core.events import TaskChange, parse_stream_id
+from services.gateway.watch import tokens
+from services.gateway.watch.config import WatchConfig
+from services.gateway.watch.stats import stats_along
+from services.gateway.watch.stream import watch_tasks
+from services.gateway.watch.subscriber import Queued, Subscriber
+
+S = task_pb2
+
+
+# -- tokens ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("entry_id", ["0-0", "1700000000000-0", "1700000000000-42", f"{(1 << 64) - 1}-7"])
+def test_tokens_round_trip(entry_id: str) -> None:
+    token = tokens.encode(entry_id)
+    assert entry_id not in token, "opaque to clients"
+    assert tokens.decode(token) == entry_id
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "v1:1-1",  # not encoded
+        "%%%%",
+        _b64("v2:1-1"),
+        _b64("1-1"),
+        _b64("v1:"),
+        _b64("v1:abc"),
+        _b64("v1:1-"),
+        _b64("v1:-1"),
+        _b64("v1:1-1-1"),
+        _b64(f"v1:{1 << 64}-0"),
+        _b64("v1:\uff11-1"),  # a non-ASCII digit
+        "A" * (tokens.MAX_TOKEN_CHARS + 1),
+    ],
+)
+def test_malformed_tokens_name_the_field(token: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        tokens.decode(token)
+    assert caught.value.field == "resume_token"
+
+
+def test_stream_ids_compare_numerically() -> None:
+    assert parse_stream_id("10-0") > parse_stream_id("9-99")
+    assert parse_stream_id("5-10") > parse_stream_id("5-9")
+
+
+async def test_a_malformed_token_fails_before_anything_is_held() -> None:
+    # The hub is never touched: validation comes first.
+    stream = watch_tasks(None, "owner", "garbage!")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument):
+        await anext(stream)
+
+
+# -- subscriber --------------------------------------------------------------------------------------
+def _queued(ms: int) -> Queued:
+    entry_id = f"{ms}-0"
+    return Queued(entry_id, parse_stream_id(entry_id), scheduler_pb2.WatchTasksResponse(resume_token=entry_id))
+
+
+def _live(limit: int = 3, at: int = 1) -> Subscriber:
+    subscriber = Subscriber("owner", limit)
+    subscriber.begin_sync()
+    assert subscriber.go_live(parse_stream_id(f"{at}-0"))
+    return subscriber
+
+
+def test_events_that_follow_on_are_queued_in_order_and_repeats_ignored() -> None:
+    subscriber = _live()
+    subscriber.offer(_queued(2), parse_stream_id("1-0"))
+    subscriber.offer(_queued(3), parse_stream_id("2-0"))
+    subscriber.offer(_queued(2), parse_stream_id("1-0"))
+    assert [q.entry_id for q in subscriber.pending] == ["2-0", "3-0"]
+    assert subscriber.wake.is_set()
+    assert not subscriber.needs_replay and not subscriber.needs_snapshot
+
+
+def test_a_gap_drops_the_queue_and_asks_for_a_replay() -> None:
+    subscriber = _live()
+    subscriber.offer(_queued(2), parse_stream_id("1-0"))
+    subscriber.offer(_queued(4), parse_stream_id("3-0"))  # 3-0 never arrived
+    assert subscriber.needs_replay and not subscriber.pending and subscriber.cursor is None
+
+
+def test_an_overflow_drops_the_queue_and_asks_for_a_snapshot() -> None:
+    subscriber = _live(limit=2)
+    for ms in range(2, 6):
+        subscriber.offer(_queued(ms), parse_stream_id(f"{ms - 1}-0"))
+    assert subscriber.needs_snapshot and not subscriber.pending
+    # Nothing more is queued until the call has read history again.
+    subscriber.offer(_queued(6), parse_stream_id("5-0"))
+    assert not subscriber.pending
+
+
+def test_a_history_read_overtaken_by_the_feed_is_not_trusted() -> None:
+    subscriber = Subscriber("owner", 10)
+    subscriber.begin_sync()
+    subscriber.offer(_queued(5), parse_stream_id("4-0"))
+    assert not subscriber.pending
+    assert not subscriber.go_live(parse_stream_id("4-0")), "the read ended before an offered event"
+    assert subscriber.go_live(parse_stream_id("5-0"))
+    subscriber.offer(_queued(6), parse_stream_id("5-0"))
+    assert [q.entry_id for q in subscriber.pending] == ["6-0"]
+
+
+def test_resync_turns_a_live_subscriber_back_to_history() -> None:
+    subscriber = _live()
+    subscriber.offer(_queued(2), parse_stream_id("1-0"))
+    subscriber.resync()
+    assert subscriber.needs_replay and not subscriber.pending
+
+
+# -- stats ---------------------------------------------------------------------------------------------
+def _change(status: int, previous: int, deleted: bool = False) -> TaskChange:
+    return TaskChange("owner", S.Task(status=status), previous, deleted)
+
+
+def test_stats_along_undo_later_changes_including_deletions() -> None:
+    changes = [
+        _change(S.TASK_STATUS_QUEUED, 0),
+        _change(S.TASK_STATUS_RUNNING, S.TASK_STATUS_QUEUED),
+        _change(S.TASK_STATUS_SUCCEEDED, S.TASK_STATUS_RUNNING),
+        _change(S.TASK_STATUS_SUCCEEDED, S.TASK_STATUS_SUCCEEDED, deleted=True),
+    ]
+    final = {S.TASK_STATUS_FAILED: 2}
+    along = stats_along(Counter(final), changes)
+    assert along == [
+        S.TaskStats(active=1, queued=1, failed=2),
+        S.TaskStats(active=1, running=1, failed=2),
+        S.TaskStats(succeeded=1, failed=2),
+        S.TaskStats(failed=2),
+    ]
+
+
+def test_stats_along_never_go_negative() -> None:
+    # The count already includes a later change whose event is not in this read.
+    along = stats_along(Counter({S.TASK_STATUS_SUCCEEDED: 1}), [_change(S.TASK_STATUS_QUEUED, 0)])
+    assert along == [S.TaskStats(succeeded=1)]
+    earlier = stats_along(
+        Counter({S.TASK_STATUS_SUCCEEDED: 1}),
+        [_change(S.TASK_STATUS_QUEUED, 0), _change(S.TASK_STATUS_RUNNING, S.TASK_STATUS_QUEUED)],
+    )
+    assert all(getattr(s, f) >= 0 for s in earlier for f in ("active", "queued", "running", "succeeded"))
+
+
+# -- settings ------------------------------------------------------------------------------------------
+def test_settings_come_from_rtask_watch_variables() -> None:
+    config = WatchConfig.from_env({"RTASK_WATCH_HEARTBEAT_MS": "1500", "RTASK_WATCH_QUEUE_LIMIT": "64"})
+    assert config.heartbeat_ms == 1500 and config.queue_limit == 64
+    assert config.snapshot_limit == WatchConfig().snapshot_limit
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon"])
+def test_bad_settings_are_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match="RTASK_WATCH_HEARTBEAT_MS"):
+        WatchConfig.from_env({"RTASK_WATCH_HEARTBEAT_MS": value})
+
+
+async def test_a_subscriber_wakes_its_call() -> None:
+    subscriber = _live()
+    waiter = asyncio.create_task(subscriber.wake.wait())
+    subscriber.notify_workers()
+    await waiter
+    assert subscriber.workers_changed
