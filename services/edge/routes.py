@@ -121,7 +121,9 @@ def _rate_limit_per_route(config: EdgeConfig) -> dict[str, Any]:
 def _retry_policy(retry_on: str) -> dict[str, Any]:
     return {
         "retry_on": retry_on,
-        "num_retries": 2,
+        "num_retries": 3,
+        # Jittered waits of up to 0.1, 0.2 and 0.4 s: a brief outage (a store restarting) is ridden out.
+        "retry_back_off": {"base_interval": "0.1s", "max_interval": "1s"},
         # Try another replica, not the one that just failed.
         "retry_host_predicate": [
             {
