@@ -4,6 +4,7 @@ table fed by one WatchTasks stream, row actions, reconnect after a gateway dies,
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from playwright.async_api import Page, Route, expect
@@ -29,6 +30,7 @@ from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
 
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 # Counts, in the page, the fewest rows of one task name seen at any moment while the observer runs.
 WATCH_ROW_COUNT = """(name) => {
@@ -121,23 +123,24 @@ async def test_a_retried_submit_never_duplicates_rows(page: Page) -> None:
     await sign_up(page)
     # Every answer is lost on the way back although the server acted: the page retries with the same
     # request_id, and the rows it shows are the server's tasks, once each.
-    seen: list[str] = []
+    lost: list[str] = []
 
     async def lose_the_answer(route: Route) -> None:
-        seen.append(route.request.url)
         await route.fetch()
         await route.abort("connectionreset")
+        lost.append(route.request.url)
 
     await page.route("**/resilienttask.v1.SchedulerService/SubmitTask", lose_the_answer)
     await submit(page, "answer-lost", replicas=2, workload_s="0")
     await expect(rows(page, "answer-lost", "SUCCEEDED")).to_have_count(2)
 
     async def three_attempts() -> bool:
-        return len(seen) == 3
+        return len(lost) == 3
 
     await eventually(three_attempts, message="three attempts with one request_id")
-    await expect(rows(page, "answer-lost")).to_have_count(2)
+    await expect(rows(page, "answer-lost", "SUCCEEDED")).to_have_count(2)
     await expect(page.locator(".card-value[data-metric=succeeded]")).to_have_text("2")
+    await expect(rows(page)).to_have_count(2)
 
     # The server never got it: the rows offer a retry, which sends the same request again.
     await page.unroute("**/resilienttask.v1.SchedulerService/SubmitTask")
@@ -296,3 +299,72 @@ async def test_a_second_user_never_sees_the_first_users_tasks(page: Page, stack:
         await expect(rows(page, "second-users-own")).to_have_count(0)
     finally:
         await other.close()
+
+
+async def test_two_thousand_rows_stay_virtual_and_reachable(page: Page, stack: Stack) -> None:
+    await sign_up(page)
+    token = await session_token(page)
+    batches = []
+    try:
+        async with scheduler_as(stack, token) as (stub, metadata):
+            for i in range(40):
+                request = scheduler_pb2.SubmitTaskRequest(
+                    name=f"bulk-{i:02d}", replicas=50, max_attempts=1, request_id=f"bulk-{i}"
+                )
+                request.workload.FromSeconds(3600)
+                reply = await stub.SubmitTask(request, metadata=metadata, timeout=30)
+                batches.append(reply.tasks[0].batch_id)
+        await expect(page.locator(".shown-count")).to_have_text("2000 shown")
+        await expect(page.locator(".card-value[data-metric=active]")).to_have_text("2000")
+        # Only the rows in view (and a few around them) exist in the page.
+        assert await rows(page).count() < 60
+        await page.locator(".viewport").evaluate("(el) => { el.scrollTop = el.scrollHeight; }")
+        await expect(page.locator('.tbody [role=row][aria-rowindex="2001"]')).to_have_count(1)
+        await expect(rows(page, "bulk-00").last).to_be_visible()
+        assert await rows(page).count() < 60
+
+        # A fresh page's snapshot holds the newest tasks only; older ones load on request, never by polling.
+        log = NetworkLog().attach(page)
+        await page.reload()
+        await expect_live(page)
+        older = page.locator(".table-foot button")
+        while await older.is_visible():
+            await older.click()
+            await page.wait_for_function(
+                "() => { const b = document.querySelector('.table-foot button'); return b.hidden || !b.disabled; }"
+            )
+        await expect(page.locator(".shown-count")).to_have_text("2000 shown")
+        assert 1 <= len(log.named("ListTasks")) <= 4
+    finally:
+        async with scheduler_as(stack, token) as (stub, metadata):
+            for batch_id in batches:
+                await stub.CancelBatch(scheduler_pb2.CancelBatchRequest(batch_id=batch_id), metadata=metadata)
+            await stub.ClearHistory(scheduler_pb2.ClearHistoryRequest(), metadata=metadata)
+    await expect(page.locator(".shown-count")).to_have_text("0 shown", timeout=60_000)
+
+
+async def test_dashboard_screenshot_with_tasks_in_several_states(page: Page, stack: Stack) -> None:
+    await sign_up(page)
+    try:
+        await submit(page, "nightly-report", replicas=3, workload_s="0.5")
+        await submit(page, "flaky-import", kind="fail", workload_s="0.5", max_attempts=1)
+        await submit(page, "runaway-loop", kind="spin", workload_s="30", max_runtime_s="1", max_attempts=1)
+        await submit(page, "image-resize", workload_s="120")
+        await expect(rows(page, "image-resize", "RUNNING")).to_have_count(1)
+        await page.get_by_role("button", name="Cancel image-resize #1").click()
+        await submit(page, "video-transcode", replicas=4, workload_s="40")
+        await expect(rows(page, "nightly-report", "SUCCEEDED")).to_have_count(3)
+        await expect(rows(page, "flaky-import", "FAILED")).to_have_count(1)
+        await expect(rows(page, "runaway-loop", "TIMED_OUT")).to_have_count(1)
+        await expect(rows(page, "image-resize", "CANCELLED")).to_have_count(1)
+        await expect(rows(page, "video-transcode", "RUNNING")).to_have_count(4)
+        await page.wait_for_function(
+            "() => [...document.querySelectorAll('.tbody [data-status=RUNNING] [role=progressbar]')]"
+            ".every((bar) => Number(bar.getAttribute('aria-valuenow')) >= 10)"
+        )
+        await page.get_by_label("Name").fill("")
+        await page.evaluate("() => document.activeElement.blur()")
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
+    finally:
+        await cancel_unfinished(page, stack)

@@ -139,6 +139,13 @@ export class Feed {
     return this.rows.size;
   }
 
+  /** Rows that are server tasks (not optimistic ones). */
+  get taskCount(): number {
+    let n = 0;
+    for (const row of this.rows.values()) if (row.task) n++;
+    return n;
+  }
+
   /** The rows passing `filter`, in display order, and how many tasks each batch has. */
   view(filter: Filter): { rows: Row[]; batchSizes: Map<string, number> } {
     this.sorted ??= [...this.rows.values()].sort(byPosition);

@@ -42,7 +42,12 @@ export function ago(millis: number, now: number): string {
   return `${Math.floor(s / 3600)}h ago`;
 }
 
-const TIME = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+const TIME = new Intl.DateTimeFormat(undefined, {
+  hour: "2-digit",
+  minute: "2-digit",
+  second: "2-digit",
+  hourCycle: "h23",
+});
 
 export function timeOfDay(millis: number): string {
   return TIME.format(millis);

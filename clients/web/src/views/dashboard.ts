@@ -239,7 +239,9 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
     shown.textContent = feed.ready ? `${rows.length} shown` : "";
     const st = feed.stats;
     clearButton.disabled = !st || st.succeeded + st.failed + st.cancelled + st.timedOut === 0n;
-    olderButton.hidden = !feed.ready || olderToken === null;
+    // The snapshot holds only the most recent tasks; the counts say whether there are more.
+    const total = st ? Number(st.active + st.succeeded + st.failed + st.cancelled + st.timedOut) : 0;
+    olderButton.hidden = !feed.ready || olderToken === null || total <= feed.taskCount;
     refreshKinds();
   }
   const schedule = (): void => {

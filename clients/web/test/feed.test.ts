@@ -1,0 +1,88 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { type MessageInitShape, create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { Feed, pendingKey } from "../src/feed";
+import { type WatchTasksResponse, WatchTasksResponseSchema } from "../src/gen/resilienttask/v1/scheduler_pb";
+import { type Task, TaskSchema, TaskStatus } from "../src/gen/resilienttask/v1/task_pb";
+
+function task(id: string, version: number, fields: MessageInitShape<typeof TaskSchema> = {}): Task {
+  return create(TaskSchema, {
+    id,
+    name: id,
+    version: BigInt(version),
+    status: TaskStatus.QUEUED,
+    createdAt: timestampFromMs(1_000_000),
+    ...fields,
+  });
+}
+
+function snapshot(...tasks: Task[]): WatchTasksResponse {
+  return create(WatchTasksResponseSchema, { resumeToken: "t", kind: { case: "snapshot", value: { tasks } } });
+}
+
+function event(t: Task, deleted = false): WatchTasksResponse {
+  return create(WatchTasksResponseSchema, { resumeToken: "t", kind: { case: "event", value: { task: t, deleted } } });
+}
+
+const keys = (feed: Feed): string[] => feed.view("all").rows.map((r) => r.key);
+
+test("an update older than the one shown is ignored", () => {
+  const feed = new Feed();
+  feed.apply(snapshot(task("a", 3, { status: TaskStatus.RUNNING })));
+  feed.apply(event(task("a", 2, { status: TaskStatus.QUEUED })));
+  feed.apply(event(task("a", 3, { status: TaskStatus.QUEUED })));
+  assert.equal(feed.get("a")?.task?.status, TaskStatus.RUNNING);
+  feed.apply(event(task("a", 4, { status: TaskStatus.SUCCEEDED })));
+  assert.equal(feed.get("a")?.task?.status, TaskStatus.SUCCEEDED);
+});
+
+test("a deleted task stays deleted when a late update about it arrives", () => {
+  const feed = new Feed();
+  feed.apply(snapshot(task("a", 1)));
+  feed.apply(event(task("a", 5), true));
+  feed.apply(event(task("a", 6)));
+  assert.deepEqual(keys(feed), []);
+});
+
+test("optimistic rows become the server's tasks in place, and a retry reuses them", () => {
+  const feed = new Feed();
+  feed.apply(snapshot(task("old", 1, { createdAt: timestampFromMs(Date.now() + 60_000) })));
+  feed.addPending("req", 3, "batch", "sleep");
+  feed.addPending("req", 3, "batch", "sleep");
+  assert.deepEqual(keys(feed), [pendingKey("req", 0), pendingKey("req", 1), pendingKey("req", 2), "old"]);
+
+  feed.apply(event(task("t1", 1, { requestId: "req", replicaIndex: 1, createdAt: timestampFromMs(0) })));
+  assert.deepEqual(keys(feed), [pendingKey("req", 0), "t1", pendingKey("req", 2), "old"]);
+  feed.merge([0, 1, 2].map((i) => task(`t${i}`, 1, { requestId: "req", replicaIndex: i })));
+  assert.deepEqual(keys(feed), ["t0", "t1", "t2", "old"]);
+});
+
+test("a refused submission is marked failed and can be dismissed", () => {
+  const feed = new Feed();
+  feed.addPending("req", 2, "x", "sleep");
+  feed.failPending("req", "kind: unknown", false);
+  assert.ok(feed.view("all").rows.every((r) => r.pending?.failure === "kind: unknown" && !r.pending.retryable));
+  feed.dismissPending("req");
+  assert.equal(feed.size, 0);
+});
+
+test("a snapshot replaces the tasks but keeps rows still waiting for the server", () => {
+  const feed = new Feed();
+  feed.apply(snapshot(task("a", 1), task("b", 1)));
+  feed.addPending("req", 1, "x", "sleep");
+  feed.apply(snapshot(task("b", 2)));
+  assert.deepEqual(keys(feed).sort(), ["b", pendingKey("req", 0)].sort());
+  assert.equal(feed.get("b")?.task?.version, 2n);
+});
+
+test("filters pick statuses, and active means queued, running or cancelling", () => {
+  const feed = new Feed();
+  const statuses = [TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.CANCELLING, TaskStatus.SUCCEEDED, TaskStatus.FAILED];
+  feed.apply(snapshot(...statuses.map((status, i) => task(`t${i}`, 1, { status }))));
+  assert.equal(feed.view("active").rows.length, 3);
+  assert.deepEqual(
+    feed.view(TaskStatus.FAILED).rows.map((r) => r.key),
+    ["t4"],
+  );
+});

@@ -1,0 +1,48 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { type TaskForm, parseSeconds, pythonStrip, validateTask } from "../src/validation";
+
+const KINDS = ["fail", "sleep", "spin"];
+const VALID: TaskForm = { name: "job", kind: "sleep", workloadS: "5", maxRuntimeS: "", replicas: "1", maxAttempts: "3" };
+
+function errors(changes: Partial<TaskForm>): Record<string, string> {
+  const result = validateTask({ ...VALID, ...changes }, KINDS, "r");
+  return "errors" in result ? result.errors : {};
+}
+
+test("a valid form becomes the request the server expects", () => {
+  const result = validateTask({ ...VALID, name: "  job  ", workloadS: "1.5", maxRuntimeS: "2" }, KINDS, "req-1");
+  assert.ok("request" in result);
+  assert.equal(result.request.name, "job");
+  assert.deepEqual(result.request.workload, { seconds: 1n, nanos: 500_000_000 });
+  assert.deepEqual(result.request.maxRuntime, { seconds: 2n, nanos: 0 });
+  assert.equal(result.request.requestId, "req-1");
+});
+
+test("names are trimmed and counted as Python does", () => {
+  assert.equal(pythonStrip("\u0085\u3000 job \x1f"), "job");
+  assert.equal(pythonStrip("\ufeffjob"), "\ufeffjob");
+  assert.deepEqual(errors({ name: " \t " }), { name: "is required" });
+  assert.deepEqual(errors({ name: "😀".repeat(200) }), {});
+  assert.deepEqual(errors({ name: "x".repeat(201) }), { name: "must be at most 200 characters" });
+});
+
+test("durations are checked in whole milliseconds, like the server", () => {
+  assert.deepEqual(errors({ workloadS: "86400" }), {});
+  assert.deepEqual(errors({ workloadS: "86400.001" }), { workload: "must be at most 24h" });
+  assert.deepEqual(errors({ workloadS: "86400.0009" }), {});
+  assert.deepEqual(errors({ workloadS: "-1" }), { workload: "must be a number of seconds, not negative" });
+  assert.deepEqual(errors({ maxRuntimeS: "0.9999" }), { max_runtime: "must be between 1s and 24h" });
+  assert.deepEqual(errors({ maxRuntimeS: "1" }), {});
+  assert.deepEqual(errors({ maxRuntimeS: "86400.001" }), { max_runtime: "must be between 1s and 24h" });
+  assert.equal(parseSeconds("1e3"), null);
+  assert.deepEqual(parseSeconds(".25"), { seconds: 0n, nanos: 250_000_000 });
+});
+
+test("replicas, attempts and kind are bounded as the server bounds them", () => {
+  assert.deepEqual(errors({ replicas: "0" }), { replicas: "must be between 1 and 50" });
+  assert.deepEqual(errors({ replicas: "50" }), {});
+  assert.deepEqual(errors({ replicas: "2.5" }), { replicas: "must be between 1 and 50" });
+  assert.deepEqual(errors({ maxAttempts: "11" }), { max_attempts: "must be between 1 and 10" });
+  assert.deepEqual(errors({ kind: "nope" }), { kind: "unknown kind 'nope'; known kinds: fail, sleep, spin" });
+});
