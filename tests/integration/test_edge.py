@@ -607,7 +607,9 @@ def test_the_dashboard_is_served_at_the_root(stack: Stack, tmp_path: Path) -> No
 
 
 def test_envoy_admin_serves_prometheus_stats_on_loopback_only(stack: Stack) -> None:
-    assert re.match(r"http://127\.0\.0\.1:\d+$", stack.admin_url)
+    dump = json.loads(admin_get(stack.admin_url, "/config_dump"))
+    (bootstrap,) = [c["bootstrap"] for c in dump["configs"] if c["@type"].endswith("BootstrapConfigDump")]
+    assert bootstrap["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
     metrics = admin_get(stack.admin_url, "/stats/prometheus")
     assert re.search(r'^envoy_cluster_upstream_rq_total\{envoy_cluster_name="gateways"\} \d+', metrics, re.M)
     assert re.search(r'^envoy_http_jwt_authn_denied\{envoy_http_conn_manager_prefix="edge"\} \d+', metrics, re.M)
