@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlparse
 
 import grpc
@@ -158,3 +159,15 @@ def grpc_web_reply(message: Message) -> bytes:
     payload = message.SerializeToString()
     trailer = b"grpc-status:0\r\n"
     return b"\x00" + len(payload).to_bytes(4, "big") + payload + b"\x80" + len(trailer).to_bytes(4, "big") + trailer
+
+
+AXE = Path(__file__).resolve().parents[2] / "clients" / "web" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+async def accessibility_violations(page: Page) -> list[dict[str, object]]:
+    """What axe-core (from the dashboard's npm lockfile) finds wrong on the page as it is now."""
+    await page.add_script_tag(path=str(AXE))
+    return await page.evaluate(
+        """async () => (await axe.run(document, { resultTypes: ['violations'] })).violations
+             .map((v) => ({ id: v.id, help: v.help, nodes: v.nodes.map((n) => n.target.join(' ')) }))"""
+    )

@@ -16,6 +16,7 @@ from tests.e2e.dashboard import (
     PASSWORD,
     HeldCalls,
     NetworkLog,
+    accessibility_violations,
     cancel_unfinished,
     expect_live,
     grpc_web_reply,
@@ -56,9 +57,12 @@ async def test_sign_up_log_out_and_log_in(page: Page) -> None:
 
     await log_in(page, email, "not the password")
     await expect(page.locator(".form-error")).to_have_text("Invalid email or password")
-    await log_in(page, email)
+    # By keyboard alone: Enter in the form logs in (the first button).
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_label("Password").press("Enter")
     await expect_live(page)
     await expect(page.locator(".who")).to_have_text(email)
+    await expect(page.locator(".pool-summary")).to_contain_text("3 workers")
 
     # A reload keeps the tab's session; the server's own checks name the field they refuse.
     await page.reload()
@@ -366,5 +370,35 @@ async def test_dashboard_screenshot_with_tasks_in_several_states(page: Page, sta
         await page.evaluate("() => document.activeElement.blur()")
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
+    finally:
+        await cancel_unfinished(page, stack)
+
+
+async def test_accessible_and_responsive(page: Page, stack: Stack) -> None:
+    await page.goto("/")
+    assert await accessibility_violations(page) == []
+    await sign_up(page)
+    try:
+        await submit(page, "checked", replicas=2, workload_s="0")
+        await submit(page, "still-going", workload_s="60")
+        await expect(rows(page, "checked", "SUCCEEDED")).to_have_count(2)
+        await expect(rows(page, "still-going", "RUNNING")).to_have_count(1)
+        await submit(page, "", replicas=0)
+        await expect(page.locator("[data-error-for=name]")).to_have_text("Name is required")
+        assert await accessibility_violations(page) == []
+
+        # Filtering by status, with the keyboard.
+        await page.get_by_label("Show").focus()
+        await page.keyboard.press("ArrowDown")  # All tasks -> Active
+        await expect(rows(page)).to_have_count(1)
+        await page.get_by_label("Show").select_option(label="Succeeded")
+        await expect(rows(page, "checked")).to_have_count(2)
+        await expect(rows(page)).to_have_count(2)
+
+        # A phone-sized screen: nothing spills sideways except the table, which scrolls in its own frame.
+        await page.set_viewport_size({"width": 390, "height": 844})
+        overflow = await page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0
+        await expect(page.get_by_role("button", name="Submit", exact=True)).to_be_visible()
     finally:
         await cancel_unfinished(page, stack)

@@ -93,5 +93,5 @@ export function renderLogin(auth: AuthClient, notice: string, onSession: (sessio
       buttons.forEach((b) => (b.disabled = false));
     }
   });
-  return form;
+  return h("main", { class: "login-page" }, form);
 }

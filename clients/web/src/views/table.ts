@@ -10,6 +10,7 @@ import { TaskStatus } from "../gen/resilienttask/v1/task_pb";
 export type Action = "cancel" | "cancel-batch" | "retry" | "delete" | "dismiss" | "resubmit";
 
 export const ROW_HEIGHT = 52;
+const HEADER_HEIGHT = 40;
 const OVERSCAN = 8;
 const COLUMNS = ["Task", "Status", "Progress", "Attempt", "Worker", "Duration", "Created", "Actions"];
 
@@ -91,10 +92,11 @@ export class TaskTable {
       h("div", { role: "row", class: "trow", "aria-rowindex": 1 }, ...COLUMNS.map((c) => h("span", { role: "columnheader" }, c))),
     );
     this.body = h("div", { role: "rowgroup", class: "tbody" });
-    this.viewport = h("div", { class: "viewport", tabindex: 0 }, this.body);
+    this.table = h("div", { role: "table", class: "table", "aria-label": "Tasks", "aria-rowcount": 1 }, header, this.body);
+    // The scrolling frame can take focus, so the keyboard scrolls it too.
+    this.viewport = h("div", { class: "viewport", tabindex: 0, role: "region", "aria-label": "Task list" }, this.table);
     this.empty = h("p", { class: "empty" });
-    this.table = h("div", { role: "table", class: "table", "aria-label": "Tasks", "aria-rowcount": 1 }, header, this.viewport);
-    this.element = h("div", { class: "table-frame" }, this.table, this.empty);
+    this.element = h("div", { class: "table-frame" }, this.viewport, this.empty);
     this.viewport.addEventListener("scroll", () => this.paint(), { passive: true });
     new ResizeObserver(() => this.paint()).observe(this.viewport);
     this.body.addEventListener("click", (event) => {
@@ -119,7 +121,7 @@ export class TaskTable {
 
   /** Render the rows in view; also called every second so running durations tick. */
   paint(now = Date.now()): void {
-    const top = this.viewport.scrollTop;
+    const top = Math.max(0, this.viewport.scrollTop - HEADER_HEIGHT);
     const height = this.viewport.clientHeight || 600;
     const first = Math.max(0, Math.floor(top / ROW_HEIGHT) - OVERSCAN);
     const last = Math.min(this.rows.length, Math.ceil((top + height) / ROW_HEIGHT) + OVERSCAN);
