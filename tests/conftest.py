@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -40,23 +43,26 @@ class Stores:
 
 
 @pytest.fixture(scope="session")
-def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
-    data_dir = tmp_path_factory.mktemp("stores")
+def stores() -> Iterator[Stores]:
+    # Not under pytest's temp root: pytest resets that to mode 0700 at every session start, which locks out
+    # PostgreSQL's own system user whenever two test sessions overlap.
+    data_dir = Path(tempfile.mkdtemp(prefix="rtask-stores-"))
     log_dir = data_dir / "logs"
     pg_port, valkey_port = free_port(), free_port()
     pg = postgres_process(data_dir, pg_port, log_dir=log_dir, echo=None)
     valkey = valkey_process(data_dir, valkey_port, log_dir=log_dir, echo=None)
     pg.start()
     valkey.start()
+    running = Stores(postgres_url(pg_port), f"redis://127.0.0.1:{valkey_port}/0", pg, valkey, data_dir)
     try:
         wait_for_port(pg, pg_port, timeout_s=60)
         wait_for_port(valkey, valkey_port)
-        yield Stores(postgres_url(pg_port), f"redis://127.0.0.1:{valkey_port}/0", pg, valkey, data_dir)
+        yield running
     finally:
-        import signal
-
-        valkey.stop()
-        pg.stop(grace_s=15, sig=signal.SIGINT)
+        # Tests may replace a store process (restart tests): stop whichever runs now.
+        running.valkey.stop()
+        running.postgres.stop(grace_s=15, sig=signal.SIGINT)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,8 @@
-"""The dispatch stream: publishing task entries and making sure the consumer group exists."""
+"""The dispatch streams (one per task kind): publishing entries, entry references, consumer groups.
+
+An entry reference names the entry across all streams: "<kind>:<stream entry id>". The task row keeps
+the reference of the entry responsible for it; workers pass references back in StartTasks.
+"""
 
 from __future__ import annotations
 
@@ -20,24 +24,37 @@ class DispatchEntry:
     kind: str
 
 
-async def ensure_dispatch_group(redis: aioredis.Redis) -> None:
-    """Create the stream and group if missing; from id 0 so entries added before creation are not skipped."""
-    try:
-        await redis.xgroup_create(keys.DISPATCH_STREAM, keys.DISPATCH_GROUP, id="0", mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
+def entry_ref(kind: str, entry_id: str) -> str:
+    return f"{kind}:{entry_id}"
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """(stream key, stream entry id) of an entry reference; ValueError when malformed."""
+    kind, sep, entry_id = ref.rpartition(":")
+    if not sep or not kind or not entry_id:
+        raise ValueError(f"malformed entry reference {ref!r}")
+    return keys.dispatch_stream(kind), entry_id
+
+
+async def ensure_dispatch_groups(redis: aioredis.Redis, kinds: Iterable[str]) -> None:
+    """Create each kind's stream and group if missing; from id 0, so entries added earlier are not skipped."""
+    for kind in kinds:
+        try:
+            await redis.xgroup_create(keys.dispatch_stream(kind), keys.DISPATCH_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
 
 async def publish(redis: aioredis.Redis, entries: Iterable[DispatchEntry]) -> list[str]:
-    """XADD every entry in one pipelined round trip; returns the entry ids in order."""
+    """XADD every entry to its kind's stream in one pipelined round trip; returns the entry references."""
     batch = list(entries)
     if not batch:
         return []
     async with redis.pipeline(transaction=False) as pipe:
         for entry in batch:
             pipe.xadd(
-                keys.DISPATCH_STREAM,
+                keys.dispatch_stream(entry.kind),
                 {
                     keys.FIELD_TASK_ID: entry.task_id,
                     keys.FIELD_DISPATCH_ID: entry.dispatch_id,
@@ -45,7 +62,10 @@ async def publish(redis: aioredis.Redis, entries: Iterable[DispatchEntry]) -> li
                 },
             )
         ids = await pipe.execute()
-    return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+    return [
+        entry_ref(entry.kind, raw.decode() if isinstance(raw, bytes) else str(raw))
+        for entry, raw in zip(batch, ids, strict=True)
+    ]
 
 
 def parse_entry(fields: dict[bytes, bytes]) -> DispatchEntry:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 PREFIX = "rt"
 
-# Dispatch: one stream, one consumer group; workers are competing consumers.
-DISPATCH_STREAM = f"{PREFIX}:dispatch"
+# Dispatch: one stream per task kind, each with one consumer group; the workers serving a kind are its
+# competing consumers, so a task only ever reaches a worker that has its handler.
 DISPATCH_GROUP = "workers"
+
+
+def dispatch_stream(kind: str) -> str:
+    return f"{PREFIX}:dispatch:{kind}"
+
 
 # Commands from gateways to whichever scheduler holds a worker's Connect stream.
 COMMAND_CHANNEL = f"{PREFIX}:commands"

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.core.config import RedisConfig
 
 
 def create_redis(config: RedisConfig) -> aioredis.Redis:
-    """A pooled client; connections are opened lazily and re-opened after a server restart."""
+    """A pooled client; connections are opened lazily and re-opened after a server restart.
+
+    A pooled connection broken by a server restart fails on first use: one quick retry on a fresh
+    connection hides that from callers, while a server that is really down still fails fast.
+    """
     return aioredis.Redis.from_url(
         config.url,
         decode_responses=False,
         health_check_interval=5,
         socket_connect_timeout=2,
-        retry_on_timeout=True,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
 
 

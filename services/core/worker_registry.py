@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from resilienttask.v1 import task_pb2
 from services.core import keys
@@ -59,8 +60,13 @@ async def live_workers(redis: aioredis.Redis, stale_after_s: float = STALE_AFTER
 
 
 async def known_kinds(redis: aioredis.Redis) -> list[str]:
-    """Built-in kinds plus those served by some live worker."""
+    """Built-in kinds plus those served by some live worker (only the built-ins while Redis is down,
+    so submissions keep working: they are committed and published once Redis is back)."""
     kinds = set(BUILTIN_KINDS)
-    for info in await live_workers(redis):
+    try:
+        workers = await live_workers(redis)
+    except (RedisError, OSError):
+        workers = []
+    for info in workers:
         kinds.update(info.kinds)
     return sorted(kinds)

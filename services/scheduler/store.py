@@ -124,6 +124,12 @@ async def start_batch(pool: asyncpg.Pool, worker_id: str, items: Sequence[worker
                 history.append(history_for(new, row["status"], detail))
                 changes.append(change_for(new, row["status"]))
                 results.append(_skip(item.task_id, detail))
+            elif action == "resume" and row is not None:
+                results.append(
+                    worker_pb2.StartResult(
+                        task_id=item.task_id, decision=RUN, task=row_to_task(row), fence=row["fence"]
+                    )
+                )
             elif action == "defer":
                 results.append(worker_pb2.StartResult(task_id=item.task_id, decision=DEFER, reason=detail))
             else:
@@ -144,7 +150,10 @@ def _decide(row: asyncpg.Record | None, item: worker_pb2.StartItem, worker_id: s
         return "skip", "already finished"
     # RUNNING or CANCELLING: somebody started this dispatch already.
     if row["worker_id"] == worker_id:
-        return "defer", "already running on this worker"
+        if item.entry_id and item.entry_id == row["entry_id"]:
+            # The worker asks again for the attempt it was given (our reply was lost): same attempt, same fence.
+            return "resume", "start reply repeated"
+        return "skip", "duplicate entry"
     if not item.entry_id or item.entry_id != row["entry_id"]:
         return "skip", "duplicate entry"
     previous = row["worker_id"] or "a worker"

@@ -17,8 +17,8 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from services.core import keys, outbox
-from services.core.dispatch import ensure_dispatch_group
+from services.core import outbox
+from services.core.dispatch import split_ref
 from services.scheduler import store
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ async def republish_lost(pool: asyncpg.Pool, redis: aioredis.Redis, age_s: float
         return 0
     async with redis.pipeline(transaction=False) as pipe:
         for row in rows:
-            pipe.xrange(keys.DISPATCH_STREAM, min=row["entry_id"], max=row["entry_id"], count=1)
+            stream, entry_id = split_ref(row["entry_id"])
+            pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
         found = await pipe.execute()
     lost = [row for row, entries in zip(rows, found, strict=True) if not entries]
     if lost:
@@ -73,9 +74,6 @@ async def _every(interval_s: float, name: str, step: Callable[[], Awaitable[None
 
 
 async def run_sweepers(pool: asyncpg.Pool, redis: aioredis.Redis, config: SweepConfig) -> None:
-    async def ensure_group() -> None:
-        await ensure_dispatch_group(redis)
-
     async def publish() -> None:
         await publish_due(pool, redis)
 
@@ -86,7 +84,6 @@ async def run_sweepers(pool: asyncpg.Pool, redis: aioredis.Redis, config: SweepC
         await time_out_abandoned(pool, redis, config.abandoned_grace_s)
 
     await asyncio.gather(
-        _every(5.0, "group", ensure_group),
         _every(config.publish_interval_ms / 1000, "publish", publish),
         _every(config.lost_entry_check_interval_s, "lost", lost),
         _every(config.abandoned_interval_s, "abandoned", abandoned),

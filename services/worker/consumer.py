@@ -1,11 +1,14 @@
-"""The worker's side of the dispatch stream: read, reclaim, refresh and acknowledge entries.
+"""The worker's side of the dispatch streams: read, reclaim, refresh and acknowledge entries.
 
-Every call is one round trip (pipelined where it touches several entries).
+The worker consumes the stream of every kind it serves. Entries are named by their reference
+("<kind>:<entry id>", see services.core.dispatch), unique across streams. Every call is one round trip
+(pipelined where it touches several entries or streams).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from services.core import keys
-from services.core.dispatch import DispatchEntry, parse_entry
+from services.core.dispatch import DispatchEntry, entry_ref, parse_entry, split_ref
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +27,7 @@ ZERO_ID = "0-0"
 
 @dataclass(frozen=True)
 class Delivery:
-    """A stream entry handed to this worker, by XREADGROUP or XAUTOCLAIM."""
+    """A stream entry handed to this worker, by XREADGROUP or XAUTOCLAIM; entry_id is its reference."""
 
     entry_id: str
     entry: DispatchEntry
@@ -34,83 +37,98 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class DispatchConsumer:
-    """One consumer (this worker) of the dispatch group."""
+def _by_stream(refs: Iterable[str]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = defaultdict(list)
+    for ref in refs:
+        stream, entry_id = split_ref(ref)
+        grouped[stream].append(entry_id)
+    return grouped
 
-    def __init__(self, redis: aioredis.Redis, consumer: str) -> None:
+
+class DispatchConsumer:
+    """One consumer (this worker) of the dispatch group of every kind it serves."""
+
+    def __init__(self, redis: aioredis.Redis, consumer: str, kinds: Iterable[str]) -> None:
         self.redis = redis
         self.consumer = consumer
-        # Where the next XAUTOCLAIM pass continues, so successive passes walk the whole pending list.
-        self._reclaim_cursor = ZERO_ID
+        self.kinds = sorted(set(kinds))
+        self._kind_of = {keys.dispatch_stream(kind): kind for kind in self.kinds}
+        # Where the next XAUTOCLAIM pass continues in each stream, so passes walk every pending list.
+        self._reclaim_cursor = dict.fromkeys(self._kind_of, ZERO_ID)
 
     async def read(self, count: int, block_ms: int) -> list[Delivery]:
         """New entries for this consumer (at most count), waiting up to block_ms for the first."""
         reply: Any = await self.redis.xreadgroup(
-            keys.DISPATCH_GROUP, self.consumer, {keys.DISPATCH_STREAM: ">"}, count=count, block=block_ms
+            keys.DISPATCH_GROUP, self.consumer, dict.fromkeys(self._kind_of, ">"), count=count, block=block_ms
         )
-        raw = [entry for _stream, entries in reply or [] for entry in entries]
+        raw = [(_text(stream), entry) for stream, entries in reply or [] for entry in entries]
         return await self._accept(raw)
 
     async def reclaim(self, count: int, min_idle_ms: int) -> list[Delivery]:
         """Take over up to count entries idle for min_idle_ms: their worker stopped heartbeating."""
-        raw: list[Any] = []
-        for _ in range(MAX_RECLAIM_CALLS):
-            reply = await self.redis.xautoclaim(
-                keys.DISPATCH_STREAM,
-                keys.DISPATCH_GROUP,
-                self.consumer,
-                min_idle_ms,
-                start_id=self._reclaim_cursor,
-                count=count - len(raw),
-            )
-            cursor, entries = reply[0], reply[1]
-            # Entries deleted from the stream come back as ids only; Redis already dropped them from the PEL.
-            raw.extend(entries)
-            self._reclaim_cursor = _text(cursor)
-            if self._reclaim_cursor == ZERO_ID or len(raw) >= count:
-                break
+        raw: list[tuple[str, Any]] = []
+        for stream in self._kind_of:
+            for _ in range(MAX_RECLAIM_CALLS):
+                if len(raw) >= count:
+                    break
+                reply = await self.redis.xautoclaim(
+                    stream,
+                    keys.DISPATCH_GROUP,
+                    self.consumer,
+                    min_idle_ms,
+                    start_id=self._reclaim_cursor[stream],
+                    count=count - len(raw),
+                )
+                cursor, entries = reply[0], reply[1]
+                # Entries deleted from the stream come back as ids only; Redis already dropped them from the PEL.
+                raw.extend((stream, entry) for entry in entries)
+                self._reclaim_cursor[stream] = _text(cursor)
+                if self._reclaim_cursor[stream] == ZERO_ID:
+                    break
         return await self._accept(raw)
 
     async def ack(self, entry_ids: Iterable[str]) -> None:
         """Acknowledge and delete entries whose outcome is persisted (or that must not run)."""
-        ids = list(entry_ids)
-        if not ids:
+        grouped = _by_stream(entry_ids)
+        if not grouped:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xack(keys.DISPATCH_STREAM, keys.DISPATCH_GROUP, *ids)
-            pipe.xdel(keys.DISPATCH_STREAM, *ids)
+            for stream, ids in grouped.items():
+                pipe.xack(stream, keys.DISPATCH_GROUP, *ids)
+                pipe.xdel(stream, *ids)
             await pipe.execute()
 
     async def refresh(self, entry_ids: Sequence[str]) -> None:
         """Reset the idle time of entries we hold, so XAUTOCLAIM leaves a healthy worker's work alone."""
-        if not entry_ids:
+        grouped = _by_stream(entry_ids)
+        if not grouped:
             return
-        await self.redis.xclaim(
-            keys.DISPATCH_STREAM, keys.DISPATCH_GROUP, self.consumer, 0, list(entry_ids), justid=True
-        )
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, ids in grouped.items():
+                pipe.xclaim(stream, keys.DISPATCH_GROUP, self.consumer, 0, list[Any](ids), justid=True)
+            await pipe.execute()
 
     async def owned(self, entry_ids: Sequence[str]) -> set[str]:
         """Which of entry_ids are still pending for this consumer (not acked, not reclaimed by another)."""
         if not entry_ids:
             return set()
         async with self.redis.pipeline(transaction=False) as pipe:
-            for entry_id in entry_ids:
-                pipe.xpending_range(
-                    keys.DISPATCH_STREAM, keys.DISPATCH_GROUP, entry_id, entry_id, 1, consumername=self.consumer
-                )
+            for ref in entry_ids:
+                stream, entry_id = split_ref(ref)
+                pipe.xpending_range(stream, keys.DISPATCH_GROUP, entry_id, entry_id, 1, consumername=self.consumer)
             replies = await pipe.execute()
-        return {entry_id for entry_id, reply in zip(entry_ids, replies, strict=True) if reply}
+        return {ref for ref, reply in zip(entry_ids, replies, strict=True) if reply}
 
-    async def _accept(self, raw: Sequence[Any]) -> list[Delivery]:
+    async def _accept(self, raw: Sequence[tuple[str, Any]]) -> list[Delivery]:
         """Parse entries; malformed ones can never run, so they are acknowledged and deleted at once."""
         deliveries: list[Delivery] = []
         malformed: list[str] = []
-        for entry_id_raw, fields in raw:
-            entry_id = _text(entry_id_raw)
+        for stream, (entry_id_raw, fields) in raw:
+            ref = entry_ref(self._kind_of[stream], _text(entry_id_raw))
             try:
-                deliveries.append(Delivery(entry_id, parse_entry(fields)))
+                deliveries.append(Delivery(ref, parse_entry(fields)))
             except (KeyError, TypeError, AttributeError, UnicodeDecodeError):
-                malformed.append(entry_id)
+                malformed.append(ref)
         if malformed:
             log.warning("malformed dispatch entries dropped", extra={"entries": ",".join(malformed)})
             await self.ack(malformed)

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError, ResponseError
 from resilienttask.handlers import get_handler, registered_kinds
 from resilienttask.v1 import worker_pb2
 from services.core.config import AuthConfig
-from services.core.dispatch import ensure_dispatch_group
+from services.core.dispatch import ensure_dispatch_groups
 from services.worker.config import WorkerConfig
 from services.worker.connection import Backoff, SchedulerLink, WorkerTokens
 from services.worker.consumer import Delivery, DispatchConsumer
@@ -64,7 +64,7 @@ class Worker:
     def __init__(self, config: WorkerConfig, redis: aioredis.Redis, auth: AuthConfig) -> None:
         self.config = config
         self.redis = redis
-        self.consumer = DispatchConsumer(redis, config.worker_id)
+        self.consumer = DispatchConsumer(redis, config.worker_id, registered_kinds())
         hello = worker_pb2.WorkerHello(worker_id=config.worker_id, slots=config.slots, kinds=registered_kinds())
         self.link = SchedulerLink(
             config.scheduler_addr, WorkerTokens(auth, config.worker_id), hello, self._on_command, self._announce
@@ -104,7 +104,7 @@ class Worker:
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         with contextlib.suppress(RedisError, OSError):  # retried by the consumer loop on NOGROUP
-            await ensure_dispatch_group(self.redis)
+            await ensure_dispatch_groups(self.redis, self.consumer.kinds)
         self._consuming = asyncio.create_task(self._consume(), name="consume")
         self._loops = [
             asyncio.create_task(coro, name=name)
@@ -170,7 +170,7 @@ class Worker:
             except Exception as exc:
                 if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                     with contextlib.suppress(RedisError, OSError):
-                        await ensure_dispatch_group(self.redis)
+                        await ensure_dispatch_groups(self.redis, self.consumer.kinds)
                     continue
                 log.warning("could not read the dispatch stream", extra={"error": repr(exc)})
                 await asyncio.sleep(backoff.next_delay_s())

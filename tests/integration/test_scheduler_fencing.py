@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from resilienttask.v1 import task_pb2, worker_pb2, worker_pb2_grpc
 from services.core import keys, outbox, task_store
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
-from services.core.dispatch import ensure_dispatch_group
+from services.core.dispatch import ensure_dispatch_groups, split_ref
 from services.core.tokens import mint_worker_token
 from services.scheduler.app import SchedulerConfig, create_server
 from services.scheduler.store import RetryPolicy
@@ -68,7 +68,7 @@ async def isolated(stores: Stores) -> AsyncIterator[Isolated]:
     assert pool is not None
     owner = str(uuid.uuid4())
     await pool.execute("INSERT INTO users (id, email, password_hash) VALUES ($1, $2, 'x')", owner, f"{owner}@t.io")
-    await ensure_dispatch_group(redis)
+    await ensure_dispatch_groups(redis, ["sleep"])
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
             yield Isolated(worker_pb2_grpc.WorkerServiceStub(channel), pool, redis, owner)
@@ -146,13 +146,16 @@ async def test_duplicate_entries_and_stale_dispatches_are_skipped(isolated: Isol
     (row,) = await submit(isolated)
     (run,) = await start(isolated, "worker-a", item(row))
     assert run.decision == worker_pb2.START_DECISION_RUN
-    (dup,) = await start(isolated, "worker-b", item(row, entry_id="1-1"))
+    (dup,) = await start(isolated, "worker-b", item(row, entry_id="sleep:1-1"))
     assert dup.decision == worker_pb2.START_DECISION_SKIP and dup.reason == "duplicate entry"
     stale = worker_pb2.StartItem(task_id=str(row["id"]), dispatch_id=str(uuid.uuid4()), entry_id=row["entry_id"])
     (old,) = await start(isolated, "worker-b", stale)
     assert old.decision == worker_pb2.START_DECISION_SKIP and old.reason == "stale dispatch"
     (again,) = await start(isolated, "worker-a", item(row))
-    assert again.decision == worker_pb2.START_DECISION_DEFER
+    assert again.decision == worker_pb2.START_DECISION_RUN, "a lost start reply is answered again"
+    assert again.fence == run.fence and again.task.attempt == 1
+    (twin,) = await start(isolated, "worker-a", item(row, entry_id="sleep:2-2"))
+    assert twin.decision == worker_pb2.START_DECISION_SKIP and twin.reason == "duplicate entry"
     (missing,) = await start(
         isolated, "worker-a", worker_pb2.StartItem(task_id="nope", dispatch_id="x", entry_id="1-0")
     )
@@ -179,7 +182,9 @@ async def test_failed_attempts_retry_with_backoff_then_dead_letter(isolated: Iso
         return await isolated.pool.fetchrow("SELECT * FROM tasks WHERE id = $1 AND published", task_id)
 
     again = await eventually(republished, message="the sweeper publishes the retry after its backoff")
-    assert await isolated.redis.xrange(keys.DISPATCH_STREAM, min=again["entry_id"], max=again["entry_id"])
+    stream, entry_id = split_ref(again["entry_id"])
+    assert stream == keys.dispatch_stream("sleep")
+    assert await isolated.redis.xrange(stream, min=entry_id, max=entry_id)
     (second,) = await start(isolated, "worker-a", item(again))
     assert second.task.attempt == 2
     await finish(isolated, "worker-a", task_id, second.fence, worker_pb2.OUTCOME_FAILED, "boom again")
@@ -211,7 +216,7 @@ async def test_tasks_committed_while_redis_was_down_are_published_by_the_sweeper
         return all(f["published"] for f in flags)
 
     await eventually(all_published, message="sweeper publishes")
-    entries = await isolated.redis.xrange(keys.DISPATCH_STREAM)
+    entries = await isolated.redis.xrange(keys.dispatch_stream("sleep"))
     published = {fields[b"task_id"].decode() for _, fields in entries}
     assert {str(r["id"]) for r in rows} <= published
 

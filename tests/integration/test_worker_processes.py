@@ -13,6 +13,7 @@ from resilienttask.v1 import task_pb2
 from services.core import keys
 from services.core.config import RedisConfig
 from services.core.redis_client import create_redis
+from services.core.worker_registry import BUILTIN_KINDS
 from services.stack.stack import Stack
 from tests.conftest import TEST_RECLAIM_IDLE_MS, Stores
 from tests.helpers import eventually
@@ -165,12 +166,14 @@ async def _pending_entries(stores: Stores, task_id: str) -> list[str]:
     """Pending dispatch entries (of any consumer) that carry task_id."""
     client = create_redis(RedisConfig(stores.redis_url))
     try:
-        rows = await client.xpending_range(keys.DISPATCH_STREAM, keys.DISPATCH_GROUP, "-", "+", 10_000)
         found = []
-        for row in rows:
-            for entry_id, fields in await client.xrange(keys.DISPATCH_STREAM, row["message_id"], row["message_id"]):
-                if fields.get(keys.FIELD_TASK_ID.encode()) == task_id.encode():
-                    found.append(entry_id.decode())
+        for kind in BUILTIN_KINDS:
+            stream = keys.dispatch_stream(kind)
+            rows = await client.xpending_range(stream, keys.DISPATCH_GROUP, "-", "+", 10_000)
+            for row in rows:
+                for entry_id, fields in await client.xrange(stream, row["message_id"], row["message_id"]):
+                    if fields.get(keys.FIELD_TASK_ID.encode()) == task_id.encode():
+                        found.append(entry_id.decode())
         return found
     finally:
         await client.aclose()

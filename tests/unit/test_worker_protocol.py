@@ -17,8 +17,9 @@ import services.worker.builtin  # noqa: F401  (registers sleep, fail, spin)
 from resilienttask.v1 import task_pb2, worker_pb2
 from services.core import keys
 from services.core.config import ConfigError, RedisConfig
-from services.core.dispatch import DispatchEntry, publish
+from services.core.dispatch import DispatchEntry, entry_ref, publish, split_ref
 from services.core.redis_client import create_redis
+from services.core.worker_registry import BUILTIN_KINDS
 from services.worker.config import WorkerConfig
 from services.worker.worker import Worker
 from tests.conftest import Stores
@@ -75,16 +76,18 @@ class Harness:
         return await eventually(probe, message=f"{task_id} running")
 
     async def pending(self) -> dict[str, str]:
-        """entry id -> consumer, for every pending entry of the group."""
-        rows = await self.redis.xpending_range(keys.DISPATCH_STREAM, keys.DISPATCH_GROUP, "-", "+", 100)
-        return {r["message_id"].decode(): r["consumer"].decode() for r in rows}
+        """entry reference -> consumer, for every pending entry of the built-in kinds' groups."""
+        found: dict[str, str] = {}
+        for kind in BUILTIN_KINDS:
+            rows = await self.redis.xpending_range(keys.dispatch_stream(kind), keys.DISPATCH_GROUP, "-", "+", 100)
+            found.update({entry_ref(kind, r["message_id"].decode()): r["consumer"].decode() for r in rows})
+        return found
 
     async def settled(self, task_id: str) -> bool:
         """The entry is acknowledged and deleted."""
-        entry_id = self.entries[task_id]
-        return entry_id not in await self.pending() and not await self.redis.xrange(
-            keys.DISPATCH_STREAM, entry_id, entry_id
-        )
+        ref = self.entries[task_id]
+        stream, entry_id = split_ref(ref)
+        return ref not in await self.pending() and not await self.redis.xrange(stream, entry_id, entry_id)
 
 
 async def _value(value: Any) -> Any:
@@ -149,21 +152,21 @@ async def test_many_entries_start_in_one_call_up_to_the_free_slots(harness: Harn
     assert max(len(h.tasks) for h in harness.script.heartbeats) <= 4
 
 
-async def test_fail_and_unknown_kind_are_reported_as_failed(harness: Harness) -> None:
-    failing = await harness.submit("fail")
+async def test_fail_is_reported_and_kinds_it_does_not_serve_never_reach_it(harness: Harness) -> None:
     unknown = await harness.submit("no-such-kind")
+    failing = await harness.submit("fail")
     assert (await harness.finished(failing)).error == "RuntimeError: simulated failure of attempt 1"
-    missing = await harness.finished(unknown)
-    assert missing.outcome == worker_pb2.OUTCOME_FAILED
-    assert missing.error.startswith("no handler for kind 'no-such-kind' on worker ")
+    assert unknown not in [s.task_id for s in harness.script.starts]
+    stream, entry_id = split_ref(harness.entries[unknown])
+    assert await harness.redis.xrange(stream, entry_id, entry_id), "left in its kind's stream for a worker serving it"
 
 
 async def test_a_malformed_entry_is_dropped_without_asking(harness: Harness) -> None:
-    bad = await harness.redis.xadd(keys.DISPATCH_STREAM, {"garbage": "1"})
+    bad = await harness.redis.xadd(keys.dispatch_stream("sleep"), {"garbage": "1"})
     good = await harness.submit()
     await harness.finished(good)
-    assert bad.decode() not in await harness.pending()
-    assert not await harness.redis.xrange(keys.DISPATCH_STREAM, bad, bad)
+    assert entry_ref("sleep", bad.decode()) not in await harness.pending()
+    assert not await harness.redis.xrange(keys.dispatch_stream("sleep"), bad, bad)
     assert [s.task_id for s in harness.script.starts] == [good]
 
 
@@ -280,8 +283,10 @@ async def test_heartbeats_keep_resetting_the_idle_time_of_held_entries(harness: 
     entry_id = harness.entries[task_id]
     idle: list[int] = []
 
+    stream, raw_id = split_ref(entry_id)
+
     async def reset_seen() -> bool:
-        (row,) = await harness.redis.xpending_range(keys.DISPATCH_STREAM, keys.DISPATCH_GROUP, entry_id, entry_id, 1)
+        (row,) = await harness.redis.xpending_range(stream, keys.DISPATCH_GROUP, raw_id, raw_id, 1)
         idle.append(row["time_since_delivered"])
         return any(later < earlier for earlier, later in itertools.pairwise(idle))
 
@@ -295,7 +300,7 @@ async def test_a_dead_workers_entry_is_reclaimed(harness: Harness, redis: aiored
     # Another consumer takes the entry and never heartbeats: it is reclaimed once idle for reclaim_idle_ms.
     (entry_id,) = await publish(redis, [DispatchEntry(task_id, str(uuid.uuid4()), "sleep")])
     harness.entries[task_id] = entry_id
-    await redis.xreadgroup(keys.DISPATCH_GROUP, "dead-worker", {keys.DISPATCH_STREAM: ">"}, count=100)
+    await redis.xreadgroup(keys.DISPATCH_GROUP, "dead-worker", {keys.dispatch_stream("sleep"): ">"}, count=100)
     assert (await harness.finished(task_id)).outcome == worker_pb2.OUTCOME_SUCCEEDED
     assert [s.entry_id for s in harness.script.starts] == [entry_id]
     await eventually(lambda: harness.settled(task_id), message="reclaimed entry acknowledged")
