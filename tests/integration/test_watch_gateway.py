@@ -19,13 +19,12 @@ from services.core import keys
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
 from services.core.events import ORIGIN, TaskChange, publish_changes
 from services.gateway.app import GatewayConfig, create_gateway
-from services.gateway.watch import history
+from services.gateway.watch import history, tokens
 from services.gateway.watch.config import WatchConfig
 from services.gateway.watch.hub import Hub
 from tests.conftest import TEST_BCRYPT_COST, Stores
 from tests.helpers import eventually
 from tests.integration.accounts import Account, signup
-from tests.integration.tasks import UserTasks
 from tests.integration.watching import Watch
 
 QUEUE_LIMIT = 5
@@ -104,18 +103,21 @@ async def test_a_cancelled_call_releases_its_subscriber_at_once(gateway: InProce
     await eventually(lambda: count_is(0), message="every subscriber released")
 
 
-async def test_a_watcher_that_falls_behind_gets_a_fresh_snapshot(gateway: InProcess, account: Account) -> None:
-    user = UserTasks(gateway.channel, account)
+async def test_a_watcher_that_falls_behind_gets_a_fresh_snapshot(
+    gateway: InProcess, account: Account, redis: aioredis.Redis
+) -> None:
     watch = Watch(gateway.channel, account)
     try:
         await watch.next()
-        # One submission is one atomic append: the reader offers all of it before the call can send any.
-        tasks = await user.submit(workload_s=60, replicas=4 * QUEUE_LIMIT)
+        # One publication is one atomic append (no worker in between): the reader offers all of it before
+        # the call can send any, and the queue overflows.
+        burst = [_change(account.user_id, task_pb2.TASK_STATUS_QUEUED, 0) for _ in range(4 * QUEUE_LIMIT)]
+        await publish_changes(redis, burst)
         following = await watch.next()
-        assert following.WhichOneof("kind") == "snapshot"
-        assert {t.id for t in tasks} <= {t.id for t in following.snapshot.tasks}
+        assert following.WhichOneof("kind") == "snapshot", "none of the burst was sent: a fresh start instead"
+        burst_end = await history.last_position(redis, account.user_id)
+        assert burst_end != ORIGIN and following.resume_token == tokens.encode(burst_end), "it starts after the burst"
         assert gateway.hub.subscriber_count == 1
-        await user.cancel_batch(tasks[0].batch_id)
     finally:
         watch.cancel()
 

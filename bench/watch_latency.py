@@ -1,0 +1,298 @@
+"""WatchTasks push latency with many watchers, and what they cost a gateway in memory.
+
+    .venv/bin/python bench/watch_latency.py                   # 1,000 watchers, throwaway local stack
+    .venv/bin/python bench/watch_latency.py --watchers 2000 --users 20 --rounds 100
+
+A throwaway stack (2 gateways, 1 scheduler, no workers, so the only changes are the benchmark's own) is
+started; `--users` accounts each get an equal share of `--watchers` streams, all through Envoy, spread
+over `--channels` HTTP/2 connections. Each round submits one task for one user (users take turns) and
+waits until every watcher of that user has received the task's first event.
+
+Latency is the time from the state change to the event's arrival at a watcher, over every (watcher,
+round) pair after the warm-up, measured two ways on the same machine clock:
+- from the task's created_at: PostgreSQL's now(), the start of the inserting transaction, a little
+  before its commit, so this slightly overstates the push latency;
+- from the SubmitTask reply reaching the benchmark: the gateway replies after the commit and after
+  appending the event, so this understates it (it can even be negative).
+"Fan-out complete" is, per round, the latency of the last of that user's watchers.
+
+Memory is each gateway's resident set (VmRSS) before the watchers connect and once all of them have
+their snapshot; the difference is scaled to 1,000 watchers. The watchers run in this one Python process,
+on the same two cores as the stack, so the figures include the client's own share of the machine.
+
+push_latency() and submit_batch_latency() are the same measurements for the benchmark suite (bench/run.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+
+from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from services.stack.stack import Stack, StackConfig
+
+Metadata = tuple[tuple[str, str], ...]
+# A round whose deliveries are not all in by then counts the rest as missing.
+ROUND_TIMEOUT_S = 30.0
+# Replicas per SubmitTask in submit_batch_latency: the most one call may carry.
+BATCH_REPLICAS = 50
+
+
+def bearer(token: str) -> Metadata:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def percentile(samples: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile (fraction in 0..1) of a non-empty sample."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))]
+
+
+def spread_ms(samples_ms: Sequence[float]) -> dict[str, float]:
+    if not samples_ms:
+        return {}
+    return {name: round(percentile(samples_ms, q), 2) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+@dataclass
+class Round:
+    """One submitted task: when its change was made, and when each watcher of its owner saw it."""
+
+    expected: int
+    created_at: float = 0.0
+    replied_at: float = 0.0
+    received: list[float] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def receive(self, at: float) -> None:
+        self.received.append(at)
+        if len(self.received) >= self.expected:
+            self.done.set()
+
+
+@dataclass
+class Figures:
+    """Latency samples in ms over every delivery, and per round the latency of its last delivery."""
+
+    from_commit: list[float] = field(default_factory=list)
+    from_reply: list[float] = field(default_factory=list)
+    fan_out: list[float] = field(default_factory=list)
+    missing: int = 0
+
+
+class Fanout:
+    """Watchers of several users on a few channels, and the rounds that measure them."""
+
+    def __init__(self, edge: str, users: Sequence[Metadata], watchers: int, channels: int, kind: str) -> None:
+        self.users = list(users)
+        self.watcher_count = watchers
+        self.kind = kind
+        self.channels = [grpc.aio.insecure_channel(edge) for _ in range(channels)]
+        self.stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channels[0])
+        self.per_user = [len(range(u, watchers, len(self.users))) for u in range(len(self.users))]
+        # Events are matched by task id; one may arrive before the SubmitTask reply names it.
+        self.rounds: dict[str, Round] = {}
+        self.early: dict[str, list[float]] = {}
+        self.ready = 0
+        self.all_ready = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def open(self) -> None:
+        for i in range(self.watcher_count):
+            channel = self.channels[i % len(self.channels)]
+            self.tasks.append(asyncio.create_task(self._watch(channel, self.users[i % len(self.users)])))
+        await asyncio.wait_for(self.all_ready.wait(), 120)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for channel in self.channels:
+            await channel.close()
+
+    async def _watch(self, channel: grpc.aio.Channel, metadata: Metadata) -> None:
+        call = scheduler_pb2_grpc.SchedulerServiceStub(channel).WatchTasks(
+            scheduler_pb2.WatchTasksRequest(), metadata=metadata
+        )
+        async for message in call:
+            kind = message.WhichOneof("kind")
+            if kind == "snapshot":
+                self.ready += 1
+                if self.ready == self.watcher_count:
+                    self.all_ready.set()
+            elif kind == "event" and message.event.task.version == 1:
+                now = time.time()
+                task_id = message.event.task.id
+                if task_id in self.rounds:
+                    self.rounds[task_id].receive(now)
+                else:
+                    self.early.setdefault(task_id, []).append(now)
+
+    async def round(self, user: int) -> Round:
+        """Submit one task for a user; wait until all that user's watchers saw it (or the round times out)."""
+        request = scheduler_pb2.SubmitTaskRequest(
+            name="watch bench",
+            kind=self.kind,
+            workload=duration_pb2.Duration(seconds=1),
+            request_id=str(uuid.uuid4()),
+        )
+        reply = await self.stub.SubmitTask(request, metadata=self.users[user])
+        task = reply.tasks[0]
+        round_ = Round(self.per_user[user], task.created_at.ToMicroseconds() / 1e6, time.time())
+        self.rounds[task.id] = round_
+        for at in self.early.pop(task.id, []):
+            round_.receive(at)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(round_.done.wait(), ROUND_TIMEOUT_S)
+        del self.rounds[task.id]
+        return round_
+
+    async def measure(self, rounds: int, warmup: int, interval_s: float = 0.0) -> Figures:
+        figures = Figures()
+        for r in range(warmup + rounds):
+            user = r % len(self.users)
+            round_ = await self.round(user)
+            if r >= warmup:
+                figures.from_commit += [(t - round_.created_at) * 1000 for t in round_.received]
+                figures.from_reply += [(t - round_.replied_at) * 1000 for t in round_.received]
+                if round_.received:
+                    figures.fan_out.append((max(round_.received) - round_.created_at) * 1000)
+                figures.missing += round_.expected - len(round_.received)
+            if interval_s:
+                await asyncio.sleep(interval_s)
+        return figures
+
+
+async def push_latency(
+    edge: str, token: str, kind: str, watchers: int, events: int, interval_s: float
+) -> dict[str, Any]:
+    """Watchers of one user; `events` submissions `interval_s` apart (for bench/run.py)."""
+    fanout = Fanout(edge, [bearer(token)], watchers, max(1, watchers // 100), kind)
+    try:
+        await fanout.open()
+        figures = await fanout.measure(events, warmup=0, interval_s=interval_s)
+    finally:
+        await fanout.close()
+    return {
+        "push_ms": spread_ms(figures.from_commit),
+        "watchers": watchers,
+        "events": events,
+        "deliveries": len(figures.from_commit),
+        "missing": figures.missing,
+    }
+
+
+async def submit_batch_latency(client: Any, kind: str, calls: int) -> dict[str, Any]:
+    """Latency of SubmitTask calls carrying the most replicas one call may hold (for bench/run.py).
+
+    `client` is a resilienttask.AsyncClient.
+    """
+    samples: list[float] = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        await client.submit("batch bench", kind=kind, replicas=BATCH_REPLICAS)
+        samples.append((time.perf_counter() - started) * 1000)
+    return {"submit_ms": spread_ms(samples), "calls": calls, "replicas": BATCH_REPLICAS}
+
+
+# -- the standalone benchmark ---------------------------------------------------------------------------
+@contextmanager
+def throwaway_stack() -> Iterator[Stack]:
+    with tempfile.TemporaryDirectory(prefix="rtask-bench-") as folder:
+        config = StackConfig(
+            data_dir=Path(folder), edge_port=0, admin_port=0, workers=0, bcrypt_cost=4, dashboard_dir=None
+        )
+        with Stack(config) as stack:
+            yield stack
+
+
+async def signup_users(edge: str, count: int) -> list[Metadata]:
+    async with grpc.aio.insecure_channel(edge) as channel:
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        users = []
+        for _ in range(count):
+            reply = await stub.Signup(
+                auth_pb2.SignupRequest(email=f"bench-{uuid.uuid4().hex[:12]}@example.com", password="bench password")
+            )
+            users.append(bearer(reply.access_token))
+        # Warm both gateways' pools and code paths before the memory baseline.
+        scheduler = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+        for metadata in users:
+            await scheduler.GetStats(scheduler_pb2.GetStatsRequest(), metadata=metadata)
+    return users
+
+
+async def run(stack: Stack, args: argparse.Namespace) -> None:
+    users = await signup_users(stack.edge_address, args.users)
+    gateways = {name: stack.processes[name].pid for name in stack.names("gateway")}
+    before = {name: rss_kib(pid) for name, pid in gateways.items()}
+    fanout = Fanout(stack.edge_address, users, args.watchers, args.channels, "sleep")
+    try:
+        started = time.monotonic()
+        await fanout.open()
+        connect_s = time.monotonic() - started
+        after = {name: rss_kib(pid) for name, pid in gateways.items()}
+        figures = await fanout.measure(args.rounds, args.warmup)
+    finally:
+        await fanout.close()
+
+    print(
+        f"{args.watchers} watchers ({args.users} users x {args.watchers // args.users}) through Envoy "
+        f"on {args.channels} connections; all snapshots in {connect_s:.2f} s"
+    )
+    print(
+        f"{args.rounds} rounds after {args.warmup} warm-up: {len(figures.from_commit)} deliveries, "
+        f"{figures.missing} missing"
+    )
+    print(f"{'push latency (ms)':<46} {'p50':>8} {'p99':>8} {'max':>8}")
+    for name, samples in (
+        ("from the change's transaction (created_at)", figures.from_commit),
+        ("from the SubmitTask reply", figures.from_reply),
+        ("fan-out complete (last watcher of a round)", figures.fan_out),
+    ):
+        p50, p99 = statistics.median(samples), percentile(samples, 0.99)
+        print(f"  {name:<44} {p50:>8.2f} {p99:>8.2f} {max(samples):>8.2f}")
+    print(f"{'gateway memory (VmRSS, MiB)':<32} {'before':>8} {'after':>8} {'delta':>8}")
+    for name in before:
+        delta = after[name] - before[name]
+        print(f"  {name:<30} {before[name] / 1024:>8.1f} {after[name] / 1024:>8.1f} {delta / 1024:>8.1f}")
+    total_kib = sum(after.values()) - sum(before.values())
+    print(f"memory per 1,000 watchers (all gateways together): {total_kib / 1024 * 1000 / args.watchers:.1f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--watchers", type=int, default=1000)
+    parser.add_argument("--users", type=int, default=10)
+    parser.add_argument("--channels", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=10)
+    args = parser.parse_args()
+    if args.users < 1 or args.watchers < args.users or args.channels < 1 or args.rounds < 1:
+        parser.error("need at least one user, one watcher per user, one channel and one round")
+    with throwaway_stack() as stack:
+        asyncio.run(run(stack, args))
+
+
+if __name__ == "__main__":
+    main()
