@@ -8,7 +8,10 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
+import asyncpg
 import grpc
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,12 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
 def translate_errors(method: Handler) -> Handler:
-    """Map domain errors raised by a unary or server-streaming servicer method to gRPC statuses."""
+    """Map errors raised by a unary or server-streaming servicer method to gRPC statuses.
+
+    Domain errors carry their own code and message; store outages are UNAVAILABLE and transaction
+    conflicts ABORTED (both safe to retry); anything else is logged and answered INTERNAL without
+    details, so no internal text (SQL, paths) ever reaches a client.
+    """
 
     async def abort_for(exc: BaseException, context: grpc.aio.ServicerContext) -> None:
         if isinstance(exc, DomainError):
@@ -71,7 +79,11 @@ def translate_errors(method: Handler) -> Handler:
         if isinstance(exc, _UNAVAILABLE_ERRORS):
             log.warning("backing store unavailable", extra={"error": repr(exc)})
             await context.abort(grpc.StatusCode.UNAVAILABLE, "a backing store is unavailable, retry")
-        raise exc
+        if isinstance(exc, _CONFLICT_ERRORS):
+            log.warning("transaction conflict", extra={"error": repr(exc)})
+            await context.abort(grpc.StatusCode.ABORTED, "concurrent update, retry")
+        log.error("unexpected error", exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     if inspect.isasyncgenfunction(method):
 
@@ -80,7 +92,9 @@ def translate_errors(method: Handler) -> Handler:
             try:
                 async for item in method(self, request, context):
                     yield item
-            except _HANDLED_ERRORS as exc:
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
                 await abort_for(exc, context)
 
         return stream_wrapper  # type: ignore[return-value]
@@ -89,26 +103,23 @@ def translate_errors(method: Handler) -> Handler:
     async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
-        except _HANDLED_ERRORS as exc:
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
             await abort_for(exc, context)
 
     return unary_wrapper  # type: ignore[return-value]
 
 
-def _unavailable_errors() -> tuple[type[BaseException], ...]:
-    import asyncpg
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    return (
-        asyncpg.CannotConnectNowError,
-        asyncpg.ConnectionDoesNotExistError,
-        asyncpg.InterfaceError,
-        RedisConnectionError,
-        RedisTimeoutError,
-        ConnectionError,
-    )
-
-
-_UNAVAILABLE_ERRORS = _unavailable_errors()
-_HANDLED_ERRORS: tuple[type[BaseException], ...] = (DomainError, *_UNAVAILABLE_ERRORS)
+_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.TooManyConnectionsError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+# Deadlocks and serialization failures: the transaction was rolled back whole, so a retry is safe.
+_CONFLICT_ERRORS: tuple[type[BaseException], ...] = (asyncpg.TransactionRollbackError,)

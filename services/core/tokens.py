@@ -48,6 +48,14 @@ def mint_worker_token(config: AuthConfig, worker_id: str) -> IssuedToken:
     return _mint(config, worker_id, WORKER_AUDIENCE, WORKER_TOKEN_TTL_S)
 
 
+def _is_uuid(value: str) -> bool:
+    """User tokens name a user id; anything else in `sub` was never minted by us."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
 def verify_token(config: AuthConfig, token: str, audience: str) -> str:
     """Return the subject of a valid token; any defect is Unauthenticated with one generic message.
 
@@ -70,6 +78,6 @@ def verify_token(config: AuthConfig, token: str, audience: str) -> str:
     except jwt.PyJWTError as exc:
         raise Unauthenticated(_INVALID) from exc
     subject = claims.get("sub")
-    if not isinstance(subject, str) or not subject:
+    if not isinstance(subject, str) or not subject or (audience == config.audience and not _is_uuid(subject)):
         raise Unauthenticated(_INVALID)
     return subject

@@ -116,14 +116,14 @@ async def _collect(call: Any) -> list[bytes]:
 
 
 async def test_a_valid_token_reaches_every_call_shape_as_the_current_user(channel: grpc.aio.Channel) -> None:
-    token = mint_user_token(CONFIG, "user-7").token
+    token = mint_user_token(CONFIG, "00000000-0000-4000-8000-000000000007").token
     results = await _call_every_shape(channel, (("authorization", f"Bearer {token}"),))
     assert results == {
-        "Unary": b"user-7",
-        "ClientStream": b"user-7-a-b",
-        "ServerStream": [b"user-7", b"user-7"],
-        "ServerStreamWriter": [b"user-7"],
-        "Bidi": [b"user-7-a", b"user-7-b"],
+        "Unary": b"00000000-0000-4000-8000-000000000007",
+        "ClientStream": b"00000000-0000-4000-8000-000000000007-a-b",
+        "ServerStream": [b"00000000-0000-4000-8000-000000000007", b"00000000-0000-4000-8000-000000000007"],
+        "ServerStreamWriter": [b"00000000-0000-4000-8000-000000000007"],
+        "Bidi": [b"00000000-0000-4000-8000-000000000007-a", b"00000000-0000-4000-8000-000000000007-b"],
     }
 
 
@@ -135,7 +135,7 @@ async def test_a_valid_token_reaches_every_call_shape_as_the_current_user(channe
         (("authorization", "Bearer "),),
         (("authorization", "Basic dXNlcjpwYXNz"),),
         (("authorization", "Bearer not-a-token"),),
-        (("x-user-id", "user-7"),),
+        (("x-user-id", "00000000-0000-4000-8000-000000000007"),),
     ],
     ids=["missing", "empty", "blank", "basic", "garbage", "identity-header"],
 )
@@ -163,7 +163,7 @@ async def test_worker_audience_guard_accepts_worker_tokens_only() -> None:
                 b"worker-1-a",
                 b"worker-1-b",
             ]
-            user = mint_user_token(CONFIG, "user-1").token
+            user = mint_user_token(CONFIG, "00000000-0000-4000-8000-000000000001").token
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await _collect(bidi(_silent_requests(), metadata=(("authorization", f"Bearer {user}"),)))
             assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -174,9 +174,9 @@ async def test_worker_audience_guard_accepts_worker_tokens_only() -> None:
 async def test_other_services_pass_through_and_never_see_an_earlier_callers_identity(
     channel: grpc.aio.Channel,
 ) -> None:
-    token = mint_user_token(CONFIG, "user-7").token
+    token = mint_user_token(CONFIG, "00000000-0000-4000-8000-000000000007").token
     auth = (("authorization", f"Bearer {token}"),)
-    assert await channel.unary_unary(GUARDED + "Unary")(b"", metadata=auth) == b"user-7"
+    assert await channel.unary_unary(GUARDED + "Unary")(b"", metadata=auth) == b"00000000-0000-4000-8000-000000000007"
     assert await channel.unary_unary("/test.Open/Who")(b"") == b"nobody"
     assert await channel.unary_unary("/test.Open/Who")(b"", metadata=auth) == b"nobody"
 

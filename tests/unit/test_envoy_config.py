@@ -195,9 +195,10 @@ def test_the_jwks_verifies_what_the_services_mint(tmp_path: Path) -> None:
     (key,) = json.loads(path.read_text())["keys"]
     assert key["kty"] == "oct" and key["alg"] == "HS256" and "=" not in key["k"]
     config = AuthConfig(jwt_secret=SECRET)
-    token = mint_user_token(config, "someone").token
+    someone = "00000000-0000-4000-8000-0000000000aa"
+    token = mint_user_token(config, someone).token
     claims = jwt.decode(token, jwt.PyJWK(key).key, algorithms=["HS256"], audience=config.audience)
-    assert claims["sub"] == verify_token(config, token, config.audience) == "someone"
+    assert claims["sub"] == verify_token(config, token, config.audience) == someone
     assert jwks_document(SECRET) == json.loads(path.read_text())
 
 

@@ -179,9 +179,15 @@ def test_critical_header_extension_is_refused() -> None:
 
 def test_issuer_and_audience_follow_configuration() -> None:
     other = AuthConfig(jwt_secret=SECRET, issuer="other-issuer", audience=CONFIG.audience)
-    token = mint_user_token(other, "u").token
+    user = str(uuid.uuid4())
+    token = mint_user_token(other, user).token
     _refused(token)
-    assert verify_token(other, token, CONFIG.audience) == "u"
+    assert verify_token(other, token, CONFIG.audience) == user
+
+
+def test_user_tokens_must_name_a_user_id() -> None:
+    _refused(mint_user_token(CONFIG, "not-a-user-id").token)
+    assert verify_token(CONFIG, mint_worker_token(CONFIG, "worker-1").token, WORKER_AUDIENCE) == "worker-1"
 
 
 @pytest.mark.parametrize("secret", [b"", b"short", b"x" * 31])
