@@ -64,6 +64,9 @@ TASK_COLUMNS = (
     "created_at, started_at, finished_at, dispatch_id, entry_id, fence"
 )
 
+# The same columns, qualified, for UPDATE ... FROM statements that join other relations.
+QUALIFIED_TASK_COLUMNS = ", ".join(f"tasks.{column.strip()}" for column in TASK_COLUMNS.split(","))
+
 
 def _set_time(field: Any, value: datetime | None) -> None:
     if value is not None:

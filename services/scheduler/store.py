@@ -21,6 +21,7 @@ from services.core.task_model import (
     CANCELLED,
     CANCELLING,
     FAILED,
+    QUALIFIED_TASK_COLUMNS,
     QUEUED,
     RUNNING,
     SUCCEEDED,
@@ -85,23 +86,19 @@ async def start_batch(pool: asyncpg.Pool, worker_id: str, items: Sequence[worker
         changes: list[TaskChange] = []
         history: list[HistoryEntry] = []
         superseded: list[RunningRef] = []
-        started: set[str] = set()
+        runs: dict[str, worker_pb2.StartItem] = {}
+        for item, action, _detail in decisions:
+            row = rows.get(item.task_id)
+            if action == "run" and row is not None and item.task_id not in runs:
+                check_transition(row["status"], RUNNING)
+                runs[item.task_id] = item
+        started = await _start_attempts(conn, worker_id, list(runs.values()))
         for item, action, detail in decisions:
             row = rows.get(item.task_id)
-            if action == "run" and row is not None and item.task_id not in started:
-                started.add(item.task_id)
-                check_transition(row["status"], RUNNING)
+            new = started.pop(item.task_id, None)
+            if action == "run" and row is not None and new is not None:
                 if row["status"] == RUNNING:
                     superseded.append(RunningRef(row["worker_id"], item.task_id, row["fence"]))
-                new = await conn.fetchrow(
-                    f"UPDATE tasks SET status = {RUNNING}, attempt = attempt + 1, fence = nextval('fence_seq'), "
-                    "worker_id = $2, entry_id = $3, started_at = now(), progress = 0, error = '', "
-                    f"version = version + 1 WHERE id = $1 RETURNING {TASK_COLUMNS}",
-                    item.task_id,
-                    worker_id,
-                    item.entry_id,
-                )
-                assert new is not None
                 history.append(history_for(new, row["status"], detail))
                 changes.append(change_for(new, row["status"]))
                 results.append(
@@ -109,6 +106,8 @@ async def start_batch(pool: asyncpg.Pool, worker_id: str, items: Sequence[worker
                         task_id=item.task_id, decision=RUN, task=row_to_task(new), fence=new["fence"]
                     )
                 )
+            elif action == "run":
+                results.append(_skip(item.task_id, "duplicate entry"))
             elif action in ("fail", "cancel") and row is not None:
                 target = FAILED if action == "fail" else CANCELLED
                 check_transition(row["status"], target)
@@ -136,6 +135,24 @@ async def start_batch(pool: asyncpg.Pool, worker_id: str, items: Sequence[worker
                 results.append(_skip(item.task_id, detail))
         await insert_history(conn, history)
     return StartOutcome(results, changes, superseded)
+
+
+async def _start_attempts(
+    conn: asyncpg.Connection, worker_id: str, items: Sequence[worker_pb2.StartItem]
+) -> dict[str, asyncpg.Record]:
+    """One statement records every new attempt of the batch (each with its own fence)."""
+    if not items:
+        return {}
+    rows = await conn.fetch(
+        f"UPDATE tasks SET status = {RUNNING}, attempt = attempt + 1, fence = nextval('fence_seq'), "
+        "worker_id = $1, entry_id = t.entry_id, started_at = now(), progress = 0, error = '', "
+        "version = version + 1 FROM unnest($2::uuid[], $3::text[]) AS t(id, entry_id) "
+        f"WHERE tasks.id = t.id RETURNING {QUALIFIED_TASK_COLUMNS}",
+        worker_id,
+        [item.task_id for item in items],
+        [item.entry_id for item in items],
+    )
+    return {str(r["id"]): r for r in rows}
 
 
 def _decide(row: asyncpg.Record | None, item: worker_pb2.StartItem, worker_id: str) -> tuple[str, str]:
@@ -199,15 +216,25 @@ def _target(row: asyncpg.Record, outcome: int) -> tuple[int, bool]:
     return FAILED, True
 
 
+@dataclass(frozen=True)
+class _Accepted:
+    """An outcome that will be recorded: the task's new status and what goes with it."""
+
+    task_id: str
+    target: int
+    dead: bool
+    error: str
+    result_json: str | None
+    delay_s: float
+
+
 async def finish_batch(
     pool: asyncpg.Pool, worker_id: str, items: Sequence[worker_pb2.FinishItem], retry: RetryPolicy
 ) -> FinishOutcome:
     """Record outcomes; a report whose fence is not the task's current one is refused as superseded."""
     ids = _valid_uuids([item.task.task_id for item in items])
     results: list[worker_pb2.FinishResult] = []
-    changes: list[TaskChange] = []
-    history: list[HistoryEntry] = []
-    requeued: list[str] = []
+    accepted: dict[str, _Accepted] = {}
     async with pool.acquire() as conn, conn.transaction():
         rows = {
             str(r["id"]): r
@@ -218,47 +245,77 @@ async def finish_batch(
         for item in items:
             task_id = item.task.task_id
             row = rows.get(task_id)
-            if row is None:
-                results.append(worker_pb2.FinishResult(task_id=task_id, accepted=False, reason="task not found"))
+            reason = _refusal(row, item)
+            if reason or task_id in accepted:
+                results.append(
+                    worker_pb2.FinishResult(task_id=task_id, accepted=False, reason=reason or "duplicate report")
+                )
                 continue
-            if row["fence"] != item.task.fence:
-                results.append(worker_pb2.FinishResult(task_id=task_id, accepted=False, reason=SUPERSEDED))
-                continue
-            if row["status"] not in (RUNNING, CANCELLING):
-                results.append(worker_pb2.FinishResult(task_id=task_id, accepted=False, reason="already finished"))
-                continue
+            assert row is not None
             target, dead = _target(row, item.outcome)
             check_transition(row["status"], target)
-            result_json = json.dumps(json_format.MessageToDict(item.result)) if item.HasField("result") else None
-            error = item.error[:4000]
-            if target == QUEUED:
-                new = await conn.fetchrow(
-                    f"UPDATE tasks SET status = {QUEUED}, error = $2, dispatch_id = $3, published = false, "
-                    "published_at = NULL, publish_after = now() + make_interval(secs => $4), "
-                    f"version = version + 1 WHERE id = $1 RETURNING {TASK_COLUMNS}",
-                    task_id,
-                    error,
-                    str(uuid.uuid4()),
-                    retry.delay_s(row["attempt"]),
-                )
-                requeued.append(task_id)
-            else:
-                new = await conn.fetchrow(
-                    "UPDATE tasks SET status = $2::smallint, dead_lettered = $3, error = $4, result = $5::jsonb, "
-                    "progress = CASE WHEN $2::smallint = 4 THEN 1 ELSE progress END, finished_at = now(), "
-                    f"version = version + 1 WHERE id = $1 RETURNING {TASK_COLUMNS}",
-                    task_id,
-                    target,
-                    dead,
-                    error,
-                    result_json,
-                )
-            assert new is not None
-            history.append(history_for(new, row["status"], error or "finished"))
-            changes.append(change_for(new, row["status"]))
+            accepted[task_id] = _Accepted(
+                task_id=task_id,
+                target=target,
+                dead=dead,
+                error=item.error[:4000],
+                result_json=json.dumps(json_format.MessageToDict(item.result)) if item.HasField("result") else None,
+                delay_s=retry.delay_s(row["attempt"]),
+            )
             results.append(worker_pb2.FinishResult(task_id=task_id, accepted=True))
+        updated = await _record_outcomes(conn, list(accepted.values()))
+        changes = [change_for(updated[i], rows[i]["status"]) for i in accepted]
+        history = [history_for(updated[i], rows[i]["status"], a.error or "finished") for i, a in accepted.items()]
         await insert_history(conn, history)
+    requeued = [i for i, a in accepted.items() if a.target == QUEUED]
     return FinishOutcome(results, changes, requeued)
+
+
+def _refusal(row: asyncpg.Record | None, item: worker_pb2.FinishItem) -> str:
+    """Why an outcome cannot be recorded ("" when it can)."""
+    if row is None:
+        return "task not found"
+    if row["fence"] != item.task.fence:
+        return SUPERSEDED
+    if row["status"] not in (RUNNING, CANCELLING):
+        return "already finished"
+    return ""
+
+
+async def _record_outcomes(conn: asyncpg.Connection, outcomes: Sequence[_Accepted]) -> dict[str, asyncpg.Record]:
+    """Two statements at most: failed attempts queued again (with backoff), and finished tasks."""
+    requeue = [o for o in outcomes if o.target == QUEUED]
+    finish = [o for o in outcomes if o.target != QUEUED]
+    updated: dict[str, asyncpg.Record] = {}
+    if requeue:
+        rows = await conn.fetch(
+            f"UPDATE tasks SET status = {QUEUED}, error = t.error, dispatch_id = t.dispatch_id, published = false, "
+            "published_at = NULL, publish_after = now() + make_interval(secs => t.delay_s), "
+            "version = version + 1 "
+            "FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::float8[]) AS t(id, error, dispatch_id, delay_s) "
+            f"WHERE tasks.id = t.id RETURNING {QUALIFIED_TASK_COLUMNS}",
+            [o.task_id for o in requeue],
+            [o.error for o in requeue],
+            [str(uuid.uuid4()) for _ in requeue],
+            [o.delay_s for o in requeue],
+        )
+        updated.update({str(r["id"]): r for r in rows})
+    if finish:
+        rows = await conn.fetch(
+            "UPDATE tasks SET status = t.status, dead_lettered = t.dead, error = t.error, result = t.result::jsonb, "
+            f"progress = CASE WHEN t.status = {SUCCEEDED} THEN 1 ELSE progress END, finished_at = now(), "
+            "version = version + 1 "
+            "FROM unnest($1::uuid[], $2::smallint[], $3::bool[], $4::text[], $5::text[]) "
+            "AS t(id, status, dead, error, result) "
+            f"WHERE tasks.id = t.id RETURNING {QUALIFIED_TASK_COLUMNS}",
+            [o.task_id for o in finish],
+            [o.target for o in finish],
+            [o.dead for o in finish],
+            [o.error for o in finish],
+            [o.result_json for o in finish],
+        )
+        updated.update({str(r["id"]): r for r in rows})
+    return updated
 
 
 # -- progress and heartbeats --------------------------------------------------------------------------
@@ -275,7 +332,7 @@ async def record_progress(pool: asyncpg.Pool, reports: dict[tuple[str, int], flo
         "ORDER BY tasks.id FOR UPDATE OF tasks SKIP LOCKED) "
         "UPDATE tasks SET progress = t.progress, version = version + 1 FROM t, locked "
         "WHERE tasks.id = t.id AND tasks.id = locked.id "
-        f"RETURNING {', '.join('tasks.' + c.strip() for c in TASK_COLUMNS.split(','))}",
+        f"RETURNING {QUALIFIED_TASK_COLUMNS}",
         [k[0] for k in keys],
         [k[1] for k in keys],
         [max(0.0, min(1.0, reports[k])) for k in keys],
