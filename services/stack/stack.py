@@ -217,6 +217,21 @@ class Stack:
         self._wait_service(name)
         self.write_state()
 
+    def relaunch(self, name: str) -> None:
+        """Start a stopped or killed store ("postgres", "valkey") or "envoy" again: same command line, port, data."""
+        old = self.processes[name]
+        if old.alive():
+            raise RuntimeError(f"{name} is still running; stop or kill it first")
+        fresh = ManagedProcess(
+            name, old.argv, log_dir=self.log_dir, env=old.env, echo=self.echo, user=old.user, cwd=old.cwd
+        )
+        self.processes[name] = fresh
+        fresh.start()
+        wait_for_port(fresh, self.ports[name], timeout_s=60)
+        if name == "envoy":
+            wait_serving(self.edge_address, timeout_s=30)
+        self.write_state()
+
     def write_state(self) -> None:
         """Record pids and ports in the data folder, for operators and for the shutdown test."""
         state = {

@@ -1,0 +1,101 @@
+"""Memory of every process of a stack, sampled over a run, and whether it keeps growing.
+
+A process's memory is the proportional set size (PSS) summed over its process group, so PostgreSQL's
+backends and a worker's handler children count with their parent, and shared pages are not counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+
+from services.stack.stack import Stack
+
+MIB = 1024 * 1024
+
+
+def _pss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def group_pss_bytes(leader: int) -> int:
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry)) == leader:
+                total += _pss_bytes(int(entry))
+        except OSError:
+            continue
+    return total
+
+
+@dataclass
+class Trend:
+    name: str
+    first_mib: float
+    last_mib: float
+    peak_mib: float
+    # Growth over the steady part of the run, from a least-squares line through its samples.
+    steady_growth_mib: float
+    steady_start_mib: float
+
+    def growing(self, tolerance_mib: float, tolerance_ratio: float) -> bool:
+        return self.steady_growth_mib > max(tolerance_mib, tolerance_ratio * self.steady_start_mib)
+
+
+@dataclass
+class MemorySampler:
+    stack: Stack
+    every_s: float
+    samples: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+
+    def sample(self) -> None:
+        now = time.monotonic()
+        for name, process in self.stack.processes.items():
+            if process.alive():
+                self.samples.setdefault(name, []).append((now, group_pss_bytes(process.pid)))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.to_thread(self.sample)
+            try:
+                await asyncio.wait_for(stop.wait(), self.every_s)
+            except TimeoutError:
+                continue
+
+    def trends(self, warmup_ratio: float = 0.3) -> list[Trend]:
+        """Per process: the fitted growth over the samples after the warm-up share of the run."""
+        trends = []
+        for name, points in sorted(self.samples.items()):
+            steady = points[int(len(points) * warmup_ratio) :]
+            if len(steady) < 3:
+                continue
+            t0 = steady[0][0]
+            xs = [t - t0 for t, _ in steady]
+            ys = [v / MIB for _, v in steady]
+            mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+            spread = sum((x - mean_x) ** 2 for x in xs) or 1.0
+            slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+            start = mean_y - slope * mean_x
+            trends.append(
+                Trend(
+                    name=name,
+                    first_mib=points[0][1] / MIB,
+                    last_mib=points[-1][1] / MIB,
+                    peak_mib=max(v for _, v in points) / MIB,
+                    steady_growth_mib=slope * (xs[-1] - xs[0]),
+                    steady_start_mib=start,
+                )
+            )
+        return trends
