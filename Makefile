@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: up wipe test lint check-generated gen pytest chaos clean web gen-web check-web e2e-deps
+.PHONY: up wipe test lint check-generated gen pytest chaos clean web gen-web check-web e2e-deps bench bench-quick
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -71,6 +71,18 @@ check-web: gen-web
 # Browser tests drive Debian's Chromium through Playwright (never a downloaded browser).
 e2e-deps: $(VENV)/.installed web
 	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+# -- benchmarks side by side with Celery, RQ, arq and Dramatiq (bench/, docs/benchmarks.md) ------------
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+# The full run (about half an hour) also rewrites docs/benchmarks.md; bench-quick only writes bench/results/.
+bench: $(VENV)/.bench-installed
+	$(PY) -m bench.run --doc docs/benchmarks.md $(ARGS)
+
+bench-quick: $(VENV)/.bench-installed
+	$(PY) -m bench.run --quick $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
