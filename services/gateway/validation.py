@@ -38,12 +38,25 @@ def duration_ms(field: str, value: duration_pb2.Duration) -> int:
     return value.seconds * 1000 + value.nanos // 1_000_000
 
 
+def _has_nul(value: Any) -> bool:
+    """PostgreSQL text and jsonb cannot hold U+0000, so it is refused up front rather than failing the insert."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def submission(request: scheduler_pb2.SubmitTaskRequest, kinds: Sequence[str]) -> Submission:
     name = request.name.strip()
     if not name:
         raise InvalidArgument("name", "is required")
     if len(name) > MAX_NAME_CHARS:
         raise InvalidArgument("name", f"must be at most {MAX_NAME_CHARS} characters")
+    if _has_nul(name):
+        raise InvalidArgument("name", "must not contain NUL characters")
     kind = request.kind or DEFAULT_KIND
     if kind not in kinds:
         raise InvalidArgument("kind", f"unknown kind {kind[:50]!r}; known kinds: {', '.join(kinds)}")
@@ -66,6 +79,8 @@ def submission(request: scheduler_pb2.SubmitTaskRequest, kinds: Sequence[str]) -
     if request.payload.ByteSize() > MAX_PAYLOAD_BYTES:
         raise InvalidArgument("payload", f"must be at most {MAX_PAYLOAD_BYTES // 1024} KiB")
     payload: dict[str, Any] = json_format.MessageToDict(request.payload)
+    if _has_nul(payload):
+        raise InvalidArgument("payload", "must not contain NUL characters")
     request_id = request.request_id or str(uuid.uuid4())
     if len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable():
         raise InvalidArgument("request_id", f"must be at most {MAX_REQUEST_ID_CHARS} printable characters")

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,7 +30,7 @@ from resilienttask.v1 import (
 from services.core.config import AuthConfig
 from services.core.tokens import mint_worker_token
 from services.stack.stack import Stack
-from tests.chaos.hostile import messages
+from tests.chaos.hostile import hostile_text, messages
 from tests.conftest import unique_email
 from tests.helpers import wait_until
 from tests.integration.accounts import PASSWORD
@@ -159,3 +160,43 @@ def test_hostile_requests_never_get_internal_or_unknown(hostile_edge: Edge, serv
     check()
     print(f"{service}.{method}: {seen}")
     _still_serving(hostile_edge)
+
+
+@EXAMPLES
+@given(
+    name=hostile_text(),
+    payload=st.dictionaries(hostile_text(), hostile_text(), max_size=3),
+)
+def test_hostile_strings_in_a_well_formed_submission_are_stored_verbatim_or_refused(
+    hostile_edge: Edge, name: str, payload: dict[str, str]
+) -> None:
+    """The deep path: past validation into PostgreSQL and back. Whatever is accepted comes back unchanged."""
+    request = scheduler_pb2.SubmitTaskRequest(name=name, kind="sleep", request_id=str(uuid.uuid4()))
+    request.payload.update(payload)
+    code, reply = hostile_edge.call("SchedulerService", "SubmitTask", request)
+    assert code in {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}, code
+    if code is not grpc.StatusCode.OK:
+        return
+    (task,) = reply.tasks
+    stored = hostile_edge.stub("SchedulerService").GetTask(
+        scheduler_pb2.GetTaskRequest(task_id=task.id), metadata=hostile_edge.metadata["SchedulerService"]
+    )
+    for returned in (task, stored.task):
+        assert returned.name == name.strip()
+        assert json_format.MessageToDict(returned.payload) == payload
+
+
+@pytest.mark.parametrize(
+    ("field", "name", "payload"),
+    [("name", "a\x00b", {}), ("payload", "ok", {"key": "a\x00b"}), ("payload", "ok", {"k\x00": "v"})],
+)
+def test_nul_characters_are_refused_naming_the_field(
+    hostile_edge: Edge, field: str, name: str, payload: dict[str, str]
+) -> None:
+    """PostgreSQL cannot store U+0000; it used to surface as INTERNAL from the insert."""
+    request = scheduler_pb2.SubmitTaskRequest(name=name, kind="sleep")
+    request.payload.update(payload)
+    with pytest.raises(grpc.RpcError) as refused:
+        hostile_edge.stub("SchedulerService").SubmitTask(request, metadata=hostile_edge.metadata["SchedulerService"])
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert refused.value.details().startswith(f"{field}:")  # type: ignore[attr-defined]
