@@ -1,0 +1,1 @@
+"""The peers' apps, task bodies and client calls, one module each, driven by bench/peers/driver.py."""
