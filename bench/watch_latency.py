@@ -142,7 +142,7 @@ class Fanout:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         for channel in self.channels:
-            await channel.close(None)
+            await channel.close()
 
     async def _watch(self, channel: grpc.aio.Channel, metadata: Metadata) -> None:
         call = scheduler_pb2_grpc.SchedulerServiceStub(channel).WatchTasks(
