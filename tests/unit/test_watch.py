@@ -12,6 +12,8 @@ from resilienttask.v1 import scheduler_pb2, task_pb2
 from services.core.config import ConfigError
 from services.core.errors import InvalidArgument
 from services.core.events import TaskChange, parse_stream_id
+from services.edge.render import compose_config
+from services.edge.routes import route_specs
 from services.gateway.watch import tokens
 from services.gateway.watch.config import WatchConfig
 from services.gateway.watch.stats import stats_along
@@ -178,3 +180,11 @@ async def test_a_subscriber_wakes_its_call() -> None:
     subscriber.notify_workers()
     await waiter
     assert subscriber.workers_changed
+
+
+def test_envoy_lets_a_quiet_watch_live_through_several_heartbeats() -> None:
+    """The edge cuts a stream silent for its idle timeout; heartbeats must come well within it."""
+    edge = compose_config()
+    assert edge.stream_idle_timeout_s * 1000 >= 3 * WatchConfig().heartbeat_ms
+    watch = [s for s in route_specs() if s.path == "/resilienttask.v1.SchedulerService/WatchTasks"]
+    assert len(watch) == 1 and watch[0].kind.value == "server_stream", "stream treatment: no overall timeout"

@@ -115,7 +115,10 @@ class Hub:
         newest: Any = await self.redis.xrevrange(keys.EVENTS_FEED_STREAM, "+", "-", count=1)
         if not newest:
             return ORIGIN
-        self._feed_seq = feed_seq(newest[0][1])
+        try:
+            self._feed_seq = feed_seq(newest[0][1])
+        except (KeyError, ValueError):
+            self._feed_seq = None  # not one of ours: continuity is checked from the next entry on
         return str(newest[0][0].decode())
 
     async def read_feed(self) -> None:
@@ -135,10 +138,16 @@ class Hub:
                 log.warning("event feed unreadable", extra={"error": repr(exc)})
                 await asyncio.sleep(RETRY_DELAY_S)
                 continue
-            if reply:
-                entries = reply[0][1]
-                position = entries[-1][0].decode()
+            if not reply:
+                continue
+            entries = reply[0][1]
+            position = entries[-1][0].decode()
+            try:
                 await self._route(entries)
+            except Exception:  # a bad entry or a bug must not stop delivery to every watcher here
+                log.exception("event routing failed; every watcher replays its history")
+                for subscriber in self._everyone():
+                    subscriber.resync()
 
     async def _route(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> None:
         watched: dict[str, list[StoredEvent]] = defaultdict(list)
@@ -178,6 +187,9 @@ class Hub:
                 await self._follow_workers_once()
             except (RedisError, OSError) as exc:
                 log.warning("worker pool announcements unreadable", extra={"error": repr(exc)})
+                await asyncio.sleep(RETRY_DELAY_S)
+            except Exception:  # a malformed registry entry must not end pool updates for good
+                log.exception("worker pool unreadable")
                 await asyncio.sleep(RETRY_DELAY_S)
 
     async def _follow_workers_once(self) -> None:
