@@ -126,15 +126,18 @@ async def test_a_malformed_feed_entry_does_not_stop_delivery(
     gateway: InProcess, account: Account, redis: aioredis.Redis
 ) -> None:
     watch = Watch(gateway.channel, account)
+    bad: bytes | None = None
     try:
         await watch.next()
-        await redis.xadd(keys.EVENTS_FEED_STREAM, {"owner": account.user_id, "seq": "not a number"})
+        bad = await redis.xadd(keys.EVENTS_FEED_STREAM, {"owner": account.user_id, "seq": "not a number"})
         change = _change(account.user_id, task_pb2.TASK_STATUS_QUEUED, 0)
         await publish_changes(redis, [change])
         following = await watch.next()
         assert following.WhichOneof("kind") == "event" and following.event.task.id == change.task.id
     finally:
         watch.cancel()
+        if bad is not None:
+            await redis.xdel(keys.EVENTS_FEED_STREAM, bad)
 
 
 def _change(owner_id: str, status: int, previous: int, deleted: bool = False) -> TaskChange:
