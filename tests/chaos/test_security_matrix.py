@@ -1,0 +1,160 @@
+"""The security matrix, where tests/integration/test_auth.py and test_ownership.py leave gaps:
+WorkerService against every kind of bad token through Envoy, AuthService untouched by a bad token,
+SQL metacharacters stored and returned verbatim, only bcrypt hashes in the users table, and no token,
+secret or password anywhere in the logs.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
+from services.core.config import AuthConfig
+from services.core.tokens import mint_user_token, mint_worker_token
+from services.stack.stack import Stack
+from tests.chaos.hostile import SQL_METACHARACTERS
+from tests.conftest import Stores, unique_email
+from tests.integration.test_auth import BAD_TOKENS
+
+WORKER = worker_pb2.DESCRIPTOR.services_by_name["WorkerService"]
+BCRYPT = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
+SQL_PASSWORD = "p' OR '1'='1'; --"
+
+
+@pytest.fixture(scope="module")
+def channel(stack: Stack) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(stack.edge_address) as opened:
+        yield opened
+
+
+def _code(call: Any) -> grpc.StatusCode:
+    try:
+        call()
+    except grpc.RpcError as exc:
+        return exc.code()  # type: ignore[attr-defined,no-any-return]
+    return grpc.StatusCode.OK
+
+
+def _every_worker_rpc(channel: grpc.Channel, metadata: Any) -> dict[str, Any]:
+    stub = worker_pb2_grpc.WorkerServiceStub(channel)
+    hello = worker_pb2.ConnectRequest(hello=worker_pb2.WorkerHello(worker_id="matrix-probe", slots=1, kinds=["sleep"]))
+    return {
+        "Connect": lambda: list(stub.Connect(iter([hello]), metadata=metadata, timeout=10)),
+        "StartTasks": lambda: stub.StartTasks(
+            worker_pb2.StartTasksRequest(worker_id="matrix-probe"), metadata=metadata, timeout=10
+        ),
+        "FinishTasks": lambda: stub.FinishTasks(
+            worker_pb2.FinishTasksRequest(worker_id="matrix-probe"), metadata=metadata, timeout=10
+        ),
+    }
+
+
+# A worker token is the one thing WorkerService accepts: every other bad token of test_auth, and a user token.
+@pytest.mark.parametrize("kind", [*(k for k in BAD_TOKENS if k != "worker-audience"), "user-token"])
+def test_every_worker_rpc_through_envoy_refuses_anything_but_a_worker_token(
+    channel: grpc.Channel, stack: Stack, kind: str
+) -> None:
+    if kind == "user-token":
+        header: str | None = (
+            f"Bearer {mint_user_token(AuthConfig(jwt_secret=stack.jwt_secret), str(uuid.uuid4())).token}"
+        )
+    else:
+        header = BAD_TOKENS[kind](stack.jwt_secret)
+    metadata = () if header is None else (("authorization", header),)
+    calls = _every_worker_rpc(channel, metadata)
+    assert {m.name for m in WORKER.methods} == set(calls)
+    codes = {name: _code(call) for name, call in calls.items()}
+    assert set(codes.values()) <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}, codes
+
+
+def test_a_worker_token_is_let_through_envoy(channel: grpc.Channel, stack: Stack) -> None:
+    token = mint_worker_token(AuthConfig(jwt_secret=stack.jwt_secret), "matrix-probe").token
+    codes = {
+        name: _code(call) for name, call in _every_worker_rpc(channel, (("authorization", f"Bearer {token}"),)).items()
+    }
+    assert codes == dict.fromkeys(codes, grpc.StatusCode.OK)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "alg-none", "wrong-key", "expired-an-hour-ago"])
+def test_auth_service_ignores_a_bad_token_it_does_not_need(channel: grpc.Channel, stack: Stack, kind: str) -> None:
+    header = BAD_TOKENS[kind](stack.jwt_secret)
+    assert header is not None
+    reply = auth_pb2_grpc.AuthServiceStub(channel).Signup(
+        auth_pb2.SignupRequest(email=unique_email("matrix"), password=SQL_PASSWORD),
+        metadata=(("authorization", header),),
+    )
+    assert reply.access_token
+
+
+def test_sql_metacharacters_are_stored_and_returned_verbatim(channel: grpc.Channel) -> None:
+    auth = auth_pb2_grpc.AuthServiceStub(channel)
+    email = unique_email("o'brien")
+    signed_up = auth.Signup(auth_pb2.SignupRequest(email=email, password=SQL_PASSWORD))
+    logged_in = auth.Login(auth_pb2.LoginRequest(email=email, password=SQL_PASSWORD))
+    assert logged_in.user.id == signed_up.user.id and logged_in.user.email == email
+    wrong = _code(lambda: auth.Login(auth_pb2.LoginRequest(email=email, password="' OR '1'='1")))
+    assert wrong == grpc.StatusCode.UNAUTHENTICATED
+
+    stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+    metadata = (("authorization", f"Bearer {logged_in.access_token}"),)
+    submitted = {}
+    for text in SQL_METACHARACTERS:
+        request = scheduler_pb2.SubmitTaskRequest(name=text, kind="sleep", request_id=text)
+        request.payload.update({text: text, "nested": {"list": [text]}})
+        (task,) = stub.SubmitTask(request, metadata=metadata).tasks
+        submitted[task.id] = text
+        again = stub.SubmitTask(request, metadata=metadata).tasks
+        assert [t.id for t in again] == [task.id], "the request_id found the same task"
+    listed = {t.id: t for t in stub.ListTasks(scheduler_pb2.ListTasksRequest(page_size=100), metadata=metadata).tasks}
+    assert set(listed) == set(submitted), "nothing more, nothing less: no statement was altered"
+    for task_id, text in submitted.items():
+        task = stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task_id), metadata=metadata).task
+        for returned in (task, listed[task_id]):
+            assert (returned.name, returned.request_id) == (text, text)
+            assert json_format.MessageToDict(returned.payload) == {text: text, "nested": {"list": [text]}}
+
+
+async def test_the_users_table_holds_only_bcrypt_hashes(stores: Stores, channel: grpc.Channel) -> None:
+    auth_pb2_grpc.AuthServiceStub(channel).Signup(auth_pb2.SignupRequest(email=unique_email(), password=SQL_PASSWORD))
+    conn = await asyncpg.connect(stores.database_url)
+    try:
+        rows = await conn.fetch("SELECT email, password_hash FROM users")
+    finally:
+        await conn.close()
+    assert rows
+    not_bcrypt = [r["email"] for r in rows if not BCRYPT.match(r["password_hash"])]
+    assert not_bcrypt == []
+    assert all(SQL_PASSWORD not in r["password_hash"] for r in rows)
+
+
+def test_no_secret_or_token_reaches_the_logs(channel: grpc.Channel, stack: Stack) -> None:
+    reply = auth_pb2_grpc.AuthServiceStub(channel).Signup(
+        auth_pb2.SignupRequest(email=unique_email("logs"), password=SQL_PASSWORD)
+    )
+    metadata = (("authorization", f"Bearer {reply.access_token}"),)
+    stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+    stub.GetStats(scheduler_pb2.GetStatsRequest(), metadata=metadata)
+    _code(lambda: stub.GetTask(scheduler_pb2.GetTaskRequest(task_id="not-a-uuid"), metadata=metadata))
+    worker_token = mint_worker_token(AuthConfig(jwt_secret=stack.jwt_secret), "matrix-probe").token
+    secrets = {
+        "the JWT secret": stack.jwt_secret.decode(),
+        "a user's token": reply.access_token,
+        "a token's signature": reply.access_token.rsplit(".", 1)[1],
+        "a worker token's signature": worker_token.rsplit(".", 1)[1],
+        "a password": SQL_PASSWORD,
+    }
+    found = [
+        f"{label} in {path.name}"
+        for path in sorted(stack.log_dir.glob("*.log"))
+        for label, value in secrets.items()
+        if value in path.read_text(errors="replace")
+    ]
+    assert found == []
