@@ -50,7 +50,9 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
   const submissions = new Map<string, SubmitInit>();
   let filter: Filter = "all";
   let olderToken: string | null = "";
-  let kindsSignature = "";
+  let kinds: Set<string> | null = null;
+  let kindsAsked = false;
+  let kindsCheckedFor: unknown = null;
 
   const notice = h("p", { class: "notice-line", role: "status", "aria-live": "polite" });
   const tell = (message: string, problem = false): void => {
@@ -249,15 +251,22 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
   };
   const unsubscribe = feed.subscribe(schedule);
 
-  // The kinds list is asked for again only when the pool's advertised kinds change (never polled).
+  // The kinds are asked for once, and again only when a worker advertises one the list lacks: at most
+  // once per change of the pool, never on a timer.
   function refreshKinds(): void {
-    const signature = [...new Set(feed.workers.flatMap((w) => w.kinds))].sort().join(",");
-    if (!feed.ready || signature === kindsSignature) return;
-    kindsSignature = signature;
-    s.listKinds({}, call).then(
-      (reply) => form.setKinds(reply.kinds),
-      (err) => tell(`Could not load task kinds: ${refusal(err).reason}`, true),
-    );
+    if (!feed.ready || kindsAsked || feed.workers === kindsCheckedFor) return;
+    kindsCheckedFor = feed.workers;
+    if (kinds !== null && feed.workers.every((w) => w.kinds.every((k) => kinds?.has(k)))) return;
+    kindsAsked = true;
+    s.listKinds({}, call)
+      .then(
+        (reply) => {
+          kinds = new Set(reply.kinds);
+          form.setKinds(reply.kinds);
+        },
+        (err) => tell(`Could not load task kinds: ${refusal(err).reason}`, true),
+      )
+      .finally(() => (kindsAsked = false));
   }
 
   const watch = new TaskWatch(s, {
