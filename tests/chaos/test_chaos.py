@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import time
 
 import asyncpg
@@ -31,6 +32,7 @@ from tests.helpers import eventually
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(profiles.current().test_timeout_s)]
 
 SETTLE_TIMEOUT_S = 600.0
+BCRYPT = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
 
 
 async def _all_terminal(pool: asyncpg.Pool, task_ids: list[str]) -> bool:
@@ -210,6 +212,7 @@ async def test_no_task_is_lost_or_run_twice_under_faults(
     secrets |= {f"user {i}'s token": client.token or "" for i, client in enumerate(clients)}
     secrets |= {f"password hash {i}": value for i, value in enumerate(hashes)}
     leaked = _secrets_in_logs(stack, secrets)
+    not_bcrypt = [value[:7] for value in hashes if not BCRYPT.match(value)]
 
     text = _render(chaos, seed, time.monotonic() - started, record, injector.log, tasks, watches, leaked)
     write_section("1-faults", text)
@@ -226,3 +229,4 @@ async def test_no_task_is_lost_or_run_twice_under_faults(
     assert watches.final_state_unknown == []
     assert watches.missed_transitions == []
     assert leaked == []
+    assert not_bcrypt == [], "the users table holds only bcrypt hashes"
