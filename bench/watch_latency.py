@@ -21,7 +21,8 @@ warm-up, measured from three points on the same machine clock:
 "Fan-out complete" is, per round, the latency (from the append) of the last of that user's watchers.
 
 Memory is each gateway's resident set (VmRSS) before the watchers connect and once all of them have
-their snapshot; the difference is scaled to 1,000 watchers. The watchers run in this one Python process,
+their snapshot; the difference is scaled to 1,000 watchers. Gateway CPU is the user+system time both
+gateways spent during the rounds, per delivery. The watchers run in this one Python process,
 on the same two cores as the stack, so the figures include the client's own share of the machine.
 
 push_latency() and submit_batch_latency() are the same measurements for the benchmark suite (bench/run.py).
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -78,6 +80,13 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_s(pid: int) -> float:
+    """User plus system CPU time a process has used, in seconds."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -270,7 +279,9 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
         await fanout.open()
         connect_s = time.monotonic() - started
         after = {name: rss_kib(pid) for name, pid in gateways.items()}
+        cpu_before = sum(cpu_s(pid) for pid in gateways.values())
         figures = await fanout.measure(args.rounds, args.warmup)
+        gateway_cpu_s = sum(cpu_s(pid) for pid in gateways.values()) - cpu_before
     finally:
         await fanout.close()
 
@@ -295,6 +306,8 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
     for name in before:
         delta = after[name] - before[name]
         print(f"  {name:<30} {before[name] / 1024:>8.1f} {after[name] / 1024:>8.1f} {delta / 1024:>8.1f}")
+    deliveries = len(figures.from_append) * (args.warmup + args.rounds) / args.rounds
+    print(f"gateway CPU while pushing: {gateway_cpu_s * 1e6 / deliveries:.0f} µs per delivery (both gateways)")
     total_kib = sum(after.values()) - sum(before.values())
     print(f"memory per 1,000 watchers (all gateways together): {total_kib / 1024 * 1000 / args.watchers:.1f} MiB")
 
