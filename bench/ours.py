@@ -23,7 +23,7 @@ from bench.figures import spread_ms
 from bench.memory import MemorySampler
 from bench.profiling import Profiler
 from bench.stamps import STAMPS_URL_ENV, count_key, parse_start, start_key, stop_key
-from resilienttask import AsyncClient, TaskStatus, TaskUpdate
+from resilienttask import AsyncClient, Task, TaskStatus, TaskUpdate
 from services.stack.stack import Stack, StackConfig
 
 SYSTEM = "ours"
@@ -49,6 +49,7 @@ class Watcher:
     def __init__(self, client: AsyncClient) -> None:
         self.watch = client.watch()
         self.seen: dict[tuple[str, TaskStatus], float] = {}
+        self.latest: dict[str, Task] = {}
         self._changed = asyncio.Event()
         self._ready = asyncio.Event()
         self._task = asyncio.create_task(self._read())
@@ -59,6 +60,7 @@ class Watcher:
             self._ready.set()
             if isinstance(event, TaskUpdate):
                 self.seen.setdefault((event.task.id, event.task.status), now)
+                self.latest[event.task.id] = event.task
                 self._changed.set()
 
     async def ready(self) -> None:
@@ -161,10 +163,11 @@ class OurBench:
                 stats = await client.stats()
                 self.memory["under_load"] = sampler.peak
                 single = uuid.uuid4().hex[:12]
-                started = time.time()
-                for _ in range(single_calls):
-                    await client.submit("noop", kind="bench.noop", payload={"label": single})
-                single_s = time.time() - started
+                with self._profiling(stack, "single-submit"):
+                    started = time.time()
+                    for _ in range(single_calls):
+                        await client.submit("noop", kind="bench.noop", payload={"label": single})
+                    single_s = time.time() - started
                 await self._until(lambda: self._succeeded(client, n + single_calls), DRAIN_TIMEOUT_S, 0.05)
         result: dict[str, Any] = {
             "n": n,
@@ -209,6 +212,7 @@ class OurBench:
     async def latency(self, n: int, warmup: int, workers: int, slots: int) -> dict[str, Any]:
         to_start: list[float] = []
         to_seen: list[float] = []
+        legs: dict[str, list[float]] = {leg: [] for leg in LATENCY_LEGS}
         with self.stack(workers, slots) as stack:
             async with self.client(stack) as client:
                 watcher = Watcher(client)
@@ -224,12 +228,18 @@ class OurBench:
                             if i >= warmup and starts:
                                 to_start.append(starts[0][0] - before)
                                 to_seen.append(seen - before)
+                                done = watcher.latest[task.id]
+                                for leg, span in zip(
+                                    LATENCY_LEGS, _legs(before, done, starts[0][0], seen), strict=True
+                                ):
+                                    legs[leg].append(span)
                 finally:
                     await watcher.close()
         return {
             "n": len(to_start),
             "start_ms": spread_ms(to_start),
             "seen_ms": spread_ms(to_seen),
+            "legs_p50_ms": {leg: spread_ms(spans).get("p50") for leg, spans in legs.items()},
             "result_api": "WatchTasks stream (pushed SUCCEEDED event), through Envoy",
         }
 
@@ -350,6 +360,23 @@ class OurBench:
 
     async def close(self) -> None:
         await self.stamps.aclose()
+
+
+# Where the time of one sequential task goes, from the task's own timestamps (PostgreSQL's now() of each
+# transaction: created_at is the submit transaction's start, started_at StartTasks', finished_at FinishTasks').
+LATENCY_LEGS = (
+    "submit call → created_at (client, Envoy, gateway up to its transaction)",
+    "created_at → started_at (commit, dispatch XADD, worker read, StartTasks via Envoy)",
+    "started_at → handler start (StartTasks commit and reply, worker launches the handler)",
+    "handler start → finished_at (handler, FinishTasks via Envoy)",
+    "finished_at → SUCCEEDED seen (commit, event append, gateway fan-out, Envoy)",
+)
+
+
+def _legs(before: float, task: Task, handler_start: float, seen: float) -> list[float]:
+    assert task.created_at is not None and task.started_at is not None and task.finished_at is not None
+    created, started, finished = (t.timestamp() for t in (task.created_at, task.started_at, task.finished_at))
+    return [created - before, started - created, handler_start - started, finished - handler_start, seen - finished]
 
 
 def service_pids(stack: Stack) -> dict[str, int]:

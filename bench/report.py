@@ -49,9 +49,9 @@ ROWS = (
     ),
     Row("crash", "… same, tuned for redelivery", "tuned.rerun_after_s", False, " s"),
     Row("crash", "healthy 30 s task (longer than the redelivery threshold): runs", "healthy.runs", False),
-    Row("watch", "WatchTasks push latency, p50", "push_ms.p50", False, " ms"),
-    Row("watch", "WatchTasks push latency, p95", "push_ms.p95", False, " ms"),
-    Row("watch", "WatchTasks push latency, p99", "push_ms.p99", False, " ms"),
+    Row("watch", "WatchTasks push latency (event appended → watcher), p50", "push_ms.p50", False, " ms"),
+    Row("watch", "WatchTasks push latency (event appended → watcher), p95", "push_ms.p95", False, " ms"),
+    Row("watch", "WatchTasks push latency (event appended → watcher), p99", "push_ms.p99", False, " ms"),
     Row("watch", "50-replica SubmitTask, p50", "submit_ms.p50", False, " ms"),
     Row("watch", "50-replica SubmitTask, p99", "submit_ms.p99", False, " ms"),
     Row("watch", "RSS per worker at rest", "rss_mib_at_rest.worker", False, " MiB"),
@@ -153,6 +153,12 @@ def notes(scenario: str, by_system: dict[str, dict[str, Any]]) -> list[str]:
     out = []
     for system, figures in by_system.items():
         parts = [f"{k}: {fmt(figures[k])}" for k in keys if k in figures]
+        for part in ("defaults", "tuned", "healthy_defaults", "healthy_tuned"):
+            if scenario == "crash" and isinstance(figures.get(part), dict) and "final_status" in figures[part]:
+                parts.append(f"{part}: ended {figures[part]['final_status']} on attempt {figures[part]['attempt']}")
+        if "legs_p50_ms" in figures:
+            legs = "; ".join(f"{leg} {fmt(ms, ' ms')}" for leg, ms in figures["legs_p50_ms"].items())
+            parts.append(f"where the time goes (p50 of each leg): {legs}")
         if "error" in figures:
             parts.append(f"error: {figures['error']}")
         if parts:

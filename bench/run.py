@@ -207,9 +207,9 @@ class Runner:
                 assert client.token is not None
                 with sampler.running():
                     push = await push_latency(
-                        stack.edge_address, client.token, "bench.noop", s.watchers, s.watch_events, 0.25
+                        stack.edge_address, client.token, "sleep", s.watchers, s.watch_events, 0.25
                     )
-                    batch = await submit_batch_latency(client, "bench.noop", s.batch_submits)
+                    batch = await submit_batch_latency(client, "sleep", s.batch_submits)
         # Under load: the peak of the throughput scenario when it ran, else of this one.
         loaded = self.ours.memory.get("under_load") or sampler.peak
         memory = {"rss_mib_at_rest": per_role(at_rest), "rss_mib_under_load": per_role(loaded)}
