@@ -1,7 +1,8 @@
 """What happens after a commit: dispatch entries, change events and worker commands go to Redis.
 
 Failures here never undo the commit and never fail the caller: a task left unpublished is found by the
-scheduler's sweeper, and a missed cancel push is repeated on the worker's next heartbeat.
+scheduler's sweeper, change events Redis refused are parked in PostgreSQL until the scheduler appends
+them, and a missed cancel push is repeated on the worker's next heartbeat.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from resilienttask.v1 import task_pb2
 from services.core import keys, task_store
 from services.core.dispatch import DispatchEntry, publish
 from services.core.events import TaskChange, publish_changes
@@ -39,11 +41,48 @@ async def dispatch_rows(pool: asyncpg.Pool, redis: aioredis.Redis, rows: Sequenc
     return True
 
 
-async def emit(redis: aioredis.Redis, changes: Sequence[TaskChange]) -> None:
+async def emit(redis: aioredis.Redis, changes: Sequence[TaskChange], pool: asyncpg.Pool) -> None:
     try:
         await publish_changes(redis, changes)
     except (RedisError, OSError) as exc:
-        log.warning("change events lost", extra={"events": len(changes), "error": repr(exc)})
+        log.warning("change events parked until Redis is back", extra={"events": len(changes), "error": repr(exc)})
+        try:
+            await park_events(pool, changes)
+        except (asyncpg.PostgresError, OSError) as db_exc:
+            log.error("change events lost", extra={"events": len(changes), "error": repr(db_exc)})
+
+
+async def park_events(pool: asyncpg.Pool, changes: Sequence[TaskChange]) -> None:
+    if not changes:
+        return
+    await pool.execute(
+        "INSERT INTO parked_events (owner_id, task, previous_status, deleted) "
+        "SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::smallint[], $4::bool[])",
+        [c.owner_id for c in changes],
+        [c.task.SerializeToString() for c in changes],
+        [c.previous_status for c in changes],
+        [c.deleted for c in changes],
+    )
+
+
+async def append_parked_events(pool: asyncpg.Pool, redis: aioredis.Redis, limit: int = 500) -> int:
+    """Append parked events to Redis in the order they were parked; they leave the table only once appended."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "SELECT id, owner_id, task, previous_status, deleted FROM parked_events "
+            "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            limit,
+        )
+        if not rows:
+            return 0
+        changes = []
+        for row in rows:
+            task = task_pb2.Task()
+            task.ParseFromString(row["task"])
+            changes.append(TaskChange(str(row["owner_id"]), task, row["previous_status"], row["deleted"]))
+        await publish_changes(redis, changes)
+        await conn.execute("DELETE FROM parked_events WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+    return len(rows)
 
 
 async def push_stop(redis: aioredis.Redis, refs: Sequence[task_store.RunningRef], reason: str) -> None:

@@ -35,7 +35,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         rows, created = await task_store.submit(self.pool, owner, spec)
         if created:
             await outbox.dispatch_rows(self.pool, self.redis, rows)
-            await outbox.emit(self.redis, [task_store.change_for(r, 0) for r in rows])
+            await outbox.emit(self.redis, [task_store.change_for(r, 0) for r in rows], self.pool)
         return scheduler_pb2.SubmitTaskResponse(tasks=[row_to_task(r) for r in rows])
 
     @translate_errors
@@ -73,7 +73,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         if not result.rows:
             raise NotFound(TASK_NOT_FOUND if task_id else "batch not found")
         await outbox.push_stop(self.redis, result.to_stop, "cancelled")
-        await outbox.emit(self.redis, result.changes)
+        await outbox.emit(self.redis, result.changes, self.pool)
         return result
 
     @translate_errors
@@ -101,7 +101,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             raise NotFound(TASK_NOT_FOUND)
         row, change = retried
         await outbox.dispatch_rows(self.pool, self.redis, [row])
-        await outbox.emit(self.redis, [change])
+        await outbox.emit(self.redis, [change], self.pool)
         return scheduler_pb2.RetryTaskResponse(task=row_to_task(row))
 
     @translate_errors
@@ -113,7 +113,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         )
         if change is None:
             raise NotFound(TASK_NOT_FOUND)
-        await outbox.emit(self.redis, [change])
+        await outbox.emit(self.redis, [change], self.pool)
         return scheduler_pb2.DeleteTaskResponse()
 
     @translate_errors
@@ -121,7 +121,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self, request: scheduler_pb2.ClearHistoryRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.ClearHistoryResponse:
         changes = await task_store.clear_history(self.pool, current_user_id())
-        await outbox.emit(self.redis, changes)
+        await outbox.emit(self.redis, changes, self.pool)
         return scheduler_pb2.ClearHistoryResponse(deleted=len(changes))
 
     @translate_errors

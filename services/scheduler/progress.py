@@ -42,4 +42,4 @@ class ProgressBuffer:
             except (asyncpg.PostgresError, OSError) as exc:
                 log.warning("progress not recorded", extra={"error": repr(exc)})
                 continue
-            await outbox.emit(redis, changes)
+            await outbox.emit(redis, changes, pool)

@@ -2,7 +2,8 @@
 
 - publish: queued tasks nobody published (retry backoff due, or Redis was down at submit time);
 - lost entries: queued tasks whose stream entry vanished (Redis lost data) are published again;
-- abandoned: running tasks past max_runtime + grace that no worker holds any more are timed out.
+- abandoned: running tasks past max_runtime + grace that no worker holds any more are timed out;
+- parked events: change events Redis refused after their commit are appended once it is back.
 Several schedulers may run these at once: row locks and fencing make a double publish harmless.
 """
 
@@ -32,6 +33,7 @@ class SweepConfig:
     lost_entry_age_s: float = 30.0
     abandoned_interval_s: float = 2.0
     abandoned_grace_s: float = 30.0
+    parked_events_interval_s: float = 0.5
 
 
 async def publish_due(pool: asyncpg.Pool, redis: aioredis.Redis) -> int:
@@ -59,7 +61,7 @@ async def republish_lost(pool: asyncpg.Pool, redis: aioredis.Redis, age_s: float
 
 async def time_out_abandoned(pool: asyncpg.Pool, redis: aioredis.Redis, grace_s: float) -> int:
     changes = await store.time_out_abandoned(pool, grace_s)
-    await outbox.emit(redis, changes)
+    await outbox.emit(redis, changes, pool)
     return len(changes)
 
 
@@ -80,6 +82,9 @@ async def run_sweepers(pool: asyncpg.Pool, redis: aioredis.Redis, config: SweepC
     async def lost() -> None:
         await republish_lost(pool, redis, config.lost_entry_age_s)
 
+    async def parked() -> None:
+        await outbox.append_parked_events(pool, redis)
+
     async def abandoned() -> None:
         await time_out_abandoned(pool, redis, config.abandoned_grace_s)
 
@@ -87,4 +92,5 @@ async def run_sweepers(pool: asyncpg.Pool, redis: aioredis.Redis, config: SweepC
         _every(config.publish_interval_ms / 1000, "publish", publish),
         _every(config.lost_entry_check_interval_s, "lost", lost),
         _every(config.abandoned_interval_s, "abandoned", abandoned),
+        _every(config.parked_events_interval_s, "parked events", parked),
     )

@@ -1,11 +1,8 @@
 """A task that changes while the Redis-compatible server is down: its live watcher must still learn the outcome.
 
-Known issue, kept out of CI's pass/fail by a strict xfail until it is fixed: change events are published to
-Redis after the commit, and a publish that fails is only logged ("change events lost",
-services/core/outbox.py). A watcher connected through the outage (or resuming with its token afterwards)
-reads the owner's history, which never received those events, so a task submitted and cancelled during the
-outage stays unknown to it although the database says CANCELLED. The chaos run shows the same for tasks
-that finish or are cancelled while Redis is down. A snapshot would carry the truth, but nothing sends one.
+Change events are appended to Redis after the commit; those Redis refuses are parked in PostgreSQL
+(services/core/outbox.py) and appended by the scheduler once Redis is back, so a watcher connected
+through the outage (or resuming with its token afterwards) still receives them.
 """
 
 from __future__ import annotations
@@ -25,11 +22,6 @@ from tests.helpers import eventually
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events of changes committed while Redis is down are dropped (outbox.emit only logs the failure), "
-    "so live watchers never see them",
-)
 async def test_a_watcher_learns_of_a_task_cancelled_while_redis_was_down(chaos_stack: Stack) -> None:
     stack = chaos_stack
     (client,), (user_id,) = await signup_users(stack.edge_address, 1)
