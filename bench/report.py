@@ -267,8 +267,18 @@ def markdown(document: dict[str, Any], chart_name: str) -> str:
     lines = [
         f"Run of {meta['date']} — `{meta['command']}`" + (" (quick: smaller sizes)" if meta.get("quick") else ""),
         "",
-        f"Machine: {machine['nproc']} cores, memory `{machine['memory']}`, Python {machine['python']}, "
-        f"load average at start {' / '.join(str(x) for x in machine['load_avg_at_start'])} (1, 5, 15 min).",
+        f"Machine: `nproc` {machine['nproc']}, {machine['platform']}, Python {machine['python']}; load average "
+        f"(1, 5, 15 min) at the start {' / '.join(str(x) for x in machine['load_avg_at_start'])}"
+        + (
+            f", at the end {' / '.join(str(x) for x in machine['load_avg_at_end'])}"
+            if "load_avg_at_end" in machine
+            else ""
+        )
+        + ". `free -h`:",
+        "",
+        "```",
+        machine.get("free_h", ""),
+        "```",
     ]
     if meta.get("profiled"):
         lines += ["", "**Profiled run (py-spy attached to our services): figures are slowed down.**"]

@@ -107,7 +107,7 @@ def machine() -> dict[str, Any]:
     return {
         "nproc": os.cpu_count(),
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "memory": free.splitlines()[1] if free else "",
+        "free_h": "\n".join(free.splitlines()[:2]),
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
@@ -287,6 +287,7 @@ def main() -> int:
                 runner.save()
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+    meta["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     document = runner.document()
     report.write(document, args.out, doc=args.doc)
     print((args.out / "results.md").read_text())
