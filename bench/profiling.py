@@ -11,11 +11,13 @@ import collections
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+REPO = str(Path(__file__).resolve().parents[1])
 # Which processes of the stack are sampled.
 PROFILED = ("scheduler-1", "gateway-1", "worker-1", "gateway-2", "worker-2")
 RATE_HZ = 200
@@ -24,7 +26,7 @@ RATE_HZ = 200
 class Profiler:
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
-        self.exe = shutil.which("py-spy") or str(Path(__import__("sys").executable).parent / "py-spy")
+        self.exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         self.summaries: dict[str, dict[str, Any]] = {}
 
     @contextmanager
@@ -52,31 +54,59 @@ class Profiler:
 
 
 def summarize(path: Path, top: int = 12) -> dict[str, Any]:
-    """Top functions by share of samples: self (the frame on top) and inclusive (anywhere on the stack)."""
+    """Top functions by share of the samples in which the process was busy (not waiting in epoll or on a lock).
+
+    self: the frame on top of the stack; inclusive: anywhere on the stack, for our code and the drivers
+    (services/, resilienttask/, asyncpg, redis, grpc), which says which call paths the time goes to.
+    """
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
+    busy = idle = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = stack.split(";")
-        total += count
-        own[_short(frames[-1])] += count
-        for frame in set(map(_short, frames)):
-            inclusive[frame] += count
-    if total == 0:
-        return {"samples": 0}
+        frames = [_short(frame) for frame in stack.split(";")]
+        if frames[-1].startswith(IDLE_LEAVES):
+            idle += count
+            continue
+        busy += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            if any(part in frame for part in OUR_PATHS):
+                inclusive[frame] += count
+    if busy == 0:
+        return {"busy_samples": 0, "idle_samples": idle}
 
     def shares(counter: collections.Counter[str]) -> list[tuple[str, float]]:
-        return [(frame, round(100 * n / total, 1)) for frame, n in counter.most_common(top)]
+        return [(frame, round(100 * n / busy, 1)) for frame, n in counter.most_common(top)]
 
-    return {"samples": total, "self_pct": shares(own), "inclusive_pct": shares(inclusive)}
+    return {"busy_samples": busy, "idle_samples": idle, "self_pct": shares(own), "inclusive_pct": shares(inclusive)}
+
+
+# Frames on top of the stack of a thread that waits rather than works.
+IDLE_LEAVES = (
+    "EpollSelector.select",
+    "select (",
+    "Condition.wait",
+    "Event.wait",
+    "wait (threading",
+    "_wait_for_tstate_lock",
+)
+OUR_PATHS = ("(services/", "(clients/python/resilienttask/", "(asyncpg/", "(redis/", "(grpc/")
 
 
 def _short(frame: str) -> str:
-    """'function (path/to/module.py:123)' → 'function (module.py)': lines differ, the function is what counts."""
+    """'function (/abs/path/pkg/module.py:123)' → 'function (pkg/module.py)': the line differs, the function counts."""
     name, _, where = frame.partition(" (")
-    file = where.split(":")[0].rsplit("/", 1)[-1].rstrip(")")
-    return f"{name} ({file})" if file else name
+    file = where.split(":")[0].rstrip(")")
+    if not file:
+        return name
+    if "site-packages/" in file:
+        file = file.split("site-packages/", 1)[1]
+    elif file.startswith(f"{REPO}/"):
+        file = file[len(REPO) + 1 :]
+    elif file.startswith("/"):  # the standard library
+        file = "/".join(file.split("/")[-2:])
+    return f"{name} ({file})"

@@ -288,8 +288,12 @@ def markdown(document: dict[str, Any], chart_name: str) -> str:
     if profile:
         lines += ["### Profile (py-spy, share of samples)", ""]
         for where, summary in profile.items():
-            top = ", ".join(f"{name} {pct}%" for name, pct in summary.get("self_pct", [])[:8])
-            lines.append(f"- {where} ({summary.get('samples', 0)} samples), self: {top}")
+            own = ", ".join(f"{name} {pct}%" for name, pct in summary.get("self_pct", [])[:6])
+            paths = ", ".join(f"{name} {pct}%" for name, pct in summary.get("inclusive_pct", [])[:10])
+            lines.append(
+                f"- {where}: {summary.get('busy_samples', 0)} busy samples ({summary.get('idle_samples', 0)} idle); "
+                f"self: {own}; inclusive: {paths}"
+            )
         lines.append("")
     return "\n".join(lines)
 
