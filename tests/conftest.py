@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.stack.embedded import postgres_process, postgres_url, valkey_process, wait_for_port
+from services.stack.embedded import postgres_process, postgres_url, valkey_process, wait_for_port, wait_for_postgres
 from services.stack.ports import free_port
 from services.stack.processes import ManagedProcess
 from services.stack.stack import Stack, StackConfig
@@ -55,7 +55,7 @@ def stores() -> Iterator[Stores]:
     valkey.start()
     running = Stores(postgres_url(pg_port), f"redis://127.0.0.1:{valkey_port}/0", pg, valkey, data_dir)
     try:
-        wait_for_port(pg, pg_port, timeout_s=60)
+        wait_for_postgres(pg, pg_port)
         wait_for_port(valkey, valkey_port)
         yield running
     finally:

@@ -6,10 +6,11 @@ the reference of the entry responsible for it; workers pass references back in S
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from services.core import keys
@@ -46,26 +47,36 @@ async def ensure_dispatch_groups(redis: aioredis.Redis, kinds: Iterable[str]) ->
                 raise
 
 
+def queue_entries(pipe: Pipeline, entries: Sequence[DispatchEntry]) -> None:
+    """Add one XADD per entry, to its kind's stream, to a pipeline."""
+    for entry in entries:
+        pipe.xadd(
+            keys.dispatch_stream(entry.kind),
+            {
+                keys.FIELD_TASK_ID: entry.task_id,
+                keys.FIELD_DISPATCH_ID: entry.dispatch_id,
+                keys.FIELD_KIND: entry.kind,
+            },
+        )
+
+
+def entry_refs(entries: Sequence[DispatchEntry], ids: Sequence[bytes | str]) -> list[str]:
+    """The references of entries, from the ids their XADDs returned (in the same order)."""
+    return [
+        entry_ref(entry.kind, raw.decode() if isinstance(raw, bytes) else str(raw))
+        for entry, raw in zip(entries, ids, strict=True)
+    ]
+
+
 async def publish(redis: aioredis.Redis, entries: Iterable[DispatchEntry]) -> list[str]:
     """XADD every entry to its kind's stream in one pipelined round trip; returns the entry references."""
     batch = list(entries)
     if not batch:
         return []
     async with redis.pipeline(transaction=False) as pipe:
-        for entry in batch:
-            pipe.xadd(
-                keys.dispatch_stream(entry.kind),
-                {
-                    keys.FIELD_TASK_ID: entry.task_id,
-                    keys.FIELD_DISPATCH_ID: entry.dispatch_id,
-                    keys.FIELD_KIND: entry.kind,
-                },
-            )
+        queue_entries(pipe, batch)
         ids = await pipe.execute()
-    return [
-        entry_ref(entry.kind, raw.decode() if isinstance(raw, bytes) else str(raw))
-        for entry, raw in zip(batch, ids, strict=True)
-    ]
+    return entry_refs(batch, ids)
 
 
 def parse_entry(fields: dict[bytes, bytes]) -> DispatchEntry:

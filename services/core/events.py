@@ -13,10 +13,11 @@ Each change is written twice, atomically, by one Lua script:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from resilienttask.v1 import task_pb2
 from services.core import keys
@@ -120,22 +121,27 @@ def _args(change: TaskChange) -> list[bytes | str]:
     ]
 
 
+async def queue_changes(redis: aioredis.Redis, pipe: Pipeline, changes: Sequence[TaskChange]) -> None:
+    """Add the appends of every change to a pipeline (one script call per chunk), to run with its other commands."""
+    script = redis.register_script(_PUBLISH_LUA)
+    for start in range(0, len(changes), PUBLISH_CHUNK):
+        chunk = changes[start : start + PUBLISH_CHUNK]
+        await script(
+            keys=[
+                keys.EVENTS_FEED_STREAM,
+                keys.EVENTS_FEED_SEQ,
+                *(keys.owner_events_stream(c.owner_id) for c in chunk),
+            ],
+            args=[EVENTS_MAXLEN, FEED_MAXLEN, *(arg for c in chunk for arg in _args(c))],
+            client=pipe,
+        )
+
+
 async def publish_changes(redis: aioredis.Redis, changes: Iterable[TaskChange]) -> None:
     """Append every change to its owner's stream and to the feed, in one pipelined round trip."""
     batch = list(changes)
     if not batch:
         return
-    script = redis.register_script(_PUBLISH_LUA)
     async with redis.pipeline(transaction=False) as pipe:
-        for start in range(0, len(batch), PUBLISH_CHUNK):
-            chunk = batch[start : start + PUBLISH_CHUNK]
-            await script(
-                keys=[
-                    keys.EVENTS_FEED_STREAM,
-                    keys.EVENTS_FEED_SEQ,
-                    *(keys.owner_events_stream(c.owner_id) for c in chunk),
-                ],
-                args=[EVENTS_MAXLEN, FEED_MAXLEN, *(arg for c in chunk for arg in _args(c))],
-                client=pipe,
-            )
+        await queue_changes(redis, pipe, batch)
         await pipe.execute()

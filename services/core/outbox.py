@@ -17,8 +17,8 @@ from redis.exceptions import RedisError
 
 from resilienttask.v1 import task_pb2
 from services.core import keys, task_store
-from services.core.dispatch import DispatchEntry, publish
-from services.core.events import TaskChange, publish_changes
+from services.core.dispatch import DispatchEntry, entry_refs, publish, queue_entries
+from services.core.events import TaskChange, publish_changes, queue_changes
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,32 @@ async def dispatch_rows(pool: asyncpg.Pool, redis: aioredis.Redis, rows: Sequenc
         # The entries are in the stream; the sweeper may publish them again, which fencing makes harmless.
         log.warning("could not record publication", extra={"error": repr(exc)})
     return True
+
+
+async def emit_and_dispatch(
+    pool: asyncpg.Pool, redis: aioredis.Redis, rows: Sequence[asyncpg.Record], changes: Sequence[TaskChange]
+) -> None:
+    """The change events, then the dispatch entries, in one round trip: watchers hear of a task before any
+    worker can start it, and the task reaches a worker without waiting for a second call."""
+    entries = [DispatchEntry(str(r["id"]), str(r["dispatch_id"]), r["kind"]) for r in rows]
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            await queue_changes(redis, pipe, changes)
+            queue_entries(pipe, entries)
+            replies = await pipe.execute()
+    except (RedisError, OSError) as exc:
+        log.warning("dispatch deferred to the sweeper, events parked", extra={"tasks": len(rows), "error": repr(exc)})
+        try:
+            await park_events(pool, changes)
+        except (asyncpg.PostgresError, OSError) as db_exc:
+            log.error("change events lost", extra={"events": len(changes), "error": repr(db_exc)})
+        return
+    refs = entry_refs(entries, replies[len(replies) - len(entries) :])
+    try:
+        await task_store.mark_published(pool, [e.task_id for e in entries], refs)
+    except (asyncpg.PostgresError, OSError) as exc:
+        # The entries are in the stream; the sweeper may publish them again, which fencing makes harmless.
+        log.warning("could not record publication", extra={"error": repr(exc)})
 
 
 async def emit(redis: aioredis.Redis, changes: Sequence[TaskChange], pool: asyncpg.Pool) -> None:

@@ -15,6 +15,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.core.cancellation import cancel_and_wait
 from services.core.config import ServerConfig
 
 log = logging.getLogger(__name__)
@@ -79,17 +80,11 @@ class Service:
     async def stop(self, grace_s: float) -> None:
         """Stop taking new calls, let in-flight calls finish, then run shutdown hooks."""
         if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
+            await cancel_and_wait([self._monitor])
         with contextlib.suppress(Exception):
             await self.set_serving(False)
         await self.server.stop(grace_s)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)
         for hook in self.shutdown_hooks:
             try:
                 await hook()

@@ -34,8 +34,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         spec = validation.submission(request, await worker_registry.known_kinds(self.redis))
         rows, created = await task_store.submit(self.pool, owner, spec)
         if created:
-            await outbox.dispatch_rows(self.pool, self.redis, rows)
-            await outbox.emit(self.redis, [task_store.change_for(r, 0) for r in rows], self.pool)
+            await outbox.emit_and_dispatch(self.pool, self.redis, rows, [task_store.change_for(r, 0) for r in rows])
         return scheduler_pb2.SubmitTaskResponse(tasks=[row_to_task(r) for r in rows])
 
     @translate_errors
@@ -72,8 +71,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         result = await task_store.cancel(self.pool, current_user_id(), task_id=task_id, batch_id=batch_id)
         if not result.rows:
             raise NotFound(TASK_NOT_FOUND if task_id else "batch not found")
-        await outbox.push_stop(self.redis, result.to_stop, "cancelled")
         await outbox.emit(self.redis, result.changes, self.pool)
+        await outbox.push_stop(self.redis, result.to_stop, "cancelled")
         return result
 
     @translate_errors
@@ -100,8 +99,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         if retried is None:
             raise NotFound(TASK_NOT_FOUND)
         row, change = retried
-        await outbox.dispatch_rows(self.pool, self.redis, [row])
-        await outbox.emit(self.redis, [change], self.pool)
+        await outbox.emit_and_dispatch(self.pool, self.redis, [row], [change])
         return scheduler_pb2.RetryTaskResponse(task=row_to_task(row))
 
     @translate_errors

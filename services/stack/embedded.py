@@ -175,3 +175,19 @@ def wait_for_port(proc: ManagedProcess, port: int, timeout_s: float = 30.0) -> N
             return
         time.sleep(0.05)
     raise TimeoutError(f"{proc.name} did not open port {port} within {timeout_s}s")
+
+
+def wait_for_postgres(proc: ManagedProcess, port: int, timeout_s: float = 60.0) -> None:
+    """Block until PostgreSQL accepts connections (its port opens before it has finished starting up)."""
+    wait_for_port(proc, port, timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited early; see {proc.log_path}")
+        ready = subprocess.run(
+            [_postgres_bin("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"], check=False
+        )
+        if ready.returncode == 0:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{proc.name} did not accept connections within {timeout_s}s")

@@ -21,7 +21,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.core.config import AuthConfig
 from services.edge.config import DEFAULT_AUTH_RATE_LIMIT, EdgeConfig, Endpoint, RateLimit
 from services.edge.launch import JWKS_FILE, envoy_argv, write_edge_files
-from services.stack.embedded import postgres_process, postgres_url, valkey_process, wait_for_port
+from services.stack.embedded import (
+    postgres_process,
+    postgres_url,
+    valkey_process,
+    wait_for_port,
+    wait_for_postgres,
+)
 from services.stack.ports import free_port
 from services.stack.processes import ManagedProcess
 
@@ -152,7 +158,10 @@ class Stack:
         self.processes[name] = proc
         self.ports[name] = port
         proc.start()
-        wait_for_port(proc, port)
+        if name == "postgres":
+            wait_for_postgres(proc, port)
+        else:
+            wait_for_port(proc, port)
 
     def service_env(self, port: int) -> dict[str, str]:
         env = dict(os.environ)
@@ -227,7 +236,10 @@ class Stack:
         )
         self.processes[name] = fresh
         fresh.start()
-        wait_for_port(fresh, self.ports[name], timeout_s=60)
+        if name == "postgres":
+            wait_for_postgres(fresh, self.ports[name])
+        else:
+            wait_for_port(fresh, self.ports[name], timeout_s=60)
         if name == "envoy":
             wait_serving(self.edge_address, timeout_s=30)
         self.write_state()

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from resilienttask.handlers import get_handler, registered_kinds
 from resilienttask.v1 import worker_pb2
+from services.core.cancellation import cancel_and_wait
 from services.core.config import AuthConfig
 from services.core.dispatch import ensure_dispatch_groups
 from services.worker.config import WorkerConfig
@@ -333,19 +334,6 @@ class Worker:
         )
         if isinstance(results[1], BaseException):
             log.warning("could not refresh held entries", extra={"error": repr(results[1])})
-
-
-async def cancel_and_wait(tasks: Sequence[asyncio.Task[None]], give_up_s: float = 5.0) -> None:
-    """Cancel tasks until they end: a cancellation can be swallowed (seen inside redis-py 8.1's asyncio
-    client), so one cancel() is not proof of anything."""
-    deadline = time.monotonic() + give_up_s
-    pending = {t for t in tasks if not t.done()}
-    while pending and time.monotonic() < deadline:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.1)
-    if pending:
-        log.error("worker loops ignored cancellation", extra={"loops": ",".join(t.get_name() for t in pending)})
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:
