@@ -1,7 +1,7 @@
 """RQ: one job at a time per worker, each job in a forked work horse (RQ's design).
 
 Workers: `rq worker` (one per worker process asked for); the parallel-sleep scenario uses one
-`rq worker-pool -n 100`. Tuned for crash redelivery: Retry(max=1) on the job and a 5 s maintenance interval.
+`rq worker-pool -n 100`. Tuned for crash redelivery: Retry(max=1) on the job, maintenance and job monitoring every 5 s.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from bench.stamps import SyncStamps, sleep_in_steps
 SYSTEM = "rq"
 QUEUE = "bench"
 BATCH = 1000
-TUNED_MAINTENANCE_INTERVAL_S = 5
+TUNED_MAINTENANCE_S = 5
 STATUS_POLL_S = 0.0005
 _stamps = SyncStamps()
 
@@ -50,7 +50,10 @@ class RQPeer(Peer):
     enqueue_method = "enqueue_many(), batches of 1000"
     result_api = "Job.latest_result(timeout=…) (blocking read of the job's result stream)"
     cancel_method = "send_stop_job_command() (the worker kills the work horse); status STOPPED polled every 0.5 ms"
-    settings = "default Worker (fork per job), one job at a time per worker; tuned: Retry(max=1), maintenance every 5 s"
+    settings = (
+        "default Worker (fork per job), one job at a time per worker; "
+        "tuned: Retry(max=1), --maintenance-interval 5 --job-monitoring-interval 5"
+    )
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -61,7 +64,13 @@ class RQPeer(Peer):
         if plan.pool:
             horses = str(plan.processes * plan.concurrency)
             return [[venv_script("rq"), "worker-pool", "-n", horses, "-u", self.url, QUEUE]]
-        interval = ["--maintenance-interval", str(TUNED_MAINTENANCE_INTERVAL_S)] if plan.tuned else []
+        # A dead worker's job is abandoned once its heartbeat lapses (monitoring interval + 60 s), found by
+        # the next maintenance pass; tuned: heartbeats every 5 s and maintenance every 5 s.
+        interval = (
+            ["--maintenance-interval", str(TUNED_MAINTENANCE_S), "--job-monitoring-interval", str(TUNED_MAINTENANCE_S)]
+            if plan.tuned
+            else []
+        )
         return [
             [venv_script("rq"), "worker", "-u", self.url, "-q", *interval, "-n", f"bench{i}-{time.time_ns()}", QUEUE]
             for i in range(1, plan.processes + 1)
@@ -78,7 +87,7 @@ class RQPeer(Peer):
     def submit(self, kind: str, label: str, seconds: float = 0.0, tuned: bool = False, step_s: float = 0.0) -> Job:
         args: tuple[Any, ...] = (label, seconds, step_s) if kind == "sleep" else (label,)
         retry = Retry(max=1) if tuned else None
-        return self.queue.enqueue(_FUNCTIONS[kind], *args, retry=retry, job_timeout=600)
+        return self.queue.enqueue(_FUNCTIONS[kind], *args, retry=retry)
 
     def wait_result(self, handle: Job, timeout_s: float) -> None:
         if handle.latest_result(timeout=max(1, round(timeout_s))) is None:
