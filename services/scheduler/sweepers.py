@@ -72,6 +72,10 @@ async def _every(interval_s: float, name: str, step: Callable[[], Awaitable[None
             await step()
         except (asyncpg.PostgresError, OSError, RedisError, asyncpg.InterfaceError) as exc:
             log.warning("sweep failed; will retry", extra={"sweep": name, "error": repr(exc)})
+        except Exception:
+            # Anything else (asyncpg's InternalClientError on a connection broken mid-query by a PostgreSQL
+            # restart, for one) must not end the loop: without the sweepers, requeued tasks are never published.
+            log.exception("sweep crashed; will retry", extra={"sweep": name})
         await asyncio.sleep(interval_s)
 
 
