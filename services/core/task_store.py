@@ -174,9 +174,7 @@ async def mark_published(pool: asyncpg.Pool, task_ids: Sequence[str], entry_ids:
 
 # -- reads ---------------------------------------------------------------------------------------------
 async def get(pool: asyncpg.Pool, owner_id: str, task_id: str) -> asyncpg.Record | None:
-    return await pool.fetchrow(
-        f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 AND owner_id = $2", task_id, owner_id
-    )
+    return await pool.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 AND owner_id = $2", task_id, owner_id)
 
 
 async def list_page(
@@ -254,8 +252,7 @@ async def cancel(
     column, value = ("id", task_id) if task_id else ("batch_id", batch_id)
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(
-            f"SELECT {TASK_COLUMNS} FROM tasks WHERE owner_id = $1 AND {column} = $2 ORDER BY replica_index "
-            "FOR UPDATE",
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE owner_id = $1 AND {column} = $2 ORDER BY replica_index FOR UPDATE",
             owner_id,
             value,
         )
