@@ -110,12 +110,12 @@ def _render(
                 ("transitions a watcher missed", len(watches.missed_transitions)),
                 ("final state unknown to a watcher", len(watches.final_state_unknown)),
                 (
-                    "transitions missed, committed while Redis was down (known issue)",
-                    len(watches.missed_in_redis_outage),
+                    "transitions missed, committed while PostgreSQL restarted (known issue)",
+                    len(watches.missed_in_store_outage),
                 ),
                 (
-                    "final state unknown, committed while Redis was down (known issue)",
-                    len(watches.final_unknown_in_redis_outage),
+                    "final state unknown, committed while PostgreSQL restarted (known issue)",
+                    len(watches.final_unknown_in_store_outage),
                 ),
                 ("stale events (older than one received; clients drop them)", watches.stale_arrivals),
                 ("another user's task seen by a watcher", len(watches.foreign_tasks)),
@@ -136,8 +136,8 @@ def _render(
         "unexpected end states": tasks.unexpected_outcomes,
         "missed transitions": watches.missed_transitions,
         "final state unknown": watches.final_state_unknown,
-        "missed while Redis was down (known issue)": watches.missed_in_redis_outage,
-        "final state unknown, changed while Redis was down (known issue)": watches.final_unknown_in_redis_outage,
+        "missed while PostgreSQL restarted (known issue)": watches.missed_in_store_outage,
+        "final state unknown, changed while PostgreSQL restarted (known issue)": watches.final_unknown_in_store_outage,
         "foreign tasks": watches.foreign_tasks,
         "watcher failures": watches.failures,
         "secrets in logs": leaked,
@@ -197,9 +197,8 @@ async def test_no_task_is_lost_or_run_twice_under_faults(
 
         rows, history = await load_history(pool, task_ids)
         tasks = audit_tasks(record, rows, history, injector.log.killed_workers)
-        watches = await audit_watchers(
-            pool, [w.log for w in watchers], record, rows, history, injector.log.outages("valkey")
-        )
+        outages = injector.log.outages("postgres")
+        watches = await audit_watchers(pool, [w.log for w in watchers], record, rows, history, outages)
         hashes = [r["password_hash"] for r in await pool.fetch("SELECT password_hash FROM users")]
     finally:
         for watcher in watchers:
