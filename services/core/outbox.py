@@ -7,6 +7,7 @@ them, and a missed cancel push is repeated on the worker's next heartbeat.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Sequence
@@ -68,6 +69,8 @@ async def emit_and_dispatch(
 
 
 async def emit(redis: aioredis.Redis, changes: Sequence[TaskChange], pool: asyncpg.Pool) -> None:
+    if not changes:
+        return
     try:
         await publish_changes(redis, changes)
     except (RedisError, OSError) as exc:
@@ -123,3 +126,39 @@ async def push_stop(redis: aioredis.Redis, refs: Sequence[task_store.RunningRef]
             await pipe.execute()
     except (RedisError, OSError) as exc:
         log.warning("stop push deferred to the next heartbeat", extra={"error": repr(exc)})
+
+
+class EventEmitter:
+    """Appends change events in commit order, off the path of the reply that follows the commit.
+
+    A worker waiting for StartTasks or FinishTasks does not also wait for the Redis round trip of the
+    events; whatever accumulated while one append was under way goes out in the next, as one batch.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis) -> None:
+        self.pool = pool
+        self.redis = redis
+        self._queue: asyncio.Queue[list[TaskChange]] = asyncio.Queue()
+
+    def submit(self, changes: Sequence[TaskChange]) -> None:
+        if changes:
+            self._queue.put_nowait(list(changes))
+
+    def _take(self) -> list[TaskChange]:
+        batch: list[TaskChange] = []
+        while not self._queue.empty():
+            batch.extend(self._queue.get_nowait())
+        return batch
+
+    async def run(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            batch.extend(self._take())
+            try:
+                await emit(self.redis, batch, self.pool)
+            except Exception:  # one bad batch must not silence every later event
+                log.exception("change events dropped", extra={"events": len(batch)})
+
+    async def drain(self) -> None:
+        """At shutdown: append what is still queued."""
+        await emit(self.redis, self._take(), self.pool)

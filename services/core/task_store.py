@@ -163,13 +163,19 @@ async def _insert_submission(
 
 
 async def mark_published(pool: asyncpg.Pool, task_ids: Sequence[str], entry_ids: Sequence[str]) -> None:
-    """Record that the entries are in the stream, so the sweeper leaves them alone."""
-    await pool.execute(
-        "UPDATE tasks SET published = true, published_at = now(), entry_id = t.entry_id "
-        "FROM unnest($1::uuid[], $2::text[]) AS t(id, entry_id) WHERE tasks.id = t.id AND tasks.status = 1",
-        list(task_ids),
-        list(entry_ids),
-    )
+    """Record that the entries are in the stream, so the sweeper leaves them alone.
+
+    Not a transition, so the commit does not wait for the disk: if a crash loses this update, the sweeper
+    publishes the task again and fencing makes the duplicate entry harmless.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL synchronous_commit = off")
+        await conn.execute(
+            "UPDATE tasks SET published = true, published_at = now(), entry_id = t.entry_id "
+            "FROM unnest($1::uuid[], $2::text[]) AS t(id, entry_id) WHERE tasks.id = t.id AND tasks.status = 1",
+            list(task_ids),
+            list(entry_ids),
+        )
 
 
 # -- reads ---------------------------------------------------------------------------------------------

@@ -70,3 +70,21 @@ async def known_kinds(redis: aioredis.Redis) -> list[str]:
     for info in workers:
         kinds.update(info.kinds)
     return sorted(kinds)
+
+
+class KindsCache:
+    """known_kinds() without a Redis round trip per submission: the kinds change when workers come and go,
+    so a short-lived copy serves, and a kind missing from it is looked up again before it is refused."""
+
+    def __init__(self, redis: aioredis.Redis, ttl_s: float = 2.0) -> None:
+        self.redis = redis
+        self.ttl_s = ttl_s
+        self._kinds: list[str] = []
+        self._fetched_at = float("-inf")
+
+    async def kinds(self, wanted: str = "") -> list[str]:
+        fresh = time.monotonic() - self._fetched_at < self.ttl_s
+        if not fresh or (wanted and wanted not in self._kinds):
+            self._kinds = await known_kinds(self.redis)
+            self._fetched_at = time.monotonic()
+        return self._kinds

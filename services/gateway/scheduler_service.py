@@ -25,13 +25,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self.pool = pool
         self.redis = redis
         self.watch_hub = watch_hub
+        self.kinds = worker_registry.KindsCache(redis)
 
     @translate_errors
     async def SubmitTask(
         self, request: scheduler_pb2.SubmitTaskRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.SubmitTaskResponse:
         owner = current_user_id()
-        spec = validation.submission(request, await worker_registry.known_kinds(self.redis))
+        spec = validation.submission(request, await self.kinds.kinds(request.kind or validation.DEFAULT_KIND))
         rows, created = await task_store.submit(self.pool, owner, spec)
         if created:
             await outbox.emit_and_dispatch(self.pool, self.redis, rows, [task_store.change_for(r, 0) for r in rows])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from resilienttask.v1 import worker_pb2, worker_pb2_grpc
+from services.core import outbox
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
 from services.core.db import create_pool, database_reachable
 from services.core.redis_client import create_redis, redis_reachable
@@ -41,14 +42,16 @@ async def create_server(config: SchedulerConfig) -> Service:
     server, port, health = create_grpc_server(config.server, service_names=SERVICE_NAMES, interceptors=[interceptor])
     workers = ConnectedWorkers()
     progress = ProgressBuffer()
-    servicer = WorkerServicer(pool, redis, workers, progress, config.retry)
+    emitter = outbox.EventEmitter(pool, redis)
+    servicer = WorkerServicer(pool, redis, workers, progress, config.retry, emitter)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
     service = Service(server=server, port=port, health=health, service_names=SERVICE_NAMES)
     service.background += [
         lambda: relay_commands(redis, workers),
-        lambda: progress.flush_forever(pool, redis, config.progress_flush_ms / 1000),
+        lambda: progress.flush_forever(pool, emitter, config.progress_flush_ms / 1000),
+        emitter.run,
         lambda: run_sweepers(pool, redis, config.sweeps),
     ]
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
-    service.shutdown_hooks += [pool.close, redis.aclose]
+    service.shutdown_hooks += [emitter.drain, pool.close, redis.aclose]
     return service

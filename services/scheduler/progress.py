@@ -7,7 +7,6 @@ import logging
 from collections.abc import Iterable
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from services.core import outbox
 from services.scheduler import store
@@ -31,7 +30,7 @@ class ProgressBuffer:
         latest, self._latest = self._latest, {}
         return latest
 
-    async def flush_forever(self, pool: asyncpg.Pool, redis: aioredis.Redis, interval_s: float) -> None:
+    async def flush_forever(self, pool: asyncpg.Pool, emitter: outbox.EventEmitter, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
             reports = self.take()
@@ -42,4 +41,4 @@ class ProgressBuffer:
             except (asyncpg.PostgresError, OSError) as exc:
                 log.warning("progress not recorded", extra={"error": repr(exc)})
                 continue
-            await outbox.emit(redis, changes, pool)
+            emitter.submit(changes)

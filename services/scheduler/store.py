@@ -325,18 +325,21 @@ async def record_progress(pool: asyncpg.Pool, reports: dict[tuple[str, int], flo
         return []
     keys = list(reports)
     # SKIP LOCKED: progress is droppable, and never worth waiting for (or deadlocking with) a finish.
-    rows = await pool.fetch(
-        "WITH t AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::float8[]) AS u(id, fence, progress)), "
-        f"locked AS (SELECT tasks.id FROM tasks JOIN t ON tasks.id = t.id WHERE tasks.fence = t.fence "
-        f"AND tasks.status IN ({RUNNING}, {CANCELLING}) AND tasks.progress <> t.progress "
-        "ORDER BY tasks.id FOR UPDATE OF tasks SKIP LOCKED) "
-        "UPDATE tasks SET progress = t.progress, version = version + 1 FROM t, locked "
-        "WHERE tasks.id = t.id AND tasks.id = locked.id "
-        f"RETURNING {QUALIFIED_TASK_COLUMNS}",
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [max(0.0, min(1.0, reports[k])) for k in keys],
-    )
+    async with pool.acquire() as conn, conn.transaction():
+        # Progress is not a transition: its commit need not wait for the disk.
+        await conn.execute("SET LOCAL synchronous_commit = off")
+        rows = await conn.fetch(
+            "WITH t AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::float8[]) AS u(id, fence, progress)), "
+            f"locked AS (SELECT tasks.id FROM tasks JOIN t ON tasks.id = t.id WHERE tasks.fence = t.fence "
+            f"AND tasks.status IN ({RUNNING}, {CANCELLING}) AND tasks.progress <> t.progress "
+            "ORDER BY tasks.id FOR UPDATE OF tasks SKIP LOCKED) "
+            "UPDATE tasks SET progress = t.progress, version = version + 1 FROM t, locked "
+            "WHERE tasks.id = t.id AND tasks.id = locked.id "
+            f"RETURNING {QUALIFIED_TASK_COLUMNS}",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [max(0.0, min(1.0, reports[k])) for k in keys],
+        )
     return [change_for(r, r["status"]) for r in rows]
 
 
