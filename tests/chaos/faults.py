@@ -38,8 +38,8 @@ class FaultRecord:
 @dataclass
 class FaultLog:
     records: list[FaultRecord] = field(default_factory=list)
-    # Worker ids whose process was killed: takeovers of their tasks are expected.
-    killed_workers: set[str] = field(default_factory=set)
+    # Worker ids whose process was killed, and when (epoch seconds): takeovers of their tasks are expected.
+    killed_workers: dict[str, float] = field(default_factory=dict)
 
     def outages(self, target: str) -> list[tuple[float, float]]:
         return [r.down for r in self.records if r.target == target and r.down is not None]
@@ -77,8 +77,8 @@ class FaultInjector:
         worker_id = process.env["RTASK_WORKER_ID"]
         held = await self._running_on(worker_id)
         fault_at = time.monotonic()
+        self.log.killed_workers[worker_id] = time.time()
         await asyncio.to_thread(process.kill)
-        self.log.killed_workers.add(worker_id)
         record.target, record.detail = worker_id, f"held {len(held)} running tasks"
         await asyncio.to_thread(self.stack.restart, name)
 

@@ -103,7 +103,7 @@ def _render(
                 ("**duplicate runs of healthy tasks**", f"**{len(tasks.duplicate_runs)}**"),
                 ("runs taken over from a live worker", len(tasks.concurrent_runs)),
                 ("takeovers from killed workers (expected)", tasks.takeovers),
-                ("tasks touched by a killed worker", tasks.touched_by_killed_worker),
+                ("tasks running on a worker when it was killed", tasks.touched_by_killed_worker),
                 ("unexpected end states", len(tasks.unexpected_outcomes)),
                 ("watch messages: snapshots / events", f"{watches.snapshots} / {watches.events}"),
                 ("watch reconnects", watches.reconnects),
