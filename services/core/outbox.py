@@ -61,8 +61,20 @@ async def emit_and_dispatch(
             log.error("change events lost", extra={"events": len(changes), "error": repr(db_exc)})
         return
     refs = entry_refs(entries, replies[len(replies) - len(entries) :])
+    # Off the reply path: until it lands, only the sweeper's grace period stands between the task and a
+    # second publication, which fencing makes harmless anyway.
+    marking = asyncio.create_task(_mark_published(pool, [e.task_id for e in entries], refs))
+    _in_flight.add(marking)
+    marking.add_done_callback(_in_flight.discard)
+
+
+# Strong references to background publication marks, so none is collected before it runs.
+_in_flight: set[asyncio.Task[None]] = set()
+
+
+async def _mark_published(pool: asyncpg.Pool, task_ids: list[str], refs: list[str]) -> None:
     try:
-        await task_store.mark_published(pool, [e.task_id for e in entries], refs)
+        await task_store.mark_published(pool, task_ids, refs)
     except (asyncpg.PostgresError, OSError) as exc:
         # The entries are in the stream; the sweeper may publish them again, which fencing makes harmless.
         log.warning("could not record publication", extra={"error": repr(exc)})

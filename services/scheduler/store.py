@@ -62,7 +62,72 @@ def _skip(task_id: str, reason: str) -> worker_pb2.StartResult:
     return worker_pb2.StartResult(task_id=task_id, decision=SKIP, reason=reason)
 
 
+# The common start in one autocommit statement: a queued task whose current dispatch this entry carries.
+# Rows are locked in id order first, so concurrent batches cannot deadlock.
+_FAST_START = f"""
+WITH t AS (SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::text[]) AS u(id, dispatch_id, entry_id)),
+locked AS (
+    SELECT tasks.id FROM tasks JOIN t ON tasks.id = t.id
+    WHERE tasks.status = {QUEUED} AND tasks.dispatch_id = t.dispatch_id ORDER BY tasks.id FOR UPDATE OF tasks
+),
+started AS (
+    UPDATE tasks SET status = {RUNNING}, attempt = attempt + 1, fence = nextval('fence_seq'), worker_id = $1,
+        entry_id = t.entry_id, started_at = now(), progress = 0, error = '', version = version + 1
+    FROM t, locked WHERE tasks.id = t.id AND tasks.id = locked.id
+    RETURNING {QUALIFIED_TASK_COLUMNS}
+),
+recorded AS (
+    INSERT INTO task_history (task_id, version, from_status, to_status, attempt, worker_id, fence, detail)
+    SELECT id, version, {QUEUED}, status, attempt, worker_id, fence, 'started' FROM started
+)
+SELECT * FROM started
+"""
+
+
 async def start_batch(pool: asyncpg.Pool, worker_id: str, items: Sequence[worker_pb2.StartItem]) -> StartOutcome:
+    """Decide for each entry whether this worker runs the task, and record the new attempts.
+
+    Fresh dispatches of queued tasks (nearly every entry) start in one statement; the rest are decided one
+    by one under row locks.
+    """
+    first: dict[str, worker_pb2.StartItem] = {}
+    for item in items:
+        if _is_uuid(item.task_id) and _is_uuid(item.dispatch_id):
+            first.setdefault(item.task_id, item)
+    started: dict[str, asyncpg.Record] = {}
+    if first:
+        rows = await pool.fetch(
+            _FAST_START,
+            worker_id,
+            list(first),
+            [i.dispatch_id for i in first.values()],
+            [i.entry_id for i in first.values()],
+        )
+        started = {str(r["id"]): r for r in rows}
+    rest = [item for item in items if first.get(item.task_id) is not item or item.task_id not in started]
+    checked = await _start_checked(pool, worker_id, rest) if rest else StartOutcome([], [], [])
+    later = iter(checked.results)
+    results = [
+        _run(started[item.task_id]) if first.get(item.task_id) is item and item.task_id in started else next(later)
+        for item in items
+    ]
+    changes = [change_for(row, QUEUED) for row in started.values()] + checked.changes
+    return StartOutcome(results, changes, checked.superseded)
+
+
+def _run(row: asyncpg.Record) -> worker_pb2.StartResult:
+    return worker_pb2.StartResult(task_id=str(row["id"]), decision=RUN, task=row_to_task(row), fence=row["fence"])
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+async def _start_checked(pool: asyncpg.Pool, worker_id: str, items: Sequence[worker_pb2.StartItem]) -> StartOutcome:
     """Decide for each entry whether this worker runs the task, and record the new attempts.
 
     Only the entry carrying the task's current dispatch_id may start it. A RUNNING task is taken over
@@ -228,7 +293,66 @@ class _Accepted:
     delay_s: float
 
 
+# The common finish in one autocommit statement: a success reported with the task's current fence.
+_FAST_SUCCESS = f"""
+WITH t AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS u(id, fence, result)),
+locked AS (
+    SELECT tasks.id FROM tasks JOIN t ON tasks.id = t.id
+    WHERE tasks.status = {RUNNING} AND tasks.fence = t.fence ORDER BY tasks.id FOR UPDATE OF tasks
+),
+finished AS (
+    UPDATE tasks SET status = {SUCCEEDED}, result = t.result::jsonb, progress = 1, error = '',
+        finished_at = now(), version = version + 1
+    FROM t, locked WHERE tasks.id = t.id AND tasks.id = locked.id
+    RETURNING {QUALIFIED_TASK_COLUMNS}
+),
+recorded AS (
+    INSERT INTO task_history (task_id, version, from_status, to_status, attempt, worker_id, fence, detail)
+    SELECT id, version, {RUNNING}, status, attempt, worker_id, fence, 'finished' FROM finished
+)
+SELECT * FROM finished
+"""
+
+
 async def finish_batch(
+    pool: asyncpg.Pool, worker_id: str, items: Sequence[worker_pb2.FinishItem], retry: RetryPolicy
+) -> FinishOutcome:
+    """Record outcomes; a report whose fence is not the task's current one is refused as superseded.
+
+    Successes of running tasks (nearly every report) are recorded in one statement; the rest are checked
+    one by one under row locks.
+    """
+    first: dict[str, worker_pb2.FinishItem] = {}
+    for item in items:
+        if item.outcome == worker_pb2.OUTCOME_SUCCEEDED and _is_uuid(item.task.task_id):
+            first.setdefault(item.task.task_id, item)
+    done: dict[str, asyncpg.Record] = {}
+    if first:
+        rows = await pool.fetch(
+            _FAST_SUCCESS,
+            list(first),
+            [i.task.fence for i in first.values()],
+            [_result_json(i) for i in first.values()],
+        )
+        done = {str(r["id"]): r for r in rows}
+    rest = [item for item in items if first.get(item.task.task_id) is not item or item.task.task_id not in done]
+    checked = await _finish_checked(pool, worker_id, rest, retry) if rest else FinishOutcome([], [], [])
+    later = iter(checked.results)
+    results = [
+        worker_pb2.FinishResult(task_id=item.task.task_id, accepted=True)
+        if first.get(item.task.task_id) is item and item.task.task_id in done
+        else next(later)
+        for item in items
+    ]
+    changes = [change_for(row, RUNNING) for row in done.values()] + checked.changes
+    return FinishOutcome(results, changes, checked.requeued)
+
+
+def _result_json(item: worker_pb2.FinishItem) -> str | None:
+    return json.dumps(json_format.MessageToDict(item.result)) if item.HasField("result") else None
+
+
+async def _finish_checked(
     pool: asyncpg.Pool, worker_id: str, items: Sequence[worker_pb2.FinishItem], retry: RetryPolicy
 ) -> FinishOutcome:
     """Record outcomes; a report whose fence is not the task's current one is refused as superseded."""
@@ -259,7 +383,7 @@ async def finish_batch(
                 target=target,
                 dead=dead,
                 error=item.error[:4000],
-                result_json=json.dumps(json_format.MessageToDict(item.result)) if item.HasField("result") else None,
+                result_json=_result_json(item),
                 delay_s=retry.delay_s(row["attempt"]),
             )
             results.append(worker_pb2.FinishResult(task_id=task_id, accepted=True))
