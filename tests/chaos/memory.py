@@ -1,7 +1,8 @@
 """Memory of every process of a stack, sampled over a run, and whether it keeps growing.
 
-A process's memory is the proportional set size (PSS) summed over its process group, so PostgreSQL's
-backends and a worker's handler children count with their parent, and shared pages are not counted twice.
+A process's memory is its private memory (USS) summed over it and its descendants, so PostgreSQL's backends
+and a worker's handler children count with their parent. Shared pages are left out: PostgreSQL's shared
+buffers fill up to their configured size as the database grows, which is a cache, not a leak.
 """
 
 from __future__ import annotations
@@ -16,27 +17,41 @@ from services.stack.stack import Stack
 MIB = 1024 * 1024
 
 
-def _pss_bytes(pid: int) -> int:
+def _private_bytes(pid: int) -> int:
+    """Memory only this process holds (USS: private clean + dirty pages); shared pages are left out."""
+    total = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as handle:
             for line in handle:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1]) * 1024
     except (OSError, ValueError):
         pass
-    return 0
+    return total
 
 
-def group_pss_bytes(leader: int) -> int:
-    total = 0
+def _children() -> dict[int, list[int]]:
+    """Every process's children, from the parent pid in /proc/<pid>/stat."""
+    children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            if os.getpgid(int(entry)) == leader:
-                total += _pss_bytes(int(entry))
-        except OSError:
+            with open(f"/proc/{entry}/stat") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
+        children.setdefault(parent, []).append(int(entry))
+    return children
+
+
+def tree_private_bytes(root: int, children: dict[int, list[int]]) -> int:
+    """Private memory of a process and all its descendants (PostgreSQL's backends leave its process group)."""
+    total, pending = 0, [root]
+    while pending:
+        pid = pending.pop()
+        total += _private_bytes(pid)
+        pending.extend(children.get(pid, ()))
     return total
 
 
@@ -62,9 +77,10 @@ class MemorySampler:
 
     def sample(self) -> None:
         now = time.monotonic()
+        children = _children()
         for name, process in self.stack.processes.items():
             if process.alive():
-                self.samples.setdefault(name, []).append((now, group_pss_bytes(process.pid)))
+                self.samples.setdefault(name, []).append((now, tree_private_bytes(process.pid, children)))
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

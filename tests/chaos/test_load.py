@@ -81,8 +81,8 @@ def _render(chaos: ChaosProfile, submitted: int, lost: int, transient: int, tren
             "## Sustained load",
             "",
             f"{chaos.soak_s:.0f} s of steady submissions ({chaos.soak_tasks_per_s:g} sleep tasks a second, 0.05-1 s "
-            f"each, from {USERS} users) with {chaos.soak_watchers} live watchers; memory (PSS of each process "
-            f"group) sampled every {chaos.memory_sample_every_s:g} s.",
+            f"each, from {USERS} users) with {chaos.soak_watchers} live watchers; memory (private memory of each "
+            f"process tree) sampled every {chaos.memory_sample_every_s:g} s.",
             "",
             table(
                 ["check", "result"],
