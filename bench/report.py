@@ -280,6 +280,8 @@ def markdown(document: dict[str, Any], chart_name: str) -> str:
         machine.get("free_h", ""),
         "```",
     ]
+    if meta.get("note"):
+        lines += ["", f"Note: {meta['note']}"]
     if meta.get("profiled"):
         lines += ["", "**Profiled run (py-spy attached to our services): figures are slowed down.**"]
     lines += ["", table(document["results"]), "### Targets", "", targets(document["results"]), ""]

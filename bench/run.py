@@ -103,7 +103,7 @@ def stores(data_dir: Path, log_dir: Path) -> Iterator[tuple[str, str]]:
 
 
 def machine() -> dict[str, Any]:
-    free = subprocess.run(["free", "-h"], capture_output=True, text=True, check=False).stdout.strip()
+    free = subprocess.run(["free", "-h"], capture_output=True, text=True, check=False).stdout.rstrip()
     return {
         "nproc": os.cpu_count(),
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
@@ -253,6 +253,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--profile", action="store_true", help="py-spy our services in throughput and latency")
     parser.add_argument("--doc", type=Path, help="also write the report page here (docs/benchmarks.md)")
+    parser.add_argument("--note", default="", help="a remark printed with the run (e.g. what else ran meanwhile)")
     args = parser.parse_args()
     try:
         scenarios, systems = parse_only(args.only)
@@ -268,6 +269,7 @@ def main() -> int:
         "command": command,
         "quick": args.quick,
         "profiled": args.profile,
+        "note": args.note,
         "machine": machine(),
         "sizes": sizes.__dict__,
     }
