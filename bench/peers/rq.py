@@ -1,7 +1,8 @@
 """RQ: one job at a time per worker, each job in a forked work horse (RQ's design).
 
 Workers: `rq worker` (one per worker process asked for); the parallel-sleep scenario uses one
-`rq worker-pool -n 100`. Tuned for crash redelivery: Retry(max=1) on the job, maintenance and job monitoring every 5 s.
+`rq worker-pool -n 100`. Tuned for crash redelivery: Retry(max=1) on the job; maintenance, job monitoring and
+the idle dequeue timeout every 5 s.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class RQPeer(Peer):
     cancel_method = "send_stop_job_command() (the worker kills the work horse); status STOPPED polled every 0.5 ms"
     settings = (
         "default Worker (fork per job), one job at a time per worker; "
-        "tuned: Retry(max=1), --maintenance-interval 5 --job-monitoring-interval 5"
+        "tuned: Retry(max=1), --maintenance-interval 5 --job-monitoring-interval 5 --worker-ttl 20"
     )
 
     def __init__(self, url: str) -> None:
@@ -64,16 +65,25 @@ class RQPeer(Peer):
         if plan.pool:
             horses = str(plan.processes * plan.concurrency)
             return [[venv_script("rq"), "worker-pool", "-n", horses, "-u", self.url, QUEUE]]
-        # A dead worker's job is abandoned once its heartbeat lapses (monitoring interval + 60 s), found by
-        # the next maintenance pass; tuned: heartbeats every 5 s and maintenance every 5 s.
+        # A dead worker's job is abandoned once its heartbeat lapses (monitoring interval + 60 s) and found by
+        # the next maintenance pass, which an idle worker only reaches when its blocking dequeue (worker TTL
+        # - 15 s, 405 s by default) returns; tuned: heartbeats, dequeue timeouts and maintenance every 5 s.
         interval = (
-            ["--maintenance-interval", str(TUNED_MAINTENANCE_S), "--job-monitoring-interval", str(TUNED_MAINTENANCE_S)]
+            [
+                "--maintenance-interval",
+                str(TUNED_MAINTENANCE_S),
+                "--job-monitoring-interval",
+                str(TUNED_MAINTENANCE_S),
+                "--worker-ttl",
+                str(TUNED_MAINTENANCE_S + 15),
+            ]
             if plan.tuned
             else []
         )
         return [
-            [venv_script("rq"), "worker", "-u", self.url, "-q", *interval, "-n", f"bench{i}-{time.time_ns()}", QUEUE]
-            for i in range(1, plan.processes + 1)
+            # No -n: RQ names each worker uniquely, so a replacement node is not refused as a duplicate.
+            [venv_script("rq"), "worker", "-u", self.url, "-q", *interval, QUEUE]
+            for _ in range(plan.processes)
         ]
 
     def ready_workers(self) -> int:
