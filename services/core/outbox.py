@@ -141,10 +141,11 @@ async def push_stop(redis: aioredis.Redis, refs: Sequence[task_store.RunningRef]
 
 
 class EventEmitter:
-    """Appends change events in commit order, off the path of the reply that follows the commit.
+    """Appends frequent, droppable change events (progress) in order, off the path that produced them;
+    whatever accumulated while one append was under way goes out in the next, as one batch.
 
-    A worker waiting for StartTasks or FinishTasks does not also wait for the Redis round trip of the
-    events; whatever accumulated while one append was under way goes out in the next, as one batch.
+    Transitions are not sent this way: their events go out before the reply, so that a caller who gets no
+    reply repeats the call and the repeat announces the state again.
     """
 
     def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis) -> None:

@@ -36,6 +36,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         rows, created = await task_store.submit(self.pool, owner, spec)
         if created:
             await outbox.emit_and_dispatch(self.pool, self.redis, rows, [task_store.change_for(r, 0) for r in rows])
+        else:
+            # A retried submission: the first attempt's gateway may have died before announcing the tasks.
+            await outbox.emit(self.redis, [task_store.change_for(r, r["status"]) for r in rows], self.pool)
         return scheduler_pb2.SubmitTaskResponse(tasks=[row_to_task(r) for r in rows])
 
     @translate_errors
@@ -72,7 +75,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         result = await task_store.cancel(self.pool, current_user_id(), task_id=task_id, batch_id=batch_id)
         if not result.rows:
             raise NotFound(TASK_NOT_FOUND if task_id else "batch not found")
-        await outbox.emit(self.redis, result.changes, self.pool)
+        # A repeated cancel announces the state again, in case the first one's gateway died before doing so.
+        changes = result.changes or [task_store.change_for(r, r["status"]) for r in result.rows]
+        await outbox.emit(self.redis, changes, self.pool)
         await outbox.push_stop(self.redis, result.to_stop, "cancelled")
         return result
 

@@ -43,7 +43,7 @@ async def create_server(config: SchedulerConfig) -> Service:
     workers = ConnectedWorkers()
     progress = ProgressBuffer()
     emitter = outbox.EventEmitter(pool, redis)
-    servicer = WorkerServicer(pool, redis, workers, progress, config.retry, emitter)
+    servicer = WorkerServicer(pool, redis, workers, progress, config.retry)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
     service = Service(server=server, port=port, health=health, service_names=SERVICE_NAMES)
     service.background += [

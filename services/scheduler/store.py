@@ -34,6 +34,7 @@ from services.core.task_model import (
 from services.core.task_store import HistoryEntry, RunningRef, change_for, history_for, insert_history
 
 SUPERSEDED = "superseded"
+ALREADY_FINISHED = "already finished"
 RUN = worker_pb2.START_DECISION_RUN
 SKIP = worker_pb2.START_DECISION_SKIP
 DEFER = worker_pb2.START_DECISION_DEFER
@@ -189,6 +190,8 @@ async def _start_checked(pool: asyncpg.Pool, worker_id: str, items: Sequence[wor
                 changes.append(change_for(new, row["status"]))
                 results.append(_skip(item.task_id, detail))
             elif action == "resume" and row is not None:
+                # Announce the attempt again: the crash that lost our reply may also have lost its event.
+                changes.append(change_for(row, row["status"]))
                 results.append(
                     worker_pb2.StartResult(
                         task_id=item.task_id, decision=RUN, task=row_to_task(row), fence=row["fence"]
@@ -366,6 +369,7 @@ async def _finish_checked(
                 f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", ids
             )
         }
+        repeated: list[asyncpg.Record] = []
         for item in items:
             task_id = item.task.task_id
             row = rows.get(task_id)
@@ -374,6 +378,8 @@ async def _finish_checked(
                 results.append(
                     worker_pb2.FinishResult(task_id=task_id, accepted=False, reason=reason or "duplicate report")
                 )
+                if reason == ALREADY_FINISHED and row is not None:
+                    repeated.append(row)
                 continue
             assert row is not None
             target, dead = _target(row, item.outcome)
@@ -389,6 +395,9 @@ async def _finish_checked(
             results.append(worker_pb2.FinishResult(task_id=task_id, accepted=True))
         updated = await _record_outcomes(conn, list(accepted.values()))
         changes = [change_for(updated[i], rows[i]["status"]) for i in accepted]
+        # A report repeated for an outcome already recorded: its first reply (and perhaps its event) was lost
+        # with a scheduler that died after the commit, so the state is announced again.
+        changes += [change_for(row, row["status"]) for row in repeated]
         history = [history_for(updated[i], rows[i]["status"], a.error or "finished") for i, a in accepted.items()]
         await insert_history(conn, history)
     requeued = [i for i, a in accepted.items() if a.target == QUEUED]
@@ -402,7 +411,7 @@ def _refusal(row: asyncpg.Record | None, item: worker_pb2.FinishItem) -> str:
     if row["fence"] != item.task.fence:
         return SUPERSEDED
     if row["status"] not in (RUNNING, CANCELLING):
-        return "already finished"
+        return ALREADY_FINISHED
     return ""
 
 

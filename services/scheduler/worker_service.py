@@ -32,14 +32,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         workers: ConnectedWorkers,
         progress: ProgressBuffer,
         retry: store.RetryPolicy,
-        emitter: outbox.EventEmitter,
     ) -> None:
         self.pool = pool
         self.redis = redis
         self.workers = workers
         self.progress = progress
         self.retry = retry
-        self.emitter = emitter
 
     @translate_errors
     async def StartTasks(
@@ -47,7 +45,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     ) -> worker_pb2.StartTasksResponse:
         _check_batch(request.worker_id, len(request.items))
         outcome = await store.start_batch(self.pool, request.worker_id, request.items)
-        self.emitter.submit(outcome.changes)
+        # Before the reply: a worker that gets no reply asks again, and the repeat re-announces the state.
+        await outbox.emit(self.redis, outcome.changes, self.pool)
         # Fencing: the worker that lost its lease stops the handler now rather than at its next heartbeat.
         await outbox.push_stop(self.redis, outcome.superseded, store.SUPERSEDED)
         return worker_pb2.StartTasksResponse(results=outcome.results)
@@ -60,7 +59,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         # Progress still buffered for these tasks must not land after (and overwrite) the outcome.
         self.progress.discard(item.task.task_id for item in request.items)
         outcome = await store.finish_batch(self.pool, request.worker_id, request.items, self.retry)
-        self.emitter.submit(outcome.changes)
+        await outbox.emit(self.redis, outcome.changes, self.pool)
         return worker_pb2.FinishTasksResponse(results=outcome.results)
 
     async def Connect(
