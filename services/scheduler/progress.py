@@ -38,7 +38,7 @@ class ProgressBuffer:
                 continue
             try:
                 changes = await store.record_progress(pool, reports)
-            except (asyncpg.PostgresError, OSError) as exc:
+            except Exception as exc:  # progress is droppable; the flusher must outlive any store trouble
                 log.warning("progress not recorded", extra={"error": repr(exc)})
                 continue
             emitter.submit(changes)

@@ -118,7 +118,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         info.last_heartbeat = time.time()
         await self._register(info, announce=announce)
         # The safety net behind pushed commands: anything the worker should not be running is repeated here.
-        for task_id, fence, reason in await store.stops_for_held(self.pool, heartbeat.tasks):
+        try:
+            stops = await store.stops_for_held(self.pool, heartbeat.tasks)
+        except Exception as exc:  # a database outage must not end the worker's stream; the next beat retries
+            log.warning("heartbeat check skipped", extra={"worker": info.id, "error": repr(exc)})
+            return
+        for task_id, fence, reason in stops:
             command = worker_pb2.CancelCommand(task=worker_pb2.HeldTask(task_id=task_id, fence=fence), reason=reason)
             queue.put_nowait(worker_pb2.ConnectResponse(cancel=command))
 
