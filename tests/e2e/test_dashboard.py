@@ -343,6 +343,13 @@ async def test_two_thousand_rows_stay_virtual_and_reachable(page: Page, stack: S
         async with scheduler_as(stack, token) as (stub, metadata):
             for batch_id in batches:
                 await stub.CancelBatch(scheduler_pb2.CancelBatchRequest(batch_id=batch_id), metadata=metadata)
+
+            async def all_stopped() -> bool:
+                # Running replicas are CANCELLING until their worker stops them; only then can they be cleared.
+                reply = await stub.GetStats(scheduler_pb2.GetStatsRequest(), metadata=metadata)
+                return reply.stats.active == 0
+
+            await eventually(all_stopped, timeout_s=60, message="every replica stopped")
             await stub.ClearHistory(scheduler_pb2.ClearHistoryRequest(), metadata=metadata)
     await expect(page.locator(".shown-count")).to_have_text("0 shown", timeout=60_000)
 
