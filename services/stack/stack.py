@@ -96,8 +96,10 @@ class Stack:
         self.ports: dict[str, int] = {}
         self.database_url = config.database_url or ""
         self.redis_url = config.redis_url or ""
-        self.edge_port = config.edge_port or free_port()
-        self.admin_port = config.admin_port or free_port()
+        # Ports handed out before their process binds them (Envoy binds last), so none is handed out twice.
+        self._given = {config.edge_port, config.admin_port} - {0}
+        self.edge_port = config.edge_port or self._free_port()
+        self.admin_port = config.admin_port or self._free_port()
         self.secret_file = ensure_secret(self.data_dir)
 
     # -- addresses --------------------------------------------------------------------------
@@ -111,6 +113,13 @@ class Stack:
 
     def address(self, name: str) -> str:
         return f"127.0.0.1:{self.ports[name]}"
+
+    def _free_port(self) -> int:
+        """A free port that no other process of this stack was given."""
+        while (port := free_port()) in self._given:
+            continue
+        self._given.add(port)
+        return port
 
     def names(self, role: str) -> list[str]:
         return sorted(n for n in self.processes if n.startswith(f"{role}-"))
@@ -144,12 +153,12 @@ class Stack:
 
     def _start_stores(self) -> None:
         if not self.database_url:
-            port = free_port()
+            port = self._free_port()
             proc = postgres_process(self.data_dir, port, log_dir=self.log_dir, echo=self.echo)
             self._launch("postgres", proc, port)
             self.database_url = postgres_url(port)
         if not self.redis_url:
-            port = free_port()
+            port = self._free_port()
             proc = valkey_process(self.data_dir, port, log_dir=self.log_dir, echo=self.echo)
             self._launch("valkey", proc, port)
             self.redis_url = f"redis://127.0.0.1:{port}/0"
@@ -182,7 +191,7 @@ class Stack:
         return env
 
     def _add_service(self, name: str, module: str) -> ManagedProcess:
-        port = self.ports.get(name) or free_port()
+        port = self.ports.get(name) or self._free_port()
         env = self.service_env(port)
         env["RTASK_INSTANCE"] = name
         proc = ManagedProcess(name, [sys.executable, "-m", module], log_dir=self.log_dir, env=env, echo=self.echo)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -61,7 +62,7 @@ class Trend:
     first_mib: float
     last_mib: float
     peak_mib: float
-    # Growth over the steady part of the run, from a least-squares line through its samples.
+    # Growth over the steady part of the run (see MemorySampler.trends).
     steady_growth_mib: float
     steady_start_mib: float
 
@@ -79,8 +80,9 @@ class MemorySampler:
         now = time.monotonic()
         children = _children()
         for name, process in self.stack.processes.items():
-            if process.alive():
-                self.samples.setdefault(name, []).append((now, tree_private_bytes(process.pid, children)))
+            size = tree_private_bytes(process.pid, children) if process.alive() else 0
+            if size:  # 0: the process was being restarted, or /proc could not be read this time
+                self.samples.setdefault(name, []).append((now, size))
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -91,27 +93,23 @@ class MemorySampler:
                 continue
 
     def trends(self, warmup_ratio: float = 0.3) -> list[Trend]:
-        """Per process: the fitted growth over the samples after the warm-up share of the run."""
+        """Per process: growth over the samples after the warm-up share of the run, as the median of their
+        last third minus the median of their first third (one odd sample cannot make or hide a trend)."""
         trends = []
         for name, points in sorted(self.samples.items()):
-            steady = points[int(len(points) * warmup_ratio) :]
-            if len(steady) < 3:
+            steady = [v / MIB for _, v in points[int(len(points) * warmup_ratio) :]]
+            third = len(steady) // 3
+            if third < 2:
                 continue
-            t0 = steady[0][0]
-            xs = [t - t0 for t, _ in steady]
-            ys = [v / MIB for _, v in steady]
-            mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-            spread = sum((x - mean_x) ** 2 for x in xs) or 1.0
-            slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
-            start = mean_y - slope * mean_x
+            early, late = statistics.median(steady[:third]), statistics.median(steady[-third:])
             trends.append(
                 Trend(
                     name=name,
                     first_mib=points[0][1] / MIB,
                     last_mib=points[-1][1] / MIB,
                     peak_mib=max(v for _, v in points) / MIB,
-                    steady_growth_mib=slope * (xs[-1] - xs[0]),
-                    steady_start_mib=start,
+                    steady_growth_mib=late - early,
+                    steady_start_mib=early,
                 )
             )
         return trends

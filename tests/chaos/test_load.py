@@ -94,8 +94,9 @@ def _render(chaos: ChaosProfile, submitted: int, lost: int, transient: int, tren
                 ],
             ),
             "",
-            f"Growth is the least-squares line through the samples after the first 30 % of the run; a process "
-            f"counts as growing beyond {GROWTH_TOLERANCE_MIB:g} MiB and {GROWTH_TOLERANCE_RATIO:.0%} of its size. "
+            f"Growth is the median of the last third of the samples taken after the first 30 % of the run minus "
+            f"the median of their first third; a process counts as growing beyond {GROWTH_TOLERANCE_MIB:g} MiB "
+            f"and {GROWTH_TOLERANCE_RATIO:.0%} of its size. "
             "Valkey keeps each owner's last 10,000 events and the feed's last 20,000, so it grows until those caps.",
             "",
             table(["process", "first MiB", "peak MiB", "last MiB", "steady growth MiB", "growing"], rows),
