@@ -170,9 +170,13 @@ async def mark_published(pool: asyncpg.Pool, task_ids: Sequence[str], entry_ids:
     """
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SET LOCAL synchronous_commit = off")
+        # Locks taken in id order, like every other multi-row change, so this never deadlocks with them.
         await conn.execute(
+            "WITH t AS (SELECT * FROM unnest($1::uuid[], $2::text[]) AS u(id, entry_id)), "
+            "locked AS (SELECT tasks.id FROM tasks JOIN t ON tasks.id = t.id WHERE tasks.status = 1 "
+            "ORDER BY tasks.id FOR UPDATE OF tasks) "
             "UPDATE tasks SET published = true, published_at = now(), entry_id = t.entry_id "
-            "FROM unnest($1::uuid[], $2::text[]) AS t(id, entry_id) WHERE tasks.id = t.id AND tasks.status = 1",
+            "FROM t, locked WHERE tasks.id = t.id AND tasks.id = locked.id",
             list(task_ids),
             list(entry_ids),
         )
@@ -258,10 +262,12 @@ async def cancel(
     column, value = ("id", task_id) if task_id else ("batch_id", batch_id)
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(
-            f"SELECT {TASK_COLUMNS} FROM tasks WHERE owner_id = $1 AND {column} = $2 ORDER BY replica_index FOR UPDATE",
+            # Rows are locked in id order, as everywhere else, so concurrent batches cannot deadlock.
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE owner_id = $1 AND {column} = $2 ORDER BY id FOR UPDATE",
             owner_id,
             value,
         )
+        rows = sorted(rows, key=lambda r: r["replica_index"])
         if not rows:
             return CancelResult([], [], [])
         if task_id and rows[0]["status"] in TERMINAL and rows[0]["status"] != CANCELLED:

@@ -454,9 +454,9 @@ async def _record_outcomes(conn: asyncpg.Connection, outcomes: Sequence[_Accepte
 # -- progress and heartbeats --------------------------------------------------------------------------
 async def record_progress(pool: asyncpg.Pool, reports: dict[tuple[str, int], float]) -> list[TaskChange]:
     """Store the latest progress of each (task, fence); reports of superseded attempts change nothing."""
-    if not reports:
+    keys = [key for key in reports if _is_uuid(key[0])]
+    if not keys:
         return []
-    keys = list(reports)
     # SKIP LOCKED: progress is droppable, and never worth waiting for (or deadlocking with) a finish.
     async with pool.acquire() as conn, conn.transaction():
         # Progress is not a transition: its commit need not wait for the disk.
