@@ -265,7 +265,9 @@ def markdown(document: dict[str, Any], chart_name: str) -> str:
     meta = document["meta"]
     machine = meta["machine"]
     lines = [
-        f"Run of {meta['date']} — `{meta['command']}`" + (" (quick: smaller sizes)" if meta.get("quick") else ""),
+        f"Run of {meta['date']} — `{meta['command']}`"
+        + (" (quick: smaller sizes)" if meta.get("quick") else "")
+        + (f", code at {meta['commit']}" if meta.get("commit") else ""),
         "",
         f"Machine: `nproc` {machine['nproc']}, {machine['platform']}, Python {machine['python']}; load average "
         f"(1, 5, 15 min) at the start {' / '.join(str(x) for x in machine['load_avg_at_start'])}"

@@ -102,6 +102,16 @@ def stores(data_dir: Path, log_dir: Path) -> Iterator[tuple[str, str]]:
             proc.stop(grace_s=15, sig=signal.SIGINT if proc.name == "postgres" else signal.SIGTERM)
 
 
+def source_version() -> str:
+    """The commit measured, marked when the working tree had uncommitted changes to the services or the SDK."""
+
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], capture_output=True, text=True, check=False).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "services", "clients/python")
+    return git("rev-parse", "--short", "HEAD") + (" with uncommitted changes to services/ or the SDK" if dirty else "")
+
+
 def machine() -> dict[str, Any]:
     free = subprocess.run(["free", "-h"], capture_output=True, text=True, check=False).stdout.rstrip()
     return {
@@ -266,6 +276,7 @@ def main() -> int:
         command = "python -m bench.run " + " ".join(sys.argv[1:])
     meta = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": source_version(),
         "command": command,
         "quick": args.quick,
         "profiled": args.profile,
