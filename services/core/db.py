@@ -81,9 +81,22 @@ async def create_pool(config: DatabaseConfig, *, run_migrations: bool = True) ->
             await migrate(conn)
         finally:
             await conn.close()
-    pool = await asyncpg.create_pool(config.url, min_size=config.pool_min_size, max_size=config.pool_max_size)
+    pool = await asyncpg.create_pool(
+        config.url, min_size=config.pool_min_size, max_size=config.pool_max_size, reset=_end_open_transaction
+    )
     assert pool is not None
     return pool
+
+
+async def _end_open_transaction(conn: asyncpg.Connection) -> None:
+    """Reset on release without the default reset query's round trip on every query.
+
+    Our pooled sessions keep no state beyond a transaction (no LISTEN, no session SET, no advisory lock:
+    migrations run on their own connection), so the only thing a released connection may carry over is a
+    transaction left open, which is rolled back.
+    """
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
 
 
 async def database_reachable(pool: asyncpg.Pool, timeout_s: float = 1.0) -> bool:

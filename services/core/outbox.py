@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from resilienttask.v1 import task_pb2
@@ -50,7 +51,7 @@ async def emit_and_dispatch(
     entries = [DispatchEntry(str(r["id"]), str(r["dispatch_id"]), r["kind"]) for r in rows]
     try:
         async with redis.pipeline(transaction=False) as pipe:
-            await queue_changes(redis, pipe, changes)
+            queue_changes(pipe, changes)
             queue_entries(pipe, entries)
             replies = await pipe.execute()
     except (RedisError, OSError) as exc:
@@ -132,12 +133,37 @@ async def push_stop(redis: aioredis.Redis, refs: Sequence[task_store.RunningRef]
         return
     try:
         async with redis.pipeline(transaction=False) as pipe:
-            for ref in refs:
-                message = {"worker_id": ref.worker_id, "task_id": ref.task_id, "fence": ref.fence, "reason": reason}
-                pipe.publish(keys.COMMAND_CHANNEL, json.dumps(message))
+            _queue_stops(pipe, refs, reason)
             await pipe.execute()
     except (RedisError, OSError) as exc:
         log.warning("stop push deferred to the next heartbeat", extra={"error": repr(exc)})
+
+
+async def stop_and_emit(
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    refs: Sequence[task_store.RunningRef],
+    reason: str,
+    changes: Sequence[TaskChange],
+) -> None:
+    """push_stop and emit in one round trip, the stops first: they are what the caller is waiting for."""
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            _queue_stops(pipe, refs, reason)
+            queue_changes(pipe, changes)
+            await pipe.execute()
+    except (RedisError, OSError) as exc:
+        log.warning("stop push deferred to the next heartbeat, events parked", extra={"error": repr(exc)})
+        try:
+            await park_events(pool, changes)
+        except (asyncpg.PostgresError, OSError) as db_exc:
+            log.error("change events lost", extra={"events": len(changes), "error": repr(db_exc)})
+
+
+def _queue_stops(pipe: Pipeline, refs: Sequence[task_store.RunningRef], reason: str) -> None:
+    for ref in refs:
+        message = {"worker_id": ref.worker_id, "task_id": ref.task_id, "fence": ref.fence, "reason": reason}
+        pipe.publish(keys.COMMAND_CHANNEL, json.dumps(message))
 
 
 class EventEmitter:

@@ -19,6 +19,7 @@ from services.core.task_model import (
     ACTIVE,
     CANCELLED,
     CANCELLING,
+    QUALIFIED_TASK_COLUMNS,
     QUEUED,
     RETRYABLE,
     RUNNING,
@@ -124,23 +125,42 @@ async def submit(pool: asyncpg.Pool, owner_id: str, spec: Submission) -> tuple[l
 
 
 class _SubmissionExists(Exception):
-    """Some replica of this request_id is already stored: the transaction is rolled back."""
+    """Some replica of this request_id is already stored: the statement rolled back."""
+
+
+# Refusal raised by rt_refuse() (migration 0003).
+_REFUSED = "RT001"
+
+# Every replica and its history in one autocommit statement (one round trip, one commit). ON CONFLICT skips
+# replicas of a request_id used before; the guard then refuses the statement, so nothing of it is kept.
+_INSERT_SUBMISSION = f"""
+WITH inserted AS (
+    INSERT INTO tasks (id, owner_id, name, kind, payload, status, max_attempts, request_id, batch_id,
+                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after)
+    SELECT t.id, $2, $3, $4, $5::jsonb, {QUEUED}, $6, $7, $8, t.idx, $9, $10, t.dispatch_id,
+           now() + make_interval(secs => $11)
+    FROM unnest($1::uuid[], $12::int[], $13::uuid[]) AS t(id, idx, dispatch_id)
+    ON CONFLICT (owner_id, request_id, replica_index) DO NOTHING
+    RETURNING {TASK_COLUMNS}
+),
+recorded AS (
+    INSERT INTO task_history (task_id, version, from_status, to_status, attempt, worker_id, fence, detail)
+    SELECT id, version, NULL, status, attempt, worker_id, fence, 'submitted' FROM inserted
+),
+guard AS (
+    SELECT CASE WHEN count(*) <> cardinality($1::uuid[]) THEN rt_refuse('request_id used before') END
+    FROM inserted
+)
+SELECT inserted.* FROM inserted, guard ORDER BY replica_index
+"""
 
 
 async def _insert_submission(
     pool: asyncpg.Pool, owner_id: str, spec: Submission, batch_id: str, ids: list[str]
 ) -> list[asyncpg.Record]:
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(
-            f"""
-            INSERT INTO tasks (id, owner_id, name, kind, payload, status, max_attempts, request_id, batch_id,
-                               replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after)
-            SELECT t.id, $2, $3, $4, $5::jsonb, {QUEUED}, $6, $7, $8, t.idx, $9, $10, t.dispatch_id,
-                   now() + make_interval(secs => $11)
-            FROM unnest($1::uuid[], $12::int[], $13::uuid[]) AS t(id, idx, dispatch_id)
-            ON CONFLICT (owner_id, request_id, replica_index) DO NOTHING
-            RETURNING {TASK_COLUMNS}
-            """,
+    try:
+        return await pool.fetch(
+            _INSERT_SUBMISSION,
             ids,
             owner_id,
             spec.name,
@@ -155,11 +175,10 @@ async def _insert_submission(
             list(range(spec.replicas)),
             [str(uuid.uuid4()) for _ in ids],
         )
-        if len(rows) != spec.replicas:
-            # The key was used before (or concurrently): undo any partial insert and return the stored rows.
-            raise _SubmissionExists
-        await insert_history(conn, [history_for(r, None, "submitted") for r in rows])
-        return sorted(rows, key=lambda r: r["replica_index"])
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == _REFUSED:
+            raise _SubmissionExists from exc
+        raise
 
 
 async def mark_published(pool: asyncpg.Pool, task_ids: Sequence[str], entry_ids: Sequence[str]) -> None:
@@ -168,18 +187,18 @@ async def mark_published(pool: asyncpg.Pool, task_ids: Sequence[str], entry_ids:
     Not a transition, so the commit does not wait for the disk: if a crash loses this update, the sweeper
     publishes the task again and fencing makes the duplicate entry harmless.
     """
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SET LOCAL synchronous_commit = off")
-        # Locks taken in id order, like every other multi-row change, so this never deadlocks with them.
-        await conn.execute(
-            "WITH t AS (SELECT * FROM unnest($1::uuid[], $2::text[]) AS u(id, entry_id)), "
-            "locked AS (SELECT tasks.id FROM tasks JOIN t ON tasks.id = t.id WHERE tasks.status = 1 "
-            "ORDER BY tasks.id FOR UPDATE OF tasks) "
-            "UPDATE tasks SET published = true, published_at = now(), entry_id = t.entry_id "
-            "FROM t, locked WHERE tasks.id = t.id AND tasks.id = locked.id",
-            list(task_ids),
-            list(entry_ids),
-        )
+    # One autocommit statement; set_config(..., true) lasts until its own commit. Locks are taken in id
+    # order, like every other multi-row change, so this never deadlocks with them.
+    await pool.execute(
+        "WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true)), "
+        "t AS (SELECT * FROM unnest($1::uuid[], $2::text[]) AS u(id, entry_id)), "
+        "locked AS (SELECT tasks.id FROM tasks JOIN t ON tasks.id = t.id WHERE tasks.status = 1 "
+        "ORDER BY tasks.id FOR UPDATE OF tasks) "
+        "UPDATE tasks SET published = true, published_at = now(), entry_id = t.entry_id "
+        "FROM cfg, t, locked WHERE tasks.id = t.id AND tasks.id = locked.id",
+        list(task_ids),
+        list(entry_ids),
+    )
 
 
 # -- reads ---------------------------------------------------------------------------------------------
@@ -251,6 +270,35 @@ class CancelResult:
     to_stop: list[RunningRef]
 
 
+# Queued → CANCELLED, running → CANCELLING, with history, in one autocommit statement. Rows are locked in id
+# order, as everywhere else, so concurrent batches cannot deadlock. Returns every matching row as it was
+# ("before") and every changed row as it now is ("after").
+_CANCEL = f"""
+WITH target AS (
+    SELECT {TASK_COLUMNS} FROM tasks WHERE owner_id = $1 AND {{column}} = $2 ORDER BY id FOR UPDATE
+),
+changed AS (
+    UPDATE tasks SET
+        status = CASE WHEN target.status = {QUEUED} THEN {CANCELLED} ELSE {CANCELLING} END,
+        finished_at = CASE WHEN target.status = {QUEUED} THEN now() ELSE tasks.finished_at END,
+        error = CASE WHEN target.status = {QUEUED} THEN 'cancelled while queued' ELSE tasks.error END,
+        version = tasks.version + 1
+    FROM target WHERE tasks.id = target.id AND target.status IN ({QUEUED}, {RUNNING})
+    RETURNING {QUALIFIED_TASK_COLUMNS}
+),
+recorded AS (
+    INSERT INTO task_history (task_id, version, from_status, to_status, attempt, worker_id, fence, detail)
+    SELECT changed.id, changed.version, target.status, changed.status, changed.attempt, changed.worker_id,
+           changed.fence, 'cancel requested'
+    FROM changed JOIN target ON target.id = changed.id
+)
+SELECT false AS after, * FROM target
+UNION ALL
+SELECT true AS after, * FROM changed
+"""
+_CANCEL_BY = {column: _CANCEL.format(column=column) for column in ("id", "batch_id")}
+
+
 async def cancel(
     pool: asyncpg.Pool, owner_id: str, *, task_id: str | None = None, batch_id: str | None = None
 ) -> CancelResult:
@@ -260,37 +308,14 @@ async def cancel(
     (for a single task; a batch skips its finished tasks).
     """
     column, value = ("id", task_id) if task_id else ("batch_id", batch_id)
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(
-            # Rows are locked in id order, as everywhere else, so concurrent batches cannot deadlock.
-            f"SELECT {TASK_COLUMNS} FROM tasks WHERE owner_id = $1 AND {column} = $2 ORDER BY id FOR UPDATE",
-            owner_id,
-            value,
-        )
-        rows = sorted(rows, key=lambda r: r["replica_index"])
-        if not rows:
-            return CancelResult([], [], [])
-        if task_id and rows[0]["status"] in TERMINAL and rows[0]["status"] != CANCELLED:
-            check_transition(rows[0]["status"], CANCELLED, "cancel")
-        queued = [str(r["id"]) for r in rows if r["status"] == QUEUED]
-        running = [str(r["id"]) for r in rows if r["status"] == RUNNING]
-        updated: dict[str, asyncpg.Record] = {}
-        if queued:
-            for r in await conn.fetch(
-                f"UPDATE tasks SET status = {CANCELLED}, finished_at = now(), version = version + 1, "
-                f"error = 'cancelled while queued' WHERE id = ANY($1::uuid[]) RETURNING {TASK_COLUMNS}",
-                queued,
-            ):
-                updated[str(r["id"])] = r
-        if running:
-            for r in await conn.fetch(
-                f"UPDATE tasks SET status = {CANCELLING}, version = version + 1 "
-                f"WHERE id = ANY($1::uuid[]) RETURNING {TASK_COLUMNS}",
-                running,
-            ):
-                updated[str(r["id"])] = r
-        previous = {str(r["id"]): r["status"] for r in rows}
-        await insert_history(conn, [history_for(r, previous[i], "cancel requested") for i, r in updated.items()])
+    found = await pool.fetch(_CANCEL_BY[column], owner_id, value)
+    rows = sorted((r for r in found if not r["after"]), key=lambda r: r["replica_index"])
+    if not rows:
+        return CancelResult([], [], [])
+    if task_id and rows[0]["status"] in TERMINAL and rows[0]["status"] != CANCELLED:
+        check_transition(rows[0]["status"], CANCELLED, "cancel")
+    updated = {str(r["id"]): r for r in found if r["after"]}
+    previous = {str(r["id"]): r["status"] for r in rows}
     changes = [change_for(r, previous[i]) for i, r in updated.items()]
     to_stop = [
         RunningRef(r["worker_id"], str(r["id"]), r["fence"]) for r in rows if r["status"] in (RUNNING, CANCELLING)

@@ -77,8 +77,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             raise NotFound(TASK_NOT_FOUND if task_id else "batch not found")
         # A repeated cancel announces the state again, in case the first one's gateway died before doing so.
         changes = result.changes or [task_store.change_for(r, r["status"]) for r in result.rows]
-        await outbox.emit(self.redis, changes, self.pool)
-        await outbox.push_stop(self.redis, result.to_stop, "cancelled")
+        await outbox.stop_and_emit(self.pool, self.redis, result.to_stop, "cancelled", changes)
         return result
 
     @translate_errors
