@@ -64,6 +64,18 @@ async def test_resubmitting_the_same_request_id_returns_the_same_tasks(user: Use
     assert len(listed.tasks) == 8, "no duplicates were created"
 
 
+async def test_a_reused_request_id_with_more_replicas_adds_nothing(user: UserTasks) -> None:
+    """Replicas 0-1 exist, 2-4 would be new: the whole statement is refused and the first request's rows return."""
+    request_id = str(uuid.uuid4())
+    first = await user.submit(replicas=2, request_id=request_id, workload_s=60)
+    again = await user.submit(replicas=5, request_id=request_id, workload_s=60)
+    assert [t.id for t in again] == [t.id for t in first]
+    listed = await user.stub.ListTasks(scheduler_pb2.ListTasksRequest(page_size=100), metadata=user.account.metadata)
+    assert len(listed.tasks) == 2, "no replica of the repeated request was kept"
+    for task in first:
+        await user.cancel(task.id)
+
+
 async def test_cancel_of_a_running_task_stops_it_cooperatively(user: UserTasks) -> None:
     (task,) = await user.submit(workload_s=60)
     await user.wait_for(task.id, [S.TASK_STATUS_RUNNING])
