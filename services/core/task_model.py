@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -78,6 +78,16 @@ def _json(value: Any) -> Any:
 
 
 def row_to_task(row: Mapping[str, Any]) -> task_pb2.Task:
+    return _to_task(row, {})
+
+
+def rows_to_tasks(rows: Iterable[Mapping[str, Any]]) -> list[task_pb2.Task]:
+    """row_to_task for many rows; a payload shared by several rows (replicas, a batch) is parsed once."""
+    payloads: dict[str, struct_pb2.Struct] = {}
+    return [_to_task(row, payloads) for row in rows]
+
+
+def _to_task(row: Mapping[str, Any], payloads: dict[str, struct_pb2.Struct]) -> task_pb2.Task:
     task = task_pb2.Task(
         id=str(row["id"]),
         name=row["name"],
@@ -99,9 +109,15 @@ def row_to_task(row: Mapping[str, Any]) -> task_pb2.Task:
     _set_time(task.created_at, row["created_at"])
     _set_time(task.started_at, row["started_at"])
     _set_time(task.finished_at, row["finished_at"])
-    payload = _json(row["payload"])
-    if payload:
-        json_format.ParseDict(payload, task.payload)
+    raw = row["payload"]
+    if isinstance(raw, str) and raw in payloads:
+        task.payload.CopyFrom(payloads[raw])
+    else:
+        payload = _json(raw)
+        if payload:
+            json_format.ParseDict(payload, task.payload)
+        if isinstance(raw, str):
+            payloads[raw] = task.payload
     result = _json(row["result"])
     if result is not None:
         task.result.CopyFrom(json_format.ParseDict(result, struct_pb2.Value()))

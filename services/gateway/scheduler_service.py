@@ -11,7 +11,8 @@ import redis.asyncio as aioredis
 from resilienttask.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.core import outbox, task_store, worker_registry
 from services.core.errors import NotFound, translate_errors
-from services.core.task_model import row_to_task
+from services.core.events import TaskChange
+from services.core.task_model import row_to_task, rows_to_tasks
 from services.gateway import validation
 from services.gateway.auth_interceptor import current_user_id
 from services.gateway.watch.hub import Hub
@@ -34,12 +35,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         owner = current_user_id()
         spec = validation.submission(request, await self.kinds.kinds(request.kind or validation.DEFAULT_KIND))
         rows, created = await task_store.submit(self.pool, owner, spec)
+        tasks = rows_to_tasks(rows)
         if created:
-            await outbox.emit_and_dispatch(self.pool, self.redis, rows, [task_store.change_for(r, 0) for r in rows])
+            changes = [TaskChange(owner, task, 0) for task in tasks]
+            await outbox.emit_and_dispatch(self.pool, self.redis, rows, changes)
         else:
             # A retried submission: the first attempt's gateway may have died before announcing the tasks.
-            await outbox.emit(self.redis, [task_store.change_for(r, r["status"]) for r in rows], self.pool)
-        return scheduler_pb2.SubmitTaskResponse(tasks=[row_to_task(r) for r in rows])
+            await outbox.emit(self.redis, [TaskChange(owner, task, task.status) for task in tasks], self.pool)
+        return scheduler_pb2.SubmitTaskResponse(tasks=tasks)
 
     @translate_errors
     async def GetTask(
@@ -69,7 +72,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         if len(rows) > limit:
             rows = rows[:limit]
             next_token = validation.encode_page_token(rows[-1]["created_at"], str(rows[-1]["id"]))
-        return scheduler_pb2.ListTasksResponse(tasks=[row_to_task(r) for r in rows], next_page_token=next_token)
+        return scheduler_pb2.ListTasksResponse(tasks=rows_to_tasks(rows), next_page_token=next_token)
 
     async def _cancel(self, *, task_id: str | None = None, batch_id: str | None = None) -> task_store.CancelResult:
         result = await task_store.cancel(self.pool, current_user_id(), task_id=task_id, batch_id=batch_id)
@@ -92,7 +95,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self, request: scheduler_pb2.CancelBatchRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.CancelBatchResponse:
         result = await self._cancel(batch_id=validation.uuid_field("batch_id", request.batch_id))
-        return scheduler_pb2.CancelBatchResponse(tasks=[row_to_task(r) for r in result.rows])
+        return scheduler_pb2.CancelBatchResponse(tasks=rows_to_tasks(result.rows))
 
     @translate_errors
     async def RetryTask(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import asyncpg
 from google.protobuf import json_format
 
-from resilienttask.v1 import worker_pb2
+from resilienttask.v1 import task_pb2, worker_pb2
 from services.core.events import TaskChange
 from services.core.task_model import (
     CANCELLED,
@@ -30,6 +30,7 @@ from services.core.task_model import (
     TIMED_OUT,
     check_transition,
     row_to_task,
+    rows_to_tasks,
 )
 from services.core.task_store import HistoryEntry, RunningRef, change_for, history_for, insert_history
 
@@ -107,17 +108,21 @@ async def start_batch(pool: asyncpg.Pool, worker_id: str, items: Sequence[worker
         started = {str(r["id"]): r for r in rows}
     rest = [item for item in items if first.get(item.task_id) is not item or item.task_id not in started]
     checked = await _start_checked(pool, worker_id, rest) if rest else StartOutcome([], [], [])
+    tasks = dict(zip(started, rows_to_tasks(started.values()), strict=True))
     later = iter(checked.results)
     results = [
-        _run(started[item.task_id]) if first.get(item.task_id) is item and item.task_id in started else next(later)
+        _run(started[item.task_id], tasks[item.task_id])
+        if first.get(item.task_id) is item and item.task_id in started
+        else next(later)
         for item in items
     ]
-    changes = [change_for(row, QUEUED) for row in started.values()] + checked.changes
+    changes = [TaskChange(str(row["owner_id"]), tasks[i], QUEUED) for i, row in started.items()] + checked.changes
     return StartOutcome(results, changes, checked.superseded)
 
 
-def _run(row: asyncpg.Record) -> worker_pb2.StartResult:
-    return worker_pb2.StartResult(task_id=str(row["id"]), decision=RUN, task=row_to_task(row), fence=row["fence"])
+def _run(row: asyncpg.Record, task: task_pb2.Task | None = None) -> worker_pb2.StartResult:
+    task = task if task is not None else row_to_task(row)
+    return worker_pb2.StartResult(task_id=str(row["id"]), decision=RUN, task=task, fence=row["fence"])
 
 
 def _is_uuid(value: str) -> bool:
@@ -347,7 +352,10 @@ async def finish_batch(
         else next(later)
         for item in items
     ]
-    changes = [change_for(row, RUNNING) for row in done.values()] + checked.changes
+    changes = [
+        TaskChange(str(row["owner_id"]), task, RUNNING)
+        for row, task in zip(done.values(), rows_to_tasks(done.values()), strict=True)
+    ] + checked.changes
     return FinishOutcome(results, changes, checked.requeued)
 
 

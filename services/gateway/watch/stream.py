@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from resilienttask.v1 import scheduler_pb2
 from services.core import task_store, worker_registry
 from services.core.events import parse_stream_id
-from services.core.task_model import row_to_task
+from services.core.task_model import rows_to_tasks
 from services.gateway.watch import history, tokens
 from services.gateway.watch.hub import Hub, raise_if_cancelled
 from services.gateway.watch.subscriber import Subscriber
@@ -46,7 +46,7 @@ class _Call:
         return Message(
             resume_token=tokens.encode(position),
             snapshot=scheduler_pb2.TaskSnapshot(
-                tasks=[row_to_task(r) for r in rows],
+                tasks=rows_to_tasks(rows),
                 stats=task_store.stats_from_counts(dict(counts)),
                 workers=[w.to_proto() for w in workers],
             ),
