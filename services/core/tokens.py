@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import jwt
@@ -57,7 +58,38 @@ def _is_uuid(value: str) -> bool:
 
 
 def verify_token(config: AuthConfig, token: str, audience: str) -> str:
-    """Return the subject of a valid token; any defect is Unauthenticated with one generic message.
+    """Return the subject of a valid token; any defect is Unauthenticated with one generic message."""
+    return verify_token_claims(config, token, audience)[0]
+
+
+class VerifiedTokens:
+    """Tokens already verified, until they expire: a worker or a user sends the same token on every call,
+    and checking its signature and claims again each time is pure overhead on the hot path."""
+
+    def __init__(self, config: AuthConfig, audience: str, capacity: int = 4096) -> None:
+        self._config = config
+        self._audience = audience
+        self._capacity = capacity
+        self._subjects: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._subjects)
+
+    def subject(self, token: str) -> str:
+        """Like verify_token; a token that failed is checked again next time (and fails again)."""
+        known = self._subjects.get(token)
+        if known is not None and time.time() < known[1]:
+            self._subjects.move_to_end(token)
+            return known[0]
+        subject, expires_at = verify_token_claims(self._config, token, self._audience)
+        self._subjects[token] = (subject, expires_at)
+        if len(self._subjects) > self._capacity:
+            self._subjects.popitem(last=False)
+        return subject
+
+
+def verify_token_claims(config: AuthConfig, token: str, audience: str) -> tuple[str, float]:
+    """The subject and expiry of a valid token; any defect is Unauthenticated with one generic message.
 
     Only HS256 is accepted (so `alg=none` and every other algorithm fail), every claim is required,
     `iat` may not lie in the future, and `aud` must be exactly the one expected audience: a token
@@ -80,4 +112,4 @@ def verify_token(config: AuthConfig, token: str, audience: str) -> str:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject or (audience == config.audience and not _is_uuid(subject)):
         raise Unauthenticated(_INVALID)
-    return subject
+    return subject, float(claims["exp"])

@@ -15,7 +15,7 @@ import grpc
 
 from services.core.config import AuthConfig
 from services.core.errors import Unauthenticated
-from services.core.tokens import verify_token
+from services.core.tokens import VerifiedTokens
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, config: AuthConfig, protected_prefix: str, audience: str) -> None:
         if not (protected_prefix.startswith("/") and protected_prefix.endswith("/")):
             raise ValueError(f"protected_prefix must look like '/package.Service/', got {protected_prefix!r}")
-        self._config = config
         self._prefix = protected_prefix
-        self._audience = audience
+        self._verified = VerifiedTokens(config, audience)
 
     async def intercept_service(
         self,
@@ -78,7 +77,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         message = MISSING_TOKEN
         if token is not None:
             try:
-                return verify_token(self._config, token, self._audience)
+                return self._verified.subject(token)
             except Unauthenticated as exc:
                 log.debug("token refused", extra={"reason": repr(exc.__cause__)})
                 message = str(exc)

@@ -12,11 +12,13 @@ from typing import Any
 import jwt
 import pytest
 
+from services.core import tokens as tokens_module
 from services.core.config import AuthConfig, ConfigError
 from services.core.errors import Unauthenticated
 from services.core.tokens import (
     MAX_TOKEN_CHARS,
     WORKER_AUDIENCE,
+    VerifiedTokens,
     mint_user_token,
     mint_worker_token,
     verify_token,
@@ -209,3 +211,38 @@ def test_secret_file_is_read_from_configuration(tmp_path: Any) -> None:
     assert config.jwt_secret == b"f" * 48
     with pytest.raises(ConfigError):
         AuthConfig.from_env({})
+
+
+def test_verified_tokens_are_remembered_until_they_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = VerifiedTokens(CONFIG, CONFIG.audience, capacity=2)
+    user_id = str(uuid.uuid4())
+    issued = mint_user_token(CONFIG, user_id)
+    assert cache.subject(issued.token) == user_id
+    assert cache.subject(issued.token) == user_id, "the second call is answered from the cache"
+    worker = mint_worker_token(CONFIG, "worker-1").token
+    with pytest.raises(Unauthenticated):
+        cache.subject(worker)
+    with pytest.raises(Unauthenticated):
+        cache.subject(worker)  # a refused token is never remembered: refused again
+    # Past its expiry the cache does not answer: the token is verified again (here by a stand-in that refuses).
+    checked: list[str] = []
+
+    def refuse(config: AuthConfig, token: str, audience: str) -> tuple[str, float]:
+        checked.append(token)
+        raise Unauthenticated("invalid or expired token")
+
+    monkeypatch.setattr(tokens_module, "verify_token_claims", refuse)
+    assert cache.subject(issued.token) == user_id, "still valid: answered from the cache"
+    later = issued.expires_at + 1
+    monkeypatch.setattr(time, "time", lambda: later)
+    with pytest.raises(Unauthenticated):
+        cache.subject(issued.token)
+    assert checked == [issued.token]
+
+
+def test_the_verified_token_cache_stays_bounded() -> None:
+    cache = VerifiedTokens(CONFIG, CONFIG.audience, capacity=2)
+    tokens = [mint_user_token(CONFIG, str(uuid.uuid4())).token for _ in range(5)]
+    for token in tokens:
+        cache.subject(token)
+    assert len(cache) == 2
