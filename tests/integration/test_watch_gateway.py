@@ -140,6 +140,35 @@ async def test_a_malformed_feed_entry_does_not_stop_delivery(
             await redis.xdel(keys.EVENTS_FEED_STREAM, bad)
 
 
+async def test_the_feed_is_read_only_while_someone_watches_and_nothing_is_missed(
+    gateway: InProcess, account: Account, redis: aioredis.Redis
+) -> None:
+    async def reading(expected: bool) -> bool:
+        return gateway.hub.reading_feed == expected
+
+    await eventually(lambda: reading(False), message="no watcher: the feed is not read")
+    # Changes while nobody watches (and after a watcher left) reach a later watcher from its history.
+    before = _change(account.user_id, task_pb2.TASK_STATUS_QUEUED, 0)
+    await publish_changes(redis, [before])
+    first = Watch(gateway.channel, account)
+    await first.next()
+    assert gateway.hub.reading_feed
+    first.cancel()
+    await eventually(lambda: reading(False), message="the last watcher left: the reader stops")
+    while_away = _change(account.user_id, task_pb2.TASK_STATUS_QUEUED, 0)
+    await publish_changes(redis, [while_away])
+    watch = Watch(gateway.channel, account, resume_token=first.token)
+    try:
+        missed = await watch.next()
+        assert missed.WhichOneof("kind") == "event" and missed.event.task.id == while_away.task.id
+        live = _change(account.user_id, task_pb2.TASK_STATUS_QUEUED, 0)
+        await publish_changes(redis, [live])
+        following = await watch.next()
+        assert following.WhichOneof("kind") == "event" and following.event.task.id == live.task.id
+    finally:
+        watch.cancel()
+
+
 def _change(owner_id: str, status: int, previous: int, deleted: bool = False) -> TaskChange:
     return TaskChange(owner_id, task_pb2.Task(id=str(uuid.uuid4()), status=status), previous, deleted)
 

@@ -75,12 +75,27 @@ class Hub:
         self._workers_key: list[tuple[Any, ...]] | None = None
         self._by_owner: dict[str, set[Subscriber]] = defaultdict(set)
         self._feed_seq: int | None = None
+        # The feed is read only while someone here watches: set by the first subscriber.
+        self._watched = asyncio.Event()
+        # Set once the reader knows where it (re)starts; a new watcher reads its history only after that.
+        self._positioned = asyncio.Event()
 
     # -- subscribers ---------------------------------------------------------------------------------
     def subscribe(self, owner_id: str) -> Subscriber:
         subscriber = Subscriber(owner_id, self.config.queue_limit)
         self._by_owner[owner_id].add(subscriber)
+        self._watched.set()
         return subscriber
+
+    async def feed_ready(self, timeout_s: float) -> None:
+        """Until the reader has a start position, so a history read that follows cannot miss an event.
+
+        Events appended before that position are in the history the new watcher reads next; events after
+        it reach the watcher through the feed. Given up after timeout_s (Redis unreachable): the watcher
+        goes on, and the predecessor check of its next event still catches anything missed.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._positioned.wait(), timeout_s)
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         watchers = self._by_owner.get(subscriber.owner_id)
@@ -90,6 +105,11 @@ class Hub:
         if not watchers:
             del self._by_owner[subscriber.owner_id]
             self.stats.forget(subscriber.owner_id)
+
+    @property
+    def reading_feed(self) -> bool:
+        """Whether the feed reader is positioned and tailing (it is not while nobody here watches)."""
+        return self._positioned.is_set()
 
     @property
     def subscriber_count(self) -> int:
@@ -122,13 +142,24 @@ class Hub:
         return str(newest[0][0].decode())
 
     async def read_feed(self) -> None:
-        """Tail the feed forever; a Redis outage pauses delivery, it does not end the loop."""
+        """Tail the feed while anyone watches here; a Redis outage pauses delivery, it does not end the loop.
+
+        With no watcher the reader stops (a gateway without watchers spends nothing on the feed) and later
+        starts again from the newest entry: what a new watcher needs from before then is in its history.
+        """
         position: str | None = None
         while True:
             raise_if_cancelled()
+            if not self._by_owner:
+                position = None
+                self._positioned.clear()
+                self._watched.clear()
+                await self._watched.wait()
+                continue
             try:
                 if position is None:
                     position = await self._feed_start()
+                    self._positioned.set()
                 reply: Any = await self.redis.xread(
                     {keys.EVENTS_FEED_STREAM: position},
                     count=self.config.feed_batch,

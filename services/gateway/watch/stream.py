@@ -18,6 +18,8 @@ from services.gateway.watch.hub import Hub, raise_if_cancelled
 from services.gateway.watch.subscriber import Subscriber
 
 Message = scheduler_pb2.WatchTasksResponse
+# How long a new watcher waits for the gateway's feed reader to (re)start before reading its history anyway.
+FEED_READY_TIMEOUT_S = 2.0
 
 
 class _Call:
@@ -127,6 +129,7 @@ async def watch_tasks(hub: Hub, owner_id: str, resume_token: str) -> AsyncIterat
     resume_from = tokens.decode(resume_token) if resume_token else None
     subscriber = hub.subscribe(owner_id)
     try:
+        await hub.feed_ready(FEED_READY_TIMEOUT_S)
         async for message in _Call(hub, owner_id, subscriber).run(resume_from):
             yield message
     finally:
