@@ -57,12 +57,22 @@ class DispatchConsumer:
         self._reclaim_cursor = dict.fromkeys(self._kind_of, ZERO_ID)
 
     async def read(self, count: int, block_ms: int) -> list[Delivery]:
-        """New entries for this consumer (at most count), waiting up to block_ms for the first."""
+        """New entries for this consumer (at most count), waiting up to block_ms for the first.
+
+        A blocked read is answered as soon as the first entry lands, often before the rest of a batch
+        that was added in the same pipeline (a 50-replica submission): one more read without waiting
+        picks those up, so the batch goes to the scheduler in one StartTasks call, not two.
+        """
+        raw = await self._read_raw(count, block_ms)
+        if 0 < len(raw) < count:
+            raw.extend(await self._read_raw(count - len(raw), None))
+        return await self._accept(raw)
+
+    async def _read_raw(self, count: int, block_ms: int | None) -> list[tuple[str, Any]]:
         reply: Any = await self.redis.xreadgroup(
             keys.DISPATCH_GROUP, self.consumer, dict.fromkeys(self._kind_of, ">"), count=count, block=block_ms
         )
-        raw = [(_text(stream), entry) for stream, entries in reply or [] for entry in entries]
-        return await self._accept(raw)
+        return [(_text(stream), entry) for stream, entries in reply or [] for entry in entries]
 
     async def reclaim(self, count: int, min_idle_ms: int) -> list[Delivery]:
         """Take over up to count entries idle for min_idle_ms: their worker stopped heartbeating."""

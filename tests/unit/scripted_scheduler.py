@@ -35,6 +35,7 @@ class Script:
     heartbeats: list[worker_pb2.WorkerHeartbeat] = field(default_factory=list)
     progress: list[worker_pb2.ProgressReport] = field(default_factory=list)
     starts: list[worker_pb2.StartItem] = field(default_factory=list)
+    start_calls: list[int] = field(default_factory=list)  # items per StartTasks call
     finishes: list[worker_pb2.FinishItem] = field(default_factory=list)
     fences: dict[str, int] = field(default_factory=dict)
     subjects: set[str] = field(default_factory=set)
@@ -61,6 +62,7 @@ class ScriptedScheduler(worker_pb2_grpc.WorkerServiceServicer):
         if self.script.fail_starts > 0:
             self.script.fail_starts -= 1
             await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted outage")
+        self.script.start_calls.append(len(request.items))
         results = []
         for item in request.items:
             self.script.starts.append(item)

@@ -152,6 +152,19 @@ async def test_many_entries_start_in_one_call_up_to_the_free_slots(harness: Harn
     assert max(len(h.tasks) for h in harness.script.heartbeats) <= 4
 
 
+async def test_entries_added_together_start_in_one_call(harness: Harness) -> None:
+    """A blocked read wakes on the first entry of a pipeline; the rest must not wait for a second call."""
+    tasks = [task_pb2.Task(id=str(uuid.uuid4()), kind="sleep", attempt=1) for _ in range(4)]
+    for task in tasks:
+        harness.script.tasks[task.id] = task
+    entries = [DispatchEntry(task.id, str(uuid.uuid4()), "sleep") for task in tasks]
+    for task, entry_id in zip(tasks, await publish(harness.redis, entries), strict=True):
+        harness.entries[task.id] = entry_id
+    for task in tasks:
+        assert (await harness.finished(task.id)).outcome == worker_pb2.OUTCOME_SUCCEEDED
+    assert harness.script.start_calls == [4]
+
+
 async def test_fail_is_reported_and_kinds_it_does_not_serve_never_reach_it(harness: Harness) -> None:
     unknown = await harness.submit("no-such-kind")
     failing = await harness.submit("fail")
