@@ -61,13 +61,16 @@ class RedisConfig:
     """Redis-compatible server settings."""
 
     url: str
+    # Connections one process may hold; callers beyond that wait for a free one (up to pool_timeout_s).
+    max_connections: int = 64
+    pool_timeout_s: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> RedisConfig:
         url = env.get("REDIS_URL", "")
         if not url:
             raise ConfigError("REDIS_URL is required")
-        return cls(url=url)
+        return cls(url=url, max_connections=_int(env, "RTASK_REDIS_MAX_CONNECTIONS", 64))
 
 
 @dataclass(frozen=True)
