@@ -39,6 +39,7 @@ class Script:
     finishes: list[worker_pb2.FinishItem] = field(default_factory=list)
     fences: dict[str, int] = field(default_factory=dict)
     subjects: set[str] = field(default_factory=set)
+    refused: int = 0  # calls refused for their token
     streams: list[asyncio.Queue[worker_pb2.ConnectResponse | None]] = field(default_factory=list)
 
 
@@ -53,6 +54,7 @@ class ScriptedScheduler(worker_pb2_grpc.WorkerServiceServicer):
         try:
             self.script.subjects.add(verify_token(self.auth, str(token), WORKER_AUDIENCE))
         except Unauthenticated:
+            self.script.refused += 1
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad token")
 
     async def StartTasks(

@@ -357,7 +357,7 @@ async def test_a_worker_with_a_bad_secret_is_refused_and_keeps_retrying(redis: a
     worker = Worker(worker_config(port), redis, make_auth())
     await worker.start()
     try:
-        await eventually(lambda: _value(worker.link._call is not None), message="tried to connect")
+        await eventually(lambda: _value(script.refused > 0), message="tried to connect and was refused")
         task_id = str(uuid.uuid4())
         await publish(redis, [DispatchEntry(task_id, str(uuid.uuid4()), "sleep")])
         await eventually(lambda: _value(worker.parked), message="entries kept while StartTasks is refused")
