@@ -65,6 +65,8 @@ class Sizes:
     batch_submits: int
 
 
+# Users whose watchers share the 1,000 in the watch scenario's main figure (100 watchers each).
+WATCH_USERS = 10
 FULL = Sizes(20_000, 5_000, 1_000, 300, 10, 100, 15, 90.0, 30.0, 1000, 20, 20)
 QUICK = Sizes(2_000, 500, 200, 50, 3, 100, 3, 20.0, 15.0, 100, 5, 5)
 
@@ -207,7 +209,7 @@ class Runner:
     async def _our_watch(self) -> dict[str, Any]:
         from bench.memory import MemorySampler
         from bench.ours import service_pids
-        from bench.watch_latency import push_latency, submit_batch_latency
+        from bench.watch_latency import push_latency, signup_users, submit_batch_latency
 
         s = self.sizes
         with self.ours.stack(2, 10) as stack:
@@ -215,11 +217,13 @@ class Runner:
             at_rest = sampler.sample()
             async with self.ours.client(stack) as client:
                 assert client.token is not None
+                users = await signup_users(stack.edge_address, WATCH_USERS)
                 with sampler.running():
-                    push = await push_latency(
-                        stack.edge_address, client.token, "sleep", s.watchers, s.watch_events, 0.25
-                    )
+                    # Dashboards of many users, and the worst case: every watcher on one user's events.
+                    push = await push_latency(stack.edge_address, users, "sleep", s.watchers, s.watch_events, 0.25)
+                    one = await push_latency(stack.edge_address, users[:1], "sleep", s.watchers, s.watch_events, 0.25)
                     batch = await submit_batch_latency(client, "sleep", s.batch_submits)
+                push["one_user"] = {k: one[k] for k in ("push_ms", "deliveries", "missing")}
         # Under load: the peak of the throughput scenario when it ran, else of this one.
         loaded = self.ours.memory.get("under_load") or sampler.peak
         memory = {"rss_mib_at_rest": per_role(at_rest), "rss_mib_under_load": per_role(loaded)}
