@@ -156,7 +156,7 @@ def notes(scenario: str, by_system: dict[str, dict[str, Any]]) -> list[str]:
         "sleep": ("slots", "wall_basis", "note"),
         "cancel": ("rounds", "method", "forced"),
         "crash": (),
-        "watch": ("watchers", "users", "events", "deliveries", "missing", "calls", "replicas"),
+        "watch": ("watchers", "users", "events", "deliveries", "missing", "event_messages_per_s", "calls", "replicas"),
     }[scenario]
     out = []
     for system, figures in by_system.items():

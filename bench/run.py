@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -220,10 +221,13 @@ class Runner:
                 users = await signup_users(stack.edge_address, WATCH_USERS)
                 with sampler.running():
                     # Dashboards of many users, and the worst case: every watcher on one user's events.
-                    push = await push_latency(stack.edge_address, users, "sleep", s.watchers, s.watch_events, 0.25)
-                    one = await push_latency(stack.edge_address, users[:1], "sleep", s.watchers, s.watch_events, 0.25)
+                    # A body without progress reports: each task makes 3 events (queued, running, succeeded).
+                    kind, payload = "bench.stamp", {"label": f"watch-{uuid.uuid4().hex[:8]}"}
+                    edge = stack.edge_address
+                    push = await push_latency(edge, users, kind, payload, s.watchers, s.watch_events, 0.25)
+                    one = await push_latency(edge, users[:1], kind, payload, s.watchers, s.watch_events, 0.25)
                     batch = await submit_batch_latency(client, "sleep", s.batch_submits)
-                push["one_user"] = {k: one[k] for k in ("push_ms", "deliveries", "missing")}
+                push["one_user"] = {k: one[k] for k in ("push_ms", "deliveries", "missing", "event_messages_per_s")}
         # Under load: the peak of the throughput scenario when it ran, else of this one.
         loaded = self.ours.memory.get("under_load") or sampler.peak
         memory = {"rss_mib_at_rest": per_role(at_rest), "rss_mib_under_load": per_role(loaded)}

@@ -120,10 +120,21 @@ class Figures:
 class Fanout:
     """Watchers of several users on a few channels, and the rounds that measure them."""
 
-    def __init__(self, edge: str, users: Sequence[Metadata], watchers: int, channels: int, kind: str) -> None:
+    def __init__(
+        self,
+        edge: str,
+        users: Sequence[Metadata],
+        watchers: int,
+        channels: int,
+        kind: str,
+        payload: dict[str, Any] | None = None,
+    ) -> None:
         self.users = list(users)
         self.watcher_count = watchers
         self.kind = kind
+        self.payload = payload or {}
+        # Every event message received (all statuses, progress included): the load the fan-out carried.
+        self.event_messages = 0
         self.channels = [grpc.aio.insecure_channel(edge) for _ in range(channels)]
         self.stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channels[0])
         self.per_user = [len(range(u, watchers, len(self.users))) for u in range(len(self.users))]
@@ -163,7 +174,9 @@ class Fanout:
                 self.ready += 1
                 if self.ready == self.watcher_count:
                     self.all_ready.set()
-            elif kind == "event" and message.event.task.version == 1:
+            elif kind == "event":
+                self.event_messages += 1
+            if kind == "event" and message.event.task.version == 1:
                 now = time.time()
                 task_id = message.event.task.id
                 if task_id not in self.appended:
@@ -181,6 +194,7 @@ class Fanout:
             workload=duration_pb2.Duration(seconds=1),
             request_id=str(uuid.uuid4()),
         )
+        request.payload.update(self.payload)
         reply = await self.stub.SubmitTask(request, metadata=self.users[user])
         task = reply.tasks[0]
         round_ = Round(self.per_user[user], task.created_at.ToMicroseconds() / 1e6, time.time())
@@ -211,19 +225,28 @@ class Fanout:
 
 
 async def push_latency(
-    edge: str, users: Sequence[Metadata], kind: str, watchers: int, events: int, interval_s: float
+    edge: str,
+    users: Sequence[Metadata],
+    kind: str,
+    payload: dict[str, Any],
+    watchers: int,
+    events: int,
+    interval_s: float,
 ) -> dict[str, Any]:
     """`watchers` shared equally by `users`; `events` submissions `interval_s` apart, the users taking
     turns (for bench/run.py)."""
-    fanout = Fanout(edge, users, watchers, max(1, watchers // 100), kind)
+    fanout = Fanout(edge, users, watchers, max(1, watchers // 100), kind, payload)
     try:
         await fanout.open()
         # One warm-up event per user first: its watchers' first delivery pays for cold caches (stats, statements).
+        started, counted = time.monotonic(), fanout.event_messages
         figures = await fanout.measure(events, warmup=len(users), interval_s=interval_s)
+        delivered_per_s = (fanout.event_messages - counted) / (time.monotonic() - started)
     finally:
         await fanout.close()
     return {
         "push_ms": spread_ms(figures.from_append),
+        "event_messages_per_s": round(delivered_per_s),
         "watchers": watchers,
         "users": len(users),
         "events": events,
@@ -276,7 +299,7 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
     users = await signup_users(stack.edge_address, args.users)
     gateways = {name: stack.processes[name].pid for name in stack.names("gateway")}
     before = {name: rss_kib(pid) for name, pid in gateways.items()}
-    fanout = Fanout(stack.edge_address, users, args.watchers, args.channels, "sleep")
+    fanout = Fanout(stack.edge_address, users, args.watchers, args.channels, "sleep")  # no workers: stays queued
     try:
         started = time.monotonic()
         await fanout.open()
