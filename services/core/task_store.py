@@ -132,7 +132,8 @@ class _SubmissionExists(Exception):
 _REFUSED = "RT001"
 
 # Every replica and its history in one autocommit statement (one round trip, one commit). ON CONFLICT skips
-# replicas of a request_id used before; the guard then refuses the statement, so nothing of it is kept.
+# replicas of a request_id used before; when some were inserted all the same, the guard refuses the
+# statement, so nothing of it is kept. When none was, the statement returns no row.
 _INSERT_SUBMISSION = f"""
 WITH inserted AS (
     INSERT INTO tasks (id, owner_id, name, kind, payload, status, max_attempts, request_id, batch_id,
@@ -159,7 +160,7 @@ async def _insert_submission(
     pool: asyncpg.Pool, owner_id: str, spec: Submission, batch_id: str, ids: list[str]
 ) -> list[asyncpg.Record]:
     try:
-        return await pool.fetch(
+        rows = await pool.fetch(
             _INSERT_SUBMISSION,
             ids,
             owner_id,
@@ -179,6 +180,10 @@ async def _insert_submission(
         if exc.sqlstate == _REFUSED:
             raise _SubmissionExists from exc
         raise
+    if len(rows) != spec.replicas:
+        # Nothing inserted (every replica existed): the join may then end before the guard is evaluated.
+        raise _SubmissionExists
+    return list(rows)
 
 
 async def mark_published(pool: asyncpg.Pool, task_ids: Sequence[str], entry_ids: Sequence[str]) -> None:
