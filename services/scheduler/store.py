@@ -35,6 +35,8 @@ from services.core.task_model import (
 from services.core.task_store import HistoryEntry, RunningRef, change_for, history_for, insert_history
 
 SUPERSEDED = "superseded"
+# The longest error text an outcome may store.
+MAX_ERROR_CHARS = 4000
 ALREADY_FINISHED = "already finished"
 RUN = worker_pb2.START_DECISION_RUN
 SKIP = worker_pb2.START_DECISION_SKIP
@@ -322,27 +324,63 @@ SELECT * FROM finished
 """
 
 
+# A cancelled attempt of a running or cancelling task, reported with its current fence, in one statement.
+_FAST_CANCELLED = f"""
+WITH t AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[]) AS u(id, fence, result, error)),
+locked AS (
+    SELECT tasks.id, tasks.status AS before FROM tasks JOIN t ON tasks.id = t.id
+    WHERE tasks.status IN ({RUNNING}, {CANCELLING}) AND tasks.fence = t.fence ORDER BY tasks.id FOR UPDATE OF tasks
+),
+finished AS (
+    UPDATE tasks SET status = {CANCELLED}, dead_lettered = false, result = t.result::jsonb, error = t.error,
+        finished_at = now(), version = version + 1
+    FROM t, locked WHERE tasks.id = t.id AND tasks.id = locked.id
+    RETURNING {QUALIFIED_TASK_COLUMNS}, locked.before
+),
+recorded AS (
+    INSERT INTO task_history (task_id, version, from_status, to_status, attempt, worker_id, fence, detail)
+    SELECT id, version, before, status, attempt, worker_id, fence, CASE WHEN error = '' THEN 'finished' ELSE error END
+    FROM finished
+)
+SELECT * FROM finished
+"""
+# Outcomes recorded in one statement each when the report carries the task's current fence.
+_FAST_OUTCOMES = (worker_pb2.OUTCOME_SUCCEEDED, worker_pb2.OUTCOME_CANCELLED)
+
+
 async def finish_batch(
     pool: asyncpg.Pool, worker_id: str, items: Sequence[worker_pb2.FinishItem], retry: RetryPolicy
 ) -> FinishOutcome:
     """Record outcomes; a report whose fence is not the task's current one is refused as superseded.
 
-    Successes of running tasks (nearly every report) are recorded in one statement; the rest are checked
-    one by one under row locks.
+    Successes of running tasks (nearly every report) and cancellations are recorded in one statement each;
+    the rest are checked one by one under row locks.
     """
     first: dict[str, worker_pb2.FinishItem] = {}
     for item in items:
-        if item.outcome == worker_pb2.OUTCOME_SUCCEEDED and _is_uuid(item.task.task_id):
+        if item.outcome in _FAST_OUTCOMES and _is_uuid(item.task.task_id):
             first.setdefault(item.task.task_id, item)
-    done: dict[str, asyncpg.Record] = {}
-    if first:
+    succeeded = [i for i in first.values() if i.outcome == worker_pb2.OUTCOME_SUCCEEDED]
+    cancelled = [i for i in first.values() if i.outcome == worker_pb2.OUTCOME_CANCELLED]
+    # task id -> (the row as recorded, its status before)
+    done: dict[str, tuple[asyncpg.Record, int]] = {}
+    if succeeded:
         rows = await pool.fetch(
             _FAST_SUCCESS,
-            list(first),
-            [i.task.fence for i in first.values()],
-            [_result_json(i) for i in first.values()],
+            [i.task.task_id for i in succeeded],
+            [i.task.fence for i in succeeded],
+            [_result_json(i) for i in succeeded],
         )
-        done = {str(r["id"]): r for r in rows}
+        done.update({str(r["id"]): (r, RUNNING) for r in rows})
+    if cancelled:
+        rows = await pool.fetch(
+            _FAST_CANCELLED,
+            [i.task.task_id for i in cancelled],
+            [i.task.fence for i in cancelled],
+            [_result_json(i) for i in cancelled],
+            [i.error[:MAX_ERROR_CHARS] for i in cancelled],
+        )
+        done.update({str(r["id"]): (r, r["before"]) for r in rows})
     rest = [item for item in items if first.get(item.task.task_id) is not item or item.task.task_id not in done]
     checked = await _finish_checked(pool, worker_id, rest, retry) if rest else FinishOutcome([], [], [])
     later = iter(checked.results)
@@ -352,9 +390,10 @@ async def finish_batch(
         else next(later)
         for item in items
     ]
+    recorded = [row for row, _ in done.values()]
     changes = [
-        TaskChange(str(row["owner_id"]), task, RUNNING)
-        for row, task in zip(done.values(), rows_to_tasks(done.values()), strict=True)
+        TaskChange(str(row["owner_id"]), task, before)
+        for (row, before), task in zip(done.values(), rows_to_tasks(recorded), strict=True)
     ] + checked.changes
     return FinishOutcome(results, changes, checked.requeued)
 
@@ -396,7 +435,7 @@ async def _finish_checked(
                 task_id=task_id,
                 target=target,
                 dead=dead,
-                error=item.error[:4000],
+                error=item.error[:MAX_ERROR_CHARS],
                 result_json=_result_json(item),
                 delay_s=retry.delay_s(row["attempt"]),
             )

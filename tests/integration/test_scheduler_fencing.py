@@ -253,6 +253,30 @@ async def test_cancel_of_a_running_task_is_pushed_down_the_worker_stream(isolate
     call.cancel()
 
 
+async def test_cancelled_outcomes_are_fenced_and_recorded_with_history(isolated: Isolated) -> None:
+    cancelling, running = await submit(isolated, replicas=2)
+    runs = {r.task_id: r for r in await start(isolated, "worker-a", item(cancelling), item(running))}
+    await task_store.cancel(isolated.pool, isolated.owner, task_id=str(cancelling["id"]))
+    for row, before in ((cancelling, task_pb2.TASK_STATUS_CANCELLING), (running, task_pb2.TASK_STATUS_RUNNING)):
+        task_id, fence = str(row["id"]), runs[str(row["id"])].fence
+        stale = await finish(isolated, "worker-a", task_id, fence - 1, worker_pb2.OUTCOME_CANCELLED, "stopped")
+        assert not stale.accepted and stale.reason == "superseded"
+        assert (await finish(isolated, "worker-a", task_id, fence, worker_pb2.OUTCOME_CANCELLED, "stopped")).accepted
+        again = await finish(isolated, "worker-a", task_id, fence, worker_pb2.OUTCOME_CANCELLED, "stopped")
+        assert not again.accepted and again.reason == "already finished"
+        done = await task_store.get(isolated.pool, isolated.owner, task_id)
+        assert done is not None and done["status"] == task_pb2.TASK_STATUS_CANCELLED and done["error"] == "stopped"
+        assert done["finished_at"] is not None and not done["dead_lettered"]
+        last = await isolated.pool.fetchrow(
+            "SELECT from_status, to_status, version, fence, detail FROM task_history WHERE task_id = $1 "
+            "ORDER BY version DESC LIMIT 1",
+            row["id"],
+        )
+        assert last is not None
+        assert (last["from_status"], last["to_status"]) == (before, task_pb2.TASK_STATUS_CANCELLED)
+        assert last["version"] == done["version"] and last["fence"] == fence and last["detail"] == "stopped"
+
+
 async def test_worker_service_needs_a_worker_token(isolated: Isolated) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await isolated.stub.StartTasks(worker_pb2.StartTasksRequest(worker_id="w"))
