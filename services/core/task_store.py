@@ -69,11 +69,22 @@ class RunningRef:
     fence: int
 
 
+HISTORY_COLUMNS = "task_id, version, from_status, to_status, attempt, worker_id, fence, detail"
+
+
+def history_of(relation: str, from_status: str, detail: str) -> str:
+    """SQL recording one history row per row of `relation` (a CTE returning task columns) in the same statement."""
+    return (
+        f"INSERT INTO task_history ({HISTORY_COLUMNS}) "
+        f"SELECT id, version, {from_status}, status, attempt, worker_id, fence, {detail} FROM {relation}"
+    )
+
+
 async def insert_history(conn: asyncpg.Connection, entries: Sequence[HistoryEntry]) -> None:
     if not entries:
         return
     await conn.execute(
-        "INSERT INTO task_history (task_id, version, from_status, to_status, attempt, worker_id, fence, detail) "
+        f"INSERT INTO task_history ({HISTORY_COLUMNS}) "
         "SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::smallint[], $4::smallint[], $5::int[], "
         "$6::text[], $7::bigint[], $8::text[])",
         [e.task_id for e in entries],
@@ -144,10 +155,7 @@ WITH inserted AS (
     ON CONFLICT (owner_id, request_id, replica_index) DO NOTHING
     RETURNING {TASK_COLUMNS}
 ),
-recorded AS (
-    INSERT INTO task_history (task_id, version, from_status, to_status, attempt, worker_id, fence, detail)
-    SELECT id, version, NULL, status, attempt, worker_id, fence, 'submitted' FROM inserted
-),
+recorded AS ({history_of("inserted", "NULL", "'submitted'")}),
 guard AS (
     SELECT CASE WHEN count(*) <> cardinality($1::uuid[]) THEN rt_refuse('request_id used before') END
     FROM inserted
@@ -292,7 +300,7 @@ changed AS (
     RETURNING {QUALIFIED_TASK_COLUMNS}
 ),
 recorded AS (
-    INSERT INTO task_history (task_id, version, from_status, to_status, attempt, worker_id, fence, detail)
+    INSERT INTO task_history ({HISTORY_COLUMNS})
     SELECT changed.id, changed.version, target.status, changed.status, changed.attempt, changed.worker_id,
            changed.fence, 'cancel requested'
     FROM changed JOIN target ON target.id = changed.id

@@ -32,7 +32,7 @@ from services.core.task_model import (
     row_to_task,
     rows_to_tasks,
 )
-from services.core.task_store import HistoryEntry, RunningRef, change_for, history_for, insert_history
+from services.core.task_store import HistoryEntry, RunningRef, change_for, history_for, history_of, insert_history
 
 SUPERSEDED = "superseded"
 # The longest error text an outcome may store.
@@ -80,10 +80,7 @@ started AS (
     FROM t, locked WHERE tasks.id = t.id AND tasks.id = locked.id
     RETURNING {QUALIFIED_TASK_COLUMNS}
 ),
-recorded AS (
-    INSERT INTO task_history (task_id, version, from_status, to_status, attempt, worker_id, fence, detail)
-    SELECT id, version, {QUEUED}, status, attempt, worker_id, fence, 'started' FROM started
-)
+recorded AS ({history_of("started", str(QUEUED), "'started'")})
 SELECT * FROM started
 """
 
@@ -122,8 +119,7 @@ async def start_batch(pool: asyncpg.Pool, worker_id: str, items: Sequence[worker
     return StartOutcome(results, changes, checked.superseded)
 
 
-def _run(row: asyncpg.Record, task: task_pb2.Task | None = None) -> worker_pb2.StartResult:
-    task = task if task is not None else row_to_task(row)
+def _run(row: asyncpg.Record, task: task_pb2.Task) -> worker_pb2.StartResult:
     return worker_pb2.StartResult(task_id=str(row["id"]), decision=RUN, task=task, fence=row["fence"])
 
 
@@ -316,10 +312,7 @@ finished AS (
     FROM t, locked WHERE tasks.id = t.id AND tasks.id = locked.id
     RETURNING {QUALIFIED_TASK_COLUMNS}
 ),
-recorded AS (
-    INSERT INTO task_history (task_id, version, from_status, to_status, attempt, worker_id, fence, detail)
-    SELECT id, version, {RUNNING}, status, attempt, worker_id, fence, 'finished' FROM finished
-)
+recorded AS ({history_of("finished", str(RUNNING), "'finished'")})
 SELECT * FROM finished
 """
 
@@ -337,11 +330,7 @@ finished AS (
     FROM t, locked WHERE tasks.id = t.id AND tasks.id = locked.id
     RETURNING {QUALIFIED_TASK_COLUMNS}, locked.before
 ),
-recorded AS (
-    INSERT INTO task_history (task_id, version, from_status, to_status, attempt, worker_id, fence, detail)
-    SELECT id, version, before, status, attempt, worker_id, fence, CASE WHEN error = '' THEN 'finished' ELSE error END
-    FROM finished
-)
+recorded AS ({history_of("finished", "before", "CASE WHEN error = '' THEN 'finished' ELSE error END")})
 SELECT * FROM finished
 """
 # Outcomes recorded in one statement each when the report carries the task's current fence.

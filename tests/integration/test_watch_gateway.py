@@ -130,10 +130,7 @@ async def test_a_malformed_feed_entry_does_not_stop_delivery(
     try:
         await watch.next()
         bad = await redis.xadd(keys.EVENTS_FEED_STREAM, {"owner": account.user_id, "seq": "not a number"})
-        change = _change(account.user_id, task_pb2.TASK_STATUS_QUEUED, 0)
-        await publish_changes(redis, [change])
-        following = await watch.next()
-        assert following.WhichOneof("kind") == "event" and following.event.task.id == change.task.id
+        await _next_event_is_a_fresh_change(watch, redis, account.user_id)
     finally:
         watch.cancel()
         if bad is not None:
@@ -161,12 +158,17 @@ async def test_the_feed_is_read_only_while_someone_watches_and_nothing_is_missed
     try:
         missed = await watch.next()
         assert missed.WhichOneof("kind") == "event" and missed.event.task.id == while_away.task.id
-        live = _change(account.user_id, task_pb2.TASK_STATUS_QUEUED, 0)
-        await publish_changes(redis, [live])
-        following = await watch.next()
-        assert following.WhichOneof("kind") == "event" and following.event.task.id == live.task.id
+        await _next_event_is_a_fresh_change(watch, redis, account.user_id)
     finally:
         watch.cancel()
+
+
+async def _next_event_is_a_fresh_change(watch: Watch, redis: aioredis.Redis, owner_id: str) -> None:
+    """Publish a change for the owner: the watch's next message is that event."""
+    change = _change(owner_id, task_pb2.TASK_STATUS_QUEUED, 0)
+    await publish_changes(redis, [change])
+    following = await watch.next()
+    assert following.WhichOneof("kind") == "event" and following.event.task.id == change.task.id
 
 
 def _change(owner_id: str, status: int, previous: int, deleted: bool = False) -> TaskChange:
