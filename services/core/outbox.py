@@ -56,10 +56,7 @@ async def emit_and_dispatch(
             replies = await pipe.execute()
     except (RedisError, OSError) as exc:
         log.warning("dispatch deferred to the sweeper, events parked", extra={"tasks": len(rows), "error": repr(exc)})
-        try:
-            await park_events(pool, changes)
-        except (asyncpg.PostgresError, OSError) as db_exc:
-            log.error("change events lost", extra={"events": len(changes), "error": repr(db_exc)})
+        await _park_or_log(pool, changes)
         return
     refs = entry_refs(entries, replies[len(replies) - len(entries) :])
     # Off the reply path: until it lands, only the sweeper's grace period stands between the task and a
@@ -88,10 +85,15 @@ async def emit(redis: aioredis.Redis, changes: Sequence[TaskChange], pool: async
         await publish_changes(redis, changes)
     except (RedisError, OSError) as exc:
         log.warning("change events parked until Redis is back", extra={"events": len(changes), "error": repr(exc)})
-        try:
-            await park_events(pool, changes)
-        except (asyncpg.PostgresError, OSError) as db_exc:
-            log.error("change events lost", extra={"events": len(changes), "error": repr(db_exc)})
+        await _park_or_log(pool, changes)
+
+
+async def _park_or_log(pool: asyncpg.Pool, changes: Sequence[TaskChange]) -> None:
+    """Redis refused the events: keep them in PostgreSQL for the scheduler to append later."""
+    try:
+        await park_events(pool, changes)
+    except (asyncpg.PostgresError, OSError) as exc:
+        log.error("change events lost", extra={"events": len(changes), "error": repr(exc)})
 
 
 async def park_events(pool: asyncpg.Pool, changes: Sequence[TaskChange]) -> None:
@@ -154,10 +156,7 @@ async def stop_and_emit(
             await pipe.execute()
     except (RedisError, OSError) as exc:
         log.warning("stop push deferred to the next heartbeat, events parked", extra={"error": repr(exc)})
-        try:
-            await park_events(pool, changes)
-        except (asyncpg.PostgresError, OSError) as db_exc:
-            log.error("change events lost", extra={"events": len(changes), "error": repr(db_exc)})
+        await _park_or_log(pool, changes)
 
 
 def _queue_stops(pipe: Pipeline, refs: Sequence[task_store.RunningRef], reason: str) -> None:
