@@ -25,8 +25,8 @@ gen: $(VENV)/.installed
 
 check-generated: $(VENV)/.installed
 	PYTHON=$(PY) scripts/gen-python
-	git diff --exit-code -- clients/python/resilienttask/v1 || (echo "generated code is stale: run 'make gen'" && exit 1)
-	test -z "$$(git status --porcelain -- clients/python/resilienttask/v1)" || (echo "untracked generated files: run 'make gen' and commit" && exit 1)
+	git diff --exit-code -- clients/python/resilienttask/v1 clients/python/resilienttask/worker || (echo "generated code is stale: run 'make gen'" && exit 1)
+	test -z "$$(git status --porcelain -- clients/python/resilienttask/v1 clients/python/resilienttask/worker)" || (echo "untracked generated files: run 'make gen' and commit" && exit 1)
 
 lint: $(VENV)/.installed check-generated check-web
 	$(BIN)/ruff check .

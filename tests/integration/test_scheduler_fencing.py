@@ -9,14 +9,15 @@ import asyncio
 import secrets
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from resilienttask.v1 import task_pb2, worker_pb2, worker_pb2_grpc
+from resilienttask.v1 import task_pb2
+from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
 from services.core import keys, outbox, task_store
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
 from services.core.dispatch import ensure_dispatch_groups, split_ref
@@ -24,6 +25,7 @@ from services.core.tokens import mint_worker_token
 from services.scheduler.app import SchedulerConfig, create_server
 from services.scheduler.store import RetryPolicy
 from services.scheduler.sweepers import SweepConfig
+from services.worker.connection import SchedulerLink, WorkerTokens
 from tests.conftest import Stores
 from tests.helpers import eventually
 
@@ -36,6 +38,30 @@ class Isolated:
     pool: asyncpg.Pool
     redis: aioredis.Redis
     owner: str
+    address: str
+    links: dict[str, SchedulerLink] = field(default_factory=dict)
+    runs: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def link(self, worker_id: str) -> SchedulerLink:
+        """The worker's own stream to the scheduler (opened on first use), as a worker process holds it."""
+        if worker_id not in self.links:
+            hello = worker_pb2.WorkerHello(worker_id=worker_id, slots=10, kinds=["sleep"])
+            tokens = WorkerTokens(AuthConfig(jwt_secret=SECRET), worker_id)
+
+            async def announce() -> None:
+                await link.heartbeat([])
+
+            link = SchedulerLink(self.address, tokens, hello, lambda _command: None, announce)
+            self.links[worker_id] = link
+            self.runs.append(asyncio.create_task(link.run()))
+        link = self.links[worker_id]
+        await asyncio.wait_for(link.connected.wait(), 10)
+        return link
+
+    async def close(self) -> None:
+        for link in self.links.values():
+            await link.close()
+        await asyncio.gather(*self.runs, return_exceptions=True)
 
 
 def metadata(worker_id: str) -> tuple[tuple[str, str]]:
@@ -71,7 +97,13 @@ async def isolated(stores: Stores) -> AsyncIterator[Isolated]:
     await ensure_dispatch_groups(redis, ["sleep"])
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
-            yield Isolated(worker_pb2_grpc.WorkerServiceStub(channel), pool, redis, owner)
+            isolated = Isolated(
+                worker_pb2_grpc.WorkerServiceStub(channel), pool, redis, owner, f"127.0.0.1:{service.port}"
+            )
+            try:
+                yield isolated
+            finally:
+                await isolated.close()
     finally:
         await service.stop(0.5)
         await pool.close()
@@ -102,23 +134,16 @@ def item(row: asyncpg.Record, entry_id: str | None = None) -> worker_pb2.StartIt
 
 
 async def start(iso: Isolated, worker: str, *items: worker_pb2.StartItem) -> list[worker_pb2.StartResult]:
-    reply = await iso.stub.StartTasks(
-        worker_pb2.StartTasksRequest(worker_id=worker, items=items), metadata=metadata(worker)
-    )
-    return list(reply.results)
+    return await (await iso.link(worker)).start_tasks(items)
 
 
 async def finish(
     iso: Isolated, worker: str, task_id: str, fence: int, outcome: int, error: str = ""
 ) -> worker_pb2.FinishResult:
     held = worker_pb2.HeldTask(task_id=task_id, fence=fence)
-    reply = await iso.stub.FinishTasks(
-        worker_pb2.FinishTasksRequest(
-            worker_id=worker, items=[worker_pb2.FinishItem(task=held, outcome=outcome, error=error)]
-        ),
-        metadata=metadata(worker),
-    )
-    return reply.results[0]
+    link = await iso.link(worker)
+    (result,) = await link.finish_tasks([worker_pb2.FinishItem(task=held, outcome=outcome, error=error)])
+    return result
 
 
 async def test_reclaimed_entry_takes_over_and_stale_reports_are_refused(isolated: Isolated) -> None:
@@ -243,9 +268,11 @@ async def test_cancel_of_a_running_task_is_pushed_down_the_worker_stream(isolate
     await eventually(progressed, message="progress recorded")
     result = await task_store.cancel(isolated.pool, isolated.owner, task_id=str(row["id"]))
     await outbox.push_stop(isolated.redis, result.to_stop, "cancelled")
-    command = await asyncio.wait_for(call.read(), 10)
-    assert command.cancel.task.task_id == str(row["id"]) and command.cancel.reason == "cancelled"
-    assert command.cancel.task.fence == run.fence
+    while not (message := await asyncio.wait_for(call.read(), 10)).cancels:  # heartbeat acks come first
+        assert message.heartbeat_acks
+    (command,) = message.cancels
+    assert command.task.task_id == str(row["id"]) and command.reason == worker_pb2.STOP_REASON_CANCELLED
+    assert command.task.fence == run.fence
     await finish(isolated, "worker-a", str(row["id"]), run.fence, worker_pb2.OUTCOME_CANCELLED, "stopped")
     done = await task_store.get(isolated.pool, isolated.owner, str(row["id"]))
     assert done is not None and done["status"] == task_pb2.TASK_STATUS_CANCELLED
@@ -278,6 +305,8 @@ async def test_cancelled_outcomes_are_fenced_and_recorded_with_history(isolated:
 
 
 async def test_worker_service_needs_a_worker_token(isolated: Isolated) -> None:
+    hello = worker_pb2.ConnectRequest(hello=worker_pb2.WorkerHello(worker_id="w", slots=1))
+    call = isolated.stub.Connect(iter([hello]))
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await isolated.stub.StartTasks(worker_pb2.StartTasksRequest(worker_id="w"))
+        await call.read()
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
