@@ -1,7 +1,7 @@
 """The dispatch streams (one per task kind): publishing entries, entry references, consumer groups.
 
 An entry reference names the entry across all streams: "<kind>:<stream entry id>". The task row keeps
-the reference of the entry responsible for it; workers pass references back in StartTasks.
+the reference of the entry responsible for it; workers pass references back in their start requests.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ class DispatchConsumer:
 
         A blocked read is answered as soon as the first entry lands, often before the rest of a batch
         that was added in the same pipeline (a 50-replica submission): one more read without waiting
-        picks those up, so the batch goes to the scheduler in one StartTasks call, not two.
+        picks those up, so the batch goes to the scheduler in one work request, not two.
         """
         raw = await self._read_raw(count, block_ms)
         if 0 < len(raw) < count:

@@ -65,7 +65,7 @@ class Running:
 
 @dataclass(order=True)
 class Parked:
-    """An entry waiting to be offered to StartTasks again."""
+    """An entry waiting to be offered to the scheduler again."""
 
     due: float
     delivery: Delivery = field(compare=False)
