@@ -33,7 +33,8 @@ BATCH = 1000
 STATUS_POLL_S = 0.005
 TUNED_HEARTBEAT_S = 2.0
 TUNED_STALLED_AFTER_S = 10.0
-# Connections a worker needs beside its job slots: the LISTEN connection, heartbeats, the periodic deferrer.
+# Pool connections a worker needs beside its job slots: job fetches, heartbeats, the periodic deferrer and the
+# abort poll (its LISTEN connection is a separate one).
 POOL_SPARE = 3
 T = TypeVar("T")
 
