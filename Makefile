@@ -78,7 +78,7 @@ check-web: gen-web
 e2e-deps: $(VENV)/.installed web
 	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
-# -- benchmarks side by side with Celery, RQ, arq and Dramatiq (bench/, docs/benchmarks.md) ------------
+# -- benchmarks side by side with Celery, RQ, arq, Dramatiq and Procrastinate (bench/, docs/benchmarks.md) -----------
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $@
