@@ -182,7 +182,9 @@ class Stack:
                 "RTASK_BCRYPT_COST": str(self.config.bcrypt_cost),
                 "RTASK_PORT": str(port),
                 "RTASK_HOST": "127.0.0.1",
-                "RTASK_SCHEDULER_ADDR": self.edge_address,
+                # Workers go straight to the schedulers (added before them): through the edge every message
+                # of their stream would take two more hops.
+                "RTASK_SCHEDULER_ADDR": ",".join(self.address(n) for n in self.names("scheduler")),
                 "RTASK_WORKER_SLOTS": str(self.config.worker_slots),
                 "PYTHONUNBUFFERED": "1",
             }

@@ -38,6 +38,8 @@ class WorkerConfig:
     """How one worker consumes the dispatch stream and talks to the scheduler."""
 
     worker_id: str
+    # Where the schedulers are: "host:port" of each, comma-separated (or one name that resolves to all of
+    # them, or the edge). Workers connect directly: the edge would add two hops to every message.
     scheduler_addr: str
     slots: int = 10
     heartbeat_interval_ms: int = 1000
@@ -61,8 +63,8 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         if not self.worker_id:
             raise ConfigError("the worker id must not be empty")
-        if not self.scheduler_addr:
-            raise ConfigError("RTASK_SCHEDULER_ADDR is required (host:port of the edge)")
+        if not self.scheduler_addrs:
+            raise ConfigError("RTASK_SCHEDULER_ADDR is required (host:port of each scheduler, comma-separated)")
         for name in ("slots", "heartbeat_interval_ms", "reclaim_idle_ms", "reclaim_check_interval_ms", "read_block_ms"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
@@ -84,6 +86,10 @@ class WorkerConfig:
                 "reclaim_idle_ms minus self_fence_margin_ms must exceed two heartbeat intervals and the contact "
                 "timeout, or healthy handlers get stopped"
             )
+
+    @property
+    def scheduler_addrs(self) -> list[str]:
+        return [address.strip() for address in self.scheduler_addr.split(",") if address.strip()]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> WorkerConfig:

@@ -40,6 +40,10 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # No bandwidth probes: a PING after every message wakes the peer for nothing on a path of small messages.
+    ("grpc.http2.bdp_probe", 0),
+    # A name that resolves to several schedulers (a compose service) spreads new streams over them.
+    ("grpc.lb_policy_name", "round_robin"),
 ]
 
 
@@ -104,11 +108,16 @@ class _Ask:
 
 
 class SchedulerLink:
-    """One channel to the edge; `run()` keeps the Connect stream open until `close()`."""
+    """`run()` keeps one Connect stream open to one of the schedulers until `close()`.
+
+    The worker is given every scheduler's address (or one name that resolves to all of them, or the edge):
+    each new stream goes to the next address, starting at a random one, so workers spread over the
+    schedulers and a dead one is passed over at the next reconnect.
+    """
 
     def __init__(
         self,
-        address: str,
+        addresses: Sequence[str],
         tokens: WorkerTokens,
         hello: worker_pb2.WorkerHello,
         on_command: CommandHandler,
@@ -120,8 +129,11 @@ class SchedulerLink:
         self.on_command = on_command
         self.on_connected = on_connected
         self.contact_timeout_s = contact_timeout_s
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self.stub = worker_pb2_grpc.WorkerServiceStub(self.channel)
+        if not addresses:
+            raise ValueError("at least one scheduler address is required")
+        self.addresses = list(addresses)
+        self._next_address = random.randrange(len(self.addresses))
+        self._channels: dict[str, grpc.aio.Channel] = {}
         self._call: grpc.aio.StreamStreamCall[worker_pb2.ConnectRequest, worker_pb2.ConnectResponse] | None = None
         self._write_lock = asyncio.Lock()
         self._closed = False
@@ -157,8 +169,15 @@ class SchedulerLink:
             if not self._closed:
                 await asyncio.sleep(backoff.next_delay_s())
 
+    def _stub(self) -> worker_pb2_grpc.WorkerServiceStub:
+        address = self.addresses[self._next_address % len(self.addresses)]
+        self._next_address += 1
+        if address not in self._channels:
+            self._channels[address] = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return worker_pb2_grpc.WorkerServiceStub(self._channels[address])
+
     async def _session(self) -> None:
-        call = self.stub.Connect(metadata=self.tokens.metadata())
+        call = self._stub().Connect(metadata=self.tokens.metadata())
         self._call = call
         self.last_contact = time.monotonic()  # the silence watch starts with the stream
         await call.write(worker_pb2.ConnectRequest(hello=self.hello))
@@ -292,7 +311,8 @@ class SchedulerLink:
             with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
                 await call.done_writing()
             call.cancel()
-        await self.channel.close(grace=None)
+        for channel in self._channels.values():
+            await channel.close(grace=None)
 
 
 def _fail(asks: Sequence[_Ask], exc: Exception) -> None:

@@ -80,7 +80,7 @@ class Worker:
         self.consumer = DispatchConsumer(redis, config.worker_id, registered_kinds())
         hello = worker_pb2.WorkerHello(worker_id=config.worker_id, slots=config.slots, kinds=registered_kinds())
         self.link = SchedulerLink(
-            config.scheduler_addr,
+            config.scheduler_addrs,
             WorkerTokens(auth, config.worker_id),
             hello,
             self._on_command,

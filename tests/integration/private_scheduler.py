@@ -47,7 +47,7 @@ class Isolated:
             async def announce() -> None:
                 await link.heartbeat([])
 
-            link = SchedulerLink(self.address, tokens, hello, lambda _command: None, announce)
+            link = SchedulerLink([self.address], tokens, hello, lambda _command: None, announce)
             self.links[worker_id] = link
             self.runs.append(asyncio.create_task(link.run()))
         link = self.links[worker_id]

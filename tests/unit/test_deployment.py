@@ -182,8 +182,8 @@ def test_services_listen_where_envoy_and_their_probes_look() -> None:
         env = services[role]["environment"]
         assert env["RTASK_HOST"] == "0.0.0.0", "inside a container only 0.0.0.0 is reachable from outside"
         assert probe_command(services[role]) == ["rtask-healthcheck", f"127.0.0.1:{env['RTASK_PORT']}"]
-    listener = edge["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
-    assert services["worker"]["environment"]["RTASK_SCHEDULER_ADDR"] == f"envoy:{listener}"
+    scheduler_port = services["scheduler"]["environment"]["RTASK_PORT"]
+    assert services["worker"]["environment"]["RTASK_SCHEDULER_ADDR"] == f"scheduler:{scheduler_port}"
     assert dockerfile_env()["RTASK_HOST"] == "0.0.0.0"
 
 
