@@ -428,18 +428,26 @@ def cpu_table(meta: dict[str, Any]) -> str:
     if not usage:
         return ""
     n = usage["tasks"]
+    idle = usage.get("idle_per_process", {})
     lines = [
-        f"CPU over {usage['seconds']:.1f} s ({n} tasks and the idle pauses between them), per task:",
+        f"CPU over {usage['seconds']:.1f} s with {n} tasks (idle pauses included), per task; then the same length of"
+        " time with no task (timers alone), per second:",
         "",
-        "| process | CPU ms | waiting for a CPU ms | timeslices (wake-ups) |",
-        "|---|---|---|---|",
+        "| process | CPU ms/task | waiting for a CPU ms/task | wake-ups/task | idle: CPU ms/s | idle: wake-ups/s |",
+        "|---|---|---|---|---|---|",
     ]
+    seconds = usage["seconds"]
     rows = sorted(usage["per_process"].items(), key=lambda kv: -kv[1][0])
     for name, (cpu_ns, wait_ns, slices) in rows:
-        lines.append(f"| {name} | {cpu_ns / n / 1e6:.2f} | {wait_ns / n / 1e6:.2f} | {slices / n:.0f} |")
+        quiet = idle.get(name, [0, 0, 0])
+        lines.append(
+            f"| {name} | {cpu_ns / n / 1e6:.2f} | {wait_ns / n / 1e6:.2f} | {slices / n:.0f} "
+            f"| {quiet[0] / seconds / 1e6:.2f} | {quiet[2] / seconds:.0f} |"
+        )
     cpu = sum(v[0] for v in usage["per_process"].values()) / n / 1e6
     wait = sum(v[1] for v in usage["per_process"].values()) / n / 1e6
-    lines.append(f"| all | {cpu:.2f} | {wait:.2f} | |")
+    quiet_cpu = sum(v[0] for v in idle.values()) / seconds / 1e6
+    lines.append(f"| all | {cpu:.2f} | {wait:.2f} | | {quiet_cpu:.2f} | |")
     return "\n".join(lines)
 
 
@@ -457,7 +465,9 @@ def background(traces: list[TaskTrace], folder: Path, roles: dict[int, str]) -> 
             index += 1
         if index < len(spans) and spans[index][0] <= packet.at:
             continue
-        pair = (_group(roles.get(packet.src, "?")), _group(roles.get(packet.dst, "?")))
+        if packet.src not in roles and packet.dst not in roles:
+            continue  # another engineer's traffic on the shared loopback
+        pair = (roles.get(packet.src, "?"), roles.get(packet.dst, "?"))
         counts[pair] = counts.get(pair, 0) + 1
     lines = [
         f"Packets with a payload per second while no task was in flight ({idle_s:.1f} s):",
@@ -469,10 +479,6 @@ def background(traces: list[TaskTrace], folder: Path, roles: dict[int, str]) -> 
         if count / idle_s >= 0.5:
             lines.append(f"| {src} → {dst} | {count / idle_s:.1f} |")
     return "\n".join(lines)
-
-
-def _group(role: str) -> str:
-    return role
 
 
 def timeline(trace: TaskTrace) -> str:
@@ -529,7 +535,8 @@ def sched_totals(pids: dict[str, int]) -> dict[str, list[int]]:
         total = [0, 0, 0]
         try:
             root = psutil.Process(pid)
-            family = [root, *root.children(recursive=True)]
+            # The client launched the stack: its children are the services, counted under their own names.
+            family = [root] if name == "client" else [root, *root.children(recursive=True)]
         except psutil.Error:
             continue
         for process in family:
@@ -542,6 +549,10 @@ def sched_totals(pids: dict[str, int]) -> dict[str, list[int]]:
                     total[i] += int(fields[i])
         totals[name] = total
     return totals
+
+
+def _delta(before: dict[str, list[int]], after: dict[str, list[int]]) -> dict[str, list[int]]:
+    return {name: [a - b for a, b in zip(after[name], before[name], strict=True)] for name in after if name in before}
 
 
 def listener_pid(port: int) -> int | None:
@@ -604,13 +615,17 @@ async def drive(
                     }
                 )
             sched_after = sched_totals(everyone)
+            busy_s = time.time() - sched_started
+            # The same stack with the watcher open and no task, as long again: what the timers cost alone.
+            await asyncio.sleep(busy_s)
+            sched_idle = sched_totals(everyone)
             roles = port_roles(everyone)
-            sched = {
-                name: [after[i] - sched_before[name][i] for i in range(3)]
-                for name, after in sched_after.items()
-                if name in sched_before
+            usage = {
+                "seconds": busy_s,
+                "tasks": tasks,
+                "per_process": _delta(sched_before, sched_after),
+                "idle_per_process": _delta(sched_after, sched_idle),
             }
-            usage = {"seconds": time.time() - sched_started, "tasks": tasks, "per_process": sched}
         finally:
             await watcher.close()
             await stamps.aclose()
