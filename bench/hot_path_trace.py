@@ -361,10 +361,11 @@ class TaskTrace:
         return spans
 
 
-def load(folder: Path) -> tuple[list[TaskTrace], dict[str, Any]]:
+def load(folder: Path) -> tuple[list[TaskTrace], dict[str, Any], list[Packet]]:
     meta = json.loads((folder / META).read_text())
     roles = {int(port): name for port, name in meta["roles"].items()}
-    packets = sorted(read_pcap(folder / CAPTURE), key=lambda p: p.at)
+    # Only our processes' packets: the loopback is shared with whatever else runs on the machine.
+    packets = sorted((p for p in read_pcap(folder / CAPTURE) if p.src in roles or p.dst in roles), key=lambda p: p.at)
     traces = []
     tasks = meta["tasks"]
     for i, task in enumerate(tasks):
@@ -374,7 +375,7 @@ def load(folder: Path) -> tuple[list[TaskTrace], dict[str, Any]]:
         trace = TaskTrace(window, roles, task)
         trace.trace()
         traces.append(trace)
-    return traces, meta
+    return traces, meta, packets
 
 
 def pct(values: list[float], fraction: float) -> float:
@@ -451,14 +452,14 @@ def cpu_table(meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def background(traces: list[TaskTrace], folder: Path, roles: dict[int, str]) -> str:
+def background(traces: list[TaskTrace], packets: list[Packet], roles: dict[int, str]) -> str:
     """Requests per second between tasks (outside every task's submit → seen), by sender → receiver."""
     spans = sorted((t.task["before"], t.task["seen"]) for t in traces)
     start, end = spans[0][0], spans[-1][1]
     idle_s = (end - start) - sum(b - a for a, b in spans)
     counts: dict[tuple[str, str], int] = {}
     index = 0
-    for packet in sorted(read_pcap(folder / CAPTURE), key=lambda p: p.at):
+    for packet in packets:
         if not start <= packet.at <= end:
             continue
         while index < len(spans) and spans[index][1] < packet.at:
@@ -796,13 +797,13 @@ def main() -> None:
         folder = args.out
     else:
         folder = args.folder
-    traces, meta = load(folder)
+    traces, meta, packets = load(folder)
     print(f"capture of {meta['date']}; load average before {meta['loadavg_before']}, after {meta['loadavg_after']}")
     print(table(traces))
     print()
     print(cpu_table(meta))
     print()
-    print(background(traces, folder, {int(p): n for p, n in meta["roles"].items()}))
+    print(background(traces, packets, {int(p): n for p, n in meta["roles"].items()}))
     for n in getattr(args, "timeline", []):
         print(f"\ntask {n}: {traces[n].task['task_id']}")
         print(timeline(traces[n]))
