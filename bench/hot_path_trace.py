@@ -402,6 +402,18 @@ def table(traces: list[TaskTrace]) -> str:
             )
         else:
             lines.append(f"| {i} | {step.name} | {leg} | - | - | - | 0 |")
+    holders: dict[str, list[float]] = {}
+    for i, step in enumerate(STEPS):
+        holder = "client" if i == 0 else step.leg.split(":")[0]
+        values = [s[step.name] for s in spans if step.name in s]
+        if values:
+            totals_of = holders.setdefault(holder, [0.0, 0.0, 0.0])
+            totals_of[0] += statistics.median(values)
+            totals_of[1] += statistics.fmean(values)
+            totals_of[2] += 1
+    lines += ["", "| who held the work | legs | sum of p50 ms | sum of means ms |", "|---|---|---|---|"]
+    for holder, (p50_sum, mean_sum, count) in sorted(holders.items(), key=lambda kv: -kv[1][1]):
+        lines.append(f"| {holder} | {count:.0f} | {p50_sum:.2f} | {mean_sum:.2f} |")
     lines += ["", "| bench leg (from packets) | p50 | p90 | mean | n |", "|---|---|---|---|---|"]
     for label, first, last in BENCH_LEGS:
         values = [(t.found[last].at - t.found[first].at) * 1000 for t in traces if first in t.found and last in t.found]
@@ -633,7 +645,31 @@ async def drive(
     return records, roles, usage
 
 
-def capture(out: Path, tasks: int, warmup: int, gap_s: tuple[float, float], workers: int) -> None:
+@dataclass(frozen=True)
+class Variant:
+    """What-if settings of the machine around the unchanged services."""
+
+    workers: int = 2
+    gateways: int = 2
+    # ALTER SYSTEM SET synchronous_commit = off on the private PostgreSQL: commits stop waiting for the WAL fsync.
+    pg_async_commit: bool = False
+
+
+def _async_commit(database_url: str) -> None:
+    import asyncpg
+
+    async def alter() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute("ALTER SYSTEM SET synchronous_commit = off")
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
+
+    asyncio.run(alter())
+
+
+def capture(out: Path, tasks: int, warmup: int, gap_s: tuple[float, float], variant: Variant) -> None:
     from bench.run import stores
     from services.stack.stack import Stack, StackConfig
 
@@ -643,11 +679,14 @@ def capture(out: Path, tasks: int, warmup: int, gap_s: tuple[float, float], work
         data_dir = Path(folder)
         with stores(data_dir, data_dir / "logs") as (database_url, redis_url):
             stamps_url = f"{redis_url}/{STAMPS_DB}"
+            if variant.pg_async_commit:
+                _async_commit(database_url)
             config = StackConfig(
                 data_dir=data_dir / "stack",
                 edge_port=0,
                 admin_port=0,
-                workers=workers,
+                workers=variant.workers,
+                gateways=variant.gateways,
                 worker_slots=10,
                 database_url=database_url,
                 redis_url=f"{redis_url}/0",
@@ -699,6 +738,7 @@ def capture(out: Path, tasks: int, warmup: int, gap_s: tuple[float, float], work
                 roles[port] = name
             roles = {port: ("envoy" if name.startswith("envoy") else name) for port, name in roles.items()}
     meta = {
+        "variant": variant.__dict__,
         "cpu": usage,
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "loadavg_before": load_before,
@@ -782,6 +822,8 @@ def main() -> None:
     run_p.add_argument("--tasks", type=int, default=40)
     run_p.add_argument("--warmup", type=int, default=5)
     run_p.add_argument("--workers", type=int, default=2)
+    run_p.add_argument("--gateways", type=int, default=2)
+    run_p.add_argument("--pg-async-commit", action="store_true", help="what if commits did not wait for fsync")
     run_p.add_argument("--gap-ms", type=float, nargs=2, default=(200.0, 400.0), help="idle pause before each task")
     an_p = sub.add_parser("analyze", help="the table from an earlier capture")
     an_p.add_argument("folder", type=Path)
@@ -793,12 +835,16 @@ def main() -> None:
         probe(args.n)
         return
     if args.command == "run":
-        capture(args.out, args.tasks, args.warmup, (args.gap_ms[0] / 1000, args.gap_ms[1] / 1000), args.workers)
+        variant = Variant(args.workers, args.gateways, args.pg_async_commit)
+        capture(args.out, args.tasks, args.warmup, (args.gap_ms[0] / 1000, args.gap_ms[1] / 1000), variant)
         folder = args.out
     else:
         folder = args.folder
     traces, meta, packets = load(folder)
-    print(f"capture of {meta['date']}; load average before {meta['loadavg_before']}, after {meta['loadavg_after']}")
+    print(
+        f"capture of {meta['date']}; {meta.get('variant', {})}; load average before {meta['loadavg_before']}, "
+        f"after {meta['loadavg_after']}"
+    )
     print(table(traces))
     print()
     print(cpu_table(meta))
