@@ -679,6 +679,10 @@ def capture(out: Path, tasks: int, warmup: int, gap_s: tuple[float, float], vari
         data_dir = Path(folder)
         with stores(data_dir, data_dir / "logs") as (database_url, redis_url):
             stamps_url = f"{redis_url}/{STAMPS_DB}"
+            # The primitives on these very servers just before, so a slow disk or a busy machine shows.
+            primitives = {
+                name: _spread(v) for name, v in asyncio.run(_probe(database_url, f"{redis_url}/0", 100)).items()
+            }
             if variant.pg_async_commit:
                 _async_commit(database_url)
             config = StackConfig(
@@ -738,6 +742,7 @@ def capture(out: Path, tasks: int, warmup: int, gap_s: tuple[float, float], vari
                 roles[port] = name
             roles = {port: ("envoy" if name.startswith("envoy") else name) for port, name in roles.items()}
     meta = {
+        "primitives_before": primitives,
         "variant": variant.__dict__,
         "cpu": usage,
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -800,6 +805,10 @@ async def _probe(database_url: str, redis_url: str, n: int) -> dict[str, list[fl
     return spans
 
 
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"p50": round(statistics.median(values), 3), "p90": round(pct(values, 0.9), 3)}
+
+
 def probe(n: int) -> None:
     from bench.run import stores
 
@@ -845,6 +854,8 @@ def main() -> None:
         f"capture of {meta['date']}; {meta.get('variant', {})}; load average before {meta['loadavg_before']}, "
         f"after {meta['loadavg_after']}"
     )
+    for name, spread in meta.get("primitives_before", {}).items():
+        print(f"  just before, on the same servers: {name}: p50 {spread['p50']} ms, p90 {spread['p90']} ms")
     print(table(traces))
     print()
     print(cpu_table(meta))
