@@ -450,17 +450,26 @@ def cpu_table(meta: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     seconds = usage["seconds"]
-    rows = sorted(usage["per_process"].items(), key=lambda kv: -kv[1][0])
+    per_process = {k: v for k, v in usage["per_process"].items() if "/" not in k}
+    rows = sorted(per_process.items(), key=lambda kv: -kv[1][0])
     for name, (cpu_ns, wait_ns, slices) in rows:
         quiet = idle.get(name, [0, 0, 0])
         lines.append(
             f"| {name} | {cpu_ns / n / 1e6:.2f} | {wait_ns / n / 1e6:.2f} | {slices / n:.0f} "
             f"| {quiet[0] / seconds / 1e6:.2f} | {quiet[2] / seconds:.0f} |"
         )
-    cpu = sum(v[0] for v in usage["per_process"].values()) / n / 1e6
-    wait = sum(v[1] for v in usage["per_process"].values()) / n / 1e6
-    quiet_cpu = sum(v[0] for v in idle.values()) / seconds / 1e6
+    cpu = sum(v[0] for v in per_process.values()) / n / 1e6
+    wait = sum(v[1] for v in per_process.values()) / n / 1e6
+    quiet_cpu = sum(v[0] for k, v in idle.items() if "/" not in k) / seconds / 1e6
     lines.append(f"| all | {cpu:.2f} | {wait:.2f} | | {quiet_cpu:.2f} | |")
+    threads = sorted(
+        ((k, v) for k, v in usage["per_process"].items() if "/" in k and v[2] / n >= 1), key=lambda kv: -kv[1][2]
+    )
+    if threads:
+        lines += ["", "| thread (process/name) | CPU ms/task | wake-ups/task | idle: wake-ups/s |", "|---|---|---|---|"]
+        for name, (cpu_ns, _wait_ns, slices) in threads:
+            quiet = idle.get(name, [0, 0, 0])
+            lines.append(f"| {name} | {cpu_ns / n / 1e6:.2f} | {slices / n:.0f} | {quiet[2] / seconds:.0f} |")
     return "\n".join(lines)
 
 
@@ -540,10 +549,11 @@ def port_roles(pids: dict[str, int]) -> dict[int, str]:
 
 def sched_totals(pids: dict[str, int]) -> dict[str, list[int]]:
     """Per process (its threads and children's): [CPU ns, ns spent runnable but waiting for a CPU, timeslices],
-    from /proc/<pid>/task/<tid>/schedstat."""
+    from /proc/<pid>/task/<tid>/schedstat; also per thread name, keyed "process/thread"."""
     import psutil
 
     totals: dict[str, list[int]] = {}
+    threads: dict[str, list[int]] = {}
     for name, pid in pids.items():
         total = [0, 0, 0]
         try:
@@ -556,12 +566,15 @@ def sched_totals(pids: dict[str, int]) -> dict[str, list[int]]:
             for task in Path(f"/proc/{process.pid}/task").glob("*"):
                 try:
                     fields = (task / "schedstat").read_text().split()
+                    comm = (task / "comm").read_text().strip()
                 except OSError:
                     continue
+                per_thread = threads.setdefault(f"{name}/{comm}", [0, 0, 0])
                 for i in range(3):
                     total[i] += int(fields[i])
+                    per_thread[i] += int(fields[i])
         totals[name] = total
-    return totals
+    return {**totals, **threads}
 
 
 def _delta(before: dict[str, list[int]], after: dict[str, list[int]]) -> dict[str, list[int]]:
@@ -835,7 +848,7 @@ def main() -> None:
     run_p.add_argument("--pg-async-commit", action="store_true", help="what if commits did not wait for fsync")
     run_p.add_argument("--gap-ms", type=float, nargs=2, default=(200.0, 400.0), help="idle pause before each task")
     an_p = sub.add_parser("analyze", help="the table from an earlier capture")
-    an_p.add_argument("folder", type=Path)
+    an_p.add_argument("folder", type=Path, nargs="+", help="one capture, or several to pool their tasks")
     an_p.add_argument("--timeline", type=int, action="append", default=[], help="print every packet of task N")
     probe_p = sub.add_parser("probe", help="what PostgreSQL and Valkey primitives cost here, without our services")
     probe_p.add_argument("--n", type=int, default=300)
@@ -846,24 +859,30 @@ def main() -> None:
     if args.command == "run":
         variant = Variant(args.workers, args.gateways, args.pg_async_commit)
         capture(args.out, args.tasks, args.warmup, (args.gap_ms[0] / 1000, args.gap_ms[1] / 1000), variant)
-        folder = args.out
+        folders = [args.out]
     else:
-        folder = args.folder
-    traces, meta, packets = load(folder)
-    print(
-        f"capture of {meta['date']}; {meta.get('variant', {})}; load average before {meta['loadavg_before']}, "
-        f"after {meta['loadavg_after']}"
-    )
-    for name, spread in meta.get("primitives_before", {}).items():
-        print(f"  just before, on the same servers: {name}: p50 {spread['p50']} ms, p90 {spread['p90']} ms")
-    print(table(traces))
-    print()
-    print(cpu_table(meta))
-    print()
-    print(background(traces, packets, {int(p): n for p, n in meta["roles"].items()}))
+        folders = args.folder
+    pooled: list[TaskTrace] = []
+    for folder in folders:
+        traces, meta, packets = load(folder)
+        pooled += traces
+        totals = [(t.task["seen"] - t.task["before"]) * 1000 for t in traces]
+        print(
+            f"{folder}: capture of {meta['date']}; {meta.get('variant', {})}; load average before "
+            f"{meta['loadavg_before']}, after {meta['loadavg_after']}; submit → seen p50 "
+            f"{statistics.median(totals):.2f} ms, p90 {pct(totals, 0.9):.2f} ms"
+        )
+        for name, spread in meta.get("primitives_before", {}).items():
+            print(f"  just before, on the same servers: {name}: p50 {spread['p50']} ms, p90 {spread['p90']} ms")
+    print(table(pooled))
+    if len(folders) == 1:
+        print()
+        print(cpu_table(meta))
+        print()
+        print(background(traces, packets, {int(p): n for p, n in meta["roles"].items()}))
     for n in getattr(args, "timeline", []):
-        print(f"\ntask {n}: {traces[n].task['task_id']}")
-        print(timeline(traces[n]))
+        print(f"\ntask {n}: {pooled[n].task['task_id']}")
+        print(timeline(pooled[n]))
 
 
 if __name__ == "__main__":
