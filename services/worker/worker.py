@@ -205,8 +205,11 @@ class Worker:
                 await asyncio.sleep(backoff.next_delay_s())
                 continue
             if deliveries:
+                # An entry's idle time starts when Redis hands it over, a moment before the reply arrives (a
+                # blocked read may have waited since `now`): sub-millisecond, far inside the fencing margin.
+                delivered_at = time.monotonic()
                 for delivery in deliveries:
-                    self.refreshed_at.setdefault(delivery.entry_id, now)
+                    self.refreshed_at.setdefault(delivery.entry_id, delivered_at)
                 await self._offer(deliveries)
 
     async def _until_connected_or_stopping(self) -> None:
