@@ -114,6 +114,17 @@ class DispatchConsumer:
                 pipe.xclaim(stream, keys.DISPATCH_GROUP, self.consumer, 0, list[Any](ids), justid=True)
             await pipe.execute()
 
+    async def release(self, entry_ids: Sequence[str], idle_ms: int) -> None:
+        """Hand entries back: still ours, but marked idle for idle_ms, so the next reclaim pass of any live
+        worker takes them at once instead of after the reclaim idle time."""
+        grouped = _by_stream(entry_ids)
+        if not grouped:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, ids in grouped.items():
+                pipe.xclaim(stream, keys.DISPATCH_GROUP, self.consumer, 0, list[Any](ids), idle=idle_ms, justid=True)
+            await pipe.execute()
+
     async def owned(self, entry_ids: Sequence[str]) -> set[str]:
         """Which of entry_ids are still pending for this consumer (not acked, not reclaimed by another)."""
         if not entry_ids:

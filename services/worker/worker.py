@@ -247,6 +247,9 @@ class Worker:
             if stale:  # parked a while: reset their idle time before their handlers start, or they would be fenced
                 await self._refresh(stale)
         except Exception as exc:  # whatever failed, the entries stay ours and are offered again
+            if not self.link.connected.is_set():  # contact lost while they were read: let others have them
+                await self._release(fresh)
+                return
             delay_s = self._start_backoff.next_delay_s()
             log.warning("start refused; entries kept", extra={"error": _describe(exc), "retry_s": delay_s})
             self._park(fresh, delay_s)
@@ -273,6 +276,16 @@ class Worker:
             except (RedisError, OSError) as exc:  # reclaimed and skipped again later
                 log.warning("could not acknowledge skipped entries", extra={"error": repr(exc)})
         self._slot_freed.set()
+
+    async def _release(self, deliveries: Sequence[Delivery]) -> None:
+        """Give entries we cannot start (no scheduler answers us) to whichever worker reclaims next."""
+        entry_ids = [d.entry_id for d in deliveries]
+        self._forget(entry_ids)
+        try:
+            await self.consumer.release(entry_ids, self.config.reclaim_idle_ms)
+            log.warning("no scheduler in contact; entries released", extra={"entries": len(entry_ids)})
+        except (RedisError, OSError) as exc:  # they are reclaimed after the idle time instead
+            log.warning("could not release entries", extra={"error": repr(exc)})
 
     def _park(self, deliveries: Sequence[Delivery], delay_s: float) -> None:
         due = time.monotonic() + delay_s
@@ -306,7 +319,10 @@ class Worker:
             if self._stopping:
                 continue
             if keep := [d for d in due if d.entry_id in owned]:
-                await self._offer(keep)
+                if self.link.connected.is_set():
+                    await self._offer(keep)
+                else:
+                    await self._release(keep)
 
     # -- running handlers -------------------------------------------------------------------------
     def _launch(self, delivery: Delivery, result: worker_pb2.StartResult) -> None:
