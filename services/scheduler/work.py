@@ -101,17 +101,22 @@ class WorkProcessor:
     async def _commit(
         self, finishes: list[worker_pb2.FinishItem], starts: list[worker_pb2.StartItem]
     ) -> tuple[list[worker_pb2.FinishResult], list[worker_pb2.StartResult]]:
-        """Outcomes first, then starts, each one statement in the common case; then every change event in one
-        round trip, before the answer: a worker that gets no answer asks again, and the repeat re-announces."""
-        finished = started = None
-        if finishes:
-            # Progress still buffered for these tasks must not land after (and overwrite) the outcome.
-            self.progress.discard(item.task.task_id for item in finishes)
-            finished = await store.finish_batch(self.pool, self.worker_id, finishes, self.retry)
-        if starts:
-            started = await store.start_batch(self.pool, self.worker_id, starts)
+        """Outcomes and starts at once, on two connections (their tasks differ: an entry is started only
+        while its task is queued, and reported only while it runs), each one statement in the common case;
+        then every change event in one round trip, before the answer: a worker that gets no answer asks
+        again, and the repeat re-announces."""
+        # Progress still buffered for these tasks must not land after (and overwrite) the outcome.
+        self.progress.discard(item.task.task_id for item in finishes)
+        finished, started = await asyncio.gather(
+            store.finish_batch(self.pool, self.worker_id, finishes, self.retry) if finishes else _nothing(),
+            store.start_batch(self.pool, self.worker_id, starts) if starts else _nothing(),
+        )
         changes = (finished.changes if finished else []) + (started.changes if started else [])
         # Fencing: a worker that lost its lease is told to stop now rather than at its next heartbeat.
         superseded = started.superseded if started else []
         await outbox.stop_and_emit(self.pool, self.redis, superseded, store.SUPERSEDED, changes)
         return (list(finished.results) if finished else []), (list(started.results) if started else [])
+
+
+async def _nothing() -> None:
+    return None
