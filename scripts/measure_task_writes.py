@@ -1,0 +1,156 @@
+"""What one no-op task (submit → publish mark → start → succeed) writes to PostgreSQL, per task.
+
+Starts its own embedded PostgreSQL (pg_stat_statements loaded, autovacuum off so no entry is cleaned away
+mid-run), drives the same store calls the gateway and the scheduler make, one task at a time, and prints
+statements, rows, heap tuples (inserted / updated / HOT), index entries inserted and WAL (bytes, records
+by kind, from pg_walinspect), per task.
+Usage: .venv/bin/python scripts/measure_task_writes.py [tasks]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import asyncpg
+
+from resilienttask.v1 import worker_pb2
+from services.core import task_store
+from services.core.config import DatabaseConfig
+from services.core.db import create_pool, migrate
+from services.scheduler import store
+from services.stack.embedded import postgres_process, postgres_url, wait_for_postgres
+from services.stack.ports import free_port
+
+TABLES = ("tasks", "task_history")
+WARM_UP = 50
+
+
+async def wal_records(conn: asyncpg.Connection, start: int, end: int) -> dict[str, tuple[int, int]]:
+    """WAL records between two positions, by kind: (count, bytes)."""
+    rows = await conn.fetch(
+        "SELECT \"resource_manager/record_type\" AS kind, count, record_size + fpi_size AS size "
+        "FROM pg_get_wal_stats($1::pg_lsn, $2::pg_lsn, true) WHERE count > 0 ORDER BY count DESC",
+        start,
+        end,
+    )
+    return {r["kind"]: (r["count"], r["size"]) for r in rows}
+
+
+async def snapshot(url: str) -> dict[str, int]:
+    conn = await asyncpg.connect(url)
+    try:
+        await asyncio.sleep(1.2)  # backends flush their statistics at exit; give them the time
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        figures: dict[str, int] = {}
+        for table in TABLES:
+            row = await conn.fetchrow(
+                "SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables WHERE relname = $1",
+                table,
+            )
+            assert row is not None
+            for key, value in row.items():
+                figures[f"{table}.{key}"] = value
+        figures["wal lsn"] = int(await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'"))
+        return figures
+    finally:
+        await conn.close()
+
+
+async def one_task(pool: asyncpg.Pool, owner: str) -> None:
+    spec = task_store.Submission("t", "sleep", {}, 0, 60_000, 1, 3, str(uuid.uuid4()))
+    rows, _ = await task_store.submit(pool, owner, spec)
+    (row,) = rows
+    await task_store.mark_published(pool, [str(row["id"])], ["sleep:1-1"])
+    started = await store.start_batch(
+        pool, "w", [worker_pb2.StartItem(task_id=str(row["id"]), dispatch_id=str(row["dispatch_id"]), entry_id="e")]
+    )
+    (result,) = started.results
+    assert result.decision == worker_pb2.START_DECISION_RUN, result
+    held = worker_pb2.HeldTask(task_id=str(row["id"]), fence=result.fence)
+    finished = await store.finish_batch(
+        pool, "w", [worker_pb2.FinishItem(task=held, outcome=worker_pb2.OUTCOME_SUCCEEDED)], store.RetryPolicy()
+    )
+    assert finished.results[0].accepted, finished.results
+
+
+async def run_tasks(url: str, owner: str, count: int) -> None:
+    pool = await create_pool(DatabaseConfig(url=url, pool_min_size=1, pool_max_size=1), run_migrations=False)
+    try:
+        for _ in range(count):
+            await one_task(pool, owner)
+    finally:
+        await pool.close()
+
+
+async def measure(url: str, count: int) -> None:
+    conn = await asyncpg.connect(url)
+    await conn.execute("CREATE EXTENSION pg_stat_statements; CREATE EXTENSION pg_walinspect")
+    await migrate(conn)
+    owner = str(uuid.uuid4())
+    await conn.execute("INSERT INTO users (id, email, password_hash) VALUES ($1, $2, 'x')", owner, f"{owner}@t.io")
+    await conn.close()
+    await run_tasks(url, owner, WARM_UP)
+    conn = await asyncpg.connect(url)
+    await conn.execute("SELECT pg_stat_statements_reset()")
+    await conn.close()
+    before = await snapshot(url)
+    start_lsn = await _lsn(url)
+    await run_tasks(url, owner, count)
+    after = await snapshot(url)
+    end_lsn = await _lsn(url)
+    conn = await asyncpg.connect(url)
+    records = await wal_records(conn, start_lsn, end_lsn)
+    statements = await conn.fetch(
+        "SELECT calls, rows, wal_bytes, wal_fpi, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) AS q "
+        "FROM pg_stat_statements WHERE query !~* 'pg_stat|pg_current_wal|pg_get_wal|pg_sleep' ORDER BY calls DESC"
+    )
+    await conn.close()
+    print(f"per task, averaged over {count} tasks run one at a time:")
+    calls = sum(s["calls"] for s in statements)
+    print(f"  statements                {calls / count:8.2f}")
+    for key in before:
+        if key != "wal lsn":
+            print(f"  {key:25} {(after[key] - before[key]) / count:8.2f}")
+    print(f"  WAL bytes (lsn diff)      {(after['wal lsn'] - before['wal lsn']) / count:8.0f}")
+    print(f"  WAL bytes (statements)    {sum(s['wal_bytes'] for s in statements) / count:8.0f}")
+    inserts = sum(n for kind, (n, _) in records.items() if kind.startswith("Btree/INSERT"))
+    print(f"  index entries inserted    {inserts / count:8.2f}")
+    print("WAL records per task (count, bytes), by kind:")
+    for kind, (n, size) in records.items():
+        if n >= count / 10:
+            print(f"  {n / count:6.2f} {size / count:7.0f}  {kind}")
+    print("statements (calls, rows, WAL bytes, full-page images):")
+    for s in statements:
+        print(f"  {s['calls']:5} {s['rows']:5} {s['wal_bytes']:8} {s['wal_fpi']:4}  {s['q']}")
+
+
+async def _lsn(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT pg_current_wal_lsn()"))
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+    data_dir = Path(tempfile.mkdtemp(prefix="rtask-measure-"))
+    port = free_port()
+    pg = postgres_process(data_dir, port, log_dir=data_dir / "logs", echo=None)
+    pg.argv += ["-c", "shared_preload_libraries=pg_stat_statements", "-c", "autovacuum=off"]
+    pg.argv += ["-c", "checkpoint_timeout=1h", "-c", "max_wal_size=4GB"]
+    pg.start()
+    try:
+        wait_for_postgres(pg, port)
+        asyncio.run(measure(postgres_url(port), count))
+    finally:
+        pg.stop(grace_s=15, sig=signal.SIGINT)
+
+
+if __name__ == "__main__":
+    main()
