@@ -22,6 +22,7 @@ from resilienttask.v1 import worker_pb2
 from services.core import task_store
 from services.core.config import DatabaseConfig
 from services.core.db import create_pool, migrate
+from services.core.transitions import user as transitions
 from services.scheduler import store
 from services.stack.embedded import postgres_process, postgres_url, wait_for_postgres
 from services.stack.ports import free_port
@@ -33,7 +34,7 @@ WARM_UP = 50
 async def wal_records(conn: asyncpg.Connection, start: int, end: int) -> dict[str, tuple[int, int]]:
     """WAL records between two positions, by kind: (count, bytes)."""
     rows = await conn.fetch(
-        "SELECT \"resource_manager/record_type\" AS kind, count, record_size + fpi_size AS size "
+        'SELECT "resource_manager/record_type" AS kind, count, record_size + fpi_size AS size '
         "FROM pg_get_wal_stats($1::pg_lsn, $2::pg_lsn, true) WHERE count > 0 ORDER BY count DESC",
         start,
         end,
@@ -62,8 +63,8 @@ async def snapshot(url: str) -> dict[str, int]:
 
 
 async def one_task(pool: asyncpg.Pool, owner: str) -> None:
-    spec = task_store.Submission("t", "sleep", {}, 0, 60_000, 1, 3, str(uuid.uuid4()))
-    rows, _ = await task_store.submit(pool, owner, spec)
+    spec = transitions.Submission("t", "sleep", {}, 0, 60_000, 1, 3, str(uuid.uuid4()))
+    rows, _ = await transitions.submit(pool, owner, spec)
     (row,) = rows
     await task_store.mark_published(pool, [str(row["id"])], ["sleep:1-1"])
     started = await store.start_batch(

@@ -21,6 +21,7 @@ from resilienttask.v1 import task_pb2
 from services.core import keys, task_store
 from services.core.dispatch import DispatchEntry, entry_refs, publish, queue_entries
 from services.core.events import TaskChange, publish_changes, queue_changes
+from services.core.transitions.rules import RunningRef
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ async def append_parked_events(pool: asyncpg.Pool, redis: aioredis.Redis, limit:
     return len(rows)
 
 
-async def push_stop(redis: aioredis.Redis, refs: Sequence[task_store.RunningRef], reason: str) -> None:
+async def push_stop(redis: aioredis.Redis, refs: Sequence[RunningRef], reason: str) -> None:
     """Ask whichever scheduler holds each worker's stream to stop the task there."""
     if not refs:
         return
@@ -144,7 +145,7 @@ async def push_stop(redis: aioredis.Redis, refs: Sequence[task_store.RunningRef]
 async def stop_and_emit(
     pool: asyncpg.Pool,
     redis: aioredis.Redis,
-    refs: Sequence[task_store.RunningRef],
+    refs: Sequence[RunningRef],
     reason: str,
     changes: Sequence[TaskChange],
 ) -> None:
@@ -159,7 +160,7 @@ async def stop_and_emit(
         await _park_or_log(pool, changes)
 
 
-def _queue_stops(pipe: Pipeline, refs: Sequence[task_store.RunningRef], reason: str) -> None:
+def _queue_stops(pipe: Pipeline, refs: Sequence[RunningRef], reason: str) -> None:
     for ref in refs:
         message = {"worker_id": ref.worker_id, "task_id": ref.task_id, "fence": ref.fence, "reason": reason}
         pipe.publish(keys.COMMAND_CHANNEL, json.dumps(message))

@@ -21,6 +21,7 @@ from services.core import keys, outbox, task_store
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
 from services.core.dispatch import ensure_dispatch_groups, split_ref
 from services.core.tokens import mint_worker_token
+from services.core.transitions import user as transitions
 from services.scheduler.app import SchedulerConfig, create_server
 from services.scheduler.store import RetryPolicy
 from services.scheduler.sweepers import SweepConfig
@@ -80,7 +81,7 @@ async def isolated(stores: Stores) -> AsyncIterator[Isolated]:
 
 
 async def submit(iso: Isolated, *, replicas: int = 1, max_attempts: int = 3) -> list[asyncpg.Record]:
-    spec = task_store.Submission(
+    spec = transitions.Submission(
         name="t",
         kind="sleep",
         payload={},
@@ -90,7 +91,7 @@ async def submit(iso: Isolated, *, replicas: int = 1, max_attempts: int = 3) -> 
         max_attempts=max_attempts,
         request_id=str(uuid.uuid4()),
     )
-    rows, _ = await task_store.submit(iso.pool, iso.owner, spec)
+    rows, _ = await transitions.submit(iso.pool, iso.owner, spec)
     await outbox.dispatch_rows(iso.pool, iso.redis, rows)
     return [await task_store.get(iso.pool, iso.owner, str(r["id"])) for r in rows]  # type: ignore[misc]
 
@@ -164,7 +165,7 @@ async def test_duplicate_entries_and_stale_dispatches_are_skipped(isolated: Isol
 
 async def test_cancelled_before_start_is_skipped(isolated: Isolated) -> None:
     (row,) = await submit(isolated)
-    await task_store.cancel(isolated.pool, isolated.owner, task_id=str(row["id"]))
+    await transitions.cancel(isolated.pool, isolated.owner, task_id=str(row["id"]))
     (result,) = await start(isolated, "worker-a", item(row))
     assert result.decision == worker_pb2.START_DECISION_SKIP and result.reason == "already finished"
 
@@ -193,7 +194,7 @@ async def test_failed_attempts_retry_with_backoff_then_dead_letter(isolated: Iso
 
 
 async def test_tasks_committed_while_redis_was_down_are_published_by_the_sweeper(isolated: Isolated) -> None:
-    spec = task_store.Submission(
+    spec = transitions.Submission(
         name="t",
         kind="sleep",
         payload={},
@@ -203,7 +204,7 @@ async def test_tasks_committed_while_redis_was_down_are_published_by_the_sweeper
         max_attempts=1,
         request_id=str(uuid.uuid4()),
     )
-    rows, _ = await task_store.submit(isolated.pool, isolated.owner, spec)
+    rows, _ = await transitions.submit(isolated.pool, isolated.owner, spec)
     # Nobody published them (as if XADD had failed); make them due now instead of after the grace.
     await isolated.pool.execute(
         "UPDATE tasks SET publish_after = now() WHERE id = ANY($1::uuid[])", [r["id"] for r in rows]
@@ -241,7 +242,7 @@ async def test_cancel_of_a_running_task_is_pushed_down_the_worker_stream(isolate
         return current is not None and current["progress"] == 0.5
 
     await eventually(progressed, message="progress recorded")
-    result = await task_store.cancel(isolated.pool, isolated.owner, task_id=str(row["id"]))
+    result = await transitions.cancel(isolated.pool, isolated.owner, task_id=str(row["id"]))
     await outbox.push_stop(isolated.redis, result.to_stop, "cancelled")
     command = await asyncio.wait_for(call.read(), 10)
     assert command.cancel.task.task_id == str(row["id"]) and command.cancel.reason == "cancelled"
@@ -256,7 +257,7 @@ async def test_cancel_of_a_running_task_is_pushed_down_the_worker_stream(isolate
 async def test_cancelled_outcomes_are_fenced_and_recorded_with_history(isolated: Isolated) -> None:
     cancelling, running = await submit(isolated, replicas=2)
     runs = {r.task_id: r for r in await start(isolated, "worker-a", item(cancelling), item(running))}
-    await task_store.cancel(isolated.pool, isolated.owner, task_id=str(cancelling["id"]))
+    await transitions.cancel(isolated.pool, isolated.owner, task_id=str(cancelling["id"]))
     for row, before in ((cancelling, task_pb2.TASK_STATUS_CANCELLING), (running, task_pb2.TASK_STATUS_RUNNING)):
         task_id, fence = str(row["id"]), runs[str(row["id"])].fence
         stale = await finish(isolated, "worker-a", task_id, fence - 1, worker_pb2.OUTCOME_CANCELLED, "stopped")
