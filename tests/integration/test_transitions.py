@@ -1,0 +1,97 @@
+"""The state machine as the database enforces it: every (from, to) pair, the version bump, history cleanup."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from resilienttask.v1 import task_pb2
+from services.core.db import migrate
+from services.core.task_model import status_name
+from services.core.transitions.rules import ALLOWED_TRANSITIONS
+from tests.conftest import Stores
+
+STATUSES = sorted(ALLOWED_TRANSITIONS)
+
+
+@pytest.fixture
+async def conn(stores: Stores) -> AsyncIterator[asyncpg.Connection]:
+    name = f"transitions_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(stores.database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    connection = await asyncpg.connect(stores.database_url.rsplit("/", 1)[0] + f"/{name}")
+    await migrate(connection)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def new_task(conn: asyncpg.Connection, status: int) -> str:
+    owner, task_id = str(uuid.uuid4()), str(uuid.uuid4())
+    await conn.execute("INSERT INTO users (id, email, password_hash) VALUES ($1, $2, 'x')", owner, f"{owner}@t.io")
+    await conn.execute(
+        "INSERT INTO tasks (id, owner_id, name, kind, status, max_attempts, request_id, batch_id, replica_index, "
+        "workload_ms, max_runtime_ms, dispatch_id) VALUES ($1, $2, 't', 'sleep', $3, 3, $4, $5, 0, 0, 1000, $6)",
+        task_id,
+        owner,
+        status,
+        str(uuid.uuid4()),
+        str(uuid.uuid4()),
+        str(uuid.uuid4()),
+    )
+    return task_id
+
+
+async def test_every_status_pair_is_allowed_exactly_when_the_table_says(conn: asyncpg.Connection) -> None:
+    assert [s for s in task_pb2.TaskStatus.values() if s != task_pb2.TASK_STATUS_UNSPECIFIED] == STATUSES
+    wrong = []
+    for before, after in itertools.product(STATUSES, STATUSES):
+        if before == after:
+            continue  # not a status change: the database has nothing to check (RUNNING -> RUNNING is a reclaim)
+        task_id = await new_task(conn, before)
+        try:
+            await conn.execute("UPDATE tasks SET status = $2 WHERE id = $1", task_id, after)
+            refused = False
+        except asyncpg.PostgresError as exc:
+            assert exc.sqlstate == "RT002", exc
+            refused = True
+        if refused == (after in ALLOWED_TRANSITIONS[before]):
+            wrong.append(f"{status_name(before)} -> {status_name(after)}: {'refused' if refused else 'allowed'}")
+    assert not wrong, wrong
+
+
+async def test_version_moves_with_every_visible_change_and_only_then(conn: asyncpg.Connection) -> None:
+    task_id = await new_task(conn, task_pb2.TASK_STATUS_RUNNING)
+
+    async def version() -> int:
+        return int(await conn.fetchval("SELECT version FROM tasks WHERE id = $1", task_id))
+
+    assert await version() == 1
+    await conn.execute("UPDATE tasks SET progress = 0.5 WHERE id = $1", task_id)
+    assert await version() == 2
+    await conn.execute("UPDATE tasks SET entry_id = 'sleep:1-1', published = true WHERE id = $1", task_id)
+    assert await version() == 2, "publication bookkeeping is not a change users see"
+    await conn.execute("UPDATE tasks SET progress = 0.5 WHERE id = $1", task_id)
+    assert await version() == 2, "writing the same value changes nothing"
+    await conn.execute(
+        "UPDATE tasks SET status = $2, version = 100 WHERE id = $1", task_id, task_pb2.TASK_STATUS_SUCCEEDED
+    )
+    assert await version() == 3, "nobody sets the version by hand"
+
+
+async def test_history_goes_with_its_task_however_it_is_deleted(conn: asyncpg.Connection) -> None:
+    kept, deleted, owner_gone = [await new_task(conn, task_pb2.TASK_STATUS_SUCCEEDED) for _ in range(3)]
+    for task_id in (kept, deleted, owner_gone):
+        await conn.execute(
+            "INSERT INTO task_history (task_id, version, to_status, attempt) VALUES ($1, 1, 1, 0)", task_id
+        )
+    await conn.execute("DELETE FROM tasks WHERE id = $1", deleted)
+    await conn.execute("DELETE FROM users WHERE id = (SELECT owner_id FROM tasks WHERE id = $1)", owner_gone)
+    left = await conn.fetch("SELECT task_id FROM task_history")
+    assert [str(r["task_id"]) for r in left] == [kept]
