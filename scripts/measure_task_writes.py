@@ -4,7 +4,7 @@ Starts its own embedded PostgreSQL (pg_stat_statements loaded, autovacuum off so
 mid-run), drives the same store calls the gateway and the scheduler make, one task at a time, and prints
 statements, rows, heap tuples (inserted / updated / HOT), index entries inserted and WAL (bytes, records
 by kind, from pg_walinspect), per task.
-Usage: .venv/bin/python scripts/measure_task_writes.py [tasks]
+Usage: .venv/bin/python scripts/measure_task_writes.py [tasks] [--queued-long]
 """
 
 from __future__ import annotations
@@ -62,46 +62,52 @@ async def snapshot(url: str) -> dict[str, int]:
         await conn.close()
 
 
-async def one_task(pool: asyncpg.Pool, owner: str) -> None:
+async def one_task(pool: asyncpg.Pool, owner: str, queued_long: bool) -> None:
+    """The gateway marks the publication MARK_DELAY_S after it (outbox): after the start of a task a worker
+    took at once, before the start of one that waited in the queue longer (queued_long)."""
     spec = transitions.Submission("t", "sleep", {}, 0, 60_000, 1, 3, str(uuid.uuid4()))
     rows, _ = await transitions.submit(pool, owner, spec)
     (row,) = rows
-    await task_store.mark_published(pool, [str(row["id"])], ["sleep:1-1"])
+    task_id, dispatch_id = str(row["id"]), str(row["dispatch_id"])
+    if queued_long:
+        await task_store.mark_published(pool, [task_id], [dispatch_id], ["sleep:1-1"])
     started = await store.start_batch(
-        pool, "w", [worker_pb2.StartItem(task_id=str(row["id"]), dispatch_id=str(row["dispatch_id"]), entry_id="e")]
+        pool, "w", [worker_pb2.StartItem(task_id=task_id, dispatch_id=dispatch_id, entry_id="sleep:1-1")]
     )
+    if not queued_long:
+        await task_store.mark_published(pool, [task_id], [dispatch_id], ["sleep:1-1"])
     (result,) = started.results
     assert result.decision == worker_pb2.START_DECISION_RUN, result
-    held = worker_pb2.HeldTask(task_id=str(row["id"]), fence=result.fence)
+    held = worker_pb2.HeldTask(task_id=task_id, fence=result.fence)
     finished = await store.finish_batch(
         pool, "w", [worker_pb2.FinishItem(task=held, outcome=worker_pb2.OUTCOME_SUCCEEDED)], store.RetryPolicy()
     )
     assert finished.results[0].accepted, finished.results
 
 
-async def run_tasks(url: str, owner: str, count: int) -> None:
+async def run_tasks(url: str, owner: str, count: int, queued_long: bool) -> None:
     pool = await create_pool(DatabaseConfig(url=url, pool_min_size=1, pool_max_size=1), run_migrations=False)
     try:
         for _ in range(count):
-            await one_task(pool, owner)
+            await one_task(pool, owner, queued_long)
     finally:
         await pool.close()
 
 
-async def measure(url: str, count: int) -> None:
+async def measure(url: str, count: int, queued_long: bool) -> None:
     conn = await asyncpg.connect(url)
     await conn.execute("CREATE EXTENSION pg_stat_statements; CREATE EXTENSION pg_walinspect")
     await migrate(conn)
     owner = str(uuid.uuid4())
     await conn.execute("INSERT INTO users (id, email, password_hash) VALUES ($1, $2, 'x')", owner, f"{owner}@t.io")
     await conn.close()
-    await run_tasks(url, owner, WARM_UP)
+    await run_tasks(url, owner, WARM_UP, queued_long)
     conn = await asyncpg.connect(url)
     await conn.execute("SELECT pg_stat_statements_reset()")
     await conn.close()
     before = await snapshot(url)
     start_lsn = await _lsn(url)
-    await run_tasks(url, owner, count)
+    await run_tasks(url, owner, count, queued_long)
     after = await snapshot(url)
     end_lsn = await _lsn(url)
     conn = await asyncpg.connect(url)
@@ -111,7 +117,8 @@ async def measure(url: str, count: int) -> None:
         "FROM pg_stat_statements WHERE query !~* 'pg_stat|pg_current_wal|pg_get_wal|pg_sleep' ORDER BY calls DESC"
     )
     await conn.close()
-    print(f"per task, averaged over {count} tasks run one at a time:")
+    when = "before" if queued_long else "after"
+    print(f"per task, averaged over {count} tasks run one at a time, publication marked {when} the start:")
     calls = sum(s["calls"] for s in statements)
     print(f"  statements                {calls / count:8.2f}")
     for key in before:
@@ -139,7 +146,8 @@ async def _lsn(url: str) -> int:
 
 
 def main() -> None:
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+    args = [a for a in sys.argv[1:] if a != "--queued-long"]
+    count = int(args[0]) if args else 200
     data_dir = Path(tempfile.mkdtemp(prefix="rtask-measure-"))
     port = free_port()
     pg = postgres_process(data_dir, port, log_dir=data_dir / "logs", echo=None)
@@ -148,7 +156,7 @@ def main() -> None:
     pg.start()
     try:
         wait_for_postgres(pg, port)
-        asyncio.run(measure(postgres_url(port), count))
+        asyncio.run(measure(postgres_url(port), count, "--queued-long" in sys.argv))
     finally:
         pg.stop(grace_s=15, sig=signal.SIGINT)
 

@@ -37,7 +37,7 @@ async def dispatch_rows(pool: asyncpg.Pool, redis: aioredis.Redis, rows: Sequenc
         log.warning("dispatch deferred to the sweeper", extra={"tasks": len(entries), "error": repr(exc)})
         return False
     try:
-        await task_store.mark_published(pool, [e.task_id for e in entries], entry_ids)
+        await _mark(pool, entries, entry_ids)
     except (asyncpg.PostgresError, OSError) as exc:
         # The entries are in the stream; the sweeper may publish them again, which fencing makes harmless.
         log.warning("could not record publication", extra={"error": repr(exc)})
@@ -60,9 +60,9 @@ async def emit_and_dispatch(
         await _park_or_log(pool, changes)
         return
     refs = entry_refs(entries, replies[len(replies) - len(entries) :])
-    # Off the reply path: until it lands, only the sweeper's grace period stands between the task and a
-    # second publication, which fencing makes harmless anyway.
-    marking = asyncio.create_task(_mark_published(pool, [e.task_id for e in entries], refs))
+    # Off the reply path, and late: until it lands, only the sweeper's grace period stands between the task
+    # and a second publication, which fencing makes harmless anyway.
+    marking = asyncio.create_task(_mark_published(pool, entries, refs))
     _in_flight.add(marking)
     marking.add_done_callback(_in_flight.discard)
 
@@ -70,10 +70,20 @@ async def emit_and_dispatch(
 # Strong references to background publication marks, so none is collected before it runs.
 _in_flight: set[asyncio.Task[None]] = set()
 
+# How long a fresh submission's publication mark waits: a task a worker starts within it is never marked
+# (its start is all the sweeper needs), which spares a row version and its index entries per task. Well
+# within the sweeper's grace (transitions.rules.PUBLISH_GRACE_S), so it still lands before the sweeper looks.
+MARK_DELAY_S = 1.0
 
-async def _mark_published(pool: asyncpg.Pool, task_ids: list[str], refs: list[str]) -> None:
+
+async def _mark(pool: asyncpg.Pool, entries: Sequence[DispatchEntry], refs: Sequence[str]) -> None:
+    await task_store.mark_published(pool, [e.task_id for e in entries], [e.dispatch_id for e in entries], refs)
+
+
+async def _mark_published(pool: asyncpg.Pool, entries: Sequence[DispatchEntry], refs: Sequence[str]) -> None:
+    await asyncio.sleep(MARK_DELAY_S)
     try:
-        await task_store.mark_published(pool, task_ids, refs)
+        await _mark(pool, entries, refs)
     except (asyncpg.PostgresError, OSError) as exc:
         # The entries are in the stream; the sweeper may publish them again, which fencing makes harmless.
         log.warning("could not record publication", extra={"error": repr(exc)})

@@ -13,22 +13,28 @@ from resilienttask.v1 import task_pb2
 from services.core.task_model import CANCELLED, CANCELLING, QUEUED, RUNNING, TASK_COLUMNS
 
 
-async def mark_published(pool: asyncpg.Pool, task_ids: Sequence[str], entry_ids: Sequence[str]) -> None:
-    """Record that the entries are in the stream, so the sweeper leaves them alone.
+async def mark_published(
+    pool: asyncpg.Pool, task_ids: Sequence[str], dispatch_ids: Sequence[str], entry_ids: Sequence[str]
+) -> None:
+    """Record that the entries are in the stream, so the sweeper leaves the tasks alone.
 
     Not a transition, so the commit does not wait for the disk: if a crash loses this update, the sweeper
-    publishes the task again and fencing makes the duplicate entry harmless.
+    publishes the task again and fencing makes the duplicate entry harmless. Only a task still queued on
+    the dispatch these entries carry is marked: one that started meanwhile needs no mark (so nothing is
+    written), and one requeued meanwhile waits for its own new dispatch.
     """
     # One autocommit statement; set_config(..., true) lasts until its own commit. Locks are taken in id
     # order, like every other multi-row change, so this never deadlocks with them.
     await pool.execute(
         "WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true)), "
-        "t AS (SELECT * FROM unnest($1::uuid[], $2::text[]) AS u(id, entry_id)), "
-        "locked AS (SELECT tasks.id FROM tasks JOIN t ON tasks.id = t.id WHERE tasks.status = 1 "
+        "t AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS u(id, dispatch_id, entry_id)), "
+        f"locked AS (SELECT tasks.id FROM tasks JOIN t ON tasks.id = t.id WHERE tasks.status = {QUEUED} "
+        "AND tasks.dispatch_id = t.dispatch_id "
         "ORDER BY tasks.id FOR UPDATE OF tasks) "
         "UPDATE tasks SET published = true, published_at = now(), entry_id = t.entry_id "
         "FROM cfg, t, locked WHERE tasks.id = t.id AND tasks.id = locked.id",
         list(task_ids),
+        list(dispatch_ids),
         list(entry_ids),
     )
 
