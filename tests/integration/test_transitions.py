@@ -7,10 +7,12 @@ import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
+import grpc
 import pytest
 
 from resilienttask.v1 import task_pb2
 from services.core.db import migrate
+from services.core.errors import translate_errors
 from services.core.task_model import status_name
 from services.core.transitions.rules import ALLOWED_TRANSITIONS
 from tests.conftest import Stores
@@ -95,3 +97,29 @@ async def test_history_goes_with_its_task_however_it_is_deleted(conn: asyncpg.Co
     await conn.execute("DELETE FROM users WHERE id = (SELECT owner_id FROM tasks WHERE id = $1)", owner_gone)
     left = await conn.fetch("SELECT task_id FROM task_history")
     assert [str(r["task_id"]) for r in left] == [kept]
+
+
+class _Aborted(Exception):
+    """What context.abort raised, with the status it was given."""
+
+
+class _Context:
+    code: grpc.StatusCode | None = None
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.code = code
+        raise _Aborted(details)
+
+
+async def test_a_refusal_by_the_database_reaches_the_caller_as_failed_precondition(conn: asyncpg.Connection) -> None:
+    task_id = await new_task(conn, task_pb2.TASK_STATUS_SUCCEEDED)
+
+    class Servicer:
+        @translate_errors
+        async def Rerun(self, request: object, context: grpc.aio.ServicerContext) -> None:
+            await conn.execute("UPDATE tasks SET status = $2 WHERE id = $1", task_id, task_pb2.TASK_STATUS_RUNNING)
+
+    context = _Context()
+    with pytest.raises(_Aborted):
+        await Servicer().Rerun(None, context)  # type: ignore[arg-type]
+    assert context.code == grpc.StatusCode.FAILED_PRECONDITION
