@@ -39,6 +39,21 @@ TASK_COLUMNS = (
 QUALIFIED_TASK_COLUMNS = ", ".join(f"tasks.{column.strip()}" for column in TASK_COLUMNS.split(","))
 
 
+def in_batch(owner: str, batch: str) -> str:
+    """SQL condition: the task is a replica of the owner's batch (owner and batch are SQL parameters).
+
+    A batch's id is the id of its first replica (since migration 0005), found by primary key, or for an
+    older batch through a small legacy index; its replicas share that replica's request_id, so the unique
+    key (owner_id, request_id, replica_index) finds them all, and tasks needs no index on batch_id.
+    """
+    first = (
+        f"SELECT request_id FROM tasks WHERE id = {batch} AND owner_id = {owner} AND batch_id = {batch} "
+        f"UNION ALL SELECT request_id FROM tasks WHERE owner_id = {owner} AND batch_id = {batch} "
+        "AND replica_index = 0 AND batch_id <> id"
+    )
+    return f"(batch_id = {batch} AND request_id = (SELECT request_id FROM ({first}) AS first LIMIT 1))"
+
+
 def _set_time(field: Any, value: datetime | None) -> None:
     if value is not None:
         field.FromDatetime(value)

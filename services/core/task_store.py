@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from resilienttask.v1 import task_pb2
-from services.core.task_model import CANCELLED, CANCELLING, QUEUED, RUNNING, TASK_COLUMNS
+from services.core.task_model import CANCELLED, CANCELLING, QUEUED, RUNNING, TASK_COLUMNS, in_batch
 
 
 async def mark_published(
@@ -61,7 +61,7 @@ async def list_page(
         clauses.append(f"status = ${len(args)}")
     if batch_id:
         args.append(batch_id)
-        clauses.append(f"batch_id = ${len(args)}")
+        clauses.append(in_batch("$1", f"${len(args)}::uuid"))
     if after is not None:
         args.extend(after)
         clauses.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)}::uuid)")

@@ -11,9 +11,11 @@ import grpc
 import pytest
 
 from resilienttask.v1 import task_pb2
+from services.core import task_store
 from services.core.db import migrate
 from services.core.errors import translate_errors
-from services.core.task_model import status_name
+from services.core.task_model import in_batch, status_name
+from services.core.transitions import user as transitions
 from services.core.transitions.rules import ALLOWED_TRANSITIONS
 from tests.conftest import Stores
 
@@ -21,30 +23,54 @@ STATUSES = sorted(ALLOWED_TRANSITIONS)
 
 
 @pytest.fixture
-async def conn(stores: Stores) -> AsyncIterator[asyncpg.Connection]:
+async def database(stores: Stores) -> str:
+    """A freshly migrated database of its own."""
     name = f"transitions_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(stores.database_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
-    connection = await asyncpg.connect(stores.database_url.rsplit("/", 1)[0] + f"/{name}")
+    url = stores.database_url.rsplit("/", 1)[0] + f"/{name}"
+    connection = await asyncpg.connect(url)
     await migrate(connection)
+    await connection.close()
+    return url
+
+
+@pytest.fixture
+async def conn(database: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(database)
     try:
         yield connection
     finally:
         await connection.close()
 
 
-async def new_task(conn: asyncpg.Connection, status: int) -> str:
-    owner, task_id = str(uuid.uuid4()), str(uuid.uuid4())
+async def new_user(conn: asyncpg.Connection | asyncpg.Pool) -> str:
+    owner = str(uuid.uuid4())
     await conn.execute("INSERT INTO users (id, email, password_hash) VALUES ($1, $2, 'x')", owner, f"{owner}@t.io")
+    return owner
+
+
+async def new_task(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    status: int,
+    *,
+    owner: str = "",
+    request_id: str = "",
+    batch_id: str = "",
+    replica_index: int = 0,
+) -> str:
+    """A task row written directly, as a shipped version (or a test of the database alone) would."""
+    task_id = str(uuid.uuid4())
     await conn.execute(
         "INSERT INTO tasks (id, owner_id, name, kind, status, max_attempts, request_id, batch_id, replica_index, "
-        "workload_ms, max_runtime_ms, dispatch_id) VALUES ($1, $2, 't', 'sleep', $3, 3, $4, $5, 0, 0, 1000, $6)",
+        "workload_ms, max_runtime_ms, dispatch_id) VALUES ($1, $2, 't', 'sleep', $3, 3, $4, $5, $6, 0, 1000, $7)",
         task_id,
-        owner,
+        owner or await new_user(conn),
         status,
-        str(uuid.uuid4()),
-        str(uuid.uuid4()),
+        request_id or str(uuid.uuid4()),
+        batch_id or str(uuid.uuid4()),
+        replica_index,
         str(uuid.uuid4()),
     )
     return task_id
@@ -123,3 +149,52 @@ async def test_a_refusal_by_the_database_reaches_the_caller_as_failed_preconditi
     with pytest.raises(_Aborted):
         await Servicer().Rerun(None, context)  # type: ignore[arg-type]
     assert context.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_batches_are_found_without_an_index_on_batch_id_old_and_new(database: str) -> None:
+    pool = await asyncpg.create_pool(database, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        owner, other = await new_user(pool), await new_user(pool)
+        spec = transitions.Submission("t", "sleep", {}, 0, 1000, 3, 3, str(uuid.uuid4()))
+        new_rows, _ = await transitions.submit(pool, owner, spec)
+        await transitions.submit(pool, other, spec)  # the same request_id, another owner
+        new_batch = str(new_rows[0]["batch_id"])
+        assert new_batch == str(new_rows[0]["id"]) and {str(r["batch_id"]) for r in new_rows} == {new_batch}
+        # A batch submitted before migration 0005: a batch id that is no task's id.
+        old_batch, old_request = str(uuid.uuid4()), str(uuid.uuid4())
+        old_ids = {
+            await new_task(
+                pool,
+                task_pb2.TASK_STATUS_QUEUED,
+                owner=owner,
+                request_id=old_request,
+                batch_id=old_batch,
+                replica_index=i,
+            )
+            for i in range(2)
+        }
+        for batch, expected in ((new_batch, {str(r["id"]) for r in new_rows}), (old_batch, old_ids)):
+            listed = await task_store.list_page(pool, owner, status=0, batch_id=batch, limit=10, after=None)
+            assert {str(r["id"]) for r in listed} == expected
+            assert not await task_store.list_page(pool, other, status=0, batch_id=batch, limit=10, after=None)
+            assert not (await transitions.cancel(pool, other, batch_id=batch)).rows
+            cancelled = await transitions.cancel(pool, owner, batch_id=batch)
+            assert {str(r["id"]) for r in cancelled.rows} == expected
+            assert {r["status"] for r in cancelled.rows} == {task_pb2.TASK_STATUS_CANCELLED}
+        # An owner with many tasks, so the plan is the one a real table gets.
+        await pool.execute(
+            "INSERT INTO tasks (id, owner_id, name, kind, status, max_attempts, request_id, batch_id, "
+            "replica_index, workload_ms, max_runtime_ms, dispatch_id) SELECT gen_random_uuid(), $1, 't', 'sleep', "
+            "4, 1, i::text, gen_random_uuid(), 0, 0, 1000, gen_random_uuid() FROM generate_series(1, 5000) AS i",
+            owner,
+        )
+        await pool.execute("ANALYZE tasks")
+        explained = await pool.fetch(
+            f"EXPLAIN SELECT id FROM tasks WHERE owner_id = $1 AND {in_batch('$1', '$2::uuid')}", owner, old_batch
+        )
+        plan = "\n".join(r[0] for r in explained)
+        assert "Seq Scan" not in plan and "tasks_owner_recent" not in plan, plan
+        assert "tasks_owner_batch_legacy" in plan and "tasks_pkey" in plan, plan
+    finally:
+        await pool.close()

@@ -24,6 +24,7 @@ from services.core.task_model import (
     RUNNING,
     TASK_COLUMNS,
     TERMINAL,
+    in_batch,
     status_name,
 )
 from services.core.transitions.rules import (
@@ -56,8 +57,8 @@ async def submit(pool: asyncpg.Pool, owner_id: str, spec: Submission) -> tuple[l
 
     Returns the rows (by replica index) and whether this call created them.
     """
-    batch_id = str(uuid.uuid4())
     ids = [str(uuid.uuid4()) for _ in range(spec.replicas)]
+    batch_id = ids[0]  # the first replica's id: see task_model.in_batch
     try:
         return await _insert_submission(pool, owner_id, spec, batch_id, ids), True
     except _SubmissionExists:
@@ -142,7 +143,7 @@ class CancelResult:
 # ("before") and every changed row as it now is ("after").
 _CANCEL = f"""
 WITH target AS (
-    SELECT {TASK_COLUMNS} FROM tasks WHERE owner_id = $1 AND {{column}} = $2 ORDER BY id FOR UPDATE
+    SELECT {TASK_COLUMNS} FROM tasks WHERE owner_id = $1 AND {{match}} ORDER BY id FOR UPDATE
 ),
 changed AS (
     UPDATE tasks SET
@@ -162,7 +163,7 @@ SELECT false AS after, * FROM target
 UNION ALL
 SELECT true AS after, * FROM changed
 """
-_CANCEL_BY = {column: _CANCEL.format(column=column) for column in ("id", "batch_id")}
+_CANCEL_BY = {"id": _CANCEL.format(match="id = $2"), "batch_id": _CANCEL.format(match=in_batch("$1", "$2::uuid"))}
 
 
 async def cancel(
