@@ -25,8 +25,8 @@ gen: $(VENV)/.installed
 
 check-generated: $(VENV)/.installed
 	PYTHON=$(PY) scripts/gen-python
-	git diff --exit-code -- clients/python/resilienttask/v1 || (echo "generated code is stale: run 'make gen'" && exit 1)
-	test -z "$$(git status --porcelain -- clients/python/resilienttask/v1)" || (echo "untracked generated files: run 'make gen' and commit" && exit 1)
+	git diff --exit-code -- clients/python/resilienttask/v1 clients/python/resilienttask/worker || (echo "generated code is stale: run 'make gen'" && exit 1)
+	test -z "$$(git status --porcelain -- clients/python/resilienttask/v1 clients/python/resilienttask/worker)" || (echo "untracked generated files: run 'make gen' and commit" && exit 1)
 
 lint: $(VENV)/.installed check-generated check-web
 	$(BIN)/ruff check .
@@ -78,7 +78,7 @@ check-web: gen-web
 e2e-deps: $(VENV)/.installed web
 	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
-# -- benchmarks side by side with Celery, RQ, arq and Dramatiq (bench/, docs/benchmarks.md) ------------
+# -- benchmarks side by side with Celery, RQ, arq, Dramatiq and Procrastinate (bench/, docs/benchmarks.md) -----------
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $@

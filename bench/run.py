@@ -4,7 +4,8 @@
                                   [--profile] [--doc docs/benchmarks.md]
 
 Starts one embedded PostgreSQL and one embedded Valkey; every system uses that Valkey (ours database 0,
-each peer its own database, the bodies' stamps database 5), ours also the PostgreSQL. Each scenario starts
+each Redis peer its own database, the bodies' stamps database 5), ours also the PostgreSQL, and Procrastinate
+its own database on that PostgreSQL. Each scenario starts
 the workers it needs and stops them afterwards. Prints each figure as it comes, then writes results.json,
 results.md and results.png into --out. Figures are printed, never asserted.
 """
@@ -42,9 +43,11 @@ from services.stack.ports import free_port
 from services.stack.processes import ManagedProcess
 
 SCENARIOS = ("throughput", "latency", "sleep", "cancel", "crash", "watch")
-PEERS = ("celery", "rq", "arq", "dramatiq")
+PEERS = ("celery", "rq", "arq", "dramatiq", "procrastinate")
 SYSTEMS = ("ours", *PEERS)
 PEER_DB = {"celery": 1, "rq": 2, "arq": 3, "dramatiq": 4}
+# Peers that queue in PostgreSQL: each in a database of its own (the peer creates it) on the bench's server.
+PEER_PG_DATABASE = {"procrastinate": "bench_procrastinate"}
 STAMPS_DB = 5
 
 
@@ -150,7 +153,10 @@ class Runner:
 
     def peer(self, name: str) -> PeerBench:
         if name not in self.peers:
-            url = f"{self.peer_url}/{PEER_DB[name]}"
+            if name in PEER_PG_DATABASE:
+                url = f"{self.servers.database_url.rsplit('/', 1)[0]}/{PEER_PG_DATABASE[name]}"
+            else:
+                url = f"{self.peer_url}/{PEER_DB[name]}"
             self.peers[name] = PeerBench(load_peer(name, url), self.servers.stamps_url, self.log_dir)
         return self.peers[name]
 

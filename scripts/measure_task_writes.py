@@ -18,7 +18,7 @@ from pathlib import Path
 
 import asyncpg
 
-from resilienttask.v1 import worker_pb2
+from resilienttask.worker.v1 import worker_pb2
 from services.core import task_store
 from services.core.config import DatabaseConfig
 from services.core.db import create_pool, migrate

@@ -1,4 +1,8 @@
-"""A TCP forwarder a test can cut and restore, to make a backing store unreachable on purpose."""
+"""A TCP forwarder a test can cut, or stall and resume, to make a peer unreachable on purpose.
+
+Cutting closes the connections (the peer sees a reset at once); stalling keeps them open and silently
+stops carrying bytes, as a failed network path does: nothing tells either side until its own timeouts.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ class TcpProxy:
         self.port = 0
         self._pipes: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
@@ -29,7 +35,15 @@ class TcpProxy:
         for task in list(self._pipes):
             task.cancel()
 
+    def stall(self) -> None:
+        """Stop carrying bytes on every connection, open or new, without closing any."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._flowing.wait()
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
@@ -44,6 +58,7 @@ class TcpProxy:
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await src.read(65536):
+                await self._flowing.wait()  # a stalled path holds what it read
                 dst.write(data)
                 await dst.drain()
         dst.close()

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Environment the peer modules read when imported (in worker processes and in the harness).
+# Environment the peer modules read when imported (in worker processes and in the harness); the URL is the
+# peer's Redis database, or its PostgreSQL database for Procrastinate.
 PEER_URL_ENV = "BENCH_PEER_REDIS_URL"
 CONCURRENCY_ENV = "BENCH_CONCURRENCY"
 TUNED_ENV = "BENCH_TUNED"

@@ -45,7 +45,8 @@ KILL_AFTER_S = 2.0
 
 
 def load_peer(name: str, url: str) -> Peer:
-    """Import a peer's module with its Redis URL in the environment (its app reads it when imported)."""
+    """Import a peer's module with its store's URL (Redis or PostgreSQL) in the environment (its app reads it
+    when imported)."""
     os.environ[PEER_URL_ENV] = url
     module = importlib.import_module(f"bench.peers.{name}")
     peer: Peer = module.PEER(url)

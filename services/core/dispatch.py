@@ -1,7 +1,7 @@
 """The dispatch streams (one per task kind): publishing entries, entry references, consumer groups.
 
 An entry reference names the entry across all streams: "<kind>:<stream entry id>". The task row keeps
-the reference of the entry responsible for it; workers pass references back in StartTasks.
+the reference of the entry responsible for it; workers pass references back in their start requests.
 """
 
 from __future__ import annotations
@@ -47,21 +47,33 @@ async def ensure_dispatch_groups(redis: aioredis.Redis, kinds: Iterable[str]) ->
                 raise
 
 
-def queue_entries(pipe: Pipeline, entries: Sequence[DispatchEntry]) -> None:
-    """Add one XADD per entry, to its kind's stream, to a pipeline."""
+# Adds every entry of one batch to one stream in a single command, so a reader blocked on the stream is
+# woken once with the whole batch (a pipeline of XADDs wakes it on the first, and it must read again for
+# the rest). One key per call: safe on a cluster, where each kind's stream lives in one slot.
+_ADD_BATCH = f"""
+local ids = {{}}
+for i = 1, #ARGV - 1, 2 do
+    ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', '{keys.FIELD_TASK_ID}', ARGV[i],
+        '{keys.FIELD_DISPATCH_ID}', ARGV[i + 1], '{keys.FIELD_KIND}', ARGV[#ARGV])
+end
+return ids
+"""
+
+
+def queue_entries(pipe: Pipeline, entries: Sequence[DispatchEntry]) -> list[DispatchEntry]:
+    """Add one command per kind to a pipeline; returns the entries in the order of the ids it will return."""
+    by_kind: dict[str, list[DispatchEntry]] = {}
     for entry in entries:
-        pipe.xadd(
-            keys.dispatch_stream(entry.kind),
-            {
-                keys.FIELD_TASK_ID: entry.task_id,
-                keys.FIELD_DISPATCH_ID: entry.dispatch_id,
-                keys.FIELD_KIND: entry.kind,
-            },
-        )
+        by_kind.setdefault(entry.kind, []).append(entry)
+    for kind, batch in by_kind.items():
+        args = [value for entry in batch for value in (entry.task_id, entry.dispatch_id)]
+        pipe.eval(_ADD_BATCH, 1, keys.dispatch_stream(kind), *args, kind)
+    return [entry for batch in by_kind.values() for entry in batch]
 
 
-def entry_refs(entries: Sequence[DispatchEntry], ids: Sequence[bytes | str]) -> list[str]:
-    """The references of entries, from the ids their XADDs returned (in the same order)."""
+def entry_refs(entries: Sequence[DispatchEntry], replies: Sequence[Sequence[bytes | str]]) -> list[str]:
+    """The references of entries (as queue_entries ordered them), from the replies of its commands."""
+    ids = [raw for reply in replies for raw in reply]
     return [
         entry_ref(entry.kind, raw.decode() if isinstance(raw, bytes) else str(raw))
         for entry, raw in zip(entries, ids, strict=True)
@@ -69,14 +81,15 @@ def entry_refs(entries: Sequence[DispatchEntry], ids: Sequence[bytes | str]) -> 
 
 
 async def publish(redis: aioredis.Redis, entries: Iterable[DispatchEntry]) -> list[str]:
-    """XADD every entry to its kind's stream in one pipelined round trip; returns the entry references."""
+    """Add every entry to its kind's stream in one round trip; returns the references, in the given order."""
     batch = list(entries)
     if not batch:
         return []
     async with redis.pipeline(transaction=False) as pipe:
-        queue_entries(pipe, batch)
-        ids = await pipe.execute()
-    return entry_refs(batch, ids)
+        ordered = queue_entries(pipe, batch)
+        replies = await pipe.execute()
+    refs = dict(zip((id(e) for e in ordered), entry_refs(ordered, replies), strict=True))
+    return [refs[id(entry)] for entry in batch]
 
 
 def parse_entry(fields: dict[bytes, bytes]) -> DispatchEntry:

@@ -53,16 +53,17 @@ async def emit_and_dispatch(
     try:
         async with redis.pipeline(transaction=False) as pipe:
             queue_changes(pipe, changes)
-            queue_entries(pipe, entries)
+            ordered = queue_entries(pipe, entries)
             replies = await pipe.execute()
     except (RedisError, OSError) as exc:
         log.warning("dispatch deferred to the sweeper, events parked", extra={"tasks": len(rows), "error": repr(exc)})
         await _park_or_log(pool, changes)
         return
-    refs = entry_refs(entries, replies[len(replies) - len(entries) :])
+    kinds = len({e.kind for e in entries})
+    refs = entry_refs(ordered, replies[len(replies) - kinds :]) if entries else []
     # Off the reply path, and late: until it lands, only the sweeper's grace period stands between the task
     # and a second publication, which fencing makes harmless anyway.
-    marking = asyncio.create_task(_mark_published(pool, entries, refs))
+    marking = asyncio.create_task(_mark_published(pool, ordered, refs))
     _in_flight.add(marking)
     marking.add_done_callback(_in_flight.discard)
 

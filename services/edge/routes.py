@@ -13,7 +13,8 @@ from typing import Any
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2
 
-from resilienttask.v1 import auth_pb2, scheduler_pb2, worker_pb2
+from resilienttask.v1 import auth_pb2, scheduler_pb2
+from resilienttask.worker.v1 import worker_pb2
 from services.edge.config import EdgeConfig
 
 GATEWAY_CLUSTER = "gateways"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from resilienttask.v1 import worker_pb2, worker_pb2_grpc
+from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
 from services.core import outbox
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
 from services.core.db import create_pool, database_reachable

@@ -1,7 +1,9 @@
-"""Workers connected to this scheduler, and the commands that reach them over their open streams.
+"""Workers connected to this scheduler, and what goes down their open streams.
 
-A gateway that cancels a running task publishes a command on Redis; every scheduler receives it and
-the one holding that worker's Connect stream pushes it down at once (no polling).
+Everything a worker is to be told (pushed cancels, answers to its work requests, heartbeat acks) goes
+into that worker's mailbox; the stream writes whatever has accumulated as one message, so a burst costs
+one write, not one per item. A gateway that cancels a running task publishes a command on Redis; every
+scheduler receives it and the one holding that worker's stream pushes it down at once (no polling).
 """
 
 from __future__ import annotations
@@ -14,36 +16,73 @@ import logging
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from resilienttask.v1 import worker_pb2
+from resilienttask.worker.v1 import worker_pb2
 from services.core import keys
+from services.scheduler.store import SUPERSEDED
 
 log = logging.getLogger(__name__)
 
+# The stop reasons of the command channel and the worker protocol's enum for them.
+CANCELLED = "cancelled"
+STOP_REASONS = {CANCELLED: worker_pb2.STOP_REASON_CANCELLED, SUPERSEDED: worker_pb2.STOP_REASON_SUPERSEDED}
 
-class ConnectedWorkers:
-    """worker_id → queue of messages to send down that worker's stream."""
+
+def cancel_command(task_id: str, fence: int, reason: str) -> worker_pb2.CancelCommand:
+    return worker_pb2.CancelCommand(
+        task=worker_pb2.HeldTask(task_id=task_id, fence=fence),
+        reason=STOP_REASONS.get(reason, worker_pb2.STOP_REASON_CANCELLED),
+    )
+
+
+class Mailbox:
+    """What is waiting to go down one worker's stream; `next()` takes all of it as one message."""
 
     def __init__(self) -> None:
-        self._queues: dict[str, asyncio.Queue[worker_pb2.ConnectResponse]] = {}
+        self._pending = worker_pb2.ConnectResponse()
+        self._ready = asyncio.Event()
 
-    def attach(self, worker_id: str) -> asyncio.Queue[worker_pb2.ConnectResponse]:
-        queue: asyncio.Queue[worker_pb2.ConnectResponse] = asyncio.Queue()
-        self._queues[worker_id] = queue
-        return queue
+    def cancel(self, command: worker_pb2.CancelCommand) -> None:
+        self._pending.cancels.append(command)
+        self._ready.set()
 
-    def detach(self, worker_id: str, queue: asyncio.Queue[worker_pb2.ConnectResponse]) -> None:
-        if self._queues.get(worker_id) is queue:
-            del self._queues[worker_id]
+    def answer(self, response: worker_pb2.WorkResponse) -> None:
+        self._pending.work.append(response)
+        self._ready.set()
+
+    def ack(self, sequence: int) -> None:
+        self._pending.heartbeat_acks.add(sequence=sequence)
+        self._ready.set()
+
+    async def next(self) -> worker_pb2.ConnectResponse:
+        await self._ready.wait()
+        self._ready.clear()
+        message, self._pending = self._pending, worker_pb2.ConnectResponse()
+        return message
+
+
+class ConnectedWorkers:
+    """worker_id → the mailbox of that worker's stream."""
+
+    def __init__(self) -> None:
+        self._mailboxes: dict[str, Mailbox] = {}
+
+    def attach(self, worker_id: str) -> Mailbox:
+        mailbox = Mailbox()
+        self._mailboxes[worker_id] = mailbox
+        return mailbox
+
+    def detach(self, worker_id: str, mailbox: Mailbox) -> None:
+        if self._mailboxes.get(worker_id) is mailbox:
+            del self._mailboxes[worker_id]
 
     def __contains__(self, worker_id: str) -> bool:
-        return worker_id in self._queues
+        return worker_id in self._mailboxes
 
     def send_stop(self, worker_id: str, task_id: str, fence: int, reason: str) -> bool:
-        queue = self._queues.get(worker_id)
-        if queue is None:
+        mailbox = self._mailboxes.get(worker_id)
+        if mailbox is None:
             return False
-        command = worker_pb2.CancelCommand(task=worker_pb2.HeldTask(task_id=task_id, fence=fence), reason=reason)
-        queue.put_nowait(worker_pb2.ConnectResponse(cancel=command))
+        mailbox.cancel(cancel_command(task_id, fence, reason))
         return True
 
 

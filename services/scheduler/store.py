@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from resilienttask.v1 import worker_pb2
+from resilienttask.worker.v1 import worker_pb2
 from services.core.task_model import CANCELLING, QUEUED, TASK_COLUMNS, TERMINAL
 from services.core.transitions.finish import FinishOutcome, RetryPolicy, finish_batch
 from services.core.transitions.rules import SUPERSEDED, valid_uuids

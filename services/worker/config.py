@@ -49,6 +49,12 @@ class WorkerConfig:
     # On SIGTERM, how long running handlers may take to finish before the worker exits anyway.
     drain_grace_s: float = 10.0
     read_block_ms: int = 1000
+    # The scheduler silent this long (no answer to heartbeats): the stream is given up and reopened, and
+    # no entry is taken or refreshed meanwhile. 0: three heartbeat intervals.
+    contact_timeout_ms: int = 0
+    # A handler is stopped (without a report) when its entry has gone unrefreshed for reclaim_idle_ms minus
+    # this margin, so it never runs on after another worker may reclaim it. 0: 30 % of reclaim_idle_ms.
+    self_fence_margin_ms: int = 0
     # Modules imported at start-up so their @task handlers register.
     imports: tuple[str, ...] = ()
 
@@ -64,6 +70,20 @@ class WorkerConfig:
             raise ConfigError("grace periods must not be negative")
         if self.reclaim_idle_ms <= 2 * self.heartbeat_interval_ms:
             raise ConfigError("reclaim_idle_ms must exceed two heartbeat intervals, or healthy work gets stolen")
+        if self.contact_timeout_ms == 0:
+            object.__setattr__(self, "contact_timeout_ms", 3 * self.heartbeat_interval_ms)
+        if self.self_fence_margin_ms == 0:
+            object.__setattr__(self, "self_fence_margin_ms", self.reclaim_idle_ms * 3 // 10)
+        if self.contact_timeout_ms <= self.heartbeat_interval_ms:
+            raise ConfigError("contact_timeout_ms must exceed one heartbeat interval")
+        fence_after_ms = self.reclaim_idle_ms - self.self_fence_margin_ms
+        if self.self_fence_margin_ms < 0 or fence_after_ms <= max(
+            2 * self.heartbeat_interval_ms, self.contact_timeout_ms
+        ):
+            raise ConfigError(
+                "reclaim_idle_ms minus self_fence_margin_ms must exceed two heartbeat intervals and the contact "
+                "timeout, or healthy handlers get stopped"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> WorkerConfig:
@@ -78,6 +98,8 @@ class WorkerConfig:
             cancel_grace_ms=_int(env, "RTASK_WORKER_CANCEL_GRACE_MS", 500),
             drain_grace_s=_number(env, "RTASK_WORKER_DRAIN_GRACE_S", 10.0),
             read_block_ms=_int(env, "RTASK_WORKER_READ_BLOCK_MS", 1000),
+            contact_timeout_ms=_int(env, "RTASK_WORKER_CONTACT_TIMEOUT_MS", 0),
+            self_fence_margin_ms=_int(env, "RTASK_WORKER_SELF_FENCE_MARGIN_MS", 0),
             imports=imports,
         )
 

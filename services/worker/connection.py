@@ -1,8 +1,13 @@
-"""The worker's gRPC link to the schedulers (through the edge): the Connect stream and the unary calls.
+"""The worker's gRPC link to the schedulers (through the edge): one Connect stream carries everything.
 
-The Connect stream carries heartbeats and progress up and cancel commands down. It is reopened with
-backoff whenever it breaks (a scheduler restart, the edge moving us to another replica), and every
-(re)connect starts with the hello.
+Up go the hello, heartbeats, progress and work requests (entries to start, outcomes to record); down come
+the answers to those requests, heartbeat acks and pushed cancel commands. Work requests that are ready
+together travel as one message. The stream is reopened with backoff whenever it breaks (a scheduler
+restart, the edge moving us to another replica), and every (re)connect starts with the hello.
+
+The link is "in contact" only while the scheduler answers: a stream that stays open but silent (a
+stalled network path) is given up after contact_timeout_s, so the worker neither claims new entries
+nor keeps its held ones alive through a scheduler it cannot reach.
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from resilienttask.v1 import worker_pb2, worker_pb2_grpc
+from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
 from services.core.config import AuthConfig
 from services.core.tokens import IssuedToken, mint_worker_token
 
@@ -27,7 +33,7 @@ log = logging.getLogger(__name__)
 TOKEN_REFRESH_MARGIN_S = 1800
 # A stream that lived this long was healthy: the next reconnect starts with a short delay again.
 HEALTHY_STREAM_S = 10.0
-# Unary calls give up after this; the caller retries with backoff.
+# A work request unanswered for this long is given up; the caller retries with backoff.
 CALL_TIMEOUT_S = 10.0
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 20_000),
@@ -74,6 +80,29 @@ STREAM_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 CommandHandler = Callable[[worker_pb2.CancelCommand], None]
 
 
+class LinkDown(Exception):
+    """The stream broke (or went silent) before the scheduler answered: ask again later."""
+
+
+class WorkRefused(Exception):
+    """The scheduler recorded nothing of a request; `permanent` when asking again cannot help."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclass
+class _Ask:
+    """One caller's share of a work request, and the future its answer goes to."""
+
+    finish: Sequence[worker_pb2.FinishItem]
+    start: Sequence[worker_pb2.StartItem]
+    answer: asyncio.Future[tuple[list[worker_pb2.FinishResult], list[worker_pb2.StartResult]]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
 class SchedulerLink:
     """One channel to the edge; `run()` keeps the Connect stream open until `close()`."""
 
@@ -84,20 +113,30 @@ class SchedulerLink:
         hello: worker_pb2.WorkerHello,
         on_command: CommandHandler,
         on_connected: Callable[[], Awaitable[None]],
+        contact_timeout_s: float = 3.0,
     ) -> None:
         self.tokens = tokens
         self.hello = hello
         self.on_command = on_command
         self.on_connected = on_connected
+        self.contact_timeout_s = contact_timeout_s
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = worker_pb2_grpc.WorkerServiceStub(self.channel)
         self._call: grpc.aio.StreamStreamCall[worker_pb2.ConnectRequest, worker_pb2.ConnectResponse] | None = None
         self._write_lock = asyncio.Lock()
         self._closed = False
+        # Set while the scheduler answers on the current stream; cleared when it breaks or goes silent.
         self.connected = asyncio.Event()
+        self.last_contact = 0.0
+        self._asks: list[_Ask] = []
+        self._asked = asyncio.Event()
+        self._in_flight: dict[int, list[_Ask]] = {}
+        self._request_ids = 0
+        self._heartbeats = 0
 
+    # -- the stream -----------------------------------------------------------------------------
     async def run(self) -> None:
-        """Keep the stream open: connect, say hello, read commands; reconnect with backoff when it breaks."""
+        """Keep the stream open: connect, say hello, read; reconnect with backoff when it breaks."""
         backoff = Backoff()
         while not self._closed:
             opened = time.monotonic()
@@ -112,6 +151,7 @@ class SchedulerLink:
             finally:
                 self.connected.clear()
                 self._call = None
+                self._fail_all(LinkDown("the stream to the scheduler broke"))
             if time.monotonic() - opened > HEALTHY_STREAM_S:
                 backoff.reset()
             if not self._closed:
@@ -120,23 +160,55 @@ class SchedulerLink:
     async def _session(self) -> None:
         call = self.stub.Connect(metadata=self.tokens.metadata())
         self._call = call
+        self.last_contact = time.monotonic()  # the silence watch starts with the stream
         await call.write(worker_pb2.ConnectRequest(hello=self.hello))
-        self.connected.set()
-        log.info("connected to scheduler", extra={"worker": self.hello.worker_id})
-        await self.on_connected()
+        helpers = [
+            asyncio.create_task(self._send_work(call), name="send-work"),
+            asyncio.create_task(self._watch_silence(call), name="watch-silence"),
+        ]
+        try:
+            # The announcement's heartbeat is the first thing the scheduler answers: contact from then on.
+            await self.on_connected()
+            await self._read(call)
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def _read(
+        self, call: grpc.aio.StreamStreamCall[worker_pb2.ConnectRequest, worker_pb2.ConnectResponse]
+    ) -> None:
         while True:
             message = await call.read()
             if message is STREAM_EOF:
                 if not self._closed:
                     log.warning("scheduler ended the connect stream")
                 return
-            if message.HasField("cancel"):
-                self.on_command(message.cancel)
+            assert isinstance(message, worker_pb2.ConnectResponse)
+            self.last_contact = time.monotonic()
+            if not self.connected.is_set():
+                self.connected.set()
+                log.info("in contact with the scheduler", extra={"worker": self.hello.worker_id})
+            for response in message.work:
+                self._answer(response)
+            for command in message.cancels:
+                self.on_command(command)
+
+    async def _watch_silence(self, call: grpc.aio.StreamStreamCall[worker_pb2.ConnectRequest, Any]) -> None:
+        """Give up a stream the scheduler stopped answering on: a stalled path never closes by itself."""
+        while True:
+            silent_s = time.monotonic() - self.last_contact
+            if silent_s > self.contact_timeout_s:
+                log.warning("scheduler silent; reconnecting", extra={"silent_s": round(silent_s, 2)})
+                self.connected.clear()
+                call.cancel()
+                return
+            await asyncio.sleep(self.contact_timeout_s - silent_s + 0.01)
 
     async def send(self, request: worker_pb2.ConnectRequest) -> bool:
         """Write one message on the stream; False when it is down (the caller decides whether to keep it)."""
         call = self._call
-        if call is None or not self.connected.is_set():
+        if call is None:
             return False
         async with self._write_lock:
             try:
@@ -146,13 +218,71 @@ class SchedulerLink:
                 return False
         return True
 
-    async def start_tasks(self, items: Sequence[worker_pb2.StartItem]) -> worker_pb2.StartTasksResponse:
-        request = worker_pb2.StartTasksRequest(worker_id=self.hello.worker_id, items=items)
-        return await self.stub.StartTasks(request, metadata=self.tokens.metadata(), timeout=CALL_TIMEOUT_S)
+    async def heartbeat(self, tasks: Sequence[worker_pb2.HeldTask]) -> bool:
+        self._heartbeats += 1
+        beat = worker_pb2.WorkerHeartbeat(tasks=tasks, sequence=self._heartbeats)
+        return await self.send(worker_pb2.ConnectRequest(heartbeat=beat))
 
-    async def finish_tasks(self, items: Sequence[worker_pb2.FinishItem]) -> worker_pb2.FinishTasksResponse:
-        request = worker_pb2.FinishTasksRequest(worker_id=self.hello.worker_id, items=items)
-        return await self.stub.FinishTasks(request, metadata=self.tokens.metadata(), timeout=CALL_TIMEOUT_S)
+    # -- work requests --------------------------------------------------------------------------
+    async def start_tasks(self, items: Sequence[worker_pb2.StartItem]) -> list[worker_pb2.StartResult]:
+        """The scheduler's decision for each entry, in order."""
+        _, started = await self._ask(_Ask(finish=(), start=items))
+        return started
+
+    async def finish_tasks(self, items: Sequence[worker_pb2.FinishItem]) -> list[worker_pb2.FinishResult]:
+        """Whether each outcome was recorded, in order."""
+        finished, _ = await self._ask(_Ask(finish=items, start=()))
+        return finished
+
+    async def _ask(self, ask: _Ask) -> tuple[list[worker_pb2.FinishResult], list[worker_pb2.StartResult]]:
+        if not self.connected.is_set():
+            raise LinkDown("not in contact with a scheduler")
+        self._asks.append(ask)
+        self._asked.set()
+        try:
+            return await asyncio.wait_for(ask.answer, timeout=CALL_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise LinkDown(f"no answer within {CALL_TIMEOUT_S} s") from exc
+
+    async def _send_work(self, call: grpc.aio.StreamStreamCall[worker_pb2.ConnectRequest, Any]) -> None:
+        """Whatever callers asked while the previous write was under way goes in one request."""
+        while True:
+            await self._asked.wait()
+            self._asked.clear()
+            asks, self._asks = [a for a in self._asks if not a.answer.done()], []
+            if not asks:
+                continue
+            self._request_ids += 1
+            request = worker_pb2.WorkRequest(request_id=self._request_ids)
+            for ask in asks:
+                request.finish.extend(ask.finish)
+                request.start.extend(ask.start)
+            self._in_flight[request.request_id] = asks
+            if not await self.send(worker_pb2.ConnectRequest(work=request)):
+                self._in_flight.pop(request.request_id, None)
+                _fail(asks, LinkDown("could not write to the scheduler"))
+
+    def _answer(self, response: worker_pb2.WorkResponse) -> None:
+        asks = self._in_flight.pop(response.request_id, None)
+        if asks is None:
+            return  # its callers gave up (timed out) already
+        if response.error:
+            _fail(asks, WorkRefused(response.error, permanent=response.permanent))
+            return
+        if len(response.finish) != sum(len(a.finish) for a in asks) or len(response.start) != sum(
+            len(a.start) for a in asks
+        ):
+            _fail(asks, WorkRefused("the answer does not match the request", permanent=False))
+            return
+        finished, started = iter(response.finish), iter(response.start)
+        for ask in asks:
+            if not ask.answer.done():
+                ask.answer.set_result(([next(finished) for _ in ask.finish], [next(started) for _ in ask.start]))
+
+    def _fail_all(self, exc: Exception) -> None:
+        asks = self._asks + [ask for batch in self._in_flight.values() for ask in batch]
+        self._asks, self._in_flight = [], {}
+        _fail(asks, exc)
 
     async def close(self) -> None:
         """End the stream (the scheduler sees the worker leave) and the channel."""
@@ -163,3 +293,9 @@ class SchedulerLink:
                 await call.done_writing()
             call.cancel()
         await self.channel.close(grace=None)
+
+
+def _fail(asks: Sequence[_Ask], exc: Exception) -> None:
+    for ask in asks:
+        if not ask.answer.done():
+            ask.answer.set_exception(exc)

@@ -59,14 +59,10 @@ class DispatchConsumer:
     async def read(self, count: int, block_ms: int) -> list[Delivery]:
         """New entries for this consumer (at most count), waiting up to block_ms for the first.
 
-        A blocked read is answered as soon as the first entry lands, often before the rest of a batch
-        that was added in the same pipeline (a 50-replica submission): one more read without waiting
-        picks those up, so the batch goes to the scheduler in one StartTasks call, not two.
+        A batch lands in its stream in one command (services.core.dispatch), so a blocked read wakes with
+        all of it: a 50-replica submission goes to the scheduler in one work request, in one round trip.
         """
-        raw = await self._read_raw(count, block_ms)
-        if 0 < len(raw) < count:
-            raw.extend(await self._read_raw(count - len(raw), None))
-        return await self._accept(raw)
+        return await self._accept(await self._read_raw(count, block_ms))
 
     async def _read_raw(self, count: int, block_ms: int | None) -> list[tuple[str, Any]]:
         reply: Any = await self.redis.xreadgroup(

@@ -6,7 +6,8 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
-from resilienttask.v1 import task_pb2, worker_pb2
+from resilienttask.v1 import task_pb2
+from resilienttask.worker.v1 import worker_pb2
 from services.worker.execution import TaskSpec
 from services.worker.runner import AttemptOutcome
 

@@ -7,27 +7,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import grpc
 from redis.exceptions import RedisError
 
-from resilienttask.v1 import worker_pb2
-from services.worker.connection import Backoff, SchedulerLink
+from resilienttask.worker.v1 import worker_pb2
+from services.worker.connection import Backoff, SchedulerLink, WorkRefused
 from services.worker.consumer import DispatchConsumer
 from services.worker.messages import HeldKey
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
-SUPERSEDED = "superseded"
-# Errors that a retry of the same request cannot fix; anything else (UNAVAILABLE, ...) is retried forever.
-PERMANENT_CODES = frozenset(
-    {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.NOT_FOUND,
-    }
-)
 # An acknowledgement that keeps failing may be dropped: the entry is reclaimed later and the scheduler,
 # seeing the task finished, answers SKIP, so it is acknowledged then.
 ACK_ATTEMPTS = 5
@@ -43,7 +32,7 @@ class Finished:
 
 
 class FinishReporter:
-    """Queue of outcomes; whatever accumulates while one FinishTasks call is in flight goes in the next."""
+    """Queue of outcomes; whatever accumulates while one batch is being recorded goes in the next."""
 
     def __init__(
         self,
@@ -81,31 +70,31 @@ class FinishReporter:
             self._idle.set()
 
     async def _deliver(self, batch: list[Finished]) -> list[worker_pb2.FinishResult | None]:
-        """FinishTasks until it succeeds; None for an item the scheduler refuses for good."""
+        """Report until the scheduler answers; None for an item the scheduler refuses for good."""
         backoff = Backoff(initial_s=0.1, maximum_s=5.0)
         while True:
             try:
-                response = await self.link.finish_tasks([f.item for f in batch])
-                if len(response.results) == len(batch):
-                    return list(response.results)
-                log.error("FinishTasks answered %d results for %d items", len(response.results), len(batch))
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() in PERMANENT_CODES:
+                return list(await self.link.finish_tasks([f.item for f in batch]))
+            except WorkRefused as exc:
+                if exc.permanent:
                     return await self._deliver_one_by_one(batch, exc)
-                log.warning("FinishTasks failed; retrying", extra={"code": exc.code().name, "items": len(batch)})
+                log.warning("outcomes not recorded; retrying", extra={"error": str(exc), "items": len(batch)})
             except Exception as exc:
-                log.warning("FinishTasks failed; retrying", extra={"error": repr(exc), "items": len(batch)})
-            await asyncio.sleep(backoff.next_delay_s())
+                log.warning("outcomes not delivered; retrying", extra={"error": repr(exc), "items": len(batch)})
+            if self.link.connected.is_set():
+                await asyncio.sleep(backoff.next_delay_s())
+            else:  # no point asking before the stream is back, and no reason to wait longer
+                await self.link.connected.wait()
 
     async def _deliver_one_by_one(
-        self, batch: list[Finished], exc: grpc.aio.AioRpcError
+        self, batch: list[Finished], exc: WorkRefused
     ) -> list[worker_pb2.FinishResult | None]:
         """Isolate the item the scheduler refuses, so it cannot hold back the others."""
         if len(batch) == 1:
             # Not acknowledged: the entry is reclaimed later and the scheduler decides about the task then.
             log.error(
                 "outcome refused by the scheduler; left to reclaim",
-                extra={"task_id": batch[0].key[0], "code": exc.code().name, "detail": exc.details()},
+                extra={"task_id": batch[0].key[0], "error": str(exc)},
             )
             return [None]
         results: list[worker_pb2.FinishResult | None] = []
@@ -119,7 +108,7 @@ class FinishReporter:
         entry_ids = [
             finished.entry_id
             for finished, result in zip(batch, results, strict=True)
-            if result is not None and (result.accepted or result.reason != SUPERSEDED)
+            if result is not None and result.verdict != worker_pb2.FINISH_VERDICT_SUPERSEDED
         ]
         backoff = Backoff(initial_s=0.05, maximum_s=1.0)
         for _ in range(ACK_ATTEMPTS):

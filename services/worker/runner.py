@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resilienttask.handlers import Handler
-from resilienttask.v1 import worker_pb2
+from resilienttask.worker.v1 import worker_pb2
 from services.worker.child import describe_error
 from services.worker.execution import Execution, HandlerResult, ProgressSink, TaskSpec, create_execution
 

@@ -2,8 +2,14 @@
 heartbeats what it holds and reports outcomes. It never touches PostgreSQL.
 
 Slots: a slot is taken by a running handler, and by an entry waiting for the scheduler's decision
-(in a StartTasks call, or parked after DEFER or a failed call). Entries read but not yet decided stay
+(in a work request, or parked after DEFER or a failed request). Entries read but not yet decided stay
 in this consumer's pending list, so nothing is lost when the worker dies: XAUTOCLAIM hands them on.
+
+Self-fencing: another worker may reclaim an entry once it has sat idle for reclaim_idle_ms. Held entries
+are refreshed only while the scheduler answers, and a handler whose entry has gone unrefreshed for
+reclaim_idle_ms minus self_fence_margin_ms is stopped without a report, so a worker cut off from the
+scheduler or from Redis never runs a task while another worker runs it too. A worker out of contact with
+the scheduler takes no new entries.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -20,7 +26,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from resilienttask.handlers import get_handler, registered_kinds
-from resilienttask.v1 import worker_pb2
+from resilienttask.worker.v1 import worker_pb2
 from services.core.cancellation import cancel_and_wait
 from services.core.config import AuthConfig
 from services.core.dispatch import ensure_dispatch_groups
@@ -29,7 +35,7 @@ from services.worker.connection import Backoff, SchedulerLink, WorkerTokens
 from services.worker.consumer import Delivery, DispatchConsumer
 from services.worker.messages import HeldKey, finish_item, held, spec_from_task
 from services.worker.progress import ProgressThrottle
-from services.worker.reporter import SUPERSEDED, Finished, FinishReporter
+from services.worker.reporter import Finished, FinishReporter
 from services.worker.runner import Attempt, AttemptOutcome
 
 log = logging.getLogger(__name__)
@@ -38,6 +44,12 @@ log = logging.getLogger(__name__)
 DEFER_RETRY_S = 1.0
 # Stop reason of handlers killed because the worker exits: nothing is reported, the entry is reclaimed.
 SHUTDOWN = "shutdown"
+# Another attempt holds the lease: nothing is reported, and the entry now belongs to that attempt.
+SUPERSEDED = "superseded"
+# The entry may be reclaimed elsewhere before we can refresh it: nothing is reported, the entry is reclaimed.
+SELF_FENCED = "self-fenced"
+UNREPORTED = (SHUTDOWN, SUPERSEDED, SELF_FENCED)
+STOP_REASONS = {worker_pb2.STOP_REASON_SUPERSEDED: SUPERSEDED, worker_pb2.STOP_REASON_CANCELLED: "cancelled"}
 
 
 @dataclass
@@ -53,7 +65,7 @@ class Running:
 
 @dataclass(order=True)
 class Parked:
-    """An entry waiting to be offered to StartTasks again."""
+    """An entry waiting to be offered to the scheduler again."""
 
     due: float
     delivery: Delivery = field(compare=False)
@@ -68,7 +80,12 @@ class Worker:
         self.consumer = DispatchConsumer(redis, config.worker_id, registered_kinds())
         hello = worker_pb2.WorkerHello(worker_id=config.worker_id, slots=config.slots, kinds=registered_kinds())
         self.link = SchedulerLink(
-            config.scheduler_addr, WorkerTokens(auth, config.worker_id), hello, self._on_command, self._announce
+            config.scheduler_addr,
+            WorkerTokens(auth, config.worker_id),
+            hello,
+            self._on_command,
+            self._announce,
+            contact_timeout_s=config.contact_timeout_ms / 1000,
         )
         self.progress = ProgressThrottle(self.link.send, lambda key: key in self.running)
         self.reporter = FinishReporter(self.link, self.consumer, self._settled)
@@ -77,6 +94,11 @@ class Worker:
         self.finishing: dict[HeldKey, str] = {}
         self.parked: list[Parked] = []
         self.deciding = 0
+        # Entries in a start request now: one coming back from a reclaim pass meanwhile is not offered twice.
+        self.offering: set[str] = set()
+        # entry id -> when its idle time in the stream was last reset (read, claimed or refreshed), monotonic.
+        self.refreshed_at: dict[str, float] = {}
+        self._fence_changed = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._parked_changed = asyncio.Event()
         self._start_backoff = Backoff(initial_s=0.1, maximum_s=5.0)
@@ -115,6 +137,7 @@ class Worker:
                 ("progress", self.progress.run()),
                 ("finish", self.reporter.run()),
                 ("parked", self._retry_parked()),
+                ("self-fence", self._fence_forever()),
             )
         ]
         for task in [self._consuming, *self._loops]:
@@ -150,7 +173,8 @@ class Worker:
 
     # -- consuming --------------------------------------------------------------------------------
     async def _consume(self) -> None:
-        """Read new entries while slots are free; every reclaim interval, first take over stalled ones."""
+        """Read new entries while slots are free and the scheduler answers; every reclaim interval, first
+        take over stalled ones."""
         next_reclaim = time.monotonic()
         backoff = Backoff(initial_s=0.1, maximum_s=2.0)
         while not self._stopping:
@@ -158,6 +182,10 @@ class Worker:
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
+                continue
+            if not self.link.connected.is_set():
+                # An entry taken now could not be started, only held hostage until it is reclaimed.
+                await self._until_connected_or_stopping()
                 continue
             try:
                 now = time.monotonic()
@@ -177,37 +205,56 @@ class Worker:
                 await asyncio.sleep(backoff.next_delay_s())
                 continue
             if deliveries:
+                for delivery in deliveries:
+                    self.refreshed_at.setdefault(delivery.entry_id, now)
                 await self._offer(deliveries)
+
+    async def _until_connected_or_stopping(self) -> None:
+        connected = asyncio.ensure_future(self.link.connected.wait())
+        stopping = asyncio.ensure_future(self._slot_freed.wait())  # set by stop()
+        await asyncio.wait({connected, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (connected, stopping):
+            waiter.cancel()
+        self._slot_freed.clear()
 
     async def _offer(self, deliveries: Sequence[Delivery]) -> None:
         """Ask the scheduler, in one call, which of these entries to run."""
         # Our own entries can come back from XAUTOCLAIM when they sat idle (a Redis hiccup stopped the
         # refresh, or a long deferral): we already run them, or will ask about them again anyway.
-        mine = {r.entry_id for r in self.running.values()} | set(self.finishing.values())
+        mine = {r.entry_id for r in self.running.values()} | set(self.finishing.values()) | self.offering
         mine.update(p.delivery.entry_id for p in self.parked)
         fresh = [d for d in deliveries if d.entry_id not in mine]
         if not fresh:
             return
+        started_at = time.monotonic()
         items = [
             worker_pb2.StartItem(task_id=d.entry.task_id, dispatch_id=d.entry.dispatch_id, entry_id=d.entry_id)
             for d in fresh
         ]
         self.deciding += len(fresh)
+        self.offering.update(d.entry_id for d in fresh)
         try:
-            response = await self.link.start_tasks(items)
-            if len(response.results) != len(fresh):
-                raise ValueError(f"StartTasks answered {len(response.results)} results for {len(fresh)} items")
+            results = await self.link.start_tasks(items)
+            stale = [
+                d.entry_id
+                for d, r in zip(fresh, results, strict=True)
+                if r.decision == worker_pb2.START_DECISION_RUN
+                and self.refreshed_at.get(d.entry_id, 0.0) < started_at - self.config.heartbeat_interval_ms / 1000
+            ]
+            if stale:  # parked a while: reset their idle time before their handlers start, or they would be fenced
+                await self._refresh(stale)
         except Exception as exc:  # whatever failed, the entries stay ours and are offered again
             delay_s = self._start_backoff.next_delay_s()
-            log.warning("StartTasks failed; entries kept", extra={"error": _describe(exc), "retry_s": delay_s})
+            log.warning("start refused; entries kept", extra={"error": _describe(exc), "retry_s": delay_s})
             self._park(fresh, delay_s)
             return
         finally:
             self.deciding -= len(fresh)
+            self.offering.difference_update(d.entry_id for d in fresh)
         self._start_backoff.reset()
         skipped: list[str] = []
         deferred: list[Delivery] = []
-        for delivery, result in zip(fresh, response.results, strict=True):
+        for delivery, result in zip(fresh, results, strict=True):
             if result.decision == worker_pb2.START_DECISION_RUN:
                 self._launch(delivery, result)
             elif result.decision == worker_pb2.START_DECISION_SKIP:
@@ -217,6 +264,7 @@ class Worker:
         if deferred:
             self._park(deferred, DEFER_RETRY_S)
         if skipped:
+            self._forget(skipped)
             try:
                 await self.consumer.ack(skipped)
             except (RedisError, OSError) as exc:  # reclaimed and skipped again later
@@ -250,6 +298,7 @@ class Worker:
                 await asyncio.sleep(self._start_backoff.next_delay_s())
                 continue
             self.parked = [p for p in self.parked if p.due > now]
+            self._forget(d.entry_id for d in due if d.entry_id not in owned)
             self._slot_freed.set()
             if self._stopping:
                 continue
@@ -276,6 +325,7 @@ class Worker:
         running = Running(key, delivery.entry_id, attempt)
         self.running[key] = running
         running.task = asyncio.create_task(self._run(running), name=f"attempt:{key[0]}")
+        self._fence_changed.set()
 
     async def _run(self, running: Running) -> None:
         try:
@@ -286,9 +336,10 @@ class Worker:
         finally:
             del self.running[running.key]
             self._slot_freed.set()
-        if running.stop_reason in (SUPERSEDED, SHUTDOWN):
-            # Superseded: another attempt owns the task and its entry. Shutdown: the entry is reclaimed.
+        if running.stop_reason in UNREPORTED:
+            # Superseded: another attempt owns the task and its entry. Otherwise the entry is reclaimed.
             log.info("attempt dropped", extra={"task_id": running.key[0], "reason": running.stop_reason})
+            self._forget([running.entry_id])
             return
         self._report(running.key, running.entry_id, outcome)
 
@@ -298,6 +349,11 @@ class Worker:
 
     def _settled(self, finished: Finished) -> None:
         self.finishing.pop(finished.key, None)
+        self._forget([finished.entry_id])
+
+    def _forget(self, entry_ids: Iterable[str]) -> None:
+        for entry_id in entry_ids:
+            self.refreshed_at.pop(entry_id, None)
 
     def _on_command(self, command: worker_pb2.CancelCommand) -> None:
         """A cancel pushed by the scheduler; commands for attempts we do not run are stale and ignored."""
@@ -305,11 +361,11 @@ class Worker:
         if running is None:
             return
         if running.stop_reason != SUPERSEDED:
-            running.stop_reason = command.reason or "cancelled"
+            running.stop_reason = STOP_REASONS.get(command.reason, "cancelled")
         log.info("stopping attempt", extra={"task_id": running.key[0], "reason": running.stop_reason})
         running.attempt.cancel()
 
-    # -- heartbeats -------------------------------------------------------------------------------
+    # -- heartbeats and self-fencing ------------------------------------------------------------
     async def _heartbeat_forever(self) -> None:
         interval_s = self.config.heartbeat_interval_ms / 1000
         while True:
@@ -318,22 +374,53 @@ class Worker:
 
     async def _announce(self) -> None:
         """Right after (re)connecting: tell the new scheduler what we hold, without waiting for the tick."""
-        await self.link.send(worker_pb2.ConnectRequest(heartbeat=self._beat(self._held())))
-
-    @staticmethod
-    def _beat(holding: list[tuple[HeldKey, str]]) -> worker_pb2.WorkerHeartbeat:
-        return worker_pb2.WorkerHeartbeat(tasks=[held(key) for key, _ in holding])
+        await self.link.heartbeat([held(key) for key, _ in self._held()])
 
     async def _heartbeat(self) -> None:
-        """Tell the scheduler what we hold and, in the same tick, reset those entries' idle time."""
+        """Tell the scheduler what we hold and, while it answers, reset those entries' idle time."""
         holding = self._held()
-        results = await asyncio.gather(
-            self.link.send(worker_pb2.ConnectRequest(heartbeat=self._beat(holding))),
-            self.consumer.refresh([entry_id for _, entry_id in holding]),
-            return_exceptions=True,
-        )
-        if isinstance(results[1], BaseException):
-            log.warning("could not refresh held entries", extra={"error": repr(results[1])})
+        await self.link.heartbeat([held(key) for key, _ in holding])
+        if self.link.connected.is_set():
+            await self._refresh([entry_id for _, entry_id in holding])
+
+    async def _refresh(self, entry_ids: Sequence[str]) -> None:
+        if not entry_ids:
+            return
+        asked_at = time.monotonic()
+        try:
+            # Bounded: a stalled Redis must not stall the heartbeats with it.
+            await asyncio.wait_for(self.consumer.refresh(entry_ids), timeout=self.config.heartbeat_interval_ms / 1000)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("could not refresh held entries", extra={"error": repr(exc)})
+            return
+        for entry_id in entry_ids:
+            if entry_id in self.refreshed_at:
+                self.refreshed_at[entry_id] = asked_at
+        self._fence_changed.set()
+
+    def _fence_deadline(self, running: Running) -> float:
+        """When this attempt must stop: its entry may be reclaimed elsewhere reclaim_idle_ms after its last reset."""
+        reset = self.refreshed_at.get(running.entry_id, 0.0)
+        return reset + (self.config.reclaim_idle_ms - self.config.self_fence_margin_ms) / 1000
+
+    async def _fence_forever(self) -> None:
+        """Stop, without a report, every handler whose entry is about to become reclaimable."""
+        while True:
+            self._fence_changed.clear()
+            now = time.monotonic()
+            live = [r for r in self.running.values() if r.stop_reason not in UNREPORTED]
+            for running in live:
+                if self._fence_deadline(running) <= now:
+                    log.warning(
+                        "self-fencing: entry unrefreshed, stopping the handler before it can be reclaimed",
+                        extra={"task_id": running.key[0], "connected": self.link.connected.is_set()},
+                    )
+                    running.stop_reason = SELF_FENCED
+                    running.attempt.cancel(grace_s=0)
+            upcoming = [self._fence_deadline(r) for r in live if r.stop_reason not in UNREPORTED]
+            wait_s = (min(upcoming) - now) if upcoming else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._fence_changed.wait(), timeout=wait_s)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

@@ -24,9 +24,8 @@ from resilienttask.v1 import (
     scheduler_pb2,
     scheduler_pb2_grpc,
     task_pb2,
-    worker_pb2,
-    worker_pb2_grpc,
 )
+from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
 from services.core.config import AuthConfig
 from services.core.tokens import mint_worker_token
 from services.stack.stack import Stack

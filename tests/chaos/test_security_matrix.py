@@ -16,7 +16,8 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
+from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
 from services.core.config import AuthConfig
 from services.core.tokens import mint_user_token, mint_worker_token
 from services.stack.stack import Stack
@@ -48,12 +49,6 @@ def _every_worker_rpc(channel: grpc.Channel, metadata: Any) -> dict[str, Any]:
     hello = worker_pb2.ConnectRequest(hello=worker_pb2.WorkerHello(worker_id="matrix-probe", slots=1, kinds=["sleep"]))
     return {
         "Connect": lambda: list(stub.Connect(iter([hello]), metadata=metadata, timeout=10)),
-        "StartTasks": lambda: stub.StartTasks(
-            worker_pb2.StartTasksRequest(worker_id="matrix-probe"), metadata=metadata, timeout=10
-        ),
-        "FinishTasks": lambda: stub.FinishTasks(
-            worker_pb2.FinishTasksRequest(worker_id="matrix-probe"), metadata=metadata, timeout=10
-        ),
     }
 
 

@@ -20,7 +20,8 @@ import jwt
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
+from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
 from services.core.config import AuthConfig
 from services.core.tokens import mint_user_token, mint_worker_token
 from services.stack.stack import Stack
@@ -345,12 +346,18 @@ async def test_the_scheduler_accepts_worker_tokens_only(stack: Stack) -> None:
     user = mint_user_token(config, str(uuid.uuid4())).token
     worker = mint_worker_token(config, "worker-auth-test").token
     async with grpc.aio.insecure_channel(stack.address(stack.names("scheduler")[0])) as channel:
-        finish = worker_pb2_grpc.WorkerServiceStub(channel).FinishTasks
-        request = worker_pb2.FinishTasksRequest()
-        assert await _code(finish(request)) == grpc.StatusCode.UNAUTHENTICATED
-        assert await _code(finish(request, metadata=(("authorization", f"Bearer {user}"),))) == (
-            grpc.StatusCode.UNAUTHENTICATED
-        )
-        assert await _code(finish(request, metadata=(("authorization", f"Bearer {worker}"),))) != (
-            grpc.StatusCode.UNAUTHENTICATED
-        )
+        connect = worker_pb2_grpc.WorkerServiceStub(channel).Connect
+        hello = worker_pb2.ConnectRequest(hello=worker_pb2.WorkerHello(worker_id="worker-auth-test", slots=1))
+
+        async def code(metadata: tuple[tuple[str, str], ...] = ()) -> grpc.StatusCode:
+            call = connect(iter([hello]), metadata=metadata)
+            try:
+                async for _ in call:
+                    pass
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+
+        assert await code() == grpc.StatusCode.UNAUTHENTICATED
+        assert await code((("authorization", f"Bearer {user}"),)) == grpc.StatusCode.UNAUTHENTICATED
+        assert await code((("authorization", f"Bearer {worker}"),)) != grpc.StatusCode.UNAUTHENTICATED

@@ -28,7 +28,8 @@ import jwt
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
+from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from resilienttask.worker.v1 import worker_pb2_grpc
 from services.core.config import AuthConfig
 from services.core.tokens import mint_user_token, mint_worker_token
 from services.edge.config import MIN_REQUEST_LIMIT_BYTES, EdgeConfig, RateLimit
@@ -436,7 +437,7 @@ def test_refused_tokens_never_reach_a_service(stack: Stack, tmp_path: Path) -> N
             codes[name] = refused.value.code()
         # A user token is no key to WorkerService.
         with pytest.raises(grpc.RpcError) as refused:
-            workers.FinishTasks(worker_pb2.FinishTasksRequest(), metadata=user_metadata(stack), timeout=10)
+            list(workers.Connect(iter([]), metadata=user_metadata(stack), timeout=10))
         codes["user-token-on-worker-service"] = refused.value.code()
         after = counters(edge.admin_url)
 
@@ -449,10 +450,8 @@ def test_refused_tokens_never_reach_a_service(stack: Stack, tmp_path: Path) -> N
         # The counters do move when a token is good.
         scheduler.GetStats(scheduler_pb2.GetStatsRequest(), metadata=user_metadata(stack), timeout=10)
         worker_token = mint_worker_token(auth_config(stack), "worker-edge-test").token
-        with pytest.raises(grpc.RpcError) as answered:  # the scheduler itself answers: the request is empty
-            workers.FinishTasks(
-                worker_pb2.FinishTasksRequest(), metadata=(("authorization", f"Bearer {worker_token}"),), timeout=10
-            )
+        with pytest.raises(grpc.RpcError) as answered:  # the scheduler itself answers: the stream has no hello
+            list(workers.Connect(iter([]), metadata=(("authorization", f"Bearer {worker_token}"),), timeout=10))
         assert answered.value.code() != grpc.StatusCode.UNAUTHENTICATED
         final = counters(edge.admin_url)
         for cluster in ("gateways", "schedulers"):

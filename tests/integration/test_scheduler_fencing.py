@@ -6,94 +6,22 @@ An isolated scheduler (own database, own Redis database) so no live worker compe
 from __future__ import annotations
 
 import asyncio
-import secrets
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import asyncpg
 import grpc
 import pytest
-import redis.asyncio as aioredis
 
-from resilienttask.v1 import task_pb2, worker_pb2, worker_pb2_grpc
+from resilienttask.v1 import task_pb2
+from resilienttask.worker.v1 import worker_pb2
 from services.core import keys, outbox, task_store
-from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
-from services.core.dispatch import ensure_dispatch_groups, split_ref
-from services.core.tokens import mint_worker_token
+from services.core.dispatch import split_ref
 from services.core.transitions import user as transitions
-from services.scheduler.app import SchedulerConfig, create_server
-from services.scheduler.store import RetryPolicy
-from services.scheduler.sweepers import SweepConfig
-from tests.conftest import Stores
 from tests.helpers import eventually
+from tests.integration.private_scheduler import Isolated, isolated, metadata, submit
 
-SECRET = secrets.token_bytes(32)
-
-
-@dataclass
-class Isolated:
-    stub: worker_pb2_grpc.WorkerServiceStub
-    pool: asyncpg.Pool
-    redis: aioredis.Redis
-    owner: str
-
-
-def metadata(worker_id: str) -> tuple[tuple[str, str]]:
-    token = mint_worker_token(AuthConfig(jwt_secret=SECRET), worker_id).token
-    return (("authorization", f"Bearer {token}"),)
-
-
-@pytest.fixture
-async def isolated(stores: Stores) -> AsyncIterator[Isolated]:
-    name = f"sched_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(stores.database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    db_url = stores.database_url.rsplit("/", 1)[0] + f"/{name}"
-    redis_url = stores.redis_url.rsplit("/", 1)[0] + "/3"
-    redis = aioredis.Redis.from_url(redis_url)
-    await redis.flushdb()
-    config = SchedulerConfig(
-        server=ServerConfig(port=0, shutdown_grace_s=0.5),
-        database=DatabaseConfig(url=db_url, pool_min_size=1),
-        redis=RedisConfig(url=redis_url),
-        auth=AuthConfig(jwt_secret=SECRET),
-        retry=RetryPolicy(base_ms=50, max_ms=100),
-        sweeps=SweepConfig(publish_interval_ms=50),
-        progress_flush_ms=20,
-    )
-    service = await create_server(config)
-    await service.start(config.server)
-    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
-    assert pool is not None
-    owner = str(uuid.uuid4())
-    await pool.execute("INSERT INTO users (id, email, password_hash) VALUES ($1, $2, 'x')", owner, f"{owner}@t.io")
-    await ensure_dispatch_groups(redis, ["sleep"])
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
-            yield Isolated(worker_pb2_grpc.WorkerServiceStub(channel), pool, redis, owner)
-    finally:
-        await service.stop(0.5)
-        await pool.close()
-        await redis.flushdb()
-        await redis.aclose()
-
-
-async def submit(iso: Isolated, *, replicas: int = 1, max_attempts: int = 3) -> list[asyncpg.Record]:
-    spec = transitions.Submission(
-        name="t",
-        kind="sleep",
-        payload={},
-        workload_ms=10,
-        max_runtime_ms=60_000,
-        replicas=replicas,
-        max_attempts=max_attempts,
-        request_id=str(uuid.uuid4()),
-    )
-    rows, _ = await transitions.submit(iso.pool, iso.owner, spec)
-    await outbox.dispatch_rows(iso.pool, iso.redis, rows)
-    return [await task_store.get(iso.pool, iso.owner, str(r["id"])) for r in rows]  # type: ignore[misc]
+__all__ = ["isolated"]  # the fixture, used by name
 
 
 def item(row: asyncpg.Record, entry_id: str | None = None) -> worker_pb2.StartItem:
@@ -103,23 +31,16 @@ def item(row: asyncpg.Record, entry_id: str | None = None) -> worker_pb2.StartIt
 
 
 async def start(iso: Isolated, worker: str, *items: worker_pb2.StartItem) -> list[worker_pb2.StartResult]:
-    reply = await iso.stub.StartTasks(
-        worker_pb2.StartTasksRequest(worker_id=worker, items=items), metadata=metadata(worker)
-    )
-    return list(reply.results)
+    return await (await iso.link(worker)).start_tasks(items)
 
 
 async def finish(
     iso: Isolated, worker: str, task_id: str, fence: int, outcome: int, error: str = ""
 ) -> worker_pb2.FinishResult:
     held = worker_pb2.HeldTask(task_id=task_id, fence=fence)
-    reply = await iso.stub.FinishTasks(
-        worker_pb2.FinishTasksRequest(
-            worker_id=worker, items=[worker_pb2.FinishItem(task=held, outcome=outcome, error=error)]
-        ),
-        metadata=metadata(worker),
-    )
-    return reply.results[0]
+    link = await iso.link(worker)
+    (result,) = await link.finish_tasks([worker_pb2.FinishItem(task=held, outcome=outcome, error=error)])
+    return result
 
 
 async def test_reclaimed_entry_takes_over_and_stale_reports_are_refused(isolated: Isolated) -> None:
@@ -244,9 +165,11 @@ async def test_cancel_of_a_running_task_is_pushed_down_the_worker_stream(isolate
     await eventually(progressed, message="progress recorded")
     result = await transitions.cancel(isolated.pool, isolated.owner, task_id=str(row["id"]))
     await outbox.push_stop(isolated.redis, result.to_stop, "cancelled")
-    command = await asyncio.wait_for(call.read(), 10)
-    assert command.cancel.task.task_id == str(row["id"]) and command.cancel.reason == "cancelled"
-    assert command.cancel.task.fence == run.fence
+    while not (message := await asyncio.wait_for(call.read(), 10)).cancels:  # heartbeat acks come first
+        assert message.heartbeat_acks
+    (command,) = message.cancels
+    assert command.task.task_id == str(row["id"]) and command.reason == worker_pb2.STOP_REASON_CANCELLED
+    assert command.task.fence == run.fence
     await finish(isolated, "worker-a", str(row["id"]), run.fence, worker_pb2.OUTCOME_CANCELLED, "stopped")
     done = await task_store.get(isolated.pool, isolated.owner, str(row["id"]))
     assert done is not None and done["status"] == task_pb2.TASK_STATUS_CANCELLED
@@ -279,6 +202,8 @@ async def test_cancelled_outcomes_are_fenced_and_recorded_with_history(isolated:
 
 
 async def test_worker_service_needs_a_worker_token(isolated: Isolated) -> None:
+    hello = worker_pb2.ConnectRequest(hello=worker_pb2.WorkerHello(worker_id="w", slots=1))
+    call = isolated.stub.Connect(iter([hello]))
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await isolated.stub.StartTasks(worker_pb2.StartTasksRequest(worker_id="w"))
+        await call.read()
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 
-from resilienttask.v1 import task_pb2, worker_pb2, worker_pb2_grpc
+from resilienttask.v1 import task_pb2
+from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
 from services.core.config import AuthConfig
 from services.core.errors import Unauthenticated
 from services.core.tokens import WORKER_AUDIENCE, verify_token
@@ -35,12 +36,13 @@ class Script:
     heartbeats: list[worker_pb2.WorkerHeartbeat] = field(default_factory=list)
     progress: list[worker_pb2.ProgressReport] = field(default_factory=list)
     starts: list[worker_pb2.StartItem] = field(default_factory=list)
-    start_calls: list[int] = field(default_factory=list)  # items per StartTasks call
+    start_calls: list[int] = field(default_factory=list)  # start items per work request
     finishes: list[worker_pb2.FinishItem] = field(default_factory=list)
     fences: dict[str, int] = field(default_factory=dict)
     subjects: set[str] = field(default_factory=set)
     refused: int = 0  # calls refused for their token
     streams: list[asyncio.Queue[worker_pb2.ConnectResponse | None]] = field(default_factory=list)
+    silent: bool = False  # stop answering heartbeats, as a stalled network path does
 
 
 class ScriptedScheduler(worker_pb2_grpc.WorkerServiceServicer):
@@ -57,16 +59,10 @@ class ScriptedScheduler(worker_pb2_grpc.WorkerServiceServicer):
             self.script.refused += 1
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad token")
 
-    async def StartTasks(
-        self, request: worker_pb2.StartTasksRequest, context: grpc.aio.ServicerContext
-    ) -> worker_pb2.StartTasksResponse:
-        await self._authorize(context)
-        if self.script.fail_starts > 0:
-            self.script.fail_starts -= 1
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted outage")
-        self.script.start_calls.append(len(request.items))
+    def _start(self, items: Sequence[worker_pb2.StartItem]) -> list[worker_pb2.StartResult]:
+        self.script.start_calls.append(len(items))
         results = []
-        for item in request.items:
+        for item in items:
             self.script.starts.append(item)
             queue = self.script.decisions.get(item.task_id, [worker_pb2.START_DECISION_RUN])
             decision = queue.pop(0) if len(queue) > 1 else queue[0]
@@ -77,21 +73,39 @@ class ScriptedScheduler(worker_pb2_grpc.WorkerServiceServicer):
                 result.fence = self.script.next_fence
                 result.task.CopyFrom(self.script.tasks[item.task_id])
             results.append(result)
-        return worker_pb2.StartTasksResponse(results=results)
+        return results
 
-    async def FinishTasks(
-        self, request: worker_pb2.FinishTasksRequest, context: grpc.aio.ServicerContext
-    ) -> worker_pb2.FinishTasksResponse:
-        await self._authorize(context)
-        if self.script.fail_finishes > 0:
-            self.script.fail_finishes -= 1
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted outage")
+    def _finish(self, items: Sequence[worker_pb2.FinishItem]) -> list[worker_pb2.FinishResult]:
         results = []
-        for item in request.items:
+        for item in items:
             self.script.finishes.append(item)
             reason = self.script.refuse_finish.get(item.task.task_id, "")
-            results.append(worker_pb2.FinishResult(task_id=item.task.task_id, accepted=not reason, reason=reason))
-        return worker_pb2.FinishTasksResponse(results=results)
+            verdict = worker_pb2.FINISH_VERDICT_ACCEPTED
+            if reason:
+                verdict = (
+                    worker_pb2.FINISH_VERDICT_SUPERSEDED
+                    if reason == "superseded"
+                    else worker_pb2.FINISH_VERDICT_REFUSED
+                )
+            results.append(
+                worker_pb2.FinishResult(task_id=item.task.task_id, accepted=not reason, reason=reason, verdict=verdict)
+            )
+        return results
+
+    def _work(self, request: worker_pb2.WorkRequest) -> worker_pb2.WorkResponse:
+        """Outcomes, then starts, as the scheduler records them; a scripted outage records nothing."""
+        if request.finish and self.script.fail_finishes > 0:
+            self.script.fail_finishes -= 1
+            return worker_pb2.WorkResponse(request_id=request.request_id, error="scripted outage")
+        if request.start and self.script.fail_starts > 0:
+            self.script.fail_starts -= 1
+            return worker_pb2.WorkResponse(request_id=request.request_id, error="scripted outage")
+        response = worker_pb2.WorkResponse(request_id=request.request_id)
+        if request.finish:
+            response.finish.extend(self._finish(request.finish))
+        if request.start:
+            response.start.extend(self._start(request.start))
+        return response
 
     async def Connect(
         self, request_iterator: AsyncIterator[worker_pb2.ConnectRequest], context: grpc.aio.ServicerContext
@@ -106,8 +120,14 @@ class ScriptedScheduler(worker_pb2_grpc.WorkerServiceServicer):
                     self.script.hellos.append(message.hello)
                 elif message.HasField("heartbeat"):
                     self.script.heartbeats.append(message.heartbeat)
+                    if not self.script.silent:
+                        await queue.put(
+                            worker_pb2.ConnectResponse(heartbeat_acks=[{"sequence": message.heartbeat.sequence}])
+                        )
                 elif message.HasField("progress"):
                     self.script.progress.append(message.progress)
+                elif message.HasField("work"):
+                    await queue.put(worker_pb2.ConnectResponse(work=[self._work(message.work)]))
             await queue.put(None)
 
         reader = asyncio.create_task(read())
@@ -119,9 +139,10 @@ class ScriptedScheduler(worker_pb2_grpc.WorkerServiceServicer):
             self.script.streams.remove(queue)
 
     async def push_cancel(self, task_id: str, fence: int, reason: str) -> None:
-        command = worker_pb2.CancelCommand(task=worker_pb2.HeldTask(task_id=task_id, fence=fence), reason=reason)
+        stop = worker_pb2.STOP_REASON_SUPERSEDED if reason == "superseded" else worker_pb2.STOP_REASON_CANCELLED
+        command = worker_pb2.CancelCommand(task=worker_pb2.HeldTask(task_id=task_id, fence=fence), reason=stop)
         for queue in self.script.streams:
-            await queue.put(worker_pb2.ConnectResponse(cancel=command))
+            await queue.put(worker_pb2.ConnectResponse(cancels=[command]))
 
     async def break_streams(self) -> None:
         """End every open Connect stream, as a scheduler restart does."""

@@ -130,8 +130,8 @@ def test_each_route_demands_the_right_token(tmp_path: Path) -> None:
 
     assert access("/resilienttask.v1.SchedulerService/") == "resilienttask-api"
     assert access("/resilienttask.v1.SchedulerService/WatchTasks") == "resilienttask-api"
-    assert access("/resilienttask.v1.WorkerService/") == WORKER_AUDIENCE
-    assert access("/resilienttask.v1.WorkerService/Connect") == WORKER_AUDIENCE
+    assert access("/resilienttask.worker.v1.WorkerService/") == WORKER_AUDIENCE
+    assert access("/resilienttask.worker.v1.WorkerService/Connect") == WORKER_AUDIENCE
     for public in ("/resilienttask.v1.AuthService/", "/grpc.health.v1.Health/", "/grpc.reflection.", "/<GET>"):
         assert access(public) == "public"
     # A request no route claims falls back to demanding a user token: closed by default.
@@ -148,21 +148,24 @@ def test_unary_calls_are_bounded_and_retried_streams_only_idle_bounded(tmp_path:
     unary = routes["/resilienttask.v1.SchedulerService/"]["route"]
     assert unary["timeout"] == "30s" and unary["max_stream_duration"] == {"grpc_timeout_header_max": "30s"}
     assert "unavailable" in unary["retry_policy"]["retry_on"].split(",")
-    for stream_path in ("/resilienttask.v1.SchedulerService/WatchTasks", "/resilienttask.v1.WorkerService/Connect"):
+    for stream_path in (
+        "/resilienttask.v1.SchedulerService/WatchTasks",
+        "/resilienttask.worker.v1.WorkerService/Connect",
+    ):
         stream = routes[stream_path]["route"]
         assert stream["timeout"] == "0s" and stream["idle_timeout"] == "45s"
         assert stream["max_stream_duration"] == {"grpc_timeout_header_max": "0s"}
     # A server stream is retried only if it never reached a service; a bidi stream never.
     watch_retries = routes["/resilienttask.v1.SchedulerService/WatchTasks"]["route"]["retry_policy"]["retry_on"]
     assert "unavailable" not in watch_retries.split(",")
-    assert "retry_policy" not in routes["/resilienttask.v1.WorkerService/Connect"]["route"]
+    assert "retry_policy" not in routes["/resilienttask.worker.v1.WorkerService/Connect"]["route"]
     for route in routes.values():
         if "retry_policy" in route.get("route", {}):
             assert set(route["route"]["retry_policy"]["retry_on"].split(",")) <= KNOWN_RETRY_ON
     # A bidi stream's body never ends, so it is never buffered; unary bodies are (and so bounded).
-    assert routes["/resilienttask.v1.WorkerService/Connect"]["typed_per_filter_config"]["envoy.filters.http.buffer"][
-        "disabled"
-    ]
+    assert routes["/resilienttask.worker.v1.WorkerService/Connect"]["typed_per_filter_config"][
+        "envoy.filters.http.buffer"
+    ]["disabled"]
     assert "envoy.filters.http.buffer" not in routes["/resilienttask.v1.SchedulerService/"]["typed_per_filter_config"]
 
 

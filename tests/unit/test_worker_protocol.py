@@ -14,7 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 
 import services.worker.builtin  # noqa: F401  (registers sleep, fail, spin)
-from resilienttask.v1 import task_pb2, worker_pb2
+from resilienttask.v1 import task_pb2
+from resilienttask.worker.v1 import worker_pb2
 from services.core import keys
 from services.core.config import ConfigError, RedisConfig
 from services.core.dispatch import DispatchEntry, entry_ref, publish, split_ref
@@ -359,8 +360,13 @@ async def test_a_worker_with_a_bad_secret_is_refused_and_keeps_retrying(redis: a
     try:
         await eventually(lambda: _value(script.refused > 0), message="tried to connect and was refused")
         task_id = str(uuid.uuid4())
-        await publish(redis, [DispatchEntry(task_id, str(uuid.uuid4()), "sleep")])
-        await eventually(lambda: _value(worker.parked), message="entries kept while StartTasks is refused")
+        (ref,) = await publish(redis, [DispatchEntry(task_id, str(uuid.uuid4()), "sleep")])
+        refusals = script.refused
+        await eventually(lambda: _value(script.refused > refusals + 1), message="refused again after the entry came")
+        # A worker the scheduler does not answer takes no entry: it stays for a worker that can start it.
+        stream, entry_id = split_ref(ref)
+        assert not await redis.xpending_range(stream, keys.DISPATCH_GROUP, entry_id, entry_id, 1)
+        assert not worker.parked and not worker.running
         assert not script.hellos and not script.starts
     finally:
         await worker.stop(drain_grace_s=0)

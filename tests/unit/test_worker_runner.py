@@ -13,7 +13,7 @@ import pytest
 
 import services.worker.builtin  # noqa: F401  (registers sleep, fail, spin)
 from resilienttask.handlers import Handler, TaskContext, get_handler, registered_kinds, task
-from resilienttask.v1 import worker_pb2
+from resilienttask.worker.v1 import worker_pb2
 from services.worker.execution import TaskSpec
 from services.worker.runner import MAX_ERROR_CHARS, Attempt, AttemptOutcome
 from tests.helpers import eventually

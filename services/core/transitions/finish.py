@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import asyncpg
 from google.protobuf import json_format
 
-from resilienttask.v1 import worker_pb2
+from resilienttask.worker.v1 import worker_pb2
 from services.core.events import TaskChange
 from services.core.task_model import (
     CANCELLED,

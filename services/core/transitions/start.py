@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from resilienttask.v1 import task_pb2, worker_pb2
+from resilienttask.v1 import task_pb2
+from resilienttask.worker.v1 import worker_pb2
 from services.core.events import TaskChange
 from services.core.task_model import (
     CANCELLED,

@@ -1,0 +1,117 @@
+"""One worker's work requests (starts and outcomes), answered in batches of whatever is ready.
+
+A worker sends a WorkRequest whenever it has entries to start or outcomes to report; while one batch is
+being recorded, the requests that arrive wait and then go together: one statement for all their
+outcomes, one for all their starts, one Redis round trip for all their change events, and one message
+down the stream for all the answers. No timer decides the batch: the database's own pace does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from resilienttask.worker.v1 import worker_pb2
+from services.core import outbox
+from services.core.errors import DomainError, Unavailable
+from services.scheduler import store
+from services.scheduler.connections import Mailbox
+from services.scheduler.progress import ProgressBuffer
+
+log = logging.getLogger(__name__)
+
+# Items one WorkRequest may carry; a worker asks for at most its free slots, so this bounds a bad one.
+MAX_ITEMS = 500
+
+
+def verdict(result: worker_pb2.FinishResult) -> worker_pb2.FinishVerdict:
+    """What the worker does with the entry of a reported outcome."""
+    if result.accepted:
+        return worker_pb2.FINISH_VERDICT_ACCEPTED
+    if result.reason == store.SUPERSEDED:
+        return worker_pb2.FINISH_VERDICT_SUPERSEDED
+    return worker_pb2.FINISH_VERDICT_REFUSED
+
+
+class WorkProcessor:
+    """Records one worker's requests in arrival order, batching those that arrive while it is busy."""
+
+    def __init__(
+        self,
+        worker_id: str,
+        pool: asyncpg.Pool,
+        redis: aioredis.Redis,
+        mailbox: Mailbox,
+        progress: ProgressBuffer,
+        retry: store.RetryPolicy,
+    ) -> None:
+        self.worker_id = worker_id
+        self.pool = pool
+        self.redis = redis
+        self.mailbox = mailbox
+        self.progress = progress
+        self.retry = retry
+        self._queue: list[worker_pb2.WorkRequest] = []
+        self._ready = asyncio.Event()
+
+    def submit(self, request: worker_pb2.WorkRequest) -> None:
+        size = len(request.start) + len(request.finish)
+        if size > MAX_ITEMS:
+            error = f"items: at most {MAX_ITEMS} per request"
+            self.mailbox.answer(worker_pb2.WorkResponse(request_id=request.request_id, error=error, permanent=True))
+            return
+        self._queue.append(request)
+        self._ready.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            batch, self._queue = self._queue, []
+            if batch:
+                await self._record(batch)
+
+    async def _record(self, batch: list[worker_pb2.WorkRequest]) -> None:
+        finishes = [item for request in batch for item in request.finish]
+        starts = [item for request in batch for item in request.start]
+        try:
+            finished, started = await self._commit(finishes, starts)
+        except Exception as exc:  # the worker keeps its entries and asks again; nothing half-answered
+            # A domain error (a transition refused) repeats on every retry: the worker then isolates the item.
+            permanent = isinstance(exc, DomainError) and not isinstance(exc, Unavailable)
+            log.warning("work request failed", extra={"worker": self.worker_id, "error": repr(exc)})
+            for request in batch:
+                self.mailbox.answer(
+                    worker_pb2.WorkResponse(request_id=request.request_id, error=repr(exc), permanent=permanent)
+                )
+            return
+        finish_results, start_results = iter(finished), iter(started)
+        for request in batch:
+            response = worker_pb2.WorkResponse(request_id=request.request_id)
+            for _ in request.finish:
+                result = next(finish_results)
+                result.verdict = verdict(result)
+                response.finish.append(result)
+            response.start.extend(next(start_results) for _ in request.start)
+            self.mailbox.answer(response)
+
+    async def _commit(
+        self, finishes: list[worker_pb2.FinishItem], starts: list[worker_pb2.StartItem]
+    ) -> tuple[list[worker_pb2.FinishResult], list[worker_pb2.StartResult]]:
+        """Outcomes first, then starts, each one statement in the common case; then every change event in one
+        round trip, before the answer: a worker that gets no answer asks again, and the repeat re-announces."""
+        finished = started = None
+        if finishes:
+            # Progress still buffered for these tasks must not land after (and overwrite) the outcome.
+            self.progress.discard(item.task.task_id for item in finishes)
+            finished = await store.finish_batch(self.pool, self.worker_id, finishes, self.retry)
+        if starts:
+            started = await store.start_batch(self.pool, self.worker_id, starts)
+        changes = (finished.changes if finished else []) + (started.changes if started else [])
+        # Fencing: a worker that lost its lease is told to stop now rather than at its next heartbeat.
+        superseded = started.superseded if started else []
+        await outbox.stop_and_emit(self.pool, self.redis, superseded, store.SUPERSEDED, changes)
+        return (list(finished.results) if finished else []), (list(started.results) if started else [])

@@ -1,0 +1,126 @@
+"""A private scheduler (own database, own Redis database) so no live worker competes for its entries,
+and streams to it opened as a worker process opens them."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import asyncpg
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
+from services.core import outbox, task_store
+from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
+from services.core.dispatch import ensure_dispatch_groups
+from services.core.tokens import mint_worker_token
+from services.core.transitions import user as transitions
+from services.scheduler.app import SchedulerConfig, create_server
+from services.scheduler.store import RetryPolicy
+from services.scheduler.sweepers import SweepConfig
+from services.worker.connection import SchedulerLink, WorkerTokens
+from tests.conftest import Stores
+
+SECRET = secrets.token_bytes(32)
+
+
+@dataclass
+class Isolated:
+    stub: worker_pb2_grpc.WorkerServiceStub
+    pool: asyncpg.Pool
+    redis: aioredis.Redis
+    owner: str
+    address: str
+    links: dict[str, SchedulerLink] = field(default_factory=dict)
+    runs: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def link(self, worker_id: str) -> SchedulerLink:
+        """The worker's own stream to the scheduler (opened on first use), as a worker process holds it."""
+        if worker_id not in self.links:
+            hello = worker_pb2.WorkerHello(worker_id=worker_id, slots=10, kinds=["sleep"])
+            tokens = WorkerTokens(AuthConfig(jwt_secret=SECRET), worker_id)
+
+            async def announce() -> None:
+                await link.heartbeat([])
+
+            link = SchedulerLink(self.address, tokens, hello, lambda _command: None, announce)
+            self.links[worker_id] = link
+            self.runs.append(asyncio.create_task(link.run()))
+        link = self.links[worker_id]
+        await asyncio.wait_for(link.connected.wait(), 10)
+        return link
+
+    async def close(self) -> None:
+        for link in self.links.values():
+            await link.close()
+        await asyncio.gather(*self.runs, return_exceptions=True)
+
+
+def metadata(worker_id: str) -> tuple[tuple[str, str]]:
+    token = mint_worker_token(AuthConfig(jwt_secret=SECRET), worker_id).token
+    return (("authorization", f"Bearer {token}"),)
+
+
+@pytest.fixture
+async def isolated(stores: Stores) -> AsyncIterator[Isolated]:
+    name = f"sched_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(stores.database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    db_url = stores.database_url.rsplit("/", 1)[0] + f"/{name}"
+    redis_url = stores.redis_url.rsplit("/", 1)[0] + "/3"
+    redis = aioredis.Redis.from_url(redis_url)
+    await redis.flushdb()
+    config = SchedulerConfig(
+        server=ServerConfig(port=0, shutdown_grace_s=0.5),
+        database=DatabaseConfig(url=db_url, pool_min_size=1),
+        redis=RedisConfig(url=redis_url),
+        auth=AuthConfig(jwt_secret=SECRET),
+        retry=RetryPolicy(base_ms=50, max_ms=100),
+        sweeps=SweepConfig(publish_interval_ms=50),
+        progress_flush_ms=20,
+    )
+    service = await create_server(config)
+    await service.start(config.server)
+    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
+    assert pool is not None
+    owner = str(uuid.uuid4())
+    await pool.execute("INSERT INTO users (id, email, password_hash) VALUES ($1, $2, 'x')", owner, f"{owner}@t.io")
+    await ensure_dispatch_groups(redis, ["sleep"])
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            isolated = Isolated(
+                worker_pb2_grpc.WorkerServiceStub(channel), pool, redis, owner, f"127.0.0.1:{service.port}"
+            )
+            try:
+                yield isolated
+            finally:
+                await isolated.close()
+    finally:
+        await service.stop(0.5)
+        await pool.close()
+        await redis.flushdb()
+        await redis.aclose()
+
+
+async def submit(
+    iso: Isolated, *, replicas: int = 1, max_attempts: int = 3, kind: str = "sleep", workload_ms: int = 10
+) -> list[asyncpg.Record]:
+    spec = transitions.Submission(
+        name="t",
+        kind=kind,
+        payload={},
+        workload_ms=workload_ms,
+        max_runtime_ms=60_000,
+        replicas=replicas,
+        max_attempts=max_attempts,
+        request_id=str(uuid.uuid4()),
+    )
+    rows, _ = await transitions.submit(iso.pool, iso.owner, spec)
+    await outbox.dispatch_rows(iso.pool, iso.redis, rows)
+    return [await task_store.get(iso.pool, iso.owner, str(r["id"])) for r in rows]  # type: ignore[misc]

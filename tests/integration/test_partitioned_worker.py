@@ -1,0 +1,162 @@
+"""A worker whose network path stalls (open connections that stop carrying bytes, nothing closed) must
+neither run a task while another worker runs it, nor take entries it cannot start.
+
+Two real workers run in this process against a private scheduler and the session's Valkey; worker A
+reaches both through loopback proxies the test stalls, worker B directly. The task body records its
+own run interval (tests/integration/interval_handler.py), so an overlap would be seen, not inferred.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis.asyncio as aioredis
+
+from services.core import keys
+from services.core.config import AuthConfig, RedisConfig
+from services.core.dispatch import ensure_dispatch_groups
+from services.core.redis_client import create_redis
+from services.worker.config import WorkerConfig
+from services.worker.worker import Worker
+from tests.helpers import eventually
+from tests.integration import interval_handler
+from tests.integration.private_scheduler import SECRET, Isolated, isolated, submit
+from tests.tcp_proxy import TcpProxy
+
+__all__ = ["isolated"]  # the fixture, used by name
+
+RECLAIM_IDLE_MS = 2000
+
+
+@dataclass
+class Node:
+    """One worker, and the proxies its links go through (None: direct)."""
+
+    worker: Worker
+    redis: aioredis.Redis
+    proxies: list[TcpProxy]
+
+    def stall(self) -> None:
+        for proxy in self.proxies:
+            proxy.stall()
+
+    def resume(self) -> None:
+        for proxy in self.proxies:
+            proxy.resume()
+
+
+def _via(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)
+    netloc[-1] = f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc="@".join(netloc)))
+
+
+@dataclass
+class Pair:
+    iso: Isolated
+    redis_url: str
+    scheduler_port: int
+    nodes: list[Node]
+
+    async def node(self, name: str, *, proxied: bool) -> Node:
+        redis_url, scheduler_addr, proxies = self.redis_url, f"127.0.0.1:{self.scheduler_port}", []
+        if proxied:
+            via_redis = TcpProxy(*_host_port(self.redis_url))
+            via_scheduler = TcpProxy("127.0.0.1", self.scheduler_port)
+            for proxy in (via_redis, via_scheduler):
+                await proxy.start()
+            redis_url, scheduler_addr = _via(self.redis_url, via_redis.port), f"127.0.0.1:{via_scheduler.port}"
+            proxies = [via_redis, via_scheduler]
+        config = WorkerConfig(
+            worker_id=f"{name}-{uuid.uuid4().hex[:6]}",
+            scheduler_addr=scheduler_addr,
+            slots=2,
+            heartbeat_interval_ms=200,
+            reclaim_idle_ms=RECLAIM_IDLE_MS,
+            reclaim_check_interval_ms=200,
+            cancel_grace_ms=200,
+            read_block_ms=200,
+        )
+        redis = create_redis(RedisConfig(redis_url))
+        worker = Worker(config, redis, AuthConfig(jwt_secret=SECRET))
+        await worker.start()
+        node = Node(worker, redis, proxies)
+        self.nodes.append(node)
+        await eventually(lambda: _value(worker.connected), message=f"{name} in contact with the scheduler")
+        return node
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    return parts.hostname, parts.port
+
+
+async def _value(value: Any) -> Any:
+    return value
+
+
+@pytest.fixture
+async def pair(isolated: Isolated) -> AsyncIterator[Pair]:
+    kwargs = isolated.redis.connection_pool.connection_kwargs
+    password = kwargs.get("password")
+    auth = f":{password}@" if password else ""
+    redis_url = f"redis://{auth}{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
+    await ensure_dispatch_groups(isolated.redis, [interval_handler.KIND])
+    port = int(isolated.address.rsplit(":", 1)[1])
+    pair = Pair(isolated, redis_url, port, [])
+    try:
+        yield pair
+    finally:
+        for node in pair.nodes:
+            node.resume()
+            await node.worker.stop(drain_grace_s=0)
+            await node.redis.aclose()
+            for proxy in node.proxies:
+                await proxy.cut()
+
+
+async def test_a_worker_cut_off_stops_its_handler_before_another_worker_takes_the_task_over(pair: Pair) -> None:
+    a = await pair.node("worker-a", proxied=True)
+    (row,) = await submit(pair.iso, kind=interval_handler.KIND, workload_ms=600_000)
+    task_id = str(row["id"])
+    await eventually(lambda: _value((task_id, 1) in interval_handler.RUNS), message="attempt 1 running on A")
+    b = await pair.node("worker-b", proxied=False)
+    a.stall()
+    await eventually(
+        lambda: _value((task_id, 2) in interval_handler.RUNS), timeout_s=30, message="attempt 2 taken over by B"
+    )
+    assert any(key[0] == task_id for key in b.worker.running), "B runs the new attempt"
+    await eventually(lambda: _value(not a.worker.running), message="A's handler stopped")
+    first, second = interval_handler.RUNS[(task_id, 1)], interval_handler.RUNS[(task_id, 2)]
+    # The two runs, as the handlers saw them: A's last tick came before B's first one.
+    assert first[1] < second[0], f"attempt 1 ran until {first[1]:.3f}, attempt 2 from {second[0]:.3f}"
+    assert not a.worker.finishing, "A reports nothing for the attempt it gave up"
+
+
+async def test_a_worker_that_reaches_redis_but_not_the_scheduler_claims_no_entries(pair: Pair) -> None:
+    a = await pair.node("worker-a", proxied=True)
+    b = await pair.node("worker-b", proxied=False)
+    a.proxies[1].stall()  # the scheduler's path only: Redis still answers A
+    await eventually(lambda: _value(not a.worker.connected), message="A notices the scheduler is silent")
+    # An entry a dead worker read and never started: reclaimable, and it should go to B, not A.
+    (orphan,) = await submit(pair.iso, kind=interval_handler.KIND, workload_ms=600_000)
+    stream = keys.dispatch_stream(interval_handler.KIND)
+    await pair.iso.redis.xreadgroup(keys.DISPATCH_GROUP, "dead-worker", {stream: ">"}, count=10)
+    (fresh,) = await submit(pair.iso, kind=interval_handler.KIND, workload_ms=600_000)
+    ids = {str(orphan["id"]), str(fresh["id"])}
+
+    async def all_on_b() -> bool:
+        return ids <= {key[0] for key in b.worker.running}
+
+    await eventually(all_on_b, timeout_s=30, message="B runs the new and the reclaimed task")
+    pending = await pair.iso.redis.xpending_range(stream, keys.DISPATCH_GROUP, "-", "+", 100, a.worker.config.worker_id)
+    assert pending == [], f"A holds entries it cannot start: {pending}"
+    assert not a.worker.running and not a.worker.parked
+    assert all(key[1] == 1 for key in interval_handler.RUNS if key[0] in ids), "each ran once"
