@@ -62,9 +62,17 @@ async def snapshot(url: str) -> dict[str, int]:
         await conn.close()
 
 
-async def one_task(pool: asyncpg.Pool, owner: str, queued_long: bool) -> None:
-    """The gateway marks the publication MARK_DELAY_S after it (outbox): after the start of a task a worker
-    took at once, before the start of one that waited in the queue longer (queued_long)."""
+# Submissions a gateway receives within outbox.MARK_DELAY_S, whose publication marks share one statement.
+MARKS_PER_STATEMENT = 50
+
+
+async def one_task(pool: asyncpg.Pool, owner: str, queued_long: bool) -> tuple[str, str]:
+    """Submit, start and finish one task; returns (task id, dispatch id) for its publication mark.
+
+    The gateway marks publications MARK_DELAY_S after the dispatch, in one statement for every submission
+    made meanwhile: after the start of a task a worker took at once, before the start of one that waited
+    in the queue longer (queued_long, marked here at once).
+    """
     spec = transitions.Submission("t", "sleep", {}, 0, 60_000, 1, 3, str(uuid.uuid4()))
     rows, _ = await transitions.submit(pool, owner, spec)
     (row,) = rows
@@ -74,8 +82,6 @@ async def one_task(pool: asyncpg.Pool, owner: str, queued_long: bool) -> None:
     started = await store.start_batch(
         pool, "w", [worker_pb2.StartItem(task_id=task_id, dispatch_id=dispatch_id, entry_id="sleep:1-1")]
     )
-    if not queued_long:
-        await task_store.mark_published(pool, [task_id], [dispatch_id], ["sleep:1-1"])
     (result,) = started.results
     assert result.decision == worker_pb2.START_DECISION_RUN, result
     held = worker_pb2.HeldTask(task_id=task_id, fence=result.fence)
@@ -83,13 +89,19 @@ async def one_task(pool: asyncpg.Pool, owner: str, queued_long: bool) -> None:
         pool, "w", [worker_pb2.FinishItem(task=held, outcome=worker_pb2.OUTCOME_SUCCEEDED)], store.RetryPolicy()
     )
     assert finished.results[0].accepted, finished.results
+    return task_id, dispatch_id
 
 
 async def run_tasks(url: str, owner: str, count: int, queued_long: bool) -> None:
     pool = await create_pool(DatabaseConfig(url=url, pool_min_size=1, pool_max_size=1), run_migrations=False)
+    marks: list[tuple[str, str]] = []
     try:
         for _ in range(count):
-            await one_task(pool, owner, queued_long)
+            marks.append(await one_task(pool, owner, queued_long))
+            if not queued_long and len(marks) == MARKS_PER_STATEMENT:
+                ids, dispatches = zip(*marks, strict=True)
+                await task_store.mark_published(pool, ids, dispatches, ["sleep:1-1"] * len(marks))
+                marks.clear()
     finally:
         await pool.close()
 

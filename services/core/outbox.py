@@ -63,28 +63,43 @@ async def emit_and_dispatch(
     refs = entry_refs(ordered, replies[len(replies) - kinds :]) if entries else []
     # Off the reply path, and late: until it lands, only the sweeper's grace period stands between the task
     # and a second publication, which fencing makes harmless anyway.
-    marking = asyncio.create_task(_mark_published(pool, ordered, refs))
-    _in_flight.add(marking)
-    marking.add_done_callback(_in_flight.discard)
+    _mark_later(pool, ordered, refs)
 
-
-# Strong references to background publication marks, so none is collected before it runs.
-_in_flight: set[asyncio.Task[None]] = set()
 
 # How long a fresh submission's publication mark waits: a task a worker starts within it is never marked
-# (its start is all the sweeper needs), which spares a row version and its index entries per task. Well
-# within the sweeper's grace (transitions.rules.PUBLISH_GRACE_S), so it still lands before the sweeper looks.
+# (its start is all the sweeper needs), which spares a row version and its index entries per task, and the
+# marks of every submission made meanwhile go in one statement. Well within the sweeper's grace
+# (transitions.rules.PUBLISH_GRACE_S), so the mark still lands before the sweeper looks.
 MARK_DELAY_S = 1.0
+
+# Marks waiting for their statement, per pool, and strong references to the tasks that will write them.
+_pending_marks: dict[asyncpg.Pool, list[tuple[DispatchEntry, str]]] = {}
+_in_flight: set[asyncio.Task[None]] = set()
+
+
+def _mark_later(pool: asyncpg.Pool, entries: Sequence[DispatchEntry], refs: Sequence[str]) -> None:
+    pending = _pending_marks.get(pool)
+    if pending is None:
+        pending = _pending_marks[pool] = []
+        marking = asyncio.create_task(_mark_published(pool))
+        _in_flight.add(marking)
+        marking.add_done_callback(_in_flight.discard)
+    pending.extend(zip(entries, refs, strict=True))
 
 
 async def _mark(pool: asyncpg.Pool, entries: Sequence[DispatchEntry], refs: Sequence[str]) -> None:
     await task_store.mark_published(pool, [e.task_id for e in entries], [e.dispatch_id for e in entries], refs)
 
 
-async def _mark_published(pool: asyncpg.Pool, entries: Sequence[DispatchEntry], refs: Sequence[str]) -> None:
-    await asyncio.sleep(MARK_DELAY_S)
+async def _mark_published(pool: asyncpg.Pool) -> None:
     try:
-        await _mark(pool, entries, refs)
+        await asyncio.sleep(MARK_DELAY_S)
+    finally:
+        # Cancelled (shutdown) or not, the next submission starts a new batch; marks lost here only let the
+        # sweeper publish those tasks again.
+        pending = _pending_marks.pop(pool, [])
+    try:
+        await _mark(pool, [entry for entry, _ in pending], [ref for _, ref in pending])
     except (asyncpg.PostgresError, OSError) as exc:
         # The entries are in the stream; the sweeper may publish them again, which fencing makes harmless.
         log.warning("could not record publication", extra={"error": repr(exc)})

@@ -32,7 +32,7 @@ async def mark_published(
         "AND tasks.dispatch_id = t.dispatch_id "
         "ORDER BY tasks.id FOR UPDATE OF tasks) "
         "UPDATE tasks SET published = true, published_at = now(), entry_id = t.entry_id "
-        "FROM cfg, t, locked WHERE tasks.id = t.id AND tasks.id = locked.id",
+        "FROM cfg, t, locked WHERE tasks.id = t.id AND tasks.dispatch_id = t.dispatch_id AND tasks.id = locked.id",
         list(task_ids),
         list(dispatch_ids),
         list(entry_ids),

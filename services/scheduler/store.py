@@ -1,6 +1,6 @@
 """The scheduler's view of tasks: its transitions (services.core.transitions) and the reads of its sweeps.
 
-WorkerService calls start_batch, finish_batch and stops_for_held through this module.
+The worker protocol (work.py, worker_service.py) calls start_batch, finish_batch and stops_for_held here.
 """
 
 from __future__ import annotations
