@@ -4,16 +4,17 @@ Starts its own embedded PostgreSQL (pg_stat_statements loaded, autovacuum off so
 mid-run), drives the same store calls the gateway and the scheduler make, one task at a time, and prints
 statements, rows, heap tuples (inserted / updated / HOT), index entries inserted and WAL (bytes, records
 by kind, from pg_walinspect), per task.
-Usage: .venv/bin/python scripts/measure_task_writes.py [tasks] [--queued-long]
+Usage: .venv/bin/python scripts/measure_task_writes.py [tasks] [--queued-long] [--progress N]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
-import sys
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -23,6 +24,7 @@ from services.core import task_store
 from services.core.config import DatabaseConfig
 from services.core.db import create_pool, migrate
 from services.core.transitions import user as transitions
+from services.core.transitions.sweeps import record_progress
 from services.scheduler import store
 from services.stack.embedded import postgres_process, postgres_url, wait_for_postgres
 from services.stack.ports import free_port
@@ -66,7 +68,13 @@ async def snapshot(url: str) -> dict[str, int]:
 MARKS_PER_STATEMENT = 50
 
 
-async def one_task(pool: asyncpg.Pool, owner: str, queued_long: bool) -> tuple[str, str]:
+@dataclass(frozen=True)
+class Scenario:
+    queued_long: bool  # the task waited in the stream longer than outbox.MARK_DELAY_S
+    progress_reports: int  # progress updates recorded while it runs
+
+
+async def one_task(pool: asyncpg.Pool, owner: str, scenario: Scenario) -> tuple[str, str]:
     """Submit, start and finish one task; returns (task id, dispatch id) for its publication mark.
 
     The gateway marks publications MARK_DELAY_S after the dispatch, in one statement for every submission
@@ -77,13 +85,15 @@ async def one_task(pool: asyncpg.Pool, owner: str, queued_long: bool) -> tuple[s
     rows, _ = await transitions.submit(pool, owner, spec)
     (row,) = rows
     task_id, dispatch_id = str(row["id"]), str(row["dispatch_id"])
-    if queued_long:
+    if scenario.queued_long:
         await task_store.mark_published(pool, [task_id], [dispatch_id], ["sleep:1-1"])
     started = await store.start_batch(
         pool, "w", [worker_pb2.StartItem(task_id=task_id, dispatch_id=dispatch_id, entry_id="sleep:1-1")]
     )
     (result,) = started.results
     assert result.decision == worker_pb2.START_DECISION_RUN, result
+    for step in range(scenario.progress_reports):
+        await record_progress(pool, {(task_id, result.fence): (step + 1) / (scenario.progress_reports + 1)})
     held = worker_pb2.HeldTask(task_id=task_id, fence=result.fence)
     finished = await store.finish_batch(
         pool, "w", [worker_pb2.FinishItem(task=held, outcome=worker_pb2.OUTCOME_SUCCEEDED)], store.RetryPolicy()
@@ -92,13 +102,13 @@ async def one_task(pool: asyncpg.Pool, owner: str, queued_long: bool) -> tuple[s
     return task_id, dispatch_id
 
 
-async def run_tasks(url: str, owner: str, count: int, queued_long: bool) -> None:
+async def run_tasks(url: str, owner: str, count: int, scenario: Scenario) -> None:
     pool = await create_pool(DatabaseConfig(url=url, pool_min_size=1, pool_max_size=1), run_migrations=False)
     marks: list[tuple[str, str]] = []
     try:
         for _ in range(count):
-            marks.append(await one_task(pool, owner, queued_long))
-            if not queued_long and len(marks) == MARKS_PER_STATEMENT:
+            marks.append(await one_task(pool, owner, scenario))
+            if not scenario.queued_long and len(marks) == MARKS_PER_STATEMENT:
                 ids, dispatches = zip(*marks, strict=True)
                 await task_store.mark_published(pool, ids, dispatches, ["sleep:1-1"] * len(marks))
                 marks.clear()
@@ -106,20 +116,20 @@ async def run_tasks(url: str, owner: str, count: int, queued_long: bool) -> None
         await pool.close()
 
 
-async def measure(url: str, count: int, queued_long: bool) -> None:
+async def measure(url: str, count: int, scenario: Scenario) -> None:
     conn = await asyncpg.connect(url)
     await conn.execute("CREATE EXTENSION pg_stat_statements; CREATE EXTENSION pg_walinspect")
     await migrate(conn)
     owner = str(uuid.uuid4())
     await conn.execute("INSERT INTO users (id, email, password_hash) VALUES ($1, $2, 'x')", owner, f"{owner}@t.io")
     await conn.close()
-    await run_tasks(url, owner, WARM_UP, queued_long)
+    await run_tasks(url, owner, WARM_UP, scenario)
     conn = await asyncpg.connect(url)
     await conn.execute("SELECT pg_stat_statements_reset()")
     await conn.close()
     before = await snapshot(url)
     start_lsn = await _lsn(url)
-    await run_tasks(url, owner, count, queued_long)
+    await run_tasks(url, owner, count, scenario)
     after = await snapshot(url)
     end_lsn = await _lsn(url)
     conn = await asyncpg.connect(url)
@@ -129,8 +139,9 @@ async def measure(url: str, count: int, queued_long: bool) -> None:
         "FROM pg_stat_statements WHERE query !~* 'pg_stat|pg_current_wal|pg_get_wal|pg_sleep' ORDER BY calls DESC"
     )
     await conn.close()
-    when = "before" if queued_long else "after"
-    print(f"per task, averaged over {count} tasks run one at a time, publication marked {when} the start:")
+    when = "before" if scenario.queued_long else "after"
+    print(f"per task, averaged over {count} tasks run one at a time, publication marked {when} the start, ")
+    print(f"{scenario.progress_reports} progress updates:")
     calls = sum(s["calls"] for s in statements)
     print(f"  statements                {calls / count:8.2f}")
     for key in before:
@@ -158,8 +169,12 @@ async def _lsn(url: str) -> int:
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a != "--queued-long"]
-    count = int(args[0]) if args else 200
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("tasks", type=int, nargs="?", default=200)
+    parser.add_argument("--queued-long", action="store_true", help="the publication mark lands before the start")
+    parser.add_argument("--progress", type=int, default=0, help="progress updates per task")
+    args = parser.parse_args()
+    scenario = Scenario(args.queued_long, args.progress)
     data_dir = Path(tempfile.mkdtemp(prefix="rtask-measure-"))
     port = free_port()
     pg = postgres_process(data_dir, port, log_dir=data_dir / "logs", echo=None)
@@ -168,7 +183,7 @@ def main() -> None:
     pg.start()
     try:
         wait_for_postgres(pg, port)
-        asyncio.run(measure(postgres_url(port), count, "--queued-long" in sys.argv))
+        asyncio.run(measure(postgres_url(port), args.tasks, scenario))
     finally:
         pg.stop(grace_s=15, sig=signal.SIGINT)
 
