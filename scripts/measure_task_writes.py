@@ -29,7 +29,7 @@ from services.scheduler import store
 from services.stack.embedded import postgres_process, postgres_url, wait_for_postgres
 from services.stack.ports import free_port
 
-TABLES = ("tasks", "task_history")
+TABLES = ("tasks", "task_history_stored")
 WARM_UP = 50
 
 
@@ -143,14 +143,14 @@ async def measure(url: str, count: int, scenario: Scenario) -> None:
     print(f"per task, averaged over {count} tasks run one at a time, publication marked {when} the start, ")
     print(f"{scenario.progress_reports} progress updates:")
     calls = sum(s["calls"] for s in statements)
-    print(f"  statements                {calls / count:8.2f}")
+    print(f"  {'statements':33} {calls / count:8.2f}")
     for key in before:
         if key != "wal lsn":
-            print(f"  {key:25} {(after[key] - before[key]) / count:8.2f}")
-    print(f"  WAL bytes (lsn diff)      {(after['wal lsn'] - before['wal lsn']) / count:8.0f}")
-    print(f"  WAL bytes (statements)    {sum(s['wal_bytes'] for s in statements) / count:8.0f}")
+            print(f"  {key:33} {(after[key] - before[key]) / count:8.2f}")
+    print(f"  {'WAL bytes (lsn diff)':33} {(after['wal lsn'] - before['wal lsn']) / count:8.0f}")
+    print(f"  {'WAL bytes (statements)':33} {sum(s['wal_bytes'] for s in statements) / count:8.0f}")
     inserts = sum(n for kind, (n, _) in records.items() if kind.startswith("Btree/INSERT"))
-    print(f"  index entries inserted    {inserts / count:8.2f}")
+    print(f"  {'index entries inserted':33} {inserts / count:8.2f}")
     print("WAL records per task (count, bytes), by kind:")
     for kind, (n, size) in records.items():
         if n >= count / 10:

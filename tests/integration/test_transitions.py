@@ -117,12 +117,43 @@ async def test_history_goes_with_its_task_however_it_is_deleted(conn: asyncpg.Co
     kept, deleted, owner_gone = [await new_task(conn, task_pb2.TASK_STATUS_SUCCEEDED) for _ in range(3)]
     for task_id in (kept, deleted, owner_gone):
         await conn.execute(
-            "INSERT INTO task_history (task_id, version, to_status, attempt) VALUES ($1, 1, 1, 0)", task_id
+            "INSERT INTO task_history_stored (task_id, version, to_status, attempt) VALUES ($1, 2, 2, 1)", task_id
         )
     await conn.execute("DELETE FROM tasks WHERE id = $1", deleted)
     await conn.execute("DELETE FROM users WHERE id = (SELECT owner_id FROM tasks WHERE id = $1)", owner_gone)
-    left = await conn.fetch("SELECT task_id FROM task_history")
-    assert [str(r["task_id"]) for r in left] == [kept]
+    stored = await conn.fetch("SELECT task_id FROM task_history_stored")
+    assert [str(r["task_id"]) for r in stored] == [kept]
+    shown = await conn.fetch("SELECT task_id, version FROM task_history ORDER BY version")
+    assert [(str(r["task_id"]), r["version"]) for r in shown] == [(kept, 1), (kept, 2)]
+
+
+async def test_the_submitted_row_is_derived_as_it_was_stored_and_never_twice(database: str) -> None:
+    pool = await asyncpg.create_pool(database, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        owner = await new_user(pool)
+        spec = transitions.Submission("t", "sleep", {}, 0, 1000, 1, 3, str(uuid.uuid4()))
+        (row,), _ = await transitions.submit(pool, owner, spec)
+        # A task submitted before migration 0006, whose first row was stored.
+        old = await new_task(pool, task_pb2.TASK_STATUS_QUEUED, owner=owner)
+        await pool.execute(
+            "INSERT INTO task_history_stored (task_id, version, from_status, to_status, attempt, detail, at) "
+            "SELECT id, 1, NULL, 1, 0, 'submitted', created_at FROM tasks WHERE id = $1",
+            old,
+        )
+        for task_id in (row["id"], old):
+            history = await pool.fetch(
+                "SELECT h.*, t.created_at FROM task_history h JOIN tasks t ON t.id = h.task_id WHERE task_id = $1",
+                task_id,
+            )
+            assert len(history) == 1
+            first = history[0]
+            assert (first["version"], first["from_status"], first["to_status"], first["attempt"]) == (1, None, 1, 0)
+            assert (first["worker_id"], first["fence"], first["detail"]) == ("", 0, "submitted")
+            assert first["at"] == first["created_at"]
+        assert not await pool.fetchval("SELECT count(*) FROM task_history_stored WHERE task_id = $1", row["id"])
+    finally:
+        await pool.close()
 
 
 class _Aborted(Exception):

@@ -71,13 +71,16 @@ class RunningRef:
 
 
 # -- history: one row per transition, written in the transition's own statement or transaction ----------
+# Read through the task_history view, which derives each task's first row (its submission) from the task
+# row (migration 0006); every later transition stores its row here.
+HISTORY_TABLE = "task_history_stored"
 HISTORY_COLUMNS = "task_id, version, from_status, to_status, attempt, worker_id, fence, detail"
 
 
 def history_of(relation: str, from_status: str, detail: str) -> str:
     """SQL recording one history row per row of `relation` (a CTE returning task columns) in the same statement."""
     return (
-        f"INSERT INTO task_history ({HISTORY_COLUMNS}) "
+        f"INSERT INTO {HISTORY_TABLE} ({HISTORY_COLUMNS}) "
         f"SELECT id, version, {from_status}, status, attempt, worker_id, fence, {detail} FROM {relation}"
     )
 
@@ -112,7 +115,7 @@ async def insert_history(conn: asyncpg.Connection, entries: Sequence[HistoryEntr
     if not entries:
         return
     await conn.execute(
-        f"INSERT INTO task_history ({HISTORY_COLUMNS}) "
+        f"INSERT INTO {HISTORY_TABLE} ({HISTORY_COLUMNS}) "
         "SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::smallint[], $4::smallint[], $5::int[], "
         "$6::text[], $7::bigint[], $8::text[])",
         [e.task_id for e in entries],

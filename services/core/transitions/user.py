@@ -29,6 +29,7 @@ from services.core.task_model import (
 )
 from services.core.transitions.rules import (
     HISTORY_COLUMNS,
+    HISTORY_TABLE,
     PUBLISH_GRACE_S,
     RunningRef,
     change_for,
@@ -78,7 +79,8 @@ class _SubmissionExists(Exception):
 # Refusal raised by rt_refuse() (migration 0003).
 _REFUSED = "RT001"
 
-# Every replica and its history in one autocommit statement (one round trip, one commit). ON CONFLICT skips
+# Every replica in one autocommit statement (one round trip, one commit; its first history row is derived
+# from the task row, migration 0006). ON CONFLICT skips
 # replicas of a request_id used before; when some were inserted all the same, the guard refuses the
 # statement, so nothing of it is kept. When none was, the statement returns no row.
 _INSERT_SUBMISSION = f"""
@@ -91,7 +93,6 @@ WITH inserted AS (
     ON CONFLICT (owner_id, request_id, replica_index) DO NOTHING
     RETURNING {TASK_COLUMNS}
 ),
-recorded AS ({history_of("inserted", "NULL", "'submitted'")}),
 guard AS (
     SELECT CASE WHEN count(*) <> cardinality($1::uuid[]) THEN rt_refuse('request_id used before') END
     FROM inserted
@@ -154,7 +155,7 @@ changed AS (
     RETURNING {QUALIFIED_TASK_COLUMNS}
 ),
 recorded AS (
-    INSERT INTO task_history ({HISTORY_COLUMNS})
+    INSERT INTO {HISTORY_TABLE} ({HISTORY_COLUMNS})
     SELECT changed.id, changed.version, target.status, changed.status, changed.attempt, changed.worker_id,
            changed.fence, 'cancel requested'
     FROM changed JOIN target ON target.id = changed.id
