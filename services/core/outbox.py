@@ -81,23 +81,37 @@ def _mark_later(pool: asyncpg.Pool, entries: Sequence[DispatchEntry], refs: Sequ
     pending = _pending_marks.get(pool)
     if pending is None:
         pending = _pending_marks[pool] = []
-        marking = asyncio.create_task(_mark_published(pool))
+        marking = asyncio.create_task(_mark_published(pool, pending))
         _in_flight.add(marking)
         marking.add_done_callback(_in_flight.discard)
     pending.extend(zip(entries, refs, strict=True))
+
+
+async def _mark_published(pool: asyncpg.Pool, pending: list[tuple[DispatchEntry, str]]) -> None:
+    try:
+        await asyncio.sleep(MARK_DELAY_S)
+    finally:
+        # Unless flush_marks took the batch meanwhile, it is this task's; cancelled, it is dropped (the sweeper
+        # publishes those tasks again) and the next submission starts a new batch.
+        mine = _pending_marks.get(pool) is pending
+        if mine:
+            del _pending_marks[pool]
+    if mine:
+        await _write_marks(pool, pending)
+
+
+async def flush_marks(pool: asyncpg.Pool) -> None:
+    """At shutdown: write the marks still waiting, rather than leave those tasks to the sweeper."""
+    pending = _pending_marks.pop(pool, None)
+    if pending:
+        await _write_marks(pool, pending)
 
 
 async def _mark(pool: asyncpg.Pool, entries: Sequence[DispatchEntry], refs: Sequence[str]) -> None:
     await task_store.mark_published(pool, [e.task_id for e in entries], [e.dispatch_id for e in entries], refs)
 
 
-async def _mark_published(pool: asyncpg.Pool) -> None:
-    try:
-        await asyncio.sleep(MARK_DELAY_S)
-    finally:
-        # Cancelled (shutdown) or not, the next submission starts a new batch; marks lost here only let the
-        # sweeper publish those tasks again.
-        pending = _pending_marks.pop(pool, [])
+async def _write_marks(pool: asyncpg.Pool, pending: Sequence[tuple[DispatchEntry, str]]) -> None:
     try:
         await _mark(pool, [entry for entry, _ in pending], [ref for _, ref in pending])
     except (asyncpg.PostgresError, OSError) as exc:

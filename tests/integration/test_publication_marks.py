@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -61,5 +62,20 @@ async def test_marks_skip_started_and_requeued_tasks_and_land_for_queued_ones(
         assert after[requeued["id"]] == before[requeued["id"]], "a requeued task keeps waiting for its new dispatch"
         assert after[waiting["id"]]["entry_id"].startswith("sleep:")
         assert after[waiting["id"]]["version"] == before[waiting["id"]]["version"], "not a change users see"
+    finally:
+        await pool.close()
+
+
+async def test_marks_still_waiting_are_written_at_shutdown(database: str, redis: aioredis.Redis) -> None:
+    pool = await asyncpg.create_pool(database, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        owner = await new_user(pool)
+        spec = transitions.Submission("t", "sleep", {}, 0, 1000, 1, 3, str(uuid.uuid4()))
+        (row,), _ = await transitions.submit(pool, owner, spec)
+        await outbox.emit_and_dispatch(pool, redis, [row], [])
+        await outbox.flush_marks(pool)
+        assert await pool.fetchval("SELECT published FROM tasks WHERE id = $1", row["id"])
+        await asyncio.gather(*outbox._in_flight)  # the delayed writer finds its batch taken, and writes nothing
     finally:
         await pool.close()
