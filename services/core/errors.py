@@ -64,6 +64,10 @@ class Unavailable(DomainError):
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
+# The database refused a status change outside the state machine (rt_task_changed(), migration 0004): a
+# request raced another change of the same task past the checks made before the statement.
+REFUSED_TRANSITION = "RT002"
+
 
 def translate_errors(method: Handler) -> Handler:
     """Map errors raised by a unary or server-streaming servicer method to gRPC statuses.
@@ -76,6 +80,8 @@ def translate_errors(method: Handler) -> Handler:
     async def abort_for(exc: BaseException, context: grpc.aio.ServicerContext) -> None:
         if isinstance(exc, DomainError):
             await context.abort(exc.code, str(exc))
+        if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate == REFUSED_TRANSITION:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the task changed status meanwhile, retry")
         if isinstance(exc, _UNAVAILABLE_ERRORS):
             log.warning("backing store unavailable", extra={"error": repr(exc)})
             await context.abort(grpc.StatusCode.UNAVAILABLE, "a backing store is unavailable, retry")

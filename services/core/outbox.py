@@ -21,6 +21,7 @@ from resilienttask.v1 import task_pb2
 from services.core import keys, task_store
 from services.core.dispatch import DispatchEntry, entry_refs, publish, queue_entries
 from services.core.events import TaskChange, publish_changes, queue_changes
+from services.core.transitions.rules import RunningRef
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ async def dispatch_rows(pool: asyncpg.Pool, redis: aioredis.Redis, rows: Sequenc
         log.warning("dispatch deferred to the sweeper", extra={"tasks": len(entries), "error": repr(exc)})
         return False
     try:
-        await task_store.mark_published(pool, [e.task_id for e in entries], entry_ids)
+        await _mark(pool, entries, entry_ids)
     except (asyncpg.PostgresError, OSError) as exc:
         # The entries are in the stream; the sweeper may publish them again, which fencing makes harmless.
         log.warning("could not record publication", extra={"error": repr(exc)})
@@ -60,20 +61,59 @@ async def emit_and_dispatch(
         return
     kinds = len({e.kind for e in entries})
     refs = entry_refs(ordered, replies[len(replies) - kinds :]) if entries else []
-    # Off the reply path: until it lands, only the sweeper's grace period stands between the task and a
-    # second publication, which fencing makes harmless anyway.
-    marking = asyncio.create_task(_mark_published(pool, [e.task_id for e in ordered], refs))
-    _in_flight.add(marking)
-    marking.add_done_callback(_in_flight.discard)
+    # Off the reply path, and late: until it lands, only the sweeper's grace period stands between the task
+    # and a second publication, which fencing makes harmless anyway.
+    _mark_later(pool, ordered, refs)
 
 
-# Strong references to background publication marks, so none is collected before it runs.
+# How long a fresh submission's publication mark waits: a task a worker starts within it is never marked
+# (its start is all the sweeper needs), which spares a row version and its index entries per task, and the
+# marks of every submission made meanwhile go in one statement. Well within the sweeper's grace
+# (transitions.rules.PUBLISH_GRACE_S), so the mark still lands before the sweeper looks.
+MARK_DELAY_S = 1.0
+
+# Marks waiting for their statement, per pool, and strong references to the tasks that will write them.
+_pending_marks: dict[asyncpg.Pool, list[tuple[DispatchEntry, str]]] = {}
 _in_flight: set[asyncio.Task[None]] = set()
 
 
-async def _mark_published(pool: asyncpg.Pool, task_ids: list[str], refs: list[str]) -> None:
+def _mark_later(pool: asyncpg.Pool, entries: Sequence[DispatchEntry], refs: Sequence[str]) -> None:
+    pending = _pending_marks.get(pool)
+    if pending is None:
+        pending = _pending_marks[pool] = []
+        marking = asyncio.create_task(_mark_published(pool, pending))
+        _in_flight.add(marking)
+        marking.add_done_callback(_in_flight.discard)
+    pending.extend(zip(entries, refs, strict=True))
+
+
+async def _mark_published(pool: asyncpg.Pool, pending: list[tuple[DispatchEntry, str]]) -> None:
     try:
-        await task_store.mark_published(pool, task_ids, refs)
+        await asyncio.sleep(MARK_DELAY_S)
+    finally:
+        # Unless flush_marks took the batch meanwhile, it is this task's; cancelled, it is dropped (the sweeper
+        # publishes those tasks again) and the next submission starts a new batch.
+        mine = _pending_marks.get(pool) is pending
+        if mine:
+            del _pending_marks[pool]
+    if mine:
+        await _write_marks(pool, pending)
+
+
+async def flush_marks(pool: asyncpg.Pool) -> None:
+    """At shutdown: write the marks still waiting, rather than leave those tasks to the sweeper."""
+    pending = _pending_marks.pop(pool, None)
+    if pending:
+        await _write_marks(pool, pending)
+
+
+async def _mark(pool: asyncpg.Pool, entries: Sequence[DispatchEntry], refs: Sequence[str]) -> None:
+    await task_store.mark_published(pool, [e.task_id for e in entries], [e.dispatch_id for e in entries], refs)
+
+
+async def _write_marks(pool: asyncpg.Pool, pending: Sequence[tuple[DispatchEntry, str]]) -> None:
+    try:
+        await _mark(pool, [entry for entry, _ in pending], [ref for _, ref in pending])
     except (asyncpg.PostgresError, OSError) as exc:
         # The entries are in the stream; the sweeper may publish them again, which fencing makes harmless.
         log.warning("could not record publication", extra={"error": repr(exc)})
@@ -130,7 +170,7 @@ async def append_parked_events(pool: asyncpg.Pool, redis: aioredis.Redis, limit:
     return len(rows)
 
 
-async def push_stop(redis: aioredis.Redis, refs: Sequence[task_store.RunningRef], reason: str) -> None:
+async def push_stop(redis: aioredis.Redis, refs: Sequence[RunningRef], reason: str) -> None:
     """Ask whichever scheduler holds each worker's stream to stop the task there."""
     if not refs:
         return
@@ -145,7 +185,7 @@ async def push_stop(redis: aioredis.Redis, refs: Sequence[task_store.RunningRef]
 async def stop_and_emit(
     pool: asyncpg.Pool,
     redis: aioredis.Redis,
-    refs: Sequence[task_store.RunningRef],
+    refs: Sequence[RunningRef],
     reason: str,
     changes: Sequence[TaskChange],
 ) -> None:
@@ -160,7 +200,7 @@ async def stop_and_emit(
         await _park_or_log(pool, changes)
 
 
-def _queue_stops(pipe: Pipeline, refs: Sequence[task_store.RunningRef], reason: str) -> None:
+def _queue_stops(pipe: Pipeline, refs: Sequence[RunningRef], reason: str) -> None:
     for ref in refs:
         message = {"worker_id": ref.worker_id, "task_id": ref.task_id, "fence": ref.fence, "reason": reason}
         pipe.publish(keys.COMMAND_CHANNEL, json.dumps(message))

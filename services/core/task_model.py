@@ -1,4 +1,4 @@
-"""Task statuses, the one table of allowed transitions, and the row → message conversion."""
+"""Task statuses and the row → message conversion (the allowed transitions: services.core.transitions)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 
 from resilienttask.v1 import task_pb2
-from services.core.errors import FailedPrecondition
 
 QUEUED = task_pb2.TASK_STATUS_QUEUED
 RUNNING = task_pb2.TASK_STATUS_RUNNING
@@ -24,37 +23,9 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, TIMED_OUT})
 ACTIVE = frozenset({QUEUED, RUNNING, CANCELLING})
 RETRYABLE = frozenset({FAILED, CANCELLED, TIMED_OUT})
 
-# Every status change in the system is checked against this table.
-# RUNNING -> RUNNING is a reclaimed attempt (a new worker takes over from a dead one);
-# RUNNING -> QUEUED is a failed attempt with attempts left; terminal -> QUEUED is RetryTask.
-ALLOWED_TRANSITIONS: Mapping[int, frozenset[int]] = {
-    QUEUED: frozenset({RUNNING, CANCELLED, FAILED}),
-    RUNNING: frozenset({RUNNING, QUEUED, CANCELLING, SUCCEEDED, FAILED, CANCELLED, TIMED_OUT}),
-    CANCELLING: frozenset({CANCELLED, SUCCEEDED, TIMED_OUT}),
-    SUCCEEDED: frozenset(),
-    FAILED: frozenset({QUEUED}),
-    CANCELLED: frozenset({QUEUED}),
-    TIMED_OUT: frozenset({QUEUED}),
-}
-
-
-class InvalidTransition(FailedPrecondition):
-    """A change that the state machine does not allow from the task's current status."""
-
-    def __init__(self, current: int, target: int, action: str = "") -> None:
-        what = action or f"move to {status_name(target)}"
-        super().__init__(f"cannot {what}: task is {status_name(current)}")
-        self.current = current
-        self.target = target
-
 
 def status_name(status: int) -> str:
     return task_pb2.TaskStatus.Name(status).removeprefix("TASK_STATUS_")  # type: ignore[arg-type]
-
-
-def check_transition(current: int, target: int, action: str = "") -> None:
-    if target not in ALLOWED_TRANSITIONS.get(current, frozenset()):
-        raise InvalidTransition(current, target, action)
 
 
 # Columns every task query returns, so row_to_task can build the full message.
@@ -66,6 +37,21 @@ TASK_COLUMNS = (
 
 # The same columns, qualified, for UPDATE ... FROM statements that join other relations.
 QUALIFIED_TASK_COLUMNS = ", ".join(f"tasks.{column.strip()}" for column in TASK_COLUMNS.split(","))
+
+
+def in_batch(owner: str, batch: str) -> str:
+    """SQL condition: the task is a replica of the owner's batch (owner and batch are SQL parameters).
+
+    A batch's id is the id of its first replica (since migration 0005), found by primary key, or for an
+    older batch through a small legacy index; its replicas share that replica's request_id, so the unique
+    key (owner_id, request_id, replica_index) finds them all, and tasks needs no index on batch_id.
+    """
+    first = (
+        f"SELECT request_id FROM tasks WHERE id = {batch} AND owner_id = {owner} AND batch_id = {batch} "
+        f"UNION ALL SELECT request_id FROM tasks WHERE owner_id = {owner} AND batch_id = {batch} "
+        "AND replica_index = 0 AND batch_id <> id"
+    )
+    return f"(batch_id = {batch} AND request_id = (SELECT request_id FROM ({first}) AS first LIMIT 1))"
 
 
 def _set_time(field: Any, value: datetime | None) -> None:

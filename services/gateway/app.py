@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import asyncpg
 import redis.asyncio as aioredis
 
 from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from services.core import outbox
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
 from services.core.db import create_pool, database_reachable
 from services.core.redis_client import create_redis, redis_reachable
@@ -60,5 +62,5 @@ async def create_gateway(config: GatewayConfig) -> Gateway:
     service = Service(server=server, port=port, health=health, service_names=SERVICE_NAMES)
     service.background += hub.loops
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
-    service.shutdown_hooks += [auth.close, pool.close, redis.aclose]
+    service.shutdown_hooks += [auth.close, functools.partial(outbox.flush_marks, pool), pool.close, redis.aclose]
     return Gateway(service, hub)

@@ -13,6 +13,8 @@ from services.core import outbox, task_store, worker_registry
 from services.core.errors import NotFound, translate_errors
 from services.core.events import TaskChange
 from services.core.task_model import row_to_task, rows_to_tasks
+from services.core.transitions import user as transitions
+from services.core.transitions.rules import change_for
 from services.gateway import validation
 from services.gateway.auth_interceptor import current_user_id
 from services.gateway.watch.hub import Hub
@@ -34,7 +36,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> scheduler_pb2.SubmitTaskResponse:
         owner = current_user_id()
         spec = validation.submission(request, await self.kinds.kinds(request.kind or validation.DEFAULT_KIND))
-        rows, created = await task_store.submit(self.pool, owner, spec)
+        rows, created = await transitions.submit(self.pool, owner, spec)
         tasks = rows_to_tasks(rows)
         if created:
             changes = [TaskChange(owner, task, 0) for task in tasks]
@@ -74,12 +76,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             next_token = validation.encode_page_token(rows[-1]["created_at"], str(rows[-1]["id"]))
         return scheduler_pb2.ListTasksResponse(tasks=rows_to_tasks(rows), next_page_token=next_token)
 
-    async def _cancel(self, *, task_id: str | None = None, batch_id: str | None = None) -> task_store.CancelResult:
-        result = await task_store.cancel(self.pool, current_user_id(), task_id=task_id, batch_id=batch_id)
+    async def _cancel(self, *, task_id: str | None = None, batch_id: str | None = None) -> transitions.CancelResult:
+        result = await transitions.cancel(self.pool, current_user_id(), task_id=task_id, batch_id=batch_id)
         if not result.rows:
             raise NotFound(TASK_NOT_FOUND if task_id else "batch not found")
         # A repeated cancel announces the state again, in case the first one's gateway died before doing so.
-        changes = result.changes or [task_store.change_for(r, r["status"]) for r in result.rows]
+        changes = result.changes or [change_for(r, r["status"]) for r in result.rows]
         await outbox.stop_and_emit(self.pool, self.redis, result.to_stop, "cancelled", changes)
         return result
 
@@ -101,7 +103,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def RetryTask(
         self, request: scheduler_pb2.RetryTaskRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.RetryTaskResponse:
-        retried = await task_store.retry(
+        retried = await transitions.retry(
             self.pool, current_user_id(), validation.uuid_field("task_id", request.task_id)
         )
         if retried is None:
@@ -114,7 +116,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def DeleteTask(
         self, request: scheduler_pb2.DeleteTaskRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.DeleteTaskResponse:
-        change = await task_store.delete(
+        change = await transitions.delete(
             self.pool, current_user_id(), validation.uuid_field("task_id", request.task_id)
         )
         if change is None:
@@ -126,7 +128,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def ClearHistory(
         self, request: scheduler_pb2.ClearHistoryRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.ClearHistoryResponse:
-        changes = await task_store.clear_history(self.pool, current_user_id())
+        changes = await transitions.clear_history(self.pool, current_user_id())
         await outbox.emit(self.redis, changes, self.pool)
         return scheduler_pb2.ClearHistoryResponse(deleted=len(changes))
 

@@ -13,7 +13,7 @@ from google.protobuf import duration_pb2, json_format
 
 from resilienttask.v1 import scheduler_pb2, task_pb2
 from services.core.errors import InvalidArgument
-from services.core.task_store import Submission
+from services.core.transitions.user import Submission
 
 MAX_NAME_CHARS = 200
 MAX_WORKLOAD_MS = 24 * 3600 * 1000

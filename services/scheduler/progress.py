@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import asyncpg
 
 from services.core import outbox
-from services.scheduler import store
+from services.core.transitions.sweeps import record_progress
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class ProgressBuffer:
             if not reports:
                 continue
             try:
-                changes = await store.record_progress(pool, reports)
+                changes = await record_progress(pool, reports)
             except Exception as exc:  # progress is droppable; the flusher must outlive any store trouble
                 log.warning("progress not recorded", extra={"error": repr(exc)})
                 continue

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from services.core import outbox
 from services.core.dispatch import split_ref
+from services.core.transitions import sweeps as transitions
 from services.scheduler import store
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ async def republish_lost(pool: asyncpg.Pool, redis: aioredis.Redis, age_s: float
 
 
 async def time_out_abandoned(pool: asyncpg.Pool, redis: aioredis.Redis, grace_s: float) -> int:
-    changes = await store.time_out_abandoned(pool, grace_s)
+    changes = await transitions.time_out_abandoned(pool, grace_s)
     await outbox.emit(redis, changes, pool)
     return len(changes)
 

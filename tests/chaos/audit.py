@@ -63,7 +63,7 @@ async def load_history(
     history: dict[str, list[Transition]] = defaultdict(list)
     for entry in await pool.fetch(
         "SELECT task_id, version, from_status, to_status, attempt, worker_id, detail, at FROM task_history "
-        "WHERE task_id = ANY($1::uuid[]) ORDER BY task_id, version, id",
+        "WHERE task_id = ANY($1::uuid[]) ORDER BY task_id, version",
         task_ids,
     ):
         history[str(entry["task_id"])].append(

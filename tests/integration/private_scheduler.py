@@ -19,6 +19,7 @@ from services.core import outbox, task_store
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
 from services.core.dispatch import ensure_dispatch_groups
 from services.core.tokens import mint_worker_token
+from services.core.transitions import user as transitions
 from services.scheduler.app import SchedulerConfig, create_server
 from services.scheduler.store import RetryPolicy
 from services.scheduler.sweepers import SweepConfig
@@ -110,7 +111,7 @@ async def isolated(stores: Stores) -> AsyncIterator[Isolated]:
 async def submit(
     iso: Isolated, *, replicas: int = 1, max_attempts: int = 3, kind: str = "sleep", workload_ms: int = 10
 ) -> list[asyncpg.Record]:
-    spec = task_store.Submission(
+    spec = transitions.Submission(
         name="t",
         kind=kind,
         payload={},
@@ -120,6 +121,6 @@ async def submit(
         max_attempts=max_attempts,
         request_id=str(uuid.uuid4()),
     )
-    rows, _ = await task_store.submit(iso.pool, iso.owner, spec)
+    rows, _ = await transitions.submit(iso.pool, iso.owner, spec)
     await outbox.dispatch_rows(iso.pool, iso.redis, rows)
     return [await task_store.get(iso.pool, iso.owner, str(r["id"])) for r in rows]  # type: ignore[misc]

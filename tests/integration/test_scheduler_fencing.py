@@ -17,6 +17,7 @@ from resilienttask.v1 import task_pb2
 from resilienttask.worker.v1 import worker_pb2
 from services.core import keys, outbox, task_store
 from services.core.dispatch import split_ref
+from services.core.transitions import user as transitions
 from tests.helpers import eventually
 from tests.integration.private_scheduler import Isolated, isolated, metadata, submit
 
@@ -85,7 +86,7 @@ async def test_duplicate_entries_and_stale_dispatches_are_skipped(isolated: Isol
 
 async def test_cancelled_before_start_is_skipped(isolated: Isolated) -> None:
     (row,) = await submit(isolated)
-    await task_store.cancel(isolated.pool, isolated.owner, task_id=str(row["id"]))
+    await transitions.cancel(isolated.pool, isolated.owner, task_id=str(row["id"]))
     (result,) = await start(isolated, "worker-a", item(row))
     assert result.decision == worker_pb2.START_DECISION_SKIP and result.reason == "already finished"
 
@@ -114,7 +115,7 @@ async def test_failed_attempts_retry_with_backoff_then_dead_letter(isolated: Iso
 
 
 async def test_tasks_committed_while_redis_was_down_are_published_by_the_sweeper(isolated: Isolated) -> None:
-    spec = task_store.Submission(
+    spec = transitions.Submission(
         name="t",
         kind="sleep",
         payload={},
@@ -124,7 +125,7 @@ async def test_tasks_committed_while_redis_was_down_are_published_by_the_sweeper
         max_attempts=1,
         request_id=str(uuid.uuid4()),
     )
-    rows, _ = await task_store.submit(isolated.pool, isolated.owner, spec)
+    rows, _ = await transitions.submit(isolated.pool, isolated.owner, spec)
     # Nobody published them (as if XADD had failed); make them due now instead of after the grace.
     await isolated.pool.execute(
         "UPDATE tasks SET publish_after = now() WHERE id = ANY($1::uuid[])", [r["id"] for r in rows]
@@ -162,7 +163,7 @@ async def test_cancel_of_a_running_task_is_pushed_down_the_worker_stream(isolate
         return current is not None and current["progress"] == 0.5
 
     await eventually(progressed, message="progress recorded")
-    result = await task_store.cancel(isolated.pool, isolated.owner, task_id=str(row["id"]))
+    result = await transitions.cancel(isolated.pool, isolated.owner, task_id=str(row["id"]))
     await outbox.push_stop(isolated.redis, result.to_stop, "cancelled")
     while not (message := await asyncio.wait_for(call.read(), 10)).cancels:  # heartbeat acks come first
         assert message.heartbeat_acks
@@ -179,7 +180,7 @@ async def test_cancel_of_a_running_task_is_pushed_down_the_worker_stream(isolate
 async def test_cancelled_outcomes_are_fenced_and_recorded_with_history(isolated: Isolated) -> None:
     cancelling, running = await submit(isolated, replicas=2)
     runs = {r.task_id: r for r in await start(isolated, "worker-a", item(cancelling), item(running))}
-    await task_store.cancel(isolated.pool, isolated.owner, task_id=str(cancelling["id"]))
+    await transitions.cancel(isolated.pool, isolated.owner, task_id=str(cancelling["id"]))
     for row, before in ((cancelling, task_pb2.TASK_STATUS_CANCELLING), (running, task_pb2.TASK_STATUS_RUNNING)):
         task_id, fence = str(row["id"]), runs[str(row["id"])].fence
         stale = await finish(isolated, "worker-a", task_id, fence - 1, worker_pb2.OUTCOME_CANCELLED, "stopped")

@@ -1,0 +1,232 @@
+"""The start transition: a worker asks to run the tasks of the stream entries it read.
+
+Only the entry carrying a task's current dispatch_id may start it, and each started attempt gets a new
+fence (lease token), so a reclaimed attempt supersedes the old one and the old worker's reports are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from resilienttask.v1 import task_pb2
+from resilienttask.worker.v1 import worker_pb2
+from services.core.events import TaskChange
+from services.core.task_model import (
+    CANCELLED,
+    CANCELLING,
+    FAILED,
+    QUALIFIED_TASK_COLUMNS,
+    QUEUED,
+    RUNNING,
+    TASK_COLUMNS,
+    TERMINAL,
+    row_to_task,
+    rows_to_tasks,
+)
+from services.core.transitions.rules import (
+    HistoryEntry,
+    RunningRef,
+    change_for,
+    check_transition,
+    history_for,
+    history_of,
+    insert_history,
+    is_uuid,
+    valid_uuids,
+)
+
+RUN = worker_pb2.START_DECISION_RUN
+SKIP = worker_pb2.START_DECISION_SKIP
+DEFER = worker_pb2.START_DECISION_DEFER
+
+
+@dataclass
+class StartOutcome:
+    results: list[worker_pb2.StartResult]
+    changes: list[TaskChange]
+    superseded: list[RunningRef]
+
+
+def _skip(task_id: str, reason: str) -> worker_pb2.StartResult:
+    return worker_pb2.StartResult(task_id=task_id, decision=SKIP, reason=reason)
+
+
+# The common start in one autocommit statement: a queued task whose current dispatch this entry carries.
+# Rows are locked in id order first, so concurrent batches cannot deadlock.
+_FAST_START = f"""
+WITH t AS (SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::text[]) AS u(id, dispatch_id, entry_id)),
+locked AS (
+    SELECT tasks.id FROM tasks JOIN t ON tasks.id = t.id
+    WHERE tasks.status = {QUEUED} AND tasks.dispatch_id = t.dispatch_id ORDER BY tasks.id FOR UPDATE OF tasks
+),
+started AS (
+    UPDATE tasks SET status = {RUNNING}, attempt = attempt + 1, fence = nextval('fence_seq'), worker_id = $1,
+        entry_id = t.entry_id, started_at = now(), progress = 0, error = ''
+    FROM t, locked WHERE tasks.id = t.id AND tasks.id = locked.id
+    RETURNING {QUALIFIED_TASK_COLUMNS}
+),
+recorded AS ({history_of("started", str(QUEUED), "'started'")})
+SELECT * FROM started
+"""
+
+
+async def start_batch(pool: asyncpg.Pool, worker_id: str, items: Sequence[worker_pb2.StartItem]) -> StartOutcome:
+    """Decide for each entry whether this worker runs the task, and record the new attempts.
+
+    Fresh dispatches of queued tasks (nearly every entry) start in one statement; the rest are decided one
+    by one under row locks.
+    """
+    first: dict[str, worker_pb2.StartItem] = {}
+    for item in items:
+        if is_uuid(item.task_id) and is_uuid(item.dispatch_id):
+            first.setdefault(item.task_id, item)
+    started: dict[str, asyncpg.Record] = {}
+    if first:
+        rows = await pool.fetch(
+            _FAST_START,
+            worker_id,
+            list(first),
+            [i.dispatch_id for i in first.values()],
+            [i.entry_id for i in first.values()],
+        )
+        started = {str(r["id"]): r for r in rows}
+    rest = [item for item in items if first.get(item.task_id) is not item or item.task_id not in started]
+    checked = await _start_checked(pool, worker_id, rest) if rest else StartOutcome([], [], [])
+    tasks = dict(zip(started, rows_to_tasks(started.values()), strict=True))
+    later = iter(checked.results)
+    results = [
+        _run(started[item.task_id], tasks[item.task_id])
+        if first.get(item.task_id) is item and item.task_id in started
+        else next(later)
+        for item in items
+    ]
+    changes = [TaskChange(str(row["owner_id"]), tasks[i], QUEUED) for i, row in started.items()] + checked.changes
+    return StartOutcome(results, changes, checked.superseded)
+
+
+def _run(row: asyncpg.Record, task: task_pb2.Task) -> worker_pb2.StartResult:
+    return worker_pb2.StartResult(task_id=str(row["id"]), decision=RUN, task=task, fence=row["fence"])
+
+
+async def _start_checked(pool: asyncpg.Pool, worker_id: str, items: Sequence[worker_pb2.StartItem]) -> StartOutcome:
+    """Decide for each entry whether this worker runs the task, and record the new attempts.
+
+    Only the entry carrying the task's current dispatch_id may start it. A RUNNING task is taken over
+    only through the very entry that started it (XAUTOCLAIM gave it to us because its worker stopped
+    heartbeating); any other entry for it is a duplicate publish and is skipped.
+    """
+    ids = [item.task_id for item in items]
+    async with pool.acquire() as conn, conn.transaction():
+        rows = {
+            str(r["id"]): r
+            for r in await conn.fetch(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
+                valid_uuids(ids),
+            )
+        }
+        decisions: list[tuple[worker_pb2.StartItem, str, str]] = []  # (item, action, detail)
+        for item in items:
+            row = rows.get(item.task_id)
+            decisions.append((item, *_decide(row, item, worker_id)))
+        results: list[worker_pb2.StartResult] = []
+        changes: list[TaskChange] = []
+        history: list[HistoryEntry] = []
+        superseded: list[RunningRef] = []
+        runs: dict[str, worker_pb2.StartItem] = {}
+        for item, action, _detail in decisions:
+            row = rows.get(item.task_id)
+            if action == "run" and row is not None and item.task_id not in runs:
+                check_transition(row["status"], RUNNING)
+                runs[item.task_id] = item
+        started = await _start_attempts(conn, worker_id, list(runs.values()))
+        for item, action, detail in decisions:
+            row = rows.get(item.task_id)
+            new = started.pop(item.task_id, None)
+            if action == "run" and row is not None and new is not None:
+                if row["status"] == RUNNING:
+                    superseded.append(RunningRef(row["worker_id"], item.task_id, row["fence"]))
+                history.append(history_for(new, row["status"], detail))
+                changes.append(change_for(new, row["status"]))
+                results.append(
+                    worker_pb2.StartResult(
+                        task_id=item.task_id, decision=RUN, task=row_to_task(new), fence=new["fence"]
+                    )
+                )
+            elif action == "run":
+                results.append(_skip(item.task_id, "duplicate entry"))
+            elif action in ("fail", "cancel") and row is not None:
+                target = FAILED if action == "fail" else CANCELLED
+                check_transition(row["status"], target)
+                new = await conn.fetchrow(
+                    "UPDATE tasks SET status = $2::smallint, dead_lettered = $3, error = $4, finished_at = now() "
+                    f"WHERE id = $1 RETURNING {TASK_COLUMNS}",
+                    item.task_id,
+                    target,
+                    target == FAILED,
+                    detail,
+                )
+                assert new is not None
+                history.append(history_for(new, row["status"], detail))
+                changes.append(change_for(new, row["status"]))
+                results.append(_skip(item.task_id, detail))
+            elif action == "resume" and row is not None:
+                # Announce the attempt again: the crash that lost our reply may also have lost its event.
+                changes.append(change_for(row, row["status"]))
+                results.append(
+                    worker_pb2.StartResult(
+                        task_id=item.task_id, decision=RUN, task=row_to_task(row), fence=row["fence"]
+                    )
+                )
+            elif action == "defer":
+                results.append(worker_pb2.StartResult(task_id=item.task_id, decision=DEFER, reason=detail))
+            else:
+                results.append(_skip(item.task_id, detail))
+        await insert_history(conn, history)
+    return StartOutcome(results, changes, superseded)
+
+
+async def _start_attempts(
+    conn: asyncpg.Connection, worker_id: str, items: Sequence[worker_pb2.StartItem]
+) -> dict[str, asyncpg.Record]:
+    """One statement records every new attempt of the batch (each with its own fence)."""
+    if not items:
+        return {}
+    rows = await conn.fetch(
+        f"UPDATE tasks SET status = {RUNNING}, attempt = attempt + 1, fence = nextval('fence_seq'), "
+        "worker_id = $1, entry_id = t.entry_id, started_at = now(), progress = 0, error = '' "
+        "FROM unnest($2::uuid[], $3::text[]) AS t(id, entry_id) "
+        f"WHERE tasks.id = t.id RETURNING {QUALIFIED_TASK_COLUMNS}",
+        worker_id,
+        [item.task_id for item in items],
+        [item.entry_id for item in items],
+    )
+    return {str(r["id"]): r for r in rows}
+
+
+def _decide(row: asyncpg.Record | None, item: worker_pb2.StartItem, worker_id: str) -> tuple[str, str]:
+    if row is None:
+        return "skip", "task not found"
+    status = row["status"]
+    if str(row["dispatch_id"]) != item.dispatch_id:
+        return "skip", "stale dispatch"
+    if status == QUEUED:
+        return "run", "started"
+    if status in TERMINAL:
+        return "skip", "already finished"
+    # RUNNING or CANCELLING: somebody started this dispatch already.
+    if row["worker_id"] == worker_id:
+        if item.entry_id and item.entry_id == row["entry_id"]:
+            # The worker asks again for the attempt it was given (our reply was lost): same attempt, same fence.
+            return "resume", "start reply repeated"
+        return "skip", "duplicate entry"
+    if not item.entry_id or item.entry_id != row["entry_id"]:
+        return "skip", "duplicate entry"
+    previous = row["worker_id"] or "a worker"
+    if status == CANCELLING:
+        return "cancel", f"{previous} stopped while cancelling"
+    if row["attempt"] >= row["max_attempts"]:
+        return "fail", f"{previous} stopped responding; no attempts left"
+    return "run", f"reclaimed from {previous}"

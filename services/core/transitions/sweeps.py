@@ -1,0 +1,65 @@
+"""What the scheduler writes on its own: progress of running attempts, and attempts nobody finished."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from services.core.events import TaskChange
+from services.core.task_model import (
+    CANCELLED,
+    CANCELLING,
+    QUALIFIED_TASK_COLUMNS,
+    RUNNING,
+    TIMED_OUT,
+)
+from services.core.transitions.rules import change_for, history_of, is_uuid
+
+# Progress is not a transition: one autocommit statement whose commit does not wait for the disk
+# (set_config(..., true) lasts until that commit). SKIP LOCKED: progress is droppable, and never worth
+# waiting for (or deadlocking with) a finish. Only progress changes, so the update is HOT when the page has room.
+_PROGRESS = f"""
+WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true)),
+t AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::float8[]) AS u(id, fence, progress)),
+locked AS (
+    SELECT tasks.id FROM tasks JOIN t ON tasks.id = t.id
+    WHERE tasks.fence = t.fence AND tasks.status IN ({RUNNING}, {CANCELLING}) AND tasks.progress <> t.progress
+    ORDER BY tasks.id FOR UPDATE OF tasks SKIP LOCKED
+)
+UPDATE tasks SET progress = t.progress FROM cfg, t, locked WHERE tasks.id = t.id AND tasks.id = locked.id
+RETURNING {QUALIFIED_TASK_COLUMNS}
+"""
+
+
+async def record_progress(pool: asyncpg.Pool, reports: dict[tuple[str, int], float]) -> list[TaskChange]:
+    """Store the latest progress of each (task, fence); reports of superseded attempts change nothing."""
+    keys = [key for key in reports if is_uuid(key[0])]
+    if not keys:
+        return []
+    rows = await pool.fetch(
+        _PROGRESS, [k[0] for k in keys], [k[1] for k in keys], [max(0.0, min(1.0, reports[k])) for k in keys]
+    )
+    return [change_for(r, r["status"]) for r in rows]
+
+
+# Running tasks past max_runtime + grace, timed out (or cancelled, when a cancel was pending) with their
+# history in one statement; SKIP LOCKED leaves alone a task whose finish is being recorded right now.
+_ABANDONED = f"""
+WITH target AS (
+    SELECT id, status FROM tasks WHERE status IN ({RUNNING}, {CANCELLING})
+    AND started_at + make_interval(secs => max_runtime_ms / 1000.0 + $1) < now()
+    ORDER BY id LIMIT 500 FOR UPDATE SKIP LOCKED
+),
+changed AS (
+    UPDATE tasks SET status = CASE WHEN target.status = {CANCELLING} THEN {CANCELLED} ELSE {TIMED_OUT} END,
+        finished_at = now(), error = 'no worker reported within max_runtime plus grace'
+    FROM target WHERE tasks.id = target.id
+    RETURNING {QUALIFIED_TASK_COLUMNS}, target.status AS before
+),
+recorded AS ({history_of("changed", "before", "'abandoned'")})
+SELECT * FROM changed
+"""
+
+
+async def time_out_abandoned(pool: asyncpg.Pool, grace_s: float) -> list[TaskChange]:
+    """Running tasks past max_runtime + grace: their worker is gone and nobody took over."""
+    return [change_for(r, r["before"]) for r in await pool.fetch(_ABANDONED, grace_s)]

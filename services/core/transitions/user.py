@@ -1,0 +1,251 @@
+"""The transitions users ask for through a gateway: submit, cancel, retry, delete, clear history.
+
+Each is committed (history row included) before the caller announces the change it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from services.core.errors import FailedPrecondition
+from services.core.events import TaskChange
+from services.core.task_model import (
+    ACTIVE,
+    CANCELLED,
+    CANCELLING,
+    QUALIFIED_TASK_COLUMNS,
+    QUEUED,
+    RETRYABLE,
+    RUNNING,
+    TASK_COLUMNS,
+    TERMINAL,
+    in_batch,
+    status_name,
+)
+from services.core.transitions.rules import (
+    HISTORY_COLUMNS,
+    HISTORY_TABLE,
+    PUBLISH_GRACE_S,
+    RunningRef,
+    change_for,
+    check_transition,
+    history_of,
+)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated SubmitTask request."""
+
+    name: str
+    kind: str
+    payload: dict[str, Any]
+    workload_ms: int
+    max_runtime_ms: int
+    replicas: int
+    max_attempts: int
+    request_id: str
+
+
+# -- submission ---------------------------------------------------------------------------------------
+async def submit(pool: asyncpg.Pool, owner_id: str, spec: Submission) -> tuple[list[asyncpg.Record], bool]:
+    """Insert every replica in one statement; a repeated request_id returns the first request's rows.
+
+    Returns the rows (by replica index) and whether this call created them.
+    """
+    ids = [str(uuid.uuid4()) for _ in range(spec.replicas)]
+    batch_id = ids[0]  # the first replica's id: see task_model.in_batch
+    try:
+        return await _insert_submission(pool, owner_id, spec, batch_id, ids), True
+    except _SubmissionExists:
+        pass
+    existing = await pool.fetch(
+        f"SELECT {TASK_COLUMNS} FROM tasks WHERE owner_id = $1 AND request_id = $2 ORDER BY replica_index",
+        owner_id,
+        spec.request_id,
+    )
+    return list(existing), False
+
+
+class _SubmissionExists(Exception):
+    """Some replica of this request_id is already stored: the statement rolled back."""
+
+
+# Refusal raised by rt_refuse() (migration 0003).
+_REFUSED = "RT001"
+
+# Every replica in one autocommit statement (one round trip, one commit; its first history row is derived
+# from the task row, migration 0006). ON CONFLICT skips
+# replicas of a request_id used before; when some were inserted all the same, the guard refuses the
+# statement, so nothing of it is kept. When none was, the statement returns no row.
+_INSERT_SUBMISSION = f"""
+WITH inserted AS (
+    INSERT INTO tasks (id, owner_id, name, kind, payload, status, max_attempts, request_id, batch_id,
+                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after)
+    SELECT t.id, $2, $3, $4, $5::jsonb, {QUEUED}, $6, $7, $8, t.idx, $9, $10, t.dispatch_id,
+           now() + make_interval(secs => $11)
+    FROM unnest($1::uuid[], $12::int[], $13::uuid[]) AS t(id, idx, dispatch_id)
+    ON CONFLICT (owner_id, request_id, replica_index) DO NOTHING
+    RETURNING {TASK_COLUMNS}
+),
+guard AS (
+    SELECT CASE WHEN count(*) <> cardinality($1::uuid[]) THEN rt_refuse('request_id used before') END
+    FROM inserted
+)
+SELECT inserted.* FROM inserted, guard ORDER BY replica_index
+"""
+
+
+async def _insert_submission(
+    pool: asyncpg.Pool, owner_id: str, spec: Submission, batch_id: str, ids: list[str]
+) -> list[asyncpg.Record]:
+    try:
+        rows = await pool.fetch(
+            _INSERT_SUBMISSION,
+            ids,
+            owner_id,
+            spec.name,
+            spec.kind,
+            json.dumps(spec.payload),
+            spec.max_attempts,
+            spec.request_id,
+            batch_id,
+            spec.workload_ms,
+            spec.max_runtime_ms,
+            PUBLISH_GRACE_S,
+            list(range(spec.replicas)),
+            [str(uuid.uuid4()) for _ in ids],
+        )
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == _REFUSED:
+            raise _SubmissionExists from exc
+        raise
+    if len(rows) != spec.replicas:
+        # Nothing inserted (every replica existed): the join may then end before the guard is evaluated.
+        raise _SubmissionExists
+    return list(rows)
+
+
+# -- cancel --------------------------------------------------------------------------------------------
+@dataclass
+class CancelResult:
+    rows: list[asyncpg.Record]
+    changes: list[TaskChange]
+    to_stop: list[RunningRef]
+
+
+# Queued → CANCELLED, running → CANCELLING, with history, in one autocommit statement. Rows are locked in id
+# order, as everywhere else, so concurrent batches cannot deadlock. Returns every matching row as it was
+# ("before") and every changed row as it now is ("after").
+_CANCEL = f"""
+WITH target AS (
+    SELECT {TASK_COLUMNS} FROM tasks WHERE owner_id = $1 AND {{match}} ORDER BY id FOR UPDATE
+),
+changed AS (
+    UPDATE tasks SET
+        status = CASE WHEN target.status = {QUEUED} THEN {CANCELLED} ELSE {CANCELLING} END,
+        finished_at = CASE WHEN target.status = {QUEUED} THEN now() ELSE tasks.finished_at END,
+        error = CASE WHEN target.status = {QUEUED} THEN 'cancelled while queued' ELSE tasks.error END
+    FROM target WHERE tasks.id = target.id AND target.status IN ({QUEUED}, {RUNNING})
+    RETURNING {QUALIFIED_TASK_COLUMNS}
+),
+recorded AS (
+    INSERT INTO {HISTORY_TABLE} ({HISTORY_COLUMNS})
+    SELECT changed.id, changed.version, target.status, changed.status, changed.attempt, changed.worker_id,
+           changed.fence, 'cancel requested'
+    FROM changed JOIN target ON target.id = changed.id
+)
+SELECT false AS after, * FROM target
+UNION ALL
+SELECT true AS after, * FROM changed
+"""
+_CANCEL_BY = {"id": _CANCEL.format(match="id = $2"), "batch_id": _CANCEL.format(match=in_batch("$1", "$2::uuid"))}
+
+
+async def cancel(
+    pool: asyncpg.Pool, owner_id: str, *, task_id: str | None = None, batch_id: str | None = None
+) -> CancelResult:
+    """Queued → CANCELLED at once; running → CANCELLING (the caller pushes the stop to the worker).
+
+    Cancelling a cancelling or cancelled task again is harmless; a finished one is FAILED_PRECONDITION
+    (for a single task; a batch skips its finished tasks).
+    """
+    column, value = ("id", task_id) if task_id else ("batch_id", batch_id)
+    found = await pool.fetch(_CANCEL_BY[column], owner_id, value)
+    rows = sorted((r for r in found if not r["after"]), key=lambda r: r["replica_index"])
+    if not rows:
+        return CancelResult([], [], [])
+    if task_id and rows[0]["status"] in TERMINAL and rows[0]["status"] != CANCELLED:
+        check_transition(rows[0]["status"], CANCELLED, "cancel")
+    updated = {str(r["id"]): r for r in found if r["after"]}
+    previous = {str(r["id"]): r["status"] for r in rows}
+    changes = [change_for(r, previous[i]) for i, r in updated.items()]
+    to_stop = [
+        RunningRef(r["worker_id"], str(r["id"]), r["fence"]) for r in rows if r["status"] in (RUNNING, CANCELLING)
+    ]
+    final = [updated.get(str(r["id"]), r) for r in rows]
+    return CancelResult(final, changes, to_stop)
+
+
+# -- retry ---------------------------------------------------------------------------------------------
+# A failed, timed-out or cancelled task back to QUEUED with a fresh dispatch, history included, in one
+# statement; the row as it was comes back too, so a refusal can name the status it found.
+_RETRY = f"""
+WITH target AS (SELECT id, status FROM tasks WHERE id = $1 AND owner_id = $2 FOR UPDATE),
+changed AS (
+    UPDATE tasks SET status = {QUEUED}, attempt = 0, dead_lettered = false, error = '', progress = 0,
+        result = NULL, started_at = NULL, finished_at = NULL, worker_id = '', dispatch_id = $3,
+        published = false, published_at = NULL, publish_after = now() + make_interval(secs => $4)
+    FROM target WHERE tasks.id = target.id AND target.status = ANY($5::smallint[])
+    RETURNING {QUALIFIED_TASK_COLUMNS}, target.status AS before
+),
+recorded AS ({history_of("changed", "before", "'retry requested'")})
+SELECT target.status AS found, changed.* FROM target LEFT JOIN changed ON true
+"""
+
+
+async def retry(pool: asyncpg.Pool, owner_id: str, task_id: str) -> tuple[asyncpg.Record, TaskChange] | None:
+    """A failed, timed-out or cancelled task starts over with a fresh set of attempts."""
+    row = await pool.fetchrow(_RETRY, task_id, owner_id, str(uuid.uuid4()), PUBLISH_GRACE_S, sorted(RETRYABLE))
+    if row is None:
+        return None
+    if row["id"] is None:
+        check_transition(row["found"], QUEUED, "retry")
+    return row, change_for(row, row["before"])
+
+
+# -- delete --------------------------------------------------------------------------------------------
+# Not transitions, but they end a task's story: its history rows go with it (trigger, migration 0004).
+async def delete(pool: asyncpg.Pool, owner_id: str, task_id: str) -> TaskChange | None:
+    row = await pool.fetchrow(
+        f"WITH target AS (SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 AND owner_id = $2 FOR UPDATE), "
+        f"gone AS (DELETE FROM tasks USING target WHERE tasks.id = target.id "
+        f"AND target.status <> ALL($3::smallint[]) RETURNING tasks.id) "
+        "SELECT target.*, gone.id IS NOT NULL AS deleted FROM target LEFT JOIN gone ON true",
+        task_id,
+        owner_id,
+        sorted(ACTIVE),
+    )
+    if row is None:
+        return None
+    if not row["deleted"]:
+        raise_active(row["status"])
+    return change_for(row, row["status"], deleted=True)
+
+
+def raise_active(status: int) -> None:
+    raise FailedPrecondition(f"cannot delete: task is {status_name(status)}; cancel it first")
+
+
+async def clear_history(pool: asyncpg.Pool, owner_id: str) -> list[TaskChange]:
+    rows = await pool.fetch(
+        f"DELETE FROM tasks WHERE owner_id = $1 AND status = ANY($2::smallint[]) RETURNING {TASK_COLUMNS}",
+        owner_id,
+        sorted(TERMINAL),
+    )
+    return [change_for(r, r["status"], deleted=True) for r in rows]
