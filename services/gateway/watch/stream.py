@@ -7,15 +7,16 @@ call holds (its subscriber, its queue) is released in `finally`, so a client tha
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 from resilienttask.v1 import scheduler_pb2
 from services.core import task_store, worker_registry
 from services.core.events import parse_stream_id
 from services.core.task_model import rows_to_tasks
-from services.gateway.watch import history, tokens
+from services.gateway.watch import history, tokens, wire
 from services.gateway.watch.hub import Hub, raise_if_cancelled
 from services.gateway.watch.subscriber import Subscriber
+from services.gateway.watch.wire import EncodedEvent
 
 Message = scheduler_pb2.WatchTasksResponse
 # How long a new watcher waits for the gateway's feed reader to (re)start before reading its history anyway.
@@ -23,15 +24,25 @@ FEED_READY_TIMEOUT_S = 2.0
 
 
 class _Call:
-    def __init__(self, hub: Hub, owner_id: str, subscriber: Subscriber) -> None:
+    """Yields each message already encoded: events as the bytes the hub encoded once for all watchers."""
+
+    def __init__(self, hub: Hub, owner_id: str, subscriber: Subscriber, accept_batches: bool) -> None:
         self.hub = hub
         self.owner_id = owner_id
         self.subscriber = subscriber
+        # Events per message: several for a client that unpacks batches, else one.
+        self.batch_events = hub.config.batch_events if accept_batches else 1
         # History position of the last message sent: what the client would resume from.
         self.sent = ""
         self.history_broken = False
 
-    async def snapshot(self) -> Message:
+    def messages(self, events: Sequence[EncodedEvent]) -> Iterator[tuple[bytes, str]]:
+        """Events (oldest first) as messages, each with the history position it ends at."""
+        for start in range(0, len(events), self.batch_events):
+            chunk = events[start : start + self.batch_events]
+            yield wire.batch(chunk), chunk[-1].entry_id
+
+    async def snapshot(self) -> bytes:
         """The owner's recent tasks and stats, as of a history position noted before reading them.
 
         Events between that position and the database read are replayed after the snapshot; a client
@@ -52,9 +63,9 @@ class _Call:
                 stats=task_store.stats_from_counts(dict(counts)),
                 workers=[w.to_proto() for w in workers],
             ),
-        )
+        ).SerializeToString()
 
-    async def replay(self) -> AsyncIterator[Message]:
+    async def replay(self) -> AsyncIterator[bytes]:
         """Every event after `sent`, read from history until the live queue can take over.
 
         Sets history_broken instead when the events after `sent` are gone.
@@ -69,21 +80,21 @@ class _Call:
             ready = await self.hub.messages_for(self.owner_id, events)
             end = ready[-1].position if ready else parse_stream_id(self.sent)
             live = len(events) < page and self.subscriber.go_live(end)
-            for queued in ready:
-                yield queued.message
-                self.sent = queued.entry_id
+            for message, end_id in self.messages(ready):
+                yield message
+                self.sent = end_id
             if live:
                 return
 
-    def heartbeat(self) -> Message:
-        return Message(resume_token=tokens.encode(self.sent), heartbeat=scheduler_pb2.Heartbeat())
+    def heartbeat(self) -> bytes:
+        return Message(resume_token=tokens.encode(self.sent), heartbeat=scheduler_pb2.Heartbeat()).SerializeToString()
 
-    def workers(self) -> Message:
+    def workers(self) -> bytes:
         return Message(
             resume_token=tokens.encode(self.sent), workers=scheduler_pb2.WorkersEvent(workers=self.hub.workers)
-        )
+        ).SerializeToString()
 
-    async def run(self, resume_from: str | None) -> AsyncIterator[Message]:
+    async def run(self, resume_from: str | None) -> AsyncIterator[bytes]:
         subscriber = self.subscriber
         heartbeat_s = self.hub.config.heartbeat_ms / 1000
         want_snapshot = resume_from is None
@@ -116,21 +127,23 @@ class _Call:
                 want_replay = True
                 continue
             while subscriber.pending and subscriber.cursor is not None:
-                queued = subscriber.pending.popleft()
-                yield queued.message
-                self.sent = queued.entry_id
+                # Whatever the reader queued since this call last ran was ready together: one message.
+                count = min(self.batch_events, len(subscriber.pending))
+                ready = [subscriber.pending.popleft() for _ in range(count)]
+                yield wire.batch(ready)
+                self.sent = ready[-1].entry_id
             if subscriber.workers_changed and subscriber.cursor is not None:
                 subscriber.workers_changed = False
                 yield self.workers()
 
 
-async def watch_tasks(hub: Hub, owner_id: str, resume_token: str) -> AsyncIterator[Message]:
-    """The messages of one WatchTasks call for `owner_id`; a malformed token fails before anything is held."""
-    resume_from = tokens.decode(resume_token) if resume_token else None
+async def watch_tasks(hub: Hub, owner_id: str, request: scheduler_pb2.WatchTasksRequest) -> AsyncIterator[bytes]:
+    """The encoded messages of one WatchTasks call for `owner_id`; a malformed token fails before anything is held."""
+    resume_from = tokens.decode(request.resume_token) if request.resume_token else None
     subscriber = hub.subscribe(owner_id)
     try:
         await hub.feed_ready(FEED_READY_TIMEOUT_S)
-        async for message in _Call(hub, owner_id, subscriber).run(resume_from):
+        async for message in _Call(hub, owner_id, subscriber, request.accept_batches).run(resume_from):
             yield message
     finally:
         hub.unsubscribe(subscriber)

@@ -11,26 +11,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass
 
-from resilienttask.v1 import scheduler_pb2
 from services.core.events import StreamId
-
-
-@dataclass(frozen=True)
-class Queued:
-    """An event ready to send: its history position and the message every watcher of the owner gets."""
-
-    entry_id: str
-    position: StreamId
-    message: scheduler_pb2.WatchTasksResponse
+from services.gateway.watch.wire import EncodedEvent
 
 
 class Subscriber:
     def __init__(self, owner_id: str, queue_limit: int) -> None:
         self.owner_id = owner_id
         self.queue_limit = queue_limit
-        self.pending: deque[Queued] = deque()
+        self.pending: deque[EncodedEvent] = deque()
         # Position of the last queued event; None while the call reads history itself.
         self.cursor: StreamId | None = None
         # Newest position offered while the cursor was None.
@@ -41,7 +31,7 @@ class Subscriber:
         self.workers_changed = False
         self.wake = asyncio.Event()
 
-    def offer(self, event: Queued, after: StreamId | None) -> None:
+    def offer(self, event: EncodedEvent, after: StreamId | None) -> None:
         """Called by the reader for each event of this owner, in history order."""
         if self.cursor is None:
             if self.offered_while_syncing is None or event.position > self.offered_while_syncing:
