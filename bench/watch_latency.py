@@ -133,7 +133,7 @@ class Fanout:
         self.watcher_count = watchers
         self.kind = kind
         self.payload = payload or {}
-        # Every event message received (all statuses, progress included): the load the fan-out carried.
+        # Every event received, alone or in a batch (all statuses, progress included): the load the fan-out carried.
         self.event_messages = 0
         self.channels = [grpc.aio.insecure_channel(edge) for _ in range(channels)]
         self.stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channels[0])
@@ -166,7 +166,7 @@ class Fanout:
 
     async def _watch(self, channel: grpc.aio.Channel, metadata: Metadata) -> None:
         call = scheduler_pb2_grpc.SchedulerServiceStub(channel).WatchTasks(
-            scheduler_pb2.WatchTasksRequest(), metadata=metadata
+            scheduler_pb2.WatchTasksRequest(accept_batches=True), metadata=metadata
         )
         async for message in call:
             kind = message.WhichOneof("kind")
@@ -175,16 +175,24 @@ class Fanout:
                 if self.ready == self.watcher_count:
                     self.all_ready.set()
             elif kind == "event":
-                self.event_messages += 1
-            if kind == "event" and message.event.task.version == 1:
-                now = time.time()
-                task_id = message.event.task.id
-                if task_id not in self.appended:
-                    self.appended[task_id] = parse_stream_id(tokens.decode(message.resume_token))[0] / 1000
-                if task_id in self.rounds:
-                    self.rounds[task_id].receive(now)
-                else:
-                    self.early.setdefault(task_id, []).append(now)
+                self._saw(message.event)
+            elif kind == "events":
+                for event in message.events.events:
+                    self._saw(event)
+
+    def _saw(self, event: scheduler_pb2.TaskEvent) -> None:
+        """One event delivered to one watcher (alone or in a batch, each carries its own resume token)."""
+        self.event_messages += 1
+        if event.task.version != 1:
+            return
+        now = time.time()
+        task_id = event.task.id
+        if task_id not in self.appended:
+            self.appended[task_id] = parse_stream_id(tokens.decode(event.resume_token))[0] / 1000
+        if task_id in self.rounds:
+            self.rounds[task_id].receive(now)
+        else:
+            self.early.setdefault(task_id, []).append(now)
 
     async def round(self, user: int) -> Round:
         """Submit one task for a user; wait until all that user's watchers saw it (or the round times out)."""
