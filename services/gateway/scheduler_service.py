@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
 import grpc
 import redis.asyncio as aioredis
@@ -138,12 +136,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         return scheduler_pb2.GetStatsResponse(stats=await task_store.stats(self.pool, current_user_id()))
 
     @translate_errors
-    async def WatchTasks(
-        self, request: scheduler_pb2.WatchTasksRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
-        """Yields WatchTasksResponse messages already encoded: add_scheduler_service has them sent as they are."""
-        async for message in watch_tasks(self.watch_hub, current_user_id(), request):
-            yield message
+    async def WatchTasks(self, request: scheduler_pb2.WatchTasksRequest, context: grpc.aio.ServicerContext) -> None:
+        """Writes WatchTasksResponse messages already encoded: add_scheduler_service has them sent as they are."""
+        await watch_tasks(self.watch_hub, current_user_id(), request, context.write)
 
     @translate_errors
     async def ListWorkers(

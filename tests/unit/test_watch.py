@@ -66,9 +66,9 @@ def test_stream_ids_compare_numerically() -> None:
 
 async def test_a_malformed_token_fails_before_anything_is_held() -> None:
     # The hub is never touched: validation comes first.
-    stream = watch_tasks(None, "owner", scheduler_pb2.WatchTasksRequest(resume_token="garbage!"))  # type: ignore[arg-type]
+    request = scheduler_pb2.WatchTasksRequest(resume_token="garbage!")
     with pytest.raises(InvalidArgument):
-        await anext(stream)
+        await watch_tasks(None, "owner", request, None)  # type: ignore[arg-type]
 
 
 # -- subscriber --------------------------------------------------------------------------------------
@@ -202,6 +202,17 @@ def test_settings_come_from_rtask_watch_variables() -> None:
 def test_bad_settings_are_refused(value: str) -> None:
     with pytest.raises(ConfigError, match="RTASK_WATCH_HEARTBEAT_MS"):
         WatchConfig.from_env({"RTASK_WATCH_HEARTBEAT_MS": value})
+
+
+async def test_a_call_quiet_for_a_whole_tick_owes_a_heartbeat() -> None:
+    subscriber = _live()
+    subscriber.spoke()
+    subscriber.tick()
+    assert not subscriber.heartbeat_due and not subscriber.wake.is_set(), "it spoke during this tick"
+    subscriber.tick()
+    assert subscriber.heartbeat_due and subscriber.wake.is_set()
+    subscriber.spoke()
+    assert not subscriber.heartbeat_due
 
 
 async def test_a_subscriber_wakes_its_call() -> None:

@@ -129,7 +129,19 @@ class Hub:
     @property
     def loops(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
         """The gateway's background loops (started with the server, cancelled at stop)."""
-        return [self.read_feed, self.follow_workers]
+        return [self.read_feed, self.follow_workers, self.tick_heartbeats]
+
+    async def tick_heartbeats(self) -> None:
+        """Every half heartbeat interval, have each call that sent nothing for a whole tick send a heartbeat.
+
+        One timer for the gateway rather than a timeout armed and disarmed by every call for every message;
+        a quiet stream still hears from the gateway at least once per heartbeat interval.
+        """
+        tick_s = self.config.heartbeat_ms / 2000
+        while True:
+            await asyncio.sleep(tick_s)
+            for subscriber in self._everyone():
+                subscriber.tick()
 
     async def _feed_start(self) -> str:
         newest: Any = await self.redis.xrevrange(keys.EVENTS_FEED_STREAM, "+", "-", count=1)

@@ -29,6 +29,9 @@ class Subscriber:
         self.needs_snapshot = False  # the queue overflowed: events were dropped
         self.needs_replay = False  # an event did not follow the last one (a gap in what the reader saw)
         self.workers_changed = False
+        # Heartbeats: whether the call sent anything since the hub's last tick, and whether it owes one.
+        self.spoke_since_tick = False
+        self.heartbeat_due = False
         self.wake = asyncio.Event()
 
     def offer(self, event: EncodedEvent, after: StreamId | None) -> None:
@@ -81,6 +84,18 @@ class Subscriber:
             return False
         self.cursor = position
         return True
+
+    def spoke(self) -> None:
+        """The call sent a message: the stream is not quiet."""
+        self.spoke_since_tick = True
+        self.heartbeat_due = False
+
+    def tick(self) -> None:
+        """Called by the hub every half heartbeat interval: a call quiet for a whole tick owes a heartbeat."""
+        if not self.spoke_since_tick:
+            self.heartbeat_due = True
+            self.wake.set()
+        self.spoke_since_tick = False
 
     def notify_workers(self) -> None:
         self.workers_changed = True
