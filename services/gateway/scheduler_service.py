@@ -172,7 +172,7 @@ class _HandlerRecorder:
 def add_scheduler_service(servicer: SchedulerServicer, server: grpc.aio.Server) -> None:
     """Register SchedulerService as the generated code does, except that WatchTasks sends its bytes as they are.
 
-    WatchTasks yields messages encoded by the watch fan-out, each event once per gateway whatever the number of
+    WatchTasks writes messages encoded by the watch fan-out, each event once per gateway whatever the number of
     watchers (watch/wire.py); the generated handler would encode every message again for every call.
     """
     recorder = _HandlerRecorder()
