@@ -108,13 +108,15 @@ class _Call:
         self.sent = resume_from or ""
         want_replay = not want_snapshot
         while True:
-            raise_if_cancelled()
             if want_snapshot:
                 await self.send(await self.snapshot())
                 want_snapshot, want_replay = False, True
             if want_replay:
                 want_replay = False
                 await self.replay()
+                # Checked after the store reads only (redis-py may swallow a cancellation), not per live
+                # message: asking for the current task costs a getpid() system call on Python 3.11.
+                raise_if_cancelled()
                 if self.history_broken:
                     self.history_broken = False
                     want_snapshot = True
