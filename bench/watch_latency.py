@@ -3,6 +3,7 @@
     .venv/bin/python bench/watch_latency.py                   # 1,000 watchers, throwaway local stack
     .venv/bin/python bench/watch_latency.py --watchers 2000 --users 20 --rounds 100
     .venv/bin/python bench/watch_latency.py --users 1 --replicas 20    # bursts: 20 events per round
+    .venv/bin/python bench/watch_latency.py --users 1 --replicas 20 --single-events  # as clients without batches
 
 A throwaway stack (2 gateways, 1 scheduler, no workers, so the only changes are the benchmark's own) is
 started; `--users` accounts each get an equal share of `--watchers` streams, all through Envoy, spread
@@ -133,12 +134,15 @@ class Fanout:
         kind: str,
         payload: dict[str, Any] | None = None,
         replicas: int = 1,
+        accept_batches: bool = True,
     ) -> None:
         self.users = list(users)
         self.watcher_count = watchers
         self.kind = kind
         # Tasks per round, in one SubmitTask: their events are appended together, a burst for every watcher.
         self.replicas = replicas
+        # As the SDK does; without, every event is a message of its own (as for clients that predate batches).
+        self.accept_batches = accept_batches
         self.payload = payload or {}
         # Every event received, alone or in a batch (all statuses, progress included): the load the fan-out carried.
         self.event_messages = 0
@@ -173,7 +177,7 @@ class Fanout:
 
     async def _watch(self, channel: grpc.aio.Channel, metadata: Metadata) -> None:
         call = scheduler_pb2_grpc.SchedulerServiceStub(channel).WatchTasks(
-            scheduler_pb2.WatchTasksRequest(accept_batches=True), metadata=metadata
+            scheduler_pb2.WatchTasksRequest(accept_batches=self.accept_batches), metadata=metadata
         )
         async for message in call:
             kind = message.WhichOneof("kind")
@@ -317,7 +321,15 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
     gateways = {name: stack.processes[name].pid for name in stack.names("gateway")}
     before = {name: rss_kib(pid) for name, pid in gateways.items()}
     # No workers: the tasks stay queued, so the only events are their creations.
-    fanout = Fanout(stack.edge_address, users, args.watchers, args.channels, "sleep", replicas=args.replicas)
+    fanout = Fanout(
+        stack.edge_address,
+        users,
+        args.watchers,
+        args.channels,
+        "sleep",
+        replicas=args.replicas,
+        accept_batches=not args.single_events,
+    )
     try:
         started = time.monotonic()
         await fanout.open()
@@ -369,6 +381,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument(
         "--replicas", type=int, default=1, help="tasks per round in one SubmitTask (a burst of events; at most 50)"
+    )
+    parser.add_argument(
+        "--single-events", action="store_true", help="watchers ask for one event per message (no batches)"
     )
     args = parser.parse_args()
     if args.users < 1 or args.watchers < args.users or args.channels < 1 or args.rounds < 1:
