@@ -2,11 +2,14 @@
 
     .venv/bin/python bench/watch_latency.py                   # 1,000 watchers, throwaway local stack
     .venv/bin/python bench/watch_latency.py --watchers 2000 --users 20 --rounds 100
+    .venv/bin/python bench/watch_latency.py --users 1 --replicas 20    # bursts: 20 events per round
+    .venv/bin/python bench/watch_latency.py --users 1 --replicas 20 --single-events  # as clients without batches
 
 A throwaway stack (2 gateways, 1 scheduler, no workers, so the only changes are the benchmark's own) is
 started; `--users` accounts each get an equal share of `--watchers` streams, all through Envoy, spread
 over `--channels` HTTP/2 connections. Each round submits one task for one user (users take turns) and
-waits until every watcher of that user has received the task's first event.
+waits until every watcher of that user has received the task's first event. With `--replicas N` a round
+submits N tasks in one call, a burst of N events appended together, and is timed by the last one's arrival.
 
 Latency is the time to the event's arrival at a watcher, over every (watcher, round) pair after the
 warm-up, measured from three points on the same machine clock:
@@ -23,7 +26,9 @@ warm-up, measured from three points on the same machine clock:
 Memory is each gateway's resident set (VmRSS) before the watchers connect and once all of them have
 their snapshot; the difference is scaled to 1,000 watchers. Gateway CPU is the user+system time both
 gateways spent during the rounds, per delivery. The watchers run in this one Python process,
-on the same two cores as the stack, so the figures include the client's own share of the machine.
+on the same two cores as the stack, so the figures include the client's own share of the machine
+(printed too: this process's CPU per delivery). The watchers ask for batches, as the SDK does; a round
+is one event, so a round's deliveries are single-event messages all the same.
 
 push_latency() and submit_batch_latency() are the same measurements for the benchmark suite (bench/run.py).
 """
@@ -128,12 +133,18 @@ class Fanout:
         channels: int,
         kind: str,
         payload: dict[str, Any] | None = None,
+        replicas: int = 1,
+        accept_batches: bool = True,
     ) -> None:
         self.users = list(users)
         self.watcher_count = watchers
         self.kind = kind
+        # Tasks per round, in one SubmitTask: their events are appended together, a burst for every watcher.
+        self.replicas = replicas
+        # As the SDK does; without, every event is a message of its own (as for clients that predate batches).
+        self.accept_batches = accept_batches
         self.payload = payload or {}
-        # Every event message received (all statuses, progress included): the load the fan-out carried.
+        # Every event received, alone or in a batch (all statuses, progress included): the load the fan-out carried.
         self.event_messages = 0
         self.channels = [grpc.aio.insecure_channel(edge) for _ in range(channels)]
         self.stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channels[0])
@@ -166,7 +177,7 @@ class Fanout:
 
     async def _watch(self, channel: grpc.aio.Channel, metadata: Metadata) -> None:
         call = scheduler_pb2_grpc.SchedulerServiceStub(channel).WatchTasks(
-            scheduler_pb2.WatchTasksRequest(), metadata=metadata
+            scheduler_pb2.WatchTasksRequest(accept_batches=self.accept_batches), metadata=metadata
         )
         async for message in call:
             kind = message.WhichOneof("kind")
@@ -175,28 +186,38 @@ class Fanout:
                 if self.ready == self.watcher_count:
                     self.all_ready.set()
             elif kind == "event":
-                self.event_messages += 1
-            if kind == "event" and message.event.task.version == 1:
-                now = time.time()
-                task_id = message.event.task.id
-                if task_id not in self.appended:
-                    self.appended[task_id] = parse_stream_id(tokens.decode(message.resume_token))[0] / 1000
-                if task_id in self.rounds:
-                    self.rounds[task_id].receive(now)
-                else:
-                    self.early.setdefault(task_id, []).append(now)
+                self._saw(message.event)
+            elif kind == "events":
+                for event in message.events.events:
+                    self._saw(event)
+
+    def _saw(self, event: scheduler_pb2.TaskEvent) -> None:
+        """One event delivered to one watcher (alone or in a batch, each carries its own resume token)."""
+        self.event_messages += 1
+        # A round is timed by its last task's creation: events come in order, so the others came before it.
+        if event.task.version != 1 or event.task.replica_index != self.replicas - 1:
+            return
+        now = time.time()
+        task_id = event.task.id
+        if task_id not in self.appended:
+            self.appended[task_id] = parse_stream_id(tokens.decode(event.resume_token))[0] / 1000
+        if task_id in self.rounds:
+            self.rounds[task_id].receive(now)
+        else:
+            self.early.setdefault(task_id, []).append(now)
 
     async def round(self, user: int) -> Round:
-        """Submit one task for a user; wait until all that user's watchers saw it (or the round times out)."""
+        """Submit the round's tasks for a user; wait until all that user's watchers saw them (or a timeout)."""
         request = scheduler_pb2.SubmitTaskRequest(
             name="watch bench",
             kind=self.kind,
             workload=duration_pb2.Duration(seconds=1),
             request_id=str(uuid.uuid4()),
+            replicas=self.replicas,
         )
         request.payload.update(self.payload)
         reply = await self.stub.SubmitTask(request, metadata=self.users[user])
-        task = reply.tasks[0]
+        task = reply.tasks[-1]
         round_ = Round(self.per_user[user], task.created_at.ToMicroseconds() / 1e6, time.time())
         self.rounds[task.id] = round_
         for at in self.early.pop(task.id, []):
@@ -299,15 +320,25 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
     users = await signup_users(stack.edge_address, args.users)
     gateways = {name: stack.processes[name].pid for name in stack.names("gateway")}
     before = {name: rss_kib(pid) for name, pid in gateways.items()}
-    fanout = Fanout(stack.edge_address, users, args.watchers, args.channels, "sleep")  # no workers: stays queued
+    # No workers: the tasks stay queued, so the only events are their creations.
+    fanout = Fanout(
+        stack.edge_address,
+        users,
+        args.watchers,
+        args.channels,
+        "sleep",
+        replicas=args.replicas,
+        accept_batches=not args.single_events,
+    )
     try:
         started = time.monotonic()
         await fanout.open()
         connect_s = time.monotonic() - started
         after = {name: rss_kib(pid) for name, pid in gateways.items()}
-        cpu_before = sum(cpu_s(pid) for pid in gateways.values())
+        cpu_before, watchers_cpu_before = sum(cpu_s(pid) for pid in gateways.values()), time.process_time()
         figures = await fanout.measure(args.rounds, args.warmup)
         gateway_cpu_s = sum(cpu_s(pid) for pid in gateways.values()) - cpu_before
+        watchers_cpu_s = time.process_time() - watchers_cpu_before
     finally:
         await fanout.close()
 
@@ -316,8 +347,8 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
         f"on {args.channels} connections; all snapshots in {connect_s:.2f} s"
     )
     print(
-        f"{args.rounds} rounds after {args.warmup} warm-up: {len(figures.from_append)} deliveries, "
-        f"{figures.missing} missing"
+        f"{args.rounds} rounds of {args.replicas} task(s) after {args.warmup} warm-up: "
+        f"{len(figures.from_append)} (watcher, round) arrivals timed, {figures.missing} missing"
     )
     print(f"{'push latency (ms)':<52} {'p50':>8} {'p99':>8} {'max':>8}")
     for name, samples in (
@@ -332,8 +363,11 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
     for name in before:
         delta = after[name] - before[name]
         print(f"  {name:<30} {before[name] / 1024:>8.1f} {after[name] / 1024:>8.1f} {delta / 1024:>8.1f}")
-    deliveries = len(figures.from_append) * (args.warmup + args.rounds) / args.rounds
+    # One delivery is one event reaching one watcher (a round of several tasks is as many deliveries).
+    deliveries = len(figures.from_append) * args.replicas * (args.warmup + args.rounds) / args.rounds
     print(f"gateway CPU while pushing: {gateway_cpu_s * 1e6 / deliveries:.0f} µs per delivery (both gateways)")
+    # The watchers share the two cores with the stack: their own cost bounds how fast a round can complete.
+    print(f"watchers' CPU while receiving: {watchers_cpu_s * 1e6 / deliveries:.0f} µs per delivery (this process)")
     total_kib = sum(after.values()) - sum(before.values())
     print(f"memory per 1,000 watchers (all gateways together): {total_kib / 1024 * 1000 / args.watchers:.1f} MiB")
 
@@ -345,9 +379,17 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="tasks per round in one SubmitTask (a burst of events; at most 50)"
+    )
+    parser.add_argument(
+        "--single-events", action="store_true", help="watchers ask for one event per message (no batches)"
+    )
     args = parser.parse_args()
     if args.users < 1 or args.watchers < args.users or args.channels < 1 or args.rounds < 1:
         parser.error("need at least one user, one watcher per user, one channel and one round")
+    if not 1 <= args.replicas <= BATCH_REPLICAS:
+        parser.error(f"--replicas is 1..{BATCH_REPLICAS}")
     with throwaway_stack() as stack:
         asyncio.run(run(stack, args))
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import redis.asyncio as aioredis
 
-from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2
 from services.core import outbox
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
 from services.core.db import create_pool, database_reachable
@@ -16,7 +16,7 @@ from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server
 from services.gateway.auth_interceptor import AuthInterceptor
 from services.gateway.auth_service import AuthServicer
-from services.gateway.scheduler_service import SchedulerServicer
+from services.gateway.scheduler_service import SchedulerServicer, add_scheduler_service
 from services.gateway.watch.config import WatchConfig
 from services.gateway.watch.hub import Hub
 
@@ -58,7 +58,7 @@ async def create_gateway(config: GatewayConfig) -> Gateway:
     auth = AuthServicer(pool, config.auth)
     auth_pb2_grpc.add_AuthServiceServicer_to_server(auth, server)
     hub = Hub(pool, redis, config.watch)
-    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(pool, redis, watch_hub=hub), server)
+    add_scheduler_service(SchedulerServicer(pool, redis, watch_hub=hub), server)
     service = Service(server=server, port=port, health=health, service_names=SERVICE_NAMES)
     service.background += hub.loops
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]

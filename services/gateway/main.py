@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
@@ -10,6 +11,20 @@ from services.core.logging import configure_logging
 from services.core.server import run_until_signalled
 from services.gateway.app import GatewayConfig, create_server
 from services.gateway.watch.config import WatchConfig
+
+# Allocations between two young-generation collections (Python's default is 700).
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def calm_the_collector() -> None:
+    """Fewer and cheaper cyclic garbage collections once the gateway is built.
+
+    Each pushed event allocates per watch stream (gRPC operations, futures), so with a thousand streams the
+    collector ran often and its full passes walked every object loaded at start-up: ~10 % of a gateway's
+    samples under load. What exists now is frozen out of collections, and the young generation is larger.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 async def _serve() -> None:
@@ -21,6 +36,7 @@ async def _serve() -> None:
         watch=WatchConfig.from_env(),
     )
     service = await create_server(config)
+    calm_the_collector()
     await run_until_signalled(service, config.server)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
 import grpc
 import redis.asyncio as aioredis
@@ -21,6 +19,7 @@ from services.gateway.watch.hub import Hub
 from services.gateway.watch.stream import watch_tasks
 
 TASK_NOT_FOUND = "task not found"
+SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
@@ -139,11 +138,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         return scheduler_pb2.GetStatsResponse(stats=await task_store.stats(self.pool, current_user_id()))
 
     @translate_errors
-    async def WatchTasks(
-        self, request: scheduler_pb2.WatchTasksRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[scheduler_pb2.WatchTasksResponse]:
-        async for message in watch_tasks(self.watch_hub, current_user_id(), request.resume_token):
-            yield message
+    async def WatchTasks(self, request: scheduler_pb2.WatchTasksRequest, context: grpc.aio.ServicerContext) -> None:
+        """Writes WatchTasksResponse messages already encoded: add_scheduler_service has them sent as they are."""
+        await watch_tasks(self.watch_hub, current_user_id(), request, context.write)
 
     @translate_errors
     async def ListWorkers(
@@ -159,3 +156,32 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> scheduler_pb2.ListKindsResponse:
         current_user_id()
         return scheduler_pb2.ListKindsResponse(kinds=await worker_registry.known_kinds(self.redis))
+
+
+class _HandlerRecorder:
+    """Stands in for a server to keep the method handlers the generated registration builds."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        """The generic handler is built again from the recorded handlers."""
+
+    def add_registered_method_handlers(self, service_name: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.handlers = dict(handlers)
+
+
+def add_scheduler_service(servicer: SchedulerServicer, server: grpc.aio.Server) -> None:
+    """Register SchedulerService as the generated code does, except that WatchTasks sends its bytes as they are.
+
+    WatchTasks writes messages encoded by the watch fan-out, each event once per gateway whatever the number of
+    watchers (watch/wire.py); the generated handler would encode every message again for every call.
+    """
+    recorder = _HandlerRecorder()
+    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(servicer, recorder)
+    handlers = recorder.handlers
+    handlers["WatchTasks"] = grpc.unary_stream_rpc_method_handler(
+        servicer.WatchTasks, request_deserializer=scheduler_pb2.WatchTasksRequest.FromString
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]  # not in grpc-stubs

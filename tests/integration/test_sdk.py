@@ -255,6 +255,34 @@ def test_watch_starts_with_a_snapshot_and_resumes_from_its_token(client: Client)
     client.wait(later, timeout=60)
 
 
+def _created(events: Iterator[object], ids: set[str]) -> list[str]:
+    """Ids of the first events that create one of `ids` (version 1), in the order they come, until all came."""
+    seen: list[str] = []
+    for event in events:
+        if isinstance(event, TaskUpdate) and event.task.id in ids and event.task.version == 1:
+            seen.append(event.task.id)
+            if len(seen) == len(ids):
+                break
+    return seen
+
+
+def test_a_watch_stopped_in_the_middle_of_a_batch_resumes_with_the_rest(client: Client) -> None:
+    """The replicas of one submission are appended together, so the gateway sends them as one batch."""
+    with client.watch() as events:
+        assert isinstance(next(events), Snapshot)
+        tasks = client.submit("batched", workload=LONG, replicas=5)
+        ids = [t.id for t in tasks]
+        assert _created(events, set(ids[:2])) == ids[:2]
+        token = events.resume_token
+    try:
+        with client.watch(token) as resumed:
+            first = next(resumed)
+            assert isinstance(first, TaskUpdate) and first.task.id == ids[2], "a replay right after the token"
+            assert [ids[2], *_created(resumed, set(ids[3:]))] == ids[2:], "the rest of the batch, nothing skipped"
+    finally:
+        client.cancel_batch(tasks[0].batch_id)
+
+
 async def test_async_client_covers_every_call(aclient: AsyncClient) -> None:
     tasks = await aclient.submit("aio", workload=FAST, replicas=2, payload={"n": 1})
     assert (await aclient.get(tasks[0].id)).id == tasks[0].id

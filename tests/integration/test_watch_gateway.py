@@ -171,6 +171,63 @@ async def _next_event_is_a_fresh_change(watch: Watch, redis: aioredis.Redis, own
     assert following.WhichOneof("kind") == "event" and following.event.task.id == change.task.id
 
 
+async def test_each_event_is_encoded_once_however_many_watch_it(
+    gateway: InProcess, account: Account, redis: aioredis.Redis
+) -> None:
+    watches = [Watch(gateway.channel, account, accept_batches=i % 2 == 0) for i in range(20)]
+    try:
+        for watch in watches:
+            await watch.next()
+        encoded = gateway.hub.events_encoded
+        change = _change(account.user_id, task_pb2.TASK_STATUS_QUEUED, 0)
+        await publish_changes(redis, [change])
+        for watch in watches:
+            message = await watch.next()
+            assert message.WhichOneof("kind") == "event" and message.event.task.id == change.task.id
+            assert message.event.resume_token == message.resume_token
+        assert gateway.hub.events_encoded == encoded + 1, "one encoding for all 20 watchers"
+    finally:
+        for watch in watches:
+            watch.cancel()
+
+
+async def test_a_burst_is_one_message_to_a_client_that_takes_batches_and_resumes_from_any_of_its_events(
+    gateway: InProcess, account: Account, redis: aioredis.Redis
+) -> None:
+    batching = Watch(gateway.channel, account, accept_batches=True)
+    single = Watch(gateway.channel, account)
+    try:
+        await batching.next()
+        await single.next()
+        # One publication is one atomic append: the reader offers all of it before either call sends any.
+        burst = [_change(account.user_id, task_pb2.TASK_STATUS_QUEUED, 0) for _ in range(QUEUE_LIMIT - 1)]
+        await publish_changes(redis, burst)
+        ids = [c.task.id for c in burst]
+
+        message = await batching.next()
+        assert message.WhichOneof("kind") == "events"
+        events = list(message.events.events)
+        assert [e.task.id for e in events] == ids
+        assert message.resume_token == events[-1].resume_token
+        assert len({e.resume_token for e in events}) == len(events), "each event names its own position"
+        alone = [await single.next() for _ in burst]
+        assert [m.event.task.id for m in alone] == ids, "an older client gets one event per message"
+        assert [m.resume_token for m in alone] == [e.resume_token for e in events], "the same positions"
+
+        # A client that stopped after the second event of the batch resumes with exactly the rest.
+        resumed = Watch(gateway.channel, account, events[1].resume_token, accept_batches=True)
+        try:
+            rest = await resumed.next()
+            assert rest.WhichOneof("kind") == "events"
+            assert [e.task.id for e in rest.events.events] == ids[2:]
+            await _next_event_is_a_fresh_change(resumed, redis, account.user_id)
+        finally:
+            resumed.cancel()
+    finally:
+        batching.cancel()
+        single.cancel()
+
+
 def _change(owner_id: str, status: int, previous: int, deleted: bool = False) -> TaskChange:
     return TaskChange(owner_id, task_pb2.Task(id=str(uuid.uuid4()), status=status), previous, deleted)
 

@@ -21,15 +21,18 @@ READ_TIMEOUT_S = 30.0
 class Watch:
     """One open WatchTasks call of one account."""
 
-    def __init__(self, channel: grpc.aio.Channel, account: Account, resume_token: str = "") -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, account: Account, resume_token: str = "", *, accept_batches: bool = False
+    ) -> None:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
-        self.call = stub.WatchTasks(
-            scheduler_pb2.WatchTasksRequest(resume_token=resume_token), metadata=account.metadata
-        )
+        request = scheduler_pb2.WatchTasksRequest(resume_token=resume_token, accept_batches=accept_batches)
+        self.call = stub.WatchTasks(request, metadata=account.metadata)
         self.token = resume_token
         self.received: list[Message] = []
 
-    async def next(self, kinds: tuple[str, ...] = ("snapshot", "event"), timeout_s: float = READ_TIMEOUT_S) -> Message:
+    async def next(
+        self, kinds: tuple[str, ...] = ("snapshot", "event", "events"), timeout_s: float = READ_TIMEOUT_S
+    ) -> Message:
         """The next message of one of `kinds`; the others (heartbeats, pool updates) are recorded and skipped."""
         while True:
             message = await asyncio.wait_for(self.call.read(), timeout_s)

@@ -11,14 +11,15 @@ import pytest
 from resilienttask.v1 import scheduler_pb2, task_pb2
 from services.core.config import ConfigError
 from services.core.errors import InvalidArgument
-from services.core.events import TaskChange, parse_stream_id
+from services.core.events import StoredEvent, TaskChange, parse_stream_id
 from services.edge.render import compose_config
 from services.edge.routes import route_specs
-from services.gateway.watch import tokens
+from services.gateway.watch import tokens, wire
 from services.gateway.watch.config import WatchConfig
 from services.gateway.watch.stats import stats_along
 from services.gateway.watch.stream import watch_tasks
-from services.gateway.watch.subscriber import Queued, Subscriber
+from services.gateway.watch.subscriber import Subscriber
+from services.gateway.watch.wire import EncodedEvent
 
 S = task_pb2
 
@@ -65,15 +66,15 @@ def test_stream_ids_compare_numerically() -> None:
 
 async def test_a_malformed_token_fails_before_anything_is_held() -> None:
     # The hub is never touched: validation comes first.
-    stream = watch_tasks(None, "owner", "garbage!")  # type: ignore[arg-type]
+    request = scheduler_pb2.WatchTasksRequest(resume_token="garbage!")
     with pytest.raises(InvalidArgument):
-        await anext(stream)
+        await watch_tasks(None, "owner", request, None)  # type: ignore[arg-type]
 
 
 # -- subscriber --------------------------------------------------------------------------------------
-def _queued(ms: int) -> Queued:
-    entry_id = f"{ms}-0"
-    return Queued(entry_id, parse_stream_id(entry_id), scheduler_pb2.WatchTasksResponse(resume_token=entry_id))
+def _queued(ms: int, after: str = "0-0") -> EncodedEvent:
+    task = S.Task(id=f"task-{ms}", status=S.TASK_STATUS_QUEUED, version=ms)
+    return wire.encode_event(StoredEvent(f"{ms}-0", after, TaskChange("owner", task, 0)), S.TaskStats(queued=ms))
 
 
 def _live(limit: int = 3, at: int = 1) -> Subscriber:
@@ -128,6 +129,35 @@ def test_resync_turns_a_live_subscriber_back_to_history() -> None:
     assert subscriber.needs_replay and not subscriber.pending
 
 
+# -- encoding -------------------------------------------------------------------------------------------
+def test_an_event_alone_is_a_whole_message_naming_its_position() -> None:
+    message = scheduler_pb2.WatchTasksResponse.FromString(wire.batch([_queued(7)]))
+    assert message.WhichOneof("kind") == "event"
+    assert message.resume_token == message.event.resume_token == tokens.encode("7-0")
+    assert message.event.task.id == "task-7" and message.event.stats.queued == 7
+
+
+def test_a_batch_joined_from_encoded_events_is_the_message_protobuf_would_build() -> None:
+    events = [_queued(ms) for ms in (3, 4, 5)]
+    joined = scheduler_pb2.WatchTasksResponse.FromString(wire.batch(events))
+    built = scheduler_pb2.WatchTasksResponse(
+        resume_token=tokens.encode("5-0"),
+        events=scheduler_pb2.TaskEventBatch(
+            events=[scheduler_pb2.WatchTasksResponse.FromString(e.alone).event for e in events]
+        ),
+    )
+    assert joined == built
+    assert [e.resume_token for e in joined.events.events] == [tokens.encode(f"{ms}-0") for ms in (3, 4, 5)]
+
+
+def test_long_fields_get_multi_byte_lengths() -> None:
+    big = S.Task(id="big", error="x" * 70_000)
+    event = wire.encode_event(StoredEvent("9-0", "8-0", TaskChange("owner", big, 0)), None)
+    joined = scheduler_pb2.WatchTasksResponse.FromString(wire.batch([event, _queued(10)]))
+    assert [e.task.id for e in joined.events.events] == ["big", "task-10"]
+    assert joined.events.events[0].task.error == big.error
+
+
 # -- stats ---------------------------------------------------------------------------------------------
 def _change(status: int, previous: int, deleted: bool = False) -> TaskChange:
     return TaskChange("owner", S.Task(status=status), previous, deleted)
@@ -172,6 +202,17 @@ def test_settings_come_from_rtask_watch_variables() -> None:
 def test_bad_settings_are_refused(value: str) -> None:
     with pytest.raises(ConfigError, match="RTASK_WATCH_HEARTBEAT_MS"):
         WatchConfig.from_env({"RTASK_WATCH_HEARTBEAT_MS": value})
+
+
+async def test_a_call_quiet_for_a_whole_tick_owes_a_heartbeat() -> None:
+    subscriber = _live()
+    subscriber.spoke()
+    subscriber.tick()
+    assert not subscriber.heartbeat_due and not subscriber.wake.is_set(), "it spoke during this tick"
+    subscriber.tick()
+    assert subscriber.heartbeat_due and subscriber.wake.is_set()
+    subscriber.spoke()
+    assert not subscriber.heartbeat_due
 
 
 async def test_a_subscriber_wakes_its_call() -> None:

@@ -163,26 +163,34 @@ def session_from_proto(message: auth_pb2.SignupResponse | auth_pb2.LoginResponse
     return Session(user=user, token=message.access_token, expires_at=_time(message.expires_at, True))
 
 
-def watch_event_from_proto(message: scheduler_pb2.WatchTasksResponse) -> WatchEvent | None:
-    """The SDK event for one stream message; None for heartbeats (they only carry a resume token)."""
+def _task_update(event: scheduler_pb2.TaskEvent, resume_token: str) -> TaskUpdate:
+    return TaskUpdate(
+        task=task_from_proto(event.task),
+        stats=stats_from_proto(event.stats),
+        deleted=event.deleted,
+        resume_token=resume_token,
+    )
+
+
+def watch_events_from_proto(message: scheduler_pb2.WatchTasksResponse) -> list[WatchEvent]:
+    """The SDK events of one stream message, oldest first: each of a batch, none for a heartbeat."""
     kind = message.WhichOneof("kind")
     token = message.resume_token
     if kind == "snapshot":
         snap = message.snapshot
-        return Snapshot(
-            tasks=tuple(task_from_proto(t) for t in snap.tasks),
-            stats=stats_from_proto(snap.stats),
-            workers=tuple(worker_from_proto(w) for w in snap.workers),
-            resume_token=token,
-        )
+        return [
+            Snapshot(
+                tasks=tuple(task_from_proto(t) for t in snap.tasks),
+                stats=stats_from_proto(snap.stats),
+                workers=tuple(worker_from_proto(w) for w in snap.workers),
+                resume_token=token,
+            )
+        ]
     if kind == "event":
-        event = message.event
-        return TaskUpdate(
-            task=task_from_proto(event.task),
-            stats=stats_from_proto(event.stats),
-            deleted=event.deleted,
-            resume_token=token,
-        )
+        return [_task_update(message.event, token)]
+    if kind == "events":
+        # Each event of a batch names its own position: resuming from it misses none of the rest.
+        return [_task_update(event, event.resume_token) for event in message.events.events]
     if kind == "workers":
-        return WorkersUpdate(workers=tuple(worker_from_proto(w) for w in message.workers.workers), resume_token=token)
-    return None
+        return [WorkersUpdate(workers=tuple(worker_from_proto(w) for w in message.workers.workers), resume_token=token)]
+    return []

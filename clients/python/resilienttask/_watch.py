@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 
 import grpc
 
-from resilienttask._convert import watch_event_from_proto
+from resilienttask._convert import watch_events_from_proto
 from resilienttask._retry import RECONNECT_CODES, RetryPolicy
 from resilienttask.errors import DeadlineExceeded, NotFound, Unavailable, from_rpc_error
 from resilienttask.models import Snapshot, Task, TaskUpdate, WatchEvent
@@ -41,7 +41,7 @@ class WatchState:
         self._pauses: Iterator[float] = policy.backoffs()
 
     def request(self) -> scheduler_pb2.WatchTasksRequest:
-        return scheduler_pb2.WatchTasksRequest(resume_token=self.resume_token)
+        return scheduler_pb2.WatchTasksRequest(resume_token=self.resume_token, accept_batches=True)
 
     def call_timeout(self) -> float | None:
         """Seconds left for the next stream call (None: no deadline); raises once the deadline passed."""
@@ -52,25 +52,33 @@ class WatchState:
             raise DeadlineExceeded("the watch reached its deadline")
         return left
 
-    def accept(self, message: scheduler_pb2.WatchTasksResponse) -> WatchEvent | None:
-        """Record a stream message; returns the event to hand out, or None (heartbeat or stale update)."""
+    def accept(self, message: scheduler_pb2.WatchTasksResponse) -> Iterator[WatchEvent]:
+        """Record a stream message; iterate the result for the events to hand out (a batch holds several).
+
+        Heartbeats and stale updates yield nothing. The resume token moves to each event as it is handed
+        out, so a caller that stops in the middle of a batch resumes right after the last event it saw.
+        """
         self.connected = True
         self._failures = 0
         self._last_message = time.monotonic()
         self._pauses = self.policy.backoffs()
-        if message.resume_token:
-            self.resume_token = message.resume_token
-        event = watch_event_from_proto(message)
-        if isinstance(event, Snapshot):
-            for task in event.tasks:
-                self._remember(task)
-            return event
-        if isinstance(event, TaskUpdate):
-            known = self.versions.get(event.task.id)
-            if known is not None and event.task.version <= known and not event.deleted:
-                return None
-            self._remember(event.task)
-        return event
+        return self._hand_out(watch_events_from_proto(message), message.resume_token)
+
+    def _hand_out(self, events: list[WatchEvent], message_token: str) -> Iterator[WatchEvent]:
+        for event in events:
+            if event.resume_token:
+                self.resume_token = event.resume_token
+            if isinstance(event, Snapshot):
+                for task in event.tasks:
+                    self._remember(task)
+            elif isinstance(event, TaskUpdate):
+                known = self.versions.get(event.task.id)
+                if known is not None and event.task.version <= known and not event.deleted:
+                    continue
+                self._remember(event.task)
+            yield event
+        if message_token:
+            self.resume_token = message_token
 
     def _remember(self, task: Task) -> None:
         self.versions[task.id] = max(task.version, self.versions.get(task.id, task.version))

@@ -101,8 +101,7 @@ class AsyncTaskWatch:
             self._call = call
             try:
                 async for message in call:
-                    event = self._state.accept(message)
-                    if event is not None:
+                    for event in self._state.accept(message):
                         yield event
             except grpc.aio.AioRpcError as exc:
                 error = exc

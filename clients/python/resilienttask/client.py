@@ -97,9 +97,7 @@ class TaskWatch:
                 if self._closed.is_set():
                     return
                 for message in call:
-                    event = self._state.accept(message)
-                    if event is not None:
-                        yield event
+                    yield from self._state.accept(message)
             except grpc.RpcError as exc:
                 error = exc
             finally:

@@ -2,7 +2,7 @@
 // submissions the server has not answered yet. Plain state: no DOM, no network, so it is unit-tested.
 
 import { timestampMs } from "@bufbuild/protobuf/wkt";
-import type { WatchTasksResponse } from "./gen/resilienttask/v1/scheduler_pb";
+import type { TaskEvent, WatchTasksResponse } from "./gen/resilienttask/v1/scheduler_pb";
 import { type Task, type TaskStats, TaskStatus, type Worker } from "./gen/resilienttask/v1/task_pb";
 
 /** An optimistic row: one replica of a submission still on its way, or refused. */
@@ -82,9 +82,12 @@ export class Feed {
         this.snapshot(kind.value.tasks, kind.value.stats, kind.value.workers);
         break;
       case "event":
-        if (kind.value.stats) this.stats = kind.value.stats;
-        if (kind.value.task && kind.value.deleted) this.remove(kind.value.task.id);
-        else if (kind.value.task) this.upsert(kind.value.task);
+        this.event(kind.value);
+        this.changed();
+        break;
+      case "events":
+        // Changes that were ready together: applied in order, rendered once.
+        for (const event of kind.value.events) this.event(event);
         this.changed();
         break;
       case "workers":
@@ -94,6 +97,12 @@ export class Feed {
       default:
         break; // heartbeats carry only a resume token
     }
+  }
+
+  private event(event: TaskEvent): void {
+    if (event.stats) this.stats = event.stats;
+    if (event.task && event.deleted) this.remove(event.task.id);
+    else if (event.task) this.upsert(event.task);
   }
 
   /** Tasks from an answer (submit, cancel, retry, an older page): kept only if newer than what is shown. */

@@ -55,7 +55,11 @@ export class TaskWatch {
       this.controller = controller;
       let silence = setTimeout(() => controller.abort(), SILENCE_LIMIT_MS);
       try {
-        const stream = this.scheduler.watchTasks({ resumeToken: this.resumeToken }, { signal: controller.signal });
+        // Batches are unpacked by the feed; the message's token is that of its last event.
+        const stream = this.scheduler.watchTasks(
+          { resumeToken: this.resumeToken, acceptBatches: true },
+          { signal: controller.signal },
+        );
         for await (const message of stream) {
           clearTimeout(silence);
           silence = setTimeout(() => controller.abort(), SILENCE_LIMIT_MS);

@@ -3,7 +3,11 @@ import { test } from "node:test";
 import { type MessageInitShape, create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Feed, pendingKey } from "../src/feed";
-import { type WatchTasksResponse, WatchTasksResponseSchema } from "../src/gen/resilienttask/v1/scheduler_pb";
+import {
+  type TaskEventSchema,
+  type WatchTasksResponse,
+  WatchTasksResponseSchema,
+} from "../src/gen/resilienttask/v1/scheduler_pb";
 import { type Task, TaskSchema, TaskStatus } from "../src/gen/resilienttask/v1/task_pb";
 
 function task(id: string, version: number, fields: MessageInitShape<typeof TaskSchema> = {}): Task {
@@ -25,6 +29,10 @@ function event(t: Task, deleted = false): WatchTasksResponse {
   return create(WatchTasksResponseSchema, { resumeToken: "t", kind: { case: "event", value: { task: t, deleted } } });
 }
 
+function batch(...events: MessageInitShape<typeof TaskEventSchema>[]): WatchTasksResponse {
+  return create(WatchTasksResponseSchema, { resumeToken: "t", kind: { case: "events", value: { events } } });
+}
+
 const keys = (feed: Feed): string[] => feed.view("all").rows.map((r) => r.key);
 
 test("an update older than the one shown is ignored", () => {
@@ -35,6 +43,25 @@ test("an update older than the one shown is ignored", () => {
   assert.equal(feed.get("a")?.task?.status, TaskStatus.RUNNING);
   feed.apply(event(task("a", 4, { status: TaskStatus.SUCCEEDED })));
   assert.equal(feed.get("a")?.task?.status, TaskStatus.SUCCEEDED);
+});
+
+test("a batch applies its events in order and renders once", () => {
+  const feed = new Feed();
+  feed.apply(snapshot(task("a", 1)));
+  let renders = 0;
+  feed.subscribe(() => renders++);
+  feed.apply(
+    batch(
+      { task: task("a", 2, { status: TaskStatus.RUNNING }) },
+      { task: task("b", 1), stats: { queued: 1n } },
+      { task: task("a", 3, { status: TaskStatus.SUCCEEDED }), stats: { queued: 2n } },
+      { task: task("b", 2), deleted: true },
+    ),
+  );
+  assert.equal(renders, 1);
+  assert.equal(feed.get("a")?.task?.status, TaskStatus.SUCCEEDED);
+  assert.deepEqual(keys(feed), ["a"]);
+  assert.equal(feed.stats?.queued, 2n, "the stats after the last event");
 });
 
 test("a deleted task stays deleted when a late update about it arrives", () => {

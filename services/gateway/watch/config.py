@@ -24,6 +24,8 @@ class WatchConfig:
     feed_block_ms: int = 2_000
     # History entries per read when a watcher replays what it missed.
     replay_page: int = 500
+    # Events ready together go out as one message (to clients that take batches), at most this many.
+    batch_events: int = 200
     # Worker-pool announcements arriving within this window are sent as one update.
     workers_coalesce_ms: int = 100
     # The pool is re-read this often even without announcements (a worker whose scheduler died goes stale).

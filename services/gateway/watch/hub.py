@@ -18,7 +18,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from resilienttask.v1 import scheduler_pb2, task_pb2
+from resilienttask.v1 import task_pb2
 from services.core import keys, worker_registry
 from services.core.events import (
     ORIGIN,
@@ -28,10 +28,11 @@ from services.core.events import (
     feed_seq,
     parse_stream_id,
 )
-from services.gateway.watch import tokens
+from services.gateway.watch import wire
 from services.gateway.watch.config import WatchConfig
 from services.gateway.watch.stats import StatsBook
-from services.gateway.watch.subscriber import Queued, Subscriber
+from services.gateway.watch.subscriber import Subscriber
+from services.gateway.watch.wire import EncodedEvent
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,6 @@ def raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
-
-
-def event_message(event: StoredEvent, stats: task_pb2.TaskStats | None) -> scheduler_pb2.WatchTasksResponse:
-    return scheduler_pb2.WatchTasksResponse(
-        resume_token=tokens.encode(event.entry_id),
-        event=scheduler_pb2.TaskEvent(task=event.change.task, stats=stats, deleted=event.change.deleted),
-    )
 
 
 def _after(event: StoredEvent) -> tuple[int, int] | None:
@@ -79,6 +73,8 @@ class Hub:
         self._watched = asyncio.Event()
         # Set once the reader knows where it (re)starts; a new watcher reads its history only after that.
         self._positioned = asyncio.Event()
+        # Events encoded so far: one per event read from the feed (not one per watcher), plus replays.
+        self.events_encoded = 0
 
     # -- subscribers ---------------------------------------------------------------------------------
     def subscribe(self, owner_id: str) -> Subscriber:
@@ -118,18 +114,34 @@ class Hub:
     def _everyone(self) -> list[Subscriber]:
         return [s for watchers in self._by_owner.values() for s in watchers]
 
-    async def messages_for(self, owner_id: str, events: Sequence[StoredEvent]) -> list[Queued]:
-        """Events of one owner as messages, each with the stats after it."""
+    def encode(self, event: StoredEvent, stats: task_pb2.TaskStats | None) -> EncodedEvent:
+        self.events_encoded += 1
+        return wire.encode_event(event, stats)
+
+    async def messages_for(self, owner_id: str, events: Sequence[StoredEvent]) -> list[EncodedEvent]:
+        """Events of one owner ready to send, each with the stats after it."""
         if not events:
             return []
         stats = (await self.stats.along({owner_id: [e.change for e in events]}))[owner_id]
-        return [Queued(e.entry_id, e.position, event_message(e, s)) for e, s in zip(events, stats, strict=True)]
+        return [self.encode(e, s) for e, s in zip(events, stats, strict=True)]
 
     # -- the feed ------------------------------------------------------------------------------------
     @property
     def loops(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
         """The gateway's background loops (started with the server, cancelled at stop)."""
-        return [self.read_feed, self.follow_workers]
+        return [self.read_feed, self.follow_workers, self.tick_heartbeats]
+
+    async def tick_heartbeats(self) -> None:
+        """Every half heartbeat interval, have each call that sent nothing for a whole tick send a heartbeat.
+
+        One timer for the gateway rather than a timeout armed and disarmed by every call for every message;
+        a quiet stream still hears from the gateway at least once per heartbeat interval.
+        """
+        tick_s = self.config.heartbeat_ms / 2000
+        while True:
+            await asyncio.sleep(tick_s)
+            for subscriber in self._everyone():
+                subscriber.tick()
 
     async def _feed_start(self) -> str:
         newest: Any = await self.redis.xrevrange(keys.EVENTS_FEED_STREAM, "+", "-", count=1)
@@ -202,10 +214,8 @@ class Hub:
             subscribers = list(self._by_owner.get(owner, ()))
             if not subscribers:
                 continue
-            ready = [
-                (Queued(e.entry_id, e.position, event_message(e, s)), _after(e))
-                for e, s in zip(events, stats[owner], strict=True)
-            ]
+            # Encoded once here, whatever the number of watchers: each of their calls sends these bytes.
+            ready = [(self.encode(e, s), _after(e)) for e, s in zip(events, stats[owner], strict=True)]
             for subscriber in subscribers:
                 for queued, after in ready:
                     subscriber.offer(queued, after)

@@ -11,26 +11,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass
 
-from resilienttask.v1 import scheduler_pb2
 from services.core.events import StreamId
-
-
-@dataclass(frozen=True)
-class Queued:
-    """An event ready to send: its history position and the message every watcher of the owner gets."""
-
-    entry_id: str
-    position: StreamId
-    message: scheduler_pb2.WatchTasksResponse
+from services.gateway.watch.wire import EncodedEvent
 
 
 class Subscriber:
     def __init__(self, owner_id: str, queue_limit: int) -> None:
         self.owner_id = owner_id
         self.queue_limit = queue_limit
-        self.pending: deque[Queued] = deque()
+        self.pending: deque[EncodedEvent] = deque()
         # Position of the last queued event; None while the call reads history itself.
         self.cursor: StreamId | None = None
         # Newest position offered while the cursor was None.
@@ -39,9 +29,12 @@ class Subscriber:
         self.needs_snapshot = False  # the queue overflowed: events were dropped
         self.needs_replay = False  # an event did not follow the last one (a gap in what the reader saw)
         self.workers_changed = False
+        # Heartbeats: whether the call sent anything since the hub's last tick, and whether it owes one.
+        self.spoke_since_tick = False
+        self.heartbeat_due = False
         self.wake = asyncio.Event()
 
-    def offer(self, event: Queued, after: StreamId | None) -> None:
+    def offer(self, event: EncodedEvent, after: StreamId | None) -> None:
         """Called by the reader for each event of this owner, in history order."""
         if self.cursor is None:
             if self.offered_while_syncing is None or event.position > self.offered_while_syncing:
@@ -91,6 +84,18 @@ class Subscriber:
             return False
         self.cursor = position
         return True
+
+    def spoke(self) -> None:
+        """The call sent a message: the stream is not quiet."""
+        self.spoke_since_tick = True
+        self.heartbeat_due = False
+
+    def tick(self) -> None:
+        """Called by the hub every half heartbeat interval: a call quiet for a whole tick owes a heartbeat."""
+        if not self.spoke_since_tick:
+            self.heartbeat_due = True
+            self.wake.set()
+        self.spoke_since_tick = False
 
     def notify_workers(self) -> None:
         self.workers_changed = True

@@ -136,10 +136,12 @@ class GetStatsResponse(_message.Message):
     def __init__(self, stats: _Optional[_Union[_task_pb2.TaskStats, _Mapping]] = ...) -> None: ...
 
 class WatchTasksRequest(_message.Message):
-    __slots__ = ("resume_token",)
+    __slots__ = ("resume_token", "accept_batches")
     RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_BATCHES_FIELD_NUMBER: _ClassVar[int]
     resume_token: str
-    def __init__(self, resume_token: _Optional[str] = ...) -> None: ...
+    accept_batches: bool
+    def __init__(self, resume_token: _Optional[str] = ..., accept_batches: _Optional[bool] = ...) -> None: ...
 
 class TaskSnapshot(_message.Message):
     __slots__ = ("tasks", "stats", "workers")
@@ -152,14 +154,22 @@ class TaskSnapshot(_message.Message):
     def __init__(self, tasks: _Optional[_Iterable[_Union[_task_pb2.Task, _Mapping]]] = ..., stats: _Optional[_Union[_task_pb2.TaskStats, _Mapping]] = ..., workers: _Optional[_Iterable[_Union[_task_pb2.Worker, _Mapping]]] = ...) -> None: ...
 
 class TaskEvent(_message.Message):
-    __slots__ = ("task", "stats", "deleted")
+    __slots__ = ("task", "stats", "deleted", "resume_token")
     TASK_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
     task: _task_pb2.Task
     stats: _task_pb2.TaskStats
     deleted: bool
-    def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ..., stats: _Optional[_Union[_task_pb2.TaskStats, _Mapping]] = ..., deleted: _Optional[bool] = ...) -> None: ...
+    resume_token: str
+    def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ..., stats: _Optional[_Union[_task_pb2.TaskStats, _Mapping]] = ..., deleted: _Optional[bool] = ..., resume_token: _Optional[str] = ...) -> None: ...
+
+class TaskEventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[TaskEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[TaskEvent, _Mapping]]] = ...) -> None: ...
 
 class WorkersEvent(_message.Message):
     __slots__ = ("workers",)
@@ -172,18 +182,20 @@ class Heartbeat(_message.Message):
     def __init__(self) -> None: ...
 
 class WatchTasksResponse(_message.Message):
-    __slots__ = ("resume_token", "snapshot", "event", "heartbeat", "workers")
+    __slots__ = ("resume_token", "snapshot", "event", "heartbeat", "workers", "events")
     RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     resume_token: str
     snapshot: TaskSnapshot
     event: TaskEvent
     heartbeat: Heartbeat
     workers: WorkersEvent
-    def __init__(self, resume_token: _Optional[str] = ..., snapshot: _Optional[_Union[TaskSnapshot, _Mapping]] = ..., event: _Optional[_Union[TaskEvent, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., workers: _Optional[_Union[WorkersEvent, _Mapping]] = ...) -> None: ...
+    events: TaskEventBatch
+    def __init__(self, resume_token: _Optional[str] = ..., snapshot: _Optional[_Union[TaskSnapshot, _Mapping]] = ..., event: _Optional[_Union[TaskEvent, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., workers: _Optional[_Union[WorkersEvent, _Mapping]] = ..., events: _Optional[_Union[TaskEventBatch, _Mapping]] = ...) -> None: ...
 
 class ListWorkersRequest(_message.Message):
     __slots__ = ()

@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file resilienttask/v1/scheduler.proto.
  */
 export const file_resilienttask_v1_scheduler: GenFile = /*@__PURE__*/
-  fileDesc("CiByZXNpbGllbnR0YXNrL3YxL3NjaGVkdWxlci5wcm90bxIQcmVzaWxpZW50dGFzay52MSLyAQoRU3VibWl0VGFza1JlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgRraW5kGAIgASgJEigKB3BheWxvYWQYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EisKCHdvcmtsb2FkGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC21heF9ydW50aW1lGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCHJlcGxpY2FzGAYgASgFEhQKDG1heF9hdHRlbXB0cxgHIAEoBRISCgpyZXF1ZXN0X2lkGAggASgJIjsKElN1Ym1pdFRhc2tSZXNwb25zZRIlCgV0YXNrcxgBIAMoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzayIhCg5HZXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjcKD0dldFRhc2tSZXNwb25zZRIkCgR0YXNrGAEgASgLMhYucmVzaWxpZW50dGFzay52MS5UYXNrInkKEExpc3RUYXNrc1JlcXVlc3QSLAoGc3RhdHVzGAEgASgOMhwucmVzaWxpZW50dGFzay52MS5UYXNrU3RhdHVzEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEhAKCGJhdGNoX2lkGAQgASgJIlMKEUxpc3RUYXNrc1Jlc3BvbnNlEiUKBXRhc2tzGAEgAygLMhYucmVzaWxpZW50dGFzay52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkChFDYW5jZWxUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjoKEkNhbmNlbFRhc2tSZXNwb25zZRIkCgR0YXNrGAEgASgLMhYucmVzaWxpZW50dGFzay52MS5UYXNrIiYKEkNhbmNlbEJhdGNoUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoCSI8ChNDYW5jZWxCYXRjaFJlc3BvbnNlEiUKBXRhc2tzGAEgAygLMhYucmVzaWxpZW50dGFzay52MS5UYXNrIiMKEFJldHJ5VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI5ChFSZXRyeVRhc2tSZXNwb25zZRIkCgR0YXNrGAEgASgLMhYucmVzaWxpZW50dGFzay52MS5UYXNrIiQKEURlbGV0ZVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiFAoSRGVsZXRlVGFza1Jlc3BvbnNlIhUKE0NsZWFySGlzdG9yeVJlcXVlc3QiJwoUQ2xlYXJIaXN0b3J5UmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoAyIRCg9HZXRTdGF0c1JlcXVlc3QiPgoQR2V0U3RhdHNSZXNwb25zZRIqCgVzdGF0cxgBIAEoCzIbLnJlc2lsaWVudHRhc2sudjEuVGFza1N0YXRzIikKEVdhdGNoVGFza3NSZXF1ZXN0EhQKDHJlc3VtZV90b2tlbhgBIAEoCSKMAQoMVGFza1NuYXBzaG90EiUKBXRhc2tzGAEgAygLMhYucmVzaWxpZW50dGFzay52MS5UYXNrEioKBXN0YXRzGAIgASgLMhsucmVzaWxpZW50dGFzay52MS5UYXNrU3RhdHMSKQoHd29ya2VycxgDIAMoCzIYLnJlc2lsaWVudHRhc2sudjEuV29ya2VyIm4KCVRhc2tFdmVudBIkCgR0YXNrGAEgASgLMhYucmVzaWxpZW50dGFzay52MS5UYXNrEioKBXN0YXRzGAIgASgLMhsucmVzaWxpZW50dGFzay52MS5UYXNrU3RhdHMSDwoHZGVsZXRlZBgDIAEoCCI5CgxXb3JrZXJzRXZlbnQSKQoHd29ya2VycxgBIAMoCzIYLnJlc2lsaWVudHRhc2sudjEuV29ya2VyIgsKCUhlYXJ0YmVhdCL5AQoSV2F0Y2hUYXNrc1Jlc3BvbnNlEhQKDHJlc3VtZV90b2tlbhgBIAEoCRIyCghzbmFwc2hvdBgCIAEoCzIeLnJlc2lsaWVudHRhc2sudjEuVGFza1NuYXBzaG90SAASLAoFZXZlbnQYAyABKAsyGy5yZXNpbGllbnR0YXNrLnYxLlRhc2tFdmVudEgAEjAKCWhlYXJ0YmVhdBgEIAEoCzIbLnJlc2lsaWVudHRhc2sudjEuSGVhcnRiZWF0SAASMQoHd29ya2VycxgFIAEoCzIeLnJlc2lsaWVudHRhc2sudjEuV29ya2Vyc0V2ZW50SABCBgoEa2luZCIUChJMaXN0V29ya2Vyc1JlcXVlc3QiQAoTTGlzdFdvcmtlcnNSZXNwb25zZRIpCgd3b3JrZXJzGAEgAygLMhgucmVzaWxpZW50dGFzay52MS5Xb3JrZXIiEgoQTGlzdEtpbmRzUmVxdWVzdCIiChFMaXN0S2luZHNSZXNwb25zZRINCgVraW5kcxgBIAMoCTK0CAoQU2NoZWR1bGVyU2VydmljZRJXCgpTdWJtaXRUYXNrEiMucmVzaWxpZW50dGFzay52MS5TdWJtaXRUYXNrUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuU3VibWl0VGFza1Jlc3BvbnNlEk4KB0dldFRhc2sSIC5yZXNpbGllbnR0YXNrLnYxLkdldFRhc2tSZXF1ZXN0GiEucmVzaWxpZW50dGFzay52MS5HZXRUYXNrUmVzcG9uc2USVAoJTGlzdFRhc2tzEiIucmVzaWxpZW50dGFzay52MS5MaXN0VGFza3NSZXF1ZXN0GiMucmVzaWxpZW50dGFzay52MS5MaXN0VGFza3NSZXNwb25zZRJXCgpDYW5jZWxUYXNrEiMucmVzaWxpZW50dGFzay52MS5DYW5jZWxUYXNrUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuQ2FuY2VsVGFza1Jlc3BvbnNlEloKC0NhbmNlbEJhdGNoEiQucmVzaWxpZW50dGFzay52MS5DYW5jZWxCYXRjaFJlcXVlc3QaJS5yZXNpbGllbnR0YXNrLnYxLkNhbmNlbEJhdGNoUmVzcG9uc2USVAoJUmV0cnlUYXNrEiIucmVzaWxpZW50dGFzay52MS5SZXRyeVRhc2tSZXF1ZXN0GiMucmVzaWxpZW50dGFzay52MS5SZXRyeVRhc2tSZXNwb25zZRJXCgpEZWxldGVUYXNrEiMucmVzaWxpZW50dGFzay52MS5EZWxldGVUYXNrUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuRGVsZXRlVGFza1Jlc3BvbnNlEl0KDENsZWFySGlzdG9yeRIlLnJlc2lsaWVudHRhc2sudjEuQ2xlYXJIaXN0b3J5UmVxdWVzdBomLnJlc2lsaWVudHRhc2sudjEuQ2xlYXJIaXN0b3J5UmVzcG9uc2USUQoIR2V0U3RhdHMSIS5yZXNpbGllbnR0YXNrLnYxLkdldFN0YXRzUmVxdWVzdBoiLnJlc2lsaWVudHRhc2sudjEuR2V0U3RhdHNSZXNwb25zZRJZCgpXYXRjaFRhc2tzEiMucmVzaWxpZW50dGFzay52MS5XYXRjaFRhc2tzUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuV2F0Y2hUYXNrc1Jlc3BvbnNlMAESWgoLTGlzdFdvcmtlcnMSJC5yZXNpbGllbnR0YXNrLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBolLnJlc2lsaWVudHRhc2sudjEuTGlzdFdvcmtlcnNSZXNwb25zZRJUCglMaXN0S2luZHMSIi5yZXNpbGllbnR0YXNrLnYxLkxpc3RLaW5kc1JlcXVlc3QaIy5yZXNpbGllbnR0YXNrLnYxLkxpc3RLaW5kc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_resilienttask_v1_task]);
+  fileDesc("CiByZXNpbGllbnR0YXNrL3YxL3NjaGVkdWxlci5wcm90bxIQcmVzaWxpZW50dGFzay52MSLyAQoRU3VibWl0VGFza1JlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgRraW5kGAIgASgJEigKB3BheWxvYWQYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EisKCHdvcmtsb2FkGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC21heF9ydW50aW1lGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCHJlcGxpY2FzGAYgASgFEhQKDG1heF9hdHRlbXB0cxgHIAEoBRISCgpyZXF1ZXN0X2lkGAggASgJIjsKElN1Ym1pdFRhc2tSZXNwb25zZRIlCgV0YXNrcxgBIAMoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzayIhCg5HZXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjcKD0dldFRhc2tSZXNwb25zZRIkCgR0YXNrGAEgASgLMhYucmVzaWxpZW50dGFzay52MS5UYXNrInkKEExpc3RUYXNrc1JlcXVlc3QSLAoGc3RhdHVzGAEgASgOMhwucmVzaWxpZW50dGFzay52MS5UYXNrU3RhdHVzEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEhAKCGJhdGNoX2lkGAQgASgJIlMKEUxpc3RUYXNrc1Jlc3BvbnNlEiUKBXRhc2tzGAEgAygLMhYucmVzaWxpZW50dGFzay52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkChFDYW5jZWxUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjoKEkNhbmNlbFRhc2tSZXNwb25zZRIkCgR0YXNrGAEgASgLMhYucmVzaWxpZW50dGFzay52MS5UYXNrIiYKEkNhbmNlbEJhdGNoUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoCSI8ChNDYW5jZWxCYXRjaFJlc3BvbnNlEiUKBXRhc2tzGAEgAygLMhYucmVzaWxpZW50dGFzay52MS5UYXNrIiMKEFJldHJ5VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI5ChFSZXRyeVRhc2tSZXNwb25zZRIkCgR0YXNrGAEgASgLMhYucmVzaWxpZW50dGFzay52MS5UYXNrIiQKEURlbGV0ZVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiFAoSRGVsZXRlVGFza1Jlc3BvbnNlIhUKE0NsZWFySGlzdG9yeVJlcXVlc3QiJwoUQ2xlYXJIaXN0b3J5UmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoAyIRCg9HZXRTdGF0c1JlcXVlc3QiPgoQR2V0U3RhdHNSZXNwb25zZRIqCgVzdGF0cxgBIAEoCzIbLnJlc2lsaWVudHRhc2sudjEuVGFza1N0YXRzIkEKEVdhdGNoVGFza3NSZXF1ZXN0EhQKDHJlc3VtZV90b2tlbhgBIAEoCRIWCg5hY2NlcHRfYmF0Y2hlcxgCIAEoCCKMAQoMVGFza1NuYXBzaG90EiUKBXRhc2tzGAEgAygLMhYucmVzaWxpZW50dGFzay52MS5UYXNrEioKBXN0YXRzGAIgASgLMhsucmVzaWxpZW50dGFzay52MS5UYXNrU3RhdHMSKQoHd29ya2VycxgDIAMoCzIYLnJlc2lsaWVudHRhc2sudjEuV29ya2VyIoQBCglUYXNrRXZlbnQSJAoEdGFzaxgBIAEoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzaxIqCgVzdGF0cxgCIAEoCzIbLnJlc2lsaWVudHRhc2sudjEuVGFza1N0YXRzEg8KB2RlbGV0ZWQYAyABKAgSFAoMcmVzdW1lX3Rva2VuGAQgASgJIj0KDlRhc2tFdmVudEJhdGNoEisKBmV2ZW50cxgBIAMoCzIbLnJlc2lsaWVudHRhc2sudjEuVGFza0V2ZW50IjkKDFdvcmtlcnNFdmVudBIpCgd3b3JrZXJzGAEgAygLMhgucmVzaWxpZW50dGFzay52MS5Xb3JrZXIiCwoJSGVhcnRiZWF0Iq0CChJXYXRjaFRhc2tzUmVzcG9uc2USFAoMcmVzdW1lX3Rva2VuGAEgASgJEjIKCHNuYXBzaG90GAIgASgLMh4ucmVzaWxpZW50dGFzay52MS5UYXNrU25hcHNob3RIABIsCgVldmVudBgDIAEoCzIbLnJlc2lsaWVudHRhc2sudjEuVGFza0V2ZW50SAASMAoJaGVhcnRiZWF0GAQgASgLMhsucmVzaWxpZW50dGFzay52MS5IZWFydGJlYXRIABIxCgd3b3JrZXJzGAUgASgLMh4ucmVzaWxpZW50dGFzay52MS5Xb3JrZXJzRXZlbnRIABIyCgZldmVudHMYBiABKAsyIC5yZXNpbGllbnR0YXNrLnYxLlRhc2tFdmVudEJhdGNoSABCBgoEa2luZCIUChJMaXN0V29ya2Vyc1JlcXVlc3QiQAoTTGlzdFdvcmtlcnNSZXNwb25zZRIpCgd3b3JrZXJzGAEgAygLMhgucmVzaWxpZW50dGFzay52MS5Xb3JrZXIiEgoQTGlzdEtpbmRzUmVxdWVzdCIiChFMaXN0S2luZHNSZXNwb25zZRINCgVraW5kcxgBIAMoCTK0CAoQU2NoZWR1bGVyU2VydmljZRJXCgpTdWJtaXRUYXNrEiMucmVzaWxpZW50dGFzay52MS5TdWJtaXRUYXNrUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuU3VibWl0VGFza1Jlc3BvbnNlEk4KB0dldFRhc2sSIC5yZXNpbGllbnR0YXNrLnYxLkdldFRhc2tSZXF1ZXN0GiEucmVzaWxpZW50dGFzay52MS5HZXRUYXNrUmVzcG9uc2USVAoJTGlzdFRhc2tzEiIucmVzaWxpZW50dGFzay52MS5MaXN0VGFza3NSZXF1ZXN0GiMucmVzaWxpZW50dGFzay52MS5MaXN0VGFza3NSZXNwb25zZRJXCgpDYW5jZWxUYXNrEiMucmVzaWxpZW50dGFzay52MS5DYW5jZWxUYXNrUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuQ2FuY2VsVGFza1Jlc3BvbnNlEloKC0NhbmNlbEJhdGNoEiQucmVzaWxpZW50dGFzay52MS5DYW5jZWxCYXRjaFJlcXVlc3QaJS5yZXNpbGllbnR0YXNrLnYxLkNhbmNlbEJhdGNoUmVzcG9uc2USVAoJUmV0cnlUYXNrEiIucmVzaWxpZW50dGFzay52MS5SZXRyeVRhc2tSZXF1ZXN0GiMucmVzaWxpZW50dGFzay52MS5SZXRyeVRhc2tSZXNwb25zZRJXCgpEZWxldGVUYXNrEiMucmVzaWxpZW50dGFzay52MS5EZWxldGVUYXNrUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuRGVsZXRlVGFza1Jlc3BvbnNlEl0KDENsZWFySGlzdG9yeRIlLnJlc2lsaWVudHRhc2sudjEuQ2xlYXJIaXN0b3J5UmVxdWVzdBomLnJlc2lsaWVudHRhc2sudjEuQ2xlYXJIaXN0b3J5UmVzcG9uc2USUQoIR2V0U3RhdHMSIS5yZXNpbGllbnR0YXNrLnYxLkdldFN0YXRzUmVxdWVzdBoiLnJlc2lsaWVudHRhc2sudjEuR2V0U3RhdHNSZXNwb25zZRJZCgpXYXRjaFRhc2tzEiMucmVzaWxpZW50dGFzay52MS5XYXRjaFRhc2tzUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuV2F0Y2hUYXNrc1Jlc3BvbnNlMAESWgoLTGlzdFdvcmtlcnMSJC5yZXNpbGllbnR0YXNrLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBolLnJlc2lsaWVudHRhc2sudjEuTGlzdFdvcmtlcnNSZXNwb25zZRJUCglMaXN0S2luZHMSIi5yZXNpbGllbnR0YXNrLnYxLkxpc3RLaW5kc1JlcXVlc3QaIy5yZXNpbGllbnR0YXNrLnYxLkxpc3RLaW5kc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_resilienttask_v1_task]);
 
 /**
  * SubmitTaskRequest describes the task to run.
@@ -460,11 +460,19 @@ export const GetStatsResponseSchema: GenMessage<GetStatsResponse> = /*@__PURE__*
  */
 export type WatchTasksRequest = Message<"resilienttask.v1.WatchTasksRequest"> & {
   /**
-   * Resume token of the last message received; empty starts with a snapshot.
+   * Resume token of the last message (or of the last event of a batch) received; empty starts with a snapshot.
    *
    * @generated from field: string resume_token = 1;
    */
   resumeToken: string;
+
+  /**
+   * True when the client unpacks `events`: changes ready together then come as one message.
+   * Without it every change comes alone, as `event`.
+   *
+   * @generated from field: bool accept_batches = 2;
+   */
+  acceptBatches: boolean;
 };
 
 /**
@@ -535,6 +543,14 @@ export type TaskEvent = Message<"resilienttask.v1.TaskEvent"> & {
    * @generated from field: bool deleted = 3;
    */
   deleted: boolean;
+
+  /**
+   * Token to resume after this event: within a batch, a client that stops after this event resumes
+   * with it and misses nothing. Alone, it equals the message's resume_token.
+   *
+   * @generated from field: string resume_token = 4;
+   */
+  resumeToken: string;
 };
 
 /**
@@ -543,6 +559,27 @@ export type TaskEvent = Message<"resilienttask.v1.TaskEvent"> & {
  */
 export const TaskEventSchema: GenMessage<TaskEvent> = /*@__PURE__*/
   messageDesc(file_resilienttask_v1_scheduler, 20);
+
+/**
+ * TaskEventBatch is several changes, oldest first, sent together because they were ready together.
+ *
+ * @generated from message resilienttask.v1.TaskEventBatch
+ */
+export type TaskEventBatch = Message<"resilienttask.v1.TaskEventBatch"> & {
+  /**
+   * The changes in history order; the message's resume_token is that of the last one.
+   *
+   * @generated from field: repeated resilienttask.v1.TaskEvent events = 1;
+   */
+  events: TaskEvent[];
+};
+
+/**
+ * Describes the message resilienttask.v1.TaskEventBatch.
+ * Use `create(TaskEventBatchSchema)` to create a new message.
+ */
+export const TaskEventBatchSchema: GenMessage<TaskEventBatch> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_scheduler, 21);
 
 /**
  * WorkersEvent is a change of the worker pool.
@@ -563,7 +600,7 @@ export type WorkersEvent = Message<"resilienttask.v1.WorkersEvent"> & {
  * Use `create(WorkersEventSchema)` to create a new message.
  */
 export const WorkersEventSchema: GenMessage<WorkersEvent> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 21);
+  messageDesc(file_resilienttask_v1_scheduler, 22);
 
 /**
  * Heartbeat says the stream is alive.
@@ -578,7 +615,7 @@ export type Heartbeat = Message<"resilienttask.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 22);
+  messageDesc(file_resilienttask_v1_scheduler, 23);
 
 /**
  * WatchTasksResponse is one message of the live stream.
@@ -630,6 +667,14 @@ export type WatchTasksResponse = Message<"resilienttask.v1.WatchTasksResponse"> 
      */
     value: WorkersEvent;
     case: "workers";
+  } | {
+    /**
+     * Several tasks changed; sent only to a client that set accept_batches.
+     *
+     * @generated from field: resilienttask.v1.TaskEventBatch events = 6;
+     */
+    value: TaskEventBatch;
+    case: "events";
   } | { case: undefined; value?: undefined };
 };
 
@@ -638,7 +683,7 @@ export type WatchTasksResponse = Message<"resilienttask.v1.WatchTasksResponse"> 
  * Use `create(WatchTasksResponseSchema)` to create a new message.
  */
 export const WatchTasksResponseSchema: GenMessage<WatchTasksResponse> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 23);
+  messageDesc(file_resilienttask_v1_scheduler, 24);
 
 /**
  * ListWorkersRequest is empty.
@@ -653,7 +698,7 @@ export type ListWorkersRequest = Message<"resilienttask.v1.ListWorkersRequest"> 
  * Use `create(ListWorkersRequestSchema)` to create a new message.
  */
 export const ListWorkersRequestSchema: GenMessage<ListWorkersRequest> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 24);
+  messageDesc(file_resilienttask_v1_scheduler, 25);
 
 /**
  * ListWorkersResponse describes the pool.
@@ -674,7 +719,7 @@ export type ListWorkersResponse = Message<"resilienttask.v1.ListWorkersResponse"
  * Use `create(ListWorkersResponseSchema)` to create a new message.
  */
 export const ListWorkersResponseSchema: GenMessage<ListWorkersResponse> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 25);
+  messageDesc(file_resilienttask_v1_scheduler, 26);
 
 /**
  * ListKindsRequest is empty.
@@ -689,7 +734,7 @@ export type ListKindsRequest = Message<"resilienttask.v1.ListKindsRequest"> & {
  * Use `create(ListKindsRequestSchema)` to create a new message.
  */
 export const ListKindsRequestSchema: GenMessage<ListKindsRequest> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 26);
+  messageDesc(file_resilienttask_v1_scheduler, 27);
 
 /**
  * ListKindsResponse names the task kinds.
@@ -710,7 +755,7 @@ export type ListKindsResponse = Message<"resilienttask.v1.ListKindsResponse"> & 
  * Use `create(ListKindsResponseSchema)` to create a new message.
  */
 export const ListKindsResponseSchema: GenMessage<ListKindsResponse> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 27);
+  messageDesc(file_resilienttask_v1_scheduler, 28);
 
 /**
  * SchedulerService is what users call; every call needs a token and sees only the caller's tasks.
