@@ -407,8 +407,9 @@ class Worker:
             return
         asked_at = time.monotonic()
         try:
-            # Bounded: a stalled Redis must not stall the heartbeats with it.
-            await asyncio.wait_for(self.consumer.refresh(entry_ids), timeout=self.config.heartbeat_interval_ms / 1000)
+            # Bounded, so a stalled Redis cannot stall the heartbeats with it; as long as the silence that ends
+            # a stream, so a merely slow one (a loaded machine) is waited for.
+            await asyncio.wait_for(self.consumer.refresh(entry_ids), timeout=self.config.contact_timeout_ms / 1000)
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("could not refresh held entries", extra={"error": repr(exc)})
             return
