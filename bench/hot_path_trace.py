@@ -5,19 +5,23 @@
     .venv/bin/python -m bench.hot_path_trace analyze /tmp/hot-path --timeline 3      # every packet of task 3
 
 `run` starts an embedded PostgreSQL and Valkey, a stack as the latency benchmark runs it (1 scheduler,
-2 gateways, 2 workers x 10 slots, Envoy, workers loading bench.handlers), `tcpdump -i lo` (needs root and
+2 gateways, 2 workers x 10 slots, Envoy, workers loading bench.handlers and connected straight to the
+scheduler), `tcpdump -i lo` (needs root and
 Debian's tcpdump), opens one WatchTasks stream and submits `bench.stamp` tasks one at a time with an idle
 pause between them. It writes `capture.pcap` and `meta.json` (which local port belongs to which process,
 each task's id, label and client-side times, the load average) to the output folder.
 
 `analyze` reads them back. Every packet with a payload is named by its two ends' processes. A task's packets
 are found by what they carry: the label (in SubmitTask, the INSERT and the handler's stamp RPUSH), the task
-id as text (dispatch entry, events, StartTasks/FinishTasks and their replies, watch pushes) or as 16 raw
-bytes (asyncpg binds uuids in binary), and by request/reply pairing on one connection (PostgreSQL and Redis
-answer on the flow that asked). STEPS below is the path; each leg is the gap between two consecutive steps,
-so a gap between a packet arriving at a process and the next one leaving it is that process's own time
-(event-loop wake-up, decoding, building the next request), and a gap between a request and its reply is
-the peer's. Change STEPS when the protocol changes; unmatched steps are reported, not guessed.
+id as text (dispatch entry, events, the work requests and answers on the worker's Connect stream, watch
+pushes) or as 16 raw bytes (asyncpg binds uuids in binary), by the first protobuf tag of the gRPC message
+that carries it (a work request, not a heartbeat listing the same task), and by request/reply pairing on one
+connection (PostgreSQL and Redis answer on the flow that asked). STEPS below is the path; each leg is the
+gap between two consecutive steps, so a gap between a packet arriving at a process and the next one leaving
+it is that process's own time (event-loop wake-up, decoding, building the next request), and a gap between
+a request and its reply is the peer's. Change STEPS when the protocol changes; unmatched steps are reported,
+not guessed. The path of the old protocol (unary StartTasks/FinishTasks through Envoy) is kept as the
+"before" route, for captures made before it changed: `analyze --route before`.
 """
 
 from __future__ import annotations
@@ -54,8 +58,10 @@ class Step:
 
     src/dst: a process name, a prefix ending in "*" ("worker*"), or "@step.src" / "@step.dst" for the
     process seen at an earlier step. needle: "label", "id" (task id text), "uuid" (text or 16 raw bytes), or
-    None. text: bytes the payload must contain. reply: the first packet answering `after` on its connection
-    (src/dst then ignored). leg: what the gap from the previous step to this one is.
+    None. text: bytes the payload must contain. grpc: the needle must be inside a gRPC message (in an HTTP/2
+    DATA frame of the payload) that begins with these bytes, e.g. one protobuf field's tag, which tells a
+    message kind from another kind carrying the same task id. reply: the first packet answering `after` on
+    its connection (src/dst then ignored). leg: what the gap from the previous step to this one is.
     """
 
     name: str
@@ -66,10 +72,161 @@ class Step:
     needle: str | None = None
     text: bytes | None = None
     reply: bool = False
+    grpc: bytes | None = None
 
 
-# Main path of one task, in order; every step's `after` defaults to the previous step.
+# Main path of one task, in order; every step's `after` defaults to the previous step. Workers talk to the
+# scheduler directly on one Connect stream: a start or an outcome is a ConnectRequest{work} (its gRPC message
+# begins with field 4's tag, 0x22; a heartbeat listing the same task begins with 0x12), the answer a
+# ConnectResponse{work} (field 2, 0x12; cancels are field 1, heartbeat acks field 3).
+WORK_REQUEST = b"\x22"
+WORK_RESPONSE = b"\x12"
+WORKER = "@Valkey → worker XREADGROUP.dst"
+SCHEDULER = "@worker → scheduler WorkRequest (start).dst"
 STEPS: tuple[Step, ...] = (
+    Step("client sends SubmitTask", "client", "envoy", "client: SDK call → bytes on the socket", needle="label"),
+    Step("Envoy → gateway", "envoy", "gateway*", "Envoy: JWT check, route, forward", needle="label"),
+    Step("gateway → PG INSERT", "@Envoy → gateway.dst", "postgres", "gateway: decode, auth, validate", needle="label"),
+    Step("PG → gateway", "", "", "PostgreSQL: the submit statement + commit", reply=True),
+    Step("gateway → Valkey EVAL+XADD", "@Envoy → gateway.dst", "valkey", "gateway: rows → Task, pipeline", needle="id"),
+    Step(
+        "Valkey → worker XREADGROUP",
+        "valkey",
+        "worker*",
+        "Valkey: event script + dispatch script (XADD), wakes the blocked XREADGROUP",
+        needle="id",
+    ),
+    Step(
+        "worker → scheduler WorkRequest (start)",
+        WORKER,
+        "scheduler*",
+        "worker: parse entry, StartItem, work request on the stream",
+        needle="id",
+        grpc=WORK_REQUEST,
+    ),
+    Step("scheduler → PG start", SCHEDULER, "postgres", "scheduler: stream message → work processor", needle="uuid"),
+    Step("PG → scheduler (start)", "", "", "PostgreSQL: the start statement", reply=True),
+    Step(
+        "scheduler → Valkey EVAL (RUNNING)",
+        SCHEDULER,
+        "valkey",
+        "scheduler: rows → Task, EVAL",
+        needle="id",
+    ),
+    Step("Valkey → scheduler (RUNNING)", "", "", "Valkey: event script", reply=True),
+    Step(
+        "scheduler → worker WorkResponse (start)",
+        SCHEDULER,
+        WORKER,
+        "scheduler: answer → mailbox → stream write",
+        needle="id",
+        grpc=WORK_RESPONSE,
+    ),
+    Step("handler start (its own clock)", "", "", "worker: stream read, parse, launch the handler (asyncio task)"),
+    Step("worker → Valkey stamp RPUSH", WORKER, "valkey", "handler: stamp RPUSH", needle="label", text=b"RPUSH"),
+    Step("Valkey → worker (stamp)", "", "", "Valkey: RPUSH", reply=True),
+    Step(
+        "worker → scheduler WorkRequest (finish)",
+        WORKER,
+        SCHEDULER,
+        "worker: handler returns, reporter, work request on the stream",
+        needle="id",
+        grpc=WORK_REQUEST,
+    ),
+    Step("scheduler → PG finish", SCHEDULER, "postgres", "scheduler: stream message → work processor", needle="uuid"),
+    Step("PG → scheduler (finish)", "", "", "PostgreSQL: the finish statement", reply=True),
+    Step(
+        "scheduler → Valkey EVAL (SUCCEEDED)",
+        SCHEDULER,
+        "valkey",
+        "scheduler: rows → Task, EVAL",
+        needle="id",
+    ),
+    Step(
+        "Valkey → gateway feed (SUCCEEDED)",
+        "valkey",
+        "gateway*",
+        "Valkey: script, wakes the gateway's blocked XREAD of the feed",
+        needle="id",
+    ),
+    Step("gateway → PG stats", "@Valkey → gateway feed (SUCCEEDED).dst", "postgres", "gateway: route the entry"),
+    Step("PG → gateway (stats)", "", "", "PostgreSQL: count by status", reply=True),
+    Step(
+        "gateway → Envoy push",
+        "@Valkey → gateway feed (SUCCEEDED).dst",
+        "envoy",
+        "gateway: event → stream write",
+        needle="id",
+    ),
+    Step("Envoy → client push", "envoy", "client", "Envoy: forward the push", needle="id"),
+    Step("client sees SUCCEEDED", "", "", "client: SDK decode, watcher wakes"),
+)
+
+# Packets off the critical path (or beside it), each after the main-path step it names.
+SIDE_STEPS: tuple[Step, ...] = (
+    Step("Valkey → gateway (EVAL+XADD)", "", "", "", "gateway → Valkey EVAL+XADD", reply=True),
+    Step("gateway → Envoy SubmitTask reply", "@Envoy → gateway.dst", "envoy", "", "Valkey → gateway (EVAL+XADD)", "id"),
+    Step("Envoy → client SubmitTask reply", "envoy", "client", "", "gateway → Envoy SubmitTask reply", "id"),
+    Step("gateway → PG mark published", "@Envoy → gateway.dst", "postgres", "", "Valkey → gateway (EVAL+XADD)"),
+    Step("PG → gateway (mark published)", "", "", "", "gateway → PG mark published", reply=True),
+    Step(
+        "worker → Valkey next blocking XREADGROUP",
+        WORKER,
+        "valkey",
+        "",
+        "scheduler → worker WorkResponse (start)",
+        text=b"XREADGROUP",
+    ),
+    Step(
+        "worker → scheduler HTTP/2 PING",
+        WORKER,
+        SCHEDULER,
+        "",
+        "Valkey → worker XREADGROUP",
+        text=b"\x00\x00\x08\x06\x00",
+    ),
+    Step("client → Envoy HTTP/2 PING", "client", "envoy", "", "client sends SubmitTask", text=b"\x00\x00\x08\x06\x00"),
+    Step("Valkey → scheduler (SUCCEEDED)", "", "", "", "scheduler → Valkey EVAL (SUCCEEDED)", reply=True),
+    Step(
+        "scheduler → worker WorkResponse (finish)",
+        SCHEDULER,
+        WORKER,
+        "",
+        "Valkey → scheduler (SUCCEEDED)",
+        "id",
+        grpc=WORK_RESPONSE,
+    ),
+    Step("worker → Valkey XACK", WORKER, "valkey", "", "scheduler → worker WorkResponse (finish)", text=b"XACK"),
+    Step("Valkey → worker (XACK)", "", "", "", "worker → Valkey XACK", reply=True),
+    Step("Valkey → gateway feed (QUEUED)", "valkey", "gateway*", "", "gateway → Valkey EVAL+XADD", "id"),
+    Step("gateway → Envoy push (QUEUED)", "gateway*", "envoy", "", "Valkey → gateway feed (QUEUED)", "id"),
+    Step("Valkey → gateway feed (RUNNING)", "valkey", "gateway*", "", "scheduler → Valkey EVAL (RUNNING)", "id"),
+    Step("gateway → Envoy push (RUNNING)", "gateway*", "envoy", "", "Valkey → gateway feed (RUNNING)", "id"),
+)
+
+# The benchmark's five legs (bench/ours.py LATENCY_LEGS) as ranges of STEPS, for the summary.
+BENCH_LEGS: tuple[tuple[str, str, str], ...] = (
+    ("submit → created_at", "client sends SubmitTask", "gateway → PG INSERT"),
+    ("created_at → started_at", "gateway → PG INSERT", "scheduler → PG start"),
+    ("started_at → handler start", "scheduler → PG start", "handler start (its own clock)"),
+    ("handler start → finished_at", "handler start (its own clock)", "scheduler → PG finish"),
+    ("finished_at → SUCCEEDED seen", "scheduler → PG finish", "client sees SUCCEEDED"),
+)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A protocol's path: main steps, side packets, and the benchmark's legs as ranges of the main steps."""
+
+    steps: tuple[Step, ...]
+    side_steps: tuple[Step, ...]
+    bench_legs: tuple[tuple[str, str, str], ...]
+
+
+# The path before the worker protocol moved onto the Connect stream (captures up to 9dcc163: unary
+# StartTasks/FinishTasks through Envoy, a second non-blocking XREADGROUP after each wake-up). Kept so
+# those captures can be read again: `analyze --route before`.
+BEFORE_STEPS: tuple[Step, ...] = (
     Step("client sends SubmitTask", "client", "envoy", "client: SDK call → bytes on the socket", needle="label"),
     Step("Envoy → gateway", "envoy", "gateway*", "Envoy: JWT check, route, forward", needle="label"),
     Step("gateway → PG INSERT", "@Envoy → gateway.dst", "postgres", "gateway: decode, auth, validate", needle="label"),
@@ -181,8 +338,7 @@ STEPS: tuple[Step, ...] = (
     Step("client sees SUCCEEDED", "", "", "client: SDK decode, watcher wakes"),
 )
 
-# Packets off the critical path (or beside it), each after the main-path step it names.
-SIDE_STEPS: tuple[Step, ...] = (
+BEFORE_SIDE_STEPS: tuple[Step, ...] = (
     Step("Valkey → gateway (EVAL+XADD)", "", "", "", "gateway → Valkey EVAL+XADD", reply=True),
     Step("gateway → Envoy SubmitTask reply", "@Envoy → gateway.dst", "envoy", "", "Valkey → gateway (EVAL+XADD)", "id"),
     Step("Envoy → client SubmitTask reply", "envoy", "client", "", "gateway → Envoy SubmitTask reply", "id"),
@@ -216,14 +372,21 @@ SIDE_STEPS: tuple[Step, ...] = (
     Step("gateway → Envoy push (RUNNING)", "gateway*", "envoy", "", "Valkey → gateway feed (RUNNING)", "id"),
 )
 
-# The benchmark's five legs (bench/ours.py LATENCY_LEGS) as ranges of STEPS, for the summary.
-BENCH_LEGS: tuple[tuple[str, str, str], ...] = (
+BEFORE_BENCH_LEGS: tuple[tuple[str, str, str], ...] = (
     ("submit → created_at", "client sends SubmitTask", "gateway → PG INSERT"),
     ("created_at → started_at", "gateway → PG INSERT", "scheduler → PG start"),
     ("started_at → handler start", "scheduler → PG start", "handler start (its own clock)"),
     ("handler start → finished_at", "handler start (its own clock)", "scheduler → PG finish"),
     ("finished_at → SUCCEEDED seen", "scheduler → PG finish", "client sees SUCCEEDED"),
 )
+
+
+ROUTES: dict[str, Route] = {
+    "after": Route(STEPS, SIDE_STEPS, BENCH_LEGS),
+    "before": Route(BEFORE_STEPS, BEFORE_SIDE_STEPS, BEFORE_BENCH_LEGS),
+}
+# Captures whose meta.json names no route were made before routes existed, on the old protocol.
+UNNAMED_ROUTE = "before"
 
 
 # -- pcap -----------------------------------------------------------------------------------------
@@ -265,6 +428,25 @@ def read_pcap(path: Path) -> Iterator[Packet]:
             yield Packet(sec + frac / (1e9 if nano else 1e6), src, dst, bytes(payload))
 
 
+def grpc_messages(payload: bytes) -> Iterator[bytes]:
+    """The gRPC messages in the HTTP/2 DATA frames of a payload that starts at a frame boundary (each write of
+    these small messages is one segment); a message cut off by the payload's end is returned cut off."""
+    offset = 0
+    while offset + 9 <= len(payload):
+        length = int.from_bytes(payload[offset : offset + 3], "big")
+        kind, flags = payload[offset + 3], payload[offset + 4]
+        body = payload[offset + 9 : offset + 9 + length]
+        offset += 9 + length
+        if kind != 0:  # not DATA
+            continue
+        if flags & 0x8 and body:  # PADDED
+            body = body[1 : len(body) - body[0]]
+        while len(body) >= 5 and body[0] in (0, 1):
+            size = int.from_bytes(body[1:5], "big")
+            yield body[5 : 5 + size]
+            body = body[5 + size :]
+
+
 # -- analysis -------------------------------------------------------------------------------------
 
 
@@ -281,8 +463,9 @@ class Seen:
 class TaskTrace:
     """The packets of one task's window, named by process, and the steps found among them."""
 
-    def __init__(self, packets: list[Packet], roles: dict[int, str], task: dict[str, Any]) -> None:
+    def __init__(self, packets: list[Packet], roles: dict[int, str], task: dict[str, Any], route: Route) -> None:
         self.packets = packets
+        self.route = route
         self.roles = roles
         self.task = task
         task_id = uuid.UUID(task["task_id"])
@@ -322,7 +505,14 @@ class TaskTrace:
                 src, dst = self.role(packet.src), self.role(packet.dst)
                 if not (self._role_ok(step.src, src) and self._role_ok(step.dst, dst)):
                     continue
-                if step.needle and not any(n in packet.payload for n in self.needles[step.needle]):
+                if step.grpc is not None:
+                    prefix = step.grpc
+                    regions = [m for m in grpc_messages(packet.payload) if m.startswith(prefix)]
+                else:
+                    regions = [packet.payload]
+                if not regions:
+                    continue
+                if step.needle and not any(n in r for r in regions for n in self.needles[step.needle]):
                     continue
                 if step.text and step.text not in packet.payload:
                     continue
@@ -331,7 +521,7 @@ class TaskTrace:
 
     def trace(self) -> None:
         previous: str | None = None
-        for step in STEPS:
+        for step in self.route.steps:
             if step.name == "handler start (its own clock)":
                 at = self.task.get("handler_start")
                 if at is not None and previous in self.found:
@@ -343,7 +533,7 @@ class TaskTrace:
                 if seen is not None:
                     self.found[step.name] = seen
             previous = step.name
-        for step in SIDE_STEPS:
+        for step in self.route.side_steps:
             seen = self.match(step, None)
             if seen is not None:
                 self.found[step.name] = seen
@@ -351,18 +541,22 @@ class TaskTrace:
     def legs(self) -> dict[str, float]:
         """ms of each main-path leg (keyed by the step it ends at) whose two ends were both found."""
         spans: dict[str, float] = {}
-        first = self.found.get(STEPS[0].name)
+        steps = self.route.steps
+        first = self.found.get(steps[0].name)
         if first is not None:
-            spans[STEPS[0].name] = (first.at - self.task["before"]) * 1000
-        for before, step in itertools.pairwise(STEPS):
+            spans[steps[0].name] = (first.at - self.task["before"]) * 1000
+        for before, step in itertools.pairwise(steps):
             a, b = self.found.get(before.name), self.found.get(step.name)
             if a is not None and b is not None:
                 spans[step.name] = (b.at - a.at) * 1000
         return spans
 
 
-def load(folder: Path) -> tuple[list[TaskTrace], dict[str, Any], list[Packet]]:
+def load(folder: Path, route_name: str | None = None) -> tuple[list[TaskTrace], dict[str, Any], list[Packet]]:
+    """A capture's tasks traced along route_name (default: the route its meta.json names)."""
     meta = json.loads((folder / META).read_text())
+    meta["route"] = route_name or meta.get("route", UNNAMED_ROUTE)
+    route = ROUTES[meta["route"]]
     roles = {int(port): name for port, name in meta["roles"].items()}
     # Only our processes' packets: the loopback is shared with whatever else runs on the machine.
     packets = sorted((p for p in read_pcap(folder / CAPTURE) if p.src in roles or p.dst in roles), key=lambda p: p.at)
@@ -372,7 +566,7 @@ def load(folder: Path) -> tuple[list[TaskTrace], dict[str, Any], list[Packet]]:
         begin = task["before"] - 0.002
         end = min(task["seen"] + 0.05, tasks[i + 1]["before"] - 0.002 if i + 1 < len(tasks) else float("inf"))
         window = [p for p in packets if begin <= p.at <= end]
-        trace = TaskTrace(window, roles, task)
+        trace = TaskTrace(window, roles, task, route)
         trace.trace()
         traces.append(trace)
     return traces, meta, packets
@@ -385,6 +579,9 @@ def pct(values: list[float], fraction: float) -> float:
 
 def table(traces: list[TaskTrace]) -> str:
     """Markdown: p50/p90 of each leg, then the benchmark's five legs, then the side packets."""
+    route = traces[0].route
+    if any(t.route is not route for t in traces):
+        raise ValueError("captures of different routes cannot be pooled")
     lines = [
         f"{len(traces)} tasks; legs in ms (p50 / p90 / mean / n matched); means add up to the mean total",
         "",
@@ -392,7 +589,7 @@ def table(traces: list[TaskTrace]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     spans = [t.legs() for t in traces]
-    for i, step in enumerate(STEPS):
+    for i, step in enumerate(route.steps):
         values = [s[step.name] for s in spans if step.name in s]
         leg = step.leg if i else "client: time.time() before the call → SubmitTask bytes out"
         if values:
@@ -403,7 +600,7 @@ def table(traces: list[TaskTrace]) -> str:
         else:
             lines.append(f"| {i} | {step.name} | {leg} | - | - | - | 0 |")
     holders: dict[str, list[float]] = {}
-    for i, step in enumerate(STEPS):
+    for i, step in enumerate(route.steps):
         holder = "client" if i == 0 else step.leg.split(":")[0]
         values = [s[step.name] for s in spans if step.name in s]
         if values:
@@ -415,7 +612,7 @@ def table(traces: list[TaskTrace]) -> str:
     for holder, (p50_sum, mean_sum, count) in sorted(holders.items(), key=lambda kv: -kv[1][1]):
         lines.append(f"| {holder} | {count:.0f} | {p50_sum:.2f} | {mean_sum:.2f} |")
     lines += ["", "| bench leg (from packets) | p50 | p90 | mean | n |", "|---|---|---|---|---|"]
-    for label, first, last in BENCH_LEGS:
+    for label, first, last in route.bench_legs:
         values = [(t.found[last].at - t.found[first].at) * 1000 for t in traces if first in t.found and last in t.found]
         if values:
             lines.append(
@@ -428,10 +625,12 @@ def table(traces: list[TaskTrace]) -> str:
         f"| {statistics.fmean(totals):.2f} | {len(totals)} |"
     )
     lines += ["", "| side packet | ms after the client's submit, p50 | p90 | n |", "|---|---|---|---|"]
-    for step in SIDE_STEPS:
+    for step in route.side_steps:
         values = [(t.found[step.name].at - t.task["before"]) * 1000 for t in traces if step.name in t.found]
         if values:
             lines.append(f"| {step.name} | {statistics.median(values):.2f} | {pct(values, 0.9):.2f} | {len(values)} |")
+        else:
+            lines.append(f"| {step.name} | - | - | 0 |")
     return "\n".join(lines)
 
 
@@ -757,6 +956,7 @@ def capture(out: Path, tasks: int, warmup: int, gap_s: tuple[float, float], vari
                 roles[port] = name
             roles = {port: ("envoy" if name.startswith("envoy") else name) for port, name in roles.items()}
     meta = {
+        "route": "after",
         "primitives_before": primitives,
         "variant": variant.__dict__,
         "cpu": usage,
@@ -907,6 +1107,11 @@ def main() -> None:
     an_p = sub.add_parser("analyze", help="the table from an earlier capture")
     an_p.add_argument("folder", type=Path, nargs="+", help="one capture, or several to pool their tasks")
     an_p.add_argument("--timeline", type=int, action="append", default=[], help="print every packet of task N")
+    an_p.add_argument(
+        "--route",
+        choices=sorted(ROUTES),
+        help="the path to look for (default: the one meta.json names; 'before' for captures older than routes)",
+    )
     probe_p = sub.add_parser("probe", help="what PostgreSQL and Valkey primitives cost here, without our services")
     probe_p.add_argument("--n", type=int, default=300)
     args = parser.parse_args()
@@ -921,12 +1126,12 @@ def main() -> None:
         folders = args.folder
     pooled: list[TaskTrace] = []
     for folder in folders:
-        traces, meta, packets = load(folder)
+        traces, meta, packets = load(folder, getattr(args, "route", None))
         pooled += traces
         totals = [(t.task["seen"] - t.task["before"]) * 1000 for t in traces]
         print(
-            f"{folder}: capture of {meta['date']}; {meta.get('variant', {})}; load average before "
-            f"{meta['loadavg_before']}, after {meta['loadavg_after']}; submit → seen p50 "
+            f"{folder}: capture of {meta['date']}; route {meta['route']}; {meta.get('variant', {})}; "
+            f"load average before {meta['loadavg_before']}, after {meta['loadavg_after']}; submit → seen p50 "
             f"{statistics.median(totals):.2f} ms, p90 {pct(totals, 0.9):.2f} ms"
         )
         for name, spread in meta.get("primitives_before", {}).items():
