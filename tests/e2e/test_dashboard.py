@@ -331,7 +331,10 @@ async def test_two_thousand_rows_stay_virtual_and_reachable(page: Page, stack: S
         log = NetworkLog().attach(page)
         await page.reload()
         await expect_live(page)
+        # The snapshot has been drawn (the button's state is set in the same frame), and it is partial.
+        await expect(page.locator(".shown-count")).to_have_text(re.compile(r"^\d+ shown$"))
         older = page.locator(".table-foot button")
+        await expect(older).to_be_visible()
         while await older.is_visible():
             await older.click()
             await page.wait_for_function(
