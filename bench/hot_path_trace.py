@@ -75,6 +75,48 @@ class Step:
     grpc: bytes | None = None
 
 
+# Both routes begin with the submission and end with the watch push; they differ in between.
+_SUBMIT_STEPS: tuple[Step, ...] = (
+    Step("client sends SubmitTask", "client", "envoy", "client: SDK call → bytes on the socket", needle="label"),
+    Step("Envoy → gateway", "envoy", "gateway*", "Envoy: JWT check, route, forward", needle="label"),
+    Step("gateway → PG INSERT", "@Envoy → gateway.dst", "postgres", "gateway: decode, auth, validate", needle="label"),
+    Step("PG → gateway", "", "", "PostgreSQL: the submit statement + commit", reply=True),
+    Step("gateway → Valkey EVAL+XADD", "@Envoy → gateway.dst", "valkey", "gateway: rows → Task, pipeline", needle="id"),
+)
+_FEED_STEPS: tuple[Step, ...] = (
+    Step(
+        "Valkey → gateway feed (SUCCEEDED)",
+        "valkey",
+        "gateway*",
+        "Valkey: script, wakes the gateway's blocked XREAD of the feed",
+        needle="id",
+    ),
+    Step("gateway → PG stats", "@Valkey → gateway feed (SUCCEEDED).dst", "postgres", "gateway: route the entry"),
+    Step("PG → gateway (stats)", "", "", "PostgreSQL: count by status", reply=True),
+    Step(
+        "gateway → Envoy push",
+        "@Valkey → gateway feed (SUCCEEDED).dst",
+        "envoy",
+        "gateway: event → stream write",
+        needle="id",
+    ),
+    Step("Envoy → client push", "envoy", "client", "Envoy: forward the push", needle="id"),
+    Step("client sees SUCCEEDED", "", "", "client: SDK decode, watcher wakes"),
+)
+_SUBMIT_SIDE_STEPS: tuple[Step, ...] = (
+    Step("Valkey → gateway (EVAL+XADD)", "", "", "", "gateway → Valkey EVAL+XADD", reply=True),
+    Step("gateway → Envoy SubmitTask reply", "@Envoy → gateway.dst", "envoy", "", "Valkey → gateway (EVAL+XADD)", "id"),
+    Step("Envoy → client SubmitTask reply", "envoy", "client", "", "gateway → Envoy SubmitTask reply", "id"),
+    Step("gateway → PG mark published", "@Envoy → gateway.dst", "postgres", "", "Valkey → gateway (EVAL+XADD)"),
+    Step("PG → gateway (mark published)", "", "", "", "gateway → PG mark published", reply=True),
+)
+_FEED_SIDE_STEPS: tuple[Step, ...] = (
+    Step("Valkey → gateway feed (QUEUED)", "valkey", "gateway*", "", "gateway → Valkey EVAL+XADD", "id"),
+    Step("gateway → Envoy push (QUEUED)", "gateway*", "envoy", "", "Valkey → gateway feed (QUEUED)", "id"),
+    Step("Valkey → gateway feed (RUNNING)", "valkey", "gateway*", "", "scheduler → Valkey EVAL (RUNNING)", "id"),
+    Step("gateway → Envoy push (RUNNING)", "gateway*", "envoy", "", "Valkey → gateway feed (RUNNING)", "id"),
+)
+
 # Main path of one task, in order; every step's `after` defaults to the previous step. Workers talk to the
 # scheduler directly on one Connect stream: a start or an outcome is a ConnectRequest{work} (its gRPC message
 # begins with field 4's tag, 0x22; a heartbeat listing the same task begins with 0x12), the answer a
@@ -84,11 +126,7 @@ WORK_RESPONSE = b"\x12"
 WORKER = "@Valkey → worker XREADGROUP.dst"
 SCHEDULER = "@worker → scheduler WorkRequest (start).dst"
 STEPS: tuple[Step, ...] = (
-    Step("client sends SubmitTask", "client", "envoy", "client: SDK call → bytes on the socket", needle="label"),
-    Step("Envoy → gateway", "envoy", "gateway*", "Envoy: JWT check, route, forward", needle="label"),
-    Step("gateway → PG INSERT", "@Envoy → gateway.dst", "postgres", "gateway: decode, auth, validate", needle="label"),
-    Step("PG → gateway", "", "", "PostgreSQL: the submit statement + commit", reply=True),
-    Step("gateway → Valkey EVAL+XADD", "@Envoy → gateway.dst", "valkey", "gateway: rows → Task, pipeline", needle="id"),
+    *_SUBMIT_STEPS,
     Step(
         "Valkey → worker XREADGROUP",
         "valkey",
@@ -142,33 +180,12 @@ STEPS: tuple[Step, ...] = (
         "scheduler: rows → Task, EVAL",
         needle="id",
     ),
-    Step(
-        "Valkey → gateway feed (SUCCEEDED)",
-        "valkey",
-        "gateway*",
-        "Valkey: script, wakes the gateway's blocked XREAD of the feed",
-        needle="id",
-    ),
-    Step("gateway → PG stats", "@Valkey → gateway feed (SUCCEEDED).dst", "postgres", "gateway: route the entry"),
-    Step("PG → gateway (stats)", "", "", "PostgreSQL: count by status", reply=True),
-    Step(
-        "gateway → Envoy push",
-        "@Valkey → gateway feed (SUCCEEDED).dst",
-        "envoy",
-        "gateway: event → stream write",
-        needle="id",
-    ),
-    Step("Envoy → client push", "envoy", "client", "Envoy: forward the push", needle="id"),
-    Step("client sees SUCCEEDED", "", "", "client: SDK decode, watcher wakes"),
+    *_FEED_STEPS,
 )
 
 # Packets off the critical path (or beside it), each after the main-path step it names.
 SIDE_STEPS: tuple[Step, ...] = (
-    Step("Valkey → gateway (EVAL+XADD)", "", "", "", "gateway → Valkey EVAL+XADD", reply=True),
-    Step("gateway → Envoy SubmitTask reply", "@Envoy → gateway.dst", "envoy", "", "Valkey → gateway (EVAL+XADD)", "id"),
-    Step("Envoy → client SubmitTask reply", "envoy", "client", "", "gateway → Envoy SubmitTask reply", "id"),
-    Step("gateway → PG mark published", "@Envoy → gateway.dst", "postgres", "", "Valkey → gateway (EVAL+XADD)"),
-    Step("PG → gateway (mark published)", "", "", "", "gateway → PG mark published", reply=True),
+    *_SUBMIT_SIDE_STEPS,
     Step(
         "worker → Valkey next blocking XREADGROUP",
         WORKER,
@@ -198,10 +215,7 @@ SIDE_STEPS: tuple[Step, ...] = (
     ),
     Step("worker → Valkey XACK", WORKER, "valkey", "", "scheduler → worker WorkResponse (finish)", text=b"XACK"),
     Step("Valkey → worker (XACK)", "", "", "", "worker → Valkey XACK", reply=True),
-    Step("Valkey → gateway feed (QUEUED)", "valkey", "gateway*", "", "gateway → Valkey EVAL+XADD", "id"),
-    Step("gateway → Envoy push (QUEUED)", "gateway*", "envoy", "", "Valkey → gateway feed (QUEUED)", "id"),
-    Step("Valkey → gateway feed (RUNNING)", "valkey", "gateway*", "", "scheduler → Valkey EVAL (RUNNING)", "id"),
-    Step("gateway → Envoy push (RUNNING)", "gateway*", "envoy", "", "Valkey → gateway feed (RUNNING)", "id"),
+    *_FEED_SIDE_STEPS,
 )
 
 # The benchmark's five legs (bench/ours.py LATENCY_LEGS) as ranges of STEPS, for the summary.
@@ -227,11 +241,7 @@ class Route:
 # StartTasks/FinishTasks through Envoy, a second non-blocking XREADGROUP after each wake-up). Kept so
 # those captures can be read again: `analyze --route before`.
 BEFORE_STEPS: tuple[Step, ...] = (
-    Step("client sends SubmitTask", "client", "envoy", "client: SDK call → bytes on the socket", needle="label"),
-    Step("Envoy → gateway", "envoy", "gateway*", "Envoy: JWT check, route, forward", needle="label"),
-    Step("gateway → PG INSERT", "@Envoy → gateway.dst", "postgres", "gateway: decode, auth, validate", needle="label"),
-    Step("PG → gateway", "", "", "PostgreSQL: the submit statement + commit", reply=True),
-    Step("gateway → Valkey EVAL+XADD", "@Envoy → gateway.dst", "valkey", "gateway: rows → Task, pipeline", needle="id"),
+    *_SUBMIT_STEPS,
     Step(
         "Valkey → worker XREADGROUP",
         "valkey",
@@ -318,32 +328,11 @@ BEFORE_STEPS: tuple[Step, ...] = (
         "scheduler: rows → Task, EVAL",
         needle="id",
     ),
-    Step(
-        "Valkey → gateway feed (SUCCEEDED)",
-        "valkey",
-        "gateway*",
-        "Valkey: script, wakes the gateway's blocked XREAD of the feed",
-        needle="id",
-    ),
-    Step("gateway → PG stats", "@Valkey → gateway feed (SUCCEEDED).dst", "postgres", "gateway: route the entry"),
-    Step("PG → gateway (stats)", "", "", "PostgreSQL: count by status", reply=True),
-    Step(
-        "gateway → Envoy push",
-        "@Valkey → gateway feed (SUCCEEDED).dst",
-        "envoy",
-        "gateway: event → stream write",
-        needle="id",
-    ),
-    Step("Envoy → client push", "envoy", "client", "Envoy: forward the push", needle="id"),
-    Step("client sees SUCCEEDED", "", "", "client: SDK decode, watcher wakes"),
+    *_FEED_STEPS,
 )
 
 BEFORE_SIDE_STEPS: tuple[Step, ...] = (
-    Step("Valkey → gateway (EVAL+XADD)", "", "", "", "gateway → Valkey EVAL+XADD", reply=True),
-    Step("gateway → Envoy SubmitTask reply", "@Envoy → gateway.dst", "envoy", "", "Valkey → gateway (EVAL+XADD)", "id"),
-    Step("Envoy → client SubmitTask reply", "envoy", "client", "", "gateway → Envoy SubmitTask reply", "id"),
-    Step("gateway → PG mark published", "@Envoy → gateway.dst", "postgres", "", "Valkey → gateway (EVAL+XADD)"),
-    Step("PG → gateway (mark published)", "", "", "", "gateway → PG mark published", reply=True),
+    *_SUBMIT_SIDE_STEPS,
     Step(
         "worker → Valkey next blocking XREADGROUP",
         "@Valkey → worker XREADGROUP.dst",
@@ -366,24 +355,13 @@ BEFORE_SIDE_STEPS: tuple[Step, ...] = (
     Step("Envoy → worker FinishTasks reply", "envoy", "worker*", "", "scheduler → Envoy FinishTasks reply", "id"),
     Step("worker → Valkey XACK", "worker*", "valkey", "", "Envoy → worker FinishTasks reply", text=b"XACK"),
     Step("Valkey → worker (XACK)", "", "", "", "worker → Valkey XACK", reply=True),
-    Step("Valkey → gateway feed (QUEUED)", "valkey", "gateway*", "", "gateway → Valkey EVAL+XADD", "id"),
-    Step("gateway → Envoy push (QUEUED)", "gateway*", "envoy", "", "Valkey → gateway feed (QUEUED)", "id"),
-    Step("Valkey → gateway feed (RUNNING)", "valkey", "gateway*", "", "scheduler → Valkey EVAL (RUNNING)", "id"),
-    Step("gateway → Envoy push (RUNNING)", "gateway*", "envoy", "", "Valkey → gateway feed (RUNNING)", "id"),
-)
-
-BEFORE_BENCH_LEGS: tuple[tuple[str, str, str], ...] = (
-    ("submit → created_at", "client sends SubmitTask", "gateway → PG INSERT"),
-    ("created_at → started_at", "gateway → PG INSERT", "scheduler → PG start"),
-    ("started_at → handler start", "scheduler → PG start", "handler start (its own clock)"),
-    ("handler start → finished_at", "handler start (its own clock)", "scheduler → PG finish"),
-    ("finished_at → SUCCEEDED seen", "scheduler → PG finish", "client sees SUCCEEDED"),
+    *_FEED_SIDE_STEPS,
 )
 
 
 ROUTES: dict[str, Route] = {
     "after": Route(STEPS, SIDE_STEPS, BENCH_LEGS),
-    "before": Route(BEFORE_STEPS, BEFORE_SIDE_STEPS, BEFORE_BENCH_LEGS),
+    "before": Route(BEFORE_STEPS, BEFORE_SIDE_STEPS, BENCH_LEGS),
 }
 # Captures whose meta.json names no route were made before routes existed, on the old protocol.
 UNNAMED_ROUTE = "before"
