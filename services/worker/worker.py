@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-import grpc
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
@@ -251,7 +250,7 @@ class Worker:
                 await self._release(fresh)
                 return
             delay_s = self._start_backoff.next_delay_s()
-            log.warning("start refused; entries kept", extra={"error": _describe(exc), "retry_s": delay_s})
+            log.warning("start refused; entries kept", extra={"error": repr(exc), "retry_s": delay_s})
             self._park(fresh, delay_s)
             return
         finally:
@@ -446,9 +445,3 @@ class Worker:
 def _log_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("worker loop crashed", extra={"loop": task.get_name()}, exc_info=task.exception())
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    return str(exc)
