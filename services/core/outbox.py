@@ -36,11 +36,7 @@ async def dispatch_rows(pool: asyncpg.Pool, redis: aioredis.Redis, rows: Sequenc
     except (RedisError, OSError) as exc:
         log.warning("dispatch deferred to the sweeper", extra={"tasks": len(entries), "error": repr(exc)})
         return False
-    try:
-        await _mark(pool, entries, entry_ids)
-    except (asyncpg.PostgresError, OSError) as exc:
-        # The entries are in the stream; the sweeper may publish them again, which fencing makes harmless.
-        log.warning("could not record publication", extra={"error": repr(exc)})
+    await _write_marks(pool, list(zip(entries, entry_ids, strict=True)))
     return True
 
 
@@ -53,14 +49,14 @@ async def emit_and_dispatch(
     try:
         async with redis.pipeline(transaction=False) as pipe:
             queue_changes(pipe, changes)
+            first_entry_reply = len(pipe)
             ordered = queue_entries(pipe, entries)
             replies = await pipe.execute()
     except (RedisError, OSError) as exc:
         log.warning("dispatch deferred to the sweeper, events parked", extra={"tasks": len(rows), "error": repr(exc)})
         await _park_or_log(pool, changes)
         return
-    kinds = len({e.kind for e in entries})
-    refs = entry_refs(ordered, replies[len(replies) - kinds :]) if entries else []
+    refs = entry_refs(ordered, replies[first_entry_reply:])
     # Off the reply path, and late: until it lands, only the sweeper's grace period stands between the task
     # and a second publication, which fencing makes harmless anyway.
     _mark_later(pool, ordered, refs)
@@ -107,13 +103,12 @@ async def flush_marks(pool: asyncpg.Pool) -> None:
         await _write_marks(pool, pending)
 
 
-async def _mark(pool: asyncpg.Pool, entries: Sequence[DispatchEntry], refs: Sequence[str]) -> None:
-    await task_store.mark_published(pool, [e.task_id for e in entries], [e.dispatch_id for e in entries], refs)
-
-
 async def _write_marks(pool: asyncpg.Pool, pending: Sequence[tuple[DispatchEntry, str]]) -> None:
+    entries = [entry for entry, _ in pending]
     try:
-        await _mark(pool, [entry for entry, _ in pending], [ref for _, ref in pending])
+        await task_store.mark_published(
+            pool, [e.task_id for e in entries], [e.dispatch_id for e in entries], [ref for _, ref in pending]
+        )
     except (asyncpg.PostgresError, OSError) as exc:
         # The entries are in the stream; the sweeper may publish them again, which fencing makes harmless.
         log.warning("could not record publication", extra={"error": repr(exc)})

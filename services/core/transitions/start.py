@@ -55,6 +55,12 @@ def _skip(task_id: str, reason: str) -> worker_pb2.StartResult:
 
 
 # The common start in one autocommit statement: a queued task whose current dispatch this entry carries.
+# What starting an attempt writes ($1 the worker, t.entry_id the entry that started it); both paths use it.
+_START_SET = (
+    f"status = {RUNNING}, attempt = attempt + 1, fence = nextval('fence_seq'), worker_id = $1, "
+    "entry_id = t.entry_id, started_at = now(), progress = 0, error = ''"
+)
+
 # Rows are locked in id order first, so concurrent batches cannot deadlock.
 _FAST_START = f"""
 WITH t AS (SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::text[]) AS u(id, dispatch_id, entry_id)),
@@ -63,8 +69,7 @@ locked AS (
     WHERE tasks.status = {QUEUED} AND tasks.dispatch_id = t.dispatch_id ORDER BY tasks.id FOR UPDATE OF tasks
 ),
 started AS (
-    UPDATE tasks SET status = {RUNNING}, attempt = attempt + 1, fence = nextval('fence_seq'), worker_id = $1,
-        entry_id = t.entry_id, started_at = now(), progress = 0, error = ''
+    UPDATE tasks SET {_START_SET}
     FROM t, locked WHERE tasks.id = t.id AND tasks.id = locked.id
     RETURNING {QUALIFIED_TASK_COLUMNS}
 ),
@@ -195,9 +200,7 @@ async def _start_attempts(
     if not items:
         return {}
     rows = await conn.fetch(
-        f"UPDATE tasks SET status = {RUNNING}, attempt = attempt + 1, fence = nextval('fence_seq'), "
-        "worker_id = $1, entry_id = t.entry_id, started_at = now(), progress = 0, error = '' "
-        "FROM unnest($2::uuid[], $3::text[]) AS t(id, entry_id) "
+        f"UPDATE tasks SET {_START_SET} FROM unnest($2::uuid[], $3::text[]) AS t(id, entry_id) "
         f"WHERE tasks.id = t.id RETURNING {QUALIFIED_TASK_COLUMNS}",
         worker_id,
         [item.task_id for item in items],

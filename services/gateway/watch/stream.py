@@ -9,7 +9,7 @@ chain between the hub and gRPC, which matters when one event goes out to a thous
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from resilienttask.v1 import scheduler_pb2
 from services.core import task_store, worker_registry
@@ -44,11 +44,10 @@ class _Call:
         await self._write(message)
         self.subscriber.spoke()
 
-    def messages(self, events: Sequence[EncodedEvent]) -> Iterator[tuple[bytes, str]]:
-        """Events (oldest first) as messages, each with the history position it ends at."""
-        for start in range(0, len(events), self.batch_events):
-            chunk = events[start : start + self.batch_events]
-            yield wire.batch(chunk), chunk[-1].entry_id
+    async def send_events(self, chunk: Sequence[EncodedEvent]) -> None:
+        """Events ready together (oldest first, at most batch_events) as one message; then they are sent."""
+        await self.send(wire.batch(chunk))
+        self.sent = chunk[-1].entry_id
 
     async def snapshot(self) -> bytes:
         """The owner's recent tasks and stats, as of a history position noted before reading them.
@@ -88,9 +87,8 @@ class _Call:
             ready = await self.hub.messages_for(self.owner_id, events)
             end = ready[-1].position if ready else parse_stream_id(self.sent)
             live = len(events) < page and self.subscriber.go_live(end)
-            for message, end_id in self.messages(ready):
-                await self.send(message)
-                self.sent = end_id
+            for start in range(0, len(ready), self.batch_events):
+                await self.send_events(ready[start : start + self.batch_events])
             if live:
                 return
 
@@ -132,9 +130,7 @@ class _Call:
             while subscriber.pending and subscriber.cursor is not None:
                 # Whatever the reader queued since this call last ran was ready together: one message.
                 count = min(self.batch_events, len(subscriber.pending))
-                ready = [subscriber.pending.popleft() for _ in range(count)]
-                await self.send(wire.batch(ready))
-                self.sent = ready[-1].entry_id
+                await self.send_events([subscriber.pending.popleft() for _ in range(count)])
             if subscriber.workers_changed and subscriber.cursor is not None:
                 subscriber.workers_changed = False
                 await self.send(self.workers())

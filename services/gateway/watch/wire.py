@@ -17,6 +17,7 @@ from services.gateway.watch import tokens
 
 _RESPONSE_FIELDS = scheduler_pb2.WatchTasksResponse.DESCRIPTOR.fields_by_name
 _RESUME_TOKEN = _RESPONSE_FIELDS["resume_token"].number
+_EVENT = _RESPONSE_FIELDS["event"].number
 _EVENTS = _RESPONSE_FIELDS["events"].number
 _BATCH_EVENTS = scheduler_pb2.TaskEventBatch.DESCRIPTOR.fields_by_name["events"].number
 
@@ -54,13 +55,14 @@ def encode_event(event: StoredEvent, stats: task_pb2.TaskStats | None) -> Encode
     message = scheduler_pb2.TaskEvent(
         task=event.change.task, stats=stats, deleted=event.change.deleted, resume_token=token
     )
-    alone = scheduler_pb2.WatchTasksResponse(resume_token=token, event=message).SerializeToString()
+    payload = message.SerializeToString()  # once: the single-event message and the batch element share it
+    token_field = _length_delimited(_RESUME_TOKEN, token.encode())
     return EncodedEvent(
         entry_id=event.entry_id,
         position=event.position,
-        alone=alone,
-        in_batch=_length_delimited(_BATCH_EVENTS, message.SerializeToString()),
-        token_field=_length_delimited(_RESUME_TOKEN, token.encode()),
+        alone=token_field + _length_delimited(_EVENT, payload),
+        in_batch=_length_delimited(_BATCH_EVENTS, payload),
+        token_field=token_field,
     )
 
 
