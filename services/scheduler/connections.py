@@ -40,6 +40,12 @@ class Mailbox:
     def __init__(self) -> None:
         self._pending = worker_pb2.ConnectResponse()
         self._ready = asyncio.Event()
+        self._closed = False
+
+    def close(self) -> None:
+        """The stream is ending: `next()` hands out what is left, then None."""
+        self._closed = True
+        self._ready.set()
 
     def cancel(self, command: worker_pb2.CancelCommand) -> None:
         self._pending.cancels.append(command)
@@ -53,10 +59,13 @@ class Mailbox:
         self._pending.heartbeat_acks.add(sequence=sequence)
         self._ready.set()
 
-    async def next(self) -> worker_pb2.ConnectResponse:
+    async def next(self) -> worker_pb2.ConnectResponse | None:
         await self._ready.wait()
         self._ready.clear()
         message, self._pending = self._pending, worker_pb2.ConnectResponse()
+        if self._closed and message.ByteSize() == 0:
+            self._ready.set()
+            return None
         return message
 
 

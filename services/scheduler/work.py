@@ -79,7 +79,7 @@ class WorkProcessor:
         starts = [item for request in batch for item in request.start]
         try:
             finished, started = await self._commit(finishes, starts)
-        except Exception as exc:  # the worker keeps its entries and asks again; nothing half-answered
+        except Exception as exc:  # the worker keeps its entries and asks again
             # A domain error (a transition refused) repeats on every retry: the worker then isolates the item.
             permanent = isinstance(exc, DomainError) and not isinstance(exc, Unavailable)
             log.warning("work request failed", extra={"worker": self.worker_id, "error": repr(exc)})
@@ -110,7 +110,15 @@ class WorkProcessor:
         finished, started = await asyncio.gather(
             store.finish_batch(self.pool, self.worker_id, finishes, self.retry) if finishes else _nothing(),
             store.start_batch(self.pool, self.worker_id, starts) if starts else _nothing(),
+            return_exceptions=True,  # both halves end before the batch is answered
         )
+        for half in (finished, started):
+            if isinstance(half, BaseException):
+                # The whole request is answered with the error. A half that did commit is found again when
+                # the worker asks again (a repeated start resumes, a repeated outcome is "already finished"),
+                # and its state is announced then.
+                raise half
+        assert not isinstance(finished, BaseException) and not isinstance(started, BaseException)
         changes = (finished.changes if finished else []) + (started.changes if started else [])
         # Fencing: a worker that lost its lease is told to stop now rather than at its next heartbeat.
         superseded = started.superseded if started else []

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
 from services.core import worker_registry
+from services.core.cancellation import cancel_and_wait
 from services.scheduler import store
 from services.scheduler.connections import ConnectedWorkers, Mailbox, cancel_command
 from services.scheduler.progress import ProgressBuffer
@@ -54,19 +55,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         processor = asyncio.create_task(work.run())
         await self._register(info, announce=True)
         log.info("worker connected", extra={"worker": info.id, "slots": info.slots})
+        for task in (reader, processor):  # the stream ends when the worker stops writing, or a loop fails
+            task.add_done_callback(lambda _: mailbox.close())
         try:
-            while not reader.done() and not processor.done():
-                message = asyncio.ensure_future(mailbox.next())
-                done, _ = await asyncio.wait({message, reader, processor}, return_when=asyncio.FIRST_COMPLETED)
-                if message in done:
-                    yield message.result()
-                else:
-                    message.cancel()
+            while (message := await mailbox.next()) is not None:
+                yield message
         finally:
+            await cancel_and_wait([reader, processor])
             for task in (reader, processor):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved: how the stream ended was logged where it happened, if at all
             self.workers.detach(hello.worker_id, mailbox)
             if hello.worker_id not in self.workers:
                 with contextlib.suppress(RedisError, OSError):

@@ -157,6 +157,13 @@ class SchedulerLink:
             except grpc.aio.AioRpcError as exc:
                 if not self._closed:
                     log.warning("connect stream broke", extra={"code": exc.code().name, "detail": exc.details()})
+            except asyncio.CancelledError:
+                # A call cancelled here (the silence watch gave it up) raises CancelledError in its reader;
+                # only a cancellation of this task itself ends the link.
+                if _this_task_cancelled():
+                    raise
+                if not self._closed:
+                    log.warning("connect stream given up")
             except Exception as exc:  # whatever broke the session, the stream must come back
                 if not self._closed:
                     log.warning("connect stream failed", extra={"error": repr(exc)})
@@ -232,6 +239,10 @@ class SchedulerLink:
         async with self._write_lock:
             try:
                 await call.write(request)
+            except asyncio.CancelledError:
+                if _this_task_cancelled():
+                    raise
+                return False  # the call was given up under us
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
                 log.debug("stream write failed", extra={"error": repr(exc)})
                 return False
@@ -313,6 +324,12 @@ class SchedulerLink:
             call.cancel()
         for channel in self._channels.values():
             await channel.close(grace=None)
+
+
+def _this_task_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (not merely a gRPC call it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _fail(asks: Sequence[_Ask], exc: Exception) -> None:

@@ -62,13 +62,10 @@ class DispatchConsumer:
         A batch lands in its stream in one command (services.core.dispatch), so a blocked read wakes with
         all of it: a 50-replica submission goes to the scheduler in one work request, in one round trip.
         """
-        return await self._accept(await self._read_raw(count, block_ms))
-
-    async def _read_raw(self, count: int, block_ms: int | None) -> list[tuple[str, Any]]:
         reply: Any = await self.redis.xreadgroup(
             keys.DISPATCH_GROUP, self.consumer, dict.fromkeys(self._kind_of, ">"), count=count, block=block_ms
         )
-        return [(_text(stream), entry) for stream, entries in reply or [] for entry in entries]
+        return await self._accept([(_text(stream), entry) for stream, entries in reply or [] for entry in entries])
 
     async def reclaim(self, count: int, min_idle_ms: int) -> list[Delivery]:
         """Take over up to count entries idle for min_idle_ms: their worker stopped heartbeating."""
@@ -106,17 +103,15 @@ class DispatchConsumer:
 
     async def refresh(self, entry_ids: Sequence[str]) -> None:
         """Reset the idle time of entries we hold, so XAUTOCLAIM leaves a healthy worker's work alone."""
-        grouped = _by_stream(entry_ids)
-        if not grouped:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for stream, ids in grouped.items():
-                pipe.xclaim(stream, keys.DISPATCH_GROUP, self.consumer, 0, list[Any](ids), justid=True)
-            await pipe.execute()
+        await self._set_idle(entry_ids, None)
 
     async def release(self, entry_ids: Sequence[str], idle_ms: int) -> None:
         """Hand entries back: still ours, but marked idle for idle_ms, so the next reclaim pass of any live
         worker takes them at once instead of after the reclaim idle time."""
+        await self._set_idle(entry_ids, idle_ms)
+
+    async def _set_idle(self, entry_ids: Sequence[str], idle_ms: int | None) -> None:
+        """XCLAIM our own entries back to us, their idle time reset to idle_ms (None: zero)."""
         grouped = _by_stream(entry_ids)
         if not grouped:
             return

@@ -92,7 +92,6 @@ class Worker:
         # Outcomes sent but not yet confirmed: still heartbeated and refreshed, so nobody reclaims them.
         self.finishing: dict[HeldKey, str] = {}
         self.parked: list[Parked] = []
-        self.deciding = 0
         # Entries in a start request now: one coming back from a reclaim pass meanwhile is not offered twice.
         self.offering: set[str] = set()
         # entry id -> when its idle time in the stream was last reset (read, claimed or refreshed), monotonic.
@@ -104,11 +103,12 @@ class Worker:
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
         self._consuming: asyncio.Task[None] | None = None
+        self._refreshing: asyncio.Task[None] | None = None
 
     # -- state ------------------------------------------------------------------------------------
     @property
     def free_slots(self) -> int:
-        return self.config.slots - len(self.running) - self.deciding - len(self.parked)
+        return self.config.slots - len(self.running) - len(self.offering) - len(self.parked)
 
     @property
     def connected(self) -> bool:
@@ -166,7 +166,7 @@ class Worker:
             await asyncio.wait(still)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.reporter.wait_idle(), timeout=max(1.0, deadline - time.monotonic()))
-        await cancel_and_wait(self._loops)
+        await cancel_and_wait([*self._loops, *([self._refreshing] if self._refreshing else [])])
         await self.link.close()
         log.info("worker stopped", extra={"worker": self.config.worker_id, "unsettled": len(self.finishing)})
 
@@ -233,7 +233,6 @@ class Worker:
             worker_pb2.StartItem(task_id=d.entry.task_id, dispatch_id=d.entry.dispatch_id, entry_id=d.entry_id)
             for d in fresh
         ]
-        self.deciding += len(fresh)
         self.offering.update(d.entry_id for d in fresh)
         try:
             results = await self.link.start_tasks(items)
@@ -254,7 +253,6 @@ class Worker:
             self._park(fresh, delay_s)
             return
         finally:
-            self.deciding -= len(fresh)
             self.offering.difference_update(d.entry_id for d in fresh)
         self._start_backoff.reset()
         skipped: list[str] = []
@@ -395,11 +393,17 @@ class Worker:
         await self.link.heartbeat([held(key) for key, _ in self._held()])
 
     async def _heartbeat(self) -> None:
-        """Tell the scheduler what we hold and, while it answers, reset those entries' idle time."""
+        """Tell the scheduler what we hold and, while it answers, reset those entries' idle time.
+
+        The refresh runs beside the beats (one at a time): a slow Redis must not delay the next beat, or the
+        scheduler's answers would stop and the stream be given up for nothing.
+        """
         holding = self._held()
         await self.link.heartbeat([held(key) for key, _ in holding])
-        if self.link.connected.is_set():
-            await self._refresh([entry_id for _, entry_id in holding])
+        if not self.link.connected.is_set() or (self._refreshing is not None and not self._refreshing.done()):
+            return
+        entry_ids = [entry_id for _, entry_id in holding]
+        self._refreshing = asyncio.create_task(self._refresh(entry_ids), name="refresh")
 
     async def _refresh(self, entry_ids: Sequence[str]) -> None:
         if not entry_ids:

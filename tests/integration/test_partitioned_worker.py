@@ -138,6 +138,8 @@ async def test_a_worker_cut_off_stops_its_handler_before_another_worker_takes_th
     # The two runs, as the handlers saw them: A's last tick came before B's first one.
     assert first[1] < second[0], f"attempt 1 ran until {first[1]:.3f}, attempt 2 from {second[0]:.3f}"
     assert not a.worker.finishing, "A reports nothing for the attempt it gave up"
+    a.resume()
+    await eventually(lambda: _value(a.worker.connected), timeout_s=30, message="A back in contact once the path heals")
 
 
 async def test_a_worker_that_reaches_redis_but_not_the_scheduler_claims_no_entries(pair: Pair) -> None:

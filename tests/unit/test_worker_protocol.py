@@ -291,6 +291,19 @@ async def test_a_broken_stream_is_reopened_with_a_new_hello(harness: Harness) ->
     assert (await harness.finished(task_id)).outcome == worker_pb2.OUTCOME_CANCELLED
 
 
+async def test_a_silent_scheduler_is_given_up_and_the_stream_reopened_once_it_answers(harness: Harness) -> None:
+    await eventually(lambda: _value(harness.worker.connected), message="in contact")
+    harness.script.silent = True  # the stream stays open, but no heartbeat is answered any more
+    await eventually(lambda: _value(not harness.worker.connected), message="the silence noticed")
+    hellos = len(harness.script.hellos)
+    harness.script.silent = False
+    await eventually(lambda: _value(harness.worker.connected), message="in contact again")
+    assert len(harness.script.hellos) > hellos, "a new stream was opened"
+    assert harness.worker.ready, "every loop of the worker survived the given-up stream"
+    task_id = await harness.submit()
+    assert (await harness.finished(task_id)).outcome == worker_pb2.OUTCOME_SUCCEEDED
+
+
 async def test_heartbeats_keep_resetting_the_idle_time_of_held_entries(harness: Harness) -> None:
     task_id = await harness.submit(workload_s=600)
     await harness.running(task_id)
