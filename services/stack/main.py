@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from services.stack.stack import Stack, StackConfig
+from services.stack.stack import DEFAULT_REDIS_MAXMEMORY_MB, Stack, StackConfig
 
 DEFAULT_DATA_DIR = Path(os.environ.get("RTASK_DATA_DIR", ".rtask"))
 
@@ -26,7 +26,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--schedulers", type=int, default=1)
     up.add_argument("--workers", type=int, default=3)
     up.add_argument("--worker-slots", type=int, default=10, help="tasks each worker runs at once")
-    wipe = sub.add_parser("wipe", help="delete the data folder (users, tasks, logs, secret)")
+    up.add_argument(
+        "--redis-maxmemory-mb",
+        type=int,
+        default=int(os.environ.get("RTASK_REDIS_MAXMEMORY_MB") or DEFAULT_REDIS_MAXMEMORY_MB),
+        help="memory of the stack's Valkey before it refuses writes (docs/operations.md)",
+    )
+    wipe = sub.add_parser("wipe", help="delete the data folder (users, tasks, logs, secrets)")
     wipe.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     return parser
 
@@ -38,10 +44,19 @@ def _banner(stack: Stack) -> str:
         f"  edge (gRPC + grpc-web + dashboard): http://localhost:{stack.edge_port}\n"
         f"  Envoy admin:                        {stack.admin_url}  (stats: /stats/prometheus)\n"
         f"  data folder:                        {stack.data_dir}  (logs in logs/)\n"
+        f"{_redis_line(stack)}"
         f"  try: grpcurl -plaintext {edge} list\n"
         f"       grpcurl -plaintext {edge} grpc.health.v1.Health/Check\n"
         "  Ctrl-C stops every process.\n"
     )
+
+
+def _redis_line(stack: Stack) -> str:
+    """Where an operator logs in to the stack's own Valkey: the URL and the file holding the password."""
+    access = stack.redis_access
+    if access is None or access.admin is None or access.admin.password_file is None:
+        return ""
+    return f"  Redis (operator):                   {access.admin.url}  (password in {access.admin.password_file})\n"
 
 
 def up(args: argparse.Namespace) -> int:
@@ -55,6 +70,7 @@ def up(args: argparse.Namespace) -> int:
         worker_slots=args.worker_slots,
         database_url=os.environ.get("DATABASE_URL") or None,
         redis_url=os.environ.get("REDIS_URL") or None,
+        redis_maxmemory_mb=args.redis_maxmemory_mb,
     )
     stopping = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stopping.set())

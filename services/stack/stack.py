@@ -30,8 +30,11 @@ from services.stack.embedded import (
 )
 from services.stack.ports import free_port
 from services.stack.processes import ManagedProcess
+from services.stack.redis_users import RedisAccess, logins, password_files, write_acl_file
 
 SECRET_FILE = "jwt_secret"
+# Memory the stack's own Valkey may use before it refuses writes (docs/operations.md, "Redis memory").
+DEFAULT_REDIS_MAXMEMORY_MB = 256
 # The dashboard's build output, served by Envoy at / when it exists.
 DASHBOARD_DIST = Path(__file__).resolve().parents[2] / "clients" / "web" / "dist"
 
@@ -48,7 +51,10 @@ class StackConfig:
     workers: int = 3
     worker_slots: int = 10
     database_url: str | None = None
+    # An external server: one URL for every process (its users are the operator's), or one login per role.
     redis_url: str | None = None
+    redis_access: RedisAccess | None = None
+    redis_maxmemory_mb: int = DEFAULT_REDIS_MAXMEMORY_MB
     bcrypt_cost: int = 12
     extra_env: dict[str, str] = field(default_factory=dict)
     allowed_origins: tuple[str, ...] = ()
@@ -95,7 +101,9 @@ class Stack:
         self.processes: dict[str, ManagedProcess] = {}
         self.ports: dict[str, int] = {}
         self.database_url = config.database_url or ""
-        self.redis_url = config.redis_url or ""
+        # Redis: the stack's own Valkey (ACL users, passwords generated once into the data folder), unless given.
+        self.redis_access = config.redis_access or (RedisAccess.shared(config.redis_url) if config.redis_url else None)
+        self._redis_password_files = password_files(self.data_dir) if self.redis_access is None else {}
         # Ports handed out before their process binds them (Envoy binds last), so none is handed out twice.
         self._given = {config.edge_port, config.admin_port} - {0}
         self.edge_port = config.edge_port or self._free_port()
@@ -157,11 +165,19 @@ class Stack:
             proc = postgres_process(self.data_dir, port, log_dir=self.log_dir, echo=self.echo)
             self._launch("postgres", proc, port)
             self.database_url = postgres_url(port)
-        if not self.redis_url:
+        if self.redis_access is None:
             port = self._free_port()
-            proc = valkey_process(self.data_dir, port, log_dir=self.log_dir, echo=self.echo)
+            acl_file = write_acl_file(self.data_dir, self._redis_password_files)
+            proc = valkey_process(
+                self.data_dir,
+                port,
+                log_dir=self.log_dir,
+                echo=self.echo,
+                acl_file=acl_file,
+                maxmemory_mb=self.config.redis_maxmemory_mb,
+            )
             self._launch("valkey", proc, port)
-            self.redis_url = f"redis://127.0.0.1:{port}/0"
+            self.redis_access = logins(self._redis_password_files, "127.0.0.1", port)
 
     def _launch(self, name: str, proc: ManagedProcess, port: int) -> None:
         self.processes[name] = proc
@@ -172,12 +188,29 @@ class Stack:
         else:
             wait_for_port(proc, port)
 
-    def service_env(self, port: int) -> dict[str, str]:
+    @property
+    def redis_admin_url(self) -> str:
+        """A URL with the operator's credentials written in (tests, debugging); the services never get it."""
+        access = self.redis_access
+        if access is None:
+            raise RuntimeError("the stack's Valkey is not started")
+        return (access.admin or access.services).url_with_password()
+
+    def redis_env(self, role: str) -> dict[str, str]:
+        """The Redis login of one role ("services" or "worker"): a URL without secrets and its password file."""
+        access = self.redis_access
+        if access is None:  # not started yet: the stack's own Valkey, whose port is not chosen yet
+            return {"REDIS_URL": "", "RTASK_REDIS_PASSWORD_FILE": str(self._redis_password_files[role])}
+        return (access.worker if role == "worker" else access.services).env()
+
+    def service_env(self, port: int, role: str = "services") -> dict[str, str]:
         env = dict(os.environ)
+        # A password file the caller's environment names belongs to no process of ours unless given below.
+        env.pop("RTASK_REDIS_PASSWORD_FILE", None)
+        env.update(self.redis_env(role))
         env.update(
             {
                 "DATABASE_URL": self.database_url,
-                "REDIS_URL": self.redis_url,
                 "RTASK_JWT_SECRET_FILE": str(self.secret_file),
                 "RTASK_BCRYPT_COST": str(self.config.bcrypt_cost),
                 "RTASK_PORT": str(port),
@@ -194,7 +227,7 @@ class Stack:
 
     def _add_service(self, name: str, module: str) -> ManagedProcess:
         port = self.ports.get(name) or self._free_port()
-        env = self.service_env(port)
+        env = self.service_env(port, role="worker" if module == "services.worker.main" else "services")
         env["RTASK_INSTANCE"] = name
         proc = ManagedProcess(name, [sys.executable, "-m", module], log_dir=self.log_dir, env=env, echo=self.echo)
         self.processes[name] = proc
