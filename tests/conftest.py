@@ -9,7 +9,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -41,8 +41,8 @@ class Stores:
     """
 
     database_url: str
-    redis_url: str
-    redis_access: RedisAccess
+    redis_url: str = field(repr=False)
+    redis_access: RedisAccess = field(repr=False)
     postgres: ManagedProcess
     valkey: ManagedProcess
     data_dir: Path
