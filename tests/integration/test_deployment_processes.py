@@ -1,7 +1,8 @@
 """The container deployment's processes, run here as plain processes with the compose file's commands.
 
 Several replicas started at once against a fresh database (what `docker compose up` does) migrate it exactly
-once and all come up; the compose edge starts from what rtask-edge-init writes and passes its health probe.
+once and all come up; the compose edge starts from what rtask-edge-init writes and passes its health probe;
+Valkey, started with the compose file's ACL options, lets in the users rtask-redis-init wrote and nobody else.
 """
 
 from __future__ import annotations
@@ -20,10 +21,15 @@ from typing import Any
 
 import asyncpg
 import pytest
+import redis
+from redis.exceptions import AuthenticationError
 
+from services.core import redis_acl
 from services.core.db import load_migrations
+from services.deploy import redis_init
 from services.edge.launch import envoy_binary
 from services.edge.render import COMPOSE_DASHBOARD_DIR, COMPOSE_FILE, COMPOSE_JWKS_PATH
+from services.stack.embedded import valkey_process, wait_for_port
 from services.stack.ports import free_port
 from services.stack.processes import ManagedProcess
 from tests.conftest import TEST_BCRYPT_COST, Stores
@@ -78,7 +84,8 @@ async def test_replicas_starting_at_once_migrate_a_fresh_database_exactly_once(
         env = {
             "PATH": str(BIN),
             "DATABASE_URL": fresh_database,
-            "REDIS_URL": stores.redis_url,
+            # The services' own Redis login, as compose gives it: a URL naming the user, the password in a file.
+            **stores.redis_access.services.env(),
             "RTASK_JWT_SECRET_FILE": str(secret),
             "RTASK_HOST": "127.0.0.1",
             "RTASK_PORT": str(port),
@@ -173,3 +180,32 @@ def test_the_compose_edge_starts_from_what_edge_init_writes(tmp_path: Path) -> N
     finally:
         envoy.stop(grace_s=10)
     assert not _passes(probe), "the probe fails once Envoy is gone"
+
+
+def test_the_compose_valkey_admits_exactly_the_users_redis_init_writes(tmp_path: Path) -> None:
+    compose = load_compose()["services"]
+    secrets_dir = tmp_path / "run-secrets"
+    secrets_dir.mkdir()
+    passwords = {role: f"{role}-{uuid.uuid4().hex}" for role in redis_acl.ROLES}
+    for role, password in passwords.items():
+        (secrets_dir / redis_init.secret_name(role)).write_text(password)
+    acl_file = tmp_path / "etc-rtask-redis" / "users.acl"
+    init = [str(BIN / compose["redis-init"]["command"][0]), "--acl-file", str(acl_file)]
+    done = subprocess.run([*init, "--secrets-dir", str(secrets_dir)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    command = compose["redis"]["command"]
+    assert command[command.index("--aclfile") + 1] == redis_init.COMPOSE_ACL_FILE
+    port = free_port()
+    valkey = valkey_process(tmp_path, port, log_dir=tmp_path, echo=None, acl_file=acl_file, maxmemory_mb=16)
+    valkey.start()
+    try:
+        wait_for_port(valkey, port)
+        for name in ("gateway", "worker"):
+            url = compose[name]["environment"]["REDIS_URL"].replace("@redis:6379", f"@127.0.0.1:{port}")
+            role = redis_acl.WORKER if name == "worker" else redis_acl.SERVICES
+            with redis.Redis.from_url(url, password=passwords[role]) as client:
+                assert client.ping()
+        with redis.Redis(host="127.0.0.1", port=port) as intruder, pytest.raises(AuthenticationError):
+            intruder.ping()
+    finally:
+        valkey.stop()
