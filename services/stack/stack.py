@@ -34,7 +34,7 @@ from services.stack.redis_users import RedisAccess, logins, password_files, writ
 
 SECRET_FILE = "jwt_secret"
 # Memory the stack's own Valkey may use before it refuses writes (docs/operations.md, "Redis memory").
-DEFAULT_REDIS_MAXMEMORY_MB = 256
+DEFAULT_REDIS_MAXMEMORY_MB = 1024
 # The dashboard's build output, served by Envoy at / when it exists.
 DASHBOARD_DIST = Path(__file__).resolve().parents[2] / "clients" / "web" / "dist"
 
@@ -205,8 +205,7 @@ class Stack:
 
     def service_env(self, port: int, role: str = "services") -> dict[str, str]:
         env = dict(os.environ)
-        # A password file the caller's environment names belongs to no process of ours unless given below.
-        env.pop("RTASK_REDIS_PASSWORD_FILE", None)
+        # An external server's password file, if the caller names one, passes through to every process.
         env.update(self.redis_env(role))
         env.update(
             {
@@ -290,11 +289,15 @@ class Stack:
 
     def write_state(self) -> None:
         """Record pids and ports in the data folder, for operators and for the shutdown test."""
-        state = {
+        state: dict[str, object] = {
             "edge": self.edge_address,
             "admin": self.admin_url,
             "processes": {n: {"pid": p.pid, "port": self.ports.get(n)} for n, p in self.processes.items()},
         }
+        access = self.redis_access
+        if access is not None and access.worker.password_file is not None:
+            # Where `rtask worker` finds its login: the URL names the user, the password stays in its file.
+            state["redis"] = {"worker": access.worker.env()}
         (self.data_dir / "stack.json").write_text(json.dumps(state, indent=2))
 
     def service_auth(self) -> AuthConfig:

@@ -238,7 +238,10 @@ def worker(
     env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, env.get("PYTHONPATH", "")) if p)
     env["RTASK_WORKER_IMPORTS"] = ",".join(imports)
     env["RTASK_SCHEDULER_ADDR"] = server
-    env["REDIS_URL"] = redis_url or _local_redis_url(data_dir)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    else:
+        env.update(_local_redis_login(data_dir))
     if not env.get("RTASK_JWT_SECRET"):
         env["RTASK_JWT_SECRET_FILE"] = str(jwt_secret_file or _local_secret(data_dir))
     env["RTASK_PORT"] = str(health_port)
@@ -250,11 +253,17 @@ def worker(
     os.execve(sys.executable, [sys.executable, "-m", WORKER_MODULE], env)
 
 
-def _local_redis_url(data_dir: Path) -> str:
-    port = ((_read_state(data_dir) or {}).get("processes", {}).get("valkey") or {}).get("port")
+def _local_redis_login(data_dir: Path) -> dict[str, str]:
+    """The local stack's worker login (REDIS_URL naming the worker user, RTASK_REDIS_PASSWORD_FILE) from its
+    state file: a worker started here has the rights of the stack's own workers, no more."""
+    state = _read_state(data_dir) or {}
+    login = (state.get("redis") or {}).get("worker")
+    if login:
+        return {str(k): str(v) for k, v in login.items()}
+    port = (state.get("processes", {}).get("valkey") or {}).get("port")
     if not port:
         raise click.UsageError(f"no Redis URL: pass --redis-url or set REDIS_URL (no local stack in {data_dir})")
-    return f"redis://127.0.0.1:{port}/0"
+    return {"REDIS_URL": f"redis://127.0.0.1:{port}/0"}
 
 
 def _local_secret(data_dir: Path) -> Path:
