@@ -188,14 +188,6 @@ class Stack:
         else:
             wait_for_port(proc, port)
 
-    @property
-    def redis_admin_url(self) -> str:
-        """A URL with the operator's credentials written in (tests, debugging); the services never get it."""
-        access = self.redis_access
-        if access is None:
-            raise RuntimeError("the stack's Valkey is not started")
-        return (access.admin or access.services).url_with_password()
-
     def redis_env(self, role: str) -> dict[str, str]:
         """The Redis login of one role ("services" or "worker"): a URL without secrets and its password file."""
         access = self.redis_access
