@@ -19,6 +19,7 @@ from services.stack.embedded import postgres_process, postgres_url, valkey_proce
 from services.stack.ports import free_port
 from services.stack.processes import ManagedProcess
 from services.stack.stack import Stack, StackConfig
+from tests.limits import OPEN_AUTH_LIMITS, OPEN_LOGIN_ENV
 
 # Fast hashing in tests; production default is 12.
 TEST_BCRYPT_COST = 4
@@ -81,7 +82,9 @@ def stack(stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pyt
             "RTASK_RETRY_BASE_MS": "100",
             "RTASK_WORKER_RECLAIM_IDLE_MS": str(TEST_RECLAIM_IDLE_MS),
             "RTASK_WORKER_HEARTBEAT_MS": "500",
+            **OPEN_LOGIN_ENV,
         },
+        auth_limits=OPEN_AUTH_LIMITS,  # the whole session is one client address (tests/limits.py)
     )
     echo = sys.stderr if request.config.getoption("--keep-logs") else None
     with Stack(config, echo=echo) as running:

@@ -87,6 +87,15 @@ def _cluster(name: str, endpoints: Sequence[Endpoint], config: EdgeConfig) -> di
     return cluster
 
 
+def _client_address(config: EdgeConfig) -> dict[str, Any]:
+    """Which address is the client's, for the per-address rate limits and the x-forwarded-for sent upstream.
+
+    use_remote_address: the TCP peer, not a header. With 0 trusted hops a client-sent x-forwarded-for is
+    kept but never believed: Envoy appends the peer and takes the address from there.
+    """
+    return {"use_remote_address": True, "xff_num_trusted_hops": config.trusted_proxy_hops}
+
+
 def _listener(config: EdgeConfig) -> dict[str, Any]:
     manager = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -94,7 +103,7 @@ def _listener(config: EdgeConfig) -> dict[str, Any]:
         "stat_prefix": "edge",
         # Browsers send grpc-web over HTTP/1.1; grpcio and grpcurl speak HTTP/2.
         "codec_type": "AUTO",
-        "use_remote_address": True,
+        **_client_address(config),
         # Resolve `..` and `//` before routing, so no path escapes a route or the dashboard folder.
         "normalize_path": True,
         "merge_slashes": True,

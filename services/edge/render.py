@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services.core.config import AuthConfig, ConfigError
-from services.edge.config import STRICT_DNS, EdgeConfig, Endpoint
+from services.edge.config import STRICT_DNS, AuthLimits, EdgeConfig, Endpoint
 from services.edge.envoy_config import render_text
 from services.edge.jwks import write_jwks
 
@@ -28,7 +28,7 @@ COMPOSE_DASHBOARD_DIR = "/srv/dashboard"
 COMPOSE_ORIGINS = ("http://localhost:8080", "http://127.0.0.1:8080")
 
 
-def compose_config(origins: Sequence[str] = COMPOSE_ORIGINS) -> EdgeConfig:
+def compose_config(origins: Sequence[str] = COMPOSE_ORIGINS, auth_limits: AuthLimits | None = None) -> EdgeConfig:
     """Service names resolved by Docker's DNS: every replica of `--scale gateway=N` is found without an edit."""
     return EdgeConfig(
         listen_port=8080,
@@ -41,6 +41,7 @@ def compose_config(origins: Sequence[str] = COMPOSE_ORIGINS) -> EdgeConfig:
         admin_address="127.0.0.1",
         allowed_origins=tuple(origins),
         dashboard_dir=COMPOSE_DASHBOARD_DIR,
+        auth_limits=auth_limits or AuthLimits(),
     )
 
 
@@ -63,7 +64,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "compose":
-        text = render_text(compose_config(args.origin or COMPOSE_ORIGINS))
+        try:
+            limits = AuthLimits.from_env(os.environ)  # RTASK_LOGIN_PER_ADDRESS_*, RTASK_SIGNUP_PER_ADDRESS_*
+        except ValueError as exc:
+            print(f"bad login limits: {exc}", file=sys.stderr)
+            return 2
+        text = render_text(compose_config(args.origin or COMPOSE_ORIGINS, limits))
         if str(args.out) == "-":
             sys.stdout.write(text)
         else:

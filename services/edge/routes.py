@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2
 
 from resilienttask.v1 import auth_pb2, scheduler_pb2
 from resilienttask.worker.v1 import worker_pb2
+from services.edge.auth_limits import auth_rate_limit
 from services.edge.config import EdgeConfig
 
 GATEWAY_CLUSTER = "gateways"
@@ -102,23 +103,6 @@ def _jwt_per_route(access: Access) -> dict[str, Any]:
     return config
 
 
-def _rate_limit_per_route(config: EdgeConfig) -> dict[str, Any]:
-    bucket = config.auth_rate_limit
-    return {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
-        "stat_prefix": "auth_rate_limit",
-        "token_bucket": {
-            "max_tokens": bucket.max_tokens,
-            "tokens_per_fill": bucket.tokens_per_fill,
-            "fill_interval": _seconds(bucket.fill_interval_s),
-        },
-        "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
-        "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
-        # Without this a refusal is HTTP 429, which gRPC clients read as UNAVAILABLE (and would retry).
-        "rate_limited_as_resource_exhausted": True,
-    }
-
-
 def _retry_policy(retry_on: str) -> dict[str, Any]:
     return {
         "retry_on": retry_on,
@@ -164,7 +148,7 @@ def _route_action(spec: RouteSpec, config: EdgeConfig) -> dict[str, Any]:
 def grpc_route(spec: RouteSpec, config: EdgeConfig) -> dict[str, Any]:
     per_filter: dict[str, Any] = {JWT_FILTER: _jwt_per_route(spec.access)}
     if spec.rate_limited:
-        per_filter[RATE_LIMIT_FILTER] = _rate_limit_per_route(config)
+        per_filter[RATE_LIMIT_FILTER] = auth_rate_limit(config.auth_limits)
     if spec.kind is Kind.BIDI_STREAM:
         per_filter[BUFFER_FILTER] = {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute",

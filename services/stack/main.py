@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+from services.edge.config import AuthLimits
 from services.stack.stack import Stack, StackConfig
 
 DEFAULT_DATA_DIR = Path(os.environ.get("RTASK_DATA_DIR", ".rtask"))
@@ -55,6 +56,7 @@ def up(args: argparse.Namespace) -> int:
         worker_slots=args.worker_slots,
         database_url=os.environ.get("DATABASE_URL") or None,
         redis_url=os.environ.get("REDIS_URL") or None,
+        auth_limits=AuthLimits.from_env(os.environ),
     )
     stopping = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stopping.set())

@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.core.config import AuthConfig
-from services.edge.config import DEFAULT_AUTH_RATE_LIMIT, EdgeConfig, Endpoint, RateLimit
+from services.edge.config import AuthLimits, EdgeConfig, Endpoint
 from services.edge.launch import JWKS_FILE, envoy_argv, write_edge_files
 from services.stack.embedded import (
     postgres_process,
@@ -52,7 +52,9 @@ class StackConfig:
     bcrypt_cost: int = 12
     extra_env: dict[str, str] = field(default_factory=dict)
     allowed_origins: tuple[str, ...] = ()
-    auth_rate_limit: RateLimit = DEFAULT_AUTH_RATE_LIMIT
+    # Envoy's per-address buckets for Login and Signup; the gateways' per-email and hash-queue limits come
+    # from RTASK_LOGIN_* / RTASK_HASH_* in the environment (or extra_env).
+    auth_limits: AuthLimits = field(default_factory=AuthLimits)
     dashboard_dir: Path | None = DASHBOARD_DIST
 
 
@@ -281,7 +283,7 @@ class Stack:
             or (f"http://localhost:{self.edge_port}", f"http://127.0.0.1:{self.edge_port}"),
             jwks_path=str(self.data_dir / JWKS_FILE),
             dashboard_dir=str(dashboard) if dashboard is not None and dashboard.is_dir() else None,
-            auth_rate_limit=self.config.auth_rate_limit,
+            auth_limits=self.config.auth_limits,
             jwt_issuer=auth.issuer,
             user_audience=auth.audience,
         )

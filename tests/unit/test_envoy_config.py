@@ -11,7 +11,8 @@ import pytest
 
 from services.core.config import AuthConfig
 from services.core.tokens import WORKER_AUDIENCE, mint_user_token, verify_token
-from services.edge.config import STRICT_DNS, EdgeConfig, Endpoint, RateLimit
+from services.edge.auth_limits import ADDRESS_KEY
+from services.edge.config import STRICT_DNS, AuthLimits, EdgeConfig, Endpoint, RateLimit
 from services.edge.envoy_config import render, render_text
 from services.edge.jwks import jwks_document, write_jwks
 from services.edge.launch import validate
@@ -169,16 +170,64 @@ def test_unary_calls_are_bounded_and_retried_streams_only_idle_bounded(tmp_path:
     assert "envoy.filters.http.buffer" not in routes["/resilienttask.v1.SchedulerService/"]["typed_per_filter_config"]
 
 
-def test_only_auth_service_is_rate_limited(tmp_path: Path) -> None:
-    limit = RateLimit(max_tokens=7, tokens_per_fill=3, fill_interval_s=2)
-    routes = _routes(render(local_config(tmp_path, auth_rate_limit=limit)))
+def test_only_auth_service_is_rate_limited_per_client_address_and_method(tmp_path: Path) -> None:
+    login = RateLimit(max_tokens=7, tokens_per_fill=3, fill_interval_s=2)
+    signup = RateLimit(max_tokens=2, tokens_per_fill=1, fill_interval_s=30)
+    limits = AuthLimits(login_per_address=login, signup_per_address=signup, tracked_addresses=123)
+    routes = _routes(render(local_config(tmp_path, auth_limits=limits)))
     limited = {
         path for path, r in routes.items() if "envoy.filters.http.local_ratelimit" in r["typed_per_filter_config"]
     }
     assert limited == {"/resilienttask.v1.AuthService/"}
     bucket = routes["/resilienttask.v1.AuthService/"]["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]
-    assert bucket["token_bucket"] == {"max_tokens": 7, "tokens_per_fill": 3, "fill_interval": "2s"}
+    # One descriptor per request: the method's path, then the client's address (a wildcard: a bucket each).
+    (rule,) = bucket["rate_limits"]
+    assert rule["actions"] == [
+        {"request_headers": {"header_name": ":path", "descriptor_key": "method"}},
+        {"masked_remote_address": {"v4_prefix_mask_len": 32, "v6_prefix_mask_len": 64}},
+    ]
+    assert bucket["descriptors"] == [
+        {
+            "entries": [{"key": "method", "value": "/resilienttask.v1.AuthService/Login"}, {"key": ADDRESS_KEY}],
+            "token_bucket": {"max_tokens": 7, "tokens_per_fill": 3, "fill_interval": "2s"},
+        },
+        {
+            "entries": [{"key": "method", "value": "/resilienttask.v1.AuthService/Signup"}, {"key": ADDRESS_KEY}],
+            "token_bucket": {"max_tokens": 2, "tokens_per_fill": 1, "fill_interval": "30s"},
+        },
+    ]
+    # No bucket shared by every client: the one that filled it would refuse everyone else.
+    assert bucket["always_consume_default_token_bucket"] is False
+    assert bucket["max_dynamic_descriptors"] == 123
     assert bucket["rate_limited_as_resource_exhausted"] is True
+
+
+def test_the_client_address_is_the_peer_unless_proxies_are_trusted(tmp_path: Path) -> None:
+    def manager(config: EdgeConfig) -> dict[str, Any]:
+        (listener,) = render(config)["static_resources"]["listeners"]
+        return dict(listener["filter_chains"][0]["filters"][0]["typed_config"])
+
+    direct = manager(local_config(tmp_path))
+    assert (direct["use_remote_address"], direct["xff_num_trusted_hops"]) == (True, 0)
+    assert manager(compose_config())["xff_num_trusted_hops"] == 0
+    assert manager(local_config(tmp_path, trusted_proxy_hops=1))["xff_num_trusted_hops"] == 1
+
+
+def test_login_limits_come_from_the_environment() -> None:
+    assert AuthLimits.from_env({}) == AuthLimits()
+    limits = AuthLimits.from_env(
+        {
+            "RTASK_LOGIN_PER_ADDRESS_MAX_TOKENS": "40",
+            "RTASK_SIGNUP_PER_ADDRESS_FILL_INTERVAL_S": "60",
+            "RTASK_AUTH_TRACKED_ADDRESSES": "99",
+        }
+    )
+    assert limits.login_per_address == RateLimit(max_tokens=40, tokens_per_fill=1, fill_interval_s=0.5)
+    assert limits.signup_per_address == RateLimit(max_tokens=5, tokens_per_fill=1, fill_interval_s=60)
+    assert limits.tracked_addresses == 99
+    for bad in ({"RTASK_LOGIN_PER_ADDRESS_MAX_TOKENS": "many"}, {"RTASK_SIGNUP_PER_ADDRESS_FILL_INTERVAL_S": "0.01"}):
+        with pytest.raises(ValueError):
+            AuthLimits.from_env(bad)
 
 
 def test_clusters_are_health_checked_http2_with_outlier_detection(tmp_path: Path) -> None:
@@ -225,6 +274,7 @@ def test_the_jwks_command_refuses_without_a_secret(tmp_path: Path, monkeypatch: 
         {"jwt_clock_skew_s": -1},
         {"unary_timeout_s": 0},
         {"max_request_bytes": 4096},
+        {"trusted_proxy_hops": -1},
     ],
 )
 def test_bad_edge_settings_are_refused(tmp_path: Path, overrides: dict[str, Any]) -> None:
@@ -232,7 +282,7 @@ def test_bad_edge_settings_are_refused(tmp_path: Path, overrides: dict[str, Any]
         local_config(tmp_path, **overrides)
 
 
-@pytest.mark.parametrize("bucket", [(0, 1, 1.0), (1, 0, 1.0), (1, 1, 0.0)])
+@pytest.mark.parametrize("bucket", [(0, 1, 1.0), (1, 0, 1.0), (1, 1, 0.0), (1, 1, 0.01)])
 def test_bad_rate_limits_are_refused(bucket: tuple[int, int, float]) -> None:
     with pytest.raises(ValueError):
         RateLimit(*bucket)
