@@ -32,7 +32,7 @@ from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_p
 from resilienttask.worker.v1 import worker_pb2_grpc
 from services.core.config import AuthConfig
 from services.core.tokens import mint_user_token, mint_worker_token
-from services.edge.config import MIN_REQUEST_LIMIT_BYTES, EdgeConfig, RateLimit
+from services.edge.config import MIN_REQUEST_LIMIT_BYTES, AuthLimits, EdgeConfig, RateLimit
 from services.edge.launch import envoy_argv, write_edge_files
 from services.stack.embedded import wait_for_port
 from services.stack.ports import free_port
@@ -504,9 +504,12 @@ def test_cors_preflight_passes_for_allowed_origins_only(stack: Stack, tmp_path: 
 
 
 def test_the_login_rate_limit_trips_with_resource_exhausted(stack: Stack, tmp_path: Path) -> None:
-    tiny = RateLimit(max_tokens=2, tokens_per_fill=1, fill_interval_s=3600)
+    limits = AuthLimits(
+        login_per_address=RateLimit(max_tokens=2, tokens_per_fill=1, fill_interval_s=3600),
+        signup_per_address=RateLimit(max_tokens=1, tokens_per_fill=1, fill_interval_s=3600),
+    )
     with (
-        private_edge(stack, tmp_path / "edge", auth_rate_limit=tiny) as edge,
+        private_edge(stack, tmp_path / "edge", auth_limits=limits) as edge,
         grpc.insecure_channel(edge.address) as ch,
     ):
         auth = auth_pb2_grpc.AuthServiceStub(ch)
@@ -518,6 +521,8 @@ def test_the_login_rate_limit_trips_with_resource_exhausted(stack: Stack, tmp_pa
         with pytest.raises(grpc.RpcError) as limited:
             auth.Login(login, timeout=10)
         assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Signup has a bucket of its own (one call here), then is refused the same way.
+        auth.Signup(auth_pb2.SignupRequest(email=unique_email("limited"), password=PASSWORD), timeout=10)
         with pytest.raises(grpc.RpcError) as limited:
             auth.Signup(auth_pb2.SignupRequest(email=unique_email("limited"), password=PASSWORD), timeout=10)
         assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
