@@ -51,7 +51,7 @@ class PasswordHasher:
     in microseconds instead of queueing every caller (the flood's and everyone else's) for seconds.
     """
 
-    def __init__(self, cost: int, *, threads: int = 2, max_waiting: int = 16) -> None:
+    def __init__(self, cost: int, *, threads: int = 2, max_waiting: int = 8) -> None:
         if threads < 1 or max_waiting < 0:
             raise ValueError("a hasher needs at least one thread and a non-negative queue bound")
         self._cost = cost

@@ -52,8 +52,8 @@ class AuthLimits:
 
     The address is the TCP peer (or, behind trusted proxies, the address they vouch for: see
     EdgeConfig.trusted_proxy_hops); IPv6 clients count per /64, since one host may hold a whole /64.
-    Defaults, for bcrypt cost 12 on 2 cores (~16 hashes/s per gateway, so ~32/s with two gateways):
-    - Login: 20 at once, then 2 a second: one address takes at most ~1/16 of the hashing capacity, and a
+    Defaults, for bcrypt cost 12 on 2 cores (~16 hashes/s for the whole machine):
+    - Login: 20 at once, then 2 a second: one address takes at most ~1/8 of the hashing capacity, and a
       household or office behind one NAT logging in together fits in the burst.
     - Signup: 5 at once, then one every 10 s: probing which emails are registered (ALREADY_EXISTS) costs
       an address 10 s per email after the first five.

@@ -24,20 +24,21 @@ from services.core.errors import ResourceExhausted
 class LoginLimitsConfig:
     """Every value is a positive integer (the hash queue may be 0); the unit is in the name.
 
-    Defaults are sized for bcrypt cost 12 on 2 cores (~16 hashes/s per gateway with 2 threads):
+    Defaults are sized for bcrypt cost 12 on 2 cores (~125 ms of a core per hash: ~16 hashes/s for the
+    machine, ~8/s for each of two gateways sharing it):
     - 10 failed logins in a row per email, then one more every 6 s (10 a minute): a person mistyping
       never meets it; a guesser gets ~14,000 tries a day per email and gateway instead of millions.
     - 50,000 emails tracked (~15 MB at most); the least recent beyond that are forgotten first, and a
       bucket is forgotten anyway once it would have refilled (it then equals a fresh one).
-    - 2 hashing threads (one per core) and at most 16 calls waiting for one: a waiting call is answered
-      within ~1 s at cost 12, and the 17th is refused at once.
+    - 2 hashing threads (one per core) and at most 8 calls waiting for one: a waiting call is answered
+      within ~1 s, and the 9th is refused at once.
     """
 
     email_failures_burst: int = 10
     email_failure_refill_ms: int = 6_000
     tracked_emails: int = 50_000
     hash_threads: int = 2
-    hash_queue_max: int = 16
+    hash_queue_max: int = 8
 
     def __post_init__(self) -> None:
         for field in fields(self):
