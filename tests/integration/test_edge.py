@@ -11,6 +11,7 @@ import dataclasses
 import http.client
 import json
 import re
+import ssl
 import struct
 import subprocess
 import sys
@@ -186,9 +187,21 @@ def _send(
     )
 
 
-def grpc_web_post(address: str, path: str, message: bytes, *, text: bool, headers: dict[str, str]) -> Reply:
-    """One whole grpc-web call over plain HTTP/1.1, as a browser makes it."""
-    connection = http.client.HTTPConnection(address, timeout=10)
+def grpc_web_post(
+    address: str,
+    path: str,
+    message: bytes,
+    *,
+    text: bool,
+    headers: dict[str, str],
+    context: ssl.SSLContext | None = None,
+) -> Reply:
+    """One whole grpc-web call over HTTP/1.1 (TLS with a context), as a browser makes it."""
+    connection = (
+        http.client.HTTPConnection(address, timeout=10)
+        if context is None
+        else http.client.HTTPSConnection(address, timeout=10, context=context)
+    )
     try:
         _send(connection, path, message, text, headers)
         reply = connection.getresponse()
