@@ -54,11 +54,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _banner(stack: Stack) -> str:
-    tls = f"https://{stack.config.edge_host}:{stack.edge_tls_port}"
+    tls = f"https://{stack.edge_tls_address}"
+    tls_label = f"edge, TLS (on {stack.config.edge_host}):"
     return (
         "\nResilientTask is up.\n"
         f"  edge, plaintext (loopback only):    http://localhost:{stack.edge_port}  (gRPC, grpc-web, dashboard)\n"
-        f"  edge, TLS:                          {tls}  (trust {stack.ca_file})\n"
+        f"  {tls_label:<36}{tls}  (trust {stack.ca_file})\n"
         f"  Envoy admin:                        {stack.admin_url}  (stats: /stats/prometheus)\n"
         f"  data folder:                        {stack.data_dir}  (logs in logs/)\n"
         f"  try: grpcurl -cacert {stack.ca_file} -protoset {stack.protoset} {stack.edge_tls_address} list\n"

@@ -129,7 +129,8 @@ class Stack:
     @property
     def edge_tls_address(self) -> str:
         """The TLS listener as a client on this machine dials it (a name its certificate carries)."""
-        return f"localhost:{self.edge_tls_port}"
+        host = self.config.edge_host
+        return f"{'localhost' if host == LOOPBACK or host in WILDCARDS else host}:{self.edge_tls_port}"
 
     @property
     def ca_file(self) -> Path:
