@@ -39,10 +39,9 @@ def _provider(config: EdgeConfig, audience: str) -> dict[str, Any]:
 def jwt_authn(config: EdgeConfig) -> dict[str, Any]:
     """One provider (user tokens); each route names it or disables the filter.
 
-    The edge routes no WorkerService call, so it verifies no worker token (and needs no worker key).
-
-        A request whose route says nothing falls back to the rule below, which demands a user token:
-        a route added without thinking about authentication is closed, not open.
+    A request whose route says nothing falls back to the rule below, which demands a user token:
+    a route added without thinking about authentication is closed, not open. The edge routes no
+    WorkerService call, so it verifies no worker token (and needs no worker key).
     """
     return {
         "@type": f"{_EXT}.jwt_authn.v3.JwtAuthentication",

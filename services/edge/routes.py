@@ -2,7 +2,8 @@
 
 Only what users call is routed: AuthService, SchedulerService, health, and (when asked for) reflection.
 WorkerService is not: workers reach the schedulers on their own listeners, which are never published, so
-the public edge has no path to it at all and answers UNIMPLEMENTED.
+the public edge has no path to it at all (a call is UNAUTHENTICATED without a user token, UNIMPLEMENTED
+with one).
 
 Streaming methods are found in the contract's descriptors, so a new streaming RPC gets stream treatment
 (no overall timeout, an idle timeout, no replay after it reached a service) without an edit here.
@@ -10,6 +11,7 @@ Streaming methods are found in the contract's descriptors, so a new streaming RP
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 from typing import Any
@@ -84,10 +86,7 @@ def _health(config: EdgeConfig) -> list[RouteSpec]:
     """Health is public: its Watch streams get a lifetime cap, so no anonymous stream lives forever."""
     specs = _service(health_pb2.DESCRIPTOR.services_by_name["Health"], GATEWAY_CLUSTER, Access.PUBLIC)
     return [
-        RouteSpec(s.path, s.cluster, s.kind, s.access, s.exact, max_duration_s=config.health_watch_max_s)
-        if s.path == HEALTH_WATCH
-        else s
-        for s in specs
+        dataclasses.replace(s, max_duration_s=config.health_watch_max_s) if s.path == HEALTH_WATCH else s for s in specs
     ]
 
 
