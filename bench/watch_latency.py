@@ -294,7 +294,13 @@ async def submit_batch_latency(client: Any, kind: str, calls: int) -> dict[str, 
 def throwaway_stack() -> Iterator[Stack]:
     with tempfile.TemporaryDirectory(prefix="rtask-bench-") as folder:
         config = StackConfig(
-            data_dir=Path(folder), edge_port=0, admin_port=0, workers=0, bcrypt_cost=4, dashboard_dir=None
+            data_dir=Path(folder),
+            edge_port=0,
+            edge_tls_port=0,
+            admin_port=0,
+            workers=0,
+            bcrypt_cost=4,
+            dashboard_dir=None,
         )
         with Stack(config) as stack:
             yield stack
