@@ -105,6 +105,7 @@ class OurBench:
         config = StackConfig(
             data_dir=data_dir,
             edge_port=0,
+            edge_tls_port=0,
             admin_port=0,
             workers=workers,
             worker_slots=slots,

@@ -298,6 +298,7 @@ def throwaway_stack() -> Iterator[Stack]:
         config = StackConfig(
             data_dir=Path(folder),
             edge_port=0,
+            edge_tls_port=0,
             admin_port=0,
             workers=0,
             bcrypt_cost=4,

@@ -72,6 +72,7 @@ def stack(stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pyt
     config = StackConfig(
         data_dir=tmp_path_factory.mktemp("stack"),
         edge_port=0,
+        edge_tls_port=0,
         admin_port=0,
         database_url=stores.database_url,
         redis_url=stores.redis_url,

@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from services.core.config import AuthConfig, ConfigError, env_int
-from services.core.tokens import WORKER_AUDIENCE
 
 # Discovery types Envoy understands for our clusters.
 STATIC = "STATIC"  # the local stack: IP endpoints chosen by the launcher
@@ -18,6 +17,17 @@ STRICT_DNS = "STRICT_DNS"  # compose: every address behind a service name, re-re
 class Endpoint:
     host: str
     port: int
+
+
+@dataclass(frozen=True)
+class TlsListener:
+    """The TLS listener: where it binds and the certificate and key Envoy presents (PEM files)."""
+
+    port: int
+    cert_chain_path: str
+    private_key_path: str
+    # Loopback unless the deployment asks for more (`rtask-stack up --listen`, or a container).
+    address: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -91,11 +101,14 @@ class EdgeConfig:
     listen_port: int
     admin_port: int
     gateways: Sequence[Endpoint]
-    schedulers: Sequence[Endpoint]
     # The JWKS file (an `oct` key holding the services' HS256 secret), written at start-up, never committed.
     jwks_path: str
     discovery: str = STATIC
-    listen_address: str = "0.0.0.0"
+    # The plaintext listener. Loopback by default: only a deployment that means it (a container, whose
+    # network is the boundary) listens wider, and the local stack never does (its TLS listener may).
+    listen_address: str = "127.0.0.1"
+    # The TLS listener (h2 and http/1.1 by ALPN, so grpc-web from browsers and gRPC alike); None: none.
+    tls: TlsListener | None = None
     admin_address: str = "127.0.0.1"
     # Browser origins allowed by CORS; empty means none (same-origin pages need no CORS).
     allowed_origins: Sequence[str] = field(default_factory=tuple)
@@ -103,7 +116,6 @@ class EdgeConfig:
     dashboard_dir: str | None = None
     jwt_issuer: str = AuthConfig.issuer
     user_audience: str = AuthConfig.audience
-    worker_audience: str = WORKER_AUDIENCE
     # Envoy's default (60 s) would accept a token a minute after it expired; the services allow none.
     jwt_clock_skew_s: int = 5
     auth_limits: AuthLimits = AuthLimits()
@@ -117,21 +129,30 @@ class EdgeConfig:
     max_request_bytes: int = 1 << 20
     unary_timeout_s: float = 30.0
     # Streams may live for hours but not stay silent longer than this: it must exceed the server's
-    # WatchTasks heartbeat interval and the workers' heartbeat on WorkerService.Connect.
+    # WatchTasks heartbeat interval.
     stream_idle_timeout_s: float = 60.0
+    # Health/Watch is public (no token): its streams end after this long, whatever they carry, so anonymous
+    # clients cannot hold streams open forever. Watchers reconnect.
+    health_watch_max_s: float = 300.0
+    # Server reflection answers anyone who asks what the services offer: off at the edge unless asked for
+    # (grpcurl works without it from the protoset the local stack writes, or from the .proto files).
+    public_reflection: bool = False
     health_interval_s: float = 2.0
     dns_refresh_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.discovery not in (STATIC, STRICT_DNS):
             raise ValueError(f"discovery must be {STATIC} or {STRICT_DNS}, got {self.discovery!r}")
-        if not self.gateways or not self.schedulers:
-            raise ValueError("the edge needs at least one gateway and one scheduler endpoint")
+        if not self.gateways:
+            raise ValueError("the edge needs at least one gateway endpoint")
         if self.trusted_proxy_hops < 0:
             raise ValueError("trusted_proxy_hops must be >= 0")
         if self.jwt_clock_skew_s < 0:
             raise ValueError("the JWT clock skew must be >= 0")
         if self.max_request_bytes < MIN_REQUEST_LIMIT_BYTES:
             raise ValueError(f"max_request_bytes must be at least {MIN_REQUEST_LIMIT_BYTES}")
-        if self.unary_timeout_s <= 0 or self.stream_idle_timeout_s <= 0 or self.health_interval_s <= 0:
+        if self.tls is not None and self.tls.port == self.listen_port and self.tls.port != 0:
+            raise ValueError(f"the TLS and plaintext listeners cannot share port {self.listen_port}")
+        timeouts = (self.unary_timeout_s, self.stream_idle_timeout_s, self.health_interval_s, self.health_watch_max_s)
+        if min(timeouts) <= 0:
             raise ValueError("timeouts and intervals must be positive")

@@ -30,6 +30,7 @@ def chaos_stack(
     config = StackConfig(
         data_dir=tmp_path_factory.mktemp("chaos"),
         edge_port=0,
+        edge_tls_port=0,
         admin_port=0,
         workers=chaos_profile.workers,
         bcrypt_cost=TEST_BCRYPT_COST,
