@@ -35,12 +35,12 @@ RUN /opt/rtask/bin/pip install --no-deps .
 
 # ---- the runtime image: the virtual environment, the dashboard's files, a non-root user -------------------
 FROM ${PYTHON_IMAGE}
-# /etc/envoy and /srv/dashboard are where rtask-edge-init writes the JWKS and the dashboard, /etc/rtask-redis
-# where rtask-redis-init writes Valkey's ACL file; empty named volumes mounted there take this ownership, so
-# the non-root user can write into them.
+# /etc/envoy, /srv/dashboard and /var/lib/rtask-ca are where rtask-edge-init writes the JWKS and TLS files, the
+# dashboard and the development CA, /etc/rtask-redis where rtask-redis-init writes Valkey's ACL file; empty named
+# volumes mounted there take this ownership, so the non-root user can write into them.
 RUN groupadd --system --gid 10001 rtask \
     && useradd --system --uid 10001 --gid rtask --create-home --home-dir /home/rtask --shell /usr/sbin/nologin rtask \
-    && install -d -o rtask -g rtask /etc/envoy /srv/dashboard /etc/rtask-redis
+    && install -d -o rtask -g rtask /etc/envoy /srv/dashboard /var/lib/rtask-ca /etc/rtask-redis
 COPY --from=package /opt/rtask /opt/rtask
 COPY --from=dashboard /src/clients/web/dist /opt/rtask/dashboard
 # Inside a container a service must listen on every interface, or nothing outside it reaches the port.

@@ -75,8 +75,9 @@ check-web: gen-web
 	npm --prefix $(WEB) test
 
 # Browser tests drive Debian's Chromium through Playwright (never a downloaded browser).
+# Chromium drives the dashboard tests; certutil (libnss3-tools) lets them trust the stack's development CA.
 e2e-deps: $(VENV)/.installed web
-	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+	(test -x /usr/bin/chromium && test -x /usr/bin/certutil) || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium libnss3-tools)
 
 # -- benchmarks side by side with Celery, RQ, arq, Dramatiq and Procrastinate (bench/, docs/benchmarks.md) -----------
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml

@@ -24,7 +24,11 @@ from bench.memory import MemorySampler
 from bench.profiling import Profiler
 from bench.stamps import STAMPS_URL_ENV, count_key, parse_start, start_key, stop_key
 from resilienttask import AsyncClient, Task, TaskStatus, TaskUpdate
+from services.edge.config import AuthLimits, RateLimit
 from services.stack.stack import Stack, StackConfig
+
+# Signups one benchmark stack accepts from the one address the benchmark runs on.
+BENCH_SIGNUPS = RateLimit(max_tokens=1_000, tokens_per_fill=1_000, fill_interval_s=1.0)
 
 SYSTEM = "ours"
 REPO = Path(__file__).resolve().parents[1]
@@ -101,6 +105,7 @@ class OurBench:
         config = StackConfig(
             data_dir=data_dir,
             edge_port=0,
+            edge_tls_port=0,
             admin_port=0,
             workers=workers,
             worker_slots=slots,
@@ -108,6 +113,9 @@ class OurBench:
             redis_url=self.servers.redis_url,
             bcrypt_cost=4,
             dashboard_dir=None,
+            # The watch scenario signs up WATCH_USERS + 1 users at once from one address: more than the
+            # default per-address signup burst (5). Logins keep their defaults.
+            auth_limits=AuthLimits(signup_per_address=BENCH_SIGNUPS),
             extra_env={
                 "RTASK_WORKER_IMPORTS": "bench.handlers",
                 STAMPS_URL_ENV: self.servers.stamps_url,

@@ -20,6 +20,7 @@ from services.stack.ports import free_port
 from services.stack.processes import ManagedProcess
 from services.stack.redis_users import RedisAccess, logins, password_files, write_acl_file
 from services.stack.stack import DEFAULT_REDIS_MAXMEMORY_MB, Stack, StackConfig
+from tests.limits import OPEN_AUTH_LIMITS, OPEN_LOGIN_ENV
 
 # Fast hashing in tests; production default is 12.
 TEST_BCRYPT_COST = 4
@@ -83,6 +84,7 @@ def stack(stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pyt
     config = StackConfig(
         data_dir=tmp_path_factory.mktemp("stack"),
         edge_port=0,
+        edge_tls_port=0,
         admin_port=0,
         database_url=stores.database_url,
         redis_access=stores.redis_access,
@@ -93,7 +95,9 @@ def stack(stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pyt
             "RTASK_RETRY_BASE_MS": "100",
             "RTASK_WORKER_RECLAIM_IDLE_MS": str(TEST_RECLAIM_IDLE_MS),
             "RTASK_WORKER_HEARTBEAT_MS": "500",
+            **OPEN_LOGIN_ENV,
         },
+        auth_limits=OPEN_AUTH_LIMITS,  # the whole session is one client address (tests/limits.py)
     )
     echo = sys.stderr if request.config.getoption("--keep-logs") else None
     with Stack(config, echo=echo) as running:

@@ -39,6 +39,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self.workers = workers
         self.progress = progress
         self.retry = retry
+        # The tasks serving open streams: ended before the stores close, so no stream's clean-up (the registry
+        # removal, a heartbeat check) opens a Redis connection on a closed client, where nothing closes it.
+        self._streams: set[asyncio.Task[object]] = set()
+
+    async def close(self) -> None:
+        """End every open stream and wait until their clean-up has run."""
+        await cancel_and_wait(list(self._streams))
 
     async def Connect(
         self, request_iterator: AsyncIterator[worker_pb2.ConnectRequest], context: grpc.aio.ServicerContext
@@ -48,6 +55,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "hello: the first message must introduce the worker")
             return
         hello = first.hello
+        serving = asyncio.current_task()
+        assert serving is not None
+        self._streams.add(serving)
         info = worker_registry.WorkerInfo(id=hello.worker_id, slots=hello.slots, kinds=list(hello.kinds))
         mailbox = self.workers.attach(hello.worker_id)
         work = WorkProcessor(hello.worker_id, self.pool, self.redis, mailbox, self.progress, self.retry)
@@ -70,6 +80,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 with contextlib.suppress(RedisError, OSError):
                     await worker_registry.remove(self.redis, hello.worker_id)
             log.info("worker disconnected", extra={"worker": info.id})
+            self._streams.discard(serving)
 
     async def _read(
         self,
@@ -93,7 +104,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     self.progress.add(report.task.task_id, report.task.fence, report.progress)
         finally:
             if checking is not None:
-                checking.cancel()
+                await cancel_and_wait([checking])
 
     async def _heartbeat(
         self, info: worker_registry.WorkerInfo, heartbeat: worker_pb2.WorkerHeartbeat, mailbox: Mailbox

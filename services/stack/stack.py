@@ -19,8 +19,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.core.config import AuthConfig
-from services.edge.config import DEFAULT_AUTH_RATE_LIMIT, EdgeConfig, Endpoint, RateLimit
+from services.edge.certs import DEFAULT_NAMES, TlsFiles, ensure_dev_tls
+from services.edge.config import AuthLimits, EdgeConfig, Endpoint, TlsListener
 from services.edge.launch import JWKS_FILE, envoy_argv, write_edge_files
+from services.edge.protoset import PROTOSET_FILE, write_protoset
 from services.stack.embedded import (
     postgres_process,
     postgres_url,
@@ -35,6 +37,10 @@ from services.stack.redis_users import RedisAccess, logins, password_files, writ
 SECRET_FILE = "jwt_secret"
 # Memory the stack's own Valkey may use before it refuses writes (docs/operations.md, "Redis memory").
 DEFAULT_REDIS_MAXMEMORY_MB = 1024
+TLS_DIR = "tls"
+LOOPBACK = "127.0.0.1"
+# Addresses that mean "every interface": no certificate can name them.
+WILDCARDS = frozenset({"0.0.0.0", "::"})
 # The dashboard's build output, served by Envoy at / when it exists.
 DASHBOARD_DIST = Path(__file__).resolve().parents[2] / "clients" / "web" / "dist"
 
@@ -44,7 +50,16 @@ class StackConfig:
     """How many of each process to run, where data lives, which ports to use (0 = pick a free one)."""
 
     data_dir: Path
+    # The plaintext listener, always on loopback: development tools and the dashboard at http://localhost.
     edge_port: int = 8080
+    # The TLS listener (certificate from the development CA in <data_dir>/tls), on edge_host.
+    edge_tls_port: int = 8443
+    # Where the TLS listener binds: loopback unless asked (`--listen 0.0.0.0`); the plaintext one never moves.
+    edge_host: str = LOOPBACK
+    # Extra names (DNS or IP) the server certificate carries, e.g. this machine's name when listening wider.
+    tls_names: tuple[str, ...] = ()
+    # Serve server reflection through the edge (off: the services' own ports still offer it).
+    edge_reflection: bool = False
     admin_port: int = 9901
     gateways: int = 2
     schedulers: int = 1
@@ -58,7 +73,9 @@ class StackConfig:
     bcrypt_cost: int = 12
     extra_env: dict[str, str] = field(default_factory=dict)
     allowed_origins: tuple[str, ...] = ()
-    auth_rate_limit: RateLimit = DEFAULT_AUTH_RATE_LIMIT
+    # Envoy's per-address buckets for Login and Signup; the gateways' per-email and hash-queue limits come
+    # from RTASK_LOGIN_* / RTASK_HASH_* in the environment (or extra_env).
+    auth_limits: AuthLimits = field(default_factory=AuthLimits)
     dashboard_dir: Path | None = DASHBOARD_DIST
 
 
@@ -105,15 +122,36 @@ class Stack:
         self.redis_access = config.redis_access or (RedisAccess.shared(config.redis_url) if config.redis_url else None)
         self._redis_password_files = password_files(self.data_dir) if self.redis_access is None else {}
         # Ports handed out before their process binds them (Envoy binds last), so none is handed out twice.
-        self._given = {config.edge_port, config.admin_port} - {0}
+        self._given = {config.edge_port, config.edge_tls_port, config.admin_port} - {0}
         self.edge_port = config.edge_port or self._free_port()
+        self.edge_tls_port = config.edge_tls_port or self._free_port()
         self.admin_port = config.admin_port or self._free_port()
         self.secret_file = ensure_secret(self.data_dir)
+        self.tls = ensure_dev_tls(self.data_dir / TLS_DIR, self.tls_names())
+        self.protoset = write_protoset(self.data_dir / PROTOSET_FILE)
 
     # -- addresses --------------------------------------------------------------------------
     @property
     def edge_address(self) -> str:
-        return f"127.0.0.1:{self.edge_port}"
+        """The plaintext listener (loopback only)."""
+        return f"{LOOPBACK}:{self.edge_port}"
+
+    @property
+    def edge_tls_address(self) -> str:
+        """The TLS listener as a client on this machine dials it (a name its certificate carries)."""
+        host = self.config.edge_host
+        return f"{'localhost' if host == LOOPBACK or host in WILDCARDS else host}:{self.edge_tls_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The development CA's certificate: what clients trust to reach the TLS listener."""
+        return self.tls.ca_cert
+
+    def tls_names(self) -> list[str]:
+        """The names the server certificate carries: this machine, the compose service, and any asked for."""
+        host = self.config.edge_host
+        extra = [host] if host not in WILDCARDS and host != LOOPBACK else []
+        return list(dict.fromkeys([*DEFAULT_NAMES, *extra, *self.config.tls_names]))
 
     @property
     def admin_url(self) -> str:
@@ -283,6 +321,9 @@ class Stack:
         """Record pids and ports in the data folder, for operators and for the shutdown test."""
         state: dict[str, object] = {
             "edge": self.edge_address,
+            "edge_tls": f"{self.config.edge_host}:{self.edge_tls_port}",
+            "ca_file": str(self.ca_file),
+            "protoset": str(self.protoset),
             "admin": self.admin_url,
             "processes": {n: {"pid": p.pid, "port": self.ports.get(n)} for n, p in self.processes.items()},
         }
@@ -303,15 +344,28 @@ class Stack:
             listen_port=self.edge_port,
             admin_port=self.admin_port,
             gateways=[Endpoint("127.0.0.1", self.ports[n]) for n in self.names("gateway")],
-            schedulers=[Endpoint("127.0.0.1", self.ports[n]) for n in self.names("scheduler")],
-            listen_address="127.0.0.1" if "PYTEST_CURRENT_TEST" in os.environ else "0.0.0.0",
+            listen_address=LOOPBACK,
+            tls=self.tls_listener(self.tls),
+            public_reflection=self.config.edge_reflection,
             allowed_origins=self.config.allowed_origins
-            or (f"http://localhost:{self.edge_port}", f"http://127.0.0.1:{self.edge_port}"),
+            or tuple(
+                f"{scheme}://{host}:{port}"
+                for scheme, port in (("http", self.edge_port), ("https", self.edge_tls_port))
+                for host in ("localhost", LOOPBACK)
+            ),
             jwks_path=str(self.data_dir / JWKS_FILE),
             dashboard_dir=str(dashboard) if dashboard is not None and dashboard.is_dir() else None,
-            auth_rate_limit=self.config.auth_rate_limit,
+            auth_limits=self.config.auth_limits,
             jwt_issuer=auth.issuer,
             user_audience=auth.audience,
+        )
+
+    def tls_listener(self, files: TlsFiles) -> TlsListener:
+        return TlsListener(
+            port=self.edge_tls_port,
+            cert_chain_path=str(files.server_cert),
+            private_key_path=str(files.server_key),
+            address=self.config.edge_host,
         )
 
     def _start_envoy(self) -> None:

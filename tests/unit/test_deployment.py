@@ -33,8 +33,9 @@ from ruamel.yaml import YAML
 
 from services.core import redis_acl
 from services.deploy import edge_init, healthcheck, redis_init
+from services.edge.certs import CA_CERT_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
 from services.edge.launch import envoy_argv, envoy_binary
-from services.edge.render import COMPOSE_DASHBOARD_DIR, COMPOSE_FILE, COMPOSE_JWKS_PATH
+from services.edge.render import COMPOSE_DASHBOARD_DIR, COMPOSE_FILE, COMPOSE_JWKS_PATH, COMPOSE_TLS_DIR
 from services.stack.embedded import MAXMEMORY_POLICY
 from services.stack.stack import Stack, StackConfig
 
@@ -195,7 +196,8 @@ def test_services_listen_where_envoy_and_their_probes_look() -> None:
         return address["address"], address["port_value"]
 
     assert upstream("gateways") == ("gateway", int(services["gateway"]["environment"]["RTASK_PORT"]))
-    assert upstream("schedulers") == ("scheduler", int(services["scheduler"]["environment"]["RTASK_PORT"]))
+    # Workers reach the schedulers directly; the edge has no way to them.
+    assert set(clusters) == {"gateways"}
     for role in OUR_SERVICES:
         env = services[role]["environment"]
         assert env["RTASK_HOST"] == "0.0.0.0", "inside a container only 0.0.0.0 is reachable from outside"
@@ -252,6 +254,12 @@ def test_edge_init_writes_exactly_what_envoy_reads() -> None:
         # Seeded from our image (owned by its user), never from Envoy's.
         assert not init[folder]["nocopy"] and envoy[folder]["nocopy"]
     assert services["edge-init"]["command"][:2] == ["rtask-edge-init", "--dashboard-from"]
+    # The development CA (and its key) lives in a volume only edge-init mounts; an operator's own certificate
+    # comes in read-only.
+    assert init[edge_init.COMPOSE_CA_DIR]["source"] == "edge_ca"
+    assert "edge_ca" not in {m["source"] for m in envoy.values()}
+    assert init[edge_init.COMPOSE_TLS_FROM]["read_only"]
+    assert PurePosixPath(COMPOSE_TLS_DIR).parent == PurePosixPath(keys)
     # The JWKS is its writer's alone: Envoy must run as that same user.
     assert services["envoy"]["user"] == image_user()
     assert services["envoy"]["depends_on"]["edge-init"] == {"condition": "service_completed_successfully"}
@@ -260,7 +268,11 @@ def test_edge_init_writes_exactly_what_envoy_reads() -> None:
 def test_only_envoy_publishes_a_port() -> None:
     services = load_compose()["services"]
     assert {name for name, spec in services.items() if "ports" in spec} == {"envoy"}
-    assert services["envoy"]["ports"] == ["${RTASK_EDGE_PORT:-8080}:8080"]
+    # TLS for everyone; plaintext on the host's loopback only.
+    assert services["envoy"]["ports"] == [
+        "${RTASK_EDGE_TLS_PORT:-8443}:8443",
+        "127.0.0.1:${RTASK_EDGE_PORT:-8080}:8080",
+    ]
 
 
 # ---- the rest of the list ---------------------------------------------------------------------------
@@ -467,6 +479,12 @@ def test_edge_init_writes_the_jwks_and_replaces_the_dashboard(tmp_path: Path, mo
         str(build),
         "--dashboard-dir",
         str(served),
+        "--tls-dir",
+        str(tmp_path / "keys" / "tls"),
+        "--tls-from",
+        str(tmp_path / "operator"),
+        "--ca-dir",
+        str(tmp_path / "ca"),
     ]
     assert edge_init.main(argv) == 0
     jwks = json.loads((tmp_path / "keys" / "jwks.json").read_text())
@@ -550,3 +568,32 @@ def test_redis_init_writes_password_hashes_and_refuses_missing_or_short_password
         assert password not in text
         assert f"#{hashlib.sha256(password.encode()).hexdigest()}" in text
     assert acl.stat().st_mode & 0o777 == 0o644, "Valkey runs as another user; the file holds hashes only"
+
+
+def test_edge_init_installs_a_generated_certificate_or_the_operators(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    target, ca_dir, supplied = tmp_path / "tls", tmp_path / "ca", tmp_path / "operator"
+    said = edge_init.install_tls(supplied, ca_dir, target)
+    assert "development certificate" in said
+    assert sorted(p.name for p in target.iterdir()) == sorted([CA_CERT_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE])
+    assert (target / SERVER_KEY_FILE).stat().st_mode & 0o777 == 0o600
+    assert not (target / "ca.key").exists(), "the CA's key stays in its own volume"
+    assert (ca_dir / "ca.key").stat().st_mode & 0o777 == 0o600
+    cert = x509.load_pem_x509_certificate((target / SERVER_CERT_FILE).read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"localhost", "envoy"} <= set(names.get_values_for_type(x509.DNSName))
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    # A later start keeps the same CA, so clients configured once keep working.
+    ca_before = (target / CA_CERT_FILE).read_bytes()
+    edge_init.install_tls(supplied, ca_dir, target)
+    assert (target / CA_CERT_FILE).read_bytes() == ca_before
+
+    supplied.mkdir()
+    (supplied / SERVER_CERT_FILE).write_text("operator chain")
+    (supplied / SERVER_KEY_FILE).write_text("operator key")
+    assert "supplied" in edge_init.install_tls(supplied, ca_dir, target)
+    assert (target / SERVER_CERT_FILE).read_text() == "operator chain"
+    assert (target / SERVER_KEY_FILE).read_text() == "operator key"
+    assert (target / SERVER_KEY_FILE).stat().st_mode & 0o777 == 0o600
+    assert not (target / CA_CERT_FILE).exists(), "no development CA to trust for an operator's certificate"
