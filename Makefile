@@ -84,9 +84,11 @@ $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
-# The full run (about half an hour) also rewrites docs/benchmarks.md; bench-quick only writes bench/results/.
+# The full run (about forty minutes) also rewrites docs/benchmarks.md, then measures what the trust boundaries
+# cost against the code before them (docs/checks-cost.md); bench-quick only writes bench/results/.
 bench: $(VENV)/.bench-installed
 	$(PY) -m bench.run --doc docs/benchmarks.md $(ARGS)
+	$(PY) -m bench.checks_ab --doc docs/checks-cost.md
 
 bench-quick: $(VENV)/.bench-installed
 	$(PY) -m bench.run --quick $(ARGS)
