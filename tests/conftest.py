@@ -81,6 +81,8 @@ def stack(stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pyt
             "RTASK_RETRY_BASE_MS": "100",
             "RTASK_WORKER_RECLAIM_IDLE_MS": str(TEST_RECLAIM_IDLE_MS),
             "RTASK_WORKER_HEARTBEAT_MS": "500",
+            # A kind with a large result (tests/integration/test_small_events.py).
+            "RTASK_WORKER_IMPORTS": "tests.integration.bulky_handler",
         },
     )
     echo = sys.stderr if request.config.getoption("--keep-logs") else None

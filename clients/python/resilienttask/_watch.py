@@ -6,8 +6,9 @@ The I/O lives in client.py and aio.py; everything here is plain state so both be
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import grpc
 
@@ -20,6 +21,8 @@ from resilienttask.v1 import scheduler_pb2
 # Versions remembered for dropping repeats: repeats follow a reconnect and concern recent changes, so the
 # least recently changed tasks can be forgotten and a long watch of a busy account stays small.
 MAX_REMEMBERED_TASKS = 100_000
+# ListTasks page size when wait() fetches a batch's whole tasks: one page holds a batch (at most 50 replicas).
+BATCH_PAGE_SIZE = 500
 
 
 class WatchState:
@@ -110,7 +113,11 @@ class WatchState:
 
 
 class WaitTracker:
-    """The newest known state of the tasks a wait() is for."""
+    """The newest known state of the tasks a wait() is for.
+
+    Watch events carry summaries (no result or payload), so once every task is done the whole tasks are
+    fetched (to_fetch, complete); a task found changed again meanwhile (retried) is waited for again.
+    """
 
     def __init__(self, task_ids: Iterable[str]) -> None:
         self.order = list(dict.fromkeys(task_ids))
@@ -143,12 +150,36 @@ class WaitTracker:
     def done(self) -> bool:
         return len(self.latest) == len(self.order) and all(t.done for t in self.latest.values())
 
+    def to_fetch(self) -> FetchPlan:
+        """How to fetch the whole tasks (result, payload, full error) of those held as watch summaries:
+        a batch with several of them in one ListTasks call, any other task with GetTask."""
+        summaries = [self.latest[task_id] for task_id in self.order if self.latest[task_id].summary]
+        per_batch = Counter(task.batch_id for task in summaries)
+        return FetchPlan(
+            batches=[batch for batch, count in per_batch.items() if count > 1 and batch],
+            tasks=[task.id for task in summaries if per_batch[task.batch_id] == 1 or not task.batch_id],
+        )
+
+    def complete(self, task: Task) -> None:
+        """Hold a whole task fetched for a summary: the same state (version) or a newer one."""
+        held = self.latest.get(task.id)
+        if held is not None and task.version >= held.version:
+            self.latest[task.id] = task
+
     def results(self) -> list[Task]:
         return [self.latest[task_id] for task_id in self.order]
 
     def timeout_error(self, timeout_s: float) -> DeadlineExceeded:
         pending = [task_id for task_id in self.order if task_id not in self.latest or not self.latest[task_id].done]
         return DeadlineExceeded(f"{len(pending)} of {len(self.order)} tasks not finished after {timeout_s:g}s")
+
+
+@dataclass(frozen=True)
+class FetchPlan:
+    """Batches to list (each holds several waited tasks) and single tasks to get."""
+
+    batches: list[str]
+    tasks: list[str]
 
 
 def task_ids(tasks: str | Task | Iterable[str | Task]) -> list[str]:

@@ -1,0 +1,81 @@
+"""Task summaries: what change events and watch snapshots carry.
+
+A summary has every field a watcher draws (ids, status, progress, attempt, worker, version, times, an error
+line) and none of the task's bulk: no payload (up to 64 KiB) and no result (as large as a handler returns).
+Every string is cut to a byte bound, so a summary — and so every change event, in Redis and on the wire —
+has a known maximum size (MAX_SUMMARY_BYTES) whatever a user, a worker or a handler put in the task.
+Clients fetch payload and result with GetTask.
+"""
+
+from __future__ import annotations
+
+from resilienttask.v1 import task_pb2
+
+# Byte bounds (UTF-8) of the strings a summary keeps. Those of user input are the submission limits at four
+# bytes a character, so they never cut a valid value; ids are UUIDs the services generate.
+UUID_BYTES = 36
+NAME_BYTES = 800  # 200 characters (services.gateway.validation.MAX_NAME_CHARS)
+REQUEST_ID_BYTES = 512  # 128 characters (MAX_REQUEST_ID_CHARS)
+KIND_BYTES = 256
+WORKER_ID_BYTES = 256
+# The error of a failed attempt can be a whole traceback: a summary keeps its first KiB (GetTask has it all).
+ERROR_BYTES = 1024
+CUT_MARK = "…"
+
+# The largest serialized summary (field tags, length prefixes and the widest varints included); checked
+# against a summary with every field at its widest by tests/unit/test_task_summary.py.
+MAX_SUMMARY_BYTES = 3_200
+
+_TIME_FIELDS = ("workload", "max_runtime", "created_at", "started_at", "finished_at")
+
+
+def clip(text: str, limit_bytes: int, mark: str = "") -> str:
+    """text cut to at most limit_bytes of UTF-8 at a character boundary, ending with `mark` when cut."""
+    if len(text) * 4 <= limit_bytes:  # no character is wider than four bytes: nothing to measure
+        return text
+    encoded = text.encode()
+    if len(encoded) <= limit_bytes:
+        return text
+    room = limit_bytes - len(mark.encode())
+    return encoded[:room].decode(errors="ignore") + mark
+
+
+def summarize(task: task_pb2.Task) -> task_pb2.Task:
+    """The summary of a task (the task itself when it is one already); the task is left as it is."""
+    if task.summary:
+        return task
+    summary = task_pb2.Task(
+        id=task.id,
+        name=task.name,
+        kind=task.kind,
+        status=task.status,
+        progress=task.progress,
+        attempt=task.attempt,
+        max_attempts=task.max_attempts,
+        worker_id=task.worker_id,
+        error=task.error,
+        request_id=task.request_id,
+        batch_id=task.batch_id,
+        replica_index=task.replica_index,
+        dead_lettered=task.dead_lettered,
+        version=task.version,
+    )
+    for name in _TIME_FIELDS:
+        if task.HasField(name):
+            getattr(summary, name).CopyFrom(getattr(task, name))
+    return as_summary(summary)
+
+
+def as_summary(task: task_pb2.Task) -> task_pb2.Task:
+    """Make `task` (built without payload or result) a summary in place: mark it, cut its strings."""
+    task.ClearField("payload")
+    task.ClearField("result")
+    task.id = clip(task.id, UUID_BYTES)
+    task.name = clip(task.name, NAME_BYTES)
+    task.kind = clip(task.kind, KIND_BYTES)
+    task.worker_id = clip(task.worker_id, WORKER_ID_BYTES)
+    task.error = clip(task.error, ERROR_BYTES, CUT_MARK)
+    task.request_id = clip(task.request_id, REQUEST_ID_BYTES)
+    task.batch_id = clip(task.batch_id, UUID_BYTES)
+    task.summary = True
+    return task
