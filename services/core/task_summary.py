@@ -26,7 +26,16 @@ CUT_MARK = "…"
 # against a summary with every field at its widest by tests/unit/test_task_summary.py.
 MAX_SUMMARY_BYTES = 3_200
 
-_TIME_FIELDS = ("workload", "max_runtime", "created_at", "started_at", "finished_at")
+# (field, byte bound, mark appended when cut) of every string a summary keeps.
+_BOUNDS = (
+    ("id", UUID_BYTES, ""),
+    ("name", NAME_BYTES, ""),
+    ("kind", KIND_BYTES, ""),
+    ("worker_id", WORKER_ID_BYTES, ""),
+    ("error", ERROR_BYTES, CUT_MARK),
+    ("request_id", REQUEST_ID_BYTES, ""),
+    ("batch_id", UUID_BYTES, ""),
+)
 
 
 def clip(text: str, limit_bytes: int, mark: str = "") -> str:
@@ -44,38 +53,22 @@ def summarize(task: task_pb2.Task) -> task_pb2.Task:
     """The summary of a task (the task itself when it is one already); the task is left as it is."""
     if task.summary:
         return task
-    summary = task_pb2.Task(
-        id=task.id,
-        name=task.name,
-        kind=task.kind,
-        status=task.status,
-        progress=task.progress,
-        attempt=task.attempt,
-        max_attempts=task.max_attempts,
-        worker_id=task.worker_id,
-        error=task.error,
-        request_id=task.request_id,
-        batch_id=task.batch_id,
-        replica_index=task.replica_index,
-        dead_lettered=task.dead_lettered,
-        version=task.version,
-    )
-    for name in _TIME_FIELDS:
-        if task.HasField(name):
-            getattr(summary, name).CopyFrom(getattr(task, name))
+    # A copy then two cleared fields: cheaper than building the message field by field (each keyword
+    # argument costs about as much as copying a 64 KiB payload).
+    summary = task_pb2.Task()
+    summary.CopyFrom(task)
     return as_summary(summary)
 
 
 def as_summary(task: task_pb2.Task) -> task_pb2.Task:
-    """Make `task` (built without payload or result) a summary in place: mark it, cut its strings."""
-    task.ClearField("payload")
-    task.ClearField("result")
-    task.id = clip(task.id, UUID_BYTES)
-    task.name = clip(task.name, NAME_BYTES)
-    task.kind = clip(task.kind, KIND_BYTES)
-    task.worker_id = clip(task.worker_id, WORKER_ID_BYTES)
-    task.error = clip(task.error, ERROR_BYTES, CUT_MARK)
-    task.request_id = clip(task.request_id, REQUEST_ID_BYTES)
-    task.batch_id = clip(task.batch_id, UUID_BYTES)
+    """Make `task` a summary in place: payload and result cleared, strings cut to their bounds, marked."""
+    if task.HasField("payload"):
+        task.ClearField("payload")
+    if task.HasField("result"):
+        task.ClearField("result")
+    for name, limit_bytes, mark in _BOUNDS:
+        value = getattr(task, name)
+        if len(value) * 4 > limit_bytes:  # only a value that might be too long is measured and set
+            setattr(task, name, clip(value, limit_bytes, mark))
     task.summary = True
     return task

@@ -189,7 +189,10 @@ class Worker:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Full state: the first thing a watch yields, and again when the service could not replay missed events."""
+    """Full state: the first thing a watch yields, and again when the service could not replay missed events.
+
+    Its tasks are summaries (Task.summary): no payload or result; Client.get() has them.
+    """
 
     tasks: tuple[Task, ...]
     stats: TaskStats
@@ -208,7 +211,8 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class TaskUpdate:
-    """One task changed (or was deleted); stats are the counts after the change."""
+    """One task changed (or was deleted); stats are the counts after the change. `task` is a summary
+    (Task.summary): no payload or result; Client.get() has them."""
 
     task: Task
     stats: TaskStats
