@@ -112,7 +112,8 @@ async def test_events_of_a_task_with_a_large_payload_and_result_are_small(
         # The raw entries in Redis: bounded, and not a byte of the payload or the result in them.
         needles = [marker.encode(), result_marker.encode()]
         owner_entries = await _owner_entries(redis, account.user_id)
-        assert len(owner_entries) >= len(mine)
+        stored = [task_pb2.Task.FromString(fields[b"task"]) for fields in owner_entries]
+        assert [t.version for t in stored if t.id == task_id] == [t.version for t in mine], "every event watched"
         _check_small(owner_entries, needles)
         feed_entries = await _feed_entries(redis, account.user_id)
         assert len(feed_entries) >= len(mine)
