@@ -26,6 +26,7 @@ from tests.helpers import eventually
 from tests.integration import bulky_handler
 from tests.integration.accounts import PASSWORD, Account
 from tests.integration.watching import Watch
+from tests.widest import widest_task
 
 # A payload as large as SubmitTask takes: one string of the marker, short of the limit by the encoding's overhead.
 PAYLOAD_FILL_BYTES = MAX_PAYLOAD_BYTES - 256
@@ -33,6 +34,8 @@ PAYLOAD_FILL_BYTES = MAX_PAYLOAD_BYTES - 256
 # tasks would exceed: the snapshot (summaries) must still arrive.
 SNAPSHOT_TASKS = 100
 FEED_SCAN = 5_000
+# Valkey's stream-node-max-entries (default): approximate trimming leaves at most one node beyond a cap.
+STREAM_NODE_ENTRIES = 100
 
 
 @pytest.fixture
@@ -155,6 +158,28 @@ async def test_a_snapshot_of_many_large_tasks_is_summaries(
     assert {t.id for t in snapshot.tasks} == {t.id for t in submitted}
     assert all(t.summary and not t.HasField("payload") for t in snapshot.tasks)
     assert snapshot.ByteSize() <= SNAPSHOT_TASKS * MAX_SUMMARY_BYTES + 64 * 1024
+
+
+async def test_the_streams_stay_within_their_caps_in_bytes(stores: Stores) -> None:
+    """The documented bounds hold in Valkey's own accounting: past both caps, with the widest tasks."""
+    client = aioredis.Redis.from_url(stores.redis_url.rsplit("/", 1)[0] + "/9")
+    owner = str(uuid.uuid4())
+    change = events.TaskChange(owner, widest_task(), task_pb2.TASK_STATUS_RUNNING)
+    try:
+        await client.flushdb()
+        for _ in range(0, events.FEED_MAXLEN + 2 * events.PUBLISH_CHUNK, events.PUBLISH_CHUNK):
+            await events.publish_changes(client, [change] * events.PUBLISH_CHUNK)
+        for key, cap in (
+            (keys.owner_events_stream(owner), events.EVENTS_MAXLEN),
+            (keys.EVENTS_FEED_STREAM, events.FEED_MAXLEN),
+        ):
+            length = await client.xlen(key)
+            assert cap <= length <= cap + STREAM_NODE_ENTRIES, key
+            used = await client.memory_usage(key, samples=0)
+            assert used is not None and used <= (cap + STREAM_NODE_ENTRIES) * events.MAX_ENTRY_BYTES, (key, used)
+    finally:
+        await client.flushdb()
+        await client.aclose()
 
 
 async def _kind_served(client: AsyncClient) -> bool:

@@ -8,39 +8,11 @@ from resilienttask.v1 import task_pb2
 from services.core import events, task_summary
 from services.core.events import TaskChange
 from services.core.task_summary import CUT_MARK, ERROR_BYTES, MAX_SUMMARY_BYTES, clip, summarize
-
-WIDEST_INT32 = -1  # negative int32 values take ten bytes on the wire, the most any varint takes
-TIME_FIELDS = ("workload", "max_runtime", "created_at", "started_at", "finished_at")
-
-
-def _widest_task() -> task_pb2.Task:
-    """A task with every field at its widest, payload and result included."""
-    task = task_pb2.Task(
-        id="i" * 1000,
-        name="\U0001f600" * 5000,
-        kind="k" * 5000,
-        status=task_pb2.TASK_STATUS_TIMED_OUT,
-        progress=-1e308,
-        attempt=WIDEST_INT32,
-        max_attempts=WIDEST_INT32,
-        worker_id="\U0001f600" * 5000,
-        error="é" * 50_000,
-        request_id="\U0001f600" * 5000,
-        batch_id="b" * 1000,
-        replica_index=WIDEST_INT32,
-        dead_lettered=True,
-        version=-1,
-    )
-    for name in TIME_FIELDS:
-        field = getattr(task, name)
-        field.seconds, field.nanos = -(2**63), WIDEST_INT32
-    task.payload.update({"blob": "p" * 65_000})
-    task.result.string_value = "r" * 200_000
-    return task
+from tests.widest import TIME_FIELDS, widest_task
 
 
 def test_a_summary_of_the_widest_task_stays_within_the_bound() -> None:
-    summary = summarize(_widest_task())
+    summary = summarize(widest_task())
     assert summary.summary
     assert not summary.HasField("payload") and not summary.HasField("result")
     assert summary.ByteSize() <= MAX_SUMMARY_BYTES
@@ -85,7 +57,7 @@ def test_clip_cuts_at_a_character_boundary() -> None:
 
 
 def test_a_change_always_carries_a_summary() -> None:
-    change = TaskChange("owner", _widest_task(), 0)
+    change = TaskChange("owner", widest_task(), 0)
     assert change.task.summary and not change.task.HasField("payload")
     assert TaskChange("owner", change.task, 0).task is change.task, "a summary is not summarized again"
 
