@@ -40,8 +40,8 @@ _BOUNDS = (
 
 def clip(text: str, limit_bytes: int, mark: str = "") -> str:
     """text cut to at most limit_bytes of UTF-8 at a character boundary, ending with `mark` when cut."""
-    if len(text) * 4 <= limit_bytes:  # no character is wider than four bytes: nothing to measure
-        return text
+    if len(text) <= limit_bytes and (len(text) * 4 <= limit_bytes or text.isascii()):
+        return text  # short enough whatever its characters, or ASCII (one byte each): nothing to measure
     encoded = text.encode()
     if len(encoded) <= limit_bytes:
         return text
@@ -68,7 +68,8 @@ def as_summary(task: task_pb2.Task) -> task_pb2.Task:
         task.ClearField("result")
     for name, limit_bytes, mark in _BOUNDS:
         value = getattr(task, name)
-        if len(value) * 4 > limit_bytes:  # only a value that might be too long is measured and set
-            setattr(task, name, clip(value, limit_bytes, mark))
+        clipped = clip(value, limit_bytes, mark)
+        if clipped is not value:  # set only what was cut
+            setattr(task, name, clipped)
     task.summary = True
     return task
