@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import grpc
 
@@ -23,6 +22,8 @@ from resilienttask.v1 import scheduler_pb2
 MAX_REMEMBERED_TASKS = 100_000
 # ListTasks page size when wait() fetches a batch's whole tasks: one page holds a batch (at most 50 replicas).
 BATCH_PAGE_SIZE = 500
+# GetTask calls the asyncio wait() has in flight at once when it fetches whole tasks one by one.
+FETCH_CONCURRENCY = 32
 
 
 class WatchState:
@@ -116,7 +117,7 @@ class WaitTracker:
     """The newest known state of the tasks a wait() is for.
 
     Watch events carry summaries (no result or payload), so once every task is done the whole tasks are
-    fetched (to_fetch, complete); a task found changed again meanwhile (retried) is waited for again.
+    fetched (batches_to_list, summarized, complete); a task found changed again meanwhile (retried) is waited for again.
     """
 
     def __init__(self, task_ids: Iterable[str]) -> None:
@@ -150,15 +151,15 @@ class WaitTracker:
     def done(self) -> bool:
         return len(self.latest) == len(self.order) and all(t.done for t in self.latest.values())
 
-    def to_fetch(self) -> FetchPlan:
-        """How to fetch the whole tasks (result, payload, full error) of those held as watch summaries:
-        a batch with several of them in one ListTasks call, any other task with GetTask."""
-        summaries = [self.latest[task_id] for task_id in self.order if self.latest[task_id].summary]
-        per_batch = Counter(task.batch_id for task in summaries)
-        return FetchPlan(
-            batches=[batch for batch, count in per_batch.items() if count > 1 and batch],
-            tasks=[task.id for task in summaries if per_batch[task.batch_id] == 1 or not task.batch_id],
-        )
+    def summarized(self) -> list[str]:
+        """Ids of the tasks held as watch summaries, whose whole tasks (result, payload, full error) are fetched."""
+        return [task_id for task_id in self.order if task_id in self.latest and self.latest[task_id].summary]
+
+    def batches_to_list(self) -> list[str]:
+        """Batches holding several summarized tasks: one ListTasks call fetches them all. The rest (and any a
+        listing missed) are fetched one by one with GetTask."""
+        per_batch = Counter(self.latest[task_id].batch_id for task_id in self.summarized())
+        return [batch for batch, count in per_batch.items() if count > 1 and batch]
 
     def complete(self, task: Task) -> None:
         """Hold a whole task fetched for a summary: the same state (version) or a newer one."""
@@ -172,14 +173,6 @@ class WaitTracker:
     def timeout_error(self, timeout_s: float) -> DeadlineExceeded:
         pending = [task_id for task_id in self.order if task_id not in self.latest or not self.latest[task_id].done]
         return DeadlineExceeded(f"{len(pending)} of {len(self.order)} tasks not finished after {timeout_s:g}s")
-
-
-@dataclass(frozen=True)
-class FetchPlan:
-    """Batches to list (each holds several waited tasks) and single tasks to get."""
-
-    batches: list[str]
-    tasks: list[str]
 
 
 def task_ids(tasks: str | Task | Iterable[str | Task]) -> list[str]:

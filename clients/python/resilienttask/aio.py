@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import itertools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
@@ -34,7 +33,7 @@ from resilienttask._convert import (
     worker_from_proto,
 )
 from resilienttask._retry import RetryPolicy
-from resilienttask._watch import BATCH_PAGE_SIZE, WaitTracker, WatchState, task_ids
+from resilienttask._watch import BATCH_PAGE_SIZE, FETCH_CONCURRENCY, WaitTracker, WatchState, task_ids
 from resilienttask.errors import DeadlineExceeded, Unavailable, from_rpc_error
 from resilienttask.models import Session, Snapshot, Task, TaskStats, TaskStatus, WatchEvent, Worker
 from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
@@ -311,14 +310,20 @@ class AsyncClient:
 
     async def _fetch_whole(self, tracker: WaitTracker, timeout: float | None) -> None:  # noqa: ASYNC109
         """Replace the summaries a watch gave by the whole tasks, with their results (calls run together)."""
-        plan = tracker.to_fetch()
+        gate = asyncio.Semaphore(FETCH_CONCURRENCY)
 
         async def listed(batch_id: str) -> builtins.list[Task]:
-            return [task async for task in self.list(batch_id=batch_id, page_size=BATCH_PAGE_SIZE)]
+            async with gate:
+                return [task async for task in self.list(batch_id=batch_id, page_size=BATCH_PAGE_SIZE)]
 
-        batches = await asyncio.gather(*(listed(batch_id) for batch_id in plan.batches))
-        singles = await asyncio.gather(*(self.get(task_id, timeout=timeout) for task_id in plan.tasks))
-        for task in [*itertools.chain.from_iterable(batches), *singles]:
+        async def got(task_id: str) -> Task:
+            async with gate:
+                return await self.get(task_id, timeout=timeout)
+
+        for listing in await asyncio.gather(*(listed(batch_id) for batch_id in tracker.batches_to_list())):
+            for task in listing:
+                tracker.complete(task)
+        for task in await asyncio.gather(*(got(task_id) for task_id in tracker.summarized())):
             tracker.complete(task)
 
     async def wait(

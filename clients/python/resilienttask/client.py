@@ -301,11 +301,10 @@ class Client:
 
     def _fetch_whole(self, tracker: WaitTracker, timeout: float | None) -> None:
         """Replace the summaries a watch gave by the whole tasks, with their results."""
-        plan = tracker.to_fetch()
-        for batch_id in plan.batches:
+        for batch_id in tracker.batches_to_list():
             for task in self.list(batch_id=batch_id, page_size=BATCH_PAGE_SIZE):
                 tracker.complete(task)
-        for task_id in plan.tasks:
+        for task_id in tracker.summarized():
             tracker.complete(self.get(task_id, timeout=timeout))
 
     def wait(
