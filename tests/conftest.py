@@ -96,6 +96,8 @@ def stack(stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pyt
             "RTASK_WORKER_RECLAIM_IDLE_MS": str(TEST_RECLAIM_IDLE_MS),
             "RTASK_WORKER_HEARTBEAT_MS": "500",
             **OPEN_LOGIN_ENV,
+            # A kind with a large result (tests/integration/test_small_events.py).
+            "RTASK_WORKER_IMPORTS": "tests.integration.bulky_handler",
         },
         auth_limits=OPEN_AUTH_LIMITS,  # the whole session is one client address (tests/limits.py)
     )
