@@ -24,6 +24,7 @@ from bench.memory import MemorySampler
 from bench.profiling import Profiler
 from bench.stamps import STAMPS_URL_ENV, count_key, parse_start, start_key, stop_key
 from resilienttask import AsyncClient, Task, TaskStatus, TaskUpdate
+from services.core.limits import UserLimits
 from services.stack.stack import Stack, StackConfig
 
 SYSTEM = "ours"
@@ -108,6 +109,8 @@ class OurBench:
             redis_url=self.servers.redis_url,
             bcrypt_cost=4,
             dashboard_dir=None,
+            # One user's throughput on purpose: every per-user limit off (docs/limits.md).
+            limits=UserLimits.unlimited(),
             extra_env={
                 "RTASK_WORKER_IMPORTS": "bench.handlers",
                 STAMPS_URL_ENV: self.servers.stamps_url,

@@ -53,6 +53,7 @@ from google.protobuf import duration_pb2
 
 from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from services.core.events import parse_stream_id
+from services.core.limits import UserLimits
 from services.gateway.watch import tokens
 from services.stack.stack import Stack, StackConfig
 
@@ -294,7 +295,14 @@ async def submit_batch_latency(client: Any, kind: str, calls: int) -> dict[str, 
 def throwaway_stack() -> Iterator[Stack]:
     with tempfile.TemporaryDirectory(prefix="rtask-bench-") as folder:
         config = StackConfig(
-            data_dir=Path(folder), edge_port=0, admin_port=0, workers=0, bcrypt_cost=4, dashboard_dir=None
+            data_dir=Path(folder),
+            edge_port=0,
+            admin_port=0,
+            workers=0,
+            bcrypt_cost=4,
+            dashboard_dir=None,
+            # Many watchers and submissions per user on purpose: every per-user limit off (docs/limits.md).
+            limits=UserLimits.unlimited(),
         )
         with Stack(config) as stack:
             yield stack

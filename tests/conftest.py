@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from services.core.limits import UserLimits
 from services.stack.embedded import postgres_process, postgres_url, valkey_process, wait_for_port, wait_for_postgres
 from services.stack.ports import free_port
 from services.stack.processes import ManagedProcess
@@ -75,6 +76,9 @@ def stack(stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pyt
         database_url=stores.database_url,
         redis_url=stores.redis_url,
         bcrypt_cost=TEST_BCRYPT_COST,
+        # The default per-user limits, but for a burst large enough for the tests that submit thousands of tasks
+        # as one user at once (tests/e2e/test_dashboard.py: 2,000 rows in 40 quick submissions).
+        limits=UserLimits(submit_burst=5_000),
         extra_env={
             "RTASK_LOG_LEVEL": os.environ.get("RTASK_LOG_LEVEL", "INFO"),
             # Short retry backoff and reclaim threshold keep lifecycle tests quick; production keeps 1 s / 10 s.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from services.core.config import ConfigError, env_float, env_int
 
@@ -54,6 +54,22 @@ class UserLimits:
         if self.slot_share >= 1:
             return None
         return max(1, math.floor(self.slot_share * live_slots))
+
+    @classmethod
+    def unlimited(cls) -> UserLimits:
+        """Every limit off: for benchmarks and tests that measure one user's throughput on purpose."""
+        return cls(
+            max_active_tasks=0,
+            max_stored_tasks=0,
+            submit_rate_per_s=0,
+            submit_burst=0,
+            max_watch_streams=0,
+            slot_share=1,
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """The RTASK_LIMIT_* variables that give these limits to a process (what from_env reads back)."""
+        return {env_name(f.name): str(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> UserLimits:

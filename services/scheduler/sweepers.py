@@ -123,6 +123,8 @@ async def run_sweepers(
 
     async def cap() -> None:
         await slot_cap.refresh_cap(pool, redis, user_limits)
+
+    async def release() -> None:  # a loop of its own: it needs PostgreSQL only, not the registry in Redis
         if await slot_cap.release_waiting(pool):
             released.set()
 
@@ -130,6 +132,7 @@ async def run_sweepers(
         _publish_when_woken(pool, redis, config.publish_interval_ms / 1000, released),
         slot_cap.listen_for_releases(pool, released),
         _every(config.slot_cap_interval_s, "slot cap", cap),
+        _every(config.slot_cap_interval_s, "release waiting", release),
         _every(config.lost_entry_check_interval_s, "lost", lost),
         _every(config.abandoned_interval_s, "abandoned", abandoned),
         _every(config.parked_events_interval_s, "parked events", parked),

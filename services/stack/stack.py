@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.core.config import AuthConfig
+from services.core.limits import UserLimits
 from services.edge.config import DEFAULT_AUTH_RATE_LIMIT, EdgeConfig, Endpoint, RateLimit
 from services.edge.launch import JWKS_FILE, envoy_argv, write_edge_files
 from services.stack.embedded import (
@@ -54,6 +55,8 @@ class StackConfig:
     allowed_origins: tuple[str, ...] = ()
     auth_rate_limit: RateLimit = DEFAULT_AUTH_RATE_LIMIT
     dashboard_dir: Path | None = DASHBOARD_DIST
+    # Per-user limits for the gateways and schedulers; None: theirs (the defaults, or RTASK_LIMIT_* as set).
+    limits: UserLimits | None = None
 
 
 def ensure_secret(data_dir: Path) -> Path:
@@ -189,6 +192,8 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.config.limits is not None:
+            env.update(self.config.limits.to_env())
         env.update(self.config.extra_env)
         return env
 

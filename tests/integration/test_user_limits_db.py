@@ -20,7 +20,7 @@ from tests.integration.test_transitions import database, new_user
 
 __all__ = ["database"]  # the fixture, used by name
 
-OFF = UserLimits(max_active_tasks=0, max_stored_tasks=0, submit_rate_per_s=0, max_watch_streams=0)
+OFF = UserLimits.unlimited()
 
 
 @pytest.fixture
@@ -84,12 +84,16 @@ async def test_counters_follow_every_change_of_the_rows(pool: asyncpg.Pool) -> N
     await transitions.cancel(pool, owner, task_id=str(rows[1]["id"]))  # running: cancelling
     await transitions.retry(pool, owner, str(rows[3]["id"]), OFF)
     await transitions.delete(pool, owner, str(rows[0]["id"]))
-    assert await counters(pool, owner) == await counted(pool, owner) == {
-        "active_tasks": 4,
-        "stored_tasks": 4,
-        "dispatched_tasks": 4,
-        "waiting_tasks": 0,
-    }
+    assert (
+        await counters(pool, owner)
+        == await counted(pool, owner)
+        == {
+            "active_tasks": 4,
+            "stored_tasks": 4,
+            "dispatched_tasks": 4,
+            "waiting_tasks": 0,
+        }
+    )
 
 
 async def test_two_concurrent_submissions_cannot_both_take_the_last_place(pool: asyncpg.Pool) -> None:
@@ -151,8 +155,8 @@ async def test_a_grown_cap_releases_waiting_tasks_through_the_sweep(pool: asyncp
 
 async def test_clear_history_deletes_page_by_page_each_committed_on_its_own(pool: asyncpg.Pool) -> None:
     owner = await new_user(pool)
-    rows, _ = await transitions.submit(pool, owner, spec(50), OFF)
-    rows2, _ = await transitions.submit(pool, owner, spec(25), OFF)
+    await transitions.submit(pool, owner, spec(50), OFF)
+    await transitions.submit(pool, owner, spec(25), OFF)
     await pool.execute("UPDATE tasks SET status = $2, finished_at = now() WHERE owner_id = $1", owner, CANCELLED)
     (active,), _ = await transitions.submit(pool, owner, spec(1), OFF)
     pages = []
