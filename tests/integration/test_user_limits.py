@@ -31,6 +31,7 @@ S = task_pb2
 WORKERS, SLOTS = 2, 2
 SLOTS_PER_USER = 2  # half of the 4 live slots
 MAX_ACTIVE, MAX_STORED, BURST, MAX_WATCHES = 8, 14, 15, 2
+CLEAR_PAGE = 5  # so that clearing MAX_STORED tasks takes several pages
 LIMITS = UserLimits(
     max_active_tasks=MAX_ACTIVE,
     max_stored_tasks=MAX_STORED,
@@ -39,6 +40,7 @@ LIMITS = UserLimits(
     submit_burst=BURST,
     max_watch_streams=MAX_WATCHES,
     slot_share=0.5,
+    clear_history_page=CLEAR_PAGE,
 )
 LONG_S = 600.0
 
@@ -138,8 +140,20 @@ async def test_stored_tasks_limit_and_clear_history_frees_it(channel: grpc.aio.C
     message = await refused(user)
     assert "stored tasks" in message and str(MAX_STORED) in message, message
     assert await stored(db, user) == MAX_STORED, "nothing of the refused submission was written"
-    cleared = await user.stub.ClearHistory(scheduler_pb2.ClearHistoryRequest(), metadata=user.account.metadata)
-    assert cleared.deleted == MAX_STORED
+    watch = Watch(channel, user.account, accept_batches=True)
+    try:
+        await watch.next(("snapshot",))
+        cleared = await user.stub.ClearHistory(scheduler_pb2.ClearHistoryRequest(), metadata=user.account.metadata)
+        assert cleared.deleted == MAX_STORED, "every page was deleted"
+        gone: set[str] = set()
+        while len(gone) < MAX_STORED:
+            message = await watch.next(("event", "events"))
+            events = [message.event] if message.HasField("event") else list(message.events.events)
+            gone |= {e.task.id for e in events if e.deleted}
+        assert gone == {t.id for t in done}, "every page was announced"
+    finally:
+        watch.cancel()
+    assert await stored(db, user) == 0
     await all_finished(user, await user.submit())
 
 
