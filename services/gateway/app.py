@@ -65,5 +65,11 @@ async def create_gateway(config: GatewayConfig) -> Gateway:
     service = Service(server=server, port=port, health=health, service_names=SERVICE_NAMES)
     service.background += [*hub.loops, scheduler.watchers.renew_forever]
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
-    service.shutdown_hooks += [auth.close, functools.partial(outbox.flush_marks, pool), pool.close, redis.aclose]
+    service.shutdown_hooks += [
+        scheduler.watchers.close,
+        auth.close,
+        functools.partial(outbox.flush_marks, pool),
+        pool.close,
+        redis.aclose,
+    ]
     return Gateway(service, hub)

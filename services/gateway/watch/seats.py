@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from services.core import keys
+from services.core.cancellation import cancel_and_wait
 from services.core.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,13 @@ class WatchSeats:
         self.redis = redis
         self.limit = limit
         self._held: dict[str, str] = {}  # seat id -> owner
+        # The tasks of the streams holding seats: ended before the stores close, so that no seat's release opens
+        # a Redis connection on a closed client, where nothing would close it.
+        self._streams: set[asyncio.Task[object]] = set()
+
+    async def close(self) -> None:
+        """End every stream holding a seat here and wait until its seat is given back."""
+        await cancel_and_wait(list(self._streams))
 
     @contextlib.asynccontextmanager
     async def seat(self, owner_id: str) -> AsyncIterator[None]:
@@ -67,6 +75,9 @@ class WatchSeats:
                 f"watch streams: at most {self.limit} open at once per user; close one (another tab or client)"
             )
         self._held[seat_id] = owner_id
+        serving = asyncio.current_task()
+        assert serving is not None
+        self._streams.add(serving)
         try:
             yield
         finally:
@@ -75,6 +86,8 @@ class WatchSeats:
                 await self.redis.zrem(keys.watch_seats(owner_id), seat_id)
             except (RedisError, OSError) as exc:  # the seat lapses on its own
                 log.warning("watch seat left to lapse", extra={"error": repr(exc)})
+            finally:
+                self._streams.discard(serving)
 
     async def renew_forever(self) -> None:
         """Push the expiry of every seat held here forward, in one round trip per renewal."""
