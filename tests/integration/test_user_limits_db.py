@@ -168,3 +168,21 @@ async def test_clear_history_deletes_page_by_page_each_committed_on_its_own(pool
     assert pages == [20, 20, 20, 15]
     assert await pool.fetchval("SELECT id FROM tasks WHERE owner_id = $1", owner) == active["id"]
     assert (await counters(pool, owner))["stored_tasks"] == 1
+
+
+async def test_a_retry_counts_as_a_submission_and_waits_for_the_cap(pool: asyncpg.Pool) -> None:
+    limits = UserLimits(max_active_tasks=2, submit_rate_per_s=0)
+    owner = await new_user(pool)
+    await pool.execute("UPDATE slot_cap SET slots_per_user = 1")
+    (old, _), _ = await transitions.submit(pool, owner, spec(2), limits)
+    await transitions.cancel(pool, owner, batch_id=str(old["batch_id"]))
+    dispatched, held = (await transitions.submit(pool, owner, spec(2), limits))[0]
+    assert not dispatched["held"] and held["held"]
+    with pytest.raises(asyncpg.PostgresError, match="active tasks") as refused:
+        await transitions.retry(pool, owner, str(old["id"]), limits)
+    assert refused.value.sqlstate == "RT003"
+    assert await pool.fetchval("SELECT status FROM tasks WHERE id = $1", old["id"]) == CANCELLED, "nothing written"
+    await transitions.cancel(pool, owner, task_id=str(held["id"]))
+    retried = await transitions.retry(pool, owner, str(old["id"]), limits)
+    assert retried is not None and retried[0]["status"] == QUEUED and retried[0]["held"], "the cap is taken"
+    assert await counters(pool, owner) == await counted(pool, owner)
