@@ -43,7 +43,9 @@ def throwaway_stack() -> Iterator[Targets]:
     with tempfile.TemporaryDirectory(prefix="rtask-bench-") as folder:
         # Thousands of calls of one user on purpose: every per-user limit off (docs/limits.md).
         limits = UserLimits.unlimited()
-        config = StackConfig(data_dir=Path(folder), edge_port=0, admin_port=0, workers=0, bcrypt_cost=4, limits=limits)
+        config = StackConfig(
+            data_dir=Path(folder), edge_port=0, edge_tls_port=0, admin_port=0, workers=0, bcrypt_cost=4, limits=limits
+        )
         with Stack(config) as stack:
             yield Targets(stack.edge_address, stack.address(stack.names("gateway")[0]))
 

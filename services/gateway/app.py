@@ -17,6 +17,7 @@ from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server
 from services.gateway.auth_interceptor import AuthInterceptor
 from services.gateway.auth_service import AuthServicer
+from services.gateway.login_limits import LoginLimitsConfig
 from services.gateway.scheduler_service import SchedulerServicer, add_scheduler_service
 from services.gateway.watch.config import WatchConfig
 from services.gateway.watch.hub import Hub
@@ -37,6 +38,7 @@ class GatewayConfig:
     auth: AuthConfig
     watch: WatchConfig = field(default_factory=WatchConfig)
     limits: UserLimits = field(default_factory=UserLimits)
+    login: LoginLimitsConfig = field(default_factory=LoginLimitsConfig)
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ async def create_gateway(config: GatewayConfig) -> Gateway:
     redis: aioredis.Redis = create_redis(config.redis)
     interceptor = AuthInterceptor(config.auth, SCHEDULER_PREFIX, config.auth.audience)
     server, port, health = create_grpc_server(config.server, service_names=SERVICE_NAMES, interceptors=[interceptor])
-    auth = AuthServicer(pool, config.auth)
+    auth = AuthServicer(pool, config.auth, config.login)
     auth_pb2_grpc.add_AuthServiceServicer_to_server(auth, server)
     hub = Hub(pool, redis, config.watch)
     scheduler = SchedulerServicer(pool, redis, watch_hub=hub, limits=config.limits)

@@ -11,6 +11,7 @@ from services.core.limits import UserLimits
 from services.core.logging import configure_logging
 from services.core.server import run_until_signalled
 from services.gateway.app import GatewayConfig, create_server
+from services.gateway.login_limits import LoginLimitsConfig
 from services.gateway.watch.config import WatchConfig
 
 # Allocations between two young-generation collections (Python's default is 700).
@@ -36,6 +37,7 @@ async def _serve() -> None:
         auth=AuthConfig.from_env(),
         watch=WatchConfig.from_env(),
         limits=UserLimits.from_env(),
+        login=LoginLimitsConfig.from_env(),
     )
     service = await create_server(config)
     calm_the_collector()

@@ -1,4 +1,5 @@
-"""Hostile requests through Envoy: every RPC of every service, with hypothesis filling each request with
+"""Hostile requests through Envoy (WorkerService at a scheduler's own port, the only place that serves it):
+every RPC of every service, with hypothesis filling each request with
 random, huge, unicode and SQL-flavoured strings, extreme numbers and durations and oversized payloads.
 
 No call is answered INTERNAL or UNKNOWN, none hangs, and afterwards every process is alive and the stack
@@ -58,11 +59,13 @@ RPCS = [
 
 
 class Edge:
-    """A blocking channel to Envoy with a user's and a worker's token."""
+    """Blocking channels to Envoy and (for WorkerService, which the edge does not route) a scheduler, with a
+    user's and a worker's token."""
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.channel = grpc.insecure_channel(stack.edge_address)
+        self.scheduler_channel = grpc.insecure_channel(stack.address(stack.names("scheduler")[0]))
         reply = auth_pb2_grpc.AuthServiceStub(self.channel).Signup(
             auth_pb2.SignupRequest(email=unique_email("hostile"), password=PASSWORD), timeout=CALL_TIMEOUT_S
         )
@@ -74,7 +77,7 @@ class Edge:
         }
 
     def stub(self, service: str) -> Any:
-        return SERVICES[service][1](self.channel)
+        return SERVICES[service][1](self.scheduler_channel if service == "WorkerService" else self.channel)
 
     def call(self, service: str, method: str, request: Any) -> tuple[grpc.StatusCode, Any]:
         """The status of one call (streams are read to their end), and the unary reply if any."""
@@ -98,6 +101,7 @@ class Edge:
 
     def close(self) -> None:
         self.channel.close()
+        self.scheduler_channel.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ schedulers' slot cap and its workers do not mix with the shared stack's.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sys
 import uuid
@@ -20,12 +21,14 @@ import pytest
 
 from resilienttask.v1 import scheduler_pb2, task_pb2
 from services.core.limits import UserLimits
+from services.stack.redis_users import RedisAccess, RedisLogin
 from services.stack.stack import Stack, StackConfig
 from tests.conftest import TEST_BCRYPT_COST, Stores
 from tests.helpers import eventually
 from tests.integration.accounts import Account, signup
 from tests.integration.tasks import UserTasks
 from tests.integration.watching import Watch
+from tests.limits import OPEN_AUTH_LIMITS, OPEN_LOGIN_ENV
 
 S = task_pb2
 WORKERS, SLOTS = 2, 2
@@ -43,6 +46,16 @@ LIMITS = UserLimits(
     clear_history_page=CLEAR_PAGE,
 )
 LONG_S = 600.0
+REDIS_DB = 9
+
+
+def on_database(access: RedisAccess, db: int) -> RedisAccess:
+    """The same logins, on another Redis database of the same server."""
+
+    def moved(login: RedisLogin) -> RedisLogin:
+        return dataclasses.replace(login, url=login.url.rsplit("/", 1)[0] + f"/{db}")
+
+    return RedisAccess(moved(access.services), moved(access.worker), moved(access.admin) if access.admin else None)
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +75,16 @@ def limited_stack(
     config = StackConfig(
         data_dir=tmp_path_factory.mktemp("limited-stack"),
         edge_port=0,
+        edge_tls_port=0,
         admin_port=0,
         workers=WORKERS,
         worker_slots=SLOTS,
         database_url=stores.database_url.rsplit("/", 1)[0] + f"/{name}",
-        redis_url=stores.redis_url.rsplit("/", 1)[0] + "/9",
+        redis_access=on_database(stores.redis_access, REDIS_DB),
         bcrypt_cost=TEST_BCRYPT_COST,
         limits=LIMITS,
-        extra_env={"RTASK_LOG_LEVEL": os.environ.get("RTASK_LOG_LEVEL", "INFO")},
+        extra_env={"RTASK_LOG_LEVEL": os.environ.get("RTASK_LOG_LEVEL", "INFO"), **OPEN_LOGIN_ENV},
+        auth_limits=OPEN_AUTH_LIMITS,  # the whole session is one client address (tests/limits.py)
     )
     echo = sys.stderr if request.config.getoption("--keep-logs") else None
     with Stack(config, echo=echo) as running:

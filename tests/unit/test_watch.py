@@ -227,5 +227,5 @@ def test_envoy_lets_a_quiet_watch_live_through_several_heartbeats() -> None:
     """The edge cuts a stream silent for its idle timeout; heartbeats must come well within it."""
     edge = compose_config()
     assert edge.stream_idle_timeout_s * 1000 >= 3 * WatchConfig().heartbeat_ms
-    watch = [s for s in route_specs() if s.path == "/resilienttask.v1.SchedulerService/WatchTasks"]
+    watch = [s for s in route_specs(edge) if s.path == "/resilienttask.v1.SchedulerService/WatchTasks"]
     assert len(watch) == 1 and watch[0].kind.value == "server_stream", "stream treatment: no overall timeout"

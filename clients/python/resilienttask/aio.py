@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
@@ -131,11 +132,12 @@ class AsyncClient:
         *,
         token: str | None = None,
         tls: bool | grpc.ChannelCredentials = False,
+        ca_file: str | os.PathLike[str] | None = None,
         options: ChannelOptions = (),
         timeout: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self.settings = ChannelSettings(address=address, tls=tls, options=tuple(options))
+        self.settings = ChannelSettings(address=address, tls=tls, options=tuple(options), ca_file=ca_file)
         self.token = token
         self.timeout = timeout
         self.retry_policy = retry or RetryPolicy()

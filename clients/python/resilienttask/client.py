@@ -9,6 +9,7 @@ with resilienttask.Client("localhost:8080") as client:
 from __future__ import annotations
 
 import builtins
+import os
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
@@ -111,7 +112,8 @@ class TaskWatch:
 class Client:
     """Blocking client for AuthService and SchedulerService through the edge.
 
-    `tls` is False (plaintext), True (system roots) or `grpc.ssl_channel_credentials(...)`;
+    `tls` is False (plaintext), True (system roots) or `grpc.ssl_channel_credentials(...)`; `ca_file`
+    (a PEM file such as the local stack's `.rtask/tls/ca.pem`) means TLS trusting exactly that CA;
     `options` go to the channel as they are (e.g. `[("grpc.max_receive_message_length", ...)]`).
     `timeout` bounds each unary call in seconds. UNAVAILABLE is retried per `retry` for calls that
     are safe to repeat.
@@ -123,11 +125,12 @@ class Client:
         *,
         token: str | None = None,
         tls: bool | grpc.ChannelCredentials = False,
+        ca_file: str | os.PathLike[str] | None = None,
         options: ChannelOptions = (),
         timeout: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self.settings = ChannelSettings(address=address, tls=tls, options=tuple(options))
+        self.settings = ChannelSettings(address=address, tls=tls, options=tuple(options), ca_file=ca_file)
         self.token = token
         self.timeout = timeout
         self.retry_policy = retry or RetryPolicy()
