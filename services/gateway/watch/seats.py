@@ -67,9 +67,18 @@ class WatchSeats:
             return
         seat_id = uuid.uuid4().hex
         now = _now_ms()
-        taken = await self.redis.eval(
-            _TAKE, 1, keys.watch_seats(owner_id), now, now + SEAT_TTL_MS, seat_id, self.limit, SEAT_TTL_MS
-        )
+        try:
+            taken = await self.redis.eval(
+                _TAKE, 1, keys.watch_seats(owner_id), now, now + SEAT_TTL_MS, seat_id, self.limit, SEAT_TTL_MS
+            )
+        except (RedisError, OSError) as exc:
+            # Redis refused the write (at maxmemory) or is away: the stream is not refused for it (it reads what
+            # it can, as every call does then); it just holds no seat.
+            log.warning("watch stream opened without a seat", extra={"error": repr(exc)})
+            taken = None
+        if taken is None:
+            yield
+            return
         if not taken:
             raise ResourceExhausted(
                 f"watch streams: at most {self.limit} open at once per user; close one (another tab or client)"
