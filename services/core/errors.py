@@ -67,7 +67,7 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 # The database refused a status change outside the state machine (rt_task_changed(), migration 0004): a
 # request raced another change of the same task past the checks made before the statement.
 REFUSED_TRANSITION = "RT002"
-# A per-user limit refused the statement (rt_limit(), migration 0007); its message names the limit.
+# A per-user limit refused the statement (rt_limit(), migration 0008); its message names the limit.
 LIMIT_REACHED = "RT003"
 
 

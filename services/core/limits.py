@@ -1,6 +1,6 @@
 """Per-user limits: how much of the shared system one user may take (docs/limits.md).
 
-The gateways enforce the counts and the rate at submission (in the submit statement itself, migration 0007) and
+The gateways enforce the counts and the rate at submission (in the submit statement itself, migration 0008) and
 the watch streams when one opens; the schedulers turn the slot share into the cap they publish to PostgreSQL.
 """
 

@@ -45,7 +45,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         tasks = rows_to_tasks(rows)
         if created:
             changes = [TaskChange(owner, task, 0) for task in tasks]
-            # Held replicas wait for the owner's slot cap; they are published once released (migration 0007).
+            # Held replicas wait for the owner's slot cap; they are published once released (migration 0008).
             dispatchable = [row for row in rows if not row["held"]]
             await outbox.emit_and_dispatch(self.pool, self.redis, dispatchable, changes)
         else:

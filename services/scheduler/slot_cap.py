@@ -2,7 +2,7 @@
 
 A submission beyond its owner's cap is stored held (queued, unpublished). When one of the owner's dispatched
 tasks ends, the database releases the next held ones in the same statement and notifies RELEASED_CHANNEL
-(migration 0007); the sweeper listening here then publishes them at once. The cap itself follows the live
+(migration 0008); the sweeper listening here then publishes them at once. The cap itself follows the live
 pool: a share of the slots of the workers in the registry, written to PostgreSQL for the submit statements
 and the releases to read; when it grows, or a release skipped a task being changed, the periodic release
 here lets the waiting tasks through. A held task is never lost: it is released at the latest by that sweep.

@@ -1,4 +1,4 @@
-"""Per-user limits in the database itself (migration 0007): counters that follow the rows whatever statement
+"""Per-user limits in the database itself (migration 0008): counters that follow the rows whatever statement
 changes them, admission that two concurrent submissions cannot both pass, the slot cap's held tasks and their
 release, and ClearHistory page by page. The full-stack behaviour is in test_user_limits.py."""
 

@@ -87,7 +87,7 @@ class _SubmissionExists(Exception):
 # Refusal raised by rt_refuse() (migration 0003).
 _REFUSED = "RT001"
 
-# The per-user limits, checked under the owner's row lock by rt_admit() (migration 0007) before anything is
+# The per-user limits, checked under the owner's row lock by rt_admit() (migration 0008) before anything is
 # written: active tasks, stored tasks, the submission rate. It returns how many replicas may be dispatched now
 # under the owner's slot cap; the others are inserted held (never published until released).
 _ADMIT = "rt_admit($2, $7, cardinality($1::uuid[]), cardinality($1::uuid[]), $14, $15, $16, $17)"
