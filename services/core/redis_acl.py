@@ -70,6 +70,12 @@ USERS: dict[str, AclUser] = {
             "hset",
             "hdel",
             "hgetall",
+            # Seats of open watch streams, per user across gateways (services/gateway/watch/seats.py).
+            "zadd",
+            "zrem",
+            "zremrangebyscore",
+            "zcard",
+            "pexpire",
             # Stop commands to the schedulers, pool changes to the gateways.
             "publish",
             "subscribe",

@@ -8,6 +8,7 @@ from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
 from services.core import outbox
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
 from services.core.db import create_pool, database_reachable
+from services.core.limits import UserLimits
 from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server
 from services.core.tokens import WORKER_AUDIENCE
@@ -32,6 +33,7 @@ class SchedulerConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     sweeps: SweepConfig = field(default_factory=SweepConfig)
     progress_flush_ms: int = 100
+    limits: UserLimits = field(default_factory=UserLimits)
 
 
 async def create_server(config: SchedulerConfig) -> Service:
@@ -50,7 +52,7 @@ async def create_server(config: SchedulerConfig) -> Service:
         lambda: relay_commands(redis, workers),
         lambda: progress.flush_forever(pool, emitter, config.progress_flush_ms / 1000),
         emitter.run,
-        lambda: run_sweepers(pool, redis, config.sweeps),
+        lambda: run_sweepers(pool, redis, config.sweeps, config.limits),
     ]
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
     service.shutdown_hooks += [servicer.close, emitter.drain, pool.close, redis.aclose]

@@ -6,6 +6,7 @@ import asyncio
 import os
 
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig, env_int
+from services.core.limits import UserLimits
 from services.core.logging import configure_logging
 from services.core.server import run_until_signalled
 from services.scheduler.app import SchedulerConfig, create_server
@@ -28,6 +29,7 @@ async def _serve() -> None:
             abandoned_grace_s=float(env_int("RTASK_ABANDONED_GRACE_S", 30)),
         ),
         progress_flush_ms=env_int("RTASK_PROGRESS_FLUSH_MS", 100),
+        limits=UserLimits.from_env(),
     )
     service = await create_server(config)
     await run_until_signalled(service, config.server)

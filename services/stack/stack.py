@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.core.config import AuthConfig
+from services.core.limits import UserLimits
 from services.edge.certs import DEFAULT_NAMES, TlsFiles, ensure_dev_tls
 from services.edge.config import AuthLimits, EdgeConfig, Endpoint, TlsListener
 from services.edge.launch import JWKS_FILE, envoy_argv, write_edge_files
@@ -77,6 +78,8 @@ class StackConfig:
     # from RTASK_LOGIN_* / RTASK_HASH_* in the environment (or extra_env).
     auth_limits: AuthLimits = field(default_factory=AuthLimits)
     dashboard_dir: Path | None = DASHBOARD_DIST
+    # Per-user limits for the gateways and schedulers; None: theirs (the defaults, or RTASK_LIMIT_* as set).
+    limits: UserLimits | None = None
 
 
 def ensure_secret(data_dir: Path) -> Path:
@@ -251,6 +254,8 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.config.limits is not None:
+            env.update(self.config.limits.to_env())
         env.update(self.config.extra_env)
         return env
 

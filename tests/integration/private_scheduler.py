@@ -18,6 +18,7 @@ from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
 from services.core import outbox, task_store
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
 from services.core.dispatch import ensure_dispatch_groups
+from services.core.limits import UserLimits
 from services.core.tokens import mint_worker_token
 from services.core.transitions import user as transitions
 from services.scheduler.app import SchedulerConfig, create_server
@@ -84,6 +85,9 @@ async def isolated(stores: Stores) -> AsyncIterator[Isolated]:
         retry=RetryPolicy(base_ms=50, max_ms=100),
         sweeps=SweepConfig(publish_interval_ms=50),
         progress_flush_ms=20,
+        # One user's tasks, started by scripted workers that no registry counts: the slot cap off, so nothing is
+        # held back (the cap itself is tested in test_user_limits*.py).
+        limits=UserLimits.unlimited(),
     )
     service = await create_server(config)
     await service.start(config.server)
