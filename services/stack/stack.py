@@ -32,6 +32,19 @@ from services.stack.ports import free_port
 from services.stack.processes import ManagedProcess
 
 SECRET_FILE = "jwt_secret"
+# The worker key (schedulers only) and the enrolment secret (schedulers and workers): see worker_credentials.
+WORKER_KEY_FILE = "worker_key"
+ENROLMENT_FILE = "worker_enrolment_secret"
+# Secret variables never passed on from the environment the stack was started in: each process gets the
+# files its role needs, and only those.
+SECRET_VARIABLES = (
+    "RTASK_JWT_SECRET",
+    "RTASK_JWT_SECRET_FILE",
+    "RTASK_WORKER_KEY",
+    "RTASK_WORKER_KEY_FILE",
+    "RTASK_WORKER_ENROLMENT_SECRET",
+    "RTASK_WORKER_ENROLMENT_SECRET_FILE",
+)
 # The dashboard's build output, served by Envoy at / when it exists.
 DASHBOARD_DIST = Path(__file__).resolve().parents[2] / "clients" / "web" / "dist"
 
@@ -56,9 +69,9 @@ class StackConfig:
     dashboard_dir: Path | None = DASHBOARD_DIST
 
 
-def ensure_secret(data_dir: Path) -> Path:
-    """Generate the development JWT secret once (mode 0600); later starts reuse it."""
-    path = data_dir / SECRET_FILE
+def ensure_secret(data_dir: Path, name: str = SECRET_FILE) -> Path:
+    """Generate a development secret once (mode 0600); later starts reuse it."""
+    path = data_dir / name
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -101,6 +114,8 @@ class Stack:
         self.edge_port = config.edge_port or self._free_port()
         self.admin_port = config.admin_port or self._free_port()
         self.secret_file = ensure_secret(self.data_dir)
+        self.worker_key_file = ensure_secret(self.data_dir, WORKER_KEY_FILE)
+        self.enrolment_file = ensure_secret(self.data_dir, ENROLMENT_FILE)
 
     # -- addresses --------------------------------------------------------------------------
     @property
@@ -127,6 +142,14 @@ class Stack:
     @property
     def jwt_secret(self) -> bytes:
         return self.secret_file.read_text().strip().encode()
+
+    @property
+    def worker_key(self) -> bytes:
+        return self.worker_key_file.read_text().strip().encode()
+
+    @property
+    def enrolment_secret(self) -> bytes:
+        return self.enrolment_file.read_text().strip().encode()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -172,13 +195,27 @@ class Stack:
         else:
             wait_for_port(proc, port)
 
-    def service_env(self, port: int) -> dict[str, str]:
-        env = dict(os.environ)
+    def role_secrets(self, role: str) -> dict[str, str]:
+        """The secret files a role holds: the user key for gateways, the worker key and the enrolment secret
+        for schedulers, only the enrolment secret for workers."""
+        if role == "gateway":
+            return {"RTASK_JWT_SECRET_FILE": str(self.secret_file)}
+        if role == "scheduler":
+            return {
+                "RTASK_WORKER_KEY_FILE": str(self.worker_key_file),
+                "RTASK_WORKER_ENROLMENT_SECRET_FILE": str(self.enrolment_file),
+            }
+        if role == "worker":
+            return {"RTASK_WORKER_ENROLMENT_SECRET_FILE": str(self.enrolment_file)}
+        return {}
+
+    def service_env(self, port: int, role: str = "") -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
         env.update(
             {
                 "DATABASE_URL": self.database_url,
                 "REDIS_URL": self.redis_url,
-                "RTASK_JWT_SECRET_FILE": str(self.secret_file),
+                **self.role_secrets(role),
                 "RTASK_BCRYPT_COST": str(self.config.bcrypt_cost),
                 "RTASK_PORT": str(port),
                 "RTASK_HOST": "127.0.0.1",
@@ -190,11 +227,13 @@ class Stack:
             }
         )
         env.update(self.config.extra_env)
+        if role == "worker":
+            env.pop("DATABASE_URL", None)  # workers never touch PostgreSQL
         return env
 
     def _add_service(self, name: str, module: str) -> ManagedProcess:
         port = self.ports.get(name) or self._free_port()
-        env = self.service_env(port)
+        env = self.service_env(port, name.split("-")[0])
         env["RTASK_INSTANCE"] = name
         proc = ManagedProcess(name, [sys.executable, "-m", module], log_dir=self.log_dir, env=env, echo=self.echo)
         self.processes[name] = proc
@@ -266,7 +305,7 @@ class Stack:
 
     def service_auth(self) -> AuthConfig:
         """The token settings (secret, issuer, audience) the services read from their environment."""
-        return AuthConfig.from_env(self.service_env(0))
+        return AuthConfig.from_env(self.service_env(0, "gateway"))
 
     def edge_config(self) -> EdgeConfig:
         dashboard = self.config.dashboard_dir

@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from resilienttask.cli.common import DEFAULT_SERVER, EXIT_ERROR, CliError, check_address
+from resilienttask.cli.common import EXIT_ERROR, CliError
 from resilienttask.cli.render import stdout
 from resilienttask.cli.task_commands import DURATION
 
@@ -32,7 +32,8 @@ STACK_MODULE = "services.stack.main"
 WORKER_MODULE = "services.worker.main"
 PID_FILE = "launcher.pid"
 STATE_FILE = "stack.json"
-SECRET_FILE = "jwt_secret"
+# What a worker enrols with (services/stack/stack.py writes it); workers never hold the user token key.
+ENROLMENT_FILE = "worker_enrolment_secret"
 # How often `up --detach` and `down` look at the launcher while waiting for it.
 POLL_INTERVAL_S = 0.2
 
@@ -193,32 +194,30 @@ def down(data_dir: Path, timeout: timedelta) -> None:
     help="module whose @task handlers to serve (repeatable); the current folder is importable",
 )
 @click.option(
-    "--server",
-    envvar="RTASK_SERVER",
-    default=DEFAULT_SERVER,
-    show_default=True,
-    callback=check_address,
-    help="host:port of the edge, where the scheduler is reached [env RTASK_SERVER]",
+    "--scheduler",
+    envvar="RTASK_SCHEDULER_ADDR",
+    default=None,
+    help="host:port of each scheduler, comma-separated [env RTASK_SCHEDULER_ADDR; default: the local stack's]",
 )
 @click.option("--slots", type=click.IntRange(1), default=None, help="tasks run at once (default 10)")
 @click.option(
     "--redis-url", envvar="REDIS_URL", default=None, help="dispatch store [env REDIS_URL; default: the local stack's]"
 )
 @click.option(
-    "--jwt-secret-file",
-    envvar="RTASK_JWT_SECRET_FILE",
+    "--enrolment-secret-file",
+    envvar="RTASK_WORKER_ENROLMENT_SECRET_FILE",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="token secret [env RTASK_JWT_SECRET(_FILE); default: the local stack's]",
+    help="worker enrolment secret [env RTASK_WORKER_ENROLMENT_SECRET(_FILE); default: the local stack's]",
 )
 @click.option("--health-port", type=click.IntRange(0, 65535), default=0, help="gRPC health port (0: any free port)")
 @data_dir_option
 def worker(
     imports: tuple[str, ...],
-    server: str,
+    scheduler: str | None,
     slots: int | None,
     redis_url: str | None,
-    jwt_secret_file: Path | None,
+    enrolment_secret_file: Path | None,
     health_port: int,
     data_dir: Path,
 ) -> None:
@@ -234,18 +233,20 @@ def worker(
             found = False
         if not found:
             raise click.BadParameter(f"cannot find module {module!r} (from {cwd})", param_hint="--import")
-    env = dict(os.environ)
+    # Never a token key: a worker holds only what lets it enrol.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RTASK_JWT_SECRET", "RTASK_WORKER_KEY"))}
+    env.pop("DATABASE_URL", None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, env.get("PYTHONPATH", "")) if p)
     env["RTASK_WORKER_IMPORTS"] = ",".join(imports)
-    env["RTASK_SCHEDULER_ADDR"] = server
+    env["RTASK_SCHEDULER_ADDR"] = scheduler or _local_schedulers(data_dir)
     env["REDIS_URL"] = redis_url or _local_redis_url(data_dir)
-    if not env.get("RTASK_JWT_SECRET"):
-        env["RTASK_JWT_SECRET_FILE"] = str(jwt_secret_file or _local_secret(data_dir))
+    if not env.get("RTASK_WORKER_ENROLMENT_SECRET"):
+        env["RTASK_WORKER_ENROLMENT_SECRET_FILE"] = str(enrolment_secret_file or _local_secret(data_dir))
     env["RTASK_PORT"] = str(health_port)
     env.setdefault("RTASK_INSTANCE", "worker")
     if slots is not None:
         env["RTASK_WORKER_SLOTS"] = str(slots)
-    click.echo(f"worker serving {', '.join(imports)} for {server}", err=True)
+    click.echo(f"worker serving {', '.join(imports)} for {env['RTASK_SCHEDULER_ADDR']}", err=True)
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, "-m", WORKER_MODULE], env)
 
@@ -257,10 +258,21 @@ def _local_redis_url(data_dir: Path) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
+def _local_schedulers(data_dir: Path) -> str:
+    processes = (_read_state(data_dir) or {}).get("processes", {})
+    ports = [p.get("port") for name, p in sorted(processes.items()) if name.startswith("scheduler-") and p]
+    if not all(ports) or not ports:
+        raise click.UsageError(
+            f"no scheduler address: pass --scheduler or set RTASK_SCHEDULER_ADDR (no local stack in {data_dir})"
+        )
+    return ",".join(f"127.0.0.1:{port}" for port in ports)
+
+
 def _local_secret(data_dir: Path) -> Path:
-    path = data_dir / SECRET_FILE
+    path = data_dir / ENROLMENT_FILE
     if not path.is_file():
         raise click.UsageError(
-            f"no token secret: pass --jwt-secret-file or set RTASK_JWT_SECRET(_FILE) (no {SECRET_FILE} in {data_dir})"
+            "no enrolment secret: pass --enrolment-secret-file or set RTASK_WORKER_ENROLMENT_SECRET(_FILE) "
+            f"(no {ENROLMENT_FILE} in {data_dir})"
         )
     return path
