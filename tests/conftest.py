@@ -81,6 +81,8 @@ def stack(stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pyt
             "RTASK_RETRY_BASE_MS": "100",
             "RTASK_WORKER_RECLAIM_IDLE_MS": str(TEST_RECLAIM_IDLE_MS),
             "RTASK_WORKER_HEARTBEAT_MS": "500",
+            # A kind that reports what a handler process can see (tests/integration/test_worker_identity.py).
+            "RTASK_WORKER_IMPORTS": "tests.integration.probe_handler",
         },
     )
     echo = sys.stderr if request.config.getoption("--keep-logs") else None

@@ -82,8 +82,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             )
         info = worker_registry.WorkerInfo(id=hello.worker_id, slots=hello.slots, kinds=list(hello.kinds))
         mailbox = self.workers.attach(hello.worker_id)
-        with contextlib.suppress(RedisError, OSError):  # without Redis, other schedulers hear of it at its next beat
-            await announce_stream(self.redis, hello.worker_id, mailbox)
         work = WorkProcessor(
             hello.worker_id,
             self.pool,
@@ -96,11 +94,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         )
         reader = asyncio.create_task(self._read(request_iterator, info, mailbox, work))
         processor = asyncio.create_task(work.run())
-        await self._register(info, announce=True)
-        log.info("worker connected", extra={"worker": info.id, "slots": info.slots})
         for task in (reader, processor):  # the stream ends when the worker stops writing, or a loop fails
             task.add_done_callback(lambda _: mailbox.close())
         try:
+            await self._register(info, announce=True)
+            with contextlib.suppress(RedisError, OSError):  # without Redis, no other scheduler could deliver anyway
+                await announce_stream(self.redis, hello.worker_id, mailbox)
+            log.info("worker connected", extra={"worker": info.id, "slots": info.slots})
             while (message := await mailbox.next()) is not None:
                 yield message
         finally:

@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.core.config import AuthConfig
+from services.core.worker_credentials import WorkerKeyConfig
 from services.edge.config import DEFAULT_AUTH_RATE_LIMIT, EdgeConfig, Endpoint, RateLimit
 from services.edge.launch import JWKS_FILE, envoy_argv, write_edge_files
 from services.stack.embedded import (
@@ -306,6 +307,10 @@ class Stack:
     def service_auth(self) -> AuthConfig:
         """The token settings (secret, issuer, audience) the services read from their environment."""
         return AuthConfig.from_env(self.service_env(0, "gateway"))
+
+    def worker_keys(self) -> WorkerKeyConfig:
+        """The worker key and enrolment secret the schedulers read from their environment."""
+        return WorkerKeyConfig.from_env(self.service_env(0, "scheduler"))
 
     def edge_config(self) -> EdgeConfig:
         dashboard = self.config.dashboard_dir

@@ -141,7 +141,7 @@ async def _keep_cancelling(task: asyncio.Task[Any], task_id: str) -> None:
 class ChildProcessExecution(Execution):
     """A handler in a fresh interpreter (exec'd, never a fork that keeps the worker's memory), in its own
     process group, confined as IsolationConfig says: scrubbed environment, no inherited descriptors but its
-    pipes, and an unprivileged user when the worker is root."""
+    pipes, and an unprivileged user for the handler call when the worker is root."""
 
     def __init__(
         self, handler: Handler, spec: TaskSpec, on_progress: ProgressSink, isolation: IsolationConfig | None = None
@@ -165,11 +165,10 @@ class ChildProcessExecution(Execution):
             "workload_s": self.spec.workload_s,
             "sys_path": sys.path,
         }
-        identity = self.isolation.identity()
-        switch_user: dict[str, Any] = {}
-        if identity is not None:
-            # Its own uid and gid, no supplementary groups: the worker's 0600 files stay out of reach.
-            switch_user = {"user": identity[0], "group": identity[1], "extra_groups": []}
+        # The child drops to this uid and gid (no supplementary groups) before it calls the handler, so the
+        # worker's 0600 files and /proc/<worker>/environ stay out of reach. It switches itself, after its
+        # start-up imports: the interpreter may live where only root can read (a pyenv under /root).
+        spec["run_as"] = self.isolation.identity()
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -181,7 +180,6 @@ class ChildProcessExecution(Execution):
             limit=CHILD_LINE_LIMIT_BYTES,
             env=self.isolation.environment(os.environ),
             close_fds=True,  # only stdin, stdout and stderr: no Redis or gRPC socket of the worker
-            **switch_user,
         )
         self._reader = asyncio.create_task(self._read(self._proc), name=f"child:{self.spec.task_id}")
         self._send(json.dumps(spec).encode())

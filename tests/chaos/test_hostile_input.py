@@ -26,7 +26,6 @@ from resilienttask.v1 import (
     task_pb2,
 )
 from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
-from services.core.config import AuthConfig
 from services.core.tokens import mint_worker_token
 from services.stack.stack import Stack
 from tests.chaos.hostile import hostile_text, messages
@@ -58,15 +57,17 @@ RPCS = [
 
 
 class Edge:
-    """A blocking channel to Envoy with a user's and a worker's token."""
+    """A blocking channel to Envoy with a user's token, and one to a scheduler with a worker's token (workers
+    reach the schedulers directly; Envoy does not hold the worker key)."""
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.channel = grpc.insecure_channel(stack.edge_address)
+        self.scheduler_channel = grpc.insecure_channel(stack.address(stack.names("scheduler")[0]))
         reply = auth_pb2_grpc.AuthServiceStub(self.channel).Signup(
             auth_pb2.SignupRequest(email=unique_email("hostile"), password=PASSWORD), timeout=CALL_TIMEOUT_S
         )
-        worker = mint_worker_token(AuthConfig(jwt_secret=stack.jwt_secret), f"hostile-{uuid.uuid4().hex[:8]}")
+        worker = mint_worker_token(stack.worker_keys(), f"hostile-{uuid.uuid4().hex[:8]}")
         self.metadata = {
             "AuthService": (),
             "SchedulerService": (("authorization", f"Bearer {reply.access_token}"),),
@@ -74,7 +75,7 @@ class Edge:
         }
 
     def stub(self, service: str) -> Any:
-        return SERVICES[service][1](self.channel)
+        return SERVICES[service][1](self.scheduler_channel if service == "WorkerService" else self.channel)
 
     def call(self, service: str, method: str, request: Any) -> tuple[grpc.StatusCode, Any]:
         """The status of one call (streams are read to their end), and the unary reply if any."""
@@ -98,6 +99,7 @@ class Edge:
 
     def close(self) -> None:
         self.channel.close()
+        self.scheduler_channel.close()
 
 
 @pytest.fixture(scope="module")

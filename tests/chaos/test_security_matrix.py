@@ -49,6 +49,7 @@ def _every_worker_rpc(channel: grpc.Channel, metadata: Any) -> dict[str, Any]:
     hello = worker_pb2.ConnectRequest(hello=worker_pb2.WorkerHello(worker_id="matrix-probe", slots=1, kinds=["sleep"]))
     return {
         "Connect": lambda: list(stub.Connect(iter([hello]), metadata=metadata, timeout=10)),
+        "Enrol": lambda: stub.Enrol(worker_pb2.EnrolRequest(worker_id="matrix-probe"), metadata=metadata, timeout=10),
     }
 
 
@@ -70,12 +71,16 @@ def test_every_worker_rpc_through_envoy_refuses_anything_but_a_worker_token(
     assert set(codes.values()) <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}, codes
 
 
-def test_a_worker_token_is_let_through_envoy(channel: grpc.Channel, stack: Stack) -> None:
-    token = mint_worker_token(AuthConfig(jwt_secret=stack.jwt_secret), "matrix-probe").token
-    codes = {
-        name: _code(call) for name, call in _every_worker_rpc(channel, (("authorization", f"Bearer {token}"),)).items()
-    }
-    assert codes == dict.fromkeys(codes, grpc.StatusCode.OK)
+def test_a_worker_token_is_refused_by_envoy_and_let_through_by_the_schedulers(
+    channel: grpc.Channel, stack: Stack
+) -> None:
+    """Envoy holds the user key only, so a worker token (worker key) opens nothing there; the schedulers take it."""
+    token = mint_worker_token(stack.worker_keys(), "matrix-probe").token
+    metadata = (("authorization", f"Bearer {token}"),)
+    at_edge = {name: _code(call) for name, call in _every_worker_rpc(channel, metadata).items()}
+    assert at_edge == dict.fromkeys(at_edge, grpc.StatusCode.UNAUTHENTICATED)
+    with grpc.insecure_channel(stack.address(stack.names("scheduler")[0])) as scheduler:
+        assert _code(_every_worker_rpc(scheduler, metadata)["Connect"]) == grpc.StatusCode.OK
 
 
 @pytest.mark.parametrize("kind", ["garbage", "alg-none", "wrong-key", "expired-an-hour-ago"])
@@ -139,9 +144,11 @@ def test_no_secret_or_token_reaches_the_logs(channel: grpc.Channel, stack: Stack
     stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
     stub.GetStats(scheduler_pb2.GetStatsRequest(), metadata=metadata)
     _code(lambda: stub.GetTask(scheduler_pb2.GetTaskRequest(task_id="not-a-uuid"), metadata=metadata))
-    worker_token = mint_worker_token(AuthConfig(jwt_secret=stack.jwt_secret), "matrix-probe").token
+    worker_token = mint_worker_token(stack.worker_keys(), "matrix-probe").token
     secrets = {
         "the JWT secret": stack.jwt_secret.decode(),
+        "the worker key": stack.worker_key.decode(),
+        "the enrolment secret": stack.enrolment_secret.decode(),
         "a user's token": reply.access_token,
         "a token's signature": reply.access_token.rsplit(".", 1)[1],
         "a worker token's signature": worker_token.rsplit(".", 1)[1],

@@ -439,6 +439,13 @@ def test_refused_tokens_never_reach_a_service(stack: Stack, tmp_path: Path) -> N
         with pytest.raises(grpc.RpcError) as refused:
             list(workers.Connect(iter([]), metadata=user_metadata(stack), timeout=10))
         codes["user-token-on-worker-service"] = refused.value.code()
+        # Nor is a worker's token (signed with the worker key, which Envoy does not hold) a key to user calls.
+        worker_token = mint_worker_token(stack.worker_keys(), "worker-edge-test").token
+        with pytest.raises(grpc.RpcError) as refused:
+            scheduler.GetStats(
+                scheduler_pb2.GetStatsRequest(), metadata=(("authorization", f"Bearer {worker_token}"),), timeout=10
+            )
+        codes["worker-token-on-scheduler-service"] = refused.value.code()
         after = counters(edge.admin_url)
 
         assert set(codes.values()) == {grpc.StatusCode.UNAUTHENTICATED}, codes
@@ -449,10 +456,12 @@ def test_refused_tokens_never_reach_a_service(stack: Stack, tmp_path: Path) -> N
 
         # The counters do move when a token is good.
         scheduler.GetStats(scheduler_pb2.GetStatsRequest(), metadata=user_metadata(stack), timeout=10)
-        worker_token = mint_worker_token(auth_config(stack), "worker-edge-test").token
-        with pytest.raises(grpc.RpcError) as answered:  # the scheduler itself answers: the stream has no hello
-            list(workers.Connect(iter([]), metadata=(("authorization", f"Bearer {worker_token}"),), timeout=10))
-        assert answered.value.code() != grpc.StatusCode.UNAUTHENTICATED
+        # A worker-audience token signed with the user key passes Envoy (which verifies with that key) and is
+        # refused by the scheduler itself, which accepts only the worker key.
+        user_key_worker = mint_worker_token(auth_config(stack), "worker-edge-test").token
+        with pytest.raises(grpc.RpcError) as answered:
+            list(workers.Connect(iter([]), metadata=(("authorization", f"Bearer {user_key_worker}"),), timeout=10))
+        assert answered.value.code() == grpc.StatusCode.UNAUTHENTICATED
         final = counters(edge.admin_url)
         for cluster in ("gateways", "schedulers"):
             assert final[f"cluster.{cluster}.upstream_rq_total"] == after[f"cluster.{cluster}.upstream_rq_total"] + 1
