@@ -39,7 +39,19 @@ COMPOSE_PATH = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
 OUR_SERVICES = ("gateway", "scheduler", "worker")  # long-running services of our image
-SECRETS = ("POSTGRES_PASSWORD", "RTASK_JWT_SECRET")
+SECRETS = ("POSTGRES_PASSWORD", "RTASK_JWT_SECRET", "RTASK_WORKER_KEY", "RTASK_WORKER_ENROLMENT_SECRET")
+# The secret files each service of our image mounts, and nothing more: the user key for the gateways and the
+# edge, the worker key and the enrolment secret for the schedulers, only the enrolment secret for workers.
+ROLE_SECRETS = {
+    "edge-init": {"jwt_secret": "RTASK_JWT_SECRET_FILE"},
+    "gateway": {"jwt_secret": "RTASK_JWT_SECRET_FILE"},
+    "scheduler": {
+        "worker_key": "RTASK_WORKER_KEY_FILE",
+        "worker_enrolment_secret": "RTASK_WORKER_ENROLMENT_SECRET_FILE",
+    },
+    "worker": {"worker_enrolment_secret": "RTASK_WORKER_ENROLMENT_SECRET_FILE"},
+}
+SECRET_FILE_VARIABLES = {variable for role in ROLE_SECRETS.values() for variable in role.values()}
 # Set by the launcher for its own bookkeeping, not configuration a deployment chooses.
 LAUNCHER_ONLY = {
     "RTASK_INSTANCE",  # names the process in the launcher's merged log; compose prefixes logs with the container
@@ -153,7 +165,8 @@ def test_the_same_configuration_variables_as_the_local_stack(tmp_path: Path, mon
     for key in list(os.environ):
         if key.startswith("RTASK_") or key in ("DATABASE_URL", "REDIS_URL", "PYTHONUNBUFFERED"):
             monkeypatch.delenv(key)
-    launcher = set(Stack(StackConfig(data_dir=tmp_path)).service_env(50051)) - set(os.environ)
+    stack = Stack(StackConfig(data_dir=tmp_path))
+    launcher = set().union(*(stack.service_env(50051, role) for role in OUR_SERVICES)) - set(os.environ)
     services = load_compose()["services"]
     compose = {key for role in OUR_SERVICES for key in services[role]["environment"]}
     image = set(dockerfile_env())
@@ -315,12 +328,16 @@ def test_the_secrets_stay_out_of_git_and_out_of_the_build_context() -> None:
     ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=ROOT)
     assert ignored.returncode == 0, ".env must be git-ignored"
     assert ".env" in (ROOT / ".dockerignore").read_text().split()
-    # The JWT secret reaches services as a file (as in the local stack), never as a plain variable.
+    # Secrets reach services as files (as in the local stack), never as plain variables, and each service
+    # gets the secrets of its role only.
     services = load_compose()["services"]
     for name, spec in our_image(load_compose()).items():
-        assert "RTASK_JWT_SECRET" not in spec.get("environment", {}), name
-        assert spec["secrets"] == ["jwt_secret"], name
-        assert spec["environment"]["RTASK_JWT_SECRET_FILE"] == "/run/secrets/jwt_secret", name
+        environment = spec.get("environment", {})
+        assert not set(SECRETS) & set(environment), name
+        assert sorted(spec["secrets"]) == sorted(ROLE_SECRETS[name]), name
+        for secret, variable in ROLE_SECRETS[name].items():
+            assert environment[variable] == f"/run/secrets/{secret}", name
+        assert not (SECRET_FILE_VARIABLES - set(ROLE_SECRETS[name].values())) & set(environment), name
     assert "POSTGRES_PASSWORD" in services["postgres"]["environment"]
 
 
