@@ -74,7 +74,7 @@ class WorkerLimits:
 
     def progress_rate(self, slots: int) -> RateLimit:
         rate = self.progress_per_slot_per_s * max(1, slots)
-        return RateLimit(rate_per_s=rate, burst=rate)
+        return RateLimit(rate_per_s=rate, burst=max(rate, 1.0))
 
 
 def _check_task_id(task_id: str, name: str) -> None:

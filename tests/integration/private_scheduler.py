@@ -33,7 +33,7 @@ ENROLMENT = EnrolmentConfig(secrets.token_hex(24).encode())
 WORKER_KEYS = WorkerKeyConfig(jwt_secret=secrets.token_bytes(32), enrolment=ENROLMENT)
 # A holder silent this long may lose its task to the worker that claimed its entry.
 HOLDER_SILENT_MS = 1500
-PROGRESS_PER_SLOT_PER_S = 2.0
+PROGRESS_PER_SLOT_PER_S = 0.2
 
 
 @dataclass

@@ -326,9 +326,11 @@ async def test_too_many_held_tasks_or_progress_reports_end_the_stream_with_a_cle
     flood.heartbeat(*(worker_pb2.HeldTask(task_id=str(uuid.uuid4()), fence=i) for i in range(65)))
     assert await flood.status() == grpc.StatusCode.INVALID_ARGUMENT
     flood.close()
-    chatty = RawStream(isolated, hello_id="chatty", slots=1)  # PROGRESS_PER_SLOT_PER_S: 2 reports per second
+    # PROGRESS_PER_SLOT_PER_S: one report per 5 s. Few writes: a client still writing when its stream is
+    # ended may see grpc's own INTERNAL instead of the status.
+    chatty = RawStream(isolated, hello_id="chatty", slots=1)
     report = worker_pb2.ProgressReport(task=worker_pb2.HeldTask(task_id=str(uuid.uuid4()), fence=1), progress=0.5)
-    for _ in range(25):
+    for _ in range(3):
         chatty.send(progress=report)
     assert await chatty.status() == grpc.StatusCode.RESOURCE_EXHAUSTED
     chatty.close()
