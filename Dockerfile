@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # One image for every ResilientTask process; the command picks which one (see docker-compose.yml):
-#   rtask-gateway | rtask-scheduler | rtask-worker | rtask-edge-init | rtask-healthcheck HOST:PORT | rtask ...
+#   rtask-gateway | rtask-scheduler | rtask-worker | rtask-edge-init | rtask-redis-init | rtask-healthcheck HOST:PORT
+#   | rtask ...
 # Build: docker build -t resilienttask .   (docker compose builds it for you)
 
 ARG PYTHON_IMAGE=python:3.11-slim-trixie
@@ -34,11 +35,12 @@ RUN /opt/rtask/bin/pip install --no-deps .
 
 # ---- the runtime image: the virtual environment, the dashboard's files, a non-root user -------------------
 FROM ${PYTHON_IMAGE}
-# /etc/envoy and /srv/dashboard are where rtask-edge-init writes the JWKS and the dashboard; empty named
+# /etc/envoy, /srv/dashboard and /var/lib/rtask-ca are where rtask-edge-init writes the JWKS and TLS files, the
+# dashboard and the development CA, /etc/rtask-redis where rtask-redis-init writes Valkey's ACL file; empty named
 # volumes mounted there take this ownership, so the non-root user can write into them.
 RUN groupadd --system --gid 10001 rtask \
     && useradd --system --uid 10001 --gid rtask --create-home --home-dir /home/rtask --shell /usr/sbin/nologin rtask \
-    && install -d -o rtask -g rtask /etc/envoy /srv/dashboard
+    && install -d -o rtask -g rtask /etc/envoy /srv/dashboard /var/lib/rtask-ca /etc/rtask-redis
 COPY --from=package /opt/rtask /opt/rtask
 COPY --from=dashboard /src/clients/web/dist /opt/rtask/dashboard
 # Inside a container a service must listen on every interface, or nothing outside it reaches the port.

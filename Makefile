@@ -75,17 +75,20 @@ check-web: gen-web
 	npm --prefix $(WEB) test
 
 # Browser tests drive Debian's Chromium through Playwright (never a downloaded browser).
+# Chromium drives the dashboard tests; certutil (libnss3-tools) lets them trust the stack's development CA.
 e2e-deps: $(VENV)/.installed web
-	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+	(test -x /usr/bin/chromium && test -x /usr/bin/certutil) || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium libnss3-tools)
 
 # -- benchmarks side by side with Celery, RQ, arq, Dramatiq and Procrastinate (bench/, docs/benchmarks.md) -----------
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
-# The full run (about half an hour) also rewrites docs/benchmarks.md; bench-quick only writes bench/results/.
+# The full run (about forty minutes) also rewrites docs/benchmarks.md, then measures what the trust boundaries
+# cost against the code before them (docs/checks-cost.md); bench-quick only writes bench/results/.
 bench: $(VENV)/.bench-installed
 	$(PY) -m bench.run --doc docs/benchmarks.md $(ARGS)
+	$(PY) -m bench.checks_ab --doc docs/checks-cost.md
 
 bench-quick: $(VENV)/.bench-installed
 	$(PY) -m bench.run --quick $(ARGS)

@@ -68,6 +68,7 @@ def main() -> None:
         config = StackConfig(
             data_dir=Path(folder),
             edge_port=0,
+            edge_tls_port=0,
             admin_port=0,
             workers=args.workers,
             worker_slots=args.slots,

@@ -40,7 +40,9 @@ class Targets:
 @contextmanager
 def throwaway_stack() -> Iterator[Targets]:
     with tempfile.TemporaryDirectory(prefix="rtask-bench-") as folder:
-        config = StackConfig(data_dir=Path(folder), edge_port=0, admin_port=0, workers=0, bcrypt_cost=4)
+        config = StackConfig(
+            data_dir=Path(folder), edge_port=0, edge_tls_port=0, admin_port=0, workers=0, bcrypt_cost=4
+        )
         with Stack(config) as stack:
             yield Targets(stack.edge_address, stack.address(stack.names("gateway")[0]))
 

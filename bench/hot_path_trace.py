@@ -880,6 +880,7 @@ def capture(out: Path, tasks: int, warmup: int, gap_s: tuple[float, float], vari
             config = StackConfig(
                 data_dir=data_dir / "stack",
                 edge_port=0,
+                edge_tls_port=0,
                 admin_port=0,
                 workers=variant.workers,
                 gateways=variant.gateways,

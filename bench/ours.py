@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import redis
 import redis.asyncio as aioredis
 
 from bench.figures import spread_ms
@@ -24,7 +26,13 @@ from bench.memory import MemorySampler
 from bench.profiling import Profiler
 from bench.stamps import STAMPS_URL_ENV, count_key, parse_start, start_key, stop_key
 from resilienttask import AsyncClient, Task, TaskStatus, TaskUpdate
+from services.core import redis_acl
+from services.edge.config import AuthLimits, RateLimit
+from services.stack.redis_users import RedisAccess, logins, password_files
 from services.stack.stack import Stack, StackConfig
+
+# Signups one benchmark stack accepts from the one address the benchmark runs on.
+BENCH_SIGNUPS = RateLimit(max_tokens=1_000, tokens_per_fill=1_000, fill_interval_s=1.0)
 
 SYSTEM = "ours"
 REPO = Path(__file__).resolve().parents[1]
@@ -94,6 +102,21 @@ class OurBench:
         self.profiler = profiler
         self.stamps = aioredis.Redis.from_url(servers.stamps_url)
         self.memory: dict[str, Any] = {}
+        self._redis_access: RedisAccess | None = None
+
+    def redis_access(self) -> RedisAccess:
+        """Our processes log in as their roles, as in production (each command checked against its ACL user): the
+        roles are added to the bench's Valkey, whose default user stays on for the peers and the stamps."""
+        if self._redis_access is None:
+            files = password_files(self.servers.data_dir)
+            where = urlsplit(self.servers.redis_url)
+            assert where.hostname is not None and where.port is not None
+            with redis.Redis.from_url(self.servers.redis_url) as admin:
+                for role, path in files.items():
+                    rule = redis_acl.USERS[role].rule(path.read_text().strip()).split()
+                    admin.execute_command("ACL", "SETUSER", *rule[1:])  # the rule without its leading "user"
+            self._redis_access = logins(files, where.hostname, where.port, int(where.path.strip("/") or 0))
+        return self._redis_access
 
     @contextmanager
     def stack(self, workers: int, slots: int) -> Iterator[Stack]:
@@ -101,13 +124,18 @@ class OurBench:
         config = StackConfig(
             data_dir=data_dir,
             edge_port=0,
+            edge_tls_port=0,
             admin_port=0,
             workers=workers,
             worker_slots=slots,
             database_url=self.servers.database_url,
             redis_url=self.servers.redis_url,
+            redis_access=self.redis_access(),
             bcrypt_cost=4,
             dashboard_dir=None,
+            # The watch scenario signs up WATCH_USERS + 1 users at once from one address: more than the
+            # default per-address signup burst (5). Logins keep their defaults.
+            auth_limits=AuthLimits(signup_per_address=BENCH_SIGNUPS),
             extra_env={
                 "RTASK_WORKER_IMPORTS": "bench.handlers",
                 STAMPS_URL_ENV: self.servers.stamps_url,

@@ -51,8 +51,10 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2
 
+from bench.ours import BENCH_SIGNUPS
 from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from services.core.events import parse_stream_id
+from services.edge.config import AuthLimits
 from services.gateway.watch import tokens
 from services.stack.stack import Stack, StackConfig
 
@@ -294,7 +296,15 @@ async def submit_batch_latency(client: Any, kind: str, calls: int) -> dict[str, 
 def throwaway_stack() -> Iterator[Stack]:
     with tempfile.TemporaryDirectory(prefix="rtask-bench-") as folder:
         config = StackConfig(
-            data_dir=Path(folder), edge_port=0, admin_port=0, workers=0, bcrypt_cost=4, dashboard_dir=None
+            data_dir=Path(folder),
+            edge_port=0,
+            edge_tls_port=0,
+            admin_port=0,
+            workers=0,
+            bcrypt_cost=4,
+            dashboard_dir=None,
+            # --users signups at once from one address: more than the default per-address signup burst (5).
+            auth_limits=AuthLimits(signup_per_address=BENCH_SIGNUPS),
         )
         with Stack(config) as stack:
             yield stack

@@ -9,7 +9,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -18,7 +18,9 @@ import pytest
 from services.stack.embedded import postgres_process, postgres_url, valkey_process, wait_for_port, wait_for_postgres
 from services.stack.ports import free_port
 from services.stack.processes import ManagedProcess
-from services.stack.stack import Stack, StackConfig
+from services.stack.redis_users import RedisAccess, logins, password_files, write_acl_file
+from services.stack.stack import DEFAULT_REDIS_MAXMEMORY_MB, Stack, StackConfig
+from tests.limits import OPEN_AUTH_LIMITS, OPEN_LOGIN_ENV
 
 # Fast hashing in tests; production default is 12.
 TEST_BCRYPT_COST = 4
@@ -33,10 +35,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @dataclass
 class Stores:
-    """One PostgreSQL and one Valkey for the whole session, each a real server process."""
+    """One PostgreSQL and one Valkey for the whole session, each a real server process.
+
+    Valkey has the stack's ACL users: redis_url logs in as the operator (tests' own clients may do anything),
+    redis_access holds the services' and the workers' logins, which the stack fixture gives its processes.
+    """
 
     database_url: str
-    redis_url: str
+    redis_url: str = field(repr=False)
+    redis_access: RedisAccess = field(repr=False)
     postgres: ManagedProcess
     valkey: ManagedProcess
     data_dir: Path
@@ -50,10 +57,16 @@ def stores() -> Iterator[Stores]:
     log_dir = data_dir / "logs"
     pg_port, valkey_port = free_port(), free_port()
     pg = postgres_process(data_dir, pg_port, log_dir=log_dir, echo=None)
-    valkey = valkey_process(data_dir, valkey_port, log_dir=log_dir, echo=None)
+    redis_passwords = password_files(data_dir)
+    acl_file = write_acl_file(data_dir, redis_passwords)
+    valkey = valkey_process(
+        data_dir, valkey_port, log_dir=log_dir, echo=None, acl_file=acl_file, maxmemory_mb=DEFAULT_REDIS_MAXMEMORY_MB
+    )
     pg.start()
     valkey.start()
-    running = Stores(postgres_url(pg_port), f"redis://127.0.0.1:{valkey_port}/0", pg, valkey, data_dir)
+    access = logins(redis_passwords, "127.0.0.1", valkey_port)
+    assert access.admin is not None
+    running = Stores(postgres_url(pg_port), access.admin.url_with_password(), access, pg, valkey, data_dir)
     try:
         wait_for_postgres(pg, pg_port)
         wait_for_port(valkey, valkey_port)
@@ -71,9 +84,10 @@ def stack(stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pyt
     config = StackConfig(
         data_dir=tmp_path_factory.mktemp("stack"),
         edge_port=0,
+        edge_tls_port=0,
         admin_port=0,
         database_url=stores.database_url,
-        redis_url=stores.redis_url,
+        redis_access=stores.redis_access,
         bcrypt_cost=TEST_BCRYPT_COST,
         extra_env={
             "RTASK_LOG_LEVEL": os.environ.get("RTASK_LOG_LEVEL", "INFO"),
@@ -81,9 +95,12 @@ def stack(stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pyt
             "RTASK_RETRY_BASE_MS": "100",
             "RTASK_WORKER_RECLAIM_IDLE_MS": str(TEST_RECLAIM_IDLE_MS),
             "RTASK_WORKER_HEARTBEAT_MS": "500",
-            # A kind that reports what a handler process can see (tests/integration/test_worker_identity.py).
-            "RTASK_WORKER_IMPORTS": "tests.integration.probe_handler",
+            **OPEN_LOGIN_ENV,
+            # A kind with a large result (tests/integration/test_small_events.py), and one that reports what a
+            # handler process can see (tests/integration/test_worker_identity.py).
+            "RTASK_WORKER_IMPORTS": "tests.integration.bulky_handler,tests.integration.probe_handler",
         },
+        auth_limits=OPEN_AUTH_LIMITS,  # the whole session is one client address (tests/limits.py)
     )
     echo = sys.stderr if request.config.getoption("--keep-logs") else None
     with Stack(config, echo=echo) as running:

@@ -2,6 +2,9 @@
 
 Cutting closes the connections (the peer sees a reset at once); stalling keeps them open and silently
 stops carrying bytes, as a failed network path does: nothing tells either side until its own timeouts.
+With source_host, the connections to the target leave from that address (e.g. 127.0.0.2): the target sees
+another client machine. grpcio has no public channel option to pick a source address, so a channel to the
+proxy is how a test speaks gRPC from one.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ import contextlib
 
 
 class TcpProxy:
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, source_host: str | None = None) -> None:
         self.target = (target_host, target_port)
+        self.source = None if source_host is None else (source_host, 0)
         self.server: asyncio.Server | None = None
         self.port = 0
         self._pipes: set[asyncio.Task[None]] = set()
@@ -45,7 +49,7 @@ class TcpProxy:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self._flowing.wait()
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            up_reader, up_writer = await asyncio.open_connection(*self.target, local_addr=self.source)
         except OSError:
             writer.close()
             return

@@ -7,11 +7,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 
-async def cancel_and_wait(tasks: Sequence[asyncio.Task[None]], give_up_s: float = 5.0) -> None:
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], give_up_s: float = 5.0) -> None:
     """Cancel the tasks again and again until they end, or log the ones still running after give_up_s."""
     deadline = time.monotonic() + give_up_s
     pending = {t for t in tasks if not t.done()}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -58,19 +59,38 @@ class DatabaseConfig:
 
 @dataclass(frozen=True)
 class RedisConfig:
-    """Redis-compatible server settings."""
+    """Redis-compatible server settings.
+
+    The URL names the server and the ACL user (redis://rtask-worker@host:6379/0); the password comes from a
+    file only this process is given (RTASK_REDIS_PASSWORD_FILE), so it is neither in the environment of the
+    process nor in any URL that gets printed. A URL that carries its own password is accepted too (external
+    servers, tests), but not both at once.
+    """
 
     url: str
     # Connections one process may hold; callers beyond that wait for a free one (up to pool_timeout_s).
     max_connections: int = 64
     pool_timeout_s: float = 5.0
+    password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> RedisConfig:
         url = env.get("REDIS_URL", "")
         if not url:
             raise ConfigError("REDIS_URL is required")
-        return cls(url=url, max_connections=_int(env, "RTASK_REDIS_MAX_CONNECTIONS", 64))
+        password = None
+        password_file = env.get("RTASK_REDIS_PASSWORD_FILE", "")
+        if password_file:
+            if urlsplit(url).password is not None:
+                raise ConfigError("REDIS_URL holds a password and RTASK_REDIS_PASSWORD_FILE names one: give only one")
+            try:
+                with open(password_file, encoding="utf-8") as handle:
+                    password = handle.read().strip()
+            except OSError as exc:
+                raise ConfigError(f"RTASK_REDIS_PASSWORD_FILE cannot be read: {exc}") from exc
+            if not password:
+                raise ConfigError(f"RTASK_REDIS_PASSWORD_FILE ({password_file}) is empty")
+        return cls(url=url, max_connections=_int(env, "RTASK_REDIS_MAX_CONNECTIONS", 64), password=password)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -78,6 +79,24 @@ def entry_refs(entries: Sequence[DispatchEntry], replies: Sequence[Sequence[byte
         entry_ref(entry.kind, raw.decode() if isinstance(raw, bytes) else str(raw))
         for entry, raw in zip(entries, ids, strict=True)
     ]
+
+
+def published_refs(entries: Sequence[DispatchEntry], replies: Sequence[object]) -> list[tuple[DispatchEntry, str]]:
+    """(entry, reference) of the entries that reached their stream, from replies collected without raising
+    (execute(raise_on_error=False)): queue_entries ordered the entries by kind, one command per kind, and a
+    refused command (its reply an exception, e.g. OOM) added none of its kind's entries."""
+    published: list[tuple[DispatchEntry, str]] = []
+    start = 0
+    for reply in replies:
+        kind = entries[start].kind
+        end = start
+        while end < len(entries) and entries[end].kind == kind:
+            end += 1
+        if not isinstance(reply, BaseException):
+            batch = entries[start:end]
+            published += zip(batch, entry_refs(batch, [cast("Sequence[bytes | str]", reply)]), strict=True)
+        start = end
+    return published
 
 
 async def publish(redis: aioredis.Redis, entries: Iterable[DispatchEntry]) -> list[str]:

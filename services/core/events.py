@@ -2,13 +2,17 @@
 
 Each change is written twice, atomically, by one Lua script:
 - to the owner's stream (keys.owner_events_stream), the history a watcher resumes from; its entry ids are
-  the watchers' resume positions. Fields: `task` (serialized resilienttask.v1.Task as it now is), `prev`
+  the watchers' resume positions. Fields: `task` (serialized resilienttask.v1.Task as it now is, as a
+  summary: no payload, no result, strings cut to bounds; see services.core.task_summary), `prev`
   (the previous status number, 0 for a new task), `deleted` ("1" when the task was removed) and `after`
   (the id of the owner's previous entry, "0-0" for the first), which chains the owner's history so a reader
   can tell a contiguous continuation from a gap (trimmed history, a lagging feed) without guessing;
 - to the global feed (keys.EVENTS_FEED_STREAM), which each gateway tails with one blocking read for all its
   watchers. It carries the same fields plus `owner`, `id` (the owner-stream entry id) and `seq` (a counter
   that grows by one per entry, so a reader notices feed entries it never saw).
+
+Both streams are capped by length (XADD MAXLEN), and an entry's size is bounded (MAX_ENTRY_BYTES), so each
+has a bound in bytes: the README ("Change events and their size") states the figures.
 """
 
 from __future__ import annotations
@@ -21,11 +25,17 @@ from redis.asyncio.client import Pipeline
 
 from resilienttask.v1 import task_pb2
 from services.core import keys
+from services.core.task_summary import MAX_SUMMARY_BYTES, summarize
 
-# Per-owner history kept for resuming watchers; older entries are trimmed (approximately).
+# Per-owner history kept for resuming watchers; older entries are trimmed. Trimming is approximate ("~", whole
+# radix-tree nodes at a time, far cheaper than exact): a stream holds at most its cap plus one node
+# (stream-node-max-entries, 100 by default) of entries.
 EVENTS_MAXLEN = 10_000
 # The feed is only read live; a reader that falls this far behind resynchronises from the owner streams.
 FEED_MAXLEN = 20_000
+# The largest feed entry (the larger of the two): the task summary plus the other fields, names included:
+# owner (a UUID), id and after (stream ids, at most 41 characters each), seq (at most 20 digits), prev, deleted.
+MAX_ENTRY_BYTES = MAX_SUMMARY_BYTES + 200
 # Changes per script call: one call blocks the server while it runs, so huge batches are split.
 PUBLISH_CHUNK = 500
 # The id before any entry: the `after` of an owner's first event, and the position of an empty history.
@@ -56,10 +66,16 @@ StreamId = tuple[int, int]
 
 @dataclass(frozen=True)
 class TaskChange:
+    """One committed change of one task; `task` is always its summary (a full task given is summarized)."""
+
     owner_id: str
     task: task_pb2.Task
     previous_status: int
     deleted: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.task.summary:
+            object.__setattr__(self, "task", summarize(self.task))
 
 
 @dataclass(frozen=True)

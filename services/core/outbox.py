@@ -19,8 +19,8 @@ from redis.exceptions import RedisError
 
 from resilienttask.v1 import task_pb2
 from services.core import keys, task_store
-from services.core.dispatch import DispatchEntry, entry_refs, publish, queue_entries
-from services.core.events import TaskChange, publish_changes, queue_changes
+from services.core.dispatch import DispatchEntry, publish, published_refs, queue_entries
+from services.core.events import PUBLISH_CHUNK, TaskChange, publish_changes, queue_changes
 from services.core.transitions.rules import RunningRef
 
 log = logging.getLogger(__name__)
@@ -51,15 +51,20 @@ async def emit_and_dispatch(
             queue_changes(pipe, changes)
             first_entry_reply = len(pipe)
             ordered = queue_entries(pipe, entries)
-            replies = await pipe.execute()
+            # Each command's own outcome: Redis may refuse one and run the next (a full server refuses writes
+            # with OOM once it is over its limit), and what was written must not be parked and written twice.
+            replies = await pipe.execute(raise_on_error=False)
     except (RedisError, OSError) as exc:
         log.warning("dispatch deferred to the sweeper, events parked", extra={"tasks": len(rows), "error": repr(exc)})
         await _park_or_log(pool, changes)
         return
-    refs = entry_refs(ordered, replies[first_entry_reply:])
+    await _park_refused(pool, changes, replies[:first_entry_reply])
+    published = published_refs(ordered, replies[first_entry_reply:])
+    if len(published) < len(ordered):
+        log.warning("dispatch deferred to the sweeper", extra={"tasks": len(ordered) - len(published)})
     # Off the reply path, and late: until it lands, only the sweeper's grace period stands between the task
     # and a second publication, which fencing makes harmless anyway.
-    _mark_later(pool, ordered, refs)
+    _mark_later(pool, [entry for entry, _ in published], [ref for _, ref in published])
 
 
 # How long a fresh submission's publication mark waits: a task a worker starts within it is never marked
@@ -189,10 +194,28 @@ async def stop_and_emit(
         async with redis.pipeline(transaction=False) as pipe:
             _queue_stops(pipe, refs, reason)
             queue_changes(pipe, changes)
-            await pipe.execute()
+            replies = await pipe.execute(raise_on_error=False)
     except (RedisError, OSError) as exc:
         log.warning("stop push deferred to the next heartbeat, events parked", extra={"error": repr(exc)})
         await _park_or_log(pool, changes)
+        return
+    if any(isinstance(reply, BaseException) for reply in replies[: len(refs)]):
+        log.warning("stop push deferred to the next heartbeat", extra={"tasks": len(refs)})
+    await _park_refused(pool, changes, replies[len(refs) :])
+
+
+async def _park_refused(pool: asyncpg.Pool, changes: Sequence[TaskChange], replies: Sequence[object]) -> None:
+    """Park the changes whose script call (one per PUBLISH_CHUNK changes, see queue_changes) Redis refused; a
+    script that was refused wrote nothing (Valkey checks memory before a script's first write)."""
+    refused = [
+        change
+        for chunk, reply in enumerate(replies)
+        if isinstance(reply, BaseException)
+        for change in changes[chunk * PUBLISH_CHUNK : (chunk + 1) * PUBLISH_CHUNK]
+    ]
+    if refused:
+        log.warning("change events parked until Redis accepts them", extra={"events": len(refused)})
+        await _park_or_log(pool, refused)
 
 
 def _queue_stops(pipe: Pipeline, refs: Sequence[RunningRef], reason: str) -> None:

@@ -29,6 +29,8 @@ def create_redis(config: RedisConfig) -> aioredis.Redis:
         socket_connect_timeout=2,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        # Given apart from the URL (from a file); a URL's own password, when it has one, wins.
+        password=config.password,
     )
     return aioredis.Redis.from_pool(pool)
 

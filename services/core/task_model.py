@@ -10,6 +10,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 
 from resilienttask.v1 import task_pb2
+from services.core.task_summary import as_summary
 
 QUEUED = task_pb2.TASK_STATUS_QUEUED
 RUNNING = task_pb2.TASK_STATUS_RUNNING
@@ -35,8 +36,12 @@ TASK_COLUMNS = (
     "created_at, started_at, finished_at, dispatch_id, entry_id, fence"
 )
 
+# The columns of a summary (row_to_summary): the watch snapshot reads neither payload nor result.
+SUMMARY_COLUMNS = ", ".join(c for c in (c.strip() for c in TASK_COLUMNS.split(",")) if c not in ("payload", "result"))
+
 # The same columns, qualified, for UPDATE ... FROM statements that join other relations.
 QUALIFIED_TASK_COLUMNS = ", ".join(f"tasks.{column.strip()}" for column in TASK_COLUMNS.split(","))
+QUALIFIED_SUMMARY_COLUMNS = ", ".join(f"tasks.{column.strip()}" for column in SUMMARY_COLUMNS.split(","))
 
 
 def in_batch(owner: str, batch: str) -> str:
@@ -73,7 +78,13 @@ def rows_to_tasks(rows: Iterable[Mapping[str, Any]]) -> list[task_pb2.Task]:
     return [_to_task(row, payloads) for row in rows]
 
 
-def _to_task(row: Mapping[str, Any], payloads: dict[str, struct_pb2.Struct]) -> task_pb2.Task:
+def row_to_summary(row: Mapping[str, Any]) -> task_pb2.Task:
+    """The task's summary (services.core.task_summary); payload and result, if the row has them, are not read."""
+    return as_summary(_without_bulk(row))
+
+
+def _without_bulk(row: Mapping[str, Any]) -> task_pb2.Task:
+    """Every field but payload and result."""
     task = task_pb2.Task(
         id=str(row["id"]),
         name=row["name"],
@@ -95,6 +106,11 @@ def _to_task(row: Mapping[str, Any], payloads: dict[str, struct_pb2.Struct]) -> 
     _set_time(task.created_at, row["created_at"])
     _set_time(task.started_at, row["started_at"])
     _set_time(task.finished_at, row["finished_at"])
+    return task
+
+
+def _to_task(row: Mapping[str, Any], payloads: dict[str, struct_pb2.Struct]) -> task_pb2.Task:
+    task = _without_bulk(row)
     raw = row["payload"]
     if isinstance(raw, str) and raw in payloads:
         task.payload.CopyFrom(payloads[raw])

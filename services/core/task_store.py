@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from resilienttask.v1 import task_pb2
-from services.core.task_model import CANCELLED, CANCELLING, QUEUED, RUNNING, TASK_COLUMNS, in_batch
+from services.core.task_model import CANCELLED, CANCELLING, QUEUED, RUNNING, SUMMARY_COLUMNS, TASK_COLUMNS, in_batch
 
 
 async def mark_published(
@@ -52,6 +52,7 @@ async def list_page(
     batch_id: str | None,
     limit: int,
     after: tuple[Any, str] | None,
+    columns: str = TASK_COLUMNS,
 ) -> list[asyncpg.Record]:
     """Newest first, keyset-paged on (created_at, id)."""
     clauses = ["owner_id = $1"]
@@ -68,15 +69,16 @@ async def list_page(
     args.append(limit)
     return list(
         await pool.fetch(
-            f"SELECT {TASK_COLUMNS} FROM tasks WHERE {' AND '.join(clauses)} "
+            f"SELECT {columns} FROM tasks WHERE {' AND '.join(clauses)} "
             f"ORDER BY created_at DESC, id DESC LIMIT ${len(args)}",
             *args,
         )
     )
 
 
-async def recent(pool: asyncpg.Pool, owner_id: str, limit: int) -> list[asyncpg.Record]:
-    return await list_page(pool, owner_id, status=0, batch_id=None, limit=limit, after=None)
+async def recent_summaries(pool: asyncpg.Pool, owner_id: str, limit: int) -> list[asyncpg.Record]:
+    """The owner's newest tasks without payload or result (task_model.row_to_summary reads them)."""
+    return await list_page(pool, owner_id, status=0, batch_id=None, limit=limit, after=None, columns=SUMMARY_COLUMNS)
 
 
 async def stats(pool: asyncpg.Pool, owner_id: str) -> task_pb2.TaskStats:

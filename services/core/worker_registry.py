@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import time
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -13,9 +16,29 @@ from redis.exceptions import RedisError
 from resilienttask.v1 import task_pb2
 from services.core import keys
 
+log = logging.getLogger(__name__)
+
 BUILTIN_KINDS = frozenset({"sleep", "fail", "spin"})
 # A worker silent for this long is left out of the pool (its scheduler died before removing it).
 STALE_AFTER_S = 15.0
+
+# Bounds of an entry as read back: generous for any real worker, small enough that one entry cannot make a
+# reply huge or a number overflow the proto (int32 slots, Timestamps before year 10000).
+MAX_ENTRY_BYTES = 64 * 1024
+MAX_KINDS = 256
+MAX_NAME_CHARS = 256
+MAX_SLOTS = 2**31 - 1
+MAX_EPOCH_S = 253_402_300_799.0
+
+
+# Malformed entries already logged by this process: the pool is read every few seconds, and one bad entry
+# should cost one log line, not one per read. Forgotten wholesale when it grows past its bound.
+_reported: set[tuple[bytes | str, bytes | str]] = set()
+_REPORTED_MAX = 1024
+
+
+class MalformedEntry(ValueError):
+    """A registry entry that does not describe a worker (never written by a scheduler of this version)."""
 
 
 @dataclass
@@ -50,11 +73,81 @@ async def remove(redis: aioredis.Redis, worker_id: str) -> None:
         await pipe.execute()
 
 
+def _name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_CHARS:
+        raise MalformedEntry(f"{what} must be a string of 1 to {MAX_NAME_CHARS} characters")
+    return value
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SLOTS:
+        raise MalformedEntry(f"{what} must be an integer from 0 to {MAX_SLOTS}")
+    return value
+
+
+def _epoch(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise MalformedEntry(f"{what} must be a finite number")
+    if not 0 <= value <= MAX_EPOCH_S:
+        raise MalformedEntry(f"{what} is out of range")
+    return float(value)
+
+
+def parse_entry(field_name: bytes | str, raw: bytes | str) -> WorkerInfo:
+    """A registry entry as a WorkerInfo; MalformedEntry when it is not exactly what upsert() writes.
+
+    Whatever reaches the hash is checked before use: a forged or corrupt entry must cost its own line in the
+    pool, not every SubmitTask and ListWorkers (they read the pool) an INTERNAL error.
+    """
+    if len(raw) > MAX_ENTRY_BYTES:
+        raise MalformedEntry(f"entry of {len(raw)} bytes (at most {MAX_ENTRY_BYTES})")
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedEntry(f"not JSON: {exc}") from exc
+    expected = {"id", "slots", "busy", "kinds", "started_at", "last_heartbeat"}
+    if not isinstance(value, dict) or set(value) != expected:
+        raise MalformedEntry(f"not an object with exactly the fields {', '.join(sorted(expected))}")
+    field_text = field_name.decode(errors="replace") if isinstance(field_name, bytes) else field_name
+    worker_id = _name(value["id"], "id")
+    if worker_id != field_text:
+        raise MalformedEntry("id differs from the entry's field")
+    kinds = value["kinds"]
+    if not isinstance(kinds, list) or len(kinds) > MAX_KINDS:
+        raise MalformedEntry(f"kinds must be a list of at most {MAX_KINDS} names")
+    return WorkerInfo(
+        id=worker_id,
+        slots=_count(value["slots"], "slots"),
+        busy=_count(value["busy"], "busy"),
+        kinds=[_name(kind, "a kind") for kind in kinds],
+        started_at=_epoch(value["started_at"], "started_at"),
+        last_heartbeat=_epoch(value["last_heartbeat"], "last_heartbeat"),
+    )
+
+
+def _report(field_name: bytes | str, raw: bytes | str, exc: MalformedEntry) -> None:
+    key = (field_name[:MAX_NAME_CHARS], raw[:MAX_ENTRY_BYTES])
+    if key in _reported:
+        return
+    if len(_reported) >= _REPORTED_MAX:
+        _reported.clear()
+    _reported.add(key)
+    log.warning(
+        "malformed worker registry entry skipped",
+        extra={"entry": repr(field_name[:MAX_NAME_CHARS]), "reason": str(exc)},
+    )
+
+
 async def live_workers(redis: aioredis.Redis, stale_after_s: float = STALE_AFTER_S) -> list[WorkerInfo]:
+    """The workers that heartbeat recently; malformed entries are skipped (and logged), never fatal."""
     now = time.time()
     workers = []
-    for raw in (await redis.hgetall(keys.WORKERS_HASH)).values():
-        info = WorkerInfo(**json.loads(raw))
+    for field_name, raw in (await redis.hgetall(keys.WORKERS_HASH)).items():
+        try:
+            info = parse_entry(field_name, raw)
+        except MalformedEntry as exc:
+            _report(field_name, raw, exc)
+            continue
         if now - info.last_heartbeat <= stale_after_s:
             workers.append(info)
     return sorted(workers, key=lambda w: w.id)

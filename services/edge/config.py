@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from services.core.config import AuthConfig
-from services.core.tokens import WORKER_AUDIENCE
+from services.core.config import AuthConfig, ConfigError, env_int
 
 # Discovery types Envoy understands for our clusters.
 STATIC = "STATIC"  # the local stack: IP endpoints chosen by the launcher
@@ -20,6 +20,17 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class TlsListener:
+    """The TLS listener: where it binds and the certificate and key Envoy presents (PEM files)."""
+
+    port: int
+    cert_chain_path: str
+    private_key_path: str
+    # Loopback unless the deployment asks for more (`rtask-stack up --listen`, or a container).
+    address: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
 class RateLimit:
     """A token bucket: max_tokens requests at once, refilled by tokens_per_fill every fill_interval_s."""
 
@@ -28,15 +39,59 @@ class RateLimit:
     fill_interval_s: float
 
     def __post_init__(self) -> None:
-        if self.max_tokens < 1 or self.tokens_per_fill < 1 or self.fill_interval_s <= 0:
+        # Envoy refills no more often than every 50 ms.
+        if self.max_tokens < 1 or self.tokens_per_fill < 1 or self.fill_interval_s < 0.05:
             raise ValueError(f"invalid rate limit {self}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], prefix: str, default: RateLimit) -> RateLimit:
+        """{prefix}_MAX_TOKENS, {prefix}_TOKENS_PER_FILL and {prefix}_FILL_INTERVAL_S, each defaulting to default's."""
+        try:
+            return cls(
+                max_tokens=int(env.get(f"{prefix}_MAX_TOKENS") or default.max_tokens),
+                tokens_per_fill=int(env.get(f"{prefix}_TOKENS_PER_FILL") or default.tokens_per_fill),
+                fill_interval_s=float(env.get(f"{prefix}_FILL_INTERVAL_S") or default.fill_interval_s),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{prefix}_*: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class AuthLimits:
+    """Envoy's token buckets for the unauthenticated AuthService: one per client address and method.
+
+    The address is the TCP peer (or, behind trusted proxies, the address they vouch for: see
+    EdgeConfig.trusted_proxy_hops); IPv6 clients count per /64, since one host may hold a whole /64.
+    Defaults, for bcrypt cost 12 on 2 cores (~16 hashes/s for the whole machine):
+    - Login: 20 at once, then 2 a second: one address takes at most ~1/8 of the hashing capacity, and a
+      household or office behind one NAT logging in together fits in the burst.
+    - Signup: 5 at once, then one every 10 s: probing which emails are registered (ALREADY_EXISTS) costs
+      an address 10 s per email after the first five.
+    - 20,000 addresses tracked per method; the least recently seen are forgotten first.
+    Envoy's buckets are per Envoy process: each edge replica counts on its own.
+    """
+
+    login_per_address: RateLimit = RateLimit(max_tokens=20, tokens_per_fill=1, fill_interval_s=0.5)
+    signup_per_address: RateLimit = RateLimit(max_tokens=5, tokens_per_fill=1, fill_interval_s=10.0)
+    tracked_addresses: int = 20_000
+
+    def __post_init__(self) -> None:
+        if self.tracked_addresses < 1:
+            raise ConfigError("RTASK_AUTH_TRACKED_ADDRESSES must be at least 1")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> AuthLimits:
+        """RTASK_LOGIN_PER_ADDRESS_*, RTASK_SIGNUP_PER_ADDRESS_* (RateLimit.from_env), RTASK_AUTH_TRACKED_ADDRESSES."""
+        defaults = cls()
+        return cls(
+            login_per_address=RateLimit.from_env(env, "RTASK_LOGIN_PER_ADDRESS", defaults.login_per_address),
+            signup_per_address=RateLimit.from_env(env, "RTASK_SIGNUP_PER_ADDRESS", defaults.signup_per_address),
+            tracked_addresses=env_int("RTASK_AUTH_TRACKED_ADDRESSES", defaults.tracked_addresses, env),
+        )
 
 
 # One HTTP/2 flow-control window: bodies beyond it always arrive in several reads.
 MIN_REQUEST_LIMIT_BYTES = 64 * 1024
-
-# Generous by default: a test session signs up hundreds of users; bcrypt is the real brake on login floods.
-DEFAULT_AUTH_RATE_LIMIT = RateLimit(max_tokens=500, tokens_per_fill=100, fill_interval_s=1.0)
 
 
 @dataclass(frozen=True)
@@ -46,11 +101,14 @@ class EdgeConfig:
     listen_port: int
     admin_port: int
     gateways: Sequence[Endpoint]
-    schedulers: Sequence[Endpoint]
     # The JWKS file (an `oct` key holding the services' HS256 secret), written at start-up, never committed.
     jwks_path: str
     discovery: str = STATIC
-    listen_address: str = "0.0.0.0"
+    # The plaintext listener. Loopback by default: only a deployment that means it (a container, whose
+    # network is the boundary) listens wider, and the local stack never does (its TLS listener may).
+    listen_address: str = "127.0.0.1"
+    # The TLS listener (h2 and http/1.1 by ALPN, so grpc-web from browsers and gRPC alike); None: none.
+    tls: TlsListener | None = None
     admin_address: str = "127.0.0.1"
     # Browser origins allowed by CORS; empty means none (same-origin pages need no CORS).
     allowed_origins: Sequence[str] = field(default_factory=tuple)
@@ -58,29 +116,43 @@ class EdgeConfig:
     dashboard_dir: str | None = None
     jwt_issuer: str = AuthConfig.issuer
     user_audience: str = AuthConfig.audience
-    worker_audience: str = WORKER_AUDIENCE
     # Envoy's default (60 s) would accept a token a minute after it expired; the services allow none.
     jwt_clock_skew_s: int = 5
-    auth_rate_limit: RateLimit = DEFAULT_AUTH_RATE_LIMIT
+    auth_limits: AuthLimits = AuthLimits()
+    # Proxies in front of Envoy whose x-forwarded-for entries are believed. 0: the client address is the
+    # TCP peer and a client-sent x-forwarded-for is ignored (Envoy appends the peer to it). Set it only
+    # behind load balancers that append the address they saw, or any client can pick its own address.
+    trusted_proxy_hops: int = 0
     # Request bodies above this are refused at the edge (the services' own limit is 1 MiB per message).
     # At least MIN_REQUEST_LIMIT_BYTES: a body that arrives in one read is never held back, so a smaller
     # limit would be enforced only sometimes.
     max_request_bytes: int = 1 << 20
     unary_timeout_s: float = 30.0
     # Streams may live for hours but not stay silent longer than this: it must exceed the server's
-    # WatchTasks heartbeat interval and the workers' heartbeat on WorkerService.Connect.
+    # WatchTasks heartbeat interval.
     stream_idle_timeout_s: float = 60.0
+    # Health/Watch is public (no token): its streams end after this long, whatever they carry, so anonymous
+    # clients cannot hold streams open forever. Watchers reconnect.
+    health_watch_max_s: float = 300.0
+    # Server reflection answers anyone who asks what the services offer: off at the edge unless asked for
+    # (grpcurl works without it from the protoset the local stack writes, or from the .proto files).
+    public_reflection: bool = False
     health_interval_s: float = 2.0
     dns_refresh_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.discovery not in (STATIC, STRICT_DNS):
             raise ValueError(f"discovery must be {STATIC} or {STRICT_DNS}, got {self.discovery!r}")
-        if not self.gateways or not self.schedulers:
-            raise ValueError("the edge needs at least one gateway and one scheduler endpoint")
+        if not self.gateways:
+            raise ValueError("the edge needs at least one gateway endpoint")
+        if self.trusted_proxy_hops < 0:
+            raise ValueError("trusted_proxy_hops must be >= 0")
         if self.jwt_clock_skew_s < 0:
             raise ValueError("the JWT clock skew must be >= 0")
         if self.max_request_bytes < MIN_REQUEST_LIMIT_BYTES:
             raise ValueError(f"max_request_bytes must be at least {MIN_REQUEST_LIMIT_BYTES}")
-        if self.unary_timeout_s <= 0 or self.stream_idle_timeout_s <= 0 or self.health_interval_s <= 0:
+        if self.tls is not None and self.tls.port == self.listen_port and self.tls.port != 0:
+            raise ValueError(f"the TLS and plaintext listeners cannot share port {self.listen_port}")
+        timeouts = (self.unary_timeout_s, self.stream_idle_timeout_s, self.health_interval_s, self.health_watch_max_s)
+        if min(timeouts) <= 0:
             raise ValueError("timeouts and intervals must be positive")

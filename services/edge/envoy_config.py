@@ -6,11 +6,20 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from services.edge.config import STRICT_DNS, EdgeConfig, Endpoint, RateLimit
+from services.edge.config import STRICT_DNS, EdgeConfig, Endpoint, RateLimit, TlsListener
 from services.edge.filters import http_filters, local_reply_config
-from services.edge.routes import GATEWAY_CLUSTER, SCHEDULER_CLUSTER, virtual_host
+from services.edge.routes import GATEWAY_CLUSTER, virtual_host
 
-__all__ = ["GATEWAY_CLUSTER", "SCHEDULER_CLUSTER", "EdgeConfig", "Endpoint", "RateLimit", "render", "render_text"]
+__all__ = [
+    "GATEWAY_CLUSTER",
+    "EdgeConfig",
+    "Endpoint",
+    "RateLimit",
+    "TlsListener",
+    "listeners",
+    "render",
+    "render_text",
+]
 
 
 def _seconds(value: float) -> str:
@@ -87,14 +96,24 @@ def _cluster(name: str, endpoints: Sequence[Endpoint], config: EdgeConfig) -> di
     return cluster
 
 
-def _listener(config: EdgeConfig) -> dict[str, Any]:
-    manager = {
+def _client_address(config: EdgeConfig) -> dict[str, Any]:
+    """Which address is the client's, for the per-address rate limits and the x-forwarded-for sent upstream.
+
+    use_remote_address: the TCP peer, not a header. With 0 trusted hops a client-sent x-forwarded-for is
+    kept but never believed: Envoy appends the peer and takes the address from there.
+    """
+    return {"use_remote_address": True, "xff_num_trusted_hops": config.trusted_proxy_hops}
+
+
+def _http_manager(config: EdgeConfig) -> dict[str, Any]:
+    """The one HTTP pipeline both listeners share: same routes, filters and stats (prefix `edge`)."""
+    return {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
         "HttpConnectionManager",
         "stat_prefix": "edge",
         # Browsers send grpc-web over HTTP/1.1; grpcio and grpcurl speak HTTP/2.
         "codec_type": "AUTO",
-        "use_remote_address": True,
+        **_client_address(config),
         # Resolve `..` and `//` before routing, so no path escapes a route or the dashboard folder.
         "normalize_path": True,
         "merge_slashes": True,
@@ -108,13 +127,54 @@ def _listener(config: EdgeConfig) -> dict[str, Any]:
         "http_filters": http_filters(config),
         "local_reply_config": local_reply_config(),
     }
+
+
+def _http_filter_chain(config: EdgeConfig) -> dict[str, Any]:
+    return {
+        "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": _http_manager(config)}]
+    }
+
+
+def _listener(config: EdgeConfig) -> dict[str, Any]:
     return {
         "name": "edge",
         "address": {"socket_address": {"address": config.listen_address, "port_value": config.listen_port}},
-        "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
-        ],
+        "filter_chains": [_http_filter_chain(config)],
     }
+
+
+def _tls_listener(config: EdgeConfig, tls: TlsListener) -> dict[str, Any]:
+    """TLS terminated by Envoy; ALPN offers h2 (gRPC) and http/1.1 (grpc-web from browsers that pick it)."""
+    chain = _http_filter_chain(config)
+    chain["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "common_tls_context": {
+                "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+                "alpn_protocols": ["h2", "http/1.1"],
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": tls.cert_chain_path},
+                        "private_key": {"filename": tls.private_key_path},
+                    }
+                ],
+            },
+        },
+    }
+    return {
+        "name": "edge_tls",
+        "address": {"socket_address": {"address": tls.address, "port_value": tls.port}},
+        "filter_chains": [chain],
+    }
+
+
+def listeners(config: EdgeConfig) -> list[dict[str, Any]]:
+    """The plaintext listener, and the TLS one when configured. No listener routes WorkerService."""
+    found = [_listener(config)]
+    if config.tls is not None:
+        found.append(_tls_listener(config, config.tls))
+    return found
 
 
 def render(config: EdgeConfig) -> dict[str, Any]:
@@ -123,10 +183,9 @@ def render(config: EdgeConfig) -> dict[str, Any]:
         # Admin (stats, /clusters, /stats/prometheus) is never exposed beyond the machine or container.
         "admin": {"address": {"socket_address": {"address": config.admin_address, "port_value": config.admin_port}}},
         "static_resources": {
-            "listeners": [_listener(config)],
+            "listeners": listeners(config),
             "clusters": [
                 _cluster(GATEWAY_CLUSTER, config.gateways, config),
-                _cluster(SCHEDULER_CLUSTER, config.schedulers, config),
             ],
         },
     }

@@ -18,13 +18,11 @@ from services.edge.routes import (
     JWT_FILTER,
     RATE_LIMIT_FILTER,
     USER_REQUIREMENT,
-    WORKER_REQUIREMENT,
 )
 
 _EXT = "type.googleapis.com/envoy.extensions.filters.http"
 USER_PROVIDER = "user_tokens"
 RESOURCE_EXHAUSTED = 8  # grpc-status code
-WORKER_PROVIDER = "worker_tokens"
 
 
 def _provider(config: EdgeConfig, audience: str) -> dict[str, Any]:
@@ -39,20 +37,19 @@ def _provider(config: EdgeConfig, audience: str) -> dict[str, Any]:
 
 
 def jwt_authn(config: EdgeConfig) -> dict[str, Any]:
-    """Two providers (one audience each); each route names the one it needs or disables the filter.
+    """One provider (user tokens); each route names it or disables the filter.
 
     A request whose route says nothing falls back to the rule below, which demands a user token:
-    a route added without thinking about authentication is closed, not open.
+    a route added without thinking about authentication is closed, not open. The edge routes no
+    WorkerService call, so it verifies no worker token (and needs no worker key).
     """
     return {
         "@type": f"{_EXT}.jwt_authn.v3.JwtAuthentication",
         "providers": {
             USER_PROVIDER: _provider(config, config.user_audience),
-            WORKER_PROVIDER: _provider(config, config.worker_audience),
         },
         "requirement_map": {
             USER_REQUIREMENT: {"provider_name": USER_PROVIDER},
-            WORKER_REQUIREMENT: {"provider_name": WORKER_PROVIDER},
         },
         "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": USER_PROVIDER}}],
         # A preflight is answered by cors before this filter; one that got here must carry a token.

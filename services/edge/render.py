@@ -18,29 +18,49 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services.core.config import AuthConfig, ConfigError
-from services.edge.config import STRICT_DNS, EdgeConfig, Endpoint
+from services.edge.certs import SERVER_CERT_FILE, SERVER_KEY_FILE
+from services.edge.config import STRICT_DNS, AuthLimits, EdgeConfig, Endpoint, TlsListener
 from services.edge.envoy_config import render_text
 from services.edge.jwks import write_jwks
 
 COMPOSE_FILE = Path(__file__).resolve().parents[2] / "envoy" / "envoy.compose.json"
 COMPOSE_JWKS_PATH = "/etc/envoy/jwks.json"
 COMPOSE_DASHBOARD_DIR = "/srv/dashboard"
-COMPOSE_ORIGINS = ("http://localhost:8080", "http://127.0.0.1:8080")
+# Where rtask-edge-init puts the server certificate and key Envoy presents (the operator's, or generated).
+COMPOSE_TLS_DIR = "/etc/envoy/tls"
+COMPOSE_PORT = 8080
+COMPOSE_TLS_PORT = 8443
+COMPOSE_ORIGINS = (
+    "http://localhost:8080",
+    "http://127.0.0.1:8080",
+    "https://localhost:8443",
+    "https://127.0.0.1:8443",
+)
 
 
-def compose_config(origins: Sequence[str] = COMPOSE_ORIGINS) -> EdgeConfig:
-    """Service names resolved by Docker's DNS: every replica of `--scale gateway=N` is found without an edit."""
+def compose_config(origins: Sequence[str] = COMPOSE_ORIGINS, auth_limits: AuthLimits | None = None) -> EdgeConfig:
+    """Service names resolved by Docker's DNS: every replica of `--scale gateway=N` is found without an edit.
+
+    Inside its container Envoy must listen on every interface, or nothing reaches it: the compose file
+    decides what the host publishes (the TLS port; the plaintext one on the host's loopback only).
+    """
     return EdgeConfig(
-        listen_port=8080,
+        listen_port=COMPOSE_PORT,
         admin_port=9901,
         gateways=[Endpoint("gateway", 50051)],
-        schedulers=[Endpoint("scheduler", 50061)],
         jwks_path=COMPOSE_JWKS_PATH,
         discovery=STRICT_DNS,
         listen_address="0.0.0.0",
+        tls=TlsListener(
+            port=COMPOSE_TLS_PORT,
+            cert_chain_path=f"{COMPOSE_TLS_DIR}/{SERVER_CERT_FILE}",
+            private_key_path=f"{COMPOSE_TLS_DIR}/{SERVER_KEY_FILE}",
+            address="0.0.0.0",
+        ),
         admin_address="127.0.0.1",
         allowed_origins=tuple(origins),
         dashboard_dir=COMPOSE_DASHBOARD_DIR,
+        auth_limits=auth_limits or AuthLimits(),
     )
 
 
@@ -63,7 +83,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "compose":
-        text = render_text(compose_config(args.origin or COMPOSE_ORIGINS))
+        try:
+            limits = AuthLimits.from_env(os.environ)  # RTASK_LOGIN_PER_ADDRESS_*, RTASK_SIGNUP_PER_ADDRESS_*
+        except ValueError as exc:
+            print(f"bad login limits: {exc}", file=sys.stderr)
+            return 2
+        text = render_text(compose_config(args.origin or COMPOSE_ORIGINS, limits))
         if str(args.out) == "-":
             sys.stdout.write(text)
         else:

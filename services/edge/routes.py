@@ -1,11 +1,17 @@
 """The edge's route table: which cluster serves each gRPC service, who may call it, and how long a call may live.
 
+Only what users call is routed: AuthService, SchedulerService, health, and (when asked for) reflection.
+WorkerService is not: workers reach the schedulers on their own listeners, which are never published, so
+the public edge has no path to it at all (a call is UNAUTHENTICATED without a user token, UNIMPLEMENTED
+with one).
+
 Streaming methods are found in the contract's descriptors, so a new streaming RPC gets stream treatment
 (no overall timeout, an idle timeout, no replay after it reached a service) without an edit here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 from typing import Any
@@ -14,16 +20,15 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2
 
 from resilienttask.v1 import auth_pb2, scheduler_pb2
-from resilienttask.worker.v1 import worker_pb2
+from services.edge.auth_limits import auth_rate_limit
 from services.edge.config import EdgeConfig
 
 GATEWAY_CLUSTER = "gateways"
-SCHEDULER_CLUSTER = "schedulers"
 REFLECTION_PREFIX = "/grpc.reflection."  # v1alpha (what grpcurl 1.8 speaks) and v1
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 
-# jwt_authn requirement names, referenced by routes (see filters.jwt_authn).
+# The jwt_authn requirement name routes reference (see filters.jwt_authn).
 USER_REQUIREMENT = "user"
-WORKER_REQUIREMENT = "worker"
 
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
@@ -35,7 +40,7 @@ FILE_SERVER_FILTER = "envoy.filters.http.file_server"
 UNARY_RETRY_ON = "connect-failure,refused-stream,unavailable,reset-before-request"
 # A server stream is replayed only when it never reached a service. Client and bidi streams are never
 # retried: Envoy would keep a copy of their request body for as long as a retry stayed possible, and
-# their clients (workers) reconnect on their own.
+# their clients reconnect on their own.
 STREAM_RETRY_ON = "connect-failure,refused-stream,reset-before-request"
 
 
@@ -48,7 +53,6 @@ class Kind(enum.Enum):
 class Access(enum.Enum):
     PUBLIC = "public"  # no token: AuthService, health, reflection, the dashboard's files
     USER = "user"  # a user token (audience resilienttask-api)
-    WORKER = "worker"  # a worker token (audience resilienttask-workers)
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ class RouteSpec:
     access: Access
     exact: bool = False
     rate_limited: bool = False
+    # A cap on the whole life of a stream (public streams only), on top of the idle timeout.
+    max_duration_s: float | None = None
 
 
 def _service(
@@ -77,16 +83,25 @@ def _service(
     return specs
 
 
-def route_specs() -> list[RouteSpec]:
-    """Every gRPC route, most specific first. Anything else is a 404 (UNIMPLEMENTED) from Envoy itself."""
+def _health(config: EdgeConfig) -> list[RouteSpec]:
+    """Health is public: its Watch streams get a lifetime cap, so no anonymous stream lives forever."""
+    specs = _service(health_pb2.DESCRIPTOR.services_by_name["Health"], GATEWAY_CLUSTER, Access.PUBLIC)
     return [
+        dataclasses.replace(s, max_duration_s=config.health_watch_max_s) if s.path == HEALTH_WATCH else s for s in specs
+    ]
+
+
+def route_specs(config: EdgeConfig) -> list[RouteSpec]:
+    """Every gRPC route, most specific first. Anything else is a 404 (UNIMPLEMENTED) from Envoy itself."""
+    specs = [
         # Login and Signup are the only calls open to anyone, so they carry the rate limit.
         *_service(auth_pb2.DESCRIPTOR.services_by_name["AuthService"], GATEWAY_CLUSTER, Access.PUBLIC, True),
         *_service(scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"], GATEWAY_CLUSTER, Access.USER),
-        *_service(worker_pb2.DESCRIPTOR.services_by_name["WorkerService"], SCHEDULER_CLUSTER, Access.WORKER),
-        *_service(health_pb2.DESCRIPTOR.services_by_name["Health"], GATEWAY_CLUSTER, Access.PUBLIC),
-        RouteSpec(REFLECTION_PREFIX, GATEWAY_CLUSTER, Kind.BIDI_STREAM, Access.PUBLIC),
+        *_health(config),
     ]
+    if config.public_reflection:
+        specs.append(RouteSpec(REFLECTION_PREFIX, GATEWAY_CLUSTER, Kind.BIDI_STREAM, Access.PUBLIC))
+    return specs
 
 
 def _seconds(value: float) -> str:
@@ -98,25 +113,8 @@ def _jwt_per_route(access: Access) -> dict[str, Any]:
     if access is Access.PUBLIC:
         config["disabled"] = True
     else:
-        config["requirement_name"] = USER_REQUIREMENT if access is Access.USER else WORKER_REQUIREMENT
+        config["requirement_name"] = USER_REQUIREMENT
     return config
-
-
-def _rate_limit_per_route(config: EdgeConfig) -> dict[str, Any]:
-    bucket = config.auth_rate_limit
-    return {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
-        "stat_prefix": "auth_rate_limit",
-        "token_bucket": {
-            "max_tokens": bucket.max_tokens,
-            "tokens_per_fill": bucket.tokens_per_fill,
-            "fill_interval": _seconds(bucket.fill_interval_s),
-        },
-        "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
-        "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
-        # Without this a refusal is HTTP 429, which gRPC clients read as UNAVAILABLE (and would retry).
-        "rate_limited_as_resource_exhausted": True,
-    }
 
 
 def _retry_policy(retry_on: str) -> dict[str, Any]:
@@ -156,6 +154,10 @@ def _route_action(spec: RouteSpec, config: EdgeConfig) -> dict[str, Any]:
         "idle_timeout": _seconds(config.stream_idle_timeout_s),
         "max_stream_duration": {"grpc_timeout_header_max": "0s"},
     }
+    if spec.max_duration_s is not None:
+        cap = _seconds(spec.max_duration_s)
+        # The client's own deadline is honoured up to the cap; without one, the cap ends the stream.
+        action["max_stream_duration"] = {"max_stream_duration": cap, "grpc_timeout_header_max": cap}
     if spec.kind is Kind.SERVER_STREAM:
         action["retry_policy"] = _retry_policy(STREAM_RETRY_ON)
     return action
@@ -164,7 +166,7 @@ def _route_action(spec: RouteSpec, config: EdgeConfig) -> dict[str, Any]:
 def grpc_route(spec: RouteSpec, config: EdgeConfig) -> dict[str, Any]:
     per_filter: dict[str, Any] = {JWT_FILTER: _jwt_per_route(spec.access)}
     if spec.rate_limited:
-        per_filter[RATE_LIMIT_FILTER] = _rate_limit_per_route(config)
+        per_filter[RATE_LIMIT_FILTER] = auth_rate_limit(config.auth_limits)
     if spec.kind is Kind.BIDI_STREAM:
         per_filter[BUFFER_FILTER] = {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
@@ -227,7 +229,7 @@ def virtual_host(config: EdgeConfig) -> dict[str, Any]:
     return {
         "name": "resilienttask",
         "domains": ["*"],
-        "routes": [*(grpc_route(spec, config) for spec in route_specs()), dashboard_route(config)],
+        "routes": [*(grpc_route(spec, config) for spec in route_specs(config)), dashboard_route(config)],
         "typed_per_filter_config": {
             "envoy.filters.http.cors": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",

@@ -16,6 +16,7 @@ from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server
 from services.gateway.auth_interceptor import AuthInterceptor
 from services.gateway.auth_service import AuthServicer
+from services.gateway.login_limits import LoginLimitsConfig
 from services.gateway.scheduler_service import SchedulerServicer, add_scheduler_service
 from services.gateway.watch.config import WatchConfig
 from services.gateway.watch.hub import Hub
@@ -35,6 +36,7 @@ class GatewayConfig:
     redis: RedisConfig
     auth: AuthConfig
     watch: WatchConfig = field(default_factory=WatchConfig)
+    login: LoginLimitsConfig = field(default_factory=LoginLimitsConfig)
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ async def create_gateway(config: GatewayConfig) -> Gateway:
     redis: aioredis.Redis = create_redis(config.redis)
     interceptor = AuthInterceptor(config.auth, SCHEDULER_PREFIX, config.auth.audience)
     server, port, health = create_grpc_server(config.server, service_names=SERVICE_NAMES, interceptors=[interceptor])
-    auth = AuthServicer(pool, config.auth)
+    auth = AuthServicer(pool, config.auth, config.login)
     auth_pb2_grpc.add_AuthServiceServicer_to_server(auth, server)
     hub = Hub(pool, redis, config.watch)
     add_scheduler_service(SchedulerServicer(pool, redis, watch_hub=hub), server)

@@ -14,6 +14,7 @@ from services.core.errors import Unauthenticated, translate_errors
 from services.core.passwords import PasswordHasher, password_bytes
 from services.core.tokens import IssuedToken, mint_user_token
 from services.core.users import UserRecord, find_user_by_email, insert_user, normalize_email
+from services.gateway.login_limits import EmailLimiter, LoginLimitsConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,23 @@ def _expiry(issued: IssuedToken) -> Timestamp:
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
-    """Needs no token; passwords are bcrypt-hashed off the event loop and never logged or returned."""
+    """Needs no token; passwords are bcrypt-hashed off the event loop and never logged or returned.
 
-    def __init__(self, pool: asyncpg.Pool, config: AuthConfig) -> None:
+    Envoy limits both calls per client address. Here a bounded hash queue refuses what the threads cannot
+    serve soon (RESOURCE_EXHAUSTED, at once), and failed logins are limited per email. A signup of a
+    registered email answers ALREADY_EXISTS, as the contract says (there is no email verification to hide
+    it behind): probing which emails exist is slowed by the per-address signup limit at the edge, and
+    each probe costs a hash like any signup, so it also waits in (or is refused by) the same queue.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, config: AuthConfig, limits: LoginLimitsConfig | None = None) -> None:
+        limits = limits or LoginLimitsConfig()
         self._pool = pool
         self._config = config
-        self._hasher = PasswordHasher(config.bcrypt_cost)
+        self._hasher = PasswordHasher(
+            config.bcrypt_cost, threads=limits.hash_threads, max_waiting=limits.hash_queue_max
+        )
+        self._emails = EmailLimiter(limits)
 
     async def close(self) -> None:
         await self._hasher.close()
@@ -57,10 +69,16 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def Login(self, request: auth_pb2.LoginRequest, context: grpc.aio.ServicerContext) -> auth_pb2.LoginResponse:
         email = normalize_email(request.email)
         password = password_bytes(request.password)
-        user = await find_user_by_email(self._pool, email)
-        # verify() costs one bcrypt check whether or not the user exists (a dummy hash stands in).
-        matches = await self._hasher.verify(password, None if user is None else user.password_hash)
+        self._emails.take(email)
+        try:
+            user = await find_user_by_email(self._pool, email)
+            # verify() costs one bcrypt check whether or not the user exists (a dummy hash stands in).
+            matches = await self._hasher.verify(password, None if user is None else user.password_hash)
+        except BaseException:
+            self._emails.give_back(email)  # refused or interrupted: the caller learned nothing, nothing counts
+            raise
         if user is None or not matches:
             raise Unauthenticated(LOGIN_FAILED)
+        self._emails.give_back(email)
         issued = mint_user_token(self._config, str(user.id))
         return auth_pb2.LoginResponse(user=_user_message(user), access_token=issued.token, expires_at=_expiry(issued))

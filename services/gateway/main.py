@@ -10,6 +10,7 @@ from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, Server
 from services.core.logging import configure_logging
 from services.core.server import run_until_signalled
 from services.gateway.app import GatewayConfig, create_server
+from services.gateway.login_limits import LoginLimitsConfig
 from services.gateway.watch.config import WatchConfig
 
 # Allocations between two young-generation collections (Python's default is 700).
@@ -34,6 +35,7 @@ async def _serve() -> None:
         redis=RedisConfig.from_env(),
         auth=AuthConfig.from_env(),
         watch=WatchConfig.from_env(),
+        login=LoginLimitsConfig.from_env(),
     )
     service = await create_server(config)
     calm_the_collector()

@@ -78,7 +78,10 @@ def submission(request: scheduler_pb2.SubmitTaskRequest, kinds: Sequence[str]) -
         raise InvalidArgument("max_attempts", f"must be between 1 and {MAX_ATTEMPTS}")
     if request.payload.ByteSize() > MAX_PAYLOAD_BYTES:
         raise InvalidArgument("payload", f"must be at most {MAX_PAYLOAD_BYTES // 1024} KiB")
-    payload: dict[str, Any] = json_format.MessageToDict(request.payload)
+    try:
+        payload: dict[str, Any] = json_format.MessageToDict(request.payload)
+    except ValueError as exc:  # the only number JSON cannot hold: NaN and ±Infinity
+        raise InvalidArgument("payload", "numbers must be finite (NaN and Infinity have no JSON form)") from exc
     if _has_nul(payload):
         raise InvalidArgument("payload", "must not contain NUL characters")
     request_id = request.request_id or str(uuid.uuid4())

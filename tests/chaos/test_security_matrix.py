@@ -1,5 +1,6 @@
 """The security matrix, where tests/integration/test_auth.py and test_ownership.py leave gaps:
-WorkerService against every kind of bad token through Envoy, AuthService untouched by a bad token,
+WorkerService against every kind of bad token at the scheduler (the edge does not route it at all:
+tests/integration/test_edge_boundary.py), AuthService untouched by a bad token,
 SQL metacharacters stored and returned verbatim, only bcrypt hashes in the users table, and no token,
 secret or password anywhere in the logs.
 """
@@ -36,6 +37,13 @@ def channel(stack: Stack) -> Iterator[grpc.Channel]:
         yield opened
 
 
+@pytest.fixture(scope="module")
+def scheduler_channel(stack: Stack) -> Iterator[grpc.Channel]:
+    """Where workers connect: a scheduler's own port (never published)."""
+    with grpc.insecure_channel(stack.address(stack.names("scheduler")[0])) as opened:
+        yield opened
+
+
 def _code(call: Any) -> grpc.StatusCode:
     try:
         call()
@@ -44,19 +52,20 @@ def _code(call: Any) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-def _every_worker_rpc(channel: grpc.Channel, metadata: Any) -> dict[str, Any]:
+def _every_worker_rpc(channel: grpc.Channel, metadata: Any, worker_id: str = "matrix-probe") -> dict[str, Any]:
     stub = worker_pb2_grpc.WorkerServiceStub(channel)
-    hello = worker_pb2.ConnectRequest(hello=worker_pb2.WorkerHello(worker_id="matrix-probe", slots=1, kinds=["sleep"]))
+    hello = worker_pb2.ConnectRequest(hello=worker_pb2.WorkerHello(worker_id=worker_id, slots=1, kinds=["sleep"]))
     return {
         "Connect": lambda: list(stub.Connect(iter([hello]), metadata=metadata, timeout=10)),
-        "Enrol": lambda: stub.Enrol(worker_pb2.EnrolRequest(worker_id="matrix-probe"), metadata=metadata, timeout=10),
+        "Enrol": lambda: stub.Enrol(worker_pb2.EnrolRequest(worker_id=worker_id), metadata=metadata, timeout=10),
     }
 
 
-# A worker token is the one thing WorkerService accepts: every other bad token of test_auth, and a user token.
-@pytest.mark.parametrize("kind", [*(k for k in BAD_TOKENS if k != "worker-audience"), "user-token"])
-def test_every_worker_rpc_through_envoy_refuses_anything_but_a_worker_token(
-    channel: grpc.Channel, stack: Stack, kind: str
+# A worker token (signed with the worker key) is the one thing WorkerService accepts: every bad token of test_auth
+# (a worker-audience token signed with the user key among them), and a user token, are refused.
+@pytest.mark.parametrize("kind", [*BAD_TOKENS, "user-token"])
+def test_every_worker_rpc_refuses_anything_but_a_worker_token(
+    scheduler_channel: grpc.Channel, stack: Stack, kind: str
 ) -> None:
     if kind == "user-token":
         header: str | None = (
@@ -65,22 +74,26 @@ def test_every_worker_rpc_through_envoy_refuses_anything_but_a_worker_token(
     else:
         header = BAD_TOKENS[kind](stack.jwt_secret)
     metadata = () if header is None else (("authorization", header),)
-    calls = _every_worker_rpc(channel, metadata)
+    calls = _every_worker_rpc(scheduler_channel, metadata)
     assert {m.name for m in WORKER.methods} == set(calls)
     codes = {name: _code(call) for name, call in calls.items()}
     assert set(codes.values()) <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}, codes
 
 
-def test_a_worker_token_is_refused_by_envoy_and_let_through_by_the_schedulers(
-    channel: grpc.Channel, stack: Stack
+def test_a_worker_token_is_let_through_by_the_scheduler_but_not_by_envoy(
+    channel: grpc.Channel, scheduler_channel: grpc.Channel, stack: Stack
 ) -> None:
-    """Envoy holds the user key only, so a worker token (worker key) opens nothing there; the schedulers take it."""
-    token = mint_worker_token(stack.worker_keys(), "matrix-probe").token
-    metadata = (("authorization", f"Bearer {token}"),)
-    at_edge = {name: _code(call) for name, call in _every_worker_rpc(channel, metadata).items()}
-    assert at_edge == dict.fromkeys(at_edge, grpc.StatusCode.UNAUTHENTICATED)
-    with grpc.insecure_channel(stack.address(stack.names("scheduler")[0])) as scheduler:
-        assert _code(_every_worker_rpc(scheduler, metadata)["Connect"]) == grpc.StatusCode.OK
+    worker_id = f"matrix-probe-{uuid.uuid4().hex[:8]}"
+    enrolled = worker_pb2_grpc.WorkerServiceStub(scheduler_channel).Enrol(
+        worker_pb2.EnrolRequest(worker_id=worker_id),
+        metadata=(("authorization", f"Bearer {stack.enrolment_secret.decode()}"),),
+        timeout=10,
+    )
+    metadata = (("authorization", f"Bearer {enrolled.token}"),)
+    codes = {name: _code(call) for name, call in _every_worker_rpc(scheduler_channel, metadata, worker_id).items()}
+    assert codes == dict.fromkeys(codes, grpc.StatusCode.OK)
+    at_the_edge = {name: _code(call) for name, call in _every_worker_rpc(channel, metadata, worker_id).items()}
+    assert at_the_edge == dict.fromkeys(at_the_edge, grpc.StatusCode.UNAUTHENTICATED)
 
 
 @pytest.mark.parametrize("kind", ["garbage", "alg-none", "wrong-key", "expired-an-hour-ago"])

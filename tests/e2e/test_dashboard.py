@@ -224,6 +224,38 @@ async def test_cancel_retry_and_delete_from_the_row(page: Page, stack: Stack) ->
         await cancel_unfinished(page, stack)
 
 
+async def test_details_fetch_payload_and_result_on_demand(page: Page, stack: Stack) -> None:
+    """The live stream carries summaries; a task's payload, result and whole error come from GetTask."""
+    log = NetworkLog().attach(page)
+    await sign_up(page)
+    async with scheduler_as(stack, await session_token(page)) as (stub, metadata):
+        request = scheduler_pb2.SubmitTaskRequest(name="with-details", max_attempts=1)
+        request.payload.update({"image": "cat.png", "sizes": [64, 128]})
+        request.workload.FromMilliseconds(1500)
+        await stub.SubmitTask(request, metadata=metadata, timeout=10)
+    row = rows(page, "with-details")
+    await expect(row).to_have_attribute("data-status", "RUNNING")
+    assert not log.named("GetTask"), "nothing is fetched before the details are asked for"
+
+    await page.get_by_role("button", name="with-details #1 details").click()
+    dialog = page.get_by_role("dialog", name="with-details #1")
+    await expect(dialog.locator("[data-field=payload]")).to_contain_text('"cat.png"')
+    # The dialog follows the task: once the stream says it finished, the result is fetched.
+    await expect(dialog.locator("[data-field=result]")).to_contain_text('"slept_s": 1.5', timeout=30_000)
+    await expect(dialog).to_contain_text("Succeeded")
+    assert len(log.named("GetTask")) >= 2
+    await dialog.get_by_role("button", name="Close").click()
+    await expect(dialog).to_be_hidden()
+
+    # A failed task: its error in full, and no result.
+    await submit(page, "long-error", kind="fail", workload_s="0", max_attempts=1)
+    await expect(rows(page, "long-error", "FAILED")).to_have_count(1)
+    await page.get_by_role("button", name="long-error #1 details").click()
+    failed = page.get_by_role("dialog", name="long-error #1")
+    await expect(failed.locator(".details-error")).to_contain_text("simulated failure of attempt 1")
+    await expect(failed.locator("[data-field=result]")).to_have_text("—")
+
+
 async def test_clear_history_empties_the_finished_rows(page: Page, stack: Stack) -> None:
     await sign_up(page)
     try:

@@ -300,8 +300,8 @@ def test_up_worker_and_down_on_a_separate_stack(anon: Rtask, tmp_path: Path) -> 
     port = free_port()
     common = ["--data-dir", str(data_dir)]
     up = anon.run(
-        "up", *common, "--detach", "--port", str(port), "--admin-port", str(free_port()), "--gateways", "1",
-        "--workers", "0",
+        "up", *common, "--detach", "--port", str(port), "--tls-port", str(free_port()), "--admin-port",
+        str(free_port()), "--gateways", "1", "--workers", "0",
     )  # fmt: skip
     assert f"127.0.0.1:{port}" in up.stdout
     own = Rtask({**anon.env, "RTASK_SERVER": f"127.0.0.1:{port}"})
@@ -318,7 +318,7 @@ def test_up_worker_and_down_on_a_separate_stack(anon: Rtask, tmp_path: Path) -> 
 
 
 def _serve_example_handlers(own: Rtask, data_dir: Path) -> None:
-    """`rtask worker --import text_tasks` finds the stack's Redis and secret in its data folder."""
+    """`rtask worker --import text_tasks` finds the stack's schedulers, Redis and secret in its data folder."""
     examples = REPO / "examples"
     assert "cannot find module" in own.run("worker", "--import", "no_such_module", cwd=examples, code=2).stderr
     own.run("signup", "--email", unique_email("cli-worker"), "--password", PASSWORD)

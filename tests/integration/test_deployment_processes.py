@@ -1,13 +1,15 @@
 """The container deployment's processes, run here as plain processes with the compose file's commands.
 
 Several replicas started at once against a fresh database (what `docker compose up` does) migrate it exactly
-once and all come up; the compose edge starts from what rtask-edge-init writes and passes its health probe.
+once and all come up; the compose edge starts from what rtask-edge-init writes and passes its health probe;
+Valkey, started with the compose file's ACL options, lets in the users rtask-redis-init wrote and nobody else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -20,10 +22,15 @@ from typing import Any
 
 import asyncpg
 import pytest
+import redis
+from redis.exceptions import AuthenticationError
 
+from services.core import redis_acl
 from services.core.db import load_migrations
+from services.deploy import redis_init
 from services.edge.launch import envoy_binary
-from services.edge.render import COMPOSE_DASHBOARD_DIR, COMPOSE_FILE, COMPOSE_JWKS_PATH
+from services.edge.render import COMPOSE_DASHBOARD_DIR, COMPOSE_FILE, COMPOSE_JWKS_PATH, COMPOSE_TLS_DIR
+from services.stack.embedded import valkey_process, wait_for_port
 from services.stack.ports import free_port
 from services.stack.processes import ManagedProcess
 from tests.conftest import TEST_BCRYPT_COST, Stores
@@ -84,7 +91,8 @@ async def test_replicas_starting_at_once_migrate_a_fresh_database_exactly_once(
         env = {
             "PATH": str(BIN),
             "DATABASE_URL": fresh_database,
-            "REDIS_URL": stores.redis_url,
+            # The services' own Redis login, as compose gives it: a URL naming the user, the password in a file.
+            **stores.redis_access.services.env(),
             # The secret files the compose service of this role mounts.
             **{k: v for k, v in secret_files.items() if k in compose[role]["environment"]},
             "RTASK_HOST": "127.0.0.1",
@@ -120,15 +128,17 @@ async def test_replicas_starting_at_once_migrate_a_fresh_database_exactly_once(
     assert [r["name"] for r in rows] == expected
 
 
-def _local_edge_config(tmp_path: Path, listen_port: int, admin_port: int) -> Path:
+def _local_edge_config(tmp_path: Path, listen_port: int, tls_port: int, admin_port: int) -> Path:
     """The committed compose config with its container paths and ports moved to this machine's."""
     text = COMPOSE_FILE.read_text()
     text = text.replace(COMPOSE_JWKS_PATH, str(tmp_path / "etc-envoy" / "jwks.json"))
+    text = text.replace(COMPOSE_TLS_DIR, str(tmp_path / "etc-envoy" / "tls"))
     text = text.replace(COMPOSE_DASHBOARD_DIR, str(tmp_path / "srv-dashboard"))
     config = json.loads(text)
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
-    listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]
-    listener.update(address="127.0.0.1", port_value=listen_port)
+    plain, tls = config["static_resources"]["listeners"]
+    plain["address"]["socket_address"].update(address="127.0.0.1", port_value=listen_port)
+    tls["address"]["socket_address"].update(address="127.0.0.1", port_value=tls_port)
     path = tmp_path / "envoy.json"
     path.write_text(json.dumps(config))
     return path
@@ -159,14 +169,16 @@ def test_the_compose_edge_starts_from_what_edge_init_writes(tmp_path: Path) -> N
     init = compose["edge-init"]["command"]
     argv = [str(BIN / init[0]), *init[1:-1], str(build)]
     argv += ["--jwks", str(tmp_path / "etc-envoy" / "jwks.json"), "--dashboard-dir", str(served)]
+    argv += ["--tls-dir", str(tmp_path / "etc-envoy" / "tls"), "--tls-from", str(tmp_path / "operator-tls")]
+    argv += ["--ca-dir", str(tmp_path / "edge-ca")]
     env = {"RTASK_JWT_SECRET_FILE": str(tmp_path / "jwt_secret")}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
 
-    listen_port, admin_port = free_port(), free_port()
+    listen_port, tls_port, admin_port = free_port(), free_port(), free_port()
     command = compose["envoy"]["command"]
     config_in_container = command[command.index("-c") + 1]
-    config = _local_edge_config(tmp_path, listen_port, admin_port)
+    config = _local_edge_config(tmp_path, listen_port, tls_port, admin_port)
     argv = [envoy_binary(), *(str(config) if arg == config_in_container else arg for arg in command[1:])]
     envoy = ManagedProcess("envoy", argv, log_dir=tmp_path)
     # Envoy's health probe from the compose file, aimed at this Envoy's admin port.
@@ -177,6 +189,39 @@ def test_the_compose_edge_starts_from_what_edge_init_writes(tmp_path: Path) -> N
         wait_until(lambda: _passes(probe), timeout_s=30, interval_s=0.1, message="Envoy's probe passes")
         assert _get(f"http://127.0.0.1:{listen_port}/") == (200, b"<title>ResilientTask</title>")
         assert _get(f"http://127.0.0.1:{listen_port}/stale.js")[0] == 404
+        # TLS with the certificate edge-init issued, trusted through the CA it published beside it.
+        trusting = ssl.create_default_context(cafile=str(tmp_path / "etc-envoy" / "tls" / "ca.pem"))
+        with urllib.request.urlopen(f"https://localhost:{tls_port}/", timeout=5, context=trusting) as reply:
+            assert (reply.status, reply.read()) == (200, b"<title>ResilientTask</title>")
     finally:
         envoy.stop(grace_s=10)
     assert not _passes(probe), "the probe fails once Envoy is gone"
+
+
+def test_the_compose_valkey_admits_exactly_the_users_redis_init_writes(tmp_path: Path) -> None:
+    compose = load_compose()["services"]
+    secrets_dir = tmp_path / "run-secrets"
+    secrets_dir.mkdir()
+    passwords = {role: f"{role}-{uuid.uuid4().hex}" for role in redis_acl.ROLES}
+    for role, password in passwords.items():
+        (secrets_dir / redis_init.secret_name(role)).write_text(password)
+    acl_file = tmp_path / "etc-rtask-redis" / "users.acl"
+    init = [str(BIN / compose["redis-init"]["command"][0]), "--acl-file", str(acl_file)]
+    done = subprocess.run([*init, "--secrets-dir", str(secrets_dir)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    command = compose["redis"]["command"]
+    assert command[command.index("--aclfile") + 1] == redis_init.COMPOSE_ACL_FILE
+    port = free_port()
+    valkey = valkey_process(tmp_path, port, log_dir=tmp_path, echo=None, acl_file=acl_file, maxmemory_mb=16)
+    valkey.start()
+    try:
+        wait_for_port(valkey, port)
+        for name in ("gateway", "worker"):
+            url = compose[name]["environment"]["REDIS_URL"].replace("@redis:6379", f"@127.0.0.1:{port}")
+            role = redis_acl.WORKER if name == "worker" else redis_acl.SERVICES
+            with redis.Redis.from_url(url, password=passwords[role]) as client:
+                assert client.ping()
+        with redis.Redis(host="127.0.0.1", port=port) as intruder, pytest.raises(AuthenticationError):
+            intruder.ping()
+    finally:
+        valkey.stop()

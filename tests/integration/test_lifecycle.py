@@ -281,6 +281,18 @@ async def test_oversized_payload_is_refused(user: UserTasks) -> None:
     assert refused.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+async def test_non_finite_payload_numbers_are_invalid_and_store_nothing(user: UserTasks, number: float) -> None:
+    request = scheduler_pb2.SubmitTaskRequest(name="nan", kind="sleep")
+    request.payload.update({"ok": 1, "nested": {"list": [0.5, number]}})
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await user.stub.SubmitTask(request, metadata=user.account.metadata)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().startswith("payload") and "finite" in refused.value.details()
+    listed = await user.stub.ListTasks(scheduler_pb2.ListTasksRequest(), metadata=user.account.metadata)
+    assert not listed.tasks
+
+
 async def test_unknown_kind_error_lists_the_kinds(user: UserTasks) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await user.submit("nope")

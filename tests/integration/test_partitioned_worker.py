@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 import redis.asyncio as aioredis
@@ -105,8 +105,8 @@ async def _value(value: Any) -> Any:
 @pytest.fixture
 async def pair(isolated: Isolated) -> AsyncIterator[Pair]:
     kwargs = isolated.redis.connection_pool.connection_kwargs
-    password = kwargs.get("password")
-    auth = f":{password}@" if password else ""
+    username, password = kwargs.get("username") or "", kwargs.get("password")
+    auth = f"{quote(username, safe='')}:{quote(password, safe='')}@" if password else ""
     redis_url = f"redis://{auth}{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
     await ensure_dispatch_groups(isolated.redis, [interval_handler.KIND])
     port = int(isolated.address.rsplit(":", 1)[1])

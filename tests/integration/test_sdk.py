@@ -94,6 +94,10 @@ def test_submit_with_every_field_is_idempotent_and_waits(client: Client) -> None
         assert task.progress == 1.0 and task.finished_at is not None and task.attempt == 1
         assert task.result == {"slept_s": 0.2}
     assert client.get(first.id) == done[0]
+    # Watch events carry summaries; wait() returns the whole tasks (a batch by ListTasks, one task by GetTask).
+    assert all(t.payload == {"image": "cat.png", "sizes": [64, 128]} and not t.summary for t in done)
+    (single,) = client.wait(client.submit("single", workload=FAST, payload={"n": 2}), timeout=60)
+    assert (single.result, single.payload, single.summary) == ({"slept_s": 0.2}, {"n": 2}, False)
 
 
 def test_list_iterates_over_pages_and_filters(client: Client) -> None:
@@ -288,6 +292,7 @@ async def test_async_client_covers_every_call(aclient: AsyncClient) -> None:
     assert (await aclient.get(tasks[0].id)).id == tasks[0].id
     done = await aclient.wait(tasks, timeout=60)
     assert all(t.succeeded for t in done)
+    assert all(t.result == {"slept_s": 0.2} and t.payload == {"n": 1} and not t.summary for t in done)
     assert sorted([t.id async for t in aclient.list(page_size=1)]) == sorted(t.id for t in tasks)
 
     (long,) = await aclient.submit("long", workload=LONG)
@@ -304,6 +309,8 @@ async def test_async_client_covers_every_call(aclient: AsyncClient) -> None:
     with pytest.raises(resilienttask.NotFound):
         await aclient.get(tasks[0].id)
     assert await aclient.clear_history() == 4
+    (single,) = await aclient.wait(await aclient.submit("single", workload=FAST), timeout=60)
+    assert single.result == {"slept_s": 0.2} and not single.summary
     assert (await aclient.stats()).active == 0
     assert len(await aclient.workers()) >= 3
     assert "sleep" in await aclient.kinds()

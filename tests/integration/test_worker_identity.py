@@ -95,7 +95,11 @@ async def test_a_workers_credentials_open_no_user_call(stack: Stack, edge: grpc.
 async def test_a_handler_process_sees_no_secret_and_cannot_read_one(stack: Stack, edge: grpc.aio.Channel) -> None:
     account = await signup(edge, "probe")
     stub = scheduler_pb2_grpc.SchedulerServiceStub(edge)
-    secret_files = [str(p) for p in (stack.secret_file, stack.worker_key_file, stack.enrolment_file)]
+    redis_logins = [stack.redis_env(role) for role in ("services", "worker")]
+    password_files = [
+        login["RTASK_REDIS_PASSWORD_FILE"] for login in redis_logins if "RTASK_REDIS_PASSWORD_FILE" in login
+    ]
+    secret_files = [str(p) for p in (stack.secret_file, stack.worker_key_file, stack.enrolment_file)] + password_files
     request = scheduler_pb2.SubmitTaskRequest(name="probe", kind=probe_handler.KIND)
     request.payload.update({"paths": secret_files})
     (task,) = (await stub.SubmitTask(request, metadata=account.metadata)).tasks
@@ -108,7 +112,8 @@ async def test_a_handler_process_sees_no_secret_and_cannot_read_one(stack: Stack
     environment: dict[str, str] = seen["environment"]
     leaked = [k for k in environment if "SECRET" in k or "KEY" in k or k in ("REDIS_URL", "DATABASE_URL")]
     assert leaked == [], f"the handler saw {leaked}"
-    assert not any(stack.redis_url in value or stack.database_url in value for value in environment.values())
+    addresses = [stack.database_url, *(login["REDIS_URL"] for login in redis_logins)]
+    assert not [v for v in environment.values() if any(address in v for address in addresses)]
     assert seen["sockets"] == [], "no socket of the worker is inherited"
     if os.geteuid() == 0:
         # The worker runs as root (as in CI): the handler runs as another, unprivileged user.

@@ -9,6 +9,7 @@ Dockerfile copies only what exists; the secrets stay out of git and out of the b
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import dockerfile
 import grpc
@@ -29,9 +31,12 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ruamel.yaml import YAML
 
-from services.deploy import edge_init, healthcheck
+from services.core import redis_acl
+from services.deploy import edge_init, healthcheck, redis_init
+from services.edge.certs import CA_CERT_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
 from services.edge.launch import envoy_argv, envoy_binary
-from services.edge.render import COMPOSE_DASHBOARD_DIR, COMPOSE_FILE, COMPOSE_JWKS_PATH
+from services.edge.render import COMPOSE_DASHBOARD_DIR, COMPOSE_FILE, COMPOSE_JWKS_PATH, COMPOSE_TLS_DIR
+from services.stack.embedded import MAXMEMORY_POLICY
 from services.stack.stack import Stack, StackConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,19 +44,25 @@ COMPOSE_PATH = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
 OUR_SERVICES = ("gateway", "scheduler", "worker")  # long-running services of our image
-SECRETS = ("POSTGRES_PASSWORD", "RTASK_JWT_SECRET", "RTASK_WORKER_KEY", "RTASK_WORKER_ENROLMENT_SECRET")
-# The secret files each service of our image mounts, and nothing more: the user key for the gateways and the
-# edge, the worker key and the enrolment secret for the schedulers, only the enrolment secret for workers.
-ROLE_SECRETS = {
-    "edge-init": {"jwt_secret": "RTASK_JWT_SECRET_FILE"},
-    "gateway": {"jwt_secret": "RTASK_JWT_SECRET_FILE"},
-    "scheduler": {
-        "worker_key": "RTASK_WORKER_KEY_FILE",
-        "worker_enrolment_secret": "RTASK_WORKER_ENROLMENT_SECRET_FILE",
-    },
-    "worker": {"worker_enrolment_secret": "RTASK_WORKER_ENROLMENT_SECRET_FILE"},
+SECRETS = (
+    "POSTGRES_PASSWORD",
+    "RTASK_JWT_SECRET",
+    "RTASK_WORKER_KEY",
+    "RTASK_WORKER_ENROLMENT_SECRET",
+    "REDIS_SERVICES_PASSWORD",
+    "REDIS_WORKER_PASSWORD",
+    "REDIS_ADMIN_PASSWORD",
+)
+# The secrets each container of our image gets: every one only what its process reads. The user key goes to
+# the gateways and the edge, the worker key and the enrolment secret to the schedulers, only the enrolment
+# secret to workers.
+SECRETS_OF = {
+    "gateway": {"jwt_secret", "redis_services_password"},
+    "scheduler": {"worker_key", "worker_enrolment_secret", "redis_services_password"},
+    "worker": {"worker_enrolment_secret", "redis_worker_password"},
+    "edge-init": {"jwt_secret"},
+    "redis-init": {"redis_services_password", "redis_worker_password", "redis_admin_password"},
 }
-SECRET_FILE_VARIABLES = {variable for role in ROLE_SECRETS.values() for variable in role.values()}
 # Set by the launcher for its own bookkeeping, not configuration a deployment chooses.
 LAUNCHER_ONLY = {
     "RTASK_INSTANCE",  # names the process in the launcher's merged log; compose prefixes logs with the container
@@ -190,7 +201,8 @@ def test_services_listen_where_envoy_and_their_probes_look() -> None:
         return address["address"], address["port_value"]
 
     assert upstream("gateways") == ("gateway", int(services["gateway"]["environment"]["RTASK_PORT"]))
-    assert upstream("schedulers") == ("scheduler", int(services["scheduler"]["environment"]["RTASK_PORT"]))
+    # Workers reach the schedulers directly; the edge has no way to them.
+    assert set(clusters) == {"gateways"}
     for role in OUR_SERVICES:
         env = services[role]["environment"]
         assert env["RTASK_HOST"] == "0.0.0.0", "inside a container only 0.0.0.0 is reachable from outside"
@@ -247,6 +259,12 @@ def test_edge_init_writes_exactly_what_envoy_reads() -> None:
         # Seeded from our image (owned by its user), never from Envoy's.
         assert not init[folder]["nocopy"] and envoy[folder]["nocopy"]
     assert services["edge-init"]["command"][:2] == ["rtask-edge-init", "--dashboard-from"]
+    # The development CA (and its key) lives in a volume only edge-init mounts; an operator's own certificate
+    # comes in read-only.
+    assert init[edge_init.COMPOSE_CA_DIR]["source"] == "edge_ca"
+    assert "edge_ca" not in {m["source"] for m in envoy.values()}
+    assert init[edge_init.COMPOSE_TLS_FROM]["read_only"]
+    assert PurePosixPath(COMPOSE_TLS_DIR).parent == PurePosixPath(keys)
     # The JWKS is its writer's alone: Envoy must run as that same user.
     assert services["envoy"]["user"] == image_user()
     assert services["envoy"]["depends_on"]["edge-init"] == {"condition": "service_completed_successfully"}
@@ -255,7 +273,11 @@ def test_edge_init_writes_exactly_what_envoy_reads() -> None:
 def test_only_envoy_publishes_a_port() -> None:
     services = load_compose()["services"]
     assert {name for name, spec in services.items() if "ports" in spec} == {"envoy"}
-    assert services["envoy"]["ports"] == ["${RTASK_EDGE_PORT:-8080}:8080"]
+    # TLS for everyone; plaintext on the host's loopback only.
+    assert services["envoy"]["ports"] == [
+        "${RTASK_EDGE_TLS_PORT:-8443}:8443",
+        "127.0.0.1:${RTASK_EDGE_PORT:-8080}:8080",
+    ]
 
 
 # ---- the rest of the list ---------------------------------------------------------------------------
@@ -265,7 +287,7 @@ def test_every_service_is_health_checked_restarted_and_started_in_order() -> Non
     compose = load_compose()
     services = compose["services"]
     one_shot = {name for name, spec in services.items() if spec.get("restart") == "no"}
-    assert one_shot == {"edge-init"}
+    assert one_shot == {"edge-init", "redis-init"}
     for name, spec in services.items():
         if name not in one_shot:
             assert spec["restart"] == "unless-stopped", name
@@ -328,16 +350,23 @@ def test_the_secrets_stay_out_of_git_and_out_of_the_build_context() -> None:
     ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=ROOT)
     assert ignored.returncode == 0, ".env must be git-ignored"
     assert ".env" in (ROOT / ".dockerignore").read_text().split()
-    # Secrets reach services as files (as in the local stack), never as plain variables, and each service
-    # gets the secrets of its role only.
+    # Token secrets reach services as files (as in the local stack), never as plain variables, and each
+    # service names the files of its own secrets only.
     services = load_compose()["services"]
+    token_files = {
+        "jwt_secret": "RTASK_JWT_SECRET_FILE",
+        "worker_key": "RTASK_WORKER_KEY_FILE",
+        "worker_enrolment_secret": "RTASK_WORKER_ENROLMENT_SECRET_FILE",
+    }
     for name, spec in our_image(load_compose()).items():
         environment = spec.get("environment", {})
         assert not set(SECRETS) & set(environment), name
-        assert sorted(spec["secrets"]) == sorted(ROLE_SECRETS[name]), name
-        for secret, variable in ROLE_SECRETS[name].items():
-            assert environment[variable] == f"/run/secrets/{secret}", name
-        assert not (SECRET_FILE_VARIABLES - set(ROLE_SECRETS[name].values())) & set(environment), name
+        assert set(spec["secrets"]) == SECRETS_OF[name], name
+        for secret, variable in token_files.items():
+            if secret in SECRETS_OF[name]:
+                assert environment[variable] == f"/run/secrets/{secret}", name
+            else:
+                assert variable not in environment, name
     assert "POSTGRES_PASSWORD" in services["postgres"]["environment"]
 
 
@@ -465,6 +494,12 @@ def test_edge_init_writes_the_jwks_and_replaces_the_dashboard(tmp_path: Path, mo
         str(build),
         "--dashboard-dir",
         str(served),
+        "--tls-dir",
+        str(tmp_path / "keys" / "tls"),
+        "--tls-from",
+        str(tmp_path / "operator"),
+        "--ca-dir",
+        str(tmp_path / "ca"),
     ]
     assert edge_init.main(argv) == 0
     jwks = json.loads((tmp_path / "keys" / "jwks.json").read_text())
@@ -490,3 +525,90 @@ def test_edge_init_refuses_a_missing_or_short_secret(tmp_path: Path, monkeypatch
     monkeypatch.setenv("RTASK_JWT_SECRET_FILE", str(tmp_path / "short"))
     assert edge_init.main(["--jwks", str(jwks)]) == 2
     assert not jwks.exists()
+
+
+# ---- Redis access control -----------------------------------------------------------------------------------
+
+
+def test_each_role_logs_in_to_redis_as_its_own_user_with_a_password_file_it_alone_gets() -> None:
+    services = load_compose()["services"]
+    users = {role: redis_acl.USERS[role].name for role in redis_acl.ROLES}
+    for name, role in (
+        ("gateway", redis_acl.SERVICES),
+        ("scheduler", redis_acl.SERVICES),
+        ("worker", redis_acl.WORKER),
+    ):
+        env = services[name]["environment"]
+        url = urlsplit(env["REDIS_URL"])
+        assert (url.username, url.password, url.hostname) == (users[role], None, "redis"), name
+        secret = redis_init.secret_name(role)
+        assert env["RTASK_REDIS_PASSWORD_FILE"] == f"/run/secrets/{secret}", name
+        assert secret in services[name]["secrets"], name
+    # The Valkey container holds the operator's password only, for its probe (never on a command line).
+    assert services["redis"]["secrets"] == [redis_init.secret_name(redis_acl.ADMIN)]
+    probe = " ".join(services["redis"]["healthcheck"]["test"])
+    assert f"--user {users[redis_acl.ADMIN]}" in probe and "REDISCLI_AUTH=" in probe and " -a " not in probe
+
+
+def test_valkey_loads_the_acl_file_redis_init_writes_and_never_evicts() -> None:
+    services = load_compose()["services"]
+    command = services["redis"]["command"]
+    assert command[command.index("--aclfile") + 1] == redis_init.COMPOSE_ACL_FILE
+    assert command[command.index("--maxmemory-policy") + 1] == MAXMEMORY_POLICY == "noeviction"
+    assert command[command.index("--maxmemory") + 1] == "${RTASK_REDIS_MAXMEMORY:-1gb}"
+    assert "--protected-mode" not in command and "--requirepass" not in command
+    folder = str(PurePosixPath(redis_init.COMPOSE_ACL_FILE).parent)
+    init, redis = _mounts(services["redis-init"]), _mounts(services["redis"])
+    assert init[folder]["source"] == redis[folder]["source"]
+    assert not init[folder]["read_only"] and redis[folder]["read_only"] and redis[folder]["nocopy"]
+    assert services["redis-init"]["command"] == ["rtask-redis-init"]
+    assert services["redis"]["depends_on"]["redis-init"] == {"condition": "service_completed_successfully"}
+
+
+def test_redis_init_writes_password_hashes_and_refuses_missing_or_short_passwords(tmp_path: Path) -> None:
+    secrets_dir, acl = tmp_path / "secrets", tmp_path / "acl" / "users.acl"
+    secrets_dir.mkdir()
+    passwords = {role: f"{role}-password-0123456789" for role in redis_acl.ROLES}
+    for role in redis_acl.ROLES[:-1]:
+        (secrets_dir / redis_init.secret_name(role)).write_text(passwords[role] + "\n")
+    argv = ["--acl-file", str(acl), "--secrets-dir", str(secrets_dir)]
+    assert redis_init.main(argv) == 2 and not acl.exists(), "a missing password writes nothing"
+    (secrets_dir / redis_init.secret_name(redis_acl.ADMIN)).write_text("short")
+    assert redis_init.main(argv) == 2 and not acl.exists(), "a short password writes nothing"
+    (secrets_dir / redis_init.secret_name(redis_acl.ADMIN)).write_text(passwords[redis_acl.ADMIN])
+    assert redis_init.main(argv) == 0
+    text = acl.read_text()
+    assert text.splitlines()[0] == "user default reset off"
+    for password in passwords.values():
+        assert password not in text
+        assert f"#{hashlib.sha256(password.encode()).hexdigest()}" in text
+    assert acl.stat().st_mode & 0o777 == 0o644, "Valkey runs as another user; the file holds hashes only"
+
+
+def test_edge_init_installs_a_generated_certificate_or_the_operators(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    target, ca_dir, supplied = tmp_path / "tls", tmp_path / "ca", tmp_path / "operator"
+    said = edge_init.install_tls(supplied, ca_dir, target)
+    assert "development certificate" in said
+    assert sorted(p.name for p in target.iterdir()) == sorted([CA_CERT_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE])
+    assert (target / SERVER_KEY_FILE).stat().st_mode & 0o777 == 0o600
+    assert not (target / "ca.key").exists(), "the CA's key stays in its own volume"
+    assert (ca_dir / "ca.key").stat().st_mode & 0o777 == 0o600
+    cert = x509.load_pem_x509_certificate((target / SERVER_CERT_FILE).read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"localhost", "envoy"} <= set(names.get_values_for_type(x509.DNSName))
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    # A later start keeps the same CA, so clients configured once keep working.
+    ca_before = (target / CA_CERT_FILE).read_bytes()
+    edge_init.install_tls(supplied, ca_dir, target)
+    assert (target / CA_CERT_FILE).read_bytes() == ca_before
+
+    supplied.mkdir()
+    (supplied / SERVER_CERT_FILE).write_text("operator chain")
+    (supplied / SERVER_KEY_FILE).write_text("operator key")
+    assert "supplied" in edge_init.install_tls(supplied, ca_dir, target)
+    assert (target / SERVER_CERT_FILE).read_text() == "operator chain"
+    assert (target / SERVER_KEY_FILE).read_text() == "operator key"
+    assert (target / SERVER_KEY_FILE).stat().st_mode & 0o777 == 0o600
+    assert not (target / CA_CERT_FILE).exists(), "no development CA to trust for an operator's certificate"

@@ -10,12 +10,14 @@ import jwt
 import pytest
 
 from services.core.config import AuthConfig
-from services.core.tokens import WORKER_AUDIENCE, mint_user_token, verify_token
-from services.edge.config import STRICT_DNS, EdgeConfig, Endpoint, RateLimit
+from services.core.tokens import mint_user_token, verify_token
+from services.edge.auth_limits import ADDRESS_KEY
+from services.edge.certs import ensure_dev_tls
+from services.edge.config import STRICT_DNS, AuthLimits, EdgeConfig, Endpoint, RateLimit, TlsListener
 from services.edge.envoy_config import render, render_text
 from services.edge.jwks import jwks_document, write_jwks
 from services.edge.launch import validate
-from services.edge.render import COMPOSE_FILE, COMPOSE_JWKS_PATH, compose_config, main
+from services.edge.render import COMPOSE_FILE, COMPOSE_JWKS_PATH, COMPOSE_TLS_DIR, compose_config, main
 
 SECRET = b"s" * 48
 
@@ -46,7 +48,6 @@ def local_config(tmp_path: Path, **overrides: Any) -> EdgeConfig:
         "listen_port": 18080,
         "admin_port": 19901,
         "gateways": [Endpoint("127.0.0.1", 50051), Endpoint("127.0.0.1", 50052)],
-        "schedulers": [Endpoint("127.0.0.1", 50061)],
         "jwks_path": str(tmp_path / "jwks.json"),
         "allowed_origins": ("http://localhost:8080",),
         **overrides,
@@ -75,11 +76,18 @@ def _routes(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return by_path
 
 
+def tls_listener(tmp_path: Path, address: str = "127.0.0.1") -> TlsListener:
+    files = ensure_dev_tls(tmp_path / "tls")
+    return TlsListener(18443, str(files.server_cert), str(files.server_key), address)
+
+
 @pytest.mark.parametrize("dashboard", [True, False])
-def test_the_local_variant_validates(tmp_path: Path, dashboard: bool) -> None:
+@pytest.mark.parametrize("tls", [True, False])
+def test_the_local_variant_validates(tmp_path: Path, dashboard: bool, tls: bool) -> None:
     folder = tmp_path / "dist"
     folder.mkdir()
-    config = local_config(tmp_path, dashboard_dir=str(folder) if dashboard else None)
+    listener = tls_listener(tmp_path) if tls else None
+    config = local_config(tmp_path, dashboard_dir=str(folder) if dashboard else None, tls=listener)
     write_jwks(Path(config.jwks_path), SECRET)
     _validate_text(render_text(config), tmp_path)
 
@@ -87,21 +95,65 @@ def test_the_local_variant_validates(tmp_path: Path, dashboard: bool) -> None:
 def test_the_committed_compose_variant_is_fresh_and_validates(tmp_path: Path) -> None:
     committed = COMPOSE_FILE.read_text()
     assert committed == render_text(compose_config()), "stale: run `python -m services.edge.render compose`"
-    # Validation opens the JWKS it names; the container writes it at start-up, so stand one in here.
+    # Validation opens the JWKS and the certificate it names; the container writes them at start-up, so
+    # stand them in here.
     jwks = write_jwks(tmp_path / "jwks.json", SECRET)
-    _validate_text(committed.replace(COMPOSE_JWKS_PATH, str(jwks)), tmp_path)
+    tls = ensure_dev_tls(tmp_path / "tls").server_cert.parent
+    _validate_text(committed.replace(COMPOSE_JWKS_PATH, str(jwks)).replace(COMPOSE_TLS_DIR, str(tls)), tmp_path)
+
+
+def _bound(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {listener["name"]: listener["address"]["socket_address"] for listener in _listeners(config)}
+
+
+def _listeners(config: dict[str, Any]) -> list[dict[str, Any]]:
+    return config["static_resources"]["listeners"]  # type: ignore[no-any-return]
 
 
 def test_the_compose_variant_finds_replicas_by_name_and_keeps_admin_private() -> None:
     config = json.loads(COMPOSE_FILE.read_text())
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
-    for name, host, port in [("gateways", "gateway", 50051), ("schedulers", "scheduler", 50061)]:
-        assert clusters[name]["type"] == STRICT_DNS
-        endpoint = clusters[name]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-        assert endpoint["address"]["socket_address"] == {"address": host, "port_value": port}
+    # The edge has no way to the schedulers: only the gateways are upstreams.
+    assert set(clusters) == {"gateways"}
+    assert clusters["gateways"]["type"] == STRICT_DNS
+    endpoint = clusters["gateways"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"]["socket_address"] == {"address": "gateway", "port_value": 50051}
     assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
-    listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]
-    assert listener == {"address": "0.0.0.0", "port_value": 8080}
+    # Inside its container Envoy listens on every interface; compose publishes plaintext on the host's loopback.
+    assert _bound(config) == {
+        "edge": {"address": "0.0.0.0", "port_value": 8080},
+        "edge_tls": {"address": "0.0.0.0", "port_value": 8443},
+    }
+
+
+def test_the_edge_listens_on_loopback_unless_told(tmp_path: Path) -> None:
+    assert _bound(render(local_config(tmp_path))) == {"edge": {"address": "127.0.0.1", "port_value": 18080}}
+    wide = render(local_config(tmp_path, tls=tls_listener(tmp_path, "0.0.0.0")))
+    assert _bound(wide) == {
+        "edge": {"address": "127.0.0.1", "port_value": 18080},
+        "edge_tls": {"address": "0.0.0.0", "port_value": 18443},
+    }
+
+
+def test_the_tls_listener_serves_the_same_routes_with_h2_and_http1(tmp_path: Path) -> None:
+    files = ensure_dev_tls(tmp_path / "tls")
+    config = render(local_config(tmp_path, tls=tls_listener(tmp_path)))
+    plain, tls = _listeners(config)
+    assert "transport_socket" not in plain["filter_chains"][0]
+    (chain,) = tls["filter_chains"]
+    assert chain["filters"] == plain["filter_chains"][0]["filters"]
+    context = chain["transport_socket"]["typed_config"]
+    assert context["@type"].endswith("DownstreamTlsContext")
+    common = context["common_tls_context"]
+    assert common["alpn_protocols"] == ["h2", "http/1.1"]
+    assert common["tls_certificates"] == [
+        {"certificate_chain": {"filename": str(files.server_cert)}, "private_key": {"filename": str(files.server_key)}}
+    ]
+
+
+def test_a_listener_cannot_share_the_plaintext_port(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="share port"):
+        local_config(tmp_path, tls=TlsListener(18080, "c.pem", "k.pem"))
 
 
 def test_no_rendered_config_holds_the_secret(tmp_path: Path) -> None:
@@ -130,12 +182,11 @@ def test_each_route_demands_the_right_token(tmp_path: Path) -> None:
 
     assert access("/resilienttask.v1.SchedulerService/") == "resilienttask-api"
     assert access("/resilienttask.v1.SchedulerService/WatchTasks") == "resilienttask-api"
-    assert access("/resilienttask.worker.v1.WorkerService/") == WORKER_AUDIENCE
-    assert access("/resilienttask.worker.v1.WorkerService/Connect") == WORKER_AUDIENCE
-    for public in ("/resilienttask.v1.AuthService/", "/grpc.health.v1.Health/", "/grpc.reflection.", "/<GET>"):
+    for public in ("/resilienttask.v1.AuthService/", "/grpc.health.v1.Health/", "/<GET>"):
         assert access(public) == "public"
     # A request no route claims falls back to demanding a user token: closed by default.
     assert jwt_filter["rules"] == [{"match": {"prefix": "/"}, "requires": {"provider_name": "user_tokens"}}]
+    assert set(jwt_filter["providers"]) == {"user_tokens"}, "the edge verifies no worker token"
     for provider in jwt_filter["providers"].values():
         assert provider["forward"] is True, "the services verify the token again"
         assert provider["clock_skew_seconds"] <= 5
@@ -143,14 +194,38 @@ def test_each_route_demands_the_right_token(tmp_path: Path) -> None:
         assert provider["local_jwks"] == {"filename": str(tmp_path / "jwks.json")}
 
 
+def test_worker_service_is_not_routed_and_reflection_only_when_asked(tmp_path: Path) -> None:
+    default = _routes(render(local_config(tmp_path)))
+    assert not [path for path in default if "WorkerService" in path or "worker" in path]
+    assert "/grpc.reflection." not in default
+    with_reflection = _routes(render(local_config(tmp_path, public_reflection=True)))
+    assert not [path for path in with_reflection if "WorkerService" in path]
+    reflection = with_reflection["/grpc.reflection."]
+    assert reflection["typed_per_filter_config"]["envoy.filters.http.jwt_authn"] == {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig",
+        "disabled": True,
+    }
+
+
+def test_the_public_health_watch_has_a_lifetime(tmp_path: Path) -> None:
+    routes = _routes(render(local_config(tmp_path, health_watch_max_s=90)))
+    watch = routes["/grpc.health.v1.Health/Watch"]["route"]
+    assert watch["max_stream_duration"] == {"max_stream_duration": "90s", "grpc_timeout_header_max": "90s"}
+    assert watch["idle_timeout"] == "60s"
+    # The user's own streams are bounded by their token and their idle timeout, not by a lifetime.
+    watch_tasks = routes["/resilienttask.v1.SchedulerService/WatchTasks"]["route"]
+    assert watch_tasks["max_stream_duration"] == {"grpc_timeout_header_max": "0s"}
+
+
 def test_unary_calls_are_bounded_and_retried_streams_only_idle_bounded(tmp_path: Path) -> None:
-    routes = _routes(render(local_config(tmp_path, unary_timeout_s=30, stream_idle_timeout_s=45)))
+    config = local_config(tmp_path, unary_timeout_s=30, stream_idle_timeout_s=45, public_reflection=True)
+    routes = _routes(render(config))
     unary = routes["/resilienttask.v1.SchedulerService/"]["route"]
     assert unary["timeout"] == "30s" and unary["max_stream_duration"] == {"grpc_timeout_header_max": "30s"}
     assert "unavailable" in unary["retry_policy"]["retry_on"].split(",")
     for stream_path in (
         "/resilienttask.v1.SchedulerService/WatchTasks",
-        "/resilienttask.worker.v1.WorkerService/Connect",
+        "/grpc.reflection.",
     ):
         stream = routes[stream_path]["route"]
         assert stream["timeout"] == "0s" and stream["idle_timeout"] == "45s"
@@ -158,27 +233,77 @@ def test_unary_calls_are_bounded_and_retried_streams_only_idle_bounded(tmp_path:
     # A server stream is retried only if it never reached a service; a bidi stream never.
     watch_retries = routes["/resilienttask.v1.SchedulerService/WatchTasks"]["route"]["retry_policy"]["retry_on"]
     assert "unavailable" not in watch_retries.split(",")
-    assert "retry_policy" not in routes["/resilienttask.worker.v1.WorkerService/Connect"]["route"]
+    assert "retry_policy" not in routes["/grpc.reflection."]["route"]
     for route in routes.values():
         if "retry_policy" in route.get("route", {}):
             assert set(route["route"]["retry_policy"]["retry_on"].split(",")) <= KNOWN_RETRY_ON
     # A bidi stream's body never ends, so it is never buffered; unary bodies are (and so bounded).
-    assert routes["/resilienttask.worker.v1.WorkerService/Connect"]["typed_per_filter_config"][
-        "envoy.filters.http.buffer"
-    ]["disabled"]
+    assert routes["/grpc.reflection."]["typed_per_filter_config"]["envoy.filters.http.buffer"]["disabled"]
     assert "envoy.filters.http.buffer" not in routes["/resilienttask.v1.SchedulerService/"]["typed_per_filter_config"]
 
 
-def test_only_auth_service_is_rate_limited(tmp_path: Path) -> None:
-    limit = RateLimit(max_tokens=7, tokens_per_fill=3, fill_interval_s=2)
-    routes = _routes(render(local_config(tmp_path, auth_rate_limit=limit)))
+def test_only_auth_service_is_rate_limited_per_client_address_and_method(tmp_path: Path) -> None:
+    login = RateLimit(max_tokens=7, tokens_per_fill=3, fill_interval_s=2)
+    signup = RateLimit(max_tokens=2, tokens_per_fill=1, fill_interval_s=30)
+    limits = AuthLimits(login_per_address=login, signup_per_address=signup, tracked_addresses=123)
+    routes = _routes(render(local_config(tmp_path, auth_limits=limits)))
     limited = {
         path for path, r in routes.items() if "envoy.filters.http.local_ratelimit" in r["typed_per_filter_config"]
     }
     assert limited == {"/resilienttask.v1.AuthService/"}
     bucket = routes["/resilienttask.v1.AuthService/"]["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]
-    assert bucket["token_bucket"] == {"max_tokens": 7, "tokens_per_fill": 3, "fill_interval": "2s"}
+    # One descriptor per request: the method's path, then the client's address (a wildcard: a bucket each).
+    (rule,) = bucket["rate_limits"]
+    assert rule["actions"] == [
+        {"request_headers": {"header_name": ":path", "descriptor_key": "method"}},
+        {"masked_remote_address": {"v4_prefix_mask_len": 32, "v6_prefix_mask_len": 64}},
+    ]
+    assert bucket["descriptors"] == [
+        {
+            "entries": [{"key": "method", "value": "/resilienttask.v1.AuthService/Login"}, {"key": ADDRESS_KEY}],
+            "token_bucket": {"max_tokens": 7, "tokens_per_fill": 3, "fill_interval": "2s"},
+        },
+        {
+            "entries": [{"key": "method", "value": "/resilienttask.v1.AuthService/Signup"}, {"key": ADDRESS_KEY}],
+            "token_bucket": {"max_tokens": 2, "tokens_per_fill": 1, "fill_interval": "30s"},
+        },
+    ]
+    # No bucket shared by every client: the one that filled it would refuse everyone else.
+    assert bucket["always_consume_default_token_bucket"] is False
+    assert bucket["max_dynamic_descriptors"] == 123
     assert bucket["rate_limited_as_resource_exhausted"] is True
+
+
+def test_the_client_address_is_the_peer_unless_proxies_are_trusted(tmp_path: Path) -> None:
+    def trust(config: EdgeConfig) -> set[tuple[bool, int]]:
+        """(use_remote_address, xff_num_trusted_hops) of every listener's HTTP connection manager."""
+        managers = [
+            chain["filters"][0]["typed_config"]
+            for listener in render(config)["static_resources"]["listeners"]
+            for chain in listener["filter_chains"]
+        ]
+        return {(m["use_remote_address"], m["xff_num_trusted_hops"]) for m in managers}
+
+    assert trust(local_config(tmp_path)) == {(True, 0)}
+    assert trust(compose_config()) == {(True, 0)}  # plaintext and TLS listeners alike
+    assert trust(local_config(tmp_path, trusted_proxy_hops=1)) == {(True, 1)}
+
+
+def test_login_limits_come_from_the_environment() -> None:
+    assert AuthLimits.from_env({}) == AuthLimits()
+    limits = AuthLimits.from_env(
+        {
+            "RTASK_LOGIN_PER_ADDRESS_MAX_TOKENS": "40",
+            "RTASK_SIGNUP_PER_ADDRESS_FILL_INTERVAL_S": "60",
+            "RTASK_AUTH_TRACKED_ADDRESSES": "99",
+        }
+    )
+    assert limits.login_per_address == RateLimit(max_tokens=40, tokens_per_fill=1, fill_interval_s=0.5)
+    assert limits.signup_per_address == RateLimit(max_tokens=5, tokens_per_fill=1, fill_interval_s=60)
+    assert limits.tracked_addresses == 99
+    for bad in ({"RTASK_LOGIN_PER_ADDRESS_MAX_TOKENS": "many"}, {"RTASK_SIGNUP_PER_ADDRESS_FILL_INTERVAL_S": "0.01"}):
+        with pytest.raises(ValueError):
+            AuthLimits.from_env(bad)
 
 
 def test_clusters_are_health_checked_http2_with_outlier_detection(tmp_path: Path) -> None:
@@ -224,7 +349,9 @@ def test_the_jwks_command_refuses_without_a_secret(tmp_path: Path, monkeypatch: 
         {"gateways": []},
         {"jwt_clock_skew_s": -1},
         {"unary_timeout_s": 0},
+        {"health_watch_max_s": 0},
         {"max_request_bytes": 4096},
+        {"trusted_proxy_hops": -1},
     ],
 )
 def test_bad_edge_settings_are_refused(tmp_path: Path, overrides: dict[str, Any]) -> None:
@@ -232,7 +359,7 @@ def test_bad_edge_settings_are_refused(tmp_path: Path, overrides: dict[str, Any]
         local_config(tmp_path, **overrides)
 
 
-@pytest.mark.parametrize("bucket", [(0, 1, 1.0), (1, 0, 1.0), (1, 1, 0.0)])
+@pytest.mark.parametrize("bucket", [(0, 1, 1.0), (1, 0, 1.0), (1, 1, 0.0), (1, 1, 0.01)])
 def test_bad_rate_limits_are_refused(bucket: tuple[int, int, float]) -> None:
     with pytest.raises(ValueError):
         RateLimit(*bucket)

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 
 import bcrypt
+import grpc
 import pytest
 
 from services.core.errors import InvalidArgument
-from services.core.passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES, PasswordHasher, password_bytes
+from services.core.passwords import (
+    MAX_PASSWORD_BYTES,
+    MIN_PASSWORD_BYTES,
+    HashQueueFull,
+    PasswordHasher,
+    password_bytes,
+)
+from tests.helpers import eventually
 
 COST = 4
 
@@ -82,4 +91,50 @@ async def test_hashing_runs_off_the_event_loop() -> None:
     finally:
         done.set()
         await ticker
+        await hasher.close()
+
+
+async def _waiting(hasher: PasswordHasher, count: int) -> bool:
+    return hasher.waiting == count
+
+
+async def test_a_full_hash_queue_refuses_at_once_with_resource_exhausted() -> None:
+    hasher = PasswordHasher(COST, threads=1, max_waiting=2)
+    release = threading.Event()
+    try:
+        # One call holds the only thread, two wait for it: the queue is full.
+        busy = asyncio.create_task(hasher._run(release.wait))
+        waiting = [asyncio.create_task(hasher.hash(b"correct horse")) for _ in range(2)]
+        await eventually(lambda: _waiting(hasher, 2))
+        with pytest.raises(HashQueueFull) as refused:
+            await hasher.verify(b"correct horse", None)
+        assert refused.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "password hashing queue full" in str(refused.value)
+        assert not busy.done() and not any(w.done() for w in waiting)  # refused while the others still wait
+        release.set()
+        await busy
+        assert all(hashed.startswith("$2b$") for hashed in await asyncio.gather(*waiting))
+        assert hasher.waiting == 0
+        assert await hasher.verify(b"correct horse", await hasher.hash(b"correct horse"))  # room again
+    finally:
+        release.set()
+        await hasher.close()
+
+
+async def test_a_caller_that_gives_up_leaves_the_queue() -> None:
+    hasher = PasswordHasher(COST, threads=1, max_waiting=1)
+    release = threading.Event()
+    try:
+        busy = asyncio.create_task(hasher._run(release.wait))
+        waiting = asyncio.create_task(hasher.hash(b"correct horse"))
+        await eventually(lambda: _waiting(hasher, 1))
+        waiting.cancel()
+        await eventually(lambda: _waiting(hasher, 0))
+        replacement = asyncio.create_task(hasher.hash(b"correct horse"))  # the freed place is usable
+        await eventually(lambda: _waiting(hasher, 1))
+        release.set()
+        await busy
+        assert (await replacement).startswith("$2b$")
+    finally:
+        release.set()
         await hasher.close()

@@ -120,9 +120,13 @@ def test_wrong_key_is_refused() -> None:
 
 
 def test_tampered_payload_is_refused() -> None:
-    header, _, signature = mint_user_token(CONFIG, "victim").token.split(".")
-    forged_claims = _b64(json.dumps(_claims(sub="attacker")).encode())
-    _refused(f"{header}.{forged_claims}.{signature}")
+    """Only the signature can refuse this token: both subjects are well-formed user ids, and the same claims
+    signed with the key are accepted."""
+    victim, attacker = str(uuid.uuid4()), str(uuid.uuid4())
+    header, _, signature = mint_user_token(CONFIG, victim).token.split(".")
+    claims = _claims(sub=attacker)
+    assert verify_token(CONFIG, jwt.encode(claims, SECRET, algorithm="HS256"), CONFIG.audience) == attacker
+    _refused(f"{header}.{_b64(json.dumps(claims).encode())}.{signature}")
 
 
 def test_stripped_signature_is_refused() -> None:

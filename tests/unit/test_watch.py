@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from resilienttask.v1 import scheduler_pb2, task_pb2
+from services.core import task_summary
 from services.core.config import ConfigError
 from services.core.errors import InvalidArgument
 from services.core.events import StoredEvent, TaskChange, parse_stream_id
@@ -151,11 +152,14 @@ def test_a_batch_joined_from_encoded_events_is_the_message_protobuf_would_build(
 
 
 def test_long_fields_get_multi_byte_lengths() -> None:
-    big = S.Task(id="big", error="x" * 70_000)
+    big = S.Task(id="big", name="n" * 200, error="x" * 70_000)
     event = wire.encode_event(StoredEvent("9-0", "8-0", TaskChange("owner", big, 0)), None)
     joined = scheduler_pb2.WatchTasksResponse.FromString(wire.batch([event, _queued(10)]))
     assert [e.task.id for e in joined.events.events] == ["big", "task-10"]
-    assert joined.events.events[0].task.error == big.error
+    sent = joined.events.events[0].task
+    assert sent.name == big.name and sent.summary
+    # The event carries the error's first KiB: a summary's strings are bounded.
+    assert sent.error == "x" * (task_summary.ERROR_BYTES - len(task_summary.CUT_MARK.encode())) + task_summary.CUT_MARK
 
 
 # -- stats ---------------------------------------------------------------------------------------------
@@ -227,5 +231,5 @@ def test_envoy_lets_a_quiet_watch_live_through_several_heartbeats() -> None:
     """The edge cuts a stream silent for its idle timeout; heartbeats must come well within it."""
     edge = compose_config()
     assert edge.stream_idle_timeout_s * 1000 >= 3 * WatchConfig().heartbeat_ms
-    watch = [s for s in route_specs() if s.path == "/resilienttask.v1.SchedulerService/WatchTasks"]
+    watch = [s for s in route_specs(edge) if s.path == "/resilienttask.v1.SchedulerService/WatchTasks"]
     assert len(watch) == 1 and watch[0].kind.value == "server_stream", "stream treatment: no overall timeout"

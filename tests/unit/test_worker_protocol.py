@@ -146,12 +146,25 @@ async def test_a_task_runs_reports_progress_and_is_acknowledged_after_the_outcom
     assert any(h.tasks and h.tasks[0].task_id == task_id for h in harness.script.heartbeats)
 
 
+class _PeakDict(dict[Any, Any]):
+    """The worker's table of running handlers, remembering the most it ever held at once."""
+
+    peak = 0
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.peak = max(self.peak, len(self))
+
+
 async def test_many_entries_start_in_one_call_up_to_the_free_slots(harness: Harness) -> None:
+    # Heartbeats also list attempts whose outcome is still being reported, so they may hold more than the
+    # slots; the handlers running at once may not.
+    running = harness.worker.running = _PeakDict()
     ids = [await harness.submit(workload_s=0.2) for _ in range(6)]
     for task_id in ids:
         assert (await harness.finished(task_id)).outcome == worker_pb2.OUTCOME_SUCCEEDED
     assert len(harness.script.starts) == 6
-    assert max(len(h.tasks) for h in harness.script.heartbeats) <= 4
+    assert running.peak == 4
 
 
 async def test_entries_added_together_start_in_one_call(harness: Harness) -> None:

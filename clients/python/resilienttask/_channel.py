@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,17 +20,30 @@ ChannelOptions = Sequence[tuple[str, Any]]
 
 @dataclass(frozen=True)
 class ChannelSettings:
-    """Where the edge is and how to talk to it; `tls` is False, True (system roots) or explicit credentials."""
+    """Where the edge is and how to talk to it.
+
+    `tls` is False, True (system roots) or explicit credentials; `ca_file` (a PEM file, e.g. the local
+    stack's development CA) means TLS trusting exactly those roots. Its contents are read at once, so a
+    wrong path fails here rather than at the first call.
+    """
 
     address: str = DEFAULT_ADDRESS
     tls: bool | grpc.ChannelCredentials = False
     options: tuple[tuple[str, Any], ...] = ()
+    ca_file: str | os.PathLike[str] | None = None
+    _roots: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.address or self.address != self.address.strip():
             raise ValueError(f"invalid server address {self.address!r}; expected host:port")
+        if self.ca_file is not None:
+            if not isinstance(self.tls, bool):
+                raise ValueError("pass either tls credentials or ca_file, not both")
+            object.__setattr__(self, "_roots", Path(self.ca_file).read_bytes())
 
     def credentials(self) -> grpc.ChannelCredentials | None:
+        if self._roots is not None:
+            return grpc.ssl_channel_credentials(root_certificates=self._roots)
         if self.tls is False:
             return None
         if self.tls is True:

@@ -124,6 +124,7 @@ def task_from_proto(message: task_pb2.Task) -> Task:
         finished_at=_time(message.finished_at, message.HasField("finished_at")),
         payload=json_format.MessageToDict(message.payload) if message.HasField("payload") else {},
         result=_value(message.result) if message.HasField("result") else None,
+        summary=message.summary,
     )
 
 

@@ -6,7 +6,7 @@ The I/O lives in client.py and aio.py; everything here is plain state so both be
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
 
 import grpc
@@ -20,6 +20,10 @@ from resilienttask.v1 import scheduler_pb2
 # Versions remembered for dropping repeats: repeats follow a reconnect and concern recent changes, so the
 # least recently changed tasks can be forgotten and a long watch of a busy account stays small.
 MAX_REMEMBERED_TASKS = 100_000
+# ListTasks page size when wait() fetches a batch's whole tasks: one page holds a batch (at most 50 replicas).
+BATCH_PAGE_SIZE = 500
+# GetTask calls the asyncio wait() has in flight at once when it fetches whole tasks one by one.
+FETCH_CONCURRENCY = 32
 
 
 class WatchState:
@@ -110,7 +114,11 @@ class WatchState:
 
 
 class WaitTracker:
-    """The newest known state of the tasks a wait() is for."""
+    """The newest known state of the tasks a wait() is for.
+
+    Watch events carry summaries (no result or payload), so once every task is done the whole tasks are
+    fetched (batches_to_list, summarized, complete); a task found changed again meanwhile (retried) is waited for again.
+    """
 
     def __init__(self, task_ids: Iterable[str]) -> None:
         self.order = list(dict.fromkeys(task_ids))
@@ -142,6 +150,22 @@ class WaitTracker:
 
     def done(self) -> bool:
         return len(self.latest) == len(self.order) and all(t.done for t in self.latest.values())
+
+    def summarized(self) -> list[str]:
+        """Ids of the tasks held as watch summaries, whose whole tasks (result, payload, full error) are fetched."""
+        return [task_id for task_id in self.order if task_id in self.latest and self.latest[task_id].summary]
+
+    def batches_to_list(self) -> list[str]:
+        """Batches holding several summarized tasks: one ListTasks call fetches them all. The rest (and any a
+        listing missed) are fetched one by one with GetTask."""
+        per_batch = Counter(self.latest[task_id].batch_id for task_id in self.summarized())
+        return [batch for batch, count in per_batch.items() if count > 1 and batch]
+
+    def complete(self, task: Task) -> None:
+        """Hold a whole task fetched for a summary: the same state (version) or a newer one."""
+        held = self.latest.get(task.id)
+        if held is not None and task.version >= held.version:
+            self.latest[task.id] = task
 
     def results(self) -> list[Task]:
         return [self.latest[task_id] for task_id in self.order]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
@@ -33,7 +34,7 @@ from resilienttask._convert import (
     worker_from_proto,
 )
 from resilienttask._retry import RetryPolicy
-from resilienttask._watch import WaitTracker, WatchState, task_ids
+from resilienttask._watch import BATCH_PAGE_SIZE, FETCH_CONCURRENCY, WaitTracker, WatchState, task_ids
 from resilienttask.errors import DeadlineExceeded, Unavailable, from_rpc_error
 from resilienttask.models import Session, Snapshot, Task, TaskStats, TaskStatus, WatchEvent, Worker
 from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
@@ -131,11 +132,12 @@ class AsyncClient:
         *,
         token: str | None = None,
         tls: bool | grpc.ChannelCredentials = False,
+        ca_file: str | os.PathLike[str] | None = None,
         options: ChannelOptions = (),
         timeout: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self.settings = ChannelSettings(address=address, tls=tls, options=tuple(options))
+        self.settings = ChannelSettings(address=address, tls=tls, options=tuple(options), ca_file=ca_file)
         self.token = token
         self.timeout = timeout
         self.retry_policy = retry or RetryPolicy()
@@ -308,6 +310,24 @@ class AsyncClient:
 
         return AsyncTaskWatch(open_stream, state)
 
+    async def _fetch_whole(self, tracker: WaitTracker, timeout: float | None) -> None:  # noqa: ASYNC109
+        """Replace the summaries a watch gave by the whole tasks, with their results (calls run together)."""
+        gate = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+        async def listed(batch_id: str) -> builtins.list[Task]:
+            async with gate:
+                return [task async for task in self.list(batch_id=batch_id, page_size=BATCH_PAGE_SIZE)]
+
+        async def got(task_id: str) -> Task:
+            async with gate:
+                return await self.get(task_id, timeout=timeout)
+
+        for listing in await asyncio.gather(*(listed(batch_id) for batch_id in tracker.batches_to_list())):
+            for task in listing:
+                tracker.complete(task)
+        for task in await asyncio.gather(*(got(task_id) for task_id in tracker.summarized())):
+            tracker.complete(task)
+
     async def wait(
         self,
         tasks: str | Task | Iterable[str | Task],
@@ -330,7 +350,9 @@ class AsyncClient:
                         for task in changed:
                             on_change(task)
                     if tracker.done():
-                        return tracker.results()
+                        await self._fetch_whole(tracker, events.time_left())
+                        if tracker.done():
+                            return tracker.results()
         except DeadlineExceeded:
             raise tracker.timeout_error(to_seconds(timeout or 0)) from None
         raise Unavailable("the watch ended before the tasks finished")

@@ -9,6 +9,7 @@ with resilienttask.Client("localhost:8080") as client:
 from __future__ import annotations
 
 import builtins
+import os
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
@@ -30,7 +31,7 @@ from resilienttask._convert import (
     worker_from_proto,
 )
 from resilienttask._retry import RetryPolicy
-from resilienttask._watch import WaitTracker, WatchState, task_ids
+from resilienttask._watch import BATCH_PAGE_SIZE, WaitTracker, WatchState, task_ids
 from resilienttask.errors import DeadlineExceeded, Unavailable, from_rpc_error
 from resilienttask.models import Session, Snapshot, Task, TaskStats, TaskStatus, WatchEvent, Worker
 from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
@@ -111,7 +112,8 @@ class TaskWatch:
 class Client:
     """Blocking client for AuthService and SchedulerService through the edge.
 
-    `tls` is False (plaintext), True (system roots) or `grpc.ssl_channel_credentials(...)`;
+    `tls` is False (plaintext), True (system roots) or `grpc.ssl_channel_credentials(...)`; `ca_file`
+    (a PEM file such as the local stack's `.rtask/tls/ca.pem`) means TLS trusting exactly that CA;
     `options` go to the channel as they are (e.g. `[("grpc.max_receive_message_length", ...)]`).
     `timeout` bounds each unary call in seconds. UNAVAILABLE is retried per `retry` for calls that
     are safe to repeat.
@@ -123,11 +125,12 @@ class Client:
         *,
         token: str | None = None,
         tls: bool | grpc.ChannelCredentials = False,
+        ca_file: str | os.PathLike[str] | None = None,
         options: ChannelOptions = (),
         timeout: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self.settings = ChannelSettings(address=address, tls=tls, options=tuple(options))
+        self.settings = ChannelSettings(address=address, tls=tls, options=tuple(options), ca_file=ca_file)
         self.token = token
         self.timeout = timeout
         self.retry_policy = retry or RetryPolicy()
@@ -299,6 +302,14 @@ class Client:
 
         return TaskWatch(open_stream, state)
 
+    def _fetch_whole(self, tracker: WaitTracker, timeout: float | None) -> None:
+        """Replace the summaries a watch gave by the whole tasks, with their results."""
+        for batch_id in tracker.batches_to_list():
+            for task in self.list(batch_id=batch_id, page_size=BATCH_PAGE_SIZE):
+                tracker.complete(task)
+        for task_id in tracker.summarized():
+            tracker.complete(self.get(task_id, timeout=timeout))
+
     def wait(
         self,
         tasks: str | Task | Iterable[str | Task],
@@ -326,7 +337,9 @@ class Client:
                         for task in changed:
                             on_change(task)
                     if tracker.done():
-                        return tracker.results()
+                        self._fetch_whole(tracker, events.time_left())
+                        if tracker.done():
+                            return tracker.results()
         except DeadlineExceeded:
             raise tracker.timeout_error(to_seconds(timeout or 0)) from None
         raise Unavailable("the watch ended before the tasks finished")

@@ -76,7 +76,11 @@ class Session:
 
 @dataclass(frozen=True)
 class Task:
-    """One unit of work as the service last reported it; `version` grows with every change."""
+    """One unit of work as the service last reported it; `version` grows with every change.
+
+    Tasks from watch() are summaries (`summary` True): their payload and result are left out (empty dict,
+    None) and their error is cut to its first KiB; get() returns the whole task. wait() returns whole tasks.
+    """
 
     id: str
     name: str
@@ -99,6 +103,7 @@ class Task:
     finished_at: datetime | None
     payload: dict[str, Any] = field(default_factory=dict)
     result: Any = None
+    summary: bool = False
 
     @property
     def done(self) -> bool:
@@ -132,6 +137,7 @@ class Task:
             "finished_at": _iso(self.finished_at),
             "payload": self.payload,
             "result": self.result,
+            "summary": self.summary,
         }
 
 
@@ -183,7 +189,10 @@ class Worker:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Full state: the first thing a watch yields, and again when the service could not replay missed events."""
+    """Full state: the first thing a watch yields, and again when the service could not replay missed events.
+
+    Its tasks are summaries (Task.summary): no payload or result; Client.get() has them.
+    """
 
     tasks: tuple[Task, ...]
     stats: TaskStats
@@ -202,7 +211,8 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class TaskUpdate:
-    """One task changed (or was deleted); stats are the counts after the change."""
+    """One task changed (or was deleted); stats are the counts after the change. `task` is a summary
+    (Task.summary): no payload or result; Client.get() has them."""
 
     task: Task
     stats: TaskStats

@@ -23,13 +23,13 @@ from services.core.task_model import (
     CANCELLED,
     CANCELLING,
     FAILED,
-    QUALIFIED_TASK_COLUMNS,
+    QUALIFIED_SUMMARY_COLUMNS,
     QUEUED,
     RUNNING,
     SUCCEEDED,
-    TASK_COLUMNS,
+    SUMMARY_COLUMNS,
     TIMED_OUT,
-    rows_to_tasks,
+    row_to_summary,
 )
 from services.core.transitions.rules import (
     SUPERSEDED,
@@ -107,7 +107,7 @@ finished AS (
     UPDATE tasks SET status = {SUCCEEDED}, result = t.result::jsonb, progress = 1, error = '',
         finished_at = now()
     FROM t, locked WHERE tasks.id = t.id AND tasks.id = locked.id
-    RETURNING {QUALIFIED_TASK_COLUMNS}
+    RETURNING {QUALIFIED_SUMMARY_COLUMNS}
 ),
 recorded AS ({history_of("finished", str(RUNNING), "'finished'")})
 SELECT * FROM finished
@@ -126,12 +126,13 @@ finished AS (
     UPDATE tasks SET status = {CANCELLED}, dead_lettered = false, result = t.result::jsonb, error = t.error,
         finished_at = now()
     FROM t, locked WHERE tasks.id = t.id AND tasks.id = locked.id
-    RETURNING {QUALIFIED_TASK_COLUMNS}, locked.before
+    RETURNING {QUALIFIED_SUMMARY_COLUMNS}, locked.before
 ),
 recorded AS ({history_of("finished", "before", "CASE WHEN error = '' THEN 'finished' ELSE error END")})
 SELECT * FROM finished
 """
-# Outcomes recorded in one statement each when the report carries the task's current fence.
+# Outcomes recorded in one statement each when the report carries the task's current fence. Every statement
+# here returns the summary columns only: the rows make change events, which carry neither payload nor result.
 _FAST_OUTCOMES = (worker_pb2.OUTCOME_SUCCEEDED, worker_pb2.OUTCOME_CANCELLED)
 
 
@@ -179,11 +180,9 @@ async def finish_batch(
         else next(later)
         for item in items
     ]
-    recorded = [row for row, _ in done.values()]
-    changes = [
-        TaskChange(str(row["owner_id"]), task, before)
-        for (row, before), task in zip(done.values(), rows_to_tasks(recorded), strict=True)
-    ] + checked.changes
+    # Summaries straight from the rows: the result just recorded is not parsed back for the event.
+    changes = [TaskChange(str(row["owner_id"]), row_to_summary(row), before) for row, before in done.values()]
+    changes += checked.changes
     return FinishOutcome(results, changes, checked.requeued)
 
 
@@ -202,7 +201,7 @@ async def _finish_checked(
         rows = {
             str(r["id"]): r
             for r in await conn.fetch(
-                f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", ids
+                f"SELECT {SUMMARY_COLUMNS} FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", ids
             )
         }
         repeated: list[asyncpg.Record] = []
@@ -265,7 +264,7 @@ async def _record_outcomes(conn: asyncpg.Connection, outcomes: Sequence[_Accepte
             f"UPDATE tasks SET status = {QUEUED}, error = t.error, dispatch_id = t.dispatch_id, published = false, "
             "published_at = NULL, publish_after = now() + make_interval(secs => t.delay_s) "
             "FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::float8[]) AS t(id, error, dispatch_id, delay_s) "
-            f"WHERE tasks.id = t.id RETURNING {QUALIFIED_TASK_COLUMNS}",
+            f"WHERE tasks.id = t.id RETURNING {QUALIFIED_SUMMARY_COLUMNS}",
             [o.task_id for o in requeue],
             [o.error for o in requeue],
             [str(uuid.uuid4()) for _ in requeue],
@@ -278,7 +277,7 @@ async def _record_outcomes(conn: asyncpg.Connection, outcomes: Sequence[_Accepte
             f"progress = CASE WHEN t.status = {SUCCEEDED} THEN 1 ELSE progress END, finished_at = now() "
             "FROM unnest($1::uuid[], $2::smallint[], $3::bool[], $4::text[], $5::text[]) "
             "AS t(id, status, dead, error, result) "
-            f"WHERE tasks.id = t.id RETURNING {QUALIFIED_TASK_COLUMNS}",
+            f"WHERE tasks.id = t.id RETURNING {QUALIFIED_SUMMARY_COLUMNS}",
             [o.task_id for o in finish],
             [o.target for o in finish],
             [o.dead for o in finish],

@@ -23,7 +23,7 @@ from services.core.task_model import (
     RUNNING,
     SUCCEEDED,
     TIMED_OUT,
-    row_to_task,
+    row_to_summary,
     status_name,
 )
 
@@ -131,7 +131,7 @@ async def insert_history(conn: asyncpg.Connection, entries: Sequence[HistoryEntr
 
 # -- the event each transition announces, once committed ------------------------------------------------
 def change_for(row: asyncpg.Record, previous_status: int, deleted: bool = False) -> TaskChange:
-    return TaskChange(str(row["owner_id"]), row_to_task(row), previous_status, deleted)
+    return TaskChange(str(row["owner_id"]), row_to_summary(row), previous_status, deleted)
 
 
 # -- ids from workers are not trusted to be UUIDs ----------------------------------------------------------

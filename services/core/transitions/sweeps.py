@@ -1,4 +1,7 @@
-"""What the scheduler writes on its own: progress of running attempts, and attempts nobody finished."""
+"""What the scheduler writes on its own: progress of running attempts, and attempts nobody finished.
+
+The statements return summary columns only: their rows make change events, which carry neither payload nor result.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from services.core.events import TaskChange
 from services.core.task_model import (
     CANCELLED,
     CANCELLING,
-    QUALIFIED_TASK_COLUMNS,
+    QUALIFIED_SUMMARY_COLUMNS,
     RUNNING,
     TIMED_OUT,
 )
@@ -27,7 +30,7 @@ locked AS (
     ORDER BY tasks.id FOR UPDATE OF tasks SKIP LOCKED
 )
 UPDATE tasks SET progress = t.progress FROM cfg, t, locked WHERE tasks.id = t.id AND tasks.id = locked.id
-RETURNING {QUALIFIED_TASK_COLUMNS}
+RETURNING {QUALIFIED_SUMMARY_COLUMNS}
 """
 
 
@@ -59,7 +62,7 @@ changed AS (
     UPDATE tasks SET status = CASE WHEN target.status = {CANCELLING} THEN {CANCELLED} ELSE {TIMED_OUT} END,
         finished_at = now(), error = 'no worker reported within max_runtime plus grace'
     FROM target WHERE tasks.id = target.id
-    RETURNING {QUALIFIED_TASK_COLUMNS}, target.status AS before
+    RETURNING {QUALIFIED_SUMMARY_COLUMNS}, target.status AS before
 ),
 recorded AS ({history_of("changed", "before", "'abandoned'")})
 SELECT * FROM changed

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from resilienttask.v1 import scheduler_pb2
 from services.core import task_store, worker_registry
 from services.core.events import parse_stream_id
-from services.core.task_model import rows_to_tasks
+from services.core.task_model import row_to_summary
 from services.gateway.watch import history, tokens, wire
 from services.gateway.watch.hub import Hub, raise_if_cancelled
 from services.gateway.watch.subscriber import Subscriber
@@ -50,7 +50,9 @@ class _Call:
         self.sent = chunk[-1].entry_id
 
     async def snapshot(self) -> bytes:
-        """The owner's recent tasks and stats, as of a history position noted before reading them.
+        """The owner's recent tasks (as summaries, like events) and stats, as of a history position noted before
+        reading them. Summaries keep a snapshot small (200 tasks with 64 KiB payloads would be 13 MiB, over
+        gRPC's default 4 MiB message limit) and spare PostgreSQL reading the payloads and results.
 
         Events between that position and the database read are replayed after the snapshot; a client
         drops any whose version is not newer than what it holds.
@@ -58,7 +60,7 @@ class _Call:
         self.subscriber.begin_sync()
         position = await history.last_position(self.hub.redis, self.owner_id)
         rows, counts, workers = await asyncio.gather(
-            task_store.recent(self.hub.pool, self.owner_id, self.hub.config.snapshot_limit),
+            task_store.recent_summaries(self.hub.pool, self.owner_id, self.hub.config.snapshot_limit),
             self.hub.stats.current(self.owner_id),
             worker_registry.live_workers(self.hub.redis),
         )
@@ -66,7 +68,7 @@ class _Call:
         return Message(
             resume_token=tokens.encode(position),
             snapshot=scheduler_pb2.TaskSnapshot(
-                tasks=rows_to_tasks(rows),
+                tasks=[row_to_summary(row) for row in rows],
                 stats=task_store.stats_from_counts(dict(counts)),
                 workers=[w.to_proto() for w in workers],
             ),

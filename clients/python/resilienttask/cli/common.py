@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import grpc
 
 from resilienttask.cli.credentials import CredentialStore, config_dir
 from resilienttask.client import Client
@@ -65,11 +64,6 @@ class Connection:
     tls: bool
     ca_file: Path | None
 
-    def credentials(self) -> grpc.ChannelCredentials | bool:
-        if self.ca_file is not None:
-            return grpc.ssl_channel_credentials(root_certificates=self.ca_file.read_bytes())
-        return self.tls
-
     def store(self) -> CredentialStore:
         return CredentialStore(config_dir())
 
@@ -91,7 +85,7 @@ class Connection:
                         f"the login for {self.server} ({cached.email}) has expired: run `rtask login` again", EXIT_AUTH
                     )
                 token = cached.token
-        return Client(self.server, token=token, tls=self.credentials())
+        return Client(self.server, token=token, tls=self.tls, ca_file=self.ca_file)
 
     def translate(self, exc: ResilientTaskError) -> CliError:
         """The CLI error (message and exit code) for an SDK error."""

@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from resilienttask.cli.common import EXIT_ERROR, CliError
+from resilienttask.cli.common import EXIT_ERROR, CliError, check_address
 from resilienttask.cli.render import stdout
 from resilienttask.cli.task_commands import DURATION
 
@@ -100,7 +100,21 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 @click.command()
 @data_dir_option
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="edge (Envoy) port")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="edge plaintext port (127.0.0.1)",
+)
+@click.option("--tls-port", type=click.IntRange(0, 65535), default=8443, show_default=True, help="edge TLS port")
+@click.option(
+    "--listen",
+    envvar="RTASK_EDGE_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="address of the TLS listener (0.0.0.0: every interface) [env RTASK_EDGE_HOST]",
+)
 @click.option("--admin-port", type=click.IntRange(0, 65535), default=9901, show_default=True, help="Envoy admin port")
 @click.option("--gateways", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--schedulers", type=click.IntRange(1), default=1, show_default=True)
@@ -111,6 +125,8 @@ def _tail(path: Path, lines: int = 15) -> str:
 def up(
     data_dir: Path,
     port: int,
+    tls_port: int,
+    listen: str,
     admin_port: int,
     gateways: int,
     schedulers: int,
@@ -125,6 +141,7 @@ def up(
     if pid is not None:
         raise CliError(f"a stack already runs from {data_dir} (pid {pid}); `rtask down` stops it", EXIT_ERROR)
     argv = [sys.executable, "-m", STACK_MODULE, "up", "--data-dir", str(data_dir), "--port", str(port)]
+    argv += ["--tls-port", str(tls_port), "--listen", listen]
     argv += ["--admin-port", str(admin_port), "--gateways", str(gateways), "--schedulers", str(schedulers)]
     argv += ["--workers", str(workers), "--worker-slots", str(worker_slots)]
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +175,8 @@ def _start_detached(data_dir: Path, argv: list[str], timeout_s: float) -> None:
         time.sleep(POLL_INTERVAL_S)
     state = _read_state(data_dir) or {}
     stdout.print(
-        f"ResilientTask is up: edge {state.get('edge')}, Envoy admin {state.get('admin')}\n"
+        f"ResilientTask is up: edge {state.get('edge')}, TLS {state.get('edge_tls')} (CA {state.get('ca_file')}),"
+        f" Envoy admin {state.get('admin')}\n"
         f"  launcher pid {proc.pid}, logs in {data_dir / 'logs'}\n"
         f"  `rtask down --data-dir {data_dir}` stops it"
     )
@@ -197,7 +215,8 @@ def down(data_dir: Path, timeout: timedelta) -> None:
     "--scheduler",
     envvar="RTASK_SCHEDULER_ADDR",
     default=None,
-    help="host:port of each scheduler, comma-separated [env RTASK_SCHEDULER_ADDR; default: the local stack's]",
+    help="host:port of the scheduler(s), comma-separated [env RTASK_SCHEDULER_ADDR; default: the local stack's]."
+    " Workers talk to the schedulers directly: the public edge does not route WorkerService",
 )
 @click.option("--slots", type=click.IntRange(1), default=None, help="tasks run at once (default 10)")
 @click.option(
@@ -238,34 +257,46 @@ def worker(
     env.pop("DATABASE_URL", None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, env.get("PYTHONPATH", "")) if p)
     env["RTASK_WORKER_IMPORTS"] = ",".join(imports)
-    env["RTASK_SCHEDULER_ADDR"] = scheduler or _local_schedulers(data_dir)
-    env["REDIS_URL"] = redis_url or _local_redis_url(data_dir)
+    server = scheduler or _local_schedulers(data_dir)
+    for address in server.split(","):
+        check_address(None, None, address.strip())
+    env["RTASK_SCHEDULER_ADDR"] = server
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    else:
+        env.update(_local_redis_login(data_dir))
     if not env.get("RTASK_WORKER_ENROLMENT_SECRET"):
         env["RTASK_WORKER_ENROLMENT_SECRET_FILE"] = str(enrolment_secret_file or _local_secret(data_dir))
     env["RTASK_PORT"] = str(health_port)
     env.setdefault("RTASK_INSTANCE", "worker")
     if slots is not None:
         env["RTASK_WORKER_SLOTS"] = str(slots)
-    click.echo(f"worker serving {', '.join(imports)} for {env['RTASK_SCHEDULER_ADDR']}", err=True)
+    click.echo(f"worker serving {', '.join(imports)} for {server}", err=True)
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, "-m", WORKER_MODULE], env)
 
 
-def _local_redis_url(data_dir: Path) -> str:
-    port = ((_read_state(data_dir) or {}).get("processes", {}).get("valkey") or {}).get("port")
-    if not port:
-        raise click.UsageError(f"no Redis URL: pass --redis-url or set REDIS_URL (no local stack in {data_dir})")
-    return f"redis://127.0.0.1:{port}/0"
-
-
 def _local_schedulers(data_dir: Path) -> str:
     processes = (_read_state(data_dir) or {}).get("processes", {})
-    ports = [p.get("port") for name, p in sorted(processes.items()) if name.startswith("scheduler-") and p]
-    if not all(ports) or not ports:
+    ports = [p.get("port") for name, p in sorted(processes.items()) if name.startswith("scheduler-")]
+    if not ports or not all(ports):
         raise click.UsageError(
             f"no scheduler address: pass --scheduler or set RTASK_SCHEDULER_ADDR (no local stack in {data_dir})"
         )
     return ",".join(f"127.0.0.1:{port}" for port in ports)
+
+
+def _local_redis_login(data_dir: Path) -> dict[str, str]:
+    """The local stack's worker login (REDIS_URL naming the worker user, RTASK_REDIS_PASSWORD_FILE) from its
+    state file: a worker started here has the rights of the stack's own workers, no more."""
+    state = _read_state(data_dir) or {}
+    login = (state.get("redis") or {}).get("worker")
+    if login:
+        return {str(k): str(v) for k, v in login.items()}
+    port = (state.get("processes", {}).get("valkey") or {}).get("port")
+    if not port:
+        raise click.UsageError(f"no Redis URL: pass --redis-url or set REDIS_URL (no local stack in {data_dir})")
+    return {"REDIS_URL": f"redis://127.0.0.1:{port}/0"}
 
 
 def _local_secret(data_dir: Path) -> Path:

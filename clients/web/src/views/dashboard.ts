@@ -11,6 +11,7 @@ import type { SubmitInit } from "../validation";
 import { TaskWatch } from "../watch";
 import { ConnectionIndicator, MetricCards, WorkerPanel } from "./panels";
 import { SubmitForm } from "./submit";
+import { TaskDetails } from "./details";
 import { type Action, TaskTable } from "./table";
 
 const SUBMIT_ATTEMPTS = 3;
@@ -91,11 +92,22 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
   }
 
   // -- row actions ----------------------------------------------------------------------------
+  const details = new TaskDetails(
+    async (taskId) => {
+      const task = (await s.getTask({ taskId }, call)).task;
+      if (!task) throw new Error("the server sent no task");
+      return task;
+    },
+    (err) => refusal(err).reason,
+  );
+
   async function act(action: Action, row: Row): Promise<void> {
     const task = row.task;
     const name = task?.name ?? row.pending?.name ?? "";
     try {
-      if (action === "dismiss" && row.pending) {
+      if (action === "details" && task) {
+        details.open(task, `${name} #${row.replicaIndex + 1}`);
+      } else if (action === "dismiss" && row.pending) {
         feed.dismissPending(row.pending.requestId);
         submissions.delete(row.pending.requestId);
       } else if (action === "resubmit" && row.pending) {
@@ -225,6 +237,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
       ),
     ),
     dialog,
+    details.element,
   );
 
   // -- rendering ------------------------------------------------------------------------------
@@ -245,6 +258,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
     const total = st ? Number(st.active + st.succeeded + st.failed + st.cancelled + st.timedOut) : 0;
     olderButton.hidden = !feed.ready || olderToken === null || total <= feed.taskCount;
     refreshKinds();
+    if (details.openFor) details.changed(feed.get(details.openFor)?.task);
   }
   const schedule = (): void => {
     if (!frame && painted !== feed.revision) frame = requestAnimationFrame(render);
@@ -301,6 +315,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
       clearTimeout(expiry);
       if (frame) cancelAnimationFrame(frame);
       if (dialog.open) dialog.close();
+      details.close();
     },
   };
 }

@@ -7,7 +7,9 @@ import { type Row, isActive, isFinished } from "../feed";
 import { STATUS_LABELS, duration, ms, statusName, timeOfDay } from "../format";
 import { TaskStatus } from "../gen/resilienttask/v1/task_pb";
 
-export type Action = "cancel" | "cancel-batch" | "retry" | "delete" | "dismiss" | "resubmit";
+/** What a row's buttons do; "details" is its task name, which opens the task's whole record. */
+export type Action = RowAction | "details";
+type RowAction = "cancel" | "cancel-batch" | "retry" | "delete" | "dismiss" | "resubmit";
 
 export const ROW_HEIGHT = 52;
 const HEADER_HEIGHT = 40;
@@ -17,7 +19,7 @@ const COLUMNS = ["Task", "Status", "Progress", "Attempt", "Worker", "Duration", 
 interface Slot {
   el: HTMLDivElement;
   key: string;
-  name: HTMLElement;
+  name: HTMLButtonElement;
   meta: HTMLElement;
   badge: HTMLElement;
   bar: HTMLElement;
@@ -41,7 +43,7 @@ function rowTitle(row: Row): string {
 }
 
 /** The buttons a row offers, as [action, visible label]. */
-function actionsFor(row: Row, batchSize: number): [Action, string][] {
+function actionsFor(row: Row, batchSize: number): [RowAction, string][] {
   if (row.pending) {
     if (!row.pending.failure) return [];
     return row.pending.retryable
@@ -52,7 +54,7 @@ function actionsFor(row: Row, batchSize: number): [Action, string][] {
       : [["dismiss", "Dismiss"]];
   }
   const status = row.task?.status ?? TaskStatus.UNSPECIFIED;
-  const actions: [Action, string][] = [];
+  const actions: [RowAction, string][] = [];
   if (status === TaskStatus.QUEUED || status === TaskStatus.RUNNING) {
     actions.push(["cancel", "Cancel"]);
     if (batchSize > 1) actions.push(["cancel-batch", "Cancel batch"]);
@@ -65,7 +67,7 @@ function actionsFor(row: Row, batchSize: number): [Action, string][] {
 }
 
 // Each button's accessible name starts with its visible text and names the task it acts on.
-const ARIA_LABELS: Record<Action, string> = {
+const ARIA_LABELS: Record<RowAction, string> = {
   cancel: "Cancel",
   "cancel-batch": "Cancel batch of",
   retry: "Retry",
@@ -150,7 +152,8 @@ export class TaskTable {
 
   private createSlot(): Slot {
     const cell = (cls: string, ...children: Node[]): HTMLElement => h("span", { role: "cell", class: cls }, ...children);
-    const name = h("span", { class: "task-name" });
+    // The name opens the task's details (payload, result, whole error: what the live summaries leave out).
+    const name = h("button", { type: "button", class: "task-name", "data-action": "details" });
     const meta = h("span", { class: "task-meta" });
     const badge = h("span", { class: "badge" });
     const fill = h("span", { class: "fill" });
@@ -201,6 +204,8 @@ export class TaskTable {
     const problem = pending?.failure ?? task?.error ?? "";
     const dead = task?.deadLettered ? " · dead-lettered" : "";
     setText(slot.name, name);
+    slot.name.disabled = task === undefined;
+    slot.name.setAttribute("aria-label", `${rowTitle(row)} details`);
     setText(slot.meta, `${kind}${replica}${dead}${problem ? ` · ${problem}` : ""}`);
     slot.meta.classList.toggle("problem", Boolean(problem));
     slot.el.title = problem ? `${name}: ${problem}` : name;

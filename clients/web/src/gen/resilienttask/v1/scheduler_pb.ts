@@ -489,7 +489,7 @@ export const WatchTasksRequestSchema: GenMessage<WatchTasksRequest> = /*@__PURE_
  */
 export type TaskSnapshot = Message<"resilienttask.v1.TaskSnapshot"> & {
   /**
-   * The caller's most recent tasks, newest first.
+   * The caller's most recent tasks, newest first, as summaries (Task.summary): no payload or result.
    *
    * @generated from field: repeated resilienttask.v1.Task tasks = 1;
    */
@@ -524,7 +524,8 @@ export const TaskSnapshotSchema: GenMessage<TaskSnapshot> = /*@__PURE__*/
  */
 export type TaskEvent = Message<"resilienttask.v1.TaskEvent"> & {
   /**
-   * The task as it now is.
+   * The task as it now is, as a summary (Task.summary): no payload or result; fetch those with GetTask,
+   * e.g. once the status says the task finished.
    *
    * @generated from field: resilienttask.v1.Task task = 1;
    */
