@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 
 from resilienttask import AsyncClient
+from services.core.limits import UserLimits
 from services.stack.stack import Stack, StackConfig
 
 REPLICAS = 50
@@ -74,6 +75,8 @@ def main() -> None:
             worker_slots=args.slots,
             bcrypt_cost=4,
             dashboard_dir=None,
+            # One user's throughput on purpose: every per-user limit off (docs/limits.md).
+            limits=UserLimits.unlimited(),
         )
         with Stack(config) as stack:
             pids = {name: proc.pid for name, proc in stack.processes.items() if proc.pid}

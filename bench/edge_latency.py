@@ -26,6 +26,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from services.core.limits import UserLimits
 from services.stack.stack import Stack, StackConfig
 
 Call = Callable[[grpc.Channel], object]
@@ -40,8 +41,10 @@ class Targets:
 @contextmanager
 def throwaway_stack() -> Iterator[Targets]:
     with tempfile.TemporaryDirectory(prefix="rtask-bench-") as folder:
+        # Thousands of calls of one user on purpose: every per-user limit off (docs/limits.md).
+        limits = UserLimits.unlimited()
         config = StackConfig(
-            data_dir=Path(folder), edge_port=0, edge_tls_port=0, admin_port=0, workers=0, bcrypt_cost=4
+            data_dir=Path(folder), edge_port=0, edge_tls_port=0, admin_port=0, workers=0, bcrypt_cost=4, limits=limits
         )
         with Stack(config) as stack:
             yield Targets(stack.edge_address, stack.address(stack.names("gateway")[0]))

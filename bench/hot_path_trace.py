@@ -863,6 +863,7 @@ def _async_commit(database_url: str) -> None:
 
 def capture(out: Path, tasks: int, warmup: int, gap_s: tuple[float, float], variant: Variant) -> None:
     from bench.run import stores
+    from services.core.limits import UserLimits
     from services.stack.stack import Stack, StackConfig
 
     out.mkdir(parents=True, exist_ok=True)
@@ -889,6 +890,8 @@ def capture(out: Path, tasks: int, warmup: int, gap_s: tuple[float, float], vari
                 redis_url=f"{redis_url}/0",
                 bcrypt_cost=4,
                 dashboard_dir=None,
+                # One user's throughput on purpose: every per-user limit off (docs/limits.md).
+                limits=UserLimits.unlimited(),
                 extra_env={
                     "RTASK_WORKER_IMPORTS": "bench.handlers",
                     "BENCH_STAMPS_URL": stamps_url,

@@ -27,6 +27,7 @@ from bench.profiling import Profiler
 from bench.stamps import STAMPS_URL_ENV, count_key, parse_start, start_key, stop_key
 from resilienttask import AsyncClient, Task, TaskStatus, TaskUpdate
 from services.core import redis_acl
+from services.core.limits import UserLimits
 from services.edge.config import AuthLimits, RateLimit
 from services.stack.redis_users import RedisAccess, logins, password_files
 from services.stack.stack import Stack, StackConfig
@@ -133,6 +134,8 @@ class OurBench:
             redis_access=self.redis_access(),
             bcrypt_cost=4,
             dashboard_dir=None,
+            # One user's throughput on purpose: every per-user limit off (docs/limits.md).
+            limits=UserLimits.unlimited(),
             # The watch scenario signs up WATCH_USERS + 1 users at once from one address: more than the
             # default per-address signup burst (5). Logins keep their defaults.
             auth_limits=AuthLimits(signup_per_address=BENCH_SIGNUPS),

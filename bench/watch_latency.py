@@ -54,6 +54,7 @@ from google.protobuf import duration_pb2
 from bench.ours import BENCH_SIGNUPS
 from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from services.core.events import parse_stream_id
+from services.core.limits import UserLimits
 from services.edge.config import AuthLimits
 from services.gateway.watch import tokens
 from services.stack.stack import Stack, StackConfig
@@ -303,6 +304,8 @@ def throwaway_stack() -> Iterator[Stack]:
             workers=0,
             bcrypt_cost=4,
             dashboard_dir=None,
+            # Many watchers and submissions per user on purpose: every per-user limit off (docs/limits.md).
+            limits=UserLimits.unlimited(),
             # --users signups at once from one address: more than the default per-address signup burst (5).
             auth_limits=AuthLimits(signup_per_address=BENCH_SIGNUPS),
         )

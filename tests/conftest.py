@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from services.core.limits import UserLimits
 from services.stack.embedded import postgres_process, postgres_url, valkey_process, wait_for_port, wait_for_postgres
 from services.stack.ports import free_port
 from services.stack.processes import ManagedProcess
@@ -89,6 +90,10 @@ def stack(stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pyt
         database_url=stores.database_url,
         redis_access=stores.redis_access,
         bcrypt_cost=TEST_BCRYPT_COST,
+        # The default per-user limits, but for what tests of one user's throughput need: a burst for thousands of
+        # tasks submitted at once (tests/e2e/test_dashboard.py: 2,000 rows in 40 quick submissions), and watch
+        # streams for 500 watchers of one user (tests/integration/test_watch.py).
+        limits=UserLimits(submit_burst=5_000, max_watch_streams=1_000),
         extra_env={
             "RTASK_LOG_LEVEL": os.environ.get("RTASK_LOG_LEVEL", "INFO"),
             # Short retry backoff and reclaim threshold keep lifecycle tests quick; production keeps 1 s / 10 s.

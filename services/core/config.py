@@ -27,6 +27,11 @@ def env_int(name: str, default: int, env: Mapping[str, str] = os.environ) -> int
     return _int(env, name, default)
 
 
+def env_float(name: str, default: float, env: Mapping[str, str] = os.environ) -> float:
+    """A number variable, for settings assembled from several variables at an entry point."""
+    return _float(env, name, default)
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":

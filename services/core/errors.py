@@ -67,6 +67,8 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 # The database refused a status change outside the state machine (rt_task_changed(), migration 0004): a
 # request raced another change of the same task past the checks made before the statement.
 REFUSED_TRANSITION = "RT002"
+# A per-user limit refused the statement (rt_limit(), migration 0008); its message names the limit.
+LIMIT_REACHED = "RT003"
 
 
 def translate_errors(method: Handler) -> Handler:
@@ -82,6 +84,8 @@ def translate_errors(method: Handler) -> Handler:
             await context.abort(exc.code, str(exc))
         if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate == REFUSED_TRANSITION:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the task changed status meanwhile, retry")
+        if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate == LIMIT_REACHED:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc.args[0]) if exc.args else "limit reached")
         if isinstance(exc, _UNAVAILABLE_ERRORS):
             log.warning("backing store unavailable", extra={"error": repr(exc)})
             await context.abort(grpc.StatusCode.UNAVAILABLE, "a backing store is unavailable, retry")

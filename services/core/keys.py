@@ -34,6 +34,12 @@ EVENTS_FEED_STREAM = f"{PREFIX}:feed:events"
 # Sequence number of the feed's entries, so a reader notices entries trimmed before it read them.
 EVENTS_FEED_SEQ = f"{PREFIX}:feed:seq"
 
+
+def watch_seats(owner_id: str) -> str:
+    """Sorted set of the owner's open WatchTasks streams (seat id -> expiry, ms), across gateways."""
+    return f"{PREFIX}:watchers:{owner_id}"
+
+
 # Dispatch stream entry fields.
 FIELD_TASK_ID = "task_id"
 FIELD_DISPATCH_ID = "dispatch_id"

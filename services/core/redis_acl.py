@@ -72,6 +72,12 @@ USERS: dict[str, AclUser] = {
             "hgetall",
             # Whether the holders of tasks another worker asks to take over are silent (silent_among).
             "hmget",
+            # Seats of open watch streams, per user across gateways (services/gateway/watch/seats.py).
+            "zadd",
+            "zrem",
+            "zremrangebyscore",
+            "zcard",
+            "pexpire",
             # Stop commands to the schedulers, pool changes to the gateways.
             "publish",
             "subscribe",

@@ -12,6 +12,7 @@ from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2
 from services.core import outbox
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
 from services.core.db import create_pool, database_reachable
+from services.core.limits import UserLimits
 from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server
 from services.gateway.auth_interceptor import AuthInterceptor
@@ -36,6 +37,7 @@ class GatewayConfig:
     redis: RedisConfig
     auth: AuthConfig
     watch: WatchConfig = field(default_factory=WatchConfig)
+    limits: UserLimits = field(default_factory=UserLimits)
     login: LoginLimitsConfig = field(default_factory=LoginLimitsConfig)
 
 
@@ -60,9 +62,16 @@ async def create_gateway(config: GatewayConfig) -> Gateway:
     auth = AuthServicer(pool, config.auth, config.login)
     auth_pb2_grpc.add_AuthServiceServicer_to_server(auth, server)
     hub = Hub(pool, redis, config.watch)
-    add_scheduler_service(SchedulerServicer(pool, redis, watch_hub=hub), server)
+    scheduler = SchedulerServicer(pool, redis, watch_hub=hub, limits=config.limits)
+    add_scheduler_service(scheduler, server)
     service = Service(server=server, port=port, health=health, service_names=SERVICE_NAMES)
-    service.background += hub.loops
+    service.background += [*hub.loops, scheduler.watchers.renew_forever]
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
-    service.shutdown_hooks += [auth.close, functools.partial(outbox.flush_marks, pool), pool.close, redis.aclose]
+    service.shutdown_hooks += [
+        scheduler.watchers.close,
+        auth.close,
+        functools.partial(outbox.flush_marks, pool),
+        pool.close,
+        redis.aclose,
+    ]
     return Gateway(service, hub)

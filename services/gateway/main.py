@@ -7,6 +7,7 @@ import gc
 import os
 
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
+from services.core.limits import UserLimits
 from services.core.logging import configure_logging
 from services.core.server import run_until_signalled
 from services.gateway.app import GatewayConfig, create_server
@@ -35,6 +36,7 @@ async def _serve() -> None:
         redis=RedisConfig.from_env(),
         auth=AuthConfig.from_env(),
         watch=WatchConfig.from_env(),
+        limits=UserLimits.from_env(),
         login=LoginLimitsConfig.from_env(),
     )
     service = await create_server(config)

@@ -10,12 +10,14 @@ from resilienttask.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.core import outbox, task_store, worker_registry
 from services.core.errors import NotFound, translate_errors
 from services.core.events import TaskChange
+from services.core.limits import UserLimits
 from services.core.task_model import row_to_task, rows_to_tasks
 from services.core.transitions import user as transitions
 from services.core.transitions.rules import change_for
 from services.gateway import validation
 from services.gateway.auth_interceptor import current_user_id
 from services.gateway.watch.hub import Hub
+from services.gateway.watch.seats import WatchSeats
 from services.gateway.watch.stream import watch_tasks
 
 TASK_NOT_FOUND = "task not found"
@@ -23,10 +25,14 @@ SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].ful
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
-    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, *, watch_hub: Hub) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, redis: aioredis.Redis, *, watch_hub: Hub, limits: UserLimits | None = None
+    ) -> None:
         self.pool = pool
         self.redis = redis
         self.watch_hub = watch_hub
+        self.limits = limits or UserLimits()
+        self.watchers = WatchSeats(redis, self.limits.max_watch_streams)
         self.kinds = worker_registry.KindsCache(redis)
 
     @translate_errors
@@ -35,11 +41,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> scheduler_pb2.SubmitTaskResponse:
         owner = current_user_id()
         spec = validation.submission(request, await self.kinds.kinds(request.kind or validation.DEFAULT_KIND))
-        rows, created = await transitions.submit(self.pool, owner, spec)
+        rows, created = await transitions.submit(self.pool, owner, spec, self.limits)
         tasks = rows_to_tasks(rows)
         if created:
             changes = [TaskChange(owner, task, 0) for task in tasks]
-            await outbox.emit_and_dispatch(self.pool, self.redis, rows, changes)
+            # Held replicas wait for the owner's slot cap; they are published once released (migration 0008).
+            dispatchable = [row for row in rows if not row["held"]]
+            await outbox.emit_and_dispatch(self.pool, self.redis, dispatchable, changes)
         else:
             # A retried submission: the first attempt's gateway may have died before announcing the tasks.
             await outbox.emit(self.redis, [TaskChange(owner, task, task.status) for task in tasks], self.pool)
@@ -103,12 +111,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self, request: scheduler_pb2.RetryTaskRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.RetryTaskResponse:
         retried = await transitions.retry(
-            self.pool, current_user_id(), validation.uuid_field("task_id", request.task_id)
+            self.pool, current_user_id(), validation.uuid_field("task_id", request.task_id), self.limits
         )
         if retried is None:
             raise NotFound(TASK_NOT_FOUND)
         row, change = retried
-        await outbox.emit_and_dispatch(self.pool, self.redis, [row], [change])
+        await outbox.emit_and_dispatch(self.pool, self.redis, [] if row["held"] else [row], [change])
         return scheduler_pb2.RetryTaskResponse(task=row_to_task(row))
 
     @translate_errors
@@ -127,9 +135,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def ClearHistory(
         self, request: scheduler_pb2.ClearHistoryRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.ClearHistoryResponse:
-        changes = await transitions.clear_history(self.pool, current_user_id())
-        await outbox.emit(self.redis, changes, self.pool)
-        return scheduler_pb2.ClearHistoryResponse(deleted=len(changes))
+        deleted = 0
+        async for changes in transitions.clear_history(self.pool, current_user_id(), self.limits.clear_history_page):
+            await outbox.emit(self.redis, changes, self.pool)
+            deleted += len(changes)
+        return scheduler_pb2.ClearHistoryResponse(deleted=deleted)
 
     @translate_errors
     async def GetStats(
@@ -140,7 +150,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     @translate_errors
     async def WatchTasks(self, request: scheduler_pb2.WatchTasksRequest, context: grpc.aio.ServicerContext) -> None:
         """Writes WatchTasksResponse messages already encoded: add_scheduler_service has them sent as they are."""
-        await watch_tasks(self.watch_hub, current_user_id(), request, context.write)
+        owner = current_user_id()
+        async with self.watchers.seat(owner):
+            await watch_tasks(self.watch_hub, owner, request, context.write)
 
     @translate_errors
     async def ListWorkers(

@@ -11,6 +11,7 @@ from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
 from services.core import outbox, worker_registry
 from services.core.config import DatabaseConfig, RedisConfig, ServerConfig
 from services.core.db import create_pool, database_reachable
+from services.core.limits import UserLimits
 from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server
 from services.core.tokens import WORKER_AUDIENCE
@@ -51,7 +52,8 @@ class SchedulerConfig:
     sweeps: SweepConfig = field(default_factory=SweepConfig)
     progress_flush_ms: int = 100
     takeover: TakeoverConfig = field(default_factory=TakeoverConfig)
-    limits: WorkerLimits = field(default_factory=WorkerLimits)
+    worker_limits: WorkerLimits = field(default_factory=WorkerLimits)
+    limits: UserLimits = field(default_factory=UserLimits)
 
 
 async def create_server(config: SchedulerConfig) -> Service:
@@ -72,14 +74,16 @@ async def create_server(config: SchedulerConfig) -> Service:
             return set()  # no record to go by: nobody's task is taken (the start is deferred and asked again)
 
     enrolment = Enrolment(pool, config.workers, worker_verifier(config.workers))
-    servicer = WorkerServicer(pool, redis, workers, progress, config.retry, enrolment, silent_holders, config.limits)
+    servicer = WorkerServicer(
+        pool, redis, workers, progress, config.retry, enrolment, silent_holders, config.worker_limits
+    )
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
     service = Service(server=server, port=port, health=health, service_names=SERVICE_NAMES)
     service.background += [
         lambda: relay_commands(redis, workers),
         lambda: progress.flush_forever(pool, emitter, config.progress_flush_ms / 1000),
         emitter.run,
-        lambda: run_sweepers(pool, redis, config.sweeps),
+        lambda: run_sweepers(pool, redis, config.sweeps, config.limits),
     ]
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
     service.shutdown_hooks += [servicer.close, emitter.drain, pool.close, redis.aclose]

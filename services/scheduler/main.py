@@ -6,6 +6,7 @@ import asyncio
 import os
 
 from services.core.config import DatabaseConfig, RedisConfig, ServerConfig, env_int
+from services.core.limits import UserLimits
 from services.core.logging import configure_logging
 from services.core.server import run_until_signalled
 from services.core.worker_credentials import WorkerKeyConfig
@@ -33,6 +34,7 @@ async def _serve() -> None:
         takeover=TakeoverConfig(
             holder_silent_ms=env_int("RTASK_HOLDER_SILENT_MS", env_int("RTASK_WORKER_RECLAIM_IDLE_MS", 10_000) * 4 // 5)
         ),
+        limits=UserLimits.from_env(),
     )
     service = await create_server(config)
     await run_until_signalled(service, config.server)

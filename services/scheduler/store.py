@@ -66,7 +66,7 @@ async def due_for_publish(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record
     return list(
         await pool.fetch(
             f"SELECT {TASK_COLUMNS} FROM tasks WHERE status = {QUEUED} AND NOT published "
-            "AND publish_after <= now() ORDER BY publish_after LIMIT $1",
+            "AND publish_after <= now() AND NOT held ORDER BY publish_after LIMIT $1",
             limit,
         )
     )

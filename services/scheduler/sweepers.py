@@ -3,13 +3,16 @@
 - publish: queued tasks nobody published (retry backoff due, or Redis was down at submit time);
 - lost entries: queued tasks whose stream entry vanished (Redis lost data) are published again;
 - abandoned: running tasks past max_runtime + grace that no worker holds any more are timed out;
-- parked events: change events Redis refused after their commit are appended once it is back.
+- parked events: change events Redis refused after their commit are appended once it is back;
+- slot cap: the cap on one user's slots follows the live pool, and tasks it held back are released
+  (slot_cap.py); released tasks are published by the publish sweep, woken at once by the database.
 Several schedulers may run these at once: row locks and fencing make a double publish harmless.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,8 +23,9 @@ from redis.exceptions import RedisError
 
 from services.core import outbox
 from services.core.dispatch import split_ref
+from services.core.limits import UserLimits
 from services.core.transitions import sweeps as transitions
-from services.scheduler import store
+from services.scheduler import slot_cap, store
 
 log = logging.getLogger(__name__)
 BATCH = 500
@@ -35,6 +39,7 @@ class SweepConfig:
     abandoned_interval_s: float = 2.0
     abandoned_grace_s: float = 30.0
     parked_events_interval_s: float = 0.5
+    slot_cap_interval_s: float = 1.0
 
 
 async def publish_due(pool: asyncpg.Pool, redis: aioredis.Redis) -> int:
@@ -66,8 +71,13 @@ async def time_out_abandoned(pool: asyncpg.Pool, redis: aioredis.Redis, grace_s:
     return len(changes)
 
 
-async def _every(interval_s: float, name: str, step: Callable[[], Awaitable[None]]) -> None:
-    """Run step() forever at the interval; store outages are logged and retried, never fatal."""
+async def _every(
+    interval_s: float,
+    name: str,
+    step: Callable[[], Awaitable[None]],
+    pause: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run step() forever at the interval (or after each pause()); store outages are logged and retried."""
     while True:
         try:
             await step()
@@ -77,12 +87,30 @@ async def _every(interval_s: float, name: str, step: Callable[[], Awaitable[None
             # Anything else (asyncpg's InternalClientError on a connection broken mid-query by a PostgreSQL
             # restart, for one) must not end the loop: without the sweepers, requeued tasks are never published.
             log.exception("sweep crashed; will retry", extra={"sweep": name})
-        await asyncio.sleep(interval_s)
+        await (pause() if pause is not None else asyncio.sleep(interval_s))
 
 
-async def run_sweepers(pool: asyncpg.Pool, redis: aioredis.Redis, config: SweepConfig) -> None:
+async def _publish_when_woken(
+    pool: asyncpg.Pool, redis: aioredis.Redis, interval_s: float, wake: asyncio.Event
+) -> None:
+    """The publish sweep, at its interval or at once when the database released held tasks."""
+
     async def publish() -> None:
         await publish_due(pool, redis)
+
+    async def wait() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), interval_s)
+        wake.clear()
+
+    await _every(0, "publish", publish, pause=wait)
+
+
+async def run_sweepers(
+    pool: asyncpg.Pool, redis: aioredis.Redis, config: SweepConfig, limits: UserLimits | None = None
+) -> None:
+    user_limits = limits or UserLimits()
+    released = asyncio.Event()
 
     async def lost() -> None:
         await republish_lost(pool, redis, config.lost_entry_age_s)
@@ -93,8 +121,18 @@ async def run_sweepers(pool: asyncpg.Pool, redis: aioredis.Redis, config: SweepC
     async def abandoned() -> None:
         await time_out_abandoned(pool, redis, config.abandoned_grace_s)
 
+    async def cap() -> None:
+        await slot_cap.refresh_cap(pool, redis, user_limits)
+
+    async def release() -> None:  # a loop of its own: it needs PostgreSQL only, not the registry in Redis
+        if await slot_cap.release_waiting(pool):
+            released.set()
+
     await asyncio.gather(
-        _every(config.publish_interval_ms / 1000, "publish", publish),
+        _publish_when_woken(pool, redis, config.publish_interval_ms / 1000, released),
+        slot_cap.listen_for_releases(pool, released),
+        _every(config.slot_cap_interval_s, "slot cap", cap),
+        _every(config.slot_cap_interval_s, "release waiting", release),
         _every(config.lost_entry_check_interval_s, "lost", lost),
         _every(config.abandoned_interval_s, "abandoned", abandoned),
         _every(config.parked_events_interval_s, "parked events", parked),

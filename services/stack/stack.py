@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.core.config import AuthConfig
+from services.core.limits import UserLimits
 from services.core.worker_credentials import WorkerKeyConfig
 from services.edge.certs import DEFAULT_NAMES, TlsFiles, ensure_dev_tls
 from services.edge.config import AuthLimits, EdgeConfig, Endpoint, TlsListener
@@ -91,6 +92,8 @@ class StackConfig:
     # from RTASK_LOGIN_* / RTASK_HASH_* in the environment (or extra_env).
     auth_limits: AuthLimits = field(default_factory=AuthLimits)
     dashboard_dir: Path | None = DASHBOARD_DIST
+    # Per-user limits for the gateways and schedulers; None: theirs (the defaults, or RTASK_LIMIT_* as set).
+    limits: UserLimits | None = None
 
 
 def ensure_secret(data_dir: Path, name: str = SECRET_FILE) -> Path:
@@ -290,6 +293,8 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.config.limits is not None:
+            env.update(self.config.limits.to_env())
         env.update(self.config.extra_env)
         if role == "worker":
             env.pop("DATABASE_URL", None)  # workers never touch PostgreSQL

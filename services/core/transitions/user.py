@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ import asyncpg
 
 from services.core.errors import FailedPrecondition
 from services.core.events import TaskChange
+from services.core.limits import UserLimits
 from services.core.task_model import (
     ACTIVE,
     CANCELLED,
@@ -52,20 +54,26 @@ class Submission:
     request_id: str
 
 
+DEFAULT_LIMITS = UserLimits()
+
+
 # -- submission ---------------------------------------------------------------------------------------
-async def submit(pool: asyncpg.Pool, owner_id: str, spec: Submission) -> tuple[list[asyncpg.Record], bool]:
+async def submit(
+    pool: asyncpg.Pool, owner_id: str, spec: Submission, limits: UserLimits = DEFAULT_LIMITS
+) -> tuple[list[asyncpg.Record], bool]:
     """Insert every replica in one statement; a repeated request_id returns the first request's rows.
 
-    Returns the rows (by replica index) and whether this call created them.
+    Returns the rows (by replica index, each with `held`: waiting for the owner's slot cap, so not to be
+    dispatched now) and whether this call created them. A limit reached refuses the whole statement (RT003).
     """
     ids = [str(uuid.uuid4()) for _ in range(spec.replicas)]
     batch_id = ids[0]  # the first replica's id: see task_model.in_batch
     try:
-        return await _insert_submission(pool, owner_id, spec, batch_id, ids), True
+        return await _insert_submission(pool, owner_id, spec, batch_id, ids, limits), True
     except _SubmissionExists:
         pass
     existing = await pool.fetch(
-        f"SELECT {TASK_COLUMNS} FROM tasks WHERE owner_id = $1 AND request_id = $2 ORDER BY replica_index",
+        f"SELECT {TASK_COLUMNS}, held FROM tasks WHERE owner_id = $1 AND request_id = $2 ORDER BY replica_index",
         owner_id,
         spec.request_id,
     )
@@ -79,19 +87,27 @@ class _SubmissionExists(Exception):
 # Refusal raised by rt_refuse() (migration 0003).
 _REFUSED = "RT001"
 
+# The per-user limits, checked under the owner's row lock by rt_admit() (migration 0008) before anything is
+# written: active tasks, stored tasks, the submission rate. It returns how many replicas may be dispatched now
+# under the owner's slot cap; the others are inserted held (never published until released).
+_ADMIT = "rt_admit($2, $7, cardinality($1::uuid[]), cardinality($1::uuid[]), $14, $15, $16, $17)"
+
 # Every replica in one autocommit statement (one round trip, one commit; its first history row is derived
-# from the task row, migration 0006). ON CONFLICT skips
-# replicas of a request_id used before; when some were inserted all the same, the guard refuses the
-# statement, so nothing of it is kept. When none was, the statement returns no row.
+# from the task row, migration 0006). Admission comes first: the insert reads its answer, so runs after it.
+# ON CONFLICT skips replicas of a request_id used before; when some were inserted all the same, the guard
+# refuses the statement, so nothing of it is kept. When none was, the statement returns no row.
 _INSERT_SUBMISSION = f"""
-WITH inserted AS (
+WITH admitted AS (SELECT {_ADMIT} AS dispatchable),
+inserted AS (
     INSERT INTO tasks (id, owner_id, name, kind, payload, status, max_attempts, request_id, batch_id,
-                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after)
+                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held)
     SELECT t.id, $2, $3, $4, $5::jsonb, {QUEUED}, $6, $7, $8, t.idx, $9, $10, t.dispatch_id,
-           now() + make_interval(secs => $11)
-    FROM unnest($1::uuid[], $12::int[], $13::uuid[]) AS t(id, idx, dispatch_id)
+           CASE WHEN t.idx < admitted.dispatchable THEN now() + make_interval(secs => $11)
+                ELSE 'infinity'::timestamptz END,
+           t.idx >= admitted.dispatchable
+    FROM unnest($1::uuid[], $12::int[], $13::uuid[]) AS t(id, idx, dispatch_id), admitted
     ON CONFLICT (owner_id, request_id, replica_index) DO NOTHING
-    RETURNING {TASK_COLUMNS}
+    RETURNING {TASK_COLUMNS}, held
 ),
 guard AS (
     SELECT CASE WHEN count(*) <> cardinality($1::uuid[]) THEN rt_refuse('request_id used before') END
@@ -102,7 +118,7 @@ SELECT inserted.* FROM inserted, guard ORDER BY replica_index
 
 
 async def _insert_submission(
-    pool: asyncpg.Pool, owner_id: str, spec: Submission, batch_id: str, ids: list[str]
+    pool: asyncpg.Pool, owner_id: str, spec: Submission, batch_id: str, ids: list[str], limits: UserLimits
 ) -> list[asyncpg.Record]:
     try:
         rows = await pool.fetch(
@@ -120,6 +136,7 @@ async def _insert_submission(
             PUBLISH_GRACE_S,
             list(range(spec.replicas)),
             [str(uuid.uuid4()) for _ in ids],
+            *_limit_args(limits),
         )
     except asyncpg.PostgresError as exc:
         if exc.sqlstate == _REFUSED:
@@ -129,6 +146,10 @@ async def _insert_submission(
         # Nothing inserted (every replica existed): the join may then end before the guard is evaluated.
         raise _SubmissionExists
     return list(rows)
+
+
+def _limit_args(limits: UserLimits) -> tuple[int, int, float, int]:
+    return limits.max_active_tasks, limits.max_stored_tasks, limits.submit_rate_per_s, limits.submit_burst
 
 
 # -- cancel --------------------------------------------------------------------------------------------
@@ -194,24 +215,39 @@ async def cancel(
 
 # -- retry ---------------------------------------------------------------------------------------------
 # A failed, timed-out or cancelled task back to QUEUED with a fresh dispatch, history included, in one
-# statement; the row as it was comes back too, so a refusal can name the status it found.
+# statement; the row as it was comes back too, so a refusal can name the status it found. A retried task is
+# active again and counts as a submission (rt_admit, only for a task that can be retried): it may be held
+# for the owner's slot cap like a new one.
 _RETRY = f"""
 WITH target AS (SELECT id, status FROM tasks WHERE id = $1 AND owner_id = $2 FOR UPDATE),
+admitted AS (
+    SELECT rt_admit($2, '', 1, 0, $6, $7, $8, $9) AS dispatchable FROM target
+    WHERE target.status = ANY($5::smallint[])
+),
 changed AS (
     UPDATE tasks SET status = {QUEUED}, attempt = 0, dead_lettered = false, error = '', progress = 0,
         result = NULL, started_at = NULL, finished_at = NULL, worker_id = '', dispatch_id = $3,
-        published = false, published_at = NULL, publish_after = now() + make_interval(secs => $4)
-    FROM target WHERE tasks.id = target.id AND target.status = ANY($5::smallint[])
-    RETURNING {QUALIFIED_TASK_COLUMNS}, target.status AS before
+        published = false, published_at = NULL, held = admitted.dispatchable < 1,
+        publish_after = CASE WHEN admitted.dispatchable < 1 THEN 'infinity'::timestamptz
+                             ELSE now() + make_interval(secs => $4) END
+    FROM target, admitted WHERE tasks.id = target.id
+    RETURNING {QUALIFIED_TASK_COLUMNS}, tasks.held, target.status AS before
 ),
 recorded AS ({history_of("changed", "before", "'retry requested'")})
 SELECT target.status AS found, changed.* FROM target LEFT JOIN changed ON true
 """
 
 
-async def retry(pool: asyncpg.Pool, owner_id: str, task_id: str) -> tuple[asyncpg.Record, TaskChange] | None:
-    """A failed, timed-out or cancelled task starts over with a fresh set of attempts."""
-    row = await pool.fetchrow(_RETRY, task_id, owner_id, str(uuid.uuid4()), PUBLISH_GRACE_S, sorted(RETRYABLE))
+async def retry(
+    pool: asyncpg.Pool, owner_id: str, task_id: str, limits: UserLimits = DEFAULT_LIMITS
+) -> tuple[asyncpg.Record, TaskChange] | None:
+    """A failed, timed-out or cancelled task starts over with a fresh set of attempts.
+
+    The row comes back with `held`: True when it waits for the owner's slot cap (not to be dispatched now).
+    """
+    row = await pool.fetchrow(
+        _RETRY, task_id, owner_id, str(uuid.uuid4()), PUBLISH_GRACE_S, sorted(RETRYABLE), *_limit_args(limits)
+    )
     if row is None:
         return None
     if row["id"] is None:
@@ -242,10 +278,25 @@ def raise_active(status: int) -> None:
     raise FailedPrecondition(f"cannot delete: task is {status_name(status)}; cancel it first")
 
 
-async def clear_history(pool: asyncpg.Pool, owner_id: str) -> list[TaskChange]:
-    rows = await pool.fetch(
-        f"DELETE FROM tasks WHERE owner_id = $1 AND status = ANY($2::smallint[]) RETURNING {TASK_COLUMNS}",
-        owner_id,
-        sorted(TERMINAL),
-    )
-    return [change_for(r, r["status"], deleted=True) for r in rows]
+# One page of the owner's finished tasks, oldest first, deleted in one autocommit statement. SKIP LOCKED: a
+# task some other statement is changing right now (a retry) is left alone rather than waited for.
+_CLEAR_PAGE = f"""
+WITH page AS (
+    SELECT id FROM tasks WHERE owner_id = $1 AND status = ANY($2::smallint[])
+    ORDER BY created_at, id LIMIT $3 FOR UPDATE SKIP LOCKED
+)
+DELETE FROM tasks USING page WHERE tasks.id = page.id RETURNING {QUALIFIED_TASK_COLUMNS}
+"""
+
+
+async def clear_history(pool: asyncpg.Pool, owner_id: str, page_size: int) -> AsyncIterator[list[TaskChange]]:
+    """The owner's finished tasks deleted page by page, each page committed on its own and yielded for the
+    caller to announce before the next is deleted: no call holds one huge transaction, nor publishes one
+    huge burst of events. Ends with the first page that comes back short.
+    """
+    while True:
+        rows = await pool.fetch(_CLEAR_PAGE, owner_id, sorted(TERMINAL), page_size)
+        if rows:
+            yield [change_for(r, r["status"], deleted=True) for r in rows]
+        if len(rows) < page_size:
+            return

@@ -1,0 +1,90 @@
+"""Per-user limits: how much of the shared system one user may take (docs/limits.md).
+
+The gateways enforce the counts and the rate at submission (in the submit statement itself, migration 0008) and
+the watch streams when one opens; the schedulers turn the slot share into the cap they publish to PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from services.core.config import ConfigError, env_float, env_int
+
+
+@dataclass(frozen=True)
+class UserLimits:
+    """Each count limit is per user; 0 turns that limit off."""
+
+    # Queued + running tasks at once: bounds one user's share of the queues and of the dispatch streams.
+    max_active_tasks: int = 5_000
+    # Stored task rows, finished ones included: bounds one user's share of PostgreSQL.
+    max_stored_tasks: int = 50_000
+    # Submissions (replicas count one each, as do retries), refilled at this rate, up to the burst.
+    submit_rate_per_s: float = 50.0
+    submit_burst: int = 500
+    # WatchTasks streams open at once, across every gateway.
+    max_watch_streams: int = 20
+    # Share of the live worker slots one user's tasks may hold at once; the rest wait queued. 1 or more: no cap.
+    slot_share: float = 0.5
+    # ClearHistory deletes and announces finished tasks this many per transaction (not a per-user limit: it
+    # bounds what one call holds at once).
+    clear_history_page: int = 500
+
+    def __post_init__(self) -> None:
+        for name in ("max_active_tasks", "max_stored_tasks", "submit_burst", "max_watch_streams"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{env_name(name)} must not be negative")
+        if self.clear_history_page < 1:
+            raise ConfigError(f"{env_name('clear_history_page')} must be at least 1")
+        if not math.isfinite(self.submit_rate_per_s) or self.submit_rate_per_s < 0:
+            raise ConfigError(f"{env_name('submit_rate_per_s')} must be a finite number, not negative")
+        if self.submit_rate_per_s > 0 and self.submit_burst < 1:
+            raise ConfigError(f"{env_name('submit_burst')} must be at least 1 when a submission rate is set")
+        if not math.isfinite(self.slot_share) or self.slot_share <= 0:
+            raise ConfigError(f"{env_name('slot_share')} must be a positive number (1 or more: no cap)")
+
+    def slots_per_user(self, live_slots: int) -> int | None:
+        """The most slots one user's tasks may hold in a pool of live_slots; None when there is no cap.
+
+        At least one, so a user is never left with nothing to run, even in a pool of one slot.
+        """
+        if self.slot_share >= 1:
+            return None
+        return max(1, math.floor(self.slot_share * live_slots))
+
+    @classmethod
+    def unlimited(cls) -> UserLimits:
+        """Every limit off: for benchmarks and tests that measure one user's throughput on purpose."""
+        return cls(
+            max_active_tasks=0,
+            max_stored_tasks=0,
+            submit_rate_per_s=0,
+            submit_burst=0,
+            max_watch_streams=0,
+            slot_share=1,
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """The RTASK_LIMIT_* variables that give these limits to a process (what from_env reads back)."""
+        return {env_name(f.name): str(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> UserLimits:
+        d = cls()
+        return cls(
+            max_active_tasks=env_int(env_name("max_active_tasks"), d.max_active_tasks, env),
+            max_stored_tasks=env_int(env_name("max_stored_tasks"), d.max_stored_tasks, env),
+            submit_rate_per_s=env_float(env_name("submit_rate_per_s"), d.submit_rate_per_s, env),
+            submit_burst=env_int(env_name("submit_burst"), d.submit_burst, env),
+            max_watch_streams=env_int(env_name("max_watch_streams"), d.max_watch_streams, env),
+            slot_share=env_float(env_name("slot_share"), d.slot_share, env),
+            clear_history_page=env_int(env_name("clear_history_page"), d.clear_history_page, env),
+        )
+
+
+def env_name(field: str) -> str:
+    """RTASK_LIMIT_<FIELD>, e.g. RTASK_LIMIT_MAX_ACTIVE_TASKS."""
+    return f"RTASK_LIMIT_{field.upper()}"

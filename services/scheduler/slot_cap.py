@@ -1,0 +1,68 @@
+"""The cap on the worker slots one user's tasks may hold at once, and the release of the tasks it holds back.
+
+A submission beyond its owner's cap is stored held (queued, unpublished). When one of the owner's dispatched
+tasks ends, the database releases the next held ones in the same statement and notifies RELEASED_CHANNEL
+(migration 0008); the sweeper listening here then publishes them at once. The cap itself follows the live
+pool: a share of the slots of the workers in the registry, written to PostgreSQL for the submit statements
+and the releases to read; when it grows, or a release skipped a task being changed, the periodic release
+here lets the waiting tasks through. A held task is never lost: it is released at the latest by that sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from services.core import worker_registry
+from services.core.limits import UserLimits
+
+log = logging.getLogger(__name__)
+
+RELEASED_CHANNEL = "rt_released"
+# Owners released per sweep (each locked in turn): the next sweep takes the rest.
+RELEASE_OWNERS = 100
+
+
+async def refresh_cap(pool: asyncpg.Pool, redis: aioredis.Redis, limits: UserLimits) -> int | None:
+    """Write the cap for the live pool as it is now (nothing when unchanged); returns it."""
+    workers = await worker_registry.live_workers(redis)
+    cap = limits.slots_per_user(sum(w.slots for w in workers))
+    await pool.execute("UPDATE slot_cap SET slots_per_user = $1 WHERE slots_per_user IS DISTINCT FROM $1", cap)
+    return cap
+
+
+async def release_waiting(pool: asyncpg.Pool) -> int:
+    """Release held tasks of owners below the cap; returns how many (the publish sweep publishes them)."""
+    released: int = await pool.fetchval("SELECT rt_release_waiting($1)", RELEASE_OWNERS)
+    return released
+
+
+async def listen_for_releases(pool: asyncpg.Pool, wake: asyncio.Event, check_interval_s: float = 5.0) -> None:
+    """Set `wake` whenever the database released held tasks, for as long as the sweeper runs.
+
+    Holds one pooled connection, checked now and then so a broken one is replaced; the listener is removed
+    before the connection goes back (pooled sessions carry no LISTEN state).
+    """
+
+    def on_release(*_: object) -> None:
+        wake.set()
+
+    while True:
+        try:
+            async with pool.acquire() as conn:
+                await conn.add_listener(RELEASED_CHANNEL, on_release)
+                try:
+                    wake.set()  # anything released while nobody listened is published now
+                    while True:
+                        await asyncio.sleep(check_interval_s)
+                        await conn.fetchval("SELECT 1")
+                finally:
+                    with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                        await conn.remove_listener(RELEASED_CHANNEL, on_release)
+        except Exception as exc:  # whatever broke the connection, listening must resume
+            log.warning("release listener lost; reconnecting", extra={"error": repr(exc)})
+            await asyncio.sleep(check_interval_s)
