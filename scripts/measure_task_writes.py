@@ -93,7 +93,7 @@ async def one_task(pool: asyncpg.Pool, owner: str, scenario: Scenario) -> tuple[
     (result,) = started.results
     assert result.decision == worker_pb2.START_DECISION_RUN, result
     for step in range(scenario.progress_reports):
-        await record_progress(pool, {(task_id, result.fence): (step + 1) / (scenario.progress_reports + 1)})
+        await record_progress(pool, {(task_id, result.fence, "w"): (step + 1) / (scenario.progress_reports + 1)})
     held = worker_pb2.HeldTask(task_id=task_id, fence=result.fence)
     finished = await store.finish_batch(
         pool, "w", [worker_pb2.FinishItem(task=held, outcome=worker_pb2.OUTCOME_SUCCEEDED)], store.RetryPolicy()

@@ -70,6 +70,8 @@ USERS: dict[str, AclUser] = {
             "hset",
             "hdel",
             "hgetall",
+            # Whether the holders of tasks another worker asks to take over are silent (silent_among).
+            "hmget",
             # Seats of open watch streams, per user across gateways (services/gateway/watch/seats.py).
             "zadd",
             "zrem",

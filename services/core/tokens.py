@@ -1,11 +1,18 @@
-"""JWT HS256 access tokens for users and workers: minted by the services, verified by Envoy and again here."""
+"""JWT HS256 access tokens for users and workers, each signed with its own key.
+
+User tokens are signed with the user key (AuthConfig.jwt_secret), which only the gateways and Envoy hold.
+Worker tokens are signed with the worker key (WorkerKeyConfig), which only the schedulers hold: they issue
+a worker its token at enrolment (services/scheduler/enrolment.py) and verify it on every WorkerService call.
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import jwt
 
@@ -28,7 +35,21 @@ class IssuedToken:
     expires_at: float  # seconds since the epoch
 
 
-def _mint(config: AuthConfig, subject: str, audience: str, ttl_s: int) -> IssuedToken:
+class SigningKey(Protocol):
+    """What signs and verifies one kind of token: the user key (AuthConfig) or the worker key."""
+
+    @property
+    def jwt_secret(self) -> bytes: ...
+
+    @property
+    def issuer(self) -> str: ...
+
+
+# A token in, its (subject, expiry) out, or Unauthenticated.
+Verifier = Callable[[str], tuple[str, float]]
+
+
+def _mint(config: SigningKey, subject: str, audience: str, ttl_s: int) -> IssuedToken:
     now = int(time.time())
     claims = {
         "sub": subject,
@@ -45,8 +66,9 @@ def mint_user_token(config: AuthConfig, user_id: str) -> IssuedToken:
     return _mint(config, user_id, config.audience, config.token_ttl_s)
 
 
-def mint_worker_token(config: AuthConfig, worker_id: str) -> IssuedToken:
-    return _mint(config, worker_id, WORKER_AUDIENCE, WORKER_TOKEN_TTL_S)
+def mint_worker_token(config: SigningKey, worker_id: str, ttl_s: int = WORKER_TOKEN_TTL_S) -> IssuedToken:
+    """A worker token; only the schedulers hold the worker key that signs it."""
+    return _mint(config, worker_id, WORKER_AUDIENCE, ttl_s)
 
 
 def _is_uuid(value: str) -> bool:
@@ -57,7 +79,7 @@ def _is_uuid(value: str) -> bool:
         return False
 
 
-def verify_token(config: AuthConfig, token: str, audience: str) -> str:
+def verify_token(config: SigningKey, token: str, audience: str) -> str:
     """Return the subject of a valid token; any defect is Unauthenticated with one generic message."""
     return verify_token_claims(config, token, audience)[0]
 
@@ -66,9 +88,8 @@ class VerifiedTokens:
     """Tokens already verified, until they expire: a worker or a user sends the same token on every call,
     and checking its signature and claims again each time is pure overhead on the hot path."""
 
-    def __init__(self, config: AuthConfig, audience: str, capacity: int = 4096) -> None:
-        self._config = config
-        self._audience = audience
+    def __init__(self, config: SigningKey, audience: str, capacity: int = 4096) -> None:
+        self._verify: Verifier = lambda token: verify_token_claims(config, token, audience)
         self._capacity = capacity
         self._subjects: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
@@ -81,19 +102,20 @@ class VerifiedTokens:
         if known is not None and time.time() < known[1]:
             self._subjects.move_to_end(token)
             return known[0]
-        subject, expires_at = verify_token_claims(self._config, token, self._audience)
+        subject, expires_at = self._verify(token)
         self._subjects[token] = (subject, expires_at)
         if len(self._subjects) > self._capacity:
             self._subjects.popitem(last=False)
         return subject
 
 
-def verify_token_claims(config: AuthConfig, token: str, audience: str) -> tuple[str, float]:
+def verify_token_claims(config: SigningKey, token: str, audience: str) -> tuple[str, float]:
     """The subject and expiry of a valid token; any defect is Unauthenticated with one generic message.
 
     Only HS256 is accepted (so `alg=none` and every other algorithm fail), every claim is required,
     `iat` may not lie in the future, and `aud` must be exactly the one expected audience: a token
-    listing several audiences would otherwise open both the user and the worker API.
+    listing several audiences would otherwise open both the user and the worker API. (With separate keys,
+    a token of one kind fails the other's signature check first; the audience is a second wall.)
     """
     if not token or len(token) > MAX_TOKEN_CHARS:
         raise Unauthenticated(_INVALID)
@@ -110,6 +132,6 @@ def verify_token_claims(config: AuthConfig, token: str, audience: str) -> tuple[
     except jwt.PyJWTError as exc:
         raise Unauthenticated(_INVALID) from exc
     subject = claims.get("sub")
-    if not isinstance(subject, str) or not subject or (audience == config.audience and not _is_uuid(subject)):
+    if not isinstance(subject, str) or not subject or (audience != WORKER_AUDIENCE and not _is_uuid(subject)):
         raise Unauthenticated(_INVALID)
     return subject, float(claims["exp"])

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -150,6 +151,24 @@ async def live_workers(redis: aioredis.Redis, stale_after_s: float = STALE_AFTER
         if now - info.last_heartbeat <= stale_after_s:
             workers.append(info)
     return sorted(workers, key=lambda w: w.id)
+
+
+async def silent_among(redis: aioredis.Redis, worker_ids: Collection[str], silent_after_s: float) -> set[str]:
+    """Of worker_ids, those the schedulers saw go silent: no entry (their stream ended) or no heartbeat
+    recorded for silent_after_s. Only schedulers write this hash, from the heartbeats on their streams."""
+    ids = sorted(worker_ids)
+    if not ids:
+        return set()
+    now = time.time()
+    silent = set()
+    for worker_id, raw in zip(ids, await redis.hmget(keys.WORKERS_HASH, ids), strict=True):
+        try:
+            last = float(json.loads(raw)["last_heartbeat"]) if raw is not None else float("-inf")
+        except (ValueError, KeyError, TypeError):
+            last = float("-inf")  # an entry we cannot read is no proof of life
+        if now - last > silent_after_s:
+            silent.add(worker_id)
+    return silent
 
 
 async def known_kinds(redis: aioredis.Redis) -> list[str]:

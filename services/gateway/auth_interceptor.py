@@ -13,9 +13,8 @@ from typing import Any
 
 import grpc
 
-from services.core.config import AuthConfig
 from services.core.errors import Unauthenticated
-from services.core.tokens import VerifiedTokens
+from services.core.tokens import SigningKey, VerifiedTokens
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +54,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     that handler and by no other call.
     """
 
-    def __init__(self, config: AuthConfig, protected_prefix: str, audience: str) -> None:
+    def __init__(
+        self, config: SigningKey, protected_prefix: str, audience: str, exempt: frozenset[str] = frozenset()
+    ) -> None:
+        """`exempt`: full method names under the prefix that check their own credentials (worker enrolment)."""
         if not (protected_prefix.startswith("/") and protected_prefix.endswith("/")):
             raise ValueError(f"protected_prefix must look like '/package.Service/', got {protected_prefix!r}")
         self._prefix = protected_prefix
+        self._exempt = exempt
         self._verified = VerifiedTokens(config, audience)
 
     async def intercept_service(
@@ -67,7 +70,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith(self._prefix):
+        method = handler_call_details.method
+        if handler is None or not method.startswith(self._prefix) or method in self._exempt:
             return handler
         return self._guarded(handler)
 

@@ -2,26 +2,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
+from redis.exceptions import RedisError
+
 from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
-from services.core import outbox
-from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
+from services.core import outbox, worker_registry
+from services.core.config import DatabaseConfig, RedisConfig, ServerConfig
 from services.core.db import create_pool, database_reachable
 from services.core.limits import UserLimits
 from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server
 from services.core.tokens import WORKER_AUDIENCE
+from services.core.worker_credentials import WorkerKeyConfig
 from services.gateway.auth_interceptor import AuthInterceptor
 from services.scheduler.connections import ConnectedWorkers, relay_commands
+from services.scheduler.enrolment import Enrolment, worker_verifier
 from services.scheduler.progress import ProgressBuffer
 from services.scheduler.store import RetryPolicy
 from services.scheduler.sweepers import SweepConfig, run_sweepers
+from services.scheduler.worker_limits import WorkerLimits
 from services.scheduler.worker_service import WorkerServicer
 
 SERVICE_NAMES = (worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,)
-# Every WorkerService call needs a worker token (its own audience: user tokens are refused).
+# Every WorkerService call needs a worker token (signed with the worker key, its own audience: user tokens
+# are refused), except Enrol, which checks the enrolment secret or a worker token itself.
 WORKER_PREFIX = f"/{SERVICE_NAMES[0]}/"
+ENROL_METHOD = f"{WORKER_PREFIX}Enrol"
+
+
+@dataclass(frozen=True)
+class TakeoverConfig:
+    """When a task held by one worker may be started by another."""
+
+    # The holder's last heartbeat seen by a scheduler is older than this (or its stream is gone). Below the
+    # workers' reclaim threshold, so a legitimately reclaimed entry is never deferred for long; far above the
+    # heartbeat interval, so a live holder never looks silent.
+    holder_silent_ms: int = 8000
 
 
 @dataclass(frozen=True)
@@ -29,10 +47,12 @@ class SchedulerConfig:
     server: ServerConfig
     database: DatabaseConfig
     redis: RedisConfig
-    auth: AuthConfig
+    workers: WorkerKeyConfig
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     sweeps: SweepConfig = field(default_factory=SweepConfig)
     progress_flush_ms: int = 100
+    takeover: TakeoverConfig = field(default_factory=TakeoverConfig)
+    worker_limits: WorkerLimits = field(default_factory=WorkerLimits)
     limits: UserLimits = field(default_factory=UserLimits)
 
 
@@ -40,12 +60,23 @@ async def create_server(config: SchedulerConfig) -> Service:
     """Build the scheduler: stores opened, servicer registered, port bound (not yet started)."""
     pool = await create_pool(config.database)
     redis = create_redis(config.redis)
-    interceptor = AuthInterceptor(config.auth, WORKER_PREFIX, WORKER_AUDIENCE)
+    interceptor = AuthInterceptor(config.workers, WORKER_PREFIX, WORKER_AUDIENCE, exempt=frozenset({ENROL_METHOD}))
     server, port, health = create_grpc_server(config.server, service_names=SERVICE_NAMES, interceptors=[interceptor])
     workers = ConnectedWorkers()
     progress = ProgressBuffer()
     emitter = outbox.EventEmitter(pool, redis)
-    servicer = WorkerServicer(pool, redis, workers, progress, config.retry)
+    silent_after_s = config.takeover.holder_silent_ms / 1000
+
+    async def silent_holders(worker_ids: Collection[str]) -> set[str]:
+        try:
+            return await worker_registry.silent_among(redis, worker_ids, silent_after_s)
+        except (RedisError, OSError):
+            return set()  # no record to go by: nobody's task is taken (the start is deferred and asked again)
+
+    enrolment = Enrolment(pool, config.workers, worker_verifier(config.workers))
+    servicer = WorkerServicer(
+        pool, redis, workers, progress, config.retry, enrolment, silent_holders, config.worker_limits
+    )
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
     service = Service(server=server, port=port, health=health, service_names=SERVICE_NAMES)
     service.background += [

@@ -4,6 +4,9 @@ Everything a worker is to be told (pushed cancels, answers to its work requests,
 into that worker's mailbox; the stream writes whatever has accumulated as one message, so a burst costs
 one write, not one per item. A gateway that cancels a running task publishes a command on Redis; every
 scheduler receives it and the one holding that worker's stream pushes it down at once (no polling).
+
+One worker id has one stream: a new stream under an id replaces the old one, on this scheduler at once and
+on the others through a `replace` message on the same channel, so commands never go to two streams.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import uuid
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -41,11 +45,20 @@ class Mailbox:
         self._pending = worker_pb2.ConnectResponse()
         self._ready = asyncio.Event()
         self._closed = False
+        # Names this stream in `replace` messages, so a scheduler never closes the stream that replaced it.
+        self.stream_id = uuid.uuid4().hex
+        # Set when a newer stream of the same worker took over: this one ends with ABORTED.
+        self.replaced = False
 
     def close(self) -> None:
         """The stream is ending: `next()` hands out what is left, then None."""
         self._closed = True
         self._ready.set()
+
+    def replace(self) -> None:
+        """A newer stream of the same worker took over: end this one."""
+        self.replaced = True
+        self.close()
 
     def cancel(self, command: worker_pb2.CancelCommand) -> None:
         self._pending.cancels.append(command)
@@ -76,9 +89,20 @@ class ConnectedWorkers:
         self._mailboxes: dict[str, Mailbox] = {}
 
     def attach(self, worker_id: str) -> Mailbox:
+        """A new stream of worker_id; the one it had here (if any) ends."""
         mailbox = Mailbox()
+        previous = self._mailboxes.get(worker_id)
         self._mailboxes[worker_id] = mailbox
+        if previous is not None:
+            previous.replace()
         return mailbox
+
+    def replaced_elsewhere(self, worker_id: str, stream_id: str) -> None:
+        """Another scheduler took a new stream of worker_id: end ours, unless it is that very stream."""
+        mailbox = self._mailboxes.get(worker_id)
+        if mailbox is not None and mailbox.stream_id != stream_id:
+            del self._mailboxes[worker_id]
+            mailbox.replace()
 
     def detach(self, worker_id: str, mailbox: Mailbox) -> None:
         if self._mailboxes.get(worker_id) is mailbox:
@@ -93,6 +117,12 @@ class ConnectedWorkers:
             return False
         mailbox.cancel(cancel_command(task_id, fence, reason))
         return True
+
+
+async def announce_stream(redis: aioredis.Redis, worker_id: str, mailbox: Mailbox) -> None:
+    """Tell the other schedulers that worker_id has a new stream here, so they end any old one."""
+    message = {"replace": worker_id, "stream": mailbox.stream_id}
+    await redis.publish(keys.COMMAND_CHANNEL, json.dumps(message))
 
 
 async def relay_commands(redis: aioredis.Redis, workers: ConnectedWorkers) -> None:
@@ -116,6 +146,9 @@ def _deliver(data: object, workers: ConnectedWorkers) -> None:
         return
     try:
         command = json.loads(data)
+        if "replace" in command:
+            workers.replaced_elsewhere(str(command["replace"]), str(command["stream"]))
+            return
         workers.send_stop(command["worker_id"], command["task_id"], int(command["fence"]), command["reason"])
     except (ValueError, KeyError, TypeError):
         log.warning("malformed command ignored")

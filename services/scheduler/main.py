@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 
-from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig, env_int
+from services.core.config import DatabaseConfig, RedisConfig, ServerConfig, env_int
 from services.core.limits import UserLimits
 from services.core.logging import configure_logging
 from services.core.server import run_until_signalled
-from services.scheduler.app import SchedulerConfig, create_server
+from services.core.worker_credentials import WorkerKeyConfig
+from services.scheduler.app import SchedulerConfig, TakeoverConfig, create_server
 from services.scheduler.store import RetryPolicy
 from services.scheduler.sweepers import SweepConfig
 
@@ -19,7 +20,7 @@ async def _serve() -> None:
         server=ServerConfig.from_env(default_port=50061),
         database=DatabaseConfig.from_env(),
         redis=RedisConfig.from_env(),
-        auth=AuthConfig.from_env(),
+        workers=WorkerKeyConfig.from_env(),
         retry=RetryPolicy(
             base_ms=env_int("RTASK_RETRY_BASE_MS", 1000),
             max_ms=env_int("RTASK_RETRY_MAX_MS", 60_000),
@@ -29,6 +30,10 @@ async def _serve() -> None:
             abandoned_grace_s=float(env_int("RTASK_ABANDONED_GRACE_S", 30)),
         ),
         progress_flush_ms=env_int("RTASK_PROGRESS_FLUSH_MS", 100),
+        # Defaults to 80 % of the workers' reclaim threshold (the same variable the workers read).
+        takeover=TakeoverConfig(
+            holder_silent_ms=env_int("RTASK_HOLDER_SILENT_MS", env_int("RTASK_WORKER_RECLAIM_IDLE_MS", 10_000) * 4 // 5)
+        ),
         limits=UserLimits.from_env(),
     )
     service = await create_server(config)

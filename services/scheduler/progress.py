@@ -1,4 +1,8 @@
-"""Progress reports are frequent: keep the latest per attempt and write them in one statement per tick."""
+"""Progress reports are frequent: keep the latest per attempt and write them in one statement per tick.
+
+An attempt is (task, fence, reporting worker): the statement records a value only while that worker holds
+the task with that fence, so one worker's reports never move another's task.
+"""
 
 from __future__ import annotations
 
@@ -16,17 +20,17 @@ log = logging.getLogger(__name__)
 
 class ProgressBuffer:
     def __init__(self) -> None:
-        self._latest: dict[tuple[str, int], float] = {}
+        self._latest: dict[tuple[str, int, str], float] = {}
 
-    def add(self, task_id: str, fence: int, progress: float) -> None:
-        self._latest[(task_id, fence)] = progress
+    def add(self, task_id: str, fence: int, worker_id: str, progress: float) -> None:
+        self._latest[(task_id, fence, worker_id)] = progress
 
     def discard(self, task_ids: Iterable[str]) -> None:
         gone = set(task_ids)
         for key in [k for k in self._latest if k[0] in gone]:
             del self._latest[key]
 
-    def take(self) -> dict[tuple[str, int], float]:
+    def take(self) -> dict[tuple[str, int, str], float]:
         latest, self._latest = self._latest, {}
         return latest
 

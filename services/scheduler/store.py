@@ -13,11 +13,12 @@ from resilienttask.worker.v1 import worker_pb2
 from services.core.task_model import CANCELLING, QUEUED, TASK_COLUMNS, TERMINAL
 from services.core.transitions.finish import FinishOutcome, RetryPolicy, finish_batch
 from services.core.transitions.rules import SUPERSEDED, valid_uuids
-from services.core.transitions.start import StartOutcome, start_batch
+from services.core.transitions.start import HolderCheck, StartOutcome, start_batch
 
 __all__ = [
     "SUPERSEDED",
     "FinishOutcome",
+    "HolderCheck",
     "RetryPolicy",
     "StartOutcome",
     "due_for_publish",
@@ -28,18 +29,31 @@ __all__ = [
 ]
 
 
-async def stops_for_held(pool: asyncpg.Pool, held: Sequence[worker_pb2.HeldTask]) -> list[tuple[str, int, str]]:
-    """For tasks a worker says it runs: which it must stop, and why (superseded, or cancel requested)."""
+async def stops_for_held(
+    pool: asyncpg.Pool, worker_id: str, held: Sequence[worker_pb2.HeldTask]
+) -> list[tuple[str, int, str]]:
+    """For tasks a worker says it runs: which it must stop, and why (superseded, or cancel requested).
+
+    A task this worker does not hold is "superseded" whatever fence was named, exactly as a stale fence is:
+    the answer tells nothing about other workers' tasks or which fence is current.
+    """
     if not held:
         return []
     rows = await pool.fetch(
-        "SELECT id, status, fence FROM tasks WHERE id = ANY($1::uuid[])", valid_uuids([h.task_id for h in held])
+        "SELECT id, status, fence, worker_id FROM tasks WHERE id = ANY($1::uuid[])",
+        valid_uuids([h.task_id for h in held]),
     )
     current = {str(r["id"]): r for r in rows}
     stops = []
     for task in held:
         row = current.get(task.task_id)
-        if row is None or row["fence"] != task.fence or row["status"] in TERMINAL or row["status"] == QUEUED:
+        if (
+            row is None
+            or row["worker_id"] != worker_id
+            or row["fence"] != task.fence
+            or row["status"] in TERMINAL
+            or row["status"] == QUEUED
+        ):
             stops.append((task.task_id, task.fence, SUPERSEDED))
         elif row["status"] == CANCELLING:
             stops.append((task.task_id, task.fence, "cancelled"))

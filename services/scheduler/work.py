@@ -23,9 +23,6 @@ from services.scheduler.progress import ProgressBuffer
 
 log = logging.getLogger(__name__)
 
-# Items one WorkRequest may carry; a worker asks for at most its free slots, so this bounds a bad one.
-MAX_ITEMS = 500
-
 
 def verdict(result: worker_pb2.FinishResult) -> worker_pb2.FinishVerdict:
     """What the worker does with the entry of a reported outcome."""
@@ -47,6 +44,8 @@ class WorkProcessor:
         mailbox: Mailbox,
         progress: ProgressBuffer,
         retry: store.RetryPolicy,
+        holders: store.HolderCheck,
+        max_items: int = 500,
     ) -> None:
         self.worker_id = worker_id
         self.pool = pool
@@ -54,13 +53,16 @@ class WorkProcessor:
         self.mailbox = mailbox
         self.progress = progress
         self.retry = retry
+        self.holders = holders
+        # Items one WorkRequest may carry; a worker asks for at most its free slots, so this bounds a bad one.
+        self.max_items = max_items
         self._queue: list[worker_pb2.WorkRequest] = []
         self._ready = asyncio.Event()
 
     def submit(self, request: worker_pb2.WorkRequest) -> None:
         size = len(request.start) + len(request.finish)
-        if size > MAX_ITEMS:
-            error = f"items: at most {MAX_ITEMS} per request"
+        if size > self.max_items:
+            error = f"items: at most {self.max_items} starts and outcomes per request"
             self.mailbox.answer(worker_pb2.WorkResponse(request_id=request.request_id, error=error, permanent=True))
             return
         self._queue.append(request)
@@ -109,7 +111,7 @@ class WorkProcessor:
         self.progress.discard(item.task.task_id for item in finishes)
         finished, started = await asyncio.gather(
             store.finish_batch(self.pool, self.worker_id, finishes, self.retry) if finishes else _nothing(),
-            store.start_batch(self.pool, self.worker_id, starts) if starts else _nothing(),
+            store.start_batch(self.pool, self.worker_id, starts, self.holders) if starts else _nothing(),
             return_exceptions=True,  # both halves end before the batch is answered
         )
         for half in (finished, started):

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.core.config import AuthConfig
 from services.core.limits import UserLimits
+from services.core.worker_credentials import WorkerKeyConfig
 from services.edge.certs import DEFAULT_NAMES, TlsFiles, ensure_dev_tls
 from services.edge.config import AuthLimits, EdgeConfig, Endpoint, TlsListener
 from services.edge.launch import JWKS_FILE, envoy_argv, write_edge_files
@@ -36,6 +37,19 @@ from services.stack.processes import ManagedProcess
 from services.stack.redis_users import RedisAccess, logins, password_files, write_acl_file
 
 SECRET_FILE = "jwt_secret"
+# The worker key (schedulers only) and the enrolment secret (schedulers and workers): see worker_credentials.
+WORKER_KEY_FILE = "worker_key"
+ENROLMENT_FILE = "worker_enrolment_secret"
+# Secret variables never passed on from the environment the stack was started in: each process gets the
+# files its role needs, and only those.
+SECRET_VARIABLES = (
+    "RTASK_JWT_SECRET",
+    "RTASK_JWT_SECRET_FILE",
+    "RTASK_WORKER_KEY",
+    "RTASK_WORKER_KEY_FILE",
+    "RTASK_WORKER_ENROLMENT_SECRET",
+    "RTASK_WORKER_ENROLMENT_SECRET_FILE",
+)
 # Memory the stack's own Valkey may use before it refuses writes (docs/operations.md, "Redis memory").
 DEFAULT_REDIS_MAXMEMORY_MB = 1024
 TLS_DIR = "tls"
@@ -82,9 +96,9 @@ class StackConfig:
     limits: UserLimits | None = None
 
 
-def ensure_secret(data_dir: Path) -> Path:
-    """Generate the development JWT secret once (mode 0600); later starts reuse it."""
-    path = data_dir / SECRET_FILE
+def ensure_secret(data_dir: Path, name: str = SECRET_FILE) -> Path:
+    """Generate a development secret once (mode 0600); later starts reuse it."""
+    path = data_dir / name
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -130,6 +144,8 @@ class Stack:
         self.edge_tls_port = config.edge_tls_port or self._free_port()
         self.admin_port = config.admin_port or self._free_port()
         self.secret_file = ensure_secret(self.data_dir)
+        self.worker_key_file = ensure_secret(self.data_dir, WORKER_KEY_FILE)
+        self.enrolment_file = ensure_secret(self.data_dir, ENROLMENT_FILE)
         self.tls = ensure_dev_tls(self.data_dir / TLS_DIR, self.tls_names())
         self.protoset = write_protoset(self.data_dir / PROTOSET_FILE)
 
@@ -176,6 +192,14 @@ class Stack:
     @property
     def jwt_secret(self) -> bytes:
         return self.secret_file.read_text().strip().encode()
+
+    @property
+    def worker_key(self) -> bytes:
+        return self.worker_key_file.read_text().strip().encode()
+
+    @property
+    def enrolment_secret(self) -> bytes:
+        return self.enrolment_file.read_text().strip().encode()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -236,14 +260,29 @@ class Stack:
             return {"REDIS_URL": "", "RTASK_REDIS_PASSWORD_FILE": str(self._redis_password_files[role])}
         return (access.worker if role == "worker" else access.services).env()
 
-    def service_env(self, port: int, role: str = "services") -> dict[str, str]:
-        env = dict(os.environ)
+    def role_secrets(self, role: str) -> dict[str, str]:
+        """The secret files a role holds: the user key for gateways, the worker key and the enrolment secret
+        for schedulers, only the enrolment secret for workers."""
+        if role == "gateway":
+            return {"RTASK_JWT_SECRET_FILE": str(self.secret_file)}
+        if role == "scheduler":
+            return {
+                "RTASK_WORKER_KEY_FILE": str(self.worker_key_file),
+                "RTASK_WORKER_ENROLMENT_SECRET_FILE": str(self.enrolment_file),
+            }
+        if role == "worker":
+            return {"RTASK_WORKER_ENROLMENT_SECRET_FILE": str(self.enrolment_file)}
+        return {}
+
+    def service_env(self, port: int, role: str = "gateway") -> dict[str, str]:
+        """The environment of one process of `role` ("gateway", "scheduler" or "worker")."""
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
         # An external server's password file, if the caller names one, passes through to every process.
-        env.update(self.redis_env(role))
+        env.update(self.redis_env("worker" if role == "worker" else "services"))
         env.update(
             {
                 "DATABASE_URL": self.database_url,
-                "RTASK_JWT_SECRET_FILE": str(self.secret_file),
+                **self.role_secrets(role),
                 "RTASK_BCRYPT_COST": str(self.config.bcrypt_cost),
                 "RTASK_PORT": str(port),
                 "RTASK_HOST": "127.0.0.1",
@@ -257,11 +296,13 @@ class Stack:
         if self.config.limits is not None:
             env.update(self.config.limits.to_env())
         env.update(self.config.extra_env)
+        if role == "worker":
+            env.pop("DATABASE_URL", None)  # workers never touch PostgreSQL
         return env
 
     def _add_service(self, name: str, module: str) -> ManagedProcess:
         port = self.ports.get(name) or self._free_port()
-        env = self.service_env(port, role="worker" if module == "services.worker.main" else "services")
+        env = self.service_env(port, role=name.split("-")[0])
         env["RTASK_INSTANCE"] = name
         proc = ManagedProcess(name, [sys.executable, "-m", module], log_dir=self.log_dir, env=env, echo=self.echo)
         self.processes[name] = proc
@@ -340,7 +381,11 @@ class Stack:
 
     def service_auth(self) -> AuthConfig:
         """The token settings (secret, issuer, audience) the services read from their environment."""
-        return AuthConfig.from_env(self.service_env(0))
+        return AuthConfig.from_env(self.service_env(0, "gateway"))
+
+    def worker_keys(self) -> WorkerKeyConfig:
+        """The worker key and enrolment secret the schedulers read from their environment."""
+        return WorkerKeyConfig.from_env(self.service_env(0, "scheduler"))
 
     def edge_config(self) -> EdgeConfig:
         dashboard = self.config.dashboard_dir

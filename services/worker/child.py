@@ -95,14 +95,36 @@ def _run_async(handler: Handler, ctx: TaskContext, on_cancel: list[Any]) -> Any:
     return asyncio.run(main())
 
 
+def drop_privileges(run_as: Any) -> None:
+    """Become (uid, gid) for good, with no supplementary groups; nothing when run_as is empty.
+
+    Called before the handler runs: its code (and whatever a payload makes it do) then cannot read the
+    worker's secret files nor /proc/<worker>/environ. As root, setuid sets the real, effective and saved
+    uid, so the way back is closed; that is checked rather than assumed.
+    """
+    if not run_as:
+        return
+    uid, gid = int(run_as[0]), int(run_as[1])
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid) or os.getgroups():
+        raise PermissionError(f"could not become uid {uid} / gid {gid}")
+
+
 def run(spec: dict[str, Any], pipe: MessagePipe) -> None:
-    """Import the handler's module, call it, and send its outcome."""
+    """Import the handler's module, give up privileges, call the handler, and send its outcome.
+
+    The module is imported first (the worker itself imported it at start-up, with the same rights); the
+    handler call runs as the unprivileged user.
+    """
     sys.path[:] = [p for p in spec.get("sys_path", []) if isinstance(p, str)] or sys.path
     importlib.import_module(spec["module"])
     handler = get_handler(spec["kind"])
     if handler is None:
         pipe.final({"error": f"module {spec['module']} registers no handler for kind {spec['kind']!r}"})
         return
+    drop_privileges(spec.get("run_as"))
     ctx = TaskContext(
         task_id=spec["task_id"],
         attempt=int(spec["attempt"]),

@@ -6,9 +6,11 @@ import os
 import secrets
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from services.core.config import AuthConfig, ConfigError, RedisConfig, ServerConfig
+from services.core.config import ConfigError, RedisConfig, ServerConfig
+from services.core.worker_credentials import EnrolmentConfig
+from services.worker.isolation import IsolationConfig
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:
@@ -59,6 +61,8 @@ class WorkerConfig:
     self_fence_margin_ms: int = 0
     # Modules imported at start-up so their @task handlers register.
     imports: tuple[str, ...] = ()
+    # How handler child processes are confined (user, environment).
+    isolation: IsolationConfig = field(default_factory=IsolationConfig)
 
     def __post_init__(self) -> None:
         if not self.worker_id:
@@ -107,17 +111,19 @@ class WorkerConfig:
             contact_timeout_ms=_int(env, "RTASK_WORKER_CONTACT_TIMEOUT_MS", 0),
             self_fence_margin_ms=_int(env, "RTASK_WORKER_SELF_FENCE_MARGIN_MS", 0),
             imports=imports,
+            isolation=IsolationConfig.from_env(env),
         )
 
 
 @dataclass(frozen=True)
 class WorkerProcessConfig:
-    """Everything the worker process needs: its own settings, the health server, Redis and the token secret."""
+    """Everything the worker process needs: its own settings, the health server, Redis and the enrolment secret
+    (never the user key nor the worker key: a worker cannot sign any token)."""
 
     worker: WorkerConfig
     server: ServerConfig
     redis: RedisConfig
-    auth: AuthConfig
+    enrolment: EnrolmentConfig
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> WorkerProcessConfig:
@@ -125,5 +131,5 @@ class WorkerProcessConfig:
             worker=WorkerConfig.from_env(env),
             server=ServerConfig.from_env(env, default_port=50071),
             redis=RedisConfig.from_env(env),
-            auth=AuthConfig.from_env(env),
+            enrolment=EnrolmentConfig.from_env(env),
         )

@@ -24,13 +24,14 @@ from typing import Any
 import grpc
 
 from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
-from services.core.config import AuthConfig
-from services.core.tokens import IssuedToken, mint_worker_token
+from services.core.tokens import IssuedToken
+from services.core.worker_credentials import EnrolmentConfig
 
 log = logging.getLogger(__name__)
 
-# A fresh token is minted when less than this remains of the current one (tokens live an hour).
-TOKEN_REFRESH_MARGIN_S = 1800
+# The token is renewed when less than this share of its lifetime remains (tokens live an hour by default).
+TOKEN_RENEW_FRACTION = 0.5
+ENROL_TIMEOUT_S = 10.0
 # A stream that lived this long was healthy: the next reconnect starts with a short delay again.
 HEALTHY_STREAM_S = 10.0
 # A work request unanswered for this long is given up; the caller retries with backoff.
@@ -65,17 +66,41 @@ class Backoff:
 
 
 class WorkerTokens:
-    """The worker's bearer token, re-minted well before it expires."""
+    """The worker's bearer token, issued by a scheduler: first for the enrolment secret, then renewed with
+    itself (over the Enrol RPC) once half its lifetime has passed. The worker never holds a signing key."""
 
-    def __init__(self, auth: AuthConfig, worker_id: str) -> None:
-        self.auth = auth
+    def __init__(self, enrolment: EnrolmentConfig, worker_id: str) -> None:
+        self.enrolment = enrolment
         self.worker_id = worker_id
         self._token: IssuedToken | None = None
+        self._renew_at = 0.0
 
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        if self._token is None or self._token.expires_at - time.time() < TOKEN_REFRESH_MARGIN_S:
-            self._token = mint_worker_token(self.auth, self.worker_id)
+    async def metadata(self, stub: worker_pb2_grpc.WorkerServiceStub) -> tuple[tuple[str, str], ...]:
+        """The header for the next call; enrols or renews first when due (errors reach the caller)."""
+        now = time.time()
+        if self._token is None or now >= self._renew_at:
+            live = self._token is not None and now < self._token.expires_at - 1
+            credential = self._token.token if live and self._token is not None else self.enrolment.secret.decode()
+            reply = await stub.Enrol(
+                worker_pb2.EnrolRequest(worker_id=self.worker_id),
+                metadata=(("authorization", f"Bearer {credential}"),),
+                timeout=ENROL_TIMEOUT_S,
+            )
+            expires_at = float(reply.expires_at.seconds)
+            self._token = IssuedToken(reply.token, expires_at)
+            self._renew_at = now + (expires_at - now) * (1 - TOKEN_RENEW_FRACTION)
+            log.info("worker token issued", extra={"worker": self.worker_id, "renewal": live})
+        assert self._token is not None
         return (("authorization", f"Bearer {self._token.token}"),)
+
+    async def keep_fresh(self, stub: worker_pb2_grpc.WorkerServiceStub) -> None:
+        """Renew the token while a stream lives on, so the next reconnect still holds a live one."""
+        while True:
+            await asyncio.sleep(max(1.0, self._renew_at - time.time()))
+            try:
+                await self.metadata(stub)
+            except grpc.aio.AioRpcError as exc:
+                log.warning("token renewal failed; retrying", extra={"code": exc.code().name})
 
 
 # The end-of-stream marker of call.read() (missing from the type stubs).
@@ -184,13 +209,15 @@ class SchedulerLink:
         return worker_pb2_grpc.WorkerServiceStub(self._channels[address])
 
     async def _session(self) -> None:
-        call = self._stub().Connect(metadata=self.tokens.metadata())
+        stub = self._stub()
+        call = stub.Connect(metadata=await self.tokens.metadata(stub))
         self._call = call
         self.last_contact = time.monotonic()  # the silence watch starts with the stream
         await call.write(worker_pb2.ConnectRequest(hello=self.hello))
         helpers = [
             asyncio.create_task(self._send_work(call), name="send-work"),
             asyncio.create_task(self._watch_silence(call), name="watch-silence"),
+            asyncio.create_task(self.tokens.keep_fresh(stub), name="renew-token"),
         ]
         try:
             # The announcement's heartbeat is the first thing the scheduler answers: contact from then on.

@@ -16,6 +16,7 @@ from typing import Any
 
 from resilienttask.handlers import Handler, TaskContext
 from services.worker.child import CANCEL_COMMAND, describe_error
+from services.worker.isolation import IsolationConfig
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,6 @@ CHILD_MODULE = "services.worker.child"
 CHILD_LINE_LIMIT_BYTES = 1 << 20
 # How often an abandoned in-process handler is cancelled again, in case it swallowed one cancellation.
 RECANCEL_INTERVAL_S = 0.1
-
-# Worker secrets a handler process has no use for: it is user code, so it does not get them.
-CHILD_ENV_WITHHELD = ("RTASK_JWT_SECRET", "RTASK_JWT_SECRET_FILE", "DATABASE_URL")
 
 ProgressSink = Callable[[float], None]
 
@@ -84,7 +82,12 @@ class Execution(ABC):
 
 
 class InProcessExecution(Execution):
-    """An async handler as an asyncio task of the worker: cancellation is its only stop."""
+    """An async handler as an asyncio task of the worker: cancellation is its only stop.
+
+    It runs inside the worker, with the worker's memory, credentials and connections: in-process handlers
+    are trusted code (the built-ins, and handlers an operator vouches for). Register user code with
+    process=True (or write it sync) so it runs confined in a child process.
+    """
 
     _abandoned: set[asyncio.Task[None]] = set()  # strong references to the re-cancelling loops
 
@@ -136,10 +139,15 @@ async def _keep_cancelling(task: asyncio.Task[Any], task_id: str) -> None:
 
 
 class ChildProcessExecution(Execution):
-    """A handler in a fresh interpreter (never a fork of the worker), in its own process group."""
+    """A handler in a fresh interpreter (exec'd, never a fork that keeps the worker's memory), in its own
+    process group, confined as IsolationConfig says: scrubbed environment, no inherited descriptors but its
+    pipes, and an unprivileged user for the handler call when the worker is root."""
 
-    def __init__(self, handler: Handler, spec: TaskSpec, on_progress: ProgressSink) -> None:
+    def __init__(
+        self, handler: Handler, spec: TaskSpec, on_progress: ProgressSink, isolation: IsolationConfig | None = None
+    ) -> None:
         super().__init__(handler, spec, on_progress)
+        self.isolation = isolation or IsolationConfig()
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
 
@@ -157,6 +165,10 @@ class ChildProcessExecution(Execution):
             "workload_s": self.spec.workload_s,
             "sys_path": sys.path,
         }
+        # The child drops to this uid and gid (no supplementary groups) before it calls the handler, so the
+        # worker's 0600 files and /proc/<worker>/environ stay out of reach. It switches itself, after its
+        # start-up imports: the interpreter may live where only root can read (a pyenv under /root).
+        spec["run_as"] = self.isolation.identity()
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -166,7 +178,8 @@ class ChildProcessExecution(Execution):
             # Its own process group, so a kill also takes down whatever the handler started.
             start_new_session=True,
             limit=CHILD_LINE_LIMIT_BYTES,
-            env={k: v for k, v in os.environ.items() if k not in CHILD_ENV_WITHHELD},
+            env=self.isolation.environment(os.environ),
+            close_fds=True,  # only stdin, stdout and stderr: no Redis or gRPC socket of the worker
         )
         self._reader = asyncio.create_task(self._read(self._proc), name=f"child:{self.spec.task_id}")
         self._send(json.dumps(spec).encode())
@@ -242,7 +255,10 @@ def _exit_text(returncode: int) -> str:
     return f"handler process exited with status {returncode} without an outcome"
 
 
-def create_execution(handler: Handler, spec: TaskSpec, on_progress: ProgressSink) -> Execution:
+def create_execution(
+    handler: Handler, spec: TaskSpec, on_progress: ProgressSink, isolation: IsolationConfig | None = None
+) -> Execution:
     """In a child process when the handler asks for it (every sync handler does), else in-process."""
-    cls = ChildProcessExecution if handler.process else InProcessExecution
-    return cls(handler, spec, on_progress)
+    if handler.process:
+        return ChildProcessExecution(handler, spec, on_progress, isolation)
+    return InProcessExecution(handler, spec, on_progress)

@@ -16,7 +16,7 @@ from services.worker.worker import Worker
 
 async def _serve(config: WorkerProcessConfig) -> None:
     redis = create_redis(config.redis)
-    worker = Worker(config.worker, redis, config.auth)
+    worker = Worker(config.worker, redis, config.enrolment)
     server, port, health = create_grpc_server(config.server, service_names=())
     service = Service(server=server, port=port, health=health, service_names=())
 

@@ -12,6 +12,7 @@ from resilienttask.handlers import Handler
 from resilienttask.worker.v1 import worker_pb2
 from services.worker.child import describe_error
 from services.worker.execution import Execution, HandlerResult, ProgressSink, TaskSpec, create_execution
+from services.worker.isolation import IsolationConfig
 
 # Error texts beyond this are cut: they end up in a database column and in every watch event.
 MAX_ERROR_CHARS = 2000
@@ -57,10 +58,18 @@ def check_result(value: Any) -> str | None:
 class Attempt:
     """Runs one handler call; `cancel()` asks it to stop, and a kill follows after the grace period."""
 
-    def __init__(self, handler: Handler, spec: TaskSpec, *, on_progress: ProgressSink, cancel_grace_s: float) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        spec: TaskSpec,
+        *,
+        on_progress: ProgressSink,
+        cancel_grace_s: float,
+        isolation: IsolationConfig | None = None,
+    ) -> None:
         self.spec = spec
         self.cancel_grace_s = cancel_grace_s
-        self.execution: Execution = create_execution(handler, spec, on_progress)
+        self.execution: Execution = create_execution(handler, spec, on_progress, isolation)
         self._stop = asyncio.Event()
 
     @property

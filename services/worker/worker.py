@@ -27,8 +27,8 @@ from redis.exceptions import RedisError, ResponseError
 from resilienttask.handlers import get_handler, registered_kinds
 from resilienttask.worker.v1 import worker_pb2
 from services.core.cancellation import cancel_and_wait
-from services.core.config import AuthConfig
 from services.core.dispatch import ensure_dispatch_groups
+from services.core.worker_credentials import EnrolmentConfig
 from services.worker.config import WorkerConfig
 from services.worker.connection import Backoff, SchedulerLink, WorkerTokens
 from services.worker.consumer import Delivery, DispatchConsumer
@@ -73,14 +73,15 @@ class Parked:
 class Worker:
     """One consumer-group member; `start()` launches its loops, `stop()` drains and leaves."""
 
-    def __init__(self, config: WorkerConfig, redis: aioredis.Redis, auth: AuthConfig) -> None:
+    def __init__(self, config: WorkerConfig, redis: aioredis.Redis, enrolment: EnrolmentConfig) -> None:
         self.config = config
         self.redis = redis
+        config.isolation.identity()  # an unknown handler user fails the start, not the first task
         self.consumer = DispatchConsumer(redis, config.worker_id, registered_kinds())
         hello = worker_pb2.WorkerHello(worker_id=config.worker_id, slots=config.slots, kinds=registered_kinds())
         self.link = SchedulerLink(
             config.scheduler_addrs,
-            WorkerTokens(auth, config.worker_id),
+            WorkerTokens(enrolment, config.worker_id),
             hello,
             self._on_command,
             self._announce,
@@ -337,6 +338,7 @@ class Worker:
             spec,
             on_progress=lambda fraction: self.progress.report(key, fraction),
             cancel_grace_s=self.config.cancel_grace_ms / 1000,
+            isolation=self.config.isolation,
         )
         running = Running(key, delivery.entry_id, attempt)
         self.running[key] = running

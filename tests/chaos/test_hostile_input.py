@@ -27,7 +27,6 @@ from resilienttask.v1 import (
     task_pb2,
 )
 from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
-from services.core.config import AuthConfig
 from services.core.tokens import mint_worker_token
 from services.stack.stack import Stack
 from tests.chaos.hostile import hostile_text, messages
@@ -69,7 +68,7 @@ class Edge:
         reply = auth_pb2_grpc.AuthServiceStub(self.channel).Signup(
             auth_pb2.SignupRequest(email=unique_email("hostile"), password=PASSWORD), timeout=CALL_TIMEOUT_S
         )
-        worker = mint_worker_token(AuthConfig(jwt_secret=stack.jwt_secret), f"hostile-{uuid.uuid4().hex[:8]}")
+        worker = mint_worker_token(stack.worker_keys(), f"hostile-{uuid.uuid4().hex[:8]}")
         self.metadata = {
             "AuthService": (),
             "SchedulerService": (("authorization", f"Bearer {reply.access_token}"),),

@@ -52,16 +52,18 @@ def _code(call: Any) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-def _every_worker_rpc(channel: grpc.Channel, metadata: Any) -> dict[str, Any]:
+def _every_worker_rpc(channel: grpc.Channel, metadata: Any, worker_id: str = "matrix-probe") -> dict[str, Any]:
     stub = worker_pb2_grpc.WorkerServiceStub(channel)
-    hello = worker_pb2.ConnectRequest(hello=worker_pb2.WorkerHello(worker_id="matrix-probe", slots=1, kinds=["sleep"]))
+    hello = worker_pb2.ConnectRequest(hello=worker_pb2.WorkerHello(worker_id=worker_id, slots=1, kinds=["sleep"]))
     return {
         "Connect": lambda: list(stub.Connect(iter([hello]), metadata=metadata, timeout=10)),
+        "Enrol": lambda: stub.Enrol(worker_pb2.EnrolRequest(worker_id=worker_id), metadata=metadata, timeout=10),
     }
 
 
-# A worker token is the one thing WorkerService accepts: every other bad token of test_auth, and a user token.
-@pytest.mark.parametrize("kind", [*(k for k in BAD_TOKENS if k != "worker-audience"), "user-token"])
+# A worker token (signed with the worker key) is the one thing WorkerService accepts: every bad token of test_auth
+# (a worker-audience token signed with the user key among them), and a user token, are refused.
+@pytest.mark.parametrize("kind", [*BAD_TOKENS, "user-token"])
 def test_every_worker_rpc_refuses_anything_but_a_worker_token(
     scheduler_channel: grpc.Channel, stack: Stack, kind: str
 ) -> None:
@@ -81,11 +83,16 @@ def test_every_worker_rpc_refuses_anything_but_a_worker_token(
 def test_a_worker_token_is_let_through_by_the_scheduler_but_not_by_envoy(
     channel: grpc.Channel, scheduler_channel: grpc.Channel, stack: Stack
 ) -> None:
-    token = mint_worker_token(AuthConfig(jwt_secret=stack.jwt_secret), "matrix-probe").token
-    metadata = (("authorization", f"Bearer {token}"),)
-    codes = {name: _code(call) for name, call in _every_worker_rpc(scheduler_channel, metadata).items()}
+    worker_id = f"matrix-probe-{uuid.uuid4().hex[:8]}"
+    enrolled = worker_pb2_grpc.WorkerServiceStub(scheduler_channel).Enrol(
+        worker_pb2.EnrolRequest(worker_id=worker_id),
+        metadata=(("authorization", f"Bearer {stack.enrolment_secret.decode()}"),),
+        timeout=10,
+    )
+    metadata = (("authorization", f"Bearer {enrolled.token}"),)
+    codes = {name: _code(call) for name, call in _every_worker_rpc(scheduler_channel, metadata, worker_id).items()}
     assert codes == dict.fromkeys(codes, grpc.StatusCode.OK)
-    at_the_edge = {name: _code(call) for name, call in _every_worker_rpc(channel, metadata).items()}
+    at_the_edge = {name: _code(call) for name, call in _every_worker_rpc(channel, metadata, worker_id).items()}
     assert at_the_edge == dict.fromkeys(at_the_edge, grpc.StatusCode.UNAUTHENTICATED)
 
 
@@ -150,9 +157,11 @@ def test_no_secret_or_token_reaches_the_logs(channel: grpc.Channel, stack: Stack
     stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
     stub.GetStats(scheduler_pb2.GetStatsRequest(), metadata=metadata)
     _code(lambda: stub.GetTask(scheduler_pb2.GetTaskRequest(task_id="not-a-uuid"), metadata=metadata))
-    worker_token = mint_worker_token(AuthConfig(jwt_secret=stack.jwt_secret), "matrix-probe").token
+    worker_token = mint_worker_token(stack.worker_keys(), "matrix-probe").token
     secrets = {
         "the JWT secret": stack.jwt_secret.decode(),
+        "the worker key": stack.worker_key.decode(),
+        "the enrolment secret": stack.enrolment_secret.decode(),
         "a user's token": reply.access_token,
         "a token's signature": reply.access_token.rsplit(".", 1)[1],
         "a worker token's signature": worker_token.rsplit(".", 1)[1],

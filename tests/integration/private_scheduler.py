@@ -16,18 +16,25 @@ import redis.asyncio as aioredis
 
 from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
 from services.core import outbox, task_store
-from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
+from services.core.config import DatabaseConfig, RedisConfig, ServerConfig
 from services.core.dispatch import ensure_dispatch_groups
 from services.core.limits import UserLimits
 from services.core.tokens import mint_worker_token
 from services.core.transitions import user as transitions
-from services.scheduler.app import SchedulerConfig, create_server
+from services.core.worker_credentials import EnrolmentConfig, WorkerKeyConfig
+from services.scheduler.app import SchedulerConfig, TakeoverConfig, create_server
 from services.scheduler.store import RetryPolicy
 from services.scheduler.sweepers import SweepConfig
+from services.scheduler.worker_limits import WorkerLimits
 from services.worker.connection import SchedulerLink, WorkerTokens
 from tests.conftest import Stores
 
-SECRET = secrets.token_bytes(32)
+# The worker key (schedulers only) and the enrolment secret (workers): never the user key.
+ENROLMENT = EnrolmentConfig(secrets.token_hex(24).encode())
+WORKER_KEYS = WorkerKeyConfig(jwt_secret=secrets.token_bytes(32), enrolment=ENROLMENT)
+# A holder silent this long may lose its task to the worker that claimed its entry.
+HOLDER_SILENT_MS = 1500
+PROGRESS_PER_SLOT_PER_S = 0.2
 
 
 @dataclass
@@ -38,32 +45,41 @@ class Isolated:
     owner: str
     address: str
     links: dict[str, SchedulerLink] = field(default_factory=dict)
-    runs: list[asyncio.Task[None]] = field(default_factory=list)
+    runs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    tokens: dict[str, WorkerTokens] = field(default_factory=dict)
 
     async def link(self, worker_id: str) -> SchedulerLink:
-        """The worker's own stream to the scheduler (opened on first use), as a worker process holds it."""
+        """The worker's own stream to the scheduler (opened on first use), as a worker process holds it: it
+        enrols with the enrolment secret (once per id and scheduler database), then connects with its token."""
         if worker_id not in self.links:
             hello = worker_pb2.WorkerHello(worker_id=worker_id, slots=10, kinds=["sleep"])
-            tokens = WorkerTokens(AuthConfig(jwt_secret=SECRET), worker_id)
+            tokens = self.tokens.setdefault(worker_id, WorkerTokens(ENROLMENT, worker_id))
 
             async def announce() -> None:
                 await link.heartbeat([])
 
             link = SchedulerLink([self.address], tokens, hello, lambda _command: None, announce)
             self.links[worker_id] = link
-            self.runs.append(asyncio.create_task(link.run()))
+            self.runs[worker_id] = asyncio.create_task(link.run())
         link = self.links[worker_id]
         await asyncio.wait_for(link.connected.wait(), 10)
         return link
 
+    async def drop(self, worker_id: str) -> None:
+        """Close the worker's stream, as a worker that dies does (its next link() opens a new one)."""
+        link = self.links.pop(worker_id)
+        await link.close()
+        await asyncio.gather(self.runs.pop(worker_id), return_exceptions=True)
+
     async def close(self) -> None:
         for link in self.links.values():
             await link.close()
-        await asyncio.gather(*self.runs, return_exceptions=True)
+        await asyncio.gather(*self.runs.values(), return_exceptions=True)
 
 
 def metadata(worker_id: str) -> tuple[tuple[str, str]]:
-    token = mint_worker_token(AuthConfig(jwt_secret=SECRET), worker_id).token
+    """A worker token for worker_id, as a scheduler signs one at enrolment."""
+    token = mint_worker_token(WORKER_KEYS, worker_id).token
     return (("authorization", f"Bearer {token}"),)
 
 
@@ -81,10 +97,13 @@ async def isolated(stores: Stores) -> AsyncIterator[Isolated]:
         server=ServerConfig(port=0, shutdown_grace_s=0.5),
         database=DatabaseConfig(url=db_url, pool_min_size=1),
         redis=RedisConfig(url=redis_url),
-        auth=AuthConfig(jwt_secret=SECRET),
+        workers=WORKER_KEYS,
         retry=RetryPolicy(base_ms=50, max_ms=100),
         sweeps=SweepConfig(publish_interval_ms=50),
         progress_flush_ms=20,
+        takeover=TakeoverConfig(holder_silent_ms=HOLDER_SILENT_MS),
+        # A low progress rate, so a test trips it with a few reports however slow the machine is.
+        worker_limits=WorkerLimits(progress_per_slot_per_s=PROGRESS_PER_SLOT_PER_S),
         # One user's tasks, started by scripted workers that no registry counts: the slot cap off, so nothing is
         # held back (the cap itself is tested in test_user_limits*.py).
         limits=UserLimits.unlimited(),

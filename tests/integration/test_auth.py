@@ -341,10 +341,12 @@ async def test_auth_health_and_reflection_need_no_token(target: grpc.aio.Channel
 
 
 async def test_the_scheduler_accepts_worker_tokens_only(stack: Stack) -> None:
-    """WorkerService has its own audience: no token and user tokens are refused, a worker token is let through."""
+    """WorkerService has its own key and audience: no token, user tokens and worker-audience tokens signed with
+    the user key are refused; a token signed with the worker key is let through."""
     config = AuthConfig(jwt_secret=stack.jwt_secret)
     user = mint_user_token(config, str(uuid.uuid4())).token
-    worker = mint_worker_token(config, "worker-auth-test").token
+    user_key_worker = mint_worker_token(config, "worker-auth-test").token  # what a gateway's key could sign
+    worker = mint_worker_token(stack.worker_keys(), "worker-auth-test").token
     async with grpc.aio.insecure_channel(stack.address(stack.names("scheduler")[0])) as channel:
         connect = worker_pb2_grpc.WorkerServiceStub(channel).Connect
         hello = worker_pb2.ConnectRequest(hello=worker_pb2.WorkerHello(worker_id="worker-auth-test", slots=1))
@@ -360,4 +362,5 @@ async def test_the_scheduler_accepts_worker_tokens_only(stack: Stack) -> None:
 
         assert await code() == grpc.StatusCode.UNAUTHENTICATED
         assert await code((("authorization", f"Bearer {user}"),)) == grpc.StatusCode.UNAUTHENTICATED
+        assert await code((("authorization", f"Bearer {user_key_worker}"),)) == grpc.StatusCode.UNAUTHENTICATED
         assert await code((("authorization", f"Bearer {worker}"),)) != grpc.StatusCode.UNAUTHENTICATED

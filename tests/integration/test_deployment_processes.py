@@ -76,8 +76,14 @@ async def test_replicas_starting_at_once_migrate_a_fresh_database_exactly_once(
     stores: Stores, fresh_database: str, tmp_path: Path
 ) -> None:
     compose = load_compose()["services"]
-    secret = tmp_path / "jwt_secret"
-    secret.write_text(SECRET)
+    secret_files = {}
+    for variable, name in (
+        ("RTASK_JWT_SECRET_FILE", "jwt_secret"),
+        ("RTASK_WORKER_KEY_FILE", "worker_key"),
+        ("RTASK_WORKER_ENROLMENT_SECRET_FILE", "worker_enrolment_secret"),
+    ):
+        (tmp_path / name).write_text(SECRET + name)  # three distinct secrets
+        secret_files[variable] = str(tmp_path / name)
     roles = ["gateway", "gateway", "gateway", "scheduler"]
     processes: list[tuple[ManagedProcess, list[str]]] = []
     for i, role in enumerate(roles):
@@ -87,7 +93,8 @@ async def test_replicas_starting_at_once_migrate_a_fresh_database_exactly_once(
             "DATABASE_URL": fresh_database,
             # The services' own Redis login, as compose gives it: a URL naming the user, the password in a file.
             **stores.redis_access.services.env(),
-            "RTASK_JWT_SECRET_FILE": str(secret),
+            # The secret files the compose service of this role mounts.
+            **{k: v for k, v in secret_files.items() if k in compose[role]["environment"]},
             "RTASK_HOST": "127.0.0.1",
             "RTASK_PORT": str(port),
             "RTASK_BCRYPT_COST": str(TEST_BCRYPT_COST),

@@ -452,6 +452,13 @@ def test_refused_tokens_never_reach_a_service(stack: Stack, tmp_path: Path) -> N
             with pytest.raises(grpc.RpcError) as refused:
                 scheduler.GetStats(scheduler_pb2.GetStatsRequest(), metadata=metadata, timeout=10)
             codes[name] = refused.value.code()
+        # Nor is a worker's token (signed with the worker key, which Envoy does not hold) a key to user calls.
+        worker_token = mint_worker_token(stack.worker_keys(), "worker-edge-test").token
+        with pytest.raises(grpc.RpcError) as refused:
+            scheduler.GetStats(
+                scheduler_pb2.GetStatsRequest(), metadata=(("authorization", f"Bearer {worker_token}"),), timeout=10
+            )
+        codes["worker-token"] = refused.value.code()
         after = counters(edge.admin_url)
 
         assert set(codes.values()) == {grpc.StatusCode.UNAUTHENTICATED}, codes

@@ -37,7 +37,6 @@ from tests.integration.test_edge import (
     GRPCURL,
     PASSWORD,
     admin_get,
-    auth_config,
     counters,
     grpc_web_post,
     parse_frames,
@@ -237,7 +236,7 @@ def public_channel(request: pytest.FixtureRequest, stack: Stack) -> Iterator[grp
 
 def test_worker_service_is_refused_at_the_public_edge(stack: Stack, public_channel: grpc.Channel) -> None:
     """Not even a valid worker token reaches a scheduler through either public listener."""
-    worker_token = mint_worker_token(auth_config(stack), f"edge-probe-{uuid.uuid4().hex[:6]}").token
+    worker_token = mint_worker_token(stack.worker_keys(), f"edge-probe-{uuid.uuid4().hex[:6]}").token
     before = _upstream_requests(stack.admin_url)
     codes = {
         "worker-token": _connect(public_channel, (("authorization", f"Bearer {worker_token}"),)),

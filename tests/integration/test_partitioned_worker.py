@@ -18,14 +18,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from services.core import keys
-from services.core.config import AuthConfig, RedisConfig
+from services.core.config import RedisConfig
 from services.core.dispatch import ensure_dispatch_groups
 from services.core.redis_client import create_redis
 from services.worker.config import WorkerConfig
 from services.worker.worker import Worker
 from tests.helpers import eventually
 from tests.integration import interval_handler
-from tests.integration.private_scheduler import SECRET, Isolated, isolated, submit
+from tests.integration.private_scheduler import ENROLMENT, Isolated, isolated, submit
 from tests.tcp_proxy import TcpProxy
 
 __all__ = ["isolated"]  # the fixture, used by name
@@ -84,7 +84,7 @@ class Pair:
             read_block_ms=200,
         )
         redis = create_redis(RedisConfig(redis_url))
-        worker = Worker(config, redis, AuthConfig(jwt_secret=SECRET))
+        worker = Worker(config, redis, ENROLMENT)
         await worker.start()
         node = Node(worker, redis, proxies)
         self.nodes.append(node)

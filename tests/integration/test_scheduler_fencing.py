@@ -47,8 +47,17 @@ async def test_reclaimed_entry_takes_over_and_stale_reports_are_refused(isolated
     (row,) = await submit(isolated)
     (first,) = await start(isolated, "worker-a", item(row))
     assert first.decision == worker_pb2.START_DECISION_RUN and first.task.attempt == 1
+    # While worker-a's stream lives, the entry (claimed by worker-b) does not take its task.
+    (held,) = await start(isolated, "worker-b", item(row))
+    assert held.decision == worker_pb2.START_DECISION_DEFER and held.reason == "worker-a still holds the task"
     # The same entry, reclaimed by another worker after worker-a went silent: a new attempt, a new fence.
-    (second,) = await start(isolated, "worker-b", item(row))
+    await isolated.drop("worker-a")
+
+    async def taken_over() -> worker_pb2.StartResult | None:
+        (result,) = await start(isolated, "worker-b", item(row))
+        return result if result.decision != worker_pb2.START_DECISION_DEFER else None  # until its stream is gone
+
+    second = await eventually(taken_over, message="worker-b takes the task once worker-a's stream has ended")
     assert second.decision == worker_pb2.START_DECISION_RUN
     assert second.task.attempt == 2 and second.fence > first.fence and second.task.worker_id == "worker-b"
     stale = await finish(isolated, "worker-a", str(row["id"]), first.fence, worker_pb2.OUTCOME_SUCCEEDED)
@@ -146,6 +155,8 @@ async def test_tasks_committed_while_redis_was_down_are_published_by_the_sweeper
 async def test_cancel_of_a_running_task_is_pushed_down_the_worker_stream(isolated: Isolated) -> None:
     (row,) = await submit(isolated)
     (run,) = await start(isolated, "worker-a", item(row))
+    # worker-a's stream from here on is this raw one (a second stream of one worker replaces the first).
+    await isolated.drop("worker-a")
     requests: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
     await requests.put(worker_pb2.ConnectRequest(hello=worker_pb2.WorkerHello(worker_id="worker-a", slots=1)))
 
@@ -170,7 +181,11 @@ async def test_cancel_of_a_running_task_is_pushed_down_the_worker_stream(isolate
     (command,) = message.cancels
     assert command.task.task_id == str(row["id"]) and command.reason == worker_pb2.STOP_REASON_CANCELLED
     assert command.task.fence == run.fence
-    await finish(isolated, "worker-a", str(row["id"]), run.fence, worker_pb2.OUTCOME_CANCELLED, "stopped")
+    stopped = worker_pb2.FinishItem(task=held, outcome=worker_pb2.OUTCOME_CANCELLED, error="stopped")
+    await requests.put(worker_pb2.ConnectRequest(work=worker_pb2.WorkRequest(request_id=1, finish=[stopped])))
+    while not (message := await asyncio.wait_for(call.read(), 10)).work:
+        pass
+    assert message.work[0].finish[0].accepted
     done = await task_store.get(isolated.pool, isolated.owner, str(row["id"]))
     assert done is not None and done["status"] == task_pb2.TASK_STATUS_CANCELLED
     await requests.put(None)

@@ -15,9 +15,9 @@ import grpc
 
 from resilienttask.v1 import task_pb2
 from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
-from services.core.config import AuthConfig
 from services.core.errors import Unauthenticated
-from services.core.tokens import WORKER_AUDIENCE, verify_token
+from services.core.tokens import WORKER_AUDIENCE, mint_worker_token, verify_token
+from services.core.worker_credentials import EnrolmentConfig, WorkerKeyConfig
 
 
 @dataclass
@@ -40,15 +40,37 @@ class Script:
     finishes: list[worker_pb2.FinishItem] = field(default_factory=list)
     fences: dict[str, int] = field(default_factory=dict)
     subjects: set[str] = field(default_factory=set)
+    enrolments: list[tuple[str, str]] = field(default_factory=list)  # (worker id, "enrol" or "renew")
     refused: int = 0  # calls refused for their token
     streams: list[asyncio.Queue[worker_pb2.ConnectResponse | None]] = field(default_factory=list)
     silent: bool = False  # stop answering heartbeats, as a stalled network path does
 
 
 class ScriptedScheduler(worker_pb2_grpc.WorkerServiceServicer):
-    def __init__(self, auth: AuthConfig, script: Script) -> None:
+    def __init__(self, auth: WorkerKeyConfig, script: Script) -> None:
         self.auth = auth
         self.script = script
+
+    async def Enrol(
+        self, request: worker_pb2.EnrolRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.EnrolResponse:
+        """As the scheduler's: the enrolment secret, or a live token of the same id."""
+        values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+        presented = str(values[0]).removeprefix("Bearer ") if values else ""
+        if self.auth.enrolment.matches(presented):
+            self.script.enrolments.append((request.worker_id, "enrol"))
+        else:
+            try:
+                if verify_token(self.auth, presented, WORKER_AUDIENCE) != request.worker_id:
+                    raise Unauthenticated("another worker's token")
+            except Unauthenticated:
+                self.script.refused += 1
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad credential")
+            self.script.enrolments.append((request.worker_id, "renew"))
+        issued = mint_worker_token(self.auth, request.worker_id, self.auth.token_ttl_s)
+        reply = worker_pb2.EnrolResponse(worker_id=request.worker_id, token=issued.token)
+        reply.expires_at.FromSeconds(int(issued.expires_at))
+        return reply
 
     async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
         values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
@@ -150,7 +172,7 @@ class ScriptedScheduler(worker_pb2_grpc.WorkerServiceServicer):
             await queue.put(None)
 
 
-async def serve(auth: AuthConfig, script: Script) -> tuple[grpc.aio.Server, ScriptedScheduler, int]:
+async def serve(auth: WorkerKeyConfig, script: Script) -> tuple[grpc.aio.Server, ScriptedScheduler, int]:
     server = grpc.aio.server()
     servicer = ScriptedScheduler(auth, script)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
@@ -159,5 +181,6 @@ async def serve(auth: AuthConfig, script: Script) -> tuple[grpc.aio.Server, Scri
     return server, servicer, port
 
 
-def make_auth() -> AuthConfig:
-    return AuthConfig(jwt_secret=os.urandom(48))
+def make_auth() -> WorkerKeyConfig:
+    """A worker key and an enrolment secret of their own (the worker gets only `.enrolment`)."""
+    return WorkerKeyConfig(jwt_secret=os.urandom(48), enrolment=EnrolmentConfig(os.urandom(24).hex().encode()))

@@ -47,15 +47,19 @@ OUR_SERVICES = ("gateway", "scheduler", "worker")  # long-running services of ou
 SECRETS = (
     "POSTGRES_PASSWORD",
     "RTASK_JWT_SECRET",
+    "RTASK_WORKER_KEY",
+    "RTASK_WORKER_ENROLMENT_SECRET",
     "REDIS_SERVICES_PASSWORD",
     "REDIS_WORKER_PASSWORD",
     "REDIS_ADMIN_PASSWORD",
 )
-# The secrets each container of our image gets: every one only what its process reads.
+# The secrets each container of our image gets: every one only what its process reads. The user key goes to
+# the gateways and the edge, the worker key and the enrolment secret to the schedulers, only the enrolment
+# secret to workers.
 SECRETS_OF = {
     "gateway": {"jwt_secret", "redis_services_password"},
-    "scheduler": {"jwt_secret", "redis_services_password"},
-    "worker": {"jwt_secret", "redis_worker_password"},
+    "scheduler": {"worker_key", "worker_enrolment_secret", "redis_services_password"},
+    "worker": {"worker_enrolment_secret", "redis_worker_password"},
     "edge-init": {"jwt_secret"},
     "redis-init": {"redis_services_password", "redis_worker_password", "redis_admin_password"},
 }
@@ -172,7 +176,8 @@ def test_the_same_configuration_variables_as_the_local_stack(tmp_path: Path, mon
     for key in list(os.environ):
         if key.startswith("RTASK_") or key in ("DATABASE_URL", "REDIS_URL", "PYTHONUNBUFFERED"):
             monkeypatch.delenv(key)
-    launcher = set(Stack(StackConfig(data_dir=tmp_path)).service_env(50051)) - set(os.environ)
+    stack = Stack(StackConfig(data_dir=tmp_path))
+    launcher = set().union(*(stack.service_env(50051, role) for role in OUR_SERVICES)) - set(os.environ)
     services = load_compose()["services"]
     compose = {key for role in OUR_SERVICES for key in services[role]["environment"]}
     image = set(dockerfile_env())
@@ -345,13 +350,23 @@ def test_the_secrets_stay_out_of_git_and_out_of_the_build_context() -> None:
     ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=ROOT)
     assert ignored.returncode == 0, ".env must be git-ignored"
     assert ".env" in (ROOT / ".dockerignore").read_text().split()
-    # The JWT secret reaches services as a file (as in the local stack), never as a plain variable.
+    # Token secrets reach services as files (as in the local stack), never as plain variables, and each
+    # service names the files of its own secrets only.
     services = load_compose()["services"]
+    token_files = {
+        "jwt_secret": "RTASK_JWT_SECRET_FILE",
+        "worker_key": "RTASK_WORKER_KEY_FILE",
+        "worker_enrolment_secret": "RTASK_WORKER_ENROLMENT_SECRET_FILE",
+    }
     for name, spec in our_image(load_compose()).items():
-        assert "RTASK_JWT_SECRET" not in spec.get("environment", {}), name
+        environment = spec.get("environment", {})
+        assert not set(SECRETS) & set(environment), name
         assert set(spec["secrets"]) == SECRETS_OF[name], name
-        if "jwt_secret" in SECRETS_OF[name]:
-            assert spec["environment"]["RTASK_JWT_SECRET_FILE"] == "/run/secrets/jwt_secret", name
+        for secret, variable in token_files.items():
+            if secret in SECRETS_OF[name]:
+                assert environment[variable] == f"/run/secrets/{secret}", name
+            else:
+                assert variable not in environment, name
     assert "POSTGRES_PASSWORD" in services["postgres"]["environment"]
 
 

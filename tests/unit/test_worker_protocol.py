@@ -116,7 +116,7 @@ async def harness(redis: aioredis.Redis) -> AsyncIterator[Harness]:
     auth = make_auth()
     script = Script()
     server, scheduler, port = await serve(auth, script)
-    worker = Worker(worker_config(port), redis, auth)
+    worker = Worker(worker_config(port), redis, auth.enrolment)
     await worker.start()
     try:
         yield Harness(worker, scheduler, script, redis)
@@ -138,6 +138,7 @@ async def test_a_task_runs_reports_progress_and_is_acknowledged_after_the_outcom
     assert hello.worker_id == harness.worker.config.worker_id and hello.slots == 4
     assert {"sleep", "fail", "spin"} <= set(hello.kinds)
     assert harness.script.subjects == {harness.worker.config.worker_id}, "every call carries the worker's token"
+    assert harness.script.enrolments == [(harness.worker.config.worker_id, "enrol")], "enrolled once, by its id"
     (start,) = harness.script.starts
     assert start.entry_id == harness.entries[task_id] and start.dispatch_id
     mine = [p.progress for p in harness.script.progress if p.task.task_id == task_id]
@@ -351,7 +352,7 @@ async def test_stop_drains_short_tasks_and_leaves_long_ones_pending(redis: aiore
     auth = make_auth()
     script = Script()
     server, scheduler, port = await serve(auth, script)
-    worker = Worker(worker_config(port), redis, auth)
+    worker = Worker(worker_config(port), redis, auth.enrolment)
     await worker.start()
     harness = Harness(worker, scheduler, script, redis)
     try:
@@ -381,7 +382,7 @@ def _gone(pid: int) -> bool:
 async def test_a_worker_with_a_bad_secret_is_refused_and_keeps_retrying(redis: aioredis.Redis) -> None:
     script = Script()
     server, _scheduler, port = await serve(make_auth(), script)
-    worker = Worker(worker_config(port), redis, make_auth())
+    worker = Worker(worker_config(port), redis, make_auth().enrolment)
     await worker.start()
     try:
         await eventually(lambda: _value(script.refused > 0), message="tried to connect and was refused")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -15,6 +14,7 @@ import services.worker.builtin  # noqa: F401  (registers sleep, fail, spin)
 from resilienttask.handlers import Handler, TaskContext, get_handler, registered_kinds, task
 from resilienttask.worker.v1 import worker_pb2
 from services.worker.execution import TaskSpec
+from services.worker.isolation import IsolationConfig
 from services.worker.runner import MAX_ERROR_CHARS, Attempt, AttemptOutcome
 from tests.helpers import eventually
 
@@ -30,7 +30,8 @@ def sync_echo(ctx: TaskContext) -> dict[str, Any]:
 
 @task("test-sync-environment")
 def sync_environment(ctx: TaskContext) -> dict[str, Any]:
-    return {name: os.environ.get(name) for name in ("RTASK_JWT_SECRET", "DATABASE_URL", "RTASK_VISIBLE")}
+    names = ("RTASK_JWT_SECRET", "DATABASE_URL", "REDIS_URL", "RTASK_WORKER_ENROLMENT_SECRET_FILE", "RTASK_VISIBLE")
+    return {name: os.environ.get(name) for name in names}
 
 
 @task("test-sync-cooperative")
@@ -53,7 +54,8 @@ def sync_exits(ctx: TaskContext) -> None:
 
 @task("test-sync-grandchild")
 def sync_grandchild(ctx: TaskContext) -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    # A plain program: the handler runs unprivileged, and the worker's interpreter may be readable by root only.
+    child = subprocess.Popen(["sleep", "600"])
     print(f"GRANDCHILD {child.pid}", flush=True)
     ctx.report_progress(float(child.pid) / 1e9)  # carries the grandchild pid to the test
     while True:
@@ -91,7 +93,15 @@ async def async_swallows(ctx: TaskContext) -> str:
 class Run:
     """An attempt running in the background, with the progress it reported."""
 
-    def __init__(self, kind: str, *, workload_s: float = 0.0, max_runtime_s: float = 0.0, payload: Any = None):
+    def __init__(
+        self,
+        kind: str,
+        *,
+        workload_s: float = 0.0,
+        max_runtime_s: float = 0.0,
+        payload: Any = None,
+        isolation: IsolationConfig | None = None,
+    ):
         handler = get_handler(kind)
         assert isinstance(handler, Handler)
         self.progress: list[float] = []
@@ -103,7 +113,9 @@ class Run:
             workload_s=workload_s,
             max_runtime_s=max_runtime_s,
         )
-        self.attempt = Attempt(handler, spec, on_progress=self.progress.append, cancel_grace_s=GRACE_S)
+        self.attempt = Attempt(
+            handler, spec, on_progress=self.progress.append, cancel_grace_s=GRACE_S, isolation=isolation
+        )
         self.task = asyncio.create_task(self.attempt.run())
 
     async def started(self) -> None:
@@ -213,9 +225,16 @@ async def test_sync_handler_runs_in_a_child_process() -> None:
 async def test_handler_processes_do_not_get_the_worker_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RTASK_JWT_SECRET", "s" * 40)
     monkeypatch.setenv("DATABASE_URL", "postgresql://user:password@db/tasks")
+    monkeypatch.setenv("REDIS_URL", "redis://:password@redis:6379/0")
+    monkeypatch.setenv("RTASK_WORKER_ENROLMENT_SECRET_FILE", "/run/secrets/worker_enrolment_secret")
     monkeypatch.setenv("RTASK_VISIBLE", "yes")
-    result = await Run("test-sync-environment").outcome()
-    assert result.result == {"RTASK_JWT_SECRET": None, "DATABASE_URL": None, "RTASK_VISIBLE": "yes"}
+    nothing = dict.fromkeys(
+        ("RTASK_JWT_SECRET", "DATABASE_URL", "REDIS_URL", "RTASK_WORKER_ENROLMENT_SECRET_FILE", "RTASK_VISIBLE")
+    )
+    # An allow-list, not a deny-list: a variable reaches handlers only when the operator names it.
+    assert (await Run("test-sync-environment").outcome()).result == nothing
+    chosen = await Run("test-sync-environment", isolation=IsolationConfig(pass_env=("RTASK_VISIBLE",))).outcome()
+    assert chosen.result == {**nothing, "RTASK_VISIBLE": "yes"}
 
 
 async def test_sync_handler_stops_cooperatively_on_cancel() -> None:

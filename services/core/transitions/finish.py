@@ -1,7 +1,9 @@
 """The finish transition: a worker reports the outcome of an attempt.
 
-A report is recorded only with the task's current fence; a stale one (the attempt was reclaimed) is
-refused as superseded. A failed attempt with attempts left goes back to QUEUED with backoff.
+A report is recorded only from the task's current holder (the worker id recorded at its start, which is
+the reporting worker's token subject) with the task's current fence; a stale one (the attempt was
+reclaimed), or one from any other worker, is refused as superseded. A failed attempt with attempts left
+goes back to QUEUED with backoff.
 """
 
 from __future__ import annotations
@@ -98,7 +100,8 @@ _FAST_SUCCESS = f"""
 WITH t AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS u(id, fence, result)),
 locked AS (
     SELECT tasks.id FROM tasks JOIN t ON tasks.id = t.id
-    WHERE tasks.status = {RUNNING} AND tasks.fence = t.fence ORDER BY tasks.id FOR UPDATE OF tasks
+    WHERE tasks.status = {RUNNING} AND tasks.fence = t.fence AND tasks.worker_id = $4
+    ORDER BY tasks.id FOR UPDATE OF tasks
 ),
 finished AS (
     UPDATE tasks SET status = {SUCCEEDED}, result = t.result::jsonb, progress = 1, error = '',
@@ -116,7 +119,8 @@ _FAST_CANCELLED = f"""
 WITH t AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[]) AS u(id, fence, result, error)),
 locked AS (
     SELECT tasks.id, tasks.status AS before FROM tasks JOIN t ON tasks.id = t.id
-    WHERE tasks.status IN ({RUNNING}, {CANCELLING}) AND tasks.fence = t.fence ORDER BY tasks.id FOR UPDATE OF tasks
+    WHERE tasks.status IN ({RUNNING}, {CANCELLING}) AND tasks.fence = t.fence AND tasks.worker_id = $5
+    ORDER BY tasks.id FOR UPDATE OF tasks
 ),
 finished AS (
     UPDATE tasks SET status = {CANCELLED}, dead_lettered = false, result = t.result::jsonb, error = t.error,
@@ -154,6 +158,7 @@ async def finish_batch(
             [i.task.task_id for i in succeeded],
             [i.task.fence for i in succeeded],
             [_result_json(i) for i in succeeded],
+            worker_id,
         )
         done.update({str(r["id"]): (r, RUNNING) for r in rows})
     if cancelled:
@@ -163,6 +168,7 @@ async def finish_batch(
             [i.task.fence for i in cancelled],
             [_result_json(i) for i in cancelled],
             [i.error[:MAX_ERROR_CHARS] for i in cancelled],
+            worker_id,
         )
         done.update({str(r["id"]): (r, r["before"]) for r in rows})
     rest = [item for item in items if first.get(item.task.task_id) is not item or item.task.task_id not in done]
@@ -202,7 +208,7 @@ async def _finish_checked(
         for item in items:
             task_id = item.task.task_id
             row = rows.get(task_id)
-            reason = _refusal(row, item)
+            reason = _refusal(row, item, worker_id)
             if reason or task_id in accepted:
                 results.append(
                     worker_pb2.FinishResult(task_id=task_id, accepted=False, reason=reason or "duplicate report")
@@ -233,11 +239,15 @@ async def _finish_checked(
     return FinishOutcome(results, changes, requeued)
 
 
-def _refusal(row: asyncpg.Record | None, item: worker_pb2.FinishItem) -> str:
-    """Why an outcome cannot be recorded ("" when it can)."""
+def _refusal(row: asyncpg.Record | None, item: worker_pb2.FinishItem, worker_id: str) -> str:
+    """Why an outcome cannot be recorded ("" when it can).
+
+    A worker that does not hold the task hears "superseded", as for a stale fence: never whether it guessed
+    the current fence, and it leaves the entry alone (it belongs to the holder).
+    """
     if row is None:
         return "task not found"
-    if row["fence"] != item.task.fence:
+    if row["fence"] != item.task.fence or row["worker_id"] != worker_id:
         return SUPERSEDED
     if row["status"] not in (RUNNING, CANCELLING):
         return ALREADY_FINISHED

@@ -2,11 +2,13 @@
 
 Only the entry carrying a task's current dispatch_id may start it, and each started attempt gets a new
 fence (lease token), so a reclaimed attempt supersedes the old one and the old worker's reports are refused.
+A task another worker holds is taken over only when the schedulers' own record says that holder went silent
+(HolderCheck): a worker's word (an entry it claimed as idle) is not enough, since a worker can claim any entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -41,6 +43,16 @@ from services.core.transitions.rules import (
 RUN = worker_pb2.START_DECISION_RUN
 SKIP = worker_pb2.START_DECISION_SKIP
 DEFER = worker_pb2.START_DECISION_DEFER
+
+
+# The holders (worker ids) among those given that the schedulers saw go silent: no heartbeat for the reclaim
+# threshold, or their stream gone. Called only for takeovers, which are rare (a worker died).
+HolderCheck = Callable[[Collection[str]], Awaitable[set[str]]]
+
+
+async def no_holder_silent(_holders: Collection[str]) -> set[str]:
+    """For callers with no record of heartbeats: never take a task from another worker."""
+    return set()
 
 
 @dataclass
@@ -78,7 +90,12 @@ SELECT * FROM started
 """
 
 
-async def start_batch(pool: asyncpg.Pool, worker_id: str, items: Sequence[worker_pb2.StartItem]) -> StartOutcome:
+async def start_batch(
+    pool: asyncpg.Pool,
+    worker_id: str,
+    items: Sequence[worker_pb2.StartItem],
+    holders: HolderCheck = no_holder_silent,
+) -> StartOutcome:
     """Decide for each entry whether this worker runs the task, and record the new attempts.
 
     Fresh dispatches of queued tasks (nearly every entry) start in one statement; the rest are decided one
@@ -99,7 +116,7 @@ async def start_batch(pool: asyncpg.Pool, worker_id: str, items: Sequence[worker
         )
         started = {str(r["id"]): r for r in rows}
     rest = [item for item in items if first.get(item.task_id) is not item or item.task_id not in started]
-    checked = await _start_checked(pool, worker_id, rest) if rest else StartOutcome([], [], [])
+    checked = await _start_checked(pool, worker_id, rest, holders) if rest else StartOutcome([], [], [])
     tasks = dict(zip(started, rows_to_tasks(started.values()), strict=True))
     later = iter(checked.results)
     results = [
@@ -116,12 +133,15 @@ def _run(row: asyncpg.Record, task: task_pb2.Task) -> worker_pb2.StartResult:
     return worker_pb2.StartResult(task_id=str(row["id"]), decision=RUN, task=task, fence=row["fence"])
 
 
-async def _start_checked(pool: asyncpg.Pool, worker_id: str, items: Sequence[worker_pb2.StartItem]) -> StartOutcome:
+async def _start_checked(
+    pool: asyncpg.Pool, worker_id: str, items: Sequence[worker_pb2.StartItem], holders: HolderCheck
+) -> StartOutcome:
     """Decide for each entry whether this worker runs the task, and record the new attempts.
 
     Only the entry carrying the task's current dispatch_id may start it. A RUNNING task is taken over
     only through the very entry that started it (XAUTOCLAIM gave it to us because its worker stopped
-    heartbeating); any other entry for it is a duplicate publish and is skipped.
+    heartbeating); any other entry for it is a duplicate publish and is skipped. Even through that entry, a
+    task is taken from its holder only once the schedulers saw the holder go silent; until then it is deferred.
     """
     ids = [item.task_id for item in items]
     async with pool.acquire() as conn, conn.transaction():
@@ -132,10 +152,18 @@ async def _start_checked(pool: asyncpg.Pool, worker_id: str, items: Sequence[wor
                 valid_uuids(ids),
             )
         }
+        # Asked only about holders whose task this request would take (under the row locks, so the holder
+        # cannot report meanwhile): one Redis round trip, on the rare path of a dead worker's entries.
+        others = {
+            r["worker_id"]
+            for r in rows.values()
+            if r["status"] in (RUNNING, CANCELLING) and r["worker_id"] != worker_id
+        }
+        silent = await holders(others) if others else set()
         decisions: list[tuple[worker_pb2.StartItem, str, str]] = []  # (item, action, detail)
         for item in items:
             row = rows.get(item.task_id)
-            decisions.append((item, *_decide(row, item, worker_id)))
+            decisions.append((item, *_decide(row, item, worker_id, silent)))
         results: list[worker_pb2.StartResult] = []
         changes: list[TaskChange] = []
         history: list[HistoryEntry] = []
@@ -209,7 +237,9 @@ async def _start_attempts(
     return {str(r["id"]): r for r in rows}
 
 
-def _decide(row: asyncpg.Record | None, item: worker_pb2.StartItem, worker_id: str) -> tuple[str, str]:
+def _decide(
+    row: asyncpg.Record | None, item: worker_pb2.StartItem, worker_id: str, silent: Collection[str]
+) -> tuple[str, str]:
     if row is None:
         return "skip", "task not found"
     status = row["status"]
@@ -228,6 +258,9 @@ def _decide(row: asyncpg.Record | None, item: worker_pb2.StartItem, worker_id: s
     if not item.entry_id or item.entry_id != row["entry_id"]:
         return "skip", "duplicate entry"
     previous = row["worker_id"] or "a worker"
+    if row["worker_id"] not in silent:
+        # The holder still heartbeats (or we cannot tell): whoever claimed its entry waits and asks again.
+        return "defer", f"{previous} still holds the task"
     if status == CANCELLING:
         return "cancel", f"{previous} stopped while cancelling"
     if row["attempt"] >= row["max_attempts"]:

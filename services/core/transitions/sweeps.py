@@ -22,10 +22,11 @@ from services.core.transitions.rules import change_for, history_of, is_uuid
 # waiting for (or deadlocking with) a finish. Only progress changes, so the update is HOT when the page has room.
 _PROGRESS = f"""
 WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true)),
-t AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::float8[]) AS u(id, fence, progress)),
+t AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::float8[], $4::text[]) AS u(id, fence, progress, worker_id)),
 locked AS (
     SELECT tasks.id FROM tasks JOIN t ON tasks.id = t.id
-    WHERE tasks.fence = t.fence AND tasks.status IN ({RUNNING}, {CANCELLING}) AND tasks.progress <> t.progress
+    WHERE tasks.fence = t.fence AND tasks.worker_id = t.worker_id
+    AND tasks.status IN ({RUNNING}, {CANCELLING}) AND tasks.progress <> t.progress
     ORDER BY tasks.id FOR UPDATE OF tasks SKIP LOCKED
 )
 UPDATE tasks SET progress = t.progress FROM cfg, t, locked WHERE tasks.id = t.id AND tasks.id = locked.id
@@ -33,13 +34,18 @@ RETURNING {QUALIFIED_SUMMARY_COLUMNS}
 """
 
 
-async def record_progress(pool: asyncpg.Pool, reports: dict[tuple[str, int], float]) -> list[TaskChange]:
-    """Store the latest progress of each (task, fence); reports of superseded attempts change nothing."""
+async def record_progress(pool: asyncpg.Pool, reports: dict[tuple[str, int, str], float]) -> list[TaskChange]:
+    """Store the latest progress of each (task, fence, worker); reports of superseded attempts, and of workers
+    that do not hold the task, change nothing."""
     keys = [key for key in reports if is_uuid(key[0])]
     if not keys:
         return []
     rows = await pool.fetch(
-        _PROGRESS, [k[0] for k in keys], [k[1] for k in keys], [max(0.0, min(1.0, reports[k])) for k in keys]
+        _PROGRESS,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [max(0.0, min(1.0, reports[k])) for k in keys],
+        [k[2] for k in keys],
     )
     return [change_for(r, r["status"]) for r in rows]
 

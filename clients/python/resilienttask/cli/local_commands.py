@@ -32,7 +32,8 @@ STACK_MODULE = "services.stack.main"
 WORKER_MODULE = "services.worker.main"
 PID_FILE = "launcher.pid"
 STATE_FILE = "stack.json"
-SECRET_FILE = "jwt_secret"
+# What a worker enrols with (services/stack/stack.py writes it); workers never hold the user token key.
+ENROLMENT_FILE = "worker_enrolment_secret"
 # How often `up --detach` and `down` look at the launcher while waiting for it.
 POLL_INTERVAL_S = 0.2
 
@@ -222,11 +223,11 @@ def down(data_dir: Path, timeout: timedelta) -> None:
     "--redis-url", envvar="REDIS_URL", default=None, help="dispatch store [env REDIS_URL; default: the local stack's]"
 )
 @click.option(
-    "--jwt-secret-file",
-    envvar="RTASK_JWT_SECRET_FILE",
+    "--enrolment-secret-file",
+    envvar="RTASK_WORKER_ENROLMENT_SECRET_FILE",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="token secret [env RTASK_JWT_SECRET(_FILE); default: the local stack's]",
+    help="worker enrolment secret [env RTASK_WORKER_ENROLMENT_SECRET(_FILE); default: the local stack's]",
 )
 @click.option("--health-port", type=click.IntRange(0, 65535), default=0, help="gRPC health port (0: any free port)")
 @data_dir_option
@@ -235,7 +236,7 @@ def worker(
     scheduler: str | None,
     slots: int | None,
     redis_url: str | None,
-    jwt_secret_file: Path | None,
+    enrolment_secret_file: Path | None,
     health_port: int,
     data_dir: Path,
 ) -> None:
@@ -251,7 +252,9 @@ def worker(
             found = False
         if not found:
             raise click.BadParameter(f"cannot find module {module!r} (from {cwd})", param_hint="--import")
-    env = dict(os.environ)
+    # Never a token key: a worker holds only what lets it enrol.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RTASK_JWT_SECRET", "RTASK_WORKER_KEY"))}
+    env.pop("DATABASE_URL", None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, env.get("PYTHONPATH", "")) if p)
     env["RTASK_WORKER_IMPORTS"] = ",".join(imports)
     server = scheduler or _local_schedulers(data_dir)
@@ -262,8 +265,8 @@ def worker(
         env["REDIS_URL"] = redis_url
     else:
         env.update(_local_redis_login(data_dir))
-    if not env.get("RTASK_JWT_SECRET"):
-        env["RTASK_JWT_SECRET_FILE"] = str(jwt_secret_file or _local_secret(data_dir))
+    if not env.get("RTASK_WORKER_ENROLMENT_SECRET"):
+        env["RTASK_WORKER_ENROLMENT_SECRET_FILE"] = str(enrolment_secret_file or _local_secret(data_dir))
     env["RTASK_PORT"] = str(health_port)
     env.setdefault("RTASK_INSTANCE", "worker")
     if slots is not None:
@@ -297,9 +300,10 @@ def _local_redis_login(data_dir: Path) -> dict[str, str]:
 
 
 def _local_secret(data_dir: Path) -> Path:
-    path = data_dir / SECRET_FILE
+    path = data_dir / ENROLMENT_FILE
     if not path.is_file():
         raise click.UsageError(
-            f"no token secret: pass --jwt-secret-file or set RTASK_JWT_SECRET(_FILE) (no {SECRET_FILE} in {data_dir})"
+            "no enrolment secret: pass --enrolment-secret-file or set RTASK_WORKER_ENROLMENT_SECRET(_FILE) "
+            f"(no {ENROLMENT_FILE} in {data_dir})"
         )
     return path

@@ -1,4 +1,7 @@
+import datetime
+
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from resilienttask.v1 import task_pb2 as _task_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -52,6 +55,22 @@ FINISH_VERDICT_UNSPECIFIED: FinishVerdict
 FINISH_VERDICT_ACCEPTED: FinishVerdict
 FINISH_VERDICT_SUPERSEDED: FinishVerdict
 FINISH_VERDICT_REFUSED: FinishVerdict
+
+class EnrolRequest(_message.Message):
+    __slots__ = ("worker_id",)
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
+
+class EnrolResponse(_message.Message):
+    __slots__ = ("worker_id", "token", "expires_at")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    token: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, worker_id: _Optional[str] = ..., token: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class HeldTask(_message.Message):
     __slots__ = ("task_id", "fence")

@@ -40,6 +40,11 @@ class WorkerServiceStub:
                 request_serializer=resilienttask_dot_worker_dot_v1_dot_worker__pb2.ConnectRequest.SerializeToString,
                 response_deserializer=resilienttask_dot_worker_dot_v1_dot_worker__pb2.ConnectResponse.FromString,
                 _registered_method=True)
+        self.Enrol = channel.unary_unary(
+                '/resilienttask.worker.v1.WorkerService/Enrol',
+                request_serializer=resilienttask_dot_worker_dot_v1_dot_worker__pb2.EnrolRequest.SerializeToString,
+                response_deserializer=resilienttask_dot_worker_dot_v1_dot_worker__pb2.EnrolResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -51,6 +56,19 @@ class WorkerServiceServicer:
         go up as WorkRequests, grants and acknowledgements come down as WorkResponses, with heartbeats,
         progress and pushed cancel commands on the same stream. Whatever is ready together travels in
         one message each way.
+
+        The call's bearer token must be a worker token (from Enrol) whose subject is the hello's worker id;
+        every task the stream names is taken as that worker's. A second Connect under the same id replaces
+        the first, whose stream ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Enrol(self, request, context):
+        """Enrol issues a worker token. The bearer is either the deployment's enrolment secret (a worker id
+        that was never enrolled gets its first token; an id already enrolled is ALREADY_EXISTS) or a worker
+        token of the same id that has not expired yet (a renewal).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -63,6 +81,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=resilienttask_dot_worker_dot_v1_dot_worker__pb2.ConnectRequest.FromString,
                     response_serializer=resilienttask_dot_worker_dot_v1_dot_worker__pb2.ConnectResponse.SerializeToString,
+            ),
+            'Enrol': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enrol,
+                    request_deserializer=resilienttask_dot_worker_dot_v1_dot_worker__pb2.EnrolRequest.FromString,
+                    response_serializer=resilienttask_dot_worker_dot_v1_dot_worker__pb2.EnrolResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -93,6 +116,33 @@ class WorkerService:
             '/resilienttask.worker.v1.WorkerService/Connect',
             resilienttask_dot_worker_dot_v1_dot_worker__pb2.ConnectRequest.SerializeToString,
             resilienttask_dot_worker_dot_v1_dot_worker__pb2.ConnectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Enrol(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/resilienttask.worker.v1.WorkerService/Enrol',
+            resilienttask_dot_worker_dot_v1_dot_worker__pb2.EnrolRequest.SerializeToString,
+            resilienttask_dot_worker_dot_v1_dot_worker__pb2.EnrolResponse.FromString,
             options,
             channel_credentials,
             insecure,
