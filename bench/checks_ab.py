@@ -5,8 +5,8 @@
 
 Each round runs our throughput (no-op drain) and latency (submit → start, submit → result) scenarios twice,
 "on" (this checkout: per-worker credentials checked on every message, holder checks, Redis ACL users, per-user
-counters and admission, small events) and "off" (BASELINE, the code before them), in alternating order so that drift of a
-shared, noisy machine falls on both sides alike. Each side is its own `python -m bench.run` from its own
+counters and admission, small events) and "off" (BASELINE, the code before them), in alternating order so that
+drift of a shared, noisy machine falls on both sides alike. Each side is its own `python -m bench.run` from its own
 checkout (its own stores, stack and SDK); the figure quoted is the median of the rounds. Printed, never
 asserted. The difference also includes what came with the checks (events no longer carry payloads and results).
 """
