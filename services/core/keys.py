@@ -18,6 +18,8 @@ COMMAND_CHANNEL = f"{PREFIX}:commands"
 
 # Worker pool registry: hash worker_id -> JSON description, refreshed by heartbeats.
 WORKERS_HASH = f"{PREFIX}:workers"
+# What each worker said it holds at its latest heartbeat, and when (written by schedulers; read on takeovers).
+WORKERS_HOLDING_HASH = f"{PREFIX}:workers:holding"
 # Pool changes (joined, left, busy slots) for watchers.
 WORKERS_EVENTS_CHANNEL = f"{PREFIX}:workers:changed"
 

@@ -70,7 +70,7 @@ USERS: dict[str, AclUser] = {
             "hset",
             "hdel",
             "hgetall",
-            # Whether the holders of tasks another worker asks to take over are silent (silent_among).
+            # Whether the holders of tasks another worker asks to take over let them go (released_among).
             "hmget",
             # Seats of open watch streams, per user across gateways (services/gateway/watch/seats.py).
             "zadd",

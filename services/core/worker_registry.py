@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -57,10 +57,15 @@ class WorkerInfo:
         return worker
 
 
-async def upsert(redis: aioredis.Redis, info: WorkerInfo, *, announce: bool) -> None:
-    """Store the worker; announce joins and busy-slot changes to watchers."""
+async def upsert(
+    redis: aioredis.Redis, info: WorkerInfo, *, announce: bool, holding: Collection[str] | None = None
+) -> None:
+    """Store the worker (and, from a heartbeat, the task ids it holds); announce joins and busy-slot changes."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hset(keys.WORKERS_HASH, info.id, json.dumps(asdict(info)))
+        if holding is not None:
+            report = {"at": info.last_heartbeat, "tasks": sorted(holding)}
+            pipe.hset(keys.WORKERS_HOLDING_HASH, info.id, json.dumps(report))
         if announce:
             pipe.publish(keys.WORKERS_EVENTS_CHANNEL, info.id)
         await pipe.execute()
@@ -69,6 +74,7 @@ async def upsert(redis: aioredis.Redis, info: WorkerInfo, *, announce: bool) -> 
 async def remove(redis: aioredis.Redis, worker_id: str) -> None:
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hdel(keys.WORKERS_HASH, worker_id)
+        pipe.hdel(keys.WORKERS_HOLDING_HASH, worker_id)
         pipe.publish(keys.WORKERS_EVENTS_CHANNEL, worker_id)
         await pipe.execute()
 
@@ -153,22 +159,57 @@ async def live_workers(redis: aioredis.Redis, stale_after_s: float = STALE_AFTER
     return sorted(workers, key=lambda w: w.id)
 
 
-async def silent_among(redis: aioredis.Redis, worker_ids: Collection[str], silent_after_s: float) -> set[str]:
-    """Of worker_ids, those the schedulers saw go silent: no entry (their stream ended) or no heartbeat
-    recorded for silent_after_s. Only schedulers write this hash, from the heartbeats on their streams."""
-    ids = sorted(worker_ids)
+async def released_among(
+    redis: aioredis.Redis, held: Mapping[str, Collection[tuple[str, float]]], silent_after_s: float
+) -> set[str]:
+    """Of the tasks given by holder (task id, epoch seconds its attempt started), those their holder let go, by
+    the schedulers' own record (only schedulers write these hashes, from the heartbeats on their streams):
+
+    - every task of a holder gone silent: no entry (its stream ended) or no heartbeat for silent_after_s;
+    - a task its holder, still heartbeating, no longer lists: its latest report, made silent_after_s or more after
+      the attempt started (so no report sent before the start reply can count, whatever the clocks' skew), does
+      not name it. A worker that lost Redis stops its handlers unreported (it can no longer keep their entries)
+      yet keeps heartbeating; without this its tasks would wait for the runtime sweep.
+    """
+    ids = sorted(held)
     if not ids:
         return set()
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hmget(keys.WORKERS_HASH, ids)
+        pipe.hmget(keys.WORKERS_HOLDING_HASH, ids)
+        beats, reports = await pipe.execute()
     now = time.time()
-    silent = set()
-    for worker_id, raw in zip(ids, await redis.hmget(keys.WORKERS_HASH, ids), strict=True):
-        try:
-            last = float(json.loads(raw)["last_heartbeat"]) if raw is not None else float("-inf")
-        except (ValueError, KeyError, TypeError):
-            last = float("-inf")  # an entry we cannot read is no proof of life
-        if now - last > silent_after_s:
-            silent.add(worker_id)
-    return silent
+    released: set[str] = set()
+    for worker_id, beat, report in zip(ids, beats, reports, strict=True):
+        tasks = held[worker_id]
+        if now - _last_heartbeat(beat) > silent_after_s:
+            released.update(task_id for task_id, _ in tasks)
+            continue
+        reported_at, listed = _holding(report)
+        released.update(
+            task_id
+            for task_id, started_at in tasks
+            if reported_at - started_at >= silent_after_s and task_id not in listed
+        )
+    return released
+
+
+def _last_heartbeat(raw: bytes | None) -> float:
+    try:
+        return float(json.loads(raw)["last_heartbeat"]) if raw is not None else float("-inf")
+    except (ValueError, KeyError, TypeError):
+        return float("-inf")  # an entry we cannot read is no proof of life
+
+
+def _holding(raw: bytes | None) -> tuple[float, frozenset[str]]:
+    """When the holder last reported and what it listed; no report (or an unreadable one) proves nothing."""
+    try:
+        report = json.loads(raw) if raw is not None else None
+        if isinstance(report, dict) and isinstance(report.get("tasks"), list):
+            return float(report["at"]), frozenset(t for t in report["tasks"] if isinstance(t, str))
+    except (ValueError, KeyError, TypeError):
+        pass
+    return float("-inf"), frozenset()
 
 
 async def known_kinds(redis: aioredis.Redis) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
@@ -67,15 +67,15 @@ async def create_server(config: SchedulerConfig) -> Service:
     emitter = outbox.EventEmitter(pool, redis)
     silent_after_s = config.takeover.holder_silent_ms / 1000
 
-    async def silent_holders(worker_ids: Collection[str]) -> set[str]:
+    async def released_tasks(held: Mapping[str, Collection[tuple[str, float]]]) -> set[str]:
         try:
-            return await worker_registry.silent_among(redis, worker_ids, silent_after_s)
+            return await worker_registry.released_among(redis, held, silent_after_s)
         except (RedisError, OSError):
             return set()  # no record to go by: nobody's task is taken (the start is deferred and asked again)
 
     enrolment = Enrolment(pool, config.workers, worker_verifier(config.workers))
     servicer = WorkerServicer(
-        pool, redis, workers, progress, config.retry, enrolment, silent_holders, config.worker_limits
+        pool, redis, workers, progress, config.retry, enrolment, released_tasks, config.worker_limits
     )
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
     service = Service(server=server, port=port, health=health, service_names=SERVICE_NAMES)

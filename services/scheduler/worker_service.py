@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import grpc
@@ -173,7 +173,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         announce = busy != info.busy
         info.busy = busy
         info.last_heartbeat = time.time()
-        await self._register(info, announce=announce)
+        await self._register(info, announce=announce, holding=[t.task_id for t in heartbeat.tasks])
         # The safety net behind pushed commands: anything the worker should not be running is repeated here.
         try:
             stops = await store.stops_for_held(self.pool, info.id, heartbeat.tasks)
@@ -183,8 +183,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         for task_id, fence, reason in stops:
             mailbox.cancel(cancel_command(task_id, fence, reason))
 
-    async def _register(self, info: worker_registry.WorkerInfo, *, announce: bool) -> None:
+    async def _register(
+        self, info: worker_registry.WorkerInfo, *, announce: bool, holding: Sequence[str] | None = None
+    ) -> None:
         try:
-            await worker_registry.upsert(self.redis, info, announce=announce)
+            await worker_registry.upsert(self.redis, info, announce=announce, holding=holding)
         except (RedisError, OSError) as exc:
             log.warning("worker registry unavailable", extra={"error": repr(exc)})

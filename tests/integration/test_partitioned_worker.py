@@ -162,3 +162,24 @@ async def test_a_worker_that_reaches_redis_but_not_the_scheduler_claims_no_entri
     assert pending == [], f"A holds entries it cannot start: {pending}"
     assert not a.worker.running and not a.worker.parked
     assert all(key[1] == 1 for key in interval_handler.RUNS if key[0] in ids), "each ran once"
+
+
+async def test_a_worker_that_loses_only_redis_lets_its_task_go_to_another_worker(pair: Pair) -> None:
+    """A keeps answering the scheduler but can no longer keep its entry: it stops its handler unreported and
+    stops listing the task in its heartbeats, so B takes the task over (while A is alive and connected), with
+    no overlap. Before, the scheduler deferred the takeover as long as A heartbeated: the task stayed RUNNING
+    until the runtime sweep."""
+    a = await pair.node("worker-a", proxied=True)
+    (row,) = await submit(pair.iso, kind=interval_handler.KIND, workload_ms=600_000)
+    task_id = str(row["id"])
+    await eventually(lambda: _value((task_id, 1) in interval_handler.RUNS), message="attempt 1 running on A")
+    b = await pair.node("worker-b", proxied=False)
+    a.proxies[0].stall()  # Redis only: the scheduler still hears A's heartbeats
+    await eventually(
+        lambda: _value((task_id, 2) in interval_handler.RUNS), timeout_s=30, message="attempt 2 taken over by B"
+    )
+    assert any(key[0] == task_id for key in b.worker.running), "B runs the new attempt"
+    assert a.worker.connected, "A stayed in contact with the scheduler throughout"
+    first, second = interval_handler.RUNS[(task_id, 1)], interval_handler.RUNS[(task_id, 2)]
+    assert first[1] < second[0], f"attempt 1 ran until {first[1]:.3f}, attempt 2 from {second[0]:.3f}"
+    assert not a.worker.finishing, "A reports nothing for the attempt it gave up"

@@ -8,7 +8,7 @@ A task another worker holds is taken over only when the schedulers' own record s
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -45,12 +45,13 @@ SKIP = worker_pb2.START_DECISION_SKIP
 DEFER = worker_pb2.START_DECISION_DEFER
 
 
-# The holders (worker ids) among those given that the schedulers saw go silent: no heartbeat for the reclaim
-# threshold, or their stream gone. Called only for takeovers, which are rare (a worker died).
-HolderCheck = Callable[[Collection[str]], Awaitable[set[str]]]
+# Of the tasks other workers hold (by holder: task id, epoch seconds its attempt started), those whose holder
+# the schedulers saw let go: gone silent, or no longer listing the task. Called only for takeovers, which are
+# rare (a worker died or lost Redis).
+HolderCheck = Callable[[Mapping[str, Collection[tuple[str, float]]]], Awaitable[set[str]]]
 
 
-async def no_holder_silent(_holders: Collection[str]) -> set[str]:
+async def no_task_released(_held: Mapping[str, Collection[tuple[str, float]]]) -> set[str]:
     """For callers with no record of heartbeats: never take a task from another worker."""
     return set()
 
@@ -94,7 +95,7 @@ async def start_batch(
     pool: asyncpg.Pool,
     worker_id: str,
     items: Sequence[worker_pb2.StartItem],
-    holders: HolderCheck = no_holder_silent,
+    holders: HolderCheck = no_task_released,
 ) -> StartOutcome:
     """Decide for each entry whether this worker runs the task, and record the new attempts.
 
@@ -154,16 +155,16 @@ async def _start_checked(
         }
         # Asked only about holders whose task this request would take (under the row locks, so the holder
         # cannot report meanwhile): one Redis round trip, on the rare path of a dead worker's entries.
-        others = {
-            r["worker_id"]
-            for r in rows.values()
-            if r["status"] in (RUNNING, CANCELLING) and r["worker_id"] != worker_id
-        }
-        silent = await holders(others) if others else set()
+        others: dict[str, list[tuple[str, float]]] = {}
+        for r in rows.values():
+            if r["status"] in (RUNNING, CANCELLING) and r["worker_id"] != worker_id:
+                started = r["started_at"].timestamp() if r["started_at"] is not None else 0.0
+                others.setdefault(r["worker_id"], []).append((str(r["id"]), started))
+        released = await holders(others) if others else set()
         decisions: list[tuple[worker_pb2.StartItem, str, str]] = []  # (item, action, detail)
         for item in items:
             row = rows.get(item.task_id)
-            decisions.append((item, *_decide(row, item, worker_id, silent)))
+            decisions.append((item, *_decide(row, item, worker_id, released)))
         results: list[worker_pb2.StartResult] = []
         changes: list[TaskChange] = []
         history: list[HistoryEntry] = []
@@ -238,7 +239,7 @@ async def _start_attempts(
 
 
 def _decide(
-    row: asyncpg.Record | None, item: worker_pb2.StartItem, worker_id: str, silent: Collection[str]
+    row: asyncpg.Record | None, item: worker_pb2.StartItem, worker_id: str, released: Collection[str]
 ) -> tuple[str, str]:
     if row is None:
         return "skip", "task not found"
@@ -258,8 +259,9 @@ def _decide(
     if not item.entry_id or item.entry_id != row["entry_id"]:
         return "skip", "duplicate entry"
     previous = row["worker_id"] or "a worker"
-    if row["worker_id"] not in silent:
-        # The holder still heartbeats (or we cannot tell): whoever claimed its entry waits and asks again.
+    if item.task_id not in released:
+        # The holder still heartbeats and lists the task (or we cannot tell): whoever claimed its entry waits and
+        # asks again.
         return "defer", f"{previous} still holds the task"
     if status == CANCELLING:
         return "cancel", f"{previous} stopped while cancelling"
