@@ -109,13 +109,17 @@ class VerifiedTokens:
         return subject
 
 
-def verify_token_claims(config: SigningKey, token: str, audience: str) -> tuple[str, float]:
+def verify_token_claims(
+    config: SigningKey, token: str, audience: str, *, expired_for_at_most_s: int = 0
+) -> tuple[str, float]:
     """The subject and expiry of a valid token; any defect is Unauthenticated with one generic message.
 
     Only HS256 is accepted (so `alg=none` and every other algorithm fail), every claim is required,
     `iat` may not lie in the future, and `aud` must be exactly the one expected audience: a token
     listing several audiences would otherwise open both the user and the worker API. (With separate keys,
     a token of one kind fails the other's signature check first; the audience is a second wall.)
+    expired_for_at_most_s accepts a token that expired that long ago at most: only for a worker renewing
+    its own token after an outage outlasted it (the signature still proves we issued it to that id).
     """
     if not token or len(token) > MAX_TOKEN_CHARS:
         raise Unauthenticated(_INVALID)
@@ -126,7 +130,7 @@ def verify_token_claims(config: SigningKey, token: str, audience: str) -> tuple[
             algorithms=[ALGORITHM],
             audience=audience,
             issuer=config.issuer,
-            leeway=0,
+            leeway=expired_for_at_most_s,
             options={"require": _REQUIRED_CLAIMS, "strict_aud": True, "verify_signature": True},
         )
     except jwt.PyJWTError as exc:

@@ -4,7 +4,8 @@ A worker proves it belongs to the deployment with the enrolment secret, and name
 Redis consumer name, unique per process). The scheduler signs a token for that id only if no worker was
 ever given one for it (worker_identities, PostgreSQL): a worker holding the enrolment secret can enrol
 as many fresh ids as it likes, but never as another worker, whose tasks it could then report on. A worker
-renews its token with the token itself before it expires; a renewal keeps the id.
+renews its token with the token itself, before it expires or (after an outage) within the time an id
+stays enrolled; a renewal keeps the id.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ import grpc
 
 from resilienttask.worker.v1 import worker_pb2
 from services.core.errors import AlreadyExists, InvalidArgument, Unauthenticated
-from services.core.tokens import WORKER_AUDIENCE, IssuedToken, VerifiedTokens, mint_worker_token
+from services.core.tokens import (
+    WORKER_AUDIENCE,
+    IssuedToken,
+    VerifiedTokens,
+    mint_worker_token,
+    verify_token_claims,
+)
 from services.core.worker_credentials import WorkerKeyConfig, worker_id_problem
 from services.gateway.auth_interceptor import MISSING_TOKEN, bearer_token
 
@@ -58,12 +65,23 @@ class Enrolment:
                 )
             log.info("worker enrolled", extra={"worker": worker_id})
         else:
-            subject = self.verified.subject(presented)  # Unauthenticated unless a live worker token
+            subject = self._renewing(presented)
             if subject != worker_id:
                 raise Unauthenticated("a worker token renews only its own worker id")
             if await self.pool.fetchval(_RENEW, worker_id) is None:
                 raise Unauthenticated("the worker id is no longer enrolled")
         return mint_worker_token(self.keys, worker_id, self.keys.token_ttl_s)
+
+    def _renewing(self, presented: str) -> str:
+        """The worker id a renewal speaks for: a live worker token, or one that expired within the time an id
+        stays enrolled (an outage of the schedulers or the database outlasted the token; the worker would
+        otherwise be locked out of its own id for good). Anything else is Unauthenticated."""
+        try:
+            return self.verified.subject(presented)
+        except Unauthenticated:
+            return verify_token_claims(
+                self.keys, presented, WORKER_AUDIENCE, expired_for_at_most_s=FORGET_AFTER_DAYS * 86_400
+            )[0]
 
 
 def worker_verifier(keys: WorkerKeyConfig) -> VerifiedTokens:

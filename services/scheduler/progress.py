@@ -25,9 +25,11 @@ class ProgressBuffer:
     def add(self, task_id: str, fence: int, worker_id: str, progress: float) -> None:
         self._latest[(task_id, fence, worker_id)] = progress
 
-    def discard(self, task_ids: Iterable[str]) -> None:
+    def discard(self, worker_id: str, task_ids: Iterable[str]) -> None:
+        """Drop the worker's own buffered reports for these tasks (another worker's outcome, even a forged one
+        naming them, must not erase a holder's progress)."""
         gone = set(task_ids)
-        for key in [k for k in self._latest if k[0] in gone]:
+        for key in [k for k in self._latest if k[0] in gone and k[2] == worker_id]:
             del self._latest[key]
 
     def take(self) -> dict[tuple[str, int, str], float]:

@@ -108,7 +108,7 @@ class WorkProcessor:
         then every change event in one round trip, before the answer: a worker that gets no answer asks
         again, and the repeat re-announces."""
         # Progress still buffered for these tasks must not land after (and overwrite) the outcome.
-        self.progress.discard(item.task.task_id for item in finishes)
+        self.progress.discard(self.worker_id, (item.task.task_id for item in finishes))
         finished, started = await asyncio.gather(
             store.finish_batch(self.pool, self.worker_id, finishes, self.retry) if finishes else _nothing(),
             store.start_batch(self.pool, self.worker_id, starts, self.holders) if starts else _nothing(),

@@ -79,19 +79,34 @@ class WorkerTokens:
         """The header for the next call; enrols or renews first when due (errors reach the caller)."""
         now = time.time()
         if self._token is None or now >= self._renew_at:
-            live = self._token is not None and now < self._token.expires_at - 1
-            credential = self._token.token if live and self._token is not None else self.enrolment.secret.decode()
-            reply = await stub.Enrol(
-                worker_pb2.EnrolRequest(worker_id=self.worker_id),
-                metadata=(("authorization", f"Bearer {credential}"),),
-                timeout=ENROL_TIMEOUT_S,
-            )
+            renewal = self._token is not None
+            reply = await self._issue(stub)
             expires_at = float(reply.expires_at.seconds)
             self._token = IssuedToken(reply.token, expires_at)
             self._renew_at = now + (expires_at - now) * (1 - TOKEN_RENEW_FRACTION)
-            log.info("worker token issued", extra={"worker": self.worker_id, "renewal": live})
+            log.info("worker token issued", extra={"worker": self.worker_id, "renewal": renewal})
         assert self._token is not None
         return (("authorization", f"Bearer {self._token.token}"),)
+
+    async def _issue(self, stub: worker_pb2_grpc.WorkerServiceStub) -> worker_pb2.EnrolResponse:
+        """Renew with the token we hold, even expired (an outage may outlast it: the id is ours, and enrolling it
+        again is refused); enrol with the secret when we hold none, or the schedulers no longer renew it."""
+        if self._token is not None:
+            try:
+                return await self._enrol(stub, self._token.token)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAUTHENTICATED or time.time() < self._token.expires_at - 1:
+                    raise
+                log.warning("expired worker token not renewed; enrolling again", extra={"worker": self.worker_id})
+        return await self._enrol(stub, self.enrolment.secret.decode())
+
+    async def _enrol(self, stub: worker_pb2_grpc.WorkerServiceStub, credential: str) -> worker_pb2.EnrolResponse:
+        reply: worker_pb2.EnrolResponse = await stub.Enrol(
+            worker_pb2.EnrolRequest(worker_id=self.worker_id),
+            metadata=(("authorization", f"Bearer {credential}"),),
+            timeout=ENROL_TIMEOUT_S,
+        )
+        return reply
 
     async def keep_fresh(self, stub: worker_pb2_grpc.WorkerServiceStub) -> None:
         """Renew the token while a stream lives on, so the next reconnect still holds a live one."""

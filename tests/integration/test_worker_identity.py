@@ -24,16 +24,17 @@ from resilienttask.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
 from services.core import outbox, task_store
 from services.core.config import AuthConfig
-from services.core.tokens import mint_user_token
+from services.core.tokens import IssuedToken, mint_user_token, mint_worker_token
 from services.core.transitions import user as transitions
 from services.stack.stack import Stack
-from services.worker.connection import WorkRefused
+from services.worker.connection import WorkerTokens, WorkRefused
 from tests.helpers import eventually
 from tests.integration import probe_handler
 from tests.integration.accounts import signup
 from tests.integration.private_scheduler import (
     ENROLMENT,
     HOLDER_SILENT_MS,
+    WORKER_KEYS,
     Isolated,
     isolated,
     metadata,
@@ -110,16 +111,21 @@ async def test_a_handler_process_sees_no_secret_and_cannot_read_one(stack: Stack
 
     seen = json_format.MessageToDict((await eventually(finished, timeout_s=30, message="the probe ran")).result)
     environment: dict[str, str] = seen["environment"]
-    leaked = [k for k in environment if "SECRET" in k or "KEY" in k or k in ("REDIS_URL", "DATABASE_URL")]
+    leaked = [
+        k
+        for k in environment
+        if any(word in k for word in ("SECRET", "KEY", "PASSWORD", "TOKEN")) or k in ("REDIS_URL", "DATABASE_URL")
+    ]
     assert leaked == [], f"the handler saw {leaked}"
     addresses = [stack.database_url, *(login["REDIS_URL"] for login in redis_logins)]
     assert not [v for v in environment.values() if any(address in v for address in addresses)]
     assert seen["sockets"] == [], "no socket of the worker is inherited"
-    if os.geteuid() == 0:
-        # The worker runs as root (as in CI): the handler runs as another, unprivileged user.
-        assert seen["uid"] != 0 and seen["euid"] != 0 and seen["groups"] == []
-        assert seen["files"] == dict.fromkeys(secret_files, "PermissionError")
-        assert seen["worker_environment"] == "PermissionError"
+    if os.geteuid() != 0:
+        pytest.skip("the files are kept from handlers by a separate uid, which only a worker running as root has")
+    # The worker runs as root (as in CI): the handler runs as another, unprivileged user.
+    assert seen["uid"] != 0 and seen["euid"] != 0 and seen["groups"] == []
+    assert seen["files"] == dict.fromkeys(secret_files, "PermissionError")
+    assert seen["worker_environment"] == "PermissionError"
 
 
 # -- enrolment (private scheduler) -------------------------------------------------------------------------
@@ -150,6 +156,34 @@ async def test_enrolment_gives_each_id_once_and_renews_only_its_own(isolated: Is
     }
     renewed = await enrol(worker_pb2.EnrolRequest(worker_id="worker-a"), metadata=bearer(first.token))
     assert renewed.worker_id == "worker-a" and renewed.token != first.token
+
+
+async def test_a_worker_whose_token_expired_during_an_outage_renews_its_own_id(isolated: Isolated) -> None:
+    """Renewal needs a scheduler and the database: an outage longer than the token's life must not lock the
+    worker out of its id for good (enrolling the id again is refused, as it must be)."""
+    enrol = isolated.stub.Enrol
+    await enrol(worker_pb2.EnrolRequest(worker_id="worker-late"), metadata=bearer(ENROLMENT.secret))
+    expired = mint_worker_token(WORKER_KEYS, "worker-late", ttl_s=-60)
+    renewed = await enrol(worker_pb2.EnrolRequest(worker_id="worker-late"), metadata=bearer(expired.token))
+    assert renewed.worker_id == "worker-late" and renewed.expires_at.seconds > time.time()
+    # Still only its own id, and only an id that is enrolled; a token expired beyond an id's life is refused.
+    refusals = {
+        "another's id": ("worker-other", expired.token),
+        "never enrolled": ("worker-never", mint_worker_token(WORKER_KEYS, "worker-never", ttl_s=-60).token),
+        "expired too long ago": (
+            "worker-late",
+            mint_worker_token(WORKER_KEYS, "worker-late", ttl_s=-40 * 86_400).token,
+        ),
+    }
+    for label, (worker_id, token) in refusals.items():
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await enrol(worker_pb2.EnrolRequest(worker_id=worker_id), metadata=bearer(token))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, label
+    # The worker's side: holding an expired token, its next call renews instead of asking to enrol again.
+    tokens = WorkerTokens(ENROLMENT, "worker-late")
+    tokens._token = IssuedToken(expired.token, expired.expires_at)  # as left by an outage
+    ((_, header),) = await tokens.metadata(isolated.stub)
+    assert header.startswith("Bearer ") and header != f"Bearer {expired.token}"
 
 
 # -- one worker against another's task (private scheduler) --------------------------------------------------
