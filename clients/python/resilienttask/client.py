@@ -321,7 +321,8 @@ class Client:
 
         Built on watch(): no polling. `on_change` is called with each newer state of a waited task
         (e.g. to draw progress). Raises DeadlineExceeded after `timeout`, NotFound for an unknown
-        (or deleted) task.
+        (or deleted) task. The watch counts toward the user's open watch streams (20 by default):
+        wait for many tasks in one call rather than in many concurrent calls.
         """
         tracker = WaitTracker(task_ids(tasks))
         try:
