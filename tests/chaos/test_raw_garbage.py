@@ -107,7 +107,8 @@ GRPC_WEB_GARBAGE = {
 }
 
 # Requests whose body never completes a frame (or never arrives): Envoy waits for the rest, so nothing is answered
-# within READ_TIMEOUT_S; the stream idle timeout ends them. Every other malformed request gets an HTTP answer.
+# within READ_TIMEOUT_S (a probe saw no answer within 70 s either). Every other malformed request gets an HTTP
+# answer.
 UNANSWERED_WHILE_INCOMPLETE = {"truncated frame", "frame longer than its body", "content length lies"}
 
 
