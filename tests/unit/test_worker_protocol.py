@@ -216,7 +216,10 @@ async def test_defer_keeps_the_entry_and_asks_again(harness: Harness) -> None:
     harness.entries[task_id] = entry_id
     done = await harness.finished(task_id)
     assert done.outcome == worker_pb2.OUTCOME_SUCCEEDED
-    assert [s.entry_id for s in harness.script.starts] == [entry_id] * 3
+    # Deferred twice, run on the third ask, always with the same entry. A loaded machine may add one more ask
+    # (a stream given up as silent is reopened and an unanswered ask repeated), never a different entry.
+    asked = [s.entry_id for s in harness.script.starts]
+    assert asked[:3] == [entry_id] * 3 and set(asked) == {entry_id}, asked
 
 
 async def test_start_outage_keeps_the_entries_and_retries(harness: Harness) -> None:
