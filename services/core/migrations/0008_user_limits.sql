@@ -125,51 +125,35 @@ $$;
 
 -- The counters follow the rows. Statement-level, so a batch of 500 finishes updates each owner's row once;
 -- owners' rows are locked in id order, as task rows are, so two statements cannot deadlock on them.
-CREATE FUNCTION rt_count_inserted() RETURNS trigger
+-- Inserted rows count up, deleted rows down: one function, the sign from the operation; both triggers name
+-- their transition table `changed`.
+CREATE FUNCTION rt_count_rows() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    sign integer := CASE TG_OP WHEN 'INSERT' THEN 1 ELSE -1 END;
 BEGIN
     UPDATE users SET
-        active_tasks = users.active_tasks + d.active,
-        stored_tasks = users.stored_tasks + d.stored,
-        dispatched_tasks = users.dispatched_tasks + d.dispatched,
-        waiting_tasks = users.waiting_tasks + d.waiting
+        active_tasks = users.active_tasks + sign * d.active,
+        stored_tasks = users.stored_tasks + sign * d.stored,
+        dispatched_tasks = users.dispatched_tasks + sign * d.dispatched,
+        waiting_tasks = users.waiting_tasks + sign * d.waiting
     FROM (
         SELECT owner_id, count(*) AS stored,
             count(*) FILTER (WHERE status IN (1, 2, 3)) AS active,
             count(*) FILTER (WHERE status IN (1, 2, 3) AND NOT held) AS dispatched,
             count(*) FILTER (WHERE status = 1 AND held) AS waiting
-        FROM added GROUP BY owner_id
+        FROM changed GROUP BY owner_id ORDER BY owner_id
     ) AS d
     WHERE users.id = d.owner_id;
     RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER tasks_counted_insert AFTER INSERT ON tasks REFERENCING NEW TABLE AS added
-FOR EACH STATEMENT EXECUTE FUNCTION rt_count_inserted();
+CREATE TRIGGER tasks_counted_insert AFTER INSERT ON tasks REFERENCING NEW TABLE AS changed
+FOR EACH STATEMENT EXECUTE FUNCTION rt_count_rows();
 
-CREATE FUNCTION rt_count_deleted() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE users SET
-        active_tasks = users.active_tasks - d.active,
-        stored_tasks = users.stored_tasks - d.stored,
-        dispatched_tasks = users.dispatched_tasks - d.dispatched,
-        waiting_tasks = users.waiting_tasks - d.waiting
-    FROM (
-        SELECT owner_id, count(*) AS stored,
-            count(*) FILTER (WHERE status IN (1, 2, 3)) AS active,
-            count(*) FILTER (WHERE status IN (1, 2, 3) AND NOT held) AS dispatched,
-            count(*) FILTER (WHERE status = 1 AND held) AS waiting
-        FROM removed GROUP BY owner_id ORDER BY owner_id
-    ) AS d
-    WHERE users.id = d.owner_id;
-    RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER tasks_counted_delete AFTER DELETE ON tasks REFERENCING OLD TABLE AS removed
-FOR EACH STATEMENT EXECUTE FUNCTION rt_count_deleted();
+CREATE TRIGGER tasks_counted_delete AFTER DELETE ON tasks REFERENCING OLD TABLE AS changed
+FOR EACH STATEMENT EXECUTE FUNCTION rt_count_rows();
 
 -- Only rows whose status or held flag changed count (progress and publication marks change neither, and a
 -- start keeps a task active and dispatched, so those statements write no users row). When an owner's
