@@ -12,6 +12,7 @@ export const STATUS_LABELS: Record<TaskStatus, string> = {
   [TaskStatus.FAILED]: "Failed",
   [TaskStatus.CANCELLED]: "Cancelled",
   [TaskStatus.TIMED_OUT]: "Timed out",
+  [TaskStatus.SCHEDULED]: "Scheduled",
 };
 
 /** The enum name without its prefix (RUNNING, TIMED_OUT): stable hooks for styles and tests. */

@@ -24,74 +24,75 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from resilienttask.v1 import task_pb2 as resilienttask_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n resilienttask/v1/scheduler.proto\x12\x10resilienttask.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1bresilienttask/v1/task.proto\"\xf2\x01\n\x11SubmitTaskRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\x08workload\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_runtime\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08replicas\x18\x06 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12\x12\n\nrequest_id\x18\x08 \x01(\t\";\n\x12SubmitTaskResponse\x12%\n\x05tasks\x18\x01 \x03(\x0b\x32\x16.resilienttask.v1.Task\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"7\n\x0fGetTaskResponse\x12$\n\x04task\x18\x01 \x01(\x0b\x32\x16.resilienttask.v1.Task\"y\n\x10ListTasksRequest\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.resilienttask.v1.TaskStatus\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x04 \x01(\t\"S\n\x11ListTasksResponse\x12%\n\x05tasks\x18\x01 \x03(\x0b\x32\x16.resilienttask.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\":\n\x12\x43\x61ncelTaskResponse\x12$\n\x04task\x18\x01 \x01(\x0b\x32\x16.resilienttask.v1.Task\"&\n\x12\x43\x61ncelBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"<\n\x13\x43\x61ncelBatchResponse\x12%\n\x05tasks\x18\x01 \x03(\x0b\x32\x16.resilienttask.v1.Task\"#\n\x10RetryTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"9\n\x11RetryTaskResponse\x12$\n\x04task\x18\x01 \x01(\x0b\x32\x16.resilienttask.v1.Task\"$\n\x11\x44\x65leteTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteTaskResponse\"\x15\n\x13\x43learHistoryRequest\"\'\n\x14\x43learHistoryResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\"\x11\n\x0fGetStatsRequest\">\n\x10GetStatsResponse\x12*\n\x05stats\x18\x01 \x01(\x0b\x32\x1b.resilienttask.v1.TaskStats\"A\n\x11WatchTasksRequest\x12\x14\n\x0cresume_token\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63\x63\x65pt_batches\x18\x02 \x01(\x08\"\x8c\x01\n\x0cTaskSnapshot\x12%\n\x05tasks\x18\x01 \x03(\x0b\x32\x16.resilienttask.v1.Task\x12*\n\x05stats\x18\x02 \x01(\x0b\x32\x1b.resilienttask.v1.TaskStats\x12)\n\x07workers\x18\x03 \x03(\x0b\x32\x18.resilienttask.v1.Worker\"\x84\x01\n\tTaskEvent\x12$\n\x04task\x18\x01 \x01(\x0b\x32\x16.resilienttask.v1.Task\x12*\n\x05stats\x18\x02 \x01(\x0b\x32\x1b.resilienttask.v1.TaskStats\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\x12\x14\n\x0cresume_token\x18\x04 \x01(\t\"=\n\x0eTaskEventBatch\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.resilienttask.v1.TaskEvent\"9\n\x0cWorkersEvent\x12)\n\x07workers\x18\x01 \x03(\x0b\x32\x18.resilienttask.v1.Worker\"\x0b\n\tHeartbeat\"\xad\x02\n\x12WatchTasksResponse\x12\x14\n\x0cresume_token\x18\x01 \x01(\t\x12\x32\n\x08snapshot\x18\x02 \x01(\x0b\x32\x1e.resilienttask.v1.TaskSnapshotH\x00\x12,\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x1b.resilienttask.v1.TaskEventH\x00\x12\x30\n\theartbeat\x18\x04 \x01(\x0b\x32\x1b.resilienttask.v1.HeartbeatH\x00\x12\x31\n\x07workers\x18\x05 \x01(\x0b\x32\x1e.resilienttask.v1.WorkersEventH\x00\x12\x32\n\x06\x65vents\x18\x06 \x01(\x0b\x32 .resilienttask.v1.TaskEventBatchH\x00\x42\x06\n\x04kind\"\x14\n\x12ListWorkersRequest\"@\n\x13ListWorkersResponse\x12)\n\x07workers\x18\x01 \x03(\x0b\x32\x18.resilienttask.v1.Worker\"\x12\n\x10ListKindsRequest\"\"\n\x11ListKindsResponse\x12\r\n\x05kinds\x18\x01 \x03(\t2\xb4\x08\n\x10SchedulerService\x12W\n\nSubmitTask\x12#.resilienttask.v1.SubmitTaskRequest\x1a$.resilienttask.v1.SubmitTaskResponse\x12N\n\x07GetTask\x12 .resilienttask.v1.GetTaskRequest\x1a!.resilienttask.v1.GetTaskResponse\x12T\n\tListTasks\x12\".resilienttask.v1.ListTasksRequest\x1a#.resilienttask.v1.ListTasksResponse\x12W\n\nCancelTask\x12#.resilienttask.v1.CancelTaskRequest\x1a$.resilienttask.v1.CancelTaskResponse\x12Z\n\x0b\x43\x61ncelBatch\x12$.resilienttask.v1.CancelBatchRequest\x1a%.resilienttask.v1.CancelBatchResponse\x12T\n\tRetryTask\x12\".resilienttask.v1.RetryTaskRequest\x1a#.resilienttask.v1.RetryTaskResponse\x12W\n\nDeleteTask\x12#.resilienttask.v1.DeleteTaskRequest\x1a$.resilienttask.v1.DeleteTaskResponse\x12]\n\x0c\x43learHistory\x12%.resilienttask.v1.ClearHistoryRequest\x1a&.resilienttask.v1.ClearHistoryResponse\x12Q\n\x08GetStats\x12!.resilienttask.v1.GetStatsRequest\x1a\".resilienttask.v1.GetStatsResponse\x12Y\n\nWatchTasks\x12#.resilienttask.v1.WatchTasksRequest\x1a$.resilienttask.v1.WatchTasksResponse0\x01\x12Z\n\x0bListWorkers\x12$.resilienttask.v1.ListWorkersRequest\x1a%.resilienttask.v1.ListWorkersResponse\x12T\n\tListKinds\x12\".resilienttask.v1.ListKindsRequest\x1a#.resilienttask.v1.ListKindsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n resilienttask/v1/scheduler.proto\x12\x10resilienttask.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bresilienttask/v1/task.proto\"\xd5\x02\n\x11SubmitTaskRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\x08workload\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_runtime\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08replicas\x18\x06 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12,\n\x06run_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12*\n\x05\x64\x65lay\x18\n \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x42\x07\n\x05start\";\n\x12SubmitTaskResponse\x12%\n\x05tasks\x18\x01 \x03(\x0b\x32\x16.resilienttask.v1.Task\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"7\n\x0fGetTaskResponse\x12$\n\x04task\x18\x01 \x01(\x0b\x32\x16.resilienttask.v1.Task\"y\n\x10ListTasksRequest\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.resilienttask.v1.TaskStatus\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x04 \x01(\t\"S\n\x11ListTasksResponse\x12%\n\x05tasks\x18\x01 \x03(\x0b\x32\x16.resilienttask.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\":\n\x12\x43\x61ncelTaskResponse\x12$\n\x04task\x18\x01 \x01(\x0b\x32\x16.resilienttask.v1.Task\"&\n\x12\x43\x61ncelBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"<\n\x13\x43\x61ncelBatchResponse\x12%\n\x05tasks\x18\x01 \x03(\x0b\x32\x16.resilienttask.v1.Task\"M\n\x10RetryTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"9\n\x11RetryTaskResponse\x12$\n\x04task\x18\x01 \x01(\x0b\x32\x16.resilienttask.v1.Task\"$\n\x11\x44\x65leteTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteTaskResponse\"\x15\n\x13\x43learHistoryRequest\"\'\n\x14\x43learHistoryResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\"\x11\n\x0fGetStatsRequest\">\n\x10GetStatsResponse\x12*\n\x05stats\x18\x01 \x01(\x0b\x32\x1b.resilienttask.v1.TaskStats\"A\n\x11WatchTasksRequest\x12\x14\n\x0cresume_token\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63\x63\x65pt_batches\x18\x02 \x01(\x08\"\x8c\x01\n\x0cTaskSnapshot\x12%\n\x05tasks\x18\x01 \x03(\x0b\x32\x16.resilienttask.v1.Task\x12*\n\x05stats\x18\x02 \x01(\x0b\x32\x1b.resilienttask.v1.TaskStats\x12)\n\x07workers\x18\x03 \x03(\x0b\x32\x18.resilienttask.v1.Worker\"\x84\x01\n\tTaskEvent\x12$\n\x04task\x18\x01 \x01(\x0b\x32\x16.resilienttask.v1.Task\x12*\n\x05stats\x18\x02 \x01(\x0b\x32\x1b.resilienttask.v1.TaskStats\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\x12\x14\n\x0cresume_token\x18\x04 \x01(\t\"=\n\x0eTaskEventBatch\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.resilienttask.v1.TaskEvent\"9\n\x0cWorkersEvent\x12)\n\x07workers\x18\x01 \x03(\x0b\x32\x18.resilienttask.v1.Worker\"\x0b\n\tHeartbeat\"\xad\x02\n\x12WatchTasksResponse\x12\x14\n\x0cresume_token\x18\x01 \x01(\t\x12\x32\n\x08snapshot\x18\x02 \x01(\x0b\x32\x1e.resilienttask.v1.TaskSnapshotH\x00\x12,\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x1b.resilienttask.v1.TaskEventH\x00\x12\x30\n\theartbeat\x18\x04 \x01(\x0b\x32\x1b.resilienttask.v1.HeartbeatH\x00\x12\x31\n\x07workers\x18\x05 \x01(\x0b\x32\x1e.resilienttask.v1.WorkersEventH\x00\x12\x32\n\x06\x65vents\x18\x06 \x01(\x0b\x32 .resilienttask.v1.TaskEventBatchH\x00\x42\x06\n\x04kind\"\x14\n\x12ListWorkersRequest\"@\n\x13ListWorkersResponse\x12)\n\x07workers\x18\x01 \x03(\x0b\x32\x18.resilienttask.v1.Worker\"\x12\n\x10ListKindsRequest\"\"\n\x11ListKindsResponse\x12\r\n\x05kinds\x18\x01 \x03(\t2\xb4\x08\n\x10SchedulerService\x12W\n\nSubmitTask\x12#.resilienttask.v1.SubmitTaskRequest\x1a$.resilienttask.v1.SubmitTaskResponse\x12N\n\x07GetTask\x12 .resilienttask.v1.GetTaskRequest\x1a!.resilienttask.v1.GetTaskResponse\x12T\n\tListTasks\x12\".resilienttask.v1.ListTasksRequest\x1a#.resilienttask.v1.ListTasksResponse\x12W\n\nCancelTask\x12#.resilienttask.v1.CancelTaskRequest\x1a$.resilienttask.v1.CancelTaskResponse\x12Z\n\x0b\x43\x61ncelBatch\x12$.resilienttask.v1.CancelBatchRequest\x1a%.resilienttask.v1.CancelBatchResponse\x12T\n\tRetryTask\x12\".resilienttask.v1.RetryTaskRequest\x1a#.resilienttask.v1.RetryTaskResponse\x12W\n\nDeleteTask\x12#.resilienttask.v1.DeleteTaskRequest\x1a$.resilienttask.v1.DeleteTaskResponse\x12]\n\x0c\x43learHistory\x12%.resilienttask.v1.ClearHistoryRequest\x1a&.resilienttask.v1.ClearHistoryResponse\x12Q\n\x08GetStats\x12!.resilienttask.v1.GetStatsRequest\x1a\".resilienttask.v1.GetStatsResponse\x12Y\n\nWatchTasks\x12#.resilienttask.v1.WatchTasksRequest\x1a$.resilienttask.v1.WatchTasksResponse0\x01\x12Z\n\x0bListWorkers\x12$.resilienttask.v1.ListWorkersRequest\x1a%.resilienttask.v1.ListWorkersResponse\x12T\n\tListKinds\x12\".resilienttask.v1.ListKindsRequest\x1a#.resilienttask.v1.ListKindsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'resilienttask.v1.scheduler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITTASKREQUEST']._serialized_start=146
-  _globals['_SUBMITTASKREQUEST']._serialized_end=388
-  _globals['_SUBMITTASKRESPONSE']._serialized_start=390
-  _globals['_SUBMITTASKRESPONSE']._serialized_end=449
-  _globals['_GETTASKREQUEST']._serialized_start=451
-  _globals['_GETTASKREQUEST']._serialized_end=484
-  _globals['_GETTASKRESPONSE']._serialized_start=486
-  _globals['_GETTASKRESPONSE']._serialized_end=541
-  _globals['_LISTTASKSREQUEST']._serialized_start=543
-  _globals['_LISTTASKSREQUEST']._serialized_end=664
-  _globals['_LISTTASKSRESPONSE']._serialized_start=666
-  _globals['_LISTTASKSRESPONSE']._serialized_end=749
-  _globals['_CANCELTASKREQUEST']._serialized_start=751
-  _globals['_CANCELTASKREQUEST']._serialized_end=787
-  _globals['_CANCELTASKRESPONSE']._serialized_start=789
-  _globals['_CANCELTASKRESPONSE']._serialized_end=847
-  _globals['_CANCELBATCHREQUEST']._serialized_start=849
-  _globals['_CANCELBATCHREQUEST']._serialized_end=887
-  _globals['_CANCELBATCHRESPONSE']._serialized_start=889
-  _globals['_CANCELBATCHRESPONSE']._serialized_end=949
-  _globals['_RETRYTASKREQUEST']._serialized_start=951
-  _globals['_RETRYTASKREQUEST']._serialized_end=986
-  _globals['_RETRYTASKRESPONSE']._serialized_start=988
-  _globals['_RETRYTASKRESPONSE']._serialized_end=1045
-  _globals['_DELETETASKREQUEST']._serialized_start=1047
-  _globals['_DELETETASKREQUEST']._serialized_end=1083
-  _globals['_DELETETASKRESPONSE']._serialized_start=1085
-  _globals['_DELETETASKRESPONSE']._serialized_end=1105
-  _globals['_CLEARHISTORYREQUEST']._serialized_start=1107
-  _globals['_CLEARHISTORYREQUEST']._serialized_end=1128
-  _globals['_CLEARHISTORYRESPONSE']._serialized_start=1130
-  _globals['_CLEARHISTORYRESPONSE']._serialized_end=1169
-  _globals['_GETSTATSREQUEST']._serialized_start=1171
-  _globals['_GETSTATSREQUEST']._serialized_end=1188
-  _globals['_GETSTATSRESPONSE']._serialized_start=1190
-  _globals['_GETSTATSRESPONSE']._serialized_end=1252
-  _globals['_WATCHTASKSREQUEST']._serialized_start=1254
-  _globals['_WATCHTASKSREQUEST']._serialized_end=1319
-  _globals['_TASKSNAPSHOT']._serialized_start=1322
-  _globals['_TASKSNAPSHOT']._serialized_end=1462
-  _globals['_TASKEVENT']._serialized_start=1465
-  _globals['_TASKEVENT']._serialized_end=1597
-  _globals['_TASKEVENTBATCH']._serialized_start=1599
-  _globals['_TASKEVENTBATCH']._serialized_end=1660
-  _globals['_WORKERSEVENT']._serialized_start=1662
-  _globals['_WORKERSEVENT']._serialized_end=1719
-  _globals['_HEARTBEAT']._serialized_start=1721
-  _globals['_HEARTBEAT']._serialized_end=1732
-  _globals['_WATCHTASKSRESPONSE']._serialized_start=1735
-  _globals['_WATCHTASKSRESPONSE']._serialized_end=2036
-  _globals['_LISTWORKERSREQUEST']._serialized_start=2038
-  _globals['_LISTWORKERSREQUEST']._serialized_end=2058
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=2060
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=2124
-  _globals['_LISTKINDSREQUEST']._serialized_start=2126
-  _globals['_LISTKINDSREQUEST']._serialized_end=2144
-  _globals['_LISTKINDSRESPONSE']._serialized_start=2146
-  _globals['_LISTKINDSRESPONSE']._serialized_end=2180
-  _globals['_SCHEDULERSERVICE']._serialized_start=2183
-  _globals['_SCHEDULERSERVICE']._serialized_end=3259
+  _globals['_SUBMITTASKREQUEST']._serialized_start=179
+  _globals['_SUBMITTASKREQUEST']._serialized_end=520
+  _globals['_SUBMITTASKRESPONSE']._serialized_start=522
+  _globals['_SUBMITTASKRESPONSE']._serialized_end=581
+  _globals['_GETTASKREQUEST']._serialized_start=583
+  _globals['_GETTASKREQUEST']._serialized_end=616
+  _globals['_GETTASKRESPONSE']._serialized_start=618
+  _globals['_GETTASKRESPONSE']._serialized_end=673
+  _globals['_LISTTASKSREQUEST']._serialized_start=675
+  _globals['_LISTTASKSREQUEST']._serialized_end=796
+  _globals['_LISTTASKSRESPONSE']._serialized_start=798
+  _globals['_LISTTASKSRESPONSE']._serialized_end=881
+  _globals['_CANCELTASKREQUEST']._serialized_start=883
+  _globals['_CANCELTASKREQUEST']._serialized_end=919
+  _globals['_CANCELTASKRESPONSE']._serialized_start=921
+  _globals['_CANCELTASKRESPONSE']._serialized_end=979
+  _globals['_CANCELBATCHREQUEST']._serialized_start=981
+  _globals['_CANCELBATCHREQUEST']._serialized_end=1019
+  _globals['_CANCELBATCHRESPONSE']._serialized_start=1021
+  _globals['_CANCELBATCHRESPONSE']._serialized_end=1081
+  _globals['_RETRYTASKREQUEST']._serialized_start=1083
+  _globals['_RETRYTASKREQUEST']._serialized_end=1160
+  _globals['_RETRYTASKRESPONSE']._serialized_start=1162
+  _globals['_RETRYTASKRESPONSE']._serialized_end=1219
+  _globals['_DELETETASKREQUEST']._serialized_start=1221
+  _globals['_DELETETASKREQUEST']._serialized_end=1257
+  _globals['_DELETETASKRESPONSE']._serialized_start=1259
+  _globals['_DELETETASKRESPONSE']._serialized_end=1279
+  _globals['_CLEARHISTORYREQUEST']._serialized_start=1281
+  _globals['_CLEARHISTORYREQUEST']._serialized_end=1302
+  _globals['_CLEARHISTORYRESPONSE']._serialized_start=1304
+  _globals['_CLEARHISTORYRESPONSE']._serialized_end=1343
+  _globals['_GETSTATSREQUEST']._serialized_start=1345
+  _globals['_GETSTATSREQUEST']._serialized_end=1362
+  _globals['_GETSTATSRESPONSE']._serialized_start=1364
+  _globals['_GETSTATSRESPONSE']._serialized_end=1426
+  _globals['_WATCHTASKSREQUEST']._serialized_start=1428
+  _globals['_WATCHTASKSREQUEST']._serialized_end=1493
+  _globals['_TASKSNAPSHOT']._serialized_start=1496
+  _globals['_TASKSNAPSHOT']._serialized_end=1636
+  _globals['_TASKEVENT']._serialized_start=1639
+  _globals['_TASKEVENT']._serialized_end=1771
+  _globals['_TASKEVENTBATCH']._serialized_start=1773
+  _globals['_TASKEVENTBATCH']._serialized_end=1834
+  _globals['_WORKERSEVENT']._serialized_start=1836
+  _globals['_WORKERSEVENT']._serialized_end=1893
+  _globals['_HEARTBEAT']._serialized_start=1895
+  _globals['_HEARTBEAT']._serialized_end=1906
+  _globals['_WATCHTASKSRESPONSE']._serialized_start=1909
+  _globals['_WATCHTASKSRESPONSE']._serialized_end=2210
+  _globals['_LISTWORKERSREQUEST']._serialized_start=2212
+  _globals['_LISTWORKERSREQUEST']._serialized_end=2232
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=2234
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=2298
+  _globals['_LISTKINDSREQUEST']._serialized_start=2300
+  _globals['_LISTKINDSREQUEST']._serialized_end=2318
+  _globals['_LISTKINDSRESPONSE']._serialized_start=2320
+  _globals['_LISTKINDSRESPONSE']._serialized_end=2354
+  _globals['_SCHEDULERSERVICE']._serialized_start=2357
+  _globals['_SCHEDULERSERVICE']._serialized_end=3433
 # @@protoc_insertion_point(module_scope)

@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file resilienttask/v1/task.proto.
  */
 export const file_resilienttask_v1_task: GenFile = /*@__PURE__*/
-  fileDesc("ChtyZXNpbGllbnR0YXNrL3YxL3Rhc2sucHJvdG8SEHJlc2lsaWVudHRhc2sudjEi7QQKBFRhc2sSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIMCgRraW5kGAMgASgJEiwKBnN0YXR1cxgEIAEoDjIcLnJlc2lsaWVudHRhc2sudjEuVGFza1N0YXR1cxIQCghwcm9ncmVzcxgFIAEoARIPCgdhdHRlbXB0GAYgASgFEhQKDG1heF9hdHRlbXB0cxgHIAEoBRIRCgl3b3JrZXJfaWQYCCABKAkSDQoFZXJyb3IYCSABKAkSEgoKcmVxdWVzdF9pZBgKIAEoCRIQCghiYXRjaF9pZBgLIAEoCRIVCg1yZXBsaWNhX2luZGV4GAwgASgFEisKCHdvcmtsb2FkGA0gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC21heF9ydW50aW1lGA4gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDWRlYWRfbGV0dGVyZWQYDyABKAgSDwoHdmVyc2lvbhgQIAEoAxIuCgpjcmVhdGVkX2F0GBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgTIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoHcGF5bG9hZBgUIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSJgoGcmVzdWx0GBUgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEg8KB3N1bW1hcnkYFiABKAgihQEKCVRhc2tTdGF0cxIOCgZhY3RpdmUYASABKAMSDgoGcXVldWVkGAIgASgDEg8KB3J1bm5pbmcYAyABKAMSEQoJc3VjY2VlZGVkGAQgASgDEg4KBmZhaWxlZBgFIAEoAxIRCgljYW5jZWxsZWQYBiABKAMSEQoJdGltZWRfb3V0GAcgASgDIqQBCgZXb3JrZXISCgoCaWQYASABKAkSDQoFc2xvdHMYAiABKAUSDAoEYnVzeRgDIAEoBRIyCg5sYXN0X2hlYXJ0YmVhdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFa2luZHMYBSADKAkSLgoKc3RhcnRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAq3wEKClRhc2tTdGF0dXMSGwoXVEFTS19TVEFUVVNfVU5TUEVDSUZJRUQQABIWChJUQVNLX1NUQVRVU19RVUVVRUQQARIXChNUQVNLX1NUQVRVU19SVU5OSU5HEAISGgoWVEFTS19TVEFUVVNfQ0FOQ0VMTElORxADEhkKFVRBU0tfU1RBVFVTX1NVQ0NFRURFRBAEEhYKElRBU0tfU1RBVFVTX0ZBSUxFRBAFEhkKFVRBU0tfU1RBVFVTX0NBTkNFTExFRBAGEhkKFVRBU0tfU1RBVFVTX1RJTUVEX09VVBAHYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChtyZXNpbGllbnR0YXNrL3YxL3Rhc2sucHJvdG8SEHJlc2lsaWVudHRhc2sudjEirgUKBFRhc2sSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIMCgRraW5kGAMgASgJEiwKBnN0YXR1cxgEIAEoDjIcLnJlc2lsaWVudHRhc2sudjEuVGFza1N0YXR1cxIQCghwcm9ncmVzcxgFIAEoARIPCgdhdHRlbXB0GAYgASgFEhQKDG1heF9hdHRlbXB0cxgHIAEoBRIRCgl3b3JrZXJfaWQYCCABKAkSDQoFZXJyb3IYCSABKAkSEgoKcmVxdWVzdF9pZBgKIAEoCRIQCghiYXRjaF9pZBgLIAEoCRIVCg1yZXBsaWNhX2luZGV4GAwgASgFEisKCHdvcmtsb2FkGA0gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC21heF9ydW50aW1lGA4gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDWRlYWRfbGV0dGVyZWQYDyABKAgSDwoHdmVyc2lvbhgQIAEoAxIuCgpjcmVhdGVkX2F0GBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgTIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoHcGF5bG9hZBgUIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSJgoGcmVzdWx0GBUgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEg8KB3N1bW1hcnkYFiABKAgSKgoGcnVuX2F0GBcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzY2hlZHVsZV9pZBgYIAEoCSKYAQoJVGFza1N0YXRzEg4KBmFjdGl2ZRgBIAEoAxIOCgZxdWV1ZWQYAiABKAMSDwoHcnVubmluZxgDIAEoAxIRCglzdWNjZWVkZWQYBCABKAMSDgoGZmFpbGVkGAUgASgDEhEKCWNhbmNlbGxlZBgGIAEoAxIRCgl0aW1lZF9vdXQYByABKAMSEQoJc2NoZWR1bGVkGAggASgDIqQBCgZXb3JrZXISCgoCaWQYASABKAkSDQoFc2xvdHMYAiABKAUSDAoEYnVzeRgDIAEoBRIyCg5sYXN0X2hlYXJ0YmVhdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFa2luZHMYBSADKAkSLgoKc3RhcnRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAq+gEKClRhc2tTdGF0dXMSGwoXVEFTS19TVEFUVVNfVU5TUEVDSUZJRUQQABIWChJUQVNLX1NUQVRVU19RVUVVRUQQARIXChNUQVNLX1NUQVRVU19SVU5OSU5HEAISGgoWVEFTS19TVEFUVVNfQ0FOQ0VMTElORxADEhkKFVRBU0tfU1RBVFVTX1NVQ0NFRURFRBAEEhYKElRBU0tfU1RBVFVTX0ZBSUxFRBAFEhkKFVRBU0tfU1RBVFVTX0NBTkNFTExFRBAGEhkKFVRBU0tfU1RBVFVTX1RJTUVEX09VVBAHEhkKFVRBU0tfU1RBVFVTX1NDSEVEVUxFRBAIYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Task is one unit of work owned by one user.
@@ -175,6 +175,20 @@ export type Task = Message<"resilienttask.v1.Task"> & {
    * @generated from field: bool summary = 22;
    */
   summary: boolean;
+
+  /**
+   * When the task becomes (or became) due; unset when it was due at submission.
+   *
+   * @generated from field: google.protobuf.Timestamp run_at = 23;
+   */
+  runAt?: Timestamp | undefined;
+
+  /**
+   * Id of the schedule that submitted the task; empty when a user submitted it directly.
+   *
+   * @generated from field: string schedule_id = 24;
+   */
+  scheduleId: string;
 };
 
 /**
@@ -238,6 +252,13 @@ export type TaskStats = Message<"resilienttask.v1.TaskStats"> & {
    * @generated from field: int64 timed_out = 7;
    */
   timedOut: bigint;
+
+  /**
+   * Tasks waiting for their run_at time (not counted in active).
+   *
+   * @generated from field: int64 scheduled = 8;
+   */
+  scheduled: bigint;
 };
 
 /**
@@ -364,6 +385,13 @@ export enum TaskStatus {
    * @generated from enum value: TASK_STATUS_TIMED_OUT = 7;
    */
   TIMED_OUT = 7,
+
+  /**
+   * Waiting for its run_at time; kept in the database and given to workers only once due.
+   *
+   * @generated from enum value: TASK_STATUS_SCHEDULED = 8;
+   */
+  SCHEDULED = 8,
 }
 
 /**
