@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: up wipe test lint check-generated gen pytest chaos chaos-ci clean web gen-web check-web e2e-deps bench bench-quick
+.PHONY: up wipe test lint check-generated gen pytest chaos chaos-ci clean web gen-web check-web e2e-deps bench bench-quick bench-checks
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -84,10 +84,12 @@ $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
-# The full run (about forty minutes) also rewrites docs/benchmarks.md, then measures what the trust boundaries
-# cost against the code before them (docs/checks-cost.md); bench-quick only writes bench/results/.
+# The full run (about half an hour) rewrites docs/benchmarks.md; bench-quick only writes bench/results/.
 bench: $(VENV)/.bench-installed
 	$(PY) -m bench.run --doc docs/benchmarks.md $(ARGS)
+
+# What the trust boundaries cost against the code before them, alternated (about fifteen minutes; docs/checks-cost.md).
+bench-checks: $(VENV)/.bench-installed
 	$(PY) -m bench.checks_ab --doc docs/checks-cost.md
 
 bench-quick: $(VENV)/.bench-installed
