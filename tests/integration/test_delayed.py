@@ -129,6 +129,9 @@ async def test_scheduled_tasks_in_stats_lists_watch_events_delete_and_clear_hist
 
 async def test_retry_with_a_delay_is_scheduled_then_runs_after_it(user: UserTasks) -> None:
     (task,) = await user.submit(CLOCK, delay_s=3600)
+    with pytest.raises(grpc.aio.AioRpcError) as not_finished:
+        await user.retry(task.id)
+    assert not_finished.value.code() == grpc.StatusCode.FAILED_PRECONDITION, "a SCHEDULED task is not retried"
     await user.cancel(task.id)
     retried = await user.retry(task.id, delay_s=0.8)
     assert retried.status == S.TASK_STATUS_SCHEDULED and retried.HasField("run_at")
