@@ -3,13 +3,14 @@ the owner's active limit and slot cap, and history. The full-stack behaviour is 
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import asyncpg
 import pytest
 
 from services.core.limits import UserLimits
-from services.core.task_model import QUEUED, SCHEDULED
+from services.core.task_model import QUEUED, SCHEDULED, row_to_task
 from services.core.transitions import due
 from services.core.transitions import user as transitions
 from tests.helpers import eventually
@@ -86,9 +87,14 @@ async def test_due_tasks_beyond_the_slot_cap_are_queued_held(pool: asyncpg.Pool)
         await pool.execute("UPDATE slot_cap SET slots_per_user = NULL")
 
 
-async def test_history_begins_scheduled_and_records_the_due_transition(pool: asyncpg.Pool) -> None:
+async def test_history_begins_scheduled_then_records_the_due_transition_and_the_schedule_stays(
+    pool: asyncpg.Pool,
+) -> None:
     owner = await new_user(pool)
-    (row,), _ = await transitions.submit(pool, owner, spec(1, delay_ms=1), UserLimits.unlimited())
+    schedule_id = str(uuid.uuid4())
+    firing = dataclasses.replace(spec(1, delay_ms=1), schedule_id=schedule_id)
+    (row,), _ = await transitions.submit(pool, owner, firing, UserLimits.unlimited())
+    assert row_to_task(row).schedule_id == schedule_id and row_to_task(row).HasField("run_at")
     await due_now(pool, owner)
     await due.flip_due(pool, 100, 0, GRACE_S)
     history = await pool.fetch(
