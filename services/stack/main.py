@@ -84,7 +84,7 @@ def _banner(stack: Stack) -> str:
 
 
 def _metrics_lines(stack: Stack) -> str:
-    """Each service process's Prometheus endpoint (docs/observability.md)."""
+    """Each service process's Prometheus endpoint (docs/metrics.md)."""
     names = [*stack.names("scheduler"), *stack.names("gateway"), *stack.names("worker")]
     urls = [(name, url) for name in names if (url := stack.metrics_url(name)) is not None]
     if not urls:

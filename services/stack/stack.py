@@ -283,8 +283,11 @@ class Stack:
             return {"RTASK_WORKER_ENROLMENT_SECRET_FILE": str(self.enrolment_file)}
         return {}
 
-    def service_env(self, port: int, role: str = "gateway") -> dict[str, str]:
-        """The environment of one process of `role` ("gateway", "scheduler" or "worker")."""
+    def service_env(self, port: int, role: str = "gateway", metrics_port: int = 0) -> dict[str, str]:
+        """The environment of one process of `role` ("gateway", "scheduler" or "worker").
+
+        With metrics on, it serves them on loopback at metrics_port (0: a free one, printed by the process).
+        """
         env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
         # An external server's password file, if the caller names one, passes through to every process.
         env.update(self.redis_env("worker" if role == "worker" else "services"))
@@ -302,6 +305,8 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.config.metrics:
+            env.update({"RTASK_METRICS_PORT": str(metrics_port), "RTASK_METRICS_HOST": LOOPBACK})
         if self.config.limits is not None:
             env.update(self.config.limits.to_env())
         env.update(self.config.extra_env)
@@ -311,11 +316,10 @@ class Stack:
 
     def _add_service(self, name: str, module: str) -> ManagedProcess:
         port = self.ports.get(name) or self._free_port()
-        env = self.service_env(port, role=name.split("-")[0])
-        env["RTASK_INSTANCE"] = name
         if self.config.metrics:
             self.metrics_ports[name] = self.metrics_ports.get(name) or self._free_port()
-            env.update({"RTASK_METRICS_PORT": str(self.metrics_ports[name]), "RTASK_METRICS_HOST": LOOPBACK})
+        env = self.service_env(port, role=name.split("-")[0], metrics_port=self.metrics_ports.get(name, 0))
+        env["RTASK_INSTANCE"] = name
         proc = ManagedProcess(name, [sys.executable, "-m", module], log_dir=self.log_dir, env=env, echo=self.echo)
         self.processes[name] = proc
         self.ports[name] = port

@@ -38,9 +38,14 @@ def _get(url: str) -> str:
         return str(reply.read().decode())
 
 
-async def scrape(url: str) -> Scrape:
-    text = await asyncio.to_thread(_get, url)
+def scrape_now(url: str) -> Scrape:
+    """Scrape from synchronous code (blocks)."""
+    text = _get(url)
     return Scrape(tuple(sample for family in text_string_to_metric_families(text) for sample in family.samples))
+
+
+async def scrape(url: str) -> Scrape:
+    return await asyncio.to_thread(scrape_now, url)
 
 
 async def scrape_role(stack: Stack, role: str) -> dict[str, Scrape]:

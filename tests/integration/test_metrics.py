@@ -5,9 +5,16 @@ retry, are reclaimed and cancelled; the cluster gauges exported by one scheduler
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import re
 import signal
+import subprocess
+import sys
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -24,7 +31,7 @@ from services.stack.stack import Stack
 from tests.conftest import Stores
 from tests.helpers import eventually
 from tests.integration.accounts import signup
-from tests.integration.scrape import Scrape, listening_ports, scrape, scrape_role, total
+from tests.integration.scrape import Scrape, listening_ports, scrape, scrape_now, scrape_role, total
 from tests.integration.tasks import UserTasks
 
 S = task_pb2
@@ -286,3 +293,34 @@ async def test_metrics_off_opens_no_port_and_on_opens_one(stack: Stack) -> None:
 
 async def _listening(pid: int, port: int) -> bool:
     return port in listening_ports(pid)
+
+
+@pytest.mark.timeout(120)
+def test_make_up_prints_each_process_metrics_address_and_serves_it(tmp_path: Path) -> None:
+    argv = [str(Path(sys.executable).parent / "rtask-stack"), "up", "--data-dir", str(tmp_path)]
+    argv += ["--port", str(free_port()), "--tls-port", str(free_port()), "--admin-port", str(free_port())]
+    argv += ["--gateways", "1", "--workers", "1"]
+    env = {**os.environ, "RTASK_BCRYPT_COST": "4"}
+    for name in ("DATABASE_URL", "REDIS_URL", "RTASK_METRICS_PORT", "RTASK_STACK_METRICS"):
+        env.pop(name, None)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    printed: dict[str, str] = {}
+    try:
+        for line in proc.stdout:
+            if match := re.match(r"\s+metrics, (\S+):\s+(http://\S+/metrics)$", line):
+                printed[match[1]] = match[2]
+            if "Ctrl-C stops every process." in line:
+                break
+        else:
+            raise AssertionError(f"launcher ended before it was up (code {proc.wait()})")
+        threading.Thread(target=proc.stdout.read, daemon=True).start()  # never block the launcher on a pipe
+        state = json.loads((tmp_path / "stack.json").read_text())
+        assert set(printed) == {"scheduler-1", "gateway-1", "worker-1"}
+        for name, url in printed.items():
+            assert url == f"http://127.0.0.1:{state['processes'][name]['metrics_port']}/metrics"
+            assert scrape_now(url).has(f"{P}_grpc_server_handled_total"), name
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+        proc.stdout.close()
