@@ -42,7 +42,7 @@ def watch_seats(owner_id: str) -> str:
     return f"{PREFIX}:watchers:{owner_id}"
 
 
-# Lease of the scheduler that exports the cluster-wide gauges (holder id, expires by itself): one exporter.
+# Lease of the scheduler that exports the cluster-wide gauges: a hash {holder: id} that expires by itself.
 METRICS_EXPORTER_LEASE = f"{PREFIX}:metrics:exporter"
 
 # Dispatch stream entry fields.

@@ -82,11 +82,6 @@ USERS: dict[str, AclUser] = {
             "publish",
             "subscribe",
             "unsubscribe",
-            # The lease of the one scheduler exporting cluster-wide metrics (services/scheduler/cluster_metrics.py),
-            # taken, renewed and released by Lua scripts.
-            "get",
-            "set",
-            "del",
         ),
     ),
     WORKER: AclUser(

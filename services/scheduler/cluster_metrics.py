@@ -1,11 +1,12 @@
 """Cluster-wide gauges (queue depth and oldest age per kind, the worker pool), exported by one scheduler only.
 
 Every scheduler runs this loop when metrics are on; each interval, one of them holds a short Redis lease
-(SET NX PX, renewed by its holder) and only that one reads PostgreSQL and the worker registry and exports the
-gauges. The others export `resilienttask_cluster_gauges_exporter 0` and no cluster gauge at all, so a sum or
-max over every scheduler counts the cluster once, and N schedulers cost one query per interval, not N. When
-the holder dies, its lease lapses after three intervals and another scheduler takes over; a holder that
-cannot reach Redis stops exporting at once (it can no longer tell that it is the only one).
+(the equivalent of SET NX PX, renewed by its holder) and only that one reads PostgreSQL and the worker
+registry and exports the gauges. The others export `resilienttask_cluster_gauges_exporter 0` and no cluster
+gauge at all, so a sum or max over every scheduler counts the cluster once, and N schedulers cost one query
+per interval, not N. When the holder dies, its lease lapses after three intervals and another scheduler
+takes over; a holder that cannot reach Redis stops exporting at once (it can no longer tell that it is the
+only one).
 """
 
 from __future__ import annotations
@@ -29,13 +30,25 @@ from services.core.task_model import QUEUED
 
 log = logging.getLogger(__name__)
 
-# Renew our lease (same holder) or take a free one; 1 when this process holds it afterwards.
+# Renew our lease (same holder) or take a free one; 1 when this process holds it afterwards. The lease is a
+# hash with one field (its holder) and an expiry: the same as SET NX PX, atomic in one script, with only the
+# commands the services' Redis user has anyway (services/core/redis_acl.py).
 _HOLD_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local holder = redis.call('HMGET', KEYS[1], 'holder')[1]
+if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if not holder then
+  redis.call('HSET', KEYS[1], 'holder', ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+# Let the lease go now (it lapses at once) if we still hold it.
+_RELEASE_LUA = """
+if redis.call('HMGET', KEYS[1], 'holder')[1] == ARGV[1] then redis.call('PEXPIRE', KEYS[1], 1) end
 return 0
 """
 
@@ -94,9 +107,8 @@ class ClusterGauges(Collector):
 
     async def release(self) -> None:
         """On shutdown: hand the lease over now rather than after it lapses."""
-        script = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
         with contextlib.suppress(RedisError, OSError):
-            await self.redis.eval(script, 1, keys.METRICS_EXPORTER_LEASE, self.holder_id)  # type: ignore[misc]
+            await self.redis.eval(_RELEASE_LUA, 1, keys.METRICS_EXPORTER_LEASE, self.holder_id)  # type: ignore[misc]
         self.snapshot = None
 
     async def refresh(self) -> ClusterSnapshot:
