@@ -15,6 +15,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.core import tracing
 from services.core.cancellation import cancel_and_wait
 from services.core.config import ServerConfig
 
@@ -105,7 +106,8 @@ def create_grpc_server(
 ) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer]:
     """A grpc.aio server with health and reflection, bound to config.host:config.port (0 = free port)."""
     server = grpc.aio.server(
-        interceptors=list(interceptors),
+        # The tracing interceptor first (none when tracing is off): a refused call gets its span too.
+        interceptors=[*tracing.server_interceptors(), *interceptors],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),

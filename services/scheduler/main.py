@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 
+from services.core import tracing
 from services.core.config import DatabaseConfig, RedisConfig, ServerConfig, env_int
 from services.core.limits import UserLimits
 from services.core.logging import configure_logging
 from services.core.server import run_until_signalled
+from services.core.tracing import TracingConfig
 from services.core.worker_credentials import WorkerKeyConfig
 from services.scheduler.app import SchedulerConfig, TakeoverConfig, create_server
 from services.scheduler.store import RetryPolicy
@@ -42,7 +44,11 @@ async def _serve() -> None:
 
 def main() -> None:
     configure_logging(os.environ.get("RTASK_INSTANCE", "scheduler"), os.environ.get("RTASK_LOG_LEVEL", "INFO"))
-    asyncio.run(_serve())
+    tracing.configure(TracingConfig.from_env("scheduler"))
+    try:
+        asyncio.run(_serve())
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ import importlib
 import os
 
 import services.worker.builtin  # noqa: F401  (registers the built-in kinds)
+from services.core import tracing
 from services.core.logging import configure_logging
 from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server, run_until_signalled
+from services.core.tracing import TracingConfig
 from services.worker.config import WorkerProcessConfig
 from services.worker.worker import Worker
 
@@ -33,10 +35,14 @@ async def _serve(config: WorkerProcessConfig) -> None:
 def main() -> None:
     configure_logging(os.environ.get("RTASK_INSTANCE", "worker"), os.environ.get("RTASK_LOG_LEVEL", "INFO"))
     config = WorkerProcessConfig.from_env()
+    tracing.configure(TracingConfig.from_env("worker", instance_id=config.worker.worker_id))
     # User handlers register themselves (@task) when their modules are imported.
     for module in config.worker.imports:
         importlib.import_module(module)
-    asyncio.run(_serve(config))
+    try:
+        asyncio.run(_serve(config))
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":
