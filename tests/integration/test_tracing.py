@@ -16,12 +16,14 @@ from dataclasses import dataclass
 import asyncpg
 import grpc
 import pytest
+from opentelemetry import trace
 
+from resilienttask.aio import AsyncClient
 from resilienttask.v1 import scheduler_pb2, task_pb2
 from services.stack.stack import Stack, StackConfig
-from tests.conftest import TEST_BCRYPT_COST, Stores
+from tests.conftest import TEST_BCRYPT_COST, Stores, unique_email
 from tests.helpers import eventually
-from tests.integration.accounts import signup
+from tests.integration.accounts import PASSWORD, signup
 from tests.integration.otlp_receiver import ReceivedSpan, Receiver, otlp_receiver
 from tests.integration.tasks import UserTasks, duration
 from tests.limits import OPEN_AUTH_LIMITS, OPEN_LOGIN_ENV
@@ -200,6 +202,22 @@ async def test_a_bad_traceparent_is_ignored_and_the_call_gets_a_trace_of_its_own
     (submit,) = named(await spans_of(traced.receiver, wait.trace_id, {SUBMIT: 1}), SUBMIT)
     assert submit.parent_span_id == "" and submit.span_id == wait.parent_span_id, "a new root, and continued"
     assert wait.trace_id not in traceparent
+
+
+async def test_the_sdk_sends_the_callers_trace_context_when_a_span_is_current(traced: TracedStack) -> None:
+    _, trace_id, span_id = client_parent()
+    current = trace.NonRecordingSpan(
+        trace.SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=False, trace_flags=trace.TraceFlags(1))
+    )
+    async with AsyncClient(traced.stack.edge_address) as sdk:
+        await sdk.signup(unique_email("tracing-sdk"), PASSWORD)
+        with trace.use_span(current):
+            (task,) = await sdk.submit("sdk traced")
+        (untraced,) = await sdk.submit("sdk untraced")
+    (submit,) = named(await spans_of(traced.receiver, trace_id, {SUBMIT: 1, "task.attempt": 1}), SUBMIT)
+    assert submit.parent_span_id == span_id
+    assert {s.attribute("task.id") for s in named(traced.receiver.of_trace(trace_id), "task.attempt")} == {task.id}
+    assert untraced.id != task.id
 
 
 TRACING_OFF_PROBE = """
