@@ -143,6 +143,8 @@ class EdgeConfig:
     # An OTLP gRPC collector for Envoy's own spans (docs/observability.md); None: Envoy makes no spans and passes
     # a client's traceparent through untouched.
     trace_collector: Endpoint | None = None
+    # Requests Envoy starts a trace for when the client sent none (the services follow its decision).
+    trace_sampling_percent: float = 100.0
 
     def __post_init__(self) -> None:
         if self.discovery not in (STATIC, STRICT_DNS):
@@ -176,3 +178,23 @@ def trace_collector_from_env(env: Mapping[str, str]) -> Endpoint | None:
     if parsed.scheme != "http" or not parsed.hostname:
         return None
     return Endpoint(parsed.hostname, port or 4317)
+
+
+# OTEL_TRACES_SAMPLER values whose decision, for a call that comes without a trace, is a ratio or never.
+_RATIO_SAMPLERS = frozenset({"traceidratio", "parentbased_traceidratio"})
+_OFF_SAMPLERS = frozenset({"always_off", "parentbased_always_off"})
+
+
+def trace_sampling_percent_from_env(env: Mapping[str, str]) -> float:
+    """Envoy's share of requests to start a trace for: the services' sampler (OTEL_TRACES_SAMPLER[_ARG]) as a
+    percentage, so a trace Envoy starts is kept as often as one the gateway would start."""
+    sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if sampler in _OFF_SAMPLERS:
+        return 0.0
+    if sampler in _RATIO_SAMPLERS:
+        try:
+            ratio = float(env.get("OTEL_TRACES_SAMPLER_ARG", "1"))
+        except ValueError:
+            ratio = 1.0  # the SDK falls back to 1.0 too
+        return min(max(ratio, 0.0), 1.0) * 100
+    return 100.0

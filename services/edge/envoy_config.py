@@ -137,7 +137,8 @@ def _http_manager(config: EdgeConfig) -> dict[str, Any]:
 
 def _tracing(config: EdgeConfig) -> dict[str, Any]:
     """Envoy's own span per request, exported to the collector: it continues the client's traceparent and sends
-    its own to the gateway. Every request is sampled here; the services' sampler follows Envoy's decision."""
+    its own to the gateway. A request without a trace starts one at the services' sampling ratio; the services'
+    parent-based sampler then follows Envoy's decision."""
     if config.trace_collector is None:
         return {}
     return {
@@ -149,7 +150,8 @@ def _tracing(config: EdgeConfig) -> dict[str, Any]:
                     "grpc_service": {"envoy_grpc": {"cluster_name": TRACE_COLLECTOR_CLUSTER}, "timeout": "1s"},
                     "service_name": EDGE_SERVICE_NAME,
                 },
-            }
+            },
+            "random_sampling": {"value": config.trace_sampling_percent},
         }
     }
 

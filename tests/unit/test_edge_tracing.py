@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.edge.config import Endpoint, trace_collector_from_env
+from services.edge.config import Endpoint, trace_collector_from_env, trace_sampling_percent_from_env
 from services.edge.envoy_config import EDGE_SERVICE_NAME, TRACE_COLLECTOR_CLUSTER, render, render_text
 from services.edge.jwks import write_jwks
 from tests.unit.test_envoy_config import SECRET, _manager, _validate_text, local_config
@@ -50,3 +50,21 @@ def test_with_a_collector_envoy_exports_its_spans_over_http2_and_validates(tmp_p
     assert "http2_protocol_options" in json.dumps(cluster)
     write_jwks(Path(edge.jwks_path), SECRET)
     _validate_text(render_text(edge), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("env", "percent"),
+    [
+        ({}, 100.0),
+        ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}, 10.0),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "garbage"}, 100.0),
+        ({"OTEL_TRACES_SAMPLER": "parentbased_always_off"}, 0.0),
+        ({"OTEL_TRACES_SAMPLER": "always_on"}, 100.0),
+    ],
+)
+def test_envoy_starts_traces_at_the_services_sampling_ratio(
+    tmp_path: Path, env: dict[str, str], percent: float
+) -> None:
+    assert trace_sampling_percent_from_env(env) == pytest.approx(percent)
+    edge = local_config(tmp_path, trace_collector=Endpoint("c", 4317), trace_sampling_percent=percent)
+    assert _manager(render(edge))["tracing"]["random_sampling"] == {"value": percent}
