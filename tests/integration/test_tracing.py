@@ -228,8 +228,11 @@ async def test_the_sdk_sends_the_callers_trace_context_when_a_span_is_current(tr
     assert untraced.id != task.id
 
 
+# What each service's entry point does about tracing, after importing all three (so a stray import of the SDK
+# anywhere in the services would show).
 TRACING_OFF_PROBE = """
 import asyncio, sys, threading
+import services.gateway.main, services.scheduler.main, services.worker.main
 from services.core import tracing
 from services.core.config import ServerConfig
 from services.core.server import create_grpc_server
@@ -240,7 +243,9 @@ async def main():
     server, _, _ = create_grpc_server(ServerConfig(), service_names=())
     await server.start()
     await server.stop(0)
-    modules = sorted(m for m in sys.modules if m.startswith("opentelemetry"))
+    # redis-py imports the metrics half of the SDK by itself when it is installed: not ours, and inert.
+    modules = sorted(m for m in sys.modules if m.startswith(("opentelemetry.sdk.trace", "opentelemetry.exporter",
+                                                            "opentelemetry.instrumentation")))
     threads = [t.name for t in threading.enumerate() if t.name.startswith("Otel")]
     print(tracing.enabled(), len(tracing.server_interceptors()), modules, threads)
     tracing.shutdown()
