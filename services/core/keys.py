@@ -42,7 +42,12 @@ def watch_seats(owner_id: str) -> str:
     return f"{PREFIX}:watchers:{owner_id}"
 
 
+# Lease of the scheduler that exports the cluster-wide gauges: a hash {holder: id} that expires by itself.
+METRICS_EXPORTER_LEASE = f"{PREFIX}:metrics:exporter"
+
 # Dispatch stream entry fields.
 FIELD_TASK_ID = "task_id"
 FIELD_DISPATCH_ID = "dispatch_id"
 FIELD_KIND = "kind"
+# The W3C traceparent of the submission (present only when tracing was on): see services.core.tracing.
+FIELD_TRACE_PARENT = "traceparent"

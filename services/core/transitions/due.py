@@ -29,7 +29,8 @@ _HAS_ROOM = "(${n} = 0 OR EXISTS (SELECT 1 FROM users WHERE users.id = tasks.own
 # statement holds skipped), their owners' rows locked in id order (as the counter triggers lock them; they wait
 # only for owners, never for a task row, so this cannot deadlock), each owner's tasks admitted in run_at order
 # while under the active limit ($2) and held beyond the slot cap, flipped with their history rows. Returns the
-# summary columns (events and dispatch entries need nothing else) and `held`.
+# summary columns (events and dispatch entries need nothing else), `held`, and the submission's traceparent
+# (its dispatch entry continues the submission's trace, as any dispatch does).
 _FLIP_DUE = f"""
 WITH candidates AS (
     SELECT tasks.id, tasks.owner_id, tasks.run_at FROM tasks
@@ -56,7 +57,7 @@ changed AS (
         publish_after = CASE WHEN chosen.held THEN 'infinity'::timestamptz
                              ELSE now() + make_interval(secs => $3) END
     FROM chosen WHERE tasks.id = chosen.id
-    RETURNING {QUALIFIED_SUMMARY_COLUMNS}, tasks.held
+    RETURNING {QUALIFIED_SUMMARY_COLUMNS}, tasks.held, tasks.trace_parent
 ),
 recorded AS ({history_of("changed", str(SCHEDULED), "'due'")})
 SELECT * FROM changed

@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from services.core import task_metrics
 from services.core.errors import FailedPrecondition
 from services.core.events import TaskChange
 from services.core.limits import UserLimits
@@ -74,19 +75,27 @@ DEFAULT_LIMITS = UserLimits()
 
 # -- submission ---------------------------------------------------------------------------------------
 async def submit(
-    pool: asyncpg.Pool, owner_id: str, spec: Submission, limits: UserLimits = DEFAULT_LIMITS
+    pool: asyncpg.Pool,
+    owner_id: str,
+    spec: Submission,
+    limits: UserLimits = DEFAULT_LIMITS,
+    trace_parent: str | None = None,
 ) -> tuple[list[asyncpg.Record], bool]:
     """Insert every replica in one statement; a repeated request_id returns the first request's rows.
 
     Returns the rows (by replica index, each with `held`: waiting for the owner's slot cap, so not to be
     dispatched now) and whether this call created them. A limit reached refuses the whole statement (RT003).
+    trace_parent (the submitting call's span, when tracing is on) is kept for every dispatch of the tasks.
     """
     ids = [str(uuid.uuid4()) for _ in range(spec.replicas)]
     batch_id = ids[0]  # the first replica's id: see task_model.in_batch
     try:
-        return await _insert_submission(pool, owner_id, spec, batch_id, ids, limits), True
+        rows = await _insert_submission(pool, owner_id, spec, batch_id, ids, limits, trace_parent)
     except _SubmissionExists:
         pass
+    else:
+        task_metrics.submitted(rows)
+        return rows, True
     existing = await pool.fetch(
         f"SELECT {TASK_COLUMNS}, held FROM tasks WHERE owner_id = $1 AND request_id = $2 ORDER BY replica_index",
         owner_id,
@@ -115,14 +124,15 @@ _INSERT_SUBMISSION = f"""
 WITH admitted AS (SELECT {_ADMIT} AS dispatchable),
 inserted AS (
     INSERT INTO tasks (id, owner_id, name, kind, payload, status, max_attempts, request_id, batch_id,
-                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held, schedule_id)
+                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held, trace_parent,
+                       schedule_id)
     SELECT t.id, $2, $3, $4, $5::jsonb, {QUEUED}, $6, $7, $8, t.idx, $9, $10, t.dispatch_id,
            CASE WHEN t.idx < admitted.dispatchable THEN now() + make_interval(secs => $11)
                 ELSE 'infinity'::timestamptz END,
-           t.idx >= admitted.dispatchable, $18::uuid
+           t.idx >= admitted.dispatchable, $18, $19::uuid
     FROM unnest($1::uuid[], $12::int[], $13::uuid[]) AS t(id, idx, dispatch_id), admitted
     ON CONFLICT (owner_id, request_id, replica_index) DO NOTHING
-    RETURNING {TASK_COLUMNS}, held
+    RETURNING {TASK_COLUMNS}, held, trace_parent
 ),
 guard AS (
     SELECT CASE WHEN count(*) <> cardinality($1::uuid[]) THEN rt_refuse('request_id used before') END
@@ -131,7 +141,7 @@ guard AS (
 SELECT inserted.* FROM inserted, guard ORDER BY replica_index
 """
 
-# A delayed submission: the same statement, but its replicas are SCHEDULED until run_at ($19, or now() plus $11
+# A delayed submission: the same statement, but its replicas are SCHEDULED until run_at ($20, or now() plus $11
 # ms), never published by anyone but the due publisher (publish_after is infinity), and admitted against the
 # stored-task limit and the rate only ($14, the active limit, is passed as 0: they are not active until due).
 # Their first history row (none -> SCHEDULED) is stored, as the view derives a none -> QUEUED one otherwise.
@@ -140,14 +150,14 @@ _INSERT_SCHEDULED = f"""
 WITH admitted AS (SELECT {_ADMIT} AS dispatchable),
 inserted AS (
     INSERT INTO tasks (id, owner_id, name, kind, payload, status, max_attempts, request_id, batch_id,
-                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held, schedule_id,
-                       run_at)
+                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held, trace_parent,
+                       schedule_id, run_at)
     SELECT t.id, $2, $3, $4, $5::jsonb, {SCHEDULED}, $6, $7, $8, t.idx, $9, $10, t.dispatch_id,
-           'infinity'::timestamptz, false, $18::uuid,
-           coalesce($19::timestamptz, now() + make_interval(secs => $11 / 1000.0))
+           'infinity'::timestamptz, false, $18, $19::uuid,
+           coalesce($20::timestamptz, now() + make_interval(secs => $11 / 1000.0))
     FROM unnest($1::uuid[], $12::int[], $13::uuid[]) AS t(id, idx, dispatch_id), admitted
     ON CONFLICT (owner_id, request_id, replica_index) DO NOTHING
-    RETURNING {TASK_COLUMNS}, held
+    RETURNING {TASK_COLUMNS}, held, trace_parent
 ),
 recorded AS (
     INSERT INTO {HISTORY_TABLE} ({HISTORY_COLUMNS})
@@ -162,11 +172,17 @@ SELECT inserted.* FROM inserted, guard ORDER BY replica_index
 
 
 async def _insert_submission(
-    pool: asyncpg.Pool, owner_id: str, spec: Submission, batch_id: str, ids: list[str], limits: UserLimits
+    pool: asyncpg.Pool,
+    owner_id: str,
+    spec: Submission,
+    batch_id: str,
+    ids: list[str],
+    limits: UserLimits,
+    trace_parent: str | None,
 ) -> list[asyncpg.Record]:
     start = spec.start
     max_active, max_stored, rate_per_s, burst = _limit_args(limits)
-    # $11: the publication grace of a task to dispatch now, or the delay (ms) of a delayed one, whose run_at is $19.
+    # $11: the publication grace of a task to dispatch now, or the delay (ms) of a delayed one, whose run_at is $20.
     timing: float = PUBLISH_GRACE_S
     scheduled: tuple[Any, ...] = ()
     if start is not None:
@@ -192,6 +208,7 @@ async def _insert_submission(
             max_stored,
             rate_per_s,
             burst,
+            trace_parent,
             spec.schedule_id,
             *scheduled,
         )
@@ -263,6 +280,8 @@ async def cancel(
     if task_id and rows[0]["status"] in TERMINAL and rows[0]["status"] != CANCELLED:
         check_transition(rows[0]["status"], CANCELLED, "cancel")
     updated = {str(r["id"]): r for r in found if r["after"]}
+    # Queued tasks are cancelled now (never ran); running ones end when their worker reports or times out.
+    task_metrics.ended((r for r in updated.values() if r["status"] == CANCELLED), ran=False)
     previous = {str(r["id"]): r["status"] for r in rows}
     changes = [change_for(r, previous[i]) for i, r in updated.items()]
     to_stop = [
@@ -297,7 +316,7 @@ changed AS (
         publish_after = CASE WHEN timing.delayed OR admitted.dispatchable < 1 THEN 'infinity'::timestamptz
                              ELSE now() + make_interval(secs => $4) END
     FROM target, admitted, timing WHERE tasks.id = target.id
-    RETURNING {QUALIFIED_TASK_COLUMNS}, tasks.held, target.status AS before
+    RETURNING {QUALIFIED_TASK_COLUMNS}, tasks.held, tasks.trace_parent, target.status AS before
 ),
 recorded AS ({history_of("changed", "before", "'retry requested'")})
 SELECT target.status AS found, changed.*,
