@@ -186,6 +186,22 @@ async def test_each_attempt_of_a_retried_task_is_a_child_of_its_submission(
     assert {f.attribute("task.outcome") for f in named(spans, "task.finish")} == {"failed"}
 
 
+async def test_a_delayed_tasks_attempt_is_a_child_of_its_submission(traced: TracedStack, user: UserTasks) -> None:
+    """The due publisher's dispatch entry carries the submission's traceparent, as the gateway's would have."""
+    traceparent, trace_id, _ = client_parent()
+    request = scheduler_pb2.SubmitTaskRequest(
+        name="traced later", kind="sleep", workload=duration(0.05), delay=duration(0.3), request_id=str(uuid.uuid4())
+    )
+    metadata = (*user.account.metadata, ("traceparent", traceparent))
+    (task,) = (await user.stub.SubmitTask(request, metadata=metadata)).tasks
+    assert task.status == S.TASK_STATUS_SCHEDULED
+    assert (await user.wait_for(task.id)).status == S.TASK_STATUS_SUCCEEDED
+    spans = await spans_of(traced.receiver, trace_id, {SUBMIT: 1, "task.attempt": 1, "task.queue_wait": 1})
+    (submit,) = named(spans, SUBMIT)
+    (attempt,) = named(spans, "task.attempt")
+    assert attempt.parent_span_id == submit.span_id
+
+
 @pytest.mark.parametrize(
     "traceparent",
     [
