@@ -49,6 +49,8 @@ class DueConfig:
     # The wait when due tasks are there but none could be claimed: another scheduler holds them (and publishes
     # them); looking again at once would only spin against its statement.
     claimed_elsewhere_s: float = 0.05
+    # A notified run_at this close to the planned look (or later) does not wake the publisher.
+    notified_tolerance_s: float = 0.005
 
 
 class DuePublisher:
@@ -124,7 +126,9 @@ class DuePublisher:
             run_at_s = int(payload) / 1000
         except ValueError:
             run_at_s = 0.0
-        if run_at_s < self._next_look:
+        # Only a time earlier than the planned look by more than the tolerance wakes it: the many submissions of a
+        # burst all due at one second would otherwise each wake it for nothing.
+        if run_at_s < self._next_look - self.config.notified_tolerance_s:
             self._wake.set()
 
     async def _listen(self) -> None:
