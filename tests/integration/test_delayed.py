@@ -51,13 +51,13 @@ async def test_a_delayed_task_waits_scheduled_then_starts_at_its_time_and_not_be
     run_at = soon(1.5)
     request_id = str(uuid.uuid4())
     (at_time,) = await user.submit(CLOCK, run_at=run_at, request_id=request_id)
+    # The same request again: the same task, still scheduled, nothing added.
+    (again,) = await user.submit(CLOCK, run_at=run_at, request_id=request_id)
+    assert again.id == at_time.id and again.status == S.TASK_STATUS_SCHEDULED
     (after_delay,) = await user.submit(CLOCK, delay_s=1.0)
     assert at_time.status == S.TASK_STATUS_SCHEDULED and after_delay.status == S.TASK_STATUS_SCHEDULED
     assert at_time.run_at.ToDatetime(tzinfo=UTC) == run_at
     assert after_delay.run_at.ToDatetime(tzinfo=UTC) > after_delay.created_at.ToDatetime(tzinfo=UTC)
-    # The same request again: the same task, still scheduled, nothing added.
-    (again,) = await user.submit(CLOCK, run_at=run_at, request_id=request_id)
-    assert again.id == at_time.id and again.status == S.TASK_STATUS_SCHEDULED
     for task in (at_time, after_delay):
         done = await user.wait_for(task.id, timeout_s=30)
         assert done.status == S.TASK_STATUS_SUCCEEDED and done.attempt == 1
@@ -75,11 +75,11 @@ async def test_a_run_at_just_past_is_an_immediate_task(user: UserTasks) -> None:
 
 
 async def test_a_task_cancelled_while_scheduled_never_runs(user: UserTasks) -> None:
-    run_at = soon(1.0)
+    run_at = soon(1.5)
     (cancelled,) = await user.submit(CLOCK, run_at=run_at)
-    (later,) = await user.submit(CLOCK, run_at=run_at + timedelta(milliseconds=300))
     refused = await user.cancel(cancelled.id)
     assert refused.status == S.TASK_STATUS_CANCELLED and "scheduled" in refused.error
+    (later,) = await user.submit(CLOCK, run_at=run_at + timedelta(milliseconds=300))
     # Once a task due after it has run, the publisher has gone past the cancelled one's time.
     assert (await user.wait_for(later.id)).status == S.TASK_STATUS_SUCCEEDED
     gone = await user.get(cancelled.id)
@@ -209,7 +209,7 @@ async def second_publisher(isolated: Isolated, stores: Stores) -> AsyncIterator[
 async def test_ten_thousand_due_at_once_are_each_published_exactly_once_by_two_publishers(
     isolated: Isolated, second_publisher: DuePublisher
 ) -> None:
-    run_at = soon(3).replace(microsecond=0) + timedelta(seconds=1)
+    run_at = soon(4).replace(microsecond=0) + timedelta(seconds=1)
     await _schedule_burst(isolated, run_at)
     scheduled = await isolated.pool.fetchval("SELECT count(*) FROM tasks WHERE status = $1", S.TASK_STATUS_SCHEDULED)
     assert scheduled == BURST, "the burst was stored SCHEDULED (the run_at was still ahead)"
