@@ -62,10 +62,10 @@ async def test_a_delayed_task_waits_scheduled_then_starts_at_its_time_and_not_be
         done = await user.wait_for(task.id, timeout_s=30)
         assert done.status == S.TASK_STATUS_SUCCEEDED and done.attempt == 1
         assert started_s(done) >= done.run_at.ToDatetime(tzinfo=UTC).timestamp(), "started before its run_at"
-    history = await user.stub.ListTasks(
+    still_scheduled = await user.stub.ListTasks(
         scheduler_pb2.ListTasksRequest(status=S.TASK_STATUS_SCHEDULED), metadata=user.account.metadata
     )
-    assert not history.tasks
+    assert not still_scheduled.tasks
 
 
 async def test_a_run_at_just_past_is_an_immediate_task(user: UserTasks) -> None:
