@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -63,9 +63,18 @@ def in_batch(owner: str, batch: str) -> str:
     return f"(batch_id = {batch} AND request_id = (SELECT request_id FROM ({first}) AS first LIMIT 1))"
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def _set_time(field: Any, value: datetime | None) -> None:
+    """What Timestamp.FromDatetime sets (a naive time read as UTC), in integer arithmetic: several times faster,
+    and every change event converts a few times per task."""
     if value is not None:
-        field.FromDatetime(value)
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        seconds, micros = divmod((aware - _EPOCH) // _MICROSECOND, 1_000_000)
+        field.seconds = seconds
+        field.nanos = micros * 1000
 
 
 def _json(value: Any) -> Any:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from google.protobuf import timestamp_pb2
 
 from resilienttask.v1 import task_pb2
 from services.core import events, task_summary
 from services.core.events import TaskChange
+from services.core.task_model import row_to_summary
 from services.core.task_summary import CUT_MARK, ERROR_BYTES, MAX_SUMMARY_BYTES, clip, summarize
 from tests.widest import TIME_FIELDS, widest_task
 
@@ -77,3 +82,41 @@ def test_the_entry_bound_covers_the_summary_and_the_other_fields() -> None:
     size = sum(len(name) + len(value) for name, value in fields.items())
     assert size <= events.MAX_ENTRY_BYTES
     assert task_summary.MAX_SUMMARY_BYTES < events.MAX_ENTRY_BYTES
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        datetime(2026, 12, 6, 14, 0, 0, 123456, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 3, 29, 3, 30, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2026, 12, 6, 14, 0, 0, 1),  # naive: read as UTC
+    ],
+)
+def test_task_times_are_set_as_from_datetime_sets_them(at: datetime) -> None:
+    expected = timestamp_pb2.Timestamp()
+    expected.FromDatetime(at)
+    row = {
+        "id": uuid.uuid4(),
+        "name": "t",
+        "kind": "sleep",
+        "status": task_pb2.TASK_STATUS_SCHEDULED,
+        "progress": 0.0,
+        "attempt": 0,
+        "max_attempts": 3,
+        "worker_id": "",
+        "error": "",
+        "request_id": "r",
+        "batch_id": uuid.uuid4(),
+        "replica_index": 0,
+        "dead_lettered": False,
+        "version": 1,
+        "workload_ms": 0,
+        "max_runtime_ms": 1000,
+        "created_at": at,
+        "started_at": None,
+        "finished_at": None,
+        "run_at": at,
+    }
+    task = row_to_summary(row)
+    assert task.created_at == expected and task.run_at == expected
