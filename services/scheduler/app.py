@@ -1,4 +1,4 @@
-"""Scheduler process: WorkerService (what workers call) and the supervision loops."""
+"""Scheduler process: WorkerService (what workers call), the supervision loops and the firing of schedules."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from services.gateway.auth_interceptor import AuthInterceptor
 from services.scheduler.connections import ConnectedWorkers, relay_commands
 from services.scheduler.enrolment import Enrolment, worker_verifier
 from services.scheduler.progress import ProgressBuffer
+from services.scheduler.schedule_firer import FiringConfig, ScheduleFirer
 from services.scheduler.store import RetryPolicy
 from services.scheduler.sweepers import SweepConfig, run_sweepers
 from services.scheduler.worker_limits import WorkerLimits
@@ -54,6 +55,7 @@ class SchedulerConfig:
     takeover: TakeoverConfig = field(default_factory=TakeoverConfig)
     worker_limits: WorkerLimits = field(default_factory=WorkerLimits)
     limits: UserLimits = field(default_factory=UserLimits)
+    firing: FiringConfig = field(default_factory=FiringConfig)
 
 
 async def create_server(config: SchedulerConfig) -> Service:
@@ -84,6 +86,7 @@ async def create_server(config: SchedulerConfig) -> Service:
         lambda: progress.flush_forever(pool, emitter, config.progress_flush_ms / 1000),
         emitter.run,
         lambda: run_sweepers(pool, redis, config.sweeps, config.limits),
+        ScheduleFirer(pool, redis, config.limits, config.firing).run,
     ]
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
     service.shutdown_hooks += [servicer.close, emitter.drain, pool.close, redis.aclose]

@@ -52,6 +52,8 @@ class Submission:
     replicas: int
     max_attempts: int
     request_id: str
+    # The schedule whose firing this is (None: a user's own submission).
+    schedule_id: str | None = None
 
 
 DEFAULT_LIMITS = UserLimits()
@@ -100,11 +102,11 @@ _INSERT_SUBMISSION = f"""
 WITH admitted AS (SELECT {_ADMIT} AS dispatchable),
 inserted AS (
     INSERT INTO tasks (id, owner_id, name, kind, payload, status, max_attempts, request_id, batch_id,
-                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held)
+                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held, schedule_id)
     SELECT t.id, $2, $3, $4, $5::jsonb, {QUEUED}, $6, $7, $8, t.idx, $9, $10, t.dispatch_id,
            CASE WHEN t.idx < admitted.dispatchable THEN now() + make_interval(secs => $11)
                 ELSE 'infinity'::timestamptz END,
-           t.idx >= admitted.dispatchable
+           t.idx >= admitted.dispatchable, $18::uuid
     FROM unnest($1::uuid[], $12::int[], $13::uuid[]) AS t(id, idx, dispatch_id), admitted
     ON CONFLICT (owner_id, request_id, replica_index) DO NOTHING
     RETURNING {TASK_COLUMNS}, held
@@ -137,6 +139,7 @@ async def _insert_submission(
             list(range(spec.replicas)),
             [str(uuid.uuid4()) for _ in ids],
             *_limit_args(limits),
+            spec.schedule_id,
         )
     except asyncpg.PostgresError as exc:
         if exc.sqlstate == _REFUSED:
