@@ -142,11 +142,11 @@ def test_each_bad_spec_field_is_named(changes: dict[str, object], field: str) ->
 def test_a_spec_without_timing_or_task_is_refused() -> None:
     spec = _spec()
     spec.ClearField("interval")
-    with pytest.raises(InvalidArgument, match="spec.timing"):
+    with pytest.raises(InvalidArgument, match=r"spec\.timing"):
         schedule_validation.spec(spec, ["sleep"])
     spec = _spec()
     spec.ClearField("task")
-    with pytest.raises(InvalidArgument, match="spec.task"):
+    with pytest.raises(InvalidArgument, match=r"spec\.task"):
         schedule_validation.spec(spec, ["sleep"])
 
 
