@@ -23,6 +23,7 @@ def widest_task() -> task_pb2.Task:
         error="é" * 50_000,
         request_id="\U0001f600" * 5000,
         batch_id="b" * 1000,
+        schedule_id="s" * 1000,
         replica_index=WIDEST_INT32,
         dead_lettered=True,
         version=-1,
