@@ -5,7 +5,7 @@ from __future__ import annotations
 from resilienttask.v1 import task_pb2
 
 WIDEST_INT32 = -1  # negative int32 values take ten bytes on the wire, the most any varint takes
-TIME_FIELDS = ("workload", "max_runtime", "created_at", "started_at", "finished_at")
+TIME_FIELDS = ("workload", "max_runtime", "created_at", "started_at", "finished_at", "run_at")
 
 
 def widest_task() -> task_pb2.Task:

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from services.core import outbox
 from services.core.events import TaskChange
 from services.core.limits import UserLimits
-from services.core.task_model import rows_to_tasks
+from services.core.task_model import QUEUED, rows_to_tasks
 from services.core.transitions import user as transitions
 from services.core.transitions.rules import change_for
 
@@ -26,7 +26,8 @@ async def submit(
     if created:
         changes = [TaskChange(owner, task, 0) for task in tasks]
         # Held replicas wait for the owner's slot cap; they are published once released (migration 0008).
-        dispatchable = [row for row in rows if not row["held"]]
+        # SCHEDULED ones wait for their run_at: the schedulers' due publisher publishes them then.
+        dispatchable = [row for row in rows if row["status"] == QUEUED and not row["held"]]
         await outbox.emit_and_dispatch(pool, redis, dispatchable, changes)
     else:
         # A retried submission: the first attempt's caller may have died before announcing the tasks.

@@ -10,7 +10,7 @@ from resilienttask.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.core import outbox, task_actions, task_store, worker_registry
 from services.core.errors import NotFound, translate_errors
 from services.core.limits import UserLimits
-from services.core.task_model import row_to_task, rows_to_tasks
+from services.core.task_model import QUEUED, row_to_task, rows_to_tasks
 from services.core.transitions import user as transitions
 from services.gateway import validation
 from services.gateway.auth_interceptor import current_user_id
@@ -96,13 +96,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def RetryTask(
         self, request: scheduler_pb2.RetryTaskRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.RetryTaskResponse:
-        retried = await transitions.retry(
-            self.pool, current_user_id(), validation.uuid_field("task_id", request.task_id), self.limits
-        )
+        task_id = validation.uuid_field("task_id", request.task_id)
+        start = validation.delay_start("delay", request.delay) if request.HasField("delay") else None
+        delay_ms = start.delay_ms if start is not None else 0
+        retried = await transitions.retry(self.pool, current_user_id(), task_id, self.limits, delay_ms)
         if retried is None:
             raise NotFound(TASK_NOT_FOUND)
         row, change = retried
-        await outbox.emit_and_dispatch(self.pool, self.redis, [] if row["held"] else [row], [change])
+        dispatchable = row["status"] == QUEUED and not row["held"]
+        await outbox.emit_and_dispatch(self.pool, self.redis, [row] if dispatchable else [], [change])
         return scheduler_pb2.RetryTaskResponse(task=row_to_task(row))
 
     @translate_errors

@@ -17,8 +17,8 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from services.core import worker_registry
+from services.core.db import listen_forever
 from services.core.limits import UserLimits
-from services.core.notifications import listen_forever
 
 log = logging.getLogger(__name__)
 
@@ -42,5 +42,6 @@ async def release_waiting(pool: asyncpg.Pool) -> int:
 
 
 async def listen_for_releases(pool: asyncpg.Pool, wake: asyncio.Event, check_interval_s: float = 5.0) -> None:
-    """Set `wake` whenever the database released held tasks, for as long as the sweeper runs."""
-    await listen_forever(pool, RELEASED_CHANNEL, wake, check_interval_s)
+    """Set `wake` whenever the database released held tasks (and when listening starts: anything released while
+    nobody listened is published then), for as long as the sweeper runs."""
+    await listen_forever(pool, RELEASED_CHANNEL, lambda _payload: wake.set(), wake.set, check_interval_s)
