@@ -98,6 +98,11 @@ class ScheduleFirer:
             except _STORE_ERRORS as exc:
                 log.warning("schedule firing failed; will retry", extra={"error": repr(exc)})
                 delay_s = self.config.retry_after_ms / 1000
+            except Exception:
+                # Anything else (asyncpg's InternalClientError on a connection broken mid-query by a PostgreSQL
+                # restart, for one) must not end the loop: without it no schedule fires on this scheduler.
+                log.exception("schedule firing crashed; will retry")
+                delay_s = self.config.retry_after_ms / 1000
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), delay_s)
 
