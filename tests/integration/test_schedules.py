@@ -151,6 +151,27 @@ async def test_trigger_obeys_the_overlap_policy(user: User) -> None:
     assert schedule.last_batch_id == replaced.tasks[0].batch_id
 
 
+async def test_jitter_delays_each_slot_by_the_offset_stored_for_it(user: User) -> None:
+    spec = every(1, name="jittery")
+    spec.jitter.FromMilliseconds(800)
+    created = await user.create(spec)
+    planned: dict[datetime, datetime] = {}  # slot -> when it is to fire, as the schedule row says
+
+    async def three_fired() -> bool:
+        row = await user.db.fetchrow("SELECT next_slot, fire_at FROM schedules WHERE id = $1", created.id)
+        planned[row["next_slot"]] = row["fire_at"]
+        return len(await user.fired(created.id)) >= 3
+
+    await eventually(three_fired, timeout_s=15, interval_s=0.01, message="three jittered firings")
+    tasks = await user.fired(created.id)
+    offsets = [planned[slot_of(t)] - slot_of(t) for t in tasks if slot_of(t) in planned]  # type: ignore[operator]
+    assert len(offsets) >= 2 and all(timedelta(0) <= o <= timedelta(milliseconds=800) for o in offsets), offsets
+    for task in tasks:
+        if slot_of(task) in planned:
+            assert task["created_at"] >= planned[slot_of(task)], "fired before its jittered time"  # type: ignore[index]
+    assert len(set(offsets)) > 1, "the same offset for every slot"
+
+
 async def test_bad_inputs_are_refused_naming_the_field_with_nothing_stored(user: User) -> None:
     cases: list[tuple[schedule_pb2.ScheduleSpec, str]] = []
     bad_cron = every(60)
