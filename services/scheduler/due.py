@@ -3,10 +3,10 @@
 It sleeps until the earliest run_at it knows of and is woken early by the database when a gateway stores an
 earlier one (a PostgreSQL notification sent at the commit of that insert, migration 0009: it cannot arrive
 before the row is visible, it costs the gateway no extra round trip, and it is one of the database's own
-guarantees rather than a second system's). A Redis pub/sub nudge would cost the gateway a second round trip after
-its commit, and a gateway dying between the two would leave the publishers asleep. Besides, it looks once a second (idle_check_s: two index lookups) to let
-through tasks whose owners were at their active limit and have room again, and to cover a notification lost
-with a broken listening connection.
+guarantees rather than a second system's). A Redis pub/sub nudge would cost the gateway a second round trip
+after its commit, and a gateway dying between the two would leave the publishers asleep. Besides, it looks once
+a second (idle_check_s: two index lookups) to let through tasks whose owners were at their active limit and have
+room again, and to cover a notification lost with a broken listening connection.
 
 When tasks are due it flips them QUEUED a batch per statement (transitions.due, safe with any number of
 schedulers) and publishes each batch through the same path as a submission (outbox.emit_and_dispatch: the
