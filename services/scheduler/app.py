@@ -1,4 +1,4 @@
-"""Scheduler process: WorkerService (what workers call) and the supervision loops."""
+"""Scheduler process: WorkerService (what workers call), the supervision loops and the firing of schedules."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ from services.core.worker_credentials import WorkerKeyConfig
 from services.gateway.auth_interceptor import AuthInterceptor
 from services.scheduler.cluster_metrics import ClusterGauges
 from services.scheduler.connections import ConnectedWorkers, relay_commands
+from services.scheduler.due import DueConfig, DuePublisher
 from services.scheduler.enrolment import Enrolment, worker_verifier
 from services.scheduler.progress import ProgressBuffer
+from services.scheduler.schedule_firer import FiringConfig, ScheduleFirer
 from services.scheduler.store import RetryPolicy
 from services.scheduler.sweepers import SweepConfig, run_sweepers
 from services.scheduler.worker_limits import WorkerLimits
@@ -60,6 +62,8 @@ class SchedulerConfig:
     limits: UserLimits = field(default_factory=UserLimits)
     # Used when metrics are on (services.core.metrics.start, at the entry point): the cluster gauges' interval.
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    due: DueConfig = field(default_factory=DueConfig)
+    firing: FiringConfig = field(default_factory=FiringConfig)
 
 
 async def create_server(config: SchedulerConfig) -> Service:
@@ -90,6 +94,8 @@ async def create_server(config: SchedulerConfig) -> Service:
         lambda: progress.flush_forever(pool, emitter, config.progress_flush_ms / 1000),
         emitter.run,
         lambda: run_sweepers(pool, redis, config.sweeps, config.limits),
+        DuePublisher(pool, redis, config.limits.max_active_tasks, config.due).run,
+        ScheduleFirer(pool, redis, config.limits, config.firing).run,
     ]
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
     service.shutdown_hooks += [servicer.close, emitter.drain]
