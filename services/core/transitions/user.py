@@ -124,8 +124,12 @@ _INSERT_SUBMISSION = f"""
 WITH admitted AS (SELECT {_ADMIT} AS dispatchable),
 inserted AS (
     INSERT INTO tasks (id, owner_id, name, kind, payload, status, max_attempts, request_id, batch_id,
-    FROM target, admitted, timing WHERE tasks.id = target.id
-    RETURNING {QUALIFIED_TASK_COLUMNS}, tasks.held, tasks.trace_parent, target.status AS before
+                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held, schedule_id,
+                       trace_parent)
+    SELECT t.id, $2, $3, $4, $5::jsonb, {QUEUED}, $6, $7, $8, t.idx, $9, $10, t.dispatch_id,
+           CASE WHEN t.idx < admitted.dispatchable THEN now() + make_interval(secs => $11)
+                ELSE 'infinity'::timestamptz END,
+           t.idx >= admitted.dispatchable, $18::uuid, $19
     FROM unnest($1::uuid[], $12::int[], $13::uuid[]) AS t(id, idx, dispatch_id), admitted
     ON CONFLICT (owner_id, request_id, replica_index) DO NOTHING
     RETURNING {TASK_COLUMNS}, held, trace_parent
