@@ -1,4 +1,4 @@
-"""Scheduler process: WorkerService (what workers call) and the supervision loops."""
+"""Scheduler process: WorkerService (what workers call), the supervision loops and the firing of schedules."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from services.scheduler.connections import ConnectedWorkers, relay_commands
 from services.scheduler.due import DueConfig, DuePublisher
 from services.scheduler.enrolment import Enrolment, worker_verifier
 from services.scheduler.progress import ProgressBuffer
+from services.scheduler.schedule_firer import FiringConfig, ScheduleFirer
 from services.scheduler.store import RetryPolicy
 from services.scheduler.sweepers import SweepConfig, run_sweepers
 from services.scheduler.worker_limits import WorkerLimits
@@ -62,6 +63,7 @@ class SchedulerConfig:
     # Used when metrics are on (services.core.metrics.start, at the entry point): the cluster gauges' interval.
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     due: DueConfig = field(default_factory=DueConfig)
+    firing: FiringConfig = field(default_factory=FiringConfig)
 
 
 async def create_server(config: SchedulerConfig) -> Service:
@@ -93,6 +95,7 @@ async def create_server(config: SchedulerConfig) -> Service:
         emitter.run,
         lambda: run_sweepers(pool, redis, config.sweeps, config.limits),
         DuePublisher(pool, redis, config.limits.max_active_tasks, config.due).run,
+        ScheduleFirer(pool, redis, config.limits, config.firing).run,
     ]
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
     service.shutdown_hooks += [servicer.close, emitter.drain]

@@ -124,12 +124,12 @@ _INSERT_SUBMISSION = f"""
 WITH admitted AS (SELECT {_ADMIT} AS dispatchable),
 inserted AS (
     INSERT INTO tasks (id, owner_id, name, kind, payload, status, max_attempts, request_id, batch_id,
-                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held, trace_parent,
-                       schedule_id)
+                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held, schedule_id,
+                       trace_parent)
     SELECT t.id, $2, $3, $4, $5::jsonb, {QUEUED}, $6, $7, $8, t.idx, $9, $10, t.dispatch_id,
            CASE WHEN t.idx < admitted.dispatchable THEN now() + make_interval(secs => $11)
                 ELSE 'infinity'::timestamptz END,
-           t.idx >= admitted.dispatchable, $18, $19::uuid
+           t.idx >= admitted.dispatchable, $18::uuid, $19
     FROM unnest($1::uuid[], $12::int[], $13::uuid[]) AS t(id, idx, dispatch_id), admitted
     ON CONFLICT (owner_id, request_id, replica_index) DO NOTHING
     RETURNING {TASK_COLUMNS}, held, trace_parent
@@ -150,10 +150,10 @@ _INSERT_SCHEDULED = f"""
 WITH admitted AS (SELECT {_ADMIT} AS dispatchable),
 inserted AS (
     INSERT INTO tasks (id, owner_id, name, kind, payload, status, max_attempts, request_id, batch_id,
-                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held, trace_parent,
-                       schedule_id, run_at)
+                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held, schedule_id,
+                       trace_parent, run_at)
     SELECT t.id, $2, $3, $4, $5::jsonb, {SCHEDULED}, $6, $7, $8, t.idx, $9, $10, t.dispatch_id,
-           'infinity'::timestamptz, false, $18, $19::uuid,
+           'infinity'::timestamptz, false, $18::uuid, $19,
            coalesce($20::timestamptz, now() + make_interval(secs => $11 / 1000.0))
     FROM unnest($1::uuid[], $12::int[], $13::uuid[]) AS t(id, idx, dispatch_id), admitted
     ON CONFLICT (owner_id, request_id, replica_index) DO NOTHING
@@ -208,8 +208,8 @@ async def _insert_submission(
             max_stored,
             rate_per_s,
             burst,
-            trace_parent,
             spec.schedule_id,
+            trace_parent,
             *scheduled,
         )
     except asyncpg.PostgresError as exc:
