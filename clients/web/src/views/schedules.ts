@@ -1,0 +1,474 @@
+// The Schedules view: the create form and the list of the user's schedules (next runs, last result, counts)
+// with pause/resume, trigger now and delete. Schedules have no stream of their own: the list is asked for
+// when the view opens, after each action, when the task stream shows a task a schedule submitted, and when
+// the earliest next run passes (a slot may have been skipped) — never on a fixed timer.
+
+import { type Api, type Refusal, UNARY_TIMEOUT_MS, refusal } from "../api";
+import { announce, h } from "../dom";
+import { STATUS_LABELS, ms, statusName, timeOfDay, until } from "../format";
+import type { Schedule } from "../gen/resilienttask/v1/schedule_pb";
+import { type Task, TaskStatus } from "../gen/resilienttask/v1/task_pb";
+import {
+  CATCHUP_CHOICES,
+  OVERLAP_CHOICES,
+  type ScheduleErrors,
+  type ScheduleField,
+  type ScheduleForm,
+  fieldFor,
+  scheduleRequest,
+  timingText,
+} from "../schedules";
+import { newRequestId } from "../validation";
+
+const PAGE_SIZE = 500;
+const NEXT_RUNS_SHOWN = 3;
+// Events of one firing arrive together; one list call answers them all.
+const CHANGE_DEBOUNCE_MS = 300;
+// After the earliest next run, look again this much later (the firing has committed by then).
+const AFTER_SLOT_MS = 1000;
+const MAX_TIMER_MS = 2 ** 31 - 1;
+const CONFIRM_MS = 4000;
+
+type Action = "pause" | "resume" | "trigger" | "delete";
+
+const NOUNS: Record<ScheduleField, string> = {
+  name: "Schedule name",
+  cron: "Cron expression",
+  time_zone: "Time zone",
+  interval: "Interval",
+  task_name: "Task name",
+  kind: "Task kind",
+  workload: "Task workload",
+  max_runtime: "Task max runtime",
+  replicas: "Task replicas",
+  max_attempts: "Task max attempts",
+  overlap: "Overlap policy",
+  catchup: "Catch-up policy",
+  catchup_limit: "Catch-up limit",
+  jitter: "Jitter",
+};
+
+function input(id: string, value: string, attrs: Record<string, string> = {}): HTMLInputElement {
+  return h("input", { id, name: id, value, autocomplete: "off", ...attrs });
+}
+
+function select(id: string, choices: [number | string, string][]): HTMLSelectElement {
+  return h("select", { id, name: id }, ...choices.map(([value, label]) => h("option", { value: String(value) }, label)));
+}
+
+class CreateForm {
+  readonly element: HTMLFormElement;
+  private readonly controls: Record<ScheduleField, HTMLInputElement | HTMLSelectElement>;
+  private readonly timing: HTMLSelectElement;
+  private readonly paused: HTMLInputElement;
+  private readonly errors = new Map<ScheduleField, HTMLElement>();
+  private readonly formError: HTMLElement;
+  private readonly cronFields: HTMLElement;
+  private readonly intervalFields: HTMLElement;
+
+  constructor(private readonly onCreate: (form: CreateForm, request: ReturnType<typeof scheduleRequest>) => Promise<Refusal | null>) {
+    this.timing = select("schedule-timing", [
+      ["cron", "Cron expression"],
+      ["interval", "Fixed interval"],
+    ]);
+    this.paused = h("input", { id: "schedule-paused", type: "checkbox" });
+    const zones = h("datalist", { id: "time-zones" });
+    const known = (Intl as unknown as { supportedValuesOf?: (key: string) => string[] }).supportedValuesOf?.("timeZone") ?? [];
+    zones.append(...known.map((zone) => h("option", { value: zone })));
+    this.controls = {
+      name: input("schedule-name", "", { required: "true", spellcheck: "false" }),
+      cron: input("schedule-cron", "*/5 * * * *", { spellcheck: "false" }),
+      time_zone: input("schedule-tz", "", { list: "time-zones", placeholder: "UTC", spellcheck: "false" }),
+      interval: input("schedule-interval", "60", { inputmode: "decimal" }),
+      task_name: input("schedule-task-name", "", { placeholder: "the schedule's name", spellcheck: "false" }),
+      kind: h("select", { id: "schedule-kind", name: "schedule-kind" }),
+      workload: input("schedule-workload", "5", { inputmode: "decimal" }),
+      max_runtime: input("schedule-max-runtime", "", { inputmode: "decimal", placeholder: "default" }),
+      replicas: input("schedule-replicas", "1", { inputmode: "numeric" }),
+      max_attempts: input("schedule-max-attempts", "", { inputmode: "numeric", placeholder: "3" }),
+      overlap: select("schedule-overlap", OVERLAP_CHOICES),
+      catchup: select("schedule-catchup", CATCHUP_CHOICES),
+      catchup_limit: input("schedule-catchup-limit", "", { inputmode: "numeric", placeholder: "10" }),
+      jitter: input("schedule-jitter", "", { inputmode: "decimal", placeholder: "0" }),
+    };
+    const field = (name: ScheduleField, label: string, hint?: string): HTMLElement => {
+      const control = this.controls[name];
+      const error = h("p", { class: "field-error", id: `${control.id}-error`, "data-error-for": `schedule-${name}` });
+      this.errors.set(name, error);
+      const hintEl = hint ? h("p", { class: "hint", id: `${control.id}-hint` }, hint) : null;
+      control.setAttribute("aria-describedby", [hintEl ? `${control.id}-hint` : "", `${control.id}-error`].join(" ").trim());
+      return h("div", { class: `field field-${name}` }, h("label", { for: control.id }, label), control, hintEl, error);
+    };
+    this.cronFields = h(
+      "div",
+      { class: "fields" },
+      field("cron", "Cron expression", "Minute hour day month weekday."),
+      field("time_zone", "Time zone", "IANA name; empty is UTC."),
+    );
+    this.intervalFields = h("div", { class: "fields" }, field("interval", "Every (s)", "At least 1 s."));
+    this.formError = h("p", { class: "form-error", role: "alert", id: "schedule-form-error" });
+    this.element = h(
+      "form",
+      { class: "panel submit-form schedule-form", "aria-labelledby": "schedule-form-heading", novalidate: true },
+      h("h2", { id: "schedule-form-heading" }, "New schedule"),
+      h("div", { class: "fields" }, field("name", "Schedule name"), h("div", { class: "field field-timing" }, h("label", { for: "schedule-timing" }, "Timing"), this.timing)),
+      this.cronFields,
+      this.intervalFields,
+      zones,
+      h("h3", { class: "form-section" }, "Task it submits"),
+      h(
+        "div",
+        { class: "fields" },
+        field("task_name", "Task name"),
+        field("kind", "Task kind"),
+        field("workload", "Task workload (s)"),
+        field("max_runtime", "Task max runtime (s)"),
+        field("replicas", "Task replicas"),
+        field("max_attempts", "Task max attempts"),
+      ),
+      h("h3", { class: "form-section" }, "Policies"),
+      h(
+        "div",
+        { class: "fields" },
+        field("overlap", "If still running"),
+        field("catchup", "After downtime"),
+        field("catchup_limit", "Catch-up limit"),
+        field("jitter", "Jitter (s)"),
+      ),
+      h("label", { class: "check", for: "schedule-paused" }, this.paused, " Start paused"),
+      this.formError,
+      h("button", { type: "submit", class: "btn primary" }, "Create schedule"),
+    );
+    this.timing.addEventListener("change", () => this.showTiming());
+    this.showTiming();
+    this.element.addEventListener("submit", (event) => {
+      event.preventDefault();
+      void this.send();
+    });
+  }
+
+  setKinds(kinds: string[]): void {
+    const select = this.controls.kind as HTMLSelectElement;
+    const chosen = select.value || (kinds.includes("sleep") ? "sleep" : kinds[0]);
+    select.replaceChildren(...kinds.map((k) => h("option", { value: k, selected: k === chosen }, k)));
+  }
+
+  private showTiming(): void {
+    const cron = this.timing.value === "cron";
+    this.cronFields.hidden = !cron;
+    this.intervalFields.hidden = cron;
+  }
+
+  private values(): ScheduleForm {
+    const c = this.controls;
+    return {
+      name: c.name.value,
+      timing: this.timing.value === "interval" ? "interval" : "cron",
+      cron: c.cron.value,
+      timeZone: c.time_zone.value,
+      intervalS: c.interval.value,
+      taskName: c.task_name.value,
+      kind: c.kind.value,
+      workloadS: c.workload.value,
+      maxRuntimeS: c.max_runtime.value,
+      replicas: c.replicas.value,
+      maxAttempts: c.max_attempts.value,
+      overlap: c.overlap.value,
+      catchup: c.catchup.value,
+      catchupLimit: c.catchup_limit.value,
+      jitterS: c.jitter.value,
+      paused: this.paused.checked,
+    };
+  }
+
+  show(errors: ScheduleErrors): void {
+    for (const [field, el] of this.errors) {
+      const message = errors[field] ?? "";
+      el.textContent = message ? `${NOUNS[field]} ${message}` : "";
+      this.controls[field].toggleAttribute("aria-invalid", Boolean(message));
+    }
+    const first = (Object.keys(this.controls) as ScheduleField[]).find((f) => errors[f]);
+    if (first) this.controls[first].focus();
+  }
+
+  /** The server's refusal: next to the field it names, or above the button. */
+  refused(refused: Refusal): void {
+    const field = fieldFor(refused.field);
+    if (field) this.show({ [field]: refused.reason });
+    else this.formError.textContent = `Not created: ${refused.field ? `${refused.field}: ` : ""}${refused.reason}`;
+  }
+
+  reset(): void {
+    this.controls.name.value = "";
+    this.paused.checked = false;
+  }
+
+  private async send(): Promise<void> {
+    this.formError.textContent = "";
+    const result = scheduleRequest(this.values(), newRequestId());
+    if ("errors" in result) {
+      this.show(result.errors);
+      return;
+    }
+    this.show({});
+    const refused = await this.onCreate(this, result);
+    if (refused) this.refused(refused);
+  }
+}
+
+export class SchedulesView {
+  readonly element: HTMLElement;
+  private readonly form: CreateForm;
+  private readonly body: HTMLTableSectionElement;
+  private readonly empty: HTMLElement;
+  private readonly notice: HTMLElement;
+  private schedules: Schedule[] = [];
+  private visible = false;
+  private loaded = false;
+  private loading = false;
+  private again = false;
+  private debounce: ReturnType<typeof setTimeout> | undefined;
+  private slotTimer: ReturnType<typeof setTimeout> | undefined;
+  private readonly confirming = new Map<string, ReturnType<typeof setTimeout>>();
+
+  constructor(
+    private readonly api: Api,
+    /** Tasks a trigger submitted, for the task feed. */
+    private readonly submitted: (tasks: Task[]) => void,
+  ) {
+    this.form = new CreateForm((form, result) => this.create(form, result));
+    this.body = h("tbody");
+    this.empty = h("p", { class: "empty" }, "Loading schedules…");
+    this.notice = h("p", { class: "notice-line", role: "status", "aria-live": "polite" });
+    const headers = ["Schedule", "State", "Next runs", "Last result", "Fired", "Skipped", "Actions"];
+    this.element = h(
+      "div",
+      { class: "columns schedules-view" },
+      h("div", { class: "side" }, this.form.element),
+      h(
+        "section",
+        { class: "panel tasks", "aria-labelledby": "schedules-heading" },
+        h("div", { class: "toolbar" }, h("h2", { id: "schedules-heading" }, "Schedules")),
+        this.notice,
+        h(
+          "div",
+          { class: "table-frame schedule-frame" },
+          h(
+            "table",
+            { class: "schedule-table", "aria-labelledby": "schedules-heading" },
+            h("thead", {}, h("tr", {}, ...headers.map((c) => h("th", { scope: "col" }, c)))),
+            this.body,
+          ),
+          this.empty,
+        ),
+      ),
+    );
+    this.body.addEventListener("click", (event) => {
+      const button = (event.target as Element).closest<HTMLButtonElement>("button[data-action]");
+      const id = button?.closest<HTMLElement>("[data-schedule-id]")?.dataset.scheduleId;
+      const schedule = this.schedules.find((s) => s.id === id);
+      if (button && schedule) void this.act(button.dataset.action as Action, schedule);
+    });
+  }
+
+  setKinds(kinds: string[]): void {
+    this.form.setKinds(kinds);
+  }
+
+  show(): void {
+    this.visible = true;
+    void this.load();
+  }
+
+  hide(): void {
+    this.visible = false;
+    clearTimeout(this.slotTimer);
+  }
+
+  /** The task stream showed tasks a schedule submitted (or changed): its counts and last result moved. */
+  changed(): void {
+    if (!this.visible || this.debounce !== undefined) return;
+    this.debounce = setTimeout(() => {
+      this.debounce = undefined;
+      void this.load();
+    }, CHANGE_DEBOUNCE_MS);
+  }
+
+  dispose(): void {
+    this.hide();
+    clearTimeout(this.debounce);
+    for (const timer of this.confirming.values()) clearTimeout(timer);
+  }
+
+  private tell(message: string, problem = false): void {
+    this.notice.textContent = message;
+    this.notice.classList.toggle("problem", problem);
+  }
+
+  private async load(): Promise<void> {
+    if (this.loading) {
+      this.again = true;
+      return;
+    }
+    this.loading = true;
+    try {
+      do {
+        this.again = false;
+        const found: Schedule[] = [];
+        let pageToken = "";
+        do {
+          const reply = await this.api.schedules.listSchedules({ pageSize: PAGE_SIZE, pageToken }, { timeoutMs: UNARY_TIMEOUT_MS });
+          found.push(...reply.schedules);
+          pageToken = reply.nextPageToken;
+        } while (pageToken);
+        this.schedules = found;
+        this.loaded = true;
+        this.paint();
+      } while (this.again);
+    } catch (err) {
+      this.tell(`Could not load schedules: ${refusal(err).reason}`, true);
+    } finally {
+      this.loading = false;
+      this.armSlotTimer();
+    }
+  }
+
+  /** Look again once the earliest next run has passed: a skipped slot changes counts without any task. */
+  private armSlotTimer(): void {
+    clearTimeout(this.slotTimer);
+    if (!this.visible) return;
+    const next = this.schedules
+      .filter((s) => !s.paused && s.nextRuns.length > 0)
+      .map((s) => ms(s.nextRuns[0]) ?? Infinity)
+      .reduce((a, b) => Math.min(a, b), Infinity);
+    if (next === Infinity) return;
+    const wait = Math.min(MAX_TIMER_MS, Math.max(AFTER_SLOT_MS, next - Date.now() + AFTER_SLOT_MS));
+    this.slotTimer = setTimeout(() => void this.load(), wait);
+  }
+
+  private replace(schedule: Schedule | undefined): void {
+    if (!schedule) return;
+    const index = this.schedules.findIndex((s) => s.id === schedule.id);
+    if (index < 0) this.schedules = [...this.schedules, schedule];
+    else if (this.schedules[index].version <= schedule.version) this.schedules[index] = schedule;
+    this.paint();
+    this.armSlotTimer();
+  }
+
+  private async create(form: CreateForm, result: ReturnType<typeof scheduleRequest>): Promise<Refusal | null> {
+    if (!("request" in result)) return null;
+    try {
+      const reply = await this.api.schedules.createSchedule(result.request, { timeoutMs: UNARY_TIMEOUT_MS });
+      this.replace(reply.schedule);
+      form.reset();
+      const name = reply.schedule?.spec?.name ?? "";
+      this.tell(`Schedule ${name} created.`);
+      announce(`Schedule ${name} created`);
+      return null;
+    } catch (err) {
+      return refusal(err);
+    }
+  }
+
+  private async act(action: Action, schedule: Schedule): Promise<void> {
+    const name = schedule.spec?.name ?? "";
+    const call = { timeoutMs: UNARY_TIMEOUT_MS };
+    const scheduleId = schedule.id;
+    try {
+      if (action === "pause") {
+        this.replace((await this.api.schedules.pauseSchedule({ scheduleId }, call)).schedule);
+        this.tell(`${name} paused.`);
+      } else if (action === "resume") {
+        this.replace((await this.api.schedules.resumeSchedule({ scheduleId }, call)).schedule);
+        this.tell(`${name} resumed.`);
+      } else if (action === "trigger") {
+        const reply = await this.api.schedules.triggerSchedule({ scheduleId, requestId: newRequestId() }, call);
+        this.submitted(reply.tasks);
+        const n = reply.tasks.length;
+        this.tell(reply.skipped ? `${name} skipped: its previous run is still active.` : `${name} triggered: ${n} task${n === 1 ? "" : "s"} submitted.`);
+        void this.load();
+      } else if (action === "delete") {
+        // The first press asks; a second press within a few seconds deletes.
+        if (!this.confirming.has(scheduleId)) {
+          this.confirming.set(
+            scheduleId,
+            setTimeout(() => {
+              this.confirming.delete(scheduleId);
+              this.paint();
+            }, CONFIRM_MS),
+          );
+          this.paint();
+          return;
+        }
+        clearTimeout(this.confirming.get(scheduleId));
+        this.confirming.delete(scheduleId);
+        await this.api.schedules.deleteSchedule({ scheduleId }, call);
+        this.schedules = this.schedules.filter((s) => s.id !== scheduleId);
+        this.paint();
+        this.tell(`${name} deleted; the tasks it submitted are kept.`);
+      }
+      announce(this.notice.textContent ?? "");
+    } catch (err) {
+      this.tell(`Could not ${action} ${name}: ${refusal(err).reason}`, true);
+    }
+  }
+
+  /** Draw the list; also called every second so "in 12s" counts down without any request. */
+  paint(now = Date.now()): void {
+    if (!this.visible) return;
+    this.empty.hidden = this.schedules.length > 0;
+    this.empty.textContent = this.loaded ? "No schedules yet. Create one and its tasks appear under Tasks as it fires." : "Loading schedules…";
+    const focused = document.activeElement instanceof HTMLElement ? document.activeElement : null;
+    const focusKey = focused?.closest<HTMLElement>("[data-schedule-id]") ? `${focused.closest<HTMLElement>("[data-schedule-id]")?.dataset.scheduleId}|${focused.dataset.action}` : "";
+    this.body.replaceChildren(...this.schedules.map((s) => this.row(s, now)));
+    if (focusKey) {
+      const [id, action] = focusKey.split("|");
+      this.body.querySelector<HTMLElement>(`[data-schedule-id="${id}"] [data-action="${action}"]`)?.focus({ preventScroll: true });
+    }
+  }
+
+  private row(schedule: Schedule, now: number): HTMLTableRowElement {
+    const spec = schedule.spec;
+    const name = spec?.name ?? "";
+    const task = spec?.task;
+    const template = task ? `${task.name} · ${task.kind || "sleep"}${task.replicas > 1 ? ` × ${task.replicas}` : ""}` : "";
+    const nextRuns = schedule.paused
+      ? "—"
+      : schedule.nextRuns
+          .slice(0, NEXT_RUNS_SHOWN)
+          .map((t) => ms(t))
+          .filter((t): t is number => t !== null)
+          .map((t, i) => (i === 0 ? `${timeOfDay(t)} (${until(t, now)})` : timeOfDay(t)))
+          .join(", ") || "—";
+    const lastSlot = ms(schedule.lastSlot);
+    const status = schedule.lastStatus;
+    const last =
+      lastSlot === null
+        ? h("span", { class: "muted" }, "never fired")
+        : h(
+            "span",
+            { class: "last-result" },
+            h("span", { class: `badge badge-${statusName(status).toLowerCase()}`, "data-last-status": statusName(status) }, status === TaskStatus.UNSPECIFIED ? "—" : STATUS_LABELS[status]),
+            ` ${timeOfDay(lastSlot)}`,
+          );
+    const button = (action: Action, text: string): HTMLButtonElement =>
+      h("button", { type: "button", class: `btn small ${action}`, "data-action": action, "aria-label": `${text} ${name}` }, text);
+    return h(
+      "tr",
+      { "data-schedule-id": schedule.id, "data-paused": schedule.paused ? "true" : "false" },
+      h("td", { class: "task" }, h("span", { class: "schedule-name" }, name), h("span", { class: "task-meta" }, `${timingText(schedule)} · ${template}`)),
+      h("td", {}, h("span", { class: `badge ${schedule.paused ? "badge-cancelling" : "badge-succeeded"}` }, schedule.paused ? "Paused" : "Active")),
+      h("td", { class: "num next-runs" }, nextRuns),
+      h("td", {}, last),
+      h("td", { class: "num", "data-count": "fired" }, String(schedule.fired)),
+      h("td", { class: "num", "data-count": "skipped" }, String(schedule.skipped)),
+      h(
+        "td",
+        { class: "actions" },
+        schedule.paused ? button("resume", "Resume") : button("pause", "Pause"),
+        button("trigger", "Trigger now"),
+        button("delete", this.confirming.has(schedule.id) ? "Confirm delete" : "Delete"),
+      ),
+    );
+  }
+}
