@@ -101,9 +101,12 @@ def stack(stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pyt
             "RTASK_WORKER_RECLAIM_IDLE_MS": str(TEST_RECLAIM_IDLE_MS),
             "RTASK_WORKER_HEARTBEAT_MS": "500",
             **OPEN_LOGIN_ENV,
-            # A kind with a large result (tests/integration/test_small_events.py), and one that reports what a
-            # handler process can see (tests/integration/test_worker_identity.py).
-            "RTASK_WORKER_IMPORTS": "tests.integration.bulky_handler,tests.integration.probe_handler",
+            # A kind with a large result (tests/integration/test_small_events.py), one that reports what a
+            # handler process can see (tests/integration/test_worker_identity.py), and one that reports when it
+            # started (tests/integration/test_delayed.py).
+            "RTASK_WORKER_IMPORTS": (
+                "tests.integration.bulky_handler,tests.integration.probe_handler,tests.integration.clock_handler"
+            ),
         },
         auth_limits=OPEN_AUTH_LIMITS,  # the whole session is one client address (tests/limits.py)
     )

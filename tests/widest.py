@@ -5,7 +5,7 @@ from __future__ import annotations
 from resilienttask.v1 import task_pb2
 
 WIDEST_INT32 = -1  # negative int32 values take ten bytes on the wire, the most any varint takes
-TIME_FIELDS = ("workload", "max_runtime", "created_at", "started_at", "finished_at")
+TIME_FIELDS = ("workload", "max_runtime", "created_at", "started_at", "finished_at", "run_at")
 
 
 def widest_task() -> task_pb2.Task:
@@ -23,6 +23,7 @@ def widest_task() -> task_pb2.Task:
         error="é" * 50_000,
         request_id="\U0001f600" * 5000,
         batch_id="b" * 1000,
+        schedule_id="s" * 1000,
         replica_index=WIDEST_INT32,
         dead_lettered=True,
         version=-1,

@@ -1,9 +1,13 @@
-"""The asyncpg pool and the versioned SQL migrations, applied once under an advisory lock."""
+"""The asyncpg pool, the versioned SQL migrations (applied once under an advisory lock), and listening to
+notifications from the database."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
@@ -107,3 +111,37 @@ async def database_reachable(pool: asyncpg.Pool, timeout_s: float = 1.0) -> bool
         return True
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
         return False
+
+
+async def listen_forever(
+    pool: asyncpg.Pool,
+    channel: str,
+    on_notify: Callable[[str], None],
+    on_listening: Callable[[], None],
+    check_interval_s: float = 5.0,
+) -> None:
+    """Call on_notify(payload) for every notification on `channel`, for as long as the caller runs this.
+
+    Holds one pooled connection, checked now and then so a broken one is replaced; on_listening() is called
+    each time listening (re)starts, since whatever was notified while nobody listened is lost. The listener is
+    removed before the connection goes back (pooled sessions carry no LISTEN state).
+    """
+
+    def deliver(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        on_notify(payload)
+
+    while True:
+        try:
+            async with pool.acquire() as conn:
+                await conn.add_listener(channel, deliver)
+                try:
+                    on_listening()
+                    while True:
+                        await asyncio.sleep(check_interval_s)
+                        await conn.fetchval("SELECT 1")
+                finally:
+                    with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                        await conn.remove_listener(channel, deliver)
+        except Exception as exc:  # whatever broke the connection, listening must resume
+            log.warning("listener lost; reconnecting", extra={"channel": channel, "error": repr(exc)})
+            await asyncio.sleep(check_interval_s)

@@ -19,10 +19,14 @@ SUCCEEDED = task_pb2.TASK_STATUS_SUCCEEDED
 FAILED = task_pb2.TASK_STATUS_FAILED
 CANCELLED = task_pb2.TASK_STATUS_CANCELLED
 TIMED_OUT = task_pb2.TASK_STATUS_TIMED_OUT
+# Waiting for its run_at: stored, not active, never in a dispatch stream until due (services.scheduler.due).
+SCHEDULED = task_pb2.TASK_STATUS_SCHEDULED
 
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, TIMED_OUT})
 ACTIVE = frozenset({QUEUED, RUNNING, CANCELLING})
 RETRYABLE = frozenset({FAILED, CANCELLED, TIMED_OUT})
+# Not finished: what DeleteTask refuses (cancel it first) and ClearHistory leaves alone.
+UNFINISHED = ACTIVE | {SCHEDULED}
 
 
 def status_name(status: int) -> str:
@@ -33,7 +37,7 @@ def status_name(status: int) -> str:
 TASK_COLUMNS = (
     "id, owner_id, name, kind, payload, status, progress, attempt, max_attempts, worker_id, error, "
     "request_id, batch_id, replica_index, workload_ms, max_runtime_ms, dead_lettered, result, version, "
-    "created_at, started_at, finished_at, dispatch_id, entry_id, fence"
+    "created_at, started_at, finished_at, dispatch_id, entry_id, fence, run_at, schedule_id"
 )
 
 # The columns of a summary (row_to_summary): the watch snapshot reads neither payload nor result.
@@ -106,6 +110,10 @@ def _without_bulk(row: Mapping[str, Any]) -> task_pb2.Task:
     _set_time(task.created_at, row["created_at"])
     _set_time(task.started_at, row["started_at"])
     _set_time(task.finished_at, row["finished_at"])
+    _set_time(task.run_at, row.get("run_at"))
+    schedule_id = row.get("schedule_id")
+    if schedule_id is not None:
+        task.schedule_id = str(schedule_id)
     return task
 
 

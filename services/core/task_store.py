@@ -10,7 +10,16 @@ from typing import Any
 import asyncpg
 
 from resilienttask.v1 import task_pb2
-from services.core.task_model import CANCELLED, CANCELLING, QUEUED, RUNNING, SUMMARY_COLUMNS, TASK_COLUMNS, in_batch
+from services.core.task_model import (
+    CANCELLED,
+    CANCELLING,
+    QUEUED,
+    RUNNING,
+    SCHEDULED,
+    SUMMARY_COLUMNS,
+    TASK_COLUMNS,
+    in_batch,
+)
 
 
 async def mark_published(
@@ -87,6 +96,8 @@ async def stats(pool: asyncpg.Pool, owner_id: str) -> task_pb2.TaskStats:
 
 
 def stats_from_counts(counts: dict[int, int]) -> task_pb2.TaskStats:
+    """Counts per status as TaskStats; SCHEDULED tasks are not active (they wait for their run_at)."""
+
     def n(status: int) -> int:
         return int(counts.get(status, 0))
 
@@ -99,4 +110,5 @@ def stats_from_counts(counts: dict[int, int]) -> task_pb2.TaskStats:
         failed=n(task_pb2.TASK_STATUS_FAILED),
         cancelled=n(CANCELLED),
         timed_out=n(task_pb2.TASK_STATUS_TIMED_OUT),
+        scheduled=n(SCHEDULED),
     )

@@ -35,6 +35,7 @@ _BOUNDS = (
     ("error", ERROR_BYTES, CUT_MARK),
     ("request_id", REQUEST_ID_BYTES, ""),
     ("batch_id", UUID_BYTES, ""),
+    ("schedule_id", UUID_BYTES, ""),
 )
 
 

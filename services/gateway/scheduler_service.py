@@ -11,7 +11,7 @@ from services.core import outbox, task_store, worker_registry
 from services.core.errors import NotFound, translate_errors
 from services.core.events import TaskChange
 from services.core.limits import UserLimits
-from services.core.task_model import row_to_task, rows_to_tasks
+from services.core.task_model import QUEUED, row_to_task, rows_to_tasks
 from services.core.transitions import user as transitions
 from services.core.transitions.rules import change_for
 from services.gateway import validation
@@ -46,7 +46,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         if created:
             changes = [TaskChange(owner, task, 0) for task in tasks]
             # Held replicas wait for the owner's slot cap; they are published once released (migration 0008).
-            dispatchable = [row for row in rows if not row["held"]]
+            # SCHEDULED ones wait for their run_at: the schedulers' due publisher publishes them then.
+            dispatchable = [row for row in rows if row["status"] == QUEUED and not row["held"]]
             await outbox.emit_and_dispatch(self.pool, self.redis, dispatchable, changes)
         else:
             # A retried submission: the first attempt's gateway may have died before announcing the tasks.
@@ -110,13 +111,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def RetryTask(
         self, request: scheduler_pb2.RetryTaskRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.RetryTaskResponse:
-        retried = await transitions.retry(
-            self.pool, current_user_id(), validation.uuid_field("task_id", request.task_id), self.limits
-        )
+        task_id = validation.uuid_field("task_id", request.task_id)
+        start = validation.delay_start("delay", request.delay) if request.HasField("delay") else None
+        delay_ms = start.delay_ms if start is not None else 0
+        retried = await transitions.retry(self.pool, current_user_id(), task_id, self.limits, delay_ms)
         if retried is None:
             raise NotFound(TASK_NOT_FOUND)
         row, change = retried
-        await outbox.emit_and_dispatch(self.pool, self.redis, [] if row["held"] else [row], [change])
+        dispatchable = row["status"] == QUEUED and not row["held"]
+        await outbox.emit_and_dispatch(self.pool, self.redis, [row] if dispatchable else [], [change])
         return scheduler_pb2.RetryTaskResponse(task=row_to_task(row))
 
     @translate_errors

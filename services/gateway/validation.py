@@ -6,14 +6,14 @@ import base64
 import binascii
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf import duration_pb2, json_format
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
 from resilienttask.v1 import scheduler_pb2, task_pb2
 from services.core.errors import InvalidArgument
-from services.core.transitions.user import Submission
+from services.core.transitions.user import Start, Submission
 
 MAX_NAME_CHARS = 200
 MAX_WORKLOAD_MS = 24 * 3600 * 1000
@@ -28,6 +28,10 @@ MAX_REQUEST_ID_CHARS = 128
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 DEFAULT_KIND = "sleep"
+# Delayed tasks: a run_at this far in the past still starts (at once: a clock or a queue a little behind is not an
+# error); none further ahead than MAX_DELAY, nor a longer delay (a year and a day: yearly work fits).
+RUN_AT_PAST_GRACE_S = 60
+MAX_DELAY = timedelta(days=366)
 
 
 def duration_ms(field: str, value: duration_pb2.Duration) -> int:
@@ -87,6 +91,11 @@ def submission(request: scheduler_pb2.SubmitTaskRequest, kinds: Sequence[str]) -
     request_id = request.request_id or str(uuid.uuid4())
     if len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable():
         raise InvalidArgument("request_id", f"must be at most {MAX_REQUEST_ID_CHARS} printable characters")
+    start = None
+    if request.HasField("run_at"):
+        start = run_at_start(request.run_at, datetime.now(UTC))
+    elif request.HasField("delay"):
+        start = delay_start("delay", request.delay)
     return Submission(
         name=name,
         kind=kind,
@@ -96,7 +105,29 @@ def submission(request: scheduler_pb2.SubmitTaskRequest, kinds: Sequence[str]) -
         replicas=replicas,
         max_attempts=max_attempts,
         request_id=request_id,
+        start=start,
     )
+
+
+def run_at_start(value: timestamp_pb2.Timestamp, now: datetime) -> Start | None:
+    """The start of a task asked to run at `value`: None (at once) when it is not in the future."""
+    if not 0 <= value.nanos < 1_000_000_000:
+        raise InvalidArgument("run_at", "nanos must be between 0 and 999,999,999")
+    now_s = now.timestamp()
+    if value.seconds + value.nanos / 1e9 < now_s - RUN_AT_PAST_GRACE_S:
+        raise InvalidArgument("run_at", f"must not be more than {RUN_AT_PAST_GRACE_S} s in the past")
+    if value.seconds > now_s + MAX_DELAY.total_seconds():
+        raise InvalidArgument("run_at", f"must be at most {MAX_DELAY.days} days ahead")
+    run_at = value.ToDatetime(tzinfo=UTC)
+    return Start(run_at=run_at) if run_at > now else None
+
+
+def delay_start(field: str, value: duration_pb2.Duration) -> Start | None:
+    """The start of a task asked to run after `value`: None (at once) for a zero delay."""
+    delay_ms = duration_ms(field, value)
+    if delay_ms > MAX_DELAY.total_seconds() * 1000:
+        raise InvalidArgument(field, f"must be at most {MAX_DELAY.days} days")
+    return Start(delay_ms=delay_ms) if delay_ms > 0 else None
 
 
 def uuid_field(field: str, value: str) -> str:

@@ -18,6 +18,7 @@ from services.core.tokens import WORKER_AUDIENCE
 from services.core.worker_credentials import WorkerKeyConfig
 from services.gateway.auth_interceptor import AuthInterceptor
 from services.scheduler.connections import ConnectedWorkers, relay_commands
+from services.scheduler.due import DueConfig, DuePublisher
 from services.scheduler.enrolment import Enrolment, worker_verifier
 from services.scheduler.progress import ProgressBuffer
 from services.scheduler.store import RetryPolicy
@@ -54,6 +55,7 @@ class SchedulerConfig:
     takeover: TakeoverConfig = field(default_factory=TakeoverConfig)
     worker_limits: WorkerLimits = field(default_factory=WorkerLimits)
     limits: UserLimits = field(default_factory=UserLimits)
+    due: DueConfig = field(default_factory=DueConfig)
 
 
 async def create_server(config: SchedulerConfig) -> Service:
@@ -84,6 +86,7 @@ async def create_server(config: SchedulerConfig) -> Service:
         lambda: progress.flush_forever(pool, emitter, config.progress_flush_ms / 1000),
         emitter.run,
         lambda: run_sweepers(pool, redis, config.sweeps, config.limits),
+        DuePublisher(pool, redis, config.limits.max_active_tasks, config.due).run,
     ]
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
     service.shutdown_hooks += [servicer.close, emitter.drain, pool.close, redis.aclose]

@@ -11,13 +11,13 @@ here lets the waiting tasks through. A held task is never lost: it is released a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import asyncpg
 import redis.asyncio as aioredis
 
 from services.core import worker_registry
+from services.core.db import listen_forever
 from services.core.limits import UserLimits
 
 log = logging.getLogger(__name__)
@@ -42,27 +42,6 @@ async def release_waiting(pool: asyncpg.Pool) -> int:
 
 
 async def listen_for_releases(pool: asyncpg.Pool, wake: asyncio.Event, check_interval_s: float = 5.0) -> None:
-    """Set `wake` whenever the database released held tasks, for as long as the sweeper runs.
-
-    Holds one pooled connection, checked now and then so a broken one is replaced; the listener is removed
-    before the connection goes back (pooled sessions carry no LISTEN state).
-    """
-
-    def on_release(*_: object) -> None:
-        wake.set()
-
-    while True:
-        try:
-            async with pool.acquire() as conn:
-                await conn.add_listener(RELEASED_CHANNEL, on_release)
-                try:
-                    wake.set()  # anything released while nobody listened is published now
-                    while True:
-                        await asyncio.sleep(check_interval_s)
-                        await conn.fetchval("SELECT 1")
-                finally:
-                    with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                        await conn.remove_listener(RELEASED_CHANNEL, on_release)
-        except Exception as exc:  # whatever broke the connection, listening must resume
-            log.warning("release listener lost; reconnecting", extra={"error": repr(exc)})
-            await asyncio.sleep(check_interval_s)
+    """Set `wake` whenever the database released held tasks (and when listening starts: anything released while
+    nobody listened is published then), for as long as the sweeper runs."""
+    await listen_forever(pool, RELEASED_CHANNEL, lambda _payload: wake.set(), wake.set, check_interval_s)

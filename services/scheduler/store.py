@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from resilienttask.worker.v1 import worker_pb2
-from services.core.task_model import CANCELLING, QUEUED, TASK_COLUMNS, TERMINAL
+from services.core.task_model import CANCELLING, QUEUED, SCHEDULED, TASK_COLUMNS, TERMINAL
 from services.core.transitions.finish import FinishOutcome, RetryPolicy, finish_batch
 from services.core.transitions.rules import SUPERSEDED, valid_uuids
 from services.core.transitions.start import HolderCheck, StartOutcome, start_batch
@@ -52,7 +52,7 @@ async def stops_for_held(
             or row["worker_id"] != worker_id
             or row["fence"] != task.fence
             or row["status"] in TERMINAL
-            or row["status"] == QUEUED
+            or row["status"] in (QUEUED, SCHEDULED)
         ):
             stops.append((task.task_id, task.fence, SUPERSEDED))
         elif row["status"] == CANCELLING:

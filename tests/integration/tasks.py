@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import grpc
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from resilienttask.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 from services.core.task_model import TERMINAL
@@ -19,6 +19,12 @@ def duration(seconds: float) -> duration_pb2.Duration:
     value = duration_pb2.Duration()
     value.FromTimedelta(timedelta(seconds=seconds))
     return value
+
+
+def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
 
 
 class UserTasks:
@@ -38,6 +44,8 @@ class UserTasks:
         max_attempts: int = 0,
         request_id: str | None = None,
         name: str = "test task",
+        run_at: datetime | None = None,
+        delay_s: float | None = None,
     ) -> list[task_pb2.Task]:
         request = scheduler_pb2.SubmitTaskRequest(
             name=name,
@@ -49,6 +57,10 @@ class UserTasks:
         )
         if max_runtime_s is not None:
             request.max_runtime.CopyFrom(duration(max_runtime_s))
+        if run_at is not None:
+            request.run_at.CopyFrom(timestamp(run_at))
+        if delay_s is not None:
+            request.delay.CopyFrom(duration(delay_s))
         reply = await self.stub.SubmitTask(request, metadata=self.account.metadata)
         return list(reply.tasks)
 
@@ -78,3 +90,14 @@ class UserTasks:
             scheduler_pb2.CancelBatchRequest(batch_id=batch_id), metadata=self.account.metadata
         )
         return list(reply.tasks)
+
+    async def retry(self, task_id: str, delay_s: float | None = None) -> task_pb2.Task:
+        request = scheduler_pb2.RetryTaskRequest(task_id=task_id)
+        if delay_s is not None:
+            request.delay.CopyFrom(duration(delay_s))
+        reply = await self.stub.RetryTask(request, metadata=self.account.metadata)
+        return reply.task
+
+    async def stats(self) -> task_pb2.TaskStats:
+        reply = await self.stub.GetStats(scheduler_pb2.GetStatsRequest(), metadata=self.account.metadata)
+        return reply.stats

@@ -3,7 +3,8 @@ its history row; the version bump is the database's), and the change event it re
 announce once the statement has committed.
 
 - rules: the allowed-transition table, history rows, change events;
-- user: submit, cancel, retry, delete, clear history (the gateway);
+- user: submit (at once or SCHEDULED), cancel, retry, delete, clear history (the gateway);
+- due: SCHEDULED tasks whose run_at has come become QUEUED (the scheduler's due publisher);
 - start, finish: a worker's start and outcome reports, fenced (the scheduler);
 - sweeps: progress, and attempts nobody finished (the scheduler).
 """

@@ -21,6 +21,7 @@ from services.core.task_model import (
     FAILED,
     QUEUED,
     RUNNING,
+    SCHEDULED,
     SUCCEEDED,
     TIMED_OUT,
     row_to_summary,
@@ -28,15 +29,18 @@ from services.core.task_model import (
 )
 
 # RUNNING -> RUNNING is a reclaimed attempt (a new worker takes over from a dead one);
-# RUNNING -> QUEUED is a failed attempt with attempts left; terminal -> QUEUED is RetryTask.
+# RUNNING -> QUEUED is a failed attempt with attempts left; terminal -> QUEUED is RetryTask, terminal ->
+# SCHEDULED a RetryTask with a delay; SCHEDULED -> QUEUED is a delayed task falling due (transitions.due), and
+# SCHEDULED -> CANCELLED a cancel before then (the task never reaches a worker).
 ALLOWED_TRANSITIONS: Mapping[int, frozenset[int]] = {
     QUEUED: frozenset({RUNNING, CANCELLED, FAILED}),
     RUNNING: frozenset({RUNNING, QUEUED, CANCELLING, SUCCEEDED, FAILED, CANCELLED, TIMED_OUT}),
     CANCELLING: frozenset({CANCELLED, SUCCEEDED, TIMED_OUT}),
     SUCCEEDED: frozenset(),
-    FAILED: frozenset({QUEUED}),
-    CANCELLED: frozenset({QUEUED}),
-    TIMED_OUT: frozenset({QUEUED}),
+    FAILED: frozenset({QUEUED, SCHEDULED}),
+    CANCELLED: frozenset({QUEUED, SCHEDULED}),
+    TIMED_OUT: frozenset({QUEUED, SCHEDULED}),
+    SCHEDULED: frozenset({QUEUED, CANCELLED}),
 }
 
 # Why a report or a held task is refused: the attempt was reclaimed and runs under a newer fence.
@@ -44,6 +48,10 @@ SUPERSEDED = "superseded"
 
 # The sweeper publishes a fresh submission only if its gateway did not within this delay.
 PUBLISH_GRACE_S = 5.0
+
+# Notified (payload: the earliest run_at stored, epoch milliseconds) when SCHEDULED tasks are stored, so the due
+# publishers sleeping until a later time wake at once (migration 0009, services.scheduler.due).
+SCHEDULED_CHANNEL = "rt_scheduled"
 
 
 class InvalidTransition(FailedPrecondition):

@@ -9,6 +9,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -17,15 +18,16 @@ from services.core.errors import FailedPrecondition
 from services.core.events import TaskChange
 from services.core.limits import UserLimits
 from services.core.task_model import (
-    ACTIVE,
     CANCELLED,
     CANCELLING,
     QUALIFIED_TASK_COLUMNS,
     QUEUED,
     RETRYABLE,
     RUNNING,
+    SCHEDULED,
     TASK_COLUMNS,
     TERMINAL,
+    UNFINISHED,
     in_batch,
     status_name,
 )
@@ -41,8 +43,17 @@ from services.core.transitions.rules import (
 
 
 @dataclass(frozen=True)
+class Start:
+    """When a delayed submission starts: at run_at, or delay_ms after the database's now (one clock for every
+    replica, whatever the gateway's clock). A submission without one starts at once."""
+
+    run_at: datetime | None = None
+    delay_ms: int = 0
+
+
+@dataclass(frozen=True)
 class Submission:
-    """A validated SubmitTask request."""
+    """A validated SubmitTask request; start is set only for a task due in the future (SCHEDULED until then)."""
 
     name: str
     kind: str
@@ -52,6 +63,7 @@ class Submission:
     replicas: int
     max_attempts: int
     request_id: str
+    start: Start | None = None
 
 
 DEFAULT_LIMITS = UserLimits()
@@ -116,13 +128,48 @@ guard AS (
 SELECT inserted.* FROM inserted, guard ORDER BY replica_index
 """
 
+# A delayed submission: the same statement, but its replicas are SCHEDULED until run_at ($18, or now() plus $11
+# ms), never published by anyone but the due publisher (publish_after is infinity), and admitted against the
+# stored-task limit and the rate only ($14, the active limit, is passed as 0: they are not active until due).
+# Their first history row (none -> SCHEDULED) is stored, as the view derives a none -> QUEUED one otherwise.
+# The insert trigger of migration 0009 wakes the due publishers at commit.
+_INSERT_SCHEDULED = f"""
+WITH admitted AS (SELECT {_ADMIT} AS dispatchable),
+inserted AS (
+    INSERT INTO tasks (id, owner_id, name, kind, payload, status, max_attempts, request_id, batch_id,
+                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held, run_at)
+    SELECT t.id, $2, $3, $4, $5::jsonb, {SCHEDULED}, $6, $7, $8, t.idx, $9, $10, t.dispatch_id,
+           'infinity'::timestamptz, false, coalesce($18::timestamptz, now() + make_interval(secs => $11 / 1000.0))
+    FROM unnest($1::uuid[], $12::int[], $13::uuid[]) AS t(id, idx, dispatch_id), admitted
+    ON CONFLICT (owner_id, request_id, replica_index) DO NOTHING
+    RETURNING {TASK_COLUMNS}, held
+),
+recorded AS (
+    INSERT INTO {HISTORY_TABLE} ({HISTORY_COLUMNS})
+    SELECT id, version, NULL, status, attempt, worker_id, fence, 'submitted' FROM inserted
+),
+guard AS (
+    SELECT CASE WHEN count(*) <> cardinality($1::uuid[]) THEN rt_refuse('request_id used before') END
+    FROM inserted
+)
+SELECT inserted.* FROM inserted, guard ORDER BY replica_index
+"""
+
 
 async def _insert_submission(
     pool: asyncpg.Pool, owner_id: str, spec: Submission, batch_id: str, ids: list[str], limits: UserLimits
 ) -> list[asyncpg.Record]:
+    start = spec.start
+    max_active, max_stored, rate_per_s, burst = _limit_args(limits)
+    # $11: the publication grace of a task to dispatch now, or the delay (ms) of a delayed one, whose run_at is $18.
+    timing: float = PUBLISH_GRACE_S
+    scheduled: tuple[Any, ...] = ()
+    if start is not None:
+        max_active = 0  # not active until due: the due publisher admits it then (transitions.due)
+        timing, scheduled = start.delay_ms, (start.run_at,)
     try:
         rows = await pool.fetch(
-            _INSERT_SUBMISSION,
+            _INSERT_SUBMISSION if start is None else _INSERT_SCHEDULED,
             ids,
             owner_id,
             spec.name,
@@ -133,10 +180,14 @@ async def _insert_submission(
             batch_id,
             spec.workload_ms,
             spec.max_runtime_ms,
-            PUBLISH_GRACE_S,
+            timing,
             list(range(spec.replicas)),
             [str(uuid.uuid4()) for _ in ids],
-            *_limit_args(limits),
+            max_active,
+            max_stored,
+            rate_per_s,
+            burst,
+            *scheduled,
         )
     except asyncpg.PostgresError as exc:
         if exc.sqlstate == _REFUSED:
@@ -160,8 +211,9 @@ class CancelResult:
     to_stop: list[RunningRef]
 
 
-# Queued → CANCELLED, running → CANCELLING, with history, in one autocommit statement. Rows are locked in id
-# order, as everywhere else, so concurrent batches cannot deadlock. Returns every matching row as it was
+# Queued or scheduled → CANCELLED (never started, so never to run), running → CANCELLING, with history, in one
+# autocommit statement. Rows are locked in id order, as everywhere else, so concurrent batches cannot deadlock.
+# Returns every matching row as it was
 # ("before") and every changed row as it now is ("after").
 _CANCEL = f"""
 WITH target AS (
@@ -169,10 +221,11 @@ WITH target AS (
 ),
 changed AS (
     UPDATE tasks SET
-        status = CASE WHEN target.status = {QUEUED} THEN {CANCELLED} ELSE {CANCELLING} END,
-        finished_at = CASE WHEN target.status = {QUEUED} THEN now() ELSE tasks.finished_at END,
-        error = CASE WHEN target.status = {QUEUED} THEN 'cancelled while queued' ELSE tasks.error END
-    FROM target WHERE tasks.id = target.id AND target.status IN ({QUEUED}, {RUNNING})
+        status = CASE WHEN target.status = {RUNNING} THEN {CANCELLING} ELSE {CANCELLED} END,
+        finished_at = CASE WHEN target.status = {RUNNING} THEN tasks.finished_at ELSE now() END,
+        error = CASE target.status WHEN {QUEUED} THEN 'cancelled while queued'
+                                   WHEN {SCHEDULED} THEN 'cancelled while scheduled' ELSE tasks.error END
+    FROM target WHERE tasks.id = target.id AND target.status IN ({QUEUED}, {RUNNING}, {SCHEDULED})
     RETURNING {QUALIFIED_TASK_COLUMNS}
 ),
 recorded AS (
@@ -191,7 +244,7 @@ _CANCEL_BY = {"id": _CANCEL.format(match="id = $2"), "batch_id": _CANCEL.format(
 async def cancel(
     pool: asyncpg.Pool, owner_id: str, *, task_id: str | None = None, batch_id: str | None = None
 ) -> CancelResult:
-    """Queued → CANCELLED at once; running → CANCELLING (the caller pushes the stop to the worker).
+    """Queued or scheduled → CANCELLED at once; running → CANCELLING (the caller pushes the stop to the worker).
 
     Cancelling a cancelling or cancelled task again is harmless; a finished one is FAILED_PRECONDITION
     (for a single task; a batch skips its finished tasks).
@@ -217,41 +270,58 @@ async def cancel(
 # A failed, timed-out or cancelled task back to QUEUED with a fresh dispatch, history included, in one
 # statement; the row as it was comes back too, so a refusal can name the status it found. A retried task is
 # active again and counts as a submission (rt_admit, only for a task that can be retried): it may be held
-# for the owner's slot cap like a new one.
+# for the owner's slot cap like a new one. With a delay ($10 ms, above 0) it is SCHEDULED instead, until
+# now() plus the delay: admitted as a delayed submission is (not active until due, $6 is not applied), and the
+# due publishers are woken (rt_wake_due, migration 0009).
 _RETRY = f"""
 WITH target AS (SELECT id, status FROM tasks WHERE id = $1 AND owner_id = $2 FOR UPDATE),
 admitted AS (
-    SELECT rt_admit($2, '', 1, 0, $6, $7, $8, $9) AS dispatchable FROM target
-    WHERE target.status = ANY($5::smallint[])
+    SELECT rt_admit($2, '', 1, 0, CASE WHEN $10::bigint > 0 THEN 0 ELSE $6 END, $7, $8, $9) AS dispatchable
+    FROM target WHERE target.status = ANY($5::smallint[])
+),
+timing AS (
+    SELECT $10::bigint > 0 AS delayed, now() + make_interval(secs => $10::bigint / 1000.0) AS run_at
 ),
 changed AS (
-    UPDATE tasks SET status = {QUEUED}, attempt = 0, dead_lettered = false, error = '', progress = 0,
+    UPDATE tasks SET status = CASE WHEN timing.delayed THEN {SCHEDULED} ELSE {QUEUED} END,
+        attempt = 0, dead_lettered = false, error = '', progress = 0,
         result = NULL, started_at = NULL, finished_at = NULL, worker_id = '', dispatch_id = $3,
-        published = false, published_at = NULL, held = admitted.dispatchable < 1,
-        publish_after = CASE WHEN admitted.dispatchable < 1 THEN 'infinity'::timestamptz
+        published = false, published_at = NULL, held = NOT timing.delayed AND admitted.dispatchable < 1,
+        run_at = CASE WHEN timing.delayed THEN timing.run_at END,
+        publish_after = CASE WHEN timing.delayed OR admitted.dispatchable < 1 THEN 'infinity'::timestamptz
                              ELSE now() + make_interval(secs => $4) END
-    FROM target, admitted WHERE tasks.id = target.id
+    FROM target, admitted, timing WHERE tasks.id = target.id
     RETURNING {QUALIFIED_TASK_COLUMNS}, tasks.held, target.status AS before
 ),
 recorded AS ({history_of("changed", "before", "'retry requested'")})
-SELECT target.status AS found, changed.* FROM target LEFT JOIN changed ON true
+SELECT target.status AS found, changed.*,
+    CASE WHEN changed.status = {SCHEDULED} THEN rt_wake_due(changed.run_at) END AS woken
+FROM target LEFT JOIN changed ON true
 """
 
 
 async def retry(
-    pool: asyncpg.Pool, owner_id: str, task_id: str, limits: UserLimits = DEFAULT_LIMITS
+    pool: asyncpg.Pool, owner_id: str, task_id: str, limits: UserLimits = DEFAULT_LIMITS, delay_ms: int = 0
 ) -> tuple[asyncpg.Record, TaskChange] | None:
-    """A failed, timed-out or cancelled task starts over with a fresh set of attempts.
+    """A failed, timed-out or cancelled task starts over with a fresh set of attempts: at once, or after
+    delay_ms (SCHEDULED until then).
 
     The row comes back with `held`: True when it waits for the owner's slot cap (not to be dispatched now).
     """
     row = await pool.fetchrow(
-        _RETRY, task_id, owner_id, str(uuid.uuid4()), PUBLISH_GRACE_S, sorted(RETRYABLE), *_limit_args(limits)
+        _RETRY,
+        task_id,
+        owner_id,
+        str(uuid.uuid4()),
+        PUBLISH_GRACE_S,
+        sorted(RETRYABLE),
+        *_limit_args(limits),
+        delay_ms,
     )
     if row is None:
         return None
     if row["id"] is None:
-        check_transition(row["found"], QUEUED, "retry")
+        check_transition(row["found"], SCHEDULED if delay_ms > 0 else QUEUED, "retry")
     return row, change_for(row, row["before"])
 
 
@@ -265,7 +335,7 @@ async def delete(pool: asyncpg.Pool, owner_id: str, task_id: str) -> TaskChange 
         "SELECT target.*, gone.id IS NOT NULL AS deleted FROM target LEFT JOIN gone ON true",
         task_id,
         owner_id,
-        sorted(ACTIVE),
+        sorted(UNFINISHED),
     )
     if row is None:
         return None

@@ -1,0 +1,105 @@
+"""The due publisher: SCHEDULED tasks reach the dispatch streams when their run_at comes, not before.
+
+It sleeps until the earliest run_at it knows of and is woken early by the database when a gateway stores an
+earlier one (a PostgreSQL notification sent at the commit of that insert, migration 0009: it cannot arrive
+before the row is visible, it costs the gateway no extra round trip, and it is one of the database's own
+guarantees rather than a second system's). It never polls: a periodic look (idle_check_s) only lets through
+tasks whose owners were at their active limit and have room again, and covers a notification lost with a
+broken listening connection.
+
+When tasks are due it flips them QUEUED a batch per statement (transitions.due, safe with any number of
+schedulers) and publishes each batch through the same path as a submission (outbox.emit_and_dispatch: the
+change events and the dispatch entries in one pipelined round trip). A crash between the commit and the XADD
+loses nothing: the rows are QUEUED and unpublished, and the publish sweep publishes them after the grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from services.core import outbox
+from services.core.db import listen_forever
+from services.core.transitions import due
+from services.core.transitions.rules import PUBLISH_GRACE_S, SCHEDULED_CHANNEL
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DueConfig:
+    # Tasks flipped and published per statement and round trip: large enough that 10,000 due at once take a few
+    # round trips, small enough that one statement holds its row locks briefly.
+    batch: int = 1000
+    # The longest sleep without a notification: how soon a due task whose owner was at the active limit goes
+    # once the owner has room (nothing notifies that), and a bound on a lost notification's cost.
+    idle_check_s: float = 1.0
+    # Added to each sleep: an event loop may wake a timer up to its clock resolution early.
+    wake_margin_s: float = 0.001
+
+
+class DuePublisher:
+    """One scheduler's due publisher; run() until cancelled."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, redis: aioredis.Redis, max_active_tasks: int, config: DueConfig | None = None
+    ) -> None:
+        self.pool = pool
+        self.redis = redis
+        self.max_active_tasks = max_active_tasks
+        self.config = config or DueConfig()
+        self._wake = asyncio.Event()
+        # Wall-clock time (s) this publisher will look next; a notification of an earlier run_at wakes it.
+        self._next_look = 0.0
+
+    async def run(self) -> None:
+        await asyncio.gather(self._publish_forever(), self._listen())
+
+    async def publish_once(self) -> int:
+        """Flip one batch of due tasks and publish them; returns how many were flipped."""
+        rows, changes = await due.flip_due(self.pool, self.config.batch, self.max_active_tasks, PUBLISH_GRACE_S)
+        if rows:
+            await outbox.emit_and_dispatch(self.pool, self.redis, [r for r in rows if not r["held"]], changes)
+        return len(rows)
+
+    async def _publish_forever(self) -> None:
+        while True:
+            wait_s = self.config.idle_check_s
+            # Until the sleep starts, any notification wakes it: the reads below may have missed that row.
+            self._next_look = math.inf
+            self._wake.clear()
+            try:
+                if await self.publish_once() >= self.config.batch:
+                    continue  # more may be due right now
+                until = await due.seconds_until_due(self.pool, self.max_active_tasks)
+                if until is not None:
+                    wait_s = min(wait_s, max(0.0, until) + self.config.wake_margin_s)
+            except (asyncpg.PostgresError, OSError, RedisError, asyncpg.InterfaceError) as exc:
+                log.warning("due publication failed; will retry", extra={"error": repr(exc)})
+            except Exception:  # the loop must outlive anything (e.g. a connection broken mid-query)
+                log.exception("due publication crashed; will retry")
+            await self._sleep(wait_s)
+
+    async def _sleep(self, wait_s: float) -> None:
+        self._next_look = time.time() + wait_s
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), wait_s)
+
+    def _notified(self, payload: str) -> None:
+        try:
+            run_at_s = int(payload) / 1000
+        except ValueError:
+            run_at_s = 0.0
+        if run_at_s < self._next_look:
+            self._wake.set()
+
+    async def _listen(self) -> None:
+        await listen_forever(self.pool, SCHEDULED_CHANNEL, self._notified, self._wake.set)
