@@ -30,6 +30,7 @@ class InvalidArgument(DomainError):
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"{field}: {reason}")
         self.field = field
+        self.reason = reason
 
 
 class NotFound(DomainError):

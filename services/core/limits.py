@@ -29,12 +29,14 @@ class UserLimits:
     max_watch_streams: int = 20
     # Share of the live worker slots one user's tasks may hold at once; the rest wait queued. 1 or more: no cap.
     slot_share: float = 0.5
+    # Recurring schedules stored at once: each one fires on its own, so it bounds one user's share of the firing.
+    max_schedules: int = 100
     # ClearHistory deletes and announces finished tasks this many per transaction (not a per-user limit: it
     # bounds what one call holds at once).
     clear_history_page: int = 500
 
     def __post_init__(self) -> None:
-        for name in ("max_active_tasks", "max_stored_tasks", "submit_burst", "max_watch_streams"):
+        for name in ("max_active_tasks", "max_stored_tasks", "submit_burst", "max_watch_streams", "max_schedules"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{env_name(name)} must not be negative")
         if self.clear_history_page < 1:
@@ -65,6 +67,7 @@ class UserLimits:
             submit_burst=0,
             max_watch_streams=0,
             slot_share=1,
+            max_schedules=0,
         )
 
     def to_env(self) -> dict[str, str]:
@@ -81,6 +84,7 @@ class UserLimits:
             submit_burst=env_int(env_name("submit_burst"), d.submit_burst, env),
             max_watch_streams=env_int(env_name("max_watch_streams"), d.max_watch_streams, env),
             slot_share=env_float(env_name("slot_share"), d.slot_share, env),
+            max_schedules=env_int(env_name("max_schedules"), d.max_schedules, env),
             clear_history_page=env_int(env_name("clear_history_page"), d.clear_history_page, env),
         )
 

@@ -105,6 +105,9 @@ def _without_bulk(row: Mapping[str, Any]) -> task_pb2.Task:
         dead_lettered=row["dead_lettered"],
         version=row["version"],
     )
+    schedule_id = row.get("schedule_id")
+    if schedule_id is not None:
+        task.schedule_id = str(schedule_id)
     task.workload.FromMilliseconds(row["workload_ms"])
     task.max_runtime.FromMilliseconds(row["max_runtime_ms"])
     _set_time(task.created_at, row["created_at"])

@@ -47,7 +47,7 @@ def bearer_token(metadata: Any) -> str | None:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Verifies the bearer token of every call to the protected service before its handler runs.
+    """Verifies the bearer token of every call to the protected services before its handler runs.
 
     Calls to other services (AuthService, health, reflection) pass through untouched. The check runs
     inside the wrapped behaviour, that is in the call's own task, so the subject it sets is seen by
@@ -55,12 +55,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(
-        self, config: SigningKey, protected_prefix: str, audience: str, exempt: frozenset[str] = frozenset()
+        self,
+        config: SigningKey,
+        protected_prefix: str | tuple[str, ...],
+        audience: str,
+        exempt: frozenset[str] = frozenset(),
     ) -> None:
-        """`exempt`: full method names under the prefix that check their own credentials (worker enrolment)."""
-        if not (protected_prefix.startswith("/") and protected_prefix.endswith("/")):
-            raise ValueError(f"protected_prefix must look like '/package.Service/', got {protected_prefix!r}")
-        self._prefix = protected_prefix
+        """`protected_prefix`: one service's prefix or several; `exempt`: full method names under them that check
+        their own credentials (worker enrolment)."""
+        prefixes = (protected_prefix,) if isinstance(protected_prefix, str) else protected_prefix
+        for prefix in prefixes:
+            if not (prefix.startswith("/") and prefix.endswith("/")):
+                raise ValueError(f"protected_prefix must look like '/package.Service/', got {prefix!r}")
+        self._prefix = prefixes
         self._exempt = exempt
         self._verified = VerifiedTokens(config, audience)
 

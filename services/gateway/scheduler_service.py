@@ -7,13 +7,11 @@ import grpc
 import redis.asyncio as aioredis
 
 from resilienttask.v1 import scheduler_pb2, scheduler_pb2_grpc
-from services.core import outbox, task_store, worker_registry
+from services.core import outbox, task_actions, task_store, worker_registry
 from services.core.errors import NotFound, translate_errors
-from services.core.events import TaskChange
 from services.core.limits import UserLimits
 from services.core.task_model import QUEUED, row_to_task, rows_to_tasks
 from services.core.transitions import user as transitions
-from services.core.transitions.rules import change_for
 from services.gateway import validation
 from services.gateway.auth_interceptor import current_user_id
 from services.gateway.watch.hub import Hub
@@ -41,18 +39,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> scheduler_pb2.SubmitTaskResponse:
         owner = current_user_id()
         spec = validation.submission(request, await self.kinds.kinds(request.kind or validation.DEFAULT_KIND))
-        rows, created = await transitions.submit(self.pool, owner, spec, self.limits)
-        tasks = rows_to_tasks(rows)
-        if created:
-            changes = [TaskChange(owner, task, 0) for task in tasks]
-            # Held replicas wait for the owner's slot cap; they are published once released (migration 0008).
-            # SCHEDULED ones wait for their run_at: the schedulers' due publisher publishes them then.
-            dispatchable = [row for row in rows if row["status"] == QUEUED and not row["held"]]
-            await outbox.emit_and_dispatch(self.pool, self.redis, dispatchable, changes)
-        else:
-            # A retried submission: the first attempt's gateway may have died before announcing the tasks.
-            await outbox.emit(self.redis, [TaskChange(owner, task, task.status) for task in tasks], self.pool)
-        return scheduler_pb2.SubmitTaskResponse(tasks=tasks)
+        rows, _ = await task_actions.submit(self.pool, self.redis, owner, spec, self.limits)
+        return scheduler_pb2.SubmitTaskResponse(tasks=rows_to_tasks(rows))
 
     @translate_errors
     async def GetTask(
@@ -85,12 +73,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         return scheduler_pb2.ListTasksResponse(tasks=rows_to_tasks(rows), next_page_token=next_token)
 
     async def _cancel(self, *, task_id: str | None = None, batch_id: str | None = None) -> transitions.CancelResult:
-        result = await transitions.cancel(self.pool, current_user_id(), task_id=task_id, batch_id=batch_id)
+        result = await task_actions.cancel(self.pool, self.redis, current_user_id(), task_id=task_id, batch_id=batch_id)
         if not result.rows:
             raise NotFound(TASK_NOT_FOUND if task_id else "batch not found")
-        # A repeated cancel announces the state again, in case the first one's gateway died before doing so.
-        changes = result.changes or [change_for(r, r["status"]) for r in result.rows]
-        await outbox.stop_and_emit(self.pool, self.redis, result.to_stop, "cancelled", changes)
         return result
 
     @translate_errors

@@ -1,4 +1,4 @@
-"""Scheduler process: WorkerService (what workers call) and the supervision loops."""
+"""Scheduler process: WorkerService (what workers call), the supervision loops and the firing of schedules."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from services.scheduler.connections import ConnectedWorkers, relay_commands
 from services.scheduler.due import DueConfig, DuePublisher
 from services.scheduler.enrolment import Enrolment, worker_verifier
 from services.scheduler.progress import ProgressBuffer
+from services.scheduler.schedule_firer import FiringConfig, ScheduleFirer
 from services.scheduler.store import RetryPolicy
 from services.scheduler.sweepers import SweepConfig, run_sweepers
 from services.scheduler.worker_limits import WorkerLimits
@@ -56,6 +57,7 @@ class SchedulerConfig:
     worker_limits: WorkerLimits = field(default_factory=WorkerLimits)
     limits: UserLimits = field(default_factory=UserLimits)
     due: DueConfig = field(default_factory=DueConfig)
+    firing: FiringConfig = field(default_factory=FiringConfig)
 
 
 async def create_server(config: SchedulerConfig) -> Service:
@@ -87,6 +89,7 @@ async def create_server(config: SchedulerConfig) -> Service:
         emitter.run,
         lambda: run_sweepers(pool, redis, config.sweeps, config.limits),
         DuePublisher(pool, redis, config.limits.max_active_tasks, config.due).run,
+        ScheduleFirer(pool, redis, config.limits, config.firing).run,
     ]
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
     service.shutdown_hooks += [servicer.close, emitter.drain, pool.close, redis.aclose]

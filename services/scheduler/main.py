@@ -11,6 +11,7 @@ from services.core.logging import configure_logging
 from services.core.server import run_until_signalled
 from services.core.worker_credentials import WorkerKeyConfig
 from services.scheduler.app import SchedulerConfig, TakeoverConfig, create_server
+from services.scheduler.schedule_firer import FiringConfig
 from services.scheduler.store import RetryPolicy
 from services.scheduler.sweepers import SweepConfig
 
@@ -35,6 +36,7 @@ async def _serve() -> None:
             holder_silent_ms=env_int("RTASK_HOLDER_SILENT_MS", env_int("RTASK_WORKER_RECLAIM_IDLE_MS", 10_000) * 4 // 5)
         ),
         limits=UserLimits.from_env(),
+        firing=FiringConfig(misfire_grace_ms=env_int("RTASK_SCHEDULE_MISFIRE_GRACE_MS", 1000)),
     )
     service = await create_server(config)
     await run_until_signalled(service, config.server)

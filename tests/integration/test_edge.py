@@ -230,6 +230,7 @@ def _grpcurl_session(edge: str) -> None:
     assert {
         "resilienttask.v1.AuthService",
         "resilienttask.v1.SchedulerService",
+        "resilienttask.v1.ScheduleService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     } <= set(listed.stdout.split())

@@ -62,6 +62,11 @@ def test_the_stack_names_its_listen_address_and_extra_names(tmp_path: Path) -> N
 def test_the_protoset_holds_the_public_api_and_not_the_worker_service() -> None:
     files = {f.name: f for f in descriptor_set().file}
     services = {f"{f.package}.{s.name}" for f in files.values() for s in f.service}
-    assert services == {"resilienttask.v1.AuthService", "resilienttask.v1.SchedulerService", "grpc.health.v1.Health"}
+    assert services == {
+        "resilienttask.v1.AuthService",
+        "resilienttask.v1.SchedulerService",
+        "resilienttask.v1.ScheduleService",
+        "grpc.health.v1.Health",
+    }
     for file in files.values():
         assert set(file.dependency) <= set(files), f"{file.name} imports a file the set lacks"

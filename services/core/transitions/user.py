@@ -64,6 +64,8 @@ class Submission:
     max_attempts: int
     request_id: str
     start: Start | None = None
+    # The schedule whose firing this is (None: a user's own submission).
+    schedule_id: str | None = None
 
 
 DEFAULT_LIMITS = UserLimits()
@@ -112,11 +114,11 @@ _INSERT_SUBMISSION = f"""
 WITH admitted AS (SELECT {_ADMIT} AS dispatchable),
 inserted AS (
     INSERT INTO tasks (id, owner_id, name, kind, payload, status, max_attempts, request_id, batch_id,
-                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held)
+                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held, schedule_id)
     SELECT t.id, $2, $3, $4, $5::jsonb, {QUEUED}, $6, $7, $8, t.idx, $9, $10, t.dispatch_id,
            CASE WHEN t.idx < admitted.dispatchable THEN now() + make_interval(secs => $11)
                 ELSE 'infinity'::timestamptz END,
-           t.idx >= admitted.dispatchable
+           t.idx >= admitted.dispatchable, $18::uuid
     FROM unnest($1::uuid[], $12::int[], $13::uuid[]) AS t(id, idx, dispatch_id), admitted
     ON CONFLICT (owner_id, request_id, replica_index) DO NOTHING
     RETURNING {TASK_COLUMNS}, held
@@ -128,7 +130,7 @@ guard AS (
 SELECT inserted.* FROM inserted, guard ORDER BY replica_index
 """
 
-# A delayed submission: the same statement, but its replicas are SCHEDULED until run_at ($18, or now() plus $11
+# A delayed submission: the same statement, but its replicas are SCHEDULED until run_at ($19, or now() plus $11
 # ms), never published by anyone but the due publisher (publish_after is infinity), and admitted against the
 # stored-task limit and the rate only ($14, the active limit, is passed as 0: they are not active until due).
 # Their first history row (none -> SCHEDULED) is stored, as the view derives a none -> QUEUED one otherwise.
@@ -137,9 +139,11 @@ _INSERT_SCHEDULED = f"""
 WITH admitted AS (SELECT {_ADMIT} AS dispatchable),
 inserted AS (
     INSERT INTO tasks (id, owner_id, name, kind, payload, status, max_attempts, request_id, batch_id,
-                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held, run_at)
+                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held, schedule_id,
+                       run_at)
     SELECT t.id, $2, $3, $4, $5::jsonb, {SCHEDULED}, $6, $7, $8, t.idx, $9, $10, t.dispatch_id,
-           'infinity'::timestamptz, false, coalesce($18::timestamptz, now() + make_interval(secs => $11 / 1000.0))
+           'infinity'::timestamptz, false, $18::uuid,
+           coalesce($19::timestamptz, now() + make_interval(secs => $11 / 1000.0))
     FROM unnest($1::uuid[], $12::int[], $13::uuid[]) AS t(id, idx, dispatch_id), admitted
     ON CONFLICT (owner_id, request_id, replica_index) DO NOTHING
     RETURNING {TASK_COLUMNS}, held
@@ -161,7 +165,7 @@ async def _insert_submission(
 ) -> list[asyncpg.Record]:
     start = spec.start
     max_active, max_stored, rate_per_s, burst = _limit_args(limits)
-    # $11: the publication grace of a task to dispatch now, or the delay (ms) of a delayed one, whose run_at is $18.
+    # $11: the publication grace of a task to dispatch now, or the delay (ms) of a delayed one, whose run_at is $19.
     timing: float = PUBLISH_GRACE_S
     scheduled: tuple[Any, ...] = ()
     if start is not None:
@@ -187,6 +191,7 @@ async def _insert_submission(
             max_stored,
             rate_per_s,
             burst,
+            spec.schedule_id,
             *scheduled,
         )
     except asyncpg.PostgresError as exc:

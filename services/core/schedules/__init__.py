@@ -1,0 +1,1 @@
+"""Recurring schedules: their timing, their rows, and one firing."""

@@ -1,0 +1,96 @@
+"""Checks of a ScheduleSpec: every refusal is INVALID_ARGUMENT naming the field (spec.cron.expression, ...).
+
+The task template obeys SubmitTask's bounds, checked by the same code (validation.submission).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from resilienttask.v1 import schedule_pb2, scheduler_pb2
+from services.core.errors import InvalidArgument
+from services.core.schedules.timing import TimingError, check_cron, zone
+from services.core.transitions.user import Submission
+from services.gateway import validation
+
+MIN_INTERVAL_MS = 1000
+MAX_INTERVAL_MS = 366 * 24 * 3600 * 1000
+MAX_JITTER_MS = 3600 * 1000
+MAX_CATCHUP_LIMIT = 100
+
+
+def template_request(template: schedule_pb2.TaskTemplate, request_id: str) -> scheduler_pb2.SubmitTaskRequest:
+    """The SubmitTask request a firing makes of the template."""
+    request = scheduler_pb2.SubmitTaskRequest(
+        name=template.name,
+        kind=template.kind,
+        replicas=template.replicas,
+        max_attempts=template.max_attempts,
+        request_id=request_id,
+    )
+    request.payload.CopyFrom(template.payload)
+    request.workload.CopyFrom(template.workload)
+    if template.HasField("max_runtime"):
+        request.max_runtime.CopyFrom(template.max_runtime)
+    return request
+
+
+def template_submission(
+    template: schedule_pb2.TaskTemplate, request_id: str, schedule_id: str, kinds: Sequence[str] | None = None
+) -> Submission:
+    """The submission of one firing; `kinds` None: whatever kind the template names (checked when stored)."""
+    kind = template.kind or validation.DEFAULT_KIND
+    try:
+        spec = validation.submission(template_request(template, request_id), [kind] if kinds is None else kinds)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"spec.task.{exc.field}", exc.reason) from exc
+    return dataclasses.replace(spec, schedule_id=schedule_id)
+
+
+def spec(value: schedule_pb2.ScheduleSpec, kinds: Sequence[str]) -> schedule_pb2.ScheduleSpec:
+    """The spec, checked whole, with the cron expression's fields separated by single spaces."""
+    checked = schedule_pb2.ScheduleSpec()
+    checked.CopyFrom(value)
+    name = value.name.strip()
+    if not name:
+        raise InvalidArgument("spec.name", "is required")
+    if len(name) > validation.MAX_NAME_CHARS or "\x00" in name:
+        raise InvalidArgument("spec.name", f"must be at most {validation.MAX_NAME_CHARS} characters, without NUL")
+    checked.name = name
+    timing = value.WhichOneof("timing")
+    if timing is None:
+        raise InvalidArgument("spec.timing", "set either cron or interval")
+    if timing == "cron":
+        try:
+            checked.cron.expression = check_cron(value.cron.expression)
+            zone(value.cron.time_zone)
+        except TimingError as exc:
+            raise InvalidArgument(f"spec.cron.{exc.field}", exc.reason) from exc
+        interval_ms = None
+    else:
+        interval_ms = validation.duration_ms("spec.interval", value.interval)
+        if not MIN_INTERVAL_MS <= interval_ms <= MAX_INTERVAL_MS:
+            raise InvalidArgument("spec.interval", "must be between 1s and 366 days")
+        checked.interval.FromMilliseconds(interval_ms)
+    if not value.HasField("task"):
+        raise InvalidArgument("spec.task", "is required")
+    template_submission(value.task, "check", "", kinds)
+    if value.overlap not in schedule_pb2.OverlapPolicy.values():
+        raise InvalidArgument("spec.overlap", "unknown overlap policy")
+    if value.catchup not in schedule_pb2.CatchupPolicy.values():
+        raise InvalidArgument("spec.catchup", "unknown catch-up policy")
+    if not 0 <= value.catchup_limit <= MAX_CATCHUP_LIMIT:
+        raise InvalidArgument("spec.catchup_limit", f"must be between 0 and {MAX_CATCHUP_LIMIT} (0 means 10)")
+    jitter_ms = validation.duration_ms("spec.jitter", value.jitter)
+    if jitter_ms > MAX_JITTER_MS:
+        raise InvalidArgument("spec.jitter", "must be at most 1h")
+    if interval_ms is not None and jitter_ms >= interval_ms:
+        raise InvalidArgument("spec.jitter", "must be less than the interval")
+    return checked
+
+
+def request_id(value: str) -> str:
+    if len(value) > validation.MAX_REQUEST_ID_CHARS or not value.isprintable():
+        raise InvalidArgument("request_id", f"must be at most {validation.MAX_REQUEST_ID_CHARS} printable characters")
+    return value
