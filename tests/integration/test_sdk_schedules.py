@@ -180,7 +180,7 @@ async def test_every_schedule_call_of_the_async_client(aclient: AsyncClient) -> 
     await aclient.cancel(retried_source.id)
 
     created = await aclient.create_schedule(
-        "aio", interval=1, workload=FAST, catchup=CatchupPolicy.ALL, catchup_limit=3
+        "aio", interval=1, workload=FAST, overlap="allow", catchup=CatchupPolicy.ALL, catchup_limit=3
     )
     assert (created.catchup, created.catchup_limit) == (CatchupPolicy.ALL, 3)
     assert (await aclient.get_schedule(created.id)).id == created.id

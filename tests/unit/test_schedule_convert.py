@@ -116,6 +116,7 @@ def test_a_schedule_read_back_gives_the_options_that_made_it() -> None:
         id="s-1",
         spec=schedule_spec("every five", options),
         last_status=task_pb2.TASK_STATUS_SCHEDULED,
+        last_error="max_stored_tasks reached",
         fired=4,
         skipped=1,
         version=9,
@@ -129,6 +130,7 @@ def test_a_schedule_read_back_gives_the_options_that_made_it() -> None:
         None,
     )
     assert schedule.next_run == datetime(2026, 12, 24, 17, 5, tzinfo=UTC)
+    assert schedule.last_error == "max_stored_tasks reached"
     assert (schedule.last_status, schedule.fired, schedule.skipped, schedule.last_slot) == (
         TaskStatus.SCHEDULED,
         4,

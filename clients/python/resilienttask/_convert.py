@@ -320,6 +320,7 @@ def schedule_from_proto(message: schedule_pb2.Schedule) -> Schedule:
         last_slot=_time(message.last_slot, message.HasField("last_slot")),
         last_batch_id=message.last_batch_id,
         last_status=_STATUS_FROM_PROTO.get(message.last_status) if message.last_status else None,
+        last_error=message.last_error,
         fired=message.fired,
         skipped=message.skipped,
         version=message.version,

@@ -303,7 +303,8 @@ class Schedule:
 
     Exactly one of `cron` (a 5-field expression in `time_zone`, "" meaning UTC) and `interval` is set.
     `next_runs` are the next slots (empty while paused); `last_status` is the status the latest firing's
-    first task has now (None before the first firing).
+    first task has now (None before the first firing); `last_error` says why the latest due slot submitted
+    nothing although its overlap policy let it fire (a per-user limit refused it), "" when it fired.
     """
 
     id: str
@@ -321,6 +322,7 @@ class Schedule:
     last_slot: datetime | None
     last_batch_id: str
     last_status: TaskStatus | None
+    last_error: str
     fired: int
     skipped: int
     version: int
@@ -349,6 +351,7 @@ class Schedule:
             "last_slot": _iso(self.last_slot),
             "last_batch_id": self.last_batch_id,
             "last_status": self.last_status.value if self.last_status is not None else None,
+            "last_error": self.last_error,
             "fired": self.fired,
             "skipped": self.skipped,
             "version": self.version,

@@ -233,6 +233,8 @@ def timing_text(schedule: Schedule) -> str:
 
 
 def last_firing(schedule: Schedule) -> Text:
+    if schedule.last_error:
+        return Text(f"refused: {schedule.last_error}", style="red")
     if schedule.last_slot is None:
         return Text("never fired", style="bright_black")
     text = status_text(schedule.last_status) if schedule.last_status is not None else Text("-")
@@ -276,6 +278,7 @@ def schedule_detail(schedule: Schedule) -> Table:
         ("next runs", ", ".join(_when(t, ahead=True) for t in schedule.next_runs) or "-"),
         ("last firing", last_firing(schedule)),
         ("last batch", schedule.last_batch_id or "-"),
+        ("last error", schedule.last_error or "-"),
         ("fired", str(schedule.fired)),
         ("skipped", str(schedule.skipped)),
         ("task", f"{template.name} ({template.kind or 'sleep'}), {template.replicas} replica(s)"),

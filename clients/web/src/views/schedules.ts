@@ -442,8 +442,9 @@ export class SchedulesView {
           .join(", ") || "—";
     const lastSlot = ms(schedule.lastSlot);
     const status = schedule.lastStatus;
-    const last =
-      lastSlot === null
+    const last = schedule.lastError
+      ? h("span", { class: "problem-text", title: schedule.lastError }, `Refused: ${schedule.lastError}`)
+      : lastSlot === null
         ? h("span", { class: "muted" }, "never fired")
         : h(
             "span",
