@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -62,8 +63,8 @@ def until(moment: datetime | None) -> str:
     """'in 12s', 'in 3m' for a time ahead ('due' once it passed)."""
     if moment is None:
         return "-"
-    seconds = int((moment - datetime.now(UTC)).total_seconds())
-    return f"in {_span(seconds)}" if seconds > 0 else "due"
+    seconds = (moment - datetime.now(UTC)).total_seconds()
+    return f"in {_span(math.ceil(seconds))}" if seconds > 0 else "due"
 
 
 def task_status_cell(task: Task) -> Text:

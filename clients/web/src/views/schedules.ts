@@ -24,8 +24,8 @@ const PAGE_SIZE = 500;
 const NEXT_RUNS_SHOWN = 3;
 // Events of one firing arrive together; one list call answers them all.
 const CHANGE_DEBOUNCE_MS = 300;
-// After the earliest next run, look again this much later (the firing has committed by then).
-const AFTER_SLOT_MS = 1000;
+// After the earliest next run, look again this much later (the firing has usually committed by then).
+const AFTER_SLOT_MS = 300;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const CONFIRM_MS = 4000;
 
@@ -47,6 +47,15 @@ const NOUNS: Record<ScheduleField, string> = {
   catchup_limit: "Catch-up limit",
   jitter: "Jitter",
 };
+
+function nextRunsText(schedule: Schedule, now: number): string {
+  if (schedule.paused) return "—";
+  const runs = schedule.nextRuns
+    .slice(0, NEXT_RUNS_SHOWN)
+    .map((t) => ms(t))
+    .filter((t): t is number => t !== null);
+  return runs.map((t, i) => (i === 0 ? `${timeOfDay(t)} (${until(t, now)})` : timeOfDay(t))).join(", ") || "—";
+}
 
 function input(id: string, value: string, attrs: Record<string, string> = {}): HTMLInputElement {
   return h("input", { id, name: id, value, autocomplete: "off", ...attrs });
@@ -230,6 +239,9 @@ export class SchedulesView {
   private debounce: ReturnType<typeof setTimeout> | undefined;
   private slotTimer: ReturnType<typeof setTimeout> | undefined;
   private readonly confirming = new Map<string, ReturnType<typeof setTimeout>>();
+  private readonly drawn = new Map<string, ScheduleRow>();
+  /** Grows with every change made here; a list asked for before one is not applied over it. */
+  private generation = 0;
 
   constructor(
     private readonly api: Api,
@@ -314,6 +326,7 @@ export class SchedulesView {
     try {
       do {
         this.again = false;
+        const asked = this.generation;
         const found: Schedule[] = [];
         let pageToken = "";
         do {
@@ -321,6 +334,10 @@ export class SchedulesView {
           found.push(...reply.schedules);
           pageToken = reply.nextPageToken;
         } while (pageToken);
+        if (asked !== this.generation) {
+          this.again = true; // a pause, resume, create or delete answered meanwhile: this list may predate it
+          continue;
+        }
         this.schedules = found;
         this.loaded = true;
         this.paint();
@@ -348,6 +365,7 @@ export class SchedulesView {
 
   private replace(schedule: Schedule | undefined): void {
     if (!schedule) return;
+    this.generation++;
     const index = this.schedules.findIndex((s) => s.id === schedule.id);
     if (index < 0) this.schedules = [...this.schedules, schedule];
     else if (this.schedules[index].version <= schedule.version) this.schedules[index] = schedule;
@@ -398,11 +416,14 @@ export class SchedulesView {
             }, CONFIRM_MS),
           );
           this.paint();
+          // The row was drawn again with the confirming button: keep the keyboard on it.
+          this.body.querySelector<HTMLElement>(`[data-schedule-id="${scheduleId}"] [data-action="delete"]`)?.focus();
           return;
         }
         clearTimeout(this.confirming.get(scheduleId));
         this.confirming.delete(scheduleId);
         await this.api.schedules.deleteSchedule({ scheduleId }, call);
+        this.generation++;
         this.schedules = this.schedules.filter((s) => s.id !== scheduleId);
         this.paint();
         this.tell(`${name} deleted; the tasks it submitted are kept.`);
@@ -413,63 +434,104 @@ export class SchedulesView {
     }
   }
 
-  /** Draw the list; also called every second so "in 12s" counts down without any request. */
+  /** Draw the list; also called every second so "in 12s" counts down without any request. Rows and their
+   * buttons are kept and updated in place, so a button being clicked or focused stays the same element. */
   paint(now = Date.now()): void {
     if (!this.visible) return;
     this.empty.hidden = this.schedules.length > 0;
     this.empty.textContent = this.loaded ? "No schedules yet. Create one and its tasks appear under Tasks as it fires." : "Loading schedules…";
-    const focused = document.activeElement instanceof HTMLElement ? document.activeElement : null;
-    const focusKey = focused?.closest<HTMLElement>("[data-schedule-id]") ? `${focused.closest<HTMLElement>("[data-schedule-id]")?.dataset.scheduleId}|${focused.dataset.action}` : "";
-    this.body.replaceChildren(...this.schedules.map((s) => this.row(s, now)));
-    if (focusKey) {
-      const [id, action] = focusKey.split("|");
-      this.body.querySelector<HTMLElement>(`[data-schedule-id="${id}"] [data-action="${action}"]`)?.focus({ preventScroll: true });
-    }
+    const rows = this.schedules.map((schedule) => {
+      let drawn = this.drawn.get(schedule.id);
+      if (!drawn) {
+        drawn = new ScheduleRow(schedule.id);
+        this.drawn.set(schedule.id, drawn);
+      }
+      drawn.update(schedule, this.confirming.has(schedule.id), now);
+      return drawn.row;
+    });
+    const shown = new Set(this.schedules.map((s) => s.id));
+    for (const id of [...this.drawn.keys()]) if (!shown.has(id)) this.drawn.delete(id);
+    const current = [...this.body.children];
+    if (current.length !== rows.length || rows.some((row, i) => current[i] !== row)) this.body.replaceChildren(...rows);
+  }
+}
+
+function setText(el: HTMLElement, text: string): void {
+  if (el.textContent !== text) el.textContent = text;
+}
+
+/** One schedule's row: built once, its cells and buttons updated as the schedule changes. */
+class ScheduleRow {
+  readonly row: HTMLTableRowElement;
+  private readonly name = h("span", { class: "schedule-name" });
+  private readonly meta = h("span", { class: "task-meta" });
+  private readonly state = h("span", { class: "badge" });
+  private readonly next = h("td", { class: "num next-runs" });
+  private readonly last = h("td", {});
+  private readonly fired = h("td", { class: "num", "data-count": "fired" });
+  private readonly skipped = h("td", { class: "num", "data-count": "skipped" });
+  private readonly toggle = h("button", { type: "button", class: "btn small" });
+  private readonly trigger = h("button", { type: "button", class: "btn small trigger", "data-action": "trigger" }, "Trigger now");
+  private readonly remove = h("button", { type: "button", class: "btn small delete", "data-action": "delete" });
+  private lastKey = "";
+
+  constructor(id: string) {
+    this.row = h(
+      "tr",
+      { "data-schedule-id": id },
+      h("td", { class: "task" }, this.name, this.meta),
+      h("td", {}, this.state),
+      this.next,
+      this.last,
+      this.fired,
+      this.skipped,
+      h("td", {}, h("div", { class: "actions" }, this.toggle, this.trigger, this.remove)),
+    );
   }
 
-  private row(schedule: Schedule, now: number): HTMLTableRowElement {
+  update(schedule: Schedule, confirming: boolean, now: number): void {
     const spec = schedule.spec;
     const name = spec?.name ?? "";
     const task = spec?.task;
     const template = task ? `${task.name} · ${task.kind || "sleep"}${task.replicas > 1 ? ` × ${task.replicas}` : ""}` : "";
-    const nextRuns = schedule.paused
-      ? "—"
-      : schedule.nextRuns
-          .slice(0, NEXT_RUNS_SHOWN)
-          .map((t) => ms(t))
-          .filter((t): t is number => t !== null)
-          .map((t, i) => (i === 0 ? `${timeOfDay(t)} (${until(t, now)})` : timeOfDay(t)))
-          .join(", ") || "—";
+    this.row.dataset.paused = String(schedule.paused);
+    setText(this.name, name);
+    setText(this.meta, `${timingText(schedule)} · ${template}`);
+    setText(this.state, schedule.paused ? "Paused" : "Active");
+    this.state.className = `badge ${schedule.paused ? "badge-cancelling" : "badge-succeeded"}`;
+    setText(this.next, nextRunsText(schedule, now));
+    setText(this.fired, String(schedule.fired));
+    setText(this.skipped, String(schedule.skipped));
+    const toggle: [Action, string] = schedule.paused ? ["resume", "Resume"] : ["pause", "Pause"];
+    this.toggle.dataset.action = toggle[0];
+    this.toggle.className = `btn small ${toggle[0]}`;
+    setText(this.toggle, toggle[1]);
+    this.toggle.setAttribute("aria-label", `${toggle[1]} ${name}`);
+    this.trigger.setAttribute("aria-label", `Trigger now ${name}`);
+    const removeText = confirming ? "Confirm delete" : "Delete";
+    setText(this.remove, removeText);
+    this.remove.setAttribute("aria-label", `${removeText} ${name}`);
+
+    const key = `${schedule.lastError}|${schedule.lastStatus}|${ms(schedule.lastSlot)}`;
+    if (key === this.lastKey) return;
+    this.lastKey = key;
     const lastSlot = ms(schedule.lastSlot);
     const status = schedule.lastStatus;
-    const last = schedule.lastError
-      ? h("span", { class: "problem-text", title: schedule.lastError }, `Refused: ${schedule.lastError}`)
-      : lastSlot === null
-        ? h("span", { class: "muted" }, "never fired")
-        : h(
-            "span",
-            { class: "last-result" },
-            h("span", { class: `badge badge-${statusName(status).toLowerCase()}`, "data-last-status": statusName(status) }, status === TaskStatus.UNSPECIFIED ? "—" : STATUS_LABELS[status]),
-            ` ${timeOfDay(lastSlot)}`,
-          );
-    const button = (action: Action, text: string): HTMLButtonElement =>
-      h("button", { type: "button", class: `btn small ${action}`, "data-action": action, "aria-label": `${text} ${name}` }, text);
-    return h(
-      "tr",
-      { "data-schedule-id": schedule.id, "data-paused": schedule.paused ? "true" : "false" },
-      h("td", { class: "task" }, h("span", { class: "schedule-name" }, name), h("span", { class: "task-meta" }, `${timingText(schedule)} · ${template}`)),
-      h("td", {}, h("span", { class: `badge ${schedule.paused ? "badge-cancelling" : "badge-succeeded"}` }, schedule.paused ? "Paused" : "Active")),
-      h("td", { class: "num next-runs" }, nextRuns),
-      h("td", {}, last),
-      h("td", { class: "num", "data-count": "fired" }, String(schedule.fired)),
-      h("td", { class: "num", "data-count": "skipped" }, String(schedule.skipped)),
-      h(
-        "td",
-        { class: "actions" },
-        schedule.paused ? button("resume", "Resume") : button("pause", "Pause"),
-        button("trigger", "Trigger now"),
-        button("delete", this.confirming.has(schedule.id) ? "Confirm delete" : "Delete"),
-      ),
+    this.last.replaceChildren(
+      schedule.lastError
+        ? h("span", { class: "problem-text", title: schedule.lastError }, `Refused: ${schedule.lastError}`)
+        : lastSlot === null
+          ? h("span", { class: "muted" }, "never fired")
+          : h(
+              "span",
+              { class: "last-result" },
+              h(
+                "span",
+                { class: `badge badge-${statusName(status).toLowerCase()}`, "data-last-status": statusName(status) },
+                status === TaskStatus.UNSPECIFIED ? "—" : STATUS_LABELS[status],
+              ),
+              ` ${timeOfDay(lastSlot)}`,
+            ),
     );
   }
 }
