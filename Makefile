@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: up wipe test lint check-generated gen pytest chaos chaos-ci clean web gen-web check-web e2e-deps bench bench-quick bench-checks
+.PHONY: up wipe test lint check-generated gen pytest chaos chaos-ci clean web gen-web check-web e2e-deps bench bench-quick bench-checks bench-scheduling
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -87,6 +87,11 @@ $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 # The full run (about half an hour) rewrites docs/benchmarks.md; bench-quick only writes bench/results/.
 bench: $(VENV)/.bench-installed
 	$(PY) -m bench.run --doc docs/benchmarks.md $(ARGS)
+	$(PY) -m bench.scheduling --doc docs/benchmarks-scheduling.md
+
+# Delayed tasks alone (a few minutes): due-time precision and the 10,000-due burst, into docs/benchmarks-scheduling.md.
+bench-scheduling: $(VENV)/.bench-installed
+	$(PY) -m bench.scheduling --doc docs/benchmarks-scheduling.md
 
 # What the trust boundaries cost against the code before them, alternated (about fifteen minutes; docs/checks-cost.md).
 bench-checks: $(VENV)/.bench-installed

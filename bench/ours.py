@@ -120,7 +120,7 @@ class OurBench:
         return self._redis_access
 
     @contextmanager
-    def stack(self, workers: int, slots: int) -> Iterator[Stack]:
+    def stack(self, workers: int, slots: int, schedulers: int = 1) -> Iterator[Stack]:
         data_dir = self.servers.data_dir / f"stack-{uuid.uuid4().hex[:6]}"
         config = StackConfig(
             data_dir=data_dir,
@@ -129,6 +129,7 @@ class OurBench:
             admin_port=0,
             workers=workers,
             worker_slots=slots,
+            schedulers=schedulers,
             database_url=self.servers.database_url,
             redis_url=self.servers.redis_url,
             redis_access=self.redis_access(),

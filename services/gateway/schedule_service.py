@@ -28,7 +28,9 @@ SERVICE_NAME = schedule_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    """Now, in whole milliseconds: an interval's slots count from it, and a firing's key names its slot in ms."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 class ScheduleServicer(schedule_pb2_grpc.ScheduleServiceServicer):

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -63,12 +64,32 @@ class DuePublisher:
     async def run(self) -> None:
         await asyncio.gather(self._publish_forever(), self._listen())
 
-    async def publish_once(self) -> int:
-        """Flip one batch of due tasks and publish them; returns how many were flipped."""
-        rows, changes = await due.flip_due(self.pool, self.config.batch, self.max_active_tasks, PUBLISH_GRACE_S)
-        if rows:
-            await outbox.emit_and_dispatch(self.pool, self.redis, [r for r in rows if not r["held"]], changes)
-        return len(rows)
+    async def publish_due(self) -> int:
+        """Flip and publish every task due now, a batch at a time; returns how many were flipped.
+
+        Each batch's publication (its events built and sent with its dispatch entries) overlaps the flip of the
+        next, which waits on PostgreSQL meanwhile; one publication at a time is in flight, so they go out in order.
+        """
+        flipped = 0
+        publishing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                rows = await due.flip_due(self.pool, self.config.batch, self.max_active_tasks, PUBLISH_GRACE_S)
+                flipped += len(rows)
+                if publishing is not None:
+                    await publishing
+                    publishing = None
+                if rows:
+                    publishing = asyncio.create_task(self._publish(rows))
+                if len(rows) < self.config.batch:
+                    return flipped
+        finally:
+            if publishing is not None:
+                await publishing
+
+    async def _publish(self, rows: Sequence[asyncpg.Record]) -> None:
+        dispatchable = [row for row in rows if not row["held"]]
+        await outbox.emit_and_dispatch(self.pool, self.redis, dispatchable, due.due_changes(rows))
 
     async def _publish_forever(self) -> None:
         while True:
@@ -77,8 +98,7 @@ class DuePublisher:
             self._next_look = math.inf
             self._wake.clear()
             try:
-                if await self.publish_once() >= self.config.batch:
-                    continue  # more may be due right now
+                await self.publish_due()
                 until = await due.seconds_until_due(self.pool, self.max_active_tasks)
                 if until is not None:
                     wait_s = min(wait_s, max(0.0, until) + self.config.wake_margin_s)

@@ -24,9 +24,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from resilienttask.v1 import schedule_pb2
+from services.core.db import listen_forever
 from services.core.errors import LIMIT_REACHED
 from services.core.limits import UserLimits
-from services.core.notifications import listen_forever
 from services.core.schedules import firing, store
 from services.core.schedules.model import (
     catchup_limit_of,
@@ -85,7 +85,9 @@ class ScheduleFirer:
 
     async def run(self) -> None:
         wake = asyncio.Event()
-        await asyncio.gather(listen_forever(self.pool, SCHEDULES_CHANNEL, wake), self._loop(wake))
+        await asyncio.gather(
+            listen_forever(self.pool, SCHEDULES_CHANNEL, lambda _payload: wake.set(), wake.set), self._loop(wake)
+        )
 
     async def _loop(self, wake: asyncio.Event) -> None:
         while True:

@@ -13,6 +13,8 @@ task admitted beyond its owner's slot cap is QUEUED held, as a submission beyond
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import asyncpg
 
 from services.core.events import TaskChange
@@ -70,14 +72,18 @@ ORDER BY tasks.run_at LIMIT 1
 
 async def flip_due(
     pool: asyncpg.Pool, limit: int, max_active_tasks: int, publish_grace_s: float
-) -> tuple[list[asyncpg.Record], list[TaskChange]]:
-    """Up to `limit` due tasks made QUEUED, committed; their rows (with `held`) and change events.
+) -> list[asyncpg.Record]:
+    """Up to `limit` due tasks made QUEUED, committed; their rows (with `held`).
 
-    Rows not held are to be published now by the caller; if it dies first, the publish sweep does it after
-    publish_grace_s, as for a fresh submission.
+    Rows not held are to be published now by the caller, with due_changes(rows) announced; if it dies first, the
+    publish sweep publishes them after publish_grace_s, as for a fresh submission.
     """
-    rows = await pool.fetch(_FLIP_DUE, limit, max_active_tasks, publish_grace_s)
-    return list(rows), [change_for(row, SCHEDULED) for row in rows]
+    return list(await pool.fetch(_FLIP_DUE, limit, max_active_tasks, publish_grace_s))
+
+
+def due_changes(rows: Sequence[asyncpg.Record]) -> list[TaskChange]:
+    """The change events of rows flip_due returned."""
+    return [change_for(row, SCHEDULED) for row in rows]
 
 
 async def seconds_until_due(pool: asyncpg.Pool, max_active_tasks: int) -> float | None:

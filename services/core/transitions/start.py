@@ -23,6 +23,7 @@ from services.core.task_model import (
     QUALIFIED_TASK_COLUMNS,
     QUEUED,
     RUNNING,
+    SCHEDULED,
     TASK_COLUMNS,
     TERMINAL,
     row_to_task,
@@ -248,6 +249,9 @@ def _decide(
         return "skip", "stale dispatch"
     if status == QUEUED:
         return "run", "started"
+    if status == SCHEDULED:
+        # Never published until due (when it is QUEUED): an entry for it is not this task's to start.
+        return "skip", "not due"
     if status in TERMINAL:
         return "skip", "already finished"
     # RUNNING or CANCELLING: somebody started this dispatch already.

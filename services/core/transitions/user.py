@@ -35,6 +35,7 @@ from services.core.transitions.rules import (
     HISTORY_COLUMNS,
     HISTORY_TABLE,
     PUBLISH_GRACE_S,
+    InvalidTransition,
     RunningRef,
     change_for,
     check_transition,
@@ -326,7 +327,8 @@ async def retry(
     if row is None:
         return None
     if row["id"] is None:
-        check_transition(row["found"], SCHEDULED if delay_ms > 0 else QUEUED, "retry")
+        # Not retryable (the table allows RUNNING -> QUEUED and SCHEDULED -> QUEUED, but for other reasons).
+        raise InvalidTransition(row["found"], SCHEDULED if delay_ms > 0 else QUEUED, "retry")
     return row, change_for(row, row["before"])
 
 

@@ -28,7 +28,8 @@ if _version_not_supported:
 class ScheduleServiceStub:
     """ScheduleService manages recurring schedules; every call needs a token and sees only the caller's schedules.
     Each firing is one idempotent submission keyed by (schedule, slot): however many schedulers fire a slot,
-    it runs once.
+    it runs once. Its tasks carry the schedule's id and the request_id "schedule:<schedule id>:<slot in epoch
+    ms>" ("schedule:<schedule id>:trigger:<request_id>" for TriggerSchedule), and count toward the owner's limits.
     """
 
     def __init__(self, channel):
@@ -82,7 +83,8 @@ class ScheduleServiceStub:
 class ScheduleServiceServicer:
     """ScheduleService manages recurring schedules; every call needs a token and sees only the caller's schedules.
     Each firing is one idempotent submission keyed by (schedule, slot): however many schedulers fire a slot,
-    it runs once.
+    it runs once. Its tasks carry the schedule's id and the request_id "schedule:<schedule id>:<slot in epoch
+    ms>" ("schedule:<schedule id>:trigger:<request_id>" for TriggerSchedule), and count toward the owner's limits.
     """
 
     def CreateSchedule(self, request, context):
@@ -195,7 +197,8 @@ def add_ScheduleServiceServicer_to_server(servicer, server):
 class ScheduleService:
     """ScheduleService manages recurring schedules; every call needs a token and sees only the caller's schedules.
     Each firing is one idempotent submission keyed by (schedule, slot): however many schedulers fire a slot,
-    it runs once.
+    it runs once. Its tasks carry the schedule's id and the request_id "schedule:<schedule id>:<slot in epoch
+    ms>" ("schedule:<schedule id>:trigger:<request_id>" for TriggerSchedule), and count toward the owner's limits.
     """
 
     @staticmethod

@@ -30,8 +30,10 @@ export type CronTiming = Message<"resilienttask.v1.CronTiming"> & {
   expression: string;
 
   /**
-   * IANA time zone, e.g. "Europe/Paris"; empty means UTC. Daylight-saving changes follow the cron library:
-   * a wall time skipped by a spring-forward fires once at the next valid time, a repeated one once.
+   * IANA time zone, e.g. "Europe/Paris"; empty means UTC. Daylight-saving changes follow the cron library
+   * (cronsim, as Debian's cron): a wall time skipped by a spring-forward fires once at the next valid time; a
+   * fixed wall time repeated by a fall-back fires once, at its first occurrence, while an expression naming
+   * every minute or hour of the repeated hour fires at each of its instants.
    *
    * @generated from field: string time_zone = 2;
    */
@@ -673,7 +675,8 @@ export const DeleteScheduleResponseSchema: GenMessage<DeleteScheduleResponse> = 
   messageDesc(file_resilienttask_v1_schedule, 19);
 
 /**
- * OverlapPolicy says what a slot does while the previous firing's tasks are still active.
+ * OverlapPolicy says what a slot does while the previous firing's tasks are still active. Catch-up firings and
+ * TriggerSchedule obey it too.
  *
  * @generated from enum resilienttask.v1.OverlapPolicy
  */
@@ -714,7 +717,8 @@ export const OverlapPolicySchema: GenEnum<OverlapPolicy> = /*@__PURE__*/
   enumDesc(file_resilienttask_v1_schedule, 0);
 
 /**
- * CatchupPolicy says what happens to slots missed while no scheduler ran (not while paused).
+ * CatchupPolicy says what happens to slots missed while no scheduler ran (not while paused): slots no scheduler
+ * fired within a grace (RTASK_SCHEDULE_MISFIRE_GRACE_MS, 1 s) after their time plus the jitter.
  *
  * @generated from enum resilienttask.v1.CatchupPolicy
  */
@@ -757,7 +761,8 @@ export const CatchupPolicySchema: GenEnum<CatchupPolicy> = /*@__PURE__*/
 /**
  * ScheduleService manages recurring schedules; every call needs a token and sees only the caller's schedules.
  * Each firing is one idempotent submission keyed by (schedule, slot): however many schedulers fire a slot,
- * it runs once.
+ * it runs once. Its tasks carry the schedule's id and the request_id "schedule:<schedule id>:<slot in epoch
+ * ms>" ("schedule:<schedule id>:trigger:<request_id>" for TriggerSchedule), and count toward the owner's limits.
  *
  * @generated from service resilienttask.v1.ScheduleService
  */
