@@ -44,6 +44,7 @@ from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_p
 SYSTEM = "ours"
 SUBMIT_BATCH = 50
 SUBMITS_IN_FLIGHT = 8
+BURST_LEAD_S = 10
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,9 @@ async def burst(session: Session, owner: str, pool: asyncpg.Pool, sizes: Sizes) 
     """Every task due in the same second: submitted ahead (SUBMIT_BATCH replicas per call), then left to fall due."""
     n = sizes.burst_tasks
     label = uuid.uuid4().hex[:12]
-    due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=6)
+    # Far enough ahead that every task is stored SCHEDULED before its second even on a loaded machine (about 3 s
+    # for 10,000 on an idle one); scheduled_before_due says whether it was.
+    due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=BURST_LEAD_S)
     started = time.monotonic()
     sizes_ = [min(SUBMIT_BATCH, n - i) for i in range(0, n, SUBMIT_BATCH)]
     await asyncio.gather(*(session.submit("bench.noop", label, due, replicas=k) for k in sizes_))
@@ -221,17 +224,23 @@ def document(meta: dict[str, Any], results: dict[str, Any]) -> str:
             f"| due → dispatch entry, earliest | {p['due_to_entry_min_ms']} ms (never before due) | ≥ 0 |",
             f"| due → handler start, p50 / p99 | {start.get('p50')} / {start.get('p99')} ms | |",
             f"| handler starts before run_at | {p['early_starts']} | 0 |",
-            f"| {b['tasks']:,} due in the same second: due → last flipped QUEUED | {b['due_to_last_flipped_s']} s | |",
+            f"| {b['tasks']:,} due in the same second: due → last flip statement began "
+            f"| {b['due_to_last_flipped_s']} s | |",
             f"| … due → last dispatch entry | {b['due_to_last_entry_s']} s | ≤ 2 s |",
             f"| … due → last handler start | {b['due_to_last_start_s']} s | |",
             f"| … flipped (each exactly once) / all succeeded | {b['flipped']:,} / {b['all_succeeded']} | |",
             "",
+            *(
+                [f"**Not a valid burst**: only {b['scheduled_before_due']:,} were stored before their second.", ""]
+                if b["scheduled_before_due"] < b["tasks"]
+                else []
+            ),
             "How it is measured: the dispatch entry's time is the millisecond part of its stream entry id (Valkey's "
             "clock at the XADD; the stack shares one machine, so one clock); run_at is the task's as stored; the "
             "handler start is the body's own stamp (`bench.stamp`). The burst's tasks are submitted ahead "
             f"({b['submitted_in_s']} s for {b['tasks']:,} in calls of {SUBMIT_BATCH} replicas), all SCHEDULED "
-            f"({b['scheduled_before_due']:,}) before their second; the last flip is the latest history row "
-            "SCHEDULED → QUEUED, the last start the latest started_at.",
+            f"({b['scheduled_before_due']:,}) before their second; the last flip statement's start is the latest "
+            "history row SCHEDULED → QUEUED (stamped at its statement's start), the last start the latest started_at.",
             "",
         ]
     )

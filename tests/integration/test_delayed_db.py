@@ -3,15 +3,20 @@ the owner's active limit and slot cap, and history. The full-stack behaviour is 
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 
+from services.core import keys
 from services.core.limits import UserLimits
-from services.core.task_model import QUEUED, SCHEDULED
+from services.core.task_model import QUEUED, SCHEDULED, row_to_task
 from services.core.transitions import due
 from services.core.transitions import user as transitions
+from services.scheduler import sweepers
+from tests.conftest import Stores
 from tests.helpers import eventually
 from tests.integration.test_transitions import database, new_user
 from tests.integration.test_user_limits_db import counted, counters, pool
@@ -19,6 +24,8 @@ from tests.integration.test_user_limits_db import counted, counters, pool
 __all__ = ["database", "pool"]  # the fixtures, used by name
 
 GRACE_S = 5.0
+# A Redis database of its own (the private scheduler of private_scheduler.py uses 3).
+SWEEP_REDIS_DB = 4
 
 
 def spec(replicas: int = 1, delay_ms: int = 0) -> transitions.Submission:
@@ -86,9 +93,14 @@ async def test_due_tasks_beyond_the_slot_cap_are_queued_held(pool: asyncpg.Pool)
         await pool.execute("UPDATE slot_cap SET slots_per_user = NULL")
 
 
-async def test_history_begins_scheduled_and_records_the_due_transition(pool: asyncpg.Pool) -> None:
+async def test_history_begins_scheduled_then_records_the_due_transition_and_the_schedule_stays(
+    pool: asyncpg.Pool,
+) -> None:
     owner = await new_user(pool)
-    (row,), _ = await transitions.submit(pool, owner, spec(1, delay_ms=1), UserLimits.unlimited())
+    schedule_id = str(uuid.uuid4())
+    firing = dataclasses.replace(spec(1, delay_ms=1), schedule_id=schedule_id)
+    (row,), _ = await transitions.submit(pool, owner, firing, UserLimits.unlimited())
+    assert row_to_task(row).schedule_id == schedule_id and row_to_task(row).HasField("run_at")
     await due_now(pool, owner)
     await due.flip_due(pool, 100, 0, GRACE_S)
     history = await pool.fetch(
@@ -96,3 +108,22 @@ async def test_history_begins_scheduled_and_records_the_due_transition(pool: asy
         row["id"],
     )
     assert [tuple(h) for h in history] == [(1, None, SCHEDULED, "submitted"), (2, SCHEDULED, QUEUED, "due")]
+
+
+async def test_a_due_task_flipped_but_never_published_is_published_by_the_sweep(
+    pool: asyncpg.Pool, stores: Stores
+) -> None:
+    owner = await new_user(pool)
+    (row,), _ = await transitions.submit(pool, owner, spec(1, delay_ms=1), UserLimits.unlimited())
+    await due_now(pool, owner)
+    # A publisher that died between its commit and its XADD (no grace here, so the sweep need not wait for it).
+    assert [r["id"] for r in await due.flip_due(pool, 100, 0, publish_grace_s=0)] == [row["id"]]
+    redis = aioredis.Redis.from_url(stores.redis_url.rsplit("/", 1)[0] + f"/{SWEEP_REDIS_DB}")
+    try:
+        await redis.flushdb()
+        assert await sweepers.publish_due(pool, redis) == 1
+        entries = await redis.xrange(keys.dispatch_stream("sleep"))
+        assert [fields[keys.FIELD_TASK_ID.encode()].decode() for _, fields in entries] == [str(row["id"])]
+    finally:
+        await redis.flushdb()
+        await redis.aclose()

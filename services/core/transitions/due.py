@@ -21,8 +21,9 @@ from services.core.events import TaskChange
 from services.core.task_model import QUALIFIED_SUMMARY_COLUMNS, QUEUED, SCHEDULED
 from services.core.transitions.rules import change_for, history_of
 
-# Owners with room under the active limit ($n; 0: no limit), as a condition on `users`.
-_HAS_ROOM = "(${n} = 0 OR users.active_tasks < ${n})"
+# The task's owner has room under the active limit ($n; 0: no limit): a correlated test rather than a join, so
+# with the limit off no users row is read at all.
+_HAS_ROOM = "(${n} = 0 OR EXISTS (SELECT 1 FROM users WHERE users.id = tasks.owner_id AND users.active_tasks < ${n}))"
 
 # One batch, in one autocommit statement: the due rows of owners with room (oldest run_at first, rows another
 # statement holds skipped), their owners' rows locked in id order (as the counter triggers lock them; they wait
@@ -31,7 +32,7 @@ _HAS_ROOM = "(${n} = 0 OR users.active_tasks < ${n})"
 # summary columns (events and dispatch entries need nothing else) and `held`.
 _FLIP_DUE = f"""
 WITH candidates AS (
-    SELECT tasks.id, tasks.owner_id, tasks.run_at FROM tasks JOIN users ON users.id = tasks.owner_id
+    SELECT tasks.id, tasks.owner_id, tasks.run_at FROM tasks
     WHERE tasks.status = {SCHEDULED} AND tasks.run_at <= now() AND {_HAS_ROOM.format(n=2)}
     ORDER BY tasks.run_at LIMIT $1 FOR UPDATE OF tasks SKIP LOCKED
 ),
@@ -64,7 +65,7 @@ SELECT * FROM changed
 # Seconds until the earliest run_at of a task that could be flipped (negative when one is overdue); NULL when
 # none. Measured on the database's clock, the one run_at was computed on.
 _NEXT_DUE = f"""
-SELECT extract(epoch FROM tasks.run_at - clock_timestamp())::float8 FROM tasks JOIN users ON users.id = tasks.owner_id
+SELECT extract(epoch FROM tasks.run_at - clock_timestamp())::float8 FROM tasks
 WHERE tasks.status = {SCHEDULED} AND {_HAS_ROOM.format(n=1)}
 ORDER BY tasks.run_at LIMIT 1
 """

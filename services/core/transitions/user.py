@@ -65,7 +65,7 @@ class Submission:
     max_attempts: int
     request_id: str
     start: Start | None = None
-    # The schedule whose firing this is (None: a user's own submission).
+    # The recurring schedule whose firing submits this (Task.schedule_id); None for a user's own submission.
     schedule_id: str | None = None
 
 
