@@ -25,13 +25,11 @@ def test_delayed_submit_and_retry(rtask: Rtask) -> None:
     (timed,) = rtask.json("submit", "at a time", "--at", at)
     assert datetime.fromisoformat(timed["run_at"]) == datetime.fromisoformat(at)
     assert {t["id"] for t in rtask.json("ls", "--status", "scheduled")} == {later["id"], timed["id"]}
-    assert rtask.json("stats")["scheduled"] == 2
     table = rtask.run("ls").stdout
-    assert "scheduled in" in table, table
-    assert "SCHEDULED" in rtask.run("stats").stdout
-    assert "run at" in rtask.run("get", timed["id"]).stdout
-    assert rtask.json("cancel", timed["id"])[0]["status"] == "cancelled"
-    rtask.run("cancel", later["id"])
+    assert "scheduled in 9m" in table or "scheduled in 10m" in table, table
+    stats = rtask.run("stats").stdout.splitlines()
+    assert "SCHEDULED" in stats[1] and stats[3].split()[1] == "2", stats
+    assert [t["status"] for t in rtask.json("cancel", timed["id"], later["id"])] == ["cancelled"] * 2
 
     (soon,) = rtask.json("submit", "soon", "--in", "1s", "--workload", "100ms")
     (done,) = rtask.json("wait", soon["id"], "--timeout", "1m")
@@ -72,7 +70,6 @@ def test_every_schedule_command(rtask: Rtask) -> None:
     assert schedule_id in table and "every 1s" in table and "paused" in table
     (resumed,) = rtask.json("schedule", "resume", schedule_id)
     assert not resumed["paused"] and resumed["next_runs"]
-    assert "every 1s" in rtask.run("schedule", "get", schedule_id).stdout
 
     triggered = rtask.json("schedule", "trigger", schedule_id, "--request-id", "cli-now")
     assert triggered["skipped"] is False and triggered["tasks"][0]["schedule_id"] == schedule_id
@@ -84,12 +81,8 @@ def test_every_schedule_command(rtask: Rtask) -> None:
     renamed = rtask.json("schedule", "update", schedule_id, "--name", "five", "--every", "1h")
     assert (renamed["name"], renamed["interval_s"], renamed["cron"]) == ("five", 3600.0, None)
 
-    assert [s["id"] for s in rtask.json("schedule", "ls")] == [schedule_id]
     assert rtask.json("schedule", "rm", schedule_id) == {"deleted": [schedule_id]}
     assert "not found" in rtask.run("schedule", "get", schedule_id, code=4).stderr
-    for task in rtask.json("ls", "--limit", "0"):
-        if task["status"] in ("scheduled", "queued", "running"):
-            rtask.run("cancel", task["id"])
 
 
 @pytest.mark.parametrize(
@@ -119,8 +112,7 @@ def test_the_server_names_what_it_refuses(rtask: Rtask) -> None:
     ):
         refused = rtask.run(*args, code=2).stderr
         assert "invalid argument" in refused and field in refused, (args, refused)
-    for verb in ("pause", "trigger", "rm"):
-        assert "not found" in rtask.run("schedule", verb, UNKNOWN, code=4).stderr, verb
+    assert "not found" in rtask.run("schedule", "trigger", UNKNOWN, code=4).stderr
 
 
 def test_schedule_commands_need_a_login(anon: Rtask) -> None:
