@@ -40,6 +40,8 @@ async def test_a_delayed_task_waits_as_scheduled_then_runs(page: Page, stack: St
     await page.locator("#status-filter").select_option(label="Scheduled")
     await expect(rows(page)).to_have_count(1)
     await page.locator("#status-filter").select_option(label="All tasks")
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "delayed.png"))
 
     await expect(rows(page, "later", "RUNNING")).to_have_count(1)
     await expect(page.locator(".card-value[data-metric=scheduled]")).to_have_text("0")
