@@ -3,9 +3,10 @@
 It sleeps until the earliest run_at it knows of and is woken early by the database when a gateway stores an
 earlier one (a PostgreSQL notification sent at the commit of that insert, migration 0009: it cannot arrive
 before the row is visible, it costs the gateway no extra round trip, and it is one of the database's own
-guarantees rather than a second system's). It never polls: a periodic look (idle_check_s) only lets through
-tasks whose owners were at their active limit and have room again, and covers a notification lost with a
-broken listening connection.
+guarantees rather than a second system's). A Redis pub/sub nudge would cost the gateway a second round trip
+after its commit, and a gateway dying between the two would leave the publishers asleep. Besides, it looks once
+a second (idle_check_s: two index lookups) to let through tasks whose owners were at their active limit and have
+room again, and to cover a notification lost with a broken listening connection.
 
 When tasks are due it flips them QUEUED a batch per statement (transitions.due, safe with any number of
 schedulers) and publishes each batch through the same path as a submission (outbox.emit_and_dispatch: the
@@ -45,6 +46,9 @@ class DueConfig:
     idle_check_s: float = 1.0
     # Added to each sleep: an event loop may wake a timer up to its clock resolution early.
     wake_margin_s: float = 0.001
+    # The wait when due tasks are there but none could be claimed: another scheduler holds them (and publishes
+    # them); looking again at once would only spin against its statement.
+    claimed_elsewhere_s: float = 0.05
 
 
 class DuePublisher:
@@ -98,9 +102,11 @@ class DuePublisher:
             self._next_look = math.inf
             self._wake.clear()
             try:
-                await self.publish_due()
+                flipped = await self.publish_due()
                 until = await due.seconds_until_due(self.pool, self.max_active_tasks)
-                if until is not None:
+                if until is not None and until <= 0 and not flipped:
+                    wait_s = self.config.claimed_elsewhere_s
+                elif until is not None:
                     wait_s = min(wait_s, max(0.0, until) + self.config.wake_margin_s)
             except (asyncpg.PostgresError, OSError, RedisError, asyncpg.InterfaceError) as exc:
                 log.warning("due publication failed; will retry", extra={"error": repr(exc)})

@@ -4,7 +4,8 @@ A scheduler sleeps until the earliest schedule is due (or the database notifies 
 0010), claims the due ones one at a time with FOR UPDATE SKIP LOCKED, fires them (services.core.schedules.
 firing: one idempotent submission per slot), and moves each to its next slot in the same transaction that held
 it. A scheduler that dies mid-firing releases the row with its connection; the next one to claim it repeats the
-firing with the same key and finds the tasks already there.
+firing with the same key and finds the tasks already there. A due schedule another scheduler holds is waited
+for on its row lock, so that its release (the holder's commit, or its death) is seen at once.
 
 Slots missed while no scheduler ran (older than the grace below, jitter aside) follow the catch-up policy; the
 latest due slot, if it is not that old, fires as usual. Every firing, catch-up ones included, obeys the overlap
@@ -54,8 +55,8 @@ class FiringConfig:
     misfire_grace_ms: int = 1000
     # The longest sleep without a wake-up (a notification lost while the listener reconnected is caught then).
     max_sleep_ms: int = 30_000
-    # While another scheduler holds a due schedule, wait this long at most for its commit to be notified.
-    contended_wait_ms: int = 250
+    # While another scheduler holds a due schedule, wait this long at most for it to let the schedule go.
+    contended_wait_ms: int = 1000
     # After a store outage, or a schedule whose firing failed for a reason of its own.
     retry_after_ms: int = 2000
 
@@ -95,19 +96,29 @@ class ScheduleFirer:
             try:
                 await self.fire_due()
                 delay_s = await self._sleep_s()
+                if delay_s is None:  # due, but held by another scheduler: wait for it, then look again
+                    await store.wait_for_holder(self.pool, _now(), self.config.contended_wait_ms)
+                    continue
             except _STORE_ERRORS as exc:
                 log.warning("schedule firing failed; will retry", extra={"error": repr(exc)})
+                delay_s = self.config.retry_after_ms / 1000
+            except Exception:
+                # Anything else (asyncpg's InternalClientError on a connection broken mid-query by a PostgreSQL
+                # restart, for one) must not end the loop: without it no schedule fires on this scheduler.
+                log.exception("schedule firing crashed; will retry")
                 delay_s = self.config.retry_after_ms / 1000
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), delay_s)
 
-    async def _sleep_s(self) -> float:
+    async def _sleep_s(self) -> float | None:
+        """How long until the earliest schedule is due; None when one is due already (another scheduler holds
+        it: fire_due took every other)."""
         earliest = await store.earliest_fire_at(self.pool)
         if earliest is None:
             return self.config.max_sleep_ms / 1000
         delay_s = (earliest - _now()).total_seconds()
-        if delay_s <= 0:  # due, but held by another scheduler: its commit notifies
-            return self.config.contended_wait_ms / 1000
+        if delay_s <= 0:
+            return None
         return min(delay_s, self.config.max_sleep_ms / 1000)
 
     async def fire_due(self) -> int:

@@ -5,6 +5,7 @@ Every statement filters by owner; a schedule of another user is as absent as one
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from datetime import datetime
 
@@ -173,6 +174,16 @@ async def claim_due(conn: asyncpg.Connection, now: datetime) -> asyncpg.Record |
         now,
     )
     return row
+
+
+async def wait_for_holder(pool: asyncpg.Pool, now: datetime, timeout_ms: int) -> None:
+    """Block until the earliest schedule due by now, which another scheduler holds, is let go: its firing
+    committed (it is no longer due) or its scheduler died (its lock went with its connection), at most
+    timeout_ms. Whatever this locks on the way is let go at once, for claim_due to take."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = {int(timeout_ms)}")
+        with contextlib.suppress(asyncpg.LockNotAvailableError):
+            await conn.fetchval("SELECT id FROM schedules WHERE fire_at <= $1 ORDER BY fire_at LIMIT 1 FOR UPDATE", now)
 
 
 async def earliest_fire_at(pool: asyncpg.Pool) -> datetime | None:
