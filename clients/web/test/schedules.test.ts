@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { CatchupPolicy, OverlapPolicy, ScheduleSchema } from "../src/gen/resilienttask/v1/schedule_pb";
+import { until } from "../src/format";
 import { type ScheduleForm, fieldFor, scheduleRequest, timingText } from "../src/schedules";
 
 const VALID: ScheduleForm = {
@@ -87,4 +88,14 @@ test("timing reads as a person says it", () => {
   assert.equal(timingText(cron), "cron */5 * * * * (UTC)");
   const every = create(ScheduleSchema, { spec: { timing: { case: "interval", value: { seconds: 30n } } } });
   assert.equal(timingText(every), "every 30.0s");
+});
+
+test("a countdown rounds up, so a slot less than a second away still reads 'in 1s'", () => {
+  const now = 1_000_000;
+  assert.equal(until(now + 200, now), "in 1s");
+  assert.equal(until(now + 59_001, now), "in 1m");
+  assert.equal(until(now + 3 * 3600_000, now), "in 3h");
+  assert.equal(until(now + 2 * 86_400_000, now), "in 2d");
+  assert.equal(until(now, now), "due");
+  assert.equal(until(now - 5_000, now), "due");
 });
