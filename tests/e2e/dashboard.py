@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.message import Message
 from playwright.async_api import Locator, Page, Request, Route, expect
 
-from resilienttask.v1 import scheduler_pb2, scheduler_pb2_grpc
+from resilienttask.v1 import schedule_pb2, schedule_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from services.stack.stack import Stack
 from tests.conftest import unique_email
 
@@ -53,6 +53,7 @@ async def submit(
     kind: str = "sleep",
     max_runtime_s: str = "",
     max_attempts: int = 3,
+    start_after_s: str = "",
 ) -> None:
     await page.get_by_label("Name").fill(name)
     await page.get_by_label("Kind").select_option(kind)
@@ -60,6 +61,7 @@ async def submit(
     await page.get_by_label("Max runtime (s)").fill(max_runtime_s)
     await page.get_by_label("Replicas").fill(str(replicas))
     await page.get_by_label("Max attempts").fill(str(max_attempts))
+    await page.get_by_label("Start after (s)").fill(start_after_s)
     await page.get_by_role("button", name="Submit", exact=True).click()
 
 
@@ -89,15 +91,25 @@ async def scheduler_as(stack: Stack, token: str) -> AsyncIterator[tuple[Stub, Me
 
 
 async def cancel_unfinished(page: Page, stack: Stack) -> None:
-    """Free the worker slots a test's long tasks hold, so later tests do not wait behind them."""
-    async with scheduler_as(stack, await session_token(page)) as (stub, metadata):
+    """Free the worker slots a test's long tasks hold, so later tests do not wait behind them: its schedules are
+    deleted (they would fire on), its queued, running and scheduled tasks cancelled."""
+    token = await session_token(page)
+    async with grpc.aio.insecure_channel(stack.edge_address) as channel:
+        schedules = schedule_pb2_grpc.ScheduleServiceStub(channel)
+        metadata: Metadata = (("authorization", f"Bearer {token}"),)
+        listed = await schedules.ListSchedules(schedule_pb2.ListSchedulesRequest(page_size=500), metadata=metadata)
+        for schedule in listed.schedules:
+            await schedules.DeleteSchedule(
+                schedule_pb2.DeleteScheduleRequest(schedule_id=schedule.id), metadata=metadata
+            )
+    async with scheduler_as(stack, token) as (stub, metadata):
         page_token = ""
         while True:
             reply = await stub.ListTasks(
                 scheduler_pb2.ListTasksRequest(page_size=500, page_token=page_token), metadata=metadata, timeout=10
             )
             for task in reply.tasks:
-                if task.status in (1, 2):  # QUEUED, RUNNING
+                if task.status in (1, 2, 8):  # QUEUED, RUNNING, SCHEDULED
                     await stub.CancelTask(scheduler_pb2.CancelTaskRequest(task_id=task.id), metadata=metadata)
             if not reply.next_page_token:
                 return
@@ -171,3 +183,37 @@ async def accessibility_violations(page: Page) -> list[dict[str, object]]:
         """async () => (await axe.run(document, { resultTypes: ['violations'] })).violations
              .map((v) => ({ id: v.id, help: v.help, nodes: v.nodes.map((n) => n.target.join(' ')) }))"""
     )
+
+
+async def open_view(page: Page, name: str) -> None:
+    """Switch the dashboard to its Tasks or Schedules view."""
+    await page.get_by_role("button", name=name, exact=True).click()
+    await expect(page.get_by_role("button", name=name, exact=True)).to_have_attribute("aria-pressed", "true")
+
+
+async def create_schedule(
+    page: Page, name: str, *, every_s: str = "", cron: str = "", workload_s: str = "0.2", overlap: str = ""
+) -> None:
+    """Fill the New schedule form (an interval, or a cron expression) and send it."""
+    await page.get_by_label("Schedule name").fill(name)
+    if overlap:
+        await page.get_by_label("If still running").select_option(label=overlap)
+    await page.get_by_label("Timing").select_option("interval" if every_s else "cron")
+    if every_s:
+        await page.get_by_label("Every (s)").fill(every_s)
+    else:
+        await page.get_by_label("Cron expression").fill(cron)
+    await page.get_by_label("Task workload (s)").fill(workload_s)
+    await page.get_by_role("button", name="Create schedule").click()
+
+
+def schedule_row(page: Page, name: str) -> Locator:
+    return page.locator("tr[data-schedule-id]").filter(has=page.locator(".schedule-name", has_text=name))
+
+
+async def fired(row: Locator) -> int:
+    return int(await row.locator("[data-count=fired]").inner_text())
+
+
+async def fired_at_least(row: Locator, count: int) -> bool:
+    return await fired(row) >= count

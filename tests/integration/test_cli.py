@@ -228,6 +228,7 @@ def test_read_commands_print_tables_and_json(rtask: Rtask) -> None:
         "failed": 0,
         "cancelled": 0,
         "timed_out": 0,
+        "scheduled": 0,
     }
     assert "SUCCEEDED" in rtask.run("stats").stdout
     workers = rtask.json("workers")
@@ -350,6 +351,6 @@ def _alive(pid: int) -> bool:
 def test_help_lists_every_command(anon: Rtask) -> None:
     text = anon.run("--help").stdout
     expected: Sequence[str] = ["up", "down", "worker", "signup", "login", "logout", "submit", "ls", "get", "watch"]
-    expected = [*expected, "wait", "cancel", "retry", "rm", "clear", "stats", "workers", "kinds", "health"]
+    expected = [*expected, "wait", "cancel", "retry", "rm", "clear", "schedule", "stats", "workers", "kinds", "health"]
     for command in expected:
         assert f"  {command} " in text, command

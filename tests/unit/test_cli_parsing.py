@@ -1,10 +1,11 @@
-"""The CLI's local pieces: duration parsing, the token cache's file modes, address checks."""
+"""The CLI's local pieces: duration and time parsing, the token cache's file modes, address checks."""
 
 from __future__ import annotations
 
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import click
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from resilienttask.cli.common import check_address
 from resilienttask.cli.credentials import Credential, CredentialStore, config_dir
 from resilienttask.cli.durations import format_duration, parse_duration
+from resilienttask.cli.times import parse_time
 
 
 @pytest.mark.parametrize(
@@ -74,3 +76,38 @@ def test_server_addresses_accepted(address: str) -> None:
 def test_server_addresses_refused(address: str) -> None:
     with pytest.raises(click.BadParameter):
         check_address(None, None, address)
+
+
+PARIS = ZoneInfo("Europe/Paris")
+# The evening before the spring-forward night (2026-03-29 02:00 → 03:00 in Paris).
+EVENING = datetime(2026, 3, 28, 23, 0, tzinfo=PARIS)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("23:30", datetime(2026, 3, 28, 23, 30, tzinfo=PARIS)),  # still ahead today
+        ("18:00", datetime(2026, 3, 29, 18, 0, tzinfo=PARIS)),  # passed: tomorrow, at summer time
+        ("9:05:30", datetime(2026, 3, 29, 9, 5, 30, tzinfo=PARIS)),
+        ("23:00", datetime(2026, 3, 29, 23, 0, tzinfo=PARIS)),  # exactly now is not ahead
+        ("2026-12-24T18:00", datetime(2026, 12, 24, 18, 0, tzinfo=PARIS)),
+        ("2026-12-24 18:00:30+01:00", datetime(2026, 12, 24, 17, 0, 30, tzinfo=UTC)),
+        ("2026-12-24T17:00Z", datetime(2026, 12, 24, 17, 0, tzinfo=UTC)),
+    ],
+)
+def test_times_people_type(text: str, expected: datetime) -> None:
+    parsed = parse_time(text, now=EVENING, zone=PARIS)
+    assert parsed == expected
+
+
+@pytest.mark.parametrize("text", ["", "tomorrow", "2026-12-24", "25:00", "12:61", "18h", "in 5m"])
+def test_bad_times_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"e\.g\. 2026-12-24T18:00"):
+        parse_time(text, now=EVENING, zone=PARIS)
+
+
+def test_a_time_without_zone_is_local_time() -> None:
+    parsed = parse_time("2026-07-01T12:00")
+    assert parsed.tzinfo is not None
+    assert parsed == datetime(2026, 7, 1, 12, 0).astimezone()
+    assert parse_time("12:00") > datetime.now(UTC)

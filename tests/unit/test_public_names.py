@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 
@@ -14,21 +15,25 @@ PUBLIC = [
     "AlreadyExists",
     "AsyncClient",
     "AsyncTaskWatch",
+    "CatchupPolicy",
     "Client",
     "DeadlineExceeded",
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
+    "OverlapPolicy",
     "PermissionDenied",
     "ResilientTaskError",
     "ResourceExhausted",
     "RetryPolicy",
+    "Schedule",
     "Session",
     "Snapshot",
     "Task",
     "TaskContext",
     "TaskStats",
     "TaskStatus",
+    "TaskTemplate",
     "TaskUpdate",
     "TaskWatch",
     "Unauthenticated",
@@ -46,16 +51,24 @@ CLIENT_METHODS = [
     "cancel_batch",
     "clear_history",
     "close",
+    "create_schedule",
     "delete",
+    "delete_schedule",
     "get",
+    "get_schedule",
     "health",
     "kinds",
     "list",
+    "list_schedules",
     "login",
+    "pause_schedule",
+    "resume_schedule",
     "retry",
     "signup",
     "stats",
     "submit",
+    "trigger_schedule",
+    "update_schedule",
     "wait",
     "watch",
     "workers",
@@ -115,6 +128,7 @@ def test_errors_form_one_tree_carrying_status_codes() -> None:
 
 def test_status_names_are_the_cli_and_json_names() -> None:
     assert [s.value for s in resilienttask.TaskStatus] == [
+        "scheduled",
         "queued",
         "running",
         "cancelling",
@@ -130,6 +144,22 @@ def test_status_names_are_the_cli_and_json_names() -> None:
         resilienttask.TaskStatus.CANCELLED,
         resilienttask.TaskStatus.TIMED_OUT,
     }
+
+
+def test_both_clients_take_the_same_parameters() -> None:
+    """Sync and asyncio calls stay symmetric: the same names, parameters, kinds and defaults."""
+
+    def parameters(cls: type, name: str) -> list[tuple[str, object, object]]:
+        signature = inspect.signature(getattr(cls, name))
+        return [(p.name, p.kind, p.default) for p in signature.parameters.values()]
+
+    for name in CLIENT_METHODS:
+        assert parameters(resilienttask.Client, name) == parameters(resilienttask.AsyncClient, name), name
+
+
+def test_policy_names_are_the_cli_and_json_names() -> None:
+    assert [p.value for p in resilienttask.OverlapPolicy] == ["skip", "allow", "cancel_previous"]
+    assert [p.value for p in resilienttask.CatchupPolicy] == ["skip", "latest", "all"]
 
 
 def test_handler_code_does_not_load_grpc() -> None:

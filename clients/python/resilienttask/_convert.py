@@ -6,23 +6,27 @@ import math
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from resilienttask.models import (
+    CatchupPolicy,
+    OverlapPolicy,
+    Schedule,
     Session,
     Snapshot,
     Task,
     TaskStats,
     TaskStatus,
+    TaskTemplate,
     TaskUpdate,
     User,
     WatchEvent,
     Worker,
     WorkersUpdate,
 )
-from resilienttask.v1 import auth_pb2, scheduler_pb2, task_pb2
+from resilienttask.v1 import auth_pb2, schedule_pb2, scheduler_pb2, task_pb2
 
 Seconds = timedelta | float | int
 
@@ -35,8 +39,21 @@ _STATUS_TO_PROTO: dict[TaskStatus, task_pb2.TaskStatus] = {
     TaskStatus.FAILED: task_pb2.TASK_STATUS_FAILED,
     TaskStatus.CANCELLED: task_pb2.TASK_STATUS_CANCELLED,
     TaskStatus.TIMED_OUT: task_pb2.TASK_STATUS_TIMED_OUT,
+    TaskStatus.SCHEDULED: task_pb2.TASK_STATUS_SCHEDULED,
 }
 _STATUS_FROM_PROTO = {number: status for status, number in _STATUS_TO_PROTO.items()}
+_OVERLAP_TO_PROTO: dict[OverlapPolicy, schedule_pb2.OverlapPolicy] = {
+    OverlapPolicy.SKIP: schedule_pb2.OVERLAP_POLICY_SKIP,
+    OverlapPolicy.ALLOW: schedule_pb2.OVERLAP_POLICY_ALLOW,
+    OverlapPolicy.CANCEL_PREVIOUS: schedule_pb2.OVERLAP_POLICY_CANCEL_PREVIOUS,
+}
+_OVERLAP_FROM_PROTO = {number: policy for policy, number in _OVERLAP_TO_PROTO.items()}
+_CATCHUP_TO_PROTO: dict[CatchupPolicy, schedule_pb2.CatchupPolicy] = {
+    CatchupPolicy.SKIP: schedule_pb2.CATCHUP_POLICY_SKIP,
+    CatchupPolicy.LATEST: schedule_pb2.CATCHUP_POLICY_LATEST,
+    CatchupPolicy.ALL: schedule_pb2.CATCHUP_POLICY_ALL,
+}
+_CATCHUP_FROM_PROTO = {number: policy for policy, number in _CATCHUP_TO_PROTO.items()}
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -63,6 +80,15 @@ def status_number(status: TaskStatus | str | None) -> task_pb2.TaskStatus:
         raise ValueError(f"unknown status {status!r}; one of: {names}") from exc
 
 
+def to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    """A Timestamp from an aware datetime; a naive one is refused (local time or UTC? the SDK will not guess)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"a time must carry its time zone (e.g. datetime.now(UTC) + timedelta(...)), got {value!r}")
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value.astimezone(UTC))
+    return stamp
+
+
 def submit_request(
     name: str,
     *,
@@ -73,8 +99,15 @@ def submit_request(
     replicas: int,
     max_attempts: int | None,
     request_id: str | None,
+    run_at: datetime | None = None,
+    delay: Seconds | None = None,
 ) -> scheduler_pb2.SubmitTaskRequest:
-    """The SubmitTask request; a request_id is generated here so retries of this call are idempotent."""
+    """The SubmitTask request; a request_id is generated here so retries of this call are idempotent.
+
+    At most one of run_at and delay: the task is SCHEDULED until then.
+    """
+    if run_at is not None and delay is not None:
+        raise ValueError("give run_at or delay, not both")
     request = scheduler_pb2.SubmitTaskRequest(
         name=name,
         kind=kind,
@@ -87,14 +120,127 @@ def submit_request(
         request.max_runtime.CopyFrom(to_duration(max_runtime))
     if payload:
         request.payload.update(dict(payload))
+    if run_at is not None:
+        request.run_at.CopyFrom(to_timestamp(run_at))
+    elif delay is not None:
+        request.delay.CopyFrom(to_duration(delay))
     return request
 
 
+def retry_request(task_id: str, delay: Seconds | None) -> scheduler_pb2.RetryTaskRequest:
+    request = scheduler_pb2.RetryTaskRequest(task_id=task_id)
+    if delay is not None:
+        request.delay.CopyFrom(to_duration(delay))
+    return request
+
+
+class ScheduleOptions(TypedDict, total=False):
+    """A schedule's spec besides its name, as keyword arguments of create_schedule() and update_schedule().
+
+    Timing, exactly one of:
+      cron: a 5-field cron expression ("*/5 * * * *"), with time_zone: an IANA zone ("Europe/Paris"; default UTC);
+      interval: seconds or a timedelta, from the schedule's creation (or last update), at least 1 s.
+    The task each firing submits (as submit() takes it): task_name (default: the schedule's name), kind,
+    payload, workload, max_runtime, replicas, max_attempts.
+    Policies: overlap (OverlapPolicy, default SKIP), catchup (CatchupPolicy, default LATEST), catchup_limit
+    (with CatchupPolicy.ALL, 1 to 100, default 10), jitter (a random delay of each firing, below the interval).
+    """
+
+    cron: str | None
+    time_zone: str | None
+    interval: Seconds | None
+    task_name: str | None
+    kind: str
+    payload: Mapping[str, Any] | None
+    workload: Seconds
+    max_runtime: Seconds | None
+    replicas: int
+    max_attempts: int | None
+    overlap: OverlapPolicy | str | None
+    catchup: CatchupPolicy | str | None
+    catchup_limit: int | None
+    jitter: Seconds | None
+
+
+def _overlap_number(value: OverlapPolicy | str | None) -> schedule_pb2.OverlapPolicy:
+    return _OVERLAP_TO_PROTO[OverlapPolicy(value)] if value else schedule_pb2.OVERLAP_POLICY_UNSPECIFIED
+
+
+def _catchup_number(value: CatchupPolicy | str | None) -> schedule_pb2.CatchupPolicy:
+    return _CATCHUP_TO_PROTO[CatchupPolicy(value)] if value else schedule_pb2.CATCHUP_POLICY_UNSPECIFIED
+
+
+def schedule_spec(name: str, options: ScheduleOptions) -> schedule_pb2.ScheduleSpec:
+    """The ScheduleSpec for create and update; refuses unknown options and a timing that is not exactly one."""
+    unknown = sorted(set(options) - set(ScheduleOptions.__annotations__))
+    if unknown:
+        raise TypeError(f"unknown schedule option(s): {', '.join(unknown)}")
+    cron, interval, time_zone = options.get("cron"), options.get("interval"), options.get("time_zone")
+    if (cron is None) == (interval is None):
+        raise ValueError("give exactly one of cron and interval")
+    if time_zone is not None and cron is None:
+        raise ValueError("time_zone only applies to a cron schedule")
+    max_runtime, jitter = options.get("max_runtime"), options.get("jitter")
+    template = schedule_pb2.TaskTemplate(
+        name=options.get("task_name") or name,
+        kind=options.get("kind", ""),
+        workload=to_duration(options.get("workload", 0)),
+        replicas=options.get("replicas", 1),
+        max_attempts=options.get("max_attempts") or 0,
+    )
+    if max_runtime is not None:
+        template.max_runtime.CopyFrom(to_duration(max_runtime))
+    payload = options.get("payload")
+    if payload:
+        template.payload.update(dict(payload))
+    spec = schedule_pb2.ScheduleSpec(
+        name=name,
+        task=template,
+        overlap=_overlap_number(options.get("overlap")),
+        catchup=_catchup_number(options.get("catchup")),
+        catchup_limit=options.get("catchup_limit") or 0,
+    )
+    if cron is not None:
+        spec.cron.CopyFrom(schedule_pb2.CronTiming(expression=cron, time_zone=time_zone or ""))
+    else:
+        assert interval is not None
+        spec.interval.CopyFrom(to_duration(interval))
+    if jitter is not None:
+        spec.jitter.CopyFrom(to_duration(jitter))
+    return spec
+
+
+def spec_options(schedule: Schedule) -> ScheduleOptions:
+    """The options that give a schedule's spec again: what a partial update starts from."""
+    template = schedule.task
+    options = ScheduleOptions(
+        task_name=template.name,
+        kind=template.kind,
+        payload=template.payload,
+        workload=template.workload,
+        max_runtime=template.max_runtime,
+        replicas=template.replicas,
+        max_attempts=template.max_attempts or None,
+        overlap=schedule.overlap,
+        catchup=schedule.catchup,
+        catchup_limit=schedule.catchup_limit or None,
+        jitter=schedule.jitter,
+    )
+    if schedule.cron is not None:
+        options["cron"] = schedule.cron
+        options["time_zone"] = schedule.time_zone or None
+    else:
+        options["interval"] = schedule.interval
+    return options
+
+
 # -- replies -----------------------------------------------------------------------------------
-def _time(message: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
-    if not present:
-        return None
+def _moment(message: timestamp_pb2.Timestamp) -> datetime:
     return datetime.fromtimestamp(message.seconds + message.nanos / 1e9, tz=UTC)
+
+
+def _time(message: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
+    return _moment(message) if present else None
 
 
 def _timedelta(message: duration_pb2.Duration) -> timedelta:
@@ -125,6 +271,8 @@ def task_from_proto(message: task_pb2.Task) -> Task:
         payload=json_format.MessageToDict(message.payload) if message.HasField("payload") else {},
         result=_value(message.result) if message.HasField("result") else None,
         summary=message.summary,
+        run_at=_time(message.run_at, message.HasField("run_at")),
+        schedule_id=message.schedule_id,
     )
 
 
@@ -141,6 +289,43 @@ def stats_from_proto(message: task_pb2.TaskStats) -> TaskStats:
         failed=message.failed,
         cancelled=message.cancelled,
         timed_out=message.timed_out,
+        scheduled=message.scheduled,
+    )
+
+
+def schedule_from_proto(message: schedule_pb2.Schedule) -> Schedule:
+    spec, template = message.spec, message.spec.task
+    timing = spec.WhichOneof("timing")
+    return Schedule(
+        id=message.id,
+        name=spec.name,
+        cron=spec.cron.expression if timing == "cron" else None,
+        time_zone=spec.cron.time_zone if timing == "cron" else "",
+        interval=_timedelta(spec.interval) if timing == "interval" else None,
+        task=TaskTemplate(
+            name=template.name,
+            kind=template.kind,
+            payload=json_format.MessageToDict(template.payload) if template.HasField("payload") else {},
+            workload=_timedelta(template.workload),
+            max_runtime=_timedelta(template.max_runtime) if template.HasField("max_runtime") else None,
+            replicas=template.replicas or 1,
+            max_attempts=template.max_attempts,
+        ),
+        overlap=_OVERLAP_FROM_PROTO.get(spec.overlap, OverlapPolicy.SKIP),
+        catchup=_CATCHUP_FROM_PROTO.get(spec.catchup, CatchupPolicy.LATEST),
+        catchup_limit=spec.catchup_limit,
+        jitter=_timedelta(spec.jitter),
+        paused=message.paused,
+        next_runs=tuple(_moment(t) for t in message.next_runs),
+        last_slot=_time(message.last_slot, message.HasField("last_slot")),
+        last_batch_id=message.last_batch_id,
+        last_status=_STATUS_FROM_PROTO.get(message.last_status) if message.last_status else None,
+        last_error=message.last_error,
+        fired=message.fired,
+        skipped=message.skipped,
+        version=message.version,
+        created_at=_time(message.created_at, message.HasField("created_at")),
+        updated_at=_time(message.updated_at, message.HasField("updated_at")),
     )
 
 

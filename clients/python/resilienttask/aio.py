@@ -15,16 +15,22 @@ import builtins
 import contextlib
 import os
 import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from datetime import datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from resilienttask._channel import DEFAULT_ADDRESS, ChannelOptions, ChannelSettings, bearer
 from resilienttask._convert import (
+    ScheduleOptions,
     Seconds,
+    retry_request,
+    schedule_from_proto,
+    schedule_spec,
     session_from_proto,
     stats_from_proto,
     status_number,
@@ -37,8 +43,8 @@ from resilienttask._retry import RetryPolicy
 from resilienttask._tracecontext import trace_metadata
 from resilienttask._watch import BATCH_PAGE_SIZE, FETCH_CONCURRENCY, WaitTracker, WatchState, task_ids
 from resilienttask.errors import DeadlineExceeded, Unavailable, from_rpc_error
-from resilienttask.models import Session, Snapshot, Task, TaskStats, TaskStatus, WatchEvent, Worker
-from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from resilienttask.models import Schedule, Session, Snapshot, Task, TaskStats, TaskStatus, WatchEvent, Worker
+from resilienttask.v1 import auth_pb2, auth_pb2_grpc, schedule_pb2, schedule_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
 __all__ = ["AsyncClient", "AsyncTaskWatch"]
 
@@ -143,19 +149,20 @@ class AsyncClient:
         self.timeout = timeout
         self.retry_policy = retry or RetryPolicy()
         self._channel: grpc.aio.Channel | None = None
-        self._stubs: tuple[Any, Any, Any] | None = None
+        self._stubs: tuple[Any, Any, Any, Any] | None = None
 
     @property
     def address(self) -> str:
         return self.settings.address
 
-    def _stub_set(self) -> tuple[Any, Any, Any]:
+    def _stub_set(self) -> tuple[Any, Any, Any, Any]:
         if self._stubs is None:
             self._channel = self.settings.async_channel()
             self._stubs = (
                 auth_pb2_grpc.AuthServiceStub(self._channel),
                 scheduler_pb2_grpc.SchedulerServiceStub(self._channel),
                 health_pb2_grpc.HealthStub(self._channel),
+                schedule_pb2_grpc.ScheduleServiceStub(self._channel),
             )
         return self._stubs
 
@@ -166,6 +173,10 @@ class AsyncClient:
     @property
     def _scheduler(self) -> Any:
         return self._stub_set()[1]
+
+    @property
+    def _schedules(self) -> Any:
+        return self._stub_set()[3]
 
     async def close(self) -> None:
         if self._channel is not None:
@@ -230,6 +241,8 @@ class AsyncClient:
         replicas: int = 1,
         max_attempts: int | None = None,
         request_id: str | None = None,
+        run_at: datetime | None = None,
+        delay: Seconds | None = None,
     ) -> builtins.list[Task]:
         """Submit a task or a batch of replicas; see Client.submit."""
         request = submit_request(
@@ -241,6 +254,8 @@ class AsyncClient:
             replicas=replicas,
             max_attempts=max_attempts,
             request_id=request_id,
+            run_at=run_at,
+            delay=delay,
         )
         reply = await self._call(self._scheduler.SubmitTask, request, idempotent=True)
         return [task_from_proto(t) for t in reply.tasks]
@@ -271,8 +286,8 @@ class AsyncClient:
         reply = await self._call(self._scheduler.CancelBatch, scheduler_pb2.CancelBatchRequest(batch_id=batch_id))
         return [task_from_proto(t) for t in reply.tasks]
 
-    async def retry(self, task_id: str) -> Task:
-        reply = await self._call(self._scheduler.RetryTask, scheduler_pb2.RetryTaskRequest(task_id=task_id))
+    async def retry(self, task_id: str, *, delay: Seconds | None = None) -> Task:
+        reply = await self._call(self._scheduler.RetryTask, retry_request(task_id, delay))
         return task_from_proto(reply.task)
 
     async def delete(self, task_id: str) -> None:
@@ -298,6 +313,58 @@ class AsyncClient:
         health = self._stub_set()[2]
         reply = await self._call(health.Check, health_pb2.HealthCheckRequest(), auth=False, idempotent=True)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    # -- schedules -------------------------------------------------------------------------------
+    async def create_schedule(
+        self, name: str, *, paused: bool = False, request_id: str | None = None, **spec: Unpack[ScheduleOptions]
+    ) -> Schedule:
+        """Create a recurring schedule; see Client.create_schedule."""
+        request = schedule_pb2.CreateScheduleRequest(
+            spec=schedule_spec(name, spec), paused=paused, request_id=request_id or str(uuid.uuid4())
+        )
+        reply = await self._call(self._schedules.CreateSchedule, request, idempotent=True)
+        return schedule_from_proto(reply.schedule)
+
+    async def get_schedule(self, schedule_id: str) -> Schedule:
+        request = schedule_pb2.GetScheduleRequest(schedule_id=schedule_id)
+        return schedule_from_proto((await self._call(self._schedules.GetSchedule, request, idempotent=True)).schedule)
+
+    async def list_schedules(self, *, page_size: int = 100) -> AsyncIterator[Schedule]:
+        """Every schedule of the caller, oldest first; pages are fetched lazily."""
+        request = schedule_pb2.ListSchedulesRequest(page_size=page_size)
+        while True:
+            reply = await self._call(self._schedules.ListSchedules, request, idempotent=True)
+            for message in reply.schedules:
+                yield schedule_from_proto(message)
+            if not reply.next_page_token:
+                return
+            request.page_token = reply.next_page_token
+
+    async def update_schedule(self, schedule_id: str, name: str, **spec: Unpack[ScheduleOptions]) -> Schedule:
+        """Replace a schedule's whole spec; see Client.update_schedule."""
+        request = schedule_pb2.UpdateScheduleRequest(schedule_id=schedule_id, spec=schedule_spec(name, spec))
+        return schedule_from_proto((await self._call(self._schedules.UpdateSchedule, request)).schedule)
+
+    async def pause_schedule(self, schedule_id: str) -> Schedule:
+        request = schedule_pb2.PauseScheduleRequest(schedule_id=schedule_id)
+        reply = await self._call(self._schedules.PauseSchedule, request, idempotent=True)
+        return schedule_from_proto(reply.schedule)
+
+    async def resume_schedule(self, schedule_id: str) -> Schedule:
+        request = schedule_pb2.ResumeScheduleRequest(schedule_id=schedule_id)
+        reply = await self._call(self._schedules.ResumeSchedule, request, idempotent=True)
+        return schedule_from_proto(reply.schedule)
+
+    async def trigger_schedule(self, schedule_id: str, *, request_id: str | None = None) -> builtins.list[Task]:
+        """Fire now; see Client.trigger_schedule."""
+        request = schedule_pb2.TriggerScheduleRequest(
+            schedule_id=schedule_id, request_id=request_id or str(uuid.uuid4())
+        )
+        reply = await self._call(self._schedules.TriggerSchedule, request, idempotent=True)
+        return [task_from_proto(t) for t in reply.tasks]
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        await self._call(self._schedules.DeleteSchedule, schedule_pb2.DeleteScheduleRequest(schedule_id=schedule_id))
 
     # -- live ------------------------------------------------------------------------------------
     def watch(self, resume_token: str = "", *, timeout: Seconds | None = None) -> AsyncTaskWatch:

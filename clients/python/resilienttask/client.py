@@ -12,16 +12,22 @@ import builtins
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from datetime import datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from resilienttask._channel import DEFAULT_ADDRESS, ChannelOptions, ChannelSettings, bearer
 from resilienttask._convert import (
+    ScheduleOptions,
     Seconds,
+    retry_request,
+    schedule_from_proto,
+    schedule_spec,
     session_from_proto,
     stats_from_proto,
     status_number,
@@ -34,8 +40,8 @@ from resilienttask._retry import RetryPolicy
 from resilienttask._tracecontext import trace_metadata
 from resilienttask._watch import BATCH_PAGE_SIZE, WaitTracker, WatchState, task_ids
 from resilienttask.errors import DeadlineExceeded, Unavailable, from_rpc_error
-from resilienttask.models import Session, Snapshot, Task, TaskStats, TaskStatus, WatchEvent, Worker
-from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from resilienttask.models import Schedule, Session, Snapshot, Task, TaskStats, TaskStatus, WatchEvent, Worker
+from resilienttask.v1 import auth_pb2, auth_pb2_grpc, schedule_pb2, schedule_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
 __all__ = ["Client", "TaskWatch"]
 
@@ -138,6 +144,7 @@ class Client:
         self._channel = self.settings.sync_channel()
         self._auth = auth_pb2_grpc.AuthServiceStub(self._channel)
         self._scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self._channel)
+        self._schedules = schedule_pb2_grpc.ScheduleServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     @property
@@ -205,11 +212,15 @@ class Client:
         replicas: int = 1,
         max_attempts: int | None = None,
         request_id: str | None = None,
+        run_at: datetime | None = None,
+        delay: Seconds | None = None,
     ) -> builtins.list[Task]:
         """Submit a task (or `replicas` copies of it, atomically); returns the tasks by replica index.
 
         `kind` empty means the built-in simulated workload "sleep". A request_id is generated when
         none is given; retries after UNAVAILABLE reuse it, so they never create duplicates.
+        `run_at` (an aware datetime) or `delay` (seconds or a timedelta), at most one, starts the tasks
+        later: they are SCHEDULED until then.
         """
         request = submit_request(
             name,
@@ -220,6 +231,8 @@ class Client:
             replicas=replicas,
             max_attempts=max_attempts,
             request_id=request_id,
+            run_at=run_at,
+            delay=delay,
         )
         reply = self._call(self._scheduler.SubmitTask, request, idempotent=True)
         return [task_from_proto(t) for t in reply.tasks]
@@ -253,9 +266,9 @@ class Client:
         reply = self._call(self._scheduler.CancelBatch, scheduler_pb2.CancelBatchRequest(batch_id=batch_id))
         return [task_from_proto(t) for t in reply.tasks]
 
-    def retry(self, task_id: str) -> Task:
-        """Queue a failed, timed-out or cancelled task again."""
-        reply = self._call(self._scheduler.RetryTask, scheduler_pb2.RetryTaskRequest(task_id=task_id))
+    def retry(self, task_id: str, *, delay: Seconds | None = None) -> Task:
+        """Queue a failed, timed-out or cancelled task again; with a delay it is SCHEDULED until then."""
+        reply = self._call(self._scheduler.RetryTask, retry_request(task_id, delay))
         return task_from_proto(reply.task)
 
     def delete(self, task_id: str) -> None:
@@ -285,6 +298,61 @@ class Client:
         """The edge's health status name ("SERVING" when it can take calls); needs no token."""
         reply = self._call(self._health.Check, health_pb2.HealthCheckRequest(), auth=False, idempotent=True)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    # -- schedules -------------------------------------------------------------------------------
+    def create_schedule(
+        self, name: str, *, paused: bool = False, request_id: str | None = None, **spec: Unpack[ScheduleOptions]
+    ) -> Schedule:
+        """Create a recurring schedule: `cron=` (with `time_zone=`) or `interval=`, the task template and
+        policies as ScheduleOptions lists them. A request_id is generated when none is given, so a retry
+        after UNAVAILABLE returns the schedule of the first attempt.
+        """
+        request = schedule_pb2.CreateScheduleRequest(
+            spec=schedule_spec(name, spec), paused=paused, request_id=request_id or str(uuid.uuid4())
+        )
+        return schedule_from_proto(self._call(self._schedules.CreateSchedule, request, idempotent=True).schedule)
+
+    def get_schedule(self, schedule_id: str) -> Schedule:
+        request = schedule_pb2.GetScheduleRequest(schedule_id=schedule_id)
+        return schedule_from_proto(self._call(self._schedules.GetSchedule, request, idempotent=True).schedule)
+
+    def list_schedules(self, *, page_size: int = 100) -> Iterator[Schedule]:
+        """Every schedule of the caller, oldest first; pages are fetched lazily."""
+        request = schedule_pb2.ListSchedulesRequest(page_size=page_size)
+        while True:
+            reply = self._call(self._schedules.ListSchedules, request, idempotent=True)
+            for message in reply.schedules:
+                yield schedule_from_proto(message)
+            if not reply.next_page_token:
+                return
+            request.page_token = reply.next_page_token
+
+    def update_schedule(self, schedule_id: str, name: str, **spec: Unpack[ScheduleOptions]) -> Schedule:
+        """Replace a schedule's whole spec (options left out take their defaults); slots count again from now."""
+        request = schedule_pb2.UpdateScheduleRequest(schedule_id=schedule_id, spec=schedule_spec(name, spec))
+        return schedule_from_proto(self._call(self._schedules.UpdateSchedule, request).schedule)
+
+    def pause_schedule(self, schedule_id: str) -> Schedule:
+        """Stop firing; slots that pass while paused are not caught up."""
+        request = schedule_pb2.PauseScheduleRequest(schedule_id=schedule_id)
+        return schedule_from_proto(self._call(self._schedules.PauseSchedule, request, idempotent=True).schedule)
+
+    def resume_schedule(self, schedule_id: str) -> Schedule:
+        """Fire again from the next slot."""
+        request = schedule_pb2.ResumeScheduleRequest(schedule_id=schedule_id)
+        return schedule_from_proto(self._call(self._schedules.ResumeSchedule, request, idempotent=True).schedule)
+
+    def trigger_schedule(self, schedule_id: str, *, request_id: str | None = None) -> builtins.list[Task]:
+        """Fire now, outside the slots; returns the tasks submitted, none when the overlap policy skipped it."""
+        request = schedule_pb2.TriggerScheduleRequest(
+            schedule_id=schedule_id, request_id=request_id or str(uuid.uuid4())
+        )
+        reply = self._call(self._schedules.TriggerSchedule, request, idempotent=True)
+        return [task_from_proto(t) for t in reply.tasks]
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        """Remove a schedule; the tasks it submitted stay."""
+        self._call(self._schedules.DeleteSchedule, schedule_pb2.DeleteScheduleRequest(schedule_id=schedule_id))
 
     # -- live ------------------------------------------------------------------------------------
     def watch(self, resume_token: str = "", *, timeout: Seconds | None = None) -> TaskWatch:

@@ -53,7 +53,7 @@ class InvalidArgument(ResilientTaskError):
 
 
 class NotFound(ResilientTaskError):
-    """The task does not exist (or belongs to another user: the service never says which)."""
+    """The task or schedule does not exist (or belongs to another user: the service never says which)."""
 
     default_code = grpc.StatusCode.NOT_FOUND
 

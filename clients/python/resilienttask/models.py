@@ -12,11 +12,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 __all__ = [
+    "CatchupPolicy",
+    "OverlapPolicy",
+    "Schedule",
     "Session",
     "Snapshot",
     "Task",
     "TaskStats",
     "TaskStatus",
+    "TaskTemplate",
     "TaskUpdate",
     "User",
     "WatchEvent",
@@ -28,6 +32,7 @@ __all__ = [
 class TaskStatus(enum.StrEnum):
     """Where a task is in its life; the value is the name the CLI and JSON output use."""
 
+    SCHEDULED = "scheduled"
     QUEUED = "queued"
     RUNNING = "running"
     CANCELLING = "cancelling"
@@ -78,6 +83,9 @@ class Session:
 class Task:
     """One unit of work as the service last reported it; `version` grows with every change.
 
+    `run_at` is when a delayed task becomes (or became) due, None for one due at submission; `schedule_id`
+    names the schedule that submitted it ("" for a task submitted directly).
+
     Tasks from watch() are summaries (`summary` True): their payload and result are left out (empty dict,
     None) and their error is cut to its first KiB; get() returns the whole task. wait() returns whole tasks.
     """
@@ -104,6 +112,8 @@ class Task:
     payload: dict[str, Any] = field(default_factory=dict)
     result: Any = None
     summary: bool = False
+    run_at: datetime | None = None
+    schedule_id: str = ""
 
     @property
     def done(self) -> bool:
@@ -138,12 +148,14 @@ class Task:
             "payload": self.payload,
             "result": self.result,
             "summary": self.summary,
+            "run_at": _iso(self.run_at),
+            "schedule_id": self.schedule_id,
         }
 
 
 @dataclass(frozen=True)
 class TaskStats:
-    """The caller's tasks counted per status; `active` = queued + running."""
+    """The caller's tasks counted per status; `active` = queued + running (scheduled tasks are not active)."""
 
     active: int = 0
     queued: int = 0
@@ -152,6 +164,7 @@ class TaskStats:
     failed: int = 0
     cancelled: int = 0
     timed_out: int = 0
+    scheduled: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -162,6 +175,7 @@ class TaskStats:
             "failed": self.failed,
             "cancelled": self.cancelled,
             "timed_out": self.timed_out,
+            "scheduled": self.scheduled,
         }
 
 
@@ -241,3 +255,106 @@ class WorkersUpdate:
 
 
 WatchEvent = Snapshot | TaskUpdate | WorkersUpdate
+
+
+class OverlapPolicy(enum.StrEnum):
+    """What a schedule's slot does while the previous firing's tasks are still active."""
+
+    SKIP = "skip"  # the default: skip the slot
+    ALLOW = "allow"  # fire anyway; firings may overlap
+    CANCEL_PREVIOUS = "cancel_previous"  # cancel the previous firing's unfinished tasks, then fire
+
+
+class CatchupPolicy(enum.StrEnum):
+    """What happens to slots missed while no scheduler ran (slots passed while paused are never caught up)."""
+
+    SKIP = "skip"  # drop them
+    LATEST = "latest"  # the default: fire once for the latest missed slot
+    ALL = "all"  # fire each, oldest first, up to catchup_limit of them
+
+
+@dataclass(frozen=True)
+class TaskTemplate:
+    """The task each firing of a schedule submits (the fields of submit())."""
+
+    name: str
+    kind: str = ""
+    payload: dict[str, Any] = field(default_factory=dict)
+    workload: timedelta = timedelta(0)
+    max_runtime: timedelta | None = None
+    replicas: int = 1
+    max_attempts: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "payload": self.payload,
+            "workload_s": self.workload.total_seconds(),
+            "max_runtime_s": self.max_runtime.total_seconds() if self.max_runtime is not None else None,
+            "replicas": self.replicas,
+            "max_attempts": self.max_attempts,
+        }
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A recurring schedule as the service last reported it: its spec, its state and what it fired.
+
+    Exactly one of `cron` (a 5-field expression in `time_zone`, "" meaning UTC) and `interval` is set.
+    `next_runs` are the next slots (empty while paused); `last_status` is the status the latest firing's
+    first task has now (None before the first firing); `last_error` says why the latest due slot submitted
+    nothing although its overlap policy let it fire (a per-user limit refused it), "" when it fired.
+    """
+
+    id: str
+    name: str
+    cron: str | None
+    time_zone: str
+    interval: timedelta | None
+    task: TaskTemplate
+    overlap: OverlapPolicy
+    catchup: CatchupPolicy
+    catchup_limit: int
+    jitter: timedelta
+    paused: bool
+    next_runs: tuple[datetime, ...]
+    last_slot: datetime | None
+    last_batch_id: str
+    last_status: TaskStatus | None
+    last_error: str
+    fired: int
+    skipped: int
+    version: int
+    created_at: datetime | None
+    updated_at: datetime | None
+
+    @property
+    def next_run(self) -> datetime | None:
+        """The next slot, None while paused."""
+        return self.next_runs[0] if self.next_runs else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "cron": self.cron,
+            "time_zone": self.time_zone,
+            "interval_s": self.interval.total_seconds() if self.interval is not None else None,
+            "task": self.task.to_dict(),
+            "overlap": self.overlap.value,
+            "catchup": self.catchup.value,
+            "catchup_limit": self.catchup_limit,
+            "jitter_s": self.jitter.total_seconds(),
+            "paused": self.paused,
+            "next_runs": [_iso(t) for t in self.next_runs],
+            "last_slot": _iso(self.last_slot),
+            "last_batch_id": self.last_batch_id,
+            "last_status": self.last_status.value if self.last_status is not None else None,
+            "last_error": self.last_error,
+            "fired": self.fired,
+            "skipped": self.skipped,
+            "version": self.version,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+        }

@@ -3,6 +3,7 @@
 import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { AuthService } from "./gen/resilienttask/v1/auth_pb";
+import { ScheduleService } from "./gen/resilienttask/v1/schedule_pb";
 import { SchedulerService } from "./gen/resilienttask/v1/scheduler_pb";
 
 /** Unary calls give up after this long; Envoy caps them at its own unary timeout anyway. */
@@ -10,10 +11,12 @@ export const UNARY_TIMEOUT_MS = 15_000;
 
 export type SchedulerClient = Client<typeof SchedulerService>;
 export type AuthClient = Client<typeof AuthService>;
+export type ScheduleClient = Client<typeof ScheduleService>;
 
 export interface Api {
   auth: AuthClient;
   scheduler: SchedulerClient;
+  schedules: ScheduleClient;
 }
 
 /**
@@ -32,7 +35,11 @@ export function createApi(token: () => string | null, onUnauthenticated: () => v
     }
   };
   const transport = createGrpcWebTransport({ baseUrl: location.origin, interceptors: [bearer] });
-  return { auth: createClient(AuthService, transport), scheduler: createClient(SchedulerService, transport) };
+  return {
+    auth: createClient(AuthService, transport),
+    scheduler: createClient(SchedulerService, transport),
+    schedules: createClient(ScheduleService, transport),
+  };
 }
 
 export function isUnauthenticated(err: unknown): boolean {
@@ -51,7 +58,8 @@ export interface Refusal {
 export function refusal(err: unknown): Refusal {
   const error = ConnectError.from(err);
   const message = error.rawMessage;
-  const named = /^([a-z_]+): (.+)$/s.exec(message);
+  // Nested fields are named by path ("spec.cron.expression"); single names are the common case.
+  const named = /^([a-z_][a-z_.]*): (.+)$/s.exec(message);
   if (error.code === Code.InvalidArgument || error.code === Code.AlreadyExists) {
     if (named) return { code: error.code, field: named[1], reason: named[2] };
   }

@@ -38,7 +38,7 @@ export function isActive(status: TaskStatus): boolean {
 }
 
 export function isFinished(status: TaskStatus): boolean {
-  return status !== TaskStatus.UNSPECIFIED && !ACTIVE.has(status);
+  return status !== TaskStatus.UNSPECIFIED && status !== TaskStatus.SCHEDULED && !ACTIVE.has(status);
 }
 
 export function pendingKey(requestId: string, replicaIndex: number): string {

@@ -53,3 +53,13 @@ const TIME = new Intl.DateTimeFormat(undefined, {
 export function timeOfDay(millis: number): string {
   return TIME.format(millis);
 }
+
+/** "in 12s", "in 3m", "in 2h" for a time ahead; "due" once it passed. */
+export function until(millis: number, now: number): string {
+  if (millis <= now) return "due";
+  const s = Math.ceil((millis - now) / 1000);
+  if (s < 60) return `in ${s}s`;
+  if (s < 3600) return `in ${Math.floor(s / 60)}m`;
+  if (s < 86400) return `in ${Math.floor(s / 3600)}h`;
+  return `in ${Math.floor(s / 86400)}d`;
+}

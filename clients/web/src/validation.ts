@@ -10,6 +10,9 @@ export const MIN_RUNTIME_MS = 1000;
 export const MAX_RUNTIME_MS = 24 * 3600 * 1000;
 export const MAX_REPLICAS = 50;
 export const MAX_ATTEMPTS = 10;
+/** How far ahead a task may be delayed, and how far in the past a start time may lie (it then starts now). */
+export const MAX_DELAY_MS = 366 * 24 * 3600 * 1000;
+export const RUN_AT_GRACE_MS = 60 * 1000;
 
 /** What the form holds, as typed. Durations are in seconds, decimals allowed. */
 export interface TaskForm {
@@ -19,9 +22,12 @@ export interface TaskForm {
   maxRuntimeS: string;
   replicas: string;
   maxAttempts: string;
+  /** Optional start: a local date and time (as an <input type="datetime-local"> gives it), or a delay. */
+  startAt?: string;
+  startAfterS?: string;
 }
 
-export type Field = "name" | "kind" | "workload" | "max_runtime" | "replicas" | "max_attempts";
+export type Field = "name" | "kind" | "workload" | "max_runtime" | "replicas" | "max_attempts" | "run_at" | "delay";
 export type FieldErrors = Partial<Record<Field, string>>;
 export type SubmitInit = MessageInitShape<typeof SubmitTaskRequestSchema>;
 
@@ -59,11 +65,46 @@ function wholeNumber(text: string): number | null {
   return /^\s*\d{1,6}\s*$/.test(text) ? Number(text) : null;
 }
 
+/** A local "YYYY-MM-DDTHH:MM[:SS]" as milliseconds since the epoch, or null. */
+export function localTimeMs(text: string): number | null {
+  if (!/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?$/.test(text.trim())) return null;
+  const value = new Date(text.trim()).getTime();
+  return Number.isNaN(value) ? null : value;
+}
+
+type Start = SubmitInit["start"];
+
+/** The optional start (at a time, or after a delay), checked as the server checks it. */
+function validateStart(form: TaskForm, errors: FieldErrors, now: number): Start {
+  const at = (form.startAt ?? "").trim();
+  const after = (form.startAfterS ?? "").trim();
+  if (at && after) {
+    errors.run_at = "cannot be combined with a delay";
+    return undefined;
+  }
+  if (at) {
+    const value = localTimeMs(at);
+    if (value === null) errors.run_at = "must be a date and time";
+    else if (value < now - RUN_AT_GRACE_MS) errors.run_at = "must not be in the past";
+    else if (value > now + MAX_DELAY_MS) errors.run_at = "must be at most 366 days ahead";
+    else return { case: "runAt", value: { seconds: BigInt(Math.floor(value / 1000)), nanos: (value % 1000) * 1_000_000 } };
+    return undefined;
+  }
+  if (after) {
+    const delay = parseSeconds(after);
+    if (!delay) errors.delay = "must be a number of seconds, not negative";
+    else if (durationMs(delay) > MAX_DELAY_MS) errors.delay = "must be at most 366 days";
+    else return { case: "delay", value: delay };
+  }
+  return undefined;
+}
+
 /** The request to send, or the errors to show next to each field. */
 export function validateTask(
   form: TaskForm,
   kinds: readonly string[],
   requestId: string,
+  now: number = Date.now(),
 ): { request: SubmitInit } | { errors: FieldErrors } {
   const errors: FieldErrors = {};
   const name = pythonStrip(form.name);
@@ -93,6 +134,7 @@ export function validateTask(
   if (maxAttempts === null || maxAttempts < 1 || maxAttempts > MAX_ATTEMPTS) {
     errors.max_attempts = `must be between 1 and ${MAX_ATTEMPTS}`;
   }
+  const start = validateStart(form, errors, now);
   if (Object.keys(errors).length > 0 || !workload || replicas === null || maxAttempts === null) return { errors };
   return {
     request: {
@@ -103,6 +145,7 @@ export function validateTask(
       replicas,
       maxAttempts,
       requestId,
+      start,
     },
   };
 }

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { type MessageInitShape, create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { Feed, pendingKey } from "../src/feed";
+import { Feed, isActive, isFinished, pendingKey } from "../src/feed";
 import {
   type TaskEventSchema,
   type WatchTasksResponse,
@@ -112,4 +112,13 @@ test("filters pick statuses, and active means queued, running or cancelling", ()
     feed.view(TaskStatus.FAILED).rows.map((r) => r.key),
     ["t4"],
   );
+});
+
+test("a scheduled task is neither active nor finished, and has its own filter", () => {
+  assert.equal(isActive(TaskStatus.SCHEDULED), false);
+  assert.equal(isFinished(TaskStatus.SCHEDULED), false, "it can still run: no delete button, no 'clear history'");
+  const feed = new Feed();
+  feed.apply(snapshot(task("later", 1, { status: TaskStatus.SCHEDULED }), task("now", 1)));
+  assert.deepEqual(feed.view(TaskStatus.SCHEDULED).rows.map((r) => r.key), ["later"]);
+  assert.deepEqual(feed.view("active").rows.map((r) => r.key), ["now"]);
 });

@@ -46,3 +46,30 @@ test("replicas, attempts and kind are bounded as the server bounds them", () => 
   assert.deepEqual(errors({ maxAttempts: "11" }), { max_attempts: "must be between 1 and 10" });
   assert.deepEqual(errors({ kind: "nope" }), { kind: "unknown kind 'nope'; known kinds: fail, sleep, spin" });
 });
+
+test("a start is a local time or a delay, bounded as the server bounds it", () => {
+  const now = new Date("2026-12-06T12:00:00").getTime();
+  const at = (startAt: string, startAfterS = "") => validateTask({ ...VALID, startAt, startAfterS }, KINDS, "r", now);
+  const later = at("2026-12-06T12:30");
+  assert.ok("request" in later);
+  assert.deepEqual(later.request.start, {
+    case: "runAt",
+    value: { seconds: BigInt(new Date("2026-12-06T12:30:00").getTime() / 1000), nanos: 0 },
+  });
+  const delayed = at("", "90.5");
+  assert.ok("request" in delayed);
+  assert.deepEqual(delayed.request.start, { case: "delay", value: { seconds: 90n, nanos: 500_000_000 } });
+  const now_ = at("", "");
+  assert.ok("request" in now_ && now_.request.start === undefined);
+  assert.deepEqual(errors({ startAt: "2026-12-06T12:30", startAfterS: "5" }), { run_at: "cannot be combined with a delay" });
+  const refused = (startAt: string, startAfterS = "") => {
+    const result = at(startAt, startAfterS);
+    return "errors" in result ? result.errors : {};
+  };
+  assert.deepEqual(refused("2026-12-06T11:58"), { run_at: "must not be in the past" });
+  assert.deepEqual(refused("2026-12-06T11:59:30"), {}, "within the grace it starts now");
+  assert.deepEqual(refused("2028-01-01T00:00"), { run_at: "must be at most 366 days ahead" });
+  assert.deepEqual(refused("tomorrow"), { run_at: "must be a date and time" });
+  assert.deepEqual(refused("", "-5"), { delay: "must be a number of seconds, not negative" });
+  assert.deepEqual(refused("", String(367 * 86400)), { delay: "must be at most 366 days" });
+});

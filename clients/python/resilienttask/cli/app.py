@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from resilienttask import __version__
-from resilienttask.cli import auth_commands, info_commands, local_commands, task_commands
+from resilienttask.cli import auth_commands, info_commands, local_commands, schedule_commands, task_commands
 
 COMMANDS: list[click.Command] = [
     local_commands.up,
@@ -23,6 +23,7 @@ COMMANDS: list[click.Command] = [
     task_commands.retry,
     task_commands.rm,
     task_commands.clear,
+    schedule_commands.schedule,
     info_commands.stats,
     info_commands.workers,
     info_commands.kinds,

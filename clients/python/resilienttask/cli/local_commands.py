@@ -25,8 +25,8 @@ from typing import Any
 import click
 
 from resilienttask.cli.common import EXIT_ERROR, CliError, check_address
+from resilienttask.cli.options import DURATION
 from resilienttask.cli.render import stdout
-from resilienttask.cli.task_commands import DURATION
 
 STACK_MODULE = "services.stack.main"
 WORKER_MODULE = "services.worker.main"

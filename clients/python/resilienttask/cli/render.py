@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -12,9 +13,10 @@ from rich.table import Table
 from rich.text import Text
 
 from resilienttask.cli.durations import format_duration
-from resilienttask.models import Task, TaskStats, TaskStatus, Worker
+from resilienttask.models import Schedule, Task, TaskStats, TaskStatus, Worker
 
 STATUS_STYLE = {
+    TaskStatus.SCHEDULED: "blue",
     TaskStatus.QUEUED: "yellow",
     TaskStatus.RUNNING: "cyan",
     TaskStatus.CANCELLING: "magenta",
@@ -43,15 +45,34 @@ def status_text(status: TaskStatus) -> Text:
     return Text(status.value, style=STATUS_STYLE.get(status, ""))
 
 
+def _span(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def ago(moment: datetime | None) -> str:
     """'12s ago', '3m ago', '2h ago' — enough to tell old from new at a glance."""
     if moment is None:
         return "-"
-    seconds = max(0, int((datetime.now(UTC) - moment).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
+    return f"{_span(max(0, int((datetime.now(UTC) - moment).total_seconds())))} ago"
+
+
+def until(moment: datetime | None) -> str:
+    """'in 12s', 'in 3m' for a time ahead ('due' once it passed)."""
+    if moment is None:
+        return "-"
+    seconds = (moment - datetime.now(UTC)).total_seconds()
+    return f"in {_span(math.ceil(seconds))}" if seconds > 0 else "due"
+
+
+def task_status_cell(task: Task) -> Text:
+    """The status; a scheduled task says when it starts."""
+    text = status_text(task.status)
+    if task.status is TaskStatus.SCHEDULED and task.run_at is not None:
+        text.append(f" {until(task.run_at)}", style="blue")
+    return text
 
 
 def progress_cell(task: Task) -> str:
@@ -73,7 +94,7 @@ def tasks_table(tasks: Iterable[Task], *, title: str | None = None) -> Table:
             task.id,
             task.name,
             task.kind,
-            status_text(task.status),
+            task_status_cell(task),
             progress_cell(task),
             f"{task.attempt}/{task.max_attempts}",
             ago(task.created_at),
@@ -99,11 +120,14 @@ def task_detail(task: Task) -> Table:
         ("batch", f"{task.batch_id} (replica {task.replica_index})"),
         ("request id", task.request_id),
         ("created", _when(task.created_at)),
+        ("run at", _when(task.run_at, ahead=True)),
         ("started", _when(task.started_at)),
         ("finished", _when(task.finished_at)),
         ("dead-lettered", "yes" if task.dead_lettered else "no"),
         ("version", str(task.version)),
     ]
+    if task.schedule_id:
+        rows.append(("schedule", task.schedule_id))
     if task.error:
         rows.append(("error", task.error))
     if task.payload:
@@ -115,18 +139,22 @@ def task_detail(task: Task) -> Table:
     return table
 
 
-def _when(moment: datetime | None) -> str:
-    return f"{moment.isoformat(timespec='seconds')} ({ago(moment)})" if moment else "-"
+def _when(moment: datetime | None, *, ahead: bool = False) -> str:
+    if moment is None:
+        return "-"
+    relative = until(moment) if ahead and moment > datetime.now(UTC) else ago(moment)
+    return f"{moment.isoformat(timespec='seconds')} ({relative})"
 
 
 def stats_table(stats: TaskStats) -> Table:
     table = Table(show_header=True, expand=False)
-    for name in ("active", "queued", "running", "succeeded", "failed", "cancelled", "timed out"):
+    for name in ("scheduled", "active", "queued", "running", "succeeded", "failed", "cancelled", "timed out"):
         table.add_column(name.upper(), justify="right")
     table.add_row(
         *(
             str(v)
             for v in (
+                stats.scheduled,
                 stats.active,
                 stats.queued,
                 stats.running,
@@ -142,6 +170,9 @@ def stats_table(stats: TaskStats) -> Table:
 
 def stats_line(stats: TaskStats) -> Text:
     return Text.assemble(
+        ("scheduled ", "blue"),
+        str(stats.scheduled),
+        "  ",
         ("active ", "bold"),
         str(stats.active),
         "  ",
@@ -193,3 +224,77 @@ def watch_view(tasks: Iterable[Task], stats: TaskStats, workers: Iterable[Worker
     newest = sorted(tasks, key=lambda t: (t.created_at or datetime.min.replace(tzinfo=UTC), t.id), reverse=True)
     header = Text.assemble(stats_line(stats), f"   workers {len(pool)} ({busy}/{slots} slots busy)")
     return Group(header, tasks_table(newest[:limit]))
+
+
+def timing_text(schedule: Schedule) -> str:
+    """'cron */5 * * * * (Europe/Paris)' or 'every 30s'."""
+    if schedule.cron is not None:
+        return f"cron {schedule.cron}" + (f" ({schedule.time_zone})" if schedule.time_zone else " (UTC)")
+    return f"every {format_duration(schedule.interval)}" if schedule.interval is not None else "-"
+
+
+def last_firing(schedule: Schedule) -> Text:
+    if schedule.last_error:
+        return Text(f"refused: {schedule.last_error}", style="red")
+    if schedule.last_slot is None:
+        return Text("never fired", style="bright_black")
+    text = status_text(schedule.last_status) if schedule.last_status is not None else Text("-")
+    return text.append(f" {ago(schedule.last_slot)}")
+
+
+def schedules_table(schedules: Iterable[Schedule]) -> Table:
+    table = Table(expand=False)
+    table.add_column("ID", no_wrap=True)
+    table.add_column("NAME", overflow="ellipsis", min_width=6, max_width=30)
+    table.add_column("TIMING", overflow="fold", max_width=40)
+    table.add_column("STATE", no_wrap=True)
+    table.add_column("NEXT RUN", no_wrap=True)
+    table.add_column("LAST", no_wrap=True)
+    table.add_column("FIRED", justify="right")
+    table.add_column("SKIPPED", justify="right")
+    for schedule in schedules:
+        table.add_row(
+            schedule.id,
+            schedule.name,
+            timing_text(schedule),
+            Text("paused", style="yellow") if schedule.paused else Text("active", style="green"),
+            "-" if schedule.paused else until(schedule.next_run),
+            last_firing(schedule),
+            str(schedule.fired),
+            str(schedule.skipped),
+        )
+    return table
+
+
+def schedule_detail(schedule: Schedule) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    template = schedule.task
+    rows: list[tuple[str, str | Text]] = [
+        ("id", schedule.id),
+        ("name", schedule.name),
+        ("timing", timing_text(schedule)),
+        ("state", "paused" if schedule.paused else "active"),
+        ("next runs", ", ".join(_when(t, ahead=True) for t in schedule.next_runs) or "-"),
+        ("last firing", last_firing(schedule)),
+        ("last batch", schedule.last_batch_id or "-"),
+        ("last error", schedule.last_error or "-"),
+        ("fired", str(schedule.fired)),
+        ("skipped", str(schedule.skipped)),
+        ("task", f"{template.name} ({template.kind or 'sleep'}), {template.replicas} replica(s)"),
+        ("workload", format_duration(template.workload)),
+        ("max runtime", format_duration(template.max_runtime) if template.max_runtime else "server default"),
+        ("max attempts", str(template.max_attempts or "server default")),
+        ("overlap", schedule.overlap.value),
+        ("catch-up", f"{schedule.catchup.value} (limit {schedule.catchup_limit or 10})"),
+        ("jitter", format_duration(schedule.jitter)),
+        ("created", _when(schedule.created_at)),
+        ("updated", _when(schedule.updated_at)),
+        ("version", str(schedule.version)),
+    ]
+    if template.payload:
+        rows.append(("payload", json.dumps(template.payload)))
+    for key, value in rows:
+        table.add_row(key, value)
+    return table

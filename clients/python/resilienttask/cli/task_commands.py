@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import json
-from datetime import timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any
 
 import click
@@ -17,42 +15,13 @@ from resilienttask.cli.common import (
     json_option,
     server_command,
 )
-from resilienttask.cli.durations import parse_duration
 from resilienttask.cli.live import BatchProgress
+from resilienttask.cli.options import DURATION, TIME, template_options
 from resilienttask.cli.render import stderr, stdout, task_detail, tasks_table
 from resilienttask.client import Client
 from resilienttask.models import Task, TaskStatus
 
 STATUS_NAMES = [s.value for s in TaskStatus if s is not TaskStatus.UNSPECIFIED]
-
-
-class DurationType(click.ParamType):
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
-        if isinstance(value, timedelta):
-            return value
-        try:
-            return parse_duration(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-DURATION = DurationType()
-
-
-def _payload(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
-    """--payload '{"k": 1}' or --payload @file.json; must be a JSON object."""
-    if value is None:
-        return None
-    try:
-        text = Path(value[1:]).read_text() if value.startswith("@") else value
-        data = json.loads(text)
-    except (OSError, ValueError) as exc:
-        raise click.BadParameter(f"not readable JSON: {exc}", ctx=ctx, param=param) from exc
-    if not isinstance(data, dict):
-        raise click.BadParameter("must be a JSON object", ctx=ctx, param=param)
-    return data
 
 
 def _print_tasks(tasks: list[Task], as_json: bool, title: str | None = None) -> None:
@@ -64,12 +33,9 @@ def _print_tasks(tasks: list[Task], as_json: bool, title: str | None = None) -> 
 
 @click.command()
 @click.argument("name")
-@click.option("--kind", default="", help="handler kind (default: the simulated workload 'sleep'); see `rtask kinds`")
-@click.option("--workload", type=DURATION, default="0s", show_default=True, help="simulated work, e.g. 30s, 1m30s")
-@click.option("--max-runtime", type=DURATION, default=None, help="hard ceiling after which the task is killed")
-@click.option("-n", "--replicas", type=click.IntRange(1, 50), default=1, show_default=True, help="copies, 1-50")
-@click.option("--max-attempts", type=click.IntRange(1, 10), default=None, help="attempts before dead-lettering")
-@click.option("--payload", callback=_payload, help="handler arguments: a JSON object, or @file.json")
+@template_options()
+@click.option("--at", "run_at", type=TIME, default=None, help="start at this time (e.g. 18:00, 2026-12-24T18:00Z)")
+@click.option("--in", "delay", type=DURATION, default=None, help="start after this delay (e.g. 10m)")
 @click.option("--request-id", default=None, help="idempotency key (generated when omitted)")
 @click.option("--wait", "wait_", is_flag=True, help="wait for every task to finish, with live progress bars")
 @click.option("--timeout", type=DURATION, default=None, help="with --wait: give up after this long (exit 7)")
@@ -84,14 +50,19 @@ def submit(
     replicas: int,
     max_attempts: int | None,
     payload: dict[str, Any] | None,
+    run_at: datetime | None,
+    delay: timedelta | None,
     request_id: str | None,
     wait_: bool,
     timeout: timedelta | None,
     as_json: bool,
 ) -> None:
-    """Submit a task NAME (or --replicas copies of it). With --wait, exit 6 unless every task succeeded."""
+    """Submit a task NAME (or --replicas copies of it), now or later (--at, --in: SCHEDULED until then).
+    With --wait, exit 6 unless every task succeeded."""
     if timeout is not None and not wait_:
         raise click.UsageError("--timeout only makes sense with --wait")
+    if run_at is not None and delay is not None:
+        raise click.UsageError("give --at or --in, not both")
     with conn.client() as client:
         tasks = client.submit(
             name,
@@ -102,6 +73,8 @@ def submit(
             replicas=replicas,
             max_attempts=max_attempts,
             request_id=request_id,
+            run_at=run_at,
+            delay=delay,
         )
         if not wait_:
             _print_tasks(tasks, as_json, title=f"batch {tasks[0].batch_id}")
@@ -185,12 +158,13 @@ def cancel(conn: Connection, task_ids: tuple[str, ...], batch_id: str | None, as
 
 @click.command()
 @click.argument("task_ids", nargs=-1, required=True)
+@click.option("--in", "delay", type=DURATION, default=None, help="run the retry after this delay (e.g. 5m)")
 @json_option
 @server_command
-def retry(conn: Connection, task_ids: tuple[str, ...], as_json: bool) -> None:
-    """Queue failed, timed-out or cancelled tasks again."""
+def retry(conn: Connection, task_ids: tuple[str, ...], delay: timedelta | None, as_json: bool) -> None:
+    """Queue failed, timed-out or cancelled tasks again (with --in: SCHEDULED until then)."""
     with conn.client() as client:
-        tasks = [client.retry(t) for t in task_ids]
+        tasks = [client.retry(t, delay=delay) for t in task_ids]
     _print_tasks(tasks, as_json)
 
 

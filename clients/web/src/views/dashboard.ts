@@ -5,11 +5,13 @@ import { type Api, type Refusal, UNARY_TIMEOUT_MS, isTransient, refusal } from "
 import { announce, h } from "../dom";
 import { Feed, type Filter, type Row } from "../feed";
 import { STATUS_LABELS } from "../format";
+import type { WatchTasksResponse } from "../gen/resilienttask/v1/scheduler_pb";
 import { TaskStatus } from "../gen/resilienttask/v1/task_pb";
 import type { Session } from "../session";
 import type { SubmitInit } from "../validation";
 import { TaskWatch } from "../watch";
 import { ConnectionIndicator, MetricCards, WorkerPanel } from "./panels";
+import { SchedulesView } from "./schedules";
 import { SubmitForm } from "./submit";
 import { TaskDetails } from "./details";
 import { type Action, TaskTable } from "./table";
@@ -22,6 +24,7 @@ const FILTERS: [string, string][] = [
   ["all", "All tasks"],
   ["active", "Active"],
   ...[
+    TaskStatus.SCHEDULED,
     TaskStatus.QUEUED,
     TaskStatus.RUNNING,
     TaskStatus.CANCELLING,
@@ -35,6 +38,14 @@ const FILTERS: [string, string][] = [
 export interface Dashboard {
   element: HTMLElement;
   dispose(): void;
+}
+
+/** True when a stream message carries a task some schedule submitted: that schedule's counts moved. */
+function fromSchedule(message: WatchTasksResponse): boolean {
+  const kind = message.kind;
+  if (kind.case === "event") return Boolean(kind.value.task?.scheduleId);
+  if (kind.case === "events") return kind.value.events.some((e) => Boolean(e.task?.scheduleId));
+  return false;
 }
 
 function pause(ms: number): Promise<void> {
@@ -133,6 +144,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
 
   // -- layout ---------------------------------------------------------------------------------
   const form = new SubmitForm(submit);
+  const schedules = new SchedulesView(api, (tasks) => feed.merge(tasks));
   const table = new TaskTable((action, row) => void act(action, row));
   const filterSelect = h(
     "select",
@@ -196,6 +208,48 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
   const logoutButton = h("button", { type: "button", class: "btn ghost" }, "Log out");
   logoutButton.addEventListener("click", () => logout("You are logged out."));
 
+  const tasksView = h(
+    "div",
+    { class: "columns" },
+    h("div", { class: "side" }, form.element, workers.element),
+    h(
+      "section",
+      { class: "panel tasks", "aria-labelledby": "tasks-heading" },
+      h(
+        "div",
+        { class: "toolbar" },
+        h("h2", { id: "tasks-heading" }, "Tasks"),
+        shown,
+        h("span", { class: "spacer" }),
+        h("label", { for: "status-filter", class: "inline-label" }, "Show"),
+        filterSelect,
+        clearButton,
+      ),
+      notice,
+      table.element,
+      h("div", { class: "table-foot" }, olderButton),
+    ),
+  );
+  // Only the chosen view is in the page, so each form's labels stay unique.
+  const views = h("div", { class: "view" }, tasksView);
+  const tabs = (["Tasks", "Schedules"] as const).map((label) =>
+    h("button", { type: "button", class: "tab", "data-view": label.toLowerCase(), "aria-pressed": label === "Tasks" ? "true" : "false" }, label),
+  );
+  const nav = h("nav", { class: "tabs", "aria-label": "Views" }, ...tabs);
+  nav.addEventListener("click", (event) => {
+    const chosen = (event.target as Element).closest<HTMLButtonElement>("button[data-view]");
+    if (!chosen) return;
+    for (const tab of tabs) tab.setAttribute("aria-pressed", String(tab === chosen));
+    if (chosen.dataset.view === "schedules") {
+      views.replaceChildren(schedules.element);
+      schedules.show();
+    } else {
+      schedules.hide();
+      views.replaceChildren(tasksView);
+      render();
+    }
+  });
+
   const element = h(
     "div",
     { class: "dashboard" },
@@ -213,28 +267,8 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
       { class: "content" },
       h("h1", { class: "visually-hidden" }, "Tasks dashboard"),
       cards.element,
-      h(
-        "div",
-        { class: "columns" },
-        h("div", { class: "side" }, form.element, workers.element),
-        h(
-          "section",
-          { class: "panel tasks", "aria-labelledby": "tasks-heading" },
-          h(
-            "div",
-            { class: "toolbar" },
-            h("h2", { id: "tasks-heading" }, "Tasks"),
-            shown,
-            h("span", { class: "spacer" }),
-            h("label", { for: "status-filter", class: "inline-label" }, "Show"),
-            filterSelect,
-            clearButton,
-          ),
-          notice,
-          table.element,
-          h("div", { class: "table-foot" }, olderButton),
-        ),
-      ),
+      nav,
+      views,
     ),
     dialog,
     details.element,
@@ -255,7 +289,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
     const st = feed.stats;
     clearButton.disabled = !st || st.succeeded + st.failed + st.cancelled + st.timedOut === 0n;
     // The snapshot holds only the most recent tasks; the counts say whether there are more.
-    const total = st ? Number(st.active + st.succeeded + st.failed + st.cancelled + st.timedOut) : 0;
+    const total = st ? Number(st.scheduled + st.active + st.succeeded + st.failed + st.cancelled + st.timedOut) : 0;
     olderButton.hidden = !feed.ready || olderToken === null || total <= feed.taskCount;
     refreshKinds();
     if (details.openFor) details.changed(feed.get(details.openFor)?.task);
@@ -277,6 +311,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
         (reply) => {
           kinds = new Set(reply.kinds);
           form.setKinds(reply.kinds);
+          schedules.setKinds(reply.kinds);
         },
         (err) => tell(`Could not load task kinds: ${refusal(err).reason}`, true),
       )
@@ -288,6 +323,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
       // A snapshot replaces everything older pages had added; they can be loaded again.
       if (message.kind.case === "snapshot") olderToken = "";
       feed.apply(message);
+      if (fromSchedule(message)) schedules.changed();
     },
     state: (state) => indicator.update(state),
     unauthenticated: () => logout("Your session has ended. Please log in again."),
@@ -300,6 +336,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
     const now = Date.now();
     table.paint(now);
     workers.paint(now);
+    schedules.paint(now);
   }, 1000);
   const expiry = session.expiresAtMs
     ? setTimeout(() => logout("Your session has expired. Please log in again."), Math.min(MAX_TIMER_MS, Math.max(0, session.expiresAtMs - Date.now())))
@@ -310,6 +347,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
     element,
     dispose() {
       watch.stop();
+      schedules.dispose();
       unsubscribe();
       clearInterval(ticker);
       clearTimeout(expiry);

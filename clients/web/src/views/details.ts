@@ -99,10 +99,12 @@ export class TaskDetails {
       ["Kind", task.kind],
       ["Attempt", `${task.attempt} of ${task.maxAttempts}`],
       ["Worker", task.workerId || "—"],
+      ...(ms(task.runAt) === null ? [] : [["Starts at", timeOfDay(ms(task.runAt) ?? 0)] as [string, string]]),
       ["Started", started === null ? "—" : timeOfDay(started)],
       ["Finished", finished === null ? "—" : timeOfDay(finished)],
       ["Task id", task.id],
     ];
+    if (task.scheduleId) rows.push(["Schedule id", task.scheduleId]);
     if (task.error) rows.push(["Error", h("pre", { class: "details-error" }, task.error)]);
     rows.push(["Payload", h("pre", { class: "details-json", "data-field": "payload" }, JSON.stringify(task.payload ?? {}, null, 2))]);
     const result = task.result ? JSON.stringify(toJson(ValueSchema, task.result), null, 2) : "—";

@@ -6,6 +6,7 @@ import type { TaskStats, Worker } from "../gen/resilienttask/v1/task_pb";
 import type { Connection } from "../watch";
 
 const CARDS: [keyof TaskStats & string, string][] = [
+  ["scheduled", "Scheduled"],
   ["active", "Active"],
   ["succeeded", "Completed"],
   ["failed", "Failed"],

@@ -22,6 +22,8 @@ const NOUNS: Record<Field, string> = {
   max_runtime: "Max runtime",
   replicas: "Replicas",
   max_attempts: "Max attempts",
+  run_at: "Start time",
+  delay: "Start delay",
 };
 
 interface FieldSpec {
@@ -71,6 +73,18 @@ export class SubmitForm {
         label: "Max attempts",
         hint: `1 to ${MAX_ATTEMPTS}.`,
         control: input("task-max-attempts", "3", { inputmode: "numeric" }),
+      },
+      {
+        field: "run_at",
+        label: "Start at",
+        hint: "Optional, your local time.",
+        control: input("task-start-at", "", { type: "datetime-local", step: "1" }),
+      },
+      {
+        field: "delay",
+        label: "Start after (s)",
+        hint: "Optional delay; it waits as Scheduled.",
+        control: input("task-start-after", "", { inputmode: "decimal", placeholder: "now" }),
       },
     ];
     this.controls = Object.fromEntries(specs.map((s) => [s.field, s.control])) as SubmitForm["controls"];
@@ -123,6 +137,8 @@ export class SubmitForm {
       maxRuntimeS: c.max_runtime.value,
       replicas: c.replicas.value,
       maxAttempts: c.max_attempts.value,
+      startAt: c.run_at.value,
+      startAfterS: c.delay.value,
     };
   }
 

@@ -4,7 +4,7 @@
 
 import { h } from "../dom";
 import { type Row, isActive, isFinished } from "../feed";
-import { STATUS_LABELS, duration, ms, statusName, timeOfDay } from "../format";
+import { STATUS_LABELS, duration, ms, statusName, timeOfDay, until } from "../format";
 import { TaskStatus } from "../gen/resilienttask/v1/task_pb";
 
 /** What a row's buttons do; "details" is its task name, which opens the task's whole record. */
@@ -55,7 +55,7 @@ function actionsFor(row: Row, batchSize: number): [RowAction, string][] {
   }
   const status = row.task?.status ?? TaskStatus.UNSPECIFIED;
   const actions: [RowAction, string][] = [];
-  if (status === TaskStatus.QUEUED || status === TaskStatus.RUNNING) {
+  if (status === TaskStatus.SCHEDULED || status === TaskStatus.QUEUED || status === TaskStatus.RUNNING) {
     actions.push(["cancel", "Cancel"]);
     if (batchSize > 1) actions.push(["cancel-batch", "Cancel batch"]);
   }
@@ -203,10 +203,12 @@ export class TaskTable {
     const replica = batchSize > 1 ? ` · #${row.replicaIndex + 1}` : "";
     const problem = pending?.failure ?? task?.error ?? "";
     const dead = task?.deadLettered ? " · dead-lettered" : "";
+    const runAt = task?.status === TaskStatus.SCHEDULED ? ms(task.runAt) : null;
+    const starts = runAt === null ? "" : ` · starts ${timeOfDay(runAt)}`;
     setText(slot.name, name);
     slot.name.disabled = task === undefined;
     slot.name.setAttribute("aria-label", `${rowTitle(row)} details`);
-    setText(slot.meta, `${kind}${replica}${dead}${problem ? ` · ${problem}` : ""}`);
+    setText(slot.meta, `${kind}${replica}${starts}${dead}${problem ? ` · ${problem}` : ""}`);
     slot.meta.classList.toggle("problem", Boolean(problem));
     slot.el.title = problem ? `${name}: ${problem}` : name;
 
@@ -226,7 +228,8 @@ export class TaskTable {
     slot.worker.title = task?.workerId ?? "";
     const started = ms(task?.startedAt);
     const finished = ms(task?.finishedAt);
-    setText(slot.duration, started === null ? "—" : duration((finished ?? now) - started));
+    if (runAt !== null) setText(slot.duration, until(runAt, now));
+    else setText(slot.duration, started === null ? "—" : duration((finished ?? now) - started));
     const created = ms(task?.createdAt);
     setText(slot.created, created === null ? "—" : timeOfDay(created));
 

@@ -1,0 +1,99 @@
+"""Option types and option sets shared by commands: durations, times, JSON payloads, the task template."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from resilienttask.cli.durations import parse_duration
+from resilienttask.cli.times import parse_time
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class DurationType(click.ParamType):
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class TimeType(click.ParamType):
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_time(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = DurationType()
+TIME = TimeType()
+
+
+def _payload(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
+    """--payload '{"k": 1}' or --payload @file.json; must be a JSON object."""
+    if value is None:
+        return None
+    try:
+        text = Path(value[1:]).read_text() if value.startswith("@") else value
+        data = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(f"not readable JSON: {exc}", ctx=ctx, param=param) from exc
+    if not isinstance(data, dict):
+        raise click.BadParameter("must be a JSON object", ctx=ctx, param=param)
+    return data
+
+
+def template_options(*, keep: bool = False) -> Callable[[F], F]:
+    """The task's fields as submit takes them: --kind, --workload, --max-runtime, --replicas, --max-attempts,
+    --payload. With `keep` (an update) every default is None, meaning "leave as it is"."""
+
+    def default(value: object) -> object:
+        return None if keep else value
+
+    options = [
+        click.option(
+            "--kind",
+            default=default(""),
+            help="handler kind (default: the simulated workload 'sleep'); see `rtask kinds`",
+        ),
+        click.option(
+            "--workload",
+            type=DURATION,
+            default=default("0s"),
+            show_default=not keep,
+            help="simulated work, e.g. 30s, 1m30s",
+        ),
+        click.option("--max-runtime", type=DURATION, default=None, help="hard ceiling after which the task is killed"),
+        click.option(
+            "-n",
+            "--replicas",
+            type=click.IntRange(1, 50),
+            default=default(1),
+            show_default=not keep,
+            help="copies, 1-50",
+        ),
+        click.option("--max-attempts", type=click.IntRange(1, 10), default=None, help="attempts before dead-lettering"),
+        click.option("--payload", callback=_payload, help="handler arguments: a JSON object, or @file.json"),
+    ]
+
+    def apply(fn: F) -> F:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
