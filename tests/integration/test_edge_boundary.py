@@ -296,8 +296,13 @@ def test_a_public_health_watch_ends_at_its_lifetime(stack: Stack, tmp_path: Path
             for _ in stream:
                 pass
         assert ended.value.code() != grpc.StatusCode.OK  # type: ignore[attr-defined]
-        wait_until(
-            lambda: counters(edge.admin_url).get("http.edge.downstream_rq_max_duration_reached", 0) >= 1,
-            timeout_s=60,  # a loaded CI machine once took longer than the default 15 s
-            message="Envoy counts the stream as ended by its lifetime",
-        )
+        try:
+            wait_until(
+                lambda: counters(edge.admin_url).get("http.edge.downstream_rq_max_duration_reached", 0) >= 1,
+                timeout_s=60,  # a loaded CI machine once took longer than the default 15 s
+                message="Envoy counts the stream as ended by its lifetime",
+            )
+        except AssertionError as exc:
+            # Say how the stream ended instead, so a failure on a loaded machine can be explained.
+            ends = {k: v for k, v in counters(edge.admin_url).items() if v and ("http.edge." in k or "health" in k)}
+            raise AssertionError(f"{exc}; the stream ended with {ended.value!r}; edge counters {ends}") from exc
