@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: up wipe test lint check-generated gen pytest chaos chaos-ci clean web gen-web check-web e2e-deps bench bench-quick bench-checks
+.PHONY: up wipe test lint check-generated gen pytest chaos chaos-ci clean web gen-web check-web e2e-deps deploy-deps bench bench-quick bench-checks bench-observability
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -37,7 +37,7 @@ lint: $(VENV)/.installed check-generated check-web
 	if git rev-parse --verify --quiet HEAD~1 >/dev/null; then $(BIN)/buf breaking --against '.git#ref=HEAD~1'; fi
 	$(BIN)/envoy --version >/dev/null
 
-pytest: $(VENV)/.installed e2e-deps
+pytest: $(VENV)/.installed e2e-deps deploy-deps
 	$(BIN)/pytest -m 'not chaos' $(ARGS)
 
 test: lint pytest chaos-ci
@@ -78,6 +78,10 @@ check-web: gen-web
 # Chromium drives the dashboard tests; certutil (libnss3-tools) lets them trust the stack's development CA.
 e2e-deps: $(VENV)/.installed web
 	(test -x /usr/bin/chromium && test -x /usr/bin/certutil) || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium libnss3-tools)
+
+# promtool (Debian's prometheus package) checks the scrape config and alert rules and runs the rules' unit tests.
+deploy-deps:
+	test -x /usr/bin/promtool || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
 
 # -- benchmarks side by side with Celery, RQ, arq, Dramatiq and Procrastinate (bench/, docs/benchmarks.md) -----------
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
