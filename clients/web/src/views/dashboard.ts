@@ -8,7 +8,9 @@ import { STATUS_LABELS } from "../format";
 import { TaskStatus } from "../gen/resilienttask/v1/task_pb";
 import type { Session } from "../session";
 import type { SubmitInit } from "../validation";
+import { Trend } from "../trend";
 import { TaskWatch } from "../watch";
+import { TrendCharts } from "./charts";
 import { ConnectionIndicator, MetricCards, WorkerPanel } from "./panels";
 import { SubmitForm } from "./submit";
 import { TaskDetails } from "./details";
@@ -46,6 +48,8 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
   const call = { timeoutMs: UNARY_TIMEOUT_MS };
   const feed = new Feed();
   const cards = new MetricCards();
+  const trend = new Trend();
+  const charts = new TrendCharts();
   const workers = new WorkerPanel();
   const indicator = new ConnectionIndicator();
   const submissions = new Map<string, SubmitInit>();
@@ -213,6 +217,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
       { class: "content" },
       h("h1", { class: "visually-hidden" }, "Tasks dashboard"),
       cards.element,
+      charts.element,
       h(
         "div",
         { class: "columns" },
@@ -250,6 +255,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
     const empty = !feed.ready ? "Loading tasks…" : feed.size === 0 ? "No tasks yet. Submit one and it appears here at once." : "No tasks match this filter.";
     table.update(rows, batchSizes, empty);
     cards.update(feed.stats);
+    charts.update(trend.series(Date.now()));
     workers.update(feed.workers);
     shown.textContent = feed.ready ? `${rows.length} shown` : "";
     const st = feed.stats;
@@ -288,6 +294,9 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
       // A snapshot replaces everything older pages had added; they can be loaded again.
       if (message.kind.case === "snapshot") olderToken = "";
       feed.apply(message);
+      // Every snapshot and event carries the caller's counts: the charts' only source.
+      const kind = message.kind.case;
+      if (feed.stats && (kind === "snapshot" || kind === "event" || kind === "events")) trend.observe(feed.stats, Date.now());
     },
     state: (state) => indicator.update(state),
     unauthenticated: () => logout("Your session has ended. Please log in again."),
@@ -300,6 +309,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
     const now = Date.now();
     table.paint(now);
     workers.paint(now);
+    charts.update(trend.series(now));
   }, 1000);
   const expiry = session.expiresAtMs
     ? setTimeout(() => logout("Your session has expired. Please log in again."), Math.min(MAX_TIMER_MS, Math.max(0, session.expiresAtMs - Date.now())))
