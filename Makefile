@@ -88,9 +88,15 @@ $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
-# The full run (about half an hour) rewrites docs/benchmarks.md; bench-quick only writes bench/results/.
+# The full run (about half an hour) rewrites docs/benchmarks.md, then measures what observability costs
+# (docs/observability-cost.md); bench-quick only writes bench/results/.
 bench: $(VENV)/.bench-installed
 	$(PY) -m bench.run --doc docs/benchmarks.md $(ARGS)
+	$(PY) -m bench.observability_ab --doc docs/observability-cost.md
+
+# What metrics and tracing cost (on against off, alternated; about fifteen minutes; docs/observability-cost.md).
+bench-observability: $(VENV)/.bench-installed
+	$(PY) -m bench.observability_ab --doc docs/observability-cost.md $(ARGS)
 
 # What the trust boundaries cost against the code before them, alternated (about fifteen minutes; docs/checks-cost.md).
 bench-checks: $(VENV)/.bench-installed

@@ -8,6 +8,7 @@ to PostgreSQL as always: nothing is switched off for the benchmark.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -140,6 +141,7 @@ class OurBench:
             # default per-address signup burst (5). Logins keep their defaults.
             auth_limits=AuthLimits(signup_per_address=BENCH_SIGNUPS),
             extra_env={
+                **observability_env(),
                 "RTASK_WORKER_IMPORTS": "bench.handlers",
                 STAMPS_URL_ENV: self.servers.stamps_url,
                 "PYTHONPATH": str(REPO),
@@ -408,6 +410,12 @@ def _legs(before: float, task: Task, handler_start: float, seen: float) -> list[
     assert task.created_at is not None and task.started_at is not None and task.finished_at is not None
     created, started, finished = (t.timestamp() for t in (task.created_at, task.started_at, task.finished_at))
     return [created - before, started - created, handler_start - started, finished - handler_start, seen - finished]
+
+
+def observability_env() -> dict[str, str]:
+    """The metrics and tracing settings of the benchmark's own environment (RTASK_METRICS_*, OTEL_*), given to every
+    process of ours explicitly: bench/observability_ab.py measures the scenarios with them set and with them unset."""
+    return {k: v for k, v in os.environ.items() if k.startswith(("RTASK_METRICS_", "OTEL_"))}
 
 
 def service_pids(stack: Stack) -> dict[str, int]:

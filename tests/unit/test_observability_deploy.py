@@ -176,6 +176,7 @@ def test_every_metric_name_used_is_one_the_services_export() -> None:
     unknown = {name: where for name, where in used.items() if name not in EXPORTED | ENVOY}
     assert not unknown, f"not exported by any service: {unknown}"
     assert {"resilienttask_queue_oldest_age_seconds", "resilienttask_queue_depth"} <= set(used)
+    assert any("resilienttask_queue_depth" in query for query in autoscaling_queries())
     # Histograms are only used through their series; counters only through rate()/increase() in the dashboard.
     assert not set(used) & HISTOGRAMS
 
@@ -204,3 +205,70 @@ def test_compose_wires_prometheus_and_grafana_to_these_files() -> None:
     assert jobs["envoy"]["static_configs"] == [{"targets": [f"envoy:{COMPOSE_STATS_PORT}"]}]
     # The default stack stays small: both only with the profile.
     assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["observability"]
+
+
+# ---- the autoscaling examples (deploy/autoscaling/) ---------------------------------------------------------
+
+
+def autoscaling_queries() -> list[str]:
+    """Every PromQL query of the KEDA triggers and of the adapter's rules (its template filled in)."""
+    keda = load_yaml(AUTOSCALING / "keda-scaledobject.yaml")
+    adapter = load_yaml(AUTOSCALING / "prometheus-adapter-values.yaml")
+    queries = [trigger["metadata"]["query"] for trigger in keda["spec"]["triggers"]]
+    for rule in adapter["rules"]["external"]:
+        series = re.match(r"[a-z_]+", rule["seriesQuery"])
+        assert series is not None
+        queries.append(rule["metricsQuery"].replace("<<.Series>>", series.group()).replace("<<.LabelMatchers>>", ""))
+    return queries
+
+
+def test_the_worker_deployment_and_hpa_are_valid_kubernetes_objects() -> None:
+    import kubernetes_validate
+
+    deployment = load_yaml(AUTOSCALING / "worker-deployment.yaml")
+    hpa = load_yaml(AUTOSCALING / "hpa.yaml")
+    for obj in (deployment, hpa):
+        kubernetes_validate.validate(obj, "1.33", strict=True)
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate({**hpa, "spec": {**hpa["spec"], "minReplicas": "one"}}, "1.33", strict=True)
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "resilienttask-worker",
+    }
+    assert deployment["metadata"]["name"] == "resilienttask-worker"
+    # The adapter serves the external metrics the HPA asks for.
+    adapter = load_yaml(AUTOSCALING / "prometheus-adapter-values.yaml")
+    served = {rule["name"]["as"] for rule in adapter["rules"]["external"]}
+    asked = {metric["external"]["metric"]["name"] for metric in hpa["spec"]["metrics"]}
+    assert asked <= served
+    # One worker per RTASK_WORKER_SLOTS queued tasks, in both examples.
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
+    assert hpa["spec"]["metrics"][0]["external"]["target"]["averageValue"] == env["RTASK_WORKER_SLOTS"]
+    # Scale-down leaves the drain time: the grace period exceeds the worker's drain grace (10 s).
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > 10
+
+
+def test_the_keda_scaled_object_targets_the_workers_with_queries_that_parse(tmp_path: Path) -> None:
+    """KEDA's ScaledObject is a custom resource: kubernetes-validate has no schema for it, so its shape is checked
+    here, and its queries (with the adapter's) by promtool's parser."""
+    keda = load_yaml(AUTOSCALING / "keda-scaledobject.yaml")
+    deployment = load_yaml(AUTOSCALING / "worker-deployment.yaml")
+    assert keda["apiVersion"] == "keda.sh/v1alpha1" and keda["kind"] == "ScaledObject"
+    assert keda["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert 1 <= keda["spec"]["minReplicaCount"] < keda["spec"]["maxReplicaCount"]
+    for trigger in keda["spec"]["triggers"]:
+        assert trigger["type"] == "prometheus" and trigger["metricType"] in ("AverageValue", "Value")
+        assert float(trigger["metadata"]["threshold"]) > 0
+        assert trigger["metadata"]["serverAddress"].startswith("http")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    slots = next(item["value"] for item in container["env"] if item["name"] == "RTASK_WORKER_SLOTS")
+    assert keda["spec"]["triggers"][0]["metadata"]["threshold"] == slots
+    queries = autoscaling_queries()
+    assert len(queries) == 4
+    path = tmp_path / "autoscaling-queries.yml"
+    rules = [{"record": f"autoscaling_query_{i}", "expr": q} for i, q in enumerate(queries)]
+    path.write_text(json.dumps({"groups": [{"name": "autoscaling", "rules": rules}]}))
+    result = run_promtool("check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr

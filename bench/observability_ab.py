@@ -1,0 +1,204 @@
+"""What metrics and tracing cost on the hot path: this checkout with both on against the same checkout with both off.
+
+    .venv/bin/python -m bench.observability_ab [--rounds 3] [--quick] [--out bench/results/observability-ab]
+                                               [--doc docs/observability-cost.md]
+
+Each round runs our throughput (no-op drain, enqueue) and latency (submit → start, submit → result seen) scenarios
+twice, "on" and "off", in alternating order so that drift of a shared, noisy machine falls on both sides alike.
+Both sides are `python -m bench.run` of this checkout and differ only in their environment:
+
+- on: every process serves Prometheus metrics (RTASK_METRICS_PORT=0, a free port each) and exports every span
+  (OTEL_TRACES_SAMPLER=always_on) over OTLP to a receiver this process runs: a small grpc.aio TraceService on the
+  `opentelemetry-proto` stubs that counts what it is sent, as a collector would receive it;
+- off: no RTASK_METRICS_* and no OTEL_* variable at all.
+
+The figure quoted is the median of the rounds; the target is a cost of at most 5 % on each. Printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from bench.checks_ab import FIGURES, SIDES, _head
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET_COST = 0.05
+# What the "off" side must not inherit from the shell the benchmark was started in.
+OBSERVABILITY_PREFIXES = ("RTASK_METRICS_", "OTEL_")
+
+
+@dataclass
+class SpanCounter(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP trace receiver that keeps only counts: spans, distinct traces and the services that sent them."""
+
+    spans: int = 0
+    requests: int = 0
+    traces: set[bytes] = field(default_factory=set)
+    services: set[str] = field(default_factory=set)
+
+    async def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        self.requests += 1
+        for resource_spans in request.resource_spans:
+            for attribute in resource_spans.resource.attributes:
+                if attribute.key == "service.name":
+                    self.services.add(attribute.value.string_value)
+            for scope_spans in resource_spans.scope_spans:
+                self.spans += len(scope_spans.spans)
+                self.traces.update(span.trace_id for span in scope_spans.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+async def start_receiver(counter: SpanCounter) -> tuple[grpc.aio.Server, int]:
+    # Batches of many spans: allow messages far above gRPC's default 4 MiB.
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(counter, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
+def side_env(side: str, receiver_port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OBSERVABILITY_PREFIXES)}
+    if side == "on":
+        env.update(
+            {
+                "RTASK_METRICS_PORT": "0",
+                "RTASK_METRICS_HOST": "127.0.0.1",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver_port}",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                "OTEL_TRACES_SAMPLER": "always_on",
+            }
+        )
+    return env
+
+
+async def run_side(side: str, receiver_port: int, out: Path, quick: bool) -> dict[str, Any]:
+    """One `bench.run` of the two scenarios with this side's environment; its results.json."""
+    command = [sys.executable, "-m", "bench.run", "--only", "throughput,latency,ours", "--out", str(out)]
+    if quick:
+        command.append("--quick")
+    proc = await asyncio.create_subprocess_exec(
+        *command, cwd=REPO, env=side_env(side, receiver_port), stdout=asyncio.subprocess.DEVNULL
+    )
+    if await proc.wait() != 0:
+        raise RuntimeError(f"{side}: bench.run exited with {proc.returncode}")
+    results: dict[str, Any] = json.loads((out / "results.json").read_text())["results"]
+    for scenario in ("throughput", "latency"):
+        if "error" in results[scenario]["ours"]:
+            raise RuntimeError(f"{side}: {scenario} failed: {results[scenario]['ours']['error']}")
+    return results
+
+
+def cost(on: float, off: float, higher_is_better: bool) -> float:
+    """The fraction by which "on" is worse than "off" (negative: better)."""
+    return (off - on) / off if higher_is_better else (on - off) / off
+
+
+def render(
+    rounds: list[dict[str, dict[str, Any]]],
+    spans: list[int],
+    counter: SpanCounter,
+    load: tuple[list[float], list[float]],
+    quick: bool,
+) -> str:
+    size = "the quick sizes (`--quick`)" if quick else "the full sizes of `make bench`"
+    lines = [
+        "# What metrics and tracing cost on the hot path",
+        "",
+        f"`python -m bench.observability_ab` (run by `make bench` and `make bench-observability`), "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {_head()}: our throughput and latency "
+        f"scenarios at {size}, **on** = every process serving Prometheus metrics and exporting every span over "
+        f"OTLP, **off** = neither, both from this checkout, alternated {len(rounds)} times in one run; each figure "
+        f"is the median of the rounds. Load average {load[0]} at the start, {load[1]} at the end (2 cores, "
+        "shared).",
+        "",
+        f"| figure | on (median) | off (median) | cost | within {TARGET_COST:.0%} | rounds on | rounds off |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, unit, extract, higher in FIGURES:
+        values = {side: [extract(r[side]) for r in rounds] for side in SIDES}
+        on, off = statistics.median(values["on"]), statistics.median(values["off"])
+        share = cost(on, off, higher)
+        lines.append(
+            f"| {label} ({unit}) | {on:g} | {off:g} | {share:+.1%} | {'yes' if share <= TARGET_COST else '**no**'} | "
+            f"{', '.join(f'{v:g}' for v in values['on'])} | {', '.join(f'{v:g}' for v in values['off'])} |"
+        )
+    lines += [
+        "",
+        "Cost: how much worse **on** is than **off** (slower throughput or longer latency; negative is better, "
+        "i.e. within the machine's noise).",
+        "",
+        f"What **on** exported: {', '.join(str(n) for n in spans)} spans per round to the benchmark's OTLP "
+        f"receiver ({len(counter.traces)} traces in all, from {', '.join(sorted(counter.services)) or 'no service'}), "
+        "with 100 % sampling (`OTEL_TRACES_SAMPLER=always_on`), and every gateway, scheduler and worker served "
+        "`/metrics` on a port of its own (`RTASK_METRICS_PORT=0`). No Prometheus scraped them during the run: "
+        "the cost measured is that of keeping the series and recording and exporting the spans.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+async def measure(
+    rounds: int, out: Path, quick: bool
+) -> tuple[list[dict[str, dict[str, Any]]], list[int], SpanCounter]:
+    counter = SpanCounter()
+    server, port = await start_receiver(counter)
+    results: list[dict[str, dict[str, Any]]] = []
+    spans: list[int] = []
+    try:
+        for index in range(rounds):
+            order = SIDES if index % 2 == 0 else tuple(reversed(SIDES))
+            round_results = {}
+            for side in order:
+                print(f"-- round {index + 1}, {side} ...", flush=True)
+                before = counter.spans
+                round_results[side] = await run_side(side, port, out / f"round{index + 1}-{side}", quick)
+                if side == "on":
+                    spans.append(counter.spans - before)
+                print(
+                    f"   {[f'{label}: {extract(round_results[side]):g}' for label, _, extract, _ in FIGURES]}"
+                    f" spans received: {counter.spans - before}",
+                    flush=True,
+                )
+            results.append(round_results)
+    finally:
+        await server.stop(grace=1)
+    return results, spans, counter
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="bench.run's quick sizes: for trying the harness")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "observability-ab")
+    parser.add_argument("--doc", type=Path, help="also write the page here (docs/observability-cost.md)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    rounds, spans, counter = asyncio.run(measure(args.rounds, args.out, args.quick))
+    text = render(rounds, spans, counter, (load_start, [round(x, 2) for x in os.getloadavg()]), args.quick)
+    (args.out / "observability-ab.md").write_text(text)
+    if args.doc is not None:
+        args.doc.write_text(text)
+    print(text)
+    if not all(spans):
+        print("warning: a round with everything on exported no span: is tracing in this checkout?", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
