@@ -100,6 +100,8 @@ def stack(stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pyt
             "RTASK_RETRY_BASE_MS": "100",
             "RTASK_WORKER_RECLAIM_IDLE_MS": str(TEST_RECLAIM_IDLE_MS),
             "RTASK_WORKER_HEARTBEAT_MS": "500",
+            # Cluster-wide gauges (queue depth, workers) refreshed often, so metrics tests see them move quickly.
+            "RTASK_METRICS_CLUSTER_INTERVAL_MS": "300",
             **OPEN_LOGIN_ENV,
             # A kind with a large result (tests/integration/test_small_events.py), and one that reports what a
             # handler process can see (tests/integration/test_worker_identity.py).

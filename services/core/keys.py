@@ -42,6 +42,9 @@ def watch_seats(owner_id: str) -> str:
     return f"{PREFIX}:watchers:{owner_id}"
 
 
+# Lease of the scheduler that exports the cluster-wide gauges: a hash {holder: id} that expires by itself.
+METRICS_EXPORTER_LEASE = f"{PREFIX}:metrics:exporter"
+
 # Dispatch stream entry fields.
 FIELD_TASK_ID = "task_id"
 FIELD_DISPATCH_ID = "dispatch_id"

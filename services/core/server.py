@@ -15,8 +15,10 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.core import metrics
 from services.core.cancellation import cancel_and_wait
 from services.core.config import ServerConfig
+from services.core.metrics_interceptor import MetricsInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +105,14 @@ def create_grpc_server(
     service_names: Iterable[str],
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer]:
-    """A grpc.aio server with health and reflection, bound to config.host:config.port (0 = free port)."""
+    """A grpc.aio server with health and reflection, bound to config.host:config.port (0 = free port).
+
+    With metrics on, the RPC metrics interceptor comes first, so it also counts calls the others refuse.
+    """
+    measured = metrics.current()
+    first = [MetricsInterceptor(measured)] if measured is not None else []
     server = grpc.aio.server(
-        interceptors=list(interceptors),
+        interceptors=[*first, *interceptors],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),

@@ -9,10 +9,11 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2
-from services.core import outbox
+from services.core import metrics, outbox
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
 from services.core.db import create_pool, database_reachable
 from services.core.limits import UserLimits
+from services.core.pool_metrics import register_pools
 from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server
 from services.gateway.auth_interceptor import AuthInterceptor
@@ -21,6 +22,7 @@ from services.gateway.login_limits import LoginLimitsConfig
 from services.gateway.scheduler_service import SchedulerServicer, add_scheduler_service
 from services.gateway.watch.config import WatchConfig
 from services.gateway.watch.hub import Hub
+from services.gateway.watch_metrics import register_watch
 
 SERVICE_NAMES = (
     auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
@@ -66,6 +68,9 @@ async def create_gateway(config: GatewayConfig) -> Gateway:
     add_scheduler_service(scheduler, server)
     service = Service(server=server, port=port, health=health, service_names=SERVICE_NAMES)
     service.background += [*hub.loops, scheduler.watchers.renew_forever]
+    if (measured := metrics.current()) is not None:
+        register_pools(measured, database=pool, redis=redis)
+        register_watch(measured, hub)
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
     service.shutdown_hooks += [
         scheduler.watchers.close,

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import os
 
+from services.core import metrics
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
 from services.core.limits import UserLimits
 from services.core.logging import configure_logging
@@ -46,7 +47,12 @@ async def _serve() -> None:
 
 def main() -> None:
     configure_logging(os.environ.get("RTASK_INSTANCE", "gateway"), os.environ.get("RTASK_LOG_LEVEL", "INFO"))
-    asyncio.run(_serve())
+    endpoint = metrics.start(metrics.MetricsConfig.from_env())
+    try:
+        asyncio.run(_serve())
+    finally:
+        if endpoint is not None:
+            endpoint.close()
 
 
 if __name__ == "__main__":

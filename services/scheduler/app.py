@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
 from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
-from services.core import outbox, worker_registry
+from services.core import metrics, outbox, worker_registry
 from services.core.config import DatabaseConfig, RedisConfig, ServerConfig
 from services.core.db import create_pool, database_reachable
 from services.core.limits import UserLimits
+from services.core.metrics import MetricsConfig
+from services.core.pool_metrics import register_pools
 from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server
 from services.core.tokens import WORKER_AUDIENCE
 from services.core.worker_credentials import WorkerKeyConfig
 from services.gateway.auth_interceptor import AuthInterceptor
+from services.scheduler.cluster_metrics import ClusterGauges
 from services.scheduler.connections import ConnectedWorkers, relay_commands
 from services.scheduler.enrolment import Enrolment, worker_verifier
 from services.scheduler.progress import ProgressBuffer
@@ -54,6 +58,8 @@ class SchedulerConfig:
     takeover: TakeoverConfig = field(default_factory=TakeoverConfig)
     worker_limits: WorkerLimits = field(default_factory=WorkerLimits)
     limits: UserLimits = field(default_factory=UserLimits)
+    # Used when metrics are on (services.core.metrics.start, at the entry point): the cluster gauges' interval.
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 async def create_server(config: SchedulerConfig) -> Service:
@@ -86,5 +92,12 @@ async def create_server(config: SchedulerConfig) -> Service:
         lambda: run_sweepers(pool, redis, config.sweeps, config.limits),
     ]
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
-    service.shutdown_hooks += [servicer.close, emitter.drain, pool.close, redis.aclose]
+    service.shutdown_hooks += [servicer.close, emitter.drain]
+    if (measured := metrics.current()) is not None:
+        register_pools(measured, database=pool, redis=redis)
+        gauges = ClusterGauges(pool, redis, uuid.uuid4().hex, config.metrics.cluster_interval_ms / 1000)
+        measured.register(gauges)
+        service.background.append(gauges.run)
+        service.shutdown_hooks.append(gauges.release)
+    service.shutdown_hooks += [pool.close, redis.aclose]
     return service

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+from services.core import metrics
 from services.core.config import DatabaseConfig, RedisConfig, ServerConfig, env_int
 from services.core.limits import UserLimits
 from services.core.logging import configure_logging
@@ -15,7 +16,7 @@ from services.scheduler.store import RetryPolicy
 from services.scheduler.sweepers import SweepConfig
 
 
-async def _serve() -> None:
+async def _serve(metrics_config: metrics.MetricsConfig) -> None:
     config = SchedulerConfig(
         server=ServerConfig.from_env(default_port=50061),
         database=DatabaseConfig.from_env(),
@@ -35,6 +36,7 @@ async def _serve() -> None:
             holder_silent_ms=env_int("RTASK_HOLDER_SILENT_MS", env_int("RTASK_WORKER_RECLAIM_IDLE_MS", 10_000) * 4 // 5)
         ),
         limits=UserLimits.from_env(),
+        metrics=metrics_config,
     )
     service = await create_server(config)
     await run_until_signalled(service, config.server)
@@ -42,7 +44,13 @@ async def _serve() -> None:
 
 def main() -> None:
     configure_logging(os.environ.get("RTASK_INSTANCE", "scheduler"), os.environ.get("RTASK_LOG_LEVEL", "INFO"))
-    asyncio.run(_serve())
+    metrics_config = metrics.MetricsConfig.from_env()
+    endpoint = metrics.start(metrics_config)
+    try:
+        asyncio.run(_serve(metrics_config))
+    finally:
+        if endpoint is not None:
+            endpoint.close()
 
 
 if __name__ == "__main__":

@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--workers", type=int, default=3)
     up.add_argument("--worker-slots", type=int, default=10, help="tasks each worker runs at once")
     up.add_argument(
+        "--no-metrics",
+        action="store_true",
+        default=os.environ.get("RTASK_STACK_METRICS", "").lower() in ("0", "false", "no", "off"),
+        help="do not serve Prometheus metrics from the services (on by default) [env RTASK_STACK_METRICS=off]",
+    )
+    up.add_argument(
         "--redis-maxmemory-mb",
         type=int,
         default=int(os.environ.get("RTASK_REDIS_MAXMEMORY_MB") or DEFAULT_REDIS_MAXMEMORY_MB),
@@ -70,10 +76,21 @@ def _banner(stack: Stack) -> str:
         f"  Envoy admin:                        {stack.admin_url}  (stats: /stats/prometheus)\n"
         f"  data folder:                        {stack.data_dir}  (logs in logs/)\n"
         f"{_redis_line(stack)}"
+        f"{_metrics_lines(stack)}"
         f"  try: grpcurl -cacert {stack.ca_file} -protoset {stack.protoset} {stack.edge_tls_address} list\n"
         f"       rtask --server {stack.edge_tls_address} --ca-file {stack.ca_file} health\n"
         "  Ctrl-C stops every process.\n"
     )
+
+
+def _metrics_lines(stack: Stack) -> str:
+    """Each service process's Prometheus endpoint (docs/metrics.md)."""
+    names = [*stack.names("scheduler"), *stack.names("gateway"), *stack.names("worker")]
+    urls = [(name, url) for name in names if (url := stack.metrics_url(name)) is not None]
+    if not urls:
+        return ""
+    lines = [f"  {'metrics, ' + name + ':':<36}{url}\n" for name, url in urls]
+    return "".join(lines)
 
 
 def _redis_line(stack: Stack) -> str:
@@ -97,6 +114,7 @@ def up(args: argparse.Namespace) -> int:
         schedulers=args.schedulers,
         workers=args.workers,
         worker_slots=args.worker_slots,
+        metrics=not args.no_metrics,
         database_url=os.environ.get("DATABASE_URL") or None,
         redis_url=os.environ.get("REDIS_URL") or None,
         redis_maxmemory_mb=args.redis_maxmemory_mb,

@@ -94,6 +94,8 @@ class StackConfig:
     dashboard_dir: Path | None = DASHBOARD_DIST
     # Per-user limits for the gateways and schedulers; None: theirs (the defaults, or RTASK_LIMIT_* as set).
     limits: UserLimits | None = None
+    # Every service process serves Prometheus metrics at http://127.0.0.1:<its own free port>/metrics.
+    metrics: bool = True
 
 
 def ensure_secret(data_dir: Path, name: str = SECRET_FILE) -> Path:
@@ -134,6 +136,8 @@ class Stack:
         self.log_dir = self.data_dir / "logs"
         self.processes: dict[str, ManagedProcess] = {}
         self.ports: dict[str, int] = {}
+        # Each service process's /metrics port (loopback), kept across restarts like its gRPC port.
+        self.metrics_ports: dict[str, int] = {}
         self.database_url = config.database_url or ""
         # Redis: the stack's own Valkey (ACL users, passwords generated once into the data folder), unless given.
         self.redis_access = config.redis_access or (RedisAccess.shared(config.redis_url) if config.redis_url else None)
@@ -185,6 +189,11 @@ class Stack:
             continue
         self._given.add(port)
         return port
+
+    def metrics_url(self, name: str) -> str | None:
+        """Where the service process `name` serves Prometheus metrics (None: metrics off)."""
+        port = self.metrics_ports.get(name)
+        return f"http://{LOOPBACK}:{port}/metrics" if port else None
 
     def names(self, role: str) -> list[str]:
         return sorted(n for n in self.processes if n.startswith(f"{role}-"))
@@ -274,8 +283,11 @@ class Stack:
             return {"RTASK_WORKER_ENROLMENT_SECRET_FILE": str(self.enrolment_file)}
         return {}
 
-    def service_env(self, port: int, role: str = "gateway") -> dict[str, str]:
-        """The environment of one process of `role` ("gateway", "scheduler" or "worker")."""
+    def service_env(self, port: int, role: str = "gateway", metrics_port: int = 0) -> dict[str, str]:
+        """The environment of one process of `role` ("gateway", "scheduler" or "worker").
+
+        With metrics on, it serves them on loopback at metrics_port (0: a free one, printed by the process).
+        """
         env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
         # An external server's password file, if the caller names one, passes through to every process.
         env.update(self.redis_env("worker" if role == "worker" else "services"))
@@ -293,6 +305,8 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.config.metrics:
+            env.update({"RTASK_METRICS_PORT": str(metrics_port), "RTASK_METRICS_HOST": LOOPBACK})
         if self.config.limits is not None:
             env.update(self.config.limits.to_env())
         env.update(self.config.extra_env)
@@ -302,7 +316,9 @@ class Stack:
 
     def _add_service(self, name: str, module: str) -> ManagedProcess:
         port = self.ports.get(name) or self._free_port()
-        env = self.service_env(port, role=name.split("-")[0])
+        if self.config.metrics:
+            self.metrics_ports[name] = self.metrics_ports.get(name) or self._free_port()
+        env = self.service_env(port, role=name.split("-")[0], metrics_port=self.metrics_ports.get(name, 0))
         env["RTASK_INSTANCE"] = name
         proc = ManagedProcess(name, [sys.executable, "-m", module], log_dir=self.log_dir, env=env, echo=self.echo)
         self.processes[name] = proc
@@ -371,7 +387,10 @@ class Stack:
             "ca_file": str(self.ca_file),
             "protoset": str(self.protoset),
             "admin": self.admin_url,
-            "processes": {n: {"pid": p.pid, "port": self.ports.get(n)} for n, p in self.processes.items()},
+            "processes": {
+                n: {"pid": p.pid, "port": self.ports.get(n), "metrics_port": self.metrics_ports.get(n)}
+                for n, p in self.processes.items()
+            },
         }
         access = self.redis_access
         if access is not None and access.worker.password_file is not None:

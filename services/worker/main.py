@@ -7,16 +7,22 @@ import importlib
 import os
 
 import services.worker.builtin  # noqa: F401  (registers the built-in kinds)
+from services.core import metrics
 from services.core.logging import configure_logging
+from services.core.pool_metrics import register_pools
 from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server, run_until_signalled
 from services.worker.config import WorkerProcessConfig
 from services.worker.worker import Worker
+from services.worker.worker_metrics import register_worker
 
 
 async def _serve(config: WorkerProcessConfig) -> None:
     redis = create_redis(config.redis)
     worker = Worker(config.worker, redis, config.enrolment)
+    if (measured := metrics.current()) is not None:
+        register_pools(measured, redis=redis)
+        register_worker(measured, worker)
     server, port, health = create_grpc_server(config.server, service_names=())
     service = Service(server=server, port=port, health=health, service_names=())
 
@@ -36,7 +42,12 @@ def main() -> None:
     # User handlers register themselves (@task) when their modules are imported.
     for module in config.worker.imports:
         importlib.import_module(module)
-    asyncio.run(_serve(config))
+    endpoint = metrics.start(metrics.MetricsConfig.from_env())
+    try:
+        asyncio.run(_serve(config))
+    finally:
+        if endpoint is not None:
+            endpoint.close()
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from services.worker.messages import HeldKey, finish_item, held, spec_from_task
 from services.worker.progress import ProgressThrottle
 from services.worker.reporter import Finished, FinishReporter
 from services.worker.runner import Attempt, AttemptOutcome
+from services.worker.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ class Worker:
         self._parked_changed = asyncio.Event()
         self._start_backoff = Backoff(initial_s=0.1, maximum_s=5.0)
         self._stopping = False
+        # Set by services.worker.worker_metrics when metrics are on.
+        self.metrics: WorkerMetrics | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._consuming: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Task[None] | None = None
@@ -331,7 +334,7 @@ class Worker:
             outcome = AttemptOutcome(
                 worker_pb2.OUTCOME_FAILED, f"no handler for kind {spec.kind!r} on worker {self.config.worker_id}"
             )
-            self._report(key, delivery.entry_id, outcome)
+            self._report(key, delivery.entry_id, outcome, spec.kind)
             return
         attempt = Attempt(
             handler,
@@ -346,6 +349,8 @@ class Worker:
         self._fence_changed.set()
 
     async def _run(self, running: Running) -> None:
+        began = time.monotonic()
+        kind = running.attempt.spec.kind
         try:
             outcome = await running.attempt.run()
         except Exception as exc:  # a bug in the runner must not lose the task: report it as a failed attempt
@@ -354,14 +359,18 @@ class Worker:
         finally:
             del self.running[running.key]
             self._slot_freed.set()
+        if self.metrics is not None:
+            self.metrics.handled(kind, outcome.outcome, time.monotonic() - began)
         if running.stop_reason in UNREPORTED:
             # Superseded: another attempt owns the task and its entry. Otherwise the entry is reclaimed.
             log.info("attempt dropped", extra={"task_id": running.key[0], "reason": running.stop_reason})
             self._forget([running.entry_id])
             return
-        self._report(running.key, running.entry_id, outcome)
+        self._report(running.key, running.entry_id, outcome, kind)
 
-    def _report(self, key: HeldKey, entry_id: str, outcome: AttemptOutcome) -> None:
+    def _report(self, key: HeldKey, entry_id: str, outcome: AttemptOutcome, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.reported(kind, outcome.outcome)
         self.finishing[key] = entry_id
         self.reporter.submit(Finished(key, entry_id, finish_item(key, outcome)))
 

@@ -18,6 +18,7 @@ import asyncpg
 from google.protobuf import json_format
 
 from resilienttask.worker.v1 import worker_pb2
+from services.core import task_metrics
 from services.core.events import TaskChange
 from services.core.task_model import (
     CANCELLED,
@@ -161,6 +162,7 @@ async def finish_batch(
             worker_id,
         )
         done.update({str(r["id"]): (r, RUNNING) for r in rows})
+        task_metrics.ended(rows)
     if cancelled:
         rows = await pool.fetch(
             _FAST_CANCELLED,
@@ -171,6 +173,7 @@ async def finish_batch(
             worker_id,
         )
         done.update({str(r["id"]): (r, r["before"]) for r in rows})
+        task_metrics.ended(rows)
     rest = [item for item in items if first.get(item.task.task_id) is not item or item.task.task_id not in done]
     checked = await _finish_checked(pool, worker_id, rest, retry) if rest else FinishOutcome([], [], [])
     later = iter(checked.results)
@@ -205,6 +208,7 @@ async def _finish_checked(
             )
         }
         repeated: list[asyncpg.Record] = []
+        fenced: list[str] = []
         for item in items:
             task_id = item.task.task_id
             row = rows.get(task_id)
@@ -215,6 +219,8 @@ async def _finish_checked(
                 )
                 if reason == ALREADY_FINISHED and row is not None:
                     repeated.append(row)
+                elif reason == SUPERSEDED and row is not None:
+                    fenced.append(row["kind"])
                 continue
             assert row is not None
             target, dead = _target(row, item.outcome)
@@ -235,6 +241,9 @@ async def _finish_checked(
         changes += [change_for(row, row["status"]) for row in repeated]
         history = [history_for(updated[i], rows[i]["status"], a.error or "finished") for i, a in accepted.items()]
         await insert_history(conn, history)
+    # Committed: counted now.
+    task_metrics.ended(updated.values())
+    task_metrics.fenced(fenced)
     requeued = [i for i, a in accepted.items() if a.target == QUEUED]
     return FinishOutcome(results, changes, requeued)
 

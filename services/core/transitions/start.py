@@ -15,6 +15,7 @@ import asyncpg
 
 from resilienttask.v1 import task_pb2
 from resilienttask.worker.v1 import worker_pb2
+from services.core import task_metrics
 from services.core.events import TaskChange
 from services.core.task_model import (
     CANCELLED,
@@ -116,6 +117,7 @@ async def start_batch(
             [i.entry_id for i in first.values()],
         )
         started = {str(r["id"]): r for r in rows}
+        task_metrics.started(rows)
     rest = [item for item in items if first.get(item.task_id) is not item or item.task_id not in started]
     checked = await _start_checked(pool, worker_id, rest, holders) if rest else StartOutcome([], [], [])
     tasks = dict(zip(started, rows_to_tasks(started.values()), strict=True))
@@ -170,6 +172,10 @@ async def _start_checked(
         history: list[HistoryEntry] = []
         superseded: list[RunningRef] = []
         runs: dict[str, worker_pb2.StartItem] = {}
+        # Rows as recorded, for the metrics counted once the transaction commits.
+        fresh: list[asyncpg.Record] = []
+        reclaimed: list[asyncpg.Record] = []
+        ended: list[asyncpg.Record] = []
         for item, action, _detail in decisions:
             row = rows.get(item.task_id)
             if action == "run" and row is not None and item.task_id not in runs:
@@ -182,6 +188,7 @@ async def _start_checked(
             if action == "run" and row is not None and new is not None:
                 if row["status"] == RUNNING:
                     superseded.append(RunningRef(row["worker_id"], item.task_id, row["fence"]))
+                (fresh if row["status"] == QUEUED else reclaimed).append(new)
                 history.append(history_for(new, row["status"], detail))
                 changes.append(change_for(new, row["status"]))
                 results.append(
@@ -203,6 +210,7 @@ async def _start_checked(
                     detail,
                 )
                 assert new is not None
+                ended.append(new)
                 history.append(history_for(new, row["status"], detail))
                 changes.append(change_for(new, row["status"]))
                 results.append(_skip(item.task_id, detail))
@@ -219,6 +227,10 @@ async def _start_checked(
             else:
                 results.append(_skip(item.task_id, detail))
         await insert_history(conn, history)
+    task_metrics.started(fresh)
+    task_metrics.started(reclaimed, reclaimed=True)
+    # The attempt that ran was the silent holder's; this takeover only records its end.
+    task_metrics.ended(ended, ran=False)
     return StartOutcome(results, changes, superseded)
 
 

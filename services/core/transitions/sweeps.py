@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from services.core import task_metrics
 from services.core.events import TaskChange
 from services.core.task_model import (
     CANCELLED,
@@ -71,4 +72,6 @@ SELECT * FROM changed
 
 async def time_out_abandoned(pool: asyncpg.Pool, grace_s: float) -> list[TaskChange]:
     """Running tasks past max_runtime + grace: their worker is gone and nobody took over."""
-    return [change_for(r, r["before"]) for r in await pool.fetch(_ABANDONED, grace_s)]
+    rows = await pool.fetch(_ABANDONED, grace_s)
+    task_metrics.ended(rows)
+    return [change_for(r, r["before"]) for r in rows]

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from services.core import task_metrics
 from services.core.errors import FailedPrecondition
 from services.core.events import TaskChange
 from services.core.limits import UserLimits
@@ -69,9 +70,12 @@ async def submit(
     ids = [str(uuid.uuid4()) for _ in range(spec.replicas)]
     batch_id = ids[0]  # the first replica's id: see task_model.in_batch
     try:
-        return await _insert_submission(pool, owner_id, spec, batch_id, ids, limits), True
+        rows = await _insert_submission(pool, owner_id, spec, batch_id, ids, limits)
     except _SubmissionExists:
         pass
+    else:
+        task_metrics.submitted(rows)
+        return rows, True
     existing = await pool.fetch(
         f"SELECT {TASK_COLUMNS}, held FROM tasks WHERE owner_id = $1 AND request_id = $2 ORDER BY replica_index",
         owner_id,
@@ -204,6 +208,8 @@ async def cancel(
     if task_id and rows[0]["status"] in TERMINAL and rows[0]["status"] != CANCELLED:
         check_transition(rows[0]["status"], CANCELLED, "cancel")
     updated = {str(r["id"]): r for r in found if r["after"]}
+    # Queued tasks are cancelled now (never ran); running ones end when their worker reports or times out.
+    task_metrics.ended((r for r in updated.values() if r["status"] == CANCELLED), ran=False)
     previous = {str(r["id"]): r["status"] for r in rows}
     changes = [change_for(r, previous[i]) for i, r in updated.items()]
     to_stop = [

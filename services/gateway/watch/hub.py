@@ -31,7 +31,7 @@ from services.core.events import (
 from services.gateway.watch import wire
 from services.gateway.watch.config import WatchConfig
 from services.gateway.watch.stats import StatsBook
-from services.gateway.watch.subscriber import Subscriber
+from services.gateway.watch.subscriber import Subscriber, WatchCounts
 from services.gateway.watch.wire import EncodedEvent
 
 log = logging.getLogger(__name__)
@@ -75,11 +75,14 @@ class Hub:
         self._positioned = asyncio.Event()
         # Events encoded so far: one per event read from the feed (not one per watcher), plus replays.
         self.events_encoded = 0
+        # Open streams, events delivered, overflows: exported by services.gateway.watch_metrics.
+        self.counts = WatchCounts()
 
     # -- subscribers ---------------------------------------------------------------------------------
     def subscribe(self, owner_id: str) -> Subscriber:
-        subscriber = Subscriber(owner_id, self.config.queue_limit)
+        subscriber = Subscriber(owner_id, self.config.queue_limit, self.counts)
         self._by_owner[owner_id].add(subscriber)
+        self.counts.streams_open += 1
         self._watched.set()
         return subscriber
 
@@ -95,9 +98,10 @@ class Hub:
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         watchers = self._by_owner.get(subscriber.owner_id)
-        if watchers is None:
+        if watchers is None or subscriber not in watchers:
             return
         watchers.discard(subscriber)
+        self.counts.streams_open -= 1
         if not watchers:
             del self._by_owner[subscriber.owner_id]
             self.stats.forget(subscriber.owner_id)

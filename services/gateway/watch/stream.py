@@ -48,6 +48,7 @@ class _Call:
         """Events ready together (oldest first, at most batch_events) as one message; then they are sent."""
         await self.send(wire.batch(chunk))
         self.sent = chunk[-1].entry_id
+        self.hub.counts.events_delivered += len(chunk)
 
     async def snapshot(self) -> bytes:
         """The owner's recent tasks (as summaries, like events) and stats, as of a history position noted before

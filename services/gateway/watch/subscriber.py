@@ -11,15 +11,26 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from dataclasses import dataclass
 
 from services.core.events import StreamId
 from services.gateway.watch.wire import EncodedEvent
 
 
+@dataclass
+class WatchCounts:
+    """What a gateway's watchers did, as plain integers: kept always (an addition each), exported when scraped."""
+
+    streams_open: int = 0
+    events_delivered: int = 0
+    overflows: int = 0
+
+
 class Subscriber:
-    def __init__(self, owner_id: str, queue_limit: int) -> None:
+    def __init__(self, owner_id: str, queue_limit: int, counts: WatchCounts | None = None) -> None:
         self.owner_id = owner_id
         self.queue_limit = queue_limit
+        self.counts = counts or WatchCounts()
         self.pending: deque[EncodedEvent] = deque()
         # Position of the last queued event; None while the call reads history itself.
         self.cursor: StreamId | None = None
@@ -45,6 +56,7 @@ class Subscriber:
         if after != self.cursor:
             self._lose(snapshot=False, position=event.position)
         elif len(self.pending) >= self.queue_limit:
+            self.counts.overflows += 1
             self._lose(snapshot=True, position=event.position)
         else:
             self.pending.append(event)
