@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from services.core.metrics import PREFIX
 from services.edge.envoy_config import PROMETHEUS_STATS_PATH
 from services.edge.render import COMPOSE_STATS_PORT
 
@@ -160,6 +161,19 @@ def test_the_dashboard_charts_what_an_operator_needs_from_the_provisioned_source
             for y in range(pos["y"], pos["y"] + pos["h"]):
                 assert (x, y) not in cells, panel["title"]
                 cells.add((x, y))
+
+
+def test_the_list_above_is_what_the_services_define_and_document() -> None:
+    """Each series of the list is defined in services/ (as f"{PREFIX}_<name>", the one way they are named there) and
+    has a row in docs/metrics.md: a series renamed in the code or the docs fails here, not on an operator's screen."""
+    sources = "".join(path.read_text() for path in (ROOT / "services").rglob("*.py"))
+    defined = {f"{PREFIX}_{name}" for name in re.findall(r'f"\{PREFIX\}_([a-z_]+)"', sources)}
+    bases = {name.removesuffix("_total") for name in COUNTERS} | GAUGES | HISTOGRAMS
+    assert bases <= defined, f"not defined by any service: {bases - defined}"
+    documented = set(re.findall(r"^\| `(resilienttask_[a-z_]+)`", (ROOT / "docs" / "metrics.md").read_text(), re.M))
+    assert documented >= COUNTERS | GAUGES | HISTOGRAMS, (
+        f"not in docs/metrics.md: {(COUNTERS | GAUGES | HISTOGRAMS) - documented}"
+    )
 
 
 def test_every_metric_name_used_is_one_the_services_export() -> None:
