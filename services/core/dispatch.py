@@ -6,15 +6,19 @@ the reference of the entry responsible for it; workers pass references back in t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from services.core import keys
+
+_TRACE_PARENT_FIELD = keys.FIELD_TRACE_PARENT.encode()
+# A traceparent is 55 characters; a longer field (written by something else) is dropped, not carried on.
+MAX_TRACE_PARENT_BYTES = 64
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,8 @@ class DispatchEntry:
     task_id: str
     dispatch_id: str
     kind: str
+    # The submission's traceparent ("" when tracing is off or was off when the task was submitted).
+    trace_parent: str = ""
 
 
 def entry_ref(kind: str, entry_id: str) -> str:
@@ -60,6 +66,18 @@ end
 return ids
 """
 
+# The same, for entries carrying a traceparent: (task id, dispatch id, traceparent) per entry. A separate
+# script, so that with tracing off the entries and the script are exactly what they were.
+_ADD_TRACED_BATCH = f"""
+local ids = {{}}
+for i = 1, #ARGV - 1, 3 do
+    ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', '{keys.FIELD_TASK_ID}', ARGV[i],
+        '{keys.FIELD_DISPATCH_ID}', ARGV[i + 1], '{keys.FIELD_KIND}', ARGV[#ARGV],
+        '{keys.FIELD_TRACE_PARENT}', ARGV[i + 2])
+end
+return ids
+"""
+
 
 def queue_entries(pipe: Pipeline, entries: Sequence[DispatchEntry]) -> list[DispatchEntry]:
     """Add one command per kind to a pipeline; returns the entries in the order of the ids it will return."""
@@ -67,8 +85,12 @@ def queue_entries(pipe: Pipeline, entries: Sequence[DispatchEntry]) -> list[Disp
     for entry in entries:
         by_kind.setdefault(entry.kind, []).append(entry)
     for kind, batch in by_kind.items():
-        args = [value for entry in batch for value in (entry.task_id, entry.dispatch_id)]
-        pipe.eval(_ADD_BATCH, 1, keys.dispatch_stream(kind), *args, kind)
+        if any(entry.trace_parent for entry in batch):
+            args = [value for e in batch for value in (e.task_id, e.dispatch_id, e.trace_parent)]
+            pipe.eval(_ADD_TRACED_BATCH, 1, keys.dispatch_stream(kind), *args, kind)
+        else:
+            args = [value for entry in batch for value in (entry.task_id, entry.dispatch_id)]
+            pipe.eval(_ADD_BATCH, 1, keys.dispatch_stream(kind), *args, kind)
     return [entry for batch in by_kind.values() for entry in batch]
 
 
@@ -112,8 +134,16 @@ async def publish(redis: aioredis.Redis, entries: Iterable[DispatchEntry]) -> li
 
 
 def parse_entry(fields: dict[bytes, bytes]) -> DispatchEntry:
+    # A traceparent is only carried on: parsed (and ignored when malformed) where a span continues it.
+    trace_parent = fields.get(_TRACE_PARENT_FIELD, b"")
     return DispatchEntry(
         task_id=fields[keys.FIELD_TASK_ID.encode()].decode(),
         dispatch_id=fields[keys.FIELD_DISPATCH_ID.encode()].decode(),
         kind=fields.get(keys.FIELD_KIND.encode(), b"").decode(),
+        trace_parent=trace_parent.decode(errors="replace") if len(trace_parent) <= MAX_TRACE_PARENT_BYTES else "",
     )
+
+
+def row_entry(row: Mapping[str, Any]) -> DispatchEntry:
+    """The entry of a task row's current dispatch (with its traceparent when the row was read with it)."""
+    return DispatchEntry(str(row["id"]), str(row["dispatch_id"]), row["kind"], row.get("trace_parent") or "")

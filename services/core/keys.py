@@ -49,3 +49,5 @@ METRICS_EXPORTER_LEASE = f"{PREFIX}:metrics:exporter"
 FIELD_TASK_ID = "task_id"
 FIELD_DISPATCH_ID = "dispatch_id"
 FIELD_KIND = "kind"
+# The W3C traceparent of the submission (present only when tracing was on): see services.core.tracing.
+FIELD_TRACE_PARENT = "traceparent"

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from resilienttask.v1 import task_pb2
 from services.core import keys, task_store
-from services.core.dispatch import DispatchEntry, publish, published_refs, queue_entries
+from services.core.dispatch import DispatchEntry, publish, published_refs, queue_entries, row_entry
 from services.core.events import PUBLISH_CHUNK, TaskChange, publish_changes, queue_changes
 from services.core.transitions.rules import RunningRef
 
@@ -30,7 +30,7 @@ async def dispatch_rows(pool: asyncpg.Pool, redis: aioredis.Redis, rows: Sequenc
     """XADD the rows' current dispatch, then record the entry ids; False when Redis refused."""
     if not rows:
         return True
-    entries = [DispatchEntry(str(r["id"]), str(r["dispatch_id"]), r["kind"]) for r in rows]
+    entries = [row_entry(r) for r in rows]
     try:
         entry_ids = await publish(redis, entries)
     except (RedisError, OSError) as exc:
@@ -45,7 +45,7 @@ async def emit_and_dispatch(
 ) -> None:
     """The change events, then the dispatch entries, in one round trip: watchers hear of a task before any
     worker can start it, and the task reaches a worker without waiting for a second call."""
-    entries = [DispatchEntry(str(r["id"]), str(r["dispatch_id"]), r["kind"]) for r in rows]
+    entries = [row_entry(r) for r in rows]
     try:
         async with redis.pipeline(transaction=False) as pipe:
             queue_changes(pipe, changes)

@@ -15,7 +15,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.core import metrics
+from services.core import metrics, tracing
 from services.core.cancellation import cancel_and_wait
 from services.core.config import ServerConfig
 from services.core.metrics_interceptor import MetricsInterceptor
@@ -112,7 +112,8 @@ def create_grpc_server(
     measured = metrics.current()
     first = [MetricsInterceptor(measured)] if measured is not None else []
     server = grpc.aio.server(
-        interceptors=[*first, *interceptors],
+        # The tracing interceptor first (none when tracing is off): a refused call gets its span too.
+        interceptors=[*tracing.server_interceptors(), *first, *interceptors],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),

@@ -235,7 +235,10 @@ def virtual_host(config: EdgeConfig) -> dict[str, Any]:
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
                 "allow_origin_string_match": [{"exact": origin} for origin in config.allowed_origins],
                 "allow_methods": "POST",
-                "allow_headers": "authorization,content-type,x-grpc-web,x-user-agent,grpc-timeout",
+                # traceparent and tracestate: a browser may start the trace of what it asks for (W3C).
+                "allow_headers": (
+                    "authorization,content-type,x-grpc-web,x-user-agent,grpc-timeout,traceparent,tracestate"
+                ),
                 "expose_headers": "grpc-status,grpc-message,grpc-status-details-bin",
                 "max_age": "600",
                 # Envoy answers every preflight itself: one from a foreign origin gets no CORS headers

@@ -6,11 +6,12 @@ import asyncio
 import gc
 import os
 
-from services.core import metrics
+from services.core import metrics, tracing
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
 from services.core.limits import UserLimits
 from services.core.logging import configure_logging
 from services.core.server import run_until_signalled
+from services.core.tracing import TracingConfig
 from services.gateway.app import GatewayConfig, create_server
 from services.gateway.login_limits import LoginLimitsConfig
 from services.gateway.watch.config import WatchConfig
@@ -48,9 +49,11 @@ async def _serve() -> None:
 def main() -> None:
     configure_logging(os.environ.get("RTASK_INSTANCE", "gateway"), os.environ.get("RTASK_LOG_LEVEL", "INFO"))
     endpoint = metrics.start(metrics.MetricsConfig.from_env())
+    tracing.configure(TracingConfig.from_env("gateway"))
     try:
         asyncio.run(_serve())
     finally:
+        tracing.shutdown()
         if endpoint is not None:
             endpoint.close()
 

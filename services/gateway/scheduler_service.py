@@ -7,7 +7,7 @@ import grpc
 import redis.asyncio as aioredis
 
 from resilienttask.v1 import scheduler_pb2, scheduler_pb2_grpc
-from services.core import outbox, task_store, worker_registry
+from services.core import outbox, task_store, tracing, worker_registry
 from services.core.errors import NotFound, translate_errors
 from services.core.events import TaskChange
 from services.core.limits import UserLimits
@@ -41,13 +41,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> scheduler_pb2.SubmitTaskResponse:
         owner = current_user_id()
         spec = validation.submission(request, await self.kinds.kinds(request.kind or validation.DEFAULT_KIND))
-        rows, created = await transitions.submit(self.pool, owner, spec, self.limits)
+        # This call's span (tracing on) is the parent of every later step of these tasks, in every process.
+        rows, created = await transitions.submit(self.pool, owner, spec, self.limits, tracing.current_parent())
         tasks = rows_to_tasks(rows)
         if created:
             changes = [TaskChange(owner, task, 0) for task in tasks]
             # Held replicas wait for the owner's slot cap; they are published once released (migration 0008).
             dispatchable = [row for row in rows if not row["held"]]
-            await outbox.emit_and_dispatch(self.pool, self.redis, dispatchable, changes)
+            with tracing.span("task.publish", {"task.count": len(rows), "task.kind": spec.kind}):
+                await outbox.emit_and_dispatch(self.pool, self.redis, dispatchable, changes)
         else:
             # A retried submission: the first attempt's gateway may have died before announcing the tasks.
             await outbox.emit(self.redis, [TaskChange(owner, task, task.status) for task in tasks], self.pool)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 
-from services.core import metrics
+from services.core import metrics, tracing
 from services.core.config import DatabaseConfig, RedisConfig, ServerConfig, env_int
 from services.core.limits import UserLimits
 from services.core.logging import configure_logging
 from services.core.server import run_until_signalled
+from services.core.tracing import TracingConfig
 from services.core.worker_credentials import WorkerKeyConfig
 from services.scheduler.app import SchedulerConfig, TakeoverConfig, create_server
 from services.scheduler.store import RetryPolicy
@@ -46,9 +47,11 @@ def main() -> None:
     configure_logging(os.environ.get("RTASK_INSTANCE", "scheduler"), os.environ.get("RTASK_LOG_LEVEL", "INFO"))
     metrics_config = metrics.MetricsConfig.from_env()
     endpoint = metrics.start(metrics_config)
+    tracing.configure(TracingConfig.from_env("scheduler"))
     try:
         asyncio.run(_serve(metrics_config))
     finally:
+        tracing.shutdown()
         if endpoint is not None:
             endpoint.close()
 

@@ -65,7 +65,7 @@ async def due_for_publish(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record
     """Queued tasks nobody published: retry backoffs that are due, or submissions made while Redis was down."""
     return list(
         await pool.fetch(
-            f"SELECT {TASK_COLUMNS} FROM tasks WHERE status = {QUEUED} AND NOT published "
+            f"SELECT {TASK_COLUMNS}, trace_parent FROM tasks WHERE status = {QUEUED} AND NOT published "
             "AND publish_after <= now() AND NOT held ORDER BY publish_after LIMIT $1",
             limit,
         )
@@ -76,7 +76,7 @@ async def published_before(pool: asyncpg.Pool, age_s: float, limit: int) -> list
     """Queued, published tasks older than age_s, to check that their entry still exists."""
     return list(
         await pool.fetch(
-            f"SELECT {TASK_COLUMNS} FROM tasks WHERE status = {QUEUED} AND published "
+            f"SELECT {TASK_COLUMNS}, trace_parent FROM tasks WHERE status = {QUEUED} AND published "
             "AND published_at < now() - make_interval(secs => $1) ORDER BY published_at LIMIT $2",
             age_s,
             limit,

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import asyncpg
 import redis.asyncio as aioredis
 
 from resilienttask.worker.v1 import worker_pb2
-from services.core import outbox
+from services.core import outbox, tracing
 from services.core.errors import DomainError, Unavailable
 from services.scheduler import store
 from services.scheduler.connections import Mailbox
 from services.scheduler.progress import ProgressBuffer
+from services.scheduler.tracing import BatchTimes, record_failure, record_work
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +81,16 @@ class WorkProcessor:
     async def _record(self, batch: list[worker_pb2.WorkRequest]) -> None:
         finishes = [item for request in batch for item in request.finish]
         starts = [item for request in batch for item in request.start]
+        began_ns = time.time_ns() if tracing.enabled() else 0
         try:
-            finished, started = await self._commit(finishes, starts)
+            finished, started, committed_ns = await self._commit(finishes, starts)
         except Exception as exc:  # the worker keeps its entries and asks again
             # A domain error (a transition refused) repeats on every retry: the worker then isolates the item.
             permanent = isinstance(exc, DomainError) and not isinstance(exc, Unavailable)
             log.warning("work request failed", extra={"worker": self.worker_id, "error": repr(exc)})
+            if began_ns:
+                now_ns = time.time_ns()
+                record_failure(self.worker_id, finishes, starts, BatchTimes(began_ns, now_ns, now_ns), repr(exc))
             for request in batch:
                 self.mailbox.answer(
                     worker_pb2.WorkResponse(request_id=request.request_id, error=repr(exc), permanent=permanent)
@@ -99,14 +105,17 @@ class WorkProcessor:
                 response.finish.append(result)
             response.start.extend(next(start_results) for _ in request.start)
             self.mailbox.answer(response)
+        if began_ns:
+            times = BatchTimes(began_ns, committed_ns, time.time_ns())
+            record_work(self.worker_id, finishes, finished, starts, started, times)
 
     async def _commit(
         self, finishes: list[worker_pb2.FinishItem], starts: list[worker_pb2.StartItem]
-    ) -> tuple[list[worker_pb2.FinishResult], list[worker_pb2.StartResult]]:
+    ) -> tuple[list[worker_pb2.FinishResult], list[worker_pb2.StartResult], int]:
         """Outcomes and starts at once, on two connections (their tasks differ: an entry is started only
         while its task is queued, and reported only while it runs), each one statement in the common case;
         then every change event in one round trip, before the answer: a worker that gets no answer asks
-        again, and the repeat re-announces."""
+        again, and the repeat re-announces. The int: when the transitions committed (epoch ns, tracing on)."""
         # Progress still buffered for these tasks must not land after (and overwrite) the outcome.
         self.progress.discard(self.worker_id, (item.task.task_id for item in finishes))
         finished, started = await asyncio.gather(
@@ -121,11 +130,12 @@ class WorkProcessor:
                 # and its state is announced then.
                 raise half
         assert not isinstance(finished, BaseException) and not isinstance(started, BaseException)
+        committed_ns = time.time_ns() if tracing.enabled() else 0
         changes = (finished.changes if finished else []) + (started.changes if started else [])
         # Fencing: a worker that lost its lease is told to stop now rather than at its next heartbeat.
         superseded = started.superseded if started else []
         await outbox.stop_and_emit(self.pool, self.redis, superseded, store.SUPERSEDED, changes)
-        return (list(finished.results) if finished else []), (list(started.results) if started else [])
+        return (list(finished.results) if finished else []), (list(started.results) if started else []), committed_ns
 
 
 async def _nothing() -> None:

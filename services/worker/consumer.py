@@ -31,6 +31,8 @@ class Delivery:
 
     entry_id: str
     entry: DispatchEntry
+    # Taken over from another consumer by XAUTOCLAIM (its time in the stream was that consumer's, not a wait).
+    reclaimed: bool = False
 
 
 def _text(value: bytes | str) -> str:
@@ -88,7 +90,7 @@ class DispatchConsumer:
                 self._reclaim_cursor[stream] = _text(cursor)
                 if self._reclaim_cursor[stream] == ZERO_ID:
                     break
-        return await self._accept(raw)
+        return await self._accept(raw, reclaimed=True)
 
     async def ack(self, entry_ids: Iterable[str]) -> None:
         """Acknowledge and delete entries whose outcome is persisted (or that must not run)."""
@@ -131,14 +133,14 @@ class DispatchConsumer:
             replies = await pipe.execute()
         return {ref for ref, reply in zip(entry_ids, replies, strict=True) if reply}
 
-    async def _accept(self, raw: Sequence[tuple[str, Any]]) -> list[Delivery]:
+    async def _accept(self, raw: Sequence[tuple[str, Any]], *, reclaimed: bool = False) -> list[Delivery]:
         """Parse entries; malformed ones can never run, so they are acknowledged and deleted at once."""
         deliveries: list[Delivery] = []
         malformed: list[str] = []
         for stream, (entry_id_raw, fields) in raw:
             ref = entry_ref(self._kind_of[stream], _text(entry_id_raw))
             try:
-                deliveries.append(Delivery(ref, parse_entry(fields)))
+                deliveries.append(Delivery(ref, parse_entry(fields), reclaimed))
             except (KeyError, TypeError, AttributeError, UnicodeDecodeError):
                 malformed.append(ref)
         if malformed:

@@ -28,6 +28,7 @@ from resilienttask.handlers import get_handler, registered_kinds
 from resilienttask.worker.v1 import worker_pb2
 from services.core.cancellation import cancel_and_wait
 from services.core.dispatch import ensure_dispatch_groups
+from services.core.logging import task_scope
 from services.core.worker_credentials import EnrolmentConfig
 from services.worker.config import WorkerConfig
 from services.worker.connection import Backoff, SchedulerLink, WorkerTokens
@@ -36,6 +37,7 @@ from services.worker.messages import HeldKey, finish_item, held, spec_from_task
 from services.worker.progress import ProgressThrottle
 from services.worker.reporter import Finished, FinishReporter
 from services.worker.runner import Attempt, AttemptOutcome
+from services.worker.tracing import AttemptTraces
 from services.worker.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ class Worker:
         )
         self.progress = ProgressThrottle(self.link.send, lambda key: key in self.running)
         self.reporter = FinishReporter(self.link, self.consumer, self._settled)
+        self.traces = AttemptTraces(config.worker_id)
         self.running: dict[HeldKey, Running] = {}
         # Outcomes sent but not yet confirmed: still heartbeated and refreshed, so nobody reclaims them.
         self.finishing: dict[HeldKey, str] = {}
@@ -213,6 +216,7 @@ class Worker:
                 delivered_at = time.monotonic()
                 for delivery in deliveries:
                     self.refreshed_at.setdefault(delivery.entry_id, delivered_at)
+                self.traces.delivered(deliveries)
                 await self._offer(deliveries)
 
     async def _until_connected_or_stopping(self) -> None:
@@ -234,7 +238,12 @@ class Worker:
             return
         started_at = time.monotonic()
         items = [
-            worker_pb2.StartItem(task_id=d.entry.task_id, dispatch_id=d.entry.dispatch_id, entry_id=d.entry_id)
+            worker_pb2.StartItem(
+                task_id=d.entry.task_id,
+                dispatch_id=d.entry.dispatch_id,
+                entry_id=d.entry_id,
+                trace_parent=self.traces.parent(d.entry_id),
+            )
             for d in fresh
         ]
         self.offering.update(d.entry_id for d in fresh)
@@ -262,6 +271,7 @@ class Worker:
         skipped: list[str] = []
         deferred: list[Delivery] = []
         for delivery, result in zip(fresh, results, strict=True):
+            self.traces.decided(delivery.entry_id, result)
             if result.decision == worker_pb2.START_DECISION_RUN:
                 self._launch(delivery, result)
             elif result.decision == worker_pb2.START_DECISION_SKIP:
@@ -351,36 +361,43 @@ class Worker:
     async def _run(self, running: Running) -> None:
         began = time.monotonic()
         kind = running.attempt.spec.kind
-        try:
-            outcome = await running.attempt.run()
-        except Exception as exc:  # a bug in the runner must not lose the task: report it as a failed attempt
-            log.exception("attempt crashed", extra={"task_id": running.key[0]})
-            outcome = AttemptOutcome(worker_pb2.OUTCOME_FAILED, f"worker error: {exc!r}")
-        finally:
-            del self.running[running.key]
-            self._slot_freed.set()
-        if self.metrics is not None:
-            self.metrics.handled(kind, outcome.outcome, time.monotonic() - began)
-        if running.stop_reason in UNREPORTED:
-            # Superseded: another attempt owns the task and its entry. Otherwise the entry is reclaimed.
-            log.info("attempt dropped", extra={"task_id": running.key[0], "reason": running.stop_reason})
-            self._forget([running.entry_id])
-            return
-        self._report(running.key, running.entry_id, outcome, kind)
+        with task_scope(running.key[0]):
+            try:
+                with self.traces.handler(running.entry_id):
+                    outcome = await running.attempt.run()
+            except Exception as exc:  # a bug in the runner must not lose the task: report it as a failed attempt
+                log.exception("attempt crashed", extra={"task_id": running.key[0]})
+                outcome = AttemptOutcome(worker_pb2.OUTCOME_FAILED, f"worker error: {exc!r}")
+            finally:
+                del self.running[running.key]
+                self._slot_freed.set()
+            if self.metrics is not None:
+                self.metrics.handled(kind, outcome.outcome, time.monotonic() - began)
+            if running.stop_reason in UNREPORTED:
+                # Superseded: another attempt owns the task and its entry. Otherwise the entry is reclaimed.
+                log.info("attempt dropped", extra={"task_id": running.key[0], "reason": running.stop_reason})
+                self.traces.let_go([running.entry_id], running.stop_reason)
+                self._forget([running.entry_id])
+                return
+            self._report(running.key, running.entry_id, outcome, kind)
 
     def _report(self, key: HeldKey, entry_id: str, outcome: AttemptOutcome, kind: str) -> None:
         if self.metrics is not None:
             self.metrics.reported(kind, outcome.outcome)
         self.finishing[key] = entry_id
-        self.reporter.submit(Finished(key, entry_id, finish_item(key, outcome)))
+        item = finish_item(key, outcome)
+        self.traces.reported(entry_id, item)
+        self.reporter.submit(Finished(key, entry_id, item))
 
     def _settled(self, finished: Finished) -> None:
         self.finishing.pop(finished.key, None)
         self._forget([finished.entry_id])
 
     def _forget(self, entry_ids: Iterable[str]) -> None:
-        for entry_id in entry_ids:
+        forgotten = list(entry_ids)
+        for entry_id in forgotten:
             self.refreshed_at.pop(entry_id, None)
+        self.traces.let_go(forgotten)
 
     def _on_command(self, command: worker_pb2.CancelCommand) -> None:
         """A cancel pushed by the scheduler; commands for attempts we do not run are stale and ignored."""

@@ -504,7 +504,7 @@ def test_cors_preflight_passes_for_allowed_origins_only(stack: Stack, tmp_path: 
         passed = _preflight(edge.address, allowed)
         assert passed.status == 200
         assert passed.headers["access-control-allow-origin"] == allowed
-        assert "authorization" in passed.headers["access-control-allow-headers"].split(",")
+        assert {"authorization", "traceparent"} <= set(passed.headers["access-control-allow-headers"].split(","))
         assert "POST" in passed.headers["access-control-allow-methods"]
         for foreign in (own_origin, "https://dashboard.example.evil", "null"):
             refused = _preflight(edge.address, foreign)

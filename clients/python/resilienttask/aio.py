@@ -34,6 +34,7 @@ from resilienttask._convert import (
     worker_from_proto,
 )
 from resilienttask._retry import RetryPolicy
+from resilienttask._tracecontext import trace_metadata
 from resilienttask._watch import BATCH_PAGE_SIZE, FETCH_CONCURRENCY, WaitTracker, WatchState, task_ids
 from resilienttask.errors import DeadlineExceeded, Unavailable, from_rpc_error
 from resilienttask.models import Session, Snapshot, Task, TaskStats, TaskStatus, WatchEvent, Worker
@@ -189,7 +190,7 @@ class AsyncClient:
         idempotent: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline the server sees, not a local timer
     ) -> R:
-        metadata = bearer(self.token) if auth else ()
+        metadata = (bearer(self.token) if auth else ()) + trace_metadata()
         attempts = self.retry_policy.attempts if idempotent else 1
         pauses = self.retry_policy.backoffs()
         for attempt in range(1, attempts + 1):
@@ -301,7 +302,7 @@ class AsyncClient:
     # -- live ------------------------------------------------------------------------------------
     def watch(self, resume_token: str = "", *, timeout: Seconds | None = None) -> AsyncTaskWatch:
         """Live events with automatic resume after a broken stream; see Client.watch."""
-        metadata = bearer(self.token)
+        metadata = bearer(self.token) + trace_metadata()
         deadline = time.monotonic() + to_seconds(timeout) if timeout is not None else None
         state = WatchState(resume_token, self.retry_policy, deadline)
 

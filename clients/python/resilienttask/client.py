@@ -31,6 +31,7 @@ from resilienttask._convert import (
     worker_from_proto,
 )
 from resilienttask._retry import RetryPolicy
+from resilienttask._tracecontext import trace_metadata
 from resilienttask._watch import BATCH_PAGE_SIZE, WaitTracker, WatchState, task_ids
 from resilienttask.errors import DeadlineExceeded, Unavailable, from_rpc_error
 from resilienttask.models import Session, Snapshot, Task, TaskStats, TaskStatus, WatchEvent, Worker
@@ -164,7 +165,7 @@ class Client:
         idempotent: bool = False,
         timeout: float | None = None,
     ) -> R:
-        metadata = bearer(self.token) if auth else ()
+        metadata = (bearer(self.token) if auth else ()) + trace_metadata()
         attempts = self.retry_policy.attempts if idempotent else 1
         pauses = self.retry_policy.backoffs()
         for attempt in range(1, attempts + 1):
@@ -293,7 +294,7 @@ class Client:
         missed; when the service can no longer replay, it sends a fresh Snapshot instead.
         `timeout` ends the watch with DeadlineExceeded.
         """
-        metadata = bearer(self.token)
+        metadata = bearer(self.token) + trace_metadata()
         deadline = time.monotonic() + to_seconds(timeout) if timeout is not None else None
         state = WatchState(resume_token, self.retry_policy, deadline)
 

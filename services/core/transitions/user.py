@@ -60,17 +60,22 @@ DEFAULT_LIMITS = UserLimits()
 
 # -- submission ---------------------------------------------------------------------------------------
 async def submit(
-    pool: asyncpg.Pool, owner_id: str, spec: Submission, limits: UserLimits = DEFAULT_LIMITS
+    pool: asyncpg.Pool,
+    owner_id: str,
+    spec: Submission,
+    limits: UserLimits = DEFAULT_LIMITS,
+    trace_parent: str | None = None,
 ) -> tuple[list[asyncpg.Record], bool]:
     """Insert every replica in one statement; a repeated request_id returns the first request's rows.
 
     Returns the rows (by replica index, each with `held`: waiting for the owner's slot cap, so not to be
     dispatched now) and whether this call created them. A limit reached refuses the whole statement (RT003).
+    trace_parent (the submitting call's span, when tracing is on) is kept for every dispatch of the tasks.
     """
     ids = [str(uuid.uuid4()) for _ in range(spec.replicas)]
     batch_id = ids[0]  # the first replica's id: see task_model.in_batch
     try:
-        rows = await _insert_submission(pool, owner_id, spec, batch_id, ids, limits)
+        rows = await _insert_submission(pool, owner_id, spec, batch_id, ids, limits, trace_parent)
     except _SubmissionExists:
         pass
     else:
@@ -104,14 +109,14 @@ _INSERT_SUBMISSION = f"""
 WITH admitted AS (SELECT {_ADMIT} AS dispatchable),
 inserted AS (
     INSERT INTO tasks (id, owner_id, name, kind, payload, status, max_attempts, request_id, batch_id,
-                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held)
+                       replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held, trace_parent)
     SELECT t.id, $2, $3, $4, $5::jsonb, {QUEUED}, $6, $7, $8, t.idx, $9, $10, t.dispatch_id,
            CASE WHEN t.idx < admitted.dispatchable THEN now() + make_interval(secs => $11)
                 ELSE 'infinity'::timestamptz END,
-           t.idx >= admitted.dispatchable
+           t.idx >= admitted.dispatchable, $18
     FROM unnest($1::uuid[], $12::int[], $13::uuid[]) AS t(id, idx, dispatch_id), admitted
     ON CONFLICT (owner_id, request_id, replica_index) DO NOTHING
-    RETURNING {TASK_COLUMNS}, held
+    RETURNING {TASK_COLUMNS}, held, trace_parent
 ),
 guard AS (
     SELECT CASE WHEN count(*) <> cardinality($1::uuid[]) THEN rt_refuse('request_id used before') END
@@ -122,7 +127,13 @@ SELECT inserted.* FROM inserted, guard ORDER BY replica_index
 
 
 async def _insert_submission(
-    pool: asyncpg.Pool, owner_id: str, spec: Submission, batch_id: str, ids: list[str], limits: UserLimits
+    pool: asyncpg.Pool,
+    owner_id: str,
+    spec: Submission,
+    batch_id: str,
+    ids: list[str],
+    limits: UserLimits,
+    trace_parent: str | None,
 ) -> list[asyncpg.Record]:
     try:
         rows = await pool.fetch(
@@ -141,6 +152,7 @@ async def _insert_submission(
             list(range(spec.replicas)),
             [str(uuid.uuid4()) for _ in ids],
             *_limit_args(limits),
+            trace_parent,
         )
     except asyncpg.PostgresError as exc:
         if exc.sqlstate == _REFUSED:
@@ -237,7 +249,7 @@ changed AS (
         publish_after = CASE WHEN admitted.dispatchable < 1 THEN 'infinity'::timestamptz
                              ELSE now() + make_interval(secs => $4) END
     FROM target, admitted WHERE tasks.id = target.id
-    RETURNING {QUALIFIED_TASK_COLUMNS}, tasks.held, target.status AS before
+    RETURNING {QUALIFIED_TASK_COLUMNS}, tasks.held, tasks.trace_parent, target.status AS before
 ),
 recorded AS ({history_of("changed", "before", "'retry requested'")})
 SELECT target.status AS found, changed.* FROM target LEFT JOIN changed ON true

@@ -107,26 +107,30 @@ class ProgressReport(_message.Message):
     def __init__(self, task: _Optional[_Union[HeldTask, _Mapping]] = ..., progress: _Optional[float] = ...) -> None: ...
 
 class StartItem(_message.Message):
-    __slots__ = ("task_id", "dispatch_id", "entry_id")
+    __slots__ = ("task_id", "dispatch_id", "entry_id", "trace_parent")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     DISPATCH_ID_FIELD_NUMBER: _ClassVar[int]
     ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACE_PARENT_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     dispatch_id: str
     entry_id: str
-    def __init__(self, task_id: _Optional[str] = ..., dispatch_id: _Optional[str] = ..., entry_id: _Optional[str] = ...) -> None: ...
+    trace_parent: str
+    def __init__(self, task_id: _Optional[str] = ..., dispatch_id: _Optional[str] = ..., entry_id: _Optional[str] = ..., trace_parent: _Optional[str] = ...) -> None: ...
 
 class FinishItem(_message.Message):
-    __slots__ = ("task", "outcome", "error", "result")
+    __slots__ = ("task", "outcome", "error", "result", "trace_parent")
     TASK_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_PARENT_FIELD_NUMBER: _ClassVar[int]
     task: HeldTask
     outcome: Outcome
     error: str
     result: _struct_pb2.Value
-    def __init__(self, task: _Optional[_Union[HeldTask, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., error: _Optional[str] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
+    trace_parent: str
+    def __init__(self, task: _Optional[_Union[HeldTask, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., error: _Optional[str] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., trace_parent: _Optional[str] = ...) -> None: ...
 
 class WorkRequest(_message.Message):
     __slots__ = ("request_id", "finish", "start")

@@ -1,0 +1,195 @@
+"""OpenTelemetry tracing: on when an OTLP endpoint is configured, and free when it is not.
+
+Off (no OTEL_EXPORTER_OTLP_ENDPOINT): the SDK is never imported, there is no tracer provider, no exporter
+and no export thread, and every helper here returns at once. On: a TracerProvider built by the SDK from the
+standard OTEL_* variables (sampler and its ratio, batch processor delays, exporter endpoint and headers), a
+resource naming the service and its instance, and spans exported over OTLP gRPC.
+
+Between our own processes the trace context travels as a W3C `traceparent` string only (never `tracestate`,
+whose size a client chooses): in the dispatch entry, the tasks row and the worker protocol. Such a string is
+parsed strictly (version 00, exact length); anything else is ignored, never an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from services.core import logging as rtask_logging
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import Span, SpanContext, Tracer
+
+log = logging.getLogger(__name__)
+
+# A version-00 traceparent is exactly this long; we produce nothing else and accept nothing else internally.
+TRACEPARENT_CHARS = 55
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+SERVICE_PREFIX = "resilienttask-"
+# Calls that get no server span: health and reflection (noise), and the long-lived streams (a worker's
+# Connect, a user's WatchTasks), whose one span would last for hours and say nothing about any one task.
+UNTRACED_SERVICES = ("/grpc.health.", "/grpc.reflection.")
+UNTRACED_METHODS = frozenset(
+    {"/resilienttask.worker.v1.WorkerService/Connect", "/resilienttask.v1.SchedulerService/WatchTasks"}
+)
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    """Whether this process traces, and how it names itself in every span's resource."""
+
+    # resilienttask-gateway, resilienttask-scheduler or resilienttask-worker.
+    service_name: str
+    # Unique per process: the worker id, or the instance name, or host and pid.
+    instance_id: str
+    # True when an OTLP endpoint is configured (and the SDK is not disabled).
+    enabled: bool = False
+
+    @classmethod
+    def from_env(cls, role: str, instance_id: str = "", env: Mapping[str, str] | None = None) -> TracingConfig:
+        env = os.environ if env is None else env
+        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or ""
+        disabled = env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+        exporter = env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
+        instance = instance_id or env.get("RTASK_INSTANCE") or f"{socket.gethostname()}-{os.getpid()}"
+        return cls(
+            service_name=SERVICE_PREFIX + role,
+            instance_id=instance,
+            enabled=bool(endpoint.strip()) and not disabled and exporter != "none",
+        )
+
+
+_provider: TracerProvider | None = None
+_tracer: Tracer | None = None
+
+
+def enabled() -> bool:
+    return _tracer is not None
+
+
+def configure(config: TracingConfig) -> None:
+    """Install the tracer provider and the OTLP exporter when tracing is on; otherwise do nothing at all."""
+    global _provider, _tracer
+    if not config.enabled or _tracer is not None:
+        return
+    from opentelemetry import propagate, trace
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    # The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based, always on).
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": config.service_name, "service.instance.id": config.instance_id})
+    )
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    # W3C trace context only: no baggage accepted from clients.
+    propagate.set_global_textmap(TraceContextTextMapPropagator())
+    _provider = provider
+    _tracer = provider.get_tracer("resilienttask")
+    rtask_logging.set_trace_lookup(_current_trace_id)
+    log.info("tracing on", extra={"service_name": config.service_name, "instance": config.instance_id})
+
+
+def shutdown() -> None:
+    """Export what is still buffered and stop the exporter (blocks up to the exporter's timeout)."""
+    global _provider, _tracer
+    if _provider is not None:
+        _provider.shutdown()
+    _provider = _tracer = None
+    rtask_logging.set_trace_lookup(None)
+
+
+def tracer() -> Tracer:
+    assert _tracer is not None, "tracing is off"
+    return _tracer
+
+
+# -- the traceparent strings we carry --------------------------------------------------------------------
+def format_parent(span_context: SpanContext) -> str:
+    return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{int(span_context.trace_flags):02x}"
+
+
+def parent_of(span: Span) -> str:
+    """The traceparent naming span as the parent of what comes next, or "" when it is not a valid span."""
+    context = span.get_span_context()
+    return format_parent(context) if context.is_valid else ""
+
+
+def current_parent() -> str | None:
+    """The traceparent of the current span (None when tracing is off or no span is current)."""
+    if _tracer is None:
+        return None
+    from opentelemetry import trace
+
+    return parent_of(trace.get_current_span()) or None
+
+
+def parse_parent(value: str | bytes | None) -> Context | None:
+    """The context a traceparent names, or None when tracing is off or the value is absent or malformed."""
+    if _tracer is None or not value or len(value) != TRACEPARENT_CHARS:
+        return None
+    text = value.decode("ascii", errors="replace") if isinstance(value, bytes) else value
+    match = _TRACEPARENT.fullmatch(text)
+    if match is None:
+        return None
+    trace_id, span_id = int(match.group(1), 16), int(match.group(2), 16)
+    if not trace_id or not span_id:
+        return None
+    from opentelemetry import trace
+
+    span_context = trace.SpanContext(
+        trace_id, span_id, is_remote=True, trace_flags=trace.TraceFlags(int(match.group(3), 16))
+    )
+    return trace.set_span_in_context(trace.NonRecordingSpan(span_context))
+
+
+def ns_from_ms(epoch_ms: float) -> int:
+    return int(epoch_ms * 1_000_000)
+
+
+@contextmanager
+def span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Span | None]:
+    """A span under the current one (None when tracing is off), current while the block runs."""
+    if _tracer is None:
+        yield None
+        return
+    with _tracer.start_as_current_span(name, attributes=attributes) as current:
+        yield current
+
+
+# -- gRPC server spans ---------------------------------------------------------------------------------
+def _traced(details: grpc.HandlerCallDetails) -> bool:
+    method = details.method or ""
+    return method not in UNTRACED_METHODS and not method.startswith(UNTRACED_SERVICES)
+
+
+def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
+    """A server span per RPC, continuing the caller's traceparent (OpenTelemetry's gRPC instrumentation);
+    none when tracing is off."""
+    if _provider is None:
+        return []
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(tracer_provider=_provider, filter_=_traced)
+    return [interceptor]
+
+
+# -- log lines ---------------------------------------------------------------------------------------
+def _current_trace_id() -> str | None:
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    return f"{context.trace_id:032x}" if context.is_valid else None

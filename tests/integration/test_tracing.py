@@ -1,0 +1,255 @@
+"""Traces across the mesh: the real gateway, scheduler and worker processes (behind Envoy) export spans of one
+task to a local OTLP receiver, all in the trace the client's traceparent started; with tracing off, nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import grpc
+import pytest
+from opentelemetry import trace
+
+from resilienttask.aio import AsyncClient
+from resilienttask.v1 import scheduler_pb2, task_pb2
+from services.stack.stack import Stack, StackConfig
+from tests.conftest import TEST_BCRYPT_COST, Stores, unique_email
+from tests.helpers import eventually
+from tests.integration.accounts import PASSWORD, signup
+from tests.integration.otlp_receiver import ReceivedSpan, Receiver, otlp_receiver
+from tests.integration.tasks import UserTasks, duration
+from tests.limits import OPEN_AUTH_LIMITS, OPEN_LOGIN_ENV
+
+S = task_pb2
+SUBMIT = "/resilienttask.v1.SchedulerService/SubmitTask"
+GATEWAY, SCHEDULER, WORKER = "resilienttask-gateway", "resilienttask-scheduler", "resilienttask-worker"
+
+
+@dataclass(frozen=True)
+class TracedStack:
+    stack: Stack
+    receiver: Receiver
+
+
+@pytest.fixture(scope="module")
+async def traced(stores: Stores, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TracedStack]:
+    """1 gateway, 1 scheduler, 1 worker and Envoy, tracing to the receiver; their own database and Valkey, so no
+    other stack's untraced worker takes their tasks."""
+    name = f"tracing_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(stores.database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        async with otlp_receiver() as receiver:
+            config = StackConfig(
+                data_dir=tmp_path_factory.mktemp("traced-stack"),
+                edge_port=0,
+                edge_tls_port=0,
+                admin_port=0,
+                gateways=1,
+                schedulers=1,
+                workers=1,
+                database_url=stores.database_url.rsplit("/", 1)[0] + f"/{name}",
+                bcrypt_cost=TEST_BCRYPT_COST,
+                dashboard_dir=None,
+                extra_env={
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                    "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+                    "OTEL_BSP_SCHEDULE_DELAY": "100",
+                    "RTASK_RETRY_BASE_MS": "50",
+                    **OPEN_LOGIN_ENV,
+                },
+                auth_limits=OPEN_AUTH_LIMITS,
+            )
+            stack = Stack(config)
+            await asyncio.to_thread(stack.start)  # the receiver answers meanwhile, on this loop
+            try:
+                yield TracedStack(stack, receiver)
+            finally:
+                await asyncio.to_thread(stack.stop)
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def user(traced: TracedStack) -> AsyncIterator[UserTasks]:
+    async with grpc.aio.insecure_channel(traced.stack.edge_address) as channel:
+        yield UserTasks(channel, await signup(channel, "tracing"))
+
+
+def client_parent() -> tuple[str, str, str]:
+    """(traceparent, trace id, span id) of a sampled client span."""
+    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
+    return f"00-{trace_id}-{span_id}-01", trace_id, span_id
+
+
+async def submit_traced(user: UserTasks, traceparent: str, kind: str = "sleep", max_attempts: int = 0) -> task_pb2.Task:
+    """SubmitTask of one short task, with the client's traceparent beside the token."""
+    request = scheduler_pb2.SubmitTaskRequest(
+        name="traced", kind=kind, workload=duration(0.05), max_attempts=max_attempts, request_id=str(uuid.uuid4())
+    )
+    metadata = (*user.account.metadata, ("traceparent", traceparent))
+    (task,) = (await user.stub.SubmitTask(request, metadata=metadata)).tasks
+    return task
+
+
+def named(spans: list[ReceivedSpan], name: str) -> list[ReceivedSpan]:
+    return [s for s in spans if s.name == name]
+
+
+async def spans_of(receiver: Receiver, trace_id: str, wanted: dict[str, int]) -> list[ReceivedSpan]:
+    """The trace's spans, once it has at least `wanted[name]` spans of each name."""
+
+    async def complete() -> list[ReceivedSpan] | None:
+        spans = receiver.of_trace(trace_id)
+        return spans if all(len(named(spans, n)) >= count for n, count in wanted.items()) else None
+
+    return await eventually(complete, timeout_s=20, message=f"spans {wanted} of trace {trace_id}")
+
+
+async def test_one_trace_follows_a_task_from_the_clients_traceparent_through_every_process(
+    traced: TracedStack, user: UserTasks
+) -> None:
+    traceparent, trace_id, client_span = client_parent()
+    task = await submit_traced(user, traceparent)
+    done = await user.wait_for(task.id)
+    assert done.status == S.TASK_STATUS_SUCCEEDED
+    wanted = {
+        SUBMIT: 1,
+        "task.publish": 1,
+        "task.queue_wait": 1,
+        "task.attempt": 1,
+        "task.start": 1,
+        "task.handler": 1,
+        "task.finish": 1,
+        "task.events": 2,
+    }
+    spans = await spans_of(traced.receiver, trace_id, wanted)
+    by_id = {s.span_id: s for s in spans}
+    (submit,) = named(spans, SUBMIT)
+    # The root is the client's span: the gateway's server span continues it.
+    assert submit.parent_span_id == client_span and submit.service == GATEWAY
+    (publish,) = named(spans, "task.publish")
+    assert publish.parent_span_id == submit.span_id and publish.service == GATEWAY
+    # The worker: queue wait and the attempt under the submission, the handler under the attempt.
+    (wait,) = named(spans, "task.queue_wait")
+    (attempt,) = named(spans, "task.attempt")
+    (handler,) = named(spans, "task.handler")
+    assert {wait.service, attempt.service, handler.service} == {WORKER}
+    assert wait.parent_span_id == submit.span_id and attempt.parent_span_id == submit.span_id
+    assert handler.parent_span_id == attempt.span_id
+    assert wait.attribute("task.id") == task.id and attempt.attribute("task.outcome") == "succeeded"
+    assert wait.span.start_time_unix_nano <= wait.span.end_time_unix_nano <= handler.span.start_time_unix_nano
+    # The scheduler: start and finish under the worker's attempt, each with its change-event push.
+    (start,) = named(spans, "task.start")
+    (finish,) = named(spans, "task.finish")
+    assert {start.service, finish.service} == {SCHEDULER}
+    assert start.parent_span_id == attempt.span_id and finish.parent_span_id == attempt.span_id
+    assert start.attribute("task.decision") == "run" and finish.attribute("task.accepted") is True
+    pushes = named(spans, "task.events")
+    assert {by_id[p.parent_span_id].name for p in pushes} == {"task.start", "task.finish"}
+    assert start.span.end_time_unix_nano <= handler.span.start_time_unix_nano
+    assert handler.span.end_time_unix_nano <= finish.span.start_time_unix_nano
+    # Every span is in the client's trace and hangs from a span of it.
+    assert all(s.parent_span_id in by_id or s is submit for s in spans)
+    assert all(s.instance for s in spans)
+    assert {s.instance for s in spans if s.service == WORKER} == {done.worker_id}
+
+
+async def test_each_attempt_of_a_retried_task_is_a_child_of_its_submission(
+    traced: TracedStack, user: UserTasks
+) -> None:
+    traceparent, trace_id, _ = client_parent()
+    task = await submit_traced(user, traceparent, "fail", max_attempts=2)
+    done = await user.wait_for(task.id)
+    assert done.status == S.TASK_STATUS_FAILED and done.attempt == 2
+    spans = await spans_of(traced.receiver, trace_id, {"task.attempt": 2, "task.finish": 2, "task.queue_wait": 2})
+    (submit,) = named(spans, SUBMIT)
+    attempts = named(spans, "task.attempt")
+    assert {a.parent_span_id for a in attempts} == {submit.span_id}
+    assert sorted(a.attribute("task.attempt") for a in attempts) == [1, 2]  # type: ignore[type-var]
+    assert {f.attribute("task.outcome") for f in named(spans, "task.finish")} == {"failed"}
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "not a traceparent",
+        "00-" + "0" * 32 + "-" + "1" * 16 + "-01",  # an all-zero trace id is invalid
+        "00-" + "a" * 32 + "-" + "b" * 16 + "-01-" + "x" * 6000,  # oversized
+    ],
+    ids=["malformed", "zero-trace-id", "oversized"],
+)
+async def test_a_bad_traceparent_is_ignored_and_the_call_gets_a_trace_of_its_own(
+    traced: TracedStack, user: UserTasks, traceparent: str
+) -> None:
+    task = await submit_traced(user, traceparent)
+    assert (await user.wait_for(task.id)).status == S.TASK_STATUS_SUCCEEDED
+
+    async def queue_wait() -> ReceivedSpan | None:
+        found = [s for s in named(traced.receiver.spans, "task.queue_wait") if s.attribute("task.id") == task.id]
+        return found[0] if found else None
+
+    wait = await eventually(queue_wait, timeout_s=20, message="the task's spans")
+    (submit,) = named(await spans_of(traced.receiver, wait.trace_id, {SUBMIT: 1}), SUBMIT)
+    assert submit.parent_span_id == "" and submit.span_id == wait.parent_span_id, "a new root, and continued"
+    assert wait.trace_id not in traceparent
+
+
+async def test_the_sdk_sends_the_callers_trace_context_when_a_span_is_current(traced: TracedStack) -> None:
+    _, trace_id, span_id = client_parent()
+    current = trace.NonRecordingSpan(
+        trace.SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=False, trace_flags=trace.TraceFlags(1))
+    )
+    async with AsyncClient(traced.stack.edge_address) as sdk:
+        await sdk.signup(unique_email("tracing-sdk"), PASSWORD)
+        with trace.use_span(current):
+            (task,) = await sdk.submit("sdk traced")
+        (untraced,) = await sdk.submit("sdk untraced")
+    (submit,) = named(await spans_of(traced.receiver, trace_id, {SUBMIT: 1, "task.attempt": 1}), SUBMIT)
+    assert submit.parent_span_id == span_id
+    assert {s.attribute("task.id") for s in named(traced.receiver.of_trace(trace_id), "task.attempt")} == {task.id}
+    assert untraced.id != task.id
+
+
+TRACING_OFF_PROBE = """
+import asyncio, sys, threading
+from services.core import tracing
+from services.core.config import ServerConfig
+from services.core.server import create_grpc_server
+from services.core.tracing import TracingConfig
+
+async def main():
+    tracing.configure(TracingConfig.from_env("gateway"))
+    server, _, _ = create_grpc_server(ServerConfig(), service_names=())
+    await server.start()
+    await server.stop(0)
+    modules = sorted(m for m in sys.modules if m.startswith("opentelemetry"))
+    threads = [t.name for t in threading.enumerate() if t.name.startswith("Otel")]
+    print(tracing.enabled(), len(tracing.server_interceptors()), modules, threads)
+    tracing.shutdown()
+
+asyncio.run(main())
+"""
+
+
+def test_with_tracing_off_no_sdk_is_loaded_and_no_exporter_thread_runs() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    out = subprocess.run(
+        [sys.executable, "-c", TRACING_OFF_PROBE], env=env, capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.strip() == "False 0 [] []", out
+    # The same probe with an endpoint set: the SDK and its export thread are there (so the probe can tell).
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:9"
+    on = subprocess.run(
+        [sys.executable, "-c", TRACING_OFF_PROBE], env=env, capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert on.startswith("True 1 ") and "opentelemetry.sdk.trace" in on and "OtelBatchSpanRecordProcessor" in on, on
