@@ -70,8 +70,9 @@ LAUNCHER_ONLY = {
     "RTASK_INSTANCE",  # names the process in the launcher's merged log; compose prefixes logs with the container
     "RTASK_WORKER_ID",  # defaults to hostname-pid-random, unique per container
 }
-# The launcher passes the caller's own value through (tests/conftest.py sets it); compose exposes it in .env.
-PASSED_THROUGH = {"RTASK_LOG_LEVEL"}
+# The launcher passes the caller's own value through (tests/conftest.py sets the log level; the benchmark the OTLP
+# endpoint); compose exposes them in .env.
+PASSED_THROUGH = {"RTASK_LOG_LEVEL", "OTEL_EXPORTER_OTLP_ENDPOINT"}
 
 
 def _load_image_requirements() -> Any:
