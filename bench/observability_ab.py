@@ -118,6 +118,7 @@ def scraped(result: dict[str, Any]) -> str:
 def render(
     rounds: list[dict[str, dict[str, Any]]],
     spans: list[int],
+    receiver_cpu_s: list[float],
     counter: SpanCounter,
     load: tuple[list[float], list[float]],
     quick: bool,
@@ -155,7 +156,8 @@ def render(
         "`/metrics` on a port of its own, and one scrape of them all after each throughput run found "
         f"{'; '.join(scraped(r['on']) for r in rounds)} (per round; the throughput scenario's tasks plus its single "
         "submits). No Prometheus scraped them while the figures were measured: the cost is that of keeping the "
-        "series and recording and exporting the spans.",
+        "series and recording and exporting the spans. The receiver ran on the same 2 cores, as a collector on the "
+        f"same host would: it used {', '.join(f'{s:g}' for s in receiver_cpu_s)} CPU-seconds per round.",
         "",
     ]
     return "\n".join(lines)
@@ -163,21 +165,24 @@ def render(
 
 async def measure(
     rounds: int, out: Path, quick: bool
-) -> tuple[list[dict[str, dict[str, Any]]], list[int], SpanCounter]:
+) -> tuple[list[dict[str, dict[str, Any]]], list[int], list[float], SpanCounter]:
     counter = SpanCounter()
     server, port = await start_receiver(counter)
     results: list[dict[str, dict[str, Any]]] = []
     spans: list[int] = []
+    # CPU time of this process while a side ran: the receiver's work (the side itself is a child process).
+    receiver_cpu_s: list[float] = []
     try:
         for index in range(rounds):
             order = SIDES if index % 2 == 0 else tuple(reversed(SIDES))
             round_results = {}
             for side in order:
                 print(f"-- round {index + 1}, {side} ...", flush=True)
-                before = counter.spans
+                before, cpu_before = counter.spans, time.process_time()
                 round_results[side] = await run_side(side, port, out / f"round{index + 1}-{side}", quick)
                 if side == "on":
                     spans.append(counter.spans - before)
+                    receiver_cpu_s.append(round(time.process_time() - cpu_before, 1))
                 print(
                     f"   {[f'{label}: {extract(round_results[side]):g}' for label, _, extract, _ in FIGURES]}"
                     f" spans received: {counter.spans - before}",
@@ -186,7 +191,7 @@ async def measure(
             results.append(round_results)
     finally:
         await server.stop(grace=1)
-    return results, spans, counter
+    return results, spans, receiver_cpu_s, counter
 
 
 def main() -> int:
@@ -198,8 +203,9 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     load_start = [round(x, 2) for x in os.getloadavg()]
-    rounds, spans, counter = asyncio.run(measure(args.rounds, args.out, args.quick))
-    text = render(rounds, spans, counter, (load_start, [round(x, 2) for x in os.getloadavg()]), args.quick)
+    rounds, spans, receiver_cpu_s, counter = asyncio.run(measure(args.rounds, args.out, args.quick))
+    load = (load_start, [round(x, 2) for x in os.getloadavg()])
+    text = render(rounds, spans, receiver_cpu_s, counter, load, args.quick)
     (args.out / "observability-ab.md").write_text(text)
     if args.doc is not None:
         args.doc.write_text(text)
