@@ -1,6 +1,6 @@
 """What metrics and tracing cost on the hot path: this checkout with both on against the same checkout with both off.
 
-    .venv/bin/python -m bench.observability_ab [--rounds 3] [--quick] [--out bench/results/observability-ab]
+    .venv/bin/python -m bench.observability_ab [--rounds 3] [--quick] [--parts] [--out bench/results/observability-ab]
                                                [--doc docs/observability-cost.md]
 
 Each round runs our throughput (no-op drain, enqueue) and latency (submit → start, submit → result seen) scenarios
@@ -14,6 +14,7 @@ Both sides are `python -m bench.run` of this checkout and differ only in their e
 - off: metrics off in the launcher (bench/ours.py METRICS_SWITCH_ENV) and no RTASK_METRICS_* or OTEL_* variable.
 
 The figure quoted is the median of the rounds; the target is a cost of at most 5 % on each. Printed, never asserted.
+--parts also runs each half alone ("metrics", "tracing") in every round, to tell which one costs what.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from bench.ours import METRICS_SWITCH_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_COST = 0.05
+# With --parts: each half alone as well, to tell which one costs what.
+PARTS = ("metrics", "tracing")
 # What the "off" side must not inherit from the shell the benchmark was started in.
 OBSERVABILITY_PREFIXES = ("RTASK_METRICS_", "OTEL_")
 
@@ -74,9 +77,10 @@ async def start_receiver(counter: SpanCounter) -> tuple[grpc.aio.Server, int]:
 
 
 def side_env(side: str, receiver_port: int) -> dict[str, str]:
+    """The environment of one side: "on", "off", or (with --parts) "metrics" or "tracing" alone."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(OBSERVABILITY_PREFIXES)}
-    env[METRICS_SWITCH_ENV] = side
-    if side == "on":
+    env[METRICS_SWITCH_ENV] = "on" if side in ("on", "metrics") else "off"
+    if side in ("on", "tracing"):
         env.update(
             {
                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver_port}",
@@ -145,6 +149,21 @@ def render(
             f"| {label} ({unit}) | {on:g} | {off:g} | {share:+.1%} | {'yes' if share <= TARGET_COST else '**no**'} | "
             f"{', '.join(f'{v:g}' for v in values['on'])} | {', '.join(f'{v:g}' for v in values['off'])} |"
         )
+    if all(part in rounds[0] for part in PARTS):
+        lines += [
+            "",
+            "Each half alone, against the same **off** (cost as above):",
+            "",
+            "| figure | metrics only (median) | cost | tracing only (median) | cost |",
+            "|---|---|---|---|---|",
+        ]
+        for label, unit, extract, higher in FIGURES:
+            off = statistics.median(extract(r["off"]) for r in rounds)
+            cells = []
+            for part in PARTS:
+                value = statistics.median(extract(r[part]) for r in rounds)
+                cells += [f"{value:g}", f"{cost(value, off, higher):+.1%}"]
+            lines.append(f"| {label} ({unit}) | {' | '.join(cells)} |")
     lines += [
         "",
         "Cost: how much worse **on** is than **off** (slower throughput or longer latency; negative is better, "
@@ -164,7 +183,7 @@ def render(
 
 
 async def measure(
-    rounds: int, out: Path, quick: bool
+    rounds: int, out: Path, quick: bool, sides: tuple[str, ...]
 ) -> tuple[list[dict[str, dict[str, Any]]], list[int], list[float], SpanCounter]:
     counter = SpanCounter()
     server, port = await start_receiver(counter)
@@ -174,7 +193,8 @@ async def measure(
     receiver_cpu_s: list[float] = []
     try:
         for index in range(rounds):
-            order = SIDES if index % 2 == 0 else tuple(reversed(SIDES))
+            # Each round starts one side later: with two sides, on/off then off/on.
+            order = sides[index % len(sides) :] + sides[: index % len(sides)]
             round_results = {}
             for side in order:
                 print(f"-- round {index + 1}, {side} ...", flush=True)
@@ -198,12 +218,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="bench.run's quick sizes: for trying the harness")
+    parser.add_argument("--parts", action="store_true", help="also metrics alone and tracing alone")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "observability-ab")
     parser.add_argument("--doc", type=Path, help="also write the page here (docs/observability-cost.md)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     load_start = [round(x, 2) for x in os.getloadavg()]
-    rounds, spans, receiver_cpu_s, counter = asyncio.run(measure(args.rounds, args.out, args.quick))
+    sides = SIDES + PARTS if args.parts else SIDES
+    rounds, spans, receiver_cpu_s, counter = asyncio.run(measure(args.rounds, args.out, args.quick, sides))
     load = (load_start, [round(x, 2) for x in os.getloadavg()])
     text = render(rounds, spans, receiver_cpu_s, counter, load, args.quick)
     (args.out / "observability-ab.md").write_text(text)
