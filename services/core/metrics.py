@@ -14,10 +14,12 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from services.core.config import ConfigError, _int
@@ -115,6 +117,19 @@ class Metrics:
             registry=r,
         )
 
+        # Labelled children by (metric, label values): prometheus_client's labels() validates and locks on every
+        # call (a few microseconds); the hot paths ask this dict instead. Label sets are small (kinds, outcomes,
+        # methods, codes), so it stays small.
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: MetricWrapperBase, *values: str) -> Any:
+        """metric.labels(*values), cached."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
+
     def register(self, collector: Collector) -> None:
         self.registry.register(collector)
 
@@ -164,6 +179,8 @@ def start(config: MetricsConfig) -> MetricsEndpoint | None:
     """
     if not config.enabled:
         return None
+    # No `_created` twin of every counter and histogram: Prometheus' text format does not need them.
+    disable_created_metrics()
     metrics = Metrics()
     install(metrics)
     endpoint = serve(config, metrics)

@@ -38,6 +38,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        # By method: the handler last seen and its wrapped twin, reused while the server hands out the same
+        # handler (it does, unless an inner interceptor builds one per call). One entry per implemented method.
+        self._wrapped_by_method: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -47,12 +50,19 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
-        return self._wrapped(handler, service, method)
+        path = handler_call_details.method
+        known = self._wrapped_by_method.get(path)
+        if known is not None and known[0] is handler:
+            return known[1]
+        service, _, method = path.lstrip("/").rpartition("/")
+        wrapped = self._wrapped(handler, service, method)
+        self._wrapped_by_method[path] = (handler, wrapped)
+        return wrapped
 
     def _record(self, service: str, method: str, code: str, started: float) -> None:
-        self.metrics.rpc_handled.labels(service, method, code).inc()
-        self.metrics.rpc_seconds.labels(service, method).observe(time.perf_counter() - started)
+        m = self.metrics
+        m.child(m.rpc_handled, service, method, code).inc()
+        m.child(m.rpc_seconds, service, method).observe(time.perf_counter() - started)
 
     def _single_response(self, behaviour: Behaviour, service: str, method: str) -> Behaviour:
         async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -1,12 +1,14 @@
 """Task counters and durations, recorded where each transition commits (never before: a rolled-back change
 counts nothing). Each function takes the rows a statement returned and does nothing when metrics are off.
 
-Labels are the task's kind and outcome only: never a task, user or worker id.
+Labels are the task's kind and outcome only: never a task, user or worker id. Counters move once per kind and
+batch (a statement's rows are mostly of one kind); durations are observed row by row.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -29,8 +31,8 @@ def submitted(rows: Iterable[asyncpg.Record]) -> None:
     """New tasks inserted (a repeated request_id returns existing rows: the caller passes only new ones)."""
     if (m := current()) is None:
         return
-    for row in rows:
-        m.submitted.labels(row["kind"]).inc()
+    for kind, n in Counter(row["kind"] for row in rows).items():
+        m.child(m.submitted, kind).inc(n)
 
 
 def started(rows: Iterable[asyncpg.Record], *, reclaimed: bool = False) -> None:
@@ -41,15 +43,18 @@ def started(rows: Iterable[asyncpg.Record], *, reclaimed: bool = False) -> None:
     """
     if (m := current()) is None:
         return
+    kinds: Counter[str] = Counter()
     for row in rows:
         kind = row["kind"]
-        m.started.labels(kind).inc()
-        if reclaimed:
-            m.reclaimed.labels(kind).inc()
-        elif row["attempt"] == 1:
+        kinds[kind] += 1
+        if not reclaimed and row["attempt"] == 1:
             wait = _seconds_between(row["created_at"], row["started_at"])
             if wait is not None:
-                m.queue_wait.labels(kind).observe(wait)
+                m.child(m.queue_wait, kind).observe(wait)
+    for kind, n in kinds.items():
+        m.child(m.started, kind).inc(n)
+        if reclaimed:
+            m.child(m.reclaimed, kind).inc(n)
 
 
 def ended(rows: Iterable[asyncpg.Record], *, ran: bool = True) -> None:
@@ -58,27 +63,36 @@ def ended(rows: Iterable[asyncpg.Record], *, ran: bool = True) -> None:
     as finished without a run duration."""
     if (m := current()) is None:
         return
+    finished: Counter[tuple[str, str]] = Counter()
+    retried: Counter[str] = Counter()
+    dead: Counter[str] = Counter()
     for row in rows:
         kind, status = row["kind"], row["status"]
         if status == QUEUED:
-            m.retries.labels(kind).inc()
+            retried[kind] += 1
             outcome = "failed"
         else:
             outcome = OUTCOMES.get(status, "")
             if not outcome:
                 continue
-            m.finished.labels(kind, outcome).inc()
+            finished[kind, outcome] += 1
             if row["dead_lettered"]:
-                m.dead_lettered.labels(kind).inc()
+                dead[kind] += 1
         if ran:
             run = _seconds_between(row["started_at"], row["finished_at"])
             if run is not None:
-                m.run.labels(kind, outcome).observe(run)
+                m.child(m.run, kind, outcome).observe(run)
+    for (kind, outcome), n in finished.items():
+        m.child(m.finished, kind, outcome).inc(n)
+    for kind, n in retried.items():
+        m.child(m.retries, kind).inc(n)
+    for kind, n in dead.items():
+        m.child(m.dead_lettered, kind).inc(n)
 
 
 def fenced(kinds: Iterable[str]) -> None:
     """Worker reports refused as superseded (a stale fence, or a worker that does not hold the task)."""
     if (m := current()) is None:
         return
-    for kind in kinds:
-        m.fenced.labels(kind).inc()
+    for kind, n in Counter(kinds).items():
+        m.child(m.fenced, kind).inc(n)

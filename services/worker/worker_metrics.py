@@ -22,6 +22,7 @@ class WorkerMetrics:
     """Series recorded as attempts end on this worker."""
 
     def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
         r = metrics.registry
         self.handler_seconds = Histogram(
             f"{PREFIX}_worker_handler_seconds",
@@ -38,10 +39,10 @@ class WorkerMetrics:
         )
 
     def handled(self, kind: str, outcome: int, seconds: float) -> None:
-        self.handler_seconds.labels(kind, outcome_name(outcome)).observe(seconds)
+        self.metrics.child(self.handler_seconds, kind, outcome_name(outcome)).observe(seconds)
 
     def reported(self, kind: str, outcome: int) -> None:
-        self.reports.labels(kind, outcome_name(outcome)).inc()
+        self.metrics.child(self.reports, kind, outcome_name(outcome)).inc()
 
 
 def register_worker(metrics: Metrics, worker: Worker) -> None:
