@@ -1,7 +1,7 @@
 """OpenTelemetry tracing: on when an OTLP endpoint is configured, and free when it is not.
 
-Off (no OTEL_EXPORTER_OTLP_ENDPOINT): the SDK is never imported, there is no tracer provider, no exporter
-and no export thread, and every helper here returns at once. On: a TracerProvider built by the SDK from the
+Off (no OTEL_EXPORTER_OTLP_ENDPOINT): nothing of tracing is imported or set up (no tracer provider, no
+exporter, no export thread), and every helper here returns at once. On: a TracerProvider built by the SDK from the
 standard OTEL_* variables (sampler and its ratio, batch processor delays, exporter endpoint and headers), a
 resource naming the service and its instance, and spans exported over OTLP gRPC.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from services.core.config import AuthConfig, ConfigError, env_int
 
@@ -142,6 +143,11 @@ class EdgeConfig:
     public_reflection: bool = False
     health_interval_s: float = 2.0
     dns_refresh_s: float = 5.0
+    # An OTLP gRPC collector for Envoy's own spans (docs/observability.md); None: Envoy makes no spans and passes
+    # a client's traceparent through untouched.
+    trace_collector: Endpoint | None = None
+    # Requests Envoy starts a trace for when the client sent none (the services follow its decision).
+    trace_sampling_percent: float = 100.0
 
     def __post_init__(self) -> None:
         if self.discovery not in (STATIC, STRICT_DNS):
@@ -159,3 +165,39 @@ class EdgeConfig:
         timeouts = (self.unary_timeout_s, self.stream_idle_timeout_s, self.health_interval_s, self.health_watch_max_s)
         if min(timeouts) <= 0:
             raise ValueError("timeouts and intervals must be positive")
+
+
+def trace_collector_from_env(env: Mapping[str, str]) -> Endpoint | None:
+    """The plaintext OTLP gRPC collector the services trace to (OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT), for Envoy's
+    spans too; None when tracing is off or the endpoint needs TLS (Envoy's spans are then left out)."""
+    endpoint = (env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "").strip()
+    if not endpoint or env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    try:
+        parsed = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+        port = parsed.port
+    except ValueError:  # a malformed endpoint: the services' exporter will say so; Envoy just makes no spans
+        return None
+    if parsed.scheme != "http" or not parsed.hostname:
+        return None
+    return Endpoint(parsed.hostname, port or 4317)
+
+
+# OTEL_TRACES_SAMPLER values whose decision, for a call that comes without a trace, is a ratio or never.
+_RATIO_SAMPLERS = frozenset({"traceidratio", "parentbased_traceidratio"})
+_OFF_SAMPLERS = frozenset({"always_off", "parentbased_always_off"})
+
+
+def trace_sampling_percent_from_env(env: Mapping[str, str]) -> float:
+    """Envoy's share of requests to start a trace for: the services' sampler (OTEL_TRACES_SAMPLER[_ARG]) as a
+    percentage, so a trace Envoy starts is kept as often as one the gateway would start."""
+    sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if sampler in _OFF_SAMPLERS:
+        return 0.0
+    if sampler in _RATIO_SAMPLERS:
+        try:
+            ratio = float(env.get("OTEL_TRACES_SAMPLER_ARG", "1"))
+        except ValueError:
+            ratio = 1.0  # the SDK falls back to 1.0 too
+        return min(max(ratio, 0.0), 1.0) * 100
+    return 100.0

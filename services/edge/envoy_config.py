@@ -24,6 +24,11 @@ __all__ = [
 ]
 
 
+# Envoy's spans: the collector's cluster, and the service.name they carry.
+TRACE_COLLECTOR_CLUSTER = "otel_collector"
+EDGE_SERVICE_NAME = "resilienttask-edge"
+
+
 def _seconds(value: float) -> str:
     return f"{value:g}s"
 
@@ -128,6 +133,58 @@ def _http_manager(config: EdgeConfig) -> dict[str, Any]:
         "route_config": {"name": "edge", "virtual_hosts": [virtual_host(config)]},
         "http_filters": http_filters(config),
         "local_reply_config": local_reply_config(),
+        **_tracing(config),
+    }
+
+
+def _tracing(config: EdgeConfig) -> dict[str, Any]:
+    """Envoy's own span per request, exported to the collector: it continues the client's traceparent and sends
+    its own to the gateway. A request without a trace starts one at the services' sampling ratio; the services'
+    parent-based sampler then follows Envoy's decision."""
+    if config.trace_collector is None:
+        return {}
+    return {
+        "tracing": {
+            "provider": {
+                "name": "envoy.tracers.opentelemetry",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                    "grpc_service": {"envoy_grpc": {"cluster_name": TRACE_COLLECTOR_CLUSTER}, "timeout": "1s"},
+                    "service_name": EDGE_SERVICE_NAME,
+                },
+            },
+            "random_sampling": {"value": config.trace_sampling_percent},
+        }
+    }
+
+
+def _collector_cluster(collector: Endpoint) -> dict[str, Any]:
+    """The OTLP gRPC collector, by name or address (re-resolved, so a collector container may move)."""
+    return {
+        "name": TRACE_COLLECTOR_CLUSTER,
+        "type": STRICT_DNS,
+        "dns_lookup_family": "V4_ONLY",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": TRACE_COLLECTOR_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": collector.host, "port_value": collector.port}}
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
     }
 
 
@@ -247,8 +304,10 @@ def listeners(config: EdgeConfig) -> list[dict[str, Any]]:
 
 
 def clusters(config: EdgeConfig) -> list[dict[str, Any]]:
-    """The gateways, and Envoy's own admin when the stats listener needs it."""
+    """The gateways, the trace collector when Envoy traces, and Envoy's own admin when the stats listener needs it."""
     found = [_cluster(GATEWAY_CLUSTER, config.gateways, config)]
+    if config.trace_collector is not None:
+        found.append(_collector_cluster(config.trace_collector))
     if config.stats_port is not None:
         found.append(_admin_cluster(config))
     return found

@@ -22,7 +22,14 @@ from services.core.config import AuthConfig
 from services.core.limits import UserLimits
 from services.core.worker_credentials import WorkerKeyConfig
 from services.edge.certs import DEFAULT_NAMES, TlsFiles, ensure_dev_tls
-from services.edge.config import AuthLimits, EdgeConfig, Endpoint, TlsListener
+from services.edge.config import (
+    AuthLimits,
+    EdgeConfig,
+    Endpoint,
+    TlsListener,
+    trace_collector_from_env,
+    trace_sampling_percent_from_env,
+)
 from services.edge.launch import JWKS_FILE, envoy_argv, write_edge_files
 from services.edge.protoset import PROTOSET_FILE, write_protoset
 from services.stack.embedded import (
@@ -409,6 +416,7 @@ class Stack:
     def edge_config(self) -> EdgeConfig:
         dashboard = self.config.dashboard_dir
         auth = self.service_auth()  # the edge verifies exactly what the services issue
+        env = self.service_env(0)  # where and how often the services trace (OTEL_* passed on), Envoy does too
         return EdgeConfig(
             listen_port=self.edge_port,
             admin_port=self.admin_port,
@@ -427,6 +435,8 @@ class Stack:
             auth_limits=self.config.auth_limits,
             jwt_issuer=auth.issuer,
             user_audience=auth.audience,
+            trace_collector=trace_collector_from_env(env),
+            trace_sampling_percent=trace_sampling_percent_from_env(env),
         )
 
     def tls_listener(self, files: TlsFiles) -> TlsListener:

@@ -31,6 +31,7 @@ from tests.limits import OPEN_AUTH_LIMITS, OPEN_LOGIN_ENV
 S = task_pb2
 SUBMIT = "/resilienttask.v1.SchedulerService/SubmitTask"
 GATEWAY, SCHEDULER, WORKER = "resilienttask-gateway", "resilienttask-scheduler", "resilienttask-worker"
+EDGE = "resilienttask-edge"
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,10 @@ async def submit_traced(user: UserTasks, traceparent: str, kind: str = "sleep", 
     return task
 
 
+async def _edge_spans(receiver: Receiver, trace_id: str) -> list[ReceivedSpan]:
+    return [s for s in receiver.of_trace(trace_id) if s.service == EDGE]
+
+
 def named(spans: list[ReceivedSpan], name: str) -> list[ReceivedSpan]:
     return [s for s in spans if s.name == name]
 
@@ -135,8 +140,10 @@ async def test_one_trace_follows_a_task_from_the_clients_traceparent_through_eve
     spans = await spans_of(traced.receiver, trace_id, wanted)
     by_id = {s.span_id: s for s in spans}
     (submit,) = named(spans, SUBMIT)
-    # The root is the client's span: the gateway's server span continues it.
-    assert submit.parent_span_id == client_span and submit.service == GATEWAY
+    # The root is the client's span: Envoy's span continues it, and the gateway's server span continues Envoy's.
+    (edge,) = await eventually(lambda: _edge_spans(traced.receiver, trace_id), timeout_s=20, message="Envoy's span")
+    assert edge.parent_span_id == client_span, edge
+    assert submit.parent_span_id == edge.span_id and submit.service == GATEWAY
     (publish,) = named(spans, "task.publish")
     assert publish.parent_span_id == submit.span_id and publish.service == GATEWAY
     # The worker: queue wait and the attempt under the submission, the handler under the attempt.
@@ -159,8 +166,8 @@ async def test_one_trace_follows_a_task_from_the_clients_traceparent_through_eve
     assert start.span.end_time_unix_nano <= handler.span.start_time_unix_nano
     assert handler.span.end_time_unix_nano <= finish.span.start_time_unix_nano
     # Every span is in the client's trace and hangs from a span of it.
-    assert all(s.parent_span_id in by_id or s is submit for s in spans)
-    assert all(s.instance for s in spans)
+    assert all(s.parent_span_id in by_id or s is submit or s.service == EDGE for s in spans)
+    assert all(s.instance for s in spans if s.service != EDGE)
     assert {s.instance for s in spans if s.service == WORKER} == {done.worker_id}
 
 
@@ -215,13 +222,17 @@ async def test_the_sdk_sends_the_callers_trace_context_when_a_span_is_current(tr
             (task,) = await sdk.submit("sdk traced")
         (untraced,) = await sdk.submit("sdk untraced")
     (submit,) = named(await spans_of(traced.receiver, trace_id, {SUBMIT: 1, "task.attempt": 1}), SUBMIT)
-    assert submit.parent_span_id == span_id
+    (edge,) = await eventually(lambda: _edge_spans(traced.receiver, trace_id), timeout_s=20, message="Envoy's span")
+    assert edge.parent_span_id == span_id and submit.parent_span_id == edge.span_id
     assert {s.attribute("task.id") for s in named(traced.receiver.of_trace(trace_id), "task.attempt")} == {task.id}
     assert untraced.id != task.id
 
 
+# What each service's entry point does about tracing, after importing all three (so a stray import of the SDK
+# anywhere in the services would show).
 TRACING_OFF_PROBE = """
 import asyncio, sys, threading
+import services.gateway.main, services.scheduler.main, services.worker.main
 from services.core import tracing
 from services.core.config import ServerConfig
 from services.core.server import create_grpc_server
@@ -232,7 +243,9 @@ async def main():
     server, _, _ = create_grpc_server(ServerConfig(), service_names=())
     await server.start()
     await server.stop(0)
-    modules = sorted(m for m in sys.modules if m.startswith("opentelemetry"))
+    # redis-py imports the metrics half of the SDK by itself when it is installed: not ours, and inert.
+    modules = sorted(m for m in sys.modules if m.startswith(("opentelemetry.sdk.trace", "opentelemetry.exporter",
+                                                            "opentelemetry.instrumentation")))
     threads = [t.name for t in threading.enumerate() if t.name.startswith("Otel")]
     print(tracing.enabled(), len(tracing.server_interceptors()), modules, threads)
     tracing.shutdown()
