@@ -191,8 +191,14 @@ def test_every_metric_name_used_is_one_the_services_export() -> None:
     assert not unknown, f"not exported by any service: {unknown}"
     assert {"resilienttask_queue_oldest_age_seconds", "resilienttask_queue_depth"} <= set(used)
     assert any("resilienttask_queue_depth" in query for query in autoscaling_queries())
-    # Histograms are only used through their series; counters only through rate()/increase() in the dashboard.
+    # Histograms are only used through their series (_bucket, _sum, _count), never by their bare name; counters only
+    # through rate() or increase(): a raw counter plotted or compared means nothing after a restart.
     assert not set(used) & HISTOGRAMS
+    queries = [*dashboard_queries(), *autoscaling_queries()]
+    queries += [rule["expr"] for group in load_yaml(OBSERVABILITY / "alerts.yml")["groups"] for rule in group["rules"]]
+    for query in queries:
+        for counter in COUNTERS & set(METRIC.findall(query)):
+            assert re.search(rf"(rate|increase)\({counter}\b", query), (counter, query)
 
 
 def test_compose_wires_prometheus_and_grafana_to_these_files() -> None:
