@@ -68,7 +68,8 @@ def render(ref: str, rounds: list[dict[str, dict[str, Any]]], load: tuple[list[f
     lines = [
         "# What the trust boundaries cost on the hot path",
         "",
-        f"`python -m bench.checks_ab` (run by `make bench-checks`), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+        f"`python -m bench.checks_ab` (run by `make bench-checks`), "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
         f"our throughput and latency scenarios, **on** = this checkout ({_head()}), **off** = {ref} (the code before "
         f"the checks), alternated {len(rounds)} times in one run; each figure is the median of the rounds. "
         f"Load average {load[0]} at the start, {load[1]} at the end.",
