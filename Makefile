@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: up wipe test lint check-generated gen pytest chaos chaos-ci clean web gen-web check-web e2e-deps bench bench-quick bench-checks bench-scheduling
+.PHONY: up wipe test lint check-generated gen pytest chaos chaos-ci clean web gen-web check-web e2e-deps bench bench-quick bench-checks bench-scheduling bench-observability deploy-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -37,7 +37,7 @@ lint: $(VENV)/.installed check-generated check-web
 	if git rev-parse --verify --quiet HEAD~1 >/dev/null; then $(BIN)/buf breaking --against '.git#ref=HEAD~1'; fi
 	$(BIN)/envoy --version >/dev/null
 
-pytest: $(VENV)/.installed e2e-deps
+pytest: $(VENV)/.installed e2e-deps deploy-deps
 	$(BIN)/pytest -m 'not chaos' $(ARGS)
 
 test: lint pytest chaos-ci
@@ -79,19 +79,30 @@ check-web: gen-web
 e2e-deps: $(VENV)/.installed web
 	(test -x /usr/bin/chromium && test -x /usr/bin/certutil) || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium libnss3-tools)
 
+# promtool (Debian's prometheus package) checks the scrape config and alert rules and runs the rules' unit tests.
+deploy-deps:
+	test -x /usr/bin/promtool || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
+
 # -- benchmarks side by side with Celery, RQ, arq, Dramatiq and Procrastinate (bench/, docs/benchmarks.md) -----------
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
-# The full run (about half an hour) rewrites docs/benchmarks.md; bench-quick only writes bench/results/.
+# The full run (about fifty minutes) rewrites docs/benchmarks.md, then measures delayed tasks
+# (docs/benchmarks-scheduling.md) and what observability costs (docs/observability-cost.md);
+# bench-quick only writes bench/results/.
 bench: $(VENV)/.bench-installed
 	$(PY) -m bench.run --doc docs/benchmarks.md $(ARGS)
 	$(PY) -m bench.scheduling --doc docs/benchmarks-scheduling.md
+	$(PY) -m bench.observability_ab --doc docs/observability-cost.md
 
 # Delayed tasks alone (a few minutes): due-time precision and the 10,000-due burst, into docs/benchmarks-scheduling.md.
 bench-scheduling: $(VENV)/.bench-installed
 	$(PY) -m bench.scheduling --doc docs/benchmarks-scheduling.md
+
+# What metrics and tracing cost (on against off, alternated; about fifteen minutes; docs/observability-cost.md).
+bench-observability: $(VENV)/.bench-installed
+	$(PY) -m bench.observability_ab --doc docs/observability-cost.md $(ARGS)
 
 # What the trust boundaries cost against the code before them, alternated (about fifteen minutes; docs/checks-cost.md).
 bench-checks: $(VENV)/.bench-installed

@@ -8,7 +8,9 @@ to PostgreSQL as always: nothing is switched off for the benchmark.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -20,6 +22,7 @@ from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.figures import spread_ms
 from bench.memory import MemorySampler
@@ -36,6 +39,8 @@ from services.stack.stack import Stack, StackConfig
 BENCH_SIGNUPS = RateLimit(max_tokens=1_000, tokens_per_fill=1_000, fill_interval_s=1.0)
 
 SYSTEM = "ours"
+# bench/observability_ab.py sets this to "off" for the side it measures without metrics (and without tracing).
+METRICS_SWITCH_ENV = "RTASK_BENCH_METRICS"
 REPO = Path(__file__).resolve().parents[1]
 SUBMIT_BATCH = 50  # the most replicas one SubmitTask carries
 SUBMITS_IN_FLIGHT = 8
@@ -137,10 +142,12 @@ class OurBench:
             dashboard_dir=None,
             # One user's throughput on purpose: every per-user limit off (docs/limits.md).
             limits=UserLimits.unlimited(),
+            metrics=metrics_on(),
             # The watch scenario signs up WATCH_USERS + 1 users at once from one address: more than the
             # default per-address signup burst (5). Logins keep their defaults.
             auth_limits=AuthLimits(signup_per_address=BENCH_SIGNUPS),
             extra_env={
+                **observability_env(),
                 "RTASK_WORKER_IMPORTS": "bench.handlers",
                 STAMPS_URL_ENV: self.servers.stamps_url,
                 "PYTHONPATH": str(REPO),
@@ -201,8 +208,10 @@ class OurBench:
                         await client.submit("noop", kind="bench.noop", payload={"label": single})
                     single_s = time.time() - started
                 await self._until(lambda: self._succeeded(client, n + single_calls), DRAIN_TIMEOUT_S, 0.05)
+            metrics = await asyncio.to_thread(scrape_finished, stack) if metrics_on() else None
         result: dict[str, Any] = {
             "n": n,
+            "metrics_scraped": metrics,
             "enqueue_method": f"SubmitTask with {SUBMIT_BATCH} replicas, {SUBMITS_IN_FLIGHT} calls in flight",
             "enqueue_per_s": round(n / (enqueued - first)),
             "single_call_enqueue_per_s": round(single_calls / single_s),
@@ -409,6 +418,33 @@ def _legs(before: float, task: Task, handler_start: float, seen: float) -> list[
     assert task.created_at is not None and task.started_at is not None and task.finished_at is not None
     created, started, finished = (t.timestamp() for t in (task.created_at, task.started_at, task.finished_at))
     return [created - before, started - created, handler_start - started, finished - handler_start, seen - finished]
+
+
+def metrics_on() -> bool:
+    """Whether our processes serve /metrics: as `make up` runs them unless METRICS_SWITCH_ENV says "off"."""
+    return os.environ.get(METRICS_SWITCH_ENV, "on") != "off"
+
+
+def observability_env() -> dict[str, str]:
+    """The tracing and metrics settings of the benchmark's own environment (OTEL_*, RTASK_METRICS_*), given to every
+    process of ours explicitly. With metrics on, the launcher gives each process a /metrics port of its own (a
+    free one, so it knows where to scrape): the environment's RTASK_METRICS_PORT and _HOST do not override it."""
+    own = ("RTASK_METRICS_PORT", "RTASK_METRICS_HOST") if metrics_on() else ()
+    return {k: v for k, v in os.environ.items() if k.startswith(("RTASK_METRICS_", "OTEL_")) and k not in own}
+
+
+def scrape_finished(stack: Stack) -> dict[str, int]:
+    """Scrape every process's /metrics once: how many answered, and the tasks their counters say finished. Proof
+    that metrics were on in a run (bench/observability_ab.py prints it), taken after the figures are measured."""
+    urls = [url for name in stack.processes if (url := stack.metrics_url(name)) is not None]
+    finished = 0
+    for url in urls:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            text = reply.read().decode()
+        for family in text_string_to_metric_families(text):
+            if family.name == "resilienttask_tasks_finished":
+                finished += int(sum(sample.value for sample in family.samples if sample.name.endswith("_total")))
+    return {"endpoints": len(urls), "tasks_finished_total": finished}
 
 
 def service_pids(stack: Stack) -> dict[str, int]:

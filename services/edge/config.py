@@ -111,6 +111,9 @@ class EdgeConfig:
     # The TLS listener (h2 and http/1.1 by ALPN, so grpc-web from browsers and gRPC alike); None: none.
     tls: TlsListener | None = None
     admin_address: str = "127.0.0.1"
+    # A listener that serves the admin's /stats/prometheus and nothing else, for a Prometheus that cannot reach
+    # the admin's loopback (another container); None: none. The admin itself stays on admin_address.
+    stats_port: int | None = None
     # Browser origins allowed by CORS; empty means none (same-origin pages need no CORS).
     allowed_origins: Sequence[str] = field(default_factory=tuple)
     # The dashboard's built files, served at /; None answers / with a short "not built" 404.

@@ -11,11 +11,13 @@ from services.edge.filters import http_filters, local_reply_config
 from services.edge.routes import GATEWAY_CLUSTER, virtual_host
 
 __all__ = [
+    "ADMIN_CLUSTER",
     "GATEWAY_CLUSTER",
     "EdgeConfig",
     "Endpoint",
     "RateLimit",
     "TlsListener",
+    "clusters",
     "listeners",
     "render",
     "render_text",
@@ -226,11 +228,88 @@ def _tls_listener(config: EdgeConfig, tls: TlsListener) -> dict[str, Any]:
     }
 
 
+# The cluster that reaches Envoy's own admin listener, used by the stats listener only.
+ADMIN_CLUSTER = "envoy_admin"
+PROMETHEUS_STATS_PATH = "/stats/prometheus"
+
+
+def _stats_listener(config: EdgeConfig, port: int) -> dict[str, Any]:
+    """GET /stats/prometheus, proxied to the admin; every other path is a 404, so no admin command is reachable."""
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+        "HttpConnectionManager",
+        "stat_prefix": "stats",
+        "codec_type": "AUTO",
+        **_client_address(config),
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
+        "request_headers_timeout": "10s",
+        "route_config": {
+            "name": "stats",
+            "virtual_hosts": [
+                {
+                    "name": "stats",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {
+                                "path": PROMETHEUS_STATS_PATH,
+                                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+                            },
+                            "route": {"cluster": ADMIN_CLUSTER, "timeout": "10s"},
+                        },
+                        {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+                    ],
+                }
+            ],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            }
+        ],
+    }
+    return {
+        "name": "stats",
+        "address": {"socket_address": {"address": config.listen_address, "port_value": port}},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+        ],
+    }
+
+
+def _admin_cluster(config: EdgeConfig) -> dict[str, Any]:
+    address = {"socket_address": {"address": config.admin_address, "port_value": config.admin_port}}
+    return {
+        "name": ADMIN_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": ADMIN_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+        },
+    }
+
+
 def listeners(config: EdgeConfig) -> list[dict[str, Any]]:
-    """The plaintext listener, and the TLS one when configured. No listener routes WorkerService."""
+    """The plaintext listener, the TLS one and the stats one when configured. No listener routes WorkerService."""
     found = [_listener(config)]
     if config.tls is not None:
         found.append(_tls_listener(config, config.tls))
+    if config.stats_port is not None:
+        found.append(_stats_listener(config, config.stats_port))
+    return found
+
+
+def clusters(config: EdgeConfig) -> list[dict[str, Any]]:
+    """The gateways, the trace collector when Envoy traces, and Envoy's own admin when the stats listener needs it."""
+    found = [_cluster(GATEWAY_CLUSTER, config.gateways, config)]
+    if config.trace_collector is not None:
+        found.append(_collector_cluster(config.trace_collector))
+    if config.stats_port is not None:
+        found.append(_admin_cluster(config))
     return found
 
 
@@ -241,10 +320,7 @@ def render(config: EdgeConfig) -> dict[str, Any]:
         "admin": {"address": {"socket_address": {"address": config.admin_address, "port_value": config.admin_port}}},
         "static_resources": {
             "listeners": listeners(config),
-            "clusters": [
-                _cluster(GATEWAY_CLUSTER, config.gateways, config),
-                *([_collector_cluster(config.trace_collector)] if config.trace_collector is not None else []),
-            ],
+            "clusters": clusters(config),
         },
     }
 

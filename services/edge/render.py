@@ -30,6 +30,8 @@ COMPOSE_DASHBOARD_DIR = "/srv/dashboard"
 COMPOSE_TLS_DIR = "/etc/envoy/tls"
 COMPOSE_PORT = 8080
 COMPOSE_TLS_PORT = 8443
+# Prometheus scrapes Envoy's stats here (deploy/observability/prometheus.yml); never published on the host.
+COMPOSE_STATS_PORT = 9902
 COMPOSE_ORIGINS = (
     "http://localhost:8080",
     "http://127.0.0.1:8080",
@@ -58,6 +60,7 @@ def compose_config(origins: Sequence[str] = COMPOSE_ORIGINS, auth_limits: AuthLi
             address="0.0.0.0",
         ),
         admin_address="127.0.0.1",
+        stats_port=COMPOSE_STATS_PORT,
         allowed_origins=tuple(origins),
         dashboard_dir=COMPOSE_DASHBOARD_DIR,
         auth_limits=auth_limits or AuthLimits(),

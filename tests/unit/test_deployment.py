@@ -34,6 +34,7 @@ from ruamel.yaml import YAML
 from services.core import redis_acl
 from services.deploy import edge_init, healthcheck, redis_init
 from services.edge.certs import CA_CERT_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE
+from services.edge.envoy_config import ADMIN_CLUSTER
 from services.edge.launch import envoy_argv, envoy_binary
 from services.edge.render import COMPOSE_DASHBOARD_DIR, COMPOSE_FILE, COMPOSE_JWKS_PATH, COMPOSE_TLS_DIR
 from services.stack.embedded import MAXMEMORY_POLICY
@@ -52,6 +53,7 @@ SECRETS = (
     "REDIS_SERVICES_PASSWORD",
     "REDIS_WORKER_PASSWORD",
     "REDIS_ADMIN_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
 )
 # The secrets each container of our image gets: every one only what its process reads. The user key goes to
 # the gateways and the edge, the worker key and the enrolment secret to the schedulers, only the enrolment
@@ -68,8 +70,9 @@ LAUNCHER_ONLY = {
     "RTASK_INSTANCE",  # names the process in the launcher's merged log; compose prefixes logs with the container
     "RTASK_WORKER_ID",  # defaults to hostname-pid-random, unique per container
 }
-# The launcher passes the caller's own value through (tests/conftest.py sets it); compose exposes it in .env.
-PASSED_THROUGH = {"RTASK_LOG_LEVEL"}
+# The launcher passes the caller's own value through (tests/conftest.py sets the log level; the benchmark the OTLP
+# endpoint); compose exposes them in .env.
+PASSED_THROUGH = {"RTASK_LOG_LEVEL", "OTEL_EXPORTER_OTLP_ENDPOINT"}
 
 
 def _load_image_requirements() -> Any:
@@ -201,8 +204,9 @@ def test_services_listen_where_envoy_and_their_probes_look() -> None:
         return address["address"], address["port_value"]
 
     assert upstream("gateways") == ("gateway", int(services["gateway"]["environment"]["RTASK_PORT"]))
-    # Workers reach the schedulers directly; the edge has no way to them.
-    assert set(clusters) == {"gateways"}
+    # Workers reach the schedulers directly; the edge has no way to them (its other cluster is its own admin,
+    # for the stats listener Prometheus scrapes).
+    assert set(clusters) == {"gateways", ADMIN_CLUSTER}
     for role in OUR_SERVICES:
         env = services[role]["environment"]
         assert env["RTASK_HOST"] == "0.0.0.0", "inside a container only 0.0.0.0 is reachable from outside"
@@ -272,7 +276,13 @@ def test_edge_init_writes_exactly_what_envoy_reads() -> None:
 
 def test_only_envoy_publishes_a_port() -> None:
     services = load_compose()["services"]
-    assert {name for name, spec in services.items() if "ports" in spec} == {"envoy"}
+    default = {name: spec for name, spec in services.items() if "profiles" not in spec}
+    assert {name for name, spec in default.items() if "ports" in spec} == {"envoy"}
+    # The observability profile's consoles are published on the host's loopback only.
+    for name, spec in services.items():
+        if "profiles" in spec:
+            assert spec["profiles"] == ["observability"], name
+            assert all(port.startswith("127.0.0.1:") for port in spec.get("ports", [])), name
     # TLS for everyone; plaintext on the host's loopback only.
     assert services["envoy"]["ports"] == [
         "${RTASK_EDGE_TLS_PORT:-8443}:8443",

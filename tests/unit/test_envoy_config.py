@@ -14,7 +14,7 @@ from services.core.tokens import mint_user_token, verify_token
 from services.edge.auth_limits import ADDRESS_KEY
 from services.edge.certs import ensure_dev_tls
 from services.edge.config import STRICT_DNS, AuthLimits, EdgeConfig, Endpoint, RateLimit, TlsListener
-from services.edge.envoy_config import render, render_text
+from services.edge.envoy_config import ADMIN_CLUSTER, render, render_text
 from services.edge.jwks import jwks_document, write_jwks
 from services.edge.launch import validate
 from services.edge.render import COMPOSE_FILE, COMPOSE_JWKS_PATH, COMPOSE_TLS_DIR, compose_config, main
@@ -113,8 +113,11 @@ def _listeners(config: dict[str, Any]) -> list[dict[str, Any]]:
 def test_the_compose_variant_finds_replicas_by_name_and_keeps_admin_private() -> None:
     config = json.loads(COMPOSE_FILE.read_text())
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
-    # The edge has no way to the schedulers: only the gateways are upstreams.
-    assert set(clusters) == {"gateways"}
+    # The edge has no way to the schedulers: only the gateways are upstreams, and Envoy's own admin (on its
+    # loopback) for the stats listener.
+    assert set(clusters) == {"gateways", ADMIN_CLUSTER}
+    admin = clusters[ADMIN_CLUSTER]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert admin["address"]["socket_address"] == config["admin"]["address"]["socket_address"]
     assert clusters["gateways"]["type"] == STRICT_DNS
     endpoint = clusters["gateways"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     assert endpoint["address"]["socket_address"] == {"address": "gateway", "port_value": 50051}
@@ -123,7 +126,21 @@ def test_the_compose_variant_finds_replicas_by_name_and_keeps_admin_private() ->
     assert _bound(config) == {
         "edge": {"address": "0.0.0.0", "port_value": 8080},
         "edge_tls": {"address": "0.0.0.0", "port_value": 8443},
+        "stats": {"address": "0.0.0.0", "port_value": 9902},
     }
+
+
+def test_the_stats_listener_serves_prometheus_stats_and_no_other_admin_path() -> None:
+    config = json.loads(COMPOSE_FILE.read_text())
+    (stats,) = [listener for listener in _listeners(config) if listener["name"] == "stats"]
+    (chain,) = stats["filter_chains"]
+    manager = chain["filters"][0]["typed_config"]
+    (host,) = manager["route_config"]["virtual_hosts"]
+    routed, rest = host["routes"]
+    assert routed["match"]["path"] == "/stats/prometheus"
+    assert routed["match"]["headers"] == [{"name": ":method", "string_match": {"exact": "GET"}}]
+    assert routed["route"]["cluster"] == ADMIN_CLUSTER
+    assert rest == {"match": {"prefix": "/"}, "direct_response": {"status": 404}}
 
 
 def test_the_edge_listens_on_loopback_unless_told(tmp_path: Path) -> None:

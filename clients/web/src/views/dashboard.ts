@@ -9,7 +9,9 @@ import type { WatchTasksResponse } from "../gen/resilienttask/v1/scheduler_pb";
 import { TaskStatus } from "../gen/resilienttask/v1/task_pb";
 import type { Session } from "../session";
 import type { SubmitInit } from "../validation";
+import { Trend } from "../trend";
 import { TaskWatch } from "../watch";
+import { TrendCharts } from "./charts";
 import { ConnectionIndicator, MetricCards, WorkerPanel } from "./panels";
 import { SchedulesView } from "./schedules";
 import { SubmitForm } from "./submit";
@@ -57,6 +59,8 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
   const call = { timeoutMs: UNARY_TIMEOUT_MS };
   const feed = new Feed();
   const cards = new MetricCards();
+  const trend = new Trend();
+  const charts = new TrendCharts();
   const workers = new WorkerPanel();
   const indicator = new ConnectionIndicator();
   const submissions = new Map<string, SubmitInit>();
@@ -267,6 +271,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
       { class: "content" },
       h("h1", { class: "visually-hidden" }, "Tasks dashboard"),
       cards.element,
+      charts.element,
       nav,
       views,
     ),
@@ -284,6 +289,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
     const empty = !feed.ready ? "Loading tasks…" : feed.size === 0 ? "No tasks yet. Submit one and it appears here at once." : "No tasks match this filter.";
     table.update(rows, batchSizes, empty);
     cards.update(feed.stats);
+    charts.update(trend.series(Date.now()));
     workers.update(feed.workers);
     shown.textContent = feed.ready ? `${rows.length} shown` : "";
     const st = feed.stats;
@@ -324,6 +330,9 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
       if (message.kind.case === "snapshot") olderToken = "";
       feed.apply(message);
       if (fromSchedule(message)) schedules.changed();
+      // Every snapshot and event carries the caller's counts: the charts' only source.
+      const kind = message.kind.case;
+      if (feed.stats && (kind === "snapshot" || kind === "event" || kind === "events")) trend.observe(feed.stats, Date.now());
     },
     state: (state) => indicator.update(state),
     unauthenticated: () => logout("Your session has ended. Please log in again."),
@@ -337,6 +346,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
     table.paint(now);
     workers.paint(now);
     schedules.paint(now);
+    charts.update(trend.series(now));
   }, 1000);
   const expiry = session.expiresAtMs
     ? setTimeout(() => logout("Your session has expired. Please log in again."), Math.min(MAX_TIMER_MS, Math.max(0, session.expiresAtMs - Date.now())))
