@@ -38,8 +38,8 @@ def submitted(rows: Iterable[asyncpg.Record]) -> None:
 def started(rows: Iterable[asyncpg.Record], *, reclaimed: bool = False) -> None:
     """New attempts recorded RUNNING; `reclaimed` when they were taken from a worker that went silent.
 
-    Queue wait is observed for first attempts only (submit → start): later attempts wait out a retry backoff
-    or a reclaim threshold, which says nothing about how busy the workers are.
+    Queue wait is observed for first attempts only (submit → start, or due → start for a delayed task): later
+    attempts wait out a retry backoff or a reclaim threshold, which says nothing about how busy the workers are.
     """
     if (m := current()) is None:
         return
@@ -48,7 +48,8 @@ def started(rows: Iterable[asyncpg.Record], *, reclaimed: bool = False) -> None:
         kind = row["kind"]
         kinds[kind] += 1
         if not reclaimed and row["attempt"] == 1:
-            wait = _seconds_between(row["created_at"], row["started_at"])
+            # A delayed task waits for workers from its run_at, not from its submission.
+            wait = _seconds_between(row.get("run_at") or row["created_at"], row["started_at"])
             if wait is not None:
                 m.child(m.queue_wait, kind).observe(wait)
     for kind, n in kinds.items():

@@ -123,9 +123,6 @@ def _without_bulk(row: Mapping[str, Any]) -> task_pb2.Task:
     _set_time(task.started_at, row["started_at"])
     _set_time(task.finished_at, row["finished_at"])
     _set_time(task.run_at, row.get("run_at"))
-    schedule_id = row.get("schedule_id")
-    if schedule_id is not None:
-        task.schedule_id = str(schedule_id)
     return task
 
 

@@ -6,6 +6,7 @@ scheduler/schedule_firer.py). TriggerSchedule fires here, under the schedule's r
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 
@@ -39,6 +40,10 @@ class ScheduleServicer(schedule_pb2_grpc.ScheduleServiceServicer):
         self.redis = redis
         self.limits = limits or UserLimits()
         self.kinds = worker_registry.KindsCache(redis)
+        # A trigger holds one pooled connection (the schedule's row lock) while its firing takes a second one:
+        # at most half the pool may trigger at once, so concurrent triggers can never take every connection and
+        # wait on each other for ever.
+        self._triggers = asyncio.Semaphore(max(1, pool.get_max_size() // 2))
 
     async def _spec(self, value: schedule_pb2.ScheduleSpec) -> schedule_pb2.ScheduleSpec:
         kind = value.task.kind or validation.DEFAULT_KIND
@@ -100,7 +105,7 @@ class ScheduleServicer(schedule_pb2_grpc.ScheduleServiceServicer):
         """Set a new spec (slots counted again from now) or the paused flag (a resumed schedule fires from its
         next slot after now: slots passed while paused are not caught up), under the row lock."""
         owner = current_user_id()
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._triggers, self.pool.acquire() as conn, conn.transaction():
             row = await store.lock(conn, owner, schedule_id)
             if row is None:
                 raise NotFound(SCHEDULE_NOT_FOUND)
@@ -153,7 +158,7 @@ class ScheduleServicer(schedule_pb2_grpc.ScheduleServiceServicer):
         owner = current_user_id()
         schedule_id = validation.uuid_field("schedule_id", request.schedule_id)
         key = firing.trigger_key(schedule_id, schedule_validation.request_id(request.request_id) or str(uuid.uuid4()))
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._triggers, self.pool.acquire() as conn, conn.transaction():
             row = await store.lock(conn, owner, schedule_id)
             if row is None:
                 raise NotFound(SCHEDULE_NOT_FOUND)

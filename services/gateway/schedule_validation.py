@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from resilienttask.v1 import schedule_pb2, scheduler_pb2
 from services.core.errors import InvalidArgument
-from services.core.schedules.timing import TimingError, check_cron, zone
+from services.core.schedules.model import timing_of
+from services.core.schedules.timing import TimingError, check_cron, shortest_gap, zone
 from services.core.transitions.user import Submission
 from services.gateway import validation
 
@@ -42,7 +44,9 @@ def template_submission(
     """The submission of one firing; `kinds` None: whatever kind the template names (checked when stored)."""
     kind = template.kind or validation.DEFAULT_KIND
     try:
-        spec = validation.submission(template_request(template, request_id), [kind] if kinds is None else kinds)
+        spec = validation.submission(
+            template_request(template, request_id), [kind] if kinds is None else kinds, from_schedule=True
+        )
     except InvalidArgument as exc:
         raise InvalidArgument(f"spec.task.{exc.field}", exc.reason) from exc
     return dataclasses.replace(spec, schedule_id=schedule_id)
@@ -87,6 +91,10 @@ def spec(value: schedule_pb2.ScheduleSpec, kinds: Sequence[str]) -> schedule_pb2
         raise InvalidArgument("spec.jitter", "must be at most 1h")
     if interval_ms is not None and jitter_ms >= interval_ms:
         raise InvalidArgument("spec.jitter", "must be less than the interval")
+    if interval_ms is None and jitter_ms > 0:
+        gap = shortest_gap(timing_of(checked, datetime.now(UTC)), datetime.now(UTC))
+        if gap is not None and timedelta(milliseconds=jitter_ms) >= gap:
+            raise InvalidArgument("spec.jitter", f"must be less than the shortest time between two slots ({gap})")
     return checked
 
 

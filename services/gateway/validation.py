@@ -25,6 +25,8 @@ DEFAULT_MAX_ATTEMPTS = 3
 MAX_ATTEMPTS = 10
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_REQUEST_ID_CHARS = 128
+# The request_id prefix of the tasks a schedule fires (services/core/schedules/firing.py).
+SCHEDULE_REQUEST_PREFIX = "schedule:"
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 DEFAULT_KIND = "sleep"
@@ -53,7 +55,11 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
-def submission(request: scheduler_pb2.SubmitTaskRequest, kinds: Sequence[str]) -> Submission:
+def submission(
+    request: scheduler_pb2.SubmitTaskRequest, kinds: Sequence[str], *, from_schedule: bool = False
+) -> Submission:
+    """The checked submission. Only a schedule's firing (from_schedule) may use a request_id of the form its
+    slots use: a user's own task taking a slot's key would stand in for that slot's run."""
     name = request.name.strip()
     if not name:
         raise InvalidArgument("name", "is required")
@@ -91,6 +97,10 @@ def submission(request: scheduler_pb2.SubmitTaskRequest, kinds: Sequence[str]) -
     request_id = request.request_id or str(uuid.uuid4())
     if len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable():
         raise InvalidArgument("request_id", f"must be at most {MAX_REQUEST_ID_CHARS} printable characters")
+    if request_id.startswith(SCHEDULE_REQUEST_PREFIX) and not from_schedule:
+        raise InvalidArgument(
+            "request_id", f"must not start with {SCHEDULE_REQUEST_PREFIX!r} (kept for schedules' firings)"
+        )
     start = None
     if request.HasField("run_at"):
         start = run_at_start(request.run_at, datetime.now(UTC))

@@ -53,13 +53,14 @@ return 0
 """
 
 # Queued tasks per kind: all of them (depth), and the age of the oldest one waiting for a slot, counted from
-# when it became runnable: its publication, its submission when it waits for its owner's share of the slots
-# (more workers raise that share, so it is backlog too), or the time it was due to be published. Tasks
+# when it became runnable: its publication, its submission (or its run_at, for a delayed task) when it waits for
+# its owner's share of the slots (more workers raise that share, so it is backlog too), or the time it was due to
+# be published. Tasks
 # waiting out a retry backoff are not waiting for a slot yet. The partial indexes on queued tasks serve it.
 _QUEUE = f"""
 SELECT kind, count(*) AS depth,
        coalesce(extract(epoch FROM now() - min(
-           CASE WHEN published THEN published_at WHEN held THEN created_at ELSE publish_after END
+           CASE WHEN published THEN published_at WHEN held THEN coalesce(run_at, created_at) ELSE publish_after END
        ) FILTER (WHERE published OR held OR publish_after <= now())), 0)::float8 AS oldest_s
 FROM tasks WHERE status = {QUEUED} GROUP BY kind
 """
@@ -99,6 +100,9 @@ class ClusterGauges(Collector):
             except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self.snapshot = None
                 log.warning("cluster gauges not refreshed", extra={"error": repr(exc)})
+            except Exception:  # anything else must not end the loop: the gauges would vanish for good
+                self.snapshot = None
+                log.exception("cluster gauges failed; will retry")
             await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
 
     async def hold(self) -> bool:

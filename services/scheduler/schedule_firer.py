@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from resilienttask.v1 import schedule_pb2
 from services.core.db import listen_forever
-from services.core.errors import LIMIT_REACHED
+from services.core.errors import LIMIT_REACHED, InvalidArgument
 from services.core.limits import UserLimits
 from services.core.schedules import firing, store
 from services.core.schedules.model import (
@@ -221,6 +221,12 @@ class ScheduleFirer:
                 raise
             outcome.skipped += 1
             outcome.last_error = str(exc.args[0]) if exc.args else "limit reached"
+            return
+        except InvalidArgument as exc:
+            # A stored template that today's bounds refuse: retrying cannot help, so the slot is skipped and
+            # the reason shown on the schedule (an update with a valid template lets it fire again).
+            outcome.skipped += 1
+            outcome.last_error = str(exc)
             return
         if fired.skipped:
             outcome.skipped += 1

@@ -21,6 +21,7 @@ import grpc
 import pytest
 
 from resilienttask.v1 import schedule_pb2, scheduler_pb2, task_pb2
+from services.core.schedules import firing
 from services.stack.stack import Stack
 from tests.helpers import eventually
 from tests.integration.schedule_stack import (
@@ -94,7 +95,7 @@ async def test_a_schedule_fires_pauses_resumes_triggers_updates_and_is_deleted(u
         schedule_pb2.TriggerScheduleRequest(schedule_id=created.id, request_id="once"), metadata=user.md
     )
     assert not triggered.skipped and len(triggered.tasks) == 1
-    assert triggered.tasks[0].request_id == f"schedule:{created.id}:trigger:once"
+    assert triggered.tasks[0].request_id == firing.trigger_key(created.id, "once")
     assert triggered.tasks[0].schedule_id == created.id
     again = await user.schedules.TriggerSchedule(
         schedule_pb2.TriggerScheduleRequest(schedule_id=created.id, request_id="once"), metadata=user.md

@@ -123,6 +123,9 @@ def _spec(**changes: object) -> schedule_pb2.ScheduleSpec:
         ({"interval": 367 * 24 * 3600 * 1000}, "spec.interval"),
         ({"jitter": 60_000}, "spec.jitter"),
         ({"interval": 7200_000, "jitter": 3600_001}, "spec.jitter"),
+        # A cron schedule's jitter stays below the shortest time between its slots.
+        ({"cron": schedule_pb2.CronTiming(expression="* * * * *"), "jitter": 60_000}, "spec.jitter"),
+        ({"cron": schedule_pb2.CronTiming(expression="0,1 * * * *"), "jitter": 120_000}, "spec.jitter"),
         ({"catchup_limit": 101}, "spec.catchup_limit"),
         ({"catchup_limit": -1}, "spec.catchup_limit"),
         ({"overlap": 9}, "spec.overlap"),
@@ -155,3 +158,8 @@ def test_a_good_spec_is_kept_with_its_cron_fields_normalised() -> None:
     checked = schedule_validation.spec(spec, ["sleep"])
     assert checked.cron.expression == "0 3 * * 1-5"
     assert checked.cron.time_zone == "America/New_York"
+
+
+def test_a_cron_jitter_below_the_shortest_gap_is_kept() -> None:
+    spec = _spec(cron=schedule_pb2.CronTiming(expression="*/5 * * * *"), jitter=299_999)
+    assert schedule_validation.spec(spec, ["sleep"]).jitter.ToMilliseconds() == 299_999

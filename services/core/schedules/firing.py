@@ -8,6 +8,7 @@ The submission and the cancel of a previous firing go through the same path as S
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -17,8 +18,10 @@ import redis.asyncio as aioredis
 from resilienttask.v1 import schedule_pb2
 from services.core import task_actions
 from services.core.limits import UserLimits
+from services.core.schedules.model import overlap_of
 from services.core.task_model import ACTIVE, in_batch
 from services.gateway.schedule_validation import template_submission
+from services.gateway.validation import SCHEDULE_REQUEST_PREFIX
 
 _ACTIVE = sorted(ACTIVE)
 _BATCH_ACTIVE = (
@@ -29,12 +32,18 @@ _BATCH_ACTIVE = (
 
 def slot_key(schedule_id: str, slot: datetime) -> str:
     """The request_id of a slot's firing: the schedule and the slot's time in epoch milliseconds."""
-    return f"schedule:{schedule_id}:{(slot - datetime(1970, 1, 1, tzinfo=slot.tzinfo)) // timedelta(milliseconds=1)}"
+    epoch_ms = (slot - datetime(1970, 1, 1, tzinfo=slot.tzinfo)) // timedelta(milliseconds=1)
+    return f"{SCHEDULE_REQUEST_PREFIX}{schedule_id}:{epoch_ms}"
 
 
 def trigger_key(schedule_id: str, request_id: str) -> str:
-    """The request_id of a TriggerSchedule call (a retried call with the same request_id fires once)."""
-    return f"schedule:{schedule_id}:trigger:{request_id}"
+    """The request_id of a TriggerSchedule call (a retried call with the same request_id fires once).
+
+    The caller's request_id enters as a digest, so any request_id within its own bound makes a key within the
+    tasks' request_id bound.
+    """
+    digest = hashlib.sha256(request_id.encode()).hexdigest()[:32]
+    return f"{SCHEDULE_REQUEST_PREFIX}{schedule_id}:trigger:{digest}"
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,7 @@ async def fire(
     repeated with the same key returns the first one's tasks whatever the policy: it was allowed then.
     """
     if previous_batch is not None and not await fired_before(pool, owner, key):
-        overlap = spec.overlap or schedule_pb2.OVERLAP_POLICY_SKIP
+        overlap = overlap_of(spec)
         if overlap != schedule_pb2.OVERLAP_POLICY_ALLOW and await pool.fetchval(
             _BATCH_ACTIVE, owner, previous_batch, _ACTIVE
         ):

@@ -10,6 +10,7 @@ says which instants the expression names.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -128,3 +129,12 @@ def upcoming(timing: Timing, start: datetime, count: int) -> list[datetime]:
         if moment is not None:
             found.append(moment)
     return found
+
+
+def shortest_gap(timing: Timing, start: datetime, count: int = 100) -> timedelta | None:
+    """The shortest time between two consecutive slots among the next `count`; None with fewer than two.
+
+    A jitter must stay below it: a firing delayed past the next slot would make that slot look missed.
+    """
+    slots = upcoming(timing, start, count)
+    return min((b - a for a, b in itertools.pairwise(slots)), default=None)

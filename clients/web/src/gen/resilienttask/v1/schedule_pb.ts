@@ -175,7 +175,8 @@ export type ScheduleSpec = Message<"resilienttask.v1.ScheduleSpec"> & {
   catchupLimit: number;
 
   /**
-   * Each firing is delayed by a random time up to this, 0 to 1 h and less than the interval; unset means 0.
+   * Each firing is delayed by a random time up to this, 0 to 1 h and less than the interval (for cron, less than
+   * the shortest time between two of the next 100 slots); unset means 0.
    *
    * @generated from field: google.protobuf.Duration jitter = 8;
    */
