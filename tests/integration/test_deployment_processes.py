@@ -128,17 +128,28 @@ async def test_replicas_starting_at_once_migrate_a_fresh_database_exactly_once(
     assert [r["name"] for r in rows] == expected
 
 
-def _local_edge_config(tmp_path: Path, listen_port: int, tls_port: int, admin_port: int) -> Path:
-    """The committed compose config with its container paths and ports moved to this machine's."""
+def _local_edge_config(tmp_path: Path, ports: dict[str, int], admin_port: int) -> Path:
+    """The committed compose config with its container paths and ports moved to this machine's.
+
+    `ports` maps every listener's name to its port here (a listener left out fails the test: each is checked).
+    """
     text = COMPOSE_FILE.read_text()
     text = text.replace(COMPOSE_JWKS_PATH, str(tmp_path / "etc-envoy" / "jwks.json"))
     text = text.replace(COMPOSE_TLS_DIR, str(tmp_path / "etc-envoy" / "tls"))
     text = text.replace(COMPOSE_DASHBOARD_DIR, str(tmp_path / "srv-dashboard"))
     config = json.loads(text)
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
-    plain, tls = config["static_resources"]["listeners"]
-    plain["address"]["socket_address"].update(address="127.0.0.1", port_value=listen_port)
-    tls["address"]["socket_address"].update(address="127.0.0.1", port_value=tls_port)
+    listeners = config["static_resources"]["listeners"]
+    assert sorted(listener["name"] for listener in listeners) == sorted(ports)
+    for listener in listeners:
+        listener["address"]["socket_address"].update(address="127.0.0.1", port_value=ports[listener["name"]])
+    # The stats listener forwards to the admin interface, which moved too.
+    for cluster in config["static_resources"]["clusters"]:
+        for group in cluster.get("load_assignment", {}).get("endpoints", []):
+            for endpoint in group["lb_endpoints"]:
+                address = endpoint["endpoint"]["address"]["socket_address"]
+                if address == {"address": "127.0.0.1", "port_value": 9901}:
+                    address["port_value"] = admin_port
     path = tmp_path / "envoy.json"
     path.write_text(json.dumps(config))
     return path
@@ -175,10 +186,11 @@ def test_the_compose_edge_starts_from_what_edge_init_writes(tmp_path: Path) -> N
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
 
-    listen_port, tls_port, admin_port = free_port(), free_port(), free_port()
+    listen_port, tls_port, stats_port, admin_port = free_port(), free_port(), free_port(), free_port()
     command = compose["envoy"]["command"]
     config_in_container = command[command.index("-c") + 1]
-    config = _local_edge_config(tmp_path, listen_port, tls_port, admin_port)
+    ports = {"edge": listen_port, "edge_tls": tls_port, "stats": stats_port}
+    config = _local_edge_config(tmp_path, ports, admin_port)
     argv = [envoy_binary(), *(str(config) if arg == config_in_container else arg for arg in command[1:])]
     envoy = ManagedProcess("envoy", argv, log_dir=tmp_path)
     # Envoy's health probe from the compose file, aimed at this Envoy's admin port.
@@ -193,6 +205,10 @@ def test_the_compose_edge_starts_from_what_edge_init_writes(tmp_path: Path) -> N
         trusting = ssl.create_default_context(cafile=str(tmp_path / "etc-envoy" / "tls" / "ca.pem"))
         with urllib.request.urlopen(f"https://localhost:{tls_port}/", timeout=5, context=trusting) as reply:
             assert (reply.status, reply.read()) == (200, b"<title>ResilientTask</title>")
+        # The stats listener serves Envoy's Prometheus series and nothing else of the admin interface.
+        status, body = _get(f"http://127.0.0.1:{stats_port}/stats/prometheus")
+        assert status == 200 and b"envoy_server_live" in body
+        assert _get(f"http://127.0.0.1:{stats_port}/quitquitquit")[0] == 404
     finally:
         envoy.stop(grace_s=10)
     assert not _passes(probe), "the probe fails once Envoy is gone"
