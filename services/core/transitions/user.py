@@ -93,15 +93,28 @@ async def submit(
         rows = await _insert_submission(pool, owner_id, spec, batch_id, ids, limits, trace_parent)
     except _SubmissionExists:
         pass
+    except asyncpg.TransactionRollbackError:
+        # A repeated request_id's insert waits on a stored replica another transaction is changing (a start,
+        # a publication mark), whose counter trigger waits for the owner's row this statement locked first:
+        # PostgreSQL ends one of them as a deadlock. Nothing of this one was written. When the request_id is
+        # stored, the answer is that of any repeat; otherwise the caller is told to retry (ABORTED).
+        existing = await _stored_submission(pool, owner_id, spec.request_id)
+        if not existing:
+            raise
+        return existing, False
     else:
         task_metrics.submitted(rows)
         return rows, True
+    return await _stored_submission(pool, owner_id, spec.request_id), False
+
+
+async def _stored_submission(pool: asyncpg.Pool, owner_id: str, request_id: str) -> list[asyncpg.Record]:
     existing = await pool.fetch(
         f"SELECT {TASK_COLUMNS}, held FROM tasks WHERE owner_id = $1 AND request_id = $2 ORDER BY replica_index",
         owner_id,
-        spec.request_id,
+        request_id,
     )
-    return list(existing), False
+    return list(existing)
 
 
 class _SubmissionExists(Exception):
