@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import asyncpg
 import grpc
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
@@ -132,5 +133,8 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
+# What a background loop (sweeps, due publication, schedule firing, cluster gauges) logs and retries after: any
+# refusal or failure of PostgreSQL or Redis. Anything else is a bug, logged with its traceback.
+STORE_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, RedisError)
 # Deadlocks and serialization failures: the transaction was rolled back whole, so a retry is safe.
 _CONFLICT_ERRORS: tuple[type[BaseException], ...] = (asyncpg.TransactionRollbackError,)

@@ -6,10 +6,11 @@ import asyncio
 import gc
 import os
 
-from services.core import metrics, tracing
+from services.core import metrics
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
 from services.core.limits import UserLimits
 from services.core.logging import configure_logging
+from services.core.observability import observed
 from services.core.server import run_until_signalled
 from services.core.tracing import TracingConfig
 from services.gateway.app import GatewayConfig, create_server
@@ -48,14 +49,8 @@ async def _serve() -> None:
 
 def main() -> None:
     configure_logging(os.environ.get("RTASK_INSTANCE", "gateway"), os.environ.get("RTASK_LOG_LEVEL", "INFO"))
-    tracing.configure(TracingConfig.from_env("gateway"))
-    endpoint = metrics.start(metrics.MetricsConfig.from_env())
-    try:
+    with observed(TracingConfig.from_env("gateway"), metrics.MetricsConfig.from_env()):
         asyncio.run(_serve())
-    finally:
-        tracing.shutdown()
-        if endpoint is not None:
-            endpoint.close()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from services.core import keys, worker_registry
+from services.core.errors import STORE_ERRORS
 from services.core.metrics import PREFIX
 from services.core.task_model import QUEUED
 
@@ -97,7 +98,7 @@ class ClusterGauges(Collector):
             started = time.monotonic()
             try:
                 self.snapshot = await self.refresh() if await self.hold() else None
-            except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except STORE_ERRORS as exc:
                 self.snapshot = None
                 log.warning("cluster gauges not refreshed", extra={"error": repr(exc)})
             except Exception:  # anything else must not end the loop: the gauges would vanish for good

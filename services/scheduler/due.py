@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import asyncpg
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from services.core import outbox
 from services.core.db import listen_forever
+from services.core.errors import STORE_ERRORS
 from services.core.transitions import due
 from services.core.transitions.rules import PUBLISH_GRACE_S, SCHEDULED_CHANNEL
 
@@ -110,7 +110,7 @@ class DuePublisher:
                     wait_s = self.config.claimed_elsewhere_s
                 elif until is not None:
                     wait_s = min(wait_s, max(0.0, until) + self.config.wake_margin_s)
-            except (asyncpg.PostgresError, OSError, RedisError, asyncpg.InterfaceError) as exc:
+            except STORE_ERRORS as exc:
                 log.warning("due publication failed; will retry", extra={"error": repr(exc)})
             except Exception:  # the loop must outlive anything (e.g. a connection broken mid-query)
                 log.exception("due publication crashed; will retry")

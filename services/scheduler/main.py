@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 
-from services.core import metrics, tracing
+from services.core import metrics
 from services.core.config import DatabaseConfig, RedisConfig, ServerConfig, env_int
 from services.core.limits import UserLimits
 from services.core.logging import configure_logging
+from services.core.observability import observed
 from services.core.server import run_until_signalled
 from services.core.tracing import TracingConfig
 from services.core.worker_credentials import WorkerKeyConfig
@@ -47,15 +48,9 @@ async def _serve(metrics_config: metrics.MetricsConfig) -> None:
 
 def main() -> None:
     configure_logging(os.environ.get("RTASK_INSTANCE", "scheduler"), os.environ.get("RTASK_LOG_LEVEL", "INFO"))
-    tracing.configure(TracingConfig.from_env("scheduler"))
     metrics_config = metrics.MetricsConfig.from_env()
-    endpoint = metrics.start(metrics_config)
-    try:
+    with observed(TracingConfig.from_env("scheduler"), metrics_config):
         asyncio.run(_serve(metrics_config))
-    finally:
-        tracing.shutdown()
-        if endpoint is not None:
-            endpoint.close()
 
 
 if __name__ == "__main__":

@@ -22,11 +22,10 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from resilienttask.v1 import schedule_pb2
 from services.core.db import listen_forever
-from services.core.errors import LIMIT_REACHED, InvalidArgument
+from services.core.errors import LIMIT_REACHED, STORE_ERRORS, InvalidArgument
 from services.core.limits import UserLimits
 from services.core.schedules import firing, store
 from services.core.schedules.model import (
@@ -44,7 +43,6 @@ log = logging.getLogger(__name__)
 SCHEDULES_CHANNEL = "rt_schedules"
 # Schedules fired per pass before the next wake-up is computed: a pass never starves the rest of the loop.
 FIRES_PER_PASS = 100
-_STORE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, RedisError)
 
 
 @dataclass(frozen=True)
@@ -99,7 +97,7 @@ class ScheduleFirer:
                 if delay_s is None:  # due, but held by another scheduler: wait for it, then look again
                     await store.wait_for_holder(self.pool, _now(), self.config.contended_wait_ms)
                     continue
-            except _STORE_ERRORS as exc:
+            except STORE_ERRORS as exc:
                 log.warning("schedule firing failed; will retry", extra={"error": repr(exc)})
                 delay_s = self.config.retry_after_ms / 1000
             except Exception:
@@ -132,7 +130,7 @@ class ScheduleFirer:
                     return handled
                 try:
                     await self._fire(conn, row)
-                except _STORE_ERRORS:
+                except STORE_ERRORS:
                     raise
                 except Exception:
                     log.exception("schedule firing failed", extra={"schedule": str(row["id"])})

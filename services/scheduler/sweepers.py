@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import asyncpg
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from services.core import outbox
 from services.core.dispatch import split_ref
+from services.core.errors import STORE_ERRORS
 from services.core.limits import UserLimits
 from services.core.transitions import sweeps as transitions
 from services.scheduler import slot_cap, store
@@ -81,7 +81,7 @@ async def _every(
     while True:
         try:
             await step()
-        except (asyncpg.PostgresError, OSError, RedisError, asyncpg.InterfaceError) as exc:
+        except STORE_ERRORS as exc:
             log.warning("sweep failed; will retry", extra={"sweep": name, "error": repr(exc)})
         except Exception:
             # Anything else (asyncpg's InternalClientError on a connection broken mid-query by a PostgreSQL

@@ -7,8 +7,9 @@ import importlib
 import os
 
 import services.worker.builtin  # noqa: F401  (registers the built-in kinds)
-from services.core import metrics, tracing
+from services.core import metrics
 from services.core.logging import configure_logging
+from services.core.observability import observed
 from services.core.pool_metrics import register_pools
 from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server, run_until_signalled
@@ -40,17 +41,13 @@ async def _serve(config: WorkerProcessConfig) -> None:
 def main() -> None:
     configure_logging(os.environ.get("RTASK_INSTANCE", "worker"), os.environ.get("RTASK_LOG_LEVEL", "INFO"))
     config = WorkerProcessConfig.from_env()
-    tracing.configure(TracingConfig.from_env("worker", instance_id=config.worker.worker_id))
-    # User handlers register themselves (@task) when their modules are imported.
-    for module in config.worker.imports:
-        importlib.import_module(module)
-    endpoint = metrics.start(metrics.MetricsConfig.from_env())
-    try:
+    with observed(
+        TracingConfig.from_env("worker", instance_id=config.worker.worker_id), metrics.MetricsConfig.from_env()
+    ):
+        # User handlers register themselves (@task) when their modules are imported.
+        for module in config.worker.imports:
+            importlib.import_module(module)
         asyncio.run(_serve(config))
-    finally:
-        tracing.shutdown()
-        if endpoint is not None:
-            endpoint.close()
 
 
 if __name__ == "__main__":
