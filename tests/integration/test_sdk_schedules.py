@@ -111,8 +111,9 @@ def test_every_schedule_call_of_the_blocking_client(client: Client) -> None:
 
     paused = client.pause_schedule(ticker.id)
     assert paused.paused and paused.next_runs == ()
-    # A second schedule's firings show the firing loop going on; the paused one must not move meanwhile.
-    witness = client.create_schedule("witness", interval=1, workload=FAST)
+    # A second schedule's firings show the firing loop going on; the paused one must not move meanwhile. It
+    # allows overlap so the trigger below fires even while a slot's task is still running on a loaded machine.
+    witness = client.create_schedule("witness", interval=1, workload=FAST, overlap=OverlapPolicy.ALLOW)
     frozen = client.get_schedule(ticker.id).fired
     _fired(client, witness, 2)
     assert client.get_schedule(ticker.id).fired == frozen, "a paused schedule does not fire"
