@@ -44,7 +44,7 @@ class CronTiming(_message.Message):
     def __init__(self, expression: _Optional[str] = ..., time_zone: _Optional[str] = ...) -> None: ...
 
 class TaskTemplate(_message.Message):
-    __slots__ = ("name", "kind", "payload", "workload", "max_runtime", "replicas", "max_attempts")
+    __slots__ = ("name", "kind", "payload", "workload", "max_runtime", "replicas", "max_attempts", "priority", "concurrency_key", "concurrency_limit")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,9 @@ class TaskTemplate(_message.Message):
     MAX_RUNTIME_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     payload: _struct_pb2.Struct
@@ -59,7 +62,10 @@ class TaskTemplate(_message.Message):
     max_runtime: _duration_pb2.Duration
     replicas: int
     max_attempts: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., workload: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., replicas: _Optional[int] = ..., max_attempts: _Optional[int] = ...) -> None: ...
+    priority: int
+    concurrency_key: str
+    concurrency_limit: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., workload: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., replicas: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., concurrency_key: _Optional[str] = ..., concurrency_limit: _Optional[int] = ...) -> None: ...
 
 class ScheduleSpec(_message.Message):
     __slots__ = ("name", "cron", "interval", "task", "overlap", "catchup", "catchup_limit", "jitter")

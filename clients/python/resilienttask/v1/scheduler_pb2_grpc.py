@@ -95,6 +95,36 @@ class SchedulerServiceStub:
                 request_serializer=resilienttask_dot_v1_dot_scheduler__pb2.ListKindsRequest.SerializeToString,
                 response_deserializer=resilienttask_dot_v1_dot_scheduler__pb2.ListKindsResponse.FromString,
                 _registered_method=True)
+        self.CountTasks = channel.unary_unary(
+                '/resilienttask.v1.SchedulerService/CountTasks',
+                request_serializer=resilienttask_dot_v1_dot_scheduler__pb2.CountTasksRequest.SerializeToString,
+                response_deserializer=resilienttask_dot_v1_dot_scheduler__pb2.CountTasksResponse.FromString,
+                _registered_method=True)
+        self.GetTaskHistory = channel.unary_unary(
+                '/resilienttask.v1.SchedulerService/GetTaskHistory',
+                request_serializer=resilienttask_dot_v1_dot_scheduler__pb2.GetTaskHistoryRequest.SerializeToString,
+                response_deserializer=resilienttask_dot_v1_dot_scheduler__pb2.GetTaskHistoryResponse.FromString,
+                _registered_method=True)
+        self.WatchTaskLogs = channel.unary_stream(
+                '/resilienttask.v1.SchedulerService/WatchTaskLogs',
+                request_serializer=resilienttask_dot_v1_dot_scheduler__pb2.WatchTaskLogsRequest.SerializeToString,
+                response_deserializer=resilienttask_dot_v1_dot_scheduler__pb2.WatchTaskLogsResponse.FromString,
+                _registered_method=True)
+        self.CancelTasks = channel.unary_unary(
+                '/resilienttask.v1.SchedulerService/CancelTasks',
+                request_serializer=resilienttask_dot_v1_dot_scheduler__pb2.CancelTasksRequest.SerializeToString,
+                response_deserializer=resilienttask_dot_v1_dot_scheduler__pb2.CancelTasksResponse.FromString,
+                _registered_method=True)
+        self.RetryTasks = channel.unary_unary(
+                '/resilienttask.v1.SchedulerService/RetryTasks',
+                request_serializer=resilienttask_dot_v1_dot_scheduler__pb2.RetryTasksRequest.SerializeToString,
+                response_deserializer=resilienttask_dot_v1_dot_scheduler__pb2.RetryTasksResponse.FromString,
+                _registered_method=True)
+        self.DeleteTasks = channel.unary_unary(
+                '/resilienttask.v1.SchedulerService/DeleteTasks',
+                request_serializer=resilienttask_dot_v1_dot_scheduler__pb2.DeleteTasksRequest.SerializeToString,
+                response_deserializer=resilienttask_dot_v1_dot_scheduler__pb2.DeleteTasksResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -185,6 +215,48 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountTasks(self, request, context):
+        """CountTasks counts the caller's tasks that match a filter (e.g. to confirm a bulk action).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTaskHistory(self, request, context):
+        """GetTaskHistory returns a task with its attempts and the history of its transitions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchTaskLogs(self, request, context):
+        """WatchTaskLogs streams what a task's handler logged: the stored lines, then (with follow) new ones live.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelTasks(self, request, context):
+        """CancelTasks cancels one page of the selected tasks (those not finished); call again with the token for more.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryTasks(self, request, context):
+        """RetryTasks queues again one page of the selected tasks that are failed, timed out or cancelled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTasks(self, request, context):
+        """DeleteTasks removes one page of the selected tasks that are finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -247,6 +319,36 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.ListKinds,
                     request_deserializer=resilienttask_dot_v1_dot_scheduler__pb2.ListKindsRequest.FromString,
                     response_serializer=resilienttask_dot_v1_dot_scheduler__pb2.ListKindsResponse.SerializeToString,
+            ),
+            'CountTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountTasks,
+                    request_deserializer=resilienttask_dot_v1_dot_scheduler__pb2.CountTasksRequest.FromString,
+                    response_serializer=resilienttask_dot_v1_dot_scheduler__pb2.CountTasksResponse.SerializeToString,
+            ),
+            'GetTaskHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTaskHistory,
+                    request_deserializer=resilienttask_dot_v1_dot_scheduler__pb2.GetTaskHistoryRequest.FromString,
+                    response_serializer=resilienttask_dot_v1_dot_scheduler__pb2.GetTaskHistoryResponse.SerializeToString,
+            ),
+            'WatchTaskLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTaskLogs,
+                    request_deserializer=resilienttask_dot_v1_dot_scheduler__pb2.WatchTaskLogsRequest.FromString,
+                    response_serializer=resilienttask_dot_v1_dot_scheduler__pb2.WatchTaskLogsResponse.SerializeToString,
+            ),
+            'CancelTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTasks,
+                    request_deserializer=resilienttask_dot_v1_dot_scheduler__pb2.CancelTasksRequest.FromString,
+                    response_serializer=resilienttask_dot_v1_dot_scheduler__pb2.CancelTasksResponse.SerializeToString,
+            ),
+            'RetryTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryTasks,
+                    request_deserializer=resilienttask_dot_v1_dot_scheduler__pb2.RetryTasksRequest.FromString,
+                    response_serializer=resilienttask_dot_v1_dot_scheduler__pb2.RetryTasksResponse.SerializeToString,
+            ),
+            'DeleteTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTasks,
+                    request_deserializer=resilienttask_dot_v1_dot_scheduler__pb2.DeleteTasksRequest.FromString,
+                    response_serializer=resilienttask_dot_v1_dot_scheduler__pb2.DeleteTasksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -574,6 +676,168 @@ class SchedulerService:
             '/resilienttask.v1.SchedulerService/ListKinds',
             resilienttask_dot_v1_dot_scheduler__pb2.ListKindsRequest.SerializeToString,
             resilienttask_dot_v1_dot_scheduler__pb2.ListKindsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/resilienttask.v1.SchedulerService/CountTasks',
+            resilienttask_dot_v1_dot_scheduler__pb2.CountTasksRequest.SerializeToString,
+            resilienttask_dot_v1_dot_scheduler__pb2.CountTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTaskHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/resilienttask.v1.SchedulerService/GetTaskHistory',
+            resilienttask_dot_v1_dot_scheduler__pb2.GetTaskHistoryRequest.SerializeToString,
+            resilienttask_dot_v1_dot_scheduler__pb2.GetTaskHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTaskLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/resilienttask.v1.SchedulerService/WatchTaskLogs',
+            resilienttask_dot_v1_dot_scheduler__pb2.WatchTaskLogsRequest.SerializeToString,
+            resilienttask_dot_v1_dot_scheduler__pb2.WatchTaskLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/resilienttask.v1.SchedulerService/CancelTasks',
+            resilienttask_dot_v1_dot_scheduler__pb2.CancelTasksRequest.SerializeToString,
+            resilienttask_dot_v1_dot_scheduler__pb2.CancelTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/resilienttask.v1.SchedulerService/RetryTasks',
+            resilienttask_dot_v1_dot_scheduler__pb2.RetryTasksRequest.SerializeToString,
+            resilienttask_dot_v1_dot_scheduler__pb2.RetryTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/resilienttask.v1.SchedulerService/DeleteTasks',
+            resilienttask_dot_v1_dot_scheduler__pb2.DeleteTasksRequest.SerializeToString,
+            resilienttask_dot_v1_dot_scheduler__pb2.DeleteTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,6 +23,14 @@ class TaskStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_STATUS_CANCELLED: _ClassVar[TaskStatus]
     TASK_STATUS_TIMED_OUT: _ClassVar[TaskStatus]
     TASK_STATUS_SCHEDULED: _ClassVar[TaskStatus]
+
+class WaitReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WAIT_REASON_UNSPECIFIED: _ClassVar[WaitReason]
+    WAIT_REASON_SLOT_SHARE: _ClassVar[WaitReason]
+    WAIT_REASON_CONCURRENCY_KEY: _ClassVar[WaitReason]
+    WAIT_REASON_RATE_LIMIT: _ClassVar[WaitReason]
+    WAIT_REASON_KIND_PAUSED: _ClassVar[WaitReason]
 TASK_STATUS_UNSPECIFIED: TaskStatus
 TASK_STATUS_QUEUED: TaskStatus
 TASK_STATUS_RUNNING: TaskStatus
@@ -32,9 +40,14 @@ TASK_STATUS_FAILED: TaskStatus
 TASK_STATUS_CANCELLED: TaskStatus
 TASK_STATUS_TIMED_OUT: TaskStatus
 TASK_STATUS_SCHEDULED: TaskStatus
+WAIT_REASON_UNSPECIFIED: WaitReason
+WAIT_REASON_SLOT_SHARE: WaitReason
+WAIT_REASON_CONCURRENCY_KEY: WaitReason
+WAIT_REASON_RATE_LIMIT: WaitReason
+WAIT_REASON_KIND_PAUSED: WaitReason
 
 class Task(_message.Message):
-    __slots__ = ("id", "name", "kind", "status", "progress", "attempt", "max_attempts", "worker_id", "error", "request_id", "batch_id", "replica_index", "workload", "max_runtime", "dead_lettered", "version", "created_at", "started_at", "finished_at", "payload", "result", "summary", "run_at", "schedule_id")
+    __slots__ = ("id", "name", "kind", "status", "progress", "attempt", "max_attempts", "worker_id", "error", "request_id", "batch_id", "replica_index", "workload", "max_runtime", "dead_lettered", "version", "created_at", "started_at", "finished_at", "payload", "result", "summary", "run_at", "schedule_id", "priority", "concurrency_key", "concurrency_limit", "wait_reason")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +72,10 @@ class Task(_message.Message):
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     RUN_AT_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    WAIT_REASON_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     kind: str
@@ -83,7 +100,11 @@ class Task(_message.Message):
     summary: bool
     run_at: _timestamp_pb2.Timestamp
     schedule_id: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., progress: _Optional[float] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., worker_id: _Optional[str] = ..., error: _Optional[str] = ..., request_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., replica_index: _Optional[int] = ..., workload: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., dead_lettered: _Optional[bool] = ..., version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., summary: _Optional[bool] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., schedule_id: _Optional[str] = ...) -> None: ...
+    priority: int
+    concurrency_key: str
+    concurrency_limit: int
+    wait_reason: WaitReason
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., progress: _Optional[float] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., worker_id: _Optional[str] = ..., error: _Optional[str] = ..., request_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., replica_index: _Optional[int] = ..., workload: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_runtime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., dead_lettered: _Optional[bool] = ..., version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., summary: _Optional[bool] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., schedule_id: _Optional[str] = ..., priority: _Optional[int] = ..., concurrency_key: _Optional[str] = ..., concurrency_limit: _Optional[int] = ..., wait_reason: _Optional[_Union[WaitReason, str]] = ...) -> None: ...
 
 class TaskStats(_message.Message):
     __slots__ = ("active", "queued", "running", "succeeded", "failed", "cancelled", "timed_out", "scheduled")

@@ -2,8 +2,8 @@
 // @generated from file resilienttask/v1/scheduler.proto (package resilienttask.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Task, TaskStats, TaskStatus, Worker } from "./task_pb";
@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file resilienttask/v1/scheduler.proto.
  */
 export const file_resilienttask_v1_scheduler: GenFile = /*@__PURE__*/
-  fileDesc("CiByZXNpbGllbnR0YXNrL3YxL3NjaGVkdWxlci5wcm90bxIQcmVzaWxpZW50dGFzay52MSLVAgoRU3VibWl0VGFza1JlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgRraW5kGAIgASgJEigKB3BheWxvYWQYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EisKCHdvcmtsb2FkGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC21heF9ydW50aW1lGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCHJlcGxpY2FzGAYgASgFEhQKDG1heF9hdHRlbXB0cxgHIAEoBRISCgpyZXF1ZXN0X2lkGAggASgJEiwKBnJ1bl9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIABIqCgVkZWxheRgKIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkgAQgcKBXN0YXJ0IjsKElN1Ym1pdFRhc2tSZXNwb25zZRIlCgV0YXNrcxgBIAMoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzayIhCg5HZXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjcKD0dldFRhc2tSZXNwb25zZRIkCgR0YXNrGAEgASgLMhYucmVzaWxpZW50dGFzay52MS5UYXNrInkKEExpc3RUYXNrc1JlcXVlc3QSLAoGc3RhdHVzGAEgASgOMhwucmVzaWxpZW50dGFzay52MS5UYXNrU3RhdHVzEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEhAKCGJhdGNoX2lkGAQgASgJIlMKEUxpc3RUYXNrc1Jlc3BvbnNlEiUKBXRhc2tzGAEgAygLMhYucmVzaWxpZW50dGFzay52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkChFDYW5jZWxUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjoKEkNhbmNlbFRhc2tSZXNwb25zZRIkCgR0YXNrGAEgASgLMhYucmVzaWxpZW50dGFzay52MS5UYXNrIiYKEkNhbmNlbEJhdGNoUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoCSI8ChNDYW5jZWxCYXRjaFJlc3BvbnNlEiUKBXRhc2tzGAEgAygLMhYucmVzaWxpZW50dGFzay52MS5UYXNrIk0KEFJldHJ5VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIoCgVkZWxheRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI5ChFSZXRyeVRhc2tSZXNwb25zZRIkCgR0YXNrGAEgASgLMhYucmVzaWxpZW50dGFzay52MS5UYXNrIiQKEURlbGV0ZVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiFAoSRGVsZXRlVGFza1Jlc3BvbnNlIhUKE0NsZWFySGlzdG9yeVJlcXVlc3QiJwoUQ2xlYXJIaXN0b3J5UmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoAyIRCg9HZXRTdGF0c1JlcXVlc3QiPgoQR2V0U3RhdHNSZXNwb25zZRIqCgVzdGF0cxgBIAEoCzIbLnJlc2lsaWVudHRhc2sudjEuVGFza1N0YXRzIkEKEVdhdGNoVGFza3NSZXF1ZXN0EhQKDHJlc3VtZV90b2tlbhgBIAEoCRIWCg5hY2NlcHRfYmF0Y2hlcxgCIAEoCCKMAQoMVGFza1NuYXBzaG90EiUKBXRhc2tzGAEgAygLMhYucmVzaWxpZW50dGFzay52MS5UYXNrEioKBXN0YXRzGAIgASgLMhsucmVzaWxpZW50dGFzay52MS5UYXNrU3RhdHMSKQoHd29ya2VycxgDIAMoCzIYLnJlc2lsaWVudHRhc2sudjEuV29ya2VyIoQBCglUYXNrRXZlbnQSJAoEdGFzaxgBIAEoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzaxIqCgVzdGF0cxgCIAEoCzIbLnJlc2lsaWVudHRhc2sudjEuVGFza1N0YXRzEg8KB2RlbGV0ZWQYAyABKAgSFAoMcmVzdW1lX3Rva2VuGAQgASgJIj0KDlRhc2tFdmVudEJhdGNoEisKBmV2ZW50cxgBIAMoCzIbLnJlc2lsaWVudHRhc2sudjEuVGFza0V2ZW50IjkKDFdvcmtlcnNFdmVudBIpCgd3b3JrZXJzGAEgAygLMhgucmVzaWxpZW50dGFzay52MS5Xb3JrZXIiCwoJSGVhcnRiZWF0Iq0CChJXYXRjaFRhc2tzUmVzcG9uc2USFAoMcmVzdW1lX3Rva2VuGAEgASgJEjIKCHNuYXBzaG90GAIgASgLMh4ucmVzaWxpZW50dGFzay52MS5UYXNrU25hcHNob3RIABIsCgVldmVudBgDIAEoCzIbLnJlc2lsaWVudHRhc2sudjEuVGFza0V2ZW50SAASMAoJaGVhcnRiZWF0GAQgASgLMhsucmVzaWxpZW50dGFzay52MS5IZWFydGJlYXRIABIxCgd3b3JrZXJzGAUgASgLMh4ucmVzaWxpZW50dGFzay52MS5Xb3JrZXJzRXZlbnRIABIyCgZldmVudHMYBiABKAsyIC5yZXNpbGllbnR0YXNrLnYxLlRhc2tFdmVudEJhdGNoSABCBgoEa2luZCIUChJMaXN0V29ya2Vyc1JlcXVlc3QiQAoTTGlzdFdvcmtlcnNSZXNwb25zZRIpCgd3b3JrZXJzGAEgAygLMhgucmVzaWxpZW50dGFzay52MS5Xb3JrZXIiEgoQTGlzdEtpbmRzUmVxdWVzdCIiChFMaXN0S2luZHNSZXNwb25zZRINCgVraW5kcxgBIAMoCTK0CAoQU2NoZWR1bGVyU2VydmljZRJXCgpTdWJtaXRUYXNrEiMucmVzaWxpZW50dGFzay52MS5TdWJtaXRUYXNrUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuU3VibWl0VGFza1Jlc3BvbnNlEk4KB0dldFRhc2sSIC5yZXNpbGllbnR0YXNrLnYxLkdldFRhc2tSZXF1ZXN0GiEucmVzaWxpZW50dGFzay52MS5HZXRUYXNrUmVzcG9uc2USVAoJTGlzdFRhc2tzEiIucmVzaWxpZW50dGFzay52MS5MaXN0VGFza3NSZXF1ZXN0GiMucmVzaWxpZW50dGFzay52MS5MaXN0VGFza3NSZXNwb25zZRJXCgpDYW5jZWxUYXNrEiMucmVzaWxpZW50dGFzay52MS5DYW5jZWxUYXNrUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuQ2FuY2VsVGFza1Jlc3BvbnNlEloKC0NhbmNlbEJhdGNoEiQucmVzaWxpZW50dGFzay52MS5DYW5jZWxCYXRjaFJlcXVlc3QaJS5yZXNpbGllbnR0YXNrLnYxLkNhbmNlbEJhdGNoUmVzcG9uc2USVAoJUmV0cnlUYXNrEiIucmVzaWxpZW50dGFzay52MS5SZXRyeVRhc2tSZXF1ZXN0GiMucmVzaWxpZW50dGFzay52MS5SZXRyeVRhc2tSZXNwb25zZRJXCgpEZWxldGVUYXNrEiMucmVzaWxpZW50dGFzay52MS5EZWxldGVUYXNrUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuRGVsZXRlVGFza1Jlc3BvbnNlEl0KDENsZWFySGlzdG9yeRIlLnJlc2lsaWVudHRhc2sudjEuQ2xlYXJIaXN0b3J5UmVxdWVzdBomLnJlc2lsaWVudHRhc2sudjEuQ2xlYXJIaXN0b3J5UmVzcG9uc2USUQoIR2V0U3RhdHMSIS5yZXNpbGllbnR0YXNrLnYxLkdldFN0YXRzUmVxdWVzdBoiLnJlc2lsaWVudHRhc2sudjEuR2V0U3RhdHNSZXNwb25zZRJZCgpXYXRjaFRhc2tzEiMucmVzaWxpZW50dGFzay52MS5XYXRjaFRhc2tzUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuV2F0Y2hUYXNrc1Jlc3BvbnNlMAESWgoLTGlzdFdvcmtlcnMSJC5yZXNpbGllbnR0YXNrLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBolLnJlc2lsaWVudHRhc2sudjEuTGlzdFdvcmtlcnNSZXNwb25zZRJUCglMaXN0S2luZHMSIi5yZXNpbGllbnR0YXNrLnYxLkxpc3RLaW5kc1JlcXVlc3QaIy5yZXNpbGllbnR0YXNrLnYxLkxpc3RLaW5kc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_resilienttask_v1_task]);
+  fileDesc("CiByZXNpbGllbnR0YXNrL3YxL3NjaGVkdWxlci5wcm90bxIQcmVzaWxpZW50dGFzay52MSKbAwoRU3VibWl0VGFza1JlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgRraW5kGAIgASgJEigKB3BheWxvYWQYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EisKCHdvcmtsb2FkGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC21heF9ydW50aW1lGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCHJlcGxpY2FzGAYgASgFEhQKDG1heF9hdHRlbXB0cxgHIAEoBRISCgpyZXF1ZXN0X2lkGAggASgJEhAKCHByaW9yaXR5GAsgASgFEhcKD2NvbmN1cnJlbmN5X2tleRgMIAEoCRIZChFjb25jdXJyZW5jeV9saW1pdBgNIAEoBRIsCgZydW5fYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSAASKgoFZGVsYXkYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25IAEIHCgVzdGFydCI7ChJTdWJtaXRUYXNrUmVzcG9uc2USJQoFdGFza3MYASADKAsyFi5yZXNpbGllbnR0YXNrLnYxLlRhc2siIQoOR2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI3Cg9HZXRUYXNrUmVzcG9uc2USJAoEdGFzaxgBIAEoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzayKnAQoQTGlzdFRhc2tzUmVxdWVzdBIsCgZzdGF0dXMYASABKA4yHC5yZXNpbGllbnR0YXNrLnYxLlRhc2tTdGF0dXMSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSEAoIYmF0Y2hfaWQYBCABKAkSLAoGZmlsdGVyGAUgASgLMhwucmVzaWxpZW50dGFzay52MS5UYXNrRmlsdGVyIrICCgpUYXNrRmlsdGVyEi4KCHN0YXR1c2VzGAEgAygOMhwucmVzaWxpZW50dGFzay52MS5UYXNrU3RhdHVzEhUKDW5hbWVfY29udGFpbnMYAiABKAkSEQoJaWRfcHJlZml4GAMgASgJEhAKCGJhdGNoX2lkGAQgASgJEgwKBGtpbmQYBSABKAkSMQoNY3JlYXRlZF9hZnRlchgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOY3JlYXRlZF9iZWZvcmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3NjaGVkdWxlX2lkGAggASgJEhUKDWRlYWRfbGV0dGVyZWQYCSABKAgSFwoPY29uY3VycmVuY3lfa2V5GAogASgJInMKDVRhc2tTZWxlY3Rpb24SKAoDaWRzGAEgASgLMhkucmVzaWxpZW50dGFzay52MS5UYXNrSWRzSAASLgoGZmlsdGVyGAIgASgLMhwucmVzaWxpZW50dGFzay52MS5UYXNrRmlsdGVySABCCAoGdGFyZ2V0IhsKB1Rhc2tJZHMSEAoIdGFza19pZHMYASADKAkiQQoRQ291bnRUYXNrc1JlcXVlc3QSLAoGZmlsdGVyGAEgASgLMhwucmVzaWxpZW50dGFzay52MS5UYXNrRmlsdGVyIiMKEkNvdW50VGFza3NSZXNwb25zZRINCgVjb3VudBgBIAEoAyIoChVHZXRUYXNrSGlzdG9yeVJlcXVlc3QSDwoHdGFza19pZBgBIAEoCSLhAQoOVGFza1RyYW5zaXRpb24SMQoLZnJvbV9zdGF0dXMYASABKA4yHC5yZXNpbGllbnR0YXNrLnYxLlRhc2tTdGF0dXMSLwoJdG9fc3RhdHVzGAIgASgOMhwucmVzaWxpZW50dGFzay52MS5UYXNrU3RhdHVzEiYKAmF0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdhdHRlbXB0GAQgASgFEhEKCXdvcmtlcl9pZBgFIAEoCRIOCgZkZXRhaWwYBiABKAkSDwoHdmVyc2lvbhgHIAEoAyLQAQoLVGFza0F0dGVtcHQSDwoHYXR0ZW1wdBgBIAEoBRIRCgl3b3JrZXJfaWQYAiABKAkSLgoKc3RhcnRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KB291dGNvbWUYBSABKA4yHC5yZXNpbGllbnR0YXNrLnYxLlRhc2tTdGF0dXMSDQoFZXJyb3IYBiABKAkiuQEKFkdldFRhc2tIaXN0b3J5UmVzcG9uc2USJAoEdGFzaxgBIAEoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzaxIvCghhdHRlbXB0cxgCIAMoCzIdLnJlc2lsaWVudHRhc2sudjEuVGFza0F0dGVtcHQSNQoLdHJhbnNpdGlvbnMYAyADKAsyIC5yZXNpbGllbnR0YXNrLnYxLlRhc2tUcmFuc2l0aW9uEhEKCXRydW5jYXRlZBgEIAEoCCKeAQoHTG9nTGluZRIQCghzZXF1ZW5jZRgBIAEoAxImCgJhdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHYXR0ZW1wdBgDIAEoBRIrCgZzdHJlYW0YBCABKA4yGy5yZXNpbGllbnR0YXNrLnYxLkxvZ1N0cmVhbRINCgVsZXZlbBgFIAEoCRIMCgR0ZXh0GAYgASgJIk8KFFdhdGNoVGFza0xvZ3NSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAMSDgoGZm9sbG93GAMgASgIImQKFVdhdGNoVGFza0xvZ3NSZXNwb25zZRIoCgVsaW5lcxgBIAMoCzIZLnJlc2lsaWVudHRhc2sudjEuTG9nTGluZRIPCgdkcm9wcGVkGAIgASgDEhAKCGZpbmlzaGVkGAMgASgIIm8KEkNhbmNlbFRhc2tzUmVxdWVzdBIyCglzZWxlY3Rpb24YASABKAsyHy5yZXNpbGllbnR0YXNrLnYxLlRhc2tTZWxlY3Rpb24SEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiUQoTQ2FuY2VsVGFza3NSZXNwb25zZRIQCghhZmZlY3RlZBgBIAEoAxIPCgdza2lwcGVkGAIgASgDEhcKD25leHRfcGFnZV90b2tlbhgDIAEoCSJuChFSZXRyeVRhc2tzUmVxdWVzdBIyCglzZWxlY3Rpb24YASABKAsyHy5yZXNpbGllbnR0YXNrLnYxLlRhc2tTZWxlY3Rpb24SEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiUAoSUmV0cnlUYXNrc1Jlc3BvbnNlEhAKCGFmZmVjdGVkGAEgASgDEg8KB3NraXBwZWQYAiABKAMSFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJIm8KEkRlbGV0ZVRhc2tzUmVxdWVzdBIyCglzZWxlY3Rpb24YASABKAsyHy5yZXNpbGllbnR0YXNrLnYxLlRhc2tTZWxlY3Rpb24SEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiUQoTRGVsZXRlVGFza3NSZXNwb25zZRIQCghhZmZlY3RlZBgBIAEoAxIPCgdza2lwcGVkGAIgASgDEhcKD25leHRfcGFnZV90b2tlbhgDIAEoCSJTChFMaXN0VGFza3NSZXNwb25zZRIlCgV0YXNrcxgBIAMoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzaxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJAoRQ2FuY2VsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI6ChJDYW5jZWxUYXNrUmVzcG9uc2USJAoEdGFzaxgBIAEoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzayImChJDYW5jZWxCYXRjaFJlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAkiPAoTQ2FuY2VsQmF0Y2hSZXNwb25zZRIlCgV0YXNrcxgBIAMoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzayJNChBSZXRyeVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSKAoFZGVsYXkYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iOQoRUmV0cnlUYXNrUmVzcG9uc2USJAoEdGFzaxgBIAEoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzayIkChFEZWxldGVUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIhQKEkRlbGV0ZVRhc2tSZXNwb25zZSIVChNDbGVhckhpc3RvcnlSZXF1ZXN0IicKFENsZWFySGlzdG9yeVJlc3BvbnNlEg8KB2RlbGV0ZWQYASABKAMiEQoPR2V0U3RhdHNSZXF1ZXN0Ij4KEEdldFN0YXRzUmVzcG9uc2USKgoFc3RhdHMYASABKAsyGy5yZXNpbGllbnR0YXNrLnYxLlRhc2tTdGF0cyJBChFXYXRjaFRhc2tzUmVxdWVzdBIUCgxyZXN1bWVfdG9rZW4YASABKAkSFgoOYWNjZXB0X2JhdGNoZXMYAiABKAgijAEKDFRhc2tTbmFwc2hvdBIlCgV0YXNrcxgBIAMoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzaxIqCgVzdGF0cxgCIAEoCzIbLnJlc2lsaWVudHRhc2sudjEuVGFza1N0YXRzEikKB3dvcmtlcnMYAyADKAsyGC5yZXNpbGllbnR0YXNrLnYxLldvcmtlciKEAQoJVGFza0V2ZW50EiQKBHRhc2sYASABKAsyFi5yZXNpbGllbnR0YXNrLnYxLlRhc2sSKgoFc3RhdHMYAiABKAsyGy5yZXNpbGllbnR0YXNrLnYxLlRhc2tTdGF0cxIPCgdkZWxldGVkGAMgASgIEhQKDHJlc3VtZV90b2tlbhgEIAEoCSI9Cg5UYXNrRXZlbnRCYXRjaBIrCgZldmVudHMYASADKAsyGy5yZXNpbGllbnR0YXNrLnYxLlRhc2tFdmVudCI5CgxXb3JrZXJzRXZlbnQSKQoHd29ya2VycxgBIAMoCzIYLnJlc2lsaWVudHRhc2sudjEuV29ya2VyIgsKCUhlYXJ0YmVhdCKtAgoSV2F0Y2hUYXNrc1Jlc3BvbnNlEhQKDHJlc3VtZV90b2tlbhgBIAEoCRIyCghzbmFwc2hvdBgCIAEoCzIeLnJlc2lsaWVudHRhc2sudjEuVGFza1NuYXBzaG90SAASLAoFZXZlbnQYAyABKAsyGy5yZXNpbGllbnR0YXNrLnYxLlRhc2tFdmVudEgAEjAKCWhlYXJ0YmVhdBgEIAEoCzIbLnJlc2lsaWVudHRhc2sudjEuSGVhcnRiZWF0SAASMQoHd29ya2VycxgFIAEoCzIeLnJlc2lsaWVudHRhc2sudjEuV29ya2Vyc0V2ZW50SAASMgoGZXZlbnRzGAYgASgLMiAucmVzaWxpZW50dGFzay52MS5UYXNrRXZlbnRCYXRjaEgAQgYKBGtpbmQiFAoSTGlzdFdvcmtlcnNSZXF1ZXN0IkAKE0xpc3RXb3JrZXJzUmVzcG9uc2USKQoHd29ya2VycxgBIAMoCzIYLnJlc2lsaWVudHRhc2sudjEuV29ya2VyIhIKEExpc3RLaW5kc1JlcXVlc3QiIgoRTGlzdEtpbmRzUmVzcG9uc2USDQoFa2luZHMYASADKAkqbAoJTG9nU3RyZWFtEhoKFkxPR19TVFJFQU1fVU5TUEVDSUZJRUQQABIVChFMT0dfU1RSRUFNX0xPR0dFUhABEhUKEUxPR19TVFJFQU1fU1RET1VUEAISFQoRTE9HX1NUUkVBTV9TVERFUlIQAzLnDAoQU2NoZWR1bGVyU2VydmljZRJXCgpTdWJtaXRUYXNrEiMucmVzaWxpZW50dGFzay52MS5TdWJtaXRUYXNrUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuU3VibWl0VGFza1Jlc3BvbnNlEk4KB0dldFRhc2sSIC5yZXNpbGllbnR0YXNrLnYxLkdldFRhc2tSZXF1ZXN0GiEucmVzaWxpZW50dGFzay52MS5HZXRUYXNrUmVzcG9uc2USVAoJTGlzdFRhc2tzEiIucmVzaWxpZW50dGFzay52MS5MaXN0VGFza3NSZXF1ZXN0GiMucmVzaWxpZW50dGFzay52MS5MaXN0VGFza3NSZXNwb25zZRJXCgpDYW5jZWxUYXNrEiMucmVzaWxpZW50dGFzay52MS5DYW5jZWxUYXNrUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuQ2FuY2VsVGFza1Jlc3BvbnNlEloKC0NhbmNlbEJhdGNoEiQucmVzaWxpZW50dGFzay52MS5DYW5jZWxCYXRjaFJlcXVlc3QaJS5yZXNpbGllbnR0YXNrLnYxLkNhbmNlbEJhdGNoUmVzcG9uc2USVAoJUmV0cnlUYXNrEiIucmVzaWxpZW50dGFzay52MS5SZXRyeVRhc2tSZXF1ZXN0GiMucmVzaWxpZW50dGFzay52MS5SZXRyeVRhc2tSZXNwb25zZRJXCgpEZWxldGVUYXNrEiMucmVzaWxpZW50dGFzay52MS5EZWxldGVUYXNrUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuRGVsZXRlVGFza1Jlc3BvbnNlEl0KDENsZWFySGlzdG9yeRIlLnJlc2lsaWVudHRhc2sudjEuQ2xlYXJIaXN0b3J5UmVxdWVzdBomLnJlc2lsaWVudHRhc2sudjEuQ2xlYXJIaXN0b3J5UmVzcG9uc2USUQoIR2V0U3RhdHMSIS5yZXNpbGllbnR0YXNrLnYxLkdldFN0YXRzUmVxdWVzdBoiLnJlc2lsaWVudHRhc2sudjEuR2V0U3RhdHNSZXNwb25zZRJZCgpXYXRjaFRhc2tzEiMucmVzaWxpZW50dGFzay52MS5XYXRjaFRhc2tzUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuV2F0Y2hUYXNrc1Jlc3BvbnNlMAESWgoLTGlzdFdvcmtlcnMSJC5yZXNpbGllbnR0YXNrLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBolLnJlc2lsaWVudHRhc2sudjEuTGlzdFdvcmtlcnNSZXNwb25zZRJUCglMaXN0S2luZHMSIi5yZXNpbGllbnR0YXNrLnYxLkxpc3RLaW5kc1JlcXVlc3QaIy5yZXNpbGllbnR0YXNrLnYxLkxpc3RLaW5kc1Jlc3BvbnNlElcKCkNvdW50VGFza3MSIy5yZXNpbGllbnR0YXNrLnYxLkNvdW50VGFza3NSZXF1ZXN0GiQucmVzaWxpZW50dGFzay52MS5Db3VudFRhc2tzUmVzcG9uc2USYwoOR2V0VGFza0hpc3RvcnkSJy5yZXNpbGllbnR0YXNrLnYxLkdldFRhc2tIaXN0b3J5UmVxdWVzdBooLnJlc2lsaWVudHRhc2sudjEuR2V0VGFza0hpc3RvcnlSZXNwb25zZRJiCg1XYXRjaFRhc2tMb2dzEiYucmVzaWxpZW50dGFzay52MS5XYXRjaFRhc2tMb2dzUmVxdWVzdBonLnJlc2lsaWVudHRhc2sudjEuV2F0Y2hUYXNrTG9nc1Jlc3BvbnNlMAESWgoLQ2FuY2VsVGFza3MSJC5yZXNpbGllbnR0YXNrLnYxLkNhbmNlbFRhc2tzUmVxdWVzdBolLnJlc2lsaWVudHRhc2sudjEuQ2FuY2VsVGFza3NSZXNwb25zZRJXCgpSZXRyeVRhc2tzEiMucmVzaWxpZW50dGFzay52MS5SZXRyeVRhc2tzUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuUmV0cnlUYXNrc1Jlc3BvbnNlEloKC0RlbGV0ZVRhc2tzEiQucmVzaWxpZW50dGFzay52MS5EZWxldGVUYXNrc1JlcXVlc3QaJS5yZXNpbGllbnR0YXNrLnYxLkRlbGV0ZVRhc2tzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_resilienttask_v1_task]);
 
 /**
  * SubmitTaskRequest describes the task to run.
@@ -77,6 +77,29 @@ export type SubmitTaskRequest = Message<"resilienttask.v1.SubmitTaskRequest"> & 
    * @generated from field: string request_id = 8;
    */
   requestId: string;
+
+  /**
+   * Priority, 1 (lowest) to 5 (most urgent); 0 means 3. When the workers are saturated, queued work of a
+   * higher priority starts first, and waiting work gains priority with age so none is starved for ever.
+   *
+   * @generated from field: int32 priority = 11;
+   */
+  priority: number;
+
+  /**
+   * Concurrency key, up to 128 characters: at most concurrency_limit of the caller's tasks with this key run
+   * at once, across all workers; the others wait queued. Empty means no key.
+   *
+   * @generated from field: string concurrency_key = 12;
+   */
+  concurrencyKey: string;
+
+  /**
+   * Running tasks allowed per concurrency key, 1 to 1000; required with a key, must be 0 without one.
+   *
+   * @generated from field: int32 concurrency_limit = 13;
+   */
+  concurrencyLimit: number;
 
   /**
    * When the task should start; unset means now. A task with a start in the future is SCHEDULED until due.
@@ -205,6 +228,13 @@ export type ListTasksRequest = Message<"resilienttask.v1.ListTasksRequest"> & {
    * @generated from field: string batch_id = 4;
    */
   batchId: string;
+
+  /**
+   * Further conditions, all of which a task must meet (together with status and batch_id above).
+   *
+   * @generated from field: resilienttask.v1.TaskFilter filter = 5;
+   */
+  filter?: TaskFilter | undefined;
 };
 
 /**
@@ -213,6 +243,709 @@ export type ListTasksRequest = Message<"resilienttask.v1.ListTasksRequest"> & {
  */
 export const ListTasksRequestSchema: GenMessage<ListTasksRequest> = /*@__PURE__*/
   messageDesc(file_resilienttask_v1_scheduler, 4);
+
+/**
+ * TaskFilter selects the caller's tasks; every condition set must hold. An empty filter selects all.
+ *
+ * @generated from message resilienttask.v1.TaskFilter
+ */
+export type TaskFilter = Message<"resilienttask.v1.TaskFilter"> & {
+  /**
+   * Only tasks in one of these statuses; empty means any.
+   *
+   * @generated from field: repeated resilienttask.v1.TaskStatus statuses = 1;
+   */
+  statuses: TaskStatus[];
+
+  /**
+   * Only tasks whose name contains this text, ignoring case; 1 to 200 characters when set.
+   *
+   * @generated from field: string name_contains = 2;
+   */
+  nameContains: string;
+
+  /**
+   * Only tasks whose id starts with this (lower-case hex and dashes), 1 to 36 characters when set.
+   *
+   * @generated from field: string id_prefix = 3;
+   */
+  idPrefix: string;
+
+  /**
+   * Only tasks of this batch (a UUID), when set.
+   *
+   * @generated from field: string batch_id = 4;
+   */
+  batchId: string;
+
+  /**
+   * Only tasks of this kind, when set.
+   *
+   * @generated from field: string kind = 5;
+   */
+  kind: string;
+
+  /**
+   * Only tasks submitted at or after this time, when set.
+   *
+   * @generated from field: google.protobuf.Timestamp created_after = 6;
+   */
+  createdAfter?: Timestamp | undefined;
+
+  /**
+   * Only tasks submitted before this time, when set.
+   *
+   * @generated from field: google.protobuf.Timestamp created_before = 7;
+   */
+  createdBefore?: Timestamp | undefined;
+
+  /**
+   * Only tasks submitted by this schedule (a UUID), when set.
+   *
+   * @generated from field: string schedule_id = 8;
+   */
+  scheduleId: string;
+
+  /**
+   * Only dead-lettered tasks (failed their last attempt), when true.
+   *
+   * @generated from field: bool dead_lettered = 9;
+   */
+  deadLettered: boolean;
+
+  /**
+   * Only tasks with this concurrency key, when set.
+   *
+   * @generated from field: string concurrency_key = 10;
+   */
+  concurrencyKey: string;
+};
+
+/**
+ * Describes the message resilienttask.v1.TaskFilter.
+ * Use `create(TaskFilterSchema)` to create a new message.
+ */
+export const TaskFilterSchema: GenMessage<TaskFilter> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_scheduler, 5);
+
+/**
+ * TaskSelection names the tasks a bulk call acts on: listed ids, or every task matching a filter.
+ *
+ * @generated from message resilienttask.v1.TaskSelection
+ */
+export type TaskSelection = Message<"resilienttask.v1.TaskSelection"> & {
+  /**
+   * Which tasks.
+   *
+   * @generated from oneof resilienttask.v1.TaskSelection.target
+   */
+  target: {
+    /**
+     * These tasks, 1 to 500 ids; ids that are unknown (or another user's) are counted as skipped.
+     *
+     * @generated from field: resilienttask.v1.TaskIds ids = 1;
+     */
+    value: TaskIds;
+    case: "ids";
+  } | {
+    /**
+     * Every task matching the filter, taken page by page in ListTasks order.
+     *
+     * @generated from field: resilienttask.v1.TaskFilter filter = 2;
+     */
+    value: TaskFilter;
+    case: "filter";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message resilienttask.v1.TaskSelection.
+ * Use `create(TaskSelectionSchema)` to create a new message.
+ */
+export const TaskSelectionSchema: GenMessage<TaskSelection> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_scheduler, 6);
+
+/**
+ * TaskIds lists task ids.
+ *
+ * @generated from message resilienttask.v1.TaskIds
+ */
+export type TaskIds = Message<"resilienttask.v1.TaskIds"> & {
+  /**
+   * Task ids (UUID strings).
+   *
+   * @generated from field: repeated string task_ids = 1;
+   */
+  taskIds: string[];
+};
+
+/**
+ * Describes the message resilienttask.v1.TaskIds.
+ * Use `create(TaskIdsSchema)` to create a new message.
+ */
+export const TaskIdsSchema: GenMessage<TaskIds> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_scheduler, 7);
+
+/**
+ * CountTasksRequest holds the filter.
+ *
+ * @generated from message resilienttask.v1.CountTasksRequest
+ */
+export type CountTasksRequest = Message<"resilienttask.v1.CountTasksRequest"> & {
+  /**
+   * The tasks to count.
+   *
+   * @generated from field: resilienttask.v1.TaskFilter filter = 1;
+   */
+  filter?: TaskFilter | undefined;
+};
+
+/**
+ * Describes the message resilienttask.v1.CountTasksRequest.
+ * Use `create(CountTasksRequestSchema)` to create a new message.
+ */
+export const CountTasksRequestSchema: GenMessage<CountTasksRequest> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_scheduler, 8);
+
+/**
+ * CountTasksResponse holds the count.
+ *
+ * @generated from message resilienttask.v1.CountTasksResponse
+ */
+export type CountTasksResponse = Message<"resilienttask.v1.CountTasksResponse"> & {
+  /**
+   * Number of matching tasks.
+   *
+   * @generated from field: int64 count = 1;
+   */
+  count: bigint;
+};
+
+/**
+ * Describes the message resilienttask.v1.CountTasksResponse.
+ * Use `create(CountTasksResponseSchema)` to create a new message.
+ */
+export const CountTasksResponseSchema: GenMessage<CountTasksResponse> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_scheduler, 9);
+
+/**
+ * GetTaskHistoryRequest names a task.
+ *
+ * @generated from message resilienttask.v1.GetTaskHistoryRequest
+ */
+export type GetTaskHistoryRequest = Message<"resilienttask.v1.GetTaskHistoryRequest"> & {
+  /**
+   * Task id.
+   *
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+};
+
+/**
+ * Describes the message resilienttask.v1.GetTaskHistoryRequest.
+ * Use `create(GetTaskHistoryRequestSchema)` to create a new message.
+ */
+export const GetTaskHistoryRequestSchema: GenMessage<GetTaskHistoryRequest> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_scheduler, 10);
+
+/**
+ * TaskTransition is one recorded change of a task's status.
+ *
+ * @generated from message resilienttask.v1.TaskTransition
+ */
+export type TaskTransition = Message<"resilienttask.v1.TaskTransition"> & {
+  /**
+   * Status before the change; unspecified for the submission.
+   *
+   * @generated from field: resilienttask.v1.TaskStatus from_status = 1;
+   */
+  fromStatus: TaskStatus;
+
+  /**
+   * Status after the change.
+   *
+   * @generated from field: resilienttask.v1.TaskStatus to_status = 2;
+   */
+  toStatus: TaskStatus;
+
+  /**
+   * When it was committed.
+   *
+   * @generated from field: google.protobuf.Timestamp at = 3;
+   */
+  at?: Timestamp | undefined;
+
+  /**
+   * The attempt it belongs to (0 before the first start).
+   *
+   * @generated from field: int32 attempt = 4;
+   */
+  attempt: number;
+
+  /**
+   * The worker involved, if any.
+   *
+   * @generated from field: string worker_id = 5;
+   */
+  workerId: string;
+
+  /**
+   * What the change says: an error, how a stop happened, why it was retried.
+   *
+   * @generated from field: string detail = 6;
+   */
+  detail: string;
+
+  /**
+   * The task's version after the change.
+   *
+   * @generated from field: int64 version = 7;
+   */
+  version: bigint;
+};
+
+/**
+ * Describes the message resilienttask.v1.TaskTransition.
+ * Use `create(TaskTransitionSchema)` to create a new message.
+ */
+export const TaskTransitionSchema: GenMessage<TaskTransition> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_scheduler, 11);
+
+/**
+ * TaskAttempt is one run of a task's handler.
+ *
+ * @generated from message resilienttask.v1.TaskAttempt
+ */
+export type TaskAttempt = Message<"resilienttask.v1.TaskAttempt"> & {
+  /**
+   * Attempt number, from 1.
+   *
+   * @generated from field: int32 attempt = 1;
+   */
+  attempt: number;
+
+  /**
+   * The worker that ran it.
+   *
+   * @generated from field: string worker_id = 2;
+   */
+  workerId: string;
+
+  /**
+   * When it started.
+   *
+   * @generated from field: google.protobuf.Timestamp started_at = 3;
+   */
+  startedAt?: Timestamp | undefined;
+
+  /**
+   * When it ended; unset while it runs.
+   *
+   * @generated from field: google.protobuf.Timestamp finished_at = 4;
+   */
+  finishedAt?: Timestamp | undefined;
+
+  /**
+   * How it ended: FAILED for an attempt that failed and was retried too; RUNNING while it runs.
+   *
+   * @generated from field: resilienttask.v1.TaskStatus outcome = 5;
+   */
+  outcome: TaskStatus;
+
+  /**
+   * Its error, or how it was stopped.
+   *
+   * @generated from field: string error = 6;
+   */
+  error: string;
+};
+
+/**
+ * Describes the message resilienttask.v1.TaskAttempt.
+ * Use `create(TaskAttemptSchema)` to create a new message.
+ */
+export const TaskAttemptSchema: GenMessage<TaskAttempt> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_scheduler, 12);
+
+/**
+ * GetTaskHistoryResponse holds the task, its attempts and its transitions.
+ *
+ * @generated from message resilienttask.v1.GetTaskHistoryResponse
+ */
+export type GetTaskHistoryResponse = Message<"resilienttask.v1.GetTaskHistoryResponse"> & {
+  /**
+   * The task, whole (payload and result included).
+   *
+   * @generated from field: resilienttask.v1.Task task = 1;
+   */
+  task?: Task | undefined;
+
+  /**
+   * Every attempt, oldest first.
+   *
+   * @generated from field: repeated resilienttask.v1.TaskAttempt attempts = 2;
+   */
+  attempts: TaskAttempt[];
+
+  /**
+   * The transitions, oldest first: the latest 1,000 when there are more.
+   *
+   * @generated from field: repeated resilienttask.v1.TaskTransition transitions = 3;
+   */
+  transitions: TaskTransition[];
+
+  /**
+   * True when older transitions were left out.
+   *
+   * @generated from field: bool truncated = 4;
+   */
+  truncated: boolean;
+};
+
+/**
+ * Describes the message resilienttask.v1.GetTaskHistoryResponse.
+ * Use `create(GetTaskHistoryResponseSchema)` to create a new message.
+ */
+export const GetTaskHistoryResponseSchema: GenMessage<GetTaskHistoryResponse> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_scheduler, 13);
+
+/**
+ * LogLine is one line a handler logged.
+ *
+ * @generated from message resilienttask.v1.LogLine
+ */
+export type LogLine = Message<"resilienttask.v1.LogLine"> & {
+  /**
+   * Position in the task's log, growing by one per line stored; a gap means lines were dropped.
+   *
+   * @generated from field: int64 sequence = 1;
+   */
+  sequence: bigint;
+
+  /**
+   * When the worker saw it.
+   *
+   * @generated from field: google.protobuf.Timestamp at = 2;
+   */
+  at?: Timestamp | undefined;
+
+  /**
+   * The attempt that logged it.
+   *
+   * @generated from field: int32 attempt = 3;
+   */
+  attempt: number;
+
+  /**
+   * Where it came from.
+   *
+   * @generated from field: resilienttask.v1.LogStream stream = 4;
+   */
+  stream: LogStream;
+
+  /**
+   * Level name for logger lines ("INFO", "WARNING", ...); empty for stdout and stderr.
+   *
+   * @generated from field: string level = 5;
+   */
+  level: string;
+
+  /**
+   * The text, cut to 4 KiB.
+   *
+   * @generated from field: string text = 6;
+   */
+  text: string;
+};
+
+/**
+ * Describes the message resilienttask.v1.LogLine.
+ * Use `create(LogLineSchema)` to create a new message.
+ */
+export const LogLineSchema: GenMessage<LogLine> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_scheduler, 14);
+
+/**
+ * WatchTaskLogsRequest names the task and where to start.
+ *
+ * @generated from message resilienttask.v1.WatchTaskLogsRequest
+ */
+export type WatchTaskLogsRequest = Message<"resilienttask.v1.WatchTaskLogsRequest"> & {
+  /**
+   * Task id.
+   *
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+
+  /**
+   * Send only lines with a greater sequence (0: from the oldest stored line); lets a client resume.
+   *
+   * @generated from field: int64 after_sequence = 2;
+   */
+  afterSequence: bigint;
+
+  /**
+   * Keep the stream open and send new lines as they are stored, until the task finishes; false sends the
+   * stored lines and ends.
+   *
+   * @generated from field: bool follow = 3;
+   */
+  follow: boolean;
+};
+
+/**
+ * Describes the message resilienttask.v1.WatchTaskLogsRequest.
+ * Use `create(WatchTaskLogsRequestSchema)` to create a new message.
+ */
+export const WatchTaskLogsRequestSchema: GenMessage<WatchTaskLogsRequest> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_scheduler, 15);
+
+/**
+ * WatchTaskLogsResponse is one message of a log stream.
+ *
+ * @generated from message resilienttask.v1.WatchTaskLogsResponse
+ */
+export type WatchTaskLogsResponse = Message<"resilienttask.v1.WatchTaskLogsResponse"> & {
+  /**
+   * Lines, oldest first.
+   *
+   * @generated from field: repeated resilienttask.v1.LogLine lines = 1;
+   */
+  lines: LogLine[];
+
+  /**
+   * Lines dropped (bounds per task and in total) before the first line of this message, since the previous one.
+   *
+   * @generated from field: int64 dropped = 2;
+   */
+  dropped: bigint;
+
+  /**
+   * True on the last message: the task finished and every stored line was sent.
+   *
+   * @generated from field: bool finished = 3;
+   */
+  finished: boolean;
+};
+
+/**
+ * Describes the message resilienttask.v1.WatchTaskLogsResponse.
+ * Use `create(WatchTaskLogsResponseSchema)` to create a new message.
+ */
+export const WatchTaskLogsResponseSchema: GenMessage<WatchTaskLogsResponse> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_scheduler, 16);
+
+/**
+ * CancelTasksRequest selects the tasks to cancel.
+ *
+ * @generated from message resilienttask.v1.CancelTasksRequest
+ */
+export type CancelTasksRequest = Message<"resilienttask.v1.CancelTasksRequest"> & {
+  /**
+   * The tasks.
+   *
+   * @generated from field: resilienttask.v1.TaskSelection selection = 1;
+   */
+  selection?: TaskSelection | undefined;
+
+  /**
+   * Tasks taken per call, 1 to 500; 0 means 500.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * Token from the previous response's next_page_token (filter selections only).
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message resilienttask.v1.CancelTasksRequest.
+ * Use `create(CancelTasksRequestSchema)` to create a new message.
+ */
+export const CancelTasksRequestSchema: GenMessage<CancelTasksRequest> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_scheduler, 17);
+
+/**
+ * CancelTasksResponse says what one call did.
+ *
+ * @generated from message resilienttask.v1.CancelTasksResponse
+ */
+export type CancelTasksResponse = Message<"resilienttask.v1.CancelTasksResponse"> & {
+  /**
+   * Tasks cancelled (or being stopped) by this call.
+   *
+   * @generated from field: int64 affected = 1;
+   */
+  affected: bigint;
+
+  /**
+   * Tasks taken but left as they were: finished already, unknown, or another user's.
+   *
+   * @generated from field: int64 skipped = 2;
+   */
+  skipped: bigint;
+
+  /**
+   * Token for the next page; empty when every selected task was taken.
+   *
+   * @generated from field: string next_page_token = 3;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message resilienttask.v1.CancelTasksResponse.
+ * Use `create(CancelTasksResponseSchema)` to create a new message.
+ */
+export const CancelTasksResponseSchema: GenMessage<CancelTasksResponse> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_scheduler, 18);
+
+/**
+ * RetryTasksRequest selects the tasks to retry.
+ *
+ * @generated from message resilienttask.v1.RetryTasksRequest
+ */
+export type RetryTasksRequest = Message<"resilienttask.v1.RetryTasksRequest"> & {
+  /**
+   * The tasks.
+   *
+   * @generated from field: resilienttask.v1.TaskSelection selection = 1;
+   */
+  selection?: TaskSelection | undefined;
+
+  /**
+   * Tasks taken per call, 1 to 500; 0 means 500.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * Token from the previous response's next_page_token (filter selections only).
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message resilienttask.v1.RetryTasksRequest.
+ * Use `create(RetryTasksRequestSchema)` to create a new message.
+ */
+export const RetryTasksRequestSchema: GenMessage<RetryTasksRequest> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_scheduler, 19);
+
+/**
+ * RetryTasksResponse says what one call did.
+ *
+ * @generated from message resilienttask.v1.RetryTasksResponse
+ */
+export type RetryTasksResponse = Message<"resilienttask.v1.RetryTasksResponse"> & {
+  /**
+   * Tasks queued again by this call.
+   *
+   * @generated from field: int64 affected = 1;
+   */
+  affected: bigint;
+
+  /**
+   * Tasks taken but left as they were: not failed, timed out or cancelled, unknown, or another user's.
+   *
+   * @generated from field: int64 skipped = 2;
+   */
+  skipped: bigint;
+
+  /**
+   * Token for the next page; empty when every selected task was taken.
+   *
+   * @generated from field: string next_page_token = 3;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message resilienttask.v1.RetryTasksResponse.
+ * Use `create(RetryTasksResponseSchema)` to create a new message.
+ */
+export const RetryTasksResponseSchema: GenMessage<RetryTasksResponse> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_scheduler, 20);
+
+/**
+ * DeleteTasksRequest selects the tasks to delete.
+ *
+ * @generated from message resilienttask.v1.DeleteTasksRequest
+ */
+export type DeleteTasksRequest = Message<"resilienttask.v1.DeleteTasksRequest"> & {
+  /**
+   * The tasks.
+   *
+   * @generated from field: resilienttask.v1.TaskSelection selection = 1;
+   */
+  selection?: TaskSelection | undefined;
+
+  /**
+   * Tasks taken per call, 1 to 500; 0 means 500.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * Token from the previous response's next_page_token (filter selections only).
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message resilienttask.v1.DeleteTasksRequest.
+ * Use `create(DeleteTasksRequestSchema)` to create a new message.
+ */
+export const DeleteTasksRequestSchema: GenMessage<DeleteTasksRequest> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_scheduler, 21);
+
+/**
+ * DeleteTasksResponse says what one call did.
+ *
+ * @generated from message resilienttask.v1.DeleteTasksResponse
+ */
+export type DeleteTasksResponse = Message<"resilienttask.v1.DeleteTasksResponse"> & {
+  /**
+   * Tasks removed by this call.
+   *
+   * @generated from field: int64 affected = 1;
+   */
+  affected: bigint;
+
+  /**
+   * Tasks taken but left as they were: not finished, unknown, or another user's.
+   *
+   * @generated from field: int64 skipped = 2;
+   */
+  skipped: bigint;
+
+  /**
+   * Token for the next page; empty when every selected task was taken.
+   *
+   * @generated from field: string next_page_token = 3;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message resilienttask.v1.DeleteTasksResponse.
+ * Use `create(DeleteTasksResponseSchema)` to create a new message.
+ */
+export const DeleteTasksResponseSchema: GenMessage<DeleteTasksResponse> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_scheduler, 22);
 
 /**
  * ListTasksResponse holds one page.
@@ -240,7 +973,7 @@ export type ListTasksResponse = Message<"resilienttask.v1.ListTasksResponse"> & 
  * Use `create(ListTasksResponseSchema)` to create a new message.
  */
 export const ListTasksResponseSchema: GenMessage<ListTasksResponse> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 5);
+  messageDesc(file_resilienttask_v1_scheduler, 23);
 
 /**
  * CancelTaskRequest names the task to cancel.
@@ -261,7 +994,7 @@ export type CancelTaskRequest = Message<"resilienttask.v1.CancelTaskRequest"> & 
  * Use `create(CancelTaskRequestSchema)` to create a new message.
  */
 export const CancelTaskRequestSchema: GenMessage<CancelTaskRequest> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 6);
+  messageDesc(file_resilienttask_v1_scheduler, 24);
 
 /**
  * CancelTaskResponse holds the task after the cancel request.
@@ -282,7 +1015,7 @@ export type CancelTaskResponse = Message<"resilienttask.v1.CancelTaskResponse"> 
  * Use `create(CancelTaskResponseSchema)` to create a new message.
  */
 export const CancelTaskResponseSchema: GenMessage<CancelTaskResponse> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 7);
+  messageDesc(file_resilienttask_v1_scheduler, 25);
 
 /**
  * CancelBatchRequest names the batch to cancel.
@@ -303,7 +1036,7 @@ export type CancelBatchRequest = Message<"resilienttask.v1.CancelBatchRequest"> 
  * Use `create(CancelBatchRequestSchema)` to create a new message.
  */
 export const CancelBatchRequestSchema: GenMessage<CancelBatchRequest> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 8);
+  messageDesc(file_resilienttask_v1_scheduler, 26);
 
 /**
  * CancelBatchResponse holds the tasks of the batch after the request.
@@ -324,7 +1057,7 @@ export type CancelBatchResponse = Message<"resilienttask.v1.CancelBatchResponse"
  * Use `create(CancelBatchResponseSchema)` to create a new message.
  */
 export const CancelBatchResponseSchema: GenMessage<CancelBatchResponse> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 9);
+  messageDesc(file_resilienttask_v1_scheduler, 27);
 
 /**
  * RetryTaskRequest names the task to retry.
@@ -352,7 +1085,7 @@ export type RetryTaskRequest = Message<"resilienttask.v1.RetryTaskRequest"> & {
  * Use `create(RetryTaskRequestSchema)` to create a new message.
  */
 export const RetryTaskRequestSchema: GenMessage<RetryTaskRequest> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 10);
+  messageDesc(file_resilienttask_v1_scheduler, 28);
 
 /**
  * RetryTaskResponse holds the re-queued task.
@@ -373,7 +1106,7 @@ export type RetryTaskResponse = Message<"resilienttask.v1.RetryTaskResponse"> & 
  * Use `create(RetryTaskResponseSchema)` to create a new message.
  */
 export const RetryTaskResponseSchema: GenMessage<RetryTaskResponse> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 11);
+  messageDesc(file_resilienttask_v1_scheduler, 29);
 
 /**
  * DeleteTaskRequest names the task to delete.
@@ -394,7 +1127,7 @@ export type DeleteTaskRequest = Message<"resilienttask.v1.DeleteTaskRequest"> & 
  * Use `create(DeleteTaskRequestSchema)` to create a new message.
  */
 export const DeleteTaskRequestSchema: GenMessage<DeleteTaskRequest> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 12);
+  messageDesc(file_resilienttask_v1_scheduler, 30);
 
 /**
  * DeleteTaskResponse is empty.
@@ -409,7 +1142,7 @@ export type DeleteTaskResponse = Message<"resilienttask.v1.DeleteTaskResponse"> 
  * Use `create(DeleteTaskResponseSchema)` to create a new message.
  */
 export const DeleteTaskResponseSchema: GenMessage<DeleteTaskResponse> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 13);
+  messageDesc(file_resilienttask_v1_scheduler, 31);
 
 /**
  * ClearHistoryRequest is empty: the caller's finished tasks are removed.
@@ -424,7 +1157,7 @@ export type ClearHistoryRequest = Message<"resilienttask.v1.ClearHistoryRequest"
  * Use `create(ClearHistoryRequestSchema)` to create a new message.
  */
 export const ClearHistoryRequestSchema: GenMessage<ClearHistoryRequest> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 14);
+  messageDesc(file_resilienttask_v1_scheduler, 32);
 
 /**
  * ClearHistoryResponse says how many tasks were removed.
@@ -445,7 +1178,7 @@ export type ClearHistoryResponse = Message<"resilienttask.v1.ClearHistoryRespons
  * Use `create(ClearHistoryResponseSchema)` to create a new message.
  */
 export const ClearHistoryResponseSchema: GenMessage<ClearHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 15);
+  messageDesc(file_resilienttask_v1_scheduler, 33);
 
 /**
  * GetStatsRequest is empty.
@@ -460,7 +1193,7 @@ export type GetStatsRequest = Message<"resilienttask.v1.GetStatsRequest"> & {
  * Use `create(GetStatsRequestSchema)` to create a new message.
  */
 export const GetStatsRequestSchema: GenMessage<GetStatsRequest> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 16);
+  messageDesc(file_resilienttask_v1_scheduler, 34);
 
 /**
  * GetStatsResponse holds the counts.
@@ -481,7 +1214,7 @@ export type GetStatsResponse = Message<"resilienttask.v1.GetStatsResponse"> & {
  * Use `create(GetStatsResponseSchema)` to create a new message.
  */
 export const GetStatsResponseSchema: GenMessage<GetStatsResponse> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 17);
+  messageDesc(file_resilienttask_v1_scheduler, 35);
 
 /**
  * WatchTasksRequest opens a live stream.
@@ -510,7 +1243,7 @@ export type WatchTasksRequest = Message<"resilienttask.v1.WatchTasksRequest"> & 
  * Use `create(WatchTasksRequestSchema)` to create a new message.
  */
 export const WatchTasksRequestSchema: GenMessage<WatchTasksRequest> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 18);
+  messageDesc(file_resilienttask_v1_scheduler, 36);
 
 /**
  * TaskSnapshot is the state to start from.
@@ -545,7 +1278,7 @@ export type TaskSnapshot = Message<"resilienttask.v1.TaskSnapshot"> & {
  * Use `create(TaskSnapshotSchema)` to create a new message.
  */
 export const TaskSnapshotSchema: GenMessage<TaskSnapshot> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 19);
+  messageDesc(file_resilienttask_v1_scheduler, 37);
 
 /**
  * TaskEvent is one change of one task.
@@ -589,7 +1322,7 @@ export type TaskEvent = Message<"resilienttask.v1.TaskEvent"> & {
  * Use `create(TaskEventSchema)` to create a new message.
  */
 export const TaskEventSchema: GenMessage<TaskEvent> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 20);
+  messageDesc(file_resilienttask_v1_scheduler, 38);
 
 /**
  * TaskEventBatch is several changes, oldest first, sent together because they were ready together.
@@ -610,7 +1343,7 @@ export type TaskEventBatch = Message<"resilienttask.v1.TaskEventBatch"> & {
  * Use `create(TaskEventBatchSchema)` to create a new message.
  */
 export const TaskEventBatchSchema: GenMessage<TaskEventBatch> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 21);
+  messageDesc(file_resilienttask_v1_scheduler, 39);
 
 /**
  * WorkersEvent is a change of the worker pool.
@@ -631,7 +1364,7 @@ export type WorkersEvent = Message<"resilienttask.v1.WorkersEvent"> & {
  * Use `create(WorkersEventSchema)` to create a new message.
  */
 export const WorkersEventSchema: GenMessage<WorkersEvent> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 22);
+  messageDesc(file_resilienttask_v1_scheduler, 40);
 
 /**
  * Heartbeat says the stream is alive.
@@ -646,7 +1379,7 @@ export type Heartbeat = Message<"resilienttask.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 23);
+  messageDesc(file_resilienttask_v1_scheduler, 41);
 
 /**
  * WatchTasksResponse is one message of the live stream.
@@ -714,7 +1447,7 @@ export type WatchTasksResponse = Message<"resilienttask.v1.WatchTasksResponse"> 
  * Use `create(WatchTasksResponseSchema)` to create a new message.
  */
 export const WatchTasksResponseSchema: GenMessage<WatchTasksResponse> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 24);
+  messageDesc(file_resilienttask_v1_scheduler, 42);
 
 /**
  * ListWorkersRequest is empty.
@@ -729,7 +1462,7 @@ export type ListWorkersRequest = Message<"resilienttask.v1.ListWorkersRequest"> 
  * Use `create(ListWorkersRequestSchema)` to create a new message.
  */
 export const ListWorkersRequestSchema: GenMessage<ListWorkersRequest> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 25);
+  messageDesc(file_resilienttask_v1_scheduler, 43);
 
 /**
  * ListWorkersResponse describes the pool.
@@ -750,7 +1483,7 @@ export type ListWorkersResponse = Message<"resilienttask.v1.ListWorkersResponse"
  * Use `create(ListWorkersResponseSchema)` to create a new message.
  */
 export const ListWorkersResponseSchema: GenMessage<ListWorkersResponse> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 26);
+  messageDesc(file_resilienttask_v1_scheduler, 44);
 
 /**
  * ListKindsRequest is empty.
@@ -765,7 +1498,7 @@ export type ListKindsRequest = Message<"resilienttask.v1.ListKindsRequest"> & {
  * Use `create(ListKindsRequestSchema)` to create a new message.
  */
 export const ListKindsRequestSchema: GenMessage<ListKindsRequest> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 27);
+  messageDesc(file_resilienttask_v1_scheduler, 45);
 
 /**
  * ListKindsResponse names the task kinds.
@@ -786,7 +1519,48 @@ export type ListKindsResponse = Message<"resilienttask.v1.ListKindsResponse"> & 
  * Use `create(ListKindsResponseSchema)` to create a new message.
  */
 export const ListKindsResponseSchema: GenMessage<ListKindsResponse> = /*@__PURE__*/
-  messageDesc(file_resilienttask_v1_scheduler, 28);
+  messageDesc(file_resilienttask_v1_scheduler, 46);
+
+/**
+ * LogStream says where a log line came from.
+ *
+ * @generated from enum resilienttask.v1.LogStream
+ */
+export enum LogStream {
+  /**
+   * Never sent.
+   *
+   * @generated from enum value: LOG_STREAM_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The handler's logger (the SDK gives each handler one).
+   *
+   * @generated from enum value: LOG_STREAM_LOGGER = 1;
+   */
+  LOGGER = 1,
+
+  /**
+   * The standard output of the handler's process.
+   *
+   * @generated from enum value: LOG_STREAM_STDOUT = 2;
+   */
+  STDOUT = 2,
+
+  /**
+   * The standard error of the handler's process.
+   *
+   * @generated from enum value: LOG_STREAM_STDERR = 3;
+   */
+  STDERR = 3,
+}
+
+/**
+ * Describes the enum resilienttask.v1.LogStream.
+ */
+export const LogStreamSchema: GenEnum<LogStream> = /*@__PURE__*/
+  enumDesc(file_resilienttask_v1_scheduler, 0);
 
 /**
  * SchedulerService is what users call; every call needs a token and sees only the caller's tasks.
@@ -913,6 +1687,66 @@ export const SchedulerService: GenService<{
     methodKind: "unary";
     input: typeof ListKindsRequestSchema;
     output: typeof ListKindsResponseSchema;
+  },
+  /**
+   * CountTasks counts the caller's tasks that match a filter (e.g. to confirm a bulk action).
+   *
+   * @generated from rpc resilienttask.v1.SchedulerService.CountTasks
+   */
+  countTasks: {
+    methodKind: "unary";
+    input: typeof CountTasksRequestSchema;
+    output: typeof CountTasksResponseSchema;
+  },
+  /**
+   * GetTaskHistory returns a task with its attempts and the history of its transitions.
+   *
+   * @generated from rpc resilienttask.v1.SchedulerService.GetTaskHistory
+   */
+  getTaskHistory: {
+    methodKind: "unary";
+    input: typeof GetTaskHistoryRequestSchema;
+    output: typeof GetTaskHistoryResponseSchema;
+  },
+  /**
+   * WatchTaskLogs streams what a task's handler logged: the stored lines, then (with follow) new ones live.
+   *
+   * @generated from rpc resilienttask.v1.SchedulerService.WatchTaskLogs
+   */
+  watchTaskLogs: {
+    methodKind: "server_streaming";
+    input: typeof WatchTaskLogsRequestSchema;
+    output: typeof WatchTaskLogsResponseSchema;
+  },
+  /**
+   * CancelTasks cancels one page of the selected tasks (those not finished); call again with the token for more.
+   *
+   * @generated from rpc resilienttask.v1.SchedulerService.CancelTasks
+   */
+  cancelTasks: {
+    methodKind: "unary";
+    input: typeof CancelTasksRequestSchema;
+    output: typeof CancelTasksResponseSchema;
+  },
+  /**
+   * RetryTasks queues again one page of the selected tasks that are failed, timed out or cancelled.
+   *
+   * @generated from rpc resilienttask.v1.SchedulerService.RetryTasks
+   */
+  retryTasks: {
+    methodKind: "unary";
+    input: typeof RetryTasksRequestSchema;
+    output: typeof RetryTasksResponseSchema;
+  },
+  /**
+   * DeleteTasks removes one page of the selected tasks that are finished.
+   *
+   * @generated from rpc resilienttask.v1.SchedulerService.DeleteTasks
+   */
+  deleteTasks: {
+    methodKind: "unary";
+    input: typeof DeleteTasksRequestSchema;
+    output: typeof DeleteTasksResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_resilienttask_v1_scheduler, 0);

@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file resilienttask/v1/task.proto.
  */
 export const file_resilienttask_v1_task: GenFile = /*@__PURE__*/
-  fileDesc("ChtyZXNpbGllbnR0YXNrL3YxL3Rhc2sucHJvdG8SEHJlc2lsaWVudHRhc2sudjEirgUKBFRhc2sSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIMCgRraW5kGAMgASgJEiwKBnN0YXR1cxgEIAEoDjIcLnJlc2lsaWVudHRhc2sudjEuVGFza1N0YXR1cxIQCghwcm9ncmVzcxgFIAEoARIPCgdhdHRlbXB0GAYgASgFEhQKDG1heF9hdHRlbXB0cxgHIAEoBRIRCgl3b3JrZXJfaWQYCCABKAkSDQoFZXJyb3IYCSABKAkSEgoKcmVxdWVzdF9pZBgKIAEoCRIQCghiYXRjaF9pZBgLIAEoCRIVCg1yZXBsaWNhX2luZGV4GAwgASgFEisKCHdvcmtsb2FkGA0gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC21heF9ydW50aW1lGA4gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDWRlYWRfbGV0dGVyZWQYDyABKAgSDwoHdmVyc2lvbhgQIAEoAxIuCgpjcmVhdGVkX2F0GBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgTIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoHcGF5bG9hZBgUIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSJgoGcmVzdWx0GBUgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEg8KB3N1bW1hcnkYFiABKAgSKgoGcnVuX2F0GBcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzY2hlZHVsZV9pZBgYIAEoCSKYAQoJVGFza1N0YXRzEg4KBmFjdGl2ZRgBIAEoAxIOCgZxdWV1ZWQYAiABKAMSDwoHcnVubmluZxgDIAEoAxIRCglzdWNjZWVkZWQYBCABKAMSDgoGZmFpbGVkGAUgASgDEhEKCWNhbmNlbGxlZBgGIAEoAxIRCgl0aW1lZF9vdXQYByABKAMSEQoJc2NoZWR1bGVkGAggASgDIqQBCgZXb3JrZXISCgoCaWQYASABKAkSDQoFc2xvdHMYAiABKAUSDAoEYnVzeRgDIAEoBRIyCg5sYXN0X2hlYXJ0YmVhdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFa2luZHMYBSADKAkSLgoKc3RhcnRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAq+gEKClRhc2tTdGF0dXMSGwoXVEFTS19TVEFUVVNfVU5TUEVDSUZJRUQQABIWChJUQVNLX1NUQVRVU19RVUVVRUQQARIXChNUQVNLX1NUQVRVU19SVU5OSU5HEAISGgoWVEFTS19TVEFUVVNfQ0FOQ0VMTElORxADEhkKFVRBU0tfU1RBVFVTX1NVQ0NFRURFRBAEEhYKElRBU0tfU1RBVFVTX0ZBSUxFRBAFEhkKFVRBU0tfU1RBVFVTX0NBTkNFTExFRBAGEhkKFVRBU0tfU1RBVFVTX1RJTUVEX09VVBAHEhkKFVRBU0tfU1RBVFVTX1NDSEVEVUxFRBAIYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChtyZXNpbGllbnR0YXNrL3YxL3Rhc2sucHJvdG8SEHJlc2lsaWVudHRhc2sudjEipwYKBFRhc2sSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIMCgRraW5kGAMgASgJEiwKBnN0YXR1cxgEIAEoDjIcLnJlc2lsaWVudHRhc2sudjEuVGFza1N0YXR1cxIQCghwcm9ncmVzcxgFIAEoARIPCgdhdHRlbXB0GAYgASgFEhQKDG1heF9hdHRlbXB0cxgHIAEoBRIRCgl3b3JrZXJfaWQYCCABKAkSDQoFZXJyb3IYCSABKAkSEgoKcmVxdWVzdF9pZBgKIAEoCRIQCghiYXRjaF9pZBgLIAEoCRIVCg1yZXBsaWNhX2luZGV4GAwgASgFEisKCHdvcmtsb2FkGA0gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC21heF9ydW50aW1lGA4gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDWRlYWRfbGV0dGVyZWQYDyABKAgSDwoHdmVyc2lvbhgQIAEoAxIuCgpjcmVhdGVkX2F0GBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GBIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgTIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoHcGF5bG9hZBgUIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSJgoGcmVzdWx0GBUgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEg8KB3N1bW1hcnkYFiABKAgSKgoGcnVuX2F0GBcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzY2hlZHVsZV9pZBgYIAEoCRIQCghwcmlvcml0eRgZIAEoBRIXCg9jb25jdXJyZW5jeV9rZXkYGiABKAkSGQoRY29uY3VycmVuY3lfbGltaXQYGyABKAUSMQoLd2FpdF9yZWFzb24YHCABKA4yHC5yZXNpbGllbnR0YXNrLnYxLldhaXRSZWFzb24imAEKCVRhc2tTdGF0cxIOCgZhY3RpdmUYASABKAMSDgoGcXVldWVkGAIgASgDEg8KB3J1bm5pbmcYAyABKAMSEQoJc3VjY2VlZGVkGAQgASgDEg4KBmZhaWxlZBgFIAEoAxIRCgljYW5jZWxsZWQYBiABKAMSEQoJdGltZWRfb3V0GAcgASgDEhEKCXNjaGVkdWxlZBgIIAEoAyKkAQoGV29ya2VyEgoKAmlkGAEgASgJEg0KBXNsb3RzGAIgASgFEgwKBGJ1c3kYAyABKAUSMgoObGFzdF9oZWFydGJlYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWtpbmRzGAUgAygJEi4KCnN0YXJ0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKvoBCgpUYXNrU3RhdHVzEhsKF1RBU0tfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSVEFTS19TVEFUVVNfUVVFVUVEEAESFwoTVEFTS19TVEFUVVNfUlVOTklORxACEhoKFlRBU0tfU1RBVFVTX0NBTkNFTExJTkcQAxIZChVUQVNLX1NUQVRVU19TVUNDRUVERUQQBBIWChJUQVNLX1NUQVRVU19GQUlMRUQQBRIZChVUQVNLX1NUQVRVU19DQU5DRUxMRUQQBhIZChVUQVNLX1NUQVRVU19USU1FRF9PVVQQBxIZChVUQVNLX1NUQVRVU19TQ0hFRFVMRUQQCCqfAQoKV2FpdFJlYXNvbhIbChdXQUlUX1JFQVNPTl9VTlNQRUNJRklFRBAAEhoKFldBSVRfUkVBU09OX1NMT1RfU0hBUkUQARIfChtXQUlUX1JFQVNPTl9DT05DVVJSRU5DWV9LRVkQAhIaChZXQUlUX1JFQVNPTl9SQVRFX0xJTUlUEAMSGwoXV0FJVF9SRUFTT05fS0lORF9QQVVTRUQQBGIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Task is one unit of work owned by one user.
@@ -189,6 +189,35 @@ export type Task = Message<"resilienttask.v1.Task"> & {
    * @generated from field: string schedule_id = 24;
    */
   scheduleId: string;
+
+  /**
+   * Priority, 1 (lowest) to 5 (most urgent).
+   *
+   * @generated from field: int32 priority = 25;
+   */
+  priority: number;
+
+  /**
+   * Concurrency key; empty when none.
+   *
+   * @generated from field: string concurrency_key = 26;
+   */
+  concurrencyKey: string;
+
+  /**
+   * Running tasks allowed per concurrency key; 0 without a key.
+   *
+   * @generated from field: int32 concurrency_limit = 27;
+   */
+  concurrencyLimit: number;
+
+  /**
+   * Why a queued task is not running yet: WAIT_REASON_UNSPECIFIED when it is not waiting (or only for a
+   * free worker).
+   *
+   * @generated from field: resilienttask.v1.WaitReason wait_reason = 28;
+   */
+  waitReason: WaitReason;
 };
 
 /**
@@ -399,4 +428,52 @@ export enum TaskStatus {
  */
 export const TaskStatusSchema: GenEnum<TaskStatus> = /*@__PURE__*/
   enumDesc(file_resilienttask_v1_task, 0);
+
+/**
+ * WaitReason says what a queued task waits for, beyond a free worker.
+ *
+ * @generated from enum resilienttask.v1.WaitReason
+ */
+export enum WaitReason {
+  /**
+   * Not held back: it waits only for a free worker, or is not queued.
+   *
+   * @generated from enum value: WAIT_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Its owner's tasks hold their share of the worker slots.
+   *
+   * @generated from enum value: WAIT_REASON_SLOT_SHARE = 1;
+   */
+  SLOT_SHARE = 1,
+
+  /**
+   * Its concurrency key has concurrency_limit tasks running.
+   *
+   * @generated from enum value: WAIT_REASON_CONCURRENCY_KEY = 2;
+   */
+  CONCURRENCY_KEY = 2,
+
+  /**
+   * Its kind has used its rate limit for the current period.
+   *
+   * @generated from enum value: WAIT_REASON_RATE_LIMIT = 3;
+   */
+  RATE_LIMIT = 3,
+
+  /**
+   * Its kind is paused by an operator.
+   *
+   * @generated from enum value: WAIT_REASON_KIND_PAUSED = 4;
+   */
+  KIND_PAUSED = 4,
+}
+
+/**
+ * Describes the enum resilienttask.v1.WaitReason.
+ */
+export const WaitReasonSchema: GenEnum<WaitReason> = /*@__PURE__*/
+  enumDesc(file_resilienttask_v1_task, 1);
 
