@@ -5,7 +5,14 @@ from __future__ import annotations
 import click
 
 from resilienttask import __version__
-from resilienttask.cli import auth_commands, info_commands, local_commands, schedule_commands, task_commands
+from resilienttask.cli import (
+    auth_commands,
+    bulk_commands,
+    info_commands,
+    local_commands,
+    schedule_commands,
+    task_commands,
+)
 
 COMMANDS: list[click.Command] = [
     local_commands.up,
@@ -17,12 +24,14 @@ COMMANDS: list[click.Command] = [
     task_commands.submit,
     task_commands.list_tasks,
     task_commands.get,
+    bulk_commands.show,
     info_commands.watch,
     task_commands.wait_tasks,
     task_commands.cancel,
     task_commands.retry,
     task_commands.rm,
     task_commands.clear,
+    bulk_commands.bulk,
     schedule_commands.schedule,
     info_commands.stats,
     info_commands.workers,
