@@ -100,6 +100,41 @@ async def test_health_follows_database_reachability(stores: Stores, stack: Stack
         await proxy.cut()
 
 
+async def test_a_killed_background_loop_turns_the_gateway_not_serving_until_it_runs_again(
+    stores: Stores, stack: Stack
+) -> None:
+    config = GatewayConfig(
+        server=ServerConfig(port=0, health_check_interval_s=30, shutdown_grace_s=0.5),
+        database=DatabaseConfig(url=stores.database_url, pool_min_size=1),
+        redis=RedisConfig(url=stores.redis_url),
+        auth=AuthConfig(jwt_secret=stack.jwt_secret, bcrypt_cost=4),
+    )
+    service = await create_server(config)
+    await service.start(config.server)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+
+            async def status() -> int:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service="resilienttask.v1.SchedulerService"))
+                return int(reply.status)
+
+            assert await status() == health_pb2.HealthCheckResponse.SERVING
+            assert service.loops is not None and service.loops.tasks()
+            victim = service.loops.tasks()[0]
+            victim.cancel()
+            # The periodic check is 30 s away: only the loop's end can make it NOT_SERVING this soon.
+            await eventually(
+                lambda: _equals(status, health_pb2.HealthCheckResponse.NOT_SERVING), timeout_s=10, message="NOT_SERVING"
+            )
+            await eventually(
+                lambda: _equals(status, health_pb2.HealthCheckResponse.SERVING), timeout_s=20, message="SERVING again"
+            )
+            assert victim not in service.loops.tasks() and service.loops.running(), "the loop was started again"
+    finally:
+        await service.stop(0.5)
+
+
 async def _equals(probe, expected: int) -> bool:  # type: ignore[no-untyped-def]
     return bool(await probe() == expected)
 
