@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -183,7 +184,7 @@ def _run_launcher(data_dir: Path) -> tuple[subprocess.Popen[str], dict]:  # type
 
 
 @pytest.mark.timeout(180)
-def test_launcher_ctrl_c_stops_everything_and_keeps_data(tmp_path: Path) -> None:
+def test_launcher_ctrl_c_or_its_death_stops_everything_and_keeps_data(tmp_path: Path) -> None:
     proc, state = _run_launcher(tmp_path)
     pids = [p["pid"] for p in state["processes"].values()]
     assert {"postgres", "valkey", "envoy", "scheduler-1", "gateway-1", "worker-1"} <= set(state["processes"])
@@ -193,12 +194,31 @@ def test_launcher_ctrl_c_stops_everything_and_keeps_data(tmp_path: Path) -> None
     _stop_launcher(proc)
     wait_until(lambda: not any(_alive(pid) for pid in pids), timeout_s=10, message="no process left")
 
-    proc, _ = _run_launcher(tmp_path)
+    proc, state = _run_launcher(tmp_path)
+    pids = [p["pid"] for p in state["processes"].values()]
     try:
         assert (tmp_path / "jwt_secret").read_text() == secret, "the second start reuses the data folder"
         assert (tmp_path / "postgres" / "PG_VERSION").exists()
     finally:
-        _stop_launcher(proc)
+        proc.kill()  # no chance to stop anything itself: its processes must end all the same
+        proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    wait_until(lambda: not any(_alive(pid) for pid in pids), timeout_s=30, message="no process left after SIGKILL")
+
+
+@pytest.mark.timeout(60)
+def test_launcher_refuses_a_taken_port_and_names_its_holder(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        argv = [str(Path(sys.executable).parent / "rtask-stack"), "up", "--data-dir", str(tmp_path)]
+        argv += ["--port", str(free_port()), "--admin-port", str(taken)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=50, check=False)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"Envoy admin port {taken}" in done.stderr and f"pid {os.getpid()}" in done.stderr
+    assert not (tmp_path / "postgres").exists(), "nothing was started"
 
 
 def _stop_launcher(proc: subprocess.Popen[str]) -> None:
