@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 
+# Failed store probes in a row that turn a serving process NOT_SERVING.
+PROBE_FAILURES = 2
+
 # Bound request sizes: a submission payload is at most 64 KiB, everything else is far smaller.
 MAX_MESSAGE_BYTES = 1 << 20
 
@@ -44,6 +47,9 @@ class Service:
     loops: LoopSupervisor | None = None
     _monitor: asyncio.Task[None] | None = None
     _serving: bool | None = None
+    # Store probes failed in a row: a serving process turns NOT_SERVING at the second, so one slow probe on a
+    # loaded machine (a pool busy for a second) does not take it out of Envoy's rotation.
+    _failed_probes: int = 0
 
     async def set_serving(self, serving: bool) -> None:
         """Report every service (and the server as a whole, "") as SERVING or NOT_SERVING."""
@@ -58,7 +64,9 @@ class Service:
     async def check_once(self) -> bool:
         """Run every readiness probe; the server is ready only when all pass."""
         results = await asyncio.gather(*(check() for check in self.readiness_checks))
-        ready = all(results) and (self.loops is None or self.loops.running())
+        self._failed_probes = 0 if all(results) else self._failed_probes + 1
+        probes_pass = self._failed_probes == 0 or (self._serving is True and self._failed_probes < PROBE_FAILURES)
+        ready = probes_pass and (self.loops is None or self.loops.running())
         await self.set_serving(ready)
         return ready
 
