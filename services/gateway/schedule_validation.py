@@ -30,6 +30,9 @@ def template_request(template: schedule_pb2.TaskTemplate, request_id: str) -> sc
         replicas=template.replicas,
         max_attempts=template.max_attempts,
         request_id=request_id,
+        priority=template.priority,
+        concurrency_key=template.concurrency_key,
+        concurrency_limit=template.concurrency_limit,
     )
     request.payload.CopyFrom(template.payload)
     request.workload.CopyFrom(template.workload)

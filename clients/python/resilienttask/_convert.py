@@ -101,6 +101,9 @@ def submit_request(
     request_id: str | None,
     run_at: datetime | None = None,
     delay: Seconds | None = None,
+    priority: int = 0,
+    concurrency_key: str = "",
+    concurrency_limit: int = 0,
 ) -> scheduler_pb2.SubmitTaskRequest:
     """The SubmitTask request; a request_id is generated here so retries of this call are idempotent.
 
@@ -115,6 +118,9 @@ def submit_request(
         replicas=replicas,
         max_attempts=max_attempts or 0,
         request_id=request_id or str(uuid.uuid4()),
+        priority=priority,
+        concurrency_key=concurrency_key,
+        concurrency_limit=concurrency_limit,
     )
     if max_runtime is not None:
         request.max_runtime.CopyFrom(to_duration(max_runtime))
@@ -281,6 +287,9 @@ def task_from_proto(message: task_pb2.Task) -> Task:
         summary=message.summary,
         run_at=_time(message.run_at, message.HasField("run_at")),
         schedule_id=message.schedule_id,
+        priority=message.priority,
+        concurrency_key=message.concurrency_key,
+        concurrency_limit=message.concurrency_limit,
     )
 
 
