@@ -41,9 +41,10 @@ from resilienttask._convert import (
 from resilienttask._retry import RetryPolicy
 from resilienttask._tracecontext import trace_metadata
 from resilienttask._watch import BATCH_PAGE_SIZE, FETCH_CONCURRENCY, WaitTracker, WatchState, task_ids
-from resilienttask.errors import DeadlineExceeded, Unavailable, from_rpc_error
+from resilienttask.errors import DeadlineExceeded, ResourceExhausted, Unavailable, from_rpc_error
 from resilienttask.models import Schedule, Session, Snapshot, Task, TaskStats, TaskStatus, WatchEvent, Worker
 from resilienttask.search import (
+    LIMIT_PAUSES_S,
     BulkResult,
     TaskFilter,
     TaskHistory,
@@ -386,8 +387,16 @@ class AsyncClient:
         total = BulkResult()
         for selection in bulk_selections(task_ids, batch_id, conditions):
             request = request_type(selection=selection, page_size=page_size)
+            pauses = iter(LIMIT_PAUSES_S)
             while True:  # a repeated page (after UNAVAILABLE) affects nothing twice
-                reply = await self._call(method, request, idempotent=True)
+                try:
+                    reply = await self._call(method, request, idempotent=True)
+                except ResourceExhausted:
+                    pause = next(pauses, None)
+                    if pause is None:
+                        raise
+                    await asyncio.sleep(pause)
+                    continue
                 total += BulkResult(reply.affected, reply.skipped)
                 if not reply.next_page_token:
                     break

@@ -38,9 +38,10 @@ from resilienttask._convert import (
 from resilienttask._retry import RetryPolicy
 from resilienttask._tracecontext import trace_metadata
 from resilienttask._watch import BATCH_PAGE_SIZE, WaitTracker, WatchState, task_ids
-from resilienttask.errors import DeadlineExceeded, Unavailable, from_rpc_error
+from resilienttask.errors import DeadlineExceeded, ResourceExhausted, Unavailable, from_rpc_error
 from resilienttask.models import Schedule, Session, Snapshot, Task, TaskStats, TaskStatus, WatchEvent, Worker
 from resilienttask.search import (
+    LIMIT_PAUSES_S,
     BulkResult,
     TaskFilter,
     TaskHistory,
@@ -353,8 +354,9 @@ class Client:
         **conditions: Unpack[TaskFilter],
     ) -> BulkResult:
         """Queue again the failed, timed-out or cancelled tasks listed or meeting the conditions, page by page
-        (e.g. retry_many(statuses=["failed"])). Retries count against the submission rate like new tasks: a page
-        over a limit raises ResourceExhausted, after the earlier pages were retried."""
+        (e.g. retry_many(statuses=["failed"])). Retries count against the per-user limits like new tasks: a page
+        refused by one (nothing of it written) is asked again after pauses of up to about a minute in all, for the
+        submission rate to refill; then ResourceExhausted is raised, the earlier pages retried."""
         return self._act_on_many("Retry", task_ids, batch_id, page_size, conditions)
 
     def delete_many(
@@ -376,8 +378,16 @@ class Client:
         total = BulkResult()
         for selection in bulk_selections(task_ids, batch_id, conditions):
             request = request_type(selection=selection, page_size=page_size)
+            pauses = iter(LIMIT_PAUSES_S)
             while True:  # a repeated page (after UNAVAILABLE) affects nothing twice
-                reply = self._call(method, request, idempotent=True)
+                try:
+                    reply = self._call(method, request, idempotent=True)
+                except ResourceExhausted:
+                    pause = next(pauses, None)
+                    if pause is None:
+                        raise
+                    time.sleep(pause)
+                    continue
                 total += BulkResult(reply.affected, reply.skipped)
                 if not reply.next_page_token:
                     break
