@@ -8,6 +8,7 @@ import redis.asyncio as aioredis
 
 from resilienttask.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.core import (
+    filter_validation,
     outbox,
     task_actions,
     task_filters,
@@ -22,7 +23,7 @@ from services.core.errors import NotFound, translate_errors
 from services.core.limits import UserLimits
 from services.core.task_model import QUEUED, row_to_task, rows_to_tasks
 from services.core.transitions import user as transitions
-from services.gateway import bulk_actions, filter_validation
+from services.gateway import bulk_actions
 from services.gateway.watch.hub import Hub
 from services.gateway.watch.seats import WatchSeats
 from services.gateway.watch.stream import watch_tasks
