@@ -21,11 +21,13 @@ from services.core.limits import UserLimits
 from services.core.task_model import (
     CANCELLED,
     CANCELLING,
+    QUALIFIED_SUMMARY_COLUMNS,
     QUALIFIED_TASK_COLUMNS,
     QUEUED,
     RETRYABLE,
     RUNNING,
     SCHEDULED,
+    SUMMARY_COLUMNS,
     TASK_COLUMNS,
     TERMINAL,
     UNFINISHED,
@@ -265,7 +267,7 @@ class CancelResult:
 # ("before") and every changed row as it now is ("after").
 _CANCEL = f"""
 WITH target AS (
-    SELECT {TASK_COLUMNS} FROM tasks WHERE owner_id = $1 AND {{match}} ORDER BY id FOR UPDATE
+    SELECT {{columns}} FROM tasks WHERE owner_id = $1 AND {{match}} ORDER BY id FOR UPDATE
 ),
 changed AS (
     UPDATE tasks SET
@@ -274,7 +276,7 @@ changed AS (
         error = CASE target.status WHEN {QUEUED} THEN 'cancelled while queued'
                                    WHEN {SCHEDULED} THEN 'cancelled while scheduled' ELSE tasks.error END
     FROM target WHERE tasks.id = target.id AND target.status IN ({QUEUED}, {RUNNING}, {SCHEDULED})
-    RETURNING {QUALIFIED_TASK_COLUMNS}
+    RETURNING {{qualified}}
 ),
 recorded AS (
     INSERT INTO {HISTORY_TABLE} ({HISTORY_COLUMNS})
@@ -286,10 +288,13 @@ SELECT false AS after, * FROM target
 UNION ALL
 SELECT true AS after, * FROM changed
 """
+_WHOLE = {"columns": TASK_COLUMNS, "qualified": QUALIFIED_TASK_COLUMNS}
 _CANCEL_BY = {
-    "id": _CANCEL.format(match="id = $2"),
-    "batch_id": _CANCEL.format(match=in_batch("$1", "$2::uuid")),
-    "ids": _CANCEL.format(match="id = ANY($2::uuid[])"),
+    "id": _CANCEL.format(match="id = $2", **_WHOLE),
+    "batch_id": _CANCEL.format(match=in_batch("$1", "$2::uuid"), **_WHOLE),
+    # A bulk cancel (up to 500 tasks) returns summaries: its rows make events and stop commands only, and the
+    # payloads (up to 64 KiB each) would travel for nothing.
+    "ids": _CANCEL.format(match="id = ANY($2::uuid[])", columns=SUMMARY_COLUMNS, qualified=QUALIFIED_SUMMARY_COLUMNS),
 }
 
 
