@@ -17,7 +17,6 @@ from services.core.task_filters import TaskQuery
 
 MAX_NAME_CONTAINS_CHARS = validation.MAX_NAME_CHARS
 MAX_KIND_CHARS = 128
-MAX_CONCURRENCY_KEY_CHARS = 128
 MAX_SELECTED_IDS = 500
 # Tasks a bulk call takes per page (0 means the most).
 MAX_BULK_PAGE = 500
@@ -78,7 +77,9 @@ def task_filter(message: scheduler_pb2.TaskFilter, field: str = "filter") -> Tas
         created_before=created_before,
         schedule_id=validation.uuid_field(f"{field}.schedule_id", message.schedule_id) if message.schedule_id else "",
         dead_lettered=message.dead_lettered,
-        concurrency_key=_text(f"{field}.concurrency_key", message.concurrency_key, MAX_CONCURRENCY_KEY_CHARS),
+        concurrency_key=_text(
+            f"{field}.concurrency_key", message.concurrency_key, validation.MAX_CONCURRENCY_KEY_CHARS
+        ),
     )
 
 

@@ -50,6 +50,7 @@ class Service:
     # Store probes failed in a row: a serving process turns NOT_SERVING at the second, so one slow probe on a
     # loaded machine (a pool busy for a second) does not take it out of Envoy's rotation.
     _failed_probes: int = 0
+    _probes_pass: bool = False
 
     async def set_serving(self, serving: bool) -> None:
         """Report every service (and the server as a whole, "") as SERVING or NOT_SERVING."""
@@ -65,8 +66,8 @@ class Service:
         """Run every readiness probe; the server is ready only when all pass."""
         results = await asyncio.gather(*(check() for check in self.readiness_checks))
         self._failed_probes = 0 if all(results) else self._failed_probes + 1
-        probes_pass = self._failed_probes == 0 or (self._serving is True and self._failed_probes < PROBE_FAILURES)
-        ready = probes_pass and (self.loops is None or self.loops.running())
+        self._probes_pass = self._failed_probes == 0 or (self._serving is True and self._failed_probes < PROBE_FAILURES)
+        ready = self._probes_pass and (self.loops is None or self.loops.running())
         await self.set_serving(ready)
         return ready
 
@@ -84,15 +85,22 @@ class Service:
             await self.recheck()
             await asyncio.sleep(interval_s)
 
+    async def loops_changed(self) -> None:
+        """A loop ended or is back: health follows at once, with the stores as the last probes found them (the
+        probes are not run again here, so they keep counting only the monitor's failures in a row)."""
+        await self.set_serving(self._probes_pass and (self.loops is None or self.loops.running()))
+
     async def start(self, config: ServerConfig) -> None:
         await self.server.start()
-        self.loops = LoopSupervisor(list(self.background), on_change=self.recheck)
+        self.loops = LoopSupervisor(list(self.background), on_change=self.loops_changed)
         self.loops.start()
         await self.check_once()
         self._monitor = asyncio.create_task(self.monitor(config.health_check_interval_s))
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking new calls, let in-flight calls finish, then run shutdown hooks."""
+        if self.loops is not None:
+            self.loops.stop_restarting()  # a loop back now would report SERVING while the server drains
         if self._monitor is not None:
             await cancel_and_wait([self._monitor])
         with contextlib.suppress(Exception):

@@ -70,6 +70,10 @@ class LoopSupervisor:
         """The loops' current tasks (for tests that kill one)."""
         return [loop.task for loop in self._loops if loop.task is not None]
 
+    def stop_restarting(self) -> None:
+        """From now on a loop that ends stays ended (the process is stopping)."""
+        self._stopping = True
+
     async def stop(self) -> None:
         self._stopping = True
         await cancel_and_wait([*self._restarts, *self.tasks()])

@@ -18,12 +18,16 @@ from google.protobuf import timestamp_pb2
 
 from resilienttask.v1 import scheduler_pb2, task_pb2
 from services.core.task_model import CANCELLING, FAILED, QUEUED, RUNNING, SUCCEEDED, TASK_COLUMNS, row_to_task
+from services.core.task_summary import CUT_MARK, clip
 
 UNSPECIFIED = task_pb2.TASK_STATUS_UNSPECIFIED
 # Transitions returned: the latest ones, oldest first (GetTaskHistoryResponse.transitions).
 MAX_TRANSITIONS = 1000
 # Attempts returned: the latest ones (a task retried again and again by its user has no end of them).
 MAX_ATTEMPTS = 1000
+# Each transition's detail and attempt's error is cut to this (the task's own error is whole): with a thousand
+# of each, a history stays near 1 MB, inside any client's default message size.
+MAX_DETAIL_BYTES = 512
 # How the finish transitions record an outcome without an error (transitions.finish).
 _NO_ERROR = "finished"
 
@@ -89,7 +93,7 @@ def attempts(bounds: Sequence[asyncpg.Record]) -> list[scheduler_pb2.TaskAttempt
 
 
 def _end(attempt: scheduler_pb2.TaskAttempt, row: asyncpg.Record) -> None:
-    status, detail = row["to_status"], row["detail"]
+    status, detail = row["to_status"], _detail(row)
     _set_time(attempt.finished_at, row["at"])
     if status == QUEUED:  # failed, with attempts left: retried
         attempt.outcome, attempt.error = FAILED, detail
@@ -100,13 +104,17 @@ def _end(attempt: scheduler_pb2.TaskAttempt, row: asyncpg.Record) -> None:
         attempt.error = "" if status == SUCCEEDED or detail == _NO_ERROR else detail
 
 
+def _detail(row: asyncpg.Record) -> str:
+    return clip(row["detail"], MAX_DETAIL_BYTES, CUT_MARK)
+
+
 def transition(row: asyncpg.Record) -> scheduler_pb2.TaskTransition:
     message = scheduler_pb2.TaskTransition(
         from_status=row["from_status"] or UNSPECIFIED,
         to_status=row["to_status"],
         attempt=row["attempt"],
         worker_id=row["worker_id"],
-        detail=row["detail"],
+        detail=_detail(row),
         version=row["version"],
     )
     _set_time(message.at, row["at"])

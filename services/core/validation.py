@@ -199,6 +199,12 @@ def decode_page_token(token: str) -> tuple[datetime, str] | None:
         return None
     try:
         created, task_id = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(created), str(uuid.UUID(task_id))
-    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        moment = datetime.fromisoformat(created)
+        # Ours are aware and within PostgreSQL's range; a made-up one (naive, or a year-1 time a zone offset
+        # moves out of range) would otherwise fail in the driver, as INTERNAL.
+        if moment.tzinfo is None:
+            raise ValueError("a page token's time must name its zone")
+        moment.astimezone(UTC)
+        return moment, str(uuid.UUID(task_id))
+    except (ValueError, OverflowError, UnicodeDecodeError, binascii.Error) as exc:
         raise InvalidArgument("page_token", "is malformed") from exc

@@ -68,7 +68,9 @@ class DuePublisher:
         self._next_look = 0.0
 
     async def run(self) -> None:
-        await asyncio.gather(self._publish_forever(), self._listen())
+        async with asyncio.TaskGroup() as group:  # one failing cancels the other (see sweepers.run_sweepers)
+            group.create_task(self._publish_forever())
+            group.create_task(self._listen())
 
     async def publish_due(self) -> int:
         """Flip and publish every task due now, a batch at a time; returns how many were flipped.

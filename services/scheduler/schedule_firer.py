@@ -84,9 +84,9 @@ class ScheduleFirer:
 
     async def run(self) -> None:
         wake = asyncio.Event()
-        await asyncio.gather(
-            listen_forever(self.pool, SCHEDULES_CHANNEL, lambda _payload: wake.set(), wake.set), self._loop(wake)
-        )
+        async with asyncio.TaskGroup() as group:  # one failing cancels the other (see sweepers.run_sweepers)
+            group.create_task(listen_forever(self.pool, SCHEDULES_CHANNEL, lambda _payload: wake.set(), wake.set))
+            group.create_task(self._loop(wake))
 
     async def _loop(self, wake: asyncio.Event) -> None:
         while True:

@@ -128,12 +128,13 @@ async def run_sweepers(
         if await slot_cap.release_waiting(pool):
             released.set()
 
-    await asyncio.gather(
-        _publish_when_woken(pool, redis, config.publish_interval_ms / 1000, released),
-        slot_cap.listen_for_releases(pool, released),
-        _every(config.slot_cap_interval_s, "slot cap", cap),
-        _every(config.slot_cap_interval_s, "release waiting", release),
-        _every(config.lost_entry_check_interval_s, "lost", lost),
-        _every(config.abandoned_interval_s, "abandoned", abandoned),
-        _every(config.parked_events_interval_s, "parked events", parked),
-    )
+    # A task group, not gather: if one of them ends in error the others are cancelled with it, so the
+    # supervisor's restart never leaves a second set running beside the first.
+    async with asyncio.TaskGroup() as group:
+        group.create_task(_publish_when_woken(pool, redis, config.publish_interval_ms / 1000, released))
+        group.create_task(slot_cap.listen_for_releases(pool, released))
+        group.create_task(_every(config.slot_cap_interval_s, "slot cap", cap))
+        group.create_task(_every(config.slot_cap_interval_s, "release waiting", release))
+        group.create_task(_every(config.lost_entry_check_interval_s, "lost", lost))
+        group.create_task(_every(config.abandoned_interval_s, "abandoned", abandoned))
+        group.create_task(_every(config.parked_events_interval_s, "parked events", parked))

@@ -62,6 +62,8 @@ _LISTEN = "0A"
 def ensure_free(host: str, port: int, what: str) -> None:
     """Refuse to go on when the port is taken: a stale process answering there would pass for ours."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As Envoy binds: a port left in TIME_WAIT by a stopped stack is free to listen on.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -20,14 +20,19 @@ _PR_SET_PDEATHSIG = 1
 def _can_follow_parent() -> bool:
     """The parent-death signal follows the thread that forks: only a child of the main thread (the launcher's
     own starts) may have it, or a child started from a worker thread would die with that thread."""
-    return sys.platform == "linux" and threading.current_thread() is threading.main_thread()
+    return _prctl is not None and threading.current_thread() is threading.main_thread()
+
+
+# Looked up once in the launcher: the child, between fork and exec, must not load anything (a lock another
+# thread of the launcher held at the fork would never be released there).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
 
 def _end_with_parent(parent_pid: int) -> None:
     """In the child, before exec: receive SIGTERM when the launcher dies, even by SIGKILL, so no process of a
     killed stack is left holding its ports. A launcher that died before the call leaves no one to signal: go."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, int(signals.SIGTERM), 0, 0, 0)
+    assert _prctl is not None
+    _prctl(_PR_SET_PDEATHSIG, int(signals.SIGTERM), 0, 0, 0)
     if os.getppid() != parent_pid:
         os._exit(1)
 
@@ -88,14 +93,22 @@ class ManagedProcess:
     def _copy_output(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         with self.proc.stdout, self.log_path.open("ab") as log_file:
-            for line in iter(self.proc.stdout.readline, b""):
-                self._note_announcement(line)
-                log_file.write(line)
-                log_file.flush()
-                if self.echo is not None:
-                    with contextlib.suppress(ValueError, OSError):
-                        self.echo.write(f"{self.name:<12} | {line.decode(errors='replace')}")
-                        self.echo.flush()
+            try:
+                self._copy_lines(log_file)
+            finally:
+                with self._announcement:  # no more to come: a waiter for an announcement stops waiting
+                    self._announcement.notify_all()
+
+    def _copy_lines(self, log_file: IO[bytes]) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in iter(self.proc.stdout.readline, b""):
+            self._note_announcement(line)
+            log_file.write(line)
+            log_file.flush()
+            if self.echo is not None:
+                with contextlib.suppress(ValueError, OSError):
+                    self.echo.write(f"{self.name:<12} | {line.decode(errors='replace')}")
+                    self.echo.flush()
 
     def _note_announcement(self, line: bytes) -> None:
         for word, prefix in _ANNOUNCEMENTS.items():
@@ -107,8 +120,11 @@ class ManagedProcess:
     def wait_announced(self, word: str, timeout_s: float) -> str | None:
         """The value the process announced for `word` ("port", "metrics"); None if it exited or took too long."""
         with self._announcement:
-            self._announcement.wait_for(lambda: word in self.announced or not self.alive(), timeout_s)
+            self._announcement.wait_for(lambda: word in self.announced or self._output_ended(), timeout_s)
             return self.announced.get(word)
+
+    def _output_ended(self) -> bool:
+        return self._pump is None or not self._pump.is_alive()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

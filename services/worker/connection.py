@@ -6,8 +6,8 @@ together travel as one message. The stream is reopened with backoff whenever it 
 restart, the edge moving us to another replica), and every (re)connect starts with the hello.
 
 The link is "in contact" only while the scheduler answers: a stream that stays open but silent (a
-stalled network path) is given up after contact_timeout_s, so the worker neither claims new entries
-nor keeps its held ones alive through a scheduler it cannot reach.
+stalled network path) is given up after contact_timeout_s, so the worker claims no new entries, and keeps
+its held ones alive only for the outage grace (Worker._may_refresh) through a scheduler it cannot reach.
 """
 
 from __future__ import annotations

@@ -6,10 +6,11 @@ Slots: a slot is taken by a running handler, and by an entry waiting for the sch
 in this consumer's pending list, so nothing is lost when the worker dies: XAUTOCLAIM hands them on.
 
 Self-fencing: another worker may reclaim an entry once it has sat idle for reclaim_idle_ms. Held entries
-are refreshed only while the scheduler answers, and a handler whose entry has gone unrefreshed for
+are refreshed while a scheduler answers, and for outage_grace_ms after the last answer (a scheduler
+restarting must not cost every running attempt); a handler whose entry has gone unrefreshed for
 reclaim_idle_ms minus self_fence_margin_ms is stopped without a report, so a worker cut off from the
-scheduler or from Redis never runs a task while another worker runs it too. A worker out of contact with
-the scheduler takes no new entries.
+scheduler (past the grace) or from Redis never runs a task while another worker runs it too. A worker out of
+contact with the scheduler takes no new entries, and cancels cannot reach it meanwhile.
 """
 
 from __future__ import annotations
@@ -421,7 +422,8 @@ class Worker:
         await self.link.heartbeat([held(key) for key, _ in self._held()])
 
     async def _heartbeat(self) -> None:
-        """Tell the scheduler what we hold and, while it answers, reset those entries' idle time.
+        """Tell the scheduler what we hold and, while it answers (or within the outage grace), reset those
+        entries' idle time.
 
         The refresh runs beside the beats (one at a time): a slow Redis must not delay the next beat, or the
         scheduler's answers would stop and the stream be given up for nothing.
@@ -441,6 +443,8 @@ class Worker:
         A worker cut off for longer stops refreshing: its handlers are then stopped (self-fencing) before
         another worker may reclaim their entries, which it does once they are idle for reclaim_idle_ms.
         """
+        if self.link.connected.is_set():
+            return True
         out_s = self.link.out_of_contact_s()
         return out_s is not None and out_s * 1000 < self.config.outage_grace_ms
 

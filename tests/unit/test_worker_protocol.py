@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import uuid
@@ -433,3 +434,59 @@ def test_configuration_from_the_environment() -> None:
     assert (config.worker_id, config.slots, config.imports) == ("w1", 3, ("a.b", "c"))
     assert config.reclaim_idle_ms == 10_000 and config.cancel_grace_ms == 500
     assert WorkerConfig.from_env({"RTASK_SCHEDULER_ADDR": "x:1"}).worker_id != ""
+
+
+# -- a scheduler out of reach ------------------------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def _worker_with(redis: aioredis.Redis, **overrides: Any) -> AsyncIterator[Harness]:
+    auth = make_auth()
+    script = Script()
+    server, scheduler, port = await serve(auth, script)
+    worker = Worker(worker_config(port, **overrides), redis, auth.enrolment)
+    await worker.start()
+    try:
+        yield Harness(worker, scheduler, script, redis)
+    finally:
+        await worker.stop(drain_grace_s=0)
+        await server.stop(None)
+
+
+async def test_within_the_outage_grace_a_silent_scheduler_stops_no_handler(redis: aioredis.Redis) -> None:
+    async with _worker_with(redis, outage_grace_ms=30_000) as harness:
+        task_id = await harness.submit(workload_s=600)
+        fence = await harness.running(task_id)
+        harness.script.silent = True  # a scheduler restarting: no answer for longer than reclaim_idle_ms
+        reclaim_idle_s = harness.worker.config.reclaim_idle_ms / 1000
+
+        async def outage_outlived() -> bool:
+            out_s = harness.worker.link.out_of_contact_s()
+            return out_s is not None and out_s > 2 * reclaim_idle_s
+
+        await eventually(outage_outlived, message="out of contact for two reclaim periods")
+        assert (task_id, fence) in harness.worker.running, "the handler runs on through the outage"
+        (row,) = await redis.xpending_range(*_stream_and_id(harness, task_id), 1)
+        assert row["time_since_delivered"] < harness.worker.config.reclaim_idle_ms, "its entry stayed fresh"
+
+
+async def test_past_the_outage_grace_a_cut_off_worker_stops_its_handler(redis: aioredis.Redis) -> None:
+    async with _worker_with(redis, outage_grace_ms=0) as harness:
+        task_id = await harness.submit(workload_s=600)
+        fence = await harness.running(task_id)
+        (row,) = await redis.xpending_range(*_stream_and_id(harness, task_id), 1)
+        await eventually(
+            lambda: _idle_below(harness, task_id, row["time_since_delivered"]),
+            message="in contact, a grace of 0 still refreshes",
+        )
+        harness.script.silent = True
+        await eventually(lambda: _value((task_id, fence) not in harness.worker.running), message="self-fenced")
+        assert harness.finish_of(task_id) is None, "a self-fenced attempt reports nothing"
+
+
+def _stream_and_id(harness: Harness, task_id: str) -> tuple[str, str, str, str]:
+    stream, raw_id = split_ref(harness.entries[task_id])
+    return stream, keys.DISPATCH_GROUP, raw_id, raw_id
+
+
+async def _idle_below(harness: Harness, task_id: str, earlier_ms: int) -> bool:
+    (row,) = await harness.redis.xpending_range(*_stream_and_id(harness, task_id), 1)
+    return bool(row["time_since_delivered"] < earlier_ms)

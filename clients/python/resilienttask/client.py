@@ -379,7 +379,8 @@ class Client:
         for selection in bulk_selections(task_ids, batch_id, conditions):
             request = request_type(selection=selection, page_size=page_size)
             pauses = iter(LIMIT_PAUSES_S)
-            while True:  # a repeated page (after UNAVAILABLE) affects nothing twice
+            while True:  # a page repeated after UNAVAILABLE cancels or deletes nothing twice; a retried task that
+                # failed again meanwhile is retried again (its counts then say "affected" once more)
                 try:
                     reply = self._call(method, request, idempotent=True)
                 except ResourceExhausted:

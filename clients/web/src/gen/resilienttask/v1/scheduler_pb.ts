@@ -491,7 +491,8 @@ export type TaskTransition = Message<"resilienttask.v1.TaskTransition"> & {
   workerId: string;
 
   /**
-   * What the change says: an error, how a stop happened, why it was retried.
+   * What the change says: an error, how a stop happened, why it was retried; cut to 512 bytes (ending with
+   * "…"; the task's own error is whole).
    *
    * @generated from field: string detail = 6;
    */
@@ -554,7 +555,7 @@ export type TaskAttempt = Message<"resilienttask.v1.TaskAttempt"> & {
   outcome: TaskStatus;
 
   /**
-   * Its error, or how it was stopped.
+   * Its error, or how it was stopped; cut to 512 bytes (ending with "…").
    *
    * @generated from field: string error = 6;
    */
