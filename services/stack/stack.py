@@ -334,11 +334,13 @@ class Stack:
         return env
 
     def _add_service(self, name: str, module: str) -> ManagedProcess:
-        # First start: port 0, the process binds a free port and announces it (_wait_service reads it); a
-        # restart takes the same ports again, as Envoy's endpoints and the workers' scheduler list name them.
-        port = self.ports.get(name, 0)
+        # Port 0: the process binds a free port and announces it (_wait_service reads it). A gateway's or a
+        # scheduler's restart takes its gRPC port again, as Envoy's endpoints and the workers' scheduler list
+        # name it; nothing names a worker's port or a metrics port, so those are chosen afresh (a port given
+        # up by a killed process may be in use by the time it restarts).
+        port = self.ports.get(name, 0) if not name.startswith("worker-") else 0
         if self.config.metrics:
-            self.metrics_ports[name] = self.metrics_ports.get(name, 0)
+            self.metrics_ports[name] = 0
         env = self.service_env(port, role=name.split("-")[0], metrics_port=self.metrics_ports.get(name, 0))
         env["RTASK_INSTANCE"] = name
         proc = ManagedProcess(name, [sys.executable, "-m", module], log_dir=self.log_dir, env=env, echo=self.echo)
