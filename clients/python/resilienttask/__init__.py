@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "AsyncTaskWatch": "resilienttask.aio",
     "RetryPolicy": "resilienttask._retry",
     "CatchupPolicy": "resilienttask.models",
+    "LogLine": "resilienttask.models",
     "OverlapPolicy": "resilienttask.models",
     "Schedule": "resilienttask.models",
     "Session": "resilienttask.models",
@@ -62,6 +63,7 @@ __all__ = [
     "DeadlineExceeded",
     "FailedPrecondition",
     "InvalidArgument",
+    "LogLine",
     "NotFound",
     "OverlapPolicy",
     "PermissionDenied",
@@ -121,6 +123,7 @@ if TYPE_CHECKING:
     from resilienttask.handlers import TaskContext, task
     from resilienttask.models import (
         CatchupPolicy,
+        LogLine,
         OverlapPolicy,
         Schedule,
         Session,
