@@ -138,7 +138,7 @@ async def measure(stack: Stack, seconds: float, tasks: int, floods: int) -> None
         print(f"| {label}: workers CPU (not their handlers) | {f.workers_cpu_per_s * 100:.1f} % of a core |")
         print(f"| {label}: gateways CPU | {f.gateways_cpu_per_s * 100:.1f} % of a core |")
     print(f"| drain of {tasks:,} no-op tasks, alone | {alone_rate:,.0f} tasks/s |")
-    print(f"| drain of {tasks:,} no-op tasks, during {floods + 1} silent spinning handlers | {spin_rate:,.0f} tasks/s |")
+    print(f"| drain of {tasks:,} no-op tasks, beside {floods + 1} silent spinners | {spin_rate:,.0f} tasks/s |")
     print(f"| drain of {tasks:,} no-op tasks, during the flood | {during_rate or 0:,.0f} tasks/s |")
 
 
