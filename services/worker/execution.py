@@ -299,10 +299,14 @@ class ChildProcessExecution(Execution):
                     carry = _cut_carry(data, self.log, stream)
                     continue
                 carry = _cut_carry(data[end + 1 :], self.log, stream)
-                if self.log.room() == 0:
-                    self.log.dropped(data.count(b"\n", 0, end + 1))
-                else:
-                    self.log.raw_lines(stream, data[:end].split(b"\n"))
+                # Only the lines that can pass are split off; the rest of the chunk is only counted.
+                room = self.log.room()
+                pieces = data[:end].split(b"\n", room) if room else [data[:end]]
+                if room and len(pieces) <= room:
+                    self.log.raw_lines(stream, pieces)
+                    continue
+                self.log.raw_lines(stream, pieces[:-1])
+                self.log.dropped(pieces[-1].count(b"\n") + 1)
             if carry and self.log is not None:
                 self.log.raw_lines(stream, [carry])
         except (OSError, ValueError) as exc:
