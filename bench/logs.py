@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import tempfile
 import time
@@ -142,8 +143,9 @@ async def flood(
     return figures, rate
 
 
-async def hostile(stack: Stack, pids: dict[str, int], seconds: float) -> tuple[float, float]:
-    """A worker stream that ignores the worker-side bounds: (lines sent per second, scheduler CPU per second)."""
+async def hostile(stack: Stack, pids: dict[str, int], seconds: float) -> tuple[float, int, float]:
+    """A worker that ignores the worker-side bounds: lines it got written per second, how many of its streams the
+    scheduler ended, and the scheduler's CPU per second meanwhile."""
     worker_id = f"hostile-{uuid.uuid4().hex[:8]}"
     hello = worker_pb2.WorkerHello(worker_id=worker_id, slots=10, kinds=["sleep"])
 
@@ -165,14 +167,20 @@ async def hostile(stack: Stack, pids: dict[str, int], seconds: float) -> tuple[f
         before = cpu_seconds(pids)
         started = time.monotonic()
         sent = 0
+        ended = 0
         while time.monotonic() - started < seconds:
             if not await link.send(message):
-                break
+                # The scheduler ended the stream (RESOURCE_EXHAUSTED): the link reconnects, and we flood again.
+                ended += 1
+                link.connected.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(link.connected.wait(), max(0.1, seconds - (time.monotonic() - started)))
+                continue
             sent += 1_000
             if sent % 20_000 == 0:
                 await link.heartbeat([])
         wall = time.monotonic() - started
-        return sent / wall, role_cpu(pids, before, cpu_seconds(pids), "scheduler") / wall
+        return sent / wall, ended, role_cpu(pids, before, cpu_seconds(pids), "scheduler") / wall
     finally:
         await link.close()
         running.cancel()
@@ -195,7 +203,7 @@ async def measure(stack: Stack, seconds: float, tasks: int, floods: int) -> None
         await client.wait(spinners, timeout=seconds + 120)
         figures, _ = await flood(client, pids, seconds, floods, 0)
         during, during_rate = await flood(client, pids, seconds, floods, tasks)
-    hostile_rate, hostile_cpu = await hostile(stack, pids, seconds)
+    hostile_rate, hostile_ended, hostile_cpu = await hostile(stack, pids, seconds)
     load = os.getloadavg()
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {floods} print floods + 1 logger flood")
     print("| figure | value |")
@@ -209,8 +217,9 @@ async def measure(stack: Stack, seconds: float, tasks: int, floods: int) -> None
         print(f"| {label}: scheduler CPU | {f.scheduler_cpu_per_s * 100:.1f} % of a core |")
         print(f"| {label}: workers CPU (not their handlers) | {f.workers_cpu_per_s * 100:.1f} % of a core |")
         print(f"| {label}: gateways CPU | {f.gateways_cpu_per_s * 100:.1f} % of a core |")
-    print(f"| a hostile worker stream: lines sent per second | {hostile_rate:,.0f} |")
-    print(f"| a hostile worker stream: scheduler CPU | {hostile_cpu * 100:.1f} % of a core |")
+    hostile_figures = f"{hostile_rate:,.0f} / {hostile_ended}"
+    print(f"| a hostile worker: lines written per second / streams the scheduler ended | {hostile_figures} |")
+    print(f"| a hostile worker: scheduler CPU | {hostile_cpu * 100:.1f} % of a core |")
     print(f"| drain of {tasks:,} no-op tasks, alone | {alone_rate:,.0f} tasks/s |")
     print(f"| drain of {tasks:,} no-op tasks, beside {floods + 1} silent spinners | {spin_rate:,.0f} tasks/s |")
     print(f"| drain of {tasks:,} no-op tasks, during the flood | {during_rate or 0:,.0f} tasks/s |")
