@@ -254,6 +254,9 @@ class AsyncClient:
         request_id: str | None = None,
         run_at: datetime | None = None,
         delay: Seconds | None = None,
+        priority: int = 0,
+        concurrency_key: str = "",
+        concurrency_limit: int = 0,
     ) -> builtins.list[Task]:
         """Submit a task or a batch of replicas; see Client.submit."""
         request = submit_request(
@@ -267,6 +270,9 @@ class AsyncClient:
             request_id=request_id,
             run_at=run_at,
             delay=delay,
+            priority=priority,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
         )
         reply = await self._call(self._scheduler.SubmitTask, request, idempotent=True)
         return [task_from_proto(t) for t in reply.tasks]

@@ -225,13 +225,18 @@ class Client:
         request_id: str | None = None,
         run_at: datetime | None = None,
         delay: Seconds | None = None,
+        priority: int = 0,
+        concurrency_key: str = "",
+        concurrency_limit: int = 0,
     ) -> builtins.list[Task]:
         """Submit a task (or `replicas` copies of it, atomically); returns the tasks by replica index.
 
         `kind` empty means the built-in simulated workload "sleep". A request_id is generated when
         none is given; retries after UNAVAILABLE reuse it, so they never create duplicates.
         `run_at` (an aware datetime) or `delay` (seconds or a timedelta), at most one, starts the tasks
-        later: they are SCHEDULED until then.
+        later: they are SCHEDULED until then. `priority` 1 (lowest) to 5 (most urgent), 0 for the default
+        (3); `concurrency_key` with `concurrency_limit` (1 to 1000) lets at most that many of your tasks with
+        the key run at once.
         """
         request = submit_request(
             name,
@@ -244,6 +249,9 @@ class Client:
             request_id=request_id,
             run_at=run_at,
             delay=delay,
+            priority=priority,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
         )
         reply = self._call(self._scheduler.SubmitTask, request, idempotent=True)
         return [task_from_proto(t) for t in reply.tasks]

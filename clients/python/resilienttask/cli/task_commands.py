@@ -36,6 +36,11 @@ def _print_tasks(tasks: list[Task], as_json: bool, title: str | None = None) -> 
 @template_options()
 @click.option("--at", "run_at", type=TIME, default=None, help="start at this time (e.g. 18:00, 2026-12-24T18:00Z)")
 @click.option("--in", "delay", type=DURATION, default=None, help="start after this delay (e.g. 10m)")
+@click.option("--priority", type=click.IntRange(1, 5), default=None, help="1 (lowest) to 5 (most urgent); default 3")
+@click.option(
+    "--concurrency-key", default="", help="at most --concurrency-limit of your tasks with this key run at once"
+)
+@click.option("--concurrency-limit", type=click.IntRange(1, 1000), default=None, help="with --concurrency-key")
 @click.option("--request-id", default=None, help="idempotency key (generated when omitted)")
 @click.option("--wait", "wait_", is_flag=True, help="wait for every task to finish, with live progress bars")
 @click.option("--timeout", type=DURATION, default=None, help="with --wait: give up after this long (exit 7)")
@@ -52,6 +57,9 @@ def submit(
     payload: dict[str, Any] | None,
     run_at: datetime | None,
     delay: timedelta | None,
+    priority: int | None,
+    concurrency_key: str,
+    concurrency_limit: int | None,
     request_id: str | None,
     wait_: bool,
     timeout: timedelta | None,
@@ -63,6 +71,8 @@ def submit(
         raise click.UsageError("--timeout only makes sense with --wait")
     if run_at is not None and delay is not None:
         raise click.UsageError("give --at or --in, not both")
+    if bool(concurrency_key) != (concurrency_limit is not None):
+        raise click.UsageError("give --concurrency-key and --concurrency-limit together")
     with conn.client() as client:
         tasks = client.submit(
             name,
@@ -75,6 +85,9 @@ def submit(
             request_id=request_id,
             run_at=run_at,
             delay=delay,
+            priority=priority or 0,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit or 0,
         )
         if not wait_:
             _print_tasks(tasks, as_json, title=f"batch {tasks[0].batch_id}")
