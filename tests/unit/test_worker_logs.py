@@ -12,7 +12,7 @@ import services.worker.builtin  # noqa: F401  (registers sleep)
 from resilienttask.handlers import Handler, TaskContext, get_handler, task
 from resilienttask.v1 import scheduler_pb2
 from resilienttask.worker.v1 import worker_pb2
-from services.worker.execution import TaskSpec
+from services.worker.execution import ChildProcessExecution, TaskSpec
 from services.worker.logs import LogShipConfig, LogShipper
 from services.worker.runner import Attempt
 
@@ -139,3 +139,26 @@ async def test_the_builtin_sleep_logs_a_few_lines(caplog: Any) -> None:
     texts = [line.text for line in batch.lines]
     assert texts[0] == "attempt 2: working for 0.05s" and texts[-1].startswith("done after")
     assert len(texts) <= 6
+
+
+async def test_lines_split_across_reads_are_joined_and_long_ones_cut_once() -> None:
+    sent: list[worker_pb2.ConnectRequest] = []
+
+    async def send(message: worker_pb2.ConnectRequest) -> bool:
+        sent.append(message)
+        return True
+
+    shipper = LogShipper(send, LogShipConfig())
+    handler = get_handler("test-logs-streams")
+    assert isinstance(handler, Handler)
+    spec = TaskSpec(task_id="t", kind="test-logs-streams", attempt=1, payload={}, workload_s=0, max_runtime_s=0)
+    execution = ChildProcessExecution(handler, spec, lambda _: None, log=shipper.open(("t", 1)))
+    reader = asyncio.StreamReader()
+    for chunk in (b"to std", b"out\n" + b"x" * 4000, b"x" * 1000, b"x" * 9000, b"xx\nnext\n\nno newline"):
+        reader.feed_data(chunk)
+    reader.feed_eof()
+    await execution._pump(reader, scheduler_pb2.LOG_STREAM_STDOUT)
+    message = shipper.take()
+    assert message is not None
+    (batch,) = message.logs.batches
+    assert [line.text for line in batch.lines] == ["to stdout", "x" * 4096, "next", "", "no newline"]
