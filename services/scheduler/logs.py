@@ -128,7 +128,8 @@ class LogSink:
         self._stored = 0
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
-        # Counts since start (for the bench and the logs): lines stored, dropped here, refused by the fence.
+        # Counts since start (plain integers, for a metrics exporter or a debugger): lines stored, dropped here by
+        # the rate bounds, refused by the fence.
         self.stored_lines = 0
         self.dropped_lines = 0
         self.refused_lines = 0
