@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: up wipe test lint check-generated gen pytest chaos chaos-ci clean web gen-web check-web e2e-deps bench bench-quick bench-checks bench-scheduling bench-observability deploy-deps
+.PHONY: up wipe test lint check-generated gen pytest chaos chaos-ci clean web gen-web check-web e2e-deps bench bench-quick bench-checks bench-scheduling bench-observability bench-logs deploy-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -108,6 +108,11 @@ bench-observability: $(VENV)/.bench-installed
 # What the trust boundaries cost against the code before them, alternated (about fifteen minutes; docs/checks-cost.md).
 bench-checks: $(VENV)/.bench-installed
 	$(PY) -m bench.checks_ab --doc docs/checks-cost.md
+
+# A handler printing as fast as it can (a minute or two): what is stored, dropped and what it costs
+# (docs/benchmarks-logs.md).
+bench-logs: $(VENV)/.bench-installed
+	$(PY) -m bench.logs $(ARGS)
 
 bench-quick: $(VENV)/.bench-installed
 	$(PY) -m bench.run --quick $(ARGS)

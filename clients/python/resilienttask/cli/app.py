@@ -10,6 +10,7 @@ from resilienttask.cli import (
     bulk_commands,
     info_commands,
     local_commands,
+    log_commands,
     schedule_commands,
     task_commands,
 )
@@ -26,6 +27,7 @@ COMMANDS: list[click.Command] = [
     task_commands.get,
     bulk_commands.show,
     info_commands.watch,
+    log_commands.logs,
     task_commands.wait_tasks,
     task_commands.cancel,
     task_commands.retry,
