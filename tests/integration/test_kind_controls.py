@@ -82,6 +82,12 @@ async def test_operator_calls_need_the_operator_role_checked_on_every_call(
     assert not await operators.change(DatabaseConfig(stores.database_url), unique_email("nobody"), True)
 
 
+async def test_the_edge_demands_a_user_token_for_operator_calls(stack: Stack) -> None:
+    async with AsyncClient(stack.edge_address) as anonymous:
+        with pytest.raises(resilienttask.Unauthenticated):
+            await anonymous.kind_controls()
+
+
 async def test_bad_values_are_invalid_arguments_naming_the_field(operator: AsyncClient) -> None:
     cases: list[tuple[Callable[[], Awaitable[object]], str]] = [
         (lambda: operator.pause_kind(""), "kind"),
