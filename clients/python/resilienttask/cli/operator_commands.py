@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import click
 from rich.table import Table
 
-from resilienttask.cli.common import Connection, emit_json, json_option, server_command
+from resilienttask.cli.common import EXIT_ERROR, CliError, Connection, emit_json, json_option, server_command
 from resilienttask.cli.durations import format_duration
 from resilienttask.cli.options import DURATION
 from resilienttask.cli.render import ago, stdout
+from resilienttask.client import Client
+from resilienttask.errors import PermissionDenied
 from resilienttask.models import KindControl
 
 
@@ -27,6 +30,16 @@ def controls_table(controls: Iterable[KindControl]) -> Table:
         rate = f"{limit.starts} per {format_duration(limit.per)}" if limit is not None else "-"
         table.add_row(control.kind, state, rate, str(control.waiting))
     return table
+
+
+@contextmanager
+def _operator_client(conn: Connection) -> Iterator[Client]:
+    """The client; a missing operator role is a refusal (exit 1), not a login to redo."""
+    with conn.client() as client:
+        try:
+            yield client
+        except PermissionDenied as exc:
+            raise CliError(exc.message, EXIT_ERROR) from exc
 
 
 def _show(control: KindControl, as_json: bool) -> None:
@@ -47,7 +60,7 @@ def operator() -> None:
 @server_command
 def list_controls(conn: Connection, as_json: bool) -> None:
     """Every kind: paused or not, its rate limit, how many of its tasks wait."""
-    with conn.client() as client:
+    with _operator_client(conn) as client:
         controls = client.kind_controls()
     if as_json:
         emit_json([c.to_dict() for c in controls])
@@ -61,7 +74,7 @@ def list_controls(conn: Connection, as_json: bool) -> None:
 @server_command
 def pause(conn: Connection, kind: str, as_json: bool) -> None:
     """Start no more tasks of KIND (running ones go on); once this returns, none starts."""
-    with conn.client() as client:
+    with _operator_client(conn) as client:
         _show(client.pause_kind(kind), as_json)
 
 
@@ -71,7 +84,7 @@ def pause(conn: Connection, kind: str, as_json: bool) -> None:
 @server_command
 def resume(conn: Connection, kind: str, as_json: bool) -> None:
     """Let KIND's waiting tasks start again."""
-    with conn.client() as client:
+    with _operator_client(conn) as client:
         _show(client.resume_kind(kind), as_json)
 
 
@@ -83,7 +96,7 @@ def resume(conn: Connection, kind: str, as_json: bool) -> None:
 @server_command
 def limit(conn: Connection, kind: str, starts: int, per: timedelta, as_json: bool) -> None:
     """At most STARTS starts of KIND per period across the whole pool; the others wait."""
-    with conn.client() as client:
+    with _operator_client(conn) as client:
         _show(client.set_rate_limit(kind, starts, per), as_json)
 
 
@@ -93,5 +106,5 @@ def limit(conn: Connection, kind: str, starts: int, per: timedelta, as_json: boo
 @server_command
 def unlimit(conn: Connection, kind: str, as_json: bool) -> None:
     """Remove KIND's rate limit; its waiting tasks start."""
-    with conn.client() as client:
+    with _operator_client(conn) as client:
         _show(client.clear_rate_limit(kind), as_json)
