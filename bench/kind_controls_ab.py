@@ -62,7 +62,7 @@ async def _seed(pool: asyncpg.Pool, n: int) -> list[tuple[uuid.UUID, uuid.UUID]]
 
 async def _batch(pool: asyncpg.Pool, on: bool, chunk: list[tuple[uuid.UUID, uuid.UUID]]) -> tuple[float, float]:
     """Seconds of one start statement and one end statement over the chunk."""
-    await pool.execute(f"ALTER TABLE tasks {'ENABLE' if on else 'DISABLE'} TRIGGER tasks_by_key_released")
+    await pool.execute(f"ALTER TABLE tasks {'ENABLE' if on else 'DISABLE'} TRIGGER tasks_keys_released")
     ids, dispatches = [i for i, _ in chunk], [d for _, d in chunk]
     began = time.perf_counter()
     rows = await pool.fetch(ON_START if on else OFF_START, "bench-worker", ids, dispatches, ["e"] * len(chunk))
@@ -85,7 +85,7 @@ async def measure(url: str, rounds: int, batches: int, batch: int) -> None:
                     first = (2 * pair + k) * batch
                     times[on].append(await _batch(pool, on, tasks[first : first + batch]))
             print(f"round {index + 1} of {rounds} done", flush=True)
-        await pool.execute("ALTER TABLE tasks ENABLE TRIGGER tasks_by_key_released")
+        await pool.execute("ALTER TABLE tasks ENABLE TRIGGER tasks_keys_released")
     finally:
         await pool.close()
     for part, label in ((0, "start"), (1, "end")):

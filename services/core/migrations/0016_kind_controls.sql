@@ -97,8 +97,8 @@ $$;
 -- release is never more than an offer; SKIP LOCKED: a held task being changed is left to the sweep.
 -- The keys' locks first (in order): a start holding one is counting the key's running tasks and may be about
 -- to hold a task; once it commits, that task is seen here and let go (else it would wait for the sweep).
--- The trigger is named to fire before tasks_counted_update, so that, like a start, it takes the keys' locks
--- before its owners' rows: the same order everywhere, no deadlock.
+-- Lock order everywhere: owners' rows (users), then keys. The trigger is named to fire after
+-- tasks_counted_update, which locks this statement's owners; a start locks its owners before its keys.
 CREATE FUNCTION rt_release_keys() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -134,7 +134,7 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER tasks_by_key_released AFTER UPDATE ON tasks REFERENCING OLD TABLE AS before_rows NEW TABLE AS after_rows
+CREATE TRIGGER tasks_keys_released AFTER UPDATE ON tasks REFERENCING OLD TABLE AS before_rows NEW TABLE AS after_rows
 FOR EACH STATEMENT EXECUTE FUNCTION rt_release_keys();
 
 -- The slot share's releases (0008) take only its own holds: a task held for its key, rate or pause is not the

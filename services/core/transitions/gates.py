@@ -66,6 +66,12 @@ async def check(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record], limite
             holds[str(row["id"])] = Hold(KIND_PAUSED)
     keyed = sorted((r for r in rows if r["concurrency_key"] is not None and str(r["id"]) not in holds), key=_order)
     if keyed:
+        # Owners' rows before keys, as an end's release does (migration 0016): a hold below locks its owner's row
+        # (the slot-share counters), and must not wait for it while holding a key an end is waiting for.
+        await conn.execute(
+            "SELECT 1 FROM users WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE",
+            sorted({row["owner_id"] for row in rows}),
+        )
         await _check_keys(conn, keyed, holds)
     limited: dict[str, list[asyncpg.Record]] = {}
     for row in sorted(rows, key=_order):
