@@ -7,6 +7,7 @@ their own start and end times, never the task status alone.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -153,6 +154,38 @@ async def test_a_concurrency_key_is_never_exceeded_while_workers_die(
 
 async def _count_starts(log: Path, at_least: int) -> bool:
     return sum(1 for what, *_ in runs(log) if what == "start") >= at_least
+
+
+async def test_a_key_is_released_by_a_cancel_a_failure_and_a_timeout(user: AsyncClient) -> None:
+    key = {"concurrency_key": f"k-{time.time_ns()}", "concurrency_limit": 1}
+    (first,) = await user.submit("cancelled", kind="sleep", workload=60, **key)  # type: ignore[arg-type]
+    await eventually(lambda: _status_is(user, first.id, TaskStatus.RUNNING), message="the first runs")
+    (failing,) = await user.submit("fails", kind="fail", workload=0.1, max_attempts=1, **key)  # type: ignore[arg-type]
+    (spinning,) = await user.submit("times out", kind="spin", workload=600, max_runtime=1.5, **key)  # type: ignore[arg-type]
+    (last,) = await user.submit("succeeds", kind="sleep", workload=0, **key)  # type: ignore[arg-type]
+    waiting = {failing.id, spinning.id, last.id}
+
+    async def all_wait_for_the_key() -> bool:
+        tasks = [t for t in await _all(user) if t.id in waiting]
+        return len(tasks) == 3 and all(t.wait_reason is WaitReason.CONCURRENCY_KEY for t in tasks)
+
+    await eventually(all_wait_for_the_key, message="the others wait for the key")
+    await user.cancel(first.id)
+    done = {t.id: t for t in await user.wait([first, failing, spinning, last], timeout=60)}
+    chain = [done[t.id] for t in (first, failing, spinning, last)]
+    assert [t.status for t in chain] == [
+        TaskStatus.CANCELLED,
+        TaskStatus.FAILED,
+        TaskStatus.TIMED_OUT,
+        TaskStatus.SUCCEEDED,
+    ]
+    for ended, started in itertools.pairwise(chain):
+        assert ended.finished_at is not None and started.started_at is not None
+        assert started.started_at >= ended.finished_at, "one at a time, each released by the previous end"
+
+
+async def _status_is(client: AsyncClient, task_id: str, status: TaskStatus) -> bool:
+    return (await client.get(task_id)).status is status
 
 
 # -- rate limits -----------------------------------------------------------------------------------------------
