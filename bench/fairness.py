@@ -64,10 +64,11 @@ PROBE_GAP_S = 0.25
 
 
 async def start_latency(ours: OurBench, client: AsyncClient, timeout_s: float) -> float | None:
-    """Submit one no-op that stamps its start; seconds from the call to the handler's start (None: not within)."""
+    """Submit one task of the flood's kind, with no workload; seconds from the call to the handler's start (None:
+    not within). The same kind as the flood, so the same streams: another kind has streams of its own."""
     label = uuid.uuid4().hex[:12]
     before = time.time()
-    await client.submit("probe", kind="bench.stamp", payload={"label": label})
+    await client.submit("probe", kind="bench.sleep", payload={"label": label})
     starts = await ours._wait_starts(label, 1, timeout_s)
     return starts[0][0] - before if starts else None
 
@@ -119,16 +120,25 @@ async def fairness(ours: OurBench, sizes: Sizes, limits: UserLimits, probes: int
     }
 
 
+# Each side of the A/B: (every priority level used, the limits). "priorities" and "fair" are the halves of "on".
+SIDES: dict[str, tuple[bool, UserLimits]] = {
+    "on": (True, FAIR),
+    "off": (False, OFF),
+    "priorities": (True, OFF),
+    "fair": (False, FAIR),
+}
+
+
 async def drain(ours: OurBench, sizes: Sizes, side: str) -> float:
     """Tasks per second from the first submission to the last SUCCEEDED, for one side of the A/B."""
-    limits = FAIR if side == "on" else OFF
+    prioritised, limits = SIDES[side]
     with ours.stack(sizes.workers, sizes.slots, limits=limits) as stack:
         async with ours.client(stack) as client:
             label = uuid.uuid4().hex[:12]
             gate = asyncio.Semaphore(SUBMITS_IN_FLIGHT)
 
             async def submit(index: int, replicas: int) -> None:
-                priority = index % 5 + 1 if side == "on" else 0
+                priority = index % 5 + 1 if prioritised else 0
                 async with gate:
                     await client.submit(
                         "noop", kind="bench.noop", payload={"label": label}, replicas=replicas, priority=priority
@@ -144,16 +154,20 @@ async def drain(ours: OurBench, sizes: Sizes, side: str) -> float:
             return round(n / (done - first))
 
 
-async def measure(servers: Servers, log_dir: Path, sizes: Sizes, rounds: int) -> dict[str, Any]:
+async def measure(
+    servers: Servers, log_dir: Path, sizes: Sizes, rounds: int, sides: tuple[str, ...], latency: bool = True
+) -> dict[str, Any]:
     ours = OurBench(servers, log_dir)
     try:
-        results: dict[str, Any] = {"fair": await fairness(ours, sizes, FAIR, sizes.probes, 30.0)}
-        print("fair:", results["fair"], flush=True)
-        results["off"] = await fairness(ours, sizes, OFF, sizes.off_probes, sizes.off_wait_s)
-        print("off:", results["off"], flush=True)
-        cost: dict[str, list[float]] = {"on": [], "off": []}
+        results: dict[str, Any] = {}
+        if latency:
+            results["fair"] = await fairness(ours, sizes, FAIR, sizes.probes, 30.0)
+            print("fair:", results["fair"], flush=True)
+            results["off"] = await fairness(ours, sizes, OFF, sizes.off_probes, sizes.off_wait_s)
+            print("off:", results["off"], flush=True)
+        cost: dict[str, list[float]] = {side: [] for side in sides}
         for index in range(rounds):
-            for side in ("on", "off") if index % 2 == 0 else ("off", "on"):
+            for side in sides if index % 2 == 0 else tuple(reversed(sides)):
                 cost[side].append(await drain(ours, sizes, side))
                 print(f"-- round {index + 1}, {side}: {cost[side][-1]} tasks/s", flush=True)
         results["cost"] = cost
@@ -223,6 +237,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller: for trying the harness, not for quoting")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--doc", type=Path, help="write the figures page here (docs/benchmarks-fairness.md)")
+    parser.add_argument("--parts", action="store_true", help="also drain with each half of the features alone")
+    parser.add_argument("--drain-only", action="store_true", help="only the A/B of the drain (not for --doc)")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     meta: dict[str, Any] = {
@@ -238,10 +254,14 @@ def main() -> int:
     try:
         with stores(data_dir, log_dir) as (database_url, redis_url):
             servers = Servers(database_url, f"{redis_url}/0", f"{redis_url}/{STAMPS_DB}", data_dir)
-            results = asyncio.run(measure(servers, log_dir, sizes, args.rounds))
+            sides = ("on", "off", "priorities", "fair") if args.parts else ("on", "off")
+            results = asyncio.run(measure(servers, log_dir, sizes, args.rounds, sides, not args.drain_only))
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     meta["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    if args.drain_only:
+        print(results)
+        return 0
     text = document(meta, results)
     print(results)
     print(text)
