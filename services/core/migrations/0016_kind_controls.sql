@@ -1,12 +1,12 @@
 -- Controls of the shared pool (docs/fair-sharing.md): the operator role, kinds paused or rate-limited by an
 -- operator, and concurrency keys. A task that may not start yet is held in the database (queued, unpublished,
 -- `held`) with the reason in wait_reason (resilienttask.v1.WaitReason): 2 its concurrency key is full, 3 its
--- kind's rate limit is used up, 4 its kind is paused. Reasons 0 and 1 are the slot share's (migration 0008).
+-- kind's rate limit is used up, 4 its kind is paused. Reasons 0 and 1 are the slot share's (migration 0015),
+-- whose release (rt_release) takes only those: each release here hands a task back to it.
 
 -- Who may call OperatorService (granted with `python -m services.gateway.operators grant EMAIL`).
 ALTER TABLE users ADD COLUMN operator boolean NOT NULL DEFAULT false;
 
-ALTER TABLE tasks ADD COLUMN IF NOT EXISTS wait_reason smallint NOT NULL DEFAULT 0;
 
 -- One row per kind an operator ever controlled. paused_at: NULL while not paused. rate_*: at most rate_starts
 -- starts per rate_period_ms across the pool (NULL: no limit; the window itself lives in Redis).
@@ -72,7 +72,8 @@ END
 $$;
 
 -- Hand held tasks back to the slot share: their own reason is gone, and they wait only for their owner's
--- share of the slots (rt_release publishes as many as it allows, the slot-cap sweep the rest). Returns how many.
+-- share of the slots (WAIT_REASON_SLOT_SHARE; rt_release publishes as many as the share allows, in its
+-- priority order, the slot-cap sweep the rest). Returns how many.
 CREATE FUNCTION rt_unhold(ids uuid[]) RETURNS integer
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -80,7 +81,7 @@ DECLARE
     n integer;
 BEGIN
     WITH done AS (
-        UPDATE tasks SET wait_reason = 0 WHERE id = ANY(ids) AND held AND status = 1 AND wait_reason IN (2, 3, 4)
+        UPDATE tasks SET wait_reason = 1 WHERE id = ANY(ids) AND held AND status = 1 AND wait_reason IN (2, 3, 4)
         RETURNING owner_id
     )
     SELECT array_agg(DISTINCT owner_id), count(*) INTO owners, n FROM done;
@@ -136,35 +137,6 @@ $$;
 
 CREATE TRIGGER tasks_keys_released AFTER UPDATE ON tasks REFERENCING OLD TABLE AS before_rows NEW TABLE AS after_rows
 FOR EACH STATEMENT EXECUTE FUNCTION rt_release_keys();
-
--- The slot share's releases (0008) take only its own holds: a task held for its key, rate or pause is not the
--- slot share's to publish.
-CREATE OR REPLACE FUNCTION rt_release(owners uuid[]) RETURNS integer
-LANGUAGE plpgsql VOLATILE AS $$
-DECLARE
-    cap integer;
-    released integer;
-BEGIN
-    SELECT slots_per_user INTO cap FROM slot_cap;
-    UPDATE tasks SET held = false, publish_after = now()
-    WHERE tasks.id IN (
-        SELECT w.id FROM users
-        CROSS JOIN LATERAL (
-            SELECT t.id FROM tasks AS t
-            WHERE t.owner_id = users.id AND t.held AND t.status = 1 AND t.wait_reason IN (0, 1)
-            ORDER BY t.created_at, t.replica_index, t.id
-            LIMIT CASE WHEN cap IS NULL THEN NULL ELSE greatest(0, cap - users.dispatched_tasks) END
-            FOR UPDATE OF t SKIP LOCKED
-        ) AS w
-        WHERE users.id = ANY(owners) AND users.waiting_tasks > 0
-    );
-    GET DIAGNOSTICS released = ROW_COUNT;
-    IF released > 0 THEN
-        PERFORM pg_notify('rt_released', '');
-    END IF;
-    RETURN released;
-END
-$$;
 
 -- The sweep's release of concurrency keys (a release skipped a locked task, or a key's limit was raised by a
 -- later submission): keys with held tasks and fewer running than their limit. No key lock: a release is only an
