@@ -333,6 +333,7 @@ def _serve_example_handlers(own: Rtask, data_dir: Path) -> None:
             text = '{"text": "to be or not to be"}'
             (counted,) = own.json("submit", "count", "--kind", "word-count", "--payload", text, "--wait")
             assert counted["result"]["words"] == 6 and counted["result"]["distinct"] == 4
+            assert type(counted["result"]["words"]) is int, "a handler's integers come back as integers"
             (primes,) = own.json("submit", "primes", "--kind", "primes", "--payload", '{"below": 1000}', "--wait")
             assert primes["result"] == {"below": 1000, "primes": 168}
             assert [w["id"] for w in own.json("workers")] == [counted["worker_id"]]
