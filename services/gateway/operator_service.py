@@ -1,7 +1,7 @@
 """OperatorService: pause and resume task kinds, set and clear their rate limits (services.core.kind_controls).
 
-Every call needs the operator role, read from PostgreSQL on each call: a token says who the caller is, never
-what they may do, so a revoked role takes effect at the next call.
+Every call needs the operator role, read from PostgreSQL on each call before anything else: a token says who
+the caller is, never what they may do, so a revoked role takes effect at the next call.
 """
 
 from __future__ import annotations
@@ -87,25 +87,25 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     async def PauseKind(
         self, request: operator_pb2.PauseKindRequest, context: grpc.aio.ServicerContext
     ) -> operator_pb2.PauseKindResponse:
-        kind = kind_of(request.kind)
         await self._operator()
+        kind = kind_of(request.kind)
         return operator_pb2.PauseKindResponse(kind=to_message(await kind_controls.pause(self.pool, kind)))
 
     @translate_errors
     async def ResumeKind(
         self, request: operator_pb2.ResumeKindRequest, context: grpc.aio.ServicerContext
     ) -> operator_pb2.ResumeKindResponse:
-        kind = kind_of(request.kind)
         await self._operator()
+        kind = kind_of(request.kind)
         return operator_pb2.ResumeKindResponse(kind=to_message(await kind_controls.resume(self.pool, kind)))
 
     @translate_errors
     async def SetKindRateLimit(
         self, request: operator_pb2.SetKindRateLimitRequest, context: grpc.aio.ServicerContext
     ) -> operator_pb2.SetKindRateLimitResponse:
+        await self._operator()
         kind = kind_of(request.kind)
         starts, period_ms = rate_of(request)
-        await self._operator()
         control = await kind_controls.set_rate_limit(self.pool, kind, starts, period_ms)
         return operator_pb2.SetKindRateLimitResponse(kind=to_message(control))
 
@@ -113,8 +113,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     async def ClearKindRateLimit(
         self, request: operator_pb2.ClearKindRateLimitRequest, context: grpc.aio.ServicerContext
     ) -> operator_pb2.ClearKindRateLimitResponse:
-        kind = kind_of(request.kind)
         await self._operator()
+        kind = kind_of(request.kind)
         return operator_pb2.ClearKindRateLimitResponse(
             kind=to_message(await kind_controls.clear_rate_limit(self.pool, kind))
         )
