@@ -15,12 +15,16 @@ in every 1.15 s) and is nothing for periods of minutes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from services.core import keys
+
+log = logging.getLogger(__name__)
 
 # KEYS: window, sequence. ARGV: starts wanted, limit, period (ms). Returns {granted, room left, ms until the
 # oldest start leaves the window (0 while there is room)}. Members are sequence numbers: two starts in one
@@ -57,6 +61,7 @@ return {granted, room, wait}
 
 
 WINDOW_MARGIN_MS = 150
+UNREACHABLE_WAIT_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,20 @@ async def take(redis: aioredis.Redis, wanted: Sequence[tuple[str, int, RateLimit
     wanted 0 takes nothing and tells the room (the sweeper's question)."""
     if not wanted:
         return []
+    return await _take(redis, wanted)
+
+
+async def take_or_wait(redis: aioredis.Redis, wanted: Sequence[tuple[str, int, RateLimit]]) -> list[Taken]:
+    """take() for a start: while Redis cannot be reached no token is granted (the limit is never exceeded) and
+    the tasks wait UNREACHABLE_WAIT_MS before they are tried again, rather than failing the whole start request."""
+    try:
+        return await take(redis, wanted)
+    except (RedisError, OSError) as exc:
+        log.warning("rate limits unreachable; rate-limited tasks wait", extra={"error": repr(exc)})
+        return [Taken(0, 0, UNREACHABLE_WAIT_MS) for _ in wanted]
+
+
+async def _take(redis: aioredis.Redis, wanted: Sequence[tuple[str, int, RateLimit]]) -> list[Taken]:
     async with redis.pipeline(transaction=False) as pipe:
         for kind, n, limit in wanted:
             window_ms = limit.period_ms + WINDOW_MARGIN_MS

@@ -112,7 +112,7 @@ class WorkProcessor:
             record_work(self.worker_id, finishes, finished, starts, started, times)
 
     async def _take_tokens(self, wanted: Sequence[tuple[str, int, RateLimit]]) -> list[Taken]:
-        return await rate_limits.take(self.redis, wanted)
+        return await rate_limits.take_or_wait(self.redis, wanted)
 
     async def _commit(
         self, finishes: list[worker_pb2.FinishItem], starts: list[worker_pb2.StartItem]
