@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from services.edge.config import AuthLimits
+from services.stack.ports import PortTaken
 from services.stack.stack import DEFAULT_REDIS_MAXMEMORY_MB, Stack, StackConfig
 
 DEFAULT_DATA_DIR = Path(os.environ.get("RTASK_DATA_DIR", ".rtask"))
@@ -79,6 +80,8 @@ def _banner(stack: Stack) -> str:
         f"{_metrics_lines(stack)}"
         f"  try: grpcurl -cacert {stack.ca_file} -protoset {stack.protoset} {stack.edge_tls_address} list\n"
         f"       rtask --server {stack.edge_tls_address} --ca-file {stack.ca_file} health\n"
+        "  operator role (rtask operator ...): once the user has signed up,\n"
+        f"       DATABASE_URL={stack.database_url} {sys.executable} -m services.gateway.operators grant EMAIL\n"
         "  Ctrl-C stops every process.\n"
     )
 
@@ -126,6 +129,10 @@ def up(args: argparse.Namespace) -> int:
     stack = Stack(config, echo=sys.stdout)
     try:
         stack.start()
+    except PortTaken as exc:
+        print(f"cannot start: {exc}", file=sys.stderr, flush=True)
+        return 3
+    try:
         print(_banner(stack), flush=True)
         reported: set[str] = set()
         while not stopping.wait(1.0):

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf import duration_pb2, json_format, timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
+from resilienttask.json_values import struct_to_dict
 from resilienttask.v1 import scheduler_pb2, task_pb2
 from services.core.errors import InvalidArgument
 from services.core.transitions.user import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, Start, Submission
@@ -91,7 +92,7 @@ def submission(
     if request.payload.ByteSize() > MAX_PAYLOAD_BYTES:
         raise InvalidArgument("payload", f"must be at most {MAX_PAYLOAD_BYTES // 1024} KiB")
     try:
-        payload: dict[str, Any] = json_format.MessageToDict(request.payload)
+        payload: dict[str, Any] = struct_to_dict(request.payload)
     except ValueError as exc:  # the only number JSON cannot hold: NaN and ±Infinity
         raise InvalidArgument("payload", "numbers must be finite (NaN and Infinity have no JSON form)") from exc
     if _has_nul(payload):
