@@ -13,9 +13,9 @@ from google.protobuf import duration_pb2
 
 from resilienttask.v1 import operator_pb2, operator_pb2_grpc
 from services.core import kind_controls, worker_registry
+from services.core.auth_interceptor import current_user_id
 from services.core.errors import InvalidArgument, PermissionDenied, translate_errors
 from services.core.kind_controls import KindControl
-from services.gateway.auth_interceptor import current_user_id
 
 SERVICE_NAME = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name
 MAX_KIND_CHARS = 64
