@@ -11,7 +11,8 @@ WORKERS workers x SLOTS slots), then:
   no-op at a time and each one's submit → handler start is recorded. Fair share on (no fixed slot share:
   slot_share 1), and, for contrast, off, where B's task waits behind A's whole backlog (cut at a time limit);
 - cost: the no-op drain (DRAIN tasks, in SubmitTask calls of 50 replicas, 8 in flight, until all SUCCEEDED),
-  with the features on (every priority level used, fair share on) and off (default priority, no cap),
+  with the features on (every priority level used, fair share on, a concurrency key and a rate limit that never
+  bind) and off (default priority, no cap, no key, no rate limit),
   alternated ROUNDS times in one run, each side on a fresh stack; medians compared.
 
 Figures are printed, never asserted; the load average is recorded with them.
@@ -29,15 +30,21 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import asyncpg
 
 from bench.figures import spread_ms
 from bench.ours import SUBMIT_BATCH, SUBMITS_IN_FLIGHT, OurBench, Servers
 from bench.run import STAMPS_DB, machine, source_version, stores
 from resilienttask import AsyncClient
+from services.core.kind_controls import set_operator
 from services.core.limits import UserLimits
+from services.stack.stack import Stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,30 +129,69 @@ async def fairness(ours: OurBench, sizes: Sizes, limits: UserLimits, probes: int
     }
 
 
-# Each side of the A/B: (every priority level used, the limits). "priorities" and "fair" are the halves of "on".
-SIDES: dict[str, tuple[bool, UserLimits]] = {
-    "on": (True, FAIR),
-    "off": (False, OFF),
-    "priorities": (True, OFF),
-    "fair": (False, FAIR),
-    "fixed half": (False, FIXED_HALF),
+@dataclasses.dataclass(frozen=True)
+class Side:
+    """What one side of the A/B turns on."""
+
+    priorities: bool  # the submissions cycle through the five levels (else the default, 3)
+    limits: UserLimits
+    # A concurrency key on every task (ten keys, limit 1,000) and a rate limit on the kind (100,000 per second):
+    # both checked at every start, neither ever binding.
+    gates: bool
+
+
+SIDES: dict[str, Side] = {
+    "on": Side(True, FAIR, True),
+    "off": Side(False, OFF, False),
+    "priorities": Side(True, OFF, False),
+    "fair": Side(False, FAIR, False),
+    "gates": Side(False, OFF, True),
+    "fixed half": Side(False, FIXED_HALF, False),
 }
-PARTS = ("priorities", "fair", "fixed half")
+PARTS = ("priorities", "fair", "gates", "fixed half")
+KIND = "bench.noop"
+
+
+@asynccontextmanager
+async def drain_client(ours: OurBench, stack: Stack, gates: bool) -> AsyncIterator[AsyncClient]:
+    """A new user's client; with gates, the user is an operator and the kind has a rate limit, cleared after (the
+    controls are stored in the bench's database, which the next stack shares)."""
+    email = f"bench-{uuid.uuid4().hex[:12]}@example.com"
+    async with AsyncClient(stack.edge_address, timeout=60) as client:
+        await client.signup(email, "bench password")
+        if not gates:
+            yield client
+            return
+        conn = await asyncpg.connect(ours.servers.database_url)
+        try:
+            await set_operator(conn, email, True)
+        finally:
+            await conn.close()
+        await client.set_rate_limit(KIND, 100_000, 1)
+        try:
+            yield client
+        finally:
+            await client.clear_rate_limit(KIND)
 
 
 async def drain(ours: OurBench, sizes: Sizes, side: str) -> float:
     """Tasks per second from the first submission to the last SUCCEEDED, for one side of the A/B."""
-    prioritised, limits = SIDES[side]
-    with ours.stack(sizes.workers, sizes.slots, limits=limits) as stack:
-        async with ours.client(stack) as client:
+    features = SIDES[side]
+    with ours.stack(sizes.workers, sizes.slots, limits=features.limits) as stack:
+        async with drain_client(ours, stack, features.gates) as client:
             label = uuid.uuid4().hex[:12]
             gate = asyncio.Semaphore(SUBMITS_IN_FLIGHT)
 
             async def submit(index: int, replicas: int) -> None:
-                priority = index % 5 + 1 if prioritised else 0
+                keyed = {"concurrency_key": f"key-{index % 10}", "concurrency_limit": 1000} if features.gates else {}
                 async with gate:
                     await client.submit(
-                        "noop", kind="bench.noop", payload={"label": label}, replicas=replicas, priority=priority
+                        "noop",
+                        kind=KIND,
+                        payload={"label": label},
+                        replicas=replicas,
+                        priority=index % 5 + 1 if features.priorities else 0,
+                        **keyed,  # type: ignore[arg-type]
                     )
 
             first = time.time()
@@ -225,8 +271,10 @@ def document(meta: dict[str, Any], results: dict[str, Any]) -> str:
             "## What the features cost the drain",
             "",
             f"No-op drain of {meta['sizes']['drain']:,} tasks of one user, **on** = every priority level used "
-            "(the submissions cycle through 1 to 5) and the fair share on (the user's backlog beyond the pool and "
-            "its headroom waits held in PostgreSQL and is released as tasks end), **off** = default priority and "
+            "(the submissions cycle through 1 to 5), the fair share on (the user's backlog beyond the pool and "
+            "its headroom waits held in PostgreSQL and is released as tasks end), a concurrency key on every task "
+            "(ten keys, limit 1,000) and a rate limit on the kind (100,000 starts a second), neither binding; "
+            "**off** = default priority and "
             f"no cap (every per-user limit off); alternated {len(cost['on'])} times, each side on a fresh stack.",
             "",
             "| figure | on (median) | off (median) | on ÷ off | rounds on | rounds off |",
@@ -246,6 +294,7 @@ def document(meta: dict[str, Any], results: dict[str, Any]) -> str:
 
 PART_NOTES = {
     "priorities": "every level used, no cap",
+    "gates": "a concurrency key and a rate limit, neither binding",
     "fair": "fair share, default priority",
     "fixed half": "the shipped default before fair sharing: half the pool per user, held beyond it",
 }
