@@ -21,11 +21,13 @@ from services.core.limits import UserLimits
 from services.core.task_model import (
     CANCELLED,
     CANCELLING,
+    QUALIFIED_SUMMARY_COLUMNS,
     QUALIFIED_TASK_COLUMNS,
     QUEUED,
     RETRYABLE,
     RUNNING,
     SCHEDULED,
+    SUMMARY_COLUMNS,
     TASK_COLUMNS,
     TERMINAL,
     UNFINISHED,
@@ -266,7 +268,7 @@ class CancelResult:
 # ("before") and every changed row as it now is ("after").
 _CANCEL = f"""
 WITH target AS (
-    SELECT {TASK_COLUMNS} FROM tasks WHERE owner_id = $1 AND {{match}} ORDER BY id FOR UPDATE
+    SELECT {{columns}} FROM tasks WHERE owner_id = $1 AND {{match}} ORDER BY id FOR UPDATE
 ),
 changed AS (
     UPDATE tasks SET
@@ -275,7 +277,7 @@ changed AS (
         error = CASE target.status WHEN {QUEUED} THEN 'cancelled while queued'
                                    WHEN {SCHEDULED} THEN 'cancelled while scheduled' ELSE tasks.error END
     FROM target WHERE tasks.id = target.id AND target.status IN ({QUEUED}, {RUNNING}, {SCHEDULED})
-    RETURNING {QUALIFIED_TASK_COLUMNS}
+    RETURNING {{qualified}}
 ),
 recorded AS (
     INSERT INTO {HISTORY_TABLE} ({HISTORY_COLUMNS})
@@ -287,19 +289,35 @@ SELECT false AS after, * FROM target
 UNION ALL
 SELECT true AS after, * FROM changed
 """
-_CANCEL_BY = {"id": _CANCEL.format(match="id = $2"), "batch_id": _CANCEL.format(match=in_batch("$1", "$2::uuid"))}
+_WHOLE = {"columns": TASK_COLUMNS, "qualified": QUALIFIED_TASK_COLUMNS}
+_CANCEL_BY = {
+    "id": _CANCEL.format(match="id = $2", **_WHOLE),
+    "batch_id": _CANCEL.format(match=in_batch("$1", "$2::uuid"), **_WHOLE),
+    # A bulk cancel (up to 500 tasks) returns summaries: its rows make events and stop commands only, and the
+    # payloads (up to 64 KiB each) would travel for nothing.
+    "ids": _CANCEL.format(match="id = ANY($2::uuid[])", columns=SUMMARY_COLUMNS, qualified=QUALIFIED_SUMMARY_COLUMNS),
+}
 
 
 async def cancel(
-    pool: asyncpg.Pool, owner_id: str, *, task_id: str | None = None, batch_id: str | None = None
+    pool: asyncpg.Pool,
+    owner_id: str,
+    *,
+    task_id: str | None = None,
+    batch_id: str | None = None,
+    task_ids: list[str] | None = None,
 ) -> CancelResult:
     """Queued or scheduled → CANCELLED at once; running → CANCELLING (the caller pushes the stop to the worker).
 
     Cancelling a cancelling or cancelled task again is harmless; a finished one is FAILED_PRECONDITION
-    (for a single task; a batch skips its finished tasks).
+    (for a single task; a batch, or a list of ids (a bulk cancel), skips its finished tasks).
     """
     column, value = ("id", task_id) if task_id else ("batch_id", batch_id)
-    found = await pool.fetch(_CANCEL_BY[column], owner_id, value)
+    found: list[asyncpg.Record]
+    if task_ids is not None:
+        found = await pool.fetch(_CANCEL_BY["ids"], owner_id, task_ids)
+    else:
+        found = await pool.fetch(_CANCEL_BY[column], owner_id, value)
     rows = sorted((r for r in found if not r["after"]), key=lambda r: r["replica_index"])
     if not rows:
         return CancelResult([], [], [])

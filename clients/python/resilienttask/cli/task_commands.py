@@ -15,13 +15,12 @@ from resilienttask.cli.common import (
     json_option,
     server_command,
 )
+from resilienttask.cli.filters import Selection, filter_options
 from resilienttask.cli.live import BatchProgress
 from resilienttask.cli.options import DURATION, TIME, template_options
 from resilienttask.cli.render import stderr, stdout, task_detail, tasks_table
 from resilienttask.client import Client
-from resilienttask.models import Task, TaskStatus
-
-STATUS_NAMES = [s.value for s in TaskStatus if s is not TaskStatus.UNSPECIFIED]
+from resilienttask.models import Task
 
 
 def _print_tasks(tasks: list[Task], as_json: bool, title: str | None = None) -> None:
@@ -127,16 +126,16 @@ def wait_tasks(conn: Connection, task_ids: tuple[str, ...], timeout: timedelta |
 
 
 @click.command(name="ls")
-@click.option("--status", type=click.Choice(STATUS_NAMES), default=None, help="only tasks in this status")
-@click.option("--batch", "batch_id", default="", help="only the replicas of this batch")
+@filter_options
 @click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, help="at most this many (0: all)")
 @json_option
 @server_command
-def list_tasks(conn: Connection, status: str | None, batch_id: str, limit: int, as_json: bool) -> None:
-    """List your tasks, newest first (every page is fetched as needed)."""
+def list_tasks(conn: Connection, selection: Selection, limit: int, as_json: bool) -> None:
+    """List your tasks, newest first, filtered on the server (every page is fetched as needed); the filter
+    options are also those of `rtask bulk`."""
     with conn.client() as client:
         page_size = min(limit, 500) if limit else 500
-        found = client.list(status, batch_id=batch_id, page_size=page_size)
+        found = client.list(batch_id=selection.batch_id, page_size=page_size, **selection.conditions)
         tasks = list(itertools.islice(found, limit) if limit else found)
     _print_tasks(tasks, as_json)
 
