@@ -87,6 +87,9 @@ USERS: dict[str, AclUser] = {
             "incrby",
             "zrange",
             "zrangebyscore",
+            # The sliding windows of rate-limited kinds (services/core/rate_limits.py), read in their script
+            # (zrange and incrby are listed above).
+            "time",
             # Stop commands to the schedulers, pool changes to the gateways.
             "publish",
             "subscribe",
@@ -96,7 +99,7 @@ USERS: dict[str, AclUser] = {
     WORKER: AclUser(
         name="rtask-worker",
         # The dispatch streams only: no events, feed, registry or channels.
-        key_patterns=(keys.dispatch_stream("*"),),
+        key_patterns=keys.DISPATCH_STREAM_PATTERNS,
         channel_patterns=(),
         commands=(
             *_CONNECTION,

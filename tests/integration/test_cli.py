@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,11 @@ from typing import IO, Any
 
 import pytest
 
+from services.core.config import DatabaseConfig
+from services.gateway import operators
 from services.stack.ports import free_port
 from services.stack.stack import Stack
-from tests.conftest import unique_email
+from tests.conftest import Stores, unique_email
 from tests.helpers import wait_until
 
 PASSWORD = "correct horse battery"
@@ -353,7 +356,7 @@ def test_help_lists_every_command(anon: Rtask) -> None:
     text = anon.run("--help").stdout
     expected: Sequence[str] = ["up", "down", "worker", "signup", "login", "logout", "submit", "ls", "get", "watch"]
     expected = [*expected, "wait", "cancel", "retry", "rm", "clear", "schedule", "stats", "workers", "kinds", "health"]
-    expected = [*expected, "show", "bulk", "logs"]
+    expected = [*expected, "show", "bulk", "logs", "operator"]
     for command in expected:
         assert f"  {command} " in text, command
 
@@ -390,3 +393,21 @@ def test_ls_filters_show_and_bulk_verbs(rtask: Rtask) -> None:
     }
     assert rtask.json("bulk", "delete", "--all", "--yes")["affected"] >= 3  # the cancelled ones at least
     rtask.run("bulk", "cancel", "--all", "--yes")
+
+
+# -- operator ---------------------------------------------------------------------------------------------
+async def test_operator_pauses_limits_and_lists_kinds(anon: Rtask, stores: Stores) -> None:
+    email = unique_email("cli-operator")
+    anon.run("signup", "--email", email, "--password-stdin", stdin=f"{PASSWORD}\n")
+    kind = f"cli.{uuid.uuid4().hex[:8]}"  # a kind no worker serves may be paused too; nobody else's tasks
+    refused = anon.run("operator", "pause", kind, code=1)
+    assert "operator role" in refused.stderr and "login" not in refused.stderr
+    assert await operators.change(DatabaseConfig(stores.database_url), email, True)
+    assert anon.json("operator", "pause", kind)["paused"] is True
+    limited = anon.json("operator", "limit", kind, "5", "--per", "2s")
+    assert limited["rate_limit"] == {"starts": 5, "per_s": 2.0} and limited["paused"] is True
+    listed = {c["kind"]: c for c in anon.json("operator", "ls")}
+    assert listed[kind]["rate_limit"] == {"starts": 5, "per_s": 2.0} and "sleep" in listed
+    assert anon.json("operator", "unlimit", kind)["rate_limit"] is None
+    assert anon.json("operator", "resume", kind)["paused"] is False
+    assert "rate_limit.period" in anon.run("operator", "limit", kind, "5", "--per", "2h", code=2).stderr

@@ -66,6 +66,7 @@ def test_the_protoset_holds_the_public_api_and_not_the_worker_service() -> None:
         "resilienttask.v1.AuthService",
         "resilienttask.v1.SchedulerService",
         "resilienttask.v1.ScheduleService",
+        "resilienttask.v1.OperatorService",
         "grpc.health.v1.Health",
     }
     for file in files.values():

@@ -200,6 +200,7 @@ def test_each_route_demands_the_right_token(tmp_path: Path) -> None:
     assert access("/resilienttask.v1.SchedulerService/") == "resilienttask-api"
     assert access("/resilienttask.v1.SchedulerService/WatchTasks") == "resilienttask-api"
     assert access("/resilienttask.v1.ScheduleService/") == "resilienttask-api"
+    assert access("/resilienttask.v1.OperatorService/") == "resilienttask-api"
     for public in ("/resilienttask.v1.AuthService/", "/grpc.health.v1.Health/", "/<GET>"):
         assert access(public) == "public"
     # A request no route claims falls back to demanding a user token: closed by default.

@@ -11,6 +11,7 @@ from resilienttask.cli import (
     info_commands,
     local_commands,
     log_commands,
+    operator_commands,
     schedule_commands,
     task_commands,
 )
@@ -39,6 +40,7 @@ COMMANDS: list[click.Command] = [
     info_commands.workers,
     info_commands.kinds,
     info_commands.health,
+    operator_commands.operator,
 ]
 
 
