@@ -261,7 +261,7 @@ async def test_bulk_retry_of_a_hundred_failed_tasks_and_bulk_cancel_and_delete(p
 CHECK_LAYOUT = """() => {
   const problems = [];
   const inside = (a, b) => a.left >= b.left - 0.5 && a.right <= b.right + 0.5 && a.top >= b.top - 0.5 && a.bottom <= b.bottom + 0.5;
-  const name = (el) => el.getAttribute('aria-label') || el.textContent.trim();
+  const name = (el) => el.getAttribute('aria-label') || el.id || el.textContent.trim();
   const frame = document.querySelector('.viewport').getBoundingClientRect();
   const checked = [];
   for (const button of document.querySelectorAll('.tbody [role=row] button.btn')) {
@@ -284,9 +284,10 @@ CHECK_LAYOUT = """() => {
     const outer = document.querySelector(bar);
     if (!outer || outer.hidden) continue;
     for (const control of outer.querySelectorAll(selector)) {
-      if (control.closest('[hidden]') || control.offsetParent === null) continue;
+      if (!control.checkVisibility({ visibilityProperty: true, contentVisibilityAuto: true })) continue;
       const box = control.getBoundingClientRect();
-      if (!inside(box, outer.getBoundingClientRect())) problems.push(`${bar} ${name(control)}: outside its bar`);
+      const o = outer.getBoundingClientRect();
+      if (!inside(box, o)) problems.push(`${bar} ${control.id || name(control)}: outside its bar (${JSON.stringify([box.left, box.right, box.top, box.bottom, o.left, o.right, o.top, o.bottom])})`);
       if (box.left < 0 || box.right > window.innerWidth) problems.push(`${bar} ${name(control)}: outside the window`);
     }
   }

@@ -104,7 +104,7 @@ export class FilterBar {
       h("div", { class: `filter ${cls}`.trim() }, h("label", { for: forId }, label), control);
     this.element = h(
       "div",
-      { class: "filters", role: "search", "aria-label": "Search and filter tasks" },
+      { class: "filters", role: "search", "aria-label": "Task filters" },
       field("Search", "task-search", this.text, "filter-search"),
       field("Kind", "kind-filter", this.kind),
       h("div", { class: "filter" }, h("span", { class: "filter-label", "aria-hidden": "true" }, "Status"), this.statusPicker),
