@@ -7,12 +7,12 @@ import grpc
 import redis.asyncio as aioredis
 
 from resilienttask.v1 import scheduler_pb2, scheduler_pb2_grpc
-from services.core import outbox, task_actions, task_store, tracing, worker_registry
+from services.core import outbox, task_actions, task_filters, task_history, task_store, tracing, worker_registry
 from services.core.errors import NotFound, translate_errors
 from services.core.limits import UserLimits
 from services.core.task_model import QUEUED, row_to_task, rows_to_tasks
 from services.core.transitions import user as transitions
-from services.gateway import validation
+from services.gateway import bulk_actions, filter_validation, validation
 from services.gateway.auth_interceptor import current_user_id
 from services.gateway.watch.hub import Hub
 from services.gateway.watch.seats import WatchSeats
@@ -60,15 +60,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> scheduler_pb2.ListTasksResponse:
         owner = current_user_id()
         limit = validation.page_size(request.page_size)
-        batch_id = validation.uuid_field("batch_id", request.batch_id) if request.batch_id else None
-        rows = await task_store.list_page(
-            self.pool,
-            owner,
-            status=validation.status_filter(request.status),
-            batch_id=batch_id,
-            limit=limit + 1,
-            after=validation.decode_page_token(request.page_token),
-        )
+        query = filter_validation.list_query(request)
+        after = validation.decode_page_token(request.page_token)
+        rows = await task_filters.list_page(self.pool, owner, query, limit=limit + 1, after=after)
         next_token = ""
         if len(rows) > limit:
             rows = rows[:limit]
@@ -159,6 +153,54 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> scheduler_pb2.ListKindsResponse:
         current_user_id()
         return scheduler_pb2.ListKindsResponse(kinds=await worker_registry.known_kinds(self.redis))
+
+    # -- search, history and bulk actions ------------------------------------------------------------------
+    @translate_errors
+    async def CountTasks(
+        self, request: scheduler_pb2.CountTasksRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.CountTasksResponse:
+        query = filter_validation.task_filter(request.filter)
+        return scheduler_pb2.CountTasksResponse(count=await task_filters.count(self.pool, current_user_id(), query))
+
+    @translate_errors
+    async def GetTaskHistory(
+        self, request: scheduler_pb2.GetTaskHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.GetTaskHistoryResponse:
+        task_id = validation.uuid_field("task_id", request.task_id)
+        history = await task_history.read(self.pool, current_user_id(), task_id)
+        if history is None:
+            raise NotFound(TASK_NOT_FOUND)
+        return task_history.to_response(history)
+
+    @translate_errors
+    async def CancelTasks(
+        self, request: scheduler_pb2.CancelTasksRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.CancelTasksResponse:
+        selection = filter_validation.selection(request.selection, request.page_size, request.page_token)
+        page = await bulk_actions.cancel(self.pool, self.redis, current_user_id(), selection)
+        return scheduler_pb2.CancelTasksResponse(
+            affected=page.affected, skipped=page.skipped, next_page_token=page.next_page_token
+        )
+
+    @translate_errors
+    async def RetryTasks(
+        self, request: scheduler_pb2.RetryTasksRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.RetryTasksResponse:
+        selection = filter_validation.selection(request.selection, request.page_size, request.page_token)
+        page = await bulk_actions.retry(self.pool, self.redis, current_user_id(), selection, self.limits)
+        return scheduler_pb2.RetryTasksResponse(
+            affected=page.affected, skipped=page.skipped, next_page_token=page.next_page_token
+        )
+
+    @translate_errors
+    async def DeleteTasks(
+        self, request: scheduler_pb2.DeleteTasksRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.DeleteTasksResponse:
+        selection = filter_validation.selection(request.selection, request.page_size, request.page_token)
+        page = await bulk_actions.delete(self.pool, self.redis, current_user_id(), selection)
+        return scheduler_pb2.DeleteTasksResponse(
+            affected=page.affected, skipped=page.skipped, next_page_token=page.next_page_token
+        )
 
 
 class _HandlerRecorder:

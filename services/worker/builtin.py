@@ -34,8 +34,12 @@ async def sleep(ctx: TaskContext) -> dict[str, Any]:
 
 @task("fail")
 async def fail(ctx: TaskContext) -> None:
-    """Runs for `workload`, then fails (payload `message` sets the error): exercises retries and dead-lettering."""
+    """Runs for `workload`, then fails (payload `message` sets the error): exercises retries and dead-lettering.
+    With payload `succeed_on_attempt` N it succeeds from attempt N on (a flaky task that recovers)."""
     await _simulate(ctx)
+    succeed_on = ctx.payload.get("succeed_on_attempt")
+    if isinstance(succeed_on, int | float) and 0 < succeed_on <= ctx.attempt:
+        return
     message = ctx.payload.get("message") or f"simulated failure of attempt {ctx.attempt}"
     raise RuntimeError(str(message))
 

@@ -243,6 +243,14 @@ def _time(message: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
     return _moment(message) if present else None
 
 
+# For the modules next to this one (search): a time that may be unset, a status number.
+time_from_proto = _time
+
+
+def status_from_number(number: int) -> TaskStatus:
+    return _STATUS_FROM_PROTO.get(number, TaskStatus.UNSPECIFIED)  # type: ignore[call-overload]
+
+
 def _timedelta(message: duration_pb2.Duration) -> timedelta:
     return timedelta(seconds=message.seconds, microseconds=message.nanos // 1000)
 

@@ -33,7 +33,6 @@ from resilienttask._convert import (
     schedule_spec,
     session_from_proto,
     stats_from_proto,
-    status_number,
     submit_request,
     task_from_proto,
     to_seconds,
@@ -44,6 +43,15 @@ from resilienttask._tracecontext import trace_metadata
 from resilienttask._watch import BATCH_PAGE_SIZE, FETCH_CONCURRENCY, WaitTracker, WatchState, task_ids
 from resilienttask.errors import DeadlineExceeded, Unavailable, from_rpc_error
 from resilienttask.models import Schedule, Session, Snapshot, Task, TaskStats, TaskStatus, WatchEvent, Worker
+from resilienttask.search import (
+    BulkResult,
+    TaskFilter,
+    TaskHistory,
+    bulk_selections,
+    filter_message,
+    history_from_proto,
+    list_request,
+)
 from resilienttask.v1 import auth_pb2, auth_pb2_grpc, schedule_pb2, schedule_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
 __all__ = ["AsyncClient", "AsyncTaskWatch"]
@@ -266,10 +274,16 @@ class AsyncClient:
         return task_from_proto(reply.task)
 
     async def list(
-        self, status: TaskStatus | str | None = None, *, batch_id: str = "", page_size: int = 100
+        self,
+        status: TaskStatus | str | None = None,
+        *,
+        batch_id: str = "",
+        page_size: int = 100,
+        **conditions: Unpack[TaskFilter],
     ) -> AsyncIterator[Task]:
-        """Every task of the caller (newest first), optionally of one status or batch; pages are fetched lazily."""
-        request = scheduler_pb2.ListTasksRequest(status=status_number(status), page_size=page_size, batch_id=batch_id)
+        """Every task of the caller (newest first), optionally of one status or batch and meeting the conditions
+        (TaskFilter); pages are fetched lazily."""
+        request = list_request(status, batch_id, page_size, conditions)
         while True:
             reply = await self._call(self._scheduler.ListTasks, request, idempotent=True)
             for message in reply.tasks:
@@ -313,6 +327,66 @@ class AsyncClient:
         health = self._stub_set()[2]
         reply = await self._call(health.Check, health_pb2.HealthCheckRequest(), auth=False, idempotent=True)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    # -- search, history and bulk actions ----------------------------------------------------------
+    async def count(self, *, batch_id: str = "", **conditions: Unpack[TaskFilter]) -> int:
+        """How many of the caller's tasks meet the conditions; see Client.count."""
+        request = scheduler_pb2.CountTasksRequest(filter=filter_message(batch_id, conditions))
+        return int((await self._call(self._scheduler.CountTasks, request, idempotent=True)).count)
+
+    async def history(self, task_id: str) -> TaskHistory:
+        """The task (whole), its attempts and its transitions, oldest first."""
+        request = scheduler_pb2.GetTaskHistoryRequest(task_id=task_id)
+        return history_from_proto(await self._call(self._scheduler.GetTaskHistory, request, idempotent=True))
+
+    async def cancel_many(
+        self,
+        task_ids: Iterable[str] | None = None,
+        *,
+        batch_id: str = "",
+        page_size: int = 500,
+        **conditions: Unpack[TaskFilter],
+    ) -> BulkResult:
+        """Cancel the listed tasks or every task meeting the conditions; see Client.cancel_many."""
+        return await self._act_on_many("Cancel", task_ids, batch_id, page_size, conditions)
+
+    async def retry_many(
+        self,
+        task_ids: Iterable[str] | None = None,
+        *,
+        batch_id: str = "",
+        page_size: int = 500,
+        **conditions: Unpack[TaskFilter],
+    ) -> BulkResult:
+        """Queue again the failed, timed-out or cancelled tasks selected; see Client.retry_many."""
+        return await self._act_on_many("Retry", task_ids, batch_id, page_size, conditions)
+
+    async def delete_many(
+        self,
+        task_ids: Iterable[str] | None = None,
+        *,
+        batch_id: str = "",
+        page_size: int = 500,
+        **conditions: Unpack[TaskFilter],
+    ) -> BulkResult:
+        """Remove the finished tasks selected; see Client.delete_many."""
+        return await self._act_on_many("Delete", task_ids, batch_id, page_size, conditions)
+
+    async def _act_on_many(
+        self, action: str, task_ids: Iterable[str] | None, batch_id: str, page_size: int, conditions: TaskFilter
+    ) -> BulkResult:
+        method = getattr(self._scheduler, f"{action}Tasks")
+        request_type = getattr(scheduler_pb2, f"{action}TasksRequest")
+        total = BulkResult()
+        for selection in bulk_selections(task_ids, batch_id, conditions):
+            request = request_type(selection=selection, page_size=page_size)
+            while True:  # a repeated page (after UNAVAILABLE) affects nothing twice
+                reply = await self._call(method, request, idempotent=True)
+                total += BulkResult(reply.affected, reply.skipped)
+                if not reply.next_page_token:
+                    break
+                request.page_token = reply.next_page_token
+        return total
 
     # -- schedules -------------------------------------------------------------------------------
     async def create_schedule(

@@ -30,7 +30,6 @@ from resilienttask._convert import (
     schedule_spec,
     session_from_proto,
     stats_from_proto,
-    status_number,
     submit_request,
     task_from_proto,
     to_seconds,
@@ -41,6 +40,15 @@ from resilienttask._tracecontext import trace_metadata
 from resilienttask._watch import BATCH_PAGE_SIZE, WaitTracker, WatchState, task_ids
 from resilienttask.errors import DeadlineExceeded, Unavailable, from_rpc_error
 from resilienttask.models import Schedule, Session, Snapshot, Task, TaskStats, TaskStatus, WatchEvent, Worker
+from resilienttask.search import (
+    BulkResult,
+    TaskFilter,
+    TaskHistory,
+    bulk_selections,
+    filter_message,
+    history_from_proto,
+    list_request,
+)
 from resilienttask.v1 import auth_pb2, auth_pb2_grpc, schedule_pb2, schedule_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
 __all__ = ["Client", "TaskWatch"]
@@ -244,10 +252,16 @@ class Client:
         return task_from_proto(reply.task)
 
     def list(
-        self, status: TaskStatus | str | None = None, *, batch_id: str = "", page_size: int = 100
+        self,
+        status: TaskStatus | str | None = None,
+        *,
+        batch_id: str = "",
+        page_size: int = 100,
+        **conditions: Unpack[TaskFilter],
     ) -> Iterator[Task]:
-        """Every task of the caller (newest first), optionally of one status or batch; pages are fetched lazily."""
-        request = scheduler_pb2.ListTasksRequest(status=status_number(status), page_size=page_size, batch_id=batch_id)
+        """Every task of the caller (newest first), optionally of one status or batch and meeting the conditions
+        (TaskFilter: name_contains=, kind=, statuses=, created_after=, ...); pages are fetched lazily."""
+        request = list_request(status, batch_id, page_size, conditions)
         while True:
             reply = self._call(self._scheduler.ListTasks, request, idempotent=True)
             for message in reply.tasks:
@@ -298,6 +312,69 @@ class Client:
         """The edge's health status name ("SERVING" when it can take calls); needs no token."""
         reply = self._call(self._health.Check, health_pb2.HealthCheckRequest(), auth=False, idempotent=True)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    # -- search, history and bulk actions ----------------------------------------------------------
+    def count(self, *, batch_id: str = "", **conditions: Unpack[TaskFilter]) -> int:
+        """How many of the caller's tasks meet the conditions (as list() takes them)."""
+        request = scheduler_pb2.CountTasksRequest(filter=filter_message(batch_id, conditions))
+        return int(self._call(self._scheduler.CountTasks, request, idempotent=True).count)
+
+    def history(self, task_id: str) -> TaskHistory:
+        """The task (whole), its attempts and its transitions, oldest first."""
+        request = scheduler_pb2.GetTaskHistoryRequest(task_id=task_id)
+        return history_from_proto(self._call(self._scheduler.GetTaskHistory, request, idempotent=True))
+
+    def cancel_many(
+        self,
+        task_ids: Iterable[str] | None = None,
+        *,
+        batch_id: str = "",
+        page_size: int = 500,
+        **conditions: Unpack[TaskFilter],
+    ) -> BulkResult:
+        """Cancel the listed tasks, or every task meeting the conditions, page by page until done (finished ones
+        are skipped; running ones are stopped as cancel() stops them)."""
+        return self._act_on_many("Cancel", task_ids, batch_id, page_size, conditions)
+
+    def retry_many(
+        self,
+        task_ids: Iterable[str] | None = None,
+        *,
+        batch_id: str = "",
+        page_size: int = 500,
+        **conditions: Unpack[TaskFilter],
+    ) -> BulkResult:
+        """Queue again the failed, timed-out or cancelled tasks listed or meeting the conditions, page by page
+        (e.g. retry_many(statuses=["failed"])). Retries count against the submission rate like new tasks: a page
+        over a limit raises ResourceExhausted, after the earlier pages were retried."""
+        return self._act_on_many("Retry", task_ids, batch_id, page_size, conditions)
+
+    def delete_many(
+        self,
+        task_ids: Iterable[str] | None = None,
+        *,
+        batch_id: str = "",
+        page_size: int = 500,
+        **conditions: Unpack[TaskFilter],
+    ) -> BulkResult:
+        """Remove the finished tasks listed or meeting the conditions, page by page (unfinished ones skipped)."""
+        return self._act_on_many("Delete", task_ids, batch_id, page_size, conditions)
+
+    def _act_on_many(
+        self, action: str, task_ids: Iterable[str] | None, batch_id: str, page_size: int, conditions: TaskFilter
+    ) -> BulkResult:
+        method = getattr(self._scheduler, f"{action}Tasks")
+        request_type = getattr(scheduler_pb2, f"{action}TasksRequest")
+        total = BulkResult()
+        for selection in bulk_selections(task_ids, batch_id, conditions):
+            request = request_type(selection=selection, page_size=page_size)
+            while True:  # a repeated page (after UNAVAILABLE) affects nothing twice
+                reply = self._call(method, request, idempotent=True)
+                total += BulkResult(reply.affected, reply.skipped)
+                if not reply.next_page_token:
+                    break
+                request.page_token = reply.next_page_token
+        return total
 
     # -- schedules -------------------------------------------------------------------------------
     def create_schedule(

@@ -10,6 +10,8 @@ Catch the base class for "anything the service refused", or a subclass for one r
 
 from __future__ import annotations
 
+import re
+
 import grpc
 
 __all__ = [
@@ -41,15 +43,20 @@ class ResilientTaskError(Exception):
         return f"{self.code.name}: {self.message}"
 
 
+# A field's path: names joined by dots, each maybe with an index ("selection.ids.task_ids[3]").
+_FIELD_PATH = re.compile(r"[A-Za-z_]\w*(\[\d+\])?(\.[A-Za-z_]\w*(\[\d+\])?)*")
+
+
 class InvalidArgument(ResilientTaskError):
-    """A request field was refused; `field` names it when the server said which."""
+    """A request field was refused; `field` names it when the server said which: its path in the request, e.g.
+    "replicas", "filter.name_contains" or "selection.ids.task_ids[3]"."""
 
     default_code = grpc.StatusCode.INVALID_ARGUMENT
 
     def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
         super().__init__(message, code)
         head, sep, _ = message.partition(": ")
-        self.field = head if sep and head.isidentifier() else ""
+        self.field = head if sep and _FIELD_PATH.fullmatch(head) else ""
 
 
 class NotFound(ResilientTaskError):

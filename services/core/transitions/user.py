@@ -274,19 +274,32 @@ SELECT false AS after, * FROM target
 UNION ALL
 SELECT true AS after, * FROM changed
 """
-_CANCEL_BY = {"id": _CANCEL.format(match="id = $2"), "batch_id": _CANCEL.format(match=in_batch("$1", "$2::uuid"))}
+_CANCEL_BY = {
+    "id": _CANCEL.format(match="id = $2"),
+    "batch_id": _CANCEL.format(match=in_batch("$1", "$2::uuid")),
+    "ids": _CANCEL.format(match="id = ANY($2::uuid[])"),
+}
 
 
 async def cancel(
-    pool: asyncpg.Pool, owner_id: str, *, task_id: str | None = None, batch_id: str | None = None
+    pool: asyncpg.Pool,
+    owner_id: str,
+    *,
+    task_id: str | None = None,
+    batch_id: str | None = None,
+    task_ids: list[str] | None = None,
 ) -> CancelResult:
     """Queued or scheduled → CANCELLED at once; running → CANCELLING (the caller pushes the stop to the worker).
 
     Cancelling a cancelling or cancelled task again is harmless; a finished one is FAILED_PRECONDITION
-    (for a single task; a batch skips its finished tasks).
+    (for a single task; a batch, or a list of ids (a bulk cancel), skips its finished tasks).
     """
     column, value = ("id", task_id) if task_id else ("batch_id", batch_id)
-    found = await pool.fetch(_CANCEL_BY[column], owner_id, value)
+    found: list[asyncpg.Record]
+    if task_ids is not None:
+        found = await pool.fetch(_CANCEL_BY["ids"], owner_id, task_ids)
+    else:
+        found = await pool.fetch(_CANCEL_BY[column], owner_id, value)
     rows = sorted((r for r in found if not r["after"]), key=lambda r: r["replica_index"])
     if not rows:
         return CancelResult([], [], [])
