@@ -107,7 +107,8 @@ def stack(stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pyt
             # handler process can see (tests/integration/test_worker_identity.py), and one that reports when it
             # started (tests/integration/test_delayed.py).
             "RTASK_WORKER_IMPORTS": (
-                "tests.integration.bulky_handler,tests.integration.probe_handler,tests.integration.clock_handler"
+                "tests.integration.bulky_handler,tests.integration.probe_handler,tests.integration.clock_handler,"
+                "tests.integration.log_handler"
             ),
         },
         auth_limits=OPEN_AUTH_LIMITS,  # the whole session is one client address (tests/limits.py)

@@ -51,3 +51,23 @@ FIELD_DISPATCH_ID = "dispatch_id"
 FIELD_KIND = "kind"
 # The W3C traceparent of the submission (present only when tracing was on): see services.core.tracing.
 FIELD_TRACE_PARENT = "traceparent"
+
+
+# Task logs (services/core/task_logs.py): one stream per task whose entry ids are the lines' sequence numbers,
+# a hash per task with its last sequence number and its stored bytes, and, for the bounds across all tasks,
+# an index (sorted set task id -> time of its last line, ms) and the total bytes stored.
+def task_log_stream(task_id: str) -> str:
+    return f"{PREFIX}:logs:{task_id}"
+
+
+def task_log_meta(task_id: str) -> str:
+    return f"{PREFIX}:logmeta:{task_id}"
+
+
+TASK_LOGS_INDEX = f"{PREFIX}:logindex"
+TASK_LOGS_BYTES = f"{PREFIX}:logbytes"
+
+
+def log_watch_seats(owner_id: str) -> str:
+    """Sorted set of the owner's open WatchTaskLogs streams (seat id -> expiry, ms), across gateways."""
+    return f"{PREFIX}:logwatchers:{owner_id}"

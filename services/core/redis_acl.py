@@ -78,6 +78,18 @@ USERS: dict[str, AclUser] = {
             "zremrangebyscore",
             "zcard",
             "pexpire",
+            # Task logs (services/core/task_logs.py): the append script's commands besides the above, and the
+            # gateways' reads.
+            "xlen",
+            "xtrim",
+            "hget",
+            "hincrby",
+            "incrby",
+            "decrby",
+            "get",
+            "del",
+            "zrange",
+            "zrangebyscore",
             # Stop commands to the schedulers, pool changes to the gateways.
             "publish",
             "subscribe",

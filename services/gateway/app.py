@@ -18,6 +18,7 @@ from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server
 from services.gateway.auth_interceptor import AuthInterceptor
 from services.gateway.auth_service import AuthServicer
+from services.gateway.log_watch import LogWatchConfig
 from services.gateway.login_limits import LoginLimitsConfig
 from services.gateway.schedule_service import ScheduleServicer
 from services.gateway.scheduler_service import SchedulerServicer, add_scheduler_service
@@ -44,6 +45,7 @@ class GatewayConfig:
     watch: WatchConfig = field(default_factory=WatchConfig)
     limits: UserLimits = field(default_factory=UserLimits)
     login: LoginLimitsConfig = field(default_factory=LoginLimitsConfig)
+    log_watch: LogWatchConfig = field(default_factory=LogWatchConfig)
 
 
 @dataclass(frozen=True)
@@ -67,17 +69,23 @@ async def create_gateway(config: GatewayConfig) -> Gateway:
     auth = AuthServicer(pool, config.auth, config.login)
     auth_pb2_grpc.add_AuthServiceServicer_to_server(auth, server)
     hub = Hub(pool, redis, config.watch)
-    scheduler = SchedulerServicer(pool, redis, watch_hub=hub, limits=config.limits)
+    scheduler = SchedulerServicer(pool, redis, watch_hub=hub, limits=config.limits, log_watch=config.log_watch)
     add_scheduler_service(scheduler, server)
     schedule_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(pool, redis, config.limits), server)
     service = Service(server=server, port=port, health=health, service_names=SERVICE_NAMES)
-    service.background += [*hub.loops, scheduler.watchers.renew_forever]
+    service.background += [
+        *hub.loops,
+        scheduler.watchers.renew_forever,
+        scheduler.log_watchers.renew_forever,
+        scheduler.log_tail.run,
+    ]
     if (measured := metrics.current()) is not None:
         register_pools(measured, database=pool, redis=redis)
         register_watch(measured, hub)
     service.readiness_checks += [lambda: database_reachable(pool), lambda: redis_reachable(redis)]
     service.shutdown_hooks += [
         scheduler.watchers.close,
+        scheduler.log_watchers.close,
         auth.close,
         functools.partial(outbox.flush_marks, pool),
         pool.close,

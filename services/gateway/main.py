@@ -14,6 +14,7 @@ from services.core.observability import observed
 from services.core.server import run_until_signalled
 from services.core.tracing import TracingConfig
 from services.gateway.app import GatewayConfig, create_server
+from services.gateway.log_watch import LogWatchConfig
 from services.gateway.login_limits import LoginLimitsConfig
 from services.gateway.watch.config import WatchConfig
 
@@ -41,6 +42,7 @@ async def _serve() -> None:
         watch=WatchConfig.from_env(),
         limits=UserLimits.from_env(),
         login=LoginLimitsConfig.from_env(),
+        log_watch=LogWatchConfig.from_env(),
     )
     service = await create_server(config)
     calm_the_collector()

@@ -7,13 +7,14 @@ import grpc
 import redis.asyncio as aioredis
 
 from resilienttask.v1 import scheduler_pb2, scheduler_pb2_grpc
-from services.core import outbox, task_actions, task_filters, task_history, task_store, tracing, worker_registry
-from services.core.errors import NotFound, translate_errors
+from services.core import keys, outbox, task_actions, task_filters, task_history, task_store, tracing, worker_registry
+from services.core.errors import InvalidArgument, NotFound, translate_errors
 from services.core.limits import UserLimits
 from services.core.task_model import QUEUED, row_to_task, rows_to_tasks
 from services.core.transitions import user as transitions
 from services.gateway import bulk_actions, filter_validation, validation
 from services.gateway.auth_interceptor import current_user_id
+from services.gateway.log_watch import LogTail, LogWatchConfig, watch_task_logs
 from services.gateway.watch.hub import Hub
 from services.gateway.watch.seats import WatchSeats
 from services.gateway.watch.stream import watch_tasks
@@ -24,13 +25,23 @@ SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].ful
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     def __init__(
-        self, pool: asyncpg.Pool, redis: aioredis.Redis, *, watch_hub: Hub, limits: UserLimits | None = None
+        self,
+        pool: asyncpg.Pool,
+        redis: aioredis.Redis,
+        *,
+        watch_hub: Hub,
+        limits: UserLimits | None = None,
+        log_watch: LogWatchConfig | None = None,
     ) -> None:
         self.pool = pool
         self.redis = redis
         self.watch_hub = watch_hub
         self.limits = limits or UserLimits()
         self.watchers = WatchSeats(redis, self.limits.max_watch_streams)
+        # WatchTaskLogs streams: as many per user as WatchTasks streams, counted apart.
+        self.log_watchers = WatchSeats(redis, self.limits.max_watch_streams, keys.log_watch_seats, "log watch")
+        self.log_watch = log_watch or LogWatchConfig()
+        self.log_tail = LogTail(redis, self.log_watch.tail_block_ms)
         self.kinds = worker_registry.KindsCache(redis)
 
     @translate_errors
@@ -138,6 +149,21 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         owner = current_user_id()
         async with self.watchers.seat(owner):
             await watch_tasks(self.watch_hub, owner, request, context.write)
+
+    @translate_errors
+    async def WatchTaskLogs(
+        self, request: scheduler_pb2.WatchTaskLogsRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        owner = current_user_id()
+        task_id = validation.uuid_field("task_id", request.task_id)
+        if request.after_sequence < 0:
+            raise InvalidArgument("after_sequence", "must not be negative")
+        if await task_store.get(self.pool, owner, task_id) is None:
+            raise NotFound(TASK_NOT_FOUND)
+        async with self.log_watchers.seat(owner):
+            await watch_task_logs(
+                self.pool, self.redis, self.log_tail, self.log_watch, owner, task_id, request, context.write
+            )
 
     @translate_errors
     async def ListWorkers(

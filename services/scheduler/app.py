@@ -17,6 +17,7 @@ from services.core.metrics import MetricsConfig
 from services.core.pool_metrics import register_pools
 from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server
+from services.core.task_logs import TaskLogConfig
 from services.core.tokens import WORKER_AUDIENCE
 from services.core.worker_credentials import WorkerKeyConfig
 from services.gateway.auth_interceptor import AuthInterceptor
@@ -24,6 +25,7 @@ from services.scheduler.cluster_metrics import ClusterGauges
 from services.scheduler.connections import ConnectedWorkers, relay_commands
 from services.scheduler.due import DueConfig, DuePublisher
 from services.scheduler.enrolment import Enrolment, worker_verifier
+from services.scheduler.logs import LogIntakeConfig, LogSink
 from services.scheduler.progress import ProgressBuffer
 from services.scheduler.schedule_firer import FiringConfig, ScheduleFirer
 from services.scheduler.store import RetryPolicy
@@ -64,6 +66,9 @@ class SchedulerConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     due: DueConfig = field(default_factory=DueConfig)
     firing: FiringConfig = field(default_factory=FiringConfig)
+    # Handlers' log lines: the store's bounds, and what one worker stream may send.
+    logs: TaskLogConfig = field(default_factory=TaskLogConfig)
+    log_intake: LogIntakeConfig = field(default_factory=LogIntakeConfig)
 
 
 async def create_server(config: SchedulerConfig) -> Service:
@@ -74,6 +79,7 @@ async def create_server(config: SchedulerConfig) -> Service:
     server, port, health = create_grpc_server(config.server, service_names=SERVICE_NAMES, interceptors=[interceptor])
     workers = ConnectedWorkers()
     progress = ProgressBuffer()
+    logs = LogSink(pool, redis, config.logs, config.log_intake)
     emitter = outbox.EventEmitter(pool, redis)
     silent_after_s = config.takeover.holder_silent_ms / 1000
 
@@ -85,7 +91,7 @@ async def create_server(config: SchedulerConfig) -> Service:
 
     enrolment = Enrolment(pool, config.workers, worker_verifier(config.workers))
     servicer = WorkerServicer(
-        pool, redis, workers, progress, config.retry, enrolment, released_tasks, config.worker_limits
+        pool, redis, workers, progress, config.retry, enrolment, released_tasks, config.worker_limits, logs
     )
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server)
     service = Service(server=server, port=port, health=health, service_names=SERVICE_NAMES)
@@ -93,6 +99,7 @@ async def create_server(config: SchedulerConfig) -> Service:
         lambda: relay_commands(redis, workers),
         lambda: progress.flush_forever(pool, emitter, config.progress_flush_ms / 1000),
         emitter.run,
+        logs.run,
         lambda: run_sweepers(pool, redis, config.sweeps, config.limits),
         DuePublisher(pool, redis, config.limits.max_active_tasks, config.due).run,
         ScheduleFirer(pool, redis, config.limits, config.firing).run,

@@ -11,9 +11,11 @@ from services.core.limits import UserLimits
 from services.core.logging import configure_logging
 from services.core.observability import observed
 from services.core.server import run_until_signalled
+from services.core.task_logs import TaskLogConfig
 from services.core.tracing import TracingConfig
 from services.core.worker_credentials import WorkerKeyConfig
 from services.scheduler.app import SchedulerConfig, TakeoverConfig, create_server
+from services.scheduler.logs import LogIntakeConfig
 from services.scheduler.schedule_firer import FiringConfig
 from services.scheduler.store import RetryPolicy
 from services.scheduler.sweepers import SweepConfig
@@ -41,6 +43,8 @@ async def _serve(metrics_config: metrics.MetricsConfig) -> None:
         limits=UserLimits.from_env(),
         metrics=metrics_config,
         firing=FiringConfig(misfire_grace_ms=env_int("RTASK_SCHEDULE_MISFIRE_GRACE_MS", 1000)),
+        logs=TaskLogConfig.from_env(),
+        log_intake=LogIntakeConfig.from_env(),
     )
     service = await create_server(config)
     await run_until_signalled(service, config.server)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -48,6 +49,7 @@ class WorkProcessor:
         retry: store.RetryPolicy,
         holders: store.HolderCheck,
         max_items: int = 500,
+        before_finish: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.pool = pool
@@ -58,6 +60,9 @@ class WorkProcessor:
         self.holders = holders
         # Items one WorkRequest may carry; a worker asks for at most its free slots, so this bounds a bad one.
         self.max_items = max_items
+        # Awaited before outcomes are recorded: the lines the worker sent before them are stored first, so a
+        # finished task's log is complete (services.scheduler.logs).
+        self.before_finish = before_finish
         self._queue: list[worker_pb2.WorkRequest] = []
         self._ready = asyncio.Event()
 
@@ -76,6 +81,8 @@ class WorkProcessor:
             self._ready.clear()
             batch, self._queue = self._queue, []
             if batch:
+                if self.before_finish is not None and any(request.finish for request in batch):
+                    await self.before_finish()
                 await self._record(batch)
 
     async def _record(self, batch: list[worker_pb2.WorkRequest]) -> None:

@@ -26,6 +26,7 @@ from services.gateway.auth_interceptor import current_user_id
 from services.scheduler import store
 from services.scheduler.connections import ConnectedWorkers, Mailbox, announce_stream, cancel_command
 from services.scheduler.enrolment import Enrolment
+from services.scheduler.logs import LogSink
 from services.scheduler.progress import ProgressBuffer
 from services.scheduler.work import WorkProcessor
 from services.scheduler.worker_limits import WorkerInputRefused, WorkerLimits
@@ -44,6 +45,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         enrolment: Enrolment,
         holders: store.HolderCheck,
         limits: WorkerLimits | None = None,
+        logs: LogSink | None = None,
     ) -> None:
         self.pool = pool
         self.redis = redis
@@ -53,6 +55,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self.enrolment = enrolment
         self.holders = holders
         self.limits = limits or WorkerLimits()
+        self.logs = logs
         # The tasks serving open streams: ended before the stores close, so no stream's clean-up (the registry
         # removal, a heartbeat check) opens a Redis connection on a closed client, where nothing closes it.
         self._streams: set[asyncio.Task[object]] = set()
@@ -101,6 +104,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             self.retry,
             self.holders,
             self.limits.max_items_per_request,
+            before_finish=self.logs.settled if self.logs is not None else None,
         )
         reader = asyncio.create_task(self._read(request_iterator, info, mailbox, work))
         processor = asyncio.create_task(work.run())
@@ -140,6 +144,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     ) -> None:
         checking: asyncio.Task[None] | None = None
         progress_rate = self.limits.progress_rate(info.slots)
+        log_gate = self.logs.gate() if self.logs is not None else None
         try:
             async for message in requests:
                 if message.HasField("work"):
@@ -160,6 +165,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                             f"a worker of {info.slots} slots",
                         )
                     self.progress.add(report.task.task_id, report.task.fence, info.id, report.progress)
+                elif message.HasField("logs"):
+                    if self.logs is not None and log_gate is not None:
+                        self.logs.submit(info.id, log_gate, message.logs)
                 elif message.HasField("hello"):
                     raise WorkerInputRefused(grpc.StatusCode.INVALID_ARGUMENT, "hello: only the first message")
         finally:

@@ -11,6 +11,9 @@ from resilienttask.handlers import TaskContext, task
 # and not less often than every second.
 MIN_PROGRESS_STEP_S = 0.05
 MAX_PROGRESS_STEP_S = 1.0
+# The simulated workload logs a line at each of these quarters (and at its start and end): enough to see
+# logs without a handler of one's own, few enough to cost nothing.
+LOG_QUARTERS = 4
 
 
 async def _simulate(ctx: TaskContext) -> None:
@@ -18,11 +21,18 @@ async def _simulate(ctx: TaskContext) -> None:
     total = max(0.0, ctx.workload_s)
     step = min(max(total / 100, MIN_PROGRESS_STEP_S), MAX_PROGRESS_STEP_S)
     started = time.monotonic()
+    ctx.log.info("attempt %d: working for %gs", ctx.attempt, total)
     ctx.report_progress(0.0)
+    logged = 0
     while (elapsed := time.monotonic() - started) < total:
         await ctx.sleep_or_cancel(min(step, total - elapsed))
-        ctx.report_progress(min(1.0, (time.monotonic() - started) / total))
+        fraction = min(1.0, (time.monotonic() - started) / total)
+        ctx.report_progress(fraction)
+        if (quarter := int(fraction * LOG_QUARTERS)) > logged and quarter < LOG_QUARTERS:
+            logged = quarter
+            ctx.log.info("%d%% done", quarter * 100 // LOG_QUARTERS)
     ctx.report_progress(1.0)
+    ctx.log.info("done after %.2fs", time.monotonic() - started)
 
 
 @task("sleep")
@@ -41,6 +51,7 @@ async def fail(ctx: TaskContext) -> None:
     if isinstance(succeed_on, int | float) and 0 < succeed_on <= ctx.attempt:
         return
     message = ctx.payload.get("message") or f"simulated failure of attempt {ctx.attempt}"
+    ctx.log.error("failing on purpose: %s", message)
     raise RuntimeError(str(message))
 
 
@@ -51,6 +62,7 @@ def spin(ctx: TaskContext) -> dict[str, Any]:
     started = time.monotonic()
     deadline = started + total if total > 0 else float("inf")
     rounds = 0
+    print(f"spinning for {total:g}s" if total > 0 else "spinning until killed", flush=True)
     while (now := time.monotonic()) < deadline:
         rounds += 1
         if total > 0:

@@ -1,15 +1,19 @@
 """Entry of a handler's child process: a fresh interpreter running exactly one handler call.
 
 Protocol (JSON lines): the parent writes the task spec on stdin, later maybe `cancel`; the child
-writes `{"progress": x}` messages and one final `{"result": value}` or `{"error": text}` on its
-original stdout, which is kept for these messages only (fd 1 is pointed at stderr so that prints
-of the handler end up in the worker's log). EOF on stdin means the worker died: the child exits.
+writes `{"progress": x}` messages, `{"log": [level, text]}` for each record of the handler's logger (and
+`{"dropped": n}` for records over the rate bound), and one final `{"result": value}` or `{"error": text}` on
+its original stdout, which is kept for these messages only. The handler's own stdout (fd 1) is the pipe whose
+descriptor the worker names as the first argument, and its stderr (fd 2) another pipe: the worker reads both
+line by line into the task's log, whoever writes them (the handler, a library, a process it started).
+EOF on stdin means the worker died: the child exits.
 This module imports only the standard library and the handler registry, so it starts fast.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -20,6 +24,7 @@ import traceback
 from typing import IO, Any
 
 from resilienttask.handlers import Handler, TaskContext, get_handler
+from services.core.token_bucket import TokenBucket
 
 CANCEL_COMMAND = "cancel"
 # Progress messages leave at most this often; the last value is always sent before the outcome.
@@ -34,6 +39,9 @@ class MessagePipe:
     def __init__(self, out: IO[bytes]) -> None:
         self._out = out
         self._lock = threading.Lock()
+        # Logger records over this bound are only counted (the worker bounds them again); set from the spec.
+        self._log_bucket = TokenBucket(100.0, 1000.0)
+        self._log_dropped = 0
         self._pending: float | None = None
         self._wake = threading.Event()
         threading.Thread(target=self._flush_loop, name="progress", daemon=True).start()
@@ -43,8 +51,26 @@ class MessagePipe:
             self._pending = fraction
         self._wake.set()
 
+    def limit_logs(self, rate_per_s: float, burst: float) -> None:
+        self._log_bucket = TokenBucket(rate_per_s, burst)
+
+    def log(self, level: str, text: str) -> None:
+        """One record of the handler's logger (any thread); over the bound, only counted."""
+        with self._lock:
+            if not self._log_bucket.take():
+                self._log_dropped += 1
+                return
+            dropped, self._log_dropped = self._log_dropped, 0
+        if dropped:
+            self._write({"dropped": dropped})
+        self._write({"log": [level, text]})
+
     def final(self, message: dict[str, Any]) -> None:
         self._flush_progress()
+        with self._lock:
+            dropped, self._log_dropped = self._log_dropped, 0
+        if dropped:
+            self._write({"dropped": dropped})
         self._write(message)
 
     def _flush_loop(self) -> None:
@@ -125,12 +151,15 @@ def run(spec: dict[str, Any], pipe: MessagePipe) -> None:
         pipe.final({"error": f"module {spec['module']} registers no handler for kind {spec['kind']!r}"})
         return
     drop_privileges(spec.get("run_as"))
+    if "log_rate" in spec:
+        pipe.limit_logs(float(spec["log_rate"]), float(spec["log_burst"]))
     ctx = TaskContext(
         task_id=spec["task_id"],
         attempt=int(spec["attempt"]),
         payload=spec["payload"],
         workload_s=float(spec["workload_s"]),
         _progress_sink=pipe.progress,
+        _log_sink=pipe.log,
     )
     on_cancel: list[Any] = []
     threading.Thread(target=_watch_parent, args=(ctx, on_cancel), name="commands", daemon=True).start()
@@ -138,17 +167,32 @@ def run(spec: dict[str, Any], pipe: MessagePipe) -> None:
         value = _run_async(handler, ctx, on_cancel) if handler.is_async else handler.fn(ctx)
     except BaseException as exc:
         traceback.print_exc()
+        _flush_output()
         pipe.final({"error": describe_error(exc)})
         return
+    _flush_output()
     try:
         pipe.final({"result": value})
     except (TypeError, ValueError) as exc:
         pipe.final({"error": f"result is not JSON-compatible: {exc}"})
 
 
+def _flush_output() -> None:
+    """What the handler printed reaches its pipes before the outcome is sent."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+
+
 def main() -> None:
     out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
+    # The handler's stdout: the pipe the worker passed (its descriptor number is our first argument).
+    output_fd = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    os.dup2(output_fd, 1)
+    if output_fd > 2:
+        os.close(output_fd)
+    # Line by line, so a print reaches the task's log while the handler runs.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     spec = json.loads(sys.stdin.buffer.readline() or b"{}")
     pipe = MessagePipe(out)
     try:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from services.core.config import ConfigError, RedisConfig, ServerConfig
 from services.core.worker_credentials import EnrolmentConfig
 from services.worker.isolation import IsolationConfig
+from services.worker.logs import LogShipConfig
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:
@@ -63,6 +64,8 @@ class WorkerConfig:
     imports: tuple[str, ...] = ()
     # How handler child processes are confined (user, environment).
     isolation: IsolationConfig = field(default_factory=IsolationConfig)
+    # Rate bounds and pace of the handlers' log lines.
+    logs: LogShipConfig = field(default_factory=LogShipConfig)
 
     def __post_init__(self) -> None:
         if not self.worker_id:
@@ -112,6 +115,7 @@ class WorkerConfig:
             self_fence_margin_ms=_int(env, "RTASK_WORKER_SELF_FENCE_MARGIN_MS", 0),
             imports=imports,
             isolation=IsolationConfig.from_env(env),
+            logs=LogShipConfig.from_env(env),
         )
 
 

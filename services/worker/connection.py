@@ -26,6 +26,7 @@ import grpc
 from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
 from services.core.tokens import IssuedToken
 from services.core.worker_credentials import EnrolmentConfig
+from services.worker.logs import LogShipper
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,8 @@ class SchedulerLink:
         self._in_flight: dict[int, list[_Ask]] = {}
         self._request_ids = 0
         self._heartbeats = 0
+        # What handlers logged: sent before the outcomes of their attempts (services.worker.logs).
+        self.logs: LogShipper | None = None
 
     # -- the stream -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -324,6 +327,10 @@ class SchedulerLink:
             asks, self._asks = [a for a in self._asks if not a.answer.done()], []
             if not asks:
                 continue
+            finishing = {item.task.task_id for ask in asks for item in ask.finish}
+            if finishing and self.logs is not None:
+                # Stored before the outcome: once a task is finished, its log is complete.
+                await self.logs.flush(finishing)
             self._request_ids += 1
             request = worker_pb2.WorkRequest(request_id=self._request_ids)
             for ask in asks:

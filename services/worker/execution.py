@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from resilienttask.handlers import Handler, TaskContext
+from services.core.task_logs import MAX_LINE_BYTES
 from services.worker.child import CANCEL_COMMAND, describe_error
 from services.worker.isolation import IsolationConfig
+from services.worker.logs import LOGGER, STDERR, STDOUT, AttemptLog
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,11 @@ CHILD_MODULE = "services.worker.child"
 CHILD_LINE_LIMIT_BYTES = 1 << 20
 # How often an abandoned in-process handler is cancelled again, in case it swallowed one cancellation.
 RECANCEL_INTERVAL_S = 0.1
+# A child's stdout and stderr are read in chunks of this size; a line longer than MAX_LINE_BYTES is cut.
+OUTPUT_CHUNK_BYTES = 64 * 1024
+# After the child exits, how long its output pipes may stay open (held by a process it started) before the
+# reading stops: the outcome is not held back longer than this.
+OUTPUT_DRAIN_S = 1.0
 
 ProgressSink = Callable[[float], None]
 
@@ -54,10 +61,13 @@ class HandlerResult:
 class Execution(ABC):
     """A handler call in flight; `done` resolves when it has ended, whatever the cause."""
 
-    def __init__(self, handler: Handler, spec: TaskSpec, on_progress: ProgressSink) -> None:
+    def __init__(
+        self, handler: Handler, spec: TaskSpec, on_progress: ProgressSink, log: AttemptLog | None = None
+    ) -> None:
         self.handler = handler
         self.spec = spec
         self.on_progress = on_progress
+        self.log = log
         self.done: asyncio.Future[HandlerResult] = asyncio.get_running_loop().create_future()
 
     @property
@@ -91,14 +101,18 @@ class InProcessExecution(Execution):
 
     _abandoned: set[asyncio.Task[None]] = set()  # strong references to the re-cancelling loops
 
-    def __init__(self, handler: Handler, spec: TaskSpec, on_progress: ProgressSink) -> None:
-        super().__init__(handler, spec, on_progress)
+    def __init__(
+        self, handler: Handler, spec: TaskSpec, on_progress: ProgressSink, log: AttemptLog | None = None
+    ) -> None:
+        super().__init__(handler, spec, on_progress, log)
+        sink = log
         self.context = TaskContext(
             task_id=spec.task_id,
             attempt=spec.attempt,
             payload=spec.payload,
             workload_s=spec.workload_s,
             _progress_sink=on_progress,
+            _log_sink=(lambda level, text: sink.line(LOGGER, level, text)) if sink else (lambda _level, _text: None),
         )
         self._task: asyncio.Task[Any] | None = None
 
@@ -144,12 +158,21 @@ class ChildProcessExecution(Execution):
     pipes, and an unprivileged user for the handler call when the worker is root."""
 
     def __init__(
-        self, handler: Handler, spec: TaskSpec, on_progress: ProgressSink, isolation: IsolationConfig | None = None
+        self,
+        handler: Handler,
+        spec: TaskSpec,
+        on_progress: ProgressSink,
+        isolation: IsolationConfig | None = None,
+        log: AttemptLog | None = None,
+        log_rate: tuple[float, float] = (100.0, 1000.0),
     ) -> None:
-        super().__init__(handler, spec, on_progress)
+        super().__init__(handler, spec, on_progress, log)
         self.isolation = isolation or IsolationConfig()
+        self.log_rate = log_rate
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._pumps: list[asyncio.Task[None]] = []
+        self._stdout_transport: asyncio.BaseTransport | None = None
 
     @property
     def pid(self) -> int | None:
@@ -164,23 +187,43 @@ class ChildProcessExecution(Execution):
             "payload": self.spec.payload,
             "workload_s": self.spec.workload_s,
             "sys_path": sys.path,
+            # The child counts logger records over this bound instead of sending them (the worker bounds them too).
+            "log_rate": self.log_rate[0],
+            "log_burst": self.log_rate[1],
         }
         # The child drops to this uid and gid (no supplementary groups) before it calls the handler, so the
         # worker's 0600 files and /proc/<worker>/environ stay out of reach. It switches itself, after its
         # start-up imports: the interpreter may live where only root can read (a pyenv under /root).
         spec["run_as"] = self.isolation.identity()
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            CHILD_MODULE,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            # Its own process group, so a kill also takes down whatever the handler started.
-            start_new_session=True,
-            limit=CHILD_LINE_LIMIT_BYTES,
-            env=self.isolation.environment(os.environ),
-            close_fds=True,  # only stdin, stdout and stderr: no Redis or gRPC socket of the worker
-        )
+        # The handler's stdout: a pipe of its own (the child's original stdout carries the messages).
+        output_read, output_write = os.pipe()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                CHILD_MODULE,
+                str(output_write),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                # Its own process group, so a kill also takes down whatever the handler started.
+                start_new_session=True,
+                limit=CHILD_LINE_LIMIT_BYTES,
+                env=self.isolation.environment(os.environ),
+                close_fds=True,  # only its pipes: no Redis or gRPC socket of the worker
+                pass_fds=(output_write,),
+            )
+        except BaseException:
+            os.close(output_read)
+            raise
+        finally:
+            os.close(output_write)
+        stdout, self._stdout_transport = await _pipe_reader(output_read)
+        assert self._proc.stderr is not None
+        self._pumps = [
+            asyncio.create_task(self._pump(stdout, STDOUT), name=f"stdout:{self.spec.task_id}"),
+            asyncio.create_task(self._pump(self._proc.stderr, STDERR), name=f"stderr:{self.spec.task_id}"),
+        ]
         self._reader = asyncio.create_task(self._read(self._proc), name=f"child:{self.spec.task_id}")
         self._send(json.dumps(spec).encode())
 
@@ -201,6 +244,13 @@ class ChildProcessExecution(Execution):
             final = HandlerResult(ok=False, error="handler process sent an oversized message")
             self._signal_group(proc)
         returncode = await proc.wait()
+        # What the handler printed is in the log before the outcome is known (a process it left behind
+        # holding the pipes gets OUTPUT_DRAIN_S).
+        _, late = await asyncio.wait(self._pumps, timeout=OUTPUT_DRAIN_S)
+        for pump in late:
+            pump.cancel()
+        if self._stdout_transport is not None:
+            self._stdout_transport.close()
         if proc.stdin is not None:
             proc.stdin.close()
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -220,11 +270,43 @@ class ChildProcessExecution(Execution):
         if "progress" in message and isinstance(message["progress"], (int, float)):
             self.on_progress(float(message["progress"]))
             return None
+        if "log" in message:
+            record = message["log"]
+            if self.log is not None and isinstance(record, list) and len(record) == 2:
+                self.log.line(LOGGER, str(record[0]), str(record[1]))
+            return None
+        if "dropped" in message:
+            if self.log is not None and isinstance(message["dropped"], int):
+                self.log.dropped(max(0, message["dropped"]))
+            return None
         if "result" in message:
             return HandlerResult(ok=True, value=message["result"])
         if "error" in message:
             return HandlerResult(ok=False, error=str(message["error"]))
         return None
+
+    async def _pump(self, reader: asyncio.StreamReader, stream: int) -> None:
+        """Feed one output pipe into the task's log line by line. While no line would pass the rate bounds, a
+        chunk's lines are only counted (no split, no decoding): a flood costs little more than reading it."""
+        carry = b""
+        try:
+            while chunk := await reader.read(OUTPUT_CHUNK_BYTES):
+                if self.log is None:
+                    continue
+                data = carry + chunk if carry else chunk
+                end = data.rfind(b"\n")
+                if end < 0:
+                    carry = _cut_carry(data, self.log, stream)
+                    continue
+                carry = _cut_carry(data[end + 1 :], self.log, stream)
+                if self.log.room() == 0:
+                    self.log.dropped(data.count(b"\n", 0, end + 1))
+                else:
+                    self.log.raw_lines(stream, data[:end].split(b"\n"))
+            if carry and self.log is not None:
+                self.log.raw_lines(stream, [carry])
+        except (OSError, ValueError) as exc:
+            log.debug("handler output unreadable", extra={"task_id": self.spec.task_id, "error": repr(exc)})
 
     def request_stop(self) -> None:
         self._send(CANCEL_COMMAND.encode())
@@ -245,6 +327,22 @@ class ChildProcessExecution(Execution):
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _cut_carry(rest: bytes, sink: AttemptLog, stream: int) -> bytes:
+    """An unfinished line kept for the next chunk; one already past the line limit goes out cut."""
+    if len(rest) <= MAX_LINE_BYTES:
+        return rest
+    sink.raw_lines(stream, [rest[:MAX_LINE_BYTES]])
+    return b""
+
+
+async def _pipe_reader(fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+    """An asyncio reader on the read end of a pipe (owned by the transport from now on)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=CHILD_LINE_LIMIT_BYTES)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0))
+    return reader, transport
+
+
 def _exit_text(returncode: int) -> str:
     if returncode < 0:
         try:
@@ -256,9 +354,14 @@ def _exit_text(returncode: int) -> str:
 
 
 def create_execution(
-    handler: Handler, spec: TaskSpec, on_progress: ProgressSink, isolation: IsolationConfig | None = None
+    handler: Handler,
+    spec: TaskSpec,
+    on_progress: ProgressSink,
+    isolation: IsolationConfig | None = None,
+    log: AttemptLog | None = None,
+    log_rate: tuple[float, float] = (100.0, 1000.0),
 ) -> Execution:
     """In a child process when the handler asks for it (every sync handler does), else in-process."""
     if handler.process:
-        return ChildProcessExecution(handler, spec, on_progress, isolation)
-    return InProcessExecution(handler, spec, on_progress)
+        return ChildProcessExecution(handler, spec, on_progress, isolation, log, log_rate)
+    return InProcessExecution(handler, spec, on_progress, log)

@@ -13,6 +13,7 @@ from resilienttask.worker.v1 import worker_pb2
 from services.worker.child import describe_error
 from services.worker.execution import Execution, HandlerResult, ProgressSink, TaskSpec, create_execution
 from services.worker.isolation import IsolationConfig
+from services.worker.logs import AttemptLog
 
 # Error texts beyond this are cut: they end up in a database column and in every watch event.
 MAX_ERROR_CHARS = 2000
@@ -66,10 +67,12 @@ class Attempt:
         on_progress: ProgressSink,
         cancel_grace_s: float,
         isolation: IsolationConfig | None = None,
+        log: AttemptLog | None = None,
+        log_rate: tuple[float, float] = (100.0, 1000.0),
     ) -> None:
         self.spec = spec
         self.cancel_grace_s = cancel_grace_s
-        self.execution: Execution = create_execution(handler, spec, on_progress, isolation)
+        self.execution: Execution = create_execution(handler, spec, on_progress, isolation, log, log_rate)
         self._stop = asyncio.Event()
 
     @property

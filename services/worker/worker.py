@@ -33,6 +33,7 @@ from services.core.worker_credentials import EnrolmentConfig
 from services.worker.config import WorkerConfig
 from services.worker.connection import Backoff, SchedulerLink, WorkerTokens
 from services.worker.consumer import Delivery, DispatchConsumer
+from services.worker.logs import LogShipper
 from services.worker.messages import HeldKey, finish_item, held, spec_from_task
 from services.worker.progress import ProgressThrottle
 from services.worker.reporter import Finished, FinishReporter
@@ -91,6 +92,8 @@ class Worker:
             contact_timeout_s=config.contact_timeout_ms / 1000,
         )
         self.progress = ProgressThrottle(self.link.send, lambda key: key in self.running)
+        self.logs = LogShipper(self.link.send, config.logs)
+        self.link.logs = self.logs
         self.reporter = FinishReporter(self.link, self.consumer, self._settled)
         self.traces = AttemptTraces(config.worker_id)
         self.running: dict[HeldKey, Running] = {}
@@ -141,6 +144,7 @@ class Worker:
                 ("connect", self.link.run()),
                 ("heartbeat", self._heartbeat_forever()),
                 ("progress", self.progress.run()),
+                ("logs", self.logs.run()),
                 ("finish", self.reporter.run()),
                 ("parked", self._retry_parked()),
                 ("self-fence", self._fence_forever()),
@@ -352,6 +356,8 @@ class Worker:
             on_progress=lambda fraction: self.progress.report(key, fraction),
             cancel_grace_s=self.config.cancel_grace_ms / 1000,
             isolation=self.config.isolation,
+            log=self.logs.open(key),
+            log_rate=(self.config.logs.task_lines_per_s, self.config.logs.task_burst_lines),
         )
         running = Running(key, delivery.entry_id, attempt)
         self.running[key] = running
@@ -370,6 +376,7 @@ class Worker:
                 outcome = AttemptOutcome(worker_pb2.OUTCOME_FAILED, f"worker error: {exc!r}")
             finally:
                 del self.running[running.key]
+                self.logs.close(running.key)
                 self._slot_freed.set()
             if self.metrics is not None:
                 self.metrics.handled(kind, outcome.outcome, time.monotonic() - began)

@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "AsyncTaskWatch": "resilienttask.aio",
     "RetryPolicy": "resilienttask._retry",
     "CatchupPolicy": "resilienttask.models",
+    "LogLine": "resilienttask.models",
     "OverlapPolicy": "resilienttask.models",
     "Schedule": "resilienttask.models",
     "Session": "resilienttask.models",
@@ -68,6 +69,7 @@ __all__ = [
     "DeadlineExceeded",
     "FailedPrecondition",
     "InvalidArgument",
+    "LogLine",
     "NotFound",
     "OverlapPolicy",
     "PermissionDenied",
@@ -131,6 +133,7 @@ if TYPE_CHECKING:
     from resilienttask.handlers import TaskContext, task
     from resilienttask.models import (
         CatchupPolicy,
+        LogLine,
         OverlapPolicy,
         Schedule,
         Session,

@@ -38,11 +38,22 @@ from resilienttask._convert import (
     to_seconds,
     worker_from_proto,
 )
-from resilienttask._retry import RetryPolicy
+from resilienttask._logs import LogCursor
+from resilienttask._retry import RECONNECT_CODES, RetryPolicy
 from resilienttask._tracecontext import trace_metadata
 from resilienttask._watch import BATCH_PAGE_SIZE, FETCH_CONCURRENCY, WaitTracker, WatchState, task_ids
 from resilienttask.errors import DeadlineExceeded, Unavailable, from_rpc_error
-from resilienttask.models import Schedule, Session, Snapshot, Task, TaskStats, TaskStatus, WatchEvent, Worker
+from resilienttask.models import (
+    LogLine,
+    Schedule,
+    Session,
+    Snapshot,
+    Task,
+    TaskStats,
+    TaskStatus,
+    WatchEvent,
+    Worker,
+)
 from resilienttask.search import (
     BulkResult,
     TaskFilter,
@@ -451,6 +462,30 @@ class AsyncClient:
             return self._scheduler.WatchTasks(request, metadata=metadata, timeout=call_timeout)
 
         return AsyncTaskWatch(open_stream, state)
+
+    async def logs(self, task_id: str, *, follow: bool = False, after: int = 0) -> AsyncIterator[LogLine]:
+        """The task's log lines (async iterator); see Client.logs."""
+        cursor = LogCursor(task_id, follow, sequence=after)
+        metadata = bearer(self.token) + trace_metadata()
+        pauses = self.retry_policy.backoffs()
+        heard = time.monotonic()
+        while True:
+            call = self._scheduler.WatchTaskLogs(cursor.request(), metadata=metadata)
+            try:
+                async for message in call:
+                    heard = time.monotonic()
+                    for line in cursor.take(message):
+                        yield line
+            except grpc.RpcError as exc:
+                code = exc.code()  # type: ignore[attr-defined]
+                if code not in RECONNECT_CODES or time.monotonic() - heard > self.retry_policy.reconnect_for_s:
+                    raise from_rpc_error(exc) from exc
+                await asyncio.sleep(next(pauses))
+                continue
+            finally:
+                call.cancel()
+            if cursor.finished or not cursor.follow:
+                return
 
     async def _fetch_whole(self, tracker: WaitTracker, timeout: float | None) -> None:  # noqa: ASYNC109
         """Replace the summaries a watch gave by the whole tasks, with their results (calls run together)."""

@@ -35,11 +35,22 @@ from resilienttask._convert import (
     to_seconds,
     worker_from_proto,
 )
-from resilienttask._retry import RetryPolicy
+from resilienttask._logs import LogCursor
+from resilienttask._retry import RECONNECT_CODES, RetryPolicy
 from resilienttask._tracecontext import trace_metadata
 from resilienttask._watch import BATCH_PAGE_SIZE, WaitTracker, WatchState, task_ids
 from resilienttask.errors import DeadlineExceeded, Unavailable, from_rpc_error
-from resilienttask.models import Schedule, Session, Snapshot, Task, TaskStats, TaskStatus, WatchEvent, Worker
+from resilienttask.models import (
+    LogLine,
+    Schedule,
+    Session,
+    Snapshot,
+    Task,
+    TaskStats,
+    TaskStatus,
+    WatchEvent,
+    Worker,
+)
 from resilienttask.search import (
     BulkResult,
     TaskFilter,
@@ -447,6 +458,34 @@ class Client:
             return self._scheduler.WatchTasks(request, metadata=metadata, timeout=call_timeout)
 
         return TaskWatch(open_stream, state)
+
+    def logs(self, task_id: str, *, follow: bool = False, after: int = 0) -> Iterator[LogLine]:
+        """The lines the task's handler logged after sequence `after`, oldest first; with `follow`, new ones as
+        they come until the task has finished. A broken stream is reopened after the last line received, so
+        none is missed; `dropped_before` on a line counts the lines the service's bounds dropped before it.
+        NotFound for a task that is not the caller's.
+        """
+        return self._log_lines(LogCursor(task_id, follow, sequence=after), bearer(self.token) + trace_metadata())
+
+    def _log_lines(self, cursor: LogCursor, metadata: tuple[tuple[str, str], ...]) -> Generator[LogLine, None, None]:
+        pauses = self.retry_policy.backoffs()
+        heard = time.monotonic()
+        while True:
+            call = self._scheduler.WatchTaskLogs(cursor.request(), metadata=metadata)
+            try:
+                for message in call:
+                    heard = time.monotonic()
+                    yield from cursor.take(message)
+            except grpc.RpcError as exc:
+                code = exc.code()  # type: ignore[attr-defined]
+                if code not in RECONNECT_CODES or time.monotonic() - heard > self.retry_policy.reconnect_for_s:
+                    raise from_rpc_error(exc) from exc
+                time.sleep(next(pauses))
+                continue
+            finally:
+                call.cancel()
+            if cursor.finished or not cursor.follow:
+                return
 
     def _fetch_whole(self, tracker: WaitTracker, timeout: float | None) -> None:
         """Replace the summaries a watch gave by the whole tasks, with their results."""

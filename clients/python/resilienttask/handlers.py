@@ -5,6 +5,7 @@
     @task("resize")
     async def resize(ctx: TaskContext) -> dict:
         for i in range(10):
+            ctx.log.info("step %d of 10", i + 1)
             await ctx.sleep_or_cancel(0.1)
             ctx.report_progress((i + 1) / 10)
         return {"done": True}
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import re
 import threading
 from collections.abc import Callable
@@ -52,6 +54,24 @@ class TaskContext:
     workload_s: float
     _progress_sink: Callable[[float], None] = field(repr=False, default=lambda _fraction: None)
     _cancel: threading.Event = field(repr=False, default_factory=threading.Event)
+    # Receives (level name, text) of every record of `log`; the worker stores them as the task's log.
+    _log_sink: Callable[[str, str], None] = field(repr=False, default=lambda _level, _text: None)
+    _logger: logging.Logger | None = field(repr=False, default=None, init=False)
+
+    @property
+    def log(self) -> logging.Logger:
+        """A standard logger whose records become this attempt's log lines (`rtask logs TASK`).
+
+        It is the task's own (not in the logging tree): records go to the task's log only, at every level
+        from DEBUG up; `exc_info` adds the traceback to the line. Lines beyond the worker's rate bounds are
+        counted as dropped, never waited for.
+        """
+        if self._logger is None:
+            logger = logging.Logger("resilienttask.task", logging.DEBUG)
+            logger.propagate = False
+            logger.addHandler(_SinkHandler(self._log_sink))
+            self._logger = logger
+        return self._logger
 
     def report_progress(self, fraction: float) -> None:
         """Report progress from 0.0 to 1.0 (clamped); cheap enough to call in a tight loop."""
@@ -75,6 +95,21 @@ class TaskContext:
     def request_cancel(self) -> None:
         """Called by the worker to ask the handler to stop."""
         self._cancel.set()
+
+
+class _SinkHandler(logging.Handler):
+    """Hands each formatted record to the context's sink."""
+
+    def __init__(self, sink: Callable[[str, str], None]) -> None:
+        super().__init__(logging.DEBUG)
+        self.sink = sink
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sink(record.levelname, self.format(record))
+        except Exception:  # a log line must never break the handler
+            self.handleError(record)
 
 
 @dataclass(frozen=True)

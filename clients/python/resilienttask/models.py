@@ -13,6 +13,7 @@ from typing import Any
 
 __all__ = [
     "CatchupPolicy",
+    "LogLine",
     "OverlapPolicy",
     "Schedule",
     "Session",
@@ -198,6 +199,32 @@ class Worker:
             "kinds": list(self.kinds),
             "last_heartbeat": _iso(self.last_heartbeat),
             "started_at": _iso(self.started_at),
+        }
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line a task's handler logged (Client.logs): `stream` is "logger", "stdout" or "stderr"."""
+
+    sequence: int
+    at: datetime | None
+    attempt: int
+    stream: str
+    # Level name for logger lines ("INFO", ...); empty for stdout and stderr.
+    level: str
+    text: str
+    # Lines missing just before this one (dropped by the rate or storage bounds).
+    dropped_before: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sequence": self.sequence,
+            "at": _iso(self.at),
+            "attempt": self.attempt,
+            "stream": self.stream,
+            "level": self.level,
+            "text": self.text,
+            "dropped_before": self.dropped_before,
         }
 
 

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -47,9 +47,14 @@ def _now_ms() -> int:
 class WatchSeats:
     """The seats this gateway holds for open streams; limit 0 means no limit (and no Redis traffic)."""
 
-    def __init__(self, redis: aioredis.Redis, limit: int) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, limit: int, key: Callable[[str], str] = keys.watch_seats, what: str = "watch"
+    ) -> None:
         self.redis = redis
         self.limit = limit
+        # The owner's sorted set of seats: one per kind of stream, each kind with its own limit.
+        self.key = key
+        self.what = what
         self._held: dict[str, str] = {}  # seat id -> owner
         # The tasks of the streams holding seats: ended before the stores close, so that no seat's release opens
         # a Redis connection on a closed client, where nothing would close it.
@@ -69,7 +74,7 @@ class WatchSeats:
         now = _now_ms()
         try:
             taken = await self.redis.eval(
-                _TAKE, 1, keys.watch_seats(owner_id), now, now + SEAT_TTL_MS, seat_id, self.limit, SEAT_TTL_MS
+                _TAKE, 1, self.key(owner_id), now, now + SEAT_TTL_MS, seat_id, self.limit, SEAT_TTL_MS
             )
         except (RedisError, OSError) as exc:
             # Redis refused the write (at maxmemory) or is away: the stream is not refused for it (it reads what
@@ -81,7 +86,7 @@ class WatchSeats:
             return
         if not taken:
             raise ResourceExhausted(
-                f"watch streams: at most {self.limit} open at once per user; close one (another tab or client)"
+                f"{self.what} streams: at most {self.limit} open at once per user; close one (another tab or client)"
             )
         self._held[seat_id] = owner_id
         serving = asyncio.current_task()
@@ -92,7 +97,7 @@ class WatchSeats:
         finally:
             del self._held[seat_id]
             try:
-                await self.redis.zrem(keys.watch_seats(owner_id), seat_id)
+                await self.redis.zrem(self.key(owner_id), seat_id)
             except (RedisError, OSError) as exc:  # the seat lapses on its own
                 log.warning("watch seat left to lapse", extra={"error": repr(exc)})
             finally:
@@ -108,8 +113,8 @@ class WatchSeats:
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for seat_id, owner_id in list(self._held.items()):
-                        pipe.zadd(keys.watch_seats(owner_id), {seat_id: expiry}, xx=True)
-                        pipe.pexpire(keys.watch_seats(owner_id), SEAT_TTL_MS)
+                        pipe.zadd(self.key(owner_id), {seat_id: expiry}, xx=True)
+                        pipe.pexpire(self.key(owner_id), SEAT_TTL_MS)
                     await pipe.execute()
             except (RedisError, OSError) as exc:
                 log.warning("watch seats not renewed; will retry", extra={"error": repr(exc)})

@@ -5,7 +5,14 @@ from __future__ import annotations
 import click
 
 from resilienttask import __version__
-from resilienttask.cli import auth_commands, info_commands, local_commands, schedule_commands, task_commands
+from resilienttask.cli import (
+    auth_commands,
+    info_commands,
+    local_commands,
+    log_commands,
+    schedule_commands,
+    task_commands,
+)
 
 COMMANDS: list[click.Command] = [
     local_commands.up,
@@ -18,6 +25,7 @@ COMMANDS: list[click.Command] = [
     task_commands.list_tasks,
     task_commands.get,
     info_commands.watch,
+    log_commands.logs,
     task_commands.wait_tasks,
     task_commands.cancel,
     task_commands.retry,

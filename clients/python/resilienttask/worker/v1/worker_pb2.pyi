@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from resilienttask.v1 import scheduler_pb2 as _scheduler_pb2
 from resilienttask.v1 import task_pb2 as _task_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -143,16 +144,48 @@ class WorkRequest(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., finish: _Optional[_Iterable[_Union[FinishItem, _Mapping]]] = ..., start: _Optional[_Iterable[_Union[StartItem, _Mapping]]] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "heartbeat", "progress", "work")
+    __slots__ = ("hello", "heartbeat", "progress", "work", "logs")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     WORK_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
     hello: WorkerHello
     heartbeat: WorkerHeartbeat
     progress: ProgressReport
     work: WorkRequest
-    def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., heartbeat: _Optional[_Union[WorkerHeartbeat, _Mapping]] = ..., progress: _Optional[_Union[ProgressReport, _Mapping]] = ..., work: _Optional[_Union[WorkRequest, _Mapping]] = ...) -> None: ...
+    logs: TaskLogs
+    def __init__(self, hello: _Optional[_Union[WorkerHello, _Mapping]] = ..., heartbeat: _Optional[_Union[WorkerHeartbeat, _Mapping]] = ..., progress: _Optional[_Union[ProgressReport, _Mapping]] = ..., work: _Optional[_Union[WorkRequest, _Mapping]] = ..., logs: _Optional[_Union[TaskLogs, _Mapping]] = ...) -> None: ...
+
+class TaskLogLine(_message.Message):
+    __slots__ = ("at", "stream", "level", "text", "dropped_before")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    at: _timestamp_pb2.Timestamp
+    stream: _scheduler_pb2.LogStream
+    level: str
+    text: str
+    dropped_before: int
+    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stream: _Optional[_Union[_scheduler_pb2.LogStream, str]] = ..., level: _Optional[str] = ..., text: _Optional[str] = ..., dropped_before: _Optional[int] = ...) -> None: ...
+
+class TaskLogBatch(_message.Message):
+    __slots__ = ("task", "lines", "dropped_after")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    task: HeldTask
+    lines: _containers.RepeatedCompositeFieldContainer[TaskLogLine]
+    dropped_after: int
+    def __init__(self, task: _Optional[_Union[HeldTask, _Mapping]] = ..., lines: _Optional[_Iterable[_Union[TaskLogLine, _Mapping]]] = ..., dropped_after: _Optional[int] = ...) -> None: ...
+
+class TaskLogs(_message.Message):
+    __slots__ = ("batches",)
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    batches: _containers.RepeatedCompositeFieldContainer[TaskLogBatch]
+    def __init__(self, batches: _Optional[_Iterable[_Union[TaskLogBatch, _Mapping]]] = ...) -> None: ...
 
 class CancelCommand(_message.Message):
     __slots__ = ("task", "reason")
