@@ -256,45 +256,10 @@ async def test_bulk_retry_of_a_hundred_failed_tasks_and_bulk_cancel_and_delete(p
             await cancel_unfinished(page, stack)
 
 
-# Every row's action buttons, the bulk bar's and the filter bar's controls: where they are against their cell
-# (or bar), the table's scrolling frame and the window; and whether any two buttons of a cell overlap.
-CHECK_LAYOUT = """() => {
-  const problems = [];
-  const inside = (a, b) => a.left >= b.left - 0.5 && a.right <= b.right + 0.5 && a.top >= b.top - 0.5 && a.bottom <= b.bottom + 0.5;
-  const name = (el) => el.getAttribute('aria-label') || el.id || el.textContent.trim();
-  const frame = document.querySelector('.viewport').getBoundingClientRect();
-  const checked = [];
-  for (const button of document.querySelectorAll('.tbody [role=row] button.btn')) {
-    const box = button.getBoundingClientRect();
-    const cell = button.closest('[role=cell]').getBoundingClientRect();
-    if (box.width === 0) problems.push(`${name(button)}: not shown`);
-    if (!inside(box, cell)) problems.push(`${name(button)}: outside its cell`);
-    if (box.left < frame.left - 0.5 || box.right > frame.right + 0.5) problems.push(`${name(button)}: clipped by the table`);
-    if (box.left < 0 || box.right > window.innerWidth) problems.push(`${name(button)}: outside the window`);
-    checked.push(name(button));
-  }
-  for (const cell of document.querySelectorAll('.tbody .actions')) {
-    const boxes = [...cell.querySelectorAll('button')].map((b) => b.getBoundingClientRect());
-    for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
-      const a = boxes[i], b = boxes[j];
-      if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom) problems.push('two buttons of a row overlap');
-    }
-  }
-  for (const [bar, selector] of [['.bulk-bar', 'button'], ['.filters', 'input, select, summary, button'], ['.toolbar', 'button']]) {
-    const outer = document.querySelector(bar);
-    if (!outer || outer.hidden) continue;
-    for (const control of outer.querySelectorAll(selector)) {
-      if (!control.checkVisibility({ visibilityProperty: true, contentVisibilityAuto: true })) continue;
-      const box = control.getBoundingClientRect();
-      const o = outer.getBoundingClientRect();
-      if (!inside(box, o)) problems.push(`${bar} ${control.id || name(control)}: outside its bar (${JSON.stringify([box.left, box.right, box.top, box.bottom, o.left, o.right, o.top, o.bottom])})`);
-      if (box.left < 0 || box.right > window.innerWidth) problems.push(`${bar} ${name(control)}: outside the window`);
-    }
-  }
-  const overflow = document.documentElement.scrollWidth - window.innerWidth;
-  if (overflow > 0) problems.push(`the page scrolls sideways by ${overflow}px`);
-  return { problems, checked };
-}"""
+# What the page is asked about its layout (every action button against its cell, the frame and the window).
+CHECK_LAYOUT = "\n".join(
+    line for line in (Path(__file__).parent / "check_layout.js").read_text().splitlines() if not line.startswith("//")
+)
 
 
 async def test_nothing_clipped_or_overlapping_at_four_widths(page: Page, stack: Stack, tmp_path: Path) -> None:
@@ -302,17 +267,18 @@ async def test_nothing_clipped_or_overlapping_at_four_widths(page: Page, stack: 
     async with scheduler_as(stack, await session_token(page)) as (stub, metadata):
         try:
             # Rows offering each pair of buttons: Cancel + Cancel batch, Retry + Delete, Delete alone.
-            await submit_via_api(stub, metadata, "a-rather-long-task-name-for-a-batch-of-two", replicas=2, workload_s=120)
+            long_name = "a-rather-long-task-name-for-a-batch-of-two"
+            await submit_via_api(stub, metadata, long_name, replicas=2, workload_s=120)
             await submit_via_api(stub, metadata, "failed-one", kind="fail")
             await submit_via_api(stub, metadata, "done-one")
-            await expect(rows(page, "a-rather-long-task-name-for-a-batch-of-two", "RUNNING")).to_have_count(2)
+            await expect(rows(page, long_name, "RUNNING")).to_have_count(2)
             await expect(rows(page, "failed-one", "FAILED")).to_have_count(1)
             await expect(rows(page, "done-one", "SUCCEEDED")).to_have_count(1)
             await page.get_by_role("checkbox", name="Select done-one #1").check()
             await expect(page.get_by_role("region", name="Selected tasks")).to_be_visible()
             for width, height in ((1024, 800), (1400, 900), (1920, 1080), (390, 844)):
                 await page.set_viewport_size({"width": width, "height": height})
-                await page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
+                await page.evaluate("() => new Promise((done) => requestAnimationFrame(() => setTimeout(done)))")
                 await page.screenshot(path=str(tmp_path / f"dashboard-{width}.png"), full_page=True)
                 found = await page.evaluate(CHECK_LAYOUT)
                 assert found["problems"] == [], (width, found["problems"])

@@ -89,6 +89,10 @@ export class BulkActions {
     this.update();
   }
 
+  anySelected(): boolean {
+    return this.all || this.selected.size > 0;
+  }
+
   isSelected(key: string): boolean {
     if (this.all) return this.ctx.get(key)?.task !== undefined;
     return this.selected.has(key);

@@ -27,6 +27,7 @@ const SUBMIT_ATTEMPTS = 3;
 const OLDER_PAGE_SIZE = 500;
 // setTimeout fires at once for delays beyond this (about 24.8 days).
 const MAX_TIMER_MS = 2 ** 31 - 1;
+const CHART_REDRAW_MS = 1_000;
 
 export interface Dashboard {
   element: HTMLElement;
@@ -187,6 +188,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
     select: (row, selected, range) => bulk.toggle(row, selected, range),
     selectShown: (selected) => bulk.selectShown(selected),
     isSelected: (key): boolean => bulk.isSelected(key),
+    anySelected: (): boolean => bulk.anySelected(),
   });
   const filters = new FilterBar((next) => setQuery(next, true));
   filters.set(query);
@@ -349,6 +351,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
   // -- rendering ------------------------------------------------------------------------------
   let frame = 0;
   let painted = -1;
+  let chartsDrawnAt = 0;
   function render(): void {
     frame = 0;
     painted = feed.revision;
@@ -357,7 +360,12 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
     table.update(rows, batchSizes, empty);
     bulk.prune(rows);
     cards.update(feed.stats);
-    charts.update(trend.series(Date.now()));
+    // The charts plot one-second bins: redrawn at most once a second (the ticker does it too), not every frame.
+    const now = Date.now();
+    if (now - chartsDrawnAt >= CHART_REDRAW_MS) {
+      chartsDrawnAt = now;
+      charts.update(trend.series(now));
+    }
     workers.update(feed.workers);
     shown.textContent = feed.ready ? `${rows.length} shown` : "";
     const st = feed.stats;

@@ -31,6 +31,8 @@ export interface TableHandlers {
   /** The header checkbox: every row shown, or none. */
   selectShown(selected: boolean): void;
   isSelected(key: string): boolean;
+  /** Whether anything is selected at all (a cheap test before counting). */
+  anySelected(): boolean;
 }
 
 /** Which columns fit in `widthPx`, and whether even the essential ones do not (then rows take two lines). */
@@ -179,11 +181,24 @@ export class TaskTable {
     if (focused instanceof HTMLElement && focused.isConnected && document.activeElement !== focused) {
       focused.focus({ preventScroll: true });
     }
-    const selectable = this.rows.filter((r) => r.task);
-    const selected = selectable.filter((r) => this.on.isSelected(r.key)).length;
-    this.selectShown.checked = selected > 0 && selected === selectable.length;
-    this.selectShown.indeterminate = selected > 0 && selected < selectable.length;
-    this.selectShown.disabled = selectable.length === 0;
+    this.paintSelectShown();
+  }
+
+  /** The header checkbox: ticked when every row shown is selected, mixed when some are. */
+  private paintSelectShown(): void {
+    let selectable = 0;
+    let selected = 0;
+    // Counting is O(rows) at every paint only while something is selected; otherwise nothing is.
+    const any = this.on.anySelected();
+    for (const row of this.rows) {
+      if (!row.task) continue;
+      selectable++;
+      if (!any) break;
+      if (this.on.isSelected(row.key)) selected++;
+    }
+    this.selectShown.checked = selected > 0 && selected === selectable && any;
+    this.selectShown.indeterminate = any && selected > 0 && !this.selectShown.checked;
+    this.selectShown.disabled = selectable === 0;
   }
 
   private createSlot(): Slot {
