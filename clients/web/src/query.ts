@@ -137,26 +137,36 @@ export function toFilters(query: TaskQuery): TaskFilterInit[] {
 
 /** Does `task` meet the query, as the server would judge it? Live changes join or leave the view by this. */
 export function matches(task: Task, query: TaskQuery): boolean {
-  if (query.statuses.length && !query.statuses.includes(task.status)) return false;
-  if (query.kind && task.kind !== query.kind) return false;
-  if (query.deadLettered && !task.deadLettered) return false;
-  if (query.fromMs !== null || query.toMs !== null) {
-    const created = task.createdAt ? timestampMs(task.createdAt) : null;
-    if (created === null) return false;
-    if (query.fromMs !== null && created < query.fromMs) return false;
-    if (query.toMs !== null && created >= query.toMs) return false;
-  }
+  return matcher(query)(task);
+}
+
+/** The query's test, read once: the view applies it to every task at each frame that changed something. */
+export function matcher(query: TaskQuery): (task: Task) => boolean {
   const s = search(query.text);
-  switch (s.by) {
-    case "none":
-      return true;
-    case "name":
-      return task.name.toLowerCase().includes(s.text.toLowerCase());
-    case "id-prefix":
-      return task.id.startsWith(s.text);
-    case "id":
-      return task.id === s.text || task.batchId === s.text;
-  }
+  const statuses = query.statuses.length ? new Set(query.statuses) : null;
+  const needle = s.by === "none" ? "" : s.by === "name" ? s.text.toLowerCase() : s.text;
+  const { kind, deadLettered, fromMs, toMs } = query;
+  return (task) => {
+    if (statuses && !statuses.has(task.status)) return false;
+    if (kind && task.kind !== kind) return false;
+    if (deadLettered && !task.deadLettered) return false;
+    if (fromMs !== null || toMs !== null) {
+      const created = task.createdAt ? timestampMs(task.createdAt) : null;
+      if (created === null) return false;
+      if (fromMs !== null && created < fromMs) return false;
+      if (toMs !== null && created >= toMs) return false;
+    }
+    switch (s.by) {
+      case "none":
+        return true;
+      case "name":
+        return task.name.toLowerCase().includes(needle);
+      case "id-prefix":
+        return task.id.startsWith(needle);
+      case "id":
+        return task.id === needle || task.batchId === needle;
+    }
+  };
 }
 
 /** A short sentence for what the view shows, for the notice line and screen readers. */

@@ -8,7 +8,7 @@ import { announce, h } from "../dom";
 import { Feed, type Filter, type Row } from "../feed";
 import type { WatchTasksResponse } from "../gen/resilienttask/v1/scheduler_pb";
 import type { Task } from "../gen/resilienttask/v1/task_pb";
-import { type TaskQuery, describe, fromSearch, isEmpty, matches, sameQuery, toFilters, toSearch } from "../query";
+import { type TaskQuery, describe, fromSearch, isEmpty, matcher, sameQuery, toFilters, toSearch } from "../query";
 import { taskHash, taskInHash } from "../route";
 import type { Session } from "../session";
 import type { SubmitInit } from "../validation";
@@ -227,11 +227,18 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
   });
 
   // -- the query and its pages -----------------------------------------------------------------
+  /** The rows a query shows: server tasks that match (optimistic rows only while nothing narrows the view). */
+  function viewFilter(q: TaskQuery): Filter {
+    if (isEmpty(q)) return "all";
+    const test = matcher(q);
+    return (row: Row) => row.task !== undefined && test(row.task);
+  }
+
   /** A new query: the address says it, the view narrows at once, and its first pages are asked for. */
   function setQuery(next: TaskQuery, remember: boolean): void {
     if (sameQuery(next, query)) return;
     query = next;
-    filter = isEmpty(query) ? "all" : (row: Row) => row.task !== undefined && matches(row.task, query);
+    filter = viewFilter(query);
     if (remember) history.replaceState(history.state, "", location.pathname + toSearch(query) + location.hash);
     generation++;
     loading = false;
@@ -269,7 +276,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
       }
     }
   }
-  filter = isEmpty(query) ? "all" : (row: Row) => row.task !== undefined && matches(row.task, query);
+  filter = viewFilter(query);
 
   olderButton.addEventListener("click", () => void loadMore());
   // Scrolling near the end of what is loaded asks for the next page: ten thousand tasks are reachable by scrolling.
