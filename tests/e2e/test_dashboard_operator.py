@@ -24,6 +24,7 @@ from tests.e2e.dashboard import (
     sign_up,
     submit,
 )
+from tests.integration.log_handler import BURST
 
 pytestmark = pytest.mark.e2e
 
@@ -83,7 +84,7 @@ async def test_a_task_page_has_its_address_attempts_history_and_live_logs(page: 
         await expect(sheet.get_by_role("log", name="Handler log")).to_contain_text("done after")
         await page.keyboard.press("Escape")
         await expect(sheet).to_be_hidden()
-        assert "#/tasks/" not in page.url
+        await expect(page).not_to_have_url(re.compile("#/tasks/"))
 
         # A task that failed twice: both attempts with their errors; retry and delete from its page.
         await submit(page, "twice-failed", kind="fail", workload_s="0", max_attempts=2)
@@ -97,11 +98,26 @@ async def test_a_task_page_has_its_address_attempts_history_and_live_logs(page: 
         await expect(failed.get_by_role("log", name="Handler log")).to_contain_text("failing on purpose")
         await expect(failed.get_by_role("button", name="Cancel this task")).to_be_disabled()
         await failed.get_by_role("button", name="Retry this task").click()
-        await expect(attempts).to_have_count(3, timeout=30_000)
-        await expect(failed.locator(".badge").first).to_have_text("Failed", timeout=30_000)
+        # Retried by hand, it has its two attempts again (numbered from 1): four in its history, all failed.
+        await expect(attempts).to_have_count(4, timeout=30_000)
+        await expect(attempts.nth(3)).to_contain_text("simulated failure of attempt 2")
+        await expect(failed.locator(".task-page-title .badge")).to_have_text("Failed")
         await failed.get_by_role("button", name="Delete this task").click()
         await expect(failed).to_be_hidden()
         await expect(rows(page, "twice-failed")).to_have_count(0)
+
+        # A flood: the server keeps what its bounds allow and says how much it dropped; the page keeps 1,000 lines.
+        async with scheduler_as(stack, await session_token(page)) as (stub, metadata):
+            request = scheduler_pb2.SubmitTaskRequest(name="flood", kind=BURST, max_attempts=1)
+            request.payload.update({"lines": 3000})
+            (flood,) = (await stub.SubmitTask(request, metadata=metadata, timeout=10)).tasks
+        await page.goto(f"/#/tasks/{flood.id}")
+        sheet = page.get_by_role("dialog", name="flood #1")
+        lines = sheet.get_by_role("log", name="Handler log")
+        await expect(sheet.locator(".log-state")).to_have_text("The task finished; this is its whole log.")
+        await expect(lines).to_have_attribute("data-lines", "1000")
+        await expect(lines.locator(".log-dropped")).not_to_have_count(0)
+        await expect(sheet.locator(".log-trimmed")).to_have_text(re.compile(r"^\d+ earlier lines? not shown here"))
     finally:
         await cancel_unfinished(page, stack)
 
