@@ -6,9 +6,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 from grpc_health.v1 import _async as health_aio
@@ -19,10 +18,14 @@ from services.core import metrics, tracing
 from services.core.cancellation import cancel_and_wait
 from services.core.config import ServerConfig
 from services.core.metrics_interceptor import MetricsInterceptor
+from services.core.supervision import LoopFactory, LoopSupervisor
 
 log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
+
+# Failed store probes in a row that turn a serving process NOT_SERVING.
+PROBE_FAILURES = 2
 
 # Bound request sizes: a submission payload is at most 64 KiB, everything else is far smaller.
 MAX_MESSAGE_BYTES = 1 << 20
@@ -38,11 +41,15 @@ class Service:
     service_names: Sequence[str]
     readiness_checks: list[ReadinessCheck] = field(default_factory=list)
     shutdown_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    # Long-running loops of the process (sweepers, relays, readers), started with the server.
-    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    # Long-running loops of the process (sweepers, relays, readers), started with the server; one that ends
+    # makes the process NOT_SERVING until it is running again (services.core.supervision).
+    background: list[LoopFactory] = field(default_factory=list)
+    loops: LoopSupervisor | None = None
     _monitor: asyncio.Task[None] | None = None
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _serving: bool | None = None
+    # Store probes failed in a row: a serving process turns NOT_SERVING at the second, so one slow probe on a
+    # loaded machine (a pool busy for a second) does not take it out of Envoy's rotation.
+    _failed_probes: int = 0
 
     async def set_serving(self, serving: bool) -> None:
         """Report every service (and the server as a whole, "") as SERVING or NOT_SERVING."""
@@ -57,27 +64,32 @@ class Service:
     async def check_once(self) -> bool:
         """Run every readiness probe; the server is ready only when all pass."""
         results = await asyncio.gather(*(check() for check in self.readiness_checks))
-        ready = all(results)
+        self._failed_probes = 0 if all(results) else self._failed_probes + 1
+        probes_pass = self._failed_probes == 0 or (self._serving is True and self._failed_probes < PROBE_FAILURES)
+        ready = probes_pass and (self.loops is None or self.loops.running())
         await self.set_serving(ready)
         return ready
 
+    async def recheck(self) -> None:
+        """check_once, reporting not ready when a probe itself fails."""
+        try:
+            await self.check_once()
+        except Exception:  # a probe bug must not kill the monitor; report not ready instead
+            log.exception("readiness probe failed")
+            await self.set_serving(False)
+
     async def monitor(self, interval_s: float) -> None:
-        """Keep health in line with the reachability of the backing stores."""
+        """Keep health in line with the reachability of the backing stores and the loops."""
         while True:
-            try:
-                await self.check_once()
-            except Exception:  # a probe bug must not kill the monitor; report not ready instead
-                log.exception("readiness probe failed")
-                await self.set_serving(False)
+            await self.recheck()
             await asyncio.sleep(interval_s)
 
     async def start(self, config: ServerConfig) -> None:
         await self.server.start()
+        self.loops = LoopSupervisor(list(self.background), on_change=self.recheck)
+        self.loops.start()
         await self.check_once()
         self._monitor = asyncio.create_task(self.monitor(config.health_check_interval_s))
-        self._tasks = [asyncio.create_task(loop()) for loop in self.background]
-        for task in self._tasks:
-            task.add_done_callback(_log_crash)
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking new calls, let in-flight calls finish, then run shutdown hooks."""
@@ -86,17 +98,13 @@ class Service:
         with contextlib.suppress(Exception):
             await self.set_serving(False)
         await self.server.stop(grace_s)
-        await cancel_and_wait(self._tasks)
+        if self.loops is not None:
+            await self.loops.stop()
         for hook in self.shutdown_hooks:
             try:
                 await hook()
             except Exception:
                 log.exception("shutdown hook failed")
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background loop crashed", exc_info=task.exception())
 
 
 def create_grpc_server(

@@ -37,7 +37,8 @@ def status_name(status: int) -> str:
 TASK_COLUMNS = (
     "id, owner_id, name, kind, payload, status, progress, attempt, max_attempts, worker_id, error, "
     "request_id, batch_id, replica_index, workload_ms, max_runtime_ms, dead_lettered, result, version, "
-    "created_at, started_at, finished_at, dispatch_id, entry_id, fence, run_at, schedule_id"
+    "created_at, started_at, finished_at, dispatch_id, entry_id, fence, run_at, schedule_id, priority, "
+    "concurrency_key, concurrency_limit"
 )
 
 # The columns of a summary (row_to_summary): the watch snapshot reads neither payload nor result.
@@ -117,6 +118,11 @@ def _without_bulk(row: Mapping[str, Any]) -> task_pb2.Task:
     schedule_id = row.get("schedule_id")
     if schedule_id is not None:
         task.schedule_id = str(schedule_id)
+    task.priority = row.get("priority") or 0
+    concurrency_key = row.get("concurrency_key")
+    if concurrency_key is not None:
+        task.concurrency_key = concurrency_key
+        task.concurrency_limit = row["concurrency_limit"]
     task.workload.FromMilliseconds(row["workload_ms"])
     task.max_runtime.FromMilliseconds(row["max_runtime_ms"])
     _set_time(task.created_at, row["created_at"])

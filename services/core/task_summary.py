@@ -14,7 +14,7 @@ from resilienttask.v1 import task_pb2
 # Byte bounds (UTF-8) of the strings a summary keeps. Those of user input are the submission limits at four
 # bytes a character, so they never cut a valid value; ids are UUIDs the services generate.
 UUID_BYTES = 36
-NAME_BYTES = 800  # 200 characters (services.gateway.validation.MAX_NAME_CHARS)
+NAME_BYTES = 800  # 200 characters (services.core.validation.MAX_NAME_CHARS)
 REQUEST_ID_BYTES = 512  # 128 characters (MAX_REQUEST_ID_CHARS)
 KIND_BYTES = 256
 WORKER_ID_BYTES = 256

@@ -10,13 +10,13 @@ import redis.asyncio as aioredis
 
 from resilienttask.v1 import auth_pb2, auth_pb2_grpc, schedule_pb2, schedule_pb2_grpc, scheduler_pb2
 from services.core import metrics, outbox
+from services.core.auth_interceptor import AuthInterceptor
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
 from services.core.db import create_pool, database_reachable
 from services.core.limits import UserLimits
 from services.core.pool_metrics import register_pools
 from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server
-from services.gateway.auth_interceptor import AuthInterceptor
 from services.gateway.auth_service import AuthServicer
 from services.gateway.log_watch import LogWatchConfig
 from services.gateway.login_limits import LoginLimitsConfig

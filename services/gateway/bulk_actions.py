@@ -16,14 +16,13 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as aioredis
 
-from services.core import outbox, task_filters
+from services.core import outbox, task_filters, validation
+from services.core.filter_validation import Selection
 from services.core.limits import UserLimits
 from services.core.task_model import QUEUED
 from services.core.transitions import bulk
 from services.core.transitions import user as transitions
 from services.core.transitions.rules import change_for
-from services.gateway import validation
-from services.gateway.filter_validation import Selection
 
 
 @dataclass(frozen=True)

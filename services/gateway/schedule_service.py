@@ -15,14 +15,13 @@ import grpc
 import redis.asyncio as aioredis
 
 from resilienttask.v1 import schedule_pb2, schedule_pb2_grpc
-from services.core import worker_registry
+from services.core import schedule_validation, validation, worker_registry
+from services.core.auth_interceptor import current_user_id
 from services.core.errors import NotFound, translate_errors
 from services.core.limits import UserLimits
 from services.core.schedules import firing, store
 from services.core.schedules.model import fire_time, parse_spec, row_to_schedule, timing_of
 from services.core.task_model import rows_to_tasks
-from services.gateway import schedule_validation, validation
-from services.gateway.auth_interceptor import current_user_id
 
 SCHEDULE_NOT_FOUND = "schedule not found"
 SERVICE_NAME = schedule_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name

@@ -7,13 +7,24 @@ import grpc
 import redis.asyncio as aioredis
 
 from resilienttask.v1 import scheduler_pb2, scheduler_pb2_grpc
-from services.core import keys, outbox, task_actions, task_filters, task_history, task_store, tracing, worker_registry
+from services.core import (
+    filter_validation,
+    keys,
+    outbox,
+    task_actions,
+    task_filters,
+    task_history,
+    task_store,
+    tracing,
+    validation,
+    worker_registry,
+)
+from services.core.auth_interceptor import current_user_id
 from services.core.errors import InvalidArgument, NotFound, translate_errors
 from services.core.limits import UserLimits
 from services.core.task_model import QUEUED, row_to_task, rows_to_tasks
 from services.core.transitions import user as transitions
-from services.gateway import bulk_actions, filter_validation, validation
-from services.gateway.auth_interceptor import current_user_id
+from services.gateway import bulk_actions
 from services.gateway.log_watch import LogTail, LogWatchConfig, watch_task_logs
 from services.gateway.watch.hub import Hub
 from services.gateway.watch.seats import WatchSeats

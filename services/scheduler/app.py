@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 
 from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
 from services.core import metrics, outbox, worker_registry
+from services.core.auth_interceptor import AuthInterceptor
 from services.core.config import DatabaseConfig, RedisConfig, ServerConfig
 from services.core.db import create_pool, database_reachable
 from services.core.limits import UserLimits
@@ -20,7 +21,6 @@ from services.core.server import Service, create_grpc_server
 from services.core.task_logs import TaskLogConfig
 from services.core.tokens import WORKER_AUDIENCE
 from services.core.worker_credentials import WorkerKeyConfig
-from services.gateway.auth_interceptor import AuthInterceptor
 from services.scheduler.cluster_metrics import ClusterGauges
 from services.scheduler.connections import ConnectedWorkers, relay_commands
 from services.scheduler.due import DueConfig, DuePublisher

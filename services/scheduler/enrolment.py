@@ -16,6 +16,7 @@ import asyncpg
 import grpc
 
 from resilienttask.worker.v1 import worker_pb2
+from services.core.auth_interceptor import MISSING_TOKEN, bearer_token
 from services.core.errors import AlreadyExists, InvalidArgument, Unauthenticated
 from services.core.tokens import (
     WORKER_AUDIENCE,
@@ -25,7 +26,6 @@ from services.core.tokens import (
     verify_token_claims,
 )
 from services.core.worker_credentials import WorkerKeyConfig, worker_id_problem
-from services.gateway.auth_interceptor import MISSING_TOKEN, bearer_token
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from redis.exceptions import RedisError
 
 from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
 from services.core import worker_registry
+from services.core.auth_interceptor import current_user_id
 from services.core.cancellation import cancel_and_wait
 from services.core.errors import translate_errors
-from services.gateway.auth_interceptor import current_user_id
 from services.scheduler import store
 from services.scheduler.connections import ConnectedWorkers, Mailbox, announce_stream, cancel_command
 from services.scheduler.enrolment import Enrolment

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from services.edge.config import AuthLimits
+from services.stack.ports import PortTaken
 from services.stack.stack import DEFAULT_REDIS_MAXMEMORY_MB, Stack, StackConfig
 
 DEFAULT_DATA_DIR = Path(os.environ.get("RTASK_DATA_DIR", ".rtask"))
@@ -126,6 +127,10 @@ def up(args: argparse.Namespace) -> int:
     stack = Stack(config, echo=sys.stdout)
     try:
         stack.start()
+    except PortTaken as exc:
+        print(f"cannot start: {exc}", file=sys.stderr, flush=True)
+        return 3
+    try:
         print(_banner(stack), flush=True)
         reported: set[str] = set()
         while not stopping.wait(1.0):

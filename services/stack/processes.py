@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import signal as signals
 import subprocess
@@ -11,6 +13,23 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _can_follow_parent() -> bool:
+    """The parent-death signal follows the thread that forks: only a child of the main thread (the launcher's
+    own starts) may have it, or a child started from a worker thread would die with that thread."""
+    return sys.platform == "linux" and threading.current_thread() is threading.main_thread()
+
+
+def _end_with_parent(parent_pid: int) -> None:
+    """In the child, before exec: receive SIGTERM when the launcher dies, even by SIGKILL, so no process of a
+    killed stack is left holding its ports. A launcher that died before the call leaves no one to signal: go."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, int(signals.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 class ManagedProcess:
@@ -53,6 +72,7 @@ class ManagedProcess:
             start_new_session=True,  # own group: a Ctrl-C reaches the launcher only, which stops us in order
             user=self.user,
             cwd=self.cwd,
+            preexec_fn=functools.partial(_end_with_parent, os.getpid()) if _can_follow_parent() else None,
         )
         self._pump = threading.Thread(target=self._copy_output, name=f"log-{self.name}", daemon=True)
         self._pump.start()

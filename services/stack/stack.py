@@ -39,7 +39,7 @@ from services.stack.embedded import (
     wait_for_port,
     wait_for_postgres,
 )
-from services.stack.ports import free_port
+from services.stack.ports import ensure_free, free_port
 from services.stack.processes import ManagedProcess
 from services.stack.redis_users import RedisAccess, logins, password_files, write_acl_file
 
@@ -219,6 +219,7 @@ class Stack:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
+        self._check_ports()
         try:
             self._start_stores()
             for i in range(1, self.config.schedulers + 1):
@@ -239,6 +240,17 @@ class Stack:
         except BaseException:
             self.stop()
             raise
+
+    def _check_ports(self) -> None:
+        """Refuse to start when a port asked for is taken (say, by a stale stack): its process would answer the
+        health checks and the stack would look up while its own Envoy failed to bind."""
+        for what, host, port in (
+            ("edge", LOOPBACK, self.config.edge_port),
+            ("TLS edge", self.config.edge_host, self.config.edge_tls_port),
+            ("Envoy admin", LOOPBACK, self.config.admin_port),
+        ):
+            if port:
+                ensure_free(host, port, what)
 
     def _start_stores(self) -> None:
         if not self.database_url:

@@ -6,6 +6,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
+from resilienttask.json_values import struct_to_dict
 from resilienttask.v1 import task_pb2
 from resilienttask.worker.v1 import worker_pb2
 from services.worker.execution import TaskSpec
@@ -20,7 +21,7 @@ def spec_from_task(task: task_pb2.Task) -> TaskSpec:
         task_id=task.id,
         kind=task.kind,
         attempt=task.attempt,
-        payload=json_format.MessageToDict(task.payload) if task.HasField("payload") else {},
+        payload=struct_to_dict(task.payload) if task.HasField("payload") else {},
         workload_s=task.workload.ToTimedelta().total_seconds(),
         max_runtime_s=task.max_runtime.ToTimedelta().total_seconds(),
     )

@@ -330,6 +330,7 @@ def _serve_example_handlers(own: Rtask, data_dir: Path) -> None:
             text = '{"text": "to be or not to be"}'
             (counted,) = own.json("submit", "count", "--kind", "word-count", "--payload", text, "--wait")
             assert counted["result"]["words"] == 6 and counted["result"]["distinct"] == 4
+            assert type(counted["result"]["words"]) is int, "a handler's integers come back as integers"
             (primes,) = own.json("submit", "primes", "--kind", "primes", "--payload", '{"below": 1000}', "--wait")
             assert primes["result"] == {"below": 1000, "primes": 168}
             assert [w["id"] for w in own.json("workers")] == [counted["worker_id"]]
@@ -352,5 +353,40 @@ def test_help_lists_every_command(anon: Rtask) -> None:
     text = anon.run("--help").stdout
     expected: Sequence[str] = ["up", "down", "worker", "signup", "login", "logout", "submit", "ls", "get", "watch"]
     expected = [*expected, "wait", "cancel", "retry", "rm", "clear", "schedule", "stats", "workers", "kinds", "health"]
+    expected = [*expected, "show", "bulk"]
     for command in expected:
         assert f"  {command} " in text, command
+
+
+# -- search, history and bulk actions ------------------------------------------------------------------
+def test_ls_filters_show_and_bulk_verbs(rtask: Rtask) -> None:
+    waiting = rtask.json("submit", "report 100%", "--replicas", "3", "--in", "1h")
+    (failed,) = rtask.json("submit", "flaky_job", "--kind", "fail", "--max-attempts", "2", "--wait", code=6)
+    rtask.json("submit", "flakyXjob", "--in", "1h")
+    ids = sorted((t["id"] for t in waiting), reverse=True)
+
+    assert [t["id"] for t in rtask.json("ls", "--name", "100%")] == ids
+    assert [t["id"] for t in rtask.json("ls", "--name", "y_j", "--kind", "fail", "--dead-lettered")] == [failed["id"]]
+    assert len(rtask.json("ls", "--status", "failed", "--status", "scheduled")) == 5
+    assert [t["id"] for t in rtask.json("ls", "--id", failed["id"][:10], "--since", "10m")] == [failed["id"]]
+    assert "filter.id_prefix" in rtask.run("ls", "--id", "zz", code=2).stderr
+
+    history = rtask.json("show", failed["id"])
+    assert [(a["attempt"], a["outcome"]) for a in history["attempts"]] == [(1, "failed"), (2, "failed")]
+    assert [t["to_status"] for t in history["transitions"]] == ["queued", "running", "queued", "running", "failed"]
+    shown = rtask.run("show", failed["id"]).stdout
+    assert "attempts" in shown and "history" in shown and "simulated failure of attempt 2" in shown
+
+    # The confirmation states the count; answered no, nothing happens.
+    asked = rtask.run("bulk", "cancel", "--name", "REPORT", "--page-size", "2", stdin="n\n", code=1)
+    assert "Cancel 3 tasks matching name contains 'REPORT'?" in asked.stderr
+    done = rtask.run("bulk", "cancel", "--name", "REPORT", "--page-size", "2", stdin="y\n")
+    assert "3 cancelled, 0 skipped" in done.stdout
+    assert rtask.json("bulk", "cancel", *ids, "--yes") == {"affected": 0, "skipped": 3}
+    assert rtask.json("bulk", "retry", "--status", "failed", "--yes") == {"affected": 1, "skipped": 0}
+    assert rtask.json("bulk", "delete", "--name", "job", "--status", "scheduled", "--yes") == {
+        "affected": 0,
+        "skipped": 1,
+    }
+    assert rtask.json("bulk", "delete", "--all", "--yes")["affected"] >= 3  # the cancelled ones at least
+    rtask.run("bulk", "cancel", "--all", "--yes")

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -100,6 +101,41 @@ async def test_health_follows_database_reachability(stores: Stores, stack: Stack
         await proxy.cut()
 
 
+async def test_a_killed_background_loop_turns_the_gateway_not_serving_until_it_runs_again(
+    stores: Stores, stack: Stack
+) -> None:
+    config = GatewayConfig(
+        server=ServerConfig(port=0, health_check_interval_s=30, shutdown_grace_s=0.5),
+        database=DatabaseConfig(url=stores.database_url, pool_min_size=1),
+        redis=RedisConfig(url=stores.redis_url),
+        auth=AuthConfig(jwt_secret=stack.jwt_secret, bcrypt_cost=4),
+    )
+    service = await create_server(config)
+    await service.start(config.server)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+
+            async def status() -> int:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service="resilienttask.v1.SchedulerService"))
+                return int(reply.status)
+
+            assert await status() == health_pb2.HealthCheckResponse.SERVING
+            assert service.loops is not None and service.loops.tasks()
+            victim = service.loops.tasks()[0]
+            victim.cancel()
+            # The periodic check is 30 s away: only the loop's end can make it NOT_SERVING this soon.
+            await eventually(
+                lambda: _equals(status, health_pb2.HealthCheckResponse.NOT_SERVING), timeout_s=10, message="NOT_SERVING"
+            )
+            await eventually(
+                lambda: _equals(status, health_pb2.HealthCheckResponse.SERVING), timeout_s=20, message="SERVING again"
+            )
+            assert victim not in service.loops.tasks() and service.loops.running(), "the loop was started again"
+    finally:
+        await service.stop(0.5)
+
+
 async def _equals(probe, expected: int) -> bool:  # type: ignore[no-untyped-def]
     return bool(await probe() == expected)
 
@@ -148,7 +184,7 @@ def _run_launcher(data_dir: Path) -> tuple[subprocess.Popen[str], dict]:  # type
 
 
 @pytest.mark.timeout(180)
-def test_launcher_ctrl_c_stops_everything_and_keeps_data(tmp_path: Path) -> None:
+def test_launcher_ctrl_c_or_its_death_stops_everything_and_keeps_data(tmp_path: Path) -> None:
     proc, state = _run_launcher(tmp_path)
     pids = [p["pid"] for p in state["processes"].values()]
     assert {"postgres", "valkey", "envoy", "scheduler-1", "gateway-1", "worker-1"} <= set(state["processes"])
@@ -158,12 +194,31 @@ def test_launcher_ctrl_c_stops_everything_and_keeps_data(tmp_path: Path) -> None
     _stop_launcher(proc)
     wait_until(lambda: not any(_alive(pid) for pid in pids), timeout_s=10, message="no process left")
 
-    proc, _ = _run_launcher(tmp_path)
+    proc, state = _run_launcher(tmp_path)
+    pids = [p["pid"] for p in state["processes"].values()]
     try:
         assert (tmp_path / "jwt_secret").read_text() == secret, "the second start reuses the data folder"
         assert (tmp_path / "postgres" / "PG_VERSION").exists()
     finally:
-        _stop_launcher(proc)
+        proc.kill()  # no chance to stop anything itself: its processes must end all the same
+        proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    wait_until(lambda: not any(_alive(pid) for pid in pids), timeout_s=30, message="no process left after SIGKILL")
+
+
+@pytest.mark.timeout(60)
+def test_launcher_refuses_a_taken_port_and_names_its_holder(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        argv = [str(Path(sys.executable).parent / "rtask-stack"), "up", "--data-dir", str(tmp_path)]
+        argv += ["--port", str(free_port()), "--admin-port", str(taken)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=50, check=False)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"Envoy admin port {taken}" in done.stderr and f"pid {os.getpid()}" in done.stderr
+    assert not (tmp_path / "postgres").exists(), "nothing was started"
 
 
 def _stop_launcher(proc: subprocess.Popen[str]) -> None:

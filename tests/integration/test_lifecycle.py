@@ -178,6 +178,18 @@ async def test_spin_is_killed_on_cancel_after_the_grace(user: UserTasks) -> None
     assert "kill" in done.error, done.error
 
 
+async def test_priority_and_concurrency_key_are_stored_and_returned(user: UserTasks) -> None:
+    request = scheduler_pb2.SubmitTaskRequest(
+        name="keyed", priority=5, concurrency_key="customer-7", concurrency_limit=2, replicas=2
+    )
+    submitted = await user.stub.SubmitTask(request, metadata=user.account.metadata)
+    assert {(t.priority, t.concurrency_key, t.concurrency_limit) for t in submitted.tasks} == {(5, "customer-7", 2)}
+    (plain,) = await user.submit(workload_s=0)
+    assert (plain.priority, plain.concurrency_key, plain.concurrency_limit) == (3, "", 0)
+    done = await user.wait_for(submitted.tasks[0].id)
+    assert (done.priority, done.concurrency_key, done.concurrency_limit) == (5, "customer-7", 2)
+
+
 async def test_fail_is_retried_then_dead_lettered_then_retried_by_hand(user: UserTasks) -> None:
     (task,) = await user.submit("fail", workload_s=0, max_attempts=2)
     done = await user.wait_for(task.id, [S.TASK_STATUS_FAILED], timeout_s=60)
@@ -254,6 +266,13 @@ async def test_restarting_redis_with_tasks_queued_loses_none(user: UserTasks, st
         ({"max_runtime": duration(0.5)}, "max_runtime"),
         ({"max_runtime": duration(24 * 3600 + 1)}, "max_runtime"),
         ({"request_id": "r" * 129}, "request_id"),
+        ({"priority": 6}, "priority"),
+        ({"priority": -1}, "priority"),
+        ({"concurrency_key": "customer-1"}, "concurrency_limit"),
+        ({"concurrency_key": "customer-1", "concurrency_limit": 1001}, "concurrency_limit"),
+        ({"concurrency_limit": 2}, "concurrency_limit"),
+        ({"concurrency_key": "k" * 129, "concurrency_limit": 2}, "concurrency_key"),
+        ({"concurrency_key": "line\nbreak", "concurrency_limit": 2}, "concurrency_key"),
     ],
 )
 async def test_bad_submissions_name_the_field_and_store_nothing(

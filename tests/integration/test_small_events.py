@@ -19,7 +19,7 @@ from resilienttask import AsyncClient, TaskStatus
 from resilienttask.v1 import scheduler_pb2, task_pb2
 from services.core import events, keys
 from services.core.task_summary import ERROR_BYTES, MAX_SUMMARY_BYTES
-from services.gateway.validation import MAX_PAYLOAD_BYTES
+from services.core.validation import MAX_PAYLOAD_BYTES
 from services.stack.stack import Stack
 from tests.conftest import Stores, unique_email
 from tests.helpers import eventually

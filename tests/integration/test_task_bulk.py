@@ -151,7 +151,9 @@ async def test_bulk_retry_of_a_hundred_failed_tasks_through_a_filter(edge: grpc.
     assert [(t.from_status, t.to_status, t.detail) for t in transitions][3] == (FAILED, QUEUED, "retry requested")
 
 
-async def test_bulk_cancel_retry_delete_by_ids_are_idempotent_and_owner_scoped(edge: grpc.aio.Channel) -> None:
+async def test_bulk_cancel_retry_delete_by_ids_are_idempotent_and_owner_scoped(
+    edge: grpc.aio.Channel, stores: Stores
+) -> None:
     user = Operator(edge, await signup(edge, "bulk"))
     intruded = Operator(edge, await signup(edge, "bulk-other"))
     name = f"bulk {uuid.uuid4().hex[:8]}"
@@ -177,19 +179,31 @@ async def test_bulk_cancel_retry_delete_by_ids_are_idempotent_and_owner_scoped(e
     assert await user.by_ids("Delete", listed) == (1, 10)
     assert await user.by_ids("Delete", listed) == (0, 11)
 
-    # Cancel through a filter in pages of 3: running and queued ones, each page exactly once.
-    running_or_queued = scheduler_pb2.TaskFilter(name_contains=name, statuses=[QUEUED, RUNNING])
+    # Cancel through a filter in pages of 10: running ones, and queued ones held beyond the user's share of the
+    # worker slots (half of them: 15 of 30), each page exactly once.
+    await eventually(lambda: _slot_cap_known(stores), timeout_s=30, message="the slot cap is set")
+    more = [t.id for t in await user.submit(name=name, workload_s=LONG_S, replicas=20)]
     await eventually(lambda: _all_in(user, mine, {RUNNING}), timeout_s=30, message="retried tasks running")
-    replies = await user.by_filter("Cancel", running_or_queued, page_size=3)
-    assert [(r.affected, r.skipped) for r in replies] == [(3, 0), (3, 0), (2, 0)]
-    await eventually(lambda: _all_in(user, mine, {CANCELLED}), timeout_s=30, message="cancelled again")
+    assert set((await user.statuses(mine + more)).values()) == {QUEUED, RUNNING}
+    running_or_queued = scheduler_pb2.TaskFilter(name_contains=name, statuses=[QUEUED, RUNNING])
+    replies = await user.by_filter("Cancel", running_or_queued, page_size=10)
+    assert [(r.affected, r.skipped) for r in replies] == [(10, 0), (10, 0), (8, 0)]
+    await eventually(lambda: _all_in(user, mine + more, {CANCELLED}), timeout_s=30, message="cancelled again")
 
     # Delete every one of the user's through a filter: the other user's twin stays as it was.
-    replies = await user.by_filter("Delete", scheduler_pb2.TaskFilter(name_contains=name), page_size=5)
-    assert sum(r.affected for r in replies) == 8 and sum(r.skipped for r in replies) == 0
+    replies = await user.by_filter("Delete", scheduler_pb2.TaskFilter(name_contains=name), page_size=10)
+    assert sum(r.affected for r in replies) == 28 and sum(r.skipped for r in replies) == 0
     assert (await intruded.get(theirs.id)).status == SCHEDULED
     assert (await intruded.get(theirs.id)).version == theirs.version
     await intruded.cancel(theirs.id)
+
+
+async def _slot_cap_known(stores: Stores) -> bool:
+    conn = await asyncpg.connect(stores.database_url)
+    try:
+        return bool(await conn.fetchval("SELECT slots_per_user IS NOT NULL FROM slot_cap"))
+    finally:
+        await conn.close()
 
 
 async def _all_in(user: Operator, ids: list[str], wanted: set[int]) -> bool:

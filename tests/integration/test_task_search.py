@@ -68,9 +68,16 @@ async def test_each_filter_selects_exactly_its_tasks(edge: grpc.aio.Channel) -> 
     dead = (await user.submit("fail", name=f"{tag} dead", workload_s=0, max_attempts=1))[0]
     await user.wait_for(dead.id, {FAILED})
     await other.submit(name=f"{tag} 100% done", delay_s=LATER_S)  # another user's twin: never in the results
+    keyed = scheduler_pb2.SubmitTaskRequest(
+        name=f"{tag} keyed", concurrency_key=f"{tag}-key", concurrency_limit=1, request_id=str(uuid.uuid4())
+    )
+    keyed.delay.FromSeconds(int(LATER_S))
+    made["keyed"] = (await user.stub.SubmitTask(keyed, metadata=user.account.metadata)).tasks[0]
 
     everything = await user.matching(name_contains=tag)
-    assert len(everything) == 9
+    assert len(everything) == 10
+    assert await user.matching(concurrency_key=f"{tag}-key") == [made["keyed"].id]
+    assert await user.matching(concurrency_key=f"{tag}-KEY") == []
     assert await user.matching(name_contains="100%") == [made["percent"].id]
     assert await user.matching(name_contains="%") == [made["percent"].id]
     assert await user.matching(name_contains=f"{tag} a_b") == [made["underscore"].id]
@@ -82,7 +89,7 @@ async def test_each_filter_selects_exactly_its_tasks(edge: grpc.aio.Channel) -> 
     assert await user.matching(name_contains=tag, kind="fail") == [dead.id]
     assert await user.matching(name_contains=tag, dead_lettered=True) == [dead.id]
     assert await user.matching(name_contains=tag, statuses=[FAILED]) == [dead.id]
-    assert len(await user.matching(name_contains=tag, statuses=[FAILED, SCHEDULED])) == 9
+    assert len(await user.matching(name_contains=tag, statuses=[FAILED, SCHEDULED])) == 10
     assert sorted(await user.matching(batch_id=batch[0].batch_id)) == sorted(t.id for t in batch)
     assert await user.matching(id_prefix=dead.id[:13]) == [dead.id]
     assert await user.matching(id_prefix=dead.id.upper()) == [dead.id]

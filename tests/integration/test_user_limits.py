@@ -256,3 +256,31 @@ async def test_one_users_many_long_tasks_leave_slots_for_another_users_short_tas
     finally:
         await heavy.cancel_batch(many[0].batch_id)
     assert {t.status for t in await all_finished(heavy, many)} == {S.TASK_STATUS_CANCELLED}
+
+
+async def test_a_bulk_retry_page_over_a_limit_is_refused_whole(
+    channel: grpc.aio.Channel, db: asyncpg.Connection
+) -> None:
+    """RetryTasks admits a page as one submission of that many tasks: over a limit, nothing of it is written."""
+    user = await new_user(channel, "bulk-limits")
+    ids = [t.id for t in await user.submit(replicas=12, delay_s=3600)]  # 12 of the 15 tokens; not active
+    md = user.account.metadata
+
+    def request(action: str, listed: list[str]) -> object:
+        selection = scheduler_pb2.TaskSelection(ids=scheduler_pb2.TaskIds(task_ids=listed))
+        return getattr(scheduler_pb2, f"{action}TasksRequest")(selection=selection)
+
+    async def refused_retry(listed: list[str]) -> str:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await user.stub.RetryTasks(request("Retry", listed), metadata=md)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        left = [await user.get(task_id) for task_id in ids[3:]]
+        assert {t.status for t in left} == {S.TASK_STATUS_CANCELLED}, "nothing of the refused page was written"
+        return caught.value.details() or ""
+
+    cancelled = await user.stub.CancelTasks(request("Cancel", ids), metadata=md)
+    assert (cancelled.affected, cancelled.skipped) == (12, 0)
+    assert "active tasks" in await refused_retry(ids)  # 12 at once: over the 8 active
+    retried = await user.stub.RetryTasks(request("Retry", ids[:3]), metadata=md)  # the last 3 tokens
+    assert (retried.affected, retried.skipped) == (3, 0)
+    assert "submission rate" in await refused_retry(ids[3:6])

@@ -9,9 +9,9 @@ from typing import Any
 import grpc
 import pytest
 
+from services.core.auth_interceptor import AuthInterceptor, _current_user, bearer_token, current_user_id
 from services.core.config import AuthConfig
 from services.core.tokens import WORKER_AUDIENCE, mint_user_token, mint_worker_token
-from services.gateway.auth_interceptor import AuthInterceptor, _current_user, bearer_token, current_user_id
 
 CONFIG = AuthConfig(jwt_secret=b"k" * 40)
 GUARDED = "/test.Guarded/"

@@ -13,6 +13,7 @@ import pytest
 from resilienttask.cli.common import check_address
 from resilienttask.cli.credentials import Credential, CredentialStore, config_dir
 from resilienttask.cli.durations import format_duration, parse_duration
+from resilienttask.cli.local_commands import find_data_dir
 from resilienttask.cli.times import parse_time
 
 
@@ -111,3 +112,14 @@ def test_a_time_without_zone_is_local_time() -> None:
     assert parsed.tzinfo is not None
     assert parsed == datetime(2026, 7, 1, 12, 0).astimezone()
     assert parse_time("12:00") > datetime.now(UTC)
+
+
+def test_the_data_folder_is_found_here_or_above(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "project" / ".rtask").mkdir(parents=True)
+    deep = tmp_path / "project" / "examples" / "more"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    assert find_data_dir(None, None, None) == tmp_path / "project" / ".rtask"
+    assert find_data_dir(None, None, Path("elsewhere")) == Path("elsewhere"), "a folder given wins"
+    monkeypatch.chdir(tmp_path)
+    assert find_data_dir(None, None, None) == Path(".rtask"), "none above: the one to create here"

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import pytest
 
 from resilienttask.v1 import schedule_pb2, scheduler_pb2
+from services.core import validation
 from services.core.errors import InvalidArgument
+from services.core.schedule_validation import template_submission
 from services.core.schedules import firing
-from services.gateway import validation
-from services.gateway.schedule_validation import template_submission
 
 SCHEDULE_ID = str(uuid.uuid4())
 

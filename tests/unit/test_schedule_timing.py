@@ -8,10 +8,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from resilienttask.v1 import schedule_pb2
+from services.core import schedule_validation
 from services.core.errors import InvalidArgument
 from services.core.schedules.firing import slot_key
 from services.core.schedules.timing import CronTiming, IntervalTiming, TimingError, check_cron, upcoming, zone
-from services.gateway import schedule_validation
 
 PARIS = ZoneInfo("Europe/Paris")
 

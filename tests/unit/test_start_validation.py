@@ -9,7 +9,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from services.core.errors import InvalidArgument
 from services.core.transitions.user import Start
-from services.gateway.validation import MAX_DELAY, RUN_AT_PAST_GRACE_S, delay_start, run_at_start
+from services.core.validation import MAX_DELAY, RUN_AT_PAST_GRACE_S, delay_start, run_at_start
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
-from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
+from resilienttask.json_values import struct_to_dict, value_to_python
 from resilienttask.models import (
     CatchupPolicy,
     OverlapPolicy,
@@ -101,6 +102,9 @@ def submit_request(
     request_id: str | None,
     run_at: datetime | None = None,
     delay: Seconds | None = None,
+    priority: int = 0,
+    concurrency_key: str = "",
+    concurrency_limit: int = 0,
 ) -> scheduler_pb2.SubmitTaskRequest:
     """The SubmitTask request; a request_id is generated here so retries of this call are idempotent.
 
@@ -115,6 +119,9 @@ def submit_request(
         replicas=replicas,
         max_attempts=max_attempts or 0,
         request_id=request_id or str(uuid.uuid4()),
+        priority=priority,
+        concurrency_key=concurrency_key,
+        concurrency_limit=concurrency_limit,
     )
     if max_runtime is not None:
         request.max_runtime.CopyFrom(to_duration(max_runtime))
@@ -276,16 +283,19 @@ def task_from_proto(message: task_pb2.Task) -> Task:
         created_at=_time(message.created_at, message.HasField("created_at")),
         started_at=_time(message.started_at, message.HasField("started_at")),
         finished_at=_time(message.finished_at, message.HasField("finished_at")),
-        payload=json_format.MessageToDict(message.payload) if message.HasField("payload") else {},
+        payload=struct_to_dict(message.payload) if message.HasField("payload") else {},
         result=_value(message.result) if message.HasField("result") else None,
         summary=message.summary,
         run_at=_time(message.run_at, message.HasField("run_at")),
         schedule_id=message.schedule_id,
+        priority=message.priority,
+        concurrency_key=message.concurrency_key,
+        concurrency_limit=message.concurrency_limit,
     )
 
 
 def _value(message: struct_pb2.Value) -> Any:
-    return json_format.MessageToDict(message)
+    return value_to_python(message)
 
 
 def stats_from_proto(message: task_pb2.TaskStats) -> TaskStats:
@@ -313,7 +323,7 @@ def schedule_from_proto(message: schedule_pb2.Schedule) -> Schedule:
         task=TaskTemplate(
             name=template.name,
             kind=template.kind,
-            payload=json_format.MessageToDict(template.payload) if template.HasField("payload") else {},
+            payload=struct_to_dict(template.payload) if template.HasField("payload") else {},
             workload=_timedelta(template.workload),
             max_runtime=_timedelta(template.max_runtime) if template.HasField("max_runtime") else None,
             replicas=template.replicas or 1,

@@ -42,7 +42,7 @@ from resilienttask._logs import LogCursor
 from resilienttask._retry import RECONNECT_CODES, RetryPolicy
 from resilienttask._tracecontext import trace_metadata
 from resilienttask._watch import BATCH_PAGE_SIZE, FETCH_CONCURRENCY, WaitTracker, WatchState, task_ids
-from resilienttask.errors import DeadlineExceeded, Unavailable, from_rpc_error
+from resilienttask.errors import DeadlineExceeded, ResourceExhausted, Unavailable, from_rpc_error
 from resilienttask.models import (
     LogLine,
     Schedule,
@@ -55,6 +55,7 @@ from resilienttask.models import (
     Worker,
 )
 from resilienttask.search import (
+    LIMIT_PAUSES_S,
     BulkResult,
     TaskFilter,
     TaskHistory,
@@ -262,6 +263,9 @@ class AsyncClient:
         request_id: str | None = None,
         run_at: datetime | None = None,
         delay: Seconds | None = None,
+        priority: int = 0,
+        concurrency_key: str = "",
+        concurrency_limit: int = 0,
     ) -> builtins.list[Task]:
         """Submit a task or a batch of replicas; see Client.submit."""
         request = submit_request(
@@ -275,6 +279,9 @@ class AsyncClient:
             request_id=request_id,
             run_at=run_at,
             delay=delay,
+            priority=priority,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
         )
         reply = await self._call(self._scheduler.SubmitTask, request, idempotent=True)
         return [task_from_proto(t) for t in reply.tasks]
@@ -391,8 +398,16 @@ class AsyncClient:
         total = BulkResult()
         for selection in bulk_selections(task_ids, batch_id, conditions):
             request = request_type(selection=selection, page_size=page_size)
+            pauses = iter(LIMIT_PAUSES_S)
             while True:  # a repeated page (after UNAVAILABLE) affects nothing twice
-                reply = await self._call(method, request, idempotent=True)
+                try:
+                    reply = await self._call(method, request, idempotent=True)
+                except ResourceExhausted:
+                    pause = next(pauses, None)
+                    if pause is None:
+                        raise
+                    await asyncio.sleep(pause)
+                    continue
                 total += BulkResult(reply.affected, reply.skipped)
                 if not reply.next_page_token:
                     break

@@ -39,7 +39,7 @@ from resilienttask._logs import LogCursor
 from resilienttask._retry import RECONNECT_CODES, RetryPolicy
 from resilienttask._tracecontext import trace_metadata
 from resilienttask._watch import BATCH_PAGE_SIZE, WaitTracker, WatchState, task_ids
-from resilienttask.errors import DeadlineExceeded, Unavailable, from_rpc_error
+from resilienttask.errors import DeadlineExceeded, ResourceExhausted, Unavailable, from_rpc_error
 from resilienttask.models import (
     LogLine,
     Schedule,
@@ -52,6 +52,7 @@ from resilienttask.models import (
     Worker,
 )
 from resilienttask.search import (
+    LIMIT_PAUSES_S,
     BulkResult,
     TaskFilter,
     TaskHistory,
@@ -233,13 +234,18 @@ class Client:
         request_id: str | None = None,
         run_at: datetime | None = None,
         delay: Seconds | None = None,
+        priority: int = 0,
+        concurrency_key: str = "",
+        concurrency_limit: int = 0,
     ) -> builtins.list[Task]:
         """Submit a task (or `replicas` copies of it, atomically); returns the tasks by replica index.
 
         `kind` empty means the built-in simulated workload "sleep". A request_id is generated when
         none is given; retries after UNAVAILABLE reuse it, so they never create duplicates.
         `run_at` (an aware datetime) or `delay` (seconds or a timedelta), at most one, starts the tasks
-        later: they are SCHEDULED until then.
+        later: they are SCHEDULED until then. `priority` 1 (lowest) to 5 (most urgent), 0 for the default
+        (3); `concurrency_key` with `concurrency_limit` (1 to 1000) lets at most that many of your tasks with
+        the key run at once.
         """
         request = submit_request(
             name,
@@ -252,6 +258,9 @@ class Client:
             request_id=request_id,
             run_at=run_at,
             delay=delay,
+            priority=priority,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
         )
         reply = self._call(self._scheduler.SubmitTask, request, idempotent=True)
         return [task_from_proto(t) for t in reply.tasks]
@@ -356,8 +365,9 @@ class Client:
         **conditions: Unpack[TaskFilter],
     ) -> BulkResult:
         """Queue again the failed, timed-out or cancelled tasks listed or meeting the conditions, page by page
-        (e.g. retry_many(statuses=["failed"])). Retries count against the submission rate like new tasks: a page
-        over a limit raises ResourceExhausted, after the earlier pages were retried."""
+        (e.g. retry_many(statuses=["failed"])). Retries count against the per-user limits like new tasks: a page
+        refused by one (nothing of it written) is asked again after pauses of up to about a minute in all, for the
+        submission rate to refill; then ResourceExhausted is raised, the earlier pages retried."""
         return self._act_on_many("Retry", task_ids, batch_id, page_size, conditions)
 
     def delete_many(
@@ -379,8 +389,16 @@ class Client:
         total = BulkResult()
         for selection in bulk_selections(task_ids, batch_id, conditions):
             request = request_type(selection=selection, page_size=page_size)
+            pauses = iter(LIMIT_PAUSES_S)
             while True:  # a repeated page (after UNAVAILABLE) affects nothing twice
-                reply = self._call(method, request, idempotent=True)
+                try:
+                    reply = self._call(method, request, idempotent=True)
+                except ResourceExhausted:
+                    pause = next(pauses, None)
+                    if pause is None:
+                        raise
+                    time.sleep(pause)
+                    continue
                 total += BulkResult(reply.affected, reply.skipped)
                 if not reply.next_page_token:
                     break

@@ -85,7 +85,9 @@ class Task:
     """One unit of work as the service last reported it; `version` grows with every change.
 
     `run_at` is when a delayed task becomes (or became) due, None for one due at submission; `schedule_id`
-    names the schedule that submitted it ("" for a task submitted directly).
+    names the schedule that submitted it ("" for a task submitted directly). `priority` runs from 1 (lowest)
+    to 5 (most urgent); at most `concurrency_limit` of the owner's tasks with the same `concurrency_key` run
+    at once ("" and 0: no key).
 
     Tasks from watch() are summaries (`summary` True): their payload and result are left out (empty dict,
     None) and their error is cut to its first KiB; get() returns the whole task. wait() returns whole tasks.
@@ -115,6 +117,9 @@ class Task:
     summary: bool = False
     run_at: datetime | None = None
     schedule_id: str = ""
+    priority: int = 0
+    concurrency_key: str = ""
+    concurrency_limit: int = 0
 
     @property
     def done(self) -> bool:
@@ -151,6 +156,9 @@ class Task:
             "summary": self.summary,
             "run_at": _iso(self.run_at),
             "schedule_id": self.schedule_id,
+            "priority": self.priority,
+            "concurrency_key": self.concurrency_key,
+            "concurrency_limit": self.concurrency_limit,
         }
 
 

@@ -97,6 +97,12 @@ def bulk_selections(
     yield scheduler_pb2.TaskSelection(filter=message)
 
 
+# A page refused by a per-user limit wrote nothing, so the same page is asked again after these pauses (about a
+# minute in all): a retry of many pages spends the submission rate's burst on its first page, and the next pages
+# wait for it to refill (50 tasks per second by default). Then the refusal is raised.
+LIMIT_PAUSES_S = (1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0, 10.0)
+
+
 @dataclass(frozen=True)
 class BulkResult:
     """What a bulk action did over every page: tasks affected, and tasks taken but left as they were (not in a

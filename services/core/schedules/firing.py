@@ -18,10 +18,10 @@ import redis.asyncio as aioredis
 from resilienttask.v1 import schedule_pb2
 from services.core import task_actions
 from services.core.limits import UserLimits
+from services.core.schedule_validation import template_submission
 from services.core.schedules.model import overlap_of
 from services.core.task_model import ACTIVE, in_batch
-from services.gateway.schedule_validation import template_submission
-from services.gateway.validation import SCHEDULE_REQUEST_PREFIX
+from services.core.validation import SCHEDULE_REQUEST_PREFIX
 
 _ACTIVE = sorted(ACTIVE)
 _BATCH_ACTIVE = (

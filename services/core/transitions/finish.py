@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
-from google.protobuf import json_format
 
+from resilienttask.json_values import value_to_python
 from resilienttask.worker.v1 import worker_pb2
 from services.core import task_metrics
 from services.core.events import TaskChange
@@ -190,7 +190,7 @@ async def finish_batch(
 
 
 def _result_json(item: worker_pb2.FinishItem) -> str | None:
-    return json.dumps(json_format.MessageToDict(item.result)) if item.HasField("result") else None
+    return json.dumps(value_to_python(item.result)) if item.HasField("result") else None
 
 
 async def _finish_checked(

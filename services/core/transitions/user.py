@@ -21,11 +21,13 @@ from services.core.limits import UserLimits
 from services.core.task_model import (
     CANCELLED,
     CANCELLING,
+    QUALIFIED_SUMMARY_COLUMNS,
     QUALIFIED_TASK_COLUMNS,
     QUEUED,
     RETRYABLE,
     RUNNING,
     SCHEDULED,
+    SUMMARY_COLUMNS,
     TASK_COLUMNS,
     TERMINAL,
     UNFINISHED,
@@ -53,6 +55,10 @@ class Start:
     delay_ms: int = 0
 
 
+# SubmitTaskRequest.priority: the range and the value of 0 (unset).
+MIN_PRIORITY, DEFAULT_PRIORITY, MAX_PRIORITY = 1, 3, 5
+
+
 @dataclass(frozen=True)
 class Submission:
     """A validated SubmitTask request; start is set only for a task due in the future (SCHEDULED until then)."""
@@ -68,6 +74,11 @@ class Submission:
     start: Start | None = None
     # The recurring schedule whose firing submits this (Task.schedule_id); None for a user's own submission.
     schedule_id: str | None = None
+    # 1 (lowest) to 5 (most urgent).
+    priority: int = DEFAULT_PRIORITY
+    # At most concurrency_limit of the owner's tasks with this key run at once; None: no key (limit 0).
+    concurrency_key: str | None = None
+    concurrency_limit: int = 0
 
 
 DEFAULT_LIMITS = UserLimits()
@@ -138,11 +149,11 @@ WITH admitted AS (SELECT {_ADMIT} AS dispatchable),
 inserted AS (
     INSERT INTO tasks (id, owner_id, name, kind, payload, status, max_attempts, request_id, batch_id,
                        replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held, schedule_id,
-                       trace_parent)
+                       trace_parent, priority, concurrency_key, concurrency_limit)
     SELECT t.id, $2, $3, $4, $5::jsonb, {QUEUED}, $6, $7, $8, t.idx, $9, $10, t.dispatch_id,
            CASE WHEN t.idx < admitted.dispatchable THEN now() + make_interval(secs => $11)
                 ELSE 'infinity'::timestamptz END,
-           t.idx >= admitted.dispatchable, $18::uuid, $19
+           t.idx >= admitted.dispatchable, $18::uuid, $19, $20, $21, $22
     FROM unnest($1::uuid[], $12::int[], $13::uuid[]) AS t(id, idx, dispatch_id), admitted
     ON CONFLICT (owner_id, request_id, replica_index) DO NOTHING
     RETURNING {TASK_COLUMNS}, held, trace_parent
@@ -154,7 +165,7 @@ guard AS (
 SELECT inserted.* FROM inserted, guard ORDER BY replica_index
 """
 
-# A delayed submission: the same statement, but its replicas are SCHEDULED until run_at ($20, or now() plus $11
+# A delayed submission: the same statement, but its replicas are SCHEDULED until run_at ($23, or now() plus $11
 # ms), never published by anyone but the due publisher (publish_after is infinity), and admitted against the
 # stored-task limit and the rate only ($14, the active limit, is passed as 0: they are not active until due).
 # Their first history row (none -> SCHEDULED) is stored, as the view derives a none -> QUEUED one otherwise.
@@ -164,10 +175,10 @@ WITH admitted AS (SELECT {_ADMIT} AS dispatchable),
 inserted AS (
     INSERT INTO tasks (id, owner_id, name, kind, payload, status, max_attempts, request_id, batch_id,
                        replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held, schedule_id,
-                       trace_parent, run_at)
+                       trace_parent, priority, concurrency_key, concurrency_limit, run_at)
     SELECT t.id, $2, $3, $4, $5::jsonb, {SCHEDULED}, $6, $7, $8, t.idx, $9, $10, t.dispatch_id,
-           'infinity'::timestamptz, false, $18::uuid, $19,
-           coalesce($20::timestamptz, now() + make_interval(secs => $11 / 1000.0))
+           'infinity'::timestamptz, false, $18::uuid, $19, $20, $21, $22,
+           coalesce($23::timestamptz, now() + make_interval(secs => $11 / 1000.0))
     FROM unnest($1::uuid[], $12::int[], $13::uuid[]) AS t(id, idx, dispatch_id), admitted
     ON CONFLICT (owner_id, request_id, replica_index) DO NOTHING
     RETURNING {TASK_COLUMNS}, held, trace_parent
@@ -195,7 +206,7 @@ async def _insert_submission(
 ) -> list[asyncpg.Record]:
     start = spec.start
     max_active, max_stored, rate_per_s, burst = _limit_args(limits)
-    # $11: the publication grace of a task to dispatch now, or the delay (ms) of a delayed one, whose run_at is $20.
+    # $11: the publication grace of a task to dispatch now, or the delay (ms) of a delayed one, whose run_at is $23.
     timing: float = PUBLISH_GRACE_S
     scheduled: tuple[Any, ...] = ()
     if start is not None:
@@ -223,6 +234,9 @@ async def _insert_submission(
             burst,
             spec.schedule_id,
             trace_parent,
+            spec.priority,
+            spec.concurrency_key,
+            spec.concurrency_limit,
             *scheduled,
         )
     except asyncpg.PostgresError as exc:
@@ -253,7 +267,7 @@ class CancelResult:
 # ("before") and every changed row as it now is ("after").
 _CANCEL = f"""
 WITH target AS (
-    SELECT {TASK_COLUMNS} FROM tasks WHERE owner_id = $1 AND {{match}} ORDER BY id FOR UPDATE
+    SELECT {{columns}} FROM tasks WHERE owner_id = $1 AND {{match}} ORDER BY id FOR UPDATE
 ),
 changed AS (
     UPDATE tasks SET
@@ -262,7 +276,7 @@ changed AS (
         error = CASE target.status WHEN {QUEUED} THEN 'cancelled while queued'
                                    WHEN {SCHEDULED} THEN 'cancelled while scheduled' ELSE tasks.error END
     FROM target WHERE tasks.id = target.id AND target.status IN ({QUEUED}, {RUNNING}, {SCHEDULED})
-    RETURNING {QUALIFIED_TASK_COLUMNS}
+    RETURNING {{qualified}}
 ),
 recorded AS (
     INSERT INTO {HISTORY_TABLE} ({HISTORY_COLUMNS})
@@ -274,10 +288,13 @@ SELECT false AS after, * FROM target
 UNION ALL
 SELECT true AS after, * FROM changed
 """
+_WHOLE = {"columns": TASK_COLUMNS, "qualified": QUALIFIED_TASK_COLUMNS}
 _CANCEL_BY = {
-    "id": _CANCEL.format(match="id = $2"),
-    "batch_id": _CANCEL.format(match=in_batch("$1", "$2::uuid")),
-    "ids": _CANCEL.format(match="id = ANY($2::uuid[])"),
+    "id": _CANCEL.format(match="id = $2", **_WHOLE),
+    "batch_id": _CANCEL.format(match=in_batch("$1", "$2::uuid"), **_WHOLE),
+    # A bulk cancel (up to 500 tasks) returns summaries: its rows make events and stop commands only, and the
+    # payloads (up to 64 KiB each) would travel for nothing.
+    "ids": _CANCEL.format(match="id = ANY($2::uuid[])", columns=SUMMARY_COLUMNS, qualified=QUALIFIED_SUMMARY_COLUMNS),
 }
 
 

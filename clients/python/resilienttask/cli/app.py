@@ -7,6 +7,7 @@ import click
 from resilienttask import __version__
 from resilienttask.cli import (
     auth_commands,
+    bulk_commands,
     info_commands,
     local_commands,
     log_commands,
@@ -24,6 +25,7 @@ COMMANDS: list[click.Command] = [
     task_commands.submit,
     task_commands.list_tasks,
     task_commands.get,
+    bulk_commands.show,
     info_commands.watch,
     log_commands.logs,
     task_commands.wait_tasks,
@@ -31,6 +33,7 @@ COMMANDS: list[click.Command] = [
     task_commands.retry,
     task_commands.rm,
     task_commands.clear,
+    bulk_commands.bulk,
     schedule_commands.schedule,
     info_commands.stats,
     info_commands.workers,

@@ -37,13 +37,28 @@ ENROLMENT_FILE = "worker_enrolment_secret"
 # How often `up --detach` and `down` look at the launcher while waiting for it.
 POLL_INTERVAL_S = 0.2
 
+DATA_DIR_NAME = ".rtask"
+
+
+def find_data_dir(_ctx: click.Context | None, _param: click.Parameter | None, value: Path | None) -> Path:
+    """The folder given, else the nearest `.rtask` folder here or above (as git finds its repository), so the
+    commands work from any folder of a project whose stack was started at its root; else ./.rtask."""
+    if value is not None:
+        return value
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / DATA_DIR_NAME).is_dir():
+            return folder / DATA_DIR_NAME
+    return Path(DATA_DIR_NAME)
+
+
 data_dir_option = click.option(
     "--data-dir",
     envvar="RTASK_DATA_DIR",
-    default=".rtask",
-    show_default=True,
+    default=None,
+    callback=find_data_dir,
     type=click.Path(file_okay=False, path_type=Path),
-    help="the local stack's data folder [env RTASK_DATA_DIR]",
+    help=f"the local stack's data folder (default: the nearest {DATA_DIR_NAME} here or above) [env RTASK_DATA_DIR]",
 )
 
 

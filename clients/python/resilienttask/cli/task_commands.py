@@ -15,13 +15,12 @@ from resilienttask.cli.common import (
     json_option,
     server_command,
 )
+from resilienttask.cli.filters import Selection, filter_options
 from resilienttask.cli.live import BatchProgress
 from resilienttask.cli.options import DURATION, TIME, template_options
 from resilienttask.cli.render import stderr, stdout, task_detail, tasks_table
 from resilienttask.client import Client
-from resilienttask.models import Task, TaskStatus
-
-STATUS_NAMES = [s.value for s in TaskStatus if s is not TaskStatus.UNSPECIFIED]
+from resilienttask.models import Task
 
 
 def _print_tasks(tasks: list[Task], as_json: bool, title: str | None = None) -> None:
@@ -36,6 +35,11 @@ def _print_tasks(tasks: list[Task], as_json: bool, title: str | None = None) -> 
 @template_options()
 @click.option("--at", "run_at", type=TIME, default=None, help="start at this time (e.g. 18:00, 2026-12-24T18:00Z)")
 @click.option("--in", "delay", type=DURATION, default=None, help="start after this delay (e.g. 10m)")
+@click.option("--priority", type=click.IntRange(1, 5), default=None, help="1 (lowest) to 5 (most urgent); default 3")
+@click.option(
+    "--concurrency-key", default="", help="at most --concurrency-limit of your tasks with this key run at once"
+)
+@click.option("--concurrency-limit", type=click.IntRange(1, 1000), default=None, help="with --concurrency-key")
 @click.option("--request-id", default=None, help="idempotency key (generated when omitted)")
 @click.option("--wait", "wait_", is_flag=True, help="wait for every task to finish, with live progress bars")
 @click.option("--timeout", type=DURATION, default=None, help="with --wait: give up after this long (exit 7)")
@@ -52,6 +56,9 @@ def submit(
     payload: dict[str, Any] | None,
     run_at: datetime | None,
     delay: timedelta | None,
+    priority: int | None,
+    concurrency_key: str,
+    concurrency_limit: int | None,
     request_id: str | None,
     wait_: bool,
     timeout: timedelta | None,
@@ -63,6 +70,8 @@ def submit(
         raise click.UsageError("--timeout only makes sense with --wait")
     if run_at is not None and delay is not None:
         raise click.UsageError("give --at or --in, not both")
+    if bool(concurrency_key) != (concurrency_limit is not None):
+        raise click.UsageError("give --concurrency-key and --concurrency-limit together")
     with conn.client() as client:
         tasks = client.submit(
             name,
@@ -75,6 +84,9 @@ def submit(
             request_id=request_id,
             run_at=run_at,
             delay=delay,
+            priority=priority or 0,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit or 0,
         )
         if not wait_:
             _print_tasks(tasks, as_json, title=f"batch {tasks[0].batch_id}")
@@ -114,16 +126,16 @@ def wait_tasks(conn: Connection, task_ids: tuple[str, ...], timeout: timedelta |
 
 
 @click.command(name="ls")
-@click.option("--status", type=click.Choice(STATUS_NAMES), default=None, help="only tasks in this status")
-@click.option("--batch", "batch_id", default="", help="only the replicas of this batch")
+@filter_options
 @click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, help="at most this many (0: all)")
 @json_option
 @server_command
-def list_tasks(conn: Connection, status: str | None, batch_id: str, limit: int, as_json: bool) -> None:
-    """List your tasks, newest first (every page is fetched as needed)."""
+def list_tasks(conn: Connection, selection: Selection, limit: int, as_json: bool) -> None:
+    """List your tasks, newest first, filtered on the server (every page is fetched as needed); the filter
+    options are also those of `rtask bulk`."""
     with conn.client() as client:
         page_size = min(limit, 500) if limit else 500
-        found = client.list(status, batch_id=batch_id, page_size=page_size)
+        found = client.list(batch_id=selection.batch_id, page_size=page_size, **selection.conditions)
         tasks = list(itertools.islice(found, limit) if limit else found)
     _print_tasks(tasks, as_json)
 

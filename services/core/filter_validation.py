@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from google.protobuf import timestamp_pb2
 
 from resilienttask.v1 import scheduler_pb2, task_pb2
+from services.core import validation
 from services.core.errors import InvalidArgument
 from services.core.task_filters import TaskQuery
-from services.gateway import validation
 
 MAX_NAME_CONTAINS_CHARS = validation.MAX_NAME_CHARS
 MAX_KIND_CHARS = 128

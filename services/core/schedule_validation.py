@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from resilienttask.v1 import schedule_pb2, scheduler_pb2
+from services.core import validation
 from services.core.errors import InvalidArgument
 from services.core.schedules.model import timing_of
 from services.core.schedules.timing import TimingError, check_cron, shortest_gap, zone
 from services.core.transitions.user import Submission
-from services.gateway import validation
 
 MIN_INTERVAL_MS = 1000
 MAX_INTERVAL_MS = 366 * 24 * 3600 * 1000
@@ -30,6 +30,9 @@ def template_request(template: schedule_pb2.TaskTemplate, request_id: str) -> sc
         replicas=template.replicas,
         max_attempts=template.max_attempts,
         request_id=request_id,
+        priority=template.priority,
+        concurrency_key=template.concurrency_key,
+        concurrency_limit=template.concurrency_limit,
     )
     request.payload.CopyFrom(template.payload)
     request.workload.CopyFrom(template.workload)

@@ -9,11 +9,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf import duration_pb2, json_format, timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
+from resilienttask.json_values import struct_to_dict
 from resilienttask.v1 import scheduler_pb2, task_pb2
 from services.core.errors import InvalidArgument
-from services.core.transitions.user import Start, Submission
+from services.core.transitions.user import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, Start, Submission
 
 MAX_NAME_CHARS = 200
 MAX_WORKLOAD_MS = 24 * 3600 * 1000
@@ -25,6 +26,8 @@ DEFAULT_MAX_ATTEMPTS = 3
 MAX_ATTEMPTS = 10
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_REQUEST_ID_CHARS = 128
+MAX_CONCURRENCY_KEY_CHARS = 128
+MAX_CONCURRENCY_LIMIT = 1000
 # The request_id prefix of the tasks a schedule fires (services/core/schedules/firing.py).
 SCHEDULE_REQUEST_PREFIX = "schedule:"
 DEFAULT_PAGE_SIZE = 50
@@ -89,7 +92,7 @@ def submission(
     if request.payload.ByteSize() > MAX_PAYLOAD_BYTES:
         raise InvalidArgument("payload", f"must be at most {MAX_PAYLOAD_BYTES // 1024} KiB")
     try:
-        payload: dict[str, Any] = json_format.MessageToDict(request.payload)
+        payload: dict[str, Any] = struct_to_dict(request.payload)
     except ValueError as exc:  # the only number JSON cannot hold: NaN and ±Infinity
         raise InvalidArgument("payload", "numbers must be finite (NaN and Infinity have no JSON form)") from exc
     if _has_nul(payload):
@@ -106,6 +109,7 @@ def submission(
         start = run_at_start(request.run_at, datetime.now(UTC))
     elif request.HasField("delay"):
         start = delay_start("delay", request.delay)
+    concurrency_key, concurrency_limit = concurrency(request.concurrency_key, request.concurrency_limit)
     return Submission(
         name=name,
         kind=kind,
@@ -116,7 +120,34 @@ def submission(
         max_attempts=max_attempts,
         request_id=request_id,
         start=start,
+        priority=priority(request.priority),
+        concurrency_key=concurrency_key,
+        concurrency_limit=concurrency_limit,
     )
+
+
+def priority(value: int, field: str = "priority") -> int:
+    """The priority to store: 0 (unset) means the default."""
+    if value == 0:
+        return DEFAULT_PRIORITY
+    if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+        raise InvalidArgument(field, f"must be between {MIN_PRIORITY} and {MAX_PRIORITY} (0 means {DEFAULT_PRIORITY})")
+    return value
+
+
+def concurrency(key: str, limit: int) -> tuple[str | None, int]:
+    """(key, limit) to store: a key needs a limit and a limit needs a key; (None, 0) without one."""
+    if not key:
+        if limit != 0:
+            raise InvalidArgument("concurrency_limit", "must be 0 without a concurrency_key")
+        return None, 0
+    if len(key) > MAX_CONCURRENCY_KEY_CHARS or not key.isprintable():
+        raise InvalidArgument("concurrency_key", f"must be at most {MAX_CONCURRENCY_KEY_CHARS} printable characters")
+    if not 1 <= limit <= MAX_CONCURRENCY_LIMIT:
+        raise InvalidArgument(
+            "concurrency_limit", f"must be between 1 and {MAX_CONCURRENCY_LIMIT} with a concurrency_key"
+        )
+    return key, limit
 
 
 def run_at_start(value: timestamp_pb2.Timestamp, now: datetime) -> Start | None:
