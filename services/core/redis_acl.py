@@ -78,16 +78,13 @@ USERS: dict[str, AclUser] = {
             "zremrangebyscore",
             "zcard",
             "pexpire",
-            # Task logs (services/core/task_logs.py): the append script's commands besides the above, and the
-            # gateways' reads.
+            # Task logs (services/core/task_logs.py): the append script's commands besides the above (it deletes
+            # without DEL: trimmed, fields removed, expired), and the gateways' reads.
             "xlen",
             "xtrim",
             "hget",
             "hincrby",
             "incrby",
-            "decrby",
-            "get",
-            "del",
             "zrange",
             "zrangebyscore",
             # Stop commands to the schedulers, pool changes to the gateways.

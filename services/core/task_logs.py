@@ -15,6 +15,7 @@ Bounds, all applied in the one script that appends, so they hold after every wri
 - in time: a log not written for retention_s is deleted (tasks run at most 24 h, so this is counted from about
   when the task finished). Expired logs go at the next write, or at the schedulers' periodic sweep.
 Deleted logs (for space or age) take their numbering with them: they are the oldest, of long finished tasks.
+No maxmemory policy is relied on: the dispatch streams share the server, and must never be evicted.
 """
 
 from __future__ import annotations
@@ -94,11 +95,16 @@ _APPEND = """
 local now, per_task, max_bytes = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_tasks, retention = tonumber(ARGV[4]), tonumber(ARGV[5])
 local stream_prefix, meta_prefix, overhead = ARGV[6], ARGV[7], tonumber(ARGV[8])
+-- The services' Redis user may not DEL: a log is emptied (its memory freed now), its hash loses its fields (an
+-- empty hash is removed) and the empty stream expires a millisecond later.
 local function drop(task)
-  local b = tonumber(redis.call('HGET', meta_prefix .. task, 'bytes') or '0')
-  redis.call('DEL', stream_prefix .. task, meta_prefix .. task)
+  local stream, meta = stream_prefix .. task, meta_prefix .. task
+  local b = tonumber(redis.call('HGET', meta, 'bytes') or '0')
+  redis.call('XTRIM', stream, 'MAXLEN', 0)
+  redis.call('PEXPIRE', stream, 1)
+  redis.call('HDEL', meta, 'seq', 'bytes')
   redis.call('ZREM', KEYS[1], task)
-  redis.call('DECRBY', KEYS[2], b)
+  redis.call('INCRBY', KEYS[2], -b)
 end
 local a = 10
 for i = 3, #KEYS, 2 do
@@ -130,7 +136,7 @@ end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - retention, 'LIMIT', 0, tonumber(ARGV[9]))
 for _, task in ipairs(expired) do drop(task) end
 local evicted = 0
-while tonumber(redis.call('GET', KEYS[2]) or '0') > max_bytes or redis.call('ZCARD', KEYS[1]) > max_tasks do
+while redis.call('INCRBY', KEYS[2], 0) > max_bytes or redis.call('ZCARD', KEYS[1]) > max_tasks do
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0)
   if #oldest == 0 then break end
   drop(oldest[1])

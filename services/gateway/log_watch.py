@@ -77,6 +77,7 @@ class LogTail:
         # task id -> (bell -> the sequence its call has read up to)
         self._armed: dict[str, dict[asyncio.Event, int]] = {}
         self._anyone = asyncio.Event()
+        # WatchTaskLogs calls open on this gateway (plain integer, for a metrics exporter).
         self.calls_open = 0
 
     def arm(self, task_id: str, bell: asyncio.Event, after: int) -> None:

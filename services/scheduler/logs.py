@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 import asyncpg
+import grpc
 import redis.asyncio as aioredis
 
 from resilienttask.worker.v1 import worker_pb2
@@ -27,6 +28,7 @@ from services.core.errors import STORE_ERRORS
 from services.core.task_logs import MAX_LEVEL_CHARS, AttemptLines, TaskLogConfig, cut_text
 from services.core.token_bucket import TokenBucket
 from services.core.transitions.rules import is_uuid
+from services.scheduler.worker_limits import WorkerInputRefused
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,9 @@ class LogIntakeConfig:
     settle_timeout_s: float = 2.0
     # How often expired logs are swept when no lines arrive.
     sweep_interval_s: float = 60.0
+    # A stream that sends lines this many times faster than its bound (burst likewise) is no worker of ours: it
+    # ends with RESOURCE_EXHAUSTED, as for progress, rather than have this process read its flood.
+    refuse_over_factor: float = 10.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -78,6 +83,17 @@ class StreamLogGate:
         self.config = config
         self.worker = TokenBucket(config.worker_lines_per_s, config.worker_burst_lines)
         self.tasks: dict[str, TokenBucket] = {}
+        factor = config.refuse_over_factor
+        self.received = TokenBucket(config.worker_lines_per_s * factor, config.worker_burst_lines * factor)
+
+    def check(self, logs: worker_pb2.TaskLogs) -> None:
+        """End a stream that floods far beyond its bound (our worker never comes near)."""
+        lines = sum(len(batch.lines) + 1 for batch in logs.batches)
+        if self.received.take(lines) < lines:
+            raise WorkerInputRefused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"logs: far more than {self.config.worker_lines_per_s:g} lines per second from one worker",
+            )
 
     def grant(self, task_id: str, wanted: int) -> int:
         bucket = self.tasks.get(task_id)
@@ -112,7 +128,8 @@ class LogSink:
         self._stored = 0
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
-        # Counts since start (for the bench and the logs): lines stored, dropped here, refused by the fence.
+        # Counts since start (plain integers, for a metrics exporter or a debugger): lines stored, dropped here by
+        # the rate bounds, refused by the fence.
         self.stored_lines = 0
         self.dropped_lines = 0
         self.refused_lines = 0
@@ -121,7 +138,8 @@ class LogSink:
         return StreamLogGate(self.intake)
 
     def submit(self, worker_id: str, gate: StreamLogGate, logs: worker_pb2.TaskLogs) -> None:
-        """Take one message's lines: bounded now, stored by the loop. Never waits."""
+        """Take one message's lines: bounded now, stored by the loop. Never waits; a flood ends the stream."""
+        gate.check(logs)
         for batch in logs.batches:
             task_id = batch.task.task_id
             if not is_uuid(task_id):

@@ -32,6 +32,11 @@ def _end_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+# The lines a service prints once it listens (services.core.server, services.core.metrics): the launcher
+# learns each port from its process instead of choosing one that another process could take first.
+_ANNOUNCEMENTS = {"port": b"READY port=", "metrics": b"METRICS address="}
+
+
 class ManagedProcess:
     """One child process whose output goes to a log file and, prefixed, to the console."""
 
@@ -55,6 +60,9 @@ class ManagedProcess:
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self._pump: threading.Thread | None = None
+        # What the process announced on its output ("READY port=N", "METRICS address=host:port"), by word.
+        self.announced: dict[str, str] = {}
+        self._announcement = threading.Condition()
 
     @property
     def pid(self) -> int:
@@ -81,12 +89,26 @@ class ManagedProcess:
         assert self.proc is not None and self.proc.stdout is not None
         with self.proc.stdout, self.log_path.open("ab") as log_file:
             for line in iter(self.proc.stdout.readline, b""):
+                self._note_announcement(line)
                 log_file.write(line)
                 log_file.flush()
                 if self.echo is not None:
                     with contextlib.suppress(ValueError, OSError):
                         self.echo.write(f"{self.name:<12} | {line.decode(errors='replace')}")
                         self.echo.flush()
+
+    def _note_announcement(self, line: bytes) -> None:
+        for word, prefix in _ANNOUNCEMENTS.items():
+            if line.startswith(prefix):
+                with self._announcement:
+                    self.announced[word] = line[len(prefix) :].strip().decode(errors="replace")
+                    self._announcement.notify_all()
+
+    def wait_announced(self, word: str, timeout_s: float) -> str | None:
+        """The value the process announced for `word` ("port", "metrics"); None if it exited or took too long."""
+        with self._announcement:
+            self._announcement.wait_for(lambda: word in self.announced or not self.alive(), timeout_s)
+            return self.announced.get(word)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

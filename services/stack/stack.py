@@ -334,9 +334,11 @@ class Stack:
         return env
 
     def _add_service(self, name: str, module: str) -> ManagedProcess:
-        port = self.ports.get(name) or self._free_port()
+        # First start: port 0, the process binds a free port and announces it (_wait_service reads it); a
+        # restart takes the same ports again, as Envoy's endpoints and the workers' scheduler list name them.
+        port = self.ports.get(name, 0)
         if self.config.metrics:
-            self.metrics_ports[name] = self.metrics_ports.get(name) or self._free_port()
+            self.metrics_ports[name] = self.metrics_ports.get(name, 0)
         env = self.service_env(port, role=name.split("-")[0], metrics_port=self.metrics_ports.get(name, 0))
         env["RTASK_INSTANCE"] = name
         proc = ManagedProcess(name, [sys.executable, "-m", module], log_dir=self.log_dir, env=env, echo=self.echo)
@@ -347,6 +349,10 @@ class Stack:
     def _wait_service(self, name: str, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         proc = self.processes[name]
+        if not self.ports.get(name):
+            self.ports[name] = self._announced_port(proc, "port", deadline)
+        if self.config.metrics and not self.metrics_ports.get(name):
+            self.metrics_ports[name] = self._announced_port(proc, "metrics", deadline)
         while time.monotonic() < deadline:
             if not proc.alive():
                 raise RuntimeError(f"{name} exited early; see {proc.log_path}")
@@ -356,6 +362,13 @@ class Stack:
             except TimeoutError:
                 continue
         raise TimeoutError(f"{name} not SERVING after {timeout_s}s; see {proc.log_path}")
+
+    @staticmethod
+    def _announced_port(proc: ManagedProcess, word: str, deadline: float) -> int:
+        value = proc.wait_announced(word, max(0.0, deadline - time.monotonic()))
+        if value is None:
+            raise RuntimeError(f"{proc.name} did not say its {word} port; see {proc.log_path}")
+        return int(value.rsplit(":", 1)[-1])
 
     def _add_worker(self, name: str) -> ManagedProcess:
         proc = self._add_service(name, "services.worker.main")

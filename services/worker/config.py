@@ -60,6 +60,9 @@ class WorkerConfig:
     # A handler is stopped (without a report) when its entry has gone unrefreshed for reclaim_idle_ms minus
     # this margin, so it never runs on after another worker may reclaim it. 0: 30 % of reclaim_idle_ms.
     self_fence_margin_ms: int = 0
+    # Out of contact with every scheduler (one restarting), a worker keeps its entries refreshed, and so its
+    # handlers running, for this long; cut off longer, it gives its work up to be reclaimed.
+    outage_grace_ms: int = 30_000
     # Modules imported at start-up so their @task handlers register.
     imports: tuple[str, ...] = ()
     # How handler child processes are confined (user, environment).
@@ -75,6 +78,8 @@ class WorkerConfig:
         for name in ("slots", "heartbeat_interval_ms", "reclaim_idle_ms", "reclaim_check_interval_ms", "read_block_ms"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.outage_grace_ms < 0:
+            raise ConfigError("outage_grace_ms must not be negative")
         if self.cancel_grace_ms < 0 or self.drain_grace_s < 0:
             raise ConfigError("grace periods must not be negative")
         if self.reclaim_idle_ms <= 2 * self.heartbeat_interval_ms:
@@ -111,6 +116,7 @@ class WorkerConfig:
             cancel_grace_ms=_int(env, "RTASK_WORKER_CANCEL_GRACE_MS", 500),
             drain_grace_s=_number(env, "RTASK_WORKER_DRAIN_GRACE_S", 10.0),
             read_block_ms=_int(env, "RTASK_WORKER_READ_BLOCK_MS", 1000),
+            outage_grace_ms=_int(env, "RTASK_WORKER_OUTAGE_GRACE_MS", 30_000),
             contact_timeout_ms=_int(env, "RTASK_WORKER_CONTACT_TIMEOUT_MS", 0),
             self_fence_margin_ms=_int(env, "RTASK_WORKER_SELF_FENCE_MARGIN_MS", 0),
             imports=imports,

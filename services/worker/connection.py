@@ -180,6 +180,8 @@ class SchedulerLink:
         self._closed = False
         # Set while the scheduler answers on the current stream; cleared when it breaks or goes silent.
         self.connected = asyncio.Event()
+        # The last answer before contact was lost (monotonic); None while in contact and before the first.
+        self.contact_lost_at: float | None = None
         self.last_contact = 0.0
         self._asks: list[_Ask] = []
         self._asked = asyncio.Event()
@@ -211,7 +213,7 @@ class SchedulerLink:
                 if not self._closed:
                     log.warning("connect stream failed", extra={"error": repr(exc)})
             finally:
-                self.connected.clear()
+                self._lose_contact()
                 self._call = None
                 self._fail_all(LinkDown("the stream to the scheduler broke"))
             if time.monotonic() - opened > HEALTHY_STREAM_S:
@@ -259,11 +261,23 @@ class SchedulerLink:
             self.last_contact = time.monotonic()
             if not self.connected.is_set():
                 self.connected.set()
+                self.contact_lost_at = None
                 log.info("in contact with the scheduler", extra={"worker": self.hello.worker_id})
             for response in message.work:
                 self._answer(response)
             for command in message.cancels:
                 self.on_command(command)
+
+    def _lose_contact(self) -> None:
+        if self.connected.is_set():
+            self.contact_lost_at = self.last_contact
+        self.connected.clear()
+
+    def out_of_contact_s(self) -> float | None:
+        """How long since the last answer of a scheduler, when contact is lost; 0 in contact; None before any."""
+        if self.connected.is_set():
+            return 0.0
+        return None if self.contact_lost_at is None else time.monotonic() - self.contact_lost_at
 
     async def _watch_silence(self, call: grpc.aio.StreamStreamCall[worker_pb2.ConnectRequest, Any]) -> None:
         """Give up a stream the scheduler stopped answering on: a stalled path never closes by itself."""
@@ -271,7 +285,7 @@ class SchedulerLink:
             silent_s = time.monotonic() - self.last_contact
             if silent_s > self.contact_timeout_s:
                 log.warning("scheduler silent; reconnecting", extra={"silent_s": round(silent_s, 2)})
-                self.connected.clear()
+                self._lose_contact()
                 call.cancel()
                 return
             await asyncio.sleep(self.contact_timeout_s - silent_s + 0.01)

@@ -289,24 +289,40 @@ class ChildProcessExecution(Execution):
         """Feed one output pipe into the task's log line by line. While no line would pass the rate bounds, a
         chunk's lines are only counted (no split, no decoding): a flood costs little more than reading it."""
         carry = b""
+        # Set once an unfinished line passed the line limit and went out cut: the rest of it is skipped.
+        skipping = False
         try:
             while chunk := await reader.read(OUTPUT_CHUNK_BYTES):
                 if self.log is None:
                     continue
                 data = carry + chunk if carry else chunk
+                if skipping:
+                    start = data.find(b"\n")
+                    if start < 0:
+                        continue
+                    data, skipping = data[start + 1 :], False
                 end = data.rfind(b"\n")
-                if end < 0:
-                    carry = _cut_carry(data, self.log, stream)
-                    continue
-                carry = _cut_carry(data[end + 1 :], self.log, stream)
-                if self.log.room() == 0:
-                    self.log.dropped(data.count(b"\n", 0, end + 1))
-                else:
-                    self.log.raw_lines(stream, data[:end].split(b"\n"))
+                carry = data[end + 1 :]  # the unfinished line (all of data when there is no newline)
+                if end >= 0:
+                    self._split(data[:end], stream)
+                if len(carry) > MAX_LINE_BYTES:
+                    self.log.raw_lines(stream, [carry[:MAX_LINE_BYTES]])
+                    carry, skipping = b"", True
             if carry and self.log is not None:
                 self.log.raw_lines(stream, [carry])
         except (OSError, ValueError) as exc:
             log.debug("handler output unreadable", extra={"task_id": self.spec.task_id, "error": repr(exc)})
+
+    def _split(self, lines: bytes, stream: int) -> None:
+        """Complete lines (joined by newlines): only those that can pass are split off, the rest only counted."""
+        assert self.log is not None
+        room = self.log.room()
+        pieces = lines.split(b"\n", room) if room else [lines]
+        if room and len(pieces) <= room:
+            self.log.raw_lines(stream, pieces)
+            return
+        self.log.raw_lines(stream, pieces[:-1])
+        self.log.dropped(pieces[-1].count(b"\n") + 1)
 
     def request_stop(self) -> None:
         self._send(CANCEL_COMMAND.encode())
@@ -325,14 +341,6 @@ class ChildProcessExecution(Execution):
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _cut_carry(rest: bytes, sink: AttemptLog, stream: int) -> bytes:
-    """An unfinished line kept for the next chunk; one already past the line limit goes out cut."""
-    if len(rest) <= MAX_LINE_BYTES:
-        return rest
-    sink.raw_lines(stream, [rest[:MAX_LINE_BYTES]])
-    return b""
 
 
 async def _pipe_reader(fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:

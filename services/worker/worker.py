@@ -435,10 +435,21 @@ class Worker:
         """
         holding = self._held()
         await self.link.heartbeat([held(key) for key, _ in holding])
-        if not self.link.connected.is_set() or (self._refreshing is not None and not self._refreshing.done()):
+        if not self._may_refresh() or (self._refreshing is not None and not self._refreshing.done()):
             return
         entry_ids = [entry_id for _, entry_id in holding]
         self._refreshing = asyncio.create_task(self._refresh(entry_ids), name="refresh")
+
+    def _may_refresh(self) -> bool:
+        """In contact with a scheduler, or out of contact for less than the outage grace.
+
+        Every worker loses contact while a scheduler restarts: refreshing through the outage keeps their
+        entries from looking abandoned, so no running handler is stopped and no finished outcome is re-run.
+        A worker cut off for longer stops refreshing: its handlers are then stopped (self-fencing) before
+        another worker may reclaim their entries, which it does once they are idle for reclaim_idle_ms.
+        """
+        out_s = self.link.out_of_contact_s()
+        return out_s is not None and out_s * 1000 < self.config.outage_grace_ms
 
     async def _refresh(self, entry_ids: Sequence[str]) -> None:
         if not entry_ids:

@@ -353,7 +353,7 @@ def test_help_lists_every_command(anon: Rtask) -> None:
     text = anon.run("--help").stdout
     expected: Sequence[str] = ["up", "down", "worker", "signup", "login", "logout", "submit", "ls", "get", "watch"]
     expected = [*expected, "wait", "cancel", "retry", "rm", "clear", "schedule", "stats", "workers", "kinds", "health"]
-    expected = [*expected, "show", "bulk"]
+    expected = [*expected, "show", "bulk", "logs"]
     for command in expected:
         assert f"  {command} " in text, command
 

@@ -3,12 +3,17 @@ from the attempt that holds the task (fenced like progress), and stored before t
 
 from __future__ import annotations
 
+import uuid
+
+import grpc
+
 from resilienttask.v1 import scheduler_pb2
 from resilienttask.worker.v1 import worker_pb2
 from services.core import task_logs
 from tests.helpers import eventually
 from tests.integration.private_scheduler import Isolated, isolated, submit
 from tests.integration.test_scheduler_fencing import finish, item, start
+from tests.integration.test_worker_identity import RawStream
 
 __all__ = ["isolated"]  # the fixture, used by name
 
@@ -48,3 +53,14 @@ async def test_a_superseded_attempts_lines_are_refused(isolated: Isolated) -> No
     assert (await finish(isolated, "worker-b", task_id, second.fence, worker_pb2.OUTCOME_SUCCEEDED)).accepted
     texts = [(line.text, line.attempt) for line in await stored()]
     assert texts == [("a: while holding", 1), ("b: last words", 2)]
+
+
+async def test_a_stream_flooding_far_beyond_its_log_bound_is_ended(isolated: Isolated) -> None:
+    # Ten times the stream's bound and burst (LogIntakeConfig: 2,000 lines/s, bursts of 10,000): one message.
+    flood = RawStream(isolated, hello_id="log-flooder")
+    batch = worker_pb2.TaskLogBatch(task=worker_pb2.HeldTask(task_id=str(uuid.uuid4()), fence=1))
+    for _ in range(101_000):
+        batch.lines.add(text="x")
+    flood.send(logs=worker_pb2.TaskLogs(batches=[batch]))
+    assert await flood.status() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    flood.close()

@@ -68,7 +68,7 @@ async def test_total_bound_deletes_least_recently_written_logs_first(redis: aior
     await task_logs.append(redis, [AttemptLines(tasks[2], 1, lines(["x" * 10] * 8))], config, NOW_MS + 10)
     kept = [task for task in tasks if await task_logs.read_after(redis, task, 0, 20)]
     assert kept == [tasks[2], *tasks[4:]] and await total_bytes(redis) <= config.max_total_bytes
-    assert not await redis.exists(keys.task_log_meta(tasks[3]), keys.task_log_stream(tasks[3]))
+    assert not await redis.exists(keys.task_log_meta(tasks[3])) and not await redis.xlen(keys.task_log_stream(tasks[3]))
 
 
 async def test_logs_expire_after_the_retention_since_their_last_line(redis: aioredis.Redis) -> None:

@@ -4,6 +4,7 @@ process), the scheduler stores them, WatchTaskLogs serves them live, the SDK and
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,7 +17,6 @@ from resilienttask import AsyncClient, Client, LogLine, TaskStatus
 from resilienttask.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.stack.stack import Stack
 from tests.conftest import unique_email
-from tests.helpers import eventually
 from tests.integration.log_handler import BURST, GATED
 from tests.integration.test_cli import COMMAND_TIMEOUT_S, Output, Rtask, anon, rtask
 
@@ -61,7 +61,7 @@ async def test_a_running_tasks_logs_arrive_live_and_resume_misses_nothing(aclien
         "logger": "logger-1 before the gate",
     }
     assert [ln.level for ln in seen if ln.stream == "logger"] == ["INFO"]
-    gate.touch()
+    await asyncio.to_thread(gate.touch)
     seen += [line async for line in lines]  # the same stream goes on, and ends once the task finished
     assert (await aclient.get(task.id)).status is TaskStatus.SUCCEEDED
     assert [ln.sequence for ln in seen] == list(range(1, len(seen) + 1)), "nothing dropped, nothing repeated"

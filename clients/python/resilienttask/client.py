@@ -40,17 +40,7 @@ from resilienttask._retry import RECONNECT_CODES, RetryPolicy
 from resilienttask._tracecontext import trace_metadata
 from resilienttask._watch import BATCH_PAGE_SIZE, WaitTracker, WatchState, task_ids
 from resilienttask.errors import DeadlineExceeded, ResourceExhausted, Unavailable, from_rpc_error
-from resilienttask.models import (
-    LogLine,
-    Schedule,
-    Session,
-    Snapshot,
-    Task,
-    TaskStats,
-    TaskStatus,
-    WatchEvent,
-    Worker,
-)
+from resilienttask.models import LogLine, Schedule, Session, Snapshot, Task, TaskStats, TaskStatus, WatchEvent, Worker
 from resilienttask.search import (
     LIMIT_PAUSES_S,
     BulkResult,
