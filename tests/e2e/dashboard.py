@@ -67,6 +67,15 @@ async def submit(
     await form.get_by_role("button", name="Submit", exact=True).click()
 
 
+async def show_statuses(page: Page, *labels: str) -> None:
+    """Narrow the task list to these statuses (none: any status) with the filter bar's status list."""
+    await page.locator("#status-filter").click()
+    for box in await page.locator(".status-options input[type=checkbox]").all():
+        label = (await box.evaluate("(el) => el.parentElement.textContent")).strip()
+        await box.set_checked(label in labels)
+    await page.keyboard.press("Escape")
+
+
 def rows(page: Page, name: str | None = None, status: str | None = None) -> Locator:
     """Task rows, optionally only those with this task name and/or data-status (RUNNING, PENDING, ...)."""
     selector = ".tbody [role=row]"

@@ -235,7 +235,7 @@ async def test_details_fetch_payload_and_result_on_demand(page: Page, stack: Sta
         await stub.SubmitTask(request, metadata=metadata, timeout=10)
     row = rows(page, "with-details")
     await expect(row).to_have_attribute("data-status", "RUNNING")
-    assert not log.named("GetTask"), "nothing is fetched before the details are asked for"
+    assert not log.named("GetTaskHistory"), "nothing is fetched before the details are asked for"
 
     await page.get_by_role("button", name="with-details #1 details").click()
     dialog = page.get_by_role("dialog", name="with-details #1")
@@ -243,7 +243,7 @@ async def test_details_fetch_payload_and_result_on_demand(page: Page, stack: Sta
     # The dialog follows the task: once the stream says it finished, the result is fetched.
     await expect(dialog.locator("[data-field=result]")).to_contain_text('"slept_s": 1.5', timeout=30_000)
     await expect(dialog).to_contain_text("Succeeded")
-    assert len(log.named("GetTask")) >= 2
+    assert len(log.named("GetTaskHistory")) >= 2
     await dialog.get_by_role("button", name="Close").click()
     await expect(dialog).to_be_hidden()
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Page, expect
 
-from resilienttask.v1 import scheduler_pb2
+from resilienttask.v1 import scheduler_pb2, task_pb2
 from services.stack.stack import Stack
 from tests.e2e.dashboard import (
     NetworkLog,
@@ -41,8 +41,11 @@ async def submit_via_api(
     replicas: int = 1,
     workload_s: float = 0,
     max_attempts: int = 1,
-) -> list[scheduler_pb2.Task]:  # type: ignore[name-defined]
-    request = scheduler_pb2.SubmitTaskRequest(name=name, kind=kind, replicas=replicas, max_attempts=max_attempts)
+    **fields: Any,
+) -> list[task_pb2.Task]:
+    request = scheduler_pb2.SubmitTaskRequest(
+        name=name, kind=kind, replicas=replicas, max_attempts=max_attempts, **fields
+    )
     request.workload.FromMilliseconds(int(workload_s * 1000))
     return list((await stub.SubmitTask(request, metadata=metadata, timeout=30)).tasks)
 
@@ -318,7 +321,9 @@ async def test_keyboard_operable_and_no_serious_accessibility_violations(page: P
     async with scheduler_as(stack, await session_token(page)) as (stub, metadata):
         try:
             await submit_via_api(stub, metadata, "kb-failed", kind="fail", replicas=2)
-            await submit_via_api(stub, metadata, "kb-running", workload_s=120)
+            await submit_via_api(
+                stub, metadata, "kb-running", workload_s=120, priority=5, concurrency_key="kb-key", concurrency_limit=2
+            )
             await expect(rows(page, "kb-failed", "FAILED")).to_have_count(2)
             await expect(rows(page, "kb-running", "RUNNING")).to_have_count(1)
             assert await serious_violations(page) == []
@@ -352,6 +357,9 @@ async def test_keyboard_operable_and_no_serious_accessibility_violations(page: P
             sheet = page.get_by_role("dialog", name="kb-running #1")
             await expect(sheet).to_be_visible()
             await expect(sheet.locator("table.transitions tr[data-to=RUNNING]")).to_have_count(1)
+            terms = sheet.locator(".details-list")
+            await expect(terms.locator("dt:text-is('Priority') + dd")).to_have_text("5")
+            await expect(terms.locator("dt:text-is('Concurrency key') + dd")).to_have_text("kb-key (at most 2 at once)")
             assert await serious_violations(page) == []
             await page.keyboard.press("Escape")
             await expect(sheet).to_be_hidden()
