@@ -65,7 +65,7 @@ export class FilterBar {
     this.statusPicker = h(
       "details",
       { class: "status-picker" },
-      h("summary", { class: "btn small", id: "status-filter" }, this.statusSummary),
+      h("summary", { class: "btn", id: "status-filter" }, this.statusSummary),
       h("fieldset", { class: "status-options" }, h("legend", { class: "visually-hidden" }, "Statuses shown"), ...boxes),
     );
     this.from = h("input", { id: "created-from", type: "datetime-local" });
