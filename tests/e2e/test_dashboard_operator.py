@@ -121,6 +121,9 @@ async def test_a_task_page_has_its_address_attempts_history_and_live_logs(page: 
         await expect(lines).to_have_attribute("data-lines", "1000")
         await expect(lines.locator(".log-dropped")).not_to_have_count(0)
         await expect(sheet.locator(".log-trimmed")).to_have_text(re.compile(r"^\d+ earlier lines? not shown here"))
+        # The list followed the newest line as the lines came in (nobody scrolled it up).
+        assert await lines.evaluate("(el) => el.scrollTop + el.clientHeight >= el.scrollHeight - 2")
+        await expect(sheet.get_by_role("button", name="Jump to the newest line")).to_be_hidden()
     finally:
         await cancel_unfinished(page, stack)
 
