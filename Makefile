@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: up wipe test lint check-generated gen pytest chaos chaos-ci clean web gen-web check-web e2e-deps bench bench-quick bench-checks bench-scheduling bench-observability bench-logs bench-fairness deploy-deps
+.PHONY: up wipe test lint check-generated gen pytest chaos chaos-ci clean web gen-web check-web e2e-deps bench bench-quick bench-checks bench-scheduling bench-observability bench-dashboard bench-logs bench-fairness deploy-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -114,6 +114,10 @@ bench-observability: $(VENV)/.bench-installed
 # What the trust boundaries cost against the code before them, alternated (about fifteen minutes; docs/checks-cost.md).
 bench-checks: $(VENV)/.bench-installed
 	$(PY) -m bench.checks_ab --doc docs/checks-cost.md
+
+# The dashboard with 10,000 tasks of one user in Chromium (about a minute; docs/benchmarks-dashboard.md).
+bench-dashboard: $(VENV)/.installed e2e-deps
+	$(PY) -m bench.dashboard_scale $(ARGS)
 
 # A handler printing as fast as it can (a minute or two): what is stored, dropped and what it costs
 # (docs/benchmarks-logs.md).

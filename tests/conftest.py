@@ -91,9 +91,10 @@ def stack(stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pyt
         redis_access=stores.redis_access,
         bcrypt_cost=TEST_BCRYPT_COST,
         # The default per-user limits, but for what tests of one user's throughput need: a burst for thousands of
-        # tasks submitted at once (tests/e2e/test_dashboard.py: 2,000 rows in 40 quick submissions), and watch
-        # streams for 500 watchers of one user (tests/integration/test_watch.py).
-        limits=UserLimits(submit_burst=5_000, max_watch_streams=1_000),
+        # tasks submitted at once (tests/e2e/test_dashboard.py: 2,000 rows in 40 quick submissions;
+        # tests/e2e/test_dashboard_scale.py: 10,000 in 200), and watch streams for 500 watchers of one user
+        # (tests/integration/test_watch.py).
+        limits=UserLimits(submit_burst=12_000, max_watch_streams=1_000),
         extra_env={
             "RTASK_LOG_LEVEL": os.environ.get("RTASK_LOG_LEVEL", "INFO"),
             # Short retry backoff and reclaim threshold keep lifecycle tests quick; production keeps 1 s / 10 s.
