@@ -55,14 +55,16 @@ async def submit(
     max_attempts: int = 3,
     start_after_s: str = "",
 ) -> None:
-    await page.get_by_label("Name").fill(name)
-    await page.get_by_label("Kind").select_option(kind)
-    await page.get_by_label("Workload (s)").fill(workload_s)
-    await page.get_by_label("Max runtime (s)").fill(max_runtime_s)
-    await page.get_by_label("Replicas").fill(str(replicas))
-    await page.get_by_label("Max attempts").fill(str(max_attempts))
-    await page.get_by_label("Start after (s)").fill(start_after_s)
-    await page.get_by_role("button", name="Submit", exact=True).click()
+    # The form's own fields: the task list's filters have a Kind too.
+    form = page.get_by_role("form", name="New task")
+    await form.get_by_label("Name").fill(name)
+    await form.get_by_label("Kind").select_option(kind)
+    await form.get_by_label("Workload (s)").fill(workload_s)
+    await form.get_by_label("Max runtime (s)").fill(max_runtime_s)
+    await form.get_by_label("Replicas").fill(str(replicas))
+    await form.get_by_label("Max attempts").fill(str(max_attempts))
+    await form.get_by_label("Start after (s)").fill(start_after_s)
+    await form.get_by_role("button", name="Submit", exact=True).click()
 
 
 def rows(page: Page, name: str | None = None, status: str | None = None) -> Locator:
@@ -182,6 +184,16 @@ async def accessibility_violations(page: Page) -> list[dict[str, object]]:
     return await page.evaluate(
         """async () => (await axe.run(document, { resultTypes: ['violations'] })).violations
              .map((v) => ({ id: v.id, help: v.help, nodes: v.nodes.map((n) => n.target.join(' ')) }))"""
+    )
+
+
+async def serious_violations(page: Page) -> list[dict[str, object]]:
+    """axe-core's serious and critical findings on the page as it is now (open dialogs included)."""
+    await page.add_script_tag(path=str(AXE))
+    return await page.evaluate(
+        """async () => (await axe.run(document, { resultTypes: ['violations'] })).violations
+             .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+             .map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map((n) => n.target.join(' ')) }))"""
     )
 
 

@@ -28,8 +28,8 @@ export interface Row {
   pending?: Pending;
 }
 
-/** "all", "active" (queued, running or cancelling), or one status. */
-export type Filter = "all" | "active" | TaskStatus;
+/** "all", "active" (queued, running or cancelling), one status, or any test of a row. */
+export type Filter = "all" | "active" | TaskStatus | ((row: Row) => boolean);
 
 const ACTIVE = new Set([TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.CANCELLING]);
 
@@ -51,6 +51,7 @@ function byPosition(a: Row, b: Row): number {
 
 function matches(row: Row, filter: Filter): boolean {
   if (filter === "all") return true;
+  if (typeof filter === "function") return filter(row);
   if (!row.task) return filter === "active" || filter === TaskStatus.QUEUED;
   return filter === "active" ? isActive(row.task.status) : row.task.status === filter;
 }
@@ -66,6 +67,7 @@ export class Feed {
   // Ids deleted since the last snapshot: a late event about one must not bring it back.
   private deleted = new Set<string>();
   private sorted: Row[] | null = null;
+  private batchSizes = new Map<string, number>();
   private listeners = new Set<() => void>();
 
   /** Call `listener` after every change; returns the unsubscribe function. */
@@ -140,6 +142,11 @@ export class Feed {
     this.changed();
   }
 
+  /** True when the stream said this task was deleted (since the last snapshot). */
+  isDeleted(id: string): boolean {
+    return this.deleted.has(id);
+  }
+
   get(key: string): Row | undefined {
     return this.rows.get(key);
   }
@@ -157,13 +164,17 @@ export class Feed {
 
   /** The rows passing `filter`, in display order, and how many tasks each batch has. */
   view(filter: Filter): { rows: Row[]; batchSizes: Map<string, number> } {
-    this.sorted ??= [...this.rows.values()].sort(byPosition);
-    const batchSizes = new Map<string, number>();
-    for (const row of this.sorted) {
-      const batch = row.task?.batchId;
-      if (batch) batchSizes.set(batch, (batchSizes.get(batch) ?? 0) + 1);
+    // Both change only when rows come or go, not when a task's state changes: kept until then.
+    if (this.sorted === null) {
+      this.sorted = [...this.rows.values()].sort(byPosition);
+      this.batchSizes = new Map<string, number>();
+      for (const row of this.sorted) {
+        const batch = row.task?.batchId;
+        if (batch) this.batchSizes.set(batch, (this.batchSizes.get(batch) ?? 0) + 1);
+      }
     }
-    return { rows: this.sorted.filter((row) => matches(row, filter)), batchSizes };
+    const batchSizes = this.batchSizes;
+    return { rows: filter === "all" ? this.sorted : this.sorted.filter((row) => matches(row, filter)), batchSizes };
   }
 
   private snapshot(tasks: readonly Task[], stats: TaskStats | undefined, workers: Worker[]): void {

@@ -1,12 +1,15 @@
 // The signed-in page: metric cards, the submit form, the worker pool and the live task table,
-// all drawn from one WatchTasks stream. Renders are batched to one per animation frame.
+// all drawn from one WatchTasks stream. Renders are batched to one per animation frame. The table is
+// narrowed by a query kept in the address (?q=…), pages of matching tasks come from ListTasks, and a
+// task's own page opens at #/tasks/<id>.
 
 import { type Api, type Refusal, UNARY_TIMEOUT_MS, isTransient, refusal } from "../api";
 import { announce, h } from "../dom";
 import { Feed, type Filter, type Row } from "../feed";
-import { STATUS_LABELS } from "../format";
 import type { WatchTasksResponse } from "../gen/resilienttask/v1/scheduler_pb";
-import { TaskStatus } from "../gen/resilienttask/v1/task_pb";
+import type { Task } from "../gen/resilienttask/v1/task_pb";
+import { type TaskQuery, describe, fromSearch, isEmpty, matches, sameQuery, toFilters, toSearch } from "../query";
+import { taskHash, taskInHash } from "../route";
 import type { Session } from "../session";
 import type { SubmitInit } from "../validation";
 import { Trend } from "../trend";
@@ -14,29 +17,17 @@ import { TaskWatch } from "../watch";
 import { TrendCharts } from "./charts";
 import { ConnectionIndicator, MetricCards, WorkerPanel } from "./panels";
 import { SchedulesView } from "./schedules";
+import { BulkActions } from "./bulk";
+import { FilterBar } from "./filters";
 import { SubmitForm } from "./submit";
-import { TaskDetails } from "./details";
 import { type OperatorAccess, OperatorView } from "./operator";
+import { type TaskAction, TaskPage } from "./task-page";
 import { type Action, TaskTable } from "./table";
 
 const SUBMIT_ATTEMPTS = 3;
 const OLDER_PAGE_SIZE = 500;
 // setTimeout fires at once for delays beyond this (about 24.8 days).
 const MAX_TIMER_MS = 2 ** 31 - 1;
-const FILTERS: [string, string][] = [
-  ["all", "All tasks"],
-  ["active", "Active"],
-  ...[
-    TaskStatus.SCHEDULED,
-    TaskStatus.QUEUED,
-    TaskStatus.RUNNING,
-    TaskStatus.CANCELLING,
-    TaskStatus.SUCCEEDED,
-    TaskStatus.FAILED,
-    TaskStatus.CANCELLED,
-    TaskStatus.TIMED_OUT,
-  ].map((s): [string, string] => [String(s), STATUS_LABELS[s]]),
-];
 
 export interface Dashboard {
   element: HTMLElement;
@@ -65,8 +56,13 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
   const workers = new WorkerPanel();
   const indicator = new ConnectionIndicator();
   const submissions = new Map<string, SubmitInit>();
+  let query: TaskQuery = fromSearch(location.search);
   let filter: Filter = "all";
-  let olderToken: string | null = "";
+  // One page token per server filter of the query ("" to start, null when that filter has no more pages);
+  // `generation` tells a page that arrives after the query changed that it is stale.
+  let tokens: (string | null)[] = [""];
+  let generation = 0;
+  let loading = false;
   let kinds: Set<string> | null = null;
   let kindsAsked = false;
   let kindsCheckedFor: unknown = null;
@@ -107,22 +103,51 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
     return send(request);
   }
 
-  // -- row actions ----------------------------------------------------------------------------
-  const details = new TaskDetails(
-    async (taskId) => {
-      const task = (await s.getTask({ taskId }, call)).task;
-      if (!task) throw new Error("the server sent no task");
-      return task;
-    },
+  // -- the task page, at #/tasks/<id> ------------------------------------------------------------
+  // True when this tab added the page's history entry: closing it goes back rather than adding another.
+  let pushedPage = false;
+  const page = new TaskPage(
+    s,
+    (action: TaskAction, task: Task) => act(action, { key: task.id, order: 0, replicaIndex: task.replicaIndex, task }),
     (err) => refusal(err).reason,
+    () => {
+      if (taskInHash(location.hash) === null) return;
+      if (pushedPage) history.back();
+      else history.replaceState(history.state, "", location.pathname + location.search);
+      pushedPage = false;
+    },
   );
 
+  function openTask(taskId: string): void {
+    if (taskInHash(location.hash) !== taskId) {
+      history.pushState(history.state, "", location.pathname + location.search + taskHash(taskId));
+      pushedPage = true;
+    }
+    page.open(taskId, feed.get(taskId)?.task);
+  }
+
+  /** The address changed (back, forward, a link): show the task it names, or none. */
+  function followAddress(): void {
+    const taskId = taskInHash(location.hash);
+    if (taskId) page.open(taskId, feed.get(taskId)?.task);
+    else {
+      pushedPage = false;
+      page.close();
+    }
+    const next = fromSearch(location.search);
+    if (!sameQuery(next, query)) {
+      filters.set(next);
+      setQuery(next, false);
+    }
+  }
+
+  // -- row actions ----------------------------------------------------------------------------
   async function act(action: Action, row: Row): Promise<void> {
     const task = row.task;
     const name = task?.name ?? row.pending?.name ?? "";
     try {
       if (action === "details" && task) {
-        details.open(task, `${name} #${row.replicaIndex + 1}`);
+        openTask(task.id);
       } else if (action === "dismiss" && row.pending) {
         feed.dismissPending(row.pending.requestId);
         submissions.delete(row.pending.requestId);
@@ -150,17 +175,22 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
   // -- layout ---------------------------------------------------------------------------------
   const form = new SubmitForm(submit);
   const schedules = new SchedulesView(api, (tasks) => feed.merge(tasks));
-  const table = new TaskTable((action, row) => void act(action, row));
-  const filterSelect = h(
-    "select",
-    { id: "status-filter" },
-    ...FILTERS.map(([value, label]) => h("option", { value }, label)),
-  );
-  filterSelect.addEventListener("change", () => {
-    const value = filterSelect.value;
-    filter = value === "all" || value === "active" ? value : (Number(value) as TaskStatus);
-    render();
+  const bulk: BulkActions = new BulkActions(s, {
+    query: () => query,
+    shownRows: (): readonly Row[] => table.shownRows,
+    get: (key) => feed.get(key),
+    repaint: () => table.paint(),
+    tell,
+    describe: (err) => refusal(err).reason,
   });
+  const table: TaskTable = new TaskTable({
+    action: (action, row) => void act(action, row),
+    select: (row, selected, range) => bulk.toggle(row, selected, range),
+    selectShown: (selected) => bulk.selectShown(selected),
+    isSelected: (key): boolean => bulk.isSelected(key),
+  });
+  const filters = new FilterBar((next) => setQuery(next, true));
+  filters.set(query);
   const shown = h("span", { class: "shown-count" });
   const clearButton = h("button", { type: "button", class: "btn danger-outline" }, "Clear history");
   const olderButton = h("button", { type: "button", class: "btn ghost" }, "Load older tasks");
@@ -195,19 +225,55 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
     }
   });
 
-  olderButton.addEventListener("click", async () => {
-    if (olderToken === null) return;
+  // -- the query and its pages -----------------------------------------------------------------
+  /** A new query: the address says it, the view narrows at once, and its first pages are asked for. */
+  function setQuery(next: TaskQuery, remember: boolean): void {
+    if (sameQuery(next, query)) return;
+    query = next;
+    filter = isEmpty(query) ? "all" : (row: Row) => row.task !== undefined && matches(row.task, query);
+    if (remember) history.replaceState(history.state, "", location.pathname + toSearch(query) + location.hash);
+    generation++;
+    loading = false;
+    tokens = toFilters(query).map(() => "");
+    bulk.clear();
+    announce(`Showing ${describe(query)}`);
+    // Everything already known that matches shows at once; the server's pages complete it.
+    if (!isEmpty(query)) void loadMore();
+    render();
+  }
+
+  /** The next page of every filter of the query that has more; the snapshot stands for the first when there is none. */
+  async function loadMore(): Promise<void> {
+    if (loading || tokens.every((t) => t === null)) return;
+    loading = true;
     olderButton.disabled = true;
+    const asked = generation;
+    const filtersNow = toFilters(query);
     try {
-      const reply = await s.listTasks({ pageSize: OLDER_PAGE_SIZE, pageToken: olderToken }, call);
-      olderToken = reply.nextPageToken || null;
-      feed.merge(reply.tasks);
+      const replies = await Promise.all(
+        tokens.map((token, i) =>
+          token === null ? null : s.listTasks({ pageSize: OLDER_PAGE_SIZE, pageToken: token, filter: filtersNow[i] }, call),
+        ),
+      );
+      if (asked !== generation) return;
+      tokens = replies.map((reply) => (reply === null ? null : reply.nextPageToken || null));
+      feed.merge(replies.flatMap((reply) => reply?.tasks ?? []));
       render();
     } catch (err) {
-      tell(`Could not load older tasks: ${refusal(err).reason}`, true);
+      if (asked === generation) tell(`Could not load tasks: ${refusal(err).reason}`, true);
     } finally {
-      olderButton.disabled = false;
+      if (asked === generation) {
+        loading = false;
+        olderButton.disabled = false;
+      }
     }
+  }
+  filter = isEmpty(query) ? "all" : (row: Row) => row.task !== undefined && matches(row.task, query);
+
+  olderButton.addEventListener("click", () => void loadMore());
+  // Scrolling near the end of what is loaded asks for the next page: ten thousand tasks are reachable by scrolling.
+  table.onScroll(() => {
+    if (!olderButton.hidden && table.nearEnd()) void loadMore();
   });
 
   const logoutButton = h("button", { type: "button", class: "btn ghost" }, "Log out");
@@ -226,10 +292,10 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
         h("h2", { id: "tasks-heading" }, "Tasks"),
         shown,
         h("span", { class: "spacer" }),
-        h("label", { for: "status-filter", class: "inline-label" }, "Show"),
-        filterSelect,
         clearButton,
       ),
+      filters.element,
+      bulk.bar,
       notice,
       table.element,
       h("div", { class: "table-foot" }, olderButton),
@@ -293,7 +359,8 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
       views,
     ),
     dialog,
-    details.element,
+    bulk.dialog,
+    page.element,
   );
 
   // -- rendering ------------------------------------------------------------------------------
@@ -303,8 +370,9 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
     frame = 0;
     painted = feed.revision;
     const { rows, batchSizes } = feed.view(filter);
-    const empty = !feed.ready ? "Loading tasks…" : feed.size === 0 ? "No tasks yet. Submit one and it appears here at once." : "No tasks match this filter.";
+    const empty = !feed.ready ? "Loading tasks…" : feed.size === 0 && isEmpty(query) ? "No tasks yet. Submit one and it appears here at once." : "No tasks match this filter.";
     table.update(rows, batchSizes, empty);
+    bulk.prune(rows);
     cards.update(feed.stats);
     charts.update(trend.series(Date.now()));
     workers.update(feed.workers);
@@ -313,9 +381,14 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
     clearButton.disabled = !st || st.succeeded + st.failed + st.cancelled + st.timedOut === 0n;
     // The snapshot holds only the most recent tasks; the counts say whether there are more.
     const total = st ? Number(st.scheduled + st.active + st.succeeded + st.failed + st.cancelled + st.timedOut) : 0;
-    olderButton.hidden = !feed.ready || olderToken === null || total <= feed.taskCount;
+    const more = tokens.some((t) => t !== null);
+    olderButton.hidden = !feed.ready || !more || (isEmpty(query) && total <= feed.taskCount);
+    olderButton.textContent = isEmpty(query) ? "Load older tasks" : "Load more matching tasks";
     refreshKinds();
-    if (details.openFor) details.changed(feed.get(details.openFor)?.task);
+    if (page.openFor) {
+      if (feed.isDeleted(page.openFor)) page.deleted(page.openFor);
+      else page.changed(feed.get(page.openFor)?.task);
+    }
   }
   const schedule = (): void => {
     if (!frame && painted !== feed.revision) frame = requestAnimationFrame(render);
@@ -334,6 +407,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
         (reply) => {
           kinds = new Set(reply.kinds);
           form.setKinds(reply.kinds);
+          filters.setKinds(reply.kinds);
           schedules.setKinds(reply.kinds);
         },
         (err) => tell(`Could not load task kinds: ${refusal(err).reason}`, true),
@@ -344,7 +418,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
   const watch = new TaskWatch(s, {
     message: (message) => {
       // A snapshot replaces everything older pages had added; they can be loaded again.
-      if (message.kind.case === "snapshot") olderToken = "";
+      if (message.kind.case === "snapshot" && isEmpty(query)) tokens = [""];
       feed.apply(message);
       if (fromSchedule(message)) schedules.changed();
       // Every snapshot and event carries the caller's counts: the charts' only source.
@@ -369,10 +443,17 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
     ? setTimeout(() => logout("Your session has expired. Please log in again."), Math.min(MAX_TIMER_MS, Math.max(0, session.expiresAtMs - Date.now())))
     : undefined;
 
+  window.addEventListener("popstate", followAddress);
   render();
+  // A reload or a shared link: the query's pages, and the task page the address names.
+  if (!isEmpty(query)) void loadMore();
+  const initialTask = taskInHash(location.hash);
+  if (initialTask) queueMicrotask(() => page.open(initialTask, feed.get(initialTask)?.task));
   return {
     element,
     dispose() {
+      window.removeEventListener("popstate", followAddress);
+      filters.dispose();
       watch.stop();
       schedules.dispose();
       operator.dispose();
@@ -381,7 +462,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
       clearTimeout(expiry);
       if (frame) cancelAnimationFrame(frame);
       if (dialog.open) dialog.close();
-      details.close();
+      page.close();
     },
   };
 }
