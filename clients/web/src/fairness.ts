@@ -17,9 +17,9 @@ export function priorityText(task: Pick<Task, "priority">): string {
   return String(task.priority || 3);
 }
 
-/** "customer-7 (max 2)", or "" without a key. */
+/** "At most 2 tasks with key customer-7 run at once", or "" without a key. */
 export function concurrencyText(task: Pick<Task, "concurrencyKey" | "concurrencyLimit">): string {
-  return task.concurrencyKey ? `${task.concurrencyKey} (max ${task.concurrencyLimit})` : "";
+  return task.concurrencyKey ? `At most ${task.concurrencyLimit} tasks with key ${task.concurrencyKey} run at once` : "";
 }
 
 /** The badge of a queued task the server holds back, or null when it waits for nothing but a worker. */

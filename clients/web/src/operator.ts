@@ -22,6 +22,7 @@ export function validateRateLimit(startsText: string, periodSText: string): { li
   const period = parseSeconds(periodSText);
   const periodMs = period ? durationMs(period) : -1;
   if (!period || periodMs < MIN_RATE_PERIOD_MS || periodMs > MAX_RATE_PERIOD_MS) errors.period = "must be from 1 s to 1 h (3600 s)";
+  else if (period.nanos % 1_000_000 !== 0) errors.period = "must be in whole milliseconds";
   if (Object.keys(errors).length > 0 || starts === null || !period) return { errors };
   return { limit: { starts, period } };
 }

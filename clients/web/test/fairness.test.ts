@@ -20,6 +20,6 @@ test("a queued task's wait reason reads as a short badge", () => {
 test("priority and key read plainly", () => {
   assert.equal(priorityText(queued(WaitReason.UNSPECIFIED)), "4");
   assert.equal(priorityText({ priority: 0 }), "3");
-  assert.equal(concurrencyText(queued(WaitReason.UNSPECIFIED)), "customer-7 (max 2)");
+  assert.equal(concurrencyText(queued(WaitReason.UNSPECIFIED)), "At most 2 tasks with key customer-7 run at once");
   assert.equal(concurrencyText({ concurrencyKey: "", concurrencyLimit: 0 }), "");
 });

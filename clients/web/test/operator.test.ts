@@ -20,6 +20,8 @@ test("a rate limit is 1 to 100,000 starts per 1 s to 1 h, as the server bounds i
   assert.deepEqual(errors("5", "0.999"), { period: "must be from 1 s to 1 h (3600 s)" });
   assert.deepEqual(errors("5", "3600.001"), { period: "must be from 1 s to 1 h (3600 s)" });
   assert.deepEqual(errors("5", ""), { period: "must be from 1 s to 1 h (3600 s)" });
+  assert.deepEqual(errors("5", "1.0005"), { period: "must be in whole milliseconds" });
+  assert.deepEqual(errors("5", "1.005"), {});
 });
 
 test("limits read plainly and the server's field names map to the form's", () => {

@@ -222,23 +222,28 @@ const progress: Column = {
   },
 };
 
-const priority = textColumn("priority", "Priority", "70px", 70, 3.5, ({ row: { task: t } }) => (t ? priorityText(t) : "—"));
+const priority = textColumn("priority", "Priority", "70px", 70, 4.5, ({ row: { task: t } }) => (t ? priorityText(t) : "—"));
 
 const concurrencyKey: Column = {
   id: "key",
   header: "Key",
   track: "minmax(90px, 0.9fr)",
   minPx: 90,
-  keep: 2.5,
+  keep: 3.5,
   stacked: false,
   create() {
+    // The key on one line, its limit under it, like the task cell's name and meta.
+    const name = h("span", { class: "key-name" });
+    const limit = h("span", { class: "task-meta key-limit" });
     const el = cell("key", "key-cell");
+    el.append(name, limit);
     return {
       el,
-      fill({ row }) {
-        const text = row.task ? concurrencyText(row.task) : "";
-        setText(el, text || "—");
-        el.title = text ? `At most ${row.task?.concurrencyLimit} tasks with key ${row.task?.concurrencyKey} run at once` : "";
+      fill({ row: { task: t } }) {
+        const keyed = t !== undefined && t.concurrencyKey !== "";
+        setText(name, keyed ? t.concurrencyKey : "—");
+        setText(limit, keyed ? `max ${t.concurrencyLimit}` : "");
+        el.title = keyed ? concurrencyText(t) : "";
       },
     };
   },
