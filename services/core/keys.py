@@ -42,6 +42,16 @@ def watch_seats(owner_id: str) -> str:
     return f"{PREFIX}:watchers:{owner_id}"
 
 
+def rate_window(kind: str) -> str:
+    """Sorted set of a rate-limited kind's recent starts (member: a sequence number, score: when, in µs), the
+    sliding window of services.core.rate_limits; one hash tag with its sequence, so one script may use both."""
+    return f"{PREFIX}:rate:{{{kind}}}"
+
+
+def rate_sequence(kind: str) -> str:
+    return f"{PREFIX}:rate:{{{kind}}}:seq"
+
+
 # Lease of the scheduler that exports the cluster-wide gauges: a hash {holder: id} that expires by itself.
 METRICS_EXPORTER_LEASE = f"{PREFIX}:metrics:exporter"
 

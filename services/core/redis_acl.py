@@ -78,6 +78,10 @@ USERS: dict[str, AclUser] = {
             "zremrangebyscore",
             "zcard",
             "pexpire",
+            # The sliding windows of rate-limited kinds (services/core/rate_limits.py), read in their script.
+            "zrange",
+            "incrby",
+            "time",
             # Stop commands to the schedulers, pool changes to the gateways.
             "publish",
             "subscribe",

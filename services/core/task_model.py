@@ -38,7 +38,7 @@ TASK_COLUMNS = (
     "id, owner_id, name, kind, payload, status, progress, attempt, max_attempts, worker_id, error, "
     "request_id, batch_id, replica_index, workload_ms, max_runtime_ms, dead_lettered, result, version, "
     "created_at, started_at, finished_at, dispatch_id, entry_id, fence, run_at, schedule_id, priority, "
-    "concurrency_key, concurrency_limit"
+    "concurrency_key, concurrency_limit, wait_reason"
 )
 
 # The columns of a summary (row_to_summary): the watch snapshot reads neither payload nor result.
@@ -123,6 +123,7 @@ def _without_bulk(row: Mapping[str, Any]) -> task_pb2.Task:
     if concurrency_key is not None:
         task.concurrency_key = concurrency_key
         task.concurrency_limit = row["concurrency_limit"]
+    task.wait_reason = row.get("wait_reason") or 0  # type: ignore[assignment]
     task.workload.FromMilliseconds(row["workload_ms"])
     task.max_runtime.FromMilliseconds(row["max_runtime_ms"])
     _set_time(task.created_at, row["created_at"])

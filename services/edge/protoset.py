@@ -14,10 +14,16 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health_pb2
 
-from resilienttask.v1 import auth_pb2, schedule_pb2, scheduler_pb2
+from resilienttask.v1 import auth_pb2, operator_pb2, schedule_pb2, scheduler_pb2
 
 PROTOSET_FILE = "api.protoset"
-PUBLIC_FILES = (auth_pb2.DESCRIPTOR, scheduler_pb2.DESCRIPTOR, schedule_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR)
+PUBLIC_FILES = (
+    auth_pb2.DESCRIPTOR,
+    scheduler_pb2.DESCRIPTOR,
+    schedule_pb2.DESCRIPTOR,
+    operator_pb2.DESCRIPTOR,
+    health_pb2.DESCRIPTOR,
+)
 
 
 def descriptor_set(files: tuple[FileDescriptor, ...] = PUBLIC_FILES) -> descriptor_pb2.FileDescriptorSet:

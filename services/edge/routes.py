@@ -1,6 +1,7 @@
 """The edge's route table: which cluster serves each gRPC service, who may call it, and how long a call may live.
 
-Only what users call is routed: AuthService, SchedulerService, ScheduleService, health, and (when asked for) reflection.
+Only what users call is routed: AuthService, SchedulerService, ScheduleService, OperatorService, health, and
+(when asked for) reflection.
 WorkerService is not: workers reach the schedulers on their own listeners, which are never published, so
 the public edge has no path to it at all (a call is UNAUTHENTICATED without a user token, UNIMPLEMENTED
 with one).
@@ -19,7 +20,7 @@ from typing import Any
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2
 
-from resilienttask.v1 import auth_pb2, schedule_pb2, scheduler_pb2
+from resilienttask.v1 import auth_pb2, operator_pb2, schedule_pb2, scheduler_pb2
 from services.edge.auth_limits import auth_rate_limit
 from services.edge.config import EdgeConfig
 
@@ -98,6 +99,8 @@ def route_specs(config: EdgeConfig) -> list[RouteSpec]:
         *_service(auth_pb2.DESCRIPTOR.services_by_name["AuthService"], GATEWAY_CLUSTER, Access.PUBLIC, True),
         *_service(scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"], GATEWAY_CLUSTER, Access.USER),
         *_service(schedule_pb2.DESCRIPTOR.services_by_name["ScheduleService"], GATEWAY_CLUSTER, Access.USER),
+        # A user token at the edge; the gateway checks the operator role on every call.
+        *_service(operator_pb2.DESCRIPTOR.services_by_name["OperatorService"], GATEWAY_CLUSTER, Access.USER),
         *_health(config),
     ]
     if config.public_reflection:

@@ -8,7 +8,15 @@ from dataclasses import dataclass, field
 import asyncpg
 import redis.asyncio as aioredis
 
-from resilienttask.v1 import auth_pb2, auth_pb2_grpc, schedule_pb2, schedule_pb2_grpc, scheduler_pb2
+from resilienttask.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    operator_pb2,
+    operator_pb2_grpc,
+    schedule_pb2,
+    schedule_pb2_grpc,
+    scheduler_pb2,
+)
 from services.core import metrics, outbox
 from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
 from services.core.db import create_pool, database_reachable
@@ -19,6 +27,7 @@ from services.core.server import Service, create_grpc_server
 from services.gateway.auth_interceptor import AuthInterceptor
 from services.gateway.auth_service import AuthServicer
 from services.gateway.login_limits import LoginLimitsConfig
+from services.gateway.operator_service import OperatorServicer
 from services.gateway.schedule_service import ScheduleServicer
 from services.gateway.scheduler_service import SchedulerServicer, add_scheduler_service
 from services.gateway.watch.config import WatchConfig
@@ -29,10 +38,13 @@ SERVICE_NAMES = (
     auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
     scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,
     schedule_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
+    operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name,
 )
-# Every SchedulerService and ScheduleService call needs a user token; AuthService, health and reflection do not.
+# Every SchedulerService, ScheduleService and OperatorService call needs a user token; AuthService, health and
+# reflection do not.
 SCHEDULER_PREFIX = f"/{scheduler_pb2.DESCRIPTOR.services_by_name['SchedulerService'].full_name}/"
 SCHEDULE_PREFIX = f"/{schedule_pb2.DESCRIPTOR.services_by_name['ScheduleService'].full_name}/"
+OPERATOR_PREFIX = f"/{operator_pb2.DESCRIPTOR.services_by_name['OperatorService'].full_name}/"
 
 
 @dataclass(frozen=True)
@@ -62,7 +74,9 @@ async def create_server(config: GatewayConfig) -> Service:
 async def create_gateway(config: GatewayConfig) -> Gateway:
     pool: asyncpg.Pool = await create_pool(config.database)
     redis: aioredis.Redis = create_redis(config.redis)
-    interceptor = AuthInterceptor(config.auth, (SCHEDULER_PREFIX, SCHEDULE_PREFIX), config.auth.audience)
+    interceptor = AuthInterceptor(
+        config.auth, (SCHEDULER_PREFIX, SCHEDULE_PREFIX, OPERATOR_PREFIX), config.auth.audience
+    )
     server, port, health = create_grpc_server(config.server, service_names=SERVICE_NAMES, interceptors=[interceptor])
     auth = AuthServicer(pool, config.auth, config.login)
     auth_pb2_grpc.add_AuthServiceServicer_to_server(auth, server)
@@ -70,6 +84,7 @@ async def create_gateway(config: GatewayConfig) -> Gateway:
     scheduler = SchedulerServicer(pool, redis, watch_hub=hub, limits=config.limits)
     add_scheduler_service(scheduler, server)
     schedule_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(pool, redis, config.limits), server)
+    operator_pb2_grpc.add_OperatorServiceServicer_to_server(OperatorServicer(pool, redis), server)
     service = Service(server=server, port=port, health=health, service_names=SERVICE_NAMES)
     service.background += [*hub.loops, scheduler.watchers.renew_forever]
     if (measured := metrics.current()) is not None:

@@ -5,7 +5,8 @@
 - abandoned: running tasks past max_runtime + grace that no worker holds any more are timed out;
 - parked events: change events Redis refused after their commit are appended once it is back;
 - slot cap: the cap on one user's slots follows the live pool, and tasks it held back are released
-  (slot_cap.py); released tasks are published by the publish sweep, woken at once by the database.
+  (slot_cap.py); released tasks are published by the publish sweep, woken at once by the database;
+- controls: tasks held for a rate limit or a concurrency key are released as they may go (gates.py).
 Several schedulers may run these at once: row locks and fencing make a double publish harmless.
 """
 
@@ -25,7 +26,7 @@ from services.core.dispatch import split_ref
 from services.core.errors import STORE_ERRORS
 from services.core.limits import UserLimits
 from services.core.transitions import sweeps as transitions
-from services.scheduler import slot_cap, store
+from services.scheduler import gates, slot_cap, store
 
 log = logging.getLogger(__name__)
 BATCH = 500
@@ -40,6 +41,9 @@ class SweepConfig:
     abandoned_grace_s: float = 30.0
     parked_events_interval_s: float = 0.5
     slot_cap_interval_s: float = 1.0
+    # The longest the rate sweep sleeps when it knows of no refill to wait for (services/scheduler/gates.py).
+    rate_idle_s: float = 1.0
+    key_sweep_interval_s: float = 2.0
 
 
 async def publish_due(pool: asyncpg.Pool, redis: aioredis.Redis) -> int:
@@ -128,6 +132,9 @@ async def run_sweepers(
         if await slot_cap.release_waiting(pool):
             released.set()
 
+    async def keys() -> None:
+        await gates.release_keys_waiting(pool)
+
     await asyncio.gather(
         _publish_when_woken(pool, redis, config.publish_interval_ms / 1000, released),
         slot_cap.listen_for_releases(pool, released),
@@ -136,4 +143,6 @@ async def run_sweepers(
         _every(config.lost_entry_check_interval_s, "lost", lost),
         _every(config.abandoned_interval_s, "abandoned", abandoned),
         _every(config.parked_events_interval_s, "parked events", parked),
+        _every(config.key_sweep_interval_s, "concurrency keys", keys),
+        gates.run_rate_releases(pool, redis, config.rate_idle_s),
     )

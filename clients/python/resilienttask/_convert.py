@@ -12,7 +12,9 @@ from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from resilienttask.models import (
     CatchupPolicy,
+    KindControl,
     OverlapPolicy,
+    RateLimit,
     Schedule,
     Session,
     Snapshot,
@@ -22,11 +24,12 @@ from resilienttask.models import (
     TaskTemplate,
     TaskUpdate,
     User,
+    WaitReason,
     WatchEvent,
     Worker,
     WorkersUpdate,
 )
-from resilienttask.v1 import auth_pb2, schedule_pb2, scheduler_pb2, task_pb2
+from resilienttask.v1 import auth_pb2, operator_pb2, schedule_pb2, scheduler_pb2, task_pb2
 
 Seconds = timedelta | float | int
 
@@ -282,7 +285,34 @@ def task_from_proto(message: task_pb2.Task) -> Task:
         priority=message.priority,
         concurrency_key=message.concurrency_key,
         concurrency_limit=message.concurrency_limit,
+        wait_reason=_WAIT_REASON_FROM_PROTO.get(message.wait_reason, WaitReason.NONE),
     )
+
+
+_WAIT_REASON_FROM_PROTO = {
+    task_pb2.WAIT_REASON_SLOT_SHARE: WaitReason.SLOT_SHARE,
+    task_pb2.WAIT_REASON_CONCURRENCY_KEY: WaitReason.CONCURRENCY_KEY,
+    task_pb2.WAIT_REASON_RATE_LIMIT: WaitReason.RATE_LIMIT,
+    task_pb2.WAIT_REASON_KIND_PAUSED: WaitReason.KIND_PAUSED,
+}
+
+
+def kind_control_from_proto(message: operator_pb2.KindControl) -> KindControl:
+    limit = message.rate_limit if message.HasField("rate_limit") else None
+    return KindControl(
+        kind=message.kind,
+        paused=message.paused,
+        paused_at=_time(message.paused_at, message.HasField("paused_at")),
+        rate_limit=RateLimit(limit.starts, _timedelta(limit.period)) if limit is not None else None,
+        waiting=message.waiting,
+    )
+
+
+def rate_limit_request(kind: str, starts: int, per: Seconds) -> operator_pb2.SetKindRateLimitRequest:
+    request = operator_pb2.SetKindRateLimitRequest(kind=kind)
+    request.rate_limit.starts = starts
+    request.rate_limit.period.CopyFrom(to_duration(per))
+    return request
 
 
 def _value(message: struct_pb2.Value) -> Any:

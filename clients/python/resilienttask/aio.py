@@ -28,6 +28,8 @@ from resilienttask._channel import DEFAULT_ADDRESS, ChannelOptions, ChannelSetti
 from resilienttask._convert import (
     ScheduleOptions,
     Seconds,
+    kind_control_from_proto,
+    rate_limit_request,
     retry_request,
     schedule_from_proto,
     schedule_spec,
@@ -43,8 +45,27 @@ from resilienttask._retry import RetryPolicy
 from resilienttask._tracecontext import trace_metadata
 from resilienttask._watch import BATCH_PAGE_SIZE, FETCH_CONCURRENCY, WaitTracker, WatchState, task_ids
 from resilienttask.errors import DeadlineExceeded, Unavailable, from_rpc_error
-from resilienttask.models import Schedule, Session, Snapshot, Task, TaskStats, TaskStatus, WatchEvent, Worker
-from resilienttask.v1 import auth_pb2, auth_pb2_grpc, schedule_pb2, schedule_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from resilienttask.models import (
+    KindControl,
+    Schedule,
+    Session,
+    Snapshot,
+    Task,
+    TaskStats,
+    TaskStatus,
+    WatchEvent,
+    Worker,
+)
+from resilienttask.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    operator_pb2,
+    operator_pb2_grpc,
+    schedule_pb2,
+    schedule_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+)
 
 __all__ = ["AsyncClient", "AsyncTaskWatch"]
 
@@ -177,6 +198,11 @@ class AsyncClient:
     @property
     def _schedules(self) -> Any:
         return self._stub_set()[3]
+
+    @property
+    def _operator(self) -> Any:
+        self._stub_set()
+        return operator_pb2_grpc.OperatorServiceStub(self._channel)
 
     async def close(self) -> None:
         if self._channel is not None:
@@ -314,6 +340,33 @@ class AsyncClient:
     async def kinds(self) -> builtins.list[str]:
         reply = await self._call(self._scheduler.ListKinds, scheduler_pb2.ListKindsRequest(), idempotent=True)
         return builtins.list(reply.kinds)
+
+    # -- operators (each call needs the operator role: PermissionDenied otherwise) -------------------------
+    async def kind_controls(self) -> builtins.list[KindControl]:
+        """Every kind with a control or a worker serving it, sorted by kind."""
+        request = operator_pb2.ListKindControlsRequest()
+        reply = await self._call(self._operator.ListKindControls, request, idempotent=True)
+        return [kind_control_from_proto(k) for k in reply.kinds]
+
+    async def pause_kind(self, kind: str) -> KindControl:
+        """Once this returns, no task of the kind starts (every user's); running ones go on."""
+        request = operator_pb2.PauseKindRequest(kind=kind)
+        return kind_control_from_proto((await self._call(self._operator.PauseKind, request, idempotent=True)).kind)
+
+    async def resume_kind(self, kind: str) -> KindControl:
+        request = operator_pb2.ResumeKindRequest(kind=kind)
+        return kind_control_from_proto((await self._call(self._operator.ResumeKind, request, idempotent=True)).kind)
+
+    async def set_rate_limit(self, kind: str, starts: int, per: Seconds) -> KindControl:
+        """At most `starts` starts of the kind per `per` (1 s to 1 h) across the pool; the others wait."""
+        request = rate_limit_request(kind, starts, per)
+        reply = await self._call(self._operator.SetKindRateLimit, request, idempotent=True)
+        return kind_control_from_proto(reply.kind)
+
+    async def clear_rate_limit(self, kind: str) -> KindControl:
+        request = operator_pb2.ClearKindRateLimitRequest(kind=kind)
+        reply = await self._call(self._operator.ClearKindRateLimit, request, idempotent=True)
+        return kind_control_from_proto(reply.kind)
 
     async def health(self) -> str:
         health = self._stub_set()[2]

@@ -25,6 +25,8 @@ from resilienttask._channel import DEFAULT_ADDRESS, ChannelOptions, ChannelSetti
 from resilienttask._convert import (
     ScheduleOptions,
     Seconds,
+    kind_control_from_proto,
+    rate_limit_request,
     retry_request,
     schedule_from_proto,
     schedule_spec,
@@ -40,8 +42,27 @@ from resilienttask._retry import RetryPolicy
 from resilienttask._tracecontext import trace_metadata
 from resilienttask._watch import BATCH_PAGE_SIZE, WaitTracker, WatchState, task_ids
 from resilienttask.errors import DeadlineExceeded, Unavailable, from_rpc_error
-from resilienttask.models import Schedule, Session, Snapshot, Task, TaskStats, TaskStatus, WatchEvent, Worker
-from resilienttask.v1 import auth_pb2, auth_pb2_grpc, schedule_pb2, schedule_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from resilienttask.models import (
+    KindControl,
+    Schedule,
+    Session,
+    Snapshot,
+    Task,
+    TaskStats,
+    TaskStatus,
+    WatchEvent,
+    Worker,
+)
+from resilienttask.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    operator_pb2,
+    operator_pb2_grpc,
+    schedule_pb2,
+    schedule_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+)
 
 __all__ = ["Client", "TaskWatch"]
 
@@ -146,6 +167,7 @@ class Client:
         self._scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self._channel)
         self._schedules = schedule_pb2_grpc.ScheduleServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._operator = operator_pb2_grpc.OperatorServiceStub(self._channel)
 
     @property
     def address(self) -> str:
@@ -301,6 +323,30 @@ class Client:
         return builtins.list(
             self._call(self._scheduler.ListKinds, scheduler_pb2.ListKindsRequest(), idempotent=True).kinds
         )
+
+    # -- operators (each call needs the operator role: PermissionDenied otherwise) -------------------------
+    def kind_controls(self) -> builtins.list[KindControl]:
+        """Every kind with a control or a worker serving it, sorted by kind."""
+        reply = self._call(self._operator.ListKindControls, operator_pb2.ListKindControlsRequest(), idempotent=True)
+        return [kind_control_from_proto(k) for k in reply.kinds]
+
+    def pause_kind(self, kind: str) -> KindControl:
+        """Once this returns, no task of the kind starts (every user's); running ones go on."""
+        request = operator_pb2.PauseKindRequest(kind=kind)
+        return kind_control_from_proto(self._call(self._operator.PauseKind, request, idempotent=True).kind)
+
+    def resume_kind(self, kind: str) -> KindControl:
+        request = operator_pb2.ResumeKindRequest(kind=kind)
+        return kind_control_from_proto(self._call(self._operator.ResumeKind, request, idempotent=True).kind)
+
+    def set_rate_limit(self, kind: str, starts: int, per: Seconds) -> KindControl:
+        """At most `starts` starts of the kind per `per` (1 s to 1 h) across the pool; the others wait."""
+        request = rate_limit_request(kind, starts, per)
+        return kind_control_from_proto(self._call(self._operator.SetKindRateLimit, request, idempotent=True).kind)
+
+    def clear_rate_limit(self, kind: str) -> KindControl:
+        request = operator_pb2.ClearKindRateLimitRequest(kind=kind)
+        return kind_control_from_proto(self._call(self._operator.ClearKindRateLimit, request, idempotent=True).kind)
 
     def health(self) -> str:
         """The edge's health status name ("SERVING" when it can take calls); needs no token."""

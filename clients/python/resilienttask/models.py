@@ -13,7 +13,9 @@ from typing import Any
 
 __all__ = [
     "CatchupPolicy",
+    "KindControl",
     "OverlapPolicy",
+    "RateLimit",
     "Schedule",
     "Session",
     "Snapshot",
@@ -23,6 +25,7 @@ __all__ = [
     "TaskTemplate",
     "TaskUpdate",
     "User",
+    "WaitReason",
     "WatchEvent",
     "Worker",
     "WorkersUpdate",
@@ -46,6 +49,16 @@ class TaskStatus(enum.StrEnum):
     def terminal(self) -> bool:
         """True for the four end states: the task will not change again unless retried."""
         return self in _TERMINAL
+
+
+class WaitReason(enum.StrEnum):
+    """What a queued task waits for beyond a free worker (NONE: nothing else, or it is not queued)."""
+
+    NONE = "none"
+    SLOT_SHARE = "slot_share"
+    CONCURRENCY_KEY = "concurrency_key"
+    RATE_LIMIT = "rate_limit"
+    KIND_PAUSED = "kind_paused"
 
 
 _TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT})
@@ -86,7 +99,7 @@ class Task:
     `run_at` is when a delayed task becomes (or became) due, None for one due at submission; `schedule_id`
     names the schedule that submitted it ("" for a task submitted directly). `priority` runs from 1 (lowest)
     to 5 (most urgent); at most `concurrency_limit` of the owner's tasks with the same `concurrency_key` run
-    at once ("" and 0: no key).
+    at once ("" and 0: no key). `wait_reason` says what a queued task waits for besides a free worker.
 
     Tasks from watch() are summaries (`summary` True): their payload and result are left out (empty dict,
     None) and their error is cut to its first KiB; get() returns the whole task. wait() returns whole tasks.
@@ -119,6 +132,7 @@ class Task:
     priority: int = 0
     concurrency_key: str = ""
     concurrency_limit: int = 0
+    wait_reason: WaitReason = WaitReason.NONE
 
     @property
     def done(self) -> bool:
@@ -158,6 +172,7 @@ class Task:
             "priority": self.priority,
             "concurrency_key": self.concurrency_key,
             "concurrency_limit": self.concurrency_limit,
+            "wait_reason": self.wait_reason.value,
         }
 
 
@@ -365,4 +380,36 @@ class Schedule:
             "version": self.version,
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
+        }
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most `starts` task starts per `per` across the whole pool."""
+
+    starts: int
+    per: timedelta
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"starts": self.starts, "per_s": self.per.total_seconds()}
+
+
+@dataclass(frozen=True)
+class KindControl:
+    """How an operator set one task kind to run: paused or not, its rate limit (None: none), and how many of
+    its tasks (every user's) wait for the pause or the limit."""
+
+    kind: str
+    paused: bool = False
+    paused_at: datetime | None = None
+    rate_limit: RateLimit | None = None
+    waiting: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "paused": self.paused,
+            "paused_at": _iso(self.paused_at),
+            "rate_limit": self.rate_limit.to_dict() if self.rate_limit is not None else None,
+            "waiting": self.waiting,
         }

@@ -30,6 +30,7 @@ from services.core.task_model import (
     row_to_task,
     rows_to_tasks,
 )
+from services.core.transitions import gates
 from services.core.transitions.rules import (
     HistoryEntry,
     RunningRef,
@@ -76,16 +77,23 @@ _START_SET = (
     "entry_id = t.entry_id, started_at = now(), progress = 0, error = ''"
 )
 
-# Rows are locked in id order first, so concurrent batches cannot deadlock.
+# Rows are locked in id order first, so concurrent batches cannot deadlock. Tasks with a concurrency key, and
+# tasks of a kind that is paused or rate-limited (rt_kind_gates, which also makes a pause wait for this start),
+# are left to the checked path (gates.py).
 _FAST_START = f"""
 WITH t AS (SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::text[]) AS u(id, dispatch_id, entry_id)),
 locked AS (
-    SELECT tasks.id FROM tasks JOIN t ON tasks.id = t.id
+    SELECT tasks.id, tasks.kind, tasks.concurrency_key FROM tasks JOIN t ON tasks.id = t.id
     WHERE tasks.status = {QUEUED} AND tasks.dispatch_id = t.dispatch_id ORDER BY tasks.id FOR UPDATE OF tasks
+),
+gated AS (
+    SELECT coalesce(array_agg(g.kind), '{{}}') AS kinds
+    FROM rt_kind_gates((SELECT array_agg(DISTINCT kind) FROM locked)) AS g
 ),
 started AS (
     UPDATE tasks SET {_START_SET}
-    FROM t, locked WHERE tasks.id = t.id AND tasks.id = locked.id
+    FROM t, locked, gated WHERE tasks.id = t.id AND tasks.id = locked.id
+    AND locked.concurrency_key IS NULL AND locked.kind <> ALL(gated.kinds)
     RETURNING {QUALIFIED_TASK_COLUMNS}
 ),
 recorded AS ({history_of("started", str(QUEUED), "'started'")})
@@ -98,11 +106,12 @@ async def start_batch(
     worker_id: str,
     items: Sequence[worker_pb2.StartItem],
     holders: HolderCheck = no_task_released,
+    limiter: gates.Limiter | None = None,
 ) -> StartOutcome:
     """Decide for each entry whether this worker runs the task, and record the new attempts.
 
     Fresh dispatches of queued tasks (nearly every entry) start in one statement; the rest are decided one
-    by one under row locks.
+    by one under row locks. `limiter` takes rate-limit tokens (rate_limits.take on Redis).
     """
     first: dict[str, worker_pb2.StartItem] = {}
     for item in items:
@@ -120,7 +129,7 @@ async def start_batch(
         started = {str(r["id"]): r for r in rows}
         task_metrics.started(rows)
     rest = [item for item in items if first.get(item.task_id) is not item or item.task_id not in started]
-    checked = await _start_checked(pool, worker_id, rest, holders) if rest else StartOutcome([], [], [])
+    checked = await _start_checked(pool, worker_id, rest, holders, limiter) if rest else StartOutcome([], [], [])
     tasks = dict(zip(started, rows_to_tasks(started.values()), strict=True))
     later = iter(checked.results)
     results = [
@@ -138,7 +147,11 @@ def _run(row: asyncpg.Record, task: task_pb2.Task) -> worker_pb2.StartResult:
 
 
 async def _start_checked(
-    pool: asyncpg.Pool, worker_id: str, items: Sequence[worker_pb2.StartItem], holders: HolderCheck
+    pool: asyncpg.Pool,
+    worker_id: str,
+    items: Sequence[worker_pb2.StartItem],
+    holders: HolderCheck,
+    limiter: gates.Limiter | None,
 ) -> StartOutcome:
     """Decide for each entry whether this worker runs the task, and record the new attempts.
 
@@ -168,6 +181,13 @@ async def _start_checked(
         for item in items:
             row = rows.get(item.task_id)
             decisions.append((item, *_decide(row, item, worker_id, released)))
+        # Fresh starts only: a takeover continues an attempt that started before (it holds its key's place).
+        fresh_rows = {
+            i.task_id: rows[i.task_id] for i, a, _ in decisions if a == "run" and rows[i.task_id]["status"] == QUEUED
+        }
+        holds = await gates.check(conn, list(fresh_rows.values()), limiter) if fresh_rows else {}
+        decisions = [(i, "hold", "") if a == "run" and i.task_id in holds else (i, a, d) for i, a, d in decisions]
+        held = await gates.hold(conn, holds)
         results: list[worker_pb2.StartResult] = []
         changes: list[TaskChange] = []
         history: list[HistoryEntry] = []
@@ -223,6 +243,11 @@ async def _start_checked(
                         task_id=item.task_id, decision=RUN, task=row_to_task(row), fence=row["fence"]
                     )
                 )
+            elif action == "hold" and item.task_id in held:
+                changes.append(change_for(held.pop(item.task_id), QUEUED))
+                results.append(_skip(item.task_id, f"held: {gates.HELD_REASONS[holds[item.task_id].reason]}"))
+            elif action == "hold":
+                results.append(_skip(item.task_id, "duplicate entry"))
             elif action == "defer":
                 results.append(worker_pb2.StartResult(task_id=item.task_id, decision=DEFER, reason=detail))
             else:

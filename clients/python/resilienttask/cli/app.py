@@ -5,7 +5,14 @@ from __future__ import annotations
 import click
 
 from resilienttask import __version__
-from resilienttask.cli import auth_commands, info_commands, local_commands, schedule_commands, task_commands
+from resilienttask.cli import (
+    auth_commands,
+    info_commands,
+    local_commands,
+    operator_commands,
+    schedule_commands,
+    task_commands,
+)
 
 COMMANDS: list[click.Command] = [
     local_commands.up,
@@ -28,6 +35,7 @@ COMMANDS: list[click.Command] = [
     info_commands.workers,
     info_commands.kinds,
     info_commands.health,
+    operator_commands.operator,
 ]
 
 

@@ -1,0 +1,142 @@
+"""What may keep a queued task from starting besides a free worker: its kind paused, its concurrency key full,
+its kind's rate limit used up. A task refused here is held in the database (queued, unpublished, with its
+wait_reason) and its stream entry acknowledged; it is released by ResumeKind, by the end of a running task of
+its key (migration 0016's trigger), or by the rate sweep when the window has room (services.scheduler.gates).
+
+Checked inside the start's transaction, after the task rows are locked:
+- pause: rt_kind_gates takes each kind's lock shared, then reads the controls afresh (see migration 0016);
+- concurrency keys: each key's advisory lock, exclusive, then the count of its running tasks in a statement of
+  its own (a fresh snapshot, so every start of the key that committed before is counted); the lock is held
+  until this start commits, so two starts of one key are counted one after the other;
+- rate limits: last, so that only tasks that would otherwise start take a token (services.core.rate_limits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from resilienttask.v1 import task_pb2
+from services.core.rate_limits import RateLimit, Taken
+from services.core.task_model import QUALIFIED_TASK_COLUMNS
+
+CONCURRENCY_KEY = task_pb2.WAIT_REASON_CONCURRENCY_KEY
+RATE_LIMIT = task_pb2.WAIT_REASON_RATE_LIMIT
+KIND_PAUSED = task_pb2.WAIT_REASON_KIND_PAUSED
+HELD_REASONS: dict[int, str] = {
+    CONCURRENCY_KEY: "concurrency key full",
+    RATE_LIMIT: "rate limit",
+    KIND_PAUSED: "kind paused",
+}
+
+# Takes rate-limit tokens: for each (kind, starts wanted, limit), what was granted (rate_limits.take on Redis).
+Limiter = Callable[[Sequence[tuple[str, int, RateLimit]]], Awaitable[list[Taken]]]
+RATE_HELD_CHANNEL = "rt_rate_held"
+# Without a limiter (no Redis at hand), a rate-limited task waits this long and is checked again.
+NO_LIMITER_WAIT_MS = 1000
+
+
+@dataclass(frozen=True)
+class Hold:
+    reason: int
+    # When the task is worth trying again (rate limits); 0: when released.
+    wait_ms: int = 0
+
+
+def _order(row: asyncpg.Record) -> tuple[int, object, str]:
+    """Who goes first among tasks competing for a key or a rate: higher priority, then older."""
+    return (-row["priority"], row["created_at"], str(row["id"]))
+
+
+async def check(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record], limiter: Limiter | None) -> dict[str, Hold]:
+    """Of queued tasks about to start (rows locked by the caller's transaction): those that must wait, and why."""
+    holds: dict[str, Hold] = {}
+    controls = {
+        r["kind"]: r
+        for r in await conn.fetch(
+            "SELECT kind, paused_at, rate_starts, rate_period_ms FROM rt_kind_gates($1::text[])",
+            sorted({row["kind"] for row in rows}),
+        )
+    }
+    for row in rows:
+        control = controls.get(row["kind"])
+        if control is not None and control["paused_at"] is not None:
+            holds[str(row["id"])] = Hold(KIND_PAUSED)
+    keyed = sorted((r for r in rows if r["concurrency_key"] is not None and str(r["id"]) not in holds), key=_order)
+    if keyed:
+        await _check_keys(conn, keyed, holds)
+    limited: dict[str, list[asyncpg.Record]] = {}
+    for row in sorted(rows, key=_order):
+        control = controls.get(row["kind"])
+        if str(row["id"]) not in holds and control is not None and control["rate_starts"] is not None:
+            limited.setdefault(row["kind"], []).append(row)
+    if limited:
+        await _check_rates(limited, controls, limiter, holds)
+    return holds
+
+
+async def _check_keys(conn: asyncpg.Connection, keyed: Sequence[asyncpg.Record], holds: dict[str, Hold]) -> None:
+    keys = sorted({(row["owner_id"], row["concurrency_key"]) for row in keyed})
+    owners, names = [k[0] for k in keys], [k[1] for k in keys]
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(l) FROM (SELECT DISTINCT rt_key_lock(o, k) AS l "
+        "FROM unnest($1::uuid[], $2::text[]) AS u(o, k)) AS s ORDER BY l",
+        owners,
+        names,
+    )
+    running = {
+        (r["owner_id"], r["concurrency_key"]): r["n"]
+        for r in await conn.fetch(
+            "SELECT owner_id, concurrency_key, count(*) AS n FROM tasks "
+            "WHERE (owner_id, concurrency_key) IN (SELECT * FROM unnest($1::uuid[], $2::text[])) "
+            "AND concurrency_key IS NOT NULL AND status IN (2, 3) GROUP BY owner_id, concurrency_key",
+            owners,
+            names,
+        )
+    }
+    for row in keyed:
+        key = (row["owner_id"], row["concurrency_key"])
+        if running.get(key, 0) < row["concurrency_limit"]:
+            running[key] = running.get(key, 0) + 1
+        else:
+            holds[str(row["id"])] = Hold(CONCURRENCY_KEY)
+
+
+async def _check_rates(
+    limited: dict[str, list[asyncpg.Record]],
+    controls: dict[str, asyncpg.Record],
+    limiter: Limiter | None,
+    holds: dict[str, Hold],
+) -> None:
+    wanted = [
+        (kind, len(rows), RateLimit(controls[kind]["rate_starts"], controls[kind]["rate_period_ms"]))
+        for kind, rows in limited.items()
+    ]
+    taken = await limiter(wanted) if limiter is not None else [Taken(0, 0, NO_LIMITER_WAIT_MS) for _ in wanted]
+    for (kind, _n, _limit), got in zip(wanted, taken, strict=True):
+        for row in limited[kind][got.granted :]:
+            holds[str(row["id"])] = Hold(RATE_LIMIT, got.wait_ms)
+
+
+# A held task gets a new dispatch id: its acknowledged entry, and any duplicate of it, can no longer start it.
+_HOLD = f"""
+UPDATE tasks SET held = true, wait_reason = t.reason, published = false, published_at = NULL,
+    dispatch_id = gen_random_uuid(), publish_after = now() + make_interval(secs => t.wait_ms / 1000.0)
+FROM unnest($1::uuid[], $2::smallint[], $3::bigint[]) AS t(id, reason, wait_ms)
+WHERE tasks.id = t.id AND tasks.status = 1 AND NOT tasks.held
+RETURNING {QUALIFIED_TASK_COLUMNS}
+"""
+
+
+async def hold(conn: asyncpg.Connection, holds: dict[str, Hold]) -> dict[str, asyncpg.Record]:
+    """Record the holds (rows locked by the caller); returns the rows as they now are."""
+    if not holds:
+        return {}
+    ids = list(holds)
+    rows = await conn.fetch(_HOLD, ids, [holds[i].reason for i in ids], [holds[i].wait_ms for i in ids])
+    if any(h.reason == RATE_LIMIT for h in holds.values()):
+        # The rate sweep sleeps until the next refill it knows of: tell it of these (delivered at commit).
+        await conn.execute("SELECT pg_notify($1, '')", RATE_HELD_CHANNEL)
+    return {str(r["id"]): r for r in rows}
