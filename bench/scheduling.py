@@ -46,6 +46,7 @@ from bench.run import STAMPS_DB, machine, source_version, stores
 from bench.stamps import parse_start, start_key
 from resilienttask.v1 import auth_pb2, auth_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, task_pb2
 from services.core import keys
+from services.core.dispatch import parse_ref
 
 SYSTEM = "ours"
 SUBMIT_BATCH = 50
@@ -73,8 +74,8 @@ def stamp(at: datetime) -> timestamp_pb2.Timestamp:
 
 
 def entry_ms(entry_ref: str) -> int:
-    """The millisecond part of a dispatch entry reference ("<kind>:<ms>-<seq>")."""
-    return int(entry_ref.rpartition(":")[2].split("-")[0])
+    """The millisecond part of a dispatch entry reference ("<kind>:<ms>-<seq>", see dispatch.parse_ref)."""
+    return int(parse_ref(entry_ref)[1].split("-")[0])
 
 
 class Session:

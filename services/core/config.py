@@ -32,6 +32,18 @@ def env_float(name: str, default: float, env: Mapping[str, str] = os.environ) ->
     return _float(env, name, default)
 
 
+def env_bool(name: str, default: bool, env: Mapping[str, str] = os.environ) -> bool:
+    """A switch: true/false, 1/0, yes/no or on/off (any case); empty or unset gives the default."""
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("true", "1", "yes", "on"):
+        return True
+    if raw in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":

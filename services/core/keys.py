@@ -4,13 +4,23 @@ from __future__ import annotations
 
 PREFIX = "rt"
 
-# Dispatch: one stream per task kind, each with one consumer group; the workers serving a kind are its
-# competing consumers, so a task only ever reaches a worker that has its handler.
+# Dispatch: one stream per task kind and priority level, each with one consumer group; the workers serving a
+# kind are its competing consumers, so a task only ever reaches a worker that has its handler. The default
+# level keeps the plain stream name; the others are named apart (a kind cannot make one name the other's).
 DISPATCH_GROUP = "workers"
+# SubmitTaskRequest.priority: 1 (lowest) to 5 (most urgent), 3 when unset.
+PRIORITIES = (5, 4, 3, 2, 1)
+DEFAULT_PRIORITY = 3
 
 
-def dispatch_stream(kind: str) -> str:
-    return f"{PREFIX}:dispatch:{kind}"
+def dispatch_stream(kind: str, priority: int = DEFAULT_PRIORITY) -> str:
+    if priority == DEFAULT_PRIORITY:
+        return f"{PREFIX}:dispatch:{kind}"
+    return f"{PREFIX}:dispatch-p{priority}:{kind}"
+
+
+# Every dispatch stream, for key patterns (ACLs): the default level's and the other levels'.
+DISPATCH_STREAM_PATTERNS = (dispatch_stream("*"), f"{PREFIX}:dispatch-p?:*")
 
 
 # Commands from gateways to whichever scheduler holds a worker's Connect stream.

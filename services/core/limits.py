@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
-from services.core.config import ConfigError, env_float, env_int
+from services.core.config import ConfigError, env_bool, env_float, env_int
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,13 @@ class UserLimits:
     max_watch_streams: int = 20
     # Share of the live worker slots one user's tasks may hold at once; the rest wait queued. 1 or more: no cap.
     slot_share: float = 0.5
+    # Below that ceiling, a max-min fair share of the live slots between the owners with active tasks: when their
+    # demand exceeds the pool, each owner's cap is the level that shares the slots out (owners wanting less keep
+    # what they want), so one owner's backlog waits in PostgreSQL and a newcomer's task is not queued behind it.
+    fair_share: bool = True
+    # Added to the fair level, as a share of the live slots: work queued in the streams ahead of the free slots,
+    # so workers never wait for a release to travel (at the price of that much FIFO order between owners).
+    fair_headroom_share: float = 0.25
     # Recurring schedules stored at once: each one fires on its own, so it bounds one user's share of the firing.
     max_schedules: int = 100
     # ClearHistory deletes and announces finished tasks this many per transaction (not a per-user limit: it
@@ -47,15 +54,21 @@ class UserLimits:
             raise ConfigError(f"{env_name('submit_burst')} must be at least 1 when a submission rate is set")
         if not math.isfinite(self.slot_share) or self.slot_share <= 0:
             raise ConfigError(f"{env_name('slot_share')} must be a positive number (1 or more: no cap)")
+        if not math.isfinite(self.fair_headroom_share) or self.fair_headroom_share < 0:
+            raise ConfigError(f"{env_name('fair_headroom_share')} must be a finite number, not negative")
 
-    def slots_per_user(self, live_slots: int) -> int | None:
+    def slots_per_user(self, live_slots: int, demands: Sequence[int] = ()) -> int | None:
         """The most slots one user's tasks may hold in a pool of live_slots; None when there is no cap.
 
-        At least one, so a user is never left with nothing to run, even in a pool of one slot.
+        demands: the active (queued or running) tasks of each owner that has some. The cap is the slot share's
+        ceiling, lowered to the max-min fair level plus the headroom when fair sharing is on. At least one, so
+        a user is never left with nothing to run, even in a pool of one slot.
         """
-        if self.slot_share >= 1:
-            return None
-        return max(1, math.floor(self.slot_share * live_slots))
+        ceiling = None if self.slot_share >= 1 else max(1, math.floor(self.slot_share * live_slots))
+        if not self.fair_share:
+            return ceiling
+        fair = fair_level(live_slots, demands) + math.ceil(self.fair_headroom_share * live_slots)
+        return max(1, fair if ceiling is None else min(ceiling, fair))
 
     @classmethod
     def unlimited(cls) -> UserLimits:
@@ -67,6 +80,7 @@ class UserLimits:
             submit_burst=0,
             max_watch_streams=0,
             slot_share=1,
+            fair_share=False,
             max_schedules=0,
         )
 
@@ -84,9 +98,24 @@ class UserLimits:
             submit_burst=env_int(env_name("submit_burst"), d.submit_burst, env),
             max_watch_streams=env_int(env_name("max_watch_streams"), d.max_watch_streams, env),
             slot_share=env_float(env_name("slot_share"), d.slot_share, env),
+            fair_share=env_bool(env_name("fair_share"), d.fair_share, env),
+            fair_headroom_share=env_float(env_name("fair_headroom_share"), d.fair_headroom_share, env),
             max_schedules=env_int(env_name("max_schedules"), d.max_schedules, env),
             clear_history_page=env_int(env_name("clear_history_page"), d.clear_history_page, env),
         )
+
+
+def fair_level(slots: int, demands: Sequence[int]) -> int:
+    """The max-min fair share of slots between owners wanting `demands` (water filling): owners wanting less
+    than an equal share keep what they want, the rest split what is left. All of the slots when every demand
+    fits, so a lone owner may use the whole pool."""
+    remaining, wanting = float(slots), sorted(d for d in demands if d > 0)
+    for index, demand in enumerate(wanting):
+        share = remaining / (len(wanting) - index)
+        if demand > share:
+            return math.ceil(share)
+        remaining -= demand
+    return slots
 
 
 def env_name(field: str) -> str:

@@ -91,7 +91,7 @@ USERS: dict[str, AclUser] = {
     WORKER: AclUser(
         name="rtask-worker",
         # The dispatch streams only: no events, feed, registry or channels.
-        key_patterns=(keys.dispatch_stream("*"),),
+        key_patterns=keys.DISPATCH_STREAM_PATTERNS,
         channel_patterns=(),
         commands=(
             *_CONNECTION,

@@ -123,7 +123,8 @@ def _without_bulk(row: Mapping[str, Any]) -> task_pb2.Task:
     if concurrency_key is not None:
         task.concurrency_key = concurrency_key
         task.concurrency_limit = row["concurrency_limit"]
-    task.wait_reason = row.get("wait_reason") or 0  # type: ignore[assignment]
+    if row["status"] == QUEUED:  # a reason left on a task that is no longer queued is not told
+        task.wait_reason = row.get("wait_reason") or 0  # type: ignore[assignment]
     task.workload.FromMilliseconds(row["workload_ms"])
     task.max_runtime.FromMilliseconds(row["max_runtime_ms"])
     _set_time(task.created_at, row["created_at"])

@@ -3,7 +3,8 @@
 A submission beyond its owner's cap is stored held (queued, unpublished). When one of the owner's dispatched
 tasks ends, the database releases the next held ones in the same statement and notifies RELEASED_CHANNEL
 (migration 0008); the sweeper listening here then publishes them at once. The cap itself follows the live
-pool: a share of the slots of the workers in the registry, written to PostgreSQL for the submit statements
+pool and the demand: a share of the slots of the workers in the registry, lowered to the max-min fair share
+between the owners with active tasks (services.core.limits), written to PostgreSQL for the submit statements
 and the releases to read; when it grows, or a release skipped a task being changed, the periodic release
 here lets the waiting tasks through. A held task is never lost: it is released at the latest by that sweep.
 """
@@ -30,7 +31,10 @@ RELEASE_OWNERS = 100
 async def refresh_cap(pool: asyncpg.Pool, redis: aioredis.Redis, limits: UserLimits) -> int | None:
     """Write the cap for the live pool as it is now (nothing when unchanged); returns it."""
     workers = await worker_registry.live_workers(redis)
-    cap = limits.slots_per_user(sum(w.slots for w in workers))
+    # One row per owner with active tasks. No index: it would make every counter update of a users row a
+    # non-HOT update, on the hot path, to spare a scan of the users table once a second.
+    demands = [r[0] for r in await pool.fetch("SELECT active_tasks FROM users WHERE active_tasks > 0")]
+    cap = limits.slots_per_user(sum(w.slots for w in workers), demands)
     await pool.execute("UPDATE slot_cap SET slots_per_user = $1 WHERE slots_per_user IS DISTINCT FROM $1", cap)
     return cap
 

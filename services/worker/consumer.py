@@ -1,8 +1,13 @@
 """The worker's side of the dispatch streams: read, reclaim, refresh and acknowledge entries.
 
-The worker consumes the stream of every kind it serves. Entries are named by their reference
-("<kind>:<entry id>", see services.core.dispatch), unique across streams. Every call is one round trip
-(pipelined where it touches several entries or streams).
+The worker consumes the streams of every kind it serves, one per priority level. Entries are named by
+their reference (see services.core.dispatch), unique across streams. Every call is one round trip (pipelined
+where it touches several entries or streams), except a read, which takes the levels in turn (below).
+
+Priority: a read takes the highest level first and goes down a level only while it has slots left, so
+under saturation urgent work starts first. Weighted so that no level starves: every AGING_EVERY_READS-th read
+takes one lower level first (the levels below the top take turns), so a level with work waiting gets the
+first pick at least once every AGING_EVERY_READS x 4 reads of each worker, however much urgent work arrives.
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ from services.core.dispatch import DispatchEntry, entry_ref, parse_entry, split_
 
 log = logging.getLogger(__name__)
 
-# XAUTOCLAIM calls per reclaim pass: each scans at most 10 * COUNT pending entries, so a pass is bounded.
+# XAUTOCLAIM calls per stream and reclaim pass: each scans at most 10 * COUNT pending entries, so a pass is
+# bounded.
 MAX_RECLAIM_CALLS = 4
 ZERO_ID = "0-0"
+# One read in this many gives a lower priority level the first pick (see the module's docstring).
+AGING_EVERY_READS = 8
 
 
 @dataclass(frozen=True)
@@ -54,25 +62,58 @@ class DispatchConsumer:
         self.redis = redis
         self.consumer = consumer
         self.kinds = sorted(set(kinds))
-        self._kind_of = {keys.dispatch_stream(kind): kind for kind in self.kinds}
+        # stream -> (kind, priority), the most urgent level first.
+        self._lane_of = {
+            keys.dispatch_stream(kind, priority): (kind, priority)
+            for priority in keys.PRIORITIES
+            for kind in self.kinds
+        }
+        self._streams_at = {p: [keys.dispatch_stream(kind, p) for kind in self.kinds] for p in keys.PRIORITIES}
         # Where the next XAUTOCLAIM pass continues in each stream, so passes walk every pending list.
-        self._reclaim_cursor = dict.fromkeys(self._kind_of, ZERO_ID)
+        self._reclaim_cursor = dict.fromkeys(self._lane_of, ZERO_ID)
+        self._reads = 0
+
+    def _levels(self) -> list[int]:
+        """The order in which this read takes the priority levels: highest first, except every
+        AGING_EVERY_READS-th read, where one lower level (taking turns) goes first."""
+        self._reads += 1
+        levels = list(keys.PRIORITIES)
+        turn, rest = divmod(self._reads, AGING_EVERY_READS)
+        if rest == 0:
+            lower = levels[1:]
+            first = lower[turn % len(lower)]
+            levels.remove(first)
+            levels.insert(0, first)
+        return levels
 
     async def read(self, count: int, block_ms: int) -> list[Delivery]:
-        """New entries for this consumer (at most count), waiting up to block_ms for the first.
+        """New entries for this consumer (at most count per kind), waiting up to block_ms for the first.
 
-        A batch lands in its stream in one command (services.core.dispatch), so a blocked read wakes with
-        all of it: a 50-replica submission goes to the scheduler in one work request, in one round trip.
+        The levels are read in priority order without blocking, each only while slots are left; when all are
+        empty, one read blocks on every stream. A batch lands in its stream in one command
+        (services.core.dispatch), so a blocked read wakes with all of it: a 50-replica submission goes to the
+        scheduler in one work request, in one round trip.
         """
-        reply: Any = await self.redis.xreadgroup(
-            keys.DISPATCH_GROUP, self.consumer, dict.fromkeys(self._kind_of, ">"), count=count, block=block_ms
-        )
-        return await self._accept([(_text(stream), entry) for stream, entries in reply or [] for entry in entries])
+        raw: list[tuple[str, Any]] = []
+        for level in self._levels():
+            wanted = count - len(raw)
+            if wanted <= 0:
+                break
+            reply: Any = await self.redis.xreadgroup(
+                keys.DISPATCH_GROUP, self.consumer, dict.fromkeys(self._streams_at[level], ">"), count=wanted
+            )
+            raw += [(_text(stream), entry) for stream, entries in reply or [] for entry in entries]
+        if not raw:
+            reply = await self.redis.xreadgroup(
+                keys.DISPATCH_GROUP, self.consumer, dict.fromkeys(self._lane_of, ">"), count=count, block=block_ms
+            )
+            raw = [(_text(stream), entry) for stream, entries in reply or [] for entry in entries]
+        return await self._accept(raw)
 
     async def reclaim(self, count: int, min_idle_ms: int) -> list[Delivery]:
         """Take over up to count entries idle for min_idle_ms: their worker stopped heartbeating."""
         raw: list[tuple[str, Any]] = []
-        for stream in self._kind_of:
+        for stream in self._lane_of:
             for _ in range(MAX_RECLAIM_CALLS):
                 if len(raw) >= count:
                     break
@@ -138,9 +179,10 @@ class DispatchConsumer:
         deliveries: list[Delivery] = []
         malformed: list[str] = []
         for stream, (entry_id_raw, fields) in raw:
-            ref = entry_ref(self._kind_of[stream], _text(entry_id_raw))
+            kind, priority = self._lane_of[stream]
+            ref = entry_ref(kind, _text(entry_id_raw), priority)
             try:
-                deliveries.append(Delivery(ref, parse_entry(fields), reclaimed))
+                deliveries.append(Delivery(ref, parse_entry(fields, priority), reclaimed))
             except (KeyError, TypeError, AttributeError, UnicodeDecodeError):
                 malformed.append(ref)
         if malformed:

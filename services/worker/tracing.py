@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from resilienttask.worker.v1 import worker_pb2
 from services.core import tracing
+from services.core.dispatch import parse_ref
 from services.worker.consumer import Delivery
 
 if TYPE_CHECKING:
@@ -31,8 +32,12 @@ MAX_OPEN_SPANS = 10_000
 
 
 def published_at_ns(entry_ref: str) -> int | None:
-    """When a stream entry was added: its id is "<milliseconds>-<sequence>" (the reference "<kind>:<id>")."""
-    millis, _, _ = entry_ref.rpartition(":")[2].partition("-")
+    """When a stream entry was added: its id is "<milliseconds>-<sequence>" (see dispatch.parse_ref)."""
+    try:
+        _, entry_id, _ = parse_ref(entry_ref)
+    except ValueError:
+        return None
+    millis, _, _ = entry_id.partition("-")
     return int(millis) * 1_000_000 if millis.isdigit() else None
 
 

@@ -46,6 +46,7 @@ class UserTasks:
         name: str = "test task",
         run_at: datetime | None = None,
         delay_s: float | None = None,
+        priority: int = 0,
     ) -> list[task_pb2.Task]:
         request = scheduler_pb2.SubmitTaskRequest(
             name=name,
@@ -54,6 +55,7 @@ class UserTasks:
             replicas=replicas,
             max_attempts=max_attempts,
             request_id=request_id or str(uuid.uuid4()),
+            priority=priority,
         )
         if max_runtime_s is not None:
             request.max_runtime.CopyFrom(duration(max_runtime_s))

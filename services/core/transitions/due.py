@@ -53,7 +53,8 @@ chosen AS (
     WHERE $2 = 0 OR ranked.active_tasks + ranked.n <= $2
 ),
 changed AS (
-    UPDATE tasks SET status = {QUEUED}, held = chosen.held, published = false, published_at = NULL,
+    UPDATE tasks SET status = {QUEUED}, held = chosen.held, wait_reason = chosen.held::int, published = false,
+        published_at = NULL,
         publish_after = CASE WHEN chosen.held THEN 'infinity'::timestamptz
                              ELSE now() + make_interval(secs => $3) END
     FROM chosen WHERE tasks.id = chosen.id

@@ -147,11 +147,12 @@ WITH admitted AS (SELECT {_ADMIT} AS dispatchable),
 inserted AS (
     INSERT INTO tasks (id, owner_id, name, kind, payload, status, max_attempts, request_id, batch_id,
                        replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held, schedule_id,
-                       trace_parent, priority, concurrency_key, concurrency_limit)
+                       trace_parent, priority, concurrency_key, concurrency_limit, wait_reason)
     SELECT t.id, $2, $3, $4, $5::jsonb, {QUEUED}, $6, $7, $8, t.idx, $9, $10, t.dispatch_id,
            CASE WHEN t.idx < admitted.dispatchable THEN now() + make_interval(secs => $11)
                 ELSE 'infinity'::timestamptz END,
-           t.idx >= admitted.dispatchable, $18::uuid, $19, $20, $21, $22
+           t.idx >= admitted.dispatchable, $18::uuid, $19, $20, $21, $22,
+           (t.idx >= admitted.dispatchable)::int  -- WAIT_REASON_SLOT_SHARE when held
     FROM unnest($1::uuid[], $12::int[], $13::uuid[]) AS t(id, idx, dispatch_id), admitted
     ON CONFLICT (owner_id, request_id, replica_index) DO NOTHING
     RETURNING {TASK_COLUMNS}, held, trace_parent
@@ -337,6 +338,7 @@ changed AS (
         attempt = 0, dead_lettered = false, error = '', progress = 0,
         result = NULL, started_at = NULL, finished_at = NULL, worker_id = '', dispatch_id = $3,
         published = false, published_at = NULL, held = NOT timing.delayed AND admitted.dispatchable < 1,
+        wait_reason = (NOT timing.delayed AND admitted.dispatchable < 1)::int,
         run_at = CASE WHEN timing.delayed THEN timing.run_at END,
         publish_after = CASE WHEN timing.delayed OR admitted.dispatchable < 1 THEN 'infinity'::timestamptz
                              ELSE now() + make_interval(secs => $4) END
