@@ -234,7 +234,7 @@ const concurrencyKey: Column = {
   create() {
     // The key on one line, its limit under it, like the task cell's name and meta.
     const name = h("span", { class: "key-name" });
-    const limit = h("span", { class: "task-meta key-limit" });
+    const limit = h("span", { class: "key-limit" });
     const el = cell("key", "key-cell");
     el.append(name, limit);
     return {
