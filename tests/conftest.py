@@ -105,9 +105,11 @@ def stack(stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pyt
             **OPEN_LOGIN_ENV,
             # A kind with a large result (tests/integration/test_small_events.py), one that reports what a
             # handler process can see (tests/integration/test_worker_identity.py), and one that reports when it
-            # started (tests/integration/test_delayed.py).
+            # started (tests/integration/test_delayed.py), and those recording their own runs
+            # (tests/integration/test_kind_controls.py).
             "RTASK_WORKER_IMPORTS": (
-                "tests.integration.bulky_handler,tests.integration.probe_handler,tests.integration.clock_handler"
+                "tests.integration.bulky_handler,tests.integration.probe_handler,tests.integration.clock_handler,"
+                "tests.integration.gated_handler"
             ),
         },
         auth_limits=OPEN_AUTH_LIMITS,  # the whole session is one client address (tests/limits.py)

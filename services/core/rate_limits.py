@@ -5,6 +5,12 @@ window keeps every start of the last period in a sorted set, so no window of tha
 the limit. One script call per start batch and kind takes what the window has room for, atomically, on Redis's
 clock (one clock for every scheduler). A start whose token was taken but whose database start then failed
 keeps its token until the period ends: that only makes the limit stricter.
+
+The window is kept WINDOW_MARGIN_MS longer than the period. A token is taken inside the start's transaction;
+the handler begins once the commit, the change events and the reply have reached its worker: 26 to 105 ms
+later on a loaded 2-core machine, varying from batch to batch. The margin keeps the handlers' own start times,
+not only the grants, within the limit; it costs a limit of N per second about an eighth of its rate (N start
+in every 1.15 s) and is nothing for periods of minutes.
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ return {granted, room, wait}
 """
 
 
+WINDOW_MARGIN_MS = 150
+
+
 @dataclass(frozen=True)
 class RateLimit:
     starts: int
@@ -73,6 +82,7 @@ async def take(redis: aioredis.Redis, wanted: Sequence[tuple[str, int, RateLimit
         return []
     async with redis.pipeline(transaction=False) as pipe:
         for kind, n, limit in wanted:
-            pipe.eval(_TAKE, 2, keys.rate_window(kind), keys.rate_sequence(kind), n, limit.starts, limit.period_ms)
+            window_ms = limit.period_ms + WINDOW_MARGIN_MS
+            pipe.eval(_TAKE, 2, keys.rate_window(kind), keys.rate_sequence(kind), n, limit.starts, window_ms)
         replies = await pipe.execute()
     return [Taken(int(r[0]), int(r[1]), int(r[2])) for r in replies]
