@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: up wipe test lint check-generated gen pytest chaos chaos-ci clean web gen-web check-web e2e-deps bench bench-quick bench-checks bench-scheduling bench-observability deploy-deps
+.PHONY: up wipe test lint check-generated gen pytest chaos chaos-ci clean web gen-web check-web e2e-deps bench bench-quick bench-checks bench-scheduling bench-observability bench-fairness deploy-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -95,6 +95,12 @@ bench: $(VENV)/.bench-installed
 	$(PY) -m bench.run --doc docs/benchmarks.md $(ARGS)
 	$(PY) -m bench.scheduling --doc docs/benchmarks-scheduling.md
 	$(PY) -m bench.observability_ab --doc docs/observability-cost.md
+	$(PY) -m bench.fairness --doc docs/benchmarks-fairness.md
+
+# Fair sharing alone (about five minutes): another user's start while one floods, and what priorities and the
+# fair share cost the drain (on against off, alternated), into docs/benchmarks-fairness.md.
+bench-fairness: $(VENV)/.bench-installed
+	$(PY) -m bench.fairness --doc docs/benchmarks-fairness.md $(ARGS)
 
 # Delayed tasks alone (a few minutes): due-time precision and the 10,000-due burst, into docs/benchmarks-scheduling.md.
 bench-scheduling: $(VENV)/.bench-installed

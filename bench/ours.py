@@ -125,7 +125,7 @@ class OurBench:
         return self._redis_access
 
     @contextmanager
-    def stack(self, workers: int, slots: int, schedulers: int = 1) -> Iterator[Stack]:
+    def stack(self, workers: int, slots: int, schedulers: int = 1, limits: UserLimits | None = None) -> Iterator[Stack]:
         data_dir = self.servers.data_dir / f"stack-{uuid.uuid4().hex[:6]}"
         config = StackConfig(
             data_dir=data_dir,
@@ -140,8 +140,8 @@ class OurBench:
             redis_access=self.redis_access(),
             bcrypt_cost=4,
             dashboard_dir=None,
-            # One user's throughput on purpose: every per-user limit off (docs/limits.md).
-            limits=UserLimits.unlimited(),
+            # One user's throughput on purpose: every per-user limit off (docs/limits.md), unless told otherwise.
+            limits=limits or UserLimits.unlimited(),
             metrics=metrics_on(),
             # The watch scenario signs up WATCH_USERS + 1 users at once from one address: more than the
             # default per-address signup burst (5). Logins keep their defaults.
