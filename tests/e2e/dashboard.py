@@ -199,7 +199,7 @@ async def serious_violations(page: Page) -> list[dict[str, object]]:
     return await page.evaluate(
         """async () => (await axe.run(document, { resultTypes: ['violations'] })).violations
              .filter((v) => v.impact === 'serious' || v.impact === 'critical')
-             .map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map((n) => n.target.join(' ')) }))"""
+             .map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.map((n) => n.target.join(' ')) }))"""
     )
 
 

@@ -22,6 +22,7 @@ from tests.e2e.dashboard import (
     expect_live,
     open_view,
     rows,
+    serious_violations,
     session_token,
     sign_up,
     submit,
@@ -139,6 +140,7 @@ async def test_an_operator_pauses_a_kind_and_its_new_task_waits_until_resumed(pa
             await expect(switch).to_have_attribute("aria-checked", "true")
             await expect(row.locator(".switch-state")).to_contain_text("Paused since")
             await expect(switch).to_be_focused()
+            assert await serious_violations(page) == []
 
             await open_view(page, "Tasks")
             await submit(page, "after-pause", kind=PAUSED_KIND, workload_s="0.2")
@@ -169,7 +171,7 @@ async def test_an_operator_sets_edits_and_clears_a_rate_limit(page: Page, stack:
     async with operator_api(stack, page) as (operators, metadata):
         try:
             await expect(row.locator(".rate-text")).to_have_text("none")
-            await page.get_by_role("button", name=f"Edit rate limit of {LIMITED_KIND}").click()
+            await page.get_by_role("button", name=f"Set rate limit of {LIMITED_KIND}").click()
             form = page.get_by_role("form", name=f"Rate limit of {LIMITED_KIND}")
             await form.get_by_label("Starts").fill("0")
             await form.get_by_role("button", name="Save").click()

@@ -197,7 +197,9 @@ export class OperatorView {
   private showRate(row: KindRow): void {
     const { kind, rateLimit } = row.control;
     row.editing = false;
-    const edit = h("button", { type: "button", class: "btn small", "aria-label": `Edit rate limit of ${kind}` }, rateLimit ? "Edit" : "Set");
+    // Each button's accessible name starts with its visible text and names the kind it acts on.
+    const verb = rateLimit ? "Edit" : "Set";
+    const edit = h("button", { type: "button", class: "btn small", "aria-label": `${verb} rate limit of ${kind}` }, verb);
     edit.addEventListener("click", () => this.editRate(row));
     const clear = rateLimit ? h("button", { type: "button", class: "btn small danger-outline", "aria-label": `Clear rate limit of ${kind}` }, "Clear") : null;
     clear?.addEventListener("click", () => void this.clearRate(row));
