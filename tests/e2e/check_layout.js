@@ -38,3 +38,4 @@
   if (overflow > 0) problems.push(`the page scrolls sideways by ${overflow}px`);
   return { problems, checked };
 
+}
