@@ -60,6 +60,8 @@ QUICK = Sizes(workers=2, slots=5, flood=500, runtime_s=0.5, idle_probes=10, prob
 
 FAIR = dataclasses.replace(UserLimits.unlimited(), fair_share=True)  # fair share, no fixed slot share
 OFF = UserLimits.unlimited()
+# What a deployment had before fair sharing, with the count limits off: the fixed half of the pool per user.
+FIXED_HALF = dataclasses.replace(UserLimits.unlimited(), slot_share=UserLimits().slot_share)
 PROBE_GAP_S = 0.25
 
 
@@ -126,7 +128,9 @@ SIDES: dict[str, tuple[bool, UserLimits]] = {
     "off": (False, OFF),
     "priorities": (True, OFF),
     "fair": (False, FAIR),
+    "fixed half": (False, FIXED_HALF),
 }
+PARTS = ("priorities", "fair", "fixed half")
 
 
 async def drain(ours: OurBench, sizes: Sizes, side: str) -> float:
@@ -167,7 +171,9 @@ async def measure(
             print("off:", results["off"], flush=True)
         cost: dict[str, list[float]] = {side: [] for side in sides}
         for index in range(rounds):
-            for side in sides if index % 2 == 0 else tuple(reversed(sides)):
+            # The A/B every round, alternated; the parts (when asked for) once, in the first round.
+            this_round = sides if index == 0 else ("on", "off")
+            for side in this_round if index % 2 == 0 else tuple(reversed(this_round)):
                 cost[side].append(await drain(ours, sizes, side))
                 print(f"-- round {index + 1}, {side}: {cost[side][-1]} tasks/s", flush=True)
         results["cost"] = cost
@@ -227,9 +233,22 @@ def document(meta: dict[str, Any], results: dict[str, Any]) -> str:
             "| --- | --- | --- | --- | --- | --- |",
             f"| no-op drain (tasks/s) | {on_median:g} | {off_median:g} | {on_median / off_median:.2f} | "
             f"{', '.join(f'{v:g}' for v in cost['on'])} | {', '.join(f'{v:g}' for v in cost['off'])} |",
+            *(
+                f"| … {side} alone (one round; {PART_NOTES[side]}) | {cost[side][0]:g} | | "
+                f"{cost[side][0] / off_median:.2f} | | |"
+                for side in PARTS
+                if cost.get(side)
+            ),
             "",
         ]
     )
+
+
+PART_NOTES = {
+    "priorities": "every level used, no cap",
+    "fair": "fair share, default priority",
+    "fixed half": "the shipped default before fair sharing: half the pool per user, held beyond it",
+}
 
 
 def main() -> int:
@@ -254,7 +273,7 @@ def main() -> int:
     try:
         with stores(data_dir, log_dir) as (database_url, redis_url):
             servers = Servers(database_url, f"{redis_url}/0", f"{redis_url}/{STAMPS_DB}", data_dir)
-            sides = ("on", "off", "priorities", "fair") if args.parts else ("on", "off")
+            sides = ("on", "off", *PARTS) if args.parts else ("on", "off")
             results = asyncio.run(measure(servers, log_dir, sizes, args.rounds, sides, not args.drain_only))
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -35,7 +35,7 @@ class UserLimits:
     fair_share: bool = True
     # Added to the fair level, as a share of the live slots: work queued in the streams ahead of the free slots,
     # so workers never wait for a release to travel (at the price of that much FIFO order between owners).
-    fair_headroom_share: float = 0.25
+    fair_headroom_share: float = 0.5
     # Recurring schedules stored at once: each one fires on its own, so it bounds one user's share of the firing.
     max_schedules: int = 100
     # ClearHistory deletes and announces finished tasks this many per transaction (not a per-user limit: it
