@@ -54,9 +54,15 @@ async def submit(
     max_runtime_s: str = "",
     max_attempts: int = 3,
     start_after_s: str = "",
+    priority: int = 3,
+    concurrency_key: str = "",
+    concurrency_limit: str = "",
 ) -> None:
     # The form's own fields: the task list's filters have a Kind too.
     form = page.get_by_role("form", name="New task")
+    await form.get_by_label("Priority").select_option(str(priority))
+    await form.get_by_label("Concurrency key").fill(concurrency_key)
+    await form.get_by_label("Concurrency limit").fill(concurrency_limit)
     await form.get_by_label("Name").fill(name)
     await form.get_by_label("Kind").select_option(kind)
     await form.get_by_label("Workload (s)").fill(workload_s)

@@ -3,6 +3,7 @@
 import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { AuthService } from "./gen/resilienttask/v1/auth_pb";
+import { OperatorService } from "./gen/resilienttask/v1/operator_pb";
 import { ScheduleService } from "./gen/resilienttask/v1/schedule_pb";
 import { SchedulerService } from "./gen/resilienttask/v1/scheduler_pb";
 
@@ -12,11 +13,13 @@ export const UNARY_TIMEOUT_MS = 15_000;
 export type SchedulerClient = Client<typeof SchedulerService>;
 export type AuthClient = Client<typeof AuthService>;
 export type ScheduleClient = Client<typeof ScheduleService>;
+export type OperatorClient = Client<typeof OperatorService>;
 
 export interface Api {
   auth: AuthClient;
   scheduler: SchedulerClient;
   schedules: ScheduleClient;
+  operator: OperatorClient;
 }
 
 /**
@@ -30,7 +33,9 @@ export function createApi(token: () => string | null, onUnauthenticated: () => v
     try {
       return await next(req);
     } catch (err) {
-      if (value && isUnauthenticated(err)) onUnauthenticated();
+      // OperatorService answers PERMISSION_DENIED to a signed-in user who is not an operator: not a session's end.
+      const ended = req.service.typeName === OperatorService.typeName ? isExpired(err) : isUnauthenticated(err);
+      if (value && ended) onUnauthenticated();
       throw err;
     }
   };
@@ -39,12 +44,22 @@ export function createApi(token: () => string | null, onUnauthenticated: () => v
     auth: createClient(AuthService, transport),
     scheduler: createClient(SchedulerService, transport),
     schedules: createClient(ScheduleService, transport),
+    operator: createClient(OperatorService, transport),
   };
 }
 
 export function isUnauthenticated(err: unknown): boolean {
   const code = ConnectError.from(err).code;
   return code === Code.Unauthenticated || code === Code.PermissionDenied;
+}
+
+function isExpired(err: unknown): boolean {
+  return ConnectError.from(err).code === Code.Unauthenticated;
+}
+
+/** The operator calls' answer to a user without the operator role. */
+export function isNotOperator(err: unknown): boolean {
+  return ConnectError.from(err).code === Code.PermissionDenied;
 }
 
 export interface Refusal {

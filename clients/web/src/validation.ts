@@ -13,6 +13,11 @@ export const MAX_ATTEMPTS = 10;
 /** How far ahead a task may be delayed, and how far in the past a start time may lie (it then starts now). */
 export const MAX_DELAY_MS = 366 * 24 * 3600 * 1000;
 export const RUN_AT_GRACE_MS = 60 * 1000;
+export const MIN_PRIORITY = 1;
+export const MAX_PRIORITY = 5;
+export const DEFAULT_PRIORITY = 3;
+export const MAX_CONCURRENCY_KEY_CHARS = 128;
+export const MAX_CONCURRENCY_LIMIT = 1000;
 
 /** What the form holds, as typed. Durations are in seconds, decimals allowed. */
 export interface TaskForm {
@@ -25,9 +30,25 @@ export interface TaskForm {
   /** Optional start: a local date and time (as an <input type="datetime-local"> gives it), or a delay. */
   startAt?: string;
   startAfterS?: string;
+  /** 1 (lowest) to 5 (most urgent); empty means the default, 3. */
+  priority?: string;
+  /** Optional: at most `concurrencyLimit` of the user's tasks with this key run at once. */
+  concurrencyKey?: string;
+  concurrencyLimit?: string;
 }
 
-export type Field = "name" | "kind" | "workload" | "max_runtime" | "replicas" | "max_attempts" | "run_at" | "delay";
+export type Field =
+  | "name"
+  | "kind"
+  | "workload"
+  | "max_runtime"
+  | "replicas"
+  | "max_attempts"
+  | "run_at"
+  | "delay"
+  | "priority"
+  | "concurrency_key"
+  | "concurrency_limit";
 export type FieldErrors = Partial<Record<Field, string>>;
 export type SubmitInit = MessageInitShape<typeof SubmitTaskRequestSchema>;
 
@@ -37,6 +58,13 @@ const PY_STRIP = new RegExp(`^[${PY_SPACE}]+|[${PY_SPACE}]+$`, "gu");
 
 export function pythonStrip(value: string): string {
   return value.replace(PY_STRIP, "");
+}
+
+// Python's str.isprintable() is false for the Unicode "Other" and "Separator" categories, except the ASCII space.
+const PY_UNPRINTABLE = /(?! )[\p{C}\p{Z}]/u;
+
+export function pythonPrintable(value: string): boolean {
+  return !PY_UNPRINTABLE.test(value);
 }
 
 /** Characters as Python counts them (code points, not UTF-16 units). */
@@ -73,6 +101,35 @@ export function localTimeMs(text: string): number | null {
 }
 
 type Start = SubmitInit["start"];
+
+interface Fairness {
+  priority: number;
+  concurrencyKey: string;
+  concurrencyLimit: number;
+}
+
+/** Priority, concurrency key and its limit, checked as the server checks them (the key is trimmed first). */
+function validateFairness(form: TaskForm, errors: FieldErrors): Fairness {
+  const priorityText = (form.priority ?? "").trim();
+  const priority = priorityText === "" ? DEFAULT_PRIORITY : wholeNumber(priorityText);
+  if (priority === null || priority < MIN_PRIORITY || priority > MAX_PRIORITY) {
+    errors.priority = `must be between ${MIN_PRIORITY} and ${MAX_PRIORITY}`;
+  }
+  const key = pythonStrip(form.concurrencyKey ?? "");
+  const limitText = (form.concurrencyLimit ?? "").trim();
+  const limit = limitText === "" ? 0 : wholeNumber(limitText);
+  if (!key) {
+    if (limit !== 0) errors.concurrency_limit = "needs a concurrency key (leave it empty without one)";
+  } else {
+    if (charCount(key) > MAX_CONCURRENCY_KEY_CHARS || !pythonPrintable(key)) {
+      errors.concurrency_key = `must be at most ${MAX_CONCURRENCY_KEY_CHARS} printable characters`;
+    }
+    if (limit === null || limit < 1 || limit > MAX_CONCURRENCY_LIMIT) {
+      errors.concurrency_limit = `must be between 1 and ${MAX_CONCURRENCY_LIMIT} with a concurrency key`;
+    }
+  }
+  return { priority: priority ?? DEFAULT_PRIORITY, concurrencyKey: key, concurrencyLimit: key ? (limit ?? 0) : 0 };
+}
 
 /** The optional start (at a time, or after a delay), checked as the server checks it. */
 function validateStart(form: TaskForm, errors: FieldErrors, now: number): Start {
@@ -135,6 +192,7 @@ export function validateTask(
     errors.max_attempts = `must be between 1 and ${MAX_ATTEMPTS}`;
   }
   const start = validateStart(form, errors, now);
+  const fairness = validateFairness(form, errors);
   if (Object.keys(errors).length > 0 || !workload || replicas === null || maxAttempts === null) return { errors };
   return {
     request: {
@@ -146,6 +204,7 @@ export function validateTask(
       maxAttempts,
       requestId,
       start,
+      ...fairness,
     },
   };
 }

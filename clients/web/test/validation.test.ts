@@ -73,3 +73,39 @@ test("a start is a local time or a delay, bounded as the server bounds it", () =
   assert.deepEqual(refused("", "-5"), { delay: "must be a number of seconds, not negative" });
   assert.deepEqual(refused("", String(367 * 86400)), { delay: "must be at most 366 days" });
 });
+
+test("priority defaults to 3 and is bounded 1 to 5, as the server bounds it", () => {
+  const plain = validateTask(VALID, KINDS, "r");
+  assert.ok("request" in plain);
+  assert.equal(plain.request.priority, 3);
+  assert.equal(plain.request.concurrencyKey, "");
+  assert.equal(plain.request.concurrencyLimit, 0);
+  const urgent = validateTask({ ...VALID, priority: "5" }, KINDS, "r");
+  assert.ok("request" in urgent && urgent.request.priority === 5);
+  for (const priority of ["0", "6", "2.5", "high"]) {
+    assert.deepEqual(errors({ priority }), { priority: "must be between 1 and 5" }, priority);
+  }
+});
+
+test("a concurrency key needs a limit of 1 to 1000, and a limit needs a key", () => {
+  const keyed = validateTask({ ...VALID, concurrencyKey: " customer-7 ", concurrencyLimit: "2" }, KINDS, "r");
+  assert.ok("request" in keyed);
+  assert.equal(keyed.request.concurrencyKey, "customer-7");
+  assert.equal(keyed.request.concurrencyLimit, 2);
+  assert.deepEqual(errors({ concurrencyKey: "k", concurrencyLimit: "" }), {
+    concurrency_limit: "must be between 1 and 1000 with a concurrency key",
+  });
+  assert.deepEqual(errors({ concurrencyKey: "k", concurrencyLimit: "1001" }), {
+    concurrency_limit: "must be between 1 and 1000 with a concurrency key",
+  });
+  assert.deepEqual(errors({ concurrencyKey: "k", concurrencyLimit: "1000" }), {});
+  assert.deepEqual(errors({ concurrencyKey: "  ", concurrencyLimit: "3" }), {
+    concurrency_limit: "needs a concurrency key (leave it empty without one)",
+  });
+  const tooLong = { concurrency_key: "must be at most 128 printable characters" };
+  assert.deepEqual(errors({ concurrencyKey: "😀".repeat(128), concurrencyLimit: "1" }), {});
+  assert.deepEqual(errors({ concurrencyKey: "k".repeat(129), concurrencyLimit: "1" }), tooLong);
+  assert.deepEqual(errors({ concurrencyKey: "a\u200bb", concurrencyLimit: "1" }), tooLong, "a format character");
+  assert.deepEqual(errors({ concurrencyKey: "a b", concurrencyLimit: "1" }), {}, "the ASCII space is printable");
+  assert.deepEqual(errors({ concurrencyKey: "a\u00a0b", concurrencyLimit: "1" }), tooLong, "other spaces are not");
+});

@@ -4,6 +4,7 @@
 
 import { h } from "../dom";
 import { type Row, isActive, isFinished } from "../feed";
+import { concurrencyText, priorityText, waitBadge } from "../fairness";
 import { STATUS_LABELS, duration, ms, statusName, timeOfDay, until } from "../format";
 import { TaskStatus } from "../gen/resilienttask/v1/task_pb";
 
@@ -172,8 +173,10 @@ const status: Column = {
   stacked: true,
   create() {
     const badge = h("span", { class: "badge" });
+    // What a queued task waits for beyond a free worker (a paused kind, a rate limit, its key, its share).
+    const wait = h("span", { class: "wait-badge" });
     const el = cell("status", "status");
-    el.append(badge);
+    el.append(badge, wait);
     return {
       el,
       fill({ row }) {
@@ -181,6 +184,11 @@ const status: Column = {
         const label = pending ? (pending.failure ? "Refused" : "Pending") : STATUS_LABELS[t?.status ?? TaskStatus.UNSPECIFIED];
         setText(badge, label);
         badge.className = `badge badge-${state(row).toLowerCase()}`;
+        const waiting = t ? waitBadge(t) : null;
+        wait.hidden = waiting === null;
+        setText(wait, waiting?.text ?? "");
+        wait.title = waiting?.detail ?? "";
+        wait.dataset.wait = waiting?.reason ?? "";
       },
     };
   },
@@ -209,6 +217,33 @@ const progress: Column = {
         bar.setAttribute("aria-label", `Progress of ${title}`);
         bar.classList.toggle("live", t !== undefined && isActive(t.status));
         setText(percent, t ? `${value}%` : "");
+      },
+    };
+  },
+};
+
+const priority = textColumn("priority", "Priority", "70px", 70, 4.5, ({ row: { task: t } }) => (t ? priorityText(t) : "—"));
+
+const concurrencyKey: Column = {
+  id: "key",
+  header: "Key",
+  track: "minmax(90px, 0.9fr)",
+  minPx: 90,
+  keep: 3.5,
+  stacked: false,
+  create() {
+    // The key on one line, its limit under it, like the task cell's name and meta.
+    const name = h("span", { class: "key-name" });
+    const limit = h("span", { class: "key-limit" });
+    const el = cell("key", "key-cell");
+    el.append(name, limit);
+    return {
+      el,
+      fill({ row: { task: t } }) {
+        const keyed = t !== undefined && t.concurrencyKey !== "";
+        setText(name, keyed ? t.concurrencyKey : "—");
+        setText(limit, keyed ? `max ${t.concurrencyLimit}` : "");
+        el.title = keyed ? concurrencyText(t) : "";
       },
     };
   },
@@ -278,7 +313,7 @@ const actions: Column = {
 };
 
 /** The columns, left to right. */
-export const COLUMNS: readonly Column[] = [select, task, status, progress, attempt, worker, elapsed, created, actions];
+export const COLUMNS: readonly Column[] = [select, task, status, progress, priority, concurrencyKey, attempt, worker, elapsed, created, actions];
 
 /** The row's state name (RUNNING, PENDING, REFUSED, ...): the row's data-status, a hook for styles and tests. */
 export const rowState = state;

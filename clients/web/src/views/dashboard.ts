@@ -20,6 +20,7 @@ import { SchedulesView } from "./schedules";
 import { BulkActions } from "./bulk";
 import { FilterBar } from "./filters";
 import { SubmitForm } from "./submit";
+import { type OperatorAccess, OperatorView } from "./operator";
 import { type TaskAction, TaskPage } from "./task-page";
 import { type Action, TaskTable } from "./table";
 
@@ -311,23 +312,39 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
   );
   // Only the chosen view is in the page, so each form's labels stay unique.
   const views = h("div", { class: "view" }, tasksView);
-  const tabs = (["Tasks", "Schedules"] as const).map((label) =>
+  const tabs = (["Tasks", "Schedules", "Operator"] as const).map((label) =>
     h("button", { type: "button", class: "tab", "data-view": label.toLowerCase(), "aria-pressed": label === "Tasks" ? "true" : "false" }, label),
   );
-  const nav = h("nav", { class: "tabs", "aria-label": "Views" }, ...tabs);
-  nav.addEventListener("click", (event) => {
-    const chosen = (event.target as Element).closest<HTMLButtonElement>("button[data-view]");
-    if (!chosen) return;
+  const operatorTab = tabs[2];
+  // The operator's view is offered only once the server has answered this user as an operator.
+  operatorTab.hidden = true;
+  const nav = h("nav", { class: "tabs", "aria-label": "Views", "data-operator": "checking" }, ...tabs);
+  const choose = (chosen: HTMLButtonElement): void => {
     for (const tab of tabs) tab.setAttribute("aria-pressed", String(tab === chosen));
-    if (chosen.dataset.view === "schedules") {
+    const view = chosen.dataset.view;
+    if (view !== "schedules") schedules.hide();
+    if (view !== "operator") operator.hide();
+    if (view === "schedules") {
       views.replaceChildren(schedules.element);
       schedules.show();
+    } else if (view === "operator") {
+      views.replaceChildren(operator.element);
+      operator.show();
     } else {
-      schedules.hide();
       views.replaceChildren(tasksView);
       render();
     }
+  };
+  nav.addEventListener("click", (event) => {
+    const chosen = (event.target as Element).closest<HTMLButtonElement>("button[data-view]");
+    if (chosen) choose(chosen);
   });
+  const operator = new OperatorView(api.operator, (access: OperatorAccess) => {
+    nav.dataset.operator = access;
+    operatorTab.hidden = access !== "operator";
+    if (operatorTab.hidden && operatorTab.getAttribute("aria-pressed") === "true") choose(tabs[0]);
+  });
+  operator.probe();
 
   const element = h(
     "div",
@@ -454,6 +471,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
       filters.dispose();
       watch.stop();
       schedules.dispose();
+      operator.dispose();
       unsubscribe();
       clearInterval(ticker);
       clearTimeout(expiry);

@@ -4,10 +4,15 @@
 import type { Refusal } from "../api";
 import { announce, h } from "../dom";
 import {
+  DEFAULT_PRIORITY,
   type Field,
   type FieldErrors,
   MAX_ATTEMPTS,
+  MAX_CONCURRENCY_KEY_CHARS,
+  MAX_CONCURRENCY_LIMIT,
+  MAX_PRIORITY,
   MAX_REPLICAS,
+  MIN_PRIORITY,
   type SubmitInit,
   type TaskForm,
   newRequestId,
@@ -24,7 +29,21 @@ const NOUNS: Record<Field, string> = {
   max_attempts: "Max attempts",
   run_at: "Start time",
   delay: "Start delay",
+  priority: "Priority",
+  concurrency_key: "Concurrency key",
+  concurrency_limit: "Concurrency limit",
 };
+
+const PRIORITY_WORDS: Record<number, string> = { [MIN_PRIORITY]: " (lowest)", [DEFAULT_PRIORITY]: " (default)", [MAX_PRIORITY]: " (most urgent)" };
+
+function prioritySelect(): HTMLSelectElement {
+  const levels = Array.from({ length: MAX_PRIORITY - MIN_PRIORITY + 1 }, (_, i) => MIN_PRIORITY + i);
+  return h(
+    "select",
+    { id: "task-priority", name: "priority" },
+    ...levels.map((p) => h("option", { value: String(p), selected: p === DEFAULT_PRIORITY }, `${p}${PRIORITY_WORDS[p] ?? ""}`)),
+  );
+}
 
 interface FieldSpec {
   field: Field;
@@ -73,6 +92,24 @@ export class SubmitForm {
         label: "Max attempts",
         hint: `1 to ${MAX_ATTEMPTS}.`,
         control: input("task-max-attempts", "3", { inputmode: "numeric" }),
+      },
+      {
+        field: "priority",
+        label: "Priority",
+        hint: "When workers are busy, higher priorities start first; waiting work gains priority with age.",
+        control: prioritySelect(),
+      },
+      {
+        field: "concurrency_key",
+        label: "Concurrency key",
+        hint: `Optional, up to ${MAX_CONCURRENCY_KEY_CHARS} characters.`,
+        control: input("task-concurrency-key", "", { spellcheck: "false", placeholder: "none" }),
+      },
+      {
+        field: "concurrency_limit",
+        label: "Concurrency limit",
+        hint: `Running at once per key, 1 to ${MAX_CONCURRENCY_LIMIT}.`,
+        control: input("task-concurrency-limit", "", { inputmode: "numeric" }),
       },
       {
         field: "run_at",
@@ -139,6 +176,9 @@ export class SubmitForm {
       maxAttempts: c.max_attempts.value,
       startAt: c.run_at.value,
       startAfterS: c.delay.value,
+      priority: c.priority.value,
+      concurrencyKey: c.concurrency_key.value,
+      concurrencyLimit: c.concurrency_limit.value,
     };
   }
 
