@@ -135,7 +135,6 @@ async def test_one_trace_follows_a_task_from_the_clients_traceparent_through_eve
         "task.start": 1,
         "task.handler": 1,
         "task.finish": 1,
-        "task.events": 2,
     }
     spans = await spans_of(traced.receiver, trace_id, wanted)
     by_id = {s.span_id: s for s in spans}
@@ -155,14 +154,16 @@ async def test_one_trace_follows_a_task_from_the_clients_traceparent_through_eve
     assert handler.parent_span_id == attempt.span_id
     assert wait.attribute("task.id") == task.id and attempt.attribute("task.outcome") == "succeeded"
     assert wait.span.start_time_unix_nano <= wait.span.end_time_unix_nano <= handler.span.start_time_unix_nano
-    # The scheduler: start and finish under the worker's attempt, each with its change-event push.
+    # The scheduler: start and finish under the worker's attempt, each from its batch's start to its change-event
+    # push, which follows the commit (an event).
     (start,) = named(spans, "task.start")
     (finish,) = named(spans, "task.finish")
     assert {start.service, finish.service} == {SCHEDULER}
     assert start.parent_span_id == attempt.span_id and finish.parent_span_id == attempt.span_id
     assert start.attribute("task.decision") == "run" and finish.attribute("task.accepted") is True
-    pushes = named(spans, "task.events")
-    assert {by_id[p.parent_span_id].name for p in pushes} == {"task.start", "task.finish"}
+    for transition in (start, finish):
+        (committed,) = [e for e in transition.span.events if e.name == "committed"]
+        assert transition.span.start_time_unix_nano <= committed.time_unix_nano <= transition.span.end_time_unix_nano
     assert start.span.end_time_unix_nano <= handler.span.start_time_unix_nano
     assert handler.span.end_time_unix_nano <= finish.span.start_time_unix_nano
     # Every span is in the client's trace and hangs from a span of it.
