@@ -3,7 +3,8 @@
 Off (no OTEL_EXPORTER_OTLP_ENDPOINT): nothing of tracing is imported or set up (no tracer provider, no
 exporter, no export thread), and every helper here returns at once. On: a TracerProvider built by the SDK from the
 standard OTEL_* variables (sampler and its ratio, batch processor delays, exporter endpoint and headers), a
-resource naming the service and its instance, and spans exported over OTLP gRPC.
+resource naming the service and its instance, and spans exported over OTLP gRPC (the SDK's exporter with a
+leaner encoder: services.core.span_encoding).
 
 Between our own processes the trace context travels as a W3C `traceparent` string only (never `tracestate`,
 whose size a client chooses): in the dispatch entry, the tasks row and the worker protocol. Such a string is
@@ -101,12 +102,13 @@ def configure(config: TracingConfig, env: Mapping[str, str] | None = None) -> No
     if not config.enabled or _tracer is not None:
         return
     from opentelemetry import propagate, trace
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    from services.core.span_encoding import SpanExporter
 
     env = os.environ if env is None else env
     # The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based, always on).
@@ -115,7 +117,7 @@ def configure(config: TracingConfig, env: Mapping[str, str] | None = None) -> No
     )
     # None: the SDK reads OTEL_BSP_MAX_EXPORT_BATCH_SIZE / OTEL_BSP_MAX_QUEUE_SIZE itself.
     processor = BatchSpanProcessor(
-        OTLPSpanExporter(),
+        SpanExporter(),
         max_queue_size=None if "OTEL_BSP_MAX_QUEUE_SIZE" in env else EXPORT_QUEUE_SPANS,
         max_export_batch_size=None if "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" in env else EXPORT_BATCH_SPANS,
     )
