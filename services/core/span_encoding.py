@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as library_encode_spans
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Status
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
@@ -43,59 +43,56 @@ class Unsupported(Exception):
     """A span this encoder does not write: the batch goes to the exporter's own encoder."""
 
 
-def _value(value: object) -> AnyValue:
+def _set_value(target: AnyValue, value: object) -> None:
     # bool before int: a bool is an int.
     if isinstance(value, str):
-        return AnyValue(string_value=value)
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, Sequence) and not isinstance(value, bytes):
-        return AnyValue(array_value=ArrayValue(values=[_value(v) for v in value]))
-    raise Unsupported(type(value).__name__)
+        target.string_value = value
+    elif isinstance(value, bool):
+        target.bool_value = value
+    elif isinstance(value, int):
+        target.int_value = value
+    elif isinstance(value, float):
+        target.double_value = value
+    elif isinstance(value, Sequence) and not isinstance(value, bytes):
+        values = target.array_value.values
+        for item in value:
+            _set_value(values.add(), item)
+    else:
+        raise Unsupported(type(value).__name__)
 
 
-def _attributes(attributes: Attributes) -> list[KeyValue] | None:
-    if not attributes:
-        return None
-    return [KeyValue(key=key, value=_value(value)) for key, value in attributes.items()]
+def _add_attributes(target: RepeatedCompositeFieldContainer[KeyValue], attributes: Attributes) -> None:
+    if attributes:
+        for key, value in attributes.items():
+            pair = target.add()
+            pair.key = key
+            _set_value(pair.value, value)
 
 
-def _span(span: ReadableSpan) -> PbSpan:
+def _add_span(target: PbSpan, span: ReadableSpan) -> None:
+    """Fill target (a new element of its batch: written in place, never copied) with span."""
     context, parent = span.context, span.parent
     if context is None or span.links or context.trace_state or span.dropped_attributes or span.dropped_events:
         raise Unsupported("links, trace state or dropped data")
+    target.trace_id = context.trace_id.to_bytes(16, "big")
+    target.span_id = context.span_id.to_bytes(8, "big")
+    if parent is not None:
+        target.parent_span_id = parent.span_id.to_bytes(8, "big")
+    target.name = span.name
+    target.kind = _KINDS[span.kind]  # type: ignore[assignment]
+    target.start_time_unix_nano = span.start_time or 0
+    target.end_time_unix_nano = span.end_time or 0
+    _add_attributes(target.attributes, span.attributes)
+    for event in span.events:
+        encoded = target.events.add()
+        encoded.name = event.name
+        encoded.time_unix_nano = event.timestamp
+        _add_attributes(encoded.attributes, event.attributes)
     status = span.status
-    return PbSpan(
-        trace_id=context.trace_id.to_bytes(16, "big"),
-        span_id=context.span_id.to_bytes(8, "big"),
-        parent_span_id=parent.span_id.to_bytes(8, "big") if parent is not None else b"",
-        name=span.name,
-        kind=_KINDS[span.kind],
-        start_time_unix_nano=span.start_time or 0,
-        end_time_unix_nano=span.end_time or 0,
-        attributes=_attributes(span.attributes),
-        events=[
-            PbSpan.Event(name=e.name, time_unix_nano=e.timestamp, attributes=_attributes(e.attributes))
-            for e in span.events
-        ]
-        if span.events
-        else None,
-        status=Status(code=status.status_code.value, message=status.description or "")
-        if status.status_code is not StatusCode.UNSET
-        else None,
-        flags=_FLAGS_REMOTE_PARENT if parent is not None and parent.is_remote else _FLAGS_LOCAL_PARENT,
-    )
-
-
-def _scope(span: ReadableSpan) -> InstrumentationScope:
-    scope = span.instrumentation_scope
-    if scope is None:
-        return InstrumentationScope()
-    return InstrumentationScope(name=scope.name, version=scope.version or "", attributes=_attributes(scope.attributes))
+    if status.status_code is not StatusCode.UNSET:
+        target.status.code = status.status_code.value
+        target.status.message = status.description or ""
+    target.flags = _FLAGS_REMOTE_PARENT if parent is not None and parent.is_remote else _FLAGS_LOCAL_PARENT
 
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
@@ -107,28 +104,29 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
 
 
 def _encode(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
     # By resource, then scope: the very objects (a process has one provider, so one resource).
-    groups: dict[int, tuple[ReadableSpan, dict[int, tuple[ReadableSpan, list[PbSpan]]]]] = {}
+    resources: dict[int, tuple[ResourceSpans, dict[int, ScopeSpans]]] = {}
     for span in spans:
-        _, scopes = groups.setdefault(id(span.resource), (span, {}))
-        scopes.setdefault(id(span.instrumentation_scope), (span, []))[1].append(_span(span))
-    return ExportTraceServiceRequest(
-        resource_spans=[
-            ResourceSpans(
-                resource=Resource(attributes=_attributes(first.resource.attributes)),
-                schema_url=first.resource.schema_url,
-                scope_spans=[
-                    ScopeSpans(
-                        scope=_scope(one),
-                        schema_url=(one.instrumentation_scope.schema_url or "") if one.instrumentation_scope else "",
-                        spans=encoded,
-                    )
-                    for one, encoded in scopes.values()
-                ],
-            )
-            for first, scopes in groups.values()
-        ]
-    )
+        found = resources.get(id(span.resource))
+        if found is None:
+            encoded_resource = request.resource_spans.add()
+            _add_attributes(encoded_resource.resource.attributes, span.resource.attributes)
+            encoded_resource.schema_url = span.resource.schema_url
+            found = resources[id(span.resource)] = (encoded_resource, {})
+        encoded_resource, scopes = found
+        scope = span.instrumentation_scope
+        encoded_scope = scopes.get(id(scope))
+        if encoded_scope is None:
+            encoded_scope = scopes[id(scope)] = encoded_resource.scope_spans.add()
+            encoded_scope.scope.SetInParent()
+            if scope is not None:
+                encoded_scope.scope.name = scope.name
+                encoded_scope.scope.version = scope.version or ""
+                _add_attributes(encoded_scope.scope.attributes, scope.attributes)
+                encoded_scope.schema_url = scope.schema_url or ""
+        _add_span(encoded_scope.spans.add(), span)
+    return request
 
 
 class SpanExporter(OTLPSpanExporter):
