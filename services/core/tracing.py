@@ -34,7 +34,6 @@ import grpc
 from services.core import logging as rtask_logging
 
 if TYPE_CHECKING:
-    from opentelemetry.context import Context
     from opentelemetry.sdk.trace import Event, SpanProcessor, TracerProvider
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.trace import Span, SpanContext, Tracer
@@ -52,10 +51,10 @@ UNTRACED_SERVICES = ("/grpc.health.", "/grpc.reflection.")
 UNTRACED_METHODS = frozenset(
     {"/resilienttask.worker.v1.WorkerService/Connect", "/resilienttask.v1.SchedulerService/WatchTasks"}
 )
-# The batch processor's defaults (512 spans a request, a queue of 2,048) send a request every ~100 spans'
-# worth of tasks at full drain and drop spans past the queue; larger batches mean fewer wake-ups of the export
-# thread (each one takes the GIL from the event loop) and fewer requests. The standard OTEL_BSP_* variables
-# still win when set.
+# The batch processor's own defaults are 512 spans a request and a queue of 2,048 (spans past it are dropped):
+# at full sampling and a full drain (five spans a task) that wakes the export thread, which takes the GIL from
+# the event loop, every hundred tasks. Larger batches: fewer wake-ups and requests, and room for a burst. The
+# standard OTEL_BSP_* variables still win when set.
 EXPORT_BATCH_SPANS = 2048
 EXPORT_QUEUE_SPANS = 16384
 
@@ -180,16 +179,6 @@ def parse_span_context(value: str | bytes | None) -> SpanContext | None:
     from opentelemetry import trace
 
     return trace.SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace.TraceFlags(int(match.group(3), 16)))
-
-
-def parse_parent(value: str | bytes | None) -> Context | None:
-    """The context a traceparent names, or None when tracing is off or the value is absent or malformed."""
-    span_context = parse_span_context(value)
-    if span_context is None:
-        return None
-    from opentelemetry import trace
-
-    return trace.set_span_in_context(trace.NonRecordingSpan(span_context))
 
 
 def ns_from_ms(epoch_ms: float) -> int:
