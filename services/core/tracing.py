@@ -10,11 +10,8 @@ Between our own processes the trace context travels as a W3C `traceparent` strin
 whose size a client chooses): in the dispatch entry, the tasks row and the worker protocol. Such a string is
 parsed strictly (version 00, exact length); anything else is ignored, never an error.
 
-The spans of one task on the hot path (the worker's and the scheduler's, several per task) are recorded with
-`TaskSpan` rather than the SDK's live spans: their times are mostly known after the fact, and the SDK's span
-(sampler call, locks, bounded containers, a copy at its end) costs about ten times what handing the finished
-span to the batch processor does (docs/observability-cost.md). They follow the sampling decision of the span
-that submitted the task (its traceparent's sampled flag), as the default parent-based sampler would.
+The spans of one task on the hot path (the worker's and the scheduler's, five per task) are recorded once, at
+their end, rather than as the SDK's live spans: services.core.task_spans (docs/observability-cost.md).
 """
 
 from __future__ import annotations
@@ -23,10 +20,9 @@ import logging
 import os
 import re
 import socket
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -34,10 +30,11 @@ import grpc
 from services.core import logging as rtask_logging
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import Event, SpanProcessor, TracerProvider
-    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Span, SpanContext, Tracer
     from opentelemetry.util.types import AttributeValue
+
+    from services.core.task_spans import Recorder, TaskSpan
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +83,8 @@ class TracingConfig:
 
 _provider: TracerProvider | None = None
 _tracer: Tracer | None = None
-# Where TaskSpan hands its finished spans, and what it names them with (set with the provider).
-_processor: SpanProcessor | None = None
-_scope: InstrumentationScope | None = None
+# Where task spans go (services.core.task_spans), set up with the provider.
+_recorder: Recorder | None = None
 
 
 def enabled() -> bool:
@@ -97,7 +93,7 @@ def enabled() -> bool:
 
 def configure(config: TracingConfig, env: Mapping[str, str] | None = None) -> None:
     """Install the tracer provider and the OTLP exporter when tracing is on; otherwise do nothing at all."""
-    global _provider, _tracer, _processor, _scope
+    global _provider, _tracer, _recorder
     if not config.enabled or _tracer is not None:
         return
     from opentelemetry import propagate, trace
@@ -108,6 +104,7 @@ def configure(config: TracingConfig, env: Mapping[str, str] | None = None) -> No
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     from services.core.span_encoding import SpanExporter
+    from services.core.task_spans import Recorder
 
     env = os.environ if env is None else env
     # The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based, always on).
@@ -124,19 +121,19 @@ def configure(config: TracingConfig, env: Mapping[str, str] | None = None) -> No
     trace.set_tracer_provider(provider)
     # W3C trace context only: no baggage accepted from clients.
     propagate.set_global_textmap(TraceContextTextMapPropagator())
-    _provider, _processor = provider, processor
+    _provider = provider
     _tracer = provider.get_tracer("resilienttask")
-    _scope = InstrumentationScope("resilienttask")
+    _recorder = Recorder(processor, provider.resource, InstrumentationScope("resilienttask"), provider.id_generator)
     rtask_logging.set_trace_lookup(_current_trace_id)
     log.info("tracing on", extra={"service_name": config.service_name, "instance": config.instance_id})
 
 
 def shutdown() -> None:
     """Export what is still buffered and stop the exporter (blocks up to the exporter's timeout)."""
-    global _provider, _tracer, _processor, _scope
+    global _provider, _tracer, _recorder
     if _provider is not None:
         _provider.shutdown()
-    _provider = _tracer = _processor = _scope = None
+    _provider = _tracer = _recorder = None
     rtask_logging.set_trace_lookup(None)
 
 
@@ -167,7 +164,7 @@ def current_parent() -> str | None:
 
 def parse_span_context(value: str | bytes | None) -> SpanContext | None:
     """The remote span a traceparent names, or None when tracing is off or the value is absent or malformed."""
-    if _tracer is None or not value or len(value) != TRACEPARENT_CHARS:
+    if _recorder is None or not value or len(value) != TRACEPARENT_CHARS:
         return None
     text = value.decode("ascii", errors="replace") if isinstance(value, bytes) else value
     match = _TRACEPARENT.fullmatch(text)
@@ -176,9 +173,7 @@ def parse_span_context(value: str | bytes | None) -> SpanContext | None:
     trace_id, span_id = int(match.group(1), 16), int(match.group(2), 16)
     if not trace_id or not span_id:
         return None
-    from opentelemetry import trace
-
-    return trace.SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace.TraceFlags(int(match.group(3), 16)))
+    return _recorder.remote(trace_id, span_id, int(match.group(3), 16))
 
 
 def ns_from_ms(epoch_ms: float) -> int:
@@ -196,83 +191,14 @@ def span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Spa
 
 
 # -- the spans of a task on the hot path ---------------------------------------------------------------
-@dataclass(slots=True)
-class TaskSpan:
-    """A span of ours with its ids from the start and its record made once, at its end (see the module's doc).
-
-    Made by `task_span` only; `end` hands it to the batch processor as the SDK's own spans are, so it is
-    exported with them (same resource, same exporter)."""
-
-    name: str
-    context: SpanContext
-    parent: SpanContext
-    start_ns: int
-    attributes: dict[str, AttributeValue]
-    events: list[Event] = field(default_factory=list)
-    ended: bool = False
-
-    @property
-    def traceparent(self) -> str:
-        return format_parent(self.context)
-
-    def child(self, name: str, start_ns: int, attributes: dict[str, AttributeValue] | None = None) -> TaskSpan:
-        return TaskSpan(name, _child_context(self.context), self.context, start_ns, attributes or {})
-
-    def add_event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None, at_ns: int = 0) -> None:
-        from opentelemetry.sdk.trace import Event
-
-        self.events.append(Event(name, attributes, at_ns or time.time_ns()))
-
-    def end(self, end_ns: int = 0, error: str = "") -> None:
-        """Record the span (once): from its start to end_ns (now when 0), an error status when error is set."""
-        if self.ended or _processor is None or _provider is None:
-            return
-        self.ended = True
-        from opentelemetry.sdk.trace import ReadableSpan
-        from opentelemetry.trace import Status, StatusCode
-
-        _processor.on_end(
-            ReadableSpan(
-                self.name,
-                self.context,
-                self.parent,
-                _provider.resource,
-                self.attributes,
-                self.events,
-                status=Status(StatusCode.ERROR, error) if error else Status(),
-                start_time=self.start_ns,
-                end_time=end_ns or time.time_ns(),
-                instrumentation_scope=_scope,
-            )
-        )
-
-    @contextmanager
-    def current(self) -> Iterator[None]:
-        """This span as the current one while the block runs (log lines and the SDK's spans see it)."""
-        from opentelemetry import context, trace
-
-        token = context.attach(trace.set_span_in_context(trace.NonRecordingSpan(self.context)))
-        try:
-            yield
-        finally:
-            context.detach(token)
-
-
 def task_span(
     name: str, parent: SpanContext | None, start_ns: int, attributes: dict[str, AttributeValue] | None = None
 ) -> TaskSpan | None:
     """A span under a remote parent (parse_span_context), or None when tracing is off, the parent is absent, or
     its trace was not sampled."""
-    if parent is None or _processor is None or not parent.trace_flags.sampled:
+    if parent is None or _recorder is None:
         return None
-    return TaskSpan(name, _child_context(parent), parent, start_ns, attributes or {})
-
-
-def _child_context(parent: SpanContext) -> SpanContext:
-    from opentelemetry.trace import SpanContext
-
-    assert _provider is not None
-    return SpanContext(parent.trace_id, _provider.id_generator.generate_span_id(), False, parent.trace_flags)
+    return _recorder.start(name, parent, start_ns, attributes)
 
 
 # -- gRPC server spans ---------------------------------------------------------------------------------

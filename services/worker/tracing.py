@@ -10,7 +10,7 @@ With tracing on, for an entry carrying its submission's traceparent:
   task.handler     child of the attempt; the handler run, current while it runs (log lines carry its trace id).
 The task's id and kind are on the queue wait and the attempt; the worker's id is the resource's
 service.instance.id. With tracing off, or for an entry without a (sampled) traceparent, every method returns
-at once. The spans are services.core.tracing.TaskSpan: a few microseconds each, and recorded at their end.
+at once. The spans are services.core.task_spans.TaskSpan: a few microseconds each, and recorded at their end.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from services.worker.consumer import Delivery
 
 if TYPE_CHECKING:
     from opentelemetry.util.types import AttributeValue
+
+    from services.core.task_spans import TaskSpan
 
 # Open attempt spans are bounded: a worker holds at most its slots' worth of entries, so past this something
 # was never let go, and its span is ended rather than kept.
@@ -46,7 +48,7 @@ class AttemptTraces:
 
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
-        self._attempts: dict[str, tracing.TaskSpan] = {}
+        self._attempts: dict[str, TaskSpan] = {}
 
     def delivered(self, deliveries: Sequence[Delivery]) -> None:
         """Entries just read or reclaimed: their queue wait ends and their attempt begins."""

@@ -86,10 +86,10 @@ async def user(traced: TracedStack) -> AsyncIterator[UserTasks]:
         yield UserTasks(channel, await signup(channel, "tracing"))
 
 
-def client_parent() -> tuple[str, str, str]:
-    """(traceparent, trace id, span id) of a sampled client span."""
+def client_parent(sampled: bool = True) -> tuple[str, str, str]:
+    """(traceparent, trace id, span id) of a client span, sampled unless told."""
     trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
-    return f"00-{trace_id}-{span_id}-01", trace_id, span_id
+    return f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}", trace_id, span_id
 
 
 async def submit_traced(user: UserTasks, traceparent: str, kind: str = "sleep", max_attempts: int = 0) -> task_pb2.Task:
@@ -185,6 +185,22 @@ async def test_each_attempt_of_a_retried_task_is_a_child_of_its_submission(
     assert {a.parent_span_id for a in attempts} == {submit.span_id}
     assert sorted(a.attribute("task.attempt") for a in attempts) == [1, 2]  # type: ignore[type-var]
     assert {f.attribute("task.outcome") for f in named(spans, "task.finish")} == {"failed"}
+
+
+async def test_a_task_whose_caller_did_not_sample_its_trace_gets_no_span_in_any_process(
+    traced: TracedStack, user: UserTasks
+) -> None:
+    """The caller's sampling decision holds for every span of the task, the worker's and the scheduler's too."""
+    unsampled, unsampled_trace, _ = client_parent(sampled=False)
+    first = await submit_traced(user, unsampled)
+    assert (await user.wait_for(first.id)).status == S.TASK_STATUS_SUCCEEDED
+    traceparent, trace_id, _ = client_parent()
+    second = await submit_traced(user, traceparent)
+    assert (await user.wait_for(second.id)).status == S.TASK_STATUS_SUCCEEDED
+    # Each process exports its spans in the order they ended: the later task's all in, the earlier's would be.
+    wanted = {SUBMIT: 1, "task.queue_wait": 1, "task.attempt": 1, "task.handler": 1, "task.start": 1, "task.finish": 1}
+    await spans_of(traced.receiver, trace_id, wanted)
+    assert [s.name for s in traced.receiver.of_trace(unsampled_trace) if s.service != EDGE] == []
 
 
 async def test_a_delayed_tasks_attempt_is_a_child_of_its_submission(traced: TracedStack, user: UserTasks) -> None:
