@@ -8,8 +8,9 @@ delivery (queue wait and attempt spans), its start request's traceparent, the sc
 the handler span made current, the finish item's traceparent, the scheduler's task.finish span and the attempt's
 end; then every span flushed to an OTLP receiver in a child process (its CPU is not counted). Printed: the
 user+system CPU seconds of this process (event-loop side and export thread together) per task, with tracing on,
-and the same loop with tracing off. The gateway's spans (one server span and one task.publish per SubmitTask of
-up to 50 tasks) are not in it.
+and the same loop with tracing off, and how much of it ran on other threads than the caller's (the export
+thread: what an event loop may wait for the GIL behind). The gateway's spans (one server span and one
+task.publish per SubmitTask of up to 50 tasks) are not in it.
 
 The drain's CPU per task (docs/observability-cost.md, all our processes, tracing off) is what to divide by.
 """
@@ -83,16 +84,18 @@ def one_batch(traces: AttemptTraces, first: int, batch: int) -> None:
     traces.let_go(d.entry_id for d in deliveries)
 
 
-def cpu_per_task(tasks: int, batch: int) -> float:
+def cpu_per_task(tasks: int, batch: int) -> tuple[float, float]:
+    """CPU seconds per task: all of this process's threads, and this (the event loop's) thread alone."""
     traces = AttemptTraces("w")
-    started = time.process_time()
+    started, own_started = time.process_time(), time.thread_time()
     for first in range(0, tasks, batch):
         one_batch(traces, first, batch)
+    own = time.thread_time() - own_started
     if tracing.enabled():  # the export thread's encoding and sending of these spans, counted too
         from opentelemetry import trace
 
         trace.get_tracer_provider().force_flush()  # type: ignore[attr-defined]
-    return (time.process_time() - started) / tasks
+    return (time.process_time() - started) / tasks, own / tasks
 
 
 def main() -> None:
@@ -107,10 +110,10 @@ def main() -> None:
     assert receiver.stdin is not None and receiver.stdout is not None
     try:
         port = int(receiver.stdout.readline())
-        off = cpu_per_task(args.tasks, args.batch)
+        off, _ = cpu_per_task(args.tasks, args.batch)
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
         tracing.configure(tracing.TracingConfig.from_env("worker", "w"))
-        on = cpu_per_task(args.tasks, args.batch)
+        on, on_loop = cpu_per_task(args.tasks, args.batch)
         tracing.shutdown()
     finally:
         receiver.stdin.close()
@@ -120,6 +123,8 @@ def main() -> None:
     print(f"  CPU per task, tracing on:  {on * 1e6:8.1f} µs")
     print(f"  CPU per task, tracing off: {off * 1e6:8.1f} µs")
     print(f"  tracing's share:           {(on - off) * 1e6:8.1f} µs")
+    print(f"    of which other threads:  {(on - on_loop) * 1e6:8.1f} µs (the export thread, which holds the GIL")
+    print("                                       while it runs Python, and gRPC's own)")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ def record_work(
     start_results: Sequence[worker_pb2.StartResult],
     times: BatchTimes,
 ) -> None:
-    """Spans for the traced items of one recorded batch (results in the items' order)."""
+    """Spans for the traced items of one recorded batch (results in the items' order). worker_id is not
+    written: the worker is the parent attempt span's resource."""
     for finish, verdict in zip(finishes, finish_results, strict=True):
         if finish.trace_parent:
             attributes: dict[str, AttributeValue] = {
