@@ -33,11 +33,18 @@ from typing import Any
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from bench.checks_ab import FIGURES, SIDES, _head
+from bench.checks_ab import FIGURES as RATE_FIGURES
+from bench.checks_ab import SIDES, _head
 from bench.ours import METRICS_SWITCH_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_COST = 0.05
+# The rate and latency figures, and the CPU our processes spent per task over the drain (bench/ours.py), which a
+# shared machine's other load sways less than it does the rate.
+FIGURES = [
+    *RATE_FIGURES,
+    ("service CPU per task, drain", "ms", lambda r: float(r["throughput"]["ours"]["service_cpu_ms_per_task"]), False),
+]
 # With --parts: each half alone as well, to tell which one costs what.
 PARTS = ("metrics", "tracing")
 # What the "off" side must not inherit from the shell the benchmark was started in.
@@ -164,6 +171,12 @@ def render(
                 value = statistics.median(extract(r[part]) for r in rounds)
                 cells += [f"{value:g}", f"{cost(value, off, higher):+.1%}"]
             lines.append(f"| {label} ({unit}) | {' | '.join(cells)} |")
+    lines += ["", "CPU per task over the drain by process role (ms, median of the rounds):", ""]
+    for side in rounds[0]:
+        by_role = [r[side]["throughput"]["ours"].get("cpu_ms_per_task_by_role", {}) for r in rounds]
+        roles = sorted({role for one in by_role for role in one})
+        cells = [f"{role} {statistics.median(one.get(role, 0.0) for one in by_role):.3f}" for role in roles]
+        lines.append(f"- {side}: {', '.join(cells)}")
     lines += [
         "",
         "Cost: how much worse **on** is than **off** (slower throughput or longer latency; negative is better, "

@@ -24,6 +24,7 @@ import redis
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.cpu_share import cpu_seconds
 from bench.figures import spread_ms
 from bench.memory import MemorySampler
 from bench.profiling import Profiler
@@ -192,13 +193,16 @@ class OurBench:
                     async with gate:
                         await client.submit("noop", kind="bench.noop", payload=payload, replicas=replicas)
 
+                pids = service_pids(stack)
                 with sampler.running(), self._profiling(stack, "throughput"):
+                    cpu_before = await asyncio.to_thread(cpu_seconds, pids)
                     first = time.time()
                     sizes = [min(SUBMIT_BATCH, n - i) for i in range(0, n, SUBMIT_BATCH)]
                     await asyncio.gather(*(submit(size) for size in sizes))
                     enqueued = time.time()
                     ran = await self._until(lambda: self._count(label, n), DRAIN_TIMEOUT_S, 0.01)
                     durable = await self._until(lambda: self._succeeded(client, n), DRAIN_TIMEOUT_S, 0.02)
+                    cpu_after = await asyncio.to_thread(cpu_seconds, pids)
                 stats = await client.stats()
                 self.memory["under_load"] = sampler.peak
                 single = uuid.uuid4().hex[:12]
@@ -222,6 +226,14 @@ class OurBench:
             result["note"] = f"{stats.succeeded} of {n} SUCCEEDED within {DRAIN_TIMEOUT_S}s"
             return result
         result["drain_per_s"] = round(n / (durable - first))
+        # CPU of our processes (and Envoy) per task over the drain: less swayed by the other load on a shared
+        # machine than the rate, and on 2 cores the rate is bounded by 2 / (CPU seconds per task, all processes).
+        spent = {name: cpu_after[name] - cpu_before[name] for name in pids}
+        result["service_cpu_ms_per_task"] = round(sum(spent.values()) / n * 1000, 3)
+        result["cpu_ms_per_task_by_role"] = {
+            role: round(sum(v for name, v in spent.items() if name.split("-")[0] == role) / n * 1000, 3)
+            for role in sorted({name.split("-")[0] for name in spent})
+        }
         result["drain_wall_s"] = round(durable - first, 2)
         if ran is not None:
             result["handlers_done_per_s"] = round(n / (ran - first))

@@ -3,11 +3,15 @@
 Off (no OTEL_EXPORTER_OTLP_ENDPOINT): nothing of tracing is imported or set up (no tracer provider, no
 exporter, no export thread), and every helper here returns at once. On: a TracerProvider built by the SDK from the
 standard OTEL_* variables (sampler and its ratio, batch processor delays, exporter endpoint and headers), a
-resource naming the service and its instance, and spans exported over OTLP gRPC.
+resource naming the service and its instance, and spans exported over OTLP gRPC (the SDK's exporter with a
+leaner encoder: services.core.span_encoding).
 
 Between our own processes the trace context travels as a W3C `traceparent` string only (never `tracestate`,
 whose size a client chooses): in the dispatch entry, the tasks row and the worker protocol. Such a string is
 parsed strictly (version 00, exact length); anything else is ignored, never an error.
+
+The spans of one task on the hot path (the worker's and the scheduler's, five per task) are recorded once, at
+their end, rather than as the SDK's live spans: services.core.task_spans (docs/observability-cost.md).
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ import grpc
 from services.core import logging as rtask_logging
 
 if TYPE_CHECKING:
-    from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Span, SpanContext, Tracer
+    from opentelemetry.util.types import AttributeValue
+
+    from services.core.task_spans import Recorder, TaskSpan
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,12 @@ UNTRACED_SERVICES = ("/grpc.health.", "/grpc.reflection.")
 UNTRACED_METHODS = frozenset(
     {"/resilienttask.worker.v1.WorkerService/Connect", "/resilienttask.v1.SchedulerService/WatchTasks"}
 )
+# The batch processor's own defaults are 512 spans a request and a queue of 2,048 (spans past it are dropped):
+# at full sampling and a full drain (five spans a task) that wakes the export thread, which takes the GIL from
+# the event loop, every hundred tasks. Larger batches: fewer wake-ups and requests, and room for a burst. The
+# standard OTEL_BSP_* variables still win when set.
+EXPORT_BATCH_SPANS = 2048
+EXPORT_QUEUE_SPANS = 16384
 
 
 @dataclass(frozen=True)
@@ -71,44 +83,57 @@ class TracingConfig:
 
 _provider: TracerProvider | None = None
 _tracer: Tracer | None = None
+# Where task spans go (services.core.task_spans), set up with the provider.
+_recorder: Recorder | None = None
 
 
 def enabled() -> bool:
     return _tracer is not None
 
 
-def configure(config: TracingConfig) -> None:
+def configure(config: TracingConfig, env: Mapping[str, str] | None = None) -> None:
     """Install the tracer provider and the OTLP exporter when tracing is on; otherwise do nothing at all."""
-    global _provider, _tracer
+    global _provider, _tracer, _recorder
     if not config.enabled or _tracer is not None:
         return
     from opentelemetry import propagate, trace
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+    from services.core.span_encoding import SpanExporter
+    from services.core.task_spans import Recorder
+
+    env = os.environ if env is None else env
     # The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based, always on).
     provider = TracerProvider(
         resource=Resource.create({"service.name": config.service_name, "service.instance.id": config.instance_id})
     )
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    # None: the SDK reads OTEL_BSP_MAX_EXPORT_BATCH_SIZE / OTEL_BSP_MAX_QUEUE_SIZE itself.
+    processor = BatchSpanProcessor(
+        SpanExporter(),
+        max_queue_size=None if "OTEL_BSP_MAX_QUEUE_SIZE" in env else EXPORT_QUEUE_SPANS,
+        max_export_batch_size=None if "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" in env else EXPORT_BATCH_SPANS,
+    )
+    provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
     # W3C trace context only: no baggage accepted from clients.
     propagate.set_global_textmap(TraceContextTextMapPropagator())
     _provider = provider
     _tracer = provider.get_tracer("resilienttask")
+    _recorder = Recorder(processor, provider.resource, InstrumentationScope("resilienttask"), provider.id_generator)
     rtask_logging.set_trace_lookup(_current_trace_id)
     log.info("tracing on", extra={"service_name": config.service_name, "instance": config.instance_id})
 
 
 def shutdown() -> None:
     """Export what is still buffered and stop the exporter (blocks up to the exporter's timeout)."""
-    global _provider, _tracer
+    global _provider, _tracer, _recorder
     if _provider is not None:
         _provider.shutdown()
-    _provider = _tracer = None
+    _provider = _tracer = _recorder = None
     rtask_logging.set_trace_lookup(None)
 
 
@@ -137,9 +162,9 @@ def current_parent() -> str | None:
     return parent_of(trace.get_current_span()) or None
 
 
-def parse_parent(value: str | bytes | None) -> Context | None:
-    """The context a traceparent names, or None when tracing is off or the value is absent or malformed."""
-    if _tracer is None or not value or len(value) != TRACEPARENT_CHARS:
+def parse_span_context(value: str | bytes | None) -> SpanContext | None:
+    """The remote span a traceparent names, or None when tracing is off or the value is absent or malformed."""
+    if _recorder is None or not value or len(value) != TRACEPARENT_CHARS:
         return None
     text = value.decode("ascii", errors="replace") if isinstance(value, bytes) else value
     match = _TRACEPARENT.fullmatch(text)
@@ -148,12 +173,7 @@ def parse_parent(value: str | bytes | None) -> Context | None:
     trace_id, span_id = int(match.group(1), 16), int(match.group(2), 16)
     if not trace_id or not span_id:
         return None
-    from opentelemetry import trace
-
-    span_context = trace.SpanContext(
-        trace_id, span_id, is_remote=True, trace_flags=trace.TraceFlags(int(match.group(3), 16))
-    )
-    return trace.set_span_in_context(trace.NonRecordingSpan(span_context))
+    return _recorder.remote(trace_id, span_id, int(match.group(3), 16))
 
 
 def ns_from_ms(epoch_ms: float) -> int:
@@ -168,6 +188,17 @@ def span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Spa
         return
     with _tracer.start_as_current_span(name, attributes=attributes) as current:
         yield current
+
+
+# -- the spans of a task on the hot path ---------------------------------------------------------------
+def task_span(
+    name: str, parent: SpanContext | None, start_ns: int, attributes: dict[str, AttributeValue] | None = None
+) -> TaskSpan | None:
+    """A span under a remote parent (parse_span_context), or None when tracing is off, the parent is absent, or
+    its trace was not sampled."""
+    if parent is None or _recorder is None:
+        return None
+    return _recorder.start(name, parent, start_ns, attributes)
 
 
 # -- gRPC server spans ---------------------------------------------------------------------------------

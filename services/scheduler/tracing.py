@@ -1,20 +1,29 @@
-"""The scheduler's spans of a task: its start and finish transitions, and the change-event push after each.
+"""The scheduler's spans of a task: its start and finish transitions, each up to the change-event push after it.
 
 A worker's work request carries, per item, the traceparent of its attempt span (services.worker.tracing).
 Items are recorded in batches (one statement for many tasks, one Redis round trip for all their events), so
-each traced item gets spans of its own with the batch's times, made after the fact:
-  task.start / task.finish   child of the worker's attempt; from the batch's start to its events pushed
-    task.events              child of the above; the change-event push to Redis (after the commit)
-With tracing off nothing here is called; an item without a (valid) traceparent gets no span.
+each traced item gets a span of its own with the batch's times, made after the fact:
+  task.start / task.finish   child of the worker's attempt; from the batch's start to its change events
+                             pushed, with an event "committed" when its transition committed (the push follows)
+The task and worker ids are on the parent attempt span (and the worker's resource), not repeated here.
+With tracing off nothing here is called; an item without a (valid, sampled) traceparent gets no span.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from resilienttask.worker.v1 import worker_pb2
 from services.core import tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.util.types import AttributeValue
+
+# The enum names as attribute values, computed once rather than per task.
+_DECISIONS = {v: n.removeprefix("START_DECISION_").lower() for n, v in worker_pb2.StartDecision.items()}
+_OUTCOMES = {v: n.removeprefix("OUTCOME_").lower() for n, v in worker_pb2.Outcome.items()}
 
 
 @dataclass(frozen=True)
@@ -27,30 +36,14 @@ class BatchTimes:
 
 
 def _record(
-    name: str,
-    trace_parent: str,
-    task_id: str,
-    worker_id: str,
-    times: BatchTimes,
-    attributes: dict[str, str | bool | int],
-    error: str = "",
+    name: str, trace_parent: str, times: BatchTimes, attributes: dict[str, AttributeValue], error: str = ""
 ) -> None:
-    parent = tracing.parse_parent(trace_parent)
-    if parent is None:
+    span = tracing.task_span(name, tracing.parse_span_context(trace_parent), times.began_ns, attributes)
+    if span is None:
         return
-    from opentelemetry import trace
-    from opentelemetry.trace import Status, StatusCode
-
-    tracer = tracing.tracer()
-    span = tracer.start_span(
-        name, parent, attributes={"task.id": task_id, "worker.id": worker_id, **attributes}, start_time=times.began_ns
-    )
-    if error:
-        span.set_status(Status(StatusCode.ERROR, error))
-    else:
-        push = tracer.start_span("task.events", trace.set_span_in_context(span), start_time=times.committed_ns)
-        push.end(end_time=times.pushed_ns)
-    span.end(end_time=times.pushed_ns)
+    if not error:
+        span.add_event("committed", at_ns=times.committed_ns)
+    span.end(times.pushed_ns, error)
 
 
 def record_work(
@@ -61,23 +54,23 @@ def record_work(
     start_results: Sequence[worker_pb2.StartResult],
     times: BatchTimes,
 ) -> None:
-    """Spans for the traced items of one recorded batch (results in the items' order)."""
+    """Spans for the traced items of one recorded batch (results in the items' order). worker_id is not
+    written: the worker is the parent attempt span's resource."""
     for finish, verdict in zip(finishes, finish_results, strict=True):
         if finish.trace_parent:
-            outcome = worker_pb2.Outcome.Name(finish.outcome).removeprefix("OUTCOME_").lower()
-            attributes: dict[str, str | bool | int] = {"task.outcome": outcome, "task.accepted": verdict.accepted}
+            attributes: dict[str, AttributeValue] = {
+                "task.outcome": _OUTCOMES.get(finish.outcome, ""),
+                "task.accepted": verdict.accepted,
+            }
             if verdict.reason:
                 attributes["task.refused"] = verdict.reason
-            _record("task.finish", finish.trace_parent, finish.task.task_id, worker_id, times, attributes)
+            _record("task.finish", finish.trace_parent, times, attributes)
     for start, result in zip(starts, start_results, strict=True):
         if start.trace_parent:
-            decision = worker_pb2.StartDecision.Name(result.decision).removeprefix("START_DECISION_").lower()
-            attributes = {"task.decision": decision}
+            attributes = {"task.decision": _DECISIONS.get(result.decision, "")}
             if result.reason:
                 attributes["task.reason"] = result.reason
-            if result.decision == worker_pb2.START_DECISION_RUN:
-                attributes["task.attempt"] = result.task.attempt
-            _record("task.start", start.trace_parent, start.task_id, worker_id, times, attributes)
+            _record("task.start", start.trace_parent, times, attributes)
 
 
 def record_failure(
@@ -90,7 +83,7 @@ def record_failure(
     """Spans, marked as errors, for the traced items of a batch that could not be recorded."""
     for finish in finishes:
         if finish.trace_parent:
-            _record("task.finish", finish.trace_parent, finish.task.task_id, worker_id, times, {}, error)
+            _record("task.finish", finish.trace_parent, times, {}, error)
     for start in starts:
         if start.trace_parent:
-            _record("task.start", start.trace_parent, start.task_id, worker_id, times, {}, error)
+            _record("task.start", start.trace_parent, times, {}, error)

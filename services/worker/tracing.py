@@ -8,7 +8,9 @@ With tracing on, for an entry carrying its submission's traceparent:
                    scheduler's task.start and task.finish spans are its children. A retry or a reclaim is
                    another attempt span under the same submission.
   task.handler     child of the attempt; the handler run, current while it runs (log lines carry its trace id).
-With tracing off, or for an entry without a traceparent, every method returns at once.
+The task's id and kind are on the queue wait and the attempt; the worker's id is the resource's
+service.instance.id. With tracing off, or for an entry without a (sampled) traceparent, every method returns
+at once. The spans are services.core.task_spans.TaskSpan: a few microseconds each, and recorded at their end.
 """
 
 from __future__ import annotations
@@ -24,11 +26,16 @@ from services.core.dispatch import parse_ref
 from services.worker.consumer import Delivery
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span
+    from opentelemetry.util.types import AttributeValue
+
+    from services.core.task_spans import TaskSpan
 
 # Open attempt spans are bounded: a worker holds at most its slots' worth of entries, so past this something
 # was never let go, and its span is ended rather than kept.
 MAX_OPEN_SPANS = 10_000
+# The enum names as attribute values, computed once rather than per task.
+_DECISIONS = {v: n.removeprefix("START_DECISION_").lower() for n, v in worker_pb2.StartDecision.items()}
+_OUTCOMES = {v: n.removeprefix("OUTCOME_").lower() for n, v in worker_pb2.Outcome.items()}
 
 
 def published_at_ns(entry_ref: str) -> int | None:
@@ -46,51 +53,54 @@ class AttemptTraces:
 
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
-        self._attempts: dict[str, Span] = {}
+        self._attempts: dict[str, TaskSpan] = {}
 
     def delivered(self, deliveries: Sequence[Delivery]) -> None:
         """Entries just read or reclaimed: their queue wait ends and their attempt begins."""
         if not tracing.enabled():
             return
-        tracer = tracing.tracer()
         now_ns = time.time_ns()
         for delivery in deliveries:
             if delivery.entry_id in self._attempts:
                 continue  # ours already (an entry of ours coming back from XAUTOCLAIM)
-            parent = tracing.parse_parent(delivery.entry.trace_parent)
-            if parent is None:
+            entry = delivery.entry
+            parent = tracing.parse_span_context(entry.trace_parent)
+            # Each span its own attributes: a recorded span keeps its dict until it is exported.
+            attempt = tracing.task_span(
+                "task.attempt", parent, now_ns, {"task.id": entry.task_id, "task.kind": entry.kind}
+            )
+            if attempt is None:
                 continue
-            attributes = {"task.id": delivery.entry.task_id, "task.kind": delivery.entry.kind}
             published_ns = published_at_ns(delivery.entry_id)
-            if not delivery.reclaimed and published_ns is not None:
-                wait = tracer.start_span(
-                    "task.queue_wait", parent, attributes=attributes, start_time=min(published_ns, now_ns)
-                )
-                wait.end(end_time=now_ns)
+            if delivery.reclaimed:
+                attempt.attributes["task.reclaimed"] = True
+            elif published_ns is not None:
+                attributes: dict[str, AttributeValue] = {"task.id": entry.task_id, "task.kind": entry.kind}
+                wait = tracing.task_span("task.queue_wait", parent, min(published_ns, now_ns), attributes)
+                if wait is not None:
+                    wait.end(now_ns)
             if len(self._attempts) >= MAX_OPEN_SPANS:
                 self._end(next(iter(self._attempts)), "evicted")
-            self._attempts[delivery.entry_id] = tracer.start_span(
-                "task.attempt",
-                parent,
-                attributes={**attributes, "worker.id": self.worker_id, "task.reclaimed": delivery.reclaimed},
-                start_time=now_ns,
-            )
+            self._attempts[delivery.entry_id] = attempt
 
     def parent(self, entry_id: str) -> str:
         """The traceparent of the entry's attempt span, for the scheduler ("" when there is none)."""
         attempt = self._attempts.get(entry_id)
-        return tracing.parent_of(attempt) if attempt is not None else ""
+        return attempt.traceparent if attempt is not None else ""
 
     def decided(self, entry_id: str, result: worker_pb2.StartResult) -> None:
-        """The scheduler's answer to a start request."""
+        """The scheduler's answer to a start request: the attempt's number and fence when it runs, else an
+        event saying why not (the scheduler's task.start span records the decision either way)."""
         attempt = self._attempts.get(entry_id)
         if attempt is None:
             return
-        decision = worker_pb2.StartDecision.Name(result.decision).removeprefix("START_DECISION_").lower()
-        attempt.add_event("start decided", {"decision": decision, "reason": result.reason})
         if result.decision == worker_pb2.START_DECISION_RUN:
-            attempt.set_attribute("task.attempt", result.task.attempt)
-            attempt.set_attribute("task.fence", result.fence)
+            attempt.attributes["task.attempt"] = result.task.attempt
+            attempt.attributes["task.fence"] = result.fence
+        else:
+            attempt.add_event(
+                "start decided", {"decision": _DECISIONS.get(result.decision, ""), "reason": result.reason}
+            )
 
     @contextmanager
     def handler(self, entry_id: str) -> Iterator[None]:
@@ -99,18 +109,24 @@ class AttemptTraces:
         if attempt is None:
             yield
             return
-        from opentelemetry import trace
-
-        with tracing.tracer().start_as_current_span("task.handler", trace.set_span_in_context(attempt)):
-            yield
+        run = attempt.child("task.handler", time.time_ns())
+        error = ""
+        try:
+            with run.current():
+                yield
+        except BaseException as exc:
+            error = repr(exc)
+            raise
+        finally:
+            run.end(error=error)
 
     def reported(self, entry_id: str, item: worker_pb2.FinishItem) -> None:
         """The outcome is on its way: the finish item names the attempt's span as its parent."""
         attempt = self._attempts.get(entry_id)
         if attempt is None:
             return
-        item.trace_parent = tracing.parent_of(attempt)
-        attempt.set_attribute("task.outcome", worker_pb2.Outcome.Name(item.outcome).removeprefix("OUTCOME_").lower())
+        item.trace_parent = attempt.traceparent
+        attempt.attributes["task.outcome"] = _OUTCOMES.get(item.outcome, "")
 
     def let_go(self, entry_ids: Sequence[str] | Iterator[str], reason: str = "") -> None:
         """The entries are no longer this worker's business (settled, skipped, released, dropped)."""
@@ -123,5 +139,5 @@ class AttemptTraces:
         attempt = self._attempts.pop(entry_id, None)
         if attempt is not None:
             if reason:
-                attempt.set_attribute("task.let_go", reason)
+                attempt.attributes["task.let_go"] = reason
             attempt.end()

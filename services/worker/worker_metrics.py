@@ -13,9 +13,13 @@ if TYPE_CHECKING:
     from services.worker.worker import Worker
 
 
+# The enum's names as label values, computed once rather than on every handler's end.
+_OUTCOME_NAMES = {value: name.removeprefix("OUTCOME_").lower() for name, value in worker_pb2.Outcome.items()}
+
+
 def outcome_name(outcome: int) -> str:
     """succeeded, failed, cancelled or timed_out: the outcome labels the scheduler's series use too."""
-    return worker_pb2.Outcome.Name(outcome).removeprefix("OUTCOME_").lower()
+    return _OUTCOME_NAMES.get(outcome) or worker_pb2.Outcome.Name(outcome)
 
 
 class WorkerMetrics:

@@ -86,10 +86,10 @@ async def user(traced: TracedStack) -> AsyncIterator[UserTasks]:
         yield UserTasks(channel, await signup(channel, "tracing"))
 
 
-def client_parent() -> tuple[str, str, str]:
-    """(traceparent, trace id, span id) of a sampled client span."""
+def client_parent(sampled: bool = True) -> tuple[str, str, str]:
+    """(traceparent, trace id, span id) of a client span, sampled unless told."""
     trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
-    return f"00-{trace_id}-{span_id}-01", trace_id, span_id
+    return f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}", trace_id, span_id
 
 
 async def submit_traced(user: UserTasks, traceparent: str, kind: str = "sleep", max_attempts: int = 0) -> task_pb2.Task:
@@ -135,7 +135,6 @@ async def test_one_trace_follows_a_task_from_the_clients_traceparent_through_eve
         "task.start": 1,
         "task.handler": 1,
         "task.finish": 1,
-        "task.events": 2,
     }
     spans = await spans_of(traced.receiver, trace_id, wanted)
     by_id = {s.span_id: s for s in spans}
@@ -155,14 +154,16 @@ async def test_one_trace_follows_a_task_from_the_clients_traceparent_through_eve
     assert handler.parent_span_id == attempt.span_id
     assert wait.attribute("task.id") == task.id and attempt.attribute("task.outcome") == "succeeded"
     assert wait.span.start_time_unix_nano <= wait.span.end_time_unix_nano <= handler.span.start_time_unix_nano
-    # The scheduler: start and finish under the worker's attempt, each with its change-event push.
+    # The scheduler: start and finish under the worker's attempt, each from its batch's start to its change-event
+    # push, which follows the commit (an event).
     (start,) = named(spans, "task.start")
     (finish,) = named(spans, "task.finish")
     assert {start.service, finish.service} == {SCHEDULER}
     assert start.parent_span_id == attempt.span_id and finish.parent_span_id == attempt.span_id
     assert start.attribute("task.decision") == "run" and finish.attribute("task.accepted") is True
-    pushes = named(spans, "task.events")
-    assert {by_id[p.parent_span_id].name for p in pushes} == {"task.start", "task.finish"}
+    for transition in (start, finish):
+        (committed,) = [e for e in transition.span.events if e.name == "committed"]
+        assert transition.span.start_time_unix_nano <= committed.time_unix_nano <= transition.span.end_time_unix_nano
     assert start.span.end_time_unix_nano <= handler.span.start_time_unix_nano
     assert handler.span.end_time_unix_nano <= finish.span.start_time_unix_nano
     # Every span is in the client's trace and hangs from a span of it.
@@ -184,6 +185,22 @@ async def test_each_attempt_of_a_retried_task_is_a_child_of_its_submission(
     assert {a.parent_span_id for a in attempts} == {submit.span_id}
     assert sorted(a.attribute("task.attempt") for a in attempts) == [1, 2]  # type: ignore[type-var]
     assert {f.attribute("task.outcome") for f in named(spans, "task.finish")} == {"failed"}
+
+
+async def test_a_task_whose_caller_did_not_sample_its_trace_gets_no_span_in_any_process(
+    traced: TracedStack, user: UserTasks
+) -> None:
+    """The caller's sampling decision holds for every span of the task, the worker's and the scheduler's too."""
+    unsampled, unsampled_trace, _ = client_parent(sampled=False)
+    first = await submit_traced(user, unsampled)
+    assert (await user.wait_for(first.id)).status == S.TASK_STATUS_SUCCEEDED
+    traceparent, trace_id, _ = client_parent()
+    second = await submit_traced(user, traceparent)
+    assert (await user.wait_for(second.id)).status == S.TASK_STATUS_SUCCEEDED
+    # Each process exports its spans in the order they ended: the later task's all in, the earlier's would be.
+    wanted = {SUBMIT: 1, "task.queue_wait": 1, "task.attempt": 1, "task.handler": 1, "task.start": 1, "task.finish": 1}
+    await spans_of(traced.receiver, trace_id, wanted)
+    assert [s.name for s in traced.receiver.of_trace(unsampled_trace) if s.service != EDGE] == []
 
 
 async def test_a_delayed_tasks_attempt_is_a_child_of_its_submission(traced: TracedStack, user: UserTasks) -> None:

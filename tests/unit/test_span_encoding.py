@@ -1,0 +1,85 @@
+"""Our OTLP span encoding says what the exporter's own encoder says, for spans made by the real SDK."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as library_encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Status
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from services.core.span_encoding import encode_spans
+
+REMOTE = trace.SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, True, trace.TraceFlags(1))
+
+
+@pytest.fixture
+def finished() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "resilienttask-test", "service.instance.id": "w-1", "n": 3})
+    )
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()
+
+
+def _without_empty_status(request: ExportTraceServiceRequest) -> ExportTraceServiceRequest:
+    """The library writes an empty status on every span; OTLP reads an absent one the same (UNSET)."""
+    for resource_spans in request.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                if span.status == Status():
+                    span.ClearField("status")
+    return request
+
+
+def _spans(provider: TracerProvider) -> None:
+    tracer = provider.get_tracer("resilienttask")
+    with tracer.start_as_current_span(
+        "/pkg.Service/Method",
+        kind=SpanKind.SERVER,
+        attributes={"rpc.method": "Method", "n": 7, "ratio": 0.5, "ok": True, "names": ["a", "b"], "ns": (1, 2)},
+    ) as root:
+        root.add_event("started", {"decision": "run", "reason": ""}, timestamp=123)
+        root.add_event("bare")
+        with tracer.start_as_current_span("child") as child:
+            child.set_status(trace.Status(StatusCode.ERROR, "it broke"))
+        with tracer.start_as_current_span("ok child") as child:
+            child.set_status(trace.Status(StatusCode.OK))
+    remote = trace.set_span_in_context(trace.NonRecordingSpan(REMOTE))
+    tracer.start_span("task.attempt", remote, attributes={"task.id": "t-1"}, start_time=5).end(end_time=9)
+    other = provider.get_tracer("another.scope", "1.2")
+    other.start_span("elsewhere", remote).end()
+
+
+def test_the_encoding_is_the_libraries_for_the_spans_we_make(
+    finished: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = finished
+    _spans(provider)
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 5
+    ours = encode_spans(spans)
+    assert ours == _without_empty_status(library_encode_spans(spans))
+    # Ours writes no empty status; the library's two groups of scope are ours too.
+    assert [len(s.scope_spans) for s in ours.resource_spans] == [2]
+    assert sum(not span.HasField("status") for s in ours.resource_spans[0].scope_spans for span in s.spans) == 3
+
+
+def test_a_batch_with_what_it_does_not_write_is_the_libraries_exactly(
+    finished: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = finished
+    _spans(provider)
+    tracer = provider.get_tracer("resilienttask")
+    tracer.start_span("linked", links=[trace.Link(REMOTE, {"why": "batch"})]).end()
+    spans: tuple[ReadableSpan, ...] = exporter.get_finished_spans()
+    assert encode_spans(spans) == library_encode_spans(spans)
