@@ -137,11 +137,6 @@ def shutdown() -> None:
     rtask_logging.set_trace_lookup(None)
 
 
-def tracer() -> Tracer:
-    assert _tracer is not None, "tracing is off"
-    return _tracer
-
-
 # -- the traceparent strings we carry --------------------------------------------------------------------
 def format_parent(span_context: SpanContext) -> str:
     return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{int(span_context.trace_flags):02x}"
@@ -174,10 +169,6 @@ def parse_span_context(value: str | bytes | None) -> SpanContext | None:
     if not trace_id or not span_id:
         return None
     return _recorder.remote(trace_id, span_id, int(match.group(3), 16))
-
-
-def ns_from_ms(epoch_ms: float) -> int:
-    return int(epoch_ms * 1_000_000)
 
 
 @contextmanager

@@ -47,15 +47,14 @@ def _record(
 
 
 def record_work(
-    worker_id: str,
     finishes: Sequence[worker_pb2.FinishItem],
     finish_results: Sequence[worker_pb2.FinishResult],
     starts: Sequence[worker_pb2.StartItem],
     start_results: Sequence[worker_pb2.StartResult],
     times: BatchTimes,
 ) -> None:
-    """Spans for the traced items of one recorded batch (results in the items' order). worker_id is not
-    written: the worker is the parent attempt span's resource."""
+    """Spans for the traced items of one recorded batch (results in the items' order). The worker is not
+    written: it is the parent attempt span's resource."""
     for finish, verdict in zip(finishes, finish_results, strict=True):
         if finish.trace_parent:
             attributes: dict[str, AttributeValue] = {
@@ -74,7 +73,6 @@ def record_work(
 
 
 def record_failure(
-    worker_id: str,
     finishes: Sequence[worker_pb2.FinishItem],
     starts: Sequence[worker_pb2.StartItem],
     times: BatchTimes,
