@@ -42,7 +42,7 @@ from bench.figures import spread_ms
 from bench.ours import SUBMIT_BATCH, SUBMITS_IN_FLIGHT, OurBench, Servers
 from bench.run import STAMPS_DB, machine, source_version, stores
 from resilienttask import AsyncClient
-from services.core.kind_controls import set_operator
+from services.core import kind_controls
 from services.core.limits import UserLimits
 from services.stack.stack import Stack
 
@@ -154,24 +154,22 @@ KIND = "bench.noop"
 
 @asynccontextmanager
 async def drain_client(ours: OurBench, stack: Stack, gates: bool) -> AsyncIterator[AsyncClient]:
-    """A new user's client; with gates, the user is an operator and the kind has a rate limit, cleared after (the
-    controls are stored in the bench's database, which the next stack shares)."""
-    email = f"bench-{uuid.uuid4().hex[:12]}@example.com"
+    """A new user's client; with gates, the kind has a rate limit, set and cleared by the functions behind
+    OperatorService.SetKindRateLimit and ClearKindRateLimit (the controls live in the bench's database, which
+    the next stack shares)."""
     async with AsyncClient(stack.edge_address, timeout=60) as client:
-        await client.signup(email, "bench password")
+        await client.signup(f"bench-{uuid.uuid4().hex[:12]}@example.com", "bench password")
         if not gates:
             yield client
             return
-        conn = await asyncpg.connect(ours.servers.database_url)
+        pool = await asyncpg.create_pool(ours.servers.database_url, min_size=1, max_size=1)
+        assert pool is not None
         try:
-            await set_operator(conn, email, True)
-        finally:
-            await conn.close()
-        await client.set_rate_limit(KIND, 100_000, 1)
-        try:
+            await kind_controls.set_rate_limit(pool, KIND, 100_000, 1000)
             yield client
         finally:
-            await client.clear_rate_limit(KIND)
+            await kind_controls.clear_rate_limit(pool, KIND)
+            await pool.close()
 
 
 async def drain(ours: OurBench, sizes: Sizes, side: str) -> float:
