@@ -5,12 +5,12 @@ naming it (the worker's own code never comes near them)."""
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import grpc
 
 from resilienttask.worker.v1 import worker_pb2
+from services.core.token_bucket import TokenBucket
 from services.core.worker_credentials import worker_id_problem
 
 # Task ids are UUIDs; anything longer is not ours.
@@ -72,30 +72,12 @@ class WorkerLimits:
         if not math.isfinite(report.progress) or not 0.0 <= report.progress <= 1.0:
             raise WorkerInputRefused(grpc.StatusCode.INVALID_ARGUMENT, "progress.progress: must be from 0.0 to 1.0")
 
-    def progress_rate(self, slots: int) -> RateLimit:
+    def progress_rate(self, slots: int) -> TokenBucket:
+        """The bucket of one worker stream's progress reports: a report passes when take() grants it."""
         rate = self.progress_per_slot_per_s * max(1, slots)
-        return RateLimit(rate_per_s=rate, burst=max(rate, 1.0))
+        return TokenBucket(rate_per_s=rate, burst=max(rate, 1.0))
 
 
 def _check_task_id(task_id: str, name: str) -> None:
     if len(task_id) > MAX_TASK_ID_CHARS:
         raise WorkerInputRefused(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: at most {MAX_TASK_ID_CHARS} characters")
-
-
-class RateLimit:
-    """A token bucket: `take()` is False once the stream sends faster than rate_per_s beyond its burst."""
-
-    def __init__(self, rate_per_s: float, burst: float) -> None:
-        self.rate_per_s = rate_per_s
-        self.burst = burst
-        self._tokens = burst
-        self._at = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate_per_s)
-        self._at = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True

@@ -158,7 +158,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 elif message.HasField("progress"):
                     report = message.progress
                     self.limits.check_progress(report)
-                    if not progress_rate.take():
+                    if not progress_rate.take(1):
                         raise WorkerInputRefused(
                             grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"progress: at most {progress_rate.rate_per_s:g} reports per second for "

@@ -12,9 +12,10 @@ import pytest
 from resilienttask.worker.v1 import worker_pb2
 from services.core.config import AuthConfig, ConfigError
 from services.core.errors import Unauthenticated
+from services.core.token_bucket import TokenBucket
 from services.core.tokens import WORKER_AUDIENCE, mint_worker_token, verify_token
 from services.core.worker_credentials import EnrolmentConfig, WorkerKeyConfig, worker_id_problem
-from services.scheduler.worker_limits import RateLimit, WorkerInputRefused, WorkerLimits
+from services.scheduler.worker_limits import WorkerInputRefused, WorkerLimits
 from services.worker.isolation import IsolationConfig
 
 USER_KEY = AuthConfig(jwt_secret=b"u" * 40)
@@ -89,8 +90,8 @@ def test_worker_input_beyond_the_bounds_is_refused_with_the_field_named() -> Non
 
 
 def test_the_progress_rate_allows_its_burst_then_refuses() -> None:
-    bucket = RateLimit(rate_per_s=0.001, burst=3)
-    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    bucket = TokenBucket(rate_per_s=0.001, burst=3)
+    assert [bucket.take(1) == 1 for _ in range(4)] == [True, True, True, False]
 
 
 def test_a_handler_child_gets_no_secret_from_the_environment() -> None:
