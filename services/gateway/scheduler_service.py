@@ -182,7 +182,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> scheduler_pb2.ListWorkersResponse:
         current_user_id()
         workers = await worker_registry.live_workers(self.redis)
-        return scheduler_pb2.ListWorkersResponse(workers=[w.to_proto() for w in workers])
+        draining = await worker_registry.draining(self.redis) if workers else {}
+        return scheduler_pb2.ListWorkersResponse(workers=[w.to_proto(draining.get(w.id)) for w in workers])
 
     @translate_errors
     async def ListKinds(

@@ -7,6 +7,9 @@ scheduler receives it and the one holding that worker's stream pushes it down at
 
 One worker id has one stream: a new stream under an id replaces the old one, on this scheduler at once and
 on the others through a `replace` message on the same channel, so commands never go to two streams.
+
+A drain (OperatorService.DrainWorker) travels the same way: the scheduler holding the worker's stream refuses
+its starts from then on, pushes the drain down, and confirms on the gateway's reply channel.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -49,6 +54,8 @@ class Mailbox:
         self.stream_id = uuid.uuid4().hex
         # Set when a newer stream of the same worker took over: this one ends with ABORTED.
         self.replaced = False
+        # Drains the worker of this stream until a deadline (epoch s): set by the stream's work processor.
+        self.on_drain: Callable[[float], Awaitable[None]] | None = None
 
     def close(self) -> None:
         """The stream is ending: `next()` hands out what is left, then None."""
@@ -62,6 +69,11 @@ class Mailbox:
 
     def cancel(self, command: worker_pb2.CancelCommand) -> None:
         self._pending.cancels.append(command)
+        self._ready.set()
+
+    def drain(self, deadline: float) -> None:
+        """Tell the worker to drain, handing back what still runs at deadline (epoch s)."""
+        self._pending.drain.grace.FromMilliseconds(max(0, int((deadline - time.time()) * 1000)))
         self._ready.set()
 
     def answer(self, response: worker_pb2.WorkResponse) -> None:
@@ -111,6 +123,11 @@ class ConnectedWorkers:
     def __contains__(self, worker_id: str) -> bool:
         return worker_id in self._mailboxes
 
+    def drainer(self, worker_id: str) -> Callable[[float], Awaitable[None]] | None:
+        """What drains worker_id's stream here; None when its stream is not on this scheduler."""
+        mailbox = self._mailboxes.get(worker_id)
+        return None if mailbox is None else mailbox.on_drain
+
     def send_stop(self, worker_id: str, task_id: str, fence: int, reason: str) -> bool:
         mailbox = self._mailboxes.get(worker_id)
         if mailbox is None:
@@ -127,12 +144,17 @@ async def announce_stream(redis: aioredis.Redis, worker_id: str, mailbox: Mailbo
 
 async def relay_commands(redis: aioredis.Redis, workers: ConnectedWorkers) -> None:
     """Forward command-channel messages to the workers connected here; resubscribe after Redis failures."""
+    drains: set[asyncio.Task[None]] = set()
     while True:
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(keys.COMMAND_CHANNEL)
             async for message in pubsub.listen():
-                _deliver(message.get("data"), workers)
+                drain = _deliver(message.get("data"), workers)
+                if drain is not None:  # confirmed off the relay loop: it waits for a batch being recorded
+                    task = asyncio.create_task(_drain_and_confirm(redis, *drain))
+                    drains.add(task)
+                    task.add_done_callback(drains.discard)
         except (RedisError, OSError) as exc:
             log.warning("command relay lost Redis; resubscribing", extra={"error": repr(exc)})
             await asyncio.sleep(0.5)
@@ -141,14 +163,32 @@ async def relay_commands(redis: aioredis.Redis, workers: ConnectedWorkers) -> No
                 await pubsub.aclose()
 
 
-def _deliver(data: object, workers: ConnectedWorkers) -> None:
+# A drain to run here: (what drains the stream, its deadline in epoch s, the gateway's reply channel).
+Drain = tuple[Callable[[float], Awaitable[None]], float, str]
+
+
+def _deliver(data: object, workers: ConnectedWorkers) -> Drain | None:
+    """Hand a command to the stream it names, if that stream is here; a drain is returned to be run."""
     if not isinstance(data, (bytes, str)):
-        return
+        return None
     try:
         command = json.loads(data)
         if "replace" in command:
             workers.replaced_elsewhere(str(command["replace"]), str(command["stream"]))
-            return
+            return None
+        if "drain" in command:
+            drainer = workers.drainer(str(command["drain"]))
+            deadline, reply = float(command["deadline"]), keys.drain_reply_channel(str(command["reply"]))
+            return None if drainer is None else (drainer, deadline, reply)
         workers.send_stop(command["worker_id"], command["task_id"], int(command["fence"]), command["reason"])
     except (ValueError, KeyError, TypeError):
         log.warning("malformed command ignored")
+    return None
+
+
+async def _drain_and_confirm(
+    redis: aioredis.Redis, drainer: Callable[[float], Awaitable[None]], deadline: float, reply: str
+) -> None:
+    await drainer(deadline)
+    with contextlib.suppress(RedisError, OSError):  # unconfirmed: the worker's next heartbeat drains it anyway
+        await redis.publish(reply, "drained")
