@@ -58,6 +58,8 @@ SUPERSEDED = "superseded"
 # The entry may be reclaimed elsewhere before we can refresh it: nothing is reported, the entry is reclaimed.
 SELF_FENCED = "self-fenced"
 UNREPORTED = (SHUTDOWN, SUPERSEDED, SELF_FENCED)
+# The worker's health service that turns SERVING once a drain is over (nothing runs; rtask-worker-drain waits on it).
+DRAINED_SERVICE = "resilienttask.worker.drained"
 # The drain deadline passed: the handler is stopped and the task reported handed back.
 HANDBACK = "handback"
 HANDED_BACK = "handed back: the worker drained before the task finished"
@@ -122,6 +124,8 @@ class Worker:
         # Monotonic time at which a draining worker hands back what still runs; None while not draining.
         self.drain_deadline: float | None = None
         self._drain_changed = asyncio.Event()
+        # Set once a drain is over: nothing runs, and what was handed back is reported (or given up with the link).
+        self.drained = asyncio.Event()
         self._draining: asyncio.Task[None] | None = None
         # Set by services.worker.worker_metrics when metrics are on.
         self.metrics: WorkerMetrics | None = None
@@ -241,6 +245,9 @@ class Worker:
         stopping = [r.task for r in self.running.values() if r.task is not None]
         if stopping:
             await asyncio.wait(stopping)
+        with contextlib.suppress(TimeoutError):  # the handbacks reported, unless no scheduler answers
+            await asyncio.wait_for(self.reporter.wait_idle(), timeout=self.config.contact_timeout_ms / 1000)
+        self.drained.set()
         log.info("drained", extra={"worker": self.config.worker_id})
 
     def _hand_back(self, attempts: Iterable[Running]) -> None:

@@ -7,11 +7,14 @@ against the recorded history (every start, with its worker, and every end), not 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -198,3 +201,34 @@ async def test_sigterm_hands_back_what_outlives_the_drain_grace(
     (done,) = await operator.wait([task.id], timeout=30)
     assert done.status == TaskStatus.CANCELLED
     assert (await _ends(db, [task.id]))[task.id] == 1
+
+
+async def test_the_prestop_command_drains_the_worker_and_returns_once_it_has(
+    operator: AsyncClient, stack: Stack
+) -> None:
+    name = stack.names("worker")[0]
+    process = stack.processes[name]
+    worker_id = process.env["RTASK_WORKER_ID"]
+    try:
+        hook = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("rtask-worker-drain")),
+            "--pid",
+            str(process.pid),
+            "--address",
+            stack.address(name),
+            "--timeout",
+            "60",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await hook.communicate()
+        assert hook.returncode == 0 and b"drained" in out, out
+        assert process.alive(), "drained, not stopped: the kubelet's SIGTERM comes after the hook"
+        assert {w.id: w for w in await operator.workers()}[worker_id].draining
+        later = await operator.submit("after-hook", workload=0.05, replicas=10)
+        assert all(t.worker_id != worker_id for t in await operator.wait(later, timeout=60))
+        process.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 30) == 0
+    finally:
+        if process.alive():
+            process.stop()
+        stack.restart(name)
