@@ -154,9 +154,23 @@ def _report(field_name: bytes | str, raw: bytes | str, exc: MalformedEntry) -> N
 
 async def live_workers(redis: aioredis.Redis, stale_after_s: float = STALE_AFTER_S) -> list[WorkerInfo]:
     """The workers that heartbeat recently; malformed entries are skipped (and logged), never fatal."""
+    return _live(await redis.hgetall(keys.WORKERS_HASH), stale_after_s)
+
+
+async def pool_view(redis: aioredis.Redis) -> list[task_pb2.Worker]:
+    """The live workers as users see them (ListWorkers, the watch streams), draining ones marked; one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.WORKERS_HASH)
+        pipe.hgetall(keys.WORKERS_DRAINING_HASH)
+        entries, marked = await pipe.execute()
+    drains = _drains(marked)
+    return [info.to_proto(drains.get(info.id)) for info in _live(entries, STALE_AFTER_S)]
+
+
+def _live(entries: Mapping[Any, Any], stale_after_s: float) -> list[WorkerInfo]:
     now = time.time()
     workers = []
-    for field_name, raw in (await redis.hgetall(keys.WORKERS_HASH)).items():
+    for field_name, raw in entries.items():
         try:
             info = parse_entry(field_name, raw)
         except MalformedEntry as exc:
@@ -243,8 +257,12 @@ async def drain_deadline(redis: aioredis.Redis, worker_id: str) -> float | None:
 
 async def draining(redis: aioredis.Redis) -> dict[str, float]:
     """worker id -> drain deadline (epoch s) of every worker marked draining."""
+    return _drains(await redis.hgetall(keys.WORKERS_DRAINING_HASH))
+
+
+def _drains(entries: Mapping[Any, Any]) -> dict[str, float]:
     found: dict[str, float] = {}
-    for field_name, raw in (await redis.hgetall(keys.WORKERS_DRAINING_HASH)).items():
+    for field_name, raw in entries.items():
         deadline = _deadline(raw)
         if deadline is not None:
             found[field_name.decode(errors="replace") if isinstance(field_name, bytes) else field_name] = deadline

@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 import resilienttask
-from resilienttask import AsyncClient, Task, TaskStatus
+from resilienttask import AsyncClient, Snapshot, Task, TaskStatus
 from resilienttask.v1 import task_pb2
 from services.core.config import DatabaseConfig
 from services.gateway import operators
@@ -108,6 +108,10 @@ async def test_a_drained_worker_starts_nothing_finishes_what_it_can_and_hands_ba
         assert worker.id == drained and worker.draining and worker.drain_deadline is not None
         pool = {w.id: w for w in await operator.workers()}
         assert pool[drained].draining and not any(w.draining for i, w in pool.items() if i != drained)
+        async with operator.watch() as events:  # the dashboard's view of the pool says so too
+            snapshot = await anext(aiter(events))
+            assert isinstance(snapshot, Snapshot)
+            assert {w.id for w in snapshot.workers if w.draining} == {drained}
 
         # Nothing new on the drained worker once the call returned.
         later = await operator.submit("after", workload=0.05, replicas=20)
