@@ -23,6 +23,8 @@ import resilienttask
 from resilienttask import AsyncClient, Snapshot, Task, TaskStatus
 from resilienttask.v1 import task_pb2
 from services.core.config import DatabaseConfig
+from services.core.server import LIVENESS_SERVICE
+from services.deploy import healthcheck
 from services.gateway import operators
 from services.stack.stack import Stack
 from tests.conftest import Stores, unique_email
@@ -236,3 +238,14 @@ async def test_the_prestop_command_drains_the_worker_and_returns_once_it_has(
         if process.alive():
             process.stop()
         stack.restart(name)
+
+
+async def test_every_service_answers_the_probes_kubernetes_asks(stack: Stack) -> None:
+    """Readiness asks about the server as a whole, liveness about the `liveness` service (deploy/kubernetes/)."""
+    for name in (*stack.names("gateway"), *stack.names("scheduler"), *stack.names("worker")):
+        for service in ("", LIVENESS_SERVICE):
+            assert await asyncio.to_thread(healthcheck.check, stack.address(name), service) == "SERVING", (
+                name,
+                service,
+            )
+        assert await asyncio.to_thread(healthcheck.check, stack.address(name), "no.such.Service") == "NOT_FOUND"
