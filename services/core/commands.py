@@ -33,6 +33,13 @@ def replaced_message(worker_id: str, stream_id: str) -> bytes:
     return worker_pb2.SchedulerCommand(replaced=replaced).SerializeToString()
 
 
+def drain_message(worker_id: str, deadline_s: float, reply: str) -> bytes:
+    """Drain `worker_id`: its running tasks are handed back at `deadline_s` (epoch seconds); confirm on `reply`."""
+    drain = worker_pb2.DrainWorkerCommand(worker_id=worker_id, reply=reply)
+    drain.deadline.FromNanoseconds(round(deadline_s * 1e9))
+    return worker_pb2.SchedulerCommand(drain=drain).SerializeToString()
+
+
 def parse(data: object) -> worker_pb2.SchedulerCommand | None:
     """The command in a pub/sub message's data; None for anything that is not one (logged by the caller)."""
     if not isinstance(data, bytes):

@@ -11,6 +11,11 @@ restarting must not cost every running attempt); a handler whose entry has gone 
 reclaim_idle_ms minus self_fence_margin_ms is stopped without a report, so a worker cut off from the
 scheduler (past the grace) or from Redis never runs a task while another worker runs it too. A worker out of
 contact with the scheduler takes no new entries, and cancels cannot reach it meanwhile.
+
+Draining (an operator's DrainWorker pushed by the scheduler, or SIGTERM): the worker takes no new entry and lets
+the entries it holds but has not started go, lets its handlers finish until the drain deadline, then stops the
+rest and reports them handed back (queued again at once, the attempt not counted). After an operator's drain the
+worker stays connected and idle until it is stopped; on SIGTERM it then leaves.
 """
 
 from __future__ import annotations
@@ -53,6 +58,11 @@ SUPERSEDED = "superseded"
 # The entry may be reclaimed elsewhere before we can refresh it: nothing is reported, the entry is reclaimed.
 SELF_FENCED = "self-fenced"
 UNREPORTED = (SHUTDOWN, SUPERSEDED, SELF_FENCED)
+# The worker's health service that turns SERVING once a drain is over (nothing runs; rtask-worker-drain waits on it).
+DRAINED_SERVICE = "resilienttask.worker.drained"
+# The drain deadline passed: the handler is stopped and the task reported handed back.
+HANDBACK = "handback"
+HANDED_BACK = "handed back: the worker drained before the task finished"
 STOP_REASONS = {worker_pb2.STOP_REASON_SUPERSEDED: SUPERSEDED, worker_pb2.STOP_REASON_CANCELLED: "cancelled"}
 
 
@@ -90,6 +100,7 @@ class Worker:
             hello,
             self._on_command,
             self._announce,
+            on_drain=self.drain,
             contact_timeout_s=config.contact_timeout_ms / 1000,
         )
         self.progress = ProgressThrottle(self.link.send, lambda key: key in self.running)
@@ -110,6 +121,12 @@ class Worker:
         self._parked_changed = asyncio.Event()
         self._start_backoff = Backoff(initial_s=0.1, maximum_s=5.0)
         self._stopping = False
+        # Monotonic time at which a draining worker hands back what still runs; None while not draining.
+        self.drain_deadline: float | None = None
+        self._drain_changed = asyncio.Event()
+        # Set once a drain is over: nothing runs, and what was handed back is reported (or given up with the link).
+        self.drained = asyncio.Event()
+        self._draining: asyncio.Task[None] | None = None
         # Set by services.worker.worker_metrics when metrics are on.
         self.metrics: WorkerMetrics | None = None
         self._loops: list[asyncio.Task[None]] = []
@@ -127,9 +144,21 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        """Connected to a scheduler, and every loop alive (a crashed loop makes the worker useless)."""
-        loops = [self._consuming, *self._loops]
-        return self.connected and all(loop is not None and not loop.done() for loop in loops)
+        """Connected to a scheduler, and every loop alive (a crashed loop makes the worker useless).
+
+        A drained worker stays ready: it is idle on purpose, and restarting it would put it back to work."""
+        loops: list[asyncio.Task[None] | None] = [*self._loops]
+        if self.drain_deadline is None:  # a draining worker's consumer ended on purpose
+            loops.append(self._consuming)
+        return self.connected and bool(loops) and all(loop is not None and not loop.done() for loop in loops)
+
+    @property
+    def draining(self) -> bool:
+        return self.drain_deadline is not None
+
+    def drain_remaining_s(self) -> float:
+        """While draining: how long until what still runs is handed back."""
+        return 0.0 if self.drain_deadline is None else max(0.0, self.drain_deadline - time.monotonic())
 
     def _held(self) -> list[tuple[HeldKey, str]]:
         return [(r.key, r.entry_id) for r in self.running.values()] + list(self.finishing.items())
@@ -156,20 +185,17 @@ class Worker:
         log.info("worker started", extra={"worker": self.config.worker_id, "slots": self.config.slots})
 
     async def stop(self, drain_grace_s: float | None = None) -> None:
-        """Stop taking entries, let handlers finish for up to the drain grace, kill the rest and leave.
+        """Drain (up to the drain grace, or an operator's earlier deadline), then leave.
 
-        Unfinished entries are not acknowledged: other workers reclaim them after the idle threshold.
+        What the drain hands back is queued again at once. Anything still unreported after that (a start granted
+        as the drain ended, or a scheduler that cannot be reached) is killed without a report: its entry is not
+        acknowledged, and another worker reclaims it after the idle threshold.
         """
         grace_s = self.config.drain_grace_s if drain_grace_s is None else drain_grace_s
-        deadline = time.monotonic() + grace_s
         self._stopping = True
-        self._slot_freed.set()
-        if self._consuming is not None:
-            await asyncio.wait({self._consuming})  # ends after the current blocking read (read_block_ms)
-        running = [r.task for r in self.running.values() if r.task is not None]
-        if running:
-            log.info("draining", extra={"running": len(running), "grace_s": grace_s})
-            await asyncio.wait(running, timeout=max(0.0, deadline - time.monotonic()))
+        self.drain(grace_s)
+        if self._draining is not None:
+            await asyncio.wait({self._draining})
         for left in list(self.running.values()):
             left.stop_reason = SHUTDOWN
             left.attempt.cancel(grace_s=0)
@@ -177,10 +203,59 @@ class Worker:
         if still:
             await asyncio.wait(still)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.reporter.wait_idle(), timeout=max(1.0, deadline - time.monotonic()))
+            await asyncio.wait_for(self.reporter.wait_idle(), timeout=max(1.0, self.config.contact_timeout_ms / 1000))
         await cancel_and_wait([*self._loops, *([self._refreshing] if self._refreshing else [])])
         await self.link.close()
         log.info("worker stopped", extra={"worker": self.config.worker_id, "unsettled": len(self.finishing)})
+
+    def drain(self, grace_s: float) -> None:
+        """Take no new entry from now on; hand back what still runs after grace_s (an earlier deadline stays)."""
+        deadline = time.monotonic() + max(0.0, grace_s)
+        if self.drain_deadline is not None and self.drain_deadline <= deadline:
+            return
+        first = self.drain_deadline is None
+        self.drain_deadline = deadline
+        self._drain_changed.set()
+        if first:
+            log.info(
+                "draining", extra={"worker": self.config.worker_id, "running": len(self.running), "grace_s": grace_s}
+            )
+            self._slot_freed.set()  # the consumer wakes and ends
+            self._draining = asyncio.create_task(self._drain(), name="drain")
+            self._draining.add_done_callback(_log_crash)
+
+    async def _drain(self) -> None:
+        """Let go of the entries not started, wait for the handlers until the deadline, hand back the rest."""
+        if self._consuming is not None:
+            await asyncio.wait({self._consuming})  # ends after the current blocking read (read_block_ms)
+        parked, self.parked = [p.delivery for p in self.parked], []
+        if parked:
+            await self._release(parked)
+        while self.running or self.offering:  # a start asked before the drain may still be granted
+            assert self.drain_deadline is not None
+            wait_s = self.drain_deadline - time.monotonic()
+            if wait_s <= 0:
+                break
+            self._drain_changed.clear()
+            changed = asyncio.ensure_future(self._drain_changed.wait())
+            handlers = {r.task for r in self.running.values() if r.task is not None}
+            await asyncio.wait({changed, *handlers}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+            changed.cancel()
+        self._hand_back(list(self.running.values()))
+        stopping = [r.task for r in self.running.values() if r.task is not None]
+        if stopping:
+            await asyncio.wait(stopping)
+        with contextlib.suppress(TimeoutError):  # the handbacks reported, unless no scheduler answers
+            await asyncio.wait_for(self.reporter.wait_idle(), timeout=self.config.contact_timeout_ms / 1000)
+        self.drained.set()
+        log.info("drained", extra={"worker": self.config.worker_id})
+
+    def _hand_back(self, attempts: Iterable[Running]) -> None:
+        """Stop these handlers (cooperatively, killed after the cancel grace); they are reported handed back."""
+        for running in attempts:
+            if running.stop_reason == "":
+                running.stop_reason = HANDBACK
+            running.attempt.cancel()
 
     # -- consuming --------------------------------------------------------------------------------
     async def _consume(self) -> None:
@@ -188,7 +263,7 @@ class Worker:
         take over stalled ones."""
         next_reclaim = time.monotonic()
         backoff = Backoff(initial_s=0.1, maximum_s=2.0)
-        while not self._stopping:
+        while not self._stopping and self.drain_deadline is None:
             free = self.free_slots
             if free <= 0:
                 self._slot_freed.clear()
@@ -266,12 +341,16 @@ class Worker:
             if not self.link.connected.is_set():  # contact lost while they were read: let others have them
                 await self._release(fresh)
                 return
+            if self.drain_deadline is not None:  # draining: asking again is for another worker to do
+                await self._release(fresh)
+                return
             delay_s = self._start_backoff.next_delay_s()
             log.warning("start refused; entries kept", extra={"error": repr(exc), "retry_s": delay_s})
             self._park(fresh, delay_s)
             return
         finally:
             self.offering.difference_update(d.entry_id for d in fresh)
+            self._drain_changed.set()
         self._start_backoff.reset()
         skipped: list[str] = []
         deferred: list[Delivery] = []
@@ -283,7 +362,9 @@ class Worker:
                 skipped.append(delivery.entry_id)
             else:
                 deferred.append(delivery)
-        if deferred:
+        if deferred and self.drain_deadline is not None:
+            await self._release(deferred)  # the scheduler starts nothing more here: let another worker have them
+        elif deferred:
             self._park(deferred, DEFER_RETRY_S)
         if skipped:
             self._forget(skipped)
@@ -335,7 +416,7 @@ class Worker:
             if self._stopping:
                 continue
             if keep := [d for d in due if d.entry_id in owned]:
-                if self.link.connected.is_set():
+                if self.link.connected.is_set() and self.drain_deadline is None:
                     await self._offer(keep)
                 else:
                     await self._release(keep)
@@ -364,6 +445,8 @@ class Worker:
         self.running[key] = running
         running.task = asyncio.create_task(self._run(running), name=f"attempt:{key[0]}")
         self._fence_changed.set()
+        if self.drain_deadline is not None and time.monotonic() >= self.drain_deadline:
+            self._hand_back([running])  # granted just as the drain ended
 
     async def _run(self, running: Running) -> None:
         began = time.monotonic()
@@ -381,6 +464,11 @@ class Worker:
                 self._slot_freed.set()
             if self.metrics is not None:
                 self.metrics.handled(kind, outcome.outcome, time.monotonic() - began)
+            if running.stop_reason == HANDBACK and outcome.outcome in (
+                worker_pb2.OUTCOME_CANCELLED,
+                worker_pb2.OUTCOME_FAILED,
+            ):  # stopped for the drain (a handler may raise when stopped): the task goes back to the queue
+                outcome = AttemptOutcome(worker_pb2.OUTCOME_HANDED_BACK, f"{HANDED_BACK}; {outcome.error}")
             if running.stop_reason in UNREPORTED:
                 # Superseded: another attempt owns the task and its entry. Otherwise the entry is reclaimed.
                 log.info("attempt dropped", extra={"task_id": running.key[0], "reason": running.stop_reason})
@@ -426,7 +514,11 @@ class Worker:
 
     async def _announce(self) -> None:
         """Right after (re)connecting: tell the new scheduler what we hold, without waiting for the tick."""
-        await self.link.heartbeat([held(key) for key, _ in self._held()])
+        await self.link.heartbeat([held(key) for key, _ in self._held()], self._drain_state())
+
+    def _drain_state(self) -> float | None:
+        """For the heartbeat: seconds until the drain hands back what runs; None while not draining."""
+        return self.drain_remaining_s() if self.drain_deadline is not None else None
 
     async def _heartbeat(self) -> None:
         """Tell the scheduler what we hold and, while it answers (or within the outage grace), reset those
@@ -436,7 +528,7 @@ class Worker:
         scheduler's answers would stop and the stream be given up for nothing.
         """
         holding = self._held()
-        await self.link.heartbeat([held(key) for key, _ in holding])
+        await self.link.heartbeat([held(key) for key, _ in holding], self._drain_state())
         if not self._may_refresh() or (self._refreshing is not None and not self._refreshing.done()):
             return
         entry_ids = [entry_id for _, entry_id in holding]

@@ -67,6 +67,7 @@ CLIENT_METHODS = [
     "delete",
     "delete_many",
     "delete_schedule",
+    "drain_worker",
     "get",
     "get_schedule",
     "health",

@@ -352,7 +352,7 @@ async def test_a_dead_workers_entry_is_reclaimed(harness: Harness, redis: aiored
 
 
 # -- leaving ------------------------------------------------------------------------------------------------
-async def test_stop_drains_short_tasks_and_leaves_long_ones_pending(redis: aioredis.Redis) -> None:
+async def test_stop_drains_short_tasks_and_hands_back_long_ones(redis: aioredis.Redis) -> None:
     auth = make_auth()
     script = Script()
     server, scheduler, port = await serve(auth, script)
@@ -368,8 +368,10 @@ async def test_stop_drains_short_tasks_and_leaves_long_ones_pending(redis: aiore
         pid = worker.running[(long, long_fence)].attempt.pid
         await worker.stop(drain_grace_s=1.0)
         assert harness.finish_of(short) is not None and await harness.settled(short)
-        assert harness.finish_of(long) is None, "an unfinished attempt is not reported"
-        assert harness.entries[long] in await harness.pending(), "and its entry stays for another worker"
+        handed = harness.finish_of(long)
+        assert handed is not None and handed.outcome == worker_pb2.OUTCOME_HANDED_BACK, "unfinished: handed back"
+        assert handed.task.fence == long_fence and "handed back" in handed.error
+        assert await harness.settled(long), "its entry acknowledged once the scheduler queued the task again"
         assert pid is not None and _gone(pid)
     finally:
         await server.stop(None)
