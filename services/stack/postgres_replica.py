@@ -26,6 +26,7 @@ from services.stack.embedded import (
     postgres_process,
     wait_for_postgres,
 )
+from services.stack.ports import port_holder, port_is_open
 from services.stack.processes import ManagedProcess
 
 # The name the standby's WAL receiver reports (its cluster_name), which the primary's synchronous_standby_names
@@ -172,12 +173,13 @@ class ReplicatedPostgres:
         folder = f"standby{next(self._folders)}"
         pgdata = base_backup(self.primary_port, self.data_dir, folder)
         _forget_sync_standby(pgdata)
+        _wait_port_released(port)
         standby = postgres_process(
             self.data_dir, port, log_dir=self.log_dir, echo=self.echo, folder=folder, settings=STANDBY_SETTINGS
         )
         standby.start()
         self.standby = standby
-        wait_for_postgres(standby, port)
+        _wait_started(standby, port)
         names = PRIMARY_SETTINGS["synchronous_standby_names"]
         _psql(self.primary_port, f"ALTER SYSTEM SET synchronous_standby_names = '{names}'")
         _psql(self.primary_port, "SELECT pg_reload_conf()")
@@ -207,7 +209,7 @@ def start_replicated(
             data_dir, ports[1], log_dir=log_dir, echo=echo, folder="standby1", settings=STANDBY_SETTINGS
         )
         standby.start()
-        wait_for_postgres(standby, ports[1])
+        _wait_started(standby, ports[1])
         wait_for_sync_standby(ports[0])
     except BaseException:
         for proc in (standby, primary):
@@ -215,6 +217,24 @@ def start_replicated(
                 proc.stop(grace_s=15, sig=signal.SIGINT)
         raise
     return ReplicatedPostgres(data_dir, list(ports), primary, standby, log_dir, echo)
+
+
+def _wait_port_released(port: int, timeout_s: float = 30.0) -> None:
+    """Block until nothing listens on the dead server's port any more (its last processes gone), or say who does."""
+    deadline = time.monotonic() + timeout_s
+    while port_is_open("127.0.0.1", port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"port {port} still taken by {port_holder(port) or 'another process'}")
+        time.sleep(0.05)
+
+
+def _wait_started(proc: ManagedProcess, port: int) -> None:
+    """wait_for_postgres, saying why the server stopped (its log may be gone with a test's data folder)."""
+    try:
+        wait_for_postgres(proc, port)
+    except RuntimeError as exc:
+        tail = proc.log_path.read_text(errors="replace").splitlines()[-5:] if proc.log_path.exists() else []
+        raise RuntimeError(f"{exc}: {' / '.join(tail)}") from exc
 
 
 def _forget_sync_standby(pgdata: Path) -> None:
