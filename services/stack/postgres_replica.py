@@ -100,7 +100,7 @@ def _run_as(user: str | None, argv: list[str]) -> None:
         raise RuntimeError(f"{Path(argv[0]).name} failed ({done.returncode}): {done.stderr.strip()}")
 
 
-def _children(pid: int) -> list[int]:
+def children_of(pid: int) -> list[int]:
     """The processes whose parent is pid (PostgreSQL's backends and helpers, each in a session of its own)."""
     found = []
     for entry in Path("/proc").iterdir():
@@ -123,7 +123,7 @@ def crash(proc: ManagedProcess) -> None:
     they vanish mid-statement. The postmaster is stopped first so it forks no new backend meanwhile.
     """
     os.kill(proc.pid, signal.SIGSTOP)
-    for child in _children(proc.pid):
+    for child in children_of(proc.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
     proc.kill()
