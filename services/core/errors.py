@@ -151,11 +151,28 @@ def translate_errors(method: Handler) -> Handler:
     return unary_wrapper  # type: ignore[return-value]
 
 
-_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+# PostgreSQL unreachable, or not (yet) the primary: the connection refused or cut (class 08), the server shutting
+# down, crashed or still starting (57P01-57P03), too many connections, a write that reached a standby (25006).
+# And asyncpg's own client-side errors (InternalClientError), which a failover raises: with a multi-host
+# DATABASE_URL, no listed server accepting writes yet (TargetServerAttributeNotMatched); and, when the primary's
+# postmaster dies, its sessions end with a FATAL error before their sockets close, in that moment a pooled
+# connection is handed out in a state that refuses the next statement ("cannot switch to state ...; another
+# operation is in progress") until its close is seen. All safe to retry once a primary is back: the statement
+# that failed was not committed, or is repeated idempotently.
+POSTGRES_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.InterfaceError,
     asyncpg.TooManyConnectionsError,
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+# Anything PostgreSQL or the way to it may raise: what code that must outlive an outage catches.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *POSTGRES_UNAVAILABLE, OSError)
+_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    *POSTGRES_UNAVAILABLE,
     RedisConnectionError,
     RedisTimeoutError,
     ConnectionError,
@@ -163,6 +180,6 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 # What a background loop (sweeps, due publication, schedule firing, cluster gauges) logs and retries after: any
 # refusal or failure of PostgreSQL or Redis. Anything else is a bug, logged with its traceback.
-STORE_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, RedisError)
+STORE_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, RedisError)
 # Deadlocks and serialization failures: the transaction was rolled back whole, so a retry is safe.
 _CONFLICT_ERRORS: tuple[type[BaseException], ...] = (asyncpg.TransactionRollbackError,)

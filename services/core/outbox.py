@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from resilienttask.v1 import task_pb2
 from services.core import commands, keys, task_store
 from services.core.dispatch import DispatchEntry, publish, published_refs, queue_entries, row_entry
+from services.core.errors import DATABASE_ERRORS
 from services.core.events import PUBLISH_CHUNK, TaskChange, publish_changes, queue_changes
 from services.core.transitions.rules import RunningRef
 
@@ -113,7 +114,7 @@ async def _write_marks(pool: asyncpg.Pool, pending: Sequence[tuple[DispatchEntry
         await task_store.mark_published(
             pool, [e.task_id for e in entries], [e.dispatch_id for e in entries], [ref for _, ref in pending]
         )
-    except (asyncpg.PostgresError, OSError) as exc:
+    except DATABASE_ERRORS as exc:
         # The entries are in the stream; the sweeper may publish them again, which fencing makes harmless.
         log.warning("could not record publication", extra={"error": repr(exc)})
 
@@ -132,7 +133,7 @@ async def _park_or_log(pool: asyncpg.Pool, changes: Sequence[TaskChange]) -> Non
     """Redis refused the events: keep them in PostgreSQL for the scheduler to append later."""
     try:
         await park_events(pool, changes)
-    except (asyncpg.PostgresError, OSError) as exc:
+    except DATABASE_ERRORS as exc:
         log.error("change events lost", extra={"events": len(changes), "error": repr(exc)})
 
 
