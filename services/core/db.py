@@ -80,13 +80,18 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
 async def create_pool(config: DatabaseConfig, *, run_migrations: bool = True) -> asyncpg.Pool:
     """Open the pool, migrating first so no query ever sees an old schema."""
     if run_migrations:
-        conn = await asyncpg.connect(config.url)
+        conn = await asyncpg.connect(config.url, timeout=config.connect_timeout_ms / 1000)
         try:
             await migrate(conn)
         finally:
             await conn.close()
     pool = await asyncpg.create_pool(
-        config.url, min_size=config.pool_min_size, max_size=config.pool_max_size, reset=_end_open_transaction
+        config.url,
+        min_size=config.pool_min_size,
+        max_size=config.pool_max_size,
+        reset=_end_open_transaction,
+        command_timeout=config.command_timeout_ms / 1000,
+        timeout=config.connect_timeout_ms / 1000,
     )
     assert pool is not None
     return pool
