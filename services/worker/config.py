@@ -16,7 +16,7 @@ from services.worker.logs import LogShipConfig
 # What a self-fenced handler's stop may take beyond the cancel grace (the fence timer firing late on a busy
 # event loop, the kill and its reaping), and what a reset of an entry's idle time may lag behind the moment
 # the worker counts it from: the least margin between a handler's stop and its entry becoming reclaimable.
-FENCE_SLACK_MS = 500
+FENCE_SLACK_MS = 250
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:

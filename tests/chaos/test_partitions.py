@@ -1,5 +1,5 @@
 """A worker's links stall with the production timings: 10 s reclaim idle, 1 s heartbeats, 30 s outage grace,
-500 ms cancel grace, so the fence margin of 3 s (tests/integration/test_partitions.py plays the same cases,
+500 ms cancel grace, so a fence margin of 3 s (tests/integration/test_partitions.py plays the same cases,
 scaled down, in `make test`).
 
 Each case prints when the handler stopped and when the next attempt started on the other worker, counted from

@@ -16,10 +16,12 @@ from collections.abc import AsyncIterator, Awaitable, Iterator
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 
 from resilienttask import AsyncClient, Task, TaskStatus
 from resilienttask.v1 import scheduler_pb2, scheduler_pb2_grpc
 from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
+from services.core import keys
 from tests.conftest import Stores, unique_email
 from tests.helpers import eventually
 from tests.integration.partition_handler import KIND, STUBBORN_KIND
@@ -33,9 +35,10 @@ from tests.integration.partitioned_stack import (
     submit,
     value,
 )
+from tests.integration.test_user_limits import on_database
 
 REDIS_DB = 14
-# The fence margin is the default: max(30 % of 3 s, cancel grace + 500 ms) = 900 ms.
+# The fence margin is the default: max(30 % of 3 s, cancel grace + 250 ms) = 900 ms.
 TIMINGS = {
     "RTASK_WORKER_RECLAIM_IDLE_MS": "3000",
     "RTASK_WORKER_HEARTBEAT_MS": "500",
@@ -77,6 +80,43 @@ async def test_a_worker_cut_off_stops_its_handler_before_its_task_runs_elsewhere
 ) -> None:
     takeover = await cut_worker_off(user, partitioned, cut, kind, WORKLOAD_S)
     print(f"\n{takeover}")
+
+
+async def test_a_worker_that_reaches_redis_but_not_the_scheduler_leaves_reclaimable_work_to_others(
+    user: AsyncClient, partitioned: Partitioned, stores: Stores
+) -> None:
+    """Worker A still reaches Redis but no scheduler: it must not reclaim an abandoned entry (it could not start
+    it, only hold it, refreshing its idle time, until the link healed). Worker B takes it once it is idle."""
+    a, b = (partitioned.stack.processes[name] for name in ("worker-1", "worker-2"))
+    partitioned.links["worker-1-scheduler"].stall()
+    redis = aioredis.from_url(on_database(stores.redis_access, REDIS_DB).admin.url_with_password())  # type: ignore[union-attr]
+    try:
+        await eventually(lambda: _not(healthy(partitioned.stack.address("worker-1"))), message="A out of contact")
+        # An entry a worker read and then died with: B's Redis link stalls a moment, so the dead one reads it first.
+        partitioned.links["worker-2-redis"].stall()
+        try:
+            # B's blocked read, sent before the stall, has to end first (after its block time), or it takes the entry.
+            await eventually(lambda: _none_blocked(redis), message="no worker's read waits in Redis")
+            task = await submit(user, partitioned, KIND, 0.2)
+            stream = keys.dispatch_stream(KIND)
+            taken = await redis.xreadgroup(keys.DISPATCH_GROUP, "dead-worker", {stream: ">"}, count=10, block=5000)
+            assert taken, "the dead worker read the entry"
+        finally:
+            partitioned.links["worker-2-redis"].resume()
+        await ended_once(user, partitioned, [task])
+        (run,) = runs_of(partitioned, task.id)
+        assert run.pid == b.pid, "B ran it"
+        consumer = a.env["RTASK_WORKER_ID"]
+        assert not await redis.xpending_range(stream, keys.DISPATCH_GROUP, "-", "+", 10, consumer), "A holds nothing"
+    finally:
+        partitioned.links["worker-1-scheduler"].resume()
+        await redis.aclose()
+    await eventually(lambda: healthy(partitioned.stack.address("worker-1")), timeout_s=30, message="A back")
+
+
+async def _none_blocked(redis: aioredis.Redis) -> bool:
+    clients = await redis.client_list()
+    return not any(client["cmd"] == "xreadgroup" and "b" in client["flags"] for client in clients)
 
 
 # -- services cut off from PostgreSQL --------------------------------------------------------------------------
