@@ -63,5 +63,5 @@ async def user(partitioned: Partitioned) -> AsyncIterator[AsyncClient]:
 async def test_with_production_timings_a_cut_off_worker_stops_its_handler_before_the_takeover(
     user: AsyncClient, partitioned: Partitioned, cut: str, kind: str
 ) -> None:
-    takeover = await cut_worker_off(user, partitioned, cut, kind, WORKLOAD_S, cancel=True)
+    takeover = await cut_worker_off(user, partitioned, cut, kind, WORKLOAD_S, cancel=True, takeover_timeout_s=120)
     print(f"\n{takeover}")

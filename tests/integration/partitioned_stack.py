@@ -201,7 +201,14 @@ class Takeover:
 
 
 async def cut_worker_off(
-    user: AsyncClient, partitioned: Partitioned, cut: str, kind: str, workload_s: float, *, cancel: bool = False
+    user: AsyncClient,
+    partitioned: Partitioned,
+    cut: str,
+    kind: str,
+    workload_s: float,
+    *,
+    cancel: bool = False,
+    takeover_timeout_s: float = 30,
 ) -> Takeover:
     """Stall the links (`cut`: "scheduler", "redis" or "both") of the worker running a task until another worker
     runs the task's next attempt, then heal them; check that the runs never overlapped, that a task of the
@@ -217,7 +224,9 @@ async def cut_worker_off(
         link.stall()
     try:
         await eventually(
-            lambda: value(len(runs_of(partitioned, task.id)) >= 2), timeout_s=120, message="attempt 2 elsewhere"
+            lambda: value(len(runs_of(partitioned, task.id)) >= 2),
+            timeout_s=takeover_timeout_s,
+            message="attempt 2 elsewhere",
         )
     finally:
         for link in links:

@@ -47,8 +47,9 @@ TIMINGS = {
     "RTASK_DB_COMMAND_TIMEOUT_MS": "2000",
     "RTASK_DB_CONNECT_TIMEOUT_MS": "2000",
 }
-# Long enough that the first attempt still runs when its worker fences itself (about 4 s after the stall).
-WORKLOAD_S = 7.0
+# Far longer than a partition plays out (the first attempt must still run when its worker fences itself): the
+# tasks are cancelled once taken over.
+WORKLOAD_S = 60.0
 PASSWORD = "correct horse battery"
 
 
@@ -78,7 +79,7 @@ async def user(partitioned: Partitioned) -> AsyncIterator[AsyncClient]:
 async def test_a_worker_cut_off_stops_its_handler_before_its_task_runs_elsewhere(
     user: AsyncClient, partitioned: Partitioned, cut: str, kind: str
 ) -> None:
-    takeover = await cut_worker_off(user, partitioned, cut, kind, WORKLOAD_S)
+    takeover = await cut_worker_off(user, partitioned, cut, kind, WORKLOAD_S, cancel=True)
     print(f"\n{takeover}")
 
 
