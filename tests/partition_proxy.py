@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,8 +30,6 @@ class Link:
         self._proxies = proxies
         self._proxy = proxy
         self.name = name
-        # When the last stall began (time.time()), for the test's figures.
-        self.stalled_at: float | None = None
 
     @property
     def port(self) -> int:
@@ -50,14 +47,13 @@ class Link:
         return urlunsplit(parts._replace(netloc=netloc))
 
     def stall(self) -> None:
-        self.stalled_at = time.time()
         self._proxies.call(_run(self._proxy.stall))
 
     def resume(self) -> None:
         self._proxies.call(_run(self._proxy.resume))
 
 
-async def _run(action: Any) -> None:
+async def _run(action: Callable[[], None]) -> None:
     action()
 
 

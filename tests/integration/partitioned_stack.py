@@ -41,6 +41,9 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 
 @dataclass
 class Partitioned:
+    """The running stack, its proxied links by name ("gateway-pg", "scheduler-pg", "worker-1-scheduler",
+    "worker-1-redis", ...), its database and the folder the task bodies record their runs in."""
+
     stack: Stack
     proxies: PartitionProxies
     links: dict[str, Link]
