@@ -72,6 +72,16 @@ class DatabaseConfig:
     # asyncpg's per-connection cache of named prepared statements (its default, 100); 0 behind a pooler in
     # transaction mode that does not track prepared statements itself.
     statement_cache_size: int = 100
+    # The longest one statement may take before the call fails (UNAVAILABLE at the gRPC boundary): a stalled
+    # network path never closes a connection by itself, and every caller would wait on it for ever. Below the
+    # edge's unary timeout (30 s), so the service answers first.
+    command_timeout_ms: int = 15_000
+    # The longest opening a connection may take (the pool opens them as calls need them).
+    connect_timeout_ms: int = 5_000
+
+    def __post_init__(self) -> None:
+        if self.command_timeout_ms <= 0 or self.connect_timeout_ms <= 0:
+            raise ConfigError("command_timeout_ms and connect_timeout_ms must be positive")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> DatabaseConfig:
@@ -87,6 +97,8 @@ class DatabaseConfig:
             pool_max_size=_int(env, "RTASK_DB_POOL_MAX", 10),
             direct_url=env.get("DATABASE_DIRECT_URL", ""),
             statement_cache_size=cache,
+            command_timeout_ms=_int(env, "RTASK_DB_COMMAND_TIMEOUT_MS", 15_000),
+            connect_timeout_ms=_int(env, "RTASK_DB_CONNECT_TIMEOUT_MS", 5_000),
         )
 
 

@@ -81,7 +81,11 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
 async def create_pool(config: DatabaseConfig, *, run_migrations: bool = True) -> asyncpg.Pool:
     """Open the pool, migrating first so no query ever sees an old schema."""
     if run_migrations:
-        conn = await asyncpg.connect(config.direct_url or config.url, statement_cache_size=config.statement_cache_size)
+        conn = await asyncpg.connect(
+            config.direct_url or config.url,
+            statement_cache_size=config.statement_cache_size,
+            timeout=config.connect_timeout_ms / 1000,
+        )
         try:
             await migrate(conn)
         finally:
@@ -92,6 +96,8 @@ async def create_pool(config: DatabaseConfig, *, run_migrations: bool = True) ->
         max_size=config.pool_max_size,
         reset=_end_open_transaction,
         statement_cache_size=config.statement_cache_size,
+        command_timeout=config.command_timeout_ms / 1000,
+        timeout=config.connect_timeout_ms / 1000,
     )
     assert pool is not None
     return pool

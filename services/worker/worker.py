@@ -7,10 +7,20 @@ in this consumer's pending list, so nothing is lost when the worker dies: XAUTOC
 
 Self-fencing: another worker may reclaim an entry once it has sat idle for reclaim_idle_ms. Held entries
 are refreshed while a scheduler answers, and for outage_grace_ms after the last answer (a scheduler
-restarting must not cost every running attempt); a handler whose entry has gone unrefreshed for
-reclaim_idle_ms minus self_fence_margin_ms is stopped without a report, so a worker cut off from the
-scheduler (past the grace) or from Redis never runs a task while another worker runs it too. A worker out of
-contact with the scheduler takes no new entries, and cancels cannot reach it meanwhile.
+restarting must not cost every running attempt). A worker that can no longer prove it owns an entry (cut
+off from the scheduler past the grace, or unable to reset the entry's idle time in Redis) stops its handler
+without a report, before the entry can be reclaimed elsewhere. The timing rule, with R = reclaim_idle_ms,
+M = self_fence_margin_ms, G = cancel_grace_ms and t0 the last reset of the entry's idle time as this worker
+counts it (when the read, claim or refresh was asked: Redis reset it at that moment or later):
+
+    cancelled at t0 + R - M, killed by t0 + R - M + G, reclaimable elsewhere from t0 + R at the earliest,
+
+and WorkerConfig refuses M < G + FENCE_SLACK_MS, so the handler has stopped FENCE_SLACK_MS (for timer lag and the
+kill itself) before anyone may take the task over. A reset answered after the fence deadline does not count
+(our XCLAIM may have landed after a reclaim). So no task runs on two workers at once, even when a link stalls;
+the only exception is an in-process handler that ignores cancellation (it cannot be killed, only abandoned:
+register such code with process=True). A worker out of contact with the scheduler takes no new entries,
+gives back those it read, and cancels cannot reach it meanwhile.
 
 Draining (an operator's DrainWorker pushed by the scheduler, or SIGTERM): the worker takes no new entry and lets
 the entries it holds but has not started go, lets its handlers finish until the drain deadline, then stops the
@@ -274,7 +284,10 @@ class Worker:
                 await self._until_connected_or_stopping()
                 continue
             try:
-                now = time.monotonic()
+                # Redis resets a delivered entry's idle time somewhere between the request and the reply (a
+                # blocked read, or a reply held up on a stalled path, may take long): counted from the request,
+                # the fence deadline can only come early, never late.
+                now = asked_at = time.monotonic()
                 if now >= next_reclaim:
                     next_reclaim = now + self.config.reclaim_check_interval_ms / 1000
                     deliveries = await self.consumer.reclaim(free, self.config.reclaim_idle_ms)
@@ -291,11 +304,8 @@ class Worker:
                 await asyncio.sleep(backoff.next_delay_s())
                 continue
             if deliveries:
-                # An entry's idle time starts when Redis hands it over, a moment before the reply arrives (a
-                # blocked read may have waited since `now`): sub-millisecond, far inside the fencing margin.
-                delivered_at = time.monotonic()
                 for delivery in deliveries:
-                    self.refreshed_at.setdefault(delivery.entry_id, delivered_at)
+                    self.refreshed_at.setdefault(delivery.entry_id, asked_at)
                 self.traces.delivered(deliveries)
                 await self._offer(deliveries)
 
@@ -336,7 +346,7 @@ class Worker:
                 and self.refreshed_at.get(d.entry_id, 0.0) < started_at - self.config.heartbeat_interval_ms / 1000
             ]
             if stale:  # parked a while: reset their idle time before their handlers start, or they would be fenced
-                await self._refresh(stale)
+                await self._refresh(stale, granted=True)
         except Exception as exc:  # whatever failed, the entries stay ours and are offered again
             if not self.link.connected.is_set():  # contact lost while they were read: let others have them
                 await self._release(fresh)
@@ -547,7 +557,14 @@ class Worker:
         out_s = self.link.out_of_contact_s()
         return out_s is not None and out_s * 1000 < self.config.outage_grace_ms
 
-    async def _refresh(self, entry_ids: Sequence[str]) -> None:
+    async def _refresh(self, entry_ids: Sequence[str], *, granted: bool = False) -> None:
+        """Reset the idle time of entries we hold; each counts as reset when it was asked (never later).
+
+        A reset answered after the entry's fence deadline does not count (unless `granted`): the entry may have
+        been reclaimed by another worker by the time our XCLAIM reached Redis, and taken back by it, so its
+        handler is stopped all the same. `granted`: the scheduler has just given us these entries' tasks, so they
+        are ours whatever their idle time was.
+        """
         if not entry_ids:
             return
         asked_at = time.monotonic()
@@ -558,18 +575,26 @@ class Worker:
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("could not refresh held entries", extra={"error": repr(exc)})
             return
+        answered_at = time.monotonic()
         for entry_id in entry_ids:
-            if entry_id in self.refreshed_at:
+            reset = self.refreshed_at.get(entry_id)
+            if reset is not None and (granted or answered_at < reset + self._fence_after_s):
                 self.refreshed_at[entry_id] = asked_at
         self._fence_changed.set()
+
+    @property
+    def _fence_after_s(self) -> float:
+        return (self.config.reclaim_idle_ms - self.config.self_fence_margin_ms) / 1000
 
     def _fence_deadline(self, running: Running) -> float:
         """When this attempt must stop: its entry may be reclaimed elsewhere reclaim_idle_ms after its last reset."""
         reset = self.refreshed_at.get(running.entry_id, 0.0)
-        return reset + (self.config.reclaim_idle_ms - self.config.self_fence_margin_ms) / 1000
+        return reset + self._fence_after_s
 
     async def _fence_forever(self) -> None:
-        """Stop, without a report, every handler whose entry is about to become reclaimable."""
+        """Stop, without a report, every handler whose entry is about to become reclaimable: cancelled at its
+        fence deadline, killed after the cancel grace, which the margin exceeds (the rule in the module's
+        docstring)."""
         while True:
             self._fence_changed.clear()
             now = time.monotonic()
@@ -581,7 +606,7 @@ class Worker:
                         extra={"task_id": running.key[0], "connected": self.link.connected.is_set()},
                     )
                     running.stop_reason = SELF_FENCED
-                    running.attempt.cancel(grace_s=0)
+                    running.attempt.cancel()
             upcoming = [self._fence_deadline(r) for r in live if r.stop_reason not in UNREPORTED]
             wait_s = (min(upcoming) - now) if upcoming else None
             with contextlib.suppress(TimeoutError):
