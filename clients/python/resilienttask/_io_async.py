@@ -16,6 +16,19 @@ import grpc
 
 from resilienttask._channel import ChannelSettings, Stubs
 
+__all__ = [
+    "Cancelled",
+    "Event",
+    "RpcError",
+    "close_channel",
+    "close_generator",
+    "first_stubs",
+    "gather",
+    "open_stubs",
+    "sleep",
+    "wait_set",
+]
+
 T = TypeVar("T")
 
 # A failed call, as the channel raises it.
