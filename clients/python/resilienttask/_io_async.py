@@ -16,6 +16,7 @@ import grpc
 
 from resilienttask._channel import ChannelSettings, Stubs
 
+# Each of these names is defined in _io_sync.py too, with the same meaning for the blocking client.
 __all__ = [
     "Cancelled",
     "Event",

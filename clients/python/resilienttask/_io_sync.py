@@ -1,6 +1,7 @@
 """The blocking side of the few things the two clients do differently; _io_async.py is the asyncio side.
 
-client.py (generated from aio.py by unasync) uses these names where aio.py uses _io_async's.
+client.py (generated from aio.py by unasync) uses these names where aio.py uses _io_async's: every name in
+_io_async.__all__ is defined here too.
 """
 
 from __future__ import annotations
@@ -13,19 +14,6 @@ from typing import Any, TypeVar
 import grpc
 
 from resilienttask._channel import ChannelSettings, Stubs
-
-__all__ = [
-    "Cancelled",
-    "Event",
-    "RpcError",
-    "close_channel",
-    "close_generator",
-    "first_stubs",
-    "gather",
-    "open_stubs",
-    "sleep",
-    "wait_set",
-]
 
 T = TypeVar("T")
 
