@@ -8,7 +8,6 @@ them, and a missed cancel push is repeated on the worker's next heartbeat.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Sequence
 
@@ -18,7 +17,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from resilienttask.v1 import task_pb2
-from services.core import keys, task_store
+from services.core import commands, keys, task_store
 from services.core.dispatch import DispatchEntry, publish, published_refs, queue_entries, row_entry
 from services.core.events import PUBLISH_CHUNK, TaskChange, publish_changes, queue_changes
 from services.core.transitions.rules import RunningRef
@@ -170,7 +169,7 @@ async def append_parked_events(pool: asyncpg.Pool, redis: aioredis.Redis, limit:
     return len(rows)
 
 
-async def push_stop(redis: aioredis.Redis, refs: Sequence[RunningRef], reason: str) -> None:
+async def push_stop(redis: aioredis.Redis, refs: Sequence[RunningRef], reason: commands.StopReason) -> None:
     """Ask whichever scheduler holds each worker's stream to stop the task there."""
     if not refs:
         return
@@ -186,7 +185,7 @@ async def stop_and_emit(
     pool: asyncpg.Pool,
     redis: aioredis.Redis,
     refs: Sequence[RunningRef],
-    reason: str,
+    reason: commands.StopReason,
     changes: Sequence[TaskChange],
 ) -> None:
     """push_stop and emit in one round trip, the stops first: they are what the caller is waiting for."""
@@ -218,10 +217,9 @@ async def _park_refused(pool: asyncpg.Pool, changes: Sequence[TaskChange], repli
         await _park_or_log(pool, refused)
 
 
-def _queue_stops(pipe: Pipeline, refs: Sequence[RunningRef], reason: str) -> None:
+def _queue_stops(pipe: Pipeline, refs: Sequence[RunningRef], reason: commands.StopReason) -> None:
     for ref in refs:
-        message = {"worker_id": ref.worker_id, "task_id": ref.task_id, "fence": ref.fence, "reason": reason}
-        pipe.publish(keys.COMMAND_CHANNEL, json.dumps(message))
+        pipe.publish(keys.COMMAND_CHANNEL, commands.stop_message(ref.worker_id, ref.task_id, ref.fence, reason))
 
 
 class EventEmitter:

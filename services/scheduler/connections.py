@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 
@@ -21,21 +20,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from resilienttask.worker.v1 import worker_pb2
-from services.core import keys
-from services.scheduler.store import SUPERSEDED
+from services.core import commands, keys
 
 log = logging.getLogger(__name__)
 
-# The stop reasons of the command channel and the worker protocol's enum for them.
-CANCELLED = "cancelled"
-STOP_REASONS = {CANCELLED: worker_pb2.STOP_REASON_CANCELLED, SUPERSEDED: worker_pb2.STOP_REASON_SUPERSEDED}
 
-
-def cancel_command(task_id: str, fence: int, reason: str) -> worker_pb2.CancelCommand:
-    return worker_pb2.CancelCommand(
-        task=worker_pb2.HeldTask(task_id=task_id, fence=fence),
-        reason=STOP_REASONS.get(reason, worker_pb2.STOP_REASON_CANCELLED),
-    )
+def cancel_command(task_id: str, fence: int, reason: commands.StopReason) -> worker_pb2.CancelCommand:
+    return worker_pb2.CancelCommand(task=worker_pb2.HeldTask(task_id=task_id, fence=fence), reason=reason)
 
 
 class Mailbox:
@@ -111,7 +102,7 @@ class ConnectedWorkers:
     def __contains__(self, worker_id: str) -> bool:
         return worker_id in self._mailboxes
 
-    def send_stop(self, worker_id: str, task_id: str, fence: int, reason: str) -> bool:
+    def send_stop(self, worker_id: str, task_id: str, fence: int, reason: commands.StopReason) -> bool:
         mailbox = self._mailboxes.get(worker_id)
         if mailbox is None:
             return False
@@ -121,8 +112,7 @@ class ConnectedWorkers:
 
 async def announce_stream(redis: aioredis.Redis, worker_id: str, mailbox: Mailbox) -> None:
     """Tell the other schedulers that worker_id has a new stream here, so they end any old one."""
-    message = {"replace": worker_id, "stream": mailbox.stream_id}
-    await redis.publish(keys.COMMAND_CHANNEL, json.dumps(message))
+    await redis.publish(keys.COMMAND_CHANNEL, commands.replaced_message(worker_id, mailbox.stream_id))
 
 
 async def relay_commands(redis: aioredis.Redis, workers: ConnectedWorkers) -> None:
@@ -142,13 +132,11 @@ async def relay_commands(redis: aioredis.Redis, workers: ConnectedWorkers) -> No
 
 
 def _deliver(data: object, workers: ConnectedWorkers) -> None:
-    if not isinstance(data, (bytes, str)):
-        return
-    try:
-        command = json.loads(data)
-        if "replace" in command:
-            workers.replaced_elsewhere(str(command["replace"]), str(command["stream"]))
-            return
-        workers.send_stop(command["worker_id"], command["task_id"], int(command["fence"]), command["reason"])
-    except (ValueError, KeyError, TypeError):
+    command = commands.parse(data)
+    if command is None:
         log.warning("malformed command ignored")
+    elif command.HasField("replaced"):
+        workers.replaced_elsewhere(command.replaced.worker_id, command.replaced.stream_id)
+    else:
+        stop = command.stop
+        workers.send_stop(stop.worker_id, stop.task.task_id, stop.task.fence, stop.reason)

@@ -17,7 +17,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from resilienttask.worker.v1 import worker_pb2
-from services.core import outbox, rate_limits, tracing
+from services.core import commands, outbox, rate_limits, tracing
 from services.core.errors import DomainError, Unavailable
 from services.core.rate_limits import RateLimit, Taken
 from services.scheduler import store
@@ -147,7 +147,7 @@ class WorkProcessor:
         changes = (finished.changes if finished else []) + (started.changes if started else [])
         # Fencing: a worker that lost its lease is told to stop now rather than at its next heartbeat.
         superseded = started.superseded if started else []
-        await outbox.stop_and_emit(self.pool, self.redis, superseded, store.SUPERSEDED, changes)
+        await outbox.stop_and_emit(self.pool, self.redis, superseded, commands.SUPERSEDED, changes)
         return (list(finished.results) if finished else []), (list(started.results) if started else []), committed_ns
 
 

@@ -195,6 +195,32 @@ class CancelCommand(_message.Message):
     reason: StopReason
     def __init__(self, task: _Optional[_Union[HeldTask, _Mapping]] = ..., reason: _Optional[_Union[StopReason, str]] = ...) -> None: ...
 
+class SchedulerCommand(_message.Message):
+    __slots__ = ("stop", "replaced")
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    stop: StopTaskCommand
+    replaced: StreamReplaced
+    def __init__(self, stop: _Optional[_Union[StopTaskCommand, _Mapping]] = ..., replaced: _Optional[_Union[StreamReplaced, _Mapping]] = ...) -> None: ...
+
+class StopTaskCommand(_message.Message):
+    __slots__ = ("worker_id", "task", "reason")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    task: HeldTask
+    reason: StopReason
+    def __init__(self, worker_id: _Optional[str] = ..., task: _Optional[_Union[HeldTask, _Mapping]] = ..., reason: _Optional[_Union[StopReason, str]] = ...) -> None: ...
+
+class StreamReplaced(_message.Message):
+    __slots__ = ("worker_id", "stream_id")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    stream_id: str
+    def __init__(self, worker_id: _Optional[str] = ..., stream_id: _Optional[str] = ...) -> None: ...
+
 class StartResult(_message.Message):
     __slots__ = ("task_id", "decision", "task", "fence", "reason")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
