@@ -20,12 +20,15 @@ up: $(VENV)/.installed web
 wipe: $(VENV)/.installed
 	$(BIN)/rtask-stack wipe $(ARGS)
 
+# The stubs from proto/, and the blocking SDK client from the asyncio one (unasync).
 gen: $(VENV)/.installed
 	PYTHON=$(PY) scripts/gen-python
+	$(PY) scripts/gen-sync-client
 
 check-generated: $(VENV)/.installed
 	PYTHON=$(PY) scripts/gen-python
-	git diff --exit-code -- clients/python/resilienttask/v1 clients/python/resilienttask/worker || (echo "generated code is stale: run 'make gen'" && exit 1)
+	$(PY) scripts/gen-sync-client
+	git diff --exit-code -- clients/python/resilienttask/v1 clients/python/resilienttask/worker clients/python/resilienttask/client.py || (echo "generated code is stale: run 'make gen'" && exit 1)
 	test -z "$$(git status --porcelain -- clients/python/resilienttask/v1 clients/python/resilienttask/worker)" || (echo "untracked generated files: run 'make gen' and commit" && exit 1)
 
 lint: $(VENV)/.installed check-generated check-web

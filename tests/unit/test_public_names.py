@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import grpc
+import pytest
 
 import resilienttask
 from resilienttask import errors
+from resilienttask._convert import SubmitOptions, submit_request
 
 PUBLIC = [
     "AlreadyExists",
@@ -122,6 +124,47 @@ def test_both_clients_offer_the_same_calls() -> None:
 
     assert public(resilienttask.Client) == CLIENT_METHODS
     assert public(resilienttask.AsyncClient) == CLIENT_METHODS
+
+
+WATCH_MEMBERS = ["close", "reconnects", "resume_token", "time_left"]
+
+# submit()'s keyword arguments (SubmitOptions), shared by both clients and `rtask submit`.
+SUBMIT_OPTIONS = [
+    "concurrency_key",
+    "concurrency_limit",
+    "delay",
+    "kind",
+    "max_attempts",
+    "max_runtime",
+    "payload",
+    "priority",
+    "replicas",
+    "request_id",
+    "run_at",
+    "workload",
+]
+
+
+def test_both_watches_offer_the_same_members() -> None:
+    def public(cls: type) -> list[str]:
+        return sorted(n for n in vars(cls) if not n.startswith("_"))
+
+    assert public(resilienttask.TaskWatch) == WATCH_MEMBERS
+    assert public(resilienttask.AsyncTaskWatch) == sorted(["aclose", *WATCH_MEMBERS])
+    for name in ("__iter__", "__next__", "__enter__", "__exit__"):
+        assert name in vars(resilienttask.TaskWatch), name
+    for name in ("__aiter__", "__anext__", "__aenter__", "__aexit__"):
+        assert name in vars(resilienttask.AsyncTaskWatch), name
+
+
+def test_submit_options_are_pinned() -> None:
+    assert sorted(SubmitOptions.__optional_keys__) == SUBMIT_OPTIONS
+    for client in (resilienttask.Client, resilienttask.AsyncClient):
+        parameters = inspect.signature(client.submit).parameters
+        assert list(parameters) == ["self", "name", "options"]
+        assert parameters["options"].kind is inspect.Parameter.VAR_KEYWORD
+    with pytest.raises(TypeError, match="replica"):
+        submit_request("x", replica=3)  # type: ignore[call-arg]
 
 
 def test_errors_form_one_tree_carrying_status_codes() -> None:

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from resilienttask.errors import Unauthenticated
+from resilienttask.v1 import auth_pb2_grpc, operator_pb2_grpc, schedule_pb2_grpc, scheduler_pb2_grpc
 
 DEFAULT_ADDRESS = "localhost:8080"
 NOT_LOGGED_IN = "not logged in: call login() or signup() first, or pass token="
@@ -68,3 +70,26 @@ def bearer(token: str | None) -> tuple[tuple[str, str], ...]:
     if not token:
         raise Unauthenticated(NOT_LOGGED_IN)
     return (("authorization", f"Bearer {token}"),)
+
+
+@dataclass(frozen=True)
+class Stubs:
+    """The stubs of every service the clients call, over one channel (blocking or asyncio: the stubs take either)."""
+
+    channel: Any
+    auth: Any
+    scheduler: Any
+    schedules: Any
+    operator: Any
+    health: Any
+
+    @classmethod
+    def over(cls, channel: grpc.Channel | grpc.aio.Channel) -> Stubs:
+        return cls(
+            channel=channel,
+            auth=auth_pb2_grpc.AuthServiceStub(channel),
+            scheduler=scheduler_pb2_grpc.SchedulerServiceStub(channel),
+            schedules=schedule_pb2_grpc.ScheduleServiceStub(channel),
+            operator=operator_pb2_grpc.OperatorServiceStub(channel),
+            health=health_pb2_grpc.HealthStub(channel),
+        )

@@ -6,7 +6,7 @@ import math
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypedDict
+from typing import Any, TypedDict, Unpack
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
@@ -93,43 +93,77 @@ def to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def submit_request(
-    name: str,
-    *,
-    kind: str,
-    payload: Mapping[str, Any] | None,
-    workload: Seconds,
-    max_runtime: Seconds | None,
-    replicas: int,
-    max_attempts: int | None,
-    request_id: str | None,
-    run_at: datetime | None = None,
-    delay: Seconds | None = None,
-    priority: int = 0,
-    concurrency_key: str = "",
-    concurrency_limit: int = 0,
-) -> scheduler_pb2.SubmitTaskRequest:
+class TaskOptions(TypedDict, total=False):
+    """A task's fields besides its name: what submit() takes and what a schedule's firings submit.
+
+    kind: the handler kind ("" means the built-in simulated workload "sleep"); payload: the handler's
+    arguments, a JSON object; workload: simulated work, seconds or a timedelta (default 0); max_runtime: the
+    hard ceiling after which the task is killed (default: the service's); replicas: copies submitted atomically,
+    1 to 50 (default 1); max_attempts: attempts before dead-lettering (default: the service's).
+    """
+
+    kind: str
+    payload: Mapping[str, Any] | None
+    workload: Seconds
+    max_runtime: Seconds | None
+    replicas: int
+    max_attempts: int | None
+
+
+class SubmitOptions(TaskOptions, total=False):
+    """submit()'s keyword arguments, the one definition the clients and the CLI use: TaskOptions, and
+
+    request_id: the idempotency key (generated when none is given, so retries after UNAVAILABLE reuse it and
+    never create duplicates); run_at (an aware datetime) or delay (seconds or a timedelta), at most one: the
+    tasks are SCHEDULED until then; priority: 1 (lowest) to 5 (most urgent), 0 for the default (3);
+    concurrency_key with concurrency_limit (1 to 1000): at most that many of your tasks with the key run at once.
+    """
+
+    request_id: str | None
+    run_at: datetime | None
+    delay: Seconds | None
+    priority: int
+    concurrency_key: str
+    concurrency_limit: int
+
+
+def _refuse_unknown(options: Mapping[str, object], known: frozenset[str], what: str) -> None:
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown {what} option(s): {', '.join(unknown)}")
+
+
+def _fill_task(message: scheduler_pb2.SubmitTaskRequest | schedule_pb2.TaskTemplate, options: TaskOptions) -> None:
+    """Set the TaskOptions fields, which the submit request and a schedule's template name alike."""
+    message.kind = options.get("kind", "")
+    message.workload.CopyFrom(to_duration(options.get("workload", 0)))
+    message.replicas = options.get("replicas", 1)
+    message.max_attempts = options.get("max_attempts") or 0
+    max_runtime = options.get("max_runtime")
+    if max_runtime is not None:
+        message.max_runtime.CopyFrom(to_duration(max_runtime))
+    payload = options.get("payload")
+    if payload:
+        message.payload.update(dict(payload))
+
+
+def submit_request(name: str, **options: Unpack[SubmitOptions]) -> scheduler_pb2.SubmitTaskRequest:
     """The SubmitTask request; a request_id is generated here so retries of this call are idempotent.
 
     At most one of run_at and delay: the task is SCHEDULED until then.
     """
+    _refuse_unknown(options, SubmitOptions.__optional_keys__, "submit")
+    run_at, delay = options.get("run_at"), options.get("delay")
     if run_at is not None and delay is not None:
         raise ValueError("give run_at or delay, not both")
     request = scheduler_pb2.SubmitTaskRequest(
         name=name,
-        kind=kind,
-        workload=to_duration(workload),
-        replicas=replicas,
-        max_attempts=max_attempts or 0,
-        request_id=request_id or str(uuid.uuid4()),
-        priority=priority,
-        concurrency_key=concurrency_key,
-        concurrency_limit=concurrency_limit,
+        request_id=options.get("request_id") or str(uuid.uuid4()),
+        priority=options.get("priority", 0),
+        concurrency_key=options.get("concurrency_key", ""),
+        concurrency_limit=options.get("concurrency_limit", 0),
     )
-    if max_runtime is not None:
-        request.max_runtime.CopyFrom(to_duration(max_runtime))
-    if payload:
-        request.payload.update(dict(payload))
+    _fill_task(request, options)
     if run_at is not None:
         request.run_at.CopyFrom(to_timestamp(run_at))
     elif delay is not None:
@@ -144,14 +178,14 @@ def retry_request(task_id: str, delay: Seconds | None) -> scheduler_pb2.RetryTas
     return request
 
 
-class ScheduleOptions(TypedDict, total=False):
+class ScheduleOptions(TaskOptions, total=False):
     """A schedule's spec besides its name, as keyword arguments of create_schedule() and update_schedule().
 
     Timing, exactly one of:
       cron: a 5-field cron expression ("*/5 * * * *"), with time_zone: an IANA zone ("Europe/Paris"; default UTC);
       interval: seconds or a timedelta, from the schedule's creation (or last update), at least 1 s.
-    The task each firing submits (as submit() takes it): task_name (default: the schedule's name), kind,
-    payload, workload, max_runtime, replicas, max_attempts.
+    The task each firing submits: task_name (default: the schedule's name) and the TaskOptions (kind, payload,
+    workload, max_runtime, replicas, max_attempts).
     Policies: overlap (OverlapPolicy, default SKIP), catchup (CatchupPolicy, default LATEST), catchup_limit
     (with CatchupPolicy.ALL, 1 to 100, default 10), jitter (a random delay of each firing, below the interval).
     """
@@ -160,12 +194,6 @@ class ScheduleOptions(TypedDict, total=False):
     time_zone: str | None
     interval: Seconds | None
     task_name: str | None
-    kind: str
-    payload: Mapping[str, Any] | None
-    workload: Seconds
-    max_runtime: Seconds | None
-    replicas: int
-    max_attempts: int | None
     overlap: OverlapPolicy | str | None
     catchup: CatchupPolicy | str | None
     catchup_limit: int | None
@@ -182,27 +210,15 @@ def _catchup_number(value: CatchupPolicy | str | None) -> schedule_pb2.CatchupPo
 
 def schedule_spec(name: str, options: ScheduleOptions) -> schedule_pb2.ScheduleSpec:
     """The ScheduleSpec for create and update; refuses unknown options and a timing that is not exactly one."""
-    unknown = sorted(set(options) - set(ScheduleOptions.__annotations__))
-    if unknown:
-        raise TypeError(f"unknown schedule option(s): {', '.join(unknown)}")
+    _refuse_unknown(options, ScheduleOptions.__optional_keys__, "schedule")
     cron, interval, time_zone = options.get("cron"), options.get("interval"), options.get("time_zone")
     if (cron is None) == (interval is None):
         raise ValueError("give exactly one of cron and interval")
     if time_zone is not None and cron is None:
         raise ValueError("time_zone only applies to a cron schedule")
-    max_runtime, jitter = options.get("max_runtime"), options.get("jitter")
-    template = schedule_pb2.TaskTemplate(
-        name=options.get("task_name") or name,
-        kind=options.get("kind", ""),
-        workload=to_duration(options.get("workload", 0)),
-        replicas=options.get("replicas", 1),
-        max_attempts=options.get("max_attempts") or 0,
-    )
-    if max_runtime is not None:
-        template.max_runtime.CopyFrom(to_duration(max_runtime))
-    payload = options.get("payload")
-    if payload:
-        template.payload.update(dict(payload))
+    template = schedule_pb2.TaskTemplate(name=options.get("task_name") or name)
+    _fill_task(template, options)
+    jitter = options.get("jitter")
     spec = schedule_pb2.ScheduleSpec(
         name=name,
         task=template,

@@ -1,6 +1,6 @@
-"""What the sync and asyncio watches share: resume tokens, stale-update filtering, reconnect pacing, wait().
+"""The watch's plain state: resume tokens, stale-update filtering, reconnect pacing, what wait() holds.
 
-The I/O lives in client.py and aio.py; everything here is plain state so both behave the same.
+The I/O lives in aio.py (and client.py, generated from it); everything here is plain state.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Iterable, Iterator
 import grpc
 
 from resilienttask._convert import watch_events_from_proto
-from resilienttask._retry import RECONNECT_CODES, RetryPolicy
-from resilienttask.errors import DeadlineExceeded, NotFound, Unavailable, from_rpc_error
+from resilienttask._retry import Reconnect, RetryPolicy
+from resilienttask.errors import DeadlineExceeded, NotFound
 from resilienttask.models import Snapshot, Task, TaskUpdate, WatchEvent
 from resilienttask.v1 import scheduler_pb2
 
@@ -27,7 +27,7 @@ FETCH_CONCURRENCY = 32
 
 
 class WatchState:
-    """The resume token and newest version seen per task, and when to reconnect or give up.
+    """The resume token and newest version seen per task, and when to reconnect or give up (Reconnect).
 
     Events carry the task as it now is; after a reconnect the service may repeat a change the
     client already has, so an update whose version is not newer than the one held is dropped.
@@ -35,14 +35,13 @@ class WatchState:
 
     def __init__(self, resume_token: str, policy: RetryPolicy, deadline: float | None) -> None:
         self.resume_token = resume_token
-        self.policy = policy
         self.deadline = deadline
         self.versions: OrderedDict[str, int] = OrderedDict()
-        self.connected = False
-        self.reconnects = 0
-        self._failures = 0
-        self._last_message = time.monotonic()
-        self._pauses: Iterator[float] = policy.backoffs()
+        self.reconnect = Reconnect(policy, "watch", deadline)
+
+    @property
+    def reconnects(self) -> int:
+        return self.reconnect.reconnects
 
     def request(self) -> scheduler_pb2.WatchTasksRequest:
         return scheduler_pb2.WatchTasksRequest(resume_token=self.resume_token, accept_batches=True)
@@ -62,10 +61,7 @@ class WatchState:
         Heartbeats and stale updates yield nothing. The resume token moves to each event as it is handed
         out, so a caller that stops in the middle of a batch resumes right after the last event it saw.
         """
-        self.connected = True
-        self._failures = 0
-        self._last_message = time.monotonic()
-        self._pauses = self.policy.backoffs()
+        self.reconnect.heard()
         return self._hand_out(watch_events_from_proto(message), message.resume_token)
 
     def _hand_out(self, events: list[WatchEvent], message_token: str) -> Iterator[WatchEvent]:
@@ -91,26 +87,9 @@ class WatchState:
             self.versions.popitem(last=False)
 
     def pause_after(self, error: grpc.RpcError | None) -> float:
-        """How long to wait before reopening the stream after it ended (error None: it ended cleanly).
-
-        Raises the SDK error instead when the failure is not one a reconnect cures, or when the
-        watch has been failing for too long.
-        """
-        code = error.code() if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None
-        if code is grpc.StatusCode.DEADLINE_EXCEEDED and self.deadline is not None:
-            raise DeadlineExceeded("the watch reached its deadline")
-        if error is not None and code not in RECONNECT_CODES:
-            raise from_rpc_error(error)
-        self._failures += 1
-        self.reconnects += 1
-        if not self.connected and self._failures >= self.policy.attempts:
-            raise from_rpc_error(error) if error is not None else Unavailable("the watch stream ended at once")
-        if self.connected and time.monotonic() - self._last_message > self.policy.reconnect_for_s:
-            raise Unavailable(f"watch could not reconnect for {self.policy.reconnect_for_s:g}s")
-        pause = next(self._pauses)
-        if self.deadline is not None:
-            pause = min(pause, max(0.0, self.deadline - time.monotonic()))
-        return pause
+        """How long to wait before reopening the stream after it ended (error None: it ended cleanly); raises
+        the SDK error instead when a reconnect would not cure the failure or the watch failed for too long."""
+        return self.reconnect.pause_after(error)
 
 
 class WaitTracker:

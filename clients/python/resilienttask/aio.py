@@ -1,33 +1,34 @@
-"""The asyncio client: the same calls as Client, awaitable, on a grpc.aio channel.
+"""The clients of AuthService and SchedulerService through the edge: AsyncClient (asyncio) and Client (blocking).
 
-async with resilienttask.AsyncClient("localhost:8080") as client:
-    await client.login("me@example.com", "secret password")
-    tasks = await client.submit("resize", workload=30, replicas=5)
-    async with client.watch() as events:
-        async for event in events:
-            ...
+aio.py is their one source: `make gen` writes client.py from it with unasync (`async` and `await` dropped,
+Async names made plain, _io_async made _io_sync); the little the two do differently lives in those modules.
+
+    with resilienttask.Client("localhost:8080") as client:  # or: async with resilienttask.AsyncClient(...)
+        client.login("me@example.com", "secret password")  # each call awaited with AsyncClient
+        tasks = client.submit("resize", workload=30, replicas=5)
+        done = client.wait(tasks, timeout=120)
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
-import contextlib
+import functools
 import os
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from datetime import datetime
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from types import TracebackType
-from typing import Any, TypeVar, Unpack
+from typing import Any, Unpack
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from resilienttask._channel import DEFAULT_ADDRESS, ChannelOptions, ChannelSettings, bearer
+from resilienttask import _io_async
+from resilienttask._channel import DEFAULT_ADDRESS, ChannelOptions, ChannelSettings, Stubs, bearer
 from resilienttask._convert import (
     ScheduleOptions,
     Seconds,
+    SubmitOptions,
     drain_request,
     kind_control_from_proto,
     rate_limit_request,
@@ -42,7 +43,7 @@ from resilienttask._convert import (
     worker_from_proto,
 )
 from resilienttask._logs import LogCursor
-from resilienttask._retry import RECONNECT_CODES, RetryPolicy
+from resilienttask._retry import Reconnect, RetryPolicy, status_code
 from resilienttask._tracecontext import trace_metadata
 from resilienttask._watch import BATCH_PAGE_SIZE, FETCH_CONCURRENCY, WaitTracker, WatchState, task_ids
 from resilienttask.errors import DeadlineExceeded, ResourceExhausted, Unavailable, from_rpc_error
@@ -68,33 +69,25 @@ from resilienttask.search import (
     history_from_proto,
     list_request,
 )
-from resilienttask.v1 import (
-    auth_pb2,
-    auth_pb2_grpc,
-    operator_pb2,
-    operator_pb2_grpc,
-    schedule_pb2,
-    schedule_pb2_grpc,
-    scheduler_pb2,
-    scheduler_pb2_grpc,
-)
+from resilienttask.v1 import auth_pb2, operator_pb2, schedule_pb2, scheduler_pb2
 
 __all__ = ["AsyncClient", "AsyncTaskWatch"]
 
-R = TypeVar("R")
 DEFAULT_TIMEOUT_S = 30.0
+Metadata = tuple[tuple[str, str], ...]
 
 
 class AsyncTaskWatch:
-    """Async iterator of watch events that reopens the stream with its resume token when it breaks.
+    """An endless iterator of watch events that reopens the stream with its resume token when it breaks.
 
-    `close()` (from any task) or leaving an `async with` block ends it.
+    Heartbeats and stale updates are absorbed. `close()` (from any thread or task) or leaving a `with`
+    block ends it.
     """
 
     def __init__(self, open_stream: Callable[[scheduler_pb2.WatchTasksRequest, float | None], Any], state: WatchState):
         self._open = open_stream
         self._state = state
-        self._closed = asyncio.Event()
+        self._closed = _io_async.Event()
         self._call: Any = None
         self._events = self._run()
 
@@ -119,15 +112,16 @@ class AsyncTaskWatch:
         return await self._events.__anext__()
 
     def close(self) -> None:
+        """End the watch: an iteration under way stops, and the stream is not reopened."""
         self._closed.set()
         call = self._call
         if call is not None:
             call.cancel()
 
     async def aclose(self) -> None:
+        """close(), and let go of the stream."""
         self.close()
-        if not getattr(self._events, "ag_running", False):  # closing a running generator is an error
-            await self._events.aclose()
+        await _io_async.close_generator(self._events)
 
     async def __aenter__(self) -> AsyncTaskWatch:
         return self
@@ -141,29 +135,33 @@ class AsyncTaskWatch:
             call = self._open(self._state.request(), self._state.call_timeout())
             self._call = call
             try:
+                if self._closed.is_set():  # close() ran while the call opened, before it could be cancelled
+                    return
                 async for message in call:
                     for event in self._state.accept(message):
                         yield event
-            except grpc.aio.AioRpcError as exc:
+            except _io_async.RpcError as exc:
                 error = exc
-            except asyncio.CancelledError:
-                # close() cancels the call, which surfaces here; any other cancellation is the caller's.
+            except _io_async.Cancelled:
+                # close() cancels the call, which may surface here; any other cancellation is the caller's.
                 if not self._closed.is_set():
                     raise
             finally:
                 call.cancel()
             if self._closed.is_set():
                 return
-            pause = self._state.pause_after(error)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), pause)
+            if await _io_async.wait_set(self._closed, self._state.pause_after(error)):
+                return
 
 
 class AsyncClient:
-    """Asyncio client for AuthService and SchedulerService through the edge; see Client for the options.
+    """Client for AuthService and SchedulerService through the edge.
 
-    The channel opens on the first call (inside the running event loop); `close()` or
-    `async with` closes it.
+    `tls` is False (plaintext), True (system roots) or `grpc.ssl_channel_credentials(...)`; `ca_file`
+    (a PEM file such as the local stack's `.rtask/tls/ca.pem`) means TLS trusting exactly that CA;
+    `options` go to the channel as they are (e.g. `[("grpc.max_receive_message_length", ...)]`).
+    `timeout` bounds each unary call in seconds. UNAVAILABLE is retried per `retry` for calls that
+    are safe to repeat. `close()` or a `with` block closes the channel; a later call opens a new one.
     """
 
     def __init__(
@@ -181,45 +179,34 @@ class AsyncClient:
         self.token = token
         self.timeout = timeout
         self.retry_policy = retry or RetryPolicy()
-        self._channel: grpc.aio.Channel | None = None
-        self._stubs: tuple[Any, Any, Any, Any] | None = None
+        self._stubs = _io_async.first_stubs(self.settings)
 
     @property
     def address(self) -> str:
         return self.settings.address
 
-    def _stub_set(self) -> tuple[Any, Any, Any, Any]:
+    @property
+    def _services(self) -> Stubs:
         if self._stubs is None:
-            self._channel = self.settings.async_channel()
-            self._stubs = (
-                auth_pb2_grpc.AuthServiceStub(self._channel),
-                scheduler_pb2_grpc.SchedulerServiceStub(self._channel),
-                health_pb2_grpc.HealthStub(self._channel),
-                schedule_pb2_grpc.ScheduleServiceStub(self._channel),
-            )
+            self._stubs = _io_async.open_stubs(self.settings)
         return self._stubs
 
     @property
-    def _auth(self) -> Any:
-        return self._stub_set()[0]
-
-    @property
     def _scheduler(self) -> Any:
-        return self._stub_set()[1]
+        return self._services.scheduler
 
     @property
     def _schedules(self) -> Any:
-        return self._stub_set()[3]
+        return self._services.schedules
 
     @property
     def _operator(self) -> Any:
-        self._stub_set()
-        return operator_pb2_grpc.OperatorServiceStub(self._channel)
+        return self._services.operator
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close(None)
-            self._channel, self._stubs = None, None
+        stubs, self._stubs = self._stubs, None
+        if stubs is not None:
+            await _io_async.close_channel(stubs.channel)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -230,24 +217,27 @@ class AsyncClient:
         await self.close()
 
     # -- plumbing ----------------------------------------------------------------------------
+    def _metadata(self, auth: bool = True) -> Metadata:
+        return (bearer(self.token) if auth else ()) + trace_metadata()
+
     async def _call(
         self,
-        method: Callable[..., Awaitable[R]],
+        method: Callable[..., Any],
         request: Any,
         *,
         auth: bool = True,
         idempotent: bool = False,
-        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline the server sees, not a local timer
-    ) -> R:
-        metadata = (bearer(self.token) if auth else ()) + trace_metadata()
+        timeout: float | None = None,
+    ) -> Any:
+        metadata = self._metadata(auth)
         attempts = self.retry_policy.attempts if idempotent else 1
         pauses = self.retry_policy.backoffs()
         for attempt in range(1, attempts + 1):
             try:
                 return await method(request, metadata=metadata, timeout=timeout or self.timeout)
-            except grpc.aio.AioRpcError as exc:
-                if attempt < attempts and exc.code() is grpc.StatusCode.UNAVAILABLE:
-                    await asyncio.sleep(next(pauses))
+            except _io_async.RpcError as exc:
+                if attempt < attempts and status_code(exc) is grpc.StatusCode.UNAVAILABLE:
+                    await _io_async.sleep(next(pauses))
                     continue
                 raise from_rpc_error(exc) from exc
         raise AssertionError("unreachable: the last attempt returns or raises")
@@ -256,55 +246,31 @@ class AsyncClient:
     async def signup(self, email: str, password: str) -> Session:
         """Create a user; the client keeps its token for later calls."""
         request = auth_pb2.SignupRequest(email=email, password=password)
-        session = session_from_proto(await self._call(self._auth.Signup, request, auth=False))
+        session = session_from_proto(await self._call(self._services.auth.Signup, request, auth=False))
         self.token = session.token
         return session
 
     async def login(self, email: str, password: str) -> Session:
         """Exchange credentials for a token; the client keeps it for later calls."""
         request = auth_pb2.LoginRequest(email=email, password=password)
-        session = session_from_proto(await self._call(self._auth.Login, request, auth=False, idempotent=True))
+        reply = await self._call(self._services.auth.Login, request, auth=False, idempotent=True)
+        session = session_from_proto(reply)
         self.token = session.token
         return session
 
     # -- tasks ---------------------------------------------------------------------------------
-    async def submit(
-        self,
-        name: str,
-        *,
-        kind: str = "",
-        payload: Mapping[str, Any] | None = None,
-        workload: Seconds = 0,
-        max_runtime: Seconds | None = None,
-        replicas: int = 1,
-        max_attempts: int | None = None,
-        request_id: str | None = None,
-        run_at: datetime | None = None,
-        delay: Seconds | None = None,
-        priority: int = 0,
-        concurrency_key: str = "",
-        concurrency_limit: int = 0,
-    ) -> builtins.list[Task]:
-        """Submit a task or a batch of replicas; see Client.submit."""
-        request = submit_request(
-            name,
-            kind=kind,
-            payload=payload,
-            workload=workload,
-            max_runtime=max_runtime,
-            replicas=replicas,
-            max_attempts=max_attempts,
-            request_id=request_id,
-            run_at=run_at,
-            delay=delay,
-            priority=priority,
-            concurrency_key=concurrency_key,
-            concurrency_limit=concurrency_limit,
-        )
+    async def submit(self, name: str, **options: Unpack[SubmitOptions]) -> builtins.list[Task]:
+        """Submit a task (or `replicas` copies of it, atomically); returns the tasks by replica index.
+
+        The options (SubmitOptions): kind, payload, workload, max_runtime, replicas, max_attempts, request_id,
+        run_at or delay, priority, concurrency_key with concurrency_limit. A request_id is generated when none
+        is given; retries after UNAVAILABLE reuse it, so they never create duplicates.
+        """
+        request = submit_request(name, **options)
         reply = await self._call(self._scheduler.SubmitTask, request, idempotent=True)
         return [task_from_proto(t) for t in reply.tasks]
 
-    async def get(self, task_id: str, *, timeout: float | None = None) -> Task:  # noqa: ASYNC109
+    async def get(self, task_id: str, *, timeout: float | None = None) -> Task:
         request = scheduler_pb2.GetTaskRequest(task_id=task_id)
         reply = await self._call(self._scheduler.GetTask, request, idempotent=True, timeout=timeout)
         return task_from_proto(reply.task)
@@ -318,7 +284,7 @@ class AsyncClient:
         **conditions: Unpack[TaskFilter],
     ) -> AsyncIterator[Task]:
         """Every task of the caller (newest first), optionally of one status or batch and meeting the conditions
-        (TaskFilter); pages are fetched lazily."""
+        (TaskFilter: name_contains=, kind=, statuses=, created_after=, ...); pages are fetched lazily."""
         request = list_request(status, batch_id, page_size, conditions)
         while True:
             reply = await self._call(self._scheduler.ListTasks, request, idempotent=True)
@@ -329,21 +295,26 @@ class AsyncClient:
             request.page_token = reply.next_page_token
 
     async def cancel(self, task_id: str) -> Task:
+        """Cancel a task: CANCELLED at once when queued, CANCELLING while the worker stops it."""
         reply = await self._call(self._scheduler.CancelTask, scheduler_pb2.CancelTaskRequest(task_id=task_id))
         return task_from_proto(reply.task)
 
     async def cancel_batch(self, batch_id: str) -> builtins.list[Task]:
+        """Cancel every unfinished replica of one submission; returns all of them."""
         reply = await self._call(self._scheduler.CancelBatch, scheduler_pb2.CancelBatchRequest(batch_id=batch_id))
         return [task_from_proto(t) for t in reply.tasks]
 
     async def retry(self, task_id: str, *, delay: Seconds | None = None) -> Task:
+        """Queue a failed, timed-out or cancelled task again; with a delay it is SCHEDULED until then."""
         reply = await self._call(self._scheduler.RetryTask, retry_request(task_id, delay))
         return task_from_proto(reply.task)
 
     async def delete(self, task_id: str) -> None:
+        """Remove a finished task."""
         await self._call(self._scheduler.DeleteTask, scheduler_pb2.DeleteTaskRequest(task_id=task_id))
 
     async def clear_history(self) -> int:
+        """Remove every finished task of the caller; returns how many were removed."""
         reply = await self._call(self._scheduler.ClearHistory, scheduler_pb2.ClearHistoryRequest())
         return int(reply.deleted)
 
@@ -356,6 +327,7 @@ class AsyncClient:
         return [worker_from_proto(w) for w in reply.workers]
 
     async def kinds(self) -> builtins.list[str]:
+        """Task kinds some live worker serves."""
         reply = await self._call(self._scheduler.ListKinds, scheduler_pb2.ListKindsRequest(), idempotent=True)
         return builtins.list(reply.kinds)
 
@@ -394,13 +366,14 @@ class AsyncClient:
         return worker_from_proto(reply.worker)
 
     async def health(self) -> str:
-        health = self._stub_set()[2]
-        reply = await self._call(health.Check, health_pb2.HealthCheckRequest(), auth=False, idempotent=True)
+        """The edge's health status name ("SERVING" when it can take calls); needs no token."""
+        request = health_pb2.HealthCheckRequest()
+        reply = await self._call(self._services.health.Check, request, auth=False, idempotent=True)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
     # -- search, history and bulk actions ----------------------------------------------------------
     async def count(self, *, batch_id: str = "", **conditions: Unpack[TaskFilter]) -> int:
-        """How many of the caller's tasks meet the conditions; see Client.count."""
+        """How many of the caller's tasks meet the conditions (as list() takes them)."""
         request = scheduler_pb2.CountTasksRequest(filter=filter_message(batch_id, conditions))
         return int((await self._call(self._scheduler.CountTasks, request, idempotent=True)).count)
 
@@ -417,7 +390,8 @@ class AsyncClient:
         page_size: int = 500,
         **conditions: Unpack[TaskFilter],
     ) -> BulkResult:
-        """Cancel the listed tasks or every task meeting the conditions; see Client.cancel_many."""
+        """Cancel the listed tasks, or every task meeting the conditions, page by page until done (finished ones
+        are skipped; running ones are stopped as cancel() stops them)."""
         return await self._act_on_many("Cancel", task_ids, batch_id, page_size, conditions)
 
     async def retry_many(
@@ -428,7 +402,10 @@ class AsyncClient:
         page_size: int = 500,
         **conditions: Unpack[TaskFilter],
     ) -> BulkResult:
-        """Queue again the failed, timed-out or cancelled tasks selected; see Client.retry_many."""
+        """Queue again the failed, timed-out or cancelled tasks listed or meeting the conditions, page by page
+        (e.g. retry_many(statuses=["failed"])). Retries count against the per-user limits like new tasks: a page
+        refused by one (nothing of it written) is asked again after pauses of up to about a minute in all, for the
+        submission rate to refill; then ResourceExhausted is raised, the earlier pages retried."""
         return await self._act_on_many("Retry", task_ids, batch_id, page_size, conditions)
 
     async def delete_many(
@@ -439,7 +416,7 @@ class AsyncClient:
         page_size: int = 500,
         **conditions: Unpack[TaskFilter],
     ) -> BulkResult:
-        """Remove the finished tasks selected; see Client.delete_many."""
+        """Remove the finished tasks listed or meeting the conditions, page by page (unfinished ones skipped)."""
         return await self._act_on_many("Delete", task_ids, batch_id, page_size, conditions)
 
     async def _act_on_many(
@@ -459,7 +436,7 @@ class AsyncClient:
                     pause = next(pauses, None)
                     if pause is None:
                         raise
-                    await asyncio.sleep(pause)
+                    await _io_async.sleep(pause)
                     continue
                 total += BulkResult(reply.affected, reply.skipped)
                 if not reply.next_page_token:
@@ -471,7 +448,10 @@ class AsyncClient:
     async def create_schedule(
         self, name: str, *, paused: bool = False, request_id: str | None = None, **spec: Unpack[ScheduleOptions]
     ) -> Schedule:
-        """Create a recurring schedule; see Client.create_schedule."""
+        """Create a recurring schedule: `cron=` (with `time_zone=`) or `interval=`, the task template and
+        policies as ScheduleOptions lists them. A request_id is generated when none is given, so a retry
+        after UNAVAILABLE returns the schedule of the first attempt.
+        """
         request = schedule_pb2.CreateScheduleRequest(
             spec=schedule_spec(name, spec), paused=paused, request_id=request_id or str(uuid.uuid4())
         )
@@ -494,22 +474,24 @@ class AsyncClient:
             request.page_token = reply.next_page_token
 
     async def update_schedule(self, schedule_id: str, name: str, **spec: Unpack[ScheduleOptions]) -> Schedule:
-        """Replace a schedule's whole spec; see Client.update_schedule."""
+        """Replace a schedule's whole spec (options left out take their defaults); slots count again from now."""
         request = schedule_pb2.UpdateScheduleRequest(schedule_id=schedule_id, spec=schedule_spec(name, spec))
         return schedule_from_proto((await self._call(self._schedules.UpdateSchedule, request)).schedule)
 
     async def pause_schedule(self, schedule_id: str) -> Schedule:
+        """Stop firing; slots that pass while paused are not caught up."""
         request = schedule_pb2.PauseScheduleRequest(schedule_id=schedule_id)
         reply = await self._call(self._schedules.PauseSchedule, request, idempotent=True)
         return schedule_from_proto(reply.schedule)
 
     async def resume_schedule(self, schedule_id: str) -> Schedule:
+        """Fire again from the next slot."""
         request = schedule_pb2.ResumeScheduleRequest(schedule_id=schedule_id)
         reply = await self._call(self._schedules.ResumeSchedule, request, idempotent=True)
         return schedule_from_proto(reply.schedule)
 
     async def trigger_schedule(self, schedule_id: str, *, request_id: str | None = None) -> builtins.list[Task]:
-        """Fire now; see Client.trigger_schedule."""
+        """Fire now, outside the slots; returns the tasks submitted, none when the overlap policy skipped it."""
         request = schedule_pb2.TriggerScheduleRequest(
             schedule_id=schedule_id, request_id=request_id or str(uuid.uuid4())
         )
@@ -517,12 +499,18 @@ class AsyncClient:
         return [task_from_proto(t) for t in reply.tasks]
 
     async def delete_schedule(self, schedule_id: str) -> None:
+        """Remove a schedule; the tasks it submitted stay."""
         await self._call(self._schedules.DeleteSchedule, schedule_pb2.DeleteScheduleRequest(schedule_id=schedule_id))
 
     # -- live ------------------------------------------------------------------------------------
     def watch(self, resume_token: str = "", *, timeout: Seconds | None = None) -> AsyncTaskWatch:
-        """Live events with automatic resume after a broken stream; see Client.watch."""
-        metadata = bearer(self.token) + trace_metadata()
+        """Live events: a Snapshot first (unless resuming), then TaskUpdate/WorkersUpdate as they happen.
+
+        The stream is reopened with the last resume token when a gateway dies, so no event is
+        missed; when the service can no longer replay, it sends a fresh Snapshot instead.
+        `timeout` ends the watch with DeadlineExceeded.
+        """
+        metadata = self._metadata()
         deadline = time.monotonic() + to_seconds(timeout) if timeout is not None else None
         state = WatchState(resume_token, self.retry_policy, deadline)
 
@@ -531,56 +519,62 @@ class AsyncClient:
 
         return AsyncTaskWatch(open_stream, state)
 
-    async def logs(self, task_id: str, *, follow: bool = False, after: int = 0) -> AsyncIterator[LogLine]:
-        """The task's log lines (async iterator); see Client.logs."""
-        cursor = LogCursor(task_id, follow, sequence=after)
-        metadata = bearer(self.token) + trace_metadata()
-        pauses = self.retry_policy.backoffs()
-        heard = time.monotonic()
+    def logs(self, task_id: str, *, follow: bool = False, after: int = 0) -> AsyncIterator[LogLine]:
+        """The lines the task's handler logged after sequence `after`, oldest first; with `follow`, new ones as
+        they come until the task has finished. A broken stream is reopened after the last line received, so
+        none is missed; `dropped_before` on a line counts the lines the service's bounds dropped before it.
+        NotFound for a task that is not the caller's.
+        """
+        return self._log_lines(LogCursor(task_id, follow, sequence=after), self._metadata())
+
+    async def _log_lines(self, cursor: LogCursor, metadata: Metadata) -> AsyncIterator[LogLine]:
+        reconnect = Reconnect(self.retry_policy, "log stream")
         while True:
             call = self._scheduler.WatchTaskLogs(cursor.request(), metadata=metadata)
             try:
                 async for message in call:
-                    heard = time.monotonic()
+                    reconnect.heard()
                     for line in cursor.take(message):
                         yield line
-            except grpc.RpcError as exc:
-                code = exc.code()  # type: ignore[attr-defined]
-                if code not in RECONNECT_CODES or time.monotonic() - heard > self.retry_policy.reconnect_for_s:
-                    raise from_rpc_error(exc) from exc
-                await asyncio.sleep(next(pauses))
+            except _io_async.RpcError as exc:
+                await _io_async.sleep(reconnect.pause_after(exc))  # raises instead when it is no use
                 continue
             finally:
                 call.cancel()
             if cursor.finished or not cursor.follow:
                 return
 
-    async def _fetch_whole(self, tracker: WaitTracker, timeout: float | None) -> None:  # noqa: ASYNC109
-        """Replace the summaries a watch gave by the whole tasks, with their results (calls run together)."""
-        gate = asyncio.Semaphore(FETCH_CONCURRENCY)
+    async def _fetch_whole(self, tracker: WaitTracker, timeout: float | None) -> None:
+        """Replace the summaries a watch gave by the whole tasks, with their results."""
 
         async def listed(batch_id: str) -> builtins.list[Task]:
-            async with gate:
-                return [task async for task in self.list(batch_id=batch_id, page_size=BATCH_PAGE_SIZE)]
+            return [task async for task in self.list(batch_id=batch_id, page_size=BATCH_PAGE_SIZE)]
 
         async def got(task_id: str) -> Task:
-            async with gate:
-                return await self.get(task_id, timeout=timeout)
+            return await self.get(task_id, timeout=timeout)
 
-        for listing in await asyncio.gather(*(listed(batch_id) for batch_id in tracker.batches_to_list())):
+        batches = [functools.partial(listed, batch_id) for batch_id in tracker.batches_to_list()]
+        for listing in await _io_async.gather(batches, FETCH_CONCURRENCY):
             for task in listing:
                 tracker.complete(task)
-        for task in await asyncio.gather(*(got(task_id) for task_id in tracker.summarized())):
+        singles = [functools.partial(got, task_id) for task_id in tracker.summarized()]
+        for task in await _io_async.gather(singles, FETCH_CONCURRENCY):
             tracker.complete(task)
 
     async def wait(
         self,
         tasks: str | Task | Iterable[str | Task],
-        timeout: Seconds | None = None,  # noqa: ASYNC109 - mirrors Client.wait; ends the watch's deadline
+        timeout: Seconds | None = None,
         *,
         on_change: Callable[[Task], None] | None = None,
     ) -> builtins.list[Task]:
-        """Wait until every task reached an end state, without polling; see Client.wait."""
+        """Wait until every task reached an end state; returns them in the order given.
+
+        Built on watch(): no polling. `on_change` is called with each newer state of a waited task
+        (e.g. to draw progress). Raises DeadlineExceeded after `timeout`, NotFound for an unknown
+        (or deleted) task. The watch counts toward the user's open watch streams (20 by default):
+        wait for many tasks in one call rather than in many concurrent calls.
+        """
         tracker = WaitTracker(task_ids(tasks))
         try:
             async with self.watch(timeout=timeout) as events:

@@ -1,30 +1,35 @@
-"""The blocking client: one object per server, holding a channel and the caller's token.
+# Generated from aio.py by scripts/gen-sync-client (unasync): do not edit; change aio.py and run `make gen`.
+"""The clients of AuthService and SchedulerService through the edge: AsyncClient (asyncio) and Client (blocking).
 
-with resilienttask.Client("localhost:8080") as client:
-    client.login("me@example.com", "secret password")
-    tasks = client.submit("resize", workload=timedelta(seconds=30), replicas=5)
-    done = client.wait(tasks, timeout=120)
+aio.py is their one source: `make gen` writes client.py from it with unasync (`async` and `await` dropped,
+Async names made plain, _io_async made _io_sync); the little the two do differently lives in those modules.
+
+    with resilienttask.Client("localhost:8080") as client:  # or: async with resilienttask.AsyncClient(...)
+        client.login("me@example.com", "secret password")  # each call awaited with AsyncClient
+        tasks = client.submit("resize", workload=30, replicas=5)
+        done = client.wait(tasks, timeout=120)
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
 import os
-import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
-from datetime import datetime
+from collections.abc import Callable, Generator, Iterable, Iterator
 from types import TracebackType
-from typing import Any, TypeVar, Unpack
+from typing import Any, Unpack
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from resilienttask._channel import DEFAULT_ADDRESS, ChannelOptions, ChannelSettings, bearer
+from resilienttask import _io_sync
+from resilienttask._channel import DEFAULT_ADDRESS, ChannelOptions, ChannelSettings, Stubs, bearer
 from resilienttask._convert import (
     ScheduleOptions,
     Seconds,
+    SubmitOptions,
     drain_request,
     kind_control_from_proto,
     rate_limit_request,
@@ -39,9 +44,9 @@ from resilienttask._convert import (
     worker_from_proto,
 )
 from resilienttask._logs import LogCursor
-from resilienttask._retry import RECONNECT_CODES, RetryPolicy
+from resilienttask._retry import Reconnect, RetryPolicy, status_code
 from resilienttask._tracecontext import trace_metadata
-from resilienttask._watch import BATCH_PAGE_SIZE, WaitTracker, WatchState, task_ids
+from resilienttask._watch import BATCH_PAGE_SIZE, FETCH_CONCURRENCY, WaitTracker, WatchState, task_ids
 from resilienttask.errors import DeadlineExceeded, ResourceExhausted, Unavailable, from_rpc_error
 from resilienttask.models import (
     KindControl,
@@ -65,34 +70,25 @@ from resilienttask.search import (
     history_from_proto,
     list_request,
 )
-from resilienttask.v1 import (
-    auth_pb2,
-    auth_pb2_grpc,
-    operator_pb2,
-    operator_pb2_grpc,
-    schedule_pb2,
-    schedule_pb2_grpc,
-    scheduler_pb2,
-    scheduler_pb2_grpc,
-)
+from resilienttask.v1 import auth_pb2, operator_pb2, schedule_pb2, scheduler_pb2
 
 __all__ = ["Client", "TaskWatch"]
 
-R = TypeVar("R")
 DEFAULT_TIMEOUT_S = 30.0
+Metadata = tuple[tuple[str, str], ...]
 
 
 class TaskWatch:
     """An endless iterator of watch events that reopens the stream with its resume token when it breaks.
 
-    Heartbeats and stale updates are absorbed. `close()` (from any thread) or leaving a `with`
+    Heartbeats and stale updates are absorbed. `close()` (from any thread or task) or leaving a `with`
     block ends it.
     """
 
     def __init__(self, open_stream: Callable[[scheduler_pb2.WatchTasksRequest, float | None], Any], state: WatchState):
         self._open = open_stream
         self._state = state
-        self._closed = threading.Event()
+        self._closed = _io_sync.Event()
         self._call: Any = None
         self._events = self._run()
 
@@ -114,49 +110,59 @@ class TaskWatch:
         return self
 
     def __next__(self) -> WatchEvent:
-        return next(self._events)
+        return self._events.__next__()
 
     def close(self) -> None:
+        """End the watch: an iteration under way stops, and the stream is not reopened."""
         self._closed.set()
         call = self._call
         if call is not None:
             call.cancel()
 
+    def _finish(self) -> None:
+        """close(), and let go of the stream."""
+        self.close()
+        _io_sync.close_generator(self._events)
+
     def __enter__(self) -> TaskWatch:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
-        self._events.close()
+        self._finish()
 
-    def _run(self) -> Generator[WatchEvent, None, None]:
+    def _run(self) -> Generator[WatchEvent, None]:
         while not self._closed.is_set():
             error: grpc.RpcError | None = None
             call = self._open(self._state.request(), self._state.call_timeout())
             self._call = call
             try:
-                if self._closed.is_set():
+                if self._closed.is_set():  # close() ran while the call opened, before it could be cancelled
                     return
                 for message in call:
-                    yield from self._state.accept(message)
-            except grpc.RpcError as exc:
+                    for event in self._state.accept(message):
+                        yield event
+            except _io_sync.RpcError as exc:
                 error = exc
+            except _io_sync.Cancelled:
+                # close() cancels the call, which may surface here; any other cancellation is the caller's.
+                if not self._closed.is_set():
+                    raise
             finally:
                 call.cancel()
             if self._closed.is_set():
                 return
-            if self._closed.wait(self._state.pause_after(error)):
+            if _io_sync.wait_set(self._closed, self._state.pause_after(error)):
                 return
 
 
 class Client:
-    """Blocking client for AuthService and SchedulerService through the edge.
+    """Client for AuthService and SchedulerService through the edge.
 
     `tls` is False (plaintext), True (system roots) or `grpc.ssl_channel_credentials(...)`; `ca_file`
     (a PEM file such as the local stack's `.rtask/tls/ca.pem`) means TLS trusting exactly that CA;
     `options` go to the channel as they are (e.g. `[("grpc.max_receive_message_length", ...)]`).
     `timeout` bounds each unary call in seconds. UNAVAILABLE is retried per `retry` for calls that
-    are safe to repeat.
+    are safe to repeat. `close()` or a `with` block closes the channel; a later call opens a new one.
     """
 
     def __init__(
@@ -174,19 +180,34 @@ class Client:
         self.token = token
         self.timeout = timeout
         self.retry_policy = retry or RetryPolicy()
-        self._channel = self.settings.sync_channel()
-        self._auth = auth_pb2_grpc.AuthServiceStub(self._channel)
-        self._scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self._channel)
-        self._schedules = schedule_pb2_grpc.ScheduleServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
-        self._operator = operator_pb2_grpc.OperatorServiceStub(self._channel)
+        self._stubs = _io_sync.first_stubs(self.settings)
 
     @property
     def address(self) -> str:
         return self.settings.address
 
+    @property
+    def _services(self) -> Stubs:
+        if self._stubs is None:
+            self._stubs = _io_sync.open_stubs(self.settings)
+        return self._stubs
+
+    @property
+    def _scheduler(self) -> Any:
+        return self._services.scheduler
+
+    @property
+    def _schedules(self) -> Any:
+        return self._services.schedules
+
+    @property
+    def _operator(self) -> Any:
+        return self._services.operator
+
     def close(self) -> None:
-        self._channel.close()
+        stubs, self._stubs = self._stubs, None
+        if stubs is not None:
+            _io_sync.close_channel(stubs.channel)
 
     def __enter__(self) -> Client:
         return self
@@ -197,24 +218,27 @@ class Client:
         self.close()
 
     # -- plumbing ----------------------------------------------------------------------------
+    def _metadata(self, auth: bool = True) -> Metadata:
+        return (bearer(self.token) if auth else ()) + trace_metadata()
+
     def _call(
         self,
-        method: Callable[..., R],
+        method: Callable[..., Any],
         request: Any,
         *,
         auth: bool = True,
         idempotent: bool = False,
         timeout: float | None = None,
-    ) -> R:
-        metadata = (bearer(self.token) if auth else ()) + trace_metadata()
+    ) -> Any:
+        metadata = self._metadata(auth)
         attempts = self.retry_policy.attempts if idempotent else 1
         pauses = self.retry_policy.backoffs()
         for attempt in range(1, attempts + 1):
             try:
                 return method(request, metadata=metadata, timeout=timeout or self.timeout)
-            except grpc.RpcError as exc:
-                if attempt < attempts and exc.code() is grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
-                    time.sleep(next(pauses))
+            except _io_sync.RpcError as exc:
+                if attempt < attempts and status_code(exc) is grpc.StatusCode.UNAVAILABLE:
+                    _io_sync.sleep(next(pauses))
                     continue
                 raise from_rpc_error(exc) from exc
         raise AssertionError("unreachable: the last attempt returns or raises")
@@ -222,67 +246,34 @@ class Client:
     # -- auth ----------------------------------------------------------------------------------
     def signup(self, email: str, password: str) -> Session:
         """Create a user; the client keeps its token for later calls."""
-        reply = self._call(self._auth.Signup, auth_pb2.SignupRequest(email=email, password=password), auth=False)
-        session = session_from_proto(reply)
+        request = auth_pb2.SignupRequest(email=email, password=password)
+        session = session_from_proto(self._call(self._services.auth.Signup, request, auth=False))
         self.token = session.token
         return session
 
     def login(self, email: str, password: str) -> Session:
         """Exchange credentials for a token; the client keeps it for later calls."""
         request = auth_pb2.LoginRequest(email=email, password=password)
-        session = session_from_proto(self._call(self._auth.Login, request, auth=False, idempotent=True))
+        reply = self._call(self._services.auth.Login, request, auth=False, idempotent=True)
+        session = session_from_proto(reply)
         self.token = session.token
         return session
 
     # -- tasks ---------------------------------------------------------------------------------
-    def submit(
-        self,
-        name: str,
-        *,
-        kind: str = "",
-        payload: Mapping[str, Any] | None = None,
-        workload: Seconds = 0,
-        max_runtime: Seconds | None = None,
-        replicas: int = 1,
-        max_attempts: int | None = None,
-        request_id: str | None = None,
-        run_at: datetime | None = None,
-        delay: Seconds | None = None,
-        priority: int = 0,
-        concurrency_key: str = "",
-        concurrency_limit: int = 0,
-    ) -> builtins.list[Task]:
+    def submit(self, name: str, **options: Unpack[SubmitOptions]) -> builtins.list[Task]:
         """Submit a task (or `replicas` copies of it, atomically); returns the tasks by replica index.
 
-        `kind` empty means the built-in simulated workload "sleep". A request_id is generated when
-        none is given; retries after UNAVAILABLE reuse it, so they never create duplicates.
-        `run_at` (an aware datetime) or `delay` (seconds or a timedelta), at most one, starts the tasks
-        later: they are SCHEDULED until then. `priority` 1 (lowest) to 5 (most urgent), 0 for the default
-        (3); `concurrency_key` with `concurrency_limit` (1 to 1000) lets at most that many of your tasks with
-        the key run at once.
+        The options (SubmitOptions): kind, payload, workload, max_runtime, replicas, max_attempts, request_id,
+        run_at or delay, priority, concurrency_key with concurrency_limit. A request_id is generated when none
+        is given; retries after UNAVAILABLE reuse it, so they never create duplicates.
         """
-        request = submit_request(
-            name,
-            kind=kind,
-            payload=payload,
-            workload=workload,
-            max_runtime=max_runtime,
-            replicas=replicas,
-            max_attempts=max_attempts,
-            request_id=request_id,
-            run_at=run_at,
-            delay=delay,
-            priority=priority,
-            concurrency_key=concurrency_key,
-            concurrency_limit=concurrency_limit,
-        )
+        request = submit_request(name, **options)
         reply = self._call(self._scheduler.SubmitTask, request, idempotent=True)
         return [task_from_proto(t) for t in reply.tasks]
 
     def get(self, task_id: str, *, timeout: float | None = None) -> Task:
-        reply = self._call(
-            self._scheduler.GetTask, scheduler_pb2.GetTaskRequest(task_id=task_id), idempotent=True, timeout=timeout
-        )
+        request = scheduler_pb2.GetTaskRequest(task_id=task_id)
+        reply = self._call(self._scheduler.GetTask, request, idempotent=True, timeout=timeout)
         return task_from_proto(reply.task)
 
     def list(
@@ -325,12 +316,12 @@ class Client:
 
     def clear_history(self) -> int:
         """Remove every finished task of the caller; returns how many were removed."""
-        return int(self._call(self._scheduler.ClearHistory, scheduler_pb2.ClearHistoryRequest()).deleted)
+        reply = self._call(self._scheduler.ClearHistory, scheduler_pb2.ClearHistoryRequest())
+        return int(reply.deleted)
 
     def stats(self) -> TaskStats:
-        return stats_from_proto(
-            self._call(self._scheduler.GetStats, scheduler_pb2.GetStatsRequest(), idempotent=True).stats
-        )
+        reply = self._call(self._scheduler.GetStats, scheduler_pb2.GetStatsRequest(), idempotent=True)
+        return stats_from_proto(reply.stats)
 
     def workers(self) -> builtins.list[Worker]:
         reply = self._call(self._scheduler.ListWorkers, scheduler_pb2.ListWorkersRequest(), idempotent=True)
@@ -338,33 +329,35 @@ class Client:
 
     def kinds(self) -> builtins.list[str]:
         """Task kinds some live worker serves."""
-        return builtins.list(
-            self._call(self._scheduler.ListKinds, scheduler_pb2.ListKindsRequest(), idempotent=True).kinds
-        )
+        reply = self._call(self._scheduler.ListKinds, scheduler_pb2.ListKindsRequest(), idempotent=True)
+        return builtins.list(reply.kinds)
 
     # -- operators (each call needs the operator role: PermissionDenied otherwise) -------------------------
     def kind_controls(self) -> builtins.list[KindControl]:
         """Every kind with a control or a worker serving it, sorted by kind."""
-        reply = self._call(self._operator.ListKindControls, operator_pb2.ListKindControlsRequest(), idempotent=True)
+        request = operator_pb2.ListKindControlsRequest()
+        reply = self._call(self._operator.ListKindControls, request, idempotent=True)
         return [kind_control_from_proto(k) for k in reply.kinds]
 
     def pause_kind(self, kind: str) -> KindControl:
         """Once this returns, no task of the kind starts (every user's); running ones go on."""
         request = operator_pb2.PauseKindRequest(kind=kind)
-        return kind_control_from_proto(self._call(self._operator.PauseKind, request, idempotent=True).kind)
+        return kind_control_from_proto((self._call(self._operator.PauseKind, request, idempotent=True)).kind)
 
     def resume_kind(self, kind: str) -> KindControl:
         request = operator_pb2.ResumeKindRequest(kind=kind)
-        return kind_control_from_proto(self._call(self._operator.ResumeKind, request, idempotent=True).kind)
+        return kind_control_from_proto((self._call(self._operator.ResumeKind, request, idempotent=True)).kind)
 
     def set_rate_limit(self, kind: str, starts: int, per: Seconds) -> KindControl:
         """At most `starts` starts of the kind per `per` (1 s to 1 h) across the pool; the others wait."""
         request = rate_limit_request(kind, starts, per)
-        return kind_control_from_proto(self._call(self._operator.SetKindRateLimit, request, idempotent=True).kind)
+        reply = self._call(self._operator.SetKindRateLimit, request, idempotent=True)
+        return kind_control_from_proto(reply.kind)
 
     def clear_rate_limit(self, kind: str) -> KindControl:
         request = operator_pb2.ClearKindRateLimitRequest(kind=kind)
-        return kind_control_from_proto(self._call(self._operator.ClearKindRateLimit, request, idempotent=True).kind)
+        reply = self._call(self._operator.ClearKindRateLimit, request, idempotent=True)
+        return kind_control_from_proto(reply.kind)
 
     def drain_worker(self, worker_id: str, grace: Seconds | None = None) -> Worker:
         """Take a worker out of the pool: once this returns it starts no task; what it runs may finish for
@@ -375,14 +368,15 @@ class Client:
 
     def health(self) -> str:
         """The edge's health status name ("SERVING" when it can take calls); needs no token."""
-        reply = self._call(self._health.Check, health_pb2.HealthCheckRequest(), auth=False, idempotent=True)
+        request = health_pb2.HealthCheckRequest()
+        reply = self._call(self._services.health.Check, request, auth=False, idempotent=True)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
     # -- search, history and bulk actions ----------------------------------------------------------
     def count(self, *, batch_id: str = "", **conditions: Unpack[TaskFilter]) -> int:
         """How many of the caller's tasks meet the conditions (as list() takes them)."""
         request = scheduler_pb2.CountTasksRequest(filter=filter_message(batch_id, conditions))
-        return int(self._call(self._scheduler.CountTasks, request, idempotent=True).count)
+        return int((self._call(self._scheduler.CountTasks, request, idempotent=True)).count)
 
     def history(self, task_id: str) -> TaskHistory:
         """The task (whole), its attempts and its transitions, oldest first."""
@@ -443,7 +437,7 @@ class Client:
                     pause = next(pauses, None)
                     if pause is None:
                         raise
-                    time.sleep(pause)
+                    _io_sync.sleep(pause)
                     continue
                 total += BulkResult(reply.affected, reply.skipped)
                 if not reply.next_page_token:
@@ -462,11 +456,12 @@ class Client:
         request = schedule_pb2.CreateScheduleRequest(
             spec=schedule_spec(name, spec), paused=paused, request_id=request_id or str(uuid.uuid4())
         )
-        return schedule_from_proto(self._call(self._schedules.CreateSchedule, request, idempotent=True).schedule)
+        reply = self._call(self._schedules.CreateSchedule, request, idempotent=True)
+        return schedule_from_proto(reply.schedule)
 
     def get_schedule(self, schedule_id: str) -> Schedule:
         request = schedule_pb2.GetScheduleRequest(schedule_id=schedule_id)
-        return schedule_from_proto(self._call(self._schedules.GetSchedule, request, idempotent=True).schedule)
+        return schedule_from_proto((self._call(self._schedules.GetSchedule, request, idempotent=True)).schedule)
 
     def list_schedules(self, *, page_size: int = 100) -> Iterator[Schedule]:
         """Every schedule of the caller, oldest first; pages are fetched lazily."""
@@ -482,17 +477,19 @@ class Client:
     def update_schedule(self, schedule_id: str, name: str, **spec: Unpack[ScheduleOptions]) -> Schedule:
         """Replace a schedule's whole spec (options left out take their defaults); slots count again from now."""
         request = schedule_pb2.UpdateScheduleRequest(schedule_id=schedule_id, spec=schedule_spec(name, spec))
-        return schedule_from_proto(self._call(self._schedules.UpdateSchedule, request).schedule)
+        return schedule_from_proto((self._call(self._schedules.UpdateSchedule, request)).schedule)
 
     def pause_schedule(self, schedule_id: str) -> Schedule:
         """Stop firing; slots that pass while paused are not caught up."""
         request = schedule_pb2.PauseScheduleRequest(schedule_id=schedule_id)
-        return schedule_from_proto(self._call(self._schedules.PauseSchedule, request, idempotent=True).schedule)
+        reply = self._call(self._schedules.PauseSchedule, request, idempotent=True)
+        return schedule_from_proto(reply.schedule)
 
     def resume_schedule(self, schedule_id: str) -> Schedule:
         """Fire again from the next slot."""
         request = schedule_pb2.ResumeScheduleRequest(schedule_id=schedule_id)
-        return schedule_from_proto(self._call(self._schedules.ResumeSchedule, request, idempotent=True).schedule)
+        reply = self._call(self._schedules.ResumeSchedule, request, idempotent=True)
+        return schedule_from_proto(reply.schedule)
 
     def trigger_schedule(self, schedule_id: str, *, request_id: str | None = None) -> builtins.list[Task]:
         """Fire now, outside the slots; returns the tasks submitted, none when the overlap policy skipped it."""
@@ -514,7 +511,7 @@ class Client:
         missed; when the service can no longer replay, it sends a fresh Snapshot instead.
         `timeout` ends the watch with DeadlineExceeded.
         """
-        metadata = bearer(self.token) + trace_metadata()
+        metadata = self._metadata()
         deadline = time.monotonic() + to_seconds(timeout) if timeout is not None else None
         state = WatchState(resume_token, self.retry_policy, deadline)
 
@@ -529,22 +526,19 @@ class Client:
         none is missed; `dropped_before` on a line counts the lines the service's bounds dropped before it.
         NotFound for a task that is not the caller's.
         """
-        return self._log_lines(LogCursor(task_id, follow, sequence=after), bearer(self.token) + trace_metadata())
+        return self._log_lines(LogCursor(task_id, follow, sequence=after), self._metadata())
 
-    def _log_lines(self, cursor: LogCursor, metadata: tuple[tuple[str, str], ...]) -> Generator[LogLine, None, None]:
-        pauses = self.retry_policy.backoffs()
-        heard = time.monotonic()
+    def _log_lines(self, cursor: LogCursor, metadata: Metadata) -> Iterator[LogLine]:
+        reconnect = Reconnect(self.retry_policy, "log stream")
         while True:
             call = self._scheduler.WatchTaskLogs(cursor.request(), metadata=metadata)
             try:
                 for message in call:
-                    heard = time.monotonic()
-                    yield from cursor.take(message)
-            except grpc.RpcError as exc:
-                code = exc.code()  # type: ignore[attr-defined]
-                if code not in RECONNECT_CODES or time.monotonic() - heard > self.retry_policy.reconnect_for_s:
-                    raise from_rpc_error(exc) from exc
-                time.sleep(next(pauses))
+                    reconnect.heard()
+                    for line in cursor.take(message):
+                        yield line
+            except _io_sync.RpcError as exc:
+                _io_sync.sleep(reconnect.pause_after(exc))  # raises instead when it is no use
                 continue
             finally:
                 call.cancel()
@@ -553,11 +547,20 @@ class Client:
 
     def _fetch_whole(self, tracker: WaitTracker, timeout: float | None) -> None:
         """Replace the summaries a watch gave by the whole tasks, with their results."""
-        for batch_id in tracker.batches_to_list():
-            for task in self.list(batch_id=batch_id, page_size=BATCH_PAGE_SIZE):
+
+        def listed(batch_id: str) -> builtins.list[Task]:
+            return [task for task in self.list(batch_id=batch_id, page_size=BATCH_PAGE_SIZE)]
+
+        def got(task_id: str) -> Task:
+            return self.get(task_id, timeout=timeout)
+
+        batches = [functools.partial(listed, batch_id) for batch_id in tracker.batches_to_list()]
+        for listing in _io_sync.gather(batches, FETCH_CONCURRENCY):
+            for task in listing:
                 tracker.complete(task)
-        for task_id in tracker.summarized():
-            tracker.complete(self.get(task_id, timeout=timeout))
+        singles = [functools.partial(got, task_id) for task_id in tracker.summarized()]
+        for task in _io_sync.gather(singles, FETCH_CONCURRENCY):
+            tracker.complete(task)
 
     def wait(
         self,
@@ -566,7 +569,7 @@ class Client:
         *,
         on_change: Callable[[Task], None] | None = None,
     ) -> builtins.list[Task]:
-        """Block until every task reached an end state; returns them in the order given.
+        """Wait until every task reached an end state; returns them in the order given.
 
         Built on watch(): no polling. `on_change` is called with each newer state of a waited task
         (e.g. to draw progress). Raises DeadlineExceeded after `timeout`, NotFound for an unknown

@@ -155,6 +155,11 @@ export class Feed {
     return this.rows.size;
   }
 
+  /** The server tasks held (not optimistic rows), in no particular order. */
+  *tasks(): IterableIterator<Task> {
+    for (const row of this.rows.values()) if (row.task) yield row.task;
+  }
+
   /** Rows that are server tasks (not optimistic ones). */
   get taskCount(): number {
     let n = 0;

@@ -6,10 +6,11 @@ import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
+from resilienttask._convert import SubmitOptions, TaskOptions
 from resilienttask.cli.durations import parse_duration
 from resilienttask.cli.times import parse_time
 
@@ -58,9 +59,13 @@ def _payload(ctx: click.Context, param: click.Parameter, value: str | None) -> d
     return data
 
 
+# The task's fields as submit takes them, each flag named as its TaskOptions key (--max-runtime: max_runtime).
+TASK_FLAGS = TaskOptions.__optional_keys__
+
+
 def template_options(*, keep: bool = False) -> Callable[[F], F]:
-    """The task's fields as submit takes them: --kind, --workload, --max-runtime, --replicas, --max-attempts,
-    --payload. With `keep` (an update) every default is None, meaning "leave as it is"."""
+    """The task's fields as submit takes them (TASK_FLAGS): --kind, --workload, --max-runtime, --replicas,
+    --max-attempts, --payload. With `keep` (an update) every default is None, meaning "leave as it is"."""
 
     def default(value: object) -> object:
         return None if keep else value
@@ -97,3 +102,11 @@ def template_options(*, keep: bool = False) -> Callable[[F], F]:
         return fn
 
     return apply
+
+
+def submit_options(given: dict[str, Any]) -> SubmitOptions:
+    """The SDK's submit options from a command's flags, which bear their names; a flag not given (None) leaves
+    the SDK's default."""
+    return cast(
+        SubmitOptions, {key: given[key] for key in SubmitOptions.__optional_keys__ if given.get(key) is not None}
+    )

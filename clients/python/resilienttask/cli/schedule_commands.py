@@ -9,7 +9,7 @@ import click
 
 from resilienttask._convert import ScheduleOptions, spec_options
 from resilienttask.cli.common import Connection, emit_json, json_option, server_command
-from resilienttask.cli.options import DURATION, template_options
+from resilienttask.cli.options import DURATION, TASK_FLAGS, template_options
 from resilienttask.cli.render import schedule_detail, schedules_table, stdout, tasks_table
 from resilienttask.models import CatchupPolicy, OverlapPolicy, Schedule
 
@@ -72,7 +72,7 @@ def _options(given: dict[str, Any], base: ScheduleOptions | None = None) -> Sche
         options["time_zone"] = given["time_zone"]
     if "cron" not in options and "interval" not in options:
         raise click.UsageError("give --cron EXPRESSION (with --tz) or --every DURATION")
-    for flag in ("task_name", "kind", "workload", "max_runtime", "replicas", "max_attempts", "payload"):
+    for flag in ("task_name", *sorted(TASK_FLAGS)):
         if given[flag] is not None:
             options[flag] = given[flag]  # type: ignore[literal-required]
     if given["overlap"] is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import click
@@ -17,7 +17,7 @@ from resilienttask.cli.common import (
 )
 from resilienttask.cli.filters import Selection, filter_options
 from resilienttask.cli.live import BatchProgress
-from resilienttask.cli.options import DURATION, TIME, template_options
+from resilienttask.cli.options import DURATION, TIME, submit_options, template_options
 from resilienttask.cli.render import stderr, stdout, task_detail, tasks_table
 from resilienttask.client import Client
 from resilienttask.models import Task
@@ -45,49 +45,17 @@ def _print_tasks(tasks: list[Task], as_json: bool, title: str | None = None) -> 
 @click.option("--timeout", type=DURATION, default=None, help="with --wait: give up after this long (exit 7)")
 @json_option
 @server_command
-def submit(
-    conn: Connection,
-    name: str,
-    kind: str,
-    workload: timedelta,
-    max_runtime: timedelta | None,
-    replicas: int,
-    max_attempts: int | None,
-    payload: dict[str, Any] | None,
-    run_at: datetime | None,
-    delay: timedelta | None,
-    priority: int | None,
-    concurrency_key: str,
-    concurrency_limit: int | None,
-    request_id: str | None,
-    wait_: bool,
-    timeout: timedelta | None,
-    as_json: bool,
-) -> None:
+def submit(conn: Connection, name: str, wait_: bool, timeout: timedelta | None, as_json: bool, **given: Any) -> None:
     """Submit a task NAME (or --replicas copies of it), now or later (--at, --in: SCHEDULED until then).
     With --wait, exit 6 unless every task succeeded."""
     if timeout is not None and not wait_:
         raise click.UsageError("--timeout only makes sense with --wait")
-    if run_at is not None and delay is not None:
+    if given["run_at"] is not None and given["delay"] is not None:
         raise click.UsageError("give --at or --in, not both")
-    if bool(concurrency_key) != (concurrency_limit is not None):
+    if bool(given["concurrency_key"]) != (given["concurrency_limit"] is not None):
         raise click.UsageError("give --concurrency-key and --concurrency-limit together")
     with conn.client() as client:
-        tasks = client.submit(
-            name,
-            kind=kind,
-            payload=payload,
-            workload=workload,
-            max_runtime=max_runtime,
-            replicas=replicas,
-            max_attempts=max_attempts,
-            request_id=request_id,
-            run_at=run_at,
-            delay=delay,
-            priority=priority or 0,
-            concurrency_key=concurrency_key,
-            concurrency_limit=concurrency_limit or 0,
-        )
+        tasks = client.submit(name, **submit_options(given))
         if not wait_:
             _print_tasks(tasks, as_json, title=f"batch {tasks[0].batch_id}")
             return

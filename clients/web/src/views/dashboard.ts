@@ -12,6 +12,7 @@ import { type TaskQuery, describe, fromSearch, isEmpty, matcher, sameQuery, toFi
 import { taskHash, taskInHash } from "../route";
 import type { Session } from "../session";
 import type { SubmitInit } from "../validation";
+import { busySlots } from "../pool";
 import { Trend } from "../trend";
 import { TaskWatch } from "../watch";
 import { TrendCharts } from "./charts";
@@ -390,7 +391,7 @@ export function renderDashboard(api: Api, session: Session, logout: (notice: str
       chartsDrawnAt = now;
       charts.update(trend.series(now));
     }
-    workers.update(feed.workers);
+    workers.update(feed.workers, busySlots(feed.workers, feed.tasks()));
     shown.textContent = feed.ready ? `${rows.length} shown` : "";
     const st = feed.stats;
     clearButton.disabled = !st || st.succeeded + st.failed + st.cancelled + st.timedOut === 0n;

@@ -41,6 +41,7 @@ export class WorkerPanel {
   private readonly summary: HTMLElement;
   private readonly list: HTMLUListElement;
   private workers: Worker[] = [];
+  private busy = new Map<string, number>();
 
   constructor() {
     this.summary = h("p", { class: "pool-summary" });
@@ -54,15 +55,21 @@ export class WorkerPanel {
     );
   }
 
-  update(workers: Worker[], now = Date.now()): void {
+  /** `busy`: slots in use per worker id (see pool.ts); a worker missing from it shows its heartbeat's figure. */
+  update(workers: Worker[], busy: ReadonlyMap<string, number> = new Map(), now = Date.now()): void {
     this.workers = [...workers].sort((a, b) => (a.id < b.id ? -1 : 1));
+    this.busy = new Map(busy);
     this.paint(now);
+  }
+
+  private busyOf(worker: Worker): number {
+    return this.busy.get(worker.id) ?? worker.busy;
   }
 
   /** Also called every second, so "last heartbeat" ages without any request. */
   paint(now = Date.now()): void {
     const slots = this.workers.reduce((n, w) => n + w.slots, 0);
-    const busy = this.workers.reduce((n, w) => n + w.busy, 0);
+    const busy = this.workers.reduce((n, w) => n + this.busyOf(w), 0);
     const count = this.workers.length;
     this.summary.textContent = count
       ? `${count} worker${count === 1 ? "" : "s"} · ${busy} of ${slots} slots busy`
@@ -70,17 +77,18 @@ export class WorkerPanel {
     this.list.replaceChildren(
       ...this.workers.map((w) => {
         const beat = ms(w.lastHeartbeat);
-        const share = w.slots ? Math.round((100 * w.busy) / w.slots) : 0;
+        const inUse = this.busyOf(w);
+        const share = w.slots ? Math.round((100 * inUse) / w.slots) : 0;
         return h(
           "li",
           { class: "worker" },
           h("span", { class: "worker-id", title: w.id }, w.id),
           h(
             "span",
-            { class: "bar small-bar", role: "meter", "aria-valuemin": 0, "aria-valuemax": w.slots, "aria-valuenow": w.busy, "aria-label": `Busy slots of ${w.id}` },
+            { class: "bar small-bar", role: "meter", "aria-valuemin": 0, "aria-valuemax": w.slots, "aria-valuenow": inUse, "aria-label": `Busy slots of ${w.id}` },
             h("span", { class: "fill", style: `width: ${share}%` }),
           ),
-          h("span", { class: "worker-busy" }, `${w.busy}/${w.slots} busy`),
+          h("span", { class: "worker-busy" }, `${inUse}/${w.slots} busy`),
           w.draining
             ? h("span", { class: "worker-draining", title: "Takes no new task; what still runs is handed back at its deadline" }, "draining")
             : null,
