@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: up wipe test lint check-generated gen pytest chaos chaos-ci clean web gen-web check-web e2e-deps bench bench-quick bench-checks bench-scheduling bench-observability bench-dashboard bench-logs bench-fairness deploy-deps
+.PHONY: up wipe test lint check-generated gen pytest chaos chaos-ci clean web gen-web check-web e2e-deps bench bench-quick bench-checks bench-scheduling bench-observability bench-dashboard bench-logs bench-fairness bench-saturation deploy-deps
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -105,6 +105,10 @@ bench: $(VENV)/.bench-installed
 # fair share cost the drain (on against off, alternated), into docs/benchmarks-fairness.md.
 bench-fairness: $(VENV)/.bench-installed
 	$(PY) -m bench.fairness --doc docs/benchmarks-fairness.md $(ARGS)
+
+# Where one machine saturates (docs/scaling.md): drain, start latency and CPU per tier as processes are added.
+bench-saturation: $(VENV)/.bench-installed
+	$(PY) -m bench.saturation $(ARGS)
 
 # Delayed tasks alone (a few minutes): due-time precision and the 10,000-due burst, into docs/benchmarks-scheduling.md.
 bench-scheduling: $(VENV)/.bench-installed
