@@ -1,14 +1,18 @@
-"""The asyncio Redis client factory and a liveness probe."""
+"""The asyncio Redis client factory (one server or a cluster), the key layout of a client, and a liveness probe."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from services.core import keys
 from services.core.config import RedisConfig
 
 
@@ -19,7 +23,12 @@ def create_redis(config: RedisConfig) -> aioredis.Redis:
     connection hides that from callers, while a server that is really down still fails fast. The pool is
     bounded: a burst of calls (a thousand watchers reconnecting at once) waits for connections instead of
     opening one each, whose handshakes would then time out under the load they create.
+
+    For a cluster URL (RedisConfig.cluster) the client is redis-py's RedisCluster, typed as the plain client
+    whose commands it shares: callers that must tell them apart use key_layout() and services.core.channels.
     """
+    if config.cluster:
+        return _create_cluster(config)
     pool = aioredis.BlockingConnectionPool.from_url(
         config.url,
         max_connections=config.max_connections,
@@ -33,6 +42,36 @@ def create_redis(config: RedisConfig) -> aioredis.Redis:
         password=config.password,
     )
     return aioredis.Redis.from_pool(pool)
+
+
+def _create_cluster(config: RedisConfig) -> aioredis.Redis:
+    """The cluster client: slots learnt from the node the URL names; a command to a primary that died is retried
+    after a refresh of the slot map, so calls fail only while no node serves the slot (a failover's few seconds).
+
+    No socket timeout, as on one server: the blocking reads (dispatch, feed) set their own bound, and a dead node
+    on the same network resets the connection at once.
+    """
+    client = RedisCluster.from_url(
+        config.client_url,
+        max_connections=config.max_connections,
+        decode_responses=False,
+        health_check_interval=5,
+        socket_connect_timeout=2,
+        socket_timeout=None,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=4),
+        password=config.password,
+    )
+    return cast("aioredis.Redis", client)
+
+
+def is_cluster(client: object) -> bool:
+    """Whether the client (or pipeline) talks to a cluster."""
+    return isinstance(client, (RedisCluster, ClusterPipeline))
+
+
+def key_layout(client: object) -> keys.KeyLayout:
+    """The key names this client's server uses: services.core.keys.CLUSTER on a cluster, SINGLE otherwise."""
+    return keys.CLUSTER if is_cluster(client) else keys.SINGLE
 
 
 async def redis_reachable(client: aioredis.Redis) -> bool:

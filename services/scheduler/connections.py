@@ -12,7 +12,6 @@ on the others through a `replace` message on the same channel, so commands never
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import uuid
@@ -21,13 +20,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from resilienttask.worker.v1 import worker_pb2
-from services.core import keys
+from services.core import channels, keys
 from services.scheduler.store import SUPERSEDED
 
 log = logging.getLogger(__name__)
 
 # The stop reasons of the command channel and the worker protocol's enum for them.
 CANCELLED = "cancelled"
+# A listen gives up after this long without a message and starts again (it never misses one meanwhile).
+LISTEN_TIMEOUT_S = 30.0
 STOP_REASONS = {CANCELLED: worker_pb2.STOP_REASON_CANCELLED, SUPERSEDED: worker_pb2.STOP_REASON_SUPERSEDED}
 
 
@@ -122,23 +123,21 @@ class ConnectedWorkers:
 async def announce_stream(redis: aioredis.Redis, worker_id: str, mailbox: Mailbox) -> None:
     """Tell the other schedulers that worker_id has a new stream here, so they end any old one."""
     message = {"replace": worker_id, "stream": mailbox.stream_id}
-    await redis.publish(keys.COMMAND_CHANNEL, json.dumps(message))
+    await channels.publish(redis, keys.COMMAND_CHANNEL, json.dumps(message))
 
 
 async def relay_commands(redis: aioredis.Redis, workers: ConnectedWorkers) -> None:
     """Forward command-channel messages to the workers connected here; resubscribe after Redis failures."""
     while True:
-        pubsub = redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(keys.COMMAND_CHANNEL)
-            async for message in pubsub.listen():
-                _deliver(message.get("data"), workers)
+            async with channels.subscribed(redis, keys.COMMAND_CHANNEL) as subscription:
+                while True:
+                    data = await subscription.get(timeout_s=LISTEN_TIMEOUT_S)
+                    if data is not None:
+                        _deliver(data, workers)
         except (RedisError, OSError) as exc:
             log.warning("command relay lost Redis; resubscribing", extra={"error": repr(exc)})
             await asyncio.sleep(0.5)
-        finally:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()
 
 
 def _deliver(data: object, workers: ConnectedWorkers) -> None:

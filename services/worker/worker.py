@@ -166,6 +166,9 @@ class Worker:
         self._slot_freed.set()
         if self._consuming is not None:
             await asyncio.wait({self._consuming})  # ends after the current blocking read (read_block_ms)
+        left_over = await self.consumer.close()
+        if left_over:
+            await self._release(left_over)
         running = [r.task for r in self.running.values() if r.task is not None]
         if running:
             log.info("draining", extra={"running": len(running), "grace_s": grace_s})
