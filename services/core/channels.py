@@ -36,7 +36,8 @@ async def publish(redis: aioredis.Redis, channel: str, message: str) -> None:
 
 
 class Subscription:
-    """One channel's messages: get() returns the next message's data, or None after timeout_s without one."""
+    """One channel's messages: get() returns the next message's data, or None (nothing within timeout_s, or the
+    confirmation of the subscription)."""
 
     def __init__(self, redis: aioredis.Redis, channel: str) -> None:
         self.channel = channel

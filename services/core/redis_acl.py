@@ -27,8 +27,9 @@ ROLES = (SERVICES, WORKER, ADMIN)
 
 # What every client sends on its own: redis-py's CLIENT SETINFO on connect (refusals are ignored, but would
 # be noise), the pool's PING health checks, and SELECT when a URL names another database than 0; on a cluster,
-# the cluster client's reading of the slot map (CLUSTER SLOTS) and ASKING, which follows a slot being moved.
-_CONNECTION = ("ping", "client|setinfo", "select", "cluster|slots", "asking")
+# the cluster client's reading of the slot map (CLUSTER SLOTS) and of which arguments of each command are keys
+# (COMMAND, COMMAND GETKEYS), and ASKING, which follows a slot being moved.
+_CONNECTION = ("ping", "client|setinfo", "select", "cluster|slots", "command", "asking")
 
 
 @dataclass(frozen=True)
