@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO
 
 import redis
+from redis.crc import key_slot
 
 from services.stack.embedded import MAXMEMORY_POLICY, wait_for_port
 from services.stack.ports import free_port
@@ -155,6 +156,18 @@ def start_cluster(
     return cluster
 
 
+def slot_ranges(primaries: int) -> list[tuple[int, int]]:
+    """The slots each primary serves once formed: an even split, in order."""
+    share = SLOTS // primaries
+    return [(i * share, SLOTS - 1 if i == primaries - 1 else (i + 1) * share - 1) for i in range(primaries)]
+
+
+def primary_of(cluster: ValkeyCluster, key: str) -> int:
+    """The index (in cluster.primaries) of the primary that served the key's slot when the cluster was formed."""
+    slot = key_slot(key.encode())
+    return next(i for i, (low, high) in enumerate(slot_ranges(len(cluster.primaries))) if low <= slot <= high)
+
+
 def _form(cluster: ValkeyCluster, timeout_s: float) -> None:
     clients = {node.port: cluster.client(node) for node in cluster.nodes}
     try:
@@ -175,10 +188,7 @@ def _form(cluster: ValkeyCluster, timeout_s: float) -> None:
             ),
             timeout_s,
         )
-        share = SLOTS // len(cluster.primaries)
-        for index, node in enumerate(cluster.primaries):
-            low = index * share
-            high = SLOTS - 1 if index == len(cluster.primaries) - 1 else low + share - 1
+        for node, (low, high) in zip(cluster.primaries, slot_ranges(len(cluster.primaries)), strict=True):
             clients[node.port].execute_command("CLUSTER", "ADDSLOTSRANGE", low, high)
         for primary, replica in zip(cluster.primaries, cluster.replicas, strict=True):
             # A replica must know its primary as a primary (with slots) before it can follow it.
