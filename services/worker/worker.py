@@ -166,9 +166,11 @@ class Worker:
         self._slot_freed.set()
         if self._consuming is not None:
             await asyncio.wait({self._consuming})  # ends after the current blocking read (read_block_ms)
-        left_over = await self.consumer.close()
+        # On a cluster, what the blocking reads still out brought: handed back at once, not left to the idle time.
+        left_over = [d.entry_id for d in await self.consumer.close()]
         if left_over:
-            await self._release(left_over)
+            with contextlib.suppress(RedisError, OSError):
+                await self.consumer.release(left_over, self.config.reclaim_idle_ms)
         running = [r.task for r in self.running.values() if r.task is not None]
         if running:
             log.info("draining", extra={"running": len(running), "grace_s": grace_s})
