@@ -24,14 +24,15 @@ FROM ${PYTHON_IMAGE} AS package
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/rtask
 WORKDIR /src
-# Dependencies first, so this layer is rebuilt only when pyproject.toml changes.
+# Dependencies first, so this layer is rebuilt only when a pyproject.toml changes.
 COPY pyproject.toml README.md ./
+COPY clients/python/pyproject.toml clients/python/README.md clients/python/
 COPY deploy/image_requirements.py deploy/
-RUN python deploy/image_requirements.py pyproject.toml > /tmp/requirements.txt \
+RUN python deploy/image_requirements.py pyproject.toml clients/python/pyproject.toml > /tmp/requirements.txt \
     && /opt/rtask/bin/pip install -r /tmp/requirements.txt
 COPY services/ services/
 COPY clients/python/ clients/python/
-RUN /opt/rtask/bin/pip install --no-deps .
+RUN /opt/rtask/bin/pip install --no-deps ./clients/python .
 
 # ---- the runtime image: the virtual environment, the dashboard's files, a non-root user -------------------
 FROM ${PYTHON_IMAGE}

@@ -7,11 +7,11 @@ ARGS ?=
 
 .PHONY: up wipe test lint check-generated gen pytest pytest-cluster chaos chaos-ci clean web gen-web check-web e2e-deps bench bench-quick bench-checks bench-scheduling bench-observability bench-dashboard bench-logs bench-fairness deploy-deps
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e ./clients/python -e '.[dev]'
 	touch $@
 
 up: $(VENV)/.installed web
@@ -92,7 +92,7 @@ deploy-deps:
 
 # -- benchmarks side by side with Celery, RQ, arq, Dramatiq and Procrastinate (bench/, docs/benchmarks.md) -----------
 $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet -e ./clients/python -e '.[dev,bench]'
 	touch $@
 
 # The full run (about fifty minutes) rewrites docs/benchmarks.md, then measures delayed tasks

@@ -4,7 +4,7 @@ The image runs one service per container beside the postgres, redis and envoy co
 embed those servers for `rtask-stack` (about 150 MB) stay out of it. Run by the Dockerfile before the package
 itself is installed (with --no-deps), so the dependency layer is rebuilt only when pyproject.toml changes:
 
-    python deploy/image_requirements.py pyproject.toml > requirements.txt
+    python deploy/image_requirements.py pyproject.toml clients/python/pyproject.toml > requirements.txt
 """
 
 from __future__ import annotations
@@ -29,15 +29,24 @@ def requirement_name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", match.group(1)).lower()
 
 
-def image_requirements(pyproject: str) -> list[str]:
-    """The [project] dependencies of the given pyproject.toml text that the image needs, in their order."""
-    dependencies: list[str] = tomllib.loads(pyproject)["project"]["dependencies"]
-    return [spec for spec in dependencies if requirement_name(spec) not in LOCAL_STACK_ONLY]
+def image_requirements(*pyprojects: str) -> list[str]:
+    """The [project] dependencies of the given pyproject.toml texts that the image needs, in their order: without
+    the local stack's servers, without repeats, and without the distributions those files build themselves (the
+    server depends on the SDK, which the image installs from the repository, not from an index)."""
+    projects = [tomllib.loads(text)["project"] for text in pyprojects]
+    own = {requirement_name(project["name"]) for project in projects}
+    kept: dict[str, str] = {}
+    for project in projects:
+        for spec in project["dependencies"]:
+            name = requirement_name(spec)
+            if name not in LOCAL_STACK_ONLY and name not in own:
+                kept.setdefault(name, spec)
+    return list(kept.values())
 
 
 def main(argv: Sequence[str]) -> int:
-    path = Path(argv[0]) if argv else Path("pyproject.toml")
-    print("\n".join(image_requirements(path.read_text(encoding="utf-8"))))
+    paths = [Path(arg) for arg in argv] or [Path("pyproject.toml")]
+    print("\n".join(image_requirements(*(path.read_text(encoding="utf-8") for path in paths))))
     return 0
 
 

@@ -27,10 +27,23 @@ from services.stack.redis_users import RedisAccess, logins, password_files, writ
 from services.stack.stack import DEFAULT_REDIS_MAXMEMORY_MB, Stack, StackConfig
 from services.stack.valkey_cluster import ValkeyCluster, start_cluster
 from tests.limits import OPEN_AUTH_LIMITS, OPEN_LOGIN_ENV
+from tests.stack_health import recent_health_events
 
 # Fast hashing in tests; production default is 12.
 TEST_BCRYPT_COST = 4
 TEST_RECLAIM_IDLE_MS = 3000
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """A failed test that used the shared stack carries the stack's recent health events in its report."""
+    report: pytest.TestReport = yield
+    stack = getattr(item, "funcargs", {}).get("stack")
+    if report.failed and isinstance(stack, Stack):
+        events = recent_health_events(stack.log_dir)
+        if events:
+            report.sections.append(("stack health events", events))
+    return report
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

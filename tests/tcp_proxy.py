@@ -47,13 +47,15 @@ class TcpProxy:
         self._flowing.set()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)  # closed by cut() even while the connection waits for a stall to end
         await self._flowing.wait()
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target, local_addr=self.source)
         except OSError:
             writer.close()
+            self._writers.discard(writer)
             return
-        self._writers |= {writer, up_writer}
+        self._writers.add(up_writer)
         for src, dst in ((reader, up_writer), (up_reader, writer)):
             task = asyncio.create_task(self._pipe(src, dst))
             self._pipes.add(task)

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from services.core.redis_client import is_cluster
 
 
-def queue_publish(pipe: Pipeline, channel: str, message: str) -> None:
+def queue_publish(pipe: Pipeline, channel: str, message: bytes | str) -> None:
     """Add a publication to a pipeline (either kind)."""
     if is_cluster(pipe):
         pipe.spublish(channel, message)
@@ -28,7 +28,7 @@ def queue_publish(pipe: Pipeline, channel: str, message: str) -> None:
         pipe.publish(channel, message)
 
 
-async def publish(redis: aioredis.Redis, channel: str, message: str) -> None:
+async def publish(redis: aioredis.Redis, channel: str, message: bytes | str) -> None:
     if is_cluster(redis):
         await redis.spublish(channel, message)
     else:

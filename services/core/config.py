@@ -56,21 +56,49 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    """PostgreSQL connection settings."""
+    """PostgreSQL connection settings (docs/postgresql-ha.md).
+
+    `url` may name several servers (postgresql://user@h1:5432,h2:5432/db?target_session_attrs=read-write): every
+    connection, pooled or not, goes to the first that accepts writes, so after a failover new connections reach
+    the new primary with no restart.
+    """
 
     url: str
     pool_min_size: int = 2
     pool_max_size: int = 10
+    # Where the migrations' session advisory lock is taken ("" = url): a direct server address when `url` goes
+    # through a pooler in transaction mode, which cannot keep a session lock across statements.
+    direct_url: str = field(default="", repr=False)
+    # asyncpg's per-connection cache of named prepared statements (its default, 100); 0 behind a pooler in
+    # transaction mode that does not track prepared statements itself.
+    statement_cache_size: int = 100
+    # The longest one statement may take before the call fails (UNAVAILABLE at the gRPC boundary): a stalled
+    # network path never closes a connection by itself, and every caller would wait on it for ever. Below the
+    # edge's unary timeout (30 s), so the service answers first.
+    command_timeout_ms: int = 15_000
+    # The longest opening a connection may take (the pool opens them as calls need them).
+    connect_timeout_ms: int = 5_000
+
+    def __post_init__(self) -> None:
+        if self.command_timeout_ms <= 0 or self.connect_timeout_ms <= 0:
+            raise ConfigError("command_timeout_ms and connect_timeout_ms must be positive")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> DatabaseConfig:
         url = env.get("DATABASE_URL", "")
         if not url:
             raise ConfigError("DATABASE_URL is required")
+        cache = _int(env, "RTASK_DB_STATEMENT_CACHE_SIZE", 100)
+        if cache < 0:
+            raise ConfigError(f"RTASK_DB_STATEMENT_CACHE_SIZE must be 0 or more, got {cache}")
         return cls(
             url=url,
             pool_min_size=_int(env, "RTASK_DB_POOL_MIN", 2),
             pool_max_size=_int(env, "RTASK_DB_POOL_MAX", 10),
+            direct_url=env.get("DATABASE_DIRECT_URL", ""),
+            statement_cache_size=cache,
+            command_timeout_ms=_int(env, "RTASK_DB_COMMAND_TIMEOUT_MS", 15_000),
+            connect_timeout_ms=_int(env, "RTASK_DB_CONNECT_TIMEOUT_MS", 5_000),
         )
 
 

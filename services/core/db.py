@@ -14,6 +14,7 @@ from importlib import resources
 import asyncpg
 
 from services.core.config import DatabaseConfig
+from services.core.errors import DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +81,23 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
 async def create_pool(config: DatabaseConfig, *, run_migrations: bool = True) -> asyncpg.Pool:
     """Open the pool, migrating first so no query ever sees an old schema."""
     if run_migrations:
-        conn = await asyncpg.connect(config.url)
+        conn = await asyncpg.connect(
+            config.direct_url or config.url,
+            statement_cache_size=config.statement_cache_size,
+            timeout=config.connect_timeout_ms / 1000,
+        )
         try:
             await migrate(conn)
         finally:
             await conn.close()
     pool = await asyncpg.create_pool(
-        config.url, min_size=config.pool_min_size, max_size=config.pool_max_size, reset=_end_open_transaction
+        config.url,
+        min_size=config.pool_min_size,
+        max_size=config.pool_max_size,
+        reset=_end_open_transaction,
+        statement_cache_size=config.statement_cache_size,
+        command_timeout=config.command_timeout_ms / 1000,
+        timeout=config.connect_timeout_ms / 1000,
     )
     assert pool is not None
     return pool
@@ -109,8 +120,12 @@ async def database_reachable(pool: asyncpg.Pool, timeout_s: float = 1.0) -> bool
         async with pool.acquire(timeout=timeout_s) as conn:
             await conn.fetchval("SELECT 1", timeout=timeout_s)
         return True
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+    except DATABASE_ERRORS:
         return False
+
+
+def _setter(event: asyncio.Event) -> Callable[[object], None]:
+    return lambda _conn: event.set()
 
 
 async def listen_forever(
@@ -119,12 +134,14 @@ async def listen_forever(
     on_notify: Callable[[str], None],
     on_listening: Callable[[], None],
     check_interval_s: float = 5.0,
+    relisten_delay_s: float = 0.5,
 ) -> None:
     """Call on_notify(payload) for every notification on `channel`, for as long as the caller runs this.
 
-    Holds one pooled connection, checked now and then so a broken one is replaced; on_listening() is called
-    each time listening (re)starts, since whatever was notified while nobody listened is lost. The listener is
-    removed before the connection goes back (pooled sessions carry no LISTEN state).
+    Holds one pooled connection, checked now and then so a broken one is replaced; a connection the server cut
+    (a restart, or a failover: the pool then reaches whichever server is the primary now) is replaced at once.
+    on_listening() is called each time listening (re)starts, since whatever was notified while nobody listened is
+    lost. The listener is removed before the connection goes back (pooled sessions carry no LISTEN state).
     """
 
     def deliver(_conn: object, _pid: int, _channel: str, payload: str) -> None:
@@ -133,15 +150,20 @@ async def listen_forever(
     while True:
         try:
             async with pool.acquire() as conn:
+                lost = asyncio.Event()
+                on_lost = _setter(lost)
+                conn.add_termination_listener(on_lost)
                 await conn.add_listener(channel, deliver)
                 try:
                     on_listening()
                     while True:
-                        await asyncio.sleep(check_interval_s)
-                        await conn.fetchval("SELECT 1")
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(lost.wait(), check_interval_s)
+                        await conn.fetchval("SELECT 1")  # raises when the connection is gone
                 finally:
-                    with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    conn.remove_termination_listener(on_lost)
+                    with contextlib.suppress(*DATABASE_ERRORS):
                         await conn.remove_listener(channel, deliver)
         except Exception as exc:  # whatever broke the connection, listening must resume
             log.warning("listener lost; reconnecting", extra={"channel": channel, "error": repr(exc)})
-            await asyncio.sleep(check_interval_s)
+            await asyncio.sleep(relisten_delay_s)

@@ -10,11 +10,17 @@ from typing import Any, TypeVar
 
 import asyncpg
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
+
+
+# The trailer of gRPC's richer error model: a serialized google.rpc.Status whose details say what was wrong.
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 class DomainError(Exception):
@@ -23,15 +29,27 @@ class DomainError(Exception):
     code = grpc.StatusCode.INTERNAL
 
 
-class InvalidArgument(DomainError):
-    """A request field is malformed; the message names the field."""
-
-    code = grpc.StatusCode.INVALID_ARGUMENT
+class FieldError(DomainError):
+    """A refusal caused by one request field: the message names it ("field: reason") for people, and the
+    status carries it as a google.rpc.BadRequest field violation for programs (the SDK, the CLI, the dashboard)."""
 
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        violation = error_details_pb2.BadRequest.FieldViolation(field=self.field, description=self.reason)
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+        status = status_pb2.Status(code=self.code.value[0], message=str(self), details=[detail])
+        return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+
+
+class InvalidArgument(FieldError):
+    """A request field is malformed; the field is named by its path in the request ("filter.name_contains")."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class NotFound(DomainError):
@@ -40,7 +58,9 @@ class NotFound(DomainError):
     code = grpc.StatusCode.NOT_FOUND
 
 
-class AlreadyExists(DomainError):
+class AlreadyExists(FieldError):
+    """The value of a field is taken (an email, a worker id)."""
+
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
@@ -88,6 +108,8 @@ def translate_errors(method: Handler) -> Handler:
     """
 
     async def abort_for(exc: BaseException, context: grpc.aio.ServicerContext) -> None:
+        if isinstance(exc, FieldError):
+            await context.abort(exc.code, str(exc), exc.trailing_metadata())
         if isinstance(exc, DomainError):
             await context.abort(exc.code, str(exc))
         if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate == REFUSED_TRANSITION:
@@ -129,11 +151,28 @@ def translate_errors(method: Handler) -> Handler:
     return unary_wrapper  # type: ignore[return-value]
 
 
-_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+# PostgreSQL unreachable, or not (yet) the primary: the connection refused or cut (class 08), the server shutting
+# down, crashed or still starting (57P01-57P03), too many connections, a write that reached a standby (25006).
+# And asyncpg's own client-side errors (InternalClientError), which a failover raises: with a multi-host
+# DATABASE_URL, no listed server accepting writes yet (TargetServerAttributeNotMatched); and, when the primary's
+# postmaster dies, its sessions end with a FATAL error before their sockets close, in that moment a pooled
+# connection is handed out in a state that refuses the next statement ("cannot switch to state ...; another
+# operation is in progress") until its close is seen. All safe to retry once a primary is back: the statement
+# that failed was not committed, or is repeated idempotently.
+POSTGRES_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.InterfaceError,
     asyncpg.TooManyConnectionsError,
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+# Anything PostgreSQL or the way to it may raise: what code that must outlive an outage catches.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *POSTGRES_UNAVAILABLE, OSError)
+_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    *POSTGRES_UNAVAILABLE,
     RedisConnectionError,
     RedisTimeoutError,
     ConnectionError,
@@ -141,6 +180,6 @@ _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 # What a background loop (sweeps, due publication, schedule firing, cluster gauges) logs and retries after: any
 # refusal or failure of PostgreSQL or Redis. Anything else is a bug, logged with its traceback.
-STORE_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, RedisError)
+STORE_ERRORS: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, RedisError)
 # Deadlocks and serialization failures: the transaction was rolled back whole, so a retry is safe.
 _CONFLICT_ERRORS: tuple[type[BaseException], ...] = (asyncpg.TransactionRollbackError,)

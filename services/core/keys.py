@@ -33,8 +33,16 @@ COMMAND_CHANNEL = f"{PREFIX}:commands"
 WORKERS_HASH = f"{PREFIX}:workers"
 # What each worker said it holds at its latest heartbeat, and when (written by schedulers; read on takeovers).
 WORKERS_HOLDING_HASH = f"{PREFIX}:workers:holding"
+# Workers told to drain (OperatorService.DrainWorker) or draining on their own: hash worker_id -> JSON
+# {"deadline": epoch s}. Kept after the worker's stream ends, so a drain survives a reconnect.
+WORKERS_DRAINING_HASH = f"{PREFIX}:workers:draining"
 # Pool changes (joined, left, busy slots) for watchers.
 WORKERS_EVENTS_CHANNEL = f"{PREFIX}:workers:changed"
+
+
+def drain_reply_channel(token: str) -> str:
+    """Where the scheduler holding a worker's stream confirms a drain command (token: the gateway's own)."""
+    return f"{COMMAND_CHANNEL}:drained:{token}"
 
 
 def owner_events_stream(owner_id: str) -> str:

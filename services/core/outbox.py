@@ -8,7 +8,6 @@ them, and a missed cancel push is repeated on the worker's next heartbeat.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Sequence
 
@@ -18,8 +17,9 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from resilienttask.v1 import task_pb2
-from services.core import channels, keys, task_store
+from services.core import channels, commands, keys, task_store
 from services.core.dispatch import DispatchEntry, publish, published_refs, queue_entries, row_entry
+from services.core.errors import DATABASE_ERRORS
 from services.core.events import TaskChange, publish_changes, queue_changes
 from services.core.transitions.rules import RunningRef
 
@@ -114,7 +114,7 @@ async def _write_marks(pool: asyncpg.Pool, pending: Sequence[tuple[DispatchEntry
         await task_store.mark_published(
             pool, [e.task_id for e in entries], [e.dispatch_id for e in entries], [ref for _, ref in pending]
         )
-    except (asyncpg.PostgresError, OSError) as exc:
+    except DATABASE_ERRORS as exc:
         # The entries are in the stream; the sweeper may publish them again, which fencing makes harmless.
         log.warning("could not record publication", extra={"error": repr(exc)})
 
@@ -133,7 +133,7 @@ async def _park_or_log(pool: asyncpg.Pool, changes: Sequence[TaskChange]) -> Non
     """Redis refused the events: keep them in PostgreSQL for the scheduler to append later."""
     try:
         await park_events(pool, changes)
-    except (asyncpg.PostgresError, OSError) as exc:
+    except DATABASE_ERRORS as exc:
         log.error("change events lost", extra={"events": len(changes), "error": repr(exc)})
 
 
@@ -170,7 +170,7 @@ async def append_parked_events(pool: asyncpg.Pool, redis: aioredis.Redis, limit:
     return len(rows)
 
 
-async def push_stop(redis: aioredis.Redis, refs: Sequence[RunningRef], reason: str) -> None:
+async def push_stop(redis: aioredis.Redis, refs: Sequence[RunningRef], reason: commands.StopReason) -> None:
     """Ask whichever scheduler holds each worker's stream to stop the task there."""
     if not refs:
         return
@@ -186,7 +186,7 @@ async def stop_and_emit(
     pool: asyncpg.Pool,
     redis: aioredis.Redis,
     refs: Sequence[RunningRef],
-    reason: str,
+    reason: commands.StopReason,
     changes: Sequence[TaskChange],
 ) -> None:
     """push_stop and emit in one round trip, the stops first: they are what the caller is waiting for."""
@@ -218,10 +218,10 @@ async def _park_refused(pool: asyncpg.Pool, calls: Sequence[Sequence[TaskChange]
         await _park_or_log(pool, refused)
 
 
-def _queue_stops(pipe: Pipeline, refs: Sequence[RunningRef], reason: str) -> None:
+def _queue_stops(pipe: Pipeline, refs: Sequence[RunningRef], reason: commands.StopReason) -> None:
     for ref in refs:
-        message = {"worker_id": ref.worker_id, "task_id": ref.task_id, "fence": ref.fence, "reason": reason}
-        channels.queue_publish(pipe, keys.COMMAND_CHANNEL, json.dumps(message))
+        message = commands.stop_message(ref.worker_id, ref.task_id, ref.fence, reason)
+        channels.queue_publish(pipe, keys.COMMAND_CHANNEL, message)
 
 
 class EventEmitter:

@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 
+# The health service name a liveness probe asks about (Kubernetes' `grpc: {service: liveness}`): SERVING as long
+# as the process answers gRPC at all, whatever its stores do. Readiness asks about the server as a whole ("").
+LIVENESS_SERVICE = "liveness"
+
 # Failed store probes in a row that turn a serving process NOT_SERVING.
 PROBE_FAILURES = 2
 
@@ -91,6 +95,7 @@ class Service:
         await self.set_serving(self._probes_pass and (self.loops is None or self.loops.running()))
 
     async def start(self, config: ServerConfig) -> None:
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self.server.start()
         self.loops = LoopSupervisor(list(self.background), on_change=self.loops_changed)
         self.loops.start()

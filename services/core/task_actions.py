@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncpg
 import redis.asyncio as aioredis
 
-from services.core import outbox, tracing
+from services.core import commands, outbox, tracing
 from services.core.events import TaskChange
 from services.core.limits import UserLimits
 from services.core.task_model import QUEUED, rows_to_tasks
@@ -53,5 +53,5 @@ async def cancel(
     if result.rows:
         # A repeated cancel announces the state again, in case the first one's caller died before doing so.
         changes = result.changes or [change_for(r, r["status"]) for r in result.rows]
-        await outbox.stop_and_emit(pool, redis, result.to_stop, "cancelled", changes)
+        await outbox.stop_and_emit(pool, redis, result.to_stop, commands.CANCELLED, changes)
     return result

@@ -56,7 +56,7 @@ async def insert_user(pool: asyncpg.Pool, email: str, password_hash: str) -> Use
             password_hash,
         )
     except asyncpg.UniqueViolationError as exc:
-        raise AlreadyExists("email: is already registered") from exc
+        raise AlreadyExists("email", "is already registered") from exc
     assert row is not None
     return _record(row)
 

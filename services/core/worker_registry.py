@@ -50,17 +50,23 @@ class WorkerInfo:
     started_at: float = field(default_factory=time.time)
     last_heartbeat: float = field(default_factory=time.time)
 
-    def to_proto(self) -> task_pb2.Worker:
+    def to_proto(self, drain_deadline: float | None = None) -> task_pb2.Worker:
+        """As ListWorkers shows it; drain_deadline (epoch s) when the worker drains."""
         worker = task_pb2.Worker(id=self.id, slots=self.slots, busy=self.busy, kinds=sorted(self.kinds))
         worker.started_at.FromMicroseconds(int(self.started_at * 1e6))
         worker.last_heartbeat.FromMicroseconds(int(self.last_heartbeat * 1e6))
+        if drain_deadline is not None:
+            worker.draining = True
+            worker.drain_deadline.FromMicroseconds(int(drain_deadline * 1e6))
         return worker
 
 
 async def upsert(
     redis: aioredis.Redis, info: WorkerInfo, *, announce: bool, holding: Collection[str] | None = None
-) -> None:
-    """Store the worker (and, from a heartbeat, the task ids it holds); announce joins and busy-slot changes."""
+) -> float | None:
+    """Store the worker (and, from a heartbeat, the task ids it holds); announce joins and busy-slot changes.
+
+    Returns the worker's drain deadline (epoch s) when it is marked draining, read in the same round trip."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hset(keys.WORKERS_HASH, info.id, json.dumps(asdict(info)))
         if holding is not None:
@@ -68,7 +74,9 @@ async def upsert(
             pipe.hset(keys.WORKERS_HOLDING_HASH, info.id, json.dumps(report))
         if announce:
             channels.queue_publish(pipe, keys.WORKERS_EVENTS_CHANNEL, info.id)
-        await pipe.execute()
+        pipe.hget(keys.WORKERS_DRAINING_HASH, info.id)
+        replies = await pipe.execute()
+    return _deadline(replies[-1])
 
 
 async def remove(redis: aioredis.Redis, worker_id: str) -> None:
@@ -146,9 +154,23 @@ def _report(field_name: bytes | str, raw: bytes | str, exc: MalformedEntry) -> N
 
 async def live_workers(redis: aioredis.Redis, stale_after_s: float = STALE_AFTER_S) -> list[WorkerInfo]:
     """The workers that heartbeat recently; malformed entries are skipped (and logged), never fatal."""
+    return _live(await redis.hgetall(keys.WORKERS_HASH), stale_after_s)
+
+
+async def pool_view(redis: aioredis.Redis) -> list[task_pb2.Worker]:
+    """The live workers as users see them (ListWorkers, the watch streams), draining ones marked; one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.WORKERS_HASH)
+        pipe.hgetall(keys.WORKERS_DRAINING_HASH)
+        entries, marked = await pipe.execute()
+    drains = _drains(marked)
+    return [info.to_proto(drains.get(info.id)) for info in _live(entries, STALE_AFTER_S)]
+
+
+def _live(entries: Mapping[Any, Any], stale_after_s: float) -> list[WorkerInfo]:
     now = time.time()
     workers = []
-    for field_name, raw in (await redis.hgetall(keys.WORKERS_HASH)).items():
+    for field_name, raw in entries.items():
         try:
             info = parse_entry(field_name, raw)
         except MalformedEntry as exc:
@@ -210,6 +232,68 @@ def _holding(raw: bytes | None) -> tuple[float, frozenset[str]]:
     except (ValueError, KeyError, TypeError):
         pass
     return float("-inf"), frozenset()
+
+
+# -- draining workers ------------------------------------------------------------------------------------
+# A drain entry of a worker that left the pool is dropped this long after its deadline (worker ids are unique
+# per process, so a stale entry never drains a new worker; this only bounds the hash).
+DRAIN_ENTRY_KEPT_S = 3600.0
+
+
+def _deadline(raw: bytes | str | None) -> float | None:
+    """The deadline of a drain entry; None for no entry (or one we cannot read, which drains nothing)."""
+    if raw is None or len(raw) > MAX_ENTRY_BYTES:
+        return None
+    try:
+        return _epoch(json.loads(raw)["deadline"], "deadline")
+    except (ValueError, KeyError, TypeError, MalformedEntry):
+        return None
+
+
+async def drain_deadline(redis: aioredis.Redis, worker_id: str) -> float | None:
+    """When a draining worker hands back what still runs (epoch s); None when it is not draining."""
+    return _deadline(await redis.hget(keys.WORKERS_DRAINING_HASH, worker_id))
+
+
+async def draining(redis: aioredis.Redis) -> dict[str, float]:
+    """worker id -> drain deadline (epoch s) of every worker marked draining."""
+    return _drains(await redis.hgetall(keys.WORKERS_DRAINING_HASH))
+
+
+def _drains(entries: Mapping[Any, Any]) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for field_name, raw in entries.items():
+        deadline = _deadline(raw)
+        if deadline is not None:
+            found[field_name.decode(errors="replace") if isinstance(field_name, bytes) else field_name] = deadline
+    return found
+
+
+async def mark_draining(redis: aioredis.Redis, worker_id: str, deadline: float) -> float:
+    """Mark the worker draining until deadline (epoch s), or keep the earlier deadline it has; returns the one
+    kept. Entries of workers gone from the pool long past their deadline are dropped on the way."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.WORKERS_DRAINING_HASH)
+        pipe.hgetall(keys.WORKERS_HASH)
+        marked, pool = await pipe.execute()
+    current = _deadline(marked.get(worker_id.encode(), marked.get(worker_id)))
+    if current is not None and current <= deadline:
+        return current
+    members = {name.decode(errors="replace") if isinstance(name, bytes) else name for name in pool}
+    now = time.time()
+    stale = [
+        name
+        for name, raw in marked.items()
+        if (name.decode(errors="replace") if isinstance(name, bytes) else name) not in members
+        and (_deadline(raw) or 0.0) < now - DRAIN_ENTRY_KEPT_S
+    ]
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hset(keys.WORKERS_DRAINING_HASH, worker_id, json.dumps({"deadline": deadline}))
+        if stale:
+            pipe.hdel(keys.WORKERS_DRAINING_HASH, *stale)
+        channels.queue_publish(pipe, keys.WORKERS_EVENTS_CHANNEL, worker_id)
+        await pipe.execute()
+    return deadline
 
 
 async def known_kinds(redis: aioredis.Redis) -> list[str]:

@@ -29,6 +29,10 @@ TRACE_COLLECTOR_CLUSTER = "otel_collector"
 EDGE_SERVICE_NAME = "resilienttask-edge"
 
 
+# How long Envoy waits for a replica's health answer before counting the check as failed.
+HEALTH_CHECK_TIMEOUT_S = 2.0
+
+
 def _seconds(value: float) -> str:
     return f"{value:g}s"
 
@@ -61,12 +65,28 @@ def _cluster(name: str, endpoints: Sequence[Endpoint], config: EdgeConfig) -> di
         # grpc.health.v1 Check of the whole server (""), which reports NOT_SERVING when its stores are down.
         "health_checks": [
             {
-                "timeout": "1s",
+                # A replica that answers NOT_SERVING, or refuses connections, fails at once; the timeout only
+                # decides when a replica too slow to answer counts as failed. At 1 s, two stalls of the same
+                # second on a loaded 2-core machine took every gateway out of rotation at once.
+                "timeout": _seconds(HEALTH_CHECK_TIMEOUT_S),
                 "interval": interval,
                 "no_traffic_interval": interval,  # the default (60 s) would notice a dead idle replica a minute late
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
                 "grpc_health_check": {},
+                # Every failed check and every change of a replica's state, as JSON lines on Envoy's stderr (its
+                # log): why Envoy answered "no healthy upstream" must be readable afterwards.
+                "always_log_health_check_failures": True,
+                "event_logger": [
+                    {
+                        "name": "envoy.health_check.event_sinks.file",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/"
+                            "envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink",
+                            "event_log_path": "/dev/stderr",
+                        },
+                    }
+                ],
             }
         ],
         # Between health checks, replicas that answer UNAVAILABLE or refuse connections are set aside.

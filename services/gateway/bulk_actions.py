@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as aioredis
 
-from services.core import outbox, task_filters, validation
+from services.core import commands, outbox, task_filters, validation
 from services.core.filter_validation import Selection
 from services.core.limits import UserLimits
 from services.core.task_model import QUEUED
@@ -54,7 +54,7 @@ async def cancel(pool: asyncpg.Pool, redis: aioredis.Redis, owner: str, selectio
     if not ids:
         return PageOutcome(0, 0, token)
     result = await transitions.cancel(pool, owner, task_ids=ids)
-    await outbox.stop_and_emit(pool, redis, result.to_stop, "cancelled", result.changes)
+    await outbox.stop_and_emit(pool, redis, result.to_stop, commands.CANCELLED, result.changes)
     return PageOutcome(len(result.changes), len(ids) - len(result.changes), token)
 
 

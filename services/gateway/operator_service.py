@@ -1,4 +1,5 @@
-"""OperatorService: pause and resume task kinds, set and clear their rate limits (services.core.kind_controls).
+"""OperatorService: pause and resume task kinds, set and clear their rate limits (services.core.kind_controls),
+and drain workers (services.core.worker_drain).
 
 Every call needs the operator role, read from PostgreSQL on each call before anything else: a token says who
 the caller is, never what they may do, so a revoked role takes effect at the next call.
@@ -6,22 +7,29 @@ the caller is, never what they may do, so a revoked role takes effect at the nex
 
 from __future__ import annotations
 
+import time
+
 import asyncpg
 import grpc
 import redis.asyncio as aioredis
 from google.protobuf import duration_pb2
 
 from resilienttask.v1 import operator_pb2, operator_pb2_grpc
-from services.core import kind_controls, worker_registry
+from services.core import kind_controls, worker_drain, worker_registry
 from services.core.auth_interceptor import current_user_id
-from services.core.errors import InvalidArgument, PermissionDenied, translate_errors
+from services.core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable, translate_errors
 from services.core.kind_controls import KindControl
+from services.core.worker_credentials import worker_id_problem
 
 SERVICE_NAME = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name
 MAX_KIND_CHARS = 64
 MAX_RATE_STARTS = 100_000
 MIN_RATE_PERIOD_MS = 1_000
 MAX_RATE_PERIOD_MS = 3_600_000
+DEFAULT_DRAIN_GRACE_MS = 30_000
+MAX_DRAIN_GRACE_MS = 3_600_000
+# How long DrainWorker waits for the scheduler holding the worker's stream to confirm.
+DRAIN_CONFIRM_S = 5.0
 NOT_OPERATOR = (
     "the operator role is needed for this call; an administrator grants it on the server with "
     "`python -m services.gateway.operators grant EMAIL`"
@@ -52,6 +60,26 @@ def rate_of(request: operator_pb2.SetKindRateLimitRequest) -> tuple[int, int]:
     return limit.starts, period_ms
 
 
+def worker_id_of(value: str) -> str:
+    if not value:
+        raise InvalidArgument("worker_id", "is required")
+    if worker_id_problem(value) is not None:
+        raise InvalidArgument("worker_id", "must be 1 to 128 letters, digits, '.', '_', '-', ':'")
+    return value
+
+
+def drain_grace_ms(request: operator_pb2.DrainWorkerRequest) -> int:
+    if not request.HasField("grace"):
+        return DEFAULT_DRAIN_GRACE_MS
+    grace = request.grace
+    if grace.seconds < 0 or grace.nanos < 0 or grace.nanos % 1_000_000:
+        raise InvalidArgument("grace", "must be whole milliseconds, 0 s to 1 h")
+    grace_ms = grace.ToMilliseconds()
+    if grace_ms > MAX_DRAIN_GRACE_MS:
+        raise InvalidArgument("grace", "must be 0 s to 1 h")
+    return grace_ms
+
+
 def to_message(control: KindControl) -> operator_pb2.KindControl:
     message = operator_pb2.KindControl(kind=control.kind, paused=control.paused_at is not None, waiting=control.waiting)
     if control.paused_at is not None:
@@ -69,6 +97,7 @@ def to_message(control: KindControl) -> operator_pb2.KindControl:
 class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis) -> None:
         self.pool = pool
+        self.redis = redis
         self.kinds = worker_registry.KindsCache(redis)
 
     async def _operator(self) -> None:
@@ -118,3 +147,22 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         return operator_pb2.ClearKindRateLimitResponse(
             kind=to_message(await kind_controls.clear_rate_limit(self.pool, kind))
         )
+
+    @translate_errors
+    async def DrainWorker(
+        self, request: operator_pb2.DrainWorkerRequest, context: grpc.aio.ServicerContext
+    ) -> operator_pb2.DrainWorkerResponse:
+        await self._operator()
+        worker_id = worker_id_of(request.worker_id)
+        grace_ms = drain_grace_ms(request)
+        worker = next((w for w in await worker_registry.live_workers(self.redis) if w.id == worker_id), None)
+        if worker is None:
+            raise NotFound(f"worker_id: no live worker {worker_id!r} in the pool")
+        deadline = await worker_registry.mark_draining(self.redis, worker_id, time.time() + grace_ms / 1000)
+        if not await worker_drain.request_drain(self.redis, worker_id, deadline, DRAIN_CONFIRM_S):
+            raise Unavailable(
+                f"worker_id: the scheduler of worker {worker_id!r} did not confirm the drain within "
+                f"{DRAIN_CONFIRM_S:g} s; the worker is marked draining and drains at its next heartbeat "
+                "(call again to confirm)"
+            )
+        return operator_pb2.DrainWorkerResponse(worker=worker.to_proto(deadline))

@@ -181,8 +181,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self, request: scheduler_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.ListWorkersResponse:
         current_user_id()
-        workers = await worker_registry.live_workers(self.redis)
-        return scheduler_pb2.ListWorkersResponse(workers=[w.to_proto() for w in workers])
+        return scheduler_pb2.ListWorkersResponse(workers=await worker_registry.pool_view(self.redis))
 
     @translate_errors
     async def ListKinds(

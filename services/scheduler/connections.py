@@ -7,36 +7,34 @@ scheduler receives it and the one holding that worker's stream pushes it down at
 
 One worker id has one stream: a new stream under an id replaces the old one, on this scheduler at once and
 on the others through a `replace` message on the same channel, so commands never go to two streams.
+
+A drain (OperatorService.DrainWorker) travels the same way: the scheduler holding the worker's stream refuses
+its starts from then on, pushes the drain down, and confirms on the gateway's reply channel.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from resilienttask.worker.v1 import worker_pb2
-from services.core import channels, keys
-from services.scheduler.store import SUPERSEDED
+from services.core import channels, commands, keys
 
 log = logging.getLogger(__name__)
 
-# The stop reasons of the command channel and the worker protocol's enum for them.
-CANCELLED = "cancelled"
 # A listen gives up after this long without a message and starts again (it never misses one meanwhile).
 LISTEN_TIMEOUT_S = 30.0
-STOP_REASONS = {CANCELLED: worker_pb2.STOP_REASON_CANCELLED, SUPERSEDED: worker_pb2.STOP_REASON_SUPERSEDED}
 
 
-def cancel_command(task_id: str, fence: int, reason: str) -> worker_pb2.CancelCommand:
-    return worker_pb2.CancelCommand(
-        task=worker_pb2.HeldTask(task_id=task_id, fence=fence),
-        reason=STOP_REASONS.get(reason, worker_pb2.STOP_REASON_CANCELLED),
-    )
+def cancel_command(task_id: str, fence: int, reason: commands.StopReason) -> worker_pb2.CancelCommand:
+    return worker_pb2.CancelCommand(task=worker_pb2.HeldTask(task_id=task_id, fence=fence), reason=reason)
 
 
 class Mailbox:
@@ -50,6 +48,8 @@ class Mailbox:
         self.stream_id = uuid.uuid4().hex
         # Set when a newer stream of the same worker took over: this one ends with ABORTED.
         self.replaced = False
+        # Drains the worker of this stream until a deadline (epoch s): set by the stream's work processor.
+        self.on_drain: Callable[[float], Awaitable[None]] | None = None
 
     def close(self) -> None:
         """The stream is ending: `next()` hands out what is left, then None."""
@@ -63,6 +63,11 @@ class Mailbox:
 
     def cancel(self, command: worker_pb2.CancelCommand) -> None:
         self._pending.cancels.append(command)
+        self._ready.set()
+
+    def drain(self, deadline: float) -> None:
+        """Tell the worker to drain, handing back what still runs at deadline (epoch s)."""
+        self._pending.drain.grace.FromMilliseconds(max(0, int((deadline - time.time()) * 1000)))
         self._ready.set()
 
     def answer(self, response: worker_pb2.WorkResponse) -> None:
@@ -112,7 +117,12 @@ class ConnectedWorkers:
     def __contains__(self, worker_id: str) -> bool:
         return worker_id in self._mailboxes
 
-    def send_stop(self, worker_id: str, task_id: str, fence: int, reason: str) -> bool:
+    def drainer(self, worker_id: str) -> Callable[[float], Awaitable[None]] | None:
+        """What drains worker_id's stream here; None when its stream is not on this scheduler."""
+        mailbox = self._mailboxes.get(worker_id)
+        return None if mailbox is None else mailbox.on_drain
+
+    def send_stop(self, worker_id: str, task_id: str, fence: int, reason: commands.StopReason) -> bool:
         mailbox = self._mailboxes.get(worker_id)
         if mailbox is None:
             return False
@@ -122,32 +132,54 @@ class ConnectedWorkers:
 
 async def announce_stream(redis: aioredis.Redis, worker_id: str, mailbox: Mailbox) -> None:
     """Tell the other schedulers that worker_id has a new stream here, so they end any old one."""
-    message = {"replace": worker_id, "stream": mailbox.stream_id}
-    await channels.publish(redis, keys.COMMAND_CHANNEL, json.dumps(message))
+    await channels.publish(redis, keys.COMMAND_CHANNEL, commands.replaced_message(worker_id, mailbox.stream_id))
 
 
 async def relay_commands(redis: aioredis.Redis, workers: ConnectedWorkers) -> None:
     """Forward command-channel messages to the workers connected here; resubscribe after Redis failures."""
+    drains: set[asyncio.Task[None]] = set()
     while True:
         try:
             async with channels.subscribed(redis, keys.COMMAND_CHANNEL) as subscription:
                 while True:
                     data = await subscription.get(timeout_s=LISTEN_TIMEOUT_S)
-                    if data is not None:
-                        _deliver(data, workers)
+                    if data is None:
+                        continue
+                    drain = _deliver(data, workers)
+                    if drain is not None:  # confirmed off the relay loop: it waits for a batch being recorded
+                        task = asyncio.create_task(_drain_and_confirm(redis, *drain))
+                        drains.add(task)
+                        task.add_done_callback(drains.discard)
         except (RedisError, OSError) as exc:
             log.warning("command relay lost Redis; resubscribing", extra={"error": repr(exc)})
             await asyncio.sleep(0.5)
 
 
-def _deliver(data: object, workers: ConnectedWorkers) -> None:
-    if not isinstance(data, (bytes, str)):
-        return
-    try:
-        command = json.loads(data)
-        if "replace" in command:
-            workers.replaced_elsewhere(str(command["replace"]), str(command["stream"]))
-            return
-        workers.send_stop(command["worker_id"], command["task_id"], int(command["fence"]), command["reason"])
-    except (ValueError, KeyError, TypeError):
+# A drain to run here: (what drains the stream, its deadline in epoch s, the gateway's reply channel).
+Drain = tuple[Callable[[float], Awaitable[None]], float, str]
+
+
+def _deliver(data: object, workers: ConnectedWorkers) -> Drain | None:
+    """Hand a command to the stream it names, if that stream is here; a drain is returned to be run."""
+    command = commands.parse(data)
+    if command is None:
         log.warning("malformed command ignored")
+    elif command.HasField("replaced"):
+        workers.replaced_elsewhere(command.replaced.worker_id, command.replaced.stream_id)
+    elif command.HasField("drain"):
+        drainer = workers.drainer(command.drain.worker_id)
+        deadline = command.drain.deadline.ToNanoseconds() / 1e9
+        if drainer is not None:
+            return drainer, deadline, keys.drain_reply_channel(command.drain.reply)
+    else:
+        stop = command.stop
+        workers.send_stop(stop.worker_id, stop.task.task_id, stop.task.fence, stop.reason)
+    return None
+
+
+async def _drain_and_confirm(
+    redis: aioredis.Redis, drainer: Callable[[float], Awaitable[None]], deadline: float, reply: str
+) -> None:
+    await drainer(deadline)
+    with contextlib.suppress(RedisError, OSError):  # unconfirmed: the worker's next heartbeat drains it anyway
+        await channels.publish(redis, reply, "drained")

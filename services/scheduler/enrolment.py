@@ -61,7 +61,7 @@ class Enrolment:
         if self.keys.enrolment.matches(presented):
             if await self.pool.fetchval(_ENROL, worker_id, FORGET_AFTER_DAYS) is None:
                 raise AlreadyExists(
-                    f"worker_id: {worker_id!r} is enrolled already; each worker process needs its own id"
+                    "worker_id", f"{worker_id!r} is enrolled already; each worker process needs its own id"
                 )
             log.info("worker enrolled", extra={"worker": worker_id})
         else:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from resilienttask.worker.v1 import worker_pb2
+from services.core import commands
 from services.core.task_model import CANCELLING, QUEUED, SCHEDULED, TASK_COLUMNS, TERMINAL
 from services.core.transitions.finish import FinishOutcome, RetryPolicy, finish_batch
 from services.core.transitions.rules import SUPERSEDED, valid_uuids
@@ -31,7 +32,7 @@ __all__ = [
 
 async def stops_for_held(
     pool: asyncpg.Pool, worker_id: str, held: Sequence[worker_pb2.HeldTask]
-) -> list[tuple[str, int, str]]:
+) -> list[tuple[str, int, commands.StopReason]]:
     """For tasks a worker says it runs: which it must stop, and why (superseded, or cancel requested).
 
     A task this worker does not hold is "superseded" whatever fence was named, exactly as a stale fence is:
@@ -54,9 +55,9 @@ async def stops_for_held(
             or row["status"] in TERMINAL
             or row["status"] in (QUEUED, SCHEDULED)
         ):
-            stops.append((task.task_id, task.fence, SUPERSEDED))
+            stops.append((task.task_id, task.fence, commands.SUPERSEDED))
         elif row["status"] == CANCELLING:
-            stops.append((task.task_id, task.fence, "cancelled"))
+            stops.append((task.task_id, task.fence, commands.CANCELLED))
     return stops
 
 

@@ -4,6 +4,9 @@ A worker sends a WorkRequest whenever it has entries to start or outcomes to rep
 being recorded, the requests that arrive wait and then go together: one statement for all their
 outcomes, one for all their starts, one Redis round trip for all their change events, and one message
 down the stream for all the answers. No timer decides the batch: the database's own pace does.
+
+Once the worker drains, its starts are answered DEFER without being recorded (the worker lets those entries go
+to other workers); its outcomes are recorded as ever.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from resilienttask.worker.v1 import worker_pb2
-from services.core import outbox, rate_limits, tracing
+from services.core import commands, outbox, rate_limits, tracing
 from services.core.errors import DomainError, Unavailable
 from services.core.rate_limits import RateLimit, Taken
 from services.scheduler import store
@@ -26,6 +29,8 @@ from services.scheduler.progress import ProgressBuffer
 from services.scheduler.tracing import BatchTimes, record_failure, record_work
 
 log = logging.getLogger(__name__)
+
+DRAINING = "the worker is draining"
 
 
 def verdict(result: worker_pb2.FinishResult) -> worker_pb2.FinishVerdict:
@@ -66,6 +71,20 @@ class WorkProcessor:
         self.before_finish = before_finish
         self._queue: list[worker_pb2.WorkRequest] = []
         self._ready = asyncio.Event()
+        # Epoch seconds at which the draining worker hands back what runs; None while it is not draining.
+        self.drain_deadline: float | None = None
+        # Clear while a batch is being recorded: a drain waits for it, since its starts may still commit.
+        self._between_batches = asyncio.Event()
+        self._between_batches.set()
+
+    async def drain(self, deadline: float) -> None:
+        """Start nothing more for this worker and tell it to drain (an earlier deadline stays); returns once no
+        start asked before is still being recorded, so no task starts on the worker after this returns."""
+        if self.drain_deadline is None or deadline < self.drain_deadline:
+            self.drain_deadline = deadline
+            self.mailbox.drain(deadline)
+            log.info("worker draining", extra={"worker": self.worker_id, "in_s": round(deadline - time.time(), 3)})
+        await self._between_batches.wait()
 
     def submit(self, request: worker_pb2.WorkRequest) -> None:
         size = len(request.start) + len(request.finish)
@@ -82,13 +101,21 @@ class WorkProcessor:
             self._ready.clear()
             batch, self._queue = self._queue, []
             if batch:
-                if self.before_finish is not None and any(request.finish for request in batch):
-                    await self.before_finish()
-                await self._record(batch)
+                self._between_batches.clear()
+                try:
+                    if self.before_finish is not None and any(request.finish for request in batch):
+                        await self.before_finish()
+                    await self._record(batch)
+                finally:
+                    self._between_batches.set()
 
     async def _record(self, batch: list[worker_pb2.WorkRequest]) -> None:
         finishes = [item for request in batch for item in request.finish]
         starts = [item for request in batch for item in request.start]
+        # Read once: a drain arriving during this batch waits for its end (drain()), so it starts nothing after.
+        draining = self.drain_deadline is not None
+        if draining:
+            starts = []
         began_ns = time.time_ns() if tracing.enabled() else 0
         try:
             finished, started, committed_ns = await self._commit(finishes, starts)
@@ -111,7 +138,10 @@ class WorkProcessor:
                 result = next(finish_results)
                 result.verdict = verdict(result)
                 response.finish.append(result)
-            response.start.extend(next(start_results) for _ in request.start)
+            if draining:
+                response.start.extend(_deferred(item.task_id) for item in request.start)
+            else:
+                response.start.extend(next(start_results) for _ in request.start)
             self.mailbox.answer(response)
         if began_ns:
             times = BatchTimes(began_ns, committed_ns, time.time_ns())
@@ -147,8 +177,12 @@ class WorkProcessor:
         changes = (finished.changes if finished else []) + (started.changes if started else [])
         # Fencing: a worker that lost its lease is told to stop now rather than at its next heartbeat.
         superseded = started.superseded if started else []
-        await outbox.stop_and_emit(self.pool, self.redis, superseded, store.SUPERSEDED, changes)
+        await outbox.stop_and_emit(self.pool, self.redis, superseded, commands.SUPERSEDED, changes)
         return (list(finished.results) if finished else []), (list(started.results) if started else []), committed_ns
+
+
+def _deferred(task_id: str) -> worker_pb2.StartResult:
+    return worker_pb2.StartResult(task_id=task_id, decision=worker_pb2.START_DECISION_DEFER, reason=DRAINING)
 
 
 async def _nothing() -> None:

@@ -106,6 +106,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             self.limits.max_items_per_request,
             before_finish=self.logs.settled if self.logs is not None else None,
         )
+        mailbox.on_drain = work.drain
+        with contextlib.suppress(RedisError, OSError):  # without Redis, the next heartbeat checks again
+            if (deadline := await worker_registry.drain_deadline(self.redis, hello.worker_id)) is not None:
+                await work.drain(deadline)  # a worker told to drain before this stream: still draining
         reader = asyncio.create_task(self._read(request_iterator, info, mailbox, work))
         processor = asyncio.create_task(work.run())
         for task in (reader, processor):  # the stream ends when the worker stops writing, or a loop fails
@@ -154,7 +158,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     # Answered before anything else: the worker fences itself when the answers stop coming.
                     mailbox.ack(message.heartbeat.sequence)
                     if checking is None or checking.done():  # a slow check is not queued behind another
-                        checking = asyncio.create_task(self._heartbeat(info, message.heartbeat, mailbox))
+                        checking = asyncio.create_task(self._heartbeat(info, message.heartbeat, mailbox, work))
                 elif message.HasField("progress"):
                     report = message.progress
                     self.limits.check_progress(report)
@@ -175,13 +179,18 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 await cancel_and_wait([checking])
 
     async def _heartbeat(
-        self, info: worker_registry.WorkerInfo, heartbeat: worker_pb2.WorkerHeartbeat, mailbox: Mailbox
+        self,
+        info: worker_registry.WorkerInfo,
+        heartbeat: worker_pb2.WorkerHeartbeat,
+        mailbox: Mailbox,
+        work: WorkProcessor,
     ) -> None:
         busy = len(heartbeat.tasks)
         announce = busy != info.busy
         info.busy = busy
         info.last_heartbeat = time.time()
-        await self._register(info, announce=announce, holding=[t.task_id for t in heartbeat.tasks])
+        marked = await self._register(info, announce=announce, holding=[t.task_id for t in heartbeat.tasks])
+        await self._drain_if_told(info, heartbeat, work, marked)
         # The safety net behind pushed commands: anything the worker should not be running is repeated here.
         try:
             stops = await store.stops_for_held(self.pool, info.id, heartbeat.tasks)
@@ -191,10 +200,29 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         for task_id, fence, reason in stops:
             mailbox.cancel(cancel_command(task_id, fence, reason))
 
+    async def _drain_if_told(
+        self,
+        info: worker_registry.WorkerInfo,
+        heartbeat: worker_pb2.WorkerHeartbeat,
+        work: WorkProcessor,
+        marked: float | None,
+    ) -> None:
+        """The safety net behind a pushed drain: a worker marked draining (a command this scheduler missed) is
+        drained now; a worker draining on its own (shutting down) is marked, so the pool shows it."""
+        if marked is not None and (work.drain_deadline is None or marked < work.drain_deadline):
+            await work.drain(marked)
+        elif heartbeat.draining and marked is None:
+            deadline = time.time() + heartbeat.drain_remaining.ToMilliseconds() / 1000
+            with contextlib.suppress(RedisError, OSError):
+                deadline = await worker_registry.mark_draining(self.redis, info.id, deadline)
+            await work.drain(deadline)
+
     async def _register(
         self, info: worker_registry.WorkerInfo, *, announce: bool, holding: Sequence[str] | None = None
-    ) -> None:
+    ) -> float | None:
+        """Store the worker in the registry; returns its drain deadline (epoch s) when it is marked draining."""
         try:
-            await worker_registry.upsert(self.redis, info, announce=announce, holding=holding)
+            return await worker_registry.upsert(self.redis, info, announce=announce, holding=holding)
         except (RedisError, OSError) as exc:
             log.warning("worker registry unavailable", extra={"error": repr(exc)})
+            return None

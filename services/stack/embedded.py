@@ -8,6 +8,7 @@ import pwd
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -65,10 +66,22 @@ def _chown_tree(path: Path, user: str) -> None:
     shutil.chown(path, user, user)
 
 
-def postgres_process(data_dir: Path, port: int, *, log_dir: Path, echo: IO[str] | None) -> ManagedProcess:
-    """Initialise the cluster once (kept across restarts) and return the server process, not yet started."""
+def postgres_process(
+    data_dir: Path,
+    port: int,
+    *,
+    log_dir: Path,
+    echo: IO[str] | None,
+    folder: str = "postgres",
+    settings: Mapping[str, str] | None = None,
+) -> ManagedProcess:
+    """Initialise the cluster once (kept across restarts) and return the server process, not yet started.
+
+    The cluster lives in data_dir/folder (a folder that already holds one, say a base backup, is used as it is);
+    settings are extra `-c name=value` options, given on the command line so a base backup does not copy them.
+    """
     user = _postgres_user()
-    pgdata = data_dir / "postgres"
+    pgdata = data_dir / folder
     sockets = data_dir / "run"
     sockets.mkdir(parents=True, exist_ok=True)
     if user is not None:
@@ -116,7 +129,9 @@ def postgres_process(data_dir: Path, port: int, *, log_dir: Path, echo: IO[str] 
         "-c",
         "logging_collector=off",
     ]
-    return ManagedProcess("postgres", argv, log_dir=log_dir, echo=echo, user=user)
+    for name, value in (settings or {}).items():
+        argv += ["-c", f"{name}={value}"]
+    return ManagedProcess(folder, argv, log_dir=log_dir, echo=echo, user=user)
 
 
 def _postmaster_alive(pgdata: Path) -> bool:

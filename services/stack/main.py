@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -81,7 +82,8 @@ def _banner(stack: Stack) -> str:
         f"  try: grpcurl -cacert {stack.ca_file} -protoset {stack.protoset} {stack.edge_tls_address} list\n"
         f"       rtask --server {stack.edge_tls_address} --ca-file {stack.ca_file} health\n"
         "  operator role (rtask operator ...): once the user has signed up,\n"
-        f"       DATABASE_URL={stack.database_url} {sys.executable} -m services.gateway.operators grant EMAIL\n"
+        f"       DATABASE_URL={shlex.quote(stack.database_url)} {sys.executable} -m services.gateway.operators"
+        " grant EMAIL\n"
         "  Ctrl-C stops every process.\n"
     )
 

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import pwd
 import signal as signals
 import subprocess
 import sys
@@ -76,16 +77,33 @@ class ManagedProcess:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        follow = _can_follow_parent()
+        argv, user = self.argv, self.user
+        if user is not None and not follow:
+            # Started from a worker thread (a test's or a fault injector's to_thread): become the user through
+            # setpriv, which execs in place, rather than subprocess's user=. That needs a plain fork(), and a fork
+            # of a process running gRPC's threads may kill the child before its exec; without it subprocess
+            # uses vfork, which runs nothing of the parent in the child.
+            account = pwd.getpwnam(user)
+            argv = [
+                "setpriv",
+                f"--reuid={account.pw_uid}",
+                f"--regid={account.pw_gid}",
+                "--clear-groups",
+                "--",
+                *argv,
+            ]
+            user = None
         self.proc = subprocess.Popen(
-            self.argv,
+            argv,
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own group: a Ctrl-C reaches the launcher only, which stops us in order
-            user=self.user,
+            user=user,
             cwd=self.cwd,
-            preexec_fn=functools.partial(_end_with_parent, os.getpid()) if _can_follow_parent() else None,
+            preexec_fn=functools.partial(_end_with_parent, os.getpid()) if follow else None,
         )
         self._pump = threading.Thread(target=self._copy_output, name=f"log-{self.name}", daemon=True)
         self._pump.start()

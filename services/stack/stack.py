@@ -94,6 +94,9 @@ class StackConfig:
     redis_maxmemory_mb: int = DEFAULT_REDIS_MAXMEMORY_MB
     bcrypt_cost: int = 12
     extra_env: dict[str, str] = field(default_factory=dict)
+    # More environment for single processes, by name ("gateway-1", "worker-2"), over extra_env: e.g. one
+    # process's DATABASE_URL through a proxy a test can stall.
+    process_env: dict[str, dict[str, str]] = field(default_factory=dict)
     allowed_origins: tuple[str, ...] = ()
     # Envoy's per-address buckets for Login and Signup; the gateways' per-email and hash-queue limits come
     # from RTASK_LOGIN_* / RTASK_HASH_* in the environment (or extra_env).
@@ -145,6 +148,7 @@ class Stack:
         self.ports: dict[str, int] = {}
         # Each service process's /metrics port (loopback), kept across restarts like its gRPC port.
         self.metrics_ports: dict[str, int] = {}
+        self.process_env = {name: dict(env) for name, env in config.process_env.items()}
         self.database_url = config.database_url or ""
         # Redis: the stack's own Valkey (ACL users, passwords generated once into the data folder), unless given.
         self.redis_access = config.redis_access or (RedisAccess.shared(config.redis_url) if config.redis_url else None)
@@ -342,6 +346,7 @@ class Stack:
         if self.config.metrics:
             self.metrics_ports[name] = 0
         env = self.service_env(port, role=name.split("-")[0], metrics_port=self.metrics_ports.get(name, 0))
+        env.update(self.process_env.get(name, {}))
         env["RTASK_INSTANCE"] = name
         proc = ManagedProcess(name, [sys.executable, "-m", module], log_dir=self.log_dir, env=env, echo=self.echo)
         self.processes[name] = proc
@@ -378,7 +383,10 @@ class Stack:
         proc.env["RTASK_WORKER_ID"] = f"{name}-{secrets.token_hex(3)}"
         return proc
 
-    def start_worker(self, name: str) -> ManagedProcess:
+    def start_worker(self, name: str, env: dict[str, str] | None = None) -> ManagedProcess:
+        """Start a worker (again); env, when given, is its own environment over the stack's from now on."""
+        if env is not None:
+            self.process_env[name] = dict(env)
         proc = self._add_worker(name)
         proc.start()
         self._wait_service(name)

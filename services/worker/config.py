@@ -13,6 +13,11 @@ from services.core.worker_credentials import EnrolmentConfig
 from services.worker.isolation import IsolationConfig
 from services.worker.logs import LogShipConfig
 
+# What a self-fenced handler's stop may take beyond the cancel grace (the fence timer firing late on a busy
+# event loop, the kill and its reaping), and what a reset of an entry's idle time may lag behind the moment
+# the worker counts it from: the least margin between a handler's stop and its entry becoming reclaimable.
+FENCE_SLACK_MS = 250
+
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "")
@@ -58,7 +63,9 @@ class WorkerConfig:
     # no entry is taken or refreshed meanwhile. 0: three heartbeat intervals.
     contact_timeout_ms: int = 0
     # A handler is stopped (without a report) when its entry has gone unrefreshed for reclaim_idle_ms minus
-    # this margin, so it never runs on after another worker may reclaim it. 0: 30 % of reclaim_idle_ms.
+    # this margin: cancelled, then killed after cancel_grace_ms, so it has stopped before another worker may
+    # reclaim the entry (the rule in services/worker/worker.py). At least cancel_grace_ms + FENCE_SLACK_MS.
+    # 0: 30 % of reclaim_idle_ms, or that least margin when it is larger.
     self_fence_margin_ms: int = 0
     # Out of contact with every scheduler (one restarting), a worker keeps its entries refreshed, and so its
     # handlers running, for this long; cut off longer, it gives its work up to be reclaimed.
@@ -86,8 +93,15 @@ class WorkerConfig:
             raise ConfigError("reclaim_idle_ms must exceed two heartbeat intervals, or healthy work gets stolen")
         if self.contact_timeout_ms == 0:
             object.__setattr__(self, "contact_timeout_ms", 3 * self.heartbeat_interval_ms)
+        least_margin_ms = self.cancel_grace_ms + FENCE_SLACK_MS
         if self.self_fence_margin_ms == 0:
-            object.__setattr__(self, "self_fence_margin_ms", self.reclaim_idle_ms * 3 // 10)
+            object.__setattr__(self, "self_fence_margin_ms", max(self.reclaim_idle_ms * 3 // 10, least_margin_ms))
+        if self.self_fence_margin_ms < least_margin_ms:
+            raise ConfigError(
+                f"self_fence_margin_ms ({self.self_fence_margin_ms}) must be at least cancel_grace_ms "
+                f"({self.cancel_grace_ms}) + {FENCE_SLACK_MS}: a self-fenced handler must have been killed before "
+                "its entry may be reclaimed elsewhere"
+            )
         if self.contact_timeout_ms <= self.heartbeat_interval_ms:
             raise ConfigError("contact_timeout_ms must exceed one heartbeat interval")
         fence_after_ms = self.reclaim_idle_ms - self.self_fence_margin_ms

@@ -164,8 +164,11 @@ class SchedulerLink:
         on_command: CommandHandler,
         on_connected: Callable[[], Awaitable[None]],
         contact_timeout_s: float = 3.0,
+        on_drain: Callable[[float], None] | None = None,
     ) -> None:
         self.tokens = tokens
+        # Called with the grace in seconds when the scheduler pushes a drain command.
+        self.on_drain = on_drain
         self.hello = hello
         self.on_command = on_command
         self.on_connected = on_connected
@@ -263,6 +266,9 @@ class SchedulerLink:
                 self.connected.set()
                 self.contact_lost_at = None
                 log.info("in contact with the scheduler", extra={"worker": self.hello.worker_id})
+            if message.HasField("drain") and self.on_drain is not None:
+                # Before the answers of the same message: they may be the scheduler's refusals because of it.
+                self.on_drain(message.drain.grace.ToMilliseconds() / 1000)
             for response in message.work:
                 self._answer(response)
             for command in message.cancels:
@@ -307,9 +313,13 @@ class SchedulerLink:
                 return False
         return True
 
-    async def heartbeat(self, tasks: Sequence[worker_pb2.HeldTask]) -> bool:
+    async def heartbeat(self, tasks: Sequence[worker_pb2.HeldTask], drain_remaining_s: float | None = None) -> bool:
+        """drain_remaining_s: while draining, seconds until what still runs is handed back."""
         self._heartbeats += 1
         beat = worker_pb2.WorkerHeartbeat(tasks=tasks, sequence=self._heartbeats)
+        if drain_remaining_s is not None:
+            beat.draining = True
+            beat.drain_remaining.FromMilliseconds(int(drain_remaining_s * 1000))
         return await self.send(worker_pb2.ConnectRequest(heartbeat=beat))
 
     # -- work requests --------------------------------------------------------------------------

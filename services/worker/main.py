@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import signal
+
+from grpc_health.v1 import health_pb2
 
 import services.worker.builtin  # noqa: F401  (registers the built-in kinds)
 from services.core import metrics
@@ -15,7 +18,7 @@ from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server, run_until_signalled
 from services.core.tracing import TracingConfig
 from services.worker.config import WorkerProcessConfig
-from services.worker.worker import Worker
+from services.worker.worker import DRAINED_SERVICE, Worker
 from services.worker.worker_metrics import register_worker
 
 
@@ -34,8 +37,20 @@ async def _serve(config: WorkerProcessConfig) -> None:
     service.readiness_checks += [lambda: redis_reachable(redis), ready]
     # On SIGTERM health turns NOT_SERVING first, then the worker drains, then Redis closes.
     service.shutdown_hooks += [worker.stop, redis.aclose]
+    # On SIGUSR1 (rtask-worker-drain, Kubernetes' preStop) the worker drains and stays up; the health service
+    # DRAINED_SERVICE turns SERVING once it has, so the hook knows when to let the SIGTERM come.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, worker.drain, config.worker.drain_grace_s)
+
+    async def report_drained() -> None:
+        await worker.drained.wait()
+        await health.set(DRAINED_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+
+    reporting = asyncio.create_task(report_drained())
     await worker.start()
-    await run_until_signalled(service, config.server)
+    try:
+        await run_until_signalled(service, config.server)
+    finally:
+        reporting.cancel()
 
 
 def main() -> None:

@@ -7,10 +7,25 @@ in this consumer's pending list, so nothing is lost when the worker dies: XAUTOC
 
 Self-fencing: another worker may reclaim an entry once it has sat idle for reclaim_idle_ms. Held entries
 are refreshed while a scheduler answers, and for outage_grace_ms after the last answer (a scheduler
-restarting must not cost every running attempt); a handler whose entry has gone unrefreshed for
-reclaim_idle_ms minus self_fence_margin_ms is stopped without a report, so a worker cut off from the
-scheduler (past the grace) or from Redis never runs a task while another worker runs it too. A worker out of
-contact with the scheduler takes no new entries, and cancels cannot reach it meanwhile.
+restarting must not cost every running attempt). A worker that can no longer prove it owns an entry (cut
+off from the scheduler past the grace, or unable to reset the entry's idle time in Redis) stops its handler
+without a report, before the entry can be reclaimed elsewhere. The timing rule, with R = reclaim_idle_ms,
+M = self_fence_margin_ms, G = cancel_grace_ms and t0 the last reset of the entry's idle time as this worker
+counts it (when the read, claim or refresh was asked: Redis reset it at that moment or later):
+
+    cancelled at t0 + R - M, killed by t0 + R - M + G, reclaimable elsewhere from t0 + R at the earliest,
+
+and WorkerConfig refuses M < G + FENCE_SLACK_MS, so the handler has stopped FENCE_SLACK_MS (for timer lag and the
+kill itself) before anyone may take the task over. A reset answered after the fence deadline does not count
+(our XCLAIM may have landed after a reclaim). So no task runs on two workers at once, even when a link stalls;
+the only exception is an in-process handler that ignores cancellation (it cannot be killed, only abandoned:
+register such code with process=True). A worker out of contact with the scheduler takes no new entries,
+gives back those it read, and cancels cannot reach it meanwhile.
+
+Draining (an operator's DrainWorker pushed by the scheduler, or SIGTERM): the worker takes no new entry and lets
+the entries it holds but has not started go, lets its handlers finish until the drain deadline, then stops the
+rest and reports them handed back (queued again at once, the attempt not counted). After an operator's drain the
+worker stays connected and idle until it is stopped; on SIGTERM it then leaves.
 """
 
 from __future__ import annotations
@@ -53,6 +68,11 @@ SUPERSEDED = "superseded"
 # The entry may be reclaimed elsewhere before we can refresh it: nothing is reported, the entry is reclaimed.
 SELF_FENCED = "self-fenced"
 UNREPORTED = (SHUTDOWN, SUPERSEDED, SELF_FENCED)
+# The worker's health service that turns SERVING once a drain is over (nothing runs; rtask-worker-drain waits on it).
+DRAINED_SERVICE = "resilienttask.worker.drained"
+# The drain deadline passed: the handler is stopped and the task reported handed back.
+HANDBACK = "handback"
+HANDED_BACK = "handed back: the worker drained before the task finished"
 STOP_REASONS = {worker_pb2.STOP_REASON_SUPERSEDED: SUPERSEDED, worker_pb2.STOP_REASON_CANCELLED: "cancelled"}
 
 
@@ -90,6 +110,7 @@ class Worker:
             hello,
             self._on_command,
             self._announce,
+            on_drain=self.drain,
             contact_timeout_s=config.contact_timeout_ms / 1000,
         )
         self.progress = ProgressThrottle(self.link.send, lambda key: key in self.running)
@@ -110,6 +131,12 @@ class Worker:
         self._parked_changed = asyncio.Event()
         self._start_backoff = Backoff(initial_s=0.1, maximum_s=5.0)
         self._stopping = False
+        # Monotonic time at which a draining worker hands back what still runs; None while not draining.
+        self.drain_deadline: float | None = None
+        self._drain_changed = asyncio.Event()
+        # Set once a drain is over: nothing runs, and what was handed back is reported (or given up with the link).
+        self.drained = asyncio.Event()
+        self._draining: asyncio.Task[None] | None = None
         # Set by services.worker.worker_metrics when metrics are on.
         self.metrics: WorkerMetrics | None = None
         self._loops: list[asyncio.Task[None]] = []
@@ -127,9 +154,21 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        """Connected to a scheduler, and every loop alive (a crashed loop makes the worker useless)."""
-        loops = [self._consuming, *self._loops]
-        return self.connected and all(loop is not None and not loop.done() for loop in loops)
+        """Connected to a scheduler, and every loop alive (a crashed loop makes the worker useless).
+
+        A drained worker stays ready: it is idle on purpose, and restarting it would put it back to work."""
+        loops: list[asyncio.Task[None] | None] = [*self._loops]
+        if self.drain_deadline is None:  # a draining worker's consumer ended on purpose
+            loops.append(self._consuming)
+        return self.connected and bool(loops) and all(loop is not None and not loop.done() for loop in loops)
+
+    @property
+    def draining(self) -> bool:
+        return self.drain_deadline is not None
+
+    def drain_remaining_s(self) -> float:
+        """While draining: how long until what still runs is handed back."""
+        return 0.0 if self.drain_deadline is None else max(0.0, self.drain_deadline - time.monotonic())
 
     def _held(self) -> list[tuple[HeldKey, str]]:
         return [(r.key, r.entry_id) for r in self.running.values()] + list(self.finishing.items())
@@ -156,25 +195,17 @@ class Worker:
         log.info("worker started", extra={"worker": self.config.worker_id, "slots": self.config.slots})
 
     async def stop(self, drain_grace_s: float | None = None) -> None:
-        """Stop taking entries, let handlers finish for up to the drain grace, kill the rest and leave.
+        """Drain (up to the drain grace, or an operator's earlier deadline), then leave.
 
-        Unfinished entries are not acknowledged: other workers reclaim them after the idle threshold.
+        What the drain hands back is queued again at once. Anything still unreported after that (a start granted
+        as the drain ended, or a scheduler that cannot be reached) is killed without a report: its entry is not
+        acknowledged, and another worker reclaims it after the idle threshold.
         """
         grace_s = self.config.drain_grace_s if drain_grace_s is None else drain_grace_s
-        deadline = time.monotonic() + grace_s
         self._stopping = True
-        self._slot_freed.set()
-        if self._consuming is not None:
-            await asyncio.wait({self._consuming})  # ends after the current blocking read (read_block_ms)
-        # On a cluster, what the blocking reads still out brought: handed back at once, not left to the idle time.
-        left_over = [d.entry_id for d in await self.consumer.close()]
-        if left_over:
-            with contextlib.suppress(RedisError, OSError):
-                await self.consumer.release(left_over, self.config.reclaim_idle_ms)
-        running = [r.task for r in self.running.values() if r.task is not None]
-        if running:
-            log.info("draining", extra={"running": len(running), "grace_s": grace_s})
-            await asyncio.wait(running, timeout=max(0.0, deadline - time.monotonic()))
+        self.drain(grace_s)
+        if self._draining is not None:
+            await asyncio.wait({self._draining})
         for left in list(self.running.values()):
             left.stop_reason = SHUTDOWN
             left.attempt.cancel(grace_s=0)
@@ -182,10 +213,64 @@ class Worker:
         if still:
             await asyncio.wait(still)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.reporter.wait_idle(), timeout=max(1.0, deadline - time.monotonic()))
+            await asyncio.wait_for(self.reporter.wait_idle(), timeout=max(1.0, self.config.contact_timeout_ms / 1000))
         await cancel_and_wait([*self._loops, *([self._refreshing] if self._refreshing else [])])
         await self.link.close()
         log.info("worker stopped", extra={"worker": self.config.worker_id, "unsettled": len(self.finishing)})
+
+    def drain(self, grace_s: float) -> None:
+        """Take no new entry from now on; hand back what still runs after grace_s (an earlier deadline stays)."""
+        deadline = time.monotonic() + max(0.0, grace_s)
+        if self.drain_deadline is not None and self.drain_deadline <= deadline:
+            return
+        first = self.drain_deadline is None
+        self.drain_deadline = deadline
+        self._drain_changed.set()
+        if first:
+            log.info(
+                "draining", extra={"worker": self.config.worker_id, "running": len(self.running), "grace_s": grace_s}
+            )
+            self._slot_freed.set()  # the consumer wakes and ends
+            self._draining = asyncio.create_task(self._drain(), name="drain")
+            self._draining.add_done_callback(_log_crash)
+
+    async def _drain(self) -> None:
+        """Let go of the entries not started, wait for the handlers until the deadline, hand back the rest."""
+        if self._consuming is not None:
+            await asyncio.wait({self._consuming})  # ends after the current blocking read (read_block_ms)
+        # On a cluster, what the blocking reads still out brought: handed back at once, not left to the idle time.
+        left_over = [d.entry_id for d in await self.consumer.close()]
+        if left_over:
+            with contextlib.suppress(RedisError, OSError):
+                await self.consumer.release(left_over, self.config.reclaim_idle_ms)
+        parked, self.parked = [p.delivery for p in self.parked], []
+        if parked:
+            await self._release(parked)
+        while self.running or self.offering:  # a start asked before the drain may still be granted
+            assert self.drain_deadline is not None
+            wait_s = self.drain_deadline - time.monotonic()
+            if wait_s <= 0:
+                break
+            self._drain_changed.clear()
+            changed = asyncio.ensure_future(self._drain_changed.wait())
+            handlers = {r.task for r in self.running.values() if r.task is not None}
+            await asyncio.wait({changed, *handlers}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+            changed.cancel()
+        self._hand_back(list(self.running.values()))
+        stopping = [r.task for r in self.running.values() if r.task is not None]
+        if stopping:
+            await asyncio.wait(stopping)
+        with contextlib.suppress(TimeoutError):  # the handbacks reported, unless no scheduler answers
+            await asyncio.wait_for(self.reporter.wait_idle(), timeout=self.config.contact_timeout_ms / 1000)
+        self.drained.set()
+        log.info("drained", extra={"worker": self.config.worker_id})
+
+    def _hand_back(self, attempts: Iterable[Running]) -> None:
+        """Stop these handlers (cooperatively, killed after the cancel grace); they are reported handed back."""
+        for running in attempts:
+            if running.stop_reason == "":
+                running.stop_reason = HANDBACK
+            running.attempt.cancel()
 
     # -- consuming --------------------------------------------------------------------------------
     async def _consume(self) -> None:
@@ -193,7 +278,7 @@ class Worker:
         take over stalled ones."""
         next_reclaim = time.monotonic()
         backoff = Backoff(initial_s=0.1, maximum_s=2.0)
-        while not self._stopping:
+        while not self._stopping and self.drain_deadline is None:
             free = self.free_slots
             if free <= 0:
                 self._slot_freed.clear()
@@ -204,7 +289,10 @@ class Worker:
                 await self._until_connected_or_stopping()
                 continue
             try:
-                now = time.monotonic()
+                # Redis resets a delivered entry's idle time somewhere between the request and the reply (a
+                # blocked read, or a reply held up on a stalled path, may take long): counted from the request,
+                # the fence deadline can only come early, never late.
+                now = asked_at = time.monotonic()
                 if now >= next_reclaim:
                     next_reclaim = now + self.config.reclaim_check_interval_ms / 1000
                     deliveries = await self.consumer.reclaim(free, self.config.reclaim_idle_ms)
@@ -221,11 +309,8 @@ class Worker:
                 await asyncio.sleep(backoff.next_delay_s())
                 continue
             if deliveries:
-                # An entry's idle time starts when Redis hands it over, a moment before the reply arrives (a
-                # blocked read may have waited since `now`): sub-millisecond, far inside the fencing margin.
-                delivered_at = time.monotonic()
                 for delivery in deliveries:
-                    self.refreshed_at.setdefault(delivery.entry_id, delivered_at)
+                    self.refreshed_at.setdefault(delivery.entry_id, asked_at)
                 self.traces.delivered(deliveries)
                 await self._offer(deliveries)
 
@@ -266,9 +351,12 @@ class Worker:
                 and self.refreshed_at.get(d.entry_id, 0.0) < started_at - self.config.heartbeat_interval_ms / 1000
             ]
             if stale:  # parked a while: reset their idle time before their handlers start, or they would be fenced
-                await self._refresh(stale)
+                await self._refresh(stale, granted=True)
         except Exception as exc:  # whatever failed, the entries stay ours and are offered again
             if not self.link.connected.is_set():  # contact lost while they were read: let others have them
+                await self._release(fresh)
+                return
+            if self.drain_deadline is not None:  # draining: asking again is for another worker to do
                 await self._release(fresh)
                 return
             delay_s = self._start_backoff.next_delay_s()
@@ -277,6 +365,7 @@ class Worker:
             return
         finally:
             self.offering.difference_update(d.entry_id for d in fresh)
+            self._drain_changed.set()
         self._start_backoff.reset()
         skipped: list[str] = []
         deferred: list[Delivery] = []
@@ -288,7 +377,9 @@ class Worker:
                 skipped.append(delivery.entry_id)
             else:
                 deferred.append(delivery)
-        if deferred:
+        if deferred and self.drain_deadline is not None:
+            await self._release(deferred)  # the scheduler starts nothing more here: let another worker have them
+        elif deferred:
             self._park(deferred, DEFER_RETRY_S)
         if skipped:
             self._forget(skipped)
@@ -340,7 +431,7 @@ class Worker:
             if self._stopping:
                 continue
             if keep := [d for d in due if d.entry_id in owned]:
-                if self.link.connected.is_set():
+                if self.link.connected.is_set() and self.drain_deadline is None:
                     await self._offer(keep)
                 else:
                     await self._release(keep)
@@ -369,6 +460,8 @@ class Worker:
         self.running[key] = running
         running.task = asyncio.create_task(self._run(running), name=f"attempt:{key[0]}")
         self._fence_changed.set()
+        if self.drain_deadline is not None and time.monotonic() >= self.drain_deadline:
+            self._hand_back([running])  # granted just as the drain ended
 
     async def _run(self, running: Running) -> None:
         began = time.monotonic()
@@ -386,6 +479,11 @@ class Worker:
                 self._slot_freed.set()
             if self.metrics is not None:
                 self.metrics.handled(kind, outcome.outcome, time.monotonic() - began)
+            if running.stop_reason == HANDBACK and outcome.outcome in (
+                worker_pb2.OUTCOME_CANCELLED,
+                worker_pb2.OUTCOME_FAILED,
+            ):  # stopped for the drain (a handler may raise when stopped): the task goes back to the queue
+                outcome = AttemptOutcome(worker_pb2.OUTCOME_HANDED_BACK, f"{HANDED_BACK}; {outcome.error}")
             if running.stop_reason in UNREPORTED:
                 # Superseded: another attempt owns the task and its entry. Otherwise the entry is reclaimed.
                 log.info("attempt dropped", extra={"task_id": running.key[0], "reason": running.stop_reason})
@@ -431,7 +529,11 @@ class Worker:
 
     async def _announce(self) -> None:
         """Right after (re)connecting: tell the new scheduler what we hold, without waiting for the tick."""
-        await self.link.heartbeat([held(key) for key, _ in self._held()])
+        await self.link.heartbeat([held(key) for key, _ in self._held()], self._drain_state())
+
+    def _drain_state(self) -> float | None:
+        """For the heartbeat: seconds until the drain hands back what runs; None while not draining."""
+        return self.drain_remaining_s() if self.drain_deadline is not None else None
 
     async def _heartbeat(self) -> None:
         """Tell the scheduler what we hold and, while it answers (or within the outage grace), reset those
@@ -441,7 +543,7 @@ class Worker:
         scheduler's answers would stop and the stream be given up for nothing.
         """
         holding = self._held()
-        await self.link.heartbeat([held(key) for key, _ in holding])
+        await self.link.heartbeat([held(key) for key, _ in holding], self._drain_state())
         if not self._may_refresh() or (self._refreshing is not None and not self._refreshing.done()):
             return
         entry_ids = [entry_id for _, entry_id in holding]
@@ -460,7 +562,14 @@ class Worker:
         out_s = self.link.out_of_contact_s()
         return out_s is not None and out_s * 1000 < self.config.outage_grace_ms
 
-    async def _refresh(self, entry_ids: Sequence[str]) -> None:
+    async def _refresh(self, entry_ids: Sequence[str], *, granted: bool = False) -> None:
+        """Reset the idle time of entries we hold; each counts as reset when it was asked (never later).
+
+        A reset answered after the entry's fence deadline does not count (unless `granted`): the entry may have
+        been reclaimed by another worker by the time our XCLAIM reached Redis, and taken back by it, so its
+        handler is stopped all the same. `granted`: the scheduler has just given us these entries' tasks, so they
+        are ours whatever their idle time was.
+        """
         if not entry_ids:
             return
         asked_at = time.monotonic()
@@ -471,18 +580,26 @@ class Worker:
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("could not refresh held entries", extra={"error": repr(exc)})
             return
+        answered_at = time.monotonic()
         for entry_id in entry_ids:
-            if entry_id in self.refreshed_at:
+            reset = self.refreshed_at.get(entry_id)
+            if reset is not None and (granted or answered_at < reset + self._fence_after_s):
                 self.refreshed_at[entry_id] = asked_at
         self._fence_changed.set()
+
+    @property
+    def _fence_after_s(self) -> float:
+        return (self.config.reclaim_idle_ms - self.config.self_fence_margin_ms) / 1000
 
     def _fence_deadline(self, running: Running) -> float:
         """When this attempt must stop: its entry may be reclaimed elsewhere reclaim_idle_ms after its last reset."""
         reset = self.refreshed_at.get(running.entry_id, 0.0)
-        return reset + (self.config.reclaim_idle_ms - self.config.self_fence_margin_ms) / 1000
+        return reset + self._fence_after_s
 
     async def _fence_forever(self) -> None:
-        """Stop, without a report, every handler whose entry is about to become reclaimable."""
+        """Stop, without a report, every handler whose entry is about to become reclaimable: cancelled at its
+        fence deadline, killed after the cancel grace, which the margin exceeds (the rule in the module's
+        docstring)."""
         while True:
             self._fence_changed.clear()
             now = time.monotonic()
@@ -494,7 +611,7 @@ class Worker:
                         extra={"task_id": running.key[0], "connected": self.link.connected.is_set()},
                     )
                     running.stop_reason = SELF_FENCED
-                    running.attempt.cancel(grace_s=0)
+                    running.attempt.cancel()
             upcoming = [self._fence_deadline(r) for r in live if r.stop_reason not in UNREPORTED]
             wait_s = (min(upcoming) - now) if upcoming else None
             with contextlib.suppress(TimeoutError):

@@ -411,3 +411,8 @@ async def test_operator_pauses_limits_and_lists_kinds(anon: Rtask, stores: Store
     assert anon.json("operator", "unlimit", kind)["rate_limit"] is None
     assert anon.json("operator", "resume", kind)["paused"] is False
     assert "rate_limit.period" in anon.run("operator", "limit", kind, "5", "--per", "2h", code=2).stderr
+    # Draining: the worker id is checked and named (draining a real worker: tests/integration/test_worker_drain.py).
+    assert "no live worker 'cli-no-such-worker'" in anon.run("operator", "drain", "cli-no-such-worker", code=4).stderr
+    assert "worker_id" in anon.run("operator", "drain", "bad id", code=2).stderr
+    assert "grace" in anon.run("operator", "drain", "cli-no-such-worker", "--grace", "2h", code=2).stderr
+    assert "WORKER_ID" in anon.run("operator", "drain", "--help").stdout

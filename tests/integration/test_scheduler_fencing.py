@@ -15,7 +15,7 @@ import pytest
 
 from resilienttask.v1 import task_pb2
 from resilienttask.worker.v1 import worker_pb2
-from services.core import keys, outbox, task_store
+from services.core import commands, keys, outbox, task_store
 from services.core.dispatch import split_ref
 from services.core.transitions import user as transitions
 from tests.helpers import eventually
@@ -175,11 +175,11 @@ async def test_cancel_of_a_running_task_is_pushed_down_the_worker_stream(isolate
 
     await eventually(progressed, message="progress recorded")
     result = await transitions.cancel(isolated.pool, isolated.owner, task_id=str(row["id"]))
-    await outbox.push_stop(isolated.redis, result.to_stop, "cancelled")
+    await outbox.push_stop(isolated.redis, result.to_stop, commands.CANCELLED)
     while not (message := await asyncio.wait_for(call.read(), 10)).cancels:  # heartbeat acks come first
         assert message.heartbeat_acks
     (command,) = message.cancels
-    assert command.task.task_id == str(row["id"]) and command.reason == worker_pb2.STOP_REASON_CANCELLED
+    assert command.task.task_id == str(row["id"]) and command.reason == commands.CANCELLED
     assert command.task.fence == run.fence
     stopped = worker_pb2.FinishItem(task=held, outcome=worker_pb2.OUTCOME_CANCELLED, error="stopped")
     await requests.put(worker_pb2.ConnectRequest(work=worker_pb2.WorkRequest(request_id=1, finish=[stopped])))

@@ -22,7 +22,7 @@ from google.protobuf import json_format
 
 from resilienttask.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
-from services.core import outbox, task_store
+from services.core import commands, outbox, task_store
 from services.core.config import AuthConfig
 from services.core.tokens import IssuedToken, mint_user_token, mint_worker_token
 from services.core.transitions import user as transitions
@@ -317,21 +317,21 @@ async def test_a_worker_hears_no_other_workers_commands_and_cannot_speak_under_i
     b_stream = RawStream(isolated, hello_id="worker-b")
     a_stream = RawStream(isolated, hello_id="worker-a")
     result = await transitions.cancel(isolated.pool, isolated.owner, task_id=str(row["id"]))
-    await outbox.push_stop(isolated.redis, result.to_stop, "cancelled")
+    await outbox.push_stop(isolated.redis, result.to_stop, commands.CANCELLED)
     b_stream.heartbeat(held_b)  # the safety net repeats the command, should the push have come before the hello
     to_b = await b_stream.read_until_cancels()
     assert {(c.task.task_id, c.task.fence, c.reason) for c in to_b} == {
-        (held_b.task_id, held_b.fence, worker_pb2.STOP_REASON_CANCELLED)
+        (held_b.task_id, held_b.fence, commands.CANCELLED)
     }
     a_stream.heartbeat(held_b)
     to_a = await a_stream.read_until_cancels()
-    assert [(c.task.task_id, c.reason) for c in to_a] == [(held_b.task_id, worker_pb2.STOP_REASON_SUPERSEDED)]
+    assert [(c.task.task_id, c.reason) for c in to_a] == [(held_b.task_id, commands.SUPERSEDED)]
     # A second stream of B (B's own token) replaces the first, which ends; commands go to the new one only.
     b_again = RawStream(isolated, hello_id="worker-b")
     assert await b_stream.status() == grpc.StatusCode.ABORTED
     b_again.heartbeat(held_b)
     again = await b_again.read_until_cancels()
-    assert {c.reason for c in again} == {worker_pb2.STOP_REASON_CANCELLED}
+    assert {c.reason for c in again} == {commands.CANCELLED}
     for stream in (b_stream, a_stream, b_again):
         stream.close()
 

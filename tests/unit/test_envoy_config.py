@@ -331,6 +331,10 @@ def test_clusters_are_health_checked_http2_with_outlier_detection(tmp_path: Path
         assert "http2_protocol_options" in options["explicit_http_config"]
         (check,) = cluster["health_checks"]
         assert check["grpc_health_check"] == {} and check["no_traffic_interval"] == check["interval"]
+        # Failed checks and state changes are logged, so a "no healthy upstream" can be explained afterwards.
+        assert check["always_log_health_check_failures"] is True
+        (sink,) = check["event_logger"]
+        assert sink["typed_config"]["event_log_path"] == "/dev/stderr"
         assert cluster["outlier_detection"]["consecutive_gateway_failure"] > 0
         assert cluster["common_lb_config"]["healthy_panic_threshold"] == {"value": 0}
         assert cluster["lb_policy"] in ("LEAST_REQUEST", "ROUND_ROBIN")

@@ -67,6 +67,7 @@ CLIENT_METHODS = [
     "delete",
     "delete_many",
     "delete_schedule",
+    "drain_worker",
     "get",
     "get_schedule",
     "health",
@@ -142,8 +143,14 @@ def test_errors_form_one_tree_carrying_status_codes() -> None:
         assert error.code is code
         assert str(error) == f"{code.name}: boom"
     assert issubclass(resilienttask.DeadlineExceeded, TimeoutError)
-    assert errors.InvalidArgument("replicas: must be between 1 and 50").field == "replicas"
-    assert errors.InvalidArgument("something odd").field == ""
+    # The field comes from the status details (tests/integration/test_field_errors.py), never from the message.
+    refused = errors.InvalidArgument("replicas: must be between 1 and 50", None, "replicas", "must be between 1 and 50")
+    assert (refused.field, refused.reason, refused.code) == (
+        "replicas",
+        "must be between 1 and 50",
+        code.__class__.INVALID_ARGUMENT,
+    )
+    assert errors.InvalidArgument("replicas: must be between 1 and 50").field == ""
 
 
 def test_status_names_are_the_cli_and_json_names() -> None:

@@ -22,7 +22,7 @@ from services.core.config import ConfigError, RedisConfig
 from services.core.dispatch import DispatchEntry, entry_ref, publish, split_ref
 from services.core.redis_client import create_redis
 from services.core.worker_registry import BUILTIN_KINDS
-from services.worker.config import WorkerConfig
+from services.worker.config import FENCE_SLACK_MS, WorkerConfig
 from services.worker.worker import Worker
 from tests.conftest import Stores
 from tests.helpers import eventually
@@ -352,7 +352,7 @@ async def test_a_dead_workers_entry_is_reclaimed(harness: Harness, redis: aiored
 
 
 # -- leaving ------------------------------------------------------------------------------------------------
-async def test_stop_drains_short_tasks_and_leaves_long_ones_pending(redis: aioredis.Redis) -> None:
+async def test_stop_drains_short_tasks_and_hands_back_long_ones(redis: aioredis.Redis) -> None:
     auth = make_auth()
     script = Script()
     server, scheduler, port = await serve(auth, script)
@@ -368,8 +368,10 @@ async def test_stop_drains_short_tasks_and_leaves_long_ones_pending(redis: aiore
         pid = worker.running[(long, long_fence)].attempt.pid
         await worker.stop(drain_grace_s=1.0)
         assert harness.finish_of(short) is not None and await harness.settled(short)
-        assert harness.finish_of(long) is None, "an unfinished attempt is not reported"
-        assert harness.entries[long] in await harness.pending(), "and its entry stays for another worker"
+        handed = harness.finish_of(long)
+        assert handed is not None and handed.outcome == worker_pb2.OUTCOME_HANDED_BACK, "unfinished: handed back"
+        assert handed.task.fence == long_fence and "handed back" in handed.error
+        assert await harness.settled(long), "its entry acknowledged once the scheduler queued the task again"
         assert pid is not None and _gone(pid)
     finally:
         await server.stop(None)
@@ -413,6 +415,11 @@ async def test_a_worker_with_a_bad_secret_is_refused_and_keeps_retrying(redis: a
         ({"RTASK_WORKER_SLOTS": "1.5"}, "RTASK_WORKER_SLOTS"),
         ({"RTASK_WORKER_CANCEL_GRACE_MS": "-1"}, "grace"),
         ({"RTASK_WORKER_RECLAIM_IDLE_MS": "1500"}, "reclaim_idle_ms"),
+        # A self-fenced handler could still run (within its cancel grace) when its entry becomes reclaimable.
+        ({"RTASK_WORKER_SELF_FENCE_MARGIN_MS": "700"}, "self_fence_margin_ms"),
+        ({"RTASK_WORKER_CANCEL_GRACE_MS": "2800", "RTASK_WORKER_SELF_FENCE_MARGIN_MS": "3000"}, "self_fence_margin_ms"),
+        # A margin that adapts to a long cancel grace must still leave healthy handlers their heartbeats.
+        ({"RTASK_WORKER_RECLAIM_IDLE_MS": "3000", "RTASK_WORKER_CANCEL_GRACE_MS": "2000"}, "self_fence_margin_ms"),
     ],
 )
 def test_bad_configuration_is_refused(env: dict[str, str], message: str) -> None:
@@ -433,6 +440,17 @@ def test_configuration_from_the_environment() -> None:
     )
     assert (config.worker_id, config.slots, config.imports) == ("w1", 3, ("a.b", "c"))
     assert config.reclaim_idle_ms == 10_000 and config.cancel_grace_ms == 500
+    assert config.self_fence_margin_ms == 3000, "30 % of the reclaim idle time"
+    # The margin never drops below the cancel grace plus the slack: with a 1 s grace, 1.25 s.
+    raised = WorkerConfig.from_env(
+        {
+            "RTASK_SCHEDULER_ADDR": "x:1",
+            "RTASK_WORKER_RECLAIM_IDLE_MS": "3000",
+            "RTASK_WORKER_HEARTBEAT_MS": "500",
+            "RTASK_WORKER_CANCEL_GRACE_MS": "1000",
+        }
+    )
+    assert raised.self_fence_margin_ms == 1000 + FENCE_SLACK_MS
     assert WorkerConfig.from_env({"RTASK_SCHEDULER_ADDR": "x:1"}).worker_id != ""
 
 

@@ -385,7 +385,16 @@ def worker_from_proto(message: task_pb2.Worker) -> Worker:
         kinds=tuple(message.kinds),
         last_heartbeat=_time(message.last_heartbeat, message.HasField("last_heartbeat")),
         started_at=_time(message.started_at, message.HasField("started_at")),
+        draining=message.draining,
+        drain_deadline=_time(message.drain_deadline, message.HasField("drain_deadline")),
     )
+
+
+def drain_request(worker_id: str, grace: Seconds | None) -> operator_pb2.DrainWorkerRequest:
+    request = operator_pb2.DrainWorkerRequest(worker_id=worker_id)
+    if grace is not None:
+        request.grace.CopyFrom(to_duration(grace))
+    return request
 
 
 def session_from_proto(message: auth_pb2.SignupResponse | auth_pb2.LoginResponse) -> Session:

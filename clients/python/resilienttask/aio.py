@@ -28,6 +28,7 @@ from resilienttask._channel import DEFAULT_ADDRESS, ChannelOptions, ChannelSetti
 from resilienttask._convert import (
     ScheduleOptions,
     Seconds,
+    drain_request,
     kind_control_from_proto,
     rate_limit_request,
     retry_request,
@@ -384,6 +385,13 @@ class AsyncClient:
         request = operator_pb2.ClearKindRateLimitRequest(kind=kind)
         reply = await self._call(self._operator.ClearKindRateLimit, request, idempotent=True)
         return kind_control_from_proto(reply.kind)
+
+    async def drain_worker(self, worker_id: str, grace: Seconds | None = None) -> Worker:
+        """Take a worker out of the pool: once this returns it starts no task; what it runs may finish for
+        `grace` (default 30 s, at most 1 h), then is stopped and queued again at once without using up an
+        attempt. NotFound when no live worker has the id; calling again keeps the earlier deadline."""
+        reply = await self._call(self._operator.DrainWorker, drain_request(worker_id, grace), idempotent=True)
+        return worker_from_proto(reply.worker)
 
     async def health(self) -> str:
         health = self._stub_set()[2]

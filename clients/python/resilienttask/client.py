@@ -25,6 +25,7 @@ from resilienttask._channel import DEFAULT_ADDRESS, ChannelOptions, ChannelSetti
 from resilienttask._convert import (
     ScheduleOptions,
     Seconds,
+    drain_request,
     kind_control_from_proto,
     rate_limit_request,
     retry_request,
@@ -364,6 +365,13 @@ class Client:
     def clear_rate_limit(self, kind: str) -> KindControl:
         request = operator_pb2.ClearKindRateLimitRequest(kind=kind)
         return kind_control_from_proto(self._call(self._operator.ClearKindRateLimit, request, idempotent=True).kind)
+
+    def drain_worker(self, worker_id: str, grace: Seconds | None = None) -> Worker:
+        """Take a worker out of the pool: once this returns it starts no task; what it runs may finish for
+        `grace` (default 30 s, at most 1 h), then is stopped and queued again at once without using up an
+        attempt. NotFound when no live worker has the id; calling again keeps the earlier deadline."""
+        reply = self._call(self._operator.DrainWorker, drain_request(worker_id, grace), idempotent=True)
+        return worker_from_proto(reply.worker)
 
     def health(self) -> str:
         """The edge's health status name ("SERVING" when it can take calls); needs no token."""

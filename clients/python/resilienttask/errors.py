@@ -10,9 +10,11 @@ Catch the base class for "anything the service refused", or a subclass for one r
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterable
+from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 __all__ = [
     "AlreadyExists",
@@ -30,33 +32,30 @@ __all__ = [
 
 
 class ResilientTaskError(Exception):
-    """A call failed; `code` is the gRPC status code and `message` the server's explanation."""
+    """A call failed; `code` is the gRPC status code and `message` the server's explanation.
+
+    `field` and `reason` are set when the server named the request field at fault (a google.rpc.BadRequest
+    field violation in the status details): its path in the request, e.g. "replicas", "filter.name_contains" or
+    "selection.ids.task_ids[3]", and what is wrong with it; otherwise both are "".
+    """
 
     default_code = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+    def __init__(self, message: str, code: grpc.StatusCode | None = None, field: str = "", reason: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
+        self.field = field
+        self.reason = reason
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
 
 
-# A field's path: names joined by dots, each maybe with an index ("selection.ids.task_ids[3]").
-_FIELD_PATH = re.compile(r"[A-Za-z_]\w*(\[\d+\])?(\.[A-Za-z_]\w*(\[\d+\])?)*")
-
-
 class InvalidArgument(ResilientTaskError):
-    """A request field was refused; `field` names it when the server said which: its path in the request, e.g.
-    "replicas", "filter.name_contains" or "selection.ids.task_ids[3]"."""
+    """A request field was refused; `field` names it (its path in the request) and `reason` says why."""
 
     default_code = grpc.StatusCode.INVALID_ARGUMENT
-
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
-        super().__init__(message, code)
-        head, sep, _ = message.partition(": ")
-        self.field = head if sep and _FIELD_PATH.fullmatch(head) else ""
 
 
 class NotFound(ResilientTaskError):
@@ -66,7 +65,7 @@ class NotFound(ResilientTaskError):
 
 
 class AlreadyExists(ResilientTaskError):
-    """E.g. signing up with an email that is taken."""
+    """E.g. signing up with an email that is taken (`field` is then "email")."""
 
     default_code = grpc.StatusCode.ALREADY_EXISTS
 
@@ -123,9 +122,33 @@ _BY_CODE: dict[grpc.StatusCode, type[ResilientTaskError]] = {
 }
 
 
+# The trailer of gRPC's richer error model: a serialized google.rpc.Status with machine-readable details.
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def _field_violation(trailers: Iterable[Any] | None) -> tuple[str, str]:
+    """The first field violation of a google.rpc.BadRequest in the call's status details, else ("", "")."""
+    for key, value in trailers or ():
+        if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status()
+        try:
+            status.ParseFromString(value)
+        except Exception:  # a garbled trailer: the status code and message still say what happened
+            return "", ""
+        for detail in status.details:
+            refusal = error_details_pb2.BadRequest()
+            if detail.Unpack(refusal) and refusal.field_violations:
+                violation = refusal.field_violations[0]
+                return violation.field, violation.description
+    return "", ""
+
+
 def from_rpc_error(exc: grpc.RpcError) -> ResilientTaskError:
     """The SDK exception for a failed gRPC call (sync or asyncio)."""
-    code: grpc.StatusCode = exc.code() if isinstance(exc, grpc.Call | grpc.aio.AioRpcError) else grpc.StatusCode.UNKNOWN
-    details = exc.details() if isinstance(exc, grpc.Call | grpc.aio.AioRpcError) else str(exc)
+    if not isinstance(exc, grpc.Call | grpc.aio.AioRpcError):
+        return ResilientTaskError(str(exc), grpc.StatusCode.UNKNOWN)
+    code: grpc.StatusCode = exc.code()
+    field, reason = _field_violation(exc.trailing_metadata())
     cls = _BY_CODE.get(code, ResilientTaskError)
-    return cls(details or code.name.lower().replace("_", " "), code)
+    return cls(exc.details() or code.name.lower().replace("_", " "), code, field, reason)

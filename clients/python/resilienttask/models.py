@@ -213,6 +213,10 @@ class Worker:
     kinds: tuple[str, ...]
     last_heartbeat: datetime | None
     started_at: datetime | None
+    # Draining (Client.drain_worker, or shutting down): it takes no new task, and hands back what still runs
+    # at drain_deadline.
+    draining: bool = False
+    drain_deadline: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -222,6 +226,8 @@ class Worker:
             "kinds": list(self.kinds),
             "last_heartbeat": _iso(self.last_heartbeat),
             "started_at": _iso(self.started_at),
+            "draining": self.draining,
+            "drain_deadline": _iso(self.drain_deadline),
         }
 
 

@@ -2,6 +2,7 @@
 
 import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import { BadRequestSchema } from "./gen/google/rpc/error_details_pb";
 import { AuthService } from "./gen/resilienttask/v1/auth_pb";
 import { OperatorService } from "./gen/resilienttask/v1/operator_pb";
 import { ScheduleService } from "./gen/resilienttask/v1/schedule_pb";
@@ -64,19 +65,19 @@ export function isNotOperator(err: unknown): boolean {
 
 export interface Refusal {
   code: Code;
-  /** The request field the server named ("field: reason"), if any. */
+  /** The request field the server named, by its path ("spec.cron.expression"), if any. */
   field: string | null;
   reason: string;
 }
 
-/** Split the server's "field: reason" message; network failures get a plain-language reason. */
+/** What the server refused: the field and reason of a google.rpc.BadRequest in the status details when it named
+ * one (the message text is for people, never parsed); network failures get a plain-language reason. */
 export function refusal(err: unknown): Refusal {
   const error = ConnectError.from(err);
   const message = error.rawMessage;
-  // Nested fields are named by path ("spec.cron.expression"); single names are the common case.
-  const named = /^([a-z_][a-z_.]*): (.+)$/s.exec(message);
-  if (error.code === Code.InvalidArgument || error.code === Code.AlreadyExists) {
-    if (named) return { code: error.code, field: named[1], reason: named[2] };
+  const violation = error.findDetails(BadRequestSchema).flatMap((details) => details.fieldViolations)[0];
+  if (violation && violation.field) {
+    return { code: error.code, field: violation.field, reason: violation.description || message };
   }
   if (error.code === Code.Unavailable || error.code === Code.Unknown || error.code === Code.Internal) {
     return { code: error.code, field: null, reason: "the server could not be reached; try again" };

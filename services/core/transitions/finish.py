@@ -3,7 +3,8 @@
 A report is recorded only from the task's current holder (the worker id recorded at its start, which is
 the reporting worker's token subject) with the task's current fence; a stale one (the attempt was
 reclaimed), or one from any other worker, is refused as superseded. A failed attempt with attempts left
-goes back to QUEUED with backoff.
+goes back to QUEUED with backoff. An attempt handed back by a draining worker goes back to QUEUED at once and
+is not counted: the task lost nothing but its place on that worker.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class FinishOutcome:
 
 def _target(row: asyncpg.Record, outcome: int) -> tuple[int, bool]:
     """(new status, dead_lettered) for an attempt's outcome, given the task's status."""
+    if outcome == worker_pb2.OUTCOME_HANDED_BACK and row["status"] != CANCELLING:
+        return QUEUED, False
     if row["status"] == CANCELLING:
         if outcome in (worker_pb2.OUTCOME_SUCCEEDED, worker_pb2.OUTCOME_TIMED_OUT):
             return (SUCCEEDED if outcome == worker_pb2.OUTCOME_SUCCEEDED else TIMED_OUT), False
@@ -94,6 +97,8 @@ class _Accepted:
     error: str
     result_json: str | None
     delay_s: float
+    # Handed back by a draining worker: queued at once, the attempt not counted, no error recorded.
+    handed_back: bool = False
 
 
 # The common finish in one autocommit statement: a success reported with the task's current fence.
@@ -225,13 +230,15 @@ async def _finish_checked(
             assert row is not None
             target, dead = _target(row, item.outcome)
             check_transition(row["status"], target)
+            handed_back = item.outcome == worker_pb2.OUTCOME_HANDED_BACK and target == QUEUED
             accepted[task_id] = _Accepted(
                 task_id=task_id,
                 target=target,
                 dead=dead,
                 error=item.error[:MAX_ERROR_CHARS],
                 result_json=_result_json(item),
-                delay_s=retry.delay_s(row["attempt"]),
+                delay_s=0.0 if handed_back else retry.delay_s(row["attempt"]),
+                handed_back=handed_back,
             )
             results.append(worker_pb2.FinishResult(task_id=task_id, accepted=True))
         updated = await _record_outcomes(conn, list(accepted.values()))
@@ -241,8 +248,8 @@ async def _finish_checked(
         changes += [change_for(row, row["status"]) for row in repeated]
         history = [history_for(updated[i], rows[i]["status"], a.error or "finished") for i, a in accepted.items()]
         await insert_history(conn, history)
-    # Committed: counted now.
-    task_metrics.ended(updated.values())
+    # Committed: counted now. A handback is no end of an attempt, neither a run nor a retry.
+    task_metrics.ended(updated[i] for i, a in accepted.items() if not a.handed_back)
     task_metrics.fenced(fenced)
     requeued = [i for i, a in accepted.items() if a.target == QUEUED]
     return FinishOutcome(results, changes, requeued)
@@ -269,15 +276,20 @@ async def _record_outcomes(conn: asyncpg.Connection, outcomes: Sequence[_Accepte
     finish = [o for o in outcomes if o.target != QUEUED]
     updated: dict[str, asyncpg.Record] = {}
     if requeue:
+        # A handed-back attempt gives its count back and leaves the error as it was; a failed one records both.
         rows = await conn.fetch(
-            f"UPDATE tasks SET status = {QUEUED}, error = t.error, dispatch_id = t.dispatch_id, published = false, "
+            f"UPDATE tasks SET status = {QUEUED}, error = CASE WHEN t.handed_back THEN tasks.error ELSE t.error END, "
+            "attempt = tasks.attempt - CASE WHEN t.handed_back THEN 1 ELSE 0 END, "
+            "dispatch_id = t.dispatch_id, published = false, "
             "published_at = NULL, publish_after = now() + make_interval(secs => t.delay_s) "
-            "FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::float8[]) AS t(id, error, dispatch_id, delay_s) "
+            "FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::float8[], $5::bool[]) "
+            "AS t(id, error, dispatch_id, delay_s, handed_back) "
             f"WHERE tasks.id = t.id RETURNING {QUALIFIED_SUMMARY_COLUMNS}",
             [o.task_id for o in requeue],
             [o.error for o in requeue],
             [str(uuid.uuid4()) for _ in requeue],
             [o.delay_s for o in requeue],
+            [o.handed_back for o in requeue],
         )
         updated.update({str(r["id"]): r for r in rows})
     if finish:

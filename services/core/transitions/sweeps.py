@@ -18,19 +18,23 @@ from services.core.task_model import (
 )
 from services.core.transitions.rules import change_for, history_of, is_uuid
 
-# Progress is not a transition: one autocommit statement whose commit does not wait for the disk
-# (set_config(..., true) lasts until that commit). SKIP LOCKED: progress is droppable, and never worth
-# waiting for (or deadlocking with) a finish. Only progress changes, so the update is HOT when the page has room.
+# Progress is not a transition, but it bumps the task's version, by which watchers drop stale updates: its commit
+# waits for the disk (and a synchronous standby) like any other. A commit that did not wait could be lost in a
+# crash or a failover after its event went out, and the version handed out again with other content (the task's
+# end), which watchers would then drop as stale. One autocommit statement per flush of many tasks, so the wait
+# is paid once per flush. SKIP LOCKED: progress is droppable, and never worth waiting for (or deadlocking with) a
+# finish. Only progress changes, so the update is HOT when the page has room.
 _PROGRESS = f"""
-WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true)),
-t AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::float8[], $4::text[]) AS u(id, fence, progress, worker_id)),
+WITH t AS (
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::float8[], $4::text[]) AS u(id, fence, progress, worker_id)
+),
 locked AS (
     SELECT tasks.id FROM tasks JOIN t ON tasks.id = t.id
     WHERE tasks.fence = t.fence AND tasks.worker_id = t.worker_id
     AND tasks.status IN ({RUNNING}, {CANCELLING}) AND tasks.progress <> t.progress
     ORDER BY tasks.id FOR UPDATE OF tasks SKIP LOCKED
 )
-UPDATE tasks SET progress = t.progress FROM cfg, t, locked WHERE tasks.id = t.id AND tasks.id = locked.id
+UPDATE tasks SET progress = t.progress FROM t, locked WHERE tasks.id = t.id AND tasks.id = locked.id
 RETURNING {QUALIFIED_SUMMARY_COLUMNS}
 """
 

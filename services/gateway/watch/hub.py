@@ -282,13 +282,13 @@ class Hub:
                 await self.refresh_workers()
 
     async def refresh_workers(self) -> None:
-        live = await worker_registry.live_workers(self.redis)
-        key = [(w.id, w.slots, w.busy, tuple(sorted(w.kinds))) for w in live]
+        live = await worker_registry.pool_view(self.redis)
+        key = [(w.id, w.slots, w.busy, tuple(sorted(w.kinds)), w.draining) for w in live]
         if key == self._workers_key:
             return
         first = self._workers_key is None
         self._workers_key = key
-        self.workers = [w.to_proto() for w in live]
+        self.workers = live
         if not first:
             for subscriber in self._everyone():
                 subscriber.notify_workers()

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 import asyncpg
 
 from resilienttask.v1 import task_pb2
+from services.core.errors import DATABASE_ERRORS
 from services.core.events import TaskChange
 from services.core.task_store import stats_from_counts
 
@@ -82,7 +83,7 @@ class StatsBook:
         """Stats after each change of each owner (None where no count was ever known)."""
         try:
             fresh = await asyncio.wait_for(count_by_status(self._pool, list(changes_by_owner)), self._timeout_s)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("stats carried forward", extra={"owners": len(changes_by_owner), "error": repr(exc)})
             return {owner: self._carried(owner, changes) for owner, changes in changes_by_owner.items()}
         result: dict[str, list[task_pb2.TaskStats | None]] = {}

@@ -63,7 +63,7 @@ class _Call:
         rows, counts, workers = await asyncio.gather(
             task_store.recent_summaries(self.hub.pool, self.owner_id, self.hub.config.snapshot_limit),
             self.hub.stats.current(self.owner_id),
-            worker_registry.live_workers(self.hub.redis),
+            worker_registry.pool_view(self.hub.redis),
         )
         self.sent = position
         return Message(
@@ -71,7 +71,7 @@ class _Call:
             snapshot=scheduler_pb2.TaskSnapshot(
                 tasks=[row_to_summary(row) for row in rows],
                 stats=task_store.stats_from_counts(dict(counts)),
-                workers=[w.to_proto() for w in workers],
+                workers=workers,
             ),
         ).SerializeToString()
 

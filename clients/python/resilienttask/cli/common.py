@@ -95,12 +95,25 @@ class Connection:
             hint = "" if os.environ.get("RTASK_TOKEN") else f"; run `rtask login --server {self.server}`"
             return CliError(f"the server refused the login: {exc.message}{hint}", EXIT_AUTH)
         if isinstance(exc, InvalidArgument):
+            if exc.field:
+                return CliError(f"invalid {_field_and_option(exc.field)}: {exc.reason}", EXIT_USAGE)
             return CliError(f"invalid argument: {exc.message}", EXIT_USAGE)
         if isinstance(exc, NotFound):
             return CliError(exc.message, EXIT_NOT_FOUND)
         if isinstance(exc, DeadlineExceeded):
             return CliError(exc.message, EXIT_TIMEOUT)
         return CliError(f"{exc.code.name.lower()}: {exc.message}", EXIT_ERROR)
+
+
+def _field_and_option(field: str) -> str:
+    """The request field the server refused, with the option of the running command that sets it, if one does:
+    "replicas (--replicas)"."""
+    context = click.get_current_context(silent=True)
+    name = field.rsplit(".", 1)[-1].split("[", 1)[0]
+    for param in context.command.params if context is not None else ():
+        if param.name == name and isinstance(param, click.Option) and param.opts:
+            return f"{field} ({max(param.opts, key=len)})"
+    return field
 
 
 def server_command(fn: F) -> F:

@@ -1,7 +1,7 @@
 """The local stack and worker processes: `rtask up`, `rtask down`, `rtask worker`.
 
-These start the server-side programs shipped in the same distribution (`services.*`), as child
-interpreters: the SDK itself never imports them.
+These start the server-side programs of the resilienttask-server distribution (`services.*`), as child
+interpreters: the SDK itself never imports them, and without that distribution these commands say so.
 
 `rtask up` runs the stack launcher (`rtask-stack up`) in the foreground — Ctrl-C stops every
 process — or, with --detach, in the background with its output in <data-dir>/logs/launcher.log.
@@ -66,7 +66,8 @@ def _require(module: str) -> None:
     top = module.split(".")[0]
     if importlib.util.find_spec(top) is None or importlib.util.find_spec(module) is None:
         raise CliError(
-            f"this command needs the server package ({module}), installed with resilienttask from its repository"
+            f"this command needs the servers ({module}): install the resilienttask-server distribution from the "
+            "repository's root beside this SDK (`pip install ./clients/python .`, which `make up` does)"
         )
 
 

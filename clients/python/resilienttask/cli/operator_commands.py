@@ -1,4 +1,5 @@
-"""`rtask operator`: pause and resume task kinds, set and clear their rate limits (the operator role needed)."""
+"""`rtask operator`: pause and resume task kinds, set and clear their rate limits, drain workers (the operator role
+needed)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from rich.table import Table
 from resilienttask.cli.common import EXIT_ERROR, CliError, Connection, emit_json, json_option, server_command
 from resilienttask.cli.durations import format_duration
 from resilienttask.cli.options import DURATION
-from resilienttask.cli.render import ago, stdout
+from resilienttask.cli.render import ago, stdout, workers_table
 from resilienttask.client import Client
 from resilienttask.errors import PermissionDenied
 from resilienttask.models import KindControl
@@ -108,3 +109,25 @@ def unlimit(conn: Connection, kind: str, as_json: bool) -> None:
     """Remove KIND's rate limit; its waiting tasks start."""
     with _operator_client(conn) as client:
         _show(client.clear_rate_limit(kind), as_json)
+
+
+@operator.command()
+@click.argument("worker_id")
+@click.option(
+    "--grace",
+    type=DURATION,
+    default="30s",
+    show_default=True,
+    help="how long its running tasks may finish before they are handed back, 0s to 1h",
+)
+@json_option
+@server_command
+def drain(conn: Connection, worker_id: str, grace: timedelta, as_json: bool) -> None:
+    """Take WORKER_ID (see `rtask workers`) out of the pool: once this returns it starts no task; its running
+    tasks may finish within the grace, the rest are queued again at once without using up an attempt."""
+    with _operator_client(conn) as client:
+        worker = client.drain_worker(worker_id, grace)
+    if as_json:
+        emit_json(worker.to_dict())
+    else:
+        stdout.print(workers_table([worker]))

@@ -204,6 +204,7 @@ def workers_table(workers: Iterable[Worker]) -> Table:
     table.add_column("KINDS")
     table.add_column("LAST HEARTBEAT", no_wrap=True)
     table.add_column("STARTED", no_wrap=True)
+    table.add_column("STATE", no_wrap=True)
     for worker in workers:
         table.add_row(
             worker.id,
@@ -212,6 +213,7 @@ def workers_table(workers: Iterable[Worker]) -> Table:
             ", ".join(worker.kinds),
             ago(worker.last_heartbeat),
             ago(worker.started_at),
+            "draining" if worker.draining else "active",
         )
     return table
 

@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from resilienttask.v1 import task_pb2 as _task_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -91,3 +92,17 @@ class ClearKindRateLimitResponse(_message.Message):
     KIND_FIELD_NUMBER: _ClassVar[int]
     kind: KindControl
     def __init__(self, kind: _Optional[_Union[KindControl, _Mapping]] = ...) -> None: ...
+
+class DrainWorkerRequest(_message.Message):
+    __slots__ = ("worker_id", "grace")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    GRACE_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    grace: _duration_pb2.Duration
+    def __init__(self, worker_id: _Optional[str] = ..., grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class DrainWorkerResponse(_message.Message):
+    __slots__ = ("worker",)
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    worker: _task_pb2.Worker
+    def __init__(self, worker: _Optional[_Union[_task_pb2.Worker, _Mapping]] = ...) -> None: ...

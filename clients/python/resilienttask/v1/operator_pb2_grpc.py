@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class OperatorServiceStub:
-    """OperatorService controls how the shared pool runs each task kind. Every call needs the token of a user
+    """OperatorService controls how the shared pool runs each task kind, and takes workers out of it. Every call needs the token of a user
     with the operator role (PERMISSION_DENIED otherwise); the controls apply to every user's tasks.
     """
 
@@ -61,10 +61,15 @@ class OperatorServiceStub:
                 request_serializer=resilienttask_dot_v1_dot_operator__pb2.ClearKindRateLimitRequest.SerializeToString,
                 response_deserializer=resilienttask_dot_v1_dot_operator__pb2.ClearKindRateLimitResponse.FromString,
                 _registered_method=True)
+        self.DrainWorker = channel.unary_unary(
+                '/resilienttask.v1.OperatorService/DrainWorker',
+                request_serializer=resilienttask_dot_v1_dot_operator__pb2.DrainWorkerRequest.SerializeToString,
+                response_deserializer=resilienttask_dot_v1_dot_operator__pb2.DrainWorkerResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
-    """OperatorService controls how the shared pool runs each task kind. Every call needs the token of a user
+    """OperatorService controls how the shared pool runs each task kind, and takes workers out of it. Every call needs the token of a user
     with the operator role (PERMISSION_DENIED otherwise); the controls apply to every user's tasks.
     """
 
@@ -103,6 +108,18 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainWorker(self, request, context):
+        """DrainWorker takes a worker out of the pool gracefully: it starts no task after the call returns, lets
+        the tasks it runs finish for up to the grace, then stops the rest and hands them back (queued again at
+        once, without using up an attempt). The worker stays connected and idle, shown as draining by
+        ListWorkers, until it is stopped. Draining a draining worker again keeps the earlier deadline when it is
+        sooner. NOT_FOUND when no live worker has the id; UNAVAILABLE when the worker's scheduler did not confirm
+        in time (the worker is marked draining all the same, and its scheduler drains it at its next heartbeat).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +148,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     request_deserializer=resilienttask_dot_v1_dot_operator__pb2.ClearKindRateLimitRequest.FromString,
                     response_serializer=resilienttask_dot_v1_dot_operator__pb2.ClearKindRateLimitResponse.SerializeToString,
             ),
+            'DrainWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainWorker,
+                    request_deserializer=resilienttask_dot_v1_dot_operator__pb2.DrainWorkerRequest.FromString,
+                    response_serializer=resilienttask_dot_v1_dot_operator__pb2.DrainWorkerResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'resilienttask.v1.OperatorService', rpc_method_handlers)
@@ -140,7 +162,7 @@ def add_OperatorServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class OperatorService:
-    """OperatorService controls how the shared pool runs each task kind. Every call needs the token of a user
+    """OperatorService controls how the shared pool runs each task kind, and takes workers out of it. Every call needs the token of a user
     with the operator role (PERMISSION_DENIED otherwise); the controls apply to every user's tasks.
     """
 
@@ -269,6 +291,33 @@ class OperatorService:
             '/resilienttask.v1.OperatorService/ClearKindRateLimit',
             resilienttask_dot_v1_dot_operator__pb2.ClearKindRateLimitRequest.SerializeToString,
             resilienttask_dot_v1_dot_operator__pb2.ClearKindRateLimitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/resilienttask.v1.OperatorService/DrainWorker',
+            resilienttask_dot_v1_dot_operator__pb2.DrainWorkerRequest.SerializeToString,
+            resilienttask_dot_v1_dot_operator__pb2.DrainWorkerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -127,17 +127,21 @@ class TaskStats(_message.Message):
     def __init__(self, active: _Optional[int] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., timed_out: _Optional[int] = ..., scheduled: _Optional[int] = ...) -> None: ...
 
 class Worker(_message.Message):
-    __slots__ = ("id", "slots", "busy", "last_heartbeat", "kinds", "started_at")
+    __slots__ = ("id", "slots", "busy", "last_heartbeat", "kinds", "started_at", "draining", "drain_deadline")
     ID_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     BUSY_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     KINDS_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_DEADLINE_FIELD_NUMBER: _ClassVar[int]
     id: str
     slots: int
     busy: int
     last_heartbeat: _timestamp_pb2.Timestamp
     kinds: _containers.RepeatedScalarFieldContainer[str]
     started_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., slots: _Optional[int] = ..., busy: _Optional[int] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kinds: _Optional[_Iterable[str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    draining: bool
+    drain_deadline: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., slots: _Optional[int] = ..., busy: _Optional[int] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kinds: _Optional[_Iterable[str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., draining: _Optional[bool] = ..., drain_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

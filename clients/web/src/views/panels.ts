@@ -81,6 +81,9 @@ export class WorkerPanel {
             h("span", { class: "fill", style: `width: ${share}%` }),
           ),
           h("span", { class: "worker-busy" }, `${w.busy}/${w.slots} busy`),
+          w.draining
+            ? h("span", { class: "worker-draining", title: "Takes no new task; what still runs is handed back at its deadline" }, "draining")
+            : null,
           h("span", { class: "worker-beat" }, beat === null ? "no heartbeat" : `heartbeat ${ago(beat, now)}`),
         );
       }),

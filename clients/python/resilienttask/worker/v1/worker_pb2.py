@@ -22,65 +22,76 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from resilienttask.v1 import scheduler_pb2 as resilienttask_dot_v1_dot_scheduler__pb2
 from resilienttask.v1 import task_pb2 as resilienttask_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$resilienttask/worker/v1/worker.proto\x12\x17resilienttask.worker.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a resilienttask/v1/scheduler.proto\x1a\x1bresilienttask/v1/task.proto\"!\n\x0c\x45nrolRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"a\n\rEnrolResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x08HeldTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x66\x65nce\x18\x02 \x01(\x03\">\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x02 \x01(\x05\x12\r\n\x05kinds\x18\x03 \x03(\t\"U\n\x0fWorkerHeartbeat\x12\x30\n\x05tasks\x18\x01 \x03(\x0b\x32!.resilienttask.worker.v1.HeldTask\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"S\n\x0eProgressReport\x12/\n\x04task\x18\x01 \x01(\x0b\x32!.resilienttask.worker.v1.HeldTask\x12\x10\n\x08progress\x18\x02 \x01(\x01\"Y\n\tStartItem\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ispatch_id\x18\x02 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t\x12\x14\n\x0ctrace_parent\x18\x04 \x01(\t\"\xbd\x01\n\nFinishItem\x12/\n\x04task\x18\x01 \x01(\x0b\x32!.resilienttask.worker.v1.HeldTask\x12\x31\n\x07outcome\x18\x02 \x01(\x0e\x32 .resilienttask.worker.v1.Outcome\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12&\n\x06result\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x14\n\x0ctrace_parent\x18\x05 \x01(\t\"\x89\x01\n\x0bWorkRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x33\n\x06\x66inish\x18\x02 \x03(\x0b\x32#.resilienttask.worker.v1.FinishItem\x12\x31\n\x05start\x18\x03 \x03(\x0b\x32\".resilienttask.worker.v1.StartItem\"\xb4\x02\n\x0e\x43onnectRequest\x12\x35\n\x05hello\x18\x01 \x01(\x0b\x32$.resilienttask.worker.v1.WorkerHelloH\x00\x12=\n\theartbeat\x18\x02 \x01(\x0b\x32(.resilienttask.worker.v1.WorkerHeartbeatH\x00\x12;\n\x08progress\x18\x03 \x01(\x0b\x32\'.resilienttask.worker.v1.ProgressReportH\x00\x12\x34\n\x04work\x18\x04 \x01(\x0b\x32$.resilienttask.worker.v1.WorkRequestH\x00\x12\x31\n\x04logs\x18\x05 \x01(\x0b\x32!.resilienttask.worker.v1.TaskLogsH\x00\x42\x06\n\x04kind\"\x97\x01\n\x0bTaskLogLine\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x06stream\x18\x02 \x01(\x0e\x32\x1b.resilienttask.v1.LogStream\x12\r\n\x05level\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x16\n\x0e\x64ropped_before\x18\x05 \x01(\x03\"\x8b\x01\n\x0cTaskLogBatch\x12/\n\x04task\x18\x01 \x01(\x0b\x32!.resilienttask.worker.v1.HeldTask\x12\x33\n\x05lines\x18\x02 \x03(\x0b\x32$.resilienttask.worker.v1.TaskLogLine\x12\x15\n\rdropped_after\x18\x03 \x01(\x03\"B\n\x08TaskLogs\x12\x36\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32%.resilienttask.worker.v1.TaskLogBatch\"u\n\rCancelCommand\x12/\n\x04task\x18\x01 \x01(\x0b\x32!.resilienttask.worker.v1.HeldTask\x12\x33\n\x06reason\x18\x02 \x01(\x0e\x32#.resilienttask.worker.v1.StopReason\"\x9d\x01\n\x0bStartResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x38\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32&.resilienttask.worker.v1.StartDecision\x12$\n\x04task\x18\x03 \x01(\x0b\x32\x16.resilienttask.v1.Task\x12\r\n\x05\x66\x65nce\x18\x04 \x01(\x03\x12\x0e\n\x06reason\x18\x05 \x01(\t\"z\n\x0c\x46inishResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x37\n\x07verdict\x18\x04 \x01(\x0e\x32&.resilienttask.worker.v1.FinishVerdict\"\xb0\x01\n\x0cWorkResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x35\n\x06\x66inish\x18\x02 \x03(\x0b\x32%.resilienttask.worker.v1.FinishResult\x12\x33\n\x05start\x18\x03 \x03(\x0b\x32$.resilienttask.worker.v1.StartResult\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x11\n\tpermanent\x18\x05 \x01(\x08\" \n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\xbe\x01\n\x0f\x43onnectResponse\x12\x37\n\x07\x63\x61ncels\x18\x01 \x03(\x0b\x32&.resilienttask.worker.v1.CancelCommand\x12\x33\n\x04work\x18\x02 \x03(\x0b\x32%.resilienttask.worker.v1.WorkResponse\x12=\n\x0eheartbeat_acks\x18\x03 \x03(\x0b\x32%.resilienttask.worker.v1.HeartbeatAck*{\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x15\n\x11OUTCOME_CANCELLED\x10\x03\x12\x15\n\x11OUTCOME_TIMED_OUT\x10\x04*`\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15STOP_REASON_CANCELLED\x10\x01\x12\x1a\n\x16STOP_REASON_SUPERSEDED\x10\x02*z\n\rStartDecision\x12\x1e\n\x1aSTART_DECISION_UNSPECIFIED\x10\x00\x12\x16\n\x12START_DECISION_RUN\x10\x01\x12\x17\n\x13START_DECISION_SKIP\x10\x02\x12\x18\n\x14START_DECISION_DEFER\x10\x03*\x87\x01\n\rFinishVerdict\x12\x1e\n\x1a\x46INISH_VERDICT_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x46INISH_VERDICT_ACCEPTED\x10\x01\x12\x1d\n\x19\x46INISH_VERDICT_SUPERSEDED\x10\x02\x12\x1a\n\x16\x46INISH_VERDICT_REFUSED\x10\x03\x32\xc9\x01\n\rWorkerService\x12`\n\x07\x43onnect\x12\'.resilienttask.worker.v1.ConnectRequest\x1a(.resilienttask.worker.v1.ConnectResponse(\x01\x30\x01\x12V\n\x05\x45nrol\x12%.resilienttask.worker.v1.EnrolRequest\x1a&.resilienttask.worker.v1.EnrolResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$resilienttask/worker/v1/worker.proto\x12\x17resilienttask.worker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a resilienttask/v1/scheduler.proto\x1a\x1bresilienttask/v1/task.proto\"!\n\x0c\x45nrolRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"a\n\rEnrolResponse\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x08HeldTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x66\x65nce\x18\x02 \x01(\x03\">\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x02 \x01(\x05\x12\r\n\x05kinds\x18\x03 \x03(\t\"\x9b\x01\n\x0fWorkerHeartbeat\x12\x30\n\x05tasks\x18\x01 \x03(\x0b\x32!.resilienttask.worker.v1.HeldTask\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\x12\x32\n\x0f\x64rain_remaining\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"S\n\x0eProgressReport\x12/\n\x04task\x18\x01 \x01(\x0b\x32!.resilienttask.worker.v1.HeldTask\x12\x10\n\x08progress\x18\x02 \x01(\x01\"Y\n\tStartItem\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ispatch_id\x18\x02 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x03 \x01(\t\x12\x14\n\x0ctrace_parent\x18\x04 \x01(\t\"\xbd\x01\n\nFinishItem\x12/\n\x04task\x18\x01 \x01(\x0b\x32!.resilienttask.worker.v1.HeldTask\x12\x31\n\x07outcome\x18\x02 \x01(\x0e\x32 .resilienttask.worker.v1.Outcome\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12&\n\x06result\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x14\n\x0ctrace_parent\x18\x05 \x01(\t\"\x89\x01\n\x0bWorkRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x33\n\x06\x66inish\x18\x02 \x03(\x0b\x32#.resilienttask.worker.v1.FinishItem\x12\x31\n\x05start\x18\x03 \x03(\x0b\x32\".resilienttask.worker.v1.StartItem\"\xb4\x02\n\x0e\x43onnectRequest\x12\x35\n\x05hello\x18\x01 \x01(\x0b\x32$.resilienttask.worker.v1.WorkerHelloH\x00\x12=\n\theartbeat\x18\x02 \x01(\x0b\x32(.resilienttask.worker.v1.WorkerHeartbeatH\x00\x12;\n\x08progress\x18\x03 \x01(\x0b\x32\'.resilienttask.worker.v1.ProgressReportH\x00\x12\x34\n\x04work\x18\x04 \x01(\x0b\x32$.resilienttask.worker.v1.WorkRequestH\x00\x12\x31\n\x04logs\x18\x05 \x01(\x0b\x32!.resilienttask.worker.v1.TaskLogsH\x00\x42\x06\n\x04kind\"\x97\x01\n\x0bTaskLogLine\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x06stream\x18\x02 \x01(\x0e\x32\x1b.resilienttask.v1.LogStream\x12\r\n\x05level\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x16\n\x0e\x64ropped_before\x18\x05 \x01(\x03\"\x8b\x01\n\x0cTaskLogBatch\x12/\n\x04task\x18\x01 \x01(\x0b\x32!.resilienttask.worker.v1.HeldTask\x12\x33\n\x05lines\x18\x02 \x03(\x0b\x32$.resilienttask.worker.v1.TaskLogLine\x12\x15\n\rdropped_after\x18\x03 \x01(\x03\"B\n\x08TaskLogs\x12\x36\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32%.resilienttask.worker.v1.TaskLogBatch\"u\n\rCancelCommand\x12/\n\x04task\x18\x01 \x01(\x0b\x32!.resilienttask.worker.v1.HeldTask\x12\x33\n\x06reason\x18\x02 \x01(\x0e\x32#.resilienttask.worker.v1.StopReason\"\xd2\x01\n\x10SchedulerCommand\x12\x38\n\x04stop\x18\x01 \x01(\x0b\x32(.resilienttask.worker.v1.StopTaskCommandH\x00\x12;\n\x08replaced\x18\x02 \x01(\x0b\x32\'.resilienttask.worker.v1.StreamReplacedH\x00\x12<\n\x05\x64rain\x18\x03 \x01(\x0b\x32+.resilienttask.worker.v1.DrainWorkerCommandH\x00\x42\t\n\x07\x63ommand\"d\n\x12\x44rainWorkerCommand\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05reply\x18\x03 \x01(\t\"\x8a\x01\n\x0fStopTaskCommand\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12/\n\x04task\x18\x02 \x01(\x0b\x32!.resilienttask.worker.v1.HeldTask\x12\x33\n\x06reason\x18\x03 \x01(\x0e\x32#.resilienttask.worker.v1.StopReason\"6\n\x0eStreamReplaced\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x11\n\tstream_id\x18\x02 \x01(\t\"\x9d\x01\n\x0bStartResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x38\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32&.resilienttask.worker.v1.StartDecision\x12$\n\x04task\x18\x03 \x01(\x0b\x32\x16.resilienttask.v1.Task\x12\r\n\x05\x66\x65nce\x18\x04 \x01(\x03\x12\x0e\n\x06reason\x18\x05 \x01(\t\"z\n\x0c\x46inishResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x37\n\x07verdict\x18\x04 \x01(\x0e\x32&.resilienttask.worker.v1.FinishVerdict\"\xb0\x01\n\x0cWorkResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x35\n\x06\x66inish\x18\x02 \x03(\x0b\x32%.resilienttask.worker.v1.FinishResult\x12\x33\n\x05start\x18\x03 \x03(\x0b\x32$.resilienttask.worker.v1.StartResult\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x11\n\tpermanent\x18\x05 \x01(\x08\" \n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\xf4\x01\n\x0f\x43onnectResponse\x12\x37\n\x07\x63\x61ncels\x18\x01 \x03(\x0b\x32&.resilienttask.worker.v1.CancelCommand\x12\x33\n\x04work\x18\x02 \x03(\x0b\x32%.resilienttask.worker.v1.WorkResponse\x12=\n\x0eheartbeat_acks\x18\x03 \x03(\x0b\x32%.resilienttask.worker.v1.HeartbeatAck\x12\x34\n\x05\x64rain\x18\x04 \x01(\x0b\x32%.resilienttask.worker.v1.DrainCommand\"8\n\x0c\x44rainCommand\x12(\n\x05grace\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration*\x94\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x15\n\x11OUTCOME_CANCELLED\x10\x03\x12\x15\n\x11OUTCOME_TIMED_OUT\x10\x04\x12\x17\n\x13OUTCOME_HANDED_BACK\x10\x05*`\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15STOP_REASON_CANCELLED\x10\x01\x12\x1a\n\x16STOP_REASON_SUPERSEDED\x10\x02*z\n\rStartDecision\x12\x1e\n\x1aSTART_DECISION_UNSPECIFIED\x10\x00\x12\x16\n\x12START_DECISION_RUN\x10\x01\x12\x17\n\x13START_DECISION_SKIP\x10\x02\x12\x18\n\x14START_DECISION_DEFER\x10\x03*\x87\x01\n\rFinishVerdict\x12\x1e\n\x1a\x46INISH_VERDICT_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x46INISH_VERDICT_ACCEPTED\x10\x01\x12\x1d\n\x19\x46INISH_VERDICT_SUPERSEDED\x10\x02\x12\x1a\n\x16\x46INISH_VERDICT_REFUSED\x10\x03\x32\xc9\x01\n\rWorkerService\x12`\n\x07\x43onnect\x12\'.resilienttask.worker.v1.ConnectRequest\x1a(.resilienttask.worker.v1.ConnectResponse(\x01\x30\x01\x12V\n\x05\x45nrol\x12%.resilienttask.worker.v1.EnrolRequest\x1a&.resilienttask.worker.v1.EnrolResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'resilienttask.worker.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=2512
-  _globals['_OUTCOME']._serialized_end=2635
-  _globals['_STOPREASON']._serialized_start=2637
-  _globals['_STOPREASON']._serialized_end=2733
-  _globals['_STARTDECISION']._serialized_start=2735
-  _globals['_STARTDECISION']._serialized_end=2857
-  _globals['_FINISHVERDICT']._serialized_start=2860
-  _globals['_FINISHVERDICT']._serialized_end=2995
-  _globals['_ENROLREQUEST']._serialized_start=191
-  _globals['_ENROLREQUEST']._serialized_end=224
-  _globals['_ENROLRESPONSE']._serialized_start=226
-  _globals['_ENROLRESPONSE']._serialized_end=323
-  _globals['_HELDTASK']._serialized_start=325
-  _globals['_HELDTASK']._serialized_end=367
-  _globals['_WORKERHELLO']._serialized_start=369
-  _globals['_WORKERHELLO']._serialized_end=431
-  _globals['_WORKERHEARTBEAT']._serialized_start=433
-  _globals['_WORKERHEARTBEAT']._serialized_end=518
-  _globals['_PROGRESSREPORT']._serialized_start=520
-  _globals['_PROGRESSREPORT']._serialized_end=603
-  _globals['_STARTITEM']._serialized_start=605
-  _globals['_STARTITEM']._serialized_end=694
-  _globals['_FINISHITEM']._serialized_start=697
-  _globals['_FINISHITEM']._serialized_end=886
-  _globals['_WORKREQUEST']._serialized_start=889
-  _globals['_WORKREQUEST']._serialized_end=1026
-  _globals['_CONNECTREQUEST']._serialized_start=1029
-  _globals['_CONNECTREQUEST']._serialized_end=1337
-  _globals['_TASKLOGLINE']._serialized_start=1340
-  _globals['_TASKLOGLINE']._serialized_end=1491
-  _globals['_TASKLOGBATCH']._serialized_start=1494
-  _globals['_TASKLOGBATCH']._serialized_end=1633
-  _globals['_TASKLOGS']._serialized_start=1635
-  _globals['_TASKLOGS']._serialized_end=1701
-  _globals['_CANCELCOMMAND']._serialized_start=1703
-  _globals['_CANCELCOMMAND']._serialized_end=1820
-  _globals['_STARTRESULT']._serialized_start=1823
-  _globals['_STARTRESULT']._serialized_end=1980
-  _globals['_FINISHRESULT']._serialized_start=1982
-  _globals['_FINISHRESULT']._serialized_end=2104
-  _globals['_WORKRESPONSE']._serialized_start=2107
-  _globals['_WORKRESPONSE']._serialized_end=2283
-  _globals['_HEARTBEATACK']._serialized_start=2285
-  _globals['_HEARTBEATACK']._serialized_end=2317
-  _globals['_CONNECTRESPONSE']._serialized_start=2320
-  _globals['_CONNECTRESPONSE']._serialized_end=2510
-  _globals['_WORKERSERVICE']._serialized_start=2998
-  _globals['_WORKERSERVICE']._serialized_end=3199
+  _globals['_OUTCOME']._serialized_start=3240
+  _globals['_OUTCOME']._serialized_end=3388
+  _globals['_STOPREASON']._serialized_start=3390
+  _globals['_STOPREASON']._serialized_end=3486
+  _globals['_STARTDECISION']._serialized_start=3488
+  _globals['_STARTDECISION']._serialized_end=3610
+  _globals['_FINISHVERDICT']._serialized_start=3613
+  _globals['_FINISHVERDICT']._serialized_end=3748
+  _globals['_ENROLREQUEST']._serialized_start=223
+  _globals['_ENROLREQUEST']._serialized_end=256
+  _globals['_ENROLRESPONSE']._serialized_start=258
+  _globals['_ENROLRESPONSE']._serialized_end=355
+  _globals['_HELDTASK']._serialized_start=357
+  _globals['_HELDTASK']._serialized_end=399
+  _globals['_WORKERHELLO']._serialized_start=401
+  _globals['_WORKERHELLO']._serialized_end=463
+  _globals['_WORKERHEARTBEAT']._serialized_start=466
+  _globals['_WORKERHEARTBEAT']._serialized_end=621
+  _globals['_PROGRESSREPORT']._serialized_start=623
+  _globals['_PROGRESSREPORT']._serialized_end=706
+  _globals['_STARTITEM']._serialized_start=708
+  _globals['_STARTITEM']._serialized_end=797
+  _globals['_FINISHITEM']._serialized_start=800
+  _globals['_FINISHITEM']._serialized_end=989
+  _globals['_WORKREQUEST']._serialized_start=992
+  _globals['_WORKREQUEST']._serialized_end=1129
+  _globals['_CONNECTREQUEST']._serialized_start=1132
+  _globals['_CONNECTREQUEST']._serialized_end=1440
+  _globals['_TASKLOGLINE']._serialized_start=1443
+  _globals['_TASKLOGLINE']._serialized_end=1594
+  _globals['_TASKLOGBATCH']._serialized_start=1597
+  _globals['_TASKLOGBATCH']._serialized_end=1736
+  _globals['_TASKLOGS']._serialized_start=1738
+  _globals['_TASKLOGS']._serialized_end=1804
+  _globals['_CANCELCOMMAND']._serialized_start=1806
+  _globals['_CANCELCOMMAND']._serialized_end=1923
+  _globals['_SCHEDULERCOMMAND']._serialized_start=1926
+  _globals['_SCHEDULERCOMMAND']._serialized_end=2136
+  _globals['_DRAINWORKERCOMMAND']._serialized_start=2138
+  _globals['_DRAINWORKERCOMMAND']._serialized_end=2238
+  _globals['_STOPTASKCOMMAND']._serialized_start=2241
+  _globals['_STOPTASKCOMMAND']._serialized_end=2379
+  _globals['_STREAMREPLACED']._serialized_start=2381
+  _globals['_STREAMREPLACED']._serialized_end=2435
+  _globals['_STARTRESULT']._serialized_start=2438
+  _globals['_STARTRESULT']._serialized_end=2595
+  _globals['_FINISHRESULT']._serialized_start=2597
+  _globals['_FINISHRESULT']._serialized_end=2719
+  _globals['_WORKRESPONSE']._serialized_start=2722
+  _globals['_WORKRESPONSE']._serialized_end=2898
+  _globals['_HEARTBEATACK']._serialized_start=2900
+  _globals['_HEARTBEATACK']._serialized_end=2932
+  _globals['_CONNECTRESPONSE']._serialized_start=2935
+  _globals['_CONNECTRESPONSE']._serialized_end=3179
+  _globals['_DRAINCOMMAND']._serialized_start=3181
+  _globals['_DRAINCOMMAND']._serialized_end=3237
+  _globals['_WORKERSERVICE']._serialized_start=3751
+  _globals['_WORKERSERVICE']._serialized_end=3952
 # @@protoc_insertion_point(module_scope)

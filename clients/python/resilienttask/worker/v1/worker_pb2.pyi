@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from resilienttask.v1 import scheduler_pb2 as _scheduler_pb2
@@ -20,6 +21,7 @@ class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTCOME_FAILED: _ClassVar[Outcome]
     OUTCOME_CANCELLED: _ClassVar[Outcome]
     OUTCOME_TIMED_OUT: _ClassVar[Outcome]
+    OUTCOME_HANDED_BACK: _ClassVar[Outcome]
 
 class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -45,6 +47,7 @@ OUTCOME_SUCCEEDED: Outcome
 OUTCOME_FAILED: Outcome
 OUTCOME_CANCELLED: Outcome
 OUTCOME_TIMED_OUT: Outcome
+OUTCOME_HANDED_BACK: Outcome
 STOP_REASON_UNSPECIFIED: StopReason
 STOP_REASON_CANCELLED: StopReason
 STOP_REASON_SUPERSEDED: StopReason
@@ -92,12 +95,16 @@ class WorkerHello(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., slots: _Optional[int] = ..., kinds: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WorkerHeartbeat(_message.Message):
-    __slots__ = ("tasks", "sequence")
+    __slots__ = ("tasks", "sequence", "draining", "drain_remaining")
     TASKS_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_REMAINING_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[HeldTask]
     sequence: int
-    def __init__(self, tasks: _Optional[_Iterable[_Union[HeldTask, _Mapping]]] = ..., sequence: _Optional[int] = ...) -> None: ...
+    draining: bool
+    drain_remaining: _duration_pb2.Duration
+    def __init__(self, tasks: _Optional[_Iterable[_Union[HeldTask, _Mapping]]] = ..., sequence: _Optional[int] = ..., draining: _Optional[bool] = ..., drain_remaining: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ProgressReport(_message.Message):
     __slots__ = ("task", "progress")
@@ -195,6 +202,44 @@ class CancelCommand(_message.Message):
     reason: StopReason
     def __init__(self, task: _Optional[_Union[HeldTask, _Mapping]] = ..., reason: _Optional[_Union[StopReason, str]] = ...) -> None: ...
 
+class SchedulerCommand(_message.Message):
+    __slots__ = ("stop", "replaced", "drain")
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    stop: StopTaskCommand
+    replaced: StreamReplaced
+    drain: DrainWorkerCommand
+    def __init__(self, stop: _Optional[_Union[StopTaskCommand, _Mapping]] = ..., replaced: _Optional[_Union[StreamReplaced, _Mapping]] = ..., drain: _Optional[_Union[DrainWorkerCommand, _Mapping]] = ...) -> None: ...
+
+class DrainWorkerCommand(_message.Message):
+    __slots__ = ("worker_id", "deadline", "reply")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    deadline: _timestamp_pb2.Timestamp
+    reply: str
+    def __init__(self, worker_id: _Optional[str] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reply: _Optional[str] = ...) -> None: ...
+
+class StopTaskCommand(_message.Message):
+    __slots__ = ("worker_id", "task", "reason")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    task: HeldTask
+    reason: StopReason
+    def __init__(self, worker_id: _Optional[str] = ..., task: _Optional[_Union[HeldTask, _Mapping]] = ..., reason: _Optional[_Union[StopReason, str]] = ...) -> None: ...
+
+class StreamReplaced(_message.Message):
+    __slots__ = ("worker_id", "stream_id")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    stream_id: str
+    def __init__(self, worker_id: _Optional[str] = ..., stream_id: _Optional[str] = ...) -> None: ...
+
 class StartResult(_message.Message):
     __slots__ = ("task_id", "decision", "task", "fence", "reason")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
@@ -242,11 +287,19 @@ class HeartbeatAck(_message.Message):
     def __init__(self, sequence: _Optional[int] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("cancels", "work", "heartbeat_acks")
+    __slots__ = ("cancels", "work", "heartbeat_acks", "drain")
     CANCELS_FIELD_NUMBER: _ClassVar[int]
     WORK_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_ACKS_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
     cancels: _containers.RepeatedCompositeFieldContainer[CancelCommand]
     work: _containers.RepeatedCompositeFieldContainer[WorkResponse]
     heartbeat_acks: _containers.RepeatedCompositeFieldContainer[HeartbeatAck]
-    def __init__(self, cancels: _Optional[_Iterable[_Union[CancelCommand, _Mapping]]] = ..., work: _Optional[_Iterable[_Union[WorkResponse, _Mapping]]] = ..., heartbeat_acks: _Optional[_Iterable[_Union[HeartbeatAck, _Mapping]]] = ...) -> None: ...
+    drain: DrainCommand
+    def __init__(self, cancels: _Optional[_Iterable[_Union[CancelCommand, _Mapping]]] = ..., work: _Optional[_Iterable[_Union[WorkResponse, _Mapping]]] = ..., heartbeat_acks: _Optional[_Iterable[_Union[HeartbeatAck, _Mapping]]] = ..., drain: _Optional[_Union[DrainCommand, _Mapping]] = ...) -> None: ...
+
+class DrainCommand(_message.Message):
+    __slots__ = ("grace",)
+    GRACE_FIELD_NUMBER: _ClassVar[int]
+    grace: _duration_pb2.Duration
+    def __init__(self, grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...

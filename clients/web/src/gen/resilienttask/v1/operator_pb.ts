@@ -6,13 +6,15 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Worker } from "./task_pb";
+import { file_resilienttask_v1_task } from "./task_pb";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file resilienttask/v1/operator.proto.
  */
 export const file_resilienttask_v1_operator: GenFile = /*@__PURE__*/
-  fileDesc("Ch9yZXNpbGllbnR0YXNrL3YxL29wZXJhdG9yLnByb3RvEhByZXNpbGllbnR0YXNrLnYxIkYKCVJhdGVMaW1pdBIOCgZzdGFydHMYASABKAUSKQoGcGVyaW9kGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIpwBCgtLaW5kQ29udHJvbBIMCgRraW5kGAEgASgJEg4KBnBhdXNlZBgCIAEoCBItCglwYXVzZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KCnJhdGVfbGltaXQYBCABKAsyGy5yZXNpbGllbnR0YXNrLnYxLlJhdGVMaW1pdBIPCgd3YWl0aW5nGAUgASgDIhkKF0xpc3RLaW5kQ29udHJvbHNSZXF1ZXN0IkgKGExpc3RLaW5kQ29udHJvbHNSZXNwb25zZRIsCgVraW5kcxgBIAMoCzIdLnJlc2lsaWVudHRhc2sudjEuS2luZENvbnRyb2wiIAoQUGF1c2VLaW5kUmVxdWVzdBIMCgRraW5kGAEgASgJIkAKEVBhdXNlS2luZFJlc3BvbnNlEisKBGtpbmQYASABKAsyHS5yZXNpbGllbnR0YXNrLnYxLktpbmRDb250cm9sIiEKEVJlc3VtZUtpbmRSZXF1ZXN0EgwKBGtpbmQYASABKAkiQQoSUmVzdW1lS2luZFJlc3BvbnNlEisKBGtpbmQYASABKAsyHS5yZXNpbGllbnR0YXNrLnYxLktpbmRDb250cm9sIlgKF1NldEtpbmRSYXRlTGltaXRSZXF1ZXN0EgwKBGtpbmQYASABKAkSLwoKcmF0ZV9saW1pdBgCIAEoCzIbLnJlc2lsaWVudHRhc2sudjEuUmF0ZUxpbWl0IkcKGFNldEtpbmRSYXRlTGltaXRSZXNwb25zZRIrCgRraW5kGAEgASgLMh0ucmVzaWxpZW50dGFzay52MS5LaW5kQ29udHJvbCIpChlDbGVhcktpbmRSYXRlTGltaXRSZXF1ZXN0EgwKBGtpbmQYASABKAkiSQoaQ2xlYXJLaW5kUmF0ZUxpbWl0UmVzcG9uc2USKwoEa2luZBgBIAEoCzIdLnJlc2lsaWVudHRhc2sudjEuS2luZENvbnRyb2wyhwQKD09wZXJhdG9yU2VydmljZRJpChBMaXN0S2luZENvbnRyb2xzEikucmVzaWxpZW50dGFzay52MS5MaXN0S2luZENvbnRyb2xzUmVxdWVzdBoqLnJlc2lsaWVudHRhc2sudjEuTGlzdEtpbmRDb250cm9sc1Jlc3BvbnNlElQKCVBhdXNlS2luZBIiLnJlc2lsaWVudHRhc2sudjEuUGF1c2VLaW5kUmVxdWVzdBojLnJlc2lsaWVudHRhc2sudjEuUGF1c2VLaW5kUmVzcG9uc2USVwoKUmVzdW1lS2luZBIjLnJlc2lsaWVudHRhc2sudjEuUmVzdW1lS2luZFJlcXVlc3QaJC5yZXNpbGllbnR0YXNrLnYxLlJlc3VtZUtpbmRSZXNwb25zZRJpChBTZXRLaW5kUmF0ZUxpbWl0EikucmVzaWxpZW50dGFzay52MS5TZXRLaW5kUmF0ZUxpbWl0UmVxdWVzdBoqLnJlc2lsaWVudHRhc2sudjEuU2V0S2luZFJhdGVMaW1pdFJlc3BvbnNlEm8KEkNsZWFyS2luZFJhdGVMaW1pdBIrLnJlc2lsaWVudHRhc2sudjEuQ2xlYXJLaW5kUmF0ZUxpbWl0UmVxdWVzdBosLnJlc2lsaWVudHRhc2sudjEuQ2xlYXJLaW5kUmF0ZUxpbWl0UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch9yZXNpbGllbnR0YXNrL3YxL29wZXJhdG9yLnByb3RvEhByZXNpbGllbnR0YXNrLnYxIkYKCVJhdGVMaW1pdBIOCgZzdGFydHMYASABKAUSKQoGcGVyaW9kGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIpwBCgtLaW5kQ29udHJvbBIMCgRraW5kGAEgASgJEg4KBnBhdXNlZBgCIAEoCBItCglwYXVzZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KCnJhdGVfbGltaXQYBCABKAsyGy5yZXNpbGllbnR0YXNrLnYxLlJhdGVMaW1pdBIPCgd3YWl0aW5nGAUgASgDIhkKF0xpc3RLaW5kQ29udHJvbHNSZXF1ZXN0IkgKGExpc3RLaW5kQ29udHJvbHNSZXNwb25zZRIsCgVraW5kcxgBIAMoCzIdLnJlc2lsaWVudHRhc2sudjEuS2luZENvbnRyb2wiIAoQUGF1c2VLaW5kUmVxdWVzdBIMCgRraW5kGAEgASgJIkAKEVBhdXNlS2luZFJlc3BvbnNlEisKBGtpbmQYASABKAsyHS5yZXNpbGllbnR0YXNrLnYxLktpbmRDb250cm9sIiEKEVJlc3VtZUtpbmRSZXF1ZXN0EgwKBGtpbmQYASABKAkiQQoSUmVzdW1lS2luZFJlc3BvbnNlEisKBGtpbmQYASABKAsyHS5yZXNpbGllbnR0YXNrLnYxLktpbmRDb250cm9sIlgKF1NldEtpbmRSYXRlTGltaXRSZXF1ZXN0EgwKBGtpbmQYASABKAkSLwoKcmF0ZV9saW1pdBgCIAEoCzIbLnJlc2lsaWVudHRhc2sudjEuUmF0ZUxpbWl0IkcKGFNldEtpbmRSYXRlTGltaXRSZXNwb25zZRIrCgRraW5kGAEgASgLMh0ucmVzaWxpZW50dGFzay52MS5LaW5kQ29udHJvbCIpChlDbGVhcktpbmRSYXRlTGltaXRSZXF1ZXN0EgwKBGtpbmQYASABKAkiSQoaQ2xlYXJLaW5kUmF0ZUxpbWl0UmVzcG9uc2USKwoEa2luZBgBIAEoCzIdLnJlc2lsaWVudHRhc2sudjEuS2luZENvbnRyb2wiUQoSRHJhaW5Xb3JrZXJSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRIoCgVncmFjZRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI/ChNEcmFpbldvcmtlclJlc3BvbnNlEigKBndvcmtlchgBIAEoCzIYLnJlc2lsaWVudHRhc2sudjEuV29ya2VyMuMECg9PcGVyYXRvclNlcnZpY2USaQoQTGlzdEtpbmRDb250cm9scxIpLnJlc2lsaWVudHRhc2sudjEuTGlzdEtpbmRDb250cm9sc1JlcXVlc3QaKi5yZXNpbGllbnR0YXNrLnYxLkxpc3RLaW5kQ29udHJvbHNSZXNwb25zZRJUCglQYXVzZUtpbmQSIi5yZXNpbGllbnR0YXNrLnYxLlBhdXNlS2luZFJlcXVlc3QaIy5yZXNpbGllbnR0YXNrLnYxLlBhdXNlS2luZFJlc3BvbnNlElcKClJlc3VtZUtpbmQSIy5yZXNpbGllbnR0YXNrLnYxLlJlc3VtZUtpbmRSZXF1ZXN0GiQucmVzaWxpZW50dGFzay52MS5SZXN1bWVLaW5kUmVzcG9uc2USaQoQU2V0S2luZFJhdGVMaW1pdBIpLnJlc2lsaWVudHRhc2sudjEuU2V0S2luZFJhdGVMaW1pdFJlcXVlc3QaKi5yZXNpbGllbnR0YXNrLnYxLlNldEtpbmRSYXRlTGltaXRSZXNwb25zZRJvChJDbGVhcktpbmRSYXRlTGltaXQSKy5yZXNpbGllbnR0YXNrLnYxLkNsZWFyS2luZFJhdGVMaW1pdFJlcXVlc3QaLC5yZXNpbGllbnR0YXNrLnYxLkNsZWFyS2luZFJhdGVMaW1pdFJlc3BvbnNlEloKC0RyYWluV29ya2VyEiQucmVzaWxpZW50dGFzay52MS5EcmFpbldvcmtlclJlcXVlc3QaJS5yZXNpbGllbnR0YXNrLnYxLkRyYWluV29ya2VyUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_resilienttask_v1_task]);
 
 /**
  * RateLimit is at most `starts` task starts per `period`.
@@ -303,7 +305,57 @@ export const ClearKindRateLimitResponseSchema: GenMessage<ClearKindRateLimitResp
   messageDesc(file_resilienttask_v1_operator, 11);
 
 /**
- * OperatorService controls how the shared pool runs each task kind. Every call needs the token of a user
+ * DrainWorkerRequest names the worker and how long its running tasks may go on.
+ *
+ * @generated from message resilienttask.v1.DrainWorkerRequest
+ */
+export type DrainWorkerRequest = Message<"resilienttask.v1.DrainWorkerRequest"> & {
+  /**
+   * Worker id, as ListWorkers shows it: 1 to 128 letters, digits, ".", "_", "-", ":".
+   *
+   * @generated from field: string worker_id = 1;
+   */
+  workerId: string;
+
+  /**
+   * How long the running tasks may go on finishing before they are handed back: 0 s to 1 h, whole
+   * milliseconds; unset means 30 s, zero hands them back at once.
+   *
+   * @generated from field: google.protobuf.Duration grace = 2;
+   */
+  grace?: Duration | undefined;
+};
+
+/**
+ * Describes the message resilienttask.v1.DrainWorkerRequest.
+ * Use `create(DrainWorkerRequestSchema)` to create a new message.
+ */
+export const DrainWorkerRequestSchema: GenMessage<DrainWorkerRequest> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_operator, 12);
+
+/**
+ * DrainWorkerResponse holds the worker as the pool now shows it.
+ *
+ * @generated from message resilienttask.v1.DrainWorkerResponse
+ */
+export type DrainWorkerResponse = Message<"resilienttask.v1.DrainWorkerResponse"> & {
+  /**
+   * The worker, with draining set and its drain deadline.
+   *
+   * @generated from field: resilienttask.v1.Worker worker = 1;
+   */
+  worker?: Worker | undefined;
+};
+
+/**
+ * Describes the message resilienttask.v1.DrainWorkerResponse.
+ * Use `create(DrainWorkerResponseSchema)` to create a new message.
+ */
+export const DrainWorkerResponseSchema: GenMessage<DrainWorkerResponse> = /*@__PURE__*/
+  messageDesc(file_resilienttask_v1_operator, 13);
+
+/**
+ * OperatorService controls how the shared pool runs each task kind, and takes workers out of it. Every call needs the token of a user
  * with the operator role (PERMISSION_DENIED otherwise); the controls apply to every user's tasks.
  *
  * @generated from service resilienttask.v1.OperatorService
@@ -358,6 +410,21 @@ export const OperatorService: GenService<{
     methodKind: "unary";
     input: typeof ClearKindRateLimitRequestSchema;
     output: typeof ClearKindRateLimitResponseSchema;
+  },
+  /**
+   * DrainWorker takes a worker out of the pool gracefully: it starts no task after the call returns, lets
+   * the tasks it runs finish for up to the grace, then stops the rest and hands them back (queued again at
+   * once, without using up an attempt). The worker stays connected and idle, shown as draining by
+   * ListWorkers, until it is stopped. Draining a draining worker again keeps the earlier deadline when it is
+   * sooner. NOT_FOUND when no live worker has the id; UNAVAILABLE when the worker's scheduler did not confirm
+   * in time (the worker is marked draining all the same, and its scheduler drains it at its next heartbeat).
+   *
+   * @generated from rpc resilienttask.v1.OperatorService.DrainWorker
+   */
+  drainWorker: {
+    methodKind: "unary";
+    input: typeof DrainWorkerRequestSchema;
+    output: typeof DrainWorkerResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_resilienttask_v1_operator, 0);
