@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: up wipe test lint check-generated gen pytest chaos chaos-ci clean web gen-web check-web e2e-deps bench bench-quick bench-checks bench-scheduling bench-observability bench-dashboard bench-logs bench-fairness bench-saturation deploy-deps
+.PHONY: up wipe test lint check-generated gen pytest pytest-cluster chaos chaos-ci clean web gen-web check-web e2e-deps bench bench-quick bench-checks bench-scheduling bench-observability bench-dashboard bench-logs bench-fairness bench-saturation deploy-deps
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -44,7 +44,13 @@ lint: $(VENV)/.installed check-generated check-web
 pytest: $(VENV)/.installed e2e-deps deploy-deps
 	$(BIN)/pytest -m 'not chaos' $(ARGS)
 
-test: lint pytest chaos-ci
+# The heart of the suite again on a Valkey Cluster (3 primaries, 3 replicas) instead of one Valkey server; the
+# failover under load (tests/integration/test_redis_cluster.py) runs in `pytest` above, on a cluster of its own.
+CLUSTER_SUITE := tests/integration/test_lifecycle.py tests/integration/test_watch.py
+pytest-cluster: $(VENV)/.installed
+	$(BIN)/pytest --redis-cluster $(CLUSTER_SUITE) $(ARGS)
+
+test: lint pytest pytest-cluster chaos-ci
 
 # Fault injection and sustained load on private stacks (tests/chaos/profile.py): a short run for CI, and
 # the long one (2,000 tasks, every fault, 5 minutes of load with 200 watchers) whose report is committed.

@@ -14,13 +14,18 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 
+from services.core import redis_acl
+from services.core.config import RedisConfig
 from services.core.limits import UserLimits
+from services.core.redis_client import create_redis
 from services.stack.embedded import postgres_process, postgres_url, valkey_process, wait_for_port, wait_for_postgres
 from services.stack.ports import free_port
 from services.stack.processes import ManagedProcess
 from services.stack.redis_users import RedisAccess, logins, password_files, write_acl_file
 from services.stack.stack import DEFAULT_REDIS_MAXMEMORY_MB, Stack, StackConfig
+from services.stack.valkey_cluster import ValkeyCluster, start_cluster
 from tests.limits import OPEN_AUTH_LIMITS, OPEN_LOGIN_ENV
 from tests.stack_health import recent_health_events
 
@@ -45,6 +50,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--keep-logs", action="store_true", help="echo the stack's process logs to the terminal while testing"
     )
+    parser.addoption(
+        "--redis-cluster",
+        action="store_true",
+        help="run against a Valkey Cluster (3 primaries, 3 replicas) instead of one Valkey server",
+    )
 
 
 @dataclass
@@ -53,6 +63,8 @@ class Stores:
 
     Valkey has the stack's ACL users: redis_url logs in as the operator (tests' own clients may do anything),
     redis_access holds the services' and the workers' logins, which the stack fixture gives its processes.
+    With --redis-cluster, Valkey is a cluster (`cluster`; `valkey` is then its first primary) and the URLs are
+    cluster URLs: tests open their clients with admin_redis().
     """
 
     database_url: str
@@ -61,35 +73,78 @@ class Stores:
     postgres: ManagedProcess
     valkey: ManagedProcess
     data_dir: Path
+    cluster: ValkeyCluster | None = None
+
+
+def admin_redis(stores: Stores) -> aioredis.Redis:
+    """The operator's client of the session's Valkey (a cluster client with --redis-cluster); close it after."""
+    return create_redis(RedisConfig(stores.redis_url))
+
+
+@pytest.fixture
+def single_redis(stores: Stores) -> None:
+    """For tests of one Valkey server's own behaviour (restarting it, its databases): skipped on a cluster."""
+    if stores.cluster is not None:
+        pytest.skip("one Valkey server's behaviour; the cluster's is tested in test_redis_cluster.py")
 
 
 @pytest.fixture(scope="session")
-def stores() -> Iterator[Stores]:
+def stores(request: pytest.FixtureRequest) -> Iterator[Stores]:
     # Not under pytest's temp root: pytest resets that to mode 0700 at every session start, which locks out
     # PostgreSQL's own system user whenever two test sessions overlap.
     data_dir = Path(tempfile.mkdtemp(prefix="rtask-stores-"))
     log_dir = data_dir / "logs"
-    pg_port, valkey_port = free_port(), free_port()
+    pg_port = free_port()
     pg = postgres_process(data_dir, pg_port, log_dir=log_dir, echo=None)
     redis_passwords = password_files(data_dir)
     acl_file = write_acl_file(data_dir, redis_passwords)
-    valkey = valkey_process(
-        data_dir, valkey_port, log_dir=log_dir, echo=None, acl_file=acl_file, maxmemory_mb=DEFAULT_REDIS_MAXMEMORY_MB
-    )
     pg.start()
-    valkey.start()
-    access = logins(redis_passwords, "127.0.0.1", valkey_port)
-    assert access.admin is not None
-    running = Stores(postgres_url(pg_port), access.admin.url_with_password(), access, pg, valkey, data_dir)
+    cluster: ValkeyCluster | None = None
+    valkey: ManagedProcess | None = None
+    running: Stores | None = None
     try:
+        if request.config.getoption("--redis-cluster"):
+            cluster = start_valkey_cluster(data_dir, acl_file, redis_passwords)
+            valkey, valkey_port = cluster.primaries[0].process, cluster.primaries[0].port
+        else:
+            valkey_port = free_port()
+            valkey = valkey_process(
+                data_dir,
+                valkey_port,
+                log_dir=log_dir,
+                echo=None,
+                acl_file=acl_file,
+                maxmemory_mb=DEFAULT_REDIS_MAXMEMORY_MB,
+            )
+            valkey.start()
+        access = logins(redis_passwords, "127.0.0.1", valkey_port, cluster=cluster is not None)
+        assert access.admin is not None
+        running = Stores(postgres_url(pg_port), access.admin.url_with_password(), access, pg, valkey, data_dir, cluster)
         wait_for_postgres(pg, pg_port)
         wait_for_port(valkey, valkey_port)
         yield running
     finally:
         # Tests may replace a store process (restart tests): stop whichever runs now.
-        running.valkey.stop()
-        running.postgres.stop(grace_s=15, sig=signal.SIGINT)
+        if cluster is not None:
+            cluster.stop()
+        elif running is not None:
+            running.valkey.stop()
+        elif valkey is not None:
+            valkey.stop()
+        pg.stop(grace_s=15, sig=signal.SIGINT)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def start_valkey_cluster(data_dir: Path, acl_file: Path, passwords: dict[str, Path]) -> ValkeyCluster:
+    """3 primaries and 3 replicas with the stack's ACL users, on free loopback ports, formed and in sync."""
+    return start_cluster(
+        data_dir / "cluster",
+        acl_file=acl_file,
+        admin_user=redis_acl.USERS[redis_acl.ADMIN].name,
+        admin_password=passwords[redis_acl.ADMIN].read_text().strip(),
+        log_dir=data_dir / "logs",
+        maxmemory_mb=DEFAULT_REDIS_MAXMEMORY_MB,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -102,6 +102,10 @@ class DatabaseConfig:
         )
 
 
+# The URL schemes of a cluster, and the scheme redis-py reads for each.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
 @dataclass(frozen=True)
 class RedisConfig:
     """Redis-compatible server settings.
@@ -110,6 +114,10 @@ class RedisConfig:
     file only this process is given (RTASK_REDIS_PASSWORD_FILE), so it is neither in the environment of the
     process nor in any URL that gets printed. A URL that carries its own password is accepted too (external
     servers, tests), but not both at once.
+
+    A Valkey/Redis Cluster is named by the scheme: redis+cluster://user@host:port (rediss+cluster:// with TLS),
+    host:port being any one node (the client learns the others from it). The services then use redis-py's
+    cluster client and the cluster's key layout (services.core.keys.KeyLayout).
     """
 
     url: str
@@ -118,11 +126,25 @@ class RedisConfig:
     pool_timeout_s: float = 5.0
     password: str | None = field(default=None, repr=False)
 
+    @property
+    def cluster(self) -> bool:
+        """Whether the URL names a cluster (redis+cluster:// or rediss+cluster://)."""
+        return urlsplit(self.url).scheme in CLUSTER_SCHEMES
+
+    @property
+    def client_url(self) -> str:
+        """The URL in the scheme redis-py reads (redis:// or rediss://), for either client."""
+        scheme, sep, rest = self.url.partition("://")
+        return f"{CLUSTER_SCHEMES.get(scheme, scheme)}{sep}{rest}"
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> RedisConfig:
         url = env.get("REDIS_URL", "")
         if not url:
             raise ConfigError("REDIS_URL is required")
+        scheme = urlsplit(url).scheme
+        if scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
+            raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or redis+cluster://, not {scheme}://")
         password = None
         password_file = env.get("RTASK_REDIS_PASSWORD_FILE", "")
         if password_file:

@@ -17,6 +17,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from services.core import keys
+from services.core.redis_client import key_layout
 
 _TRACE_PARENT_FIELD = keys.FIELD_TRACE_PARENT.encode()
 # A traceparent is 55 characters; a longer field (written by something else) is dropped, not carried on.
@@ -60,20 +61,22 @@ def parse_ref(ref: str) -> tuple[str, str, int]:
     return head, last, priority
 
 
-def split_ref(ref: str) -> tuple[str, str]:
-    """(stream key, stream entry id) of an entry reference; ValueError when malformed."""
+def split_ref(ref: str, layout: keys.KeyLayout = keys.SINGLE) -> tuple[str, str]:
+    """(stream key, stream entry id) of an entry reference; ValueError when malformed. The reference is the same
+    on either layout (the stream's name is not part of it)."""
     kind, entry_id, priority = parse_ref(ref)
-    return keys.dispatch_stream(kind, priority), entry_id
+    return layout.dispatch_stream(kind, priority), entry_id
 
 
 async def ensure_dispatch_groups(redis: aioredis.Redis, kinds: Iterable[str]) -> None:
     """Create each kind's streams (every priority) and groups if missing; from id 0, so entries added earlier
     are not skipped."""
+    layout = key_layout(redis)
     for kind in kinds:
         for priority in keys.PRIORITIES:
             try:
                 await redis.xgroup_create(
-                    keys.dispatch_stream(kind, priority), keys.DISPATCH_GROUP, id="0", mkstream=True
+                    layout.dispatch_stream(kind, priority), keys.DISPATCH_GROUP, id="0", mkstream=True
                 )
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
@@ -82,7 +85,7 @@ async def ensure_dispatch_groups(redis: aioredis.Redis, kinds: Iterable[str]) ->
 
 # Adds every entry of one batch to one stream in a single command, so a reader blocked on the stream is
 # woken once with the whole batch (a pipeline of XADDs wakes it on the first, and it must read again for
-# the rest). One key per call: safe on a cluster, where each kind's stream lives in one slot.
+# the rest). One key per call: safe on a cluster (a pipeline there sends each call to the node of its stream).
 _ADD_BATCH = f"""
 local ids = {{}}
 for i = 1, #ARGV - 1, 2 do
@@ -108,11 +111,12 @@ return ids
 def queue_entries(pipe: Pipeline, entries: Sequence[DispatchEntry]) -> list[DispatchEntry]:
     """Add one command per stream (kind and priority) to a pipeline; returns the entries in the order of the
     ids it will return."""
+    layout = key_layout(pipe)
     by_lane: dict[tuple[str, int], list[DispatchEntry]] = {}
     for entry in entries:
         by_lane.setdefault(entry.lane, []).append(entry)
     for (kind, priority), batch in by_lane.items():
-        stream = keys.dispatch_stream(kind, priority)
+        stream = layout.dispatch_stream(kind, priority)
         if any(entry.trace_parent for entry in batch):
             args = [value for e in batch for value in (e.task_id, e.dispatch_id, e.trace_parent)]
             pipe.eval(_ADD_TRACED_BATCH, 1, stream, *args, kind)

@@ -7,9 +7,10 @@ Each change is written twice, atomically, by one Lua script:
   (the previous status number, 0 for a new task), `deleted` ("1" when the task was removed) and `after`
   (the id of the owner's previous entry, "0-0" for the first), which chains the owner's history so a reader
   can tell a contiguous continuation from a gap (trimmed history, a lagging feed) without guessing;
-- to the global feed (keys.EVENTS_FEED_STREAM), which each gateway tails with one blocking read for all its
-  watchers. It carries the same fields plus `owner`, `id` (the owner-stream entry id) and `seq` (a counter
-  that grows by one per entry, so a reader notices feed entries it never saw).
+- to the global feed (keys.EVENTS_FEED_STREAM; on a cluster, the feed shard of the owner: see
+  keys.KeyLayout), which each gateway tails with one blocking read (per shard) for all its watchers. It
+  carries the same fields plus `owner`, `id` (the owner-stream entry id) and `seq` (a counter that grows by
+  one per entry, so a reader notices feed entries it never saw).
 
 Both streams are capped by length (XADD MAXLEN), and an entry's size is bounded (MAX_ENTRY_BYTES), so each
 has a bound in bytes: the README ("Change events and their size") states the figures.
@@ -24,7 +25,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from resilienttask.v1 import task_pb2
-from services.core import keys
+from services.core.redis_client import key_layout
 from services.core.task_summary import MAX_SUMMARY_BYTES, summarize
 
 # Per-owner history kept for resuming watchers; older entries are trimmed. Trimming is approximate ("~", whole
@@ -137,22 +138,34 @@ def _args(change: TaskChange) -> list[bytes | str]:
     ]
 
 
-def queue_changes(pipe: Pipeline, changes: Sequence[TaskChange]) -> None:
-    """Add the appends of every change to a pipeline (one script call per chunk), to run with its other commands.
+def queue_changes(pipe: Pipeline, changes: Sequence[TaskChange]) -> list[list[TaskChange]]:
+    """Add the appends of every change to a pipeline (one script call per feed shard and chunk), to run with its
+    other commands; returns the changes of each call, in the order of their replies.
+
+    One server has one feed; a cluster has keys.FEED_SHARDS, each on the slot of its owners' streams, so that a
+    script touches one slot. An owner's changes all go to one shard, in the order given.
 
     EVAL with the script's text rather than EVALSHA: the server caches the compiled script either way, and
     EVAL needs neither the SCRIPT EXISTS round trip a registered script costs before every pipeline nor a
     NOSCRIPT recovery after a server restart.
     """
-    for start in range(0, len(changes), PUBLISH_CHUNK):
-        chunk = changes[start : start + PUBLISH_CHUNK]
-        stream_keys = [
-            keys.EVENTS_FEED_STREAM,
-            keys.EVENTS_FEED_SEQ,
-            *(keys.owner_events_stream(c.owner_id) for c in chunk),
-        ]
-        args = [EVENTS_MAXLEN, FEED_MAXLEN, *(arg for c in chunk for arg in _args(c))]
-        pipe.eval(_PUBLISH_LUA, len(stream_keys), *stream_keys, *args)
+    layout = key_layout(pipe)
+    by_shard: dict[int, list[TaskChange]] = {}
+    for change in changes:
+        by_shard.setdefault(layout.feed_shard(change.owner_id), []).append(change)
+    calls: list[list[TaskChange]] = []
+    for shard, shard_changes in by_shard.items():
+        for start in range(0, len(shard_changes), PUBLISH_CHUNK):
+            chunk = shard_changes[start : start + PUBLISH_CHUNK]
+            stream_keys = [
+                layout.feed_stream(shard),
+                layout.feed_sequence(shard),
+                *(layout.owner_events_stream(c.owner_id) for c in chunk),
+            ]
+            args = [EVENTS_MAXLEN, FEED_MAXLEN, *(arg for c in chunk for arg in _args(c))]
+            pipe.eval(_PUBLISH_LUA, len(stream_keys), *stream_keys, *args)
+            calls.append(chunk)
+    return calls
 
 
 async def publish_changes(redis: aioredis.Redis, changes: Iterable[TaskChange]) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import zlib
+from dataclasses import dataclass
+
 PREFIX = "rt"
 
 # Dispatch: one stream per task kind and priority level, each with one consumer group; the workers serving a
@@ -99,3 +102,86 @@ TASK_LOGS_BYTES = f"{PREFIX}:logbytes"
 def log_watch_seats(owner_id: str) -> str:
     """Sorted set of the owner's open WatchTaskLogs streams (seat id -> expiry, ms), across gateways."""
     return f"{PREFIX}:logwatchers:{owner_id}"
+
+
+# -- where keys live: one server, or a Valkey/Redis Cluster ------------------------------------------------------
+# On a cluster every Lua script, multi-key command and blocking read must touch keys of one hash slot. The names
+# above are those of a single server (kept as they are, so a deployment upgraded in place keeps its data); a
+# cluster uses the names of CLUSTER below, which put the keys that go together under one {hash tag}:
+# - dispatch: the five priority streams of a kind share the tag {<kind>}, so a worker's blocking read covers a
+#   kind's levels in one command, and different kinds spread over the nodes;
+# - change events: the feed is split into FEED_SHARDS streams, tag {e<n>}; an owner's stream carries the tag of
+#   its shard (a stable hash of the owner id), so the one script that appends to both stays on one slot;
+# - task logs: the index and byte count are split into LOG_SHARDS, tag {l<n>}, each with the logs of its tasks;
+#   the store's bounds (total bytes, tasks) are split evenly between the shards.
+# Everything else is one key per command (or tagged already, as the rate windows), on either layout.
+FEED_SHARDS = 8
+LOG_SHARDS = 8
+
+
+def _shard(ident: str, shards: int) -> int:
+    """A stable shard of an id (the same in every process and version): CRC-32 of its text."""
+    return zlib.crc32(ident.encode()) % shards
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """The names of the keys that differ between a single server and a cluster (see above)."""
+
+    cluster: bool = False
+
+    @property
+    def feed_shards(self) -> int:
+        return FEED_SHARDS if self.cluster else 1
+
+    @property
+    def log_shards(self) -> int:
+        return LOG_SHARDS if self.cluster else 1
+
+    def dispatch_stream(self, kind: str, priority: int = DEFAULT_PRIORITY) -> str:
+        if not self.cluster:
+            return dispatch_stream(kind, priority)
+        return dispatch_stream(f"{{{kind}}}", priority)
+
+    def feed_shard(self, owner_id: str) -> int:
+        return _shard(owner_id, FEED_SHARDS) if self.cluster else 0
+
+    def feed_stream(self, shard: int) -> str:
+        return f"{PREFIX}:feed:{{e{shard}}}:events" if self.cluster else EVENTS_FEED_STREAM
+
+    def feed_sequence(self, shard: int) -> str:
+        return f"{PREFIX}:feed:{{e{shard}}}:seq" if self.cluster else EVENTS_FEED_SEQ
+
+    def owner_events_stream(self, owner_id: str) -> str:
+        if not self.cluster:
+            return owner_events_stream(owner_id)
+        return f"{PREFIX}:events:{{e{self.feed_shard(owner_id)}}}:{owner_id}"
+
+    def log_shard(self, task_id: str) -> int:
+        return _shard(task_id, LOG_SHARDS) if self.cluster else 0
+
+    def _log_tag(self, shard: int) -> str:
+        return f"{{l{shard}}}:" if self.cluster else ""
+
+    def task_log_prefix(self, shard: int) -> str:
+        """The stream names of a shard's task logs are this prefix and the task id."""
+        return f"{PREFIX}:logs:{self._log_tag(shard)}"
+
+    def task_meta_prefix(self, shard: int) -> str:
+        return f"{PREFIX}:logmeta:{self._log_tag(shard)}"
+
+    def task_log_stream(self, task_id: str) -> str:
+        return self.task_log_prefix(self.log_shard(task_id)) + task_id
+
+    def task_log_meta(self, task_id: str) -> str:
+        return self.task_meta_prefix(self.log_shard(task_id)) + task_id
+
+    def task_logs_index(self, shard: int) -> str:
+        return f"{PREFIX}:logindex:{{l{shard}}}" if self.cluster else TASK_LOGS_INDEX
+
+    def task_logs_bytes(self, shard: int) -> str:
+        return f"{PREFIX}:logbytes:{{l{shard}}}" if self.cluster else TASK_LOGS_BYTES
+
+
+SINGLE = KeyLayout()
+CLUSTER = KeyLayout(cluster=True)

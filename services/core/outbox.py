@@ -17,10 +17,10 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from resilienttask.v1 import task_pb2
-from services.core import commands, keys, task_store
+from services.core import channels, commands, keys, task_store
 from services.core.dispatch import DispatchEntry, publish, published_refs, queue_entries, row_entry
 from services.core.errors import DATABASE_ERRORS
-from services.core.events import PUBLISH_CHUNK, TaskChange, publish_changes, queue_changes
+from services.core.events import TaskChange, publish_changes, queue_changes
 from services.core.transitions.rules import RunningRef
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ async def emit_and_dispatch(
     entries = [row_entry(r) for r in rows]
     try:
         async with redis.pipeline(transaction=False) as pipe:
-            queue_changes(pipe, changes)
+            calls = queue_changes(pipe, changes)
             first_entry_reply = len(pipe)
             ordered = queue_entries(pipe, entries)
             # Each command's own outcome: Redis may refuse one and run the next (a full server refuses writes
@@ -58,7 +58,7 @@ async def emit_and_dispatch(
         log.warning("dispatch deferred to the sweeper, events parked", extra={"tasks": len(rows), "error": repr(exc)})
         await _park_or_log(pool, changes)
         return
-    await _park_refused(pool, changes, replies[:first_entry_reply])
+    await _park_refused(pool, calls, replies[:first_entry_reply])
     published = published_refs(ordered, replies[first_entry_reply:])
     if len(published) < len(ordered):
         log.warning("dispatch deferred to the sweeper", extra={"tasks": len(ordered) - len(published)})
@@ -193,7 +193,7 @@ async def stop_and_emit(
     try:
         async with redis.pipeline(transaction=False) as pipe:
             _queue_stops(pipe, refs, reason)
-            queue_changes(pipe, changes)
+            calls = queue_changes(pipe, changes)
             replies = await pipe.execute(raise_on_error=False)
     except (RedisError, OSError) as exc:
         log.warning("stop push deferred to the next heartbeat, events parked", extra={"error": repr(exc)})
@@ -201,17 +201,17 @@ async def stop_and_emit(
         return
     if any(isinstance(reply, BaseException) for reply in replies[: len(refs)]):
         log.warning("stop push deferred to the next heartbeat", extra={"tasks": len(refs)})
-    await _park_refused(pool, changes, replies[len(refs) :])
+    await _park_refused(pool, calls, replies[len(refs) :])
 
 
-async def _park_refused(pool: asyncpg.Pool, changes: Sequence[TaskChange], replies: Sequence[object]) -> None:
-    """Park the changes whose script call (one per PUBLISH_CHUNK changes, see queue_changes) Redis refused; a
-    script that was refused wrote nothing (Valkey checks memory before a script's first write)."""
+async def _park_refused(pool: asyncpg.Pool, calls: Sequence[Sequence[TaskChange]], replies: Sequence[object]) -> None:
+    """Park the changes whose script call (see queue_changes, which says which changes each call carries) Redis
+    refused; a script that was refused wrote nothing (Valkey checks memory before a script's first write)."""
     refused = [
         change
-        for chunk, reply in enumerate(replies)
+        for chunk, reply in zip(calls, replies, strict=True)
         if isinstance(reply, BaseException)
-        for change in changes[chunk * PUBLISH_CHUNK : (chunk + 1) * PUBLISH_CHUNK]
+        for change in chunk
     ]
     if refused:
         log.warning("change events parked until Redis accepts them", extra={"events": len(refused)})
@@ -220,7 +220,8 @@ async def _park_refused(pool: asyncpg.Pool, changes: Sequence[TaskChange], repli
 
 def _queue_stops(pipe: Pipeline, refs: Sequence[RunningRef], reason: commands.StopReason) -> None:
     for ref in refs:
-        pipe.publish(keys.COMMAND_CHANNEL, commands.stop_message(ref.worker_id, ref.task_id, ref.fence, reason))
+        message = commands.stop_message(ref.worker_id, ref.task_id, ref.fence, reason)
+        channels.queue_publish(pipe, keys.COMMAND_CHANNEL, message)
 
 
 class EventEmitter:

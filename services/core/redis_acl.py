@@ -26,8 +26,10 @@ ADMIN = "admin"
 ROLES = (SERVICES, WORKER, ADMIN)
 
 # What every client sends on its own: redis-py's CLIENT SETINFO on connect (refusals are ignored, but would
-# be noise), the pool's PING health checks, and SELECT when a URL names another database than 0.
-_CONNECTION = ("ping", "client|setinfo", "select")
+# be noise), the pool's PING health checks, and SELECT when a URL names another database than 0; on a cluster,
+# the cluster client's reading of the slot map (CLUSTER SLOTS) and of which arguments of each command are keys
+# (COMMAND, COMMAND GETKEYS), and ASKING, which follows a slot being moved.
+_CONNECTION = ("ping", "client|setinfo", "select", "cluster|slots", "command", "asking")
 
 
 @dataclass(frozen=True)
@@ -90,10 +92,14 @@ USERS: dict[str, AclUser] = {
             # The sliding windows of rate-limited kinds (services/core/rate_limits.py), read in their script
             # (zrange and incrby are listed above).
             "time",
-            # Stop commands to the schedulers, pool changes to the gateways.
+            # Stop commands to the schedulers, pool changes to the gateways; on a cluster as sharded pub/sub
+            # (services/core/channels.py).
             "publish",
             "subscribe",
             "unsubscribe",
+            "spublish",
+            "ssubscribe",
+            "sunsubscribe",
         ),
     ),
     WORKER: AclUser(

@@ -16,6 +16,10 @@ Bounds, all applied in the one script that appends, so they hold after every wri
   when the task finished). Expired logs go at the next write, or at the schedulers' periodic sweep.
 Deleted logs (for space or age) take their numbering with them: they are the oldest, of long finished tasks.
 No maxmemory policy is relied on: the dispatch streams share the server, and must never be evicted.
+
+On a cluster the store is split into keys.LOG_SHARDS shards (keys.KeyLayout), each a slot of its own with its
+index, its byte count and the logs of its tasks, so that the script touches one slot; the bounds in total
+(bytes, tasks) are then split evenly between the shards.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import redis.asyncio as aioredis
 from resilienttask.v1 import scheduler_pb2
 from services.core import keys
 from services.core.config import ConfigError, env_int
+from services.core.redis_client import key_layout
 
 # A line's text is cut to this many bytes of UTF-8 (on a character boundary).
 MAX_LINE_BYTES = 4096
@@ -157,39 +162,51 @@ class AppendCounts:
 async def append(
     redis: aioredis.Redis, batches: Sequence[AttemptLines], config: TaskLogConfig, now_ms: int | None = None
 ) -> AppendCounts:
-    """Store the lines (numbered in arrival order per task) and apply every bound; an empty list only expires."""
+    """Store the lines (numbered in arrival order per task) and apply every bound; an empty list only expires
+    (in every shard)."""
     counts = AppendCounts()
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    chunk: list[AttemptLines] = []
-    size = 0
+    layout = key_layout(redis)
+    by_shard: dict[int, list[AttemptLines]] = {shard: [] for shard in range(layout.log_shards)} if not batches else {}
     for batch in batches:
-        chunk.append(batch)
-        size += len(batch.lines) + 1
-        if size >= APPEND_CHUNK_LINES:
-            await _append_chunk(redis, chunk, config, now, counts)
-            chunk, size = [], 0
-    if chunk or not batches:
-        await _append_chunk(redis, chunk, config, now, counts)
+        by_shard.setdefault(layout.log_shard(batch.task_id), []).append(batch)
+    for shard, shard_batches in by_shard.items():
+        chunk: list[AttemptLines] = []
+        size = 0
+        for batch in shard_batches:
+            chunk.append(batch)
+            size += len(batch.lines) + 1
+            if size >= APPEND_CHUNK_LINES:
+                await _append_chunk(redis, layout, shard, chunk, config, now, counts)
+                chunk, size = [], 0
+        if chunk or not shard_batches:
+            await _append_chunk(redis, layout, shard, chunk, config, now, counts)
     return counts
 
 
 async def _append_chunk(
-    redis: aioredis.Redis, chunk: Sequence[AttemptLines], config: TaskLogConfig, now: int, counts: AppendCounts
+    redis: aioredis.Redis,
+    layout: keys.KeyLayout,
+    shard: int,
+    chunk: Sequence[AttemptLines],
+    config: TaskLogConfig,
+    now: int,
+    counts: AppendCounts,
 ) -> None:
-    script_keys: list[str] = [keys.TASK_LOGS_INDEX, keys.TASK_LOGS_BYTES]
+    script_keys: list[str] = [layout.task_logs_index(shard), layout.task_logs_bytes(shard)]
     args: list[str | int] = [
         now,
         config.max_lines_per_task,
-        config.max_total_bytes,
-        config.max_tasks,
+        max(1, config.max_total_bytes // layout.log_shards),
+        max(1, config.max_tasks // layout.log_shards),
         config.retention_s * 1000,
-        keys.task_log_stream(""),
-        keys.task_log_meta(""),
+        layout.task_log_prefix(shard),
+        layout.task_meta_prefix(shard),
         LINE_OVERHEAD_BYTES,
         EXPIRE_PER_CALL,
     ]
     for batch in chunk:
-        script_keys += [keys.task_log_stream(batch.task_id), keys.task_log_meta(batch.task_id)]
+        script_keys += [layout.task_log_stream(batch.task_id), layout.task_log_meta(batch.task_id)]
         args += [batch.task_id, batch.attempt, len(batch.lines), batch.dropped_after]
         for dropped_before, at_ms, stream, level, text in batch.lines:
             args += [dropped_before, at_ms, stream, level, text]
@@ -212,11 +229,11 @@ def _line(entry_id: bytes, values: Mapping[bytes, bytes]) -> scheduler_pb2.LogLi
 
 async def read_after(redis: aioredis.Redis, task_id: str, after: int, count: int) -> list[scheduler_pb2.LogLine]:
     """Up to `count` stored lines of the task with a sequence above `after`, oldest first."""
-    entries: Any = await redis.xrange(keys.task_log_stream(task_id), f"{after + 1}-0", "+", count=count)
+    entries: Any = await redis.xrange(key_layout(redis).task_log_stream(task_id), f"{after + 1}-0", "+", count=count)
     return [_line(entry_id, values) for entry_id, values in entries]
 
 
 async def last_sequence(redis: aioredis.Redis, task_id: str) -> int:
     """The task's last sequence number (dropped lines included); 0 when it has no log."""
-    value = await redis.hget(keys.task_log_meta(task_id), "seq")  # type: ignore[misc]
+    value = await redis.hget(key_layout(redis).task_log_meta(task_id), "seq")  # type: ignore[misc]
     return int(value) if value else 0

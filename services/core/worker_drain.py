@@ -13,7 +13,7 @@ import uuid
 
 import redis.asyncio as aioredis
 
-from services.core import commands, keys
+from services.core import channels, commands, keys
 
 
 async def request_drain(redis: aioredis.Redis, worker_id: str, deadline: float, confirm_timeout_s: float) -> bool:
@@ -21,14 +21,10 @@ async def request_drain(redis: aioredis.Redis, worker_id: str, deadline: float, 
     it starts nothing more for the worker. False after confirm_timeout_s: the mark stays, and the worker's next
     heartbeat (or its next stream) drains it."""
     reply = uuid.uuid4().hex
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    try:
-        await pubsub.subscribe(keys.drain_reply_channel(reply))
-        await redis.publish(keys.COMMAND_CHANNEL, commands.drain_message(worker_id, deadline, reply))
+    async with channels.subscribed(redis, keys.drain_reply_channel(reply)) as subscription:
+        await channels.publish(redis, keys.COMMAND_CHANNEL, commands.drain_message(worker_id, deadline, reply))
         waited = time.monotonic() + confirm_timeout_s
         while (left := waited - time.monotonic()) > 0:
-            if await pubsub.get_message(ignore_subscribe_messages=True, timeout=left) is not None:
+            if await subscription.get(timeout_s=left) is not None:
                 return True
         return False
-    finally:
-        await pubsub.aclose()

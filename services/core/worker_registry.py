@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from resilienttask.v1 import task_pb2
-from services.core import keys
+from services.core import channels, keys
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ async def upsert(
             report = {"at": info.last_heartbeat, "tasks": sorted(holding)}
             pipe.hset(keys.WORKERS_HOLDING_HASH, info.id, json.dumps(report))
         if announce:
-            pipe.publish(keys.WORKERS_EVENTS_CHANNEL, info.id)
+            channels.queue_publish(pipe, keys.WORKERS_EVENTS_CHANNEL, info.id)
         pipe.hget(keys.WORKERS_DRAINING_HASH, info.id)
         replies = await pipe.execute()
     return _deadline(replies[-1])
@@ -83,7 +83,7 @@ async def remove(redis: aioredis.Redis, worker_id: str) -> None:
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hdel(keys.WORKERS_HASH, worker_id)
         pipe.hdel(keys.WORKERS_HOLDING_HASH, worker_id)
-        pipe.publish(keys.WORKERS_EVENTS_CHANNEL, worker_id)
+        channels.queue_publish(pipe, keys.WORKERS_EVENTS_CHANNEL, worker_id)
         await pipe.execute()
 
 
@@ -291,7 +291,7 @@ async def mark_draining(redis: aioredis.Redis, worker_id: str, deadline: float) 
         pipe.hset(keys.WORKERS_DRAINING_HASH, worker_id, json.dumps({"deadline": deadline}))
         if stale:
             pipe.hdel(keys.WORKERS_DRAINING_HASH, *stale)
-        pipe.publish(keys.WORKERS_EVENTS_CHANNEL, worker_id)
+        channels.queue_publish(pipe, keys.WORKERS_EVENTS_CHANNEL, worker_id)
         await pipe.execute()
     return deadline
 

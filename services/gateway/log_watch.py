@@ -4,6 +4,8 @@ Each call reads its own lines with XRANGE from its own position, so a resumed ca
 client only holds its place. What tells a following call that there is more is the gateway's one tail: a single
 blocking XREAD over the logs of every call waiting here, which rings the waiting calls of a log when it grows
 (one Redis connection per gateway, however many follow). A call that has read everything arms its bell again.
+On a cluster the logs live in several slots (services.core.keys.KeyLayout): the tail reads each shard with
+waiting calls at once, one blocking read per shard, and rings after all have answered (within tail_block_ms).
 
 A following call ends once its task is finished (its status, checked when the log is quiet) and the lines
 stored by then are sent: workers send an attempt's lines before its outcome and the scheduler stores them
@@ -28,6 +30,7 @@ from resilienttask.v1 import scheduler_pb2
 from services.core import keys, task_logs
 from services.core.config import ConfigError, env_int
 from services.core.errors import STORE_ERRORS
+from services.core.redis_client import key_layout
 from services.core.task_model import TERMINAL
 from services.gateway.watch.hub import raise_if_cancelled
 
@@ -93,24 +96,34 @@ class LogTail:
                 del self._armed[task_id]
 
     async def run(self) -> None:
-        prefix = keys.task_log_stream("").encode()
+        layout = key_layout(self.redis)
         while True:
             raise_if_cancelled()
             if not self._armed:
                 self._anyone.clear()
                 await self._anyone.wait()
                 continue
-            streams = {keys.task_log_stream(t): f"{min(b.values())}-0" for t, b in self._armed.items()}
+            by_shard: dict[int, dict[str, str]] = {}
+            for task_id, bells in self._armed.items():
+                by_shard.setdefault(layout.log_shard(task_id), {})[task_id] = f"{min(bells.values())}-0"
             try:
-                reply: Any = await self.redis.xread(streams, count=1, block=self.block_ms)  # type: ignore[arg-type]
+                replies = await asyncio.gather(
+                    *(self._read(layout, shard, positions) for shard, positions in by_shard.items())
+                )
             except STORE_ERRORS as exc:
                 log.warning("task logs unreadable", extra={"error": repr(exc)})
                 await asyncio.sleep(RETRY_DELAY_S)
                 continue
-            for key, _ in reply or ():
-                task_id = key.removeprefix(prefix).decode()
+            for task_id in (t for grown in replies for t in grown):
                 for bell in self._armed.pop(task_id, {}):
                     bell.set()
+
+    async def _read(self, layout: keys.KeyLayout, shard: int, positions: Mapping[str, str]) -> list[str]:
+        """The tasks of one shard whose logs grew past the positions (waiting up to block_ms for one)."""
+        prefix = layout.task_log_prefix(shard).encode()
+        streams = {layout.task_log_stream(task_id): after for task_id, after in positions.items()}
+        reply: Any = await self.redis.xread(streams, count=1, block=self.block_ms)  # type: ignore[arg-type]
+        return [key.removeprefix(prefix).decode() for key, _ in reply or ()]
 
 
 class _Call:

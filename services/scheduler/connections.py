@@ -25,9 +25,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from resilienttask.worker.v1 import worker_pb2
-from services.core import commands, keys
+from services.core import channels, commands, keys
 
 log = logging.getLogger(__name__)
+
+# A listen gives up after this long without a message and starts again (it never misses one meanwhile).
+LISTEN_TIMEOUT_S = 30.0
 
 
 def cancel_command(task_id: str, fence: int, reason: commands.StopReason) -> worker_pb2.CancelCommand:
@@ -129,28 +132,27 @@ class ConnectedWorkers:
 
 async def announce_stream(redis: aioredis.Redis, worker_id: str, mailbox: Mailbox) -> None:
     """Tell the other schedulers that worker_id has a new stream here, so they end any old one."""
-    await redis.publish(keys.COMMAND_CHANNEL, commands.replaced_message(worker_id, mailbox.stream_id))
+    await channels.publish(redis, keys.COMMAND_CHANNEL, commands.replaced_message(worker_id, mailbox.stream_id))
 
 
 async def relay_commands(redis: aioredis.Redis, workers: ConnectedWorkers) -> None:
     """Forward command-channel messages to the workers connected here; resubscribe after Redis failures."""
     drains: set[asyncio.Task[None]] = set()
     while True:
-        pubsub = redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(keys.COMMAND_CHANNEL)
-            async for message in pubsub.listen():
-                drain = _deliver(message.get("data"), workers)
-                if drain is not None:  # confirmed off the relay loop: it waits for a batch being recorded
-                    task = asyncio.create_task(_drain_and_confirm(redis, *drain))
-                    drains.add(task)
-                    task.add_done_callback(drains.discard)
+            async with channels.subscribed(redis, keys.COMMAND_CHANNEL) as subscription:
+                while True:
+                    data = await subscription.get(timeout_s=LISTEN_TIMEOUT_S)
+                    if data is None:
+                        continue
+                    drain = _deliver(data, workers)
+                    if drain is not None:  # confirmed off the relay loop: it waits for a batch being recorded
+                        task = asyncio.create_task(_drain_and_confirm(redis, *drain))
+                        drains.add(task)
+                        task.add_done_callback(drains.discard)
         except (RedisError, OSError) as exc:
             log.warning("command relay lost Redis; resubscribing", extra={"error": repr(exc)})
             await asyncio.sleep(0.5)
-        finally:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()
 
 
 # A drain to run here: (what drains the stream, its deadline in epoch s, the gateway's reply channel).
@@ -180,4 +182,4 @@ async def _drain_and_confirm(
 ) -> None:
     await drainer(deadline)
     with contextlib.suppress(RedisError, OSError):  # unconfirmed: the worker's next heartbeat drains it anyway
-        await redis.publish(reply, "drained")
+        await channels.publish(redis, reply, "drained")

@@ -6,7 +6,7 @@ import asyncio
 import os
 
 from services.core import metrics
-from services.core.config import DatabaseConfig, RedisConfig, ServerConfig, env_int
+from services.core.config import DatabaseConfig, RedisConfig, ServerConfig, env_float, env_int
 from services.core.limits import UserLimits
 from services.core.logging import configure_logging
 from services.core.observability import observed
@@ -34,6 +34,10 @@ async def _serve(metrics_config: metrics.MetricsConfig) -> None:
         sweeps=SweepConfig(
             publish_interval_ms=env_int("RTASK_PUBLISH_INTERVAL_MS", 200),
             abandoned_grace_s=float(env_int("RTASK_ABANDONED_GRACE_S", 30)),
+            # A queued task whose stream entry is missing this long after its publication is published again
+            # (Redis lost the entry: a restart without it on disk, or a cluster failover before the replica had it).
+            lost_entry_age_s=env_float("RTASK_LOST_ENTRY_AGE_S", 30.0),
+            lost_entry_check_interval_s=env_float("RTASK_LOST_ENTRY_CHECK_S", 10.0),
         ),
         progress_flush_ms=env_int("RTASK_PROGRESS_FLUSH_MS", 100),
         # Defaults to 80 % of the workers' reclaim threshold (the same variable the workers read).

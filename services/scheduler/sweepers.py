@@ -25,6 +25,7 @@ from services.core import outbox
 from services.core.dispatch import split_ref
 from services.core.errors import STORE_ERRORS
 from services.core.limits import UserLimits
+from services.core.redis_client import key_layout
 from services.core.transitions import sweeps as transitions
 from services.scheduler import gates, slot_cap, store
 
@@ -57,9 +58,10 @@ async def republish_lost(pool: asyncpg.Pool, redis: aioredis.Redis, age_s: float
     rows = await store.published_before(pool, age_s, BATCH)
     if not rows:
         return 0
+    layout = key_layout(redis)
     async with redis.pipeline(transaction=False) as pipe:
         for row in rows:
-            stream, entry_id = split_ref(row["entry_id"])
+            stream, entry_id = split_ref(row["entry_id"], layout)
             pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
         found = await pipe.execute()
     lost = [row for row, entries in zip(rows, found, strict=True) if not entries]

@@ -85,10 +85,11 @@ def write_acl_file(data_dir: Path, files: dict[str, Path]) -> Path:
     return path
 
 
-def logins(files: dict[str, Path], host: str, port: int, db: int = 0) -> RedisAccess:
-    """Each role's login on the server at host:port."""
+def logins(files: dict[str, Path], host: str, port: int, db: int = 0, *, cluster: bool = False) -> RedisAccess:
+    """Each role's login on the server at host:port (with cluster: on the cluster that node belongs to)."""
+    scheme = "redis+cluster" if cluster else "redis"
 
     def login(role: str) -> RedisLogin:
-        return RedisLogin(f"redis://{redis_acl.USERS[role].name}@{host}:{port}/{db}", files[role])
+        return RedisLogin(f"{scheme}://{redis_acl.USERS[role].name}@{host}:{port}/{db}", files[role])
 
     return RedisAccess(login(redis_acl.SERVICES), login(redis_acl.WORKER), login(redis_acl.ADMIN))

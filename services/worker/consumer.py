@@ -8,10 +8,16 @@ Priority: a read takes the highest level first and goes down a level only while 
 under saturation urgent work starts first. Weighted so that no level starves: every AGING_EVERY_READS-th read
 takes one lower level first (the levels below the top take turns), so a level with work waiting gets the
 first pick at least once every AGING_EVERY_READS x 4 reads of each worker, however much urgent work arrives.
+
+On a cluster a command may only name keys of one slot. A kind's five levels share one (services.core.keys), so
+the non-blocking reads of a level go out as one command per kind, pipelined (one round trip per node); the
+blocking read is one command per kind, left waiting between calls of read(): each kind's read stays pending
+until it has entries (or its block time ends), and whatever it brought is taken by the next call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -19,9 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from services.core import keys
 from services.core.dispatch import DispatchEntry, entry_ref, parse_entry, split_ref
+from services.core.redis_client import key_layout
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +55,17 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _by_stream(refs: Iterable[str]) -> dict[str, list[str]]:
+def _by_stream(refs: Iterable[str], layout: keys.KeyLayout) -> dict[str, list[str]]:
     grouped: dict[str, list[str]] = defaultdict(list)
     for ref in refs:
-        stream, entry_id = split_ref(ref)
+        stream, entry_id = split_ref(ref, layout)
         grouped[stream].append(entry_id)
     return grouped
+
+
+def _flatten(reply: Any) -> list[tuple[str, Any]]:
+    """(stream, entry) pairs of an XREADGROUP reply."""
+    return [(_text(stream), entry) for stream, entries in reply or [] for entry in entries]
 
 
 class DispatchConsumer:
@@ -62,13 +75,16 @@ class DispatchConsumer:
         self.redis = redis
         self.consumer = consumer
         self.kinds = sorted(set(kinds))
+        self.layout = key_layout(redis)
         # stream -> (kind, priority), the most urgent level first.
         self._lane_of = {
-            keys.dispatch_stream(kind, priority): (kind, priority)
+            self.layout.dispatch_stream(kind, priority): (kind, priority)
             for priority in keys.PRIORITIES
             for kind in self.kinds
         }
-        self._streams_at = {p: [keys.dispatch_stream(kind, p) for kind in self.kinds] for p in keys.PRIORITIES}
+        self._streams_at = {p: [self.layout.dispatch_stream(kind, p) for kind in self.kinds] for p in keys.PRIORITIES}
+        # On a cluster: the blocking read of each kind still waiting for entries (see the module's docstring).
+        self._waiting: dict[str, asyncio.Task[Any]] = {}
         # Where the next XAUTOCLAIM pass continues in each stream, so passes walk every pending list.
         self._reclaim_cursor = dict.fromkeys(self._lane_of, ZERO_ID)
         self._reads = 0
@@ -94,6 +110,8 @@ class DispatchConsumer:
         (services.core.dispatch), so a blocked read wakes with all of it: a 50-replica submission goes to the
         scheduler in one work request, in one round trip.
         """
+        if self.layout.cluster:
+            return await self._accept(await self._read_cluster(count, block_ms))
         raw: list[tuple[str, Any]] = []
         for level in self._levels():
             wanted = count - len(raw)
@@ -102,13 +120,65 @@ class DispatchConsumer:
             reply: Any = await self.redis.xreadgroup(
                 keys.DISPATCH_GROUP, self.consumer, dict.fromkeys(self._streams_at[level], ">"), count=wanted
             )
-            raw += [(_text(stream), entry) for stream, entries in reply or [] for entry in entries]
+            raw += _flatten(reply)
         if not raw:
             reply = await self.redis.xreadgroup(
                 keys.DISPATCH_GROUP, self.consumer, dict.fromkeys(self._lane_of, ">"), count=count, block=block_ms
             )
-            raw = [(_text(stream), entry) for stream, entries in reply or [] for entry in entries]
+            raw = _flatten(reply)
         return await self._accept(raw)
+
+    async def _read_cluster(self, count: int, block_ms: int) -> list[tuple[str, Any]]:
+        """read() on a cluster: the same order of levels, one command per kind (one slot each)."""
+        raw = self._collect_waiting()
+        for level in self._levels():
+            wanted = count - len(raw)
+            if wanted <= 0:
+                break
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for stream in self._streams_at[level]:
+                    pipe.xreadgroup(keys.DISPATCH_GROUP, self.consumer, {stream: ">"}, count=wanted)
+                replies = await pipe.execute()
+            raw += [pair for reply in replies for pair in _flatten(reply)]
+        if raw:
+            return raw
+        for kind in self.kinds:
+            if kind not in self._waiting:
+                streams: Any = {self.layout.dispatch_stream(kind, p): ">" for p in keys.PRIORITIES}
+                read = self.redis.xreadgroup(keys.DISPATCH_GROUP, self.consumer, streams, count=count, block=block_ms)
+                self._waiting[kind] = asyncio.ensure_future(read)
+        await asyncio.wait(self._waiting.values(), return_when=asyncio.FIRST_COMPLETED)
+        return self._collect_waiting()
+
+    def _collect_waiting(self) -> list[tuple[str, Any]]:
+        """The entries of the blocking reads that ended; the first error among them is raised after all are
+        taken (their entries would otherwise sit in this consumer's pending list until reclaimed)."""
+        raw: list[tuple[str, Any]] = []
+        error: BaseException | None = None
+        for kind, read in list(self._waiting.items()):
+            if not read.done():
+                continue
+            del self._waiting[kind]
+            if read.cancelled():
+                continue
+            if read.exception() is not None:
+                error = error or read.exception()
+                continue
+            raw += _flatten(read.result())
+        if error is not None and not raw:
+            raise error
+        return raw
+
+    async def close(self) -> list[Delivery]:
+        """At shutdown, on a cluster: wait for the blocking reads still out (at most their block time) and return
+        what they brought, for the caller to hand back rather than leave to the reclaim idle time."""
+        if not self._waiting:
+            return []
+        await asyncio.wait(self._waiting.values())
+        try:
+            return await self._accept(self._collect_waiting())
+        except (RedisError, OSError):
+            return []
 
     async def reclaim(self, count: int, min_idle_ms: int) -> list[Delivery]:
         """Take over up to count entries idle for min_idle_ms: their worker stopped heartbeating."""
@@ -141,7 +211,7 @@ class DispatchConsumer:
 
     async def ack(self, entry_ids: Iterable[str]) -> None:
         """Acknowledge and delete entries whose outcome is persisted (or that must not run)."""
-        grouped = _by_stream(entry_ids)
+        grouped = _by_stream(entry_ids, self.layout)
         if not grouped:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -161,7 +231,7 @@ class DispatchConsumer:
 
     async def _set_idle(self, entry_ids: Sequence[str], idle_ms: int | None) -> None:
         """XCLAIM our own entries back to us, their idle time reset to idle_ms (None: zero)."""
-        grouped = _by_stream(entry_ids)
+        grouped = _by_stream(entry_ids, self.layout)
         if not grouped:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -175,7 +245,7 @@ class DispatchConsumer:
             return set()
         async with self.redis.pipeline(transaction=False) as pipe:
             for ref in entry_ids:
-                stream, entry_id = split_ref(ref)
+                stream, entry_id = split_ref(ref, self.layout)
                 pipe.xpending_range(stream, keys.DISPATCH_GROUP, entry_id, entry_id, 1, consumername=self.consumer)
             replies = await pipe.execute()
         return {ref for ref, reply in zip(entry_ids, replies, strict=True) if reply}

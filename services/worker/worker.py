@@ -238,6 +238,11 @@ class Worker:
         """Let go of the entries not started, wait for the handlers until the deadline, hand back the rest."""
         if self._consuming is not None:
             await asyncio.wait({self._consuming})  # ends after the current blocking read (read_block_ms)
+        # On a cluster, what the blocking reads still out brought: handed back at once, not left to the idle time.
+        left_over = [d.entry_id for d in await self.consumer.close()]
+        if left_over:
+            with contextlib.suppress(RedisError, OSError):
+                await self.consumer.release(left_over, self.config.reclaim_idle_ms)
         parked, self.parked = [p.delivery for p in self.parked], []
         if parked:
             await self._release(parked)

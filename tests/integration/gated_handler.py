@@ -17,6 +17,8 @@ from resilienttask.handlers import TaskContext, task
 KEYS_KIND = "test.gated.keys"
 RATE_KIND = "test.gated.rate"
 PAUSE_KIND = "test.gated.pause"
+# No control at all: only the record of its runs (tests/integration/test_redis_cluster.py).
+RECORDED_KIND = "test.gated.recorded"
 
 
 def _note(path: str, what: str, ctx: TaskContext) -> None:
@@ -46,6 +48,11 @@ async def rated(ctx: TaskContext) -> None:
 
 @task(PAUSE_KIND)
 async def pausable(ctx: TaskContext) -> None:
+    await _run(ctx)
+
+
+@task(RECORDED_KIND)
+async def recorded(ctx: TaskContext) -> None:
     await _run(ctx)
 
 

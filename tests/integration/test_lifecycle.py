@@ -240,6 +240,7 @@ def _restart_valkey(stores: Stores) -> None:
     stores.valkey = fresh
 
 
+@pytest.mark.usefixtures("single_redis")
 async def test_restarting_redis_with_tasks_queued_loses_none(user: UserTasks, stack: Stack, stores: Stores) -> None:
     queued = await user.submit(workload_s=0.3, replicas=40)
     _restart_valkey(stores)

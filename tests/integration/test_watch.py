@@ -15,11 +15,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from resilienttask.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
-from services.core import keys, worker_registry
+from services.core import worker_registry
+from services.core.redis_client import key_layout
 from services.core.task_model import TERMINAL
 from services.gateway.watch import tokens
 from services.stack.stack import Stack
-from tests.conftest import Stores
+from tests.conftest import Stores, admin_redis
 from tests.integration.accounts import Account, signup
 from tests.integration.tasks import UserTasks
 from tests.integration.watching import Message, Watch, has_version, key, restart_gateway
@@ -32,7 +33,7 @@ KILL_WINDOW_ATTEMPTS = 5
 
 @pytest.fixture
 async def redis(stores: Stores) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(stores.redis_url)
+    client = admin_redis(stores)
     yield client
     await client.aclose()
 
@@ -147,7 +148,7 @@ async def test_reconnecting_with_the_last_token_replays_exactly_the_missed_event
 
 async def _history_after(redis: aioredis.Redis, owner_id: str, token: str) -> list[str]:
     """Resume tokens of the owner's history entries after the position a token names."""
-    entries = await redis.xrange(keys.owner_events_stream(owner_id), f"({tokens.decode(token)}", "+")
+    entries = await redis.xrange(key_layout(redis).owner_events_stream(owner_id), f"({tokens.decode(token)}", "+")
     return [tokens.encode(entry_id.decode()) for entry_id, _ in entries]
 
 
@@ -215,7 +216,7 @@ async def test_trimmed_history_gets_a_fresh_snapshot(
         watch.cancel()
     later = await user.submit(workload_s=60, replicas=3)
     final = await _settle(user, first + later)
-    await redis.xtrim(keys.owner_events_stream(user.account.user_id), maxlen=1, approximate=False)
+    await redis.xtrim(key_layout(redis).owner_events_stream(user.account.user_id), maxlen=1, approximate=False)
 
     resumed = Watch(edge, user.account, token)
     try:

@@ -6,13 +6,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from services.core import keys
 from services.core.events import ORIGIN, StoredEvent, decode_owner_entry
+from services.core.redis_client import key_layout
 
 
 async def last_position(redis: aioredis.Redis, owner_id: str) -> str:
     """The id of the owner's newest event, or ORIGIN when there is none yet."""
-    newest: Any = await redis.xrevrange(keys.owner_events_stream(owner_id), "+", "-", count=1)
+    newest: Any = await redis.xrevrange(key_layout(redis).owner_events_stream(owner_id), "+", "-", count=1)
     return newest[0][0].decode() if newest else ORIGIN
 
 
@@ -23,7 +23,7 @@ async def read_after(redis: aioredis.Redis, owner_id: str, position: str, count:
     history (a token from elsewhere, or a history lost with its server): the caller must start over from a
     snapshot. Each entry names the entry it follows, so continuity is checked, not guessed from timestamps.
     """
-    stream = keys.owner_events_stream(owner_id)
+    stream = key_layout(redis).owner_events_stream(owner_id)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.xrange(stream, f"({position}", "+", count=count)
         pipe.xrevrange(stream, "+", "-", count=1)

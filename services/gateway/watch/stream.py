@@ -149,7 +149,7 @@ async def watch_tasks(hub: Hub, owner_id: str, request: scheduler_pb2.WatchTasks
     resume_from = tokens.decode(request.resume_token) if request.resume_token else None
     subscriber = hub.subscribe(owner_id)
     try:
-        await hub.feed_ready(FEED_READY_TIMEOUT_S)
+        await hub.feed_ready(owner_id, FEED_READY_TIMEOUT_S)
         await _Call(hub, owner_id, subscriber, request.accept_batches, write).run(resume_from)
     finally:
         hub.unsubscribe(subscriber)
