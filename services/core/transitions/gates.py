@@ -6,8 +6,9 @@ its key (migration 0016's trigger), or by the rate sweep when the window has roo
 Checked inside the start's transaction, after the task rows are locked:
 - pause: rt_kind_gates takes each kind's lock shared, then reads the controls afresh (see migration 0016);
 - concurrency keys: each key's advisory lock, exclusive, then the count of its running tasks in a statement of
-  its own (a fresh snapshot, so every start of the key that committed before is counted); the lock is held
-  until this start commits, so two starts of one key are counted one after the other;
+  its own (a fresh snapshot, so every start of the key that committed before is counted), both in one call
+  (rt_key_running, migration 0017); the lock is held until this start commits, so two starts of one key are
+  counted one after the other;
 - rate limits: last, so that only tasks that would otherwise start take a token (services.core.rate_limits).
 """
 
@@ -66,12 +67,8 @@ async def check(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record], limite
             holds[str(row["id"])] = Hold(KIND_PAUSED)
     keyed = sorted((r for r in rows if r["concurrency_key"] is not None and str(r["id"]) not in holds), key=_order)
     if keyed:
-        # Owners' rows before keys, as an end's release does (migration 0016): a hold below locks its owner's row
-        # (the slot-share counters), and must not wait for it while holding a key an end is waiting for.
-        await conn.execute(
-            "SELECT 1 FROM users WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE",
-            sorted({row["owner_id"] for row in rows}),
-        )
+        # The keys' locks are taken after a savepoint, so that they can be given back (below).
+        await conn.execute("SAVEPOINT rt_keys")
         await _check_keys(conn, keyed, holds)
     limited: dict[str, list[asyncpg.Record]] = {}
     for row in sorted(rows, key=_order):
@@ -80,26 +77,32 @@ async def check(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record], limite
             limited.setdefault(row["kind"], []).append(row)
     if limited:
         await _check_rates(limited, controls, limiter, holds)
+    if keyed and holds:
+        # A hold (hold() below) locks its owner's row (the slot-share counters), and an end locks its owners' rows
+        # before the keys' locks (its release trigger fires after the counters' one, migration 0016): waiting for
+        # an owner's row while holding a key an end waits for would deadlock. So, only when something is held
+        # (a start of tasks that all fit takes no owner's row, and never waits for the owner's ends): the keys'
+        # locks are given back, the owners' rows locked, and the keys locked and counted again. Tasks the first
+        # count held stay held (a release is only an offer); tasks it let through are held now if their key is
+        # full after all (a rate token they took is then unused until its window passes: stricter, never looser).
+        await conn.execute("ROLLBACK TO SAVEPOINT rt_keys")
+        await conn.execute(
+            "SELECT 1 FROM users WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE",
+            sorted({row["owner_id"] for row in rows}),
+        )
+        await _check_keys(conn, [r for r in keyed if str(r["id"]) not in holds], holds)
     return holds
 
 
 async def _check_keys(conn: asyncpg.Connection, keyed: Sequence[asyncpg.Record], holds: dict[str, Hold]) -> None:
+    """Hold the keyed tasks (in the order they go) that do not fit under their key's limit."""
+    if not keyed:
+        return
     keys = sorted({(row["owner_id"], row["concurrency_key"]) for row in keyed})
-    owners, names = [k[0] for k in keys], [k[1] for k in keys]
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock(l) FROM (SELECT DISTINCT rt_key_lock(o, k) AS l "
-        "FROM unnest($1::uuid[], $2::text[]) AS u(o, k)) AS s ORDER BY l",
-        owners,
-        names,
-    )
     running = {
-        (r["owner_id"], r["concurrency_key"]): r["n"]
+        (r["owner_id"], r["concurrency_key"]): r["running"]
         for r in await conn.fetch(
-            "SELECT owner_id, concurrency_key, count(*) AS n FROM tasks "
-            "WHERE (owner_id, concurrency_key) IN (SELECT * FROM unnest($1::uuid[], $2::text[])) "
-            "AND concurrency_key IS NOT NULL AND status IN (2, 3) GROUP BY owner_id, concurrency_key",
-            owners,
-            names,
+            "SELECT * FROM rt_key_running($1::uuid[], $2::text[])", [k[0] for k in keys], [k[1] for k in keys]
         )
     }
     for row in keyed:
