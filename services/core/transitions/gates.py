@@ -9,13 +9,15 @@ Checked inside the start's transaction, after the task rows are locked:
   its own (a fresh snapshot, so every start of the key that committed before is counted), both in one call
   (rt_key_running, migration 0017); the lock is held until this start commits, so two starts of one key are
   counted one after the other;
-- rate limits: last, so that only tasks that would otherwise start take a token (services.core.rate_limits).
+- rate limits: before the keys, so that no key's lock is held while Redis answers; a token taken by a task its
+  key then holds is given back (services.core.rate_limits), so only tasks that start keep one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import asyncpg
 
@@ -32,8 +34,17 @@ HELD_REASONS: dict[int, str] = {
     KIND_PAUSED: "kind paused",
 }
 
-# Takes rate-limit tokens: for each (kind, starts wanted, limit), what was granted (rate_limits.take on Redis).
-Limiter = Callable[[Sequence[tuple[str, int, RateLimit]]], Awaitable[list[Taken]]]
+
+class Limiter(Protocol):
+    """The rate-limit windows (rate_limits.RedisLimiter): take starts, and give back those that did not happen."""
+
+    async def take(self, wanted: Sequence[tuple[str, int, RateLimit]]) -> list[Taken]:
+        """For each (kind, starts wanted, limit), what was granted."""
+
+    async def give_back(self, unused: Sequence[tuple[str, Sequence[int]]]) -> None:
+        """Remove these members (of each kind's window) granted to starts that did not happen."""
+
+
 RATE_HELD_CHANNEL = "rt_rate_held"
 # Without a limiter (no Redis at hand), a rate-limited task waits this long and is checked again.
 NO_LIMITER_WAIT_MS = 1000
@@ -65,18 +76,19 @@ async def check(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record], limite
         control = controls.get(row["kind"])
         if control is not None and control["paused_at"] is not None:
             holds[str(row["id"])] = Hold(KIND_PAUSED)
-    keyed = sorted((r for r in rows if r["concurrency_key"] is not None and str(r["id"]) not in holds), key=_order)
-    if keyed:
-        # The keys' locks are taken after a savepoint, so that they can be given back (below).
-        await conn.execute("SAVEPOINT rt_keys")
-        await _check_keys(conn, keyed, holds)
+    # Rate tokens before the keys' locks, so that no key is held while Redis answers: a token granted to a task
+    # its key then holds is given back (below).
     limited: dict[str, list[asyncpg.Record]] = {}
     for row in sorted(rows, key=_order):
         control = controls.get(row["kind"])
         if str(row["id"]) not in holds and control is not None and control["rate_starts"] is not None:
             limited.setdefault(row["kind"], []).append(row)
-    if limited:
-        await _check_rates(limited, controls, limiter, holds)
+    granted = await _check_rates(limited, controls, limiter, holds) if limited else {}
+    keyed = sorted((r for r in rows if r["concurrency_key"] is not None and str(r["id"]) not in holds), key=_order)
+    if keyed:
+        # The keys' locks are taken after a savepoint, so that they can be given back (below).
+        await conn.execute("SAVEPOINT rt_keys")
+        await _check_keys(conn, keyed, holds)
     if keyed and holds:
         # A hold (hold() below) locks its owner's row (the slot-share counters), and an end locks its owners' rows
         # before the keys' locks (its release trigger fires after the counters' one, migration 0016): waiting for
@@ -84,13 +96,20 @@ async def check(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record], limite
         # (a start of tasks that all fit takes no owner's row, and never waits for the owner's ends): the keys'
         # locks are given back, the owners' rows locked, and the keys locked and counted again. Tasks the first
         # count held stay held (a release is only an offer); tasks it let through are held now if their key is
-        # full after all (a rate token they took is then unused until its window passes: stricter, never looser).
+        # full after all.
         await conn.execute("ROLLBACK TO SAVEPOINT rt_keys")
         await conn.execute(
             "SELECT 1 FROM users WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE",
             sorted({row["owner_id"] for row in rows}),
         )
         await _check_keys(conn, [r for r in keyed if str(r["id"]) not in holds], holds)
+    if granted and limiter is not None:
+        # Tokens granted to tasks a key then held: those starts do not happen.
+        unused = [
+            (kind, got.members(sum(str(r["id"]) in holds for r in limited[kind][: got.granted])))
+            for kind, got in granted.items()
+        ]
+        await limiter.give_back(unused)
     return holds
 
 
@@ -118,15 +137,17 @@ async def _check_rates(
     controls: dict[str, asyncpg.Record],
     limiter: Limiter | None,
     holds: dict[str, Hold],
-) -> None:
+) -> dict[str, Taken]:
+    """Hold the tasks (in the order they go) the kinds' windows have no room for; returns what each kind got."""
     wanted = [
         (kind, len(rows), RateLimit(controls[kind]["rate_starts"], controls[kind]["rate_period_ms"]))
         for kind, rows in limited.items()
     ]
-    taken = await limiter(wanted) if limiter is not None else [Taken(0, 0, NO_LIMITER_WAIT_MS) for _ in wanted]
+    taken = await limiter.take(wanted) if limiter is not None else [Taken(0, 0, NO_LIMITER_WAIT_MS) for _ in wanted]
     for (kind, _n, _limit), got in zip(wanted, taken, strict=True):
         for row in limited[kind][got.granted :]:
             holds[str(row["id"])] = Hold(RATE_LIMIT, got.wait_ms)
+    return {kind: got for (kind, _n, _limit), got in zip(wanted, taken, strict=True)}
 
 
 # A held task gets a new dispatch id: its acknowledged entry, and any duplicate of it, can no longer start it.

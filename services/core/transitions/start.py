@@ -192,16 +192,16 @@ async def _start_checked(
         changes: list[TaskChange] = []
         history: list[HistoryEntry] = []
         superseded: list[RunningRef] = []
-        runs: dict[str, worker_pb2.StartItem] = {}
+        runs: dict[str, tuple[worker_pb2.StartItem, int, str]] = {}
         # Rows as recorded, for the metrics counted once the transaction commits.
         fresh: list[asyncpg.Record] = []
         reclaimed: list[asyncpg.Record] = []
         ended: list[asyncpg.Record] = []
-        for item, action, _detail in decisions:
+        for item, action, detail in decisions:
             row = rows.get(item.task_id)
             if action == "run" and row is not None and item.task_id not in runs:
                 check_transition(row["status"], RUNNING)
-                runs[item.task_id] = item
+                runs[item.task_id] = (item, row["status"], detail)
         started = await _start_attempts(conn, worker_id, list(runs.values()))
         for item, action, detail in decisions:
             row = rows.get(item.task_id)
@@ -210,7 +210,6 @@ async def _start_checked(
                 if row["status"] == RUNNING:
                     superseded.append(RunningRef(row["worker_id"], item.task_id, row["fence"]))
                 (fresh if row["status"] == QUEUED else reclaimed).append(new)
-                history.append(history_for(new, row["status"], detail))
                 changes.append(change_for(new, row["status"]))
                 results.append(
                     worker_pb2.StartResult(
@@ -260,18 +259,31 @@ async def _start_checked(
     return StartOutcome(results, changes, superseded)
 
 
+# Every new attempt of a checked batch, each with its own fence, and its history row, in one statement.
+_START_ATTEMPTS = f"""
+WITH t AS (SELECT * FROM unnest($2::uuid[], $3::text[], $4::smallint[], $5::text[]) AS u(id, entry_id, before, detail)),
+started AS (
+    UPDATE tasks SET {_START_SET} FROM t WHERE tasks.id = t.id
+    RETURNING {QUALIFIED_TASK_COLUMNS}, t.before, t.detail
+),
+recorded AS ({history_of("started", "before", "detail")})
+SELECT * FROM started
+"""
+
+
 async def _start_attempts(
-    conn: asyncpg.Connection, worker_id: str, items: Sequence[worker_pb2.StartItem]
+    conn: asyncpg.Connection, worker_id: str, runs: Sequence[tuple[worker_pb2.StartItem, int, str]]
 ) -> dict[str, asyncpg.Record]:
-    """One statement records every new attempt of the batch (each with its own fence)."""
-    if not items:
+    """Record the new attempts of (item, status before, history detail), with their history."""
+    if not runs:
         return {}
     rows = await conn.fetch(
-        f"UPDATE tasks SET {_START_SET} FROM unnest($2::uuid[], $3::text[]) AS t(id, entry_id) "
-        f"WHERE tasks.id = t.id RETURNING {QUALIFIED_TASK_COLUMNS}",
+        _START_ATTEMPTS,
         worker_id,
-        [item.task_id for item in items],
-        [item.entry_id for item in items],
+        [item.task_id for item, _, _ in runs],
+        [item.entry_id for item, _, _ in runs],
+        [before for _, before, _ in runs],
+        [detail for _, _, detail in runs],
     )
     return {str(r["id"]): r for r in rows}
 
