@@ -15,7 +15,7 @@ Checked inside the start's transaction, after the task rows are locked:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,26 +62,56 @@ def _order(row: asyncpg.Record) -> tuple[int, object, str]:
     return (-row["priority"], row["created_at"], str(row["id"]))
 
 
-async def check(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record], limiter: Limiter | None) -> dict[str, Hold]:
-    """Of queued tasks about to start (rows locked by the caller's transaction): those that must wait, and why."""
-    holds: dict[str, Hold] = {}
-    controls = {
-        r["kind"]: r
-        for r in await conn.fetch(
-            "SELECT kind, paused_at, rate_starts, rate_period_ms FROM rt_kind_gates($1::text[])",
-            sorted({row["kind"] for row in rows}),
-        )
+@dataclass(frozen=True)
+class Control:
+    """A kind's controls that keep its tasks from starting unchecked (a row of rt_kind_gates)."""
+
+    paused_at: object | None
+    rate_starts: int | None
+    rate_period_ms: int | None
+
+
+# Prefix of the columns a start's first statement adds to each task row: its kind's controls (controls_of).
+GATED = "gate"
+
+
+def controls_of(rows: Iterable[asyncpg.Record]) -> dict[str, Control]:
+    """The controls read with the rows (rt_kind_gates in the same statement, after the rows were locked)."""
+    return {
+        row["kind"]: Control(row[f"{GATED}_paused_at"], row[f"{GATED}_rate_starts"], row[f"{GATED}_rate_period_ms"])
+        for row in rows
+        if row[GATED]
     }
+
+
+async def check(
+    conn: asyncpg.Connection,
+    rows: Sequence[asyncpg.Record],
+    limiter: Limiter | None,
+    controls: dict[str, Control] | None = None,
+) -> dict[str, Hold]:
+    """Of queued tasks about to start (rows locked by the caller's transaction): those that must wait, and why.
+
+    controls: those of the rows' kinds, when the caller read them with rt_kind_gates after locking the rows."""
+    holds: dict[str, Hold] = {}
+    if controls is None:
+        controls = {
+            r["kind"]: Control(r["paused_at"], r["rate_starts"], r["rate_period_ms"])
+            for r in await conn.fetch(
+                "SELECT kind, paused_at, rate_starts, rate_period_ms FROM rt_kind_gates($1::text[])",
+                sorted({row["kind"] for row in rows}),
+            )
+        }
     for row in rows:
         control = controls.get(row["kind"])
-        if control is not None and control["paused_at"] is not None:
+        if control is not None and control.paused_at is not None:
             holds[str(row["id"])] = Hold(KIND_PAUSED)
     # Rate tokens before the keys' locks, so that no key is held while Redis answers: a token granted to a task
     # its key then holds is given back (below).
     limited: dict[str, list[asyncpg.Record]] = {}
     for row in sorted(rows, key=_order):
         control = controls.get(row["kind"])
-        if str(row["id"]) not in holds and control is not None and control["rate_starts"] is not None:
+        if str(row["id"]) not in holds and control is not None and control.rate_starts is not None:
             limited.setdefault(row["kind"], []).append(row)
     granted = await _check_rates(limited, controls, limiter, holds) if limited else {}
     keyed = sorted((r for r in rows if r["concurrency_key"] is not None and str(r["id"]) not in holds), key=_order)
@@ -134,15 +164,16 @@ async def _check_keys(conn: asyncpg.Connection, keyed: Sequence[asyncpg.Record],
 
 async def _check_rates(
     limited: dict[str, list[asyncpg.Record]],
-    controls: dict[str, asyncpg.Record],
+    controls: dict[str, Control],
     limiter: Limiter | None,
     holds: dict[str, Hold],
 ) -> dict[str, Taken]:
     """Hold the tasks (in the order they go) the kinds' windows have no room for; returns what each kind got."""
-    wanted = [
-        (kind, len(rows), RateLimit(controls[kind]["rate_starts"], controls[kind]["rate_period_ms"]))
-        for kind, rows in limited.items()
-    ]
+    wanted = []
+    for kind, rows in limited.items():
+        control = controls[kind]
+        assert control.rate_starts is not None and control.rate_period_ms is not None
+        wanted.append((kind, len(rows), RateLimit(control.rate_starts, control.rate_period_ms)))
     taken = await limiter.take(wanted) if limiter is not None else [Taken(0, 0, NO_LIMITER_WAIT_MS) for _ in wanted]
     for (kind, _n, _limit), got in zip(wanted, taken, strict=True):
         for row in limited[kind][got.granted :]:

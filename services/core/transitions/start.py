@@ -101,6 +101,17 @@ SELECT * FROM started
 """
 
 
+# The checked path's first statement: the rows, locked in id order, and the controls of their queued tasks' kinds
+# (rt_kind_gates, after the rows are locked, as in _FAST_START), each row with its kind's (gates.controls_of).
+_LOCK_AND_GATE = f"""
+WITH locked AS (SELECT {TASK_COLUMNS} FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE),
+gated AS (SELECT * FROM rt_kind_gates((SELECT array_agg(DISTINCT kind) FROM locked WHERE status = {QUEUED})))
+SELECT locked.*, gated.kind IS NOT NULL AS {gates.GATED}, gated.paused_at AS {gates.GATED}_paused_at,
+    gated.rate_starts AS {gates.GATED}_rate_starts, gated.rate_period_ms AS {gates.GATED}_rate_period_ms
+FROM locked LEFT JOIN gated ON gated.kind = locked.kind
+"""
+
+
 async def start_batch(
     pool: asyncpg.Pool,
     worker_id: str,
@@ -162,13 +173,7 @@ async def _start_checked(
     """
     ids = [item.task_id for item in items]
     async with pool.acquire() as conn, conn.transaction():
-        rows = {
-            str(r["id"]): r
-            for r in await conn.fetch(
-                f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
-                valid_uuids(ids),
-            )
-        }
+        rows = {str(r["id"]): r for r in await conn.fetch(_LOCK_AND_GATE, valid_uuids(ids))}
         # Asked only about holders whose task this request would take (under the row locks, so the holder
         # cannot report meanwhile): one Redis round trip, on the rare path of a dead worker's entries.
         others: dict[str, list[tuple[str, float]]] = {}
@@ -185,7 +190,8 @@ async def _start_checked(
         fresh_rows = {
             i.task_id: rows[i.task_id] for i, a, _ in decisions if a == "run" and rows[i.task_id]["status"] == QUEUED
         }
-        holds = await gates.check(conn, list(fresh_rows.values()), limiter) if fresh_rows else {}
+        controls = gates.controls_of(rows.values())
+        holds = await gates.check(conn, list(fresh_rows.values()), limiter, controls) if fresh_rows else {}
         decisions = [(i, "hold", "") if a == "run" and i.task_id in holds else (i, a, d) for i, a, d in decisions]
         held = await gates.hold(conn, holds)
         results: list[worker_pb2.StartResult] = []
