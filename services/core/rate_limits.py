@@ -16,7 +16,7 @@ in every 1.15 s) and is nothing for periods of minutes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -87,6 +87,14 @@ class Taken:
         return list(range(self.last - min(n, self.granted) + 1, self.last + 1))
 
 
+@dataclass(frozen=True)
+class TakenAhead:
+    """Starts a start took before its transaction, for the limit its kind had when last read."""
+
+    limit: RateLimit
+    taken: Taken
+
+
 async def take(redis: aioredis.Redis, wanted: Sequence[tuple[str, int, RateLimit]]) -> list[Taken]:
     """For each (kind, starts wanted, its limit): take what the kind's window has room for, in one round trip.
     wanted 0 takes nothing and tells the room (the sweeper's question)."""
@@ -131,10 +139,28 @@ async def give_back(redis: aioredis.Redis, unused: Sequence[tuple[str, Sequence[
 
 
 class RedisLimiter:
-    """What a start's check (services.core.transitions.gates) asks of the windows in Redis."""
+    """What a start's check (services.core.transitions.gates) asks of the windows in Redis.
+
+    It keeps each kind's limit as last read under the kind's lock, so that a start can take its tokens before its
+    transaction (take_ahead) rather than while holding its rows and its keys' locks. The check then uses them only
+    if the limit it reads is still the one they were taken for, and gives back what it does not use: a stale
+    limit costs a second call, never a start beyond the limit.
+    """
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
+        self.known: dict[str, RateLimit | None] = {}
+
+    def remember(self, limits: Mapping[str, RateLimit | None]) -> None:
+        self.known.update(limits)
+
+    async def take_ahead(self, wanted: Mapping[str, int]) -> dict[str, TakenAhead]:
+        """For the kinds last known to be limited: up to `wanted` starts each."""
+        asked = [(kind, n, limit) for kind, n in wanted.items() if (limit := self.known.get(kind)) is not None]
+        if not asked:
+            return {}
+        taken = await self.take(asked)
+        return {kind: TakenAhead(limit, got) for (kind, _n, limit), got in zip(asked, taken, strict=True)}
 
     async def take(self, wanted: Sequence[tuple[str, int, RateLimit]]) -> list[Taken]:
         return await take_or_wait(self.redis, wanted)

@@ -15,14 +15,14 @@ Checked inside the start's transaction, after the task rows are locked:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import asyncpg
 
 from resilienttask.v1 import task_pb2
-from services.core.rate_limits import RateLimit, Taken
+from services.core.rate_limits import RateLimit, Taken, TakenAhead
 from services.core.task_model import QUALIFIED_TASK_COLUMNS
 
 CONCURRENCY_KEY = task_pb2.WAIT_REASON_CONCURRENCY_KEY
@@ -36,7 +36,14 @@ HELD_REASONS: dict[int, str] = {
 
 
 class Limiter(Protocol):
-    """The rate-limit windows (rate_limits.RedisLimiter): take starts, and give back those that did not happen."""
+    """The rate-limit windows (rate_limits.RedisLimiter): take starts, and give back those that did not happen;
+    it also keeps the limits last read of each kind (for taking ahead)."""
+
+    def remember(self, limits: Mapping[str, RateLimit | None]) -> None:
+        """The kinds' rate limits as just read under their locks (None: no limit)."""
+
+    async def take_ahead(self, wanted: Mapping[str, int]) -> dict[str, TakenAhead]:
+        """Before a start's transaction: up to `wanted` starts of each kind last known to be limited."""
 
     async def take(self, wanted: Sequence[tuple[str, int, RateLimit]]) -> list[Taken]:
         """For each (kind, starts wanted, limit), what was granted."""
@@ -70,6 +77,11 @@ class Control:
     rate_starts: int | None
     rate_period_ms: int | None
 
+    def rate(self) -> RateLimit | None:
+        if self.rate_starts is None or self.rate_period_ms is None:
+            return None
+        return RateLimit(self.rate_starts, self.rate_period_ms)
+
 
 # Prefix of the columns a start's first statement adds to each task row: its kind's controls (controls_of).
 GATED = "gate"
@@ -89,10 +101,13 @@ async def check(
     rows: Sequence[asyncpg.Record],
     limiter: Limiter | None,
     controls: dict[str, Control] | None = None,
+    ahead: Mapping[str, TakenAhead] | None = None,
 ) -> dict[str, Hold]:
     """Of queued tasks about to start (rows locked by the caller's transaction): those that must wait, and why.
 
-    controls: those of the rows' kinds, when the caller read them with rt_kind_gates after locking the rows."""
+    controls: those of the rows' kinds, when the caller read them with rt_kind_gates after locking the rows.
+    ahead: rate tokens the caller took before its transaction (take_ahead), used here if the kind's limit is the
+    one they were taken for; what is not used is given back."""
     holds: dict[str, Hold] = {}
     if controls is None:
         controls = {
@@ -111,9 +126,13 @@ async def check(
     limited: dict[str, list[asyncpg.Record]] = {}
     for row in sorted(rows, key=_order):
         control = controls.get(row["kind"])
-        if str(row["id"]) not in holds and control is not None and control.rate_starts is not None:
+        if str(row["id"]) not in holds and control is not None and control.rate() is not None:
             limited.setdefault(row["kind"], []).append(row)
-    granted = await _check_rates(limited, controls, limiter, holds) if limited else {}
+    if limiter is not None:
+        limiter.remember(
+            {row["kind"]: controls[row["kind"]].rate() if row["kind"] in controls else None for row in rows}
+        )
+    grants = await _check_rates(limited, controls, limiter, holds, ahead or {})
     keyed = sorted((r for r in rows if r["concurrency_key"] is not None and str(r["id"]) not in holds), key=_order)
     if keyed:
         # The keys' locks are taken after a savepoint, so that they can be given back (below).
@@ -133,11 +152,11 @@ async def check(
             sorted({row["owner_id"] for row in rows}),
         )
         await _check_keys(conn, [r for r in keyed if str(r["id"]) not in holds], holds)
-    if granted and limiter is not None:
-        # Tokens granted to tasks a key then held: those starts do not happen.
+    if limiter is not None:
+        # Tokens granted for starts that do not happen now (a key held the task, or it was taken for nothing).
         unused = [
-            (kind, got.members(sum(str(r["id"]) in holds for r in limited[kind][: got.granted])))
-            for kind, got in granted.items()
+            (kind, got.members(got.granted - sum(str(r["id"]) not in holds for r in rows[: got.granted])))
+            for kind, got, rows in grants
         ]
         await limiter.give_back(unused)
     return holds
@@ -162,23 +181,43 @@ async def _check_keys(conn: asyncpg.Connection, keyed: Sequence[asyncpg.Record],
             holds[str(row["id"])] = Hold(CONCURRENCY_KEY)
 
 
+# A rate grant a start holds: the kind, what its window granted, the tasks (in the order they go) it was for.
+Grant = tuple[str, Taken, list[asyncpg.Record]]
+
+
 async def _check_rates(
     limited: dict[str, list[asyncpg.Record]],
     controls: dict[str, Control],
     limiter: Limiter | None,
     holds: dict[str, Hold],
-) -> dict[str, Taken]:
-    """Hold the tasks (in the order they go) the kinds' windows have no room for; returns what each kind got."""
-    wanted = []
+    ahead: Mapping[str, TakenAhead],
+) -> list[Grant]:
+    """Hold the tasks (in the order they go) the kinds' windows have no room for; returns the grants this start
+    holds."""
+    grants: list[Grant] = []
+    wanted: list[tuple[str, int, RateLimit]] = []
     for kind, rows in limited.items():
-        control = controls[kind]
-        assert control.rate_starts is not None and control.rate_period_ms is not None
-        wanted.append((kind, len(rows), RateLimit(control.rate_starts, control.rate_period_ms)))
-    taken = await limiter.take(wanted) if limiter is not None else [Taken(0, 0, NO_LIMITER_WAIT_MS) for _ in wanted]
-    for (kind, _n, _limit), got in zip(wanted, taken, strict=True):
-        for row in limited[kind][got.granted :]:
+        limit = controls[kind].rate()
+        assert limit is not None
+        taken = ahead.get(kind)
+        if taken is not None and taken.limit == limit:
+            grants.append((kind, taken.taken, rows))
+        else:
+            wanted.append((kind, len(rows), limit))
+    # Taken ahead for nothing (no task of the kind needs one, or its limit changed): back first, so that they do
+    # not stand in the way of the tokens taken now.
+    unusable = [(kind, t.taken) for kind, t in ahead.items() if all(g[1] is not t.taken for g in grants)]
+    if unusable and limiter is not None:
+        await limiter.give_back([(kind, taken.members(taken.granted)) for kind, taken in unusable])
+    if wanted:
+        taken_now = (
+            await limiter.take(wanted) if limiter is not None else [Taken(0, 0, NO_LIMITER_WAIT_MS) for _ in wanted]
+        )
+        grants += [(kind, got, limited[kind]) for (kind, _n, _limit), got in zip(wanted, taken_now, strict=True)]
+    for _kind, got, rows in grants:
+        for row in rows[got.granted :]:
             holds[str(row["id"])] = Hold(RATE_LIMIT, got.wait_ms)
-    return {kind: got for (kind, _n, _limit), got in zip(wanted, taken, strict=True)}
+    return grants
 
 
 # A held task gets a new dispatch id: its acknowledged entry, and any duplicate of it, can no longer start it.

@@ -8,6 +8,8 @@ A task another worker holds is taken over only when the schedulers' own record s
 
 from __future__ import annotations
 
+import contextlib
+from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +18,7 @@ import asyncpg
 from resilienttask.v1 import task_pb2
 from resilienttask.worker.v1 import worker_pb2
 from services.core import task_metrics
+from services.core.dispatch import parse_ref
 from services.core.events import TaskChange
 from services.core.task_model import (
     CANCELLED,
@@ -172,6 +175,9 @@ async def _start_checked(
     task is taken from its holder only once the schedulers saw the holder go silent; until then it is deferred.
     """
     ids = [item.task_id for item in items]
+    # Rate tokens for the kinds the entries name, before the rows and keys are locked (gates.check uses them if
+    # the kind's limit is still the one they were taken for, and gives back the rest).
+    ahead = await limiter.take_ahead(_kinds_named(items)) if limiter is not None else {}
     async with pool.acquire() as conn, conn.transaction():
         rows = {str(r["id"]): r for r in await conn.fetch(_LOCK_AND_GATE, valid_uuids(ids))}
         # Asked only about holders whose task this request would take (under the row locks, so the holder
@@ -191,7 +197,9 @@ async def _start_checked(
             i.task_id: rows[i.task_id] for i, a, _ in decisions if a == "run" and rows[i.task_id]["status"] == QUEUED
         }
         controls = gates.controls_of(rows.values())
-        holds = await gates.check(conn, list(fresh_rows.values()), limiter, controls) if fresh_rows else {}
+        holds = (
+            await gates.check(conn, list(fresh_rows.values()), limiter, controls, ahead) if fresh_rows or ahead else {}
+        )
         decisions = [(i, "hold", "") if a == "run" and i.task_id in holds else (i, a, d) for i, a, d in decisions]
         held = await gates.hold(conn, holds)
         results: list[worker_pb2.StartResult] = []
@@ -292,6 +300,15 @@ async def _start_attempts(
         [detail for _, _, detail in runs],
     )
     return {str(r["id"]): r for r in rows}
+
+
+def _kinds_named(items: Sequence[worker_pb2.StartItem]) -> Counter[str]:
+    """How many entries name each kind (in their stream reference); a malformed reference names none."""
+    kinds: Counter[str] = Counter()
+    for item in items:
+        with contextlib.suppress(ValueError):
+            kinds[parse_ref(item.entry_id)[0]] += 1
+    return kinds
 
 
 def _decide(
