@@ -7,8 +7,8 @@ Checked inside the start's transaction, after the task rows are locked:
 - pause: rt_kind_gates takes each kind's lock shared, then reads the controls afresh (see migration 0016);
 - concurrency keys: each key's advisory lock, exclusive, then the count of its running tasks in a statement of
   its own (a fresh snapshot, so every start of the key that committed before is counted), both in one call
-  (rt_key_running, migration 0017); the lock is held until this start commits, so two starts of one key are
-  counted one after the other;
+  (rt_key_running, migration 0017, which a start makes in its first statement); the lock is held until this start
+  commits, so two starts of one key are counted one after the other;
 - rate limits: before the keys, so that no key's lock is held while Redis answers; a token taken by a task its
   key then holds is given back (services.core.rate_limits), so only tasks that start keep one.
 """
@@ -96,18 +96,60 @@ def controls_of(rows: Iterable[asyncpg.Record]) -> dict[str, Control]:
     }
 
 
+# Running tasks of each (owner, key), counted under the keys' locks.
+KeyCounts = Mapping[tuple[object, str], int]
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Rate tokens a start holds: for its kind's limit, what the window granted, the tasks (in the order they go)
+    it was for (none: taken ahead for nothing)."""
+
+    kind: str
+    limit: RateLimit
+    taken: Taken
+    rows: Sequence[asyncpg.Record]
+
+
+@dataclass
+class Checked:
+    """What check decided: the tasks that must wait (and why), and the rate tokens it holds."""
+
+    holds: dict[str, Hold]
+    grants: list[Grant]
+
+    def ahead(self) -> dict[str, TakenAhead]:
+        """The tokens, for a second check of the same tasks (after the first was rolled back)."""
+        return {g.kind: TakenAhead(g.limit, g.taken) for g in self.grants}
+
+    async def settle(self, limiter: Limiter | None) -> None:
+        """Give back the tokens of the starts that do not happen (a key held the task, or it was taken for
+        nothing); called once the decisions are final."""
+        if limiter is None:
+            return
+        unused = []
+        for g in self.grants:
+            used = sum(str(r["id"]) not in self.holds for r in g.rows[: g.taken.granted])
+            unused.append((g.kind, g.taken.members(g.taken.granted - used)))
+        await limiter.give_back(unused)
+
+
 async def check(
     conn: asyncpg.Connection,
     rows: Sequence[asyncpg.Record],
     limiter: Limiter | None,
     controls: dict[str, Control] | None = None,
     ahead: Mapping[str, TakenAhead] | None = None,
-) -> dict[str, Hold]:
+    key_counts: KeyCounts | None = None,
+) -> Checked:
     """Of queued tasks about to start (rows locked by the caller's transaction): those that must wait, and why.
 
     controls: those of the rows' kinds, when the caller read them with rt_kind_gates after locking the rows.
     ahead: rate tokens the caller took before its transaction (take_ahead), used here if the kind's limit is the
-    one they were taken for; what is not used is given back."""
+    one they were taken for. key_counts: the running tasks of the rows' keys, when the caller locked the keys and
+    counted them (rt_key_running) after the rows and the kinds; without them, the owners' rows are locked here,
+    then the keys (see the caller, start.py, for why that order).
+    The caller settles the tokens (Checked.settle) once its decisions are final."""
     holds: dict[str, Hold] = {}
     if controls is None:
         controls = {
@@ -121,8 +163,8 @@ async def check(
         control = controls.get(row["kind"])
         if control is not None and control.paused_at is not None:
             holds[str(row["id"])] = Hold(KIND_PAUSED)
-    # Rate tokens before the keys' locks, so that no key is held while Redis answers: a token granted to a task
-    # its key then holds is given back (below).
+    # Rate tokens before the keys, so that no key's lock is held while Redis answers: a token granted to a task
+    # its key then holds is given back (Checked.settle).
     limited: dict[str, list[asyncpg.Record]] = {}
     for row in sorted(rows, key=_order):
         control = controls.get(row["kind"])
@@ -134,55 +176,38 @@ async def check(
         )
     grants = await _check_rates(limited, controls, limiter, holds, ahead or {})
     keyed = sorted((r for r in rows if r["concurrency_key"] is not None and str(r["id"]) not in holds), key=_order)
-    if keyed:
-        # The keys' locks are taken after a savepoint, so that they can be given back (below).
-        await conn.execute("SAVEPOINT rt_keys")
-        await _check_keys(conn, keyed, holds)
-    if keyed and holds:
-        # A hold (hold() below) locks its owner's row (the slot-share counters), and an end locks its owners' rows
-        # before the keys' locks (its release trigger fires after the counters' one, migration 0016): waiting for
-        # an owner's row while holding a key an end waits for would deadlock. So, only when something is held
-        # (a start of tasks that all fit takes no owner's row, and never waits for the owner's ends): the keys'
-        # locks are given back, the owners' rows locked, and the keys locked and counted again. Tasks the first
-        # count held stay held (a release is only an offer); tasks it let through are held now if their key is
-        # full after all.
-        await conn.execute("ROLLBACK TO SAVEPOINT rt_keys")
+    if keyed and key_counts is None:
+        # Owners' rows before keys, as an end does (migration 0016): a hold below locks its owner's row (the
+        # slot-share counters), and must not wait for it while holding a key an end is waiting for.
         await conn.execute(
             "SELECT 1 FROM users WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE",
             sorted({row["owner_id"] for row in rows}),
         )
-        await _check_keys(conn, [r for r in keyed if str(r["id"]) not in holds], holds)
-    if limiter is not None:
-        # Tokens granted for starts that do not happen now (a key held the task, or it was taken for nothing).
-        unused = [
-            (kind, got.members(got.granted - sum(str(r["id"]) not in holds for r in rows[: got.granted])))
-            for kind, got, rows in grants
-        ]
-        await limiter.give_back(unused)
-    return holds
+        key_counts = await count_keys(conn, keyed)
+    _check_keys(keyed, key_counts or {}, holds)
+    return Checked(holds, grants)
 
 
-async def _check_keys(conn: asyncpg.Connection, keyed: Sequence[asyncpg.Record], holds: dict[str, Hold]) -> None:
-    """Hold the keyed tasks (in the order they go) that do not fit under their key's limit."""
-    if not keyed:
-        return
+async def count_keys(conn: asyncpg.Connection, keyed: Sequence[asyncpg.Record]) -> dict[tuple[object, str], int]:
+    """Lock the rows' keys and count their running tasks (rt_key_running)."""
     keys = sorted({(row["owner_id"], row["concurrency_key"]) for row in keyed})
-    running = {
+    return {
         (r["owner_id"], r["concurrency_key"]): r["running"]
         for r in await conn.fetch(
             "SELECT * FROM rt_key_running($1::uuid[], $2::text[])", [k[0] for k in keys], [k[1] for k in keys]
         )
     }
+
+
+def _check_keys(keyed: Sequence[asyncpg.Record], key_counts: KeyCounts, holds: dict[str, Hold]) -> None:
+    """Hold the keyed tasks (in the order they go) that do not fit under their key's limit."""
+    running = dict(key_counts)
     for row in keyed:
         key = (row["owner_id"], row["concurrency_key"])
         if running.get(key, 0) < row["concurrency_limit"]:
             running[key] = running.get(key, 0) + 1
         else:
             holds[str(row["id"])] = Hold(CONCURRENCY_KEY)
-
-
-# A rate grant a start holds: the kind, what its window granted, the tasks (in the order they go) it was for.
-Grant = tuple[str, Taken, list[asyncpg.Record]]
 
 
 async def _check_rates(
@@ -201,22 +226,25 @@ async def _check_rates(
         assert limit is not None
         taken = ahead.get(kind)
         if taken is not None and taken.limit == limit:
-            grants.append((kind, taken.taken, rows))
+            grants.append(Grant(kind, limit, taken.taken, rows))
         else:
             wanted.append((kind, len(rows), limit))
     # Taken ahead for nothing (no task of the kind needs one, or its limit changed): back first, so that they do
     # not stand in the way of the tokens taken now.
-    unusable = [(kind, t.taken) for kind, t in ahead.items() if all(g[1] is not t.taken for g in grants)]
+    used = {g.kind for g in grants}
+    unusable = [(kind, t.taken) for kind, t in ahead.items() if kind not in used]
     if unusable and limiter is not None:
         await limiter.give_back([(kind, taken.members(taken.granted)) for kind, taken in unusable])
     if wanted:
         taken_now = (
             await limiter.take(wanted) if limiter is not None else [Taken(0, 0, NO_LIMITER_WAIT_MS) for _ in wanted]
         )
-        grants += [(kind, got, limited[kind]) for (kind, _n, _limit), got in zip(wanted, taken_now, strict=True)]
-    for _kind, got, rows in grants:
-        for row in rows[got.granted :]:
-            holds[str(row["id"])] = Hold(RATE_LIMIT, got.wait_ms)
+        grants += [
+            Grant(kind, limit, got, limited[kind]) for (kind, _n, limit), got in zip(wanted, taken_now, strict=True)
+        ]
+    for grant in grants:
+        for row in grant.rows[grant.taken.granted :]:
+            holds[str(row["id"])] = Hold(RATE_LIMIT, grant.taken.wait_ms)
     return grants
 
 
