@@ -293,21 +293,21 @@ def document(meta: dict[str, Any], results: dict[str, Any]) -> str:
 
 READING = [
     (
-        "Reading the cost: the target of 5 % is not met for a burst of no-op tasks of one user. Each part "
-        "alone, against the same round's off: **priorities** cost up to two empty non-blocking reads per "
-        "worker read (the levels above the work) — within the noise of one round; **the fair share** caps "
-        "what one user has dispatched at (1 + headroom) x the slots, and a no-op task counts as dispatched "
-        "from its publication until its end is recorded (tens of milliseconds after its handler returned, "
-        "while the worker already runs the next), so the cap binds and the drain waits on releases (by "
-        "Little's law the drain grows with the cap; the fixed half share shipped before paid more, 0.16); "
-        "**the gates** (a concurrency key and a rate limit checked at every start, under advisory locks and a"
-        " Redis script) cost the most, and are measured here only because the A/B includes them. Tasks that "
-        "run for a second are not slowed by the cap (the headroom covers the release round trip). The "
-        "headroom is the trade: a newcomer waits about headroom x one task's runtime (0.5 by default, within "
-        "the target above), a lone user's no-op burst runs at about what a cap of (1 + headroom) x the slots "
-        "allows; RTASK_LIMIT_FAIR_SHARE=false gives the off figure back, without the newcomer's bound. The "
-        "load average (another process ran on the same two cores) moved the off figure between 365 and 712 "
-        "tasks/s across rounds."
+        "Reading the cost: each part alone is compared with the same round's off, the whole A/B with the off "
+        "rounds' median. **Priorities** cost up to two empty non-blocking reads per worker read (the levels above "
+        "the work). **The fair share** caps what one user has dispatched at (1 + headroom) x the slots; a no-op "
+        "task counts as dispatched from its release until its end is recorded (tens of milliseconds after its "
+        "handler returned, while the worker already runs the next), so for a burst of no-ops the cap binds and "
+        "the drain follows the release path: each end releases the next held task in its own statement "
+        "(rt_release, migration 0017: by index, a few tenths of a millisecond) and the scheduler's publish sweep, "
+        "woken by NOTIFY, sends it to its stream. **The gates** (a concurrency key on every task and a rate limit "
+        "on the kind, neither binding) send every start through the checked path: one transaction of four round "
+        "trips (BEGIN with a savepoint, the rows locked with their kinds' controls and their keys locked and "
+        "counted in one statement, the attempts with their history, COMMIT) plus one Redis call made before it; "
+        "a start whose tasks all fit locks no owner's row. Tasks that run for a second are not slowed by any of "
+        "it (the headroom covers the release's round trips). RTASK_LIMIT_FAIR_SHARE=false gives a lone user's "
+        "no-op burst the off figure back, without the newcomer's bound above. The machine is shared: the off "
+        "rounds' spread is the noise floor of every ratio here."
     ),
     "",
 ]

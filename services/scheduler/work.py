@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -22,7 +22,6 @@ import redis.asyncio as aioredis
 from resilienttask.worker.v1 import worker_pb2
 from services.core import commands, outbox, rate_limits, tracing
 from services.core.errors import DomainError, Unavailable
-from services.core.rate_limits import RateLimit, Taken
 from services.scheduler import store
 from services.scheduler.connections import Mailbox
 from services.scheduler.progress import ProgressBuffer
@@ -64,6 +63,7 @@ class WorkProcessor:
         self.progress = progress
         self.retry = retry
         self.holders = holders
+        self.limiter = rate_limits.RedisLimiter(redis)
         # Items one WorkRequest may carry; a worker asks for at most its free slots, so this bounds a bad one.
         self.max_items = max_items
         # Awaited before outcomes are recorded: the lines the worker sent before them are stored first, so a
@@ -147,9 +147,6 @@ class WorkProcessor:
             times = BatchTimes(began_ns, committed_ns, time.time_ns())
             record_work(finishes, finished, starts, started, times)
 
-    async def _take_tokens(self, wanted: Sequence[tuple[str, int, RateLimit]]) -> list[Taken]:
-        return await rate_limits.take_or_wait(self.redis, wanted)
-
     async def _commit(
         self, finishes: list[worker_pb2.FinishItem], starts: list[worker_pb2.StartItem]
     ) -> tuple[list[worker_pb2.FinishResult], list[worker_pb2.StartResult], int]:
@@ -161,9 +158,7 @@ class WorkProcessor:
         self.progress.discard(self.worker_id, (item.task.task_id for item in finishes))
         finished, started = await asyncio.gather(
             store.finish_batch(self.pool, self.worker_id, finishes, self.retry) if finishes else _nothing(),
-            store.start_batch(self.pool, self.worker_id, starts, self.holders, self._take_tokens)
-            if starts
-            else _nothing(),
+            store.start_batch(self.pool, self.worker_id, starts, self.holders, self.limiter) if starts else _nothing(),
             return_exceptions=True,  # both halves end before the batch is answered
         )
         for half in (finished, started):

@@ -10,14 +10,16 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 
 from resilienttask.worker.v1 import worker_pb2
-from services.core import kind_controls
+from services.core import keys, kind_controls, rate_limits
 from services.core.limits import UserLimits
 from services.core.task_model import QUEUED
 from services.core.transitions import gates
 from services.core.transitions import user as transitions
 from services.scheduler import store
+from tests.conftest import Stores
 from tests.helpers import eventually
 from tests.integration.test_transitions import database, new_user
 
@@ -37,6 +39,15 @@ async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
         await created.close()
 
 
+@pytest.fixture
+async def redis(stores: Stores) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(stores.redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
 def spec(kind: str, replicas: int = 1, key: str | None = None, limit: int = 0) -> transitions.Submission:
     return transitions.Submission(
         "t", kind, {}, 0, 1000, replicas, 3, str(uuid.uuid4()), concurrency_key=key, concurrency_limit=limit
@@ -44,7 +55,10 @@ def spec(kind: str, replicas: int = 1, key: str | None = None, limit: int = 0) -
 
 
 def item(row: asyncpg.Record) -> worker_pb2.StartItem:
-    return worker_pb2.StartItem(task_id=str(row["id"]), dispatch_id=str(row["dispatch_id"]), entry_id="e")
+    """The task's current dispatch, named as its stream entry would name it (kind, then the entry id)."""
+    return worker_pb2.StartItem(
+        task_id=str(row["id"]), dispatch_id=str(row["dispatch_id"]), entry_id=f"{row['kind']}:1-{row['replica_index']}"
+    )
 
 
 async def lock_waiters(pool: asyncpg.Pool) -> int:
@@ -119,3 +133,48 @@ def _worker_of(outcomes: list[store.StartOutcome], task_id: str) -> str:
         if any(r.task_id == task_id and r.decision == RUN for r in outcome.results):
             return f"w{index}"
     raise AssertionError(task_id)
+
+
+async def window(redis: aioredis.Redis, kind: str) -> int:
+    """Starts the kind's rate window holds."""
+    held: int = await redis.zcard(keys.rate_window(kind))
+    return held
+
+
+async def test_a_rate_token_taken_by_a_task_its_key_holds_is_given_back(
+    pool: asyncpg.Pool, redis: aioredis.Redis
+) -> None:
+    """The tokens are taken before the keys are counted (no key is locked while Redis answers): the window keeps
+    only the starts that happened."""
+    kind = f"k-{uuid.uuid4().hex[:8]}"
+    await kind_controls.set_rate_limit(pool, kind, 5, 60_000)
+    owner = await new_user(pool)
+    rows, _ = await transitions.submit(pool, owner, spec(kind, 3, key="customer", limit=1), OFF)
+    limiter = rate_limits.RedisLimiter(redis)
+    outcome = await store.start_batch(pool, "w", [item(r) for r in rows], limiter=limiter)
+    assert sorted(r.reason for r in outcome.results if r.decision == SKIP) == ["held: concurrency key full"] * 2
+    assert [r.decision for r in outcome.results].count(RUN) == 1
+    assert await window(redis, kind) == 1
+    # Taken ahead this time (the limit is known now), and given back the same way.
+    more, _ = await transitions.submit(pool, owner, spec(kind, 2, key="customer", limit=1), OFF)
+    outcome = await store.start_batch(pool, "w", [item(r) for r in more], limiter=limiter)
+    assert [r.decision for r in outcome.results] == [SKIP, SKIP]
+    assert await window(redis, kind) == 1
+
+
+async def test_tokens_taken_ahead_for_a_limit_since_lowered_never_start_more_than_the_limit(
+    pool: asyncpg.Pool, redis: aioredis.Redis
+) -> None:
+    """A scheduler takes its tokens before its transaction, for the limit it last read; an operator lowered it
+    meanwhile: the start goes by the limit read under the kind's lock, and what was taken ahead goes back."""
+    kind = f"k-{uuid.uuid4().hex[:8]}"
+    await kind_controls.set_rate_limit(pool, kind, 100, 60_000)
+    owner = await new_user(pool)
+    limiter = rate_limits.RedisLimiter(redis)
+    limiter.remember({kind: rate_limits.RateLimit(100, 60_000)})
+    await kind_controls.set_rate_limit(pool, kind, 2, 60_000)
+    rows, _ = await transitions.submit(pool, owner, spec(kind, 5), OFF)
+    outcome = await store.start_batch(pool, "w", [item(r) for r in rows], limiter=limiter)
+    assert [r.decision for r in outcome.results].count(RUN) == 2, [r.reason for r in outcome.results]
+    assert sorted(r.reason for r in outcome.results if r.decision == SKIP) == ["held: rate limit"] * 3
+    assert await window(redis, kind) == 2

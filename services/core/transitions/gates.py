@@ -6,20 +6,23 @@ its key (migration 0016's trigger), or by the rate sweep when the window has roo
 Checked inside the start's transaction, after the task rows are locked:
 - pause: rt_kind_gates takes each kind's lock shared, then reads the controls afresh (see migration 0016);
 - concurrency keys: each key's advisory lock, exclusive, then the count of its running tasks in a statement of
-  its own (a fresh snapshot, so every start of the key that committed before is counted); the lock is held
-  until this start commits, so two starts of one key are counted one after the other;
-- rate limits: last, so that only tasks that would otherwise start take a token (services.core.rate_limits).
+  its own (a fresh snapshot, so every start of the key that committed before is counted), both in one call
+  (rt_key_running, migration 0017, which a start makes in its first statement); the lock is held until this start
+  commits, so two starts of one key are counted one after the other;
+- rate limits: before the keys, so that no key's lock is held while Redis answers; a token taken by a task its
+  key then holds is given back (services.core.rate_limits), so only tasks that start keep one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import asyncpg
 
 from resilienttask.v1 import task_pb2
-from services.core.rate_limits import RateLimit, Taken
+from services.core.rate_limits import RateLimit, Taken, TakenAhead
 from services.core.task_model import QUALIFIED_TASK_COLUMNS
 
 CONCURRENCY_KEY = task_pb2.WAIT_REASON_CONCURRENCY_KEY
@@ -31,8 +34,24 @@ HELD_REASONS: dict[int, str] = {
     KIND_PAUSED: "kind paused",
 }
 
-# Takes rate-limit tokens: for each (kind, starts wanted, limit), what was granted (rate_limits.take on Redis).
-Limiter = Callable[[Sequence[tuple[str, int, RateLimit]]], Awaitable[list[Taken]]]
+
+class Limiter(Protocol):
+    """The rate-limit windows (rate_limits.RedisLimiter): take starts, and give back those that did not happen;
+    it also keeps the limits last read of each kind (for taking ahead)."""
+
+    def remember(self, limits: Mapping[str, RateLimit | None]) -> None:
+        """The kinds' rate limits as just read under their locks (None: no limit)."""
+
+    async def take_ahead(self, wanted: Mapping[str, int]) -> dict[str, TakenAhead]:
+        """Before a start's transaction: up to `wanted` starts of each kind last known to be limited."""
+
+    async def take(self, wanted: Sequence[tuple[str, int, RateLimit]]) -> list[Taken]:
+        """For each (kind, starts wanted, limit), what was granted."""
+
+    async def give_back(self, unused: Sequence[tuple[str, Sequence[int]]]) -> None:
+        """Remove these members (of each kind's window) granted to starts that did not happen."""
+
+
 RATE_HELD_CHANNEL = "rt_rate_held"
 # Without a limiter (no Redis at hand), a rate-limited task waits this long and is checked again.
 NO_LIMITER_WAIT_MS = 1000
@@ -50,58 +69,139 @@ def _order(row: asyncpg.Record) -> tuple[int, object, str]:
     return (-row["priority"], row["created_at"], str(row["id"]))
 
 
-async def check(conn: asyncpg.Connection, rows: Sequence[asyncpg.Record], limiter: Limiter | None) -> dict[str, Hold]:
-    """Of queued tasks about to start (rows locked by the caller's transaction): those that must wait, and why."""
-    holds: dict[str, Hold] = {}
-    controls = {
-        r["kind"]: r
-        for r in await conn.fetch(
-            "SELECT kind, paused_at, rate_starts, rate_period_ms FROM rt_kind_gates($1::text[])",
-            sorted({row["kind"] for row in rows}),
-        )
+@dataclass(frozen=True)
+class Control:
+    """A kind's controls that keep its tasks from starting unchecked (a row of rt_kind_gates)."""
+
+    paused_at: object | None
+    rate_starts: int | None
+    rate_period_ms: int | None
+
+    def rate(self) -> RateLimit | None:
+        if self.rate_starts is None or self.rate_period_ms is None:
+            return None
+        return RateLimit(self.rate_starts, self.rate_period_ms)
+
+
+# Prefix of the columns a start's first statement adds to each task row: its kind's controls (controls_of).
+GATED = "gate"
+
+
+def controls_of(rows: Iterable[asyncpg.Record]) -> dict[str, Control]:
+    """The controls read with the rows (rt_kind_gates in the same statement, after the rows were locked)."""
+    return {
+        row["kind"]: Control(row[f"{GATED}_paused_at"], row[f"{GATED}_rate_starts"], row[f"{GATED}_rate_period_ms"])
+        for row in rows
+        if row[GATED]
     }
+
+
+# Running tasks of each (owner, key), counted under the keys' locks.
+KeyCounts = Mapping[tuple[object, str], int]
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Rate tokens a start holds: for its kind's limit, what the window granted, the tasks (in the order they go)
+    it was for (none: taken ahead for nothing)."""
+
+    kind: str
+    limit: RateLimit
+    taken: Taken
+    rows: Sequence[asyncpg.Record]
+
+
+@dataclass
+class Checked:
+    """What check decided: the tasks that must wait (and why), and the rate tokens it holds."""
+
+    holds: dict[str, Hold]
+    grants: list[Grant]
+
+    def ahead(self) -> dict[str, TakenAhead]:
+        """The tokens, for a second check of the same tasks (after the first was rolled back)."""
+        return {g.kind: TakenAhead(g.limit, g.taken) for g in self.grants}
+
+    async def settle(self, limiter: Limiter | None) -> None:
+        """Give back the tokens of the starts that do not happen (a key held the task, or it was taken for
+        nothing); called once the decisions are final."""
+        if limiter is None:
+            return
+        unused = []
+        for g in self.grants:
+            used = sum(str(r["id"]) not in self.holds for r in g.rows[: g.taken.granted])
+            unused.append((g.kind, g.taken.members(g.taken.granted - used)))
+        await limiter.give_back(unused)
+
+
+async def check(
+    conn: asyncpg.Connection,
+    rows: Sequence[asyncpg.Record],
+    limiter: Limiter | None,
+    controls: dict[str, Control] | None = None,
+    ahead: Mapping[str, TakenAhead] | None = None,
+    key_counts: KeyCounts | None = None,
+) -> Checked:
+    """Of queued tasks about to start (rows locked by the caller's transaction): those that must wait, and why.
+
+    controls: those of the rows' kinds, when the caller read them with rt_kind_gates after locking the rows.
+    ahead: rate tokens the caller took before its transaction (take_ahead), used here if the kind's limit is the
+    one they were taken for. key_counts: the running tasks of the rows' keys, when the caller locked the keys and
+    counted them (rt_key_running) after the rows and the kinds; without them, the owners' rows are locked here,
+    then the keys (see the caller, start.py, for why that order).
+    The caller settles the tokens (Checked.settle) once its decisions are final."""
+    holds: dict[str, Hold] = {}
+    if controls is None:
+        controls = {
+            r["kind"]: Control(r["paused_at"], r["rate_starts"], r["rate_period_ms"])
+            for r in await conn.fetch(
+                "SELECT kind, paused_at, rate_starts, rate_period_ms FROM rt_kind_gates($1::text[])",
+                sorted({row["kind"] for row in rows}),
+            )
+        }
     for row in rows:
         control = controls.get(row["kind"])
-        if control is not None and control["paused_at"] is not None:
+        if control is not None and control.paused_at is not None:
             holds[str(row["id"])] = Hold(KIND_PAUSED)
+    # Rate tokens before the keys, so that no key's lock is held while Redis answers: a token granted to a task
+    # its key then holds is given back (Checked.settle).
+    limited: dict[str, list[asyncpg.Record]] = {}
+    for row in sorted(rows, key=_order):
+        control = controls.get(row["kind"])
+        if str(row["id"]) not in holds and control is not None and control.rate() is not None:
+            limited.setdefault(row["kind"], []).append(row)
+    if limiter is not None:
+        limiter.remember(
+            {row["kind"]: controls[row["kind"]].rate() if row["kind"] in controls else None for row in rows}
+        )
+    grants = await _check_rates(limited, controls, limiter, holds, ahead or {})
     keyed = sorted((r for r in rows if r["concurrency_key"] is not None and str(r["id"]) not in holds), key=_order)
-    if keyed:
-        # Owners' rows before keys, as an end's release does (migration 0016): a hold below locks its owner's row
-        # (the slot-share counters), and must not wait for it while holding a key an end is waiting for.
+    if keyed and key_counts is None:
+        # Owners' rows before keys, as an end does (migration 0016): a hold below locks its owner's row (the
+        # slot-share counters), and must not wait for it while holding a key an end is waiting for.
         await conn.execute(
             "SELECT 1 FROM users WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE",
             sorted({row["owner_id"] for row in rows}),
         )
-        await _check_keys(conn, keyed, holds)
-    limited: dict[str, list[asyncpg.Record]] = {}
-    for row in sorted(rows, key=_order):
-        control = controls.get(row["kind"])
-        if str(row["id"]) not in holds and control is not None and control["rate_starts"] is not None:
-            limited.setdefault(row["kind"], []).append(row)
-    if limited:
-        await _check_rates(limited, controls, limiter, holds)
-    return holds
+        key_counts = await count_keys(conn, keyed)
+    _check_keys(keyed, key_counts or {}, holds)
+    return Checked(holds, grants)
 
 
-async def _check_keys(conn: asyncpg.Connection, keyed: Sequence[asyncpg.Record], holds: dict[str, Hold]) -> None:
+async def count_keys(conn: asyncpg.Connection, keyed: Sequence[asyncpg.Record]) -> dict[tuple[object, str], int]:
+    """Lock the rows' keys and count their running tasks (rt_key_running)."""
     keys = sorted({(row["owner_id"], row["concurrency_key"]) for row in keyed})
-    owners, names = [k[0] for k in keys], [k[1] for k in keys]
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock(l) FROM (SELECT DISTINCT rt_key_lock(o, k) AS l "
-        "FROM unnest($1::uuid[], $2::text[]) AS u(o, k)) AS s ORDER BY l",
-        owners,
-        names,
-    )
-    running = {
-        (r["owner_id"], r["concurrency_key"]): r["n"]
+    return {
+        (r["owner_id"], r["concurrency_key"]): r["running"]
         for r in await conn.fetch(
-            "SELECT owner_id, concurrency_key, count(*) AS n FROM tasks "
-            "WHERE (owner_id, concurrency_key) IN (SELECT * FROM unnest($1::uuid[], $2::text[])) "
-            "AND concurrency_key IS NOT NULL AND status IN (2, 3) GROUP BY owner_id, concurrency_key",
-            owners,
-            names,
+            "SELECT * FROM rt_key_running($1::uuid[], $2::text[])", [k[0] for k in keys], [k[1] for k in keys]
         )
     }
+
+
+def _check_keys(keyed: Sequence[asyncpg.Record], key_counts: KeyCounts, holds: dict[str, Hold]) -> None:
+    """Hold the keyed tasks (in the order they go) that do not fit under their key's limit."""
+    running = dict(key_counts)
     for row in keyed:
         key = (row["owner_id"], row["concurrency_key"])
         if running.get(key, 0) < row["concurrency_limit"]:
@@ -112,18 +212,40 @@ async def _check_keys(conn: asyncpg.Connection, keyed: Sequence[asyncpg.Record],
 
 async def _check_rates(
     limited: dict[str, list[asyncpg.Record]],
-    controls: dict[str, asyncpg.Record],
+    controls: dict[str, Control],
     limiter: Limiter | None,
     holds: dict[str, Hold],
-) -> None:
-    wanted = [
-        (kind, len(rows), RateLimit(controls[kind]["rate_starts"], controls[kind]["rate_period_ms"]))
-        for kind, rows in limited.items()
-    ]
-    taken = await limiter(wanted) if limiter is not None else [Taken(0, 0, NO_LIMITER_WAIT_MS) for _ in wanted]
-    for (kind, _n, _limit), got in zip(wanted, taken, strict=True):
-        for row in limited[kind][got.granted :]:
-            holds[str(row["id"])] = Hold(RATE_LIMIT, got.wait_ms)
+    ahead: Mapping[str, TakenAhead],
+) -> list[Grant]:
+    """Hold the tasks (in the order they go) the kinds' windows have no room for; returns the grants this start
+    holds."""
+    grants: list[Grant] = []
+    wanted: list[tuple[str, int, RateLimit]] = []
+    for kind, rows in limited.items():
+        limit = controls[kind].rate()
+        assert limit is not None
+        taken = ahead.get(kind)
+        if taken is not None and taken.limit == limit:
+            grants.append(Grant(kind, limit, taken.taken, rows))
+        else:
+            wanted.append((kind, len(rows), limit))
+    # Taken ahead for nothing (no task of the kind needs one, or its limit changed): back first, so that they do
+    # not stand in the way of the tokens taken now.
+    used = {g.kind for g in grants}
+    unusable = [(kind, t.taken) for kind, t in ahead.items() if kind not in used]
+    if unusable and limiter is not None:
+        await limiter.give_back([(kind, taken.members(taken.granted)) for kind, taken in unusable])
+    if wanted:
+        taken_now = (
+            await limiter.take(wanted) if limiter is not None else [Taken(0, 0, NO_LIMITER_WAIT_MS) for _ in wanted]
+        )
+        grants += [
+            Grant(kind, limit, got, limited[kind]) for (kind, _n, limit), got in zip(wanted, taken_now, strict=True)
+        ]
+    for grant in grants:
+        for row in grant.rows[grant.taken.granted :]:
+            holds[str(row["id"])] = Hold(RATE_LIMIT, grant.taken.wait_ms)
+    return grants
 
 
 # A held task gets a new dispatch id: its acknowledged entry, and any duplicate of it, can no longer start it.
