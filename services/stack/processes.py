@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import os
 import pwd
+import shutil
 import signal as signals
 import subprocess
 import sys
@@ -15,27 +14,28 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-_PR_SET_PDEATHSIG = 1
+# util-linux's setpriv (Linux only): it sets the parent-death signal and the user, then execs the program in
+# place. Doing either in the child ourselves (a preexec function, subprocess's user=) needs a plain fork() of the
+# launcher, and a fork of a process running gRPC's threads could kill the child before its exec (seen as a service
+# whose log held only gRPC's "epoll_wait error: Bad file descriptor" from the forked copy); without them
+# subprocess uses vfork, which runs nothing of the parent in the child.
+_SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
 
 
 def _can_follow_parent() -> bool:
-    """The parent-death signal follows the thread that forks: only a child of the main thread (the launcher's
-    own starts) may have it, or a child started from a worker thread would die with that thread."""
-    return _prctl is not None and threading.current_thread() is threading.main_thread()
+    """The parent-death signal follows the thread that starts the child: only a child of the main thread (the
+    launcher's own starts) may have it, or a child started from a worker thread would die with that thread."""
+    return _SETPRIV is not None and threading.current_thread() is threading.main_thread()
 
 
-# Looked up once in the launcher: the child, between fork and exec, must not load anything (a lock another
-# thread of the launcher held at the fork would never be released there).
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
-
-
-def _end_with_parent(parent_pid: int) -> None:
-    """In the child, before exec: receive SIGTERM when the launcher dies, even by SIGKILL, so no process of a
-    killed stack is left holding its ports. A launcher that died before the call leaves no one to signal: go."""
-    assert _prctl is not None
-    _prctl(_PR_SET_PDEATHSIG, int(signals.SIGTERM), 0, 0, 0)
-    if os.getppid() != parent_pid:
-        os._exit(1)
+def _privileges(follow: bool, user: str | None) -> list[str]:
+    """setpriv's options for a child: SIGTERM when the launcher dies, even by SIGKILL (so no process of a killed
+    stack is left holding its ports), and the user to run as."""
+    options = ["--pdeathsig", "TERM"] if follow else []
+    if user is not None:
+        account = pwd.getpwnam(user)
+        options += [f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups"]
+    return options
 
 
 # The lines a service prints once it listens (services.core.server, services.core.metrics): the launcher
@@ -77,23 +77,10 @@ class ManagedProcess:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        follow = _can_follow_parent()
         argv, user = self.argv, self.user
-        if user is not None and not follow:
-            # Started from a worker thread (a test's or a fault injector's to_thread): become the user through
-            # setpriv, which execs in place, rather than subprocess's user=. That needs a plain fork(), and a fork
-            # of a process running gRPC's threads may kill the child before its exec; without it subprocess
-            # uses vfork, which runs nothing of the parent in the child.
-            account = pwd.getpwnam(user)
-            argv = [
-                "setpriv",
-                f"--reuid={account.pw_uid}",
-                f"--regid={account.pw_gid}",
-                "--clear-groups",
-                "--",
-                *argv,
-            ]
-            user = None
+        options = _privileges(_can_follow_parent(), user) if _SETPRIV is not None else []
+        if _SETPRIV is not None and options:
+            argv, user = [_SETPRIV, *options, "--", *argv], None
         self.proc = subprocess.Popen(
             argv,
             env=self.env,
@@ -103,7 +90,6 @@ class ManagedProcess:
             start_new_session=True,  # own group: a Ctrl-C reaches the launcher only, which stops us in order
             user=user,
             cwd=self.cwd,
-            preexec_fn=functools.partial(_end_with_parent, os.getpid()) if follow else None,
         )
         self._pump = threading.Thread(target=self._copy_output, name=f"log-{self.name}", daemon=True)
         self._pump.start()

@@ -96,7 +96,8 @@ async def test_a_worker_that_reaches_redis_but_not_the_scheduler_leaves_reclaima
         # An entry a worker read and then died with: B's Redis link stalls a moment, so the dead one reads it first.
         partitioned.links["worker-2-redis"].stall()
         try:
-            # B's blocked read, sent before the stall, has to end first (after its block time), or it takes the entry.
+            # B's blocked read, sent before the stall, has to end first, or it takes the entry: ended at once here
+            # (CLIENT UNBLOCK) rather than after its block time, which a loaded machine can stretch past the wait.
             await eventually(lambda: _none_blocked(redis), message="no worker's read waits in Redis")
             task = await submit(user, partitioned, KIND, 0.2)
             stream = keys.dispatch_stream(KIND)
@@ -116,8 +117,11 @@ async def test_a_worker_that_reaches_redis_but_not_the_scheduler_leaves_reclaima
 
 
 async def _none_blocked(redis: aioredis.Redis) -> bool:
-    clients = await redis.client_list()
-    return not any(client["cmd"] == "xreadgroup" and "b" in client["flags"] for client in clients)
+    """True when no read waits in Redis; a waiting one is ended (its reply stays in the stalled link)."""
+    blocked = [c for c in await redis.client_list() if c["cmd"] == "xreadgroup" and "b" in c["flags"]]
+    for client in blocked:
+        await redis.execute_command("CLIENT", "UNBLOCK", client["id"])
+    return not blocked
 
 
 # -- services cut off from PostgreSQL --------------------------------------------------------------------------
