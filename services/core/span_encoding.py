@@ -137,18 +137,27 @@ def _encode(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
     return request
 
 
-def encode_request(spans: Sequence[ReadableSpan | TaskSpan]) -> bytes:
-    """The export request's bytes for a batch: the SDK's finished spans as above, task spans by span_wire (the
-    two are concatenated: a message's repeated field may come in several pieces)."""
-    task_spans = [span for span in spans if type(span) is TaskSpan]
-    if not task_spans:
-        return encode_spans(spans).SerializeToString()  # type: ignore[arg-type]
-    others = [span for span in spans if type(span) is not TaskSpan]
-    head = encode_spans(others).SerializeToString() if others else b""  # type: ignore[arg-type]
-    try:
-        return head + span_wire.encode(task_spans)  # type: ignore[arg-type]
-    except span_wire.Unsupported:
-        return head + encode_spans([span.readable() for span in task_spans]).SerializeToString()  # type: ignore[union-attr]
+def encode_request(
+    spans: Sequence[ReadableSpan | TaskSpan | bytes], task_framing: tuple[bytes, bytes] | None = None
+) -> bytes:
+    """The export request's bytes for a batch: the SDK's finished spans as above, task spans by span_wire, task
+    spans already encoded at their end (bytes) in task_framing, the recorder's. The parts are concatenated: a
+    message's repeated field may come in several pieces."""
+    parts: list[bytes] = []
+    others = [span for span in spans if type(span) is not TaskSpan and type(span) is not bytes]
+    if others or not spans:
+        parts.append(encode_spans(others).SerializeToString())  # type: ignore[arg-type]
+    task_spans: list[TaskSpan] = [span for span in spans if type(span) is TaskSpan]  # type: ignore[misc]
+    if task_spans:
+        try:
+            parts.append(span_wire.encode(task_spans))
+        except span_wire.Unsupported:
+            parts.append(encode_spans([span.readable() for span in task_spans]).SerializeToString())
+    encoded: list[bytes] = [span for span in spans if type(span) is bytes]  # type: ignore[misc]
+    if encoded:
+        assert task_framing is not None, "task spans are encoded at their end only for an exporter that frames them"
+        parts.append(span_wire.request(task_framing, encoded))
+    return b"".join(parts)
 
 
 def _as_bytes(request: bytes | ExportTraceServiceRequest) -> bytes:
@@ -168,10 +177,14 @@ class SpanExporter(OTLPSpanExporter):
     """The OTLP gRPC span exporter (endpoint, headers, retries, timeouts from the OTEL_* variables) with the
     encoders above: its request is bytes, sent by a client of the same method that does not encode again."""
 
+    # The resource and scope around task spans encoded at their end (services.core.task_spans.Recorder.record
+    # sets it when it hands this exporter such spans).
+    task_framing: tuple[bytes, bytes] | None = None
+
     def _initialize_channel_and_stub(self) -> None:
         super()._initialize_channel_and_stub()
         assert self._channel is not None
         self._client = _EncodedTraceService(self._channel)  # type: ignore[assignment]
 
     def _translate_data(self, data: Sequence[ReadableSpan]) -> bytes:  # type: ignore[override]
-        return encode_request(data)
+        return encode_request(data, self.task_framing)

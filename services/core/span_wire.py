@@ -204,6 +204,22 @@ def framing(resource: Resource, scope: InstrumentationScope) -> tuple[bytes, byt
     return resource_spans.SerializeToString(), scope_spans.SerializeToString()
 
 
+def encoded(span: TaskSpan) -> bytes | TaskSpan:
+    """An ended span's element of a ScopeSpans (what request() joins), or the span itself when it holds a value
+    this does not write (the exporter then encodes it as the SDK's finished span)."""
+    try:
+        return _span(span)
+    except Unsupported:
+        return span
+
+
+def request(framing: tuple[bytes, bytes], encoded_spans: Sequence[bytes]) -> bytes:
+    """An ExportTraceServiceRequest's bytes: one ResourceSpans and ScopeSpans (framing) around encoded spans."""
+    resource_head, scope_head = framing
+    scope_spans = scope_head + b"".join(encoded_spans)
+    return _field(_REQUEST_RESOURCE_SPANS, resource_head + _field(_RESOURCE_SCOPE_SPANS, scope_spans))
+
+
 def encode(spans: Sequence[TaskSpan]) -> bytes:
     """An ExportTraceServiceRequest's bytes for these ended task spans, one ResourceSpans per recorder."""
     groups: dict[int, tuple[tuple[bytes, bytes], list[bytes]]] = {}
@@ -213,9 +229,4 @@ def encode(spans: Sequence[TaskSpan]) -> bytes:
         if group is None:
             group = groups[id(recorder)] = (recorder.framing, [])
         group[1].append(_span(span))
-    out = []
-    for (resource_head, scope_head), encoded in groups.values():
-        scope_spans = scope_head + b"".join(encoded)
-        resource_spans = resource_head + _field(_RESOURCE_SCOPE_SPANS, scope_spans)
-        out.append(_field(_REQUEST_RESOURCE_SPANS, resource_spans))
-    return b"".join(out)
+    return b"".join(request(framing, encoded_spans) for framing, encoded_spans in groups.values())

@@ -3,11 +3,11 @@
 Their times are mostly known after the fact (a batch's start, commit and push; an entry's publication), and the
 SDK's live span (a sampler call, locks, bounded containers, a copy at its end) costs about ten times what
 handing a finished record to the batch processor does. So a TaskSpan holds its ids as plain integers from the
-start (its traceparent goes to the next process at once), and at its end goes as it is into the queue of the
-process's batch span processor, exported with the SDK's own spans (same resource, processor and exporter): no
-SDK span context, ReadableSpan or Event is built for it (services.core.span_wire writes its OTLP bytes on the
-export thread). A task span follows the sampling decision of the span that submitted the task (its
-traceparent's sampled flag), as the default parent-based sampler does.
+start (its traceparent goes to the next process at once), and at its end goes, as its OTLP bytes
+(services.core.span_wire), into the queue of the process's batch span processor, exported with the SDK's own
+spans (same resource, processor and exporter): no SDK span context, ReadableSpan or Event is built for it. A
+task span follows the sampling decision of the span that submitted the task (its traceparent's sampled flag), as
+the default parent-based sampler does.
 
 Imported only when tracing is on (it loads the SDK); everything it needs is imported here once, not per span.
 """
@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.resources import Resource
@@ -39,13 +38,6 @@ RemoteParent = tuple[int, int, int]
 TaskEvent = tuple[str, int, Mapping[str, AttributeValue] | None]
 
 
-def _emit_of(processor: SpanProcessor) -> Callable[[Any], None]:
-    """What hands a finished span to the processor's queue. The SDK's batch processor's on_end only checks the
-    sampled flag (ours are sampled, or never made) before its queue's emit: call that directly when it is there."""
-    emit = getattr(getattr(processor, "_batch_processor", None), "emit", None)
-    return emit if callable(emit) else processor.on_end
-
-
 @dataclass(frozen=True)
 class Recorder:
     """Where finished task spans go, and what names them: the process's provider's, set up with it."""
@@ -56,8 +48,28 @@ class Recorder:
     ids: IdGenerator
 
     @cached_property
-    def emit(self) -> Callable[[Any], None]:
-        return _emit_of(self.processor)
+    def record(self) -> Callable[[TaskSpan], None]:
+        """What an ended span is handed to. The SDK's batch processor's on_end only checks the sampled flag (ours
+        are sampled, or never made) before its queue's emit, which is called directly when it is there. When the
+        processor's exporter is ours (services.core.span_encoding.SpanExporter, which has a task_framing), each span
+        goes into the queue as its OTLP bytes, written here at its end: bytes hold no reference the garbage
+        collector tracks (a queued span and its dicts would be scanned by every collection until exported), the
+        span is freed at once, and the export thread, which holds the GIL against the event loop, only joins them.
+        """
+        emit = getattr(getattr(self.processor, "_batch_processor", None), "emit", None)
+        if not callable(emit):
+            return self.processor.on_end  # type: ignore[return-value]
+        exporter = getattr(self.processor, "span_exporter", None)
+        if exporter is None or not hasattr(exporter, "task_framing"):
+            return emit
+        from services.core.span_wire import encoded
+
+        exporter.task_framing = self.framing
+
+        def record(span: TaskSpan) -> None:
+            emit(encoded(span))
+
+        return record
 
     @cached_property
     def framing(self) -> tuple[bytes, bytes]:
@@ -136,7 +148,7 @@ class TaskSpan:
             return
         self.error = error
         self.end_ns = end_ns or time.time_ns()
-        self.recorder.emit(self)
+        self.recorder.record(self)
 
     def readable(self) -> ReadableSpan:
         """The same span as the SDK's finished span (for an encoder other than services.core.span_wire)."""

@@ -121,6 +121,11 @@ def test_task_spans_on_the_wire_are_what_their_finished_spans_encode_to(
         "task.finish",
         "task.attempt",
     ]
+    # Encoded one by one at their end (what the recorder queues), then framed by the exporter: the same request.
+    framing = spans[0].recorder.framing
+    at_end = [span_wire.encoded(span) for span in spans]
+    assert all(type(one) is bytes for one in at_end)
+    assert ExportTraceServiceRequest.FromString(encode_request(at_end, framing)) == ours
     # With the SDK's own spans in the same batch: both in one request.
     _spans(provider)
     sdk_spans = list(exporter.get_finished_spans())
@@ -141,3 +146,12 @@ def test_a_task_span_with_a_value_the_wire_does_not_write_goes_through_the_finis
     assert ExportTraceServiceRequest.FromString(encode_request(spans)) == encode_spans(
         [span.readable() for span in spans]
     )
+    # Such a span is queued as it is, among the others queued as bytes.
+    at_end = [span_wire.encoded(span) for span in spans]
+    assert at_end[0] is spans[0] and all(type(one) is bytes for one in at_end[1:])
+    request = ExportTraceServiceRequest.FromString(encode_request(at_end, spans[0].recorder.framing))
+    assert [s.name for r in request.resource_spans for s in r.scope_spans[0].spans] == [
+        "task.handler",
+        "task.finish",
+        "task.attempt",
+    ]
