@@ -16,7 +16,7 @@ field numbers, taken from the generated messages below).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -41,6 +41,8 @@ class Unsupported(Exception):
 def _varint(n: int) -> bytes:
     if n < 0x80:
         return bytes((n,))
+    if n < 0x4000:  # a span's length: two bytes
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -128,14 +130,14 @@ def _attribute(tag: bytes, key: str, value: AttributeValue) -> bytes:
     return tag + _varint(len(pair)) + pair
 
 
-def _attributes(tag: bytes, attributes: Mapping[str, AttributeValue]) -> Iterator[bytes]:
-    # Most values repeat (kinds, outcomes, decisions, flags): their whole field is cached, by type as well (True
-    # and 1 are equal keys of a dict, not the same value on the wire).
+def _add_attributes(parts: list[bytes], tag: bytes, attributes: Mapping[str, AttributeValue]) -> None:
+    """Append a KeyValue field per attribute. Most values repeat (kinds, outcomes, decisions, flags): their whole
+    field is cached, by type as well (True and 1 are equal keys of a dict, not the same value on the wire)."""
     entries = _entries
     for key, value in attributes.items():
         kind = type(value)
         if kind is str and len(value) > _CACHED_VALUE_CHARS:  # type: ignore[arg-type]
-            yield _attribute(tag, key, value)
+            parts.append(_attribute(tag, key, value))
             continue
         cache_key = (tag, key, kind, value)
         entry = entries.get(cache_key)
@@ -143,7 +145,7 @@ def _attributes(tag: bytes, attributes: Mapping[str, AttributeValue]) -> Iterato
             entry = _attribute(tag, key, value)
             if len(entries) < _CACHE_ENTRIES:
                 entries[cache_key] = entry
-        yield entry
+        parts.append(entry)
 
 
 def _head(name: str, remote: bool) -> bytes:
@@ -176,12 +178,12 @@ def _span(span: TaskSpan) -> bytes:
         _pack_times(_START, span.start_ns, _END, span.end_ns),
     ]
     if span.attributes:
-        parts.extend(_attributes(_ATTRIBUTE, span.attributes))
+        _add_attributes(parts, _ATTRIBUTE, span.attributes)
     if span.events:
         for name, at_ns, attributes in span.events:
             event = [_EVENT_TIME, _pack_fixed64(at_ns), _cached(_names, name, _EVENT_NAME)]
             if attributes:
-                event.extend(_attributes(_EVENT_ATTRIBUTE, attributes))
+                _add_attributes(event, _EVENT_ATTRIBUTE, attributes)
             parts.append(_field(_EVENT, b"".join(event)))
     if span.error:
         parts.append(_field(_STATUS, _field(_STATUS_MESSAGE, span.error.encode()) + _STATUS_ERROR))
