@@ -15,12 +15,13 @@ Imported only when tracing is on (it loads the SDK); everything it needs is impo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextvars import Token
 from dataclasses import dataclass
 from functools import cached_property
 
 from opentelemetry import context as otel_context
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator
@@ -167,11 +168,10 @@ class TaskSpan:
             instrumentation_scope=recorder.scope,
         )
 
-    @contextmanager
-    def current(self) -> Iterator[None]:
-        """This span as the current one while the block runs (log lines and the SDK's spans see it)."""
-        token = otel_context.attach(set_span_in_context(NonRecordingSpan(self.context)))
-        try:
-            yield
-        finally:
-            otel_context.detach(token)
+    def attach(self) -> Token[Context]:
+        """Make this span the current one (log lines and the SDK's spans see it) until detach(token)."""
+        return otel_context.attach(set_span_in_context(NonRecordingSpan(self.context)))
+
+    @staticmethod
+    def detach(token: Token[Context]) -> None:
+        otel_context.detach(token)

@@ -110,14 +110,15 @@ class AttemptTraces:
             yield
             return
         run = attempt.child("task.handler", time.time_ns())
+        token = run.attach()
         error = ""
         try:
-            with run.current():
-                yield
+            yield
         except BaseException as exc:
             error = repr(exc)
             raise
         finally:
+            run.detach(token)
             run.end(error=error)
 
     def reported(self, entry_id: str, item: worker_pb2.FinishItem) -> None:
