@@ -69,13 +69,21 @@ async def measure(stack: Stack, tasks: int) -> tuple[float, dict[str, float]]:
 
 async def one_round(index: int, tasks: int, workers: int, slots: int, counter: SpanCounter, port: int) -> dict:
     order = SIDES if index % 2 == 0 else SIDES[::-1]  # which stack starts first alternates
-    with tempfile.TemporaryDirectory(prefix="rtask-obs-cpu-") as folder, ExitStack() as stacks:
-        started = {
-            side: stacks.enter_context(Stack(stack_config(Path(folder), side, port, workers, slots))) for side in order
-        }
-        spans_before = counter.spans
-        results = await asyncio.gather(*(measure(started[side], tasks) for side in order))
-        by_side = dict(zip(order, results, strict=True))
+    with tempfile.TemporaryDirectory(prefix="rtask-obs-cpu-") as folder:
+        stacks = ExitStack()
+        try:
+            # Started and stopped in a thread: the receiver on this event loop keeps answering meanwhile.
+            started = {
+                side: await asyncio.to_thread(
+                    stacks.enter_context, Stack(stack_config(Path(folder), side, port, workers, slots))
+                )
+                for side in order
+            }
+            spans_before = counter.spans
+            results = await asyncio.gather(*(measure(started[side], tasks) for side in order))
+            by_side = dict(zip(order, results, strict=True))
+        finally:
+            await asyncio.to_thread(stacks.close)
     round_result = {}
     for side, (wall_s, spent) in by_side.items():
         roles: dict[str, float] = {}
