@@ -1,6 +1,6 @@
 """What metrics and tracing cost in CPU per task, with the shared machine's other load on both sides at once.
 
-    .venv/bin/python -m bench.observability_cpu [--tasks 6000] [--rounds 3]
+    .venv/bin/python -m bench.observability_cpu [--tasks 6000] [--rounds 3] [--on both|metrics|tracing]
 
 bench/observability_ab.py alternates "on" and "off" runs; on a machine whose other load comes and goes within
 minutes, one side's run can meet twice the other's load and no median of three says anything. Here each round
@@ -31,12 +31,16 @@ from services.core.limits import UserLimits
 from services.stack.stack import Stack, StackConfig
 
 SIDES = ("on", "off")
+PARTS = ("metrics", "tracing")
 # The stack's own PostgreSQL and Valkey are not our processes (bench/observability_ab.py counts ours only); their CPU
 # per task is printed by role all the same.
 NOT_OURS = ("postgres", "valkey")
 
 
-def stack_config(folder: Path, side: str, receiver_port: int, workers: int, slots: int) -> StackConfig:
+def stack_config(
+    folder: Path, side: str, receiver_port: int, workers: int, slots: int, on: tuple[str, ...] = PARTS
+) -> StackConfig:
+    """The stack of one side; `on` says what the "on" side has: metrics, tracing or both."""
     tracing = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver_port}",
         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
@@ -53,8 +57,8 @@ def stack_config(folder: Path, side: str, receiver_port: int, workers: int, slot
         dashboard_dir=None,
         # One user's throughput on purpose: every per-user limit off (docs/limits.md).
         limits=UserLimits.unlimited(),
-        metrics=side == "on",
-        extra_env=tracing if side == "on" else {},
+        metrics=side == "on" and "metrics" in on,
+        extra_env=tracing if side == "on" and "tracing" in on else {},
     )
 
 
@@ -67,7 +71,9 @@ async def measure(stack: Stack, tasks: int) -> tuple[float, dict[str, float]]:
     return wall_s, {name: after[name] - before[name] for name in pids}
 
 
-async def one_round(index: int, tasks: int, workers: int, slots: int, counter: SpanCounter, port: int) -> dict:
+async def one_round(
+    index: int, tasks: int, workers: int, slots: int, counter: SpanCounter, port: int, on: tuple[str, ...]
+) -> dict:
     order = SIDES if index % 2 == 0 else SIDES[::-1]  # which stack starts first alternates
     with tempfile.TemporaryDirectory(prefix="rtask-obs-cpu-") as folder:
         stacks = ExitStack()
@@ -75,7 +81,7 @@ async def one_round(index: int, tasks: int, workers: int, slots: int, counter: S
             # Started and stopped in a thread: the receiver on this event loop keeps answering meanwhile.
             started = {
                 side: await asyncio.to_thread(
-                    stacks.enter_context, Stack(stack_config(Path(folder), side, port, workers, slots))
+                    stacks.enter_context, Stack(stack_config(Path(folder), side, port, workers, slots, on))
                 )
                 for side in order
             }
@@ -104,8 +110,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--slots", type=int, default=10)
+    parser.add_argument(
+        "--on", choices=("both", *PARTS), default="both", help='what the "on" side has (the other has neither)'
+    )
     args = parser.parse_args()
     load_start = [round(x, 1) for x in os.getloadavg()]
+    on = PARTS if args.on == "both" else (args.on,)
 
     async def run() -> list[dict]:
         counter = SpanCounter()
@@ -113,7 +123,7 @@ def main() -> None:
         try:
             rounds = []
             for index in range(args.rounds):
-                rounds.append(await one_round(index, args.tasks, args.workers, args.slots, counter, port))
+                rounds.append(await one_round(index, args.tasks, args.workers, args.slots, counter, port, on))
                 r = rounds[-1]
                 on_ms, off_ms = r["on"]["cpu_ms_per_task"], r["off"]["cpu_ms_per_task"]
                 print(
@@ -131,7 +141,8 @@ def main() -> None:
     rounds = asyncio.run(run())
     load_end = [round(x, 1) for x in os.getloadavg()]
     print(
-        f"\n{started}, {args.rounds} rounds of {args.tasks:,} no-op tasks a side, {args.workers} workers x "
+        f"\n{started}, on = {' and '.join(on)}, {args.rounds} rounds of {args.tasks:,} no-op tasks a side, "
+        f"{args.workers} workers x "
         f"{args.slots} slots, load average {load_start} -> {load_end}"
     )
     for key, label in (("cpu_ms_per_task", "service CPU per task (ms)"), ("drain_per_s", "no-op drain (tasks/s)")):
