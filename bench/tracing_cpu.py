@@ -68,7 +68,7 @@ def one_batch(traces: AttemptTraces, first: int, batch: int) -> None:
         for d in deliveries
     ]
     began = time.time_ns()
-    record_work("w", [], [], starts, results, BatchTimes(began, began + 1000, began + 2000))
+    record_work([], [], starts, results, BatchTimes(began, began + 1000, began + 2000))
     finishes = []
     for delivery, result in zip(deliveries, results, strict=True):
         traces.decided(delivery.entry_id, result)
@@ -80,7 +80,7 @@ def one_batch(traces: AttemptTraces, first: int, batch: int) -> None:
         finishes.append(item)
     verdicts = [worker_pb2.FinishResult(accepted=True) for _ in finishes]
     began = time.time_ns()
-    record_work("w", finishes, verdicts, [], [], BatchTimes(began, began + 1000, began + 2000))
+    record_work(finishes, verdicts, [], [], BatchTimes(began, began + 1000, began + 2000))
     traces.let_go(d.entry_id for d in deliveries)
 
 

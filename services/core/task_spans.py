@@ -2,10 +2,12 @@
 
 Their times are mostly known after the fact (a batch's start, commit and push; an entry's publication), and the
 SDK's live span (a sampler call, locks, bounded containers, a copy at its end) costs about ten times what
-handing a finished span to the batch processor does. So a TaskSpan holds its ids from the start (its
-traceparent goes to the next process at once) and becomes the SDK's ReadableSpan at its end, exported with the
-SDK's own spans (same resource, processor and exporter). A task span follows the sampling decision of the span
-that submitted the task (its traceparent's sampled flag), as the default parent-based sampler does.
+handing a finished record to the batch processor does. So a TaskSpan holds its ids as plain integers from the
+start (its traceparent goes to the next process at once), and at its end goes, as its OTLP bytes
+(services.core.span_wire), into the queue of the process's batch span processor, exported with the SDK's own
+spans (same resource, processor and exporter): no SDK span context, ReadableSpan or Event is built for it. A
+task span follows the sampling decision of the span that submitted the task (its traceparent's sampled flag), as
+the default parent-based sampler does.
 
 Imported only when tracing is on (it loads the SDK); everything it needs is imported here once, not per span.
 """
@@ -13,11 +15,13 @@ Imported only when tracing is on (it loads the SDK); everything it needs is impo
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from contextvars import Token
+from dataclasses import dataclass
+from functools import cached_property
 
 from opentelemetry import context as otel_context
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator
@@ -26,6 +30,13 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCod
 from opentelemetry.util.types import AttributeValue
 
 _UNSET = Status()
+_SAMPLED = 0x01
+
+# A span in another process, from its traceparent: (trace id, span id, trace flags). A plain tuple: one is made
+# per traced item a process reads, and nothing more is needed of it.
+RemoteParent = tuple[int, int, int]
+# An event of a task span: (name, epoch nanoseconds, attributes or None).
+TaskEvent = tuple[str, int, Mapping[str, AttributeValue] | None]
 
 
 @dataclass(frozen=True)
@@ -37,75 +48,130 @@ class Recorder:
     scope: InstrumentationScope
     ids: IdGenerator
 
-    def remote(self, trace_id: int, span_id: int, flags: int) -> SpanContext:
-        """The context of a span in another process, from its traceparent's parts."""
-        return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
+    @cached_property
+    def record(self) -> Callable[[TaskSpan], None]:
+        """What an ended span is handed to. The SDK's batch processor's on_end only checks the sampled flag (ours
+        are sampled, or never made) before its queue's emit, which is called directly when it is there. When the
+        processor's exporter is ours (services.core.span_encoding.SpanExporter, which has a task_framing), each span
+        goes into the queue as its OTLP bytes, written here at its end: bytes hold no reference the garbage
+        collector tracks (a queued span and its dicts would be scanned by every collection until exported), the
+        span is freed at once, and the export thread, which holds the GIL against the event loop, only joins them.
+        """
+        emit = getattr(getattr(self.processor, "_batch_processor", None), "emit", None)
+        if not callable(emit):
+            return self.processor.on_end  # type: ignore[return-value]
+        exporter = getattr(self.processor, "span_exporter", None)
+        if exporter is None or not hasattr(exporter, "task_framing"):
+            return emit
+        from services.core.span_wire import encoded
+
+        exporter.task_framing = self.framing
+
+        def record(span: TaskSpan) -> None:
+            emit(encoded(span))
+
+        return record
+
+    @cached_property
+    def framing(self) -> tuple[bytes, bytes]:
+        """The OTLP bytes around this recorder's spans in an export request (services.core.span_wire)."""
+        from services.core.span_wire import framing
+
+        return framing(self.resource, self.scope)
 
     def start(
-        self, name: str, parent: SpanContext, start_ns: int, attributes: dict[str, AttributeValue] | None = None
+        self, name: str, parent: RemoteParent, start_ns: int, attributes: dict[str, AttributeValue] | None = None
     ) -> TaskSpan | None:
-        """A span under parent from start_ns, or None when the parent's trace is not sampled."""
-        if not parent.trace_flags.sampled:
+        """A span under a remote parent from start_ns, or None when the parent's trace is not sampled."""
+        trace_id, span_id, flags = parent
+        if not flags & _SAMPLED:
             return None
-        return TaskSpan(self, name, self._child_of(parent), parent, start_ns, attributes or {})
-
-    def _child_of(self, parent: SpanContext) -> SpanContext:
-        return SpanContext(parent.trace_id, self.ids.generate_span_id(), False, parent.trace_flags)
+        return TaskSpan(
+            self, name, trace_id, self.ids.generate_span_id(), span_id, flags, True, start_ns, attributes or {}
+        )
 
 
 @dataclass(slots=True)
 class TaskSpan:
     """A span with its ids from the start and its record made once, at its end. Attributes and events may be added
-    until then (a recorded span keeps its dict and list until it is exported: give each span its own)."""
+    until then (an ended span is read by the export thread: give each span its own dict, and change nothing after
+    its end)."""
 
     recorder: Recorder
     name: str
-    context: SpanContext
-    parent: SpanContext
+    trace_id: int
+    span_id: int
+    parent_span_id: int
+    flags: int
+    # Whether the parent is another process's span (a traceparent read) rather than one of this process.
+    parent_remote: bool
     start_ns: int
     attributes: dict[str, AttributeValue]
-    events: list[Event] = field(default_factory=list)
-    ended: bool = False
+    # None until an event is added (most spans have none: one container fewer for each).
+    events: list[TaskEvent] | None = None
+    end_ns: int = 0
+    # The error status's description; "" when the span's status is unset.
+    error: str = ""
+    _traceparent: str = ""
 
     @property
     def traceparent(self) -> str:
-        context = self.context
-        return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+        if not self._traceparent:
+            self._traceparent = f"00-{self.trace_id:032x}-{self.span_id:016x}-{self.flags:02x}"
+        return self._traceparent
+
+    @property
+    def context(self) -> SpanContext:
+        """The SDK's span context of this span (for making it current, and for a processor that reads it)."""
+        return SpanContext(self.trace_id, self.span_id, False, TraceFlags(self.flags))
+
+    @property
+    def ended(self) -> bool:
+        return self.end_ns != 0
 
     def child(self, name: str, start_ns: int, attributes: dict[str, AttributeValue] | None = None) -> TaskSpan:
+        recorder = self.recorder
+        span_id = recorder.ids.generate_span_id()
         return TaskSpan(
-            self.recorder, name, self.recorder._child_of(self.context), self.context, start_ns, attributes or {}
+            recorder, name, self.trace_id, span_id, self.span_id, self.flags, False, start_ns, attributes or {}
         )
 
     def add_event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None, at_ns: int = 0) -> None:
-        self.events.append(Event(name, attributes, at_ns or time.time_ns()))
+        event = (name, at_ns or time.time_ns(), attributes)
+        if self.events is None:
+            self.events = [event]
+        else:
+            self.events.append(event)
 
     def end(self, end_ns: int = 0, error: str = "") -> None:
         """Record the span (once): from its start to end_ns (now when 0), an error status when error is set."""
-        if self.ended:
+        if self.end_ns:
             return
-        self.ended = True
+        self.error = error
+        self.end_ns = end_ns or time.time_ns()
+        self.recorder.record(self)
+
+    def readable(self) -> ReadableSpan:
+        """The same span as the SDK's finished span (for an encoder other than services.core.span_wire)."""
         recorder = self.recorder
-        recorder.processor.on_end(
-            ReadableSpan(
-                self.name,
-                self.context,
-                self.parent,
-                recorder.resource,
-                self.attributes,
-                self.events,
-                status=Status(StatusCode.ERROR, error) if error else _UNSET,
-                start_time=self.start_ns,
-                end_time=end_ns or time.time_ns(),
-                instrumentation_scope=recorder.scope,
-            )
+        parent = SpanContext(self.trace_id, self.parent_span_id, self.parent_remote, TraceFlags(self.flags))
+        return ReadableSpan(
+            self.name,
+            self.context,
+            parent,
+            recorder.resource,
+            self.attributes,
+            [Event(name, attributes, at_ns) for name, at_ns, attributes in self.events or ()],
+            status=Status(StatusCode.ERROR, self.error) if self.error else _UNSET,
+            start_time=self.start_ns,
+            end_time=self.end_ns or None,
+            instrumentation_scope=recorder.scope,
         )
 
-    @contextmanager
-    def current(self) -> Iterator[None]:
-        """This span as the current one while the block runs (log lines and the SDK's spans see it)."""
-        token = otel_context.attach(set_span_in_context(NonRecordingSpan(self.context)))
-        try:
-            yield
-        finally:
-            otel_context.detach(token)
+    def attach(self) -> Token[Context]:
+        """Make this span the current one (log lines and the SDK's spans see it) until detach(token)."""
+        return otel_context.attach(set_span_in_context(NonRecordingSpan(self.context)))
+
+    @staticmethod
+    def detach(token: Token[Context]) -> None:
+        otel_context.detach(token)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, SpanContext, Tracer
     from opentelemetry.util.types import AttributeValue
 
-    from services.core.task_spans import Recorder, TaskSpan
+    from services.core.task_spans import Recorder, RemoteParent, TaskSpan
 
 log = logging.getLogger(__name__)
 
@@ -157,18 +157,18 @@ def current_parent() -> str | None:
     return parent_of(trace.get_current_span()) or None
 
 
-def parse_span_context(value: str | bytes | None) -> SpanContext | None:
-    """The remote span a traceparent names, or None when tracing is off or the value is absent or malformed."""
+def parse_parent(value: str | bytes | None) -> RemoteParent | None:
+    """The remote span a traceparent names, as (trace id, span id, flags), or None when tracing is off or the
+    value is absent or malformed."""
     if _recorder is None or not value or len(value) != TRACEPARENT_CHARS:
         return None
     text = value.decode("ascii", errors="replace") if isinstance(value, bytes) else value
-    match = _TRACEPARENT.fullmatch(text)
-    if match is None:
+    if _TRACEPARENT.fullmatch(text) is None:
         return None
-    trace_id, span_id = int(match.group(1), 16), int(match.group(2), 16)
+    trace_id, span_id = int(text[3:35], 16), int(text[36:52], 16)
     if not trace_id or not span_id:
         return None
-    return _recorder.remote(trace_id, span_id, int(match.group(3), 16))
+    return trace_id, span_id, int(text[53:], 16)
 
 
 @contextmanager
@@ -183,9 +183,9 @@ def span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Spa
 
 # -- the spans of a task on the hot path ---------------------------------------------------------------
 def task_span(
-    name: str, parent: SpanContext | None, start_ns: int, attributes: dict[str, AttributeValue] | None = None
+    name: str, parent: RemoteParent | None, start_ns: int, attributes: dict[str, AttributeValue] | None = None
 ) -> TaskSpan | None:
-    """A span under a remote parent (parse_span_context), or None when tracing is off, the parent is absent, or
+    """A span under a remote parent (parse_parent), or None when tracing is off, the parent is absent, or
     its trace was not sampled."""
     if parent is None or _recorder is None:
         return None

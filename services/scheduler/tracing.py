@@ -38,7 +38,7 @@ class BatchTimes:
 def _record(
     name: str, trace_parent: str, times: BatchTimes, attributes: dict[str, AttributeValue], error: str = ""
 ) -> None:
-    span = tracing.task_span(name, tracing.parse_span_context(trace_parent), times.began_ns, attributes)
+    span = tracing.task_span(name, tracing.parse_parent(trace_parent), times.began_ns, attributes)
     if span is None:
         return
     if not error:

@@ -64,7 +64,7 @@ class AttemptTraces:
             if delivery.entry_id in self._attempts:
                 continue  # ours already (an entry of ours coming back from XAUTOCLAIM)
             entry = delivery.entry
-            parent = tracing.parse_span_context(entry.trace_parent)
+            parent = tracing.parse_parent(entry.trace_parent)
             # Each span its own attributes: a recorded span keeps its dict until it is exported.
             attempt = tracing.task_span(
                 "task.attempt", parent, now_ns, {"task.id": entry.task_id, "task.kind": entry.kind}
@@ -110,14 +110,15 @@ class AttemptTraces:
             yield
             return
         run = attempt.child("task.handler", time.time_ns())
+        token = run.attach()
         error = ""
         try:
-            with run.current():
-                yield
+            yield
         except BaseException as exc:
             error = repr(exc)
             raise
         finally:
+            run.detach(token)
             run.end(error=error)
 
     def reported(self, entry_id: str, item: worker_pb2.FinishItem) -> None:

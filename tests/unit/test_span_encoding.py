@@ -13,9 +13,12 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 
-from services.core.span_encoding import encode_spans
+from services.core import span_wire
+from services.core.span_encoding import encode_request, encode_spans
+from services.core.task_spans import Recorder, TaskSpan
 
 REMOTE = trace.SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, True, trace.TraceFlags(1))
 
@@ -83,3 +86,72 @@ def test_a_batch_with_what_it_does_not_write_is_the_libraries_exactly(
     tracer.start_span("linked", links=[trace.Link(REMOTE, {"why": "batch"})]).end()
     spans: tuple[ReadableSpan, ...] = exporter.get_finished_spans()
     assert encode_spans(spans) == library_encode_spans(spans)
+
+
+def _task_spans(provider: TracerProvider) -> list[TaskSpan]:
+    """Task spans of every shape the worker and the scheduler make, ended, with what span_wire must write."""
+    scope = InstrumentationScope("resilienttask")
+    recorder = Recorder(SimpleSpanProcessor(InMemorySpanExporter()), provider.resource, scope, provider.id_generator)
+    parent = (REMOTE.trace_id, REMOTE.span_id, 1)
+    attempt = recorder.start("task.attempt", parent, 1_000, {"task.id": "t" * 40, "task.kind": "sleep"})
+    assert attempt is not None
+    attempt.attributes.update({"task.attempt": 3, "task.fence": 2**40, "task.reclaimed": True, "neg": -5})
+    attempt.add_event("start decided", {"decision": "skip", "reason": ""}, at_ns=1_500)
+    handler = attempt.child("task.handler", 2_000)
+    handler.end(3_000, error="ValueError('é')")
+    finish = recorder.start("task.finish", parent, 4_000, {"task.accepted": False, "ratio": 0.25, "empty": ""})
+    assert finish is not None
+    finish.add_event("committed", at_ns=4_500)
+    finish.end(5_000)
+    attempt.end(6_000)
+    assert recorder.start("task.start", (REMOTE.trace_id, REMOTE.span_id, 0), 1) is None  # not sampled
+    return [handler, finish, attempt]
+
+
+def test_task_spans_on_the_wire_are_what_their_finished_spans_encode_to(
+    finished: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = finished
+    spans = _task_spans(provider)
+    ours = ExportTraceServiceRequest.FromString(span_wire.encode(spans))
+    assert ours == encode_spans([span.readable() for span in spans])
+    assert ours == _without_empty_status(library_encode_spans([span.readable() for span in spans]))
+    assert [s.name for s in ours.resource_spans[0].scope_spans[0].spans] == [
+        "task.handler",
+        "task.finish",
+        "task.attempt",
+    ]
+    # Encoded one by one at their end (what the recorder queues), then framed by the exporter: the same request.
+    framing = spans[0].recorder.framing
+    at_end = [span_wire.encoded(span) for span in spans]
+    assert all(type(one) is bytes for one in at_end)
+    assert ExportTraceServiceRequest.FromString(encode_request(at_end, framing)) == ours
+    # With the SDK's own spans in the same batch: both in one request.
+    _spans(provider)
+    sdk_spans = list(exporter.get_finished_spans())
+    mixed = ExportTraceServiceRequest.FromString(encode_request([*sdk_spans, *spans]))
+    assert mixed == ExportTraceServiceRequest(
+        resource_spans=[*encode_spans(sdk_spans).resource_spans, *ours.resource_spans]
+    )
+
+
+def test_a_task_span_with_a_value_the_wire_does_not_write_goes_through_the_finished_span(
+    finished: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, _ = finished
+    spans = _task_spans(provider)
+    spans[0].attributes["names"] = ("a", "b")
+    with pytest.raises(span_wire.Unsupported):
+        span_wire.encode(spans)
+    assert ExportTraceServiceRequest.FromString(encode_request(spans)) == encode_spans(
+        [span.readable() for span in spans]
+    )
+    # Such a span is queued as it is, among the others queued as bytes.
+    at_end = [span_wire.encoded(span) for span in spans]
+    assert at_end[0] is spans[0] and all(type(one) is bytes for one in at_end[1:])
+    request = ExportTraceServiceRequest.FromString(encode_request(at_end, spans[0].recorder.framing))
+    assert [s.name for r in request.resource_spans for s in r.scope_spans[0].spans] == [
+        "task.handler",
+        "task.finish",
+        "task.attempt",
+    ]

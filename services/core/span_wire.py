@@ -1,0 +1,234 @@
+"""OTLP bytes of task spans (services.core.task_spans), written directly in protobuf's wire format.
+
+The export thread holds the GIL against the process's event loop while it encodes, and building protobuf
+messages field by field (a Python call per field, a message per attribute) was most of what it did per task
+span. A task span's fields are few and mostly known in advance (its name, the attribute keys, the kind and flags
+bytes): this writes each span as one join of byte strings, prefixes cached by value, and the request's framing
+(resource and scope) once per recorder. The request parses to the message services.core.span_encoding writes for
+the same span as the SDK's finished span (tests/unit/test_span_encoding.py compares them). A span with an
+attribute value this does not write (anything but str, bool, int and float) raises Unsupported: its batch is
+then encoded from the SDK's finished spans.
+
+Wire format: https://protobuf.dev/programming-guides/encoding/ (opentelemetry/proto/trace/v1/trace.proto for the
+field numbers, taken from the generated messages below).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.util.types import AttributeValue
+
+if TYPE_CHECKING:
+    from services.core.task_spans import TaskSpan
+
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+_pack_fixed64 = struct.Struct("<Q").pack
+_pack_double = struct.Struct("<d").pack
+
+
+class Unsupported(Exception):
+    """A span this encoder does not write."""
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x4000:  # a span's length: two bytes
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _tag(number: int, wire_type: int) -> bytes:
+    return _varint(number << 3 | wire_type)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field."""
+    return tag + _varint(len(payload)) + payload
+
+
+_REQUEST_RESOURCE_SPANS = _tag(ExportTraceServiceRequest.RESOURCE_SPANS_FIELD_NUMBER, _LEN)
+_RESOURCE_SCOPE_SPANS = _tag(ResourceSpans.SCOPE_SPANS_FIELD_NUMBER, _LEN)
+_SCOPE_SPANS = _tag(ScopeSpans.SPANS_FIELD_NUMBER, _LEN)
+_TRACE_ID = _tag(Span.TRACE_ID_FIELD_NUMBER, _LEN) + _varint(16)
+_SPAN_ID = _tag(Span.SPAN_ID_FIELD_NUMBER, _LEN) + _varint(8)
+_PARENT_SPAN_ID = _tag(Span.PARENT_SPAN_ID_FIELD_NUMBER, _LEN) + _varint(8)
+_NAME = _tag(Span.NAME_FIELD_NUMBER, _LEN)
+_KIND_INTERNAL = _tag(Span.KIND_FIELD_NUMBER, _VARINT) + _varint(Span.SPAN_KIND_INTERNAL)
+_START = _tag(Span.START_TIME_UNIX_NANO_FIELD_NUMBER, _I64)
+_END = _tag(Span.END_TIME_UNIX_NANO_FIELD_NUMBER, _I64)
+_ATTRIBUTE = _tag(Span.ATTRIBUTES_FIELD_NUMBER, _LEN)
+_EVENT = _tag(Span.EVENTS_FIELD_NUMBER, _LEN)
+_STATUS = _tag(Span.STATUS_FIELD_NUMBER, _LEN)
+_STATUS_ERROR = _tag(Status.CODE_FIELD_NUMBER, _VARINT) + _varint(Status.STATUS_CODE_ERROR)
+_STATUS_MESSAGE = _tag(Status.MESSAGE_FIELD_NUMBER, _LEN)
+_FLAGS = _tag(Span.FLAGS_FIELD_NUMBER, _I32)
+# SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK, and with SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK (as the SDK's encoder writes).
+_FLAGS_LOCAL_PARENT = _FLAGS + struct.pack("<I", 0x100)
+_FLAGS_REMOTE_PARENT = _FLAGS + struct.pack("<I", 0x300)
+_EVENT_TIME = _tag(Span.Event.TIME_UNIX_NANO_FIELD_NUMBER, _I64)
+_EVENT_NAME = _tag(Span.Event.NAME_FIELD_NUMBER, _LEN)
+_EVENT_ATTRIBUTE = _tag(Span.Event.ATTRIBUTES_FIELD_NUMBER, _LEN)
+_KEY = _tag(KeyValue.KEY_FIELD_NUMBER, _LEN)
+_VALUE = _tag(KeyValue.VALUE_FIELD_NUMBER, _LEN)
+# AnyValue's oneof: written even when the value is the type's default (a oneof member has presence).
+_STRING = _tag(AnyValue.STRING_VALUE_FIELD_NUMBER, _LEN)
+_BOOL_TRUE = _tag(AnyValue.BOOL_VALUE_FIELD_NUMBER, _VARINT) + b"\x01"
+_BOOL_FALSE = _tag(AnyValue.BOOL_VALUE_FIELD_NUMBER, _VARINT) + b"\x00"
+_INT = _tag(AnyValue.INT_VALUE_FIELD_NUMBER, _VARINT)
+_DOUBLE = _tag(AnyValue.DOUBLE_VALUE_FIELD_NUMBER, _I64)
+
+# Cached by value: span names, event names and attribute keys are few (the code's own), and so are most attribute
+# values (kinds, outcomes, decisions); a string longer than this is not kept (task ids are not), nor anything past
+# the cache's size.
+_CACHED_VALUE_CHARS = 24
+_CACHE_ENTRIES = 4096
+_names: dict[str, bytes] = {}
+_keys: dict[str, bytes] = {}
+_heads: dict[tuple[str, bool], bytes] = {}
+_entries: dict[tuple[bytes, str, type, AttributeValue], bytes] = {}
+
+
+def _cached(cache: dict[str, bytes], text: str, tag: bytes) -> bytes:
+    found = cache.get(text)
+    if found is None:
+        found = _field(tag, text.encode())
+        if len(cache) < _CACHE_ENTRIES:
+            cache[text] = found
+    return found
+
+
+def _value(value: AttributeValue) -> bytes:
+    """An AnyValue's bytes (bool before int: a bool is an int)."""
+    if isinstance(value, str):
+        return _field(_STRING, value.encode())
+    if isinstance(value, bool):
+        return _BOOL_TRUE if value else _BOOL_FALSE
+    if isinstance(value, int):
+        return _INT + _varint(value & 0xFFFFFFFFFFFFFFFF)  # int64: a negative is its two's complement
+    if isinstance(value, float):
+        return _DOUBLE + _pack_double(value)
+    raise Unsupported(type(value).__name__)
+
+
+def _attribute(tag: bytes, key: str, value: AttributeValue) -> bytes:
+    """One KeyValue field (tag, length, message) of a span or an event."""
+    pair = _cached(_keys, key, _KEY) + _field(_VALUE, _value(value))
+    return tag + _varint(len(pair)) + pair
+
+
+def _add_attributes(parts: list[bytes], tag: bytes, attributes: Mapping[str, AttributeValue]) -> None:
+    """Append a KeyValue field per attribute. Most values repeat (kinds, outcomes, decisions, flags): their whole
+    field is cached, by type as well (True and 1 are equal keys of a dict, not the same value on the wire)."""
+    entries = _entries
+    for key, value in attributes.items():
+        kind = type(value)
+        if kind is str and len(value) > _CACHED_VALUE_CHARS:  # type: ignore[arg-type]
+            parts.append(_attribute(tag, key, value))
+            continue
+        cache_key = (tag, key, kind, value)
+        entry = entries.get(cache_key)
+        if entry is None:
+            entry = _attribute(tag, key, value)
+            if len(entries) < _CACHE_ENTRIES:
+                entries[cache_key] = entry
+        parts.append(entry)
+
+
+def _head(name: str, remote: bool) -> bytes:
+    """What a span of this name and parent's kind has in common with every other: its name, kind and flags."""
+    found = _heads.get((name, remote))
+    if found is None:
+        found = (
+            _field(_NAME, name.encode()) + _KIND_INTERNAL + (_FLAGS_REMOTE_PARENT if remote else _FLAGS_LOCAL_PARENT)
+        )
+        if len(_heads) < _CACHE_ENTRIES:
+            _heads[name, remote] = found
+    return found
+
+
+_MASK_64 = 0xFFFFFFFFFFFFFFFF
+assert len(_TRACE_ID) == len(_SPAN_ID) == len(_PARENT_SPAN_ID) == 2 and len(_START) == len(_END) == 1
+# The ids (big-endian bytes, behind their tags and lengths) and the times (fixed64, little-endian), one struct each.
+_pack_ids = struct.Struct(">2sQQ2sQ2sQ").pack
+_pack_times = struct.Struct("<1sQ1sQ").pack
+
+
+def _span(span: TaskSpan) -> bytes:
+    """One element of a ScopeSpans' spans: the field's tag and length, then the Span."""
+    trace_id = span.trace_id
+    parts = [
+        _pack_ids(
+            _TRACE_ID, trace_id >> 64, trace_id & _MASK_64, _SPAN_ID, span.span_id, _PARENT_SPAN_ID, span.parent_span_id
+        ),
+        _head(span.name, span.parent_remote),
+        _pack_times(_START, span.start_ns, _END, span.end_ns),
+    ]
+    if span.attributes:
+        _add_attributes(parts, _ATTRIBUTE, span.attributes)
+    if span.events:
+        for name, at_ns, attributes in span.events:
+            event = [_EVENT_TIME, _pack_fixed64(at_ns), _cached(_names, name, _EVENT_NAME)]
+            if attributes:
+                _add_attributes(event, _EVENT_ATTRIBUTE, attributes)
+            parts.append(_field(_EVENT, b"".join(event)))
+    if span.error:
+        parts.append(_field(_STATUS, _field(_STATUS_MESSAGE, span.error.encode()) + _STATUS_ERROR))
+    body = b"".join(parts)
+    return _SCOPE_SPANS + _varint(len(body)) + body
+
+
+def framing(resource: Resource, scope: InstrumentationScope) -> tuple[bytes, bytes]:
+    """The bytes of a ResourceSpans before its scope spans (the resource, its schema URL) and of a ScopeSpans
+    before its spans (the scope, its schema URL): fields of a message may come in any order, so the spans follow."""
+    from services.core.span_encoding import add_attributes
+
+    resource_spans = ResourceSpans(schema_url=resource.schema_url)
+    add_attributes(resource_spans.resource.attributes, resource.attributes)
+    scope_spans = ScopeSpans(schema_url=scope.schema_url or "")
+    scope_spans.scope.SetInParent()
+    scope_spans.scope.name = scope.name
+    scope_spans.scope.version = scope.version or ""
+    add_attributes(scope_spans.scope.attributes, scope.attributes)
+    return resource_spans.SerializeToString(), scope_spans.SerializeToString()
+
+
+def encoded(span: TaskSpan) -> bytes | TaskSpan:
+    """An ended span's element of a ScopeSpans (what request() joins), or the span itself when it holds a value
+    this does not write (the exporter then encodes it as the SDK's finished span)."""
+    try:
+        return _span(span)
+    except Unsupported:
+        return span
+
+
+def request(framing: tuple[bytes, bytes], encoded_spans: Sequence[bytes]) -> bytes:
+    """An ExportTraceServiceRequest's bytes: one ResourceSpans and ScopeSpans (framing) around encoded spans."""
+    resource_head, scope_head = framing
+    scope_spans = scope_head + b"".join(encoded_spans)
+    return _field(_REQUEST_RESOURCE_SPANS, resource_head + _field(_RESOURCE_SCOPE_SPANS, scope_spans))
+
+
+def encode(spans: Sequence[TaskSpan]) -> bytes:
+    """An ExportTraceServiceRequest's bytes for these ended task spans, one ResourceSpans per recorder."""
+    groups: dict[int, tuple[tuple[bytes, bytes], list[bytes]]] = {}
+    for span in spans:
+        recorder = span.recorder
+        group = groups.get(id(recorder))
+        if group is None:
+            group = groups[id(recorder)] = (recorder.framing, [])
+        group[1].append(_span(span))
+    return b"".join(request(framing, encoded_spans) for framing, encoded_spans in groups.values())
