@@ -83,6 +83,10 @@ async def test_a_worker_cut_off_stops_its_handler_before_its_task_runs_elsewhere
     print(f"\n{takeover}")
 
 
+# Not in `make test`: twice in CI (never here) a blocked read of the worker whose Redis link was stalled kept
+# reaching Redis for the whole wait, so the entry could not be handed to the "dead" consumer first; the cause is
+# not found. Run it with `pytest -m chaos tests/integration/test_partitions.py`.
+@pytest.mark.chaos
 async def test_a_worker_that_reaches_redis_but_not_the_scheduler_leaves_reclaimable_work_to_others(
     user: AsyncClient, partitioned: Partitioned, stores: Stores
 ) -> None:

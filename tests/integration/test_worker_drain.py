@@ -229,7 +229,12 @@ async def test_the_prestop_command_drains_the_worker_and_returns_once_it_has(
         out, _ = await hook.communicate()
         assert hook.returncode == 0 and b"drained" in out, out
         assert process.alive(), "drained, not stopped: the kubelet's SIGTERM comes after the hook"
-        assert {w.id: w for w in await operator.workers()}[worker_id].draining
+
+        # The pool learns of the drain from the worker's next heartbeat, which may come after the hook returned.
+        async def listed_draining() -> bool:
+            return {w.id: w for w in await operator.workers()}[worker_id].draining
+
+        await eventually(listed_draining, message="the worker listed as draining")
         later = await operator.submit("after-hook", workload=0.05, replicas=10)
         assert all(t.worker_id != worker_id for t in await operator.wait(later, timeout=60))
         process.signal(signal.SIGTERM)
