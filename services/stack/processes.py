@@ -78,8 +78,7 @@ class ManagedProcess:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv, user = self.argv, self.user
-        options = _privileges(_can_follow_parent(), user) if _SETPRIV is not None else []
-        if _SETPRIV is not None and options:
+        if _SETPRIV is not None and (options := _privileges(_can_follow_parent(), user)):
             argv, user = [_SETPRIV, *options, "--", *argv], None
         self.proc = subprocess.Popen(
             argv,

@@ -15,7 +15,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from resilienttask import AsyncClient, Task, TaskStatus
 from services.core.task_model import TERMINAL
 from services.stack.stack import Stack, StackConfig
 from tests.conftest import TEST_BCRYPT_COST, Stores
+from tests.databases import create_database
 from tests.helpers import eventually
 from tests.integration.partition_handler import KIND, Run, overlap_s, runs
 from tests.integration.test_user_limits import on_database
@@ -60,17 +60,7 @@ def partitioned_stack(
     stores: Stores, data_dir: Path, redis_db: int, timings: Mapping[str, str], echo: IO[str] | None
 ) -> Iterator[Partitioned]:
     """The stack, its proxies flowing; timings: the RTASK_* variables of the scenario (reclaim idle, ...)."""
-    name = f"partitions_{uuid.uuid4().hex[:10]}"
-    database_url = stores.database_url.rsplit("/", 1)[0] + f"/{name}"
-
-    async def create_database() -> None:
-        admin = await asyncpg.connect(stores.database_url)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-
-    asyncio.run(create_database())
+    database_url = asyncio.run(create_database(stores.database_url, "partitions"))
     # Outside pytest's temp root (mode 0700): a handler in a child process runs as an unprivileged user.
     runs_dir = Path(tempfile.mkdtemp(prefix="rtask-partition-runs-"))
     runs_dir.chmod(0o777)

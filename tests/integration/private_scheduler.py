@@ -28,6 +28,7 @@ from services.scheduler.sweepers import SweepConfig
 from services.scheduler.worker_limits import WorkerLimits
 from services.worker.connection import SchedulerLink, WorkerTokens
 from tests.conftest import Stores
+from tests.databases import create_database
 
 # The worker key (schedulers only) and the enrolment secret (workers): never the user key.
 ENROLMENT = EnrolmentConfig(secrets.token_hex(24).encode())
@@ -85,11 +86,7 @@ def metadata(worker_id: str) -> tuple[tuple[str, str]]:
 
 @pytest.fixture
 async def isolated(stores: Stores) -> AsyncIterator[Isolated]:
-    name = f"sched_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(stores.database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    db_url = stores.database_url.rsplit("/", 1)[0] + f"/{name}"
+    db_url = await create_database(stores.database_url, "sched")
     redis_url = stores.redis_url.rsplit("/", 1)[0] + "/3"
     redis = aioredis.Redis.from_url(redis_url)
     await redis.flushdb()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import datetime
 
@@ -22,6 +21,7 @@ from resilienttask.v1 import task_pb2
 from services.core.limits import UserLimits
 from services.stack.stack import Stack, StackConfig
 from tests.conftest import TEST_BCRYPT_COST, Stores
+from tests.databases import create_database
 from tests.helpers import eventually
 from tests.integration.accounts import signup
 from tests.integration.tasks import UserTasks
@@ -49,16 +49,7 @@ WORK_S = 0.3
 def fair_stack(
     stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Stack]:
-    name = f"fair_{uuid.uuid4().hex[:10]}"
-
-    async def create_database() -> None:
-        admin = await asyncpg.connect(stores.database_url)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-
-    asyncio.run(create_database())
+    database_url = asyncio.run(create_database(stores.database_url, "fair"))
     config = StackConfig(
         data_dir=tmp_path_factory.mktemp("fair-stack"),
         edge_port=0,
@@ -66,7 +57,7 @@ def fair_stack(
         admin_port=0,
         workers=WORKERS,
         worker_slots=SLOTS,
-        database_url=stores.database_url.rsplit("/", 1)[0] + f"/{name}",
+        database_url=database_url,
         redis_access=on_database(stores.redis_access, REDIS_DB),
         bcrypt_cost=TEST_BCRYPT_COST,
         limits=LIMITS,

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import asyncpg
@@ -24,6 +23,7 @@ from services.gateway.app import GatewayConfig, create_server
 from services.stack.ports import free_port
 from services.stack.stack import Stack
 from tests.conftest import Stores
+from tests.databases import create_database
 from tests.helpers import eventually, wait_until
 from tests.tcp_proxy import TcpProxy
 
@@ -47,13 +47,7 @@ def test_grpcurl_lists_services_and_health_through_envoy(stack: Stack) -> None:
 
 
 async def _fresh_database(stores: Stores) -> str:
-    name = f"mig_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(stores.database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return stores.database_url.rsplit("/", 1)[0] + f"/{name}"
+    return await create_database(stores.database_url, "mig")
 
 
 async def test_migrations_apply_once_under_concurrent_start(stores: Stores) -> None:

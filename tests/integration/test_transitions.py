@@ -18,6 +18,7 @@ from services.core.task_model import in_batch, status_name
 from services.core.transitions import user as transitions
 from services.core.transitions.rules import ALLOWED_TRANSITIONS
 from tests.conftest import Stores
+from tests.databases import create_database
 
 STATUSES = sorted(ALLOWED_TRANSITIONS)
 
@@ -25,11 +26,7 @@ STATUSES = sorted(ALLOWED_TRANSITIONS)
 @pytest.fixture
 async def database(stores: Stores) -> str:
     """A freshly migrated database of its own."""
-    name = f"transitions_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(stores.database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = stores.database_url.rsplit("/", 1)[0] + f"/{name}"
+    url = await create_database(stores.database_url, "transitions")
     connection = await asyncpg.connect(url)
     await migrate(connection)
     await connection.close()

@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import os
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
@@ -24,6 +23,7 @@ from services.core.limits import UserLimits
 from services.stack.redis_users import RedisAccess, RedisLogin
 from services.stack.stack import Stack, StackConfig
 from tests.conftest import TEST_BCRYPT_COST, Stores
+from tests.databases import create_database
 from tests.helpers import eventually
 from tests.integration.accounts import Account, signup
 from tests.integration.tasks import UserTasks
@@ -62,16 +62,7 @@ def on_database(access: RedisAccess, db: int) -> RedisAccess:
 def limited_stack(
     stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Stack]:
-    name = f"limits_{uuid.uuid4().hex[:10]}"
-
-    async def create_database() -> None:
-        admin = await asyncpg.connect(stores.database_url)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-
-    asyncio.run(create_database())
+    database_url = asyncio.run(create_database(stores.database_url, "limits"))
     config = StackConfig(
         data_dir=tmp_path_factory.mktemp("limited-stack"),
         edge_port=0,
@@ -79,7 +70,7 @@ def limited_stack(
         admin_port=0,
         workers=WORKERS,
         worker_slots=SLOTS,
-        database_url=stores.database_url.rsplit("/", 1)[0] + f"/{name}",
+        database_url=database_url,
         redis_access=on_database(stores.redis_access, REDIS_DB),
         bcrypt_cost=TEST_BCRYPT_COST,
         limits=LIMITS,
