@@ -15,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -284,25 +285,30 @@ def test_reflection_is_refused_at_the_public_edge_unless_enabled(stack: Stack, t
 
 @pytest.mark.timeout(120)
 def test_a_public_health_watch_ends_at_its_lifetime(stack: Stack, tmp_path: Path) -> None:
-    """No anonymous stream lives forever: the edge ends Health/Watch at its cap, whatever it carries."""
+    """No anonymous stream lives forever: the edge ends Health/Watch at its cap, whatever it carries.
+
+    Either Envoy's own timer ends it (counted as `downstream_rq_max_duration_reached`), or the gateway does
+    first, holding the deadline the edge passed upstream: the client sets none, so a DEADLINE_EXCEEDED can only
+    be the edge's cap (seen in CI, while Envoy's counter never moved).
+    """
     with (
         private_edge(stack, tmp_path / "edge", health_watch_max_s=1) as edge,
         grpc.insecure_channel(edge.address) as channel,
     ):
+        opened = time.monotonic()
         stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
         first = next(stream)
         assert first.status == health_pb2.HealthCheckResponse.SERVING
         with pytest.raises(grpc.RpcError) as ended:
             for _ in stream:
                 pass
-        assert ended.value.code() != grpc.StatusCode.OK  # type: ignore[attr-defined]
-        try:
-            wait_until(
-                lambda: counters(edge.admin_url).get("http.edge.downstream_rq_max_duration_reached", 0) >= 1,
-                timeout_s=60,  # a loaded CI machine once took longer than the default 15 s
-                message="Envoy counts the stream as ended by its lifetime",
-            )
-        except AssertionError as exc:
-            # Say how the stream ended instead, so a failure on a loaded machine can be explained.
-            ends = {k: v for k, v in counters(edge.admin_url).items() if v and ("http.edge." in k or "health" in k)}
-            raise AssertionError(f"{exc}; the stream ended with {ended.value!r}; edge counters {ends}") from exc
+        lived_s = time.monotonic() - opened
+        assert lived_s >= 1, f"the stream ended after {lived_s:.3f} s, before its 1 s lifetime"
+        if ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+            return  # the gateway ended it, at the deadline the edge gave it
+        # Envoy ended it: the response had started, so it resets the stream (INTERNAL here) and counts it.
+        wait_until(
+            lambda: counters(edge.admin_url).get("http.edge.downstream_rq_max_duration_reached", 0) >= 1,
+            timeout_s=60,
+            message=f"Envoy counts the stream ended with {ended.value!r} as ended by its lifetime",
+        )
