@@ -21,15 +21,18 @@ class DatabaseConfig:
 
     url: str = setting(
         "DATABASE_URL",
-        help="PostgreSQL URL (postgresql://user:password@host:5432/db); several hosts: the primary is found",
+        help="PostgreSQL URL; several servers with `target_session_attrs=read-write` follow a failover "
+        "([docs/postgresql-ha.md](docs/postgresql-ha.md))",
+        shown_default="`make up`: its embedded server",
     )
     pool_min_size: int = setting("RTASK_DB_POOL_MIN", 2, "connections the pool keeps open")
     pool_max_size: int = setting("RTASK_DB_POOL_MAX", 10, "connections the pool may open")
     direct_url: str = setting(
         "DATABASE_DIRECT_URL",
         "",
-        "where the migrations' session advisory lock is taken when DATABASE_URL goes through a pooler in transaction "
-        "mode, which cannot keep a session lock (empty: DATABASE_URL)",
+        "where start-up migrations take their session lock, when `DATABASE_URL` goes through a transaction-mode "
+        "pooler ([docs/postgresql-ha.md](docs/postgresql-ha.md))",
+        shown_default="`DATABASE_URL`",
         repr=False,
     )
     statement_cache_size: int = setting(
@@ -75,8 +78,11 @@ class RedisConfig:
 
     url: str = setting(
         "REDIS_URL",
-        help="the Redis-compatible server and ACL user (redis://user@host:6379/0, rediss:// with TLS, "
-        "redis+cluster://user@any-node:port for a cluster)",
+        help="Redis-compatible server URL naming the process's ACL user (`redis://rtask-worker@host:6379/0`; see "
+        "[docs/operations.md](docs/operations.md)); a Valkey/Redis Cluster as "
+        "`redis+cluster://rtask-worker@any-node:7000/0` (`rediss+cluster://` with TLS; "
+        "[docs/scaling.md](docs/scaling.md), \"Valkey Cluster\")",
+        shown_default="`make up`: its embedded server",
     )
     # Callers beyond max_connections wait for a free one, up to pool_timeout_s.
     max_connections: int = setting(

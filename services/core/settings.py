@@ -9,7 +9,8 @@ One parser per type, chosen from the field's annotation:
 - int: a whole number. "10" and also "10.0" (a float that is whole, as YAML and templating tools render numbers);
   "10.5" is refused rather than cut.
 - float: a finite number ("nan" and "inf" are refused).
-- durations: a field whose name ends in `_ms` (int) or `_s` (float) is that number, in that unit, never negative.
+- durations: a field whose name ends in `_ms` or `_s` (not `_per_s`, a rate) is a number in that unit, never
+  negative: an integer for milliseconds, and for seconds an integer or a number as the field's type says.
 - bool: true/false, 1/0, yes/no, on/off, any case.
 - str: the text, surrounding blanks removed.
 - tuple[str, ...]: a comma-separated list, blanks around items and empty items dropped.
@@ -35,6 +36,7 @@ T = TypeVar("T")
 # The metadata keys of a setting field and of a nested concern.
 _SETTING = "rtask_setting"
 _NESTED = "rtask_nested_prefix"
+_CONTEXT = "rtask_nested_help"
 
 
 class ConfigError(ValueError):
@@ -75,9 +77,10 @@ def setting(
     return dataclasses.field(default=default, repr=repr, metadata=meta)
 
 
-def nested(prefix: str = "", default_factory: Any = MISSING) -> Any:
-    """A field holding another concern whose variables are named `prefix` + their own ("" for the same names)."""
-    return dataclasses.field(default_factory=default_factory, metadata={_NESTED: prefix})
+def nested(prefix: str = "", default_factory: Any = MISSING, *, help: str = "") -> Any:
+    """A field holding another concern whose variables are named `prefix` + their own ("" for the same names);
+    help, when given, says what the concern's variables are about under this prefix."""
+    return dataclasses.field(default_factory=default_factory, metadata={_NESTED: prefix, _CONTEXT: help})
 
 
 # --- parsers: (variable name, raw text) -> value, ConfigError naming the variable otherwise ------------------------
@@ -112,6 +115,13 @@ def parse_duration_ms(name: str, raw: str) -> int:
     value = parse_int(name, raw)
     if value < 0:
         raise ConfigError(f"{name} must be a duration in milliseconds (an integer, 0 or more), got {raw!r}")
+    return value
+
+
+def parse_whole_seconds(name: str, raw: str) -> int:
+    value = parse_int(name, raw)
+    if value < 0:
+        raise ConfigError(f"{name} must be a duration in seconds (an integer, 0 or more), got {raw!r}")
     return value
 
 
@@ -157,10 +167,14 @@ def parser_for(field_name: str, kind: Any) -> Callable[[str, str], Any]:
     kind = _unwrap_optional(kind)
     if kind is bool:
         return parse_bool
+    # A rate (`_per_s`) is a number, not a duration.
+    seconds = field_name.endswith("_s") and not field_name.endswith("_per_s")
     if kind is int:
-        return parse_duration_ms if field_name.endswith("_ms") else parse_int
+        if field_name.endswith("_ms"):
+            return parse_duration_ms
+        return parse_whole_seconds if seconds else parse_int
     if kind is float:
-        return parse_duration_s if field_name.endswith("_s") else parse_float
+        return parse_duration_s if seconds else parse_float
     if kind is str:
         return parse_str
     if kind is bytes:
@@ -175,6 +189,7 @@ TYPE_NAMES: dict[Callable[[str, str], Any], str] = {
     parse_float: "number",
     parse_duration_ms: "milliseconds",
     parse_duration_s: "seconds",
+    parse_whole_seconds: "seconds (integer)",
     parse_bool: "true/false",
     parse_str: "text",
     parse_list: "comma-separated list",
@@ -195,6 +210,12 @@ class Declared:
     setting: Setting
     # The default value (MISSING: required).
     default: Any
+    # What the enclosing concern is about, for a nested one's variables ("" otherwise).
+    context: str = ""
+
+    @property
+    def meaning(self) -> str:
+        return f"{self.context}: {self.setting.help}" if self.context else self.setting.help
 
     @property
     def type_name(self) -> str:
@@ -221,15 +242,16 @@ def _base_of(f: dataclasses.Field[Any], base: Any) -> Any:
     return None if default is MISSING else default
 
 
-def declarations(cls: type, prefix: str = "", base: Any = None) -> Iterator[Declared]:
+def declarations(cls: type, prefix: str = "", base: Any = None, context: str = "") -> Iterator[Declared]:
     """Every variable `cls` reads, with nested concerns (their prefix added), in declaration order."""
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         default = getattr(base, f.name) if base is not None else f.default
         if (meta := f.metadata.get(_SETTING)) is not None:
-            yield Declared(prefix + meta.env, f.name, parser_for(f.name, hints[f.name]), meta, default)
+            yield Declared(prefix + meta.env, f.name, parser_for(f.name, hints[f.name]), meta, default, context)
         elif (inner := f.metadata.get(_NESTED)) is not None:
-            yield from declarations(_unwrap_optional(hints[f.name]), prefix + inner, _base_of(f, base))
+            kind = _unwrap_optional(hints[f.name])
+            yield from declarations(kind, prefix + inner, _base_of(f, base), f.metadata[_CONTEXT] or context)
 
 
 def _read_file(name: str, path: str) -> str:

@@ -63,11 +63,15 @@ class AuthLimits:
 
     # Envoy's login bucket per client address (RTASK_LOGIN_PER_ADDRESS_*).
     login_per_address: RateLimit = nested(
-        "RTASK_LOGIN_PER_ADDRESS", lambda: RateLimit(max_tokens=20, tokens_per_fill=1, fill_interval_s=0.5)
+        "RTASK_LOGIN_PER_ADDRESS",
+        lambda: RateLimit(max_tokens=20, tokens_per_fill=1, fill_interval_s=0.5),
+        help="Envoy's login bucket per client address",
     )
     # Envoy's signup bucket per client address (RTASK_SIGNUP_PER_ADDRESS_*).
     signup_per_address: RateLimit = nested(
-        "RTASK_SIGNUP_PER_ADDRESS", lambda: RateLimit(max_tokens=5, tokens_per_fill=1, fill_interval_s=10.0)
+        "RTASK_SIGNUP_PER_ADDRESS",
+        lambda: RateLimit(max_tokens=5, tokens_per_fill=1, fill_interval_s=10.0),
+        help="Envoy's signup bucket per client address",
     )
     tracked_addresses: int = setting(
         "RTASK_AUTH_TRACKED_ADDRESSES",
