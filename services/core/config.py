@@ -81,7 +81,7 @@ class RedisConfig:
         help="Redis-compatible server URL naming the process's ACL user (`redis://rtask-worker@host:6379/0`; see "
         "[docs/operations.md](docs/operations.md)); a Valkey/Redis Cluster as "
         "`redis+cluster://rtask-worker@any-node:7000/0` (`rediss+cluster://` with TLS; "
-        "[docs/scaling.md](docs/scaling.md), \"Valkey Cluster\")",
+        '[docs/scaling.md](docs/scaling.md), "Valkey Cluster")',
         shown_default="`make up`: its embedded server",
     )
     # Callers beyond max_connections wait for a free one, up to pool_timeout_s.

@@ -111,25 +111,26 @@ def parse_float(name: str, raw: str) -> float:
     return number
 
 
-def parse_duration_ms(name: str, raw: str) -> int:
-    value = parse_int(name, raw)
-    if value < 0:
-        raise ConfigError(f"{name} must be a duration in milliseconds (an integer, 0 or more), got {raw!r}")
+def _non_negative(parse: Callable[[str, str], T], name: str, raw: str, expected: str) -> T:
+    try:
+        value = parse(name, raw)
+    except ConfigError:
+        value = None
+    if value is None or value < 0:  # type: ignore[operator]
+        raise ConfigError(f"{name} must be a duration in {expected}, got {raw!r}")
     return value
+
+
+def parse_duration_ms(name: str, raw: str) -> int:
+    return _non_negative(parse_int, name, raw, "milliseconds (an integer, 0 or more)")
 
 
 def parse_whole_seconds(name: str, raw: str) -> int:
-    value = parse_int(name, raw)
-    if value < 0:
-        raise ConfigError(f"{name} must be a duration in seconds (an integer, 0 or more), got {raw!r}")
-    return value
+    return _non_negative(parse_int, name, raw, "seconds (an integer, 0 or more)")
 
 
 def parse_duration_s(name: str, raw: str) -> float:
-    value = parse_float(name, raw)
-    if value < 0:
-        raise ConfigError(f"{name} must be a duration in seconds (a number, 0 or more), got {raw!r}")
-    return value
+    return _non_negative(parse_float, name, raw, "seconds (a number, 0 or more)")
 
 
 def parse_bool(name: str, raw: str) -> bool:
@@ -234,12 +235,17 @@ def _default_of(f: dataclasses.Field[Any]) -> Any:
     return MISSING
 
 
-def _base_of(f: dataclasses.Field[Any], base: Any) -> Any:
-    """The instance a nested concern takes its defaults from (None: its own declared defaults)."""
+def _base_of(f: dataclasses.Field[Any], base: Any, kind: type) -> Any:
+    """The instance a nested concern takes its defaults from (None: its own declared defaults).
+
+    A concern whose default is its class's plain instance gives None: its fields' declared defaults are used, not
+    the values its __post_init__ derived from them (a derived default must follow the variables it derives from).
+    """
     if base is not None:
         return getattr(base, f.name)
-    default = _default_of(f)
-    return None if default is MISSING else default
+    if f.default_factory is kind or (default := _default_of(f)) is MISSING:
+        return None
+    return default
 
 
 def declarations(cls: type, prefix: str = "", base: Any = None, context: str = "") -> Iterator[Declared]:
@@ -251,7 +257,7 @@ def declarations(cls: type, prefix: str = "", base: Any = None, context: str = "
             yield Declared(prefix + meta.env, f.name, parser_for(f.name, hints[f.name]), meta, default, context)
         elif (inner := f.metadata.get(_NESTED)) is not None:
             kind = _unwrap_optional(hints[f.name])
-            yield from declarations(kind, prefix + inner, _base_of(f, base), f.metadata[_CONTEXT] or context)
+            yield from declarations(kind, prefix + inner, _base_of(f, base, kind), f.metadata[_CONTEXT] or context)
 
 
 def _read_file(name: str, path: str) -> str:
@@ -311,7 +317,7 @@ def load(
                 raise ConfigError(f"{name}{either} is required")
         elif (inner := f.metadata.get(_NESTED)) is not None:
             kind = _unwrap_optional(hints[f.name])
-            values[f.name] = load(kind, env, prefix=prefix + inner, base=_base_of(f, base), defaults=defaults)
+            values[f.name] = load(kind, env, prefix=prefix + inner, base=_base_of(f, base, kind), defaults=defaults)
     return cls(**values, **given)
 
 
