@@ -14,7 +14,7 @@ One parser per type, chosen from the field's annotation:
 - bool: true/false, 1/0, yes/no, on/off, any case.
 - str: the text, surrounding blanks removed.
 - tuple[str, ...]: a comma-separated list, blanks around items and empty items dropped.
-- bytes: a secret, as text (see `file_env`: it may also come from a file).
+- bytes: a secret, as given (see `file_env`: it may also come from a file, whose surrounding blanks are removed).
 An unset or empty variable gives the default; a value the parser refuses stops the process at start with a
 ConfigError naming the variable and the expected type.
 """
@@ -151,7 +151,8 @@ def parse_list(name: str, raw: str) -> tuple[str, ...]:
 
 
 def parse_secret(name: str, raw: str) -> bytes:
-    return raw.strip().encode()
+    """As given (a secret from a file has its surrounding blanks removed when read)."""
+    return raw.encode()
 
 
 def _unwrap_optional(kind: Any) -> Any:
