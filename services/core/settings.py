@@ -319,7 +319,12 @@ def load(
         elif (inner := f.metadata.get(_NESTED)) is not None:
             kind = _unwrap_optional(hints[f.name])
             values[f.name] = load(kind, env, prefix=prefix + inner, base=_base_of(f, base, kind), defaults=defaults)
-    return cls(**values, **given)
+    try:
+        return cls(**values, **given)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # a concern's own check that does not name its variables: say which they are
+        raise ConfigError(f"{prefix + '_*' if prefix else cls.__name__}: {exc}") from exc
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from services.core.settings import (
     parse_list,
     setting,
 )
+from services.edge.config import AuthLimits
 from services.gateway.app import GatewayConfig
 from services.scheduler.app import SchedulerConfig
 from services.worker.config import WorkerProcessConfig
@@ -230,17 +231,23 @@ def test_nothing_in_the_services_depends_on_the_test_runner() -> None:
     assert offenders == []
 
 
+def test_a_concerns_own_check_names_its_variables() -> None:
+    with pytest.raises(ConfigError, match=r"^RTASK_SIGNUP_PER_ADDRESS_\*: invalid rate limit"):
+        load(AuthLimits, {"RTASK_SIGNUP_PER_ADDRESS_FILL_INTERVAL_S": "0.01"})
+
+
 @pytest.mark.parametrize(
-    ("module", "variable", "value", "expected"),
+    ("argv", "variable", "value", "expected"),
     [
-        ("services.gateway.main", "RTASK_WATCH_HEARTBEAT_MS", "soon", "must be a duration in milliseconds"),
-        ("services.worker.main", "RTASK_WORKER_SLOTS", "1.5", "must be an integer"),
+        (["services.gateway.main"], "RTASK_WATCH_HEARTBEAT_MS", "soon", "must be a duration in milliseconds"),
+        (["services.worker.main"], "RTASK_WORKER_SLOTS", "1.5", "must be an integer"),
+        (["services.stack.main", "up"], "RTASK_EDGE_REFLECTION", "perhaps", "must be true or false"),
     ],
 )
-def test_a_process_refuses_a_bad_value_at_start(module: str, variable: str, value: str, expected: str) -> None:
+def test_a_process_refuses_a_bad_value_at_start(argv: list[str], variable: str, value: str, expected: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RTASK_", "OTEL_"))}
     env.update({**SECRETS, variable: value})
-    done = subprocess.run([sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", *argv], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert f"{variable} {expected}" in done.stderr and f"got {value!r}" in done.stderr
     assert "Traceback" not in done.stderr
