@@ -24,10 +24,12 @@ wipe: $(VENV)/.installed
 gen: $(VENV)/.installed
 	PYTHON=$(PY) scripts/gen-python
 	$(PY) scripts/gen-sync-client
+	$(PY) scripts/gen-settings-table
 
 check-generated: $(VENV)/.installed
 	PYTHON=$(PY) scripts/gen-python
 	$(PY) scripts/gen-sync-client
+	$(PY) scripts/gen-settings-table --check
 	git diff --exit-code -- clients/python/resilienttask/v1 clients/python/resilienttask/worker clients/python/resilienttask/client.py || (echo "generated code is stale: run 'make gen'" && exit 1)
 	test -z "$$(git status --porcelain -- clients/python/resilienttask/v1 clients/python/resilienttask/worker)" || (echo "untracked generated files: run 'make gen' and commit" && exit 1)
 

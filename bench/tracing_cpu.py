@@ -27,6 +27,7 @@ from resilienttask.v1 import task_pb2
 from resilienttask.worker.v1 import worker_pb2
 from services.core import tracing
 from services.core.dispatch import DispatchEntry
+from services.core.settings import load
 from services.scheduler.tracing import BatchTimes, record_work
 from services.worker.consumer import Delivery
 from services.worker.tracing import AttemptTraces
@@ -112,7 +113,7 @@ def main() -> None:
         port = int(receiver.stdout.readline())
         off, _ = cpu_per_task(args.tasks, args.batch)
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
-        tracing.configure(tracing.TracingConfig.from_env("worker", "w"))
+        tracing.configure(tracing.TracingConfig.for_process("worker", load(tracing.OtelConfig, os.environ), "w"))
         on, on_loop = cpu_per_task(args.tasks, args.batch)
         tracing.shutdown()
     finally:

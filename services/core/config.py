@@ -2,56 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from services.core.settings import ConfigError, setting
 
-class ConfigError(ValueError):
-    """A configuration variable is missing or malformed."""
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
-
-
-def env_int(name: str, default: int, env: Mapping[str, str] = os.environ) -> int:
-    """An integer variable, for entry points assembling settings that have no dataclass of their own."""
-    return _int(env, name, default)
-
-
-def env_float(name: str, default: float, env: Mapping[str, str] = os.environ) -> float:
-    """A number variable, for settings assembled from several variables at an entry point."""
-    return _float(env, name, default)
-
-
-def env_bool(name: str, default: bool, env: Mapping[str, str] = os.environ) -> bool:
-    """A switch: true/false, 1/0, yes/no or on/off (any case); empty or unset gives the default."""
-    raw = env.get(name, "").strip().lower()
-    if raw == "":
-        return default
-    if raw in ("true", "1", "yes", "on"):
-        return True
-    if raw in ("false", "0", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+__all__ = ["CLUSTER_SCHEMES", "AuthConfig", "ConfigError", "DatabaseConfig", "LogConfig", "RedisConfig", "ServerConfig"]
 
 
 @dataclass(frozen=True)
@@ -63,43 +19,43 @@ class DatabaseConfig:
     the new primary with no restart.
     """
 
-    url: str
-    pool_min_size: int = 2
-    pool_max_size: int = 10
-    # Where the migrations' session advisory lock is taken ("" = url): a direct server address when `url` goes
-    # through a pooler in transaction mode, which cannot keep a session lock across statements.
-    direct_url: str = field(default="", repr=False)
-    # asyncpg's per-connection cache of named prepared statements (its default, 100); 0 behind a pooler in
-    # transaction mode that does not track prepared statements itself.
-    statement_cache_size: int = 100
-    # The longest one statement may take before the call fails (UNAVAILABLE at the gRPC boundary): a stalled
-    # network path never closes a connection by itself, and every caller would wait on it for ever. Below the
-    # edge's unary timeout (30 s), so the service answers first.
-    command_timeout_ms: int = 15_000
-    # The longest opening a connection may take (the pool opens them as calls need them).
-    connect_timeout_ms: int = 5_000
+    url: str = setting(
+        "DATABASE_URL",
+        help="PostgreSQL URL; several servers with `target_session_attrs=read-write` follow a failover "
+        "([docs/postgresql-ha.md](docs/postgresql-ha.md))",
+        shown_default="`make up`: its embedded server",
+    )
+    pool_min_size: int = setting("RTASK_DB_POOL_MIN", 2, "connections the pool keeps open")
+    pool_max_size: int = setting("RTASK_DB_POOL_MAX", 10, "connections the pool may open")
+    direct_url: str = setting(
+        "DATABASE_DIRECT_URL",
+        "",
+        "where start-up migrations take their session lock, when `DATABASE_URL` goes through a transaction-mode "
+        "pooler ([docs/postgresql-ha.md](docs/postgresql-ha.md))",
+        shown_default="`DATABASE_URL`",
+        repr=False,
+    )
+    statement_cache_size: int = setting(
+        "RTASK_DB_STATEMENT_CACHE_SIZE",
+        100,
+        "asyncpg's prepared statements per connection; 0 behind a pooler that does not track them",
+    )
+    # Below the edge's unary timeout (30 s), so the service answers first.
+    command_timeout_ms: int = setting(
+        "RTASK_DB_COMMAND_TIMEOUT_MS",
+        15_000,
+        "the longest one SQL statement may take before the call fails with `UNAVAILABLE`: a stalled network path "
+        "never closes a connection by itself (below the edge's 30 s unary timeout)",
+    )
+    connect_timeout_ms: int = setting(
+        "RTASK_DB_CONNECT_TIMEOUT_MS", 5_000, "the longest opening a PostgreSQL connection may take"
+    )
 
     def __post_init__(self) -> None:
+        if self.statement_cache_size < 0:
+            raise ConfigError(f"RTASK_DB_STATEMENT_CACHE_SIZE must be 0 or more, got {self.statement_cache_size}")
         if self.command_timeout_ms <= 0 or self.connect_timeout_ms <= 0:
             raise ConfigError("command_timeout_ms and connect_timeout_ms must be positive")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> DatabaseConfig:
-        url = env.get("DATABASE_URL", "")
-        if not url:
-            raise ConfigError("DATABASE_URL is required")
-        cache = _int(env, "RTASK_DB_STATEMENT_CACHE_SIZE", 100)
-        if cache < 0:
-            raise ConfigError(f"RTASK_DB_STATEMENT_CACHE_SIZE must be 0 or more, got {cache}")
-        return cls(
-            url=url,
-            pool_min_size=_int(env, "RTASK_DB_POOL_MIN", 2),
-            pool_max_size=_int(env, "RTASK_DB_POOL_MAX", 10),
-            direct_url=env.get("DATABASE_DIRECT_URL", ""),
-            statement_cache_size=cache,
-            command_timeout_ms=_int(env, "RTASK_DB_COMMAND_TIMEOUT_MS", 15_000),
-            connect_timeout_ms=_int(env, "RTASK_DB_CONNECT_TIMEOUT_MS", 5_000),
-        )
 
 
 # The URL schemes of a cluster, and the scheme redis-py reads for each.
@@ -120,11 +76,36 @@ class RedisConfig:
     cluster client and the cluster's key layout (services.core.keys.KeyLayout).
     """
 
-    url: str
-    # Connections one process may hold; callers beyond that wait for a free one (up to pool_timeout_s).
-    max_connections: int = 64
-    pool_timeout_s: float = 5.0
-    password: str | None = field(default=None, repr=False)
+    url: str = setting(
+        "REDIS_URL",
+        help="Redis-compatible server URL naming the process's ACL user (`redis://rtask-worker@host:6379/0`; see "
+        "[docs/operations.md](docs/operations.md)); a Valkey/Redis Cluster as "
+        "`redis+cluster://rtask-worker@any-node:7000/0` (`rediss+cluster://` with TLS; "
+        '[docs/scaling.md](docs/scaling.md), "Valkey Cluster")',
+        shown_default="`make up`: its embedded server",
+    )
+    # Callers beyond max_connections wait for a free one, up to pool_timeout_s.
+    max_connections: int = setting(
+        "RTASK_REDIS_MAX_CONNECTIONS", 64, "Redis connections one process may hold; a burst beyond waits for a free one"
+    )
+    pool_timeout_s: float = setting(
+        "RTASK_REDIS_POOL_TIMEOUT_S", 5.0, "how long a call waits for a free Redis connection before it fails"
+    )
+    password: str | None = setting(
+        "RTASK_REDIS_PASSWORD_FILE",
+        None,
+        "a file holding the Redis user's password (a password inside `REDIS_URL` works too, not both)",
+        from_file=True,
+        shown_default="`make up`: generated into `.rtask/redis/<role>.password` (mode 0600)",
+        repr=False,
+    )
+
+    def __post_init__(self) -> None:
+        scheme = urlsplit(self.url).scheme
+        if scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
+            raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or redis+cluster://, not {scheme}://")
+        if self.password is not None and urlsplit(self.url).password is not None:
+            raise ConfigError("REDIS_URL holds a password and RTASK_REDIS_PASSWORD_FILE names one: give only one")
 
     @property
     def cluster(self) -> bool:
@@ -137,38 +118,23 @@ class RedisConfig:
         scheme, sep, rest = self.url.partition("://")
         return f"{CLUSTER_SCHEMES.get(scheme, scheme)}{sep}{rest}"
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> RedisConfig:
-        url = env.get("REDIS_URL", "")
-        if not url:
-            raise ConfigError("REDIS_URL is required")
-        scheme = urlsplit(url).scheme
-        if scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
-            raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or redis+cluster://, not {scheme}://")
-        password = None
-        password_file = env.get("RTASK_REDIS_PASSWORD_FILE", "")
-        if password_file:
-            if urlsplit(url).password is not None:
-                raise ConfigError("REDIS_URL holds a password and RTASK_REDIS_PASSWORD_FILE names one: give only one")
-            try:
-                with open(password_file, encoding="utf-8") as handle:
-                    password = handle.read().strip()
-            except OSError as exc:
-                raise ConfigError(f"RTASK_REDIS_PASSWORD_FILE cannot be read: {exc}") from exc
-            if not password:
-                raise ConfigError(f"RTASK_REDIS_PASSWORD_FILE ({password_file}) is empty")
-        return cls(url=url, max_connections=_int(env, "RTASK_REDIS_MAX_CONNECTIONS", 64), password=password)
-
 
 @dataclass(frozen=True)
 class AuthConfig:
     """Token and password hashing settings."""
 
-    jwt_secret: bytes
-    issuer: str = "resilienttask"
-    audience: str = "resilienttask-api"
-    token_ttl_s: int = 3600
-    bcrypt_cost: int = 12
+    jwt_secret: bytes = setting(
+        "RTASK_JWT_SECRET",
+        help="the user key: HS256 secret (at least 32 bytes) of user tokens; or RTASK_JWT_SECRET_FILE, a file "
+        "holding it",
+        file_env="RTASK_JWT_SECRET_FILE",
+        shown_default="`make up`: generated into `.rtask/jwt_secret` (mode 0600)",
+        repr=False,
+    )
+    issuer: str = setting("RTASK_JWT_ISSUER", "resilienttask", "the `iss` of every token issued and accepted")
+    audience: str = setting("RTASK_JWT_AUDIENCE", "resilienttask-api", "the `aud` of user tokens")
+    token_ttl_s: int = setting("RTASK_TOKEN_TTL_S", 3600, "access token lifetime, seconds")
+    bcrypt_cost: int = setting("RTASK_BCRYPT_COST", 12, "bcrypt cost of password hashes")
 
     def __post_init__(self) -> None:
         if len(self.jwt_secret) < 32:
@@ -178,38 +144,36 @@ class AuthConfig:
         if self.token_ttl_s < 1:
             raise ConfigError("RTASK_TOKEN_TTL_S must be at least 1 second")
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> AuthConfig:
-        secret = env.get("RTASK_JWT_SECRET", "")
-        secret_file = env.get("RTASK_JWT_SECRET_FILE", "")
-        if not secret and secret_file:
-            with open(secret_file, encoding="utf-8") as handle:
-                secret = handle.read().strip()
-        if not secret:
-            raise ConfigError("RTASK_JWT_SECRET or RTASK_JWT_SECRET_FILE is required")
-        return cls(
-            jwt_secret=secret.encode(),
-            issuer=env.get("RTASK_JWT_ISSUER", "resilienttask"),
-            audience=env.get("RTASK_JWT_AUDIENCE", "resilienttask-api"),
-            token_ttl_s=_int(env, "RTASK_TOKEN_TTL_S", 3600),
-            bcrypt_cost=_int(env, "RTASK_BCRYPT_COST", 12),
-        )
-
 
 @dataclass(frozen=True)
 class ServerConfig:
     """Where a gRPC server listens and how it shuts down."""
 
-    host: str = "127.0.0.1"
-    port: int = 0
-    shutdown_grace_s: float = 5.0
-    health_check_interval_s: float = 1.0
+    host: str = setting("RTASK_HOST", "127.0.0.1", "listen address of the process's gRPC server")
+    port: int = setting(
+        "RTASK_PORT", 0, "listen port of the gRPC server", shown_default="gateway 50051, scheduler 50061, worker 50071"
+    )
+    shutdown_grace_s: float = setting(
+        "RTASK_SHUTDOWN_GRACE_S", 5.0, "in-flight calls allowed to finish on SIGTERM, seconds"
+    )
+    health_check_interval_s: float = setting(
+        "RTASK_HEALTH_INTERVAL_S", 1.0, "how often the process checks its stores to answer the gRPC health service"
+    )
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ, *, default_port: int = 0) -> ServerConfig:
-        return cls(
-            host=env.get("RTASK_HOST", "127.0.0.1"),
-            port=_int(env, "RTASK_PORT", default_port),
-            shutdown_grace_s=_float(env, "RTASK_SHUTDOWN_GRACE_S", 5.0),
-            health_check_interval_s=_float(env, "RTASK_HEALTH_INTERVAL_S", 1.0),
-        )
+
+@dataclass(frozen=True)
+class LogConfig:
+    """How a process names itself and how much it logs."""
+
+    instance: str = setting(
+        "RTASK_INSTANCE",
+        "",
+        "the process's name in its log lines and spans (`make up` sets gateway-1, worker-2, ...)",
+        shown_default="the role (gateway, scheduler, worker)",
+    )
+    level: str = setting(
+        "RTASK_LOG_LEVEL",
+        "INFO",
+        "log level (JSON lines on stderr; with tracing on they carry `trace_id`, and a worker's lines about a task "
+        "`task_id`)",
+    )

@@ -7,11 +7,10 @@ the watch streams when one opens; the schedulers turn the slot share into the ca
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
-from services.core.config import ConfigError, env_bool, env_float, env_int
+from services.core.settings import ConfigError, setting
 
 
 @dataclass(frozen=True)
@@ -19,28 +18,53 @@ class UserLimits:
     """Each count limit is per user; 0 turns that limit off."""
 
     # Queued + running tasks at once: bounds one user's share of the queues and of the dispatch streams.
-    max_active_tasks: int = 5_000
+    max_active_tasks: int = setting(
+        "RTASK_LIMIT_MAX_ACTIVE_TASKS", 5_000, "per user: queued + running tasks at once; 0: no limit"
+    )
     # Stored task rows, finished ones included: bounds one user's share of PostgreSQL.
-    max_stored_tasks: int = 50_000
+    max_stored_tasks: int = setting(
+        "RTASK_LIMIT_MAX_STORED_TASKS", 50_000, "per user: stored tasks, finished ones included; 0: no limit"
+    )
     # Submissions (replicas count one each, as do retries), refilled at this rate, up to the burst.
-    submit_rate_per_s: float = 50.0
-    submit_burst: int = 500
+    submit_rate_per_s: float = setting(
+        "RTASK_LIMIT_SUBMIT_RATE_PER_S",
+        50.0,
+        "per user: tasks submitted per second (replicas and retries count); 0: no limit",
+    )
+    submit_burst: int = setting("RTASK_LIMIT_SUBMIT_BURST", 500, "per user: the burst of that submission rate")
     # WatchTasks streams open at once, across every gateway.
-    max_watch_streams: int = 20
+    max_watch_streams: int = setting(
+        "RTASK_LIMIT_MAX_WATCH_STREAMS", 20, "per user: `WatchTasks` streams open at once, across gateways"
+    )
     # Share of the live worker slots one user's tasks may hold at once; the rest wait queued. 1 or more: no cap.
-    slot_share: float = 0.5
+    slot_share: float = setting(
+        "RTASK_LIMIT_SLOT_SHARE",
+        0.5,
+        "share of the live worker slots one user's tasks may hold at once (1 or more: no cap)",
+    )
     # Below that ceiling, a max-min fair share of the live slots between the owners with active tasks: when their
     # demand exceeds the pool, each owner's cap is the level that shares the slots out (owners wanting less keep
     # what they want), so one owner's backlog waits in PostgreSQL and a newcomer's task is not queued behind it.
-    fair_share: bool = True
+    fair_share: bool = setting(
+        "RTASK_LIMIT_FAIR_SHARE",
+        True,
+        "lower that cap to a max-min fair share between the users with active tasks (docs/fair-sharing.md)",
+    )
     # Added to the fair level, as a share of the live slots: work queued in the streams ahead of the free slots,
     # so workers never wait for a release to travel (at the price of that much FIFO order between owners).
-    fair_headroom_share: float = 0.5
+    fair_headroom_share: float = setting(
+        "RTASK_LIMIT_FAIR_HEADROOM_SHARE",
+        0.5,
+        "added to the fair share, as a share of the live slots: work kept queued in the streams ahead of free slots",
+    )
     # Recurring schedules stored at once: each one fires on its own, so it bounds one user's share of the firing.
-    max_schedules: int = 100
-    # ClearHistory deletes and announces finished tasks this many per transaction (not a per-user limit: it
-    # bounds what one call holds at once).
-    clear_history_page: int = 500
+    max_schedules: int = setting(
+        "RTASK_LIMIT_MAX_SCHEDULES", 100, "per user: recurring schedules stored at once (paused ones included)"
+    )
+    # Not a per-user limit: it bounds what one call holds at once.
+    clear_history_page: int = setting(
+        "RTASK_LIMIT_CLEAR_HISTORY_PAGE", 500, "finished tasks ClearHistory deletes and announces per transaction"
+    )
 
     def __post_init__(self) -> None:
         for name in ("max_active_tasks", "max_stored_tasks", "submit_burst", "max_watch_streams", "max_schedules"):
@@ -85,24 +109,8 @@ class UserLimits:
         )
 
     def to_env(self) -> dict[str, str]:
-        """The RTASK_LIMIT_* variables that give these limits to a process (what from_env reads back)."""
+        """The RTASK_LIMIT_* variables that give these limits to a process (what the loader reads back)."""
         return {env_name(f.name): str(getattr(self, f.name)) for f in fields(self)}
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> UserLimits:
-        d = cls()
-        return cls(
-            max_active_tasks=env_int(env_name("max_active_tasks"), d.max_active_tasks, env),
-            max_stored_tasks=env_int(env_name("max_stored_tasks"), d.max_stored_tasks, env),
-            submit_rate_per_s=env_float(env_name("submit_rate_per_s"), d.submit_rate_per_s, env),
-            submit_burst=env_int(env_name("submit_burst"), d.submit_burst, env),
-            max_watch_streams=env_int(env_name("max_watch_streams"), d.max_watch_streams, env),
-            slot_share=env_float(env_name("slot_share"), d.slot_share, env),
-            fair_share=env_bool(env_name("fair_share"), d.fair_share, env),
-            fair_headroom_share=env_float(env_name("fair_headroom_share"), d.fair_headroom_share, env),
-            max_schedules=env_int(env_name("max_schedules"), d.max_schedules, env),
-            clear_history_page=env_int(env_name("clear_history_page"), d.clear_history_page, env),
-        )
 
 
 def fair_level(slots: int, demands: Sequence[int]) -> int:

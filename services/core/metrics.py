@@ -11,10 +11,9 @@ watch streams, busy slots) are read at scrape time by callback collectors, so th
 from __future__ import annotations
 
 import logging
-import os
 from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -24,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
-from services.core.config import ConfigError, _int
+from services.core.settings import ConfigError, setting
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +41,19 @@ RPC_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 class MetricsConfig:
     """Where a process serves /metrics (port None: metrics off), and how often cluster-wide gauges refresh."""
 
-    port: int | None = None
-    host: str = "127.0.0.1"
-    # How often the one exporting scheduler recomputes queue depth and age and the worker-pool gauges; its
-    # Redis lease lasts three intervals, so a dead exporter is replaced within that.
-    cluster_interval_ms: int = 5000
+    port: int | None = setting(
+        "RTASK_METRICS_PORT",
+        None,
+        "Prometheus `/metrics` port (`0`: a free one, printed) ([docs/metrics.md](docs/metrics.md))",
+        shown_default="unset: metrics off",
+    )
+    host: str = setting("RTASK_METRICS_HOST", "127.0.0.1", "the interface `/metrics` is served on")
+    # Its Redis lease lasts three intervals, so a dead exporter is replaced within that.
+    cluster_interval_ms: int = setting(
+        "RTASK_METRICS_CLUSTER_INTERVAL_MS",
+        5000,
+        "how often the one exporting scheduler recomputes queue depth, oldest age and the worker-pool gauges",
+    )
 
     def __post_init__(self) -> None:
         if self.port is not None and not 0 <= self.port <= 65535:
@@ -57,15 +64,6 @@ class MetricsConfig:
     @property
     def enabled(self) -> bool:
         return self.port is not None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> MetricsConfig:
-        raw = env.get("RTASK_METRICS_PORT", "").strip()
-        return cls(
-            port=_int(env, "RTASK_METRICS_PORT", 0) if raw else None,
-            host=env.get("RTASK_METRICS_HOST") or "127.0.0.1",
-            cluster_interval_ms=_int(env, "RTASK_METRICS_CLUSTER_INTERVAL_MS", 5000),
-        )
 
 
 class Metrics:

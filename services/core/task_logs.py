@@ -24,7 +24,6 @@ index, its byte count and the logs of its tasks, so that the script touches one 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -34,8 +33,8 @@ import redis.asyncio as aioredis
 
 from resilienttask.v1 import scheduler_pb2
 from services.core import keys
-from services.core.config import ConfigError, env_int
 from services.core.redis_client import key_layout
+from services.core.settings import ConfigError, setting
 
 # A line's text is cut to this many bytes of UTF-8 (on a character boundary).
 MAX_LINE_BYTES = 4096
@@ -53,23 +52,20 @@ MAX_LEVEL_CHARS = 16
 class TaskLogConfig:
     """Bounds of the log store (RTASK_LOGS_* variables)."""
 
-    max_lines_per_task: int = 10_000
+    max_lines_per_task: int = setting("RTASK_LOGS_MAX_LINES_PER_TASK", 10_000, "the log store's lines per task")
     # Text + level + LINE_OVERHEAD_BYTES per line, over every task: about what the store takes in memory.
-    max_total_bytes: int = 256 * 1024 * 1024
-    # Tasks with a stored log.
-    max_tasks: int = 100_000
-    # A log not written for this long is deleted.
-    retention_s: int = 7 * 24 * 3600
+    max_total_bytes: int = setting(
+        "RTASK_LOGS_MAX_TOTAL_BYTES",
+        256 * 1024 * 1024,
+        "the log store's bytes in total; the least recently written logs are deleted first",
+    )
+    max_tasks: int = setting("RTASK_LOGS_MAX_TASKS", 100_000, "tasks with a stored log")
+    retention_s: int = setting("RTASK_LOGS_RETENTION_S", 7 * 24 * 3600, "a log not written for this long is deleted")
 
     def __post_init__(self) -> None:
         for f in fields(self):
             if getattr(self, f.name) < 1:
                 raise ConfigError(f"RTASK_LOGS_{f.name.upper()} must be at least 1")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> TaskLogConfig:
-        d = cls()
-        return cls(**{f.name: env_int(f"RTASK_LOGS_{f.name.upper()}", getattr(d, f.name), env) for f in fields(cls)})
 
 
 def cut_text(text: str, limit: int = MAX_LINE_BYTES) -> str:

@@ -22,12 +22,13 @@ import re
 import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from services.core import logging as rtask_logging
+from services.core.settings import setting
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -57,6 +58,50 @@ EXPORT_QUEUE_SPANS = 16384
 
 
 @dataclass(frozen=True)
+class OtelConfig:
+    """The OpenTelemetry SDK's standard variables that we read too (the SDK reads them, and the others, itself).
+
+    Kept as text and read as the SDK reads them (e.g. only "true" disables it), so both agree on what they mean.
+    """
+
+    endpoint: str = setting(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "",
+        "the OTLP gRPC collector spans are sent to; unset: tracing off and free ([docs/observability.md]"
+        "(docs/observability.md)); Envoy's spans go there too when it is plaintext",
+    )
+    traces_endpoint: str = setting(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "", "the same for traces only (over OTEL_EXPORTER_OTLP_ENDPOINT)"
+    )
+    sdk_disabled: str = setting("OTEL_SDK_DISABLED", "", "`true`: tracing off whatever the endpoint")
+    traces_exporter: str = setting("OTEL_TRACES_EXPORTER", "otlp", "`none`: tracing off")
+    traces_sampler: str = setting(
+        "OTEL_TRACES_SAMPLER",
+        "",
+        "the SDK's sampler (e.g. `parentbased_traceidratio`); Envoy starts traces in the same proportion",
+        shown_default="parent-based, always on",
+    )
+    traces_sampler_arg: str = setting("OTEL_TRACES_SAMPLER_ARG", "", "the sampler's ratio (0 to 1)")
+    bsp_max_queue_size: str = setting(
+        "OTEL_BSP_MAX_QUEUE_SIZE", "", "spans queued for export before new ones are dropped", shown_default="16384"
+    )
+    bsp_max_export_batch_size: str = setting(
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "", "spans per export request", shown_default="2048"
+    )
+
+    @property
+    def collector(self) -> str:
+        """The traces endpoint in force ("" when none)."""
+        return (self.traces_endpoint or self.endpoint).strip()
+
+    @property
+    def enabled(self) -> bool:
+        """An endpoint is configured, the SDK is not disabled and the exporter is not `none`."""
+        disabled = self.sdk_disabled.strip().lower() == "true"
+        return bool(self.collector) and not disabled and self.traces_exporter.strip().lower() != "none"
+
+
+@dataclass(frozen=True)
 class TracingConfig:
     """Whether this process traces, and how it names itself in every span's resource."""
 
@@ -66,19 +111,13 @@ class TracingConfig:
     instance_id: str
     # True when an OTLP endpoint is configured (and the SDK is not disabled).
     enabled: bool = False
+    otel: OtelConfig = field(default_factory=OtelConfig)
 
     @classmethod
-    def from_env(cls, role: str, instance_id: str = "", env: Mapping[str, str] | None = None) -> TracingConfig:
-        env = os.environ if env is None else env
-        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or ""
-        disabled = env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
-        exporter = env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
-        instance = instance_id or env.get("RTASK_INSTANCE") or f"{socket.gethostname()}-{os.getpid()}"
-        return cls(
-            service_name=SERVICE_PREFIX + role,
-            instance_id=instance,
-            enabled=bool(endpoint.strip()) and not disabled and exporter != "none",
-        )
+    def for_process(cls, role: str, otel: OtelConfig, instance_id: str = "") -> TracingConfig:
+        """role: gateway, scheduler or worker; instance_id: "" for host and pid."""
+        instance = instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        return cls(service_name=SERVICE_PREFIX + role, instance_id=instance, enabled=otel.enabled, otel=otel)
 
 
 _provider: TracerProvider | None = None
@@ -91,7 +130,7 @@ def enabled() -> bool:
     return _tracer is not None
 
 
-def configure(config: TracingConfig, env: Mapping[str, str] | None = None) -> None:
+def configure(config: TracingConfig) -> None:
     """Install the tracer provider and the OTLP exporter when tracing is on; otherwise do nothing at all."""
     global _provider, _tracer, _recorder
     if not config.enabled or _tracer is not None:
@@ -106,7 +145,6 @@ def configure(config: TracingConfig, env: Mapping[str, str] | None = None) -> No
     from services.core.span_encoding import SpanExporter
     from services.core.task_spans import Recorder
 
-    env = os.environ if env is None else env
     # The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based, always on).
     provider = TracerProvider(
         resource=Resource.create({"service.name": config.service_name, "service.instance.id": config.instance_id})
@@ -114,8 +152,8 @@ def configure(config: TracingConfig, env: Mapping[str, str] | None = None) -> No
     # None: the SDK reads OTEL_BSP_MAX_EXPORT_BATCH_SIZE / OTEL_BSP_MAX_QUEUE_SIZE itself.
     processor = BatchSpanProcessor(
         SpanExporter(),
-        max_queue_size=None if "OTEL_BSP_MAX_QUEUE_SIZE" in env else EXPORT_QUEUE_SPANS,
-        max_export_batch_size=None if "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" in env else EXPORT_BATCH_SPANS,
+        max_queue_size=None if config.otel.bsp_max_queue_size else EXPORT_QUEUE_SPANS,
+        max_export_batch_size=None if config.otel.bsp_max_export_batch_size else EXPORT_BATCH_SPANS,
     )
     provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)

@@ -11,12 +11,10 @@ Neither of them signs or verifies user tokens: a worker host that is compromised
 from __future__ import annotations
 
 import hmac
-import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.core.config import ConfigError
+from services.core.settings import ConfigError, nested, setting
 
 # A worker id is a Redis consumer name, a log field and a column value: short, printable, no separators
 # that other formats give meaning to.
@@ -31,64 +29,48 @@ def worker_id_problem(worker_id: str) -> str | None:
     return None
 
 
-def _secret(env: Mapping[str, str], name: str, file_name: str) -> bytes:
-    """The secret in variable `name`, or in the file that `file_name` names; at least MIN_SECRET_BYTES long."""
-    value = env.get(name, "")
-    path = env.get(file_name, "")
-    if not value and path:
-        with open(path, encoding="utf-8") as handle:
-            value = handle.read().strip()
-    if not value:
-        raise ConfigError(f"{name} or {file_name} is required")
-    if len(value.encode()) < MIN_SECRET_BYTES:
-        raise ConfigError(f"{name} must be at least {MIN_SECRET_BYTES} bytes")
-    return value.encode()
-
-
 @dataclass(frozen=True)
 class EnrolmentConfig:
     """The enrolment secret: what a worker presents to get its first token."""
 
-    secret: bytes
+    secret: bytes = setting(
+        "RTASK_WORKER_ENROLMENT_SECRET",
+        help="what a worker presents (`WorkerService.Enrol`) to get a token for a worker id never enrolled before "
+        "(at least 32 bytes); it signs nothing. Or RTASK_WORKER_ENROLMENT_SECRET_FILE, a file holding it",
+        file_env="RTASK_WORKER_ENROLMENT_SECRET_FILE",
+        shown_default="`make up`: generated into `.rtask/worker_enrolment_secret` (mode 0600)",
+        repr=False,
+    )
 
     def __post_init__(self) -> None:
         if len(self.secret) < MIN_SECRET_BYTES:
-            raise ConfigError(f"the enrolment secret must be at least {MIN_SECRET_BYTES} bytes")
+            raise ConfigError(f"RTASK_WORKER_ENROLMENT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
 
     def matches(self, presented: str) -> bool:
         """Constant-time comparison, so the secret cannot be guessed a byte at a time."""
         return hmac.compare_digest(self.secret, presented.encode())
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> EnrolmentConfig:
-        return cls(secret=_secret(env, "RTASK_WORKER_ENROLMENT_SECRET", "RTASK_WORKER_ENROLMENT_SECRET_FILE"))
 
 
 @dataclass(frozen=True)
 class WorkerKeyConfig:
     """The worker key (HS256) and how long the worker tokens it signs live; schedulers only."""
 
-    jwt_secret: bytes
-    enrolment: EnrolmentConfig
-    issuer: str = "resilienttask"
-    token_ttl_s: int = 3600
+    jwt_secret: bytes = setting(
+        "RTASK_WORKER_KEY",
+        help="the worker key: HS256 secret (at least 32 bytes) of worker tokens, which schedulers issue and verify; "
+        "or RTASK_WORKER_KEY_FILE, a file holding it",
+        file_env="RTASK_WORKER_KEY_FILE",
+        shown_default="`make up`: generated into `.rtask/worker_key` (mode 0600)",
+        repr=False,
+    )
+    enrolment: EnrolmentConfig = nested()
+    issuer: str = setting("RTASK_JWT_ISSUER", "resilienttask", "the `iss` of every token issued and accepted")
+    token_ttl_s: int = setting(
+        "RTASK_WORKER_TOKEN_TTL_S", 3600, "worker token lifetime, seconds; workers renew at half of it"
+    )
 
     def __post_init__(self) -> None:
         if len(self.jwt_secret) < MIN_SECRET_BYTES:
-            raise ConfigError(f"the worker key must be at least {MIN_SECRET_BYTES} bytes")
+            raise ConfigError(f"the worker key (RTASK_WORKER_KEY) must be at least {MIN_SECRET_BYTES} bytes")
         if self.token_ttl_s < 60:
             raise ConfigError("RTASK_WORKER_TOKEN_TTL_S must be at least 60 seconds")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> WorkerKeyConfig:
-        raw_ttl = env.get("RTASK_WORKER_TOKEN_TTL_S", "") or "3600"
-        try:
-            ttl_s = int(raw_ttl)
-        except ValueError as exc:
-            raise ConfigError(f"RTASK_WORKER_TOKEN_TTL_S must be an integer, got {raw_ttl!r}") from exc
-        return cls(
-            jwt_secret=_secret(env, "RTASK_WORKER_KEY", "RTASK_WORKER_KEY_FILE"),
-            enrolment=EnrolmentConfig.from_env(env),
-            issuer=env.get("RTASK_JWT_ISSUER", "resilienttask"),
-            token_ttl_s=ttl_s,
-        )

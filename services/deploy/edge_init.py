@@ -18,15 +18,29 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.core.config import AuthConfig, ConfigError
+from services.core.settings import load, refused_at_start, setting
 from services.edge.certs import CA_CERT_FILE, DEFAULT_NAMES, SERVER_CERT_FILE, SERVER_KEY_FILE, ensure_dev_tls
 from services.edge.jwks import write_jwks
 from services.edge.render import COMPOSE_DASHBOARD_DIR, COMPOSE_JWKS_PATH, COMPOSE_TLS_DIR
 
 COMPOSE_CA_DIR = "/var/lib/rtask-ca"
 COMPOSE_TLS_FROM = "/run/rtask/tls"
+
+
+@dataclass(frozen=True)
+class EdgeInitConfig:
+    """What rtask-edge-init reads from its environment besides the JWT secret."""
+
+    tls_names: tuple[str, ...] = setting(
+        "RTASK_EDGE_TLS_NAMES",
+        (),
+        "extra DNS names or IPs in the development server certificate (`--tls-name`)",
+        shown_default="none (always `localhost`, `127.0.0.1`, `envoy`)",
+    )
 
 
 def sync_dashboard(source: Path, target: Path) -> int:
@@ -76,7 +90,7 @@ def install_tls(supplied: Path, ca_dir: Path, target: Path, names: Sequence[str]
     return f"a development certificate for {', '.join(names)}; clients trust {target / CA_CERT_FILE}"
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(settings: EdgeInitConfig) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rtask-edge-init", description=__doc__.split("\n\n")[0])
     parser.add_argument("--jwks", type=Path, default=Path(COMPOSE_JWKS_PATH), help="where Envoy reads the JWKS")
     parser.add_argument("--dashboard-from", type=Path, help="the dashboard build inside the image; omit to skip")
@@ -91,16 +105,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tls-name",
         action="append",
-        default=[name.strip() for name in os.environ.get("RTASK_EDGE_TLS_NAMES", "").split(",") if name.strip()],
+        default=list(settings.tls_names),
         help="an extra name for the generated certificate (repeatable) [env RTASK_EDGE_TLS_NAMES, comma-separated]",
     )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    with refused_at_start("rtask-edge-init"):
+        settings = load(EdgeInitConfig, os.environ)
+    args = _parser(settings).parse_args(argv)
     try:
-        secret = AuthConfig.from_env(os.environ).jwt_secret
+        secret = load(AuthConfig, os.environ).jwt_secret
     except (ConfigError, OSError) as exc:
         print(f"cannot read the JWT secret: {exc} (compose fills it from RTASK_JWT_SECRET in .env)", file=sys.stderr)
         return 2

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from services.core.config import AuthConfig, ConfigError, env_int
+from services.core.config import AuthConfig, ConfigError
+from services.core.settings import nested, setting
+from services.core.tracing import OtelConfig
 
 # Discovery types Envoy understands for our clusters.
 STATIC = "STATIC"  # the local stack: IP endpoints chosen by the launcher
@@ -35,26 +36,14 @@ class TlsListener:
 class RateLimit:
     """A token bucket: max_tokens requests at once, refilled by tokens_per_fill every fill_interval_s."""
 
-    max_tokens: int
-    tokens_per_fill: int
-    fill_interval_s: float
+    max_tokens: int = setting("_MAX_TOKENS", help="requests at once (the bucket's size)")
+    tokens_per_fill: int = setting("_TOKENS_PER_FILL", help="requests added at each fill")
+    fill_interval_s: float = setting("_FILL_INTERVAL_S", help="seconds between two fills")
 
     def __post_init__(self) -> None:
         # Envoy refills no more often than every 50 ms.
         if self.max_tokens < 1 or self.tokens_per_fill < 1 or self.fill_interval_s < 0.05:
             raise ValueError(f"invalid rate limit {self}")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str], prefix: str, default: RateLimit) -> RateLimit:
-        """{prefix}_MAX_TOKENS, {prefix}_TOKENS_PER_FILL and {prefix}_FILL_INTERVAL_S, each defaulting to default's."""
-        try:
-            return cls(
-                max_tokens=int(env.get(f"{prefix}_MAX_TOKENS") or default.max_tokens),
-                tokens_per_fill=int(env.get(f"{prefix}_TOKENS_PER_FILL") or default.tokens_per_fill),
-                fill_interval_s=float(env.get(f"{prefix}_FILL_INTERVAL_S") or default.fill_interval_s),
-            )
-        except ValueError as exc:
-            raise ConfigError(f"{prefix}_*: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -72,23 +61,27 @@ class AuthLimits:
     Envoy's buckets are per Envoy process: each edge replica counts on its own.
     """
 
-    login_per_address: RateLimit = RateLimit(max_tokens=20, tokens_per_fill=1, fill_interval_s=0.5)
-    signup_per_address: RateLimit = RateLimit(max_tokens=5, tokens_per_fill=1, fill_interval_s=10.0)
-    tracked_addresses: int = 20_000
+    # Envoy's login bucket per client address (RTASK_LOGIN_PER_ADDRESS_*).
+    login_per_address: RateLimit = nested(
+        "RTASK_LOGIN_PER_ADDRESS",
+        lambda: RateLimit(max_tokens=20, tokens_per_fill=1, fill_interval_s=0.5),
+        help="Envoy's login bucket per client address",
+    )
+    # Envoy's signup bucket per client address (RTASK_SIGNUP_PER_ADDRESS_*).
+    signup_per_address: RateLimit = nested(
+        "RTASK_SIGNUP_PER_ADDRESS",
+        lambda: RateLimit(max_tokens=5, tokens_per_fill=1, fill_interval_s=10.0),
+        help="Envoy's signup bucket per client address",
+    )
+    tracked_addresses: int = setting(
+        "RTASK_AUTH_TRACKED_ADDRESSES",
+        20_000,
+        "client addresses Envoy keeps a bucket for, per method (least recent forgotten first)",
+    )
 
     def __post_init__(self) -> None:
         if self.tracked_addresses < 1:
             raise ConfigError("RTASK_AUTH_TRACKED_ADDRESSES must be at least 1")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> AuthLimits:
-        """RTASK_LOGIN_PER_ADDRESS_*, RTASK_SIGNUP_PER_ADDRESS_* (RateLimit.from_env), RTASK_AUTH_TRACKED_ADDRESSES."""
-        defaults = cls()
-        return cls(
-            login_per_address=RateLimit.from_env(env, "RTASK_LOGIN_PER_ADDRESS", defaults.login_per_address),
-            signup_per_address=RateLimit.from_env(env, "RTASK_SIGNUP_PER_ADDRESS", defaults.signup_per_address),
-            tracked_addresses=env_int("RTASK_AUTH_TRACKED_ADDRESSES", defaults.tracked_addresses, env),
-        )
 
 
 # One HTTP/2 flow-control window: bodies beyond it always arrive in several reads.
@@ -122,7 +115,7 @@ class EdgeConfig:
     user_audience: str = AuthConfig.audience
     # Envoy's default (60 s) would accept a token a minute after it expired; the services allow none.
     jwt_clock_skew_s: int = 5
-    auth_limits: AuthLimits = AuthLimits()
+    auth_limits: AuthLimits = field(default_factory=AuthLimits)
     # Proxies in front of Envoy whose x-forwarded-for entries are believed. 0: the client address is the
     # TCP peer and a client-sent x-forwarded-for is ignored (Envoy appends the peer to it). Set it only
     # behind load balancers that append the address they saw, or any client can pick its own address.
@@ -167,11 +160,11 @@ class EdgeConfig:
             raise ValueError("timeouts and intervals must be positive")
 
 
-def trace_collector_from_env(env: Mapping[str, str]) -> Endpoint | None:
+def trace_collector(otel: OtelConfig) -> Endpoint | None:
     """The plaintext OTLP gRPC collector the services trace to (OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT), for Envoy's
     spans too; None when tracing is off or the endpoint needs TLS (Envoy's spans are then left out)."""
-    endpoint = (env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "").strip()
-    if not endpoint or env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+    endpoint = otel.collector
+    if not endpoint or otel.sdk_disabled.strip().lower() == "true":
         return None
     try:
         parsed = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
@@ -188,15 +181,15 @@ _RATIO_SAMPLERS = frozenset({"traceidratio", "parentbased_traceidratio"})
 _OFF_SAMPLERS = frozenset({"always_off", "parentbased_always_off"})
 
 
-def trace_sampling_percent_from_env(env: Mapping[str, str]) -> float:
+def trace_sampling_percent(otel: OtelConfig) -> float:
     """Envoy's share of requests to start a trace for: the services' sampler (OTEL_TRACES_SAMPLER[_ARG]) as a
     percentage, so a trace Envoy starts is kept as often as one the gateway would start."""
-    sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    sampler = otel.traces_sampler.strip().lower()
     if sampler in _OFF_SAMPLERS:
         return 0.0
     if sampler in _RATIO_SAMPLERS:
         try:
-            ratio = float(env.get("OTEL_TRACES_SAMPLER_ARG", "1"))
+            ratio = float(otel.traces_sampler_arg or "1")
         except ValueError:
             ratio = 1.0  # the SDK falls back to 1.0 too
         return min(max(ratio, 0.0), 1.0) * 100

@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from services.core.config import AuthConfig, ConfigError
+from services.core.settings import load
 from services.edge.certs import SERVER_CERT_FILE, SERVER_KEY_FILE
 from services.edge.config import STRICT_DNS, AuthLimits, EdgeConfig, Endpoint, TlsListener
 from services.edge.envoy_config import render_text
@@ -115,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("compose", "kubernetes"):
         try:
-            limits = AuthLimits.from_env(os.environ)  # RTASK_LOGIN_PER_ADDRESS_*, RTASK_SIGNUP_PER_ADDRESS_*
+            limits = load(AuthLimits, os.environ)  # RTASK_LOGIN_PER_ADDRESS_*, RTASK_SIGNUP_PER_ADDRESS_*
         except ValueError as exc:
             print(f"bad login limits: {exc}", file=sys.stderr)
             return 2
@@ -131,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {args.out}")
         return 0
     try:
-        secret = AuthConfig.from_env(os.environ).jwt_secret
+        secret = load(AuthConfig, os.environ).jwt_secret
     except (ConfigError, OSError) as exc:
         print(f"cannot read the JWT secret: {exc}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -25,6 +25,7 @@ from services.core.limits import UserLimits
 from services.core.pool_metrics import register_pools
 from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server
+from services.core.settings import nested
 from services.gateway.auth_service import AuthServicer
 from services.gateway.log_watch import LogWatchConfig
 from services.gateway.login_limits import LoginLimitsConfig
@@ -50,14 +51,14 @@ OPERATOR_PREFIX = f"/{operator_pb2.DESCRIPTOR.services_by_name['OperatorService'
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    server: ServerConfig
-    database: DatabaseConfig
-    redis: RedisConfig
-    auth: AuthConfig
-    watch: WatchConfig = field(default_factory=WatchConfig)
-    limits: UserLimits = field(default_factory=UserLimits)
-    login: LoginLimitsConfig = field(default_factory=LoginLimitsConfig)
-    log_watch: LogWatchConfig = field(default_factory=LogWatchConfig)
+    server: ServerConfig = nested()
+    database: DatabaseConfig = nested()
+    redis: RedisConfig = nested()
+    auth: AuthConfig = nested()
+    watch: WatchConfig = nested("", WatchConfig)
+    limits: UserLimits = nested("", UserLimits)
+    login: LoginLimitsConfig = nested("", LoginLimitsConfig)
+    log_watch: LogWatchConfig = nested("", LogWatchConfig)
 
 
 @dataclass(frozen=True)

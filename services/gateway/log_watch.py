@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
@@ -28,9 +27,9 @@ import redis.asyncio as aioredis
 
 from resilienttask.v1 import scheduler_pb2
 from services.core import keys, task_logs
-from services.core.config import ConfigError, env_int
 from services.core.errors import STORE_ERRORS
 from services.core.redis_client import key_layout
+from services.core.settings import ConfigError, setting
 from services.core.task_model import TERMINAL
 from services.gateway.watch.hub import raise_if_cancelled
 
@@ -48,13 +47,16 @@ class LogWatchConfig:
     """Pace of WatchTaskLogs (RTASK_LOG_WATCH_* variables); every value a positive integer."""
 
     # Lines per message (each at most 4 KiB of text: 500 stay under gRPC's 4 MiB message limit).
-    page_lines: int = 500
-    # How long the gateway's tail waits per read; a call that starts waiting meanwhile is included at the next.
-    tail_block_ms: int = 250
-    # A quiet log's task is checked for having finished this often.
-    status_check_ms: int = 1_000
-    # A quiet stream sends an empty message this often (well under Envoy's stream idle timeout).
-    heartbeat_ms: int = 5_000
+    page_lines: int = setting("RTASK_LOG_WATCH_PAGE_LINES", 500, "`WatchTaskLogs`: lines per message (at most 1000)")
+    # A call that starts waiting meanwhile is included at the next read.
+    tail_block_ms: int = setting("RTASK_LOG_WATCH_TAIL_BLOCK_MS", 250, "`WatchTaskLogs`: the gateway's blocking read")
+    status_check_ms: int = setting(
+        "RTASK_LOG_WATCH_STATUS_CHECK_MS", 1_000, "`WatchTaskLogs`: how often a quiet log's task is checked for its end"
+    )
+    # Well under Envoy's stream idle timeout.
+    heartbeat_ms: int = setting(
+        "RTASK_LOG_WATCH_HEARTBEAT_MS", 5_000, "`WatchTaskLogs`: a quiet stream sends an empty message this often"
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -62,13 +64,6 @@ class LogWatchConfig:
                 raise ConfigError(f"RTASK_LOG_WATCH_{f.name.upper()} must be at least 1")
         if self.page_lines > 1_000:
             raise ConfigError("RTASK_LOG_WATCH_PAGE_LINES must be at most 1000 (the message size limit)")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> LogWatchConfig:
-        d = cls()
-        return cls(
-            **{f.name: env_int(f"RTASK_LOG_WATCH_{f.name.upper()}", getattr(d, f.name), env) for f in fields(cls)}
-        )
 
 
 class LogTail:

@@ -9,15 +9,14 @@ and Login keeps needing PostgreSQL only (a shared count in Redis would make ever
 from __future__ import annotations
 
 import math
-import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from cachetools import TTLCache
 
-from services.core.config import ConfigError, env_int
 from services.core.errors import ResourceExhausted
+from services.core.settings import ConfigError, setting
 
 
 @dataclass(frozen=True)
@@ -34,22 +33,31 @@ class LoginLimitsConfig:
       within ~1 s, and the 9th is refused at once.
     """
 
-    email_failures_burst: int = 10
-    email_failure_refill_ms: int = 6_000
-    tracked_emails: int = 50_000
-    hash_threads: int = 2
-    hash_queue_max: int = 8
+    email_failures_burst: int = setting(
+        "RTASK_LOGIN_EMAIL_FAILURES_BURST", 10, "failed logins in a row per email, then one more per refill"
+    )
+    email_failure_refill_ms: int = setting(
+        "RTASK_LOGIN_EMAIL_FAILURE_REFILL_MS", 6_000, "one more failed login per email after this long"
+    )
+    tracked_emails: int = setting(
+        "RTASK_LOGIN_TRACKED_EMAILS",
+        50_000,
+        "emails whose failed logins one gateway remembers (least recent forgotten first)",
+    )
+    hash_threads: int = setting(
+        "RTASK_HASH_THREADS", 2, "bcrypt threads ([docs/login-protection.md](docs/login-protection.md))"
+    )
+    hash_queue_max: int = setting(
+        "RTASK_HASH_QUEUE_MAX",
+        8,
+        "calls that may wait for a bcrypt thread; one more is refused at once with `RESOURCE_EXHAUSTED`",
+    )
 
     def __post_init__(self) -> None:
         for field in fields(self):
             minimum = 0 if field.name == "hash_queue_max" else 1
             if getattr(self, field.name) < minimum:
                 raise ConfigError(f"{ENV_NAMES[field.name]} must be at least {minimum}")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> LoginLimitsConfig:
-        defaults = cls()
-        return cls(**{f.name: env_int(ENV_NAMES[f.name], getattr(defaults, f.name), env) for f in fields(cls)})
 
 
 ENV_NAMES = {

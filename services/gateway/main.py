@@ -7,16 +7,13 @@ import gc
 import os
 
 from services.core import metrics
-from services.core.config import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
-from services.core.limits import UserLimits
+from services.core.config import LogConfig
 from services.core.logging import configure_logging
 from services.core.observability import observed
 from services.core.server import run_until_signalled
-from services.core.tracing import TracingConfig
+from services.core.settings import load, refused_at_start
+from services.core.tracing import OtelConfig, TracingConfig
 from services.gateway.app import GatewayConfig, create_server
-from services.gateway.log_watch import LogWatchConfig
-from services.gateway.login_limits import LoginLimitsConfig
-from services.gateway.watch.config import WatchConfig
 
 # Allocations between two young-generation collections (Python's default is 700).
 GC_YOUNG_THRESHOLD = 20_000
@@ -33,26 +30,25 @@ def calm_the_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
-async def _serve() -> None:
-    config = GatewayConfig(
-        server=ServerConfig.from_env(default_port=50051),
-        database=DatabaseConfig.from_env(),
-        redis=RedisConfig.from_env(),
-        auth=AuthConfig.from_env(),
-        watch=WatchConfig.from_env(),
-        limits=UserLimits.from_env(),
-        login=LoginLimitsConfig.from_env(),
-        log_watch=LogWatchConfig.from_env(),
-    )
+# The gateway's own default for RTASK_PORT.
+DEFAULTS = {"RTASK_PORT": 50051}
+
+
+async def _serve(config: GatewayConfig) -> None:
     service = await create_server(config)
     calm_the_collector()
     await run_until_signalled(service, config.server)
 
 
 def main() -> None:
-    configure_logging(os.environ.get("RTASK_INSTANCE", "gateway"), os.environ.get("RTASK_LOG_LEVEL", "INFO"))
-    with observed(TracingConfig.from_env("gateway"), metrics.MetricsConfig.from_env()):
-        asyncio.run(_serve())
+    with refused_at_start("rtask-gateway"):
+        log = load(LogConfig, os.environ)
+        configure_logging(log.instance or "gateway", log.level)
+        config = load(GatewayConfig, os.environ, defaults=DEFAULTS)
+        tracing = TracingConfig.for_process("gateway", load(OtelConfig, os.environ), log.instance)
+        metrics_config = load(metrics.MetricsConfig, os.environ)
+    with observed(tracing, metrics_config):
+        asyncio.run(_serve(config))
 
 
 if __name__ == "__main__":

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from services.core.config import DatabaseConfig
 from services.core.db import create_pool
 from services.core.errors import InvalidArgument
 from services.core.kind_controls import set_operator
+from services.core.settings import load, refused_at_start
 from services.core.users import normalize_email
 
 
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("grant", "revoke", "list"))
     parser.add_argument("email", nargs="?", default="")
     args = parser.parse_args(argv)
-    database = DatabaseConfig.from_env()
+    with refused_at_start(parser.prog):
+        database = load(DatabaseConfig, os.environ)
     if args.action == "list":
         print("\n".join(asyncio.run(operators(database))))
         return 0

@@ -18,6 +18,7 @@ from services.core.metrics import MetricsConfig
 from services.core.pool_metrics import register_pools
 from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server
+from services.core.settings import nested, setting
 from services.core.task_logs import TaskLogConfig
 from services.core.tokens import WORKER_AUDIENCE
 from services.core.worker_credentials import WorkerKeyConfig
@@ -47,28 +48,46 @@ class TakeoverConfig:
     # The holder's last heartbeat seen by a scheduler is older than this (or its stream is gone). Below the
     # workers' reclaim threshold, so a legitimately reclaimed entry is never deferred for long; far above the
     # heartbeat interval, so a live holder never looks silent.
-    holder_silent_ms: int = 8000
+    holder_silent_ms: int = setting(
+        "RTASK_HOLDER_SILENT_MS",
+        0,
+        "a task another worker holds is taken over (through the entry that started it) only once no heartbeat of "
+        "the holder was recorded for this long, or its stream ended (0: 80 % of RTASK_WORKER_RECLAIM_IDLE_MS)",
+        shown_default="80 % of `RTASK_WORKER_RECLAIM_IDLE_MS`",
+    )
+    # The workers' own variable: the default above follows it.
+    worker_reclaim_idle_ms: int = setting(
+        "RTASK_WORKER_RECLAIM_IDLE_MS",
+        10_000,
+        "an entry unrefreshed this long belongs to a dead worker and is reclaimed by another",
+    )
+
+    def __post_init__(self) -> None:
+        if self.holder_silent_ms == 0:
+            object.__setattr__(self, "holder_silent_ms", self.worker_reclaim_idle_ms * 4 // 5)
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    server: ServerConfig
-    database: DatabaseConfig
-    redis: RedisConfig
-    workers: WorkerKeyConfig
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    sweeps: SweepConfig = field(default_factory=SweepConfig)
-    progress_flush_ms: int = 100
-    takeover: TakeoverConfig = field(default_factory=TakeoverConfig)
+    server: ServerConfig = nested()
+    database: DatabaseConfig = nested()
+    redis: RedisConfig = nested()
+    workers: WorkerKeyConfig = nested()
+    retry: RetryPolicy = nested("", RetryPolicy)
+    sweeps: SweepConfig = nested("", SweepConfig)
+    progress_flush_ms: int = setting(
+        "RTASK_PROGRESS_FLUSH_MS", 100, "workers' progress reports are written to PostgreSQL this often, in batches"
+    )
+    takeover: TakeoverConfig = nested("", TakeoverConfig)
     worker_limits: WorkerLimits = field(default_factory=WorkerLimits)
-    limits: UserLimits = field(default_factory=UserLimits)
+    limits: UserLimits = nested("", UserLimits)
     # Used when metrics are on (services.core.metrics.start, at the entry point): the cluster gauges' interval.
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    due: DueConfig = field(default_factory=DueConfig)
-    firing: FiringConfig = field(default_factory=FiringConfig)
+    metrics: MetricsConfig = nested("", MetricsConfig)
+    due: DueConfig = nested("", DueConfig)
+    firing: FiringConfig = nested("", FiringConfig)
     # Handlers' log lines: the store's bounds, and what one worker stream may send.
-    logs: TaskLogConfig = field(default_factory=TaskLogConfig)
-    log_intake: LogIntakeConfig = field(default_factory=LogIntakeConfig)
+    logs: TaskLogConfig = nested("", TaskLogConfig)
+    log_intake: LogIntakeConfig = nested("", LogIntakeConfig)
 
 
 async def create_server(config: SchedulerConfig) -> Service:

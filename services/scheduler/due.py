@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from services.core import outbox
 from services.core.db import listen_forever
 from services.core.errors import STORE_ERRORS
+from services.core.settings import setting
 from services.core.transitions import due
 from services.core.transitions.rules import PUBLISH_GRACE_S, SCHEDULED_CHANNEL
 
@@ -40,17 +41,25 @@ log = logging.getLogger(__name__)
 class DueConfig:
     # Tasks flipped and published per statement and round trip: large enough that 10,000 due at once take a few
     # round trips, small enough that one statement holds its row locks briefly.
-    batch: int = 1000
-    # The longest sleep without a notification: how soon a due task whose owner was at the active limit goes
-    # once the owner has room (nothing notifies that), and a bound on a lost notification's cost.
-    idle_check_s: float = 1.0
-    # Added to each sleep: an event loop may wake a timer up to its clock resolution early.
-    wake_margin_s: float = 0.001
-    # The wait when due tasks are there but none could be claimed: another scheduler holds them (and publishes
-    # them); looking again at once would only spin against its statement.
-    claimed_elsewhere_s: float = 0.05
-    # A notified run_at this close to the planned look (or later) does not wake the publisher.
-    notified_tolerance_s: float = 0.005
+    batch: int = setting("RTASK_DUE_BATCH", 1000, "delayed tasks made due and published per statement")
+    # Also how soon a due task whose owner was at the active limit goes once the owner has room (nothing
+    # notifies that), and a bound on a lost notification's cost.
+    idle_check_s: float = setting(
+        "RTASK_DUE_IDLE_CHECK_S", 1.0, "the longest the delayed-task publisher sleeps without a notification"
+    )
+    # An event loop may wake a timer up to its clock resolution early.
+    wake_margin_s: float = setting(
+        "RTASK_DUE_WAKE_MARGIN_S", 0.001, "added to each of the delayed-task publisher's sleeps"
+    )
+    # Another scheduler holds them (and publishes them); looking again at once would only spin against its statement.
+    claimed_elsewhere_s: float = setting(
+        "RTASK_DUE_CLAIMED_ELSEWHERE_S", 0.05, "the wait when due tasks are there but another scheduler claimed them"
+    )
+    notified_tolerance_s: float = setting(
+        "RTASK_DUE_NOTIFIED_TOLERANCE_S",
+        0.005,
+        "a notified `run_at` this close to the planned look (or later) does not wake the delayed-task publisher",
+    )
 
 
 class DuePublisher:

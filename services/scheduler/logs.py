@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 import asyncpg
@@ -23,8 +21,8 @@ import redis.asyncio as aioredis
 
 from resilienttask.worker.v1 import worker_pb2
 from services.core import task_logs
-from services.core.config import ConfigError, env_float
 from services.core.errors import STORE_ERRORS
+from services.core.settings import ConfigError, setting
 from services.core.task_logs import MAX_LEVEL_CHARS, AttemptLines, TaskLogConfig, cut_text
 from services.core.token_bucket import TokenBucket
 from services.core.transitions.rules import is_uuid
@@ -43,34 +41,43 @@ JOIN tasks t ON t.id = u.id AND t.fence = u.fence AND t.worker_id = u.worker_id
 class LogIntakeConfig:
     """What a scheduler accepts from one worker stream (RTASK_SCHEDULER_LOG_* variables)."""
 
-    # Lines per second (and burst) one worker stream may have stored; our worker sends at most 1,000/s.
-    worker_lines_per_s: float = 2_000.0
-    worker_burst_lines: float = 10_000.0
-    # Lines per second (and burst) of one task; our worker sends at most 100/s per attempt.
-    task_lines_per_s: float = 200.0
-    task_burst_lines: float = 2_000.0
-    # Lines waiting to be stored, over every stream; beyond this, new lines are dropped (counted) until a write
-    # catches up: the bound on this process's memory when Redis or PostgreSQL is slow.
-    max_pending_lines: float = 50_000.0
-    # An outcome waits at most this long for its attempt's lines to be stored.
-    settle_timeout_s: float = 2.0
-    # How often expired logs are swept when no lines arrive.
-    sweep_interval_s: float = 60.0
-    # A stream that sends lines this many times faster than its bound (burst likewise) is no worker of ours: it
-    # ends with RESOURCE_EXHAUSTED, as for progress, rather than have this process read its flood.
-    refuse_over_factor: float = 10.0
+    # Our worker sends at most 1,000 lines/s, and 100/s per attempt.
+    worker_lines_per_s: float = setting(
+        "RTASK_SCHEDULER_LOG_WORKER_LINES_PER_S", 2_000.0, "log lines stored per second per worker stream"
+    )
+    worker_burst_lines: float = setting(
+        "RTASK_SCHEDULER_LOG_WORKER_BURST_LINES", 10_000.0, "the burst of log lines stored per worker stream"
+    )
+    task_lines_per_s: float = setting(
+        "RTASK_SCHEDULER_LOG_TASK_LINES_PER_S", 200.0, "log lines stored per second per task"
+    )
+    task_burst_lines: float = setting(
+        "RTASK_SCHEDULER_LOG_TASK_BURST_LINES", 2_000.0, "the burst of log lines per task"
+    )
+    # The bound on this process's memory when Redis or PostgreSQL is slow.
+    max_pending_lines: float = setting(
+        "RTASK_SCHEDULER_LOG_MAX_PENDING_LINES",
+        50_000.0,
+        "log lines waiting to be stored; beyond, new lines are dropped (counted) until a write catches up",
+    )
+    settle_timeout_s: float = setting(
+        "RTASK_SCHEDULER_LOG_SETTLE_TIMEOUT_S", 2.0, "how long an outcome waits for its attempt's lines to be stored"
+    )
+    sweep_interval_s: float = setting(
+        "RTASK_SCHEDULER_LOG_SWEEP_INTERVAL_S", 60.0, "how often expired logs are swept when no lines arrive"
+    )
+    # No worker of ours: it ends with RESOURCE_EXHAUSTED, as for progress, rather than have this process read it.
+    refuse_over_factor: float = setting(
+        "RTASK_SCHEDULER_LOG_REFUSE_OVER_FACTOR",
+        10.0,
+        "a worker stream sending log lines this many times faster than its bound (and burst) is ended with "
+        "`RESOURCE_EXHAUSTED`",
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
             if getattr(self, f.name) <= 0:
                 raise ConfigError(f"RTASK_SCHEDULER_LOG_{f.name.upper()} must be positive")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> LogIntakeConfig:
-        d = cls()
-        return cls(
-            **{f.name: env_float(f"RTASK_SCHEDULER_LOG_{f.name.upper()}", getattr(d, f.name), env) for f in fields(cls)}
-        )
 
 
 class StreamLogGate:

@@ -36,6 +36,7 @@ from services.core.schedules.model import (
     parse_spec,
     timing_of,
 )
+from services.core.settings import setting
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +51,27 @@ class FiringConfig:
     """When a slot counts as missed, and how long the firing loop sleeps at most."""
 
     # A slot still unfired this long after its time (plus the schedule's jitter) was missed: no scheduler ran.
-    misfire_grace_ms: int = 1000
-    # The longest sleep without a wake-up (a notification lost while the listener reconnected is caught then).
-    max_sleep_ms: int = 30_000
-    # While another scheduler holds a due schedule, wait this long at most for it to let the schedule go.
-    contended_wait_ms: int = 1000
-    # After a store outage, or a schedule whose firing failed for a reason of its own.
-    retry_after_ms: int = 2000
+    misfire_grace_ms: int = setting(
+        "RTASK_SCHEDULE_MISFIRE_GRACE_MS",
+        1000,
+        "a schedule's slot not fired this long after its time (plus its jitter) was missed, and its catch-up policy "
+        "decides whether it still fires",
+    )
+    # A notification lost while the listener reconnected is caught then.
+    max_sleep_ms: int = setting(
+        "RTASK_SCHEDULE_MAX_SLEEP_MS", 30_000, "the longest the schedule firer sleeps without a wake-up"
+    )
+    contended_wait_ms: int = setting(
+        "RTASK_SCHEDULE_CONTENDED_WAIT_MS",
+        1000,
+        "while another scheduler holds a due schedule, the longest wait for it to let the schedule go",
+    )
+    retry_after_ms: int = setting(
+        "RTASK_SCHEDULE_RETRY_AFTER_MS",
+        2000,
+        "after a store outage, or a schedule whose firing failed for a reason of its own, firing is tried again "
+        "after this long",
+    )
 
 
 def _now() -> datetime:

@@ -26,6 +26,7 @@ from services.core.dispatch import split_ref
 from services.core.errors import STORE_ERRORS
 from services.core.limits import UserLimits
 from services.core.redis_client import key_layout
+from services.core.settings import setting
 from services.core.transitions import sweeps as transitions
 from services.scheduler import gates, slot_cap, store
 
@@ -35,16 +36,46 @@ BATCH = 500
 
 @dataclass(frozen=True)
 class SweepConfig:
-    publish_interval_ms: int = 200
-    lost_entry_check_interval_s: float = 10.0
-    lost_entry_age_s: float = 30.0
-    abandoned_interval_s: float = 2.0
-    abandoned_grace_s: float = 30.0
-    parked_events_interval_s: float = 0.5
-    slot_cap_interval_s: float = 1.0
-    # The longest the rate sweep sleeps when it knows of no refill to wait for (services/scheduler/gates.py).
-    rate_idle_s: float = 1.0
-    key_sweep_interval_s: float = 2.0
+    """How often the scheduler's sweeps run, and what they consider lost or abandoned."""
+
+    publish_interval_ms: int = setting(
+        "RTASK_PUBLISH_INTERVAL_MS", 200, "how often queued tasks not yet in a dispatch stream are published"
+    )
+    # Redis lost the entry: a restart without it on disk, or a cluster failover before the replica had it.
+    lost_entry_check_interval_s: float = setting(
+        "RTASK_LOST_ENTRY_CHECK_S", 10.0, "how often stream entries are checked for having been lost"
+    )
+    lost_entry_age_s: float = setting(
+        "RTASK_LOST_ENTRY_AGE_S",
+        30.0,
+        "a queued task whose stream entry is still missing this long after its publication is published again "
+        "(Redis lost it: a restart without it on disk, a cluster failover)",
+    )
+    abandoned_interval_s: float = setting(
+        "RTASK_ABANDONED_INTERVAL_S", 2.0, "how often running tasks are checked for being past that"
+    )
+    abandoned_grace_s: float = setting(
+        "RTASK_ABANDONED_GRACE_S",
+        30.0,
+        "a running task this long past its `max_runtime` (its worker gone, nobody took over) is timed out",
+    )
+    parked_events_interval_s: float = setting(
+        "RTASK_PARKED_EVENTS_INTERVAL_S",
+        0.5,
+        "how often change events parked in PostgreSQL (Redis was out) are appended to Redis",
+    )
+    slot_cap_interval_s: float = setting(
+        "RTASK_SLOT_CAP_INTERVAL_S",
+        1.0,
+        "how often the per-user slot caps are recomputed, and tasks waiting for a slot released",
+    )
+    # services/scheduler/gates.py.
+    rate_idle_s: float = setting(
+        "RTASK_RATE_IDLE_S", 1.0, "the longest the rate-limit sweep sleeps when it knows of no refill to wait for"
+    )
+    key_sweep_interval_s: float = setting(
+        "RTASK_KEY_SWEEP_INTERVAL_S", 2.0, "how often tasks waiting for a concurrency key are released"
+    )
 
 
 async def publish_due(pool: asyncpg.Pool, redis: aioredis.Redis) -> int:

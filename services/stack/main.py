@@ -9,41 +9,76 @@ import shutil
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
+from services.core.settings import load, refused_at_start, setting
 from services.edge.config import AuthLimits
 from services.stack.ports import PortTaken
 from services.stack.stack import DEFAULT_REDIS_MAXMEMORY_MB, Stack, StackConfig
 
-DEFAULT_DATA_DIR = Path(os.environ.get("RTASK_DATA_DIR", ".rtask"))
-TRUE = ("1", "true", "yes", "on")
+
+@dataclass(frozen=True)
+class LauncherConfig:
+    """The launcher's variables: defaults of its flags, and external stores to use instead of its own."""
+
+    data_dir: str = setting("RTASK_DATA_DIR", ".rtask", "the stack's data folder (`--data-dir`)")
+    edge_host: str = setting(
+        "RTASK_EDGE_HOST",
+        "127.0.0.1",
+        "address of the edge's TLS listener (`--listen`); the plaintext one stays on 127.0.0.1",
+    )
+    tls_names: tuple[str, ...] = setting(
+        "RTASK_EDGE_TLS_NAMES",
+        (),
+        "extra DNS names or IPs in the development server certificate (`--tls-name`)",
+        shown_default="none (always `localhost`, `127.0.0.1`, `envoy`)",
+    )
+    edge_reflection: bool = setting(
+        "RTASK_EDGE_REFLECTION", False, "route gRPC server reflection through the edge (`--edge-reflection`)"
+    )
+    metrics: bool = setting(
+        "RTASK_STACK_METRICS", True, "serve Prometheus metrics from the services it starts (off: `--no-metrics`)"
+    )
+    redis_maxmemory_mb: int = setting(
+        "RTASK_REDIS_MAXMEMORY_MB",
+        DEFAULT_REDIS_MAXMEMORY_MB,
+        "memory of the embedded Valkey before it refuses writes (never evicts; `--redis-maxmemory-mb`)",
+    )
+    database_url: str = setting(
+        "DATABASE_URL", "", "an external PostgreSQL for the stack instead of its embedded one", shown_default="none"
+    )
+    redis_url: str = setting(
+        "REDIS_URL", "", "an external Redis-compatible server instead of the embedded Valkey", shown_default="none"
+    )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(settings: LauncherConfig | None = None) -> argparse.ArgumentParser:
+    settings = settings or LauncherConfig()
     parser = argparse.ArgumentParser(prog="rtask-stack", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start every process and stream their logs; Ctrl-C stops them all")
-    up.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    up.add_argument("--data-dir", type=Path, default=Path(settings.data_dir))
     up.add_argument(
         "--port", type=int, default=8080, help="Envoy's plaintext listener, 127.0.0.1 only (gRPC, grpc-web, dashboard)"
     )
     up.add_argument("--tls-port", type=int, default=8443, help="Envoy's TLS listener (same routes), on --listen")
     up.add_argument(
         "--listen",
-        default=os.environ.get("RTASK_EDGE_HOST", "127.0.0.1"),
+        default=settings.edge_host,
         help="address of the TLS listener: 127.0.0.1 (default), or e.g. 0.0.0.0 to serve other machines "
         "[env RTASK_EDGE_HOST]",
     )
     up.add_argument(
         "--tls-name",
         action="append",
-        default=[n for n in os.environ.get("RTASK_EDGE_TLS_NAMES", "").split(",") if n.strip()],
+        default=list(settings.tls_names),
         help="another DNS name or IP for the server certificate (repeatable) [env RTASK_EDGE_TLS_NAMES, a,b]",
     )
     up.add_argument(
         "--edge-reflection",
         action="store_true",
-        default=os.environ.get("RTASK_EDGE_REFLECTION", "").lower() in TRUE,
+        default=settings.edge_reflection,
         help="serve gRPC server reflection through the edge (off by default) [env RTASK_EDGE_REFLECTION]",
     )
     up.add_argument("--admin-port", type=int, default=9901, help="Envoy admin, bound to 127.0.0.1")
@@ -54,17 +89,17 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--no-metrics",
         action="store_true",
-        default=os.environ.get("RTASK_STACK_METRICS", "").lower() in ("0", "false", "no", "off"),
+        default=not settings.metrics,
         help="do not serve Prometheus metrics from the services (on by default) [env RTASK_STACK_METRICS=off]",
     )
     up.add_argument(
         "--redis-maxmemory-mb",
         type=int,
-        default=int(os.environ.get("RTASK_REDIS_MAXMEMORY_MB") or DEFAULT_REDIS_MAXMEMORY_MB),
+        default=settings.redis_maxmemory_mb,
         help="memory of the stack's Valkey before it refuses writes (docs/operations.md)",
     )
     wipe = sub.add_parser("wipe", help="delete the data folder (users, tasks, logs, secrets)")
-    wipe.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    wipe.add_argument("--data-dir", type=Path, default=Path(settings.data_dir))
     return parser
 
 
@@ -106,7 +141,7 @@ def _redis_line(stack: Stack) -> str:
     return f"  Redis (operator):                   {access.admin.url}  (password in {access.admin.password_file})\n"
 
 
-def up(args: argparse.Namespace) -> int:
+def up(args: argparse.Namespace, settings: LauncherConfig, auth_limits: AuthLimits) -> int:
     config = StackConfig(
         data_dir=args.data_dir,
         edge_port=args.port,
@@ -120,10 +155,10 @@ def up(args: argparse.Namespace) -> int:
         workers=args.workers,
         worker_slots=args.worker_slots,
         metrics=not args.no_metrics,
-        database_url=os.environ.get("DATABASE_URL") or None,
-        redis_url=os.environ.get("REDIS_URL") or None,
+        database_url=settings.database_url or None,
+        redis_url=settings.redis_url or None,
         redis_maxmemory_mb=args.redis_maxmemory_mb,
-        auth_limits=AuthLimits.from_env(os.environ),
+        auth_limits=auth_limits,
     )
     stopping = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
@@ -160,8 +195,11 @@ def wipe(args: argparse.Namespace) -> int:
 
 
 def main() -> None:
-    args = _parser().parse_args()
-    sys.exit(up(args) if args.command == "up" else wipe(args))
+    with refused_at_start("rtask-stack"):
+        settings = load(LauncherConfig, os.environ)
+        auth_limits = load(AuthLimits, os.environ)
+    args = _parser(settings).parse_args()
+    sys.exit(up(args, settings, auth_limits) if args.command == "up" else wipe(args))
 
 
 if __name__ == "__main__":

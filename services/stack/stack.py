@@ -20,6 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.core.config import AuthConfig
 from services.core.limits import UserLimits
+from services.core.settings import load
+from services.core.tracing import OtelConfig
 from services.core.worker_credentials import WorkerKeyConfig
 from services.edge.certs import DEFAULT_NAMES, TlsFiles, ensure_dev_tls
 from services.edge.config import (
@@ -27,8 +29,8 @@ from services.edge.config import (
     EdgeConfig,
     Endpoint,
     TlsListener,
-    trace_collector_from_env,
-    trace_sampling_percent_from_env,
+    trace_collector,
+    trace_sampling_percent,
 )
 from services.edge.launch import JWKS_FILE, envoy_argv, write_edge_files
 from services.edge.protoset import PROTOSET_FILE, write_protoset
@@ -442,16 +444,17 @@ class Stack:
 
     def service_auth(self) -> AuthConfig:
         """The token settings (secret, issuer, audience) the services read from their environment."""
-        return AuthConfig.from_env(self.service_env(0, "gateway"))
+        return load(AuthConfig, self.service_env(0, "gateway"))
 
     def worker_keys(self) -> WorkerKeyConfig:
         """The worker key and enrolment secret the schedulers read from their environment."""
-        return WorkerKeyConfig.from_env(self.service_env(0, "scheduler"))
+        return load(WorkerKeyConfig, self.service_env(0, "scheduler"))
 
     def edge_config(self) -> EdgeConfig:
         dashboard = self.config.dashboard_dir
         auth = self.service_auth()  # the edge verifies exactly what the services issue
-        env = self.service_env(0)  # where and how often the services trace (OTEL_* passed on), Envoy does too
+        # Where and how often the services trace (OTEL_* passed on): Envoy does too.
+        otel = load(OtelConfig, self.service_env(0))
         return EdgeConfig(
             listen_port=self.edge_port,
             admin_port=self.admin_port,
@@ -470,8 +473,8 @@ class Stack:
             auth_limits=self.config.auth_limits,
             jwt_issuer=auth.issuer,
             user_audience=auth.audience,
-            trace_collector=trace_collector_from_env(env),
-            trace_sampling_percent=trace_sampling_percent_from_env(env),
+            trace_collector=trace_collector(otel),
+            trace_sampling_percent=trace_sampling_percent(otel),
         )
 
     def tls_listener(self, files: TlsFiles) -> TlsListener:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from services.core.config import ConfigError, RedisConfig, ServerConfig
+from services.core.config import RedisConfig, ServerConfig
+from services.core.settings import ConfigError, nested, setting
 from services.core.worker_credentials import EnrolmentConfig
 from services.worker.isolation import IsolationConfig
 from services.worker.logs import LogShipConfig
@@ -17,23 +17,6 @@ from services.worker.logs import LogShipConfig
 # event loop, the kill and its reaping), and what a reset of an entry's idle time may lag behind the moment
 # the worker counts it from: the least margin between a handler's stop and its entry becoming reclaimable.
 FENCE_SLACK_MS = 250
-
-
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "")
-    if raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    value = float(_number(env, name, default))
-    if not value.is_integer():
-        raise ConfigError(f"{name} must be an integer, got {env.get(name)!r}")
-    return int(value)
 
 
 def default_worker_id() -> str:
@@ -45,37 +28,78 @@ def default_worker_id() -> str:
 class WorkerConfig:
     """How one worker consumes the dispatch stream and talks to the scheduler."""
 
-    worker_id: str
-    # Where the schedulers are: "host:port" of each, comma-separated (or one name that resolves to all of
-    # them, or the edge). Workers connect directly: the edge would add two hops to every message.
-    scheduler_addr: str
-    slots: int = 10
-    heartbeat_interval_ms: int = 1000
+    worker_id: str = setting(
+        "RTASK_WORKER_ID",
+        help="the worker's id (1-128 of `A-Za-z0-9._:-`), enrolled once: a second process under an id already "
+        "enrolled is refused",
+        factory=default_worker_id,
+        shown_default="`hostname-pid-random`",
+    )
+    # Workers connect directly: the edge would add two hops to every message.
+    scheduler_addr: str = setting(
+        "RTASK_SCHEDULER_ADDR",
+        help="the schedulers' `host:port`, comma-separated, or one name resolving to all of them; workers connect "
+        "directly (the public edge does not route `WorkerService`)",
+        shown_default="`make up`: every scheduler it starts",
+    )
+    slots: int = setting("RTASK_WORKER_SLOTS", 10, "tasks one worker runs at once (1-1024)")
+    heartbeat_interval_ms: int = setting(
+        "RTASK_WORKER_HEARTBEAT_MS", 1000, "heartbeat interval; each one is answered, and refreshes the held entries"
+    )
     # Entries idle this long belong to a worker that stopped heartbeating and may be reclaimed.
-    reclaim_idle_ms: int = 10_000
-    reclaim_check_interval_ms: int = 1000
-    # After a cancel or max_runtime, how long a handler may take to stop before it is killed.
-    cancel_grace_ms: int = 500
-    # On SIGTERM, how long running handlers may take to finish before the worker exits anyway.
-    drain_grace_s: float = 10.0
-    read_block_ms: int = 1000
-    # The scheduler silent this long (no answer to heartbeats): the stream is given up and reopened, and
-    # no entry is taken or refreshed meanwhile. 0: three heartbeat intervals.
-    contact_timeout_ms: int = 0
+    reclaim_idle_ms: int = setting(
+        "RTASK_WORKER_RECLAIM_IDLE_MS",
+        10_000,
+        "an entry unrefreshed this long belongs to a dead worker and is reclaimed by another",
+    )
+    reclaim_check_interval_ms: int = setting(
+        "RTASK_WORKER_RECLAIM_INTERVAL_MS", 1000, "how often a worker looks for entries to reclaim"
+    )
+    cancel_grace_ms: int = setting(
+        "RTASK_WORKER_CANCEL_GRACE_MS",
+        500,
+        "after a cancel or `max_runtime`, how long a handler may take to stop before it is killed",
+    )
+    drain_grace_s: float = setting(
+        "RTASK_WORKER_DRAIN_GRACE_S",
+        10.0,
+        "on SIGTERM (or `rtask-worker-drain`), how long running handlers may take to finish before the worker "
+        "gives them up",
+    )
+    read_block_ms: int = setting("RTASK_WORKER_READ_BLOCK_MS", 1000, "how long one read of the dispatch streams waits")
+    # No entry is taken or refreshed meanwhile. 0: three heartbeat intervals.
+    contact_timeout_ms: int = setting(
+        "RTASK_WORKER_CONTACT_TIMEOUT_MS",
+        0,
+        "the scheduler silent this long: the stream is reopened, and meanwhile the worker takes and refreshes no "
+        "entries (0: 3 heartbeats)",
+        shown_default="3 heartbeats",
+    )
     # A handler is stopped (without a report) when its entry has gone unrefreshed for reclaim_idle_ms minus
     # this margin: cancelled, then killed after cancel_grace_ms, so it has stopped before another worker may
     # reclaim the entry (the rule in services/worker/worker.py). At least cancel_grace_ms + FENCE_SLACK_MS.
     # 0: 30 % of reclaim_idle_ms, or that least margin when it is larger.
-    self_fence_margin_ms: int = 0
-    # Out of contact with every scheduler (one restarting), a worker keeps its entries refreshed, and so its
-    # handlers running, for this long; cut off longer, it gives its work up to be reclaimed.
-    outage_grace_ms: int = 30_000
-    # Modules imported at start-up so their @task handlers register.
-    imports: tuple[str, ...] = ()
+    self_fence_margin_ms: int = setting(
+        "RTASK_WORKER_SELF_FENCE_MARGIN_MS",
+        0,
+        "a handler whose entry went unrefreshed for the reclaim idle time minus this margin is cancelled, then "
+        "killed after the cancel grace, unreported, so it has stopped before another worker may reclaim it; refused "
+        'below `RTASK_WORKER_CANCEL_GRACE_MS` + 250 ms (docs/operations.md, "Partitions")',
+        shown_default="30 % of the reclaim idle time, at least the cancel grace + 250 ms",
+    )
+    outage_grace_ms: int = setting(
+        "RTASK_WORKER_OUTAGE_GRACE_MS",
+        30_000,
+        "out of contact with every scheduler (one restarting), a worker keeps refreshing its entries, and so its "
+        "handlers running, for this long; cut off longer, it stops them before others may reclaim their entries",
+    )
+    imports: tuple[str, ...] = setting(
+        "RTASK_WORKER_IMPORTS", (), "modules imported at start-up so their `@task` handlers register"
+    )
     # How handler child processes are confined (user, environment).
-    isolation: IsolationConfig = field(default_factory=IsolationConfig)
+    isolation: IsolationConfig = nested("", IsolationConfig)
     # Rate bounds and pace of the handlers' log lines.
-    logs: LogShipConfig = field(default_factory=LogShipConfig)
+    logs: LogShipConfig = nested("", LogShipConfig)
 
     def __post_init__(self) -> None:
         if not self.worker_id:
@@ -117,43 +141,13 @@ class WorkerConfig:
     def scheduler_addrs(self) -> list[str]:
         return [address.strip() for address in self.scheduler_addr.split(",") if address.strip()]
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> WorkerConfig:
-        imports = tuple(name.strip() for name in env.get("RTASK_WORKER_IMPORTS", "").split(",") if name.strip())
-        return cls(
-            worker_id=env.get("RTASK_WORKER_ID", "") or default_worker_id(),
-            scheduler_addr=env.get("RTASK_SCHEDULER_ADDR", ""),
-            slots=_int(env, "RTASK_WORKER_SLOTS", 10),
-            heartbeat_interval_ms=_int(env, "RTASK_WORKER_HEARTBEAT_MS", 1000),
-            reclaim_idle_ms=_int(env, "RTASK_WORKER_RECLAIM_IDLE_MS", 10_000),
-            reclaim_check_interval_ms=_int(env, "RTASK_WORKER_RECLAIM_INTERVAL_MS", 1000),
-            cancel_grace_ms=_int(env, "RTASK_WORKER_CANCEL_GRACE_MS", 500),
-            drain_grace_s=_number(env, "RTASK_WORKER_DRAIN_GRACE_S", 10.0),
-            read_block_ms=_int(env, "RTASK_WORKER_READ_BLOCK_MS", 1000),
-            outage_grace_ms=_int(env, "RTASK_WORKER_OUTAGE_GRACE_MS", 30_000),
-            contact_timeout_ms=_int(env, "RTASK_WORKER_CONTACT_TIMEOUT_MS", 0),
-            self_fence_margin_ms=_int(env, "RTASK_WORKER_SELF_FENCE_MARGIN_MS", 0),
-            imports=imports,
-            isolation=IsolationConfig.from_env(env),
-            logs=LogShipConfig.from_env(env),
-        )
-
 
 @dataclass(frozen=True)
 class WorkerProcessConfig:
     """Everything the worker process needs: its own settings, the health server, Redis and the enrolment secret
     (never the user key nor the worker key: a worker cannot sign any token)."""
 
-    worker: WorkerConfig
-    server: ServerConfig
-    redis: RedisConfig
-    enrolment: EnrolmentConfig
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> WorkerProcessConfig:
-        return cls(
-            worker=WorkerConfig.from_env(env),
-            server=ServerConfig.from_env(env, default_port=50071),
-            redis=RedisConfig.from_env(env),
-            enrolment=EnrolmentConfig.from_env(env),
-        )
+    worker: WorkerConfig = nested()
+    server: ServerConfig = nested()
+    redis: RedisConfig = nested()
+    enrolment: EnrolmentConfig = nested()

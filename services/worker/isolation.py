@@ -14,7 +14,7 @@ import pwd
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.core.config import ConfigError
+from services.core.settings import ConfigError, setting
 
 # Variables a child gets from the worker's environment: how to find programs and libraries, and locale.
 # Nothing else: secrets (RTASK_*_SECRET*, REDIS_URL, DATABASE_URL, ...) are left out by not being listed.
@@ -43,14 +43,18 @@ class IsolationConfig:
 
     # The account children run as when the worker runs as root (a name or a numeric uid); its primary group
     # is used and supplementary groups are dropped. Ignored when the worker is not root: it cannot switch.
-    run_as: str = DEFAULT_USER
-    # Extra variable names an operator chooses to pass to handlers (comma-separated in RTASK_HANDLER_ENV).
-    pass_env: tuple[str, ...] = ()
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> IsolationConfig:
-        names = tuple(n.strip() for n in env.get("RTASK_HANDLER_ENV", "").split(",") if n.strip())
-        return cls(run_as=env.get("RTASK_HANDLER_USER", "") or DEFAULT_USER, pass_env=names)
+    run_as: str = setting(
+        "RTASK_HANDLER_USER",
+        DEFAULT_USER,
+        "the user (name or uid) handler child processes run as when the worker runs as root",
+    )
+    # Extra variable names an operator chooses to pass to handlers.
+    pass_env: tuple[str, ...] = setting(
+        "RTASK_HANDLER_ENV",
+        (),
+        "names of extra variables passed to handler child processes (by default they get only `PATH`, `LANG`, "
+        "`LC_*`, `TZ`, `TMPDIR` and Python's own `PYTHON*` settings)",
+    )
 
     def environment(self, environ: Mapping[str, str]) -> dict[str, str]:
         """The child's environment: the safe variables and the operator's chosen ones, nothing else."""

@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from resilienttask.v1 import scheduler_pb2
 from resilienttask.worker.v1 import worker_pb2
-from services.core.config import ConfigError
+from services.core.settings import ConfigError, setting
 from services.core.task_logs import MAX_LEVEL_CHARS, MAX_LINE_BYTES, cut_text
 from services.core.token_bucket import TokenBucket
 
@@ -36,14 +35,20 @@ class LogShipConfig:
     """Bounds and pace of the lines a worker sends (RTASK_WORKER_LOG_* variables)."""
 
     # Lines per second one attempt may log, and how many it may save up for a burst.
-    task_lines_per_s: float = 100.0
-    task_burst_lines: int = 1_000
-    # Lines per second the whole worker sends, and its burst.
-    worker_lines_per_s: float = 1_000.0
-    worker_burst_lines: int = 5_000
-    # Waiting lines are sent this often, or as soon as flush_lines wait.
-    flush_interval_ms: int = 200
-    flush_lines: int = 1_000
+    task_lines_per_s: float = setting(
+        "RTASK_WORKER_LOG_TASK_LINES_PER_S",
+        100.0,
+        "log lines one attempt may send per second; the excess is counted as dropped",
+    )
+    task_burst_lines: int = setting("RTASK_WORKER_LOG_TASK_BURST_LINES", 1_000, "the burst of one attempt's log lines")
+    worker_lines_per_s: float = setting(
+        "RTASK_WORKER_LOG_WORKER_LINES_PER_S", 1_000.0, "log lines the whole worker may send per second"
+    )
+    worker_burst_lines: int = setting(
+        "RTASK_WORKER_LOG_WORKER_BURST_LINES", 5_000, "the burst of the worker's log lines"
+    )
+    flush_interval_ms: int = setting("RTASK_WORKER_LOG_FLUSH_INTERVAL_MS", 200, "waiting log lines are sent this often")
+    flush_lines: int = setting("RTASK_WORKER_LOG_FLUSH_LINES", 1_000, "or as soon as this many wait")
 
     def __post_init__(self) -> None:
         for name in ("task_lines_per_s", "task_burst_lines", "worker_lines_per_s", "worker_burst_lines"):
@@ -51,31 +56,6 @@ class LogShipConfig:
                 raise ConfigError(f"RTASK_WORKER_LOG_{name.upper()} must be positive")
         if self.flush_interval_ms < 1 or self.flush_lines < 1:
             raise ConfigError("RTASK_WORKER_LOG_FLUSH_INTERVAL_MS and RTASK_WORKER_LOG_FLUSH_LINES must be positive")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> LogShipConfig:
-        d = cls()
-        values: dict[str, float] = {}
-        for name in ("task_lines_per_s", "task_burst_lines", "worker_lines_per_s", "worker_burst_lines"):
-            raw = env.get(f"RTASK_WORKER_LOG_{name.upper()}", "")
-            try:
-                values[name] = float(raw) if raw else getattr(d, name)
-            except ValueError as exc:
-                raise ConfigError(f"RTASK_WORKER_LOG_{name.upper()} must be a number, got {raw!r}") from exc
-        ints: dict[str, int] = {}
-        for name in ("flush_interval_ms", "flush_lines"):
-            raw = env.get(f"RTASK_WORKER_LOG_{name.upper()}", "")
-            try:
-                ints[name] = int(raw) if raw else getattr(d, name)
-            except ValueError as exc:
-                raise ConfigError(f"RTASK_WORKER_LOG_{name.upper()} must be an integer, got {raw!r}") from exc
-        return cls(
-            task_lines_per_s=values["task_lines_per_s"],
-            task_burst_lines=int(values["task_burst_lines"]),
-            worker_lines_per_s=values["worker_lines_per_s"],
-            worker_burst_lines=int(values["worker_burst_lines"]),
-            **ints,
-        )
 
 
 @dataclass

@@ -11,12 +11,14 @@ from grpc_health.v1 import health_pb2
 
 import services.worker.builtin  # noqa: F401  (registers the built-in kinds)
 from services.core import metrics
+from services.core.config import LogConfig
 from services.core.logging import configure_logging
 from services.core.observability import observed
 from services.core.pool_metrics import register_pools
 from services.core.redis_client import create_redis, redis_reachable
 from services.core.server import Service, create_grpc_server, run_until_signalled
-from services.core.tracing import TracingConfig
+from services.core.settings import load, refused_at_start
+from services.core.tracing import OtelConfig, TracingConfig
 from services.worker.config import WorkerProcessConfig
 from services.worker.worker import DRAINED_SERVICE, Worker
 from services.worker.worker_metrics import register_worker
@@ -53,12 +55,18 @@ async def _serve(config: WorkerProcessConfig) -> None:
         reporting.cancel()
 
 
+# The worker's own default for RTASK_PORT (its health server).
+DEFAULTS = {"RTASK_PORT": 50071}
+
+
 def main() -> None:
-    configure_logging(os.environ.get("RTASK_INSTANCE", "worker"), os.environ.get("RTASK_LOG_LEVEL", "INFO"))
-    config = WorkerProcessConfig.from_env()
-    with observed(
-        TracingConfig.from_env("worker", instance_id=config.worker.worker_id), metrics.MetricsConfig.from_env()
-    ):
+    with refused_at_start("rtask-worker"):
+        log = load(LogConfig, os.environ)
+        configure_logging(log.instance or "worker", log.level)
+        config = load(WorkerProcessConfig, os.environ, defaults=DEFAULTS)
+        tracing = TracingConfig.for_process("worker", load(OtelConfig, os.environ), config.worker.worker_id)
+        metrics_config = load(metrics.MetricsConfig, os.environ)
+    with observed(tracing, metrics_config):
         # User handlers register themselves (@task) when their modules are imported.
         for module in config.worker.imports:
             importlib.import_module(module)

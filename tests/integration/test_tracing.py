@@ -264,15 +264,16 @@ async def test_the_sdk_sends_the_callers_trace_context_when_a_span_is_current(tr
 # What each service's entry point does about tracing, after importing all three (so a stray import of the SDK
 # anywhere in the services would show).
 TRACING_OFF_PROBE = """
-import asyncio, sys, threading
+import asyncio, os, sys, threading
 import services.gateway.main, services.scheduler.main, services.worker.main
 from services.core import tracing
 from services.core.config import ServerConfig
 from services.core.server import create_grpc_server
-from services.core.tracing import TracingConfig
+from services.core.settings import load
+from services.core.tracing import OtelConfig, TracingConfig
 
 async def main():
-    tracing.configure(TracingConfig.from_env("gateway"))
+    tracing.configure(TracingConfig.for_process("gateway", load(OtelConfig, os.environ)))
     server, _, _ = create_grpc_server(ServerConfig(), service_names=())
     await server.start()
     await server.stop(0)

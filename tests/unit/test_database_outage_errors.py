@@ -14,6 +14,7 @@ import pytest
 
 from services.core.config import ConfigError, DatabaseConfig
 from services.core.errors import translate_errors
+from services.core.settings import load
 
 FAILOVER_ERRORS: dict[str, BaseException] = {
     # The primary's port closed: the pool's next connection attempt is refused.
@@ -65,9 +66,9 @@ def test_pooler_settings_come_from_the_environment() -> None:
     url = "postgresql://rtask@pg-a:5432,pg-b:5432/rtask?target_session_attrs=read-write"
     direct = "postgresql://rtask@pg-a:5432/rtask"
     env = {"DATABASE_URL": url, "DATABASE_DIRECT_URL": direct, "RTASK_DB_STATEMENT_CACHE_SIZE": "0"}
-    config = DatabaseConfig.from_env(env)
+    config = load(DatabaseConfig, env)
     assert (config.url, config.direct_url, config.statement_cache_size) == (url, direct, 0)
-    defaults = DatabaseConfig.from_env({"DATABASE_URL": url})
+    defaults = load(DatabaseConfig, {"DATABASE_URL": url})
     assert (defaults.direct_url, defaults.statement_cache_size) == ("", 100)
     with pytest.raises(ConfigError, match="RTASK_DB_STATEMENT_CACHE_SIZE"):
-        DatabaseConfig.from_env({"DATABASE_URL": url, "RTASK_DB_STATEMENT_CACHE_SIZE": "-1"})
+        load(DatabaseConfig, {"DATABASE_URL": url, "RTASK_DB_STATEMENT_CACHE_SIZE": "-1"})

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from services.edge.config import Endpoint, trace_collector_from_env, trace_sampling_percent_from_env
+from services.core.settings import load
+from services.core.tracing import OtelConfig
+from services.edge.config import Endpoint, trace_collector, trace_sampling_percent
 from services.edge.envoy_config import EDGE_SERVICE_NAME, TRACE_COLLECTOR_CLUSTER, render, render_text
 from services.edge.jwks import write_jwks
 from tests.unit.test_envoy_config import SECRET, _manager, _validate_text, local_config
@@ -30,7 +32,7 @@ from tests.unit.test_envoy_config import SECRET, _manager, _validate_text, local
     ],
 )
 def test_the_collector_comes_from_the_services_otlp_endpoint(env: dict[str, str], expected: Endpoint | None) -> None:
-    assert trace_collector_from_env(env) == expected
+    assert trace_collector(load(OtelConfig, env)) == expected
 
 
 def test_without_a_collector_envoy_makes_no_spans(tmp_path: Path) -> None:
@@ -65,6 +67,6 @@ def test_with_a_collector_envoy_exports_its_spans_over_http2_and_validates(tmp_p
 def test_envoy_starts_traces_at_the_services_sampling_ratio(
     tmp_path: Path, env: dict[str, str], percent: float
 ) -> None:
-    assert trace_sampling_percent_from_env(env) == pytest.approx(percent)
+    assert trace_sampling_percent(load(OtelConfig, env)) == pytest.approx(percent)
     edge = local_config(tmp_path, trace_collector=Endpoint("c", 4317), trace_sampling_percent=percent)
     assert _manager(render(edge))["tracing"]["random_sampling"] == {"value": percent}

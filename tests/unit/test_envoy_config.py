@@ -10,6 +10,7 @@ import jwt
 import pytest
 
 from services.core.config import AuthConfig
+from services.core.settings import load
 from services.core.tokens import mint_user_token, verify_token
 from services.edge.auth_limits import ADDRESS_KEY
 from services.edge.certs import ensure_dev_tls
@@ -309,20 +310,21 @@ def test_the_client_address_is_the_peer_unless_proxies_are_trusted(tmp_path: Pat
 
 
 def test_login_limits_come_from_the_environment() -> None:
-    assert AuthLimits.from_env({}) == AuthLimits()
-    limits = AuthLimits.from_env(
+    assert load(AuthLimits, {}) == AuthLimits()
+    limits = load(
+        AuthLimits,
         {
             "RTASK_LOGIN_PER_ADDRESS_MAX_TOKENS": "40",
             "RTASK_SIGNUP_PER_ADDRESS_FILL_INTERVAL_S": "60",
             "RTASK_AUTH_TRACKED_ADDRESSES": "99",
-        }
+        },
     )
     assert limits.login_per_address == RateLimit(max_tokens=40, tokens_per_fill=1, fill_interval_s=0.5)
     assert limits.signup_per_address == RateLimit(max_tokens=5, tokens_per_fill=1, fill_interval_s=60)
     assert limits.tracked_addresses == 99
     for bad in ({"RTASK_LOGIN_PER_ADDRESS_MAX_TOKENS": "many"}, {"RTASK_SIGNUP_PER_ADDRESS_FILL_INTERVAL_S": "0.01"}):
         with pytest.raises(ValueError):
-            AuthLimits.from_env(bad)
+            load(AuthLimits, bad)
 
 
 def test_clusters_are_health_checked_http2_with_outlier_detection(tmp_path: Path) -> None:

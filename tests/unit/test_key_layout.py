@@ -12,6 +12,7 @@ from redis.crc import key_slot
 from services.core import keys
 from services.core.config import ConfigError, RedisConfig
 from services.core.redis_acl import USERS, WORKER
+from services.core.settings import load
 from services.stack.valkey_cluster import slot_ranges
 
 
@@ -88,12 +89,12 @@ def test_the_rate_window_and_its_sequence_share_a_slot() -> None:
 
 def test_redis_url_names_one_server_or_a_cluster() -> None:
     assert not RedisConfig("redis://u@h:6379/0").cluster
-    cluster = RedisConfig.from_env({"REDIS_URL": "redis+cluster://rtask-services@10.0.0.5:7000/0"})
+    cluster = load(RedisConfig, {"REDIS_URL": "redis+cluster://rtask-services@10.0.0.5:7000/0"})
     assert cluster.cluster and cluster.client_url == "redis://rtask-services@10.0.0.5:7000/0"
     tls = RedisConfig("rediss+cluster://u@h:7000")
     assert tls.cluster and tls.client_url == "rediss://u@h:7000"
     with pytest.raises(ConfigError, match="REDIS_URL"):
-        RedisConfig.from_env({"REDIS_URL": "valkey-cluster://h:7000"})
+        load(RedisConfig, {"REDIS_URL": "valkey-cluster://h:7000"})
 
 
 def _matches(pattern: str, key: str) -> bool:

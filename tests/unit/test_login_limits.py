@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from services.core.config import ConfigError
+from services.core.settings import load
 from services.gateway.login_limits import EmailLimiter, LoginLimitsConfig, TooManyFailedLogins
 
 
@@ -71,10 +72,10 @@ def test_the_tracked_emails_are_bounded_and_a_refilled_bucket_is_dropped() -> No
 )
 def test_bad_limits_are_refused_naming_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
-        LoginLimitsConfig.from_env({name: value})
+        load(LoginLimitsConfig, {name: value})
 
 
 def test_limits_come_from_the_environment() -> None:
-    assert LoginLimitsConfig.from_env({}) == LoginLimitsConfig()
-    config = LoginLimitsConfig.from_env({"RTASK_HASH_QUEUE_MAX": "0", "RTASK_LOGIN_EMAIL_FAILURE_REFILL_MS": "500"})
+    assert load(LoginLimitsConfig, {}) == LoginLimitsConfig()
+    config = load(LoginLimitsConfig, {"RTASK_HASH_QUEUE_MAX": "0", "RTASK_LOGIN_EMAIL_FAILURE_REFILL_MS": "500"})
     assert (config.hash_queue_max, config.email_failure_refill_ms) == (0, 500)

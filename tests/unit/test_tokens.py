@@ -15,6 +15,7 @@ import pytest
 from services.core import tokens as tokens_module
 from services.core.config import AuthConfig, ConfigError
 from services.core.errors import Unauthenticated
+from services.core.settings import load
 from services.core.tokens import (
     MAX_TOKEN_CHARS,
     WORKER_AUDIENCE,
@@ -211,10 +212,10 @@ def test_token_lifetime_must_be_positive(ttl_s: int) -> None:
 def test_secret_file_is_read_from_configuration(tmp_path: Any) -> None:
     path = tmp_path / "secret"
     path.write_text("f" * 48 + "\n")
-    config = AuthConfig.from_env({"RTASK_JWT_SECRET_FILE": str(path)})
+    config = load(AuthConfig, {"RTASK_JWT_SECRET_FILE": str(path)})
     assert config.jwt_secret == b"f" * 48
     with pytest.raises(ConfigError):
-        AuthConfig.from_env({})
+        load(AuthConfig, {})
 
 
 def test_verified_tokens_are_remembered_until_they_expire(monkeypatch: pytest.MonkeyPatch) -> None:

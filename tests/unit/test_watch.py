@@ -13,6 +13,7 @@ from services.core import task_summary
 from services.core.config import ConfigError
 from services.core.errors import InvalidArgument
 from services.core.events import StoredEvent, TaskChange, parse_stream_id
+from services.core.settings import load
 from services.edge.render import compose_config
 from services.edge.routes import route_specs
 from services.gateway.watch import tokens, wire
@@ -197,7 +198,7 @@ def test_stats_along_never_go_negative() -> None:
 
 # -- settings ------------------------------------------------------------------------------------------
 def test_settings_come_from_rtask_watch_variables() -> None:
-    config = WatchConfig.from_env({"RTASK_WATCH_HEARTBEAT_MS": "1500", "RTASK_WATCH_QUEUE_LIMIT": "64"})
+    config = load(WatchConfig, {"RTASK_WATCH_HEARTBEAT_MS": "1500", "RTASK_WATCH_QUEUE_LIMIT": "64"})
     assert config.heartbeat_ms == 1500 and config.queue_limit == 64
     assert config.snapshot_limit == WatchConfig().snapshot_limit
 
@@ -205,7 +206,7 @@ def test_settings_come_from_rtask_watch_variables() -> None:
 @pytest.mark.parametrize("value", ["0", "-5", "soon"])
 def test_bad_settings_are_refused(value: str) -> None:
     with pytest.raises(ConfigError, match="RTASK_WATCH_HEARTBEAT_MS"):
-        WatchConfig.from_env({"RTASK_WATCH_HEARTBEAT_MS": value})
+        load(WatchConfig, {"RTASK_WATCH_HEARTBEAT_MS": value})
 
 
 async def test_a_call_quiet_for_a_whole_tick_owes_a_heartbeat() -> None:

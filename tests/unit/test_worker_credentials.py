@@ -12,6 +12,7 @@ import pytest
 from resilienttask.worker.v1 import worker_pb2
 from services.core.config import AuthConfig, ConfigError
 from services.core.errors import Unauthenticated
+from services.core.settings import load
 from services.core.token_bucket import TokenBucket
 from services.core.tokens import WORKER_AUDIENCE, mint_worker_token, verify_token
 from services.core.worker_credentials import EnrolmentConfig, WorkerKeyConfig, worker_id_problem
@@ -39,13 +40,13 @@ def test_worker_keys_come_from_files_and_must_be_long(tmp_path: Path) -> None:
         "RTASK_WORKER_KEY_FILE": str(tmp_path / "key"),
         "RTASK_WORKER_ENROLMENT_SECRET_FILE": str(tmp_path / "enrol"),
     }
-    keys = WorkerKeyConfig.from_env(env)
+    keys = load(WorkerKeyConfig, env)
     assert keys.jwt_secret == b"k" * 40 and keys.enrolment.matches("e" * 40) and not keys.enrolment.matches("e")
-    assert EnrolmentConfig.from_env(env).secret == b"e" * 40
+    assert load(EnrolmentConfig, env).secret == b"e" * 40
     with pytest.raises(ConfigError, match="RTASK_WORKER_KEY"):
-        WorkerKeyConfig.from_env({"RTASK_WORKER_ENROLMENT_SECRET_FILE": str(tmp_path / "enrol")})
+        load(WorkerKeyConfig, {"RTASK_WORKER_ENROLMENT_SECRET_FILE": str(tmp_path / "enrol")})
     with pytest.raises(ConfigError, match="at least 32 bytes"):
-        EnrolmentConfig.from_env({"RTASK_WORKER_ENROLMENT_SECRET": "short"})
+        load(EnrolmentConfig, {"RTASK_WORKER_ENROLMENT_SECRET": "short"})
 
 
 @pytest.mark.parametrize("worker_id", ["", "a" * 129, "with space", "new\nline", "ünïcode", "semi;colon"])

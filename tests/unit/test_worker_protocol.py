@@ -21,6 +21,7 @@ from services.core import keys
 from services.core.config import ConfigError, RedisConfig
 from services.core.dispatch import DispatchEntry, entry_ref, publish, split_ref
 from services.core.redis_client import create_redis
+from services.core.settings import load
 from services.core.worker_registry import BUILTIN_KINDS
 from services.worker.config import FENCE_SLACK_MS, WorkerConfig
 from services.worker.worker import Worker
@@ -413,7 +414,7 @@ async def test_a_worker_with_a_bad_secret_is_refused_and_keeps_retrying(redis: a
         ({"RTASK_WORKER_SLOTS": "0"}, "slots"),
         ({"RTASK_WORKER_SLOTS": "ten"}, "RTASK_WORKER_SLOTS"),
         ({"RTASK_WORKER_SLOTS": "1.5"}, "RTASK_WORKER_SLOTS"),
-        ({"RTASK_WORKER_CANCEL_GRACE_MS": "-1"}, "grace"),
+        ({"RTASK_WORKER_CANCEL_GRACE_MS": "-1"}, "RTASK_WORKER_CANCEL_GRACE_MS"),
         ({"RTASK_WORKER_RECLAIM_IDLE_MS": "1500"}, "reclaim_idle_ms"),
         # A self-fenced handler could still run (within its cancel grace) when its entry becomes reclaimable.
         ({"RTASK_WORKER_SELF_FENCE_MARGIN_MS": "700"}, "self_fence_margin_ms"),
@@ -426,32 +427,34 @@ def test_bad_configuration_is_refused(env: dict[str, str], message: str) -> None
     if "RTASK_SCHEDULER_ADDR" not in env and message != "RTASK_SCHEDULER_ADDR":
         env = {**env, "RTASK_SCHEDULER_ADDR": "127.0.0.1:1"}
     with pytest.raises(ConfigError, match=message):
-        WorkerConfig.from_env(env)
+        load(WorkerConfig, env)
 
 
 def test_configuration_from_the_environment() -> None:
-    config = WorkerConfig.from_env(
+    config = load(
+        WorkerConfig,
         {
             "RTASK_SCHEDULER_ADDR": "edge:8080",
             "RTASK_WORKER_ID": "w1",
             "RTASK_WORKER_SLOTS": "3",
             "RTASK_WORKER_IMPORTS": " a.b , c ,",
-        }
+        },
     )
     assert (config.worker_id, config.slots, config.imports) == ("w1", 3, ("a.b", "c"))
     assert config.reclaim_idle_ms == 10_000 and config.cancel_grace_ms == 500
     assert config.self_fence_margin_ms == 3000, "30 % of the reclaim idle time"
     # The margin never drops below the cancel grace plus the slack: with a 1 s grace, 1.25 s.
-    raised = WorkerConfig.from_env(
+    raised = load(
+        WorkerConfig,
         {
             "RTASK_SCHEDULER_ADDR": "x:1",
             "RTASK_WORKER_RECLAIM_IDLE_MS": "3000",
             "RTASK_WORKER_HEARTBEAT_MS": "500",
             "RTASK_WORKER_CANCEL_GRACE_MS": "1000",
-        }
+        },
     )
     assert raised.self_fence_margin_ms == 1000 + FENCE_SLACK_MS
-    assert WorkerConfig.from_env({"RTASK_SCHEDULER_ADDR": "x:1"}).worker_id != ""
+    assert load(WorkerConfig, {"RTASK_SCHEDULER_ADDR": "x:1"}).worker_id != ""
 
 
 # -- a scheduler out of reach ------------------------------------------------------------------------------

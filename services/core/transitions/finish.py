@@ -21,6 +21,7 @@ from resilienttask.json_values import value_to_python
 from resilienttask.worker.v1 import worker_pb2
 from services.core import task_metrics
 from services.core.events import TaskChange
+from services.core.settings import setting
 from services.core.task_model import (
     CANCELLED,
     CANCELLING,
@@ -53,8 +54,10 @@ ALREADY_FINISHED = "already finished"
 class RetryPolicy:
     """Exponential backoff with jitter between attempts."""
 
-    base_ms: int = 1000
-    max_ms: int = 60_000
+    base_ms: int = setting(
+        "RTASK_RETRY_BASE_MS", 1000, "a failed attempt's retry waits this long (doubling each attempt, with jitter)"
+    )
+    max_ms: int = setting("RTASK_RETRY_MAX_MS", 60_000, "the longest wait before a retry")
 
     def delay_s(self, attempt: int) -> float:
         ceiling = min(self.max_ms, self.base_ms * 2 ** max(0, attempt - 1))
