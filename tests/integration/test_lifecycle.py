@@ -13,15 +13,17 @@ import uuid
 import asyncpg
 import grpc
 import pytest
+from redis.exceptions import RedisError
 
 from resilienttask.v1 import scheduler_pb2, task_pb2
 from services.core.task_model import TERMINAL
 from services.stack.processes import ManagedProcess
-from services.stack.stack import Stack, wait_serving
-from tests.conftest import TEST_RECLAIM_IDLE_MS, Stores
+from services.stack.stack import Stack
+from tests.conftest import TEST_RECLAIM_IDLE_MS, Stores, admin_redis
 from tests.helpers import eventually
 from tests.integration.accounts import signup
 from tests.integration.tasks import UserTasks, duration
+from tests.stack_health import wait_settled
 
 S = task_pb2
 
@@ -232,20 +234,32 @@ async def test_a_healthy_long_task_is_never_reclaimed(user: UserTasks, stores: S
     assert starts == 1
 
 
-def _restart_valkey(stores: Stores) -> None:
+async def _restart_valkey(stores: Stores) -> None:
     old = stores.valkey
     old.stop(sig=signal.SIGTERM)  # a clean stop writes the AOF
     fresh = ManagedProcess("valkey", old.argv, log_dir=old.log_path.parent)
     fresh.start()
     stores.valkey = fresh
 
+    async def answering() -> bool:  # accepting connections, and done loading its AOF (LOADING until then)
+        client = admin_redis(stores)
+        try:
+            return bool(await client.ping())
+        except (RedisError, OSError):
+            return False
+        finally:
+            await client.aclose()
+
+    await eventually(answering, timeout_s=60, interval_s=0.1, message="Valkey answers again")
+
 
 @pytest.mark.usefixtures("single_redis")
 async def test_restarting_redis_with_tasks_queued_loses_none(user: UserTasks, stack: Stack, stores: Stores) -> None:
     queued = await user.submit(workload_s=0.3, replicas=40)
-    _restart_valkey(stores)
-    # Services report NOT_SERVING while Redis is away; wait until Envoy routes to them again.
-    await asyncio.to_thread(wait_serving, stack.edge_address, 60.0, "resilienttask.v1.SchedulerService")
+    await _restart_valkey(stores)
+    # Services report NOT_SERVING while Redis is away (and for a probe or two after): wait until every one serves
+    # again and Envoy routes to it, which the next tests need too.
+    await asyncio.to_thread(wait_settled, stack)
     later = await user.submit(workload_s=0.3, replicas=5)
     finished = await asyncio.gather(*(user.wait_for(t.id, timeout_s=60) for t in [*queued, *later]))
     assert {t.status for t in finished} == {S.TASK_STATUS_SUCCEEDED}
