@@ -30,11 +30,10 @@ class Rule:
             return value
         if not value and lim.min_chars:
             raise InvalidArgument(field, "is required")
-        chars = len(value)
-        if (lim.min_chars is not None and chars < lim.min_chars) or (
-            lim.max_chars is not None and chars > lim.max_chars
-        ):
-            raise InvalidArgument(field, _range(lim.min_chars, lim.max_chars, "characters"))
+        if lim.max_chars is not None and len(value) > lim.max_chars:
+            raise InvalidArgument(field, f"must be at most {lim.max_chars} characters")
+        if lim.min_chars is not None and len(value) < lim.min_chars:
+            raise InvalidArgument(field, f"must be at least {lim.min_chars} characters")
         if lim.min_bytes is not None or lim.max_bytes is not None:
             size = len(value.encode("utf-8", "surrogatepass"))
             if (lim.min_bytes is not None and size < lim.min_bytes) or (

@@ -25,7 +25,7 @@ PAYLOAD = rule(_SUBMIT, "payload")
 WORKLOAD = rule(_SUBMIT, "workload")
 MAX_RUNTIME = rule(_SUBMIT, "max_runtime")
 REPLICAS = rule(_SUBMIT, "replicas")
-MAX_ATTEMPTS_RULE = rule(_SUBMIT, "max_attempts")
+ATTEMPTS = rule(_SUBMIT, "max_attempts")
 REQUEST_ID = rule(_SUBMIT, "request_id")
 PRIORITY = rule(_SUBMIT, "priority")
 CONCURRENCY_KEY = rule(_SUBMIT, "concurrency_key")
@@ -87,7 +87,7 @@ def submission(
         # Long enough for the workload by default, so only a runaway task meets the ceiling.
         max_runtime_ms = min(MAX_RUNTIME_MS, max(DEFAULT_RUNTIME_MS, 2 * workload_ms))
     replicas = REPLICAS.number("replicas", request.replicas) or 1
-    max_attempts = MAX_ATTEMPTS_RULE.number("max_attempts", request.max_attempts) or DEFAULT_MAX_ATTEMPTS
+    max_attempts = ATTEMPTS.number("max_attempts", request.max_attempts) or DEFAULT_MAX_ATTEMPTS
     PAYLOAD.size("payload", request.payload)
     try:
         payload: dict[str, Any] = struct_to_dict(request.payload)
