@@ -13,13 +13,17 @@ from google.protobuf import timestamp_pb2
 from resilienttask.v1 import scheduler_pb2, task_pb2
 from services.core import validation
 from services.core.errors import InvalidArgument
+from services.core.field_limits import Rule, rule
 from services.core.task_filters import TaskQuery
 
-MAX_NAME_CONTAINS_CHARS = validation.MAX_NAME_CHARS
-MAX_KIND_CHARS = 128
-MAX_SELECTED_IDS = 500
-# Tasks a bulk call takes per page (0 means the most).
-MAX_BULK_PAGE = 500
+NAME_CONTAINS = rule(scheduler_pb2.TaskFilter, "name_contains")
+ID_PREFIX = rule(scheduler_pb2.TaskFilter, "id_prefix")
+KIND = rule(scheduler_pb2.TaskFilter, "kind")
+CONCURRENCY_KEY = rule(scheduler_pb2.TaskFilter, "concurrency_key")
+TASK_IDS = rule(scheduler_pb2.TaskIds, "task_ids")
+# Tasks a bulk call takes per page: CancelTasks, RetryTasks and DeleteTasks declare the same bounds (0 means the most).
+BULK_PAGE = rule(scheduler_pb2.CancelTasksRequest, "page_size")
+MAX_BULK_PAGE = BULK_PAGE.limits.max_value or 0
 # A canonical UUID: 8-4-4-4-12 lower-case hex digits; an id prefix is a prefix of one.
 _UUID_LAYOUT = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
 _ID_PREFIX = re.compile(r"[0-9a-f-]{1,36}")
@@ -29,9 +33,8 @@ _MAX_SECONDS = 253_402_300_799
 _KNOWN_STATUSES = frozenset(task_pb2.TaskStatus.values()) - {task_pb2.TASK_STATUS_UNSPECIFIED}
 
 
-def _text(field: str, value: str, max_chars: int) -> str:
-    if len(value) > max_chars:
-        raise InvalidArgument(field, f"must be at most {max_chars} characters")
+def _text(field: str, value: str, bounds: Rule) -> str:
+    bounds.text(field, value)
     if "\x00" in value:
         raise InvalidArgument(field, "must not contain NUL characters")
     return value
@@ -39,7 +42,7 @@ def _text(field: str, value: str, max_chars: int) -> str:
 
 def id_range(field: str, prefix: str) -> tuple[str, str]:
     """The inclusive bounds of the UUIDs starting with `prefix` (dashes where a UUID has them)."""
-    prefix = prefix.lower()
+    prefix = ID_PREFIX.text(field, prefix).lower()
     if not _ID_PREFIX.fullmatch(prefix) or any((c == "-") != (_UUID_LAYOUT[i] == "-") for i, c in enumerate(prefix)):
         raise InvalidArgument(field, "must be the start of a task id (hex digits, dashes as in 8-4-4-4-12)")
     digits = prefix.replace("-", "")
@@ -70,16 +73,14 @@ def task_filter(message: scheduler_pb2.TaskFilter, field: str = "filter") -> Tas
     return TaskQuery(
         status_sets=(statuses,) if statuses else (),
         batch_ids=(validation.uuid_field(f"{field}.batch_id", message.batch_id),) if message.batch_id else (),
-        name_contains=_text(f"{field}.name_contains", message.name_contains, MAX_NAME_CONTAINS_CHARS),
+        name_contains=_text(f"{field}.name_contains", message.name_contains, NAME_CONTAINS),
         id_range=id_range(f"{field}.id_prefix", message.id_prefix) if message.id_prefix else None,
-        kind=_text(f"{field}.kind", message.kind, MAX_KIND_CHARS),
+        kind=_text(f"{field}.kind", message.kind, KIND),
         created_after=created_after,
         created_before=created_before,
         schedule_id=validation.uuid_field(f"{field}.schedule_id", message.schedule_id) if message.schedule_id else "",
         dead_lettered=message.dead_lettered,
-        concurrency_key=_text(
-            f"{field}.concurrency_key", message.concurrency_key, validation.MAX_CONCURRENCY_KEY_CHARS
-        ),
+        concurrency_key=_text(f"{field}.concurrency_key", message.concurrency_key, CONCURRENCY_KEY),
     )
 
 
@@ -115,16 +116,13 @@ class Selection:
 
 def selection(message: scheduler_pb2.TaskSelection, page_size: int, page_token: str) -> Selection:
     """The checked selection of a bulk call (CancelTasks, RetryTasks, DeleteTasks)."""
-    if not 0 <= page_size <= MAX_BULK_PAGE:
-        raise InvalidArgument("page_size", f"must be between 0 and {MAX_BULK_PAGE}")
-    size = page_size or MAX_BULK_PAGE
+    size = BULK_PAGE.number("page_size", page_size) or MAX_BULK_PAGE
     target = message.WhichOneof("target")
     if target == "ids":
         if page_token:
             raise InvalidArgument("page_token", "applies to filter selections only (listed ids are taken at once)")
         listed = message.ids.task_ids
-        if not 1 <= len(listed) <= MAX_SELECTED_IDS:
-            raise InvalidArgument("selection.ids.task_ids", f"must list 1 to {MAX_SELECTED_IDS} task ids")
+        TASK_IDS.items("selection.ids.task_ids", listed, "task ids")
         ids = [validation.uuid_field(f"selection.ids.task_ids[{i}]", value) for i, value in enumerate(listed)]
         return Selection(tuple(dict.fromkeys(ids)), None, size, None)
     if target == "filter":

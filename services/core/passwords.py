@@ -10,11 +10,15 @@ from typing import TypeVar
 
 import bcrypt
 
-from services.core.errors import InvalidArgument, ResourceExhausted
+from resilienttask.v1 import auth_pb2
+from services.core.errors import ResourceExhausted
+from services.core.field_limits import rule
 
-MIN_PASSWORD_BYTES = 8
-# bcrypt reads only the first 72 bytes; longer passwords are refused rather than silently cut.
-MAX_PASSWORD_BYTES = 72
+# The contract's bounds (SignupRequest and LoginRequest declare the same). bcrypt reads only the first 72 bytes;
+# longer passwords are refused rather than silently cut.
+PASSWORD = rule(auth_pb2.SignupRequest, "password")
+MIN_PASSWORD_BYTES = PASSWORD.limits.min_bytes or 0
+MAX_PASSWORD_BYTES = PASSWORD.limits.max_bytes or 0
 
 T = TypeVar("T")
 
@@ -32,10 +36,7 @@ class HashQueueFull(ResourceExhausted):
 
 def password_bytes(password: str) -> bytes:
     """The UTF-8 bytes of a password that meets the length rule; InvalidArgument naming the field otherwise."""
-    encoded = password.encode("utf-8")
-    if not MIN_PASSWORD_BYTES <= len(encoded) <= MAX_PASSWORD_BYTES:
-        raise InvalidArgument("password", f"must be {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes long")
-    return encoded
+    return PASSWORD.text("password", password).encode("utf-8")
 
 
 def _hash(password: bytes, cost: int) -> bytes:

@@ -12,14 +12,17 @@ from datetime import UTC, datetime, timedelta
 from resilienttask.v1 import schedule_pb2, scheduler_pb2
 from services.core import validation
 from services.core.errors import InvalidArgument
+from services.core.field_limits import rule
 from services.core.schedules.model import timing_of
 from services.core.schedules.timing import TimingError, check_cron, shortest_gap, zone
 from services.core.transitions.user import Submission
 
-MIN_INTERVAL_MS = 1000
-MAX_INTERVAL_MS = 366 * 24 * 3600 * 1000
-MAX_JITTER_MS = 3600 * 1000
-MAX_CATCHUP_LIMIT = 100
+NAME = rule(schedule_pb2.ScheduleSpec, "name")
+INTERVAL = rule(schedule_pb2.ScheduleSpec, "interval")
+JITTER = rule(schedule_pb2.ScheduleSpec, "jitter")
+CATCHUP_LIMIT = rule(schedule_pb2.ScheduleSpec, "catchup_limit")
+EXPRESSION = rule(schedule_pb2.CronTiming, "expression")
+REQUEST_ID = rule(schedule_pb2.CreateScheduleRequest, "request_id")
 
 
 def template_request(template: schedule_pb2.TaskTemplate, request_id: str) -> scheduler_pb2.SubmitTaskRequest:
@@ -59,26 +62,22 @@ def spec(value: schedule_pb2.ScheduleSpec, kinds: Sequence[str]) -> schedule_pb2
     """The spec, checked whole, with the cron expression's fields separated by single spaces."""
     checked = schedule_pb2.ScheduleSpec()
     checked.CopyFrom(value)
-    name = value.name.strip()
-    if not name:
-        raise InvalidArgument("spec.name", "is required")
-    if len(name) > validation.MAX_NAME_CHARS or "\x00" in name:
-        raise InvalidArgument("spec.name", f"must be at most {validation.MAX_NAME_CHARS} characters, without NUL")
+    name = NAME.text("spec.name", value.name.strip())
+    if "\x00" in name:
+        raise InvalidArgument("spec.name", "must not contain NUL characters")
     checked.name = name
     timing = value.WhichOneof("timing")
     if timing is None:
         raise InvalidArgument("spec.timing", "set either cron or interval")
     if timing == "cron":
         try:
-            checked.cron.expression = check_cron(value.cron.expression)
+            checked.cron.expression = check_cron(EXPRESSION.text("spec.cron.expression", value.cron.expression))
             zone(value.cron.time_zone)
         except TimingError as exc:
             raise InvalidArgument(f"spec.cron.{exc.field}", exc.reason) from exc
         interval_ms = None
     else:
-        interval_ms = validation.duration_ms("spec.interval", value.interval)
-        if not MIN_INTERVAL_MS <= interval_ms <= MAX_INTERVAL_MS:
-            raise InvalidArgument("spec.interval", "must be between 1s and 366 days")
+        interval_ms = INTERVAL.duration("spec.interval", validation.duration_ms("spec.interval", value.interval))
         checked.interval.FromMilliseconds(interval_ms)
     if not value.HasField("task"):
         raise InvalidArgument("spec.task", "is required")
@@ -87,11 +86,8 @@ def spec(value: schedule_pb2.ScheduleSpec, kinds: Sequence[str]) -> schedule_pb2
         raise InvalidArgument("spec.overlap", "unknown overlap policy")
     if value.catchup not in schedule_pb2.CatchupPolicy.values():
         raise InvalidArgument("spec.catchup", "unknown catch-up policy")
-    if not 0 <= value.catchup_limit <= MAX_CATCHUP_LIMIT:
-        raise InvalidArgument("spec.catchup_limit", f"must be between 0 and {MAX_CATCHUP_LIMIT} (0 means 10)")
-    jitter_ms = validation.duration_ms("spec.jitter", value.jitter)
-    if jitter_ms > MAX_JITTER_MS:
-        raise InvalidArgument("spec.jitter", "must be at most 1h")
+    CATCHUP_LIMIT.number("spec.catchup_limit", value.catchup_limit)
+    jitter_ms = JITTER.duration("spec.jitter", validation.duration_ms("spec.jitter", value.jitter))
     if interval_ms is not None and jitter_ms >= interval_ms:
         raise InvalidArgument("spec.jitter", "must be less than the interval")
     if interval_ms is None and jitter_ms > 0:
@@ -102,6 +98,4 @@ def spec(value: schedule_pb2.ScheduleSpec, kinds: Sequence[str]) -> schedule_pb2
 
 
 def request_id(value: str) -> str:
-    if len(value) > validation.MAX_REQUEST_ID_CHARS or not value.isprintable():
-        raise InvalidArgument("request_id", f"must be at most {validation.MAX_REQUEST_ID_CHARS} printable characters")
-    return value
+    return validation.printable("request_id", value, REQUEST_ID)

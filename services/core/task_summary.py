@@ -9,13 +9,15 @@ Clients fetch payload and result with GetTask.
 
 from __future__ import annotations
 
-from resilienttask.v1 import task_pb2
+from resilienttask.limits import field_limits
+from resilienttask.v1 import scheduler_pb2, task_pb2
 
 # Byte bounds (UTF-8) of the strings a summary keeps. Those of user input are the submission limits at four
 # bytes a character, so they never cut a valid value; ids are UUIDs the services generate.
 UUID_BYTES = 36
-NAME_BYTES = 800  # 200 characters (services.core.validation.MAX_NAME_CHARS)
-REQUEST_ID_BYTES = 512  # 128 characters (MAX_REQUEST_ID_CHARS)
+# The longest name and request_id SubmitTask accepts, at up to 4 bytes a character in UTF-8.
+NAME_BYTES = 4 * (field_limits(scheduler_pb2.SubmitTaskRequest, "name").max_chars or 0)
+REQUEST_ID_BYTES = 4 * (field_limits(scheduler_pb2.SubmitTaskRequest, "request_id").max_chars or 0)
 KIND_BYTES = 256
 WORKER_ID_BYTES = 256
 # The error of a failed attempt can be a whole traceback: a summary keeps its first KiB (GetTask has it all).

@@ -12,31 +12,42 @@ from typing import Any
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from resilienttask.json_values import struct_to_dict
+from resilienttask.limits import duration_text
 from resilienttask.v1 import scheduler_pb2, task_pb2
 from services.core.errors import InvalidArgument
-from services.core.transitions.user import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, Start, Submission
+from services.core.field_limits import Rule, rule
+from services.core.transitions.user import DEFAULT_PRIORITY, Start, Submission
 
-MAX_NAME_CHARS = 200
-MAX_WORKLOAD_MS = 24 * 3600 * 1000
-MIN_RUNTIME_MS = 1000
-MAX_RUNTIME_MS = 24 * 3600 * 1000
+# The bounds of SubmitTaskRequest's fields, as the contract declares them (proto/resilienttask/v1/limits.proto).
+_SUBMIT = scheduler_pb2.SubmitTaskRequest
+NAME = rule(_SUBMIT, "name")
+PAYLOAD = rule(_SUBMIT, "payload")
+WORKLOAD = rule(_SUBMIT, "workload")
+MAX_RUNTIME = rule(_SUBMIT, "max_runtime")
+REPLICAS = rule(_SUBMIT, "replicas")
+ATTEMPTS = rule(_SUBMIT, "max_attempts")
+REQUEST_ID = rule(_SUBMIT, "request_id")
+PRIORITY = rule(_SUBMIT, "priority")
+CONCURRENCY_KEY = rule(_SUBMIT, "concurrency_key")
+CONCURRENCY_LIMIT = rule(_SUBMIT, "concurrency_limit")
+DELAY = rule(_SUBMIT, "delay")
+RUN_AT = rule(_SUBMIT, "run_at")
+PAGE_SIZE = rule(scheduler_pb2.ListTasksRequest, "page_size")
+MAX_NAME_CHARS = NAME.limits.max_chars or 0
+MAX_RUNTIME_MS = MAX_RUNTIME.limits.max_duration_ms or 0
+MAX_PAYLOAD_BYTES = PAYLOAD.limits.max_bytes or 0
+MAX_REQUEST_ID_CHARS = REQUEST_ID.limits.max_chars or 0
 DEFAULT_RUNTIME_MS = 3600 * 1000
-MAX_REPLICAS = 50
 DEFAULT_MAX_ATTEMPTS = 3
-MAX_ATTEMPTS = 10
-MAX_PAYLOAD_BYTES = 64 * 1024
-MAX_REQUEST_ID_CHARS = 128
-MAX_CONCURRENCY_KEY_CHARS = 128
-MAX_CONCURRENCY_LIMIT = 1000
 # The request_id prefix of the tasks a schedule fires (services/core/schedules/firing.py).
 SCHEDULE_REQUEST_PREFIX = "schedule:"
 DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 DEFAULT_KIND = "sleep"
 # Delayed tasks: a run_at this far in the past still starts (at once: a clock or a queue a little behind is not an
-# error); none further ahead than MAX_DELAY, nor a longer delay (a year and a day: yearly work fits).
-RUN_AT_PAST_GRACE_S = 60
-MAX_DELAY = timedelta(days=366)
+# error); none further ahead than MAX_RUN_AT_AHEAD, nor a longer delay (a year and a day: yearly work fits).
+RUN_AT_PAST_GRACE_S = (RUN_AT.limits.max_past_ms or 0) // 1000
+MAX_DELAY = timedelta(milliseconds=DELAY.limits.max_duration_ms or 0)
+MAX_RUN_AT_AHEAD = timedelta(milliseconds=RUN_AT.limits.max_ahead_ms or 0)
 
 
 def duration_ms(field: str, value: duration_pb2.Duration) -> int:
@@ -63,43 +74,28 @@ def submission(
 ) -> Submission:
     """The checked submission. Only a schedule's firing (from_schedule) may use a request_id of the form its
     slots use: a user's own task taking a slot's key would stand in for that slot's run."""
-    name = request.name.strip()
-    if not name:
-        raise InvalidArgument("name", "is required")
-    if len(name) > MAX_NAME_CHARS:
-        raise InvalidArgument("name", f"must be at most {MAX_NAME_CHARS} characters")
+    name = NAME.text("name", request.name.strip())
     if _has_nul(name):
         raise InvalidArgument("name", "must not contain NUL characters")
     kind = request.kind or DEFAULT_KIND
     if kind not in kinds:
         raise InvalidArgument("kind", f"unknown kind {kind[:50]!r}; known kinds: {', '.join(kinds)}")
-    workload_ms = duration_ms("workload", request.workload)
-    if workload_ms > MAX_WORKLOAD_MS:
-        raise InvalidArgument("workload", "must be at most 24h")
+    workload_ms = WORKLOAD.duration("workload", duration_ms("workload", request.workload))
     if request.HasField("max_runtime"):
-        max_runtime_ms = duration_ms("max_runtime", request.max_runtime)
-        if not MIN_RUNTIME_MS <= max_runtime_ms <= MAX_RUNTIME_MS:
-            raise InvalidArgument("max_runtime", "must be between 1s and 24h")
+        max_runtime_ms = MAX_RUNTIME.duration("max_runtime", duration_ms("max_runtime", request.max_runtime))
     else:
         # Long enough for the workload by default, so only a runaway task meets the ceiling.
         max_runtime_ms = min(MAX_RUNTIME_MS, max(DEFAULT_RUNTIME_MS, 2 * workload_ms))
-    replicas = request.replicas or 1
-    if not 1 <= replicas <= MAX_REPLICAS:
-        raise InvalidArgument("replicas", f"must be between 1 and {MAX_REPLICAS}")
-    max_attempts = request.max_attempts or DEFAULT_MAX_ATTEMPTS
-    if not 1 <= max_attempts <= MAX_ATTEMPTS:
-        raise InvalidArgument("max_attempts", f"must be between 1 and {MAX_ATTEMPTS}")
-    if request.payload.ByteSize() > MAX_PAYLOAD_BYTES:
-        raise InvalidArgument("payload", f"must be at most {MAX_PAYLOAD_BYTES // 1024} KiB")
+    replicas = REPLICAS.number("replicas", request.replicas) or 1
+    max_attempts = ATTEMPTS.number("max_attempts", request.max_attempts) or DEFAULT_MAX_ATTEMPTS
+    PAYLOAD.size("payload", request.payload)
     try:
         payload: dict[str, Any] = struct_to_dict(request.payload)
     except ValueError as exc:  # the only number JSON cannot hold: NaN and ±Infinity
         raise InvalidArgument("payload", "numbers must be finite (NaN and Infinity have no JSON form)") from exc
     if _has_nul(payload):
         raise InvalidArgument("payload", "must not contain NUL characters")
-    request_id = request.request_id or str(uuid.uuid4())
-    if len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable():
-        raise InvalidArgument("request_id", f"must be at most {MAX_REQUEST_ID_CHARS} printable characters")
+    request_id = printable("request_id", request.request_id or str(uuid.uuid4()), REQUEST_ID)
     if request_id.startswith(SCHEDULE_REQUEST_PREFIX) and not from_schedule:
         raise InvalidArgument(
             "request_id", f"must not start with {SCHEDULE_REQUEST_PREFIX!r} (kept for schedules' firings)"
@@ -128,11 +124,7 @@ def submission(
 
 def priority(value: int, field: str = "priority") -> int:
     """The priority to store: 0 (unset) means the default."""
-    if value == 0:
-        return DEFAULT_PRIORITY
-    if not MIN_PRIORITY <= value <= MAX_PRIORITY:
-        raise InvalidArgument(field, f"must be between {MIN_PRIORITY} and {MAX_PRIORITY} (0 means {DEFAULT_PRIORITY})")
-    return value
+    return PRIORITY.number(field, value) or DEFAULT_PRIORITY
 
 
 def concurrency(key: str, limit: int) -> tuple[str | None, int]:
@@ -141,13 +133,20 @@ def concurrency(key: str, limit: int) -> tuple[str | None, int]:
         if limit != 0:
             raise InvalidArgument("concurrency_limit", "must be 0 without a concurrency_key")
         return None, 0
-    if len(key) > MAX_CONCURRENCY_KEY_CHARS or not key.isprintable():
-        raise InvalidArgument("concurrency_key", f"must be at most {MAX_CONCURRENCY_KEY_CHARS} printable characters")
-    if not 1 <= limit <= MAX_CONCURRENCY_LIMIT:
-        raise InvalidArgument(
-            "concurrency_limit", f"must be between 1 and {MAX_CONCURRENCY_LIMIT} with a concurrency_key"
-        )
+    printable("concurrency_key", key, CONCURRENCY_KEY)
+    try:
+        CONCURRENCY_LIMIT.number("concurrency_limit", limit)  # 0 included: a key needs a limit
+    except InvalidArgument as exc:
+        raise InvalidArgument(exc.field, f"{exc.reason} with a concurrency_key") from None
     return key, limit
+
+
+def printable(field: str, value: str, bounds: Rule) -> str:
+    """A string within its declared length, of printable characters only (keys and ids shown and logged)."""
+    bounds.text(field, value)
+    if not value.isprintable():
+        raise InvalidArgument(field, f"must be at most {bounds.limits.max_chars} printable characters")
+    return value
 
 
 def run_at_start(value: timestamp_pb2.Timestamp, now: datetime) -> Start | None:
@@ -157,17 +156,15 @@ def run_at_start(value: timestamp_pb2.Timestamp, now: datetime) -> Start | None:
     now_s = now.timestamp()
     if value.seconds + value.nanos / 1e9 < now_s - RUN_AT_PAST_GRACE_S:
         raise InvalidArgument("run_at", f"must not be more than {RUN_AT_PAST_GRACE_S} s in the past")
-    if value.seconds > now_s + MAX_DELAY.total_seconds():
-        raise InvalidArgument("run_at", f"must be at most {MAX_DELAY.days} days ahead")
+    if value.seconds > now_s + MAX_RUN_AT_AHEAD.total_seconds():
+        raise InvalidArgument("run_at", f"must be at most {duration_text(RUN_AT.limits.max_ahead_ms or 0)} ahead")
     run_at = value.ToDatetime(tzinfo=UTC)
     return Start(run_at=run_at) if run_at > now else None
 
 
-def delay_start(field: str, value: duration_pb2.Duration) -> Start | None:
+def delay_start(field: str, value: duration_pb2.Duration, bounds: Rule = DELAY) -> Start | None:
     """The start of a task asked to run after `value`: None (at once) for a zero delay."""
-    delay_ms = duration_ms(field, value)
-    if delay_ms > MAX_DELAY.total_seconds() * 1000:
-        raise InvalidArgument(field, f"must be at most {MAX_DELAY.days} days")
+    delay_ms = bounds.duration(field, duration_ms(field, value))
     return Start(delay_ms=delay_ms) if delay_ms > 0 else None
 
 
@@ -184,10 +181,9 @@ def status_filter(value: int) -> int:
     return value
 
 
-def page_size(value: int) -> int:
-    if value < 0 or value > MAX_PAGE_SIZE:
-        raise InvalidArgument("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
-    return value or DEFAULT_PAGE_SIZE
+def page_size(value: int, bounds: Rule = PAGE_SIZE) -> int:
+    """ListTasks' or ListSchedules' page size (their declarations are alike); 0 means the default."""
+    return bounds.number("page_size", value) or DEFAULT_PAGE_SIZE
 
 
 def encode_page_token(created_at: datetime, task_id: str) -> str:

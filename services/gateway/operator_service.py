@@ -18,16 +18,17 @@ from resilienttask.v1 import operator_pb2, operator_pb2_grpc
 from services.core import kind_controls, worker_drain, worker_registry
 from services.core.auth_interceptor import current_user_id
 from services.core.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable, translate_errors
+from services.core.field_limits import rule
 from services.core.kind_controls import KindControl
 from services.core.worker_credentials import worker_id_problem
 
 SERVICE_NAME = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name
-MAX_KIND_CHARS = 64
-MAX_RATE_STARTS = 100_000
-MIN_RATE_PERIOD_MS = 1_000
-MAX_RATE_PERIOD_MS = 3_600_000
+# The kind of every call declares the same bounds (PauseKind, ResumeKind, SetKindRateLimit, ClearKindRateLimit).
+KIND = rule(operator_pb2.PauseKindRequest, "kind")
+RATE_STARTS = rule(operator_pb2.RateLimit, "starts")
+RATE_PERIOD = rule(operator_pb2.RateLimit, "period")
+DRAIN_GRACE = rule(operator_pb2.DrainWorkerRequest, "grace")
 DEFAULT_DRAIN_GRACE_MS = 30_000
-MAX_DRAIN_GRACE_MS = 3_600_000
 # How long DrainWorker waits for the scheduler holding the worker's stream to confirm.
 DRAIN_CONFIRM_S = 5.0
 NOT_OPERATOR = (
@@ -37,10 +38,11 @@ NOT_OPERATOR = (
 
 
 def kind_of(value: str) -> str:
-    if not value:
-        raise InvalidArgument("kind", "is required")
-    if len(value) > MAX_KIND_CHARS or not value.isprintable():
-        raise InvalidArgument("kind", f"must be 1 to {MAX_KIND_CHARS} printable characters")
+    KIND.text("kind", value)
+    if not value.isprintable():
+        raise InvalidArgument(
+            "kind", f"must be {KIND.limits.min_chars} to {KIND.limits.max_chars} printable characters"
+        )
     return value
 
 
@@ -49,15 +51,11 @@ def rate_of(request: operator_pb2.SetKindRateLimitRequest) -> tuple[int, int]:
     if not request.HasField("rate_limit"):
         raise InvalidArgument("rate_limit", "is required")
     limit = request.rate_limit
-    if not 1 <= limit.starts <= MAX_RATE_STARTS:
-        raise InvalidArgument("rate_limit.starts", f"must be 1 to {MAX_RATE_STARTS:,}")
+    RATE_STARTS.number("rate_limit.starts", limit.starts)
     period = limit.period
     if not limit.HasField("period") or period.nanos % 1_000_000 or period.seconds < 0 or period.nanos < 0:
-        raise InvalidArgument("rate_limit.period", "is required, in whole milliseconds, 1 s to 1 h")
-    period_ms = period.ToMilliseconds()
-    if not MIN_RATE_PERIOD_MS <= period_ms <= MAX_RATE_PERIOD_MS:
-        raise InvalidArgument("rate_limit.period", "must be 1 s to 1 h")
-    return limit.starts, period_ms
+        raise InvalidArgument("rate_limit.period", "is required, in whole milliseconds")
+    return limit.starts, RATE_PERIOD.duration("rate_limit.period", period.ToMilliseconds())
 
 
 def worker_id_of(value: str) -> str:
@@ -73,11 +71,8 @@ def drain_grace_ms(request: operator_pb2.DrainWorkerRequest) -> int:
         return DEFAULT_DRAIN_GRACE_MS
     grace = request.grace
     if grace.seconds < 0 or grace.nanos < 0 or grace.nanos % 1_000_000:
-        raise InvalidArgument("grace", "must be whole milliseconds, 0 s to 1 h")
-    grace_ms = grace.ToMilliseconds()
-    if grace_ms > MAX_DRAIN_GRACE_MS:
-        raise InvalidArgument("grace", "must be 0 s to 1 h")
-    return grace_ms
+        raise InvalidArgument("grace", "must be whole milliseconds, not negative")
+    return DRAIN_GRACE.duration("grace", grace.ToMilliseconds())
 
 
 def to_message(control: KindControl) -> operator_pb2.KindControl:

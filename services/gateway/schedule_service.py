@@ -18,6 +18,7 @@ from resilienttask.v1 import schedule_pb2, schedule_pb2_grpc
 from services.core import schedule_validation, validation, worker_registry
 from services.core.auth_interceptor import current_user_id
 from services.core.errors import NotFound, translate_errors
+from services.core.field_limits import rule
 from services.core.limits import UserLimits
 from services.core.schedules import firing, store
 from services.core.schedules.model import fire_time, parse_spec, row_to_schedule, timing_of
@@ -25,6 +26,7 @@ from services.core.task_model import rows_to_tasks
 
 SCHEDULE_NOT_FOUND = "schedule not found"
 SERVICE_NAME = schedule_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name
+PAGE_SIZE = rule(schedule_pb2.ListSchedulesRequest, "page_size")
 
 
 def _now() -> datetime:
@@ -87,7 +89,7 @@ class ScheduleServicer(schedule_pb2_grpc.ScheduleServiceServicer):
     async def ListSchedules(
         self, request: schedule_pb2.ListSchedulesRequest, context: grpc.aio.ServicerContext
     ) -> schedule_pb2.ListSchedulesResponse:
-        limit = validation.page_size(request.page_size)
+        limit = validation.page_size(request.page_size, PAGE_SIZE)
         after = validation.decode_page_token(request.page_token)
         rows = await store.list_page(self.pool, current_user_id(), limit + 1, after)
         next_token = ""

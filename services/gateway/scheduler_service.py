@@ -21,6 +21,7 @@ from services.core import (
 )
 from services.core.auth_interceptor import current_user_id
 from services.core.errors import InvalidArgument, NotFound, translate_errors
+from services.core.field_limits import rule
 from services.core.limits import UserLimits
 from services.core.task_model import QUEUED, row_to_task, rows_to_tasks
 from services.core.transitions import user as transitions
@@ -32,6 +33,7 @@ from services.gateway.watch.stream import watch_tasks
 
 TASK_NOT_FOUND = "task not found"
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name
+RETRY_DELAY = rule(scheduler_pb2.RetryTaskRequest, "delay")
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
@@ -116,7 +118,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self, request: scheduler_pb2.RetryTaskRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.RetryTaskResponse:
         task_id = validation.uuid_field("task_id", request.task_id)
-        start = validation.delay_start("delay", request.delay) if request.HasField("delay") else None
+        start = validation.delay_start("delay", request.delay, RETRY_DELAY) if request.HasField("delay") else None
         delay_ms = start.delay_ms if start is not None else 0
         retried = await transitions.retry(self.pool, current_user_id(), task_id, self.limits, delay_ms)
         if retried is None:

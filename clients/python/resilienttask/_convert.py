@@ -94,12 +94,13 @@ def to_timestamp(value: datetime) -> timestamp_pb2.Timestamp:
 
 
 class TaskOptions(TypedDict, total=False):
-    """A task's fields besides its name: what submit() takes and what a schedule's firings submit.
+    """A task's fields besides its name: what submit() takes and what a schedule's firings submit. The bounds of
+    each are the contract's (resilienttask.limits.field_limits(SubmitTaskRequest, field)).
 
     kind: the handler kind ("" means the built-in simulated workload "sleep"); payload: the handler's
     arguments, a JSON object; workload: simulated work, seconds or a timedelta (default 0); max_runtime: the
-    hard ceiling after which the task is killed (default: the service's); replicas: copies submitted atomically,
-    1 to 50 (default 1); max_attempts: attempts before dead-lettering (default: the service's).
+    hard ceiling after which the task is killed (default: the service's); replicas: copies submitted atomically
+    (default 1); max_attempts: attempts before dead-lettering (default: the service's).
     """
 
     kind: str
@@ -115,8 +116,8 @@ class SubmitOptions(TaskOptions, total=False):
 
     request_id: the idempotency key (generated when none is given, so retries after UNAVAILABLE reuse it and
     never create duplicates); run_at (an aware datetime) or delay (seconds or a timedelta), at most one: the
-    tasks are SCHEDULED until then; priority: 1 (lowest) to 5 (most urgent), 0 for the default (3);
-    concurrency_key with concurrency_limit (1 to 1000): at most that many of your tasks with the key run at once.
+    tasks are SCHEDULED until then; priority: the higher the more urgent, 0 for the default (3);
+    concurrency_key with concurrency_limit: at most that many of your tasks with the key run at once.
     """
 
     request_id: str | None
@@ -183,11 +184,12 @@ class ScheduleOptions(TaskOptions, total=False):
 
     Timing, exactly one of:
       cron: a 5-field cron expression ("*/5 * * * *"), with time_zone: an IANA zone ("Europe/Paris"; default UTC);
-      interval: seconds or a timedelta, from the schedule's creation (or last update), at least 1 s.
+      interval: seconds or a timedelta, from the schedule's creation (or last update).
+    Every bound is the contract's (resilienttask.limits.field_limits(ScheduleSpec, field)).
     The task each firing submits: task_name (default: the schedule's name) and the TaskOptions (kind, payload,
     workload, max_runtime, replicas, max_attempts).
     Policies: overlap (OverlapPolicy, default SKIP), catchup (CatchupPolicy, default LATEST), catchup_limit
-    (with CatchupPolicy.ALL, 1 to 100, default 10), jitter (a random delay of each firing, below the interval).
+    (with CatchupPolicy.ALL, default 10), jitter (a random delay of each firing, below the interval).
     """
 
     cron: str | None

@@ -14,6 +14,7 @@ import grpc
 from resilienttask._convert import watch_events_from_proto
 from resilienttask._retry import Reconnect, RetryPolicy
 from resilienttask.errors import DeadlineExceeded, NotFound
+from resilienttask.limits import field_limits
 from resilienttask.models import Snapshot, Task, TaskUpdate, WatchEvent
 from resilienttask.v1 import scheduler_pb2
 
@@ -21,7 +22,7 @@ from resilienttask.v1 import scheduler_pb2
 # least recently changed tasks can be forgotten and a long watch of a busy account stays small.
 MAX_REMEMBERED_TASKS = 100_000
 # ListTasks page size when wait() fetches a batch's whole tasks: one page holds a batch (at most 50 replicas).
-BATCH_PAGE_SIZE = 500
+BATCH_PAGE_SIZE = field_limits(scheduler_pb2.ListTasksRequest, "page_size").max_value or 1
 # GetTask calls the asyncio wait() has in flight at once when it fetches whole tasks one by one.
 FETCH_CONCURRENCY = 32
 

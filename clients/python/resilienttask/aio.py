@@ -61,6 +61,7 @@ from resilienttask.models import (
 )
 from resilienttask.search import (
     LIMIT_PAUSES_S,
+    MAX_PAGE_SIZE,
     BulkResult,
     TaskFilter,
     TaskHistory,
@@ -387,7 +388,7 @@ class AsyncClient:
         task_ids: Iterable[str] | None = None,
         *,
         batch_id: str = "",
-        page_size: int = 500,
+        page_size: int = MAX_PAGE_SIZE,
         **conditions: Unpack[TaskFilter],
     ) -> BulkResult:
         """Cancel the listed tasks, or every task meeting the conditions, page by page until done (finished ones
@@ -399,7 +400,7 @@ class AsyncClient:
         task_ids: Iterable[str] | None = None,
         *,
         batch_id: str = "",
-        page_size: int = 500,
+        page_size: int = MAX_PAGE_SIZE,
         **conditions: Unpack[TaskFilter],
     ) -> BulkResult:
         """Queue again the failed, timed-out or cancelled tasks listed or meeting the conditions, page by page
@@ -413,7 +414,7 @@ class AsyncClient:
         task_ids: Iterable[str] | None = None,
         *,
         batch_id: str = "",
-        page_size: int = 500,
+        page_size: int = MAX_PAGE_SIZE,
         **conditions: Unpack[TaskFilter],
     ) -> BulkResult:
         """Remove the finished tasks listed or meeting the conditions, page by page (unfinished ones skipped)."""

@@ -15,14 +15,16 @@ from datetime import datetime
 from typing import Any, TypedDict
 
 from resilienttask._convert import status_from_number, status_number, task_from_proto, time_from_proto, to_timestamp
+from resilienttask.limits import field_limits
 from resilienttask.models import Task, TaskStatus
 from resilienttask.v1 import scheduler_pb2
 
 __all__ = ["BulkResult", "TaskAttempt", "TaskFilter", "TaskHistory", "TaskTransition"]
 
 # Ids per bulk call (the service's bound): a longer list is sent in several calls.
-MAX_IDS_PER_CALL = 500
-MAX_PAGE_SIZE = 500
+MAX_IDS_PER_CALL = field_limits(scheduler_pb2.TaskIds, "task_ids").max_items or 1
+# The most tasks a page holds: ListTasks and the bulk calls declare the same bound.
+MAX_PAGE_SIZE = field_limits(scheduler_pb2.CancelTasksRequest, "page_size").max_value or 1
 
 
 class TaskFilter(TypedDict, total=False):

@@ -2,7 +2,9 @@
 // verb can act on (so the confirmation counts only those), and the loop that calls a bulk RPC page by
 // page, reporting progress. No DOM here: unit-tested.
 
+import { CancelTasksRequestSchema, TaskIdsSchema } from "./gen/resilienttask/v1/scheduler_pb";
 import { TaskStatus } from "./gen/resilienttask/v1/task_pb";
+import { maxItems, valueRange } from "./limits";
 import type { TaskFilterInit } from "./query";
 
 export type BulkVerb = "cancel" | "retry" | "delete";
@@ -23,8 +25,8 @@ export const VERB_LABELS: Record<BulkVerb, { verb: string; done: string; applies
   delete: { verb: "Delete", done: "Deleted", applies: "finished" },
 };
 
-/** Most ids (and tasks per page) one bulk call takes. */
-export const BULK_PAGE = 500;
+/** Most ids (and tasks per page) one bulk call takes, as the contract declares it. */
+export const BULK_PAGE = Math.min(maxItems(TaskIdsSchema, "task_ids"), valueRange(CancelTasksRequestSchema, "page_size").max);
 
 /**
  * The filter narrowed to the statuses `verb` acts on, so counting it gives what will be acted on and the

@@ -1,13 +1,14 @@
 // The operator's rate-limit form: checked here as the server checks it, and how a limit reads on screen.
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import type { RateLimit, RateLimitSchema } from "./gen/resilienttask/v1/operator_pb";
+import { type RateLimit, RateLimitSchema } from "./gen/resilienttask/v1/operator_pb";
+import { durationRangeMs, durationText, valueRange } from "./limits";
 import { durationMs, parseSeconds } from "./validation";
 
-export const MIN_RATE_STARTS = 1;
-export const MAX_RATE_STARTS = 100_000;
-export const MIN_RATE_PERIOD_MS = 1000;
-export const MAX_RATE_PERIOD_MS = 3600 * 1000;
+// The bounds the contract declares (limits.ts reads them from the descriptors).
+export const { min: MIN_RATE_STARTS, max: MAX_RATE_STARTS } = valueRange(RateLimitSchema, "starts");
+export const { min: MIN_RATE_PERIOD_MS, max: MAX_RATE_PERIOD_MS } = durationRangeMs(RateLimitSchema, "period");
+const PERIOD_RANGE = `must be from ${durationText(MIN_RATE_PERIOD_MS, " ")} to ${durationText(MAX_RATE_PERIOD_MS, " ")} (${MAX_RATE_PERIOD_MS / 1000} s)`;
 
 export type RateField = "starts" | "period";
 export type RateInit = MessageInitShape<typeof RateLimitSchema>;
@@ -21,7 +22,7 @@ export function validateRateLimit(startsText: string, periodSText: string): { li
   }
   const period = parseSeconds(periodSText);
   const periodMs = period ? durationMs(period) : -1;
-  if (!period || periodMs < MIN_RATE_PERIOD_MS || periodMs > MAX_RATE_PERIOD_MS) errors.period = "must be from 1 s to 1 h (3600 s)";
+  if (!period || periodMs < MIN_RATE_PERIOD_MS || periodMs > MAX_RATE_PERIOD_MS) errors.period = PERIOD_RANGE;
   else if (period.nanos % 1_000_000 !== 0) errors.period = "must be in whole milliseconds";
   if (Object.keys(errors).length > 0 || starts === null || !period) return { errors };
   return { limit: { starts, period } };

@@ -5,8 +5,9 @@
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
-import type { TaskFilterSchema } from "./gen/resilienttask/v1/scheduler_pb";
+import { TaskFilterSchema } from "./gen/resilienttask/v1/scheduler_pb";
 import { type Task, TaskStatus } from "./gen/resilienttask/v1/task_pb";
+import { maxChars } from "./limits";
 
 export interface TaskQuery {
   /** The search box as typed: a name fragment, or an id prefix / a whole task or batch id. */
@@ -29,7 +30,9 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 // Eight hex digits or more (dashes allowed) read as an id: no task name is taken for one by accident unless
 // it is itself such a string, and then the id search still finds nothing it should not.
 const ID_LIKE = /^[0-9a-f][0-9a-f-]{7,35}$/;
-const MAX_TEXT = 200;
+// The longest text and kind a filter takes (TaskFilter's declared limits).
+export const MAX_TEXT = maxChars(TaskFilterSchema, "name_contains");
+const MAX_KIND = maxChars(TaskFilterSchema, "kind");
 
 /** Statuses as they appear in the URL (the enum names, lower case). */
 const STATUS_WORDS = new Map<string, TaskStatus>(
@@ -80,7 +83,7 @@ export function fromSearch(searchString: string): TaskQuery {
     .filter((s): s is TaskStatus => s !== undefined);
   return {
     text: (params.get("q") ?? "").slice(0, MAX_TEXT),
-    kind: (params.get("kind") ?? "").slice(0, MAX_TEXT),
+    kind: (params.get("kind") ?? "").slice(0, MAX_KIND),
     statuses: [...new Set(statuses)].sort((a, b) => a - b),
     fromMs: parseTime(params.get("from")),
     toMs: parseTime(params.get("to")),

@@ -2,22 +2,26 @@
 // so a request the form lets through is one the server accepts.
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import type { SubmitTaskRequestSchema } from "./gen/resilienttask/v1/scheduler_pb";
+import { SubmitTaskRequestSchema } from "./gen/resilienttask/v1/scheduler_pb";
+import { durationRangeMs, durationText, fieldLimits, maxChars, valueRange } from "./limits";
 
-export const MAX_NAME_CHARS = 200;
-export const MAX_WORKLOAD_MS = 24 * 3600 * 1000;
-export const MIN_RUNTIME_MS = 1000;
-export const MAX_RUNTIME_MS = 24 * 3600 * 1000;
-export const MAX_REPLICAS = 50;
-export const MAX_ATTEMPTS = 10;
-/** How far ahead a task may be delayed, and how far in the past a start time may lie (it then starts now). */
-export const MAX_DELAY_MS = 366 * 24 * 3600 * 1000;
-export const RUN_AT_GRACE_MS = 60 * 1000;
-export const MIN_PRIORITY = 1;
-export const MAX_PRIORITY = 5;
+// Every bound is the one the contract declares (limits.ts reads it from the descriptors).
+const SUBMIT = SubmitTaskRequestSchema;
+export const MAX_NAME_CHARS = maxChars(SUBMIT, "name");
+export const MAX_WORKLOAD_MS = durationRangeMs(SUBMIT, "workload").max;
+export const { min: MIN_RUNTIME_MS, max: MAX_RUNTIME_MS } = durationRangeMs(SUBMIT, "max_runtime");
+export const { min: MIN_REPLICAS, max: MAX_REPLICAS } = valueRange(SUBMIT, "replicas");
+export const { min: MIN_ATTEMPTS, max: MAX_ATTEMPTS } = valueRange(SUBMIT, "max_attempts");
+/** How long a task may be delayed. */
+export const MAX_DELAY_MS = durationRangeMs(SUBMIT, "delay").max;
+/** How far ahead a start time may lie, and how far in the past (it then starts now). */
+export const MAX_AHEAD_MS = Number(fieldLimits(SUBMIT, "run_at").maxAheadMs);
+export const RUN_AT_GRACE_MS = Number(fieldLimits(SUBMIT, "run_at").maxPastMs);
+export const { min: MIN_PRIORITY, max: MAX_PRIORITY } = valueRange(SUBMIT, "priority");
+/** What 0 (unset) means: a default, not a limit (SubmitTaskRequest.priority's comment). */
 export const DEFAULT_PRIORITY = 3;
-export const MAX_CONCURRENCY_KEY_CHARS = 128;
-export const MAX_CONCURRENCY_LIMIT = 1000;
+export const MAX_CONCURRENCY_KEY_CHARS = maxChars(SUBMIT, "concurrency_key");
+export const { min: MIN_CONCURRENCY_LIMIT, max: MAX_CONCURRENCY_LIMIT } = valueRange(SUBMIT, "concurrency_limit");
 
 /** What the form holds, as typed. Durations are in seconds, decimals allowed. */
 export interface TaskForm {
@@ -124,8 +128,8 @@ function validateFairness(form: TaskForm, errors: FieldErrors): Fairness {
     if (charCount(key) > MAX_CONCURRENCY_KEY_CHARS || !pythonPrintable(key)) {
       errors.concurrency_key = `must be at most ${MAX_CONCURRENCY_KEY_CHARS} printable characters`;
     }
-    if (limit === null || limit < 1 || limit > MAX_CONCURRENCY_LIMIT) {
-      errors.concurrency_limit = `must be between 1 and ${MAX_CONCURRENCY_LIMIT} with a concurrency key`;
+    if (limit === null || limit < MIN_CONCURRENCY_LIMIT || limit > MAX_CONCURRENCY_LIMIT) {
+      errors.concurrency_limit = `must be between ${MIN_CONCURRENCY_LIMIT} and ${MAX_CONCURRENCY_LIMIT} with a concurrency key`;
     }
   }
   return { priority: priority ?? DEFAULT_PRIORITY, concurrencyKey: key, concurrencyLimit: key ? (limit ?? 0) : 0 };
@@ -143,14 +147,14 @@ function validateStart(form: TaskForm, errors: FieldErrors, now: number): Start 
     const value = localTimeMs(at);
     if (value === null) errors.run_at = "must be a date and time";
     else if (value < now - RUN_AT_GRACE_MS) errors.run_at = "must not be in the past";
-    else if (value > now + MAX_DELAY_MS) errors.run_at = "must be at most 366 days ahead";
+    else if (value > now + MAX_AHEAD_MS) errors.run_at = `must be at most ${durationText(MAX_AHEAD_MS)} ahead`;
     else return { case: "runAt", value: { seconds: BigInt(Math.floor(value / 1000)), nanos: (value % 1000) * 1_000_000 } };
     return undefined;
   }
   if (after) {
     const delay = parseSeconds(after);
     if (!delay) errors.delay = "must be a number of seconds, not negative";
-    else if (durationMs(delay) > MAX_DELAY_MS) errors.delay = "must be at most 366 days";
+    else if (durationMs(delay) > MAX_DELAY_MS) errors.delay = `must be at most ${durationText(MAX_DELAY_MS)}`;
     else return { case: "delay", value: delay };
   }
   return undefined;
@@ -173,23 +177,25 @@ export function validateTask(
 
   const workload = parseSeconds(form.workloadS === "" ? "0" : form.workloadS);
   if (!workload) errors.workload = "must be a number of seconds, not negative";
-  else if (durationMs(workload) > MAX_WORKLOAD_MS) errors.workload = "must be at most 24h";
+  else if (durationMs(workload) > MAX_WORKLOAD_MS) errors.workload = `must be at most ${durationText(MAX_WORKLOAD_MS)}`;
 
   let maxRuntime: Duration | undefined;
   if (form.maxRuntimeS.trim() !== "") {
     const parsed = parseSeconds(form.maxRuntimeS);
     const ms = parsed ? durationMs(parsed) : -1;
-    if (!parsed || ms < MIN_RUNTIME_MS || ms > MAX_RUNTIME_MS) errors.max_runtime = "must be between 1s and 24h";
+    if (!parsed || ms < MIN_RUNTIME_MS || ms > MAX_RUNTIME_MS) {
+      errors.max_runtime = `must be between ${durationText(MIN_RUNTIME_MS)} and ${durationText(MAX_RUNTIME_MS)}`;
+    }
     else maxRuntime = parsed;
   }
 
   const replicas = wholeNumber(form.replicas);
-  if (replicas === null || replicas < 1 || replicas > MAX_REPLICAS) {
-    errors.replicas = `must be between 1 and ${MAX_REPLICAS}`;
+  if (replicas === null || replicas < MIN_REPLICAS || replicas > MAX_REPLICAS) {
+    errors.replicas = `must be between ${MIN_REPLICAS} and ${MAX_REPLICAS}`;
   }
   const maxAttempts = wholeNumber(form.maxAttempts);
-  if (maxAttempts === null || maxAttempts < 1 || maxAttempts > MAX_ATTEMPTS) {
-    errors.max_attempts = `must be between 1 and ${MAX_ATTEMPTS}`;
+  if (maxAttempts === null || maxAttempts < MIN_ATTEMPTS || maxAttempts > MAX_ATTEMPTS) {
+    errors.max_attempts = `must be between ${MIN_ATTEMPTS} and ${MAX_ATTEMPTS}`;
   }
   const start = validateStart(form, errors, now);
   const fairness = validateFairness(form, errors);

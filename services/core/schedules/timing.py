@@ -18,8 +18,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
+from resilienttask.limits import field_limits
+from resilienttask.v1 import schedule_pb2
+
 CRON_FIELDS = 5
-MAX_CRON_CHARS = 200
+MAX_CRON_CHARS = field_limits(schedule_pb2.CronTiming, "expression").max_chars or 0
 # Missed cron slots counted one by one at most this many (a per-minute expression down for a week); beyond, the
 # newest are found from the end and the count says at least this many.
 MAX_COUNTED_SLOTS = 10_000

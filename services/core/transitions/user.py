@@ -55,8 +55,8 @@ class Start:
     delay_ms: int = 0
 
 
-# SubmitTaskRequest.priority: the range and the value of 0 (unset).
-MIN_PRIORITY, DEFAULT_PRIORITY, MAX_PRIORITY = 1, 3, 5
+# SubmitTaskRequest.priority: the value of 0 (unset). Its range is the contract's (services.core.validation).
+DEFAULT_PRIORITY = 3
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import click
 
+from resilienttask.cli.bounds import int_range
 from resilienttask.cli.common import Connection, emit_json, json_option, server_command
 from resilienttask.cli.filters import STATUS_NAMES, Selection, filter_options
 from resilienttask.cli.history_view import attempts_table, transitions_table
 from resilienttask.cli.render import stderr, stdout, task_detail
 from resilienttask.client import Client
-from resilienttask.search import BulkResult
+from resilienttask.search import MAX_PAGE_SIZE, BulkResult
+from resilienttask.v1.scheduler_pb2 import CancelTasksRequest
 
 
 @click.command()
@@ -58,7 +60,11 @@ def _bulk_command(action: str) -> click.Command:
     @click.option("--all", "every", is_flag=True, help="with no filter: every one of your tasks")
     @click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
     @click.option(
-        "--page-size", type=click.IntRange(1, 500), default=500, show_default=True, help="tasks taken per call"
+        "--page-size",
+        type=int_range(CancelTasksRequest, "page_size"),
+        default=MAX_PAGE_SIZE,
+        show_default=True,
+        help="tasks taken per call",
     )
     @json_option
     @server_command

@@ -10,6 +10,7 @@ from datetime import timedelta
 import click
 from rich.table import Table
 
+from resilienttask.cli.bounds import duration_range_text, int_range
 from resilienttask.cli.common import EXIT_ERROR, CliError, Connection, emit_json, json_option, server_command
 from resilienttask.cli.durations import format_duration
 from resilienttask.cli.options import DURATION
@@ -17,6 +18,7 @@ from resilienttask.cli.render import ago, stdout, workers_table
 from resilienttask.client import Client
 from resilienttask.errors import PermissionDenied
 from resilienttask.models import KindControl
+from resilienttask.v1.operator_pb2 import RateLimit
 
 
 def controls_table(controls: Iterable[KindControl]) -> Table:
@@ -91,8 +93,14 @@ def resume(conn: Connection, kind: str, as_json: bool) -> None:
 
 @operator.command()
 @click.argument("kind")
-@click.argument("starts", type=click.IntRange(1, 100_000))
-@click.option("--per", type=DURATION, default="1s", show_default=True, help="the period, 1s to 1h")
+@click.argument("starts", type=int_range(RateLimit, "starts"))
+@click.option(
+    "--per",
+    type=DURATION,
+    default="1s",
+    show_default=True,
+    help=f"the period, {duration_range_text(RateLimit, 'period')}",
+)
 @json_option
 @server_command
 def limit(conn: Connection, kind: str, starts: int, per: timedelta, as_json: bool) -> None:

@@ -11,8 +11,10 @@ from typing import Any, TypeVar, cast
 import click
 
 from resilienttask._convert import SubmitOptions, TaskOptions
+from resilienttask.cli.bounds import int_range, range_text
 from resilienttask.cli.durations import parse_duration
 from resilienttask.cli.times import parse_time
+from resilienttask.v1.scheduler_pb2 import SubmitTaskRequest
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -87,12 +89,17 @@ def template_options(*, keep: bool = False) -> Callable[[F], F]:
         click.option(
             "-n",
             "--replicas",
-            type=click.IntRange(1, 50),
+            type=int_range(SubmitTaskRequest, "replicas"),
             default=default(1),
             show_default=not keep,
-            help="copies, 1-50",
+            help=f"copies, {range_text(SubmitTaskRequest, 'replicas')}",
         ),
-        click.option("--max-attempts", type=click.IntRange(1, 10), default=None, help="attempts before dead-lettering"),
+        click.option(
+            "--max-attempts",
+            type=int_range(SubmitTaskRequest, "max_attempts"),
+            default=None,
+            help="attempts before dead-lettering",
+        ),
         click.option("--payload", callback=_payload, help="handler arguments: a JSON object, or @file.json"),
     ]
 

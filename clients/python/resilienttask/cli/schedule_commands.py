@@ -8,10 +8,15 @@ from typing import Any, TypeVar
 import click
 
 from resilienttask._convert import ScheduleOptions, spec_options
+from resilienttask.cli.bounds import int_range
 from resilienttask.cli.common import Connection, emit_json, json_option, server_command
 from resilienttask.cli.options import DURATION, TASK_FLAGS, template_options
 from resilienttask.cli.render import schedule_detail, schedules_table, stdout, tasks_table
+from resilienttask.limits import field_limits
 from resilienttask.models import CatchupPolicy, OverlapPolicy, Schedule
+from resilienttask.v1.schedule_pb2 import ListSchedulesRequest, ScheduleSpec
+
+MAX_SCHEDULES_PAGE = field_limits(ListSchedulesRequest, "page_size").max_value or 1
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,7 +46,10 @@ def spec_flags(*, keep: bool = False) -> Callable[[F], F]:
             help="slots missed while no scheduler ran: skip, latest (default, once) or all (up to --catchup-limit)",
         ),
         click.option(
-            "--catchup-limit", type=click.IntRange(1, 100), default=None, help="with --catchup all; default 10"
+            "--catchup-limit",
+            type=int_range(ScheduleSpec, "catchup_limit"),
+            default=None,
+            help="with --catchup all; default 10",
         ),
         click.option("--jitter", type=DURATION, default=None, help="delay each firing by a random time up to this"),
     ]
@@ -124,7 +132,7 @@ def create(conn: Connection, name: str, paused: bool, request_id: str | None, as
 def list_schedules(conn: Connection, as_json: bool) -> None:
     """List your schedules, oldest first, with their next run and last firing."""
     with conn.client() as client:
-        found = list(client.list_schedules(page_size=500))
+        found = list(client.list_schedules(page_size=MAX_SCHEDULES_PAGE))
     _print(found, as_json)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from resilienttask.cli.bounds import int_range, range_text
 from resilienttask.cli.common import (
     EXIT_TASKS_FAILED,
     Connection,
@@ -21,6 +22,8 @@ from resilienttask.cli.options import DURATION, TIME, submit_options, template_o
 from resilienttask.cli.render import stderr, stdout, task_detail, tasks_table
 from resilienttask.client import Client
 from resilienttask.models import Task
+from resilienttask.search import MAX_PAGE_SIZE
+from resilienttask.v1.scheduler_pb2 import SubmitTaskRequest
 
 
 def _print_tasks(tasks: list[Task], as_json: bool, title: str | None = None) -> None:
@@ -35,11 +38,21 @@ def _print_tasks(tasks: list[Task], as_json: bool, title: str | None = None) -> 
 @template_options()
 @click.option("--at", "run_at", type=TIME, default=None, help="start at this time (e.g. 18:00, 2026-12-24T18:00Z)")
 @click.option("--in", "delay", type=DURATION, default=None, help="start after this delay (e.g. 10m)")
-@click.option("--priority", type=click.IntRange(1, 5), default=None, help="1 (lowest) to 5 (most urgent); default 3")
+@click.option(
+    "--priority",
+    type=int_range(SubmitTaskRequest, "priority"),
+    default=None,
+    help=f"{range_text(SubmitTaskRequest, 'priority')}, the higher the more urgent; default 3",
+)
 @click.option(
     "--concurrency-key", default="", help="at most --concurrency-limit of your tasks with this key run at once"
 )
-@click.option("--concurrency-limit", type=click.IntRange(1, 1000), default=None, help="with --concurrency-key")
+@click.option(
+    "--concurrency-limit",
+    type=int_range(SubmitTaskRequest, "concurrency_limit"),
+    default=None,
+    help="with --concurrency-key",
+)
 @click.option("--request-id", default=None, help="idempotency key (generated when omitted)")
 @click.option("--wait", "wait_", is_flag=True, help="wait for every task to finish, with live progress bars")
 @click.option("--timeout", type=DURATION, default=None, help="with --wait: give up after this long (exit 7)")
@@ -102,7 +115,7 @@ def list_tasks(conn: Connection, selection: Selection, limit: int, as_json: bool
     """List your tasks, newest first, filtered on the server (every page is fetched as needed); the filter
     options are also those of `rtask bulk`."""
     with conn.client() as client:
-        page_size = min(limit, 500) if limit else 500
+        page_size = min(limit, MAX_PAGE_SIZE) if limit else MAX_PAGE_SIZE
         found = client.list(batch_id=selection.batch_id, page_size=page_size, **selection.conditions)
         tasks = list(itertools.islice(found, limit) if limit else found)
     _print_tasks(tasks, as_json)

@@ -23,25 +23,30 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from resilienttask.v1 import limits_pb2 as resilienttask_dot_v1_dot_limits__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bresilienttask/v1/auth.proto\x12\x10resilienttask.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Q\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"0\n\rSignupRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"|\n\x0eSignupResponse\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.resilienttask.v1.User\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"/\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"{\n\rLoginResponse\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.resilienttask.v1.User\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xa4\x01\n\x0b\x41uthService\x12K\n\x06Signup\x12\x1f.resilienttask.v1.SignupRequest\x1a .resilienttask.v1.SignupResponse\x12H\n\x05Login\x12\x1e.resilienttask.v1.LoginRequest\x1a\x1f.resilienttask.v1.LoginResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bresilienttask/v1/auth.proto\x12\x10resilienttask.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dresilienttask/v1/limits.proto\"Q\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\":\n\rSignupRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x1a\n\x08password\x18\x02 \x01(\tB\x08\xca\xf4\x18\x04\x18\x08 H\"|\n\x0eSignupResponse\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.resilienttask.v1.User\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"9\n\x0cLoginRequest\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x1a\n\x08password\x18\x02 \x01(\tB\x08\xca\xf4\x18\x04\x18\x08 H\"{\n\rLoginResponse\x12$\n\x04user\x18\x01 \x01(\x0b\x32\x16.resilienttask.v1.User\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xa4\x01\n\x0b\x41uthService\x12K\n\x06Signup\x12\x1f.resilienttask.v1.SignupRequest\x1a .resilienttask.v1.SignupResponse\x12H\n\x05Login\x12\x1e.resilienttask.v1.LoginRequest\x1a\x1f.resilienttask.v1.LoginResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'resilienttask.v1.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_USER']._serialized_start=82
-  _globals['_USER']._serialized_end=163
-  _globals['_SIGNUPREQUEST']._serialized_start=165
-  _globals['_SIGNUPREQUEST']._serialized_end=213
-  _globals['_SIGNUPRESPONSE']._serialized_start=215
-  _globals['_SIGNUPRESPONSE']._serialized_end=339
-  _globals['_LOGINREQUEST']._serialized_start=341
-  _globals['_LOGINREQUEST']._serialized_end=388
-  _globals['_LOGINRESPONSE']._serialized_start=390
-  _globals['_LOGINRESPONSE']._serialized_end=513
-  _globals['_AUTHSERVICE']._serialized_start=516
-  _globals['_AUTHSERVICE']._serialized_end=680
+  _globals['_SIGNUPREQUEST'].fields_by_name['password']._loaded_options = None
+  _globals['_SIGNUPREQUEST'].fields_by_name['password']._serialized_options = b'\312\364\030\004\030\010 H'
+  _globals['_LOGINREQUEST'].fields_by_name['password']._loaded_options = None
+  _globals['_LOGINREQUEST'].fields_by_name['password']._serialized_options = b'\312\364\030\004\030\010 H'
+  _globals['_USER']._serialized_start=113
+  _globals['_USER']._serialized_end=194
+  _globals['_SIGNUPREQUEST']._serialized_start=196
+  _globals['_SIGNUPREQUEST']._serialized_end=254
+  _globals['_SIGNUPRESPONSE']._serialized_start=256
+  _globals['_SIGNUPRESPONSE']._serialized_end=380
+  _globals['_LOGINREQUEST']._serialized_start=382
+  _globals['_LOGINREQUEST']._serialized_end=439
+  _globals['_LOGINRESPONSE']._serialized_start=441
+  _globals['_LOGINRESPONSE']._serialized_end=564
+  _globals['_AUTHSERVICE']._serialized_start=567
+  _globals['_AUTHSERVICE']._serialized_end=731
 # @@protoc_insertion_point(module_scope)

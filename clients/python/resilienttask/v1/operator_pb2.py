@@ -24,44 +24,59 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from resilienttask.v1 import limits_pb2 as resilienttask_dot_v1_dot_limits__pb2
 from resilienttask.v1 import task_pb2 as resilienttask_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fresilienttask/v1/operator.proto\x12\x10resilienttask.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bresilienttask/v1/task.proto\"F\n\tRateLimit\x12\x0e\n\x06starts\x18\x01 \x01(\x05\x12)\n\x06period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9c\x01\n\x0bKindControl\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06paused\x18\x02 \x01(\x08\x12-\n\tpaused_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\nrate_limit\x18\x04 \x01(\x0b\x32\x1b.resilienttask.v1.RateLimit\x12\x0f\n\x07waiting\x18\x05 \x01(\x03\"\x19\n\x17ListKindControlsRequest\"H\n\x18ListKindControlsResponse\x12,\n\x05kinds\x18\x01 \x03(\x0b\x32\x1d.resilienttask.v1.KindControl\" \n\x10PauseKindRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\"@\n\x11PauseKindResponse\x12+\n\x04kind\x18\x01 \x01(\x0b\x32\x1d.resilienttask.v1.KindControl\"!\n\x11ResumeKindRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\"A\n\x12ResumeKindResponse\x12+\n\x04kind\x18\x01 \x01(\x0b\x32\x1d.resilienttask.v1.KindControl\"X\n\x17SetKindRateLimitRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12/\n\nrate_limit\x18\x02 \x01(\x0b\x32\x1b.resilienttask.v1.RateLimit\"G\n\x18SetKindRateLimitResponse\x12+\n\x04kind\x18\x01 \x01(\x0b\x32\x1d.resilienttask.v1.KindControl\")\n\x19\x43learKindRateLimitRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\"I\n\x1a\x43learKindRateLimitResponse\x12+\n\x04kind\x18\x01 \x01(\x0b\x32\x1d.resilienttask.v1.KindControl\"Q\n\x12\x44rainWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12(\n\x05grace\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"?\n\x13\x44rainWorkerResponse\x12(\n\x06worker\x18\x01 \x01(\x0b\x32\x18.resilienttask.v1.Worker2\xe3\x04\n\x0fOperatorService\x12i\n\x10ListKindControls\x12).resilienttask.v1.ListKindControlsRequest\x1a*.resilienttask.v1.ListKindControlsResponse\x12T\n\tPauseKind\x12\".resilienttask.v1.PauseKindRequest\x1a#.resilienttask.v1.PauseKindResponse\x12W\n\nResumeKind\x12#.resilienttask.v1.ResumeKindRequest\x1a$.resilienttask.v1.ResumeKindResponse\x12i\n\x10SetKindRateLimit\x12).resilienttask.v1.SetKindRateLimitRequest\x1a*.resilienttask.v1.SetKindRateLimitResponse\x12o\n\x12\x43learKindRateLimit\x12+.resilienttask.v1.ClearKindRateLimitRequest\x1a,.resilienttask.v1.ClearKindRateLimitResponse\x12Z\n\x0b\x44rainWorker\x12$.resilienttask.v1.DrainWorkerRequest\x1a%.resilienttask.v1.DrainWorkerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fresilienttask/v1/operator.proto\x12\x10resilienttask.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dresilienttask/v1/limits.proto\x1a\x1bresilienttask/v1/task.proto\"`\n\tRateLimit\x12\x1a\n\x06starts\x18\x01 \x01(\x05\x42\n\xca\xf4\x18\x06(\x01\x30\xa0\x8d\x06\x12\x37\n\x06period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0c\xca\xf4\x18\x08\x38\xe8\x07@\x80\xdd\xdb\x01\"\x9c\x01\n\x0bKindControl\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06paused\x18\x02 \x01(\x08\x12-\n\tpaused_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\nrate_limit\x18\x04 \x01(\x0b\x32\x1b.resilienttask.v1.RateLimit\x12\x0f\n\x07waiting\x18\x05 \x01(\x03\"\x19\n\x17ListKindControlsRequest\"H\n\x18ListKindControlsResponse\x12,\n\x05kinds\x18\x01 \x03(\x0b\x32\x1d.resilienttask.v1.KindControl\"*\n\x10PauseKindRequest\x12\x16\n\x04kind\x18\x01 \x01(\tB\x08\xca\xf4\x18\x04\x08\x01\x10@\"@\n\x11PauseKindResponse\x12+\n\x04kind\x18\x01 \x01(\x0b\x32\x1d.resilienttask.v1.KindControl\"+\n\x11ResumeKindRequest\x12\x16\n\x04kind\x18\x01 \x01(\tB\x08\xca\xf4\x18\x04\x08\x01\x10@\"A\n\x12ResumeKindResponse\x12+\n\x04kind\x18\x01 \x01(\x0b\x32\x1d.resilienttask.v1.KindControl\"b\n\x17SetKindRateLimitRequest\x12\x16\n\x04kind\x18\x01 \x01(\tB\x08\xca\xf4\x18\x04\x08\x01\x10@\x12/\n\nrate_limit\x18\x02 \x01(\x0b\x32\x1b.resilienttask.v1.RateLimit\"G\n\x18SetKindRateLimitResponse\x12+\n\x04kind\x18\x01 \x01(\x0b\x32\x1d.resilienttask.v1.KindControl\"3\n\x19\x43learKindRateLimitRequest\x12\x16\n\x04kind\x18\x01 \x01(\tB\x08\xca\xf4\x18\x04\x08\x01\x10@\"I\n\x1a\x43learKindRateLimitResponse\x12+\n\x04kind\x18\x01 \x01(\x0b\x32\x1d.resilienttask.v1.KindControl\"\\\n\x12\x44rainWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x33\n\x05grace\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\t\xca\xf4\x18\x05@\x80\xdd\xdb\x01\"?\n\x13\x44rainWorkerResponse\x12(\n\x06worker\x18\x01 \x01(\x0b\x32\x18.resilienttask.v1.Worker2\xe3\x04\n\x0fOperatorService\x12i\n\x10ListKindControls\x12).resilienttask.v1.ListKindControlsRequest\x1a*.resilienttask.v1.ListKindControlsResponse\x12T\n\tPauseKind\x12\".resilienttask.v1.PauseKindRequest\x1a#.resilienttask.v1.PauseKindResponse\x12W\n\nResumeKind\x12#.resilienttask.v1.ResumeKindRequest\x1a$.resilienttask.v1.ResumeKindResponse\x12i\n\x10SetKindRateLimit\x12).resilienttask.v1.SetKindRateLimitRequest\x1a*.resilienttask.v1.SetKindRateLimitResponse\x12o\n\x12\x43learKindRateLimit\x12+.resilienttask.v1.ClearKindRateLimitRequest\x1a,.resilienttask.v1.ClearKindRateLimitResponse\x12Z\n\x0b\x44rainWorker\x12$.resilienttask.v1.DrainWorkerRequest\x1a%.resilienttask.v1.DrainWorkerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'resilienttask.v1.operator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RATELIMIT']._serialized_start=147
-  _globals['_RATELIMIT']._serialized_end=217
-  _globals['_KINDCONTROL']._serialized_start=220
-  _globals['_KINDCONTROL']._serialized_end=376
-  _globals['_LISTKINDCONTROLSREQUEST']._serialized_start=378
-  _globals['_LISTKINDCONTROLSREQUEST']._serialized_end=403
-  _globals['_LISTKINDCONTROLSRESPONSE']._serialized_start=405
-  _globals['_LISTKINDCONTROLSRESPONSE']._serialized_end=477
-  _globals['_PAUSEKINDREQUEST']._serialized_start=479
-  _globals['_PAUSEKINDREQUEST']._serialized_end=511
-  _globals['_PAUSEKINDRESPONSE']._serialized_start=513
-  _globals['_PAUSEKINDRESPONSE']._serialized_end=577
-  _globals['_RESUMEKINDREQUEST']._serialized_start=579
-  _globals['_RESUMEKINDREQUEST']._serialized_end=612
-  _globals['_RESUMEKINDRESPONSE']._serialized_start=614
-  _globals['_RESUMEKINDRESPONSE']._serialized_end=679
-  _globals['_SETKINDRATELIMITREQUEST']._serialized_start=681
-  _globals['_SETKINDRATELIMITREQUEST']._serialized_end=769
-  _globals['_SETKINDRATELIMITRESPONSE']._serialized_start=771
-  _globals['_SETKINDRATELIMITRESPONSE']._serialized_end=842
-  _globals['_CLEARKINDRATELIMITREQUEST']._serialized_start=844
-  _globals['_CLEARKINDRATELIMITREQUEST']._serialized_end=885
-  _globals['_CLEARKINDRATELIMITRESPONSE']._serialized_start=887
-  _globals['_CLEARKINDRATELIMITRESPONSE']._serialized_end=960
-  _globals['_DRAINWORKERREQUEST']._serialized_start=962
-  _globals['_DRAINWORKERREQUEST']._serialized_end=1043
-  _globals['_DRAINWORKERRESPONSE']._serialized_start=1045
-  _globals['_DRAINWORKERRESPONSE']._serialized_end=1108
-  _globals['_OPERATORSERVICE']._serialized_start=1111
-  _globals['_OPERATORSERVICE']._serialized_end=1722
+  _globals['_RATELIMIT'].fields_by_name['starts']._loaded_options = None
+  _globals['_RATELIMIT'].fields_by_name['starts']._serialized_options = b'\312\364\030\006(\0010\240\215\006'
+  _globals['_RATELIMIT'].fields_by_name['period']._loaded_options = None
+  _globals['_RATELIMIT'].fields_by_name['period']._serialized_options = b'\312\364\030\0108\350\007@\200\335\333\001'
+  _globals['_PAUSEKINDREQUEST'].fields_by_name['kind']._loaded_options = None
+  _globals['_PAUSEKINDREQUEST'].fields_by_name['kind']._serialized_options = b'\312\364\030\004\010\001\020@'
+  _globals['_RESUMEKINDREQUEST'].fields_by_name['kind']._loaded_options = None
+  _globals['_RESUMEKINDREQUEST'].fields_by_name['kind']._serialized_options = b'\312\364\030\004\010\001\020@'
+  _globals['_SETKINDRATELIMITREQUEST'].fields_by_name['kind']._loaded_options = None
+  _globals['_SETKINDRATELIMITREQUEST'].fields_by_name['kind']._serialized_options = b'\312\364\030\004\010\001\020@'
+  _globals['_CLEARKINDRATELIMITREQUEST'].fields_by_name['kind']._loaded_options = None
+  _globals['_CLEARKINDRATELIMITREQUEST'].fields_by_name['kind']._serialized_options = b'\312\364\030\004\010\001\020@'
+  _globals['_DRAINWORKERREQUEST'].fields_by_name['grace']._loaded_options = None
+  _globals['_DRAINWORKERREQUEST'].fields_by_name['grace']._serialized_options = b'\312\364\030\005@\200\335\333\001'
+  _globals['_RATELIMIT']._serialized_start=178
+  _globals['_RATELIMIT']._serialized_end=274
+  _globals['_KINDCONTROL']._serialized_start=277
+  _globals['_KINDCONTROL']._serialized_end=433
+  _globals['_LISTKINDCONTROLSREQUEST']._serialized_start=435
+  _globals['_LISTKINDCONTROLSREQUEST']._serialized_end=460
+  _globals['_LISTKINDCONTROLSRESPONSE']._serialized_start=462
+  _globals['_LISTKINDCONTROLSRESPONSE']._serialized_end=534
+  _globals['_PAUSEKINDREQUEST']._serialized_start=536
+  _globals['_PAUSEKINDREQUEST']._serialized_end=578
+  _globals['_PAUSEKINDRESPONSE']._serialized_start=580
+  _globals['_PAUSEKINDRESPONSE']._serialized_end=644
+  _globals['_RESUMEKINDREQUEST']._serialized_start=646
+  _globals['_RESUMEKINDREQUEST']._serialized_end=689
+  _globals['_RESUMEKINDRESPONSE']._serialized_start=691
+  _globals['_RESUMEKINDRESPONSE']._serialized_end=756
+  _globals['_SETKINDRATELIMITREQUEST']._serialized_start=758
+  _globals['_SETKINDRATELIMITREQUEST']._serialized_end=856
+  _globals['_SETKINDRATELIMITRESPONSE']._serialized_start=858
+  _globals['_SETKINDRATELIMITRESPONSE']._serialized_end=929
+  _globals['_CLEARKINDRATELIMITREQUEST']._serialized_start=931
+  _globals['_CLEARKINDRATELIMITREQUEST']._serialized_end=982
+  _globals['_CLEARKINDRATELIMITRESPONSE']._serialized_start=984
+  _globals['_CLEARKINDRATELIMITRESPONSE']._serialized_end=1057
+  _globals['_DRAINWORKERREQUEST']._serialized_start=1059
+  _globals['_DRAINWORKERREQUEST']._serialized_end=1151
+  _globals['_DRAINWORKERRESPONSE']._serialized_start=1153
+  _globals['_DRAINWORKERRESPONSE']._serialized_end=1216
+  _globals['_OPERATORSERVICE']._serialized_start=1219
+  _globals['_OPERATORSERVICE']._serialized_end=1830
 # @@protoc_insertion_point(module_scope)

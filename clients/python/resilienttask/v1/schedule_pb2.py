@@ -25,60 +25,75 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from resilienttask.v1 import limits_pb2 as resilienttask_dot_v1_dot_limits__pb2
 from resilienttask.v1 import task_pb2 as resilienttask_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fresilienttask/v1/schedule.proto\x12\x10resilienttask.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bresilienttask/v1/task.proto\"3\n\nCronTiming\x12\x12\n\nexpression\x18\x01 \x01(\t\x12\x11\n\ttime_zone\x18\x02 \x01(\t\"\x9f\x02\n\x0cTaskTemplate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\x08workload\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_runtime\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08replicas\x18\x06 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x17\n\x0f\x63oncurrency_key\x18\t \x01(\t\x12\x19\n\x11\x63oncurrency_limit\x18\n \x01(\x05\"\xd7\x02\n\x0cScheduleSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x04\x63ron\x18\x02 \x01(\x0b\x32\x1c.resilienttask.v1.CronTimingH\x00\x12-\n\x08interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12,\n\x04task\x18\x04 \x01(\x0b\x32\x1e.resilienttask.v1.TaskTemplate\x12\x30\n\x07overlap\x18\x05 \x01(\x0e\x32\x1f.resilienttask.v1.OverlapPolicy\x12\x30\n\x07\x63\x61tchup\x18\x06 \x01(\x0e\x32\x1f.resilienttask.v1.CatchupPolicy\x12\x15\n\rcatchup_limit\x18\x07 \x01(\x05\x12)\n\x06jitter\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationB\x08\n\x06timing\"\xa1\x03\n\x08Schedule\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x04spec\x18\x02 \x01(\x0b\x32\x1e.resilienttask.v1.ScheduleSpec\x12\x0e\n\x06paused\x18\x03 \x01(\x08\x12-\n\tnext_runs\x18\x04 \x03(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_slot\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rlast_batch_id\x18\x06 \x01(\t\x12\x31\n\x0blast_status\x18\x07 \x01(\x0e\x32\x1c.resilienttask.v1.TaskStatus\x12\r\n\x05\x66ired\x18\x08 \x01(\x03\x12\x0f\n\x07skipped\x18\t \x01(\x03\x12\x0f\n\x07version\x18\n \x01(\x03\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\r \x01(\t\"i\n\x15\x43reateScheduleRequest\x12,\n\x04spec\x18\x01 \x01(\x0b\x32\x1e.resilienttask.v1.ScheduleSpec\x12\x0e\n\x06paused\x18\x02 \x01(\x08\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"F\n\x16\x43reateScheduleResponse\x12,\n\x08schedule\x18\x01 \x01(\x0b\x32\x1a.resilienttask.v1.Schedule\")\n\x12GetScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\"C\n\x13GetScheduleResponse\x12,\n\x08schedule\x18\x01 \x01(\x0b\x32\x1a.resilienttask.v1.Schedule\"=\n\x14ListSchedulesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x15ListSchedulesResponse\x12-\n\tschedules\x18\x01 \x03(\x0b\x32\x1a.resilienttask.v1.Schedule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Z\n\x15UpdateScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12,\n\x04spec\x18\x02 \x01(\x0b\x32\x1e.resilienttask.v1.ScheduleSpec\"F\n\x16UpdateScheduleResponse\x12,\n\x08schedule\x18\x01 \x01(\x0b\x32\x1a.resilienttask.v1.Schedule\"+\n\x14PauseScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\"E\n\x15PauseScheduleResponse\x12,\n\x08schedule\x18\x01 \x01(\x0b\x32\x1a.resilienttask.v1.Schedule\",\n\x15ResumeScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\"F\n\x16ResumeScheduleResponse\x12,\n\x08schedule\x18\x01 \x01(\x0b\x32\x1a.resilienttask.v1.Schedule\"A\n\x16TriggerScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"Q\n\x17TriggerScheduleResponse\x12%\n\x05tasks\x18\x01 \x03(\x0b\x32\x16.resilienttask.v1.Task\x12\x0f\n\x07skipped\x18\x02 \x01(\x08\",\n\x15\x44\x65leteScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteScheduleResponse*\x86\x01\n\rOverlapPolicy\x12\x1e\n\x1aOVERLAP_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13OVERLAP_POLICY_SKIP\x10\x01\x12\x18\n\x14OVERLAP_POLICY_ALLOW\x10\x02\x12\"\n\x1eOVERLAP_POLICY_CANCEL_PREVIOUS\x10\x03*{\n\rCatchupPolicy\x12\x1e\n\x1a\x43\x41TCHUP_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41TCHUP_POLICY_SKIP\x10\x01\x12\x19\n\x15\x43\x41TCHUP_POLICY_LATEST\x10\x02\x12\x16\n\x12\x43\x41TCHUP_POLICY_ALL\x10\x03\x32\xad\x06\n\x0fScheduleService\x12\x63\n\x0e\x43reateSchedule\x12\'.resilienttask.v1.CreateScheduleRequest\x1a(.resilienttask.v1.CreateScheduleResponse\x12Z\n\x0bGetSchedule\x12$.resilienttask.v1.GetScheduleRequest\x1a%.resilienttask.v1.GetScheduleResponse\x12`\n\rListSchedules\x12&.resilienttask.v1.ListSchedulesRequest\x1a\'.resilienttask.v1.ListSchedulesResponse\x12\x63\n\x0eUpdateSchedule\x12\'.resilienttask.v1.UpdateScheduleRequest\x1a(.resilienttask.v1.UpdateScheduleResponse\x12`\n\rPauseSchedule\x12&.resilienttask.v1.PauseScheduleRequest\x1a\'.resilienttask.v1.PauseScheduleResponse\x12\x63\n\x0eResumeSchedule\x12\'.resilienttask.v1.ResumeScheduleRequest\x1a(.resilienttask.v1.ResumeScheduleResponse\x12\x66\n\x0fTriggerSchedule\x12(.resilienttask.v1.TriggerScheduleRequest\x1a).resilienttask.v1.TriggerScheduleResponse\x12\x63\n\x0e\x44\x65leteSchedule\x12\'.resilienttask.v1.DeleteScheduleRequest\x1a(.resilienttask.v1.DeleteScheduleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fresilienttask/v1/schedule.proto\x12\x10resilienttask.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dresilienttask/v1/limits.proto\x1a\x1bresilienttask/v1/task.proto\"<\n\nCronTiming\x12\x1b\n\nexpression\x18\x01 \x01(\tB\x07\xca\xf4\x18\x03\x10\xc8\x01\x12\x11\n\ttime_zone\x18\x02 \x01(\t\"\x9f\x02\n\x0cTaskTemplate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12(\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\x08workload\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_runtime\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08replicas\x18\x06 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x17\n\x0f\x63oncurrency_key\x18\t \x01(\t\x12\x19\n\x11\x63oncurrency_limit\x18\n \x01(\x05\"\x88\x03\n\x0cScheduleSpec\x12\x17\n\x04name\x18\x01 \x01(\tB\t\xca\xf4\x18\x05\x08\x01\x10\xc8\x01\x12,\n\x04\x63ron\x18\x02 \x01(\x0b\x32\x1c.resilienttask.v1.CronTimingH\x00\x12<\n\x08interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\r\xca\xf4\x18\t8\xe8\x07@\x80\x90\xde\xe6uH\x00\x12,\n\x04task\x18\x04 \x01(\x0b\x32\x1e.resilienttask.v1.TaskTemplate\x12\x30\n\x07overlap\x18\x05 \x01(\x0e\x32\x1f.resilienttask.v1.OverlapPolicy\x12\x30\n\x07\x63\x61tchup\x18\x06 \x01(\x0e\x32\x1f.resilienttask.v1.CatchupPolicy\x12!\n\rcatchup_limit\x18\x07 \x01(\x05\x42\n\xca\xf4\x18\x06(\x01\x30\x64X\x01\x12\x34\n\x06jitter\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationB\t\xca\xf4\x18\x05@\x80\xdd\xdb\x01\x42\x08\n\x06timing\"\xa1\x03\n\x08Schedule\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x04spec\x18\x02 \x01(\x0b\x32\x1e.resilienttask.v1.ScheduleSpec\x12\x0e\n\x06paused\x18\x03 \x01(\x08\x12-\n\tnext_runs\x18\x04 \x03(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_slot\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rlast_batch_id\x18\x06 \x01(\t\x12\x31\n\x0blast_status\x18\x07 \x01(\x0e\x32\x1c.resilienttask.v1.TaskStatus\x12\r\n\x05\x66ired\x18\x08 \x01(\x03\x12\x0f\n\x07skipped\x18\t \x01(\x03\x12\x0f\n\x07version\x18\n \x01(\x03\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\r \x01(\t\"r\n\x15\x43reateScheduleRequest\x12,\n\x04spec\x18\x01 \x01(\x0b\x32\x1e.resilienttask.v1.ScheduleSpec\x12\x0e\n\x06paused\x18\x02 \x01(\x08\x12\x1b\n\nrequest_id\x18\x03 \x01(\tB\x07\xca\xf4\x18\x03\x10\x80\x01\"F\n\x16\x43reateScheduleResponse\x12,\n\x08schedule\x18\x01 \x01(\x0b\x32\x1a.resilienttask.v1.Schedule\")\n\x12GetScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\"C\n\x13GetScheduleResponse\x12,\n\x08schedule\x18\x01 \x01(\x0b\x32\x1a.resilienttask.v1.Schedule\"J\n\x14ListSchedulesRequest\x12\x1e\n\tpage_size\x18\x01 \x01(\x05\x42\x0b\xca\xf4\x18\x07(\x01\x30\xf4\x03X\x01\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x15ListSchedulesResponse\x12-\n\tschedules\x18\x01 \x03(\x0b\x32\x1a.resilienttask.v1.Schedule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Z\n\x15UpdateScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12,\n\x04spec\x18\x02 \x01(\x0b\x32\x1e.resilienttask.v1.ScheduleSpec\"F\n\x16UpdateScheduleResponse\x12,\n\x08schedule\x18\x01 \x01(\x0b\x32\x1a.resilienttask.v1.Schedule\"+\n\x14PauseScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\"E\n\x15PauseScheduleResponse\x12,\n\x08schedule\x18\x01 \x01(\x0b\x32\x1a.resilienttask.v1.Schedule\",\n\x15ResumeScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\"F\n\x16ResumeScheduleResponse\x12,\n\x08schedule\x18\x01 \x01(\x0b\x32\x1a.resilienttask.v1.Schedule\"A\n\x16TriggerScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"Q\n\x17TriggerScheduleResponse\x12%\n\x05tasks\x18\x01 \x03(\x0b\x32\x16.resilienttask.v1.Task\x12\x0f\n\x07skipped\x18\x02 \x01(\x08\",\n\x15\x44\x65leteScheduleRequest\x12\x13\n\x0bschedule_id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteScheduleResponse*\x86\x01\n\rOverlapPolicy\x12\x1e\n\x1aOVERLAP_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13OVERLAP_POLICY_SKIP\x10\x01\x12\x18\n\x14OVERLAP_POLICY_ALLOW\x10\x02\x12\"\n\x1eOVERLAP_POLICY_CANCEL_PREVIOUS\x10\x03*{\n\rCatchupPolicy\x12\x1e\n\x1a\x43\x41TCHUP_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41TCHUP_POLICY_SKIP\x10\x01\x12\x19\n\x15\x43\x41TCHUP_POLICY_LATEST\x10\x02\x12\x16\n\x12\x43\x41TCHUP_POLICY_ALL\x10\x03\x32\xad\x06\n\x0fScheduleService\x12\x63\n\x0e\x43reateSchedule\x12\'.resilienttask.v1.CreateScheduleRequest\x1a(.resilienttask.v1.CreateScheduleResponse\x12Z\n\x0bGetSchedule\x12$.resilienttask.v1.GetScheduleRequest\x1a%.resilienttask.v1.GetScheduleResponse\x12`\n\rListSchedules\x12&.resilienttask.v1.ListSchedulesRequest\x1a\'.resilienttask.v1.ListSchedulesResponse\x12\x63\n\x0eUpdateSchedule\x12\'.resilienttask.v1.UpdateScheduleRequest\x1a(.resilienttask.v1.UpdateScheduleResponse\x12`\n\rPauseSchedule\x12&.resilienttask.v1.PauseScheduleRequest\x1a\'.resilienttask.v1.PauseScheduleResponse\x12\x63\n\x0eResumeSchedule\x12\'.resilienttask.v1.ResumeScheduleRequest\x1a(.resilienttask.v1.ResumeScheduleResponse\x12\x66\n\x0fTriggerSchedule\x12(.resilienttask.v1.TriggerScheduleRequest\x1a).resilienttask.v1.TriggerScheduleResponse\x12\x63\n\x0e\x44\x65leteSchedule\x12\'.resilienttask.v1.DeleteScheduleRequest\x1a(.resilienttask.v1.DeleteScheduleResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'resilienttask.v1.schedule_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OVERLAPPOLICY']._serialized_start=2358
-  _globals['_OVERLAPPOLICY']._serialized_end=2492
-  _globals['_CATCHUPPOLICY']._serialized_start=2494
-  _globals['_CATCHUPPOLICY']._serialized_end=2617
-  _globals['_CRONTIMING']._serialized_start=177
-  _globals['_CRONTIMING']._serialized_end=228
-  _globals['_TASKTEMPLATE']._serialized_start=231
-  _globals['_TASKTEMPLATE']._serialized_end=518
-  _globals['_SCHEDULESPEC']._serialized_start=521
-  _globals['_SCHEDULESPEC']._serialized_end=864
-  _globals['_SCHEDULE']._serialized_start=867
-  _globals['_SCHEDULE']._serialized_end=1284
-  _globals['_CREATESCHEDULEREQUEST']._serialized_start=1286
-  _globals['_CREATESCHEDULEREQUEST']._serialized_end=1391
-  _globals['_CREATESCHEDULERESPONSE']._serialized_start=1393
-  _globals['_CREATESCHEDULERESPONSE']._serialized_end=1463
-  _globals['_GETSCHEDULEREQUEST']._serialized_start=1465
-  _globals['_GETSCHEDULEREQUEST']._serialized_end=1506
-  _globals['_GETSCHEDULERESPONSE']._serialized_start=1508
-  _globals['_GETSCHEDULERESPONSE']._serialized_end=1575
-  _globals['_LISTSCHEDULESREQUEST']._serialized_start=1577
-  _globals['_LISTSCHEDULESREQUEST']._serialized_end=1638
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=1640
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=1735
-  _globals['_UPDATESCHEDULEREQUEST']._serialized_start=1737
-  _globals['_UPDATESCHEDULEREQUEST']._serialized_end=1827
-  _globals['_UPDATESCHEDULERESPONSE']._serialized_start=1829
-  _globals['_UPDATESCHEDULERESPONSE']._serialized_end=1899
-  _globals['_PAUSESCHEDULEREQUEST']._serialized_start=1901
-  _globals['_PAUSESCHEDULEREQUEST']._serialized_end=1944
-  _globals['_PAUSESCHEDULERESPONSE']._serialized_start=1946
-  _globals['_PAUSESCHEDULERESPONSE']._serialized_end=2015
-  _globals['_RESUMESCHEDULEREQUEST']._serialized_start=2017
-  _globals['_RESUMESCHEDULEREQUEST']._serialized_end=2061
-  _globals['_RESUMESCHEDULERESPONSE']._serialized_start=2063
-  _globals['_RESUMESCHEDULERESPONSE']._serialized_end=2133
-  _globals['_TRIGGERSCHEDULEREQUEST']._serialized_start=2135
-  _globals['_TRIGGERSCHEDULEREQUEST']._serialized_end=2200
-  _globals['_TRIGGERSCHEDULERESPONSE']._serialized_start=2202
-  _globals['_TRIGGERSCHEDULERESPONSE']._serialized_end=2283
-  _globals['_DELETESCHEDULEREQUEST']._serialized_start=2285
-  _globals['_DELETESCHEDULEREQUEST']._serialized_end=2329
-  _globals['_DELETESCHEDULERESPONSE']._serialized_start=2331
-  _globals['_DELETESCHEDULERESPONSE']._serialized_end=2355
-  _globals['_SCHEDULESERVICE']._serialized_start=2620
-  _globals['_SCHEDULESERVICE']._serialized_end=3433
+  _globals['_CRONTIMING'].fields_by_name['expression']._loaded_options = None
+  _globals['_CRONTIMING'].fields_by_name['expression']._serialized_options = b'\312\364\030\003\020\310\001'
+  _globals['_SCHEDULESPEC'].fields_by_name['name']._loaded_options = None
+  _globals['_SCHEDULESPEC'].fields_by_name['name']._serialized_options = b'\312\364\030\005\010\001\020\310\001'
+  _globals['_SCHEDULESPEC'].fields_by_name['interval']._loaded_options = None
+  _globals['_SCHEDULESPEC'].fields_by_name['interval']._serialized_options = b'\312\364\030\t8\350\007@\200\220\336\346u'
+  _globals['_SCHEDULESPEC'].fields_by_name['catchup_limit']._loaded_options = None
+  _globals['_SCHEDULESPEC'].fields_by_name['catchup_limit']._serialized_options = b'\312\364\030\006(\0010dX\001'
+  _globals['_SCHEDULESPEC'].fields_by_name['jitter']._loaded_options = None
+  _globals['_SCHEDULESPEC'].fields_by_name['jitter']._serialized_options = b'\312\364\030\005@\200\335\333\001'
+  _globals['_CREATESCHEDULEREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_CREATESCHEDULEREQUEST'].fields_by_name['request_id']._serialized_options = b'\312\364\030\003\020\200\001'
+  _globals['_LISTSCHEDULESREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTSCHEDULESREQUEST'].fields_by_name['page_size']._serialized_options = b'\312\364\030\007(\0010\364\003X\001'
+  _globals['_OVERLAPPOLICY']._serialized_start=2469
+  _globals['_OVERLAPPOLICY']._serialized_end=2603
+  _globals['_CATCHUPPOLICY']._serialized_start=2605
+  _globals['_CATCHUPPOLICY']._serialized_end=2728
+  _globals['_CRONTIMING']._serialized_start=208
+  _globals['_CRONTIMING']._serialized_end=268
+  _globals['_TASKTEMPLATE']._serialized_start=271
+  _globals['_TASKTEMPLATE']._serialized_end=558
+  _globals['_SCHEDULESPEC']._serialized_start=561
+  _globals['_SCHEDULESPEC']._serialized_end=953
+  _globals['_SCHEDULE']._serialized_start=956
+  _globals['_SCHEDULE']._serialized_end=1373
+  _globals['_CREATESCHEDULEREQUEST']._serialized_start=1375
+  _globals['_CREATESCHEDULEREQUEST']._serialized_end=1489
+  _globals['_CREATESCHEDULERESPONSE']._serialized_start=1491
+  _globals['_CREATESCHEDULERESPONSE']._serialized_end=1561
+  _globals['_GETSCHEDULEREQUEST']._serialized_start=1563
+  _globals['_GETSCHEDULEREQUEST']._serialized_end=1604
+  _globals['_GETSCHEDULERESPONSE']._serialized_start=1606
+  _globals['_GETSCHEDULERESPONSE']._serialized_end=1673
+  _globals['_LISTSCHEDULESREQUEST']._serialized_start=1675
+  _globals['_LISTSCHEDULESREQUEST']._serialized_end=1749
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=1751
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=1846
+  _globals['_UPDATESCHEDULEREQUEST']._serialized_start=1848
+  _globals['_UPDATESCHEDULEREQUEST']._serialized_end=1938
+  _globals['_UPDATESCHEDULERESPONSE']._serialized_start=1940
+  _globals['_UPDATESCHEDULERESPONSE']._serialized_end=2010
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_start=2012
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_end=2055
+  _globals['_PAUSESCHEDULERESPONSE']._serialized_start=2057
+  _globals['_PAUSESCHEDULERESPONSE']._serialized_end=2126
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_start=2128
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_end=2172
+  _globals['_RESUMESCHEDULERESPONSE']._serialized_start=2174
+  _globals['_RESUMESCHEDULERESPONSE']._serialized_end=2244
+  _globals['_TRIGGERSCHEDULEREQUEST']._serialized_start=2246
+  _globals['_TRIGGERSCHEDULEREQUEST']._serialized_end=2311
+  _globals['_TRIGGERSCHEDULERESPONSE']._serialized_start=2313
+  _globals['_TRIGGERSCHEDULERESPONSE']._serialized_end=2394
+  _globals['_DELETESCHEDULEREQUEST']._serialized_start=2396
+  _globals['_DELETESCHEDULEREQUEST']._serialized_end=2440
+  _globals['_DELETESCHEDULERESPONSE']._serialized_start=2442
+  _globals['_DELETESCHEDULERESPONSE']._serialized_end=2466
+  _globals['_SCHEDULESERVICE']._serialized_start=2731
+  _globals['_SCHEDULESERVICE']._serialized_end=3544
 # @@protoc_insertion_point(module_scope)

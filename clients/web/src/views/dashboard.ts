@@ -6,9 +6,10 @@
 import { type Api, type Refusal, UNARY_TIMEOUT_MS, isTransient, refusal } from "../api";
 import { announce, h } from "../dom";
 import { Feed, type Filter, type Row } from "../feed";
-import type { WatchTasksResponse } from "../gen/resilienttask/v1/scheduler_pb";
+import { ListTasksRequestSchema, type WatchTasksResponse } from "../gen/resilienttask/v1/scheduler_pb";
 import type { Task } from "../gen/resilienttask/v1/task_pb";
 import { type TaskQuery, describe, fromSearch, isEmpty, matcher, sameQuery, toFilters, toSearch } from "../query";
+import { valueRange } from "../limits";
 import { taskHash, taskInHash } from "../route";
 import type { Session } from "../session";
 import type { SubmitInit } from "../validation";
@@ -26,7 +27,7 @@ import { type TaskAction, TaskPage } from "./task-page";
 import { type Action, TaskTable } from "./table";
 
 const SUBMIT_ATTEMPTS = 3;
-const OLDER_PAGE_SIZE = 500;
+const OLDER_PAGE_SIZE = valueRange(ListTasksRequestSchema, "page_size").max;
 // setTimeout fires at once for delays beyond this (about 24.8 days).
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const CHART_REDRAW_MS = 1_000;

@@ -5,7 +5,7 @@
 import { h } from "../dom";
 import { STATUS_LABELS } from "../format";
 import { TaskStatus } from "../gen/resilienttask/v1/task_pb";
-import { EMPTY_QUERY, type TaskQuery } from "../query";
+import { EMPTY_QUERY, MAX_TEXT, type TaskQuery } from "../query";
 
 const TYPING_PAUSE_MS = 250;
 const STATUSES = [
@@ -52,7 +52,7 @@ export class FilterBar {
       type: "search",
       autocomplete: "off",
       spellcheck: "false",
-      maxlength: 200,
+      maxlength: MAX_TEXT,
       placeholder: "Name, task id or batch id",
     });
     this.kind = h("select", { id: "kind-filter" });

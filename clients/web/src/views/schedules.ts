@@ -6,13 +6,14 @@
 import { type Api, type Refusal, UNARY_TIMEOUT_MS, refusal } from "../api";
 import { announce, h } from "../dom";
 import { STATUS_LABELS, ms, statusName, timeOfDay, until } from "../format";
-import type { Schedule } from "../gen/resilienttask/v1/schedule_pb";
+import { ListSchedulesRequestSchema, type Schedule } from "../gen/resilienttask/v1/schedule_pb";
 import { type Task, TaskStatus } from "../gen/resilienttask/v1/task_pb";
+import { valueRange } from "../limits";
 import { type CreateInit, timingText } from "../schedules";
 import { newRequestId } from "../validation";
 import { ScheduleCreateForm } from "./schedule-form";
 
-const PAGE_SIZE = 500;
+const PAGE_SIZE = valueRange(ListSchedulesRequestSchema, "page_size").max;
 const NEXT_RUNS_SHOWN = 3;
 // Events of one firing arrive together; one list call answers them all.
 const CHANGE_DEBOUNCE_MS = 300;

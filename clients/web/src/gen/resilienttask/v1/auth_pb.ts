@@ -6,13 +6,14 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import { file_resilienttask_v1_limits } from "./limits_pb";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file resilienttask/v1/auth.proto.
  */
 export const file_resilienttask_v1_auth: GenFile = /*@__PURE__*/
-  fileDesc("ChtyZXNpbGllbnR0YXNrL3YxL2F1dGgucHJvdG8SEHJlc2lsaWVudHRhc2sudjEiUQoEVXNlchIKCgJpZBgBIAEoCRINCgVlbWFpbBgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIwCg1TaWdudXBSZXF1ZXN0Eg0KBWVtYWlsGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJInwKDlNpZ251cFJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5yZXNpbGllbnR0YXNrLnYxLlVzZXISFAoMYWNjZXNzX3Rva2VuGAIgASgJEi4KCmV4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIi8KDExvZ2luUmVxdWVzdBINCgVlbWFpbBgBIAEoCRIQCghwYXNzd29yZBgCIAEoCSJ7Cg1Mb2dpblJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5yZXNpbGllbnR0YXNrLnYxLlVzZXISFAoMYWNjZXNzX3Rva2VuGAIgASgJEi4KCmV4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wMqQBCgtBdXRoU2VydmljZRJLCgZTaWdudXASHy5yZXNpbGllbnR0YXNrLnYxLlNpZ251cFJlcXVlc3QaIC5yZXNpbGllbnR0YXNrLnYxLlNpZ251cFJlc3BvbnNlEkgKBUxvZ2luEh4ucmVzaWxpZW50dGFzay52MS5Mb2dpblJlcXVlc3QaHy5yZXNpbGllbnR0YXNrLnYxLkxvZ2luUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChtyZXNpbGllbnR0YXNrL3YxL2F1dGgucHJvdG8SEHJlc2lsaWVudHRhc2sudjEiUQoEVXNlchIKCgJpZBgBIAEoCRINCgVlbWFpbBgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI6Cg1TaWdudXBSZXF1ZXN0Eg0KBWVtYWlsGAEgASgJEhoKCHBhc3N3b3JkGAIgASgJQgjK9BgEGAggSCJ8Cg5TaWdudXBSZXNwb25zZRIkCgR1c2VyGAEgASgLMhYucmVzaWxpZW50dGFzay52MS5Vc2VyEhQKDGFjY2Vzc190b2tlbhgCIAEoCRIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI5CgxMb2dpblJlcXVlc3QSDQoFZW1haWwYASABKAkSGgoIcGFzc3dvcmQYAiABKAlCCMr0GAQYCCBIInsKDUxvZ2luUmVzcG9uc2USJAoEdXNlchgBIAEoCzIWLnJlc2lsaWVudHRhc2sudjEuVXNlchIUCgxhY2Nlc3NfdG9rZW4YAiABKAkSLgoKZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAypAEKC0F1dGhTZXJ2aWNlEksKBlNpZ251cBIfLnJlc2lsaWVudHRhc2sudjEuU2lnbnVwUmVxdWVzdBogLnJlc2lsaWVudHRhc2sudjEuU2lnbnVwUmVzcG9uc2USSAoFTG9naW4SHi5yZXNpbGllbnR0YXNrLnYxLkxvZ2luUmVxdWVzdBofLnJlc2lsaWVudHRhc2sudjEuTG9naW5SZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_resilienttask_v1_limits]);
 
 /**
  * User is a person who owns tasks.
@@ -63,7 +64,7 @@ export type SignupRequest = Message<"resilienttask.v1.SignupRequest"> & {
   email: string;
 
   /**
-   * Password, 8 to 72 bytes.
+   * Password (bcrypt reads no more bytes than its limit).
    *
    * @generated from field: string password = 2;
    */
@@ -126,7 +127,7 @@ export type LoginRequest = Message<"resilienttask.v1.LoginRequest"> & {
   email: string;
 
   /**
-   * Password.
+   * Password, within the same limits as at signup.
    *
    * @generated from field: string password = 2;
    */

@@ -6,6 +6,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import { file_resilienttask_v1_limits } from "./limits_pb";
 import type { Worker } from "./task_pb";
 import { file_resilienttask_v1_task } from "./task_pb";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file resilienttask/v1/operator.proto.
  */
 export const file_resilienttask_v1_operator: GenFile = /*@__PURE__*/
-  fileDesc("Ch9yZXNpbGllbnR0YXNrL3YxL29wZXJhdG9yLnByb3RvEhByZXNpbGllbnR0YXNrLnYxIkYKCVJhdGVMaW1pdBIOCgZzdGFydHMYASABKAUSKQoGcGVyaW9kGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIpwBCgtLaW5kQ29udHJvbBIMCgRraW5kGAEgASgJEg4KBnBhdXNlZBgCIAEoCBItCglwYXVzZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KCnJhdGVfbGltaXQYBCABKAsyGy5yZXNpbGllbnR0YXNrLnYxLlJhdGVMaW1pdBIPCgd3YWl0aW5nGAUgASgDIhkKF0xpc3RLaW5kQ29udHJvbHNSZXF1ZXN0IkgKGExpc3RLaW5kQ29udHJvbHNSZXNwb25zZRIsCgVraW5kcxgBIAMoCzIdLnJlc2lsaWVudHRhc2sudjEuS2luZENvbnRyb2wiIAoQUGF1c2VLaW5kUmVxdWVzdBIMCgRraW5kGAEgASgJIkAKEVBhdXNlS2luZFJlc3BvbnNlEisKBGtpbmQYASABKAsyHS5yZXNpbGllbnR0YXNrLnYxLktpbmRDb250cm9sIiEKEVJlc3VtZUtpbmRSZXF1ZXN0EgwKBGtpbmQYASABKAkiQQoSUmVzdW1lS2luZFJlc3BvbnNlEisKBGtpbmQYASABKAsyHS5yZXNpbGllbnR0YXNrLnYxLktpbmRDb250cm9sIlgKF1NldEtpbmRSYXRlTGltaXRSZXF1ZXN0EgwKBGtpbmQYASABKAkSLwoKcmF0ZV9saW1pdBgCIAEoCzIbLnJlc2lsaWVudHRhc2sudjEuUmF0ZUxpbWl0IkcKGFNldEtpbmRSYXRlTGltaXRSZXNwb25zZRIrCgRraW5kGAEgASgLMh0ucmVzaWxpZW50dGFzay52MS5LaW5kQ29udHJvbCIpChlDbGVhcktpbmRSYXRlTGltaXRSZXF1ZXN0EgwKBGtpbmQYASABKAkiSQoaQ2xlYXJLaW5kUmF0ZUxpbWl0UmVzcG9uc2USKwoEa2luZBgBIAEoCzIdLnJlc2lsaWVudHRhc2sudjEuS2luZENvbnRyb2wiUQoSRHJhaW5Xb3JrZXJSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRIoCgVncmFjZRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI/ChNEcmFpbldvcmtlclJlc3BvbnNlEigKBndvcmtlchgBIAEoCzIYLnJlc2lsaWVudHRhc2sudjEuV29ya2VyMuMECg9PcGVyYXRvclNlcnZpY2USaQoQTGlzdEtpbmRDb250cm9scxIpLnJlc2lsaWVudHRhc2sudjEuTGlzdEtpbmRDb250cm9sc1JlcXVlc3QaKi5yZXNpbGllbnR0YXNrLnYxLkxpc3RLaW5kQ29udHJvbHNSZXNwb25zZRJUCglQYXVzZUtpbmQSIi5yZXNpbGllbnR0YXNrLnYxLlBhdXNlS2luZFJlcXVlc3QaIy5yZXNpbGllbnR0YXNrLnYxLlBhdXNlS2luZFJlc3BvbnNlElcKClJlc3VtZUtpbmQSIy5yZXNpbGllbnR0YXNrLnYxLlJlc3VtZUtpbmRSZXF1ZXN0GiQucmVzaWxpZW50dGFzay52MS5SZXN1bWVLaW5kUmVzcG9uc2USaQoQU2V0S2luZFJhdGVMaW1pdBIpLnJlc2lsaWVudHRhc2sudjEuU2V0S2luZFJhdGVMaW1pdFJlcXVlc3QaKi5yZXNpbGllbnR0YXNrLnYxLlNldEtpbmRSYXRlTGltaXRSZXNwb25zZRJvChJDbGVhcktpbmRSYXRlTGltaXQSKy5yZXNpbGllbnR0YXNrLnYxLkNsZWFyS2luZFJhdGVMaW1pdFJlcXVlc3QaLC5yZXNpbGllbnR0YXNrLnYxLkNsZWFyS2luZFJhdGVMaW1pdFJlc3BvbnNlEloKC0RyYWluV29ya2VyEiQucmVzaWxpZW50dGFzay52MS5EcmFpbldvcmtlclJlcXVlc3QaJS5yZXNpbGllbnR0YXNrLnYxLkRyYWluV29ya2VyUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_resilienttask_v1_task]);
+  fileDesc("Ch9yZXNpbGllbnR0YXNrL3YxL29wZXJhdG9yLnByb3RvEhByZXNpbGllbnR0YXNrLnYxImAKCVJhdGVMaW1pdBIaCgZzdGFydHMYASABKAVCCsr0GAYoATCgjQYSNwoGcGVyaW9kGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQgzK9BgIOOgHQIDd2wEinAEKC0tpbmRDb250cm9sEgwKBGtpbmQYASABKAkSDgoGcGF1c2VkGAIgASgIEi0KCXBhdXNlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoKcmF0ZV9saW1pdBgEIAEoCzIbLnJlc2lsaWVudHRhc2sudjEuUmF0ZUxpbWl0Eg8KB3dhaXRpbmcYBSABKAMiGQoXTGlzdEtpbmRDb250cm9sc1JlcXVlc3QiSAoYTGlzdEtpbmRDb250cm9sc1Jlc3BvbnNlEiwKBWtpbmRzGAEgAygLMh0ucmVzaWxpZW50dGFzay52MS5LaW5kQ29udHJvbCIqChBQYXVzZUtpbmRSZXF1ZXN0EhYKBGtpbmQYASABKAlCCMr0GAQIARBAIkAKEVBhdXNlS2luZFJlc3BvbnNlEisKBGtpbmQYASABKAsyHS5yZXNpbGllbnR0YXNrLnYxLktpbmRDb250cm9sIisKEVJlc3VtZUtpbmRSZXF1ZXN0EhYKBGtpbmQYASABKAlCCMr0GAQIARBAIkEKElJlc3VtZUtpbmRSZXNwb25zZRIrCgRraW5kGAEgASgLMh0ucmVzaWxpZW50dGFzay52MS5LaW5kQ29udHJvbCJiChdTZXRLaW5kUmF0ZUxpbWl0UmVxdWVzdBIWCgRraW5kGAEgASgJQgjK9BgECAEQQBIvCgpyYXRlX2xpbWl0GAIgASgLMhsucmVzaWxpZW50dGFzay52MS5SYXRlTGltaXQiRwoYU2V0S2luZFJhdGVMaW1pdFJlc3BvbnNlEisKBGtpbmQYASABKAsyHS5yZXNpbGllbnR0YXNrLnYxLktpbmRDb250cm9sIjMKGUNsZWFyS2luZFJhdGVMaW1pdFJlcXVlc3QSFgoEa2luZBgBIAEoCUIIyvQYBAgBEEAiSQoaQ2xlYXJLaW5kUmF0ZUxpbWl0UmVzcG9uc2USKwoEa2luZBgBIAEoCzIdLnJlc2lsaWVudHRhc2sudjEuS2luZENvbnRyb2wiXAoSRHJhaW5Xb3JrZXJSZXF1ZXN0EhEKCXdvcmtlcl9pZBgBIAEoCRIzCgVncmFjZRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIJyvQYBUCA3dsBIj8KE0RyYWluV29ya2VyUmVzcG9uc2USKAoGd29ya2VyGAEgASgLMhgucmVzaWxpZW50dGFzay52MS5Xb3JrZXIy4wQKD09wZXJhdG9yU2VydmljZRJpChBMaXN0S2luZENvbnRyb2xzEikucmVzaWxpZW50dGFzay52MS5MaXN0S2luZENvbnRyb2xzUmVxdWVzdBoqLnJlc2lsaWVudHRhc2sudjEuTGlzdEtpbmRDb250cm9sc1Jlc3BvbnNlElQKCVBhdXNlS2luZBIiLnJlc2lsaWVudHRhc2sudjEuUGF1c2VLaW5kUmVxdWVzdBojLnJlc2lsaWVudHRhc2sudjEuUGF1c2VLaW5kUmVzcG9uc2USVwoKUmVzdW1lS2luZBIjLnJlc2lsaWVudHRhc2sudjEuUmVzdW1lS2luZFJlcXVlc3QaJC5yZXNpbGllbnR0YXNrLnYxLlJlc3VtZUtpbmRSZXNwb25zZRJpChBTZXRLaW5kUmF0ZUxpbWl0EikucmVzaWxpZW50dGFzay52MS5TZXRLaW5kUmF0ZUxpbWl0UmVxdWVzdBoqLnJlc2lsaWVudHRhc2sudjEuU2V0S2luZFJhdGVMaW1pdFJlc3BvbnNlEm8KEkNsZWFyS2luZFJhdGVMaW1pdBIrLnJlc2lsaWVudHRhc2sudjEuQ2xlYXJLaW5kUmF0ZUxpbWl0UmVxdWVzdBosLnJlc2lsaWVudHRhc2sudjEuQ2xlYXJLaW5kUmF0ZUxpbWl0UmVzcG9uc2USWgoLRHJhaW5Xb3JrZXISJC5yZXNpbGllbnR0YXNrLnYxLkRyYWluV29ya2VyUmVxdWVzdBolLnJlc2lsaWVudHRhc2sudjEuRHJhaW5Xb3JrZXJSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_resilienttask_v1_limits, file_resilienttask_v1_task]);
 
 /**
  * RateLimit is at most `starts` task starts per `period`.
@@ -23,14 +24,14 @@ export const file_resilienttask_v1_operator: GenFile = /*@__PURE__*/
  */
 export type RateLimit = Message<"resilienttask.v1.RateLimit"> & {
   /**
-   * Starts allowed per period, 1 to 100,000.
+   * Starts allowed per period.
    *
    * @generated from field: int32 starts = 1;
    */
   starts: number;
 
   /**
-   * The period, 1 s to 1 h.
+   * The period, in whole milliseconds; required.
    *
    * @generated from field: google.protobuf.Duration period = 2;
    */
@@ -136,7 +137,7 @@ export const ListKindControlsResponseSchema: GenMessage<ListKindControlsResponse
  */
 export type PauseKindRequest = Message<"resilienttask.v1.PauseKindRequest"> & {
   /**
-   * Task kind, 1 to 64 characters (a kind no worker serves yet may be paused too).
+   * Task kind, printable; required (a kind no worker serves yet may be paused too).
    *
    * @generated from field: string kind = 1;
    */
@@ -178,7 +179,7 @@ export const PauseKindResponseSchema: GenMessage<PauseKindResponse> = /*@__PURE_
  */
 export type ResumeKindRequest = Message<"resilienttask.v1.ResumeKindRequest"> & {
   /**
-   * Task kind.
+   * Task kind, printable; required.
    *
    * @generated from field: string kind = 1;
    */
@@ -220,7 +221,7 @@ export const ResumeKindResponseSchema: GenMessage<ResumeKindResponse> = /*@__PUR
  */
 export type SetKindRateLimitRequest = Message<"resilienttask.v1.SetKindRateLimitRequest"> & {
   /**
-   * Task kind, 1 to 64 characters.
+   * Task kind, printable; required.
    *
    * @generated from field: string kind = 1;
    */
@@ -269,7 +270,7 @@ export const SetKindRateLimitResponseSchema: GenMessage<SetKindRateLimitResponse
  */
 export type ClearKindRateLimitRequest = Message<"resilienttask.v1.ClearKindRateLimitRequest"> & {
   /**
-   * Task kind.
+   * Task kind, printable; required.
    *
    * @generated from field: string kind = 1;
    */
@@ -318,8 +319,8 @@ export type DrainWorkerRequest = Message<"resilienttask.v1.DrainWorkerRequest"> 
   workerId: string;
 
   /**
-   * How long the running tasks may go on finishing before they are handed back: 0 s to 1 h, whole
-   * milliseconds; unset means 30 s, zero hands them back at once.
+   * How long the running tasks may go on finishing before they are handed back, in whole milliseconds;
+   * unset means 30 s, zero hands them back at once.
    *
    * @generated from field: google.protobuf.Duration grace = 2;
    */

@@ -6,6 +6,7 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import { file_resilienttask_v1_limits } from "./limits_pb";
 import type { Task, TaskStatus } from "./task_pb";
 import { file_resilienttask_v1_task } from "./task_pb";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
@@ -14,7 +15,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file resilienttask/v1/schedule.proto.
  */
 export const file_resilienttask_v1_schedule: GenFile = /*@__PURE__*/
-  fileDesc("Ch9yZXNpbGllbnR0YXNrL3YxL3NjaGVkdWxlLnByb3RvEhByZXNpbGllbnR0YXNrLnYxIjMKCkNyb25UaW1pbmcSEgoKZXhwcmVzc2lvbhgBIAEoCRIRCgl0aW1lX3pvbmUYAiABKAkinwIKDFRhc2tUZW1wbGF0ZRIMCgRuYW1lGAEgASgJEgwKBGtpbmQYAiABKAkSKAoHcGF5bG9hZBgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKwoId29ya2xvYWQYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoLbWF4X3J1bnRpbWUYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEAoIcmVwbGljYXMYBiABKAUSFAoMbWF4X2F0dGVtcHRzGAcgASgFEhAKCHByaW9yaXR5GAggASgFEhcKD2NvbmN1cnJlbmN5X2tleRgJIAEoCRIZChFjb25jdXJyZW5jeV9saW1pdBgKIAEoBSLXAgoMU2NoZWR1bGVTcGVjEgwKBG5hbWUYASABKAkSLAoEY3JvbhgCIAEoCzIcLnJlc2lsaWVudHRhc2sudjEuQ3JvblRpbWluZ0gAEi0KCGludGVydmFsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uSAASLAoEdGFzaxgEIAEoCzIeLnJlc2lsaWVudHRhc2sudjEuVGFza1RlbXBsYXRlEjAKB292ZXJsYXAYBSABKA4yHy5yZXNpbGllbnR0YXNrLnYxLk92ZXJsYXBQb2xpY3kSMAoHY2F0Y2h1cBgGIAEoDjIfLnJlc2lsaWVudHRhc2sudjEuQ2F0Y2h1cFBvbGljeRIVCg1jYXRjaHVwX2xpbWl0GAcgASgFEikKBmppdHRlchgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIICgZ0aW1pbmcioQMKCFNjaGVkdWxlEgoKAmlkGAEgASgJEiwKBHNwZWMYAiABKAsyHi5yZXNpbGllbnR0YXNrLnYxLlNjaGVkdWxlU3BlYxIOCgZwYXVzZWQYAyABKAgSLQoJbmV4dF9ydW5zGAQgAygLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglsYXN0X3Nsb3QYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWxhc3RfYmF0Y2hfaWQYBiABKAkSMQoLbGFzdF9zdGF0dXMYByABKA4yHC5yZXNpbGllbnR0YXNrLnYxLlRhc2tTdGF0dXMSDQoFZmlyZWQYCCABKAMSDwoHc2tpcHBlZBgJIAEoAxIPCgd2ZXJzaW9uGAogASgDEi4KCmNyZWF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmxhc3RfZXJyb3IYDSABKAkiaQoVQ3JlYXRlU2NoZWR1bGVSZXF1ZXN0EiwKBHNwZWMYASABKAsyHi5yZXNpbGllbnR0YXNrLnYxLlNjaGVkdWxlU3BlYxIOCgZwYXVzZWQYAiABKAgSEgoKcmVxdWVzdF9pZBgDIAEoCSJGChZDcmVhdGVTY2hlZHVsZVJlc3BvbnNlEiwKCHNjaGVkdWxlGAEgASgLMhoucmVzaWxpZW50dGFzay52MS5TY2hlZHVsZSIpChJHZXRTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkiQwoTR2V0U2NoZWR1bGVSZXNwb25zZRIsCghzY2hlZHVsZRgBIAEoCzIaLnJlc2lsaWVudHRhc2sudjEuU2NoZWR1bGUiPQoUTGlzdFNjaGVkdWxlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiXwoVTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEi0KCXNjaGVkdWxlcxgBIAMoCzIaLnJlc2lsaWVudHRhc2sudjEuU2NoZWR1bGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIloKFVVwZGF0ZVNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCRIsCgRzcGVjGAIgASgLMh4ucmVzaWxpZW50dGFzay52MS5TY2hlZHVsZVNwZWMiRgoWVXBkYXRlU2NoZWR1bGVSZXNwb25zZRIsCghzY2hlZHVsZRgBIAEoCzIaLnJlc2lsaWVudHRhc2sudjEuU2NoZWR1bGUiKwoUUGF1c2VTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkiRQoVUGF1c2VTY2hlZHVsZVJlc3BvbnNlEiwKCHNjaGVkdWxlGAEgASgLMhoucmVzaWxpZW50dGFzay52MS5TY2hlZHVsZSIsChVSZXN1bWVTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkiRgoWUmVzdW1lU2NoZWR1bGVSZXNwb25zZRIsCghzY2hlZHVsZRgBIAEoCzIaLnJlc2lsaWVudHRhc2sudjEuU2NoZWR1bGUiQQoWVHJpZ2dlclNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIlEKF1RyaWdnZXJTY2hlZHVsZVJlc3BvbnNlEiUKBXRhc2tzGAEgAygLMhYucmVzaWxpZW50dGFzay52MS5UYXNrEg8KB3NraXBwZWQYAiABKAgiLAoVRGVsZXRlU2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJIhgKFkRlbGV0ZVNjaGVkdWxlUmVzcG9uc2UqhgEKDU92ZXJsYXBQb2xpY3kSHgoaT1ZFUkxBUF9QT0xJQ1lfVU5TUEVDSUZJRUQQABIXChNPVkVSTEFQX1BPTElDWV9TS0lQEAESGAoUT1ZFUkxBUF9QT0xJQ1lfQUxMT1cQAhIiCh5PVkVSTEFQX1BPTElDWV9DQU5DRUxfUFJFVklPVVMQAyp7Cg1DYXRjaHVwUG9saWN5Eh4KGkNBVENIVVBfUE9MSUNZX1VOU1BFQ0lGSUVEEAASFwoTQ0FUQ0hVUF9QT0xJQ1lfU0tJUBABEhkKFUNBVENIVVBfUE9MSUNZX0xBVEVTVBACEhYKEkNBVENIVVBfUE9MSUNZX0FMTBADMq0GCg9TY2hlZHVsZVNlcnZpY2USYwoOQ3JlYXRlU2NoZWR1bGUSJy5yZXNpbGllbnR0YXNrLnYxLkNyZWF0ZVNjaGVkdWxlUmVxdWVzdBooLnJlc2lsaWVudHRhc2sudjEuQ3JlYXRlU2NoZWR1bGVSZXNwb25zZRJaCgtHZXRTY2hlZHVsZRIkLnJlc2lsaWVudHRhc2sudjEuR2V0U2NoZWR1bGVSZXF1ZXN0GiUucmVzaWxpZW50dGFzay52MS5HZXRTY2hlZHVsZVJlc3BvbnNlEmAKDUxpc3RTY2hlZHVsZXMSJi5yZXNpbGllbnR0YXNrLnYxLkxpc3RTY2hlZHVsZXNSZXF1ZXN0GicucmVzaWxpZW50dGFzay52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USYwoOVXBkYXRlU2NoZWR1bGUSJy5yZXNpbGllbnR0YXNrLnYxLlVwZGF0ZVNjaGVkdWxlUmVxdWVzdBooLnJlc2lsaWVudHRhc2sudjEuVXBkYXRlU2NoZWR1bGVSZXNwb25zZRJgCg1QYXVzZVNjaGVkdWxlEiYucmVzaWxpZW50dGFzay52MS5QYXVzZVNjaGVkdWxlUmVxdWVzdBonLnJlc2lsaWVudHRhc2sudjEuUGF1c2VTY2hlZHVsZVJlc3BvbnNlEmMKDlJlc3VtZVNjaGVkdWxlEicucmVzaWxpZW50dGFzay52MS5SZXN1bWVTY2hlZHVsZVJlcXVlc3QaKC5yZXNpbGllbnR0YXNrLnYxLlJlc3VtZVNjaGVkdWxlUmVzcG9uc2USZgoPVHJpZ2dlclNjaGVkdWxlEigucmVzaWxpZW50dGFzay52MS5UcmlnZ2VyU2NoZWR1bGVSZXF1ZXN0GikucmVzaWxpZW50dGFzay52MS5UcmlnZ2VyU2NoZWR1bGVSZXNwb25zZRJjCg5EZWxldGVTY2hlZHVsZRInLnJlc2lsaWVudHRhc2sudjEuRGVsZXRlU2NoZWR1bGVSZXF1ZXN0GigucmVzaWxpZW50dGFzay52MS5EZWxldGVTY2hlZHVsZVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_resilienttask_v1_task]);
+  fileDesc("Ch9yZXNpbGllbnR0YXNrL3YxL3NjaGVkdWxlLnByb3RvEhByZXNpbGllbnR0YXNrLnYxIjwKCkNyb25UaW1pbmcSGwoKZXhwcmVzc2lvbhgBIAEoCUIHyvQYAxDIARIRCgl0aW1lX3pvbmUYAiABKAkinwIKDFRhc2tUZW1wbGF0ZRIMCgRuYW1lGAEgASgJEgwKBGtpbmQYAiABKAkSKAoHcGF5bG9hZBgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKwoId29ya2xvYWQYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoLbWF4X3J1bnRpbWUYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEAoIcmVwbGljYXMYBiABKAUSFAoMbWF4X2F0dGVtcHRzGAcgASgFEhAKCHByaW9yaXR5GAggASgFEhcKD2NvbmN1cnJlbmN5X2tleRgJIAEoCRIZChFjb25jdXJyZW5jeV9saW1pdBgKIAEoBSKIAwoMU2NoZWR1bGVTcGVjEhcKBG5hbWUYASABKAlCCcr0GAUIARDIARIsCgRjcm9uGAIgASgLMhwucmVzaWxpZW50dGFzay52MS5Dcm9uVGltaW5nSAASPAoIaW50ZXJ2YWwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CDcr0GAk46AdAgJDe5nVIABIsCgR0YXNrGAQgASgLMh4ucmVzaWxpZW50dGFzay52MS5UYXNrVGVtcGxhdGUSMAoHb3ZlcmxhcBgFIAEoDjIfLnJlc2lsaWVudHRhc2sudjEuT3ZlcmxhcFBvbGljeRIwCgdjYXRjaHVwGAYgASgOMh8ucmVzaWxpZW50dGFzay52MS5DYXRjaHVwUG9saWN5EiEKDWNhdGNodXBfbGltaXQYByABKAVCCsr0GAYoATBkWAESNAoGaml0dGVyGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQgnK9BgFQIDd2wFCCAoGdGltaW5nIqEDCghTY2hlZHVsZRIKCgJpZBgBIAEoCRIsCgRzcGVjGAIgASgLMh4ucmVzaWxpZW50dGFzay52MS5TY2hlZHVsZVNwZWMSDgoGcGF1c2VkGAMgASgIEi0KCW5leHRfcnVucxgEIAMoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJbGFzdF9zbG90GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1sYXN0X2JhdGNoX2lkGAYgASgJEjEKC2xhc3Rfc3RhdHVzGAcgASgOMhwucmVzaWxpZW50dGFzay52MS5UYXNrU3RhdHVzEg0KBWZpcmVkGAggASgDEg8KB3NraXBwZWQYCSABKAMSDwoHdmVyc2lvbhgKIAEoAxIuCgpjcmVhdGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpsYXN0X2Vycm9yGA0gASgJInIKFUNyZWF0ZVNjaGVkdWxlUmVxdWVzdBIsCgRzcGVjGAEgASgLMh4ucmVzaWxpZW50dGFzay52MS5TY2hlZHVsZVNwZWMSDgoGcGF1c2VkGAIgASgIEhsKCnJlcXVlc3RfaWQYAyABKAlCB8r0GAMQgAEiRgoWQ3JlYXRlU2NoZWR1bGVSZXNwb25zZRIsCghzY2hlZHVsZRgBIAEoCzIaLnJlc2lsaWVudHRhc2sudjEuU2NoZWR1bGUiKQoSR2V0U2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJIkMKE0dldFNjaGVkdWxlUmVzcG9uc2USLAoIc2NoZWR1bGUYASABKAsyGi5yZXNpbGllbnR0YXNrLnYxLlNjaGVkdWxlIkoKFExpc3RTY2hlZHVsZXNSZXF1ZXN0Eh4KCXBhZ2Vfc2l6ZRgBIAEoBUILyvQYBygBMPQDWAESEgoKcGFnZV90b2tlbhgCIAEoCSJfChVMaXN0U2NoZWR1bGVzUmVzcG9uc2USLQoJc2NoZWR1bGVzGAEgAygLMhoucmVzaWxpZW50dGFzay52MS5TY2hlZHVsZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiWgoVVXBkYXRlU2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJEiwKBHNwZWMYAiABKAsyHi5yZXNpbGllbnR0YXNrLnYxLlNjaGVkdWxlU3BlYyJGChZVcGRhdGVTY2hlZHVsZVJlc3BvbnNlEiwKCHNjaGVkdWxlGAEgASgLMhoucmVzaWxpZW50dGFzay52MS5TY2hlZHVsZSIrChRQYXVzZVNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCSJFChVQYXVzZVNjaGVkdWxlUmVzcG9uc2USLAoIc2NoZWR1bGUYASABKAsyGi5yZXNpbGllbnR0YXNrLnYxLlNjaGVkdWxlIiwKFVJlc3VtZVNjaGVkdWxlUmVxdWVzdBITCgtzY2hlZHVsZV9pZBgBIAEoCSJGChZSZXN1bWVTY2hlZHVsZVJlc3BvbnNlEiwKCHNjaGVkdWxlGAEgASgLMhoucmVzaWxpZW50dGFzay52MS5TY2hlZHVsZSJBChZUcmlnZ2VyU2NoZWR1bGVSZXF1ZXN0EhMKC3NjaGVkdWxlX2lkGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAkiUQoXVHJpZ2dlclNjaGVkdWxlUmVzcG9uc2USJQoFdGFza3MYASADKAsyFi5yZXNpbGllbnR0YXNrLnYxLlRhc2sSDwoHc2tpcHBlZBgCIAEoCCIsChVEZWxldGVTY2hlZHVsZVJlcXVlc3QSEwoLc2NoZWR1bGVfaWQYASABKAkiGAoWRGVsZXRlU2NoZWR1bGVSZXNwb25zZSqGAQoNT3ZlcmxhcFBvbGljeRIeChpPVkVSTEFQX1BPTElDWV9VTlNQRUNJRklFRBAAEhcKE09WRVJMQVBfUE9MSUNZX1NLSVAQARIYChRPVkVSTEFQX1BPTElDWV9BTExPVxACEiIKHk9WRVJMQVBfUE9MSUNZX0NBTkNFTF9QUkVWSU9VUxADKnsKDUNhdGNodXBQb2xpY3kSHgoaQ0FUQ0hVUF9QT0xJQ1lfVU5TUEVDSUZJRUQQABIXChNDQVRDSFVQX1BPTElDWV9TS0lQEAESGQoVQ0FUQ0hVUF9QT0xJQ1lfTEFURVNUEAISFgoSQ0FUQ0hVUF9QT0xJQ1lfQUxMEAMyrQYKD1NjaGVkdWxlU2VydmljZRJjCg5DcmVhdGVTY2hlZHVsZRInLnJlc2lsaWVudHRhc2sudjEuQ3JlYXRlU2NoZWR1bGVSZXF1ZXN0GigucmVzaWxpZW50dGFzay52MS5DcmVhdGVTY2hlZHVsZVJlc3BvbnNlEloKC0dldFNjaGVkdWxlEiQucmVzaWxpZW50dGFzay52MS5HZXRTY2hlZHVsZVJlcXVlc3QaJS5yZXNpbGllbnR0YXNrLnYxLkdldFNjaGVkdWxlUmVzcG9uc2USYAoNTGlzdFNjaGVkdWxlcxImLnJlc2lsaWVudHRhc2sudjEuTGlzdFNjaGVkdWxlc1JlcXVlc3QaJy5yZXNpbGllbnR0YXNrLnYxLkxpc3RTY2hlZHVsZXNSZXNwb25zZRJjCg5VcGRhdGVTY2hlZHVsZRInLnJlc2lsaWVudHRhc2sudjEuVXBkYXRlU2NoZWR1bGVSZXF1ZXN0GigucmVzaWxpZW50dGFzay52MS5VcGRhdGVTY2hlZHVsZVJlc3BvbnNlEmAKDVBhdXNlU2NoZWR1bGUSJi5yZXNpbGllbnR0YXNrLnYxLlBhdXNlU2NoZWR1bGVSZXF1ZXN0GicucmVzaWxpZW50dGFzay52MS5QYXVzZVNjaGVkdWxlUmVzcG9uc2USYwoOUmVzdW1lU2NoZWR1bGUSJy5yZXNpbGllbnR0YXNrLnYxLlJlc3VtZVNjaGVkdWxlUmVxdWVzdBooLnJlc2lsaWVudHRhc2sudjEuUmVzdW1lU2NoZWR1bGVSZXNwb25zZRJmCg9UcmlnZ2VyU2NoZWR1bGUSKC5yZXNpbGllbnR0YXNrLnYxLlRyaWdnZXJTY2hlZHVsZVJlcXVlc3QaKS5yZXNpbGllbnR0YXNrLnYxLlRyaWdnZXJTY2hlZHVsZVJlc3BvbnNlEmMKDkRlbGV0ZVNjaGVkdWxlEicucmVzaWxpZW50dGFzay52MS5EZWxldGVTY2hlZHVsZVJlcXVlc3QaKC5yZXNpbGllbnR0YXNrLnYxLkRlbGV0ZVNjaGVkdWxlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_resilienttask_v1_limits, file_resilienttask_v1_task]);
 
 /**
  * CronTiming fires at the times a 5-field cron expression names, in a time zone.
@@ -23,7 +24,7 @@ export const file_resilienttask_v1_schedule: GenFile = /*@__PURE__*/
  */
 export type CronTiming = Message<"resilienttask.v1.CronTiming"> & {
   /**
-   * Cron expression, 5 fields (minute hour day-of-month month day-of-week), at most 200 characters.
+   * Cron expression, 5 fields (minute hour day-of-month month day-of-week).
    *
    * @generated from field: string expression = 1;
    */
@@ -48,13 +49,13 @@ export const CronTimingSchema: GenMessage<CronTiming> = /*@__PURE__*/
   messageDesc(file_resilienttask_v1_schedule, 0);
 
 /**
- * TaskTemplate is the task each firing submits (the fields of SubmitTaskRequest, with the same bounds).
+ * TaskTemplate is the task each firing submits: the fields of SubmitTaskRequest, with its limits.
  *
  * @generated from message resilienttask.v1.TaskTemplate
  */
 export type TaskTemplate = Message<"resilienttask.v1.TaskTemplate"> & {
   /**
-   * Name, 1 to 200 characters.
+   * Name, as SubmitTaskRequest.name.
    *
    * @generated from field: string name = 1;
    */
@@ -68,35 +69,35 @@ export type TaskTemplate = Message<"resilienttask.v1.TaskTemplate"> & {
   kind: string;
 
   /**
-   * Arguments for the handler, at most 64 KiB encoded.
+   * Arguments for the handler, as SubmitTaskRequest.payload.
    *
    * @generated from field: google.protobuf.Struct payload = 3;
    */
   payload?: JsonObject | undefined;
 
   /**
-   * Simulated work duration, 0 to 24 h.
+   * Simulated work duration, as SubmitTaskRequest.workload.
    *
    * @generated from field: google.protobuf.Duration workload = 4;
    */
   workload?: Duration | undefined;
 
   /**
-   * Hard ceiling, 1 s to 24 h; unset means the server default.
+   * Hard ceiling, as SubmitTaskRequest.max_runtime; unset means the server default.
    *
    * @generated from field: google.protobuf.Duration max_runtime = 5;
    */
   maxRuntime?: Duration | undefined;
 
   /**
-   * Number of replicas, 1 to 50; 0 means 1.
+   * Number of replicas, as SubmitTaskRequest.replicas; 0 means 1.
    *
    * @generated from field: int32 replicas = 6;
    */
   replicas: number;
 
   /**
-   * Attempts before dead-lettering, 1 to 10; 0 means 3.
+   * Attempts before dead-lettering, as SubmitTaskRequest.max_attempts; 0 means 3.
    *
    * @generated from field: int32 max_attempts = 7;
    */
@@ -138,7 +139,7 @@ export const TaskTemplateSchema: GenMessage<TaskTemplate> = /*@__PURE__*/
  */
 export type ScheduleSpec = Message<"resilienttask.v1.ScheduleSpec"> & {
   /**
-   * Name, 1 to 200 characters.
+   * Name (trimmed); required.
    *
    * @generated from field: string name = 1;
    */
@@ -159,7 +160,7 @@ export type ScheduleSpec = Message<"resilienttask.v1.ScheduleSpec"> & {
     case: "cron";
   } | {
     /**
-     * Every interval, from the schedule's creation (or last update); 1 s to 366 days.
+     * Every interval, from the schedule's creation (or last update).
      *
      * @generated from field: google.protobuf.Duration interval = 3;
      */
@@ -189,15 +190,15 @@ export type ScheduleSpec = Message<"resilienttask.v1.ScheduleSpec"> & {
   catchup: CatchupPolicy;
 
   /**
-   * With CATCHUP_POLICY_ALL, how many missed slots at most are fired, 1 to 100; 0 means 10.
+   * With CATCHUP_POLICY_ALL, how many missed slots at most are fired; 0 means 10.
    *
    * @generated from field: int32 catchup_limit = 7;
    */
   catchupLimit: number;
 
   /**
-   * Each firing is delayed by a random time up to this, 0 to 1 h and less than the interval (for cron, less than
-   * the shortest time between two of the next 100 slots); unset means 0.
+   * Each firing is delayed by a random time up to this, less than the interval (for cron, less than the
+   * shortest time between two of the next 100 slots); unset means 0.
    *
    * @generated from field: google.protobuf.Duration jitter = 8;
    */
@@ -338,7 +339,7 @@ export type CreateScheduleRequest = Message<"resilienttask.v1.CreateScheduleRequ
   paused: boolean;
 
   /**
-   * Idempotency key: the same key again returns the same schedule.
+   * Idempotency key, printable: the same key again returns the same schedule.
    *
    * @generated from field: string request_id = 3;
    */
@@ -422,7 +423,7 @@ export const GetScheduleResponseSchema: GenMessage<GetScheduleResponse> = /*@__P
  */
 export type ListSchedulesRequest = Message<"resilienttask.v1.ListSchedulesRequest"> & {
   /**
-   * Page size, 1 to 500; 0 means 50.
+   * Page size; 0 means 50.
    *
    * @generated from field: int32 page_size = 1;
    */

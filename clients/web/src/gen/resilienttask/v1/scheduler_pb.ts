@@ -6,6 +6,7 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import { file_resilienttask_v1_limits } from "./limits_pb";
 import type { Task, TaskStats, TaskStatus, Worker } from "./task_pb";
 import { file_resilienttask_v1_task } from "./task_pb";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
@@ -14,7 +15,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file resilienttask/v1/scheduler.proto.
  */
 export const file_resilienttask_v1_scheduler: GenFile = /*@__PURE__*/
-  fileDesc("CiByZXNpbGllbnR0YXNrL3YxL3NjaGVkdWxlci5wcm90bxIQcmVzaWxpZW50dGFzay52MSKbAwoRU3VibWl0VGFza1JlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgRraW5kGAIgASgJEigKB3BheWxvYWQYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EisKCHdvcmtsb2FkGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC21heF9ydW50aW1lGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCHJlcGxpY2FzGAYgASgFEhQKDG1heF9hdHRlbXB0cxgHIAEoBRISCgpyZXF1ZXN0X2lkGAggASgJEhAKCHByaW9yaXR5GAsgASgFEhcKD2NvbmN1cnJlbmN5X2tleRgMIAEoCRIZChFjb25jdXJyZW5jeV9saW1pdBgNIAEoBRIsCgZydW5fYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSAASKgoFZGVsYXkYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25IAEIHCgVzdGFydCI7ChJTdWJtaXRUYXNrUmVzcG9uc2USJQoFdGFza3MYASADKAsyFi5yZXNpbGllbnR0YXNrLnYxLlRhc2siIQoOR2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI3Cg9HZXRUYXNrUmVzcG9uc2USJAoEdGFzaxgBIAEoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzayKnAQoQTGlzdFRhc2tzUmVxdWVzdBIsCgZzdGF0dXMYASABKA4yHC5yZXNpbGllbnR0YXNrLnYxLlRhc2tTdGF0dXMSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSEAoIYmF0Y2hfaWQYBCABKAkSLAoGZmlsdGVyGAUgASgLMhwucmVzaWxpZW50dGFzay52MS5UYXNrRmlsdGVyIrICCgpUYXNrRmlsdGVyEi4KCHN0YXR1c2VzGAEgAygOMhwucmVzaWxpZW50dGFzay52MS5UYXNrU3RhdHVzEhUKDW5hbWVfY29udGFpbnMYAiABKAkSEQoJaWRfcHJlZml4GAMgASgJEhAKCGJhdGNoX2lkGAQgASgJEgwKBGtpbmQYBSABKAkSMQoNY3JlYXRlZF9hZnRlchgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOY3JlYXRlZF9iZWZvcmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3NjaGVkdWxlX2lkGAggASgJEhUKDWRlYWRfbGV0dGVyZWQYCSABKAgSFwoPY29uY3VycmVuY3lfa2V5GAogASgJInMKDVRhc2tTZWxlY3Rpb24SKAoDaWRzGAEgASgLMhkucmVzaWxpZW50dGFzay52MS5UYXNrSWRzSAASLgoGZmlsdGVyGAIgASgLMhwucmVzaWxpZW50dGFzay52MS5UYXNrRmlsdGVySABCCAoGdGFyZ2V0IhsKB1Rhc2tJZHMSEAoIdGFza19pZHMYASADKAkiQQoRQ291bnRUYXNrc1JlcXVlc3QSLAoGZmlsdGVyGAEgASgLMhwucmVzaWxpZW50dGFzay52MS5UYXNrRmlsdGVyIiMKEkNvdW50VGFza3NSZXNwb25zZRINCgVjb3VudBgBIAEoAyIoChVHZXRUYXNrSGlzdG9yeVJlcXVlc3QSDwoHdGFza19pZBgBIAEoCSLhAQoOVGFza1RyYW5zaXRpb24SMQoLZnJvbV9zdGF0dXMYASABKA4yHC5yZXNpbGllbnR0YXNrLnYxLlRhc2tTdGF0dXMSLwoJdG9fc3RhdHVzGAIgASgOMhwucmVzaWxpZW50dGFzay52MS5UYXNrU3RhdHVzEiYKAmF0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdhdHRlbXB0GAQgASgFEhEKCXdvcmtlcl9pZBgFIAEoCRIOCgZkZXRhaWwYBiABKAkSDwoHdmVyc2lvbhgHIAEoAyLQAQoLVGFza0F0dGVtcHQSDwoHYXR0ZW1wdBgBIAEoBRIRCgl3b3JrZXJfaWQYAiABKAkSLgoKc3RhcnRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KB291dGNvbWUYBSABKA4yHC5yZXNpbGllbnR0YXNrLnYxLlRhc2tTdGF0dXMSDQoFZXJyb3IYBiABKAkiuQEKFkdldFRhc2tIaXN0b3J5UmVzcG9uc2USJAoEdGFzaxgBIAEoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzaxIvCghhdHRlbXB0cxgCIAMoCzIdLnJlc2lsaWVudHRhc2sudjEuVGFza0F0dGVtcHQSNQoLdHJhbnNpdGlvbnMYAyADKAsyIC5yZXNpbGllbnR0YXNrLnYxLlRhc2tUcmFuc2l0aW9uEhEKCXRydW5jYXRlZBgEIAEoCCKeAQoHTG9nTGluZRIQCghzZXF1ZW5jZRgBIAEoAxImCgJhdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHYXR0ZW1wdBgDIAEoBRIrCgZzdHJlYW0YBCABKA4yGy5yZXNpbGllbnR0YXNrLnYxLkxvZ1N0cmVhbRINCgVsZXZlbBgFIAEoCRIMCgR0ZXh0GAYgASgJIk8KFFdhdGNoVGFza0xvZ3NSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAMSDgoGZm9sbG93GAMgASgIImQKFVdhdGNoVGFza0xvZ3NSZXNwb25zZRIoCgVsaW5lcxgBIAMoCzIZLnJlc2lsaWVudHRhc2sudjEuTG9nTGluZRIPCgdkcm9wcGVkGAIgASgDEhAKCGZpbmlzaGVkGAMgASgIIm8KEkNhbmNlbFRhc2tzUmVxdWVzdBIyCglzZWxlY3Rpb24YASABKAsyHy5yZXNpbGllbnR0YXNrLnYxLlRhc2tTZWxlY3Rpb24SEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiUQoTQ2FuY2VsVGFza3NSZXNwb25zZRIQCghhZmZlY3RlZBgBIAEoAxIPCgdza2lwcGVkGAIgASgDEhcKD25leHRfcGFnZV90b2tlbhgDIAEoCSJuChFSZXRyeVRhc2tzUmVxdWVzdBIyCglzZWxlY3Rpb24YASABKAsyHy5yZXNpbGllbnR0YXNrLnYxLlRhc2tTZWxlY3Rpb24SEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiUAoSUmV0cnlUYXNrc1Jlc3BvbnNlEhAKCGFmZmVjdGVkGAEgASgDEg8KB3NraXBwZWQYAiABKAMSFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJIm8KEkRlbGV0ZVRhc2tzUmVxdWVzdBIyCglzZWxlY3Rpb24YASABKAsyHy5yZXNpbGllbnR0YXNrLnYxLlRhc2tTZWxlY3Rpb24SEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiUQoTRGVsZXRlVGFza3NSZXNwb25zZRIQCghhZmZlY3RlZBgBIAEoAxIPCgdza2lwcGVkGAIgASgDEhcKD25leHRfcGFnZV90b2tlbhgDIAEoCSJTChFMaXN0VGFza3NSZXNwb25zZRIlCgV0YXNrcxgBIAMoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzaxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJAoRQ2FuY2VsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI6ChJDYW5jZWxUYXNrUmVzcG9uc2USJAoEdGFzaxgBIAEoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzayImChJDYW5jZWxCYXRjaFJlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAkiPAoTQ2FuY2VsQmF0Y2hSZXNwb25zZRIlCgV0YXNrcxgBIAMoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzayJNChBSZXRyeVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSKAoFZGVsYXkYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iOQoRUmV0cnlUYXNrUmVzcG9uc2USJAoEdGFzaxgBIAEoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzayIkChFEZWxldGVUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIhQKEkRlbGV0ZVRhc2tSZXNwb25zZSIVChNDbGVhckhpc3RvcnlSZXF1ZXN0IicKFENsZWFySGlzdG9yeVJlc3BvbnNlEg8KB2RlbGV0ZWQYASABKAMiEQoPR2V0U3RhdHNSZXF1ZXN0Ij4KEEdldFN0YXRzUmVzcG9uc2USKgoFc3RhdHMYASABKAsyGy5yZXNpbGllbnR0YXNrLnYxLlRhc2tTdGF0cyJBChFXYXRjaFRhc2tzUmVxdWVzdBIUCgxyZXN1bWVfdG9rZW4YASABKAkSFgoOYWNjZXB0X2JhdGNoZXMYAiABKAgijAEKDFRhc2tTbmFwc2hvdBIlCgV0YXNrcxgBIAMoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzaxIqCgVzdGF0cxgCIAEoCzIbLnJlc2lsaWVudHRhc2sudjEuVGFza1N0YXRzEikKB3dvcmtlcnMYAyADKAsyGC5yZXNpbGllbnR0YXNrLnYxLldvcmtlciKEAQoJVGFza0V2ZW50EiQKBHRhc2sYASABKAsyFi5yZXNpbGllbnR0YXNrLnYxLlRhc2sSKgoFc3RhdHMYAiABKAsyGy5yZXNpbGllbnR0YXNrLnYxLlRhc2tTdGF0cxIPCgdkZWxldGVkGAMgASgIEhQKDHJlc3VtZV90b2tlbhgEIAEoCSI9Cg5UYXNrRXZlbnRCYXRjaBIrCgZldmVudHMYASADKAsyGy5yZXNpbGllbnR0YXNrLnYxLlRhc2tFdmVudCI5CgxXb3JrZXJzRXZlbnQSKQoHd29ya2VycxgBIAMoCzIYLnJlc2lsaWVudHRhc2sudjEuV29ya2VyIgsKCUhlYXJ0YmVhdCKtAgoSV2F0Y2hUYXNrc1Jlc3BvbnNlEhQKDHJlc3VtZV90b2tlbhgBIAEoCRIyCghzbmFwc2hvdBgCIAEoCzIeLnJlc2lsaWVudHRhc2sudjEuVGFza1NuYXBzaG90SAASLAoFZXZlbnQYAyABKAsyGy5yZXNpbGllbnR0YXNrLnYxLlRhc2tFdmVudEgAEjAKCWhlYXJ0YmVhdBgEIAEoCzIbLnJlc2lsaWVudHRhc2sudjEuSGVhcnRiZWF0SAASMQoHd29ya2VycxgFIAEoCzIeLnJlc2lsaWVudHRhc2sudjEuV29ya2Vyc0V2ZW50SAASMgoGZXZlbnRzGAYgASgLMiAucmVzaWxpZW50dGFzay52MS5UYXNrRXZlbnRCYXRjaEgAQgYKBGtpbmQiFAoSTGlzdFdvcmtlcnNSZXF1ZXN0IkAKE0xpc3RXb3JrZXJzUmVzcG9uc2USKQoHd29ya2VycxgBIAMoCzIYLnJlc2lsaWVudHRhc2sudjEuV29ya2VyIhIKEExpc3RLaW5kc1JlcXVlc3QiIgoRTGlzdEtpbmRzUmVzcG9uc2USDQoFa2luZHMYASADKAkqbAoJTG9nU3RyZWFtEhoKFkxPR19TVFJFQU1fVU5TUEVDSUZJRUQQABIVChFMT0dfU1RSRUFNX0xPR0dFUhABEhUKEUxPR19TVFJFQU1fU1RET1VUEAISFQoRTE9HX1NUUkVBTV9TVERFUlIQAzLnDAoQU2NoZWR1bGVyU2VydmljZRJXCgpTdWJtaXRUYXNrEiMucmVzaWxpZW50dGFzay52MS5TdWJtaXRUYXNrUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuU3VibWl0VGFza1Jlc3BvbnNlEk4KB0dldFRhc2sSIC5yZXNpbGllbnR0YXNrLnYxLkdldFRhc2tSZXF1ZXN0GiEucmVzaWxpZW50dGFzay52MS5HZXRUYXNrUmVzcG9uc2USVAoJTGlzdFRhc2tzEiIucmVzaWxpZW50dGFzay52MS5MaXN0VGFza3NSZXF1ZXN0GiMucmVzaWxpZW50dGFzay52MS5MaXN0VGFza3NSZXNwb25zZRJXCgpDYW5jZWxUYXNrEiMucmVzaWxpZW50dGFzay52MS5DYW5jZWxUYXNrUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuQ2FuY2VsVGFza1Jlc3BvbnNlEloKC0NhbmNlbEJhdGNoEiQucmVzaWxpZW50dGFzay52MS5DYW5jZWxCYXRjaFJlcXVlc3QaJS5yZXNpbGllbnR0YXNrLnYxLkNhbmNlbEJhdGNoUmVzcG9uc2USVAoJUmV0cnlUYXNrEiIucmVzaWxpZW50dGFzay52MS5SZXRyeVRhc2tSZXF1ZXN0GiMucmVzaWxpZW50dGFzay52MS5SZXRyeVRhc2tSZXNwb25zZRJXCgpEZWxldGVUYXNrEiMucmVzaWxpZW50dGFzay52MS5EZWxldGVUYXNrUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuRGVsZXRlVGFza1Jlc3BvbnNlEl0KDENsZWFySGlzdG9yeRIlLnJlc2lsaWVudHRhc2sudjEuQ2xlYXJIaXN0b3J5UmVxdWVzdBomLnJlc2lsaWVudHRhc2sudjEuQ2xlYXJIaXN0b3J5UmVzcG9uc2USUQoIR2V0U3RhdHMSIS5yZXNpbGllbnR0YXNrLnYxLkdldFN0YXRzUmVxdWVzdBoiLnJlc2lsaWVudHRhc2sudjEuR2V0U3RhdHNSZXNwb25zZRJZCgpXYXRjaFRhc2tzEiMucmVzaWxpZW50dGFzay52MS5XYXRjaFRhc2tzUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuV2F0Y2hUYXNrc1Jlc3BvbnNlMAESWgoLTGlzdFdvcmtlcnMSJC5yZXNpbGllbnR0YXNrLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBolLnJlc2lsaWVudHRhc2sudjEuTGlzdFdvcmtlcnNSZXNwb25zZRJUCglMaXN0S2luZHMSIi5yZXNpbGllbnR0YXNrLnYxLkxpc3RLaW5kc1JlcXVlc3QaIy5yZXNpbGllbnR0YXNrLnYxLkxpc3RLaW5kc1Jlc3BvbnNlElcKCkNvdW50VGFza3MSIy5yZXNpbGllbnR0YXNrLnYxLkNvdW50VGFza3NSZXF1ZXN0GiQucmVzaWxpZW50dGFzay52MS5Db3VudFRhc2tzUmVzcG9uc2USYwoOR2V0VGFza0hpc3RvcnkSJy5yZXNpbGllbnR0YXNrLnYxLkdldFRhc2tIaXN0b3J5UmVxdWVzdBooLnJlc2lsaWVudHRhc2sudjEuR2V0VGFza0hpc3RvcnlSZXNwb25zZRJiCg1XYXRjaFRhc2tMb2dzEiYucmVzaWxpZW50dGFzay52MS5XYXRjaFRhc2tMb2dzUmVxdWVzdBonLnJlc2lsaWVudHRhc2sudjEuV2F0Y2hUYXNrTG9nc1Jlc3BvbnNlMAESWgoLQ2FuY2VsVGFza3MSJC5yZXNpbGllbnR0YXNrLnYxLkNhbmNlbFRhc2tzUmVxdWVzdBolLnJlc2lsaWVudHRhc2sudjEuQ2FuY2VsVGFza3NSZXNwb25zZRJXCgpSZXRyeVRhc2tzEiMucmVzaWxpZW50dGFzay52MS5SZXRyeVRhc2tzUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuUmV0cnlUYXNrc1Jlc3BvbnNlEloKC0RlbGV0ZVRhc2tzEiQucmVzaWxpZW50dGFzay52MS5EZWxldGVUYXNrc1JlcXVlc3QaJS5yZXNpbGllbnR0YXNrLnYxLkRlbGV0ZVRhc2tzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_resilienttask_v1_task]);
+  fileDesc("CiByZXNpbGllbnR0YXNrL3YxL3NjaGVkdWxlci5wcm90bxIQcmVzaWxpZW50dGFzay52MSKmBAoRU3VibWl0VGFza1JlcXVlc3QSFwoEbmFtZRgBIAEoCUIJyvQYBQgBEMgBEgwKBGtpbmQYAiABKAkSMgoHcGF5bG9hZBgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3RCCMr0GAQggIAEEjYKCHdvcmtsb2FkGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQgnK9BgFQIC4mSkSPAoLbWF4X3J1bnRpbWUYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CDMr0GAg46AdAgLiZKRIcCghyZXBsaWNhcxgGIAEoBUIKyvQYBigBMDJYARIgCgxtYXhfYXR0ZW1wdHMYByABKAVCCsr0GAYoATAKWAESGwoKcmVxdWVzdF9pZBgIIAEoCUIHyvQYAxCAARIcCghwcmlvcml0eRgLIAEoBUIKyvQYBigBMAVYARIgCg9jb25jdXJyZW5jeV9rZXkYDCABKAlCB8r0GAMQgAESJAoRY29uY3VycmVuY3lfbGltaXQYDSABKAVCCcr0GAUoATDoBxI8CgZydW5fYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQg7K9BgKYODUA2iAkN7mdUgAEjYKBWRlbGF5GAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQgrK9BgGQICQ3uZ1SABCBwoFc3RhcnQiOwoSU3VibWl0VGFza1Jlc3BvbnNlEiUKBXRhc2tzGAEgAygLMhYucmVzaWxpZW50dGFzay52MS5UYXNrIiEKDkdldFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiNwoPR2V0VGFza1Jlc3BvbnNlEiQKBHRhc2sYASABKAsyFi5yZXNpbGllbnR0YXNrLnYxLlRhc2sitAEKEExpc3RUYXNrc1JlcXVlc3QSLAoGc3RhdHVzGAEgASgOMhwucmVzaWxpZW50dGFzay52MS5UYXNrU3RhdHVzEh4KCXBhZ2Vfc2l6ZRgCIAEoBUILyvQYBygBMPQDWAESEgoKcGFnZV90b2tlbhgDIAEoCRIQCghiYXRjaF9pZBgEIAEoCRIsCgZmaWx0ZXIYBSABKAsyHC5yZXNpbGllbnR0YXNrLnYxLlRhc2tGaWx0ZXIi1QIKClRhc2tGaWx0ZXISLgoIc3RhdHVzZXMYASADKA4yHC5yZXNpbGllbnR0YXNrLnYxLlRhc2tTdGF0dXMSHgoNbmFtZV9jb250YWlucxgCIAEoCUIHyvQYAxDIARIZCglpZF9wcmVmaXgYAyABKAlCBsr0GAIQJBIQCghiYXRjaF9pZBgEIAEoCRIVCgRraW5kGAUgASgJQgfK9BgDEIABEjEKDWNyZWF0ZWRfYWZ0ZXIYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmNyZWF0ZWRfYmVmb3JlGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzY2hlZHVsZV9pZBgIIAEoCRIVCg1kZWFkX2xldHRlcmVkGAkgASgIEiAKD2NvbmN1cnJlbmN5X2tleRgKIAEoCUIHyvQYAxCAASJzCg1UYXNrU2VsZWN0aW9uEigKA2lkcxgBIAEoCzIZLnJlc2lsaWVudHRhc2sudjEuVGFza0lkc0gAEi4KBmZpbHRlchgCIAEoCzIcLnJlc2lsaWVudHRhc2sudjEuVGFza0ZpbHRlckgAQggKBnRhcmdldCImCgdUYXNrSWRzEhsKCHRhc2tfaWRzGAEgAygJQgnK9BgFSAFQ9AMiQQoRQ291bnRUYXNrc1JlcXVlc3QSLAoGZmlsdGVyGAEgASgLMhwucmVzaWxpZW50dGFzay52MS5UYXNrRmlsdGVyIiMKEkNvdW50VGFza3NSZXNwb25zZRINCgVjb3VudBgBIAEoAyIoChVHZXRUYXNrSGlzdG9yeVJlcXVlc3QSDwoHdGFza19pZBgBIAEoCSLhAQoOVGFza1RyYW5zaXRpb24SMQoLZnJvbV9zdGF0dXMYASABKA4yHC5yZXNpbGllbnR0YXNrLnYxLlRhc2tTdGF0dXMSLwoJdG9fc3RhdHVzGAIgASgOMhwucmVzaWxpZW50dGFzay52MS5UYXNrU3RhdHVzEiYKAmF0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdhdHRlbXB0GAQgASgFEhEKCXdvcmtlcl9pZBgFIAEoCRIOCgZkZXRhaWwYBiABKAkSDwoHdmVyc2lvbhgHIAEoAyLQAQoLVGFza0F0dGVtcHQSDwoHYXR0ZW1wdBgBIAEoBRIRCgl3b3JrZXJfaWQYAiABKAkSLgoKc3RhcnRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KB291dGNvbWUYBSABKA4yHC5yZXNpbGllbnR0YXNrLnYxLlRhc2tTdGF0dXMSDQoFZXJyb3IYBiABKAkiuQEKFkdldFRhc2tIaXN0b3J5UmVzcG9uc2USJAoEdGFzaxgBIAEoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzaxIvCghhdHRlbXB0cxgCIAMoCzIdLnJlc2lsaWVudHRhc2sudjEuVGFza0F0dGVtcHQSNQoLdHJhbnNpdGlvbnMYAyADKAsyIC5yZXNpbGllbnR0YXNrLnYxLlRhc2tUcmFuc2l0aW9uEhEKCXRydW5jYXRlZBgEIAEoCCKeAQoHTG9nTGluZRIQCghzZXF1ZW5jZRgBIAEoAxImCgJhdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHYXR0ZW1wdBgDIAEoBRIrCgZzdHJlYW0YBCABKA4yGy5yZXNpbGllbnR0YXNrLnYxLkxvZ1N0cmVhbRINCgVsZXZlbBgFIAEoCRIMCgR0ZXh0GAYgASgJIk8KFFdhdGNoVGFza0xvZ3NSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAMSDgoGZm9sbG93GAMgASgIImQKFVdhdGNoVGFza0xvZ3NSZXNwb25zZRIoCgVsaW5lcxgBIAMoCzIZLnJlc2lsaWVudHRhc2sudjEuTG9nTGluZRIPCgdkcm9wcGVkGAIgASgDEhAKCGZpbmlzaGVkGAMgASgIInwKEkNhbmNlbFRhc2tzUmVxdWVzdBIyCglzZWxlY3Rpb24YASABKAsyHy5yZXNpbGllbnR0YXNrLnYxLlRhc2tTZWxlY3Rpb24SHgoJcGFnZV9zaXplGAIgASgFQgvK9BgHKAEw9ANYARISCgpwYWdlX3Rva2VuGAMgASgJIlEKE0NhbmNlbFRhc2tzUmVzcG9uc2USEAoIYWZmZWN0ZWQYASABKAMSDwoHc2tpcHBlZBgCIAEoAxIXCg9uZXh0X3BhZ2VfdG9rZW4YAyABKAkiewoRUmV0cnlUYXNrc1JlcXVlc3QSMgoJc2VsZWN0aW9uGAEgASgLMh8ucmVzaWxpZW50dGFzay52MS5UYXNrU2VsZWN0aW9uEh4KCXBhZ2Vfc2l6ZRgCIAEoBUILyvQYBygBMPQDWAESEgoKcGFnZV90b2tlbhgDIAEoCSJQChJSZXRyeVRhc2tzUmVzcG9uc2USEAoIYWZmZWN0ZWQYASABKAMSDwoHc2tpcHBlZBgCIAEoAxIXCg9uZXh0X3BhZ2VfdG9rZW4YAyABKAkifAoSRGVsZXRlVGFza3NSZXF1ZXN0EjIKCXNlbGVjdGlvbhgBIAEoCzIfLnJlc2lsaWVudHRhc2sudjEuVGFza1NlbGVjdGlvbhIeCglwYWdlX3NpemUYAiABKAVCC8r0GAcoATD0A1gBEhIKCnBhZ2VfdG9rZW4YAyABKAkiUQoTRGVsZXRlVGFza3NSZXNwb25zZRIQCghhZmZlY3RlZBgBIAEoAxIPCgdza2lwcGVkGAIgASgDEhcKD25leHRfcGFnZV90b2tlbhgDIAEoCSJTChFMaXN0VGFza3NSZXNwb25zZRIlCgV0YXNrcxgBIAMoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzaxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJAoRQ2FuY2VsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI6ChJDYW5jZWxUYXNrUmVzcG9uc2USJAoEdGFzaxgBIAEoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzayImChJDYW5jZWxCYXRjaFJlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAkiPAoTQ2FuY2VsQmF0Y2hSZXNwb25zZRIlCgV0YXNrcxgBIAMoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzayJZChBSZXRyeVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSNAoFZGVsYXkYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CCsr0GAZAgJDe5nUiOQoRUmV0cnlUYXNrUmVzcG9uc2USJAoEdGFzaxgBIAEoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzayIkChFEZWxldGVUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIhQKEkRlbGV0ZVRhc2tSZXNwb25zZSIVChNDbGVhckhpc3RvcnlSZXF1ZXN0IicKFENsZWFySGlzdG9yeVJlc3BvbnNlEg8KB2RlbGV0ZWQYASABKAMiEQoPR2V0U3RhdHNSZXF1ZXN0Ij4KEEdldFN0YXRzUmVzcG9uc2USKgoFc3RhdHMYASABKAsyGy5yZXNpbGllbnR0YXNrLnYxLlRhc2tTdGF0cyJBChFXYXRjaFRhc2tzUmVxdWVzdBIUCgxyZXN1bWVfdG9rZW4YASABKAkSFgoOYWNjZXB0X2JhdGNoZXMYAiABKAgijAEKDFRhc2tTbmFwc2hvdBIlCgV0YXNrcxgBIAMoCzIWLnJlc2lsaWVudHRhc2sudjEuVGFzaxIqCgVzdGF0cxgCIAEoCzIbLnJlc2lsaWVudHRhc2sudjEuVGFza1N0YXRzEikKB3dvcmtlcnMYAyADKAsyGC5yZXNpbGllbnR0YXNrLnYxLldvcmtlciKEAQoJVGFza0V2ZW50EiQKBHRhc2sYASABKAsyFi5yZXNpbGllbnR0YXNrLnYxLlRhc2sSKgoFc3RhdHMYAiABKAsyGy5yZXNpbGllbnR0YXNrLnYxLlRhc2tTdGF0cxIPCgdkZWxldGVkGAMgASgIEhQKDHJlc3VtZV90b2tlbhgEIAEoCSI9Cg5UYXNrRXZlbnRCYXRjaBIrCgZldmVudHMYASADKAsyGy5yZXNpbGllbnR0YXNrLnYxLlRhc2tFdmVudCI5CgxXb3JrZXJzRXZlbnQSKQoHd29ya2VycxgBIAMoCzIYLnJlc2lsaWVudHRhc2sudjEuV29ya2VyIgsKCUhlYXJ0YmVhdCKtAgoSV2F0Y2hUYXNrc1Jlc3BvbnNlEhQKDHJlc3VtZV90b2tlbhgBIAEoCRIyCghzbmFwc2hvdBgCIAEoCzIeLnJlc2lsaWVudHRhc2sudjEuVGFza1NuYXBzaG90SAASLAoFZXZlbnQYAyABKAsyGy5yZXNpbGllbnR0YXNrLnYxLlRhc2tFdmVudEgAEjAKCWhlYXJ0YmVhdBgEIAEoCzIbLnJlc2lsaWVudHRhc2sudjEuSGVhcnRiZWF0SAASMQoHd29ya2VycxgFIAEoCzIeLnJlc2lsaWVudHRhc2sudjEuV29ya2Vyc0V2ZW50SAASMgoGZXZlbnRzGAYgASgLMiAucmVzaWxpZW50dGFzay52MS5UYXNrRXZlbnRCYXRjaEgAQgYKBGtpbmQiFAoSTGlzdFdvcmtlcnNSZXF1ZXN0IkAKE0xpc3RXb3JrZXJzUmVzcG9uc2USKQoHd29ya2VycxgBIAMoCzIYLnJlc2lsaWVudHRhc2sudjEuV29ya2VyIhIKEExpc3RLaW5kc1JlcXVlc3QiIgoRTGlzdEtpbmRzUmVzcG9uc2USDQoFa2luZHMYASADKAkqbAoJTG9nU3RyZWFtEhoKFkxPR19TVFJFQU1fVU5TUEVDSUZJRUQQABIVChFMT0dfU1RSRUFNX0xPR0dFUhABEhUKEUxPR19TVFJFQU1fU1RET1VUEAISFQoRTE9HX1NUUkVBTV9TVERFUlIQAzLnDAoQU2NoZWR1bGVyU2VydmljZRJXCgpTdWJtaXRUYXNrEiMucmVzaWxpZW50dGFzay52MS5TdWJtaXRUYXNrUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuU3VibWl0VGFza1Jlc3BvbnNlEk4KB0dldFRhc2sSIC5yZXNpbGllbnR0YXNrLnYxLkdldFRhc2tSZXF1ZXN0GiEucmVzaWxpZW50dGFzay52MS5HZXRUYXNrUmVzcG9uc2USVAoJTGlzdFRhc2tzEiIucmVzaWxpZW50dGFzay52MS5MaXN0VGFza3NSZXF1ZXN0GiMucmVzaWxpZW50dGFzay52MS5MaXN0VGFza3NSZXNwb25zZRJXCgpDYW5jZWxUYXNrEiMucmVzaWxpZW50dGFzay52MS5DYW5jZWxUYXNrUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuQ2FuY2VsVGFza1Jlc3BvbnNlEloKC0NhbmNlbEJhdGNoEiQucmVzaWxpZW50dGFzay52MS5DYW5jZWxCYXRjaFJlcXVlc3QaJS5yZXNpbGllbnR0YXNrLnYxLkNhbmNlbEJhdGNoUmVzcG9uc2USVAoJUmV0cnlUYXNrEiIucmVzaWxpZW50dGFzay52MS5SZXRyeVRhc2tSZXF1ZXN0GiMucmVzaWxpZW50dGFzay52MS5SZXRyeVRhc2tSZXNwb25zZRJXCgpEZWxldGVUYXNrEiMucmVzaWxpZW50dGFzay52MS5EZWxldGVUYXNrUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuRGVsZXRlVGFza1Jlc3BvbnNlEl0KDENsZWFySGlzdG9yeRIlLnJlc2lsaWVudHRhc2sudjEuQ2xlYXJIaXN0b3J5UmVxdWVzdBomLnJlc2lsaWVudHRhc2sudjEuQ2xlYXJIaXN0b3J5UmVzcG9uc2USUQoIR2V0U3RhdHMSIS5yZXNpbGllbnR0YXNrLnYxLkdldFN0YXRzUmVxdWVzdBoiLnJlc2lsaWVudHRhc2sudjEuR2V0U3RhdHNSZXNwb25zZRJZCgpXYXRjaFRhc2tzEiMucmVzaWxpZW50dGFzay52MS5XYXRjaFRhc2tzUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuV2F0Y2hUYXNrc1Jlc3BvbnNlMAESWgoLTGlzdFdvcmtlcnMSJC5yZXNpbGllbnR0YXNrLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBolLnJlc2lsaWVudHRhc2sudjEuTGlzdFdvcmtlcnNSZXNwb25zZRJUCglMaXN0S2luZHMSIi5yZXNpbGllbnR0YXNrLnYxLkxpc3RLaW5kc1JlcXVlc3QaIy5yZXNpbGllbnR0YXNrLnYxLkxpc3RLaW5kc1Jlc3BvbnNlElcKCkNvdW50VGFza3MSIy5yZXNpbGllbnR0YXNrLnYxLkNvdW50VGFza3NSZXF1ZXN0GiQucmVzaWxpZW50dGFzay52MS5Db3VudFRhc2tzUmVzcG9uc2USYwoOR2V0VGFza0hpc3RvcnkSJy5yZXNpbGllbnR0YXNrLnYxLkdldFRhc2tIaXN0b3J5UmVxdWVzdBooLnJlc2lsaWVudHRhc2sudjEuR2V0VGFza0hpc3RvcnlSZXNwb25zZRJiCg1XYXRjaFRhc2tMb2dzEiYucmVzaWxpZW50dGFzay52MS5XYXRjaFRhc2tMb2dzUmVxdWVzdBonLnJlc2lsaWVudHRhc2sudjEuV2F0Y2hUYXNrTG9nc1Jlc3BvbnNlMAESWgoLQ2FuY2VsVGFza3MSJC5yZXNpbGllbnR0YXNrLnYxLkNhbmNlbFRhc2tzUmVxdWVzdBolLnJlc2lsaWVudHRhc2sudjEuQ2FuY2VsVGFza3NSZXNwb25zZRJXCgpSZXRyeVRhc2tzEiMucmVzaWxpZW50dGFzay52MS5SZXRyeVRhc2tzUmVxdWVzdBokLnJlc2lsaWVudHRhc2sudjEuUmV0cnlUYXNrc1Jlc3BvbnNlEloKC0RlbGV0ZVRhc2tzEiQucmVzaWxpZW50dGFzay52MS5EZWxldGVUYXNrc1JlcXVlc3QaJS5yZXNpbGllbnR0YXNrLnYxLkRlbGV0ZVRhc2tzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp, file_resilienttask_v1_limits, file_resilienttask_v1_task]);
 
 /**
  * SubmitTaskRequest describes the task to run.
@@ -23,7 +24,7 @@ export const file_resilienttask_v1_scheduler: GenFile = /*@__PURE__*/
  */
 export type SubmitTaskRequest = Message<"resilienttask.v1.SubmitTaskRequest"> & {
   /**
-   * Name, 1 to 200 characters.
+   * Name (trimmed); required.
    *
    * @generated from field: string name = 1;
    */
@@ -37,49 +38,49 @@ export type SubmitTaskRequest = Message<"resilienttask.v1.SubmitTaskRequest"> & 
   kind: string;
 
   /**
-   * Arguments for the handler, at most 64 KiB encoded.
+   * Arguments for the handler, bounded encoded.
    *
    * @generated from field: google.protobuf.Struct payload = 3;
    */
   payload?: JsonObject | undefined;
 
   /**
-   * Simulated work duration, 0 to 24 h.
+   * Simulated work duration.
    *
    * @generated from field: google.protobuf.Duration workload = 4;
    */
   workload?: Duration | undefined;
 
   /**
-   * Hard ceiling, 1 s to 24 h; unset means the server default.
+   * Hard ceiling; unset means the server default.
    *
    * @generated from field: google.protobuf.Duration max_runtime = 5;
    */
   maxRuntime?: Duration | undefined;
 
   /**
-   * Number of replicas, 1 to 50; 0 means 1.
+   * Number of replicas; 0 means 1.
    *
    * @generated from field: int32 replicas = 6;
    */
   replicas: number;
 
   /**
-   * Attempts before dead-lettering, 1 to 10; 0 means 3.
+   * Attempts before dead-lettering; 0 means 3.
    *
    * @generated from field: int32 max_attempts = 7;
    */
   maxAttempts: number;
 
   /**
-   * Idempotency key: the same key again returns the same tasks.
+   * Idempotency key, printable: the same key again returns the same tasks.
    *
    * @generated from field: string request_id = 8;
    */
   requestId: string;
 
   /**
-   * Priority, 1 (lowest) to 5 (most urgent); 0 means 3. When the workers are saturated, queued work of a
+   * Priority, from the lowest to the most urgent; 0 means 3. When the workers are saturated, queued work of a
    * higher priority starts first, and waiting work gains priority with age so none is starved for ever.
    *
    * @generated from field: int32 priority = 11;
@@ -87,7 +88,7 @@ export type SubmitTaskRequest = Message<"resilienttask.v1.SubmitTaskRequest"> & 
   priority: number;
 
   /**
-   * Concurrency key, up to 128 characters: at most concurrency_limit of the caller's tasks with this key run
+   * Concurrency key, printable: at most concurrency_limit of the caller's tasks with this key run
    * at once, across all workers; the others wait queued. Empty means no key.
    *
    * @generated from field: string concurrency_key = 12;
@@ -95,7 +96,7 @@ export type SubmitTaskRequest = Message<"resilienttask.v1.SubmitTaskRequest"> & 
   concurrencyKey: string;
 
   /**
-   * Running tasks allowed per concurrency key, 1 to 1000; required with a key, must be 0 without one.
+   * Running tasks allowed per concurrency key; required with a key, must be 0 without one.
    *
    * @generated from field: int32 concurrency_limit = 13;
    */
@@ -108,7 +109,7 @@ export type SubmitTaskRequest = Message<"resilienttask.v1.SubmitTaskRequest"> & 
    */
   start: {
     /**
-     * Start at this time: at most 60 s in the past (then it starts now) and at most 366 days ahead.
+     * Start at this time; a time in the past within the bound starts now.
      *
      * @generated from field: google.protobuf.Timestamp run_at = 9;
      */
@@ -116,7 +117,7 @@ export type SubmitTaskRequest = Message<"resilienttask.v1.SubmitTaskRequest"> & 
     case: "runAt";
   } | {
     /**
-     * Start after this delay, 0 to 366 days.
+     * Start after this delay.
      *
      * @generated from field: google.protobuf.Duration delay = 10;
      */
@@ -209,7 +210,7 @@ export type ListTasksRequest = Message<"resilienttask.v1.ListTasksRequest"> & {
   status: TaskStatus;
 
   /**
-   * Page size, 1 to 500; 0 means 50.
+   * Page size; 0 means 50.
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -258,14 +259,14 @@ export type TaskFilter = Message<"resilienttask.v1.TaskFilter"> & {
   statuses: TaskStatus[];
 
   /**
-   * Only tasks whose name contains this text, ignoring case; 1 to 200 characters when set.
+   * Only tasks whose name contains this text, ignoring case, when set.
    *
    * @generated from field: string name_contains = 2;
    */
   nameContains: string;
 
   /**
-   * Only tasks whose id starts with this (lower-case hex and dashes), 1 to 36 characters when set.
+   * Only tasks whose id starts with this (hex digits and dashes, as in a task id), when set.
    *
    * @generated from field: string id_prefix = 3;
    */
@@ -341,7 +342,7 @@ export type TaskSelection = Message<"resilienttask.v1.TaskSelection"> & {
    */
   target: {
     /**
-     * These tasks, 1 to 500 ids; ids that are unknown (or another user's) are counted as skipped.
+     * These tasks; ids that are unknown (or another user's) are counted as skipped.
      *
      * @generated from field: resilienttask.v1.TaskIds ids = 1;
      */
@@ -752,7 +753,7 @@ export type CancelTasksRequest = Message<"resilienttask.v1.CancelTasksRequest"> 
   selection?: TaskSelection | undefined;
 
   /**
-   * Tasks taken per call, 1 to 500; 0 means 500.
+   * Tasks taken per call; 0 means the most.
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -822,7 +823,7 @@ export type RetryTasksRequest = Message<"resilienttask.v1.RetryTasksRequest"> & 
   selection?: TaskSelection | undefined;
 
   /**
-   * Tasks taken per call, 1 to 500; 0 means 500.
+   * Tasks taken per call; 0 means the most.
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -892,7 +893,7 @@ export type DeleteTasksRequest = Message<"resilienttask.v1.DeleteTasksRequest"> 
   selection?: TaskSelection | undefined;
 
   /**
-   * Tasks taken per call, 1 to 500; 0 means 500.
+   * Tasks taken per call; 0 means the most.
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -1074,7 +1075,7 @@ export type RetryTaskRequest = Message<"resilienttask.v1.RetryTaskRequest"> & {
   taskId: string;
 
   /**
-   * Run the retry after this delay, 0 to 366 days; unset or zero queues it at once.
+   * Run the retry after this delay; unset or zero queues it at once.
    *
    * @generated from field: google.protobuf.Duration delay = 2;
    */
