@@ -30,6 +30,7 @@ from services.scheduler.progress import ProgressBuffer
 from services.scheduler.schedule_firer import FiringConfig, ScheduleFirer
 from services.scheduler.store import RetryPolicy
 from services.scheduler.sweepers import SweepConfig, run_sweepers
+from services.scheduler.takeover import ConfirmedReleases
 from services.scheduler.worker_limits import WorkerLimits
 from services.scheduler.worker_service import WorkerServicer
 
@@ -48,6 +49,10 @@ class TakeoverConfig:
     # workers' reclaim threshold, so a legitimately reclaimed entry is never deferred for long; far above the
     # heartbeat interval, so a live holder never looks silent.
     holder_silent_ms: int = 8000
+    # A holder seen silent is believed only if still seen so this much later (services.scheduler.takeover): a
+    # failover that loses Redis writes makes a live holder look silent until its next heartbeat is recorded. Above
+    # the workers' heartbeat interval; 0 believes the first look.
+    holder_confirm_ms: int = 2000
 
 
 @dataclass(frozen=True)
@@ -83,11 +88,13 @@ async def create_server(config: SchedulerConfig) -> Service:
     emitter = outbox.EventEmitter(pool, redis)
     silent_after_s = config.takeover.holder_silent_ms / 1000
 
-    async def released_tasks(held: Mapping[str, Collection[tuple[str, float]]]) -> set[str]:
+    async def recorded_releases(held: Mapping[str, Collection[tuple[str, float]]]) -> set[str]:
         try:
             return await worker_registry.released_among(redis, held, silent_after_s)
         except (RedisError, OSError):
             return set()  # no record to go by: nobody's task is taken (the start is deferred and asked again)
+
+    released_tasks = ConfirmedReleases(recorded_releases, config.takeover.holder_confirm_ms / 1000)
 
     enrolment = Enrolment(pool, config.workers, worker_verifier(config.workers))
     servicer = WorkerServicer(

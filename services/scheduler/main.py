@@ -42,7 +42,11 @@ async def _serve(metrics_config: metrics.MetricsConfig) -> None:
         progress_flush_ms=env_int("RTASK_PROGRESS_FLUSH_MS", 100),
         # Defaults to 80 % of the workers' reclaim threshold (the same variable the workers read).
         takeover=TakeoverConfig(
-            holder_silent_ms=env_int("RTASK_HOLDER_SILENT_MS", env_int("RTASK_WORKER_RECLAIM_IDLE_MS", 10_000) * 4 // 5)
+            holder_silent_ms=env_int(
+                "RTASK_HOLDER_SILENT_MS", env_int("RTASK_WORKER_RECLAIM_IDLE_MS", 10_000) * 4 // 5
+            ),
+            # Defaults to two of the workers' heartbeat intervals (the same variable the workers read).
+            holder_confirm_ms=env_int("RTASK_HOLDER_CONFIRM_MS", env_int("RTASK_WORKER_HEARTBEAT_MS", 1000) * 2),
         ),
         limits=UserLimits.from_env(),
         metrics=metrics_config,
