@@ -62,10 +62,15 @@ class TcpProxy:
             task.add_done_callback(self._pipes.discard)
 
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.CancelledError):
-            while data := await src.read(65536):
-                await self._flowing.wait()  # a stalled path holds what it read
-                dst.write(data)
-                await dst.drain()
+        with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    await self._flowing.wait()  # a stalled path holds what it read
+                    dst.write(data)
+                    await dst.drain()
+            # ... and the end of the connection: a peer that gives up on a stalled path and closes its socket is
+            # not heard of on the other side until the path flows again (as on a network, where its FIN is lost
+            # too), so e.g. Redis does not drop a blocked read of a client that left during a stall.
+            await self._flowing.wait()
         dst.close()
         self._writers.discard(dst)

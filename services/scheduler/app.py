@@ -31,6 +31,7 @@ from services.scheduler.progress import ProgressBuffer
 from services.scheduler.schedule_firer import FiringConfig, ScheduleFirer
 from services.scheduler.store import RetryPolicy
 from services.scheduler.sweepers import SweepConfig, run_sweepers
+from services.scheduler.takeover import ConfirmedReleases
 from services.scheduler.worker_limits import WorkerLimits
 from services.scheduler.worker_service import WorkerServicer
 
@@ -55,16 +56,35 @@ class TakeoverConfig:
         "the holder was recorded for this long, or its stream ended (0: 80 % of RTASK_WORKER_RECLAIM_IDLE_MS)",
         shown_default="80 % of `RTASK_WORKER_RECLAIM_IDLE_MS`",
     )
-    # The workers' own variable: the default above follows it.
+    # A holder seen silent is believed only if still seen so this much later (services.scheduler.takeover): a
+    # failover that loses Redis writes makes a live holder look silent until its next heartbeat is recorded. Above
+    # the workers' heartbeat interval; 0 believes the first look.
+    holder_confirm_ms: int | None = setting(
+        "RTASK_HOLDER_CONFIRM_MS",
+        None,
+        "a holder seen silent is believed only if still seen silent this much later (a Valkey failover that lost "
+        "writes makes a live holder look silent until its next heartbeat); 0: believed at the first look",
+        shown_default="twice `RTASK_WORKER_HEARTBEAT_MS`",
+    )
+    # The workers' own variables: the defaults above follow them.
     worker_reclaim_idle_ms: int = setting(
         "RTASK_WORKER_RECLAIM_IDLE_MS",
         10_000,
         "an entry unrefreshed this long belongs to a dead worker and is reclaimed by another",
     )
+    worker_heartbeat_ms: int = setting(
+        "RTASK_WORKER_HEARTBEAT_MS", 1000, "heartbeat interval; each one is answered, and refreshes the held entries"
+    )
 
     def __post_init__(self) -> None:
         if self.holder_silent_ms == 0:
             object.__setattr__(self, "holder_silent_ms", self.worker_reclaim_idle_ms * 4 // 5)
+        if self.holder_confirm_ms is None:
+            object.__setattr__(self, "holder_confirm_ms", self.worker_heartbeat_ms * 2)
+
+    @property
+    def holder_confirm_s(self) -> float:
+        return (self.holder_confirm_ms if self.holder_confirm_ms is not None else self.worker_heartbeat_ms * 2) / 1000
 
 
 @dataclass(frozen=True)
@@ -102,11 +122,13 @@ async def create_server(config: SchedulerConfig) -> Service:
     emitter = outbox.EventEmitter(pool, redis)
     silent_after_s = config.takeover.holder_silent_ms / 1000
 
-    async def released_tasks(held: Mapping[str, Collection[tuple[str, float]]]) -> set[str]:
+    async def recorded_releases(held: Mapping[str, Collection[tuple[str, float]]]) -> set[str]:
         try:
             return await worker_registry.released_among(redis, held, silent_after_s)
         except (RedisError, OSError):
             return set()  # no record to go by: nobody's task is taken (the start is deferred and asked again)
+
+    released_tasks = ConfirmedReleases(recorded_releases, config.takeover.holder_confirm_s)
 
     enrolment = Enrolment(pool, config.workers, worker_verifier(config.workers))
     servicer = WorkerServicer(

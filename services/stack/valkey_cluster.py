@@ -236,3 +236,44 @@ def role_of(cluster: ValkeyCluster, node: ClusterNode) -> str:
     """ "master" or "slave", as the node itself says (ROLE)."""
     with cluster.client(node) as client:
         return str(client.execute_command("ROLE")[0])
+
+
+def replicate_through(cluster: ValkeyCluster, index: int, port: int, timeout_s: float = 30.0) -> None:
+    """Have the replica of primary `index` replicate through 127.0.0.1:`port` (a proxy a test stalls to cut the
+    primary from its replica alone), clients and the cluster bus still reaching the primary directly.
+
+    The primary announces `port` as its address in the cluster (cluster-announce-port: what its replica follows,
+    reconnecting at once when it learns it) and its own port to clients (cluster-announce-client-port: what CLUSTER
+    SLOTS and MOVED name). Returns once the replica is in sync through `port`.
+    """
+    primary, replica = cluster.primaries[index], cluster.replicas[index]
+    with cluster.client(primary) as client:
+        client.config_set("cluster-announce-client-port", primary.port)
+        client.config_set("cluster-announce-port", port)
+    with cluster.client(replica) as client:
+        _wait(
+            f"{replica.address} replicating through port {port}",
+            lambda: _replicating_from(client, port),
+            timeout_s,
+        )
+
+
+def _replicating_from(client: redis.Redis, port: int) -> bool:
+    info = client.info("replication")
+    return bool(info.get("master_port") == port and info.get("master_link_status") == "up")
+
+
+def replication_offsets(cluster: ValkeyCluster, index: int) -> tuple[int, int]:
+    """(the primary's replication offset, how far its replica has received), each as the node itself says."""
+    with cluster.client(cluster.primaries[index]) as primary, cluster.client(cluster.replicas[index]) as replica:
+        return (
+            int(primary.info("replication")["master_repl_offset"]),
+            int(replica.info("replication")["master_repl_offset"]),
+        )
+
+
+def take_over(cluster: ValkeyCluster, node: ClusterNode) -> None:
+    """Promote a replica at once, with no word from its primary or the other primaries (CLUSTER FAILOVER TAKEOVER):
+    what an operator does when the primary cannot be reached. Whatever the replica had not received is lost."""
+    with cluster.client(node) as client:
+        client.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")

@@ -120,7 +120,12 @@ def runs_of(partitioned: Partitioned, task_id: str) -> list[Run]:
 
 async def terminal_transitions(partitioned: Partitioned, task_ids: list[str]) -> dict[str, int]:
     """How many times each task entered a terminal state, by its committed history."""
-    conn = await asyncpg.connect(partitioned.database_url)
+    return await terminal_transitions_in(partitioned.database_url, task_ids)
+
+
+async def terminal_transitions_in(database_url: str, task_ids: list[str]) -> dict[str, int]:
+    """terminal_transitions() of the tasks in the database at database_url."""
+    conn = await asyncpg.connect(database_url)
     try:
         rows = await conn.fetch(
             "SELECT task_id::text AS id, count(*) AS n FROM task_history"

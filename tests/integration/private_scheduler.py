@@ -35,6 +35,8 @@ ENROLMENT = EnrolmentConfig(secrets.token_hex(24).encode())
 WORKER_KEYS = WorkerKeyConfig(jwt_secret=secrets.token_bytes(32), enrolment=ENROLMENT)
 # A holder silent this long may lose its task to the worker that claimed its entry.
 HOLDER_SILENT_MS = 1500
+# ... once still seen silent this much later (the production default, two heartbeat intervals, is longer).
+HOLDER_CONFIRM_MS = 300
 PROGRESS_PER_SLOT_PER_S = 0.2
 
 
@@ -98,7 +100,7 @@ async def isolated(stores: Stores) -> AsyncIterator[Isolated]:
         retry=RetryPolicy(base_ms=50, max_ms=100),
         sweeps=SweepConfig(publish_interval_ms=50),
         progress_flush_ms=20,
-        takeover=TakeoverConfig(holder_silent_ms=HOLDER_SILENT_MS),
+        takeover=TakeoverConfig(holder_silent_ms=HOLDER_SILENT_MS, holder_confirm_ms=HOLDER_CONFIRM_MS),
         # A low progress rate, so a test trips it with a few reports however slow the machine is.
         worker_limits=WorkerLimits(progress_per_slot_per_s=PROGRESS_PER_SLOT_PER_S),
         # One user's tasks, started by scripted workers that no registry counts: the slot cap off, so nothing is
