@@ -84,7 +84,8 @@ class TakeoverConfig:
 
     @property
     def holder_confirm_s(self) -> float:
-        return (self.holder_confirm_ms if self.holder_confirm_ms is not None else self.worker_heartbeat_ms * 2) / 1000
+        assert self.holder_confirm_ms is not None  # set by __post_init__
+        return self.holder_confirm_ms / 1000
 
 
 @dataclass(frozen=True)

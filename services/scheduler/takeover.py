@@ -16,9 +16,12 @@ from collections.abc import Callable, Collection, Mapping
 
 from services.core.transitions.start import HolderCheck
 
-# A first sighting no start asked about again for this many confirmation windows is forgotten (its reclaimer let
-# the entry go, or gave it back to the holder): the map never outgrows the takeovers of the last minutes.
-FORGET_AFTER_WINDOWS = 20
+# A sighting not followed by another within this long is stale: the holder may have been seen alive by nobody in
+# between (its reclaimer gave the entry up, or asks another scheduler), so the next sighting starts the wait again
+# rather than confirm on an old first look; and the map never outgrows the takeovers of the last minutes. A
+# reclaimer asks again about a deferred entry every second (services.worker.worker.DEFER_RETRY_S), well within.
+STALE_AFTER_WINDOWS = 3
+STALE_AFTER_MIN_S = 5.0
 
 
 class ConfirmedReleases:
@@ -27,27 +30,32 @@ class ConfirmedReleases:
     def __init__(self, check: HolderCheck, confirm_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._check = check
         self._confirm_s = confirm_s
+        self._stale_s = max(STALE_AFTER_WINDOWS * confirm_s, STALE_AFTER_MIN_S)
         self._clock = clock
-        # (holder, task id, attempt start) -> when its release was first seen.
-        self._first_seen: dict[tuple[str, str, float], float] = {}
+        # (holder, task id, attempt start) -> when its release was first and last seen.
+        self._seen: dict[tuple[str, str, float], tuple[float, float]] = {}
 
     async def __call__(self, held: Mapping[str, Collection[tuple[str, float]]]) -> set[str]:
+        asked = self._clock()  # before the read: a slow read must not count as time the holder stayed silent
         released = await self._check(held)
         if self._confirm_s <= 0:
             return released
-        now = self._clock()
+        answered = self._clock()
         confirmed: set[str] = set()
         for holder, tasks in held.items():
             for task_id, started_at in tasks:
                 key = (holder, task_id, started_at)
                 if task_id not in released:
-                    self._first_seen.pop(key, None)  # alive after all: the next sighting starts the wait again
+                    self._seen.pop(key, None)  # alive after all: the next sighting starts the wait again
                     continue
-                first = self._first_seen.setdefault(key, now)
-                if now - first >= self._confirm_s:
+                first, last = self._seen.get(key, (answered, answered))
+                if asked - last > self._stale_s:
+                    first = answered
+                if asked - first >= self._confirm_s:
                     confirmed.add(task_id)
-                    del self._first_seen[key]
-        horizon = now - FORGET_AFTER_WINDOWS * self._confirm_s
-        for key in [k for k, seen in self._first_seen.items() if seen < horizon]:
-            del self._first_seen[key]
+                    self._seen.pop(key, None)
+                else:
+                    self._seen[key] = (first, answered)
+        for key in [k for k, (_, last) in self._seen.items() if answered - last > self._stale_s]:
+            del self._seen[key]
         return confirmed

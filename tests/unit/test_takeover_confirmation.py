@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-from services.scheduler.takeover import FORGET_AFTER_WINDOWS, ConfirmedReleases
+from services.scheduler.takeover import STALE_AFTER_MIN_S, ConfirmedReleases
 
 HELD = {"worker-a": [("task-1", 100.0), ("task-2", 101.0)]}
 
@@ -63,6 +63,35 @@ async def test_no_window_believes_the_first_look_and_old_sightings_are_forgotten
     assert await ConfirmedReleases(record.check, 0, record.clock)(HELD) == {"task-1"}
     confirmed = ConfirmedReleases(record.check, 1.0, record.clock)
     assert await confirmed(HELD) == set()
-    record.now = FORGET_AFTER_WINDOWS + 1.0
+    record.now = STALE_AFTER_MIN_S + 1.0
     assert await confirmed({"worker-b": [("task-9", 0.0)]}) == set()
     assert await confirmed(HELD) == set(), "a sighting nobody asked about for long is forgotten, not confirmed"
+
+
+async def test_a_stale_first_sighting_does_not_confirm_a_later_one() -> None:
+    record = Record()
+    confirmed = ConfirmedReleases(record.check, 1.0, record.clock)
+    record.released = {"task-1"}
+    assert await confirmed(HELD) == set()  # seen once, then nobody asks for a long while
+    record.now = STALE_AFTER_MIN_S + 0.5
+    assert await confirmed(HELD) == set(), "an old first look does not stand for the time in between"
+    record.now += 1.0
+    assert await confirmed(HELD) == {"task-1"}
+
+
+async def test_a_slow_read_does_not_count_as_time_the_holder_stayed_silent() -> None:
+    record = Record()
+    read_s = [0.0]
+
+    async def slow_check(held: Mapping[str, Collection[tuple[str, float]]]) -> set[str]:
+        answer = await record.check(held)
+        record.now += read_s[0]  # the read itself took this long
+        return answer
+
+    confirmed = ConfirmedReleases(slow_check, 2.0, record.clock)
+    record.released = {"task-1"}
+    assert await confirmed(HELD) == set()  # first seen at 0
+    record.now, read_s[0] = 1.0, 1.5
+    assert await confirmed(HELD) == set(), "asked 1 s after the first look: what it read may be that old"
+    record.now, read_s[0] = 2.0, 0.0
+    assert await confirmed(HELD) == {"task-1"}
