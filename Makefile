@@ -46,11 +46,12 @@ lint: $(VENV)/.installed check-generated check-web
 pytest: $(VENV)/.installed e2e-deps deploy-deps
 	$(BIN)/pytest -m 'not chaos' $(ARGS)
 
-# The heart of the suite again on a Valkey Cluster (3 primaries, 3 replicas) instead of one Valkey server; the
-# failover under load (tests/integration/test_redis_cluster.py) runs in `pytest` above, on a cluster of its own.
-CLUSTER_SUITE := tests/integration/test_lifecycle.py tests/integration/test_watch.py
+# The heart of the suite again on a Valkey Cluster (3 primaries, 3 replicas) instead of one Valkey server, with
+# each kind's dispatch streams in 3 shards (one per primary); the failover under load
+# (tests/integration/test_redis_cluster.py) runs in `pytest` above, on a cluster of its own with one shard.
+CLUSTER_SUITE := tests/integration/test_lifecycle.py tests/integration/test_watch.py tests/integration/test_dispatch_shards.py
 pytest-cluster: $(VENV)/.installed
-	$(BIN)/pytest --redis-cluster $(CLUSTER_SUITE) $(ARGS)
+	$(BIN)/pytest --redis-cluster --dispatch-shards 3 $(CLUSTER_SUITE) $(ARGS)
 
 test: lint pytest pytest-cluster chaos-ci
 

@@ -55,6 +55,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="run against a Valkey Cluster (3 primaries, 3 replicas) instead of one Valkey server",
     )
+    parser.addoption(
+        "--dispatch-shards",
+        type=int,
+        default=1,
+        help="RTASK_DISPATCH_SHARDS of the session's stack (and of the tests' own clients, admin_redis())",
+    )
 
 
 @dataclass
@@ -74,11 +80,14 @@ class Stores:
     valkey: ManagedProcess
     data_dir: Path
     cluster: ValkeyCluster | None = None
+    # RTASK_DISPATCH_SHARDS of the session (--dispatch-shards).
+    dispatch_shards: int = 1
 
 
 def admin_redis(stores: Stores) -> aioredis.Redis:
-    """The operator's client of the session's Valkey (a cluster client with --redis-cluster); close it after."""
-    return create_redis(RedisConfig(stores.redis_url))
+    """The operator's client of the session's Valkey (a cluster client with --redis-cluster; the session's
+    dispatch shards); close it after."""
+    return create_redis(RedisConfig(stores.redis_url, dispatch_shards=stores.dispatch_shards))
 
 
 @pytest.fixture
@@ -119,7 +128,16 @@ def stores(request: pytest.FixtureRequest) -> Iterator[Stores]:
             valkey.start()
         access = logins(redis_passwords, "127.0.0.1", valkey_port, cluster=cluster is not None)
         assert access.admin is not None
-        running = Stores(postgres_url(pg_port), access.admin.url_with_password(), access, pg, valkey, data_dir, cluster)
+        running = Stores(
+            postgres_url(pg_port),
+            access.admin.url_with_password(),
+            access,
+            pg,
+            valkey,
+            data_dir,
+            cluster,
+            request.config.getoption("--dispatch-shards"),
+        )
         wait_for_postgres(pg, pg_port)
         wait_for_port(valkey, valkey_port)
         yield running
@@ -171,6 +189,7 @@ def stack(stores: Stores, tmp_path_factory: pytest.TempPathFactory, request: pyt
             "RTASK_WORKER_HEARTBEAT_MS": "500",
             # Cluster-wide gauges (queue depth, workers) refreshed often, so metrics tests see them move quickly.
             "RTASK_METRICS_CLUSTER_INTERVAL_MS": "300",
+            "RTASK_DISPATCH_SHARDS": str(stores.dispatch_shards),
             **OPEN_LOGIN_ENV,
             # A kind with a large result (tests/integration/test_small_events.py), one that reports what a
             # handler process can see (tests/integration/test_worker_identity.py), and one that reports when it

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from services.core.keys import MAX_DISPATCH_SHARDS
 from services.core.settings import ConfigError, setting
 
 __all__ = ["CLUSTER_SCHEMES", "AuthConfig", "ConfigError", "DatabaseConfig", "LogConfig", "RedisConfig", "ServerConfig"]
@@ -99,8 +100,16 @@ class RedisConfig:
         shown_default="`make up`: generated into `.rtask/redis/<role>.password` (mode 0600)",
         repr=False,
     )
+    dispatch_shards: int = setting(
+        "RTASK_DISPATCH_SHARDS",
+        1,
+        "shards of each task kind's dispatch streams, so one busy kind spreads over a cluster's nodes; the same in "
+        'every gateway, scheduler and worker ([docs/scaling.md](docs/scaling.md), "Valkey Cluster")',
+    )
 
     def __post_init__(self) -> None:
+        if not 1 <= self.dispatch_shards <= MAX_DISPATCH_SHARDS:
+            raise ConfigError(f"RTASK_DISPATCH_SHARDS must be 1 to {MAX_DISPATCH_SHARDS}, got {self.dispatch_shards}")
         scheme = urlsplit(self.url).scheme
         if scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
             raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or redis+cluster://, not {scheme}://")

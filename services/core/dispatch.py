@@ -2,14 +2,15 @@
 
 An entry reference names the entry across all streams: "<kind>:<stream entry id>" for the default priority
 (3), "<kind>:<stream entry id>:p<priority>" for the others (a stream entry id starts with a digit, so the
-suffix can never be taken for one). The task row keeps the reference of the entry responsible for it;
-workers pass references back in their start requests.
+suffix can never be taken for one), then ":s<shard>" when the entry is in shard 1 or above of its kind's
+streams (services.core.keys.KeyLayout.dispatch_shards). The task row keeps the reference of the entry
+responsible for it; workers pass references back in their start requests.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -35,21 +36,29 @@ class DispatchEntry:
     trace_parent: str = ""
     # The task's priority: which of the kind's streams carries the entry.
     priority: int = keys.DEFAULT_PRIORITY
+    # Which shard of the kind's streams (0 unless the kind is sharded: set when the entry is queued).
+    shard: int = 0
 
     @property
-    def lane(self) -> tuple[str, int]:
-        return self.kind, self.priority
+    def lane(self) -> tuple[str, int, int]:
+        """The stream of the entry: kind, priority, shard."""
+        return self.kind, self.priority, self.shard
 
 
-def entry_ref(kind: str, entry_id: str, priority: int = keys.DEFAULT_PRIORITY) -> str:
-    if priority == keys.DEFAULT_PRIORITY:
-        return f"{kind}:{entry_id}"
-    return f"{kind}:{entry_id}:p{priority}"
+def entry_ref(kind: str, entry_id: str, priority: int = keys.DEFAULT_PRIORITY, shard: int = 0) -> str:
+    ref = f"{kind}:{entry_id}" if priority == keys.DEFAULT_PRIORITY else f"{kind}:{entry_id}:p{priority}"
+    return f"{ref}:s{shard}" if shard else ref
 
 
-def parse_ref(ref: str) -> tuple[str, str, int]:
-    """(kind, stream entry id, priority) of an entry reference; ValueError when malformed."""
+def parse_ref(ref: str) -> tuple[str, str, int, int]:
+    """(kind, stream entry id, priority, shard) of an entry reference; ValueError when malformed."""
     head, sep, last = ref.rpartition(":")
+    shard = 0
+    if sep and last[:1] == "s":
+        if not last[1:].isdigit() or last[1:2] == "0" or not last[1:].isascii():
+            raise ValueError(f"malformed entry reference {ref!r}")
+        shard = int(last[1:])
+        head, sep, last = head.rpartition(":")
     priority = keys.DEFAULT_PRIORITY
     if sep and last[:1] == "p":
         if last[1:] not in {str(p) for p in keys.PRIORITIES}:
@@ -58,29 +67,30 @@ def parse_ref(ref: str) -> tuple[str, str, int]:
         head, sep, last = head.rpartition(":")
     if not sep or not head or not last:
         raise ValueError(f"malformed entry reference {ref!r}")
-    return head, last, priority
+    return head, last, priority, shard
 
 
 def split_ref(ref: str, layout: keys.KeyLayout = keys.SINGLE) -> tuple[str, str]:
-    """(stream key, stream entry id) of an entry reference; ValueError when malformed. The reference is the same
-    on either layout (the stream's name is not part of it)."""
-    kind, entry_id, priority = parse_ref(ref)
-    return layout.dispatch_stream(kind, priority), entry_id
+    """(stream key, stream entry id) of an entry reference; ValueError when malformed (or naming a shard beyond
+    the layout's). The reference is the same on either layout (the stream's name is not part of it)."""
+    kind, entry_id, priority, shard = parse_ref(ref)
+    return layout.dispatch_stream(kind, priority, shard), entry_id
 
 
 async def ensure_dispatch_groups(redis: aioredis.Redis, kinds: Iterable[str]) -> None:
-    """Create each kind's streams (every priority) and groups if missing; from id 0, so entries added earlier
-    are not skipped."""
+    """Create each kind's streams (every priority and shard) and groups if missing; from id 0, so entries added
+    earlier are not skipped."""
     layout = key_layout(redis)
     for kind in kinds:
-        for priority in keys.PRIORITIES:
-            try:
-                await redis.xgroup_create(
-                    layout.dispatch_stream(kind, priority), keys.DISPATCH_GROUP, id="0", mkstream=True
-                )
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+        for shard in range(layout.dispatch_shards):
+            for priority in keys.PRIORITIES:
+                try:
+                    await redis.xgroup_create(
+                        layout.dispatch_stream(kind, priority, shard), keys.DISPATCH_GROUP, id="0", mkstream=True
+                    )
+                except ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
 
 
 # Adds every entry of one batch to one stream in a single command, so a reader blocked on the stream is
@@ -108,29 +118,42 @@ return ids
 """
 
 
+def _by_lane(layout: keys.KeyLayout, entries: Sequence[DispatchEntry]) -> dict[tuple[str, int, int], list[int]]:
+    """The positions of the entries, by stream (kind, priority and the shard of each task id)."""
+    by_lane: dict[tuple[str, int, int], list[int]] = {}
+    for position, entry in enumerate(entries):
+        by_lane.setdefault((entry.kind, entry.priority, layout.dispatch_shard(entry.task_id)), []).append(position)
+    return by_lane
+
+
 def queue_entries(pipe: Pipeline, entries: Sequence[DispatchEntry]) -> list[DispatchEntry]:
-    """Add one command per stream (kind and priority) to a pipeline; returns the entries in the order of the
-    ids it will return."""
+    """Add one command per stream (kind, priority and shard) to a pipeline; returns the entries in the order of
+    the ids it will return, each with its shard."""
+    return [entry for _, entry in _queue(pipe, entries)]
+
+
+def _queue(pipe: Pipeline, entries: Sequence[DispatchEntry]) -> list[tuple[int, DispatchEntry]]:
+    """queue_entries(), with each entry's position in the given sequence."""
     layout = key_layout(pipe)
-    by_lane: dict[tuple[str, int], list[DispatchEntry]] = {}
-    for entry in entries:
-        by_lane.setdefault(entry.lane, []).append(entry)
-    for (kind, priority), batch in by_lane.items():
-        stream = layout.dispatch_stream(kind, priority)
+    ordered: list[tuple[int, DispatchEntry]] = []
+    for (kind, priority, shard), positions in _by_lane(layout, entries).items():
+        batch = [replace(entries[p], shard=shard) for p in positions]
+        ordered += zip(positions, batch, strict=True)
+        stream = layout.dispatch_stream(kind, priority, shard)
         if any(entry.trace_parent for entry in batch):
             args = [value for e in batch for value in (e.task_id, e.dispatch_id, e.trace_parent)]
             pipe.eval(_ADD_TRACED_BATCH, 1, stream, *args, kind)
         else:
             args = [value for entry in batch for value in (entry.task_id, entry.dispatch_id)]
             pipe.eval(_ADD_BATCH, 1, stream, *args, kind)
-    return [entry for batch in by_lane.values() for entry in batch]
+    return ordered
 
 
 def entry_refs(entries: Sequence[DispatchEntry], replies: Sequence[Sequence[bytes | str]]) -> list[str]:
     """The references of entries (as queue_entries ordered them), from the replies of its commands."""
     ids = [raw for reply in replies for raw in reply]
     return [
-        entry_ref(entry.kind, raw.decode() if isinstance(raw, bytes) else str(raw), entry.priority)
+        entry_ref(entry.kind, raw.decode() if isinstance(raw, bytes) else str(raw), entry.priority, entry.shard)
         for entry, raw in zip(entries, ids, strict=True)
     ]
 
@@ -159,14 +182,14 @@ async def publish(redis: aioredis.Redis, entries: Iterable[DispatchEntry]) -> li
     if not batch:
         return []
     async with redis.pipeline(transaction=False) as pipe:
-        ordered = queue_entries(pipe, batch)
+        ordered = _queue(pipe, batch)
         replies = await pipe.execute()
-    refs = dict(zip((id(e) for e in ordered), entry_refs(ordered, replies), strict=True))
-    return [refs[id(entry)] for entry in batch]
+    refs = dict(zip((p for p, _ in ordered), entry_refs([e for _, e in ordered], replies), strict=True))
+    return [refs[position] for position in range(len(batch))]
 
 
-def parse_entry(fields: dict[bytes, bytes], priority: int = keys.DEFAULT_PRIORITY) -> DispatchEntry:
-    """An entry read from the stream of the given priority (the stream says it, the entry does not)."""
+def parse_entry(fields: dict[bytes, bytes], priority: int = keys.DEFAULT_PRIORITY, shard: int = 0) -> DispatchEntry:
+    """An entry read from the stream of the given priority and shard (the stream says them, the entry does not)."""
     # A traceparent is only carried on: parsed (and ignored when malformed) where a span continues it.
     trace_parent = fields.get(_TRACE_PARENT_FIELD, b"")
     return DispatchEntry(
@@ -175,6 +198,7 @@ def parse_entry(fields: dict[bytes, bytes], priority: int = keys.DEFAULT_PRIORIT
         kind=fields.get(keys.FIELD_KIND.encode(), b"").decode(),
         trace_parent=trace_parent.decode(errors="replace") if len(trace_parent) <= MAX_TRACE_PARENT_BYTES else "",
         priority=priority,
+        shard=shard,
     )
 
 

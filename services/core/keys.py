@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from functools import lru_cache
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 PREFIX = "rt"
 
@@ -22,8 +25,21 @@ def dispatch_stream(kind: str, priority: int = DEFAULT_PRIORITY) -> str:
     return f"{PREFIX}:dispatch-p{priority}:{kind}"
 
 
-# Every dispatch stream, for key patterns (ACLs): the default level's and the other levels'.
-DISPATCH_STREAM_PATTERNS = (dispatch_stream("*"), f"{PREFIX}:dispatch-p?:*")
+def dispatch_shard_stream(kind: str, priority: int, shard: int) -> str:
+    """Shard `shard` (1 and up) of a kind's streams, when a kind is split (KeyLayout.dispatch_shards); shard 0 is
+    dispatch_stream() itself, so a deployment that starts sharding keeps reading the entries it holds."""
+    if priority == DEFAULT_PRIORITY:
+        return f"{PREFIX}:dispatch-s{shard}:{kind}"
+    return f"{PREFIX}:dispatch-p{priority}-s{shard}:{kind}"
+
+
+# Every dispatch stream, for key patterns (ACLs): the default level's and the other levels', and their shards'.
+DISPATCH_STREAM_PATTERNS = (
+    dispatch_stream("*"),
+    f"{PREFIX}:dispatch-p?:*",
+    f"{PREFIX}:dispatch-s*:*",
+    f"{PREFIX}:dispatch-p?-s*:*",
+)
 
 
 # Commands from gateways to whichever scheduler holds a worker's Connect stream.
@@ -109,7 +125,12 @@ def log_watch_seats(owner_id: str) -> str:
 # above are those of a single server (kept as they are, so a deployment upgraded in place keeps its data); a
 # cluster uses the names of CLUSTER below, which put the keys that go together under one {hash tag}:
 # - dispatch: the five priority streams of a kind share the tag {<kind>}, so a worker's blocking read covers a
-#   kind's levels in one command, and different kinds spread over the nodes;
+#   kind's levels in one command, and different kinds spread over the nodes. A kind may be split into
+#   dispatch_shards shards (RTASK_DISPATCH_SHARDS; a task's shard is a stable hash of its id): shard 0 keeps the
+#   names above, shard s > 0 has its own streams under a tag of its own, {<kind>~<n>}, each shard's five levels
+#   under one tag. n is the first number that puts the shard's slot in an N-th of the slot space no other shard
+#   of the kind uses, so on a cluster whose primaries hold equal runs of slots (as `--cluster create` makes
+#   them) N shards over N primaries land one on each. One server uses the same streams, untagged;
 # - change events: the feed is split into FEED_SHARDS streams, tag {e<n>}; an owner's stream carries the tag of
 #   its shard (a stable hash of the owner id), so the one script that appends to both stays on one slot;
 # - task logs: the index and byte count are split into LOG_SHARDS, tag {l<n>}, each with the logs of its tasks;
@@ -124,11 +145,34 @@ def _shard(ident: str, shards: int) -> int:
     return zlib.crc32(ident.encode()) % shards
 
 
+def _slot_part(slot: int, parts: int) -> int:
+    return slot * parts // REDIS_CLUSTER_HASH_SLOTS
+
+
+@lru_cache(maxsize=4096)
+def _shard_tags(kind: str, shards: int) -> tuple[str, ...]:
+    """The hash tag of each of a kind's shards on a cluster (see above): shard 0's is the kind, each other's the
+    kind and the first number (from 1) whose slot falls in a part of the slot space not yet taken."""
+    tags = [kind]
+    taken = {_slot_part(key_slot(kind.encode()), shards)}
+    n = 0
+    while len(tags) < shards:
+        n += 1
+        tag = f"{kind}~{n}"
+        part = _slot_part(key_slot(tag.encode()), shards)
+        if part not in taken:
+            taken.add(part)
+            tags.append(tag)
+    return tuple(tags)
+
+
 @dataclass(frozen=True)
 class KeyLayout:
-    """The names of the keys that differ between a single server and a cluster (see above)."""
+    """The names of the keys that differ between a single server and a cluster (see above), and the number of
+    shards of each kind's dispatch streams (the same in every gateway, scheduler and worker)."""
 
     cluster: bool = False
+    dispatch_shards: int = 1
 
     @property
     def feed_shards(self) -> int:
@@ -138,10 +182,18 @@ class KeyLayout:
     def log_shards(self) -> int:
         return LOG_SHARDS if self.cluster else 1
 
-    def dispatch_stream(self, kind: str, priority: int = DEFAULT_PRIORITY) -> str:
-        if not self.cluster:
-            return dispatch_stream(kind, priority)
-        return dispatch_stream(f"{{{kind}}}", priority)
+    def dispatch_shard(self, task_id: str) -> int:
+        """Which of its kind's shards carries a task's entries: a stable hash of its id, so every process agrees
+        and a batch spreads evenly."""
+        return _shard(task_id, self.dispatch_shards) if self.dispatch_shards > 1 else 0
+
+    def dispatch_stream(self, kind: str, priority: int = DEFAULT_PRIORITY, shard: int = 0) -> str:
+        if shard == 0:
+            return dispatch_stream(f"{{{kind}}}" if self.cluster else kind, priority)
+        if not 0 < shard < self.dispatch_shards:
+            raise ValueError(f"dispatch shard {shard} out of range (RTASK_DISPATCH_SHARDS={self.dispatch_shards})")
+        name = f"{{{_shard_tags(kind, self.dispatch_shards)[shard]}}}" if self.cluster else kind
+        return dispatch_shard_stream(name, priority, shard)
 
     def feed_shard(self, owner_id: str) -> int:
         return _shard(owner_id, FEED_SHARDS) if self.cluster else 0
@@ -185,3 +237,5 @@ class KeyLayout:
 
 SINGLE = KeyLayout()
 CLUSTER = KeyLayout(cluster=True)
+# RTASK_DISPATCH_SHARDS accepts 1 to this many (each shard is one more blocking read per kind in every worker).
+MAX_DISPATCH_SHARDS = 64

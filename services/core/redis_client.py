@@ -30,8 +30,11 @@ def create_redis(config: RedisConfig) -> aioredis.Redis:
     For a cluster URL (RedisConfig.cluster) the client is redis-py's RedisCluster, typed as the plain client
     whose commands it shares: callers that must tell them apart use key_layout() and services.core.channels.
     """
+    layout = keys.KeyLayout(cluster=config.cluster, dispatch_shards=config.dispatch_shards)
     if config.cluster:
-        return _create_cluster(config)
+        client = _create_cluster(config)
+        setattr(client, _LAYOUT_ATTRIBUTE, layout)
+        return client
     pool = aioredis.BlockingConnectionPool.from_url(
         config.url,
         max_connections=config.max_connections,
@@ -44,7 +47,13 @@ def create_redis(config: RedisConfig) -> aioredis.Redis:
         # Given apart from the URL (from a file); a URL's own password, when it has one, wins.
         password=config.password,
     )
+    # On the pool, which the client's pipelines share with it.
+    setattr(pool, _LAYOUT_ATTRIBUTE, layout)
     return aioredis.Redis.from_pool(pool)
+
+
+# Where create_redis() leaves the key layout of its configuration, for key_layout().
+_LAYOUT_ATTRIBUTE = "rtask_key_layout"
 
 
 # Of a cluster client's connections to each node, those kept for pub/sub (which borrows from the node's pool
@@ -123,7 +132,14 @@ def is_cluster(client: object) -> bool:
 
 
 def key_layout(client: object) -> keys.KeyLayout:
-    """The key names this client's server uses: services.core.keys.CLUSTER on a cluster, SINGLE otherwise."""
+    """The key names this client's (or pipeline's) server uses: those of the RedisConfig the client was created
+    with (create_redis), else services.core.keys.CLUSTER on a cluster and SINGLE on one server."""
+    if isinstance(client, ClusterPipeline):
+        client = client.cluster_client
+    holder = client if isinstance(client, RedisCluster) else getattr(client, "connection_pool", None)
+    layout = getattr(holder, _LAYOUT_ATTRIBUTE, None)
+    if isinstance(layout, keys.KeyLayout):
+        return layout
     return keys.CLUSTER if is_cluster(client) else keys.SINGLE
 
 

@@ -90,12 +90,19 @@ async def republish_lost(pool: asyncpg.Pool, redis: aioredis.Redis, age_s: float
     if not rows:
         return 0
     layout = key_layout(redis)
+    # A reference to a shard beyond RTASK_DISPATCH_SHARDS (lowered since) names a stream no worker reads any more:
+    # its task is as lost as one whose entry is gone.
+    readable, unread = [], []
+    for row in rows:
+        try:
+            readable.append((row, split_ref(row["entry_id"], layout)))
+        except ValueError:
+            unread.append(row)
     async with redis.pipeline(transaction=False) as pipe:
-        for row in rows:
-            stream, entry_id = split_ref(row["entry_id"], layout)
+        for _, (stream, entry_id) in readable:
             pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
         found = await pipe.execute()
-    lost = [row for row, entries in zip(rows, found, strict=True) if not entries]
+    lost = unread + [row for (row, _), entries in zip(readable, found, strict=True) if not entries]
     if lost:
         log.warning("republishing tasks whose stream entry was lost", extra={"tasks": len(lost)})
         await outbox.dispatch_rows(pool, redis, lost)

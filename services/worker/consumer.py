@@ -9,10 +9,15 @@ under saturation urgent work starts first. Weighted so that no level starves: ev
 takes one lower level first (the levels below the top take turns), so a level with work waiting gets the
 first pick at least once every AGING_EVERY_READS x 4 reads of each worker, however much urgent work arrives.
 
-On a cluster a command may only name keys of one slot. A kind's five levels share one (services.core.keys), so
-the non-blocking reads of a level go out as one command per kind, pipelined (one round trip per node); the
-blocking read is one command per kind, left waiting between calls of read(): each kind's read stays pending
-until it has entries (or its block time ends), and whatever it brought is taken by the next call.
+A kind may be split into shards (RTASK_DISPATCH_SHARDS), each with its own five streams: the worker reads,
+reclaims and refreshes every shard of its kinds alike, and acknowledges an entry on the stream its reference
+names. Priority holds within the worker's view of all shards: each level is read from every shard before the
+next level down.
+
+On a cluster a command may only name keys of one slot. A shard's five levels share one (services.core.keys), so
+the non-blocking reads of a level go out as one command per kind and shard, pipelined (one round trip per
+node); the blocking read is one command per kind and shard, left waiting between calls of read(): each one
+stays pending until it has entries (or its block time ends), and whatever it brought is taken by the next call.
 """
 
 from __future__ import annotations
@@ -76,15 +81,19 @@ class DispatchConsumer:
         self.consumer = consumer
         self.kinds = sorted(set(kinds))
         self.layout = key_layout(redis)
-        # stream -> (kind, priority), the most urgent level first.
+        # (kind, shard) of every shard of every kind: on a cluster, one slot each.
+        self._shards = [(kind, shard) for kind in self.kinds for shard in range(self.layout.dispatch_shards)]
+        # stream -> (kind, priority, shard), the most urgent level first.
         self._lane_of = {
-            self.layout.dispatch_stream(kind, priority): (kind, priority)
+            self.layout.dispatch_stream(kind, priority, shard): (kind, priority, shard)
             for priority in keys.PRIORITIES
-            for kind in self.kinds
+            for kind, shard in self._shards
         }
-        self._streams_at = {p: [self.layout.dispatch_stream(kind, p) for kind in self.kinds] for p in keys.PRIORITIES}
-        # On a cluster: the blocking read of each kind still waiting for entries (see the module's docstring).
-        self._waiting: dict[str, asyncio.Task[Any]] = {}
+        self._streams_at = {
+            p: [self.layout.dispatch_stream(kind, p, shard) for kind, shard in self._shards] for p in keys.PRIORITIES
+        }
+        # On a cluster: the blocking read of each kind's shard still waiting for entries (see the module's docstring).
+        self._waiting: dict[tuple[str, int], asyncio.Task[Any]] = {}
         # Where the next XAUTOCLAIM pass continues in each stream, so passes walk every pending list.
         self._reclaim_cursor = dict.fromkeys(self._lane_of, ZERO_ID)
         self._reads = 0
@@ -103,7 +112,7 @@ class DispatchConsumer:
         return levels
 
     async def read(self, count: int, block_ms: int) -> list[Delivery]:
-        """New entries for this consumer (at most count per kind), waiting up to block_ms for the first.
+        """New entries for this consumer (at most count per kind and shard), waiting up to block_ms for the first.
 
         The levels are read in priority order without blocking, each only while slots are left; when all are
         empty, one read blocks on every stream. A batch lands in its stream in one command
@@ -129,7 +138,7 @@ class DispatchConsumer:
         return await self._accept(raw)
 
     async def _read_cluster(self, count: int, block_ms: int) -> list[tuple[str, Any]]:
-        """read() on a cluster: the same order of levels, one command per kind (one slot each)."""
+        """read() on a cluster: the same order of levels, one command per kind and shard (one slot each)."""
         raw = self._collect_waiting()
         for level in self._levels():
             wanted = count - len(raw)
@@ -142,11 +151,11 @@ class DispatchConsumer:
             raw += [pair for reply in replies for pair in _flatten(reply)]
         if raw:
             return raw
-        for kind in self.kinds:
-            if kind not in self._waiting:
-                streams: Any = {self.layout.dispatch_stream(kind, p): ">" for p in keys.PRIORITIES}
+        for kind, shard in self._shards:
+            if (kind, shard) not in self._waiting:
+                streams: Any = {self.layout.dispatch_stream(kind, p, shard): ">" for p in keys.PRIORITIES}
                 read = self.redis.xreadgroup(keys.DISPATCH_GROUP, self.consumer, streams, count=count, block=block_ms)
-                self._waiting[kind] = asyncio.ensure_future(read)
+                self._waiting[kind, shard] = asyncio.ensure_future(read)
         await asyncio.wait(self._waiting.values(), return_when=asyncio.FIRST_COMPLETED)
         return self._collect_waiting()
 
@@ -155,10 +164,10 @@ class DispatchConsumer:
         taken (their entries would otherwise sit in this consumer's pending list until reclaimed)."""
         raw: list[tuple[str, Any]] = []
         error: BaseException | None = None
-        for kind, read in list(self._waiting.items()):
+        for lane, read in list(self._waiting.items()):
             if not read.done():
                 continue
-            del self._waiting[kind]
+            del self._waiting[lane]
             if read.cancelled():
                 continue
             if read.exception() is not None:
@@ -255,10 +264,10 @@ class DispatchConsumer:
         deliveries: list[Delivery] = []
         malformed: list[str] = []
         for stream, (entry_id_raw, fields) in raw:
-            kind, priority = self._lane_of[stream]
-            ref = entry_ref(kind, _text(entry_id_raw), priority)
+            kind, priority, shard = self._lane_of[stream]
+            ref = entry_ref(kind, _text(entry_id_raw), priority, shard)
             try:
-                deliveries.append(Delivery(ref, parse_entry(fields, priority), reclaimed))
+                deliveries.append(Delivery(ref, parse_entry(fields, priority, shard), reclaimed))
             except (KeyError, TypeError, AttributeError, UnicodeDecodeError):
                 malformed.append(ref)
         if malformed:

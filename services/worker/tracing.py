@@ -41,7 +41,7 @@ _OUTCOMES = {v: n.removeprefix("OUTCOME_").lower() for n, v in worker_pb2.Outcom
 def published_at_ns(entry_ref: str) -> int | None:
     """When a stream entry was added: its id is "<milliseconds>-<sequence>" (see dispatch.parse_ref)."""
     try:
-        _, entry_id, _ = parse_ref(entry_ref)
+        _, entry_id, _, _ = parse_ref(entry_ref)
     except ValueError:
         return None
     millis, _, _ = entry_id.partition("-")

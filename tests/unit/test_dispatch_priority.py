@@ -40,7 +40,7 @@ def test_references_name_each_stream_unambiguously() -> None:
     for kind in ("sleep", "a:b", "x:p5", "p5", "weird:1-0"):
         for priority in keys.PRIORITIES:
             ref = entry_ref(kind, "1700000000000-7", priority)
-            assert parse_ref(ref) == (kind, "1700000000000-7", priority)
+            assert parse_ref(ref) == (kind, "1700000000000-7", priority, 0)
             assert split_ref(ref) == (keys.dispatch_stream(kind, priority), "1700000000000-7")
     # The default level keeps the reference and stream of before, so entries published earlier still resolve.
     assert entry_ref("sleep", "1-0") == "sleep:1-0"
