@@ -112,7 +112,8 @@ class DispatchConsumer:
         return levels
 
     async def read(self, count: int, block_ms: int) -> list[Delivery]:
-        """New entries for this consumer (at most count per kind and shard), waiting up to block_ms for the first.
+        """New entries for this consumer, the most urgent first (at most count per stream: a caller wanting count
+        keeps the first count), waiting up to block_ms for the first.
 
         The levels are read in priority order without blocking, each only while slots are left; when all are
         empty, one read blocks on every stream. A batch lands in its stream in one command
@@ -120,7 +121,9 @@ class DispatchConsumer:
         scheduler in one work request, in one round trip.
         """
         if self.layout.cluster:
-            return await self._accept(await self._read_cluster(count, block_ms))
+            # The reads of several slots end in any order: the most urgent first, for a caller keeping only some.
+            read = await self._read_cluster(count, block_ms)
+            return await self._accept(sorted(read, key=lambda pair: -self._lane_of[pair[0]][1]))
         raw: list[tuple[str, Any]] = []
         for level in self._levels():
             wanted = count - len(raw)

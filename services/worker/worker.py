@@ -300,6 +300,7 @@ class Worker:
                     block_ms = min(self.config.read_block_ms, max(1, int((next_reclaim - now) * 1000)))
                     deliveries = await self.consumer.read(free, block_ms)
                 backoff.reset()
+                deliveries = await self._within_slots(deliveries, free)
             except Exception as exc:
                 if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                     with contextlib.suppress(RedisError, OSError):
@@ -313,6 +314,19 @@ class Worker:
                     self.refreshed_at.setdefault(delivery.entry_id, asked_at)
                 self.traces.delivered(deliveries)
                 await self._offer(deliveries)
+
+    async def _within_slots(self, deliveries: list[Delivery], free: int) -> list[Delivery]:
+        """The first `free` deliveries (the consumer orders them most urgent first); the rest are handed back at
+        once, for the next reclaim pass of any worker. A read of several streams (kinds, or a kind's shards) may
+        bring up to `free` from each, and a slot is a handler: never more run than the worker has."""
+        if len(deliveries) <= free:
+            return deliveries
+        kept, surplus = deliveries[:free], deliveries[free:]
+        try:
+            await self.consumer.release([d.entry_id for d in surplus], self.config.reclaim_idle_ms)
+        except (RedisError, OSError) as exc:  # reclaimed after the idle time instead
+            log.warning("could not hand back entries beyond the free slots", extra={"error": repr(exc)})
+        return kept
 
     async def _until_connected_or_stopping(self) -> None:
         connected = asyncio.ensure_future(self.link.connected.wait())

@@ -14,6 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
+import services.worker.builtin  # noqa: F401  (registers sleep)
+from resilienttask.v1 import task_pb2
 from services.core import keys
 from services.core.config import ConfigError, RedisConfig
 from services.core.dispatch import DispatchEntry, ensure_dispatch_groups, entry_ref, parse_ref, publish, split_ref
@@ -22,7 +24,11 @@ from services.core.redis_client import create_redis, key_layout
 from services.core.settings import load
 from services.stack.valkey_cluster import slot_ranges
 from services.worker.consumer import DispatchConsumer
+from services.worker.worker import Worker
 from tests.conftest import Stores
+from tests.helpers import eventually
+from tests.unit.scripted_scheduler import Script, make_auth, serve
+from tests.unit.test_worker_protocol import worker_config
 
 KIND = "sleep"
 SHARDS = 3
@@ -125,3 +131,32 @@ async def test_a_batch_spreads_over_the_shards_and_a_worker_takes_each_entry_onc
     for shard in range(SHARDS):
         for priority in (1, 5):
             assert await redis.xlen(SHARDED.dispatch_stream(KIND, priority, shard)) == 0, "acked on its own stream"
+
+
+async def test_a_worker_runs_no_more_than_its_slots_from_a_batch_spread_over_shards(redis: aioredis.Redis) -> None:
+    """One read of 3 shards may bring up to `free` entries from each: the worker keeps its free slots' worth and
+    hands the rest back, which it (or another worker) takes again once slots free up."""
+    auth, script = make_auth(), Script()
+    server, _, port = await serve(auth, script)
+    worker = Worker(worker_config(port), redis, auth.enrolment)  # 4 slots
+    peak = 0
+    try:
+        await worker.start()
+        tasks = [task_pb2.Task(id=str(uuid.uuid4()), kind=KIND, attempt=1) for _ in range(12)]
+        for task in tasks:
+            task.workload.FromMilliseconds(300)
+            script.tasks[task.id] = task
+        refs = await publish(redis, [DispatchEntry(t.id, str(uuid.uuid4()), KIND) for t in tasks])
+        assert len({parse_ref(ref)[3] for ref in refs}) == SHARDS
+
+        async def all_finished() -> bool:
+            nonlocal peak
+            peak = max(peak, len(worker.running))
+            return {f.task.task_id for f in script.finishes} == {t.id for t in tasks}
+
+        await eventually(all_finished, interval_s=0.005, message="every task finished")
+    finally:
+        await worker.stop(drain_grace_s=0)
+        await server.stop(None)
+    assert 0 < peak <= 4, f"handlers at once: {peak}"
+    assert Counter(s.task_id for s in script.starts) == Counter(t.id for t in tasks), "each started once"
