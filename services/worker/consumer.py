@@ -130,15 +130,27 @@ class DispatchConsumer:
             if wanted <= 0:
                 break
             reply: Any = await self.redis.xreadgroup(
-                keys.DISPATCH_GROUP, self.consumer, dict.fromkeys(self._streams_at[level], ">"), count=wanted
+                keys.DISPATCH_GROUP,
+                self.consumer,
+                dict.fromkeys(self._streams_at[level], ">"),
+                count=self._per_shard(wanted),
             )
             raw += _flatten(reply)
         if not raw:
             reply = await self.redis.xreadgroup(
-                keys.DISPATCH_GROUP, self.consumer, dict.fromkeys(self._lane_of, ">"), count=count, block=block_ms
+                keys.DISPATCH_GROUP,
+                self.consumer,
+                dict.fromkeys(self._lane_of, ">"),
+                count=self._per_shard(count),
+                block=block_ms,
             )
             raw = _flatten(reply)
         return await self._accept(raw)
+
+    def _per_shard(self, count: int) -> int:
+        """What one stream command may bring of a kind's `count`: its share over the kind's shards (rounded up), so
+        a read of every shard brings about count, not count from each (the caller hands back any surplus)."""
+        return -(-count // self.layout.dispatch_shards)
 
     async def _read_cluster(self, count: int, block_ms: int) -> list[tuple[str, Any]]:
         """read() on a cluster: the same order of levels, one command per kind and shard (one slot each)."""
@@ -149,7 +161,7 @@ class DispatchConsumer:
                 break
             async with self.redis.pipeline(transaction=False) as pipe:
                 for stream in self._streams_at[level]:
-                    pipe.xreadgroup(keys.DISPATCH_GROUP, self.consumer, {stream: ">"}, count=wanted)
+                    pipe.xreadgroup(keys.DISPATCH_GROUP, self.consumer, {stream: ">"}, count=self._per_shard(wanted))
                 replies = await pipe.execute()
             raw += [pair for reply in replies for pair in _flatten(reply)]
         if raw:
@@ -157,7 +169,9 @@ class DispatchConsumer:
         for kind, shard in self._shards:
             if (kind, shard) not in self._waiting:
                 streams: Any = {self.layout.dispatch_stream(kind, p, shard): ">" for p in keys.PRIORITIES}
-                read = self.redis.xreadgroup(keys.DISPATCH_GROUP, self.consumer, streams, count=count, block=block_ms)
+                read = self.redis.xreadgroup(
+                    keys.DISPATCH_GROUP, self.consumer, streams, count=self._per_shard(count), block=block_ms
+                )
                 self._waiting[kind, shard] = asyncio.ensure_future(read)
         await asyncio.wait(self._waiting.values(), return_when=asyncio.FIRST_COMPLETED)
         return self._collect_waiting()

@@ -131,6 +131,8 @@ class Worker:
         self._parked_changed = asyncio.Event()
         self._start_backoff = Backoff(initial_s=0.1, maximum_s=5.0)
         self._stopping = False
+        # Entries beyond the free slots were handed back: reclaim (them, or others') at the next free slot.
+        self._handed_back = False
         # Monotonic time at which a draining worker hands back what still runs; None while not draining.
         self.drain_deadline: float | None = None
         self._drain_changed = asyncio.Event()
@@ -293,7 +295,8 @@ class Worker:
                 # blocked read, or a reply held up on a stalled path, may take long): counted from the request,
                 # the fence deadline can only come early, never late.
                 now = asked_at = time.monotonic()
-                if now >= next_reclaim:
+                if now >= next_reclaim or self._handed_back:
+                    self._handed_back = False
                     next_reclaim = now + self.config.reclaim_check_interval_ms / 1000
                     deliveries = await self.consumer.reclaim(free, self.config.reclaim_idle_ms)
                 else:
@@ -317,13 +320,15 @@ class Worker:
 
     async def _within_slots(self, deliveries: list[Delivery], free: int) -> list[Delivery]:
         """The first `free` deliveries (the consumer orders them most urgent first); the rest are handed back at
-        once, for the next reclaim pass of any worker. A read of several streams (kinds, or a kind's shards) may
-        bring up to `free` from each, and a slot is a handler: never more run than the worker has."""
+        once, for the next reclaim pass of any worker (this one's comes as soon as it has a slot free). A read of
+        several streams (kinds, or a kind's shards) may bring more than asked, and a slot is a handler: never more
+        run than the worker has."""
         if len(deliveries) <= free:
             return deliveries
         kept, surplus = deliveries[:free], deliveries[free:]
         try:
             await self.consumer.release([d.entry_id for d in surplus], self.config.reclaim_idle_ms)
+            self._handed_back = True
         except (RedisError, OSError) as exc:  # reclaimed after the idle time instead
             log.warning("could not hand back entries beyond the free slots", extra={"error": repr(exc)})
         return kept
