@@ -124,18 +124,7 @@ class DispatchConsumer:
             # The reads of several slots end in any order: the most urgent first, for a caller keeping only some.
             read = await self._read_cluster(count, block_ms)
             return await self._accept(sorted(read, key=lambda pair: -self._lane_of[pair[0]][1]))
-        raw: list[tuple[str, Any]] = []
-        for level in self._levels():
-            wanted = count - len(raw)
-            if wanted <= 0:
-                break
-            reply: Any = await self.redis.xreadgroup(
-                keys.DISPATCH_GROUP,
-                self.consumer,
-                dict.fromkeys(self._streams_at[level], ">"),
-                count=self._per_shard(wanted),
-            )
-            raw += _flatten(reply)
+        raw = await self._read_levels(count, [])
         if not raw:
             reply = await self.redis.xreadgroup(
                 keys.DISPATCH_GROUP,
@@ -152,18 +141,35 @@ class DispatchConsumer:
         a read of every shard brings about count, not count from each (the caller hands back any surplus)."""
         return -(-count // self.layout.dispatch_shards)
 
+    async def _read_levels(self, count: int, raw: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        """The non-blocking reads, level by level while slots are left. A level is read again while one of its
+        streams gave all it was asked for (each is asked for its share only), so no lower level is read while a
+        shard still holds entries of a higher one."""
+        for level in self._levels():
+            while (wanted := count - len(raw)) > 0:
+                per_stream = self._per_shard(wanted)
+                if self.layout.cluster:  # one command per slot
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for stream in self._streams_at[level]:
+                            pipe.xreadgroup(keys.DISPATCH_GROUP, self.consumer, {stream: ">"}, count=per_stream)
+                        replies = await pipe.execute()
+                    found = [_flatten(reply) for reply in replies]
+                else:
+                    streams: Any = dict.fromkeys(self._streams_at[level], ">")
+                    reply: Any = await self.redis.xreadgroup(
+                        keys.DISPATCH_GROUP, self.consumer, streams, count=per_stream
+                    )
+                    found = [[(_text(stream), entry) for entry in entries] for stream, entries in reply or []]
+                raw += [pair for pairs in found for pair in pairs]
+                if all(len(pairs) < per_stream for pairs in found):
+                    break
+            if count - len(raw) <= 0:
+                break
+        return raw
+
     async def _read_cluster(self, count: int, block_ms: int) -> list[tuple[str, Any]]:
         """read() on a cluster: the same order of levels, one command per kind and shard (one slot each)."""
-        raw = self._collect_waiting()
-        for level in self._levels():
-            wanted = count - len(raw)
-            if wanted <= 0:
-                break
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for stream in self._streams_at[level]:
-                    pipe.xreadgroup(keys.DISPATCH_GROUP, self.consumer, {stream: ">"}, count=self._per_shard(wanted))
-                replies = await pipe.execute()
-            raw += [pair for reply in replies for pair in _flatten(reply)]
+        raw = await self._read_levels(count, self._collect_waiting())
         if raw:
             return raw
         for kind, shard in self._shards:
@@ -175,6 +181,14 @@ class DispatchConsumer:
                 self._waiting[kind, shard] = asyncio.ensure_future(read)
         await asyncio.wait(self._waiting.values(), return_when=asyncio.FIRST_COMPLETED)
         return self._collect_waiting()
+
+    def waiting_reads(self) -> list[asyncio.Task[Any]]:
+        """The blocking reads still out (on a cluster), for a caller that waits for them without reading again."""
+        return list(self._waiting.values())
+
+    async def collect(self) -> list[Delivery]:
+        """What the blocking reads that ended brought, without reading again."""
+        return await self._accept(self._collect_waiting())
 
     def _collect_waiting(self) -> list[tuple[str, Any]]:
         """The entries of the blocking reads that ended; the first error among them is raised after all are

@@ -284,7 +284,7 @@ class Worker:
             free = self.free_slots
             if free <= 0:
                 self._slot_freed.clear()
-                await self._slot_freed.wait()
+                await self._while_full()
                 continue
             if not self.link.connected.is_set():
                 # An entry taken now could not be started, only held hostage until it is reclaimed.
@@ -317,6 +317,22 @@ class Worker:
                     self.refreshed_at.setdefault(delivery.entry_id, asked_at)
                 self.traces.delivered(deliveries)
                 await self._offer(deliveries)
+
+    async def _while_full(self) -> None:
+        """Wait for a free slot. On a cluster the blocking reads of a kind's shards stay out between reads: one that
+        brings entries while every slot is taken hands them back at once, rather than holding them unseen (and
+        out of every other worker's reach) until the reclaim idle time."""
+        reads = self.consumer.waiting_reads()
+        slot = asyncio.ensure_future(self._slot_freed.wait())
+        try:
+            await asyncio.wait([slot, *reads], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            slot.cancel()
+        if self.free_slots <= 0 and any(read.done() for read in reads):
+            try:
+                await self._within_slots(await self.consumer.collect(), 0)
+            except (RedisError, OSError) as exc:  # the read failed: nothing was taken
+                log.warning("could not read the dispatch stream", extra={"error": repr(exc)})
 
     async def _within_slots(self, deliveries: list[Delivery], free: int) -> list[Delivery]:
         """The first `free` deliveries (the consumer orders them most urgent first); the rest are handed back at

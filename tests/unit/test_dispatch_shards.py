@@ -23,7 +23,7 @@ from services.core.redis_acl import USERS, WORKER
 from services.core.redis_client import create_redis, key_layout
 from services.core.settings import load
 from services.stack.valkey_cluster import slot_ranges
-from services.worker.consumer import DispatchConsumer
+from services.worker.consumer import AGING_EVERY_READS, DispatchConsumer
 from services.worker.worker import Worker
 from tests.conftest import Stores
 from tests.helpers import eventually
@@ -113,8 +113,9 @@ async def test_a_batch_spreads_over_the_shards_and_a_worker_takes_each_entry_onc
 
     consumer = DispatchConsumer(redis, "w1", [KIND])
     delivered = []
-    while len(delivered) < len(refs):
-        delivered += await consumer.read(4, block_ms=10)
+    for _ in range(AGING_EVERY_READS - 1):  # fewer reads than AGING_EVERY_READS: strict priority
+        delivered += await consumer.read(20, block_ms=10)
+    assert len(delivered) == len(refs)
     assert await consumer.read(4, block_ms=10) == [], "each entry once"
     assert Counter(d.entry.task_id for d in delivered) == Counter(by_task.keys())
     assert all(by_task[d.entry.task_id] == d.entry_id for d in delivered), "the reference names the entry's shard"
