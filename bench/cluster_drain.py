@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,17 @@ from services.stack.valkey_cluster import start_cluster
 BATCH, IN_FLIGHT = 50, 8
 
 
+@dataclass(frozen=True)
+class BenchValkey:
+    """A Valkey for a bench stack: the logins its processes use, and the pids of its servers (for CPU counts)."""
+
+    access: RedisAccess
+    pids: dict[str, int]
+
+
 @contextmanager
-def _valkey(data_dir: Path, cluster: bool) -> Iterator[RedisAccess]:
+def bench_valkey(data_dir: Path, cluster: bool) -> Iterator[BenchValkey]:
+    """A single Valkey server, or a cluster of 3 primaries and 3 replicas, with the stack's ACL users."""
     files = password_files(data_dir)
     acl_file = write_acl_file(data_dir, files)
     if cluster:
@@ -55,7 +65,8 @@ def _valkey(data_dir: Path, cluster: bool) -> Iterator[RedisAccess]:
             log_dir=data_dir / "logs",
         )
         try:
-            yield logins(files, "127.0.0.1", running.primaries[0].port, cluster=True)
+            pids = {f"valkey-node-{i}": node.process.pid for i, node in enumerate(running.nodes)}
+            yield BenchValkey(logins(files, "127.0.0.1", running.primaries[0].port, cluster=True), pids)
         finally:
             running.stop()
         return
@@ -64,7 +75,7 @@ def _valkey(data_dir: Path, cluster: bool) -> Iterator[RedisAccess]:
     process.start()
     try:
         wait_for_port(process, port)
-        yield logins(files, "127.0.0.1", port)
+        yield BenchValkey(logins(files, "127.0.0.1", port), {"valkey": process.pid})
     finally:
         process.stop()
 
@@ -110,7 +121,7 @@ def _side(root: Path, pg_url: str, cluster: bool, shards: int, args: argparse.Na
     data_dir = root / f"{'cluster' if cluster else 'single'}-{uuid.uuid4().hex[:6]}"
     data_dir.mkdir()
     database_url = asyncio.run(_create_database(pg_url))
-    with _valkey(data_dir, cluster) as access:
+    with bench_valkey(data_dir, cluster) as valkey:
         config = StackConfig(
             data_dir=data_dir / "stack",
             edge_port=0,
@@ -119,7 +130,7 @@ def _side(root: Path, pg_url: str, cluster: bool, shards: int, args: argparse.Na
             workers=args.workers,
             worker_slots=args.slots,
             database_url=database_url,
-            redis_access=access,
+            redis_access=valkey.access,
             bcrypt_cost=4,
             dashboard_dir=None,
             limits=UserLimits.unlimited(),

@@ -3,6 +3,7 @@ gateways and schedulers are added, each configuration on a throwaway local stack
 
     .venv/bin/python -m bench.saturation                  # every configuration, 4,000 no-op tasks each
     .venv/bin/python -m bench.saturation --tasks 1500 --latency-tasks 30 --configs 1x1x1,3x2x1
+    .venv/bin/python -m bench.saturation --redis-cluster [--dispatch-shards 3]   # on a Valkey Cluster
 
 A configuration is WORKERSxGATEWAYSxSCHEDULERS (10 slots per worker). Each is measured the same way: a drain of
 no-op tasks (SubmitTask calls of 50 replicas, 8 in flight, through Envoy, as bench/cpu_share.py does) with the
@@ -11,7 +12,8 @@ from submission to its recorded start (the task's own created_at and started_at,
 clock). CPU is grouped by tier (all gateways together, all schedulers, all workers with their handler
 processes, Envoy, PostgreSQL, Valkey), and a tier's capacity per core is 1,000 / (its CPU ms per task): the
 drain rate one core spent on that tier alone would carry. The machine is shared: compare configurations
-within one run, never figures across runs.
+within one run, never figures across runs. With --redis-cluster each stack runs on a cluster of 3 primaries and
+3 replicas of its own (bench.cluster_drain's), whose six servers' CPU is the valkey tier, sharing the same cores.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import tempfile
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.cluster_drain import bench_valkey
 from bench.cpu_share import cpu_seconds, drain
 from resilienttask import AsyncClient
 from services.core.limits import UserLimits
@@ -80,10 +84,16 @@ async def start_latencies(edge: str, count: int) -> list[float]:
         return latencies
 
 
-def measure(shape: Shape, tasks: int, latency_tasks: int) -> Figures:
-    with tempfile.TemporaryDirectory(prefix="rtask-saturation-") as folder:
+def measure(shape: Shape, tasks: int, latency_tasks: int, cluster: bool = False, shards: int = 1) -> Figures:
+    with (
+        tempfile.TemporaryDirectory(prefix="rtask-saturation-") as folder,
+        ExitStack() as servers,
+    ):
+        valkey = servers.enter_context(bench_valkey(Path(folder) / "valkey", cluster=True)) if cluster else None
         config = StackConfig(
-            data_dir=Path(folder),
+            data_dir=Path(folder) / "stack",
+            redis_access=valkey.access if valkey else None,
+            extra_env={"RTASK_DISPATCH_SHARDS": str(shards)},
             edge_port=0,
             edge_tls_port=0,
             admin_port=0,
@@ -97,6 +107,7 @@ def measure(shape: Shape, tasks: int, latency_tasks: int) -> Figures:
         )
         with Stack(config) as stack:
             pids = {name: proc.pid for name, proc in stack.processes.items() if proc.pid}
+            pids.update(valkey.pids if valkey else {})
             before = cpu_seconds(pids)
             wall_s = asyncio.run(drain(stack.edge_address, tasks))
             after = cpu_seconds(pids)
@@ -138,11 +149,13 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=4000, help="no-op tasks per drain")
     parser.add_argument("--latency-tasks", type=int, default=50, help="sequential tasks for the start latency")
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="WORKERSxGATEWAYSxSCHEDULERS,...")
+    parser.add_argument("--redis-cluster", action="store_true", help="each stack on a Valkey Cluster of its own")
+    parser.add_argument("--dispatch-shards", type=int, default=1, help="RTASK_DISPATCH_SHARDS of every stack")
     args = parser.parse_args()
     results = []
     for text in args.configs.split(","):
         shape = Shape.parse(text)
-        figures = measure(shape, args.tasks, args.latency_tasks)
+        figures = measure(shape, args.tasks, args.latency_tasks, args.redis_cluster, args.dispatch_shards)
         print(f"{shape}: {figures.drain_per_s:,.0f} tasks/s, start p50 {figures.start_p50_ms:.1f} ms", flush=True)
         results.append(figures)
     print()
