@@ -69,10 +69,14 @@ def _serving(address: str) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def _gateways_healthy_in_envoy(stack: Stack, gateways: list[str]) -> bool:
+def gateway_health_in_envoy(stack: Stack, name: str) -> str:
+    """The health flags Envoy's /clusters shows for one gateway (`healthy`, `/failed_active_hc`, ...)."""
+    prefix = f"gateways::{stack.address(name)}::health_flags::"
     with urllib.request.urlopen(f"{stack.admin_url}/clusters", timeout=5) as reply:
-        lines = set(reply.read().decode().splitlines())
-    return all(f"gateways::{stack.address(name)}::health_flags::healthy" in lines for name in gateways)
+        for line in reply.read().decode().splitlines():
+            if line.startswith(prefix):
+                return line.removeprefix(prefix)
+    raise AssertionError(f"Envoy has no gateway at {stack.address(name)}")
 
 
 def wait_settled(stack: Stack, timeout_s: float = 60.0) -> None:
@@ -88,7 +92,7 @@ def wait_settled(stack: Stack, timeout_s: float = 60.0) -> None:
 
     def held() -> bool:
         serving = all(_serving(stack.address(name)) for name in services)
-        if not (serving and _gateways_healthy_in_envoy(stack, gateways)):
+        if not (serving and all(gateway_health_in_envoy(stack, name) == "healthy" for name in gateways)):
             since.clear()
             return False
         since[:] = since or [time.monotonic()]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from collections.abc import Callable
 
 import grpc
@@ -12,6 +11,7 @@ from resilienttask.v1 import scheduler_pb2, scheduler_pb2_grpc
 from services.stack.stack import Stack
 from tests.helpers import eventually
 from tests.integration.accounts import Account
+from tests.stack_health import gateway_health_in_envoy
 
 Message = scheduler_pb2.WatchTasksResponse
 # Only a guard against a stream that never delivers: no test measures time with it.
@@ -64,21 +64,11 @@ def has_version(task_id: str, version: int) -> Callable[[list[Message]], bool]:
     return lambda events: any(key(e) == (task_id, version) for e in events)
 
 
-def _gateway_health_in_envoy(stack: Stack, name: str) -> str:
-    """The health flags Envoy's /clusters shows for one gateway (`healthy`, `/failed_active_hc`, ...)."""
-    prefix = f"gateways::{stack.address(name)}::health_flags::"
-    with urllib.request.urlopen(f"{stack.admin_url}/clusters", timeout=5) as reply:
-        for line in reply.read().decode().splitlines():
-            if line.startswith(prefix):
-                return line.removeprefix(prefix)
-    raise AssertionError(f"Envoy has no gateway at {stack.address(name)}")
-
-
 async def restart_gateway(stack: Stack, name: str) -> None:
     """Start a killed gateway again and wait until Envoy routes to it."""
     await asyncio.to_thread(stack.restart, name)
 
     async def healthy() -> bool:
-        return await asyncio.to_thread(_gateway_health_in_envoy, stack, name) == "healthy"
+        return await asyncio.to_thread(gateway_health_in_envoy, stack, name) == "healthy"
 
     await eventually(healthy, timeout_s=30, interval_s=0.1, message=f"{name} healthy in Envoy")

@@ -4,36 +4,24 @@ Also the max-min fair level the slot cap is lowered to."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
 from services.core import keys
-from services.core.config import RedisConfig
-from services.core.dispatch import DispatchEntry, ensure_dispatch_groups, entry_ref, parse_ref, publish, split_ref
+from services.core.dispatch import entry_ref, parse_ref, publish, split_ref
 from services.core.limits import UserLimits, fair_level
-from services.core.redis_client import create_redis
 from services.worker.consumer import AGING_EVERY_READS, DispatchConsumer
 from tests.conftest import Stores
-
-KIND = "sleep"
+from tests.unit.dispatch_streams import KIND, dispatch_redis, entries
 
 
 @pytest.fixture
 async def redis(stores: Stores) -> AsyncIterator[aioredis.Redis]:
     """Database 11 of the session's Valkey: no stack process reads it."""
-    client = create_redis(RedisConfig(stores.redis_url.rsplit("/", 1)[0] + "/11"))
-    await client.flushdb()
-    await ensure_dispatch_groups(client, [KIND])
-    yield client
-    await client.flushdb()
-    await client.aclose()
-
-
-def entries(priority: int, n: int) -> list[DispatchEntry]:
-    return [DispatchEntry(str(uuid.uuid4()), str(uuid.uuid4()), KIND, priority=priority) for _ in range(n)]
+    async with dispatch_redis(stores, 11) as client:
+        yield client
 
 
 def test_references_name_each_stream_unambiguously() -> None:

@@ -18,19 +18,19 @@ import services.worker.builtin  # noqa: F401  (registers sleep)
 from resilienttask.v1 import task_pb2
 from services.core import keys
 from services.core.config import ConfigError, RedisConfig
-from services.core.dispatch import DispatchEntry, ensure_dispatch_groups, entry_ref, parse_ref, publish, split_ref
+from services.core.dispatch import DispatchEntry, entry_ref, parse_ref, publish, split_ref
 from services.core.redis_acl import USERS, WORKER
-from services.core.redis_client import create_redis, key_layout
+from services.core.redis_client import key_layout
 from services.core.settings import load
 from services.stack.valkey_cluster import slot_ranges
 from services.worker.consumer import AGING_EVERY_READS, DispatchConsumer
 from services.worker.worker import Worker
 from tests.conftest import Stores
 from tests.helpers import eventually
+from tests.unit.dispatch_streams import KIND, dispatch_redis, entries
 from tests.unit.scripted_scheduler import Script, make_auth, serve
 from tests.unit.test_worker_protocol import worker_config
 
-KIND = "sleep"
 SHARDS = 3
 SHARDED = keys.KeyLayout(dispatch_shards=SHARDS)
 
@@ -38,16 +38,8 @@ SHARDED = keys.KeyLayout(dispatch_shards=SHARDS)
 @pytest.fixture
 async def redis(stores: Stores) -> AsyncIterator[aioredis.Redis]:
     """Database 12 of the session's Valkey (no stack process reads it), through a client with 3 shards."""
-    client = create_redis(RedisConfig(stores.redis_url.rsplit("/", 1)[0] + "/12", dispatch_shards=SHARDS))
-    await client.flushdb()
-    await ensure_dispatch_groups(client, [KIND])
-    yield client
-    await client.flushdb()
-    await client.aclose()
-
-
-def entries(priority: int, n: int) -> list[DispatchEntry]:
-    return [DispatchEntry(str(uuid.uuid4()), str(uuid.uuid4()), KIND, priority=priority) for _ in range(n)]
+    async with dispatch_redis(stores, 12, shards=SHARDS) as client:
+        yield client
 
 
 def test_the_setting_is_read_by_every_process_and_bounded() -> None:
