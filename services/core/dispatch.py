@@ -3,7 +3,8 @@
 An entry reference names the entry across all streams: "<kind>:<stream entry id>" for the default priority
 (3), "<kind>:<stream entry id>:p<priority>" for the others (a stream entry id starts with a digit, so the
 suffix can never be taken for one), then ":s<shard>" when the entry is in shard 1 or above of its kind's
-streams (services.core.keys.KeyLayout.dispatch_shards). The task row keeps the reference of the entry
+streams (services.core.keys.KeyLayout.dispatch_shards), then ":u" when it is in the surplus lane (the share
+lane keeps the references of before). The task row keeps the reference of the entry
 responsible for it; workers pass references back in their start requests.
 """
 
@@ -38,21 +39,36 @@ class DispatchEntry:
     priority: int = keys.DEFAULT_PRIORITY
     # Which shard of the kind's streams (0 unless the kind is sharded: set when the entry is queued).
     shard: int = 0
+    # In the surplus lane: let through beyond its owner's fair cap while no other owner competed, so read after
+    # every share-lane entry of its level (docs/fair-sharing.md).
+    surplus: bool = False
 
     @property
-    def lane(self) -> tuple[str, int, int]:
-        """The stream of the entry: kind, priority, shard."""
-        return self.kind, self.priority, self.shard
+    def lane(self) -> tuple[str, int, int, bool]:
+        """The stream of the entry: kind, priority, shard, lane."""
+        return self.kind, self.priority, self.shard, self.surplus
 
 
-def entry_ref(kind: str, entry_id: str, priority: int = keys.DEFAULT_PRIORITY, shard: int = 0) -> str:
+def entry_ref(
+    kind: str, entry_id: str, priority: int = keys.DEFAULT_PRIORITY, shard: int = 0, surplus: bool = False
+) -> str:
     ref = f"{kind}:{entry_id}" if priority == keys.DEFAULT_PRIORITY else f"{kind}:{entry_id}:p{priority}"
-    return f"{ref}:s{shard}" if shard else ref
+    ref = f"{ref}:s{shard}" if shard else ref
+    return f"{ref}:u" if surplus else ref
 
 
 def parse_ref(ref: str) -> tuple[str, str, int, int]:
     """(kind, stream entry id, priority, shard) of an entry reference; ValueError when malformed."""
+    kind, entry_id, priority, shard, _ = parse_lane_ref(ref)
+    return kind, entry_id, priority, shard
+
+
+def parse_lane_ref(ref: str) -> tuple[str, str, int, int, bool]:
+    """(kind, stream entry id, priority, shard, surplus lane) of an entry reference; ValueError when malformed."""
     head, sep, last = ref.rpartition(":")
+    surplus = sep and last == "u"
+    if surplus:
+        head, sep, last = head.rpartition(":")
     shard = 0
     if sep and last[:1] == "s":
         if not last[1:].isdigit() or last[1:2] == "0" or not last[1:].isascii():
@@ -67,30 +83,34 @@ def parse_ref(ref: str) -> tuple[str, str, int, int]:
         head, sep, last = head.rpartition(":")
     if not sep or not head or not last:
         raise ValueError(f"malformed entry reference {ref!r}")
-    return head, last, priority, shard
+    return head, last, priority, shard, bool(surplus)
 
 
 def split_ref(ref: str, layout: keys.KeyLayout = keys.SINGLE) -> tuple[str, str]:
     """(stream key, stream entry id) of an entry reference; ValueError when malformed (or naming a shard beyond
     the layout's). The reference is the same on either layout (the stream's name is not part of it)."""
-    kind, entry_id, priority, shard = parse_ref(ref)
-    return layout.dispatch_stream(kind, priority, shard), entry_id
+    kind, entry_id, priority, shard, surplus = parse_lane_ref(ref)
+    return layout.dispatch_stream(kind, priority, shard, surplus), entry_id
 
 
 async def ensure_dispatch_groups(redis: aioredis.Redis, kinds: Iterable[str]) -> None:
-    """Create each kind's streams (every priority and shard) and groups if missing; from id 0, so entries added
-    earlier are not skipped."""
+    """Create each kind's streams (every priority, shard and lane) and groups if missing; from id 0, so entries
+    added earlier are not skipped."""
     layout = key_layout(redis)
     for kind in kinds:
         for shard in range(layout.dispatch_shards):
             for priority in keys.PRIORITIES:
-                try:
-                    await redis.xgroup_create(
-                        layout.dispatch_stream(kind, priority, shard), keys.DISPATCH_GROUP, id="0", mkstream=True
-                    )
-                except ResponseError as exc:
-                    if "BUSYGROUP" not in str(exc):
-                        raise
+                for surplus in (False, True):
+                    try:
+                        await redis.xgroup_create(
+                            layout.dispatch_stream(kind, priority, shard, surplus),
+                            keys.DISPATCH_GROUP,
+                            id="0",
+                            mkstream=True,
+                        )
+                    except ResponseError as exc:
+                        if "BUSYGROUP" not in str(exc):
+                            raise
 
 
 # Adds every entry of one batch to one stream in a single command, so a reader blocked on the stream is
@@ -118,11 +138,12 @@ return ids
 """
 
 
-def _by_lane(layout: keys.KeyLayout, entries: Sequence[DispatchEntry]) -> dict[tuple[str, int, int], list[int]]:
-    """The positions of the entries, by stream (kind, priority and the shard of each task id)."""
-    by_lane: dict[tuple[str, int, int], list[int]] = {}
+def _by_lane(layout: keys.KeyLayout, entries: Sequence[DispatchEntry]) -> dict[tuple[str, int, int, bool], list[int]]:
+    """The positions of the entries, by stream (kind, priority, the shard of each task id, lane)."""
+    by_lane: dict[tuple[str, int, int, bool], list[int]] = {}
     for position, entry in enumerate(entries):
-        by_lane.setdefault((entry.kind, entry.priority, layout.dispatch_shard(entry.task_id)), []).append(position)
+        lane = (entry.kind, entry.priority, layout.dispatch_shard(entry.task_id), entry.surplus)
+        by_lane.setdefault(lane, []).append(position)
     return by_lane
 
 
@@ -136,10 +157,10 @@ def _queue(pipe: Pipeline, entries: Sequence[DispatchEntry]) -> list[tuple[int, 
     """queue_entries(), with each entry's position in the given sequence."""
     layout = key_layout(pipe)
     ordered: list[tuple[int, DispatchEntry]] = []
-    for (kind, priority, shard), positions in _by_lane(layout, entries).items():
+    for (kind, priority, shard, surplus), positions in _by_lane(layout, entries).items():
         batch = [replace(entries[p], shard=shard) for p in positions]
         ordered += zip(positions, batch, strict=True)
-        stream = layout.dispatch_stream(kind, priority, shard)
+        stream = layout.dispatch_stream(kind, priority, shard, surplus)
         if any(entry.trace_parent for entry in batch):
             args = [value for e in batch for value in (e.task_id, e.dispatch_id, e.trace_parent)]
             pipe.eval(_ADD_TRACED_BATCH, 1, stream, *args, kind)
@@ -153,7 +174,9 @@ def entry_refs(entries: Sequence[DispatchEntry], replies: Sequence[Sequence[byte
     """The references of entries (as queue_entries ordered them), from the replies of its commands."""
     ids = [raw for reply in replies for raw in reply]
     return [
-        entry_ref(entry.kind, raw.decode() if isinstance(raw, bytes) else str(raw), entry.priority, entry.shard)
+        entry_ref(
+            entry.kind, raw.decode() if isinstance(raw, bytes) else str(raw), entry.priority, entry.shard, entry.surplus
+        )
         for entry, raw in zip(entries, ids, strict=True)
     ]
 
@@ -188,8 +211,11 @@ async def publish(redis: aioredis.Redis, entries: Iterable[DispatchEntry]) -> li
     return [refs[position] for position in range(len(batch))]
 
 
-def parse_entry(fields: dict[bytes, bytes], priority: int = keys.DEFAULT_PRIORITY, shard: int = 0) -> DispatchEntry:
-    """An entry read from the stream of the given priority and shard (the stream says them, the entry does not)."""
+def parse_entry(
+    fields: dict[bytes, bytes], priority: int = keys.DEFAULT_PRIORITY, shard: int = 0, surplus: bool = False
+) -> DispatchEntry:
+    """An entry read from the stream of the given priority, shard and lane (the stream says them, the entry
+    does not)."""
     # A traceparent is only carried on: parsed (and ignored when malformed) where a span continues it.
     trace_parent = fields.get(_TRACE_PARENT_FIELD, b"")
     return DispatchEntry(
@@ -199,10 +225,18 @@ def parse_entry(fields: dict[bytes, bytes], priority: int = keys.DEFAULT_PRIORIT
         trace_parent=trace_parent.decode(errors="replace") if len(trace_parent) <= MAX_TRACE_PARENT_BYTES else "",
         priority=priority,
         shard=shard,
+        surplus=surplus,
     )
 
 
 def row_entry(row: Mapping[str, Any]) -> DispatchEntry:
     """The entry of a task row's current dispatch (with its traceparent when the row was read with it)."""
     priority = row.get("priority") or keys.DEFAULT_PRIORITY
-    return DispatchEntry(str(row["id"]), str(row["dispatch_id"]), row["kind"], row.get("trace_parent") or "", priority)
+    return DispatchEntry(
+        str(row["id"]),
+        str(row["dispatch_id"]),
+        row["kind"],
+        row.get("trace_parent") or "",
+        priority,
+        surplus=bool(row.get("surplus")),
+    )

@@ -19,26 +19,33 @@ PRIORITIES = (5, 4, 3, 2, 1)
 DEFAULT_PRIORITY = 3
 
 
-def dispatch_stream(kind: str, priority: int = DEFAULT_PRIORITY) -> str:
+def dispatch_stream(kind: str, priority: int = DEFAULT_PRIORITY, surplus: bool = False) -> str:
+    """A kind's stream of one priority level: its share lane, or its surplus lane (read after the share lane of
+    the same level: work let through beyond its owner's fair cap while nobody else competes)."""
+    lane = "-u" if surplus else ""
     if priority == DEFAULT_PRIORITY:
-        return f"{PREFIX}:dispatch:{kind}"
-    return f"{PREFIX}:dispatch-p{priority}:{kind}"
+        return f"{PREFIX}:dispatch{lane}:{kind}"
+    return f"{PREFIX}:dispatch-p{priority}{lane}:{kind}"
 
 
-def dispatch_shard_stream(kind: str, priority: int, shard: int) -> str:
+def dispatch_shard_stream(kind: str, priority: int, shard: int, surplus: bool = False) -> str:
     """Shard `shard` (1 and up) of a kind's streams, when a kind is split (KeyLayout.dispatch_shards); shard 0 is
     dispatch_stream() itself, so a deployment that starts sharding keeps reading the entries it holds."""
+    lane = "-u" if surplus else ""
     if priority == DEFAULT_PRIORITY:
-        return f"{PREFIX}:dispatch-s{shard}:{kind}"
-    return f"{PREFIX}:dispatch-p{priority}-s{shard}:{kind}"
+        return f"{PREFIX}:dispatch-s{shard}{lane}:{kind}"
+    return f"{PREFIX}:dispatch-p{priority}-s{shard}{lane}:{kind}"
 
 
-# Every dispatch stream, for key patterns (ACLs): the default level's and the other levels', and their shards'.
+# Every dispatch stream, for key patterns (ACLs): the default level's and the other levels', and their shards',
+# in either lane.
 DISPATCH_STREAM_PATTERNS = (
     dispatch_stream("*"),
     f"{PREFIX}:dispatch-p?:*",
     f"{PREFIX}:dispatch-s*:*",
     f"{PREFIX}:dispatch-p?-s*:*",
+    dispatch_stream("*", surplus=True),
+    f"{PREFIX}:dispatch-p?-u:*",
 )
 
 
@@ -124,8 +131,8 @@ def log_watch_seats(owner_id: str) -> str:
 # On a cluster every Lua script, multi-key command and blocking read must touch keys of one hash slot. The names
 # above are those of a single server (kept as they are, so a deployment upgraded in place keeps its data); a
 # cluster uses the names of CLUSTER below, which put the keys that go together under one {hash tag}:
-# - dispatch: the five priority streams of a kind share the tag {<kind>}, so a worker's blocking read covers a
-#   kind's levels in one command, and different kinds spread over the nodes. A kind may be split into
+# - dispatch: the five priority streams of a kind, in both lanes, share the tag {<kind>}, so a worker's blocking
+#   read covers a kind's levels in one command, and different kinds spread over the nodes. A kind may be split into
 #   dispatch_shards shards (RTASK_DISPATCH_SHARDS; a task's shard is a stable hash of its id): shard 0 keeps the
 #   names above, shard s > 0 has its own streams under a tag of its own, {<kind>~<n>}, each shard's five levels
 #   under one tag. n is the first number that puts the shard's slot in an N-th of the slot space no other shard
@@ -187,13 +194,16 @@ class KeyLayout:
         and a batch spreads evenly."""
         return _shard(task_id, self.dispatch_shards) if self.dispatch_shards > 1 else 0
 
-    def dispatch_stream(self, kind: str, priority: int = DEFAULT_PRIORITY, shard: int = 0) -> str:
+    def dispatch_stream(
+        self, kind: str, priority: int = DEFAULT_PRIORITY, shard: int = 0, surplus: bool = False
+    ) -> str:
+        """A stream of a kind: its priority level, shard and lane (both lanes of a shard under one hash tag)."""
         if shard == 0:
-            return dispatch_stream(f"{{{kind}}}" if self.cluster else kind, priority)
+            return dispatch_stream(f"{{{kind}}}" if self.cluster else kind, priority, surplus)
         if not 0 < shard < self.dispatch_shards:
             raise ValueError(f"dispatch shard {shard} out of range (RTASK_DISPATCH_SHARDS={self.dispatch_shards})")
         name = f"{{{_shard_tags(kind, self.dispatch_shards)[shard]}}}" if self.cluster else kind
-        return dispatch_shard_stream(name, priority, shard)
+        return dispatch_shard_stream(name, priority, shard, surplus)
 
     def feed_shard(self, owner_id: str) -> int:
         return _shard(owner_id, FEED_SHARDS) if self.cluster else 0

@@ -88,11 +88,17 @@ class UserLimits:
         ceiling, lowered to the max-min fair level plus the headroom when fair sharing is on. At least one, so
         a user is never left with nothing to run, even in a pool of one slot.
         """
-        ceiling = None if self.slot_share >= 1 else max(1, math.floor(self.slot_share * live_slots))
+        ceiling = self.slot_ceiling(live_slots)
         if not self.fair_share:
             return ceiling
         fair = fair_level(live_slots, demands) + math.ceil(self.fair_headroom_share * live_slots)
         return max(1, fair if ceiling is None else min(ceiling, fair))
+
+    def slot_ceiling(self, live_slots: int) -> int | None:
+        """The fixed ceiling alone (RTASK_LIMIT_SLOT_SHARE of the pool, at least one); None when there is none. It
+        holds an owner alone in the pool too: the fair share lets that owner's burst through (to the surplus lane),
+        never this."""
+        return None if self.slot_share >= 1 else max(1, math.floor(self.slot_share * live_slots))
 
     @classmethod
     def unlimited(cls) -> UserLimits:

@@ -38,7 +38,7 @@ TASK_COLUMNS = (
     "id, owner_id, name, kind, payload, status, progress, attempt, max_attempts, worker_id, error, "
     "request_id, batch_id, replica_index, workload_ms, max_runtime_ms, dead_lettered, result, version, "
     "created_at, started_at, finished_at, dispatch_id, entry_id, fence, run_at, schedule_id, priority, "
-    "concurrency_key, concurrency_limit, wait_reason"
+    "concurrency_key, concurrency_limit, wait_reason, surplus"
 )
 
 # The columns of a summary (row_to_summary): the watch snapshot reads neither payload nor result.

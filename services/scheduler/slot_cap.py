@@ -7,6 +7,10 @@ pool and the demand: a share of the slots of the workers in the registry, lowere
 between the owners with active tasks (services.core.limits), written to PostgreSQL for the submit statements
 and the releases to read; when it grows, or a release skipped a task being changed, the periodic release
 here lets the waiting tasks through. A held task is never lost: it is released at the latest by that sweep.
+
+With the fair share on, the cap written here is the fair one; the owner alone in the pool (the only one with
+active tasks) is held only by the fixed ceiling, its tasks beyond the fair cap going to the surplus lanes
+(migration 0018): so the scheduler also writes the ceiling and which owner, if any, is alone.
 """
 
 from __future__ import annotations
@@ -28,14 +32,30 @@ RELEASED_CHANNEL = "rt_released"
 RELEASE_OWNERS = 100
 
 
+# slot_cap.lone_owner when no owner has active tasks: whoever submits first is alone (migration 0018).
+NO_OWNER = "00000000-0000-0000-0000-000000000000"
+
+
 async def refresh_cap(pool: asyncpg.Pool, redis: aioredis.Redis, limits: UserLimits) -> int | None:
     """Write the cap for the live pool as it is now (nothing when unchanged); returns it."""
     workers = await worker_registry.live_workers(redis)
+    live_slots = sum(w.slots for w in workers)
     # One row per owner with active tasks. No index: it would make every counter update of a users row a
     # non-HOT update, on the hot path, to spare a scan of the users table once a second.
-    demands = [r[0] for r in await pool.fetch("SELECT active_tasks FROM users WHERE active_tasks > 0")]
-    cap = limits.slots_per_user(sum(w.slots for w in workers), demands)
-    await pool.execute("UPDATE slot_cap SET slots_per_user = $1 WHERE slots_per_user IS DISTINCT FROM $1", cap)
+    active = await pool.fetch("SELECT id, active_tasks FROM users WHERE active_tasks > 0")
+    cap = limits.slots_per_user(live_slots, [r["active_tasks"] for r in active])
+    # Which owner may go beyond the fair cap (to the surplus lane): the one alone with active tasks, or anyone
+    # when nobody has any (NO_OWNER); none when several compete or the fair share is off.
+    lone = None
+    if limits.fair_share:
+        lone = str(active[0]["id"]) if len(active) == 1 else NO_OWNER if not active else None
+    await pool.execute(
+        "UPDATE slot_cap SET slots_per_user = $1, ceiling_slots = $2, lone_owner = $3::uuid "
+        "WHERE (slots_per_user, ceiling_slots, lone_owner) IS DISTINCT FROM ($1, $2, $3::uuid)",
+        cap,
+        limits.slot_ceiling(live_slots),
+        lone,
+    )
     return cap
 
 

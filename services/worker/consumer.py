@@ -9,6 +9,11 @@ under saturation urgent work starts first. Weighted so that no level starves: ev
 takes one lower level first (the levels below the top take turns), so a level with work waiting gets the
 first pick at least once every AGING_EVERY_READS x 4 reads of each worker, however much urgent work arrives.
 
+Lanes: each level has a share lane and a surplus lane (work let through beyond its owner's fair cap while no
+other owner competed, docs/fair-sharing.md). A read takes a level's share lane before its surplus lane, and both
+before the next level down: priority first, then the share lane. Everything else (reclaim, refresh,
+acknowledge, release, owned) covers both lanes alike.
+
 A kind may be split into shards (RTASK_DISPATCH_SHARDS), each with its own five streams: the worker reads,
 reclaims and refreshes every shard of its kinds alike, and acknowledges an entry on the stream its reference
 names. Priority holds within the worker's view of all shards: each level is read from every shard before the
@@ -83,14 +88,20 @@ class DispatchConsumer:
         self.layout = key_layout(redis)
         # (kind, shard) of every shard of every kind: on a cluster, one slot each.
         self._shards = [(kind, shard) for kind in self.kinds for shard in range(self.layout.dispatch_shards)]
-        # stream -> (kind, priority, shard), the most urgent level first.
+        # stream -> (kind, priority, shard, surplus lane), the most urgent level first, its share lane first.
         self._lane_of = {
-            self.layout.dispatch_stream(kind, priority, shard): (kind, priority, shard)
+            self.layout.dispatch_stream(kind, priority, shard, surplus): (kind, priority, shard, surplus)
             for priority in keys.PRIORITIES
+            for surplus in (False, True)
             for kind, shard in self._shards
         }
+        # Each level's streams, share lane, then surplus lane.
         self._streams_at = {
-            p: [self.layout.dispatch_stream(kind, p, shard) for kind, shard in self._shards] for p in keys.PRIORITIES
+            p: [
+                [self.layout.dispatch_stream(kind, p, shard, surplus) for kind, shard in self._shards]
+                for surplus in (False, True)
+            ]
+            for p in keys.PRIORITIES
         }
         # On a cluster: the blocking read of each kind's shard still waiting for entries (see the module's docstring).
         self._waiting: dict[tuple[str, int], asyncio.Task[Any]] = {}
@@ -123,7 +134,7 @@ class DispatchConsumer:
         if self.layout.cluster:
             # The reads of several slots end in any order: the most urgent first, for a caller keeping only some.
             read = await self._read_cluster(count, block_ms)
-            return await self._accept(sorted(read, key=lambda pair: -self._lane_of[pair[0]][1]))
+            return await self._accept(sorted(read, key=lambda pair: self._read_order(pair[0])))
         raw = await self._read_levels(count, [])
         if not raw:
             reply = await self.redis.xreadgroup(
@@ -136,36 +147,43 @@ class DispatchConsumer:
             raw = _flatten(reply)
         return await self._accept(raw)
 
+    def _read_order(self, stream: str) -> tuple[int, bool]:
+        """Most urgent level first, its share lane before its surplus lane."""
+        _, priority, _, surplus = self._lane_of[stream]
+        return -priority, surplus
+
     def _per_shard(self, count: int) -> int:
         """What one stream command may bring of a kind's `count`: its share over the kind's shards (rounded up), so
         a read of every shard brings about count, not count from each (the caller hands back any surplus)."""
         return -(-count // self.layout.dispatch_shards)
 
     async def _read_levels(self, count: int, raw: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-        """The non-blocking reads, level by level while slots are left. A level is read again while one of its
-        streams gave all it was asked for (each is asked for its share only), so no lower level is read while a
-        shard still holds entries of a higher one."""
+        """The non-blocking reads, level by level (each its share lane, then its surplus lane) while slots are left.
+        A lane is read again while one of its streams gave all it was asked for (each is asked for its share only),
+        so no lower lane is read while a shard still holds entries of a higher one."""
         for level in self._levels():
-            while (wanted := count - len(raw)) > 0:
-                per_stream = self._per_shard(wanted)
-                if self.layout.cluster:  # one command per slot
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for stream in self._streams_at[level]:
-                            pipe.xreadgroup(keys.DISPATCH_GROUP, self.consumer, {stream: ">"}, count=per_stream)
-                        replies = await pipe.execute()
-                    found = [_flatten(reply) for reply in replies]
-                else:
-                    streams: Any = dict.fromkeys(self._streams_at[level], ">")
-                    reply: Any = await self.redis.xreadgroup(
-                        keys.DISPATCH_GROUP, self.consumer, streams, count=per_stream
-                    )
-                    found = [[(_text(stream), entry) for entry in entries] for stream, entries in reply or []]
-                raw += [pair for pairs in found for pair in pairs]
-                if all(len(pairs) < per_stream for pairs in found):
-                    break
-            if count - len(raw) <= 0:
-                break
+            for lane in self._streams_at[level]:
+                while (wanted := count - len(raw)) > 0:
+                    per_stream = self._per_shard(wanted)
+                    found = await self._read_once(lane, per_stream)
+                    raw += [pair for pairs in found for pair in pairs]
+                    if all(len(pairs) < per_stream for pairs in found):
+                        break
+                if count - len(raw) <= 0:
+                    return raw
         return raw
+
+    async def _read_once(self, lane: list[str], per_stream: int) -> list[list[tuple[str, Any]]]:
+        """One non-blocking read of the streams of one lane: what each stream gave."""
+        if self.layout.cluster:  # one command per slot
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for stream in lane:
+                    pipe.xreadgroup(keys.DISPATCH_GROUP, self.consumer, {stream: ">"}, count=per_stream)
+                replies = await pipe.execute()
+            return [_flatten(reply) for reply in replies]
+        streams: Any = dict.fromkeys(lane, ">")
+        reply: Any = await self.redis.xreadgroup(keys.DISPATCH_GROUP, self.consumer, streams, count=per_stream)
+        return [[(_text(stream), entry) for entry in entries] for stream, entries in reply or []]
 
     async def _read_cluster(self, count: int, block_ms: int) -> list[tuple[str, Any]]:
         """read() on a cluster: the same order of levels, one command per kind and shard (one slot each)."""
@@ -174,7 +192,11 @@ class DispatchConsumer:
             return raw
         for kind, shard in self._shards:
             if (kind, shard) not in self._waiting:
-                streams: Any = {self.layout.dispatch_stream(kind, p, shard): ">" for p in keys.PRIORITIES}
+                streams: Any = {
+                    self.layout.dispatch_stream(kind, p, shard, surplus): ">"
+                    for p in keys.PRIORITIES
+                    for surplus in (False, True)
+                }
                 read = self.redis.xreadgroup(
                     keys.DISPATCH_GROUP, self.consumer, streams, count=self._per_shard(count), block=block_ms
                 )
@@ -223,8 +245,8 @@ class DispatchConsumer:
     async def reclaim(self, count: int, min_idle_ms: int) -> list[Delivery]:
         """Take over up to count entries idle for min_idle_ms: their worker stopped heartbeating."""
         raw: list[tuple[str, Any]] = []
-        # First, in one round trip, which streams have an entry idle that long at all: a worker has five
-        # streams per kind, nearly always with nothing to take over.
+        # First, in one round trip, which streams have an entry idle that long at all: a worker has ten
+        # streams per kind (five levels, two lanes), nearly always with nothing to take over.
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream in self._lane_of:
                 pipe.xpending_range(stream, keys.DISPATCH_GROUP, "-", "+", 1, idle=min_idle_ms)
@@ -295,10 +317,10 @@ class DispatchConsumer:
         deliveries: list[Delivery] = []
         malformed: list[str] = []
         for stream, (entry_id_raw, fields) in raw:
-            kind, priority, shard = self._lane_of[stream]
-            ref = entry_ref(kind, _text(entry_id_raw), priority, shard)
+            kind, priority, shard, surplus = self._lane_of[stream]
+            ref = entry_ref(kind, _text(entry_id_raw), priority, shard, surplus)
             try:
-                deliveries.append(Delivery(ref, parse_entry(fields, priority, shard), reclaimed))
+                deliveries.append(Delivery(ref, parse_entry(fields, priority, shard, surplus), reclaimed))
             except (KeyError, TypeError, AttributeError, UnicodeDecodeError):
                 malformed.append(ref)
         if malformed:

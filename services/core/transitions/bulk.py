@@ -27,15 +27,18 @@ from services.core.transitions.rules import PUBLISH_GRACE_S, history_of
 # What RetryTask writes (transitions.user._RETRY without a delay), for every retryable task of the page. The
 # retried tasks are admitted together, as one submission of n tasks (rt_admit, migration 0008: active and stored
 # limits, the submission rate): a page over a limit is refused whole (RT003), nothing written. Those beyond the
-# owner's slot cap wait held, the oldest dispatched first. $3 holds a fresh dispatch id per listed id.
+# owner's slot cap wait held, the oldest dispatched first (those beyond its fair cap while it is alone in the pool
+# go to the surplus lane, rt_admit_lanes, migration 0018). $3 holds a fresh dispatch id per listed id.
 _RETRY_MANY = f"""
 WITH target AS (
     SELECT id, status, created_at FROM tasks WHERE id = ANY($1::uuid[]) AND owner_id = $2 ORDER BY id FOR UPDATE
 ),
 retryable AS (SELECT * FROM target WHERE status = ANY($4::smallint[])),
 admitted AS (
-    SELECT rt_admit($2, '', c.n, 0, $5, $6, $7, $8) AS dispatchable
-    FROM (SELECT count(*)::int AS n FROM retryable) AS c WHERE c.n > 0
+    SELECT a.lanes[1] AS dispatchable, a.lanes[2] AS shared FROM (
+        SELECT rt_admit_lanes($2, '', c.n, 0, $5, $6, $7, $8) AS lanes
+        FROM (SELECT count(*)::int AS n FROM retryable) AS c WHERE c.n > 0
+    ) AS a
 ),
 numbered AS (
     SELECT retryable.id, retryable.status, d.dispatch_id,
@@ -46,6 +49,7 @@ changed AS (
     UPDATE tasks SET status = {QUEUED}, attempt = 0, dead_lettered = false, error = '', progress = 0,
         result = NULL, started_at = NULL, finished_at = NULL, worker_id = '', dispatch_id = numbered.dispatch_id,
         published = false, published_at = NULL, held = numbered.idx >= admitted.dispatchable, run_at = NULL,
+        surplus = numbered.idx >= admitted.shared AND numbered.idx < admitted.dispatchable,
         publish_after = CASE WHEN numbered.idx >= admitted.dispatchable THEN 'infinity'::timestamptz
                              ELSE now() + make_interval(secs => $9) END
     FROM numbered, admitted WHERE tasks.id = numbered.id

@@ -8,7 +8,8 @@ Admission when due: a SCHEDULED task was admitted against its owner's stored-tas
 at submission; it counts toward the active-task limit only from the moment it is QUEUED. So a due task whose
 owner is at the active limit stays SCHEDULED, past its run_at, until the owner has room (one of their active
 tasks ends), then becomes QUEUED like any other, oldest run_at first: never lost, never over the limit. A due
-task admitted beyond its owner's slot cap is QUEUED held, as a submission beyond it is (migration 0008).
+task admitted beyond its owner's slot cap is QUEUED held, as a submission beyond it is (migration 0008), or,
+beyond the fair cap while its owner is alone in the pool, published to the surplus lane (migration 0018).
 """
 
 from __future__ import annotations
@@ -42,18 +43,21 @@ owners AS (
     WHERE users.id IN (SELECT owner_id FROM candidates) ORDER BY users.id FOR NO KEY UPDATE
 ),
 ranked AS (
-    SELECT c.id, o.active_tasks, o.dispatched_tasks,
+    SELECT c.id, c.owner_id, o.active_tasks, o.dispatched_tasks,
         row_number() OVER (PARTITION BY c.owner_id ORDER BY c.run_at, c.id) AS n
     FROM candidates AS c JOIN owners AS o ON o.id = c.owner_id
 ),
-chosen AS (
+capped AS (
     SELECT ranked.id,
-        cap.slots_per_user IS NOT NULL AND ranked.dispatched_tasks + ranked.n > cap.slots_per_user AS held
+        coalesce(ranked.dispatched_tasks + ranked.n > rt_hold_cap(cap, ranked.owner_id), false) AS held,
+        coalesce(ranked.dispatched_tasks + ranked.n > cap.slots_per_user, false) AS beyond_share
     FROM ranked CROSS JOIN slot_cap AS cap
     WHERE $2 = 0 OR ranked.active_tasks + ranked.n <= $2
 ),
+chosen AS (SELECT capped.id, capped.held, capped.beyond_share AND NOT capped.held AS surplus FROM capped),
 changed AS (
-    UPDATE tasks SET status = {QUEUED}, held = chosen.held, wait_reason = chosen.held::int, published = false,
+    UPDATE tasks SET status = {QUEUED}, held = chosen.held, wait_reason = chosen.held::int, surplus = chosen.surplus,
+        published = false,
         published_at = NULL,
         publish_after = CASE WHEN chosen.held THEN 'infinity'::timestamptz
                              ELSE now() + make_interval(secs => $3) END

@@ -137,24 +137,27 @@ _REFUSED = "RT001"
 
 # The per-user limits, checked under the owner's row lock by rt_admit() (migration 0008) before anything is
 # written: active tasks, stored tasks, the submission rate. It returns how many replicas may be dispatched now
-# under the owner's slot cap; the others are inserted held (never published until released).
-_ADMIT = "rt_admit($2, $7, cardinality($1::uuid[]), cardinality($1::uuid[]), $14, $15, $16, $17)"
+# under the owner's slot cap, and how many of those go to the share lane (rt_admit_lanes, migration 0018: the
+# others, let through beyond the fair cap while their owner is alone in the pool, go to the surplus lane); the
+# rest are inserted held (never published until released).
+_ADMIT = "rt_admit_lanes($2, $7, cardinality($1::uuid[]), cardinality($1::uuid[]), $14, $15, $16, $17)"
 
 # Every replica in one autocommit statement (one round trip, one commit; its first history row is derived
 # from the task row, migration 0006). Admission comes first: the insert reads its answer, so runs after it.
 # ON CONFLICT skips replicas of a request_id used before; when some were inserted all the same, the guard
 # refuses the statement, so nothing of it is kept. When none was, the statement returns no row.
 _INSERT_SUBMISSION = f"""
-WITH admitted AS (SELECT {_ADMIT} AS dispatchable),
+WITH admitted AS (SELECT a.lanes[1] AS dispatchable, a.lanes[2] AS shared FROM (SELECT {_ADMIT} AS lanes) AS a),
 inserted AS (
     INSERT INTO tasks (id, owner_id, name, kind, payload, status, max_attempts, request_id, batch_id,
                        replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held, schedule_id,
-                       trace_parent, priority, concurrency_key, concurrency_limit, wait_reason)
+                       trace_parent, priority, concurrency_key, concurrency_limit, wait_reason, surplus)
     SELECT t.id, $2, $3, $4, $5::jsonb, {QUEUED}, $6, $7, $8, t.idx, $9, $10, t.dispatch_id,
            CASE WHEN t.idx < admitted.dispatchable THEN now() + make_interval(secs => $11)
                 ELSE 'infinity'::timestamptz END,
            t.idx >= admitted.dispatchable, $18::uuid, $19, $20, $21, $22,
-           (t.idx >= admitted.dispatchable)::int  -- WAIT_REASON_SLOT_SHARE when held
+           (t.idx >= admitted.dispatchable)::int,  -- WAIT_REASON_SLOT_SHARE when held
+           t.idx >= admitted.shared AND t.idx < admitted.dispatchable
     FROM unnest($1::uuid[], $12::int[], $13::uuid[]) AS t(id, idx, dispatch_id), admitted
     ON CONFLICT (owner_id, request_id, replica_index) DO NOTHING
     RETURNING {TASK_COLUMNS}, held, trace_parent
@@ -172,7 +175,7 @@ SELECT inserted.* FROM inserted, guard ORDER BY replica_index
 # Their first history row (none -> SCHEDULED) is stored, as the view derives a none -> QUEUED one otherwise.
 # The insert trigger of migration 0009 wakes the due publishers at commit.
 _INSERT_SCHEDULED = f"""
-WITH admitted AS (SELECT {_ADMIT} AS dispatchable),
+WITH admitted AS (SELECT {_ADMIT} AS lanes),
 inserted AS (
     INSERT INTO tasks (id, owner_id, name, kind, payload, status, max_attempts, request_id, batch_id,
                        replica_index, workload_ms, max_runtime_ms, dispatch_id, publish_after, held, schedule_id,
@@ -345,8 +348,10 @@ async def cancel(
 _RETRY = f"""
 WITH target AS (SELECT id, status FROM tasks WHERE id = $1 AND owner_id = $2 FOR UPDATE),
 admitted AS (
-    SELECT rt_admit($2, '', 1, 0, CASE WHEN $10::bigint > 0 THEN 0 ELSE $6 END, $7, $8, $9) AS dispatchable
-    FROM target WHERE target.status = ANY($5::smallint[])
+    SELECT a.lanes[1] AS dispatchable, a.lanes[2] AS shared FROM (
+        SELECT rt_admit_lanes($2, '', 1, 0, CASE WHEN $10::bigint > 0 THEN 0 ELSE $6 END, $7, $8, $9) AS lanes
+        FROM target WHERE target.status = ANY($5::smallint[])
+    ) AS a
 ),
 timing AS (
     SELECT $10::bigint > 0 AS delayed, now() + make_interval(secs => $10::bigint / 1000.0) AS run_at
@@ -357,6 +362,7 @@ changed AS (
         result = NULL, started_at = NULL, finished_at = NULL, worker_id = '', dispatch_id = $3,
         published = false, published_at = NULL, held = NOT timing.delayed AND admitted.dispatchable < 1,
         wait_reason = (NOT timing.delayed AND admitted.dispatchable < 1)::int,
+        surplus = NOT timing.delayed AND admitted.dispatchable >= 1 AND admitted.shared < 1,
         run_at = CASE WHEN timing.delayed THEN timing.run_at END,
         publish_after = CASE WHEN timing.delayed OR admitted.dispatchable < 1 THEN 'infinity'::timestamptz
                              ELSE now() + make_interval(secs => $4) END
