@@ -2,7 +2,9 @@
 
 A stack of its own with a small pool (2 workers x 2 slots), no fixed slot share (slot_share 1) and fair sharing
 on, so that one user's backlog saturates it: urgent work submitted later starts before the routine work that
-was waiting, another user's task starts while the first user's queue is still long, and every task ran once.
+was waiting, another user's task starts while the first user's queue is still long (the first user alone is
+held by nothing, its backlog beyond the fair cap waits in the surplus lanes; with two users competing, the one
+beyond the fair cap waits held in PostgreSQL), and every task ran once.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 
 from resilienttask.v1 import task_pb2
 from services.core.limits import UserLimits
+from services.scheduler import slot_cap
 from services.stack.stack import Stack, StackConfig
 from tests.conftest import TEST_BCRYPT_COST, Stores
 from tests.databases import create_database
@@ -148,10 +151,30 @@ async def test_urgent_work_overtakes_waiting_routine_work(channel: grpc.aio.Chan
     await assert_each_attempt_ran_once(db, everything)
 
 
+async def alone_in_the_pool(db: asyncpg.Connection, user: UserTasks | None) -> None:
+    """Wait until the schedulers have seen that `user` is alone with active tasks (None: that nobody has any)."""
+    lone = user.account.user_id if user is not None else slot_cap.NO_OWNER
+
+    async def seen() -> bool:
+        return str(await db.fetchval("SELECT lone_owner FROM slot_cap")) == lone
+
+    await eventually(seen, timeout_s=30, message="the slot cap's owner alone")
+
+
+async def count_held(db: asyncpg.Connection, user: UserTasks) -> int:
+    count: int = await db.fetchval(
+        "SELECT count(*) FROM tasks WHERE owner_id = $1 AND held AND status = $2",
+        user.account.user_id,
+        S.TASK_STATUS_QUEUED,
+    )
+    return count
+
+
 async def test_another_users_task_starts_while_one_user_floods(
     channel: grpc.aio.Channel, db: asyncpg.Connection
 ) -> None:
     flooder, other = await new_user(channel, "flood"), await new_user(channel, "other")
+    await alone_in_the_pool(db, None)
     batches = [await flooder.submit(workload_s=WORK_S, replicas=50) for _ in range(2)]
     flood = [t for batch in batches for t in batch]
     try:
@@ -160,17 +183,13 @@ async def test_another_users_task_starts_while_one_user_floods(
             return await count_status(db, flooder, S.TASK_STATUS_RUNNING) == POOL
 
         await eventually(saturated, message="the flood fills the pool")
-
-        async def held_reason_told() -> bool:
-            held = await db.fetch(
-                "SELECT id FROM tasks WHERE owner_id = $1 AND held AND status = $2 LIMIT 3",
-                flooder.account.user_id,
-                S.TASK_STATUS_QUEUED,
-            )
-            told = [await flooder.get(str(r["id"])) for r in held]
-            return any(t.wait_reason == S.WAIT_REASON_SLOT_SHARE for t in told)
-
-        await eventually(held_reason_told, message="a held task tells why it waits")
+        # Alone in the pool, the flood is held by nothing: beyond the fair cap it waits in the surplus lanes.
+        assert await count_held(db, flooder) == 0
+        surplus = await db.fetchval(
+            "SELECT count(*) FROM tasks WHERE owner_id = $1 AND surplus", flooder.account.user_id
+        )
+        assert surplus >= len(flood) - POOL - HEADROOM
+        await alone_in_the_pool(db, flooder)
         (mine,) = await other.submit(workload_s=WORK_S)
         done = await other.wait_for(mine.id, timeout_s=60)
         assert done.status == S.TASK_STATUS_SUCCEEDED and done.wait_reason == S.WAIT_REASON_UNSPECIFIED
@@ -180,10 +199,10 @@ async def test_another_users_task_starts_while_one_user_floods(
         submitted_at = done.created_at.ToDatetime().astimezone(mine_at.tzinfo)
         meanwhile = [v for v in started.values() if v is not None and submitted_at <= v < mine_at]
         not_started = [v for v in started.values() if v is None or v > mine_at]
-        # The flood's tasks that started between the other user's submission and its start: those already in
-        # the streams (the headroom) and those released meanwhile, a handful; without the fair share, the
-        # whole flood was published ahead of it.
-        assert len(meanwhile) <= HEADROOM + POOL, len(meanwhile)
+        # The flood's tasks that started between the other user's submission and its start: those the workers
+        # had read before it was published, at most one per slot (its share lane is read before the flood's
+        # surplus lane); without the fair share, the whole flood was published ahead of it.
+        assert len(meanwhile) <= POOL, len(meanwhile)
         assert len(not_started) >= len(flood) // 2, "the flood was far from drained"
     finally:
         for batch in batches:
@@ -192,3 +211,34 @@ async def test_another_users_task_starts_while_one_user_floods(
     await assert_each_attempt_ran_once(db, [*flood, mine])
     told = await flooder.get(flood[-1].id)
     assert told.status == S.TASK_STATUS_CANCELLED and told.wait_reason == S.WAIT_REASON_UNSPECIFIED
+
+
+async def test_with_two_users_competing_the_one_beyond_the_fair_cap_waits_held(
+    channel: grpc.aio.Channel, db: asyncpg.Connection
+) -> None:
+    first, second = await new_user(channel, "first"), await new_user(channel, "second")
+    await alone_in_the_pool(db, None)
+    (long,) = await first.submit(workload_s=30)
+    await alone_in_the_pool(db, first)
+    flood = await second.submit(workload_s=WORK_S, replicas=30)
+    try:
+
+        async def held_reason_told() -> bool:
+            held = await db.fetch(
+                "SELECT id FROM tasks WHERE owner_id = $1 AND held AND status = $2 LIMIT 3",
+                second.account.user_id,
+                S.TASK_STATUS_QUEUED,
+            )
+            told = [await second.get(str(r["id"])) for r in held]
+            return any(t.wait_reason == S.WAIT_REASON_SLOT_SHARE for t in told)
+
+        await eventually(held_reason_told, message="a held task tells why it waits")
+        assert (
+            await db.fetchval("SELECT count(*) FROM tasks WHERE owner_id = $1 AND surplus", second.account.user_id) == 0
+        )
+    finally:
+        await second.cancel_batch(flood[0].batch_id)
+        await first.cancel_batch(long.batch_id)
+    await finished(second, flood)
+    await finished(first, [long])
+    await assert_each_attempt_ran_once(db, [*flood, long])

@@ -97,8 +97,11 @@ BEGIN
     SELECT * INTO cap FROM slot_cap;
     SELECT array_agg(w.id), array_agg(w.rank > coalesce(r.share_room, w.rank)) INTO candidates, beyond FROM users
     CROSS JOIN LATERAL (
-        SELECT greatest(0, rt_hold_cap(cap, users.id) - users.dispatched_tasks) AS room,
-               greatest(0, cap.slots_per_user - users.dispatched_tasks) AS share_room
+        -- greatest() ignores a NULL: no cap is spelled out.
+        SELECT CASE WHEN h.hold IS NULL THEN NULL ELSE greatest(0, h.hold - users.dispatched_tasks) END AS room,
+               CASE WHEN cap.slots_per_user IS NULL THEN NULL
+                    ELSE greatest(0, cap.slots_per_user - users.dispatched_tasks) END AS share_room
+        FROM (SELECT rt_hold_cap(cap, users.id) AS hold) AS h
     ) AS r
     CROSS JOIN LATERAL (
         SELECT c.id, row_number() OVER (
