@@ -269,8 +269,8 @@ def document(meta: dict[str, Any], results: dict[str, Any]) -> str:
             "## What the features cost the drain",
             "",
             f"No-op drain of {meta['sizes']['drain']:,} tasks of one user, **on** = every priority level used "
-            "(the submissions cycle through 1 to 5), the fair share on (the user's backlog beyond the pool and "
-            "its headroom waits held in PostgreSQL and is released as tasks end), a concurrency key on every task "
+            "(the submissions cycle through 1 to 5), the fair share on (the user is alone: its backlog beyond the "
+            "pool and its headroom goes to the surplus lanes, nothing held), a concurrency key on every task "
             "(ten keys, limit 1,000) and a rate limit on the kind (100,000 starts a second), neither binding; "
             "**off** = default priority and "
             f"no cap (every per-user limit off); alternated {len(cost['on'])} times, each side on a fresh stack.",
@@ -295,18 +295,18 @@ READING = [
     (
         "Reading the cost: each part alone is compared with the same round's off, the whole A/B with the off "
         "rounds' median. **Priorities** cost up to two empty non-blocking reads per worker read (the levels above "
-        "the work). **The fair share** caps what one user has dispatched at (1 + headroom) x the slots; a no-op "
-        "task counts as dispatched from its release until its end is recorded (tens of milliseconds after its "
-        "handler returned, while the worker already runs the next), so for a burst of no-ops the cap binds and "
-        "the drain follows the release path: each end releases the next held task in its own statement "
-        "(rt_release, migration 0017: by index, a few tenths of a millisecond) and the scheduler's publish sweep, "
-        "woken by NOTIFY, sends it to its stream. **The gates** (a concurrency key on every task and a rate limit "
+        "the work). **The fair share**, for a user alone in the pool, costs the surplus lanes: what it submits "
+        "beyond (1 + headroom) x the slots goes to each level's surplus lane instead of waiting held, and a worker's "
+        "read takes one more empty non-blocking read per level it passes (the share lane before the surplus lane); "
+        "with other users active, a user beyond its fair cap waits held in PostgreSQL and follows the release path "
+        "(each end releases the next held task in its own statement, and the scheduler's publish sweep, woken by "
+        "NOTIFY, sends it to its stream), which this drain of one user does not measure. **The gates** (a "
+        "concurrency key on every task and a rate limit "
         "on the kind, neither binding) send every start through the checked path: one transaction of four round "
         "trips (BEGIN with a savepoint, the rows locked with their kinds' controls and their keys locked and "
         "counted in one statement, the attempts with their history, COMMIT) plus one Redis call made before it; "
         "a start whose tasks all fit locks no owner's row. Tasks that run for a second are not slowed by any of "
-        "it (the headroom covers the release's round trips). RTASK_LIMIT_FAIR_SHARE=false gives a lone user's "
-        "no-op burst the off figure back, without the newcomer's bound above. The machine is shared: the off "
+        "it (the headroom covers the release's round trips). The machine is shared: the off "
         "rounds' spread is the noise floor of every ratio here."
     ),
     "",

@@ -11,8 +11,10 @@ first pick at least once every AGING_EVERY_READS x 4 reads of each worker, howev
 
 Lanes: each level has a share lane and a surplus lane (work let through beyond its owner's fair cap while no
 other owner competed, docs/fair-sharing.md). A read takes a level's share lane before its surplus lane, and both
-before the next level down: priority first, then the share lane. Everything else (reclaim, refresh,
-acknowledge, release, owned) covers both lanes alike.
+before the next level down: priority first, then the share lane. So that a surplus lane does not starve while
+other owners keep its level's share lane busy, one read in AGING_EVERY_READS (half-way between the aged reads
+of the levels) takes each level's surplus lane first. Everything else (reclaim, refresh, acknowledge, release,
+owned) covers both lanes alike.
 
 A kind may be split into shards (RTASK_DISPATCH_SHARDS), each with its own five streams: the worker reads,
 reclaims and refreshes every shard of its kinds alike, and acknowledges an entry on the stream its reference
@@ -161,8 +163,11 @@ class DispatchConsumer:
         """The non-blocking reads, level by level (each its share lane, then its surplus lane) while slots are left.
         A lane is read again while one of its streams gave all it was asked for (each is asked for its share only),
         so no lower lane is read while a shard still holds entries of a higher one."""
-        for level in self._levels():
-            for lane in self._streams_at[level]:
+        levels = self._levels()
+        surplus_first = self._reads % AGING_EVERY_READS == AGING_EVERY_READS // 2
+        for level in levels:
+            share, surplus = self._streams_at[level]
+            for lane in (surplus, share) if surplus_first else (share, surplus):
                 while (wanted := count - len(raw)) > 0:
                     per_stream = self._per_shard(wanted)
                     found = await self._read_once(lane, per_stream)

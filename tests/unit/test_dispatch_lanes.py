@@ -15,7 +15,7 @@ from redis.crc import key_slot
 
 from services.core import keys
 from services.core.dispatch import DispatchEntry, entry_ref, parse_lane_ref, parse_ref, publish, split_ref
-from services.worker.consumer import DispatchConsumer
+from services.worker.consumer import AGING_EVERY_READS, DispatchConsumer
 from tests.conftest import Stores
 from tests.unit.dispatch_streams import KIND, dispatch_redis, entries
 
@@ -84,10 +84,22 @@ async def test_a_read_takes_the_share_lane_before_the_surplus_lane_of_each_level
     await publish(redis, published)
     consumer = DispatchConsumer(redis, "w1", [KIND])
     order: list[tuple[int, bool]] = []
-    for _ in range(5):  # fewer reads than AGING_EVERY_READS: strict priority
+    while len(order) < len(published):  # reads 1 to 5: before the surplus lanes' turn, strict order
         order += [(d.entry.priority, d.entry.surplus) for d in await consumer.read(2, block_ms=10)]
+        if len(order) == 6:
+            consumer._reads = AGING_EVERY_READS  # skip the reads with turns (below)
     assert order == [(5, False)] * 2 + [(5, True)] * 2 + [(3, False)] * 2 + [(1, False)] * 2 + [(1, True)] * 2
     assert await consumer.read(1, block_ms=10) == [], "every entry was delivered once"
+
+
+async def test_a_surplus_lane_gets_turns_while_its_share_lane_stays_busy(redis: aioredis.Redis) -> None:
+    (waiting,) = surplus(entries(5, 1))
+    await publish(redis, [waiting, *entries(5, 3 * AGING_EVERY_READS)])
+    consumer = DispatchConsumer(redis, "w1", [KIND])
+    delivered: list[str] = []
+    while waiting.task_id not in delivered:
+        delivered += [d.entry.task_id for d in await consumer.read(1, block_ms=10)]
+    assert 1 < len(delivered) <= AGING_EVERY_READS, len(delivered)
 
 
 async def test_a_blocked_read_wakes_for_the_surplus_lane(redis: aioredis.Redis) -> None:
