@@ -9,9 +9,11 @@ import asyncpg
 
 from services.core.dispatch import row_entry
 from services.core.task_model import QUEUED
-from services.core.transitions import bulk
+from services.core.transitions import bulk, due
 from services.core.transitions import user as transitions
 from services.scheduler import slot_cap
+from tests.integration.test_delayed_db import due_now
+from tests.integration.test_delayed_db import spec as delayed_spec
 from tests.integration.test_transitions import database, new_user
 from tests.integration.test_user_limits_db import OFF, counted, counters, pool, spec, start, succeed
 
@@ -96,3 +98,19 @@ async def test_retries_choose_their_lane_at_admission(pool: asyncpg.Pool) -> Non
     await transitions.cancel(pool, owner, batch_id=str(old[0]["batch_id"]))
     many = await bulk.retry(pool, owner, [str(r["id"]) for r in old], OFF)
     assert sorted(lanes(list(many))) == ["held", "held", "held"], "competing: held, as before"
+
+
+async def test_due_tasks_choose_their_lane_as_a_submission_does(pool: asyncpg.Pool) -> None:
+    owner, other = await new_user(pool), await new_user(pool)
+    await set_cap(pool, 2, None, owner)
+    delayed, _ = await transitions.submit(pool, owner, delayed_spec(4, delay_ms=1), OFF)
+    later, _ = await transitions.submit(pool, other, delayed_spec(3, delay_ms=1), OFF)
+    await due_now(pool, owner)
+    await due_now(pool, other)
+    rows = await due.flip_due(pool, 100, 0, 5.0)
+    by_owner = {
+        who: sorted(lanes([r for r in rows if str(r["owner_id"]) == who]), key=["share", "surplus", "held"].index)
+        for who in (owner, other)
+    }
+    assert by_owner == {owner: ["share", "share", "surplus", "surplus"], other: ["share", "share", "held"]}
+    assert {r["id"] for r in rows} == {r["id"] for r in [*delayed, *later]}
