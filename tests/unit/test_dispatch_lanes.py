@@ -5,6 +5,7 @@ lane and both before the next level down, and reclaim, refresh, release, ack and
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from fnmatch import fnmatchcase
@@ -14,9 +15,18 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from services.core import keys
-from services.core.dispatch import DispatchEntry, entry_ref, parse_lane_ref, parse_ref, publish, split_ref
+from services.core.dispatch import (
+    DispatchEntry,
+    ensure_dispatch_groups,
+    entry_ref,
+    parse_lane_ref,
+    parse_ref,
+    publish,
+    split_ref,
+)
+from services.core.redis_client import key_layout
 from services.worker.consumer import AGING_EVERY_READS, DispatchConsumer
-from tests.conftest import Stores
+from tests.conftest import Stores, admin_redis
 from tests.unit.dispatch_streams import KIND, dispatch_redis, entries
 
 SHARDS = 3
@@ -136,3 +146,37 @@ async def test_reclaim_refresh_release_ack_and_owned_cover_the_surplus_lane(redi
     assert await live.owned(refs) == set()
     for lane in (False, True):
         assert await redis.xlen(keys.dispatch_stream(KIND, 3, lane)) == 0, "acked and deleted in its own lane"
+
+
+async def test_on_the_sessions_layout_a_read_takes_the_lanes_in_order(stores: Stores) -> None:
+    """The session's own Valkey: one server, or with --redis-cluster a cluster (and --dispatch-shards its shards),
+    where the non-blocking reads go out one command per slot. A kind of its own, which no stack worker serves."""
+    kind = f"lanes-{uuid.uuid4().hex[:8]}"
+    redis = admin_redis(stores)
+    layout = key_layout(redis)
+    try:
+        await ensure_dispatch_groups(redis, [kind])
+        made = [
+            replace(entry, kind=kind, surplus=lane)
+            for priority, lane in ((1, True), (1, False), (4, True), (4, False))
+            for entry in entries(priority, 3)
+        ]
+        refs = await publish(redis, made)
+        consumer = DispatchConsumer(redis, "w1", [kind])
+        delivered = await consumer.read(len(made), block_ms=10)
+        assert sorted(d.entry_id for d in delivered) == sorted(refs)
+        order = [(-d.entry.priority, d.entry.surplus) for d in delivered]
+        assert order == sorted(order), "each level's share lane, then its surplus lane, the most urgent first"
+        assert await consumer.owned(refs) == set(refs)
+        await consumer.ack(refs)
+        assert await consumer.owned(refs) == set()
+    finally:
+        await redis.delete(
+            *(
+                layout.dispatch_stream(kind, p, s, lane)
+                for p in keys.PRIORITIES
+                for s in range(layout.dispatch_shards)
+                for lane in (False, True)
+            )
+        )
+        await redis.aclose()
