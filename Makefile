@@ -49,7 +49,8 @@ pytest: $(VENV)/.installed e2e-deps deploy-deps
 # The heart of the suite again on a Valkey Cluster (3 primaries, 3 replicas) instead of one Valkey server, with
 # each kind's dispatch streams in 3 shards (one per primary); the failover under load
 # (tests/integration/test_redis_cluster.py) runs in `pytest` above, on a cluster of its own with one shard.
-CLUSTER_SUITE := tests/integration/test_lifecycle.py tests/integration/test_watch.py tests/integration/test_dispatch_shards.py
+CLUSTER_SUITE := tests/integration/test_lifecycle.py tests/integration/test_watch.py tests/integration/test_dispatch_shards.py \
+	tests/unit/test_dispatch_lanes.py
 pytest-cluster: $(VENV)/.installed
 	$(BIN)/pytest --redis-cluster --dispatch-shards 3 $(CLUSTER_SUITE) $(ARGS)
 

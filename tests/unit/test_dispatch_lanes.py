@@ -33,8 +33,9 @@ SHARDS = 3
 
 
 @pytest.fixture
-async def redis(stores: Stores) -> AsyncIterator[aioredis.Redis]:
-    """Database 13 of the session's Valkey: no stack process reads it."""
+async def redis(stores: Stores, single_redis: None) -> AsyncIterator[aioredis.Redis]:
+    """Database 13 of the session's Valkey: no stack process reads it (one server only: a cluster has one
+    database; the last test here runs on either)."""
     async with dispatch_redis(stores, 13) as client:
         yield client
 
