@@ -194,6 +194,7 @@ async def test_another_users_task_starts_while_one_user_floods(
         done = await other.wait_for(mine.id, timeout_s=60)
         assert done.status == S.TASK_STATUS_SUCCEEDED and done.wait_reason == S.WAIT_REASON_UNSPECIFIED
         started = await started_at(db, flood)
+        assert await db.fetchval("SELECT NOT surplus FROM tasks WHERE id = $1", mine.id), "in the share lane"
         mine_at = (await started_at(db, [mine]))[mine.id]
         assert mine_at is not None
         submitted_at = done.created_at.ToDatetime().astimezone(mine_at.tzinfo)
