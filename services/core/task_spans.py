@@ -26,7 +26,15 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags, set_span_in_context
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    set_span_in_context,
+)
 from opentelemetry.util.types import AttributeValue
 
 _UNSET = Status()
@@ -112,6 +120,9 @@ class TaskSpan:
     end_ns: int = 0
     # The error status's description; "" when the span's status is unset.
     error: str = ""
+    # A gRPC server span (services.core.server_spans) rather than an internal one. A span whose parent_span_id is
+    # 0 is a trace's root (only a server span may be one).
+    server: bool = False
     _traceparent: str = ""
 
     @property
@@ -154,7 +165,9 @@ class TaskSpan:
     def readable(self) -> ReadableSpan:
         """The same span as the SDK's finished span (for an encoder other than services.core.span_wire)."""
         recorder = self.recorder
-        parent = SpanContext(self.trace_id, self.parent_span_id, self.parent_remote, TraceFlags(self.flags))
+        parent = None
+        if self.parent_span_id:
+            parent = SpanContext(self.trace_id, self.parent_span_id, self.parent_remote, TraceFlags(self.flags))
         return ReadableSpan(
             self.name,
             self.context,
@@ -166,6 +179,7 @@ class TaskSpan:
             start_time=self.start_ns,
             end_time=self.end_ns or None,
             instrumentation_scope=recorder.scope,
+            kind=SpanKind.SERVER if self.server else SpanKind.INTERNAL,
         )
 
     def attach(self) -> Token[Context]:
