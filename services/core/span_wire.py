@@ -68,6 +68,7 @@ _SPAN_ID = _tag(Span.SPAN_ID_FIELD_NUMBER, _LEN) + _varint(8)
 _PARENT_SPAN_ID = _tag(Span.PARENT_SPAN_ID_FIELD_NUMBER, _LEN) + _varint(8)
 _NAME = _tag(Span.NAME_FIELD_NUMBER, _LEN)
 _KIND_INTERNAL = _tag(Span.KIND_FIELD_NUMBER, _VARINT) + _varint(Span.SPAN_KIND_INTERNAL)
+_KIND_SERVER = _tag(Span.KIND_FIELD_NUMBER, _VARINT) + _varint(Span.SPAN_KIND_SERVER)
 _START = _tag(Span.START_TIME_UNIX_NANO_FIELD_NUMBER, _I64)
 _END = _tag(Span.END_TIME_UNIX_NANO_FIELD_NUMBER, _I64)
 _ATTRIBUTE = _tag(Span.ATTRIBUTES_FIELD_NUMBER, _LEN)
@@ -98,7 +99,7 @@ _CACHED_VALUE_CHARS = 24
 _CACHE_ENTRIES = 4096
 _names: dict[str, bytes] = {}
 _keys: dict[str, bytes] = {}
-_heads: dict[tuple[str, bool], bytes] = {}
+_heads: dict[tuple[str, bool, bool], bytes] = {}
 _entries: dict[tuple[bytes, str, type, AttributeValue], bytes] = {}
 
 
@@ -148,15 +149,14 @@ def _add_attributes(parts: list[bytes], tag: bytes, attributes: Mapping[str, Att
         parts.append(entry)
 
 
-def _head(name: str, remote: bool) -> bytes:
-    """What a span of this name and parent's kind has in common with every other: its name, kind and flags."""
-    found = _heads.get((name, remote))
+def _head(name: str, remote: bool, server: bool) -> bytes:
+    """What a span of this name, parent's kind and kind has in common with every other: its name, kind and flags."""
+    found = _heads.get((name, remote, server))
     if found is None:
-        found = (
-            _field(_NAME, name.encode()) + _KIND_INTERNAL + (_FLAGS_REMOTE_PARENT if remote else _FLAGS_LOCAL_PARENT)
-        )
+        kind = _KIND_SERVER if server else _KIND_INTERNAL
+        found = _field(_NAME, name.encode()) + kind + (_FLAGS_REMOTE_PARENT if remote else _FLAGS_LOCAL_PARENT)
         if len(_heads) < _CACHE_ENTRIES:
-            _heads[name, remote] = found
+            _heads[name, remote, server] = found
     return found
 
 
@@ -164,17 +164,22 @@ _MASK_64 = 0xFFFFFFFFFFFFFFFF
 assert len(_TRACE_ID) == len(_SPAN_ID) == len(_PARENT_SPAN_ID) == 2 and len(_START) == len(_END) == 1
 # The ids (big-endian bytes, behind their tags and lengths) and the times (fixed64, little-endian), one struct each.
 _pack_ids = struct.Struct(">2sQQ2sQ2sQ").pack
+_pack_root_ids = struct.Struct(">2sQQ2sQ").pack
 _pack_times = struct.Struct("<1sQ1sQ").pack
 
 
 def _span(span: TaskSpan) -> bytes:
     """One element of a ScopeSpans' spans: the field's tag and length, then the Span."""
     trace_id = span.trace_id
-    parts = [
-        _pack_ids(
+    if span.parent_span_id:
+        ids = _pack_ids(
             _TRACE_ID, trace_id >> 64, trace_id & _MASK_64, _SPAN_ID, span.span_id, _PARENT_SPAN_ID, span.parent_span_id
-        ),
-        _head(span.name, span.parent_remote),
+        )
+    else:  # a trace's root: no parent span id
+        ids = _pack_root_ids(_TRACE_ID, trace_id >> 64, trace_id & _MASK_64, _SPAN_ID, span.span_id)
+    parts = [
+        ids,
+        _head(span.name, span.parent_remote, span.server),
         _pack_times(_START, span.start_ns, _END, span.end_ns),
     ]
     if span.attributes:

@@ -14,7 +14,10 @@ Imported only when tracing is on (it loads the SDK); everything it needs is impo
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from contextvars import Token
 from dataclasses import dataclass
@@ -26,7 +29,15 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags, set_span_in_context
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    set_span_in_context,
+)
 from opentelemetry.util.types import AttributeValue
 
 _UNSET = Status()
@@ -57,7 +68,8 @@ class Recorder:
         collector tracks (a queued span and its dicts would be scanned by every collection until exported), the
         span is freed at once, and the export thread, which holds the GIL against the event loop, only joins them.
         """
-        emit = getattr(getattr(self.processor, "_batch_processor", None), "emit", None)
+        batch = getattr(self.processor, "_batch_processor", None)
+        emit = getattr(batch, "emit", None)
         if not callable(emit):
             return self.processor.on_end  # type: ignore[return-value]
         exporter = getattr(self.processor, "span_exporter", None)
@@ -66,9 +78,30 @@ class Recorder:
         from services.core.span_wire import encoded
 
         exporter.task_framing = self.framing
+        queue, batch_size, awaken = (
+            getattr(batch, n, None) for n in ("_queue", "_max_export_batch_size", "_worker_awaken")
+        )
+        if not (isinstance(queue, deque) and isinstance(batch_size, int) and isinstance(awaken, threading.Event)):
+
+            def emitted(span: TaskSpan) -> None:
+                emit(encoded(span))
+
+            return emitted
+        # emit() asks the kernel for the process id on every call (a fork check: our processes never fork, their
+        # handlers' children are exec'd), about half a microsecond a span on this machine's VMs. What it does
+        # otherwise, done directly: queue the span, and wake the export thread at a full batch. A full queue (the
+        # export falling behind) or a shut-down processor goes through emit(), which drops the span and says so.
+
+        full = queue.maxlen if queue.maxlen is not None else sys.maxsize
 
         def record(span: TaskSpan) -> None:
-            emit(encoded(span))
+            data = encoded(span)
+            if len(queue) >= full or batch._shutdown:  # type: ignore[union-attr]
+                emit(data)
+                return
+            queue.appendleft(data)
+            if len(queue) >= batch_size and not awaken.is_set():
+                awaken.set()
 
         return record
 
@@ -112,6 +145,9 @@ class TaskSpan:
     end_ns: int = 0
     # The error status's description; "" when the span's status is unset.
     error: str = ""
+    # A gRPC server span (services.core.server_spans) rather than an internal one. A span whose parent_span_id is
+    # 0 is a trace's root (only a server span may be one).
+    server: bool = False
     _traceparent: str = ""
 
     @property
@@ -154,7 +190,9 @@ class TaskSpan:
     def readable(self) -> ReadableSpan:
         """The same span as the SDK's finished span (for an encoder other than services.core.span_wire)."""
         recorder = self.recorder
-        parent = SpanContext(self.trace_id, self.parent_span_id, self.parent_remote, TraceFlags(self.flags))
+        parent = None
+        if self.parent_span_id:
+            parent = SpanContext(self.trace_id, self.parent_span_id, self.parent_remote, TraceFlags(self.flags))
         return ReadableSpan(
             self.name,
             self.context,
@@ -166,6 +204,7 @@ class TaskSpan:
             start_time=self.start_ns,
             end_time=self.end_ns or None,
             instrumentation_scope=recorder.scope,
+            kind=SpanKind.SERVER if self.server else SpanKind.INTERNAL,
         )
 
     def attach(self) -> Token[Context]:

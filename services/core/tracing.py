@@ -237,14 +237,13 @@ def _traced(details: grpc.HandlerCallDetails) -> bool:
 
 
 def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
-    """A server span per RPC, continuing the caller's traceparent (OpenTelemetry's gRPC instrumentation);
-    none when tracing is off."""
-    if _provider is None:
+    """A server span per RPC, continuing the caller's traceparent (services.core.server_spans); none when tracing
+    is off."""
+    if _provider is None or _recorder is None:
         return []
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+    from services.core.server_spans import ServerSpans
 
-    interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(tracer_provider=_provider, filter_=_traced)
-    return [interceptor]
+    return [ServerSpans(_recorder, _provider.sampler, _traced, parse_parent)]
 
 
 # -- log lines ---------------------------------------------------------------------------------------

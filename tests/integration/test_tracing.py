@@ -143,6 +143,8 @@ async def test_one_trace_follows_a_task_from_the_clients_traceparent_through_eve
     (edge,) = await eventually(lambda: _edge_spans(traced.receiver, trace_id), timeout_s=20, message="Envoy's span")
     assert edge.parent_span_id == client_span, edge
     assert submit.parent_span_id == edge.span_id and submit.service == GATEWAY
+    assert submit.span.kind == submit.span.SPAN_KIND_SERVER and submit.attribute("rpc.method") == "SubmitTask"
+    assert submit.attribute("rpc.grpc.status_code") == 0 and submit.attribute("rpc.system") == "grpc"
     (publish,) = named(spans, "task.publish")
     assert publish.parent_span_id == submit.span_id and publish.service == GATEWAY
     # The worker: queue wait and the attempt under the submission, the handler under the attempt.

@@ -105,7 +105,14 @@ def _task_spans(provider: TracerProvider) -> list[TaskSpan]:
     finish.end(5_000)
     attempt.end(6_000)
     assert recorder.start("task.start", (REMOTE.trace_id, REMOTE.span_id, 0), 1) is None  # not sampled
-    return [handler, finish, attempt]
+    # gRPC server spans (services.core.server_spans): one continuing a caller's span, one a trace's root.
+    rpc = {"rpc.system": "grpc", "rpc.service": "pkg.Service", "rpc.method": "Method", "rpc.grpc.status_code": 0}
+    served = TaskSpan(recorder, "/pkg.Service/Method", REMOTE.trace_id, 7, REMOTE.span_id, 1, True, 7_000, rpc)
+    served.server = True
+    served.end(8_000)
+    root = TaskSpan(recorder, "/pkg.Service/Method", 2**100 + 1, 9, 0, 1, False, 9_000, dict(rpc), server=True)
+    root.end(10_000, error="INTERNAL: broken")
+    return [handler, finish, attempt, served, root]
 
 
 def test_task_spans_on_the_wire_are_what_their_finished_spans_encode_to(
@@ -120,7 +127,12 @@ def test_task_spans_on_the_wire_are_what_their_finished_spans_encode_to(
         "task.handler",
         "task.finish",
         "task.attempt",
+        "/pkg.Service/Method",
+        "/pkg.Service/Method",
     ]
+    served, root = ours.resource_spans[0].scope_spans[0].spans[3:]
+    assert served.kind == root.kind == served.SPAN_KIND_SERVER
+    assert served.parent_span_id == REMOTE.span_id.to_bytes(8, "big") and root.parent_span_id == b""
     # Encoded one by one at their end (what the recorder queues), then framed by the exporter: the same request.
     framing = spans[0].recorder.framing
     at_end = [span_wire.encoded(span) for span in spans]
@@ -154,4 +166,6 @@ def test_a_task_span_with_a_value_the_wire_does_not_write_goes_through_the_finis
         "task.handler",
         "task.finish",
         "task.attempt",
+        "/pkg.Service/Method",
+        "/pkg.Service/Method",
     ]
