@@ -3,7 +3,9 @@ its kind's rate limit used up. A task refused here is held in the database (queu
 wait_reason) and its stream entry acknowledged; it is released by ResumeKind, by the end of a running task of
 its key (migration 0016's trigger), or by the rate sweep when the window has room (services.scheduler.gates).
 
-Checked inside the start's transaction, after the task rows are locked:
+A task that may start is started by the one-statement start (fast_start.py), which checks the same controls in
+that statement and holds nothing; what it leaves is checked here, inside the checked path's transaction, after
+the task rows are locked:
 - pause: rt_kind_gates takes each kind's lock shared, then reads the controls afresh (see migration 0016);
 - concurrency keys: each key's advisory lock, exclusive, then the count of its running tasks in a statement of
   its own (a fresh snapshot, so every start of the key that committed before is counted), both in one call
