@@ -133,3 +133,35 @@ async def test_a_keyed_start_whose_snapshot_predates_the_pause_still_sees_it(
     held = await pool.fetchrow("SELECT status, held, wait_reason FROM tasks WHERE id = $1", row["id"])
     assert held is not None and tuple(held) == (QUEUED, True, gates.KIND_PAUSED)
     assert await window(redis, kind) == 0
+
+
+async def test_ends_racing_one_statement_starts_of_a_key_lose_no_release(pool: asyncpg.Pool) -> None:
+    """The key's two running tasks end while six start requests of its other tasks run: the limit is never
+    passed, and whatever the order, a task still held for the key means the key's places are taken (running, or
+    offered to a task an end released): no end's release was lost to a start that held its task meanwhile."""
+    for _ in range(5):
+        owner = await new_user(pool)
+        rows, _ = await transitions.submit(pool, owner, spec("sleep", 14, key="customer", limit=2), OFF)
+        first = await start_fast(pool, "w", [item(r) for r in rows[:2]], None, {})
+        assert len(first) == 2
+        ends = [
+            worker_pb2.FinishItem(
+                task=worker_pb2.HeldTask(task_id=str(r["id"]), fence=r["fence"]), outcome=worker_pb2.OUTCOME_SUCCEEDED
+            )
+            for r in first
+        ]
+        rest = rows[2:]
+        await asyncio.gather(
+            *(store.finish_batch(pool, "w", [end], store.RetryPolicy()) for end in ends),
+            *(store.start_batch(pool, f"w{i}", [item(r) for r in rest[2 * i : 2 * i + 2]]) for i in range(6)),
+        )
+        counts = await pool.fetchrow(
+            "SELECT count(*) FILTER (WHERE status = 2) AS running, "
+            "count(*) FILTER (WHERE status = 1 AND held AND wait_reason = $2) AS held, "
+            "count(*) FILTER (WHERE status = 1 AND NOT (held AND wait_reason = $2)) AS offered "
+            "FROM tasks WHERE owner_id = $1",
+            owner,
+            gates.CONCURRENCY_KEY,
+        )
+        assert counts is not None and counts["running"] <= 2, dict(counts or {})
+        assert counts["held"] == 0 or counts["running"] + counts["offered"] >= 2, dict(counts)
