@@ -165,3 +165,32 @@ async def test_ends_racing_one_statement_starts_of_a_key_lose_no_release(pool: a
         )
         assert counts is not None and counts["running"] <= 2, dict(counts or {})
         assert counts["held"] == 0 or counts["running"] + counts["offered"] >= 2, dict(counts)
+
+
+async def test_an_end_waits_only_for_a_start_that_may_hold_a_task_of_its_key(pool: asyncpg.Pool) -> None:
+    """A start counting the key for a start that holds nothing (its start lock) does not keep the key's ends
+    waiting; one that may hold a task (the end lock too) does, until it commits, so the end then sees what it
+    held."""
+    owner = await new_user(pool)
+    rows, _ = await transitions.submit(pool, owner, spec("sleep", 2, key="customer", limit=2), OFF)
+    running = await start_fast(pool, "w", [item(r) for r in rows], None, {})
+    ends = [
+        worker_pb2.FinishItem(
+            task=worker_pb2.HeldTask(task_id=str(r["id"]), fence=r["fence"]), outcome=worker_pb2.OUTCOME_SUCCEEDED
+        )
+        for r in running
+    ]
+    async with pool.acquire() as start:
+        transaction = start.transaction()
+        await transaction.start()
+        counted = await start.fetch("SELECT * FROM rt_key_count($1::uuid[], $2::text[], false)", [owner], ["customer"])
+        assert [r["running"] for r in counted] == [2]
+        # Would wait for the transaction (forever: it commits only below) if an end took the start lock.
+        first = await asyncio.wait_for(store.finish_batch(pool, "w", [ends[0]], store.RetryPolicy()), 60)
+        assert first.results[0].accepted
+        await start.fetch("SELECT * FROM rt_key_count($1::uuid[], $2::text[], true)", [owner], ["customer"])
+        second = asyncio.create_task(store.finish_batch(pool, "w", [ends[1]], store.RetryPolicy()))
+        await eventually(lambda: lock_waiters(pool), message="the end waits for the start that may hold")
+        assert not second.done()
+        await transaction.commit()
+    assert (await second).results[0].accepted

@@ -77,9 +77,10 @@ def _skip(task_id: str, reason: str) -> worker_pb2.StartResult:
 
 # The checked path's first statement: the rows, locked in id order; the controls of their queued tasks' kinds
 # (rt_kind_gates, after the rows are locked, as in fast_start.FAST_START); and, when $2, the keys of their queued
-# tasks whose kind is not paused, locked and counted (rt_key_running, its arguments read from the locked rows and
-# the kinds' controls, so after every row and every kind is locked: the order of the one-statement start).
-# Each row comes with its kind's controls (gates.controls_of) and its key's running tasks.
+# tasks whose kind is not paused, locked (start locks only: this pass never holds) and counted (rt_key_count, its
+# arguments read from the locked rows and the kinds' controls, so after every row and every kind is locked: the
+# order of the one-statement start). Each row comes with its kind's controls (gates.controls_of) and its key's
+# running tasks.
 _LOCK_AND_GATE = f"""
 WITH locked AS (SELECT {TASK_COLUMNS} FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE),
 gated AS (SELECT * FROM rt_kind_gates((SELECT array_agg(DISTINCT kind) FROM locked WHERE status = {QUEUED}))),
@@ -88,7 +89,7 @@ wanted AS (
     WHERE $2 AND status = {QUEUED} AND concurrency_key IS NOT NULL
     AND kind NOT IN (SELECT kind FROM gated WHERE paused_at IS NOT NULL)
 ),
-counted AS (SELECT r.* FROM wanted, rt_key_running(wanted.owners, wanted.keys) AS r)
+counted AS (SELECT r.* FROM wanted, rt_key_count(wanted.owners, wanted.keys, false) AS r)
 SELECT locked.*, gated.kind IS NOT NULL AS {gates.GATED}, gated.paused_at AS {gates.GATED}_paused_at,
     gated.rate_starts AS {gates.GATED}_rate_starts, gated.rate_period_ms AS {gates.GATED}_rate_period_ms,
     coalesce(counted.running, 0) AS key_running
