@@ -13,32 +13,91 @@
 -- Lock order: task rows, kinds (shared), owners' rows (only a start that holds), start locks, end locks; an end:
 -- its rows, its owners' rows (the counters' trigger), end locks (shared), then held tasks with SKIP LOCKED.
 
-CREATE FUNCTION rt_key_start_lock(owner uuid, key text) RETURNS bigint
+-- The start lock is striped: STRIPES advisory locks per key. A start that counts the key exactly takes them all
+-- (exclusive mode). A start of a key far from its limit takes one (shared mode): it may start at most STRIPE_TASKS
+-- of the key's tasks, and only while the key's running tasks, plus its own, plus STRIPE_TASKS for each other
+-- stripe stay within the limit. At most STRIPES starts of a key are uncommitted at once (one per stripe, or one
+-- holding them all), and each counts every start committed before its lock was granted: the others, still
+-- uncommitted, are at most STRIPES - 1 starts of at most STRIPE_TASKS each, so the limit holds, and starts of a
+-- key far from its limit no longer wait for each other's commits. Locks are taken in the order (owner, key,
+-- stripe), waiting only in that order (a shared-mode start tries the stripes without waiting, and waits for one
+-- only when all are taken), so two starts never wait for each other.
+CREATE FUNCTION rt_key_stripe_lock(owner uuid, key text, stripe integer) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT hashtextextended('rt.key.start:' || owner::text || ':' || key, 0)
+    SELECT hashtextextended('rt.key.start:' || owner::text || ':' || key || ':' || stripe::text, 0)
 $$;
 
--- A start's count of its keys' RUNNING and CANCELLING tasks: the keys' start locks, exclusive, in order; when
--- `holding` (the start may hold a task), also the end locks, exclusive, in order; then the count in a statement
--- of its own, whose fresh snapshot sees every start (and, when holding, every end) of these keys that committed
--- before the locks were granted.
-CREATE FUNCTION rt_key_count(owners uuid[], keys text[], holding boolean)
+CREATE FUNCTION rt_key_stripes() RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 8 $$;
+CREATE FUNCTION rt_key_stripe_tasks() RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 8 $$;
+
+-- A start's count of its keys (one row per distinct key given), after their start locks: `wanted` tasks of the
+-- key in this start (summed over the key's entries), the lowest of their `limits`. running: the key's RUNNING and CANCELLING tasks, counted
+-- in a statement of its own (a fresh snapshot that sees every start, and when `holding` every end, of these keys
+-- that committed before the locks were granted), plus, in shared mode, the room the other stripes may take: a
+-- start may start a task of the key while running plus the task's place among its own stays within the limit.
+-- `shared`: whether a key far from its limit may be counted in shared mode (the one-statement start); otherwise,
+-- and always when `holding` (a start that may hold a task; it also takes the end locks, after every stripe),
+-- every stripe.
+CREATE FUNCTION rt_key_room(owners uuid[], keys text[], wanted integer[], limits integer[], shared boolean,
+                            holding boolean)
 RETURNS TABLE (owner_id uuid, concurrency_key text, running bigint)
 LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    rec record;
+    stripe integer;
+    got boolean;
+    margins bigint[] := '{}';
+    ordered_owners uuid[] := '{}';
+    ordered_keys text[] := '{}';
 BEGIN
-    PERFORM pg_advisory_xact_lock(l) FROM (
-        SELECT DISTINCT rt_key_start_lock(o, k) AS l FROM unnest(owners, keys) AS u(o, k)
-    ) AS s ORDER BY l;
+    FOR rec IN
+        SELECT u.o, u.k, sum(u.n) AS n, min(u.l) AS l FROM unnest(owners, keys, wanted, limits) AS u(o, k, n, l)
+        GROUP BY u.o, u.k ORDER BY u.o, u.k
+    LOOP
+        IF shared AND NOT holding AND rec.n <= rt_key_stripe_tasks()
+           AND rec.l >= (rt_key_stripes() - 1) * rt_key_stripe_tasks() + rec.n THEN
+            got := false;
+            FOR stripe IN 0 .. rt_key_stripes() - 1 LOOP
+                IF pg_try_advisory_xact_lock(rt_key_stripe_lock(rec.o, rec.k, stripe)) THEN
+                    got := true;
+                    EXIT;
+                END IF;
+            END LOOP;
+            IF NOT got THEN
+                PERFORM pg_advisory_xact_lock(rt_key_stripe_lock(rec.o, rec.k, pg_backend_pid() % rt_key_stripes()));
+            END IF;
+            margins := margins || ((rt_key_stripes() - 1) * rt_key_stripe_tasks())::bigint;
+        ELSE
+            FOR stripe IN 0 .. rt_key_stripes() - 1 LOOP
+                PERFORM pg_advisory_xact_lock(rt_key_stripe_lock(rec.o, rec.k, stripe));
+            END LOOP;
+            margins := margins || 0::bigint;
+        END IF;
+        ordered_owners := ordered_owners || rec.o;
+        ordered_keys := ordered_keys || rec.k;
+    END LOOP;
     IF holding THEN
         PERFORM pg_advisory_xact_lock(l) FROM (
             SELECT DISTINCT rt_key_lock(o, k) AS l FROM unnest(owners, keys) AS u(o, k)
         ) AS s ORDER BY l;
     END IF;
-    RETURN QUERY SELECT t.owner_id, t.concurrency_key, count(*) FROM tasks AS t
-        WHERE (t.owner_id, t.concurrency_key) IN (SELECT * FROM unnest(owners, keys))
-        AND t.concurrency_key IS NOT NULL AND t.status IN (2, 3)
-        GROUP BY t.owner_id, t.concurrency_key;
+    RETURN QUERY SELECT m.o, m.k, coalesce(c.n, 0) + m.margin
+        FROM unnest(ordered_owners, ordered_keys, margins) AS m(o, k, margin)
+        LEFT JOIN (
+            SELECT t.owner_id AS o, t.concurrency_key AS k, count(*) AS n FROM tasks AS t
+            WHERE (t.owner_id, t.concurrency_key) IN (SELECT * FROM unnest(ordered_owners, ordered_keys))
+            AND t.concurrency_key IS NOT NULL AND t.status IN (2, 3)
+            GROUP BY t.owner_id, t.concurrency_key
+        ) AS c ON c.o = m.o AND c.k = m.k;
 END
+$$;
+
+-- Every stripe of the keys (and, when holding, their end locks), then the exact count: the checked path's count.
+CREATE FUNCTION rt_key_count(owners uuid[], keys text[], holding boolean)
+RETURNS TABLE (owner_id uuid, concurrency_key text, running bigint)
+LANGUAGE sql VOLATILE AS $$
+    SELECT * FROM rt_key_room(owners, keys, array_fill(1, ARRAY[coalesce(cardinality(owners), 0)]),
+                              array_fill(0, ARRAY[coalesce(cardinality(owners), 0)]), false, holding)
 $$;
 
 -- The count of before (migration 0017), for a scheduler not yet upgraded: both locks, as a start that may hold.

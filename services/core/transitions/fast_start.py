@@ -59,11 +59,14 @@ locked AS (
 ),
 gated AS (SELECT * FROM rt_kind_gates((SELECT array_agg(DISTINCT kind) FROM locked))),
 keyed AS (
-    SELECT array_agg(owner_id) AS owners, array_agg(concurrency_key) AS keys FROM locked
+    SELECT array_agg(owner_id) AS owners, array_agg(concurrency_key) AS keys, array_agg(1) AS wanted,
+        array_agg(concurrency_limit) AS limits
+    FROM locked
     WHERE concurrency_key IS NOT NULL AND kind NOT IN (SELECT kind FROM gated WHERE paused_at IS NOT NULL)
 ),
 counted AS (
-    SELECT r.* FROM keyed CROSS JOIN LATERAL rt_key_count(keyed.owners, keyed.keys, false) AS r
+    SELECT r.* FROM keyed
+    CROSS JOIN LATERAL rt_key_room(keyed.owners, keyed.keys, keyed.wanted, keyed.limits, true, false) AS r
     WHERE keyed.owners IS NOT NULL
 ),
 key_fits AS (
