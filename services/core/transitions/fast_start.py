@@ -11,14 +11,16 @@ statement never holds anything.
 Why each control holds here as on the checked path:
 - pause: rt_kind_gates takes each kind's lock shared (held until the statement commits) and reads the controls
   afresh, as it always did here (migration 0016);
-- concurrency keys: rt_key_count (migration 0019) takes the keys' start locks exclusively, in order, then counts
-  their running tasks in a statement of its own (a fresh snapshot: every start of the key that committed before
-  the lock was granted is counted), after every row and the kinds' locks are taken (its arguments come from the
-  locked rows and the kinds' controls). A task starts only if its place among this statement's tasks of its key,
-  highest priority then oldest, plus the key's running tasks stays within its limit; the lock is held until the
-  statement commits, so two starts of one key are counted one after the other, across all schedulers. It takes
-  no end lock: ends never wait for it, nor it for them (an end only lowers the count; a start that counted an
-  ending task as running starts fewer, and leaves the rest to the checked path, which counts again);
+- concurrency keys: rt_key_room (migration 0019) takes the keys' start locks, in order, then counts their running
+  tasks in a statement of its own (a fresh snapshot: every start of the key that committed before the lock was
+  granted is counted), after every row and the kinds' locks are taken (its arguments come from the locked rows
+  and the kinds' controls). The start lock is striped: a key far from its limit is counted under one stripe,
+  with room kept for the starts the other stripes may make meanwhile (so such starts do not wait for each
+  other); otherwise under every stripe, exactly. A task starts only if its place among this statement's tasks of
+  its key, highest priority then oldest, plus the key's running tasks (and that room) stays within its limit; the
+  locks are held until the statement commits. It takes no end lock: ends never wait for it, nor it for them (an
+  end only lowers the count; a start that counted an ending task as running starts fewer, and leaves the rest
+  to the checked path, which counts again);
 - rate limits: tokens taken before the statement (RedisLimiter.take_ahead, for the limit the scheduler last read
   of the kind) count only for the limit the statement reads under the kind's lock; a task of a limited kind
   starts only within the tokens taken for that very limit, and the tokens of the tasks that did not start are
@@ -45,7 +47,7 @@ START_SET = (
 )
 
 # Rows are locked in id order first, so concurrent batches cannot deadlock; then the kinds' locks (rt_kind_gates,
-# which also makes a pause wait for this start); then the keys' start locks (rt_key_count: `keyed` reads the kinds'
+# which also makes a pause wait for this start); then the keys' start locks (rt_key_room: `keyed` reads the kinds'
 # controls, so the keys are always locked after the kinds, the order of the checked path). A window function
 # cannot sit beside FOR UPDATE, so the places (within each key, then within each kind's tokens) come after.
 # $5..$8: the rate tokens taken ahead, by kind: the limit they were taken for (starts, period) and how many.

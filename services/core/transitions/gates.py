@@ -7,12 +7,12 @@ A task that may start is started by the one-statement start (fast_start.py), whi
 that statement and holds nothing; what it leaves is checked here, inside the checked path's transaction, after
 the task rows are locked:
 - pause: rt_kind_gates takes each kind's lock shared, then reads the controls afresh (see migration 0016);
-- concurrency keys: each key's start lock, exclusive, then the count of its running tasks in a statement of its
-  own (a fresh snapshot, so every start of the key that committed before is counted), both in one call
-  (rt_key_count, migration 0019, which a start makes in its first statement); the lock is held until this start
-  commits, so two starts of one key are counted one after the other. A start that must hold a task takes the
-  keys' end locks too (after its owners' rows), which every end takes shared before it looks for held tasks: the
-  held task is committed before, or the end is counted;
+- concurrency keys: each key's start lock (every stripe of it: an exact count), then the count of its running
+  tasks in a statement of its own (a fresh snapshot, so every start of the key that committed before is
+  counted), both in one call (rt_key_count, migration 0019, which a start makes in its first statement); the
+  locks are held until this start commits, so two starts of one key are counted one after the other. A start
+  that must hold a task takes the keys' end locks too (after its owners' rows), which every end takes shared
+  before it looks for held tasks: the held task is committed before, or the end is counted;
 - rate limits: before the keys, so that no key's lock is held while Redis answers; a token taken by a task its
   key then holds is given back (services.core.rate_limits), so only tasks that start keep one.
 """

@@ -77,10 +77,10 @@ def _skip(task_id: str, reason: str) -> worker_pb2.StartResult:
 
 # The checked path's first statement: the rows, locked in id order; the controls of their queued tasks' kinds
 # (rt_kind_gates, after the rows are locked, as in fast_start.FAST_START); and, when $2, the keys of their queued
-# tasks whose kind is not paused, locked (start locks only: this pass never holds) and counted (rt_key_count, its
-# arguments read from the locked rows and the kinds' controls, so after every row and every kind is locked: the
-# order of the one-statement start). Each row comes with its kind's controls (gates.controls_of) and its key's
-# running tasks.
+# tasks whose kind is not paused, locked (every stripe of their start locks, no end lock: this pass never holds)
+# and counted (rt_key_count, its arguments read from the locked rows and the kinds' controls, so after every row
+# and every kind is locked: the order of the one-statement start). Each row comes with its kind's controls
+# (gates.controls_of) and its key's running tasks.
 _LOCK_AND_GATE = f"""
 WITH locked AS (SELECT {TASK_COLUMNS} FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE),
 gated AS (SELECT * FROM rt_kind_gates((SELECT array_agg(DISTINCT kind) FROM locked WHERE status = {QUEUED}))),
