@@ -197,17 +197,17 @@ async def test_an_end_waits_only_for_a_start_that_may_hold_a_task_of_its_key(poo
 
 
 async def test_starts_of_a_key_far_from_its_limit_share_it_and_never_pass_it(pool: asyncpg.Pool) -> None:
-    """A key of limit 100 is far from it at first: its one-statement starts take one stripe of its start lock
-    each, not waiting for each other, and leave room for the other stripes' starts. Thirty run; then twenty start
-    requests of eight tasks each at once: exactly the 70 places left start (the last ones counted exactly on the
-    checked path), the rest are held."""
+    """A key of limit 200 is far from it at first: its one-statement starts take one stripe of its start lock
+    each, not waiting for each other, and leave room for the other stripes' starts. Thirty run; then twenty-five
+    start requests of eight tasks each at once: exactly the 170 places left start (the last ones counted exactly
+    on the checked path), the rest are held."""
     owner = await new_user(pool)
-    rows, _ = await transitions.submit(pool, owner, spec("sleep", 190, key="customer", limit=100), OFF)
+    rows, _ = await transitions.submit(pool, owner, spec("sleep", 230, key="customer", limit=200), OFF)
     for i in range(0, 30, 6):
         assert len(await start_fast(pool, "w", [item(r) for r in rows[i : i + 6]], None, {})) == 6
     rest = rows[30:]
     outcomes = await asyncio.gather(
-        *(store.start_batch(pool, f"w{i}", [item(r) for r in rest[8 * i : 8 * i + 8]]) for i in range(20))
+        *(store.start_batch(pool, f"w{i}", [item(r) for r in rest[8 * i : 8 * i + 8]]) for i in range(25))
     )
-    assert [r.decision for o in outcomes for r in o.results].count(RUN) == 70
-    assert await statuses(pool, owner) == {(RUNNING, False): 100, (QUEUED, True): 90}
+    assert [r.decision for o in outcomes for r in o.results].count(RUN) == 170
+    assert await statuses(pool, owner) == {(RUNNING, False): 200, (QUEUED, True): 30}

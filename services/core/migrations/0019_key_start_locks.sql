@@ -13,9 +13,9 @@
 -- Lock order: task rows, kinds (shared), owners' rows (only a start that holds), start locks, end locks; an end:
 -- its rows, its owners' rows (the counters' trigger), end locks (shared), then held tasks with SKIP LOCKED.
 
--- The start lock is striped: STRIPES advisory locks per key. A start that counts the key exactly takes them all
+-- The start lock is striped: STRIPES (4) advisory locks per key. A start that counts the key exactly takes them all
 -- (exclusive mode). A start of a key far from its limit takes one (shared mode): it may start at most STRIPE_TASKS
--- of the key's tasks, and only while the key's running tasks, plus its own, plus STRIPE_TASKS for each other
+-- (32) of the key's tasks, and only while the key's running tasks, plus its own, plus STRIPE_TASKS for each other
 -- stripe stay within the limit. At most STRIPES starts of a key are uncommitted at once (one per stripe, or one
 -- holding them all), and each counts every start committed before its lock was granted: the others, still
 -- uncommitted, are at most STRIPES - 1 starts of at most STRIPE_TASKS each, so the limit holds, and starts of a
@@ -27,8 +27,8 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT hashtextextended('rt.key.start:' || owner::text || ':' || key || ':' || stripe::text, 0)
 $$;
 
-CREATE FUNCTION rt_key_stripes() RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 8 $$;
-CREATE FUNCTION rt_key_stripe_tasks() RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 8 $$;
+CREATE FUNCTION rt_key_stripes() RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 4 $$;
+CREATE FUNCTION rt_key_stripe_tasks() RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 32 $$;
 
 -- A start's count of its keys (one row per distinct key given), after their start locks: `wanted` tasks of the
 -- key in this start (summed over the key's entries), the lowest of their `limits`. running: the key's RUNNING and CANCELLING tasks, counted
