@@ -3,9 +3,8 @@
 -- and by every end (its release trigger: a start about to hold a task must commit before the end looks for held
 -- tasks, or count the end). Held until commit, so every start and every end of a key waited for the commit of
 -- the one before, a WAL flush each. Two locks per key now:
--- - the start lock (rt_key_start_lock): every start takes it exclusively before it counts; starts are still
---   counted one after the other. Ends never take it: an end only lowers the count, and a start that counted the
---   ending task as running starts fewer, never more.
+-- - the start lock (striped, below): every start takes it before it counts. Ends never take it: an end only
+--   lowers the count, and a start that counted the ending task as running starts fewer, never more.
 -- - the end lock (rt_key_lock, as before): an end takes it shared (ends no longer wait for each other); a start
 --   takes it exclusively only when it must hold a task (the checked path's second pass, after its owners'
 --   rows), so it still commits before an end looks for held tasks, or counts that end. A start that holds nothing
@@ -13,8 +12,8 @@
 -- Lock order: task rows, kinds (shared), owners' rows (only a start that holds), start locks, end locks; an end:
 -- its rows, its owners' rows (the counters' trigger), end locks (shared), then held tasks with SKIP LOCKED.
 
--- The start lock is striped: STRIPES (4) advisory locks per key. A start that counts the key exactly takes them all
--- (exclusive mode). A start of a key far from its limit takes one (shared mode): it may start at most STRIPE_TASKS
+-- The start lock is striped: STRIPES (4) advisory locks per key. A start that counts the key exactly takes them
+-- all (exclusive mode). A start of a key far from its limit takes one (shared mode): it may start at most STRIPE_TASKS
 -- (32) of the key's tasks, and only while the key's running tasks, plus its own, plus STRIPE_TASKS for each other
 -- stripe stay within the limit. At most STRIPES starts of a key are uncommitted at once (one per stripe, or one
 -- holding them all), and each counts every start committed before its lock was granted: the others, still
@@ -31,8 +30,8 @@ CREATE FUNCTION rt_key_stripes() RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL
 CREATE FUNCTION rt_key_stripe_tasks() RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 32 $$;
 
 -- A start's count of its keys (one row per distinct key given), after their start locks: `wanted` tasks of the
--- key in this start (summed over the key's entries), the lowest of their `limits`. running: the key's RUNNING and CANCELLING tasks, counted
--- in a statement of its own (a fresh snapshot that sees every start, and when `holding` every end, of these keys
+-- key in this start (summed over the key's entries), the lowest of their `limits`. running: the key's RUNNING
+-- and CANCELLING tasks, counted in a statement of its own (a fresh snapshot that sees every start, and when `holding` every end, of these keys
 -- that committed before the locks were granted), plus, in shared mode, the room the other stripes may take: a
 -- start may start a task of the key while running plus the task's place among its own stays within the limit.
 -- `shared`: whether a key far from its limit may be counted in shared mode (the one-statement start); otherwise,
