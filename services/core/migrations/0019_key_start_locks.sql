@@ -12,15 +12,15 @@
 -- Lock order: task rows, kinds (shared), owners' rows (only a start that holds), start locks, end locks; an end:
 -- its rows, its owners' rows (the counters' trigger), end locks (shared), then held tasks with SKIP LOCKED.
 
--- The start lock is striped: STRIPES (4) advisory locks per key. A start that counts the key exactly takes them
--- all (exclusive mode). A start of a key far from its limit takes one (shared mode): it may start at most STRIPE_TASKS
+-- The start lock is striped: STRIPES (4) advisory locks per key. A start that counts the key exactly takes them all
+-- (exclusive mode). A start of a key far from its limit takes one (shared mode): it may start at most STRIPE_TASKS
 -- (32) of the key's tasks, and only while the key's running tasks, plus its own, plus STRIPE_TASKS for each other
 -- stripe stay within the limit. At most STRIPES starts of a key are uncommitted at once (one per stripe, or one
 -- holding them all), and each counts every start committed before its lock was granted: the others, still
--- uncommitted, are at most STRIPES - 1 starts of at most STRIPE_TASKS each, so the limit holds, and starts of a
--- key far from its limit no longer wait for each other's commits. Locks are taken in the order (owner, key,
--- stripe), waiting only in that order (a shared-mode start tries the stripes without waiting, and waits for one
--- only when all are taken), so two starts never wait for each other.
+-- uncommitted, are at most STRIPES - 1 starts of at most STRIPE_TASKS each, so the limit holds, and starts of a key
+-- far from its limit no longer wait for each other's commits. Locks are taken in the order (owner, key, stripe),
+-- waiting only in that order (a shared-mode start tries the stripes without waiting, and waits for one only when all
+-- are taken), so no two starts wait for each other in a cycle.
 CREATE FUNCTION rt_key_stripe_lock(owner uuid, key text, stripe integer) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT hashtextextended('rt.key.start:' || owner::text || ':' || key || ':' || stripe::text, 0)
@@ -29,14 +29,14 @@ $$;
 CREATE FUNCTION rt_key_stripes() RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 4 $$;
 CREATE FUNCTION rt_key_stripe_tasks() RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 32 $$;
 
--- A start's count of its keys (one row per distinct key given), after their start locks: `wanted` tasks of the
--- key in this start (summed over the key's entries), the lowest of their `limits`. running: the key's RUNNING
--- and CANCELLING tasks, counted in a statement of its own (a fresh snapshot that sees every start, and when `holding` every end, of these keys
--- that committed before the locks were granted), plus, in shared mode, the room the other stripes may take: a
--- start may start a task of the key while running plus the task's place among its own stays within the limit.
--- `shared`: whether a key far from its limit may be counted in shared mode (the one-statement start); otherwise,
--- and always when `holding` (a start that may hold a task; it also takes the end locks, after every stripe),
--- every stripe.
+-- A start's count of its keys (one row per distinct key given), after their start locks: `wanted` tasks of the key
+-- in this start (summed over the key's entries), the lowest of their `limits`. running: the key's RUNNING and
+-- CANCELLING tasks, counted in a statement of its own (a fresh snapshot that sees every start, and when `holding`
+-- every end, of these keys that committed before the locks were granted), plus, in shared mode, the room the other
+-- stripes may take: a start may start a task of the key while running plus the task's place among its own stays
+-- within the limit. `shared`: whether a key far from its limit may be counted in shared mode (the one-statement
+-- start); otherwise, and always when `holding` (a start that may hold a task; it also takes the end locks, after
+-- every stripe), every stripe.
 CREATE FUNCTION rt_key_room(owners uuid[], keys text[], wanted integer[], limits integer[], shared boolean,
                             holding boolean)
 RETURNS TABLE (owner_id uuid, concurrency_key text, running bigint)
