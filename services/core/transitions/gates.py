@@ -3,12 +3,16 @@ its kind's rate limit used up. A task refused here is held in the database (queu
 wait_reason) and its stream entry acknowledged; it is released by ResumeKind, by the end of a running task of
 its key (migration 0016's trigger), or by the rate sweep when the window has room (services.scheduler.gates).
 
-Checked inside the start's transaction, after the task rows are locked:
+A task that may start is started by the one-statement start (fast_start.py), which checks the same controls in
+that statement and holds nothing; what it leaves is checked here, inside the checked path's transaction, after
+the task rows are locked:
 - pause: rt_kind_gates takes each kind's lock shared, then reads the controls afresh (see migration 0016);
-- concurrency keys: each key's advisory lock, exclusive, then the count of its running tasks in a statement of
-  its own (a fresh snapshot, so every start of the key that committed before is counted), both in one call
-  (rt_key_running, migration 0017, which a start makes in its first statement); the lock is held until this start
-  commits, so two starts of one key are counted one after the other;
+- concurrency keys: each key's start lock (every stripe of it: an exact count), then the count of its running
+  tasks in a statement of its own (a fresh snapshot, so every start of the key that committed before is
+  counted), both in one call (rt_key_count, migration 0019, which a start makes in its first statement); the
+  locks are held until this start commits, so two starts of one key are counted one after the other. A start
+  that must hold a task takes the keys' end locks too (after its owners' rows), which every end takes shared
+  before it looks for held tasks: the held task is committed before, or the end is counted;
 - rate limits: before the keys, so that no key's lock is held while Redis answers; a token taken by a task its
   key then holds is given back (services.core.rate_limits), so only tasks that start keep one.
 """
@@ -147,7 +151,7 @@ async def check(
     controls: those of the rows' kinds, when the caller read them with rt_kind_gates after locking the rows.
     ahead: rate tokens the caller took before its transaction (take_ahead), used here if the kind's limit is the
     one they were taken for. key_counts: the running tasks of the rows' keys, when the caller locked the keys and
-    counted them (rt_key_running) after the rows and the kinds; without them, the owners' rows are locked here,
+    counted them (rt_key_count) after the rows and the kinds; without them, the owners' rows are locked here,
     then the keys (see the caller, start.py, for why that order).
     The caller settles the tokens (Checked.settle) once its decisions are final."""
     holds: dict[str, Hold] = {}
@@ -189,12 +193,12 @@ async def check(
 
 
 async def count_keys(conn: asyncpg.Connection, keyed: Sequence[asyncpg.Record]) -> dict[tuple[object, str], int]:
-    """Lock the rows' keys and count their running tasks (rt_key_running)."""
+    """Lock the rows' keys (start and end locks: the caller may hold a task) and count their running tasks."""
     keys = sorted({(row["owner_id"], row["concurrency_key"]) for row in keyed})
     return {
         (r["owner_id"], r["concurrency_key"]): r["running"]
         for r in await conn.fetch(
-            "SELECT * FROM rt_key_running($1::uuid[], $2::text[])", [k[0] for k in keys], [k[1] for k in keys]
+            "SELECT * FROM rt_key_count($1::uuid[], $2::text[], true)", [k[0] for k in keys], [k[1] for k in keys]
         )
     }
 

@@ -35,6 +35,7 @@ from services.core.task_model import (
     rows_to_tasks,
 )
 from services.core.transitions import gates
+from services.core.transitions.fast_start import START_SET, start_fast
 from services.core.transitions.rules import (
     HistoryEntry,
     RunningRef,
@@ -74,49 +75,21 @@ def _skip(task_id: str, reason: str) -> worker_pb2.StartResult:
     return worker_pb2.StartResult(task_id=task_id, decision=SKIP, reason=reason)
 
 
-# The common start in one autocommit statement: a queued task whose current dispatch this entry carries.
-# What starting an attempt writes ($1 the worker, t.entry_id the entry that started it); both paths use it.
-_START_SET = (
-    f"status = {RUNNING}, attempt = attempt + 1, fence = nextval('fence_seq'), worker_id = $1, "
-    "entry_id = t.entry_id, started_at = now(), progress = 0, error = ''"
-)
-
-# Rows are locked in id order first, so concurrent batches cannot deadlock. Tasks with a concurrency key, and
-# tasks of a kind that is paused or rate-limited (rt_kind_gates, which also makes a pause wait for this start),
-# are left to the checked path (gates.py).
-_FAST_START = f"""
-WITH t AS (SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::text[]) AS u(id, dispatch_id, entry_id)),
-locked AS (
-    SELECT tasks.id, tasks.kind, tasks.concurrency_key FROM tasks JOIN t ON tasks.id = t.id
-    WHERE tasks.status = {QUEUED} AND tasks.dispatch_id = t.dispatch_id ORDER BY tasks.id FOR UPDATE OF tasks
-),
-gated AS (
-    SELECT coalesce(array_agg(g.kind), '{{}}') AS kinds
-    FROM rt_kind_gates((SELECT array_agg(DISTINCT kind) FROM locked)) AS g
-),
-started AS (
-    UPDATE tasks SET {_START_SET}
-    FROM t, locked, gated WHERE tasks.id = t.id AND tasks.id = locked.id
-    AND locked.concurrency_key IS NULL AND locked.kind <> ALL(gated.kinds)
-    RETURNING {QUALIFIED_TASK_COLUMNS}
-),
-recorded AS ({history_of("started", str(QUEUED), "'started'")})
-SELECT * FROM started
-"""
-
-
 # The checked path's first statement: the rows, locked in id order; the controls of their queued tasks' kinds
-# (rt_kind_gates, after the rows are locked, as in _FAST_START); and, when $2, the keys of their queued tasks,
-# locked and counted (rt_key_running, its arguments read from the locked rows, so after every row is locked).
-# Each row comes with its kind's controls (gates.controls_of) and its key's running tasks.
+# (rt_kind_gates, after the rows are locked, as in fast_start.FAST_START); and, when $2, the keys of their queued
+# tasks whose kind is not paused, locked (every stripe of their start locks, no end lock: this pass never holds)
+# and counted (rt_key_count, its arguments read from the locked rows and the kinds' controls, so after every row
+# and every kind is locked: the order of the one-statement start). Each row comes with its kind's controls
+# (gates.controls_of) and its key's running tasks.
 _LOCK_AND_GATE = f"""
 WITH locked AS (SELECT {TASK_COLUMNS} FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE),
 gated AS (SELECT * FROM rt_kind_gates((SELECT array_agg(DISTINCT kind) FROM locked WHERE status = {QUEUED}))),
 wanted AS (
     SELECT array_agg(owner_id ORDER BY id) AS owners, array_agg(concurrency_key ORDER BY id) AS keys FROM locked
     WHERE $2 AND status = {QUEUED} AND concurrency_key IS NOT NULL
+    AND kind NOT IN (SELECT kind FROM gated WHERE paused_at IS NOT NULL)
 ),
-counted AS (SELECT r.* FROM wanted, rt_key_running(wanted.owners, wanted.keys) AS r)
+counted AS (SELECT r.* FROM wanted, rt_key_count(wanted.owners, wanted.keys, false) AS r)
 SELECT locked.*, gated.kind IS NOT NULL AS {gates.GATED}, gated.paused_at AS {gates.GATED}_paused_at,
     gated.rate_starts AS {gates.GATED}_rate_starts, gated.rate_period_ms AS {gates.GATED}_rate_period_ms,
     coalesce(counted.running, 0) AS key_running
@@ -134,7 +107,8 @@ async def start_batch(
 ) -> StartOutcome:
     """Decide for each entry whether this worker runs the task, and record the new attempts.
 
-    Fresh dispatches of queued tasks (nearly every entry) start in one statement; the rest are decided one
+    Fresh dispatches of queued tasks (nearly every entry) start in one statement (fast_start), their keys and
+    kinds' controls checked in it; the rest (a takeover, a duplicate, a task that must be held) are decided one
     by one under row locks. `limiter` takes rate-limit tokens (rate_limits.take on Redis).
     """
     first: dict[str, worker_pb2.StartItem] = {}
@@ -143,13 +117,7 @@ async def start_batch(
             first.setdefault(item.task_id, item)
     started: dict[str, asyncpg.Record] = {}
     if first:
-        rows = await pool.fetch(
-            _FAST_START,
-            worker_id,
-            list(first),
-            [i.dispatch_id for i in first.values()],
-            [i.entry_id for i in first.values()],
-        )
+        rows = await start_fast(pool, worker_id, list(first.values()), limiter, _kinds_named(first.values()))
         started = {str(r["id"]): r for r in rows}
         task_metrics.started(rows)
     rest = [item for item in items if first.get(item.task_id) is not item or item.task_id not in started]
@@ -340,7 +308,7 @@ def _key_counts(rows: Iterable[asyncpg.Record]) -> dict[tuple[object, str], int]
 _START_ATTEMPTS = f"""
 WITH t AS (SELECT * FROM unnest($2::uuid[], $3::text[], $4::smallint[], $5::text[]) AS u(id, entry_id, before, detail)),
 started AS (
-    UPDATE tasks SET {_START_SET} FROM t WHERE tasks.id = t.id
+    UPDATE tasks SET {START_SET} FROM t WHERE tasks.id = t.id
     RETURNING {QUALIFIED_TASK_COLUMNS}, t.before, t.detail
 ),
 recorded AS ({history_of("started", "before", "detail")})
@@ -365,7 +333,7 @@ async def _start_attempts(
     return {str(r["id"]): r for r in rows}
 
 
-def _kinds_named(items: Sequence[worker_pb2.StartItem]) -> Counter[str]:
+def _kinds_named(items: Iterable[worker_pb2.StartItem]) -> Counter[str]:
     """How many entries name each kind (in their stream reference); a malformed reference names none."""
     kinds: Counter[str] = Counter()
     for item in items:
