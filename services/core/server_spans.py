@@ -96,6 +96,9 @@ class ServerSpans(grpc.aio.ServerInterceptor):
         # By method: the span's constant attributes (one entry per method a client reached; untraced and unknown
         # methods get none).
         self._attributes: dict[str, tuple[tuple[str, AttributeValue], ...]] = {}
+        # By method: the handler last seen and its traced twin, reused while the server hands out the same handler,
+        # as the metrics interceptor does (a twin built per call would also defeat that interceptor's reuse).
+        self._wrapped_by_method: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -105,7 +108,13 @@ class ServerSpans(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not self.traced(handler_call_details):
             return handler
-        return self._wrapped(handler, handler_call_details.method)
+        path = handler_call_details.method
+        known = self._wrapped_by_method.get(path)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrapped(handler, path)
+        self._wrapped_by_method[path] = (handler, wrapped)
+        return wrapped
 
     # -- one call's span ----------------------------------------------------------------------------------
     def _begin(self, path: str, context: grpc.aio.ServicerContext) -> _Call:
