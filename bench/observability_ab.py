@@ -132,6 +132,7 @@ def render(
     receiver_cpu_s: list[float],
     counter: SpanCounter,
     load: tuple[list[float], list[float]],
+    side_load: list[dict[str, float]],
     quick: bool,
 ) -> str:
     size = "the quick sizes (`--quick`)" if quick else "the full sizes of `make bench`"
@@ -171,6 +172,20 @@ def render(
                 value = statistics.median(extract(r[part]) for r in rounds)
                 cells += [f"{value:g}", f"{cost(value, off, higher):+.1%}"]
             lines.append(f"| {label} ({unit}) | {' | '.join(cells)} |")
+    lines += [
+        "",
+        "Each round as run, the side that ran first on the left, with the machine's one-minute load average when "
+        "each side started (the other load of a shared machine sways a side's figures; a round whose two sides "
+        "ran under different loads says less):",
+        "",
+        "| round | side: load at its start, drain (tasks/s), CPU per task (ms) | on ÷ off, CPU per task |",
+        "|---|---|---|",
+    ]
+    cpu_of = FIGURES[-1][2]
+    drain_of = FIGURES[0][2]
+    for index, (one, loads) in enumerate(zip(rounds, side_load, strict=True)):
+        ran = "; ".join(f"{side} {loads[side]:g}, {drain_of(one[side]):g}, {cpu_of(one[side]):g}" for side in loads)
+        lines.append(f"| {index + 1} | {ran} | {cpu_of(one['on']) / cpu_of(one['off']):.3f} |")
     lines += ["", "CPU per task over the drain by process role (ms, median of the rounds):", ""]
     for side in rounds[0]:
         by_role = [r[side]["throughput"]["ours"].get("cpu_ms_per_task_by_role", {}) for r in rounds]
@@ -197,20 +212,24 @@ def render(
 
 async def measure(
     rounds: int, out: Path, quick: bool, sides: tuple[str, ...]
-) -> tuple[list[dict[str, dict[str, Any]]], list[int], list[float], SpanCounter]:
+) -> tuple[list[dict[str, dict[str, Any]]], list[int], list[float], list[dict[str, float]], SpanCounter]:
     counter = SpanCounter()
     server, port = await start_receiver(counter)
     results: list[dict[str, dict[str, Any]]] = []
     spans: list[int] = []
     # CPU time of this process while a side ran: the receiver's work (the side itself is a child process).
     receiver_cpu_s: list[float] = []
+    # The one-minute load average when each side of each round started, in the order they ran.
+    side_load: list[dict[str, float]] = []
     try:
         for index in range(rounds):
             # Each round starts one side later: with two sides, on/off then off/on.
             order = sides[index % len(sides) :] + sides[: index % len(sides)]
             round_results = {}
+            side_load.append({})
             for side in order:
-                print(f"-- round {index + 1}, {side} ...", flush=True)
+                side_load[-1][side] = round(os.getloadavg()[0], 2)
+                print(f"-- round {index + 1}, {side} (load {side_load[-1][side]}) ...", flush=True)
                 before, cpu_before = counter.spans, time.process_time()
                 round_results[side] = await run_side(side, port, out / f"round{index + 1}-{side}", quick)
                 if side == "on":
@@ -224,7 +243,7 @@ async def measure(
             results.append(round_results)
     finally:
         await server.stop(grace=1)
-    return results, spans, receiver_cpu_s, counter
+    return results, spans, receiver_cpu_s, side_load, counter
 
 
 def main() -> int:
@@ -238,9 +257,9 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     load_start = [round(x, 2) for x in os.getloadavg()]
     sides = SIDES + PARTS if args.parts else SIDES
-    rounds, spans, receiver_cpu_s, counter = asyncio.run(measure(args.rounds, args.out, args.quick, sides))
+    rounds, spans, receiver_cpu_s, side_load, counter = asyncio.run(measure(args.rounds, args.out, args.quick, sides))
     load = (load_start, [round(x, 2) for x in os.getloadavg()])
-    text = render(rounds, spans, receiver_cpu_s, counter, load, args.quick)
+    text = render(rounds, spans, receiver_cpu_s, counter, load, side_load, args.quick)
     (args.out / "observability-ab.md").write_text(text)
     if args.doc is not None:
         args.doc.write_text(text)
