@@ -521,11 +521,28 @@ class Worker:
         now = time.monotonic()
         return [e for e in self.unanswered if now < self.refreshed_at.get(e, 0.0) + self._fence_after_s]
 
+    def _let_go_unrefreshed(self) -> None:
+        """Forget the unanswered entries past their fence deadline (Redis did not take their refresh in time): they may
+        be reclaimed elsewhere any moment, so resuming one here could overlap a takeover, as a handler would (the rule
+        in the module's docstring). Neither asked about nor handed back (a release would take one back from a worker
+        that reclaimed it): the next reclaim pass takes them, and the scheduler decides as for any reclaimed entry
+        (resumed if it is ours again, a takeover once our release is confirmed)."""
+        now = time.monotonic()
+        expired = [e for e in self.unanswered if now >= self.refreshed_at.get(e, 0.0) + self._fence_after_s]
+        if not expired:
+            return
+        for entry_id in expired:
+            del self.unanswered[entry_id]
+        self._forget(expired)
+        self._slot_freed.set()
+        log.warning("unanswered entries unrefreshed in time; left to reclaim", extra={"entries": len(expired)})
+
     async def _ask_again_forever(self) -> None:
         """Ask the scheduler again about the unanswered entries as soon as one answers; hand them back when none
         does within the outage grace (their tasks are then taken over elsewhere, as a cut-off worker's are)."""
         while True:
             self._unanswered_changed.clear()
+            self._let_go_unrefreshed()
             if not self.unanswered:
                 await self._unanswered_changed.wait()
                 continue
@@ -549,7 +566,7 @@ class Worker:
                 log.warning("dispatch stream unavailable", extra={"error": repr(exc)})
                 self._ask_again_at = time.monotonic() + self._start_backoff.next_delay_s()
                 continue
-            # Reclaimed by another worker meanwhile (their refresh failed): the scheduler decides its start.
+            # Reclaimed by another worker meanwhile: the scheduler decides its start.
             lost = [e for e in asked if e not in owned and self.unanswered.pop(e, None) is not None]
             if lost:
                 self._forget(lost)
