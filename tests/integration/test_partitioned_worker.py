@@ -24,7 +24,8 @@ from services.core import keys
 from services.core.config import RedisConfig
 from services.core.dispatch import ensure_dispatch_groups
 from services.core.redis_client import create_redis
-from services.core.task_model import QUEUED, RUNNING, SUCCEEDED
+from services.core.task_model import CANCELLED, CANCELLING, QUEUED, RUNNING, SUCCEEDED
+from services.core.transitions import user as transitions
 from services.worker.config import WorkerConfig
 from services.worker.worker import Worker
 from tests.helpers import eventually
@@ -197,12 +198,12 @@ async def test_a_worker_that_loses_only_redis_lets_its_task_go_to_another_worker
 LOST_REPLY_TIMINGS = {"heartbeat_interval_ms": 500, "reclaim_idle_ms": 6000}
 
 
-async def test_a_start_whose_reply_was_lost_is_resumed_not_handed_to_another_worker(pair: Pair) -> None:
-    """The scheduler commits A's start (attempt 1 on A), and its reply never reaches A: the connections drop and
-    new ones are refused, as when the scheduler dies right after its commit. A keeps the entry (refreshed, so B
-    cannot reclaim it) and asks again once back in contact: the scheduler resumes the attempt it recorded, and the
-    handler runs once. Handing the entry back instead let B take the task over as attempt 2 (with max_attempts 1:
-    failed, never run)."""
+async def _lose_the_start_reply(pair: Pair, *, cancel: bool) -> tuple[str, Node]:
+    """A task whose start the scheduler commits on A (attempt 1) while its reply never reaches A: the replies are
+    stalled, then the connections dropped and new ones refused, as when the scheduler dies right after its commit.
+    B, a healthy worker, could reclaim the entry if A handed it back. Waits until A kept the entry (refreshed it
+    after losing contact) or handed it back (B reclaimed it), cancels the task then when `cancel`, and lets A
+    reconnect; returns the task's id and A once the task has ended."""
     await ensure_dispatch_groups(pair.iso.redis, [once_handler.KIND])
     a = await pair.node("worker-a", proxied=True, **LOST_REPLY_TIMINGS)
     to_scheduler = a.proxies[1]
@@ -216,7 +217,7 @@ async def test_a_start_whose_reply_was_lost_is_resumed_not_handed_to_another_wor
         return (task["status"], task["attempt"], task["worker_id"]) == (RUNNING, 1, a.worker.config.worker_id)
 
     await eventually(started_on_a, message="the scheduler committed attempt 1 on A")
-    assert not [run for run in once_handler.STARTS if run[0] == task_id], "the reply never reached A"
+    assert not _runs(task_id), "the reply never reached A"
     b = await pair.node("worker-b", proxied=False, **LOST_REPLY_TIMINGS)
     await to_scheduler.cut()  # as the scheduler's death does: the reply is lost, new connections are refused
     await eventually(lambda: _value(not a.worker.connected), message="A lost contact")
@@ -231,23 +232,52 @@ async def test_a_start_whose_reply_was_lost_is_resumed_not_handed_to_another_wor
         return holder == b.worker.config.worker_id or (holder == a.worker.config.worker_id and refreshed_since)
 
     await eventually(decided, message="A kept its entry or handed it back")
+    if cancel:  # RUNNING -> CANCELLING: the stop command finds no stream to A
+        await transitions.cancel(pair.iso.pool, pair.iso.owner, task_id=task_id)
     to_scheduler.resume()
     await to_scheduler.start()  # the scheduler is back (on the same port)
 
     async def ended() -> bool:
         status = await pair.iso.pool.fetchval("SELECT status FROM tasks WHERE id = $1", task_id)
-        return status not in (QUEUED, RUNNING)
+        return status not in (QUEUED, RUNNING, CANCELLING)
 
     await eventually(ended, timeout_s=30, message="the task ended")
-    task = await pair.iso.pool.fetchrow("SELECT status, attempt, worker_id, error FROM tasks WHERE id = $1", task_id)
-    assert task is not None
-    assert (task["status"], task["attempt"], task["error"]) == (SUCCEEDED, 1, ""), dict(task)
-    assert [run for run in once_handler.STARTS if run[0] == task_id] == [(task_id, 1)], "the handler ran once"
+    return task_id, a
+
+
+def _runs(task_id: str) -> list[tuple[str, int]]:
+    return [run for run in once_handler.STARTS if run[0] == task_id]
+
+
+async def _started(pair: Pair, task_id: str) -> list[tuple[int, str]]:
+    """(attempt, worker id) of each start in the task's committed history."""
     history = await pair.iso.pool.fetch(
-        "SELECT attempt, worker_id, fence, detail FROM task_history WHERE task_id = $1 AND to_status = $2",
+        "SELECT attempt, worker_id FROM task_history WHERE task_id = $1 AND to_status = $2 ORDER BY version",
         task_id,
         RUNNING,
     )
-    assert [(h["attempt"], h["worker_id"]) for h in history] == [(1, a.worker.config.worker_id)], [
-        dict(h) for h in history
-    ]
+    return [(h["attempt"], h["worker_id"]) for h in history]
+
+
+async def test_a_start_whose_reply_was_lost_is_resumed_not_handed_to_another_worker(pair: Pair) -> None:
+    """A keeps the entry (refreshed, so B cannot reclaim it) and asks again once back in contact: the scheduler
+    resumes the attempt it recorded, and the handler runs once. Handing the entry back let B take the task over
+    as attempt 2 (here, with max_attempts 1: failed "no attempts left", never run)."""
+    task_id, a = await _lose_the_start_reply(pair, cancel=False)
+    task = await pair.iso.pool.fetchrow("SELECT status, attempt, error FROM tasks WHERE id = $1", task_id)
+    assert task is not None
+    assert (task["status"], task["attempt"], task["error"]) == (SUCCEEDED, 1, ""), dict(task)
+    assert _runs(task_id) == [(task_id, 1)], "the handler ran once"
+    assert await _started(pair, task_id) == [(1, a.worker.config.worker_id)]
+
+
+async def test_a_lost_start_cancelled_meanwhile_ends_cancelled_without_running(pair: Pair) -> None:
+    """The task is cancelled while A is out of contact: the resumed start is reported cancelled, and the handler
+    never starts."""
+    task_id, a = await _lose_the_start_reply(pair, cancel=True)
+    task = await pair.iso.pool.fetchrow("SELECT status, attempt, error FROM tasks WHERE id = $1", task_id)
+    assert task is not None
+    assert (task["status"], task["attempt"]) == (CANCELLED, 1), dict(task)
+    assert "before its handler started" in task["error"], task["error"]
+    assert _runs(task_id) == [], "the handler never ran"
+    assert await _started(pair, task_id) == [(1, a.worker.config.worker_id)]
