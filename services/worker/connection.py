@@ -140,7 +140,8 @@ class AnswerLost(LinkDown):
 
 
 class WorkRefused(Exception):
-    """The scheduler recorded nothing of a request; `permanent` when asking again cannot help."""
+    """The scheduler answered a request with an error; `permanent` when asking again cannot help. The half of the
+    request that did not fail (its starts, or its outcomes) may have committed: asking again finds it."""
 
     def __init__(self, message: str, *, permanent: bool) -> None:
         super().__init__(message)
