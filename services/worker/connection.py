@@ -8,6 +8,10 @@ restart, the edge moving us to another replica), and every (re)connect starts wi
 The link is "in contact" only while the scheduler answers: a stream that stays open but silent (a
 stalled network path) is given up after contact_timeout_s, so the worker claims no new entries, and keeps
 its held ones alive only for the outage grace (Worker._may_refresh) through a scheduler it cannot reach.
+
+A request that ends without an answer fails with LinkDown when it never left this process (the scheduler knows
+nothing of it), and with AnswerLost once it was handed to the stream (the scheduler may have recorded it, e.g.
+committed a start and died before replying): the worker asks again about such starts rather than let them go.
 """
 
 from __future__ import annotations
@@ -129,8 +133,15 @@ class LinkDown(Exception):
     """The stream broke (or went silent) before the scheduler answered: ask again later."""
 
 
+class AnswerLost(LinkDown):
+    """The request was handed to the stream, but no answer came back (the stream broke or went silent, or the
+    call timed out): the scheduler may have recorded it. A start it recorded is resumed when asked again (same
+    attempt, same fence), so the caller keeps its entries and asks again rather than let them go."""
+
+
 class WorkRefused(Exception):
-    """The scheduler recorded nothing of a request; `permanent` when asking again cannot help."""
+    """The scheduler answered a request with an error; `permanent` when asking again cannot help. The half of the
+    request that did not fail (its starts, or its outcomes) may have committed: asking again finds it."""
 
     def __init__(self, message: str, *, permanent: bool) -> None:
         super().__init__(message)
@@ -143,6 +154,8 @@ class _Ask:
 
     finish: Sequence[worker_pb2.FinishItem]
     start: Sequence[worker_pb2.StartItem]
+    # Set once the request carrying it was handed to the stream: from then on the scheduler may have recorded it.
+    written: bool = False
     answer: asyncio.Future[tuple[list[worker_pb2.FinishResult], list[worker_pb2.StartResult]]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -218,7 +231,7 @@ class SchedulerLink:
             finally:
                 self._lose_contact()
                 self._call = None
-                self._fail_all(LinkDown("the stream to the scheduler broke"))
+                self._fail_all("the stream to the scheduler broke")
             if time.monotonic() - opened > HEALTHY_STREAM_S:
                 backoff.reset()
             if not self._closed:
@@ -341,7 +354,7 @@ class SchedulerLink:
         try:
             return await asyncio.wait_for(ask.answer, timeout=CALL_TIMEOUT_S)
         except TimeoutError as exc:
-            raise LinkDown(f"no answer within {CALL_TIMEOUT_S} s") from exc
+            raise _unanswered(ask, f"no answer within {CALL_TIMEOUT_S} s") from exc
 
     async def _send_work(self, call: grpc.aio.StreamStreamCall[worker_pb2.ConnectRequest, Any]) -> None:
         """Whatever callers asked while the previous write was under way goes in one request."""
@@ -361,9 +374,12 @@ class SchedulerLink:
                 request.finish.extend(ask.finish)
                 request.start.extend(ask.start)
             self._in_flight[request.request_id] = asks
+            for ask in asks:
+                # Counted from the attempt: a write that fails part-way may still have reached the scheduler.
+                ask.written = True
             if not await self.send(worker_pb2.ConnectRequest(work=request)):
                 self._in_flight.pop(request.request_id, None)
-                _fail(asks, LinkDown("could not write to the scheduler"))
+                _fail_each(asks, "could not write to the scheduler")
 
     def _answer(self, response: worker_pb2.WorkResponse) -> None:
         asks = self._in_flight.pop(response.request_id, None)
@@ -382,10 +398,10 @@ class SchedulerLink:
             if not ask.answer.done():
                 ask.answer.set_result(([next(finished) for _ in ask.finish], [next(started) for _ in ask.start]))
 
-    def _fail_all(self, exc: Exception) -> None:
+    def _fail_all(self, reason: str) -> None:
         asks = self._asks + [ask for batch in self._in_flight.values() for ask in batch]
         self._asks, self._in_flight = [], {}
-        _fail(asks, exc)
+        _fail_each(asks, reason)
 
     async def close(self) -> None:
         """End the stream (the scheduler sees the worker leave) and the channel."""
@@ -409,3 +425,14 @@ def _fail(asks: Sequence[_Ask], exc: Exception) -> None:
     for ask in asks:
         if not ask.answer.done():
             ask.answer.set_exception(exc)
+
+
+def _unanswered(ask: _Ask, reason: str) -> LinkDown:
+    """Why an ask ends without an answer: AnswerLost once it was written (the scheduler may have recorded it),
+    LinkDown before (it never left this process)."""
+    return AnswerLost(reason) if ask.written else LinkDown(reason)
+
+
+def _fail_each(asks: Sequence[_Ask], reason: str) -> None:
+    for ask in asks:
+        _fail([ask], _unanswered(ask, reason))

@@ -22,6 +22,14 @@ the only exception is an in-process handler that ignores cancellation (it cannot
 register such code with process=True). A worker out of contact with the scheduler takes no new entries,
 gives back those it read, and cancels cannot reach it meanwhile.
 
+A start whose answer was lost (contact lost after the request was sent: a scheduler that died after committing it,
+or a path that stalled) may have been recorded: its tasks may be RUNNING here, attempt and fence issued. Handing
+those entries back would let another worker take the tasks over as new attempts, spending one each (the last one
+failing the task unrun). So they are kept, refreshed like held entries, and asked about again as soon as a
+scheduler answers: a recorded start is resumed (same attempt, same fence), any other is decided afresh. Only if no
+scheduler answers within the outage grace (or the worker drains) are they handed back. Entries read while contact
+was already lost were never asked about, and are handed back at once.
+
 Draining (an operator's DrainWorker pushed by the scheduler, or SIGTERM): the worker takes no new entry and lets
 the entries it holds but has not started go, lets its handlers finish until the drain deadline, then stops the
 rest and reports them handed back (queued again at once, the attempt not counted). After an operator's drain the
@@ -41,13 +49,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from resilienttask.handlers import get_handler, registered_kinds
+from resilienttask.v1 import task_pb2
 from resilienttask.worker.v1 import worker_pb2
 from services.core.cancellation import cancel_and_wait
 from services.core.dispatch import ensure_dispatch_groups
 from services.core.logging import task_scope
 from services.core.worker_credentials import EnrolmentConfig
 from services.worker.config import WorkerConfig
-from services.worker.connection import Backoff, SchedulerLink, WorkerTokens
+from services.worker.connection import AnswerLost, Backoff, SchedulerLink, WorkerTokens, WorkRefused
 from services.worker.consumer import Delivery, DispatchConsumer
 from services.worker.logs import LogShipper
 from services.worker.messages import HeldKey, finish_item, held, spec_from_task
@@ -73,6 +82,8 @@ DRAINED_SERVICE = "resilienttask.worker.drained"
 # The drain deadline passed: the handler is stopped and the task reported handed back.
 HANDBACK = "handback"
 HANDED_BACK = "handed back: the worker drained before the task finished"
+# The outcome of a resumed start whose task was cancelled while its answer was lost.
+NOT_STARTED = "cancelled before its handler started"
 STOP_REASONS = {worker_pb2.STOP_REASON_SUPERSEDED: SUPERSEDED, worker_pb2.STOP_REASON_CANCELLED: "cancelled"}
 
 
@@ -122,6 +133,11 @@ class Worker:
         # Outcomes sent but not yet confirmed: still heartbeated and refreshed, so nobody reclaims them.
         self.finishing: dict[HeldKey, str] = {}
         self.parked: list[Parked] = []
+        # Entries whose start request went unanswered (the scheduler may have started them here), by entry id: kept
+        # and refreshed, asked about again once a scheduler answers (not before _ask_again_at), or handed back.
+        self.unanswered: dict[str, Delivery] = {}
+        self._ask_again_at = 0.0
+        self._unanswered_changed = asyncio.Event()
         # Entries in a start request now: one coming back from a reclaim pass meanwhile is not offered twice.
         self.offering: set[str] = set()
         # entry id -> when its idle time in the stream was last reset (read, claimed or refreshed), monotonic.
@@ -148,7 +164,7 @@ class Worker:
     # -- state ------------------------------------------------------------------------------------
     @property
     def free_slots(self) -> int:
-        return self.config.slots - len(self.running) - len(self.offering) - len(self.parked)
+        return self.config.slots - len(self.running) - len(self.offering) - len(self.parked) - len(self.unanswered)
 
     @property
     def connected(self) -> bool:
@@ -189,6 +205,7 @@ class Worker:
                 ("logs", self.logs.run()),
                 ("finish", self.reporter.run()),
                 ("parked", self._retry_parked()),
+                ("ask-again", self._ask_again_forever()),
                 ("self-fence", self._fence_forever()),
             )
         ]
@@ -245,7 +262,8 @@ class Worker:
         if left_over:
             with contextlib.suppress(RedisError, OSError):
                 await self.consumer.release(left_over, self.config.reclaim_idle_ms)
-        parked, self.parked = [p.delivery for p in self.parked], []
+        # The unanswered too: a draining worker's starts are all deferred, so asking again cannot resume them.
+        parked, self.parked = [p.delivery for p in self.parked] + self._take_unanswered(), []
         if parked:
             await self._release(parked)
         while self.running or self.offering:  # a start asked before the drain may still be granted
@@ -357,12 +375,14 @@ class Worker:
             waiter.cancel()
         self._slot_freed.clear()
 
-    async def _offer(self, deliveries: Sequence[Delivery]) -> None:
-        """Ask the scheduler, in one call, which of these entries to run."""
+    async def _offer(self, deliveries: Sequence[Delivery], *, asked_before: bool = False) -> None:
+        """Ask the scheduler, in one call, which of these entries to run; `asked_before`: entries whose earlier
+        start request went unanswered (they stay unanswered until a scheduler answers for them)."""
         # Our own entries can come back from XAUTOCLAIM when they sat idle (a Redis hiccup stopped the
         # refresh, or a long deferral): we already run them, or will ask about them again anyway.
         mine = {r.entry_id for r in self.running.values()} | set(self.finishing.values()) | self.offering
         mine.update(p.delivery.entry_id for p in self.parked)
+        mine.update(self.unanswered)
         fresh = [d for d in deliveries if d.entry_id not in mine]
         if not fresh:
             return
@@ -388,7 +408,13 @@ class Worker:
             if stale:  # parked a while: reset their idle time before their handlers start, or they would be fenced
                 await self._refresh(stale, granted=True)
         except Exception as exc:  # whatever failed, the entries stay ours and are offered again
-            if not self.link.connected.is_set():  # contact lost while they were read: let others have them
+            if (asked_before or isinstance(exc, (AnswerLost, WorkRefused))) and self.drain_deadline is None:
+                # The request (this one or an earlier) reached the scheduler and no decision came back: it may have
+                # started these tasks here (a refusal answers the whole request, of which the starts may have
+                # committed). Asked again as soon as a scheduler answers, so a recorded start is resumed.
+                self._keep_unanswered(fresh, exc)
+                return
+            if not self.link.connected.is_set():  # read while out of contact, never asked about: let others have them
                 await self._release(fresh)
                 return
             if self.drain_deadline is not None:  # draining: asking again is for another worker to do
@@ -471,11 +497,94 @@ class Worker:
                 else:
                     await self._release(keep)
 
+    # -- starts whose answer was lost ---------------------------------------------------------------
+    def _keep_unanswered(self, deliveries: Sequence[Delivery], exc: Exception) -> None:
+        """Keep entries whose start the scheduler may have recorded, to ask about them again: as soon as contact is
+        back when it was lost, after a backoff when a scheduler still answers (it refused, or timed out)."""
+        in_contact = self.link.connected.is_set()
+        delay_s = self._start_backoff.next_delay_s() if in_contact else 0.0
+        self.unanswered.update((d.entry_id, d) for d in deliveries)
+        self._ask_again_at = time.monotonic() + delay_s
+        self._unanswered_changed.set()
+        log.warning(
+            "start unanswered; entries kept to ask again",
+            extra={"error": repr(exc), "entries": len(deliveries), "in_contact": in_contact, "retry_s": delay_s},
+        )
+
+    def _take_unanswered(self) -> list[Delivery]:
+        taken, self.unanswered = list(self.unanswered.values()), {}
+        return taken
+
+    def _unanswered_to_refresh(self) -> list[str]:
+        """The unanswered entries whose refresh still counts: one past its fence deadline may have been reclaimed by
+        another worker, and a refresh (an XCLAIM) would take it back from it."""
+        now = time.monotonic()
+        return [e for e in self.unanswered if now < self.refreshed_at.get(e, 0.0) + self._fence_after_s]
+
+    def _let_go_unrefreshed(self) -> None:
+        """Forget the unanswered entries past their fence deadline (Redis did not take their refresh in time): they may
+        be reclaimed elsewhere any moment, so resuming one here could overlap a takeover, as a handler would (the rule
+        in the module's docstring). Neither asked about nor handed back (a release would take one back from a worker
+        that reclaimed it): the next reclaim pass takes them, and the scheduler decides as for any reclaimed entry
+        (resumed if it is ours again, a takeover once our release is confirmed)."""
+        now = time.monotonic()
+        expired = [e for e in self.unanswered if now >= self.refreshed_at.get(e, 0.0) + self._fence_after_s]
+        if not expired:
+            return
+        for entry_id in expired:
+            del self.unanswered[entry_id]
+        self._forget(expired)
+        self._slot_freed.set()
+        log.warning("unanswered entries unrefreshed in time; left to reclaim", extra={"entries": len(expired)})
+
+    async def _ask_again_forever(self) -> None:
+        """Ask the scheduler again about the unanswered entries as soon as one answers; hand them back when none
+        does within the outage grace (their tasks are then taken over elsewhere, as a cut-off worker's are)."""
+        while True:
+            self._unanswered_changed.clear()
+            self._let_go_unrefreshed()
+            if not self.unanswered:
+                await self._unanswered_changed.wait()
+                continue
+            if not self._may_refresh() or self.drain_deadline is not None:
+                await self._release(self._take_unanswered())
+                continue
+            if not self.link.connected.is_set():
+                out_s = self.link.out_of_contact_s() or 0.0
+                await _first_set(
+                    (self.link.connected, self._unanswered_changed), self.config.outage_grace_ms / 1000 - out_s
+                )
+                continue
+            wait_s = self._ask_again_at - time.monotonic()
+            if wait_s > 0:
+                await _first_set((self._unanswered_changed,), wait_s)
+                continue
+            asked = list(self.unanswered)
+            try:
+                owned = await self.consumer.owned(asked)
+            except (RedisError, OSError) as exc:
+                log.warning("dispatch stream unavailable", extra={"error": repr(exc)})
+                self._ask_again_at = time.monotonic() + self._start_backoff.next_delay_s()
+                continue
+            # Reclaimed by another worker meanwhile: the scheduler decides its start.
+            lost = [e for e in asked if e not in owned and self.unanswered.pop(e, None) is not None]
+            if lost:
+                self._forget(lost)
+                self._slot_freed.set()
+            again = [self.unanswered.pop(e) for e in asked if e in owned and e in self.unanswered]
+            if again:
+                await self._offer(again, asked_before=True)
+
     # -- running handlers -------------------------------------------------------------------------
     def _launch(self, delivery: Delivery, result: worker_pb2.StartResult) -> None:
         key: HeldKey = (result.task_id or result.task.id, result.fence)
         spec = spec_from_task(result.task)
         handler = get_handler(spec.kind)
+        if result.task.status == task_pb2.TASK_STATUS_CANCELLING:
+            # A start resumed after its answer was lost, the task cancelled meanwhile (the cancel found no stream
+            # to us): its handler never ran here, and need not start only to be stopped.
+            self._report(key, delivery.entry_id, AttemptOutcome(worker_pb2.OUTCOME_CANCELLED, NOT_STARTED), spec.kind)
+            return
         if handler is None:
             outcome = AttemptOutcome(
                 worker_pb2.OUTCOME_FAILED, f"no handler for kind {spec.kind!r} on worker {self.config.worker_id}"
@@ -581,7 +690,7 @@ class Worker:
         await self.link.heartbeat([held(key) for key, _ in holding], self._drain_state())
         if not self._may_refresh() or (self._refreshing is not None and not self._refreshing.done()):
             return
-        entry_ids = [entry_id for _, entry_id in holding]
+        entry_ids = [entry_id for _, entry_id in holding] + self._unanswered_to_refresh()
         self._refreshing = asyncio.create_task(self._refresh(entry_ids), name="refresh")
 
     def _may_refresh(self) -> bool:
@@ -651,6 +760,16 @@ class Worker:
             wait_s = (min(upcoming) - now) if upcoming else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._fence_changed.wait(), timeout=wait_s)
+
+
+async def _first_set(events: Sequence[asyncio.Event], timeout_s: float) -> None:
+    """Until one of events is set, or timeout_s passes."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=max(0.0, timeout_s), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

@@ -1,5 +1,6 @@
 """A worker whose network path stalls (open connections that stop carrying bytes, nothing closed) must
-neither run a task while another worker runs it, nor take entries it cannot start.
+neither run a task while another worker runs it, nor take entries it cannot start; and a start whose answer it
+lost must be resumed, not handed to another worker as a new attempt.
 
 Two real workers run in this process against a private scheduler and the session's Valkey; worker A
 reaches both through loopback proxies the test stalls, worker B directly. The task body records its
@@ -8,6 +9,8 @@ own run interval (tests/integration/interval_handler.py), so an overlap would be
 
 from __future__ import annotations
 
+import dataclasses
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,10 +24,12 @@ from services.core import keys
 from services.core.config import RedisConfig
 from services.core.dispatch import ensure_dispatch_groups
 from services.core.redis_client import create_redis
+from services.core.task_model import CANCELLED, CANCELLING, QUEUED, RUNNING, SUCCEEDED
+from services.core.transitions import user as transitions
 from services.worker.config import WorkerConfig
 from services.worker.worker import Worker
 from tests.helpers import eventually
-from tests.integration import interval_handler
+from tests.integration import interval_handler, once_handler
 from tests.integration.private_scheduler import ENROLMENT, Isolated, isolated, submit
 from tests.tcp_proxy import TcpProxy
 
@@ -64,7 +69,8 @@ class Pair:
     scheduler_port: int
     nodes: list[Node]
 
-    async def node(self, name: str, *, proxied: bool) -> Node:
+    async def node(self, name: str, *, proxied: bool, **timings: int) -> Node:
+        """A worker in this process; timings: WorkerConfig's *_ms fields other than the defaults below."""
         redis_url, scheduler_addr, proxies = self.redis_url, f"127.0.0.1:{self.scheduler_port}", []
         if proxied:
             via_redis = TcpProxy(*_host_port(self.redis_url))
@@ -83,6 +89,8 @@ class Pair:
             cancel_grace_ms=200,
             read_block_ms=200,
         )
+        if timings:
+            config = dataclasses.replace(config, **timings)
         redis = create_redis(RedisConfig(redis_url))
         worker = Worker(config, redis, ENROLMENT)
         await worker.start()
@@ -183,3 +191,93 @@ async def test_a_worker_that_loses_only_redis_lets_its_task_go_to_another_worker
     first, second = interval_handler.RUNS[(task_id, 1)], interval_handler.RUNS[(task_id, 2)]
     assert first[1] < second[0], f"attempt 1 ran until {first[1]:.3f}, attempt 2 from {second[0]:.3f}"
     assert not a.worker.finishing, "A reports nothing for the attempt it gave up"
+
+
+# Slower heartbeats for the lost reply: the stalled replies must not make the worker give up its stream (after 3
+# heartbeats) before its start request is sent; the reclaim idle time keeps the fence margin above that.
+LOST_REPLY_TIMINGS = {"heartbeat_interval_ms": 500, "reclaim_idle_ms": 6000}
+
+
+async def _lose_the_start_reply(pair: Pair, *, cancel: bool) -> tuple[str, Node]:
+    """A task whose start the scheduler commits on A (attempt 1) while its reply never reaches A: the replies are
+    stalled, then the connections dropped and new ones refused, as when the scheduler dies right after its commit.
+    B, a healthy worker, could reclaim the entry if A handed it back. Waits until A kept the entry (refreshed it
+    after losing contact) or handed it back (B reclaimed it), cancels the task then when `cancel`, and lets A
+    reconnect; returns the task's id and A once the task has ended."""
+    await ensure_dispatch_groups(pair.iso.redis, [once_handler.KIND])
+    a = await pair.node("worker-a", proxied=True, **LOST_REPLY_TIMINGS)
+    to_scheduler = a.proxies[1]
+    to_scheduler.stall(replies_only=True)  # A's requests reach the scheduler; nothing comes back
+    (row,) = await submit(pair.iso, kind=once_handler.KIND, max_attempts=1)
+    task_id = str(row["id"])
+
+    async def started_on_a() -> bool:
+        task = await pair.iso.pool.fetchrow("SELECT status, attempt, worker_id FROM tasks WHERE id = $1", task_id)
+        assert task is not None
+        return (task["status"], task["attempt"], task["worker_id"]) == (RUNNING, 1, a.worker.config.worker_id)
+
+    await eventually(started_on_a, message="the scheduler committed attempt 1 on A")
+    assert not _runs(task_id), "the reply never reached A"
+    b = await pair.node("worker-b", proxied=False, **LOST_REPLY_TIMINGS)
+    await to_scheduler.cut()  # as the scheduler's death does: the reply is lost, new connections are refused
+    await eventually(lambda: _value(not a.worker.connected), message="A lost contact")
+    lost_at = time.monotonic()
+    stream = keys.dispatch_stream(once_handler.KIND)
+
+    async def decided() -> bool:
+        """B reclaimed the entry (A handed it back), or A refreshed it after losing contact (A kept it)."""
+        (pending,) = await pair.iso.redis.xpending_range(stream, keys.DISPATCH_GROUP, "-", "+", 10)
+        holder = pending["consumer"].decode()
+        refreshed_since = pending["time_since_delivered"] < (time.monotonic() - lost_at) * 1000
+        return holder == b.worker.config.worker_id or (holder == a.worker.config.worker_id and refreshed_since)
+
+    await eventually(decided, message="A kept its entry or handed it back")
+    if cancel:  # RUNNING -> CANCELLING: the stop command finds no stream to A
+        await transitions.cancel(pair.iso.pool, pair.iso.owner, task_id=task_id)
+    to_scheduler.resume()
+    await to_scheduler.start()  # the scheduler is back (on the same port)
+
+    async def ended() -> bool:
+        status = await pair.iso.pool.fetchval("SELECT status FROM tasks WHERE id = $1", task_id)
+        return status not in (QUEUED, RUNNING, CANCELLING)
+
+    await eventually(ended, timeout_s=30, message="the task ended")
+    return task_id, a
+
+
+def _runs(task_id: str) -> list[tuple[str, int]]:
+    return [run for run in once_handler.STARTS if run[0] == task_id]
+
+
+async def _started(pair: Pair, task_id: str) -> list[tuple[int, str]]:
+    """(attempt, worker id) of each start in the task's committed history."""
+    history = await pair.iso.pool.fetch(
+        "SELECT attempt, worker_id FROM task_history WHERE task_id = $1 AND to_status = $2 ORDER BY version",
+        task_id,
+        RUNNING,
+    )
+    return [(h["attempt"], h["worker_id"]) for h in history]
+
+
+async def test_a_start_whose_reply_was_lost_is_resumed_not_handed_to_another_worker(pair: Pair) -> None:
+    """A keeps the entry (refreshed, so B cannot reclaim it) and asks again once back in contact: the scheduler
+    resumes the attempt it recorded, and the handler runs once. Handing the entry back let B take the task over
+    as attempt 2 (here, with max_attempts 1: failed "no attempts left", never run)."""
+    task_id, a = await _lose_the_start_reply(pair, cancel=False)
+    task = await pair.iso.pool.fetchrow("SELECT status, attempt, error FROM tasks WHERE id = $1", task_id)
+    assert task is not None
+    assert (task["status"], task["attempt"], task["error"]) == (SUCCEEDED, 1, ""), dict(task)
+    assert _runs(task_id) == [(task_id, 1)], "the handler ran once"
+    assert await _started(pair, task_id) == [(1, a.worker.config.worker_id)]
+
+
+async def test_a_lost_start_cancelled_meanwhile_ends_cancelled_without_running(pair: Pair) -> None:
+    """The task is cancelled while A is out of contact: the resumed start is reported cancelled, and the handler
+    never starts."""
+    task_id, a = await _lose_the_start_reply(pair, cancel=True)
+    task = await pair.iso.pool.fetchrow("SELECT status, attempt, error FROM tasks WHERE id = $1", task_id)
+    assert task is not None
+    assert (task["status"], task["attempt"]) == (CANCELLED, 1), dict(task)
+    assert "before its handler started" in task["error"], task["error"]
+    assert _runs(task_id) == [], "the handler never ran"
+    assert await _started(pair, task_id) == [(1, a.worker.config.worker_id)]
