@@ -68,10 +68,13 @@ class _FunctionState:
     is_unavailable), then again every FUNCTION_RETRY_S, so that a library loaded later is used without a restart.
     Each change is logged once, not each read."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
         self._missing_at: float | None = None
 
     def usable(self) -> bool:
+        if not self._enabled:
+            return False
         return self._missing_at is None or time.monotonic() - self._missing_at >= FUNCTION_RETRY_S
 
     def unavailable(self, error: BaseException) -> None:
@@ -121,7 +124,10 @@ def _flatten(reply: Any) -> list[tuple[str, Any]]:
 class DispatchConsumer:
     """One consumer (this worker) of the dispatch group of every kind it serves."""
 
-    def __init__(self, redis: aioredis.Redis, consumer: str, kinds: Iterable[str]) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, consumer: str, kinds: Iterable[str], *, read_function: bool = True
+    ) -> None:
+        """read_function False: every read lane by lane, never the library's function (for comparing the two)."""
         self.redis = redis
         self.consumer = consumer
         self.kinds = sorted(set(kinds))
@@ -148,7 +154,7 @@ class DispatchConsumer:
         # Where the next XAUTOCLAIM pass continues in each stream, so passes walk every pending list.
         self._reclaim_cursor = dict.fromkeys(self._lane_of, ZERO_ID)
         self._reads = 0
-        self._function = _FunctionState()
+        self._function = _FunctionState(read_function)
 
     def _levels(self) -> list[int]:
         """The order in which this read takes the priority levels: highest first, except every
