@@ -240,7 +240,7 @@ class DispatchConsumer:
         streams = [stream for lane in lanes for stream in lane]
         reply = await self.redis.fcall(
             READ_FUNCTION, len(streams), *streams, *self._function_args(lanes, count, divisor)
-        )  # type: ignore[misc]
+        )
         self._function.available()
         return read_reply_pairs(reply)
 

@@ -129,7 +129,7 @@ async def test_the_worker_user_runs_the_dispatch_function_on_dispatch_streams_on
 
     def read(*streams: str) -> Awaitable[Any]:
         args = [keys.DISPATCH_GROUP, "w1", 10, 1, len(streams)]
-        return worker.fcall(dispatch_functions.READ_FUNCTION, len(streams), *streams, *args)  # type: ignore[no-any-return]
+        return worker.fcall(dispatch_functions.READ_FUNCTION, len(streams), *streams, *args)
 
     try:
         for key in (stream, elsewhere):
