@@ -45,6 +45,10 @@ LIBRARY_CODE = f"""#!lua name={LIBRARY}
 local function read(keys, args)
   local group, consumer = args[1], args[2]
   local count, divisor, lane_size = tonumber(args[3]), tonumber(args[4]), tonumber(args[5])
+  -- Checked, as any caller of the workers' user could pass anything: a lane of 0 streams would loop forever.
+  if not (count and divisor and lane_size) or count < 0 or divisor < 1 or lane_size < 1 then
+    return redis.error_reply('ERR count >= 0, divisor >= 1 and lane size >= 1 expected')
+  end
   local taken, out = 0, {{}}
   for first = 1, #keys, lane_size do
     if taken >= count then break end

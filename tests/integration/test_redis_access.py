@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError, NoPermissionError
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from resilienttask.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 from services.core import dispatch_functions, keys, redis_acl
@@ -138,6 +138,8 @@ async def test_the_worker_user_runs_the_dispatch_function_on_dispatch_streams_on
         (name, entries), *_ = await read(stream)
         assert name.decode() == stream and len(entries) == 1
         await _refused(lambda: read(elsewhere))
+        with pytest.raises(ResponseError, match="lane size"):  # a lane of no stream would never end
+            await worker.fcall(dispatch_functions.READ_FUNCTION, 1, stream, keys.DISPATCH_GROUP, "w1", 10, 1, 0)
         await _refused(lambda: read(keys.EVENTS_FEED_STREAM))
         assert (await admin.xpending(elsewhere, keys.DISPATCH_GROUP))["pending"] == 0, "nothing read"
         # It may run the library, not change it, nor run Lua of its own.
