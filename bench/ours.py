@@ -30,7 +30,7 @@ from bench.memory import MemorySampler
 from bench.profiling import Profiler
 from bench.stamps import STAMPS_URL_ENV, count_key, parse_start, start_key, stop_key
 from resilienttask import AsyncClient, Task, TaskStatus, TaskUpdate
-from services.core import redis_acl
+from services.core import dispatch_functions, redis_acl
 from services.core.limits import UserLimits
 from services.edge.config import AuthLimits, RateLimit
 from services.stack.redis_users import RedisAccess, logins, password_files
@@ -113,7 +113,8 @@ class OurBench:
 
     def redis_access(self) -> RedisAccess:
         """Our processes log in as their roles, as in production (each command checked against its ACL user): the
-        roles are added to the bench's Valkey, whose default user stays on for the peers and the stamps."""
+        roles are added to the bench's Valkey, whose default user stays on for the peers and the stamps; and the
+        dispatch function library the workers' reads call is loaded, as an operator does."""
         if self._redis_access is None:
             files = password_files(self.servers.data_dir)
             where = urlsplit(self.servers.redis_url)
@@ -122,6 +123,7 @@ class OurBench:
                 for role, path in files.items():
                     rule = redis_acl.USERS[role].rule(path.read_text().strip()).split()
                     admin.execute_command("ACL", "SETUSER", *rule[1:])  # the rule without its leading "user"
+                dispatch_functions.load_library(admin)
             self._redis_access = logins(files, where.hostname, where.port, int(where.path.strip("/") or 0))
         return self._redis_access
 

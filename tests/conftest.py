@@ -23,7 +23,7 @@ from services.core.redis_client import create_redis
 from services.stack.embedded import postgres_process, postgres_url, valkey_process, wait_for_port, wait_for_postgres
 from services.stack.ports import free_port
 from services.stack.processes import ManagedProcess
-from services.stack.redis_users import RedisAccess, logins, password_files, write_acl_file
+from services.stack.redis_users import RedisAccess, load_functions, logins, password_files, write_acl_file
 from services.stack.stack import DEFAULT_REDIS_MAXMEMORY_MB, Stack, StackConfig
 from services.stack.valkey_cluster import ValkeyCluster, start_cluster
 from tests.limits import OPEN_AUTH_LIMITS, OPEN_LOGIN_ENV
@@ -140,6 +140,8 @@ def stores(request: pytest.FixtureRequest) -> Iterator[Stores]:
         )
         wait_for_postgres(pg, pg_port)
         wait_for_port(valkey, valkey_port)
+        if cluster is None:  # start_cluster() loads it on every primary
+            load_functions(access.admin)
         yield running
     finally:
         # Tests may replace a store process (restart tests): stop whichever runs now.

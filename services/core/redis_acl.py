@@ -3,8 +3,9 @@
 Redis is shared by processes trusted to different degrees. Gateways and schedulers own the system's state
 (PostgreSQL is theirs too), so they may use every key under our prefix, with the commands they send and no
 others. Workers run code users supply: they may only consume the dispatch streams (read, claim, acknowledge,
-delete their entries, create the group), never add entries, write change events, publish commands or write
-the worker registry. The default user is disabled: a client without a password can do nothing.
+delete their entries, create the group, run the dispatch read function the operator loaded), never add entries,
+write change events, publish commands or write the worker registry. The default user is disabled: a client without
+a password can do nothing.
 
 The file holds SHA-256 hashes of the passwords, never the passwords (Valkey accepts `#<hash>`), so it may be
 written where the server reads it without handing out a credential. Lists here name exactly what the code
@@ -110,6 +111,11 @@ USERS: dict[str, AclUser] = {
         commands=(
             *_CONNECTION,
             "xreadgroup",
+            # The ordered read of the priority levels in one round trip: the dispatch library's function, which
+            # the operator loads (services/core/dispatch_functions.py). FCALL runs only loaded functions, and
+            # the commands inside are checked against this user's commands and key patterns like any other; no
+            # EVAL (any Lua at all) and no FUNCTION LOAD.
+            "fcall",
             "xautoclaim",
             "xclaim",
             "xpending",

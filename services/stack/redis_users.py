@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from services.core import redis_acl
+import redis
+
+from services.core import dispatch_functions, redis_acl
 
 REDIS_DIR = "redis"
 ACL_FILE = "users.acl"
@@ -93,3 +95,10 @@ def logins(files: dict[str, Path], host: str, port: int, db: int = 0, *, cluster
         return RedisLogin(f"{scheme}://{redis_acl.USERS[role].name}@{host}:{port}/{db}", files[role])
 
     return RedisAccess(login(redis_acl.SERVICES), login(redis_acl.WORKER), login(redis_acl.ADMIN))
+
+
+def load_functions(admin: RedisLogin) -> None:
+    """Load the dispatch function library (services.core.dispatch_functions) into one server, as the operator: what
+    the workers' reads call (FCALL), which their own user may run but not load."""
+    with redis.Redis.from_url(admin.url_with_password(), socket_timeout=10) as client:
+        dispatch_functions.load_library(client)

@@ -43,7 +43,7 @@ from services.stack.embedded import (
 )
 from services.stack.ports import ensure_free, free_port
 from services.stack.processes import ManagedProcess
-from services.stack.redis_users import RedisAccess, logins, password_files, write_acl_file
+from services.stack.redis_users import RedisAccess, load_functions, logins, password_files, write_acl_file
 
 SECRET_FILE = "jwt_secret"
 # The worker key (schedulers only) and the enrolment secret (schedulers and workers): see worker_credentials.
@@ -277,6 +277,8 @@ class Stack:
             )
             self._launch("valkey", proc, port)
             self.redis_access = logins(self._redis_password_files, "127.0.0.1", port)
+            assert self.redis_access.admin is not None
+            load_functions(self.redis_access.admin)
 
     def _launch(self, name: str, proc: ManagedProcess, port: int) -> None:
         self.processes[name] = proc

@@ -3,8 +3,9 @@ valkey-cli (the wheel has none) by the commands it would send: CLUSTER MEET, ADD
 
 Every node loads the same ACL file as the single server (services.stack.redis_users), so the services log in
 with the same users; replicas authenticate to their primary as the operator user, set by CONFIG SET rather
-than on the command line (where `ps` would show the password). Nodes keep no data on disk: a test cluster
-lives as long as its processes.
+than on the command line (where `ps` would show the password). Once formed, every primary gets the dispatch
+function library (services.core.dispatch_functions), as an operator loads it. Nodes keep no data on disk: a test
+cluster lives as long as its processes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import IO
 import redis
 from redis.crc import key_slot
 
+from services.core import dispatch_functions
 from services.stack.embedded import MAXMEMORY_POLICY, wait_for_port
 from services.stack.ports import free_port
 from services.stack.processes import ManagedProcess
@@ -150,6 +152,9 @@ def start_cluster(
         for node in nodes:
             wait_for_port(node.process, node.port)
         _form(cluster, timeout_s)
+        for node in cluster.primaries:  # functions are per server: every primary, whose replicas copy it
+            with cluster.client(node) as client:
+                dispatch_functions.load_library(client)
     except BaseException:
         cluster.stop()
         raise

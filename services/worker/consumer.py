@@ -2,7 +2,10 @@
 
 The worker consumes the streams of every kind it serves, one per priority level. Entries are named by
 their reference (see services.core.dispatch), unique across streams. Every call is one round trip (pipelined
-where it touches several entries or streams), except a read, which takes the levels in turn (below).
+where it touches several entries or streams), a read included: its ordered reads of the levels (below) run inside
+Valkey, in the dispatch library's function (services.core.dispatch_functions), which the operator loads. Where it
+is not loaded (an upgrade whose operator has not run the init yet), the worker does the same reads one command
+per lane, says so once, and tries the function again every FUNCTION_RETRY_S.
 
 Priority: a read takes the highest level first and goes down a level only while it has slots left, so
 under saturation urgent work starts first. Weighted so that no level starves: every AGING_EVERY_READS-th read
@@ -14,33 +17,38 @@ other owner competed, docs/fair-sharing.md). A read takes a level's share lane b
 before the next level down: priority first, then the share lane. So that a surplus lane does not starve while
 other owners keep its level's share lane busy, one read in AGING_EVERY_READS (half-way between the aged reads
 of the levels) takes each level's surplus lane first. Everything else (reclaim, refresh, acknowledge, release,
-owned) covers both lanes alike.
+owned) covers both lanes alike. The worker computes each read's order of lanes (_read_plan); the function only
+follows it.
 
 A kind may be split into shards (RTASK_DISPATCH_SHARDS), each with its own five streams: the worker reads,
 reclaims and refreshes every shard of its kinds alike, and acknowledges an entry on the stream its reference
-names. Priority holds within the worker's view of all shards: each level is read from every shard before the
-next level down.
+names. On one server, priority holds within the worker's view of all shards: each level is read from every shard
+before the next level down (one function call covers them all).
 
-On a cluster a command may only name keys of one slot. A shard's five levels share one (services.core.keys), so
-the non-blocking reads of a level go out as one command per kind and shard, pipelined (one round trip per
-node); the blocking read is one command per kind and shard, left waiting between calls of read(): each one
-stays pending until it has entries (or its block time ends), and whatever it brought is taken by the next call.
+On a cluster a command, and a function call, may only name keys of one slot. A shard's ten streams share one
+(services.core.keys), so a read is one function call per kind and shard, pipelined (one round trip per node),
+each taking its own streams in the read's order up to the shard's share of the free slots; priority then holds
+within each shard, and across shards as far as their work is alike (a task's shard is a hash of its id). The
+blocking read is one command per kind and shard, left waiting between calls of read(): each one stays pending
+until it has entries (or its block time ends), and whatever it brought is taken by the next call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from services.core import keys
 from services.core.dispatch import DispatchEntry, entry_ref, parse_entry, split_ref
+from services.core.dispatch_functions import READ_FUNCTION, is_unavailable, read_reply_pairs
 from services.core.redis_client import key_layout
 
 log = logging.getLogger(__name__)
@@ -51,6 +59,39 @@ MAX_RECLAIM_CALLS = 4
 ZERO_ID = "0-0"
 # One read in this many gives a lower priority level the first pick (see the module's docstring).
 AGING_EVERY_READS = 8
+# How long a worker that found the read function missing reads lane by lane before it tries the function again.
+FUNCTION_RETRY_S = 30.0
+
+
+class _FunctionState:
+    """Whether the read function may be called: yes until a call finds it missing (services.core.dispatch_functions
+    is_unavailable), then again every FUNCTION_RETRY_S, so that a library loaded later is used without a restart.
+    Each change is logged once, not each read."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
+        self._missing_at: float | None = None
+
+    def usable(self) -> bool:
+        if not self._enabled:
+            return False
+        return self._missing_at is None or time.monotonic() - self._missing_at >= FUNCTION_RETRY_S
+
+    def unavailable(self, error: BaseException) -> None:
+        if self._missing_at is None:
+            log.warning(
+                "the dispatch read function is not available: reading lane by lane, one round trip per lane, until "
+                "the operator loads it (rtask-redis-init --load-functions, docs/fair-sharing.md)",
+                extra={"function": READ_FUNCTION, "error": str(error)},
+            )
+        self._missing_at = time.monotonic()
+
+    def available(self) -> None:
+        if self._missing_at is not None:
+            log.info(
+                "the dispatch read function is available: one round trip per read", extra={"function": READ_FUNCTION}
+            )
+            self._missing_at = None
 
 
 @dataclass(frozen=True)
@@ -83,7 +124,10 @@ def _flatten(reply: Any) -> list[tuple[str, Any]]:
 class DispatchConsumer:
     """One consumer (this worker) of the dispatch group of every kind it serves."""
 
-    def __init__(self, redis: aioredis.Redis, consumer: str, kinds: Iterable[str]) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, consumer: str, kinds: Iterable[str], *, read_function: bool = True
+    ) -> None:
+        """read_function False: every read lane by lane, never the library's function (for comparing the two)."""
         self.redis = redis
         self.consumer = consumer
         self.kinds = sorted(set(kinds))
@@ -110,6 +154,7 @@ class DispatchConsumer:
         # Where the next XAUTOCLAIM pass continues in each stream, so passes walk every pending list.
         self._reclaim_cursor = dict.fromkeys(self._lane_of, ZERO_ID)
         self._reads = 0
+        self._function = _FunctionState(read_function)
 
     def _levels(self) -> list[int]:
         """The order in which this read takes the priority levels: highest first, except every
@@ -159,23 +204,106 @@ class DispatchConsumer:
         a read of every shard brings about count, not count from each (the caller hands back any surplus)."""
         return -(-count // self.layout.dispatch_shards)
 
-    async def _read_levels(self, count: int, raw: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-        """The non-blocking reads, level by level (each its share lane, then its surplus lane) while slots are left.
-        A lane is read again while one of its streams gave all it was asked for (each is asked for its share only),
-        so no lower lane is read while a shard still holds entries of a higher one."""
+    def _read_plan(self) -> list[list[str]]:
+        """This read's lanes in order: the levels as _levels() orders them, each level's share lane then its surplus
+        lane (the other way round on the surplus lanes' turn). A lane is a level's streams of every kind and shard,
+        in the order of self._shards."""
         levels = self._levels()
         surplus_first = self._reads % AGING_EVERY_READS == AGING_EVERY_READS // 2
+        lanes: list[list[str]] = []
         for level in levels:
             share, surplus = self._streams_at[level]
-            for lane in (surplus, share) if surplus_first else (share, surplus):
-                while (wanted := count - len(raw)) > 0:
-                    per_stream = self._per_shard(wanted)
-                    found = await self._read_once(lane, per_stream)
-                    raw += [pair for pairs in found for pair in pairs]
-                    if all(len(pairs) < per_stream for pairs in found):
-                        break
-                if count - len(raw) <= 0:
-                    return raw
+            lanes += [surplus, share] if surplus_first else [share, surplus]
+        return lanes
+
+    async def _read_levels(self, count: int, raw: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        """The non-blocking reads, lane by lane in the order of _read_plan() while slots are left, in one round trip:
+        the library's function does them inside Valkey (services.core.dispatch_functions), on a cluster one call
+        per kind and shard, pipelined. Where the function cannot be run, the same reads one command per lane."""
+        lanes = self._read_plan()
+        wanted = count - len(raw)
+        if wanted <= 0:
+            return raw
+        if self._function.usable():
+            if self.layout.cluster:
+                return raw + await self._call_function_per_slot(lanes, wanted)
+            try:
+                return raw + await self._call_function(lanes, wanted, self.layout.dispatch_shards)
+            except ResponseError as exc:
+                if not is_unavailable(exc):
+                    raise
+                self._function.unavailable(exc)
+        return await self._read_lanes(lanes, count, raw, self.layout.dispatch_shards)
+
+    async def _call_function(self, lanes: list[list[str]], count: int, divisor: int) -> list[tuple[str, Any]]:
+        """One FCALL doing the reads of _read_lanes(lanes, count, divisor), all lanes of one slot."""
+        streams = [stream for lane in lanes for stream in lane]
+        reply = await self.redis.fcall(
+            READ_FUNCTION, len(streams), *streams, *self._function_args(lanes, count, divisor)
+        )
+        self._function.available()
+        return read_reply_pairs(reply)
+
+    def _function_args(self, lanes: list[list[str]], count: int, divisor: int) -> list[Any]:
+        return [keys.DISPATCH_GROUP, self.consumer, count, divisor, len(lanes[0])]
+
+    async def _call_function_per_slot(self, lanes: list[list[str]], wanted: int) -> list[tuple[str, Any]]:
+        """On a cluster: one FCALL per kind and shard (one slot each), pipelined, each taking its own streams in the
+        read's order up to the shard's share of what is wanted (as each stream of a lane is asked for its share).
+        While fewer than wanted came, the slots that gave all they were asked for (they may hold more) are asked
+        again for the rest, shared between them: one round trip while the shards are even.
+
+        A slot whose server has no function is read lane by lane; an error of another is raised only when nothing
+        was read (the entries taken elsewhere would otherwise wait in this consumer's pending list until
+        reclaimed)."""
+        slot_lanes = [[[lane[i]] for lane in lanes] for i in range(len(self._shards))]
+        asking, per_slot = list(range(len(slot_lanes))), self._per_shard(wanted)
+        raw: list[tuple[str, Any]] = []
+        error: BaseException | None = None
+        while asking:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in asking:
+                    streams = [lane[0] for lane in slot_lanes[i]]
+                    pipe.fcall(READ_FUNCTION, len(streams), *streams, *self._function_args(slot_lanes[i], per_slot, 1))
+                replies = await pipe.execute(raise_on_error=False)
+            full: list[int] = []
+            for i, reply in zip(asking, replies, strict=True):
+                if not isinstance(reply, BaseException):
+                    self._function.available()
+                    found = read_reply_pairs(reply)
+                elif isinstance(reply, ResponseError) and is_unavailable(reply):
+                    self._function.unavailable(reply)
+                    found = await self._read_lanes(slot_lanes[i], per_slot, [], 1)
+                else:
+                    error = error or reply
+                    continue
+                raw += found
+                if len(found) >= per_slot:
+                    full.append(i)
+            remaining = wanted - len(raw)
+            if remaining <= 0 or not full:
+                break
+            asking, per_slot = full, -(-remaining // len(full))
+        if error is not None and not raw:
+            raise error
+        return raw
+
+    async def _read_lanes(
+        self, lanes: list[list[str]], count: int, raw: list[tuple[str, Any]], divisor: int
+    ) -> list[tuple[str, Any]]:
+        """The reads of the library's function, one command (on a cluster one pipeline) per lane: the fallback
+        where the function is not loaded. A lane is read again while one of its streams gave all it was asked for
+        (each is asked for ceil(wanted / divisor): its share), so no lower lane is read while a higher one still
+        holds entries."""
+        for lane in lanes:
+            while (wanted := count - len(raw)) > 0:
+                per_stream = -(-wanted // divisor)
+                found = await self._read_once(lane, per_stream)
+                raw += [pair for pairs in found for pair in pairs]
+                if all(len(pairs) < per_stream for pairs in found):
+                    break
+            if count - len(raw) <= 0:
+                return raw
         return raw
 
     async def _read_once(self, lane: list[str], per_stream: int) -> list[list[tuple[str, Any]]]:

@@ -25,7 +25,7 @@ import pytest
 import redis
 from redis.exceptions import AuthenticationError
 
-from services.core import redis_acl
+from services.core import dispatch_functions, keys, redis_acl
 from services.core.db import load_migrations
 from services.deploy import redis_init
 from services.edge.launch import envoy_binary
@@ -239,5 +239,17 @@ def test_the_compose_valkey_admits_exactly_the_users_redis_init_writes(tmp_path:
                 assert client.ping()
         with redis.Redis(host="127.0.0.1", port=port) as intruder, pytest.raises(AuthenticationError):
             intruder.ping()
+        # Then the dispatch function library, loaded by the operator's one-shot run, which the workers' user calls.
+        functions = compose["redis-functions"]
+        url = functions["environment"]["REDIS_URL"].replace("@redis:6379", f"@127.0.0.1:{port}")
+        load = [str(BIN / functions["command"][0]), *functions["command"][1:], "--secrets-dir", str(secrets_dir)]
+        done = subprocess.run([*load, "--redis-url", url], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        worker_url = compose["worker"]["environment"]["REDIS_URL"].replace("@redis:6379", f"@127.0.0.1:{port}")
+        stream = keys.dispatch_stream("compose")
+        with redis.Redis.from_url(worker_url, password=passwords[redis_acl.WORKER]) as worker:
+            worker.xgroup_create(stream, keys.DISPATCH_GROUP, id="0", mkstream=True)
+            args = [keys.DISPATCH_GROUP, "w1", 1, 1, 1]
+            assert worker.fcall(dispatch_functions.READ_FUNCTION, 1, stream, *args) == []
     finally:
         valkey.stop()

@@ -16,10 +16,10 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError, NoPermissionError
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from resilienttask.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
-from services.core import keys, redis_acl
+from services.core import dispatch_functions, keys, redis_acl
 from services.stack.redis_users import RedisLogin
 from services.stack.stack import Stack
 from tests.conftest import Stores
@@ -117,6 +117,39 @@ async def test_the_worker_user_consumes_dispatch_streams_and_nothing_else(
     finally:
         await admin.delete(stream)
     assert not await admin.exists(owner_stream)
+
+
+async def test_the_worker_user_runs_the_dispatch_function_on_dispatch_streams_only(
+    worker: aioredis.Redis, admin: aioredis.Redis
+) -> None:
+    """FCALL runs only what the operator loaded, and the commands inside are checked against the caller's ACL: the
+    worker's read function cannot reach a key outside the dispatch streams, even one with a consumer group."""
+    stream = keys.dispatch_stream(f"acl-{uuid.uuid4().hex[:8]}")
+    elsewhere = f"{keys.PREFIX}:acl-probe:{uuid.uuid4().hex[:8]}"
+
+    def read(*streams: str) -> Awaitable[Any]:
+        args = [keys.DISPATCH_GROUP, "w1", 10, 1, len(streams)]
+        return worker.fcall(dispatch_functions.READ_FUNCTION, len(streams), *streams, *args)
+
+    try:
+        for key in (stream, elsewhere):
+            await admin.xgroup_create(key, keys.DISPATCH_GROUP, id="0", mkstream=True)
+            await admin.xadd(key, {keys.FIELD_TASK_ID: "t", keys.FIELD_DISPATCH_ID: "d"})
+        (name, entries), *_ = await read(stream)
+        assert name.decode() == stream and len(entries) == 1
+        await _refused(lambda: read(elsewhere))
+        with pytest.raises(ResponseError, match="lane size"):  # a lane of no stream would never end
+            await worker.fcall(dispatch_functions.READ_FUNCTION, 1, stream, keys.DISPATCH_GROUP, "w1", 10, 1, 0)
+        await _refused(lambda: read(keys.EVENTS_FEED_STREAM))
+        assert (await admin.xpending(elsewhere, keys.DISPATCH_GROUP))["pending"] == 0, "nothing read"
+        # It may run the library, not change it, nor run Lua of its own.
+        code = dispatch_functions.LIBRARY_CODE
+        assert "function|load" in await _refused(lambda: worker.function_load(code, replace=True))
+        assert "function|delete" in await _refused(lambda: worker.function_delete(dispatch_functions.LIBRARY))
+        assert "function|flush" in await _refused(lambda: worker.function_flush())
+        assert "eval" in await _refused(lambda: worker.eval("return 1", 0))
+    finally:
+        await admin.delete(stream, elsewhere)
 
 
 async def test_the_worker_user_cannot_listen_to_the_command_channel(stores: Stores) -> None:

@@ -64,6 +64,7 @@ SECRETS_OF = {
     "worker": {"worker_enrolment_secret", "redis_worker_password"},
     "edge-init": {"jwt_secret"},
     "redis-init": {"redis_services_password", "redis_worker_password", "redis_admin_password"},
+    "redis-functions": {"redis_admin_password"},
 }
 # Set by the launcher for its own bookkeeping, not configuration a deployment chooses.
 LAUNCHER_ONLY = {
@@ -301,7 +302,7 @@ def test_every_service_is_health_checked_restarted_and_started_in_order() -> Non
     compose = load_compose()
     services = compose["services"]
     one_shot = {name for name, spec in services.items() if spec.get("restart") == "no"}
-    assert one_shot == {"edge-init", "redis-init"}
+    assert one_shot == {"edge-init", "redis-init", "redis-functions"}
     for name, spec in services.items():
         if name not in one_shot:
             assert spec["restart"] == "unless-stopped", name
@@ -581,6 +582,12 @@ def test_valkey_loads_the_acl_file_redis_init_writes_and_never_evicts() -> None:
     assert not init[folder]["read_only"] and redis[folder]["read_only"] and redis[folder]["nocopy"]
     assert services["redis-init"]["command"] == ["rtask-redis-init"]
     assert services["redis"]["depends_on"]["redis-init"] == {"condition": "service_completed_successfully"}
+    # The function library is loaded once Valkey runs, as the operator, before the workers start.
+    functions = services["redis-functions"]
+    assert functions["command"] == ["rtask-redis-init", "--load-functions"]
+    assert urlsplit(functions["environment"]["REDIS_URL"]).username == redis_acl.USERS[redis_acl.ADMIN].name
+    assert functions["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    assert services["worker"]["depends_on"]["redis-functions"] == {"condition": "service_completed_successfully"}
 
 
 def test_redis_init_writes_password_hashes_and_refuses_missing_or_short_passwords(tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ import kubernetes_validate
 import pytest
 from ruamel.yaml import YAML
 
+from services.core import dispatch_functions, redis_acl
+from services.deploy import redis_init
 from services.edge.envoy_config import render_text
 from services.edge.render import KUBERNETES_FILE, kubernetes_config
 
@@ -151,6 +153,24 @@ def test_a_broken_manifest_fails_the_check(tmp_path: Path) -> None:
         objects = render(tmp_path / "kubernetes" / "overlays" / "production")
         with pytest.raises(kubernetes_validate.ValidationError):
             validate([o for o in objects if o["metadata"]["name"] == "resilienttask-worker"])
+
+
+def test_the_function_library_is_loaded_by_a_job_of_its_version_holding_the_operators_password_only(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, objects = rendered
+    (job,) = by_kind(objects, "Job").values()
+    assert job["metadata"]["name"] == f"resilienttask-redis-functions-{dispatch_functions.LIBRARY.rsplit('_', 1)[1]}"
+    pod = job["spec"]["template"]["spec"]
+    (only,) = pod["containers"]
+    assert only["command"][:2] == ["rtask-redis-init", "--load-functions"]
+    (volume,) = [v for v in pod["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == "resilienttask-valkey"
+    assert volume["secret"]["items"] == [{"key": "admin_password", "path": redis_init.secret_name(redis_acl.ADMIN)}]
+    (url,) = [e["valueFrom"]["configMapKeyRef"] for e in only["env"] if e["name"] == "REDIS_URL"]
+    (config,) = [c for c in by_kind(objects, "ConfigMap").values() if url["key"] in c.get("data", {})]
+    assert config["data"][url["key"]].startswith(f"redis://{redis_acl.USERS[redis_acl.ADMIN].name}@")
+    assert pod["automountServiceAccountToken"] is False and only["securityContext"]["readOnlyRootFilesystem"]
 
 
 def test_the_secrets_script_makes_one_valid_secret_per_role() -> None:
