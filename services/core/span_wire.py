@@ -27,7 +27,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.types import AttributeValue
 
 if TYPE_CHECKING:
-    from services.core.task_spans import TaskSpan
+    from services.core.task_spans import TaskEvent, TaskSpan
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _pack_fixed64 = struct.Struct("<Q").pack
@@ -93,12 +93,14 @@ _INT = _tag(AnyValue.INT_VALUE_FIELD_NUMBER, _VARINT)
 _DOUBLE = _tag(AnyValue.DOUBLE_VALUE_FIELD_NUMBER, _I64)
 
 # Cached by value: span names, event names and attribute keys are few (the code's own), and so are most attribute
-# values (kinds, outcomes, decisions); a string longer than this is not kept (task ids are not), nor anything past
-# the cache's size.
+# values (kinds, outcomes, decisions, attempt numbers); a string longer than this is not kept (task ids are not),
+# nor an int outside [0, _CACHED_INTS) (fences are not), nor anything past the cache's size.
 _CACHED_VALUE_CHARS = 24
+_CACHED_INTS = 1024
 _CACHE_ENTRIES = 4096
 _names: dict[str, bytes] = {}
 _keys: dict[str, bytes] = {}
+_keyed: dict[str, bytes] = {}
 _heads: dict[tuple[str, bool, bool], bytes] = {}
 _entries: dict[tuple[bytes, str, type, AttributeValue], bytes] = {}
 
@@ -131,14 +133,43 @@ def _attribute(tag: bytes, key: str, value: AttributeValue) -> bytes:
     return tag + _varint(len(pair)) + pair
 
 
+_STRING_TAG = _STRING[0]
+assert len(_STRING) == len(_INT) == len(_VALUE) == 1
+
+
+def _uncached(tag: bytes, key: str, value: AttributeValue) -> bytes:
+    """_attribute for a value not worth caching (a task id, a fence), with the lengths of a short field written
+    directly: this runs for a few attributes of every task span."""
+    keyed = _keyed.get(key)
+    if keyed is None:
+        keyed = _cached(_keys, key, _KEY) + _VALUE  # the key, then the value's tag
+        if len(_keyed) < _CACHE_ENTRIES:
+            _keyed[key] = keyed
+    kind = type(value)
+    if kind is str:
+        data = value.encode()  # type: ignore[union-attr]
+        n = len(data)
+        size = len(keyed) + n + 3  # the pair: the key, the value's tag and length, the string's tag and length
+        if size < 0x80:  # every length one byte
+            return tag + bytes((size,)) + keyed + bytes((n + 2, _STRING_TAG, n)) + data
+    elif kind is int:
+        any_value = _INT + _varint(value & 0xFFFFFFFFFFFFFFFF)  # type: ignore[operator]
+        size = len(keyed) + len(any_value) + 1
+        if size < 0x80:
+            return tag + bytes((size,)) + keyed + bytes((len(any_value),)) + any_value
+    return _attribute(tag, key, value)
+
+
 def _add_attributes(parts: list[bytes], tag: bytes, attributes: Mapping[str, AttributeValue]) -> None:
     """Append a KeyValue field per attribute. Most values repeat (kinds, outcomes, decisions, flags): their whole
     field is cached, by type as well (True and 1 are equal keys of a dict, not the same value on the wire)."""
     entries = _entries
     for key, value in attributes.items():
         kind = type(value)
-        if kind is str and len(value) > _CACHED_VALUE_CHARS:  # type: ignore[arg-type]
-            parts.append(_attribute(tag, key, value))
+        if (kind is str and len(value) > _CACHED_VALUE_CHARS) or (  # type: ignore[arg-type]
+            kind is int and not 0 <= value < _CACHED_INTS  # type: ignore[operator]
+        ):
+            parts.append(_uncached(tag, key, value))
             continue
         cache_key = (tag, key, kind, value)
         entry = entries.get(cache_key)
@@ -168,6 +199,14 @@ _pack_root_ids = struct.Struct(">2sQQ2sQ").pack
 _pack_times = struct.Struct("<1sQ1sQ").pack
 
 
+def _add_events(parts: list[bytes], events: Sequence[TaskEvent]) -> None:
+    for name, at_ns, attributes in events:
+        event = [_EVENT_TIME, _pack_fixed64(at_ns), _cached(_names, name, _EVENT_NAME)]
+        if attributes:
+            _add_attributes(event, _EVENT_ATTRIBUTE, attributes)
+        parts.append(_field(_EVENT, b"".join(event)))
+
+
 def _span(span: TaskSpan) -> bytes:
     """One element of a ScopeSpans' spans: the field's tag and length, then the Span."""
     trace_id = span.trace_id
@@ -185,15 +224,51 @@ def _span(span: TaskSpan) -> bytes:
     if span.attributes:
         _add_attributes(parts, _ATTRIBUTE, span.attributes)
     if span.events:
-        for name, at_ns, attributes in span.events:
-            event = [_EVENT_TIME, _pack_fixed64(at_ns), _cached(_names, name, _EVENT_NAME)]
-            if attributes:
-                _add_attributes(event, _EVENT_ATTRIBUTE, attributes)
-            parts.append(_field(_EVENT, b"".join(event)))
+        _add_events(parts, span.events)
     if span.error:
         parts.append(_field(_STATUS, _field(_STATUS_MESSAGE, span.error.encode()) + _STATUS_ERROR))
     body = b"".join(parts)
     return _SCOPE_SPANS + _varint(len(body)) + body
+
+
+class SharedSpans:
+    """Spans that differ only in their ids and a few attributes of their own (a batch's task.start or task.finish
+    spans in the scheduler: one name, one set of times and events, mostly one set of attributes): what they share
+    is written once, and each span is its ids, those bytes and its own attributes. A span so written parses to the
+    message _span writes for the TaskSpan with the same fields, its attributes the shared ones then its own."""
+
+    __slots__ = ("_shared",)
+
+    def __init__(
+        self,
+        name: str,
+        start_ns: int,
+        end_ns: int,
+        attributes: Mapping[str, AttributeValue],
+        events: Sequence[TaskEvent] = (),
+        error: str = "",
+    ) -> None:
+        """Spans of this name under remote parents (another process's spans), from start_ns to end_ns. Raises
+        Unsupported for an attribute value this does not write."""
+        parts = [_head(name, True, False), _pack_times(_START, start_ns, _END, end_ns)]
+        _add_attributes(parts, _ATTRIBUTE, attributes)
+        _add_events(parts, events)
+        if error:
+            parts.append(_field(_STATUS, _field(_STATUS_MESSAGE, error.encode()) + _STATUS_ERROR))
+        self._shared = b"".join(parts)
+
+    def span(self, trace_id: int, span_id: int, parent_span_id: int, own: bytes = b"") -> bytes:
+        """One span's element of a ScopeSpans (as encoded() gives); own: its own attribute fields (attribute())."""
+        ids = _pack_ids(
+            _TRACE_ID, trace_id >> 64, trace_id & _MASK_64, _SPAN_ID, span_id, _PARENT_SPAN_ID, parent_span_id
+        )
+        shared = self._shared
+        return _SCOPE_SPANS + _varint(len(ids) + len(shared) + len(own)) + ids + shared + own
+
+
+def attribute(key: str, value: str | int) -> bytes:
+    """One attribute field of a span, for SharedSpans.span: a value of its own (a task id, a fence), not cached."""
+    return _uncached(_ATTRIBUTE, key, value)
 
 
 def framing(resource: Resource, scope: InstrumentationScope) -> tuple[bytes, bytes]:
