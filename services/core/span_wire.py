@@ -232,25 +232,28 @@ def _span(span: TaskSpan) -> bytes:
 
 
 class SharedSpans:
-    """Spans that differ only in their ids and a few attributes of their own (a batch's task.start or task.finish
-    spans in the scheduler: one name, one set of times and events, mostly one set of attributes): what they share
-    is written once, and each span is its ids, those bytes and its own attributes. A span so written parses to the
-    message _span writes for the TaskSpan with the same fields, its attributes the shared ones then its own."""
+    """Spans that differ only in their ids, a few attributes of their own and perhaps their times (a batch's
+    task.start or task.finish spans in the scheduler: one name, one set of times and events, mostly one set of
+    attributes; the queue waits of one read in a worker): what they share is written once, and each span is its
+    ids, those bytes and its own fields. A span so written parses to the message _span writes for the TaskSpan with
+    the same fields, its attributes the shared ones then its own."""
 
     __slots__ = ("_shared",)
 
     def __init__(
         self,
         name: str,
-        start_ns: int,
-        end_ns: int,
         attributes: Mapping[str, AttributeValue],
         events: Sequence[TaskEvent] = (),
         error: str = "",
+        times: tuple[int, int] | None = None,
     ) -> None:
-        """Spans of this name under remote parents (another process's spans), from start_ns to end_ns. Raises
-        Unsupported for an attribute value this does not write."""
-        parts = [_head(name, True, False), _pack_times(_START, start_ns, _END, end_ns)]
+        """Spans of this name under remote parents (another process's spans); times: (start, end) epoch
+        nanoseconds when they share them, None when each span has its own. Raises Unsupported for an attribute
+        value this does not write."""
+        parts = [_head(name, True, False)]
+        if times is not None:
+            parts.append(_pack_times(_START, times[0], _END, times[1]))
         _add_attributes(parts, _ATTRIBUTE, attributes)
         _add_events(parts, events)
         if error:
@@ -258,12 +261,17 @@ class SharedSpans:
         self._shared = b"".join(parts)
 
     def span(self, trace_id: int, span_id: int, parent_span_id: int, own: bytes = b"") -> bytes:
-        """One span's element of a ScopeSpans (as encoded() gives); own: its own attribute fields (attribute())."""
+        """One span's element of a ScopeSpans (as encoded() gives); own: its own fields (attribute(), times())."""
         ids = _pack_ids(
             _TRACE_ID, trace_id >> 64, trace_id & _MASK_64, _SPAN_ID, span_id, _PARENT_SPAN_ID, parent_span_id
         )
         shared = self._shared
         return _SCOPE_SPANS + _varint(len(ids) + len(shared) + len(own)) + ids + shared + own
+
+
+def times(start_ns: int, end_ns: int) -> bytes:
+    """A span's start and end fields, for SharedSpans.span when the spans have times of their own."""
+    return _pack_times(_START, start_ns, _END, end_ns)
 
 
 def attribute(key: str, value: str | int) -> bytes:

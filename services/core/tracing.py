@@ -10,8 +10,9 @@ Between our own processes the trace context travels as a W3C `traceparent` strin
 whose size a client chooses): in the dispatch entry, the tasks row and the worker protocol. Such a string is
 parsed strictly (version 00, exact length); anything else is ignored, never an error.
 
-The spans of one task on the hot path (the worker's and the scheduler's, five per task) are recorded once, at
-their end, rather than as the SDK's live spans: services.core.task_spans (docs/observability-cost.md).
+The spans of one task on the hot path (the worker's and the scheduler's, four per task, each a child of the
+submission) are recorded once, at their end, rather than as the SDK's live spans: services.core.task_spans
+(docs/observability-cost.md).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ UNTRACED_METHODS = frozenset(
     {"/resilienttask.worker.v1.WorkerService/Connect", "/resilienttask.v1.SchedulerService/WatchTasks"}
 )
 # The batch processor's own defaults are 512 spans a request and a queue of 2,048 (spans past it are dropped):
-# at full sampling and a full drain (five spans a task) that wakes the export thread, which takes the GIL from
+# at full sampling and a full drain (four spans a task) that wakes the export thread, which takes the GIL from
 # the event loop, every hundred tasks. Larger batches: fewer wake-ups and requests, and room for a burst. The
 # standard OTEL_BSP_* variables still win when set.
 EXPORT_BATCH_SPANS = 2048

@@ -77,9 +77,8 @@ def _record(name: str, worker_id: str, items: Sequence[Item], times: BatchTimes,
             continue
         writer = writers.get(shared)
         if writer is None:
-            writer = writers[shared] = SharedSpans(
-                name, times.began_ns, times.pushed_ns, {"worker.id": worker_id, **dict(shared)}, events, error
-            )
+            attributes = {"worker.id": worker_id, **dict(shared)}
+            writer = writers[shared] = SharedSpans(name, attributes, events, error, (times.began_ns, times.pushed_ns))
         own = attribute("task.id", task_id)
         if fence:
             own += attribute("task.fence", fence)

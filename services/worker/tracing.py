@@ -28,6 +28,7 @@ from services.core.dispatch import parse_ref
 from services.worker.consumer import Delivery
 
 if TYPE_CHECKING:
+    from services.core.span_wire import SharedSpans
     from services.core.task_spans import TaskSpan
 
 
@@ -42,24 +43,43 @@ def published_at_ns(entry_ref: str) -> int | None:
 
 
 def queue_waits(deliveries: Sequence[Delivery]) -> None:
-    """Entries just read: the queue wait of each (reclaimed entries have none) ends now."""
-    if not tracing.enabled():
+    """Entries just read: the queue wait of each (reclaimed entries have none) ends now. The waits of one read
+    share their name, end and kind: written from shared bytes (span_wire.SharedSpans), straight into the export
+    queue, with no span object each."""
+    recorder = tracing.recorder()
+    if recorder is None:
         return
+    from services.core import span_wire  # the SDK's modules: imported only when tracing is on
+
     now_ns = time.time_ns()
+    write = recorder.record_encoded
+    writers: dict[str, SharedSpans] = {}
+    encoded: list[bytes] = []
     for delivery in deliveries:
         if delivery.reclaimed:
             continue
         entry = delivery.entry
-        parent = tracing.parse_parent(entry.trace_parent)
-        published_ns = published_at_ns(delivery.entry_id)
-        if parent is None or published_ns is None:
+        parent = tracing.parse_parent(entry.trace_parent)  # cached: the replicas of a submission share one
+        if parent is None or not parent[2] & 1:  # absent, malformed, or its trace not sampled
             continue
-        # Each span its own attributes: a recorded span keeps its dict until it is encoded.
-        wait = tracing.task_span(
-            "task.queue_wait", parent, min(published_ns, now_ns), {"task.id": entry.task_id, "task.kind": entry.kind}
-        )
-        if wait is not None:
-            wait.end(now_ns)
+        published_ns = published_at_ns(delivery.entry_id)
+        if published_ns is None:
+            continue
+        start_ns = min(published_ns, now_ns)
+        if write is None:  # a processor that takes no bytes: a TaskSpan each (the same span)
+            wait = tracing.task_span(
+                "task.queue_wait", parent, start_ns, {"task.kind": entry.kind, "task.id": entry.task_id}
+            )
+            if wait is not None:
+                wait.end(now_ns)
+            continue
+        writer = writers.get(entry.kind)
+        if writer is None:
+            writer = writers[entry.kind] = span_wire.SharedSpans("task.queue_wait", {"task.kind": entry.kind})
+        own = span_wire.times(start_ns, now_ns) + span_wire.attribute("task.id", entry.task_id)
+        encoded.append(writer.span(parent[0], recorder.ids.generate_span_id(), parent[1], own))
+    if encoded and write is not None:
+        write(encoded)
 
 
 def sampled_parent(delivery: Delivery) -> str:

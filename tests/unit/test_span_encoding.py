@@ -19,9 +19,12 @@ from opentelemetry.util.types import AttributeValue
 
 from resilienttask.worker.v1 import worker_pb2
 from services.core import span_wire, tracing
+from services.core.dispatch import DispatchEntry
 from services.core.span_encoding import SpanExporter, encode_request, encode_spans
 from services.core.task_spans import Recorder, TaskSpan
 from services.scheduler import tracing as scheduler_tracing
+from services.worker import tracing as worker_tracing
+from services.worker.consumer import Delivery
 
 REMOTE = trace.SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, True, trace.TraceFlags(1))
 
@@ -188,28 +191,47 @@ def test_a_batchs_shared_spans_on_the_wire_are_what_their_finished_spans_encode_
     recorder = Recorder(SimpleSpanProcessor(InMemorySpanExporter()), provider.resource, scope, provider.id_generator)
     shared = {"worker.id": "w-1", "task.outcome": "succeeded", "task.accepted": True, "ratio": 0.5}
     committed: list[tuple[str, int, None]] = [("committed", 1_500, None)]
+    error = "Unavailable('é')"
+    # (name, writer, shared attributes, events, error, whether each span has its own times)
     batches = [
-        ("task.finish", span_wire.SharedSpans("task.finish", 1_000, 2_000, shared, committed), shared, committed, ""),
-        ("task.start", span_wire.SharedSpans("task.start", 1_000, 2_000, {}, (), "Unavailable('é')"), {}, [], "x"),
+        (
+            "task.finish",
+            span_wire.SharedSpans("task.finish", shared, committed, times=(1_000, 2_000)),
+            shared,
+            committed,
+            "",
+            False,
+        ),
+        ("task.start", span_wire.SharedSpans("task.start", {}, (), error, (1_000, 2_000)), {}, [], error, False),
+        (
+            "task.queue_wait",
+            span_wire.SharedSpans("task.queue_wait", {"task.kind": "sleep"}),
+            {"task.kind": "sleep"},
+            [],
+            "",
+            True,
+        ),
     ]
     encoded: list[bytes] = []
     expected: list[TaskSpan] = []
     span_id = 100
-    for name, writer, attributes, events, error in batches:
+    for name, writer, attributes, events, status, own_times in batches:
         for trace_id, parent_span_id in ((REMOTE.trace_id, REMOTE.span_id), (2**128 - 1, 2**64 - 1)):
             for task_id, fence in zip(TASK_IDS, (2**40, 7, 0), strict=True):
                 span_id += 1
-                own = span_wire.attribute("task.id", task_id)
+                start_ns, end_ns = (3_000 + span_id, 2**63 + span_id) if own_times else (1_000, 2_000)
+                own = span_wire.times(start_ns, end_ns) if own_times else b""
+                own += span_wire.attribute("task.id", task_id)
                 if fence:
                     own += span_wire.attribute("task.fence", fence)
                 encoded.append(writer.span(trace_id, span_id, parent_span_id, own))
                 values: dict[str, AttributeValue] = {**attributes, "task.id": task_id}
                 if fence:
                     values["task.fence"] = fence
-                span = TaskSpan(recorder, name, trace_id, span_id, parent_span_id, 1, True, 1_000, values)
+                span = TaskSpan(recorder, name, trace_id, span_id, parent_span_id, 1, True, start_ns, values)
                 span.events = list(events) or None
-                span.error = "Unavailable('é')" if error else ""
-                span.end_ns = 2_000
+                span.error = status
+                span.end_ns = end_ns
                 expected.append(span)
     ours = ExportTraceServiceRequest.FromString(span_wire.request(recorder.framing, encoded))
     assert ours == encode_spans([span.readable() for span in expected])
@@ -309,4 +331,56 @@ def test_the_schedulers_spans_of_a_batch(
         ),
         ("task.finish", remote, *failed, {"worker.id": "w-1", "task.id": TASK_IDS[0], "task.fence": 9}),
         ("task.start", remote, *failed, {"worker.id": "w-1", "task.id": "f"}),
+    ]
+
+
+@pytest.mark.parametrize("shared_bytes", [True, False], ids=["shared-bytes", "task-spans"])
+def test_the_workers_queue_waits_of_a_read(
+    finished: tuple[TracerProvider, InMemorySpanExporter], monkeypatch: pytest.MonkeyPatch, shared_bytes: bool
+) -> None:
+    """services.worker.tracing.queue_waits: a span per fresh entry of a sampled submission, from the time in its
+    stream id to the read, the same on both recording paths; none for a reclaimed entry or an unsampled trace."""
+    provider, memory = finished
+    scope = InstrumentationScope("resilienttask")
+    if shared_bytes:
+        exporter = SpanExporter(endpoint="http://127.0.0.1:9")
+        processor: SpanProcessor = BatchSpanProcessor(exporter, schedule_delay_millis=600_000)
+    else:
+        processor = SimpleSpanProcessor(memory)
+    recorder = Recorder(processor, provider.resource, scope, provider.id_generator)
+    monkeypatch.setattr(tracing, "_recorder", recorder)
+    parent = f"00-{REMOTE.trace_id:032x}-{REMOTE.span_id:016x}-01"
+    unsampled = f"00-{REMOTE.trace_id:032x}-{REMOTE.span_id:016x}-00"
+    deliveries = [
+        Delivery("sleep:1700000000123-0", DispatchEntry(TASK_IDS[0], "d", "sleep", parent)),
+        Delivery("fail:p3:1700000000456-1", DispatchEntry("b", "d", "fail", parent)),
+        Delivery("sleep:1700000000789-2", DispatchEntry("c", "d", "sleep", parent)),
+        Delivery("sleep:1700000000999-3", DispatchEntry("r", "d", "sleep", parent), reclaimed=True),
+        Delivery("sleep:1700000000999-4", DispatchEntry("u", "d", "sleep", unsampled)),
+        Delivery("sleep:1700000000999-5", DispatchEntry("n", "d", "sleep")),
+    ]
+    try:
+        worker_tracing.queue_waits(deliveries)
+        if shared_bytes:
+            assert isinstance(processor, BatchSpanProcessor)
+            queued = _queued(processor)
+            processor._batch_processor._queue.clear()  # type: ignore[attr-defined]  # nothing to send at shutdown
+            assert all(type(one) is bytes for one in queued)
+            request = ExportTraceServiceRequest.FromString(span_wire.request(recorder.framing, queued))
+        else:
+            spans = list(memory.get_finished_spans())
+            assert all(type(one) is TaskSpan for one in spans)
+            request = ExportTraceServiceRequest.FromString(span_wire.encode(spans))  # type: ignore[arg-type]
+    finally:
+        processor.shutdown()
+    got = request.resource_spans[0].scope_spans[0].spans
+    assert {s.name for s in got} == {"task.queue_wait"} and {s.trace_id for s in got} == {REMOTE.trace_id.to_bytes(16)}
+    assert {s.parent_span_id for s in got} == {REMOTE.span_id.to_bytes(8)} and len({s.span_id for s in got}) == 3
+    assert [s.start_time_unix_nano // 1_000_000 for s in got] == [1700000000123, 1700000000456, 1700000000789]
+    assert len({s.end_time_unix_nano for s in got}) == 1 and got[0].end_time_unix_nano > got[0].start_time_unix_nano
+    attributes = [{a.key: a.value.string_value for a in s.attributes} for s in got]
+    assert attributes == [
+        {"task.kind": "sleep", "task.id": TASK_IDS[0]},
+        {"task.kind": "fail", "task.id": "b"},
+        {"task.kind": "sleep", "task.id": "c"},
     ]
