@@ -100,7 +100,6 @@ _CACHED_INTS = 1024
 _CACHE_ENTRIES = 4096
 _names: dict[str, bytes] = {}
 _keys: dict[str, bytes] = {}
-_keyed: dict[str, bytes] = {}
 _heads: dict[tuple[str, bool, bool], bytes] = {}
 _entries: dict[tuple[bytes, str, type, AttributeValue], bytes] = {}
 
@@ -133,31 +132,30 @@ def _attribute(tag: bytes, key: str, value: AttributeValue) -> bytes:
     return tag + _varint(len(pair)) + pair
 
 
-_STRING_TAG = _STRING[0]
 assert len(_STRING) == len(_INT) == len(_VALUE) == 1
+# By (field tag, key, value type, length of the value's bytes): everything of an uncached attribute's field before
+# the value's bytes (the field's tag and length, the key, the value's tags and lengths), which the lengths decide.
+_prefixes: dict[tuple[bytes, str, type, int], bytes] = {}
 
 
 def _uncached(tag: bytes, key: str, value: AttributeValue) -> bytes:
-    """_attribute for a value not worth caching (a task id, a fence), with the lengths of a short field written
-    directly: this runs for a few attributes of every task span."""
-    keyed = _keyed.get(key)
-    if keyed is None:
-        keyed = _cached(_keys, key, _KEY) + _VALUE  # the key, then the value's tag
-        if len(_keyed) < _CACHE_ENTRIES:
-            _keyed[key] = keyed
+    """_attribute for a value not worth caching (a task id, a fence): its prefix, cached by the value's length,
+    then its bytes. This runs for a few attributes of every task span."""
     kind = type(value)
     if kind is str:
         data = value.encode()  # type: ignore[union-attr]
-        n = len(data)
-        size = len(keyed) + n + 3  # the pair: the key, the value's tag and length, the string's tag and length
-        if size < 0x80:  # every length one byte
-            return tag + bytes((size,)) + keyed + bytes((n + 2, _STRING_TAG, n)) + data
     elif kind is int:
-        any_value = _INT + _varint(value & 0xFFFFFFFFFFFFFFFF)  # type: ignore[operator]
-        size = len(keyed) + len(any_value) + 1
-        if size < 0x80:
-            return tag + bytes((size,)) + keyed + bytes((len(any_value),)) + any_value
-    return _attribute(tag, key, value)
+        data = _varint(value & 0xFFFFFFFFFFFFFFFF)  # type: ignore[operator]  # int64: a negative's two's complement
+    else:
+        return _attribute(tag, key, value)
+    cache_key = (tag, key, kind, len(data))
+    prefix = _prefixes.get(cache_key)
+    if prefix is None:
+        whole = _attribute(tag, key, value)
+        prefix = whole[: len(whole) - len(data)]
+        if len(_prefixes) < _CACHE_ENTRIES:
+            _prefixes[cache_key] = prefix
+    return prefix + data
 
 
 def _add_attributes(parts: list[bytes], tag: bytes, attributes: Mapping[str, AttributeValue]) -> None:

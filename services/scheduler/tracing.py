@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from opentelemetry.util.types import AttributeValue
 
     from services.core.span_wire import SharedSpans
-    from services.core.task_spans import TaskEvent
+    from services.core.task_spans import RemoteParent, TaskEvent
 
 # The enum names as attribute values, computed once rather than per task.
 _DECISIONS = {v: n.removeprefix("START_DECISION_").lower() for n, v in worker_pb2.StartDecision.items()}
@@ -36,6 +36,7 @@ _OUTCOMES = {v: n.removeprefix("OUTCOME_").lower() for n, v in worker_pb2.Outcom
 Shared = tuple[tuple[str, "AttributeValue"], ...]
 # One traced item: its traceparent, the attributes it shares with others, its own task.id and task.fence.
 Item = tuple[str, Shared, str, int]
+_UNPARSED = (0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -69,10 +70,14 @@ def _record(name: str, worker_id: str, items: Sequence[Item], times: BatchTimes,
     from services.core.span_wire import SharedSpans, attribute
 
     writers: dict[Shared, SharedSpans] = {}
+    # The replicas of a submission share its traceparent: parsed once a batch.
+    parents: dict[str, RemoteParent | None] = {}
     new_span_id = recorder.ids.generate_span_id
     encoded: list[bytes] = []
     for trace_parent, shared, task_id, fence in items:
-        parent = tracing.parse_parent(trace_parent)  # cached: the replicas of a submission share one
+        parent = parents.get(trace_parent, _UNPARSED)
+        if parent is _UNPARSED:
+            parent = parents[trace_parent] = tracing.parse_parent(trace_parent)
         if parent is None or not parent[2] & 1:  # absent, malformed, or its trace not sampled
             continue
         writer = writers.get(shared)
