@@ -2,15 +2,14 @@
 
     .venv/bin/python -m bench.tracing_cpu [--tasks 20000] [--batch 20]
 
-What the worker and the scheduler do for one traced task, in the order they do it, in this process with the
-tracer provider the services install (the OTLP exporter on its batch thread, 100 % sampling): the worker's
-delivery (queue wait and attempt spans), its start request's traceparent, the scheduler's task.start span,
-the handler span made current, the finish item's traceparent, the scheduler's task.finish span and the attempt's
-end; then every span flushed to an OTLP receiver in a child process (its CPU is not counted). Printed: the
-user+system CPU seconds of this process (event-loop side and export thread together) per task, with tracing on,
-and the same loop with tracing off, and how much of it ran on other threads than the caller's (the export
-thread: what an event loop may wait for the GIL behind). The gateway's spans (one server span and one
-task.publish per SubmitTask of up to 50 tasks) are not in it.
+What the worker and the scheduler do for one traced task, in the order they do it, in this process with the tracer
+provider the services install (the OTLP exporter on its batch thread, 100 % sampling): the worker's delivery (queue wait
+spans), its start request's traceparent, the scheduler's task.start spans, the handler span made current, the finish
+item's traceparent and the scheduler's task.finish spans; then every span flushed to an OTLP receiver in a child process
+(its CPU is not counted). Printed: the user+system CPU seconds of this process (event-loop side and export thread
+together) per task, with tracing on, and the same loop with tracing off, and how much of it ran on other threads than
+the caller's (the export thread: what an event loop may wait for the GIL behind). The gateway's spans (one server span
+and one task.publish per SubmitTask of up to 50 tasks) are not in it.
 
 The drain's CPU per task (docs/observability-cost.md, all our processes, tracing off) is what to divide by.
 """
@@ -22,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 
 from resilienttask.v1 import task_pb2
 from resilienttask.worker.v1 import worker_pb2
@@ -30,7 +30,7 @@ from services.core.dispatch import DispatchEntry
 from services.core.settings import load
 from services.scheduler.tracing import BatchTimes, record_work
 from services.worker.consumer import Delivery
-from services.worker.tracing import AttemptTraces
+from services.worker.tracing import handler_run, handler_span, queue_waits, sampled_parent
 
 RECEIVER = """
 import asyncio, sys
@@ -49,19 +49,17 @@ asyncio.run(main())
 """
 
 
-def one_batch(traces: AttemptTraces, first: int, batch: int) -> None:
+def one_batch(first: int, batch: int) -> None:
     """`batch` tasks through the worker's and the scheduler's tracing calls (started and finished together, as the
     scheduler records them)."""
     now_ms = time.time_ns() // 1_000_000
+    traceparent = f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"  # the batch's tasks: replicas of a submission
     deliveries = [
-        Delivery(
-            f"sleep:{now_ms}-{first + i}",
-            DispatchEntry(f"task-{first + i}", "d", "sleep", f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"),
-        )
+        Delivery(f"sleep:{now_ms}-{first + i}", DispatchEntry(str(uuid.UUID(int=first + i)), "d", "sleep", traceparent))
         for i in range(batch)
     ]
-    traces.delivered(deliveries)
-    starts = [worker_pb2.StartItem(task_id=d.entry.task_id, trace_parent=traces.parent(d.entry_id)) for d in deliveries]
+    queue_waits(deliveries)
+    starts = [worker_pb2.StartItem(task_id=d.entry.task_id, trace_parent=sampled_parent(d)) for d in deliveries]
     results = [
         worker_pb2.StartResult(
             task_id=d.entry.task_id, decision=worker_pb2.START_DECISION_RUN, task=task_pb2.Task(attempt=1), fence=7
@@ -69,28 +67,26 @@ def one_batch(traces: AttemptTraces, first: int, batch: int) -> None:
         for d in deliveries
     ]
     began = time.time_ns()
-    record_work([], [], starts, results, BatchTimes(began, began + 1000, began + 2000))
+    record_work("w", [], [], starts, results, BatchTimes(began, began + 1000, began + 2000))
     finishes = []
     for delivery, result in zip(deliveries, results, strict=True):
-        traces.decided(delivery.entry_id, result)
-        with traces.handler(delivery.entry_id):
+        span = handler_span(delivery, result)
+        with handler_run(span, str):
             pass
-        item = worker_pb2.FinishItem(outcome=worker_pb2.OUTCOME_SUCCEEDED)
+        item = worker_pb2.FinishItem(outcome=worker_pb2.OUTCOME_SUCCEEDED, trace_parent=sampled_parent(delivery))
         item.task.task_id = delivery.entry.task_id
-        traces.reported(delivery.entry_id, item)
+        item.task.fence = result.fence
         finishes.append(item)
     verdicts = [worker_pb2.FinishResult(accepted=True) for _ in finishes]
     began = time.time_ns()
-    record_work(finishes, verdicts, [], [], BatchTimes(began, began + 1000, began + 2000))
-    traces.let_go(d.entry_id for d in deliveries)
+    record_work("w", finishes, verdicts, [], [], BatchTimes(began, began + 1000, began + 2000))
 
 
 def cpu_per_task(tasks: int, batch: int) -> tuple[float, float]:
     """CPU seconds per task: all of this process's threads, and this (the event loop's) thread alone."""
-    traces = AttemptTraces("w")
     started, own_started = time.process_time(), time.thread_time()
     for first in range(0, tasks, batch):
-        one_batch(traces, first, batch)
+        one_batch(first, batch)
     own = time.thread_time() - own_started
     if tracing.enabled():  # the export thread's encoding and sending of these spans, counted too
         from opentelemetry import trace
@@ -113,6 +109,9 @@ def main() -> None:
         port = int(receiver.stdout.readline())
         off, _ = cpu_per_task(args.tasks, args.batch)
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
+        # Room for every span: this loop never yields to the export thread as an event loop does, and a dropped
+        # span would not count the cost of its export.
+        os.environ.setdefault("OTEL_BSP_MAX_QUEUE_SIZE", str(6 * args.tasks))
         tracing.configure(tracing.TracingConfig.for_process("worker", load(tracing.OtelConfig, os.environ), "w"))
         on, on_loop = cpu_per_task(args.tasks, args.batch)
         tracing.shutdown()

@@ -27,7 +27,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.types import AttributeValue
 
 if TYPE_CHECKING:
-    from services.core.task_spans import TaskSpan
+    from services.core.task_spans import TaskEvent, TaskSpan
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _pack_fixed64 = struct.Struct("<Q").pack
@@ -93,9 +93,10 @@ _INT = _tag(AnyValue.INT_VALUE_FIELD_NUMBER, _VARINT)
 _DOUBLE = _tag(AnyValue.DOUBLE_VALUE_FIELD_NUMBER, _I64)
 
 # Cached by value: span names, event names and attribute keys are few (the code's own), and so are most attribute
-# values (kinds, outcomes, decisions); a string longer than this is not kept (task ids are not), nor anything past
-# the cache's size.
+# values (kinds, outcomes, decisions, attempt numbers); a string longer than this is not kept (task ids are not),
+# nor an int outside [0, _CACHED_INTS) (fences are not), nor anything past the cache's size.
 _CACHED_VALUE_CHARS = 24
+_CACHED_INTS = 1024
 _CACHE_ENTRIES = 4096
 _names: dict[str, bytes] = {}
 _keys: dict[str, bytes] = {}
@@ -131,14 +132,42 @@ def _attribute(tag: bytes, key: str, value: AttributeValue) -> bytes:
     return tag + _varint(len(pair)) + pair
 
 
+assert len(_STRING) == len(_INT) == len(_VALUE) == 1
+# By (field tag, key, value type, length of the value's bytes): everything of an uncached attribute's field before
+# the value's bytes (the field's tag and length, the key, the value's tags and lengths), which the lengths decide.
+_prefixes: dict[tuple[bytes, str, type, int], bytes] = {}
+
+
+def _uncached(tag: bytes, key: str, value: AttributeValue) -> bytes:
+    """_attribute for a value not worth caching (a task id, a fence): its prefix, cached by the value's length,
+    then its bytes. This runs for a few attributes of every task span."""
+    kind = type(value)
+    if kind is str:
+        data = value.encode()  # type: ignore[union-attr]
+    elif kind is int:
+        data = _varint(value & 0xFFFFFFFFFFFFFFFF)  # type: ignore[operator]  # int64: a negative's two's complement
+    else:
+        return _attribute(tag, key, value)
+    cache_key = (tag, key, kind, len(data))
+    prefix = _prefixes.get(cache_key)
+    if prefix is None:
+        whole = _attribute(tag, key, value)
+        prefix = whole[: len(whole) - len(data)]
+        if len(_prefixes) < _CACHE_ENTRIES:
+            _prefixes[cache_key] = prefix
+    return prefix + data
+
+
 def _add_attributes(parts: list[bytes], tag: bytes, attributes: Mapping[str, AttributeValue]) -> None:
     """Append a KeyValue field per attribute. Most values repeat (kinds, outcomes, decisions, flags): their whole
     field is cached, by type as well (True and 1 are equal keys of a dict, not the same value on the wire)."""
     entries = _entries
     for key, value in attributes.items():
         kind = type(value)
-        if kind is str and len(value) > _CACHED_VALUE_CHARS:  # type: ignore[arg-type]
-            parts.append(_attribute(tag, key, value))
+        if (kind is str and len(value) > _CACHED_VALUE_CHARS) or (  # type: ignore[arg-type]
+            kind is int and not 0 <= value < _CACHED_INTS  # type: ignore[operator]
+        ):
+            parts.append(_uncached(tag, key, value))
             continue
         cache_key = (tag, key, kind, value)
         entry = entries.get(cache_key)
@@ -168,6 +197,14 @@ _pack_root_ids = struct.Struct(">2sQQ2sQ").pack
 _pack_times = struct.Struct("<1sQ1sQ").pack
 
 
+def _add_events(parts: list[bytes], events: Sequence[TaskEvent]) -> None:
+    for name, at_ns, attributes in events:
+        event = [_EVENT_TIME, _pack_fixed64(at_ns), _cached(_names, name, _EVENT_NAME)]
+        if attributes:
+            _add_attributes(event, _EVENT_ATTRIBUTE, attributes)
+        parts.append(_field(_EVENT, b"".join(event)))
+
+
 def _span(span: TaskSpan) -> bytes:
     """One element of a ScopeSpans' spans: the field's tag and length, then the Span."""
     trace_id = span.trace_id
@@ -185,15 +222,59 @@ def _span(span: TaskSpan) -> bytes:
     if span.attributes:
         _add_attributes(parts, _ATTRIBUTE, span.attributes)
     if span.events:
-        for name, at_ns, attributes in span.events:
-            event = [_EVENT_TIME, _pack_fixed64(at_ns), _cached(_names, name, _EVENT_NAME)]
-            if attributes:
-                _add_attributes(event, _EVENT_ATTRIBUTE, attributes)
-            parts.append(_field(_EVENT, b"".join(event)))
+        _add_events(parts, span.events)
     if span.error:
         parts.append(_field(_STATUS, _field(_STATUS_MESSAGE, span.error.encode()) + _STATUS_ERROR))
     body = b"".join(parts)
     return _SCOPE_SPANS + _varint(len(body)) + body
+
+
+class SharedSpans:
+    """Spans that differ only in their ids, a few attributes of their own and perhaps their times (a batch's
+    task.start or task.finish spans in the scheduler: one name, one set of times and events, mostly one set of
+    attributes; the queue waits of one read in a worker): what they share is written once, and each span is its
+    ids, those bytes and its own fields. A span so written parses to the message _span writes for the TaskSpan with
+    the same fields, its attributes the shared ones then its own."""
+
+    __slots__ = ("_shared",)
+
+    def __init__(
+        self,
+        name: str,
+        attributes: Mapping[str, AttributeValue],
+        events: Sequence[TaskEvent] = (),
+        error: str = "",
+        times: tuple[int, int] | None = None,
+    ) -> None:
+        """Spans of this name under remote parents (another process's spans); times: (start, end) epoch
+        nanoseconds when they share them, None when each span has its own. Raises Unsupported for an attribute
+        value this does not write."""
+        parts = [_head(name, True, False)]
+        if times is not None:
+            parts.append(_pack_times(_START, times[0], _END, times[1]))
+        _add_attributes(parts, _ATTRIBUTE, attributes)
+        _add_events(parts, events)
+        if error:
+            parts.append(_field(_STATUS, _field(_STATUS_MESSAGE, error.encode()) + _STATUS_ERROR))
+        self._shared = b"".join(parts)
+
+    def span(self, trace_id: int, span_id: int, parent_span_id: int, own: bytes = b"") -> bytes:
+        """One span's element of a ScopeSpans (as encoded() gives); own: its own fields (attribute(), times())."""
+        ids = _pack_ids(
+            _TRACE_ID, trace_id >> 64, trace_id & _MASK_64, _SPAN_ID, span_id, _PARENT_SPAN_ID, parent_span_id
+        )
+        shared = self._shared
+        return _SCOPE_SPANS + _varint(len(ids) + len(shared) + len(own)) + ids + shared + own
+
+
+def times(start_ns: int, end_ns: int) -> bytes:
+    """A span's start and end fields, for SharedSpans.span when the spans have times of their own."""
+    return _pack_times(_START, start_ns, _END, end_ns)
+
+
+def attribute(key: str, value: str | int) -> bytes:
+    """One attribute field of a span, for SharedSpans.span: a value of its own (a task id, a fence), not cached."""
+    return _uncached(_ATTRIBUTE, key, value)
 
 
 def framing(resource: Resource, scope: InstrumentationScope) -> tuple[bytes, bytes]:

@@ -68,13 +68,23 @@ class Recorder:
         collector tracks (a queued span and its dicts would be scanned by every collection until exported), the
         span is freed at once, and the export thread, which holds the GIL against the event loop, only joins them.
         """
+        return self._sinks[0]
+
+    @cached_property
+    def record_encoded(self) -> Callable[[list[bytes]], None] | None:
+        """What spans already written as their OTLP bytes (span_wire.SharedSpans) are handed to, or None when the
+        processor's exporter is not ours (such spans are then made as TaskSpans and recorded one by one)."""
+        return self._sinks[1]
+
+    @cached_property
+    def _sinks(self) -> tuple[Callable[[TaskSpan], None], Callable[[list[bytes]], None] | None]:
         batch = getattr(self.processor, "_batch_processor", None)
         emit = getattr(batch, "emit", None)
         if not callable(emit):
-            return self.processor.on_end  # type: ignore[return-value]
+            return self.processor.on_end, None  # type: ignore[return-value]
         exporter = getattr(self.processor, "span_exporter", None)
         if exporter is None or not hasattr(exporter, "task_framing"):
-            return emit
+            return emit, None
         from services.core.span_wire import encoded
 
         exporter.task_framing = self.framing
@@ -86,7 +96,11 @@ class Recorder:
             def emitted(span: TaskSpan) -> None:
                 emit(encoded(span))
 
-            return emitted
+            def emitted_all(spans: list[bytes]) -> None:
+                for span in spans:
+                    emit(span)
+
+            return emitted, emitted_all
         # emit() asks the kernel for the process id on every call (a fork check: our processes never fork, their
         # handlers' children are exec'd), about half a microsecond a span on this machine's VMs. What it does
         # otherwise, done directly: queue the span, and wake the export thread at a full batch. A full queue (the
@@ -103,7 +117,16 @@ class Recorder:
             if len(queue) >= batch_size and not awaken.is_set():
                 awaken.set()
 
-        return record
+        def record_all(spans: list[bytes]) -> None:
+            if len(queue) + len(spans) > full or batch._shutdown:  # type: ignore[union-attr]
+                for span in spans:
+                    emit(span)
+                return
+            queue.extendleft(spans)
+            if len(queue) >= batch_size and not awaken.is_set():
+                awaken.set()
+
+        return record, record_all
 
     @cached_property
     def framing(self) -> tuple[bytes, bytes]:

@@ -10,12 +10,14 @@ Between our own processes the trace context travels as a W3C `traceparent` strin
 whose size a client chooses): in the dispatch entry, the tasks row and the worker protocol. Such a string is
 parsed strictly (version 00, exact length); anything else is ignored, never an error.
 
-The spans of one task on the hot path (the worker's and the scheduler's, five per task) are recorded once, at
-their end, rather than as the SDK's live spans: services.core.task_spans (docs/observability-cost.md).
+The spans of one task on the hot path (the worker's and the scheduler's, four per task, each a child of the
+submission) are recorded once, at their end, rather than as the SDK's live spans: services.core.task_spans
+(docs/observability-cost.md).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 # A version-00 traceparent is exactly this long; we produce nothing else and accept nothing else internally.
 TRACEPARENT_CHARS = 55
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+# The flags' last hex digit when their sampled bit (0x01) is set.
+_SAMPLED_LAST_DIGITS = frozenset("13579bdf")
 SERVICE_PREFIX = "resilienttask-"
 # Calls that get no server span: health and reflection (noise), and the long-lived streams (a worker's
 # Connect, a user's WatchTasks), whose one span would last for hours and say nothing about any one task.
@@ -50,7 +54,7 @@ UNTRACED_METHODS = frozenset(
     {"/resilienttask.worker.v1.WorkerService/Connect", "/resilienttask.v1.SchedulerService/WatchTasks"}
 )
 # The batch processor's own defaults are 512 spans a request and a queue of 2,048 (spans past it are dropped):
-# at full sampling and a full drain (five spans a task) that wakes the export thread, which takes the GIL from
+# at full sampling and a full drain (four spans a task) that wakes the export thread, which takes the GIL from
 # the event loop, every hundred tasks. Larger batches: fewer wake-ups and requests, and room for a burst. The
 # standard OTEL_BSP_* variables still win when set.
 EXPORT_BATCH_SPANS = 2048
@@ -130,6 +134,11 @@ def enabled() -> bool:
     return _tracer is not None
 
 
+def recorder() -> Recorder | None:
+    """Where this process's task spans go (None when tracing is off)."""
+    return _recorder
+
+
 def configure(config: TracingConfig) -> None:
     """Install the tracer provider and the OTLP exporter when tracing is on; otherwise do nothing at all."""
     global _provider, _tracer, _recorder
@@ -200,13 +209,27 @@ def parse_parent(value: str | bytes | None) -> RemoteParent | None:
     value is absent or malformed."""
     if _recorder is None or not value or len(value) != TRACEPARENT_CHARS:
         return None
-    text = value.decode("ascii", errors="replace") if isinstance(value, bytes) else value
+    return _parsed(value.decode("ascii", errors="replace") if isinstance(value, bytes) else value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(text: str) -> RemoteParent | None:
+    """Cached: the replicas of one submission (up to 50 tasks) carry one traceparent, read by the worker for each
+    of its spans and by the scheduler for each transition."""
     if _TRACEPARENT.fullmatch(text) is None:
         return None
     trace_id, span_id = int(text[3:35], 16), int(text[36:52], 16)
     if not trace_id or not span_id:
         return None
     return trace_id, span_id, int(text[53:], 16)
+
+
+def sampled_parent(value: str) -> str:
+    """value when tracing is on and it is a version-00 traceparent of a sampled trace, else "" (what a process
+    passes on for the next one's spans: that one parses it strictly)."""
+    if _recorder is None or len(value) != TRACEPARENT_CHARS or value[54] not in _SAMPLED_LAST_DIGITS:
+        return ""
+    return value
 
 
 @contextmanager

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 
 from services.core import metrics
+from services.core.collector import calm_the_collector
 from services.core.config import LogConfig
 from services.core.logging import configure_logging
 from services.core.observability import observed
@@ -14,21 +14,6 @@ from services.core.server import run_until_signalled
 from services.core.settings import load, refused_at_start
 from services.core.tracing import OtelConfig, TracingConfig
 from services.gateway.app import GatewayConfig, create_server
-
-# Allocations between two young-generation collections (Python's default is 700).
-GC_YOUNG_THRESHOLD = 20_000
-
-
-def calm_the_collector() -> None:
-    """Fewer and cheaper cyclic garbage collections once the gateway is built.
-
-    Each pushed event allocates per watch stream (gRPC operations, futures), so with a thousand streams the
-    collector ran often and its full passes walked every object loaded at start-up: ~10 % of a gateway's
-    samples under load. What exists now is frozen out of collections, and the young generation is larger.
-    """
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-
 
 # The gateway's own default for RTASK_PORT.
 DEFAULTS = {"RTASK_PORT": 50051}

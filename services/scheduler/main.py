@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+from services.core.collector import calm_the_collector
 from services.core.config import LogConfig
 from services.core.logging import configure_logging
 from services.core.observability import observed
@@ -19,6 +20,7 @@ DEFAULTS = {"RTASK_PORT": 50061}
 
 async def _serve(config: SchedulerConfig) -> None:
     service = await create_server(config)
+    calm_the_collector()
     await run_until_signalled(service, config.server)
 
 

@@ -125,7 +125,7 @@ class WorkProcessor:
             log.warning("work request failed", extra={"worker": self.worker_id, "error": repr(exc)})
             if began_ns:
                 now_ns = time.time_ns()
-                record_failure(finishes, starts, BatchTimes(began_ns, now_ns, now_ns), repr(exc))
+                record_failure(self.worker_id, finishes, starts, BatchTimes(began_ns, now_ns, now_ns), repr(exc))
             for request in batch:
                 self.mailbox.answer(
                     worker_pb2.WorkResponse(request_id=request.request_id, error=repr(exc), permanent=permanent)
@@ -145,7 +145,7 @@ class WorkProcessor:
             self.mailbox.answer(response)
         if began_ns:
             times = BatchTimes(began_ns, committed_ns, time.time_ns())
-            record_work(finishes, finished, starts, started, times)
+            record_work(self.worker_id, finishes, finished, starts, started, times)
 
     async def _commit(
         self, finishes: list[worker_pb2.FinishItem], starts: list[worker_pb2.StartItem]

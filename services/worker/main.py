@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2
 
 import services.worker.builtin  # noqa: F401  (registers the built-in kinds)
 from services.core import metrics
+from services.core.collector import calm_the_collector
 from services.core.config import LogConfig
 from services.core.logging import configure_logging
 from services.core.observability import observed
@@ -49,6 +50,7 @@ async def _serve(config: WorkerProcessConfig) -> None:
 
     reporting = asyncio.create_task(report_drained())
     await worker.start()
+    calm_the_collector()
     try:
         await run_until_signalled(service, config.server)
     finally:

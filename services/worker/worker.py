@@ -44,6 +44,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
@@ -55,6 +56,7 @@ from services.core.cancellation import cancel_and_wait
 from services.core.dispatch import ensure_dispatch_groups
 from services.core.logging import task_scope
 from services.core.worker_credentials import EnrolmentConfig
+from services.worker import tracing as task_traces
 from services.worker.config import WorkerConfig
 from services.worker.connection import AnswerLost, Backoff, SchedulerLink, WorkerTokens, WorkRefused
 from services.worker.consumer import Delivery, DispatchConsumer
@@ -63,8 +65,10 @@ from services.worker.messages import HeldKey, finish_item, held, spec_from_task
 from services.worker.progress import ProgressThrottle
 from services.worker.reporter import Finished, FinishReporter
 from services.worker.runner import Attempt, AttemptOutcome
-from services.worker.tracing import AttemptTraces
 from services.worker.worker_metrics import WorkerMetrics
+
+if TYPE_CHECKING:
+    from services.core.task_spans import TaskSpan
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,9 @@ class Running:
     attempt: Attempt
     task: asyncio.Task[None] | None = None
     stop_reason: str = ""
+    # The handler run's span (tracing on, a sampled submission) and the traceparent its outcome carries up.
+    span: TaskSpan | None = None
+    trace_parent: str = ""
 
 
 @dataclass(order=True)
@@ -128,7 +135,6 @@ class Worker:
         self.logs = LogShipper(self.link.send, config.logs)
         self.link.logs = self.logs
         self.reporter = FinishReporter(self.link, self.consumer, self._settled)
-        self.traces = AttemptTraces(config.worker_id)
         self.running: dict[HeldKey, Running] = {}
         # Outcomes sent but not yet confirmed: still heartbeated and refreshed, so nobody reclaims them.
         self.finishing: dict[HeldKey, str] = {}
@@ -333,7 +339,7 @@ class Worker:
             if deliveries:
                 for delivery in deliveries:
                     self.refreshed_at.setdefault(delivery.entry_id, asked_at)
-                self.traces.delivered(deliveries)
+                task_traces.queue_waits(deliveries)
                 await self._offer(deliveries)
 
     async def _while_full(self) -> None:
@@ -392,7 +398,7 @@ class Worker:
                 task_id=d.entry.task_id,
                 dispatch_id=d.entry.dispatch_id,
                 entry_id=d.entry_id,
-                trace_parent=self.traces.parent(d.entry_id),
+                trace_parent=task_traces.sampled_parent(d),
             )
             for d in fresh
         ]
@@ -431,7 +437,6 @@ class Worker:
         skipped: list[str] = []
         deferred: list[Delivery] = []
         for delivery, result in zip(fresh, results, strict=True):
-            self.traces.decided(delivery.entry_id, result)
             if result.decision == worker_pb2.START_DECISION_RUN:
                 self._launch(delivery, result)
             elif result.decision == worker_pb2.START_DECISION_SKIP:
@@ -589,7 +594,7 @@ class Worker:
             outcome = AttemptOutcome(
                 worker_pb2.OUTCOME_FAILED, f"no handler for kind {spec.kind!r} on worker {self.config.worker_id}"
             )
-            self._report(key, delivery.entry_id, outcome, spec.kind)
+            self._report(key, delivery.entry_id, outcome, spec.kind, task_traces.sampled_parent(delivery))
             return
         attempt = Attempt(
             handler,
@@ -601,6 +606,9 @@ class Worker:
             log_rate=(self.config.logs.task_lines_per_s, self.config.logs.task_burst_lines),
         )
         running = Running(key, delivery.entry_id, attempt)
+        span = task_traces.handler_span(delivery, result)
+        if span is not None:
+            running.span, running.trace_parent = span, task_traces.sampled_parent(delivery)
         self.running[key] = running
         running.task = asyncio.create_task(self._run(running), name=f"attempt:{key[0]}")
         self._fence_changed.set()
@@ -612,7 +620,7 @@ class Worker:
         kind = running.attempt.spec.kind
         with task_scope(running.key[0]):
             try:
-                with self.traces.handler(running.entry_id):
+                with task_traces.handler_run(running.span, lambda: running.stop_reason):
                     outcome = await running.attempt.run()
             except Exception as exc:  # a bug in the runner must not lose the task: report it as a failed attempt
                 log.exception("attempt crashed", extra={"task_id": running.key[0]})
@@ -631,17 +639,17 @@ class Worker:
             if running.stop_reason in UNREPORTED:
                 # Superseded: another attempt owns the task and its entry. Otherwise the entry is reclaimed.
                 log.info("attempt dropped", extra={"task_id": running.key[0], "reason": running.stop_reason})
-                self.traces.let_go([running.entry_id], running.stop_reason)
                 self._forget([running.entry_id])
                 return
-            self._report(running.key, running.entry_id, outcome, kind)
+            self._report(running.key, running.entry_id, outcome, kind, running.trace_parent)
 
-    def _report(self, key: HeldKey, entry_id: str, outcome: AttemptOutcome, kind: str) -> None:
+    def _report(self, key: HeldKey, entry_id: str, outcome: AttemptOutcome, kind: str, trace_parent: str) -> None:
+        """Hand the outcome to the reporter; trace_parent (the submission's, when traced) is its finish span's."""
         if self.metrics is not None:
             self.metrics.reported(kind, outcome.outcome)
         self.finishing[key] = entry_id
         item = finish_item(key, outcome)
-        self.traces.reported(entry_id, item)
+        item.trace_parent = trace_parent
         self.reporter.submit(Finished(key, entry_id, item))
 
     def _settled(self, finished: Finished) -> None:
@@ -649,10 +657,8 @@ class Worker:
         self._forget([finished.entry_id])
 
     def _forget(self, entry_ids: Iterable[str]) -> None:
-        forgotten = list(entry_ids)
-        for entry_id in forgotten:
+        for entry_id in entry_ids:
             self.refreshed_at.pop(entry_id, None)
-        self.traces.let_go(forgotten)
 
     def _on_command(self, command: worker_pb2.CancelCommand) -> None:
         """A cancel pushed by the scheduler; commands for attempts we do not run are stale and ignored."""

@@ -131,7 +131,6 @@ async def test_one_trace_follows_a_task_from_the_clients_traceparent_through_eve
         SUBMIT: 1,
         "task.publish": 1,
         "task.queue_wait": 1,
-        "task.attempt": 1,
         "task.start": 1,
         "task.handler": 1,
         "task.finish": 1,
@@ -147,45 +146,55 @@ async def test_one_trace_follows_a_task_from_the_clients_traceparent_through_eve
     assert submit.attribute("rpc.grpc.status_code") == 0 and submit.attribute("rpc.system") == "grpc"
     (publish,) = named(spans, "task.publish")
     assert publish.parent_span_id == submit.span_id and publish.service == GATEWAY
-    # The worker: queue wait and the attempt under the submission, the handler under the attempt.
+    # Every step of the task is a child of the submission, in the issue's order: queue wait (worker), start
+    # (scheduler), handler (worker), finish (scheduler), each transition up to its change event's push.
     (wait,) = named(spans, "task.queue_wait")
-    (attempt,) = named(spans, "task.attempt")
-    (handler,) = named(spans, "task.handler")
-    assert {wait.service, attempt.service, handler.service} == {WORKER}
-    assert wait.parent_span_id == submit.span_id and attempt.parent_span_id == submit.span_id
-    assert handler.parent_span_id == attempt.span_id
-    assert wait.attribute("task.id") == task.id and attempt.attribute("task.outcome") == "succeeded"
-    assert wait.span.start_time_unix_nano <= wait.span.end_time_unix_nano <= handler.span.start_time_unix_nano
-    # The scheduler: start and finish under the worker's attempt, each from its batch's start to its change-event
-    # push, which follows the commit (an event).
     (start,) = named(spans, "task.start")
+    (handler,) = named(spans, "task.handler")
     (finish,) = named(spans, "task.finish")
-    assert {start.service, finish.service} == {SCHEDULER}
-    assert start.parent_span_id == attempt.span_id and finish.parent_span_id == attempt.span_id
+    assert {wait.service, handler.service} == {WORKER} and {start.service, finish.service} == {SCHEDULER}
+    steps = (wait, start, handler, finish)
+    assert all(step.parent_span_id == submit.span_id for step in steps), steps
+    assert [step.attribute("task.id") for step in steps] == [task.id] * 4
+    assert wait.attribute("task.kind") == handler.attribute("task.kind") == "sleep"
+    # One attempt: the handler says which, and the scheduler's start and finish name the same fence.
+    assert handler.attribute("task.attempt") == 1 and handler.attribute("task.reclaimed") is None
+    assert start.attribute("task.fence") == handler.attribute("task.fence") == finish.attribute("task.fence")
+    fence = handler.attribute("task.fence")
+    assert isinstance(fence, int) and fence > 0
     assert start.attribute("task.decision") == "run" and finish.attribute("task.accepted") is True
+    assert finish.attribute("task.outcome") == "succeeded"
+    assert start.attribute("worker.id") == finish.attribute("worker.id") == done.worker_id
     for transition in (start, finish):
         (committed,) = [e for e in transition.span.events if e.name == "committed"]
         assert transition.span.start_time_unix_nano <= committed.time_unix_nano <= transition.span.end_time_unix_nano
-    assert start.span.end_time_unix_nano <= handler.span.start_time_unix_nano
-    assert handler.span.end_time_unix_nano <= finish.span.start_time_unix_nano
+    ordered = [(s.span.start_time_unix_nano, s.span.end_time_unix_nano) for s in steps]
+    assert all(begin <= end for begin, end in ordered)
+    assert all(ordered[i][1] <= ordered[i + 1][0] for i in range(len(ordered) - 1)), ordered
     # Every span is in the client's trace and hangs from a span of it.
     assert all(s.parent_span_id in by_id or s is submit or s.service == EDGE for s in spans)
     assert all(s.instance for s in spans if s.service != EDGE)
     assert {s.instance for s in spans if s.service == WORKER} == {done.worker_id}
 
 
-async def test_each_attempt_of_a_retried_task_is_a_child_of_its_submission(
+async def test_every_step_of_each_attempt_of_a_retried_task_is_a_child_of_its_submission(
     traced: TracedStack, user: UserTasks
 ) -> None:
     traceparent, trace_id, _ = client_parent()
     task = await submit_traced(user, traceparent, "fail", max_attempts=2)
     done = await user.wait_for(task.id)
     assert done.status == S.TASK_STATUS_FAILED and done.attempt == 2
-    spans = await spans_of(traced.receiver, trace_id, {"task.attempt": 2, "task.finish": 2, "task.queue_wait": 2})
+    wanted = {"task.queue_wait": 2, "task.start": 2, "task.handler": 2, "task.finish": 2}
+    spans = await spans_of(traced.receiver, trace_id, wanted)
     (submit,) = named(spans, SUBMIT)
-    attempts = named(spans, "task.attempt")
-    assert {a.parent_span_id for a in attempts} == {submit.span_id}
-    assert sorted(a.attribute("task.attempt") for a in attempts) == [1, 2]  # type: ignore[type-var]
+    assert {s.parent_span_id for n in wanted for s in named(spans, n)} == {submit.span_id}
+    handlers = named(spans, "task.handler")
+    assert sorted(str(h.attribute("task.attempt")) for h in handlers) == ["1", "2"]
+    # Each attempt's start and finish name its fence; the second attempt's is another.
+    fences = {h.attribute("task.fence") for h in handlers}
+    assert len(fences) == 2
+    for name in ("task.start", "task.finish"):
+        assert {s.attribute("task.fence") for s in named(spans, name)} == fences, name
     assert {f.attribute("task.outcome") for f in named(spans, "task.finish")} == {"failed"}
 
 
@@ -200,12 +209,12 @@ async def test_a_task_whose_caller_did_not_sample_its_trace_gets_no_span_in_any_
     second = await submit_traced(user, traceparent)
     assert (await user.wait_for(second.id)).status == S.TASK_STATUS_SUCCEEDED
     # Each process exports its spans in the order they ended: the later task's all in, the earlier's would be.
-    wanted = {SUBMIT: 1, "task.queue_wait": 1, "task.attempt": 1, "task.handler": 1, "task.start": 1, "task.finish": 1}
+    wanted = {SUBMIT: 1, "task.queue_wait": 1, "task.handler": 1, "task.start": 1, "task.finish": 1}
     await spans_of(traced.receiver, trace_id, wanted)
     assert [s.name for s in traced.receiver.of_trace(unsampled_trace) if s.service != EDGE] == []
 
 
-async def test_a_delayed_tasks_attempt_is_a_child_of_its_submission(traced: TracedStack, user: UserTasks) -> None:
+async def test_a_delayed_tasks_steps_are_children_of_its_submission(traced: TracedStack, user: UserTasks) -> None:
     """The due publisher's dispatch entry carries the submission's traceparent, as the gateway's would have."""
     traceparent, trace_id, _ = client_parent()
     request = scheduler_pb2.SubmitTaskRequest(
@@ -215,10 +224,10 @@ async def test_a_delayed_tasks_attempt_is_a_child_of_its_submission(traced: Trac
     (task,) = (await user.stub.SubmitTask(request, metadata=metadata)).tasks
     assert task.status == S.TASK_STATUS_SCHEDULED
     assert (await user.wait_for(task.id)).status == S.TASK_STATUS_SUCCEEDED
-    spans = await spans_of(traced.receiver, trace_id, {SUBMIT: 1, "task.attempt": 1, "task.queue_wait": 1})
+    wanted = {SUBMIT: 1, "task.queue_wait": 1, "task.start": 1, "task.handler": 1, "task.finish": 1}
+    spans = await spans_of(traced.receiver, trace_id, wanted)
     (submit,) = named(spans, SUBMIT)
-    (attempt,) = named(spans, "task.attempt")
-    assert attempt.parent_span_id == submit.span_id
+    assert {s.parent_span_id for n in wanted if n != SUBMIT for s in named(spans, n)} == {submit.span_id}
 
 
 @pytest.mark.parametrize(
@@ -256,10 +265,10 @@ async def test_the_sdk_sends_the_callers_trace_context_when_a_span_is_current(tr
         with trace.use_span(current):
             (task,) = await sdk.submit("sdk traced")
         (untraced,) = await sdk.submit("sdk untraced")
-    (submit,) = named(await spans_of(traced.receiver, trace_id, {SUBMIT: 1, "task.attempt": 1}), SUBMIT)
+    (submit,) = named(await spans_of(traced.receiver, trace_id, {SUBMIT: 1, "task.handler": 1}), SUBMIT)
     (edge,) = await eventually(lambda: _edge_spans(traced.receiver, trace_id), timeout_s=20, message="Envoy's span")
     assert edge.parent_span_id == span_id and submit.parent_span_id == edge.span_id
-    assert {s.attribute("task.id") for s in named(traced.receiver.of_trace(trace_id), "task.attempt")} == {task.id}
+    assert {s.attribute("task.id") for s in named(traced.receiver.of_trace(trace_id), "task.handler")} == {task.id}
     assert untraced.id != task.id
 
 

@@ -8,17 +8,23 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as library_encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.trace.v1.trace_pb2 import Status
+from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Status
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.util.types import AttributeValue
 
-from services.core import span_wire
-from services.core.span_encoding import encode_request, encode_spans
+from resilienttask.worker.v1 import worker_pb2
+from services.core import span_wire, tracing
+from services.core.dispatch import DispatchEntry
+from services.core.span_encoding import SpanExporter, encode_request, encode_spans
 from services.core.task_spans import Recorder, TaskSpan
+from services.scheduler import tracing as scheduler_tracing
+from services.worker import tracing as worker_tracing
+from services.worker.consumer import Delivery
 
 REMOTE = trace.SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, True, trace.TraceFlags(1))
 
@@ -168,4 +174,213 @@ def test_a_task_span_with_a_value_the_wire_does_not_write_goes_through_the_finis
         "task.attempt",
         "/pkg.Service/Method",
         "/pkg.Service/Method",
+    ]
+
+
+# Task ids of the lengths span_wire writes differently: a UUID (every length one byte), an empty one, and one whose
+# field is too long for that (written the general way).
+TASK_IDS = ("0b2f6e4e-8d0c-4a39-9c1b-2f1f4c1e9a77", "", "t" * 120)
+
+
+def test_a_batchs_shared_spans_on_the_wire_are_what_their_finished_spans_encode_to(
+    finished: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    """span_wire.SharedSpans: what a batch's spans share written once, each span its ids and own attributes."""
+    provider, _ = finished
+    scope = InstrumentationScope("resilienttask")
+    recorder = Recorder(SimpleSpanProcessor(InMemorySpanExporter()), provider.resource, scope, provider.id_generator)
+    shared = {"worker.id": "w-1", "task.outcome": "succeeded", "task.accepted": True, "ratio": 0.5}
+    committed: list[tuple[str, int, None]] = [("committed", 1_500, None)]
+    error = "Unavailable('é')"
+    # (name, writer, shared attributes, events, error, whether each span has its own times)
+    batches = [
+        (
+            "task.finish",
+            span_wire.SharedSpans("task.finish", shared, committed, times=(1_000, 2_000)),
+            shared,
+            committed,
+            "",
+            False,
+        ),
+        ("task.start", span_wire.SharedSpans("task.start", {}, (), error, (1_000, 2_000)), {}, [], error, False),
+        (
+            "task.queue_wait",
+            span_wire.SharedSpans("task.queue_wait", {"task.kind": "sleep"}),
+            {"task.kind": "sleep"},
+            [],
+            "",
+            True,
+        ),
+    ]
+    encoded: list[bytes] = []
+    expected: list[TaskSpan] = []
+    span_id = 100
+    for name, writer, attributes, events, status, own_times in batches:
+        for trace_id, parent_span_id in ((REMOTE.trace_id, REMOTE.span_id), (2**128 - 1, 2**64 - 1)):
+            for task_id, fence in zip(TASK_IDS, (2**40, 7, 0), strict=True):
+                span_id += 1
+                start_ns, end_ns = (3_000 + span_id, 2**63 + span_id) if own_times else (1_000, 2_000)
+                own = span_wire.times(start_ns, end_ns) if own_times else b""
+                own += span_wire.attribute("task.id", task_id)
+                if fence:
+                    own += span_wire.attribute("task.fence", fence)
+                encoded.append(writer.span(trace_id, span_id, parent_span_id, own))
+                values: dict[str, AttributeValue] = {**attributes, "task.id": task_id}
+                if fence:
+                    values["task.fence"] = fence
+                span = TaskSpan(recorder, name, trace_id, span_id, parent_span_id, 1, True, start_ns, values)
+                span.events = list(events) or None
+                span.error = status
+                span.end_ns = end_ns
+                expected.append(span)
+    ours = ExportTraceServiceRequest.FromString(span_wire.request(recorder.framing, encoded))
+    assert ours == encode_spans([span.readable() for span in expected])
+    assert ours == _without_empty_status(library_encode_spans([span.readable() for span in expected]))
+    # Each span alone is what the span-by-span encoder writes for the same TaskSpan (an element of ScopeSpans.spans).
+    one_by_one = [span_wire.encoded(span) for span in expected]
+    assert [ScopeSpans.FromString(one) for one in encoded] == [ScopeSpans.FromString(one) for one in one_by_one]  # type: ignore[arg-type]
+
+
+def _queued(processor: BatchSpanProcessor) -> list[bytes]:
+    return list(reversed(processor._batch_processor._queue))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("shared_bytes", [True, False], ids=["shared-bytes", "task-spans"])
+def test_the_schedulers_spans_of_a_batch(
+    finished: tuple[TracerProvider, InMemorySpanExporter], monkeypatch: pytest.MonkeyPatch, shared_bytes: bool
+) -> None:
+    """services.scheduler.tracing: one span per traced item, a child of the item's traceparent (a sampled one), with
+    the batch's times, its own task id and fence; the same spans whether written from a batch's shared bytes (our
+    exporter's queue) or one TaskSpan each (any other processor)."""
+    provider, memory = finished
+    scope = InstrumentationScope("resilienttask")
+    if shared_bytes:
+        processor: SpanProcessor = BatchSpanProcessor(
+            SpanExporter(endpoint="http://127.0.0.1:9"), schedule_delay_millis=600_000
+        )
+    else:
+        processor = SimpleSpanProcessor(memory)
+    recorder = Recorder(processor, provider.resource, scope, provider.id_generator)
+    monkeypatch.setattr(tracing, "_recorder", recorder)
+    parent = f"00-{REMOTE.trace_id:032x}-{REMOTE.span_id:016x}-01"
+    unsampled = f"00-{REMOTE.trace_id:032x}-{REMOTE.span_id:016x}-00"
+    finishes = [
+        worker_pb2.FinishItem(task=worker_pb2.HeldTask(task_id=TASK_IDS[0], fence=9), outcome=1, trace_parent=parent),
+        worker_pb2.FinishItem(task=worker_pb2.HeldTask(task_id="b", fence=3), outcome=2, trace_parent=parent),
+        worker_pb2.FinishItem(task=worker_pb2.HeldTask(task_id="c", fence=4), outcome=1, trace_parent=unsampled),
+        worker_pb2.FinishItem(task=worker_pb2.HeldTask(task_id="d", fence=5), outcome=1),
+        worker_pb2.FinishItem(task=worker_pb2.HeldTask(task_id="e", fence=6), outcome=1, trace_parent="garbage"),
+    ]
+    verdicts = [
+        worker_pb2.FinishResult(accepted=True),
+        worker_pb2.FinishResult(accepted=False, reason="superseded"),
+        *[worker_pb2.FinishResult(accepted=True)] * 3,
+    ]
+    starts = [
+        worker_pb2.StartItem(task_id="f", trace_parent=parent),
+        worker_pb2.StartItem(task_id="g", trace_parent=parent),
+    ]
+    results = [
+        worker_pb2.StartResult(task_id="f", decision=worker_pb2.START_DECISION_RUN, fence=11),
+        worker_pb2.StartResult(task_id="g", decision=worker_pb2.START_DECISION_SKIP, reason="cancelled"),
+    ]
+    try:
+        scheduler_tracing.record_work(
+            "w-1", finishes, verdicts, starts, results, scheduler_tracing.BatchTimes(10, 20, 30)
+        )
+        scheduler_tracing.record_failure("w-1", finishes[:1], starts[:1], scheduler_tracing.BatchTimes(40, 50, 50), "E")
+        if shared_bytes:
+            assert isinstance(processor, BatchSpanProcessor)
+            queued = _queued(processor)
+            processor._batch_processor._queue.clear()  # type: ignore[attr-defined]  # nothing to send at shutdown
+            assert all(type(one) is bytes for one in queued)
+            request = ExportTraceServiceRequest.FromString(span_wire.request(recorder.framing, queued))
+        else:
+            spans = list(memory.get_finished_spans())
+            assert all(type(one) is TaskSpan for one in spans)
+            request = ExportTraceServiceRequest.FromString(span_wire.encode(spans))  # type: ignore[arg-type]
+    finally:
+        processor.shutdown()
+    got = [
+        (
+            s.name,
+            s.parent_span_id.hex(),
+            s.start_time_unix_nano,
+            s.end_time_unix_nano,
+            [(e.name, e.time_unix_nano) for e in s.events],
+            s.status.message,
+            {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in s.attributes},
+        )
+        for s in request.resource_spans[0].scope_spans[0].spans
+    ]
+    assert {s.trace_id for s in request.resource_spans[0].scope_spans[0].spans} == {REMOTE.trace_id.to_bytes(16, "big")}
+    assert len({s.span_id for s in request.resource_spans[0].scope_spans[0].spans}) == len(got) == 6
+    remote = f"{REMOTE.span_id:016x}"
+    ran, failed = (10, 30, [("committed", 20)], ""), (40, 50, [], "E")
+    finished_ok = {"task.outcome": "succeeded", "task.accepted": True, "task.id": TASK_IDS[0], "task.fence": 9}
+    refused = {"task.outcome": "failed", "task.accepted": False, "task.refused": "superseded", "task.id": "b"}
+    assert got == [
+        ("task.finish", remote, *ran, {"worker.id": "w-1", **finished_ok}),
+        ("task.finish", remote, *ran, {"worker.id": "w-1", **refused, "task.fence": 3}),
+        ("task.start", remote, *ran, {"worker.id": "w-1", "task.decision": "run", "task.id": "f", "task.fence": 11}),
+        (
+            "task.start",
+            remote,
+            *ran,
+            {"worker.id": "w-1", "task.decision": "skip", "task.reason": "cancelled", "task.id": "g"},
+        ),
+        ("task.finish", remote, *failed, {"worker.id": "w-1", "task.id": TASK_IDS[0], "task.fence": 9}),
+        ("task.start", remote, *failed, {"worker.id": "w-1", "task.id": "f"}),
+    ]
+
+
+@pytest.mark.parametrize("shared_bytes", [True, False], ids=["shared-bytes", "task-spans"])
+def test_the_workers_queue_waits_of_a_read(
+    finished: tuple[TracerProvider, InMemorySpanExporter], monkeypatch: pytest.MonkeyPatch, shared_bytes: bool
+) -> None:
+    """services.worker.tracing.queue_waits: a span per fresh entry of a sampled submission, from the time in its
+    stream id to the read, the same on both recording paths; none for a reclaimed entry or an unsampled trace."""
+    provider, memory = finished
+    scope = InstrumentationScope("resilienttask")
+    if shared_bytes:
+        exporter = SpanExporter(endpoint="http://127.0.0.1:9")
+        processor: SpanProcessor = BatchSpanProcessor(exporter, schedule_delay_millis=600_000)
+    else:
+        processor = SimpleSpanProcessor(memory)
+    recorder = Recorder(processor, provider.resource, scope, provider.id_generator)
+    monkeypatch.setattr(tracing, "_recorder", recorder)
+    parent = f"00-{REMOTE.trace_id:032x}-{REMOTE.span_id:016x}-01"
+    unsampled = f"00-{REMOTE.trace_id:032x}-{REMOTE.span_id:016x}-00"
+    deliveries = [
+        Delivery("sleep:1700000000123-0", DispatchEntry(TASK_IDS[0], "d", "sleep", parent)),
+        Delivery("fail:p3:1700000000456-1", DispatchEntry("b", "d", "fail", parent)),
+        Delivery("sleep:1700000000789-2", DispatchEntry("c", "d", "sleep", parent)),
+        Delivery("sleep:1700000000999-3", DispatchEntry("r", "d", "sleep", parent), reclaimed=True),
+        Delivery("sleep:1700000000999-4", DispatchEntry("u", "d", "sleep", unsampled)),
+        Delivery("sleep:1700000000999-5", DispatchEntry("n", "d", "sleep")),
+    ]
+    try:
+        worker_tracing.queue_waits(deliveries)
+        if shared_bytes:
+            assert isinstance(processor, BatchSpanProcessor)
+            queued = _queued(processor)
+            processor._batch_processor._queue.clear()  # type: ignore[attr-defined]  # nothing to send at shutdown
+            assert all(type(one) is bytes for one in queued)
+            request = ExportTraceServiceRequest.FromString(span_wire.request(recorder.framing, queued))
+        else:
+            spans = list(memory.get_finished_spans())
+            assert all(type(one) is TaskSpan for one in spans)
+            request = ExportTraceServiceRequest.FromString(span_wire.encode(spans))  # type: ignore[arg-type]
+    finally:
+        processor.shutdown()
+    got = request.resource_spans[0].scope_spans[0].spans
+    assert {s.name for s in got} == {"task.queue_wait"} and {s.trace_id for s in got} == {REMOTE.trace_id.to_bytes(16)}
+    assert {s.parent_span_id for s in got} == {REMOTE.span_id.to_bytes(8)} and len({s.span_id for s in got}) == 3
+    assert [s.start_time_unix_nano // 1_000_000 for s in got] == [1700000000123, 1700000000456, 1700000000789]
+    assert len({s.end_time_unix_nano for s in got}) == 1 and got[0].end_time_unix_nano > got[0].start_time_unix_nano
+    attributes = [{a.key: a.value.string_value for a in s.attributes} for s in got]
+    assert attributes == [
+        {"task.kind": "sleep", "task.id": TASK_IDS[0]},
+        {"task.kind": "fail", "task.id": "b"},
+        {"task.kind": "sleep", "task.id": "c"},
     ]
