@@ -588,7 +588,8 @@ class Worker:
         if result.task.status == task_pb2.TASK_STATUS_CANCELLING:
             # A start resumed after its answer was lost, the task cancelled meanwhile (the cancel found no stream
             # to us): its handler never ran here, and need not start only to be stopped.
-            self._report(key, delivery.entry_id, AttemptOutcome(worker_pb2.OUTCOME_CANCELLED, NOT_STARTED), spec.kind)
+            outcome = AttemptOutcome(worker_pb2.OUTCOME_CANCELLED, NOT_STARTED)
+            self._report(key, delivery.entry_id, outcome, spec.kind, task_traces.sampled_parent(delivery))
             return
         if handler is None:
             outcome = AttemptOutcome(
