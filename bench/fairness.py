@@ -214,13 +214,18 @@ async def measure(
             results["off"] = await fairness(ours, sizes, OFF, sizes.off_probes, sizes.off_wait_s)
             print("off:", results["off"], flush=True)
         cost: dict[str, list[float]] = {side: [] for side in sides}
+        # Each drain in the order run: (round, side, one-minute load average at its start, tasks/s).
+        ran: list[tuple[int, str, float, float]] = []
         for index in range(rounds):
             # The A/B every round, alternated; the parts (when asked for) once, in the first round.
             this_round = sides if index == 0 else ("on", "off")
             for side in this_round if index % 2 == 0 else tuple(reversed(this_round)):
+                load = round(os.getloadavg()[0], 2)
                 cost[side].append(await drain(ours, sizes, side))
-                print(f"-- round {index + 1}, {side}: {cost[side][-1]} tasks/s", flush=True)
+                ran.append((index + 1, side, load, cost[side][-1]))
+                print(f"-- round {index + 1}, {side} (load {load}): {cost[side][-1]} tasks/s", flush=True)
         results["cost"] = cost
+        results["ran"] = ran
         return results
     finally:
         await ours.close()
@@ -286,6 +291,12 @@ def document(meta: dict[str, Any], results: dict[str, Any]) -> str:
                 if cost.get(side)
             ),
             "",
+            "Each drain as run (round, side: load average at its start, tasks/s), and each round's on ÷ off: "
+            + "; ".join(f"{r} {side}: {load:g}, {rate:g}" for r, side, load, rate in results.get("ran", []))
+            + ". Rounds' on ÷ off: "
+            + ", ".join(f"{on / off:.2f}" for on, off in zip(cost["on"], cost["off"], strict=True))
+            + ".",
+            "",
             *READING,
         ]
     )
@@ -294,10 +305,12 @@ def document(meta: dict[str, Any], results: dict[str, Any]) -> str:
 READING = [
     (
         "Reading the cost: each part alone is compared with the same round's off, the whole A/B with the off "
-        "rounds' median. **Priorities** cost up to two empty non-blocking reads per worker read (the levels above "
-        "the work). **The fair share**, for a user alone in the pool, costs the surplus lanes: what it submits "
-        "beyond (1 + headroom) x the slots goes to each level's surplus lane instead of waiting held, and a worker's "
-        "read takes one more empty non-blocking read per level it passes (the share lane before the surplus lane); "
+        "rounds' median. **Priorities** and **the surplus lanes** cost a worker's read no round trip: it takes the "
+        "levels most urgent first, each level's share lane before its surplus lane, in one call of a Valkey function "
+        "(services/core/dispatch_functions.py) however many empty lanes it passes, and what is left is the "
+        "function's own empty XREADGROUPs inside Valkey. **The fair share**, for a user alone in the pool, costs "
+        "the surplus lanes: what it submits beyond (1 + headroom) x the slots goes to each level's surplus lane "
+        "instead of waiting held; "
         "with other users active, a user beyond its fair cap waits held in PostgreSQL and follows the release path "
         "(each end releases the next held task in its own statement, and the scheduler's publish sweep, woken by "
         "NOTIFY, sends it to its stream), which this drain of one user does not measure. **The gates** (a "
