@@ -273,7 +273,11 @@ class DispatchConsumer:
                     found = read_reply_pairs(reply)
                 elif isinstance(reply, ResponseError) and is_unavailable(reply):
                     self._function.unavailable(reply)
-                    found = await self._read_lanes(slot_lanes[i], per_slot, [], 1)
+                    try:
+                        found = await self._read_lanes(slot_lanes[i], per_slot, [], 1)
+                    except (RedisError, OSError) as exc:  # as any other slot's error: what was read is kept
+                        error = error or exc
+                        continue
                 else:
                     error = error or reply
                     continue

@@ -459,6 +459,8 @@ class Worker:
         """Give entries we cannot start (no scheduler answers us) to whichever worker reclaims next."""
         entry_ids = [d.entry_id for d in deliveries]
         self._forget(entry_ids)
+        # Their slots are free: a consumer waiting for one (every slot was taken by them) reads again.
+        self._slot_freed.set()
         try:
             await self.consumer.release(entry_ids, self.config.reclaim_idle_ms)
             log.warning("no scheduler in contact; entries released", extra={"entries": len(entry_ids)})
@@ -520,11 +522,14 @@ class Worker:
         taken, self.unanswered = list(self.unanswered.values()), {}
         return taken
 
-    def _unanswered_to_refresh(self) -> list[str]:
-        """The unanswered entries whose refresh still counts: one past its fence deadline may have been reclaimed by
-        another worker, and a refresh (an XCLAIM) would take it back from it."""
+    def _asked_to_refresh(self) -> list[str]:
+        """The entries asked about and not yet decided (in a start request now, or unanswered) whose refresh still
+        counts: kept ours while the scheduler decides, however long its answer takes (a call that times out leaves
+        them unanswered, to be asked about again, not past their fence deadline). One past its fence deadline may
+        have been reclaimed by another worker, and a refresh (an XCLAIM) would take it back from it."""
         now = time.monotonic()
-        return [e for e in self.unanswered if now < self.refreshed_at.get(e, 0.0) + self._fence_after_s]
+        fence_after_s = self._fence_after_s
+        return [e for e in (*self.offering, *self.unanswered) if now < self.refreshed_at.get(e, 0.0) + fence_after_s]
 
     def _let_go_unrefreshed(self) -> None:
         """Forget the unanswered entries past their fence deadline (Redis did not take their refresh in time): they may
@@ -697,7 +702,7 @@ class Worker:
         await self.link.heartbeat([held(key) for key, _ in holding], self._drain_state())
         if not self._may_refresh() or (self._refreshing is not None and not self._refreshing.done()):
             return
-        entry_ids = [entry_id for _, entry_id in holding] + self._unanswered_to_refresh()
+        entry_ids = [entry_id for _, entry_id in holding] + self._asked_to_refresh()
         self._refreshing = asyncio.create_task(self._refresh(entry_ids), name="refresh")
 
     def _may_refresh(self) -> bool:

@@ -281,3 +281,39 @@ async def test_a_lost_start_cancelled_meanwhile_ends_cancelled_without_running(p
     assert "before its handler started" in task["error"], task["error"]
     assert _runs(task_id) == [], "the handler never ran"
     assert await _started(pair, task_id) == [(1, a.worker.config.worker_id)]
+
+
+async def test_a_worker_whose_every_slot_went_unanswered_reads_again_after_the_outage(pair: Pair) -> None:
+    """A's one slot holds an entry whose start answer was lost; no scheduler answers within the outage grace, so
+    A hands the entry back. Its slot is free again: once a scheduler answers, A takes work again (the entry it gave
+    back, resumed, and a new task), rather than wait forever for a slot that nothing announces."""
+    await ensure_dispatch_groups(pair.iso.redis, [once_handler.KIND])
+    a = await pair.node("worker-a", proxied=True, slots=1, outage_grace_ms=1500, **LOST_REPLY_TIMINGS)
+    to_scheduler = a.proxies[1]
+    to_scheduler.stall(replies_only=True)
+    (row,) = await submit(pair.iso, kind=once_handler.KIND, max_attempts=1)
+    first = str(row["id"])
+
+    async def started_on_a() -> bool:
+        task = await pair.iso.pool.fetchrow("SELECT status, worker_id FROM tasks WHERE id = $1", first)
+        assert task is not None
+        return (task["status"], task["worker_id"]) == (RUNNING, a.worker.config.worker_id)
+
+    await eventually(started_on_a, message="the scheduler committed attempt 1 on A")
+    await to_scheduler.cut()
+    await eventually(lambda: _value(not a.worker.connected), message="A lost contact")
+    await eventually(
+        lambda: _value(not a.worker.unanswered and not a.worker.offering), message="A handed its entry back"
+    )
+    assert a.worker.free_slots == 1
+    to_scheduler.resume()
+    await to_scheduler.start()
+    (row,) = await submit(pair.iso, kind=once_handler.KIND, max_attempts=1)
+    second = str(row["id"])
+
+    async def both_succeeded() -> bool:
+        statuses = await pair.iso.pool.fetch("SELECT status FROM tasks WHERE id = ANY($1::uuid[])", [first, second])
+        return [s["status"] for s in statuses] == [SUCCEEDED, SUCCEEDED]
+
+    await eventually(both_succeeded, timeout_s=30, message="A ran both tasks")
+    assert _runs(first) == [(first, 1)] and _runs(second) == [(second, 1)], "each handler ran once"
