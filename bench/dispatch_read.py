@@ -23,9 +23,8 @@ from pathlib import Path
 from services.core.config import RedisConfig
 from services.core.dispatch import DispatchEntry, ensure_dispatch_groups, publish
 from services.core.redis_client import create_redis
-from services.stack.embedded import valkey_process, wait_for_port
-from services.stack.ports import free_port
-from services.stack.redis_users import RedisLogin, load_functions, logins, password_files, write_acl_file
+from services.stack.embedded import valkey_with_users
+from services.stack.redis_users import RedisLogin, load_functions
 from services.worker.consumer import AGING_EVERY_READS, DispatchConsumer
 
 KIND = "bench"
@@ -88,24 +87,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reads", type=int, default=2000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="rtask-bench-read-") as folder:
-        data = Path(folder)
-        files = password_files(data)
-        port = free_port()
-        valkey = valkey_process(data, port, log_dir=data, echo=None, acl_file=write_acl_file(data, files))
-        valkey.start()
-        try:
-            wait_for_port(valkey, port)
-            access = logins(files, "127.0.0.1", port)
-            assert access.admin is not None
-            load_functions(access.admin)
-            print(
-                f"bench.dispatch_read: {args.reads} reads of {ENTRIES_PER_READ} entries, load average {os.getloadavg()}"
-            )
-            asyncio.run(_run(access.admin, access.worker, args.reads))
-            print(f"load average after: {os.getloadavg()}")
-        finally:
-            valkey.stop()
+    with (
+        tempfile.TemporaryDirectory(prefix="rtask-bench-read-") as folder,
+        valkey_with_users(Path(folder)) as (_, access),
+    ):
+        assert access.admin is not None
+        load_functions(access.admin)
+        print(f"bench.dispatch_read: {args.reads} reads of {ENTRIES_PER_READ} entries, load average {os.getloadavg()}")
+        asyncio.run(_run(access.admin, access.worker, args.reads))
+        print(f"load average after: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ import pwd
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from services.stack.ports import port_is_open
+from services.stack.ports import free_port, port_is_open
 from services.stack.processes import ManagedProcess
+from services.stack.redis_users import RedisAccess, logins, password_files, write_acl_file
 
 # PostgreSQL refuses to run as root; the stack runs it as this system user when started by root.
 POSTGRES_SYSTEM_USER = "rtask-postgres"
@@ -228,3 +230,18 @@ def wait_for_postgres(proc: ManagedProcess, port: int, timeout_s: float = 60.0) 
             return
         time.sleep(0.05)
     raise TimeoutError(f"{proc.name} did not accept connections within {timeout_s}s")
+
+
+@contextmanager
+def valkey_with_users(data_dir: Path) -> Iterator[tuple[ManagedProcess, RedisAccess]]:
+    """A Valkey of its own on a free port whose only way in is the roles' users (their passwords in files under
+    data_dir): for a benchmark or test that needs the real ACL without a whole stack. Stopped on exit."""
+    files = password_files(data_dir)
+    port = free_port()
+    process = valkey_process(data_dir, port, log_dir=data_dir, echo=None, acl_file=write_acl_file(data_dir, files))
+    process.start()
+    try:
+        wait_for_port(process, port)
+        yield process, logins(files, "127.0.0.1", port)
+    finally:
+        process.stop()

@@ -21,10 +21,9 @@ from services.core.config import RedisConfig
 from services.core.dispatch import DispatchEntry, ensure_dispatch_groups, publish
 from services.core.dispatch_functions import LIBRARY_CODE
 from services.core.redis_client import create_redis
-from services.stack.embedded import valkey_process, wait_for_port
-from services.stack.ports import free_port
+from services.stack.embedded import valkey_with_users
 from services.stack.processes import ManagedProcess
-from services.stack.redis_users import RedisLogin, logins, password_files, write_acl_file
+from services.stack.redis_users import RedisLogin
 from services.worker import consumer as consumer_module
 from services.worker.consumer import AGING_EVERY_READS, DispatchConsumer
 from tests.unit.dispatch_streams import KIND
@@ -48,17 +47,9 @@ class Private:
 @pytest.fixture(scope="module")
 def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private]:
     folder: Path = tmp_path_factory.mktemp("valkey-functions")
-    files = password_files(folder)
-    port = free_port()
-    process = valkey_process(folder, port, log_dir=folder, echo=None, acl_file=write_acl_file(folder, files))
-    process.start()
-    try:
-        wait_for_port(process, port)
-        access = logins(files, "127.0.0.1", port)
+    with valkey_with_users(folder) as (process, access):
         assert access.admin is not None
         yield Private(access.admin, access.worker, process)
-    finally:
-        process.stop()
 
 
 @pytest.fixture

@@ -245,6 +245,41 @@ def _queued(processor: BatchSpanProcessor) -> list[bytes]:
     return list(reversed(processor._batch_processor._queue))  # type: ignore[attr-defined]
 
 
+def _task_recorder(
+    finished: tuple[TracerProvider, InMemorySpanExporter], monkeypatch: pytest.MonkeyPatch, shared_bytes: bool
+) -> Recorder:
+    """The process's task-span recorder for a test: spans written as bytes into a batch processor's queue (never
+    exported), or handed as TaskSpans to the in-memory exporter."""
+    provider, memory = finished
+    if shared_bytes:
+        processor: SpanProcessor = BatchSpanProcessor(
+            SpanExporter(endpoint="http://127.0.0.1:9"), schedule_delay_millis=600_000
+        )
+    else:
+        processor = SimpleSpanProcessor(memory)
+    recorder = Recorder(processor, provider.resource, InstrumentationScope("resilienttask"), provider.id_generator)
+    monkeypatch.setattr(tracing, "_recorder", recorder)
+    return recorder
+
+
+def _recorded(recorder: Recorder, memory: InMemorySpanExporter, shared_bytes: bool) -> ExportTraceServiceRequest:
+    """What the recorder was handed, as the export request it would make (bytes on one path, TaskSpans on the
+    other); the processor is shut down with nothing left to send."""
+    processor = recorder.processor
+    try:
+        if shared_bytes:
+            assert isinstance(processor, BatchSpanProcessor)
+            queued = _queued(processor)
+            processor._batch_processor._queue.clear()  # type: ignore[attr-defined]  # nothing to send at shutdown
+            assert all(type(one) is bytes for one in queued)
+            return ExportTraceServiceRequest.FromString(span_wire.request(recorder.framing, queued))
+        spans = list(memory.get_finished_spans())
+        assert all(type(one) is TaskSpan for one in spans)
+        return ExportTraceServiceRequest.FromString(span_wire.encode(spans))  # type: ignore[arg-type]
+    finally:
+        processor.shutdown()
+
+
 @pytest.mark.parametrize("shared_bytes", [True, False], ids=["shared-bytes", "task-spans"])
 def test_the_schedulers_spans_of_a_batch(
     finished: tuple[TracerProvider, InMemorySpanExporter], monkeypatch: pytest.MonkeyPatch, shared_bytes: bool
@@ -252,16 +287,7 @@ def test_the_schedulers_spans_of_a_batch(
     """services.scheduler.tracing: one span per traced item, a child of the item's traceparent (a sampled one), with
     the batch's times, its own task id and fence; the same spans whether written from a batch's shared bytes (our
     exporter's queue) or one TaskSpan each (any other processor)."""
-    provider, memory = finished
-    scope = InstrumentationScope("resilienttask")
-    if shared_bytes:
-        processor: SpanProcessor = BatchSpanProcessor(
-            SpanExporter(endpoint="http://127.0.0.1:9"), schedule_delay_millis=600_000
-        )
-    else:
-        processor = SimpleSpanProcessor(memory)
-    recorder = Recorder(processor, provider.resource, scope, provider.id_generator)
-    monkeypatch.setattr(tracing, "_recorder", recorder)
+    recorder = _task_recorder(finished, monkeypatch, shared_bytes)
     parent = f"00-{REMOTE.trace_id:032x}-{REMOTE.span_id:016x}-01"
     unsampled = f"00-{REMOTE.trace_id:032x}-{REMOTE.span_id:016x}-00"
     finishes = [
@@ -284,23 +310,9 @@ def test_the_schedulers_spans_of_a_batch(
         worker_pb2.StartResult(task_id="f", decision=worker_pb2.START_DECISION_RUN, fence=11),
         worker_pb2.StartResult(task_id="g", decision=worker_pb2.START_DECISION_SKIP, reason="cancelled"),
     ]
-    try:
-        scheduler_tracing.record_work(
-            "w-1", finishes, verdicts, starts, results, scheduler_tracing.BatchTimes(10, 20, 30)
-        )
-        scheduler_tracing.record_failure("w-1", finishes[:1], starts[:1], scheduler_tracing.BatchTimes(40, 50, 50), "E")
-        if shared_bytes:
-            assert isinstance(processor, BatchSpanProcessor)
-            queued = _queued(processor)
-            processor._batch_processor._queue.clear()  # type: ignore[attr-defined]  # nothing to send at shutdown
-            assert all(type(one) is bytes for one in queued)
-            request = ExportTraceServiceRequest.FromString(span_wire.request(recorder.framing, queued))
-        else:
-            spans = list(memory.get_finished_spans())
-            assert all(type(one) is TaskSpan for one in spans)
-            request = ExportTraceServiceRequest.FromString(span_wire.encode(spans))  # type: ignore[arg-type]
-    finally:
-        processor.shutdown()
+    scheduler_tracing.record_work("w-1", finishes, verdicts, starts, results, scheduler_tracing.BatchTimes(10, 20, 30))
+    scheduler_tracing.record_failure("w-1", finishes[:1], starts[:1], scheduler_tracing.BatchTimes(40, 50, 50), "E")
+    request = _recorded(recorder, finished[1], shared_bytes)
     got = [
         (
             s.name,
@@ -340,15 +352,7 @@ def test_the_workers_queue_waits_of_a_read(
 ) -> None:
     """services.worker.tracing.queue_waits: a span per fresh entry of a sampled submission, from the time in its
     stream id to the read, the same on both recording paths; none for a reclaimed entry or an unsampled trace."""
-    provider, memory = finished
-    scope = InstrumentationScope("resilienttask")
-    if shared_bytes:
-        exporter = SpanExporter(endpoint="http://127.0.0.1:9")
-        processor: SpanProcessor = BatchSpanProcessor(exporter, schedule_delay_millis=600_000)
-    else:
-        processor = SimpleSpanProcessor(memory)
-    recorder = Recorder(processor, provider.resource, scope, provider.id_generator)
-    monkeypatch.setattr(tracing, "_recorder", recorder)
+    recorder = _task_recorder(finished, monkeypatch, shared_bytes)
     parent = f"00-{REMOTE.trace_id:032x}-{REMOTE.span_id:016x}-01"
     unsampled = f"00-{REMOTE.trace_id:032x}-{REMOTE.span_id:016x}-00"
     deliveries = [
@@ -359,20 +363,8 @@ def test_the_workers_queue_waits_of_a_read(
         Delivery("sleep:1700000000999-4", DispatchEntry("u", "d", "sleep", unsampled)),
         Delivery("sleep:1700000000999-5", DispatchEntry("n", "d", "sleep")),
     ]
-    try:
-        worker_tracing.queue_waits(deliveries)
-        if shared_bytes:
-            assert isinstance(processor, BatchSpanProcessor)
-            queued = _queued(processor)
-            processor._batch_processor._queue.clear()  # type: ignore[attr-defined]  # nothing to send at shutdown
-            assert all(type(one) is bytes for one in queued)
-            request = ExportTraceServiceRequest.FromString(span_wire.request(recorder.framing, queued))
-        else:
-            spans = list(memory.get_finished_spans())
-            assert all(type(one) is TaskSpan for one in spans)
-            request = ExportTraceServiceRequest.FromString(span_wire.encode(spans))  # type: ignore[arg-type]
-    finally:
-        processor.shutdown()
+    worker_tracing.queue_waits(deliveries)
+    request = _recorded(recorder, finished[1], shared_bytes)
     got = request.resource_spans[0].scope_spans[0].spans
     assert {s.name for s in got} == {"task.queue_wait"} and {s.trace_id for s in got} == {REMOTE.trace_id.to_bytes(16)}
     assert {s.parent_span_id for s in got} == {REMOTE.span_id.to_bytes(8)} and len({s.span_id for s in got}) == 3
