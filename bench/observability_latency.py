@@ -107,7 +107,9 @@ def main() -> None:
                 line = []
                 for k, figure in enumerate(FIGURES):
                     p50 = {side: spread([s[k] for s in samples[side]])[0] for side in SIDES}
-                    line.append(f"{figure} p50 on {p50['on']:.2f} off {p50['off']:.2f} ({p50['on'] / p50['off'] - 1:+.1%})")
+                    line.append(
+                        f"{figure} p50 on {p50['on']:.2f} off {p50['off']:.2f} ({p50['on'] / p50['off'] - 1:+.1%})"
+                    )
                 print(f"round {index + 1}: " + "; ".join(line) + f"; {counter.spans} spans received", flush=True)
         finally:
             await server.stop(grace=1)

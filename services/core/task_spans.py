@@ -136,14 +136,20 @@ class Recorder:
         return framing(self.resource, self.scope)
 
     def start(
-        self, name: str, parent: RemoteParent, start_ns: int, attributes: dict[str, AttributeValue] | None = None
+        self,
+        name: str,
+        parent: RemoteParent,
+        start_ns: int,
+        attributes: dict[str, AttributeValue] | None = None,
+        remote: bool = True,
     ) -> TaskSpan | None:
-        """A span under a remote parent from start_ns, or None when the parent's trace is not sampled."""
+        """A span under parent from start_ns (remote: another process's span, else this one's), or None when the
+        parent's trace is not sampled."""
         trace_id, span_id, flags = parent
         if not flags & _SAMPLED:
             return None
         return TaskSpan(
-            self, name, trace_id, self.ids.generate_span_id(), span_id, flags, True, start_ns, attributes or {}
+            self, name, trace_id, self.ids.generate_span_id(), span_id, flags, remote, start_ns, attributes or {}
         )
 
 
