@@ -144,8 +144,9 @@ class WorkProcessor:
                 response.start.extend(next(start_results) for _ in request.start)
             self.mailbox.answer(response)
         if began_ns:
+            # Written once the answer is on its way (tracing.later): the worker starts the handlers meanwhile.
             times = BatchTimes(began_ns, committed_ns, time.time_ns())
-            record_work(self.worker_id, finishes, finished, starts, started, times)
+            tracing.later(record_work, self.worker_id, finishes, finished, starts, started, times)
 
     async def _commit(
         self, finishes: list[worker_pb2.FinishItem], starts: list[worker_pb2.StartItem]

@@ -43,15 +43,20 @@ def published_at_ns(entry_ref: str) -> int | None:
 
 
 def queue_waits(deliveries: Sequence[Delivery]) -> None:
-    """Entries just read: the queue wait of each (reclaimed entries have none) ends now. The waits of one read
-    share their name, end and kind: written from shared bytes (span_wire.SharedSpans), straight into the export
-    queue, with no span object each."""
+    """Entries just read: the queue wait of each (reclaimed entries have none) ends now, and is written once the
+    start request that asks about them is on its way (tracing.later): its writing does not hold up their start."""
+    if tracing.recorder() is not None:
+        tracing.later(write_queue_waits, deliveries, time.time_ns())
+
+
+def write_queue_waits(deliveries: Sequence[Delivery], now_ns: int) -> None:
+    """The queue waits of entries read at now_ns (epoch ns). The waits of one read share their name, end and kind:
+    written from shared bytes (span_wire.SharedSpans), straight into the export queue, with no span object each."""
     recorder = tracing.recorder()
     if recorder is None:
         return
     from services.core import span_wire  # the SDK's modules: imported only when tracing is on
 
-    now_ns = time.time_ns()
     write = recorder.record_encoded
     writers: dict[str, SharedSpans] = {}
     encoded: list[bytes] = []
@@ -128,4 +133,5 @@ def handler_run(span: TaskSpan | None, stop_reason: Callable[[], str]) -> Iterat
         span.detach(token)
         if reason := stop_reason():
             span.attributes["task.stopped"] = reason
-        span.end(error=error)
+        # Written once the outcome's report is on its way (tracing.later), not before it.
+        tracing.later(span.end, time.time_ns(), error)
