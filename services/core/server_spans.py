@@ -32,6 +32,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFl
 from opentelemetry.util.types import AttributeValue
 
 from services.core.task_spans import Recorder, RemoteParent, TaskSpan
+from services.core.tracing import later
 
 Behaviour = Callable[..., Any]
 TRACEPARENT = "traceparent"
@@ -166,7 +167,8 @@ class ServerSpans(grpc.aio.ServerInterceptor):
         span.attributes["rpc.grpc.status_code"] = status.value[0]
         if status in SERVER_ERRORS and not error:
             error = f"{status.name}: {context.details() or ''}".rstrip(": ")
-        span.end(error=error if status in SERVER_ERRORS else "")
+        # Written once the response is on its way (tracing.later), not before it.
+        later(span.end, time.time_ns(), error if status in SERVER_ERRORS else "")
 
     # -- the four call shapes -----------------------------------------------------------------------------
     def _single_response(self, behaviour: Behaviour, path: str) -> Behaviour:
