@@ -42,6 +42,7 @@ from opentelemetry.util.types import AttributeValue
 
 _UNSET = Status()
 _SAMPLED = 0x01
+_FLAGS = TraceFlags(_SAMPLED)
 
 # A span in another process, from its traceparent: (trace id, span id, trace flags). A plain tuple: one is made
 # per traced item a process reads, and nothing more is needed of it.
@@ -134,6 +135,16 @@ class Recorder:
         from services.core.span_wire import framing
 
         return framing(self.resource, self.scope)
+
+    @staticmethod
+    def make_current(trace_id: int, span_id: int) -> Token[Context]:
+        """Make a sampled span of this process, known by its ids, the current one (log lines and the SDK's spans see
+        it) until detach(token)."""
+        return otel_context.attach(set_span_in_context(NonRecordingSpan(SpanContext(trace_id, span_id, False, _FLAGS))))
+
+    @staticmethod
+    def detach(token: Token[Context]) -> None:
+        otel_context.detach(token)
 
     def start(
         self,

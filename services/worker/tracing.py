@@ -18,8 +18,9 @@ services.core.task_spans.TaskSpan: a few microseconds each, recorded at their en
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from resilienttask.worker.v1 import worker_pb2
@@ -28,8 +29,15 @@ from services.core.dispatch import parse_ref
 from services.worker.consumer import Delivery
 
 if TYPE_CHECKING:
+    from contextvars import Token
+
+    from opentelemetry.context import Context
+    from opentelemetry.util.types import AttributeValue
+
     from services.core.span_wire import SharedSpans
-    from services.core.task_spans import TaskSpan
+    from services.core.task_spans import Recorder
+
+_NOTHING: AbstractContextManager[None] = nullcontext()
 
 
 def published_at_ns(entry_ref: str) -> int | None:
@@ -93,45 +101,115 @@ def sampled_parent(delivery: Delivery) -> str:
     return tracing.sampled_parent(delivery.entry.trace_parent)
 
 
-def handler_span(delivery: Delivery, result: worker_pb2.StartResult) -> TaskSpan | None:
+@dataclass(slots=True)
+class HandlerSpan:
+    """The span of one handler run: its ids from the grant, current while the handler runs, and written at its end
+    from the bytes the handler spans of its kind and attempt share (span_wire.SharedSpans), with no span object or
+    attribute dict on the way."""
+
+    trace_id: int
+    span_id: int
+    parent_span_id: int
+    task_id: str
+    kind: str
+    attempt: int
+    fence: int
+    reclaimed: bool
+    start_ns: int = 0
+
+
+def handler_span(delivery: Delivery, result: worker_pb2.StartResult) -> HandlerSpan | None:
     """The span of the handler run the scheduler just granted (started when the handler starts), or None."""
-    if not tracing.enabled():
+    recorder = tracing.recorder()
+    if recorder is None:
         return None
     entry = delivery.entry
-    span = tracing.task_span(
-        "task.handler",
-        tracing.parse_parent(entry.trace_parent),
-        0,
-        {
-            "task.id": entry.task_id,
-            "task.kind": entry.kind,
-            "task.attempt": result.task.attempt,
-            "task.fence": result.fence,
-        },
+    parent = tracing.parse_parent(entry.trace_parent)
+    if parent is None or not parent[2] & 1:  # absent, malformed, or its trace not sampled
+        return None
+    return HandlerSpan(
+        parent[0],
+        recorder.ids.generate_span_id(),
+        parent[1],
+        entry.task_id,
+        entry.kind,
+        result.task.attempt,
+        result.fence,
+        delivery.reclaimed,
     )
-    if span is not None and delivery.reclaimed:
-        span.attributes["task.reclaimed"] = True
-    return span
 
 
-@contextmanager
-def handler_run(span: TaskSpan | None, stop_reason: Callable[[], str]) -> Iterator[None]:
+class _HandlerRun:
+    """The handler span's start (made current) and end around the handler's run."""
+
+    __slots__ = ("recorder", "span", "stop_reason", "token")
+    token: Token[Context]
+
+    def __init__(self, recorder: Recorder, span: HandlerSpan, stop_reason: Callable[[], str]) -> None:
+        self.recorder = recorder
+        self.span = span
+        self.stop_reason = stop_reason
+
+    def __enter__(self) -> None:
+        span = self.span
+        span.start_ns = time.time_ns()
+        self.token = self.recorder.make_current(span.trace_id, span.span_id)
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: object) -> None:
+        end_ns = time.time_ns()
+        self.recorder.detach(self.token)
+        # Written once the outcome's report is on its way (tracing.later), not before it.
+        tracing.later(_write_handler, self.span, end_ns, self.stop_reason(), "" if exc is None else repr(exc))
+
+
+def handler_run(span: HandlerSpan | None, stop_reason: Callable[[], str]) -> AbstractContextManager[None]:
     """The handler runs within: its span (if any) starts, is current, and ends with it (stop_reason(): why it
     was stopped, "" when it was not)."""
-    if span is None:
-        yield
+    recorder = tracing.recorder()
+    return _NOTHING if span is None or recorder is None else _HandlerRun(recorder, span, stop_reason)
+
+
+# By kind, attempt, reclaimed and stop reason: what the handler spans of a kind and attempt share (most are a
+# first attempt, not reclaimed, not stopped). Bounded: past it, a span's shared bytes are written for it alone.
+_handler_writers: dict[tuple[str, int, bool, str], SharedSpans] = {}
+_HANDLER_WRITERS = 256
+
+
+def _shared(kind: str, attempt: int, reclaimed: bool, stopped: str) -> dict[str, AttributeValue]:
+    shared: dict[str, AttributeValue] = {"task.kind": kind, "task.attempt": attempt}
+    if reclaimed:
+        shared["task.reclaimed"] = True
+    if stopped:
+        shared["task.stopped"] = stopped
+    return shared
+
+
+def _write_handler(span: HandlerSpan, end_ns: int, stopped: str, error: str) -> None:
+    recorder = tracing.recorder()
+    if recorder is None:
         return
-    span.start_ns = time.time_ns()
-    token = span.attach()
-    error = ""
-    try:
-        yield
-    except BaseException as exc:
-        error = repr(exc)
-        raise
-    finally:
-        span.detach(token)
-        if reason := stop_reason():
-            span.attributes["task.stopped"] = reason
-        # Written once the outcome's report is on its way (tracing.later), not before it.
-        tracing.later(span.end, time.time_ns(), error)
+    write = recorder.record_encoded
+    if write is None or error:  # a processor that takes no bytes, or a rare error: a TaskSpan
+        attributes: dict[str, AttributeValue] = {"task.id": span.task_id, "task.fence": span.fence}
+        attributes.update(_shared(span.kind, span.attempt, span.reclaimed, stopped))
+        task_span = tracing.task_span(
+            "task.handler", (span.trace_id, span.parent_span_id, 1), span.start_ns, attributes
+        )
+        if task_span is not None:
+            task_span.span_id = span.span_id
+            task_span.end(end_ns, error)
+        return
+    from services.core import span_wire
+
+    key = (span.kind, span.attempt, span.reclaimed, stopped)
+    writer = _handler_writers.get(key)
+    if writer is None:
+        writer = span_wire.SharedSpans("task.handler", _shared(*key))
+        if len(_handler_writers) < _HANDLER_WRITERS:
+            _handler_writers[key] = writer
+    own = (
+        span_wire.times(span.start_ns, end_ns)
+        + span_wire.attribute("task.id", span.task_id)
+        + span_wire.attribute("task.fence", span.fence)
+    )
+    write([writer.span(span.trace_id, span.span_id, span.parent_span_id, own)])
