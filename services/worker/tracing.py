@@ -89,7 +89,7 @@ def write_queue_waits(deliveries: Sequence[Delivery], now_ns: int) -> None:
         writer = writers.get(entry.kind)
         if writer is None:
             writer = writers[entry.kind] = span_wire.SharedSpans("task.queue_wait", {"task.kind": entry.kind})
-        own = span_wire.times(start_ns, now_ns) + span_wire.attribute("task.id", entry.task_id)
+        own = span_wire.times(start_ns, now_ns) + span_wire.task_fields(entry.task_id)
         encoded.append(writer.span(parent[0], recorder.ids.generate_span_id(), parent[1], own))
     if encoded and write is not None:
         write(encoded)
@@ -207,9 +207,5 @@ def _write_handler(span: HandlerSpan, end_ns: int, stopped: str, error: str) -> 
         writer = span_wire.SharedSpans("task.handler", _shared(*key))
         if len(_handler_writers) < _HANDLER_WRITERS:
             _handler_writers[key] = writer
-    own = (
-        span_wire.times(span.start_ns, end_ns)
-        + span_wire.attribute("task.id", span.task_id)
-        + span_wire.attribute("task.fence", span.fence)
-    )
+    own = span_wire.times(span.start_ns, end_ns) + span_wire.task_fields(span.task_id, span.fence)
     write([writer.span(span.trace_id, span.span_id, span.parent_span_id, own)])

@@ -413,3 +413,13 @@ def test_the_workers_handler_span(
     }
     assert (attributes["task.attempt"].int_value, attributes["task.fence"].int_value) == (2, 12)
     assert attributes["task.reclaimed"].bool_value is True
+
+
+@pytest.mark.parametrize("task_id", [TASK_IDS[0], "", "b", "x" * 300])
+@pytest.mark.parametrize("fence", [0, 1, 127, 128, 70_000, 2**40, -5])
+def test_a_task_spans_own_fields_are_its_attributes(task_id: str, fence: int) -> None:
+    """span_wire.task_fields: the task.id field, then task.fence when set, as attribute() writes each (twice: the
+    second time from the cached heads)."""
+    expected = span_wire.attribute("task.id", task_id) + (span_wire.attribute("task.fence", fence) if fence else b"")
+    assert span_wire.task_fields(task_id, fence) == expected
+    assert span_wire.task_fields(task_id, fence) == expected
