@@ -17,17 +17,16 @@ submission) are recorded once, at their end, rather than as the SDK's live spans
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -264,19 +263,6 @@ def span(name: str, attributes: dict[str, AttributeValue] | None = None) -> Iter
 
 
 # -- the spans of a task on the hot path ---------------------------------------------------------------
-def later(record: Callable[..., None], *args: Any) -> None:
-    """Call record(*args) on the running event loop once the steps made ready so far have run: the replies, the
-    writes and the handler starts that the current step woke go first, and the span is written after them, off the
-    path a task's start waits on (a zero-delay timer runs after what is ready at the next turn of the loop). Without
-    a running loop, at once."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        record(*args)
-        return
-    loop.call_later(0, record, *args)
-
-
 def task_span(
     name: str, parent: RemoteParent | None, start_ns: int, attributes: dict[str, AttributeValue] | None = None
 ) -> TaskSpan | None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from resilienttask.worker.v1 import worker_pb2
-from services.core import tracing
+from services.core import deferred, tracing
 from services.core.dispatch import parse_ref
 from services.worker.consumer import Delivery
 
@@ -52,9 +52,9 @@ def published_at_ns(entry_ref: str) -> int | None:
 
 def queue_waits(deliveries: Sequence[Delivery]) -> None:
     """Entries just read: the queue wait of each (reclaimed entries have none) ends now, and is written once the
-    start request that asks about them is on its way (tracing.later): its writing does not hold up their start."""
+    start request that asks about them is on its way (deferred.later): its writing does not hold up their start."""
     if tracing.recorder() is not None:
-        tracing.later(write_queue_waits, deliveries, time.time_ns())
+        deferred.later(write_queue_waits, deliveries, time.time_ns())
 
 
 def write_queue_waits(deliveries: Sequence[Delivery], now_ns: int) -> None:
@@ -158,8 +158,8 @@ class _HandlerRun:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: object) -> None:
         end_ns = time.time_ns()
         self.recorder.detach(self.token)
-        # Written once the outcome's report is on its way (tracing.later), not before it.
-        tracing.later(_write_handler, self.span, end_ns, self.stop_reason(), "" if exc is None else repr(exc))
+        # Written once the outcome's report is on its way (deferred.later), not before it.
+        deferred.later(_write_handler, self.span, end_ns, self.stop_reason(), "" if exc is None else repr(exc))
 
 
 def handler_run(span: HandlerSpan | None, stop_reason: Callable[[], str]) -> AbstractContextManager[None]:

@@ -1,4 +1,4 @@
-"""Spans kept off the path a task's start waits on: written after what the step woke (tracing.later), and the
+"""Spans kept off the path a task's start waits on: written after what the step woke (deferred.later), and the
 gateway's task.publish recorded at its end as a task span under the call's span (tracing.span)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from services.core import tracing
+from services.core import deferred, tracing
 from services.core.dispatch import DispatchEntry
 from services.core.task_spans import Recorder, TaskSpan
 from services.worker import tracing as worker_tracing
@@ -52,7 +52,7 @@ async def test_a_span_written_later_comes_after_what_the_step_woke() -> None:
     reply = asyncio.create_task(replier())
     await asyncio.sleep(0)  # the replier waits
     woken.set()
-    tracing.later(happened.append, "span written")
+    deferred.later(happened.append, "span written")
     await reply
     for _ in range(3):
         await asyncio.sleep(0)
@@ -61,7 +61,7 @@ async def test_a_span_written_later_comes_after_what_the_step_woke() -> None:
 
 def test_without_a_running_loop_a_span_is_written_at_once() -> None:
     happened: list[str] = []
-    tracing.later(happened.append, "span written")
+    deferred.later(happened.append, "span written")
     assert happened == ["span written"]
 
 
