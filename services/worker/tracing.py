@@ -52,9 +52,10 @@ def published_at_ns(entry_ref: str) -> int | None:
 
 def queue_waits(deliveries: Sequence[Delivery]) -> None:
     """Entries just read: the queue wait of each (reclaimed entries have none) ends now, and is written once the
-    start request that asks about them is on its way (deferred.later): its writing does not hold up their start."""
+    start request that asks about them is on its way: two turns of the loop out (deferred.later, twice), as the
+    request is handed to the stream's writer after this step, which writes it at the next turn."""
     if tracing.recorder() is not None:
-        deferred.later(write_queue_waits, deliveries, time.time_ns())
+        deferred.later(deferred.later, write_queue_waits, deliveries, time.time_ns())
 
 
 def write_queue_waits(deliveries: Sequence[Delivery], now_ns: int) -> None:

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 from prometheus_client import Counter, Histogram
 
 from resilienttask.worker.v1 import worker_pb2
-from services.core.deferred import later
 from services.core.metrics import PREFIX, RUN_BUCKETS_S, CallbackCollector, Metrics
 
 if TYPE_CHECKING:
@@ -24,9 +23,7 @@ def outcome_name(outcome: int) -> str:
 
 
 class WorkerMetrics:
-    """Series recorded as attempts end on this worker: each end noted in a dict, and the notes of one turn of the
-    event loop folded into the series at once after it (services.core.deferred), a labelled child's look-up and
-    its locks once per kind and outcome, not per task."""
+    """Series recorded as attempts end on this worker."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -44,33 +41,12 @@ class WorkerMetrics:
             ["kind", "outcome"],
             registry=r,
         )
-        # Not yet folded in, by kind and outcome: handler durations (s) and reports.
-        self._durations: dict[tuple[str, int], list[float]] = {}
-        self._reports: dict[tuple[str, int], int] = {}
 
     def handled(self, kind: str, outcome: int, seconds: float) -> None:
-        if not self._durations and not self._reports:
-            later(self.fold)
-        durations = self._durations.get((kind, outcome))
-        if durations is None:
-            self._durations[kind, outcome] = [seconds]
-        else:
-            durations.append(seconds)
+        self.metrics.child(self.handler_seconds, kind, outcome_name(outcome)).observe(seconds)
 
     def reported(self, kind: str, outcome: int) -> None:
-        if not self._durations and not self._reports:
-            later(self.fold)
-        self._reports[kind, outcome] = self._reports.get((kind, outcome), 0) + 1
-
-    def fold(self) -> None:
-        """Add what was noted to the series."""
-        durations, self._durations = self._durations, {}
-        reports, self._reports = self._reports, {}
-        child = self.metrics.child
-        for (kind, outcome), seconds in durations.items():
-            self.metrics.observe_all(child(self.handler_seconds, kind, outcome_name(outcome)), seconds)
-        for (kind, outcome), count in reports.items():
-            child(self.reports, kind, outcome_name(outcome)).inc(count)
+        self.metrics.child(self.reports, kind, outcome_name(outcome)).inc()
 
 
 def register_worker(metrics: Metrics, worker: Worker) -> None:
