@@ -8,9 +8,9 @@ this checkout run at once, "on" and "off" (bench.observability_cpu's: every proc
 and exporting every span over OTLP at 100 % sampling, against neither), and one task at a time is submitted to
 each in turn (on, off, off, on, ...): the two sides' tasks meet the same load within a second of each other.
 Each task is the built-in `sleep` kind with no workload; measured from before its SubmitTask call: its
-`started_at` (the scheduler's start transaction, PostgreSQL's clock on this host), and when its RUNNING and its
-SUCCEEDED events reached a WatchTasks stream through Envoy. Printed: the medians and p90 of each side, and
-on ÷ off; never asserted.
+`created_at` and `started_at` (the gateway's submit and the scheduler's start transactions, PostgreSQL's clock on
+this host), and when its RUNNING and its SUCCEEDED events reached a WatchTasks stream through Envoy. Printed: the
+medians and p90 of each side, and on ÷ off; never asserted.
 """
 
 from __future__ import annotations
@@ -31,24 +31,32 @@ from bench.ours import Watcher
 from resilienttask import AsyncClient, TaskStatus
 from services.stack.stack import Stack
 
-FIGURES = ("submit → started_at", "submit → RUNNING seen", "submit → SUCCEEDED seen")
+FIGURES = (
+    "submit → created_at",
+    "submit → started_at",
+    "submit → RUNNING seen",
+    "submit → SUCCEEDED seen",
+)
+Sample = tuple[float, float, float, float]
 WARMUP = 20
 
 
-async def one_task(client: AsyncClient, watcher: Watcher) -> tuple[float, float, float]:
-    """Seconds from before the submission to its start transaction, its RUNNING event and its SUCCEEDED event."""
+async def one_task(client: AsyncClient, watcher: Watcher) -> Sample:
+    """Seconds from before the submission to its submit transaction, its start transaction, its RUNNING event and
+    its SUCCEEDED event."""
     before = time.time()
     (task,) = await client.submit("latency", kind="sleep", workload=0)
     done = await watcher.first(task.id, {TaskStatus.SUCCEEDED}, 30)
     running = await watcher.first(task.id, {TaskStatus.RUNNING}, 1)
-    started = watcher.latest[task.id].started_at
-    assert started is not None
-    return started.timestamp() - before, running - before, done - before
+    latest = watcher.latest[task.id]
+    assert latest.created_at is not None and latest.started_at is not None
+    created, started = latest.created_at.timestamp(), latest.started_at.timestamp()
+    return created - before, started - before, running - before, done - before
 
 
 async def one_round(index: int, tasks: int, counter: SpanCounter, port: int, on: tuple[str, ...]) -> dict:
     order = SIDES if index % 2 == 0 else SIDES[::-1]
-    samples: dict[str, list[tuple[float, float, float]]] = {side: [] for side in SIDES}
+    samples: dict[str, list[Sample]] = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory(prefix="rtask-obs-lat-") as folder:
         stacks = ExitStack()
         try:
@@ -95,10 +103,10 @@ def main() -> None:
     load_start = [round(x, 1) for x in os.getloadavg()]
     on = PARTS if args.on == "both" else (args.on,)
 
-    async def run() -> dict[str, list[tuple[float, float, float]]]:
+    async def run() -> dict[str, list[Sample]]:
         counter = SpanCounter()
         server, port = await start_receiver(counter)
-        merged: dict[str, list[tuple[float, float, float]]] = {side: [] for side in SIDES}
+        merged: dict[str, list[Sample]] = {side: [] for side in SIDES}
         try:
             for index in range(args.rounds):
                 samples = await one_round(index, args.tasks, counter, port, on)
