@@ -1,6 +1,6 @@
 """What metrics and tracing add to one task's latency, the two sides' tasks interleaved under the same load.
 
-    .venv/bin/python -m bench.observability_latency [--tasks 300] [--rounds 2] [--on both|metrics|tracing]
+    .venv/bin/python -m bench.observability_latency [--tasks 300] [--rounds 2] [--on both|metrics|tracing|none]
 
 bench/observability_ab.py runs its latency scenario on one side, then on the other: minutes apart on a shared
 machine, whose other load moves a median by more than what is measured. Here two throwaway local stacks from
@@ -97,11 +97,14 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=300, help="tasks a side per round (after 20 to warm up)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
-        "--on", choices=("both", *PARTS), default="both", help='what the "on" side has (the other has neither)'
+        "--on",
+        choices=("both", *PARTS, "none"),
+        default="both",
+        help='what the "on" side has (the other has neither); none: an A/A run, both sides alike',
     )
     args = parser.parse_args()
     load_start = [round(x, 1) for x in os.getloadavg()]
-    on = PARTS if args.on == "both" else (args.on,)
+    on = PARTS if args.on == "both" else () if args.on == "none" else (args.on,)
 
     async def run() -> dict[str, list[Sample]]:
         counter = SpanCounter()
@@ -127,7 +130,8 @@ def main() -> None:
     merged = asyncio.run(run())
     load_end = [round(x, 1) for x in os.getloadavg()]
     print(
-        f"\n{started}, on = {' and '.join(on)}, {args.rounds} rounds of {args.tasks} tasks a side, interleaved, "
+        f"\n{started}, on = {' and '.join(on) or 'nothing (A/A)'}, {args.rounds} rounds of {args.tasks} tasks a side, "
+        "interleaved, "
         f"2 workers x 10 slots, load average {load_start} -> {load_end}"
     )
     for k, figure in enumerate(FIGURES):
