@@ -246,11 +246,3 @@ class TaskSpan:
             instrumentation_scope=recorder.scope,
             kind=SpanKind.SERVER if self.server else SpanKind.INTERNAL,
         )
-
-    def attach(self) -> Token[Context]:
-        """Make this span the current one (log lines and the SDK's spans see it) until detach(token)."""
-        return otel_context.attach(set_span_in_context(NonRecordingSpan(self.context)))
-
-    @staticmethod
-    def detach(token: Token[Context]) -> None:
-        otel_context.detach(token)

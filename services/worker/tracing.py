@@ -159,7 +159,7 @@ class _HandlerRun:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: object) -> None:
         end_ns = time.time_ns()
         self.recorder.detach(self.token)
-        # Written once the outcome's report is on its way (deferred.later), not before it.
+        # Written at the loop's next turn (deferred.later): the outcome goes to the reporter first.
         deferred.later(_write_handler, self.span, end_ns, self.stop_reason(), "" if exc is None else repr(exc))
 
 
