@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, set_span_in_context
 from opentelemetry.util.types import AttributeValue
 
+from services.core.deferred import later
 from services.core.task_spans import Recorder, RemoteParent, TaskSpan
 
 Behaviour = Callable[..., Any]
@@ -166,7 +167,8 @@ class ServerSpans(grpc.aio.ServerInterceptor):
         span.attributes["rpc.grpc.status_code"] = status.value[0]
         if status in SERVER_ERRORS and not error:
             error = f"{status.name}: {context.details() or ''}".rstrip(": ")
-        span.end(error=error if status in SERVER_ERRORS else "")
+        # Written once the response is on its way (deferred.later), not before it.
+        later(span.end, time.time_ns(), error if status in SERVER_ERRORS else "")
 
     # -- the four call shapes -----------------------------------------------------------------------------
     def _single_response(self, behaviour: Behaviour, path: str) -> Behaviour:

@@ -42,6 +42,7 @@ from opentelemetry.util.types import AttributeValue
 
 _UNSET = Status()
 _SAMPLED = 0x01
+_FLAGS = TraceFlags(_SAMPLED)
 
 # A span in another process, from its traceparent: (trace id, span id, trace flags). A plain tuple: one is made
 # per traced item a process reads, and nothing more is needed of it.
@@ -135,15 +136,31 @@ class Recorder:
 
         return framing(self.resource, self.scope)
 
+    @staticmethod
+    def make_current(trace_id: int, span_id: int) -> Token[Context]:
+        """Make a sampled span of this process, known by its ids, the current one (log lines and the SDK's spans see
+        it) until detach(token)."""
+        return otel_context.attach(set_span_in_context(NonRecordingSpan(SpanContext(trace_id, span_id, False, _FLAGS))))
+
+    @staticmethod
+    def detach(token: Token[Context]) -> None:
+        otel_context.detach(token)
+
     def start(
-        self, name: str, parent: RemoteParent, start_ns: int, attributes: dict[str, AttributeValue] | None = None
+        self,
+        name: str,
+        parent: RemoteParent,
+        start_ns: int,
+        attributes: dict[str, AttributeValue] | None = None,
+        remote: bool = True,
     ) -> TaskSpan | None:
-        """A span under a remote parent from start_ns, or None when the parent's trace is not sampled."""
+        """A span under parent from start_ns (remote: another process's span, else this one's), or None when the
+        parent's trace is not sampled."""
         trace_id, span_id, flags = parent
         if not flags & _SAMPLED:
             return None
         return TaskSpan(
-            self, name, trace_id, self.ids.generate_span_id(), span_id, flags, True, start_ns, attributes or {}
+            self, name, trace_id, self.ids.generate_span_id(), span_id, flags, remote, start_ns, attributes or {}
         )
 
 
@@ -229,11 +246,3 @@ class TaskSpan:
             instrumentation_scope=recorder.scope,
             kind=SpanKind.SERVER if self.server else SpanKind.INTERNAL,
         )
-
-    def attach(self) -> Token[Context]:
-        """Make this span the current one (log lines and the SDK's spans see it) until detach(token)."""
-        return otel_context.attach(set_span_in_context(NonRecordingSpan(self.context)))
-
-    @staticmethod
-    def detach(token: Token[Context]) -> None:
-        otel_context.detach(token)

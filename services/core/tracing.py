@@ -22,10 +22,11 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -233,13 +234,32 @@ def sampled_parent(value: str) -> str:
 
 
 @contextmanager
-def span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[Span | None]:
-    """A span under the current one (None when tracing is off), current while the block runs."""
-    if _tracer is None:
+def span(name: str, attributes: dict[str, AttributeValue] | None = None) -> Iterator[TaskSpan | None]:
+    """A span under the current one while the block runs (None when tracing is off or the current span is not
+    sampled), recorded at its end as a task span: not the SDK's live span (a sampler call, locks, a finished copy
+    encoded field by field on the export thread), and not made current (nothing under it makes spans). An
+    exception leaving the block marks it as an error."""
+    if _recorder is None:
         yield None
         return
-    with _tracer.start_as_current_span(name, attributes=attributes) as current:
-        yield current
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid or not context.trace_flags & 1:
+        yield None
+        return
+    recorded = _recorder.start(
+        name, (context.trace_id, context.span_id, int(context.trace_flags)), time.time_ns(), attributes, remote=False
+    )
+    assert recorded is not None
+    error = ""
+    try:
+        yield recorded
+    except BaseException as exc:
+        error = repr(exc)
+        raise
+    finally:
+        recorded.end(error=error)
 
 
 # -- the spans of a task on the hot path ---------------------------------------------------------------

@@ -27,6 +27,8 @@ __all__ = [
 # Envoy's spans: the collector's cluster, and the service.name they carry.
 TRACE_COLLECTOR_CLUSTER = "otel_collector"
 EDGE_SERVICE_NAME = "resilienttask-edge"
+# Spans Envoy's tracer buffers before it sends them in one export request (services.core.tracing batches alike).
+EDGE_EXPORT_BATCH_SPANS = 256
 
 
 # How long Envoy waits for a replica's health answer before counting the check as failed.
@@ -333,6 +335,16 @@ def clusters(config: EdgeConfig) -> list[dict[str, Any]]:
     return found
 
 
+def _trace_runtime(config: EdgeConfig) -> dict[str, Any]:
+    """When Envoy traces: its tracer's export batch. By default it sends an export request every 5 spans, from the
+    thread that finished the request (a span per SubmitTask and GetStats call at full sampling); a larger batch
+    sends one every few hundred, or every 5 s (the tracer's flush interval) when fewer came."""
+    if config.trace_collector is None:
+        return {}
+    layer = {"tracing.opentelemetry.min_flush_spans": EDGE_EXPORT_BATCH_SPANS}
+    return {"layered_runtime": {"layers": [{"name": "tracing", "static_layer": layer}]}}
+
+
 def render(config: EdgeConfig) -> dict[str, Any]:
     """The whole bootstrap configuration as a dict."""
     return {
@@ -342,6 +354,7 @@ def render(config: EdgeConfig) -> dict[str, Any]:
             "listeners": listeners(config),
             "clusters": clusters(config),
         },
+        **_trace_runtime(config),
     }
 
 

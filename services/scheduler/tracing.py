@@ -67,7 +67,7 @@ def _record(name: str, worker_id: str, items: Sequence[Item], times: BatchTimes,
                 span.events = list(events) or None
                 span.end(times.pushed_ns, error)
         return
-    from services.core.span_wire import SharedSpans, attribute
+    from services.core.span_wire import SharedSpans, task_fields
 
     writers: dict[Shared, SharedSpans] = {}
     # The replicas of a submission share its traceparent: parsed once a batch.
@@ -84,10 +84,7 @@ def _record(name: str, worker_id: str, items: Sequence[Item], times: BatchTimes,
         if writer is None:
             attributes = {"worker.id": worker_id, **dict(shared)}
             writer = writers[shared] = SharedSpans(name, attributes, events, error, (times.began_ns, times.pushed_ns))
-        own = attribute("task.id", task_id)
-        if fence:
-            own += attribute("task.fence", fence)
-        encoded.append(writer.span(parent[0], new_span_id(), parent[1], own))
+        encoded.append(writer.span(parent[0], new_span_id(), parent[1], task_fields(task_id, fence)))
     if encoded:
         write(encoded)
 
@@ -103,19 +100,20 @@ def record_work(
     """Spans for the traced items of one recorded batch (results in the items' order)."""
     finished: list[Item] = []
     for finish, verdict in zip(finishes, finish_results, strict=True):
-        if finish.trace_parent:
+        if trace_parent := finish.trace_parent:
             shared: Shared = (("task.outcome", _OUTCOMES.get(finish.outcome, "")), ("task.accepted", verdict.accepted))
-            if verdict.reason:
-                shared += (("task.refused", verdict.reason),)
-            finished.append((finish.trace_parent, shared, finish.task.task_id, finish.task.fence))
+            if reason := verdict.reason:
+                shared += (("task.refused", reason),)
+            task = finish.task
+            finished.append((trace_parent, shared, task.task_id, task.fence))
     _record("task.finish", worker_id, finished, times)
     started: list[Item] = []
     for start, result in zip(starts, start_results, strict=True):
-        if start.trace_parent:
+        if trace_parent := start.trace_parent:
             shared = (("task.decision", _DECISIONS.get(result.decision, "")),)
-            if result.reason:
-                shared += (("task.reason", result.reason),)
-            started.append((start.trace_parent, shared, start.task_id, result.fence))
+            if reason := result.reason:
+                shared += (("task.reason", reason),)
+            started.append((trace_parent, shared, start.task_id, result.fence))
     _record("task.start", worker_id, started, times)
 
 

@@ -20,7 +20,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from resilienttask.worker.v1 import worker_pb2
-from services.core import commands, outbox, rate_limits, tracing
+from services.core import commands, deferred, outbox, rate_limits, tracing
 from services.core.errors import DomainError, Unavailable
 from services.scheduler import store
 from services.scheduler.connections import Mailbox
@@ -144,8 +144,9 @@ class WorkProcessor:
                 response.start.extend(next(start_results) for _ in request.start)
             self.mailbox.answer(response)
         if began_ns:
+            # Written once the answer is on its way (deferred.later): the worker starts the handlers meanwhile.
             times = BatchTimes(began_ns, committed_ns, time.time_ns())
-            record_work(self.worker_id, finishes, finished, starts, started, times)
+            deferred.later(record_work, self.worker_id, finishes, finished, starts, started, times)
 
     async def _commit(
         self, finishes: list[worker_pb2.FinishItem], starts: list[worker_pb2.StartItem]

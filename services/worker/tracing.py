@@ -18,18 +18,26 @@ services.core.task_spans.TaskSpan: a few microseconds each, recorded at their en
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from resilienttask.worker.v1 import worker_pb2
-from services.core import tracing
+from services.core import deferred, tracing
 from services.core.dispatch import parse_ref
 from services.worker.consumer import Delivery
 
 if TYPE_CHECKING:
+    from contextvars import Token
+
+    from opentelemetry.context import Context
+    from opentelemetry.util.types import AttributeValue
+
     from services.core.span_wire import SharedSpans
-    from services.core.task_spans import TaskSpan
+    from services.core.task_spans import Recorder
+
+_NOTHING: AbstractContextManager[None] = nullcontext()
 
 
 def published_at_ns(entry_ref: str) -> int | None:
@@ -43,15 +51,21 @@ def published_at_ns(entry_ref: str) -> int | None:
 
 
 def queue_waits(deliveries: Sequence[Delivery]) -> None:
-    """Entries just read: the queue wait of each (reclaimed entries have none) ends now. The waits of one read
-    share their name, end and kind: written from shared bytes (span_wire.SharedSpans), straight into the export
-    queue, with no span object each."""
+    """Entries just read: the queue wait of each (reclaimed entries have none) ends now, and is written once the
+    start request that asks about them is on its way: two turns of the loop out (deferred.later, twice), as the
+    request is handed to the stream's writer after this step, which writes it at the next turn."""
+    if tracing.recorder() is not None:
+        deferred.later(deferred.later, write_queue_waits, deliveries, time.time_ns())
+
+
+def write_queue_waits(deliveries: Sequence[Delivery], now_ns: int) -> None:
+    """The queue waits of entries read at now_ns (epoch ns). The waits of one read share their name, end and kind:
+    written from shared bytes (span_wire.SharedSpans), straight into the export queue, with no span object each."""
     recorder = tracing.recorder()
     if recorder is None:
         return
     from services.core import span_wire  # the SDK's modules: imported only when tracing is on
 
-    now_ns = time.time_ns()
     write = recorder.record_encoded
     writers: dict[str, SharedSpans] = {}
     encoded: list[bytes] = []
@@ -76,7 +90,7 @@ def queue_waits(deliveries: Sequence[Delivery]) -> None:
         writer = writers.get(entry.kind)
         if writer is None:
             writer = writers[entry.kind] = span_wire.SharedSpans("task.queue_wait", {"task.kind": entry.kind})
-        own = span_wire.times(start_ns, now_ns) + span_wire.attribute("task.id", entry.task_id)
+        own = span_wire.times(start_ns, now_ns) + span_wire.task_fields(entry.task_id)
         encoded.append(writer.span(parent[0], recorder.ids.generate_span_id(), parent[1], own))
     if encoded and write is not None:
         write(encoded)
@@ -88,44 +102,111 @@ def sampled_parent(delivery: Delivery) -> str:
     return tracing.sampled_parent(delivery.entry.trace_parent)
 
 
-def handler_span(delivery: Delivery, result: worker_pb2.StartResult) -> TaskSpan | None:
+@dataclass(slots=True)
+class HandlerSpan:
+    """The span of one handler run: its ids from the grant, current while the handler runs, and written at its end
+    from the bytes the handler spans of its kind and attempt share (span_wire.SharedSpans), with no span object or
+    attribute dict on the way."""
+
+    trace_id: int
+    span_id: int
+    parent_span_id: int
+    task_id: str
+    kind: str
+    attempt: int
+    fence: int
+    reclaimed: bool
+    start_ns: int = 0
+
+
+def handler_span(delivery: Delivery, result: worker_pb2.StartResult) -> HandlerSpan | None:
     """The span of the handler run the scheduler just granted (started when the handler starts), or None."""
-    if not tracing.enabled():
+    recorder = tracing.recorder()
+    if recorder is None:
         return None
     entry = delivery.entry
-    span = tracing.task_span(
-        "task.handler",
-        tracing.parse_parent(entry.trace_parent),
-        0,
-        {
-            "task.id": entry.task_id,
-            "task.kind": entry.kind,
-            "task.attempt": result.task.attempt,
-            "task.fence": result.fence,
-        },
+    parent = tracing.parse_parent(entry.trace_parent)
+    if parent is None or not parent[2] & 1:  # absent, malformed, or its trace not sampled
+        return None
+    return HandlerSpan(
+        parent[0],
+        recorder.ids.generate_span_id(),
+        parent[1],
+        entry.task_id,
+        entry.kind,
+        result.task.attempt,
+        result.fence,
+        delivery.reclaimed,
     )
-    if span is not None and delivery.reclaimed:
-        span.attributes["task.reclaimed"] = True
-    return span
 
 
-@contextmanager
-def handler_run(span: TaskSpan | None, stop_reason: Callable[[], str]) -> Iterator[None]:
+class _HandlerRun:
+    """The handler span's start (made current) and end around the handler's run."""
+
+    __slots__ = ("recorder", "span", "stop_reason", "token")
+    token: Token[Context]
+
+    def __init__(self, recorder: Recorder, span: HandlerSpan, stop_reason: Callable[[], str]) -> None:
+        self.recorder = recorder
+        self.span = span
+        self.stop_reason = stop_reason
+
+    def __enter__(self) -> None:
+        span = self.span
+        span.start_ns = time.time_ns()
+        self.token = self.recorder.make_current(span.trace_id, span.span_id)
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: object) -> None:
+        end_ns = time.time_ns()
+        self.recorder.detach(self.token)
+        # Written at the loop's next turn (deferred.later): the outcome goes to the reporter first.
+        deferred.later(_write_handler, self.span, end_ns, self.stop_reason(), "" if exc is None else repr(exc))
+
+
+def handler_run(span: HandlerSpan | None, stop_reason: Callable[[], str]) -> AbstractContextManager[None]:
     """The handler runs within: its span (if any) starts, is current, and ends with it (stop_reason(): why it
     was stopped, "" when it was not)."""
-    if span is None:
-        yield
+    recorder = tracing.recorder()
+    return _NOTHING if span is None or recorder is None else _HandlerRun(recorder, span, stop_reason)
+
+
+# By kind, attempt, reclaimed and stop reason: what the handler spans of a kind and attempt share (most are a
+# first attempt, not reclaimed, not stopped). Bounded: past it, a span's shared bytes are written for it alone.
+_handler_writers: dict[tuple[str, int, bool, str], SharedSpans] = {}
+_HANDLER_WRITERS = 256
+
+
+def _shared(kind: str, attempt: int, reclaimed: bool, stopped: str) -> dict[str, AttributeValue]:
+    shared: dict[str, AttributeValue] = {"task.kind": kind, "task.attempt": attempt}
+    if reclaimed:
+        shared["task.reclaimed"] = True
+    if stopped:
+        shared["task.stopped"] = stopped
+    return shared
+
+
+def _write_handler(span: HandlerSpan, end_ns: int, stopped: str, error: str) -> None:
+    recorder = tracing.recorder()
+    if recorder is None:
         return
-    span.start_ns = time.time_ns()
-    token = span.attach()
-    error = ""
-    try:
-        yield
-    except BaseException as exc:
-        error = repr(exc)
-        raise
-    finally:
-        span.detach(token)
-        if reason := stop_reason():
-            span.attributes["task.stopped"] = reason
-        span.end(error=error)
+    write = recorder.record_encoded
+    if write is None or error:  # a processor that takes no bytes, or a rare error: a TaskSpan
+        attributes: dict[str, AttributeValue] = {"task.id": span.task_id, "task.fence": span.fence}
+        attributes.update(_shared(span.kind, span.attempt, span.reclaimed, stopped))
+        task_span = tracing.task_span(
+            "task.handler", (span.trace_id, span.parent_span_id, 1), span.start_ns, attributes
+        )
+        if task_span is not None:
+            task_span.span_id = span.span_id
+            task_span.end(end_ns, error)
+        return
+    from services.core import span_wire
+
+    key = (span.kind, span.attempt, span.reclaimed, stopped)
+    writer = _handler_writers.get(key)
+    if writer is None:
+        writer = span_wire.SharedSpans("task.handler", _shared(*key))
+        if len(_handler_writers) < _HANDLER_WRITERS:
+            _handler_writers[key] = writer
+    own = span_wire.times(span.start_ns, end_ns) + span_wire.task_fields(span.task_id, span.fence)
+    write([writer.span(span.trace_id, span.span_id, span.parent_span_id, own)])

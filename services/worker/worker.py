@@ -68,7 +68,7 @@ from services.worker.runner import Attempt, AttemptOutcome
 from services.worker.worker_metrics import WorkerMetrics
 
 if TYPE_CHECKING:
-    from services.core.task_spans import TaskSpan
+    from services.worker.tracing import HandlerSpan
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class Running:
     task: asyncio.Task[None] | None = None
     stop_reason: str = ""
     # The handler run's span (tracing on, a sampled submission) and the traceparent its outcome carries up.
-    span: TaskSpan | None = None
+    span: HandlerSpan | None = None
     trace_parent: str = ""
 
 

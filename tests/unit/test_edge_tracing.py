@@ -10,7 +10,13 @@ import pytest
 from services.core.settings import load
 from services.core.tracing import OtelConfig
 from services.edge.config import Endpoint, trace_collector, trace_sampling_percent
-from services.edge.envoy_config import EDGE_SERVICE_NAME, TRACE_COLLECTOR_CLUSTER, render, render_text
+from services.edge.envoy_config import (
+    EDGE_EXPORT_BATCH_SPANS,
+    EDGE_SERVICE_NAME,
+    TRACE_COLLECTOR_CLUSTER,
+    render,
+    render_text,
+)
 from services.edge.jwks import write_jwks
 from tests.unit.test_envoy_config import SECRET, _manager, _validate_text, local_config
 
@@ -38,7 +44,7 @@ def test_the_collector_comes_from_the_services_otlp_endpoint(env: dict[str, str]
 def test_without_a_collector_envoy_makes_no_spans(tmp_path: Path) -> None:
     config = render(local_config(tmp_path))
     assert "tracing" not in _manager(config)
-    assert TRACE_COLLECTOR_CLUSTER not in json.dumps(config)
+    assert TRACE_COLLECTOR_CLUSTER not in json.dumps(config) and "layered_runtime" not in config
 
 
 def test_with_a_collector_envoy_exports_its_spans_over_http2_and_validates(tmp_path: Path) -> None:
@@ -50,6 +56,9 @@ def test_with_a_collector_envoy_exports_its_spans_over_http2_and_validates(tmp_p
     assert provider["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] == TRACE_COLLECTOR_CLUSTER
     (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == TRACE_COLLECTOR_CLUSTER]
     assert "http2_protocol_options" in json.dumps(cluster)
+    # Its spans go out a few hundred to a request, not 5 (the tracer's default).
+    (layer,) = config["layered_runtime"]["layers"]
+    assert layer["static_layer"] == {"tracing.opentelemetry.min_flush_spans": EDGE_EXPORT_BATCH_SPANS}
     write_jwks(Path(edge.jwks_path), SECRET)
     _validate_text(render_text(edge), tmp_path)
 

@@ -17,6 +17,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util.types import AttributeValue
 
+from resilienttask.v1 import task_pb2
 from resilienttask.worker.v1 import worker_pb2
 from services.core import span_wire, tracing
 from services.core.dispatch import DispatchEntry
@@ -376,3 +377,49 @@ def test_the_workers_queue_waits_of_a_read(
         {"task.kind": "fail", "task.id": "b"},
         {"task.kind": "sleep", "task.id": "c"},
     ]
+
+
+@pytest.mark.parametrize("shared_bytes", [True, False], ids=["shared-bytes", "task-spans"])
+def test_the_workers_handler_span(
+    finished: tuple[TracerProvider, InMemorySpanExporter], monkeypatch: pytest.MonkeyPatch, shared_bytes: bool
+) -> None:
+    """services.worker.tracing.handler_run: the span of a handler run, current while it runs, written at its end
+    (the same on both recording paths); none for an unsampled trace."""
+    recorder = _task_recorder(finished, monkeypatch, shared_bytes)
+    parent = f"00-{REMOTE.trace_id:032x}-{REMOTE.span_id:016x}-01"
+    granted = worker_pb2.StartResult(task_id=TASK_IDS[0], fence=12, task=task_pb2.Task(attempt=2))
+    unsampled = Delivery("sleep:1-0", DispatchEntry("u", "d", "sleep", parent[:-2] + "00"))
+    assert worker_tracing.handler_span(unsampled, granted) is None
+    delivery = Delivery("sleep:1-0", DispatchEntry(TASK_IDS[0], "d", "sleep", parent), reclaimed=True)
+    span = worker_tracing.handler_span(delivery, granted)
+    assert span is not None
+    with worker_tracing.handler_run(span, lambda: "cancelled"):
+        current = trace.get_current_span().get_span_context()
+        assert (current.trace_id, current.span_id, current.trace_flags.sampled) == (REMOTE.trace_id, span.span_id, True)
+    assert not trace.get_current_span().get_span_context().is_valid
+    (got,) = _recorded(recorder, finished[1], shared_bytes).resource_spans[0].scope_spans[0].spans
+    assert (got.name, got.trace_id, got.span_id, got.parent_span_id) == (
+        "task.handler",
+        REMOTE.trace_id.to_bytes(16),
+        span.span_id.to_bytes(8),
+        REMOTE.span_id.to_bytes(8),
+    )
+    assert got.start_time_unix_nano == span.start_ns <= got.end_time_unix_nano
+    attributes = {a.key: a.value for a in got.attributes}
+    assert {k: v.string_value for k, v in attributes.items() if v.HasField("string_value")} == {
+        "task.id": TASK_IDS[0],
+        "task.kind": "sleep",
+        "task.stopped": "cancelled",
+    }
+    assert (attributes["task.attempt"].int_value, attributes["task.fence"].int_value) == (2, 12)
+    assert attributes["task.reclaimed"].bool_value is True
+
+
+@pytest.mark.parametrize("task_id", [TASK_IDS[0], "", "b", "x" * 300])
+@pytest.mark.parametrize("fence", [0, 1, 127, 128, 70_000, 2**40, -5])
+def test_a_task_spans_own_fields_are_its_attributes(task_id: str, fence: int) -> None:
+    """span_wire.task_fields: the task.id field, then task.fence when set, as attribute() writes each (twice: the
+    second time from the cached heads)."""
+    expected = span_wire.attribute("task.id", task_id) + (span_wire.attribute("task.fence", fence) if fence else b"")
+    assert span_wire.task_fields(task_id, fence) == expected
+    assert span_wire.task_fields(task_id, fence) == expected
