@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -31,6 +32,7 @@ import redis.asyncio as aioredis
 
 from bench import fairness
 from bench.ours import SUBMIT_BATCH, SUBMITS_IN_FLIGHT, OurBench, Servers, service_pids
+from bench.profiling import Profiler
 from bench.run import STAMPS_DB, stores
 
 
@@ -82,6 +84,7 @@ async def drain_side(
     redis: aioredis.Redis,
     pg: asyncpg.Connection,
     pids: dict[str, int],
+    profiler: Profiler | None = None,
 ) -> dict[str, Any]:
     features = fairness.SIDES[side]
     with ours.stack(sizes.workers, sizes.slots, limits=features.limits) as stack:
@@ -107,14 +110,15 @@ async def drain_side(
             cpu0 = {name: tree_cpu(pid) for name, pid in procs.items()}
             cmd0, pg0 = await commandstats(redis), await pg_counts(pg)
             first = time.time()
-            sizes_of = [min(SUBMIT_BATCH, n - start) for start in range(0, n, SUBMIT_BATCH)]
-            await asyncio.gather(*(submit(index, replicas) for index, replicas in enumerate(sizes_of)))
-            done = await ours._until(lambda: ours._succeeded(client, n), 300, 0.02)
+            with profiler.recording(side, service_pids(stack)) if profiler else contextlib.nullcontext():
+                sizes_of = [min(SUBMIT_BATCH, n - start) for start in range(0, n, SUBMIT_BATCH)]
+                await asyncio.gather(*(submit(index, replicas) for index, replicas in enumerate(sizes_of)))
+                done = await ours._until(lambda: ours._succeeded(client, n), 300, 0.02)
             if done is None:
                 raise RuntimeError(f"{side}: the drain did not finish")
             cpu1 = {name: tree_cpu(pid) for name, pid in procs.items()}
             cmd1, pg1 = await commandstats(redis), await pg_counts(pg)
-    cpu: collections.Counter[str] = collections.Counter()
+    cpu: dict[str, float] = collections.defaultdict(float)
     for name in procs:
         cpu[name.split("-")[0]] += (cpu1[name] - cpu0[name]) * 1000 / n
     commands = {c: (cmd1[c] - cmd0.get(c, 0)) / n for c in cmd1 if cmd1[c] != cmd0.get(c, 0)}
@@ -138,8 +142,11 @@ def show(result: dict[str, Any]) -> None:
     print("   redis calls per task: " + ", ".join(f"{k} {v:.3f}" for k, v in top if v >= 0.005), flush=True)
 
 
-async def run(servers: Servers, log_dir: Path, sizes: fairness.Sizes, sides: list[str], rounds: int) -> None:
+async def run(
+    servers: Servers, log_dir: Path, sizes: fairness.Sizes, sides: list[str], rounds: int, profile: Path | None
+) -> None:
     ours = OurBench(servers, log_dir)
+    profiler = Profiler(profile) if profile is not None else None
     ours.redis_access()
     redis = aioredis.Redis.from_url(servers.redis_url)
     pg = await asyncpg.connect(servers.database_url)
@@ -149,7 +156,12 @@ async def run(servers: Servers, log_dir: Path, sizes: fairness.Sizes, sides: lis
     try:
         for index in range(rounds):
             for side in sides if index % 2 == 0 else reversed(sides):
-                show(await drain_side(ours, sizes, side, redis, pg, pids))
+                show(await drain_side(ours, sizes, side, redis, pg, pids, profiler))
+        if profiler is not None:
+            for name, summary in profiler.summaries.items():
+                print(f"== profile {name}: {summary.get('busy_samples')} busy samples")
+                for frame, pct in summary.get("inclusive_pct", []):
+                    print(f"   {pct:5.1f} %  {frame}")
     finally:
         await pg.close()
         await redis.aclose()
@@ -161,6 +173,7 @@ def main() -> None:
     parser.add_argument("sides", nargs="*", default=["off", "on"])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--drain", type=int, default=fairness.FULL.drain)
+    parser.add_argument("--profile", type=Path, help="py-spy the services into this folder (slows them: not figures)")
     args = parser.parse_args()
     unknown = [side for side in args.sides if side not in fairness.SIDES]
     if unknown:
@@ -170,7 +183,7 @@ def main() -> None:
     try:
         with stores(data_dir, data_dir / "logs") as (database_url, redis_url):
             servers = Servers(database_url, f"{redis_url}/0", f"{redis_url}/{STAMPS_DB}", data_dir)
-            asyncio.run(run(servers, data_dir / "logs", sizes, args.sides, args.rounds))
+            asyncio.run(run(servers, data_dir / "logs", sizes, args.sides, args.rounds, args.profile))
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 
