@@ -77,6 +77,23 @@ async def pg_counts(conn: asyncpg.Connection) -> dict[str, float]:
     return {k: float(row[k] or 0) for k in ("commits", "task_updates", "wal")}
 
 
+# pg_stat_statements, statements inside functions and triggers included (--statements).
+STATEMENT_SETTINGS = {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all"}
+_TOP_STATEMENTS = """
+SELECT calls, total_exec_time, shared_blks_hit + shared_blks_read AS blocks, rows,
+    regexp_replace(left(query, 110), '\\s+', ' ', 'g') AS query
+FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 14
+"""
+
+
+async def top_statements(pg: asyncpg.Connection, n: int) -> None:
+    """The statements that took most of PostgreSQL's time since the last reset, per task; then reset."""
+    for r in await pg.fetch(_TOP_STATEMENTS):
+        print(f"   {r['total_exec_time'] / n * 1000:7.1f} µs/task {r['calls'] / n:6.3f} calls/task "
+              f"{r['blocks'] / max(1, r['calls']):7.1f} blocks/call  {r['query']}")  # fmt: skip
+    await pg.execute("SELECT pg_stat_statements_reset()")
+
+
 async def drain_side(
     ours: OurBench,
     sizes: fairness.Sizes,
@@ -143,7 +160,13 @@ def show(result: dict[str, Any]) -> None:
 
 
 async def run(
-    servers: Servers, log_dir: Path, sizes: fairness.Sizes, sides: list[str], rounds: int, profile: Path | None
+    servers: Servers,
+    log_dir: Path,
+    sizes: fairness.Sizes,
+    sides: list[str],
+    rounds: int,
+    profile: Path | None,
+    statements: bool,
 ) -> None:
     ours = OurBench(servers, log_dir)
     profiler = Profiler(profile) if profile is not None else None
@@ -156,7 +179,12 @@ async def run(
     try:
         for index in range(rounds):
             for side in sides if index % 2 == 0 else reversed(sides):
+                if statements:
+                    await pg.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                    await pg.execute("SELECT pg_stat_statements_reset()")
                 show(await drain_side(ours, sizes, side, redis, pg, pids, profiler))
+                if statements:
+                    await top_statements(pg, sizes.drain)
         if profiler is not None:
             for name, summary in profiler.summaries.items():
                 print(f"== profile {name}: {summary.get('busy_samples')} busy samples")
@@ -173,6 +201,7 @@ def main() -> None:
     parser.add_argument("sides", nargs="*", default=["off", "on"])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--drain", type=int, default=fairness.FULL.drain)
+    parser.add_argument("--statements", action="store_true", help="print PostgreSQL's busiest statements per side")
     parser.add_argument("--profile", type=Path, help="py-spy the services into this folder (slows them: not figures)")
     args = parser.parse_args()
     unknown = [side for side in args.sides if side not in fairness.SIDES]
@@ -181,9 +210,11 @@ def main() -> None:
     sizes = dataclasses.replace(fairness.FULL, drain=args.drain)
     data_dir = Path(tempfile.mkdtemp(prefix="rtask-fair-parts-"))
     try:
-        with stores(data_dir, data_dir / "logs") as (database_url, redis_url):
+        settings = STATEMENT_SETTINGS if args.statements else None
+        with stores(data_dir, data_dir / "logs", settings) as (database_url, redis_url):
             servers = Servers(database_url, f"{redis_url}/0", f"{redis_url}/{STAMPS_DB}", data_dir)
-            asyncio.run(run(servers, data_dir / "logs", sizes, args.sides, args.rounds, args.profile))
+            run_args = (args.sides, args.rounds, args.profile, args.statements)
+            asyncio.run(run(servers, data_dir / "logs", sizes, *run_args))
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 
