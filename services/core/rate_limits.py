@@ -2,11 +2,11 @@
 
 A token bucket would let up to twice the limit through in one period (a full bucket, then its refill); the
 window keeps every start of the last period in a sorted set, so no window of that length ever holds more than
-the limit. One script call per start batch and kind takes what the window has room for, atomically, on Redis's
-clock (one clock for every scheduler). A start whose token was taken but whose database start then failed
-keeps its token until the period ends: that only makes the limit stricter.
+the limit. One script call per start batch and kind (or per reserve, below) takes what the window has room
+for, atomically, on Redis's clock (one clock for every scheduler). A start whose token was taken but whose
+database start then failed keeps its token until the period ends: that only makes the limit stricter.
 
-The window is kept WINDOW_MARGIN_MS longer than the period. A token is taken inside the start's transaction;
+The window is kept WINDOW_MARGIN_MS longer than the period. A token is taken just before the start's statement;
 the handler begins once the commit, the change events and the reply have reached its worker: 26 to 105 ms
 later on a loaded 2-core machine, varying from batch to batch. The margin keeps the handlers' own start times,
 not only the grants, within the limit; it costs a limit of N per second about an eighth of its rate (N start
