@@ -25,7 +25,7 @@ import tempfile
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -88,12 +88,12 @@ def parse_only(raw: str) -> tuple[set[str], set[str]]:
 
 
 @contextmanager
-def stores(data_dir: Path, log_dir: Path) -> Iterator[tuple[str, str]]:
-    """The embedded PostgreSQL and Valkey every system shares, stopped at the end."""
+def stores(data_dir: Path, log_dir: Path, pg_settings: Mapping[str, str] | None = None) -> Iterator[tuple[str, str]]:
+    """The embedded PostgreSQL (with these extra settings) and Valkey every system shares, stopped at the end."""
     procs: list[ManagedProcess] = []
     try:
         pg_port = free_port()
-        pg = postgres_process(data_dir, pg_port, log_dir=log_dir, echo=None)
+        pg = postgres_process(data_dir, pg_port, log_dir=log_dir, echo=None, settings=pg_settings)
         procs.append(pg)
         pg.start()
         wait_for_port(pg, pg_port)

@@ -55,6 +55,7 @@ class WorkProcessor:
         holders: store.HolderCheck,
         max_items: int = 500,
         before_finish: Callable[[], Awaitable[None]] | None = None,
+        limiter: rate_limits.RedisLimiter | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.pool = pool
@@ -63,7 +64,8 @@ class WorkProcessor:
         self.progress = progress
         self.retry = retry
         self.holders = holders
-        self.limiter = rate_limits.RedisLimiter(redis)
+        # The scheduler's one limiter (its reserved rate-limit starts serve every worker's requests).
+        self.limiter = limiter or rate_limits.RedisLimiter(redis)
         # Items one WorkRequest may carry; a worker asks for at most its free slots, so this bounds a bad one.
         self.max_items = max_items
         # Awaited before outcomes are recorded: the lines the worker sent before them are stored first, so a

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from resilienttask.worker.v1 import worker_pb2, worker_pb2_grpc
-from services.core import worker_registry
+from services.core import rate_limits, worker_registry
 from services.core.auth_interceptor import current_user_id
 from services.core.cancellation import cancel_and_wait
 from services.core.errors import translate_errors
@@ -56,6 +56,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self.holders = holders
         self.limits = limits or WorkerLimits()
         self.logs = logs
+        # One for every worker's start requests: the rate-limit starts it reserves serve them all.
+        self.limiter = rate_limits.RedisLimiter(redis)
         # The tasks serving open streams: ended before the stores close, so no stream's clean-up (the registry
         # removal, a heartbeat check) opens a Redis connection on a closed client, where nothing closes it.
         self._streams: set[asyncio.Task[object]] = set()
@@ -105,6 +107,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             self.holders,
             self.limits.max_items_per_request,
             before_finish=self.logs.settled if self.logs is not None else None,
+            limiter=self.limiter,
         )
         mailbox.on_drain = work.drain
         with contextlib.suppress(RedisError, OSError):  # without Redis, the next heartbeat checks again
