@@ -93,6 +93,8 @@ def rate_window(kind: str) -> str:
 
 
 def rate_sequence(kind: str) -> str:
+    """Counter numbering a kind's granted starts; it never expires, so no number is granted twice (a late give-back
+    names its own start only)."""
     return f"{PREFIX}:rate:{{{kind}}}:seq"
 
 

@@ -18,7 +18,8 @@ start requests of the kind without asking Redis again, for RESERVE_HOLD_MS after
 records all its starts at Redis's time plus RESERVE_HOLD_MS, the latest moment any of them may be handed out: a
 start is never recorded earlier than it happens, so the window's count at every grant still includes every start
 that may fall in the same period (the argument of the margin above, unchanged), across all schedulers. Reserved
-starts not handed out in time are given back with the scheduler's next call. A window without that much room
+starts not handed out in time (of any kind) are given back with the scheduler's next call to Redis; until then
+they count, which is only stricter. A window without that much room
 grants exactly what is asked, recorded at Redis's time, as before: near its limit, a kind is counted start by
 start.
 """
@@ -41,7 +42,11 @@ log = logging.getLogger(__name__)
 # are held (ms), room the window must keep after the reserve. Returns {granted, room left, ms until the oldest
 # start leaves the window (0 while there is room), the last member granted (the granted members are the `granted`
 # numbers up to it)}: the reserve only when the window has that room, all its starts then recorded at now plus the
-# hold. Members are sequence numbers: two starts in one microsecond are still two members.
+# hold. Members are sequence numbers: two starts in one microsecond are still two members. The sequence never
+# expires, so a number is never granted twice: a member given back late (a reserve lapsed after the window emptied
+# and expired) can only remove its own start, never a later one that reused its number. Every grant keeps the window
+# for the period plus the longest hold (ARGV[5] is always passed), so no grant shortens the life of a reserve's
+# members, recorded up to a hold ahead.
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -66,7 +71,6 @@ if granted > 0 then
     end
     redis.call('ZADD', KEYS[1], unpack(args))
     redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) + hold)
-    redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) + hold)
 end
 local room = math.max(0, limit - used - granted)
 local wait = 0
@@ -150,8 +154,18 @@ async def _take(
             pipe.zrem(keys.rate_window(kind), *members)
         for kind, n, limit in wanted:
             window_ms = limit.period_ms + WINDOW_MARGIN_MS
-            extra = [reserve, RESERVE_HOLD_MS, RESERVE_ROOM_FACTOR * reserve] if reserve else []
-            pipe.eval(_TAKE, 2, keys.rate_window(kind), keys.rate_sequence(kind), n, limit.starts, window_ms, *extra)
+            pipe.eval(
+                _TAKE,
+                2,
+                keys.rate_window(kind),
+                keys.rate_sequence(kind),
+                n,
+                limit.starts,
+                window_ms,
+                reserve,
+                RESERVE_HOLD_MS,
+                RESERVE_ROOM_FACTOR * reserve,
+            )
         replies = await pipe.execute()
     return [Taken(int(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in replies[len(lapsed) :]]
 
@@ -224,6 +238,7 @@ class RedisLimiter:
         """For the kinds last known to be limited: up to `wanted` starts each, from this scheduler's reserve while
         it lasts, else from the window (reserving more when it has the room)."""
         now = time.monotonic()
+        self._lapse_expired(now)
         ahead: dict[str, TakenAhead] = {}
         asked: list[tuple[str, int, RateLimit]] = []
         for kind, n in wanted.items():
@@ -253,6 +268,12 @@ class RedisLimiter:
             ahead[kind] = TakenAhead(limit, got)
         return ahead
 
+    def _lapse_expired(self, now: float) -> None:
+        """Every kind's reserve past its time, not only the asked kinds': its members go back with this call rather
+        than stand in other schedulers' way until they leave the window."""
+        for kind in [kind for kind, reserve in self._reserves.items() if now >= reserve.until]:
+            self._lapse(kind)
+
     def _lapse(self, kind: str) -> None:
         """The kind's reserve, if any, is handed out no more: its members go back with the next call."""
         reserve = self._reserves.pop(kind, None)
@@ -263,5 +284,6 @@ class RedisLimiter:
         return await take_or_wait(self.redis, wanted)
 
     async def give_back(self, unused: Sequence[tuple[str, Sequence[int]]]) -> None:
+        self._lapse_expired(time.monotonic())
         lapsed, self._lapsed = self._lapsed, []
         await give_back(self.redis, [*unused, *lapsed])

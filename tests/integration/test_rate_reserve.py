@@ -131,3 +131,56 @@ async def test_two_schedulers_reserving_never_pass_the_limit(redis: aioredis.Red
     for span_ms in (limit.period_ms, limit.period_ms + WINDOW_MARGIN_MS // 2):
         busiest = max(bisect.bisect_left(handed, start + span_ms / 1000) - i for i, start in enumerate(handed))
         assert busiest <= limit.starts, (span_ms, busiest, time.monotonic() - began)
+
+
+async def test_a_reserve_given_back_after_the_window_emptied_takes_no_later_start_out_of_it(
+    redis: aioredis.Redis,
+) -> None:
+    """Scheduler A reserves, then the kind is idle past its window (the window's key expires); B hands out starts;
+    A's next call gives its old reserve back: every start B handed out is still counted."""
+    kind, limit = new_kind(), RateLimit(1000, 100)
+    a, b = rate_limits.RedisLimiter(redis), rate_limits.RedisLimiter(redis)
+    for limiter in (a, b):
+        limiter.remember({kind: limit})
+    await a.take_ahead({kind: 1})
+
+    async def window_gone() -> bool:
+        return not await redis.exists(keys.rate_window(kind))
+
+    await eventually(window_gone, message="the idle kind's window expires")
+    handed = (await b.take_ahead({kind: 1}))[kind].taken.members(1)
+    handed += (await b.take_ahead({kind: 60}))[kind].taken.members(60)
+    await a.take_ahead({kind: 1})  # A's reserve is past its time: given back in this call
+    assert set(handed) <= set(await window(redis, kind))
+
+
+async def test_a_grant_without_a_reserve_never_shortens_a_reserves_life_in_the_window(redis: aioredis.Redis) -> None:
+    """A reserve's members are recorded a hold ahead; a plain grant (the checked path's take) right after keeps the
+    window's key alive at least until the last of them leaves the window."""
+    kind, limit = new_kind(), RateLimit(100_000, 1000)
+    limiter = rate_limits.RedisLimiter(redis)
+    limiter.remember({kind: limit})
+    await limiter.take_ahead({kind: 1})
+    await rate_limits.take(redis, [(kind, 1, limit)])
+    latest_us = max((await window(redis, kind)).values())
+    lives_ms = await redis.pttl(keys.rate_window(kind))
+    left_ms = (latest_us + (limit.period_ms + WINDOW_MARGIN_MS) * 1000 - await redis_now_us(redis)) / 1000
+    assert lives_ms >= left_ms - 1
+
+
+async def test_a_reserve_past_its_time_goes_back_with_a_call_for_another_kind(redis: aioredis.Redis) -> None:
+    """A scheduler that no longer starts a kind does not keep its reserve counted: the next call it makes, for any
+    kind, gives it back, and another scheduler then has the whole limit less what was handed out."""
+    kind, other, limit = new_kind(), new_kind(), RateLimit(400, 60_000)
+    a, b = rate_limits.RedisLimiter(redis), rate_limits.RedisLimiter(redis)
+    a.remember({kind: limit, other: limit})
+    b.remember({kind: limit})
+    await a.take_ahead({kind: 1})
+    assert len(await window(redis, kind)) == 1 + RESERVE_STARTS
+
+    async def given_back() -> bool:
+        await a.take_ahead({other: 1})
+        return len(await window(redis, kind)) == 1
+
+    await eventually(given_back, message="the stale reserve is given back with a call for another kind")
+    assert (await b.take_ahead({kind: 1000}))[kind].taken.granted == limit.starts - 1
