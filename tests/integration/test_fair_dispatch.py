@@ -13,7 +13,7 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import grpc
@@ -23,6 +23,7 @@ from resilienttask.v1 import task_pb2
 from services.core.limits import UserLimits
 from services.scheduler import slot_cap
 from services.stack.stack import Stack, StackConfig
+from services.worker.tracing import published_at_ns
 from tests.conftest import TEST_BCRYPT_COST, Stores
 from tests.databases import create_database
 from tests.helpers import eventually
@@ -191,17 +192,20 @@ async def test_another_users_task_starts_while_one_user_floods(
         assert surplus >= len(flood) - POOL - HEADROOM
         await alone_in_the_pool(db, flooder)
         (mine,) = await other.submit(workload_s=WORK_S)
-        # Published by now (the call returns after the entry is added): the flood's starts before this moment do
-        # not say in which order the workers read (a loaded machine may take longer than a run between the
-        # submission's commit and its entry).
-        published_by = datetime.now(UTC)
         done = await other.wait_for(mine.id, timeout_s=60)
         assert done.status == S.TASK_STATUS_SUCCEEDED and done.wait_reason == S.WAIT_REASON_UNSPECIFIED
         started = await started_at(db, flood)
         assert await db.fetchval("SELECT NOT surplus FROM tasks WHERE id = $1", mine.id), "in the share lane"
         mine_at = (await started_at(db, [mine]))[mine.id]
         assert mine_at is not None
-        meanwhile = [v for v in started.values() if v is not None and published_by <= v < mine_at]
+        # From the moment its entry was added (Valkey's time in the entry id, the machine's clock as PostgreSQL's
+        # now()): the flood's starts before it, after its row's commit, say nothing of the order of the reads (a
+        # loaded machine may take longer than a run between the two).
+        entry = await db.fetchval("SELECT entry_id FROM tasks WHERE id = $1", mine.id)
+        published_ns = published_at_ns(entry)
+        assert published_ns is not None, entry
+        published = datetime.fromtimestamp(published_ns / 1e9, UTC) - timedelta(milliseconds=1)
+        meanwhile = [v for v in started.values() if v is not None and published <= v < mine_at]
         not_started = [v for v in started.values() if v is None or v > mine_at]
         # The flood's tasks that started between the other user's entry and its start: those the workers had
         # read before it was published, at most one per slot (its share lane is read before the flood's
