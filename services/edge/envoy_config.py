@@ -342,7 +342,12 @@ def _trace_runtime(config: EdgeConfig) -> dict[str, Any]:
     if config.trace_collector is None:
         return {}
     layer = {"tracing.opentelemetry.min_flush_spans": EDGE_EXPORT_BATCH_SPANS}
-    return {"layered_runtime": {"layers": [{"name": "tracing", "static_layer": layer}]}}
+    # The admin layer as well, which a bootstrap without layered_runtime has by itself (/runtime_modify).
+    return {
+        "layered_runtime": {
+            "layers": [{"name": "tracing", "static_layer": layer}, {"name": "admin", "admin_layer": {}}]
+        }
+    }
 
 
 def render(config: EdgeConfig) -> dict[str, Any]:

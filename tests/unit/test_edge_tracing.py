@@ -57,8 +57,9 @@ def test_with_a_collector_envoy_exports_its_spans_over_http2_and_validates(tmp_p
     (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == TRACE_COLLECTOR_CLUSTER]
     assert "http2_protocol_options" in json.dumps(cluster)
     # Its spans go out a few hundred to a request, not 5 (the tracer's default).
-    (layer,) = config["layered_runtime"]["layers"]
+    layer, admin = config["layered_runtime"]["layers"]
     assert layer["static_layer"] == {"tracing.opentelemetry.min_flush_spans": EDGE_EXPORT_BATCH_SPANS}
+    assert "admin_layer" in admin, "the admin's runtime layer is kept"
     write_jwks(Path(edge.jwks_path), SECRET)
     _validate_text(render_text(edge), tmp_path)
 
