@@ -172,34 +172,40 @@ async def drain_client(ours: OurBench, stack: Stack, gates: bool) -> AsyncIterat
             await pool.close()
 
 
+async def drain_tasks(ours: OurBench, client: AsyncClient, features: Side, n: int, side: str) -> float:
+    """Submit the drain's n no-ops with a side's features (SUBMIT_BATCH replicas a call, SUBMITS_IN_FLIGHT calls at
+    once); returns when the last one SUCCEEDED (epoch seconds)."""
+    label = uuid.uuid4().hex[:12]
+    gate = asyncio.Semaphore(SUBMITS_IN_FLIGHT)
+
+    async def submit(index: int, replicas: int) -> None:
+        keyed = {"concurrency_key": f"key-{index % 10}", "concurrency_limit": 1000} if features.gates else {}
+        async with gate:
+            await client.submit(
+                "noop",
+                kind=KIND,
+                payload={"label": label},
+                replicas=replicas,
+                priority=index % 5 + 1 if features.priorities else 0,
+                **keyed,  # type: ignore[arg-type]
+            )
+
+    sizes_of = [min(SUBMIT_BATCH, n - start) for start in range(0, n, SUBMIT_BATCH)]
+    await asyncio.gather(*(submit(index, replicas) for index, replicas in enumerate(sizes_of)))
+    done = await ours._until(lambda: ours._succeeded(client, n), 300, 0.02)
+    if done is None:
+        raise RuntimeError(f"{side}: the drain did not finish")
+    return done
+
+
 async def drain(ours: OurBench, sizes: Sizes, side: str) -> float:
     """Tasks per second from the first submission to the last SUCCEEDED, for one side of the A/B."""
     features = SIDES[side]
     with ours.stack(sizes.workers, sizes.slots, limits=features.limits) as stack:
         async with drain_client(ours, stack, features.gates) as client:
-            label = uuid.uuid4().hex[:12]
-            gate = asyncio.Semaphore(SUBMITS_IN_FLIGHT)
-
-            async def submit(index: int, replicas: int) -> None:
-                keyed = {"concurrency_key": f"key-{index % 10}", "concurrency_limit": 1000} if features.gates else {}
-                async with gate:
-                    await client.submit(
-                        "noop",
-                        kind=KIND,
-                        payload={"label": label},
-                        replicas=replicas,
-                        priority=index % 5 + 1 if features.priorities else 0,
-                        **keyed,  # type: ignore[arg-type]
-                    )
-
             first = time.time()
-            n = sizes.drain
-            sizes_of = [min(SUBMIT_BATCH, n - start) for start in range(0, n, SUBMIT_BATCH)]
-            await asyncio.gather(*(submit(index, replicas) for index, replicas in enumerate(sizes_of)))
-            done = await ours._until(lambda: ours._succeeded(client, n), 300, 0.02)
-            if done is None:
-                raise RuntimeError(f"{side}: the drain did not finish")
-            return round(n / (done - first))
+            done = await drain_tasks(ours, client, features, sizes.drain, side)
+            return round(sizes.drain / (done - first))
 
 
 async def measure(

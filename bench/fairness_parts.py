@@ -22,7 +22,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ import psutil
 import redis.asyncio as aioredis
 
 from bench import fairness
-from bench.ours import SUBMIT_BATCH, SUBMITS_IN_FLIGHT, OurBench, Servers, service_pids
+from bench.ours import OurBench, Servers, service_pids
 from bench.profiling import Profiler
 from bench.run import STAMPS_DB, stores
 
@@ -106,21 +105,6 @@ async def drain_side(
     features = fairness.SIDES[side]
     with ours.stack(sizes.workers, sizes.slots, limits=features.limits) as stack:
         async with fairness.drain_client(ours, stack, features.gates) as client:
-            label = uuid.uuid4().hex[:12]
-            gate = asyncio.Semaphore(SUBMITS_IN_FLIGHT)
-
-            async def submit(index: int, replicas: int) -> None:
-                keyed = {"concurrency_key": f"key-{index % 10}", "concurrency_limit": 1000} if features.gates else {}
-                async with gate:
-                    await client.submit(
-                        "noop",
-                        kind=fairness.KIND,
-                        payload={"label": label},
-                        replicas=replicas,
-                        priority=index % 5 + 1 if features.priorities else 0,
-                        **keyed,  # type: ignore[arg-type]
-                    )
-
             procs = {**service_pids(stack), **pids}
             n = sizes.drain
             load = os.getloadavg()[0]
@@ -128,11 +112,7 @@ async def drain_side(
             cmd0, pg0 = await commandstats(redis), await pg_counts(pg)
             first = time.time()
             with profiler.recording(side, service_pids(stack)) if profiler else contextlib.nullcontext():
-                sizes_of = [min(SUBMIT_BATCH, n - start) for start in range(0, n, SUBMIT_BATCH)]
-                await asyncio.gather(*(submit(index, replicas) for index, replicas in enumerate(sizes_of)))
-                done = await ours._until(lambda: ours._succeeded(client, n), 300, 0.02)
-            if done is None:
-                raise RuntimeError(f"{side}: the drain did not finish")
+                done = await fairness.drain_tasks(ours, client, features, n, side)
             cpu1 = {name: tree_cpu(pid) for name, pid in procs.items()}
             cmd1, pg1 = await commandstats(redis), await pg_counts(pg)
     cpu: dict[str, float] = collections.defaultdict(float)

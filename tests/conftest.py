@@ -91,6 +91,17 @@ def admin_redis(stores: Stores) -> aioredis.Redis:
 
 
 @pytest.fixture
+async def redis(stores: Stores) -> AsyncIterator[aioredis.Redis]:
+    """A plain client of the session's Valkey (its URL as given: the operator's login, database 0), closed after
+    the test; modules that need another database or a cluster client define their own."""
+    client = aioredis.Redis.from_url(stores.redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
 def single_redis(stores: Stores) -> None:
     """For tests of one Valkey server's own behaviour (restarting it, its databases): skipped on a cluster."""
     if stores.cluster is not None:

@@ -19,7 +19,6 @@ from services.core.task_model import QUEUED
 from services.core.transitions import gates
 from services.core.transitions import user as transitions
 from services.scheduler import store
-from tests.conftest import Stores
 from tests.helpers import eventually
 from tests.integration.test_transitions import database, new_user
 
@@ -37,15 +36,6 @@ async def pool(database: str) -> AsyncIterator[asyncpg.Pool]:
         yield created
     finally:
         await created.close()
-
-
-@pytest.fixture
-async def redis(stores: Stores) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(stores.redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def spec(kind: str, replicas: int = 1, key: str | None = None, limit: int = 0) -> transitions.Submission:

@@ -9,24 +9,12 @@ import bisect
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
 
-import pytest
 import redis.asyncio as aioredis
 
 from services.core import keys, rate_limits
 from services.core.rate_limits import RESERVE_HOLD_MS, RESERVE_STARTS, WINDOW_MARGIN_MS, RateLimit
-from tests.conftest import Stores
 from tests.helpers import eventually
-
-
-@pytest.fixture
-async def redis(stores: Stores) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(stores.redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def new_kind() -> str:

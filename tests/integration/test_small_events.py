@@ -39,15 +39,6 @@ STREAM_NODE_ENTRIES = 100
 
 
 @pytest.fixture
-async def redis(stores: Stores) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(stores.redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
 async def user(stack: Stack) -> AsyncIterator[tuple[AsyncClient, Account]]:
     async with AsyncClient(stack.edge_address) as client:
         session = await client.signup(unique_email("small-events"), PASSWORD)

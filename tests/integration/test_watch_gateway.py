@@ -70,13 +70,6 @@ async def account(gateway: InProcess) -> Account:
     return await signup(gateway.channel, "inproc")
 
 
-@pytest.fixture
-async def redis(stores: Stores) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(stores.redis_url)
-    yield client
-    await client.aclose()
-
-
 async def test_an_idle_stream_gets_heartbeats_carrying_its_position(gateway: InProcess, account: Account) -> None:
     watch = Watch(gateway.channel, account)
     try:
