@@ -19,10 +19,10 @@ from services.core.transitions import user as transitions
 from services.core.transitions.fast_start import start_fast
 from services.scheduler import store
 from tests.helpers import eventually
-from tests.integration.test_kind_controls_db import OFF, item, lock_waiters, pool, redis, spec, window
+from tests.integration.test_kind_controls_db import OFF, item, lock_waiters, pool, spec, window
 from tests.integration.test_transitions import database, new_user
 
-__all__ = ["database", "pool", "redis"]  # the fixtures, used by name
+__all__ = ["database", "pool"]  # the fixtures, used by name
 
 RUN, SKIP = worker_pb2.START_DECISION_RUN, worker_pb2.START_DECISION_SKIP
 
