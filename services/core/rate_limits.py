@@ -52,7 +52,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local wanted, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 local period = tonumber(ARGV[3]) * 1000
-local reserve, hold, keep = tonumber(ARGV[4] or 0), tonumber(ARGV[5] or 0), tonumber(ARGV[6] or 0)
+local reserve, hold, keep = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
 local used = redis.call('ZCARD', KEYS[1])
 local granted = math.min(wanted, math.max(0, limit - used))
@@ -131,11 +131,19 @@ async def take(redis: aioredis.Redis, wanted: Sequence[tuple[str, int, RateLimit
     return await _take(redis, wanted)
 
 
-async def take_or_wait(redis: aioredis.Redis, wanted: Sequence[tuple[str, int, RateLimit]]) -> list[Taken]:
-    """take() for a start: while Redis cannot be reached no token is granted (the limit is never exceeded) and
-    the tasks wait UNREACHABLE_WAIT_MS before they are tried again, rather than failing the whole start request."""
+async def take_or_wait(
+    redis: aioredis.Redis,
+    wanted: Sequence[tuple[str, int, RateLimit]],
+    reserve: int = 0,
+    lapsed: Sequence[tuple[str, Sequence[int]]] = (),
+) -> list[Taken]:
+    """take() for a start (reserving and giving back as _take): while Redis cannot be reached no token is granted
+    (the limit is never exceeded; lapsed members stay, stricter) and the tasks wait UNREACHABLE_WAIT_MS before they
+    are tried again, rather than failing the whole start request."""
+    if not wanted:
+        return []
     try:
-        return await take(redis, wanted)
+        return await _take(redis, wanted, reserve, lapsed)
     except (RedisError, OSError) as exc:
         log.warning("rate limits unreachable; rate-limited tasks wait", extra={"error": repr(exc)})
         return [Taken(0, 0, UNREACHABLE_WAIT_MS) for _ in wanted]
@@ -254,11 +262,7 @@ class RedisLimiter:
             return ahead
         lapsed, self._lapsed = self._lapsed, []
         sent = time.monotonic()
-        try:
-            taken = await _take(self.redis, asked, self.reserve, lapsed)
-        except (RedisError, OSError) as exc:
-            log.warning("rate limits unreachable; rate-limited tasks wait", extra={"error": repr(exc)})
-            taken = [Taken(0, 0, UNREACHABLE_WAIT_MS) for _ in asked]
+        taken = await take_or_wait(self.redis, asked, self.reserve, lapsed)
         for (kind, n, limit), got in zip(asked, taken, strict=True):
             if got.granted > n:  # the reserve came too: the first n are this request's, the rest kept
                 first = got.last - got.granted + 1
