@@ -1,118 +1,113 @@
-"""What metrics and tracing cost on the hot path: this checkout with both on against the same checkout with both off.
+"""What metrics and tracing cost on the hot path: two live stacks of this checkout, "on" and "off", taking turns.
 
-    .venv/bin/python -m bench.observability_ab [--rounds 3] [--quick] [--parts] [--out bench/results/observability-ab]
-                                               [--doc docs/observability-cost.md]
+    .venv/bin/python -m bench.observability_ab [--rounds 8] [--tasks 3000] [--latency-tasks 100] [--quick]
+                                               [--on both|metrics|tracing|none] [--doc docs/observability-cost.md]
 
-Each round runs our throughput (no-op drain, enqueue) and latency (submit → start, submit → result seen) scenarios
-twice, "on" and "off", in alternating order so that drift of a shared, noisy machine falls on both sides alike.
-Both sides are `python -m bench.run` of this checkout and differ only in their environment:
+Both stacks (bench/observability_sides.py: "on" serves Prometheus metrics from every process and exports every
+span over OTLP at 100 % sampling to a receiver in this process; "off" does neither) start at once and stay up for
+the whole run. Each round then
+- drains `--tasks` no-op tasks through one side's Envoy, then through the other's (which side goes first
+  alternates), each after an uncounted drain of PRIMER_TASKS on the same side, so that both measured drains
+  follow the same kind of work: each drain has the machine to itself, and a round's two drains run seconds
+  apart. Per drain: its rate (first SubmitTask → GetStats counts them all SUCCEEDED) and the CPU our processes
+  (Envoy, gateway, scheduler, workers) spent per task;
+- submits `--latency-tasks` single tasks to each side in turn (on, off, off, on, ...), one at a time: submit →
+  start (the scheduler's start transaction, `started_at`) and submit → SUCCEEDED seen on a WatchTasks stream.
 
-- on: every process serves Prometheus metrics (RTASK_METRICS_PORT: the launcher gives each a free port of its own,
-  and bench/ours.py scrapes each once after the figures, as proof) and exports every span
-  (OTEL_TRACES_SAMPLER=always_on) over OTLP to a receiver this process runs: a small grpc.aio TraceService on the
-  `opentelemetry-proto` stubs that counts what it is sent, as a collector would receive it;
-- off: metrics off in the launcher (bench/ours.py METRICS_SWITCH_ENV) and no RTASK_METRICS_* or OTEL_* variable.
+Why both stacks at once: an earlier form of this benchmark ran each side as its own `bench.run`, minutes apart.
+On this shared machine the other load changes that much within minutes (the one-minute load average went from
+2.5 to 4.4 between the sides of one run), and the median of three such rounds moved by ±15 % between runs of
+the same code. Here a round's two sides meet the same load, and more rounds fit in the same time.
 
-The figure quoted is the median of the rounds; the target is a cost of at most 5 % on each. Printed, never asserted.
---parts also runs each half alone ("metrics", "tracing") in every round, to tell which one costs what.
+Figures: a drain's rate and CPU per task are the medians of the rounds' drains ("medians compared"); latency
+percentiles are over all of a side's tasks, whose samples interleave with the other side's one by one. The
+median of the rounds' own on ÷ off ratios is printed beside them. Printed, never asserted. `--on none` is an
+A/A run: both stacks alike, to read the harness's own noise.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
-import sys
+import subprocess
+import tempfile
 import time
+import uuid
+from collections.abc import Callable
+from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-
-from bench.checks_ab import FIGURES as RATE_FIGURES
-from bench.checks_ab import SIDES, _head
-from bench.ours import METRICS_SWITCH_ENV
+from bench.figures import percentile
+from bench.observability_sides import (
+    NOT_OURS,
+    PARTS,
+    SIDES,
+    SpanCounter,
+    by_role,
+    drain_with_cpu,
+    stack_config,
+    start_receiver,
+)
+from bench.ours import Watcher, scrape_finished
+from resilienttask import AsyncClient, TaskStatus
+from services.stack.stack import Stack
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_COST = 0.05
-# The rate and latency figures, and the CPU our processes spent per task over the drain (bench/ours.py), which a
-# shared machine's other load sways less than it does the rate.
-FIGURES = [
-    *RATE_FIGURES,
-    ("service CPU per task, drain", "ms", lambda r: float(r["throughput"]["ours"]["service_cpu_ms_per_task"]), False),
-]
-# With --parts: each half alone as well, to tell which one costs what.
-PARTS = ("metrics", "tracing")
-# What the "off" side must not inherit from the shell the benchmark was started in.
-OBSERVABILITY_PREFIXES = ("RTASK_METRICS_", "OTEL_")
+WORKERS, SLOTS = 2, 10  # as `make bench`'s throughput and latency scenarios
+WARMUP_TASKS = 500  # one drain a side before the rounds: connections, caches and the first plans
+WARMUP_SINGLES = 20
+# Before each measured drain, an uncounted one on the same side: without it the first drain of a round, which
+# follows the single tasks' idle gaps, ran 15-20 % slower than the second whichever side it was, so the side that
+# drained first lost out (seen with --quick).
+PRIMER_TASKS = 200
 
 
 @dataclass
-class SpanCounter(trace_service_pb2_grpc.TraceServiceServicer):
-    """An OTLP trace receiver that keeps only counts: spans, distinct traces and the services that sent them."""
+class Side:
+    """What one side measured: a drain per round, and every latency sample."""
 
-    spans: int = 0
-    requests: int = 0
-    traces: set[bytes] = field(default_factory=set)
-    services: set[str] = field(default_factory=set)
-
-    async def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
-        self.requests += 1
-        for resource_spans in request.resource_spans:
-            for attribute in resource_spans.resource.attributes:
-                if attribute.key == "service.name":
-                    self.services.add(attribute.value.string_value)
-            for scope_spans in resource_spans.scope_spans:
-                self.spans += len(scope_spans.spans)
-                self.traces.update(span.trace_id for span in scope_spans.spans)
-        return trace_service_pb2.ExportTraceServiceResponse()
+    drain_per_s: list[float] = field(default_factory=list)
+    cpu_ms_per_task: list[float] = field(default_factory=list)
+    roles_ms_per_task: list[dict[str, float]] = field(default_factory=list)
+    load: list[float] = field(default_factory=list)  # the one-minute load average as each drain started
+    to_created_s: list[float] = field(default_factory=list)
+    to_start_s: list[float] = field(default_factory=list)
+    to_seen_s: list[float] = field(default_factory=list)
+    submitted: int = 0
 
 
-async def start_receiver(counter: SpanCounter) -> tuple[grpc.aio.Server, int]:
-    # Batches of many spans: allow messages far above gRPC's default 4 MiB.
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(counter, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return server, port
+@dataclass(frozen=True)
+class Figure:
+    label: str
+    unit: str
+    value: Callable[[Side], float]
+    higher_is_better: bool
+    per_round: Callable[[Side], list[float]] | None = None  # the rounds' values, where the figure is their median
 
 
-def side_env(side: str, receiver_port: int) -> dict[str, str]:
-    """The environment of one side: "on", "off", or (with --parts) "metrics" or "tracing" alone."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(OBSERVABILITY_PREFIXES)}
-    env[METRICS_SWITCH_ENV] = "on" if side in ("on", "metrics") else "off"
-    if side in ("on", "tracing"):
-        env.update(
-            {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver_port}",
-                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-                "OTEL_TRACES_SAMPLER": "always_on",
-            }
-        )
-    return env
+def _p(samples_s: list[float], q: float) -> float:
+    return round(percentile([s * 1000 for s in samples_s], q), 2)
 
 
-async def run_side(side: str, receiver_port: int, out: Path, quick: bool) -> dict[str, Any]:
-    """One `bench.run` of the two scenarios with this side's environment; its results.json."""
-    command = [sys.executable, "-m", "bench.run", "--only", "throughput,latency,ours", "--out", str(out)]
-    if quick:
-        command.append("--quick")
-    proc = await asyncio.create_subprocess_exec(
-        *command, cwd=REPO, env=side_env(side, receiver_port), stdout=asyncio.subprocess.DEVNULL
-    )
-    if await proc.wait() != 0:
-        raise RuntimeError(f"{side}: bench.run exited with {proc.returncode}")
-    results: dict[str, Any] = json.loads((out / "results.json").read_text())["results"]
-    for scenario in ("throughput", "latency"):
-        if "error" in results[scenario]["ours"]:
-            raise RuntimeError(f"{side}: {scenario} failed: {results[scenario]['ours']['error']}")
-    return results
+FIGURES = (
+    Figure("no-op drain", "tasks/s", lambda s: statistics.median(s.drain_per_s), True, lambda s: s.drain_per_s),
+    Figure(
+        "service CPU per task, drain",
+        "ms",
+        lambda s: statistics.median(s.cpu_ms_per_task),
+        False,
+        lambda s: s.cpu_ms_per_task,
+    ),
+    Figure("submit → created p50 (the gateway's insert)", "ms", lambda s: _p(s.to_created_s, 0.50), False),
+    Figure("submit → start p50", "ms", lambda s: _p(s.to_start_s, 0.50), False),
+    Figure("submit → start p99", "ms", lambda s: _p(s.to_start_s, 0.99), False),
+    Figure("submit → SUCCEEDED seen p50", "ms", lambda s: _p(s.to_seen_s, 0.50), False),
+    Figure("submit → SUCCEEDED seen p99", "ms", lambda s: _p(s.to_seen_s, 0.99), False),
+)
 
 
 def cost(on: float, off: float, higher_is_better: bool) -> float:
@@ -120,154 +115,229 @@ def cost(on: float, off: float, higher_is_better: bool) -> float:
     return (off - on) / off if higher_is_better else (on - off) / off
 
 
-def scraped(result: dict[str, Any]) -> str:
-    """What the one scrape after an "on" throughput run found: endpoints and the finished tasks they counted."""
-    found = result["throughput"]["ours"].get("metrics_scraped")
-    return f"{found['endpoints']} endpoints, {found['tasks_finished_total']} finished" if found else "nothing"
+async def one_task(client: AsyncClient, watcher: Watcher) -> tuple[float, float, float]:
+    """Seconds from before a single task's SubmitTask call to its submit transaction, its start transaction, and
+    its SUCCEEDED event (the transactions' times are PostgreSQL's clock, on this host)."""
+    before = time.time()
+    (task,) = await client.submit("latency", kind="sleep", workload=0)
+    done = await watcher.first(task.id, {TaskStatus.SUCCEEDED}, 30)
+    created_at, started_at = watcher.latest[task.id].created_at, watcher.latest[task.id].started_at
+    assert created_at is not None and started_at is not None
+    return created_at.timestamp() - before, started_at.timestamp() - before, done - before
+
+
+class Run:
+    """The two live stacks, a client and a watch stream on each, and what each side measured."""
+
+    def __init__(
+        self,
+        stacks: dict[str, Stack],
+        drainers: dict[str, AsyncClient],
+        watchers: dict[str, tuple[AsyncClient, Watcher]],
+    ) -> None:
+        self.stacks = stacks
+        self.drainers = drainers  # one user a side for the drains (the edge limits sign-ups per address)
+        self.watchers = watchers
+        self.sides = {side: Side() for side in stacks}
+
+    async def drain(self, side: str, tasks: int, counted: bool = True) -> None:
+        load = round(os.getloadavg()[0], 2)
+        wall_s, spent = await drain_with_cpu(self.stacks[side], tasks, self.drainers[side])
+        measured = self.sides[side]
+        measured.submitted += tasks
+        if not counted:
+            return
+        roles = by_role(spent)
+        measured.drain_per_s.append(round(tasks / wall_s, 1))
+        measured.cpu_ms_per_task.append(
+            round(sum(v for role, v in roles.items() if role not in NOT_OURS) / tasks * 1000, 3)
+        )
+        measured.roles_ms_per_task.append({role: round(v / tasks * 1000, 3) for role, v in roles.items()})
+        measured.load.append(load)
+
+    async def singles(self, order: tuple[str, ...], tasks: int, counted: bool = True) -> None:
+        for i in range(tasks):
+            for side in order if i % 2 == 0 else order[::-1]:  # on, off, off, on, ...
+                to_created, to_start, to_seen = await one_task(*self.watchers[side])
+                self.sides[side].submitted += 1
+                if counted:
+                    self.sides[side].to_created_s.append(to_created)
+                    self.sides[side].to_start_s.append(to_start)
+                    self.sides[side].to_seen_s.append(to_seen)
+
+    async def round(self, index: int, tasks: int, singles: int) -> None:
+        order = SIDES if index % 2 == 0 else SIDES[::-1]
+        for side in order:
+            await self.drain(side, PRIMER_TASKS, counted=False)
+            await self.drain(side, tasks)
+        await self.singles(order, singles)
+        on, off = self.sides["on"], self.sides["off"]
+        print(
+            f"round {index + 1}: drain on {on.drain_per_s[-1]:g} off {off.drain_per_s[-1]:g} tasks/s, "
+            f"CPU per task on {on.cpu_ms_per_task[-1]:g} off {off.cpu_ms_per_task[-1]:g} ms "
+            f"(load {on.load[-1]:g} / {off.load[-1]:g})",
+            flush=True,
+        )
+
+
+def head() -> str:
+    return subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
 
 
 def render(
-    rounds: list[dict[str, dict[str, Any]]],
-    spans: list[int],
-    receiver_cpu_s: list[float],
-    counter: SpanCounter,
-    load: tuple[list[float], list[float]],
-    side_load: list[dict[str, float]],
-    quick: bool,
+    run: Run, on: tuple[str, ...], args: argparse.Namespace, counter: SpanCounter, scraped: dict[str, int] | None
 ) -> str:
-    size = "the quick sizes (`--quick`)" if quick else "the full sizes of `make bench`"
+    sides = run.sides
+    what_on = (
+        "every process serving Prometheus metrics and exporting every span over OTLP"
+        if on == PARTS
+        else {"metrics": "metrics only", "tracing": "tracing only"}.get(on[0], "")
+        if on
+        else "nothing (an A/A run)"
+    )
     lines = [
         "# What metrics and tracing cost on the hot path",
         "",
         f"`python -m bench.observability_ab` (run by `make bench` and `make bench-observability`), "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {_head()}: our throughput and latency "
-        f"scenarios at {size}, **on** = every process serving Prometheus metrics and exporting every span over "
-        f"OTLP, **off** = neither, both from this checkout, alternated {len(rounds)} times in one run; each figure "
-        f"is the median of the rounds. Load average {load[0]} at the start, {load[1]} at the end (2 cores, "
-        "shared).",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {head()}. Two local stacks of this "
+        f"checkout up at once, {WORKERS} workers x {SLOTS} slots each, own PostgreSQL and Valkey each: **on** = "
+        f"{what_on}, **off** = neither. {args.rounds} rounds; in each, {args.tasks:,} no-op tasks drained through "
+        f"one side's Envoy and then the other's (the first side alternates), then {args.latency_tasks} single tasks "
+        "submitted to each side in turn, one at a time. Load average "
+        f"{args.load_start} at the start, {[round(x, 2) for x in os.getloadavg()]} at the end (2 cores, shared).",
         "",
-        f"| figure | on (median) | off (median) | cost | within {TARGET_COST:.0%} | rounds on | rounds off |",
-        "|---|---|---|---|---|---|---|",
+        f"| figure | on | off | cost | within {TARGET_COST:.0%} | median of the rounds' on ÷ off |",
+        "|---|---|---|---|---|---|",
     ]
-    for label, unit, extract, higher in FIGURES:
-        values = {side: [extract(r[side]) for r in rounds] for side in SIDES}
-        on, off = statistics.median(values["on"]), statistics.median(values["off"])
-        share = cost(on, off, higher)
+    for figure in FIGURES:
+        on_value, off_value = figure.value(sides["on"]), figure.value(sides["off"])
+        share = cost(on_value, off_value, figure.higher_is_better)
+        paired = ""
+        if figure.per_round is not None:
+            ratios = [a / b for a, b in zip(figure.per_round(sides["on"]), figure.per_round(sides["off"]), strict=True)]
+            paired = f"{statistics.median(ratios):.3f}"
         lines.append(
-            f"| {label} ({unit}) | {on:g} | {off:g} | {share:+.1%} | {'yes' if share <= TARGET_COST else '**no**'} | "
-            f"{', '.join(f'{v:g}' for v in values['on'])} | {', '.join(f'{v:g}' for v in values['off'])} |"
+            f"| {figure.label} ({figure.unit}) | {on_value:g} | {off_value:g} | {share:+.1%} | "
+            f"{'yes' if share <= TARGET_COST else '**no**'} | {paired} |"
         )
-    if all(part in rounds[0] for part in PARTS):
-        lines += [
-            "",
-            "Each half alone, against the same **off** (cost as above):",
-            "",
-            "| figure | metrics only (median) | cost | tracing only (median) | cost |",
-            "|---|---|---|---|---|",
+    lines += [
+        "",
+        "Cost: how much worse **on** is than **off** (a slower drain, more CPU, a longer latency; negative: on was "
+        "better, i.e. the machine's noise). The drain and CPU figures are medians of the rounds' drains; the "
+        f"latency percentiles are over all {len(sides['on'].to_start_s)} single tasks of a side.",
+        "",
+        "Each round, the side that drained first on the left (load average as each drain started):",
+        "",
+        "| round | drain (tasks/s) | CPU per task (ms) | on ÷ off, CPU | submit → start p50, on / off (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    per_round = args.latency_tasks
+    for index in range(args.rounds):
+        order = SIDES if index % 2 == 0 else SIDES[::-1]
+        drains = ", ".join(
+            f"{side} {sides[side].drain_per_s[index]:g} (load {sides[side].load[index]:g})" for side in order
+        )
+        cpus = ", ".join(f"{side} {sides[side].cpu_ms_per_task[index]:g}" for side in order)
+        ratio = sides["on"].cpu_ms_per_task[index] / sides["off"].cpu_ms_per_task[index]
+        p50s = " / ".join(
+            f"{_p(sides[side].to_start_s[index * per_round : (index + 1) * per_round], 0.5):g}" for side in SIDES
+        )
+        lines.append(f"| {index + 1} | {drains} | {cpus} | {ratio:.3f} | {p50s} |")
+    lines += ["", "CPU per task over the drains by process role (ms, median of the rounds):", ""]
+    for side in SIDES:
+        roles = sorted({role for one in sides[side].roles_ms_per_task for role in one})
+        cells = [
+            f"{role} {statistics.median(one.get(role, 0.0) for one in sides[side].roles_ms_per_task):.3f}"
+            + (" (not ours)" if role in NOT_OURS else "")
+            for role in roles
         ]
-        for label, unit, extract, higher in FIGURES:
-            off = statistics.median(extract(r["off"]) for r in rounds)
-            cells = []
-            for part in PARTS:
-                value = statistics.median(extract(r[part]) for r in rounds)
-                cells += [f"{value:g}", f"{cost(value, off, higher):+.1%}"]
-            lines.append(f"| {label} ({unit}) | {' | '.join(cells)} |")
-    lines += [
-        "",
-        "Each round as run, the side that ran first on the left, with the machine's one-minute load average when "
-        "each side started (the other load of a shared machine sways a side's figures; a round whose two sides "
-        "ran under different loads says less):",
-        "",
-        "| round | side: load at its start, drain (tasks/s), CPU per task (ms) | on ÷ off, CPU per task |",
-        "|---|---|---|",
-    ]
-    cpu_of = FIGURES[-1][2]
-    drain_of = FIGURES[0][2]
-    for index, (one, loads) in enumerate(zip(rounds, side_load, strict=True)):
-        ran = "; ".join(f"{side} {loads[side]:g}, {drain_of(one[side]):g}, {cpu_of(one[side]):g}" for side in loads)
-        lines.append(f"| {index + 1} | {ran} | {cpu_of(one['on']) / cpu_of(one['off']):.3f} |")
-    lines += ["", "CPU per task over the drain by process role (ms, median of the rounds):", ""]
-    for side in rounds[0]:
-        by_role = [r[side]["throughput"]["ours"].get("cpu_ms_per_task_by_role", {}) for r in rounds]
-        roles = sorted({role for one in by_role for role in one})
-        cells = [f"{role} {statistics.median(one.get(role, 0.0) for one in by_role):.3f}" for role in roles]
         lines.append(f"- {side}: {', '.join(cells)}")
-    lines += [
-        "",
-        "Cost: how much worse **on** is than **off** (slower throughput or longer latency; negative is better, "
-        "i.e. within the machine's noise).",
-        "",
-        f"What **on** exported: {', '.join(str(n) for n in spans)} spans per round to the benchmark's OTLP "
-        f"receiver ({len(counter.traces)} traces in all, from {', '.join(sorted(counter.services)) or 'no service'}), "
-        "with 100 % sampling (`OTEL_TRACES_SAMPLER=always_on`); every gateway, scheduler and worker served "
-        "`/metrics` on a port of its own, and one scrape of them all after each throughput run found "
-        f"{'; '.join(scraped(r['on']) for r in rounds)} (per round; the throughput scenario's tasks plus its single "
-        "submits). No Prometheus scraped them while the figures were measured: the cost is that of keeping the "
-        "series and recording and exporting the spans. The receiver ran on the same 2 cores, as a collector on the "
-        f"same host would: it used {', '.join(f'{s:g}' for s in receiver_cpu_s)} CPU-seconds per round.",
-        "",
-    ]
+    proof = []
+    if "tracing" in on:
+        proof.append(
+            f"the receiver got {counter.spans:,} spans ({len(counter.traces):,} traces, from "
+            f"{', '.join(sorted(counter.services)) or 'no service'}) for the {sides['on'].submitted:,} tasks of "
+            "the **on** side, with 100 % sampling (`OTEL_TRACES_SAMPLER=always_on`); it ran in this benchmark's "
+            "process on the same 2 cores, as a collector on the same host would"
+        )
+    if scraped is not None:
+        proof.append(
+            f"one scrape after the last round found {scraped['endpoints']} `/metrics` endpoints counting "
+            f"{scraped['tasks_finished_total']:,} tasks finished (the side ran {sides['on'].submitted:,}); nothing "
+            "scraped them while the figures were measured: the cost is that of keeping the series"
+        )
+    if proof:
+        lines += ["", "What **on** did: " + "; ".join(proof) + "."]
+    lines.append("")
     return "\n".join(lines)
 
 
-async def measure(
-    rounds: int, out: Path, quick: bool, sides: tuple[str, ...]
-) -> tuple[list[dict[str, dict[str, Any]]], list[int], list[float], list[dict[str, float]], SpanCounter]:
+async def measure(args: argparse.Namespace, on: tuple[str, ...]) -> tuple[Run, SpanCounter, dict[str, int] | None]:
     counter = SpanCounter()
     server, port = await start_receiver(counter)
-    results: list[dict[str, dict[str, Any]]] = []
-    spans: list[int] = []
-    # CPU time of this process while a side ran: the receiver's work (the side itself is a child process).
-    receiver_cpu_s: list[float] = []
-    # The one-minute load average when each side of each round started, in the order they ran.
-    side_load: list[dict[str, float]] = []
-    try:
-        for index in range(rounds):
-            # Each round starts one side later: with two sides, on/off then off/on.
-            order = sides[index % len(sides) :] + sides[: index % len(sides)]
-            round_results = {}
-            side_load.append({})
-            for side in order:
-                side_load[-1][side] = round(os.getloadavg()[0], 2)
-                print(f"-- round {index + 1}, {side} (load {side_load[-1][side]}) ...", flush=True)
-                before, cpu_before = counter.spans, time.process_time()
-                round_results[side] = await run_side(side, port, out / f"round{index + 1}-{side}", quick)
-                if side == "on":
-                    spans.append(counter.spans - before)
-                    receiver_cpu_s.append(round(time.process_time() - cpu_before, 1))
-                print(
-                    f"   {[f'{label}: {extract(round_results[side]):g}' for label, _, extract, _ in FIGURES]}"
-                    f" spans received: {counter.spans - before}",
-                    flush=True,
-                )
-            results.append(round_results)
-    finally:
-        await server.stop(grace=1)
-    return results, spans, receiver_cpu_s, side_load, counter
+    stacks = ExitStack()
+    with tempfile.TemporaryDirectory(prefix="rtask-obs-ab-") as folder:
+        try:
+            live = {}
+            for side in SIDES:
+                config = stack_config(Path(folder), side, port, WORKERS, SLOTS, on)
+                # Started in a thread: the receiver on this event loop keeps answering meanwhile.
+                live[side] = await asyncio.to_thread(stacks.enter_context, Stack(config))
+            async with AsyncExitStack() as clients:
+                drainers, watchers = {}, {}
+                for side in SIDES:
+                    for_drains, for_singles = [
+                        await clients.enter_async_context(AsyncClient(live[side].edge_address, timeout=60))
+                        for _ in range(2)
+                    ]
+                    for client in (for_drains, for_singles):
+                        await client.signup(f"obs-{uuid.uuid4().hex[:12]}@example.com", "bench password")
+                    watcher = Watcher(for_singles)
+                    clients.push_async_callback(watcher.close)
+                    await watcher.ready()
+                    drainers[side], watchers[side] = for_drains, (for_singles, watcher)
+                run = Run(live, drainers, watchers)
+                for side in SIDES:
+                    await run.drain(side, WARMUP_TASKS, counted=False)
+                await run.singles(SIDES, WARMUP_SINGLES, counted=False)
+                for index in range(args.rounds):
+                    await run.round(index, args.tasks, args.latency_tasks)
+            scraped = await asyncio.to_thread(scrape_finished, live["on"]) if "metrics" in on else None
+        finally:
+            await asyncio.to_thread(stacks.close)
+            await server.stop(grace=1)
+    return run, counter, scraped
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="bench.run's quick sizes: for trying the harness")
-    parser.add_argument("--parts", action="store_true", help="also metrics alone and tracing alone")
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=8, help="an even number: each side drains first as often")
+    parser.add_argument("--tasks", type=int, default=3000, help="no-op tasks a side drains per round")
+    parser.add_argument("--latency-tasks", type=int, default=100, help="single tasks a side runs per round")
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 500 tasks and 20 singles: the harness")
+    parser.add_argument(
+        "--on",
+        choices=("both", *PARTS, "none"),
+        default="both",
+        help='what the "on" side has (the other has neither); none: an A/A run, both sides alike',
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "observability-ab")
     parser.add_argument("--doc", type=Path, help="also write the page here (docs/observability-cost.md)")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.tasks, args.latency_tasks = 3, 500, 20
+    args.load_start = [round(x, 2) for x in os.getloadavg()]
+    on = PARTS if args.on == "both" else () if args.on == "none" else (args.on,)
+    run, counter, scraped = asyncio.run(measure(args, on))
+    text = render(run, on, args, counter, scraped)
     args.out.mkdir(parents=True, exist_ok=True)
-    load_start = [round(x, 2) for x in os.getloadavg()]
-    sides = SIDES + PARTS if args.parts else SIDES
-    rounds, spans, receiver_cpu_s, side_load, counter = asyncio.run(measure(args.rounds, args.out, args.quick, sides))
-    load = (load_start, [round(x, 2) for x in os.getloadavg()])
-    text = render(rounds, spans, receiver_cpu_s, counter, load, side_load, args.quick)
     (args.out / "observability-ab.md").write_text(text)
     if args.doc is not None:
         args.doc.write_text(text)
     print(text)
-    if not all(spans):
-        print("warning: a round with everything on exported no span: is tracing in this checkout?", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

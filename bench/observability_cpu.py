@@ -25,50 +25,17 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.cpu_share import cpu_seconds, drain
-from bench.observability_ab import SpanCounter, start_receiver
-from services.core.limits import UserLimits
-from services.stack.stack import Stack, StackConfig
-
-SIDES = ("on", "off")
-PARTS = ("metrics", "tracing")
-# The stack's own PostgreSQL and Valkey are not our processes (bench/observability_ab.py counts ours only); their CPU
-# per task is printed by role all the same.
-NOT_OURS = ("postgres", "valkey")
-
-
-def stack_config(
-    folder: Path, side: str, receiver_port: int, workers: int, slots: int, on: tuple[str, ...] = PARTS
-) -> StackConfig:
-    """The stack of one side; `on` says what the "on" side has: metrics, tracing or both."""
-    tracing = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver_port}",
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-        "OTEL_TRACES_SAMPLER": "always_on",
-    }
-    return StackConfig(
-        data_dir=folder / side,
-        edge_port=0,
-        edge_tls_port=0,
-        admin_port=0,
-        workers=workers,
-        worker_slots=slots,
-        bcrypt_cost=4,
-        dashboard_dir=None,
-        # One user's throughput on purpose: every per-user limit off (docs/limits.md).
-        limits=UserLimits.unlimited(),
-        metrics=side == "on" and "metrics" in on,
-        extra_env=tracing if side == "on" and "tracing" in on else {},
-    )
-
-
-async def measure(stack: Stack, tasks: int) -> tuple[float, dict[str, float]]:
-    """Drain `tasks` no-ops through the stack: the seconds it took and its processes' CPU seconds meanwhile."""
-    pids = {name: proc.pid for name, proc in stack.processes.items() if proc.pid}
-    before = await asyncio.to_thread(cpu_seconds, pids)
-    wall_s = await drain(stack.edge_address, tasks)
-    after = await asyncio.to_thread(cpu_seconds, pids)
-    return wall_s, {name: after[name] - before[name] for name in pids}
+from bench.observability_sides import (
+    NOT_OURS,
+    PARTS,
+    SIDES,
+    SpanCounter,
+    by_role,
+    drain_with_cpu,
+    stack_config,
+    start_receiver,
+)
+from services.stack.stack import Stack
 
 
 async def one_round(
@@ -86,15 +53,13 @@ async def one_round(
                 for side in order
             }
             spans_before = counter.spans
-            results = await asyncio.gather(*(measure(started[side], tasks) for side in order))
+            results = await asyncio.gather(*(drain_with_cpu(started[side], tasks) for side in order))
             by_side = dict(zip(order, results, strict=True))
         finally:
             await asyncio.to_thread(stacks.close)
     round_result = {}
     for side, (wall_s, spent) in by_side.items():
-        roles: dict[str, float] = {}
-        for name, seconds in spent.items():
-            roles[name.split("-")[0]] = roles.get(name.split("-")[0], 0.0) + seconds
+        roles = by_role(spent)
         round_result[side] = {
             "drain_per_s": tasks / wall_s,
             "cpu_ms_per_task": sum(v for role, v in roles.items() if role not in NOT_OURS) / tasks * 1000,

@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.cpu_share import drain
-from bench.observability_ab import SpanCounter, start_receiver
-from bench.observability_cpu import NOT_OURS, PARTS, SIDES, stack_config
+from bench.observability_sides import NOT_OURS, PARTS, SIDES, SpanCounter, stack_config, start_receiver
 from services.stack.stack import Stack
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")

@@ -35,7 +35,7 @@ from services.worker.tracing import handler_run, handler_span, queue_waits, samp
 RECEIVER = """
 import asyncio, sys
 sys.path.insert(0, sys.argv[1])
-from bench.observability_ab import SpanCounter, start_receiver
+from bench.observability_sides import SpanCounter, start_receiver
 
 async def main():
     counter = SpanCounter()
