@@ -45,11 +45,11 @@ from bench.observability_sides import (
     NOT_OURS,
     PARTS,
     SIDES,
-    SpanCounter,
+    Received,
+    Receiver,
     by_role,
     drain_with_cpu,
     stack_config,
-    start_receiver,
 )
 from bench.ours import Watcher, scrape_finished
 from resilienttask import AsyncClient, TaskStatus
@@ -187,7 +187,7 @@ def head() -> str:
 
 
 def render(
-    run: Run, on: tuple[str, ...], args: argparse.Namespace, counter: SpanCounter, scraped: dict[str, int] | None
+    run: Run, on: tuple[str, ...], args: argparse.Namespace, received: Received, scraped: dict[str, int] | None
 ) -> str:
     sides = run.sides
     what_on = (
@@ -257,10 +257,11 @@ def render(
     proof = []
     if "tracing" in on:
         proof.append(
-            f"the receiver got {counter.spans:,} spans ({len(counter.traces):,} traces, from "
-            f"{', '.join(sorted(counter.services)) or 'no service'}) for the {sides['on'].submitted:,} tasks of "
-            "the **on** side, with 100 % sampling (`OTEL_TRACES_SAMPLER=always_on`); it ran in this benchmark's "
-            "process on the same 2 cores, as a collector on the same host would"
+            f"the receiver got {received.spans:,} spans ({received.traces:,} traces, from "
+            f"{', '.join(received.services) or 'no service'}) for the {sides['on'].submitted:,} tasks of "
+            "the **on** side, with 100 % sampling (`OTEL_TRACES_SAMPLER=always_on`); it ran in a process of its "
+            f"own on the same 2 cores, as a collector on the same host would, and used {received.cpu_s:.1f} "
+            "CPU-seconds"
         )
     if scraped is not None:
         proof.append(
@@ -274,16 +275,13 @@ def render(
     return "\n".join(lines)
 
 
-async def measure(args: argparse.Namespace, on: tuple[str, ...]) -> tuple[Run, SpanCounter, dict[str, int] | None]:
-    counter = SpanCounter()
-    server, port = await start_receiver(counter)
+async def measure(args: argparse.Namespace, on: tuple[str, ...], port: int) -> tuple[Run, dict[str, int] | None]:
     stacks = ExitStack()
     with tempfile.TemporaryDirectory(prefix="rtask-obs-ab-") as folder:
         try:
             live = {}
             for side in SIDES:
                 config = stack_config(Path(folder), side, port, WORKERS, SLOTS, on)
-                # Started in a thread: the receiver on this event loop keeps answering meanwhile.
                 live[side] = await asyncio.to_thread(stacks.enter_context, Stack(config))
             async with AsyncExitStack() as clients:
                 drainers, watchers = {}, {}
@@ -307,8 +305,7 @@ async def measure(args: argparse.Namespace, on: tuple[str, ...]) -> tuple[Run, S
             scraped = await asyncio.to_thread(scrape_finished, live["on"]) if "metrics" in on else None
         finally:
             await asyncio.to_thread(stacks.close)
-            await server.stop(grace=1)
-    return run, counter, scraped
+    return run, scraped
 
 
 def main() -> None:
@@ -330,8 +327,10 @@ def main() -> None:
         args.rounds, args.tasks, args.latency_tasks = 3, 500, 20
     args.load_start = [round(x, 2) for x in os.getloadavg()]
     on = PARTS if args.on == "both" else () if args.on == "none" else (args.on,)
-    run, counter, scraped = asyncio.run(measure(args, on))
-    text = render(run, on, args, counter, scraped)
+    with Receiver() as receiver:
+        run, scraped = asyncio.run(measure(args, on, receiver.port))
+        received = receiver.received()
+    text = render(run, on, args, received, scraped)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "observability-ab.md").write_text(text)
     if args.doc is not None:

@@ -5,7 +5,7 @@
 bench/observability_ab.py alternates "on" and "off" runs; on a machine whose other load comes and goes within
 minutes, one side's run can meet twice the other's load and no median of three says anything. Here each round
 starts two throwaway local stacks from this checkout, "on" (every process serving Prometheus metrics and
-exporting every span over OTLP, 100 % sampling, to a receiver in this process: bench.observability_ab's) and
+exporting every span over OTLP, 100 % sampling, to a receiver process: bench.observability_sides) and
 "off" (neither), and drains the same number of no-op tasks through both at the same time (bench.cpu_share's
 drain: SubmitTask calls of 50 replicas through Envoy, 2 workers x 10 slots), so whatever else the machine does
 falls on both alike. Compared: the user+system CPU seconds of each side's processes (Envoy, gateways,
@@ -29,18 +29,15 @@ from bench.observability_sides import (
     NOT_OURS,
     PARTS,
     SIDES,
-    SpanCounter,
+    Receiver,
     by_role,
     drain_with_cpu,
     stack_config,
-    start_receiver,
 )
 from services.stack.stack import Stack
 
 
-async def one_round(
-    index: int, tasks: int, workers: int, slots: int, counter: SpanCounter, port: int, on: tuple[str, ...]
-) -> dict:
+async def one_round(index: int, tasks: int, workers: int, slots: int, receiver: Receiver, on: tuple[str, ...]) -> dict:
     order = SIDES if index % 2 == 0 else SIDES[::-1]  # which stack starts first alternates
     with tempfile.TemporaryDirectory(prefix="rtask-obs-cpu-") as folder:
         stacks = ExitStack()
@@ -48,11 +45,11 @@ async def one_round(
             # Started and stopped in a thread: the receiver on this event loop keeps answering meanwhile.
             started = {
                 side: await asyncio.to_thread(
-                    stacks.enter_context, Stack(stack_config(Path(folder), side, port, workers, slots, on))
+                    stacks.enter_context, Stack(stack_config(Path(folder), side, receiver.port, workers, slots, on))
                 )
                 for side in order
             }
-            spans_before = counter.spans
+            spans_before = receiver.received().spans
             results = await asyncio.gather(*(drain_with_cpu(started[side], tasks) for side in order))
             by_side = dict(zip(order, results, strict=True))
         finally:
@@ -65,7 +62,7 @@ async def one_round(
             "cpu_ms_per_task": sum(v for role, v in roles.items() if role not in NOT_OURS) / tasks * 1000,
             "roles_ms_per_task": {role: seconds / tasks * 1000 for role, seconds in roles.items()},
         }
-    round_result["spans"] = counter.spans - spans_before
+    round_result["spans"] = receiver.received().spans - spans_before
     return round_result
 
 
@@ -82,28 +79,24 @@ def main() -> None:
     load_start = [round(x, 1) for x in os.getloadavg()]
     on = PARTS if args.on == "both" else (args.on,)
 
-    async def run() -> list[dict]:
-        counter = SpanCounter()
-        server, port = await start_receiver(counter)
-        try:
-            rounds = []
-            for index in range(args.rounds):
-                rounds.append(await one_round(index, args.tasks, args.workers, args.slots, counter, port, on))
-                r = rounds[-1]
-                on_ms, off_ms = r["on"]["cpu_ms_per_task"], r["off"]["cpu_ms_per_task"]
-                print(
-                    f"round {index + 1}: service CPU ms/task on {on_ms:.3f} off {off_ms:.3f} "
-                    f"({on_ms / off_ms - 1:+.1%}); "
-                    f"drain on {r['on']['drain_per_s']:.0f} off {r['off']['drain_per_s']:.0f} tasks/s; "
-                    f"{r['spans']} spans received",
-                    flush=True,
-                )
-            return rounds
-        finally:
-            await server.stop(grace=1)
+    async def run(receiver: Receiver) -> list[dict]:
+        rounds = []
+        for index in range(args.rounds):
+            rounds.append(await one_round(index, args.tasks, args.workers, args.slots, receiver, on))
+            r = rounds[-1]
+            on_ms, off_ms = r["on"]["cpu_ms_per_task"], r["off"]["cpu_ms_per_task"]
+            print(
+                f"round {index + 1}: service CPU ms/task on {on_ms:.3f} off {off_ms:.3f} "
+                f"({on_ms / off_ms - 1:+.1%}); "
+                f"drain on {r['on']['drain_per_s']:.0f} off {r['off']['drain_per_s']:.0f} tasks/s; "
+                f"{r['spans']} spans received",
+                flush=True,
+            )
+        return rounds
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    rounds = asyncio.run(run())
+    with Receiver() as receiver:
+        rounds = asyncio.run(run(receiver))
     load_end = [round(x, 1) for x in os.getloadavg()]
     print(
         f"\n{started}, on = {' and '.join(on)}, {args.rounds} rounds of {args.tasks:,} no-op tasks a side, "

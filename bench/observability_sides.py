@@ -1,15 +1,23 @@
 """The two sides every observability benchmark compares, and the OTLP receiver the "on" side exports to.
 
 "on": every process serves Prometheus metrics (the launcher gives each a free port) and exports every span
-(OTEL_TRACES_SAMPLER=always_on) over OTLP to a receiver in the benchmark's own process; "off": neither. Each side
-is a throwaway local stack from this checkout with its own PostgreSQL and Valkey, 2 workers x 10 slots unless
-told otherwise, every per-user limit off (one user's throughput on purpose: docs/limits.md).
+(OTEL_TRACES_SAMPLER=always_on) over OTLP to a receiver; "off": neither. Each side is a throwaway local stack from
+this checkout with its own PostgreSQL and Valkey, 2 workers x 10 slots unless told otherwise, every per-user limit
+off (one user's throughput on purpose: docs/limits.md).
+
+The receiver runs in a process of its own (`python -m bench.observability_sides`, started by Receiver), as a
+collector on the same host would: inside the benchmark's process, its decoding of each export request held the
+event loop that also submits the measured tasks, and slowed the "on" side's drains by that alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +29,7 @@ from resilienttask import AsyncClient
 from services.core.limits import UserLimits
 from services.stack.stack import Stack, StackConfig
 
+REPO = Path(__file__).resolve().parents[1]
 SIDES = ("on", "off")
 PARTS = ("metrics", "tracing")
 # The stack's own PostgreSQL and Valkey are not our processes; their CPU per task is printed by role all the same.
@@ -51,6 +60,7 @@ class SpanCounter(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 async def start_receiver(counter: SpanCounter) -> tuple[grpc.aio.Server, int]:
+    """The receiver on this process's event loop (the Receiver process runs one)."""
     # Batches of many spans: allow messages far above gRPC's default 4 MiB.
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(counter, server)
@@ -100,3 +110,60 @@ def by_role(spent: dict[str, float]) -> dict[str, float]:
         role = name.split("-")[0]
         roles[role] = roles.get(role, 0.0) + seconds
     return roles
+
+
+@dataclass(frozen=True)
+class Received:
+    """What the receiver process got so far, and the CPU it spent."""
+
+    spans: int
+    traces: int
+    services: list[str]
+    cpu_s: float
+
+
+class Receiver:
+    """The OTLP receiver in a child process: its port, and what it received when asked."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.observability_sides"],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self._ask, self._answers = self.process.stdin, self.process.stdout
+        self.port = int(self._answers.readline())
+
+    def received(self) -> Received:
+        self._ask.write("count\n")
+        self._ask.flush()
+        return Received(**json.loads(self._answers.readline()))
+
+    def close(self) -> None:
+        self._ask.close()
+        self.process.wait(30)
+
+    def __enter__(self) -> Receiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def _serve() -> None:
+    """The receiver process: prints its port, answers each line on stdin with its counts (JSON), stops at EOF."""
+    counter = SpanCounter()
+    server, port = await start_receiver(counter)
+    print(port, flush=True)
+    loop = asyncio.get_running_loop()
+    while await loop.run_in_executor(None, sys.stdin.readline):
+        counts = Received(counter.spans, len(counter.traces), sorted(counter.services), time.process_time())
+        print(json.dumps(asdict(counts)), flush=True)
+    await server.stop(0)
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve())

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.cpu_share import drain
-from bench.observability_sides import NOT_OURS, PARTS, SIDES, SpanCounter, stack_config, start_receiver
+from bench.observability_sides import NOT_OURS, PARTS, SIDES, Receiver, stack_config
 from services.stack.stack import Stack
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -85,25 +85,24 @@ def report(name: str, before: Usage, after: Usage, tasks: int) -> str:
 
 
 async def run(tasks: int, workers: int, slots: int, on: tuple[str, ...]) -> None:
-    counter = SpanCounter()
-    server, port = await start_receiver(counter)
-    try:
-        with tempfile.TemporaryDirectory(prefix="rtask-obs-threads-") as folder, ExitStack() as stacks:
-            started = {
-                side: await asyncio.to_thread(
-                    stacks.enter_context, Stack(stack_config(Path(folder), side, port, workers, slots, on))
-                )
-                for side in SIDES
-            }
-            pids = {
-                side: {n: p.pid for n, p in stack.processes.items() if p.pid and not n.startswith(NOT_OURS)}
-                for side, stack in started.items()
-            }
-            before = {side: {n: usage(pid) for n, pid in named.items()} for side, named in pids.items()}
-            walls = await asyncio.gather(*(drain(started[side].edge_address, tasks) for side in SIDES))
-            after = {side: {n: usage(pid) for n, pid in named.items()} for side, named in pids.items()}
-    finally:
-        await server.stop(grace=1)
+    with (
+        Receiver() as receiver,
+        tempfile.TemporaryDirectory(prefix="rtask-obs-threads-") as folder,
+        ExitStack() as stacks,
+    ):
+        started = {
+            side: await asyncio.to_thread(
+                stacks.enter_context, Stack(stack_config(Path(folder), side, receiver.port, workers, slots, on))
+            )
+            for side in SIDES
+        }
+        pids = {
+            side: {n: p.pid for n, p in stack.processes.items() if p.pid and not n.startswith(NOT_OURS)}
+            for side, stack in started.items()
+        }
+        before = {side: {n: usage(pid) for n, pid in named.items()} for side, named in pids.items()}
+        walls = await asyncio.gather(*(drain(started[side].edge_address, tasks) for side in SIDES))
+        after = {side: {n: usage(pid) for n, pid in named.items()} for side, named in pids.items()}
     load = [round(x, 1) for x in os.getloadavg()]
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, on = {' and '.join(on)}, {tasks:,} no-op tasks a side,"

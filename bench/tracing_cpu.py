@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import time
 import uuid
 
+from bench.observability_sides import Receiver
 from resilienttask.v1 import task_pb2
 from resilienttask.worker.v1 import worker_pb2
 from services.core import tracing
@@ -31,22 +30,6 @@ from services.core.settings import load
 from services.scheduler.tracing import BatchTimes, record_work
 from services.worker.consumer import Delivery
 from services.worker.tracing import handler_run, handler_span, queue_waits, sampled_parent
-
-RECEIVER = """
-import asyncio, sys
-sys.path.insert(0, sys.argv[1])
-from bench.observability_sides import SpanCounter, start_receiver
-
-async def main():
-    counter = SpanCounter()
-    server, port = await start_receiver(counter)
-    print(port, flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    print(counter.spans, flush=True)
-    await server.stop(0)
-
-asyncio.run(main())
-"""
 
 
 def one_batch(first: int, batch: int) -> None:
@@ -100,26 +83,17 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=20, help="tasks a start or finish batch records at once")
     args = parser.parse_args()
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    receiver = subprocess.Popen(
-        [sys.executable, "-c", RECEIVER, repo], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert receiver.stdin is not None and receiver.stdout is not None
-    try:
-        port = int(receiver.stdout.readline())
+    with Receiver() as receiver:
         off, _ = cpu_per_task(args.tasks, args.batch)
-        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{receiver.port}"
         # Room for every span: this loop never yields to the export thread as an event loop does, and a dropped
         # span would not count the cost of its export.
         os.environ.setdefault("OTEL_BSP_MAX_QUEUE_SIZE", str(6 * args.tasks))
         tracing.configure(tracing.TracingConfig.for_process("worker", load(tracing.OtelConfig, os.environ), "w"))
         on, on_loop = cpu_per_task(args.tasks, args.batch)
         tracing.shutdown()
-    finally:
-        receiver.stdin.close()
-        spans = receiver.stdout.readline().strip()
-        receiver.wait(30)
-    print(f"{args.tasks:,} tasks in batches of {args.batch}: {spans} spans received")
+        spans = receiver.received().spans
+    print(f"{args.tasks:,} tasks in batches of {args.batch}: {spans:,} spans received")
     print(f"  CPU per task, tracing on:  {on * 1e6:8.1f} µs")
     print(f"  CPU per task, tracing off: {off * 1e6:8.1f} µs")
     print(f"  tracing's share:           {(on - off) * 1e6:8.1f} µs")
