@@ -4,20 +4,23 @@
                                                [--on both|metrics|tracing|none] [--doc docs/observability-cost.md]
 
 Both stacks (bench/observability_sides.py: "on" serves Prometheus metrics from every process and exports every
-span over OTLP at 100 % sampling to a receiver in this process; "off" does neither) start at once and stay up for
-the whole run. Each round then
+span over OTLP at 100 % sampling to a receiver process; "off" does neither) are up at once: a pair of stacks for
+the first half of the rounds, then a fresh pair started in the opposite order for the second half. Each round
 - drains `--tasks` no-op tasks through one side's Envoy, then through the other's (which side goes first
   alternates), each after an uncounted drain of PRIMER_TASKS on the same side, so that both measured drains
   follow the same kind of work: each drain has the machine to itself, and a round's two drains run seconds
   apart. Per drain: its rate (first SubmitTask → GetStats counts them all SUCCEEDED) and the CPU our processes
   (Envoy, gateway, scheduler, workers) spent per task;
 - submits `--latency-tasks` single tasks to each side in turn (on, off, off, on, ...), one at a time: submit →
-  start (the scheduler's start transaction, `started_at`) and submit → SUCCEEDED seen on a WatchTasks stream.
+  created (the gateway's submit transaction, `created_at`), → start (the scheduler's start transaction,
+  `started_at`; both PostgreSQL's clock on this host) and → SUCCEEDED seen on a WatchTasks stream.
 
 Why both stacks at once: an earlier form of this benchmark ran each side as its own `bench.run`, minutes apart.
 On this shared machine the other load changes that much within minutes (the one-minute load average went from
 2.5 to 4.4 between the sides of one run), and the median of three such rounds moved by ±15 % between runs of
-the same code. Here a round's two sides meet the same load, and more rounds fit in the same time.
+the same code. Here a round's two sides meet the same load, and more rounds fit in the same time. The second pair
+of stacks is there because an A/A run (both sides off) on one pair read the first-started stack's CPU per task
+6.7 % below the other's; a stack's own placement is not what is measured.
 
 Figures: a drain's rate and CPU per task are the medians of the rounds' drains ("medians compared"); latency
 percentiles are over all of a side's tasks, whose samples interleave with the other side's one by one. The
@@ -129,22 +132,29 @@ async def one_task(client: AsyncClient, watcher: Watcher) -> tuple[float, float,
 class Run:
     """The two live stacks, a client and a watch stream on each, and what each side measured."""
 
-    def __init__(
+    def __init__(self) -> None:
+        self.sides = {side: Side() for side in SIDES}
+        self.stacks: dict[str, Stack] = {}
+        self.drainers: dict[str, AsyncClient] = {}  # one user a side for the drains (the edge limits sign-ups)
+        self.watchers: dict[str, tuple[AsyncClient, Watcher]] = {}
+        self.on_this_stack = 0  # tasks the current "on" stack ran (its /metrics count them)
+
+    def attach(
         self,
         stacks: dict[str, Stack],
         drainers: dict[str, AsyncClient],
         watchers: dict[str, tuple[AsyncClient, Watcher]],
     ) -> None:
-        self.stacks = stacks
-        self.drainers = drainers  # one user a side for the drains (the edge limits sign-ups per address)
-        self.watchers = watchers
-        self.sides = {side: Side() for side in stacks}
+        """The next pair of stacks."""
+        self.stacks, self.drainers, self.watchers = stacks, drainers, watchers
+        self.on_this_stack = 0
 
     async def drain(self, side: str, tasks: int, counted: bool = True) -> None:
         load = round(os.getloadavg()[0], 2)
         wall_s, spent = await drain_with_cpu(self.stacks[side], tasks, self.drainers[side])
         measured = self.sides[side]
         measured.submitted += tasks
+        self.on_this_stack += tasks if side == "on" else 0
         if not counted:
             return
         roles = by_role(spent)
@@ -160,6 +170,7 @@ class Run:
             for side in order if i % 2 == 0 else order[::-1]:  # on, off, off, on, ...
                 to_created, to_start, to_seen = await one_task(*self.watchers[side])
                 self.sides[side].submitted += 1
+                self.on_this_stack += 1 if side == "on" else 0
                 if counted:
                     self.sides[side].to_created_s.append(to_created)
                     self.sides[side].to_start_s.append(to_start)
@@ -266,7 +277,7 @@ def render(
     if scraped is not None:
         proof.append(
             f"one scrape after the last round found {scraped['endpoints']} `/metrics` endpoints counting "
-            f"{scraped['tasks_finished_total']:,} tasks finished (the side ran {sides['on'].submitted:,}); nothing "
+            f"{scraped['tasks_finished_total']:,} tasks finished (that stack ran {run.on_this_stack:,}); nothing "
             "scraped them while the figures were measured: the cost is that of keeping the series"
         )
     if proof:
@@ -275,12 +286,15 @@ def render(
     return "\n".join(lines)
 
 
-async def measure(args: argparse.Namespace, on: tuple[str, ...], port: int) -> tuple[Run, dict[str, int] | None]:
+async def one_pair(
+    run: Run, args: argparse.Namespace, on: tuple[str, ...], port: int, rounds: range, start_order: tuple[str, ...]
+) -> dict[str, int] | None:
+    """Start a pair of stacks in the order given, warm them up, run the rounds on them; the scrape of the "on" one."""
     stacks = ExitStack()
     with tempfile.TemporaryDirectory(prefix="rtask-obs-ab-") as folder:
         try:
             live = {}
-            for side in SIDES:
+            for side in start_order:
                 config = stack_config(Path(folder), side, port, WORKERS, SLOTS, on)
                 live[side] = await asyncio.to_thread(stacks.enter_context, Stack(config))
             async with AsyncExitStack() as clients:
@@ -296,24 +310,37 @@ async def measure(args: argparse.Namespace, on: tuple[str, ...], port: int) -> t
                     clients.push_async_callback(watcher.close)
                     await watcher.ready()
                     drainers[side], watchers[side] = for_drains, (for_singles, watcher)
-                run = Run(live, drainers, watchers)
+                run.attach(live, drainers, watchers)
                 for side in SIDES:
                     await run.drain(side, WARMUP_TASKS, counted=False)
                 await run.singles(SIDES, WARMUP_SINGLES, counted=False)
-                for index in range(args.rounds):
+                for index in rounds:
                     await run.round(index, args.tasks, args.latency_tasks)
-            scraped = await asyncio.to_thread(scrape_finished, live["on"]) if "metrics" in on else None
+            return await asyncio.to_thread(scrape_finished, live["on"]) if "metrics" in on else None
         finally:
             await asyncio.to_thread(stacks.close)
+
+
+async def measure(args: argparse.Namespace, on: tuple[str, ...], port: int) -> tuple[Run, dict[str, int] | None]:
+    """The rounds on two pairs of stacks, started in opposite orders: an A/A run read the first-started stack's CPU
+    per task 7 % below the other's over one pair, so no side keeps whatever comes with starting first."""
+    run = Run()
+    half = args.rounds // 2
+    scraped = None
+    for rounds, start_order in ((range(half), SIDES), (range(half, args.rounds), SIDES[::-1])):
+        if rounds:
+            scraped = await one_pair(run, args, on, port, rounds, start_order)
     return run, scraped
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=8, help="an even number: each side drains first as often")
+    parser.add_argument(
+        "--rounds", type=int, default=8, help="a multiple of 4: each side drains first as often on each pair of stacks"
+    )
     parser.add_argument("--tasks", type=int, default=3000, help="no-op tasks a side drains per round")
     parser.add_argument("--latency-tasks", type=int, default=100, help="single tasks a side runs per round")
-    parser.add_argument("--quick", action="store_true", help="3 rounds of 500 tasks and 20 singles: the harness")
+    parser.add_argument("--quick", action="store_true", help="4 rounds of 500 tasks and 20 singles: the harness")
     parser.add_argument(
         "--on",
         choices=("both", *PARTS, "none"),
@@ -324,7 +351,7 @@ def main() -> None:
     parser.add_argument("--doc", type=Path, help="also write the page here (docs/observability-cost.md)")
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.tasks, args.latency_tasks = 3, 500, 20
+        args.rounds, args.tasks, args.latency_tasks = 4, 500, 20
     args.load_start = [round(x, 2) for x in os.getloadavg()]
     on = PARTS if args.on == "both" else () if args.on == "none" else (args.on,)
     with Receiver() as receiver:
