@@ -102,7 +102,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet -e ./clients/python -e '.[dev,bench]'
 	touch $@
 
-# The full run (about fifty minutes) rewrites docs/benchmarks.md, then measures delayed tasks
+# The full run (about forty minutes) rewrites docs/benchmarks.md, then measures delayed tasks
 # (docs/benchmarks-scheduling.md) and what observability costs (docs/observability-cost.md);
 # bench-quick only writes bench/results/.
 bench: $(VENV)/.bench-installed
@@ -124,7 +124,7 @@ bench-saturation: $(VENV)/.bench-installed
 bench-scheduling: $(VENV)/.bench-installed
 	$(PY) -m bench.scheduling --doc docs/benchmarks-scheduling.md
 
-# What metrics and tracing cost (on against off, alternated; about fifteen minutes; docs/observability-cost.md).
+# What metrics and tracing cost (two live stacks, on and off, alternated; about five minutes; docs/observability-cost.md).
 bench-observability: $(VENV)/.bench-installed
 	$(PY) -m bench.observability_ab --doc docs/observability-cost.md $(ARGS)
 

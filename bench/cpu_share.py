@@ -27,6 +27,7 @@ from services.stack.stack import Stack, StackConfig
 
 REPLICAS = 50
 IN_FLIGHT = 8
+DRAIN_DEADLINE_S = 600.0
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
@@ -41,29 +42,28 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return spent
 
 
-async def drain(edge: str, tasks: int) -> float:
-    """Submit `tasks` no-ops as a new user and wait until all are SUCCEEDED; returns the seconds that took."""
+async def drain(edge: str, tasks: int, deadline_s: float = DRAIN_DEADLINE_S) -> float:
+    """Submit `tasks` no-ops as a new user (so the GetStats polls count only them) and wait until all are
+    SUCCEEDED; returns the seconds that took. Raises when one ends otherwise or the deadline passes."""
     async with AsyncClient(edge, timeout=60) as client:
         await client.signup(f"cpu-{uuid.uuid4().hex[:12]}@example.com", "bench password")
-        return await drain_as(client, tasks)
+        gate = asyncio.Semaphore(IN_FLIGHT)
 
+        async def submit(replicas: int) -> None:
+            async with gate:
+                await client.submit("noop", kind="sleep", workload=0, replicas=replicas)
 
-async def drain_as(client: AsyncClient, tasks: int) -> float:
-    """Submit `tasks` no-ops as the client's user (who has nothing else in flight) and wait until all are
-    SUCCEEDED; returns the seconds that took."""
-    gate = asyncio.Semaphore(IN_FLIGHT)
-    done_before = (await client.stats()).succeeded
-
-    async def submit(replicas: int) -> None:
-        async with gate:
-            await client.submit("noop", kind="sleep", workload=0, replicas=replicas)
-
-    started = time.monotonic()
-    await asyncio.gather(*(submit(min(REPLICAS, tasks - i)) for i in range(0, tasks, REPLICAS)))
-    while True:
-        if (await client.stats()).succeeded >= done_before + tasks:
-            return time.monotonic() - started
-        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await asyncio.gather(*(submit(min(REPLICAS, tasks - i)) for i in range(0, tasks, REPLICAS)))
+        while True:
+            stats = await client.stats()
+            if stats.succeeded >= tasks:
+                return time.monotonic() - started
+            if stats.failed or stats.cancelled or stats.timed_out:
+                raise RuntimeError(f"a no-op did not succeed: {stats}")
+            if time.monotonic() - started > deadline_s:
+                raise TimeoutError(f"{stats.succeeded} of {tasks} no-ops SUCCEEDED within {deadline_s:g} s")
+            await asyncio.sleep(0.05)
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ the first half of the rounds, then a fresh pair started in the opposite order fo
   follow the same kind of work: each drain has the machine to itself, and a round's two drains run seconds
   apart. Per drain: its rate (first SubmitTask → GetStats counts them all SUCCEEDED) and the CPU our processes
   (Envoy, gateway, scheduler, workers) spent per task;
-- submits `--latency-tasks` single tasks to each side in turn (on, off, off, on, ...), one at a time: submit →
+- submits `--latency-tasks` single tasks to each side in turn (A, B, B, A, ..., A being the round's first side),
+  one at a time: submit →
   created (the gateway's submit transaction, `created_at`), → start (the scheduler's start transaction,
   `started_at`; both PostgreSQL's clock on this host) and → SUCCEEDED seen on a WatchTasks stream.
 
@@ -47,6 +48,7 @@ from bench.figures import percentile
 from bench.observability_sides import (
     NOT_OURS,
     PARTS,
+    SETTLE_S,
     SIDES,
     Received,
     Receiver,
@@ -135,23 +137,17 @@ class Run:
     def __init__(self) -> None:
         self.sides = {side: Side() for side in SIDES}
         self.stacks: dict[str, Stack] = {}
-        self.drainers: dict[str, AsyncClient] = {}  # one user a side for the drains (the edge limits sign-ups)
         self.watchers: dict[str, tuple[AsyncClient, Watcher]] = {}
         self.on_this_stack = 0  # tasks the current "on" stack ran (its /metrics count them)
 
-    def attach(
-        self,
-        stacks: dict[str, Stack],
-        drainers: dict[str, AsyncClient],
-        watchers: dict[str, tuple[AsyncClient, Watcher]],
-    ) -> None:
+    def attach(self, stacks: dict[str, Stack], watchers: dict[str, tuple[AsyncClient, Watcher]]) -> None:
         """The next pair of stacks."""
-        self.stacks, self.drainers, self.watchers = stacks, drainers, watchers
+        self.stacks, self.watchers = stacks, watchers
         self.on_this_stack = 0
 
     async def drain(self, side: str, tasks: int, counted: bool = True) -> None:
         load = round(os.getloadavg()[0], 2)
-        wall_s, spent = await drain_with_cpu(self.stacks[side], tasks, self.drainers[side])
+        wall_s, spent = await drain_with_cpu(self.stacks[side], tasks, SETTLE_S if counted else 0.0)
         measured = self.sides[side]
         measured.submitted += tasks
         self.on_this_stack += tasks if side == "on" else 0
@@ -167,7 +163,7 @@ class Run:
 
     async def singles(self, order: tuple[str, ...], tasks: int, counted: bool = True) -> None:
         for i in range(tasks):
-            for side in order if i % 2 == 0 else order[::-1]:  # on, off, off, on, ...
+            for side in order if i % 2 == 0 else order[::-1]:  # A, B, B, A, ...
                 to_created, to_start, to_seen = await one_task(*self.watchers[side])
                 self.sides[side].submitted += 1
                 self.on_this_stack += 1 if side == "on" else 0
@@ -214,12 +210,16 @@ def render(
         f"`python -m bench.observability_ab` (run by `make bench` and `make bench-observability`), "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {head()}. Two local stacks of this "
         f"checkout up at once, {WORKERS} workers x {SLOTS} slots each, own PostgreSQL and Valkey each: **on** = "
-        f"{what_on}, **off** = neither. {args.rounds} rounds; in each, {args.tasks:,} no-op tasks drained through "
-        f"one side's Envoy and then the other's (the first side alternates), then {args.latency_tasks} single tasks "
-        "submitted to each side in turn, one at a time. Load average "
+        f"{what_on}, **off** = neither; half of the rounds on one pair of stacks, half on a second pair started in "
+        f"the opposite order. {args.rounds} rounds; in each, {args.tasks:,} no-op tasks drained through one side's "
+        f"Envoy and then the other's (the first side alternates; each drain after an uncounted one of "
+        f"{PRIMER_TASKS} on its side, its CPU read {SETTLE_S:g} s after its end, so that the export of its last "
+        f"spans counts), then {args.latency_tasks} single tasks submitted to each side in turn, one at a time. "
+        "Load average "
         f"{args.load_start} at the start, {[round(x, 2) for x in os.getloadavg()]} at the end (2 cores, shared).",
         "",
-        f"| figure | on | off | cost | within {TARGET_COST:.0%} | median of the rounds' on ÷ off |",
+        f"| figure | on | off | cost | within {TARGET_COST:.0%} | median of the rounds' on ÷ off (drain: below 1 is "
+        "worse; CPU: above 1) |",
         "|---|---|---|---|---|---|",
     ]
     for figure in FIGURES:
@@ -298,19 +298,15 @@ async def one_pair(
                 config = stack_config(Path(folder), side, port, WORKERS, SLOTS, on)
                 live[side] = await asyncio.to_thread(stacks.enter_context, Stack(config))
             async with AsyncExitStack() as clients:
-                drainers, watchers = {}, {}
+                watchers = {}
                 for side in SIDES:
-                    for_drains, for_singles = [
-                        await clients.enter_async_context(AsyncClient(live[side].edge_address, timeout=60))
-                        for _ in range(2)
-                    ]
-                    for client in (for_drains, for_singles):
-                        await client.signup(f"obs-{uuid.uuid4().hex[:12]}@example.com", "bench password")
-                    watcher = Watcher(for_singles)
+                    client = await clients.enter_async_context(AsyncClient(live[side].edge_address, timeout=60))
+                    await client.signup(f"obs-{uuid.uuid4().hex[:12]}@example.com", "bench password")
+                    watcher = Watcher(client)
                     clients.push_async_callback(watcher.close)
                     await watcher.ready()
-                    drainers[side], watchers[side] = for_drains, (for_singles, watcher)
-                run.attach(live, drainers, watchers)
+                    watchers[side] = (client, watcher)
+                run.attach(live, watchers)
                 for side in SIDES:
                     await run.drain(side, WARMUP_TASKS, counted=False)
                 await run.singles(SIDES, WARMUP_SINGLES, counted=False)
@@ -323,7 +319,7 @@ async def one_pair(
 
 async def measure(args: argparse.Namespace, on: tuple[str, ...], port: int) -> tuple[Run, dict[str, int] | None]:
     """The rounds on two pairs of stacks, started in opposite orders: an A/A run read the first-started stack's CPU
-    per task 7 % below the other's over one pair, so no side keeps whatever comes with starting first."""
+    per task 6.7 % below the other's over one pair, so no side keeps whatever comes with starting first."""
     run = Run()
     half = args.rounds // 2
     scraped = None
@@ -352,6 +348,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.tasks, args.latency_tasks = 4, 500, 20
+    if args.rounds < 4 or args.rounds % 4:
+        parser.error("--rounds must be a multiple of 4: each side drains first as often on each pair of stacks")
     args.load_start = [round(x, 2) for x in os.getloadavg()]
     on = PARTS if args.on == "both" else () if args.on == "none" else (args.on,)
     with Receiver() as receiver:

@@ -2,8 +2,7 @@
 
     .venv/bin/python -m bench.observability_cpu [--tasks 6000] [--rounds 3] [--on both|metrics|tracing]
 
-bench/observability_ab.py alternates "on" and "off" runs; on a machine whose other load comes and goes within
-minutes, one side's run can meet twice the other's load and no median of three says anything. Here each round
+bench/observability_ab.py drains each side in turn, so each drain has the machine to itself; here each round
 starts two throwaway local stacks from this checkout, "on" (every process serving Prometheus metrics and
 exporting every span over OTLP, 100 % sampling, to a receiver process: bench.observability_sides) and
 "off" (neither), and drains the same number of no-op tasks through both at the same time (bench.cpu_share's
@@ -24,6 +23,7 @@ import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from bench.observability_sides import (
     NOT_OURS,
@@ -42,7 +42,6 @@ async def one_round(index: int, tasks: int, workers: int, slots: int, receiver: 
     with tempfile.TemporaryDirectory(prefix="rtask-obs-cpu-") as folder:
         stacks = ExitStack()
         try:
-            # Started and stopped in a thread: the receiver on this event loop keeps answering meanwhile.
             started = {
                 side: await asyncio.to_thread(
                     stacks.enter_context, Stack(stack_config(Path(folder), side, receiver.port, workers, slots, on))
@@ -54,7 +53,7 @@ async def one_round(index: int, tasks: int, workers: int, slots: int, receiver: 
             by_side = dict(zip(order, results, strict=True))
         finally:
             await asyncio.to_thread(stacks.close)
-    round_result = {}
+    round_result: dict[str, Any] = {}
     for side, (wall_s, spent) in by_side.items():
         roles = by_role(spent)
         round_result[side] = {

@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from bench.cpu_share import cpu_seconds, drain, drain_as
-from resilienttask import AsyncClient
+from bench.cpu_share import cpu_seconds, drain
 from services.core.limits import UserLimits
+from services.edge.config import AuthLimits, RateLimit
 from services.stack.stack import Stack, StackConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +35,13 @@ SIDES = ("on", "off")
 PARTS = ("metrics", "tracing")
 # The stack's own PostgreSQL and Valkey are not our processes; their CPU per task is printed by role all the same.
 NOT_OURS = ("postgres", "valkey")
+# Every drain signs up a user of its own (its GetStats polls then count its tasks only, not a growing history):
+# more sign-ups from one address than the edge's default burst allows.
+SIGNUPS = RateLimit(max_tokens=1_000, tokens_per_fill=1_000, fill_interval_s=1.0)
+# After a drain, before its CPU is read: the span batch processors' and Envoy's export interval (5 s by default)
+# and a little more, so that the export of the drain's last spans is counted in its own CPU and not in whatever
+# the machine runs next (the other side's drain).
+SETTLE_S = 5.5
 
 
 @dataclass
@@ -88,17 +96,19 @@ def stack_config(
         bcrypt_cost=4,
         dashboard_dir=None,
         limits=UserLimits.unlimited(),
+        auth_limits=AuthLimits(signup_per_address=SIGNUPS),
         metrics=side == "on" and "metrics" in on,
         extra_env=tracing if side == "on" and "tracing" in on else {},
     )
 
 
-async def drain_with_cpu(stack: Stack, tasks: int, client: AsyncClient | None = None) -> tuple[float, dict[str, float]]:
-    """Drain `tasks` no-ops through the stack (bench.cpu_share's drain, as the client's user, else a new one): the
-    seconds it took and the CPU seconds each of its processes spent meanwhile."""
+async def drain_with_cpu(stack: Stack, tasks: int, settle_s: float = 0.0) -> tuple[float, dict[str, float]]:
+    """Drain `tasks` no-ops through the stack (bench.cpu_share's drain): the seconds it took, and the CPU seconds
+    each of its processes spent from its start to `settle_s` after its end."""
     pids = {name: proc.pid for name, proc in stack.processes.items() if proc.pid}
     before = await asyncio.to_thread(cpu_seconds, pids)
-    wall_s = await (drain(stack.edge_address, tasks) if client is None else drain_as(client, tasks))
+    wall_s = await drain(stack.edge_address, tasks)
+    await asyncio.sleep(settle_s)
     after = await asyncio.to_thread(cpu_seconds, pids)
     return wall_s, {name: after[name] - before[name] for name in pids}
 
@@ -125,7 +135,7 @@ class Received:
 class Receiver:
     """The OTLP receiver in a child process: its port, and what it received when asked."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float = 30.0) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.observability_sides"],
             cwd=REPO,
@@ -135,16 +145,35 @@ class Receiver:
         )
         assert self.process.stdin is not None and self.process.stdout is not None
         self._ask, self._answers = self.process.stdin, self.process.stdout
-        self.port = int(self._answers.readline())
+        try:
+            self.port = int(self._answer(timeout_s))
+            self._cpu_at_start = self.received().cpu_s  # its start-up and imports are not the spans' cost
+        except BaseException:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def _answer(self, timeout_s: float) -> str:
+        ready, _, _ = select.select([self._answers], [], [], timeout_s)
+        line = self._answers.readline() if ready else ""
+        if not line:
+            raise RuntimeError(f"the OTLP receiver did not answer (exit code {self.process.poll()})")
+        return line
 
     def received(self) -> Received:
+        """Counts so far; cpu_s from the moment it served."""
         self._ask.write("count\n")
         self._ask.flush()
-        return Received(**json.loads(self._answers.readline()))
+        counts = Received(**json.loads(self._answer(30.0)))
+        return replace(counts, cpu_s=round(counts.cpu_s - getattr(self, "_cpu_at_start", 0.0), 2))
 
     def close(self) -> None:
         self._ask.close()
-        self.process.wait(30)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
     def __enter__(self) -> Receiver:
         return self

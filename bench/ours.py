@@ -40,7 +40,7 @@ from services.stack.stack import Stack, StackConfig
 BENCH_SIGNUPS = RateLimit(max_tokens=1_000, tokens_per_fill=1_000, fill_interval_s=1.0)
 
 SYSTEM = "ours"
-# bench/observability_ab.py sets this to "off" for the side it measures without metrics (and without tracing).
+# "off": the scenarios run without metrics (they are on by default, as `make up` runs them).
 METRICS_SWITCH_ENV = "RTASK_BENCH_METRICS"
 REPO = Path(__file__).resolve().parents[1]
 SUBMIT_BATCH = 50  # the most replicas one SubmitTask carries
