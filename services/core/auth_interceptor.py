@@ -70,6 +70,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._prefix = prefixes
         self._exempt = exempt
         self._verified = VerifiedTokens(config, audience)
+        # By method: the handler last seen and its guarded twin, reused while the server hands out the same handler.
+        # A twin built per call would also make the interceptors outside this one (metrics, server spans) build
+        # their own twins per call, as theirs are kept by the handler they were given.
+        self._guarded_by_method: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -80,7 +84,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or not method.startswith(self._prefix) or method in self._exempt:
             return handler
-        return self._guarded(handler)
+        known = self._guarded_by_method.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        guarded = self._guarded(handler)
+        self._guarded_by_method[method] = (handler, guarded)
+        return guarded
 
     async def _authenticate(self, context: grpc.aio.ServicerContext) -> str:
         """The verified subject, or the call is aborted with UNAUTHENTICATED."""

@@ -5,8 +5,9 @@ locks and bounded attribute containers, a proxy around the servicer context, the
 finished-span copy encoded on the export thread): about a quarter of a millisecond of CPU per call on this
 machine, the gateway's whole share of what tracing cost a drain (docs/observability-cost.md). This interceptor
 gives the same span for a fraction of that: the caller's `traceparent` continued (or a new trace started), the
-process's sampler asked as the SDK would ask it, the span current while the handler runs (so the spans, the
-traceparent and the log lines made meanwhile belong to it), and at its end the span written once as its OTLP
+process's sampler's decision (services.core.sampling_rules; a sampler of no known kind is asked as the SDK would
+ask it), the span current while the handler runs (so the spans, the traceparent and the log lines made meanwhile
+belong to it), and at its end the span written once as its OTLP
 bytes into the batch processor's queue. Its attributes are OpenTelemetry's RPC conventions: rpc.system,
 rpc.service, rpc.method and rpc.grpc.status_code; a status that says the server failed (UNKNOWN, INTERNAL,
 UNAVAILABLE, ...) marks the span as an error, as the instrumentation does.
@@ -32,6 +33,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFl
 from opentelemetry.util.types import AttributeValue
 
 from services.core.deferred import later
+from services.core.sampling_rules import sampling_rule
 from services.core.task_spans import Recorder, RemoteParent, TaskSpan
 
 Behaviour = Callable[..., Any]
@@ -92,6 +94,8 @@ class ServerSpans(grpc.aio.ServerInterceptor):
     ) -> None:
         self.recorder = recorder
         self.sampler = sampler
+        # The sampler's decision as a plain function when it is one of the SDK's own (services.core.sampling_rules).
+        self.rule = sampling_rule(sampler)
         self.traced = traced
         self.parse_parent = parse_parent
         # By method: the span's constant attributes (one entry per method a client reached; untraced and unknown
@@ -123,14 +127,14 @@ class ServerSpans(grpc.aio.ServerInterceptor):
         start_ns = time.time_ns()
         ids = self.recorder.ids
         parent = self.parse_parent(_traceparent(context))
-        parent_context: Context | None = None
         if parent is None:
-            trace_id, parent_span_id = ids.generate_trace_id(), 0
+            trace_id, parent_span_id, parent_flags = ids.generate_trace_id(), 0, None
         else:
-            trace_id, parent_span_id, flags = parent
-            remote = SpanContext(trace_id, parent_span_id, True, _SAMPLED if flags & 1 else _NOT_SAMPLED)
-            parent_context = set_span_in_context(NonRecordingSpan(remote))
-        sampled = self.sampler.should_sample(parent_context, trace_id, path, SpanKind.SERVER).decision.is_sampled()
+            trace_id, parent_span_id, parent_flags = parent
+        if self.rule is not None:
+            sampled = self.rule(parent_flags, trace_id)
+        else:
+            sampled = self._ask_sampler(path, trace_id, parent_span_id, parent_flags)
         span_id = ids.generate_span_id()
         span = None
         if sampled:
@@ -156,6 +160,14 @@ class ServerSpans(grpc.aio.ServerInterceptor):
             )
         current = SpanContext(trace_id, span_id, False, _SAMPLED if sampled else _NOT_SAMPLED)
         return _Call(span, otel_context.attach(set_span_in_context(NonRecordingSpan(current))))
+
+    def _ask_sampler(self, path: str, trace_id: int, parent_span_id: int, parent_flags: int | None) -> bool:
+        """The decision of a sampler that has no rule, asked as the SDK asks it."""
+        parent_context: Context | None = None
+        if parent_flags is not None:
+            remote = SpanContext(trace_id, parent_span_id, True, _SAMPLED if parent_flags & 1 else _NOT_SAMPLED)
+            parent_context = set_span_in_context(NonRecordingSpan(remote))
+        return bool(self.sampler.should_sample(parent_context, trace_id, path, SpanKind.SERVER).decision.is_sampled())
 
     @staticmethod
     def _end(call: _Call, context: grpc.aio.ServicerContext, default: grpc.StatusCode, error: str = "") -> None:

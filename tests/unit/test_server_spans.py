@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Decision, ParentBased, Sampler, SamplingResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanKind, TraceState
+from opentelemetry.util.types import Attributes
 
 from services.core import tracing
 from services.core.server_spans import ServerSpans
@@ -195,3 +198,37 @@ async def test_an_untraced_method_gets_no_span(probe: Probe) -> None:
     parent, _, _ = traceparent()
     await probe.call("Untraced", parent)
     assert probe.spans() == [] and probe.seen == [(0, 0, False)]
+
+
+class _SampledOddTraces(Sampler):
+    """A sampler of no known kind (no sampling rule): the server span must ask it as the SDK would."""
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        parent = trace.get_current_span(parent_context).get_span_context()
+        sampled = parent.trace_flags.sampled if parent.is_valid else trace_id % 2 == 1
+        return SamplingResult(Decision.RECORD_AND_SAMPLE if sampled else Decision.DROP)
+
+    def get_description(self) -> str:
+        return "SampledOddTraces"
+
+
+async def test_a_sampler_of_no_known_kind_is_asked_for_each_call(provider: TracerProvider) -> None:
+    async for probe in _probe(provider, _SampledOddTraces()):
+        for _ in range(40):
+            await probe.call("Ok")
+        seen = {trace_id: sampled for trace_id, _, sampled in probe.seen}
+        assert len(seen) == 40 and any(seen.values()) and not all(seen.values())
+        assert all(sampled == (trace_id % 2 == 1) for trace_id, sampled in seen.items())
+        assert sorted(s.trace_id for s in probe.spans()) == sorted(t for t, sampled in seen.items() if sampled)
+        parent, trace_id, _ = traceparent(sampled=False)  # and its parent-based choice is its own
+        await probe.call("Ok", parent)
+        assert probe.seen[-1][0] == trace_id and probe.seen[-1][2] is False
