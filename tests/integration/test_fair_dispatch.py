@@ -47,6 +47,10 @@ LIMITS = UserLimits(
 )
 REDIS_DB = 12
 WORK_S = 0.3
+# The flood's tasks run longer than any wait of the other user's task for a slot, even on a loaded machine: a slot
+# then starts at most one flood task between that task's entry and its start (at 0.3 s, a slot that freed early in
+# a slow wait could start a second one: 6 against the bound of 4, once, under CI's load).
+FLOOD_WORK_S = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +180,7 @@ async def test_another_users_task_starts_while_one_user_floods(
 ) -> None:
     flooder, other = await new_user(channel, "flood"), await new_user(channel, "other")
     await alone_in_the_pool(db, None)
-    batches = [await flooder.submit(workload_s=WORK_S, replicas=50) for _ in range(2)]
+    batches = [await flooder.submit(workload_s=FLOOD_WORK_S, replicas=50) for _ in range(2)]
     flood = [t for batch in batches for t in batch]
     try:
 
