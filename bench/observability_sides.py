@@ -147,6 +147,7 @@ class Receiver:
         self._ask, self._answers = self.process.stdin, self.process.stdout
         try:
             self.port = int(self._answer(timeout_s))
+            self._cpu_at_start = 0.0
             self._cpu_at_start = self.received().cpu_s  # its start-up and imports are not the spans' cost
         except BaseException:
             self.process.kill()
@@ -165,7 +166,7 @@ class Receiver:
         self._ask.write("count\n")
         self._ask.flush()
         counts = Received(**json.loads(self._answer(30.0)))
-        return replace(counts, cpu_s=round(counts.cpu_s - getattr(self, "_cpu_at_start", 0.0), 2))
+        return replace(counts, cpu_s=round(counts.cpu_s - self._cpu_at_start, 2))
 
     def close(self) -> None:
         self._ask.close()
