@@ -6,14 +6,14 @@ finished-span copy encoded on the export thread): about a quarter of a milliseco
 machine, the gateway's whole share of what tracing cost a drain (docs/observability-cost.md). This interceptor
 gives the same span for a fraction of that: the caller's `traceparent` continued (or a new trace started), the
 process's sampler's decision (services.core.sampling_rules; a sampler of no known kind is asked as the SDK would
-ask it), the span current while the handler runs (so the spans, the traceparent and the log lines made meanwhile
-belong to it), and at its end the span written once as its OTLP
+ask it), the span current while the handler runs (services.core.current_span: so the spans, the traceparent and
+the log lines made meanwhile belong to it), and at its end the span written once as its OTLP
 bytes into the batch processor's queue. Its attributes are OpenTelemetry's RPC conventions: rpc.system,
 rpc.service, rpc.method and rpc.grpc.status_code; a status that says the server failed (UNKNOWN, INTERNAL,
 UNAVAILABLE, ...) marks the span as an error, as the instrumentation does.
 
-An unsampled call still makes a (non-recording) span context current, with the sampled flag off, so nothing
-after it starts a sampled trace of its own. Imported only when tracing is on.
+An unsampled call still makes its ids current, with the sampled flag off, so nothing after it starts a sampled
+trace of its own. Imported only when tracing is on.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from contextvars import Token
 from typing import Any
 
 import grpc
-from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, set_span_in_context
 from opentelemetry.util.types import AttributeValue
 
+from services.core.current_span import CURRENT_SPAN, SpanIds
 from services.core.deferred import later
 from services.core.sampling_rules import sampling_rule
 from services.core.task_spans import Recorder, RemoteParent, TaskSpan
@@ -73,11 +73,11 @@ def _traceparent(context: grpc.aio.ServicerContext) -> str | None:
 
 
 class _Call:
-    """One call's span (None when not sampled) and the token of its span context made current."""
+    """One call's span (None when not sampled) and the token of its ids made current."""
 
     __slots__ = ("span", "token")
 
-    def __init__(self, span: TaskSpan | None, token: Token[Context]) -> None:
+    def __init__(self, span: TaskSpan | None, token: Token[SpanIds | None]) -> None:
         self.span = span
         self.token = token
 
@@ -158,8 +158,7 @@ class ServerSpans(grpc.aio.ServerInterceptor):
                 dict(attributes),
                 server=True,
             )
-        current = SpanContext(trace_id, span_id, False, _SAMPLED if sampled else _NOT_SAMPLED)
-        return _Call(span, otel_context.attach(set_span_in_context(NonRecordingSpan(current))))
+        return _Call(span, CURRENT_SPAN.set((trace_id, span_id, TraceFlags.SAMPLED if sampled else 0)))
 
     def _ask_sampler(self, path: str, trace_id: int, parent_span_id: int, parent_flags: int | None) -> bool:
         """The decision of a sampler that has no rule, asked as the SDK asks it."""
@@ -171,7 +170,7 @@ class ServerSpans(grpc.aio.ServerInterceptor):
 
     @staticmethod
     def _end(call: _Call, context: grpc.aio.ServicerContext, default: grpc.StatusCode, error: str = "") -> None:
-        otel_context.detach(call.token)
+        CURRENT_SPAN.reset(call.token)
         span = call.span
         if span is None:
             return
@@ -212,19 +211,19 @@ class ServerSpans(grpc.aio.ServerInterceptor):
             call = self._begin(path, context)
             # Current only while the handler runs, not across yields: the consumer of a generator may close it
             # from another context (a different task), where the token could not be reset.
-            current = otel_context.get_current()
-            otel_context.detach(call.token)
+            current = CURRENT_SPAN.get()
+            CURRENT_SPAN.reset(call.token)
             status, error = grpc.StatusCode.OK, ""
             responses = behaviour(request, context)
             try:
                 while True:
-                    call.token = otel_context.attach(current)
+                    call.token = CURRENT_SPAN.set(current)
                     try:
                         response = await responses.__anext__()
                     except StopAsyncIteration:
                         break
                     finally:
-                        otel_context.detach(call.token)
+                        CURRENT_SPAN.reset(call.token)
                     yield response
             except (asyncio.CancelledError, GeneratorExit):
                 status = grpc.StatusCode.CANCELLED
@@ -236,7 +235,7 @@ class ServerSpans(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 await responses.aclose()
-                call.token = otel_context.attach(current)
+                call.token = CURRENT_SPAN.set(current)
                 self._end(call, context, status, error)
 
         return traced

@@ -40,13 +40,17 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
+from services.core.current_span import CURRENT_SPAN, SpanIds
+
 _UNSET = Status()
 _SAMPLED = 0x01
 _FLAGS = TraceFlags(_SAMPLED)
 
 # A span in another process, from its traceparent: (trace id, span id, trace flags). A plain tuple: one is made
 # per traced item a process reads, and nothing more is needed of it.
-RemoteParent = tuple[int, int, int]
+RemoteParent = SpanIds
+# The tokens that undo Recorder.make_current: our current span's and OpenTelemetry's context's.
+CurrentTokens = tuple[Token[SpanIds | None], Token[Context]]
 # An event of a task span: (name, epoch nanoseconds, attributes or None).
 TaskEvent = tuple[str, int, Mapping[str, AttributeValue] | None]
 
@@ -137,14 +141,17 @@ class Recorder:
         return framing(self.resource, self.scope)
 
     @staticmethod
-    def make_current(trace_id: int, span_id: int) -> Token[Context]:
-        """Make a sampled span of this process, known by its ids, the current one (log lines and the SDK's spans see
-        it) until detach(token)."""
-        return otel_context.attach(set_span_in_context(NonRecordingSpan(SpanContext(trace_id, span_id, False, _FLAGS))))
+    def make_current(trace_id: int, span_id: int) -> CurrentTokens:
+        """Make a sampled span of this process, known by its ids, the current one until detach(tokens): ours
+        (services.core.current_span: log lines, our spans) and OpenTelemetry's (spans a handler makes with the SDK)."""
+        theirs = set_span_in_context(NonRecordingSpan(SpanContext(trace_id, span_id, False, _FLAGS)))
+        return CURRENT_SPAN.set((trace_id, span_id, _SAMPLED)), otel_context.attach(theirs)
 
     @staticmethod
-    def detach(token: Token[Context]) -> None:
-        otel_context.detach(token)
+    def detach(tokens: CurrentTokens) -> None:
+        ours, theirs = tokens
+        otel_context.detach(theirs)
+        CURRENT_SPAN.reset(ours)
 
     def start(
         self,

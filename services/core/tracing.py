@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING
 import grpc
 
 from services.core import logging as rtask_logging
+from services.core.current_span import CURRENT_SPAN
 from services.core.settings import setting
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.trace import Span, SpanContext, Tracer
+    from opentelemetry.trace import Tracer
     from opentelemetry.util.types import AttributeValue
 
     from services.core.task_spans import Recorder, RemoteParent, TaskSpan
@@ -186,23 +187,12 @@ def shutdown() -> None:
 
 
 # -- the traceparent strings we carry --------------------------------------------------------------------
-def format_parent(span_context: SpanContext) -> str:
-    return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{int(span_context.trace_flags):02x}"
-
-
-def parent_of(span: Span) -> str:
-    """The traceparent naming span as the parent of what comes next, or "" when it is not a valid span."""
-    context = span.get_span_context()
-    return format_parent(context) if context.is_valid else ""
-
-
 def current_parent() -> str | None:
     """The traceparent of the current span (None when tracing is off or no span is current)."""
-    if _tracer is None:
+    if _tracer is None or (current := CURRENT_SPAN.get()) is None:
         return None
-    from opentelemetry import trace
-
-    return parent_of(trace.get_current_span()) or None
+    trace_id, span_id, flags = current
+    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
 
 
 def parse_parent(value: str | bytes | None) -> RemoteParent | None:
@@ -239,18 +229,11 @@ def span(name: str, attributes: dict[str, AttributeValue] | None = None) -> Iter
     sampled), recorded at its end as a task span: not the SDK's live span (a sampler call, locks, a finished copy
     encoded field by field on the export thread), and not made current (nothing under it makes spans). An
     exception leaving the block marks it as an error."""
-    if _recorder is None:
+    current = CURRENT_SPAN.get()
+    if _recorder is None or current is None or not current[2] & 1:
         yield None
         return
-    from opentelemetry import trace
-
-    context = trace.get_current_span().get_span_context()
-    if not context.is_valid or not context.trace_flags & 1:
-        yield None
-        return
-    recorded = _recorder.start(
-        name, (context.trace_id, context.span_id, int(context.trace_flags)), time.time_ns(), attributes, remote=False
-    )
+    recorded = _recorder.start(name, current, time.time_ns(), attributes, remote=False)
     assert recorded is not None
     error = ""
     try:
@@ -291,7 +274,5 @@ def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
 
 # -- log lines ---------------------------------------------------------------------------------------
 def _current_trace_id() -> str | None:
-    from opentelemetry import trace
-
-    context = trace.get_current_span().get_span_context()
-    return f"{context.trace_id:032x}" if context.is_valid else None
+    current = CURRENT_SPAN.get()
+    return None if current is None else f"{current[0]:032x}"

@@ -29,13 +29,10 @@ from services.core.dispatch import parse_ref
 from services.worker.consumer import Delivery
 
 if TYPE_CHECKING:
-    from contextvars import Token
-
-    from opentelemetry.context import Context
     from opentelemetry.util.types import AttributeValue
 
     from services.core.span_wire import SharedSpans
-    from services.core.task_spans import Recorder
+    from services.core.task_spans import CurrentTokens, Recorder
 
 _NOTHING: AbstractContextManager[None] = nullcontext()
 
@@ -144,7 +141,7 @@ class _HandlerRun:
     """The handler span's start (made current) and end around the handler's run."""
 
     __slots__ = ("recorder", "span", "stop_reason", "token")
-    token: Token[Context]
+    token: CurrentTokens
 
     def __init__(self, recorder: Recorder, span: HandlerSpan, stop_reason: Callable[[], str]) -> None:
         self.recorder = recorder

@@ -21,6 +21,7 @@ from opentelemetry.trace import Link, SpanKind, TraceState
 from opentelemetry.util.types import Attributes
 
 from services.core import tracing
+from services.core.current_span import CURRENT_SPAN
 from services.core.server_spans import ServerSpans
 from services.core.task_spans import Recorder, TaskSpan
 
@@ -35,8 +36,9 @@ def _parent(text: str | None) -> tracing.RemoteParent | None:
 
 
 def _current() -> tuple[int, int, bool]:
-    context = trace.get_current_span().get_span_context()
-    return context.trace_id, context.span_id, context.trace_flags.sampled
+    """(trace id, span id, sampled) of the current span; zeros when none is."""
+    trace_id, span_id, flags = CURRENT_SPAN.get() or (0, 0, 0)
+    return trace_id, span_id, bool(flags & 1)
 
 
 @dataclass
@@ -147,7 +149,7 @@ async def test_a_call_continues_the_callers_trace_with_a_server_span_current_in_
     }
     assert probe.seen == [(trace_id, span.span_id, True)]
     # Nothing is left current once the call is over.
-    assert not trace.get_current_span().get_span_context().is_valid
+    assert CURRENT_SPAN.get() is None
 
 
 async def test_a_call_without_a_traceparent_starts_a_trace_and_a_malformed_one_is_ignored(probe: Probe) -> None:

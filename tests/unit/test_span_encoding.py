@@ -20,6 +20,7 @@ from opentelemetry.util.types import AttributeValue
 from resilienttask.v1 import task_pb2
 from resilienttask.worker.v1 import worker_pb2
 from services.core import span_wire, tracing
+from services.core.current_span import CURRENT_SPAN
 from services.core.dispatch import DispatchEntry
 from services.core.span_encoding import SpanExporter, encode_request, encode_spans
 from services.core.task_spans import Recorder, TaskSpan
@@ -394,8 +395,11 @@ def test_the_workers_handler_span(
     span = worker_tracing.handler_span(delivery, granted)
     assert span is not None
     with worker_tracing.handler_run(span, lambda: "cancelled"):
+        # Current for our code (log lines, our spans) and for the SDK's spans a handler makes.
+        assert CURRENT_SPAN.get() == (REMOTE.trace_id, span.span_id, 1)
         current = trace.get_current_span().get_span_context()
         assert (current.trace_id, current.span_id, current.trace_flags.sampled) == (REMOTE.trace_id, span.span_id, True)
+    assert CURRENT_SPAN.get() is None
     assert not trace.get_current_span().get_span_context().is_valid
     (got,) = _recorded(recorder, finished[1], shared_bytes).resource_spans[0].scope_spans[0].spans
     assert (got.name, got.trace_id, got.span_id, got.parent_span_id) == (

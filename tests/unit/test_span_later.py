@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from contextvars import Token
 
 import pytest
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from services.core import deferred, tracing
+from services.core.current_span import CURRENT_SPAN, SpanIds
 from services.core.dispatch import DispatchEntry
 from services.core.task_spans import Recorder, TaskSpan
 from services.worker import tracing as worker_tracing
@@ -37,8 +38,9 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
     provider.shutdown()
 
 
-def _under(context: trace.SpanContext) -> object:
-    return otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(context)))
+def _under(context: trace.SpanContext) -> Token[SpanIds | None]:
+    """The call's span made current, as the server span makes it (services.core.current_span)."""
+    return CURRENT_SPAN.set((context.trace_id, context.span_id, int(context.trace_flags)))
 
 
 async def test_a_span_written_later_comes_after_what_the_step_woke() -> None:
@@ -81,11 +83,11 @@ def test_a_publish_span_is_a_child_of_the_calls_span_recorded_at_its_end(recorde
         with tracing.span("task.publish", {"task.count": 2}) as publish:
             assert publish is not None and not recorded.get_finished_spans()
             # Not made current: what runs inside still sees the call's span.
-            assert trace.get_current_span().get_span_context().span_id == CALL.span_id
+            assert CURRENT_SPAN.get() == (CALL.trace_id, CALL.span_id, 1)
         with pytest.raises(RuntimeError), tracing.span("task.publish"):
             raise RuntimeError("no Redis")
     finally:
-        otel_context.detach(token)  # type: ignore[arg-type]
+        CURRENT_SPAN.reset(token)
     ok, failed = recorded.get_finished_spans()
     assert isinstance(ok, TaskSpan) and isinstance(failed, TaskSpan)
     assert (ok.trace_id, ok.parent_span_id, ok.parent_remote) == (CALL.trace_id, CALL.span_id, False)
@@ -101,5 +103,5 @@ def test_no_publish_span_under_an_unsampled_call_or_none(recorded: InMemorySpanE
         with tracing.span("task.publish") as unsampled:
             assert unsampled is None
     finally:
-        otel_context.detach(token)  # type: ignore[arg-type]
+        CURRENT_SPAN.reset(token)
     assert not recorded.get_finished_spans()

@@ -10,8 +10,9 @@ import pytest
 from opentelemetry import trace
 
 from resilienttask._tracecontext import trace_metadata
-from services.core import dispatch, keys
+from services.core import dispatch, keys, tracing
 from services.core import logging as rtask_logging
+from services.core.current_span import CURRENT_SPAN
 from services.core.logging import JsonFormatter, task_scope
 from services.worker.tracing import published_at_ns
 
@@ -68,3 +69,22 @@ def test_log_lines_carry_the_task_id_inside_its_scope_only() -> None:
 @pytest.mark.usefixtures("trace_lookup")
 def test_log_lines_carry_the_trace_id_when_tracing_is_on() -> None:
     assert _line("handling")["trace_id"] == f"{TRACE_ID:032x}"
+
+
+def test_log_lines_and_a_submission_carry_the_span_made_current_for_a_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the server span makes current (services.core.current_span) is what the trace id of log lines and the
+    traceparent a submission stores say (tracing on: a tracer and the lookup tracing.configure installs)."""
+    monkeypatch.setattr(tracing, "_tracer", object())
+    monkeypatch.setattr(rtask_logging, "_trace_lookup", tracing._current_trace_id)
+    assert tracing.current_parent() is None and "trace_id" not in _line("idle")
+    token = CURRENT_SPAN.set((TRACE_ID, SPAN_ID, 1))
+    try:
+        assert tracing.current_parent() == f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-01"
+        assert _line("handling")["trace_id"] == f"{TRACE_ID:032x}"
+    finally:
+        CURRENT_SPAN.reset(token)
+    unsampled = CURRENT_SPAN.set((TRACE_ID, SPAN_ID, 0))
+    try:
+        assert tracing.current_parent() == f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-00"
+    finally:
+        CURRENT_SPAN.reset(unsampled)
